@@ -1,0 +1,54 @@
+"""`prunescope` command line. Each subcommand lives in its own module with a `register(subparsers)`.
+
+Command modules import torch and the engine inside their handlers, so `prunescope api` stays light.
+Expected failures raise `CliError` (or a ValueError/FileNotFoundError from the engine) and are
+printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "worker.cli.importance_commands",
+    "worker.cli.prune_commands",
+    "worker.cli.teacher_commands",
+    "worker.cli.distill_commands",
+    "worker.cli.platform_commands",
+)
+
+
+class CliError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunescope", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a command group not written yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as exc:
+        print(f"prunescope {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

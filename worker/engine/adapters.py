@@ -1,0 +1,252 @@
+"""Where each architecture family keeps its parts.
+
+An adapter names the decoder layers, attention and MLP projections, norms, embeddings and LM head of
+one family, and how its projections are laid out (separate or fused, Linear or Conv1D). Importance
+hooks and surgery read models only through adapters, so adding a family means adding one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from worker.engine.spec import ArchSpec, LayerShape
+
+
+class UnsupportedArchitecture(ValueError):
+    pass
+
+
+def _get(obj, dotted: str):
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    model_types: tuple[str, ...]
+    layers_path: str  # decoder layers (nn.ModuleList), from the *ForCausalLM model
+    embed_path: str
+    final_norm_path: str
+    lm_head_path: str
+    attn_name: str  # attention module inside a layer
+    attn_out_name: str  # output projection inside the attention module; its input is the heads
+    mlp_name: str
+    mlp_out_name: str  # down projection inside the MLP; its input is the neurons
+    norm_names: tuple[str, ...]  # norms inside a layer whose outputs are hidden-channel activations
+    # "separate": q_proj/k_proj/v_proj; "fused_rows": one Linear [q|k|v]; "fused_conv1d": GPT-2 c_attn.
+    qkv_layout: str = "separate"
+    qkv_names: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    # "gated": gate_proj/up_proj; "gated_fused": one Linear [gate|up]; "plain": a single up projection.
+    mlp_layout: str = "gated"
+    mlp_in_names: tuple[str, ...] = ("gate_proj", "up_proj")
+    conv1d: bool = False  # GPT-2 style Conv1D weights are stored [in, out]
+    position_embed_path: str | None = None
+    qk_norm_names: tuple[str, ...] = ()
+
+    # ---- locating parts -------------------------------------------------------------------
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return _get(model, self.layers_path)
+
+    def embed(self, model: nn.Module) -> nn.Embedding:
+        return _get(model, self.embed_path)
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.final_norm_path)
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.lm_head_path)
+
+    def position_embed(self, model: nn.Module) -> nn.Embedding | None:
+        return _get(model, self.position_embed_path) if self.position_embed_path else None
+
+    def attn(self, layer: nn.Module) -> nn.Module:
+        return getattr(layer, self.attn_name)
+
+    def attn_out(self, layer: nn.Module) -> nn.Module:
+        return getattr(self.attn(layer), self.attn_out_name)
+
+    def qkv(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        attn = self.attn(layer)
+        return tuple(getattr(attn, n) for n in self.qkv_names)
+
+    def mlp(self, layer: nn.Module) -> nn.Module:
+        return getattr(layer, self.mlp_name)
+
+    def mlp_out(self, layer: nn.Module) -> nn.Module:
+        return getattr(self.mlp(layer), self.mlp_out_name)
+
+    def mlp_in(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        mlp = self.mlp(layer)
+        return tuple(getattr(mlp, n) for n in self.mlp_in_names)
+
+    def norms(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        return tuple(getattr(layer, n) for n in self.norm_names)
+
+    def qk_norms(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        attn = self.attn(layer)
+        return tuple(getattr(attn, n) for n in self.qk_norm_names)
+
+    # ---- widths of one layer, read from its weights (valid after non-uniform surgery) ---------
+    def out_features(self, module: nn.Module) -> int:
+        return module.weight.shape[1] if self.conv1d else module.weight.shape[0]
+
+    def in_features(self, module: nn.Module) -> int:
+        return module.weight.shape[0] if self.conv1d else module.weight.shape[1]
+
+    def layer_num_heads(self, layer: nn.Module, head_dim: int) -> int:
+        return self.in_features(self.attn_out(layer)) // head_dim
+
+    def layer_intermediate_size(self, layer: nn.Module) -> int:
+        return self.in_features(self.mlp_out(layer))
+
+    def layer_num_kv_heads(self, layer: nn.Module, spec_heads: int, spec_kv: int, head_dim: int) -> int:
+        if self.qkv_layout == "separate":
+            return self.out_features(self.qkv(layer)[1]) // head_dim
+        heads = self.layer_num_heads(layer, head_dim)
+        if self.qkv_layout == "fused_conv1d":  # GPT-2: no GQA
+            return heads
+        total = self.out_features(self.qkv(layer)[0]) // head_dim
+        return (total - heads) // 2
+
+    # ---- the architecture summary ---------------------------------------------------------
+    def spec(self, model: nn.Module) -> ArchSpec:
+        cfg = model.config
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        heads = text_cfg.num_attention_heads
+        kv = getattr(text_cfg, "num_key_value_heads", None) or heads
+        hidden = text_cfg.hidden_size
+        head_dim = getattr(text_cfg, "head_dim", None) or hidden // heads
+        layers = self.layers(model)
+        shapes = []
+        for layer in layers:
+            h = self.layer_num_heads(layer, head_dim)
+            shapes.append(
+                LayerShape(
+                    num_heads=h,
+                    num_kv_heads=self.layer_num_kv_heads(layer, heads, kv, head_dim),
+                    intermediate_size=self.layer_intermediate_size(layer),
+                )
+            )
+        first = shapes[0]
+        uniform = all(s == first for s in shapes)
+        attn_out = self.attn_out(layers[0])
+        qkv0 = self.qkv(layers[0])[0]
+        mlp_out = self.mlp_out(layers[0])
+        norm0 = self.norms(layers[0])[0]
+        pos = self.position_embed(model)
+        param = next(model.parameters())
+        return ArchSpec(
+            family=self.family,
+            model_type=cfg.model_type,
+            num_layers=len(layers),
+            hidden_size=hidden,
+            num_heads=first.num_heads,
+            num_kv_heads=first.num_kv_heads,
+            head_dim=head_dim,
+            intermediate_size=first.intermediate_size,
+            vocab_size=self.embed(model).weight.shape[0],
+            tie_word_embeddings=self.lm_head(model).weight is self.embed(model).weight,
+            dtype=str(param.dtype).removeprefix("torch."),
+            qkv_bias=getattr(qkv0, "bias", None) is not None,
+            o_bias=getattr(attn_out, "bias", None) is not None,
+            mlp_gated=self.mlp_layout != "plain",
+            mlp_bias=getattr(mlp_out, "bias", None) is not None,
+            norm_bias=getattr(norm0, "bias", None) is not None,
+            qk_norm=bool(self.qk_norm_names),
+            position_embeddings=pos.weight.shape[0] if pos is not None else 0,
+            layers=None if uniform else shapes,
+        )
+
+
+_LLAMA_LIKE = dict(
+    layers_path="model.layers",
+    embed_path="model.embed_tokens",
+    final_norm_path="model.norm",
+    lm_head_path="lm_head",
+    attn_name="self_attn",
+    attn_out_name="o_proj",
+    mlp_name="mlp",
+    mlp_out_name="down_proj",
+    norm_names=("input_layernorm", "post_attention_layernorm"),
+)
+
+ADAPTERS: tuple[Adapter, ...] = (
+    Adapter(family="llama", model_types=("llama",), **_LLAMA_LIKE),
+    Adapter(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),
+    Adapter(family="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    Adapter(family="qwen3", model_types=("qwen3",), qk_norm_names=("q_norm", "k_norm"), **_LLAMA_LIKE),
+    Adapter(
+        family="phi3",
+        model_types=("phi3",),
+        qkv_layout="fused_rows",
+        qkv_names=("qkv_proj",),
+        mlp_layout="gated_fused",
+        mlp_in_names=("gate_up_proj",),
+        **_LLAMA_LIKE,
+    ),
+    Adapter(
+        family="gpt2",
+        model_types=("gpt2",),
+        layers_path="transformer.h",
+        embed_path="transformer.wte",
+        final_norm_path="transformer.ln_f",
+        lm_head_path="lm_head",
+        attn_name="attn",
+        attn_out_name="c_proj",
+        mlp_name="mlp",
+        mlp_out_name="c_proj",
+        norm_names=("ln_1", "ln_2"),
+        qkv_layout="fused_conv1d",
+        qkv_names=("c_attn",),
+        mlp_layout="plain",
+        mlp_in_names=("c_fc",),
+        conv1d=True,
+        position_embed_path="transformer.wpe",
+    ),
+)
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for_model_type(model_type: str) -> Adapter:
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise UnsupportedArchitecture(
+        f"architecture '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    return adapter_for_model_type(model.config.model_type)
+
+
+def arch_spec(model: nn.Module) -> ArchSpec:
+    return adapter_for(model).spec(model)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "SUPPORTED_MODEL_TYPES",
+    "UnsupportedArchitecture",
+    "adapter_for",
+    "adapter_for_model_type",
+    "arch_spec",
+    "count_parameters",
+]

@@ -1,0 +1,127 @@
+"""Torch-free description of a decoder-only architecture and its cost model.
+
+Shared by the engine, the backend and the dashboard (which mirrors `param_count` in JS), so the
+numbers a user sees before a cut are the numbers the cut produces. Parameter counts are exact for
+every supported family: the tests compare them with `sum(p.numel())` of real models.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class LayerShape(BaseModel):
+    """Width of one decoder layer (layers may differ after a non-uniform cut)."""
+
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+
+class ArchSpec(BaseModel):
+    family: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    dtype: str = "float32"
+    # Which parameter groups exist; they decide the exact parameter count.
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_gated: bool = True
+    mlp_bias: bool = False
+    norm_bias: bool = False
+    qk_norm: bool = False
+    position_embeddings: int = 0
+    # Present only when layers differ; otherwise every layer has the top-level widths.
+    layers: list[LayerShape] | None = None
+
+    @property
+    def kv_groups(self) -> int:
+        return self.num_kv_heads
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def layer_shapes(self) -> list[LayerShape]:
+        if self.layers is not None:
+            return list(self.layers)
+        shape = LayerShape(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            intermediate_size=self.intermediate_size,
+        )
+        return [shape] * self.num_layers
+
+    # ---- cost model -------------------------------------------------------------------------
+
+    def layer_params(self, shape: LayerShape, hidden: int | None = None) -> int:
+        d = self.hidden_size if hidden is None else hidden
+        hd, h, g, f = self.head_dim, shape.num_heads, shape.num_kv_heads, shape.intermediate_size
+        attn = d * h * hd + 2 * d * g * hd + h * hd * d
+        if self.qkv_bias:
+            attn += h * hd + 2 * g * hd
+        if self.o_bias:
+            attn += d
+        if self.qk_norm:
+            attn += 2 * hd
+        mlp = (3 if self.mlp_gated else 2) * d * f
+        if self.mlp_bias:
+            mlp += (2 if self.mlp_gated else 1) * f + d
+        norms = 2 * self.norm_params(d)
+        return attn + mlp + norms
+
+    def norm_params(self, hidden: int) -> int:
+        return hidden * (2 if self.norm_bias else 1)
+
+    def embedding_params(self, hidden: int | None = None) -> int:
+        d = self.hidden_size if hidden is None else hidden
+        embed = self.vocab_size * d + self.position_embeddings * d
+        return embed if self.tie_word_embeddings else embed + self.vocab_size * d
+
+    def param_count(self, hidden: int | None = None, layers: list[LayerShape] | None = None) -> dict:
+        """Total and non-embedding parameters for a (possibly pruned) shape of this family."""
+        d = self.hidden_size if hidden is None else hidden
+        shapes = self.layer_shapes() if layers is None else layers
+        body = sum(self.layer_params(s, d) for s in shapes) + self.norm_params(d)
+        embedding = self.embedding_params(d)
+        return {"total": body + embedding, "non_embedding": body, "embedding": embedding}
+
+    def flops_per_token(
+        self, context: int = 2048, hidden: int | None = None, layers: list[LayerShape] | None = None
+    ) -> int:
+        """Forward FLOPs for one token at the given context: 2 x matmul weights + attention scores."""
+        d = self.hidden_size if hidden is None else hidden
+        shapes = self.layer_shapes() if layers is None else layers
+        matmul = 0
+        for s in shapes:
+            hd = self.head_dim
+            matmul += d * s.num_heads * hd * 2 + 2 * d * s.num_kv_heads * hd
+            matmul += (3 if self.mlp_gated else 2) * d * s.intermediate_size
+            matmul += 2 * context * s.num_heads * hd  # QK^T and AV against the whole context
+        matmul += self.vocab_size * d  # LM head
+        return 2 * matmul
+
+    def kv_cache_bytes_per_token(
+        self, layers: list[LayerShape] | None = None, bytes_per_value: int = 2
+    ) -> int:
+        shapes = self.layer_shapes() if layers is None else layers
+        return sum(2 * s.num_kv_heads * self.head_dim * bytes_per_value for s in shapes)
+
+    def summary(self) -> dict:
+        counts = self.param_count()
+        return {
+            **self.model_dump(exclude={"layers"}),
+            "uniform": self.layers is None,
+            "layers": [s.model_dump() for s in self.layer_shapes()],
+            "params_total": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "flops_per_token": self.flops_per_token(),
+            "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
+        }
