@@ -46,6 +46,8 @@ class Adapter:
     conv1d: bool = False  # GPT-2 style Conv1D weights are stored [in, out]
     position_embed_path: str | None = None
     qk_norm_names: tuple[str, ...] = ()
+    # Config field holding the MLP size (GPT-2 calls it n_inner; None there means 4 x n_embd).
+    intermediate_field: str = "intermediate_size"
 
     # ---- locating parts -------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -206,6 +208,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         mlp_in_names=("c_fc",),
         conv1d=True,
         position_embed_path="transformer.wpe",
+        intermediate_field="n_inner",
     ),
 )
 

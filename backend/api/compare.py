@@ -1,0 +1,67 @@
+"""Side-by-side view of a teacher and its students: specs, latest evaluations/benchmarks, curve jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.deps import field_error, get_db, get_or_404
+from backend.models import BenchmarkResult, Job, Student, Teacher
+
+router = APIRouter(tags=["compare"])
+
+
+def _results(db: Session, kind: str, **where) -> list[dict]:
+    q = (
+        select(BenchmarkResult)
+        .where(BenchmarkResult.kind == kind)
+        .order_by(BenchmarkResult.id.desc())
+        .limit(5)
+    )
+    for name, value in where.items():
+        q = q.where(getattr(BenchmarkResult, name) == value)
+    return [{"job_id": r.job_id, **r.result} for r in db.scalars(q)]
+
+
+@router.get("/compare")
+def compare(
+    teacher: int | None = None,
+    students: str = Query("", description="comma-separated ids"),
+    db: Session = Depends(get_db),
+) -> dict:
+    try:
+        student_ids = [int(s) for s in students.split(",") if s.strip()]
+    except ValueError as exc:
+        raise field_error(["query", "students"], "must be comma-separated integer ids") from exc
+    models = []
+    if teacher is not None:
+        t = get_or_404(db, Teacher, teacher)
+        models.append(
+            {
+                "kind": "teacher",
+                "id": t.id,
+                "name": t.name,
+                "spec": t.spec,
+                "evaluations": _results(db, "evaluate", teacher_id=t.id, student_id=None),
+                "benchmarks": _results(db, "benchmark", teacher_id=t.id, student_id=None),
+                "distill_jobs": [],
+            }
+        )
+    for sid in student_ids:
+        s = get_or_404(db, Student, sid)
+        jobs = db.scalars(
+            select(Job.id).where(Job.student_id == sid, Job.kind == "distill").order_by(Job.id)
+        ).all()
+        models.append(
+            {
+                "kind": "student",
+                "id": s.id,
+                "name": s.name,
+                "spec": s.spec,
+                "evaluations": _results(db, "evaluate", student_id=s.id),
+                "benchmarks": _results(db, "benchmark", student_id=s.id),
+                "distill_jobs": list(jobs),
+            }
+        )
+    return {"models": models}

@@ -1,0 +1,149 @@
+"""Importance runs and their heatmap payloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import heatmaps, serialize
+from backend.artifacts import ArtifactStore
+from backend.deps import field_error, get_db, get_or_404, get_settings
+from backend.dispatch import new_job, send
+from backend.models import Dataset, ImportanceRun, Job, Teacher
+from backend.schemas import BatchAgg, ImportanceRunCreate, SeqAgg
+from backend.settings import Settings
+
+router = APIRouter(tags=["importance"])
+
+
+def ready_teacher(db: Session, teacher_id: int) -> Teacher:
+    teacher = get_or_404(db, Teacher, teacher_id)
+    if teacher.status != "ready" or not teacher.spec:
+        raise HTTPException(409, f"Teacher {teacher_id} is {teacher.status}, not ready")
+    return teacher
+
+
+@router.post("/importance-runs", status_code=201)
+def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+    teacher = ready_teacher(db, body.teacher_id)
+    get_or_404(db, Dataset, body.dataset_id)
+    layers = teacher.spec["num_layers"]
+    if "block" in body.scans and not 1 <= body.block_size < layers:
+        raise field_error(
+            ["body", "block_size"], f"must be between 1 and {layers - 1} (the teacher has {layers} layers)"
+        )
+    params = body.model_dump(exclude={"teacher_id", "dataset_id"})
+    run = ImportanceRun(teacher_id=teacher.id, dataset_id=body.dataset_id, params=params)
+    db.add(run)
+    db.flush()
+    job = new_job(db, "importance", params, teacher_id=teacher.id, importance_run_id=run.id)
+    run.job_id = job.id
+    send(request.app, db, job)
+    return serialize.importance_run(run, job)
+
+
+@router.get("/importance-runs")
+def list_runs(
+    teacher_id: int | None = None, limit: int = 200, offset: int = 0, db: Session = Depends(get_db)
+) -> list[dict]:
+    q = (
+        select(ImportanceRun, Job)
+        .outerjoin(Job, Job.id == ImportanceRun.job_id)
+        .order_by(ImportanceRun.id.desc())
+    )
+    if teacher_id is not None:
+        q = q.where(ImportanceRun.teacher_id == teacher_id)
+    return [serialize.importance_run(r, j) for r, j in db.execute(q.limit(min(limit, 1000)).offset(offset))]
+
+
+@router.get("/importance-runs/{run_id}")
+def get_run(run_id: int, db: Session = Depends(get_db)) -> dict:
+    run = get_or_404(db, ImportanceRun, run_id, "Importance run")
+    return serialize.importance_run(run, db.get(Job, run.job_id) if run.job_id else None)
+
+
+def artifact_path(db: Session, run_id: int, settings: Settings) -> tuple[ImportanceRun, Path]:
+    run = get_or_404(db, ImportanceRun, run_id, "Importance run")
+    if not run.artifact:
+        job = db.get(Job, run.job_id) if run.job_id else None
+        raise HTTPException(
+            409, f"Importance run {run_id} has no results yet (status {job.status if job else 'queued'})"
+        )
+    return run, ArtifactStore(settings.artifacts_url).local_dir(run.artifact)
+
+
+@router.get("/importance-runs/{run_id}/heads")
+def run_heads(
+    run_id: int,
+    batch: BatchAgg = "l2",
+    seq: SeqAgg = "mean",
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> dict:
+    run, path = artifact_path(db, run_id, settings)
+    teacher = db.get(Teacher, run.teacher_id)
+    return heatmaps.heads(path, batch, seq, (teacher.spec or {}).get("num_kv_heads"))
+
+
+@router.get("/importance-runs/{run_id}/neurons")
+def run_neurons(
+    run_id: int,
+    batch: BatchAgg = "l2",
+    seq: SeqAgg = "mean",
+    bins: int = Query(256, ge=1, le=4096),
+    order: Literal["sorted", "natural"] = "sorted",
+    layer_start: int = Query(0, ge=0),
+    layer_end: int | None = Query(None, ge=1),
+    start: int = Query(0, ge=0),
+    end: int | None = Query(None, ge=1),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> dict:
+    _, path = artifact_path(db, run_id, settings)
+    try:
+        return heatmaps.neurons(
+            path,
+            batch,
+            seq,
+            bins=bins,
+            order=order,
+            layer_start=layer_start,
+            layer_end=layer_end,
+            start=start,
+            end=end,
+        )
+    except ValueError as exc:
+        field = "layer_end" if "layer" in str(exc) else "end"
+        raise field_error(["query", field], str(exc)) from exc
+
+
+@router.get("/importance-runs/{run_id}/hidden")
+def run_hidden(
+    run_id: int,
+    batch: BatchAgg = "l2",
+    seq: SeqAgg = "mean",
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> dict:
+    _, path = artifact_path(db, run_id, settings)
+    return heatmaps.hidden(path, batch, seq)
+
+
+@router.get("/importance-runs/{run_id}/layers")
+def run_layers(
+    run_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> dict:
+    _, path = artifact_path(db, run_id, settings)
+    return heatmaps.layers(path)
+
+
+@router.get("/importance-runs/{run_id}/stability")
+def run_stability(
+    run_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> dict:
+    _, path = artifact_path(db, run_id, settings)
+    return heatmaps.stability(path)

@@ -1,0 +1,152 @@
+"""Jobs: create distill / evaluate / benchmark, list, cancel, resume, metrics, logs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend import serialize
+from backend.deps import field_error, get_db, get_or_404
+from backend.dispatch import new_job, send
+from backend.events import add_event, publish_wakeup
+from backend.models import Dataset, Event, Job, MetricPoint, Student, Teacher, utcnow
+from backend.schemas import PARAMS, JobCreate
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/jobs", status_code=201)
+def create_job(body: JobCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+    try:
+        params = PARAMS[body.kind].model_validate(body.params)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", "params", *e["loc"])}
+                for e in exc.errors(include_url=False, include_context=False)
+            ]
+        ) from exc
+    if body.student_id is None and (body.kind == "distill" or body.teacher_id is None):
+        raise field_error(
+            ["body", "student_id"],
+            "student_id is required" + ("" if body.kind == "distill" else " (or teacher_id)"),
+        )
+    teacher_id = body.teacher_id
+    if body.student_id is not None:
+        student = get_or_404(db, Student, body.student_id)
+        if student.status != "ready":
+            raise HTTPException(409, f"Student {student.id} is {student.status}, not ready")
+        teacher_id = student.teacher_id
+    else:
+        get_or_404(db, Teacher, teacher_id)
+    if getattr(params, "dataset_id", None) is not None:
+        get_or_404(db, Dataset, params.dataset_id)
+    job = new_job(db, body.kind, params.model_dump(), teacher_id=teacher_id, student_id=body.student_id)
+    send(request.app, db, job)
+    return serialize.job(job)
+
+
+@router.get("/jobs")
+def list_jobs(
+    kind: str | None = None,
+    status: str | None = None,
+    teacher_id: int | None = None,
+    student_id: int | None = None,
+    limit: int = 200,
+    offset: int = 0,
+    db: Session = Depends(get_db),
+) -> list[dict]:
+    q = select(Job).order_by(Job.id.desc())
+    for column, value in (
+        (Job.kind, kind),
+        (Job.status, status),
+        (Job.teacher_id, teacher_id),
+        (Job.student_id, student_id),
+    ):
+        if value is not None:
+            q = q.where(column == value)
+    return [serialize.job(j) for j in db.scalars(q.limit(min(limit, 1000)).offset(offset))]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: int, db: Session = Depends(get_db)) -> dict:
+    return serialize.job(get_or_404(db, Job, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202)
+def cancel(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict:
+    job = get_or_404(db, Job, job_id)
+    # A queued job is cancelled at once (the worker's claim then fails); a running one is flagged and
+    # stops at its next step. Conditional updates so a concurrent claim/finish is never overwritten.
+    if db.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="cancelled", cancel_requested=True, finished_at=utcnow(), error="cancelled by the user"
+        )
+    ).rowcount:
+        pass
+    elif not db.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
+    ).rowcount:
+        raise HTTPException(409, f"Job {job_id} is already {job.status}")
+    db.refresh(job)
+    add_event(db, job, "status", serialize.job(job))
+    db.commit()
+    publish_wakeup(request.app.state.settings, job.id, job.teacher_id)
+    return serialize.job(job)
+
+
+@router.post("/jobs/{job_id}/resume", status_code=202)
+def resume(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict:
+    job = get_or_404(db, Job, job_id)
+    if not serialize.is_resumable(job):
+        why = "has no checkpoint" if job.status in ("failed", "cancelled") else f"is {job.status}"
+        raise HTTPException(409, f"Job {job_id} cannot be resumed: it {why}")
+    changed = db.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.attempts == job.attempts)
+        .values(
+            status="queued",
+            attempts=job.attempts + 1,
+            cancel_requested=False,
+            error=None,
+            finished_at=None,
+            message=f"resuming from step {job.checkpoint_step}",
+        )
+    ).rowcount
+    if not changed:
+        raise HTTPException(409, f"Job {job_id} changed meanwhile; reload it")
+    db.refresh(job)
+    add_event(db, job, "status", serialize.job(job))
+    send(request.app, db, job)
+    return serialize.job(job)
+
+
+@router.get("/jobs/{job_id}/metrics")
+def metrics(
+    job_id: int, names: str | None = None, since_step: int | None = None, db: Session = Depends(get_db)
+) -> dict:
+    get_or_404(db, Job, job_id)
+    q = select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.name, MetricPoint.step)
+    if names:
+        q = q.where(MetricPoint.name.in_([n.strip() for n in names.split(",") if n.strip()]))
+    if since_step is not None:
+        q = q.where(MetricPoint.step > since_step)
+    series: dict[str, list] = {}
+    for p in db.scalars(q):
+        series.setdefault(p.name, []).append({"step": p.step, "value": p.value, "tokens": p.tokens, "t": p.t})
+    return {"job_id": job_id, "series": series}
+
+
+@router.get("/jobs/{job_id}/logs")
+def logs(job_id: int, db: Session = Depends(get_db)) -> list[dict]:
+    get_or_404(db, Job, job_id)
+    rows = db.scalars(select(Event).where(Event.job_id == job_id, Event.type == "log").order_by(Event.id))
+    return [
+        {"t": serialize.ts(e.created_at), "level": e.data.get("level"), "msg": e.data.get("msg")}
+        for e in rows
+    ]

@@ -1,0 +1,153 @@
+"""Prune plans: validate / fill (no write), create, update with optimistic versioning, preview."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend import heatmaps, serialize
+from backend.api.importance import artifact_path, ready_teacher
+from backend.deps import get_db, get_or_404, get_settings
+from backend.dispatch import new_job, send
+from backend.models import Dataset, Plan, utcnow
+from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
+from backend.settings import Settings
+from worker.engine.plan import PlanError, PrunePlan, fill_plan, plan_stats, validate_plan
+from worker.engine.spec import ArchSpec
+
+router = APIRouter(tags=["plans"])
+
+
+def teacher_spec(summary: dict) -> ArchSpec:
+    return ArchSpec.model_validate(
+        {**summary, "layers": None if summary.get("uniform", True) else summary["layers"]}
+    )
+
+
+def evaluate(plan: PrunePlan, spec: ArchSpec) -> dict:
+    messages = validate_plan(plan, spec)
+    has_error = any(m.level == "error" for m in messages)
+    stats = None
+    if not has_error:
+        stats = plan_stats(plan, spec)
+    return {
+        "plan": plan.model_dump(mode="json"),
+        "stats": stats,
+        "messages": [m.model_dump() for m in messages],
+    }
+
+
+def reject_errors(result: dict) -> None:
+    errors = [m for m in result["messages"] if m["level"] == "error"]
+    if errors:
+        raise RequestValidationError(
+            [
+                {"loc": ("body", "plan", *m["field"].split(".")), "msg": m["text"], "type": "plan_error"}
+                for m in errors
+            ]
+        )
+
+
+@router.post("/plans/validate")
+def validate(body: PlanValidate, db: Session = Depends(get_db)) -> dict:
+    return evaluate(body.plan, teacher_spec(ready_teacher(db, body.teacher_id).spec))
+
+
+@router.post("/plans/fill")
+def fill(body: PlanFill, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)) -> dict:
+    spec = teacher_spec(ready_teacher(db, body.teacher_id).spec)
+    run, path = artifact_path(db, body.importance_run_id, settings)
+    if run.teacher_id != body.teacher_id:
+        raise HTTPException(422, f"importance_run_id: run {run.id} belongs to teacher {run.teacher_id}")
+    try:
+        plan = fill_plan(PrunePlan(targets=body.targets), spec, heatmaps.scores(path, body.batch, body.seq))
+    except PlanError as exc:
+        raise RequestValidationError(
+            [
+                {"loc": ("body", *m.field.split(".")), "msg": m.text, "type": "plan_error"}
+                for m in exc.messages
+            ]
+        ) from exc
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "targets"), "msg": str(exc), "type": "value_error"}]
+        ) from exc
+    return evaluate(plan, spec)
+
+
+@router.post("/plans", status_code=201)
+def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> dict:
+    spec = teacher_spec(ready_teacher(db, body.teacher_id).spec)
+    if body.importance_run_id is not None:
+        from backend.models import ImportanceRun
+
+        get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run")
+    result = evaluate(body.plan, spec)
+    reject_errors(result)
+    plan = Plan(
+        teacher_id=body.teacher_id,
+        importance_run_id=body.importance_run_id,
+        name=body.name,
+        version=1,
+        plan=result["plan"],
+        stats=result["stats"],
+        messages=result["messages"],
+    )
+    db.add(plan)
+    db.commit()  # before the response: the client may use the id at once
+    return serialize.plan(plan)
+
+
+@router.put("/plans/{plan_id}")
+def update_plan(plan_id: int, body: PlanUpdate, db: Session = Depends(get_db)) -> dict:
+    plan = get_or_404(db, Plan, plan_id)
+    values: dict = {"version": body.version + 1, "updated_at": utcnow()}
+    if body.name is not None:
+        values["name"] = body.name
+    if body.plan is not None:
+        result = evaluate(body.plan, teacher_spec(ready_teacher(db, plan.teacher_id).spec))
+        reject_errors(result)
+        values.update(plan=result["plan"], stats=result["stats"], messages=result["messages"])
+    # Compare-and-set in one statement: of two tabs sending the same version, exactly one wins.
+    changed = db.execute(
+        update(Plan).where(Plan.id == plan_id, Plan.version == body.version).values(**values)
+    ).rowcount
+    if not changed:
+        db.rollback()
+        current = db.get(Plan, plan_id)
+        raise HTTPException(
+            409, f"Plan {plan_id} was changed elsewhere (version {current.version}, you sent {body.version})"
+        )
+    db.commit()
+    db.refresh(plan)
+    return serialize.plan(plan)
+
+
+@router.get("/plans")
+def list_plans(
+    teacher_id: int | None = None, limit: int = 200, offset: int = 0, db: Session = Depends(get_db)
+) -> list[dict]:
+    q = select(Plan).order_by(Plan.id.desc())
+    if teacher_id is not None:
+        q = q.where(Plan.teacher_id == teacher_id)
+    return [serialize.plan(p) for p in db.scalars(q.limit(min(limit, 1000)).offset(offset))]
+
+
+@router.get("/plans/{plan_id}")
+def get_plan(plan_id: int, db: Session = Depends(get_db)) -> dict:
+    return serialize.plan(get_or_404(db, Plan, plan_id))
+
+
+@router.post("/plans/{plan_id}/preview", status_code=202)
+def preview(
+    plan_id: int, request: Request, body: PreviewCreate | None = Body(None), db: Session = Depends(get_db)
+) -> dict:
+    plan = get_or_404(db, Plan, plan_id)
+    body = body or PreviewCreate()
+    if body.dataset_id is not None:
+        get_or_404(db, Dataset, body.dataset_id)
+    job = new_job(db, "preview", body.model_dump(), teacher_id=plan.teacher_id, plan_id=plan.id)
+    send(request.app, db, job)
+    return serialize.job(job)

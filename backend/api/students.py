@@ -1,0 +1,79 @@
+"""Students: pruned copies of a teacher, created by a `prune` job from a plan."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import serialize
+from backend.artifacts import ArtifactStore
+from backend.deps import get_db, get_or_404, get_settings
+from backend.dispatch import new_job, send
+from backend.models import Plan, Student
+from backend.schemas import StudentCreate
+from backend.settings import Settings
+
+router = APIRouter(tags=["students"])
+
+
+@router.post("/students", status_code=201)
+def create_student(body: StudentCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+    plan = get_or_404(db, Plan, body.plan_id)
+    student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
+    db.add(student)
+    db.flush()
+    job = new_job(
+        db,
+        "prune",
+        {"plan_id": plan.id, "plan_version": plan.version},
+        teacher_id=plan.teacher_id,
+        student_id=student.id,
+        plan_id=plan.id,
+    )
+    student.job_id = job.id
+    send(request.app, db, job)
+    return serialize.student(student)
+
+
+@router.get("/students")
+def list_students(
+    teacher_id: int | None = None, limit: int = 200, offset: int = 0, db: Session = Depends(get_db)
+) -> list[dict]:
+    q = select(Student).order_by(Student.id.desc())
+    if teacher_id is not None:
+        q = q.where(Student.teacher_id == teacher_id)
+    return [serialize.student(s) for s in db.scalars(q.limit(min(limit, 1000)).offset(offset))]
+
+
+@router.get("/students/{student_id}")
+def get_student(student_id: int, db: Session = Depends(get_db)) -> dict:
+    return serialize.student(get_or_404(db, Student, student_id))
+
+
+@router.get("/students/{student_id}/download")
+def download(student_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)):
+    student = get_or_404(db, Student, student_id)
+    if student.status != "ready" or not student.path:
+        raise HTTPException(409, f"Student {student_id} is {student.status}, not ready")
+    directory = ArtifactStore(settings.artifacts_url).local_dir(student.path)
+    buffer = io.BytesIO()  # weights are stored compressed already; ZIP_STORED keeps this fast
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{_safe(student.name)}/{path.relative_to(directory)}")
+    buffer.seek(0)
+    filename = f"{_safe(student.name)}.zip"
+    return StreamingResponse(
+        buffer,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "student"

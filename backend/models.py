@@ -1,0 +1,180 @@
+"""The database schema (SQLAlchemy 2.0 typed ORM). Alembic migrations in `backend/migrations/` create it.
+
+Large arrays and weights live in the artifact store; rows keep only their location.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class Teacher(Base):
+    __tablename__ = "teachers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)
+    trust_remote_code: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ready | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any] | None]
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImportanceRun(Base):
+    __tablename__ = "importance_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    teacher_id: Mapped[int] = mapped_column(ForeignKey("teachers.id"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    params: Mapped[dict[str, Any]]
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    artifact: Mapped[str | None] = mapped_column(Text)  # artifact-store key of the exported scores
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    teacher_id: Mapped[int] = mapped_column(ForeignKey("teachers.id"), index=True)
+    importance_run_id: Mapped[int | None] = mapped_column(ForeignKey("importance_runs.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    # Optimistic concurrency: every update must name the version it started from.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    plan: Mapped[dict[str, Any]]
+    stats: Mapped[dict[str, Any] | None]
+    messages: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Student(Base):
+    __tablename__ = "students"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    teacher_id: Mapped[int] = mapped_column(ForeignKey("teachers.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ready | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any] | None]
+    path: Mapped[str | None] = mapped_column(Text)  # artifact-store key of the saved model directory
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]]
+    result: Mapped[dict[str, Any] | None]
+    queue: Mapped[str] = mapped_column(String(32), default="default")
+    device: Mapped[str | None] = mapped_column(String(32))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    # Each (re)submission gets a new attempt number; a task message for an older attempt is ignored, so a
+    # redelivered message never runs a job twice.
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    heartbeat_at: Mapped[datetime | None]
+    teacher_id: Mapped[int | None] = mapped_column(ForeignKey("teachers.id"), index=True)
+    student_id: Mapped[int | None] = mapped_column(ForeignKey("students.id"), index=True)
+    importance_run_id: Mapped[int | None] = mapped_column(ForeignKey("importance_runs.id"))
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class MetricPoint(Base):
+    __tablename__ = "metric_points"
+    __table_args__ = (UniqueConstraint("job_id", "name", "step", name="uq_metric_job_name_step"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    t: Mapped[float | None] = mapped_column(Float)  # seconds since the job started
+
+
+class Event(Base):
+    """The ordered log behind the SSE streams: ids are the `id:` of each server-sent event."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_job_id_id", "job_id", "id"),
+        Index("ix_events_teacher_id_id", "teacher_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    teacher_id: Mapped[int | None] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16))  # metric | status | log
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BenchmarkResult(Base):
+    """Results of evaluate / benchmark jobs, kept per model for the compare view."""
+
+    __tablename__ = "benchmark_results"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # evaluate | benchmark
+    teacher_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    student_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    result: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Artifact(Base):
+    """Every file tree a job wrote to the artifact store (importance results, student weights, checkpoints)."""
+
+    __tablename__ = "artifacts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,132 @@
+"""Request bodies of the API (pydantic): a bad field is a 422 naming it, before anything is written."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from worker.engine.plan import PlanTargets, PrunePlan
+
+Scan = Literal["bi", "drop", "block"]
+BatchAgg = Literal["l2", "mean", "var"]
+SeqAgg = Literal["mean", "l2"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=1000, description='"demo", a local directory, or a hub id')
+    trust_remote_code: bool = False
+
+
+class DatasetCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=1000, description='"demo" or a local file / directory')
+
+
+class ImportanceRunCreate(Strict):
+    teacher_id: int
+    dataset_id: int
+    samples: int = Field(64, ge=1, le=100_000)
+    seq_len: int = Field(128, ge=2, le=131_072)
+    batch_size: int = Field(8, ge=1, le=4096)
+    scans: list[Scan] = Field(default_factory=lambda: ["bi", "drop", "block"])
+    block_size: int = Field(2, ge=1, le=512)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("scans")
+    @classmethod
+    def _unique(cls, scans: list[str]) -> list[str]:
+        return list(dict.fromkeys(scans))
+
+
+class PlanValidate(Strict):
+    teacher_id: int
+    plan: PrunePlan
+
+
+class PlanFill(Strict):
+    teacher_id: int
+    importance_run_id: int
+    targets: PlanTargets
+    batch: BatchAgg = "l2"
+    seq: SeqAgg = "mean"
+
+
+class PlanCreate(Strict):
+    teacher_id: int
+    importance_run_id: int | None = None
+    name: str = Field(min_length=1, max_length=200)
+    plan: PrunePlan
+
+
+class PlanUpdate(Strict):
+    version: int = Field(ge=1)
+    plan: PrunePlan | None = None
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class PreviewCreate(Strict):
+    dataset_id: int | None = None
+    samples: int = Field(16, ge=1, le=4096)
+    seq_len: int = Field(128, ge=2, le=131_072)
+
+
+class StudentCreate(Strict):
+    plan_id: int
+    name: str = Field(min_length=1, max_length=200)
+
+
+class DistillParams(Strict):
+    dataset_id: int | None = None
+    steps: int = Field(200, ge=1, le=10_000_000)
+    tokens: int | None = Field(None, ge=1)
+    lr: float = Field(1e-4, gt=0, le=1.0)
+    min_lr: float = Field(1e-5, ge=0, le=1.0)
+    warmup: int = Field(20, ge=0)
+    temperature: float = Field(1.0, gt=0, le=100)
+    ce_weight: float = Field(0.0, ge=0)
+    teacher_correction_steps: int = Field(0, ge=0)
+    baseline: bool = False
+    batch_size: int = Field(8, ge=1, le=4096)
+    seq_len: int = Field(128, ge=2, le=131_072)
+    val_every: int = Field(50, ge=0)
+    val_batches: int = Field(8, ge=1, le=10_000)
+    checkpoint_every: int = Field(50, ge=0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _lr_order(self):
+        if self.min_lr > self.lr:
+            raise ValueError("min_lr must not exceed lr")
+        return self
+
+
+class EvaluateParams(Strict):
+    dataset_id: int | None = None
+    split: Literal["train", "validation", "calibration", "test"] = "test"
+    max_documents: int = Field(64, ge=1, le=100_000)
+    seq_len: int = Field(128, ge=2, le=131_072)
+    tasks: list[str] = Field(default_factory=list)
+    limit: int | None = Field(50, ge=1, description="samples per lm-eval task")
+
+
+class BenchmarkParams(Strict):
+    batch_size: int = Field(1, ge=1, le=1024)
+    seq_len: int = Field(128, ge=1, le=131_072)
+    new_tokens: int = Field(32, ge=1, le=8192)
+    repeats: int = Field(3, ge=1, le=100)
+
+
+PARAMS = {"distill": DistillParams, "evaluate": EvaluateParams, "benchmark": BenchmarkParams}
+
+
+class JobCreate(Strict):
+    kind: Literal["distill", "evaluate", "benchmark"]
+    student_id: int | None = None
+    teacher_id: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)

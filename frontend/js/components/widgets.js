@@ -1,0 +1,58 @@
+// Small shared widgets: progress bars, status badges, stability badges, form field builders.
+
+import { h } from "../dom.js";
+import { duration, pct } from "../format.js";
+
+export function statusBadge(status) {
+  const kind = { succeeded: "ok", ready: "ok", failed: "err", cancelled: "warn", running: "run", pending: "", queued: "" }[status] ?? "";
+  return h(`span.badge${kind ? `.${kind}` : ""}`, { dataset: { status } }, status || "–");
+}
+
+/** Progress bar + "42% · ETA 1m 3s" for a job-like object. */
+export function progressBar(job, { big = false } = {}) {
+  const p = Math.max(0, Math.min(1, job.progress || 0));
+  const failed = job.status === "failed";
+  const bar = h(`div.progress${big ? ".big" : ""}${failed ? ".failed" : ""}`, { role: "progressbar", "aria-valuenow": Math.round(p * 100), "aria-valuemin": 0, "aria-valuemax": 100 }, h("i", { style: { width: `${(job.status === "succeeded" ? 1 : p) * 100}%` } }));
+  const text = [];
+  if (job.status === "running") {
+    text.push(pct(p, 0));
+    if (job.eta_s !== null && job.eta_s !== undefined) text.push(`ETA ${duration(job.eta_s)}`);
+  }
+  if (job.message && job.status === "running") text.push(job.message);
+  return h("div.stack", { style: { gap: "3px" } }, bar, text.length ? h("div.hint.num", text.join(" · ")) : null);
+}
+
+/** Spearman rho of two calibration halves: how much to trust a ranking. */
+export function stabilityBadge(axis, rho) {
+  if (rho === null || rho === undefined) return h("span.badge", `${axis}: –`);
+  const kind = rho >= 0.9 ? "ok" : rho >= 0.7 ? "warn" : "err";
+  const word = rho >= 0.9 ? "stable" : rho >= 0.7 ? "moderate" : "noisy";
+  return h(`span.badge.${kind}`, { title: `Spearman correlation of the ${axis} ranking between two halves of the calibration set`, dataset: { testid: `stability-${axis}` } }, `${axis} ρ=${rho.toFixed(2)} ${word}`);
+}
+
+/** A labelled input. spec: {name, label, type, value, step, min, options: [[v, label]]} */
+export function field(spec) {
+  let input;
+  if (spec.options) {
+    input = h("select", { name: spec.name }, spec.options.map(([v, label]) => h("option", { value: v, selected: String(v) === String(spec.value) }, label)));
+  } else if (spec.type === "checkbox") {
+    input = h("input", { type: "checkbox", name: spec.name, checked: !!spec.value });
+    return h("label.check", input, spec.label);
+  } else {
+    input = h("input", { name: spec.name, type: spec.type || "text", value: spec.value ?? "", step: spec.step, min: spec.min, placeholder: spec.placeholder || "", size: spec.size });
+  }
+  if (spec.title) input.title = spec.title;
+  return h("label.field", h("span", spec.label), input);
+}
+
+/** Read a form's named inputs into an object, converting numbers; empty fields are left out. */
+export function readForm(form) {
+  const out = {};
+  for (const el of form.querySelectorAll("[name]")) {
+    if (el.type === "checkbox") out[el.name] = el.checked;
+    else if (el.value === "") continue;
+    else if (el.type === "number") out[el.name] = Number(el.value);
+    else out[el.name] = el.value;
+  }
+  return out;
+}

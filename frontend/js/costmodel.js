@@ -1,0 +1,136 @@
+// Exact mirror of worker/engine/spec.py's cost model (ArchSpec.param_count, flops_per_token,
+// kv_cache_bytes_per_token) so the planner counts a plan on every click without a round trip.
+// tests/ui/test_costmodel.py checks these numbers against the Python ones; change both together.
+// Works in the browser and in node (no DOM use).
+
+/** Per-layer shapes of a spec as returned by the API (ArchSpec.summary(): `layers` is always a list). */
+export function layerShapes(spec) {
+  if (Array.isArray(spec.layers) && spec.layers.length) return spec.layers.map((s) => ({ ...s }));
+  return Array.from({ length: spec.num_layers }, () => ({
+    num_heads: spec.num_heads,
+    num_kv_heads: spec.num_kv_heads,
+    intermediate_size: spec.intermediate_size,
+  }));
+}
+
+function normParams(spec, hidden) {
+  return hidden * (spec.norm_bias ? 2 : 1);
+}
+
+export function layerParams(spec, shape, hidden = spec.hidden_size) {
+  const d = hidden;
+  const hd = spec.head_dim;
+  const h = shape.num_heads;
+  const g = shape.num_kv_heads;
+  const f = shape.intermediate_size;
+  let attn = d * h * hd + 2 * d * g * hd + h * hd * d;
+  if (spec.qkv_bias) attn += h * hd + 2 * g * hd;
+  if (spec.o_bias) attn += d;
+  if (spec.qk_norm) attn += 2 * hd;
+  let mlp = (spec.mlp_gated ? 3 : 2) * d * f;
+  if (spec.mlp_bias) mlp += (spec.mlp_gated ? 2 : 1) * f + d;
+  return attn + mlp + 2 * normParams(spec, d);
+}
+
+export function embeddingParams(spec, hidden = spec.hidden_size) {
+  const embed = spec.vocab_size * hidden + (spec.position_embeddings || 0) * hidden;
+  return spec.tie_word_embeddings ? embed : embed + spec.vocab_size * hidden;
+}
+
+export function paramCount(spec, hidden = spec.hidden_size, layers = layerShapes(spec)) {
+  let body = normParams(spec, hidden);
+  for (const s of layers) body += layerParams(spec, s, hidden);
+  const embedding = embeddingParams(spec, hidden);
+  return { total: body + embedding, non_embedding: body, embedding };
+}
+
+export function flopsPerToken(spec, context = 2048, hidden = spec.hidden_size, layers = layerShapes(spec)) {
+  const d = hidden;
+  const hd = spec.head_dim;
+  let matmul = 0;
+  for (const s of layers) {
+    matmul += d * s.num_heads * hd * 2 + 2 * d * s.num_kv_heads * hd;
+    matmul += (spec.mlp_gated ? 3 : 2) * d * s.intermediate_size;
+    matmul += 2 * context * s.num_heads * hd; // QK^T and AV against the whole context
+  }
+  matmul += spec.vocab_size * d; // LM head
+  return 2 * matmul;
+}
+
+export function kvCacheBytesPerToken(spec, layers = layerShapes(spec), bytesPerValue = 2) {
+  let total = 0;
+  for (const s of layers) total += 2 * s.num_kv_heads * spec.head_dim * bytesPerValue;
+  return total;
+}
+
+// ---- plans ---------------------------------------------------------------------------------
+
+const listFor = (dict, layer) => (dict && (dict[layer] || dict[String(layer)])) || [];
+
+/** Shape after a PrunePlan: {hidden, layers: [LayerShape]} (dropped layers removed). */
+export function resultingShape(spec, plan) {
+  const drop = new Set(plan.drop_layers || []);
+  const layers = [];
+  layerShapes(spec).forEach((s, l) => {
+    if (drop.has(l)) return;
+    const perGroup = s.num_heads / s.num_kv_heads;
+    const groups = new Set(listFor(plan.remove_kv_groups, l));
+    const heads = new Set(listFor(plan.remove_heads, l));
+    for (const g of groups) for (let i = 0; i < perGroup; i++) heads.add(g * perGroup + i);
+    // A group whose query heads are all removed loses its K/V projection too (as in plan.py).
+    for (let g = 0; g < s.num_kv_heads; g++) {
+      let all = true;
+      for (let i = 0; i < perGroup && all; i++) all = heads.has(g * perGroup + i);
+      if (all) groups.add(g);
+    }
+    layers.push({
+      num_heads: s.num_heads - heads.size,
+      num_kv_heads: s.num_kv_heads - groups.size,
+      intermediate_size: s.intermediate_size - new Set(listFor(plan.remove_neurons, l)).size,
+    });
+  });
+  const hidden = spec.hidden_size - new Set(plan.remove_hidden || []).size;
+  return { hidden, layers };
+}
+
+/** Everything the planner's live summary shows, computed locally. */
+export function planStats(spec, plan) {
+  const teacher = paramCount(spec);
+  const { hidden, layers } = resultingShape(spec, plan);
+  const counts = paramCount(spec, hidden, layers);
+  const uniform = layers.every(
+    (s) =>
+      s.num_heads === layers[0].num_heads &&
+      s.num_kv_heads === layers[0].num_kv_heads &&
+      s.intermediate_size === layers[0].intermediate_size,
+  );
+  return {
+    num_layers: layers.length,
+    hidden_size: hidden,
+    layers,
+    uniform,
+    params_total: counts.total,
+    params_non_embedding: counts.non_embedding,
+    params_embedding: counts.embedding,
+    fraction_of_teacher: counts.total / teacher.total,
+    teacher_params_total: teacher.total,
+    teacher_params_non_embedding: teacher.non_embedding,
+    flops_per_token: flopsPerToken(spec, 2048, hidden, layers),
+    teacher_flops_per_token: flopsPerToken(spec),
+    kv_cache_bytes_per_token: kvCacheBytesPerToken(spec, layers),
+    teacher_kv_cache_bytes_per_token: kvCacheBytesPerToken(spec),
+  };
+}
+
+/** Local structural checks that need no scores (the server adds GQA/shape advice via /plans/validate). */
+export function localMessages(spec, plan) {
+  const out = [];
+  const { hidden, layers } = resultingShape(spec, plan);
+  if (layers.length === 0) out.push({ level: "error", field: "drop_layers", text: "every layer is dropped" });
+  if (hidden <= 0) out.push({ level: "error", field: "remove_hidden", text: "every hidden channel is removed" });
+  layers.forEach((s, i) => {
+    if (s.num_heads <= 0) out.push({ level: "error", field: "remove_heads", text: `a kept layer (#${i}) has no attention heads left` });
+    if (s.intermediate_size <= 0) out.push({ level: "error", field: "remove_neurons", text: `a kept layer (#${i}) has no MLP neurons left` });
+  });
+  return out;
+}

@@ -1,0 +1,57 @@
+// Number formatting shared by every view (one definition of "1.2B params", "3.4 GFLOP").
+
+export function compact(n, digits = 3) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  const abs = Math.abs(n);
+  const units = [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "k"]];
+  for (const [size, unit] of units) {
+    if (abs >= size) return `${(n / size).toPrecision(digits)}${unit}`;
+  }
+  return Number.isInteger(n) ? String(n) : n.toPrecision(digits);
+}
+
+export function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${i === 0 ? n : n.toPrecision(3)} ${units[i]}`;
+}
+
+export function flops(n) {
+  return `${compact(n)}FLOP`;
+}
+
+export function pct(x, digits = 1) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
+  return `${(100 * x).toFixed(digits)}%`;
+}
+
+export function int(n) {
+  return n === null || n === undefined ? "–" : Math.round(n).toLocaleString("en-US");
+}
+
+export function sig(x, digits = 4) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
+  if (x === 0) return "0";
+  const abs = Math.abs(x);
+  if (abs >= 1e5 || abs < 1e-3) return x.toExponential(digits - 1);
+  return Number(x.toPrecision(digits)).toString();
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+export function when(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return d.toLocaleString("en-GB", { dateStyle: "short", timeStyle: "short" });
+}

@@ -1,0 +1,340 @@
+// Compare students (and their teacher): architecture diff, overlaid curves, benchmark table with the
+// best value per column marked, and the depth-vs-width study wizard.
+// URL: #/compare?teacher=<id>&students=<id,id>&metric=val_ppl
+
+import { api, showError } from "../api.js";
+import { paramCount } from "../costmodel.js";
+import { field, readForm, statusBadge } from "../components/widgets.js";
+import { h, mount, segmented } from "../dom.js";
+import { bytes, compact, pct, sig } from "../format.js";
+import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
+import { go, href, setQuery } from "../router.js";
+import { distillFields, distillParams } from "./runs.js";
+
+export async function compareView(host, { query }, ctx) {
+  const chosen = new Set((query.get("students") || "").split(",").filter(Boolean).map(Number));
+  let teacherId = Number(query.get("teacher")) || null;
+  let metric = query.get("metric") || "val_ppl";
+  let students;
+  let teachers;
+  let datasets;
+  try {
+    [students, teachers, datasets] = await Promise.all([api.get("/students"), api.get("/teachers"), api.get("/datasets")]);
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  if (!ctx.alive) return;
+  if (!teacherId && chosen.size) teacherId = students.find((s) => chosen.has(s.id))?.teacher_id || null;
+
+  const picker = h("div");
+  const result = h("div.stack");
+  const wizard = h("section.panel", { dataset: { testid: "wizard" } });
+  mount(host,
+    h("div.page-head", h("h1", "Compare"), h("span.sub", "Depth- and width-pruned students side by side, against their teacher.")),
+    h("div.grid", { style: { gridTemplateColumns: "minmax(280px, 360px) minmax(0, 1fr)" } },
+      h("div.stack", h("section.panel", h("header", h("h2", "Models")), picker), wizard),
+      result),
+  );
+
+  function renderPicker() {
+    const byTeacher = teachers.map((t) => ({ t, list: students.filter((s) => s.teacher_id === t.id) })).filter((g) => g.list.length || g.t.id === teacherId);
+    mount(picker, byTeacher.length ? byTeacher.map(({ t, list }) => h("div", { style: { marginBottom: "8px" } },
+      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; update(); } }), h("strong", t.name), h("span.faint", " teacher")),
+      h("div", { style: { paddingLeft: "18px", display: "flex", flexDirection: "column", gap: "2px" } },
+        list.map((s) => h("label.check", h("input", { type: "checkbox", checked: chosen.has(s.id), dataset: { testid: `pick-student-${s.id}` }, onchange: (ev) => { ev.target.checked ? chosen.add(s.id) : chosen.delete(s.id); update(); } }), s.name, " ", statusBadge(s.status)))),
+    )) : h("div.empty", "No student yet: use the wizard below or the planner."));
+  }
+
+  function update() {
+    setQuery({ students: Array.from(chosen).join(","), teacher: teacherId || "" });
+    load();
+  }
+
+  async function load() {
+    if (!chosen.size && !teacherId) {
+      mount(result, h("section.panel", h("div.empty", "Pick two or more models on the left, or run the depth-vs-width study.")));
+      return;
+    }
+    let data;
+    try {
+      data = await api.get(`/compare?${new URLSearchParams({ ...(teacherId ? { teacher: teacherId } : {}), students: Array.from(chosen).join(",") })}`);
+    } catch (err) {
+      mount(result, h("div.error-msg", err.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    const models = data.models;
+    const curvesPlot = h("div.plot.tall", { dataset: { testid: "compare-curves" } });
+    const benchErr = h("div.error-msg");
+    const benchBtn = h("button.small", {
+      dataset: { testid: "queue-benchmarks" },
+      title: "Queue a perplexity evaluation and a speed benchmark for every model shown (they run after queued distillations)",
+      onclick: async () => {
+        try {
+          await queueBenchmarks(models);
+          showError(benchErr, null);
+          benchBtn.textContent = "Queued ✓ (reload when done)";
+          benchBtn.disabled = true;
+        } catch (err) {
+          showError(benchErr, err);
+        }
+      },
+    }, "Evaluate & benchmark all");
+    mount(result,
+      h("section.panel", h("header", h("h2", "Architecture")), archDiff(models)),
+      h("section.panel", h("header", h("h2", "Benchmarks"), h("span.hint", "★ best in column"), benchBtn), benchTable(models), benchErr),
+      h("section.panel", h("header", h("h2", "Distillation curves"),
+        segmented([["val_ppl", "val ppl"], ["val_loss", "val loss"], ["kd_loss", "KD loss"], ["ce_loss", "CE loss"], ["loss", "loss"]], metric, (v) => { metric = v; setQuery({ metric: v }); drawCurves(curvesPlot, models); })),
+        curvesPlot),
+    );
+    drawCurves(curvesPlot, models);
+  }
+
+  async function drawCurves(el, models) {
+    const Plotly = await plotlyReady();
+    const traces = [];
+    let i = 0;
+    for (const m of models) {
+      for (const jobId of (m.distill_jobs || []).slice(-1)) {
+        try {
+          const res = await api.get(`/jobs/${jobId}/metrics?names=${metric}`);
+          const pts = res.series?.[metric] || [];
+          if (!pts.length) continue;
+          traces.push({ x: pts.map((p) => p.step), y: smooth(pts.map((p) => p.value), metric.startsWith("val") ? 0 : 0.6), name: `${m.name} (job ${jobId})`, mode: pts.length < 3 ? "lines+markers" : "lines", line: { color: SERIES_COLORS[i % SERIES_COLORS.length], width: 2 } });
+        } catch {
+          /* a missing curve is simply not drawn */
+        }
+      }
+      i += 1;
+    }
+    if (!ctx.alive) return;
+    if (!traces.length) {
+      mount(el, h("div.empty", "No distillation curve yet for these models."));
+      return;
+    }
+    el.replaceChildren();
+    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } } }, yaxis: { type: metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
+  }
+
+  renderPicker();
+  renderWizard(wizard, { teachers, datasets, ctx, onDone: (ids, tid) => go("compare", [], { students: ids.join(","), teacher: tid }) });
+  load();
+}
+
+/** Perplexity + speed jobs for each model: students by id, the teacher alone by teacher_id. */
+async function queueBenchmarks(models) {
+  for (const m of models) {
+    const who = m.kind === "teacher" ? { teacher_id: m.id } : { student_id: m.id };
+    await api.post("/jobs", { kind: "evaluate", ...who, params: {} });
+    await api.post("/jobs", { kind: "benchmark", ...who, params: {} });
+  }
+}
+
+// ---- tables ------------------------------------------------------------------------------------
+
+const ARCH_ROWS = [
+  ["layers", (s) => s.num_layers],
+  ["hidden", (s) => s.hidden_size],
+  ["query heads", (s) => layerRange(s, "num_heads")],
+  ["KV groups", (s) => layerRange(s, "num_kv_heads")],
+  ["MLP", (s) => layerRange(s, "intermediate_size")],
+  ["parameters", (s) => compact(s.params_total)],
+  ["non-embedding", (s) => compact(s.params_non_embedding)],
+  ["FLOPs / token", (s) => compact(s.flops_per_token)],
+  ["KV cache / token", (s) => bytes(s.kv_cache_bytes_per_token)],
+];
+
+function layerRange(spec, key) {
+  const xs = (spec.layers || []).map((l) => l[key]);
+  if (!xs.length) return spec[key];
+  const lo = Math.min(...xs);
+  const hi = Math.max(...xs);
+  return lo === hi ? String(lo) : `${lo}–${hi}`;
+}
+
+function archDiff(models) {
+  const ref = models.find((m) => m.kind === "teacher") || models[0];
+  return h("table", { dataset: { testid: "arch-diff" } },
+    h("thead", h("tr", h("th", ""), models.map((m) => h("th.num", m.name, h("div.faint", m.kind))))),
+    h("tbody", ARCH_ROWS.map(([label, get]) => h("tr", h("th", label), models.map((m) => {
+      if (!m.spec) return h("td.num", "–");
+      const v = String(get(m.spec));
+      const differs = ref.spec && m !== ref && v !== String(get(ref.spec));
+      return h(`td.num${differs ? ".diff" : ""}`, v);
+    })))));
+}
+
+/** Columns: [label, value getter, "min"|"max" for best]. */
+function benchColumns(models) {
+  const latest = (list) => (list && list.length ? list[list.length - 1] : null);
+  const cols = [
+    ["perplexity", (m) => latest(m.evaluations)?.perplexity, "min"],
+    ["params", (m) => m.spec?.params_total, "min"],
+    ["decode tok/s", (m) => { const b = latest(m.benchmarks); return m.kind === "teacher" ? b?.teacher?.tokens_per_s ?? b?.tokens_per_s : b?.student?.tokens_per_s; }, "max"],
+    ["speedup", (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup), "max"],
+    ["peak memory", (m) => { const b = latest(m.benchmarks); return m.kind === "teacher" ? b?.teacher?.peak_memory_bytes : b?.student?.peak_memory_bytes; }, "min", bytes],
+  ];
+  if (models.some((m) => latest(m.benchmarks)?.student?.prefill_tokens_per_s)) {
+    cols.splice(2, 0, ["prefill tok/s", (m) => { const b = latest(m.benchmarks); return m.kind === "teacher" ? b?.teacher?.prefill_tokens_per_s : b?.student?.prefill_tokens_per_s; }, "max"]);
+  }
+  // lm-eval task scores: one column per task metric found in any model.
+  const taskKeys = new Set();
+  for (const m of models) for (const [task, metrics] of Object.entries(latest(m.evaluations)?.tasks || {})) for (const k of Object.keys(metrics)) if (typeof metrics[k] === "number" && !k.includes("stderr")) taskKeys.add(`${task}|${k}`);
+  for (const key of taskKeys) {
+    const [task, k] = key.split("|");
+    const lowerBetter = /perplexity|bits|loss/.test(k);
+    cols.push([`${task} ${k}`, (m) => latest(m.evaluations)?.tasks?.[task]?.[k], lowerBetter ? "min" : "max"]);
+  }
+  return cols;
+}
+
+function benchTable(models) {
+  const cols = benchColumns(models);
+  const best = cols.map(([, get, dir]) => {
+    const vals = models.map(get).filter((v) => typeof v === "number" && Number.isFinite(v));
+    if (vals.length < 2) return null;
+    return dir === "min" ? Math.min(...vals) : Math.max(...vals);
+  });
+  return h("table", { dataset: { testid: "bench-table" } },
+    h("thead", h("tr", h("th", "model"), cols.map(([label]) => h("th.num", label)))),
+    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", m.kind)), cols.map(([, get, , fmt], i) => {
+      const v = get(m);
+      const isBest = best[i] !== null && v === best[i];
+      return h(`td.num${isBest ? ".best" : ""}`, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–");
+    })))));
+}
+
+// ---- depth vs width wizard ------------------------------------------------------------------------
+
+/** Largest layer count whose parameter count fits the budget (everything else kept). */
+export function depthTarget(spec, budget) {
+  const layers = spec.layers && spec.layers.length ? spec.layers : null;
+  for (let n = spec.num_layers; n >= 1; n--) {
+    const shapes = (layers || Array.from({ length: spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: spec.intermediate_size }))).slice(0, n);
+    if (paramCount(spec, spec.hidden_size, shapes).total <= budget) return { num_layers: n };
+  }
+  return null;
+}
+
+/**
+ * Minitron-style width target: keep layers and heads, shrink hidden and MLP by one common ratio (rounded
+ * down to hardware-friendly multiples) until the parameter count fits the budget.
+ */
+export function widthTarget(spec, budget) {
+  // Hardware-friendly multiples on real models; exact sizes on toy ones where 8 is a big step.
+  const step = (dim) => (dim >= 2048 ? 64 : dim >= 256 ? 8 : 1);
+  const round = (x, dim) => Math.max(step(dim), Math.floor(x / step(dim)) * step(dim));
+  for (let r = 1; r > 0.02; r -= 0.0025) {
+    const hidden = round(spec.hidden_size * r, spec.hidden_size);
+    const inter = round(spec.intermediate_size * r, spec.intermediate_size);
+    const shapes = Array.from({ length: spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: inter }));
+    if (paramCount(spec, hidden, shapes).total <= budget) return { hidden_size: hidden, intermediate_size: inter };
+  }
+  return null;
+}
+
+async function waitFor(fn, check, ctx, timeoutMs = 600000) {
+  const start = Date.now();
+  for (;;) {
+    const value = await fn();
+    if (check(value)) return value;
+    if (!ctx.alive) throw new Error("left the page");
+    if (Date.now() - start > timeoutMs) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
+  const ready = teachers.filter((t) => t.status === "ready");
+  const err = h("div.error-msg");
+  const steps = h("ol.steps", { dataset: { testid: "wizard-steps" } });
+  const runSelect = h("select", { name: "importance_run_id" });
+  const preview = h("div.hint");
+  const form = h("form.stack",
+    h("div.form-grid",
+      field({ name: "teacher_id", label: "Teacher", options: ready.map((t) => [t.id, t.name]), value: ready[0]?.id }),
+      h("label.field", h("span", "Importance run"), runSelect),
+      field({ name: "budget_pct", label: "Budget % of teacher", type: "number", value: 60, min: 1, step: "any" }),
+    ),
+    preview,
+    h("details", h("summary.hint", "distillation settings (the same for both)"), distillFields(datasets, { steps: 100 })),
+    h("div.row", h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "wizard-go" } }, "Build, distill & compare")),
+    err, steps);
+  const teacherSelect = form.querySelector("[name=teacher_id]");
+  const budgetInput = form.querySelector("[name=budget_pct]");
+
+  async function loadRuns() {
+    const tid = Number(teacherSelect.value);
+    if (!tid) return;
+    const runs = (await api.get(`/importance-runs?teacher_id=${tid}`).catch(() => [])).filter((r) => r.status === "succeeded");
+    mount(runSelect, runs.length ? runs.map((r) => h("option", { value: r.id }, `#${r.id} (${r.params?.samples ?? "?"} samples)`)) : h("option", { value: "" }, "no finished run"));
+    showPreview();
+  }
+  function showPreview() {
+    const t = ready.find((x) => x.id === Number(teacherSelect.value));
+    if (!t) return;
+    const budget = (t.spec.params_total * Number(budgetInput.value)) / 100;
+    const d = depthTarget(t.spec, budget);
+    const w = widthTarget(t.spec, budget);
+    preview.textContent = `budget ${compact(budget)} → depth: ${d ? `${d.num_layers} of ${t.spec.num_layers} layers` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size}` : "impossible"}`;
+  }
+  teacherSelect?.addEventListener("change", loadRuns);
+  budgetInput.addEventListener("input", showPreview);
+
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = readForm(form);
+    const t = ready.find((x) => x.id === Number(v.teacher_id));
+    const runId = Number(runSelect.value);
+    if (!t || !runId) {
+      showError(err, { message: "Pick a ready teacher with a finished importance run (start one in Teachers & data)." });
+      return;
+    }
+    const budget = (t.spec.params_total * v.budget_pct) / 100;
+    const targets = { depth: depthTarget(t.spec, budget), width: widthTarget(t.spec, budget) };
+    if (targets.depth) {
+      // A contiguous block (paper 2) when the run scanned blocks of exactly that length, else lowest BI.
+      const k = t.spec.num_layers - targets.depth.num_layers;
+      const layers = await api.get(`/importance-runs/${runId}/layers`).catch(() => ({}));
+      targets.depth.layer_method = layers.block_loss && layers.block_loss[String(k)] ? "block" : layers.block_importance ? "bi" : "drop";
+    }
+    if (!targets.depth || !targets.width) {
+      showError(err, { message: `budget_pct: ${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student` });
+      return;
+    }
+    showError(err, null);
+    const params = distillParams(form);
+    const labels = ["Fill the depth and width plans", "Save both plans", "Cut both students", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
+    const mark = (done) => mount(steps, labels.map((l, i) => h(`li${i < done ? ".done" : i === done ? ".active" : ""}`, l)));
+    try {
+      mark(0);
+      const tag = `${Math.round(v.budget_pct)}pct-${Date.now().toString(36).slice(-4)}`;
+      const plans = {};
+      for (const kind of ["depth", "width"]) plans[kind] = await api.post("/plans/fill", { teacher_id: t.id, importance_run_id: runId, targets: targets[kind] });
+      mark(1);
+      const rows = {};
+      for (const kind of ["depth", "width"]) rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: `${kind}-${tag}`, plan: plans[kind].plan });
+      mark(2);
+      const made = {};
+      for (const kind of ["depth", "width"]) made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: `${t.name}-${kind}-${tag}` });
+      for (const kind of ["depth", "width"]) {
+        made[kind] = await waitFor(() => api.get(`/students/${made[kind].id}`), (s) => s.status !== "pending", ctx);
+        if (made[kind].status !== "ready") throw new Error(`the ${kind} student failed: ${made[kind].error || "no reason given"}`);
+      }
+      mark(3);
+      for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "distill", student_id: made[kind].id, params });
+      // Evaluations and benchmarks queue behind the distillations, so they measure the distilled weights.
+      await queueBenchmarks([{ kind: "teacher", id: t.id }, { kind: "student", id: made.depth.id }, { kind: "student", id: made.width.id }]);
+      mark(4);
+      onDone([made.depth.id, made.width.id], t.id);
+    } catch (e) {
+      showError(err, e);
+    }
+  });
+
+  mount(panel, h("header", h("h2", "Depth vs width study")),
+    h("div.hint", { style: { marginBottom: "8px" } }, "From one parameter budget: a depth-pruned student (fewest layers dropped: a contiguous block when the run scanned that block length, else lowest Block Importance) and a width-pruned one (hidden and MLP shrunk, all layers and heads kept), both from the same importance run, distilled with the same budget."),
+    ready.length ? form : h("div.empty", "Register a teacher first."));
+  loadRuns();
+}

@@ -1,0 +1,509 @@
+// Importance explorer + planner for one importance run: heads / neurons / hidden-channel heatmaps and
+// layer scores on the left, the plan being built on the right. URL: #/explore/<run>?plan=&batch=&seq=...
+
+import { api, qs } from "../api.js";
+import { colorbar } from "../colormap.js";
+import { Heatmap } from "../components/heatmap.js";
+import { Planner } from "../components/planner.js";
+import { stabilityBadge, statusBadge } from "../components/widgets.js";
+import { h, mount, segmented } from "../dom.js";
+import { sig, when } from "../format.js";
+import { PlanState } from "../planstate.js";
+import { baseLayout, PLOT_CONFIG, plotlyReady } from "../plots.js";
+import { href, setQuery } from "../router.js";
+
+export async function explorerView(host, { args, query }, ctx) {
+  const runId = Number(args[0]);
+  if (!runId) return pickRun(host, ctx);
+
+  const view = {
+    batch: query.get("batch") || "l2",
+    seq: query.get("seq") || "mean",
+    scale: query.get("scale") || "linear",
+    palette: query.get("palette") || "viridis",
+    order: query.get("order") || "sorted",
+    headMode: query.get("heads") || "heads",
+    tool: "select",
+    layerMetric: query.get("layer") || "block",
+  };
+  const t0 = performance.now();
+  mount(host, h("div.empty", "Loading importance run…"));
+
+  let run;
+  let teacher;
+  try {
+    run = await api.get(`/importance-runs/${runId}`);
+    teacher = await api.get(`/teachers/${run.teacher_id}`);
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  if (run.status !== "succeeded") {
+    mount(host, h("section.panel", h("header", h("h2", `Importance run #${run.id}`), statusBadge(run.status)),
+      h("div.empty", run.status === "failed" ? `This run failed: ${run.error || "no reason given"}` : "Scores are not ready yet. ", h("a", { href: href("", [], { teacher: run.teacher_id }) }, "Watch its progress →"))));
+    return;
+  }
+  const spec = teacher.spec;
+  const L = spec.num_layers;
+  const perGroup = spec.num_heads / spec.num_kv_heads;
+  const draftKey = `prunescope.draft.run${run.id}`;
+
+  // ---- plan state: saved plan from the URL, else the local draft ----------------------------
+  const state = new PlanState();
+  let savedRow = null;
+  if (query.get("plan")) {
+    try {
+      savedRow = await api.get(`/plans/${query.get("plan")}`);
+      state.reset(savedRow.plan);
+    } catch (err) {
+      console.warn(err);
+    }
+  } else {
+    try {
+      const draft = JSON.parse(localStorage.getItem(draftKey) || "null");
+      if (draft) state.reset(draft);
+    } catch {
+      /* a corrupt draft is simply ignored */
+    }
+  }
+  state.subscribe((plan) => localStorage.setItem(draftKey, JSON.stringify(plan)));
+
+  // ---- layout -------------------------------------------------------------------------------
+  const stability = h("div.row.tight");
+  const headsHost = h("div");
+  const headsBar = h("div");
+  const neuronsHost = h("div");
+  const neuronsBar = h("div");
+  const neuronsAxis = h("div.hm-axis");
+  const hiddenHost = h("div");
+  const hiddenBar = h("div");
+  const layersPlot = h("div.plot", { dataset: { testid: "layers-plot" } });
+  const zoomInfo = h("span.hint");
+  const timing = h("span.hint", { dataset: { testid: "first-paint" } });
+
+  const aggControls = h("div.row",
+    h("span.ctl", h("span", "batch"), segmented([["l2", "L2"], ["mean", "mean"], ["var", "var"]], view.batch, (v) => { view.batch = v; setQuery({ batch: v }); reloadScores(); }, { dataset: { testid: "agg-batch" } })),
+    h("span.ctl", h("span", "seq"), segmented([["mean", "mean"], ["l2", "L2"]], view.seq, (v) => { view.seq = v; setQuery({ seq: v }); reloadScores(); }, { dataset: { testid: "agg-seq" } })),
+    h("span.ctl", h("span", "scale"), segmented([["linear", "lin"], ["log", "log"]], view.scale, (v) => { view.scale = v; setQuery({ scale: v }); restyle(); }, { dataset: { testid: "scale" } })),
+    h("span.ctl", h("span", "palette"), segmented([["viridis", "viridis"], ["cividis", "cividis"]], view.palette, (v) => { view.palette = v; setQuery({ palette: v }); restyle(); })),
+    h("span.spacer"),
+    stability,
+  );
+
+  const neuronControls = h("div.row.tight",
+    h("span.ctl", h("span", "order"), segmented([["sorted", "sorted"], ["natural", "natural"]], view.order, (v) => { view.order = v; setQuery({ order: v }); neuronZoom = null; loadNeurons(); loadHidden(); }, { dataset: { testid: "neuron-order" } })),
+    h("span.ctl", h("span", "drag"), segmented([["select", "marks"], ["zoom", "zooms"]], view.tool, (v) => { view.tool = v; neurons.set({ boxColumnsOnly: v === "zoom" }); }, { dataset: { testid: "neuron-tool" } })),
+    h("button.small", { onclick: () => { neuronZoom = null; loadNeurons(); }, dataset: { testid: "zoom-reset" } }, "Reset zoom"),
+    zoomInfo,
+  );
+
+  const planner = new Planner({ run, teacher, state, agg: () => ({ batch: view.batch, seq: view.seq }), alive: () => ctx.alive });
+  if (savedRow) planner.setSaved(savedRow);
+
+  mount(host,
+    h("div.page-head",
+      h("h1", `Importance run #${run.id}`),
+      h("span.sub", `${teacher.name} · ${spec.family} · ${L} layers × ${spec.num_heads} heads (${spec.num_kv_heads} KV groups) · MLP ${spec.intermediate_size} · hidden ${spec.hidden_size}`),
+      h("span.hint", `${run.params?.samples ?? "?"} samples × ${run.params?.seq_len ?? "?"} tokens · ${when(run.finished_at || run.created_at)}`),
+      timing,
+    ),
+    h("div.explorer",
+      h("div.stack",
+        h("section.panel", aggControls),
+        h("section.panel", { dataset: { testid: "heads-panel" } },
+          h("header", h("h2", "Attention heads"), h("span.hint", "layers × query heads; dark rules separate KV groups"),
+            h("span.ctl", h("span", "click marks"), segmented([["heads", "heads"], ["groups", "KV groups"]], view.headMode, (v) => { view.headMode = v; setQuery({ heads: v }); }, { dataset: { testid: "head-mode" } })),
+            headsBar),
+          headsHost),
+        h("section.panel", { dataset: { testid: "neurons-panel" } },
+          h("header", h("h2", "MLP neurons"), neuronControls, neuronsBar),
+          neuronsHost, neuronsAxis),
+        h("section.panel", { dataset: { testid: "hidden-panel" } },
+          h("header", h("h2", "Hidden channels"), h("span.hint", "summed over every layer's norms; one global ranking"), hiddenBar),
+          hiddenHost),
+        h("section.panel",
+          h("header", h("h2", "Layers"),
+            h("span.ctl", h("span", "score"), segmented([["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"]], view.layerMetric, (v) => { view.layerMetric = v; setQuery({ layer: v }); drawLayers(); }, { dataset: { testid: "layer-metric" } })),
+            h("span.hint", "click a bar to drop / keep (a block bar toggles its whole block)")),
+          layersPlot),
+      ),
+      planner.el,
+    ),
+  );
+
+  // ---- heads heatmap ------------------------------------------------------------------------
+  let headsData = null;
+  const heads = new Heatmap({
+    rowHeight: L > 24 ? 12 : 18,
+    groupSize: perGroup,
+    palette: view.palette,
+    scale: view.scale,
+    testid: "heads-map",
+    rowLabels: (r) => `L${r}`,
+    rowMarked: (r) => state.index().drop.has(r),
+    markFrac: (r, c) => {
+      const idx = state.index();
+      return idx.heads.get(r)?.has(c) || idx.groups.get(r)?.has(Math.floor(c / perGroup)) ? 1 : 0;
+    },
+    tooltip: (r, c) => {
+      const v = headsData.z[r][c];
+      const rank = headsData.rank[r][c];
+      const idx = state.index();
+      const marked = idx.drop.has(r) ? "layer dropped" : idx.groups.get(r)?.has(Math.floor(c / perGroup)) ? "KV group removed" : idx.heads.get(r)?.has(c) ? "marked" : "";
+      return `<b>layer ${r} · head ${c}</b> · KV group ${Math.floor(c / perGroup)}<br>score ${sig(v)}<br>rank ${rank + 1} of ${spec.num_heads} in layer (1 = least important)${marked ? `<br><span class="marked">● ${marked}</span>` : ""}`;
+    },
+    onClick: (r, c) => toggleHeadCells([[r, c]]),
+    onBox: ({ r0, r1, c0, c1 }) => {
+      const cells = [];
+      for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) cells.push([r, c]);
+      toggleHeadCells(cells);
+    },
+    onRowClick: (r) => state.toggleLayers([r]),
+  });
+  headsHost.append(heads.el);
+
+  function toggleHeadCells(cells) {
+    if (view.headMode === "groups") {
+      const seen = new Set();
+      const groups = [];
+      for (const [r, c] of cells) {
+        const key = `${r}:${Math.floor(c / perGroup)}`;
+        if (!seen.has(key)) {
+          seen.add(key);
+          groups.push([r, Math.floor(c / perGroup)]);
+        }
+      }
+      state.toggleGroups(groups);
+    } else {
+      state.toggleHeads(cells);
+    }
+  }
+
+  // ---- neurons heatmap ----------------------------------------------------------------------
+  let neuronData = null;
+  let neuronDomain = null;
+  let neuronZoom = null; // [start, end) positions, null = whole width
+  let neuronMarks = null; // Float32Array rows x bins, recomputed per plan / view change
+  let neuronOrder = null; // {key, order: Map(layer -> Int32Array of neuron indices, most important first)}
+  const neurons = new Heatmap({
+    rowHeight: L > 24 ? 10 : 16,
+    palette: view.palette,
+    scale: view.scale,
+    testid: "neurons-map",
+    rowLabels: (r) => `L${neuronData.layers[r]}`,
+    rowMarked: (r) => state.index().drop.has(neuronData.layers[r]),
+    markFrac: (r, c) => (neuronMarks ? neuronMarks[r * neuronData.bins + c] : 0),
+    tooltip: (r, c) => {
+      const d = neuronData;
+      const a = d.bin_edges[c];
+      const b = d.bin_edges[c + 1];
+      const what = d.order === "sorted" ? `rank positions ${a}–${b - 1} (0 = most important)` : `neurons ${a}–${b - 1}`;
+      const frac = neuronMarks ? neuronMarks[r * d.bins + c] : 0;
+      return `<b>layer ${d.layers[r]}</b> · ${what}<br>mean ${sig(d.z[r][c])} · max ${sig(d.zmax[r][c])}<br>${b - a} neuron${b - a === 1 ? "" : "s"} in this bin${frac ? `<br><span class="marked">● ${Math.round(frac * 100)}% marked</span>` : ""}`;
+    },
+    onClick: (r, c) => toggleNeuronBins(r, r, c, c),
+    onBox: ({ r0, r1, c0, c1 }) => {
+      if (view.tool === "zoom") {
+        neuronZoom = [neuronData.bin_edges[c0], neuronData.bin_edges[c1 + 1]];
+        loadNeurons();
+      } else {
+        toggleNeuronBins(r0, r1, c0, c1);
+      }
+    },
+    onRowClick: (r) => state.toggleLayers([neuronData.layers[r]]),
+  });
+  neuronsHost.append(neurons.el);
+
+  /** Neuron indices behind bins c0..c1 of rows r0..r1 (sorted order needs each layer's ranking). */
+  async function toggleNeuronBins(r0, r1, c0, c1) {
+    const d = neuronData;
+    if (d.order === "sorted") await ensureOrder();
+    const perLayer = new Map();
+    for (let r = r0; r <= r1; r++) {
+      const layer = d.layers[r];
+      const list = [];
+      for (let p = d.bin_edges[c0]; p < d.bin_edges[c1 + 1]; p++) list.push(d.order === "sorted" ? neuronOrder.order.get(layer)[p] : p);
+      perLayer.set(layer, list);
+    }
+    state.toggleNeurons(perLayer);
+  }
+
+  /**
+   * Each layer's neuron ranking (most important first), from the full-resolution natural map: the
+   * sorted view bins positions in this order, so marking a bin needs it. Fetched once per aggregation.
+   */
+  async function ensureOrder() {
+    const key = `${view.batch}:${view.seq}`;
+    if (neuronOrder && neuronOrder.key === key) return neuronOrder;
+    if (neuronOrder && neuronOrder.key === key + ":loading") return neuronOrder.promise;
+    const promise = (async () => {
+      const F = spec.intermediate_size;
+      const full = await api.get(`/importance-runs/${run.id}/neurons${qs({ batch: view.batch, seq: view.seq, order: "natural", bins: F })}`);
+      const order = new Map();
+      full.layers.forEach((layer, i) => {
+        const z = full.z[i];
+        const idx = Int32Array.from(z.keys());
+        idx.sort((a, b) => z[b] - z[a] || a - b);
+        order.set(layer, idx);
+      });
+      neuronOrder = { key, order };
+      return neuronOrder;
+    })();
+    neuronOrder = { key: key + ":loading", promise };
+    return promise;
+  }
+
+  function computeNeuronMarks() {
+    const d = neuronData;
+    if (!d) return;
+    const idx = state.index();
+    const marks = new Float32Array(d.layers.length * d.bins);
+    const sortedReady = d.order !== "sorted" || (neuronOrder && neuronOrder.key === `${view.batch}:${view.seq}`);
+    d.layers.forEach((layer, r) => {
+      const set = idx.neurons.get(layer);
+      if (!set || !set.size || !sortedReady) return;
+      const order = d.order === "sorted" ? neuronOrder.order.get(layer) : null;
+      for (let c = 0; c < d.bins; c++) {
+        const a = d.bin_edges[c];
+        const b = d.bin_edges[c + 1];
+        let n = 0;
+        for (let p = a; p < b; p++) if (set.has(order ? order[p] : p)) n += 1;
+        marks[r * d.bins + c] = n / (b - a);
+      }
+    });
+    neuronMarks = marks;
+    // The sorted map shows marks once the ranking is here; fetch it in the background when needed.
+    if (!sortedReady && idx.neurons.size) ensureOrder().then(() => { if (ctx.alive) { computeNeuronMarks(); neurons.draw(); } });
+  }
+
+  async function loadNeurons() {
+    const width = neuronsHost.clientWidth || 800;
+    const bins = Math.max(16, Math.min(256, Math.floor(width / 3)));
+    const params = { batch: view.batch, seq: view.seq, order: view.order, bins };
+    if (neuronZoom) Object.assign(params, { start: neuronZoom[0], end: neuronZoom[1] });
+    try {
+      neuronData = await api.get(`/importance-runs/${run.id}/neurons${qs(params)}`);
+    } catch (err) {
+      mount(neuronsHost, h("div.error-msg", err.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    if (!neuronZoom) neuronDomain = domainOf(neuronData.z);
+    computeNeuronMarks();
+    neurons.setData(neuronData.z, { domain: neuronDomain });
+    const d = neuronData;
+    mount(neuronsAxis, h("span", d.order === "sorted" ? `rank ${d.start} (most important)` : `neuron ${d.start}`), h("span", d.bins === d.end - d.start ? `${d.bins} neurons, one per column` : `${d.bins} bins of ≈${((d.end - d.start) / d.bins).toFixed(1)} neurons`), h("span", d.order === "sorted" ? `rank ${d.end - 1}` : `neuron ${d.end - 1}`));
+    zoomInfo.textContent = neuronZoom ? `zoomed to ${neuronZoom[0]}–${neuronZoom[1] - 1} of ${d.width}` : `all ${d.width} per layer`;
+    mount(neuronsBar, colorbar(view.palette, neurons.range, view.scale));
+  }
+
+  // ---- hidden channels strip ----------------------------------------------------------------
+  let hiddenData = null;
+  let hiddenBins = null; // {edges, positions: Int32Array (position -> channel)}
+  const hidden = new Heatmap({
+    rowHeight: 26,
+    palette: view.palette,
+    scale: view.scale,
+    testid: "hidden-map",
+    markFrac: (r, c) => {
+      const set = state.index().hidden;
+      if (!set.size) return 0;
+      let n = 0;
+      const [a, b] = [hiddenBins.edges[c], hiddenBins.edges[c + 1]];
+      for (let p = a; p < b; p++) if (set.has(hiddenBins.positions[p])) n += 1;
+      return n / (b - a);
+    },
+    tooltip: (r, c) => {
+      const [a, b] = [hiddenBins.edges[c], hiddenBins.edges[c + 1]];
+      const chans = Array.from(hiddenBins.positions.slice(a, Math.min(b, a + 4)));
+      const D = hiddenData.z.length;
+      const rank = b - a === 1 ? `<br>rank ${hiddenData.rank[chans[0]] + 1} of ${D} (1 = least important)` : "";
+      return `<b>${view.order === "sorted" ? `rank positions ${a}–${b - 1}` : `channels ${a}–${b - 1}`}</b><br>channels ${chans.join(", ")}${b - a > 4 ? "…" : ""}<br>mean ${sig(hiddenRow[c])}${rank}`;
+    },
+    onClick: (r, c) => toggleHiddenBins(c, c),
+    onBox: ({ c0, c1 }) => toggleHiddenBins(c0, c1),
+    boxColumnsOnly: true,
+  });
+  hiddenHost.append(hidden.el);
+  let hiddenRow = [];
+
+  function toggleHiddenBins(c0, c1) {
+    const list = Array.from(hiddenBins.positions.slice(hiddenBins.edges[c0], hiddenBins.edges[c1 + 1]));
+    state.toggleHidden(list);
+  }
+
+  async function loadHidden() {
+    try {
+      hiddenData = await api.get(`/importance-runs/${run.id}/hidden${qs({ batch: view.batch, seq: view.seq })}`);
+    } catch (err) {
+      mount(hiddenHost, h("div.error-msg", err.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    const z = hiddenData.z;
+    const D = z.length;
+    const positions = Int32Array.from(z.keys());
+    if (view.order === "sorted") positions.sort((a, b) => hiddenData.rank[b] - hiddenData.rank[a]);
+    const nb = Math.min(D, 256);
+    const edges = Array.from({ length: nb + 1 }, (_, i) => Math.round((i * D) / nb));
+    hiddenBins = { edges, positions };
+    hiddenRow = [];
+    for (let c = 0; c < nb; c++) {
+      let s = 0;
+      for (let p = edges[c]; p < edges[c + 1]; p++) s += z[positions[p]];
+      hiddenRow.push(s / (edges[c + 1] - edges[c]));
+    }
+    hidden.setData([hiddenRow]);
+    mount(hiddenBar, colorbar(view.palette, hidden.range, view.scale));
+  }
+
+  // ---- layers chart ---------------------------------------------------------------------------
+  let layerData = null;
+  async function drawLayers() {
+    if (!layerData) return;
+    const Plotly = await plotlyReady();
+    if (!ctx.alive) return;
+    const drop = state.index().drop;
+    const KEEP = "#2bb3a3";
+    const MARKED = "#ff4fa3";
+    let x;
+    let y;
+    let label;
+    let text;
+    let colors;
+    let blockK = null;
+    if (view.layerMetric === "block" && layerData.block_loss && Object.keys(layerData.block_loss).length) {
+      blockK = Number(Object.keys(layerData.block_loss)[0]);
+      y = layerData.block_loss[String(blockK)];
+      x = y.map((_, i) => i);
+      label = `loss increase when dropping layers i..i+${blockK - 1}`;
+      text = x.map((i) => `layers ${i}–${i + blockK - 1}`);
+      colors = x.map((i) => (Array.from({ length: blockK }, (_, j) => i + j).every((l) => drop.has(l)) ? MARKED : KEEP));
+    } else {
+      const key = view.layerMetric === "drop" ? "drop_loss" : "block_importance";
+      y = layerData[key] || layerData.block_importance || layerData.drop_loss;
+      if (!y) {
+        mount(layersPlot, h("div.empty", "This run has no depth scores (started with scans = []). Width planning still works."));
+        return;
+      }
+      x = y.map((_, i) => i);
+      label = key === "drop_loss" ? "loss increase when this layer alone is dropped" : "Block Importance = 1 − cos(input, output)";
+      text = x.map((i) => `layer ${i}`);
+      colors = x.map((i) => (drop.has(i) ? MARKED : KEEP));
+    }
+    const trace = { type: "bar", x, y, text, marker: { color: colors }, hovertemplate: "%{text}<br>%{y:.4g}<extra></extra>", textposition: "none", name: label };
+    const layout = baseLayout({
+      height: 200,
+      showlegend: false,
+      margin: { l: 52, r: 12, t: 26, b: 32 },
+      title: { text: label + (layerData.base_loss ? `   ·   base loss ${sig(layerData.base_loss)}` : ""), font: { size: 11, color: "#8a96a8" }, x: 0.01, y: 0.97 },
+      xaxis: { title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, dtick: x.length > 16 ? 2 : 1 },
+      bargap: 0.15,
+    });
+    await Plotly.react(layersPlot, [trace], layout, PLOT_CONFIG);
+    if (!layersPlot._bound) {
+      layersPlot._bound = true;
+      layersPlot.on("plotly_click", (ev) => {
+        const i = ev.points[0].x;
+        const k = layersPlot.dataset.blockK ? Number(layersPlot.dataset.blockK) : 1;
+        state.toggleLayers(Array.from({ length: k }, (_, j) => i + j).filter((l) => l < L));
+      });
+    }
+    layersPlot.dataset.blockK = blockK || "";
+  }
+
+  // ---- loading & redraws ---------------------------------------------------------------------
+  function domainOf(rows) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const row of rows) for (const v of row) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    return Number.isFinite(lo) ? [lo, hi] : null;
+  }
+
+  async function loadHeads() {
+    try {
+      headsData = await api.get(`/importance-runs/${run.id}/heads${qs({ batch: view.batch, seq: view.seq })}`);
+    } catch (err) {
+      mount(headsHost, h("div.error-msg", err.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    heads.setData(headsData.z);
+    mount(headsBar, colorbar(view.palette, heads.range, view.scale));
+  }
+
+  async function reloadScores() {
+    neuronOrder = null;
+    await Promise.all([loadHeads(), loadNeurons(), loadHidden()]);
+  }
+
+  function restyle() {
+    for (const map of [heads, neurons, hidden]) map.set({ palette: view.palette, scale: view.scale });
+    if (headsData) mount(headsBar, colorbar(view.palette, heads.range, view.scale));
+    if (neuronData) mount(neuronsBar, colorbar(view.palette, neurons.range, view.scale));
+    if (hiddenData) mount(hiddenBar, colorbar(view.palette, hidden.range, view.scale));
+  }
+
+  state.subscribe(() => {
+    computeNeuronMarks();
+    heads.draw();
+    neurons.draw();
+    hidden.draw();
+    drawLayers();
+  });
+
+  const onKey = (ev) => {
+    if (ev.target.closest && ev.target.closest("input, textarea, select")) return;
+    const mod = ev.ctrlKey || ev.metaKey;
+    if (!mod) return;
+    const key = ev.key.toLowerCase();
+    if (key === "z" && !ev.shiftKey) {
+      ev.preventDefault();
+      state.undo();
+    } else if ((key === "z" && ev.shiftKey) || key === "y") {
+      ev.preventDefault();
+      state.redo();
+    }
+  };
+  window.addEventListener("keydown", onKey);
+  ctx.onCleanup(() => {
+    window.removeEventListener("keydown", onKey);
+    planner.destroy();
+    for (const map of [heads, neurons, hidden]) map.destroy();
+  });
+
+  await Promise.all([
+    loadHeads(),
+    loadNeurons(),
+    loadHidden(),
+    api.get(`/importance-runs/${run.id}/stability`).then((s) => mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), stabilityBadge("neurons", s.neurons), stabilityBadge("hidden", s.hidden))).catch(() => {}),
+  ]);
+  const paint = performance.now() - t0;
+  timing.textContent = `first paint ${Math.round(paint)} ms`;
+  window.__prunescopeFirstPaintMs = paint;
+  try {
+    layerData = await api.get(`/importance-runs/${run.id}/layers`);
+  } catch (err) {
+    mount(layersPlot, h("div.error-msg", err.message));
+  }
+  await drawLayers();
+  // Sorted neuron marks need each layer's ranking: fetch it now, after the first paint.
+  if (view.order === "sorted") ensureOrder().then(() => { if (ctx.alive) { computeNeuronMarks(); neurons.draw(); } }).catch(() => {});
+}
+
+/** No run in the URL: list every finished importance run. */
+async function pickRun(host, ctx) {
+  mount(host, h("div.page-head", h("h1", "Explorer & planner"), h("span.sub", "Pick an importance run to explore and plan a cut.")));
+  try {
+    const [runs, teachers] = await Promise.all([api.get("/importance-runs"), api.get("/teachers")]);
+    if (!ctx.alive) return;
+    const name = (id) => teachers.find((t) => t.id === id)?.name || `teacher ${id}`;
+    host.append(h("section.panel", runs.length
+      ? h("table", h("thead", h("tr", h("th", "run"), h("th", "teacher"), h("th", "status"), h("th", "created"))),
+          h("tbody", runs.map((r) => h("tr.clickable", { onclick: () => { location.hash = href("explore", [r.id]); } },
+            h("td.mono", `#${r.id}`), h("td", name(r.teacher_id)), h("td", statusBadge(r.status)), h("td.faint", when(r.created_at))))))
+      : h("div.empty", "No importance run yet. ", h("a", { href: "#/" }, "Start one from Teachers & data →"))));
+  } catch (err) {
+    host.append(h("div.error-msg", err.message));
+  }
+}

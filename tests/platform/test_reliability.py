@@ -1,0 +1,84 @@
+"""Killing a real worker (SIGKILL) mid-distillation: the job is marked failed with the reason, stays
+resumable from its last checkpoint, keeps its metric points, and a resumed run writes no step twice.
+A redelivered message of an old attempt never runs the job again."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import WorkerProcess, start_live_app, stop_live_app
+from tests.platform.helpers import make_student, start_distill
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, redis_url):
+    # The API marks a running job lost after 3 s without a heartbeat (workers beat every 0.5 s here).
+    app = start_live_app(
+        tmp_path_factory.mktemp("reliability"), redis_url, PRUNESCOPE_HEARTBEAT_TIMEOUT_S="3"
+    )
+    yield app
+    stop_live_app(app)
+
+
+def kd_points(app, job_id: int) -> dict[int, float]:
+    series = app.api.get(f"/jobs/{job_id}/metrics?names=kd_loss").json()["series"].get("kd_loss", [])
+    steps = [p["step"] for p in series]
+    assert len(steps) == len(set(steps))
+    return {p["step"]: p["value"] for p in series}
+
+
+def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
+    student = make_student(app)
+    job = start_distill(app, student["id"], steps=20, checkpoint_every=3)
+    jid = job["id"]
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # past a checkpoint, with steps after it to replay on resume
+        current = app.api.get(f"/jobs/{jid}").json()
+        ck = current["checkpoint_step"]
+        if ck and ck >= 3 and max(kd_points(app, jid), default=0) >= ck + 1:
+            break
+        assert current["status"] in ("queued", "running"), current
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no checkpoint reached")
+    app.worker.kill()
+    killed_at = kd_points(app, jid)
+
+    failed = app.wait_job(jid, timeout=30, statuses=("failed",))
+    assert "worker lost" in failed["error"] and failed["resumable"] is True
+    assert failed["checkpoint_step"] >= 3
+    assert kd_points(app, jid) == killed_at  # what was written stays
+    assert max(killed_at) > failed["checkpoint_step"]  # so the resumed run replays steps
+
+    worker = WorkerProcess(app.env, tmp_path / "worker2.log").start()
+    try:
+        r = app.api.post(f"/jobs/{jid}/resume")
+        assert r.status_code == 202 and r.json()["status"] == "queued" and r.json()["attempts"] == 2
+        assert app.api.post(f"/jobs/{jid}/resume").status_code == 409  # already queued
+        done = app.wait_job(jid, timeout=240)
+        assert done["status"] == "succeeded", (done, worker.log())
+        final = kd_points(app, jid)
+        assert sorted(final) == list(range(1, 21))
+        assert all(final[s] == v for s, v in killed_at.items())
+        logs = [entry["msg"] for entry in app.api.get(f"/jobs/{jid}/logs").json()]
+        assert f"resuming from the checkpoint at step {failed['checkpoint_step']}" in logs
+
+        # A stale message for attempt 1 (as Redis would redeliver after the visibility timeout) is ignored.
+        from worker.celery_app import RUN_JOB, make_celery
+
+        make_celery(app.env["PRUNESCOPE_BROKER_URL"], app.env["PRUNESCOPE_REDIS_PREFIX"]).send_task(
+            RUN_JOB, args=[jid, 1], queue="gpu"
+        )
+        time.sleep(3)
+        again = app.api.get(f"/jobs/{jid}").json()
+        assert (
+            again["status"] == "succeeded"
+            and again["attempts"] == 2
+            and again["finished_at"] == done["finished_at"]
+        )
+        assert kd_points(app, jid) == final
+    finally:
+        worker.stop()

@@ -1,0 +1,124 @@
+"""The store and job runtime on SQLite and PostgreSQL: job claim (never twice), metric points unique per
+(job, metric, step), replayed steps skipped, status transitions with timestamps, event ordering, the
+lost-worker reaper, and the artifact store's all-or-nothing writes (local and fsspec)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from backend.artifacts import ArtifactStore
+from backend.db import session_scope
+from backend.models import Event, Job, MetricPoint, utcnow
+from backend.reaper import reap_lost_jobs
+from tests.conftest import settings_from
+from worker.runtime import JobRuntime
+
+
+def new_job(url: str, **fields) -> int:
+    with session_scope(url) as s:
+        job = Job(kind="distill", params={}, queue="gpu", **fields)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_claim_metrics_and_finish(api_env):
+    settings = settings_from(api_env)
+    url = settings.resolved_database_url
+    jid = new_job(url)
+    assert JobRuntime(settings, jid, attempt=2).claim() is None  # a message for another attempt
+    rt = JobRuntime(settings, jid, attempt=1)
+    job = rt.claim()
+    assert job.status == "running" and job.started_at is not None and job.device == "cpu"
+    assert JobRuntime(settings, jid, attempt=1).claim() is None  # a redelivered duplicate
+
+    assert rt.metrics({"step": 1, "tokens": 64, "kd_loss": 2.5, "lr": 1e-4, "phase": "train"}) is True
+    assert rt.metrics({"step": 2, "tokens": 128, "kd_loss": 2.25, "lr": 1e-4}) is True
+    assert (
+        rt.metrics({"step": 2, "tokens": 128, "kd_loss": 9.0, "lr": 1e-4}) is False
+    )  # replayed step: kept as is
+    assert rt.metrics({"step": 2, "val_loss": 3.0}) is True  # another metric at the same step is new
+    rt.progress(0.5, "half", force=True)
+    rt.finish("succeeded", result={"ok": True})
+
+    with session_scope(url) as s:
+        points = s.execute(
+            select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
+            .where(MetricPoint.job_id == jid)
+            .order_by(MetricPoint.name, MetricPoint.step)
+        ).all()
+        assert [tuple(p) for p in points] == [
+            ("kd_loss", 1, 2.5),
+            ("kd_loss", 2, 2.25),
+            ("lr", 1, 1e-4),
+            ("lr", 2, 1e-4),
+            ("val_loss", 2, 3.0),
+        ]
+        job = s.get(Job, jid)
+        assert job.status == "succeeded" and job.progress == 1.0 and job.finished_at >= job.started_at
+        events = s.scalars(select(Event).where(Event.job_id == jid).order_by(Event.id)).all()
+        assert [e.type for e in events] == ["status", "metric", "metric", "metric", "status", "status"]
+        assert [e.data.get("status") for e in events if e.type == "status"] == [
+            "running",
+            "running",
+            "succeeded",
+        ]
+        # the database itself refuses a duplicate (job, metric, step)
+        s.add(MetricPoint(job_id=jid, name="kd_loss", step=1, value=0.0))
+        with pytest.raises(IntegrityError):
+            s.flush()
+        s.rollback()
+
+
+def test_reaper_marks_lost_jobs_failed_and_resumable(api_env):
+    url = settings_from(api_env).resolved_database_url
+    old = utcnow() - timedelta(seconds=120)
+    lost = new_job(
+        url, status="running", heartbeat_at=old, checkpoint="/ck", checkpoint_step=40, worker="w1:cpu"
+    )
+    lost_plain = new_job(url, status="running", heartbeat_at=old)
+    alive = new_job(url, status="running", heartbeat_at=utcnow())
+    with session_scope(url) as s:
+        reaped = {j.id for j in reap_lost_jobs(s, timeout_s=30)}
+    assert reaped == {lost, lost_plain}
+    with session_scope(url) as s:
+        a, b, c = s.get(Job, lost), s.get(Job, lost_plain), s.get(Job, alive)
+        assert a.status == b.status == "failed" and c.status == "running"
+        assert "worker lost" in a.error and "w1:cpu" in a.error and "step 40" in a.error
+        from backend.serialize import is_resumable
+
+        assert is_resumable(a) and not is_resumable(b)
+
+
+def test_artifact_store_is_all_or_nothing(tmp_path):
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    staging = store.staging_dir()
+    (staging / "weights.bin").write_bytes(b"v1")
+    store.put_dir(staging, "students/1/model")
+    assert (store.local_dir("students/1/model") / "weights.bin").read_bytes() == b"v1"
+    staging = store.staging_dir()
+    (staging / "weights.bin").write_bytes(b"v2")
+    store.put_dir(staging, "students/1/model")  # replaced whole
+    assert (store.local_dir("students/1/model") / "weights.bin").read_bytes() == b"v2"
+    assert not store.exists("students/2/model")  # an unfinished staging dir is invisible
+    store.staging_dir()
+    assert not store.exists("students/2/model")
+    for bad in ("../x", "a/../../b", ".tmp/x", ""):
+        with pytest.raises(ValueError):
+            store.put_dir(staging, bad)
+
+
+def test_fsspec_store_needs_the_complete_marker(tmp_path):
+    store = ArtifactStore("memory://prunescope-test")
+    staging = tmp_path / "stage"
+    staging.mkdir()
+    (staging / "a.txt").write_text("hello")
+    store.fs.put(str(staging), f"{store.base}/half/", recursive=True)  # uploaded, but never completed
+    assert not store.exists("half")
+    store.put_dir(staging, "importance/1")
+    assert store.exists("importance/1")
+    assert (store.local_dir("importance/1", cache=tmp_path / "cache") / "a.txt").read_text() == "hello"

@@ -1,0 +1,151 @@
+"""The dashboard counts plans in JS (frontend/js/costmodel.js) so a click updates the summary without a
+round trip; these tests run that JS in node and require the exact numbers of worker/engine/spec.py and
+worker/engine/plan.py for every tiny family, a Llama-3.1-8B-shaped spec and a range of plans."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import FAMILIES, tiny_model
+from worker.engine.adapters import arch_spec
+from worker.engine.plan import PrunePlan, plan_stats
+from worker.engine.spec import ArchSpec, LayerShape
+
+COSTMODEL = Path(__file__).resolve().parents[2] / "frontend" / "js" / "costmodel.js"
+
+DRIVER = """
+import * as cm from "./costmodel.mjs";
+const cases = JSON.parse(await new Promise((resolve) => {
+  let data = ""; process.stdin.on("data", (c) => (data += c)); process.stdin.on("end", () => resolve(data));
+}));
+const out = cases.map(({ spec, hidden, layers, plan }) => {
+  if (plan) return cm.planStats(spec, plan);
+  const shapes = layers || cm.layerShapes(spec);
+  const h = hidden ?? spec.hidden_size;
+  return {
+    params: cm.paramCount(spec, h, shapes),
+    flops: cm.flopsPerToken(spec, 2048, h, shapes),
+    kv: cm.kvCacheBytesPerToken(spec, shapes),
+  };
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def run_js(tmp_path: Path, cases: list[dict]) -> list[dict]:
+    node = shutil.which("node")
+    assert node, "node is needed for the cost-model parity test"
+    shutil.copy(COSTMODEL, tmp_path / "costmodel.mjs")
+    (tmp_path / "driver.mjs").write_text(DRIVER)
+    proc = subprocess.run(
+        [node, str(tmp_path / "driver.mjs")], input=json.dumps(cases), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def llama8b() -> ArchSpec:
+    return ArchSpec(
+        family="llama",
+        model_type="llama",
+        num_layers=32,
+        hidden_size=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
+
+
+def specs() -> dict[str, ArchSpec]:
+    out = {name: arch_spec(tiny_model(name)) for name in FAMILIES}
+    out["llama8b"] = llama8b()
+    return out
+
+
+@pytest.fixture(scope="module")
+def all_specs() -> dict[str, ArchSpec]:
+    return specs()
+
+
+def test_counts_match_python_for_every_family_and_shape(tmp_path, all_specs):
+    cases, expected = [], []
+    for spec in all_specs.values():
+        summary = spec.summary()
+        # The teacher's own shape, then a smaller non-uniform one with a narrower hidden size.
+        shapes = spec.layer_shapes()
+        narrow = [
+            LayerShape(
+                num_heads=max(1, s.num_heads // 2) if i % 2 else s.num_heads,
+                num_kv_heads=max(1, s.num_kv_heads // 2) if i % 2 else s.num_kv_heads,
+                intermediate_size=s.intermediate_size - 3 * i,
+            )
+            for i, s in enumerate(shapes[:-1])
+        ]
+        hidden = spec.hidden_size - 8
+        for layers, d in ((None, None), (narrow, hidden)):
+            cases.append(
+                {"spec": summary, "hidden": d, "layers": None if layers is None else [s.model_dump() for s in layers]}
+            )
+            expected.append(
+                {
+                    "params": spec.param_count(hidden=d, layers=layers),
+                    "flops": spec.flops_per_token(2048, hidden=d, layers=layers),
+                    "kv": spec.kv_cache_bytes_per_token(layers=layers),
+                }
+            )
+    got = run_js(tmp_path, cases)
+    assert got == expected
+    # The 8B numbers are beyond 2^32: the JS must still be exact (doubles hold integers to 2^53).
+    assert got[-2]["params"]["total"] == 8_030_261_248
+
+
+def plans_for(spec: ArchSpec) -> list[PrunePlan]:
+    per_group = spec.num_heads // spec.num_kv_heads
+    last = spec.num_layers - 1
+    return [
+        PrunePlan(),
+        PrunePlan(drop_layers=[0, last]),
+        # The same number of query heads from every KV group of layer 1 (a valid GQA cut).
+        PrunePlan(remove_heads={1: [g * per_group for g in range(spec.num_kv_heads)]}),
+        PrunePlan(remove_kv_groups={0: [spec.num_kv_heads - 1]}, remove_neurons={2: list(range(0, 20, 2))}),
+        PrunePlan(
+            drop_layers=[last],
+            remove_neurons={i: list(range(5)) for i in range(last)},
+            remove_hidden=list(range(0, spec.hidden_size, 4)),
+        ),
+    ]
+
+
+def test_plan_summary_matches_plan_stats(tmp_path, all_specs):
+    cases, expected = [], []
+    for spec in all_specs.values():
+        for plan in plans_for(spec):
+            cases.append({"spec": spec.summary(), "plan": json.loads(plan.model_dump_json())})
+            expected.append(plan_stats(plan, spec))
+    got = run_js(tmp_path, cases)
+    for js, py in zip(got, expected, strict=True):
+        for key in (
+            "params_total",
+            "params_non_embedding",
+            "params_embedding",
+            "flops_per_token",
+            "kv_cache_bytes_per_token",
+            "teacher_params_total",
+            "teacher_flops_per_token",
+            "teacher_kv_cache_bytes_per_token",
+            "uniform",
+        ):
+            assert js[key] == py[key], key
+        assert js["num_layers"] == py["spec"]["num_layers"]
+        assert js["hidden_size"] == py["spec"]["hidden_size"]
+        assert js["layers"] == py["spec"]["layers"]
+        assert round(100 * js["fraction_of_teacher"], 2) == py["percent_of_teacher_total"]

@@ -1,0 +1,361 @@
+"""The dashboard in a real Chromium against the live app (API subprocess + real Celery worker):
+register a teacher and data, run importance, click heatmap cells and check the plan summary against
+plan_stats, box-select, undo/redo, fill to target, save and reload, preview, cut a student, distill it
+and watch the curve grow from SSE events, then compare. Screenshots go to test-artifacts/.
+
+The tests of this module build on each other in order (one teacher, one run, one student)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.ui.conftest import shot
+from worker.engine.plan import PrunePlan, plan_stats
+from worker.engine.spec import ArchSpec
+
+pytestmark = pytest.mark.ui
+
+STATE: dict = {}
+
+
+def spec_of(teacher: dict) -> ArchSpec:
+    fields = set(ArchSpec.model_fields) - {"layers"}
+    return ArchSpec(**{k: v for k, v in teacher["spec"].items() if k in fields})
+
+
+def expected_params(teacher: dict, plan: dict) -> int:
+    return plan_stats(PrunePlan(**plan), spec_of(teacher))["params_total"]
+
+
+def summary_params(page) -> int:
+    return int(page.get_attribute("[data-testid=params-total]", "data-value"))
+
+
+def head_cell(page, layer: int, head: int, heads: int = 8, row_height: int = 18):
+    box = page.locator("[data-testid=heads-map]").bounding_box()
+    return box["x"] + (head + 0.5) * box["width"] / heads, box["y"] + (layer + 0.5) * row_height
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- 1. teachers & data ------------------------------------------------------------------------------
+
+
+def test_register_teacher_dataset_and_run_importance(page, live_app):
+    page.goto(f"{live_app.url}/#/")
+    page.wait_for_selector("[data-testid=teacher-form]")
+
+    # A bad path: the API's reason appears under the form and the field is outlined; nothing is created.
+    page.fill("[data-testid=teacher-form] [name=name]", "ghost")
+    page.fill("[data-testid=teacher-form] [name=source]", "/definitely/not/here")
+    page.click("[data-testid=teacher-form] button[type=submit]")
+    err = page.locator("[data-testid=teacher-form] .error-msg")
+    err.wait_for()
+    assert "source" in err.inner_text()
+    assert "invalid" in page.get_attribute("[data-testid=teacher-form] [name=source]", "class")
+    assert live_app.api.get("/teachers").json() == []
+
+    page.fill("[data-testid=teacher-form] [name=name]", "tiny")
+    page.fill("[data-testid=teacher-form] [name=source]", str(live_app.teacher_dir))
+    page.click("[data-testid=teacher-form] button[type=submit]")
+    page.fill("[data-testid=dataset-form] [name=name]", "demo")
+    page.fill("[data-testid=dataset-form] [name=source]", "demo")
+    page.click("[data-testid=dataset-form] button[type=submit]")
+
+    # The inspect job fills the architecture summary.
+    page.wait_for_selector("[data-testid=arch-summary] [data-status=ready]", timeout=120_000)
+    summary = page.inner_text("[data-testid=arch-summary]")
+    assert "8 / 4" in summary and "48 (gated)" in summary
+    teacher = live_app.api.get("/teachers").json()[0]
+    assert f"{teacher['spec']['params_total']:,}" in summary
+
+    form = "[data-testid=importance-form]"
+    page.select_option(f"{form} [name=dataset_id]", label="demo")
+    page.fill(f"{form} [name=samples]", "8")
+    page.fill(f"{form} [name=seq_len]", "32")
+    page.fill(f"{form} [name=batch_size]", "4")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("[data-testid=importance-runs] tr[data-run-id]")
+    link = page.locator("[data-testid=importance-runs] a:has-text('Open explorer')")
+    link.wait_for(timeout=180_000)
+    shot(page, "teachers")
+    run = live_app.api.get("/importance-runs").json()[0]
+    assert run["status"] == "succeeded"
+    STATE.update(teacher=teacher, run=run)
+
+
+# ---- 2. explorer & planner -------------------------------------------------------------------------------
+
+
+def open_explorer(page, live_app, query: str = ""):
+    page.goto(f"{live_app.url}/#/explore/{STATE['run']['id']}{query}")
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+
+
+def test_clicks_mark_units_and_the_summary_counts_them(page, live_app):
+    teacher = STATE["teacher"]
+    open_explorer(page, live_app)
+    page.evaluate("localStorage.clear()")
+    open_explorer(page, live_app)
+    print(f"explorer first paint: {page.evaluate('window.__prunescopeFirstPaintMs'):.0f} ms")
+    assert summary_params(page) == teacher["spec"]["params_total"]
+    assert page.locator("[data-testid=stability-heads]").inner_text().startswith("heads ρ=")
+
+    # One head: the local count equals plan_stats of the same plan.
+    page.mouse.click(*head_cell(page, 0, 0))
+    assert summary_params(page) == expected_params(teacher, {"remove_heads": {0: [0]}})
+    print(f"summary update after a click: {page.get_attribute('[data-testid=planner]', 'data-update-ms')} ms")
+    # The server's GQA advice arrives (debounced): one head out of one group leaves groups uneven.
+    page.wait_for_function("document.querySelector('[data-testid=plan-messages]').dataset.state === 'done'")
+    assert "same number" in page.inner_text("[data-testid=plan-messages]")
+    # Clicking again unmarks it.
+    page.mouse.click(*head_cell(page, 0, 0))
+    assert summary_params(page) == teacher["spec"]["params_total"]
+
+    # Box select: heads 0-3 of layers 1 and 2 (two whole KV groups per layer).
+    x0, y0 = head_cell(page, 1, 0)
+    x1, y1 = head_cell(page, 2, 3)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=6)
+    page.mouse.up()
+    boxed = {"remove_heads": {1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}}
+    assert summary_params(page) == expected_params(teacher, boxed)
+    page.wait_for_function("document.querySelector('[data-testid=plan-messages]').dataset.state === 'done'")
+    assert "same number" not in page.inner_text("[data-testid=plan-messages]")
+
+    # A layer label drops the layer; marked rows are drawn hatched.
+    page.click("[data-testid=heads-panel] .hm-rowlabels span[data-row='3']")
+    dropped = {**boxed, "drop_layers": [3]}
+    assert summary_params(page) == expected_params(teacher, dropped)
+    assert "3L" in page.inner_text("[data-testid=shape]")
+    assert page.locator("[data-testid=heads-panel] .hm-rowlabels span.dropped").inner_text() == "L3"
+
+    # Keyboard undo / redo.
+    page.locator("h1").click()
+    page.keyboard.press("Control+z")
+    assert summary_params(page) == expected_params(teacher, boxed)
+    page.keyboard.press("Control+z")
+    assert summary_params(page) == teacher["spec"]["params_total"]
+    page.keyboard.press("Control+Shift+z")
+    page.keyboard.press("Control+Shift+z")
+    assert summary_params(page) == expected_params(teacher, dropped)
+    shot(page, "explorer-marked")
+
+    # Zoom: in "zooms" mode a drag over the neuron map fetches the chosen range at finer resolution.
+    page.click("[data-testid=neuron-tool] button[data-value=zoom]")
+    box = page.locator("[data-testid=neurons-map]").bounding_box()
+    page.mouse.move(box["x"] + 1, box["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 4, box["y"] + 5, steps=5)
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('[data-testid=neurons-panel]').innerText.includes('zoomed to 0–')")
+    assert summary_params(page) == expected_params(teacher, dropped)  # zooming marks nothing
+    page.click("[data-testid=zoom-reset]")
+    page.wait_for_function("document.querySelector('[data-testid=neurons-panel]').innerText.includes('all 48 per layer')")
+
+    # The draft survives a reload.
+    page.reload()
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+    assert summary_params(page) == expected_params(teacher, dropped)
+    page.click("text=Clear")
+    assert summary_params(page) == teacher["spec"]["params_total"]
+
+
+def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
+    teacher = STATE["teacher"]
+    open_explorer(page, live_app)
+    page.click("text=Clear")
+
+    # A bad target is explained next to the fill form.
+    page.fill("[data-testid=fill-form] [name=heads_per_layer]", "3")
+    page.click("[data-testid=fill]")
+    page.locator("[data-testid=fill-form] .error-msg").wait_for()
+    assert "nearby valid: 4, 8" in page.inner_text("[data-testid=fill-form] .error-msg")
+    assert "invalid" in page.get_attribute("[data-testid=fill-form] [name=heads_per_layer]", "class")
+    assert summary_params(page) == teacher["spec"]["params_total"]  # nothing changed
+
+    page.fill("[data-testid=fill-form] [name=heads_per_layer]", "")
+    page.fill("[data-testid=fill-form] [name=intermediate_size]", "32")
+    page.click("[data-testid=fill]")
+    page.wait_for_function("document.querySelector('[data-testid=shape]').innerText.includes('MLP 32/48')")
+    filled = {"remove_neurons": {i: list(range(16)) for i in range(4)}}
+    assert summary_params(page) == expected_params(teacher, filled)
+    # The filled neurons are the least important ones: in sorted order they sit at the right end.
+    api_plan = live_app.api.post(
+        "/plans/fill",
+        json={"teacher_id": teacher["id"], "importance_run_id": STATE["run"]["id"], "targets": {"intermediate_size": 32}},
+    ).json()["plan"]
+
+    # Adjust by hand: one more neuron bin of layer 0 (48 neurons -> one neuron per column here).
+    box = page.locator("[data-testid=neurons-map]").bounding_box()
+    page.mouse.click(box["x"] + 2, box["y"] + 4)
+    page.wait_for_function("document.querySelector('[data-testid=shape]').innerText.includes('MLP 31–32/48')")
+    adjusted_params = summary_params(page)
+    assert adjusted_params == expected_params(teacher, filled) - 3 * 32
+
+    page.fill("[data-testid=plan-name]", "mlp32")
+    page.click("[data-testid=save-plan]")
+    page.wait_for_function("location.hash.includes('plan=')")
+    plan_id = int(re.search(r"plan=(\d+)", page.evaluate("location.hash")).group(1))
+    saved = live_app.api.get(f"/plans/{plan_id}").json()
+    assert saved["stats"]["params_total"] == adjusted_params
+    removed_l0 = set(saved["plan"]["remove_neurons"]["0"])
+    assert set(api_plan["remove_neurons"]["0"]) < removed_l0 and len(removed_l0) == 17
+
+    # A shared link opens the saved plan (not the local draft).
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+    assert summary_params(page) == adjusted_params
+    shot(page, "explorer-filled")
+
+    # Preview: masked perplexity next to the teacher's, computed by the worker.
+    page.click("[data-testid=preview-btn]")
+    page.wait_for_selector("[data-testid=ppl-masked]", timeout=120_000)
+    ppl_teacher = float(page.inner_text("[data-testid=ppl-teacher]"))
+    ppl_masked = float(page.inner_text("[data-testid=ppl-masked]").split()[0])
+    preview = next(j for j in live_app.api.get("/jobs", params={"kind": "preview"}).json() if j["plan_id"] == plan_id)
+    assert preview["status"] == "succeeded"
+    assert ppl_teacher == pytest.approx(preview["result"]["ppl_teacher"], rel=1e-3)
+    assert ppl_masked == pytest.approx(preview["result"]["ppl_masked"], rel=1e-3)
+
+    page.fill("[data-testid=student-name]", "tiny-mlp32")
+    page.click("[data-testid=create-student]")
+    page.wait_for_selector("[data-testid=student-link]")
+    student = next(s for s in live_app.api.get("/students").json() if s["name"] == "tiny-mlp32")
+    assert student["plan_id"] == plan_id
+    STATE["student"] = student
+
+
+# ---- 3. runs: distill and watch the curve grow ------------------------------------------------------------
+
+
+def plot_trace(page, testid: str, name: str) -> dict:
+    return page.evaluate(
+        """([testid, name]) => {
+            const el = document.querySelector(`[data-testid=${testid}]`);
+            const t = (el.data || []).find((d) => d.name === name);
+            return t ? { x: Array.from(t.x), y: Array.from(t.y) } : null;
+        }""",
+        [testid, name],
+    )
+
+
+def test_distill_from_the_dashboard_curves_grow_live(page, live_app):
+    student = STATE["student"]
+    page.goto(f"{live_app.url}/#/runs?student={student['id']}")
+    page.wait_for_selector("[data-testid=student-detail] [data-status=ready]", timeout=120_000)
+    form = "[data-testid=distill-form]"
+    for name, value in {"budget": "40", "val_every": "10", "checkpoint_every": "20", "batch_size": "2", "seq_len": "32", "warmup": "5"}.items():
+        page.fill(f"{form} [name={name}]", value)
+    page.click("[data-testid=queue-distill]")
+    page.wait_for_function("location.hash.startsWith('#/job/')")
+    job_id = int(re.search(r"#/job/(\d+)", page.evaluate("location.hash")).group(1))
+
+    # Sample the step count shown while the job runs: it must take several increasing values.
+    seen = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        steps = int(page.get_attribute("[data-testid=point-count]", "data-steps") or 0)
+        if not seen or steps != seen[-1]:
+            seen.append(steps)
+        if page.locator(".page-head [data-status=succeeded]").count() and steps >= 40:
+            break
+        if page.locator(".page-head [data-status=failed]").count():
+            raise AssertionError(page.inner_text("[data-testid=job-progress]"))
+        time.sleep(0.05)
+    assert seen[-1] == 40, seen
+    growing = [s for s in seen if 0 < s < 40]
+    assert len(growing) >= 2, f"the curve did not grow live: {seen}"
+    print(f"step counts seen while distilling: {seen}")
+
+    # Plot = the stored metrics exactly once per step (snapshot + replayed SSE deduplicated).
+    metrics = live_app.api.get(f"/jobs/{job_id}/metrics", params={"names": "kd_loss"}).json()["series"]["kd_loss"]
+    page.evaluate("(() => { const s = document.querySelector('[data-testid=smoothing]'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+    page.wait_for_timeout(400)
+    raw = plot_trace(page, "train-plot", "kd_loss")
+    assert raw["x"] == [p["step"] for p in metrics]
+    assert raw["y"] == pytest.approx([p["value"] for p in metrics])
+
+    # TensorBoard's debiased EMA: the first point is the raw first value, later ones are smoothed.
+    page.evaluate("(() => { const s = document.querySelector('[data-testid=smoothing]'); s.value = 0.9; s.dispatchEvent(new Event('input')); })()")
+    page.wait_for_timeout(400)
+    smooth = plot_trace(page, "train-plot", "kd_loss")
+    ys = [p["value"] for p in metrics]
+    assert smooth["y"][0] == pytest.approx(ys[0])
+    ema, expected = 0.0, []
+    for i, v in enumerate(ys, start=1):
+        ema = 0.9 * ema + 0.1 * v
+        expected.append(ema / (1 - 0.9**i))
+    assert smooth["y"] == pytest.approx(expected)
+
+    page.click("[data-testid=x-axis] button[data-value=tokens]")
+    page.wait_for_timeout(400)
+    assert plot_trace(page, "train-plot", "kd_loss")["x"] == [p["tokens"] for p in metrics]
+    page.click("[data-testid=logy]")
+    page.wait_for_timeout(400)
+    assert page.evaluate("document.querySelector('[data-testid=train-plot]').layout.yaxis.type") == "log"
+    assert "x=tokens" in page.evaluate("location.hash") and "logy=1" in page.evaluate("location.hash")
+    val = plot_trace(page, "valid-plot", "val_ppl")
+    assert val and len(val["x"]) >= 2
+    shot(page, "job-live")
+    STATE["job_id"] = job_id
+
+
+def test_compare_shows_architecture_diff_and_curves(page, live_app):
+    student, teacher = STATE["student"], STATE["teacher"]
+    page.goto(f"{live_app.url}/#/compare?students={student['id']}&teacher={teacher['id']}")
+    page.wait_for_selector("[data-testid=arch-diff]")
+    table = page.inner_text("[data-testid=arch-diff]").lower()
+    assert "tiny-mlp32" in table and "teacher" in table
+    mlp_row = page.locator("[data-testid=arch-diff] tr:has(th:text-is('MLP'))")
+    assert mlp_row.locator("td.diff").inner_text() == "31–32"
+    page.wait_for_function("document.querySelector('[data-testid=compare-curves]').data !== undefined")
+    names = page.evaluate("document.querySelector('[data-testid=compare-curves]').data.map((d) => d.name)")
+    assert any(f"job {STATE['job_id']}" in n for n in names)
+    shot(page, "compare")
+
+
+def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
+    teacher = STATE["teacher"]
+    page.goto(f"{live_app.url}/#/compare")
+    wizard = "[data-testid=wizard]"
+    page.wait_for_selector(f"{wizard} select[name=importance_run_id] option[value='{STATE['run']['id']}']", state="attached")
+    page.fill(f"{wizard} [name=budget_pct]", "95")
+    assert "depth: 2 of 4 layers" in page.inner_text(wizard)
+    page.click(f"{wizard} summary")
+    page.fill(f"{wizard} [name=budget]", "10")
+    page.fill(f"{wizard} [name=val_every]", "5")
+    page.fill(f"{wizard} [name=batch_size]", "2")
+    page.fill(f"{wizard} [name=seq_len]", "32")
+    page.click("[data-testid=wizard-go]")
+    page.wait_for_function("location.hash.includes('students=') && location.hash.includes(',')", timeout=240_000)
+    ids = [int(x) for x in re.search(r"students=([\d,]+)", page.evaluate("decodeURIComponent(location.hash)")).group(1).split(",")]
+    budget = 0.95 * teacher["spec"]["params_total"]
+    depth, width = (live_app.api.get(f"/students/{i}").json() for i in ids)
+    assert depth["spec"]["num_layers"] == 2 and depth["spec"]["hidden_size"] == 32
+    assert width["spec"]["num_layers"] == 4 and width["spec"]["hidden_size"] < 32
+    assert depth["spec"]["params_total"] <= budget and width["spec"]["params_total"] <= budget
+    jobs = [j for j in live_app.api.get("/jobs", params={"kind": "distill"}).json() if j["student_id"] in ids]
+    assert len(jobs) == 2 and jobs[0]["params"] == jobs[1]["params"] and jobs[0]["params"]["steps"] == 10
+    page.wait_for_selector("[data-testid=arch-diff]")
+    header = page.inner_text("[data-testid=arch-diff] thead").lower()
+    assert depth["name"].lower() in header and width["name"].lower() in header
+    for job in jobs:
+        assert live_app.wait_job(job["id"], timeout=240)["status"] == "succeeded"
+    page.reload()
+    page.wait_for_function("document.querySelector('[data-testid=compare-curves]').data !== undefined")
+    assert len(page.evaluate("document.querySelector('[data-testid=compare-curves]').data")) == 2
+    shot(page, "compare-depth-vs-width")

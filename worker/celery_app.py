@@ -1,0 +1,47 @@
+"""The Celery application (torch-free: the API imports it to send tasks; tasks live in worker.tasks).
+
+Job state lives in our database, not in a Celery result backend. Reliability settings: a task is
+acknowledged only after it finished (`acks_late`), a task whose worker process died is put back
+(`task_reject_on_worker_lost`), and a worker reserves one task at a time (`prefetch 1`). A redelivered
+message can never run a job twice because each message names the job's attempt number and the worker
+claims the job with a conditional update (see worker.runtime).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+RUN_JOB = "prunescope.run_job"
+HEAVY_KINDS = {"importance", "prune", "preview", "distill", "evaluate", "benchmark"}
+
+
+def queue_for(kind: str) -> str:
+    return "gpu" if kind in HEAVY_KINDS else "default"
+
+
+def make_celery(broker_url: str | None, prefix: str = "") -> Celery:
+    app = Celery("prunescope", broker=broker_url or "redis://127.0.0.1:6379/0", include=["worker.tasks"])
+    transport_options = {"visibility_timeout": 6 * 3600}
+    if prefix:
+        transport_options["global_keyprefix"] = prefix
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue="default",
+        task_routes={RUN_JOB: {"queue": "default"}},  # overridden per call with queue_for(kind)
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+app = make_celery(os.environ.get("PRUNESCOPE_BROKER_URL"), os.environ.get("PRUNESCOPE_REDIS_PREFIX", ""))

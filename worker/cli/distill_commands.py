@@ -1,0 +1,268 @@
+"""`prunescope distill`, `prunescope evaluate` and `prunescope benchmark`.
+
+    prunescope distill STUDENT [--teacher T] [--data demo] [--steps N] ... -o OUT
+    prunescope evaluate MODEL [--data demo] [--split test] [--tasks prunescope_cloze,prunescope_rolling] [-o R.json]
+    prunescope benchmark --teacher T --student S [--batch-sizes 1,8] [-o R.json]
+
+`--teacher` defaults to the shipped demo teacher. `distill --mode ce` is the baseline without a teacher.
+Distillation checkpoints go to `--work-dir` (default OUT.work); `--resume` continues from there exactly.
+Ctrl-C / SIGTERM or creating `--stop-file` stops at the next step boundary with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from worker.cli import CliError
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _csv_ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("expected positive integers")
+    return values
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def register(subparsers) -> None:
+    d = subparsers.add_parser("distill", help="distill a pruned student from its teacher (or train it CE-only)")
+    d.add_argument("student", help="student model directory (e.g. the output of prunescope prune)")
+    d.add_argument("--teacher", default=None, help="teacher model (default: the demo teacher)")
+    d.add_argument("--data", default="demo", help="data source (see worker/engine/data.py; default: demo)")
+    d.add_argument("-o", "--out", required=True, type=Path, help="output directory for the distilled student")
+    d.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUT.work)")
+    d.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--mode", choices=("kd", "ce"), default="kd", help="kd (default) or ce: baseline, no teacher")
+    d.add_argument("--steps", type=int, default=100)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--grad-accum", type=int, default=1)
+    d.add_argument("--seq-len", type=int, default=256)
+    d.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    d.add_argument("--min-lr", type=float, default=None, help="final learning rate (default: lr / 10)")
+    d.add_argument("--warmup", type=int, default=10)
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--kd-weight", type=float, default=1.0)
+    d.add_argument("--ce-weight", type=float, default=0.0)
+    d.add_argument("--intermediate-weight", type=float, default=0.0,
+                   help="cosine loss on hidden states of kept layers (layer map from the student's plan)")
+    d.add_argument("--teacher-correction-steps", type=int, default=0)
+    d.add_argument("--val-every", type=int, default=50)
+    d.add_argument("--val-batches", type=int, default=8)
+    d.add_argument("--checkpoint-every", type=int, default=50)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--stop-file", type=Path, default=None, help="stop (with a checkpoint) when this file appears")
+    d.add_argument("--log-every", type=int, default=10)
+    d.set_defaults(handler=_distill)
+
+    e = subparsers.add_parser("evaluate", help="perplexity and lm-eval scores of a model on held-out text")
+    e.add_argument("model")
+    e.add_argument("--data", default="demo")
+    e.add_argument("--split", default="test")
+    e.add_argument("--tasks", type=_csv, default=["prunescope_cloze", "prunescope_rolling"],
+                   help="comma-separated lm-eval tasks ('none' to skip); local: prunescope_cloze,prunescope_rolling")
+    e.add_argument("--limit", type=int, default=None, help="samples per lm-eval task")
+    e.add_argument("--max-documents", type=int, default=None, help="documents for perplexity")
+    e.add_argument("--context", type=int, default=None)
+    e.add_argument("--stride", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("-o", "--out", type=Path, default=None, help="write the result JSON here")
+    e.set_defaults(handler=_evaluate)
+
+    b = subparsers.add_parser("benchmark", help="prefill/decode throughput of a student vs its teacher")
+    b.add_argument("--teacher", default=None, help="teacher model (default: the demo teacher)")
+    b.add_argument("--student", required=True)
+    b.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8])
+    b.add_argument("--prompt-len", type=int, default=128)
+    b.add_argument("--new-tokens", type=int, default=32)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("-o", "--out", type=Path, default=None)
+    b.set_defaults(handler=_benchmark)
+
+
+def _teacher_source(value: str | None) -> str:
+    if value:
+        return value
+    from worker.demo import demo_teacher_path
+
+    return str(demo_teacher_path())
+
+
+def _load(source: str, device: str):
+    from worker.engine.loading import load_model
+
+    _say(f"[load] {source}")
+    return load_model(source, device=device)
+
+
+def _student_plan(source: str):
+    from worker.engine.loading import MANIFEST_FILE
+
+    path = Path(source) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    plan = json.loads(path.read_text()).get("plan")
+    if not plan:
+        return None
+    from worker.engine.plan import PrunePlan
+
+    return PrunePlan.model_validate(plan)
+
+
+def _distill(args) -> int:
+    from pydantic import ValidationError
+
+    from worker.engine.adapters import arch_spec
+    from worker.engine.data import PackedTokens, read_documents
+    from worker.engine.distill import DistillConfig, distill, hidden_channels_from_plan, layer_map_from_plan
+    from worker.engine.evaluation import make_manifest, write_result
+    from worker.engine.loading import save_model
+
+    out = args.out.expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise CliError(f"output {out} exists and is not empty (use --overwrite)")
+    work = (args.work_dir or out.with_name(out.name + ".work")).expanduser().resolve()
+    if args.resume and not (work / "checkpoint.pt").is_file():
+        raise CliError(f"--resume: no checkpoint in {work}")
+    try:
+        config = DistillConfig(
+            mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+            min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup_steps=args.warmup,
+            temperature=args.temperature, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
+            intermediate_weight=args.intermediate_weight, teacher_correction_steps=args.teacher_correction_steps,
+            val_every=args.val_every, val_batches=args.val_batches, checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}") from None
+
+    student, tokenizer = _load(args.student, args.device)
+    teacher = teacher_source = None
+    if args.mode == "kd":
+        teacher_source = _teacher_source(args.teacher)
+        teacher, teacher_tok = _load(teacher_source, args.device)
+        tokenizer = tokenizer or teacher_tok
+        if teacher.get_input_embeddings().num_embeddings != student.get_input_embeddings().num_embeddings:
+            raise CliError("student and teacher have different vocabularies")
+    if tokenizer is None:
+        raise CliError(f"no tokenizer found with {args.student}")
+    plan = _student_plan(args.student)
+    if args.intermediate_weight:
+        if plan is None:
+            raise CliError("--intermediate-weight needs the student's prune plan (prunescope_manifest.json)")
+        spec = arch_spec(teacher)
+        config = config.model_copy(update={
+            "layer_map": layer_map_from_plan(plan.drop_layers, spec.num_layers),
+            "hidden_channels": hidden_channels_from_plan(plan.remove_hidden, spec.hidden_size),
+        })
+
+    _say(f"[data] {args.data}: tokenizing train and validation splits")
+    train = PackedTokens(tokenizer, read_documents(args.data, "train"), args.seq_len)
+    val = PackedTokens(tokenizer, read_documents(args.data, "validation"), args.seq_len)
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def should_stop() -> bool:
+        return stop.is_set() or (args.stop_file is not None and args.stop_file.exists())
+
+    def report(m: dict) -> None:
+        if m.get("phase") == "validation":
+            kl = "" if m["val_kl"] is None else f" val_kl {m['val_kl']:.4f}"
+            _say(f"[val] step {m['step']} val_loss {m['val_loss']:.4f} ppl {m['val_ppl']:.2f}{kl}")
+        elif m.get("phase") == "teacher_correction":
+            if m["step"] % args.log_every == 0:
+                _say(f"[teacher-correction] step {m['step']} ce {m['ce_loss']:.4f}")
+        elif m["step"] % args.log_every == 0 or m["step"] == 1:
+            _say(f"[train] step {m['step']}/{config.steps} loss {m['loss']:.4f} kd {m['kd_loss']:.4f} "
+                 f"ce {m['ce_loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s")
+
+    try:
+        result = distill(student, teacher, train, val, config, callback=report, checkpoint_dir=work,
+                         resume=args.resume, should_stop=should_stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if result.stopped:
+        _say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
+        return 3
+    manifest = make_manifest(models={"student": student, **({"teacher": teacher} if teacher is not None else {})},
+                             data={"source": args.data, "seq_len": args.seq_len}, seed=args.seed,
+                             student_source=args.student, teacher_source=teacher_source)
+    save_model(student, tokenizer, out, {
+        "kind": "distilled-student", "student_source": args.student, "teacher": teacher_source,
+        "plan": plan.model_dump(mode="json") if plan is not None else None,
+        "distill": config.model_dump(mode="json"), "final_validation": result.final_validation,
+        "steps": result.steps_completed, "tokens": result.history[-1]["tokens"] if result.history else 0,
+    }, overwrite=args.overwrite)
+    write_result(out / "distill_result.json", "distill",
+                 {"history": result.history, "validation": result.validation}, manifest)
+    _say(f"[save] {out}")
+    print(json.dumps({"output": str(out), "steps": result.steps_completed, **(result.final_validation or {})}))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from worker.engine.data import read_documents
+    from worker.engine.evaluation import make_manifest, perplexity, run_lm_eval, write_result
+
+    model, tokenizer = _load(args.model, args.device)
+    if tokenizer is None:
+        raise CliError(f"no tokenizer found with {args.model}")
+    documents = read_documents(args.data, args.split)
+    _say(f"[perplexity] {args.data}:{args.split} ({len(documents)} documents)")
+    ppl = perplexity(model, documents, tokenizer, context=args.context, stride=args.stride,
+                     batch_size=args.batch_size, max_documents=args.max_documents)
+    tasks = [t for t in args.tasks if t.lower() != "none"]
+    scores = []
+    if tasks:
+        _say(f"[lm-eval] {', '.join(tasks)}")
+        scores = run_lm_eval(model, tokenizer, tasks, documents=documents, limit=args.limit,
+                             batch_size=args.batch_size, seed=args.seed)
+    result = {"perplexity": ppl, "lm_eval": scores}
+    if args.out:
+        manifest = make_manifest(models={"model": model}, data={"source": args.data, "split": args.split},
+                                 seed=args.seed, model_source=args.model)
+        write_result(args.out, "evaluation", result, manifest)
+        _say(f"[save] {args.out}")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _benchmark(args) -> int:
+    from worker.engine.evaluation import make_manifest, throughput, write_result
+
+    teacher_source = _teacher_source(args.teacher)
+    teacher, _ = _load(teacher_source, args.device)
+    student, _ = _load(args.student, args.device)
+    report = throughput(teacher, student, batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
+                        new_tokens=args.new_tokens, repeats=args.repeats)
+    if args.out:
+        manifest = make_manifest(models={"teacher": teacher, "student": student}, data=None, seed=0,
+                                 teacher_source=teacher_source, student_source=args.student)
+        write_result(args.out, "throughput", report, manifest)
+    for s in report["speedup"]:
+        _say(f"[speedup] batch {s['batch_size']}: prefill x{s['prefill']:.2f}  decode x{s['decode']:.2f}  "
+             f"memory x{s['memory']:.2f}")
+    print(json.dumps(report, indent=2))
+    return 0

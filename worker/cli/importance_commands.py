@@ -1,0 +1,150 @@
+"""`prunescope importance MODEL --data SOURCE -o RUN_DIR`: one calibration pass -> an importance artifact.
+
+Defaults fit a CPU and the offline demo (the shipped teacher and corpus); the papers use 1024 samples
+of 4096+ tokens on GPUs (`--samples 1024 --seq-len 4096 --device cuda --dtype bfloat16`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SCAN_HELP = "bi = Block Importance, drop = single-layer drop loss, block = loss of each block of k layers"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "importance",
+        help="estimate head / neuron / hidden-channel / layer importance on calibration data",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument(
+        "model", nargs="?", default=None, help="model directory or hub id (default: the demo teacher)"
+    )
+    parser.add_argument(
+        "--data", default="demo", help="calibration source: demo, a .txt/.jsonl/.parquet file or dir, hf:<id>"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=64, help="calibration samples (default 64; paper 1024)"
+    )
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--block-size", type=int, default=2, help="k of the contiguous-block scan (default 2)"
+    )
+    parser.add_argument("--scans", default="bi,drop,block", help=f"comma-separated layer scans ({SCAN_HELP})")
+    parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype"
+    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    parser.add_argument("-o", "--out", required=True, type=Path, help="run directory for the artifact")
+    parser.set_defaults(handler=_importance)
+
+
+def _check_options(args) -> tuple[str, ...]:
+    from worker.cli import CliError
+
+    for flag in ("samples", "batch_size", "block_size"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.seq_len < 2:
+        raise CliError(f"--seq-len must be at least 2, got {args.seq_len}")
+    from worker.engine.importance.result import SCANS
+
+    scans = tuple(s.strip() for s in args.scans.split(",") if s.strip())
+    bad = [s for s in scans if s not in SCANS]
+    if bad or not scans:
+        raise CliError(
+            f"--scans: unknown scan {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCANS)}"
+        )
+    from worker.engine.importance.artifact import is_artifact
+
+    out = args.out
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
+        raise CliError(f"-o: {out} exists and is not an importance run directory; choose another output")
+    return scans
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    from worker.cli import CliError
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise CliError(f"--device: unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device: CUDA is not available on this machine; use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise CliError(f"--device: {device!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+def _importance(args: argparse.Namespace) -> int:
+    from worker.cli import CliError
+
+    scans = _check_options(args)
+    device = _check_device(args.device)
+
+    from tqdm import tqdm
+
+    from worker.engine.data import calibration_batches, read_documents
+    from worker.engine.importance import compute_importance
+    from worker.engine.loading import load_model
+
+    if args.model is None:
+        from worker.demo import demo_teacher_path
+
+        args.model = str(demo_teacher_path())
+    documents = read_documents(args.data, "calibration")  # bad source: a one-line error before loading
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if tokenizer is None:
+        raise CliError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise CliError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab}")
+    batches = calibration_batches(
+        tokenizer,
+        documents,
+        seq_len=args.seq_len,
+        num_samples=args.samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    metadata = {
+        "model": args.model,
+        "data": args.data,
+        "seed": args.seed,
+        "seq_len_requested": args.seq_len,
+        "batch_size": args.batch_size,
+        "tokenizer": args.tokenizer or args.model,
+    }
+    with tqdm(total=args.samples, desc="importance", unit="sample", file=sys.stderr) as bar:
+        result = compute_importance(
+            model, batches, scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata
+        )
+    out = result.save(args.out)
+    _print_summary(result, out)
+    return 0
+
+
+def _print_summary(result, out: Path) -> None:
+    ev = result.manifest["evaluations"]
+    print(f"importance run written to {out} ({result.samples} samples)")
+    if "loss_base" in result.arrays:
+        print(f"base LM loss: {result.base_loss():.4f}")
+        for name, counts in ev["per_scan"].items():
+            print(
+                f"{name} scan: {counts['layer_forwards']} layer forwards "
+                f"(naive, one full pass per cut: {counts['naive_layer_forwards']})"
+            )
+    stability = ", ".join(f"{axis} {rho:.3f}" for axis, rho in result.rank_stability().items())
+    print(f"rank stability (Spearman of the two calibration halves): {stability}")

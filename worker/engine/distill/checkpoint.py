@@ -1,0 +1,81 @@
+"""Atomic training checkpoints: everything needed to continue a run exactly.
+
+One file, `checkpoint.pt` (student weights, optimizer, scheduler, RNG states, step, data position,
+metric history), written to a temporary name and renamed over the old one, so a crash or a kill
+leaves either the previous checkpoint or the new one, never half of one. `checkpoint.json` beside it
+is a torch-free summary (step, tokens, time) for the platform. A corrected teacher is stored once in
+`corrected_teacher.pt`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "checkpoint.json"
+TEACHER_FILE = "corrected_teacher.pt"
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
+    """Write `state` (see `distill`) atomically; returns the checkpoint path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    _atomic_torch_save(state, path)
+    summary = {k: state[k] for k in ("step", "tokens", "elapsed", "stopped", "finished") if k in state}
+    summary["config"] = state.get("config")
+    _atomic_json(summary, directory / SUMMARY_FILE)
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict | None:
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    # Python's RNG state is a tuple of ints: plain containers, so weights_only loading is enough.
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_teacher(directory: str | os.PathLike, teacher: torch.nn.Module) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save(teacher.state_dict(), directory / TEACHER_FILE)
+
+
+def load_teacher_into(directory: str | os.PathLike, teacher: torch.nn.Module) -> bool:
+    path = Path(directory) / TEACHER_FILE
+    if not path.exists():
+        return False
+    teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return True

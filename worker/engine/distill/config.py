@@ -1,0 +1,61 @@
+"""Settings of one distillation (or CE-only baseline) run."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["kd", "ce"] = "kd"  # "ce": baseline trained on labels only, no teacher
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)  # peak (Minitron practice: 1e-4, min 1e-5)
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = Field(1.0, gt=0)  # None: no clipping (the norm is still reported)
+    temperature: float = Field(1.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(0.0, ge=0)  # Minitron practice: 0
+    intermediate_weight: float = Field(0.0, ge=0)  # cosine loss on mapped hidden states
+    layer_map: list[int] | None = None  # student layer j -> teacher layer; default identity
+    hidden_channels: list[int] | None = None  # teacher channels kept by the student, if hidden was cut
+    chunk_tokens: int = Field(1024, ge=1)
+    seed: int = 0
+    val_every: int = Field(50, ge=0)  # 0: only at the end
+    val_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end / on stop
+    teacher_correction_steps: int = Field(0, ge=0)
+    teacher_correction_lr_factor: float = Field(0.2, gt=0)  # x teacher peak LR (paper 2: 1/5)
+    teacher_peak_lr: float | None = Field(None, gt=0)  # the teacher's own peak; default: lr
+    bf16: bool = True  # autocast to bf16 on CUDA only; CPU runs in the weights' dtype
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_lr > self.lr:
+            raise ValueError("min_lr must not exceed lr")
+        if self.mode == "kd" and self.kd_weight == 0 and self.ce_weight == 0 and self.intermediate_weight == 0:
+            raise ValueError("kd_weight, ce_weight and intermediate_weight are all 0: nothing to train on")
+        if self.mode == "ce" and self.intermediate_weight:
+            raise ValueError("intermediate_weight needs a teacher; mode 'ce' has none")
+        return self
+
+    @property
+    def loss_weights(self):
+        from worker.engine.distill.losses import LossWeights
+
+        if self.mode == "ce":
+            return LossWeights(kd=0.0, ce=1.0, temperature=1.0)
+        return LossWeights(kd=self.kd_weight, ce=self.ce_weight, temperature=self.temperature)
+
+    # Fields that must match for a resume to continue the same run exactly.
+    RESUME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "mode", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "seed", "temperature",
+        "kd_weight", "ce_weight", "intermediate_weight", "teacher_correction_steps",
+    )

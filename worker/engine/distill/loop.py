@@ -1,0 +1,289 @@
+"""The distillation loop: logit KD from a frozen teacher (or a CE-only baseline), with exact resume.
+
+Data order is a pure function of the step (`PackedTokens.batch(step * grad_accum + micro, ...)`), and
+the checkpoint holds weights, optimizer, scheduler and RNG states, so stopping after step k and resuming
+replays steps k+1.. exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from worker.engine.distill.checkpoint import (
+    load_checkpoint,
+    load_teacher_into,
+    rng_state,
+    save_checkpoint,
+    save_teacher,
+    set_rng_state,
+)
+from worker.engine.distill.config import DistillConfig
+from worker.engine.distill.forward import final_hidden, lm_head
+from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosine_state_loss
+from worker.engine.distill.schedule import lambda_for
+
+Callback = Callable[[dict], None]
+
+
+@dataclass
+class DistillResult:
+    steps_completed: int
+    stopped: bool  # True when should_stop() ended the run early
+    history: list[dict] = field(default_factory=list)  # one metrics dict per step
+    validation: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+    teacher: torch.nn.Module | None = None  # the corrected teacher, when teacher correction ran
+
+    @property
+    def final_validation(self) -> dict | None:
+        return self.validation[-1] if self.validation else None
+
+
+def _autocast(device: torch.device, config: DistillConfig):
+    if device.type == "cuda" and config.bf16:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_loss(student, teacher, input_ids, weights: LossWeights, config: DistillConfig):
+    """(total, kd, ce, intermediate) of one batch of token blocks [B, S] (next-token targets)."""
+    want_states = teacher is not None and config.intermediate_weight > 0
+    s_hidden, s_states = final_hidden(student, input_ids, layer_states=want_states)
+    t_hidden = t_states = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_hidden, t_states = final_hidden(teacher, input_ids, layer_states=want_states)
+    labels = input_ids[:, 1:].reshape(-1)
+    total, kd, ce = chunked_distill_loss(
+        s_hidden[:, :-1].reshape(-1, s_hidden.shape[-1]),
+        lm_head(student),
+        labels,
+        weights,
+        teacher_hidden=None if t_hidden is None else t_hidden[:, :-1].reshape(-1, t_hidden.shape[-1]),
+        teacher_head=None if teacher is None else lm_head(teacher),
+        chunk_tokens=config.chunk_tokens,
+    )
+    inter = total.new_zeros(())
+    if want_states:
+        layer_map = config.layer_map if config.layer_map is not None else list(range(len(s_states)))
+        if len(layer_map) != len(s_states):
+            raise ValueError(f"layer_map has {len(layer_map)} entries for a {len(s_states)}-layer student")
+        inter = cosine_state_loss(s_states, [t_states[i] for i in layer_map], config.hidden_channels)
+        total = total + config.intermediate_weight * inter
+    return total, kd, ce, inter
+
+
+@torch.no_grad()
+def validate(student, teacher, val, config: DistillConfig) -> dict:
+    """Token-weighted student CE (and KL to the teacher, tau = 1) on the first validation blocks."""
+    device = next(student.parameters()).device
+    was_training = student.training
+    student.eval()
+    weights = LossWeights(kd=1.0, ce=1.0, temperature=1.0)
+    ce_sum = kl_sum = 0.0
+    count = 0
+    try:
+        for block in val.sequential(config.batch_size, limit=config.val_batches * config.batch_size):
+            ids = block.to(device)
+            with _autocast(device, config):
+                _, kd, ce, _ = batch_loss(student, teacher, ids, weights, config.model_copy(
+                    update={"intermediate_weight": 0.0}))
+            n = ids.shape[0] * (ids.shape[1] - 1)
+            ce_sum += float(ce) * n
+            kl_sum += float(kd) * n
+            count += n
+    finally:
+        student.train(was_training)
+    val_loss = ce_sum / max(count, 1)
+    return {
+        "step": None,
+        "val_loss": val_loss,
+        "val_ppl": math.exp(min(val_loss, 700.0)),
+        "val_kl": kl_sum / max(count, 1) if teacher is not None else None,
+        "val_tokens": count,
+    }
+
+
+def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | None = None):
+    """Fine-tune the teacher in place on the distillation data (CE) at a fraction of its peak LR."""
+    device = next(teacher.parameters()).device
+    steps = config.teacher_correction_steps
+    lr = config.teacher_correction_lr_factor * (config.teacher_peak_lr or config.lr)
+    warmup = min(config.warmup_steps, steps // 10)
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, betas=config.betas, weight_decay=config.weight_decay)
+    # Short warm-up, then constant at the reduced LR (a correction, not a new training run).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    weights = LossWeights(kd=0.0, ce=1.0)
+    teacher.train()
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        ce_total = 0.0
+        for micro in range(config.grad_accum):
+            # A different seed than distillation's so the correction does not pre-view the same order.
+            ids = train.batch(step * config.grad_accum + micro, config.batch_size, config.seed + 7919).to(device)
+            with _autocast(device, config):
+                total, _, ce, _ = batch_loss(teacher, None, ids, weights, config)
+            (total / config.grad_accum).backward()
+            ce_total += float(ce) / config.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(teacher.parameters(), config.clip_grad or float("inf"))
+        current_lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        if callback:
+            callback({"phase": "teacher_correction", "step": step + 1, "ce_loss": ce_total, "lr": current_lr,
+                      "grad_norm": float(grad_norm)})
+    teacher.zero_grad(set_to_none=True)
+    teacher.eval()
+    return teacher
+
+
+def _check_resume(saved: dict, config: DistillConfig) -> None:
+    for name in DistillConfig.RESUME_FIELDS:
+        if saved.get(name) != getattr(config, name):
+            raise ValueError(
+                f"cannot resume: config field {name!r} is {getattr(config, name)!r} but the checkpoint "
+                f"was made with {saved.get(name)!r}"
+            )
+
+
+def distill(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    train,
+    val,
+    config: DistillConfig | dict | None = None,
+    *,
+    callback: Callback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> DistillResult:
+    """Train `student` in place from `teacher` (mode "kd") or on labels alone (mode "ce").
+
+    `train`/`val` are `PackedTokens`. In mode "ce" a given teacher is used only for `val_kl`.
+    `callback` gets one dict per step ("phase": "train") and per validation ("phase": "validation");
+    teacher-correction steps come first with "phase": "teacher_correction". `should_stop()` is polled
+    before every step; when it returns True the loop saves a checkpoint and returns with stopped=True.
+    With `resume=True` and a checkpoint in `checkpoint_dir`, the run continues exactly where it stopped
+    (a missing checkpoint starts from step 0). The student is left in eval mode.
+    """
+    if config is None:
+        config = DistillConfig()
+    elif isinstance(config, dict):
+        config = DistillConfig.model_validate(config)
+    if config.mode == "kd" and teacher is None:
+        raise ValueError("mode 'kd' needs a teacher (use mode 'ce' for the baseline without one)")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    device = next(student.parameters()).device
+    emit = callback or (lambda _m: None)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    state = load_checkpoint(checkpoint_dir) if resume else None
+    if state is not None:
+        _check_resume(state["config"], config)
+
+    corrected = None
+    if teacher is not None and config.mode == "kd" and config.teacher_correction_steps:
+        corrected = copy.deepcopy(teacher)  # never change the caller's teacher
+        if not (state is not None and load_teacher_into(checkpoint_dir, corrected)):
+            correct_teacher(corrected, train, config, emit)
+            if checkpoint_dir is not None:
+                save_teacher(checkpoint_dir, corrected)
+        teacher = corrected
+    if teacher is not None:
+        teacher.eval()
+    kd_teacher = teacher if config.mode == "kd" else None
+    weights = config.loss_weights
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda_for(peak=config.lr, minimum=config.min_lr, warmup=config.warmup_steps, total=config.steps)
+    )
+    start, tokens, elapsed = 0, 0, 0.0
+    history: list[dict] = []
+    validation: list[dict] = []
+    if state is not None:
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
+        history, validation = list(state["history"]), list(state["validation"])
+
+    def checkpoint(step: int, *, stopped: bool, finished: bool) -> Path | None:
+        if checkpoint_dir is None:
+            return None
+        return save_checkpoint(checkpoint_dir, {
+            "step": step, "tokens": tokens, "elapsed": elapsed, "stopped": stopped, "finished": finished,
+            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "config": config.model_dump(mode="json"),
+            # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed).
+            "data_position": {"next_batch": step * config.grad_accum, "seed": config.seed},
+            "history": history, "validation": validation,
+        })
+
+    def run_validation(step: int) -> None:
+        metrics = validate(student, teacher, val, config)
+        metrics.update(step=step, phase="validation")
+        validation.append(metrics)
+        emit(metrics)
+
+    student.train()
+    stopped = False
+    step = start
+    last_saved = None
+    for step in range(start, config.steps):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        began = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        sums = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0, "intermediate_loss": 0.0}
+        step_tokens = 0
+        for micro in range(config.grad_accum):
+            ids = train.batch(step * config.grad_accum + micro, config.batch_size, config.seed).to(device)
+            with _autocast(device, config):
+                total, kd, ce, inter = batch_loss(student, kd_teacher, ids, weights, config)
+            (total / config.grad_accum).backward()
+            for key, value in zip(sums, (total, kd, ce, inter)):
+                sums[key] += float(value.detach()) / config.grad_accum
+            step_tokens += ids.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or float("inf"))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - began
+        tokens += step_tokens
+        elapsed += seconds
+        metrics = {"phase": "train", "step": step + 1, "tokens": tokens, **sums, "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": step_tokens / max(seconds, 1e-9),
+                   "elapsed": elapsed}
+        history.append(metrics)
+        emit(metrics)
+        done = step + 1
+        if done == config.steps or (config.val_every and done % config.val_every == 0):
+            run_validation(done)
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+            last_saved = checkpoint(done, stopped=False, finished=False)
+        step = done
+    last_saved = checkpoint(step, stopped=stopped, finished=step >= config.steps) or last_saved
+    student.zero_grad(set_to_none=True)
+    student.eval()
+    return DistillResult(
+        steps_completed=step, stopped=stopped, history=history, validation=validation,
+        checkpoint=last_saved, teacher=corrected,
+    )

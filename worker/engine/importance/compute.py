@@ -1,0 +1,155 @@
+"""`compute_importance`: one hooked inference pass over the calibration batches (plus the layer scans).
+
+Per batch: run the model once under `torch.inference_mode()` with the importance hooks on (width axes
+and Block Importance land in float32 running sums); if a loss scan is asked for, the same pass keeps
+each layer's input, the full model's logits give the base loss, and the scans re-run only the layers
+after each cut from the cached inputs (`layer_scan.py`). Then the batch's cache is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from worker.engine.adapters import adapter_for
+from worker.engine.importance.accumulators import BatchContext
+from worker.engine.importance.hooks import ImportanceHooks
+from worker.engine.importance.layer_scan import (
+    LayerScanner,
+    naive_layer_count,
+    scan_layer_count,
+    token_losses,
+)
+from worker.engine.importance.provenance import run_manifest
+from worker.engine.importance.result import SCANS, ImportanceResult
+
+Progress = Callable[[int], None]  # called after each batch with its number of samples
+
+
+def check_scans(scans: Iterable[str], block_size: int, num_layers: int) -> tuple[str, ...]:
+    scans = tuple(dict.fromkeys(scans))
+    unknown = [s for s in scans if s not in SCANS]
+    if unknown:
+        raise ValueError(f"unknown scan {unknown[0]!r}; choose from {', '.join(SCANS)}")
+    if "block" in scans and not 1 <= block_size < num_layers:
+        raise ValueError(
+            f"block size must be between 1 and {num_layers - 1} (the model has {num_layers} layers)"
+        )
+    return scans
+
+
+def compute_importance(
+    model: nn.Module,
+    batches: Iterable[dict],
+    *,
+    scans: Iterable[str] = SCANS,
+    block_size: int = 2,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+    hash_weights: bool = True,
+) -> ImportanceResult:
+    """Importance of heads, neurons, hidden channels and layers of `model` (see the package docstring).
+
+    `batches`: dicts with `input_ids` and `attention_mask` (LongTensor [B, S], 0 = padding, ignored).
+    `scans`: "bi" (Block Importance), "drop" (single-layer drop loss), "block" (k-layer block loss).
+    `metadata` is merged into the manifest (model source, data source, seed...). `hash_weights=False`
+    skips the manifest's SHA-256 of the weights (a one-off cost: it reads every weight once on the host).
+    """
+    adapter = adapter_for(model)
+    spec = adapter.spec(model)
+    if spec.layers is not None:
+        raise ValueError("importance needs a model whose layers all have the same shape (an unpruned model)")
+    num_layers = spec.num_layers
+    scans = check_scans(scans, block_size, num_layers)
+    loss_scans = [k for k in ((1,) if "drop" in scans else ()) + ((block_size,) if "block" in scans else ())]
+    device = next(model.parameters()).device
+    scanner = LayerScanner(model, adapter)
+    loss = {"base": torch.zeros(2, device=device), "tokens": torch.zeros(2, device=device)}
+    for k in dict.fromkeys(loss_scans):
+        loss[k] = torch.zeros(2, num_layers - k + 1, device=device)
+
+    was_training = model.training
+    model.eval()
+    samples, batch_count, seq_len = 0, 0, 0
+    hooks = ImportanceHooks(model, adapter, block_importance="bi" in scans, record_calls=bool(loss_scans))
+    try:
+        with torch.inference_mode(), hooks:
+            for batch in batches:
+                has_padding = bool(
+                    (batch["attention_mask"] == 0).any()
+                )  # on the host copy: no device sync later
+                input_ids = batch["input_ids"].to(device)
+                attention_mask = batch["attention_mask"].to(device)
+                ctx = BatchContext(attention_mask, samples, has_padding)
+                hooks.begin_batch(ctx)
+                hooks.enabled = True
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                hooks.end_batch()
+                if loss_scans:
+                    per_sample, tokens = token_losses(logits, input_ids, attention_mask)
+                    loss["base"].index_add_(0, ctx.halves, per_sample)
+                    loss["tokens"].index_add_(0, ctx.halves, tokens)
+                del logits  # not alive during the scans nor during the next batch's forward
+                if loss_scans:
+                    hooks.enabled = False  # scans re-run layers; those activations are not calibration data
+                    for k in dict.fromkeys(loss_scans):
+                        cut_sums = scanner.scan(hooks.calls, k, input_ids, attention_mask)  # [cuts, B]
+                        loss[k].index_add_(0, ctx.halves, cut_sums.T)
+                    hooks.calls = [None] * num_layers
+                samples += input_ids.shape[0]
+                batch_count += 1
+                seq_len = max(seq_len, input_ids.shape[1])
+                if progress is not None:
+                    progress(input_ids.shape[0])
+    finally:
+        model.train(was_training)
+    if samples == 0:
+        raise ValueError("no calibration samples: the batches were empty")
+
+    arrays = {"samples": torch.tensor([(samples + 1) // 2, samples // 2], dtype=torch.float32).numpy()}
+    arrays["heads"], arrays["neurons"], arrays["hidden"] = (
+        hooks.heads.numpy(),
+        hooks.neurons.numpy(),
+        hooks.hidden.numpy(),
+    )
+    if "bi" in scans:
+        arrays["block_importance"] = hooks.bi.numpy()
+    if loss_scans:
+        arrays["loss_base"], arrays["loss_tokens"] = loss["base"].cpu().numpy(), loss["tokens"].cpu().numpy()
+        if "drop" in scans:
+            arrays["loss_drop"] = loss[1].cpu().numpy()
+        if "block" in scans:
+            arrays[f"loss_block_k{block_size}"] = loss[block_size].cpu().numpy()
+
+    # With k == 1 the drop scan and the block scan are the same cuts, run once.
+    named = {"drop": 1} if "drop" in scans else {}
+    if "block" in scans:
+        named[f"block_k{block_size}"] = block_size
+    evaluations = {
+        "batches": batch_count,
+        "layer_forwards_importance_pass": num_layers * batch_count,
+        "layer_forwards_scans": scanner.layer_forwards,
+        "layer_forwards_scans_expected": sum(scan_layer_count(num_layers, k) for k in set(named.values()))
+        * batch_count,
+        "per_scan": {
+            name: {
+                "layer_forwards": scan_layer_count(num_layers, k) * batch_count,
+                "naive_layer_forwards": naive_layer_count(num_layers, k) * batch_count,
+            }
+            for name, k in named.items()
+        },
+    }
+    manifest = run_manifest(
+        model,
+        spec,
+        scans=list(scans),
+        block_size=block_size,
+        samples=samples,
+        seq_len=seq_len,
+        evaluations=evaluations,
+        metadata=metadata or {},
+        hash_weights=hash_weights,
+    )
+    return ImportanceResult(arrays=arrays, manifest=manifest)

@@ -1,0 +1,147 @@
+"""Forward hooks that turn one inference pass into width and Block-Importance scores.
+
+Where each score is read (through the family adapter, so every supported architecture works alike):
+- heads:   input of the attention output projection (`attn_out`), split per head, L2 over head_dim;
+- neurons: input of the down projection (`mlp_out`): post-activation, gated where the MLP is gated; |x|;
+- hidden:  |output| of every norm (each layer's `adapter.norms` and the final norm), one row per norm;
+- block importance: 1 - cos(layer input, layer output) per token.
+The same layer hooks can also keep each layer's input and call arguments for the layer scans
+(`layer_scan.py`), so the scans need no extra pass to build their prefixes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from worker.engine.adapters import Adapter
+from worker.engine.importance.accumulators import BatchContext, RunningSums
+
+
+class LayerCall:
+    """One decoder layer's call as the model made it: its hidden-state input and the other arguments
+    (causal mask, rotary position embeddings, position ids...), so the layer can be re-run alone."""
+
+    def __init__(self, args: tuple, kwargs: dict):
+        if args:
+            self.hidden, self.args, self.kwargs = args[0], args[1:], dict(kwargs)
+        else:
+            kwargs = dict(kwargs)
+            self.hidden, self.args, self.kwargs = kwargs.pop("hidden_states"), (), kwargs
+
+    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return layer_output(layer(hidden, *self.args, **self.kwargs))
+
+
+def layer_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def head_dim_of(model: nn.Module) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+class ImportanceHooks:
+    """Registers the hooks on enter and removes them on exit (also on errors).
+
+    `record_calls=True` keeps every layer's `LayerCall` of the current batch in `self.calls`
+    (memory: num_layers x batch x seq x hidden in the model's dtype, released at the next batch).
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter, *, block_importance: bool, record_calls: bool):
+        self.model, self.adapter = model, adapter
+        self.layers = adapter.layers(model)
+        self.norms = [n for layer in self.layers for n in adapter.norms(layer)] + [adapter.final_norm(model)]
+        self.head_dim = head_dim_of(model)
+        self.block_importance, self.record_calls = block_importance, record_calls
+        device = next(model.parameters()).device
+        num_layers = len(self.layers)
+        heads = adapter.layer_num_heads(self.layers[0], self.head_dim)
+        neurons = adapter.layer_intermediate_size(self.layers[0])
+        hidden = adapter.embed(model).weight.shape[1]
+        self.heads = RunningSums(num_layers, heads, device)
+        self.neurons = RunningSums(num_layers, neurons, device)
+        self.hidden = RunningSums(len(self.norms), hidden, device)
+        self.bi = RunningSums(num_layers, 1, device)
+        self.axes = (self.heads, self.neurons, self.hidden, self.bi)
+        self.ctx: BatchContext | None = None
+        self.calls: list[LayerCall | None] = [None] * num_layers
+        self.enabled = True  # off while the layer scans re-run layers
+        self._handles: list = []
+
+    # ---- registration ---------------------------------------------------------------------
+    def __enter__(self) -> ImportanceHooks:
+        for i, layer in enumerate(self.layers):
+            self._handles.append(self.adapter.attn_out(layer).register_forward_pre_hook(self._heads_hook(i)))
+            self._handles.append(self.adapter.mlp_out(layer).register_forward_pre_hook(self._neurons_hook(i)))
+            if self.block_importance or self.record_calls:
+                self._handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
+        for j, norm in enumerate(self.norms):
+            self._handles.append(norm.register_forward_hook(self._hidden_hook(j)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.calls = [None] * len(self.layers)
+
+    def begin_batch(self, ctx: BatchContext) -> None:
+        self.ctx = ctx
+        self.calls = [None] * len(self.layers)  # drop the previous batch's cache before this one runs
+        for axis in self.axes:
+            axis.begin_batch(ctx)
+
+    def end_batch(self) -> None:
+        for axis in self.axes:
+            axis.end_batch(self.ctx)
+
+    # ---- the hooks ------------------------------------------------------------------------
+    def _heads_hook(self, i: int):
+        def hook(module, args):
+            if self.enabled:
+                x = args[0]
+                per_head = x.view(*x.shape[:-1], -1, self.head_dim)
+                norms = torch.linalg.vector_norm(per_head, dim=-1, dtype=torch.float32)  # [B, S, H]
+                self.heads.add(i, norms, self.ctx)
+
+        return hook
+
+    def _neurons_hook(self, i: int):
+        def hook(module, args):
+            if self.enabled:
+                self.neurons.add(i, args[0], self.ctx)  # the reductions take |x| themselves
+
+        return hook
+
+    def _hidden_hook(self, j: int):
+        def hook(module, args, output):
+            if self.enabled:
+                self.hidden.add(j, layer_output(output), self.ctx)
+
+        return hook
+
+    def _layer_hook(self, i: int):
+        def hook(module, args, kwargs, output):
+            if not self.enabled:
+                return
+            call = LayerCall(args, kwargs)
+            if self.record_calls:
+                self.calls[i] = call
+            if self.block_importance:
+                self.bi.add(i, one_minus_cosine(call.hidden, layer_output(output)).unsqueeze(-1), self.ctx)
+
+        return hook
+
+
+def one_minus_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cos(a, b) per token in float32, without float32 copies of a and b.
+
+    Uses |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, i.e. 1 - cos = (|a - b|^2 - (|a| - |b|)^2) / (2 |a| |b|):
+    three norms whose float32 accumulation is fused into the reduction, and no 1 - (cos ~ 1) cancellation.
+    """
+    na = torch.linalg.vector_norm(a, dim=-1, dtype=torch.float32)
+    nb = torch.linalg.vector_norm(b, dim=-1, dtype=torch.float32)
+    nd = torch.linalg.vector_norm(a - b, dim=-1, dtype=torch.float32)
+    return ((nd * nd - (na - nb) ** 2) / (2 * na * nb).clamp_min(1e-30)).clamp(0.0, 2.0)

@@ -1,0 +1,228 @@
+"""Load supported causal LMs and save pruned students.
+
+Save formats (both written to a temporary directory first, then renamed into place):
+
+- vanilla: every layer has the same widths and the config alone rebuilds them. Plain
+  `save_pretrained` output; stock `AutoModelForCausalLM.from_pretrained` loads it (no custom code).
+- prunescope-layers: layers differ in width (or GPT-2's attention width differs from n_embd).
+  Still the `save_pretrained` files (config.json with the widest layer, model.safetensors with the
+  real shapes) plus `prunescope_layers.json`:
+      {"format": "prunescope-layers/1", "head_dim": 8,
+       "layers": [{"num_heads": 4, "num_kv_heads": 2, "intermediate_size": 40}, ...]}
+  `load_model` builds the stock modeling classes from config.json, resizes each layer's projections
+  to the listed widths and loads the weights strictly. Vanilla `from_pretrained` refuses it with a
+  size mismatch (it never loads it silently wrong).
+
+Both carry `prunescope_manifest.json`: the caller's manifest (plan, teacher id and weights hash...)
+plus format, resulting architecture and library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worker.engine.adapters import (
+    SUPPORTED_MODEL_TYPES,
+    UnsupportedArchitecture,
+    adapter_for,
+    adapter_for_model_type,
+)
+from worker.engine.plan import vanilla_loadable
+from worker.engine.spec import LayerShape
+
+LAYERS_FILE = "prunescope_layers.json"
+MANIFEST_FILE = "prunescope_manifest.json"
+LAYERS_FORMAT = "prunescope-layers/1"
+
+
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        value = getattr(torch, str(dtype))
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    return value
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_supported(config) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitecture(
+            f"architecture '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(source: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None  # transformers would invent an empty tokenizer from the model type
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # a checkpoint without tokenizer files
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    dtype=None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, object | None]:
+    """(model in eval mode, tokenizer or None) from a local directory, a hub id or our format.
+
+    A hub id needs network access (never used by the tests); `trust_remote_code` stays off unless
+    asked for, and only architectures with an adapter are accepted.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = str(source)
+    path = Path(source).expanduser()
+    local = path.is_dir()
+    if not local and (path.exists() or _looks_like_path(source)):
+        raise FileNotFoundError(f"model not found: {source} is not a model directory")
+    where = str(path) if local else source
+    if local and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model not found: {source} has no config.json")
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise FileNotFoundError(f"model not found: {source} ({_first_line(exc)})") from exc
+    except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
+        raise ValueError(f"cannot read the config of {source}: {_first_line(exc)}") from exc
+    _check_supported(config)
+    kwargs = {"dtype": _dtype(dtype)} if dtype is not None else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if local and (path / LAYERS_FILE).is_file():
+        model = _load_layers_format(path, config, kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            where, config=config, trust_remote_code=trust_remote_code, **kwargs
+        )
+    model = model.to(device).eval()
+    return model, _load_tokenizer(where, trust_remote_code)
+
+
+def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from worker.engine.surgery import resize_layer
+
+    info = json.loads((path / LAYERS_FILE).read_text())
+    if info.get("format") != LAYERS_FORMAT:
+        raise ValueError(f"{path / LAYERS_FILE}: unknown format {info.get('format')!r}")
+    shapes = [LayerShape(**s) for s in info["layers"]]
+    if len(shapes) != config.num_hidden_layers:
+        raise ValueError(
+            f"{path / LAYERS_FILE} lists {len(shapes)} layers, config has {config.num_hidden_layers}"
+        )
+    adapter = adapter_for_model_type(config.model_type)
+    with _skip_weight_init():  # every weight is loaded below (checked), so random init is wasted time
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    for layer, shape in zip(adapter.layers(model), shapes, strict=True):
+        resize_layer(adapter, layer, shape, int(info["head_dim"]))
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    dtype = next(model.parameters()).dtype
+    state = {k: v.to(dtype) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the layer file (missing {missing}, unexpected {unexpected})"
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def _skip_weight_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise, only slower
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def _library_versions() -> dict[str, str]:
+    from worker.engine.importance.provenance import library_versions
+
+    return library_versions()
+
+
+def save_model(
+    model: nn.Module, tokenizer, out_dir: str | os.PathLike, manifest: dict, *, overwrite: bool = False
+) -> Path:
+    """Write the model atomically (temp dir + rename); vanilla when possible (module note)."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another output or overwrite it")
+    adapter = adapter_for(model)
+    spec = adapter.spec(model)
+    vanilla = vanilla_loadable(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if not vanilla:
+            layers = {
+                "format": LAYERS_FORMAT,
+                "head_dim": spec.head_dim,
+                "layers": [s.model_dump() for s in spec.layer_shapes()],
+            }
+            (tmp / LAYERS_FILE).write_text(json.dumps(layers, indent=2))
+        full = {
+            **manifest,
+            "format": "vanilla" if vanilla else LAYERS_FORMAT,
+            "architecture": spec.summary(),
+            "libraries": _library_versions(),
+            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, default=str))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+__all__ = ["LAYERS_FILE", "MANIFEST_FILE", "UnsupportedArchitecture", "load_model", "save_model"]

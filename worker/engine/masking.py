@@ -1,0 +1,93 @@
+"""Reproduce a plan on the unpruned model with hooks, without changing any weight.
+
+Removed heads and neurons have their contribution zeroed at the input of the output projection
+(o_proj / down_proj; exactly what removing those columns does), and dropped layers pass their input
+through unchanged. For these cuts the pruned model's logits equal the masked model's (the
+equivalence tests check it). Removed hidden channels are zeroed in the embeddings, every block's
+outputs and every norm's output: a preview only, since LayerNorm/RMSNorm statistics still average
+over all channels, unlike the pruned model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from worker.engine.adapters import adapter_for
+from worker.engine.plan import PrunePlan, check_plan, layer_head_removal
+
+
+def _zero_input_channels(channels: torch.Tensor):
+    def hook(_module, args):
+        x = args[0].clone()
+        x[..., channels] = 0
+        return (x, *args[1:])
+
+    return hook
+
+
+def _zero_output_channels(channels: torch.Tensor):
+    def hook(_module, _args, output):
+        if isinstance(output, tuple):
+            first = output[0].clone()
+            first[..., channels] = 0
+            return (first, *output[1:])
+        output = output.clone()
+        output[..., channels] = 0
+        return output
+
+    return hook
+
+
+def _skip_layer(*args, **kwargs):
+    """A dropped decoder layer: its output is its input hidden states."""
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+@contextmanager
+def masked(model: nn.Module, plan: PrunePlan) -> Iterator[nn.Module]:
+    """Within the block, `model` behaves like `apply_plan(model, plan)` (see the module note)."""
+    if plan.needs_filling():
+        raise ValueError("the plan has targets: fill it from importance scores (fill_plan) first")
+    adapter = adapter_for(model)
+    spec = adapter.spec(model)
+    check_plan(plan, spec)
+    layers = adapter.layers(model)
+    device = next(model.parameters()).device
+    handles = []
+    patched = []
+    try:
+        for i, layer in enumerate(layers):
+            if i in plan.drop_layers:
+                layer.forward = _skip_layer  # instance attribute shadows the class forward
+                patched.append(layer)
+                continue
+            heads, _groups = layer_head_removal(plan, spec, i)
+            if heads:
+                hd = spec.head_dim
+                cols = torch.tensor([h * hd + j for h in heads for j in range(hd)], device=device)
+                out = adapter.attn_out(layer)
+                handles.append(out.register_forward_pre_hook(_zero_input_channels(cols)))
+            if plan.remove_neurons.get(i):
+                cols = torch.tensor(plan.remove_neurons[i], device=device)
+                out = adapter.mlp_out(layer)
+                handles.append(out.register_forward_pre_hook(_zero_input_channels(cols)))
+        if plan.remove_hidden:
+            channels = torch.tensor(plan.remove_hidden, device=device)
+            zero = _zero_output_channels(channels)
+            modules = [adapter.embed(model), adapter.position_embed(model), adapter.final_norm(model)]
+            for layer in layers:
+                modules += [adapter.attn_out(layer), adapter.mlp_out(layer), *adapter.norms(layer)]
+            handles += [m.register_forward_hook(zero) for m in modules if m is not None]
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in patched:
+            del layer.forward
+
+
+__all__ = ["masked"]

@@ -1,0 +1,659 @@
+"""The one prune-plan schema, its validation, its cost preview and its filling from importance scores.
+
+Torch-free (pydantic + numpy): the backend and the dashboard import it to check a plan and show its
+cost before anything is cut, and `surgery.apply_plan` cuts exactly what it describes.
+
+Index conventions (all indices refer to the UNPRUNED model):
+- `drop_layers`: decoder layers removed whole.
+- `remove_heads[l]`: query heads removed from layer l. A KV group whose query heads are all removed is
+  removed with them (so for multi-head attention, where every group has one query head, removing a
+  head removes its key/value head too).
+- `remove_kv_groups[l]`: KV groups removed whole, i.e. key/value head g and its query heads
+  g*q .. g*q+q-1 (q = query heads per group).
+- `remove_neurons[l]`: MLP intermediate channels removed from layer l.
+- `remove_hidden`: hidden (embedding) channels removed from every layer, embeddings and LM head.
+- `targets`: sizes to reach instead of explicit indices; `fill_plan` turns them into explicit
+  removals by ranking importance scores (lowest scores go first). A filled plan has `targets=None`.
+
+Every kept KV group of a layer must keep the same number of query heads: transformers maps query
+head i to key/value head i // (heads / kv_heads). head_dim is always kept.
+
+JSON: dict keys are layer indices; JSON writes them as strings and pydantic reads them back as ints.
+Example: drop layer 3, cut one head per KV group of layer 0 (8 heads in 4 groups), KV group 2 of
+layer 1, and keep an MLP size of 2048 in every layer, chosen by importance:
+    {"drop_layers": [3],
+     "remove_heads": {"0": [1, 3, 5, 7]},
+     "remove_kv_groups": {"1": [2]},
+     "remove_neurons": {},
+     "remove_hidden": [],
+     "targets": {"intermediate_size": 2048}}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from worker.engine.spec import ArchSpec, LayerShape
+
+
+class PlanTargets(BaseModel):
+    """Sizes to reach; filled into explicit removals by `fill_plan` from importance scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int | None = Field(None, ge=1, description="decoder layers kept")
+    layer_method: Literal["block", "bi", "drop"] = Field(
+        "block",
+        description="block: drop the contiguous block whose removal raised the LM loss least; "
+        "bi: drop the lowest Block-Importance layers; drop: drop the layers whose single removal "
+        "raised the LM loss least",
+    )
+    heads_per_layer: int | None = Field(None, ge=1, description="query heads kept in every layer")
+    head_mode: Literal["within_groups", "whole_groups"] = Field(
+        "within_groups",
+        description="within_groups: keep the best heads of every KV group (same count per group); "
+        "whole_groups: keep the best KV groups with all their query heads",
+    )
+    intermediate_size: int | None = Field(None, ge=1, description="MLP neurons kept in every layer")
+    hidden_size: int | None = Field(None, ge=1, description="hidden channels kept")
+    param_budget: int | None = Field(
+        None, ge=1, description="total parameters at most; shrinks MLP, then MLP and hidden together"
+    )
+
+    def is_empty(self) -> bool:
+        return all(
+            v is None
+            for v in (
+                self.num_layers,
+                self.heads_per_layer,
+                self.intermediate_size,
+                self.hidden_size,
+                self.param_budget,
+            )
+        )
+
+
+class PrunePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    drop_layers: list[int] = Field(default_factory=list)
+    remove_heads: dict[int, list[int]] = Field(default_factory=dict)
+    remove_kv_groups: dict[int, list[int]] = Field(default_factory=dict)
+    remove_neurons: dict[int, list[int]] = Field(default_factory=dict)
+    remove_hidden: list[int] = Field(default_factory=list)
+    targets: PlanTargets | None = None
+
+    @model_validator(mode="after")
+    def _normalise(self) -> PrunePlan:
+        # Sorted and de-duplicated so equal plans compare and serialise equally; empty entries dropped.
+        self.drop_layers = sorted(set(self.drop_layers))
+        self.remove_hidden = sorted(set(self.remove_hidden))
+        for name in ("remove_heads", "remove_kv_groups", "remove_neurons"):
+            mapping = getattr(self, name)
+            setattr(self, name, {k: sorted(set(v)) for k, v in sorted(mapping.items()) if v})
+        return self
+
+    def needs_filling(self) -> bool:
+        return self.targets is not None and not self.targets.is_empty()
+
+    def is_empty(self) -> bool:
+        return not (
+            self.drop_layers
+            or self.remove_heads
+            or self.remove_kv_groups
+            or self.remove_neurons
+            or self.remove_hidden
+            or self.needs_filling()
+        )
+
+
+class PlanMessage(BaseModel):
+    level: Literal["error", "warning"]
+    field: str
+    text: str
+
+
+class PlanError(ValueError):
+    """A plan that cannot be applied; `messages` holds every reason."""
+
+    def __init__(self, messages: list[PlanMessage]):
+        self.messages = messages
+        super().__init__("; ".join(f"{m.field}: {m.text}" for m in messages))
+
+
+@dataclass
+class ImportanceScores:
+    """Per-unit importance, higher = more important (for loss arrays: a larger loss increase)."""
+
+    heads: np.ndarray  # [L, H]
+    neurons: np.ndarray  # [L, F]
+    hidden: np.ndarray  # [D]
+    layers: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # block_importance, drop_loss, block_loss_k{k}
+
+
+# ---- what a plan keeps ----------------------------------------------------------------------
+
+
+def layer_head_removal(plan: PrunePlan, spec: ArchSpec, layer: int) -> tuple[list[int], list[int]]:
+    """(removed query heads, removed KV groups) of one layer, with fully emptied groups included."""
+    shape = spec.layer_shapes()[layer]
+    q = shape.num_heads // shape.num_kv_heads
+    groups = set(plan.remove_kv_groups.get(layer, []))
+    heads = set(plan.remove_heads.get(layer, []))
+    for g in groups:
+        heads.update(range(g * q, (g + 1) * q))
+    for g in range(shape.num_kv_heads):
+        if all(h in heads for h in range(g * q, (g + 1) * q)):
+            groups.add(g)
+    return sorted(heads), sorted(groups)
+
+
+def kept_layers(plan: PrunePlan, spec: ArchSpec) -> list[int]:
+    dropped = set(plan.drop_layers)
+    return [i for i in range(spec.num_layers) if i not in dropped]
+
+
+def _resulting_shapes(plan: PrunePlan, spec: ArchSpec) -> list[LayerShape]:
+    shapes = spec.layer_shapes()
+    out = []
+    for i in kept_layers(plan, spec):
+        heads, groups = layer_head_removal(plan, spec, i)
+        out.append(
+            LayerShape(
+                num_heads=shapes[i].num_heads - len(heads),
+                num_kv_heads=shapes[i].num_kv_heads - len(groups),
+                intermediate_size=shapes[i].intermediate_size - len(plan.remove_neurons.get(i, [])),
+            )
+        )
+    return out
+
+
+def _neutral_scores(spec: ArchSpec) -> ImportanceScores:
+    """Scores that rank nothing in particular: enough to know the SIZES a plan's targets give."""
+    shapes = spec.layer_shapes()
+    L = spec.num_layers
+    H = max(s.num_heads for s in shapes)
+    F = max(s.intermediate_size for s in shapes)
+    zeros = np.zeros(L)
+    layers = {"block_importance": zeros, "drop_loss": zeros}
+    layers.update({f"block_loss_k{k}": np.zeros(L - k + 1) for k in range(1, L)})
+    return ImportanceScores(
+        heads=np.zeros((L, H)), neurons=np.zeros((L, F)), hidden=np.zeros(spec.hidden_size), layers=layers
+    )
+
+
+def resulting_spec(plan: PrunePlan, spec: ArchSpec) -> ArchSpec:
+    """The ArchSpec of the model `apply_plan` produces.
+
+    Targets decide sizes, not which units go, so a plan with targets is previewed without
+    importance scores (the sizes equal those `fill_plan` gives with any scores).
+    """
+    if plan.needs_filling():
+        plan = fill_plan(plan, spec, _neutral_scores(spec))
+    shapes = _resulting_shapes(plan, spec)
+    if not shapes:
+        raise PlanError([PlanMessage(level="error", field="drop_layers", text="no layer left")])
+    first = shapes[0]
+    uniform = all(s == first for s in shapes)
+    return spec.model_copy(
+        update=dict(
+            num_layers=len(shapes),
+            hidden_size=spec.hidden_size - len(plan.remove_hidden),
+            num_heads=first.num_heads,
+            num_kv_heads=first.num_kv_heads,
+            intermediate_size=first.intermediate_size,
+            layers=None if uniform else shapes,
+        )
+    )
+
+
+def vanilla_loadable(spec: ArchSpec) -> bool:
+    """Whether stock `from_pretrained` can rebuild this shape from a config alone.
+
+    Needs the same widths in every layer; GPT-2 also derives head_dim = n_embd / n_head, so its
+    attention width must equal the hidden size.
+    """
+    if spec.layers is not None:
+        return False
+    if spec.family == "gpt2":
+        return spec.num_heads * spec.head_dim == spec.hidden_size
+    return True
+
+
+def plan_stats(plan: PrunePlan, spec: ArchSpec, context: int = 2048) -> dict:
+    """Cost of the pruned model next to the teacher's (what the dashboard previews).
+
+    Works for plans with targets too (sizes only; see `resulting_spec`). Raises PlanError for a
+    plan that `validate_plan` rejects only where the sizes cannot be computed at all.
+    """
+    new = resulting_spec(plan, spec)
+    teacher = spec.param_count()
+    student = new.param_count()
+
+    def pct(a: int, b: int) -> float:
+        return round(100.0 * a / b, 2) if b else 0.0
+
+    return {
+        "spec": new.summary(),
+        "params_total": student["total"],
+        "params_non_embedding": student["non_embedding"],
+        "params_embedding": student["embedding"],
+        "percent_of_teacher_total": pct(student["total"], teacher["total"]),
+        "percent_of_teacher_non_embedding": pct(student["non_embedding"], teacher["non_embedding"]),
+        "flops_per_token": new.flops_per_token(context),
+        "kv_cache_bytes_per_token": new.kv_cache_bytes_per_token(),
+        "teacher_params_total": teacher["total"],
+        "teacher_params_non_embedding": teacher["non_embedding"],
+        "teacher_flops_per_token": spec.flops_per_token(context),
+        "teacher_kv_cache_bytes_per_token": spec.kv_cache_bytes_per_token(),
+        "uniform": new.layers is None,
+        "vanilla_loadable": vanilla_loadable(new),
+    }
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+
+def _valid_head_counts(shape: LayerShape) -> list[int]:
+    """Query-head counts reachable by keeping g groups with k heads each."""
+    q = shape.num_heads // shape.num_kv_heads
+    return sorted({g * k for g in range(1, shape.num_kv_heads + 1) for k in range(1, q + 1)})
+
+
+def _nearby(values: list[int], target: int, n: int = 3) -> str:
+    near = sorted(sorted(values, key=lambda v: (abs(v - target), v))[:n])
+    return ", ".join(str(v) for v in near)
+
+
+def _range_errors(field_name: str, indices: list[int], limit: int, what: str) -> list[PlanMessage]:
+    bad = [i for i in indices if i < 0 or i >= limit]
+    if not bad:
+        return []
+    return [
+        PlanMessage(
+            level="error",
+            field=field_name,
+            text=f"{what} {', '.join(map(str, bad[:5]))} out of range; valid: 0..{limit - 1}",
+        )
+    ]
+
+
+def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
+    """Every reason the plan cannot be applied (errors) or may surprise (warnings)."""
+    msgs: list[PlanMessage] = []
+    L = spec.num_layers
+    shapes = spec.layer_shapes()
+
+    def error(field_name: str, text: str) -> None:
+        msgs.append(PlanMessage(level="error", field=field_name, text=text))
+
+    def warn(field_name: str, text: str) -> None:
+        msgs.append(PlanMessage(level="warning", field=field_name, text=text))
+
+    if plan.needs_filling():
+        msgs.extend(_validate_targets(plan, spec))
+
+    msgs.extend(_range_errors("drop_layers", plan.drop_layers, L, "layer"))
+    if len(set(plan.drop_layers) & set(range(L))) >= L:
+        error("drop_layers", f"cannot drop all {L} layers; keep at least one (drop at most {L - 1})")
+    for name in ("remove_heads", "remove_kv_groups", "remove_neurons"):
+        mapping = getattr(plan, name)
+        msgs.extend(_range_errors(name, list(mapping), L, "layer"))
+        for layer in mapping:
+            if layer in plan.drop_layers:
+                warn(f"{name}.{layer}", f"layer {layer} is dropped; its {name} entry has no effect")
+    if any(m.level == "error" for m in msgs):
+        return msgs  # the per-layer checks below need valid layer indices
+
+    for layer in kept_layers(plan, spec):
+        shape = shapes[layer]
+        q = shape.num_heads // shape.num_kv_heads
+        before = len(msgs)
+        msgs.extend(
+            _range_errors(f"remove_heads.{layer}", plan.remove_heads.get(layer, []), shape.num_heads, "head")
+        )
+        msgs.extend(
+            _range_errors(
+                f"remove_kv_groups.{layer}",
+                plan.remove_kv_groups.get(layer, []),
+                shape.num_kv_heads,
+                "KV group",
+            )
+        )
+        msgs.extend(
+            _range_errors(
+                f"remove_neurons.{layer}",
+                plan.remove_neurons.get(layer, []),
+                shape.intermediate_size,
+                "neuron",
+            )
+        )
+        if len(msgs) > before:
+            continue  # indices out of range: the counts below would be meaningless
+        heads, groups = layer_head_removal(plan, spec, layer)
+        kept_heads = shape.num_heads - len(heads)
+        kept_neurons = shape.intermediate_size - len(plan.remove_neurons.get(layer, []))
+        valid = _valid_head_counts(shape)
+        if kept_heads == 0:
+            error(
+                f"remove_heads.{layer}",
+                f"layer {layer} would keep no attention head; keep at least one (valid head counts: "
+                f"{_nearby(valid, 1)}) or drop the whole layer with drop_layers",
+            )
+        else:
+            removed = set(heads)
+            per_group = [
+                sum(1 for h in range(g * q, (g + 1) * q) if h not in removed)
+                for g in range(shape.num_kv_heads)
+                if g not in groups
+            ]
+            if len(set(per_group)) > 1:
+                error(
+                    f"remove_heads.{layer}",
+                    f"layer {layer}: the kept KV groups would keep {per_group} query heads; every "
+                    f"group must keep the same number because query head i attends with KV head "
+                    f"i // (heads / kv_heads). Remove the same number of heads from every group, or "
+                    f"whole groups (remove_kv_groups). Valid head counts near {kept_heads}: "
+                    f"{_nearby(valid, kept_heads)}",
+                )
+        if kept_neurons == 0:
+            error(
+                f"remove_neurons.{layer}",
+                f"layer {layer} would keep no MLP neuron; keep at least 1 of "
+                f"{shape.intermediate_size} or drop the whole layer with drop_layers",
+            )
+
+    D = spec.hidden_size
+    msgs.extend(_range_errors("remove_hidden", plan.remove_hidden, D, "hidden channel"))
+    kept_hidden = D - len(plan.remove_hidden)
+    if kept_hidden <= 0:
+        error("remove_hidden", f"all {D} hidden channels removed; keep at least one")
+    elif spec.family == "gpt2" and kept_hidden % spec.head_dim:
+        hd = spec.head_dim
+        near = [v for v in (kept_hidden // hd * hd, (kept_hidden // hd + 1) * hd) if 0 < v <= D]
+        error(
+            "remove_hidden",
+            f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
+            f"head_dim={hd} (got {kept_hidden}); nearby valid hidden sizes: "
+            f"{', '.join(map(str, near))}",
+        )
+    if any(m.level == "error" for m in msgs):
+        return msgs
+
+    try:
+        new = resulting_spec(plan, spec)
+    except PlanError as exc:  # a target out of reach (param_budget)
+        return msgs + exc.messages
+    new_shapes = new.layer_shapes()
+    if spec.family == "phi3" and len({s.num_heads for s in new_shapes}) > 1:
+        counts = sorted({s.num_heads for s in new_shapes})
+        error(
+            "remove_heads",
+            f"Phi-3 splits its fused qkv_proj with config.num_attention_heads, one value for all "
+            f"layers, so every kept layer must keep the same number of query heads (this plan "
+            f"keeps {counts}); valid: any one of those counts in every layer",
+        )
+    if not vanilla_loadable(new):
+        why = "layers differ in width"
+        if new.layers is None and spec.family == "gpt2":
+            why = (
+                f"GPT-2 needs n_embd = n_head x head_dim ({new.num_heads} x {new.head_dim} != "
+                f"{new.hidden_size}); keep hidden {new.num_heads * new.head_dim} for a vanilla save"
+            )
+        warn(
+            "plan",
+            f"not loadable by vanilla from_pretrained ({why}); it is saved in the Prunescope "
+            f"format that worker.engine.loading.load_model restores",
+        )
+    return msgs
+
+
+def check_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
+    """validate_plan, raising PlanError when there is any error; returns the warnings."""
+    msgs = validate_plan(plan, spec)
+    errors = [m for m in msgs if m.level == "error"]
+    if errors:
+        raise PlanError(errors)
+    return msgs
+
+
+# ---- filling targets from importance ---------------------------------------------------------------
+
+
+def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
+    t = plan.targets
+    msgs: list[PlanMessage] = []
+
+    def error(field_name: str, text: str) -> None:
+        msgs.append(PlanMessage(level="error", field=f"targets.{field_name}", text=text))
+
+    shapes = spec.layer_shapes()
+    if t.num_layers is not None:
+        if plan.drop_layers:
+            error("num_layers", "give either drop_layers or targets.num_layers, not both")
+        if t.num_layers > spec.num_layers:
+            error("num_layers", f"the model has {spec.num_layers} layers; valid: 1..{spec.num_layers}")
+    if t.heads_per_layer is not None:
+        if plan.remove_heads or plan.remove_kv_groups:
+            error("heads_per_layer", "give either explicit head/group removals or heads_per_layer")
+        if len({(s.num_heads, s.num_kv_heads) for s in shapes}) > 1:
+            error("heads_per_layer", "the model's layers already differ in heads; give explicit removals")
+        else:
+            s = shapes[0]
+            q = s.num_heads // s.num_kv_heads
+            step = s.num_kv_heads if t.head_mode == "within_groups" else q
+            valid = list(range(step, s.num_heads + 1, step))
+            if t.heads_per_layer not in valid:
+                how = (
+                    f"a multiple of the {s.num_kv_heads} KV groups (same count kept in every group)"
+                    if t.head_mode == "within_groups"
+                    else f"a multiple of the {q} query heads per group (whole groups)"
+                )
+                error(
+                    "heads_per_layer",
+                    f"{t.heads_per_layer} heads cannot be kept with head_mode={t.head_mode}: it must be "
+                    f"{how}; nearby valid: {_nearby(valid, t.heads_per_layer)}",
+                )
+    if t.intermediate_size is not None:
+        if plan.remove_neurons:
+            error("intermediate_size", "give either remove_neurons or targets.intermediate_size")
+        smallest = min(s.intermediate_size for s in shapes)
+        if t.intermediate_size > smallest:
+            error("intermediate_size", f"at most {smallest} (the MLP size) can be kept")
+    if t.hidden_size is not None:
+        if plan.remove_hidden:
+            error("hidden_size", "give either remove_hidden or targets.hidden_size")
+        if t.hidden_size > spec.hidden_size:
+            error("hidden_size", f"at most {spec.hidden_size} (the hidden size) can be kept")
+        elif spec.family == "gpt2" and t.hidden_size % spec.head_dim:
+            hd = spec.head_dim
+            near = [v for v in (t.hidden_size // hd * hd, (t.hidden_size // hd + 1) * hd) if v > 0]
+            error(
+                "hidden_size",
+                f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
+                f"head_dim={hd}; nearby valid: {', '.join(map(str, near))}",
+            )
+    if t.param_budget is not None and t.intermediate_size is not None and t.hidden_size is not None:
+        error("param_budget", "param_budget needs intermediate_size or hidden_size left free to choose")
+    return msgs
+
+
+def _lowest(scores: np.ndarray, n: int) -> list[int]:
+    """Indices of the n least important units (stable for ties)."""
+    if n <= 0:
+        return []
+    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+    return sorted(int(i) for i in order[:n])
+
+
+def _check_scores(scores: ImportanceScores, spec: ArchSpec) -> None:
+    L, D = spec.num_layers, spec.hidden_size
+    H = max(s.num_heads for s in spec.layer_shapes())
+    F = max(s.intermediate_size for s in spec.layer_shapes())
+    expected = {"heads": (L, H), "neurons": (L, F), "hidden": (D,)}
+    for name, shape in expected.items():
+        got = tuple(np.shape(getattr(scores, name)))
+        if got != shape:
+            raise ValueError(f"importance scores '{name}' have shape {got}, the model needs {shape}")
+
+
+def fill_plan(plan: PrunePlan, spec: ArchSpec, scores: ImportanceScores) -> PrunePlan:
+    """Turn `plan.targets` into explicit removals by ranking `scores`; returns a new plan (targets=None).
+
+    Layers: `block` drops the contiguous block of L - num_layers layers whose removal raised the LM
+    loss least (needs `block_loss_k{k}`), `bi` the lowest Block-Importance layers, `drop` the layers
+    whose single removal raised the loss least. Heads: `within_groups` keeps the best
+    heads_per_layer / kv_groups heads of every group; `whole_groups` keeps the groups with the
+    highest summed head scores. Neurons and hidden channels: the highest scores are kept.
+    param_budget (after every other target): shrink the MLP size down to half, then shrink MLP and
+    hidden size by one common factor, taking the largest sizes under the budget.
+    """
+    if not plan.needs_filling():
+        return plan.model_copy(update={"targets": None})
+    errors = [m for m in _validate_targets(plan, spec) if m.level == "error"]
+    if errors:
+        raise PlanError(errors)
+    _check_scores(scores, spec)
+    t = plan.targets
+    out = plan.model_copy(deep=True)
+    out.targets = None
+    shapes = spec.layer_shapes()
+    L = spec.num_layers
+
+    if t.num_layers is not None and t.num_layers < L:
+        out.drop_layers = _layers_to_drop(spec, scores, L - t.num_layers, t.layer_method)
+
+    kept = kept_layers(out, spec)
+    if t.heads_per_layer is not None:
+        for layer in kept:
+            shape = shapes[layer]
+            head_scores = np.asarray(scores.heads[layer][: shape.num_heads], dtype=np.float64)
+            heads, groups = _heads_to_remove(head_scores, shape, t.heads_per_layer, t.head_mode)
+            if heads:
+                out.remove_heads[layer] = heads
+            if groups:
+                out.remove_kv_groups[layer] = groups
+
+    intermediate, hidden = t.intermediate_size, t.hidden_size
+    if t.param_budget is not None:
+        intermediate, hidden = _fit_budget(out, spec, t.param_budget, intermediate, hidden)
+    if intermediate is not None:
+        for layer in kept:
+            f = shapes[layer].intermediate_size
+            out.remove_neurons[layer] = _lowest(scores.neurons[layer][:f], f - intermediate)
+    if hidden is not None:
+        out.remove_hidden = _lowest(scores.hidden, spec.hidden_size - hidden)
+    return PrunePlan.model_validate(out.model_dump())
+
+
+def _layers_to_drop(spec: ArchSpec, scores: ImportanceScores, n: int, method: str) -> list[int]:
+    def need(key: str) -> np.ndarray:
+        if key not in scores.layers:
+            available = ", ".join(sorted(scores.layers)) or "none"
+            raise ValueError(
+                f"layer_method needs '{key}' layer scores, the importance run has: {available}; "
+                f"rerun importance with that scan or pick another layer_method"
+            )
+        return np.asarray(scores.layers[key], dtype=np.float64)
+
+    if method == "bi":
+        return _lowest(need("block_importance"), n)
+    if method == "drop":
+        return _lowest(need("drop_loss"), n)
+    losses = need(f"block_loss_k{n}")
+    start = int(np.argmin(losses))
+    return list(range(start, start + n))
+
+
+def _heads_to_remove(
+    head_scores: np.ndarray, shape: LayerShape, keep: int, mode: str
+) -> tuple[list[int], list[int]]:
+    G = shape.num_kv_heads
+    q = shape.num_heads // G
+    per_group = head_scores.reshape(G, q)
+    if mode == "whole_groups":
+        groups = _lowest(per_group.sum(axis=1), G - keep // q)
+        return [], groups
+    k = keep // G
+    heads = []
+    for g in range(G):
+        heads.extend(g * q + i for i in _lowest(per_group[g], q - k))
+    return sorted(heads), []
+
+
+def _fit_budget(
+    plan: PrunePlan, spec: ArchSpec, budget: int, intermediate: int | None, hidden: int | None
+) -> tuple[int | None, int | None]:
+    base = resulting_spec(plan, spec)
+    F = min(s.intermediate_size for s in spec.layer_shapes())
+    D = spec.hidden_size
+    align = spec.head_dim if spec.family == "gpt2" else 1
+
+    def total(f: int | None, d: int | None) -> int:
+        layers = [
+            s.model_copy(update={"intermediate_size": f}) if f is not None else s for s in base.layer_shapes()
+        ]
+        return base.param_count(hidden=d if d is not None else D, layers=layers)["total"]
+
+    def largest(lo: int, hi: int, fits) -> int | None:
+        # Parameter count is monotone in the width, so binary search the largest size that fits.
+        if not fits(lo):
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
+
+    if total(intermediate, hidden) <= budget:
+        return intermediate, hidden
+    if intermediate is None:  # 1) shrink the MLP alone, down to half its size
+        f = largest(max(1, F // 2), F, lambda f: total(f, hidden) <= budget)
+        if f is not None:
+            return f, hidden
+    # 2) shrink whatever is free by one common factor r (MLP from F/2 when it is free).
+    f0 = intermediate if intermediate is not None else max(1, F // 2)
+
+    def sizes(step: int) -> tuple[int, int]:
+        r = step / 1000
+        f = intermediate if intermediate is not None else max(1, math.floor(f0 * r))
+        d = hidden if hidden is not None else max(align, math.floor(D * r / align) * align)
+        return f, d
+
+    step = largest(1, 1000, lambda s: total(*sizes(s)) <= budget)
+    if step is None:
+        smallest = total(*sizes(1))
+        raise PlanError(
+            [
+                PlanMessage(
+                    level="error",
+                    field="targets.param_budget",
+                    text=f"{budget} parameters cannot be reached by shrinking MLP and hidden size "
+                    f"(smallest reachable with the other targets: {smallest}); drop layers or heads too",
+                )
+            ]
+        )
+    return sizes(step)
+
+
+__all__ = [
+    "ImportanceScores",
+    "PlanError",
+    "PlanMessage",
+    "PlanTargets",
+    "PrunePlan",
+    "check_plan",
+    "fill_plan",
+    "kept_layers",
+    "layer_head_removal",
+    "plan_stats",
+    "resulting_spec",
+    "validate_plan",
+    "vanilla_loadable",
+]

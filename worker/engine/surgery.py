@@ -1,0 +1,317 @@
+"""Structural pruning: apply a `PrunePlan` to a Hugging Face model by building smaller weights.
+
+Everything goes through the family adapter, so the same code handles separate q/k/v (Llama,
+Mistral, Qwen2, Qwen3), fused [q|k|v] rows (Phi-3), GPT-2's Conv1D `c_attn` ([in, 3*d] columns),
+gated, fused-gated and plain MLPs. Per-head norms (Qwen3 q_norm/k_norm) act on head_dim and are
+kept whole. After the cut, module attributes and config fields are rewritten from the real weight
+shapes so that the stock modeling code, `generate()` and `DynamicCache` run on the smaller model.
+
+`resize_layer` builds empty modules of given widths; the loader uses it to restore non-uniform
+students before loading their weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from worker.engine.adapters import Adapter, adapter_for
+from worker.engine.plan import PrunePlan, check_plan, kept_layers, layer_head_removal
+from worker.engine.spec import LayerShape
+
+Progress = Callable[[str], None] | None
+
+
+# ---- one projection ------------------------------------------------------------------------------
+
+
+def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(tensor.contiguous().clone(), requires_grad=old.requires_grad))
+
+
+def _sync_features(module: nn.Module, conv1d: bool) -> None:
+    w = module.weight
+    if conv1d:  # transformers Conv1D: weight [in, out], attributes nx (in) and nf (out)
+        module.nx, module.nf = w.shape[0], w.shape[1]
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = w.shape[0], w.shape[1]
+
+
+def _index(rows: list[int] | torch.Tensor, device) -> torch.Tensor:
+    return torch.as_tensor(rows, dtype=torch.long, device=device)
+
+
+def keep_outputs(module: nn.Module, keep, conv1d: bool = False) -> None:
+    """Keep only the given output features (rows of a Linear, columns of a Conv1D)."""
+    idx = _index(keep, module.weight.device)
+    _replace(module, "weight", module.weight.index_select(1 if conv1d else 0, idx))
+    if getattr(module, "bias", None) is not None:
+        _replace(module, "bias", module.bias.index_select(0, idx))
+    _sync_features(module, conv1d)
+
+
+def keep_inputs(module: nn.Module, keep, conv1d: bool = False) -> None:
+    """Keep only the given input features (columns of a Linear, rows of a Conv1D)."""
+    idx = _index(keep, module.weight.device)
+    _replace(module, "weight", module.weight.index_select(0 if conv1d else 1, idx))
+    _sync_features(module, conv1d)
+
+
+def resize_projection(module: nn.Module, out_features: int, in_features: int, conv1d: bool) -> None:
+    """Give a projection new, uninitialised weights of the given size (weights are loaded next)."""
+    w = module.weight
+    shape = (in_features, out_features) if conv1d else (out_features, in_features)
+    _replace(module, "weight", torch.empty(shape, dtype=w.dtype, device=w.device))
+    if getattr(module, "bias", None) is not None:
+        b = module.bias
+        _replace(module, "bias", torch.empty(out_features, dtype=b.dtype, device=b.device))
+    _sync_features(module, conv1d)
+
+
+def _head_columns(heads: list[int], head_dim: int, offset: int = 0) -> list[int]:
+    return [offset + h * head_dim + j for h in heads for j in range(head_dim)]
+
+
+# ---- attributes ---------------------------------------------------------------------------------
+
+
+def sync_attention(attn: nn.Module, heads: int, kv_heads: int, head_dim: int) -> None:
+    """Rewrite the per-module head counts the modeling code reads at run time."""
+    for name, value in (
+        ("num_heads", heads),
+        ("num_attention_heads", heads),
+        ("num_key_value_heads", kv_heads),
+        ("num_key_value_groups", heads // kv_heads),
+        ("split_size", heads * head_dim),  # GPT-2 splits c_attn's output in three of this size
+    ):
+        if hasattr(attn, name):
+            setattr(attn, name, value)
+
+
+def _sync_mlp(mlp: nn.Module, intermediate: int) -> None:
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = intermediate
+
+
+# ---- cuts ----------------------------------------------------------------------------------------
+
+
+def _prune_heads(adapter: Adapter, layer: nn.Module, heads: list[int], groups: list[int], hd: int):
+    H = adapter.layer_num_heads(layer, hd)
+    G = adapter.layer_num_kv_heads(layer, H, H, hd)
+    keep_q = [h for h in range(H) if h not in set(heads)]
+    keep_g = [g for g in range(G) if g not in set(groups)]
+    q_cols = _head_columns(keep_q, hd)
+    kv_cols = _head_columns(keep_g, hd)
+    proj = adapter.qkv(layer)
+    if adapter.qkv_layout == "separate":
+        keep_outputs(proj[0], q_cols)
+        keep_outputs(proj[1], kv_cols)
+        keep_outputs(proj[2], kv_cols)
+    elif adapter.qkv_layout == "fused_rows":  # Phi-3 qkv_proj rows: [q (H*hd) | k (G*hd) | v (G*hd)]
+        rows = q_cols + _head_columns(keep_g, hd, H * hd) + _head_columns(keep_g, hd, (H + G) * hd)
+        keep_outputs(proj[0], rows)
+    elif adapter.qkv_layout == "fused_conv1d":  # GPT-2 c_attn columns: [q | k | v], one KV head per head
+        cols = q_cols + _head_columns(keep_q, hd, H * hd) + _head_columns(keep_q, hd, 2 * H * hd)
+        keep_outputs(proj[0], cols, conv1d=True)
+    else:
+        raise ValueError(f"unknown qkv layout {adapter.qkv_layout}")
+    keep_inputs(adapter.attn_out(layer), q_cols, conv1d=adapter.conv1d)
+    sync_attention(adapter.attn(layer), len(keep_q), len(keep_g), hd)
+
+
+def _prune_neurons(adapter: Adapter, layer: nn.Module, neurons: list[int]) -> None:
+    F = adapter.layer_intermediate_size(layer)
+    keep = [i for i in range(F) if i not in set(neurons)]
+    mlp_in = adapter.mlp_in(layer)
+    if adapter.mlp_layout == "gated_fused":  # Phi-3 gate_up_proj rows: [gate (F) | up (F)]
+        keep_outputs(mlp_in[0], keep + [F + i for i in keep])
+    else:
+        for module in mlp_in:
+            keep_outputs(module, keep, conv1d=adapter.conv1d)
+    keep_inputs(adapter.mlp_out(layer), keep, conv1d=adapter.conv1d)
+    _sync_mlp(adapter.mlp(layer), len(keep))
+
+
+def _slice_vector_module(module: nn.Module, keep: torch.Tensor) -> None:
+    """Norms: slice weight/bias and the recorded shape."""
+    for name in ("weight", "bias"):
+        if getattr(module, name, None) is not None:
+            _replace(module, name, getattr(module, name).index_select(0, keep))
+    if hasattr(module, "normalized_shape"):
+        module.normalized_shape = (len(keep),)
+
+
+def _prune_hidden(adapter: Adapter, model: nn.Module, removed: list[int]) -> None:
+    embed = adapter.embed(model)
+    D = embed.weight.shape[1]
+    keep_list = [i for i in range(D) if i not in set(removed)]
+    keep = _index(keep_list, embed.weight.device)
+    lm_head = adapter.lm_head(model)
+    tied = lm_head.weight is embed.weight
+    for emb in (embed, adapter.position_embed(model)):
+        if emb is not None:
+            _replace(emb, "weight", emb.weight.index_select(1, keep))
+            emb.embedding_dim = len(keep_list)
+    if tied:
+        lm_head.weight = embed.weight
+    else:
+        _replace(lm_head, "weight", lm_head.weight.index_select(1, keep))
+    if isinstance(lm_head, nn.Linear):
+        lm_head.in_features = len(keep_list)
+    for layer in adapter.layers(model):
+        for proj in adapter.qkv(layer):
+            keep_inputs(proj, keep_list, conv1d=adapter.conv1d)
+        keep_outputs(adapter.attn_out(layer), keep_list, conv1d=adapter.conv1d)
+        for proj in adapter.mlp_in(layer):
+            keep_inputs(proj, keep_list, conv1d=adapter.conv1d)
+        keep_outputs(adapter.mlp_out(layer), keep_list, conv1d=adapter.conv1d)
+        for norm in adapter.norms(layer):
+            _slice_vector_module(norm, keep)
+    _slice_vector_module(adapter.final_norm(model), keep)
+    # Modules that remember the hidden size (GPT-2 attention embed_dim, Llama MLP hidden_size...).
+    for module in model.modules():
+        for name in ("hidden_size", "embed_dim"):
+            if getattr(module, name, None) == D and not isinstance(module, nn.Embedding):
+                setattr(module, name, len(keep_list))
+
+
+def _parent_and_name(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    parent = model
+    *path, last = dotted.split(".")
+    for name in path:
+        parent = getattr(parent, name)
+    return parent, last
+
+
+def renumber_layers(adapter: Adapter, model: nn.Module) -> None:
+    """Layer index = position, as the KV cache indexes its per-layer entries by `layer_idx`."""
+    for i, layer in enumerate(adapter.layers(model)):
+        for module in (layer, adapter.attn(layer)):
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = i
+
+
+def _drop_layers(adapter: Adapter, model: nn.Module, keep: list[int]) -> None:
+    layers = adapter.layers(model)
+    parent, name = _parent_and_name(model, adapter.layers_path)
+    setattr(parent, name, nn.ModuleList([layers[i] for i in keep]))
+    renumber_layers(adapter, model)
+    config = model.config
+    for field in PER_LAYER_CONFIG_LISTS:
+        values = getattr(config, field, None)
+        if isinstance(values, list) and len(values) == len(layers):
+            setattr(config, field, [values[i] for i in keep])
+
+
+# Config fields holding one entry per decoder layer; sliced when layers are dropped.
+PER_LAYER_CONFIG_LISTS = ("layer_types", "sliding_window_pattern_per_layer", "no_rope_layers")
+
+
+# ---- config ------------------------------------------------------------------------------------
+
+
+def layer_shapes(adapter: Adapter, model: nn.Module, head_dim: int) -> list[LayerShape]:
+    out = []
+    for layer in adapter.layers(model):
+        h = adapter.layer_num_heads(layer, head_dim)
+        out.append(
+            LayerShape(
+                num_heads=h,
+                num_kv_heads=adapter.layer_num_kv_heads(layer, h, h, head_dim),
+                intermediate_size=adapter.layer_intermediate_size(layer),
+            )
+        )
+    return out
+
+
+def sync_config(adapter: Adapter, model: nn.Module, head_dim: int) -> None:
+    """Write the real widths into the config (widest layer where layers differ).
+
+    head_dim is always written explicitly: families that derive it (hidden / heads) would get it
+    wrong after heads or hidden channels are cut.
+    """
+    config = model.config
+    shapes = layer_shapes(adapter, model, head_dim)
+    hidden = adapter.embed(model).weight.shape[1]
+    config.hidden_size = hidden
+    config.num_hidden_layers = len(shapes)
+    config.head_dim = head_dim
+    heads = max(s.num_heads for s in shapes)
+    if adapter.qkv_layout == "fused_conv1d":
+        # GPT-2 derives head_dim = n_embd / n_head when it builds attention: keep that true. When
+        # the attention width differs from n_embd the per-layer file of the saved model has it.
+        config.num_attention_heads = heads if heads * head_dim == hidden else hidden // head_dim
+    else:
+        config.num_attention_heads = heads
+        config.num_key_value_heads = max(s.num_kv_heads for s in shapes)
+    setattr(config, adapter.intermediate_field, max(s.intermediate_size for s in shapes))
+
+
+# ---- the entry points ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def apply_plan(model: nn.Module, plan: PrunePlan, progress: Progress = None) -> nn.Module:
+    """Cut the model in place to the plan (explicit removals; fill targets first). Returns it."""
+    if plan.needs_filling():
+        raise ValueError("the plan has targets: fill it from importance scores (fill_plan) first")
+    adapter = adapter_for(model)
+    spec = adapter.spec(model)
+    check_plan(plan, spec)
+    if plan.drop_layers and getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
+        raise ValueError(
+            "this GPT-2 scales attention by 1/(layer_idx+1): dropping layers would change the "
+            "scale of every later layer; prune widths only"
+        )
+    say = progress or (lambda _msg: None)
+    hd = spec.head_dim
+    layers = adapter.layers(model)
+    kept = kept_layers(plan, spec)
+    for n, i in enumerate(kept):
+        heads, groups = layer_head_removal(plan, spec, i)
+        if heads:
+            _prune_heads(adapter, layers[i], heads, groups, hd)
+        if plan.remove_neurons.get(i):
+            _prune_neurons(adapter, layers[i], plan.remove_neurons[i])
+        say(f"layer {n + 1}/{len(kept)} pruned")
+    if plan.remove_hidden:
+        _prune_hidden(adapter, model, plan.remove_hidden)
+        say(f"hidden size {spec.hidden_size} -> {spec.hidden_size - len(plan.remove_hidden)}")
+    if plan.drop_layers:
+        _drop_layers(adapter, model, kept)
+        say(f"layers {spec.num_layers} -> {len(kept)}")
+    sync_config(adapter, model, hd)
+    return model
+
+
+@torch.no_grad()
+def resize_layer(adapter: Adapter, layer: nn.Module, shape: LayerShape, head_dim: int) -> None:
+    """Give one freshly built layer the given widths (empty weights, to be loaded after)."""
+    hd = head_dim
+    hidden = adapter.in_features(adapter.qkv(layer)[0])
+    h, g, f = shape.num_heads, shape.num_kv_heads, shape.intermediate_size
+    proj = adapter.qkv(layer)
+    if adapter.qkv_layout == "separate":
+        resize_projection(proj[0], h * hd, hidden, False)
+        resize_projection(proj[1], g * hd, hidden, False)
+        resize_projection(proj[2], g * hd, hidden, False)
+    elif adapter.qkv_layout == "fused_rows":
+        resize_projection(proj[0], (h + 2 * g) * hd, hidden, False)
+    else:
+        resize_projection(proj[0], 3 * h * hd, hidden, True)
+    resize_projection(adapter.attn_out(layer), hidden, h * hd, adapter.conv1d)
+    sync_attention(adapter.attn(layer), h, g, hd)
+    if adapter.mlp_layout == "gated_fused":
+        resize_projection(adapter.mlp_in(layer)[0], 2 * f, hidden, False)
+    else:
+        for module in adapter.mlp_in(layer):
+            resize_projection(module, f, hidden, adapter.conv1d)
+    resize_projection(adapter.mlp_out(layer), hidden, f, adapter.conv1d)
+    _sync_mlp(adapter.mlp(layer), f)
+
+
+__all__ = ["apply_plan", "keep_inputs", "keep_outputs", "renumber_layers", "resize_layer", "sync_config"]

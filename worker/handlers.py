@@ -1,0 +1,438 @@
+"""One function per job kind: read the job's inputs from the database, call the engine, store results.
+
+Each handler gets the `JobRuntime` (progress, metrics, cancellation) and the claimed job row, returns
+the job's `result` dict, and writes its artifacts through the artifact store (staging dir + rename).
+torch and the engine are imported here, in the worker only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.artifacts import ArtifactStore
+from backend.db import session_scope
+from backend.models import Artifact, BenchmarkResult, Dataset, ImportanceRun, Job, Plan, Student, Teacher
+from worker.runtime import JobCancelled, JobRuntime
+
+
+def model_source(source: str) -> str:
+    if source == "demo":
+        from worker.demo import demo_teacher_path
+
+        return str(demo_teacher_path())
+    return source
+
+
+def load(rt: JobRuntime, source: str, trust_remote_code: bool = False):
+    from worker.engine.loading import load_model
+
+    if trust_remote_code and not rt.settings.trust_remote_code:
+        raise PermissionError("trust_remote_code is disabled on this server (PRUNESCOPE_TRUST_REMOTE_CODE)")
+    return load_model(model_source(source), device=rt.device, trust_remote_code=trust_remote_code)
+
+
+def store(rt: JobRuntime) -> ArtifactStore:
+    return ArtifactStore(rt.settings.artifacts_url)
+
+
+def _rows(rt: JobRuntime, *pairs):
+    """Fetch detached rows: _rows(rt, (Teacher, 1), (Dataset, 2))."""
+    with session_scope(rt.url) as s:
+        rows = [s.get(model, pk) for model, pk in pairs]
+        for row in rows:
+            if row is not None:
+                s.expunge(row)
+    return rows
+
+
+def _record_artifact(s, job_id: int, kind: str, key: str, st: ArtifactStore) -> None:
+    size = st.size(key) if st.is_local else None
+    s.add(Artifact(job_id=job_id, kind=kind, key=key, size_bytes=size))
+
+
+def _documents(rt: JobRuntime, dataset: Dataset | None, split: str) -> list[str]:
+    from worker.engine.data import read_documents
+
+    return read_documents(dataset.source if dataset else "demo", split)
+
+
+# ---- inspect: a teacher's architecture ------------------------------------------------------------
+
+
+def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from worker.engine.adapters import arch_spec
+
+    (teacher,) = _rows(rt, (Teacher, job.teacher_id))
+    if teacher.trust_remote_code and not rt.settings.trust_remote_code:
+        raise PermissionError("trust_remote_code is disabled on this server (PRUNESCOPE_TRUST_REMOTE_CODE)")
+    source = model_source(teacher.source)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
+        with torch.device("meta"):  # shapes only: no memory, no weights read
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=teacher.trust_remote_code)
+        spec = arch_spec(model)
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if dtype is not None:
+            spec.dtype = str(dtype).removeprefix("torch.")
+        summary = spec.summary()
+    except Exception as exc:
+        with session_scope(rt.url) as s:
+            row = s.get(Teacher, teacher.id)
+            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    with session_scope(rt.url) as s:
+        row = s.get(Teacher, teacher.id)
+        row.spec, row.status, row.error = summary, "ready", None
+    return {"spec": summary}
+
+
+# ---- importance ---------------------------------------------------------------------------------------
+
+
+def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine.data import calibration_batches
+    from worker.engine.importance import compute_importance
+
+    run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
+    (dataset,) = _rows(rt, (Dataset, run.dataset_id))
+    p = run.params
+    rt.progress(0.0, "loading model", force=True)
+    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    docs = _documents(rt, dataset, "calibration")
+    batches = calibration_batches(
+        tokenizer,
+        docs,
+        seq_len=p["seq_len"],
+        num_samples=p["samples"],
+        batch_size=p["batch_size"],
+        seed=p["seed"],
+    )
+    total = sum(int(b["input_ids"].shape[0]) for b in batches)
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        rt.progress(0.05 + 0.9 * done / max(total, 1), f"{done}/{total} samples")
+        rt.raise_if_cancelled()
+
+    result = compute_importance(
+        model,
+        batches,
+        scans=tuple(p["scans"]),
+        block_size=p["block_size"],
+        progress=progress,
+        metadata={"teacher": teacher.source, "dataset": dataset.source, "seed": p["seed"]},
+    )
+    st = store(rt)
+    staging = st.staging_dir()
+    try:
+        result.save(staging / "run")
+        key = st.put_dir(staging / "run", f"importance/{run.id}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with session_scope(rt.url) as s:
+        s.get(ImportanceRun, run.id).artifact = key
+        _record_artifact(s, job.id, "importance", key, st)
+    return {"artifact": key, "samples": result.samples, "stability": _finite(result.rank_stability())}
+
+
+def _finite(d: dict) -> dict:
+    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in d.items()}
+
+
+# ---- prune: create a student by surgery ----------------------------------------------------------------
+
+
+def run_prune(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine.adapters import arch_spec
+    from worker.engine.loading import save_model
+    from worker.engine.plan import PrunePlan
+    from worker.engine.surgery import apply_plan
+
+    student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
+    (plan_row,) = _rows(rt, (Plan, student.plan_id))
+    try:
+        rt.progress(0.05, "loading teacher", force=True)
+        model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+        rt.raise_if_cancelled()
+        rt.progress(0.4, "cutting weights", force=True)
+        plan = PrunePlan.model_validate(plan_row.plan)
+        model = apply_plan(model, plan)
+        summary = arch_spec(model).summary()
+        rt.progress(0.7, "saving", force=True)
+        st = store(rt)
+        staging = st.staging_dir()
+        try:
+            manifest = {
+                "teacher": teacher.source,
+                "teacher_id": teacher.id,
+                "plan_id": plan_row.id,
+                "plan_version": plan_row.version,
+                "plan": plan_row.plan,
+            }
+            save_model(model, tokenizer, staging / "model", manifest)
+            key = st.put_dir(staging / "model", f"students/{student.id}/model")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except Exception as exc:
+        with session_scope(rt.url) as s:
+            row = s.get(Student, student.id)
+            row.status, row.error = ("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    with session_scope(rt.url) as s:
+        row = s.get(Student, student.id)
+        row.status, row.spec, row.path, row.error = "ready", summary, key, None
+        _record_artifact(s, job.id, "student", key, st)
+    return {"artifact": key, "spec": summary}
+
+
+def student_source(rt: JobRuntime, student: Student) -> str:
+    if not student.path:
+        raise RuntimeError(f"student {student.id} has no saved model (status {student.status})")
+    return str(store(rt).local_dir(student.path))
+
+
+# ---- quick what-if preview ----------------------------------------------------------------------------
+
+
+def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    import torch
+
+    from worker.engine.data import PackedTokens
+    from worker.engine.masking import masked
+    from worker.engine.plan import PrunePlan
+    from worker.engine.teacher import block_nll
+
+    plan_row, teacher = _rows(rt, (Plan, job.plan_id), (Teacher, job.teacher_id))
+    p = job.params
+    dataset = _rows(rt, (Dataset, p["dataset_id"]))[0] if p.get("dataset_id") else None
+    rt.progress(0.05, "loading model", force=True)
+    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    model.eval()
+    packed = PackedTokens(tokenizer, _documents(rt, dataset, "validation"), p["seq_len"])
+    limit = min(p["samples"], len(packed))
+    with torch.no_grad():
+        nll, tokens = block_nll(model, packed, limit=limit)
+        rt.progress(0.5, "teacher perplexity done", force=True)
+        rt.raise_if_cancelled()
+        with masked(model, PrunePlan.model_validate(plan_row.plan)):
+            nll_m, _ = block_nll(model, packed, limit=limit)
+    ppl_teacher, ppl_masked = math.exp(nll), math.exp(nll_m)
+    return {
+        "ppl_teacher": ppl_teacher,
+        "ppl_masked": ppl_masked,
+        "ratio": ppl_masked / ppl_teacher,
+        "tokens": tokens,
+    }
+
+
+# ---- distillation -------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(rt: JobRuntime, job: Job) -> Path:
+    """Checkpoints live with the artifacts (a shared directory lets another worker resume)."""
+    st = store(rt)
+    if not st.is_local:
+        return rt.settings.data_dir.resolve() / "checkpoints" / f"job-{job.id}"
+    return st.root / "checkpoints" / f"job-{job.id}"
+
+
+def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine.data import PackedTokens
+    from worker.engine.distill import DistillConfig, distill
+
+    student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
+    p = job.params
+    dataset = _rows(rt, (Dataset, p["dataset_id"]))[0] if p.get("dataset_id") else None
+    rt.progress(0.0, "loading models", force=True)
+    model, tokenizer = load(rt, student_source(rt, student))
+    teacher_model = None if p["baseline"] else load(rt, teacher.source, teacher.trust_remote_code)[0]
+    train = PackedTokens(tokenizer, _documents(rt, dataset, "train"), p["seq_len"])
+    val = PackedTokens(tokenizer, _documents(rt, dataset, "validation"), p["seq_len"])
+    steps = p["steps"]
+    if p.get("tokens"):
+        steps = max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
+    config = DistillConfig(
+        mode="ce" if p["baseline"] else "kd",
+        steps=steps,
+        batch_size=p["batch_size"],
+        lr=p["lr"],
+        min_lr=p["min_lr"],
+        warmup_steps=p["warmup"],
+        temperature=p["temperature"],
+        ce_weight=p["ce_weight"],
+        teacher_correction_steps=p["teacher_correction_steps"],
+        val_every=p["val_every"],
+        val_batches=p.get("val_batches", 8),
+        checkpoint_every=p["checkpoint_every"],
+        seed=p["seed"],
+    )
+    ckpt = checkpoint_dir(rt, job)
+    resume = job.attempts > 1 and (ckpt / "checkpoint.pt").exists()
+    if resume:
+        rt.log(f"resuming from the checkpoint at step {_checkpoint_step(ckpt)}")
+
+    def callback(record: dict) -> None:
+        phase = record.get("phase", "train")
+        if phase == "teacher_correction":  # its own step axis: keep its series apart
+            record = {
+                ("tc_" + k if k not in ("step", "tokens", "elapsed") else k): v for k, v in record.items()
+            }
+        rt.metrics(record)
+        if phase == "train":
+            rt.progress(record["step"] / steps, f"step {record['step']}/{steps}")
+        ck = _checkpoint_step(ckpt)
+        if ck is not None and ck != rt_checkpoint.get("step"):
+            rt_checkpoint["step"] = ck
+            rt.checkpoint(ck, str(ckpt))
+
+    rt_checkpoint: dict[str, int] = {}
+    result = distill(
+        model,
+        teacher_model,
+        train,
+        val,
+        config,
+        callback=callback,
+        checkpoint_dir=ckpt,
+        resume=resume,
+        should_stop=rt.should_stop,
+    )
+    ck = _checkpoint_step(ckpt)
+    if ck is not None:
+        rt.checkpoint(ck, str(ckpt))
+    if result.stopped:
+        raise JobCancelled()
+    from worker.engine.loading import save_model
+
+    st = store(rt)
+    staging = st.staging_dir()
+    try:
+        save_model(
+            model,
+            tokenizer,
+            staging / "model",
+            {"distill_job": job.id, "student_id": student.id, "params": p},
+        )
+        key = st.put_dir(staging / "model", f"jobs/{job.id}/model")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with session_scope(rt.url) as s:
+        _record_artifact(s, job.id, "distilled", key, st)
+    final = result.final_validation or {}
+    return {
+        "steps": result.steps_completed,
+        "artifact": key,
+        "final_validation": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+    }
+
+
+def _checkpoint_step(ckpt: Path) -> int | None:
+    try:
+        return int(json.loads((ckpt / "checkpoint.json").read_text())["step"])
+    except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
+        return None
+
+
+# ---- evaluate / benchmark --------------------------------------------------------------------------------
+
+
+def _subject(rt: JobRuntime, job: Job):
+    """(model source, trust_remote_code) of the job's student, or of its teacher when no student."""
+    if job.student_id:
+        (student,) = _rows(rt, (Student, job.student_id))
+        return student_source(rt, student), False
+    (teacher,) = _rows(rt, (Teacher, job.teacher_id))
+    return teacher.source, teacher.trust_remote_code
+
+
+def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine import evaluation
+
+    p = job.params
+    dataset = _rows(rt, (Dataset, p["dataset_id"]))[0] if p.get("dataset_id") else None
+    source, trc = _subject(rt, job)
+    rt.progress(0.05, "loading model", force=True)
+    model, tokenizer = load(rt, source, trc)
+    docs = _documents(rt, dataset, p["split"])[: p["max_documents"]]
+    t0 = time.perf_counter()
+    ppl = evaluation.perplexity(model, docs, tokenizer, context=p["seq_len"])
+    result: dict[str, Any] = {"perplexity": _plain(ppl), "tasks": [], "seconds": None}
+    rt.raise_if_cancelled()
+    if p.get("tasks"):
+        rt.progress(0.5, "lm-eval tasks", force=True)
+        result["tasks"] = _plain(evaluation.run_lm_eval(model, tokenizer, p["tasks"], limit=p["limit"]))
+    result["seconds"] = time.perf_counter() - t0
+    _save_benchmark(rt, job, "evaluate", result)
+    return result
+
+
+def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine import evaluation
+
+    p = job.params
+    (teacher,) = _rows(rt, (Teacher, job.teacher_id))
+    rt.progress(0.05, "loading models", force=True)
+    teacher_model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    kwargs = dict(
+        batch_sizes=(p["batch_size"],),
+        prompt_len=p["seq_len"],
+        new_tokens=p["new_tokens"],
+        repeats=p["repeats"],
+    )
+    if job.student_id:
+        source, _ = _subject(rt, job)
+        student_model, _ = load(rt, source)
+        result = _plain(evaluation.throughput(teacher_model, student_model, **kwargs))
+    else:
+        result = {"teacher": _plain(evaluation.measure_model(teacher_model, **kwargs))}
+    _save_benchmark(rt, job, "benchmark", result)
+    return result
+
+
+def _plain(value):
+    """Engine results (dataclasses, numpy scalars) -> JSON-safe values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _save_benchmark(rt: JobRuntime, job: Job, kind: str, result: dict) -> None:
+    with session_scope(rt.url) as s:
+        s.add(
+            BenchmarkResult(
+                job_id=job.id, kind=kind, teacher_id=job.teacher_id, student_id=job.student_id, result=result
+            )
+        )
+
+
+HANDLERS = {
+    "inspect": run_inspect,
+    "importance": run_importance,
+    "prune": run_prune,
+    "preview": run_preview,
+    "distill": run_distill,
+    "evaluate": run_evaluate,
+    "benchmark": run_benchmark,
+}

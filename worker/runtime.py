@@ -1,0 +1,203 @@
+"""What a running job needs from the platform: claim the job, report progress, write metrics, logs and
+checkpoints, notice a cancel request, keep a heartbeat, and finish with a status.
+
+Every write is a short transaction that also appends an event row (the SSE log) and then publishes a
+Redis wake-up. Torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+
+from backend import serialize
+from backend.db import session_scope
+from backend.events import add_event, publish_wakeup
+from backend.models import Job, MetricPoint, utcnow
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+TRAIN_KEYS = ("loss", "kd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
+VAL_KEYS = ("val_loss", "val_ppl", "val_kl")
+
+
+class JobCancelled(Exception):
+    """Raised inside a task when the user cancelled the job."""
+
+
+class JobRuntime:
+    def __init__(self, settings: Settings, job_id: int, attempt: int, device: str = "cpu"):
+        self.settings = settings
+        self.url = settings.resolved_database_url
+        self.job_id = job_id
+        self.attempt = attempt
+        self.device = device
+        self.worker_name = f"{socket.gethostname()}:{device}"
+        self.teacher_id: int | None = None
+        self._t0 = time.monotonic()
+        self._last_progress = 0.0
+        self._cancel = False
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def claim(self) -> Job | None:
+        """queued -> running, only for the attempt this message was sent for (so nothing runs twice)."""
+        with session_scope(self.url) as s:
+            now = utcnow()
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "queued", Job.attempts == self.attempt)
+                .values(
+                    status="running",
+                    started_at=now,
+                    heartbeat_at=now,
+                    device=self.device,
+                    worker=self.worker_name,
+                    error=None,
+                    message="starting",
+                )
+            ).rowcount
+            if not claimed:
+                return None
+            job = s.get(Job, self.job_id)
+            self.teacher_id = job.teacher_id
+            add_event(s, job, "status", serialize.job(job))
+            s.expunge(job)
+        self._wake()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True)
+        self._heartbeat.start()
+        return job
+
+    def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> None:
+        self._stop_heartbeat.set()
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            job.status = status
+            job.finished_at = utcnow()
+            job.eta_s = None
+            if status == "succeeded":
+                job.progress = 1.0
+                job.message = "done"
+            if result is not None:
+                job.result = result
+            if error is not None:
+                job.error = error[:4000]
+            add_event(s, job, "status", serialize.job(job))
+        self._wake()
+
+    # ---- reporting -----------------------------------------------------------------------------
+
+    def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
+        """Throttled to ~2 writes per second so a fast loop does not flood the stream."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.5 and fraction < 1.0:
+            return
+        self._last_progress = now
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        elapsed = now - self._t0
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            job.progress = fraction
+            job.message = message
+            job.eta_s = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+            job.heartbeat_at = utcnow()
+            add_event(s, job, "status", serialize.job(job))
+        self._wake()
+
+    def metrics(self, record: dict[str, Any]) -> bool:
+        """Write one step's metrics; a step already written (a resumed job replaying it) is skipped.
+
+        Returns True when the step was new.
+        """
+        step = int(record["step"])
+        tokens = record.get("tokens")
+        t = float(record.get("elapsed", time.monotonic() - self._t0))
+        values = {
+            k: float(v)
+            for k, v in record.items()
+            if k not in ("step", "tokens", "elapsed") and isinstance(v, (int, float)) and v == v
+        }
+        if not values:
+            return False
+        with session_scope(self.url) as s:
+            existing = set(
+                s.scalars(
+                    select(MetricPoint.name).where(
+                        MetricPoint.job_id == self.job_id,
+                        MetricPoint.step == step,
+                        MetricPoint.name.in_(list(values)),
+                    )
+                )
+            )
+            new = {k: v for k, v in values.items() if k not in existing}
+            if not new:
+                return False
+            for name, value in new.items():
+                s.add(
+                    MetricPoint(
+                        job_id=self.job_id,
+                        name=name,
+                        step=step,
+                        value=value,
+                        tokens=int(tokens) if tokens is not None else None,
+                        t=t,
+                    )
+                )
+            job = s.get(Job, self.job_id)
+            job.heartbeat_at = utcnow()
+            data = {"job_id": self.job_id, "step": step, "tokens": tokens, "t": t, "values": new}
+            add_event(s, job, "metric", data)
+        self._wake()
+        return True
+
+    def log(self, msg: str, level: str = "info") -> None:
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            add_event(s, job, "log", {"job_id": self.job_id, "level": level, "msg": msg})
+        self._wake()
+
+    def checkpoint(self, step: int, location: str) -> None:
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            job.checkpoint_step = int(step)
+            job.checkpoint = location
+
+    def job_row(self) -> Job:
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            s.expunge(job)
+            return job
+
+    # ---- cancellation and heartbeat --------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        return self._cancel
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancel:
+            raise JobCancelled()
+
+    def _beat(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while not self._stop_heartbeat.wait(min(interval, 0.5) if not self._cancel else interval):
+            try:
+                with session_scope(self.url) as s:
+                    job = s.get(Job, self.job_id)
+                    if job is None or job.status != "running":
+                        return
+                    self._cancel = bool(job.cancel_requested)
+                    if time.monotonic() - getattr(self, "_last_beat", 0.0) >= interval:
+                        job.heartbeat_at = utcnow()
+                        self._last_beat = time.monotonic()
+            except Exception as exc:  # a DB hiccup must not kill the job
+                log.warning("heartbeat failed: %s", exc)
+
+    def _wake(self) -> None:
+        publish_wakeup(self.settings, self.job_id, self.teacher_id)
