@@ -27,6 +27,7 @@ fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+test: export OMP_WAIT_POLICY = PASSIVE
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

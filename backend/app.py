@@ -8,9 +8,10 @@ import contextlib
 import hmac
 import logging
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import plotly
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
@@ -62,25 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.notifier = Notifier(settings.broker_url, settings.redis_prefix)
     app.state.celery = make_celery(settings.broker_url, settings.redis_prefix)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        # Body size limit first (cheap), then the bearer token for the API when one is configured.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
-            )
-        path = request.url.path
-        if settings.token and path.startswith(PREFIX) and path != f"{PREFIX}/health":
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            given = given or request.query_params.get("token", "")
-            if not hmac.compare_digest(given.encode(), settings.token.encode()):
-                return JSONResponse(
-                    {"detail": "missing or wrong bearer token"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        return await call_next(request)
+    app.add_middleware(Guard, settings=settings)
 
     for module in (system, teachers, importance, plans, students, jobs, events, compare):
         app.include_router(module.router, prefix=PREFIX)
@@ -93,6 +76,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if frontend.is_dir():
         app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
     return app
+
+
+class Guard:
+    """Request size limit, then the bearer token for /api/v1 when one is configured.
+
+    A plain ASGI middleware (not BaseHTTPMiddleware), so streaming responses (SSE) pass through untouched.
+    """
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.settings.max_body_bytes:
+            detail = f"request body over {self.settings.max_body_bytes} bytes"
+            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        path, token = scope["path"], self.settings.token
+        if token and path.startswith(PREFIX) and path != f"{PREFIX}/health":
+            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not given:
+                given = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                response = JSONResponse(
+                    {"detail": "missing or wrong bearer token"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 async def _reap_forever(app: FastAPI) -> None:

@@ -50,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="alternating timed repeats (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--attn", default="sdpa", help="attention implementation for the config-built model")
+    p.add_argument("--profile", action="store_true", help="also print the importance pass's top kernels")
     p.add_argument("--child", choices=["plain", "importance"], default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -223,6 +224,16 @@ def main(argv=None) -> None:
         f"{h * 1e3:.1f} ms | ratio {h / p:.3f}x (target <= 1.15x; medians of {args.repeats}, "
         f"min ratio {min(hooked_t) / min(plain_t):.3f}x)"
     )
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with profile(activities=activities) as prof:
+            importance_pass(model, batches)
+            sync(device)
+        key = "cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=18))
 
     from worker.engine.importance.provenance import weights_sha256
 

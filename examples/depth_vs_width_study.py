@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 
@@ -66,8 +65,10 @@ def random_scores(scores, seed: int):
 
     rng = np.random.default_rng(seed)
     return ImportanceScores(
-        heads=rng.random(scores.heads.shape), neurons=rng.random(scores.neurons.shape),
-        hidden=rng.random(scores.hidden.shape), layers={k: rng.random(v.shape) for k, v in scores.layers.items()},
+        heads=rng.random(scores.heads.shape),
+        neurons=rng.random(scores.neurons.shape),
+        hidden=rng.random(scores.hidden.shape),
+        layers={k: rng.random(v.shape) for k, v in scores.layers.items()},
     )
 
 
@@ -80,14 +81,21 @@ def build_students(teacher, tokenizer, args):
 
     spec = arch_spec(teacher)
     say(f"[importance] {args.calibration_samples} calibration samples of {args.seq_len} tokens")
-    batches = calibration_batches(tokenizer, read_documents("demo", "calibration"), seq_len=args.seq_len,
-                                  num_samples=args.calibration_samples, batch_size=args.batch_size, seed=args.seed)
+    batches = calibration_batches(
+        tokenizer,
+        read_documents("demo", "calibration"),
+        seq_len=args.seq_len,
+        num_samples=args.calibration_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     block = spec.num_layers // 2
     result = compute_importance(teacher, batches, scans=("bi", "drop", "block"), block_size=block)
     scores = result.scores(batch="l2", seq="mean")
 
-    depth_plan = fill_plan(PrunePlan(targets=PlanTargets(num_layers=spec.num_layers - block, layer_method="block")),
-                           spec, scores)
+    depth_plan = fill_plan(
+        PrunePlan(targets=PlanTargets(num_layers=spec.num_layers - block, layer_method="block")), spec, scores
+    )
     depth_size = plan_stats(depth_plan, spec)["params_non_embedding"]
     hidden, inter = width_targets(spec, depth_size, args.hidden_fraction)
     width_request = PrunePlan(targets=PlanTargets(hidden_size=hidden, intermediate_size=inter))
@@ -101,8 +109,10 @@ def build_students(teacher, tokenizer, args):
     students = {}
     for name, plan in plans.items():
         stats = plan_stats(plan, spec)
-        say(f"[prune] {name}: layers {stats['spec']['num_layers']}, hidden {stats['spec']['hidden_size']}, "
-            f"mlp {stats['spec']['intermediate_size']}, {stats['percent_of_teacher_non_embedding']}% non-emb")
+        say(
+            f"[prune] {name}: layers {stats['spec']['num_layers']}, hidden {stats['spec']['hidden_size']}, "
+            f"mlp {stats['spec']['intermediate_size']}, {stats['percent_of_teacher_non_embedding']}% non-emb"
+        )
         students[name] = (apply_plan(copy.deepcopy(teacher), plan), plan, stats)
     return students, spec
 
@@ -110,25 +120,41 @@ def build_students(teacher, tokenizer, args):
 def evaluate(model, teacher, tokenizer, test_docs, args) -> dict:
     from worker.engine.evaluation import LOCAL_TASKS, perplexity, run_lm_eval
 
-    ppl = perplexity(model, test_docs, tokenizer, context=args.seq_len, batch_size=args.batch_size)["perplexity"]
-    scores = run_lm_eval(model, tokenizer, LOCAL_TASKS, documents=test_docs, limit=args.lm_eval_limit,
-                         batch_size=args.batch_size, seed=args.seed)
+    ppl = perplexity(model, test_docs, tokenizer, context=args.seq_len, batch_size=args.batch_size)[
+        "perplexity"
+    ]
+    scores = run_lm_eval(
+        model,
+        tokenizer,
+        LOCAL_TASKS,
+        documents=test_docs,
+        limit=args.lm_eval_limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     by = {(r["task"], r["metric"]): r["value"] for r in scores}
-    return {"ppl": ppl, "cloze_acc": by.get(("prunescope_cloze", "acc")),
-            "cloze_acc_norm": by.get(("prunescope_cloze", "acc_norm")),
-            "rolling_bpb": by.get(("prunescope_rolling", "bits_per_byte")), "lm_eval": scores}
+    return {
+        "ppl": ppl,
+        "cloze_acc": by.get(("prunescope_cloze", "acc")),
+        "cloze_acc_norm": by.get(("prunescope_cloze", "acc_norm")),
+        "rolling_bpb": by.get(("prunescope_rolling", "bits_per_byte")),
+        "lm_eval": scores,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default=None, help="teacher directory (default: the demo teacher)")
-    parser.add_argument("--budget-steps", type=int, default=200, help="optimizer steps per student (same for all)")
+    parser.add_argument(
+        "--budget-steps", type=int, default=200, help="optimizer steps per student (same for all)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--calibration-samples", type=int, default=64)
     parser.add_argument("--hidden-fraction", type=float, default=0.75)
-    parser.add_argument("--ppl-docs", type=int, default=40, help="test documents for perplexity")
+    parser.add_argument("--ppl-docs", type=int, default=40, help="test documents for perplexity and lm-eval")
+    parser.add_argument("--ppl-chars", type=int, default=6000, help="characters kept per test document")
     parser.add_argument("--lm-eval-limit", type=int, default=100, help="samples per lm-eval task")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -145,20 +171,34 @@ def main() -> int:
 
     began = time.time()
     source, teacher, tokenizer = load_teacher(args)
-    test_docs = read_documents("demo", "test")[: args.ppl_docs]
+    # Held-out text: the test split's documents, each cut to --ppl-chars (whole stdlib files are long).
+    test_docs = [doc[: args.ppl_chars] for doc in read_documents("demo", "test")[: args.ppl_docs]]
     say("[data] packing train / validation splits")
     train = PackedTokens(tokenizer, read_documents("demo", "train"), args.seq_len)
     val = PackedTokens(tokenizer, read_documents("demo", "validation"), args.seq_len)
     students, spec = build_students(teacher, tokenizer, args)
-    rows = {"teacher": {**evaluate(teacher, teacher, tokenizer, test_docs, args), "params_non_embedding":
-                        spec.param_count()["non_embedding"], "percent_non_embedding": 100.0}}
+    rows = {
+        "teacher": {
+            **evaluate(teacher, teacher, tokenizer, test_docs, args),
+            "params_non_embedding": spec.param_count()["non_embedding"],
+            "percent_non_embedding": 100.0,
+        }
+    }
     for name, (student, plan, stats) in students.items():
         say(f"[{name}] evaluating before training")
         before = evaluate(student, teacher, tokenizer, test_docs, args)
         mode = "ce" if name == "width-ce" else "kd"
-        config = DistillConfig(mode=mode, steps=args.budget_steps, batch_size=args.batch_size, lr=args.lr,
-                               min_lr=args.lr / 10, warmup_steps=max(1, args.budget_steps // 20),
-                               val_every=max(1, args.budget_steps // 4), val_batches=4, seed=args.seed)
+        config = DistillConfig(
+            mode=mode,
+            steps=args.budget_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            min_lr=args.lr / 10,
+            warmup_steps=max(1, args.budget_steps // 20),
+            val_every=max(1, args.budget_steps // 4),
+            val_batches=4,
+            seed=args.seed,
+        )
 
         def log(m, name=name):
             if m.get("phase") == "validation":
@@ -171,33 +211,53 @@ def main() -> int:
         rows[name] = {
             "params_non_embedding": stats["params_non_embedding"],
             "percent_non_embedding": stats["percent_of_teacher_non_embedding"],
-            "shape": {k: stats["spec"][k] for k in ("num_layers", "hidden_size", "intermediate_size", "num_heads")},
+            "shape": {
+                k: stats["spec"][k] for k in ("num_layers", "hidden_size", "intermediate_size", "num_heads")
+            },
             "plan": plan.model_dump(mode="json"),
-            "ppl_before": before["ppl"], "ppl": after["ppl"], "cloze_acc_before": before["cloze_acc"],
-            "cloze_acc": after["cloze_acc"], "cloze_acc_norm": after["cloze_acc_norm"],
-            "rolling_bpb": after["rolling_bpb"], "lm_eval": after["lm_eval"],
+            "ppl_before": before["ppl"],
+            "ppl": after["ppl"],
+            "cloze_acc_before": before["cloze_acc"],
+            "cloze_acc": after["cloze_acc"],
+            "cloze_acc_norm": after["cloze_acc_norm"],
+            "rolling_bpb": after["rolling_bpb"],
+            "lm_eval": after["lm_eval"],
             "final_validation": result.final_validation,
             "tokens": result.history[-1]["tokens"],
             "speedup": speed["speedup"],
         }
 
-    header = f"{'model':<13}{'non-emb %':>10}{'ppl before':>12}{'ppl after':>11}{'cloze acc':>10}{'bpb':>7}" \
-             f"{'prefill x1':>11}{'decode x1':>10}{'prefill x8':>11}{'decode x8':>10}"
+    header = (
+        f"{'model':<13}{'non-emb %':>10}{'ppl before':>12}{'ppl after':>11}{'cloze acc':>10}{'bpb':>7}"
+        f"{'prefill x1':>11}{'decode x1':>10}{'prefill x8':>11}{'decode x8':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in rows.items():
         sp = r.get("speedup")
-        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
-        print(f"{name:<13}{fmt(r['percent_non_embedding'], '>10.1f')}{fmt(r.get('ppl_before'), '>12.1f')}"
-              f"{fmt(r['ppl'], '>11.2f')}{fmt(r['cloze_acc'], '>10.3f')}{fmt(r['rolling_bpb'], '>7.3f')}"
-              f"{fmt(sp[0]['prefill'] if sp else None, '>11.2f')}{fmt(sp[0]['decode'] if sp else None, '>10.2f')}"
-              f"{fmt(sp[1]['prefill'] if sp else None, '>11.2f')}{fmt(sp[1]['decode'] if sp else None, '>10.2f')}")
+
+        def fmt(v, f):
+            return format(v, f) if isinstance(v, (int, float)) else format("-", f[0] + f[1:].split(".")[0])
+
+        print(
+            f"{name:<13}{fmt(r['percent_non_embedding'], '>10.1f')}{fmt(r.get('ppl_before'), '>12.1f')}"
+            f"{fmt(r['ppl'], '>11.2f')}{fmt(r['cloze_acc'], '>10.3f')}{fmt(r['rolling_bpb'], '>7.3f')}"
+            f"{fmt(sp[0]['prefill'] if sp else None, '>11.2f')}{fmt(sp[0]['decode'] if sp else None, '>10.2f')}"
+            f"{fmt(sp[1]['prefill'] if sp else None, '>11.2f')}{fmt(sp[1]['decode'] if sp else None, '>10.2f')}"
+        )
     tokens = rows["width"]["tokens"]
-    print(f"token budget per student: {tokens:,} tokens ({args.budget_steps} steps); device {args.device}; "
-          f"{time.time() - began:.0f} s")
+    print(
+        f"token budget per student: {tokens:,} tokens ({args.budget_steps} steps); device {args.device}; "
+        f"{time.time() - began:.0f} s"
+    )
     if args.out:
-        manifest = make_manifest(models={"teacher": teacher}, data={"source": "demo"}, seed=args.seed,
-                                 teacher_source=source, settings=vars(args))
+        manifest = make_manifest(
+            models={"teacher": teacher},
+            data={"source": "demo"},
+            seed=args.seed,
+            teacher_source=source,
+            settings=vars(args),
+        )
         write_result(args.out, "depth_vs_width_study", rows, manifest)
         print(f"wrote {args.out}")
     return 0

@@ -26,8 +26,13 @@ TRAIN_KEYS = ("loss", "kd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
 VAL_KEYS = ("val_loss", "val_ppl", "val_kl")
 
 
+# Set when the worker is asked to shut down (Ctrl-C, SIGTERM): running jobs stop at their next step,
+# write a checkpoint, and are marked failed with the reason (a distill job can then be resumed).
+SHUTTING_DOWN = threading.Event()
+
+
 class JobCancelled(Exception):
-    """Raised inside a task when the user cancelled the job."""
+    """Raised inside a task when the user cancelled the job (or the worker is shutting down)."""
 
 
 class JobRuntime:
@@ -177,25 +182,31 @@ class JobRuntime:
 
     # ---- cancellation and heartbeat --------------------------------------------------------------
 
-    def should_stop(self) -> bool:
+    @property
+    def user_cancelled(self) -> bool:
         return self._cancel
 
+    def should_stop(self) -> bool:
+        return self._cancel or SHUTTING_DOWN.is_set()
+
     def raise_if_cancelled(self) -> None:
-        if self._cancel:
+        if self.should_stop():
             raise JobCancelled()
 
     def _beat(self) -> None:
+        """Every 0.5 s read the cancel flag; every `heartbeat_interval_s` prove this worker is alive."""
         interval = self.settings.heartbeat_interval_s
-        while not self._stop_heartbeat.wait(min(interval, 0.5) if not self._cancel else interval):
+        last_beat = time.monotonic()
+        while not self._stop_heartbeat.wait(0.5):
             try:
                 with session_scope(self.url) as s:
                     job = s.get(Job, self.job_id)
                     if job is None or job.status != "running":
                         return
                     self._cancel = bool(job.cancel_requested)
-                    if time.monotonic() - getattr(self, "_last_beat", 0.0) >= interval:
+                    if time.monotonic() - last_beat >= interval:
                         job.heartbeat_at = utcnow()
-                        self._last_beat = time.monotonic()
+                        last_beat = time.monotonic()
             except Exception as exc:  # a DB hiccup must not kill the job
                 log.warning("heartbeat failed: %s", exc)
 

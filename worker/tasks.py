@@ -6,11 +6,35 @@ import logging
 import os
 import traceback
 
+from celery.signals import worker_init, worker_shutting_down
+
 from backend.settings import Settings
 from worker.celery_app import RUN_JOB, app
-from worker.runtime import JobCancelled, JobRuntime
+from worker.runtime import SHUTTING_DOWN, JobCancelled, JobRuntime
 
 log = logging.getLogger(__name__)
+
+
+@worker_shutting_down.connect
+def _stop_running_jobs(**_kwargs) -> None:
+    SHUTTING_DOWN.set()
+
+
+@worker_init.connect
+def preload(**_kwargs) -> None:
+    """Import torch, transformers and the engine once, before any task runs: with a thread pool, two
+    tasks importing transformers' lazy modules at the same moment can fail with an ImportError."""
+    import torch  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    import worker.engine.data  # noqa: F401
+    import worker.engine.distill  # noqa: F401
+    import worker.engine.evaluation  # noqa: F401
+    import worker.engine.importance.compute  # noqa: F401
+    import worker.engine.loading  # noqa: F401
+    import worker.engine.masking  # noqa: F401
+    import worker.engine.surgery  # noqa: F401
+    import worker.handlers  # noqa: F401
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
@@ -24,6 +48,11 @@ def run_job(job_id: int, attempt: int) -> str:
     try:
         result = HANDLERS[job.kind](rt, job)
     except JobCancelled:
+        if SHUTTING_DOWN.is_set() and not rt.user_cancelled:
+            step = rt.job_row().checkpoint_step
+            where = f"; resumable from the checkpoint at step {step}" if step is not None else ""
+            rt.finish("failed", error=f"worker shut down while the job ran{where}")
+            return "failed"
         rt.finish("cancelled", error="cancelled by the user")
         return "cancelled"
     except Exception as exc:

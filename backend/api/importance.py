@@ -48,7 +48,10 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
 
 @router.get("/importance-runs")
 def list_runs(
-    teacher_id: int | None = None, limit: int = 200, offset: int = 0, db: Session = Depends(get_db)
+    teacher_id: int | None = None,
+    limit: int = Query(200, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    db: Session = Depends(get_db),
 ) -> list[dict]:
     q = (
         select(ImportanceRun, Job)
@@ -57,7 +60,7 @@ def list_runs(
     )
     if teacher_id is not None:
         q = q.where(ImportanceRun.teacher_id == teacher_id)
-    return [serialize.importance_run(r, j) for r, j in db.execute(q.limit(min(limit, 1000)).offset(offset))]
+    return [serialize.importance_run(r, j) for r, j in db.execute(q.limit(limit).offset(offset))]
 
 
 @router.get("/importance-runs/{run_id}")

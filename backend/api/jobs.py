@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select, update
@@ -55,8 +55,8 @@ def list_jobs(
     status: str | None = None,
     teacher_id: int | None = None,
     student_id: int | None = None,
-    limit: int = 200,
-    offset: int = 0,
+    limit: int = Query(200, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
     db: Session = Depends(get_db),
 ) -> list[dict]:
     q = select(Job).order_by(Job.id.desc())
@@ -68,7 +68,7 @@ def list_jobs(
     ):
         if value is not None:
             q = q.where(column == value)
-    return [serialize.job(j) for j in db.scalars(q.limit(min(limit, 1000)).offset(offset))]
+    return [serialize.job(j) for j in db.scalars(q.limit(limit).offset(offset))]
 
 
 @router.get("/jobs/{job_id}")

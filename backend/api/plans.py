@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -127,12 +127,15 @@ def update_plan(plan_id: int, body: PlanUpdate, db: Session = Depends(get_db)) -
 
 @router.get("/plans")
 def list_plans(
-    teacher_id: int | None = None, limit: int = 200, offset: int = 0, db: Session = Depends(get_db)
+    teacher_id: int | None = None,
+    limit: int = Query(200, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    db: Session = Depends(get_db),
 ) -> list[dict]:
     q = select(Plan).order_by(Plan.id.desc())
     if teacher_id is not None:
         q = q.where(Plan.teacher_id == teacher_id)
-    return [serialize.plan(p) for p in db.scalars(q.limit(min(limit, 1000)).offset(offset))]
+    return [serialize.plan(p) for p in db.scalars(q.limit(limit).offset(offset))]
 
 
 @router.get("/plans/{plan_id}")

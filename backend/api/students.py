@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -42,12 +42,15 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
 
 @router.get("/students")
 def list_students(
-    teacher_id: int | None = None, limit: int = 200, offset: int = 0, db: Session = Depends(get_db)
+    teacher_id: int | None = None,
+    limit: int = Query(200, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    db: Session = Depends(get_db),
 ) -> list[dict]:
     q = select(Student).order_by(Student.id.desc())
     if teacher_id is not None:
         q = q.where(Student.teacher_id == teacher_id)
-    return [serialize.student(s) for s in db.scalars(q.limit(min(limit, 1000)).offset(offset))]
+    return [serialize.student(s) for s in db.scalars(q.limit(limit).offset(offset))]
 
 
 @router.get("/students/{student_id}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -55,8 +55,10 @@ def create_teacher(
 
 
 @router.get("/teachers")
-def list_teachers(limit: int = 200, offset: int = 0, db: Session = Depends(get_db)) -> list[dict]:
-    rows = db.scalars(select(Teacher).order_by(Teacher.id.desc()).limit(min(limit, 1000)).offset(offset))
+def list_teachers(
+    limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0), db: Session = Depends(get_db)
+) -> list[dict]:
+    rows = db.scalars(select(Teacher).order_by(Teacher.id.desc()).limit(limit).offset(offset))
     return [serialize.teacher(t) for t in rows]
 
 
@@ -77,8 +79,10 @@ def create_dataset(
 
 
 @router.get("/datasets")
-def list_datasets(limit: int = 200, offset: int = 0, db: Session = Depends(get_db)) -> list[dict]:
-    rows = db.scalars(select(Dataset).order_by(Dataset.id.desc()).limit(min(limit, 1000)).offset(offset))
+def list_datasets(
+    limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0), db: Session = Depends(get_db)
+) -> list[dict]:
+    rows = db.scalars(select(Dataset).order_by(Dataset.id.desc()).limit(limit).offset(offset))
     return [serialize.dataset(d) for d in rows]
 
 

@@ -50,8 +50,11 @@ export function duration(seconds) {
   return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
 }
 
+/** "21:03" today, "27 Nov 21:03" otherwise. */
 export function when(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return d.toLocaleString("en-GB", { dateStyle: "short", timeStyle: "short" });
+  const time = d.toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
+  if (d.toDateString() === new Date().toDateString()) return time;
+  return `${d.toLocaleDateString("en-GB", { day: "numeric", month: "short" })} ${time}`;
 }

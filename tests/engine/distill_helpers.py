@@ -17,7 +17,9 @@ def demo_tokenizer():
     return AutoTokenizer.from_pretrained(str(demo_tokenizer_path()))
 
 
-def tiny_llama(seed: int = 0, *, layers: int = 2, hidden: int = 32, intermediate: int = 48, vocab: int | None = None):
+def tiny_llama(
+    seed: int = 0, *, layers: int = 2, hidden: int = 32, intermediate: int = 48, vocab: int | None = None
+):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab or len(demo_tokenizer()),

@@ -226,3 +226,15 @@ def test_packed_batches_are_deterministic_cover_each_epoch_and_resume_exactly(to
     assert packed.indices(0, n, 7) != packed.indices(0, n, 8)
     assert sum(len(b) for b in packed.sequential(4)) == n
     assert torch.equal(next(packed.sequential(2, limit=2)), torch.from_numpy(packed.blocks[:2]))
+
+
+def test_demo_tokenizer_is_lossless_and_its_training_deterministic(tokenizer, tmp_path):
+    assert len(tokenizer) == build_corpus.VOCAB_SIZE
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    for doc in read_documents("demo", "test")[:3] + ["naïve ünïcode → 😀\n\ttabs\r\n"]:
+        assert tokenizer.decode(tokenizer(doc, add_special_tokens=False)["input_ids"]) == doc
+    for name in ("a", "b"):
+        build_corpus.train_tokenizer(DOCS * 3, tmp_path / name)
+    assert (tmp_path / "a/tokenizer.json").read_bytes() == (tmp_path / "b/tokenizer.json").read_bytes()
+    small = AutoTokenizer.from_pretrained(tmp_path / "a")
+    assert small.eos_token == "<|eos|>" and small.decode(small("def f(x):")["input_ids"]) == "def f(x):"

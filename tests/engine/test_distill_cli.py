@@ -24,9 +24,33 @@ def setup(tmp_path_factory):
 
 
 def _distill_args(root, data, out, *extra):
-    return ["distill", str(root / "student"), "--teacher", str(root / "teacher"), "--data", str(data), "-o", str(out),
-            "--steps", "4", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-3", "--warmup", "1",
-            "--val-every", "2", "--val-batches", "1", "--checkpoint-every", "2", *extra]
+    return [
+        "distill",
+        str(root / "student"),
+        "--teacher",
+        str(root / "teacher"),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--val-every",
+        "2",
+        "--val-batches",
+        "1",
+        "--checkpoint-every",
+        "2",
+        *extra,
+    ]
 
 
 def test_distill_stop_resume_and_save(setup, capsys):
@@ -55,14 +79,53 @@ def test_ce_baseline_evaluate_and_benchmark(setup, capsys):
     assert main(_distill_args(root, data, out, "--mode", "ce")) == 0
     capsys.readouterr()
     report = root / "eval.json"
-    assert main(["evaluate", str(out), "--data", str(data), "--split", "test", "--tasks", "none",
-                 "--max-documents", "3", "--context", "64", "-o", str(report)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--tasks",
+                "none",
+                "--max-documents",
+                "3",
+                "--context",
+                "64",
+                "-o",
+                str(report),
+            ]
+        )
+        == 0
+    )
     saved = json.loads(report.read_text())
     assert saved["result"]["perplexity"]["documents"] == 3 and saved["result"]["perplexity"]["perplexity"] > 1
     assert saved["manifest"]["data"] == {"source": str(data), "split": "test"}
     bench = root / "bench.json"
-    assert main(["benchmark", "--teacher", str(root / "teacher"), "--student", str(out), "--batch-sizes", "1,2",
-                 "--prompt-len", "8", "--new-tokens", "2", "--repeats", "1", "-o", str(bench)]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--teacher",
+                str(root / "teacher"),
+                "--student",
+                str(out),
+                "--batch-sizes",
+                "1,2",
+                "--prompt-len",
+                "8",
+                "--new-tokens",
+                "2",
+                "--repeats",
+                "1",
+                "-o",
+                str(bench),
+            ]
+        )
+        == 0
+    )
     speed = json.loads(bench.read_text())["result"]["speedup"]
     assert [s["batch_size"] for s in speed] == [1, 2] and all(s["decode"] > 0 for s in speed)
 

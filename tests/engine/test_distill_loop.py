@@ -23,8 +23,17 @@ def data():
 
 
 def _config(**kw):
-    base = dict(steps=20, batch_size=2, lr=3e-3, min_lr=3e-4, warmup_steps=3, val_every=10, val_batches=2,
-                chunk_tokens=16, seed=5)
+    base = dict(
+        steps=20,
+        batch_size=2,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=3,
+        val_every=10,
+        val_batches=2,
+        chunk_tokens=16,
+        seed=5,
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -46,8 +55,16 @@ def test_resume_is_exact_and_stop_leaves_usable_checkpoint(data, tmp_path):
     def stop_after_ten():
         return len([e for e in events if e.get("phase") == "train"]) >= 10
 
-    part = distill(first, teacher, train, val, _config(checkpoint_every=4), callback=events.append,
-                   checkpoint_dir=tmp_path, should_stop=stop_after_ten)
+    part = distill(
+        first,
+        teacher,
+        train,
+        val,
+        _config(checkpoint_every=4),
+        callback=events.append,
+        checkpoint_dir=tmp_path,
+        should_stop=stop_after_ten,
+    )
     assert part.stopped and part.steps_completed == 10
     state = load_checkpoint(tmp_path)
     assert state["step"] == 10 and state["stopped"] and state["data_position"]["next_batch"] == 10
@@ -63,7 +80,9 @@ def test_resume_is_exact_and_stop_leaves_usable_checkpoint(data, tmp_path):
     assert [g[0] for g in got] == list(range(1, 21))
     for g, w in zip(got, want):
         assert g[1:] == pytest.approx(w[1:], abs=1e-6), (g, w)
-    assert [v["val_loss"] for v in rest.validation] == pytest.approx([v["val_loss"] for v in full.validation], abs=1e-6)
+    assert [v["val_loss"] for v in rest.validation] == pytest.approx(
+        [v["val_loss"] for v in full.validation], abs=1e-6
+    )
     for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
 
@@ -71,8 +90,14 @@ def test_resume_is_exact_and_stop_leaves_usable_checkpoint(data, tmp_path):
 def test_metrics_every_step_and_validation(data):
     train, val = data
     seen = []
-    result = distill(tiny_llama(seed=2), tiny_llama(seed=1), train, val, _config(steps=4, val_every=2),
-                     callback=seen.append)
+    result = distill(
+        tiny_llama(seed=2),
+        tiny_llama(seed=1),
+        train,
+        val,
+        _config(steps=4, val_every=2),
+        callback=seen.append,
+    )
     steps = [m for m in seen if m["phase"] == "train"]
     vals = [m for m in seen if m["phase"] == "validation"]
     assert [m["step"] for m in steps] == [1, 2, 3, 4] and [m["step"] for m in vals] == [2, 4]
@@ -123,8 +148,16 @@ def test_cancel_from_another_thread_and_by_file_flag(data, tmp_path):
     box = {}
 
     def run():
-        box["result"] = distill(tiny_llama(seed=2), tiny_llama(seed=1), train, val, _config(steps=500),
-                                callback=progress.put, checkpoint_dir=tmp_path / "a", should_stop=stop.is_set)
+        box["result"] = distill(
+            tiny_llama(seed=2),
+            tiny_llama(seed=1),
+            train,
+            val,
+            _config(steps=500),
+            callback=progress.put,
+            checkpoint_dir=tmp_path / "a",
+            should_stop=stop.is_set,
+        )
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -138,8 +171,15 @@ def test_cancel_from_another_thread_and_by_file_flag(data, tmp_path):
 
     flag = tmp_path / "STOP"
     flag.touch()
-    flagged = distill(tiny_llama(seed=2), tiny_llama(seed=1), train, val, _config(), checkpoint_dir=tmp_path / "b",
-                      should_stop=flag.exists)
+    flagged = distill(
+        tiny_llama(seed=2),
+        tiny_llama(seed=1),
+        train,
+        val,
+        _config(),
+        checkpoint_dir=tmp_path / "b",
+        should_stop=flag.exists,
+    )
     assert flagged.stopped and flagged.steps_completed == 0 and load_checkpoint(tmp_path / "b")["step"] == 0
 
 
@@ -159,7 +199,9 @@ def test_teacher_correction_fine_tunes_a_copy(data, tmp_path):
     seen = []
     cfg = _config(steps=2, teacher_correction_steps=6, teacher_peak_lr=5e-2, val_every=0)
     before = validate(teacher, None, train, cfg)["val_loss"]
-    result = distill(tiny_llama(seed=2), teacher, train, val, cfg, callback=seen.append, checkpoint_dir=tmp_path)
+    result = distill(
+        tiny_llama(seed=2), teacher, train, val, cfg, callback=seen.append, checkpoint_dir=tmp_path
+    )
     corrections = [m for m in seen if m["phase"] == "teacher_correction"]
     assert len(corrections) == 6 and corrections[-1]["lr"] == pytest.approx(1e-2)  # 1/5 of the peak
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in original.items())
@@ -177,8 +219,13 @@ def test_intermediate_state_loss_with_layer_map(data):
         assert 0 < m["intermediate_loss"] < 2
         assert m["loss"] == pytest.approx(m["kd_loss"] + 0.5 * m["intermediate_loss"], rel=1e-5)
     with pytest.raises(ValueError, match="layer_map"):
-        distill(tiny_llama(seed=2, layers=2), teacher, train, val, _config(steps=1, intermediate_weight=1.0,
-                                                                           layer_map=[0, 1, 2]))
+        distill(
+            tiny_llama(seed=2, layers=2),
+            teacher,
+            train,
+            val,
+            _config(steps=1, intermediate_weight=1.0, layer_map=[0, 1, 2]),
+        )
 
 
 def test_bad_input_is_rejected(data, tmp_path):
@@ -189,5 +236,22 @@ def test_bad_input_is_rejected(data, tmp_path):
         DistillConfig(lr=1e-4, min_lr=1e-3)
     distill(tiny_llama(seed=2), tiny_llama(seed=1), train, val, _config(steps=1), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
-        distill(tiny_llama(seed=2), tiny_llama(seed=1), train, val, _config(steps=2, batch_size=3),
-                checkpoint_dir=tmp_path, resume=True)
+        distill(
+            tiny_llama(seed=2),
+            tiny_llama(seed=1),
+            train,
+            val,
+            _config(steps=2, batch_size=3),
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="does not fit"):
+        distill(
+            tiny_llama(seed=2, layers=3),
+            tiny_llama(seed=1),
+            train,
+            val,
+            _config(steps=2),
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )

@@ -41,6 +41,7 @@ def _grads(loss, tensors):
         (LossWeights(kd=0.7, ce=0.3, temperature=2.0), 5),
         (LossWeights(kd=0.0, ce=1.0, temperature=1.0), 64),
         (LossWeights(kd=1.0, ce=0.5, temperature=0.5), 1),
+        (LossWeights(kd=1.0, ce=0.0, temperature=1.0), None),  # automatic: one chunk here
     ],
 )
 def test_chunked_loss_and_gradients_equal_full_logits(weights, chunk):
@@ -67,8 +68,9 @@ def test_gradient_wrt_full_student_logits_matches():
     with torch.no_grad():
         identity.weight.copy_(torch.eye(50))
     weights = LossWeights(kd=1.0, ce=0.2, temperature=1.5)
-    total, *_ = chunked_distill_loss(s_hidden, identity, labels, weights, teacher_hidden=t_hidden,
-                                     teacher_head=t_head, chunk_tokens=6)
+    total, *_ = chunked_distill_loss(
+        s_hidden, identity, labels, weights, teacher_hidden=t_hidden, teacher_head=t_head, chunk_tokens=6
+    )
     (g,) = torch.autograd.grad(total, s_hidden)
     logits = s_hidden.detach().clone().requires_grad_(True)
     ref, *_ = reference_distill_loss(logits, t_head(t_hidden), labels, weights)
@@ -79,8 +81,9 @@ def test_gradient_wrt_full_student_logits_matches():
 def test_teacher_gets_no_gradient_and_kl_of_identical_models_is_zero():
     s_hidden, s_head, _, _, labels = _setup(seed=2, bias=False)
     t_hidden = s_hidden.detach().clone()
-    total, kd, _ = chunked_distill_loss(s_hidden, s_head, labels, LossWeights(), teacher_hidden=t_hidden,
-                                        teacher_head=s_head, chunk_tokens=8)
+    total, kd, _ = chunked_distill_loss(
+        s_hidden, s_head, labels, LossWeights(), teacher_hidden=t_hidden, teacher_head=s_head, chunk_tokens=8
+    )
     assert abs(kd.item()) < 1e-6
     total.backward()
     assert s_head.weight.grad.abs().max() < 1e-6  # KL minimum: zero gradient
@@ -90,10 +93,12 @@ def test_no_grad_path_matches_and_tied_head_accumulates():
     s_hidden, s_head, t_hidden, t_head, labels = _setup(seed=3)
     weights = LossWeights(kd=1.0, ce=0.5)
     with torch.no_grad():
-        total_ng, *_ = chunked_distill_loss(s_hidden, s_head, labels, weights, teacher_hidden=t_hidden,
-                                            teacher_head=t_head, chunk_tokens=9)
-    total, *_ = chunked_distill_loss(s_hidden, s_head, labels, weights, teacher_hidden=t_hidden,
-                                     teacher_head=t_head, chunk_tokens=9)
+        total_ng, *_ = chunked_distill_loss(
+            s_hidden, s_head, labels, weights, teacher_hidden=t_hidden, teacher_head=t_head, chunk_tokens=9
+        )
+    total, *_ = chunked_distill_loss(
+        s_hidden, s_head, labels, weights, teacher_hidden=t_hidden, teacher_head=t_head, chunk_tokens=9
+    )
     assert total_ng.item() == pytest.approx(total.item(), abs=1e-6)
     # Gradient accumulates with other uses of the same weight (tied embeddings).
     extra = s_head.weight.sum()

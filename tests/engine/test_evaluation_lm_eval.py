@@ -20,7 +20,8 @@ def test_local_tasks_are_deterministic_cloze_items_are_sound(tmp_path):
     a = build_local_tasks(docs, tmp_path, num_cloze=30, num_rolling=3)
     b = build_local_tasks(docs, tmp_path, num_cloze=30, num_rolling=3)
     assert a == b and sorted(p.name for p in a.iterdir()) == sorted(
-        f"{t}.{ext}" for t in LOCAL_TASKS for ext in ("yaml", "jsonl"))
+        f"{t}.{ext}" for t in LOCAL_TASKS for ext in ("yaml", "jsonl")
+    )
     items = _read(a / "prunescope_cloze.jsonl")
     assert len(items) == 30
     for item in items:

@@ -46,7 +46,13 @@ def test_importance_command_writes_a_loadable_artifact(model_dir, tmp_path, caps
 
     result = ImportanceResult.load(out)
     m = result.manifest
-    assert (m["model"], m["data"], m["seed"], m["samples"], m["block_size"]) == (str(model_dir), "demo", 3, 6, 3)
+    assert (m["model"], m["data"], m["seed"], m["samples"], m["block_size"]) == (
+        str(model_dir),
+        "demo",
+        3,
+        6,
+        3,
+    )
     assert m["scans"] == ["bi", "drop", "block"]
     scores = result.scores()
     assert scores.heads.shape == (4, 8) and scores.neurons.shape == (4, 48) and scores.hidden.shape == (32,)
@@ -65,7 +71,9 @@ def test_importance_command_writes_a_loadable_artifact(model_dir, tmp_path, caps
 @pytest.fixture
 def unsupported_dir(tmp_path):
     path = tmp_path / "neox"
-    GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64).save_pretrained(path)
+    GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ).save_pretrained(path)
     return path
 
 
@@ -77,13 +85,18 @@ def unsupported_dir(tmp_path):
         (["{model}", "--data", "{tmp}/missing.jsonl"], "missing.jsonl"),
         (["{model}", *ARGS, "--samples", "0"], "--samples must be at least 1, got 0"),
         (["{model}", *ARGS, "--seq-len", "1"], "--seq-len must be at least 2"),
-        (["{model}", *ARGS, "--scans", "bi,magic"], "--scans: unknown scan 'magic'; choose from bi, drop, block"),
+        (
+            ["{model}", *ARGS, "--scans", "bi,magic"],
+            "--scans: unknown scan 'magic'; choose from bi, drop, block",
+        ),
         (["{model}", *ARGS, "--block-size", "4"], "block size must be between 1 and 3"),
         (["{model}", *ARGS, "--device", "tpu9"], "--device"),
         (["{model}", "--data", "demo", "--samples", "100000", "--seq-len", "24"], "ask for at most"),
     ],
 )
-def test_bad_input_is_a_one_line_error_and_writes_nothing(argv, message, model_dir, unsupported_dir, tmp_path, capsys):
+def test_bad_input_is_a_one_line_error_and_writes_nothing(
+    argv, message, model_dir, unsupported_dir, tmp_path, capsys
+):
     argv = [a.format(tmp=tmp_path, model=model_dir, neox=unsupported_dir) for a in argv]
     out = tmp_path / "run"
     assert main(["importance", *argv, "-o", str(out)]) == 2

@@ -22,7 +22,10 @@ from worker.engine.importance.stats import reduce_sums
 def result():
     _, batches = padded_batches([9, 6, 11, 8, 7, 10], batch_size=3)
     return compute_importance(
-        tiny_model("llama"), batches, block_size=2, metadata={"data": "unit-test", "seed": 7, "model": "tiny-llama"}
+        tiny_model("llama"),
+        batches,
+        block_size=2,
+        metadata={"data": "unit-test", "seed": 7, "model": "tiny-llama"},
     )
 
 

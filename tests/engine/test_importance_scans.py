@@ -35,7 +35,9 @@ def mean_loss(model, batches) -> float:
     total, tokens = 0.0, 0.0
     with torch.no_grad():
         for b in batches:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            logits = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
+            ).logits
             sums, counts = token_losses(logits, b["input_ids"], b["attention_mask"])
             total, tokens = total + float(sums.sum()), tokens + float(counts.sum())
     return total / tokens

@@ -40,8 +40,12 @@ def naive_token_values(model, sample: torch.Tensor) -> dict[str, np.ndarray]:
     captured: dict[str, list] = {"attn": [], "mlp": [], "norm": [], "layer": []}
     handles = []
     for layer in layers:
-        handles.append(adapter.attn_out(layer).register_forward_pre_hook(lambda m, a: captured["attn"].append(a[0])))
-        handles.append(adapter.mlp_out(layer).register_forward_pre_hook(lambda m, a: captured["mlp"].append(a[0])))
+        handles.append(
+            adapter.attn_out(layer).register_forward_pre_hook(lambda m, a: captured["attn"].append(a[0]))
+        )
+        handles.append(
+            adapter.mlp_out(layer).register_forward_pre_hook(lambda m, a: captured["mlp"].append(a[0]))
+        )
         handles.append(
             layer.register_forward_hook(
                 lambda m, a, kw, out: captured["layer"].append((a[0] if a else kw["hidden_states"], out)),
@@ -60,7 +64,9 @@ def naive_token_values(model, sample: torch.Tensor) -> dict[str, np.ndarray]:
     def np64(t):
         return t[0].detach().to(torch.float64).numpy()
 
-    heads = np.stack([np.linalg.norm(np64(x).reshape(len(sample), -1, head_dim), axis=-1) for x in captured["attn"]])
+    heads = np.stack(
+        [np.linalg.norm(np64(x).reshape(len(sample), -1, head_dim), axis=-1) for x in captured["attn"]]
+    )
     neurons = np.stack([np.abs(np64(x)) for x in captured["mlp"]])
     hidden = np.stack([np.abs(np64(x)) for x in captured["norm"]])
     bi = []
@@ -94,7 +100,9 @@ def test_running_sums_match_naive_per_sample_reference(family):
         scores = result.scores(batch=batch, seq=seq)
         for axis in ("heads", "neurons", "hidden"):
             expected = naive_scores(per_sample, axis, batch, seq)
-            np.testing.assert_allclose(getattr(scores, axis), expected, rtol=2e-4, atol=1e-6, err_msg=f"{axis} {batch}/{seq}")
+            np.testing.assert_allclose(
+                getattr(scores, axis), expected, rtol=2e-4, atol=1e-6, err_msg=f"{axis} {batch}/{seq}"
+            )
         expected_bi = naive_scores(per_sample, "block_importance", batch, seq)
         np.testing.assert_allclose(scores.layers["block_importance"], expected_bi, rtol=2e-4, atol=1e-6)
 
@@ -144,6 +152,31 @@ def test_bf16_weights_accumulate_in_float32_close_to_fp32():
         got, want = getattr(scores, axis), getattr(ref, axis)
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, want, rtol=5e-2, atol=1e-3 * np.abs(want).max())
-    np.testing.assert_allclose(scores.layers["block_importance"], ref.layers["block_importance"], rtol=0.1, atol=1e-2)
+    np.testing.assert_allclose(
+        scores.layers["block_importance"], ref.layers["block_importance"], rtol=0.1, atol=1e-2
+    )
     for name in ("drop_loss", "block_loss_k2"):
         assert np.isfinite(scores.layers[name]).all()
+
+
+@pytest.mark.parametrize(
+    "mask_rows",
+    [
+        [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]],  # right padding: re-reduce short rows
+        [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 1]],  # left padding / holes: masked copy
+    ],
+)
+def test_sequence_reductions_skip_padding_for_any_layout(mask_rows):
+    from worker.engine.importance.accumulators import BatchContext
+
+    mask = torch.tensor(mask_rows)
+    x = torch.randn(3, 6, 5)
+    ctx = BatchContext(mask, first_sample=0)
+    assert ctx.right_padded == (mask_rows[0] == [1] * 6)
+    out_sum, out_l2 = torch.empty(3, 5), torch.empty(3, 5)
+    ctx.reduce_into(x, out_sum, out_l2)
+    real = mask.bool().numpy()
+    for b in range(3):
+        tokens = x[b].numpy()[real[b]]
+        np.testing.assert_allclose(out_sum[b].numpy(), np.abs(tokens).sum(0), rtol=1e-5)
+        np.testing.assert_allclose(out_l2[b].numpy(), np.sqrt((tokens**2).sum(0)), rtol=1e-5)

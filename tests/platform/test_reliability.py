@@ -82,3 +82,26 @@ def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
         assert kd_points(app, jid) == final
     finally:
         worker.stop()
+
+
+def test_worker_shutdown_checkpoints_and_leaves_job_resumable(app, tmp_path):
+    """SIGTERM (what Ctrl-C / `docker stop` send): the running distill checkpoints at once and is marked
+    failed with the reason, resumable from that step; the worker exits without waiting for the job."""
+    worker = WorkerProcess(app.env, tmp_path / "worker3.log").start()
+    try:
+        student = make_student(app)
+        job = start_distill(app, student["id"], steps=200, checkpoint_every=0)
+        jid = job["id"]
+        deadline = time.monotonic() + 240
+        while max(kd_points(app, jid), default=0) < 2:
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        worker.stop()
+        assert time.monotonic() - t0 < 20 and worker.proc.returncode is not None
+    finally:
+        worker.stop()
+    failed = app.api.get(f"/jobs/{jid}").json()
+    assert failed["status"] == "failed" and "worker shut down" in failed["error"], failed
+    points = kd_points(app, jid)
+    assert failed["resumable"] and failed["checkpoint_step"] == max(points) < 200

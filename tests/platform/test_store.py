@@ -122,3 +122,45 @@ def test_fsspec_store_needs_the_complete_marker(tmp_path):
     store.put_dir(staging, "importance/1")
     assert store.exists("importance/1")
     assert (store.local_dir("importance/1", cache=tmp_path / "cache") / "a.txt").read_text() == "hello"
+
+
+def parse_sse(text: str) -> list[dict]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1)
+            for line in block.splitlines()
+            if line and not line.startswith(":") and ": " in line
+        )
+        if "data" in fields:
+            events.append(
+                {
+                    "id": int(fields["id"]) if "id" in fields else None,
+                    "event": fields.get("event"),
+                    "data": fields["data"],
+                }
+            )
+    return events
+
+
+def test_event_stream_replay_and_resume_on_each_database(client, api_env):
+    """The SSE cursor on SQLite and PostgreSQL: a finished job replays in order and ends; resuming from
+    any Last-Event-ID returns exactly the rest."""
+    settings = settings_from(api_env)
+    jid = new_job(settings.resolved_database_url)
+    rt = JobRuntime(settings, jid, attempt=1)
+    rt.claim()
+    for step in range(1, 11):
+        rt.metrics({"step": step, "kd_loss": 1.0 / step})
+    rt.log("halfway")
+    rt.finish("succeeded", result={})
+    full = parse_sse(client.get(f"/api/v1/jobs/{jid}/events").text)
+    assert full[-1]["event"] == "end" and '"succeeded"' in full[-1]["data"]
+    ids = [e["id"] for e in full[:-1]]
+    assert ids == sorted(set(ids)) and len(ids) == 1 + 10 + 1 + 1  # running, 10 metrics, log, succeeded
+    for cut in (ids[0], ids[4], ids[-2]):
+        rest = parse_sse(client.get(f"/api/v1/jobs/{jid}/events", headers={"Last-Event-ID": str(cut)}).text)
+        assert [e["id"] for e in rest[:-1]] == [i for i in ids if i > cut]
+        same = parse_sse(client.get(f"/api/v1/jobs/{jid}/events?last_event_id={cut}").text)
+        assert [e["id"] for e in same] == [e["id"] for e in rest]
+    assert client.get("/api/v1/jobs/9999/events").status_code == 404

@@ -43,7 +43,11 @@ def run_js(tmp_path: Path, cases: list[dict]) -> list[dict]:
     shutil.copy(COSTMODEL, tmp_path / "costmodel.mjs")
     (tmp_path / "driver.mjs").write_text(DRIVER)
     proc = subprocess.run(
-        [node, str(tmp_path / "driver.mjs")], input=json.dumps(cases), capture_output=True, text=True, timeout=60
+        [node, str(tmp_path / "driver.mjs")],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -93,7 +97,11 @@ def test_counts_match_python_for_every_family_and_shape(tmp_path, all_specs):
         hidden = spec.hidden_size - 8
         for layers, d in ((None, None), (narrow, hidden)):
             cases.append(
-                {"spec": summary, "hidden": d, "layers": None if layers is None else [s.model_dump() for s in layers]}
+                {
+                    "spec": summary,
+                    "hidden": d,
+                    "layers": None if layers is None else [s.model_dump() for s in layers],
+                }
             )
             expected.append(
                 {

@@ -40,7 +40,9 @@ def _csv(text: str) -> list[str]:
 
 
 def register(subparsers) -> None:
-    d = subparsers.add_parser("distill", help="distill a pruned student from its teacher (or train it CE-only)")
+    d = subparsers.add_parser(
+        "distill", help="distill a pruned student from its teacher (or train it CE-only)"
+    )
     d.add_argument("student", help="student model directory (e.g. the output of prunescope prune)")
     d.add_argument("--teacher", default=None, help="teacher model (default: the demo teacher)")
     d.add_argument("--data", default="demo", help="data source (see worker/engine/data.py; default: demo)")
@@ -48,7 +50,9 @@ def register(subparsers) -> None:
     d.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUT.work)")
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     d.add_argument("--overwrite", action="store_true")
-    d.add_argument("--mode", choices=("kd", "ce"), default="kd", help="kd (default) or ce: baseline, no teacher")
+    d.add_argument(
+        "--mode", choices=("kd", "ce"), default="kd", help="kd (default) or ce: baseline, no teacher"
+    )
     d.add_argument("--steps", type=int, default=100)
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--grad-accum", type=int, default=1)
@@ -59,15 +63,21 @@ def register(subparsers) -> None:
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--kd-weight", type=float, default=1.0)
     d.add_argument("--ce-weight", type=float, default=0.0)
-    d.add_argument("--intermediate-weight", type=float, default=0.0,
-                   help="cosine loss on hidden states of kept layers (layer map from the student's plan)")
+    d.add_argument(
+        "--intermediate-weight",
+        type=float,
+        default=0.0,
+        help="cosine loss on hidden states of kept layers (layer map from the student's plan)",
+    )
     d.add_argument("--teacher-correction-steps", type=int, default=0)
     d.add_argument("--val-every", type=int, default=50)
     d.add_argument("--val-batches", type=int, default=8)
     d.add_argument("--checkpoint-every", type=int, default=50)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
-    d.add_argument("--stop-file", type=Path, default=None, help="stop (with a checkpoint) when this file appears")
+    d.add_argument(
+        "--stop-file", type=Path, default=None, help="stop (with a checkpoint) when this file appears"
+    )
     d.add_argument("--log-every", type=int, default=10)
     d.set_defaults(handler=_distill)
 
@@ -75,8 +85,12 @@ def register(subparsers) -> None:
     e.add_argument("model")
     e.add_argument("--data", default="demo")
     e.add_argument("--split", default="test")
-    e.add_argument("--tasks", type=_csv, default=["prunescope_cloze", "prunescope_rolling"],
-                   help="comma-separated lm-eval tasks ('none' to skip); local: prunescope_cloze,prunescope_rolling")
+    e.add_argument(
+        "--tasks",
+        type=_csv,
+        default=["prunescope_cloze", "prunescope_rolling"],
+        help="comma-separated lm-eval tasks ('none' to skip); local: prunescope_cloze,prunescope_rolling",
+    )
     e.add_argument("--limit", type=int, default=None, help="samples per lm-eval task")
     e.add_argument("--max-documents", type=int, default=None, help="documents for perplexity")
     e.add_argument("--context", type=int, default=None)
@@ -145,16 +159,28 @@ def _distill(args) -> int:
         raise CliError(f"--resume: no checkpoint in {work}")
     try:
         config = DistillConfig(
-            mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-            min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup_steps=args.warmup,
-            temperature=args.temperature, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
-            intermediate_weight=args.intermediate_weight, teacher_correction_steps=args.teacher_correction_steps,
-            val_every=args.val_every, val_batches=args.val_batches, checkpoint_every=args.checkpoint_every,
+            mode=args.mode,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            lr=args.lr,
+            min_lr=args.lr / 10 if args.min_lr is None else args.min_lr,
+            warmup_steps=args.warmup,
+            temperature=args.temperature,
+            kd_weight=args.kd_weight,
+            ce_weight=args.ce_weight,
+            intermediate_weight=args.intermediate_weight,
+            teacher_correction_steps=args.teacher_correction_steps,
+            val_every=args.val_every,
+            val_batches=args.val_batches,
+            checkpoint_every=args.checkpoint_every,
             seed=args.seed,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}") from None
+        raise CliError(
+            f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}"
+        ) from None
 
     student, tokenizer = _load(args.student, args.device)
     teacher = teacher_source = None
@@ -171,10 +197,12 @@ def _distill(args) -> int:
         if plan is None:
             raise CliError("--intermediate-weight needs the student's prune plan (prunescope_manifest.json)")
         spec = arch_spec(teacher)
-        config = config.model_copy(update={
-            "layer_map": layer_map_from_plan(plan.drop_layers, spec.num_layers),
-            "hidden_channels": hidden_channels_from_plan(plan.remove_hidden, spec.hidden_size),
-        })
+        config = config.model_copy(
+            update={
+                "layer_map": layer_map_from_plan(plan.drop_layers, spec.num_layers),
+                "hidden_channels": hidden_channels_from_plan(plan.remove_hidden, spec.hidden_size),
+            }
+        )
 
     _say(f"[data] {args.data}: tokenizing train and validation splits")
     train = PackedTokens(tokenizer, read_documents(args.data, "train"), args.seq_len)
@@ -194,31 +222,62 @@ def _distill(args) -> int:
             if m["step"] % args.log_every == 0:
                 _say(f"[teacher-correction] step {m['step']} ce {m['ce_loss']:.4f}")
         elif m["step"] % args.log_every == 0 or m["step"] == 1:
-            _say(f"[train] step {m['step']}/{config.steps} loss {m['loss']:.4f} kd {m['kd_loss']:.4f} "
-                 f"ce {m['ce_loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s")
+            _say(
+                f"[train] step {m['step']}/{config.steps} loss {m['loss']:.4f} kd {m['kd_loss']:.4f} "
+                f"ce {m['ce_loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s"
+            )
 
     try:
-        result = distill(student, teacher, train, val, config, callback=report, checkpoint_dir=work,
-                         resume=args.resume, should_stop=should_stop)
+        result = distill(
+            student,
+            teacher,
+            train,
+            val,
+            config,
+            callback=report,
+            checkpoint_dir=work,
+            resume=args.resume,
+            should_stop=should_stop,
+        )
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if result.stopped:
         _say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
         return 3
-    manifest = make_manifest(models={"student": student, **({"teacher": teacher} if teacher is not None else {})},
-                             data={"source": args.data, "seq_len": args.seq_len}, seed=args.seed,
-                             student_source=args.student, teacher_source=teacher_source)
-    save_model(student, tokenizer, out, {
-        "kind": "distilled-student", "student_source": args.student, "teacher": teacher_source,
-        "plan": plan.model_dump(mode="json") if plan is not None else None,
-        "distill": config.model_dump(mode="json"), "final_validation": result.final_validation,
-        "steps": result.steps_completed, "tokens": result.history[-1]["tokens"] if result.history else 0,
-    }, overwrite=args.overwrite)
-    write_result(out / "distill_result.json", "distill",
-                 {"history": result.history, "validation": result.validation}, manifest)
+    manifest = make_manifest(
+        models={"student": student, **({"teacher": teacher} if teacher is not None else {})},
+        data={"source": args.data, "seq_len": args.seq_len},
+        seed=args.seed,
+        student_source=args.student,
+        teacher_source=teacher_source,
+    )
+    save_model(
+        student,
+        tokenizer,
+        out,
+        {
+            "kind": "distilled-student",
+            "student_source": args.student,
+            "teacher": teacher_source,
+            "plan": plan.model_dump(mode="json") if plan is not None else None,
+            "distill": config.model_dump(mode="json"),
+            "final_validation": result.final_validation,
+            "steps": result.steps_completed,
+            "tokens": result.history[-1]["tokens"] if result.history else 0,
+        },
+        overwrite=args.overwrite,
+    )
+    write_result(
+        out / "distill_result.json",
+        "distill",
+        {"history": result.history, "validation": result.validation},
+        manifest,
+    )
     _say(f"[save] {out}")
-    print(json.dumps({"output": str(out), "steps": result.steps_completed, **(result.final_validation or {})}))
+    print(
+        json.dumps({"output": str(out), "steps": result.steps_completed, **(result.final_validation or {})})
+    )
     return 0
 
 
@@ -231,18 +290,36 @@ def _evaluate(args) -> int:
         raise CliError(f"no tokenizer found with {args.model}")
     documents = read_documents(args.data, args.split)
     _say(f"[perplexity] {args.data}:{args.split} ({len(documents)} documents)")
-    ppl = perplexity(model, documents, tokenizer, context=args.context, stride=args.stride,
-                     batch_size=args.batch_size, max_documents=args.max_documents)
+    ppl = perplexity(
+        model,
+        documents,
+        tokenizer,
+        context=args.context,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        max_documents=args.max_documents,
+    )
     tasks = [t for t in args.tasks if t.lower() != "none"]
     scores = []
     if tasks:
         _say(f"[lm-eval] {', '.join(tasks)}")
-        scores = run_lm_eval(model, tokenizer, tasks, documents=documents, limit=args.limit,
-                             batch_size=args.batch_size, seed=args.seed)
+        scores = run_lm_eval(
+            model,
+            tokenizer,
+            tasks,
+            documents=documents,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
     result = {"perplexity": ppl, "lm_eval": scores}
     if args.out:
-        manifest = make_manifest(models={"model": model}, data={"source": args.data, "split": args.split},
-                                 seed=args.seed, model_source=args.model)
+        manifest = make_manifest(
+            models={"model": model},
+            data={"source": args.data, "split": args.split},
+            seed=args.seed,
+            model_source=args.model,
+        )
         write_result(args.out, "evaluation", result, manifest)
         _say(f"[save] {args.out}")
     print(json.dumps(result, indent=2))
@@ -255,14 +332,27 @@ def _benchmark(args) -> int:
     teacher_source = _teacher_source(args.teacher)
     teacher, _ = _load(teacher_source, args.device)
     student, _ = _load(args.student, args.device)
-    report = throughput(teacher, student, batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
-                        new_tokens=args.new_tokens, repeats=args.repeats)
+    report = throughput(
+        teacher,
+        student,
+        batch_sizes=args.batch_sizes,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+    )
     if args.out:
-        manifest = make_manifest(models={"teacher": teacher, "student": student}, data=None, seed=0,
-                                 teacher_source=teacher_source, student_source=args.student)
+        manifest = make_manifest(
+            models={"teacher": teacher, "student": student},
+            data=None,
+            seed=0,
+            teacher_source=teacher_source,
+            student_source=args.student,
+        )
         write_result(args.out, "throughput", report, manifest)
     for s in report["speedup"]:
-        _say(f"[speedup] batch {s['batch_size']}: prefill x{s['prefill']:.2f}  decode x{s['decode']:.2f}  "
-             f"memory x{s['memory']:.2f}")
+        _say(
+            f"[speedup] batch {s['batch_size']}: prefill x{s['prefill']:.2f}  decode x{s['decode']:.2f}  "
+            f"memory x{s['memory']:.2f}"
+        )
     print(json.dumps(report, indent=2))
     return 0

@@ -125,8 +125,10 @@ def _up(args) -> int:
     cli = [sys.executable, "-m", "worker"]
     children = {
         "api": subprocess.Popen([*cli, "api", "--no-migrate"], env=env),
+        # Two threads: a light job (reading a new teacher, a preview) need not wait for a distillation.
         "worker": subprocess.Popen(
-            [*cli, "worker", "--device", args.device, "--queues", "default,gpu", "--loglevel", "WARNING"],
+            [*cli, "worker", "--device", args.device, "--queues", "default,gpu"]
+            + ["--pool", "threads", "--concurrency", "2", "--loglevel", "WARNING"],
             env=env,
         ),
     }

@@ -327,6 +327,36 @@ def _curve_points(curve: list[dict], count: int = 12) -> list[dict]:
     return [curve[i] for i in picks]
 
 
+_FLAGS = {
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "seq_len": "--seq-len",
+    "peak_lr": "--lr",
+    "warmup_steps": "--warmup",
+    "seed": "--seed",
+    "eval_every": "--eval-every",
+    "checkpoint_every": "--checkpoint-every",
+    "hidden_size": "--hidden",
+    "num_layers": "--layers",
+    "intermediate_size": "--intermediate",
+    "data": "--data",
+}
+
+
+def reproduce_command(recipe: dict) -> str:
+    """The `prunescope train-teacher` call that reruns a recipe (flags only where it differs from the default)."""
+    defaults = TeacherRecipe().model_dump(mode="json")
+    flags = [f"{flag} {recipe[field]}" for field, flag in _FLAGS.items() if recipe[field] != defaults[field]]
+    return " ".join(["prunescope train-teacher", *flags])
+
+
+def rewrite_card(teacher_dir: str | Path) -> None:
+    """Re-render MODEL_CARD.md from the recorded `training_curve.json` (the card is a pure function of it)."""
+    teacher_dir = Path(teacher_dir)
+    record = json.loads((teacher_dir / CURVE_FILE).read_text())
+    (teacher_dir / CARD_FILE).write_text(model_card(record["summary"], record["curve"]))
+
+
 def model_card(summary: dict, curve: list[dict]) -> str:
     r = summary["recipe"]
     rows = "\n".join(
@@ -340,6 +370,15 @@ def model_card(summary: dict, curve: list[dict]) -> str:
         if last
         else ""
     )
+    if len(curve) >= 2:
+        drop = 1 - curve[-1]["val_ppl"] / curve[-2]["val_ppl"]
+        # Say plainly whether the decay only slowed the curve or the model had converged.
+        flat += (
+            f" In the last interval it still fell {drop:.1%}: the LR schedule ended before convergence, and more "
+            "tokens would lower it further."
+            if drop > 0.005
+            else f" In the last interval it changed by {-drop:+.1%}: the curve has flattened."
+        )
     s = summary
     return f"""# Prunescope demo teacher
 
@@ -363,6 +402,8 @@ toy-scale model of Python source code, not a general language model.
 - steps: {s["steps"]}; tokens seen: {s["tokens_seen"]:,} ({s["tokens_seen"] / s["train_tokens_per_epoch"]:.2f} epochs of
   {s["train_tokens_per_epoch"]:,} train tokens); training time {s["train_seconds"] / 60:.1f} min on 2 shared CPU cores
 - corpus hash: `{s["corpus_hash"]}`
+- reproduce: `{reproduce_command(r)}` (the shipped run used `--threads 2` with `OMP_WAIT_POLICY=PASSIVE`,
+  which keeps two threads from spinning on a shared, oversubscribed CPU)
 
 ## Results (next-token perplexity over blocks of {r["seq_len"]} tokens, saved bf16 weights loaded in float32)
 - validation: **{s["validation"]["ppl"]:.4f}** over {s["validation"]["tokens"]:,} tokens

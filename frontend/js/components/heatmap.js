@@ -86,6 +86,9 @@ export class Heatmap {
 
   destroy() {
     this._resize.disconnect();
+    window.removeEventListener("mousemove", this._onWindowMove);
+    window.removeEventListener("mouseup", this._onWindowUp);
+    hideTooltip();
   }
 
   /** z: array of rows (arrays); domain: optional [lo, hi] fixed across zoom levels. */
@@ -259,7 +262,8 @@ export class Heatmap {
       ev.preventDefault();
       start = this.cellAt(ev);
     });
-    window.addEventListener("mousemove", (ev) => {
+    // Drags may leave the canvas: follow them on the window (removed again in destroy()).
+    this._onWindowMove = (ev) => {
       if (!start) return;
       const [, , x, y] = this.cellAt(ev);
       const [, , x0, y0] = start;
@@ -275,8 +279,8 @@ export class Heatmap {
         height: `${this.o.boxColumnsOnly ? rect.height : Math.abs(cy - y0)}px`,
       });
       this.box.classList.remove("hidden");
-    });
-    window.addEventListener("mouseup", (ev) => {
+    };
+    this._onWindowUp = (ev) => {
       if (!start) return;
       const [r1, c1, x, y] = this.cellAt(ev);
       const [r0, c0, x0, y0] = start;
@@ -291,7 +295,9 @@ export class Heatmap {
           ev,
         );
       }
-    });
+    };
+    window.addEventListener("mousemove", this._onWindowMove);
+    window.addEventListener("mouseup", this._onWindowUp);
     canvas.addEventListener("mousemove", (ev) => {
       if (!this.z) return;
       const [r, c] = this.cellAt(ev);

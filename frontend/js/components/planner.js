@@ -68,8 +68,17 @@ export class Planner {
     this.studentErr = h("div.error-msg");
     this.studentInfo = h("div");
 
+    // Saved plans of this teacher: picking one opens it (the URL then names it).
+    this.plansSelect = h("select", { dataset: { testid: "saved-plans" }, onchange: (ev) => {
+      if (ev.target.value) location.hash = href("explore", [this.ctx.run.id], { plan: ev.target.value });
+    } }, h("option", { value: "" }, "saved plans…"));
+    api.get(`/plans?teacher_id=${this.ctx.teacher.id}`).then((plans) => {
+      for (const p of plans) this.plansSelect.append(h("option", { value: p.id }, `#${p.id} ${p.name} (v${p.version})${p.importance_run_id === this.ctx.run.id ? "" : ` · run ${p.importance_run_id ?? "–"}`}`));
+    }).catch(() => {});
+
     mount(this.el,
       h("header", h("h2", "Plan"), this.undoBtn, this.redoBtn, this.clearBtn),
+      h("div.row.tight", { style: { marginBottom: "8px" } }, this.plansSelect),
       this.summary,
       this.messages,
       h("h3.section-title", "Fill to target"),

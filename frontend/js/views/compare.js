@@ -51,6 +51,10 @@ export async function compareView(host, { query }, ctx) {
     load();
   }
 
+  // Curves keep growing while distillations run: redraw them every few seconds while the page is open.
+  let curveTimer = null;
+  ctx.onCleanup(() => clearInterval(curveTimer));
+
   async function load() {
     if (!chosen.size && !teacherId) {
       mount(result, h("section.panel", h("div.empty", "Pick two or more models on the left, or run the depth-vs-width study.")));
@@ -81,6 +85,8 @@ export async function compareView(host, { query }, ctx) {
         }
       },
     }, "Evaluate & benchmark all");
+    clearInterval(curveTimer);
+    curveTimer = setInterval(() => { if (ctx.alive) drawCurves(curvesPlot, models); }, 5000);
     mount(result,
       h("section.panel", h("header", h("h2", "Architecture")), archDiff(models)),
       h("section.panel", h("header", h("h2", "Benchmarks"), h("span.hint", "★ best in column"), benchBtn), benchTable(models), benchErr),
@@ -110,10 +116,10 @@ export async function compareView(host, { query }, ctx) {
     }
     if (!ctx.alive) return;
     if (!traces.length) {
-      mount(el, h("div.empty", "No distillation curve yet for these models."));
+      if (!el.data) mount(el, h("div.empty", "No distillation curve yet for these models."));
       return;
     }
-    el.replaceChildren();
+    if (!el.data) el.replaceChildren(); // drop the placeholder once, then let plotly update in place
     Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } } }, yaxis: { type: metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
   }
 
@@ -223,11 +229,15 @@ export function depthTarget(spec, budget) {
  */
 export function widthTarget(spec, budget) {
   // Hardware-friendly multiples on real models; exact sizes on toy ones where 8 is a big step.
+  // transformers' config validation also wants hidden % num_heads == 0, even with head_dim explicit.
+  const gcd = (a, b) => (b ? gcd(b, a % b) : a);
+  const lcm = (a, b) => (a * b) / gcd(a, b);
   const step = (dim) => (dim >= 2048 ? 64 : dim >= 256 ? 8 : 1);
-  const round = (x, dim) => Math.max(step(dim), Math.floor(x / step(dim)) * step(dim));
+  const hiddenStep = lcm(step(spec.hidden_size), spec.num_heads);
+  const round = (x, unit) => Math.max(unit, Math.floor(x / unit) * unit);
   for (let r = 1; r > 0.02; r -= 0.0025) {
-    const hidden = round(spec.hidden_size * r, spec.hidden_size);
-    const inter = round(spec.intermediate_size * r, spec.intermediate_size);
+    const hidden = round(spec.hidden_size * r, hiddenStep);
+    const inter = round(spec.intermediate_size * r, step(spec.intermediate_size));
     const shapes = Array.from({ length: spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: inter }));
     if (paramCount(spec, hidden, shapes).total <= budget) return { hidden_size: hidden, intermediate_size: inter };
   }

@@ -79,6 +79,7 @@ export async function explorerView(host, { args, query }, ctx) {
   const hiddenBar = h("div");
   const layersPlot = h("div.plot", { dataset: { testid: "layers-plot" } });
   const zoomInfo = h("span.hint");
+  const layerStability = h("span.row.tight");
   const timing = h("span.hint", { dataset: { testid: "first-paint" } });
 
   const aggControls = h("div.row",
@@ -124,7 +125,8 @@ export async function explorerView(host, { args, query }, ctx) {
         h("section.panel",
           h("header", h("h2", "Layers"),
             h("span.ctl", h("span", "score"), segmented([["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"]], view.layerMetric, (v) => { view.layerMetric = v; setQuery({ layer: v }); drawLayers(); }, { dataset: { testid: "layer-metric" } })),
-            h("span.hint", "click a bar to drop / keep (a block bar toggles its whole block)")),
+            layerStability),
+          h("div.hint", "click a bar to drop / keep a layer (a block-scan bar toggles its whole block)"),
           layersPlot),
       ),
       planner.el,
@@ -238,10 +240,17 @@ export async function explorerView(host, { args, query }, ctx) {
     if (neuronOrder && neuronOrder.key === key + ":loading") return neuronOrder.promise;
     const promise = (async () => {
       const F = spec.intermediate_size;
-      const full = await api.get(`/importance-runs/${run.id}/neurons${qs({ batch: view.batch, seq: view.seq, order: "natural", bins: F })}`);
+      // One neuron per bin, in chunks the server accepts (bins <= 4096), concatenated per layer.
+      const CHUNK = 4096;
+      const chunks = [];
+      for (let start = 0; start < F; start += CHUNK) {
+        const end = Math.min(F, start + CHUNK);
+        chunks.push(api.get(`/importance-runs/${run.id}/neurons${qs({ batch: view.batch, seq: view.seq, order: "natural", bins: end - start, start, end })}`));
+      }
+      const parts = await Promise.all(chunks);
       const order = new Map();
-      full.layers.forEach((layer, i) => {
-        const z = full.z[i];
+      parts[0].layers.forEach((layer, i) => {
+        const z = parts.flatMap((part) => part.z[i]);
         const idx = Int32Array.from(z.keys());
         idx.sort((a, b) => z[b] - z[a] || a - b);
         order.set(layer, idx);
@@ -476,7 +485,12 @@ export async function explorerView(host, { args, query }, ctx) {
     loadHeads(),
     loadNeurons(),
     loadHidden(),
-    api.get(`/importance-runs/${run.id}/stability`).then((s) => mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), stabilityBadge("neurons", s.neurons), stabilityBadge("hidden", s.hidden))).catch(() => {}),
+    api.get(`/importance-runs/${run.id}/stability`).then((s) => {
+      mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), stabilityBadge("neurons", s.neurons), stabilityBadge("hidden", s.hidden));
+      // Depth scores have their own split-half agreement (block_importance, drop_loss, block_loss_k2 …).
+      const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k));
+      mount(layerStability, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k="), s[k])));
+    }).catch(() => {}),
   ]);
   const paint = performance.now() - t0;
   timing.textContent = `first paint ${Math.round(paint)} ms`;
@@ -488,7 +502,12 @@ export async function explorerView(host, { args, query }, ctx) {
   }
   await drawLayers();
   // Sorted neuron marks need each layer's ranking: fetch it now, after the first paint.
-  if (view.order === "sorted") ensureOrder().then(() => { if (ctx.alive) { computeNeuronMarks(); neurons.draw(); } }).catch(() => {});
+  if (view.order === "sorted") {
+    ensureOrder().then(() => {
+      window.__prunescopeNeuronOrderMs = performance.now() - t0; // read by bench/dashboard_first_paint.py
+      if (ctx.alive) { computeNeuronMarks(); neurons.draw(); }
+    }).catch(() => {});
+  }
 }
 
 /** No run in the URL: list every finished importance run. */

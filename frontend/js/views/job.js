@@ -10,9 +10,18 @@ import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 
-const TRAIN = ["kd_loss", "ce_loss", "loss"];
-const VALID = ["val_ppl", "val_loss", "val_kl"];
-const OTHER = ["lr", "grad_norm", "tokens_per_s"];
+// One small chart per metric (W&B style): losses of very different scales never share an axis.
+const METRICS = [
+  ["kd_loss", "KD loss · KL(teacher ‖ student)"],
+  ["ce_loss", "CE loss"],
+  ["loss", "training loss (optimised)"],
+  ["val_ppl", "validation perplexity"],
+  ["val_loss", "validation loss"],
+  ["val_kl", "validation KL to the teacher"],
+  ["grad_norm", "gradient norm"],
+  ["lr", "learning rate"],
+  ["tokens_per_s", "throughput (tokens / s)"],
+];
 export const X_FIELDS = { step: ["step", "step"], tokens: ["tokens", "tokens"], time: ["t", "wall time (s)"] };
 
 /** Series store: name -> Map(step -> point), so replayed / refetched points never duplicate. */
@@ -88,9 +97,14 @@ export async function jobView(host, { args, query }, ctx) {
 
   const header = h("div");
   const actionErr = h("div.error-msg");
-  const trainPlot = h("div.plot.tall", { dataset: { testid: "train-plot" } });
-  const validPlot = h("div.plot", { dataset: { testid: "valid-plot" } });
-  const otherPlot = h("div.plot", { dataset: { testid: "other-plot" } });
+  const waiting = h("section.panel", h("div.empty", job.kind === "distill" ? "Waiting for the first training step…" : `A ${job.kind} job records no curves: its numbers appear under Result.`));
+  const charts = new Map(
+    METRICS.map(([name, label]) => {
+      const plot = h("div.plot", { dataset: { testid: `plot-${name}` } });
+      const panel = h("section.panel.hidden", h("header", h("h2", label)), plot);
+      return [name, { panel, plot }];
+    }),
+  );
   const logBox = h("div.log", { dataset: { testid: "job-log" } });
   const resultBox = h("div", { dataset: { testid: "job-result" } });
   const benchBox = h("div");
@@ -106,15 +120,11 @@ export async function jobView(host, { args, query }, ctx) {
         h("span.ctl", h("span", "smoothing"), slider, smoothLabel),
         h("label.check", h("input", { type: "checkbox", checked: view.logy, dataset: { testid: "logy" }, onchange: (ev) => { view.logy = ev.target.checked; setQuery({ logy: view.logy ? "1" : "" }); schedule(); } }), "log y"),
         h("span.spacer"), pointCount)),
-    h("div.grid.two",
-      h("section.panel", h("header", h("h2", "Training loss")), trainPlot),
-      h("section.panel", h("header", h("h2", "Validation")), validPlot)),
-    h("div.grid.two", { style: { marginTop: "14px" } },
-      h("section.panel", h("header", h("h2", "Optimiser")), otherPlot),
-      h("section.panel", h("header", h("h2", "Log")), logBox)),
-    h("div.grid.two", { style: { marginTop: "14px" } },
+    h("div.grid.charts", waiting, Array.from(charts.values(), (c) => c.panel)),
+    h("div.grid.three", { style: { marginTop: "14px" } },
       h("section.panel", h("header", h("h2", "Result")), resultBox),
-      h("section.panel", h("header", h("h2", "Benchmarks of this student")), benchBox)),
+      h("section.panel", h("header", h("h2", "Benchmarks of this student")), benchBox),
+      h("section.panel", h("header", h("h2", "Log")), logBox)),
   );
 
   function renderHeader() {
@@ -176,18 +186,21 @@ export async function jobView(host, { args, query }, ctx) {
     const opts = { x: view.x, weight: view.smooth };
     const xaxis = { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } };
     const yaxis = { type: view.logy ? "log" : "linear" };
-    const draw = (el, names, emptyText, extra = {}) => {
-      const traces = curveTraces(store, names, { ...opts, ...extra });
-      if (!traces.length) {
-        if (!el.querySelector(".empty")) mount(el, h("div.empty", emptyText));
-        return;
-      }
-      if (el.querySelector(".empty")) el.replaceChildren();
-      Plotly.react(el, traces, baseLayout({ xaxis, yaxis, height: el.classList.contains("tall") ? 320 : 240 }), PLOT_CONFIG);
-    };
-    draw(trainPlot, TRAIN, "Waiting for the first training step…");
-    draw(validPlot, VALID, "Validation points appear every val_every steps.");
-    draw(otherPlot, OTHER.filter((n) => n !== "tokens_per_s"), "–", { colorOffset: 3 });
+    // Show every panel that has data first, then draw at the final widths (explicit, so a panel
+    // appearing later never leaves its neighbours drawn at a stale size).
+    for (const [name] of METRICS) if (store.count(name)) charts.get(name).panel.classList.remove("hidden");
+    let any = false;
+    METRICS.forEach(([name], i) => {
+      const { plot } = charts.get(name);
+      // Validation points are sparse: smoothing them would blur the few real measurements.
+      const weight = name.startsWith("val_") ? 0 : opts.weight;
+      const traces = curveTraces(store, [name], { ...opts, weight, colorOffset: i });
+      if (!traces.length) return;
+      any = true;
+      const layout = baseLayout({ xaxis, yaxis, height: 220, width: plot.clientWidth || undefined, showlegend: false, margin: { l: 52, r: 10, t: 6, b: 34 } });
+      Plotly.react(plot, traces, layout, PLOT_CONFIG);
+    });
+    waiting.classList.toggle("hidden", any);
     pointCount.textContent = `${store.count("loss") || store.count("kd_loss") || store.count("ce_loss")} steps · ${store.count("val_ppl") || store.count("val_loss")} validation points`;
     pointCount.dataset.steps = String(store.count("loss") || store.count("kd_loss") || store.count("ce_loss"));
   }
@@ -234,9 +247,12 @@ export async function jobView(host, { args, query }, ctx) {
       log: (line) => appendLog(line),
     });
   }
+  // Charts are drawn at explicit widths: redraw them when the window changes size.
+  window.addEventListener("resize", schedule);
   ctx.onCleanup(() => {
     if (close) close();
     clearTimeout(timer);
+    window.removeEventListener("resize", schedule);
   });
 
   async function loadBenchmarks() {

@@ -1,7 +1,7 @@
 // Runs: students and their jobs; queue distillation (or the no-teacher baseline), evaluation, benchmark.
 // URL: #/runs?student=<id>
 
-import { api, showError } from "../api.js";
+import { api, authUrl, showError } from "../api.js";
 import { field, progressBar, readForm, statusBadge } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
@@ -87,13 +87,18 @@ export async function runsView(host, { query }, ctx) {
       }))));
   }
 
+  const teacherName = (id) => {
+    const t = state.teachers.find((x) => x.id === id);
+    return t ? h("span.muted", `teacher ${t.name}`) : "–";
+  };
+
   function jobRow(j) {
     const student = state.students.find((s) => s.id === j.student_id);
     return h("tr.clickable", { dataset: { jobId: j.id }, onclick: () => go("job", [j.id]) },
-      h("td.mono", `#${j.id}`), h("td", j.kind, j.params?.baseline ? h("span.badge", { style: { marginLeft: "6px" } }, "baseline") : null),
-      h("td", student ? student.name : j.student_id ? `student ${j.student_id}` : "–"),
+      h("td.mono", `#${j.id}`), h("td.nowrap", j.kind, j.params?.baseline ? h("span.badge", { style: { marginLeft: "6px" } }, "baseline") : null),
+      h("td", student ? student.name : j.student_id ? `student ${j.student_id}` : teacherName(j.teacher_id)),
       h("td", statusBadge(j.status), j.error ? h("div.field-error", j.error) : null),
-      h("td", { style: { width: "28%" } }, progressBar(j)), h("td.faint", when(j.created_at)));
+      h("td", { style: { width: "26%" } }, progressBar(j)), h("td.faint.nowrap", when(j.created_at)));
   }
 
   function renderRecent() {
@@ -153,7 +158,7 @@ export async function runsView(host, { query }, ctx) {
       h("section.panel", { dataset: { testid: "student-detail" } },
         h("header", h("h2", s.name), statusBadge(s.status),
           h("a.btn", { href: href("compare", [], { students: s.id, teacher: s.teacher_id }) }, "Compare with teacher"),
-          s.status === "ready" ? h("a.btn", { href: `/api/v1/students/${s.id}/download` }, "Download") : null),
+          s.status === "ready" ? h("a.btn", { href: authUrl(`/students/${s.id}/download`) }, "Download") : null),
         s.error ? h("div.error-msg", s.error) : null,
         spec ? h("dl.kv",
           h("dt", "shape"), h("dd", `${spec.num_layers} layers · hidden ${spec.hidden_size} · heads ${spec.num_heads}/${spec.num_kv_heads} · MLP ${spec.intermediate_size}${spec.uniform ? "" : " (non-uniform)"}`),

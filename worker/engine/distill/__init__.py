@@ -5,6 +5,7 @@ Public API: `DistillConfig`, `distill`, `DistillResult`, `validate`, `correct_te
 """
 
 from worker.engine.distill.config import DistillConfig
+from worker.engine.distill.loop import DistillResult, batch_loss, correct_teacher, distill, validate
 from worker.engine.distill.losses import (
     LossWeights,
     chunked_distill_loss,
@@ -13,7 +14,6 @@ from worker.engine.distill.losses import (
     layer_map_from_plan,
     reference_distill_loss,
 )
-from worker.engine.distill.loop import DistillResult, batch_loss, correct_teacher, distill, validate
 
 
 def config_for_plan(plan, teacher_spec, **overrides) -> DistillConfig:
@@ -27,7 +27,17 @@ def config_for_plan(plan, teacher_spec, **overrides) -> DistillConfig:
 
 
 __all__ = [
-    "DistillConfig", "DistillResult", "LossWeights", "batch_loss", "chunked_distill_loss", "config_for_plan",
-    "correct_teacher", "cosine_state_loss", "distill", "hidden_channels_from_plan", "layer_map_from_plan",
-    "reference_distill_loss", "validate",
+    "DistillConfig",
+    "DistillResult",
+    "LossWeights",
+    "batch_loss",
+    "chunked_distill_loss",
+    "config_for_plan",
+    "correct_teacher",
+    "cosine_state_loss",
+    "distill",
+    "hidden_channels_from_plan",
+    "layer_map_from_plan",
+    "reference_distill_loss",
+    "validate",
 ]

@@ -26,7 +26,8 @@ class DistillConfig(BaseModel):
     intermediate_weight: float = Field(0.0, ge=0)  # cosine loss on mapped hidden states
     layer_map: list[int] | None = None  # student layer j -> teacher layer; default identity
     hidden_channels: list[int] | None = None  # teacher channels kept by the student, if hidden was cut
-    chunk_tokens: int = Field(1024, ge=1)
+    # Tokens per LM-head chunk; None: as many as fit CHUNK_LOGITS logits (see losses.auto_chunk_tokens).
+    chunk_tokens: int | None = Field(None, ge=1)
     seed: int = 0
     val_every: int = Field(50, ge=0)  # 0: only at the end
     val_batches: int = Field(8, ge=1)
@@ -40,7 +41,12 @@ class DistillConfig(BaseModel):
     def _check(self):
         if self.min_lr > self.lr:
             raise ValueError("min_lr must not exceed lr")
-        if self.mode == "kd" and self.kd_weight == 0 and self.ce_weight == 0 and self.intermediate_weight == 0:
+        if (
+            self.mode == "kd"
+            and self.kd_weight == 0
+            and self.ce_weight == 0
+            and self.intermediate_weight == 0
+        ):
             raise ValueError("kd_weight, ce_weight and intermediate_weight are all 0: nothing to train on")
         if self.mode == "ce" and self.intermediate_weight:
             raise ValueError("intermediate_weight needs a teacher; mode 'ce' has none")
@@ -56,6 +62,16 @@ class DistillConfig(BaseModel):
 
     # Fields that must match for a resume to continue the same run exactly.
     RESUME_FIELDS: ClassVar[tuple[str, ...]] = (
-        "mode", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "seed", "temperature",
-        "kd_weight", "ce_weight", "intermediate_weight", "teacher_correction_steps",
+        "mode",
+        "batch_size",
+        "grad_accum",
+        "lr",
+        "min_lr",
+        "warmup_steps",
+        "seed",
+        "temperature",
+        "kd_weight",
+        "ce_weight",
+        "intermediate_weight",
+        "teacher_correction_steps",
     )

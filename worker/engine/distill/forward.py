@@ -41,7 +41,9 @@ def capture_layer_outputs(model: nn.Module, enabled: bool):
             handle.remove()
 
 
-def final_hidden(model: nn.Module, input_ids: torch.Tensor, *, layer_states: bool = False, attention_mask=None):
+def final_hidden(
+    model: nn.Module, input_ids: torch.Tensor, *, layer_states: bool = False, attention_mask=None
+):
     """(final normed hidden states [B, S, D], per-layer outputs or [])."""
     with capture_layer_outputs(model, layer_states) as states:
         out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

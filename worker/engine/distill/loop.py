@@ -95,8 +95,9 @@ def validate(student, teacher, val, config: DistillConfig) -> dict:
         for block in val.sequential(config.batch_size, limit=config.val_batches * config.batch_size):
             ids = block.to(device)
             with _autocast(device, config):
-                _, kd, ce, _ = batch_loss(student, teacher, ids, weights, config.model_copy(
-                    update={"intermediate_weight": 0.0}))
+                _, kd, ce, _ = batch_loss(
+                    student, teacher, ids, weights, config.model_copy(update={"intermediate_weight": 0.0})
+                )
             n = ids.shape[0] * (ids.shape[1] - 1)
             ce_sum += float(ce) * n
             kl_sum += float(kd) * n
@@ -119,7 +120,9 @@ def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | 
     steps = config.teacher_correction_steps
     lr = config.teacher_correction_lr_factor * (config.teacher_peak_lr or config.lr)
     warmup = min(config.warmup_steps, steps // 10)
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        teacher.parameters(), lr=lr, betas=config.betas, weight_decay=config.weight_decay
+    )
     # Short warm-up, then constant at the reduced LR (a correction, not a new training run).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
     weights = LossWeights(kd=0.0, ce=1.0)
@@ -129,7 +132,9 @@ def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | 
         ce_total = 0.0
         for micro in range(config.grad_accum):
             # A different seed than distillation's so the correction does not pre-view the same order.
-            ids = train.batch(step * config.grad_accum + micro, config.batch_size, config.seed + 7919).to(device)
+            ids = train.batch(step * config.grad_accum + micro, config.batch_size, config.seed + 7919).to(
+                device
+            )
             with _autocast(device, config):
                 total, _, ce, _ = batch_loss(teacher, None, ids, weights, config)
             (total / config.grad_accum).backward()
@@ -139,8 +144,15 @@ def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | 
         optimizer.step()
         scheduler.step()
         if callback:
-            callback({"phase": "teacher_correction", "step": step + 1, "ce_loss": ce_total, "lr": current_lr,
-                      "grad_norm": float(grad_norm)})
+            callback(
+                {
+                    "phase": "teacher_correction",
+                    "step": step + 1,
+                    "ce_loss": ce_total,
+                    "lr": current_lr,
+                    "grad_norm": float(grad_norm),
+                }
+            )
     teacher.zero_grad(set_to_none=True)
     teacher.eval()
     return teacher
@@ -209,13 +221,19 @@ def distill(
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda_for(peak=config.lr, minimum=config.min_lr, warmup=config.warmup_steps, total=config.steps)
+        optimizer,
+        lambda_for(peak=config.lr, minimum=config.min_lr, warmup=config.warmup_steps, total=config.steps),
     )
     start, tokens, elapsed = 0, 0, 0.0
     history: list[dict] = []
     validation: list[dict] = []
     if state is not None:
-        student.load_state_dict(state["student"])
+        try:
+            student.load_state_dict(state["student"])
+        except RuntimeError as exc:  # a checkpoint of another architecture
+            raise ValueError(
+                f"cannot resume: the checkpoint does not fit this student ({exc})".splitlines()[0]
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -225,14 +243,25 @@ def distill(
     def checkpoint(step: int, *, stopped: bool, finished: bool) -> Path | None:
         if checkpoint_dir is None:
             return None
-        return save_checkpoint(checkpoint_dir, {
-            "step": step, "tokens": tokens, "elapsed": elapsed, "stopped": stopped, "finished": finished,
-            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng_state(), "config": config.model_dump(mode="json"),
-            # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed).
-            "data_position": {"next_batch": step * config.grad_accum, "seed": config.seed},
-            "history": history, "validation": validation,
-        })
+        return save_checkpoint(
+            checkpoint_dir,
+            {
+                "step": step,
+                "tokens": tokens,
+                "elapsed": elapsed,
+                "stopped": stopped,
+                "finished": finished,
+                "student": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "config": config.model_dump(mode="json"),
+                # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed).
+                "data_position": {"next_batch": step * config.grad_accum, "seed": config.seed},
+                "history": history,
+                "validation": validation,
+            },
+        )
 
     def run_validation(step: int) -> None:
         metrics = validate(student, teacher, val, config)
@@ -269,9 +298,16 @@ def distill(
         seconds = time.perf_counter() - began
         tokens += step_tokens
         elapsed += seconds
-        metrics = {"phase": "train", "step": step + 1, "tokens": tokens, **sums, "lr": lr,
-                   "grad_norm": float(grad_norm), "tokens_per_s": step_tokens / max(seconds, 1e-9),
-                   "elapsed": elapsed}
+        metrics = {
+            "phase": "train",
+            "step": step + 1,
+            "tokens": tokens,
+            **sums,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": step_tokens / max(seconds, 1e-9),
+            "elapsed": elapsed,
+        }
         history.append(metrics)
         emit(metrics)
         done = step + 1
@@ -284,6 +320,10 @@ def distill(
     student.zero_grad(set_to_none=True)
     student.eval()
     return DistillResult(
-        steps_completed=step, stopped=stopped, history=history, validation=validation,
-        checkpoint=last_saved, teacher=corrected,
+        steps_completed=step,
+        stopped=stopped,
+        history=history,
+        validation=validation,
+        checkpoint=last_saved,
+        teacher=corrected,
     )

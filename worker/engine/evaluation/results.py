@@ -37,8 +37,9 @@ def library_versions() -> dict:
     return versions
 
 
-def make_manifest(*, models: dict | None = None, data: str | dict | None = None, seed: int | None = None,
-                  **extra) -> dict:
+def make_manifest(
+    *, models: dict | None = None, data: str | dict | None = None, seed: int | None = None, **extra
+) -> dict:
     """`models` maps a role ("model", "teacher", "student") to a module (hashed) or a ready string."""
     hashes = {}
     for role, model in (models or {}).items():

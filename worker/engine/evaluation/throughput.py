@@ -60,8 +60,9 @@ def _one_round(model, prompt, new_tokens, device):
     return prefill, decode, _cache_bytes(cache)
 
 
-def measure_model(model, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, repeats=3, warmup=1,
-                  seed=0) -> dict:
+def measure_model(
+    model, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, repeats=3, warmup=1, seed=0
+) -> dict:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -83,39 +84,55 @@ def measure_model(model, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, r
                 peak, method = torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
             else:
                 peak, method = param_bytes + timings[-1][2], "weights+kv_cache"
-            rows.append({
-                "batch_size": batch,
-                "prompt_len": prompt_len,
-                "new_tokens": new_tokens,
-                "prefill_tokens_per_s": batch * prompt_len / prefill,
-                "decode_tokens_per_s": batch * new_tokens / decode,
-                "latency_per_token_s": decode / new_tokens,
-                "peak_memory_bytes": int(peak),
-                "memory_method": method,
-            })
+            rows.append(
+                {
+                    "batch_size": batch,
+                    "prompt_len": prompt_len,
+                    "new_tokens": new_tokens,
+                    "prefill_tokens_per_s": batch * prompt_len / prefill,
+                    "decode_tokens_per_s": batch * new_tokens / decode,
+                    "latency_per_token_s": decode / new_tokens,
+                    "peak_memory_bytes": int(peak),
+                    "memory_method": method,
+                }
+            )
     finally:
         model.train(was_training)
     return {"parameters": count_parameters(model), "device": str(device), "runs": rows}
 
 
-def throughput(teacher, student, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, repeats=3, warmup=1,
-               seed=0) -> dict:
+def throughput(
+    teacher, student, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, repeats=3, warmup=1, seed=0
+) -> dict:
     """{"teacher": ..., "student": ..., "speedup": [per batch size: prefill, decode, latency ratios]}."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError("batch_sizes must be positive integers")
     if prompt_len < 1 or new_tokens < 1 or repeats < 1:
         raise ValueError("prompt_len, new_tokens and repeats must be >= 1")
-    kwargs = dict(batch_sizes=tuple(batch_sizes), prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
-                  warmup=warmup, seed=seed)
+    kwargs = dict(
+        batch_sizes=tuple(batch_sizes),
+        prompt_len=prompt_len,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        warmup=warmup,
+        seed=seed,
+    )
     t = measure_model(teacher, **kwargs)
     s = measure_model(student, **kwargs)
     speedup = []
     for tr, sr in zip(t["runs"], s["runs"]):
-        speedup.append({
-            "batch_size": tr["batch_size"],
-            "prefill": sr["prefill_tokens_per_s"] / tr["prefill_tokens_per_s"],
-            "decode": sr["decode_tokens_per_s"] / tr["decode_tokens_per_s"],
-            "latency": tr["latency_per_token_s"] / sr["latency_per_token_s"],
-            "memory": tr["peak_memory_bytes"] / sr["peak_memory_bytes"],
-        })
-    return {"teacher": t, "student": s, "speedup": speedup, "parameter_ratio": s["parameters"] / t["parameters"]}
+        speedup.append(
+            {
+                "batch_size": tr["batch_size"],
+                "prefill": sr["prefill_tokens_per_s"] / tr["prefill_tokens_per_s"],
+                "decode": sr["decode_tokens_per_s"] / tr["decode_tokens_per_s"],
+                "latency": tr["latency_per_token_s"] / sr["latency_per_token_s"],
+                "memory": tr["peak_memory_bytes"] / sr["peak_memory_bytes"],
+            }
+        )
+    return {
+        "teacher": t,
+        "student": s,
+        "speedup": speedup,
+        "parameter_ratio": s["parameters"] / t["parameters"],
+    }

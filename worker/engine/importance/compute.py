@@ -77,12 +77,13 @@ def compute_importance(
     try:
         with torch.inference_mode(), hooks:
             for batch in batches:
-                has_padding = bool(
-                    (batch["attention_mask"] == 0).any()
-                )  # on the host copy: no device sync later
+                host_mask = batch.get("attention_mask")
+                if host_mask is None:
+                    host_mask = torch.ones_like(batch["input_ids"])
                 input_ids = batch["input_ids"].to(device)
-                attention_mask = batch["attention_mask"].to(device)
-                ctx = BatchContext(attention_mask, samples, has_padding)
+                attention_mask = host_mask.to(device)
+                # The padding layout is read from the host copy, so hooks never wait on the device.
+                ctx = BatchContext(attention_mask, samples, host_mask=host_mask)
                 hooks.begin_batch(ctx)
                 hooks.enabled = True
                 logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -109,11 +110,7 @@ def compute_importance(
         raise ValueError("no calibration samples: the batches were empty")
 
     arrays = {"samples": torch.tensor([(samples + 1) // 2, samples // 2], dtype=torch.float32).numpy()}
-    arrays["heads"], arrays["neurons"], arrays["hidden"] = (
-        hooks.heads.numpy(),
-        hooks.neurons.numpy(),
-        hooks.hidden.numpy(),
-    )
+    arrays.update(heads=hooks.heads.numpy(), neurons=hooks.neurons.numpy(), hidden=hooks.hidden.numpy())
     if "bi" in scans:
         arrays["block_importance"] = hooks.bi.numpy()
     if loss_scans:

@@ -92,19 +92,31 @@ class ImportanceHooks:
         self.calls = [None] * len(self.layers)  # drop the previous batch's cache before this one runs
         for axis in self.axes:
             axis.begin_batch(ctx)
+        # Small per-token values, reduced for all layers at once in end_batch (fewer kernel launches).
+        batch, seq = ctx.mask.shape
+        num_layers, heads = self.heads.rows, self.heads.units
+        device = self.heads.sums.device
+        self.head_norms = torch.zeros((num_layers, batch, seq, heads), dtype=torch.float32, device=device)
+        # |layer input|, |layer output|, |input - output| per token, for 1 - cos
+        self.bi_norms = torch.ones((3, num_layers, batch, seq), dtype=torch.float32, device=device)
+        self._last_output = None  # (tensor, layer): layer i's output is layer i + 1's input
 
     def end_batch(self) -> None:
+        self.heads.add_all_rows(self.head_norms, self.ctx)
+        if self.block_importance:
+            n_in, n_out, n_diff = self.bi_norms
+            self.bi.add_all_rows(one_minus_cosine_from_norms(n_in, n_out, n_diff).unsqueeze(-1), self.ctx)
         for axis in self.axes:
             axis.end_batch(self.ctx)
+        self.head_norms = self.bi_norms = self._last_output = None
 
     # ---- the hooks ------------------------------------------------------------------------
     def _heads_hook(self, i: int):
         def hook(module, args):
             if self.enabled:
                 x = args[0]
-                per_head = x.view(*x.shape[:-1], -1, self.head_dim)
-                norms = torch.linalg.vector_norm(per_head, dim=-1, dtype=torch.float32)  # [B, S, H]
-                self.heads.add(i, norms, self.ctx)
+                per_head = x.reshape(*x.shape[:-1], -1, self.head_dim)  # a view when x is contiguous
+                torch.linalg.vector_norm(per_head, dim=-1, dtype=torch.float32, out=self.head_norms[i])
 
         return hook
 
@@ -130,18 +142,26 @@ class ImportanceHooks:
             if self.record_calls:
                 self.calls[i] = call
             if self.block_importance:
-                self.bi.add(i, one_minus_cosine(call.hidden, layer_output(output)).unsqueeze(-1), self.ctx)
+                x_in, x_out = call.hidden, layer_output(output)
+                n_in, n_out, n_diff = self.bi_norms[0, i], self.bi_norms[1, i], self.bi_norms[2, i]
+                last = self._last_output
+                if last is not None and last[0] is x_in:
+                    n_in.copy_(self.bi_norms[1, last[1]])  # already measured as the previous layer's output
+                else:
+                    torch.linalg.vector_norm(x_in, dim=-1, dtype=torch.float32, out=n_in)
+                torch.linalg.vector_norm(x_out, dim=-1, dtype=torch.float32, out=n_out)
+                torch.linalg.vector_norm(x_in - x_out, dim=-1, dtype=torch.float32, out=n_diff)
+                self._last_output = (x_out, i)
 
         return hook
 
 
-def one_minus_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - cos(a, b) per token in float32, without float32 copies of a and b.
+def one_minus_cosine_from_norms(n_a: torch.Tensor, n_b: torch.Tensor, n_diff: torch.Tensor) -> torch.Tensor:
+    """1 - cos(a, b) from |a|, |b| and |a - b| (float32), since |a - b|^2 = |a|^2 + |b|^2 - 2 a.b:
 
-    Uses |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, i.e. 1 - cos = (|a - b|^2 - (|a| - |b|)^2) / (2 |a| |b|):
-    three norms whose float32 accumulation is fused into the reduction, and no 1 - (cos ~ 1) cancellation.
+        1 - cos = (|a - b|^2 - (|a| - |b|)^2) / (2 |a| |b|)
+
+    Three norms whose float32 accumulation is fused into the reduction (no float32 copies of a and b
+    for bf16 models) and no 1 - (cos ~ 1) cancellation.
     """
-    na = torch.linalg.vector_norm(a, dim=-1, dtype=torch.float32)
-    nb = torch.linalg.vector_norm(b, dim=-1, dtype=torch.float32)
-    nd = torch.linalg.vector_norm(a - b, dim=-1, dtype=torch.float32)
-    return ((nd * nd - (na - nb) ** 2) / (2 * na * nb).clamp_min(1e-30)).clamp(0.0, 2.0)
+    return ((n_diff * n_diff - (n_a - n_b) ** 2) / (2 * n_a * n_b).clamp_min(1e-30)).clamp(0.0, 2.0)
