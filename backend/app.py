@@ -11,14 +11,13 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import plotly
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from backend.api import compare, events, importance, jobs, plans, students, system, teachers
-from backend.db import engine_for
+from backend.db import session_factory, transaction
 from backend.events import publish_wakeup
 from backend.notifier import Notifier
 from backend.reaper import reap_lost_jobs
@@ -59,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.sessionmaker = sessionmaker(engine_for(settings.resolved_database_url), expire_on_commit=False)
+    app.state.sessionmaker = session_factory(settings.resolved_database_url)
     app.state.notifier = Notifier(settings.broker_url, settings.redis_prefix)
     app.state.celery = make_celery(settings.broker_url, settings.redis_prefix)
 
@@ -92,10 +91,13 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = self.settings.max_body_bytes
+        detail = f"request body over {limit} bytes"
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.settings.max_body_bytes:
-            detail = f"request body over {self.settings.max_body_bytes} bytes"
+        if length.isdigit() and int(length) > limit:
             return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        if not length:  # a chunked body states no length: count it as it arrives
+            receive = _limited(receive, limit, detail)
         path, token = scope["path"], self.settings.token
         if token and path.startswith(PREFIX) and path != f"{PREFIX}/health":
             given = headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -111,15 +113,30 @@ class Guard:
         return await self.app(scope, receive, send)
 
 
+def _limited(receive, limit: int, detail: str):
+    """`receive` that fails the request with 413 once the body passes `limit` bytes (FastAPI lets an
+    HTTPException raised while it reads the body through as the response)."""
+    received = 0
+
+    async def wrapped():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, detail)
+        return message
+
+    return wrapped
+
+
 async def _reap_forever(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     period = max(min(settings.heartbeat_timeout_s / 3, 10.0), 0.5)
 
     def reap() -> list:
-        with app.state.sessionmaker() as session:
-            lost = reap_lost_jobs(session, settings.heartbeat_timeout_s)
-            session.commit()
-            return [(j.id, j.teacher_id) for j in lost]
+        with transaction(app.state.sessionmaker) as session:
+            return [(j.id, j.teacher_id) for j in reap_lost_jobs(session, settings.heartbeat_timeout_s)]
 
     while True:
         await asyncio.sleep(period)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import fsspec
+
+from worker.engine.atomic import replace_dir
 
 COMPLETE = "_COMPLETE"
 
@@ -42,11 +43,7 @@ class ArtifactStore:
         if self.is_local:
             dest = self.root / key
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():  # replace: move the old one aside first so `dest` is never half-written
-                trash = self.root / ".tmp" / f"old-{uuid.uuid4().hex}"
-                os.replace(dest, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(local_dir, dest)
+            replace_dir(local_dir, dest)
         else:
             remote = f"{self.base}/{key}"
             if self.fs.exists(remote):

@@ -48,9 +48,9 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session committed on success and rolled back on any error (so failures write nothing)."""
-    session = session_factory(url)()
+    session = factory()
     try:
         yield session
         session.commit()
@@ -59,6 +59,11 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def session_scope(url: str):
+    """`transaction` on the database at `url` (workers, CLI, tests)."""
+    return transaction(session_factory(url))
 
 
 def dialect(url: str) -> str:

@@ -5,25 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
+from backend.db import transaction
 from backend.settings import Settings
 
 
 def get_db(request: Request) -> Iterator[Session]:
     """One session per request. Handlers commit explicitly before they return (FastAPI may run the code
     after `yield` only once the response is on its way); an error rolls everything back."""
-    session = request.app.state.sessionmaker()
-    try:
+    with transaction(request.app.state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,3 +35,13 @@ def get_or_404(session: Session, model, pk: int, label: str | None = None):
 def field_error(loc: list[Any], msg: str, type_: str = "value_error") -> RequestValidationError:
     """A 422 naming one field, in FastAPI's own shape."""
     return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": type_}])
+
+
+class Page:
+    """`?limit=&offset=` of every list endpoint (newest first): `page: Page = Depends()`."""
+
+    def __init__(self, limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)):
+        self.limit, self.offset = limit, offset
+
+    def of(self, query: Select) -> Select:
+        return query.limit(self.limit).offset(self.offset)

@@ -24,6 +24,14 @@ _sorted: OrderedDict[tuple, np.ndarray] = OrderedDict()
 CACHE = 8
 
 
+class RangeError(ValueError):
+    """A layer or zoom range outside the run; `field` names the query parameter to blame."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _remember(cache: OrderedDict, key, make):
     with _lock:
         if key in cache:
@@ -104,9 +112,11 @@ def neurons(
     layer_end = num_layers if layer_end is None else layer_end
     end = width if end is None else end
     if not 0 <= layer_start < layer_end <= num_layers:
-        raise ValueError(f"layer range must satisfy 0 <= layer_start < layer_end <= {num_layers}")
+        raise RangeError(
+            "layer_end", f"layer range must satisfy 0 <= layer_start < layer_end <= {num_layers}"
+        )
     if not 0 <= start < end <= width:
-        raise ValueError(f"neuron range must satisfy 0 <= start < end <= {width}")
+        raise RangeError("end", f"neuron range must satisfy 0 <= start < end <= {width}")
     if order == "sorted":  # descending score per layer: x = rank position
         data = _remember(_sorted, (str(path), batch, seq), lambda: -np.sort(-full, axis=1))
     else:
@@ -129,9 +139,10 @@ def neurons(
     }
 
 
-def layers(path: Path) -> dict:
+def layers(path: Path, batch: str = "l2", seq: str = "mean") -> dict:
+    """Layer scores; the aggregation applies to Block Importance (the loss scans are plain means)."""
     res = result(path)
-    layer = res.layer_scores()
+    layer = res.layer_scores(batch, seq)
     block_loss = {
         name.removeprefix("block_loss_k"): compact(values)
         for name, values in layer.items()
@@ -148,6 +159,6 @@ def layers(path: Path) -> dict:
     }
 
 
-def stability(path: Path) -> dict:
-    rho = result(path).rank_stability()
+def stability(path: Path, batch: str = "l2", seq: str = "mean") -> dict:
+    rho = result(path).rank_stability(batch, seq)
     return {k: (None if v is None or not math.isfinite(v) else round(v, 4)) for k, v in rho.items()}

@@ -39,4 +39,13 @@ def environment(base: Path, broker: str) -> dict[str, str]:
     return env
 
 
-__all__ = ["ApiProcess", "WorkerProcess", "environment", "redis_url", "REPO"]
+def forget_keys(broker: str, env: dict[str, str]) -> None:
+    """Delete this run's queues and keys from a shared Redis server."""
+    from backend.broker import redis_client
+
+    client = redis_client(broker)
+    for key in client.scan_iter(f"{env['PRUNESCOPE_REDIS_PREFIX']}*"):
+        client.delete(key)
+
+
+__all__ = ["ApiProcess", "WorkerProcess", "environment", "forget_keys", "redis_url", "REPO"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _platform import ApiProcess, environment, redis_url
+from _platform import ApiProcess, environment, forget_keys, redis_url
 
 L, H, KV, F, D = 32, 32, 8, 14336, 4096
 
@@ -122,6 +122,7 @@ def main() -> None:
             print("targets: neurons default p95 < 50 ms, payload < 300 KB")
     finally:
         server.stop()
+        forget_keys(broker, env)
         if embedded is not None:
             embedded.shutdown()
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _platform import ApiProcess, WorkerProcess, environment, redis_url
+from _platform import ApiProcess, WorkerProcess, environment, forget_keys, redis_url
 
 
 def main() -> None:
@@ -75,6 +75,7 @@ def main() -> None:
         for w in workers:
             w.stop()
         server.stop()
+        forget_keys(broker, env)
         if embedded is not None:
             embedded.shutdown()
 

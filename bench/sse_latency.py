@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _platform import ApiProcess, environment, redis_url
+from _platform import ApiProcess, environment, forget_keys, redis_url
 
 
 def run(env: dict, base: Path, events: int, rate: float, wakeup: bool) -> list[float]:
@@ -76,6 +76,7 @@ def main() -> None:
             )
     finally:
         server.stop()
+        forget_keys(broker, env)
         if embedded is not None:
             embedded.shutdown()
 

@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -131,21 +132,20 @@ def save_tiny_teacher(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+    from tests.tiny_models import COMMON, HEAD_DIM
     from worker.demo import demo_tokenizer_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(demo_tokenizer_path()))
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=8,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **{
+            **COMMON,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 256,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        head_dim=HEAD_DIM,
         tie_word_embeddings=False,
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -205,32 +205,36 @@ def client(api_env):
 # ---- real processes ------------------------------------------------------------------------------------
 
 
+def stop_group(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM a subprocess's whole process group, SIGKILL it after `timeout` s (at once when 0)."""
+    if proc is None or proc.poll() is not None:
+        return
+    if timeout > 0:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
-class WorkerProcess:
-    """A real `prunescope worker` (Celery) subprocess in its own process group."""
+class ManagedProcess:
+    """A real `python -m worker ...` subprocess in its own process group, logging to `log_path`."""
 
     env: dict[str, str]
     log_path: Path
-    queues: str = "default,gpu"
     proc: subprocess.Popen | None = None
+    stop_timeout: ClassVar[float] = 20.0  # SIGTERM grace before SIGKILL
 
-    def start(self, timeout: float = 120.0) -> WorkerProcess:
-        env = {**os.environ, **self.env}
+    def _spawn(self, argv: list[str], env: dict[str, str], timeout: float, ready) -> None:
+        """Start `python -m worker *argv` and wait until `ready()` (new log text since the start)."""
         self._log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "worker",
-                "--device",
-                "cpu",
-                "--queues",
-                self.queues,
-                "--loglevel",
-                "INFO",
-            ],
+            [sys.executable, "-m", "worker", *argv],
             env=env,
             cwd=REPO,
             stdout=self._log,
@@ -240,40 +244,43 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.log()}")
-            if " ready." in self.log_path.read_bytes()[offset:].decode(errors="replace"):
-                return self
+                raise RuntimeError(f"{argv[0]} exited ({self.proc.returncode}):\n{self.log()}")
+            if ready(self.log_path.read_bytes()[offset:].decode(errors="replace")):
+                return
             time.sleep(0.2)
-        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"{argv[0]} not ready after {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
-    def kill(self) -> None:
-        """SIGKILL the whole worker (no warm shutdown, no chance to write anything)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc, timeout=self.stop_timeout)
         if getattr(self, "_log", None):
             self._log.close()
 
 
 @dataclass
-class ApiProcess:
+class WorkerProcess(ManagedProcess):
+    """A real `prunescope worker` (Celery) subprocess; tests may SIGKILL it."""
+
+    queues: str = "default,gpu"
+
+    def start(self, timeout: float = 120.0) -> WorkerProcess:
+        argv = ["worker", "--device", "cpu", "--queues", self.queues, "--loglevel", "INFO"]
+        self._spawn(argv, {**os.environ, **self.env}, timeout, lambda new_log: " ready." in new_log)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (no warm shutdown, no chance to write anything)."""
+        stop_group(self.proc, timeout=0)
+
+
+@dataclass
+class ApiProcess(ManagedProcess):
     """A real API server (`prunescope api`, uvicorn) subprocess."""
 
-    env: dict[str, str]
-    log_path: Path
     port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
+    stop_timeout: ClassVar[float] = 15.0
 
     @property
     def url(self) -> str:
@@ -281,39 +288,14 @@ class ApiProcess:
 
     def start(self, timeout: float = 60.0) -> ApiProcess:
         env = {**os.environ, **self.env, "PRUNESCOPE_HOST": "127.0.0.1", "PRUNESCOPE_PORT": str(self.port)}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "api"],
-            env=env,
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"API exited ({self.proc.returncode}):\n{self.log_path.read_text()[-5000:]}"
-                )
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"API not healthy after {timeout} s")
+        self._spawn(["api"], env, timeout, lambda _new_log: self._healthy())
+        return self
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 @dataclass

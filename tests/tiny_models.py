@@ -1,19 +1,12 @@
-"""Tiny random models of every supported family, built from configs (no hub access)."""
+"""Tiny random models of every supported family, built from configs (no hub access), and the
+torch-free `ArchSpec` of the tiny Llama for tests that need only shapes (plans, the API)."""
 
 from __future__ import annotations
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GPT2Config,
-    LlamaConfig,
-    MistralConfig,
-    Phi3Config,
-    Qwen2Config,
-    Qwen3Config,
-)
+from worker.engine.spec import ArchSpec
 
 VOCAB = 96
+HEAD_DIM = 8
 COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=32,
@@ -25,26 +18,32 @@ COMMON = dict(
     bos_token_id=1,
     eos_token_id=2,
 )
+# torch and transformers are imported inside the builders, so shape-only tests stay torch-free.
+FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "gpt2"]
 
 
 def tiny_configs() -> dict:
-    return {
-        "llama": LlamaConfig(**COMMON, head_dim=8, tie_word_embeddings=False),
-        "llama_tied": LlamaConfig(**COMMON, head_dim=8, tie_word_embeddings=True),
-        "mistral": MistralConfig(**COMMON, head_dim=8, sliding_window=None, tie_word_embeddings=False),
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+
+    configs = {
+        "llama": LlamaConfig(**COMMON, head_dim=HEAD_DIM, tie_word_embeddings=False),
+        "llama_tied": LlamaConfig(**COMMON, head_dim=HEAD_DIM, tie_word_embeddings=True),
+        "mistral": MistralConfig(**COMMON, head_dim=HEAD_DIM, sliding_window=None, tie_word_embeddings=False),
         "qwen2": Qwen2Config(**COMMON, tie_word_embeddings=False),
-        "qwen3": Qwen3Config(**COMMON, head_dim=8, tie_word_embeddings=False),
+        "qwen3": Qwen3Config(**COMMON, head_dim=HEAD_DIM, tie_word_embeddings=False),
         "phi3": Phi3Config(**COMMON, tie_word_embeddings=False, pad_token_id=0),
         "gpt2": GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=8, n_positions=128, bos_token_id=1, eos_token_id=2
         ),
     }
+    assert list(configs) == FAMILIES
+    return configs
 
 
-FAMILIES = list(tiny_configs())
+def tiny_model(name: str, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
 
-
-def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = tiny_configs()[name]
     config._attn_implementation = "eager"
@@ -55,3 +54,20 @@ def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
             if "norm" in name_ or "ln_" in name_ or name_.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
+
+
+def tiny_spec(**overrides) -> ArchSpec:
+    """`arch_spec(tiny_model("llama"))` written out (tests/engine/test_adapters.py checks they agree)."""
+    base = dict(
+        family="llama",
+        model_type="llama",
+        num_layers=COMMON["num_hidden_layers"],
+        hidden_size=COMMON["hidden_size"],
+        num_heads=COMMON["num_attention_heads"],
+        num_kv_heads=COMMON["num_key_value_heads"],
+        head_dim=HEAD_DIM,
+        intermediate_size=COMMON["intermediate_size"],
+        vocab_size=VOCAB,
+        tie_word_embeddings=False,
+    )
+    return ArchSpec(**{**base, **overrides})

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,15 @@ def model_source(source: str) -> str:
     return source
 
 
+def check_remote_code(rt: JobRuntime, trust_remote_code: bool) -> None:
+    if trust_remote_code and not rt.settings.trust_remote_code:
+        raise PermissionError("trust_remote_code is disabled on this server (PRUNESCOPE_TRUST_REMOTE_CODE)")
+
+
 def load(rt: JobRuntime, source: str, trust_remote_code: bool = False):
     from worker.engine.loading import load_model
 
-    if trust_remote_code and not rt.settings.trust_remote_code:
-        raise PermissionError("trust_remote_code is disabled on this server (PRUNESCOPE_TRUST_REMOTE_CODE)")
+    check_remote_code(rt, trust_remote_code)
     return load_model(model_source(source), device=rt.device, trust_remote_code=trust_remote_code)
 
 
@@ -50,12 +55,35 @@ def _rows(rt: JobRuntime, *pairs):
     return rows
 
 
-def _record_artifact(s, job_id: int, kind: str, key: str, st: ArtifactStore) -> None:
+def _publish(rt: JobRuntime, key: str, write: Callable[[Path], object]) -> str:
+    """`write(dir)` into a staging directory, then move it to `key` whole (never half-written)."""
+    st = store(rt)
+    staging = st.staging_dir()
+    try:
+        write(staging / "out")
+        return st.put_dir(staging / "out", key)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _record_artifact(rt: JobRuntime, s, job_id: int, kind: str, key: str) -> None:
+    st = store(rt)
     size = st.size(key) if st.is_local else None
     s.add(Artifact(job_id=job_id, kind=kind, key=key, size_bytes=size))
 
 
-def _documents(rt: JobRuntime, dataset: Dataset | None, split: str) -> list[str]:
+def _mark_failed(rt: JobRuntime, model, pk: int, exc: Exception) -> None:
+    """The teacher / student row the job was building shows why it failed."""
+    with session_scope(rt.url) as s:
+        row = s.get(model, pk)
+        row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+
+
+def _dataset(rt: JobRuntime, params: dict) -> Dataset | None:
+    return _rows(rt, (Dataset, params["dataset_id"]))[0] if params.get("dataset_id") else None
+
+
+def _documents(dataset: Dataset | None, split: str) -> list[str]:
     from worker.engine.data import read_documents
 
     return read_documents(dataset.source if dataset else "demo", split)
@@ -71,8 +99,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.adapters import arch_spec
 
     (teacher,) = _rows(rt, (Teacher, job.teacher_id))
-    if teacher.trust_remote_code and not rt.settings.trust_remote_code:
-        raise PermissionError("trust_remote_code is disabled on this server (PRUNESCOPE_TRUST_REMOTE_CODE)")
+    check_remote_code(rt, teacher.trust_remote_code)
     source = model_source(teacher.source)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
@@ -84,9 +111,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
             spec.dtype = str(dtype).removeprefix("torch.")
         summary = spec.summary()
     except Exception as exc:
-        with session_scope(rt.url) as s:
-            row = s.get(Teacher, teacher.id)
-            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+        _mark_failed(rt, Teacher, teacher.id, exc)
         raise
     with session_scope(rt.url) as s:
         row = s.get(Teacher, teacher.id)
@@ -106,7 +131,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     p = run.params
     rt.progress(0.0, "loading model", force=True)
     model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
-    docs = _documents(rt, dataset, "calibration")
+    docs = _documents(dataset, "calibration")
     batches = calibration_batches(
         tokenizer,
         docs,
@@ -130,23 +155,19 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         scans=tuple(p["scans"]),
         block_size=p["block_size"],
         progress=progress,
-        metadata={"teacher": teacher.source, "dataset": dataset.source, "seed": p["seed"]},
+        metadata={  # the same provenance keys as `prunescope importance`
+            "model": teacher.source,
+            "data": dataset.source,
+            "seed": p["seed"],
+            "seq_len_requested": p["seq_len"],
+            "batch_size": p["batch_size"],
+        },
     )
-    st = store(rt)
-    staging = st.staging_dir()
-    try:
-        result.save(staging / "run")
-        key = st.put_dir(staging / "run", f"importance/{run.id}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    key = _publish(rt, f"importance/{run.id}", result.save)
     with session_scope(rt.url) as s:
         s.get(ImportanceRun, run.id).artifact = key
-        _record_artifact(s, job.id, "importance", key, st)
-    return {"artifact": key, "samples": result.samples, "stability": _finite(result.rank_stability())}
-
-
-def _finite(d: dict) -> dict:
-    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in d.items()}
+        _record_artifact(rt, s, job.id, "importance", key)
+    return {"artifact": key, "samples": result.samples, "stability": _plain(result.rank_stability())}
 
 
 # ---- prune: create a student by surgery ----------------------------------------------------------------
@@ -169,29 +190,23 @@ def run_prune(rt: JobRuntime, job: Job) -> dict[str, Any]:
         model = apply_plan(model, plan)
         summary = arch_spec(model).summary()
         rt.progress(0.7, "saving", force=True)
-        st = store(rt)
-        staging = st.staging_dir()
-        try:
-            manifest = {
-                "teacher": teacher.source,
-                "teacher_id": teacher.id,
-                "plan_id": plan_row.id,
-                "plan_version": plan_row.version,
-                "plan": plan_row.plan,
-            }
-            save_model(model, tokenizer, staging / "model", manifest)
-            key = st.put_dir(staging / "model", f"students/{student.id}/model")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        manifest = {
+            "teacher": teacher.source,
+            "teacher_id": teacher.id,
+            "plan_id": plan_row.id,
+            "plan_version": plan_row.version,
+            "plan": plan_row.plan,
+        }
+        key = _publish(
+            rt, f"students/{student.id}/model", lambda out: save_model(model, tokenizer, out, manifest)
+        )
     except Exception as exc:
-        with session_scope(rt.url) as s:
-            row = s.get(Student, student.id)
-            row.status, row.error = ("failed", f"{type(exc).__name__}: {exc}")
+        _mark_failed(rt, Student, student.id, exc)
         raise
     with session_scope(rt.url) as s:
         row = s.get(Student, student.id)
         row.status, row.spec, row.path, row.error = "ready", summary, key, None
-        _record_artifact(s, job.id, "student", key, st)
+        _record_artifact(rt, s, job.id, "student", key)
     return {"artifact": key, "spec": summary}
 
 
@@ -214,11 +229,11 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
 
     plan_row, teacher = _rows(rt, (Plan, job.plan_id), (Teacher, job.teacher_id))
     p = job.params
-    dataset = _rows(rt, (Dataset, p["dataset_id"]))[0] if p.get("dataset_id") else None
+    dataset = _dataset(rt, p)
     rt.progress(0.05, "loading model", force=True)
     model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
     model.eval()
-    packed = PackedTokens(tokenizer, _documents(rt, dataset, "validation"), p["seq_len"])
+    packed = PackedTokens(tokenizer, _documents(dataset, "validation"), p["seq_len"])
     limit = min(p["samples"], len(packed))
     with torch.no_grad():
         nll, tokens = block_nll(model, packed, limit=limit)
@@ -252,12 +267,12 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     p = job.params
-    dataset = _rows(rt, (Dataset, p["dataset_id"]))[0] if p.get("dataset_id") else None
+    dataset = _dataset(rt, p)
     rt.progress(0.0, "loading models", force=True)
     model, tokenizer = load(rt, student_source(rt, student))
     teacher_model = None if p["baseline"] else load(rt, teacher.source, teacher.trust_remote_code)[0]
-    train = PackedTokens(tokenizer, _documents(rt, dataset, "train"), p["seq_len"])
-    val = PackedTokens(tokenizer, _documents(rt, dataset, "validation"), p["seq_len"])
+    train = PackedTokens(tokenizer, _documents(dataset, "train"), p["seq_len"])
+    val = PackedTokens(tokenizer, _documents(dataset, "validation"), p["seq_len"])
     steps = p["steps"]
     if p.get("tokens"):
         steps = max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
@@ -281,6 +296,15 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     if resume:
         rt.log(f"resuming from the checkpoint at step {_checkpoint_step(ckpt)}")
 
+    reported: dict[str, int] = {}
+
+    def report_checkpoint() -> None:
+        """Mirror the newest checkpoint on disk (what a resume starts from) into the job row."""
+        ck = _checkpoint_step(ckpt)
+        if ck is not None and ck != reported.get("step"):
+            reported["step"] = ck
+            rt.checkpoint(ck, str(ckpt))
+
     def callback(record: dict) -> None:
         phase = record.get("phase", "train")
         if phase == "teacher_correction":  # its own step axis: keep its series apart
@@ -290,12 +314,14 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.metrics(record)
         if phase == "train":
             rt.progress(record["step"] / steps, f"step {record['step']}/{steps}")
-        ck = _checkpoint_step(ckpt)
-        if ck is not None and ck != rt_checkpoint.get("step"):
-            rt_checkpoint["step"] = ck
-            rt.checkpoint(ck, str(ckpt))
+        report_checkpoint()
 
-    rt_checkpoint: dict[str, int] = {}
+    def should_stop() -> bool:
+        # Polled before every step, so right after the loop saved the previous step's checkpoint:
+        # the row learns of it at once, not a whole step later at the next metric.
+        report_checkpoint()
+        return rt.should_stop()
+
     result = distill(
         model,
         teacher_model,
@@ -305,29 +331,17 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
         callback=callback,
         checkpoint_dir=ckpt,
         resume=resume,
-        should_stop=rt.should_stop,
+        should_stop=should_stop,
     )
-    ck = _checkpoint_step(ckpt)
-    if ck is not None:
-        rt.checkpoint(ck, str(ckpt))
+    report_checkpoint()
     if result.stopped:
         raise JobCancelled()
     from worker.engine.loading import save_model
 
-    st = store(rt)
-    staging = st.staging_dir()
-    try:
-        save_model(
-            model,
-            tokenizer,
-            staging / "model",
-            {"distill_job": job.id, "student_id": student.id, "params": p},
-        )
-        key = st.put_dir(staging / "model", f"jobs/{job.id}/model")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    manifest = {"distill_job": job.id, "student_id": student.id, "params": p}
+    key = _publish(rt, f"jobs/{job.id}/model", lambda out: save_model(model, tokenizer, out, manifest))
     with session_scope(rt.url) as s:
-        _record_artifact(s, job.id, "distilled", key, st)
+        _record_artifact(rt, s, job.id, "distilled", key)
     final = result.final_validation or {}
     return {
         "steps": result.steps_completed,
@@ -359,11 +373,11 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import evaluation
 
     p = job.params
-    dataset = _rows(rt, (Dataset, p["dataset_id"]))[0] if p.get("dataset_id") else None
+    dataset = _dataset(rt, p)
     source, trc = _subject(rt, job)
     rt.progress(0.05, "loading model", force=True)
     model, tokenizer = load(rt, source, trc)
-    docs = _documents(rt, dataset, p["split"])[: p["max_documents"]]
+    docs = _documents(dataset, p["split"])[: p["max_documents"]]
     t0 = time.perf_counter()
     ppl = evaluation.perplexity(model, docs, tokenizer, context=p["seq_len"])
     result: dict[str, Any] = {"perplexity": _plain(ppl), "tasks": [], "seconds": None}

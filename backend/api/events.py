@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from backend.deps import get_db, get_or_404
+from backend.deps import get_or_404
 from backend.models import FINISHED, Event, Job, Teacher
 
 router = APIRouter(tags=["events"])
@@ -104,12 +104,8 @@ async def teacher_events(
 
 
 def _exists(request: Request, model, pk: int) -> None:
-    gen = get_db(request)
-    session = next(gen)
-    try:
+    with request.app.state.sessionmaker() as session:
         get_or_404(session, model, pk)
-    finally:
-        gen.close()
 
 
 def _max_event_id(request: Request) -> int:

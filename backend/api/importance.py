@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from backend import heatmaps, serialize
 from backend.artifacts import ArtifactStore
-from backend.deps import field_error, get_db, get_or_404, get_settings
+from backend.deps import Page, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import new_job, send
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.schemas import BatchAgg, ImportanceRunCreate, SeqAgg
@@ -49,8 +49,7 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
 @router.get("/importance-runs")
 def list_runs(
     teacher_id: int | None = None,
-    limit: int = Query(200, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
     q = (
@@ -60,7 +59,7 @@ def list_runs(
     )
     if teacher_id is not None:
         q = q.where(ImportanceRun.teacher_id == teacher_id)
-    return [serialize.importance_run(r, j) for r, j in db.execute(q.limit(limit).offset(offset))]
+    return [serialize.importance_run(r, j) for r, j in db.execute(page.of(q))]
 
 
 @router.get("/importance-runs/{run_id}")
@@ -79,39 +78,43 @@ def artifact_path(db: Session, run_id: int, settings: Settings) -> tuple[Importa
     return run, ArtifactStore(settings.artifacts_url).local_dir(run.artifact)
 
 
+def run_artifact(
+    run_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> tuple[ImportanceRun, Path]:
+    return artifact_path(db, run_id, settings)
+
+
+def aggregation(batch: BatchAgg = "l2", seq: SeqAgg = "mean") -> tuple[str, str]:
+    """The batch and sequence reductions, by query parameter (default: the papers' best)."""
+    return batch, seq
+
+
+RunArtifact = Annotated[tuple[ImportanceRun, Path], Depends(run_artifact)]
+Aggregation = Annotated[tuple[str, str], Depends(aggregation)]
+
+
 @router.get("/importance-runs/{run_id}/heads")
-def run_heads(
-    run_id: int,
-    batch: BatchAgg = "l2",
-    seq: SeqAgg = "mean",
-    db: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
-) -> dict:
-    run, path = artifact_path(db, run_id, settings)
+def run_heads(artifact: RunArtifact, agg: Aggregation, db: Session = Depends(get_db)) -> dict:
+    run, path = artifact
     teacher = db.get(Teacher, run.teacher_id)
-    return heatmaps.heads(path, batch, seq, (teacher.spec or {}).get("num_kv_heads"))
+    return heatmaps.heads(path, *agg, (teacher.spec or {}).get("num_kv_heads"))
 
 
 @router.get("/importance-runs/{run_id}/neurons")
 def run_neurons(
-    run_id: int,
-    batch: BatchAgg = "l2",
-    seq: SeqAgg = "mean",
+    artifact: RunArtifact,
+    agg: Aggregation,
     bins: int = Query(256, ge=1, le=4096),
     order: Literal["sorted", "natural"] = "sorted",
     layer_start: int = Query(0, ge=0),
     layer_end: int | None = Query(None, ge=1),
     start: int = Query(0, ge=0),
     end: int | None = Query(None, ge=1),
-    db: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
 ) -> dict:
-    _, path = artifact_path(db, run_id, settings)
     try:
         return heatmaps.neurons(
-            path,
-            batch,
-            seq,
+            artifact[1],
+            *agg,
             bins=bins,
             order=order,
             layer_start=layer_start,
@@ -119,34 +122,20 @@ def run_neurons(
             start=start,
             end=end,
         )
-    except ValueError as exc:
-        field = "layer_end" if "layer" in str(exc) else "end"
-        raise field_error(["query", field], str(exc)) from exc
+    except heatmaps.RangeError as exc:
+        raise field_error(["query", exc.field], str(exc)) from exc
 
 
 @router.get("/importance-runs/{run_id}/hidden")
-def run_hidden(
-    run_id: int,
-    batch: BatchAgg = "l2",
-    seq: SeqAgg = "mean",
-    db: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
-) -> dict:
-    _, path = artifact_path(db, run_id, settings)
-    return heatmaps.hidden(path, batch, seq)
+def run_hidden(artifact: RunArtifact, agg: Aggregation) -> dict:
+    return heatmaps.hidden(artifact[1], *agg)
 
 
 @router.get("/importance-runs/{run_id}/layers")
-def run_layers(
-    run_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
-) -> dict:
-    _, path = artifact_path(db, run_id, settings)
-    return heatmaps.layers(path)
+def run_layers(artifact: RunArtifact, agg: Aggregation) -> dict:
+    return heatmaps.layers(artifact[1], *agg)
 
 
 @router.get("/importance-runs/{run_id}/stability")
-def run_stability(
-    run_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
-) -> dict:
-    _, path = artifact_path(db, run_id, settings)
-    return heatmaps.stability(path)
+def run_stability(artifact: RunArtifact, agg: Aggregation) -> dict:
+    return heatmaps.stability(artifact[1], *agg)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend import serialize
-from backend.deps import field_error, get_db, get_or_404
+from backend.deps import Page, field_error, get_db, get_or_404
 from backend.dispatch import new_job, send
 from backend.events import add_event, publish_wakeup
 from backend.models import Dataset, Event, Job, MetricPoint, Student, Teacher, utcnow
@@ -55,8 +55,7 @@ def list_jobs(
     status: str | None = None,
     teacher_id: int | None = None,
     student_id: int | None = None,
-    limit: int = Query(200, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
     q = select(Job).order_by(Job.id.desc())
@@ -68,7 +67,7 @@ def list_jobs(
     ):
         if value is not None:
             q = q.where(column == value)
-    return [serialize.job(j) for j in db.scalars(q.limit(limit).offset(offset))]
+    return [serialize.job(j) for j in db.scalars(page.of(q))]
 
 
 @router.get("/jobs/{job_id}")
@@ -81,17 +80,15 @@ def cancel(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
     job = get_or_404(db, Job, job_id)
     # A queued job is cancelled at once (the worker's claim then fails); a running one is flagged and
     # stops at its next step. Conditional updates so a concurrent claim/finish is never overwritten.
-    if db.execute(
+    queued = (
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
         .values(
             status="cancelled", cancel_requested=True, finished_at=utcnow(), error="cancelled by the user"
         )
-    ).rowcount:
-        pass
-    elif not db.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
-    ).rowcount:
+    )
+    running = update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
+    if not (db.execute(queued).rowcount or db.execute(running).rowcount):
         raise HTTPException(409, f"Job {job_id} is already {job.status}")
     db.refresh(job)
     add_event(db, job, "status", serialize.job(job))

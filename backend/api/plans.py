@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend import heatmaps, serialize
 from backend.api.importance import artifact_path, ready_teacher
-from backend.deps import get_db, get_or_404, get_settings
+from backend.deps import Page, get_db, get_or_404, get_settings
 from backend.dispatch import new_job, send
-from backend.models import Dataset, Plan, utcnow
+from backend.models import Dataset, ImportanceRun, Plan, utcnow
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
 from backend.settings import Settings
 from worker.engine.plan import PlanError, PrunePlan, fill_plan, plan_stats, validate_plan
@@ -20,7 +20,9 @@ from worker.engine.spec import ArchSpec
 router = APIRouter(tags=["plans"])
 
 
-def teacher_spec(summary: dict) -> ArchSpec:
+def teacher_spec(db: Session, teacher_id: int) -> ArchSpec:
+    """The ready teacher's architecture, from the summary its inspect job stored."""
+    summary = ready_teacher(db, teacher_id).spec
     return ArchSpec.model_validate(
         {**summary, "layers": None if summary.get("uniform", True) else summary["layers"]}
     )
@@ -52,12 +54,12 @@ def reject_errors(result: dict) -> None:
 
 @router.post("/plans/validate")
 def validate(body: PlanValidate, db: Session = Depends(get_db)) -> dict:
-    return evaluate(body.plan, teacher_spec(ready_teacher(db, body.teacher_id).spec))
+    return evaluate(body.plan, teacher_spec(db, body.teacher_id))
 
 
 @router.post("/plans/fill")
 def fill(body: PlanFill, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)) -> dict:
-    spec = teacher_spec(ready_teacher(db, body.teacher_id).spec)
+    spec = teacher_spec(db, body.teacher_id)
     run, path = artifact_path(db, body.importance_run_id, settings)
     if run.teacher_id != body.teacher_id:
         raise HTTPException(422, f"importance_run_id: run {run.id} belongs to teacher {run.teacher_id}")
@@ -79,10 +81,8 @@ def fill(body: PlanFill, db: Session = Depends(get_db), settings: Settings = Dep
 
 @router.post("/plans", status_code=201)
 def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> dict:
-    spec = teacher_spec(ready_teacher(db, body.teacher_id).spec)
+    spec = teacher_spec(db, body.teacher_id)
     if body.importance_run_id is not None:
-        from backend.models import ImportanceRun
-
         get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run")
     result = evaluate(body.plan, spec)
     reject_errors(result)
@@ -107,7 +107,7 @@ def update_plan(plan_id: int, body: PlanUpdate, db: Session = Depends(get_db)) -
     if body.name is not None:
         values["name"] = body.name
     if body.plan is not None:
-        result = evaluate(body.plan, teacher_spec(ready_teacher(db, plan.teacher_id).spec))
+        result = evaluate(body.plan, teacher_spec(db, plan.teacher_id))
         reject_errors(result)
         values.update(plan=result["plan"], stats=result["stats"], messages=result["messages"])
     # Compare-and-set in one statement: of two tabs sending the same version, exactly one wins.
@@ -128,14 +128,13 @@ def update_plan(plan_id: int, body: PlanUpdate, db: Session = Depends(get_db)) -
 @router.get("/plans")
 def list_plans(
     teacher_id: int | None = None,
-    limit: int = Query(200, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
     q = select(Plan).order_by(Plan.id.desc())
     if teacher_id is not None:
         q = q.where(Plan.teacher_id == teacher_id)
-    return [serialize.plan(p) for p in db.scalars(q.limit(limit).offset(offset))]
+    return [serialize.plan(p) for p in db.scalars(page.of(q))]
 
 
 @router.get("/plans/{plan_id}")

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import io
+import tempfile
 import zipfile
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import serialize
 from backend.artifacts import ArtifactStore
-from backend.deps import get_db, get_or_404, get_settings
+from backend.deps import Page, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import new_job, send
 from backend.models import Plan, Student
 from backend.schemas import StudentCreate
 from backend.settings import Settings
+from worker.engine.plan import PrunePlan
 
 router = APIRouter(tags=["students"])
 
@@ -24,6 +25,12 @@ router = APIRouter(tags=["students"])
 @router.post("/students", status_code=201)
 def create_student(body: StudentCreate, request: Request, db: Session = Depends(get_db)) -> dict:
     plan = get_or_404(db, Plan, body.plan_id)
+    if PrunePlan.model_validate(plan.plan).needs_filling():  # surgery cuts explicit units only
+        raise field_error(
+            ["body", "plan_id"],
+            f"plan {plan.id} has targets: fill them from an importance run (POST /plans/fill) "
+            "and save the explicit plan first",
+        )
     student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
     db.add(student)
     db.flush()
@@ -43,14 +50,13 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
 @router.get("/students")
 def list_students(
     teacher_id: int | None = None,
-    limit: int = Query(200, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
     q = select(Student).order_by(Student.id.desc())
     if teacher_id is not None:
         q = q.where(Student.teacher_id == teacher_id)
-    return [serialize.student(s) for s in db.scalars(q.limit(limit).offset(offset))]
+    return [serialize.student(s) for s in db.scalars(page.of(q))]
 
 
 @router.get("/students/{student_id}")
@@ -64,7 +70,8 @@ def download(student_id: int, db: Session = Depends(get_db), settings: Settings 
     if student.status != "ready" or not student.path:
         raise HTTPException(409, f"Student {student_id} is {student.status}, not ready")
     directory = ArtifactStore(settings.artifacts_url).local_dir(student.path)
-    buffer = io.BytesIO()  # weights are stored compressed already; ZIP_STORED keeps this fast
+    # A large student spills to a temp file instead of RAM; ZIP_STORED: safetensors do not compress.
+    buffer = tempfile.SpooledTemporaryFile(max_size=64 << 20)
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
         for path in sorted(directory.rglob("*")):
             if path.is_file():
@@ -72,10 +79,16 @@ def download(student_id: int, db: Session = Depends(get_db), settings: Settings 
     buffer.seek(0)
     filename = f"{_safe(student.name)}.zip"
     return StreamingResponse(
-        buffer,
+        _chunks(buffer),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def _chunks(file, size: int = 1 << 20):
+    with file:
+        while chunk := file.read(size):
+            yield chunk
 
 
 def _safe(name: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import serialize
-from backend.deps import get_db, get_or_404, get_settings
+from backend.deps import Page, get_db, get_or_404, get_settings
 from backend.dispatch import new_job, send
 from backend.models import Dataset, Teacher
 from backend.paths import HUB_ID, PathNotAllowed, check_local_path, looks_local
@@ -55,10 +55,8 @@ def create_teacher(
 
 
 @router.get("/teachers")
-def list_teachers(
-    limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0), db: Session = Depends(get_db)
-) -> list[dict]:
-    rows = db.scalars(select(Teacher).order_by(Teacher.id.desc()).limit(limit).offset(offset))
+def list_teachers(page: Page = Depends(), db: Session = Depends(get_db)) -> list[dict]:
+    rows = db.scalars(page.of(select(Teacher).order_by(Teacher.id.desc())))
     return [serialize.teacher(t) for t in rows]
 
 
@@ -79,10 +77,8 @@ def create_dataset(
 
 
 @router.get("/datasets")
-def list_datasets(
-    limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0), db: Session = Depends(get_db)
-) -> list[dict]:
-    rows = db.scalars(select(Dataset).order_by(Dataset.id.desc()).limit(limit).offset(offset))
+def list_datasets(page: Page = Depends(), db: Session = Depends(get_db)) -> list[dict]:
+    rows = db.scalars(page.of(select(Dataset).order_by(Dataset.id.desc())))
     return [serialize.dataset(d) for d in rows]
 
 

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from tests.tiny_models import FAMILIES, tiny_model
+from tests.tiny_models import FAMILIES, tiny_model, tiny_spec
 from worker.engine.adapters import UnsupportedArchitecture, adapter_for, arch_spec, count_parameters
 
 
@@ -47,3 +47,8 @@ def test_unsupported_architecture_names_supported_ones():
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(UnsupportedArchitecture, match="supported: llama, mistral, qwen2, qwen3, phi3, gpt2"):
         arch_spec(model)
+
+
+def test_tiny_spec_is_the_tiny_llamas_spec():
+    # Shape-only tests (plans, the API) use the written-out spec; it must be the real model's.
+    assert arch_spec(tiny_model("llama")) == tiny_spec()

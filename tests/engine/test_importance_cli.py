@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPTNeoXConfig, LlamaConfig
 
-from tests.tiny_models import COMMON
+from tests.tiny_models import COMMON, HEAD_DIM
 from worker.cli import main
 from worker.demo import demo_tokenizer_path
 from worker.engine.data import calibration_batches, read_documents
@@ -24,7 +24,9 @@ def model_dir(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(demo_tokenizer_path())
-    config = LlamaConfig(**{**COMMON, "vocab_size": len(tokenizer)}, head_dim=8, tie_word_embeddings=True)
+    config = LlamaConfig(
+        **{**COMMON, "vocab_size": len(tokenizer)}, head_dim=HEAD_DIM, tie_word_embeddings=True
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     path = tmp_path_factory.mktemp("tiny") / "model"

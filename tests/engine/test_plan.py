@@ -1,6 +1,6 @@
 """The plan schema, its validation messages, its cost preview and filling targets from scores.
 
-Torch-free: specs are written by hand (the same shapes as tests/tiny_models.py).
+Torch-free: specs are written out (`tests.tiny_models.tiny_spec`, the tiny Llama's shapes).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.tiny_models import tiny_spec
 from worker.engine.plan import (
     ImportanceScores,
     PlanError,
@@ -25,24 +26,8 @@ from worker.engine.plan import (
 from worker.engine.spec import ArchSpec, LayerShape
 
 
-def llama_spec(**kw) -> ArchSpec:
-    base = dict(
-        family="llama",
-        model_type="llama",
-        num_layers=4,
-        hidden_size=32,
-        num_heads=8,
-        num_kv_heads=4,
-        head_dim=8,
-        intermediate_size=48,
-        vocab_size=96,
-        tie_word_embeddings=False,
-    )
-    return ArchSpec(**{**base, **kw})
-
-
 def gpt2_spec() -> ArchSpec:
-    return llama_spec(
+    return tiny_spec(
         family="gpt2",
         model_type="gpt2",
         num_kv_heads=8,
@@ -115,12 +100,12 @@ def test_plan_module_is_torch_free():
 
 def test_valid_plan_has_no_messages():
     plan = PrunePlan(remove_heads={i: [0, 2, 4, 6] for i in (0, 1, 3)}, drop_layers=[2])
-    assert validate_plan(plan, llama_spec()) == []
+    assert validate_plan(plan, tiny_spec()) == []
 
 
 def test_unequal_gqa_groups_are_rejected_with_valid_counts():
     # Group 0 (heads 0, 1) loses one head, the others none.
-    (msg,) = errors(PrunePlan(remove_heads={1: [0]}), llama_spec())
+    (msg,) = errors(PrunePlan(remove_heads={1: [0]}), tiny_spec())
     assert "remove_heads.1" in msg and "[1, 2, 2, 2]" in msg
     assert "same number" in msg and "Valid head counts near 7: 4, 6, 8" in msg
 
@@ -128,13 +113,13 @@ def test_unequal_gqa_groups_are_rejected_with_valid_counts():
 def test_fully_emptied_group_is_removed_with_its_heads():
     # Removing both query heads of group 3 removes the group: 3 groups x 2 heads stay, which is valid.
     plan = PrunePlan(remove_heads={0: [6, 7]})
-    assert errors(plan, llama_spec()) == []
-    layer0 = resulting_spec(plan, llama_spec()).layer_shapes()[0]
+    assert errors(plan, tiny_spec()) == []
+    layer0 = resulting_spec(plan, tiny_spec()).layer_shapes()[0]
     assert (layer0.num_heads, layer0.num_kv_heads) == (6, 3)
 
 
 def test_zero_heads_and_zero_neurons_are_rejected():
-    spec = llama_spec()
+    spec = tiny_spec()
     (msg,) = errors(PrunePlan(remove_kv_groups={2: [0, 1, 2, 3]}), spec)
     assert "keep no attention head" in msg and "drop_layers" in msg
     (msg,) = errors(PrunePlan(remove_neurons={0: list(range(48))}), spec)
@@ -145,7 +130,7 @@ def test_zero_heads_and_zero_neurons_are_rejected():
 
 
 def test_dropping_all_layers_and_out_of_range_indices_are_rejected():
-    spec = llama_spec()
+    spec = tiny_spec()
     (msg,) = errors(PrunePlan(drop_layers=[0, 1, 2, 3]), spec)
     assert "cannot drop all 4 layers" in msg and "at most 3" in msg
     assert "valid: 0..3" in errors(PrunePlan(drop_layers=[4]), spec)[0]
@@ -171,19 +156,19 @@ def test_gpt2_head_cut_without_matching_hidden_warns_it_is_not_vanilla():
 
 
 def test_phi3_needs_the_same_head_count_in_every_layer():
-    spec = llama_spec(family="phi3", model_type="phi3")
+    spec = tiny_spec(family="phi3", model_type="phi3")
     (msg,) = errors(PrunePlan(remove_heads={0: [0, 2, 4, 6]}), spec)
     assert "Phi-3" in msg and "[4, 8]" in msg
     assert errors(PrunePlan(remove_heads={i: [0, 2, 4, 6] for i in range(4)}), spec) == []
 
 
 def test_non_uniform_plan_warns_about_the_save_format():
-    (warning,) = validate_plan(PrunePlan(remove_neurons={0: [1]}), llama_spec())
+    (warning,) = validate_plan(PrunePlan(remove_neurons={0: [1]}), tiny_spec())
     assert warning.level == "warning" and "Prunescope format" in warning.text
 
 
 def test_removals_on_dropped_layers_warn():
-    msgs = validate_plan(PrunePlan(drop_layers=[1], remove_neurons={1: [0]}), llama_spec())
+    msgs = validate_plan(PrunePlan(drop_layers=[1], remove_neurons={1: [0]}), tiny_spec())
     assert [m.level for m in msgs] == ["warning"] and "no effect" in msgs[0].text
 
 
@@ -191,7 +176,7 @@ def test_removals_on_dropped_layers_warn():
 
 
 def test_plan_stats_matches_the_cost_model_of_the_resulting_spec():
-    spec = llama_spec()
+    spec = tiny_spec()
     plan = PrunePlan(
         drop_layers=[3],
         remove_heads={i: [0, 2, 4, 6] for i in range(3)},
@@ -212,20 +197,20 @@ def test_plan_stats_matches_the_cost_model_of_the_resulting_spec():
 
 
 def test_resulting_spec_lists_layers_when_they_differ():
-    new = resulting_spec(PrunePlan(remove_kv_groups={1: [0]}, drop_layers=[0]), llama_spec())
+    new = resulting_spec(PrunePlan(remove_kv_groups={1: [0]}, drop_layers=[0]), tiny_spec())
     assert new.layers == [
         LayerShape(num_heads=6, num_kv_heads=3, intermediate_size=48),
         LayerShape(num_heads=8, num_kv_heads=4, intermediate_size=48),
         LayerShape(num_heads=8, num_kv_heads=4, intermediate_size=48),
     ]
-    assert plan_stats(PrunePlan(remove_kv_groups={1: [0]}), llama_spec())["vanilla_loadable"] is False
+    assert plan_stats(PrunePlan(remove_kv_groups={1: [0]}), tiny_spec())["vanilla_loadable"] is False
 
 
 # ---- filling targets ----------------------------------------------------------------------------
 
 
 def test_fill_heads_within_groups_keeps_the_best_head_of_every_group():
-    spec = llama_spec()
+    spec = tiny_spec()
     scores = scores_for(spec)
     plan = fill_plan(PrunePlan(targets=PlanTargets(heads_per_layer=4)), spec, scores)
     assert plan.targets is None and plan.remove_kv_groups == {}
@@ -238,7 +223,7 @@ def test_fill_heads_within_groups_keeps_the_best_head_of_every_group():
 
 
 def test_fill_heads_whole_groups_drops_the_weakest_groups():
-    spec = llama_spec()
+    spec = tiny_spec()
     scores = scores_for(spec)
     plan = fill_plan(
         PrunePlan(targets=PlanTargets(heads_per_layer=4, head_mode="whole_groups")), spec, scores
@@ -250,7 +235,7 @@ def test_fill_heads_whole_groups_drops_the_weakest_groups():
 
 
 def test_fill_heads_rejects_counts_the_groups_cannot_share():
-    spec = llama_spec()
+    spec = tiny_spec()
     with pytest.raises(PlanError, match="multiple of the 4 KV groups.*nearby valid: 4, 8"):
         fill_plan(PrunePlan(targets=PlanTargets(heads_per_layer=6)), spec, scores_for(spec))
     with pytest.raises(PlanError, match="whole groups"):
@@ -262,7 +247,7 @@ def test_fill_heads_rejects_counts_the_groups_cannot_share():
 
 
 def test_fill_neurons_and_hidden_keep_the_highest_scores():
-    spec = llama_spec()
+    spec = tiny_spec()
     scores = scores_for(spec)
     plan = fill_plan(PrunePlan(targets=PlanTargets(intermediate_size=40, hidden_size=24)), spec, scores)
     for layer in range(4):
@@ -274,7 +259,7 @@ def test_fill_neurons_and_hidden_keep_the_highest_scores():
 
 @pytest.mark.parametrize(("method", "expected"), [("bi", [1, 3]), ("drop", [1, 2]), ("block", [1, 2])])
 def test_fill_layers_by_each_method(method, expected):
-    spec = llama_spec()
+    spec = tiny_spec()
     plan = fill_plan(
         PrunePlan(targets=PlanTargets(num_layers=2, layer_method=method)), spec, scores_for(spec)
     )
@@ -282,13 +267,13 @@ def test_fill_layers_by_each_method(method, expected):
 
 
 def test_fill_layers_block_needs_the_matching_scan():
-    spec = llama_spec()
+    spec = tiny_spec()
     with pytest.raises(ValueError, match="block_loss_k3.*has: block_importance, block_loss_k2, drop_loss"):
         fill_plan(PrunePlan(targets=PlanTargets(num_layers=1)), spec, scores_for(spec))
 
 
 def test_fill_param_budget_shrinks_mlp_first_then_hidden():
-    spec = llama_spec()
+    spec = tiny_spec()
     scores = scores_for(spec)
     full = spec.param_count()["total"]
     # A small cut is met by the MLP alone: the largest MLP under the budget.
@@ -307,20 +292,20 @@ def test_fill_param_budget_shrinks_mlp_first_then_hidden():
 
 
 def test_fill_param_budget_out_of_reach_says_so():
-    spec = llama_spec()
+    spec = tiny_spec()
     with pytest.raises(PlanError, match="cannot be reached.*drop layers or heads"):
         fill_plan(PrunePlan(targets=PlanTargets(param_budget=100)), spec, scores_for(spec))
 
 
 def test_fill_rejects_a_target_together_with_explicit_removals():
-    spec = llama_spec()
+    spec = tiny_spec()
     plan = PrunePlan(drop_layers=[0], targets=PlanTargets(num_layers=2))
     with pytest.raises(PlanError, match="either drop_layers or targets.num_layers"):
         fill_plan(plan, spec, scores_for(spec))
 
 
 def test_fill_checks_score_shapes():
-    spec = llama_spec()
+    spec = tiny_spec()
     scores = scores_for(spec)
     scores.heads = scores.heads[:, :4]
     with pytest.raises(ValueError, match="'heads' have shape"):
@@ -328,7 +313,7 @@ def test_fill_checks_score_shapes():
 
 
 def test_targets_are_previewed_without_importance_scores():
-    spec = llama_spec()
+    spec = tiny_spec()
     plan = PrunePlan(
         targets=PlanTargets(
             num_layers=3, layer_method="bi", heads_per_layer=4, intermediate_size=40, hidden_size=24

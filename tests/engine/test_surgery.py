@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tests.tiny_models import FAMILIES, VOCAB, tiny_model
+from tests.tiny_models import COMMON, FAMILIES, VOCAB, tiny_model
 from worker.engine.adapters import adapter_for, arch_spec, count_parameters
 from worker.engine.masking import masked
 from worker.engine.plan import PlanError, PlanTargets, PrunePlan, plan_stats
@@ -153,12 +153,7 @@ def test_config_and_module_attributes_follow_the_cut(family):
 def test_per_layer_config_lists_are_sliced_with_the_layers():
     # Sliding and full attention layers alternate: the mask of each kept layer must stay its own.
     config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
+        **COMMON,
         use_sliding_window=True,
         sliding_window=3,
         layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],

@@ -10,21 +10,10 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_scope
-from backend.models import Dataset, Job, Plan, Teacher
-from worker.engine.spec import ArchSpec
+from backend.models import Dataset, Job, Plan, Student, Teacher
+from tests.tiny_models import tiny_spec
 
-SPEC = ArchSpec(
-    family="llama",
-    model_type="llama",
-    num_layers=4,
-    hidden_size=32,
-    num_heads=8,
-    num_kv_heads=4,
-    head_dim=8,
-    intermediate_size=48,
-    vocab_size=96,
-    tie_word_embeddings=False,
-)
+SPEC = tiny_spec()
 
 
 def counts(url: str) -> dict:
@@ -124,6 +113,21 @@ def test_trust_remote_code_needs_the_operator(client, api_env):
     assert counts(api_env["PRUNESCOPE_DATABASE_URL"])["Teacher"] == 0
 
 
+def test_a_student_needs_an_explicit_plan(client, api_env, ready_teacher):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    plan = {"targets": {"intermediate_size": 32}}  # a valid plan, but sizes only: nothing to cut yet
+    r = client.post("/api/v1/plans", json={"teacher_id": ready_teacher, "name": "t", "plan": plan})
+    assert r.status_code == 201, r.text
+    before = counts(url)
+    r = client.post("/api/v1/students", json={"plan_id": r.json()["id"], "name": "s"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "plan_id"] and "targets" in detail["msg"]
+    assert counts(url) == before
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count()).select_from(Student)) == 0
+
+
 def test_plan_versioning_and_validation(client, ready_teacher):
     plan = {"drop_layers": [3], "remove_neurons": {str(i): list(range(8)) for i in range(4)}}
     r = client.post("/api/v1/plans/validate", json={"teacher_id": ready_teacher, "plan": plan})
@@ -181,11 +185,23 @@ def test_job_state_rules(client, api_env, ready_teacher):
     assert client.get("/api/v1/jobs?status=running").json() == []
 
 
-def test_request_size_limit(client):
+def test_request_size_limit(client, api_env):
     r = client.post(
         "/api/v1/datasets", content=b"x" * (2 << 20), headers={"content-type": "application/json"}
     )
     assert r.status_code == 413
+
+    def chunks():  # no Content-Length: the body is counted as it streams in
+        for _ in range(3):
+            yield b"x" * (1 << 20)
+
+    before = counts(api_env["PRUNESCOPE_DATABASE_URL"])
+    r = client.post("/api/v1/datasets", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "request body over" in r.json()["detail"]
+    assert counts(api_env["PRUNESCOPE_DATABASE_URL"]) == before
+    small = b'{"name": "d", "source": "demo"}'
+    r = client.post("/api/v1/datasets", content=iter([small]), headers={"content-type": "application/json"})
+    assert r.status_code == 201, r.text
 
 
 def test_openapi_and_static(client):

@@ -4,6 +4,7 @@ plan -> preview -> student (surgery) -> download -> distill with metrics."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import pytest
@@ -61,6 +62,13 @@ def test_teacher_spec_is_the_real_architecture(teacher):
 def test_importance_payloads(live_app, importance_run):
     rid = importance_run["id"]
     assert importance_run["status"] == "succeeded" and importance_run["progress"] == 1.0
+    manifest = json.loads(
+        (live_app.data_dir / "artifacts" / "importance" / str(rid) / "manifest.json").read_text()
+    )
+    assert manifest["model"] == str(live_app.teacher_dir.resolve())
+    assert (manifest["data"], manifest["seed"]) == ("demo", 0)
+    assert (manifest["samples"], manifest["seq_len_requested"], manifest["batch_size"]) == (8, 32, 4)
+    assert len(manifest["weights_sha256"]) == 64 and manifest["libraries"]["torch"]
     heads = live_app.api.get(f"/importance-runs/{rid}/heads").json()
     assert (heads["layers"], heads["heads"], heads["kv_groups"]) == (4, 8, 4)
     assert sorted(heads["rank"][0]) == list(range(8))
@@ -90,6 +98,14 @@ def test_importance_payloads(live_app, importance_run):
     assert len(layers["block_loss"]["2"]) == 3 and layers["base_loss"] > 0
     stability = live_app.api.get(f"/importance-runs/{rid}/stability").json()
     assert set(stability) >= {"heads", "neurons", "hidden"}
+    # The aggregation query applies to the layer scores and to rank stability too.
+    layers_mean = live_app.api.get(f"/importance-runs/{rid}/layers?batch=mean").json()
+    assert layers_mean["block_importance"] != layers["block_importance"]
+    assert layers_mean["drop_loss"] == layers["drop_loss"]  # loss scans are plain means
+    stability_mean = live_app.api.get(f"/importance-runs/{rid}/stability?batch=mean&seq=l2").json()
+    assert set(stability_mean) == set(stability)
+    bad = live_app.api.get(f"/importance-runs/{rid}/layers?batch=bogus")
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "batch"
 
 
 def test_plan_student_and_distill(live_app, teacher, importance_run):

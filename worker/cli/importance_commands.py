@@ -69,19 +69,13 @@ def _check_options(args) -> tuple[str, ...]:
 
 
 def _check_device(device: str) -> str:
-    import torch
-
     from worker.cli import CliError
+    from worker.devices import DeviceUnavailable, check_device
 
     try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise CliError(f"--device: unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device: CUDA is not available on this machine; use --device cpu")
-    if parsed.type not in ("cpu", "cuda"):
-        raise CliError(f"--device: {device!r} is not supported; use cpu, cuda or cuda:N")
-    return device
+        return check_device(device)
+    except DeviceUnavailable as exc:
+        raise CliError(f"--device: {exc}") from None
 
 
 def _importance(args: argparse.Namespace) -> int:

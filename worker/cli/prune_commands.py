@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from worker.cli import CliError
@@ -51,11 +52,13 @@ def _load(args):
     )
 
 
-def _resolve_plan(args, spec, model=None):
-    """The explicit plan: targets filled from the importance run, then validated (errors raise)."""
+def _resolve_plan(args, spec, plan, weights_hash: Callable[[], str]):
+    """The explicit plan: targets filled from the importance run, then validated (errors raise).
+
+    `weights_hash()` is the model's weights SHA-256, asked for only when there are targets to fill.
+    """
     from worker.engine.plan import PlanError, check_plan, fill_plan
 
-    plan = _read_plan(args.plan)
     importance_manifest = None
     if plan.needs_filling():
         if not args.importance:
@@ -67,7 +70,7 @@ def _resolve_plan(args, spec, model=None):
         result = ImportanceResult.load(args.importance)
         importance_manifest = result.manifest
         scores = result.scores(batch=args.batch_agg, seq=args.seq_agg)
-        _check_same_weights(model, result.manifest)
+        _check_same_weights(weights_hash, result.manifest)
         try:
             plan = fill_plan(plan, spec, scores)
         except PlanError as exc:
@@ -81,14 +84,10 @@ def _resolve_plan(args, spec, model=None):
     return plan, importance_manifest
 
 
-def _check_same_weights(model, manifest: dict) -> None:
+def _check_same_weights(weights_hash: Callable[[], str], manifest: dict) -> None:
     """Scores measured on other weights rank the wrong units: warn (the user may know better)."""
     expected = manifest.get("weights_sha256")
-    if model is None or not expected:
-        return
-    from worker.engine.importance.provenance import weights_sha256
-
-    if weights_sha256(model) != expected:
+    if expected and weights_hash() != expected:
         _say("warning: the importance run was measured on different weights than this model")
 
 
@@ -150,11 +149,13 @@ STATS_KEYS = [
 
 def cmd_plan_stats(args) -> int:
     from worker.engine.adapters import arch_spec
+    from worker.engine.importance.provenance import weights_sha256
     from worker.engine.plan import plan_stats
 
+    plan = _read_plan(args.plan)
     model, _tok = _load(args)
     spec = arch_spec(model)
-    plan, _ = _resolve_plan(args, spec, model)
+    plan, _ = _resolve_plan(args, spec, plan, lambda: weights_sha256(model))
     stats = plan_stats(plan, spec)
     if args.json:
         print(json.dumps({"plan": plan.model_dump(mode="json"), **stats}, indent=2))
@@ -176,13 +177,13 @@ def cmd_prune(args) -> int:
     original_plan = _read_plan(args.plan)
     model, tokenizer = _load(args)
     spec = arch_spec(model)
-    plan, importance_manifest = _resolve_plan(args, spec, model)
-    stats = plan_stats(plan, spec)
     teacher = {
         "source": str(args.model),
-        "weights_sha256": weights_sha256(model),
+        "weights_sha256": weights_sha256(model),  # once: the surgery changes the weights
         "params_total": spec.param_count()["total"],
     }
+    plan, importance_manifest = _resolve_plan(args, spec, original_plan, lambda: teacher["weights_sha256"])
+    stats = plan_stats(plan, spec)
     _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
     apply_plan(model, plan, progress=lambda msg: _say(f"[prune] {msg}"))
     if count_parameters(model) != stats["params_total"]:  # the cost model and the cut must agree

@@ -24,6 +24,12 @@ def _get(obj, dotted: str):
     return obj
 
 
+def text_config(model: nn.Module):
+    """The language model's config (a multimodal config nests it)."""
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
 @dataclass(frozen=True)
 class Adapter:
     family: str
@@ -45,6 +51,7 @@ class Adapter:
     mlp_in_names: tuple[str, ...] = ("gate_proj", "up_proj")
     conv1d: bool = False  # GPT-2 style Conv1D weights are stored [in, out]
     position_embed_path: str | None = None
+    # Per-head q/k norms (Qwen3): they act over head_dim, which pruning keeps, so no cut touches them.
     qk_norm_names: tuple[str, ...] = ()
     # Config field holding the MLP size (GPT-2 calls it n_inner; None there means 4 x n_embd).
     intermediate_field: str = "intermediate_size"
@@ -88,10 +95,6 @@ class Adapter:
     def norms(self, layer: nn.Module) -> tuple[nn.Module, ...]:
         return tuple(getattr(layer, n) for n in self.norm_names)
 
-    def qk_norms(self, layer: nn.Module) -> tuple[nn.Module, ...]:
-        attn = self.attn(layer)
-        return tuple(getattr(attn, n) for n in self.qk_norm_names)
-
     # ---- widths of one layer, read from its weights (valid after non-uniform surgery) ---------
     def out_features(self, module: nn.Module) -> int:
         return module.weight.shape[1] if self.conv1d else module.weight.shape[0]
@@ -105,7 +108,7 @@ class Adapter:
     def layer_intermediate_size(self, layer: nn.Module) -> int:
         return self.in_features(self.mlp_out(layer))
 
-    def layer_num_kv_heads(self, layer: nn.Module, spec_heads: int, spec_kv: int, head_dim: int) -> int:
+    def layer_num_kv_heads(self, layer: nn.Module, head_dim: int) -> int:
         if self.qkv_layout == "separate":
             return self.out_features(self.qkv(layer)[1]) // head_dim
         heads = self.layer_num_heads(layer, head_dim)
@@ -114,25 +117,26 @@ class Adapter:
         total = self.out_features(self.qkv(layer)[0]) // head_dim
         return (total - heads) // 2
 
+    def layer_shape(self, layer: nn.Module, head_dim: int) -> LayerShape:
+        return LayerShape(
+            num_heads=self.layer_num_heads(layer, head_dim),
+            num_kv_heads=self.layer_num_kv_heads(layer, head_dim),
+            intermediate_size=self.layer_intermediate_size(layer),
+        )
+
     # ---- the architecture summary ---------------------------------------------------------
+    @staticmethod
+    def head_dim(model: nn.Module) -> int:
+        """head_dim as the config states it (families without the field derive it: hidden / heads)."""
+        cfg = text_config(model)
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
     def spec(self, model: nn.Module) -> ArchSpec:
         cfg = model.config
-        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        heads = text_cfg.num_attention_heads
-        kv = getattr(text_cfg, "num_key_value_heads", None) or heads
-        hidden = text_cfg.hidden_size
-        head_dim = getattr(text_cfg, "head_dim", None) or hidden // heads
+        hidden = text_config(model).hidden_size
+        head_dim = self.head_dim(model)
         layers = self.layers(model)
-        shapes = []
-        for layer in layers:
-            h = self.layer_num_heads(layer, head_dim)
-            shapes.append(
-                LayerShape(
-                    num_heads=h,
-                    num_kv_heads=self.layer_num_kv_heads(layer, heads, kv, head_dim),
-                    intermediate_size=self.layer_intermediate_size(layer),
-                )
-            )
+        shapes = [self.layer_shape(layer, head_dim) for layer in layers]
         first = shapes[0]
         uniform = all(s == first for s in shapes)
         attn_out = self.attn_out(layers[0])

@@ -30,12 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.engine.adapters import (
-    SUPPORTED_MODEL_TYPES,
-    UnsupportedArchitecture,
-    adapter_for,
-    adapter_for_model_type,
-)
+from worker.engine.adapters import UnsupportedArchitecture, adapter_for, adapter_for_model_type
+from worker.engine.atomic import replace_dir
 from worker.engine.plan import vanilla_loadable
 from worker.engine.spec import LayerShape
 
@@ -63,14 +59,6 @@ def _looks_like_path(source: str) -> bool:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _check_supported(config) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedArchitecture(
-            f"architecture '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -118,7 +106,7 @@ def load_model(
         raise FileNotFoundError(f"model not found: {source} ({_first_line(exc)})") from exc
     except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
         raise ValueError(f"cannot read the config of {source}: {_first_line(exc)}") from exc
-    _check_supported(config)
+    adapter_for_model_type(getattr(config, "model_type", None))  # unsupported: a clear error, before weights
     kwargs = {"dtype": _dtype(dtype)} if dtype is not None else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -212,13 +200,7 @@ def save_model(
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, default=str))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -41,14 +41,6 @@ class ArchSpec(BaseModel):
     # Present only when layers differ; otherwise every layer has the top-level widths.
     layers: list[LayerShape] | None = None
 
-    @property
-    def kv_groups(self) -> int:
-        return self.num_kv_heads
-
-    @property
-    def queries_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     def layer_shapes(self) -> list[LayerShape]:
         if self.layers is not None:
             return list(self.layers)

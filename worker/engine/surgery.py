@@ -101,7 +101,7 @@ def _sync_mlp(mlp: nn.Module, intermediate: int) -> None:
 
 def _prune_heads(adapter: Adapter, layer: nn.Module, heads: list[int], groups: list[int], hd: int):
     H = adapter.layer_num_heads(layer, hd)
-    G = adapter.layer_num_kv_heads(layer, H, H, hd)
+    G = adapter.layer_num_kv_heads(layer, hd)
     keep_q = [h for h in range(H) if h not in set(heads)]
     keep_g = [g for g in range(G) if g not in set(groups)]
     q_cols = _head_columns(keep_q, hd)
@@ -214,20 +214,6 @@ PER_LAYER_CONFIG_LISTS = ("layer_types", "sliding_window_pattern_per_layer", "no
 # ---- config ------------------------------------------------------------------------------------
 
 
-def layer_shapes(adapter: Adapter, model: nn.Module, head_dim: int) -> list[LayerShape]:
-    out = []
-    for layer in adapter.layers(model):
-        h = adapter.layer_num_heads(layer, head_dim)
-        out.append(
-            LayerShape(
-                num_heads=h,
-                num_kv_heads=adapter.layer_num_kv_heads(layer, h, h, head_dim),
-                intermediate_size=adapter.layer_intermediate_size(layer),
-            )
-        )
-    return out
-
-
 def sync_config(adapter: Adapter, model: nn.Module, head_dim: int) -> None:
     """Write the real widths into the config (widest layer where layers differ).
 
@@ -235,7 +221,7 @@ def sync_config(adapter: Adapter, model: nn.Module, head_dim: int) -> None:
     wrong after heads or hidden channels are cut.
     """
     config = model.config
-    shapes = layer_shapes(adapter, model, head_dim)
+    shapes = [adapter.layer_shape(layer, head_dim) for layer in adapter.layers(model)]
     hidden = adapter.embed(model).weight.shape[1]
     config.hidden_size = hidden
     config.num_hidden_layers = len(shapes)

@@ -171,22 +171,42 @@ function archDiff(models) {
     })))));
 }
 
-/** Columns: [label, value getter, "min"|"max" for best]. */
+/** The newest result of a list (by job id; the API lists newest first today). */
+const latest = (list) => (list && list.length ? list.reduce((a, b) => ((b.job_id ?? 0) > (a.job_id ?? 0) ? b : a)) : null);
+
+/** First measured run (one batch size) of a model's side of a benchmark result. */
+function run0(model, benchmarks) {
+  const b = latest(model.benchmarks);
+  const side = model.kind === "teacher" ? b?.teacher : b?.student;
+  if (side?.runs?.length) return side.runs[0];
+  // A teacher without its own benchmark: every student benchmark measured it too, in the same run.
+  if (model.kind === "teacher") for (const other of benchmarks) if (other?.teacher?.runs?.length) return other.teacher.runs[0];
+  return null;
+}
+
+function perplexityOf(model) {
+  const p = latest(model.evaluations)?.perplexity;
+  return typeof p === "number" ? p : p?.perplexity;
+}
+
+/** Columns: [label, value getter, "min"|"max" for best, formatter]. */
 function benchColumns(models) {
-  const latest = (list) => (list && list.length ? list[list.length - 1] : null);
+  const all = models.map((m) => latest(m.benchmarks)).filter(Boolean);
   const cols = [
-    ["perplexity", (m) => latest(m.evaluations)?.perplexity, "min"],
+    ["perplexity", perplexityOf, "min"],
     ["params", (m) => m.spec?.params_total, "min"],
-    ["decode tok/s", (m) => { const b = latest(m.benchmarks); return m.kind === "teacher" ? b?.teacher?.tokens_per_s ?? b?.tokens_per_s : b?.student?.tokens_per_s; }, "max"],
-    ["speedup", (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup), "max"],
-    ["peak memory", (m) => { const b = latest(m.benchmarks); return m.kind === "teacher" ? b?.teacher?.peak_memory_bytes : b?.student?.peak_memory_bytes; }, "min", bytes],
+    ["prefill tok/s", (m) => run0(m, all)?.prefill_tokens_per_s, "max"],
+    ["decode tok/s", (m) => run0(m, all)?.decode_tokens_per_s, "max"],
+    ["decode speedup", (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup?.[0]?.decode), "max"],
+    ["peak memory", (m) => run0(m, all)?.peak_memory_bytes, "min", bytes],
   ];
-  if (models.some((m) => latest(m.benchmarks)?.student?.prefill_tokens_per_s)) {
-    cols.splice(2, 0, ["prefill tok/s", (m) => { const b = latest(m.benchmarks); return m.kind === "teacher" ? b?.teacher?.prefill_tokens_per_s : b?.student?.prefill_tokens_per_s; }, "max"]);
-  }
   // lm-eval task scores: one column per task metric found in any model.
   const taskKeys = new Set();
-  for (const m of models) for (const [task, metrics] of Object.entries(latest(m.evaluations)?.tasks || {})) for (const k of Object.keys(metrics)) if (typeof metrics[k] === "number" && !k.includes("stderr")) taskKeys.add(`${task}|${k}`);
+  for (const m of models) {
+    const tasks = latest(m.evaluations)?.tasks;
+    if (!tasks || Array.isArray(tasks)) continue;
+    for (const [task, metrics] of Object.entries(tasks)) for (const k of Object.keys(metrics || {})) if (typeof metrics[k] === "number" && !k.includes("stderr")) taskKeys.add(`${task}|${k}`);
+  }
   for (const key of taskKeys) {
     const [task, k] = key.split("|");
     const lowerBetter = /perplexity|bits|loss/.test(k);

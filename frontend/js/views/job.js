@@ -114,7 +114,7 @@ export async function jobView(host, { args, query }, ctx) {
 
   mount(host,
     header,
-    h("section.panel", { style: { marginBottom: "14px" } },
+    h(`section.panel${job.kind === "distill" ? "" : ".hidden"}`, { style: { marginBottom: "14px" } },
       h("div.row",
         h("span.ctl", h("span", "x axis"), segmented([["step", "step"], ["tokens", "tokens"], ["time", "wall time"]], view.x, (v) => { view.x = v; setQuery({ x: v }); schedule(); }, { dataset: { testid: "x-axis" } })),
         h("span.ctl", h("span", "smoothing"), slider, smoothLabel),
@@ -164,7 +164,8 @@ export async function jobView(host, { args, query }, ctx) {
   function renderResult() {
     const r = job.result;
     if (!r) {
-      mount(resultBox, h("div.empty", job.status === "succeeded" ? "No result recorded." : "Appears when the job finishes."));
+      const text = { succeeded: "No result recorded.", failed: "No result: the job failed (reason above).", cancelled: "No result: the job was cancelled." }[job.status] || "Appears when the job finishes.";
+      mount(resultBox, h("div.empty", text));
       return;
     }
     mount(resultBox, resultTable(r));
@@ -296,7 +297,8 @@ export function resultTable(result) {
     for (const [k, v] of Object.entries(obj)) {
       const key = prefix ? `${prefix}.${k}` : k;
       if (v && typeof v === "object" && !Array.isArray(v)) walk(v, key);
-      else if (Array.isArray(v)) rows.push([key, `[${v.length}]`]);
+      else if (Array.isArray(v) && v.some((x) => x && typeof x === "object")) v.forEach((x, i) => walk(x, `${key}[${i}]`));
+      else if (Array.isArray(v)) rows.push([key, v.length ? v.join(", ") : "–"]);
       else rows.push([key, typeof v === "number" ? (/bytes/.test(k) ? bytes(v) : sig(v)) : String(v)]);
     }
   };

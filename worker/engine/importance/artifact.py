@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from worker.engine.atomic import replace_dir
+
 FORMAT = "prunescope-importance/1"
 SCORES_FILE = "scores.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -45,13 +47,7 @@ def write_artifact(directory: str | os.PathLike, arrays: dict[str, np.ndarray], 
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(temp / SCORES_FILE))
         (temp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        old = None
-        if target.exists():  # an empty dir or a previous artifact: move it aside, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "previous")
-        os.replace(temp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(temp, target)  # an empty dir or a previous artifact there is replaced
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

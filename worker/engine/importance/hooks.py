@@ -37,11 +37,6 @@ def layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def head_dim_of(model: nn.Module) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
 class ImportanceHooks:
     """Registers the hooks on enter and removes them on exit (also on errors).
 
@@ -53,7 +48,7 @@ class ImportanceHooks:
         self.model, self.adapter = model, adapter
         self.layers = adapter.layers(model)
         self.norms = [n for layer in self.layers for n in adapter.norms(layer)] + [adapter.final_norm(model)]
-        self.head_dim = head_dim_of(model)
+        self.head_dim = adapter.head_dim(model)
         self.block_importance, self.record_calls = block_importance, record_calls
         device = next(model.parameters()).device
         num_layers = len(self.layers)
