@@ -96,7 +96,7 @@ class Guard:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-        if not length:  # a chunked body states no length: count it as it arrives
+        if "chunked" in headers.get("transfer-encoding", ""):  # no length stated: count as it arrives
             receive = _limited(receive, limit, detail)
         path, token = scope["path"], self.settings.token
         if token and path.startswith(PREFIX) and path != f"{PREFIX}/health":

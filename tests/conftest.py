@@ -274,6 +274,10 @@ class WorkerProcess(ManagedProcess):
         """SIGKILL the whole worker (no warm shutdown, no chance to write anything)."""
         stop_group(self.proc, timeout=0)
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the whole worker: its state holds still while a test reads it."""
+        os.killpg(self.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
 
 @dataclass
 class ApiProcess(ManagedProcess):

@@ -147,6 +147,33 @@ def test_gpt2_hidden_size_must_be_a_multiple_of_head_dim():
     assert "head_dim = n_embd / n_head" in msg and "nearby valid hidden sizes: 28, 32" in msg
 
 
+def test_llama_hidden_size_must_be_a_multiple_of_the_head_count():
+    # LlamaConfig refuses hidden_size % num_attention_heads != 0, even with an explicit head_dim.
+    spec = tiny_spec()
+    (msg,) = errors(PrunePlan(remove_hidden=[0, 1, 2]), spec)
+    assert msg.startswith("remove_hidden:") and "nearby valid hidden sizes: 24, 32" in msg
+    (msg,) = errors(PrunePlan(targets=PlanTargets(hidden_size=20)), spec)
+    assert msg.startswith("hidden_size:") and "nearby valid hidden sizes: 16, 24" in msg
+    # With whole KV groups removed the config keeps 4 heads, so 20 becomes valid.
+    assert (
+        errors(PrunePlan(remove_kv_groups={i: [0, 1] for i in range(4)}, remove_hidden=list(range(12))), spec)
+        == []
+    )
+    # Other families only keep head_dim, so any hidden size is fine there.
+    assert errors(PrunePlan(remove_hidden=[0, 1, 2]), tiny_spec(family="qwen3", model_type="qwen3")) == []
+
+
+def test_param_budget_keeps_llama_hidden_sizes_loadable():
+    spec = tiny_spec()
+    for fraction in (0.35, 0.5, 0.6):
+        budget = int(spec.param_count()["total"] * fraction)
+        plan = fill_plan(PrunePlan(targets=PlanTargets(param_budget=budget)), spec, scores_for(spec))
+        new = resulting_spec(plan, spec)
+        assert new.hidden_size % new.num_heads == 0
+        assert errors(plan, spec) == []
+        assert plan_stats(plan, spec)["params_total"] <= budget
+
+
 def test_gpt2_head_cut_without_matching_hidden_warns_it_is_not_vanilla():
     msgs = validate_plan(PrunePlan(remove_heads={i: [0, 1] for i in range(4)}), gpt2_spec())
     (warning,) = msgs

@@ -4,6 +4,7 @@ A redelivered message of an old attempt never runs the job again."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -29,6 +30,14 @@ def kd_points(app, job_id: int) -> dict[int, float]:
     return {p["step"]: p["value"] for p in series}
 
 
+def disk_checkpoint_step(app, job_id: int) -> int | None:
+    path = app.data_dir / "artifacts" / "checkpoints" / f"job-{job_id}" / "checkpoint.json"
+    try:
+        return json.loads(path.read_text())["step"]
+    except (FileNotFoundError, ValueError, KeyError):  # none yet, or frozen mid-write
+        return None
+
+
 def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
     student = make_student(app)
     job = start_distill(app, student["id"], steps=20, checkpoint_every=3)
@@ -39,7 +48,13 @@ def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
         current = app.api.get(f"/jobs/{jid}").json()
         ck = current["checkpoint_step"]
         if ck and ck >= 3 and max(kd_points(app, jid), default=0) >= ck + 1:
-            break
+            # Freeze the worker, so that what is checked is what gets killed: the job row has caught
+            # up with the checkpoint on disk (the worker writes the file, then the row).
+            app.worker.pause()
+            ck = app.api.get(f"/jobs/{jid}").json()["checkpoint_step"]
+            if ck == disk_checkpoint_step(app, jid) and max(kd_points(app, jid)) > ck:
+                break
+            app.worker.pause(False)
         assert current["status"] in ("queued", "running"), current
         time.sleep(0.1)
     else:

@@ -392,6 +392,17 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     except PlanError as exc:  # a target out of reach (param_budget)
         return msgs + exc.messages
     new_shapes = new.layer_shapes()
+    align = hidden_alignment(new)
+    if new.hidden_size % align:
+        near = [
+            v for v in (new.hidden_size // align * align, (new.hidden_size // align + 1) * align) if v > 0
+        ]
+        error(
+            "hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
+            f"LlamaConfig requires hidden_size to be a multiple of num_attention_heads "
+            f"({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
+            f"{', '.join(map(str, near))}",
+        )
     if spec.family == "phi3" and len({s.num_heads for s in new_shapes}) > 1:
         counts = sorted({s.num_heads for s in new_shapes})
         error(
@@ -413,6 +424,17 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             f"format that worker.engine.loading.load_model restores",
         )
     return msgs
+
+
+def hidden_alignment(spec: ArchSpec) -> int:
+    """What a (pruned) hidden size must be a multiple of for the family's config to accept it.
+
+    transformers' LlamaConfig validates hidden_size % num_attention_heads == 0 even with an explicit
+    head_dim (its config keeps the widest layer's head count); other families only need head_dim kept
+    (GPT-2's rule is checked with remove_hidden above)."""
+    if spec.family == "llama":
+        return max(s.num_heads for s in spec.layer_shapes())
+    return 1
 
 
 def check_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
@@ -594,7 +616,9 @@ def _fit_budget(
     base = resulting_spec(plan, spec)
     F = min(s.intermediate_size for s in spec.layer_shapes())
     D = spec.hidden_size
-    align = spec.head_dim if spec.family == "gpt2" else 1
+    align = (
+        hidden_alignment(base) if spec.family == "llama" else spec.head_dim if spec.family == "gpt2" else 1
+    )
 
     def total(f: int | None, d: int | None) -> int:
         layers = [
