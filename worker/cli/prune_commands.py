@@ -165,10 +165,12 @@ def cmd_plan_stats(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    from tqdm import tqdm
+
     from worker.engine.adapters import arch_spec, count_parameters
     from worker.engine.importance.provenance import weights_sha256
     from worker.engine.loading import save_model
-    from worker.engine.plan import plan_stats
+    from worker.engine.plan import kept_layers, plan_stats
     from worker.engine.surgery import apply_plan
 
     out = Path(args.output)
@@ -185,7 +187,9 @@ def cmd_prune(args) -> int:
     plan, importance_manifest = _resolve_plan(args, spec, original_plan, lambda: teacher["weights_sha256"])
     stats = plan_stats(plan, spec)
     _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
-    apply_plan(model, plan, progress=lambda msg: _say(f"[prune] {msg}"))
+    steps = len(kept_layers(plan, spec)) + bool(plan.remove_hidden) + bool(plan.drop_layers)
+    with tqdm(total=steps, desc="prune", unit="step", file=sys.stderr) as bar:
+        apply_plan(model, plan, progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
     if count_parameters(model) != stats["params_total"]:  # the cost model and the cut must agree
         raise RuntimeError("pruned parameter count differs from the plan's prediction")
     manifest = {
