@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium (Playwright drives it) and Firefox ESR (driven over Marionette) for the UI tests.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@(command -v chromium && command -v firefox-esr) >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium firefox-esr >/dev/null)
 
 lint: install
 	$(BIN)/ruff check .
