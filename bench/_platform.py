@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,4 +50,18 @@ def forget_keys(broker: str, env: dict[str, str]) -> None:
         client.delete(key)
 
 
-__all__ = ["ApiProcess", "WorkerProcess", "environment", "forget_keys", "redis_url", "REPO"]
+@contextlib.contextmanager
+def bench_environment(prefix: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A temp dir and the platform env for one bench run; its Redis keys (and an embedded Redis) go after."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    broker, embedded = redis_url()
+    env = environment(base, broker)
+    try:
+        yield base, env
+    finally:
+        forget_keys(broker, env)
+        if embedded is not None:
+            embedded.shutdown()
+
+
+__all__ = ["ApiProcess", "WorkerProcess", "bench_environment", "REPO"]

@@ -24,17 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from _platform import REPO  # noqa: E402  (puts the repo on sys.path)
 
+from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the same browser as the UI tests)
 
 # One click on a neuron bin, timed in the page: plan edit, local summary, every heatmap redrawn. In sorted
 # order the handler awaits the (already fetched) ranking, so the time runs to the next animation frame.
@@ -185,7 +177,7 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             paints = []
             for i in range(args.repeats):
                 page = browser.new_page(viewport={"width": 1440, "height": 1000})

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from _platform import ApiProcess, environment, forget_keys, redis_url
+from _platform import ApiProcess, bench_environment
 
 L, H, KV, F, D = 32, 32, 8, 14336, 4096
 
@@ -91,9 +90,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="heatmap-bench-"))
-    broker, embedded = redis_url()
-    env = environment(base, broker)
+    with bench_environment("heatmap-bench-") as (base, env):
+        measure_all(base, env, args)
+
+
+def measure_all(base: Path, env: dict[str, str], args) -> None:
     synthetic_artifact(Path(env["PRUNESCOPE_ARTIFACTS"]) / "importance" / "1")
     run_id = register(env, "importance/1")
     server = ApiProcess(env, base / "api.log").start()
@@ -122,9 +123,6 @@ def main() -> None:
             print("targets: neurons default p95 < 50 ms, payload < 300 KB")
     finally:
         server.stop()
-        forget_keys(broker, env)
-        if embedded is not None:
-            embedded.shutdown()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ Run: .venv/bin/python bench/job_throughput.py [--jobs 100] [--workers 1]
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _platform import ApiProcess, WorkerProcess, environment, forget_keys, redis_url
+from _platform import ApiProcess, WorkerProcess, bench_environment
 
 
 def main() -> None:
@@ -20,15 +19,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    with bench_environment("throughput-bench-") as (tmp, env):
+        measure_all(tmp, env, args)
+
+
+def measure_all(tmp: Path, env: dict[str, str], args) -> None:
     from sqlalchemy import select
 
     from backend.db import session_scope
     from backend.models import Event
     from tests.conftest import save_tiny_teacher
 
-    tmp = Path(tempfile.mkdtemp(prefix="throughput-bench-"))
-    broker, embedded = redis_url()
-    env = environment(tmp, broker)
     teacher_dir = save_tiny_teacher(tmp / "tiny")
     server = ApiProcess(env, tmp / "api.log").start()
     workers = [WorkerProcess(env, tmp / f"worker{i}.log").start() for i in range(args.workers)]
@@ -75,9 +76,6 @@ def main() -> None:
         for w in workers:
             w.stop()
         server.stop()
-        forget_keys(broker, env)
-        if embedded is not None:
-            embedded.shutdown()
 
 
 if __name__ == "__main__":

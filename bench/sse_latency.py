@@ -9,13 +9,12 @@ Run: .venv/bin/python bench/sse_latency.py [--events 200] [--rate 20]
 from __future__ import annotations
 
 import argparse
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from _platform import ApiProcess, environment, forget_keys, redis_url
+from _platform import ApiProcess, bench_environment
 
 
 def run(env: dict, base: Path, events: int, rate: float, wakeup: bool) -> list[float]:
@@ -61,9 +60,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0, help="metric writes per second")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sse-bench-"))
-    broker, embedded = redis_url()
-    env = environment(tmp, broker)
+    with bench_environment("sse-bench-") as (tmp, env):
+        measure_all(tmp, env, args)
+
+
+def measure_all(tmp: Path, env: dict[str, str], args) -> None:
     server = ApiProcess(env, tmp / "api.log").start()
     try:
         print(f"{args.events} metric events at {args.rate:g}/s, writer -> DB -> API -> SSE client")
@@ -76,9 +77,6 @@ def main() -> None:
             )
     finally:
         server.stop()
-        forget_keys(broker, env)
-        if embedded is not None:
-            embedded.shutdown()
 
 
 if __name__ == "__main__":
