@@ -309,7 +309,7 @@ class LiveApp:
     env: dict[str, str]
     data_dir: Path
     teacher_dir: Path
-    worker: WorkerProcess
+    worker: WorkerProcess | None
     server: ApiProcess
 
     def wait_job(
@@ -324,21 +324,22 @@ class LiveApp:
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s:\n{self.worker.log()}")
 
 
-def start_live_app(base: Path, redis_url: str, **extra_env: str) -> LiveApp:
+def start_live_app(base: Path, redis_url: str, with_worker: bool = True, **extra_env: str) -> LiveApp:
     data = base / "data"
     data.mkdir(parents=True, exist_ok=True)
     teacher_dir = save_tiny_teacher(base / "models" / "tiny-llama")
     env = platform_env(f"sqlite:///{data / 'prunescope.db'}", redis_url, data, **extra_env)
     env["PRUNESCOPE_ALLOWED_ROOTS"] = str(base)
     server = ApiProcess(env, base / "api.log").start()  # runs the migrations
-    worker = WorkerProcess(env, base / "worker.log").start()
+    worker = WorkerProcess(env, base / "worker.log").start() if with_worker else None
     api = httpx.Client(base_url=f"{server.url}/api/v1", timeout=30)
     return LiveApp(server.url, api, env, data, teacher_dir, worker, server)
 
 
 def stop_live_app(app: LiveApp) -> None:
     app.api.close()
-    app.worker.stop()
+    if app.worker:
+        app.worker.stop()
     app.server.stop()
 
 

@@ -15,9 +15,14 @@ from tests.platform.helpers import make_student, start_distill
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, redis_url):
-    # The API marks a running job lost after 3 s without a heartbeat (workers beat every 0.5 s here).
+    # No shared worker: each test starts (and kills) its own, so one test's leftovers never take
+    # another's job. The API marks a running job lost after 3 s without a heartbeat (workers beat every
+    # 0.5 s here).
     app = start_live_app(
-        tmp_path_factory.mktemp("reliability"), redis_url, PRUNESCOPE_HEARTBEAT_TIMEOUT_S="3"
+        tmp_path_factory.mktemp("reliability"),
+        redis_url,
+        with_worker=False,
+        PRUNESCOPE_HEARTBEAT_TIMEOUT_S="3",
     )
     yield app
     stop_live_app(app)
@@ -38,28 +43,34 @@ def disk_checkpoint_step(app, job_id: int) -> int | None:
         return None
 
 
-def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
-    student = make_student(app)
-    job = start_distill(app, student["id"], steps=20, checkpoint_every=3)
-    jid = job["id"]
-
+def freeze_past_a_checkpoint(app, worker: WorkerProcess, jid: int) -> None:
+    """Leave `worker` frozen (SIGSTOP) with the job past a checkpoint and steps after it to replay on
+    resume, and the job row caught up with the checkpoint on disk (the worker writes the file, then the
+    row): what is checked is then exactly what gets killed."""
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # past a checkpoint, with steps after it to replay on resume
+    while time.monotonic() < deadline:
         current = app.api.get(f"/jobs/{jid}").json()
-        ck = current["checkpoint_step"]
-        if ck and ck >= 3 and max(kd_points(app, jid), default=0) >= ck + 1:
-            # Freeze the worker, so that what is checked is what gets killed: the job row has caught
-            # up with the checkpoint on disk (the worker writes the file, then the row).
-            app.worker.pause()
+        assert current["status"] in ("queued", "running"), (current, worker.log())
+        if (current["checkpoint_step"] or 0) >= 3:
+            worker.pause()
             ck = app.api.get(f"/jobs/{jid}").json()["checkpoint_step"]
-            if ck == disk_checkpoint_step(app, jid) and max(kd_points(app, jid)) > ck:
-                break
-            app.worker.pause(False)
-        assert current["status"] in ("queued", "running"), current
-        time.sleep(0.1)
-    else:
-        raise AssertionError("no checkpoint reached")
-    app.worker.kill()
+            if ck == disk_checkpoint_step(app, jid) and max(kd_points(app, jid), default=0) > ck:
+                return
+            worker.pause(False)
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint reached: {worker.log()}")
+
+
+def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
+    steps = 60  # enough that the job cannot finish while the test catches it between checkpoints
+    first = WorkerProcess(app.env, tmp_path / "worker1.log").start()
+    try:
+        student = make_student(app)
+        jid = start_distill(app, student["id"], steps=steps, checkpoint_every=3)["id"]
+        freeze_past_a_checkpoint(app, first, jid)
+        first.kill()
+    finally:
+        first.stop()
     killed_at = kd_points(app, jid)
 
     failed = app.wait_job(jid, timeout=30, statuses=("failed",))
@@ -76,7 +87,7 @@ def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
         done = app.wait_job(jid, timeout=240)
         assert done["status"] == "succeeded", (done, worker.log())
         final = kd_points(app, jid)
-        assert sorted(final) == list(range(1, 21))
+        assert sorted(final) == list(range(1, steps + 1))
         assert all(final[s] == v for s, v in killed_at.items())
         logs = [entry["msg"] for entry in app.api.get(f"/jobs/{jid}/logs").json()]
         assert f"resuming from the checkpoint at step {failed['checkpoint_step']}" in logs
