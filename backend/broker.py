@@ -7,6 +7,7 @@ and passes its URL (`redis+socket:///path`) to its children.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import redis
 
@@ -26,6 +27,12 @@ def redis_py_url(broker_url: str) -> str:
 
 def redis_client(broker_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_py_url(broker_url), socket_connect_timeout=5, socket_timeout=10)
+
+
+@lru_cache(maxsize=8)
+def shared_client(broker_url: str) -> redis.Redis:
+    """One client (and connection pool) per URL for the whole process; redis-py clients are thread-safe."""
+    return redis_client(broker_url)
 
 
 def start_embedded(data_dir) -> tuple[object, str]:

@@ -2,7 +2,8 @@
 binning, sorting, layer range and zoom), hidden channels, layer scores, rank stability.
 
 Results are cached per (artifact, aggregation) because the dashboard re-requests the same run while
-the user zooms; numbers are rounded to 4 significant digits to keep payloads small.
+the user zooms; numbers are rounded to 4 significant digits to keep payloads small, so every ranking
+(`rank`, `neuron_order`) is computed here from the exact scores, never by clients from rounded values.
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ def ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(values, axis=-1, kind="stable"), axis=-1, kind="stable")
 
 
+def descending_order(values: np.ndarray) -> np.ndarray:
+    """Unit indices along the last axis, most important first, ties broken as `fill_plan` breaks them.
+
+    `fill_plan` removes the first n of a stable ascending argsort of the float64 scores, so this is
+    that argsort reversed: the last n positions of each row are exactly the units it would remove
+    (the browser must not re-rank the 4-digit payload values, near-ties would come out differently).
+    """
+    return np.argsort(np.asarray(values, dtype=np.float64), axis=-1, kind="stable")[..., ::-1]
+
+
+def neuron_order(path: Path, batch: str, seq: str) -> dict:
+    """Each layer's neuron indices in sorted-view order (position p of the sorted map = order[l][p])."""
+    full = scores(path, batch, seq).neurons
+    order = _remember(_sorted, (str(path), batch, seq), lambda: descending_order(full))
+    return {"layers": int(full.shape[0]), "width": int(full.shape[1]), "order": order.tolist()}
+
+
 def heads(path: Path, batch: str, seq: str, kv_groups: int | None) -> dict:
     z = scores(path, batch, seq).heads
     return {
@@ -117,8 +135,9 @@ def neurons(
         )
     if not 0 <= start < end <= width:
         raise RangeError("end", f"neuron range must satisfy 0 <= start < end <= {width}")
-    if order == "sorted":  # descending score per layer: x = rank position
-        data = _remember(_sorted, (str(path), batch, seq), lambda: -np.sort(-full, axis=1))
+    if order == "sorted":  # descending score per layer: x = rank position, in `neuron_order`'s order
+        perm = _remember(_sorted, (str(path), batch, seq), lambda: descending_order(full))
+        data = np.take_along_axis(full, perm, axis=1)
     else:
         data = full
     block = data[layer_start:layer_end, start:end]
@@ -140,13 +159,19 @@ def neurons(
 
 
 def layers(path: Path, batch: str = "l2", seq: str = "mean") -> dict:
-    """Layer scores; the aggregation applies to Block Importance (the loss scans are plain means)."""
+    """Layer scores; the aggregation applies to Block Importance and the block angular distance (the
+    loss scans are plain means). `block_loss` and `block_angular` are keyed by block size k."""
     res = result(path)
     layer = res.layer_scores(batch, seq)
     block_loss = {
         name.removeprefix("block_loss_k"): compact(values)
         for name, values in layer.items()
         if name.startswith("block_loss_k")
+    }
+    block_angular = {
+        name.removeprefix("block_angular_k"): compact(values)
+        for name, values in layer.items()
+        if name.startswith("block_angular_k")
     }
     base = (
         res.base_loss() if "loss_base" in res.arrays and float(res.arrays["loss_tokens"].sum()) > 0 else None
@@ -155,6 +180,7 @@ def layers(path: Path, batch: str = "l2", seq: str = "mean") -> dict:
         "block_importance": compact(layer["block_importance"]) if "block_importance" in layer else None,
         "drop_loss": compact(layer["drop_loss"]) if "drop_loss" in layer else None,
         "block_loss": block_loss,
+        "block_angular": block_angular,
         "base_loss": base,
     }
 

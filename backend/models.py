@@ -178,3 +178,9 @@ class Artifact(Base):
     key: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Ids are never reused on SQLite (deleted plans/students/jobs; links and SSE Last-Event-IDs stay valid):
+# AUTOINCREMENT, as migration 0002 sets up. PostgreSQL sequences never reuse ids anyway.
+for _table in Base.metadata.tables.values():
+    _table.dialect_kwargs["sqlite_autoincrement"] = True

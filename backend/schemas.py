@@ -7,14 +7,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker.engine.plan import PlanTargets, PrunePlan
+from worker.routing import Requirement
 
-Scan = Literal["bi", "drop", "block"]
+Scan = Literal["bi", "drop", "block", "angular"]  # worker.engine.importance.result.SCANS
 BatchAgg = Literal["l2", "mean", "var"]
 SeqAgg = Literal["mean", "l2"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class OnDevice(Strict):
+    """A heavy job's device requirement (stored in the job's params)."""
+
+    device: Requirement = Field(
+        "auto",
+        description='"cuda" (a GPU worker; 409 when none is live), "cpu", or "auto" (GPU when a GPU worker '
+        "is live, else CPU); see worker/routing.py",
+    )
 
 
 class TeacherCreate(Strict):
@@ -28,7 +39,7 @@ class DatasetCreate(Strict):
     source: str = Field(min_length=1, max_length=1000, description='"demo" or a local file / directory')
 
 
-class ImportanceRunCreate(Strict):
+class ImportanceRunCreate(OnDevice):
     teacher_id: int
     dataset_id: int
     samples: int = Field(64, ge=1, le=100_000)
@@ -70,18 +81,18 @@ class PlanUpdate(Strict):
     name: str | None = Field(None, min_length=1, max_length=200)
 
 
-class PreviewCreate(Strict):
+class PreviewCreate(OnDevice):
     dataset_id: int | None = None
     samples: int = Field(16, ge=1, le=4096)
     seq_len: int = Field(128, ge=2, le=131_072)
 
 
-class StudentCreate(Strict):
+class StudentCreate(OnDevice):
     plan_id: int
     name: str = Field(min_length=1, max_length=200)
 
 
-class DistillParams(Strict):
+class DistillParams(OnDevice):
     dataset_id: int | None = None
     steps: int = Field(200, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1)
@@ -106,7 +117,7 @@ class DistillParams(Strict):
         return self
 
 
-class EvaluateParams(Strict):
+class EvaluateParams(OnDevice):
     dataset_id: int | None = None
     split: Literal["train", "validation", "calibration", "test"] = "test"
     max_documents: int = Field(64, ge=1, le=100_000)
@@ -115,7 +126,7 @@ class EvaluateParams(Strict):
     limit: int | None = Field(50, ge=1, description="samples per lm-eval task")
 
 
-class BenchmarkParams(Strict):
+class BenchmarkParams(OnDevice):
     batch_size: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(128, ge=1, le=131_072)
     new_tokens: int = Field(32, ge=1, le=8192)

@@ -34,6 +34,10 @@ def job(j: m.Job) -> dict[str, Any]:
 
 
 def is_resumable(j: m.Job) -> bool:
+    """A distill job with a checkpoint, or a job that failed before any worker claimed it (a worker
+    refused it, or the broker was unreachable): running it again from scratch repeats nothing."""
+    if j.status == "failed" and j.started_at is None and j.heartbeat_at is None:
+        return True
     return j.kind == "distill" and j.status in ("failed", "cancelled") and j.checkpoint is not None
 
 

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # A running job whose worker has not written a heartbeat for this long is marked failed (worker lost).
     heartbeat_timeout_s: float = 60.0
     heartbeat_interval_s: float = 2.0
+    # How often a worker refreshes its entry in the worker registry (backend.fleet); an entry not
+    # refreshed for three intervals (a dead worker) expires.
+    worker_refresh_s: float = 5.0
     max_body_bytes: int = 1 << 20
     # Prefix of every Redis key and channel, so deployments (or test runs) can share one Redis server.
     redis_prefix: str = ""

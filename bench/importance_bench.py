@@ -2,7 +2,9 @@
 
 Prints:
 1. time of the hooked importance pass (width axes + Block Importance) against a plain
-   `torch.inference_mode()` forward over the same batches: the ratio (target <= 1.15x);
+   `torch.inference_mode()` forward over the same batches: the ratio (target <= 1.15x); and against
+   a forward of the base model alone (no LM head), which is all the pass runs when no loss scan is
+   asked for (the loss scans apply the LM head in chunks, `chunked_head.py`);
 2. peak memory of both. CUDA: `torch.cuda.max_memory_allocated` (exact, in-process). CPU: torch's CPU
    allocations are invisible to tracemalloc, so each pass runs in a fresh child process (same model,
    same batches, glibc's mmap threshold pinned so freed tensors leave RSS) while a thread samples
@@ -94,6 +96,13 @@ def plain_pass(model, batches):
             model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
 
 
+def base_pass(model, batches):
+    """Up to the final norm only: the work the importance pass does when no loss scan needs logits."""
+    with torch.inference_mode():
+        for b in batches:
+            model.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+
+
 def importance_pass(model, batches, scans=("bi",), block_size=2):
     from worker.engine.importance import compute_importance
 
@@ -117,6 +126,7 @@ def timed(fn, device):
 def naive_drop_scan(model, batches, k: int) -> float:
     """What the scan replaces: every cut model run in full (layers really removed, shared weights)."""
     from worker.engine.adapters import adapter_for
+    from worker.engine.chunked_head import final_hidden_states, output_head
     from worker.engine.importance.layer_scan import token_losses
 
     adapter = adapter_for(model)
@@ -130,11 +140,9 @@ def naive_drop_scan(model, batches, k: int) -> float:
                     parent, attr, torch.nn.ModuleList([m for j, m in enumerate(full) if not i <= j < i + k])
                 )
                 model.config.num_hidden_layers = count - k
-                for b in batches:
-                    logits = model(
-                        input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
-                    ).logits
-                    token_losses(logits, b["input_ids"], b["attention_mask"])
+                for b in batches:  # the same (chunked-head) loss as the scans: only the layer work differs
+                    hidden = final_hidden_states(model, b["input_ids"], b["attention_mask"])
+                    token_losses(hidden, output_head(model), b["input_ids"], b["attention_mask"])
     finally:
         setattr(parent, attr, full)
         model.config.num_hidden_layers = count
@@ -214,15 +222,21 @@ def main(argv=None) -> None:
     # 1. time, alternating so that load changes on a shared machine hit both sides alike
     plain_pass(model, batches)
     importance_pass(model, batches)  # warm-up
-    plain_t, hooked_t = [], []
+    plain_t, hooked_t, base_t = [], [], []
     for _ in range(args.repeats):
         plain_t.append(timed(lambda: plain_pass(model, batches), device)[0])
         hooked_t.append(timed(lambda: importance_pass(model, batches), device)[0])
-    p, h = statistics.median(plain_t), statistics.median(hooked_t)
+        base_t.append(timed(lambda: base_pass(model, batches), device)[0])
+    p, h, b = statistics.median(plain_t), statistics.median(hooked_t), statistics.median(base_t)
     print(
         f"[time] plain inference_mode forward: {p * 1e3:.1f} ms | importance pass (heads, neurons, hidden, BI): "
         f"{h * 1e3:.1f} ms | ratio {h / p:.3f}x (target <= 1.15x; medians of {args.repeats}, "
         f"min ratio {min(hooked_t) / min(plain_t):.3f}x)"
+    )
+    # Without a loss scan the importance pass stops at the final norm (no LM head): the same work as this.
+    print(
+        f"[time] base-model forward without the LM head: {b * 1e3:.1f} ms | importance pass / base "
+        f"{h / b:.3f}x (min ratio {min(hooked_t) / min(base_t):.3f}x)"
     )
 
     if args.profile:

@@ -28,7 +28,7 @@ def run(env: dict, base: Path, events: int, rate: float, wakeup: bool) -> list[f
     if not wakeup:
         settings = settings.model_copy(update={"broker_url": None})  # the writer publishes nothing
     with session_scope(settings.resolved_database_url) as s:
-        job = Job(kind="distill", params={}, queue="gpu")
+        job = Job(kind="distill", params={}, queue="cpu")
         s.add(job)
         s.flush()
         job_id = job.id

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -92,6 +93,28 @@ def _pg_schema_url(base: str, schema: str) -> str:
     return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
+@contextmanager
+def postgres_schema():
+    """A fresh, empty PostgreSQL schema (dropped afterwards): yields a URL whose search_path is it."""
+    import sqlalchemy as sa
+
+    from backend.db import engine_for, normalize_url
+
+    base = postgres_base_url()
+    schema = f"ps_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = _pg_schema_url(base, schema)
+    try:
+        yield url
+    finally:
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(params=DB_KINDS)
 def database_url(request, tmp_path):
     """A migrated, empty database: SQLite always, PostgreSQL (own schema) when reachable."""
@@ -102,26 +125,9 @@ def database_url(request, tmp_path):
         upgrade(url)
         yield url
         return
-    import sqlalchemy as sa
-
-    from backend.db import normalize_url
-
-    base = postgres_base_url()
-    schema = f"ps_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(normalize_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = _pg_schema_url(base, schema)
-    try:
+    with postgres_schema() as url:
         upgrade(url)
         yield url
-    finally:
-        from backend.db import engine_for
-
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 # ---- a tiny teacher on disk ---------------------------------------------------------------------
@@ -263,10 +269,12 @@ class ManagedProcess:
 class WorkerProcess(ManagedProcess):
     """A real `prunescope worker` (Celery) subprocess; tests may SIGKILL it."""
 
-    queues: str = "default,gpu"
+    queues: str | None = "default,cpu"  # None: the worker's own default for its device
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
-        argv = ["worker", "--device", "cpu", "--queues", self.queues, "--loglevel", "INFO"]
+        argv = ["worker", "--device", "cpu", "--loglevel", "INFO"]
+        if self.queues is not None:
+            argv += ["--queues", self.queues]
         self._spawn(argv, {**os.environ, **self.env}, timeout, lambda new_log: " ready." in new_log)
         return self
 
@@ -324,11 +332,18 @@ class LiveApp:
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s:\n{self.worker.log()}")
 
 
-def start_live_app(base: Path, redis_url: str, with_worker: bool = True, **extra_env: str) -> LiveApp:
+def start_live_app(
+    base: Path,
+    redis_url: str,
+    with_worker: bool = True,
+    database_url: str | None = None,
+    **extra_env: str,
+) -> LiveApp:
+    """API + (optionally) one worker on `database_url` (default: SQLite under `base`)."""
     data = base / "data"
     data.mkdir(parents=True, exist_ok=True)
     teacher_dir = save_tiny_teacher(base / "models" / "tiny-llama")
-    env = platform_env(f"sqlite:///{data / 'prunescope.db'}", redis_url, data, **extra_env)
+    env = platform_env(database_url or f"sqlite:///{data / 'prunescope.db'}", redis_url, data, **extra_env)
     env["PRUNESCOPE_ALLOWED_ROOTS"] = str(base)
     server = ApiProcess(env, base / "api.log").start()  # runs the migrations
     worker = WorkerProcess(env, base / "worker.log").start() if with_worker else None

@@ -14,15 +14,11 @@ import os
 from celery import Celery
 
 RUN_JOB = "prunescope.run_job"
-HEAVY_KINDS = {"importance", "prune", "preview", "distill", "evaluate", "benchmark"}
-
-
-def queue_for(kind: str) -> str:
-    return "gpu" if kind in HEAVY_KINDS else "default"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 
 def make_celery(broker_url: str | None, prefix: str = "") -> Celery:
-    app = Celery("prunescope", broker=broker_url or "redis://127.0.0.1:6379/0", include=["worker.tasks"])
+    app = Celery("prunescope", broker=broker_url or DEFAULT_BROKER_URL, include=["worker.tasks"])
     transport_options = {"visibility_timeout": 6 * 3600}
     if prefix:
         transport_options["global_keyprefix"] = prefix
@@ -33,7 +29,7 @@ def make_celery(broker_url: str | None, prefix: str = "") -> Celery:
         task_ignore_result=True,
         result_backend=None,
         task_default_queue="default",
-        task_routes={RUN_JOB: {"queue": "default"}},  # overridden per call with queue_for(kind)
+        task_routes={RUN_JOB: {"queue": "default"}},  # overridden per call (worker.routing)
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -20,6 +20,7 @@ from backend.db import session_scope
 from backend.events import add_event, publish_wakeup
 from backend.models import Job, MetricPoint, utcnow
 from backend.settings import Settings
+from worker.routing import requirement_of
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS = ("loss", "kd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
@@ -79,6 +80,29 @@ class JobRuntime:
         self._heartbeat = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True)
         self._heartbeat.start()
         return job
+
+    def required_device(self) -> str:
+        """The job's device requirement ("auto" for light jobs, old rows and a job that is gone)."""
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            return requirement_of(job.params if job is not None else None)
+
+    def refuse(self, reason: str) -> bool:
+        """queued -> failed without running, for the attempt this message was sent for; the job never
+        started, so it stays resumable (backend.serialize.is_resumable) and a resume routes it anew."""
+        with session_scope(self.url) as s:
+            refused = s.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "queued", Job.attempts == self.attempt)
+                .values(status="failed", finished_at=utcnow(), error=reason[:4000], message=None)
+            ).rowcount
+            if not refused:
+                return False
+            job = s.get(Job, self.job_id)
+            self.teacher_id = job.teacher_id
+            add_event(s, job, "status", serialize.job(job))
+        self._wake()
+        return True
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> None:
         self._stop_heartbeat.set()

@@ -10,6 +10,7 @@ from celery.signals import worker_init, worker_shutting_down
 
 from backend.settings import Settings
 from worker.celery_app import RUN_JOB, app
+from worker.routing import can_serve
 from worker.runtime import SHUTTING_DOWN, JobCancelled, JobRuntime
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,15 @@ def run_job(job_id: int, attempt: int) -> str:
     from worker.handlers import HANDLERS
 
     rt = JobRuntime(Settings(), job_id, attempt, device=os.environ.get("PRUNESCOPE_WORKER_DEVICE", "cpu"))
+    # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an
+    # older deployment) can still bring one here. Refuse it, never run it on the wrong device.
+    requirement = rt.required_device()
+    if not can_serve(rt.device, requirement):
+        reason = (
+            f"refused by worker {rt.worker_name}: the job requires device {requirement} but this worker "
+            f"runs on {rt.device}; resume it to route it to a {requirement} worker"
+        )
+        return "refused" if rt.refuse(reason) else "skipped"
     job = rt.claim()
     if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
         return "skipped"

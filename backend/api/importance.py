@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from backend import heatmaps, serialize
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, field_error, get_db, get_or_404, get_settings
-from backend.dispatch import new_job, send
+from backend.dispatch import choose_queue, new_job, send
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.schemas import BatchAgg, ImportanceRunCreate, SeqAgg
 from backend.settings import Settings
@@ -32,15 +32,16 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
     teacher = ready_teacher(db, body.teacher_id)
     get_or_404(db, Dataset, body.dataset_id)
     layers = teacher.spec["num_layers"]
-    if "block" in body.scans and not 1 <= body.block_size < layers:
+    if ("block" in body.scans or "angular" in body.scans) and not 1 <= body.block_size < layers:
         raise field_error(
             ["body", "block_size"], f"must be between 1 and {layers - 1} (the teacher has {layers} layers)"
         )
     params = body.model_dump(exclude={"teacher_id", "dataset_id"})
+    queue = choose_queue(request.app.state.settings, "importance", params)
     run = ImportanceRun(teacher_id=teacher.id, dataset_id=body.dataset_id, params=params)
     db.add(run)
     db.flush()
-    job = new_job(db, "importance", params, teacher_id=teacher.id, importance_run_id=run.id)
+    job = new_job(db, "importance", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id)
     run.job_id = job.id
     send(request.app, db, job)
     return serialize.importance_run(run, job)
@@ -124,6 +125,11 @@ def run_neurons(
         )
     except heatmaps.RangeError as exc:
         raise field_error(["query", exc.field], str(exc)) from exc
+
+
+@router.get("/importance-runs/{run_id}/neuron-order")
+def run_neuron_order(artifact: RunArtifact, agg: Aggregation) -> dict:
+    return heatmaps.neuron_order(artifact[1], *agg)
 
 
 @router.get("/importance-runs/{run_id}/hidden")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend import serialize
 from backend.deps import Page, field_error, get_db, get_or_404
-from backend.dispatch import new_job, send
+from backend.dispatch import choose_queue, new_job, send
 from backend.events import add_event, publish_wakeup
 from backend.models import Dataset, Event, Job, MetricPoint, Student, Teacher, utcnow
 from backend.schemas import PARAMS, JobCreate
@@ -44,7 +44,9 @@ def create_job(body: JobCreate, request: Request, db: Session = Depends(get_db))
         get_or_404(db, Teacher, teacher_id)
     if getattr(params, "dataset_id", None) is not None:
         get_or_404(db, Dataset, params.dataset_id)
-    job = new_job(db, body.kind, params.model_dump(), teacher_id=teacher_id, student_id=body.student_id)
+    values = params.model_dump()
+    queue = choose_queue(request.app.state.settings, body.kind, values)
+    job = new_job(db, body.kind, values, queue=queue, teacher_id=teacher_id, student_id=body.student_id)
     send(request.app, db, job)
     return serialize.job(job)
 
@@ -103,16 +105,20 @@ def resume(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
     if not serialize.is_resumable(job):
         why = "has no checkpoint" if job.status in ("failed", "cancelled") else f"is {job.status}"
         raise HTTPException(409, f"Job {job_id} cannot be resumed: it {why}")
+    queue = choose_queue(request.app.state.settings, job.kind, job.params)  # the live fleet may differ now
     changed = db.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.attempts == job.attempts)
         .values(
             status="queued",
+            queue=queue,
             attempts=job.attempts + 1,
             cancel_requested=False,
             error=None,
             finished_at=None,
-            message=f"resuming from step {job.checkpoint_step}",
+            message=(
+                f"resuming from step {job.checkpoint_step}" if job.checkpoint is not None else "resubmitted"
+            ),
         )
     ).rowcount
     if not changed:

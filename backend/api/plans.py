@@ -7,10 +7,10 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, serialize
+from backend import heatmaps, removal, serialize
 from backend.api.importance import artifact_path, ready_teacher
 from backend.deps import Page, get_db, get_or_404, get_settings
-from backend.dispatch import new_job, send
+from backend.dispatch import choose_queue, new_job, send
 from backend.models import Dataset, ImportanceRun, Plan, utcnow
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
 from backend.settings import Settings
@@ -142,6 +142,16 @@ def get_plan(plan_id: int, db: Session = Depends(get_db)) -> dict:
     return serialize.plan(get_or_404(db, Plan, plan_id))
 
 
+@router.delete("/plans/{plan_id}", status_code=204)
+def delete_plan(
+    plan_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> None:
+    """The plan and its preview jobs; refused while a student is built from it."""
+    leftovers = removal.delete_plan(db, get_or_404(db, Plan, plan_id), settings)
+    db.commit()
+    leftovers.remove(settings)
+
+
 @router.post("/plans/{plan_id}/preview", status_code=202)
 def preview(
     plan_id: int, request: Request, body: PreviewCreate | None = Body(None), db: Session = Depends(get_db)
@@ -150,6 +160,8 @@ def preview(
     body = body or PreviewCreate()
     if body.dataset_id is not None:
         get_or_404(db, Dataset, body.dataset_id)
-    job = new_job(db, "preview", body.model_dump(), teacher_id=plan.teacher_id, plan_id=plan.id)
+    params = body.model_dump()
+    queue = choose_queue(request.app.state.settings, "preview", params)
+    job = new_job(db, "preview", params, queue=queue, teacher_id=plan.teacher_id, plan_id=plan.id)
     send(request.app, db, job)
     return serialize.job(job)

@@ -10,10 +10,10 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import serialize
+from backend import removal, serialize
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, field_error, get_db, get_or_404, get_settings
-from backend.dispatch import new_job, send
+from backend.dispatch import choose_queue, new_job, send
 from backend.models import Plan, Student
 from backend.schemas import StudentCreate
 from backend.settings import Settings
@@ -31,13 +31,16 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
             f"plan {plan.id} has targets: fill them from an importance run (POST /plans/fill) "
             "and save the explicit plan first",
         )
+    params = {"plan_id": plan.id, "plan_version": plan.version, "device": body.device}
+    queue = choose_queue(request.app.state.settings, "prune", params)
     student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
     db.add(student)
     db.flush()
     job = new_job(
         db,
         "prune",
-        {"plan_id": plan.id, "plan_version": plan.version},
+        params,
+        queue=queue,
         teacher_id=plan.teacher_id,
         student_id=student.id,
         plan_id=plan.id,
@@ -62,6 +65,16 @@ def list_students(
 @router.get("/students/{student_id}")
 def get_student(student_id: int, db: Session = Depends(get_db)) -> dict:
     return serialize.student(get_or_404(db, Student, student_id))
+
+
+@router.delete("/students/{student_id}", status_code=204)
+def delete_student(
+    student_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> None:
+    """The student, its jobs (prune, distill, evaluate, benchmark) with their results, and its files."""
+    leftovers = removal.delete_student(db, get_or_404(db, Student, student_id), settings)
+    db.commit()
+    leftovers.remove(settings)
 
 
 @router.get("/students/{student_id}/download")

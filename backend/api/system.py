@@ -1,9 +1,10 @@
-"""Health and server configuration."""
+"""Health, server configuration and the live workers."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException
 
+from backend import fleet
 from backend.db import dialect
 from backend.deps import get_settings
 from backend.settings import Settings
@@ -31,3 +32,12 @@ def config(settings: Settings = Depends(get_settings)) -> dict:
         "auth": bool(settings.token),
         "demo_dataset": "demo",
     }
+
+
+@router.get("/workers")
+def workers(settings: Settings = Depends(get_settings)) -> list[dict]:
+    """The workers in the registry (backend.fleet): each alive, with its device and queues."""
+    try:
+        return fleet.live_workers(settings)
+    except Exception as exc:
+        raise HTTPException(503, f"could not read the worker registry: broker unreachable ({exc})") from exc

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from backend import serialize
 from backend.deps import Page, get_db, get_or_404, get_settings
-from backend.dispatch import new_job, send
+from backend.dispatch import choose_queue, new_job, send
 from backend.models import Dataset, Teacher
 from backend.paths import HUB_ID, PathNotAllowed, check_local_path, looks_local
 from backend.schemas import DatasetCreate, TeacherCreate
@@ -48,7 +48,8 @@ def create_teacher(
     )
     db.add(teacher)
     db.flush()
-    job = new_job(db, "inspect", {"source": source}, teacher_id=teacher.id)
+    queue = choose_queue(settings, "inspect", {})  # a light job: always `default`
+    job = new_job(db, "inspect", {"source": source}, queue=queue, teacher_id=teacher.id)
     teacher.job_id = job.id
     send(request.app, db, job)
     return serialize.teacher(teacher)

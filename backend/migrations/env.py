@@ -14,14 +14,22 @@ url = config.attributes.get("database_url") or Settings().resolved_database_url
 
 def run_migrations_online() -> None:
     engine = make_engine(url)
+    sqlite = url.startswith("sqlite")
     with engine.connect() as connection:
+        if sqlite:  # batch mode rebuilds tables: foreign keys must not fire while a parent is copied
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction:
+            connection.commit()  # end the one SQLAlchemy began, before Alembic opens its own
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
-            render_as_batch=url.startswith("sqlite"),  # SQLite needs batch mode for ALTER
+            render_as_batch=sqlite,  # SQLite needs batch mode for ALTER
         )
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"migration left rows with dangling foreign keys: {broken[:5]}")
     engine.dispose()
 
 

@@ -31,7 +31,8 @@ function describe(status, detail) {
     return detail
       .map((item) => {
         const loc = (item.loc || []).filter((p) => p !== "body" && p !== "query" && p !== "path");
-        return loc.length ? `${loc.join(".")}: ${item.msg}` : item.msg;
+        const msg = String(item.msg).replace(/^Value error, /, ""); // pydantic's prefix says nothing to a user
+        return loc.length ? `${loc.join(".")}: ${msg}` : msg;
       })
       .join("; ");
   }

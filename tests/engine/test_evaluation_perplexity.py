@@ -1,5 +1,6 @@
 """Perplexity: token-weighted, sliding window checked against per-token naive computations."""
 
+import importlib
 import math
 
 import pytest
@@ -7,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from tests.engine.distill_helpers import demo_tokenizer, packed, tiny_llama
+from tests.engine.test_surgery import COMBINED, HIDDEN
+from tests.tiny_models import FAMILIES, VOCAB, tiny_model
+from worker.engine import chunked_head
 from worker.engine.evaluation import perplexity, windows
+from worker.engine.masking import masked
+from worker.engine.teacher import block_nll
+
+perplexity_module = importlib.import_module("worker.engine.evaluation.perplexity")  # the name is shadowed
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +106,120 @@ def test_packed_blocks_and_bad_input(model):
         perplexity(model, DOCS)
     with pytest.raises(ValueError, match="no documents"):
         perplexity(model, [], demo_tokenizer())
+
+
+# ---- chunked LM head: equals the former full-logits computation, for every family --------------------
+
+
+class ByteTokenizer:
+    """Bytes -> ids 3..95, enough to feed the tiny models (vocabulary 96) real multi-window documents."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, None
+
+    def __call__(self, texts, add_special_tokens=False, verbose=False):
+        return {"input_ids": [[3 + b % (VOCAB - 3) for b in t.encode()] for t in texts]}
+
+
+@torch.no_grad()
+def _full_logits_score(model, _head, rows, pad_id, device, chunk_tokens):
+    """The former `_score`, kept as the reference: full [B, S, V] logits and one cross-entropy."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for r, (ids, first) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention[r, : len(ids)] = 1
+        labels[r, first : len(ids)] = input_ids[r, first : len(ids)]
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
+    ).logits
+    shift_labels = labels[:, 1:].to(device)
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return float(nll), int((shift_labels != -100).sum())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_head_equals_full_logits_for_every_family(family, monkeypatch):
+    model = tiny_model(family)
+    docs = [DOCS[2] * 3, DOCS[0], DOCS[1] * 4, DOCS[3]]  # two longer than the context: several windows
+    kwargs = dict(context=40, stride=15, batch_size=3)
+    rows_seen = []
+    real_chunk_logits = chunked_head.chunk_logits
+
+    def recording_chunk_logits(hidden, weight, bias):
+        rows_seen.append(hidden.shape[0])
+        return real_chunk_logits(hidden, weight, bias)
+
+    head_calls = []
+    handle = model.lm_head.register_forward_hook(lambda *_: head_calls.append(1))
+    monkeypatch.setattr(chunked_head, "chunk_logits", recording_chunk_logits)
+    chunked = perplexity(model, docs, ByteTokenizer(), chunk_tokens=7, **kwargs)
+    # Only the scored positions go through the head, at most 7 at a time.
+    assert max(rows_seen) == 7 and sum(rows_seen) == chunked["tokens"]
+    rows_seen.clear()
+    blocks = [torch.randint(3, VOCAB, (4, 24), generator=torch.Generator().manual_seed(1))]
+    packed_chunked = perplexity(model, _Packed(blocks), chunk_tokens=5, batch_size=4)
+    assert max(rows_seen) == 5 and sum(rows_seen) == packed_chunked["tokens"] == 4 * 23
+    default_chunk = perplexity(model, docs, ByteTokenizer(), **kwargs)
+    handle.remove()
+    assert head_calls == []  # the head module never ran on full hidden states
+
+    monkeypatch.setattr(perplexity_module, "_score", _full_logits_score)
+    reference = perplexity(model, docs, ByteTokenizer(), **kwargs)
+    packed_reference = perplexity(model, _Packed(blocks), batch_size=4)
+    assert reference["tokens"] == chunked["tokens"] == default_chunk["tokens"]
+    assert reference["tokens"] == sum(len(d.encode()) for d in docs)
+    assert chunked["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+    assert default_chunk["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+    assert packed_reference["tokens"] == 4 * 23
+    assert packed_chunked["loss"] == pytest.approx(packed_reference["loss"], rel=1e-6)
+
+
+class _Packed:
+    """The `PackedTokens` interface perplexity reads: fixed blocks in order."""
+
+    def __init__(self, blocks):
+        self.blocks, self.seq_len = blocks, blocks[0].shape[1]
+
+    def sequential(self, batch_size, limit=None):
+        return iter(self.blocks)
+
+
+def test_post_processed_logits_are_refused(model):
+    model.config.final_logit_softcapping = 30.0
+    try:
+        with pytest.raises(ValueError, match="final_logit_softcapping"):
+            perplexity(model, DOCS, demo_tokenizer())
+    finally:
+        del model.config.final_logit_softcapping
+
+
+@torch.no_grad()
+def _full_logits_block_nll(model, blocks):
+    """The former `teacher.block_nll` body: full logits of every block."""
+    logits = model(input_ids=blocks).logits[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1), reduction="sum")
+    return float(loss) / blocks[:, 1:].numel()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_block_nll_and_what_if_preview_equal_full_logits(family):
+    """`teacher.block_nll` (the teacher curve and the what-if preview) through the chunked head."""
+    model = tiny_model(family)
+    blocks = torch.randint(3, VOCAB, (6, 20), generator=torch.Generator().manual_seed(2))
+    data = _Packed([blocks])
+    nll, tokens = block_nll(model, data)
+    assert tokens == 6 * 19
+    assert nll == pytest.approx(_full_logits_block_nll(model, blocks), rel=1e-6)
+    for plan in (COMBINED, HIDDEN):  # HIDDEN also zeroes the final norm's output channels
+        with masked(model, plan):
+            masked_nll, _ = block_nll(model, data)
+            expected = _full_logits_block_nll(model, blocks)
+        assert masked_nll == pytest.approx(expected, rel=1e-6)
+        assert masked_nll != pytest.approx(nll, rel=1e-5)  # the mask really acted

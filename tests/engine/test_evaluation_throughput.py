@@ -1,12 +1,23 @@
 """Throughput report structure and result files with manifests (speed claims live in bench/)."""
 
+import inspect
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
 from tests.engine.distill_helpers import tiny_llama
-from worker.engine.evaluation import make_manifest, model_hash, read_result, throughput, write_result
+from worker.engine.evaluation import (
+    make_manifest,
+    measure_model,
+    model_hash,
+    read_result,
+    throughput,
+    write_result,
+)
+from worker.engine.kv_cache import cache_keyword, class_cache_keyword, returned_cache
 
 
 def test_throughput_reports_both_models_in_one_run():
@@ -48,3 +59,33 @@ def test_result_file_is_atomic_json_with_manifest(tmp_path):
         model.lm_head.weight[0, 0] += 1e-3
     assert model_hash(model) != before
     json.dumps(saved)  # plain JSON all the way down
+
+
+class _PastKeyValuesLlama(LlamaForCausalLM):
+    """A forward in the style of older transformers: takes and returns `past_key_values`."""
+
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+        self.seen_caches.append(past_key_values is not None)
+        stock_keyword = class_cache_keyword(LlamaForCausalLM)
+        out = super().forward(input_ids=input_ids, use_cache=use_cache, **{stock_keyword: past_key_values})
+        return SimpleNamespace(logits=out.logits, past_key_values=returned_cache(out))
+
+
+def test_decode_loop_uses_the_cache_keyword_the_forward_takes():
+    """Newer forwards get `cache` (the deprecated keyword is an error in pyproject's filterwarnings);
+    a forward that only knows `past_key_values` (older transformers) still gets its cache back."""
+    stock = tiny_llama(seed=1, vocab=64)
+    takes_cache = "cache" in inspect.signature(LlamaForCausalLM.forward).parameters  # 5.24: yes
+    assert cache_keyword(stock) == ("cache" if takes_cache else "past_key_values")
+    old_style = _PastKeyValuesLlama(stock.config).eval()
+    old_style.load_state_dict(stock.state_dict())
+    old_style.seen_caches = []
+    assert cache_keyword(old_style) == "past_key_values"
+    for model in (stock, old_style):
+        run = measure_model(model, batch_sizes=(2,), prompt_len=6, new_tokens=3, repeats=1, warmup=0)["runs"][
+            0
+        ]
+        weights = sum(p.numel() * 4 for p in model.parameters())
+        # The cache really went back in: it holds all 6 + 3 positions (2 layers x K,V x 2 x 2 heads x 8 dims).
+        assert run["peak_memory_bytes"] - weights == 2 * 2 * 2 * 2 * 9 * 8 * 4
+    assert old_style.seen_caches == [False, True, True, True]  # prefill, then every decode step

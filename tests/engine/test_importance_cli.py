@@ -70,6 +70,18 @@ def test_importance_command_writes_a_loadable_artifact(model_dir, tmp_path, caps
         np.testing.assert_allclose(result.arrays[name], array, rtol=1e-6, err_msg=name)
 
 
+def test_angular_scan_alone_runs_no_loss_scan(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["importance", str(model_dir), *ARGS, "--scans", "angular", "-o", str(out)]) == 0
+    assert "block_angular_k2" in capsys.readouterr().out  # its rank stability is reported
+    result = ImportanceResult.load(out)
+    assert (
+        result.manifest["scans"] == ["angular"]
+        and result.manifest["evaluations"]["layer_forwards_scans"] == 0
+    )
+    assert set(result.scores().layers) == {"block_angular_k2"} and "loss_base" not in result.arrays
+
+
 @pytest.fixture
 def unsupported_dir(tmp_path):
     path = tmp_path / "neox"
@@ -89,9 +101,10 @@ def unsupported_dir(tmp_path):
         (["{model}", *ARGS, "--seq-len", "1"], "--seq-len must be at least 2"),
         (
             ["{model}", *ARGS, "--scans", "bi,magic"],
-            "--scans: unknown scan 'magic'; choose from bi, drop, block",
+            "--scans: unknown scan 'magic'; choose from bi, drop, block, angular",
         ),
         (["{model}", *ARGS, "--block-size", "4"], "block size must be between 1 and 3"),
+        (["{model}", *ARGS, "--scans", "angular", "--block-size", "4"], "block size must be between 1 and 3"),
         (["{model}", *ARGS, "--device", "tpu9"], "--device"),
         (["{model}", "--data", "demo", "--samples", "100000", "--seq-len", "24"], "ask for at most"),
     ],

@@ -7,10 +7,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.engine.test_importance_scores import padded_batches
 from tests.tiny_models import FAMILIES, tiny_model
 from worker.engine.adapters import adapter_for
+from worker.engine.chunked_head import final_hidden_states, output_head
 from worker.engine.importance import compute_importance
 from worker.engine.importance.layer_scan import naive_layer_count, scan_layer_count, token_losses
 
@@ -32,15 +34,31 @@ def without_layers(model, removed: set[int]):
 
 
 def mean_loss(model, batches) -> float:
+    """Naive reference: full logits of the whole model, cross-entropy over real (non-padding) pairs."""
     total, tokens = 0.0, 0.0
     with torch.no_grad():
         for b in batches:
-            logits = model(
-                input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
-            ).logits
-            sums, counts = token_losses(logits, b["input_ids"], b["attention_mask"])
-            total, tokens = total + float(sums.sum()), tokens + float(counts.sum())
+            ids, mask = b["input_ids"], b["attention_mask"]
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+            valid = (mask[:, 1:] * mask[:, :-1]).bool()
+            total += float(F.cross_entropy(logits[valid], ids[:, 1:][valid], reduction="sum"))
+            tokens += float(valid.sum())
     return total / tokens
+
+
+def test_token_losses_equal_full_logits_per_sample():
+    model = tiny_model("gpt2")
+    _, batches = padded_batches([11, 7, 9], batch_size=3)
+    b = batches[0]
+    ids, mask = b["input_ids"], b["attention_mask"]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        valid = (mask[:, 1:] * mask[:, :-1]).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * valid
+        sums, counts = token_losses(final_hidden_states(model, ids, mask), output_head(model), ids, mask)
+    torch.testing.assert_close(sums, ce.sum(1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(counts, valid.sum(1), rtol=0, atol=0)
+    assert counts.tolist() == [10, 6, 8]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

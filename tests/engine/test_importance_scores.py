@@ -180,3 +180,23 @@ def test_sequence_reductions_skip_padding_for_any_layout(mask_rows):
         tokens = x[b].numpy()[real[b]]
         np.testing.assert_allclose(out_sum[b].numpy(), np.abs(tokens).sum(0), rtol=1e-5)
         np.testing.assert_allclose(out_l2[b].numpy(), np.sqrt((tokens**2).sum(0)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 18])  # many cache-sized slices on CPU, or one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_abs_and_l2_sums_equal_float64_for_any_slicing(monkeypatch, chunk, dtype):
+    from worker.engine.importance import accumulators
+
+    monkeypatch.setattr(accumulators, "CPU_CHUNK_ELEMENTS", chunk)
+    x = torch.randn(3, 11, 5, 4, generator=torch.Generator().manual_seed(3)).to(dtype)
+    for dim in range(x.dim()):
+        shape = x.shape[:dim] + x.shape[dim + 1 :]
+        out_sum, out_l2 = torch.full(shape, 9.0), torch.full(shape, 9.0)
+        accumulators.abs_and_l2_sums(x, dim, out_sum, out_l2)
+        ref = x.double().numpy()
+        np.testing.assert_allclose(out_sum.numpy(), np.abs(ref).sum(dim), rtol=1e-6)
+        np.testing.assert_allclose(out_l2.numpy(), np.sqrt((ref**2).sum(dim)), rtol=1e-6)
+        assert out_sum.dtype == out_l2.dtype == torch.float32
+    out_sum, out_l2 = torch.full((3, 4), 9.0), torch.full((3, 4), 9.0)
+    accumulators.abs_and_l2_sums(x[:, :0, 0], 1, out_sum, out_l2)  # a fully padded sample: zeros
+    assert not out_sum.any() and not out_l2.any()

@@ -299,6 +299,44 @@ def test_fill_layers_block_needs_the_matching_scan():
         fill_plan(PrunePlan(targets=PlanTargets(num_layers=1)), spec, scores_for(spec))
 
 
+def with_angular(spec: ArchSpec, distances: list[float]) -> ImportanceScores:
+    scores = scores_for(spec)
+    scores.layers[f"block_angular_k{spec.num_layers - len(distances) + 1}"] = np.array(distances)
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("distances", "expected"),
+    [
+        ([0.4, 0.2, 0.1], [2, 3]),  # block loss would drop [1, 2]: the methods disagree here
+        ([0.05, 0.3, 0.2], [0, 1]),
+        ([0.3, 0.1, 0.1], [1, 2]),  # equal minima: the first block, as for the block-loss method
+    ],
+)
+def test_fill_layers_by_angular_drops_the_block_with_the_smallest_distance(distances, expected):
+    spec = tiny_spec()
+    targets = PlanTargets(num_layers=2, layer_method="angular")
+    plan = fill_plan(PrunePlan(targets=targets), spec, with_angular(spec, distances))
+    assert plan.drop_layers == expected and plan.targets is None
+    assert resulting_spec(PrunePlan(targets=targets), spec).num_layers == 2  # sizes without scores
+
+
+def test_fill_layers_angular_needs_the_block_size_equal_to_the_layers_dropped():
+    spec = tiny_spec()
+    scores = with_angular(spec, [0.4, 0.2, 0.1])  # k = 2
+    targets = PlanTargets(num_layers=1, layer_method="angular")  # drops 3
+    with pytest.raises(ValueError, match="'block_angular_k3'.*has: block_angular_k2, block_importance"):
+        fill_plan(PrunePlan(targets=targets), spec, scores)
+    # The block-loss method still reads its own scan from the same scores.
+    assert fill_plan(PrunePlan(targets=PlanTargets(num_layers=2)), spec, scores).drop_layers == [1, 2]
+
+
+def test_layer_method_is_checked_by_the_schema():
+    assert PrunePlan.model_validate_json('{"targets": {"num_layers": 2, "layer_method": "angular"}}')
+    with pytest.raises(ValueError, match="layer_method"):
+        PlanTargets(num_layers=2, layer_method="gromov")
+
+
 def test_fill_param_budget_shrinks_mlp_first_then_hidden():
     spec = tiny_spec()
     scores = scores_for(spec)

@@ -174,7 +174,7 @@ def test_job_state_rules(client, api_env, ready_teacher):
     )
     assert r.status_code == 201, r.text
     job = r.json()
-    assert job["status"] == "queued" and job["queue"] == "gpu" and job["params"]["repeats"] == 1
+    assert job["status"] == "queued" and job["queue"] == "cpu" and job["params"]["repeats"] == 1
     r = client.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 202 and r.json()["status"] == "cancelled" and r.json()["finished_at"]
     assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409

@@ -1,4 +1,4 @@
-"""`prunescope worker` refuses a device it cannot serve; `prunescope migrate` builds the schema."""
+"""`prunescope worker` refuses a device (or a queue) it cannot serve; `prunescope migrate` builds the schema."""
 
 from __future__ import annotations
 
@@ -44,6 +44,19 @@ def test_worker_rejects_unknown_device_and_missing_broker():
         env=env,
     )
     assert r.returncode == 2 and "PRUNESCOPE_BROKER_URL is not set" in r.stderr
+
+
+def test_cpu_worker_refuses_the_gpu_queue():
+    env = {"PRUNESCOPE_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    for queues in ("gpu", "default,gpu"):
+        r = run("worker", "--device", "cpu", "--queues", queues, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines() == [
+            "prunescope worker: error: a cpu worker cannot serve the 'gpu' queue (its jobs need CUDA); "
+            "use --queues cpu,default"
+        ]
+    r = run("worker", "--device", "cpu", "--queues", "default,turbo", env=env)
+    assert r.returncode == 2 and "unknown queue 'turbo'" in r.stderr
 
 
 def test_migrate_creates_every_table(tmp_path):

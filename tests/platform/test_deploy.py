@@ -10,6 +10,7 @@ import yaml
 
 from backend.settings import Settings
 from worker.cli import build_parser
+from worker.routing import check_queues
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,10 @@ def test_compose_commands_are_valid_cli_commands():
         assert callable(args.handler)
     gpu = parser.parse_args(services["worker-gpu"]["command"][1:])
     assert gpu.device == "cuda:0" and gpu.queues == "gpu"
-    assert parser.parse_args(services["worker-cpu"]["command"][1:]).queues == "default"
+    cpu = parser.parse_args(services["worker-cpu"]["command"][1:])
+    assert cpu.device == "cpu" and cpu.queues == "cpu,default"
+    for args in (gpu, cpu):  # each worker's queues pass the check the worker itself makes at start
+        assert check_queues(args.device, args.queues.split(",")) == args.queues.split(",")
 
 
 def test_dockerfile_copies_existing_paths():

@@ -96,7 +96,7 @@ def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
         from worker.celery_app import RUN_JOB, make_celery
 
         make_celery(app.env["PRUNESCOPE_BROKER_URL"], app.env["PRUNESCOPE_REDIS_PREFIX"]).send_task(
-            RUN_JOB, args=[jid, 1], queue="gpu"
+            RUN_JOB, args=[jid, 1], queue="cpu"
         )
         time.sleep(3)
         again = app.api.get(f"/jobs/{jid}").json()

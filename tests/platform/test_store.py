@@ -20,7 +20,7 @@ from worker.runtime import JobRuntime
 
 def new_job(url: str, **fields) -> int:
     with session_scope(url) as s:
-        job = Job(kind="distill", params={}, queue="gpu", **fields)
+        job = Job(kind="distill", params={}, queue="cpu", **fields)
         s.add(job)
         s.flush()
         return job.id

@@ -73,6 +73,10 @@ def test_up_runs_stops_and_remembers(tmp_path):
             assert len(demo_teachers) == (1 if (TEACHER_DIR / "config.json").is_file() else 0)
             teacher = api.post("/teachers", json={"name": "tiny", "source": str(teacher_dir)}).json()
             assert wait_job(api, teacher["job_id"])["status"] == "succeeded"
+            # its worker (registered in the embedded Redis) serves CPU heavy jobs and light ones
+            assert [(w["device"], w["queues"]) for w in api.get("/workers").json()] == [
+                ("cpu", ["cpu", "default"])
+            ]
             assert httpx.get(url).status_code == 200  # the dashboard is served at /
     finally:
         code = ctrl_c(proc)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.ui.conftest import shot
-from worker.engine.plan import PrunePlan, plan_stats
+from worker.engine.importance.result import ImportanceResult
+from worker.engine.importance.stats import SQ_L2, SQ_MEAN, SUM_L2, SUM_MEAN
+from worker.engine.plan import PlanTargets, PrunePlan, fill_plan, plan_stats
 from worker.engine.spec import ArchSpec
 
 pytestmark = pytest.mark.ui
@@ -55,6 +59,8 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str 
 def test_register_teacher_dataset_and_run_importance(page, live_app):
     page.goto(f"{live_app.url}/#/")
     page.wait_for_selector("[data-testid=teacher-form]")
+    # The live fleet from the worker registry: live_app runs one CPU worker.
+    page.wait_for_function("document.querySelector('[data-testid=workers]').textContent === 'workers: 1 cpu'")
 
     # A bad path: the API's reason appears under the form and the field is outlined; nothing is created.
     page.fill("[data-testid=teacher-form] [name=name]", "ghost")
@@ -256,6 +262,91 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     STATE["student"] = student
 
 
+def near_tie_neurons(artifact: Path, level: float = 5.5546, seed: int = 0) -> ImportanceResult:
+    """Rewrite a run's neuron sums so every neuron of a layer scores level x (1 + k * 1e-6), k < F/2.
+
+    All scores then read 5.555 at the payload's 4 digits, while the exact ones hold near-ties (k
+    differs by one) and exact ties (equal k): only the server's exact ranking can order them. Every
+    neuron gets neuron 0's sums scaled by f (its squares by f^2), which scales every aggregation alike.
+    """
+    res = ImportanceResult.load(artifact)
+    sums = res.arrays["neurons"].astype(np.float64)  # [2 halves, 4 sums, L, F]
+    _, _, L, F = sums.shape
+    score0 = np.sqrt(sums[:, SQ_MEAN, :, 0].sum(axis=0))  # default aggregation: batch L2 of seq means
+    k = np.random.default_rng(seed).integers(0, F // 2, size=(L, F))
+    f = (level / score0)[:, None] * (1 + 1e-6 * k)  # [L, F]
+    out = np.empty_like(sums)
+    for s in (SUM_MEAN, SUM_L2):
+        out[:, s] = sums[:, s, :, :1] * f
+    for q in (SQ_MEAN, SQ_L2):
+        out[:, q] = sums[:, q, :, :1] * f**2
+    res.arrays["neurons"] = out.astype(np.float32)
+    res.save(artifact)
+    return ImportanceResult.load(artifact)
+
+
+def browser_style_removal(z_rounded: list[float], n: int) -> set[int]:
+    """What ranking the rounded payload in the browser picks: the last n of a descending sort by value,
+    lower index first on ties (the old client code). Used to prove the near-ties really matter."""
+    order = sorted(range(len(z_rounded)), key=lambda i: (-z_rounded[i], i))
+    return set(order[len(order) - n :])
+
+
+def test_sorted_neuron_marks_equal_fill_plan_on_near_ties(page, live_app):
+    teacher = STATE["teacher"]
+    api = live_app.api
+    dataset = api.get("/datasets").json()[0]
+    body = {"teacher_id": teacher["id"], "dataset_id": dataset["id"], "samples": 8, "seq_len": 32}
+    created = api.post("/importance-runs", json={**body, "batch_size": 4, "scans": []}).json()
+    assert live_app.wait_job(created["job_id"])["status"] == "succeeded"
+    rid = created["id"]
+    result = near_tie_neurons(live_app.data_dir / "artifacts" / "importance" / str(rid))
+
+    cut = 10  # mark the 10 least important neurons of every layer: 48 -> 38
+    F = teacher["spec"]["intermediate_size"]
+    scores = result.scores()
+    filled = fill_plan(PrunePlan(targets=PlanTargets(intermediate_size=F - cut)), spec_of(teacher), scores)
+    expected = {str(layer): idx for layer, idx in filled.remove_neurons.items()}
+    payload = api.get(f"/importance-runs/{rid}/neurons", params={"order": "natural", "bins": F}).json()
+    assert {v for row in payload["z"] for v in row} == {5.555}  # all tied at the payload's 4 digits
+    assert len(np.unique(scores.neurons[0])) < F  # exact ties too, not only near ones
+    # Ranking the rounded values (what the browser did) picks other neurons: the test has teeth.
+    assert any(
+        browser_style_removal(payload["z"][layer], cut) != set(filled.remove_neurons[layer])
+        for layer in range(len(payload["z"]))
+    )
+    server = api.post(
+        "/plans/fill",
+        json={
+            "teacher_id": teacher["id"],
+            "importance_run_id": rid,
+            "targets": {"intermediate_size": F - cut},
+        },
+    ).json()["plan"]
+    assert server["remove_neurons"] == expected
+
+    page.goto(f"{live_app.url}/#/explore/{rid}?order=sorted")
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+    page.evaluate("localStorage.clear()")
+    # Box-select the right-most `cut` columns (one neuron per column here) of every layer in sorted order.
+    box = page.locator("[data-testid=neurons-map]").bounding_box()
+    col = box["width"] / F
+    page.mouse.move(box["x"] + (F - cut + 0.5) * col, box["y"] + 4)
+    page.mouse.down()
+    page.mouse.move(box["x"] + (F - 0.5) * col, box["y"] + box["height"] - 4, steps=6)
+    page.mouse.up()
+    page.wait_for_function(
+        f"document.querySelector('[data-testid=shape]').innerText.includes('MLP {F - cut}/{F}')"
+    )
+    draft = page.evaluate(f"JSON.parse(localStorage.getItem('prunescope.draft.run{rid}'))")
+    assert draft["remove_neurons"] == expected
+    # The map shows the marks where they were made: the last `cut` rank positions, and nothing before.
+    for column, marked in ((F - 1, True), (F - cut, True), (F - cut - 1, False)):
+        page.mouse.move(box["x"] + (column + 0.5) * col, box["y"] + 8)
+        tip = page.inner_text(".tooltip")
+        assert (f"rank {column + 1} of {F}" in tip) and (("100% marked" in tip) == marked), tip
+
+
 # ---- 3. runs: distill and watch the curve grow ------------------------------------------------------------
 
 
@@ -284,9 +375,12 @@ def test_distill_from_the_dashboard_curves_grow_live(page, live_app):
         "warmup": "5",
     }.items():
         page.fill(f"{form} [name={name}]", value)
+    page.select_option(f"{form} [name=device]", "cpu")
     page.click("[data-testid=queue-distill]")
     page.wait_for_function("location.hash.startsWith('#/job/')")
     job_id = int(re.search(r"#/job/(\d+)", page.evaluate("location.hash")).group(1))
+    job = live_app.api.get(f"/jobs/{job_id}").json()
+    assert job["params"]["device"] == "cpu" and job["queue"] == "cpu"
 
     # Sample the step count shown while the job runs: it must take several increasing values.
     seen = []
@@ -358,6 +452,86 @@ def test_compare_shows_architecture_diff_and_curves(page, live_app):
     shot(page, "compare")
 
 
+def everything(live_app) -> dict:
+    """Ids of every plan, student and job, and the student / checkpoint directories on disk."""
+    api = live_app.api
+    artifacts = live_app.data_dir / "artifacts"
+    return {
+        "plans": {p["id"] for p in api.get("/plans").json()},
+        "students": {s["id"] for s in api.get("/students").json()},
+        "jobs": {j["id"] for j in api.get("/jobs", params={"limit": 1000}).json()},
+        "dirs": {
+            str(p.relative_to(artifacts))
+            for sub in ("students", "checkpoints", "jobs")
+            for p in (artifacts / sub).glob("*")
+        },
+    }
+
+
+def run_wizard(page, **fields: str) -> None:
+    """Fill the open wizard (the distillation settings too) and start it."""
+    wizard = "[data-testid=wizard]"
+    page.evaluate("document.querySelector('[data-testid=wizard] details').open = true")
+    for name, value in fields.items():
+        page.fill(f"{wizard} [name={name}]", value)
+    page.click("[data-testid=wizard-go]")
+
+
+def wizard_error(page) -> str:
+    page.wait_for_function(
+        "document.querySelector('[data-testid=wizard] .error-msg').textContent", timeout=240_000
+    )
+    return page.inner_text("[data-testid=wizard] .error-msg")
+
+
+def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
+    before = everything(live_app)
+    page.goto(f"{live_app.url}/#/compare")
+    page.wait_for_selector(
+        f"[data-testid=wizard] select[name=importance_run_id] option[value='{STATE['run']['id']}']",
+        state="attached",
+    )
+    page.select_option("[data-testid=wizard] select[name=importance_run_id]", str(STATE["run"]["id"]))
+    small = {"val_every": "2", "batch_size": "2", "seq_len": "32"}
+
+    # A budget no student fits: refused before anything is created, next to the budget field.
+    run_wizard(page, budget_pct="1")
+    assert "too small" in wizard_error(page)
+    assert "invalid" in page.get_attribute("[data-testid=wizard] [name=budget_pct]", "class")
+    assert everything(live_app) == before
+
+    # Settings the server refuses only when the distillations are queued (min_lr > lr), after both
+    # plans are saved and both students cut: all of it is taken back, and the reason shown.
+    run_wizard(page, budget_pct="95", budget="4", lr="0.000001", **small)
+    text = wizard_error(page)
+    assert "Step 4" in text and "min_lr must not exceed lr" in text, text
+    assert re.search(r"Removed what this run created: plans #\d+, #\d+ and students #\d+, #\d+", text), text
+    assert page.locator("[data-testid=wizard-steps] li.failed").inner_text().startswith("Queue both")
+    assert page.is_enabled("[data-testid=wizard-go]")
+    assert everything(live_app) == before
+
+    # The broker fails for the second distillation (the API answers 503 then) while the first one is
+    # queued or running: it is cancelled, and its checkpoints go with its student.
+    distills = []
+
+    def second_distill_fails(route):
+        request = route.request
+        if request.method == "POST" and '"distill"' in (request.post_data or ""):
+            distills.append(request.post_data)
+            if len(distills) == 2:
+                return route.fulfill(
+                    status=503, json={"detail": "could not queue job: broker unreachable (test)"}
+                )
+        return route.continue_()
+
+    page.route(lambda url: url.endswith("/api/v1/jobs"), second_distill_fails)
+    run_wizard(page, lr="0.0001", budget="400", checkpoint_every="1")
+    text = wizard_error(page)
+    assert "Step 4" in text and "broker unreachable" in text and "Removed what" in text, text
+    assert len(distills) == 2
+    assert everything(live_app) == before
+
+
 def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     teacher = STATE["teacher"]
     page.goto(f"{live_app.url}/#/compare")
@@ -365,6 +539,7 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     page.wait_for_selector(
         f"{wizard} select[name=importance_run_id] option[value='{STATE['run']['id']}']", state="attached"
     )
+    page.select_option(f"{wizard} select[name=importance_run_id]", str(STATE["run"]["id"]))
     page.fill(f"{wizard} [name=budget_pct]", "95")
     assert "depth: 2 of 4 layers" in page.inner_text(wizard)
     page.click(f"{wizard} summary")

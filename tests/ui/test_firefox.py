@@ -111,6 +111,15 @@ def test_explorer_paints_and_counts_clicks_in_firefox(firefox, live_app):
     expected = expected_params(teacher, {"remove_heads": {0: [0]}})
     wait_for(lambda: firefox.execute_script(params) == expected, timeout=10, what="the summary after a click")
 
+    # The plan panel scrolls on its own; Firefox drew its scrollbar as a light strip beside the dark
+    # panel until the theme gave scrollbars explicit colours.
+    panel = firefox.execute_script(
+        "const p = document.querySelector('[data-testid=planner]'); const s = getComputedStyle(p);"
+        "return {bar: p.offsetWidth - p.clientWidth - parseFloat(s.borderLeftWidth) - parseFloat(s.borderRightWidth),"
+        " scrolls: p.scrollHeight > p.clientHeight, color: s.scrollbarColor}"
+    )
+    assert panel["scrolls"] and panel["bar"] > 0, panel  # the case that showed the strip
+    assert panel["color"] not in ("", "auto"), panel
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "firefox-explorer.png").write_bytes(base64.b64decode(firefox.screenshot()))
     canvases = firefox.execute_script("return document.querySelectorAll('canvas').length")

@@ -10,7 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-SCAN_HELP = "bi = Block Importance, drop = single-layer drop loss, block = loss of each block of k layers"
+SCAN_HELP = (
+    "bi = Block Importance, drop = single-layer drop loss, block = loss of each block of k layers, "
+    "angular = angular distance across each block of k layers (Gromov et al., same pass, opt-in)"
+)
 
 
 def register(subparsers) -> None:
@@ -31,7 +34,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--block-size", type=int, default=2, help="k of the contiguous-block scan (default 2)"
+        "--block-size",
+        type=int,
+        default=2,
+        help="k of the contiguous-block scans, block and angular (default 2)",
     )
     parser.add_argument("--scans", default="bi,drop,block", help=f"comma-separated layer scans ({SCAN_HELP})")
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")

@@ -26,7 +26,10 @@ def register(subparsers) -> None:
     worker = subparsers.add_parser("worker", help="run a Celery worker for one device")
     worker.add_argument("--device", default="cpu", help="cpu or cuda:N (refuses to start if unavailable)")
     worker.add_argument(
-        "--queues", default="default,gpu", help="comma-separated queues (default: default,gpu)"
+        "--queues",
+        default=None,
+        help="comma-separated queues: default (light jobs) plus gpu for a cuda worker or cpu for a cpu "
+        "worker (default: gpu,default or cpu,default by device)",
     )
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
@@ -80,29 +83,43 @@ def _api(args) -> int:
 def _worker(args) -> int:
     from worker.cli import CliError
     from worker.devices import DeviceUnavailable, check_device
+    from worker.routing import check_queues, default_queues
 
     try:
         device = check_device(args.device)
     except DeviceUnavailable as exc:
         raise CliError(str(exc)) from exc
+    try:  # a queue the device cannot serve would take jobs this worker must then refuse
+        queues = check_queues(device, args.queues.split(",") if args.queues else default_queues(device))
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     if not os.environ.get("PRUNESCOPE_BROKER_URL"):
         raise CliError("PRUNESCOPE_BROKER_URL is not set (prunescope up starts an embedded broker)")
     os.environ["PRUNESCOPE_WORKER_DEVICE"] = device
-    from worker.celery_app import app
+    from celery.signals import worker_ready, worker_shutting_down
 
-    queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
-    app.worker_main(
-        [
-            "worker",
-            f"--queues={queues}",
-            f"--concurrency={args.concurrency}",
-            f"--pool={args.pool}",
-            f"--hostname=prunescope-{device.replace(':', '')}-{os.getpid()}@%h",
-            f"--loglevel={args.loglevel}",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    from worker.celery_app import app
+    from worker.presence import Presence
+
+    # In the registry from the moment it consumes until it starts shutting down (backend.fleet).
+    presence = Presence(_settings(), device, queues)
+    worker_ready.connect(presence.start, weak=False)
+    worker_shutting_down.connect(presence.stop, weak=False)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--queues={','.join(queues)}",
+                f"--concurrency={args.concurrency}",
+                f"--pool={args.pool}",
+                f"--hostname=prunescope-{device.replace(':', '')}-{os.getpid()}@%h",
+                f"--loglevel={args.loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        presence.stop()
     return 0
 
 
@@ -129,8 +146,9 @@ def _up(args) -> int:
         upgrade(settings.resolved_database_url)
         children["api"] = subprocess.Popen([*cli, "api", "--no-migrate"], env=env)
         # Two threads: a light job (reading a new teacher, a preview) need not wait for a distillation.
+        # Queues follow the device: cpu,default (or gpu,default for --device cuda:N).
         children["worker"] = subprocess.Popen(
-            [*cli, "worker", "--device", args.device, "--queues", "default,gpu"]
+            [*cli, "worker", "--device", args.device]
             + ["--pool", "threads", "--concurrency", "2", "--loglevel", "WARNING"],
             env=env,
         )

@@ -47,11 +47,12 @@ class PlanTargets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_layers: int | None = Field(None, ge=1, description="decoder layers kept")
-    layer_method: Literal["block", "bi", "drop"] = Field(
+    layer_method: Literal["block", "bi", "drop", "angular"] = Field(
         "block",
         description="block: drop the contiguous block whose removal raised the LM loss least; "
         "bi: drop the lowest Block-Importance layers; drop: drop the layers whose single removal "
-        "raised the LM loss least",
+        "raised the LM loss least; angular: drop the contiguous block whose input and output are "
+        "closest in angular distance (Gromov et al.)",
     )
     heads_per_layer: int | None = Field(None, ge=1, description="query heads kept in every layer")
     head_mode: Literal["within_groups", "whole_groups"] = Field(
@@ -135,7 +136,7 @@ class ImportanceScores:
     hidden: np.ndarray  # [D]
     layers: dict[str, np.ndarray] = field(
         default_factory=dict
-    )  # block_importance, drop_loss, block_loss_k{k}
+    )  # block_importance, drop_loss, block_loss_k{k}, block_angular_k{k}
 
 
 # ---- what a plan keeps ----------------------------------------------------------------------
@@ -184,6 +185,7 @@ def _neutral_scores(spec: ArchSpec) -> ImportanceScores:
     zeros = np.zeros(L)
     layers = {"block_importance": zeros, "drop_loss": zeros}
     layers.update({f"block_loss_k{k}": np.zeros(L - k + 1) for k in range(1, L)})
+    layers.update({f"block_angular_k{k}": np.zeros(L - k + 1) for k in range(1, L)})
     return ImportanceScores(
         heads=np.zeros((L, H)), neurons=np.zeros((L, F)), hidden=np.zeros(spec.hidden_size), layers=layers
     )
@@ -531,7 +533,8 @@ def fill_plan(plan: PrunePlan, spec: ArchSpec, scores: ImportanceScores) -> Prun
 
     Layers: `block` drops the contiguous block of L - num_layers layers whose removal raised the LM
     loss least (needs `block_loss_k{k}`), `bi` the lowest Block-Importance layers, `drop` the layers
-    whose single removal raised the loss least. Heads: `within_groups` keeps the best
+    whose single removal raised the loss least, `angular` the contiguous block of L - num_layers layers
+    with the smallest angular distance between its input and output (needs `block_angular_k{k}`). Heads: `within_groups` keeps the best
     heads_per_layer / kv_groups heads of every group; `whole_groups` keeps the groups with the
     highest summed head scores. Neurons and hidden channels: the highest scores are kept.
     param_budget (after every other target): shrink the MLP size down to half, then shrink MLP and
@@ -589,8 +592,9 @@ def _layers_to_drop(spec: ArchSpec, scores: ImportanceScores, n: int, method: st
         return _lowest(need("block_importance"), n)
     if method == "drop":
         return _lowest(need("drop_loss"), n)
-    losses = need(f"block_loss_k{n}")
-    start = int(np.argmin(losses))
+    # Contiguous blocks of exactly n layers, one score per start; the first of equal minima wins.
+    per_block = need(f"block_angular_k{n}" if method == "angular" else f"block_loss_k{n}")
+    start = int(np.argmin(per_block))
     return list(range(start, start + n))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from worker.engine.chunked_head import final_hidden_states, next_token_targets, output_head, token_nll
 from worker.engine.data import PackedTokens, read_documents
 
 CURVE_FILE = "training_curve.json"
@@ -93,19 +94,19 @@ def block_nll(
 ) -> tuple[float, int]:
     """(mean next-token NLL, predicted tokens) over the first `limit` blocks of `packed`, in order.
 
-    This is the teacher's one evaluation function: the curve, the card and the tests all use it.
+    This is the teacher's one evaluation function: the curve, the card, the what-if preview (under
+    `masking.masked`) and the tests all use it. The LM head runs in token chunks (no full logits).
     """
     was_training = model.training
     model.eval()
+    head = output_head(model)
+    device = head.weight.device
     total, count = 0.0, 0
     for blocks in packed.sequential(batch_size, limit):
-        logits = model(input_ids=blocks).logits[:, :-1].float()
-        targets = blocks[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        total += float(loss)
-        count += targets.numel()
+        blocks = blocks.to(device)
+        nll = token_nll(final_hidden_states(model, blocks), head, next_token_targets(blocks))
+        total += float(nll.sum(dtype=torch.float64))
+        count += blocks[:, 1:].numel()
     model.train(was_training)
     return total / count, count
 

@@ -44,7 +44,8 @@ export class Planner {
     this.fillForm = h("form.stack", { dataset: { testid: "fill-form" } },
       h("div.form-grid", { style: { gridTemplateColumns: "1fr 1fr" } },
         field({ name: "num_layers", label: `Layers (of ${spec.num_layers})`, type: "number", min: 1, placeholder: String(spec.num_layers) }),
-        field({ name: "layer_method", label: "Pick layers by", options: [["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"]], value: "block" }),
+        field({ name: "layer_method", label: "Pick layers by", options: [["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"], ["angular", "angular distance (Gromov)"]], value: "block",
+          title: "block: the contiguous block whose removal raised the loss least · angular: the contiguous block whose input and output point most alike (smallest arccos(cos)/π, Gromov et al.) · both need the run's block size k = layers dropped" }),
         field({ name: "heads_per_layer", label: `Heads / layer (of ${spec.num_heads})`, type: "number", min: 1, placeholder: String(spec.num_heads) }),
         field({ name: "head_mode", label: "Heads removed", options: [["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "within_groups" }),
         field({ name: "intermediate_size", label: `MLP size (of ${spec.intermediate_size})`, type: "number", min: 1, placeholder: String(spec.intermediate_size) }),
@@ -73,7 +74,7 @@ export class Planner {
       if (ev.target.value) location.hash = href("explore", [this.ctx.run.id], { plan: ev.target.value });
     } }, h("option", { value: "" }, "saved plans…"));
     api.get(`/plans?teacher_id=${this.ctx.teacher.id}`).then((plans) => {
-      for (const p of plans) this.plansSelect.append(h("option", { value: p.id }, `#${p.id} ${p.name} (v${p.version})${p.importance_run_id === this.ctx.run.id ? "" : ` · run ${p.importance_run_id ?? "–"}`}`));
+      for (const p of plans) this.plansSelect.append(h("option", { value: p.id, selected: p.id === this.saved?.id }, `#${p.id} ${p.name} (v${p.version})${p.importance_run_id === this.ctx.run.id ? "" : ` · run ${p.importance_run_id ?? "–"}`}`));
     }).catch(() => {});
 
     mount(this.el,
@@ -122,7 +123,7 @@ export class Planner {
         metric("Non-embedding", compact(stats.params_non_embedding), pct(ratio(stats.params_non_embedding, stats.teacher_params_non_embedding)), "params-nonemb"),
         metric("FLOPs / token", compact(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
         metric("KV cache / token", bytes(stats.kv_cache_bytes_per_token), pct(ratio(stats.kv_cache_bytes_per_token, stats.teacher_kv_cache_bytes_per_token)), "kvcache"),
-        metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, `heads ${range(headsKept)}/${spec.num_heads} · MLP ${range(mlpKept)}/${spec.intermediate_size}`, "shape"),
+        metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),
     );
     this.undoBtn.disabled = !state.canUndo();

@@ -5,7 +5,7 @@
 import { api, showError } from "../api.js";
 import { paramCount } from "../costmodel.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
-import { h, mount, segmented } from "../dom.js";
+import { h, mount, segmented, toast } from "../dom.js";
 import { bytes, compact, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
@@ -129,11 +129,11 @@ export async function compareView(host, { query }, ctx) {
 }
 
 /** Perplexity + speed jobs for each model: students by id, the teacher alone by teacher_id. */
-async function queueBenchmarks(models) {
+async function queueBenchmarks(models, queued = []) {
   for (const m of models) {
     const who = m.kind === "teacher" ? { teacher_id: m.id } : { student_id: m.id };
-    await api.post("/jobs", { kind: "evaluate", ...who, params: {} });
-    await api.post("/jobs", { kind: "benchmark", ...who, params: {} });
+    queued.push((await api.post("/jobs", { kind: "evaluate", ...who, params: {} })).id);
+    queued.push((await api.post("/jobs", { kind: "benchmark", ...who, params: {} })).id);
   }
 }
 
@@ -192,13 +192,18 @@ function perplexityOf(model) {
 /** Columns: [label, value getter, "min"|"max" for best, formatter]. */
 function benchColumns(models) {
   const all = models.map((m) => latest(m.benchmarks)).filter(Boolean);
+  const ppl = models.map((m) => latest(m.evaluations)?.perplexity).find((p) => p && typeof p === "object");
+  const run = models.map((m) => run0(m, all)).find(Boolean);
+  const device = all.map((b) => b?.teacher?.device || b?.student?.device).find(Boolean);
   const cols = [
-    ["perplexity", perplexityOf, "min"],
+    ["perplexity", perplexityOf, "min", null, `Sliding-window perplexity of each model's latest evaluation${ppl ? ` (${ppl.documents} documents, context ${ppl.context}, stride ${ppl.stride})` : ""}; not comparable with the distillation curves' validation perplexity (another split and window)`],
     ["params", (m) => m.spec?.params_total, "min"],
-    ["prefill tok/s", (m) => run0(m, all)?.prefill_tokens_per_s, "max"],
-    ["decode tok/s", (m) => run0(m, all)?.decode_tokens_per_s, "max"],
-    ["decode speedup", (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup?.[0]?.decode), "max"],
-    ["peak memory", (m) => run0(m, all)?.peak_memory_bytes, "min", bytes],
+    ["prefill tok/s", (m) => run0(m, all)?.prefill_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.prompt_len}-token prompt${device ? `, on ${device}` : ""}` : ""],
+    ["decode tok/s", (m) => run0(m, all)?.decode_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.new_tokens} new tokens` : ""],
+    // Speedup against the teacher measured in the same benchmark job (robust to machine noise), so it
+    // need not equal the ratio of the tok/s columns, which come from separate jobs.
+    ["decode speedup", (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup?.[0]?.decode), "max", (v) => `${v.toFixed(2)}×`, "student decode tok/s ÷ the teacher's, both measured in the same benchmark job (the tok/s columns come from separate jobs)"],
+    ["peak memory", (m) => run0(m, all)?.peak_memory_bytes, "min", bytes, "weights + KV cache"],
   ];
   // lm-eval task scores: one column per task metric found in any model.
   const taskKeys = new Set();
@@ -223,7 +228,7 @@ function benchTable(models) {
     return dir === "min" ? Math.min(...vals) : Math.max(...vals);
   });
   return h("table", { dataset: { testid: "bench-table" } },
-    h("thead", h("tr", h("th", "model"), cols.map(([label]) => h("th.num", label)))),
+    h("thead", h("tr", h("th", "model"), cols.map(([label, , , , title]) => h(`th.num${title ? ".explained" : ""}`, title ? { title } : {}, label)))),
     h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", m.kind)), cols.map(([, get, , fmt], i) => {
       const v = get(m);
       const isBest = best[i] !== null && v === best[i];
@@ -241,6 +246,13 @@ export function depthTarget(spec, budget) {
     if (paramCount(spec, spec.hidden_size, shapes).total <= budget) return { num_layers: n };
   }
   return null;
+}
+
+/** Parameter count of a uniform wizard target (layers, hidden and MLP sizes; heads kept). */
+function targetParams(spec, target) {
+  const inter = target.intermediate_size ?? spec.intermediate_size;
+  const shapes = Array.from({ length: target.num_layers ?? spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: inter }));
+  return paramCount(spec, target.hidden_size ?? spec.hidden_size, shapes).total;
 }
 
 /**
@@ -264,15 +276,53 @@ export function widthTarget(spec, budget) {
   return null;
 }
 
-async function waitFor(fn, check, ctx, timeoutMs = 600000) {
+// The wizard keeps going when the user opens another page (it only skips opening the comparison then).
+async function waitFor(fn, check, timeoutMs = 600000) {
   const start = Date.now();
   for (;;) {
     const value = await fn();
     if (check(value)) return value;
-    if (!ctx.alive) throw new Error("left the page");
     if (Date.now() - start > timeoutMs) throw new Error("timed out waiting");
     await new Promise((r) => setTimeout(r, 1000));
   }
+}
+
+/**
+ * Take back what a failed wizard run created: cancel its unfinished jobs, wait for them to stop, then
+ * delete its students (with their jobs, weights and checkpoints) and its plans. Returns a sentence
+ * saying what was removed, or what is left and why.
+ */
+async function undoWizard(created) {
+  if (!created.plans.length && !created.students.length && !created.jobs.length) return "Nothing was created.";
+  const problems = [];
+  const tryTo = async (what, fn) => {
+    try {
+      await fn();
+      return true;
+    } catch (e) {
+      problems.push(`${what}: ${e.message}`);
+      return false;
+    }
+  };
+  const finished = (j) => !["queued", "running"].includes(j.status);
+  const jobsOf = async () => {
+    const lists = await Promise.all(created.students.map((id) => api.get(`/jobs?student_id=${id}`)));
+    const own = await Promise.all(created.jobs.map((id) => api.get(`/jobs/${id}`)));
+    const byId = new Map([...lists.flat(), ...own].map((j) => [j.id, j]));
+    return Array.from(byId.values());
+  };
+  await tryTo("cancelling its jobs", async () => {
+    for (const j of (await jobsOf()).filter((x) => !finished(x))) await api.post(`/jobs/${j.id}/cancel`).catch(() => {}); // finished meanwhile
+    await waitFor(jobsOf, (jobs) => jobs.every(finished), 180000);
+  });
+  const students = [];
+  for (const id of created.students) if (await tryTo(`deleting student #${id}`, () => api.del(`/students/${id}`))) students.push(`#${id}`);
+  const plans = [];
+  for (const id of created.plans) if (await tryTo(`deleting plan #${id}`, () => api.del(`/plans/${id}`))) plans.push(`#${id}`);
+  const teacherJobs = created.jobs.length ? ` Its teacher jobs (${created.jobs.map((id) => `#${id}`).join(", ")}) were cancelled.` : "";
+  const removed = [plans.length ? `plan${plans.length > 1 ? "s" : ""} ${plans.join(", ")}` : "", students.length ? `student${students.length > 1 ? "s" : ""} ${students.join(", ")}` : ""].filter(Boolean).join(" and ");
+  const done = removed ? `Removed what this run created: ${removed}.${teacherJobs}` : "";
+  return problems.length ? `${done} Could not clean up everything (${problems.join("; ")}).`.trim() : done || "Nothing was left behind.";
 }
 
 function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
@@ -285,7 +335,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     h("div.form-grid",
       field({ name: "teacher_id", label: "Teacher", options: ready.map((t) => [t.id, t.name]), value: ready[0]?.id }),
       h("label.field", h("span", "Importance run"), runSelect),
-      field({ name: "budget_pct", label: "Budget % of teacher", type: "number", value: 60, min: 1, step: "any" }),
+      field({ name: "budget_pct", label: "Budget, % of params", type: "number", value: 60, min: 1, step: "any" }),
     ),
     preview,
     h("details", h("summary.hint", "distillation settings (the same for both)"), distillFields(datasets, { steps: 100 })),
@@ -298,7 +348,8 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     const tid = Number(teacherSelect.value);
     if (!tid) return;
     const runs = (await api.get(`/importance-runs?teacher_id=${tid}`).catch(() => [])).filter((r) => r.status === "succeeded");
-    mount(runSelect, runs.length ? runs.map((r) => h("option", { value: r.id }, `#${r.id} (${r.params?.samples ?? "?"} samples)`)) : h("option", { value: "" }, "no finished run"));
+    const about = (p = {}) => `${p.samples ?? "?"} × ${p.seq_len ?? "?"} tokens, scans: ${(p.scans || []).join(", ") || "none"}${(p.scans || []).includes("block") ? ` (block k=${p.block_size})` : ""}`;
+    mount(runSelect, runs.length ? runs.map((r) => h("option", { value: r.id, title: about(r.params) }, `#${r.id} (${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"})`)) : h("option", { value: "" }, "no finished run"));
     showPreview();
   }
   function showPreview() {
@@ -307,11 +358,14 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     const budget = (t.spec.params_total * Number(budgetInput.value)) / 100;
     const d = depthTarget(t.spec, budget);
     const w = widthTarget(t.spec, budget);
-    preview.textContent = `budget ${compact(budget)} → depth: ${d ? `${d.num_layers} of ${t.spec.num_layers} layers` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size}` : "impossible"}`;
+    // The sizes reached, next to the budget: depth moves in whole layers, so it can land well below it.
+    const size = (target) => compact(targetParams(t.spec, target));
+    preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `${d.num_layers} of ${t.spec.num_layers} layers (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}`;
   }
   teacherSelect?.addEventListener("change", loadRuns);
   budgetInput.addEventListener("input", showPreview);
 
+  const goBtn = form.querySelector("[data-testid=wizard-go]");
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const v = readForm(form);
@@ -323,43 +377,61 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     }
     const budget = (t.spec.params_total * v.budget_pct) / 100;
     const targets = { depth: depthTarget(t.spec, budget), width: widthTarget(t.spec, budget) };
-    if (targets.depth) {
-      // A contiguous block (paper 2) when the run scanned blocks of exactly that length, else lowest BI.
-      const k = t.spec.num_layers - targets.depth.num_layers;
-      const layers = await api.get(`/importance-runs/${runId}/layers`).catch(() => ({}));
-      targets.depth.layer_method = layers.block_loss && layers.block_loss[String(k)] ? "block" : layers.block_importance ? "bi" : "drop";
-    }
     if (!targets.depth || !targets.width) {
-      showError(err, { message: `budget_pct: ${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student` });
+      showError(err, { message: `budget_pct: ${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student`, fields: { budget_pct: "too small" } }, form);
       return;
     }
-    showError(err, null);
+    showError(err, null, form);
     const params = distillParams(form);
     const labels = ["Fill the depth and width plans", "Save both plans", "Cut both students", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
-    const mark = (done) => mount(steps, labels.map((l, i) => h(`li${i < done ? ".done" : i === done ? ".active" : ""}`, l)));
+    let step = 0;
+    const mark = (done, failed = false) => {
+      step = done;
+      mount(steps, labels.map((l, i) => h(`li${i < done ? ".done" : i === done ? (failed ? ".failed" : ".active") : ""}`, l)));
+    };
+    // Everything this run creates, so a failure can take it all back (nothing half-built is left).
+    const created = { plans: [], students: [], jobs: [] };
+    goBtn.disabled = true;
     try {
       mark(0);
+      if (targets.depth) {
+        // A contiguous block (paper 2) when the run scanned blocks of exactly that length, else lowest BI.
+        const k = t.spec.num_layers - targets.depth.num_layers;
+        const layers = await api.get(`/importance-runs/${runId}/layers`);
+        targets.depth.layer_method = layers.block_loss && layers.block_loss[String(k)] ? "block" : layers.block_importance ? "bi" : "drop";
+      }
       const tag = `${Math.round(v.budget_pct)}pct-${Date.now().toString(36).slice(-4)}`;
       const plans = {};
       for (const kind of ["depth", "width"]) plans[kind] = await api.post("/plans/fill", { teacher_id: t.id, importance_run_id: runId, targets: targets[kind] });
       mark(1);
       const rows = {};
-      for (const kind of ["depth", "width"]) rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: `${kind}-${tag}`, plan: plans[kind].plan });
+      for (const kind of ["depth", "width"]) {
+        rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: `${kind}-${tag}`, plan: plans[kind].plan });
+        created.plans.push(rows[kind].id);
+      }
       mark(2);
       const made = {};
-      for (const kind of ["depth", "width"]) made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: `${t.name}-${kind}-${tag}` });
       for (const kind of ["depth", "width"]) {
-        made[kind] = await waitFor(() => api.get(`/students/${made[kind].id}`), (s) => s.status !== "pending", ctx);
+        made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: `${t.name}-${kind}-${tag}` });
+        created.students.push(made[kind].id);
+      }
+      for (const kind of ["depth", "width"]) {
+        made[kind] = await waitFor(() => api.get(`/students/${made[kind].id}`), (s) => s.status !== "pending");
         if (made[kind].status !== "ready") throw new Error(`the ${kind} student failed: ${made[kind].error || "no reason given"}`);
       }
       mark(3);
       for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "distill", student_id: made[kind].id, params });
       // Evaluations and benchmarks queue behind the distillations, so they measure the distilled weights.
-      await queueBenchmarks([{ kind: "teacher", id: t.id }, { kind: "student", id: made.depth.id }, { kind: "student", id: made.width.id }]);
+      await queueBenchmarks([{ kind: "teacher", id: t.id }, { kind: "student", id: made.depth.id }, { kind: "student", id: made.width.id }], created.jobs);
       mark(4);
-      onDone([made.depth.id, made.width.id], t.id);
+      if (ctx.alive) onDone([made.depth.id, made.width.id], t.id);
+      else toast(`Depth vs width study queued: students #${made.depth.id} and #${made.width.id}.`);
     } catch (e) {
-      showError(err, e);
+      mark(step, true);
+      const failedAt = `Step ${step + 1} (${labels[step].toLowerCase()}) failed: ${e.message}`;
+      showError(err, { message: `${failedAt}. ${await undoWizard(created)}`, fields: e.fields }, form);
+    } finally {
+      goBtn.disabled = false;
     }
   });
 

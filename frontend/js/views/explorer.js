@@ -12,6 +12,10 @@ import { PlanState } from "../planstate.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady } from "../plots.js";
 import { href, setQuery } from "../router.js";
 
+const ANGULAR_COLOR = "#f2b34b";
+const ANGULAR_HOVER = "%{customdata}<br>angular distance %{y:.4g}<br>arccos(cos(block input, block output)) / π per token<br>lower = the block changes the representation less = better to drop<extra>Gromov</extra>";
+const angularName = (k) => `angular distance, k=${k} (Gromov)`;
+
 export async function explorerView(host, { args, query }, ctx) {
   const runId = Number(args[0]);
   if (!runId) return pickRun(host, ctx);
@@ -19,7 +23,8 @@ export async function explorerView(host, { args, query }, ctx) {
   const view = {
     batch: query.get("batch") || "l2",
     seq: query.get("seq") || "mean",
-    scale: query.get("scale") || "linear",
+    // Log by default: activation scores are heavy-tailed (a few outliers would flatten a linear map).
+    scale: query.get("scale") || "log",
     palette: query.get("palette") || "viridis",
     order: query.get("order") || "sorted",
     headMode: query.get("heads") || "heads",
@@ -126,7 +131,7 @@ export async function explorerView(host, { args, query }, ctx) {
           h("header", h("h2", "Layers"),
             h("span.ctl", h("span", "score"), segmented([["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"]], view.layerMetric, (v) => { view.layerMetric = v; setQuery({ layer: v }); drawLayers(); }, { dataset: { testid: "layer-metric" } })),
             layerStability),
-          h("div.hint", "click a bar to drop / keep a layer (a block-scan bar toggles its whole block)"),
+          h("div.hint", "click a bar to drop / keep a layer (a block-scan bar toggles its whole block); the line is the block's angular distance (Gromov), lower = better to drop"),
           layersPlot),
       ),
       planner.el,
@@ -152,7 +157,7 @@ export async function explorerView(host, { args, query }, ctx) {
       const rank = headsData.rank[r][c];
       const idx = state.index();
       const marked = idx.drop.has(r) ? "layer dropped" : idx.groups.get(r)?.has(Math.floor(c / perGroup)) ? "KV group removed" : idx.heads.get(r)?.has(c) ? "marked" : "";
-      return `<b>layer ${r} · head ${c}</b> · KV group ${Math.floor(c / perGroup)}<br>score ${sig(v)}<br>rank ${rank + 1} of ${spec.num_heads} in layer (1 = least important)${marked ? `<br><span class="marked">● ${marked}</span>` : ""}`;
+      return `<b>layer ${r} · head ${c}</b> · KV group ${Math.floor(c / perGroup)}<br>score ${sig(v)}<br>rank ${spec.num_heads - rank} of ${spec.num_heads} in layer (1 = most important)${marked ? `<br><span class="marked">● ${marked}</span>` : ""}`;
     },
     onClick: (r, c) => toggleHeadCells([[r, c]]),
     onBox: ({ r0, r1, c0, c1 }) => {
@@ -199,9 +204,18 @@ export async function explorerView(host, { args, query }, ctx) {
       const d = neuronData;
       const a = d.bin_edges[c];
       const b = d.bin_edges[c + 1];
-      const what = d.order === "sorted" ? `rank positions ${a}–${b - 1} (0 = most important)` : `neurons ${a}–${b - 1}`;
+      const sorted = d.order === "sorted";
       const frac = neuronMarks ? neuronMarks[r * d.bins + c] : 0;
-      return `<b>layer ${d.layers[r]}</b> · ${what}<br>mean ${sig(d.z[r][c])} · max ${sig(d.zmax[r][c])}<br>${b - a} neuron${b - a === 1 ? "" : "s"} in this bin${frac ? `<br><span class="marked">● ${Math.round(frac * 100)}% marked</span>` : ""}`;
+      const marked = frac ? `<br><span class="marked">● ${Math.round(frac * 100)}% marked</span>` : "";
+      if (b - a === 1) {
+        // One neuron: name it (sorted order needs the ranking, fetched after the first paint).
+        const order = sorted && neuronOrder && neuronOrder.order ? neuronOrder.order.get(d.layers[r]) : null;
+        const who = sorted ? (order ? `neuron ${order[a]}` : "") : `neuron ${a}`;
+        const rank = sorted ? `<br>rank ${a + 1} of ${d.width} in layer (1 = most important)` : "";
+        return `<b>layer ${d.layers[r]}${who ? ` · ${who}` : ""}</b>${rank}<br>score ${sig(d.z[r][c])}${marked}`;
+      }
+      const what = sorted ? `ranks ${a + 1}–${b} of ${d.width} (1 = most important)` : `neurons ${a}–${b - 1}`;
+      return `<b>layer ${d.layers[r]}</b> · ${what}<br>mean ${sig(d.z[r][c])} · max ${sig(d.zmax[r][c])}<br>${b - a} neurons in this bin${marked}`;
     },
     onClick: (r, c) => toggleNeuronBins(r, r, c, c),
     onBox: ({ r0, r1, c0, c1 }) => {
@@ -231,30 +245,18 @@ export async function explorerView(host, { args, query }, ctx) {
   }
 
   /**
-   * Each layer's neuron ranking (most important first), from the full-resolution natural map: the
-   * sorted view bins positions in this order, so marking a bin needs it. Fetched once per aggregation.
+   * Each layer's neuron ranking (most important first), from the server: the sorted view bins positions
+   * in this order, so marking a bin needs it. Never re-ranked here from the 4-digit payload values: near-
+   * ties would order differently from `fill_plan`. Fetched once per aggregation.
    */
   async function ensureOrder() {
     const key = `${view.batch}:${view.seq}`;
     if (neuronOrder && neuronOrder.key === key) return neuronOrder;
     if (neuronOrder && neuronOrder.key === key + ":loading") return neuronOrder.promise;
     const promise = (async () => {
-      const F = spec.intermediate_size;
-      // One neuron per bin, in chunks the server accepts (bins <= 4096), concatenated per layer.
-      const CHUNK = 4096;
-      const chunks = [];
-      for (let start = 0; start < F; start += CHUNK) {
-        const end = Math.min(F, start + CHUNK);
-        chunks.push(api.get(`/importance-runs/${run.id}/neurons${qs({ batch: view.batch, seq: view.seq, order: "natural", bins: end - start, start, end })}`));
-      }
-      const parts = await Promise.all(chunks);
+      const res = await api.get(`/importance-runs/${run.id}/neuron-order${qs({ batch: view.batch, seq: view.seq })}`);
       const order = new Map();
-      parts[0].layers.forEach((layer, i) => {
-        const z = parts.flatMap((part) => part.z[i]);
-        const idx = Int32Array.from(z.keys());
-        idx.sort((a, b) => z[b] - z[a] || a - b);
-        order.set(layer, idx);
-      });
+      res.order.forEach((perm, layer) => order.set(layer, Int32Array.from(perm)));
       neuronOrder = { key, order };
       return neuronOrder;
     })();
@@ -301,7 +303,7 @@ export async function explorerView(host, { args, query }, ctx) {
     computeNeuronMarks();
     neurons.setData(neuronData.z, { domain: neuronDomain });
     const d = neuronData;
-    mount(neuronsAxis, h("span", d.order === "sorted" ? `rank ${d.start} (most important)` : `neuron ${d.start}`), h("span", d.bins === d.end - d.start ? `${d.bins} neurons, one per column` : `${d.bins} bins of ≈${((d.end - d.start) / d.bins).toFixed(1)} neurons`), h("span", d.order === "sorted" ? `rank ${d.end - 1}` : `neuron ${d.end - 1}`));
+    mount(neuronsAxis, h("span", d.order === "sorted" ? `rank ${d.start + 1}${d.start ? "" : " (most important)"}` : `neuron ${d.start}`), h("span", d.bins === d.end - d.start ? `${d.bins} neurons, one per column` : `${d.bins} bins of ≈${((d.end - d.start) / d.bins).toFixed(1)} neurons`), h("span", d.order === "sorted" ? `rank ${d.end}${d.end === d.width ? " (least important)" : ""}` : `neuron ${d.end - 1}`));
     zoomInfo.textContent = neuronZoom ? `zoomed to ${neuronZoom[0]}–${neuronZoom[1] - 1} of ${d.width}` : `all ${d.width} per layer`;
     mount(neuronsBar, colorbar(view.palette, neurons.range, view.scale));
   }
@@ -326,8 +328,8 @@ export async function explorerView(host, { args, query }, ctx) {
       const [a, b] = [hiddenBins.edges[c], hiddenBins.edges[c + 1]];
       const chans = Array.from(hiddenBins.positions.slice(a, Math.min(b, a + 4)));
       const D = hiddenData.z.length;
-      const rank = b - a === 1 ? `<br>rank ${hiddenData.rank[chans[0]] + 1} of ${D} (1 = least important)` : "";
-      return `<b>${view.order === "sorted" ? `rank positions ${a}–${b - 1}` : `channels ${a}–${b - 1}`}</b><br>channels ${chans.join(", ")}${b - a > 4 ? "…" : ""}<br>mean ${sig(hiddenRow[c])}${rank}`;
+      if (b - a === 1) return `<b>channel ${chans[0]}</b><br>rank ${D - hiddenData.rank[chans[0]]} of ${D} (1 = most important)<br>score ${sig(hiddenRow[c])}`;
+      return `<b>${view.order === "sorted" ? `ranks ${a + 1}–${b} of ${D}` : `channels ${a}–${b - 1}`}</b><br>channels ${chans.join(", ")}${b - a > 4 ? "…" : ""}<br>mean ${sig(hiddenRow[c])}`;
     },
     onClick: (r, c) => toggleHiddenBins(c, c),
     onBox: ({ c0, c1 }) => toggleHiddenBins(c0, c1),
@@ -381,16 +383,28 @@ export async function explorerView(host, { args, query }, ctx) {
     let text;
     let colors;
     let blockK = null;
-    if (view.layerMetric === "block" && layerData.block_loss && Object.keys(layerData.block_loss).length) {
-      blockK = Number(Object.keys(layerData.block_loss)[0]);
-      y = layerData.block_loss[String(blockK)];
-      x = y.map((_, i) => i);
+    // Gromov et al.'s angular distance of each block: a line beside the block-loss bars (its own axis),
+    // or the bars themselves for a run that has the angular scan but no block-loss scan.
+    let angular = null;
+    let barHover = "%{customdata}<br>%{y:.4g}<extra></extra>";
+    const blockLoss = layerData.block_loss || {};
+    const blockAngular = layerData.block_angular || {};
+    const blockKeys = Object.keys(blockLoss).length ? Object.keys(blockLoss) : Object.keys(blockAngular);
+    const perLayer = layerData.block_importance || layerData.drop_loss;
+    if (blockKeys.length && (view.layerMetric === "block" || !perLayer)) {
+      blockK = Number(blockKeys[0]);
+      angular = blockAngular[String(blockK)] || null;
+      y = blockLoss[String(blockK)];
       label = `loss increase when dropping layers i..i+${blockK - 1}`;
+      if (!y) {
+        [y, angular, label, barHover] = [angular, null, angularName(blockK), ANGULAR_HOVER];
+      }
+      x = y.map((_, i) => i);
       text = x.map((i) => `layers ${i}–${i + blockK - 1}`);
       colors = x.map((i) => (Array.from({ length: blockK }, (_, j) => i + j).every((l) => drop.has(l)) ? MARKED : KEEP));
     } else {
       const key = view.layerMetric === "drop" ? "drop_loss" : "block_importance";
-      y = layerData[key] || layerData.block_importance || layerData.drop_loss;
+      y = layerData[key] || perLayer;
       if (!y) {
         mount(layersPlot, h("div.empty", "This run has no depth scores (started with scans = []). Width planning still works."));
         return;
@@ -400,16 +414,33 @@ export async function explorerView(host, { args, query }, ctx) {
       text = x.map((i) => `layer ${i}`);
       colors = x.map((i) => (drop.has(i) ? MARKED : KEEP));
     }
-    const trace = { type: "bar", x, y, text, marker: { color: colors }, hovertemplate: "%{text}<br>%{y:.4g}<extra></extra>", textposition: "none", name: label };
+    // Values on the bars (one tall bar would otherwise flatten the rest), dropped layers named in magenta.
+    const labelled = x.length <= 24;
+    const trace = {
+      type: "bar", x, y, customdata: text, marker: { color: colors }, name: label, showlegend: false,
+      hovertemplate: barHover,
+      texttemplate: labelled ? "%{y:.3g}" : "", textposition: labelled ? "outside" : "none", cliponaxis: false,
+      textfont: { size: 9, color: colors.map((c) => (c === MARKED ? MARKED : "#8a96a8")) },
+    };
+    const tickText = x.map((i) => (colors[i] === MARKED ? `<span style="color:${MARKED}">${i} ✕</span>` : String(i)));
+    const traces = [trace];
+    if (angular) {
+      traces.push({
+        type: "scatter", mode: "lines+markers", x, y: angular, yaxis: "y2", customdata: text, name: angularName(blockK),
+        line: { color: ANGULAR_COLOR, width: 2 }, marker: { color: ANGULAR_COLOR, size: 6 }, hovertemplate: ANGULAR_HOVER,
+      });
+    }
     const layout = baseLayout({
       height: 200,
-      showlegend: false,
-      margin: { l: 52, r: 12, t: 26, b: 32 },
+      showlegend: !!angular,
+      legend: { orientation: "h", x: 1, xanchor: "right", y: 1.0, yanchor: "bottom", font: { size: 10 }, bgcolor: "rgba(0,0,0,0)" },
+      yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, zeroline: false, automargin: true, tickfont: { size: 10, color: ANGULAR_COLOR } },
+      margin: { l: 52, r: angular ? 40 : 12, t: 26, b: 32 },
       title: { text: label + (layerData.base_loss ? `   ·   base loss ${sig(layerData.base_loss)}` : ""), font: { size: 11, color: "#8a96a8" }, x: 0.01, y: 0.97 },
-      xaxis: { title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, dtick: x.length > 16 ? 2 : 1 },
+      xaxis: { title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, tickvals: x.filter((i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED), ticktext: tickText.filter((_, i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED) },
       bargap: 0.15,
     });
-    await Plotly.react(layersPlot, [trace], layout, PLOT_CONFIG);
+    await Plotly.react(layersPlot, traces, layout, PLOT_CONFIG);
     if (!layersPlot._bound) {
       layersPlot._bound = true;
       layersPlot.on("plotly_click", (ev) => {
@@ -489,7 +520,7 @@ export async function explorerView(host, { args, query }, ctx) {
       mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), stabilityBadge("neurons", s.neurons), stabilityBadge("hidden", s.hidden));
       // Depth scores have their own split-half agreement (block_importance, drop_loss, block_loss_k2 …).
       const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k));
-      mount(layerStability, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k="), s[k])));
+      mount(layerStability, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])));
     }).catch(() => {}),
   ]);
   const paint = performance.now() - t0;

@@ -139,7 +139,7 @@ export async function jobView(host, { args, query }, ctx) {
         h("span.hint", `${job.device ? `on ${job.device} · ` : ""}created ${when(job.created_at)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}`),
         h("span.spacer"),
         h("button.danger", { disabled: !canCancel, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel"),
-        h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : "needs a checkpoint" }, "Resume"),
+        h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : job.resumable ? "run it again (it never started; routed to a worker anew)" : "needs a checkpoint" }, "Resume"),
         student ? h("a.btn", { href: href("compare", [], { students: student.id, teacher: student.teacher_id }) }, "Compare") : null,
       ),
       h("section.panel", { style: { marginBottom: "14px" }, dataset: { testid: "job-progress" } },

@@ -26,6 +26,7 @@ export function distillFields(datasets, values = {}) {
     field({ name: "val_every", label: "Validate every", type: "number", value: v.val_every, min: 1 }),
     field({ name: "checkpoint_every", label: "Checkpoint every", type: "number", value: v.checkpoint_every, min: 1 }),
     field({ name: "dataset_id", label: "Data", options: [["", "demo corpus"], ...datasets.filter((d) => d.source !== "demo").map((d) => [d.id, d.name])], value: "" }),
+    field({ name: "device", label: "Device", options: [["auto", "auto"], ["cuda", "GPU (cuda)"], ["cpu", "CPU"]], value: v.device ?? "auto", title: "auto: a GPU worker when one is running, else a CPU worker" }),
     field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
   );
 }
@@ -39,6 +40,7 @@ export function distillParams(form) {
   }
   if (v.budget !== undefined) params[v.budget_kind === "tokens" ? "tokens" : "steps"] = v.budget;
   if (v.dataset_id) params.dataset_id = Number(v.dataset_id);
+  if (v.device) params.device = v.device;
   params.baseline = !!v.baseline;
   return params;
 }
@@ -89,7 +91,7 @@ export async function runsView(host, { query }, ctx) {
 
   const teacherName = (id) => {
     const t = state.teachers.find((x) => x.id === id);
-    return t ? h("span.muted", `teacher ${t.name}`) : "–";
+    return t ? h("span.muted", `${t.name} (teacher)`) : "–";
   };
 
   function jobRow(j) {
@@ -103,7 +105,7 @@ export async function runsView(host, { query }, ctx) {
 
   function renderRecent() {
     mount(recent, state.jobs.length
-      ? h("table", h("thead", h("tr", h("th", "job"), h("th", "kind"), h("th", "student"), h("th", "status"), h("th", "progress"), h("th", "created"))), h("tbody", state.jobs.map(jobRow)))
+      ? h("table", h("thead", h("tr", h("th", "job"), h("th", "kind"), h("th", "model"), h("th", "status"), h("th", "progress"), h("th", "created"))), h("tbody", state.jobs.map(jobRow)))
       : h("div.empty", "No job yet."));
   }
 
@@ -161,7 +163,7 @@ export async function runsView(host, { query }, ctx) {
           s.status === "ready" ? h("a.btn", { href: authUrl(`/students/${s.id}/download`) }, "Download") : null),
         s.error ? h("div.error-msg", s.error) : null,
         spec ? h("dl.kv",
-          h("dt", "shape"), h("dd", `${spec.num_layers} layers · hidden ${spec.hidden_size} · heads ${spec.num_heads}/${spec.num_kv_heads} · MLP ${spec.intermediate_size}${spec.uniform ? "" : " (non-uniform)"}`),
+          h("dt", "shape"), h("dd", `${spec.num_layers} layers · hidden ${spec.hidden_size} · heads ${spec.num_heads} (${spec.num_kv_heads} KV groups) · MLP ${spec.intermediate_size}${spec.uniform ? "" : " (non-uniform)"}`),
           h("dt", "parameters"), h("dd", `${compact(spec.params_total)}${t?.spec ? ` (${pct(spec.params_total / t.spec.params_total)} of ${t.name})` : ""}`),
           h("dt", "artifact"), h("dd", s.path || "–")) : h("div.empty", "The cut is running…"),
         h("div.row", { style: { marginTop: "10px" } },

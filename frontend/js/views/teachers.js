@@ -14,6 +14,7 @@ export async function teachersView(host, { query }, ctx) {
   const teacherList = h("div");
   const datasetList = h("div");
   const detail = h("div.stack");
+  const workersLine = h("span.sub", { dataset: { testid: "workers" } });
 
   // ---- register forms ------------------------------------------------------------------
   const teacherErr = h("div.error-msg");
@@ -65,7 +66,7 @@ export async function teachersView(host, { query }, ctx) {
 
   mount(
     host,
-    h("div.page-head", h("h1", "Teachers & data"), h("span.sub", "Register a teacher model and a calibration corpus, then score every head, neuron, channel and layer.")),
+    h("div.page-head", h("h1", "Teachers & data"), h("span.sub", "Register a teacher model and a calibration corpus, then score every head, neuron, channel and layer."), workersLine),
     h("div.grid", { style: { gridTemplateColumns: "minmax(320px, 420px) minmax(0, 1fr)" } },
       h("div.stack",
         h("section.panel", h("header", h("h2", "Register a teacher")), teacherForm),
@@ -78,6 +79,7 @@ export async function teachersView(host, { query }, ctx) {
 
   // ---- data ----------------------------------------------------------------------------
   async function refresh() {
+    renderWorkers();
     try {
       const [teachers, datasets] = await Promise.all([api.get("/teachers"), api.get("/datasets")]);
       state.teachers = teachers;
@@ -93,6 +95,27 @@ export async function teachersView(host, { query }, ctx) {
     renderDatasets();
     renderDetail();
     connect();
+  }
+
+  /** "workers: 1 cpu, 2 cuda" from the worker registry; best effort (the page works without it). */
+  async function renderWorkers() {
+    let workers;
+    try {
+      workers = await api.get("/workers");
+    } catch {
+      workersLine.textContent = "";
+      return;
+    }
+    if (!ctx.alive) return;
+    const counts = {};
+    for (const w of workers) {
+      const type = w.device.startsWith("cuda") ? "cuda" : "cpu";
+      counts[type] = (counts[type] || 0) + 1;
+    }
+    workersLine.textContent = workers.length
+      ? `workers: ${Object.entries(counts).map(([type, n]) => `${n} ${type}`).join(", ")}`
+      : "workers: none running (jobs wait in their queue)";
+    workersLine.title = workers.map((w) => `${w.hostname} (pid ${w.pid}): ${w.device}, queues ${w.queues.join(", ")}`).join("\n");
   }
 
   function renderTeachers() {
@@ -161,7 +184,7 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "samples", label: "Samples", type: "number", value: 64, min: 1 }),
         field({ name: "seq_len", label: "Seq len", type: "number", value: 128, min: 8 }),
         field({ name: "batch_size", label: "Batch", type: "number", value: 8, min: 1 }),
-        field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop scan" }),
+        field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop and angular-distance scans" }),
         field({ name: "seed", label: "Seed", type: "number", value: 0 }),
       ),
       h("div.row",
@@ -169,6 +192,9 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "scan_bi", label: "Block Importance", type: "checkbox", value: true }),
         field({ name: "scan_drop", label: "Drop loss", type: "checkbox", value: true }),
         field({ name: "scan_block", label: "Block scan", type: "checkbox", value: true }),
+        Object.assign(field({ name: "scan_angular", label: "Angular distance (Gromov)", type: "checkbox", value: false }), {
+          title: "arccos(cos(input, output)) / π across each block of k layers (Gromov et al.): lower = better block to drop; read in the same pass, no extra forwards",
+        }),
         h("span.spacer"),
         h("button.primary", { type: "submit", disabled: !ready }, "Start importance run"),
       ),
@@ -186,7 +212,7 @@ export async function teachersView(host, { query }, ctx) {
         batch_size: v.batch_size,
         block_size: v.block_size,
         seed: v.seed,
-        scans: ["bi", "drop", "block"].filter((s) => v[`scan_${s}`]),
+        scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]),
       };
       try {
         await api.post("/importance-runs", body);

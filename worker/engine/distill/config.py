@@ -26,7 +26,7 @@ class DistillConfig(BaseModel):
     intermediate_weight: float = Field(0.0, ge=0)  # cosine loss on mapped hidden states
     layer_map: list[int] | None = None  # student layer j -> teacher layer; default identity
     hidden_channels: list[int] | None = None  # teacher channels kept by the student, if hidden was cut
-    # Tokens per LM-head chunk; None: as many as fit CHUNK_LOGITS logits (see losses.auto_chunk_tokens).
+    # Tokens per LM-head chunk; None: as many as fit CHUNK_LOGITS logits (see chunked_head.auto_chunk_tokens).
     chunk_tokens: int | None = Field(None, ge=1)
     seed: int = 0
     val_every: int = Field(50, ge=0)  # 0: only at the end

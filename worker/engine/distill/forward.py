@@ -8,18 +8,10 @@ import torch
 from torch import nn
 
 from worker.engine.adapters import adapter_for
+from worker.engine.chunked_head import final_hidden_states, output_head
 
-
-def lm_head(model: nn.Module) -> nn.Linear:
-    """The output projection, checked to be a plain Linear with no post-processing of logits."""
-    head = model.get_output_embeddings()
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(model).__name__}: the LM head is not an nn.Linear; chunked KD cannot use it")
-    config = model.config
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(config, attr, None) not in (None, 1, 1.0):
-            raise ValueError(f"{type(model).__name__}: logits are post-processed ({attr}); not supported")
-    return head
+# The output projection, checked to be a plain Linear whose logits are not post-processed.
+lm_head = output_head
 
 
 @contextmanager
@@ -46,5 +38,5 @@ def final_hidden(
 ):
     """(final normed hidden states [B, S, D], per-layer outputs or [])."""
     with capture_layer_outputs(model, layer_states) as states:
-        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out[0], list(states)
+        hidden = final_hidden_states(model, input_ids, attention_mask)
+    return hidden, list(states)

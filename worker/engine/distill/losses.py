@@ -20,15 +20,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-# Logits held per chunk when the chunk size is automatic: 2^24 floats = 64 MiB per fp32 buffer.
-# Big enough that GPU matmuls stay efficient (measured: 1024-token chunks of a 4k vocabulary cost ~20%
-# of step throughput on an H200), small enough that a 128k vocabulary still uses 128-token chunks.
-CHUNK_LOGITS = 1 << 24
-
-
-def auto_chunk_tokens(vocab_size: int) -> int:
-    return max(64, CHUNK_LOGITS // max(1, vocab_size))
+# The LM head is applied chunk by chunk by the shared definition (one for losses and evaluation).
+from worker.engine.chunked_head import (
+    IGNORE_INDEX,
+    auto_chunk_tokens,
+    chunk_logits,
+    chunk_spans,
+)
 
 
 @dataclass
@@ -73,12 +71,11 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
     grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
     use_teacher = t_hidden is not None  # KL is reported even at weight 0
-    for start in range(0, n, chunk_tokens):
-        end = min(start + chunk_tokens, n)
+    for start, end in chunk_spans(n, chunk_tokens):
         h = s_hidden[start:end]
         y = labels[start:end]
         m = mask[start:end].to(torch.float32)
-        z = F.linear(h, weight, bias).float()
+        z = chunk_logits(h, weight, bias)
         log_p = F.log_softmax(z, dim=-1)
         safe_y = y.clamp(min=0).unsqueeze(-1)
         ce_sum += -(log_p.gather(-1, safe_y).squeeze(-1) * m).sum()
@@ -90,7 +87,7 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
                 g.scatter_add_(-1, safe_y, torch.full_like(safe_y, -1, dtype=g.dtype))
                 grad_z += (weights.ce / count) * g * m.unsqueeze(-1)
         if use_teacher:
-            zt = F.linear(t_hidden[start:end], t_weight, t_bias).float()
+            zt = chunk_logits(t_hidden[start:end], t_weight, t_bias)
             log_pt = F.log_softmax(zt / tau, dim=-1)
             log_ps = log_p if tau == 1.0 else F.log_softmax(z / tau, dim=-1)
             pt = log_pt.exp()

@@ -8,15 +8,20 @@ after the previous window's end, so each token is predicted from between context
 tokens of history (Hugging Face's "perplexity of fixed-length models" recipe).
 
 PackedTokens: every block is scored on its own (its first token is only context).
+
+Memory: the LM head is applied to the scored positions only, a chunk of tokens at a time
+(`chunked_head.token_nll`), so full batch x sequence x vocabulary logits are never materialised.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from worker.engine.chunked_head import IGNORE_INDEX, final_hidden_states, output_head, token_nll
 
 
 def model_context(model) -> int:
@@ -45,27 +50,30 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def _score(model, rows: list[tuple[list[int], int]], pad_id: int, device) -> tuple[float, int]:
-    """Summed NLL and count of the scored tokens of right-padded rows (ids, first_scored)."""
+def _score(
+    model, head, rows: list[tuple[list[int], int]], pad_id: int, device, chunk_tokens
+) -> tuple[float, int]:
+    """Summed NLL and count of the scored tokens of right-padded rows (ids, first_scored).
+
+    The model runs up to its final hidden states; only the positions that predict a scored token go
+    through the LM head, in chunks (no [B, S, V] logits).
+    """
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
     for r, (ids, first) in enumerate(rows):
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
         labels[r, first : len(ids)] = input_ids[r, first : len(ids)]
-    logits = model(
-        input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
-    ).logits
-    shift_labels = labels[:, 1:].to(device)
-    nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-    )
-    return float(nll), int((shift_labels != -100).sum())
+    hidden = final_hidden_states(model, input_ids.to(device), attention.to(device))
+    # Position (r, t) predicts labels[r, t + 1]; select the scored ones on the host (no device sync).
+    rows_idx, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    positions = (rows_idx * width + cols).to(device)
+    targets = labels[rows_idx, cols + 1].to(device)
+    scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    nll = token_nll(scored, head, targets, chunk_tokens)
+    return float(nll.sum(dtype=torch.float64)), int(targets.numel())
 
 
 def perplexity(
@@ -78,20 +86,21 @@ def perplexity(
     batch_size: int = 8,
     max_documents: int | None = None,
     max_blocks: int | None = None,
+    chunk_tokens: int | None = None,
 ) -> dict:
     """{"loss", "perplexity", "tokens", "documents"|"blocks", "context", "stride"} (natural-log NLL).
 
-    `data` is a list of document strings (needs `tokenizer`) or a `PackedTokens`.
+    `data` is a list of document strings (needs `tokenizer`) or a `PackedTokens`. `chunk_tokens`:
+    tokens per LM-head chunk (default `auto_chunk_tokens`, at most 2^24 logits per chunk).
     """
     device = next(model.parameters()).device
+    score = functools.partial(_score, model, output_head(model), device=device, chunk_tokens=chunk_tokens)
     was_training = model.training
     model.eval()
     try:
         if hasattr(data, "sequential"):
-            return _packed_perplexity(model, data, batch_size, max_blocks, device)
-        return _document_perplexity(
-            model, data, tokenizer, context, stride, batch_size, max_documents, device
-        )
+            return _packed_perplexity(score, data, batch_size, max_blocks)
+        return _document_perplexity(score, model, data, tokenizer, context, stride, batch_size, max_documents)
     finally:
         model.train(was_training)
 
@@ -103,17 +112,17 @@ def _result(nll: float, count: int, **extra) -> dict:
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count, **extra}
 
 
-def _packed_perplexity(model, packed, batch_size, max_blocks, device) -> dict:
+def _packed_perplexity(score, packed, batch_size, max_blocks) -> dict:
     nll, count, blocks = 0.0, 0, 0
     for block in packed.sequential(batch_size, limit=max_blocks):
         rows = [(row.tolist(), 1) for row in block]
-        part, n = _score(model, rows, 0, device)
+        part, n = score(rows, 0)
         nll, count, blocks = nll + part, count + n, blocks + len(rows)
     return _result(nll, count, blocks=blocks, context=packed.seq_len, stride=None)
 
 
 def _document_perplexity(
-    model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents, device
+    score, model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents
 ) -> dict:
     if tokenizer is None:
         raise ValueError("perplexity on documents needs the tokenizer")
@@ -135,6 +144,6 @@ def _document_perplexity(
     rows.sort(key=lambda r: len(r[0]))  # similar lengths together: less padding
     nll, count = 0.0, 0
     for first in range(0, len(rows), batch_size):
-        part, n = _score(model, rows[first : first + batch_size], pad, device)
+        part, n = score(rows[first : first + batch_size], pad)
         nll, count = nll + part, count + n
     return _result(nll, count, documents=len(documents), context=context, stride=stride)

@@ -18,6 +18,7 @@ import time
 import torch
 
 from worker.engine.adapters import count_parameters
+from worker.engine.kv_cache import cache_keyword, returned_cache
 
 
 def _sync(device: torch.device) -> None:
@@ -48,12 +49,13 @@ def _one_round(model, prompt, new_tokens, device):
     out = model(input_ids=prompt, use_cache=True)
     _sync(device)
     prefill = time.perf_counter() - t0
-    cache = out.past_key_values
+    cache = returned_cache(out)
     token = out.logits[:, -1:].argmax(-1)
+    keyword = cache_keyword(model)  # "cache" (newer transformers) or "past_key_values"
     t1 = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=token, use_cache=True, **{keyword: cache})
+        cache = returned_cache(out)
         token = out.logits[:, -1:].argmax(-1)
     _sync(device)
     decode = time.perf_counter() - t1

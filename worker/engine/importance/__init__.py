@@ -3,6 +3,8 @@
 Public API (interface #3 of the brief):
     compute_importance(model, batches, *, scans=("bi", "drop", "block"), block_size=2, progress=None,
                        metadata=None) -> ImportanceResult
+        scans: any of "bi", "drop", "block" (the default) and "angular" (Gromov et al.'s block angular
+        distance, read in the same pass)
     ImportanceResult.scores(batch="l2", seq="mean") -> ImportanceScores
     ImportanceResult.rank_stability() -> dict[axis, float]
     ImportanceResult.save(dir) / ImportanceResult.load(dir); .manifest

@@ -1,9 +1,11 @@
 """`compute_importance`: one hooked inference pass over the calibration batches (plus the layer scans).
 
-Per batch: run the model once under `torch.inference_mode()` with the importance hooks on (width axes
-and Block Importance land in float32 running sums); if a loss scan is asked for, the same pass keeps
-each layer's input, the full model's logits give the base loss, and the scans re-run only the layers
-after each cut from the cached inputs (`layer_scan.py`). Then the batch's cache is dropped.
+Per batch: run the model up to its final norm once under `torch.inference_mode()` with the importance
+hooks on (width axes, Block Importance and the block angular distance land in float32 running sums);
+if a loss scan is asked for,
+the same pass keeps each layer's input, the final hidden states give the base loss (LM head applied in
+token chunks, `chunked_head.py`), and the scans re-run only the layers after each cut from the cached
+inputs (`layer_scan.py`). Then the batch's cache is dropped. Without a loss scan no logits are computed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from worker.engine.adapters import adapter_for
+from worker.engine.chunked_head import final_hidden_states
 from worker.engine.importance.accumulators import BatchContext
 from worker.engine.importance.hooks import ImportanceHooks
 from worker.engine.importance.layer_scan import (
@@ -23,7 +26,7 @@ from worker.engine.importance.layer_scan import (
     token_losses,
 )
 from worker.engine.importance.provenance import run_manifest
-from worker.engine.importance.result import SCANS, ImportanceResult
+from worker.engine.importance.result import DEFAULT_SCANS, SCANS, ImportanceResult
 
 Progress = Callable[[int], None]  # called after each batch with its number of samples
 
@@ -33,7 +36,7 @@ def check_scans(scans: Iterable[str], block_size: int, num_layers: int) -> tuple
     unknown = [s for s in scans if s not in SCANS]
     if unknown:
         raise ValueError(f"unknown scan {unknown[0]!r}; choose from {', '.join(SCANS)}")
-    if "block" in scans and not 1 <= block_size < num_layers:
+    if ("block" in scans or "angular" in scans) and not 1 <= block_size < num_layers:
         raise ValueError(
             f"block size must be between 1 and {num_layers - 1} (the model has {num_layers} layers)"
         )
@@ -44,7 +47,7 @@ def compute_importance(
     model: nn.Module,
     batches: Iterable[dict],
     *,
-    scans: Iterable[str] = SCANS,
+    scans: Iterable[str] = DEFAULT_SCANS,
     block_size: int = 2,
     progress: Progress | None = None,
     metadata: dict | None = None,
@@ -53,7 +56,8 @@ def compute_importance(
     """Importance of heads, neurons, hidden channels and layers of `model` (see the package docstring).
 
     `batches`: dicts with `input_ids` and `attention_mask` (LongTensor [B, S], 0 = padding, ignored).
-    `scans`: "bi" (Block Importance), "drop" (single-layer drop loss), "block" (k-layer block loss).
+    `scans`: "bi" (Block Importance), "drop" (single-layer drop loss), "block" (k-layer block loss),
+    "angular" (angular distance across each k-layer block, Gromov et al.; no extra layer forwards).
     `metadata` is merged into the manifest (model source, data source, seed...). `hash_weights=False`
     skips the manifest's SHA-256 of the weights (a one-off cost: it reads every weight once on the host).
     """
@@ -73,7 +77,13 @@ def compute_importance(
     was_training = model.training
     model.eval()
     samples, batch_count, seq_len = 0, 0, 0
-    hooks = ImportanceHooks(model, adapter, block_importance="bi" in scans, record_calls=bool(loss_scans))
+    hooks = ImportanceHooks(
+        model,
+        adapter,
+        block_importance="bi" in scans,
+        record_calls=bool(loss_scans),
+        angular_block=block_size if "angular" in scans else None,
+    )
     try:
         with torch.inference_mode(), hooks:
             for batch in batches:
@@ -86,13 +96,14 @@ def compute_importance(
                 ctx = BatchContext(attention_mask, samples, host_mask=host_mask)
                 hooks.begin_batch(ctx)
                 hooks.enabled = True
-                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                # Up to the final norm only: the LM head runs (chunked) when a loss is asked for.
+                hidden = final_hidden_states(model, input_ids, attention_mask)
                 hooks.end_batch()
                 if loss_scans:
-                    per_sample, tokens = token_losses(logits, input_ids, attention_mask)
+                    per_sample, tokens = token_losses(hidden, scanner.head, input_ids, attention_mask)
                     loss["base"].index_add_(0, ctx.halves, per_sample)
                     loss["tokens"].index_add_(0, ctx.halves, tokens)
-                del logits  # not alive during the scans nor during the next batch's forward
+                del hidden  # not alive during the scans nor during the next batch's forward
                 if loss_scans:
                     hooks.enabled = False  # scans re-run layers; those activations are not calibration data
                     for k in dict.fromkeys(loss_scans):
@@ -113,6 +124,8 @@ def compute_importance(
     arrays.update(heads=hooks.heads.numpy(), neurons=hooks.neurons.numpy(), hidden=hooks.hidden.numpy())
     if "bi" in scans:
         arrays["block_importance"] = hooks.bi.numpy()
+    if "angular" in scans:
+        arrays[f"block_angular_k{block_size}"] = hooks.angular.numpy()
     if loss_scans:
         arrays["loss_base"], arrays["loss_tokens"] = loss["base"].cpu().numpy(), loss["tokens"].cpu().numpy()
         if "drop" in scans:

@@ -4,12 +4,17 @@ Where each score is read (through the family adapter, so every supported archite
 - heads:   input of the attention output projection (`attn_out`), split per head, L2 over head_dim;
 - neurons: input of the down projection (`mlp_out`): post-activation, gated where the MLP is gated; |x|;
 - hidden:  |output| of every norm (each layer's `adapter.norms` and the final norm), one row per norm;
-- block importance: 1 - cos(layer input, layer output) per token.
+- block importance: 1 - cos(layer input, layer output) per token;
+- angular distance of each block of k consecutive layers (Gromov et al., arXiv 2403.17887):
+  arccos(cos(input of layer i, output of layer i + k - 1)) / pi per token, read in the same pass.
 The same layer hooks can also keep each layer's input and call arguments for the layer scans
 (`layer_scan.py`), so the scans need no extra pass to build their prefixes.
 """
 
 from __future__ import annotations
+
+import math
+from collections import deque
 
 import torch
 from torch import nn
@@ -42,9 +47,21 @@ class ImportanceHooks:
 
     `record_calls=True` keeps every layer's `LayerCall` of the current batch in `self.calls`
     (memory: num_layers x batch x seq x hidden in the model's dtype, released at the next batch).
+    `angular_block=k` scores every block of k consecutive layers by the angular distance between the
+    block's input and output without any extra layer forward: the layer hook keeps references to the
+    last k layer inputs (memory: k x batch x seq x hidden in the model's dtype, no copies; released at
+    the end of the batch) and, when layer i + k - 1 returns, measures |input_i - output_{i+k-1}|.
     """
 
-    def __init__(self, model: nn.Module, adapter: Adapter, *, block_importance: bool, record_calls: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        *,
+        block_importance: bool,
+        record_calls: bool,
+        angular_block: int | None = None,
+    ):
         self.model, self.adapter = model, adapter
         self.layers = adapter.layers(model)
         self.norms = [n for layer in self.layers for n in adapter.norms(layer)] + [adapter.final_norm(model)]
@@ -60,7 +77,13 @@ class ImportanceHooks:
         self.hidden = RunningSums(len(self.norms), hidden, device)
         self.bi = RunningSums(num_layers, 1, device)
         self.axes = (self.heads, self.neurons, self.hidden, self.bi)
+        self.angular_block = angular_block
+        self.angular = None
+        if angular_block:
+            self.angular = RunningSums(num_layers - angular_block + 1, 1, device)  # one row per block start
+            self.axes += (self.angular,)
         self.ctx: BatchContext | None = None
+        self._recent_inputs: deque | None = None
         self.calls: list[LayerCall | None] = [None] * num_layers
         self.enabled = True  # off while the layer scans re-run layers
         self._handles: list = []
@@ -70,7 +93,7 @@ class ImportanceHooks:
         for i, layer in enumerate(self.layers):
             self._handles.append(self.adapter.attn_out(layer).register_forward_pre_hook(self._heads_hook(i)))
             self._handles.append(self.adapter.mlp_out(layer).register_forward_pre_hook(self._neurons_hook(i)))
-            if self.block_importance or self.record_calls:
+            if self.block_importance or self.record_calls or self.angular_block:
                 self._handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
         for j, norm in enumerate(self.norms):
             self._handles.append(norm.register_forward_hook(self._hidden_hook(j)))
@@ -81,6 +104,7 @@ class ImportanceHooks:
             handle.remove()
         self._handles.clear()
         self.calls = [None] * len(self.layers)
+        self._recent_inputs = None  # an interrupted batch must not keep activations alive
 
     def begin_batch(self, ctx: BatchContext) -> None:
         self.ctx = ctx
@@ -92,15 +116,28 @@ class ImportanceHooks:
         num_layers, heads = self.heads.rows, self.heads.units
         device = self.heads.sums.device
         self.head_norms = torch.zeros((num_layers, batch, seq, heads), dtype=torch.float32, device=device)
-        # |layer input|, |layer output|, |input - output| per token, for 1 - cos
+        # |layer input|, |layer output|, |input - output| per token, for 1 - cos (rows 0 and 1 are
+        # also the angular distance's block input and output norms)
         self.bi_norms = torch.ones((3, num_layers, batch, seq), dtype=torch.float32, device=device)
         self._last_output = None  # (tensor, layer): layer i's output is layer i + 1's input
+        if self.angular_block:
+            # |input of layer i - output of layer i + k - 1| per token, one row per block start i
+            self.angular_diff = torch.ones(
+                (self.angular.rows, batch, seq), dtype=torch.float32, device=device
+            )
+            self._recent_inputs = deque(maxlen=self.angular_block)  # (layer, input): the last k layers
 
     def end_batch(self) -> None:
         self.heads.add_all_rows(self.head_norms, self.ctx)
         if self.block_importance:
             n_in, n_out, n_diff = self.bi_norms
             self.bi.add_all_rows(one_minus_cosine_from_norms(n_in, n_out, n_diff).unsqueeze(-1), self.ctx)
+        if self.angular_block:
+            blocks = self.angular.rows  # block i: input of layer i, output of layer i + k - 1
+            n_in, n_out = self.bi_norms[0, :blocks], self.bi_norms[1, self.angular_block - 1 :]
+            distance = angular_distance_from_norms(n_in, n_out, self.angular_diff)
+            self.angular.add_all_rows(distance.unsqueeze(-1), self.ctx)
+            self.angular_diff = self._recent_inputs = None
         for axis in self.axes:
             axis.end_batch(self.ctx)
         self.head_norms = self.bi_norms = self._last_output = None
@@ -136,19 +173,37 @@ class ImportanceHooks:
             call = LayerCall(args, kwargs)
             if self.record_calls:
                 self.calls[i] = call
-            if self.block_importance:
+            if self.block_importance or self.angular_block:
                 x_in, x_out = call.hidden, layer_output(output)
-                n_in, n_out, n_diff = self.bi_norms[0, i], self.bi_norms[1, i], self.bi_norms[2, i]
+                n_in, n_out = self.bi_norms[0, i], self.bi_norms[1, i]
                 last = self._last_output
                 if last is not None and last[0] is x_in:
                     n_in.copy_(self.bi_norms[1, last[1]])  # already measured as the previous layer's output
                 else:
                     torch.linalg.vector_norm(x_in, dim=-1, dtype=torch.float32, out=n_in)
                 torch.linalg.vector_norm(x_out, dim=-1, dtype=torch.float32, out=n_out)
-                torch.linalg.vector_norm(x_in - x_out, dim=-1, dtype=torch.float32, out=n_diff)
+                if self.block_importance:
+                    torch.linalg.vector_norm(
+                        x_in - x_out, dim=-1, dtype=torch.float32, out=self.bi_norms[2, i]
+                    )
+                if self.angular_block:
+                    self._angular_step(i, x_in, x_out)
                 self._last_output = (x_out, i)
 
         return hook
+
+    def _angular_step(self, i: int, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
+        """Keep layer i's input; when layer i closes a block (starting at i - k + 1), measure its diff."""
+        self._recent_inputs.append((i, x_in))  # a reference, not a copy
+        start = i - self.angular_block + 1
+        if start < 0:
+            return
+        first, block_in = self._recent_inputs[0]
+        if first != start:  # layers ran out of order: no consistent block input to compare with
+            raise RuntimeError(
+                f"angular distance: expected layer {start}'s input, the cache holds layer {first}'s"
+            )
+        torch.linalg.vector_norm(block_in - x_out, dim=-1, dtype=torch.float32, out=self.angular_diff[start])
 
 
 def one_minus_cosine_from_norms(n_a: torch.Tensor, n_b: torch.Tensor, n_diff: torch.Tensor) -> torch.Tensor:
@@ -160,3 +215,14 @@ def one_minus_cosine_from_norms(n_a: torch.Tensor, n_b: torch.Tensor, n_diff: to
     for bf16 models) and no 1 - (cos ~ 1) cancellation.
     """
     return ((n_diff * n_diff - (n_a - n_b) ** 2) / (2 * n_a * n_b).clamp_min(1e-30)).clamp(0.0, 2.0)
+
+
+def angular_distance_from_norms(n_a: torch.Tensor, n_b: torch.Tensor, n_diff: torch.Tensor) -> torch.Tensor:
+    """arccos(cos(a, b)) / pi in [0, 1] from |a|, |b| and |a - b| (float32).
+
+    Taken as 2 asin(sqrt((1 - cos) / 2)) / pi (the half-angle identity 1 - cos t = 2 sin^2(t / 2)),
+    with 1 - cos from `one_minus_cosine_from_norms`: arccos of a float32 cos near 1 would lose half
+    its digits (its slope is infinite there), asin of the small half-angle sine does not.
+    """
+    u = one_minus_cosine_from_norms(n_a, n_b, n_diff)  # in [0, 2]
+    return torch.asin(torch.sqrt(u * 0.5).clamp_max(1.0)) * (2.0 / math.pi)

@@ -3,7 +3,7 @@
 No prefix is ever recomputed. The importance pass keeps every layer's input and call arguments for
 the current batch (`LayerCall`, recorded by the hooks), so removing layers [i, i + k) means: take
 layer i's cached input, run only layers i + k .. L - 1 (each with its own recorded mask / position
-embeddings), then the final norm and LM head. Per batch that costs sum_i (L - k - i) layer forwards
+embeddings), then the final norm and the (chunked) LM head. Per batch that costs sum_i (L - k - i) layer forwards
 over the L - k + 1 cuts, i.e. (L - k)(L - k + 1) / 2, against L * (L - k + 1) for running every cut
 model in full (the "naive" count: one full pass of L layers per cut).
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from worker.engine.adapters import Adapter
+from worker.engine.chunked_head import IGNORE_INDEX, next_token_targets, output_head, token_nll
 from worker.engine.importance.hooks import LayerCall
 
 
@@ -30,24 +30,24 @@ def naive_layer_count(num_layers: int, k: int) -> int:
     return num_layers * (num_layers - k + 1)
 
 
-def token_losses(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def token_losses(
+    hidden: torch.Tensor, head: nn.Linear, input_ids: torch.Tensor, attention_mask: torch.Tensor
+):
     """Next-token cross-entropy per sample, summed over real target tokens (float32), and the counts.
 
-    A target counts when both it and the token predicting it are real (not padding).
+    `hidden`: final normed hidden states [B, S, D]; the LM head is applied in token chunks (no full
+    logits). A target counts when both it and the token predicting it are real (not padding).
     """
-    logits = logits[:, :-1].to(torch.float32)
-    targets = input_ids[:, 1:]
-    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(torch.float32)
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    ce = ce.view(targets.shape) * valid
-    return ce.sum(dim=1), valid.sum(dim=1)  # [B], [B]
+    targets = next_token_targets(input_ids, attention_mask)
+    nll = token_nll(hidden, head, targets)
+    return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1).to(torch.float32)  # [B], [B]
 
 
 class LayerScanner:
     def __init__(self, model: nn.Module, adapter: Adapter):
         self.layers = adapter.layers(model)
         self.final_norm = adapter.final_norm(model)
-        self.lm_head = adapter.lm_head(model)
+        self.head = output_head(model)
         self.layer_forwards = 0  # every decoder-layer evaluation the scans made
 
     def cut_loss(self, calls: list[LayerCall], start: int, k: int, input_ids, attention_mask):
@@ -56,8 +56,7 @@ class LayerScanner:
         for j in range(start + k, len(self.layers)):
             hidden = calls[j].run(self.layers[j], hidden)
             self.layer_forwards += 1
-        logits = self.lm_head(self.final_norm(hidden))
-        return token_losses(logits, input_ids, attention_mask)[0]
+        return token_losses(self.final_norm(hidden), self.head, input_ids, attention_mask)[0]
 
     def scan(self, calls: list[LayerCall], k: int, input_ids, attention_mask) -> torch.Tensor:
         """Loss sums [cuts, B] for every block of k consecutive layers."""

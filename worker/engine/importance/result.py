@@ -7,6 +7,8 @@ Stored arrays (names in the artifact; halves = calibration samples i % 2, see `s
     neurons           [2, 4, L, F]   sums of per-token |down-proj input|
     hidden            [2, 4, N, D]   sums of per-token |norm output|, one row per norm (2 per layer + final)
     block_importance  [2, 4, L, 1]   sums of per-token 1 - cos(layer input, layer output)
+    block_angular_k{k} [2, 4, L - k + 1, 1]  sums of per-token arccos(cos(input of layer i, output of
+                                     layer i + k - 1)) / pi (scan "angular"; Gromov et al. 2403.17887)
     samples           [2]            samples per half
     loss_base         [2]            summed next-token CE of the full model, per half
     loss_drop         [2, L]         the same with layer i removed               (scan "drop")
@@ -28,7 +30,8 @@ from worker.engine.importance.stats import check_reductions, reduce_axis
 from worker.engine.plan import ImportanceScores
 
 WIDTH_AXES = ("heads", "neurons", "hidden")
-SCANS = ("bi", "drop", "block")
+SCANS = ("bi", "drop", "block", "angular")
+DEFAULT_SCANS = ("bi", "drop", "block")  # what the CLI and API run unless told otherwise
 
 
 @dataclass
@@ -39,7 +42,8 @@ class ImportanceResult:
     # ---- derived scores -------------------------------------------------------------------
     @property
     def block_size(self) -> int | None:
-        return self.manifest.get("block_size") if "block" in self.manifest.get("scans", []) else None
+        scans = self.manifest.get("scans", [])
+        return self.manifest.get("block_size") if "block" in scans or "angular" in scans else None
 
     @property
     def samples(self) -> int:
@@ -70,6 +74,9 @@ class ImportanceResult:
         for name in sorted(self.arrays):
             if name.startswith("loss_block_k"):  # -> "block_loss_k{k}"
                 layers["block_loss_" + name.removeprefix("loss_block_")] = self._loss_increase(name, half)
+        for name in sorted(self.arrays):
+            if name.startswith("block_angular_k"):  # one value per block start, aggregated like BI
+                layers[name] = self._width(name, batch, seq, half)[:, 0]
         return layers
 
     def scores(self, batch: str = "l2", seq: str = "mean", half: int | None = None) -> ImportanceScores:

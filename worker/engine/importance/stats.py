@@ -1,7 +1,7 @@
 """Torch-free arithmetic on the running sums: how stored sums become scores.
 
 Every per-token quantity x (a head's L2 norm, a neuron's |value|, a channel's |norm output|, a layer's
-1 - cos) is first reduced over each sample's real (unpadded) tokens in two ways:
+1 - cos, a block's angular distance) is first reduced over each sample's real (unpadded) tokens in two ways:
 
     seq "mean": m_b = sum_t x_bt / n_b          seq "l2": l_b = sqrt(sum_t x_bt^2)
 

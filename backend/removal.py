@@ -1,0 +1,104 @@
+"""Deleting students and plans with everything they own: their jobs and those jobs' events, metric
+points, benchmark results and artifact rows, then the stored trees and distillation checkpoints.
+
+Refused (409) while any of their jobs is queued or running: a worker would otherwise write into rows
+and directories that no longer exist. Cancel those jobs first (`POST /jobs/{id}/cancel`).
+Rows go in the request's transaction; files only after it committed (`Leftovers.remove`), so a failed
+delete never loses weights that rows still point at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import HTTPException
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from backend.artifacts import ArtifactStore
+from backend.models import Artifact, BenchmarkResult, Event, Job, MetricPoint, Plan, Student
+from backend.settings import Settings
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class Leftovers:
+    """Files of deleted rows, removed once the deletion is committed."""
+
+    keys: list[str] = field(default_factory=list)  # artifact-store keys
+    dirs: list[Path] = field(default_factory=list)  # local checkpoint directories
+
+    def remove(self, settings: Settings) -> None:
+        store = ArtifactStore(settings.artifacts_url)
+        for key in self.keys:
+            store.delete(key)
+            if store.is_local:  # e.g. students/7/ once students/7/model is gone
+                _remove_empty_parents(store.root / key, store.root)
+        for directory in self.dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_empty_parents(path: Path, root: Path) -> None:
+    for parent in path.parents:
+        if parent == root or root not in parent.parents:
+            return
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+
+
+def refuse_if_active(jobs: list[Job], what: str) -> None:
+    active = [j for j in jobs if j.status in ACTIVE]
+    if active:
+        listed = ", ".join(f"{j.kind} job {j.id} ({j.status})" for j in active)
+        raise HTTPException(409, f"{what} has unfinished jobs: {listed}; cancel them first")
+
+
+def _checkpoint_dirs(job_id: int, settings: Settings) -> list[Path]:
+    """Where a distill job may keep its checkpoints (see `checkpoint_dir` in worker/handlers.py)."""
+    name = f"job-{job_id}"
+    dirs = [settings.data_dir.resolve() / "checkpoints" / name]
+    store = ArtifactStore(settings.artifacts_url)
+    if store.is_local:
+        dirs.append(store.root / "checkpoints" / name)
+    return dirs
+
+
+def _delete_jobs(db: Session, jobs: list[Job], settings: Settings, out: Leftovers) -> None:
+    ids = [j.id for j in jobs]
+    if not ids:
+        return
+    out.keys += list(db.scalars(select(Artifact.key).where(Artifact.job_id.in_(ids))))
+    for table in (MetricPoint, Event, BenchmarkResult, Artifact):
+        db.execute(delete(table).where(table.job_id.in_(ids)))
+    db.execute(delete(Job).where(Job.id.in_(ids)))
+    for job_id in ids:
+        out.dirs += _checkpoint_dirs(job_id, settings)
+
+
+def delete_student(db: Session, student: Student, settings: Settings) -> Leftovers:
+    jobs = list(db.scalars(select(Job).where(Job.student_id == student.id)))
+    refuse_if_active(jobs, f"Student {student.id}")
+    out = Leftovers(keys=[student.path] if student.path else [])
+    _delete_jobs(db, jobs, settings, out)
+    db.execute(delete(BenchmarkResult).where(BenchmarkResult.student_id == student.id))
+    db.execute(delete(Student).where(Student.id == student.id))
+    return out
+
+
+def delete_plan(db: Session, plan: Plan, settings: Settings) -> Leftovers:
+    users = list(db.scalars(select(Student.id).where(Student.plan_id == plan.id)))
+    if users:
+        raise HTTPException(
+            409, f"Plan {plan.id} is used by student(s) {', '.join(map(str, users))}; delete those first"
+        )
+    jobs = list(db.scalars(select(Job).where(Job.plan_id == plan.id)))  # its previews
+    refuse_if_active(jobs, f"Plan {plan.id}")
+    out = Leftovers()
+    _delete_jobs(db, jobs, settings, out)
+    db.execute(delete(Plan).where(Plan.id == plan.id))
+    return out

@@ -1,0 +1,110 @@
+"""DELETE /students/{id} and /plans/{id}: everything a student owns goes (jobs, events, metrics,
+results, artifact rows, weights, checkpoints), nothing of anyone else; refused while jobs are unfinished
+or while a student still uses the plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from backend.db import session_scope
+from backend.models import Artifact, BenchmarkResult, Event, Job, MetricPoint, Plan, Student, Teacher
+from tests.tiny_models import tiny_spec
+
+TABLES = (Plan, Student, Job, Event, MetricPoint, BenchmarkResult, Artifact)
+
+
+def counts(url: str) -> dict:
+    with session_scope(url) as s:
+        return {m.__name__: s.scalar(select(func.count()).select_from(m)) for m in TABLES}
+
+
+def make_student(url: str, artifacts: Path, teacher_id: int, name: str) -> dict:
+    """A plan and a ready student as the worker leaves them: prune + distill jobs with their rows/files."""
+    with session_scope(url) as s:
+        plan = Plan(teacher_id=teacher_id, name=name, plan={"drop_layers": [3]}, stats=None, messages=[])
+        s.add(plan)
+        s.flush()
+        student = Student(name=name, plan_id=plan.id, teacher_id=teacher_id, status="ready")
+        s.add(student)
+        s.flush()
+        student.path = f"students/{student.id}/model"
+        jobs = {}
+        for kind in ("prune", "distill", "evaluate"):
+            job = Job(kind=kind, params={}, status="succeeded", teacher_id=teacher_id, student_id=student.id)
+            job.plan_id = plan.id if kind == "prune" else None
+            s.add(job)
+            s.flush()
+            jobs[kind] = job.id
+            s.add(Event(job_id=job.id, teacher_id=teacher_id, type="status", data={}))
+        distill = jobs["distill"]
+        s.add(MetricPoint(job_id=distill, name="kd_loss", step=1, value=1.0))
+        s.add(Artifact(job_id=jobs["prune"], kind="student", key=student.path))
+        s.add(Artifact(job_id=distill, kind="distilled", key=f"jobs/{distill}/model"))
+        s.add(BenchmarkResult(job_id=jobs["evaluate"], kind="evaluate", student_id=student.id, result={}))
+        ids = {"plan": plan.id, "student": student.id, "jobs": jobs}
+    dirs = [artifacts / f"students/{ids['student']}/model", artifacts / f"jobs/{distill}/model"]
+    dirs.append(artifacts / f"checkpoints/job-{distill}")
+    for d in dirs:
+        d.mkdir(parents=True)
+        (d / "weights.bin").write_bytes(b"x")
+    return {**ids, "dirs": dirs}
+
+
+@pytest.fixture
+def two_students(api_env):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher = Teacher(name="t", source="org/model", status="ready", spec=tiny_spec().summary())
+        s.add(teacher)
+        s.flush()
+        tid = teacher.id
+    artifacts = Path(api_env["PRUNESCOPE_ARTIFACTS"])
+    return url, make_student(url, artifacts, tid, "doomed"), make_student(url, artifacts, tid, "kept")
+
+
+def test_delete_student_then_plan(client, two_students):
+    url, doomed, kept = two_students
+    api = "/api/v1"
+
+    # Its plan cannot go first: a student is built from it.
+    r = client.delete(f"{api}/plans/{doomed['plan']}")
+    assert r.status_code == 409 and f"student(s) {doomed['student']}" in r.json()["detail"]
+
+    # A queued job blocks the delete (a worker would write into rows that are gone); nothing changes.
+    with session_scope(url) as s:
+        s.get(Job, doomed["jobs"]["distill"]).status = "queued"
+    before = counts(url)
+    r = client.delete(f"{api}/students/{doomed['student']}")
+    assert r.status_code == 409 and f"distill job {doomed['jobs']['distill']} (queued)" in r.json()["detail"]
+    assert counts(url) == before and all(d.exists() for d in doomed["dirs"])
+
+    with session_scope(url) as s:
+        s.get(Job, doomed["jobs"]["distill"]).status = "cancelled"
+    assert client.delete(f"{api}/students/{doomed['student']}").status_code == 204
+    assert client.get(f"{api}/students/{doomed['student']}").status_code == 404
+    after = counts(url)
+    removed = {k: before[k] - after[k] for k in before}
+    # 3 jobs, each with one event; one metric point, one result, two artifact rows; the plan stays.
+    assert removed == {
+        "Plan": 0,
+        "Student": 1,
+        "Job": 3,
+        "Event": 3,
+        "MetricPoint": 1,
+        "BenchmarkResult": 1,
+        "Artifact": 2,
+    }
+    assert not any(d.exists() for d in doomed["dirs"])
+    assert not any(d.parent.exists() for d in doomed["dirs"][:2])  # no empty students/<id>/, jobs/<id>/
+    assert all(d.exists() for d in kept["dirs"])
+    assert client.get(f"{api}/students/{kept['student']}").json()["status"] == "ready"
+
+    assert client.delete(f"{api}/plans/{doomed['plan']}").status_code == 204
+    assert client.get(f"{api}/plans/{doomed['plan']}").status_code == 404
+    assert client.delete(f"{api}/plans/{doomed['plan']}").status_code == 404
+    assert client.delete(f"{api}/students/{doomed['student']}").status_code == 404
+    assert counts(url) == {**after, "Plan": after["Plan"] - 1}
+    assert client.get(f"{api}/plans/{kept['plan']}").status_code == 200

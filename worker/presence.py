@@ -1,0 +1,65 @@
+"""A worker's entry in the worker registry (backend.fleet): written when the worker is ready to consume,
+refreshed by a daemon thread, deleted when it shuts down. Torch-free."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from backend import fleet
+from backend.models import utcnow
+from backend.serialize import ts
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(self, settings: Settings, device: str, queues: list[str]):
+        self.settings = settings
+        self.record = {
+            "hostname": socket.gethostname(),
+            "device": device,
+            "queues": list(queues),
+            "pid": os.getpid(),
+            "started_at": ts(utcnow()),
+        }
+        self.interval = max(float(settings.worker_refresh_s), 0.1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self, **_signal_kwargs) -> None:
+        """Publish now (so the API sees the worker as soon as it consumes), then keep refreshing."""
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._publish()
+            self._thread = threading.Thread(target=self._refresh, name="worker-presence", daemon=True)
+            self._thread.start()
+
+    def stop(self, **_signal_kwargs) -> None:
+        """Leave the registry (idempotent): a stopping worker takes no new jobs."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            fleet.remove(fleet.client_for(self.settings), self.settings.redis_prefix, self.record)
+        except Exception as exc:  # the entry then expires on its own
+            log.warning("could not leave the worker registry: %s", exc)
+
+    def _publish(self) -> None:
+        try:
+            ttl = self.interval * fleet.TTL_INTERVALS
+            fleet.publish(fleet.client_for(self.settings), self.settings.redis_prefix, self.record, ttl)
+        except Exception as exc:  # Redis briefly away: try again at the next interval
+            log.warning("worker registry refresh failed: %s", exc)
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._publish()
