@@ -55,30 +55,21 @@ class JobRuntime:
 
     def claim(self) -> Job | None:
         """queued -> running, only for the attempt this message was sent for (so nothing runs twice)."""
-        with session_scope(self.url) as s:
-            now = utcnow()
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.status == "queued", Job.attempts == self.attempt)
-                .values(
-                    status="running",
-                    started_at=now,
-                    heartbeat_at=now,
-                    device=self.device,
-                    worker=self.worker_name,
-                    error=None,
-                    message="starting",
-                )
-            ).rowcount
-            if not claimed:
-                return None
-            job = s.get(Job, self.job_id)
-            self.teacher_id = job.teacher_id
-            add_event(s, job, "status", serialize.job(job))
-            s.expunge(job)
-        self._wake()
-        self._heartbeat = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True)
-        self._heartbeat.start()
+        now = utcnow()
+        job = self._leave_queue(
+            status="running",
+            started_at=now,
+            heartbeat_at=now,
+            device=self.device,
+            worker=self.worker_name,
+            error=None,
+            message="starting",
+        )
+        if job is not None:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True
+            )
+            self._heartbeat.start()
         return job
 
     def required_device(self) -> str:
@@ -90,19 +81,28 @@ class JobRuntime:
     def refuse(self, reason: str) -> bool:
         """queued -> failed without running, for the attempt this message was sent for; the job never
         started, so it stays resumable (backend.serialize.is_resumable) and a resume routes it anew."""
+        return (
+            self._leave_queue(status="failed", finished_at=utcnow(), error=reason[:4000], message=None)
+            is not None
+        )
+
+    def _leave_queue(self, **values) -> Job | None:
+        """One conditional update out of `queued` for this attempt; None when another message or a
+        cancellation got there first."""
         with session_scope(self.url) as s:
-            refused = s.execute(
+            moved = s.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.status == "queued", Job.attempts == self.attempt)
-                .values(status="failed", finished_at=utcnow(), error=reason[:4000], message=None)
+                .values(**values)
             ).rowcount
-            if not refused:
-                return False
+            if not moved:
+                return None
             job = s.get(Job, self.job_id)
             self.teacher_id = job.teacher_id
             add_event(s, job, "status", serialize.job(job))
+            s.expunge(job)
         self._wake()
-        return True
+        return job
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> None:
         self._stop_heartbeat.set()
