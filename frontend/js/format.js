@@ -21,8 +21,12 @@ export function bytes(n) {
   return `${i === 0 ? n : n.toPrecision(3)} ${units[i]}`;
 }
 
+// SI prefixes (G, not the "B" of parameter counts): 31.5 MFLOP, 16.1 GFLOP.
 export function flops(n) {
-  return `${compact(n)}FLOP`;
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  const prefixes = [[1e15, "P"], [1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
+  const [size, prefix] = prefixes.find(([size]) => Math.abs(n) >= size) || [1, ""];
+  return `${(n / size).toPrecision(3)} ${prefix}FLOP`;
 }
 
 export function pct(x, digits = 1) {

@@ -4,7 +4,7 @@
 import { api, showError } from "../api.js";
 import { localMessages, planStats } from "../costmodel.js";
 import { debounce, h, mount, toast } from "../dom.js";
-import { bytes, compact, int, pct, sig } from "../format.js";
+import { bytes, compact, flops, int, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
@@ -121,7 +121,7 @@ export class Planner {
         metric("Parameters", compact(stats.params_total), `${pct(stats.fraction_of_teacher)} of teacher (${compact(stats.teacher_params_total)}) · ${int(stats.params_total)}`, "params-total",
           h("div.budget-bar", h("i", { style: { width: `${Math.min(100, 100 * stats.fraction_of_teacher)}%` } })), true),
         metric("Non-embedding", compact(stats.params_non_embedding), pct(ratio(stats.params_non_embedding, stats.teacher_params_non_embedding)), "params-nonemb"),
-        metric("FLOPs / token", compact(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
+        metric("FLOPs / token", flops(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
         metric("KV cache / token", bytes(stats.kv_cache_bytes_per_token), pct(ratio(stats.kv_cache_bytes_per_token, stats.teacher_kv_cache_bytes_per_token)), "kvcache"),
         metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),

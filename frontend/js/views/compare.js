@@ -6,7 +6,7 @@ import { api, showError } from "../api.js";
 import { paramCount } from "../costmodel.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
 import { h, mount, segmented, toast } from "../dom.js";
-import { bytes, compact, pct, sig } from "../format.js";
+import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { distillFields, distillParams } from "./runs.js";
@@ -147,7 +147,7 @@ const ARCH_ROWS = [
   ["MLP", (s) => layerRange(s, "intermediate_size")],
   ["parameters", (s) => compact(s.params_total)],
   ["non-embedding", (s) => compact(s.params_non_embedding)],
-  ["FLOPs / token", (s) => compact(s.flops_per_token)],
+  ["FLOPs / token", (s) => flops(s.flops_per_token)],
   ["KV cache / token", (s) => bytes(s.kv_cache_bytes_per_token)],
 ];
 
