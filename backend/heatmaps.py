@@ -8,6 +8,7 @@ the user zooms; numbers are rounded to 4 significant digits to keep payloads sma
 
 from __future__ import annotations
 
+import base64
 import math
 import threading
 from collections import OrderedDict
@@ -90,11 +91,33 @@ def descending_order(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.asarray(values, dtype=np.float64), axis=-1, kind="stable")[..., ::-1]
 
 
+def index_dtype(width: int) -> str:
+    """The smallest little-endian unsigned type holding every index 0..width-1."""
+    return "uint16" if width <= 1 << 16 else "uint32"
+
+
+def encode_indices(order: np.ndarray) -> tuple[str, list[str]]:
+    """Each row of an index matrix as base64 of little-endian uint16 (uint32 past 65536 columns): a third
+    of the JSON list's size for real widths (32 x 14336: 1.2 MB instead of 2.9 MB), and the browser
+    decodes it straight into a typed array."""
+    dtype = index_dtype(order.shape[-1])
+    packed = np.ascontiguousarray(order, dtype="<u2" if dtype == "uint16" else "<u4")
+    return dtype, [base64.b64encode(row.tobytes()).decode("ascii") for row in packed]
+
+
 def neuron_order(path: Path, batch: str, seq: str) -> dict:
-    """Each layer's neuron indices in sorted-view order (position p of the sorted map = order[l][p])."""
+    """Each layer's neuron indices in sorted-view order (position p of the sorted map = order[l][p]),
+    packed by `encode_indices`."""
     full = scores(path, batch, seq).neurons
     order = _remember(_sorted, (str(path), batch, seq), lambda: descending_order(full))
-    return {"layers": int(full.shape[0]), "width": int(full.shape[1]), "order": order.tolist()}
+    dtype, rows = encode_indices(order)
+    return {
+        "layers": int(full.shape[0]),
+        "width": int(full.shape[1]),
+        "dtype": dtype,
+        "encoding": "base64",
+        "order": rows,
+    }
 
 
 def heads(path: Path, batch: str, seq: str, kv_groups: int | None) -> dict:

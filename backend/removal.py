@@ -1,5 +1,6 @@
-"""Deleting students and plans with everything they own: their jobs and those jobs' events, metric
-points, benchmark results and artifact rows, then the stored trees and distillation checkpoints.
+"""Deleting students, plans and single finished jobs with everything they own: their jobs and those jobs'
+events, metric points, benchmark results and artifact rows, then the stored trees and distillation
+checkpoints.
 
 Refused (409) while any of their jobs is queued or running: a worker would otherwise write into rows
 and directories that no longer exist. Cancel those jobs first (`POST /jobs/{id}/cancel`).
@@ -14,11 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import HTTPException
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from backend.artifacts import ArtifactStore
-from backend.models import Artifact, BenchmarkResult, Event, Job, MetricPoint, Plan, Student
+from backend.models import (
+    FINISHED,
+    Artifact,
+    BenchmarkResult,
+    Event,
+    ImportanceRun,
+    Job,
+    MetricPoint,
+    Plan,
+    Student,
+    Teacher,
+)
 from backend.settings import Settings
 
 ACTIVE = ("queued", "running")
@@ -101,4 +113,42 @@ def delete_plan(db: Session, plan: Plan, settings: Settings) -> Leftovers:
     out = Leftovers()
     _delete_jobs(db, jobs, settings, out)
     db.execute(delete(Plan).where(Plan.id == plan.id))
+    return out
+
+
+def _made_by(db: Session, job: Job) -> str | None:
+    """What still uses the output of `job` (its row points at the job and its files), if anything."""
+    keys = select(Artifact.key).where(Artifact.job_id == job.id)
+    for model, what, uses in (
+        (Student, "student", Student.path.in_(keys)),  # the weights it loads, whichever job wrote them
+        (Teacher, "teacher", None),
+        (ImportanceRun, "importance run", ImportanceRun.artifact.in_(keys)),
+    ):
+        made = model.job_id == job.id
+        row = db.scalars(select(model).where(made if uses is None else made | uses)).first()
+        if row is not None:
+            return f"{what} {row.id}" + (f" ({row.name})" if getattr(row, "name", None) else "")
+    return None
+
+
+def delete_job(db: Session, job: Job, settings: Settings) -> Leftovers:
+    """One finished job with its events, metrics, results, artifacts and checkpoints."""
+    if job.status in ACTIVE:
+        raise HTTPException(
+            409, f"Job {job.id} is {job.status}; cancel it first (POST /jobs/{job.id}/cancel)"
+        )
+    user = _made_by(db, job)
+    if user is not None:
+        raise HTTPException(
+            409, f"Job {job.id} ({job.kind}) built {user}, which still uses its output; delete that instead"
+        )
+    # Lock the row while it is still finished: a concurrent resume (a conditional update) cannot
+    # requeue it between this check and the delete.
+    locked = db.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_(FINISHED)).values(status=Job.status)
+    )
+    if not locked.rowcount:
+        raise HTTPException(409, f"Job {job.id} changed meanwhile; reload it")
+    out = Leftovers()
+    _delete_jobs(db, [job], settings, out)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from worker.engine.plan import PlanTargets, PrunePlan
 from worker.routing import Requirement
@@ -97,7 +97,7 @@ class DistillParams(OnDevice):
     steps: int = Field(200, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1)
     lr: float = Field(1e-4, gt=0, le=1.0)
-    min_lr: float = Field(1e-5, ge=0, le=1.0)
+    min_lr: float = Field(1e-5, ge=0, le=1.0, validate_default=True)  # checked against lr when omitted too
     warmup: int = Field(20, ge=0)
     temperature: float = Field(1.0, gt=0, le=100)
     ce_weight: float = Field(0.0, ge=0)
@@ -110,14 +110,29 @@ class DistillParams(OnDevice):
     checkpoint_every: int = Field(50, ge=0)
     seed: int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _lr_order(self):
-        if self.min_lr > self.lr:
+    @field_validator("min_lr")
+    @classmethod
+    def _lr_order(cls, min_lr: float, info: ValidationInfo) -> float:
+        # A field validator (lr is declared first), so the 422 names min_lr and the form marks that input.
+        if "lr" in info.data and min_lr > info.data["lr"]:
             raise ValueError("min_lr must not exceed lr")
-        return self
+        return min_lr
 
 
-class EvaluateParams(OnDevice):
+class OnWeights(OnDevice):
+    """Which of a student's weights an evaluate / benchmark job measures (ignored for a teacher)."""
+
+    weights: Literal["latest", "pruned"] = Field(
+        "latest",
+        description='"latest": the weights of the student\'s newest distillation that has not failed or been '
+        'cancelled (the job waits for it to finish), else the pruned weights; "pruned": as cut',
+    )
+    distill_job_id: int | None = Field(
+        None, ge=1, description="measure the weights of this distillation of the student (overrides weights)"
+    )
+
+
+class EvaluateParams(OnWeights):
     dataset_id: int | None = None
     split: Literal["train", "validation", "calibration", "test"] = "test"
     max_documents: int = Field(64, ge=1, le=100_000)
@@ -126,7 +141,7 @@ class EvaluateParams(OnDevice):
     limit: int | None = Field(50, ge=1, description="samples per lm-eval task")
 
 
-class BenchmarkParams(OnDevice):
+class BenchmarkParams(OnWeights):
     batch_size: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(128, ge=1, le=131_072)
     new_tokens: int = Field(32, ge=1, le=8192)

@@ -111,6 +111,7 @@ def measure_all(base: Path, env: dict[str, str], args) -> None:
                 "neurons zoom 8 layers x 2048": f"/importance-runs/{run_id}/neurons?layer_start=8&layer_end=16&start=0&end=2048",
                 "heads 32x32": f"/importance-runs/{run_id}/heads",
                 "hidden 4096": f"/importance-runs/{run_id}/hidden",
+                "neuron-order 32 x 14336 (packed)": f"/importance-runs/{run_id}/neuron-order",
             }
             print(
                 f"{'endpoint':40s} {'p50 ms':>8s} {'p95 ms':>8s} {'KB':>8s}   ({args.requests} requests each)"

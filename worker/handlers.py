@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from backend.artifacts import ArtifactStore
 from backend.db import session_scope
 from backend.models import Artifact, BenchmarkResult, Dataset, ImportanceRun, Job, Plan, Student, Teacher
@@ -361,12 +363,36 @@ def _checkpoint_step(ckpt: Path) -> int | None:
 
 
 def _subject(rt: JobRuntime, job: Job):
-    """(model source, trust_remote_code) of the job's student, or of its teacher when no student."""
+    """(model source, trust_remote_code) of the job's student — the weights of the distillation its
+    params name (resolved by the API), else the pruned ones — or of its teacher when no student."""
     if job.student_id:
+        distill_job_id = job.params.get("distill_job_id")
+        if distill_job_id:
+            return str(store(rt).local_dir(_distilled_key(rt, distill_job_id))), False
         (student,) = _rows(rt, (Student, job.student_id))
         return student_source(rt, student), False
     (teacher,) = _rows(rt, (Teacher, job.teacher_id))
     return teacher.source, teacher.trust_remote_code
+
+
+def _distilled_key(rt: JobRuntime, distill_job_id: int) -> str:
+    with session_scope(rt.url) as s:
+        key = s.scalar(
+            select(Artifact.key)
+            .where(Artifact.job_id == distill_job_id, Artifact.kind == "distilled")
+            .order_by(Artifact.id.desc())
+        )
+    if key is None:
+        raise RuntimeError(f"distill job {distill_job_id} saved no weights")
+    return key
+
+
+def _measured(job: Job) -> dict[str, Any]:
+    """What a student's evaluate / benchmark result measured, stored with the result."""
+    if not job.student_id:
+        return {}
+    distill_job_id = job.params.get("distill_job_id")
+    return {"weights": "distilled" if distill_job_id else "pruned", "distill_job_id": distill_job_id}
 
 
 def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
@@ -433,6 +459,7 @@ def _plain(value):
 
 
 def _save_benchmark(rt: JobRuntime, job: Job, kind: str, result: dict) -> None:
+    result.update(_measured(job))
     with session_scope(rt.url) as s:
         s.add(
             BenchmarkResult(

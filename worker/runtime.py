@@ -86,6 +86,30 @@ class JobRuntime:
             is not None
         )
 
+    def awaited_distillation(self) -> tuple[int, str] | None:
+        """(id, status) of the distillation whose weights this queued job measures, if it names one."""
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            distill_job_id = (job.params or {}).get("distill_job_id") if job is not None else None
+            if not distill_job_id:
+                return None
+            awaited = s.get(Job, distill_job_id)
+            return distill_job_id, awaited.status if awaited is not None else "deleted"
+
+    def note_waiting(self, message: str) -> str | None:
+        """Say why a queued job waits (for this attempt only); its queue, or None if it left `queued`."""
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            if job is None or job.status != "queued" or job.attempts != self.attempt:
+                return None
+            if job.message != message:
+                job.message = message
+                self.teacher_id = job.teacher_id
+                add_event(s, job, "status", serialize.job(job))
+            queue = job.queue
+        self._wake()
+        return queue
+
     def _leave_queue(self, **values) -> Job | None:
         """One conditional update out of `queued` for this attempt; None when another message or a
         cancellation got there first."""

@@ -52,6 +52,9 @@ def run_job(job_id: int, attempt: int) -> str:
             f"runs on {rt.device}; resume it to route it to a {requirement} worker"
         )
         return "refused" if rt.refuse(reason) else "skipped"
+    waiting = _wait_for_distillation(rt)
+    if waiting:
+        return waiting
     job = rt.claim()
     if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
         return "skipped"
@@ -71,3 +74,26 @@ def run_job(job_id: int, attempt: int) -> str:
         return "failed"
     rt.finish("succeeded", result=result)
     return "succeeded"
+
+
+DISTILLATION_POLL_S = 2.0
+
+
+def _wait_for_distillation(rt: JobRuntime) -> str | None:
+    """An evaluate / benchmark job that measures a distillation still running is put back on its queue
+    (a fresh message a little later) instead of holding a worker slot; one whose distillation failed
+    or was cancelled is refused, resumable once that distillation is resumed."""
+    awaited = rt.awaited_distillation()
+    if awaited is None:
+        return None
+    distill_job_id, status = awaited
+    if status in ("queued", "running"):
+        queue = rt.note_waiting(f"waiting for distill job {distill_job_id} to finish")
+        if queue is None:  # cancelled meanwhile, or an older attempt's message
+            return "skipped"
+        run_job.apply_async(args=[rt.job_id, rt.attempt], queue=queue, countdown=DISTILLATION_POLL_S)
+        return "deferred"
+    if status != "succeeded":
+        reason = f"distill job {distill_job_id} is {status}: there are no weights to measure"
+        return "refused" if rt.refuse(reason) else "skipped"
+    return None

@@ -1,25 +1,30 @@
-"""Jobs: create distill / evaluate / benchmark, list, cancel, resume, metrics, logs."""
+"""Jobs: create (or only validate) distill / evaluate / benchmark, list, cancel, resume, delete, metrics, logs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend import serialize
-from backend.deps import Page, field_error, get_db, get_or_404
+from backend import removal, serialize
+from backend.deps import Page, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
 from backend.events import add_event, publish_wakeup
 from backend.models import Dataset, Event, Job, MetricPoint, Student, Teacher, utcnow
 from backend.schemas import PARAMS, JobCreate
+from backend.settings import Settings
 
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/jobs", status_code=201)
-def create_job(body: JobCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool) -> tuple[dict, int, str]:
+    """Every check of a submit, writing nothing: (normalised params, teacher id, queue).
+
+    With `validate_only`, a distill job may name the `teacher_id` of a student not cut yet instead of a
+    `student_id` (the study wizard checks its settings before it builds anything).
+    """
     try:
         params = PARAMS[body.kind].model_validate(body.params)
     except ValidationError as exc:
@@ -29,10 +34,11 @@ def create_job(body: JobCreate, request: Request, db: Session = Depends(get_db))
                 for e in exc.errors(include_url=False, include_context=False)
             ]
         ) from exc
-    if body.student_id is None and (body.kind == "distill" or body.teacher_id is None):
+    teacher_alone_ok = body.kind != "distill" or validate_only
+    if body.student_id is None and (not teacher_alone_ok or body.teacher_id is None):
         raise field_error(
             ["body", "student_id"],
-            "student_id is required" + ("" if body.kind == "distill" else " (or teacher_id)"),
+            "student_id is required" + (" (or teacher_id)" if teacher_alone_ok else ""),
         )
     teacher_id = body.teacher_id
     if body.student_id is not None:
@@ -45,7 +51,61 @@ def create_job(body: JobCreate, request: Request, db: Session = Depends(get_db))
     if getattr(params, "dataset_id", None) is not None:
         get_or_404(db, Dataset, params.dataset_id)
     values = params.model_dump()
-    queue = choose_queue(request.app.state.settings, body.kind, values)
+    if "weights" in values:
+        values["distill_job_id"] = _measured_distillation(db, body.student_id, params)
+    return values, teacher_id, choose_queue(request.app.state.settings, body.kind, values)
+
+
+MEASURABLE = ("queued", "running", "succeeded")  # a distillation whose weights exist or will exist
+
+
+def _measured_distillation(db: Session, student_id: int | None, params) -> int | None:
+    """The distill job whose weights an evaluate / benchmark job measures (None: the pruned weights),
+    resolved at submit time so the job row says what it measures."""
+    if student_id is None:
+        if params.distill_job_id is not None:
+            raise field_error(
+                ["body", "params", "distill_job_id"], "only a student's job can name a distillation"
+            )
+        return None
+    if params.distill_job_id is not None:
+        job = db.get(Job, params.distill_job_id)
+        if job is None or job.kind != "distill" or job.student_id != student_id:
+            raise field_error(
+                ["body", "params", "distill_job_id"],
+                f"job {params.distill_job_id} is not a distillation of student {student_id}",
+            )
+        if job.status not in MEASURABLE:
+            raise HTTPException(409, f"Distill job {job.id} is {job.status}: it has no weights to measure")
+        return job.id
+    if params.weights == "pruned":
+        return None
+    return db.scalar(
+        select(Job.id)
+        .where(Job.student_id == student_id, Job.kind == "distill", Job.status.in_(MEASURABLE))
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+
+
+@router.post("/jobs", status_code=201)
+def create_job(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    validate_only: bool = False,
+    db: Session = Depends(get_db),
+) -> dict:
+    values, teacher_id, queue = _checked(body, request, db, validate_only)
+    if validate_only:  # nothing written, nothing sent: what a real submit would store and route
+        response.status_code = 200
+        return {
+            "kind": body.kind,
+            "student_id": body.student_id,
+            "teacher_id": teacher_id,
+            "params": values,
+            "queue": queue,
+        }
     job = new_job(db, body.kind, values, queue=queue, teacher_id=teacher_id, student_id=body.student_id)
     send(request.app, db, job)
     return serialize.job(job)
@@ -75,6 +135,16 @@ def list_jobs(
 @router.get("/jobs/{job_id}")
 def get_job(job_id: int, db: Session = Depends(get_db)) -> dict:
     return serialize.job(get_or_404(db, Job, job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(
+    job_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> None:
+    """A finished job with its events, metrics, results and files (409 while unfinished or still used)."""
+    leftovers = removal.delete_job(db, get_or_404(db, Job, job_id), settings)
+    db.commit()
+    leftovers.remove(settings)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202)

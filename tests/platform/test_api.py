@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_scope
-from backend.models import Dataset, Job, Plan, Student, Teacher
+from backend.models import Dataset, Event, Job, Plan, Student, Teacher
 from tests.tiny_models import tiny_spec
 
 SPEC = tiny_spec()
@@ -183,6 +183,59 @@ def test_job_state_rules(client, api_env, ready_teacher):
     listed = client.get("/api/v1/jobs?status=cancelled&kind=benchmark").json()
     assert [j["id"] for j in listed] == [job["id"]]
     assert client.get("/api/v1/jobs?status=running").json() == []
+
+
+def test_validate_only_runs_every_submit_check_and_writes_nothing(
+    client, api_env, ready_teacher, monkeypatch
+):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    sent = []
+    monkeypatch.setattr(client.app.state.celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    before = counts(url)
+
+    def both(body: dict):
+        """(validate-only answer, real submit answer) for the same body."""
+        check = client.post("/api/v1/jobs?validate_only=true", json=body)
+        return check, client.post("/api/v1/jobs", json=body)
+
+    # A distill job for a student not cut yet: validated against the teacher it will come from.
+    ok = client.post(
+        "/api/v1/jobs?validate_only=true",
+        json={"kind": "distill", "teacher_id": ready_teacher, "params": {"steps": 4, "lr": 1e-3}},
+    )
+    assert ok.status_code == 200, ok.text
+    answer = ok.json()
+    assert answer["teacher_id"] == ready_teacher and answer["student_id"] is None
+    assert answer["queue"] == "cpu" and "id" not in answer
+    assert answer["params"]["steps"] == 4 and answer["params"]["min_lr"] == 1e-5  # normalised
+    assert answer["params"]["device"] == "auto" and answer["params"]["baseline"] is False
+
+    # The same refusals as a real submit: field errors, unknown ids, device routing.
+    for body, status in (
+        ({"kind": "distill", "student_id": 999, "params": {"lr": 1e-6}}, 422),
+        ({"kind": "distill", "student_id": 999, "params": {}}, 404),
+        ({"kind": "evaluate", "teacher_id": 999, "params": {}}, 404),
+        ({"kind": "evaluate", "teacher_id": ready_teacher, "params": {"dataset_id": 999}}, 404),
+        ({"kind": "benchmark", "teacher_id": ready_teacher, "params": {"device": "cuda"}}, 409),
+        ({"kind": "benchmark", "params": {}}, 422),
+    ):
+        check, real = both(body)
+        assert check.status_code == real.status_code == status, (body, check.text, real.text)
+        assert check.json() == real.json(), body
+    check, _ = both({"kind": "distill", "student_id": 999, "params": {"lr": 1e-6}})
+    assert check.json()["detail"][0]["loc"] == ["body", "params", "min_lr"]
+    assert "min_lr must not exceed lr" in check.json()["detail"][0]["msg"]
+    check = client.post(
+        "/api/v1/jobs?validate_only=true",
+        json={"kind": "distill", "teacher_id": ready_teacher, "params": {"lr": 1e-6}},
+    )
+    assert check.status_code == 422 and check.json()["detail"][0]["loc"] == ["body", "params", "min_lr"]
+    # Only validation may name a teacher for a distill job: a real one needs its student.
+    r = client.post("/api/v1/jobs", json={"kind": "distill", "teacher_id": ready_teacher, "params": {}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "student_id"]
+    with session_scope(url) as s:
+        events = s.scalar(select(func.count()).select_from(Event))
+    assert counts(url) == before and events == 0 and sent == []
 
 
 def test_request_size_limit(client, api_env):

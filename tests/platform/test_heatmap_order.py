@@ -4,6 +4,8 @@ positions are exactly the neurons `targets.intermediate_size = F - n` removes, e
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,21 @@ def near_ties(tmp_path):
     return path
 
 
+def decode(payload: dict) -> list[list[int]]:
+    """The packed rows of /neuron-order back to index lists (base64 of little-endian uint16/uint32)."""
+    dtype = {"uint16": "<u2", "uint32": "<u4"}[payload["dtype"]]
+    return [np.frombuffer(base64.b64decode(row), dtype=dtype).tolist() for row in payload["order"]]
+
+
+def test_indices_pack_into_the_smallest_type_that_holds_them():
+    rng = np.random.default_rng(1)
+    for width, dtype in ((16, "uint16"), (1 << 16, "uint16"), ((1 << 16) + 1, "uint32")):
+        order = np.stack([rng.permutation(width) for _ in range(2)])
+        got, rows = heatmaps.encode_indices(order)
+        assert got == dtype and len(base64.b64decode(rows[0])) == width * (2 if dtype == "uint16" else 4)
+        assert decode({"dtype": got, "order": rows}) == order.tolist()
+
+
 def test_sorted_order_ends_with_what_fill_plan_removes(near_ties):
     exact = heatmaps.scores(near_ties, "l2", "mean").neurons
     F = exact.shape[1]
@@ -47,6 +64,8 @@ def test_sorted_order_ends_with_what_fill_plan_removes(near_ties):
 
     order = heatmaps.neuron_order(near_ties, "l2", "mean")
     assert (order["layers"], order["width"]) == (SPEC.num_layers, F)
+    assert (order["dtype"], order["encoding"]) == ("uint16", "base64")
+    order["order"] = decode(order)
     for layer, perm in enumerate(order["order"]):
         assert sorted(perm) == list(range(F))
         assert all(np.diff(exact[layer][perm]) <= 0)  # most important first

@@ -10,7 +10,18 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_scope
-from backend.models import Artifact, BenchmarkResult, Event, Job, MetricPoint, Plan, Student, Teacher
+from backend.models import (
+    Artifact,
+    BenchmarkResult,
+    Dataset,
+    Event,
+    ImportanceRun,
+    Job,
+    MetricPoint,
+    Plan,
+    Student,
+    Teacher,
+)
 from tests.tiny_models import tiny_spec
 
 TABLES = (Plan, Student, Job, Event, MetricPoint, BenchmarkResult, Artifact)
@@ -39,6 +50,7 @@ def make_student(url: str, artifacts: Path, teacher_id: int, name: str) -> dict:
             s.flush()
             jobs[kind] = job.id
             s.add(Event(job_id=job.id, teacher_id=teacher_id, type="status", data={}))
+        student.job_id = jobs["prune"]
         distill = jobs["distill"]
         s.add(MetricPoint(job_id=distill, name="kd_loss", step=1, value=1.0))
         s.add(Artifact(job_id=jobs["prune"], kind="student", key=student.path))
@@ -108,3 +120,58 @@ def test_delete_student_then_plan(client, two_students):
     assert client.delete(f"{api}/students/{doomed['student']}").status_code == 404
     assert counts(url) == {**after, "Plan": after["Plan"] - 1}
     assert client.get(f"{api}/plans/{kept['plan']}").status_code == 200
+
+
+def test_delete_a_finished_job(client, two_students):
+    url, doomed, kept = two_students
+    api = "/api/v1"
+    jobs = doomed["jobs"]
+    with session_scope(url) as s:
+        teacher = s.scalars(select(Teacher)).first()
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        inspect = Job(kind="inspect", params={}, status="succeeded", teacher_id=teacher.id)
+        importance = Job(kind="importance", params={}, status="succeeded", teacher_id=teacher.id)
+        s.add_all([inspect, importance])
+        s.flush()
+        teacher.job_id = inspect.id
+        run = ImportanceRun(teacher_id=teacher.id, dataset_id=dataset.id, params={}, job_id=importance.id)
+        s.add(run)
+        s.flush()
+        owners = {inspect.id: f"teacher {teacher.id}", importance.id: f"importance run {run.id}"}
+        s.get(Job, jobs["distill"]).status = "running"
+    owners[jobs["prune"]] = f"student {doomed['student']}"
+    before = counts(url)
+
+    assert client.delete(f"{api}/jobs/999999").status_code == 404
+    r = client.delete(f"{api}/jobs/{jobs['distill']}")
+    assert r.status_code == 409 and "is running; cancel it first" in r.json()["detail"]
+    # A job whose output is still in use (the student's weights, the teacher's spec, the run's scores).
+    for job_id, owner in owners.items():
+        r = client.delete(f"{api}/jobs/{job_id}")
+        assert r.status_code == 409 and owner in r.json()["detail"], (owner, r.status_code, r.text)
+    assert counts(url) == before and all(d.exists() for d in doomed["dirs"])
+
+    with session_scope(url) as s:
+        s.get(Job, jobs["distill"]).status = "cancelled"
+    assert client.delete(f"{api}/jobs/{jobs['distill']}").status_code == 204
+    assert client.get(f"{api}/jobs/{jobs['distill']}").status_code == 404
+    after = counts(url)
+    removed = {k: before[k] - after[k] for k in before}
+    assert removed == {**dict.fromkeys(before, 0), "Job": 1, "Event": 1, "MetricPoint": 1, "Artifact": 1}
+    model, distilled, checkpoints = doomed["dirs"]
+    assert model.exists() and not distilled.exists() and not checkpoints.exists()
+    assert not distilled.parent.exists()  # no empty jobs/<id>/
+
+    assert client.delete(f"{api}/jobs/{jobs['evaluate']}").status_code == 204  # its result row goes too
+    assert counts(url) == {
+        **after,
+        "Job": after["Job"] - 1,
+        "Event": after["Event"] - 1,
+        "BenchmarkResult": after["BenchmarkResult"] - 1,
+    }
+    assert client.delete(f"{api}/jobs/{jobs['evaluate']}").status_code == 404
+    assert client.get(f"{api}/students/{doomed['student']}").json()["status"] == "ready"
+    assert all(d.exists() for d in kept["dirs"])
+    assert client.get(f"{api}/jobs/{kept['jobs']['distill']}").status_code == 200

@@ -116,3 +116,19 @@ def test_angular_scan_is_started_drawn_and_fills_the_closest_block(page, live_ap
     )
     assert [i for i, c in enumerate(plot_traces(page)[0]["color"]) if c == MARKED] == [target]
     shot(page, "explorer-angular")
+
+
+def test_the_study_wizard_names_the_block_size_of_an_angular_only_run(page, live_app):
+    api = live_app.api
+    teacher = next(t for t in api.get("/teachers").json() if t["status"] == "ready")
+    dataset = api.get("/datasets").json()[0]
+    body = {"teacher_id": teacher["id"], "dataset_id": dataset["id"], "samples": 4, "seq_len": 16}
+    r = api.post("/importance-runs", json={**body, "batch_size": 4, "scans": ["angular"], "block_size": 3})
+    assert r.status_code == 201, r.text
+    assert live_app.wait_job(r.json()["job_id"])["status"] == "succeeded"
+    page.goto(f"{live_app.url}/#/compare")
+    option = page.locator(
+        f"[data-testid=wizard] select[name=importance_run_id] option[value='{r.json()['id']}']"
+    )
+    option.wait_for(state="attached")
+    assert option.get_attribute("title") == "4 × 16 tokens, scans: angular (block k=3)"

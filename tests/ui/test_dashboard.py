@@ -500,35 +500,49 @@ def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
     assert "invalid" in page.get_attribute("[data-testid=wizard] [name=budget_pct]", "class")
     assert everything(live_app) == before
 
-    # Settings the server refuses only when the distillations are queued (min_lr > lr), after both
-    # plans are saved and both students cut: all of it is taken back, and the reason shown.
+    # Settings the server would refuse when the distillations are queued (min_lr > lr): checked first
+    # (POST /jobs?validate_only=true), so no plan, student or job is ever created; the field is marked.
+    built = []
+    page.on(
+        "request",
+        lambda r: (
+            built.append(r.url)
+            if r.method == "POST" and re.search(r"/(plans|students)(/fill)?$", r.url)
+            else None
+        ),
+    )
     run_wizard(page, budget_pct="95", budget="4", lr="0.000001", **small)
     text = wizard_error(page)
-    assert "Step 4" in text and "min_lr must not exceed lr" in text, text
-    assert re.search(r"Removed what this run created: plans #\d+, #\d+ and students #\d+, #\d+", text), text
-    assert page.locator("[data-testid=wizard-steps] li.failed").inner_text().startswith("Queue both")
+    assert "Step 1" in text and "min_lr must not exceed lr" in text and "Nothing was created" in text, text
+    assert "invalid" in page.get_attribute("[data-testid=wizard] [name=min_lr]", "class")
+    assert page.locator("[data-testid=wizard-steps] li.failed").inner_text().startswith("Check the")
     assert page.is_enabled("[data-testid=wizard-go]")
-    assert everything(live_app) == before
+    assert built == [] and everything(live_app) == before
 
-    # The broker fails for the second distillation (the API answers 503 then) while the first one is
-    # queued or running: it is cancelled, and its checkpoints go with its student.
-    distills = []
+    # The broker fails for the first student evaluation (the API answers 503 then), after both
+    # distillations and the teacher's evaluation and benchmark are queued: the distillations are
+    # cancelled (their checkpoints go with their students) and the teacher's jobs are deleted.
+    posts = []
 
-    def second_distill_fails(route):
+    def student_evaluation_fails(route):
         request = route.request
-        if request.method == "POST" and '"distill"' in (request.post_data or ""):
-            distills.append(request.post_data)
-            if len(distills) == 2:
+        if request.method == "POST" and re.search(r'"(evaluate|benchmark)"', request.post_data or ""):
+            posts.append(request.post_data)
+            if len(posts) == 3:  # teacher evaluate, teacher benchmark, then the depth student's
                 return route.fulfill(
                     status=503, json={"detail": "could not queue job: broker unreachable (test)"}
                 )
         return route.continue_()
 
-    page.route(lambda url: url.endswith("/api/v1/jobs"), second_distill_fails)
+    page.route(lambda url: url.endswith("/api/v1/jobs"), student_evaluation_fails)
     run_wizard(page, lr="0.0001", budget="400", checkpoint_every="1")
     text = wizard_error(page)
-    assert "Step 4" in text and "broker unreachable" in text and "Removed what" in text, text
-    assert len(distills) == 2
+    assert "Step 5" in text and "broker unreachable" in text, text
+    assert re.search(
+        r"Removed what this run created: plans #\d+, #\d+; students #\d+, #\d+; teacher jobs #\d+, #\d+\.",
+        text,
+    ), text
+    assert len(posts) == 3 and '"student_id"' in posts[2]
     assert everything(live_app) == before
 
 
@@ -582,3 +596,16 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
         "(document.querySelector('[data-testid=compare-curves]').data || []).length === 2", timeout=30_000
     )
     shot(page, "compare-depth-vs-width")
+
+    # The students' evaluations and benchmarks measure the distilled weights (each waited for its
+    # distillation), and the table says so.
+    distill_of = {j["student_id"]: j["id"] for j in jobs}
+    measuring = [j for j in queued if j["kind"] in ("evaluate", "benchmark") and j["student_id"] in ids]
+    assert len(measuring) == 4
+    for job in measuring:
+        assert job["params"]["distill_job_id"] == distill_of[job["student_id"]]
+        assert live_app.wait_job(job["id"], timeout=240)["status"] == "succeeded"
+    page.reload()
+    page.wait_for_selector("[data-testid=bench-table]")
+    labels = page.locator("[data-testid=bench-table] [data-testid=measured-weights]").all_inner_texts()
+    assert sorted(labels[1:]) == sorted(f"student · distilled (job {distill_of[i]})" for i in ids), labels

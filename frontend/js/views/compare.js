@@ -184,6 +184,15 @@ function run0(model, benchmarks) {
   return null;
 }
 
+/** "teacher", or which of a student's weights its latest results measured. */
+function measuredLabel(model) {
+  if (model.kind !== "student") return model.kind;
+  const r = latest(model.evaluations) || latest(model.benchmarks);
+  if (r?.weights === "distilled") return `student · distilled (job ${r.distill_job_id})`;
+  if (r?.weights === "pruned") return "student · pruned, not distilled";
+  return "student";
+}
+
 function perplexityOf(model) {
   const p = latest(model.evaluations)?.perplexity;
   return typeof p === "number" ? p : p?.perplexity;
@@ -229,7 +238,7 @@ function benchTable(models) {
   });
   return h("table", { dataset: { testid: "bench-table" } },
     h("thead", h("tr", h("th", "model"), cols.map(([label, , , , title]) => h(`th.num${title ? ".explained" : ""}`, title ? { title } : {}, label)))),
-    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", m.kind)), cols.map(([, get, , fmt], i) => {
+    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", { dataset: { testid: "measured-weights" } }, measuredLabel(m))), cols.map(([, get, , fmt], i) => {
       const v = get(m);
       const isBest = best[i] !== null && v === best[i];
       return h(`td.num${isBest ? ".best" : ""}`, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–");
@@ -289,8 +298,8 @@ async function waitFor(fn, check, timeoutMs = 600000) {
 
 /**
  * Take back what a failed wizard run created: cancel its unfinished jobs, wait for them to stop, then
- * delete its students (with their jobs, weights and checkpoints) and its plans. Returns a sentence
- * saying what was removed, or what is left and why.
+ * delete its students (with their jobs, weights and checkpoints), its plans and the teacher jobs it
+ * queued. Returns a sentence saying what was removed, or what is left and why.
  */
 async function undoWizard(created) {
   if (!created.plans.length && !created.students.length && !created.jobs.length) return "Nothing was created.";
@@ -319,9 +328,11 @@ async function undoWizard(created) {
   for (const id of created.students) if (await tryTo(`deleting student #${id}`, () => api.del(`/students/${id}`))) students.push(`#${id}`);
   const plans = [];
   for (const id of created.plans) if (await tryTo(`deleting plan #${id}`, () => api.del(`/plans/${id}`))) plans.push(`#${id}`);
-  const teacherJobs = created.jobs.length ? ` Its teacher jobs (${created.jobs.map((id) => `#${id}`).join(", ")}) were cancelled.` : "";
-  const removed = [plans.length ? `plan${plans.length > 1 ? "s" : ""} ${plans.join(", ")}` : "", students.length ? `student${students.length > 1 ? "s" : ""} ${students.join(", ")}` : ""].filter(Boolean).join(" and ");
-  const done = removed ? `Removed what this run created: ${removed}.${teacherJobs}` : "";
+  // The teacher's evaluate / benchmark jobs this run queued (finished now): gone with their results.
+  const jobs = [];
+  for (const id of created.jobs) if (await tryTo(`deleting teacher job #${id}`, () => api.del(`/jobs/${id}`))) jobs.push(`#${id}`);
+  const removed = [plans.length ? `plan${plans.length > 1 ? "s" : ""} ${plans.join(", ")}` : "", students.length ? `student${students.length > 1 ? "s" : ""} ${students.join(", ")}` : "", jobs.length ? `teacher job${jobs.length > 1 ? "s" : ""} ${jobs.join(", ")}` : ""].filter(Boolean).join("; ");
+  const done = removed ? `Removed what this run created: ${removed}.` : "";
   return problems.length ? `${done} Could not clean up everything (${problems.join("; ")}).`.trim() : done || "Nothing was left behind.";
 }
 
@@ -348,7 +359,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     const tid = Number(teacherSelect.value);
     if (!tid) return;
     const runs = (await api.get(`/importance-runs?teacher_id=${tid}`).catch(() => [])).filter((r) => r.status === "succeeded");
-    const about = (p = {}) => `${p.samples ?? "?"} × ${p.seq_len ?? "?"} tokens, scans: ${(p.scans || []).join(", ") || "none"}${(p.scans || []).includes("block") ? ` (block k=${p.block_size})` : ""}`;
+    const about = (p = {}) => `${p.samples ?? "?"} × ${p.seq_len ?? "?"} tokens, scans: ${(p.scans || []).join(", ") || "none"}${(p.scans || []).some((s) => s === "block" || s === "angular") ? ` (block k=${p.block_size})` : ""}`;
     mount(runSelect, runs.length ? runs.map((r) => h("option", { value: r.id, title: about(r.params) }, `#${r.id} (${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"})`)) : h("option", { value: "" }, "no finished run"));
     showPreview();
   }
@@ -383,7 +394,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     }
     showError(err, null, form);
     const params = distillParams(form);
-    const labels = ["Fill the depth and width plans", "Save both plans", "Cut both students", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
+    const labels = ["Check the distillation settings", "Fill the depth and width plans", "Save both plans", "Cut both students", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
     let step = 0;
     const mark = (done, failed = false) => {
       step = done;
@@ -394,6 +405,10 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     goBtn.disabled = true;
     try {
       mark(0);
+      // The server checks the settings exactly as it will when the distillations are queued, before
+      // anything is built (a distill job may name the teacher while its student does not exist yet).
+      await api.post("/jobs?validate_only=true", { kind: "distill", teacher_id: t.id, params });
+      mark(1);
       if (targets.depth) {
         // A contiguous block (paper 2) when the run scanned blocks of exactly that length, else lowest BI.
         const k = t.spec.num_layers - targets.depth.num_layers;
@@ -403,13 +418,13 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
       const tag = `${Math.round(v.budget_pct)}pct-${Date.now().toString(36).slice(-4)}`;
       const plans = {};
       for (const kind of ["depth", "width"]) plans[kind] = await api.post("/plans/fill", { teacher_id: t.id, importance_run_id: runId, targets: targets[kind] });
-      mark(1);
+      mark(2);
       const rows = {};
       for (const kind of ["depth", "width"]) {
         rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: `${kind}-${tag}`, plan: plans[kind].plan });
         created.plans.push(rows[kind].id);
       }
-      mark(2);
+      mark(3);
       const made = {};
       for (const kind of ["depth", "width"]) {
         made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: `${t.name}-${kind}-${tag}` });
@@ -419,17 +434,19 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
         made[kind] = await waitFor(() => api.get(`/students/${made[kind].id}`), (s) => s.status !== "pending");
         if (made[kind].status !== "ready") throw new Error(`the ${kind} student failed: ${made[kind].error || "no reason given"}`);
       }
-      mark(3);
+      mark(4);
       for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "distill", student_id: made[kind].id, params });
       // Evaluations and benchmarks queue behind the distillations, so they measure the distilled weights.
       await queueBenchmarks([{ kind: "teacher", id: t.id }, { kind: "student", id: made.depth.id }, { kind: "student", id: made.width.id }], created.jobs);
-      mark(4);
+      mark(5);
       if (ctx.alive) onDone([made.depth.id, made.width.id], t.id);
       else toast(`Depth vs width study queued: students #${made.depth.id} and #${made.width.id}.`);
     } catch (e) {
       mark(step, true);
       const failedAt = `Step ${step + 1} (${labels[step].toLowerCase()}) failed: ${e.message}`;
       showError(err, { message: `${failedAt}. ${await undoWizard(created)}`, fields: e.fields }, form);
+      // A refused distillation setting is marked in the settings: unfold them so the user sees where.
+      if (Object.keys(e.fields || {}).some((name) => form.querySelector(`details [name="${CSS.escape(name)}"]`))) form.querySelector("details").open = true;
     } finally {
       goBtn.disabled = false;
     }

@@ -191,7 +191,7 @@ export async function explorerView(host, { args, query }, ctx) {
   let neuronDomain = null;
   let neuronZoom = null; // [start, end) positions, null = whole width
   let neuronMarks = null; // Float32Array rows x bins, recomputed per plan / view change
-  let neuronOrder = null; // {key, order: Map(layer -> Int32Array of neuron indices, most important first)}
+  let neuronOrder = null; // {key, order: Map(layer -> Uint16Array|Uint32Array of neuron indices, most important first)}
   const neurons = new Heatmap({
     rowHeight: L > 24 ? 10 : 16,
     palette: view.palette,
@@ -256,7 +256,7 @@ export async function explorerView(host, { args, query }, ctx) {
     const promise = (async () => {
       const res = await api.get(`/importance-runs/${run.id}/neuron-order${qs({ batch: view.batch, seq: view.seq })}`);
       const order = new Map();
-      res.order.forEach((perm, layer) => order.set(layer, Int32Array.from(perm)));
+      res.order.forEach((packed, layer) => order.set(layer, decodeIndices(packed, res.dtype)));
       neuronOrder = { key, order };
       return neuronOrder;
     })();
@@ -556,4 +556,19 @@ async function pickRun(host, ctx) {
   } catch (err) {
     host.append(h("div.error-msg", err.message));
   }
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** One layer of `/neuron-order`: base64 of little-endian uint16 / uint32 indices -> a typed array. */
+export function decodeIndices(b64, dtype) {
+  const text = atob(b64);
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  const wide = dtype === "uint32";
+  if (LITTLE_ENDIAN) return wide ? new Uint32Array(bytes.buffer) : new Uint16Array(bytes.buffer);
+  const view = new DataView(bytes.buffer); // a big-endian host: swap each index
+  const out = wide ? new Uint32Array(bytes.length / 4) : new Uint16Array(bytes.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = wide ? view.getUint32(4 * i, true) : view.getUint16(2 * i, true);
+  return out;
 }
