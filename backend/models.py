@@ -46,6 +46,11 @@ class Teacher(Base):
     error: Mapped[str | None] = mapped_column(Text)
     spec: Mapped[dict[str, Any] | None]
     job_id: Mapped[int | None] = mapped_column(Integer)
+    # A teacher promoted from a student (iterative compression, 8B -> 4B -> 2B): whose weights `source`
+    # points at — its distillation's, or the pruned ones when no distill job is named. Deleting them is
+    # refused while this row uses them (backend/removal.py).
+    parent_student_id: Mapped[int | None] = mapped_column(Integer)
+    parent_distill_job_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

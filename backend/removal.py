@@ -95,6 +95,11 @@ def _delete_jobs(db: Session, jobs: list[Job], settings: Settings, out: Leftover
 def delete_student(db: Session, student: Student, settings: Settings) -> Leftovers:
     jobs = list(db.scalars(select(Job).where(Job.student_id == student.id)))
     refuse_if_active(jobs, f"Student {student.id}")
+    # A promoted teacher loads this student's weights in place (POST /students/{id}/promote).
+    teachers = list(db.scalars(select(Teacher).where(Teacher.parent_student_id == student.id)))
+    if teachers:
+        listed = ", ".join(f"teacher {t.id} ({t.name})" for t in teachers)
+        raise HTTPException(409, f"Student {student.id}'s weights are the source of {listed}; keep it")
     out = Leftovers(keys=[student.path] if student.path else [])
     _delete_jobs(db, jobs, settings, out)
     db.execute(delete(BenchmarkResult).where(BenchmarkResult.student_id == student.id))
@@ -121,7 +126,7 @@ def _made_by(db: Session, job: Job) -> str | None:
     keys = select(Artifact.key).where(Artifact.job_id == job.id)
     for model, what, uses in (
         (Student, "student", Student.path.in_(keys)),  # the weights it loads, whichever job wrote them
-        (Teacher, "teacher", None),
+        (Teacher, "teacher", Teacher.parent_distill_job_id == job.id),  # a promoted distillation
         (ImportanceRun, "importance run", ImportanceRun.artifact.in_(keys)),
     ):
         made = model.job_id == job.id

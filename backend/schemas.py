@@ -34,6 +34,18 @@ class TeacherCreate(Strict):
     trust_remote_code: bool = False
 
 
+class TeacherPromote(Strict):
+    """A student that becomes the teacher of the next compression round."""
+
+    name: str | None = Field(None, min_length=1, max_length=200, description="default: from the student's")
+    distill_job_id: int | None = Field(
+        None,
+        ge=1,
+        description="a succeeded distillation of the student whose weights to use; default: the newest "
+        "succeeded one, else the pruned weights",
+    )
+
+
 class DatasetCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     source: str = Field(min_length=1, max_length=1000, description='"demo" or a local file / directory')

@@ -42,7 +42,11 @@ def is_resumable(j: m.Job) -> bool:
 
 
 def teacher(t: m.Teacher) -> dict[str, Any]:
-    return _fields(t, "id name source trust_remote_code status error job_id created_at spec")
+    return _fields(
+        t,
+        "id name source trust_remote_code status error job_id parent_student_id parent_distill_job_id"
+        " created_at spec",
+    )
 
 
 def dataset(d: m.Dataset) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from worker.engine.adapters import arch_spec
+    from worker.engine.loading import LAYERS_FILE, resize_to_layers_file
 
     (teacher,) = _rows(rt, (Teacher, job.teacher_id))
     check_remote_code(rt, teacher.trust_remote_code)
@@ -107,6 +108,8 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
         config = AutoConfig.from_pretrained(source, trust_remote_code=teacher.trust_remote_code)
         with torch.device("meta"):  # shapes only: no memory, no weights read
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=teacher.trust_remote_code)
+            if (Path(source) / LAYERS_FILE).is_file():  # a promoted non-uniform student: config.json
+                resize_to_layers_file(model, Path(source), config)  # holds only the widest layer
         spec = arch_spec(model)
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if dtype is not None:

@@ -12,16 +12,29 @@ from backend.models import BenchmarkResult, Job, Student, Teacher
 router = APIRouter(tags=["compare"])
 
 
+MEASURED_WEIGHTS = ("pruned", "distilled")  # the `weights` a student's result names
+
+
 def _results(db: Session, kind: str, **where) -> list[dict]:
-    q = (
-        select(BenchmarkResult)
-        .where(BenchmarkResult.kind == kind)
-        .order_by(BenchmarkResult.id.desc())
-        .limit(5)
-    )
+    """The 5 newest results, plus (for a student) the newest one of each measured weights when older:
+    the compare table shows perplexity before and after distillation, whatever was measured since."""
+    # Newest = newest job (as the compare view reads them), whatever order they finished in.
+    newest_first = (BenchmarkResult.job_id.desc(), BenchmarkResult.id.desc())
+    q = select(BenchmarkResult).where(BenchmarkResult.kind == kind).order_by(*newest_first)
     for name, value in where.items():
         q = q.where(getattr(BenchmarkResult, name) == value)
-    return [{"job_id": r.job_id, **r.result} for r in db.scalars(q)]
+    rows = {r.id: r for r in db.scalars(q.limit(5))}
+    if where.get("student_id") is not None:
+        for weights in MEASURED_WEIGHTS:
+            if any((r.result or {}).get("weights") == weights for r in rows.values()):
+                continue
+            row = db.scalars(
+                q.where(BenchmarkResult.result["weights"].as_string() == weights).limit(1)
+            ).first()
+            if row is not None:
+                rows[row.id] = row
+    ordered = sorted(rows.values(), key=lambda r: (r.job_id, r.id), reverse=True)
+    return [{"job_id": r.job_id, **r.result} for r in ordered]
 
 
 @router.get("/compare")

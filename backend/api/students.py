@@ -11,11 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import removal, serialize
+from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
-from backend.models import Plan, Student
-from backend.schemas import StudentCreate
+from backend.models import Artifact, Job, Plan, Student, Teacher
+from backend.schemas import StudentCreate, TeacherPromote
 from backend.settings import Settings
 from worker.engine.plan import PrunePlan
 
@@ -75,6 +76,68 @@ def delete_student(
     leftovers = removal.delete_student(db, get_or_404(db, Student, student_id), settings)
     db.commit()
     leftovers.remove(settings)
+
+
+@router.post("/students/{student_id}/promote", status_code=201)
+def promote(
+    student_id: int,
+    request: Request,
+    body: TeacherPromote | None = None,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> dict:
+    """Register the student's weights as a new teacher (the next round of an iterative compression
+    chain). The teacher loads them in place from the artifact store; the student cannot be deleted
+    while it does (backend/removal.py)."""
+    body = body or TeacherPromote()
+    student = get_or_404(db, Student, student_id)
+    if student.status != "ready" or not student.path:
+        raise HTTPException(409, f"Student {student_id} is {student.status}, not ready")
+    key, distill_job_id = _promoted_weights(db, student, body.distill_job_id)
+    store = ArtifactStore(settings.artifacts_url)
+    if not store.is_local:  # a teacher's source is a directory every worker can read
+        raise HTTPException(
+            409, f"the artifact store ({settings.artifacts_url}) is not local: promoting needs a local one"
+        )
+    try:
+        directory = store.local_dir(key)
+    except FileNotFoundError as exc:
+        raise HTTPException(409, f"Student {student_id}: weights {key} are missing ({exc})") from exc
+    made_from = f"distill #{distill_job_id}" if distill_job_id else "pruned"
+    teacher = Teacher(
+        name=body.name or f"{student.name[:180]} ({made_from})",
+        source=str(directory),
+        trust_remote_code=False,  # students are saved by our own code (supported architectures only)
+        status="pending",
+        parent_student_id=student.id,
+        parent_distill_job_id=distill_job_id,
+    )
+    return register(request, db, teacher)
+
+
+def _promoted_weights(db: Session, student: Student, distill_job_id: int | None) -> tuple[str, int | None]:
+    """(artifact key, distill job id or None): the named distillation's weights, else the newest
+    succeeded distillation's, else the pruned weights."""
+    newest = (
+        select(Job.id, Artifact.key)
+        .join(Artifact, Artifact.job_id == Job.id)
+        .where(Job.student_id == student.id, Job.kind == "distill", Artifact.kind == "distilled")
+        .where(Job.status == "succeeded")
+        .order_by(Job.id.desc(), Artifact.id.desc())
+    )
+    if distill_job_id is None:
+        row = db.execute(newest).first()
+        return (row.key, row.id) if row else (student.path, None)
+    loc = ["body", "distill_job_id"]
+    job = db.get(Job, distill_job_id)
+    if job is None or job.kind != "distill" or job.student_id != student.id:
+        raise field_error(loc, f"job {distill_job_id} is not a distillation of student {student.id}")
+    if job.status != "succeeded":
+        raise field_error(loc, f"distill job {distill_job_id} is {job.status}, not succeeded")
+    row = db.execute(newest.where(Job.id == distill_job_id)).first()
+    if row is None:
+        raise field_error(loc, f"distill job {distill_job_id} saved no weights")
+    return row.key, row.id
 
 
 @router.get("/students/{student_id}/download")

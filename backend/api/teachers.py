@@ -46,10 +46,15 @@ def create_teacher(
     teacher = Teacher(
         name=body.name, source=source, trust_remote_code=body.trust_remote_code, status="pending"
     )
+    return register(request, db, teacher)
+
+
+def register(request: Request, db: Session, teacher: Teacher) -> dict:
+    """Add a checked, pending teacher and queue the `inspect` job that reads its architecture."""
+    queue = choose_queue(request.app.state.settings, "inspect", {})  # a light job: always `default`
     db.add(teacher)
     db.flush()
-    queue = choose_queue(settings, "inspect", {})  # a light job: always `default`
-    job = new_job(db, "inspect", {"source": source}, queue=queue, teacher_id=teacher.id)
+    job = new_job(db, "inspect", {"source": teacher.source}, queue=queue, teacher_id=teacher.id)
     teacher.job_id = job.id
     send(request.app, db, job)
     return serialize.teacher(teacher)

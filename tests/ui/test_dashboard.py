@@ -519,16 +519,18 @@ def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
     assert page.is_enabled("[data-testid=wizard-go]")
     assert built == [] and everything(live_app) == before
 
-    # The broker fails for the first student evaluation (the API answers 503 then), after both
-    # distillations and the teacher's evaluation and benchmark are queued: the distillations are
-    # cancelled (their checkpoints go with their students) and the teacher's jobs are deleted.
+    # The broker fails for the first evaluation of a distilled student (the API answers 503 then), after
+    # the evaluations of both pruned students, both distillations and the teacher's evaluation and
+    # benchmark are queued: the students' jobs are cancelled (their results and checkpoints go with the
+    # students) and the teacher's jobs are deleted.
     posts = []
 
     def student_evaluation_fails(route):
         request = route.request
         if request.method == "POST" and re.search(r'"(evaluate|benchmark)"', request.post_data or ""):
             posts.append(request.post_data)
-            if len(posts) == 3:  # teacher evaluate, teacher benchmark, then the depth student's
+            # both pruned students, teacher evaluate, teacher benchmark, then the depth student's
+            if len(posts) == 5:
                 return route.fulfill(
                     status=503, json={"detail": "could not queue job: broker unreachable (test)"}
                 )
@@ -542,7 +544,8 @@ def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
         r"Removed what this run created: plans #\d+, #\d+; students #\d+, #\d+; teacher jobs #\d+, #\d+\.",
         text,
     ), text
-    assert len(posts) == 3 and '"student_id"' in posts[2]
+    assert len(posts) == 5 and '"student_id"' in posts[4] and '"pruned"' not in posts[4]
+    assert all('"pruned"' in p and '"student_id"' in p for p in posts[:2]), posts
     assert everything(live_app) == before
 
 
@@ -600,12 +603,77 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     # The students' evaluations and benchmarks measure the distilled weights (each waited for its
     # distillation), and the table says so.
     distill_of = {j["student_id"]: j["id"] for j in jobs}
-    measuring = [j for j in queued if j["kind"] in ("evaluate", "benchmark") and j["student_id"] in ids]
+    measuring = [
+        j
+        for j in queued
+        if j["kind"] in ("evaluate", "benchmark")
+        and j["student_id"] in ids
+        and j["params"].get("weights") != "pruned"
+    ]
     assert len(measuring) == 4
     for job in measuring:
         assert job["params"]["distill_job_id"] == distill_of[job["student_id"]]
+        assert live_app.wait_job(job["id"], timeout=240)["status"] == "succeeded"
+    # Each student's pruned weights were evaluated too (queued as soon as it was cut), with the same
+    # evaluation settings: the perplexity before distillation.
+    pruned = [j for j in queued if j["student_id"] in ids and j["params"].get("weights") == "pruned"]
+    assert sorted(j["student_id"] for j in pruned) == sorted(ids) and all(
+        j["kind"] == "evaluate" for j in pruned
+    )
+    after = {j["student_id"]: j for j in measuring if j["kind"] == "evaluate"}
+    for job in pruned:
+        assert job["params"]["distill_job_id"] is None
+        assert {**job["params"], "weights": None, "distill_job_id": None} == {
+            **after[job["student_id"]]["params"],
+            "weights": None,
+            "distill_job_id": None,
+        }
         assert live_app.wait_job(job["id"], timeout=240)["status"] == "succeeded"
     page.reload()
     page.wait_for_selector("[data-testid=bench-table]")
     labels = page.locator("[data-testid=bench-table] [data-testid=measured-weights]").all_inner_texts()
     assert sorted(labels[1:]) == sorted(f"student · distilled (job {distill_of[i]})" for i in ids), labels
+
+    # "perplexity" is each student's distilled evaluation, "ppl pruned" its pruned one, as the table
+    # formats numbers; the teacher has no pruned evaluation (blank).
+    results = {
+        r["job_id"]: r["perplexity"]["perplexity"]
+        for m in live_app.api.get(f"/compare?students={ids[0]},{ids[1]}").json()["models"]
+        for r in m["evaluations"]
+    }
+    table = page.evaluate(
+        """() => {
+          const t = document.querySelector('[data-testid=bench-table]');
+          return {
+            head: [...t.querySelectorAll('thead th')].map((th) => [th.textContent, th.title]),
+            rows: [...t.querySelectorAll('tbody tr')].map((tr) => [...tr.children].map((td) => td.textContent)),
+            tips: [...t.querySelectorAll('tbody tr')].map((tr) => [...tr.children].map((td) => td.title)),
+          };
+        }"""
+    )
+    head = [text for text, _ in table["head"]]
+    ppl, before = head.index("perplexity"), head.index("ppl pruned")
+    assert before == ppl + 1 and "before distillation" in table["head"][before][1]
+    assert "distilled" in table["head"][ppl][1]
+
+    def shown(values: list[float]) -> list[str]:
+        # The table's own number format (frontend/js/format.js), run in the page.
+        return page.evaluate(
+            "async (xs) => { const f = await import('/js/format.js');"
+            " return xs.map((v) => (v >= 1e5 ? f.compact(v) : f.sig(v))); }",
+            values,
+        )
+
+    pruned_of = {j["student_id"]: j["id"] for j in pruned}
+    rows = table["rows"][1:]  # the teacher first, then the students in the URL's order
+    assert [r[before] for r in rows] == shown([results[pruned_of[i]] for i in ids])
+    assert [r[ppl] for r in rows] == shown([results[after[i]["id"]] for i in ids])
+    assert table["rows"][0][before] == "–"
+    # Each cell names the evaluation it shows (4 distillation steps may not move 4 significant digits).
+    tips = table["tips"][1:]
+    assert [t[before] for t in tips] == [
+        f"evaluate job {pruned_of[i]} (pruned weights): {results[pruned_of[i]]}" for i in ids
+    ]
+    assert [t[ppl] for t in tips] == [
+        f"evaluate job {after[i]['id']} (distilled weights): {results[after[i]['id']]}" for i in ids
+    ]

@@ -120,10 +120,9 @@ def load_model(
     return model, _load_tokenizer(where, trust_remote_code)
 
 
-def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
+def resize_to_layers_file(model: nn.Module, path: Path, config) -> None:
+    """Give a model built from `path`'s config.json the per-layer widths its layers file lists (empty
+    weights, on the model's device: on "meta" this yields the true shapes without reading weights)."""
     from worker.engine.surgery import resize_layer
 
     info = json.loads((path / LAYERS_FILE).read_text())
@@ -135,10 +134,17 @@ def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
             f"{path / LAYERS_FILE} lists {len(shapes)} layers, config has {config.num_hidden_layers}"
         )
     adapter = adapter_for_model_type(config.model_type)
-    with _skip_weight_init():  # every weight is loaded below (checked), so random init is wasted time
-        model = AutoModelForCausalLM.from_config(config, **kwargs)
     for layer, shape in zip(adapter.layers(model), shapes, strict=True):
         resize_layer(adapter, layer, shape, int(info["head_dim"]))
+
+
+def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    with _skip_weight_init():  # every weight is loaded below (checked), so random init is wasted time
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    resize_to_layers_file(model, path, config)
     state = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(str(file)))

@@ -128,12 +128,19 @@ export async function compareView(host, { query }, ctx) {
   load();
 }
 
-/** Perplexity + speed jobs for each model: students by id, the teacher alone by teacher_id. */
-async function queueBenchmarks(models, queued = []) {
+/** The evaluation settings of the compare page's jobs (the server's defaults), before and after distillation. */
+const EVAL_PARAMS = {};
+
+/**
+ * Perplexity + speed jobs for each model: students by id, the teacher alone by teacher_id. The teacher's
+ * job ids go to `teacherJobs` (a student's jobs are deleted with the student).
+ */
+async function queueBenchmarks(models, teacherJobs = []) {
   for (const m of models) {
     const who = m.kind === "teacher" ? { teacher_id: m.id } : { student_id: m.id };
-    queued.push((await api.post("/jobs", { kind: "evaluate", ...who, params: {} })).id);
-    queued.push((await api.post("/jobs", { kind: "benchmark", ...who, params: {} })).id);
+    const ids = [(await api.post("/jobs", { kind: "evaluate", ...who, params: EVAL_PARAMS })).id];
+    ids.push((await api.post("/jobs", { kind: "benchmark", ...who, params: {} })).id);
+    if (m.kind === "teacher") teacherJobs.push(...ids);
   }
 }
 
@@ -184,28 +191,36 @@ function run0(model, benchmarks) {
   return null;
 }
 
-/** "teacher", or which of a student's weights its latest results measured. */
+/** The newest result of a list that measured these weights ("pruned" | "distilled"). */
+const latestOf = (list, weights) => latest((list || []).filter((r) => r.weights === weights));
+
+/** The evaluation the table shows: a student's newest of its distilled weights, else the newest of any. */
+const shownEvaluation = (model) => latestOf(model.evaluations, "distilled") || latest(model.evaluations);
+
+/** "teacher", or which of a student's weights its shown results measured. */
 function measuredLabel(model) {
   if (model.kind !== "student") return model.kind;
-  const r = latest(model.evaluations) || latest(model.benchmarks);
+  const r = shownEvaluation(model) || latest(model.benchmarks);
   if (r?.weights === "distilled") return `student · distilled (job ${r.distill_job_id})`;
   if (r?.weights === "pruned") return "student · pruned, not distilled";
   return "student";
 }
 
-function perplexityOf(model) {
-  const p = latest(model.evaluations)?.perplexity;
+function perplexityValue(evaluation) {
+  const p = evaluation?.perplexity;
   return typeof p === "number" ? p : p?.perplexity;
 }
 
-/** Columns: [label, value getter, "min"|"max" for best, formatter]. */
+/** Columns: [label, value getter, "min"|"max" for best, formatter, header tooltip, result shown (its job in the cell's tooltip)]. */
 function benchColumns(models) {
   const all = models.map((m) => latest(m.benchmarks)).filter(Boolean);
-  const ppl = models.map((m) => latest(m.evaluations)?.perplexity).find((p) => p && typeof p === "object");
+  const ppl = models.map((m) => shownEvaluation(m)?.perplexity).find((p) => p && typeof p === "object");
   const run = models.map((m) => run0(m, all)).find(Boolean);
   const device = all.map((b) => b?.teacher?.device || b?.student?.device).find(Boolean);
   const cols = [
-    ["perplexity", perplexityOf, "min", null, `Sliding-window perplexity of each model's latest evaluation${ppl ? ` (${ppl.documents} documents, context ${ppl.context}, stride ${ppl.stride})` : ""}; not comparable with the distillation curves' validation perplexity (another split and window)`],
+    ["perplexity", (m) => perplexityValue(shownEvaluation(m)), "min", null, `Sliding-window perplexity of each model's latest evaluation (a student's newest evaluation of its distilled weights when there is one, i.e. after distillation)${ppl ? ` (${ppl.documents} documents, context ${ppl.context}, stride ${ppl.stride})` : ""}; not comparable with the distillation curves' validation perplexity (another split and window)`, shownEvaluation],
+    // Minitron reports both: how much pruning alone costs, and what distillation wins back.
+    ["ppl pruned", (m) => perplexityValue(latestOf(m.evaluations, "pruned")), "min", null, "Perplexity before distillation: a student's newest evaluation of its pruned weights (weights: pruned), as cut from the teacher; blank when none was run", (m) => latestOf(m.evaluations, "pruned")],
     ["params", (m) => m.spec?.params_total, "min"],
     ["prefill tok/s", (m) => run0(m, all)?.prefill_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.prompt_len}-token prompt${device ? `, on ${device}` : ""}` : ""],
     ["decode tok/s", (m) => run0(m, all)?.decode_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.new_tokens} new tokens` : ""],
@@ -217,14 +232,14 @@ function benchColumns(models) {
   // lm-eval task scores: one column per task metric found in any model.
   const taskKeys = new Set();
   for (const m of models) {
-    const tasks = latest(m.evaluations)?.tasks;
+    const tasks = shownEvaluation(m)?.tasks;
     if (!tasks || Array.isArray(tasks)) continue;
     for (const [task, metrics] of Object.entries(tasks)) for (const k of Object.keys(metrics || {})) if (typeof metrics[k] === "number" && !k.includes("stderr")) taskKeys.add(`${task}|${k}`);
   }
   for (const key of taskKeys) {
     const [task, k] = key.split("|");
     const lowerBetter = /perplexity|bits|loss/.test(k);
-    cols.push([`${task} ${k}`, (m) => latest(m.evaluations)?.tasks?.[task]?.[k], lowerBetter ? "min" : "max"]);
+    cols.push([`${task} ${k}`, (m) => shownEvaluation(m)?.tasks?.[task]?.[k], lowerBetter ? "min" : "max"]);
   }
   return cols;
 }
@@ -238,10 +253,11 @@ function benchTable(models) {
   });
   return h("table", { dataset: { testid: "bench-table" } },
     h("thead", h("tr", h("th", "model"), cols.map(([label, , , , title]) => h(`th.num${title ? ".explained" : ""}`, title ? { title } : {}, label)))),
-    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", { dataset: { testid: "measured-weights" } }, measuredLabel(m))), cols.map(([, get, , fmt], i) => {
+    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", { dataset: { testid: "measured-weights" } }, measuredLabel(m))), cols.map(([, get, , fmt, , source], i) => {
       const v = get(m);
       const isBest = best[i] !== null && v === best[i];
-      return h(`td.num${isBest ? ".best" : ""}`, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–");
+      const r = typeof v === "number" && source ? source(m) : null;
+      return h(`td.num${isBest ? ".best" : ""}`, r ? { title: `evaluate job ${r.job_id}${r.weights ? ` (${r.weights} weights)` : ""}: ${v}` } : {}, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–");
     })))));
 }
 
@@ -283,6 +299,19 @@ export function widthTarget(spec, budget) {
     if (paramCount(spec, hidden, shapes).total <= budget) return { hidden_size: hidden, intermediate_size: inter };
   }
   return null;
+}
+
+/**
+ * How the depth plan picks its dropped layers from the run's layer scores (GET /importance-runs/{id}/layers):
+ * a contiguous block (paper 2) when the run scanned blocks of exactly k layers, else lowest Block
+ * Importance, else lowest drop loss, else the angular-distance block (a run with only that scan).
+ */
+export function depthLayerMethod(layers, k) {
+  if (layers.block_loss?.[String(k)]) return "block";
+  if (layers.block_importance) return "bi";
+  if (layers.drop_loss) return "drop";
+  if (Object.keys(layers.block_angular || {}).length) return "angular";
+  return "drop"; // no layer scan: the server's refusal names the scans the run lacks
 }
 
 // The wizard keeps going when the user opens another page (it only skips opening the comparison then).
@@ -394,7 +423,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     }
     showError(err, null, form);
     const params = distillParams(form);
-    const labels = ["Check the distillation settings", "Fill the depth and width plans", "Save both plans", "Cut both students", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
+    const labels = ["Check the distillation settings", "Fill the depth and width plans", "Save both plans", "Cut both students, evaluate their pruned weights", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
     let step = 0;
     const mark = (done, failed = false) => {
       step = done;
@@ -410,10 +439,8 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
       await api.post("/jobs?validate_only=true", { kind: "distill", teacher_id: t.id, params });
       mark(1);
       if (targets.depth) {
-        // A contiguous block (paper 2) when the run scanned blocks of exactly that length, else lowest BI.
         const k = t.spec.num_layers - targets.depth.num_layers;
-        const layers = await api.get(`/importance-runs/${runId}/layers`);
-        targets.depth.layer_method = layers.block_loss && layers.block_loss[String(k)] ? "block" : layers.block_importance ? "bi" : "drop";
+        targets.depth.layer_method = depthLayerMethod(await api.get(`/importance-runs/${runId}/layers`), k);
       }
       const tag = `${Math.round(v.budget_pct)}pct-${Date.now().toString(36).slice(-4)}`;
       const plans = {};
@@ -434,6 +461,9 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
         made[kind] = await waitFor(() => api.get(`/students/${made[kind].id}`), (s) => s.status !== "pending");
         if (made[kind].status !== "ready") throw new Error(`the ${kind} student failed: ${made[kind].error || "no reason given"}`);
       }
+      // Perplexity before distillation ("ppl pruned" in the table), with the settings of the one after.
+      // These jobs go with their students if a later step fails (undoWizard cancels every student job).
+      for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "evaluate", student_id: made[kind].id, params: { ...EVAL_PARAMS, weights: "pruned" } });
       mark(4);
       for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "distill", student_id: made[kind].id, params });
       // Evaluations and benchmarks queue behind the distillations, so they measure the distilled weights.
@@ -453,7 +483,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
   });
 
   mount(panel, h("header", h("h2", "Depth vs width study")),
-    h("div.hint", { style: { marginBottom: "8px" } }, "From one parameter budget: a depth-pruned student (fewest layers dropped: a contiguous block when the run scanned that block length, else lowest Block Importance) and a width-pruned one (hidden and MLP shrunk, all layers and heads kept), both from the same importance run, distilled with the same budget."),
+    h("div.hint", { style: { marginBottom: "8px" } }, "From one parameter budget: a depth-pruned student (fewest layers dropped: a contiguous block when the run scanned that block length, else lowest Block Importance, else lowest drop loss, else the block of least angular distance) and a width-pruned one (hidden and MLP shrunk, all layers and heads kept), both from the same importance run, each evaluated as cut, then distilled with the same budget."),
     ready.length ? form : h("div.empty", "Register a teacher first."));
   loadRuns();
 }

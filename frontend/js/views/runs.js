@@ -154,13 +154,24 @@ export async function runsView(host, { query }, ctx) {
         showError(quickErr, e);
       }
     };
+    // The next round of an iterative chain (8B -> 4B -> 2B): the student's weights become a teacher.
+    const promote = async () => {
+      try {
+        const teacher = await api.post(`/students/${s.id}/promote`, {});
+        toast(`Teacher "${teacher.name}" registered; inspecting its config…`);
+        go("teachers", [], { teacher: teacher.id });
+      } catch (e) {
+        showError(quickErr, e);
+      }
+    };
     renderStudentJobs(s);
     const spec = s.spec;
     mount(detail,
       h("section.panel", { dataset: { testid: "student-detail" } },
         h("header", h("h2", s.name), statusBadge(s.status),
           h("a.btn", { href: href("compare", [], { students: s.id, teacher: s.teacher_id }) }, "Compare with teacher"),
-          s.status === "ready" ? h("a.btn", { href: authUrl(`/students/${s.id}/download`) }, "Download") : null),
+          s.status === "ready" ? h("a.btn", { href: authUrl(`/students/${s.id}/download`) }, "Download") : null,
+          s.status === "ready" ? h("button", { onclick: promote, dataset: { testid: "promote" }, title: "register its newest distilled weights (else the pruned ones) as a teacher: the next round of compression" }, "Use as teacher") : null),
         s.error ? h("div.error-msg", s.error) : null,
         spec ? h("dl.kv",
           h("dt", "shape"), h("dd", `${spec.num_layers} layers · hidden ${spec.hidden_size} · heads ${spec.num_heads} (${spec.num_kv_heads} KV groups) · MLP ${spec.intermediate_size}${spec.uniform ? "" : " (non-uniform)"}`),

@@ -11,7 +11,7 @@ import { subscribe } from "../sse.js";
 export async function teachersView(host, { query }, ctx) {
   const state = { teachers: [], datasets: [], runs: [], selected: Number(query.get("teacher")) || null };
 
-  const teacherList = h("div");
+  const teacherList = h("div", { dataset: { testid: "teacher-list" } });
   const datasetList = h("div");
   const detail = h("div.stack");
   const workersLine = h("span.sub", { dataset: { testid: "workers" } });
@@ -133,13 +133,13 @@ export async function teachersView(host, { query }, ctx) {
           setQuery({ teacher: t.id });
           refresh();
         },
-      }, h("td", t.name, h("div.faint.mono", t.source)), h("td", t.spec ? t.spec.family : "–"), h("td.num", t.spec ? compact(t.spec.params_total) : "–"), h("td", statusBadge(t.status))))),
+      }, h("td", t.name, h("div.faint.mono.path", { title: t.source }, t.source)), h("td", t.spec ? t.spec.family : "–"), h("td.num", t.spec ? compact(t.spec.params_total) : "–"), h("td", statusBadge(t.status))))),
     ));
   }
 
   function renderDatasets() {
     mount(datasetList, state.datasets.length
-      ? h("table", h("tbody", state.datasets.map((d) => h("tr", h("td", d.name), h("td.mono.faint", d.source)))))
+      ? h("table", h("tbody", state.datasets.map((d) => h("tr", h("td", d.name), h("td.mono.faint.path", { title: d.source }, d.source)))))
       : h("div.empty", "No dataset registered."));
   }
 
@@ -154,8 +154,8 @@ export async function teachersView(host, { query }, ctx) {
 
   function archPanel(t) {
     const head = h("header", h("h2", t.name), statusBadge(t.status));
-    if (t.status === "failed") return h("section.panel", head, h("div.error-msg", t.error || "Inspection failed"));
-    if (!t.spec) return h("section.panel", head, h("div.empty", "Reading the model config…"));
+    if (t.status === "failed") return h("section.panel", head, lineage(t), h("div.error-msg", t.error || "Inspection failed"));
+    if (!t.spec) return h("section.panel", head, lineage(t), h("div.empty", "Reading the model config…"));
     const s = t.spec;
     const rows = [
       ["family / type", `${s.family} / ${s.model_type}`],
@@ -172,7 +172,15 @@ export async function teachersView(host, { query }, ctx) {
     ];
     return h("section.panel", { dataset: { testid: "arch-summary" } }, head,
       h("dl.kv", rows.map(([k, v]) => [h("dt", k), h("dd", String(v))])),
-      h("div.hint", { style: { marginTop: "8px" } }, "source ", h("code", t.source)));
+      h("div.hint", { style: { marginTop: "8px" } }, "source ", h("code", t.source)),
+      lineage(t));
+  }
+
+  /** "from student #5 (distill job #9)": a teacher promoted from a student of an earlier round. */
+  function lineage(t) {
+    if (!t.parent_student_id) return null;
+    const weights = t.parent_distill_job_id ? h("a", { href: href("job", [t.parent_distill_job_id]) }, `distill job #${t.parent_distill_job_id}`) : "pruned weights";
+    return h("div.hint", { dataset: { testid: "lineage" } }, "from ", h("a", { href: href("runs", [], { student: t.parent_student_id }) }, `student #${t.parent_student_id}`), " (", weights, ")");
   }
 
   function importancePanel(t) {
