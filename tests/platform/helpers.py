@@ -9,6 +9,28 @@ from dataclasses import dataclass
 import httpx
 
 
+def student_rows(session, names_and_statuses) -> tuple:
+    """Rows only (no worker): a ready teacher, a plan, and one student per (name, status), each ready one
+    with a weights key `students/<id>/model`. Returns (teacher, {name: student})."""
+    from backend.models import Plan, Student, Teacher
+    from tests.tiny_models import tiny_spec
+
+    teacher = Teacher(name="t", source="org/model", status="ready", spec=tiny_spec().summary())
+    session.add(teacher)
+    session.flush()
+    plan = Plan(teacher_id=teacher.id, name="p", plan={"drop_layers": [1]}, messages=[])
+    session.add(plan)
+    session.flush()
+    students = {}
+    for name, status in names_and_statuses:
+        student = Student(name=name, teacher_id=teacher.id, plan_id=plan.id, status=status)
+        session.add(student)
+        session.flush()
+        student.path = f"students/{student.id}/model" if status == "ready" else None
+        students[name] = student
+    return teacher, students
+
+
 def make_student(app, plan: dict | None = None) -> dict:
     """Teacher (tiny Llama) -> explicit plan -> student, through the API and the real worker."""
     api = app.api

@@ -7,26 +7,16 @@ from __future__ import annotations
 import pytest
 
 from backend.db import session_scope
-from backend.models import BenchmarkResult, Job, Plan, Student, Teacher
-from tests.tiny_models import tiny_spec
+from backend.models import BenchmarkResult, Job, Student
+from tests.platform.helpers import student_rows
 
 
 @pytest.fixture
 def rows(api_env):
     """A teacher and two students, with ids of the jobs of their results (rows only)."""
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
-        t = Teacher(name="t", source="org/model", status="ready", spec=tiny_spec().summary())
-        s.add(t)
-        s.flush()
-        plan = Plan(teacher_id=t.id, name="p", plan={"drop_layers": [1]}, messages=[])
-        s.add(plan)
-        s.flush()
-        a, b, c = (
-            Student(name=n, teacher_id=t.id, plan_id=plan.id, status="ready", path=f"students/{n}/model")
-            for n in ("a", "b", "c")
-        )
-        s.add_all([a, b, c])
-        s.flush()
+        t, made = student_rows(s, (("a", "ready"), ("b", "ready"), ("c", "ready")))
+        a, b, c = made.values()
 
         def result(kind: str, student: Student | None, weights: str | None, ppl: float) -> int:
             job = Job(

@@ -7,27 +7,16 @@ from __future__ import annotations
 import pytest
 
 from backend.db import session_scope
-from backend.models import Job, Plan, Student, Teacher
-from tests.platform.helpers import make_student, start_distill
-from tests.tiny_models import tiny_spec
+from backend.models import Job
+from tests.platform.helpers import make_student, start_distill, student_rows
 
 
 @pytest.fixture
 def student_with_distillations(api_env):
     """A ready student with a succeeded, a failed and a running distillation (rows only)."""
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
-        t = Teacher(name="t", source="org/model", status="ready", spec=tiny_spec().summary())
-        s.add(t)
-        s.flush()
-        plan = Plan(teacher_id=t.id, name="p", plan={"drop_layers": [1]}, messages=[])
-        s.add(plan)
-        s.flush()
-        st = Student(name="s", teacher_id=t.id, plan_id=plan.id, status="ready", path="students/1/model")
-        other = Student(
-            name="other", teacher_id=t.id, plan_id=plan.id, status="ready", path="students/2/model"
-        )
-        s.add_all([st, other])
-        s.flush()
+        _, made = student_rows(s, (("s", "ready"), ("other", "ready")))
+        st, other = made["s"], made["other"]
         jobs = {}
         for name, status, student in (
             ("succeeded", "succeeded", st),

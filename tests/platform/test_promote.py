@@ -18,9 +18,8 @@ from sqlalchemy import func, select
 
 from backend.db import engine_for, session_scope
 from backend.migrate import alembic_config, upgrade
-from backend.models import Artifact, Job, Plan, Student, Teacher
-from tests.platform.helpers import make_dataset, make_student, start_distill
-from tests.tiny_models import tiny_spec
+from backend.models import Artifact, Job, Student, Teacher
+from tests.platform.helpers import make_dataset, make_student, start_distill, student_rows
 
 
 def _job(s, student: Student, status: str, *, weights: bool) -> int:
@@ -39,24 +38,9 @@ def students(api_env):
     distilled; a pending student; and another student's distillation."""
     artifacts = Path(api_env["PRUNESCOPE_ARTIFACTS"])
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
-        t = Teacher(name="t", source="org/model", status="ready", spec=tiny_spec().summary())
-        s.add(t)
-        s.flush()
-        plan = Plan(teacher_id=t.id, name="p", plan={"drop_layers": [1]}, messages=[])
-        s.add(plan)
-        s.flush()
-        rows = {}
-        for name, status in (
-            ("main", "ready"),
-            ("plain", "ready"),
-            ("pending", "pending"),
-            ("other", "ready"),
-        ):
-            st = Student(name=name, teacher_id=t.id, plan_id=plan.id, status=status)
-            s.add(st)
-            s.flush()
-            st.path = f"students/{st.id}/model" if status == "ready" else None
-            rows[name] = st
+        _, rows = student_rows(
+            s, (("main", "ready"), ("plain", "ready"), ("pending", "pending"), ("other", "ready"))
+        )
         main = rows["main"]
         ids = {name: st.id for name, st in rows.items()}
         ids["older"] = _job(s, main, "succeeded", weights=True)
