@@ -16,10 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's Chromium (Playwright drives it) and Firefox ESR (driven over Marionette) for the UI tests.
+# Debian's Chromium (Playwright drives it) and Firefox ESR (driven over Marionette) for the UI tests;
+# Node.js runs the dashboard's pure JS modules (cost model, formats) against the Python definitions.
 browser:
-	@(command -v chromium && command -v firefox-esr) >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq chromium firefox-esr >/dev/null)
+	@(command -v chromium && command -v firefox-esr && command -v node) >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium firefox-esr \
+			$$(command -v node >/dev/null || echo nodejs) >/dev/null)
 
 lint: install
 	$(BIN)/ruff check .
