@@ -5,21 +5,18 @@ worker/engine/plan.py for every tiny family, a Llama-3.1-8B-shaped spec and a ra
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.tiny_models import FAMILIES, tiny_model
+from tests.ui.dashboard_js import run_dashboard_js
 from worker.engine.adapters import arch_spec
 from worker.engine.plan import PrunePlan, plan_stats
 from worker.engine.spec import ArchSpec, LayerShape
 
-COSTMODEL = Path(__file__).resolve().parents[2] / "frontend" / "js" / "costmodel.js"
-
 DRIVER = """
-import * as cm from "./costmodel.mjs";
+import * as cm from "./js/costmodel.js";
 const cases = JSON.parse(await new Promise((resolve) => {
   let data = ""; process.stdin.on("data", (c) => (data += c)); process.stdin.on("end", () => resolve(data));
 }));
@@ -38,19 +35,7 @@ process.stdout.write(JSON.stringify(out));
 
 
 def run_js(tmp_path: Path, cases: list[dict]) -> list[dict]:
-    node = shutil.which("node")
-    assert node, "node is needed for the cost-model parity test"
-    shutil.copy(COSTMODEL, tmp_path / "costmodel.mjs")
-    (tmp_path / "driver.mjs").write_text(DRIVER)
-    proc = subprocess.run(
-        [node, str(tmp_path / "driver.mjs")],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_dashboard_js(tmp_path, DRIVER, stdin=json.dumps(cases))
 
 
 def llama8b() -> ArchSpec:

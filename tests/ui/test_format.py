@@ -4,26 +4,18 @@ token is 16 GFLOP, not the "B" of parameter counts)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-FORMAT_JS = Path(__file__).resolve().parents[2] / "frontend" / "js" / "format.js"
+from tests.ui.dashboard_js import run_dashboard_js
 
 
 def js_format(tmp_path: Path, calls: list[tuple[str, float]]) -> list[str]:
-    node = shutil.which("node")
-    assert node, "node is needed for the format test"
-    shutil.copy(FORMAT_JS, tmp_path / "format.mjs")
-    driver = tmp_path / "driver.mjs"
-    driver.write_text(
-        'import * as f from "./format.mjs";\n'
+    driver = (
+        'import * as f from "./js/format.js";\n'
         f"const calls = {json.dumps(calls)};\n"
         "process.stdout.write(JSON.stringify(calls.map(([fn, x]) => f[fn](x))));\n"
     )
-    proc = subprocess.run([node, str(driver)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_dashboard_js(tmp_path, driver)
 
 
 def test_flops_use_si_prefixes(tmp_path):

@@ -5,17 +5,14 @@ get `angular` (the old fallback, `drop`, has no scores to rank and the plan cann
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.ui.dashboard_js import run_dashboard_js
 from worker.engine.plan import ImportanceScores, PlanTargets, PrunePlan, fill_plan
 from worker.engine.spec import ArchSpec
-
-FRONTEND_JS = Path(__file__).resolve().parents[2] / "frontend" / "js"
 
 DRIVER = """
 import { depthLayerMethod } from "./js/views/compare.js";
@@ -40,14 +37,7 @@ def layers_response(*scans: str) -> dict:
 
 
 def js_methods(tmp_path: Path, cases: list[tuple[dict, int]]) -> list[str]:
-    node = shutil.which("node")
-    assert node, "node is needed for the wizard's layer-method test"
-    shutil.copytree(FRONTEND_JS, tmp_path / "js")
-    (tmp_path / "package.json").write_text('{"type": "module"}')  # the dashboard's .js files are ES modules
-    (tmp_path / "driver.mjs").write_text(DRIVER % json.dumps(cases))
-    proc = subprocess.run([node, str(tmp_path / "driver.mjs")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_dashboard_js(tmp_path, DRIVER % json.dumps(cases))
 
 
 def test_depth_layer_method_follows_the_runs_scans(tmp_path):
