@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import plotly
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from backend.api import compare, events, importance, jobs, plans, students, system, teachers
 from backend.db import session_factory, transaction
 from backend.events import publish_wakeup
+from backend.guard import PREFIX, Guard
 from backend.notifier import Notifier
 from backend.reaper import reap_lost_jobs
 from backend.settings import Settings, get_settings
 from worker.celery_app import make_celery
 
 log = logging.getLogger(__name__)
-PREFIX = "/api/v1"
 REPO_FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
@@ -75,59 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if frontend.is_dir():
         app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
     return app
-
-
-class Guard:
-    """Request size limit, then the bearer token for /api/v1 when one is configured.
-
-    A plain ASGI middleware (not BaseHTTPMiddleware), so streaming responses (SSE) pass through untouched.
-    """
-
-    def __init__(self, app, settings: Settings):
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = self.settings.max_body_bytes
-        detail = f"request body over {limit} bytes"
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-        if "chunked" in headers.get("transfer-encoding", ""):  # no length stated: count as it arrives
-            receive = _limited(receive, limit, detail)
-        path, token = scope["path"], self.settings.token
-        if token and path.startswith(PREFIX) and path != f"{PREFIX}/health":
-            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not given:
-                given = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                response = JSONResponse(
-                    {"detail": "missing or wrong bearer token"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def _limited(receive, limit: int, detail: str):
-    """`receive` that fails the request with 413 once the body passes `limit` bytes (FastAPI lets an
-    HTTPException raised while it reads the body through as the response)."""
-    received = 0
-
-    async def wrapped():
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise HTTPException(413, detail)
-        return message
-
-    return wrapped
 
 
 async def _reap_forever(app: FastAPI) -> None:

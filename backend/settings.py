@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,9 @@ class Settings(BaseSettings):
     # and the current directory.
     allowed_roots: str = ""
     token: str | None = None
+    # Extra names (","-separated) the API answers to besides loopback and PRUNESCOPE_HOST, e.g. the name
+    # of a reverse proxy in front of it; "*" accepts any Host (backend/guard.py says why it is checked).
+    allowed_hosts: str = ""
     trust_remote_code: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
@@ -59,6 +63,16 @@ class Settings(BaseSettings):
 
     def requires_token(self) -> bool:
         return not is_loopback(self.host)
+
+    def extra_hosts(self) -> set[str]:
+        return {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
+
+    def served_hosts(self) -> set[str] | None:
+        """The `Host` names the API answers to; None: any (a wildcard bind, which needs a token, or "*")."""
+        extra = self.extra_hosts()
+        if "*" in extra or (self.host in WILDCARD_HOSTS and self.token):
+            return None
+        return LOOPBACK_NAMES | {self.host.lower()} | extra
 
 
 def is_loopback(host: str) -> bool:

@@ -279,7 +279,7 @@ def test_bearer_token(api_env):
         assert c.get("/api/v1/teachers").status_code == 401
         assert c.get("/api/v1/teachers", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert c.get("/api/v1/teachers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/api/v1/teachers?token=s3cret").status_code == 200
+        assert c.get("/api/v1/teachers?token=s3cret").status_code == 401  # query tokens: streams, downloads
 
 
 def test_cli_refuses_public_bind_without_token(api_env):

@@ -22,7 +22,7 @@ def test_backend_serves_without_importing_torch(tmp_path):
         upgrade(url)
         settings = Settings(database_url=url, broker_url="redis://127.0.0.1:1/0", data_dir="{tmp_path}",
                             allowed_roots="{tmp_path}")
-        with TestClient(create_app(settings)) as c:
+        with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
             codes = [c.get(p).status_code for p in ("/api/v1/health", "/api/v1/teachers", "/api/v1/jobs",
                                                    "/api/v1/openapi.json", "/static/vendor/plotly.min.js")]
             codes.append(c.post("/api/v1/datasets", json={{"name": "d", "source": "demo"}}).status_code)
