@@ -16,6 +16,9 @@ Sources accepted by `read_documents(source, split)`:
 For every source except the demo corpus a document's split is a pure function of its text (a SHA-256
 bucket), so the same document always lands in the same split, whatever file it came from.
 
+Corpora too large to hold in memory are read with `worker.engine.streaming.TokenStream` instead (the same
+sources and split rule, documents read and tokenised lazily, an exact resumable position).
+
 Torch is imported only inside the functions that return tensors, so torch-free callers may import
 `read_documents` and `split_of`.
 """
@@ -85,20 +88,20 @@ def read_all_documents(path: str | os.PathLike) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"data source not found: {path}")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _data_suffix(p))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and data_suffix(p))
         if not files:
             raise ValueError(f"no {', '.join(DATA_SUFFIXES)} files in directory {path}")
         return [doc for f in files for doc in _read_file(f)]
     return _read_file(path)
 
 
-def _data_suffix(path: Path) -> str | None:
+def data_suffix(path: Path) -> str | None:
     name = path.name.lower()
     return next((s for s in DATA_SUFFIXES if name.endswith(s)), None)
 
 
 def _read_file(path: Path) -> list[str]:
-    suffix = _data_suffix(path)
+    suffix = data_suffix(path)
     if suffix == ".txt":
         text = path.read_text(encoding="utf-8")
         documents = [p.strip("\n") for p in _PARAGRAPH_BREAK.split(text)]
@@ -170,7 +173,7 @@ def _read_hf(spec: str) -> list[str]:
     return documents
 
 
-def _token_ids(tokenizer, documents: Sequence[str]) -> list[list[int]]:
+def token_ids(tokenizer, documents: Sequence[str]) -> list[list[int]]:
     """Token ids per document, no special tokens (packing adds EOS itself)."""
     if not documents:
         return []
@@ -201,7 +204,7 @@ def calibration_batches(
         raise ValueError("seq_len must be >= 2 and num_samples, batch_size >= 1")
     windows = [
         ids[start : start + seq_len]
-        for ids in _token_ids(tokenizer, documents)
+        for ids in token_ids(tokenizer, documents)
         for start in range(0, len(ids), seq_len)
         if len(ids) - start >= 2  # a one-token window has nothing to predict
     ]
@@ -242,7 +245,7 @@ class PackedTokens:
         if eos is None:
             raise ValueError("the tokenizer has no EOS token to separate packed documents")
         stream: list[int] = []
-        for ids in _token_ids(tokenizer, documents):
+        for ids in token_ids(tokenizer, documents):
             stream.extend(ids)
             stream.append(int(eos))
         self.seq_len = int(seq_len)
@@ -254,6 +257,21 @@ class PackedTokens:
             )
         self.blocks = np.asarray(stream[: count * self.seq_len], dtype=np.int64).reshape(count, self.seq_len)
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
+
+    @classmethod
+    def from_blocks(cls, blocks) -> PackedTokens:
+        """Packed tokens over ready-made blocks [N, seq_len] (e.g. the first blocks of a `TokenStream`)."""
+        import numpy as np
+
+        blocks = np.asarray(blocks, dtype=np.int64)
+        if blocks.ndim != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
+            raise ValueError(f"expected a non-empty [N, seq_len >= 2] array of blocks, got {blocks.shape}")
+        packed = cls.__new__(cls)
+        packed.seq_len = int(blocks.shape[1])
+        packed.num_documents = None  # unknown: the blocks came packed
+        packed.blocks = blocks
+        packed._permutations = {}
+        return packed
 
     def __len__(self) -> int:
         return int(self.blocks.shape[0])

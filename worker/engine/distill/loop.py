@@ -167,6 +167,17 @@ def _check_resume(saved: dict, config: DistillConfig) -> None:
             )
 
 
+def _restore_stream(train, saved: dict | None) -> None:
+    """Put a streamed `train` back where the checkpoint left it (in-memory data needs nothing)."""
+    streamed = hasattr(train, "load_state_dict")
+    if saved is None and streamed:
+        raise ValueError("cannot resume: the checkpoint was made on in-memory data, not a token stream")
+    if saved is not None and not streamed:
+        raise ValueError("cannot resume: the checkpoint was made on a token stream, not in-memory data")
+    if saved is not None:
+        train.load_state_dict(saved)
+
+
 def distill(
     student: torch.nn.Module,
     teacher: torch.nn.Module | None,
@@ -181,7 +192,8 @@ def distill(
 ) -> DistillResult:
     """Train `student` in place from `teacher` (mode "kd") or on labels alone (mode "ce").
 
-    `train`/`val` are `PackedTokens`. In mode "ce" a given teacher is used only for `val_kl`.
+    `train` is `PackedTokens` or a `TokenStream` (whose position the checkpoint keeps); `val` is
+    `PackedTokens`. In mode "ce" a given teacher is used only for `val_kl`.
     `callback` gets one dict per step ("phase": "train") and per validation ("phase": "validation");
     teacher-correction steps come first with "phase": "teacher_correction". `should_stop()` is polled
     before every step; when it returns True the loop saves a checkpoint and returns with stopped=True.
@@ -209,7 +221,9 @@ def distill(
     if teacher is not None and config.mode == "kd" and config.teacher_correction_steps:
         corrected = copy.deepcopy(teacher)  # never change the caller's teacher
         if not (state is not None and load_teacher_into(checkpoint_dir, corrected)):
-            correct_teacher(corrected, train, config, emit)
+            # A stream is consumed as it is read: the correction reads its own copy from the start.
+            correction_data = train.restarted() if hasattr(train, "restarted") else train
+            correct_teacher(corrected, correction_data, config, emit)
             if checkpoint_dir is not None:
                 save_teacher(checkpoint_dir, corrected)
         teacher = corrected
@@ -237,6 +251,7 @@ def distill(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        _restore_stream(train, state.get("data_position", {}).get("stream"))
         start, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
         history, validation = list(state["history"]), list(state["validation"])
 
@@ -256,8 +271,13 @@ def distill(
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "config": config.model_dump(mode="json"),
-                # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed).
-                "data_position": {"next_batch": step * config.grad_accum, "seed": config.seed},
+                # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed);
+                # a TokenStream also needs where it is in the files (its state_dict).
+                "data_position": {
+                    "next_batch": step * config.grad_accum,
+                    "seed": config.seed,
+                    "stream": train.state_dict() if hasattr(train, "state_dict") else None,
+                },
                 "history": history,
                 "validation": validation,
             },

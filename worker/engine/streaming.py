@@ -1,0 +1,415 @@
+"""Token streams: documents read lazily from corpora of any size, tokenised on the fly, packed into blocks.
+
+`TokenStream(tokenizer, source, seq_len=..., split=...)` reads one document at a time (a line of JSONL, a
+paragraph of text, a row of parquet, a record of a streamed `datasets` dataset), tokenises small groups of
+them, appends EOS after each document and cuts the concatenation into blocks of `seq_len` tokens. Memory
+is bounded by one read-ahead group of documents plus the token buffer, whatever the corpus size.
+
+Sources (the same spellings as `worker.engine.data.read_documents`):
+
+- ``"demo"``: the split file of the shipped demo corpus (its own fixed splits).
+- a file or a folder of shards: ``.txt`` (paragraphs), ``.jsonl`` / ``.jsonl.gz`` (field `text_field`),
+  ``.parquet`` (column `text_field`); a folder is read in sorted path order. Documents are kept when
+  `split_of(text) == split` (the same hash rule as the in-memory reader), or all of them with split=None.
+- ``"hf:<dataset_id>[:<config>]"``: ``datasets.load_dataset(..., streaming=True)`` (needs internet; a clear
+  error offline), filtered by the same hash rule.
+
+The position in the stream (`state_dict()`: epoch, shard index, byte offset / row index within the shard,
+the tokens read but not yet emitted, the count of blocks and batches served) is a small JSON-able dict,
+so a distillation checkpoint stores it and a resumed run continues exactly where it stopped.
+
+Blocks come in file order (no shuffling: shuffle shards beforehand if the corpus is sorted). With
+`world_size > 1` a stream keeps every world_size-th block, starting at `rank`, so ranks never overlap.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import re
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from worker.engine.data import DATA_SUFFIXES, check_split, data_suffix, split_of, token_ids
+
+DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # jsonl covers .jsonl.gz
+READ_AHEAD = 32  # documents tokenised per tokenizer call (one call per document is several times slower)
+_PARAGRAPH_BREAK = re.compile(rb"\n[ \t]*\n+")  # data.py's paragraph rule, on bytes so offsets are bytes
+_TXT_CHUNK = 1 << 20
+_FORMAT_SUFFIXES = {"txt": (".txt",), "jsonl": (".jsonl", ".jsonl.gz"), "parquet": (".parquet",)}
+
+
+def _format_of(path: Path) -> str:
+    suffix = data_suffix(path)
+    return "jsonl" if suffix == ".jsonl.gz" else (suffix or "").lstrip(".")
+
+
+def list_shards(source: str | os.PathLike, data_format: str = "auto") -> list[Path]:
+    """The data files of a local source (a file, or the matching files below a folder, sorted)."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"data source not found: {path}")
+    suffixes = DATA_SUFFIXES if data_format == "auto" else _FORMAT_SUFFIXES[data_format]
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and any(p.name.lower().endswith(s) for s in suffixes)
+        )
+        if not files:
+            raise ValueError(f"no {', '.join(suffixes)} files in directory {path}")
+        return files
+    if data_format == "auto" and data_suffix(path) is None:
+        raise ValueError(f"unsupported data file {path}: expected one of {', '.join(DATA_SUFFIXES)}")
+    return [path]
+
+
+# ---- documents of one shard, from a position, each with the position just after it ---------------------
+
+
+def jsonl_documents(path: Path, start: int, text_field: str) -> Iterator[tuple[str, int]]:
+    """(text, byte offset after its line) from byte `start` of a .jsonl (or .jsonl.gz: uncompressed bytes)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        handle.seek(start)  # gzip: decompresses up to the offset (no index), still O(1) memory
+        offset = start
+        for line in handle:
+            at, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} (byte {at}): not valid JSON ({exc.msg})") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise ValueError(f"{path} (byte {at}): expected an object with a string field {text_field!r}")
+            if text.strip():
+                yield text, offset
+
+
+def txt_documents(path: Path, start: int) -> Iterator[tuple[str, int]]:
+    """Paragraphs (split as `data.read_documents` splits .txt files) and the byte offset after each."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        base, pending = start, b""  # `pending` starts at file offset `base`
+        while True:
+            chunk = handle.read(_TXT_CHUNK)
+            pending += chunk
+            cut = 0
+            for match in _PARAGRAPH_BREAK.finditer(pending):
+                if chunk and match.end() == len(pending):
+                    break  # the break may go on in the next chunk
+                yield from _paragraph(pending[cut : match.start()], base + match.end())
+                cut = match.end()
+            if not chunk:
+                yield from _paragraph(pending[cut:], base + len(pending))
+                return
+            base, pending = base + cut, pending[cut:]
+
+
+def _paragraph(raw: bytes, after: int) -> Iterator[tuple[str, int]]:
+    text = raw.decode("utf-8").strip("\n")
+    if text.strip():
+        yield text, after
+
+
+def parquet_documents(path: Path, start: int, text_field: str) -> Iterator[tuple[str, int]]:
+    """(text, row index after it) from row `start`, read in record batches (never the whole table)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    if text_field not in names:
+        raise ValueError(f"{path}: parquet file has no {text_field!r} column (columns: {names})")
+    first_group, row = 0, 0
+    while first_group < parquet.num_row_groups:  # skip whole row groups before `start`
+        rows = parquet.metadata.row_group(first_group).num_rows
+        if row + rows > start:
+            break
+        first_group, row = first_group + 1, row + rows
+    groups = list(range(first_group, parquet.num_row_groups))
+    if not groups:
+        return
+    for batch in parquet.iter_batches(batch_size=256, row_groups=groups, columns=[text_field]):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            if row > start and isinstance(value, str) and value.strip():
+                yield value, row
+
+
+def hf_documents(spec: str, start: int, text_field: str, hf_split: str) -> Iterator[tuple[str, int]]:
+    """(text, record index after it) of a `datasets` dataset read with streaming=True (online only)."""
+    dataset_id, _, config = spec.partition(":")
+    if not dataset_id:
+        raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    ):
+        raise ValueError(
+            f"cannot stream hf:{spec}: offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
+            "streaming a datasets id needs internet, use a local file or folder instead"
+        )
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(dataset_id, config or None, split=hf_split, streaming=True)
+        if start:
+            stream = stream.skip(start)
+        records = iter(stream)
+        first = next(records, None)
+    except Exception as exc:  # network, auth, missing dataset or split: all user-facing
+        raise ValueError(f"cannot stream hf:{spec} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    index = start
+    for record in itertools.chain([] if first is None else [first], records):
+        index += 1
+        text = record.get(text_field)
+        if isinstance(text, str) and text.strip():
+            yield text, index
+
+
+# ---- the stream -----------------------------------------------------------------------------------------
+
+
+class EndOfStream(Exception):
+    """A non-repeating stream has no more documents."""
+
+
+class TokenStream:
+    """Packed blocks of `seq_len` tokens read lazily from `source` (see the module docstring).
+
+    `take(n)` returns the next n blocks of this rank as an int64 array; `batch(index, batch_size)` the
+    next batch as a LongTensor, with `index` checked against the batches already served (the distillation
+    loop asks for batch step * grad_accum + micro: a stream serves them in order only). With
+    `repeat=True` the stream starts over (epoch + 1) at the end of the data, the token buffer carried on.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        source: str | os.PathLike,
+        *,
+        seq_len: int,
+        split: str | None = "train",
+        text_field: str = "text",
+        data_format: str = "auto",
+        rank: int = 0,
+        world_size: int = 1,
+        repeat: bool = True,
+        hf_split: str = "train",
+    ):
+        if seq_len < 2:
+            raise ValueError("seq_len must be >= 2")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size); got rank {rank}, world_size {world_size}")
+        if not text_field:
+            raise ValueError("text_field must not be empty")
+        if split is not None:
+            check_split(split)
+        if data_format not in DATA_FORMATS:
+            raise ValueError(
+                f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}"
+            )
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token to separate packed documents")
+        self._init = dict(
+            source=source,
+            seq_len=seq_len,
+            split=split,
+            text_field=text_field,
+            data_format=data_format,
+            rank=rank,
+            world_size=world_size,
+            repeat=repeat,
+            hf_split=hf_split,
+        )
+        self.tokenizer = tokenizer
+        self.eos = int(tokenizer.eos_token_id)
+        self.source = str(source)
+        self.seq_len, self.split, self.text_field = int(seq_len), split, text_field
+        self.rank, self.world_size, self.repeat, self.hf_split = rank, world_size, repeat, hf_split
+        if self.source == "demo":
+            from worker.demo import demo_corpus_path
+
+            if split is None:
+                raise ValueError("the demo corpus is read one split at a time: give a split")
+            self.shards: list[str | Path] = [demo_corpus_path(split)]
+            self._keep = None  # the demo corpus ships its own split files
+        elif self.source.startswith("hf:"):
+            self.shards = [self.source]  # records, not files: data_format does not apply
+            self._keep = split
+        else:
+            self.shards = list_shards(self.source, data_format)
+            self._keep = split
+        self._fingerprint = self._make_fingerprint()
+        self._reset({"epoch": 0, "shard": 0, "position": 0, "buffer": [], "blocks": 0, "batches": 0})
+
+    # -- position ------------------------------------------------------------------------------------
+
+    def _make_fingerprint(self) -> dict:
+        """What must be unchanged for a saved position to mean the same place in the data."""
+        shards = [[str(s), s.stat().st_size] if isinstance(s, Path) else [str(s), None] for s in self.shards]
+        return {
+            "source": self.source,
+            "shards": shards,
+            "split": self.split,
+            "text_field": self.text_field,
+            "seq_len": self.seq_len,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "eos": self.eos,
+        }
+
+    def _reset(self, state: dict) -> None:
+        self._epoch, self._shard, self._position = state["epoch"], state["shard"], state["position"]
+        self._buffer, self._head = list(state["buffer"]), 0
+        self.blocks_read, self.batches_served = state["blocks"], state["batches"]
+        self._documents = None  # reopened lazily from the position
+        self._pending: deque = deque()
+
+    def state_dict(self) -> dict:
+        """The position in the stream: plain ints, strings and lists (JSON-able)."""
+        return {
+            "epoch": self._epoch,
+            "shard": self._shard,
+            "position": self._position,
+            "buffer": [int(t) for t in self._buffer[self._head :]],
+            "blocks": self.blocks_read,
+            "batches": self.batches_served,
+            "fingerprint": self._fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a position saved by `state_dict` (of a stream over the same data and settings)."""
+        saved = state.get("fingerprint", {})
+        for key, value in self._fingerprint.items():
+            if saved.get(key) != value:
+                raise ValueError(
+                    f"cannot resume the data stream: {key} is {_short(value)} now but was {_short(saved.get(key))} "
+                    "when the position was saved"
+                )
+        self._reset(state)
+
+    def restarted(self) -> TokenStream:
+        """A new stream over the same data and settings, at the beginning."""
+        return TokenStream(self.tokenizer, **self._init)
+
+    def describe(self) -> dict:
+        return {k: (str(v) if k == "source" else v) for k, v in self._init.items()} | {
+            "shards": len(self.shards)
+        }
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _read_shard(self, index: int, start: int) -> Iterator[tuple[str, int]]:
+        shard = self.shards[index]
+        if isinstance(shard, str):
+            return hf_documents(shard[3:], start, self.text_field, self.hf_split)
+        kind = _format_of(shard)
+        if kind == "txt":
+            return txt_documents(shard, start)
+        if kind == "parquet":
+            return parquet_documents(shard, start, self.text_field)
+        return jsonl_documents(shard, start, self.text_field)
+
+    def _iter_documents(self, epoch: int, shard: int, position: int):
+        """(text, epoch, shard, position after it) from a position on, over epochs when repeating."""
+        from_start = shard == 0 and position == 0
+        while True:
+            found = False
+            for index in range(shard, len(self.shards)):
+                for text, after in self._read_shard(index, position if index == shard else 0):
+                    if self._keep is None or split_of(text) == self._keep:
+                        found = True
+                        yield text, epoch, index, after
+            if from_start and not found:
+                which = "documents" if self._keep is None else f"documents of split {self._keep!r}"
+                raise ValueError(f"no {which} in {self.source}")
+            if not self.repeat:
+                return
+            epoch, shard, position, from_start = epoch + 1, 0, 0, True
+
+    def _next_document(self) -> tuple[list[int], int, int, int]:
+        if not self._pending:
+            if self._documents is None:
+                self._documents = self._iter_documents(self._epoch, self._shard, self._position)
+            group = list(itertools.islice(self._documents, READ_AHEAD))
+            if not group:
+                raise EndOfStream
+            ids = token_ids(self.tokenizer, [text for text, *_ in group])
+            self._pending.extend((tokens, *where) for tokens, (_, *where) in zip(ids, group))
+        return self._pending.popleft()
+
+    def _next_global_block(self) -> list[int]:
+        while len(self._buffer) - self._head < self.seq_len:
+            tokens, self._epoch, self._shard, self._position = self._next_document()
+            if self._head:  # drop what was emitted before growing the buffer
+                del self._buffer[: self._head]
+                self._head = 0
+            self._buffer.extend(tokens)
+            self._buffer.append(self.eos)
+        block = self._buffer[self._head : self._head + self.seq_len]
+        self._head += self.seq_len
+        return block
+
+    def _next_block(self) -> list[int]:
+        while True:
+            block = self._next_global_block()
+            index, self.blocks_read = self.blocks_read, self.blocks_read + 1
+            if index % self.world_size == self.rank:
+                return block
+
+    def take(self, count: int, *, allow_fewer: bool = False) -> np.ndarray:
+        """The next `count` blocks of this rank, int64 [count, seq_len] (fewer only if allow_fewer)."""
+        rows = []
+        try:
+            for _ in range(count):
+                rows.append(self._next_block())
+        except EndOfStream:
+            if not allow_fewer or not rows:
+                raise ValueError(
+                    f"{self.source}: only {len(rows)} blocks of {self.seq_len} tokens in "
+                    f"{'all documents' if self.split is None else f'split {self.split!r}'}, {count} needed; "
+                    "use more data or a shorter seq_len"
+                ) from None
+        return np.asarray(rows, dtype=np.int64).reshape(len(rows), self.seq_len)
+
+    def batch(self, index: int, batch_size: int, seed: int = 0):
+        """LongTensor [batch_size, seq_len]: the next batch, which must be batch number `index`.
+
+        `seed` is accepted for the `PackedTokens` interface and unused: a stream's order is the file order.
+        """
+        import torch
+
+        if index != self.batches_served:
+            raise ValueError(
+                f"a token stream serves batches in order: batch {index} was asked for, the next is "
+                f"{self.batches_served} (restore its state_dict to resume)"
+            )
+        blocks = self.take(batch_size)
+        self.batches_served += 1
+        return torch.from_numpy(blocks)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def stream_calibration_batches(stream: TokenStream, *, num_samples: int, batch_size: int) -> list[dict]:
+    """The first `num_samples` blocks of a stream as calibration batches (full blocks, mask all ones)."""
+    import torch
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError("num_samples and batch_size must be >= 1")
+    blocks = torch.from_numpy(stream.take(num_samples))
+    return [
+        {"input_ids": part, "attention_mask": torch.ones_like(part)}
+        for part in torch.split(blocks, batch_size)
+    ]
