@@ -20,6 +20,7 @@ from backend.events import publish_wakeup
 from backend.guard import PREFIX, Guard
 from backend.notifier import Notifier
 from backend.reaper import reap_lost_jobs
+from backend.resender import resend_forever
 from backend.settings import Settings, get_settings
 from worker.celery_app import make_celery
 
@@ -38,13 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await app.state.notifier.start()
-        reaper = asyncio.create_task(_reap_forever(app))
+        loops = [asyncio.create_task(_reap_forever(app)), asyncio.create_task(resend_forever(app))]
         try:
             yield
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for loop in loops:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
             await app.state.notifier.stop()
 
     app = FastAPI(

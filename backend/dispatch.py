@@ -1,17 +1,19 @@
 """Route a job to a queue, create its row and hand it to Celery. The row is committed before the message
-is sent, so a worker always finds its job; if the broker refuses the message the job is marked failed
-(never left queued)."""
+is sent, so a worker always finds its job; if the broker refuses the message a new job is withdrawn
+with what was created with it (a failed submit leaves nothing behind) and a resumed one is marked
+failed (never left queued)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import HTTPException
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from backend import fleet, serialize
 from backend.events import add_event, publish_wakeup
-from backend.models import Job, utcnow
+from backend.models import Event, ImportanceRun, Job, Student, Teacher, utcnow
 from backend.settings import Settings
 from worker.celery_app import RUN_JOB
 from worker.routing import HEAVY_KINDS, NoWorkerForDevice, requirement_of, route
@@ -45,14 +47,36 @@ def new_job(session: Session, kind: str, params: dict[str, Any], *, queue: str, 
     return job
 
 
+def publish(app, job: Job) -> None:
+    """Publish the task for the job's current attempt (raises when the broker refuses it)."""
+    app.state.celery.send_task(RUN_JOB, args=[job.id, job.attempts], queue=job.queue)
+
+
 def send(app, session: Session, job: Job) -> None:
-    """Commit, then publish the task for the job's current attempt."""
+    """Commit, then publish the task for the job's current attempt. When the broker refuses it, a new
+    job is withdrawn with the row created with it (503, nothing left behind); a resumed one is marked
+    failed, resumable as before."""
     session.commit()
     try:
-        app.state.celery.send_task(RUN_JOB, args=[job.id, job.attempts], queue=job.queue)
+        publish(app, job)
     except Exception as exc:
-        job.status, job.error, job.finished_at = "failed", f"broker unreachable: {exc}", utcnow()
-        add_event(session, job, "status", serialize.job(job))
-        session.commit()
-        raise HTTPException(503, f"could not queue job {job.id}: broker unreachable ({exc})") from exc
+        if job.attempts > 1 or not _withdraw(session, job.id):
+            job.status, job.error, job.finished_at = "failed", f"broker unreachable: {exc}", utcnow()
+            add_event(session, job, "status", serialize.job(job))
+            session.commit()
+        raise HTTPException(503, f"could not queue the job: broker unreachable ({exc})") from exc
     publish_wakeup(app.state.settings, job.id, job.teacher_id)
+
+
+def _withdraw(session: Session, job_id: int) -> bool:
+    """Delete a new job whose message was never sent, with its events and the teacher / student /
+    importance run created with it; False when a worker took the job after all (it then runs)."""
+    session.rollback()
+    session.execute(delete(Event).where(Event.job_id == job_id))
+    if not session.execute(delete(Job).where(Job.id == job_id, Job.status == "queued")).rowcount:
+        session.rollback()
+        return False
+    for owner in (Teacher, Student, ImportanceRun):
+        session.execute(delete(owner).where(owner.job_id == job_id))
+    session.commit()
+    return True

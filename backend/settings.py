@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # A running job whose worker has not written a heartbeat for this long is marked failed (worker lost).
     heartbeat_timeout_s: float = 60.0
     heartbeat_interval_s: float = 2.0
+    # Every this many seconds the API re-sends the jobs the database says are queued but whose message
+    # the broker no longer holds (lost with its data), once missing for `resend_grace_s` (0: never).
+    resend_interval_s: float = 30.0
+    resend_grace_s: float = 10.0
     # How often a worker refreshes its entry in the worker registry (backend.fleet); an entry not
     # refreshed for three intervals (a dead worker) expires.
     worker_refresh_s: float = 5.0

@@ -1,4 +1,5 @@
-"""Jobs: create (or only validate) distill / evaluate / benchmark, list, cancel, resume, delete, metrics, logs."""
+"""Jobs: create (or only validate) distill / evaluate / benchmark, list, cancel, resume, re-send, delete,
+metrics, logs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from backend import removal, serialize
 from backend.deps import Page, field_error, get_db, get_or_404, get_settings
-from backend.dispatch import choose_queue, new_job, send
+from backend.dispatch import choose_queue, new_job, publish, send
 from backend.events import add_event, publish_wakeup
 from backend.models import Dataset, Event, Job, MetricPoint, Student, Teacher, utcnow
 from backend.schemas import PARAMS, JobCreate
@@ -174,6 +175,8 @@ def resume(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
     job = get_or_404(db, Job, job_id)
     if not serialize.is_resumable(job):
         why = "has no checkpoint" if job.status in ("failed", "cancelled") else f"is {job.status}"
+        if job.status == "queued":
+            why += f" (if it is stuck there, POST /jobs/{job_id}/resend publishes its message again)"
         raise HTTPException(409, f"Job {job_id} cannot be resumed: it {why}")
     queue = choose_queue(request.app.state.settings, job.kind, job.params)  # the live fleet may differ now
     changed = db.execute(
@@ -196,6 +199,26 @@ def resume(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
     db.refresh(job)
     add_event(db, job, "status", serialize.job(job))
     send(request.app, db, job)
+    return serialize.job(job)
+
+
+@router.post("/jobs/{job_id}/resend", status_code=202)
+def resend(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict:
+    """Publish a queued job's message again, for the attempt it is queued for: a job stuck in `queued`
+    (its message lost with the broker's data) runs. A duplicate message is harmless: the worker's claim
+    is conditional on that attempt (worker.runtime), so the job runs once. The API's re-sender does the
+    same on its own for jobs missing from the broker (backend.resender)."""
+    job = get_or_404(db, Job, job_id)
+    if job.status != "queued":
+        hint = " (resume it)" if serialize.is_resumable(job) else ""
+        raise HTTPException(409, f"Job {job_id} is {job.status}, not queued: nothing to re-send{hint}")
+    try:
+        publish(request.app, job)
+    except Exception as exc:
+        raise HTTPException(503, f"could not re-send job {job_id}: broker unreachable ({exc})") from exc
+    add_event(db, job, "log", {"job_id": job.id, "level": "info", "msg": "message re-sent by the user"})
+    db.commit()
+    publish_wakeup(request.app.state.settings, job.id, job.teacher_id)
     return serialize.job(job)
 
 
