@@ -19,11 +19,39 @@ COMMON = dict(
     eos_token_id=2,
 )
 # torch and transformers are imported inside the builders, so shape-only tests stay torch-free.
-FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "gpt2"]
+FAMILIES = [
+    "llama",
+    "llama_tied",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gpt2",
+    "gemma2",
+    "gemma3",
+    "olmo2",
+    "granite",
+]
+# Gemma: sliding-window layers with a window shorter than the tests' 11-token inputs, so the per-layer
+# masks matter; soft-caps small enough to bend the tiny model's ~0.1 logits (real Gemma 2: 30 and 50).
+GEMMA = dict(
+    COMMON, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=4, tie_word_embeddings=True
+)
 
 
 def tiny_configs() -> dict:
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPT2Config,
+        GraniteConfig,
+        LlamaConfig,
+        MistralConfig,
+        Olmo2Config,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     configs = {
         "llama": LlamaConfig(**COMMON, head_dim=HEAD_DIM, tie_word_embeddings=False),
@@ -34,6 +62,23 @@ def tiny_configs() -> dict:
         "phi3": Phi3Config(**COMMON, tie_word_embeddings=False, pad_token_id=0),
         "gpt2": GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=8, n_positions=128, bos_token_id=1, eos_token_id=2
+        ),
+        "gemma2": Gemma2Config(**GEMMA, final_logit_softcapping=0.3, attn_logit_softcapping=2.0),
+        # Gemma 3 has no soft-caps; layers 0, 1, 3 slide, layer 2 is global (its own RoPE base).
+        "gemma3": Gemma3TextConfig(
+            **GEMMA,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        ),
+        "olmo2": Olmo2Config(**COMMON, tie_word_embeddings=False, pad_token_id=0),
+        # Granite 3 multipliers, milder than the real ones (12, 0.22, 8) so that a cut still moves the
+        # random tiny model's logits beyond the tests' tolerances; none is 1, so each one is exercised.
+        "granite": GraniteConfig(
+            **COMMON,
+            tie_word_embeddings=False,
+            embedding_multiplier=2.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.25,
+            logits_scaling=4.0,
         ),
     }
     assert list(configs) == FAMILIES

@@ -26,10 +26,10 @@ export function layerParams(spec, shape, hidden = spec.hidden_size) {
   let attn = d * h * hd + 2 * d * g * hd + h * hd * d;
   if (spec.qkv_bias) attn += h * hd + 2 * g * hd;
   if (spec.o_bias) attn += d;
-  if (spec.qk_norm) attn += 2 * hd;
+  if (spec.qk_norm) attn += spec.qk_norm_full_width ? (h + g) * hd : 2 * hd;
   let mlp = (spec.mlp_gated ? 3 : 2) * d * f;
   if (spec.mlp_bias) mlp += (spec.mlp_gated ? 2 : 1) * f + d;
-  return attn + mlp + 2 * normParams(spec, d);
+  return attn + mlp + (spec.layer_norms ?? 2) * normParams(spec, d);
 }
 
 export function embeddingParams(spec, hidden = spec.hidden_size) {

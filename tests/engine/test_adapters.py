@@ -34,7 +34,7 @@ def test_adapter_locates_parts(family):
     assert all(n.weight.shape == (spec.hidden_size,) for n in adapter.norms(layer))
     assert spec.num_heads == 8
     assert spec.num_kv_heads == (8 if family == "gpt2" else 4)
-    assert spec.tie_word_embeddings == (family in ("llama_tied", "gpt2"))
+    assert spec.tie_word_embeddings == (family in ("llama_tied", "gpt2", "gemma2", "gemma3"))
     summary = spec.summary()
     assert summary["params_total"] == count_parameters(model)
     assert summary["kv_cache_bytes_per_token"] == 4 * 2 * spec.num_kv_heads * spec.head_dim * 2
@@ -45,7 +45,10 @@ def test_unsupported_architecture_names_supported_ones():
         vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
     )
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(UnsupportedArchitecture, match="supported: llama, mistral, qwen2, qwen3, phi3, gpt2"):
+    with pytest.raises(
+        UnsupportedArchitecture,
+        match="supported: llama, mistral, qwen2, qwen3, phi3, gpt2, gemma2, gemma3_text, olmo2, granite",
+    ):
         arch_spec(model)
 
 

@@ -51,8 +51,17 @@ class Adapter:
     mlp_in_names: tuple[str, ...] = ("gate_proj", "up_proj")
     conv1d: bool = False  # GPT-2 style Conv1D weights are stored [in, out]
     position_embed_path: str | None = None
-    # Per-head q/k norms (Qwen3): they act over head_dim, which pruning keeps, so no cut touches them.
+    # q/k norms inside the attention module. Per head (Qwen3, Gemma 3): they act over head_dim, which
+    # pruning keeps, so no cut touches them. Full width (OLMo 2): q_norm spans heads x head_dim and
+    # k_norm kv_heads x head_dim, so head cuts slice them like q_proj / k_proj rows.
     qk_norm_names: tuple[str, ...] = ()
+    qk_norm_full_width: bool = False
+    # Gemma multiplies embeddings by sqrt(hidden_size), a buffer that config.hidden_size rebuilds.
+    embed_scale_sqrt_hidden: bool = False
+    # Config fields the family's forward applies to the logits after the LM head (chunked_head applies
+    # them too): Granite divides by `logits_scaling`, Gemma soft-caps with `final_logit_softcapping`.
+    logits_divisor_field: str | None = None
+    logits_softcap_field: str | None = None
     # Config field holding the MLP size (GPT-2 calls it n_inner; None there means 4 x n_embd).
     intermediate_field: str = "intermediate_size"
 
@@ -94,6 +103,10 @@ class Adapter:
 
     def norms(self, layer: nn.Module) -> tuple[nn.Module, ...]:
         return tuple(getattr(layer, n) for n in self.norm_names)
+
+    def qk_norms(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        attn = self.attn(layer)
+        return tuple(getattr(attn, n) for n in self.qk_norm_names)
 
     # ---- widths of one layer, read from its weights (valid after non-uniform surgery) ---------
     def out_features(self, module: nn.Module) -> int:
@@ -163,6 +176,8 @@ class Adapter:
             mlp_bias=getattr(mlp_out, "bias", None) is not None,
             norm_bias=getattr(norm0, "bias", None) is not None,
             qk_norm=bool(self.qk_norm_names),
+            qk_norm_full_width=self.qk_norm_full_width,
+            layer_norms=len(self.norm_names),
             position_embeddings=pos.weight.shape[0] if pos is not None else 0,
             layers=None if uniform else shapes,
         )
@@ -178,6 +193,20 @@ _LLAMA_LIKE = dict(
     mlp_name="mlp",
     mlp_out_name="down_proj",
     norm_names=("input_layernorm", "post_attention_layernorm"),
+)
+
+_GEMMA_LIKE = dict(
+    _LLAMA_LIKE,
+    # Pre- and post-norms around both sublayers; all four act on the residual stream's width (the post
+    # norms normalise a sublayer's output before it is added), so all four score hidden channels.
+    norm_names=(
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+    embed_scale_sqrt_hidden=True,
+    logits_softcap_field="final_logit_softcapping",
 )
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -214,6 +243,19 @@ ADAPTERS: tuple[Adapter, ...] = (
         position_embed_path="transformer.wpe",
         intermediate_field="n_inner",
     ),
+    Adapter(family="gemma2", model_types=("gemma2",), **_GEMMA_LIKE),
+    Adapter(family="gemma3", model_types=("gemma3_text",), qk_norm_names=("q_norm", "k_norm"), **_GEMMA_LIKE),
+    Adapter(
+        family="olmo2",
+        model_types=("olmo2",),
+        qk_norm_names=("q_norm", "k_norm"),
+        qk_norm_full_width=True,
+        # No pre-norms: the norms follow each sublayer, before its output joins the residual stream.
+        **{**_LLAMA_LIKE, "norm_names": ("post_attention_layernorm", "post_feedforward_layernorm")},
+    ),
+    # Granite 3: Llama's layout; its embedding / residual / attention / logits multipliers are config
+    # constants that no cut changes (the logits one is applied by chunked_head).
+    Adapter(family="granite", model_types=("granite",), logits_divisor_field="logits_scaling", **_LLAMA_LIKE),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)

@@ -2,7 +2,8 @@
 
 The one definition of "apply the LM head" for everything that turns logits into a loss: the
 distillation losses (`distill/losses.py`), perplexity, the teacher's block NLL (also the what-if
-preview) and the importance loss scans. Full [tokens, vocab] logits never exist: at most
+preview) and the importance loss scans. It applies the family's logit post-processing too (Gemma's
+final soft-cap, Granite's logits scaling), exactly as the model's own forward does. Full [tokens, vocab] logits never exist: at most
 `chunk_tokens` x V float32 logits at a time (a 128k vocabulary at batch 8 x 2048 would otherwise
 hold 8 GiB of float32 logits).
 
@@ -13,12 +14,13 @@ the final norm (masking, importance) still see it; only the head is applied here
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.adapters import adapter_for
+from worker.engine.adapters import adapter_for, text_config
 
 IGNORE_INDEX = -100
 # Logits held per chunk when the chunk size is automatic: 2^24 floats = 64 MiB per fp32 buffer.
@@ -31,20 +33,64 @@ def auto_chunk_tokens(vocab_size: int) -> int:
     return max(64, CHUNK_LOGITS // max(1, vocab_size))
 
 
-def output_head(model: nn.Module) -> nn.Linear:
-    """The family's LM head, checked to be a plain Linear with no post-processing of its logits.
+@dataclass(frozen=True)
+class OutputHead:
+    """The LM head and what the family does to its logits after the projection, in transformers' order:
+    Granite divides them by `logits_scaling`; Gemma soft-caps them, cap * tanh(logits / cap)."""
 
-    None of the supported families soft-caps or scales its logits; a config that does is refused
-    rather than scored without the post-processing.
-    """
-    head = adapter_for(model).lm_head(model)
+    linear: nn.Linear
+    softcap: float | None = None
+    divisor: float | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [n, V] of one chunk of hidden states [n, D]."""
+        return self.finish(chunk_logits(hidden, self.weight, self.bias))
+
+    def finish(self, z: torch.Tensor) -> torch.Tensor:
+        """The post-processing of raw float32 logits (identity for most families)."""
+        if self.divisor is not None:
+            z = z / self.divisor
+        if self.softcap is not None:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def raw_gradient(self, finished: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """d loss / d raw logits from d loss / d finished logits, given the finished logits."""
+        if self.softcap is not None:  # d/dx c tanh(x / c) = 1 - tanh^2 = 1 - (finished / c)^2
+            grad = grad * (1 - (finished / self.softcap) ** 2)
+        if self.divisor is not None:
+            grad = grad / self.divisor
+        return grad
+
+
+def as_output_head(head: OutputHead | nn.Linear) -> OutputHead:
+    """A bare Linear is a head without post-processing."""
+    return head if isinstance(head, OutputHead) else OutputHead(head)
+
+
+def output_head(model: nn.Module) -> OutputHead:
+    """The family's LM head (a plain Linear) with the logit post-processing its forward applies (the
+    adapter names the config fields; a field the family's forward ignores is ignored here too)."""
+    adapter = adapter_for(model)
+    head = adapter.lm_head(model)
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{type(model).__name__}: the LM head is not an nn.Linear; it cannot be chunked")
-    config = model.config
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(config, attr, None) not in (None, 1, 1.0):
-            raise ValueError(f"{type(model).__name__}: logits are post-processed ({attr}); not supported")
-    return head
+    config = text_config(model)
+
+    def field(name: str | None) -> float | None:
+        return getattr(config, name, None) if name else None
+
+    return OutputHead(
+        head, softcap=field(adapter.logits_softcap_field), divisor=field(adapter.logits_divisor_field)
+    )
 
 
 def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
@@ -65,15 +111,16 @@ def chunk_spans(n: int, chunk_tokens: int) -> Iterator[tuple[int, int]]:
 
 
 def token_nll(
-    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_tokens: int | None = None
+    hidden: torch.Tensor, head: OutputHead | nn.Linear, targets: torch.Tensor, chunk_tokens: int | None = None
 ) -> torch.Tensor:
     """float32 NLL of `targets` [...] under `head(hidden)`, hidden [..., D]; 0 where IGNORE_INDEX."""
+    head = as_output_head(head)
     if chunk_tokens is None:
         chunk_tokens = auto_chunk_tokens(head.weight.shape[0])
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     out = torch.empty(flat_targets.shape[0], dtype=torch.float32, device=hidden.device)
     for start, end in chunk_spans(flat_targets.shape[0], chunk_tokens):
-        z = chunk_logits(flat_hidden[start:end], head.weight, head.bias)
+        z = head.logits(flat_hidden[start:end])
         out[start:end] = F.cross_entropy(
             z, flat_targets[start:end], ignore_index=IGNORE_INDEX, reduction="none"
         )
@@ -93,6 +140,8 @@ def next_token_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
 __all__ = [
     "CHUNK_LOGITS",
     "IGNORE_INDEX",
+    "OutputHead",
+    "as_output_head",
     "auto_chunk_tokens",
     "chunk_logits",
     "chunk_spans",

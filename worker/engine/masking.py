@@ -2,8 +2,9 @@
 
 Removed heads and neurons have their contribution zeroed at the input of the output projection
 (o_proj / down_proj; exactly what removing those columns does), and dropped layers pass their input
-through unchanged. For these cuts the pruned model's logits equal the masked model's (the
-equivalence tests check it). Removed hidden channels are zeroed in the embeddings, every block's
+through unchanged. OLMo 2's q_norm / k_norm, which span all heads, take their statistic over the kept
+heads only, as the cut model's sliced norms do. For these cuts the pruned model's logits equal the
+masked model's (the equivalence tests check it). Removed hidden channels are zeroed in the embeddings, every block's
 outputs and every norm's output: a preview only, since LayerNorm/RMSNorm statistics still average
 over all channels, unlike the pruned model's.
 """
@@ -42,6 +43,28 @@ def _zero_output_channels(channels: torch.Tensor):
     return hook
 
 
+def _norm_over_kept(keep: torch.Tensor):
+    """A norm over all heads' width (OLMo 2's q_norm / k_norm) as the cut model computes it: statistic
+    and weights over the kept channels only. The removed channels keep their values: the heads they
+    feed are zeroed at the output projection, and a removed KV group is read only by removed heads."""
+    running = []
+
+    def hook(module, args, output):
+        if running:  # the call below re-enters this hook
+            return None
+        running.append(True)
+        try:
+            kept_weight = {"weight": module.weight.index_select(0, keep)}
+            kept = torch.func.functional_call(module, kept_weight, (args[0].index_select(-1, keep),))
+        finally:
+            running.pop()
+        output = output.clone()
+        output[..., keep] = kept
+        return output
+
+    return hook
+
+
 def _skip_layer(*args, **kwargs):
     """A dropped decoder layer: its output is its input hidden states."""
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -65,12 +88,22 @@ def masked(model: nn.Module, plan: PrunePlan) -> Iterator[nn.Module]:
                 layer.forward = _skip_layer  # instance attribute shadows the class forward
                 patched.append(layer)
                 continue
-            heads, _groups = layer_head_removal(plan, spec, i)
+            heads, groups = layer_head_removal(plan, spec, i)
             if heads:
                 hd = spec.head_dim
                 cols = torch.tensor([h * hd + j for h in heads for j in range(hd)], device=device)
                 out = adapter.attn_out(layer)
                 handles.append(out.register_forward_pre_hook(_zero_input_channels(cols)))
+            if heads and adapter.qk_norm_full_width:
+                q_norm, k_norm = adapter.qk_norms(layer)
+                shape = spec.layer_shapes()[i]
+                for norm, removed, units in (
+                    (q_norm, heads, shape.num_heads),
+                    (k_norm, groups, shape.num_kv_heads),
+                ):
+                    keep = [u * hd + j for u in range(units) if u not in set(removed) for j in range(hd)]
+                    keep_index = torch.tensor(keep, device=device)
+                    handles.append(norm.register_forward_hook(_norm_over_kept(keep_index)))
             if plan.remove_neurons.get(i):
                 cols = torch.tensor(plan.remove_neurons[i], device=device)
                 out = adapter.mlp_out(layer)

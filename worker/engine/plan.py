@@ -401,7 +401,7 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
         ]
         error(
             "hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
-            f"LlamaConfig requires hidden_size to be a multiple of num_attention_heads "
+            f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads "
             f"({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
             f"{', '.join(map(str, near))}",
         )
@@ -428,13 +428,18 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     return msgs
 
 
+# transformers' configs that validate hidden_size % num_attention_heads == 0 even with an explicit
+# head_dim (the config keeps the widest layer's head count).
+CONFIG_CLASS = {"llama": "LlamaConfig", "gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig"}
+HEAD_ALIGNED_FAMILIES = tuple(CONFIG_CLASS)
+
+
 def hidden_alignment(spec: ArchSpec) -> int:
     """What a (pruned) hidden size must be a multiple of for the family's config to accept it.
 
-    transformers' LlamaConfig validates hidden_size % num_attention_heads == 0 even with an explicit
-    head_dim (its config keeps the widest layer's head count); other families only need head_dim kept
-    (GPT-2's rule is checked with remove_hidden above)."""
-    if spec.family == "llama":
+    Llama and Gemma configs require a multiple of the head count (HEAD_ALIGNED_FAMILIES); other
+    families only need head_dim kept (GPT-2's rule is checked with remove_hidden above)."""
+    if spec.family in HEAD_ALIGNED_FAMILIES:
         return max(s.num_heads for s in spec.layer_shapes())
     return 1
 
@@ -621,7 +626,11 @@ def _fit_budget(
     F = min(s.intermediate_size for s in spec.layer_shapes())
     D = spec.hidden_size
     align = (
-        hidden_alignment(base) if spec.family == "llama" else spec.head_dim if spec.family == "gpt2" else 1
+        hidden_alignment(base)
+        if spec.family in HEAD_ALIGNED_FAMILIES
+        else spec.head_dim
+        if spec.family == "gpt2"
+        else 1
     )
 
     def total(f: int | None, d: int | None) -> int:

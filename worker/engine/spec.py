@@ -37,6 +37,9 @@ class ArchSpec(BaseModel):
     mlp_bias: bool = False
     norm_bias: bool = False
     qk_norm: bool = False
+    # q/k norms over all heads (OLMo 2: heads x head_dim and kv_heads x head_dim) instead of head_dim.
+    qk_norm_full_width: bool = False
+    layer_norms: int = 2  # norms per layer (Gemma 2 / 3: pre and post norms around both sublayers)
     position_embeddings: int = 0
     # Present only when layers differ; otherwise every layer has the top-level widths.
     layers: list[LayerShape] | None = None
@@ -62,11 +65,11 @@ class ArchSpec(BaseModel):
         if self.o_bias:
             attn += d
         if self.qk_norm:
-            attn += 2 * hd
+            attn += (h + g) * hd if self.qk_norm_full_width else 2 * hd
         mlp = (3 if self.mlp_gated else 2) * d * f
         if self.mlp_bias:
             mlp += (2 if self.mlp_gated else 1) * f + d
-        norms = 2 * self.norm_params(d)
+        norms = self.layer_norms * self.norm_params(d)
         return attn + mlp + norms
 
     def norm_params(self, hidden: int) -> int:

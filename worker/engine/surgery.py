@@ -2,9 +2,10 @@
 
 Everything goes through the family adapter, so the same code handles separate q/k/v (Llama,
 Mistral, Qwen2, Qwen3), fused [q|k|v] rows (Phi-3), GPT-2's Conv1D `c_attn` ([in, 3*d] columns),
-gated, fused-gated and plain MLPs. Per-head norms (Qwen3 q_norm/k_norm) act on head_dim and are
-kept whole. After the cut, module attributes and config fields are rewritten from the real weight
-shapes so that the stock modeling code, `generate()` and `DynamicCache` run on the smaller model.
+gated, fused-gated and plain MLPs. Per-head norms (Qwen3, Gemma 3 q_norm/k_norm) act on head_dim and
+are kept whole; OLMo 2's q_norm/k_norm span all heads and are sliced with the heads. After the cut,
+module attributes and config fields are rewritten from the real weight shapes so that the stock
+modeling code, `generate()` and `DynamicCache` run on the smaller model.
 
 `resize_layer` builds empty modules of given widths; the loader uses it to restore non-uniform
 students before loading their weights.
@@ -120,6 +121,10 @@ def _prune_heads(adapter: Adapter, layer: nn.Module, heads: list[int], groups: l
     else:
         raise ValueError(f"unknown qkv layout {adapter.qkv_layout}")
     keep_inputs(adapter.attn_out(layer), q_cols, conv1d=adapter.conv1d)
+    if adapter.qk_norm_full_width:  # OLMo 2: q_norm / k_norm have one weight per q / k row
+        q_norm, k_norm = adapter.qk_norms(layer)
+        _slice_vector_module(q_norm, _index(q_cols, q_norm.weight.device))
+        _slice_vector_module(k_norm, _index(kv_cols, k_norm.weight.device))
     sync_attention(adapter.attn(layer), len(keep_q), len(keep_g), hd)
 
 
@@ -177,6 +182,21 @@ def _prune_hidden(adapter: Adapter, model: nn.Module, removed: list[int]) -> Non
         for name in ("hidden_size", "embed_dim"):
             if getattr(module, name, None) == D and not isinstance(module, nn.Embedding):
                 setattr(module, name, len(keep_list))
+    if adapter.embed_scale_sqrt_hidden:
+        _rescale_embedding(embed, len(keep_list))
+
+
+def _rescale_embedding(embed: nn.Module, hidden: int) -> None:
+    """Gemma scales embeddings by sqrt(config.hidden_size), a buffer rebuilt from the config on load.
+
+    The cut model gets sqrt(new hidden), the value a reload of the saved model computes, so the model in
+    memory and the saved one agree. It then differs from the masked teacher by that factor on the
+    embeddings (one more reason a hidden cut is no exact equivalence), which distillation absorbs; keeping
+    the old factor would make every reload of the student silently compute something else.
+    """
+    scale = hidden**0.5
+    embed.scalar_embed_scale = scale
+    embed.embed_scale.fill_(scale)  # as transformers' init does, in the buffer's own dtype
 
 
 def _parent_and_name(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
@@ -290,6 +310,9 @@ def resize_layer(adapter: Adapter, layer: nn.Module, shape: LayerShape, head_dim
     else:
         resize_projection(proj[0], 3 * h * hd, hidden, True)
     resize_projection(adapter.attn_out(layer), hidden, h * hd, adapter.conv1d)
+    if adapter.qk_norm_full_width:
+        for norm, width in zip(adapter.qk_norms(layer), (h * hd, g * hd), strict=True):
+            _replace(norm, "weight", torch.empty(width, dtype=norm.weight.dtype, device=norm.weight.device))
     sync_attention(adapter.attn(layer), h, g, hd)
     if adapter.mlp_layout == "gated_fused":
         resize_projection(adapter.mlp_in(layer)[0], 2 * f, hidden, False)

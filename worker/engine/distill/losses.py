@@ -23,6 +23,8 @@ import torch.nn.functional as F
 # The LM head is applied chunk by chunk by the shared definition (one for losses and evaluation).
 from worker.engine.chunked_head import (
     IGNORE_INDEX,
+    OutputHead,
+    as_output_head,
     auto_chunk_tokens,
     chunk_logits,
     chunk_spans,
@@ -58,8 +60,13 @@ def reference_distill_loss(
     return total, kd, ce
 
 
-def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens, want):
-    """One sweep over token chunks: loss sums and, where `want` says so, gradients of the total loss."""
+def _chunk_pass(
+    s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens, want, s_post, t_post
+):
+    """One sweep over token chunks: loss sums and, where `want` says so, gradients of the total loss.
+
+    `s_post` / `t_post` (OutputHead) post-process each side's logits (soft-cap, scaling); the gradient
+    wrt the final logits is taken back through it to the raw logits before it reaches h and W."""
     want_h, want_w, want_b = want
     n = s_hidden.shape[0]
     mask = labels != IGNORE_INDEX
@@ -75,7 +82,7 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
         h = s_hidden[start:end]
         y = labels[start:end]
         m = mask[start:end].to(torch.float32)
-        z = chunk_logits(h, weight, bias)
+        z = s_post.finish(chunk_logits(h, weight, bias))
         log_p = F.log_softmax(z, dim=-1)
         safe_y = y.clamp(min=0).unsqueeze(-1)
         ce_sum += -(log_p.gather(-1, safe_y).squeeze(-1) * m).sum()
@@ -87,7 +94,7 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
                 g.scatter_add_(-1, safe_y, torch.full_like(safe_y, -1, dtype=g.dtype))
                 grad_z += (weights.ce / count) * g * m.unsqueeze(-1)
         if use_teacher:
-            zt = chunk_logits(t_hidden[start:end], t_weight, t_bias)
+            zt = t_post.finish(chunk_logits(t_hidden[start:end], t_weight, t_bias))
             log_pt = F.log_softmax(zt / tau, dim=-1)
             log_ps = log_p if tau == 1.0 else F.log_softmax(z / tau, dim=-1)
             pt = log_pt.exp()
@@ -95,6 +102,7 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
             if grad_z is not None and weights.kd != 0.0:  # d (tau^2 KL) / dz = tau * (p_s - p_t)
                 grad_z += (weights.kd * tau / count) * (log_ps.exp() - pt) * m.unsqueeze(-1)
         if grad_z is not None:
+            grad_z = s_post.raw_gradient(z, grad_z)
             gz = grad_z.to(h.dtype)
             if want_h:
                 grad_h[start:end] = gz @ weight.to(h.dtype)
@@ -110,14 +118,27 @@ def _chunk_pass(s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weig
 
 class _FusedChunkedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens):
+    def forward(
+        ctx, s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens, s_post, t_post
+    ):
         want = (
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
             bias is not None and ctx.needs_input_grad[2],
         )
         total, kd, ce, grads = _chunk_pass(
-            s_hidden, weight, bias, t_hidden, t_weight, t_bias, labels, weights, chunk_tokens, want
+            s_hidden,
+            weight,
+            bias,
+            t_hidden,
+            t_weight,
+            t_bias,
+            labels,
+            weights,
+            chunk_tokens,
+            want,
+            s_post,
+            t_post,
         )
         ctx.grads = grads
         ctx.dtypes = (s_hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -132,25 +153,28 @@ class _FusedChunkedLoss(torch.autograd.Function):
         out_h = None if grad_h is None else (grad_h * grad_total).to(h_dtype)
         out_w = None if grad_w is None else (grad_w * grad_total).to(w_dtype)
         out_b = None if grad_b is None else (grad_b * grad_total).to(b_dtype)
-        return out_h, out_w, out_b, None, None, None, None, None, None
+        return out_h, out_w, out_b, None, None, None, None, None, None, None, None
 
 
 def chunked_distill_loss(
     student_hidden: torch.Tensor,
-    student_head: torch.nn.Linear,
+    student_head: OutputHead | torch.nn.Linear,
     labels: torch.Tensor,
     weights: LossWeights,
     *,
     teacher_hidden: torch.Tensor | None = None,
-    teacher_head: torch.nn.Linear | None = None,
+    teacher_head: OutputHead | torch.nn.Linear | None = None,
     chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, kd, ce) over flattened positions: hidden [N, D] (final, normed), labels [N].
 
     Equals `reference_distill_loss(head(student_hidden), teacher_head(teacher_hidden), ...)`, gradients
     included, while holding only `chunk_tokens` x V logits at a time (default: `auto_chunk_tokens`). The teacher side is never
-    differentiated. `kd` and `ce` are returned for reporting (not differentiable).
+    differentiated. `kd` and `ce` are returned for reporting (not differentiable). A head given as an
+    `OutputHead` has its logit post-processing (Gemma's soft-cap, Granite's scaling) applied, so the
+    losses are those of the logits the model's own forward returns.
     """
+    student_head = as_output_head(student_head)
     if chunk_tokens is None:
         chunk_tokens = auto_chunk_tokens(student_head.weight.shape[0])
     if chunk_tokens < 1:
@@ -159,6 +183,7 @@ def chunked_distill_loss(
         raise ValueError("teacher_hidden and teacher_head go together")
     t_weight = t_bias = None
     if teacher_head is not None:
+        teacher_head = as_output_head(teacher_head)
         teacher_hidden = teacher_hidden.detach()
         t_weight = teacher_head.weight.detach()
         t_bias = None if teacher_head.bias is None else teacher_head.bias.detach()
@@ -175,10 +200,22 @@ def chunked_distill_loss(
             weights,
             chunk_tokens,
             (False, False, False),
+            student_head,
+            teacher_head,
         )
         return total, kd, ce
     return _FusedChunkedLoss.apply(
-        student_hidden, weight, bias, teacher_hidden, t_weight, t_bias, labels, weights, chunk_tokens
+        student_hidden,
+        weight,
+        bias,
+        teacher_hidden,
+        t_weight,
+        t_bias,
+        labels,
+        weights,
+        chunk_tokens,
+        student_head,
+        teacher_head,
     )
 
 
