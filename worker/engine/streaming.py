@@ -38,7 +38,10 @@ import numpy as np
 from worker.engine.data import DATA_SUFFIXES, check_split, data_suffix, split_of, token_ids
 
 DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # jsonl covers .jsonl.gz
-READ_AHEAD = 32  # documents tokenised per tokenizer call (one call per document is several times slower)
+# Documents tokenised per tokenizer call (one call per document is several times slower), capped in
+# characters too, since a tokenizer's per-call working memory grows with the text it is given.
+READ_AHEAD = 32
+READ_AHEAD_CHARS = 1 << 18
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t]*\n+")  # data.py's paragraph rule, on bytes so offsets are bytes
 _TXT_CHUNK = 1 << 20
 _FORMAT_SUFFIXES = {"txt": (".txt",), "jsonl": (".jsonl", ".jsonl.gz"), "parquet": (".parquet",)}
@@ -339,7 +342,12 @@ class TokenStream:
         if not self._pending:
             if self._documents is None:
                 self._documents = self._iter_documents(self._epoch, self._shard, self._position)
-            group = list(itertools.islice(self._documents, READ_AHEAD))
+            group, chars = [], 0
+            for document in self._documents:
+                group.append(document)
+                chars += len(document[0])
+                if len(group) == READ_AHEAD or chars >= READ_AHEAD_CHARS:
+                    break
             if not group:
                 raise EndOfStream
             ids = token_ids(self.tokenizer, [text for text, *_ in group])
