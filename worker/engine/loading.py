@@ -179,38 +179,58 @@ def save_model(
     model: nn.Module, tokenizer, out_dir: str | os.PathLike, manifest: dict, *, overwrite: bool = False
 ) -> Path:
     """Write the model atomically (temp dir + rename); vanilla when possible (module note)."""
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another output or overwrite it")
-    adapter = adapter_for(model)
-    spec = adapter.spec(model)
-    vanilla = vanilla_loadable(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    spec = adapter_for(model).spec(model)
+    with student_dir(out_dir, overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if not vanilla:
-            layers = {
-                "format": LAYERS_FORMAT,
-                "head_dim": spec.head_dim,
-                "layers": [s.model_dump() for s in spec.layer_shapes()],
-            }
-            (tmp / LAYERS_FILE).write_text(json.dumps(layers, indent=2))
-        full = {
-            **manifest,
-            "format": "vanilla" if vanilla else LAYERS_FORMAT,
-            "architecture": spec.summary(),
-            "libraries": _library_versions(),
-            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, default=str))
+        write_student_metadata(tmp, spec, manifest)
+    return Path(out_dir).expanduser().resolve()
+
+
+@contextlib.contextmanager
+def student_dir(out_dir: str | os.PathLike, overwrite: bool = False):
+    """A temporary directory beside `out_dir`, renamed to it when the block succeeds (else removed)."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another output or overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
-__all__ = ["LAYERS_FILE", "MANIFEST_FILE", "UnsupportedArchitecture", "load_model", "save_model"]
+def write_student_metadata(tmp: Path, spec, manifest: dict) -> None:
+    """The per-layer file (non-uniform students) and the manifest, beside the saved weights."""
+    vanilla = vanilla_loadable(spec)
+    if not vanilla:
+        layers = {
+            "format": LAYERS_FORMAT,
+            "head_dim": spec.head_dim,
+            "layers": [s.model_dump() for s in spec.layer_shapes()],
+        }
+        (tmp / LAYERS_FILE).write_text(json.dumps(layers, indent=2))
+    full = {
+        **manifest,
+        "format": "vanilla" if vanilla else LAYERS_FORMAT,
+        "architecture": spec.summary(),
+        "libraries": _library_versions(),
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, default=str))
+
+
+__all__ = [
+    "LAYERS_FILE",
+    "MANIFEST_FILE",
+    "UnsupportedArchitecture",
+    "load_model",
+    "save_model",
+    "student_dir",
+    "write_student_metadata",
+]

@@ -1,0 +1,254 @@
+"""Out-of-core surgery: cut a safetensors checkpoint tensor by tensor, never holding the model.
+
+The structure comes from models on the "meta" device (shapes, no memory): the teacher's, built from
+its config (and its per-layer file for a non-uniform teacher), gives the `ArchSpec` the plan is
+checked against; the same in-memory surgery (`apply_plan`) run on a meta copy gives the student's
+config, per-layer widths and every tensor's name and shape. The weights are then streamed: for each
+student tensor, the cut map (worker/engine/cut_map.py) names the teacher tensor and the indices to
+keep, the reader copies only those rows out of the checkpoint, and the shard writer appends the
+result to the current output shard. Peak memory is about one teacher tensor.
+
+The output has the same files as `loading.save_model` (config.json, generation_config.json,
+tokenizer, prunescope_layers.json when non-uniform, prunescope_manifest.json), sharded weights with
+their index, all written to a temporary directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worker.engine.adapters import Adapter, adapter_for_model_type
+from worker.engine.checkpoint_reader import CheckpointReader
+from worker.engine.cut_map import TensorCut, cut_map
+from worker.engine.plan import PrunePlan, check_plan
+from worker.engine.shard_writer import DEFAULT_SHARD_BYTES, TensorEntry, write_sharded
+from worker.engine.spec import ArchSpec
+
+Progress = Callable[[str], None] | None
+MODES = ("auto", "never", "always")
+DEFAULT_RAM_FRACTION = 0.5  # auto: out of core when the loaded model would take more of the free RAM
+
+
+@dataclass
+class Checkpoint:
+    """A local checkpoint's structure: its reader, config, family and the teacher on "meta"."""
+
+    path: Path
+    reader: CheckpointReader
+    config: object
+    adapter: Adapter
+    model: nn.Module  # on "meta": names and shapes only
+    dtype: torch.dtype
+
+    @property
+    def spec(self) -> ArchSpec:
+        return self.adapter.spec(self.model)
+
+    def source_name(self, name: str) -> str:
+        """The checkpoint's name for a model tensor (base-model checkpoints omit the first prefix)."""
+        if name in self.reader:
+            return name
+        short = name.partition(".")[2]
+        if short in self.reader:
+            return short
+        raise KeyError(f"{self.path}: the checkpoint has no tensor {name}")
+
+    def model_bytes(self) -> int:
+        """Bytes of the model's weights once loaded in `dtype` (what in-memory surgery holds)."""
+        size = torch.empty((), dtype=self.dtype).element_size()
+        return sum(p.numel() for p in unique_parameters(self.model).values()) * size
+
+
+def unique_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters by name, a tied one under its first name only (as save_pretrained stores them)."""
+    return dict(model.named_parameters())  # named_parameters skips repeated (tied) tensors
+
+
+def _load_dtype(reader: CheckpointReader, config, dtype) -> torch.dtype:
+    """The dtype `from_pretrained` would load in: the asked one, else the config's, else the file's."""
+    from worker.engine.loading import _dtype
+
+    if dtype is not None:
+        return _dtype(dtype)
+    stated = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if stated is not None and stated != "auto":
+        return _dtype(str(stated).removeprefix("torch."))
+    codes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    for name in reader.names():
+        if reader.dtype_name(name) in codes:
+            return codes[reader.dtype_name(name)]
+    return torch.float32
+
+
+def open_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
+    """Read a local checkpoint's structure (config, tensor index) without reading any weight."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from worker.engine.loading import LAYERS_FILE, resize_to_layers_file
+
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"out-of-core surgery needs a local model directory; {source} has no config.json"
+        )
+    reader = CheckpointReader(path)
+    config = AutoConfig.from_pretrained(str(path))
+    adapter = adapter_for_model_type(getattr(config, "model_type", None))
+    load_dtype = _load_dtype(reader, config, dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=load_dtype)
+        if (path / LAYERS_FILE).is_file():
+            resize_to_layers_file(model, path, config)
+    return Checkpoint(path, reader, config, adapter, model.eval(), load_dtype)
+
+
+def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
+    """`provenance.weights_sha256` of the model the checkpoint loads into, read tensor by tensor."""
+    digest = hashlib.sha256()
+    for name, param in unique_parameters(ckpt.model).items():
+        tensor = ckpt.reader.read(ckpt.source_name(name)).to(ckpt.dtype)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _student_structure(ckpt: Checkpoint, plan: PrunePlan) -> nn.Module:
+    """The student on "meta": the in-memory surgery applied to shapes (same config, same names)."""
+    import copy
+
+    from worker.engine.surgery import apply_plan
+
+    return apply_plan(copy.deepcopy(ckpt.model), plan)
+
+
+def _checked_cuts(
+    ckpt: Checkpoint, plan: PrunePlan, student: nn.Module
+) -> list[tuple[TensorEntry, TensorCut]]:
+    """(output tensor, its cut) in the student's order; every shape checked against the student."""
+    teacher_names = list(unique_parameters(ckpt.model))
+    cuts = cut_map(ckpt.adapter, ckpt.spec, plan, teacher_names)
+    wanted = unique_parameters(student)
+    if set(cuts) != set(wanted):
+        raise RuntimeError(
+            f"cut map and surgery disagree on the tensors: only in the cut map {sorted(set(cuts) - set(wanted))}, "
+            f"only in the student {sorted(set(wanted) - set(cuts))}"
+        )
+    out = []
+    for name, param in wanted.items():
+        cut = cuts[name]
+        source_shape = ckpt.reader.shape(ckpt.source_name(cut.source))
+        shape = cut.shape(source_shape)
+        if shape != tuple(param.shape):
+            raise RuntimeError(
+                f"cannot cut {cut.source} {source_shape} out of core: the cut map gives {shape}, the "
+                f"surgery {tuple(param.shape)} (a tensor this family's cut map does not describe)"
+            )
+        out.append((TensorEntry(name, param.dtype, shape), cut))
+    return out
+
+
+def prune_checkpoint(
+    source: str | os.PathLike,
+    plan: PrunePlan,
+    out_dir: str | os.PathLike,
+    manifest: dict,
+    *,
+    dtype=None,
+    tokenizer=None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: Progress = None,
+    checkpoint: Checkpoint | None = None,
+) -> Path:
+    """Cut the checkpoint at `source` to the explicit `plan` and save the student at `out_dir`."""
+    from transformers import GenerationConfig
+
+    from worker.engine.loading import _load_tokenizer, student_dir, write_student_metadata
+
+    say = progress or (lambda _msg: None)
+    ckpt = checkpoint or open_checkpoint(source, dtype=dtype)
+    if plan.needs_filling():
+        raise ValueError("the plan has targets: fill it from importance scores (fill_plan) first")
+    check_plan(plan, ckpt.spec)
+    student = _student_structure(ckpt, plan)
+    entries = _checked_cuts(ckpt, plan, student)
+    cut_of = {entry.name: cut for entry, cut in entries}
+    done = 0
+
+    def produce(entry: TensorEntry) -> torch.Tensor:
+        nonlocal done
+        cut = cut_of[entry.name]
+        tensor = ckpt.reader.read(ckpt.source_name(cut.source), cut.keep).to(entry.dtype)
+        done += 1
+        say(f"tensor {done}/{len(entries)} {entry.name}")
+        return tensor
+
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(str(ckpt.path), False)
+    with student_dir(out_dir, overwrite) as tmp:
+        write_sharded(tmp, [e for e, _ in entries], produce, max_shard_bytes)
+        config = student.config
+        config.architectures = [type(student).__name__]
+        config.save_pretrained(tmp)
+        if student.can_generate():
+            try:
+                generation = GenerationConfig.from_pretrained(str(ckpt.path))
+            except OSError:  # no generation_config.json: the one from_pretrained derives
+                generation = student.generation_config
+            generation.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_student_metadata(tmp, ckpt.adapter.spec(student), manifest)
+    return Path(out_dir).expanduser().resolve()
+
+
+def choose_mode(
+    requested: str, model_bytes: int | None, threshold_bytes: int | None = None
+) -> tuple[bool, str]:
+    """(out of core?, why) for a requested mode "auto" | "never" | "always".
+
+    auto goes out of core when the loaded model would exceed `threshold_bytes` (default: half the
+    RAM available now); `model_bytes` None means the checkpoint cannot be cut out of core (not a
+    local safetensors directory).
+    """
+    if requested not in MODES:
+        raise ValueError(f"out_of_core must be one of {', '.join(MODES)}, got {requested!r}")
+    if requested == "never":
+        return False, "in memory (requested)"
+    if model_bytes is None:
+        if requested == "always":
+            raise ValueError("out-of-core surgery needs a local directory of safetensors weights")
+        return False, "in memory (not a local safetensors checkpoint)"
+    if requested == "always":
+        return True, "out of core (requested)"
+    if threshold_bytes is None:
+        import psutil
+
+        threshold_bytes = int(psutil.virtual_memory().available * DEFAULT_RAM_FRACTION)
+        where = f"half the available RAM, {_gb(threshold_bytes)}"
+    else:
+        where = f"the threshold {_gb(threshold_bytes)}"
+    if model_bytes > threshold_bytes:
+        return True, f"out of core (model {_gb(model_bytes)} > {where})"
+    return False, f"in memory (model {_gb(model_bytes)} <= {where})"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+__all__ = [
+    "Checkpoint",
+    "MODES",
+    "checkpoint_weights_sha256",
+    "choose_mode",
+    "open_checkpoint",
+    "prune_checkpoint",
+]
