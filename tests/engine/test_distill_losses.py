@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from tests.tiny_models import FAMILIES, VOCAB, tiny_model
+from worker.engine.chunked_head import OutputHead, next_token_targets
 from worker.engine.distill import (
     LossWeights,
     chunked_distill_loss,
@@ -13,6 +15,7 @@ from worker.engine.distill import (
     layer_map_from_plan,
     reference_distill_loss,
 )
+from worker.engine.distill.forward import final_hidden, lm_head
 from worker.engine.distill.schedule import lr_at
 
 
@@ -59,6 +62,44 @@ def test_chunked_loss_and_gradients_equal_full_logits(weights, chunk):
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-6, rtol=1e-5), (g - w).abs().max()
     assert got[0].abs().sum() > 0  # the check is not vacuous
+
+
+def _finished(head: OutputHead, hidden: torch.Tensor) -> torch.Tensor:
+    """Gemma's / Granite's forward, written out: divide, then cap * tanh(logits / cap)."""
+    z = head.linear(hidden)
+    if head.divisor is not None:
+        z = z / head.divisor
+    if head.softcap is not None:
+        z = torch.tanh(z / head.softcap) * head.softcap
+    return z
+
+
+POST = {
+    "softcap": dict(softcap=2.0),  # Gemma 2 (these logits reach ~10: the cap bends them hard)
+    "divisor": dict(divisor=8.0),  # Granite
+    "both": dict(softcap=3.0, divisor=0.5),
+}
+
+
+@pytest.mark.parametrize("post", list(POST))
+@pytest.mark.parametrize("chunk", [1, 6, None])
+def test_post_processed_logits_loss_and_gradients_equal_full_logits(post, chunk):
+    s_hidden, s_head, t_hidden, t_head, labels = _setup(seed=4)
+    student, teacher = OutputHead(s_head, **POST[post]), OutputHead(t_head, softcap=1.5)
+    weights = LossWeights(kd=0.8, ce=0.4, temperature=2.0)
+    total, kd, ce = chunked_distill_loss(
+        s_hidden, student, labels, weights, teacher_hidden=t_hidden, teacher_head=teacher, chunk_tokens=chunk
+    )
+    ref_total, ref_kd, ref_ce = reference_distill_loss(
+        _finished(student, s_hidden), _finished(teacher, t_hidden), labels, weights
+    )
+    plain, *_ = reference_distill_loss(s_head(s_hidden), t_head(t_hidden), labels, weights)
+    assert abs(ref_total.item() - plain.item()) > 1e-2  # the post-processing matters here
+    for got, want in ((total, ref_total), (kd, ref_kd), (ce, ref_ce)):
+        assert abs(got.item() - want.item()) <= 1e-6 * max(1.0, abs(want.item()))
+    params = [s_hidden, s_head.weight, s_head.bias]
+    for g, w in zip(_grads(total, params), _grads(ref_total, params)):
+        assert torch.allclose(g, w, atol=1e-6, rtol=1e-5), (g - w).abs().max()
 
 
 def test_gradient_wrt_full_student_logits_matches():
@@ -133,3 +174,25 @@ def test_schedule_warmup_then_cosine_to_minimum():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
     assert lr_at(20, peak=1.0, minimum=0.1, warmup=4, total=20) == pytest.approx(0.1)
     assert lrs[12] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kd_from_hidden_states_equals_kd_of_the_models_own_logits(family):
+    # The chunked loss sees final hidden states and the family's head (with its soft-cap / scaling);
+    # the reference uses the logits each model's forward returns.
+    teacher, student = tiny_model(family, seed=0), tiny_model(family, seed=1)  # eval: no dropout
+    ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
+    labels = next_token_targets(ids).reshape(-1)
+    weights = LossWeights(kd=1.0, ce=0.3, temperature=1.5)
+    with torch.no_grad():
+        t_hidden = final_hidden(teacher, ids)[0].reshape(-1, teacher.config.hidden_size)
+        t_logits = teacher(ids).logits.reshape(-1, VOCAB)
+    s_hidden = final_hidden(student, ids)[0].reshape(-1, student.config.hidden_size)
+    total, *_ = chunked_distill_loss(
+        s_hidden, lm_head(student), labels, weights, teacher_hidden=t_hidden, teacher_head=lm_head(teacher)
+    )
+    ref_total, *_ = reference_distill_loss(student(ids).logits.reshape(-1, VOCAB), t_logits, labels, weights)
+    assert total.item() == pytest.approx(ref_total.item(), rel=1e-6)
+    params = [p for p in student.parameters() if p.requires_grad]
+    for g, w in zip(_grads(total, params), _grads(ref_total, params)):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
