@@ -1,6 +1,7 @@
 """`prunescope distill`, `prunescope evaluate` and `prunescope benchmark`.
 
     prunescope distill STUDENT [--teacher T] [--data demo] [--steps N] ... -o OUT
+    prunescope distill STUDENT --data CORPUS_DIR --stream [--data-format jsonl] [--text-field text] -o OUT
     prunescope evaluate MODEL [--data demo] [--split test] [--tasks prunescope_cloze,prunescope_rolling] [-o R.json]
     prunescope benchmark --teacher T --student S [--batch-sizes 1,8] [-o R.json]
 
@@ -19,6 +20,7 @@ import threading
 from pathlib import Path
 
 from worker.cli import CliError
+from worker.cli.data_options import add_data_options, data_source, open_stream
 
 
 def _say(message: str) -> None:
@@ -45,7 +47,12 @@ def register(subparsers) -> None:
     )
     d.add_argument("student", help="student model directory (e.g. the output of prunescope prune)")
     d.add_argument("--teacher", default=None, help="teacher model (default: the demo teacher)")
-    d.add_argument("--data", default="demo", help="data source (see worker/engine/data.py; default: demo)")
+    d.add_argument(
+        "--data",
+        default="demo",
+        help="data source: demo, a .txt/.jsonl/.jsonl.gz/.parquet file or a folder of them (default: demo)",
+    )
+    add_data_options(d)
     d.add_argument("-o", "--out", required=True, type=Path, help="output directory for the distilled student")
     d.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUT.work)")
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
@@ -151,6 +158,11 @@ def _distill(args) -> int:
     from worker.engine.evaluation import make_manifest, write_result
     from worker.engine.loading import save_model
 
+    source, streamed = data_source(args)
+    if streamed and source != "demo" and not source.startswith("hf:"):
+        from worker.engine.streaming import list_shards
+
+        list_shards(source, args.data_format)  # a bad path: a one-line error before loading models
     out = args.out.expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise CliError(f"output {out} exists and is not empty (use --overwrite)")
@@ -204,9 +216,17 @@ def _distill(args) -> int:
             }
         )
 
-    _say(f"[data] {args.data}: tokenizing train and validation splits")
-    train = PackedTokens(tokenizer, read_documents(args.data, "train"), args.seq_len)
-    val = PackedTokens(tokenizer, read_documents(args.data, "validation"), args.seq_len)
+    if streamed:
+        _say(f"[data] {source}: streaming the train split, validation from the first validation blocks")
+        train = open_stream(args, tokenizer, source, "train", repeat=True)
+        first_val = open_stream(args, tokenizer, source, "validation", repeat=False)
+        val = PackedTokens.from_blocks(
+            first_val.take(config.val_batches * config.batch_size, allow_fewer=True)
+        )
+    else:
+        _say(f"[data] {source}: tokenizing train and validation splits")
+        train = PackedTokens(tokenizer, read_documents(source, "train"), args.seq_len)
+        val = PackedTokens(tokenizer, read_documents(source, "validation"), args.seq_len)
 
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -247,7 +267,11 @@ def _distill(args) -> int:
         return 3
     manifest = make_manifest(
         models={"student": student, **({"teacher": teacher} if teacher is not None else {})},
-        data={"source": args.data, "seq_len": args.seq_len},
+        data={
+            "source": source,
+            "seq_len": args.seq_len,
+            **({"stream": train.describe()} if streamed else {}),
+        },
         seed=args.seed,
         student_source=args.student,
         teacher_source=teacher_source,

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from worker.cli.data_options import add_data_options, data_source, open_stream
+
 SCAN_HELP = (
     "bi = Block Importance, drop = single-layer drop loss, block = loss of each block of k layers, "
     "angular = angular distance across each block of k layers (Gromov et al., same pass, opt-in)"
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--data", default="demo", help="calibration source: demo, a .txt/.jsonl/.parquet file or dir, hf:<id>"
     )
+    add_data_options(parser)  # --stream: calibration samples are the first blocks of the calibration split
     parser.add_argument(
         "--samples", type=int, default=64, help="calibration samples (default 64; paper 1024)"
     )
@@ -88,6 +91,7 @@ def _importance(args: argparse.Namespace) -> int:
     from worker.cli import CliError
 
     scans = _check_options(args)
+    source, streamed = data_source(args)
     device = _check_device(args.device)
 
     from tqdm import tqdm
@@ -100,7 +104,13 @@ def _importance(args: argparse.Namespace) -> int:
         from worker.demo import demo_teacher_path
 
         args.model = str(demo_teacher_path())
-    documents = read_documents(args.data, "calibration")  # bad source: a one-line error before loading
+    # A bad source: a one-line error before loading the model.
+    if not streamed:
+        documents = read_documents(source, "calibration")
+    elif source != "demo" and not source.startswith("hf:"):
+        from worker.engine.streaming import list_shards
+
+        list_shards(source, args.data_format)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
     if args.tokenizer:
         from transformers import AutoTokenizer
@@ -111,17 +121,24 @@ def _importance(args: argparse.Namespace) -> int:
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise CliError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab}")
-    batches = calibration_batches(
-        tokenizer,
-        documents,
-        seq_len=args.seq_len,
-        num_samples=args.samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    if streamed:
+        from worker.engine.streaming import stream_calibration_batches
+
+        stream = open_stream(args, tokenizer, source, "calibration", repeat=False)
+        batches = stream_calibration_batches(stream, num_samples=args.samples, batch_size=args.batch_size)
+    else:
+        batches = calibration_batches(
+            tokenizer,
+            documents,
+            seq_len=args.seq_len,
+            num_samples=args.samples,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
     metadata = {
         "model": args.model,
-        "data": args.data,
+        "data": source,
+        **({"data_stream": stream.describe()} if streamed else {}),
         "seed": args.seed,
         "seq_len_requested": args.seq_len,
         "batch_size": args.batch_size,
