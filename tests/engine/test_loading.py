@@ -179,3 +179,20 @@ def test_a_saved_non_uniform_student_can_be_pruned_again(tmp_path):
     again, _ = load_model(save_model(student, None, tmp_path / "b", {}), attn_implementation="eager")
     torch.testing.assert_close(logits(again), expected, atol=1e-6, rtol=0)
     assert [s.num_heads for s in arch_spec(again).layer_shapes()] == [3, 8]
+
+
+def test_family_constants_survive_the_cut_and_the_reload(tmp_path):
+    # Per-layer attention types are sliced with the layers; Granite's multipliers and Gemma's soft-caps
+    # are constants of the family that no cut changes (the logits comparisons above depend on them).
+    for family, fields in (
+        (
+            "gemma2",
+            {"final_logit_softcapping": 0.3, "attn_logit_softcapping": 2.0, "query_pre_attn_scalar": 8},
+        ),
+        ("granite", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 4.0}),
+        ("gemma3", {"layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),
+    ):
+        out = save_model(pruned(family, UNIFORM), None, tmp_path / family, {})
+        stock = AutoModelForCausalLM.from_pretrained(out)
+        assert {k: getattr(stock.config, k) for k in fields} == fields
+        assert stock.config.num_hidden_layers == 3

@@ -13,6 +13,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tests.tiny_models import COMMON, FAMILIES, VOCAB, tiny_model
+from worker.engine import masking
 from worker.engine.adapters import adapter_for, arch_spec, count_parameters
 from worker.engine.masking import masked
 from worker.engine.plan import PlanError, PlanTargets, PrunePlan, plan_stats
@@ -251,3 +252,54 @@ def test_cut_keeps_device_and_dtype(family, device):
     assert {(p.device.type, p.dtype) for p in half.parameters()} == {(device, torch.bfloat16)}
     out = half.generate(ids[:1, :4], max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert out.shape == (1, 7) and out.device.type == device
+
+
+def test_olmo2_full_width_qk_norms_are_sliced_with_the_heads(monkeypatch):
+    model = tiny_model("olmo2")  # head_dim 4: q_norm spans 8 x 4, k_norm 4 x 4
+    attn = model.model.layers[0].self_attn
+    q_norm, k_norm = attn.q_norm.weight.detach().clone(), attn.k_norm.weight.detach().clone()
+    ids = inputs()
+    # Without the mask's norm emulation the statistic would still span the removed heads: the cut
+    # model (whose norms see only the kept heads) would then differ from the masked one.
+    monkeypatch.setattr(masking, "_norm_over_kept", lambda keep: lambda *_: None)
+    with masked(model, GROUPS):
+        plain_zeroing = logits(model, ids)
+    monkeypatch.undo()
+    with masked(model, GROUPS):
+        expected = logits(model, ids)
+    apply_plan(model, GROUPS)  # layer 0 loses KV groups 0 and 3, i.e. query heads 0, 1, 6, 7
+    kept_q = [c for h in (2, 3, 4, 5) for c in range(4 * h, 4 * h + 4)]
+    kept_k = [c for g in (1, 2) for c in range(4 * g, 4 * g + 4)]
+    assert torch.equal(attn.q_norm.weight, q_norm[kept_q]) and torch.equal(attn.k_norm.weight, k_norm[kept_k])
+    torch.testing.assert_close(logits(model, ids), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(logits(model, ids), plain_zeroing, atol=1e-4)
+
+
+def test_gemma_layer_types_follow_dropped_layers():
+    # Gemma 3: layers 0, 1, 3 slide over 4 tokens, layer 2 is global with its own RoPE base. Dropping
+    # layer 0 must keep each remaining layer's mask and rotary table (11-token inputs: the window bites).
+    for family, drop, types in (
+        ("gemma3", [0], ["sliding_attention", "full_attention", "sliding_attention"]),
+        ("gemma3", [2], ["sliding_attention"] * 3),
+        ("gemma2", [1, 2], ["sliding_attention", "full_attention"]),
+    ):
+        model = tiny_model(family)
+        check_cut_equals_mask(family, PrunePlan(drop_layers=drop))
+        apply_plan(model, PrunePlan(drop_layers=drop))
+        assert model.config.layer_types == types
+        assert [layer.self_attn.sliding_window for layer in model.model.layers] == [
+            4 if t == "sliding_attention" else None for t in types
+        ]
+
+
+def test_gemma_hidden_cut_rescales_embeddings_as_a_reload_would():
+    # Gemma multiplies embeddings by sqrt(config.hidden_size), rebuilt from the config on load: the cut
+    # model uses sqrt(24) like its reload. (Hence no pruned == masked claim for hidden cuts: the masked
+    # teacher keeps sqrt(32), besides the norms' statistics over all channels.)
+    for family in ("gemma2", "gemma3"):
+        model = tiny_model(family)
+        apply_plan(model, HIDDEN)
+        embed = model.model.embed_tokens
+        assert embed.embed_scale.item() == pytest.approx(24**0.5) and embed.scalar_embed_scale == 24**0.5
+        rebuilt = type(model)(model.config).model.embed_tokens
+        assert torch.equal(rebuilt.embed_scale, embed.embed_scale)
