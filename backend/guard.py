@@ -63,7 +63,11 @@ class Guard:
                 {},
             )
         origin = headers.get("origin")
-        if scope["method"] not in SAFE_METHODS and origin is not None and not self._same_site(origin, scope, host):
+        if (
+            scope["method"] not in SAFE_METHODS
+            and origin is not None
+            and not self._same_site(origin, scope, host)
+        ):
             return (
                 403,
                 f"cross-site request refused: Origin {origin!r} is not this server's own pages "
