@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # refreshed for three intervals (a dead worker) expires.
     worker_refresh_s: float = 5.0
     max_body_bytes: int = 1 << 20
+    # Prune jobs and `prunescope prune` in "auto" mode cut out of core (tensor by tensor from the
+    # checkpoint) when the loaded teacher would exceed this many GB; unset: half the available RAM.
+    out_of_core_threshold_gb: float | None = None
     # Prefix of every Redis key and channel, so deployments (or test runs) can share one Redis server.
     redis_prefix: str = ""
     frontend_dir: Path | None = None

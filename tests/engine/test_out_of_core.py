@@ -88,8 +88,11 @@ def test_out_of_core_equals_in_memory_surgery(family, cut, tmp_path):
     manifest = {"plan": plan.model_dump(mode="json")}
     model = apply_plan(tiny_model(family), plan)
     save_model(model, None, tmp_path / "in_memory", manifest)
-    out = prune_checkpoint(teacher, plan, tmp_path / "out_of_core", manifest, max_shard_bytes=STUDENT_SHARD)
-    assert out == (tmp_path / "out_of_core").resolve()
+    pruned = prune_checkpoint(
+        teacher, plan, tmp_path / "out_of_core", manifest, max_shard_bytes=STUDENT_SHARD
+    )
+    out = pruned.path
+    assert out == (tmp_path / "out_of_core").resolve() and pruned.spec == arch_spec(model)
     assert_same_student(tmp_path / "in_memory", out)
     index = json.loads((out / INDEX_FILE).read_text())
     shards = set(index["weight_map"].values())
@@ -104,7 +107,7 @@ def test_out_of_core_equals_in_memory_surgery(family, cut, tmp_path):
 
 def test_a_uniform_student_loads_with_vanilla_from_pretrained(tmp_path):
     teacher = save_teacher(tiny_model("llama"), tmp_path / "teacher")
-    out = prune_checkpoint(teacher, EXACT_CUTS["layers"], tmp_path / "student", {})
+    out = prune_checkpoint(teacher, EXACT_CUTS["layers"], tmp_path / "student", {}).path
     assert not (out / LAYERS_FILE).exists() and (out / "model.safetensors").is_file()  # one shard here
     student = load_by_contract(out)
     expected = apply_plan(tiny_model("llama"), EXACT_CUTS["layers"])

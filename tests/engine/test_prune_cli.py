@@ -12,7 +12,7 @@ from tests.tiny_models import VOCAB, tiny_model
 from worker.cli import main
 from worker.engine.adapters import arch_spec, count_parameters
 from worker.engine.importance import compute_importance
-from worker.engine.loading import MANIFEST_FILE
+from worker.engine.loading import MANIFEST_FILE, load_model
 from worker.engine.plan import PrunePlan, fill_plan
 from worker.engine.surgery import apply_plan
 
@@ -141,3 +141,58 @@ def test_bad_input_is_one_line_without_traceback(case, message, teacher, tmp_pat
     assert last.startswith("prunescope prune: error:") and message in last
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists() or case == "existing_output"
+
+
+def test_prune_out_of_core_writes_the_same_student(tmp_path, capsys):
+    teacher = tmp_path / "sharded"
+    tiny_model("llama").save_pretrained(teacher, max_shard_size="20KB")
+    plan = write(tmp_path / "p.json", {**PLAN, "remove_neurons": {"0": [1, 2, 3]}})
+    outputs = {}
+    for flag in ("--in-memory", "--out-of-core"):
+        out_dir = tmp_path / flag.strip("-")
+        code, _, err = run(
+            capsys, "prune", teacher, "--plan", plan, "-o", out_dir, flag, "--shard-size", "2e-5"
+        )
+        assert code == 0, err
+        outputs[flag] = out_dir
+        assert f"[surgery] {'in memory' if flag == '--in-memory' else 'out of core'} (requested)" in err
+    mem, ooc = (
+        json.loads((outputs[f] / MANIFEST_FILE).read_text()) for f in ("--in-memory", "--out-of-core")
+    )
+    assert ooc["teacher"] == mem["teacher"]  # the streamed weights hash equals the in-memory one
+    assert ooc["plan"] == mem["plan"] and ooc["stats"] == mem["stats"] and ooc["format"] == mem["format"]
+    assert ooc["surgery"] == "out of core (requested)" and mem["surgery"] == "in memory (requested)"
+    assert len(list(outputs["--out-of-core"].glob("model-*.safetensors"))) >= 2  # 20 kB shards
+    expected = load_model(outputs["--in-memory"])[0]
+    student = load_model(outputs["--out-of-core"])[0]
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(student.state_dict()[name], tensor), name
+
+
+def test_prune_goes_out_of_core_by_itself_above_the_threshold(teacher, tmp_path, capsys, monkeypatch):
+    plan = write(tmp_path / "p.json", PLAN)
+    code, _, err = run(capsys, "prune", teacher, "--plan", plan, "-o", tmp_path / "small")
+    assert code == 0, err
+    assert "[surgery] in memory (model" in err and "half the available RAM" in err
+    monkeypatch.setenv("PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB", "0.00001")  # 10 kB
+    code, _, err = run(capsys, "prune", teacher, "--plan", plan, "-o", tmp_path / "big")
+    assert code == 0, err
+    assert "[surgery] out of core (model" in err and "> the threshold 1e-05 GB" in err
+    assert json.loads((tmp_path / "big" / MANIFEST_FILE).read_text())["surgery"].startswith("out of core")
+
+
+def test_out_of_core_of_a_model_that_cannot_be_cut_so_is_one_line(tmp_path, capsys):
+    code, _, err = run(
+        capsys,
+        "prune",
+        "some-org/some-model",
+        "--plan",
+        write(tmp_path / "p.json", PLAN),
+        "-o",
+        tmp_path / "o",
+        "--out-of-core",
+    )
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("prunescope prune: error: cannot cut some-org/some-model out of core")
+    assert not (tmp_path / "o").exists()

@@ -3,11 +3,14 @@
     prunescope summary MODEL [--json]
     prunescope plan-stats MODEL --plan plan.json [--importance RUN_DIR] [--json]
     prunescope prune MODEL --plan plan.json [--importance RUN_DIR] -o OUT [--dtype D] [--overwrite]
+                     [--out-of-core | --in-memory] [--shard-size GB]
 
 A plan file holds one `PrunePlan` (see worker/engine/plan.py), for example
     {"drop_layers": [3], "remove_heads": {"0": [1, 5]}, "targets": {"intermediate_size": 2048}}
 Targets are filled from the importance run given with --importance (its default aggregation:
 L2 over the batch, mean over the sequence, unless --batch-agg/--seq-agg say otherwise).
+`prune` cuts out of core (tensor by tensor from the checkpoint, never loading the teacher) with
+--out-of-core, or by itself when the teacher is bigger than the threshold; it says which and why.
 """
 
 from __future__ import annotations
@@ -165,34 +168,99 @@ def cmd_plan_stats(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from tqdm import tqdm
-
-    from worker.engine.adapters import arch_spec, count_parameters
-    from worker.engine.importance.provenance import weights_sha256
-    from worker.engine.loading import save_model
-    from worker.engine.plan import kept_layers, plan_stats
-    from worker.engine.surgery import apply_plan
+    from backend.settings import Settings
+    from worker.engine.out_of_core import resolve_mode
 
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise CliError(f"output {out} exists and is not empty (use --overwrite to replace it)")
     original_plan = _read_plan(args.plan)
+    mode = "always" if args.out_of_core else "never" if args.in_memory else "auto"
+    try:
+        checkpoint, why = resolve_mode(
+            args.model, mode, Settings().out_of_core_threshold_gb, dtype=args.dtype
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    _say(f"[surgery] {why}")
+    if checkpoint is not None:
+        return _prune_out_of_core(args, checkpoint, original_plan, out, why)
+    return _prune_in_memory(args, original_plan, out, why)
+
+
+def _prune_in_memory(args, original_plan, out: Path, why: str) -> int:
+    from tqdm import tqdm
+
+    from worker.engine.adapters import arch_spec, count_parameters
+    from worker.engine.importance.provenance import weights_sha256
+    from worker.engine.loading import save_model
+    from worker.engine.plan import kept_layers
+    from worker.engine.surgery import apply_plan
+
     model, tokenizer = _load(args)
     spec = arch_spec(model)
-    teacher = {
-        "source": str(args.model),
-        "weights_sha256": weights_sha256(model),  # once: the surgery changes the weights
-        "params_total": spec.param_count()["total"],
-    }
-    plan, importance_manifest = _resolve_plan(args, spec, original_plan, lambda: teacher["weights_sha256"])
-    stats = plan_stats(plan, spec)
-    _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
+    teacher = _teacher_record(args, spec, weights_sha256(model))  # hashed once: the surgery changes it
+    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher)
     steps = len(kept_layers(plan, spec)) + bool(plan.remove_hidden) + bool(plan.drop_layers)
     with tqdm(total=steps, desc="prune", unit="step", file=sys.stderr) as bar:
         apply_plan(model, plan, progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
     if count_parameters(model) != stats["params_total"]:  # the cost model and the cut must agree
         raise RuntimeError("pruned parameter count differs from the plan's prediction")
-    manifest = {
+    manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
+    _say(f"[save] {out}")
+    path = save_model(model, tokenizer, out, manifest, overwrite=args.overwrite)
+    _print_json_or_table({"output": str(path), **stats}, False, ["output", *STATS_KEYS])
+    return 0
+
+
+def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> int:
+    """The same student, cut tensor by tensor from the checkpoint (worker/engine/out_of_core.py)."""
+    from tqdm import tqdm
+
+    from worker.engine.out_of_core import checkpoint_weights_sha256, prune_checkpoint
+
+    spec = checkpoint.spec
+    _say("[hash] teacher weights, tensor by tensor")
+    teacher = _teacher_record(args, spec, checkpoint_weights_sha256(checkpoint))
+    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher)
+    manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
+    _say(f"[save] {out}")
+    with tqdm(desc="prune", unit="tensor", file=sys.stderr) as bar:
+        pruned = prune_checkpoint(
+            args.model,
+            plan,
+            out,
+            manifest,
+            checkpoint=checkpoint,
+            max_shard_bytes=int(args.shard_size * 1e9),
+            overwrite=args.overwrite,
+            progress=lambda msg: (bar.set_postfix_str(msg.rsplit(" ", 1)[-1]), bar.update(1)),
+        )
+    if pruned.spec.param_count()["total"] != stats["params_total"]:  # the cost model and the cut agree
+        raise RuntimeError("pruned parameter count differs from the plan's prediction")
+    _print_json_or_table({"output": str(pruned.path), **stats}, False, ["output", *STATS_KEYS])
+    return 0
+
+
+def _teacher_record(args, spec, weights_hash: str) -> dict:
+    return {
+        "source": str(args.model),
+        "weights_sha256": weights_hash,
+        "params_total": spec.param_count()["total"],
+    }
+
+
+def _plan_and_stats(args, spec, original_plan, teacher: dict):
+    from worker.engine.plan import plan_stats
+
+    plan, importance_manifest = _resolve_plan(args, spec, original_plan, lambda: teacher["weights_sha256"])
+    stats = plan_stats(plan, spec)
+    _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
+    return plan, importance_manifest, stats
+
+
+def _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why: str) -> dict:
+    return {
         "kind": "pruned-student",
         "teacher": teacher,
         "plan_requested": original_plan.model_dump(mode="json"),
@@ -202,11 +270,8 @@ def cmd_prune(args) -> int:
         else None,
         "aggregation": {"batch": args.batch_agg, "seq": args.seq_agg} if importance_manifest else None,
         "stats": {k: stats[k] for k in STATS_KEYS},
+        "surgery": why,
     }
-    _say(f"[save] {out}")
-    path = save_model(model, tokenizer, out, manifest, overwrite=args.overwrite)
-    _print_json_or_table({"output": str(path), **stats}, False, ["output", *STATS_KEYS])
-    return 0
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -239,4 +304,28 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     p.add_argument("--dtype", help="load dtype, e.g. float32 or bfloat16 (default: the checkpoint's)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--out-of-core",
+        action="store_true",
+        help="cut tensor by tensor from the safetensors checkpoint (peak memory about one tensor); "
+        "default: when the teacher is bigger than PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB (else half the free RAM)",
+    )
+    mode.add_argument("--in-memory", action="store_true", help="load the whole teacher and cut it in memory")
+    p.add_argument(
+        "--shard-size",
+        type=_positive_float,
+        default=2.0,
+        help="out-of-core output shard size in GB (default 2)",
+    )
     p.set_defaults(handler=cmd_prune)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value

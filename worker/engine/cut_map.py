@@ -111,7 +111,7 @@ def _layer_tensor(adapter: Adapter, sub: str, cut: _LayerCut, hidden: Keep) -> t
         if name == adapter.attn_out_name:
             return _projection(param, hidden, cut.q, conv)
         if name in adapter.qk_norm_names:
-            if not getattr(adapter, "qk_norm_full_width", False):
+            if not adapter.qk_norm_full_width:
                 return (None,)  # per head: acts on head_dim, which is always kept
             return (cut.q if name == adapter.qk_norm_names[0] else cut.kv,)  # OLMo 2: one per q / k row
     if module.startswith(mlp):

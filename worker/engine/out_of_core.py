@@ -36,6 +36,12 @@ MODES = ("auto", "never", "always")
 DEFAULT_RAM_FRACTION = 0.5  # auto: out of core when the loaded model would take more of the free RAM
 
 
+@dataclass(frozen=True)
+class Pruned:
+    path: Path  # the saved student
+    spec: ArchSpec  # its architecture
+
+
 @dataclass
 class Checkpoint:
     """A local checkpoint's structure: its reader, config, family and the teacher on "meta"."""
@@ -166,7 +172,7 @@ def prune_checkpoint(
     overwrite: bool = False,
     progress: Progress = None,
     checkpoint: Checkpoint | None = None,
-) -> Path:
+) -> Pruned:
     """Cut the checkpoint at `source` to the explicit `plan` and save the student at `out_dir`."""
     from transformers import GenerationConfig
 
@@ -205,8 +211,25 @@ def prune_checkpoint(
             generation.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_student_metadata(tmp, ckpt.adapter.spec(student), manifest)
-    return Path(out_dir).expanduser().resolve()
+        spec = ckpt.adapter.spec(student)
+        write_student_metadata(tmp, spec, manifest)
+    return Pruned(Path(out_dir).expanduser().resolve(), spec)
+
+
+def resolve_mode(
+    source: str | os.PathLike, requested: str, threshold_gb: float | None = None, *, dtype=None
+) -> tuple[Checkpoint | None, str]:
+    """(the checkpoint to cut out of core, or None to cut in memory; why) for a requested mode."""
+    ckpt = None
+    if requested != "never":
+        try:
+            ckpt = open_checkpoint(source, dtype=dtype)
+        except (OSError, ValueError) as exc:  # not a local safetensors checkpoint of a supported family
+            if requested == "always":
+                raise ValueError(f"cannot cut {source} out of core: {exc}") from exc
+    threshold = None if threshold_gb is None else int(threshold_gb * 1e9)
+    out_of_core, why = choose_mode(requested, ckpt.model_bytes() if ckpt else None, threshold)
+    return (ckpt if out_of_core else None), why
 
 
 def choose_mode(
@@ -247,8 +270,10 @@ def _gb(n: int) -> str:
 __all__ = [
     "Checkpoint",
     "MODES",
+    "Pruned",
     "checkpoint_weights_sha256",
     "choose_mode",
     "open_checkpoint",
     "prune_checkpoint",
+    "resolve_mode",
 ]
