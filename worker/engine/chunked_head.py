@@ -3,9 +3,10 @@
 The one definition of "apply the LM head" for everything that turns logits into a loss: the
 distillation losses (`distill/losses.py`), perplexity, the teacher's block NLL (also the what-if
 preview) and the importance loss scans. It applies the family's logit post-processing too (Gemma's
-final soft-cap, Granite's logits scaling), exactly as the model's own forward does. Full [tokens, vocab] logits never exist: at most
-`chunk_tokens` x V float32 logits at a time (a 128k vocabulary at batch 8 x 2048 would otherwise
-hold 8 GiB of float32 logits).
+final soft-cap, Granite's logits scaling) as the model's own forward does, in float32 (the forward
+does it in the model's dtype: the same numbers in float32). Full [tokens, vocab] logits never exist:
+at most `chunk_tokens` x V float32 logits at a time (a 128k vocabulary at batch 8 x 2048 would
+otherwise hold 8 GiB of float32 logits).
 
 Models are run up to their final norm (`final_hidden_states`, the base model's output), so hooks on
 the final norm (masking, importance) still see it; only the head is applied here.

@@ -4,9 +4,10 @@ Removed heads and neurons have their contribution zeroed at the input of the out
 (o_proj / down_proj; exactly what removing those columns does), and dropped layers pass their input
 through unchanged. OLMo 2's q_norm / k_norm, which span all heads, take their statistic over the kept
 heads only, as the cut model's sliced norms do. For these cuts the pruned model's logits equal the
-masked model's (the equivalence tests check it). Removed hidden channels are zeroed in the embeddings, every block's
-outputs and every norm's output: a preview only, since LayerNorm/RMSNorm statistics still average
-over all channels, unlike the pruned model's.
+masked model's (the equivalence tests check it). Removed hidden channels are zeroed in the embeddings,
+every block's outputs and every norm's output: a preview only, since LayerNorm/RMSNorm statistics
+still average over all channels, unlike the pruned model's (and Gemma's cut model scales its
+embeddings by sqrt of the new hidden size).
 """
 
 from __future__ import annotations
