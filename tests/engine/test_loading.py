@@ -196,3 +196,15 @@ def test_family_constants_survive_the_cut_and_the_reload(tmp_path):
         stock = AutoModelForCausalLM.from_pretrained(out)
         assert {k: getattr(stock.config, k) for k in fields} == fields
         assert stock.config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize("family", ["olmo2", "granite"])
+def test_hidden_size_need_not_divide_by_the_head_count_where_the_config_allows(family, tmp_path):
+    # 32 -> 29 channels with 8 heads of 4: the explicit head_dim in the saved config is what they read.
+    model = pruned(family, PrunePlan(remove_hidden=[0, 7, 30]))
+    expected = logits(model)
+    out = save_model(model, None, tmp_path / "s", {})
+    assert not (out / LAYERS_FILE).exists()
+    stock = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert stock.config.hidden_size == 29
+    torch.testing.assert_close(logits(stock), expected, atol=1e-6, rtol=0)

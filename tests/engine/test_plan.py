@@ -163,6 +163,23 @@ def test_llama_hidden_size_must_be_a_multiple_of_the_head_count():
     assert errors(PrunePlan(remove_hidden=[0, 1, 2]), tiny_spec(family="qwen3", model_type="qwen3")) == []
 
 
+@pytest.mark.parametrize(
+    "family,model_type,config",
+    [("gemma2", "gemma2", "Gemma2Config"), ("gemma3", "gemma3_text", "Gemma3TextConfig")],
+)
+def test_gemma_hidden_size_must_be_a_multiple_of_the_head_count(family, model_type, config):
+    # Gemma's configs validate it too (head_dim is explicit there, so only the config needs it);
+    # OLMo 2 and Granite configs do not, and take any hidden size.
+    spec = tiny_spec(family=family, model_type=model_type, layer_norms=4, tie_word_embeddings=True)
+    (msg,) = errors(PrunePlan(remove_hidden=[0, 1, 2]), spec)
+    assert (
+        f"{config} requires hidden_size to be a multiple" in msg
+        and "nearby valid hidden sizes: 24, 32" in msg
+    )
+    for other in ("olmo2", "granite"):
+        assert errors(PrunePlan(remove_hidden=[0, 1, 2]), tiny_spec(family=other, model_type=other)) == []
+
+
 def test_param_budget_keeps_llama_hidden_sizes_loadable():
     spec = tiny_spec()
     for fraction in (0.35, 0.5, 0.6):
