@@ -41,7 +41,7 @@ def abs_and_l2_sums(x: torch.Tensor, dim: int, out_sum: torch.Tensor, out_l2: to
         torch.linalg.vector_norm(x, ord=2, dim=dim, dtype=F32, out=out_l2)
         return
     n = x.shape[dim]
-    if n == 0:
+    if x.numel() == 0:  # an empty sequence, or an empty window of rows
         out_sum.zero_()
         out_l2.zero_()
         return
@@ -100,22 +100,30 @@ class BatchContext:
 
 
 class RunningSums:
+    """Running sums of `rows` x `units`. A batch may cover only a window of the rows (a layer-streamed
+    pass runs one layer over every batch at a time): row numbers stay global, the per-batch buffers
+    hold the window's rows only, and the other rows' sums are left as they are."""
+
     def __init__(self, rows: int, units: int, device: torch.device):
         self.rows, self.units = rows, units
         self.sums = torch.zeros((2, NUM_SUMS, rows, units), dtype=F32, device=device)
         self.seq_sum = self.seq_l2 = None
+        self.window = range(rows)
 
-    def begin_batch(self, ctx: BatchContext) -> None:
-        shape = (self.rows, ctx.batch_size, self.units)
+    def begin_batch(self, ctx: BatchContext, rows: range | None = None) -> None:
+        self.window = range(self.rows) if rows is None else rows
+        shape = (len(self.window), ctx.batch_size, self.units)
         self.seq_sum = torch.zeros(shape, dtype=F32, device=self.sums.device)
         self.seq_l2 = torch.zeros(shape, dtype=F32, device=self.sums.device)
 
     def add(self, row: int, values: torch.Tensor, ctx: BatchContext) -> None:
         """Per-token values [B, S, U] of one row (a layer or a norm); |values| is what gets summed."""
+        row -= self.window.start
         ctx.reduce_into(values, self.seq_sum[row], self.seq_l2[row])
 
     def add_all_rows(self, values: torch.Tensor, ctx: BatchContext) -> None:
-        """Small per-token values of every row at once: [rows, B, S, U] (heads, block importance)."""
+        """Small per-token values of every row of the window at once: [rows, B, S, U] (heads, block
+        importance)."""
         abs_and_l2_sums(ctx.masked(values, seq_dim=2), 2, self.seq_sum, self.seq_l2)
 
     def end_batch(self, ctx: BatchContext) -> None:
@@ -124,7 +132,7 @@ class RunningSums:
         seq_l2 = self.seq_l2
         # order = SUM_MEAN, SQ_MEAN, SUM_L2, SQ_L2 (stats.py); [4, rows, B, U] -> [B, 4, rows, U]
         per_sample = torch.stack((seq_mean, seq_mean * seq_mean, seq_l2, seq_l2 * seq_l2)).permute(2, 0, 1, 3)
-        self.sums.index_add_(0, ctx.halves, per_sample)
+        self.sums[:, :, self.window.start : self.window.stop].index_add_(0, ctx.halves, per_sample)
         self.seq_sum = self.seq_l2 = None
 
     def numpy(self):

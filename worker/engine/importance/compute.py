@@ -25,7 +25,7 @@ from worker.engine.importance.layer_scan import (
     scan_layer_count,
     token_losses,
 )
-from worker.engine.importance.provenance import run_manifest
+from worker.engine.importance.provenance import run_manifest, weights_sha256
 from worker.engine.importance.result import DEFAULT_SCANS, SCANS, ImportanceResult
 
 Progress = Callable[[int], None]  # called after each batch with its number of samples
@@ -43,6 +43,24 @@ def check_scans(scans: Iterable[str], block_size: int, num_layers: int) -> tuple
     return scans
 
 
+def loss_scan_sizes(scans: tuple[str, ...], block_size: int) -> list[int]:
+    """k of every loss scan asked for, each once (a block of 1 is the drop scan, run once)."""
+    return list(
+        dict.fromkeys(((1,) if "drop" in scans else ()) + ((block_size,) if "block" in scans else ()))
+    )
+
+
+def new_loss_sums(loss_scans: list[int], num_layers: int, device: torch.device) -> dict:
+    """float32 loss sums per half: the base loss, the target-token counts, one row per cut and k."""
+    loss = {"base": torch.zeros(2, device=device), "tokens": torch.zeros(2, device=device)}
+    for k in loss_scans:
+        loss[k] = torch.zeros(2, num_layers - k + 1, device=device)
+    return loss
+
+
+IN_MEMORY = {"mode": "in_memory", "reason": "the model was given loaded"}
+
+
 def compute_importance(
     model: nn.Module,
     batches: Iterable[dict],
@@ -52,6 +70,7 @@ def compute_importance(
     progress: Progress | None = None,
     metadata: dict | None = None,
     hash_weights: bool = True,
+    execution: dict | None = None,
 ) -> ImportanceResult:
     """Importance of heads, neurons, hidden channels and layers of `model` (see the package docstring).
 
@@ -60,6 +79,7 @@ def compute_importance(
     "angular" (angular distance across each k-layer block, Gromov et al.; no extra layer forwards).
     `metadata` is merged into the manifest (model source, data source, seed...). `hash_weights=False`
     skips the manifest's SHA-256 of the weights (a one-off cost: it reads every weight once on the host).
+    `execution` is the manifest's record of how the pass ran and why (default: in memory).
     """
     adapter = adapter_for(model)
     spec = adapter.spec(model)
@@ -67,12 +87,10 @@ def compute_importance(
         raise ValueError("importance needs a model whose layers all have the same shape (an unpruned model)")
     num_layers = spec.num_layers
     scans = check_scans(scans, block_size, num_layers)
-    loss_scans = [k for k in ((1,) if "drop" in scans else ()) + ((block_size,) if "block" in scans else ())]
+    loss_scans = loss_scan_sizes(scans, block_size)
     device = next(model.parameters()).device
     scanner = LayerScanner(model, adapter)
-    loss = {"base": torch.zeros(2, device=device), "tokens": torch.zeros(2, device=device)}
-    for k in dict.fromkeys(loss_scans):
-        loss[k] = torch.zeros(2, num_layers - k + 1, device=device)
+    loss = new_loss_sums(loss_scans, num_layers, device)
 
     was_training = model.training
     model.eval()
@@ -106,7 +124,7 @@ def compute_importance(
                 del hidden  # not alive during the scans nor during the next batch's forward
                 if loss_scans:
                     hooks.enabled = False  # scans re-run layers; those activations are not calibration data
-                    for k in dict.fromkeys(loss_scans):
+                    for k in loss_scans:
                         cut_sums = scanner.scan(hooks.calls, k, input_ids, attention_mask)  # [cuts, B]
                         loss[k].index_add_(0, ctx.halves, cut_sums.T)
                     hooks.calls = [None] * num_layers
@@ -119,14 +137,48 @@ def compute_importance(
         model.train(was_training)
     if samples == 0:
         raise ValueError("no calibration samples: the batches were empty")
+    return build_result(
+        model,
+        spec,
+        scans=scans,
+        block_size=block_size,
+        hooks=hooks,
+        angular=hooks.angular,
+        loss=loss,
+        counts=(samples, batch_count, seq_len),
+        scan_forwards=scanner.layer_forwards,
+        metadata=metadata,
+        weights_hash=weights_sha256(model) if hash_weights else None,
+        execution=execution or IN_MEMORY,
+    )
 
+
+def build_result(
+    model: nn.Module,
+    spec,
+    *,
+    scans: tuple[str, ...],
+    block_size: int,
+    hooks: ImportanceHooks,
+    angular,
+    loss: dict,
+    counts: tuple[int, int, int],
+    scan_forwards: int,
+    metadata: dict | None,
+    weights_hash: str | None,
+    execution: dict,
+    **manifest_fields,
+) -> ImportanceResult:
+    """The arrays and manifest of a finished pass, in memory or streamed alike."""
+    samples, batch_count, seq_len = counts
+    num_layers = spec.num_layers
     arrays = {"samples": torch.tensor([(samples + 1) // 2, samples // 2], dtype=torch.float32).numpy()}
     arrays.update(heads=hooks.heads.numpy(), neurons=hooks.neurons.numpy(), hidden=hooks.hidden.numpy())
     if "bi" in scans:
         arrays["block_importance"] = hooks.bi.numpy()
     if "angular" in scans:
-        arrays[f"block_angular_k{block_size}"] = hooks.angular.numpy()
-    if loss_scans:
+        arrays[f"block_angular_k{block_size}"] = angular.numpy()
+    if len(loss) > 2:
         arrays["loss_base"], arrays["loss_tokens"] = loss["base"].cpu().numpy(), loss["tokens"].cpu().numpy()
         if "drop" in scans:
             arrays["loss_drop"] = loss[1].cpu().numpy()
@@ -140,7 +192,7 @@ def compute_importance(
     evaluations = {
         "batches": batch_count,
         "layer_forwards_importance_pass": num_layers * batch_count,
-        "layer_forwards_scans": scanner.layer_forwards,
+        "layer_forwards_scans": scan_forwards,
         "layer_forwards_scans_expected": sum(scan_layer_count(num_layers, k) for k in set(named.values()))
         * batch_count,
         "per_scan": {
@@ -160,6 +212,9 @@ def compute_importance(
         seq_len=seq_len,
         evaluations=evaluations,
         metadata=metadata or {},
-        hash_weights=hash_weights,
+        hash_weights=False,
+        weights_sha256=weights_hash,
+        execution=execution,
+        **manifest_fields,
     )
     return ImportanceResult(arrays=arrays, manifest=manifest)

@@ -63,13 +63,14 @@ class ImportanceHooks:
         block_importance: bool,
         record_calls: bool,
         angular_block: int | None = None,
+        device: torch.device | None = None,
     ):
         self.model, self.adapter = model, adapter
         self.layers = adapter.layers(model)
         self.norms = [n for layer in self.layers for n in adapter.norms(layer)] + [adapter.final_norm(model)]
         self.head_dim = adapter.head_dim(model)
         self.block_importance, self.record_calls = block_importance, record_calls
-        device = next(model.parameters()).device
+        device = device or next(model.parameters()).device  # given when the model is on "meta"
         num_layers = len(self.layers)
         heads = adapter.layer_num_heads(self.layers[0], self.head_dim)
         neurons = adapter.layer_intermediate_size(self.layers[0])
@@ -85,6 +86,7 @@ class ImportanceHooks:
             self.angular = RunningSums(num_layers - angular_block + 1, 1, device)  # one row per block start
             self.axes += (self.angular,)
         self.ctx: BatchContext | None = None
+        self.layer0 = 0  # first layer of the batch's window (begin_batch)
         self._recent_inputs: deque | None = None
         self.calls: list[LayerCall | None] = [None] * num_layers
         self.enabled = True  # off while the layer scans re-run layers
@@ -108,20 +110,34 @@ class ImportanceHooks:
         self.calls = [None] * len(self.layers)
         self._recent_inputs = None  # an interrupted batch must not keep activations alive
 
-    def begin_batch(self, ctx: BatchContext) -> None:
+    def begin_batch(self, ctx: BatchContext, layers: range | None = None, final_norm: bool = True) -> None:
+        """Start a batch that will run `layers` (default: all) and, with `final_norm`, the final norm.
+
+        A layer-streamed pass runs one layer over every batch at a time (`streamed.py`): each call
+        then covers `range(i, i + 1)` without the final norm, and a last one only the final norm
+        (`range(L, L)`); the sums of the layers outside the window are left untouched.
+        """
         self.ctx = ctx
         self.calls = [None] * len(self.layers)  # drop the previous batch's cache before this one runs
-        for axis in self.axes:
-            axis.begin_batch(ctx)
+        num_layers, heads = self.heads.rows, self.heads.units
+        layers = range(num_layers) if layers is None else layers
+        if self.angular_block and len(layers) != num_layers:
+            raise ValueError("the hooks measure the angular distance only when one pass runs every layer")
+        self.layer0 = layers.start
+        per_layer = (len(self.norms) - 1) // num_layers
+        for axis in (self.heads, self.neurons, self.bi):
+            axis.begin_batch(ctx, layers)
+        self.hidden.begin_batch(ctx, range(layers.start * per_layer, layers.stop * per_layer + final_norm))
+        if self.angular_block:
+            self.angular.begin_batch(ctx)
         # Small per-token values, reduced for all layers at once in end_batch (fewer kernel launches).
         batch, seq = ctx.mask.shape
-        num_layers, heads = self.heads.rows, self.heads.units
         device = self.heads.sums.device
-        self.head_norms = torch.zeros((num_layers, batch, seq, heads), dtype=torch.float32, device=device)
+        self.head_norms = torch.zeros((len(layers), batch, seq, heads), dtype=torch.float32, device=device)
         # |layer input|, |layer output|, |input - output| per token, for 1 - cos (rows 0 and 1 are
         # also the angular distance's block input and output norms)
-        self.bi_norms = torch.ones((3, num_layers, batch, seq), dtype=torch.float32, device=device)
-        self._last_output = None  # (tensor, layer): layer i's output is layer i + 1's input
+        self.bi_norms = torch.ones((3, len(layers), batch, seq), dtype=torch.float32, device=device)
+        self._last_output = None  # (tensor, row): layer i's output is layer i + 1's input
         if self.angular_block:
             # |input of layer i - output of layer i + k - 1| per token, one row per block start i
             self.angular_diff = torch.ones(
@@ -150,7 +166,9 @@ class ImportanceHooks:
             if self.enabled:
                 x = args[0]
                 per_head = x.reshape(*x.shape[:-1], -1, self.head_dim)  # a view when x is contiguous
-                torch.linalg.vector_norm(per_head, dim=-1, dtype=torch.float32, out=self.head_norms[i])
+                torch.linalg.vector_norm(
+                    per_head, dim=-1, dtype=torch.float32, out=self.head_norms[i - self.layer0]
+                )
 
         return hook
 
@@ -177,7 +195,8 @@ class ImportanceHooks:
                 self.calls[i] = call
             if self.block_importance or self.angular_block:
                 x_in, x_out = call.hidden, layer_output(output)
-                n_in, n_out = self.bi_norms[0, i], self.bi_norms[1, i]
+                row = i - self.layer0
+                n_in, n_out = self.bi_norms[0, row], self.bi_norms[1, row]
                 last = self._last_output
                 if last is not None and last[0] is x_in:
                     n_in.copy_(self.bi_norms[1, last[1]])  # already measured as the previous layer's output
@@ -186,11 +205,11 @@ class ImportanceHooks:
                 torch.linalg.vector_norm(x_out, dim=-1, dtype=torch.float32, out=n_out)
                 if self.block_importance:
                     torch.linalg.vector_norm(
-                        x_in - x_out, dim=-1, dtype=torch.float32, out=self.bi_norms[2, i]
+                        x_in - x_out, dim=-1, dtype=torch.float32, out=self.bi_norms[2, row]
                     )
                 if self.angular_block:
                     self._angular_step(i, x_in, x_out)
-                self._last_output = (x_out, i)
+                self._last_output = (x_out, row)
 
         return hook
 

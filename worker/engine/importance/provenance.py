@@ -26,10 +26,42 @@ def weights_sha256(model: nn.Module) -> str:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        tensor = param.detach()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.contiguous().view(torch.uint8).cpu().numpy())  # buffer, no copy
+        _hash_tensor(digest, name, param.detach())
     return digest.hexdigest()
+
+
+def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.contiguous().view(torch.uint8).cpu().numpy())  # buffer, no copy
+
+
+class WeightsHasher:
+    """`weights_sha256` of a model whose parameters are loaded one module at a time (a layer-streamed
+    pass): the same digest, fed as the tensors arrive. Parameters are hashed in `named_parameters`
+    order; one that arrives before its turn waits on the host (never happens when modules are
+    loaded in the model's own order: embeddings, layers, final norm, head)."""
+
+    def __init__(self, model: nn.Module):
+        self.order = [name for name, _ in model.named_parameters()]  # tied weights once
+        self.digest = hashlib.sha256()
+        self.position = 0
+        self.waiting: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if self.position < len(self.order) and name == self.order[self.position]:
+            _hash_tensor(self.digest, name, tensor)
+            self.position += 1
+        else:
+            self.waiting[name] = tensor.detach().cpu()
+        while self.position < len(self.order) and self.order[self.position] in self.waiting:
+            name = self.order[self.position]
+            _hash_tensor(self.digest, name, self.waiting.pop(name))
+            self.position += 1
+
+    def hexdigest(self) -> str:
+        if self.position < len(self.order):
+            raise RuntimeError(f"weights hash: {self.order[self.position]} was never loaded")
+        return self.digest.hexdigest()
 
 
 @functools.cache

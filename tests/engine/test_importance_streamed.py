@@ -1,0 +1,170 @@
+"""Layer-streamed importance equals the in-memory pass: every family, scan and aggregation, every
+activation tier, sharded checkpoints; one decoder layer on the device at a time."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine.test_importance_scores import padded_batches
+from tests.tiny_models import FAMILIES, tiny_model
+from worker.engine.importance import compute_importance
+from worker.engine.importance.activation_store import StoreBudget
+from worker.engine.importance.stats import BATCH_REDUCTIONS, SEQ_REDUCTIONS
+from worker.engine.importance.streamed import compute_importance_streamed
+from worker.engine.layer_loader import ModuleLoader
+from worker.engine.loading import load_model
+
+ALL_SCANS = ("bi", "drop", "block", "angular")
+RTOL = 1e-6
+
+
+def batches():
+    # Uneven lengths: right padding inside batches and a short last batch.
+    return padded_batches([11, 7, 9, 12, 5], batch_size=2, seq_len=12)[1]
+
+
+def saved(tmp_path_factory, family: str, **save_kwargs):
+    path = tmp_path_factory.mktemp(family)
+    tiny_model(family).save_pretrained(path, **save_kwargs)
+    return path
+
+
+def assert_same_result(streamed, in_memory):
+    assert streamed.arrays.keys() == in_memory.arrays.keys()
+    for name, expected in in_memory.arrays.items():
+        np.testing.assert_allclose(streamed.arrays[name], expected, rtol=RTOL, atol=0, err_msg=name)
+    for batch, seq in itertools.product(BATCH_REDUCTIONS, SEQ_REDUCTIONS):
+        a, b = streamed.scores(batch, seq), in_memory.scores(batch, seq)
+        for axis in ("heads", "neurons", "hidden"):
+            np.testing.assert_allclose(getattr(a, axis), getattr(b, axis), rtol=RTOL, atol=0)
+        assert a.layers.keys() == b.layers.keys()
+        for method in b.layers:
+            np.testing.assert_allclose(a.layers[method], b.layers[method], rtol=RTOL, atol=0)
+    assert streamed.manifest["weights_sha256"] == in_memory.manifest["weights_sha256"]
+    assert streamed.manifest["evaluations"] == in_memory.manifest["evaluations"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_equals_in_memory_for_every_scan_and_aggregation(family, tmp_path_factory):
+    path = saved(tmp_path_factory, family)
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), scans=ALL_SCANS, block_size=2)
+    streamed = compute_importance_streamed(path, batches(), scans=ALL_SCANS, block_size=2, reason="test")
+    assert_same_result(streamed, in_memory)
+    assert in_memory.manifest["execution"]["mode"] == "in_memory"
+    execution = streamed.manifest["execution"]
+    assert (execution["mode"], execution["reason"], execution["layer_loads"]) == ("streamed", "test", 4)
+    assert streamed.manifest["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("scans", "block_size"), [(ALL_SCANS, 1), (("drop", "angular"), 3), (("bi",), 2)])
+def test_streamed_equals_in_memory_for_other_block_sizes_and_scan_sets(scans, block_size, tmp_path_factory):
+    path = saved(tmp_path_factory, "qwen3")
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), scans=scans, block_size=block_size)
+    streamed = compute_importance_streamed(path, batches(), scans=scans, block_size=block_size)
+    assert_same_result(streamed, in_memory)
+
+
+@pytest.mark.parametrize("family", ["llama_tied", "gpt2"])
+def test_disk_tier_gives_the_same_scores_and_leaves_no_file(family, tmp_path_factory, tmp_path):
+    """A zero device budget spills every store to memory-mapped files (forced: RAM is plentiful here)."""
+    path = saved(tmp_path_factory, family)
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), scans=ALL_SCANS, block_size=2)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    seen = []
+    original = torch.from_file
+
+    def from_file(filename, *args, **kwargs):
+        seen.append(filename)
+        return original(filename, *args, **kwargs)
+
+    budget = StoreBudget(device_bytes=0, host_bytes=0, spill_dir=str(spill))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "from_file", from_file)
+        streamed = compute_importance_streamed(path, batches(), scans=ALL_SCANS, block_size=2, budget=budget)
+    assert_same_result(streamed, in_memory)
+    stores = streamed.manifest["execution"]["activations"]["stores"]
+    # main stream + 2 angular inputs + 4 drop cuts + 3 block cuts, all on disk
+    assert stores == {"disk": 1 + 2 + 4 + 3}
+    assert len(seen) == 10 * 3 and all(f.startswith(str(spill)) for f in seen)  # 3 batches per store
+    assert list(spill.iterdir()) == []  # the temporary directory is removed
+
+
+def test_a_partial_device_budget_splits_the_stores_between_tiers(tmp_path_factory):
+    path = saved(tmp_path_factory, "llama")
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), scans=ALL_SCANS, block_size=2)
+    store_bytes = 5 * 12 * 32 * 4  # samples x seq x hidden x float32
+    budget = StoreBudget(device_bytes=3 * store_bytes, host_bytes=0)
+    streamed = compute_importance_streamed(path, batches(), scans=ALL_SCANS, block_size=2, budget=budget)
+    assert_same_result(streamed, in_memory)
+    activations = streamed.manifest["execution"]["activations"]
+    assert activations["store_bytes"] == store_bytes
+    assert activations["stores"] == {"device": 3, "disk": 7}
+
+
+def test_sharded_checkpoint_streams_the_same(tmp_path_factory):
+    path = saved(tmp_path_factory, "mistral", max_shard_size="20KB")
+    assert (path / "model.safetensors.index.json").is_file()
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), block_size=2)
+    streamed = compute_importance_streamed(path, batches(), block_size=2)
+    assert_same_result(streamed, in_memory)
+
+
+def test_one_decoder_layer_is_loaded_at_a_time_and_each_once(tmp_path_factory):
+    path = saved(tmp_path_factory, "llama")
+    loads: list[int] = []
+    loaded_layers_at_load: list[int] = []
+    original = ModuleLoader.load
+
+    def load(self, module):
+        layers = module_layers[0]
+        if any(module is layer for layer in layers):
+            loads.append(next(i for i, layer in enumerate(layers) if layer is module))
+            loaded_layers_at_load.append(sum(not next(layer.parameters()).is_meta for layer in layers))
+        original(self, module)
+
+    module_layers = []
+    original_init = ModuleLoader.__init__
+
+    def init(self, model, *args, **kwargs):
+        module_layers.append(model.model.layers)
+        original_init(self, model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ModuleLoader, "load", load)
+        mp.setattr(ModuleLoader, "__init__", init)
+        result = compute_importance_streamed(path, batches(), scans=ALL_SCANS, block_size=2)
+    assert loads == [0, 1, 2, 3]  # every layer read once, in order
+    assert loaded_layers_at_load == [0, 0, 0, 0]  # the previous layer was emptied before the next one
+    assert all(next(layer.parameters()).is_meta for layer in module_layers[0])  # and the last one too
+    # per batch, as in memory: drop 3 + 2 + 1 + 0, block (k = 2) 2 + 1 + 0; 3 batches
+    assert result.manifest["evaluations"]["layer_forwards_scans"] == (6 + 3) * 3
+
+
+def test_progress_adds_up_to_the_samples(tmp_path_factory):
+    path = saved(tmp_path_factory, "gpt2")
+    seen = []
+    compute_importance_streamed(path, batches(), scans=("bi",), progress=seen.append)
+    assert len(seen) == 3 * 5  # 3 batches x (4 layers + the final norm)
+    assert sum(seen) == pytest.approx(5)
+
+
+def test_bad_sources_and_inputs_are_clear_errors(tmp_path, tmp_path_factory):
+    with pytest.raises(FileNotFoundError, match="local model directory"):
+        compute_importance_streamed("org/some-hub-id", batches())
+    with pytest.raises(FileNotFoundError, match="local model directory"):
+        compute_importance_streamed(tmp_path, batches())
+    path = saved(tmp_path_factory, "llama")
+    with pytest.raises(ValueError, match="no calibration samples"):
+        compute_importance_streamed(path, [])
+    with pytest.raises(ValueError, match="unknown scan"):
+        compute_importance_streamed(path, batches(), scans=("bogus",))
