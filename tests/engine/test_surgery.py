@@ -237,7 +237,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # CUDA runs
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("family", ["llama_tied", "phi3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama_tied", "phi3", "gpt2", "gemma2", "olmo2"])
 def test_cut_keeps_device_and_dtype(family, device):
     model = tiny_model(family).to(device)
     ids = inputs().to(device)
