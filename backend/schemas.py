@@ -102,6 +102,11 @@ class PreviewCreate(OnDevice):
 class StudentCreate(OnDevice):
     plan_id: int
     name: str = Field(min_length=1, max_length=200)
+    out_of_core: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description="cut tensor by tensor from the checkpoint instead of loading the teacher; auto: when "
+        "the teacher is bigger than PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB (default half the worker's free RAM)",
+    )
 
 
 class DistillParams(OnDevice):

@@ -179,22 +179,14 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
 
 
 def run_prune(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.engine.adapters import arch_spec
-    from worker.engine.loading import save_model
+    from worker.engine.out_of_core import resolve_mode
     from worker.engine.plan import PrunePlan
-    from worker.engine.surgery import apply_plan
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     (plan_row,) = _rows(rt, (Plan, student.plan_id))
     try:
-        rt.progress(0.05, "loading teacher", force=True)
-        model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
-        rt.raise_if_cancelled()
-        rt.progress(0.4, "cutting weights", force=True)
+        check_remote_code(rt, teacher.trust_remote_code)
         plan = PrunePlan.model_validate(plan_row.plan)
-        model = apply_plan(model, plan)
-        summary = arch_spec(model).summary()
-        rt.progress(0.7, "saving", force=True)
         manifest = {
             "teacher": teacher.source,
             "teacher_id": teacher.id,
@@ -202,9 +194,17 @@ def run_prune(rt: JobRuntime, job: Job) -> dict[str, Any]:
             "plan_version": plan_row.version,
             "plan": plan_row.plan,
         }
-        key = _publish(
-            rt, f"students/{student.id}/model", lambda out: save_model(model, tokenizer, out, manifest)
+        requested = job.params.get("out_of_core", "auto")
+        mode = "never" if teacher.trust_remote_code else requested  # remote code: only its own loader
+        checkpoint, why = resolve_mode(
+            model_source(teacher.source), mode, rt.settings.out_of_core_threshold_gb
         )
+        manifest["surgery"] = why
+        rt.progress(0.02, f"surgery {why}", force=True)
+        if checkpoint is not None:
+            summary, key = _prune_out_of_core(rt, student, checkpoint, plan, manifest)
+        else:
+            summary, key = _prune_in_memory(rt, student, teacher, plan, manifest)
     except Exception as exc:
         _mark_failed(rt, Student, student.id, exc)
         raise
@@ -212,7 +212,44 @@ def run_prune(rt: JobRuntime, job: Job) -> dict[str, Any]:
         row = s.get(Student, student.id)
         row.status, row.spec, row.path, row.error = "ready", summary, key, None
         _record_artifact(rt, s, job.id, "student", key)
-    return {"artifact": key, "spec": summary}
+    return {"artifact": key, "spec": summary, "surgery": why}
+
+
+def _prune_in_memory(rt: JobRuntime, student: Student, teacher: Teacher, plan, manifest: dict):
+    from worker.engine.adapters import arch_spec
+    from worker.engine.loading import save_model
+    from worker.engine.surgery import apply_plan
+
+    rt.progress(0.05, "loading teacher", force=True)
+    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    rt.raise_if_cancelled()
+    rt.progress(0.4, "cutting weights", force=True)
+    model = apply_plan(model, plan)
+    summary = arch_spec(model).summary()
+    rt.progress(0.7, "saving", force=True)
+    key = _publish(
+        rt, f"students/{student.id}/model", lambda out: save_model(model, tokenizer, out, manifest)
+    )
+    return summary, key
+
+
+def _prune_out_of_core(rt: JobRuntime, student: Student, checkpoint, plan, manifest: dict):
+    """Tensor by tensor from the teacher's checkpoint: the teacher is never loaded whole."""
+    from worker.engine.out_of_core import prune_checkpoint
+
+    def progress(done: int, total: int, name: str) -> None:
+        rt.progress(0.05 + 0.9 * done / total, f"cut {done}/{total} tensors ({name})")
+        rt.raise_if_cancelled()
+
+    result = {}
+
+    def write(out: Path) -> None:
+        result["pruned"] = prune_checkpoint(
+            checkpoint.path, plan, out, manifest, checkpoint=checkpoint, progress=progress
+        )
+
+    key = _publish(rt, f"students/{student.id}/model", write)
+    return result["pruned"].spec.summary(), key
 
 
 def student_source(rt: JobRuntime, student: Student) -> str:

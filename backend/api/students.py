@@ -32,7 +32,12 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
             f"plan {plan.id} has targets: fill them from an importance run (POST /plans/fill) "
             "and save the explicit plan first",
         )
-    params = {"plan_id": plan.id, "plan_version": plan.version, "device": body.device}
+    params = {
+        "plan_id": plan.id,
+        "plan_version": plan.version,
+        "device": body.device,
+        "out_of_core": body.out_of_core,
+    }
     queue = choose_queue(request.app.state.settings, "prune", params)
     student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
     db.add(student)

@@ -155,6 +155,8 @@ def test_plan_student_and_distill(live_app, teacher, importance_run):
     assert zipped.status_code == 200 and zipped.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
     assert any(n.endswith("config.json") for n in names)
+    assert job["result"]["surgery"].startswith("in memory (model")  # auto: this teacher is small
+    check_out_of_core_student(live_app, plan, student)
 
     job = api.post(
         "/jobs",
@@ -207,3 +209,22 @@ def test_plan_student_and_distill(live_app, teacher, importance_run):
     s = compare["models"][1]
     assert s["distill_jobs"] == [job["id"]]
     assert s["evaluations"][0]["job_id"] == evaluate["id"] and s["benchmarks"][0]["job_id"] == bench["id"]
+
+
+def check_out_of_core_student(live_app, plan: dict, in_memory: dict) -> None:
+    """The same plan cut tensor by tensor from the checkpoint gives the same weights."""
+    from worker.engine.checkpoint_reader import CheckpointReader
+
+    bad = live_app.api.post("/students", json={"plan_id": plan["id"], "name": "s", "out_of_core": "often"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "out_of_core"
+    r = live_app.api.post("/students", json={"plan_id": plan["id"], "name": "s-ooc", "out_of_core": "always"})
+    assert r.status_code == 201, r.text
+    job = live_app.wait_job(r.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["surgery"] == "out of core (requested)"
+    student = live_app.api.get(f"/students/{r.json()['id']}").json()
+    assert student["status"] == "ready" and student["spec"] == in_memory["spec"]
+    root = live_app.data_dir / "artifacts"
+    a, b = CheckpointReader(root / in_memory["path"]), CheckpointReader(root / student["path"])
+    assert sorted(a.names()) == sorted(b.names())
+    assert all(a.read(n).equal(b.read(n)) for n in a.names())
