@@ -154,8 +154,8 @@ def test_progress_adds_up_to_the_samples(tmp_path_factory):
     path = saved(tmp_path_factory, "gpt2")
     seen = []
     compute_importance_streamed(path, batches(), scans=("bi",), progress=seen.append)
-    assert len(seen) == 3 * 5  # 3 batches x (4 layers + the final norm)
-    assert sum(seen) == pytest.approx(5)
+    # 5 samples x (4 layers + the final norm) = 25 sample-stages, reported as whole samples
+    assert all(isinstance(n, int) and n > 0 for n in seen) and sum(seen) == 5 and len(seen) > 2
 
 
 def test_bad_sources_and_inputs_are_clear_errors(tmp_path, tmp_path_factory):

@@ -1,7 +1,9 @@
 """`prunescope importance MODEL --data SOURCE -o RUN_DIR`: one calibration pass -> an importance artifact.
 
 Defaults fit a CPU and the offline demo (the shipped teacher and corpus); the papers use 1024 samples
-of 4096+ tokens on GPUs (`--samples 1024 --seq-len 4096 --device cuda --dtype bfloat16`).
+of 4096+ tokens on GPUs (`--samples 1024 --seq-len 4096 --device cuda --dtype bfloat16`). A model
+larger than the device's free memory is streamed one decoder layer at a time from its safetensors
+checkpoint (`--offload`, worker/engine/importance/offload.py); the scores are the same either way.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def register(subparsers) -> None:
         "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype"
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    parser.add_argument(
+        "--offload",
+        default="auto",
+        choices=["auto", "never", "always"],  # worker.engine.importance.offload.OFFLOAD_CHOICES
+        help="stream the model one decoder layer at a time from its safetensors checkpoint: auto (when "
+        "the weights + margin exceed the device's free memory; default), always, never",
+    )
     parser.add_argument("-o", "--out", required=True, type=Path, help="run directory for the artifact")
     parser.set_defaults(handler=_importance)
 
@@ -98,7 +107,9 @@ def _importance(args: argparse.Namespace) -> int:
 
     from worker.engine.data import calibration_batches, read_documents
     from worker.engine.importance import compute_importance
-    from worker.engine.loading import load_model
+    from worker.engine.importance.offload import choose_mode
+    from worker.engine.importance.streamed import compute_importance_streamed
+    from worker.engine.loading import load_model, load_tokenizer
 
     if args.model is None:
         from worker.demo import demo_teacher_path
@@ -111,14 +122,22 @@ def _importance(args: argparse.Namespace) -> int:
         from worker.engine.streaming import list_shards
 
         list_shards(source, args.data_format)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+    mode = choose_mode(args.model, offload=args.offload, dtype=args.dtype, device=device)
+    print(f"importance: {mode.describe()}", file=sys.stderr)
+    if mode.streamed:  # the weights are read layer by layer later; only the tokenizer now
+        from transformers import AutoConfig
+
+        model, tokenizer = None, load_tokenizer(args.model)
+        vocab = AutoConfig.from_pretrained(args.model).get_text_config().vocab_size
+    else:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+        vocab = model.get_input_embeddings().weight.shape[0]
     if args.tokenizer:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
-    vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise CliError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab}")
     if streamed:
@@ -144,10 +163,14 @@ def _importance(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "tokenizer": args.tokenizer or args.model,
     }
-    with tqdm(total=args.samples, desc="importance", unit="sample", file=sys.stderr) as bar:
-        result = compute_importance(
-            model, batches, scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata
-        )
+    with tqdm(total=args.samples, desc=f"importance ({mode.name})", unit="sample", file=sys.stderr) as bar:
+        common = dict(scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata)
+        if mode.streamed:
+            result = compute_importance_streamed(
+                args.model, batches, dtype=args.dtype, device=device, reason=mode.reason, **common
+            )
+        else:
+            result = compute_importance(model, batches, execution=mode.record(), **common)
     out = result.save(args.out)
     _print_summary(result, out)
     return 0
@@ -156,6 +179,8 @@ def _importance(args: argparse.Namespace) -> int:
 def _print_summary(result, out: Path) -> None:
     ev = result.manifest["evaluations"]
     print(f"importance run written to {out} ({result.samples} samples)")
+    execution = result.manifest["execution"]
+    print(f"mode: {execution['mode']} ({execution['reason']})")
     if "loss_base" in result.arrays:
         print(f"base LM loss: {result.base_loss():.4f}")
         for name, counts in ev["per_scan"].items():

@@ -64,9 +64,11 @@ def _first_line(exc: Exception) -> str:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _load_tokenizer(source: str, trust_remote_code: bool):
+def load_tokenizer(source: str | os.PathLike, trust_remote_code: bool = False):
+    """The tokenizer saved with a model, or None when it has none (reads no weight)."""
     from transformers import AutoTokenizer
 
+    source = str(source)
     path = Path(source)
     if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
         return None  # transformers would invent an empty tokenizer from the model type
@@ -75,6 +77,9 @@ def _load_tokenizer(source: str, trust_remote_code: bool):
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError):
         return None  # a checkpoint without tokenizer files
+
+
+_load_tokenizer = load_tokenizer  # the former private name (out_of_core.py)
 
 
 def load_model(
@@ -117,7 +122,7 @@ def load_model(
             where, config=config, trust_remote_code=trust_remote_code, **kwargs
         )
     model = model.to(device).eval()
-    return model, _load_tokenizer(where, trust_remote_code)
+    return model, load_tokenizer(where, trust_remote_code)
 
 
 def resize_to_layers_file(model: nn.Module, path: Path, config) -> None:
@@ -230,6 +235,7 @@ __all__ = [
     "MANIFEST_FILE",
     "UnsupportedArchitecture",
     "load_model",
+    "load_tokenizer",
     "save_model",
     "student_dir",
     "write_student_metadata",

@@ -155,7 +155,8 @@ def compute_importance_streamed(
     Same arguments and result as `compute_importance` (its manifest says `execution.mode:
     "streamed"` with `reason`), plus the checkpoint's `dtype` / `device` as `load_model` takes them
     and the activation store `budget` (default: measured from the free memory). `progress(n)` gets
-    each batch's samples spread over the L + 1 stages (n / (L + 1) per batch and stage).
+    whole samples as the work advances (each batch is 1 / (L + 1) done after each layer); the
+    calls add up to the number of samples.
     """
     path = checkpoint_dir(source)
     reader = CheckpointReader(path)
@@ -193,8 +194,16 @@ def compute_importance_streamed(
         inputs.append((batch["input_ids"].to(device), host_mask.to(device)))
         contexts.append(BatchContext(inputs[-1][1], samples, host_mask=host_mask))
         samples += batch["input_ids"].shape[0]
-    stage_share = 1.0 / (num_layers + 1)
     scan_forwards = 0
+    work = {"done": 0, "reported": 0}  # sample-stages done, samples reported
+
+    def advance(batch_size: int) -> None:
+        """Report whole samples: each stage (L layers + the final norm) moves a batch 1 / (L + 1)."""
+        work["done"] += batch_size
+        target = work["done"] // (num_layers + 1)
+        if progress is not None and target > work["reported"]:
+            progress(target - work["reported"])
+            work["reported"] = target
 
     def calls_of(b: int) -> list[LayerCall]:
         return record_layer_calls(model, layers, *inputs[b])
@@ -237,8 +246,7 @@ def compute_importance_streamed(
                             scan_forwards += 1
                     main[b] = x_out
                     del calls, x_in, x_out
-                    if progress is not None:
-                        progress(ctx.batch_size * stage_share)
+                    advance(ctx.batch_size)
                 loader.release(layer)
             for store in recent:
                 stores.release(store)
@@ -266,8 +274,7 @@ def compute_importance_streamed(
                         )  # [cuts, B]
                         loss[k].index_add_(0, ctx.halves, cut_sums.T)
                 del hidden
-                if progress is not None:
-                    progress(ctx.batch_size * stage_share)
+                advance(ctx.batch_size)
     finally:
         stores.close()
 

@@ -1,0 +1,82 @@
+"""Choosing in-memory vs layer-streamed importance (`--offload`), and the CLI running either."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.engine.test_importance_cli import ARGS, model_dir  # noqa: F401 (fixture)
+from worker.cli import main
+from worker.engine.importance import ImportanceResult
+from worker.engine.importance import offload as offload_module
+from worker.engine.importance.offload import FIT_MARGIN_BYTES, choose_mode, decide, streamable_weight_bytes
+
+GB = 10**9
+
+
+def test_decide_streams_only_when_the_weights_and_margin_do_not_fit():
+    fits = decide("auto", 10 * GB, 20 * GB, "cuda:0")
+    assert not fits.streamed and fits.reason == "weights 10 GB + margin fit in 20 GB free on cuda:0"
+    tight = decide("auto", 10 * GB, 12 * GB, "cuda:0")  # 10 GB + 20% + 1 GiB > 12 GB
+    assert tight.streamed and tight.reason == "weights 10 GB + margin > 12 GB free on cuda:0"
+    assert decide("auto", 10 * GB, int(12 * GB + FIT_MARGIN_BYTES), "cpu").streamed is False
+    assert decide("always", 1, 10**15).streamed and decide("never", 10**15, 1).streamed is False
+    assert decide("auto", None, None).reason == "not a local safetensors checkpoint, so it cannot be streamed"
+    with pytest.raises(ValueError, match="local model directory with safetensors"):
+        decide("always", None, None)
+    with pytest.raises(ValueError, match="offload must be one of auto, never, always, got 'sometimes'"):
+        decide("sometimes", 1, 1)
+
+
+def test_weight_bytes_follow_the_job_dtype_and_count_tied_weights_once(model_dir):  # noqa: F811
+    from worker.engine.loading import load_model
+
+    model, _ = load_model(model_dir)
+    fp32 = sum(p.numel() for p in model.parameters()) * 4  # parameters() lists a tied tensor once
+    assert streamable_weight_bytes(model_dir) == fp32
+    assert streamable_weight_bytes(model_dir, "bfloat16") == fp32 // 2
+    assert streamable_weight_bytes("org/hub-id") is None
+
+
+def test_choose_mode_measures_the_device(model_dir, monkeypatch):  # noqa: F811
+    assert not choose_mode(model_dir, device="cpu").streamed  # a few MB in GBs of RAM
+    monkeypatch.setattr(offload_module, "free_device_bytes", lambda device: 1000)
+    mode = choose_mode(model_dir, device="cpu")
+    assert mode.streamed and mode.reason.endswith("> 1e-06 GB free on cpu")
+    assert not choose_mode(model_dir, offload="never").streamed
+
+
+def run(model_dir, out, *extra):  # noqa: F811
+    assert (
+        main(
+            ["importance", str(model_dir), *ARGS, "--scans", "bi,drop,block,angular", *extra, "-o", str(out)]
+        )
+        == 0
+    )
+    return ImportanceResult.load(out)
+
+
+def test_cli_streamed_run_equals_the_in_memory_run_and_says_why(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    in_memory = run(model_dir, tmp_path / "mem", "--offload", "never")
+    out = capsys.readouterr()
+    assert "importance: in memory (offload=never)" in out.err
+    assert "mode: in_memory (offload=never)" in out.out
+
+    monkeypatch.setattr(offload_module, "free_device_bytes", lambda device: 1000)  # auto: does not fit
+    streamed = run(model_dir, tmp_path / "auto")
+    out = capsys.readouterr()
+    assert "importance: streamed, one layer at a time (weights" in out.err
+    assert "mode: streamed (weights" in out.out
+    assert streamed.manifest["execution"]["mode"] == "streamed"
+    for name, expected in in_memory.arrays.items():
+        np.testing.assert_allclose(streamed.arrays[name], expected, rtol=1e-6, atol=0, err_msg=name)
+    assert streamed.manifest["weights_sha256"] == in_memory.manifest["weights_sha256"]
+    assert streamed.manifest["model"] == in_memory.manifest["model"] == str(model_dir)
+
+
+def test_cli_offload_always_needs_a_local_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["importance", "org/hub-id", *ARGS, "--offload", "always", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("prunescope importance: error: streamed importance needs a local model directory")
+    assert not out.exists()
