@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from backend.data_reading import DataReading
 from worker.engine.plan import PlanTargets, PrunePlan
 from worker.routing import Requirement
 
@@ -51,7 +52,7 @@ class DatasetCreate(Strict):
     source: str = Field(min_length=1, max_length=1000, description='"demo" or a local file / directory')
 
 
-class ImportanceRunCreate(OnDevice):
+class ImportanceRunCreate(OnDevice, DataReading):
     teacher_id: int
     dataset_id: int
     samples: int = Field(64, ge=1, le=100_000)
@@ -109,7 +110,7 @@ class StudentCreate(OnDevice):
     )
 
 
-class DistillParams(OnDevice):
+class DistillParams(OnDevice, DataReading):
     dataset_id: int | None = None
     steps: int = Field(200, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1)

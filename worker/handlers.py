@@ -91,6 +91,21 @@ def _documents(dataset: Dataset | None, split: str) -> list[str]:
     return read_documents(dataset.source if dataset else "demo", split)
 
 
+def _stream(dataset: Dataset | None, p: dict, tokenizer, split: str, *, repeat: bool):
+    """The dataset read lazily (params `stream`, `data_format`, `text_field`: backend/data_reading.py)."""
+    from worker.engine.streaming import TokenStream
+
+    return TokenStream(
+        tokenizer,
+        dataset.source if dataset else "demo",
+        seq_len=p["seq_len"],
+        split=split,
+        text_field=p.get("text_field", "text"),
+        data_format=p.get("data_format", "auto"),
+        repeat=repeat,
+    )
+
+
 # ---- inspect: a teacher's architecture ------------------------------------------------------------
 
 
@@ -136,15 +151,20 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     p = run.params
     rt.progress(0.0, "loading model", force=True)
     model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
-    docs = _documents(dataset, "calibration")
-    batches = calibration_batches(
-        tokenizer,
-        docs,
-        seq_len=p["seq_len"],
-        num_samples=p["samples"],
-        batch_size=p["batch_size"],
-        seed=p["seed"],
-    )
+    if p.get("stream"):  # the first blocks of the calibration split, read lazily
+        from worker.engine.streaming import stream_calibration_batches
+
+        stream = _stream(dataset, p, tokenizer, "calibration", repeat=False)
+        batches = stream_calibration_batches(stream, num_samples=p["samples"], batch_size=p["batch_size"])
+    else:
+        batches = calibration_batches(
+            tokenizer,
+            _documents(dataset, "calibration"),
+            seq_len=p["seq_len"],
+            num_samples=p["samples"],
+            batch_size=p["batch_size"],
+            seed=p["seed"],
+        )
     total = sum(int(b["input_ids"].shape[0]) for b in batches)
     done = 0
 
@@ -163,6 +183,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         metadata={  # the same provenance keys as `prunescope importance`
             "model": teacher.source,
             "data": dataset.source,
+            **({"data_stream": stream.describe()} if p.get("stream") else {}),
             "seed": p["seed"],
             "seq_len_requested": p["seq_len"],
             "batch_size": p["batch_size"],
@@ -313,8 +334,14 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     rt.progress(0.0, "loading models", force=True)
     model, tokenizer = load(rt, student_source(rt, student))
     teacher_model = None if p["baseline"] else load(rt, teacher.source, teacher.trust_remote_code)[0]
-    train = PackedTokens(tokenizer, _documents(dataset, "train"), p["seq_len"])
-    val = PackedTokens(tokenizer, _documents(dataset, "validation"), p["seq_len"])
+    if p.get("stream"):  # the checkpoint keeps the stream's position, so a retried job resumes it exactly
+        train = _stream(dataset, p, tokenizer, "train", repeat=True)
+        first_val = _stream(dataset, p, tokenizer, "validation", repeat=False)
+        val_blocks = p.get("val_batches", 8) * p["batch_size"]
+        val = PackedTokens.from_blocks(first_val.take(val_blocks, allow_fewer=True))
+    else:
+        train = PackedTokens(tokenizer, _documents(dataset, "train"), p["seq_len"])
+        val = PackedTokens(tokenizer, _documents(dataset, "validation"), p["seq_len"])
     steps = p["steps"]
     if p.get("tokens"):
         steps = max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))

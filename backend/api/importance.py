@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from backend import heatmaps, serialize
 from backend.artifacts import ArtifactStore
+from backend.data_reading import check_data_reading
 from backend.deps import Page, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
 from backend.models import Dataset, ImportanceRun, Job, Teacher
@@ -30,7 +31,8 @@ def ready_teacher(db: Session, teacher_id: int) -> Teacher:
 @router.post("/importance-runs", status_code=201)
 def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)) -> dict:
     teacher = ready_teacher(db, body.teacher_id)
-    get_or_404(db, Dataset, body.dataset_id)
+    dataset = get_or_404(db, Dataset, body.dataset_id)
+    check_data_reading(body, dataset.source, ["body"])
     layers = teacher.spec["num_layers"]
     if ("block" in body.scans or "angular" in body.scans) and not 1 <= body.block_size < layers:
         raise field_error(

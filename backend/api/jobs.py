@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend import removal, serialize
+from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, publish, send
 from backend.events import add_event, publish_wakeup
@@ -49,8 +50,11 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
         teacher_id = student.teacher_id
     else:
         get_or_404(db, Teacher, teacher_id)
+    dataset = None
     if getattr(params, "dataset_id", None) is not None:
-        get_or_404(db, Dataset, params.dataset_id)
+        dataset = get_or_404(db, Dataset, params.dataset_id)
+    if isinstance(params, DataReading):
+        check_data_reading(params, dataset.source if dataset else None, ["body", "params"])
     values = params.model_dump()
     if "weights" in values:
         values["distill_job_id"] = _measured_distillation(db, body.student_id, params)

@@ -1,0 +1,55 @@
+"""How a job reads its dataset: whole (the default) or streamed, memory bounded whatever the corpus size.
+
+`DataReading` is mixed into the params of the jobs that read training / calibration text (importance
+runs, distillation); `check_data_reading` checks them against the chosen dataset at submit time, so a
+format that matches none of its files is a 422 naming `data_format`, not a failed job.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+DataFormat = Literal["auto", "txt", "jsonl", "parquet"]  # worker.engine.streaming.DATA_FORMATS
+
+
+class DataReading(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream: bool = Field(
+        False,
+        description="read the dataset lazily, packed into blocks on the fly (memory bounded; the position is "
+        "part of a distillation's checkpoint); calibration then uses the first blocks of the calibration split",
+    )
+    data_format: DataFormat = Field(
+        "auto", description="with stream: auto (by file suffix), txt, jsonl, parquet"
+    )
+    text_field: str = Field(
+        "text",
+        min_length=1,
+        max_length=200,
+        pattern=r"^\S+$",
+        description="with stream: the JSONL field / parquet column holding the text",
+    )
+
+    @field_validator("data_format", "text_field")
+    @classmethod
+    def _needs_stream(cls, value: str, info: ValidationInfo) -> str:
+        default = "auto" if info.field_name == "data_format" else "text"
+        if value != default and not info.data.get("stream"):
+            raise ValueError(f"{info.field_name} applies to streamed data: set stream to true")
+        return value
+
+
+def check_data_reading(params: DataReading, dataset_source: str | None, loc: list) -> None:
+    """A 422 at `loc + ["data_format"]` when streaming would find no file of the format in the dataset."""
+    if not params.stream or dataset_source in (None, "demo"):
+        return
+    from backend.deps import field_error  # here: deps imports the schemas, which import this module
+    from worker.engine.streaming import list_shards  # torch-free: lists files by suffix
+
+    try:
+        list_shards(dataset_source, params.data_format)
+    except (ValueError, FileNotFoundError) as exc:
+        raise field_error([*loc, "data_format"], str(exc)) from None
