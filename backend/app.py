@@ -10,6 +10,7 @@ from pathlib import Path
 
 import plotly
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -17,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from backend.api import compare, events, importance, jobs, plans, students, system, teachers
 from backend.db import session_factory, transaction
 from backend.events import publish_wakeup
-from backend.guard import PREFIX, Guard
+from backend.guard import PREFIX, Guard, validation_error
 from backend.notifier import Notifier
 from backend.reaper import reap_lost_jobs
 from backend.resender import resend_forever
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings.broker_url, settings.redis_prefix)
 
     app.add_middleware(Guard, settings=settings)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     for module in (system, teachers, importance, plans, students, jobs, events, compare):
         app.include_router(module.router, prefix=PREFIX)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Query, Request
+from fastapi import HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from backend.db import transaction
+from backend.schemas import MAX_ID, MAX_INT64
 from backend.settings import Settings
+
+# Ids in paths and queries: a 422 naming the parameter beyond the id column's range, not a database error.
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+QueryId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -40,7 +45,7 @@ def field_error(loc: list[Any], msg: str, type_: str = "value_error") -> Request
 class Page:
     """`?limit=&offset=` of every list endpoint (newest first): `page: Page = Depends()`."""
 
-    def __init__(self, limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)):
+    def __init__(self, limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_INT64)):
         self.limit, self.offset = limit, offset
 
     def of(self, query: Select) -> Select:

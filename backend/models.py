@@ -6,7 +6,7 @@ Large arrays and weights live in the artifact store; rows keep only their locati
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -32,7 +32,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JobKind = Literal["inspect", "importance", "preview", "prune", "distill", "evaluate", "benchmark"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES = get_args(JobStatus)
 FINISHED = ("succeeded", "failed", "cancelled")
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from backend.data_reading import DataReading
 from worker.engine.plan import PlanTargets, PrunePlan
@@ -15,8 +15,44 @@ BatchAgg = Literal["l2", "mean", "var"]
 SeqAgg = Literal["mean", "l2"]
 
 
+# Row ids are SQL INTEGER columns (32-bit on PostgreSQL); a larger id is a 422, not a database error.
+MAX_ID = 2**31 - 1
+MAX_INT64 = 2**63 - 1  # SQL BIGINT (list offsets)
+NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"  # for free-text query parameters
+
+
+def plain_text(value: str) -> str:
+    """Text every database stores alike: PostgreSQL refuses NUL, UTF-8 cannot hold a lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("must not contain unpaired surrogate characters (not valid Unicode)")
+    return value
+
+
+def source_text(value: str) -> str:
+    """A path or hub id exactly as typed: no stray whitespace or control characters, names that fit."""
+    plain_text(value)
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (newlines, tabs...)")
+    long = next((part for part in value.split("/") if len(part.encode()) > NAME_MAX), None)
+    if long is not None:
+        raise ValueError(f"path component {long[:40]!r}... is over {NAME_MAX} bytes")
+    return value
+
+
+Text = Annotated[str, AfterValidator(plain_text)]
+SourceText = Annotated[str, AfterValidator(source_text)]
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Count = Annotated[int, Field(ge=0, le=MAX_ID)]  # steps, intervals: a job's Integer-sized counters
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity are valid Python JSON but no database's JSON: refused like any bad number.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OnDevice(Strict):
@@ -30,79 +66,98 @@ class OnDevice(Strict):
 
 
 class TeacherCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    source: str = Field(min_length=1, max_length=1000, description='"demo", a local directory, or a hub id')
+    name: Text = Field(min_length=1, max_length=200)
+    source: SourceText = Field(
+        min_length=1,
+        max_length=1000,
+        description='"demo", a local directory (absolute, ./relative, ~, or existing under the allowed roots), '
+        "or an org/name hub id (backend/paths.py)",
+    )
     trust_remote_code: bool = False
 
 
 class TeacherPromote(Strict):
     """A student that becomes the teacher of the next compression round."""
 
-    name: str | None = Field(None, min_length=1, max_length=200, description="default: from the student's")
-    distill_job_id: int | None = Field(
+    name: Text | None = Field(None, min_length=1, max_length=200, description="default: from the student's")
+    distill_job_id: RowId | None = Field(
         None,
-        ge=1,
         description="a succeeded distillation of the student whose weights to use; default: the newest "
         "succeeded one, else the pruned weights",
     )
 
 
 class DatasetCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    source: str = Field(min_length=1, max_length=1000, description='"demo" or a local file / directory')
+    name: Text = Field(min_length=1, max_length=200)
+    source: SourceText = Field(
+        min_length=1, max_length=1000, description='"demo" or a local file / directory'
+    )
 
 
 class ImportanceRunCreate(OnDevice, DataReading):
-    teacher_id: int
-    dataset_id: int
+    teacher_id: RowId
+    dataset_id: RowId
     samples: int = Field(64, ge=1, le=100_000)
-    seq_len: int = Field(128, ge=2, le=131_072)
-    batch_size: int = Field(8, ge=1, le=4096)
+    seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
+    batch_size: int = Field(8, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE")
     scans: list[Scan] = Field(default_factory=lambda: ["bi", "drop", "block"])
     block_size: int = Field(2, ge=1, le=512)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    offload: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description='"always": stream the teacher one decoder layer at a time from its safetensors '
+        'checkpoint; "never": load it whole; "auto": stream when its weights do not fit the worker '
+        "device's free memory (worker/engine/importance/offload.py). Same scores either way.",
+    )
 
     @field_validator("scans")
     @classmethod
     def _unique(cls, scans: list[str]) -> list[str]:
         return list(dict.fromkeys(scans))
 
+    def size_factors(self) -> list[tuple[str, int]]:
+        """The job's token count as a product; the first factor is the field a too-large job names."""
+        return [("samples", self.samples), ("seq_len", self.seq_len)]
+
 
 class PlanValidate(Strict):
-    teacher_id: int
+    teacher_id: RowId
     plan: PrunePlan
 
 
 class PlanFill(Strict):
-    teacher_id: int
-    importance_run_id: int
+    teacher_id: RowId
+    importance_run_id: RowId
     targets: PlanTargets
     batch: BatchAgg = "l2"
     seq: SeqAgg = "mean"
 
 
 class PlanCreate(Strict):
-    teacher_id: int
-    importance_run_id: int | None = None
-    name: str = Field(min_length=1, max_length=200)
+    teacher_id: RowId
+    importance_run_id: RowId | None = None
+    name: Text = Field(min_length=1, max_length=200)
     plan: PrunePlan
 
 
 class PlanUpdate(Strict):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_ID - 1)
     plan: PrunePlan | None = None
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: Text | None = Field(None, min_length=1, max_length=200)
 
 
 class PreviewCreate(OnDevice):
-    dataset_id: int | None = None
+    dataset_id: RowId | None = None
     samples: int = Field(16, ge=1, le=4096)
-    seq_len: int = Field(128, ge=2, le=131_072)
+    seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
+
+    def size_factors(self) -> list[tuple[str, int]]:
+        return [("samples", self.samples), ("seq_len", self.seq_len)]
 
 
 class StudentCreate(OnDevice):
-    plan_id: int
-    name: str = Field(min_length=1, max_length=200)
+    plan_id: RowId
+    name: Text = Field(min_length=1, max_length=200)
     out_of_core: Literal["auto", "never", "always"] = Field(
         "auto",
         description="cut tensor by tensor from the checkpoint instead of loading the teacher; auto: when "
@@ -111,22 +166,22 @@ class StudentCreate(OnDevice):
 
 
 class DistillParams(OnDevice, DataReading):
-    dataset_id: int | None = None
+    dataset_id: RowId | None = None
     steps: int = Field(200, ge=1, le=10_000_000)
-    tokens: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1, le=MAX_INT64, description="overrides steps")
     lr: float = Field(1e-4, gt=0, le=1.0)
     min_lr: float = Field(1e-5, ge=0, le=1.0, validate_default=True)  # checked against lr when omitted too
-    warmup: int = Field(20, ge=0)
+    warmup: Count = 20
     temperature: float = Field(1.0, gt=0, le=100)
-    ce_weight: float = Field(0.0, ge=0)
-    teacher_correction_steps: int = Field(0, ge=0)
+    ce_weight: float = Field(0.0, ge=0, le=1e6)
+    teacher_correction_steps: Count = 0
     baseline: bool = False
-    batch_size: int = Field(8, ge=1, le=4096)
-    seq_len: int = Field(128, ge=2, le=131_072)
-    val_every: int = Field(50, ge=0)
+    batch_size: int = Field(8, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE")
+    seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
+    val_every: Count = 50
     val_batches: int = Field(8, ge=1, le=10_000)
-    checkpoint_every: int = Field(50, ge=0)
-    seed: int = Field(0, ge=0)
+    checkpoint_every: Count = 50
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @field_validator("min_lr")
     @classmethod
@@ -135,6 +190,11 @@ class DistillParams(OnDevice, DataReading):
         if "lr" in info.data and min_lr > info.data["lr"]:
             raise ValueError("min_lr must not exceed lr")
         return min_lr
+
+    def size_factors(self) -> list[tuple[str, int]]:
+        if self.tokens is not None:
+            return [("tokens", self.tokens)]
+        return [("steps", self.steps), ("batch_size", self.batch_size), ("seq_len", self.seq_len)]
 
 
 class OnWeights(OnDevice):
@@ -145,25 +205,37 @@ class OnWeights(OnDevice):
         description='"latest": the weights of the student\'s newest distillation that has not failed or been '
         'cancelled (the job waits for it to finish), else the pruned weights; "pruned": as cut',
     )
-    distill_job_id: int | None = Field(
-        None, ge=1, description="measure the weights of this distillation of the student (overrides weights)"
+    distill_job_id: RowId | None = Field(
+        None, description="measure the weights of this distillation of the student (overrides weights)"
     )
 
 
 class EvaluateParams(OnWeights):
-    dataset_id: int | None = None
+    dataset_id: RowId | None = None
     split: Literal["train", "validation", "calibration", "test"] = "test"
     max_documents: int = Field(64, ge=1, le=100_000)
-    seq_len: int = Field(128, ge=2, le=131_072)
-    tasks: list[str] = Field(default_factory=list)
-    limit: int | None = Field(50, ge=1, description="samples per lm-eval task")
+    seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
+    tasks: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100
+    )
+    limit: int | None = Field(50, ge=1, le=1_000_000, description="samples per lm-eval task")
+
+    def size_factors(self) -> list[tuple[str, int]]:
+        return [("max_documents", self.max_documents), ("seq_len", self.seq_len)]
 
 
 class BenchmarkParams(OnWeights):
-    batch_size: int = Field(1, ge=1, le=1024)
-    seq_len: int = Field(128, ge=1, le=131_072)
+    batch_size: int = Field(1, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE")
+    seq_len: int = Field(128, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
     new_tokens: int = Field(32, ge=1, le=8192)
     repeats: int = Field(3, ge=1, le=100)
+
+    def size_factors(self) -> list[tuple[str, int]]:
+        return [
+            ("repeats", self.repeats),
+            ("batch_size", self.batch_size),
+            ("seq_len + new_tokens", self.seq_len + self.new_tokens),
+        ]
 
 
 PARAMS = {"distill": DistillParams, "evaluate": EvaluateParams, "benchmark": BenchmarkParams}
@@ -171,6 +243,6 @@ PARAMS = {"distill": DistillParams, "evaluate": EvaluateParams, "benchmark": Ben
 
 class JobCreate(Strict):
     kind: Literal["distill", "evaluate", "benchmark"]
-    student_id: int | None = None
-    teacher_id: int | None = None
+    student_id: RowId | None = None
+    teacher_id: RowId | None = None
     params: dict[str, Any] = Field(default_factory=dict)

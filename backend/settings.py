@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # refreshed for three intervals (a dead worker) expires.
     worker_refresh_s: float = 5.0
     max_body_bytes: int = 1 << 20
+    # Job size limits (backend/limits.py): a submit over one is a 422 naming the field and the limit.
+    max_seq_len: int = 131_072
+    max_batch_size: int = 4096
+    max_job_tokens: int = 10**12  # tokens one job may process (distillation: steps x batch x seq_len)
     # Prune jobs and `prunescope prune` in "auto" mode cut out of core (tensor by tensor from the
     # checkpoint) when the loaded teacher would exceed this many GB; unset: half the available RAM.
     out_of_core_threshold_gb: float | None = None

@@ -24,11 +24,19 @@ from worker.runtime import JobCancelled, JobRuntime
 
 
 def model_source(source: str) -> str:
-    if source == "demo":
+    """The local directory of a teacher's stored source; a hub id only through the hub client."""
+    from backend.paths import stored_source
+
+    stored = stored_source(source)
+    if stored.kind == "demo":
         from worker.demo import demo_teacher_path
 
         return str(demo_teacher_path())
-    return source
+    if stored.kind == "hub":
+        from worker.hub import hub_snapshot
+
+        return hub_snapshot(stored.value)
+    return stored.value
 
 
 def check_remote_code(rt: JobRuntime, trust_remote_code: bool) -> None:

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.deps import field_error, get_db, get_or_404
+from backend.deps import QueryId, field_error, get_db, get_or_404
 from backend.models import BenchmarkResult, Job, Student, Teacher
+from backend.schemas import MAX_ID
 
 router = APIRouter(tags=["compare"])
 
@@ -39,14 +40,16 @@ def _results(db: Session, kind: str, **where) -> list[dict]:
 
 @router.get("/compare")
 def compare(
-    teacher: int | None = None,
-    students: str = Query("", description="comma-separated ids"),
+    teacher: QueryId = None,
+    students: str = Query("", max_length=2000, description="comma-separated ids"),
     db: Session = Depends(get_db),
 ) -> dict:
     try:
         student_ids = [int(s) for s in students.split(",") if s.strip()]
     except ValueError as exc:
         raise field_error(["query", "students"], "must be comma-separated integer ids") from exc
+    if any(not 1 <= sid <= MAX_ID for sid in student_ids):
+        raise field_error(["query", "students"], f"ids must be between 1 and {MAX_ID}")
     models = []
     if teacher is not None:
         t = get_or_404(db, Teacher, teacher)

@@ -8,19 +8,22 @@ Redis wake-up (or a short poll timeout) and read again. Because rows are only ev
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from backend.deps import get_or_404
+from backend.deps import PathId, field_error, get_or_404
 from backend.models import FINISHED, Event, Job, Teacher
+from backend.schemas import MAX_ID
 
 router = APIRouter(tags=["events"])
 POLL_S = 2.0  # safety net when a wake-up is lost
 KEEPALIVE_S = 15.0
 BATCH = 500
+LastEventId = Annotated[int | None, Query(ge=0, le=MAX_ID, description="resume after this event id")]
 
 
 def _format(event: Event) -> str:
@@ -30,9 +33,12 @@ def _format(event: Event) -> str:
 def _cursor(last_event_id: str | None, query_last: int | None) -> int | None:
     raw = last_event_id if last_event_id not in (None, "") else query_last
     try:
-        return int(raw) if raw is not None else None
+        cursor = int(raw) if raw is not None else None
     except ValueError:
-        return None
+        return None  # not an id we sent: start over
+    if cursor is not None and not 0 <= cursor <= MAX_ID:
+        raise field_error(["header", "Last-Event-ID"], f"must be an event id between 0 and {MAX_ID}")
+    return cursor
 
 
 async def _stream(request: Request, scope: str, key: int, cursor: int):
@@ -79,9 +85,9 @@ def _response(gen) -> StreamingResponse:
 
 @router.get("/jobs/{job_id}/events")
 async def job_events(
-    job_id: int,
+    job_id: PathId,
     request: Request,
-    last_event_id: int | None = None,
+    last_event_id: LastEventId = None,
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
     await run_in_threadpool(_exists, request, Job, job_id)
@@ -91,9 +97,9 @@ async def job_events(
 
 @router.get("/teachers/{teacher_id}/events")
 async def teacher_events(
-    teacher_id: int,
+    teacher_id: PathId,
     request: Request,
-    last_event_id: int | None = None,
+    last_event_id: LastEventId = None,
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
     await run_in_threadpool(_exists, request, Teacher, teacher_id)

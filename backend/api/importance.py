@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 from backend import heatmaps, serialize
 from backend.artifacts import ArtifactStore
 from backend.data_reading import check_data_reading
-from backend.deps import Page, field_error, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
+from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.schemas import BatchAgg, ImportanceRunCreate, SeqAgg
 from backend.settings import Settings
@@ -30,6 +31,7 @@ def ready_teacher(db: Session, teacher_id: int) -> Teacher:
 
 @router.post("/importance-runs", status_code=201)
 def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+    check_job_size(body, request.app.state.settings, ["body"])
     teacher = ready_teacher(db, body.teacher_id)
     dataset = get_or_404(db, Dataset, body.dataset_id)
     check_data_reading(body, dataset.source, ["body"])
@@ -51,7 +53,7 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
 
 @router.get("/importance-runs")
 def list_runs(
-    teacher_id: int | None = None,
+    teacher_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
@@ -66,7 +68,7 @@ def list_runs(
 
 
 @router.get("/importance-runs/{run_id}")
-def get_run(run_id: int, db: Session = Depends(get_db)) -> dict:
+def get_run(run_id: PathId, db: Session = Depends(get_db)) -> dict:
     run = get_or_404(db, ImportanceRun, run_id, "Importance run")
     return serialize.importance_run(run, db.get(Job, run.job_id) if run.job_id else None)
 
@@ -82,7 +84,7 @@ def artifact_path(db: Session, run_id: int, settings: Settings) -> tuple[Importa
 
 
 def run_artifact(
-    run_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+    run_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> tuple[ImportanceRun, Path]:
     return artifact_path(db, run_id, settings)
 

@@ -3,7 +3,7 @@ metrics, logs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select, update
@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 
 from backend import removal, serialize
 from backend.data_reading import DataReading, check_data_reading
-from backend.deps import Page, field_error, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, publish, send
 from backend.events import add_event, publish_wakeup
-from backend.models import Dataset, Event, Job, MetricPoint, Student, Teacher, utcnow
-from backend.schemas import PARAMS, JobCreate
+from backend.limits import check_job_size
+from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher, utcnow
+from backend.schemas import MAX_ID, NO_CONTROL_CHARS, PARAMS, JobCreate
 from backend.settings import Settings
 
 router = APIRouter(tags=["jobs"])
@@ -36,6 +37,7 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
                 for e in exc.errors(include_url=False, include_context=False)
             ]
         ) from exc
+    check_job_size(params, request.app.state.settings, ["body", "params"])
     teacher_alone_ok = body.kind != "distill" or validate_only
     if body.student_id is None and (not teacher_alone_ok or body.teacher_id is None):
         raise field_error(
@@ -118,10 +120,10 @@ def create_job(
 
 @router.get("/jobs")
 def list_jobs(
-    kind: str | None = None,
-    status: str | None = None,
-    teacher_id: int | None = None,
-    student_id: int | None = None,
+    kind: JobKind | None = None,
+    status: JobStatus | None = None,
+    teacher_id: QueryId = None,
+    student_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
@@ -138,13 +140,13 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, db: Session = Depends(get_db)) -> dict:
+def get_job(job_id: PathId, db: Session = Depends(get_db)) -> dict:
     return serialize.job(get_or_404(db, Job, job_id))
 
 
 @router.delete("/jobs/{job_id}", status_code=204)
 def delete_job(
-    job_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+    job_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> None:
     """A finished job with its events, metrics, results and files (409 while unfinished or still used)."""
     leftovers = removal.delete_job(db, get_or_404(db, Job, job_id), settings)
@@ -153,7 +155,7 @@ def delete_job(
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202)
-def cancel(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict:
+def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
     job = get_or_404(db, Job, job_id)
     # A queued job is cancelled at once (the worker's claim then fails); a running one is flagged and
     # stops at its next step. Conditional updates so a concurrent claim/finish is never overwritten.
@@ -175,7 +177,7 @@ def cancel(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
 
 
 @router.post("/jobs/{job_id}/resume", status_code=202)
-def resume(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict:
+def resume(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
     job = get_or_404(db, Job, job_id)
     if not serialize.is_resumable(job):
         why = "has no checkpoint" if job.status in ("failed", "cancelled") else f"is {job.status}"
@@ -207,7 +209,7 @@ def resume(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
 
 
 @router.post("/jobs/{job_id}/resend", status_code=202)
-def resend(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict:
+def resend(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
     """Publish a queued job's message again, for the attempt it is queued for: a job stuck in `queued`
     (its message lost with the broker's data) runs. A duplicate message is harmless: the worker's claim
     is conditional on that attempt (worker.runtime), so the job runs once. The API's re-sender does the
@@ -228,7 +230,10 @@ def resend(job_id: int, request: Request, db: Session = Depends(get_db)) -> dict
 
 @router.get("/jobs/{job_id}/metrics")
 def metrics(
-    job_id: int, names: str | None = None, since_step: int | None = None, db: Session = Depends(get_db)
+    job_id: PathId,
+    names: str | None = Query(None, max_length=2000, pattern=NO_CONTROL_CHARS, description="comma-separated"),
+    since_step: int | None = Query(None, ge=-1, le=MAX_ID),
+    db: Session = Depends(get_db),
 ) -> dict:
     get_or_404(db, Job, job_id)
     q = select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.name, MetricPoint.step)
@@ -243,7 +248,7 @@ def metrics(
 
 
 @router.get("/jobs/{job_id}/logs")
-def logs(job_id: int, db: Session = Depends(get_db)) -> list[dict]:
+def logs(job_id: PathId, db: Session = Depends(get_db)) -> list[dict]:
     get_or_404(db, Job, job_id)
     rows = db.scalars(select(Event).where(Event.job_id == job_id, Event.type == "log").order_by(Event.id))
     return [

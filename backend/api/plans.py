@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 
 from backend import heatmaps, removal, serialize
 from backend.api.importance import artifact_path, ready_teacher
-from backend.deps import Page, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
+from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Plan, utcnow
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
 from backend.settings import Settings
@@ -101,7 +102,7 @@ def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> dict:
 
 
 @router.put("/plans/{plan_id}")
-def update_plan(plan_id: int, body: PlanUpdate, db: Session = Depends(get_db)) -> dict:
+def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)) -> dict:
     plan = get_or_404(db, Plan, plan_id)
     values: dict = {"version": body.version + 1, "updated_at": utcnow()}
     if body.name is not None:
@@ -127,7 +128,7 @@ def update_plan(plan_id: int, body: PlanUpdate, db: Session = Depends(get_db)) -
 
 @router.get("/plans")
 def list_plans(
-    teacher_id: int | None = None,
+    teacher_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
@@ -138,13 +139,13 @@ def list_plans(
 
 
 @router.get("/plans/{plan_id}")
-def get_plan(plan_id: int, db: Session = Depends(get_db)) -> dict:
+def get_plan(plan_id: PathId, db: Session = Depends(get_db)) -> dict:
     return serialize.plan(get_or_404(db, Plan, plan_id))
 
 
 @router.delete("/plans/{plan_id}", status_code=204)
 def delete_plan(
-    plan_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+    plan_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> None:
     """The plan and its preview jobs; refused while a student is built from it."""
     leftovers = removal.delete_plan(db, get_or_404(db, Plan, plan_id), settings)
@@ -154,10 +155,11 @@ def delete_plan(
 
 @router.post("/plans/{plan_id}/preview", status_code=202)
 def preview(
-    plan_id: int, request: Request, body: PreviewCreate | None = Body(None), db: Session = Depends(get_db)
+    plan_id: PathId, request: Request, body: PreviewCreate | None = Body(None), db: Session = Depends(get_db)
 ) -> dict:
-    plan = get_or_404(db, Plan, plan_id)
     body = body or PreviewCreate()
+    check_job_size(body, request.app.state.settings, ["body"])
+    plan = get_or_404(db, Plan, plan_id)
     if body.dataset_id is not None:
         get_or_404(db, Dataset, body.dataset_id)
     params = body.model_dump()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from backend import removal, serialize
 from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
-from backend.deps import Page, field_error, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
 from backend.models import Artifact, Job, Plan, Student, Teacher
 from backend.schemas import StudentCreate, TeacherPromote
@@ -58,7 +58,7 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
 
 @router.get("/students")
 def list_students(
-    teacher_id: int | None = None,
+    teacher_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
 ) -> list[dict]:
@@ -69,13 +69,13 @@ def list_students(
 
 
 @router.get("/students/{student_id}")
-def get_student(student_id: int, db: Session = Depends(get_db)) -> dict:
+def get_student(student_id: PathId, db: Session = Depends(get_db)) -> dict:
     return serialize.student(get_or_404(db, Student, student_id))
 
 
 @router.delete("/students/{student_id}", status_code=204)
 def delete_student(
-    student_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+    student_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> None:
     """The student, its jobs (prune, distill, evaluate, benchmark) with their results, and its files."""
     leftovers = removal.delete_student(db, get_or_404(db, Student, student_id), settings)
@@ -85,7 +85,7 @@ def delete_student(
 
 @router.post("/students/{student_id}/promote", status_code=201)
 def promote(
-    student_id: int,
+    student_id: PathId,
     request: Request,
     body: TeacherPromote | None = None,
     db: Session = Depends(get_db),
@@ -146,11 +146,14 @@ def _promoted_weights(db: Session, student: Student, distill_job_id: int | None)
 
 
 @router.get("/students/{student_id}/download")
-def download(student_id: int, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)):
+def download(student_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)):
     student = get_or_404(db, Student, student_id)
     if student.status != "ready" or not student.path:
         raise HTTPException(409, f"Student {student_id} is {student.status}, not ready")
-    directory = ArtifactStore(settings.artifacts_url).local_dir(student.path)
+    try:
+        directory = ArtifactStore(settings.artifacts_url).local_dir(student.path)
+    except FileNotFoundError as exc:
+        raise HTTPException(409, f"Student {student_id}: weights {student.path} are missing ({exc})") from exc
     # A large student spills to a temp file instead of RAM; ZIP_STORED: safetensors do not compress.
     buffer = tempfile.SpooledTemporaryFile(max_size=64 << 20)
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:

@@ -7,10 +7,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import serialize
-from backend.deps import Page, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, send
 from backend.models import Dataset, Teacher
-from backend.paths import HUB_ID, PathNotAllowed, check_local_path, looks_local
+from backend.paths import PathNotAllowed, classify_source
 from backend.schemas import DatasetCreate, TeacherCreate
 from backend.settings import Settings
 
@@ -18,13 +18,9 @@ router = APIRouter(tags=["teachers"])
 
 
 def checked_source(source: str, settings: Settings, *, allow_hub: bool) -> str:
-    """ "demo", a hub id, or a local path inside the allowed roots (returned resolved)."""
-    if source == "demo":
-        return source
-    if allow_hub and not looks_local(source) and HUB_ID.match(source):
-        return source
+    """ "demo", a hub id, or a local path inside the allowed roots (returned resolved): backend/paths.py."""
     try:
-        return str(check_local_path(source, settings.roots))
+        return classify_source(source, settings.roots, allow_hub=allow_hub).value
     except PathNotAllowed as exc:
         raise HTTPException(403, f"source: {exc}") from exc
     except FileNotFoundError as exc:
@@ -67,7 +63,7 @@ def list_teachers(page: Page = Depends(), db: Session = Depends(get_db)) -> list
 
 
 @router.get("/teachers/{teacher_id}")
-def get_teacher(teacher_id: int, db: Session = Depends(get_db)) -> dict:
+def get_teacher(teacher_id: PathId, db: Session = Depends(get_db)) -> dict:
     return serialize.teacher(get_or_404(db, Teacher, teacher_id))
 
 
@@ -89,5 +85,5 @@ def list_datasets(page: Page = Depends(), db: Session = Depends(get_db)) -> list
 
 
 @router.get("/datasets/{dataset_id}")
-def get_dataset(dataset_id: int, db: Session = Depends(get_db)) -> dict:
+def get_dataset(dataset_id: PathId, db: Session = Depends(get_db)) -> dict:
     return serialize.dataset(get_or_404(db, Dataset, dataset_id))

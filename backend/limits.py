@@ -1,0 +1,35 @@
+"""Job sizes bounded by the server's settings: sequence length, batch size and the tokens one job may
+process (a 10^7-step distillation at batch 4096 x 131,072 tokens is a typo, not a job to queue)."""
+
+from __future__ import annotations
+
+from backend.deps import field_error
+from backend.settings import Settings
+
+
+def check_job_size(params, settings: Settings, loc: list) -> None:
+    """422 naming the field (under `loc`) when `params` (a job model with `size_factors()`) is over a limit."""
+    for name, limit, variable in (
+        ("seq_len", settings.max_seq_len, "PRUNESCOPE_MAX_SEQ_LEN"),
+        ("batch_size", settings.max_batch_size, "PRUNESCOPE_MAX_BATCH_SIZE"),
+    ):
+        value = getattr(params, name, None)
+        if value is not None and value > limit:
+            raise field_error([*loc, name], f"{value} is over this server's limit of {limit} ({variable})")
+    factors = params.size_factors()
+    tokens = 1
+    for _, value in factors:
+        tokens *= value
+    limit = settings.max_job_tokens
+    if tokens > limit:
+        field, value = factors[0]
+        per_unit = tokens // value
+        product = " x ".join(f"{name} {v}" for name, v in factors)
+        fits = (
+            f"; with these settings {field} can be at most {limit // per_unit}" if per_unit <= limit else ""
+        )
+        raise field_error(
+            [*loc, field],
+            f"{product} = {tokens:.3g} tokens is over this server's limit of {limit:.3g} tokens per job "
+            f"(PRUNESCOPE_MAX_JOB_TOKENS){fits}",
+        )
