@@ -200,3 +200,14 @@ def test_abs_and_l2_sums_equal_float64_for_any_slicing(monkeypatch, chunk, dtype
     out_sum, out_l2 = torch.full((3, 4), 9.0), torch.full((3, 4), 9.0)
     accumulators.abs_and_l2_sums(x[:, :0, 0], 1, out_sum, out_l2)  # a fully padded sample: zeros
     assert not out_sum.any() and not out_l2.any()
+
+
+@pytest.mark.parametrize("family,norms", [("gemma2", 4), ("olmo2", 2)])
+def test_hidden_channels_are_read_at_every_residual_width_norm(family, norms):
+    # Gemma: pre and post norms around attention and MLP; OLMo 2: post norms only. One row per norm
+    # per layer plus the final norm, all summed into the hidden-channel score.
+    model = tiny_model(family)
+    result = compute_importance(model, padded_batches([5, 6], batch_size=2)[1], scans=("bi",))
+    assert len(adapter_for(model).norm_names) == norms
+    assert result.arrays["hidden"].shape[2] == norms * 4 + 1
+    assert (result.arrays["hidden"] > 0).any(axis=(0, 1, 3)).all()  # every norm contributed
