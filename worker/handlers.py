@@ -12,6 +12,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +154,25 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
 def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.data import calibration_batches
     from worker.engine.importance import compute_importance
+    from worker.engine.importance.offload import choose_mode
+    from worker.engine.importance.streamed import compute_importance_streamed
+    from worker.engine.loading import load_tokenizer
 
     run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     (dataset,) = _rows(rt, (Dataset, run.dataset_id))
     p = run.params
-    rt.progress(0.0, "loading model", force=True)
-    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    # In memory, or one decoder layer at a time when the teacher does not fit the device (same scores).
+    source = model_source(teacher.source)
+    mode = choose_mode(source, offload=p.get("offload", "auto"), device=rt.device)
+    if mode.streamed:
+        check_remote_code(rt, teacher.trust_remote_code)
+        rt.progress(0.0, f"streaming the model layer by layer: {mode.reason}", force=True)
+        tokenizer = load_tokenizer(source, teacher.trust_remote_code)
+        importance_pass = partial(compute_importance_streamed, source, device=rt.device, reason=mode.reason)
+    else:
+        rt.progress(0.0, f"loading model: {mode.reason}", force=True)
+        model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+        importance_pass = partial(compute_importance, model, execution=mode.record())
     if p.get("stream"):  # the first blocks of the calibration split, read lazily
         from worker.engine.streaming import stream_calibration_batches
 
@@ -182,8 +196,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.progress(0.05 + 0.9 * done / max(total, 1), f"{done}/{total} samples")
         rt.raise_if_cancelled()
 
-    result = compute_importance(
-        model,
+    result = importance_pass(
         batches,
         scans=tuple(p["scans"]),
         block_size=p["block_size"],
@@ -201,7 +214,13 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     with session_scope(rt.url) as s:
         s.get(ImportanceRun, run.id).artifact = key
         _record_artifact(rt, s, job.id, "importance", key)
-    return {"artifact": key, "samples": result.samples, "stability": _plain(result.rank_stability())}
+    return {
+        "artifact": key,
+        "samples": result.samples,
+        "stability": _plain(result.rank_stability()),
+        "mode": mode.name,
+        "mode_reason": mode.reason,
+    }
 
 
 # ---- prune: create a student by surgery ----------------------------------------------------------------
