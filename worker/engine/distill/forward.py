@@ -10,7 +10,7 @@ from torch import nn
 from worker.engine.adapters import adapter_for
 from worker.engine.chunked_head import final_hidden_states, output_head
 
-# The output projection, checked to be a plain Linear whose logits are not post-processed.
+# The output projection (a plain Linear) with the logit post-processing of the family (soft-cap, scaling).
 lm_head = output_head
 
 
