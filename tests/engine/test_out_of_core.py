@@ -5,7 +5,9 @@ heads, KV groups, neurons, layers, combined, hidden channels, uneven head counts
 several shards is cut both ways; every saved tensor is torch.equal, config.json, the per-layer file
 and the manifest's format/architecture agree, the output is sharded with a consistent index, and it
 loads by today's contract (uniform: vanilla from_pretrained; non-uniform: our loader) to the same
-logits as the model the in-memory surgery cut.
+logits as the model the in-memory surgery cut. Both surgeries take their slices from one cut map
+(worker/engine/cut_map.py), which test_surgery.py checks against the masked teacher; these tests check
+everything else: reading row runs across shards, dtype conversion, renumbering, tied heads, writing.
 """
 
 from __future__ import annotations

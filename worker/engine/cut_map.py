@@ -3,8 +3,10 @@
 For every tensor name of the teacher's state dict, the cut map gives the student's name for it
 (layers renumbered after drops; tensors of dropped layers are absent) and, per dimension, the indices
 kept (None: the whole dimension). It is derived only from the family adapter (where parts live and
-how projections are laid out), the teacher's `ArchSpec` and an explicit plan, so it needs no weights:
-out-of-core surgery reads exactly these slices from the checkpoint.
+how projections are laid out), the teacher's `ArchSpec` and an explicit plan, so it needs no weights.
+Both surgeries use it: the in-memory one (surgery.apply_plan) slices the model's parameters with it,
+the out-of-core one reads exactly these slices from the checkpoint. A new family needs a rule here
+only if it has a tensor that is cut in a way the adapter's fields do not already describe.
 
 Layouts (Linear weights are [out, in], GPT-2 Conv1D weights [in, out]; biases follow `out`):
 - separate q/k/v: q rows = kept heads' head_dim blocks, k/v rows = kept KV groups' blocks;
@@ -16,8 +18,8 @@ Layouts (Linear weights are [out, in], GPT-2 Conv1D weights [in, out]; biases fo
   projection, and norm vectors. Per-head q/k norms act on head_dim and are kept whole; full-width
   ones (OLMo 2) have one weight per q / k row and are cut like those rows.
 A tensor the map does not know is kept whole; the out-of-core writer checks every shape against the
-student the in-memory surgery builds, so an unknown tensor that should have been cut is an error,
-never a silent copy.
+student that `apply_plan` builds on the meta device (the modules' own widths), so an unknown tensor
+that should have been cut is an error, never a silent copy.
 """
 
 from __future__ import annotations

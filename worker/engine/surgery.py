@@ -1,11 +1,12 @@
 """Structural pruning: apply a `PrunePlan` to a Hugging Face model by building smaller weights.
 
-Everything goes through the family adapter, so the same code handles separate q/k/v (Llama,
-Mistral, Qwen2, Qwen3), fused [q|k|v] rows (Phi-3), GPT-2's Conv1D `c_attn` ([in, 3*d] columns),
-gated, fused-gated and plain MLPs. Per-head norms (Qwen3, Gemma 3 q_norm/k_norm) act on head_dim and
-are kept whole; OLMo 2's q_norm/k_norm span all heads and are sliced with the heads. After the cut,
-module attributes and config fields are rewritten from the real weight shapes so that the stock
-modeling code, `generate()` and `DynamicCache` run on the smaller model.
+Which rows and columns of each parameter a plan keeps is the cut map's (worker/engine/cut_map.py):
+separate q/k/v (Llama, Mistral, Qwen2, Qwen3...), fused [q|k|v] rows (Phi-3), GPT-2's Conv1D `c_attn`
+([in, 3*d] columns), gated, fused-gated and plain MLPs, per-head q/k norms kept whole (Qwen3, Gemma 3)
+and full-width ones sliced with the heads (OLMo 2). Out-of-core surgery reads the very same slices
+from the checkpoint, so the two cannot drift apart. After the cut, module attributes and config
+fields are rewritten from the real weight shapes so that the stock modeling code, `generate()` and
+`DynamicCache` run on the smaller model.
 
 `resize_layer` builds empty modules of given widths; the loader uses it to restore non-uniform
 students before loading their weights.
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 
 from worker.engine.adapters import Adapter, adapter_for
-from worker.engine.plan import PrunePlan, check_plan, kept_layers, layer_head_removal
+from worker.engine.cut_map import TensorCut, cut_map
+from worker.engine.plan import PrunePlan, check_plan, kept_layers
 from worker.engine.spec import LayerShape
 
 Progress = Callable[[str], None] | None
@@ -45,22 +47,6 @@ def _index(rows: list[int] | torch.Tensor, device) -> torch.Tensor:
     return torch.as_tensor(rows, dtype=torch.long, device=device)
 
 
-def keep_outputs(module: nn.Module, keep, conv1d: bool = False) -> None:
-    """Keep only the given output features (rows of a Linear, columns of a Conv1D)."""
-    idx = _index(keep, module.weight.device)
-    _replace(module, "weight", module.weight.index_select(1 if conv1d else 0, idx))
-    if getattr(module, "bias", None) is not None:
-        _replace(module, "bias", module.bias.index_select(0, idx))
-    _sync_features(module, conv1d)
-
-
-def keep_inputs(module: nn.Module, keep, conv1d: bool = False) -> None:
-    """Keep only the given input features (columns of a Linear, rows of a Conv1D)."""
-    idx = _index(keep, module.weight.device)
-    _replace(module, "weight", module.weight.index_select(0 if conv1d else 1, idx))
-    _sync_features(module, conv1d)
-
-
 def resize_projection(module: nn.Module, out_features: int, in_features: int, conv1d: bool) -> None:
     """Give a projection new, uninitialised weights of the given size (weights are loaded next)."""
     w = module.weight
@@ -70,10 +56,6 @@ def resize_projection(module: nn.Module, out_features: int, in_features: int, co
         b = module.bias
         _replace(module, "bias", torch.empty(out_features, dtype=b.dtype, device=b.device))
     _sync_features(module, conv1d)
-
-
-def _head_columns(heads: list[int], head_dim: int, offset: int = 0) -> list[int]:
-    return [offset + h * head_dim + j for h in heads for j in range(head_dim)]
 
 
 # ---- attributes ---------------------------------------------------------------------------------
@@ -100,90 +82,58 @@ def _sync_mlp(mlp: nn.Module, intermediate: int) -> None:
 # ---- cuts ----------------------------------------------------------------------------------------
 
 
-def _prune_heads(adapter: Adapter, layer: nn.Module, heads: list[int], groups: list[int], hd: int):
-    H = adapter.layer_num_heads(layer, hd)
-    G = adapter.layer_num_kv_heads(layer, hd)
-    keep_q = [h for h in range(H) if h not in set(heads)]
-    keep_g = [g for g in range(G) if g not in set(groups)]
-    q_cols = _head_columns(keep_q, hd)
-    kv_cols = _head_columns(keep_g, hd)
-    proj = adapter.qkv(layer)
-    if adapter.qkv_layout == "separate":
-        keep_outputs(proj[0], q_cols)
-        keep_outputs(proj[1], kv_cols)
-        keep_outputs(proj[2], kv_cols)
-    elif adapter.qkv_layout == "fused_rows":  # Phi-3 qkv_proj rows: [q (H*hd) | k (G*hd) | v (G*hd)]
-        rows = q_cols + _head_columns(keep_g, hd, H * hd) + _head_columns(keep_g, hd, (H + G) * hd)
-        keep_outputs(proj[0], rows)
-    elif adapter.qkv_layout == "fused_conv1d":  # GPT-2 c_attn columns: [q | k | v], one KV head per head
-        cols = q_cols + _head_columns(keep_q, hd, H * hd) + _head_columns(keep_q, hd, 2 * H * hd)
-        keep_outputs(proj[0], cols, conv1d=True)
-    else:
-        raise ValueError(f"unknown qkv layout {adapter.qkv_layout}")
-    keep_inputs(adapter.attn_out(layer), q_cols, conv1d=adapter.conv1d)
-    if adapter.qk_norm_full_width:  # OLMo 2: q_norm / k_norm have one weight per q / k row
-        q_norm, k_norm = adapter.qk_norms(layer)
-        _slice_vector_module(q_norm, _index(q_cols, q_norm.weight.device))
-        _slice_vector_module(k_norm, _index(kv_cols, k_norm.weight.device))
-    sync_attention(adapter.attn(layer), len(keep_q), len(keep_g), hd)
+def _cut_parameters(model: nn.Module, cuts: list[TensorCut]) -> None:
+    """Replace each parameter by the part its cut keeps (dims selected one after the other)."""
+    for cut in cuts:
+        if all(keep is None for keep in cut.keep):
+            continue
+        module, name = _parent_and_name(model, cut.source)
+        tensor = getattr(module, name)
+        for dim, keep in enumerate(cut.keep):
+            if keep is not None:
+                tensor = tensor.index_select(dim, _index(keep, tensor.device))
+        _replace(module, name, tensor)
 
 
-def _prune_neurons(adapter: Adapter, layer: nn.Module, neurons: list[int]) -> None:
-    F = adapter.layer_intermediate_size(layer)
-    keep = [i for i in range(F) if i not in set(neurons)]
-    mlp_in = adapter.mlp_in(layer)
-    if adapter.mlp_layout == "gated_fused":  # Phi-3 gate_up_proj rows: [gate (F) | up (F)]
-        keep_outputs(mlp_in[0], keep + [F + i for i in keep])
-    else:
-        for module in mlp_in:
-            keep_outputs(module, keep, conv1d=adapter.conv1d)
-    keep_inputs(adapter.mlp_out(layer), keep, conv1d=adapter.conv1d)
-    _sync_mlp(adapter.mlp(layer), len(keep))
+def _sync_vector_module(module: nn.Module) -> None:
+    """Norms record their width besides their weight."""
+    if hasattr(module, "normalized_shape") and getattr(module, "weight", None) is not None:
+        module.normalized_shape = tuple(module.weight.shape)
 
 
-def _slice_vector_module(module: nn.Module, keep: torch.Tensor) -> None:
-    """Norms: slice weight/bias and the recorded shape."""
-    for name in ("weight", "bias"):
-        if getattr(module, name, None) is not None:
-            _replace(module, name, getattr(module, name).index_select(0, keep))
-    if hasattr(module, "normalized_shape"):
-        module.normalized_shape = (len(keep),)
-
-
-def _prune_hidden(adapter: Adapter, model: nn.Module, removed: list[int]) -> None:
+def _sync_modules(adapter: Adapter, model: nn.Module, head_dim: int, hidden_before: int) -> None:
+    """Module attributes that the modeling code reads at run time, from the cut weights' shapes."""
+    for layer in adapter.layers(model):
+        for proj in (
+            *adapter.qkv(layer),
+            adapter.attn_out(layer),
+            *adapter.mlp_in(layer),
+            adapter.mlp_out(layer),
+        ):
+            _sync_features(proj, adapter.conv1d)
+        for norm in (*adapter.norms(layer), *adapter.qk_norms(layer)):
+            _sync_vector_module(norm)
+        shape = adapter.layer_shape(layer, head_dim)
+        sync_attention(adapter.attn(layer), shape.num_heads, shape.num_kv_heads, head_dim)
+        _sync_mlp(adapter.mlp(layer), shape.intermediate_size)
+    _sync_vector_module(adapter.final_norm(model))
     embed = adapter.embed(model)
-    D = embed.weight.shape[1]
-    keep_list = [i for i in range(D) if i not in set(removed)]
-    keep = _index(keep_list, embed.weight.device)
-    lm_head = adapter.lm_head(model)
-    tied = lm_head.weight is embed.weight
+    hidden = embed.weight.shape[1]
     for emb in (embed, adapter.position_embed(model)):
         if emb is not None:
-            _replace(emb, "weight", emb.weight.index_select(1, keep))
-            emb.embedding_dim = len(keep_list)
-    if tied:
-        lm_head.weight = embed.weight
-    else:
-        _replace(lm_head, "weight", lm_head.weight.index_select(1, keep))
+            emb.embedding_dim = hidden
+    lm_head = adapter.lm_head(model)
     if isinstance(lm_head, nn.Linear):
-        lm_head.in_features = len(keep_list)
-    for layer in adapter.layers(model):
-        for proj in adapter.qkv(layer):
-            keep_inputs(proj, keep_list, conv1d=adapter.conv1d)
-        keep_outputs(adapter.attn_out(layer), keep_list, conv1d=adapter.conv1d)
-        for proj in adapter.mlp_in(layer):
-            keep_inputs(proj, keep_list, conv1d=adapter.conv1d)
-        keep_outputs(adapter.mlp_out(layer), keep_list, conv1d=adapter.conv1d)
-        for norm in adapter.norms(layer):
-            _slice_vector_module(norm, keep)
-    _slice_vector_module(adapter.final_norm(model), keep)
+        lm_head.in_features = lm_head.weight.shape[1]
+    if hidden == hidden_before:
+        return
     # Modules that remember the hidden size (GPT-2 attention embed_dim, Llama MLP hidden_size...).
     for module in model.modules():
         for name in ("hidden_size", "embed_dim"):
-            if getattr(module, name, None) == D and not isinstance(module, nn.Embedding):
-                setattr(module, name, len(keep_list))
+            if getattr(module, name, None) == hidden_before and not isinstance(module, nn.Embedding):
+                setattr(module, name, hidden)
     if adapter.embed_scale_sqrt_hidden:
-        _rescale_embedding(embed, len(keep_list))
+        _rescale_embedding(embed, hidden)
 
 
 def _rescale_embedding(embed: nn.Module, hidden: int) -> None:
@@ -275,17 +225,26 @@ def apply_plan(model: nn.Module, plan: PrunePlan, progress: Progress = None) -> 
         )
     say = progress or (lambda _msg: None)
     hd = spec.head_dim
-    layers = adapter.layers(model)
+    embed, lm_head = adapter.embed(model), adapter.lm_head(model)
+    tied = lm_head.weight is embed.weight
+    cuts = cut_map(adapter, spec, plan, [name for name, _ in model.named_parameters()])  # tied: once
+    per_layer: dict[int, list[TensorCut]] = {}
+    outside: list[TensorCut] = []
+    prefix = adapter.layers_path + "."
+    for cut in cuts.values():
+        if cut.source.startswith(prefix):
+            per_layer.setdefault(int(cut.source[len(prefix) :].split(".")[0]), []).append(cut)
+        else:
+            outside.append(cut)
     kept = kept_layers(plan, spec)
     for n, i in enumerate(kept):
-        heads, groups = layer_head_removal(plan, spec, i)
-        if heads:
-            _prune_heads(adapter, layers[i], heads, groups, hd)
-        if plan.remove_neurons.get(i):
-            _prune_neurons(adapter, layers[i], plan.remove_neurons[i])
+        _cut_parameters(model, per_layer.get(i, []))
         say(f"layer {n + 1}/{len(kept)} pruned")
+    _cut_parameters(model, outside)  # embeddings, final norm, LM head: hidden channels only
+    if tied:
+        lm_head.weight = embed.weight
+    _sync_modules(adapter, model, hd, spec.hidden_size)
     if plan.remove_hidden:
-        _prune_hidden(adapter, model, plan.remove_hidden)
         say(f"hidden size {spec.hidden_size} -> {spec.hidden_size - len(plan.remove_hidden)}")
     if plan.drop_layers:
         _drop_layers(adapter, model, kept)
@@ -323,4 +282,4 @@ def resize_layer(adapter: Adapter, layer: nn.Module, shape: LayerShape, head_dim
     _sync_mlp(adapter.mlp(layer), f)
 
 
-__all__ = ["apply_plan", "keep_inputs", "keep_outputs", "renumber_layers", "resize_layer", "sync_config"]
+__all__ = ["apply_plan", "renumber_layers", "resize_layer", "sync_config"]
