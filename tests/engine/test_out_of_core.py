@@ -213,3 +213,19 @@ def test_choose_mode_says_which_mode_and_why():
         choose_mode("always", None)
     with pytest.raises(ValueError, match="auto, never, always"):
         choose_mode("sometimes", 1)
+
+
+def test_a_checkpoint_saved_without_the_base_model_prefix(tmp_path):
+    """Hub GPT-2 stores "h.0.attn..." rather than "transformer.h.0.attn..."; from_pretrained accepts both."""
+    from safetensors.torch import save_file
+
+    teacher = tmp_path / "teacher"
+    tiny_model("gpt2").save_pretrained(teacher)
+    state = tensors(teacher)
+    save_file({k.removeprefix("transformer."): v for k, v in state.items()}, teacher / "model.safetensors")
+    assert not any(k.startswith("transformer.") for k in CheckpointReader(teacher).names())
+    plan = EXACT_CUTS["combined"]
+    loaded, _ = load_model(teacher)
+    save_model(apply_plan(loaded, plan), None, tmp_path / "mem", {})
+    prune_checkpoint(teacher, plan, tmp_path / "ooc", {})
+    assert_same_student(tmp_path / "mem", tmp_path / "ooc")
