@@ -55,3 +55,35 @@ def test_unsupported_architecture_names_supported_ones():
 def test_tiny_spec_is_the_tiny_llamas_spec():
     # Shape-only tests (plans, the API) use the written-out spec; it must be the real model's.
     assert arch_spec(tiny_model("llama")) == tiny_spec()
+
+
+REAL_SHAPES = {  # the published models' shapes, built on "meta": no weights, no hub access
+    "gemma-2-2b": (
+        "Gemma2Config",
+        dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8),
+        dict(vocab_size=256000, num_key_value_heads=4, head_dim=256),
+    ),
+    "gemma-3-1b": (
+        "Gemma3TextConfig",
+        dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4),
+        dict(vocab_size=262144, num_key_value_heads=1, head_dim=256),
+    ),
+    "olmo-2-1b": (
+        "Olmo2Config",
+        dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16),
+        dict(vocab_size=100352, num_key_value_heads=16),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_SHAPES))
+def test_param_count_of_real_shapes(name):
+    # head_dim 256 with hidden 2304 / 8 heads: the count must not derive head_dim from the hidden size.
+    import torch
+    import transformers
+
+    config_class, widths, rest = REAL_SHAPES[name]
+    config = getattr(transformers, config_class)(**widths, **rest)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert arch_spec(model).param_count()["total"] == count_parameters(model)
