@@ -242,8 +242,8 @@ def run_prune(rt: JobRuntime, job: Job) -> dict[str, Any]:
             "plan_version": plan_row.version,
             "plan": plan_row.plan,
         }
-        requested = job.params.get("out_of_core", "auto")
-        mode = "never" if teacher.trust_remote_code else requested  # remote code: only its own loader
+        # A remote-code architecture has no adapter: its config fails there, so auto loads it in memory.
+        mode = job.params.get("out_of_core", "auto")
         checkpoint, why = resolve_mode(
             model_source(teacher.source), mode, rt.settings.out_of_core_threshold_gb
         )
