@@ -213,3 +213,30 @@ def test_distillation_on_a_stream_resumes_exactly(tmp_path, docs):
             checkpoint_dir=tmp_path / "b",
             resume=True,
         )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 64])
+def test_txt_paragraphs_split_alike_at_any_read_chunk(tmp_path, monkeypatch, chunk):
+    """Paragraph breaks cut by a read boundary (newline runs, blank lines of spaces) split as read_documents."""
+    from worker.engine import streaming
+
+    text = "first para\nline two\n \t \n\n\nsecond é\n\n  indented\n\n\n\nthird\n \n\n \nlast 😀 line\n\n"
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(streaming, "_TXT_CHUNK", chunk)
+    read = list(streaming.txt_documents(path, 0))
+    assert [doc for doc, _ in read] == read_all_documents(path)
+    for index, (_, after) in enumerate(read):  # each saved offset restarts at the next paragraph
+        assert [doc for doc, _ in streaming.txt_documents(path, after)] == [
+            doc for doc, _ in read[index + 1 :]
+        ]
+
+
+def test_one_list_of_data_formats():
+    from typing import get_args
+
+    from backend.data_reading import DataFormat
+    from worker.cli import data_options
+    from worker.engine import streaming
+
+    assert data_options.DATA_FORMATS == streaming.DATA_FORMATS == get_args(DataFormat)
