@@ -196,3 +196,22 @@ def test_out_of_core_of_a_model_that_cannot_be_cut_so_is_one_line(tmp_path, caps
     last = err.strip().splitlines()[-1]
     assert last.startswith("prunescope prune: error: cannot cut some-org/some-model out of core")
     assert not (tmp_path / "o").exists()
+
+
+def test_out_of_core_fills_targets_from_an_importance_run_of_the_same_weights(teacher, tmp_path, capsys):
+    model = AutoModelForCausalLM.from_pretrained(teacher).eval()
+    batches = [{"input_ids": ids(), "attention_mask": torch.ones(2, 12, dtype=torch.long)} for _ in range(2)]
+    compute_importance(model, batches, scans=("bi",)).save(tmp_path / "run")
+    plan = write(
+        tmp_path / "t.json", {"targets": {"num_layers": 3, "layer_method": "bi", "intermediate_size": 40}}
+    )
+    manifests = []
+    for flag in ("--in-memory", "--out-of-core"):
+        out_dir = tmp_path / flag.strip("-")
+        code, _, err = run(
+            capsys, "prune", teacher, "--plan", plan, "--importance", tmp_path / "run", "-o", out_dir, flag
+        )
+        assert code == 0, err
+        assert "different weights" not in err  # the streamed hash matches the run's
+        manifests.append(json.loads((out_dir / MANIFEST_FILE).read_text()))
+    assert manifests[0]["plan"] == manifests[1]["plan"] and manifests[1]["plan"]["drop_layers"]
