@@ -270,9 +270,10 @@ class WorkerProcess(ManagedProcess):
     """A real `prunescope worker` (Celery) subprocess; tests may SIGKILL it."""
 
     queues: str | None = "default,cpu"  # None: the worker's own default for its device
+    args: tuple[str, ...] = ()  # more `prunescope worker` options, e.g. ("--pool", "threads")
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
-        argv = ["worker", "--device", "cpu", "--loglevel", "INFO"]
+        argv = ["worker", "--device", "cpu", "--loglevel", "INFO", *self.args]
         if self.queues is not None:
             argv += ["--queues", self.queues]
         self._spawn(argv, {**os.environ, **self.env}, timeout, lambda new_log: " ready." in new_log)

@@ -529,6 +529,7 @@ def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
         result = _plain(evaluation.throughput(teacher_model, student_model, **kwargs))
     else:
         result = {"teacher": _plain(evaluation.measure_model(teacher_model, **kwargs))}
+    result.update(rt.device_use)  # measured alone on the device (worker.device_lock), after how long a wait
     _save_benchmark(rt, job, "benchmark", result)
     return result
 

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from backend import serialize
 from backend.db import session_scope
 from backend.events import add_event, publish_wakeup
-from backend.models import Job, MetricPoint, utcnow
+from backend.models import Job, MetricPoint, Student, Teacher, utcnow
 from backend.settings import Settings
 from worker.routing import requirement_of
 
@@ -50,6 +50,7 @@ class JobRuntime:
         self._cancel = False
         self._stop_heartbeat = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.device_use: dict[str, Any] = {}  # how the job holds its device (worker.device_lock)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -127,6 +128,27 @@ class JobRuntime:
             s.expunge(job)
         self._wake()
         return job
+
+    def fail_if_running(self, reason: str) -> bool:
+        """running -> failed for this attempt, when the job's process died without finishing it; the
+        teacher or student row the job was building shows the reason too."""
+        with session_scope(self.url) as s:
+            moved = s.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "running", Job.attempts == self.attempt)
+                .values(status="failed", finished_at=utcnow(), eta_s=None, error=reason[:4000])
+            ).rowcount
+            if not moved:
+                return False
+            job = s.get(Job, self.job_id)
+            self.teacher_id = job.teacher_id
+            built = {"inspect": (Teacher, job.teacher_id), "prune": (Student, job.student_id)}.get(job.kind)
+            row = s.get(*built) if built and built[1] else None
+            if row is not None and row.status == "pending":
+                row.status, row.error = "failed", reason[:4000]
+            add_event(s, job, "status", serialize.job(job))
+        self._wake()
+        return True
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> None:
         self._stop_heartbeat.set()

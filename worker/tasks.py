@@ -1,17 +1,19 @@
-"""The one Celery task: run job <id> (attempt <n>) with the handler for its kind (worker.handlers)."""
+"""The one Celery task: run job <id> (attempt <n>) in a process of its own (worker.isolation, which says
+why) with the handler for its kind (worker.handlers); the task's thread only checks and supervises."""
 
 from __future__ import annotations
 
 import logging
 import os
-import traceback
 
 from celery.signals import worker_init, worker_shutting_down
 
 from backend.settings import Settings
 from worker.celery_app import RUN_JOB, app
+from worker.execution import execute
+from worker.isolation import ChildDied, run_isolated, warm_up
 from worker.routing import can_serve
-from worker.runtime import SHUTTING_DOWN, JobCancelled, JobRuntime
+from worker.runtime import SHUTTING_DOWN, JobRuntime
 
 log = logging.getLogger(__name__)
 
@@ -23,25 +25,13 @@ def _stop_running_jobs(**_kwargs) -> None:
 
 @worker_init.connect
 def preload(**_kwargs) -> None:
-    """Import torch, transformers and the engine once, before any task runs: with a thread pool, two
-    tasks importing transformers' lazy modules at the same moment can fail with an ImportError."""
-    import torch  # noqa: F401
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
-    import worker.engine.data  # noqa: F401
-    import worker.engine.distill  # noqa: F401
-    import worker.engine.evaluation  # noqa: F401
-    import worker.engine.importance.compute  # noqa: F401
-    import worker.engine.loading  # noqa: F401
-    import worker.engine.masking  # noqa: F401
-    import worker.engine.surgery  # noqa: F401
-    import worker.handlers  # noqa: F401
+    """Start the job fork server before any task runs: it imports torch, transformers and the engine
+    once (worker.preload); this process itself stays torch-free and only supervises."""
+    warm_up()
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: int, attempt: int) -> str:
-    from worker.handlers import HANDLERS
-
     rt = JobRuntime(Settings(), job_id, attempt, device=os.environ.get("PRUNESCOPE_WORKER_DEVICE", "cpu"))
     # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an
     # older deployment) can still bring one here. Refuse it, never run it on the wrong device.
@@ -55,25 +45,15 @@ def run_job(job_id: int, attempt: int) -> str:
     waiting = _wait_for_distillation(rt)
     if waiting:
         return waiting
-    job = rt.claim()
-    if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
-        return "skipped"
+    # The job itself runs in a process of its own (worker.isolation: torch's global state is per process).
     try:
-        result = HANDLERS[job.kind](rt, job)
-    except JobCancelled:
-        if SHUTTING_DOWN.is_set() and not rt.user_cancelled:
-            step = rt.job_row().checkpoint_step
-            where = f"; resumable from the checkpoint at step {step}" if step is not None else ""
-            rt.finish("failed", error=f"worker shut down while the job ran{where}")
+        return run_isolated(execute, job_id, attempt, rt.device)
+    except ChildDied as exc:
+        reason = f"{exc}; the job did not finish"
+        log.error("job %s: %s", job_id, reason)
+        if rt.refuse(reason) or rt.fail_if_running(reason):
             return "failed"
-        rt.finish("cancelled", error="cancelled by the user")
-        return "cancelled"
-    except Exception as exc:
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        rt.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        return "failed"
-    rt.finish("succeeded", result=result)
-    return "succeeded"
+        return "skipped"
 
 
 DISTILLATION_POLL_S = 2.0

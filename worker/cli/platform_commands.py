@@ -33,7 +33,14 @@ def register(subparsers) -> None:
         help="comma-separated queues: default (light jobs) plus gpu for a cuda worker or cpu for a cpu "
         "worker (default: gpu,default or cpu,default by device)",
     )
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--concurrency", type=int, default=1, help="heavy jobs run at once (default 1)")
+    worker.add_argument(
+        "--light-slots",
+        type=int,
+        default=2,
+        help="light jobs (reading a teacher) run at once in a consumer of their own, so they never wait "
+        "behind heavy ones (default 2; 0: light jobs share this worker's slots)",
+    )
     worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=_worker)
@@ -85,7 +92,7 @@ def _api(args) -> int:
 def _worker(args) -> int:
     from worker.cli import CliError
     from worker.devices import DeviceUnavailable, check_device
-    from worker.routing import check_queues, default_queues
+    from worker.routing import DEFAULT, check_queues, default_queues
 
     try:
         device = check_device(args.device)
@@ -97,16 +104,28 @@ def _worker(args) -> int:
         raise CliError(str(exc)) from exc
     if not os.environ.get("PRUNESCOPE_BROKER_URL"):
         raise CliError("PRUNESCOPE_BROKER_URL is not set (prunescope up starts an embedded broker)")
+    if args.light_slots < 0 or args.concurrency < 1:
+        raise CliError("--concurrency must be >= 1 and --light-slots >= 0")
     os.environ["PRUNESCOPE_WORKER_DEVICE"] = device
+    # Celery shares one worker's slots among all its queues, so a light job could wait behind
+    # distillations: the `default` queue gets a consumer process of its own.
+    split_light = bool(args.light_slots) and DEFAULT in queues and len(queues) > 1
+    served = list(queues)  # what the registry shows: this worker and its light consumer, one entry
+    if split_light:
+        queues = [q for q in queues if q != DEFAULT]
+    light_consumer = bool(os.environ.get(PARENT_PID_ENV))
+    _exit_with_parent()
     from celery.signals import worker_ready, worker_shutting_down
 
     from worker.celery_app import app
     from worker.presence import Presence
 
     # In the registry from the moment it consumes until it starts shutting down (backend.fleet).
-    presence = Presence(_settings(), device, queues)
-    worker_ready.connect(presence.start, weak=False)
-    worker_shutting_down.connect(presence.stop, weak=False)
+    presence = Presence(_settings(), device, served)
+    if not light_consumer:  # a light consumer is listed in its parent's entry
+        worker_ready.connect(presence.start, weak=False)
+        worker_shutting_down.connect(presence.stop, weak=False)
+    light = _start_light_consumer(device, args) if split_light else None
     try:
         app.worker_main(
             [
@@ -121,8 +140,48 @@ def _worker(args) -> int:
             ]
         )
     finally:
-        presence.stop()
+        if not light_consumer:
+            presence.stop()
+        _stop_light_consumer(light)
     return 0
+
+
+PARENT_PID_ENV = "PRUNESCOPE_WORKER_PARENT_PID"
+
+
+def _start_light_consumer(device: str, args) -> subprocess.Popen:
+    from worker.routing import DEFAULT
+
+    command = [sys.executable, "-m", "worker", "worker", "--device", device, "--queues", DEFAULT]
+    command += ["--pool", "threads", "--concurrency", str(args.light_slots), "--light-slots", "0"]
+    command += ["--loglevel", args.loglevel]
+    return subprocess.Popen(command, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+
+
+def _stop_light_consumer(light: subprocess.Popen | None) -> None:
+    if light is None or light.poll() is not None:
+        return
+    light.send_signal(signal.SIGTERM)
+    try:
+        light.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        light.kill()
+        light.wait()
+
+
+def _exit_with_parent() -> None:
+    """A light consumer shuts down (warm, as on SIGTERM) when the worker that started it is gone."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-worker", daemon=True).start()
 
 
 def _up(args) -> int:

@@ -1,0 +1,233 @@
+"""Jobs that share a worker never share torch's process-global state (each runs in a process of its
+own, worker.isolation), light jobs never wait behind heavy ones, and a benchmark runs alone on its
+device (worker.device_lock)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, WorkerProcess, start_live_app, stop_live_app
+from tests.platform.helpers import make_dataset, make_student, start_distill
+from worker.isolation import ChildDied, run_isolated
+from worker.runtime import SHUTTING_DOWN
+
+# ---- the primitive: targets that run in a job's process (importable by name) -----------------------------
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.01)
+
+
+def hold_bf16_default(flags: str) -> str:
+    """What transformers does while it builds a bf16 model: the process-wide default dtype is bf16."""
+    import torch
+
+    torch.set_default_dtype(torch.bfloat16)
+    Path(flags, "bf16-set").touch()
+    _wait_for(Path(flags, "fp32-done"))
+    return str(torch.get_default_dtype())
+
+
+def fp32_matmul_meanwhile(flags: str) -> str:
+    """An fp32 model's forward whose activations are made in the default dtype, run while the other
+    job holds bf16 as the default: in a shared process this is the reported `m1 and m2` error."""
+    import torch
+
+    weight = torch.ones(2, 3, dtype=torch.float32)  # the fp32 model's weights
+    _wait_for(Path(flags, "bf16-set"))
+    try:
+        activations = torch.randn(4, 3)
+        return str(torch.nn.functional.linear(activations, weight).dtype)
+    finally:
+        Path(flags, "fp32-done").touch()
+
+
+def kill_myself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_for_shutdown() -> str:
+    deadline = time.monotonic() + 60
+    while not SHUTTING_DOWN.is_set():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return "stopped at shutdown"
+
+
+def test_concurrent_jobs_do_not_see_each_others_default_dtype(tmp_path):
+    with ThreadPoolExecutor(2) as pool:  # as the worker's thread pool runs two jobs
+        bf16 = pool.submit(run_isolated, hold_bf16_default, str(tmp_path))
+        fp32 = pool.submit(run_isolated, fp32_matmul_meanwhile, str(tmp_path))
+        assert fp32.result(timeout=120) == "torch.float32"
+        assert bf16.result(timeout=120) == "torch.bfloat16"
+    import torch
+
+    assert torch.get_default_dtype() == torch.float32  # nor does the supervising process
+
+
+def test_a_killed_job_process_is_reported():
+    with pytest.raises(ChildDied, match="killed by SIGKILL"):
+        run_isolated(kill_myself)
+
+
+def test_worker_shutdown_reaches_the_job_process():
+    threading.Timer(1.0, SHUTTING_DOWN.set).start()
+    try:
+        assert run_isolated(wait_for_shutdown) == "stopped at shutdown"  # got SIGTERM, stopped cleanly
+    finally:
+        SHUTTING_DOWN.clear()
+
+
+SUPERVISOR = """
+import sys
+from worker.isolation import _context, run_isolated
+_context.set_forkserver_preload([])  # this child needs no torch: start the server quicker
+from tests.platform.test_isolation import report_pid_and_sleep
+run_isolated(report_pid_and_sleep, sys.argv[1])
+"""
+
+
+def report_pid_and_sleep(pid_file: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_a_job_process_exits_when_its_worker_is_killed(tmp_path):
+    """SIGKILL of the worker alone (not its process group): the job stops too, so its heartbeat stops and
+    the API marks it lost, as before jobs had processes of their own."""
+    pid_file = tmp_path / "child.pid"
+    worker = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(pid_file)], cwd=REPO)
+    try:
+        _wait_for(pid_file, timeout=120)
+        child = int(pid_file.read_text())
+        worker.kill()
+        worker.wait()
+        deadline = time.monotonic() + 20
+        while _alive(child):
+            assert time.monotonic() < deadline, "the job's process outlived its worker"
+            time.sleep(0.1)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---- real workers -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, redis_url):
+    app = start_live_app(tmp_path_factory.mktemp("isolation"), redis_url, with_worker=False)
+    yield app
+    stop_live_app(app)
+
+
+@pytest.fixture
+def worker(app, tmp_path, request):
+    w = WorkerProcess(app.env, tmp_path / "worker.log", args=request.param).start()
+    app.worker = w  # so wait_job shows its log
+    yield w
+    w.stop()
+
+
+def save_bf16_teacher(app) -> Path:
+    """The tiny teacher saved in bf16: transformers builds it under a bf16 default dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = app.data_dir.parent / "models" / "tiny-llama-bf16"
+    if not out.exists():
+        model = AutoModelForCausalLM.from_pretrained(str(app.teacher_dir), dtype=torch.bfloat16)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(str(app.teacher_dir)).save_pretrained(out)
+    return out
+
+
+_students: dict[str, dict] = {}
+
+
+@pytest.fixture
+def student(app, worker):
+    """One student for the module, made by the first test's worker."""
+    if app.url not in _students:
+        _students[app.url] = make_student(app)
+    return _students[app.url]
+
+
+def running_distill(app, student: dict, steps: int) -> dict:
+    job = start_distill(app, student["id"], steps=steps, checkpoint_every=0)
+    deadline = time.monotonic() + 120
+    while not app.api.get(f"/jobs/{job['id']}/metrics?names=kd_loss").json()["series"].get("kd_loss"):
+        assert time.monotonic() < deadline, app.worker.log()
+        time.sleep(0.1)
+    return job
+
+
+def t(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("worker", [("--pool", "threads", "--concurrency", "2")], indirect=True)
+def test_two_jobs_in_one_worker_both_succeed_and_a_benchmark_runs_alone(app, worker, student):
+    """A bf16 teacher is read and evaluated in one worker while an fp32 distillation trains in it (the
+    reported failure: the distillation or the evaluation died of a dtype mismatch); then a benchmark
+    queued beside the distillation waits for it, and says so."""
+    dataset = make_dataset(app)
+    distill = running_distill(app, student, steps=150)
+    bf16 = app.api.post("/teachers", json={"name": "bf16", "source": str(save_bf16_teacher(app))}).json()
+    assert app.wait_job(bf16["job_id"])["status"] == "succeeded"
+    assert app.api.get(f"/teachers/{bf16['id']}").json()["spec"]["dtype"] == "bfloat16"
+    params = {"dataset_id": dataset["id"], "split": "validation", "max_documents": 2, "seq_len": 32}
+    r = app.api.post("/jobs", json={"kind": "evaluate", "teacher_id": bf16["id"], "params": params})
+    assert r.status_code == 201, r.text
+    evaluated = app.wait_job(r.json()["id"])
+    assert evaluated["status"] == "succeeded", evaluated
+    assert evaluated["result"]["perplexity"]["perplexity"] > 1
+    bench_params = {"repeats": 1, "seq_len": 8, "new_tokens": 2}
+    r = app.api.post("/jobs", json={"kind": "benchmark", "teacher_id": bf16["id"], "params": bench_params})
+    assert r.status_code == 201, r.text
+    bench_id = r.json()["id"]
+
+    trained = app.wait_job(distill["id"], timeout=300)
+    assert trained["status"] == "succeeded", (trained, worker.log())
+    # They ran side by side: the evaluation started before the distillation finished.
+    assert t(trained["started_at"]) < t(evaluated["started_at"]) < t(trained["finished_at"])
+    bench = app.wait_job(bench_id)
+    assert bench["status"] == "succeeded", bench
+    assert bench["result"]["device_exclusive"] is True
+    measuring_from = t(bench["started_at"]).timestamp() + bench["result"]["device_wait_s"]
+    assert measuring_from >= t(trained["finished_at"]).timestamp() - 0.5  # not beside the distillation
+
+
+@pytest.mark.parametrize("worker", [()], indirect=True)  # `prunescope worker`'s defaults: one heavy slot
+def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
+    distill = running_distill(app, student, steps=100_000)
+    try:
+        teacher = app.api.post("/teachers", json={"name": "again", "source": str(app.teacher_dir)}).json()
+        inspected = app.wait_job(teacher["job_id"], timeout=60)
+        assert inspected["status"] == "succeeded", inspected
+        assert app.api.get(f"/jobs/{distill['id']}").json()["status"] == "running"
+    finally:
+        app.api.post(f"/jobs/{distill['id']}/cancel")
+    cancelled = app.wait_job(distill["id"], timeout=60)
+    assert cancelled["status"] == "cancelled", cancelled

@@ -1,0 +1,40 @@
+"""What runs inside a job's own process (worker.isolation): claim the job, hold its device as the job's
+kind needs (worker.device_lock), run the handler for its kind, finish with a status."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from backend.settings import Settings
+from worker.device_lock import device_use
+from worker.runtime import SHUTTING_DOWN, JobCancelled, JobRuntime
+
+log = logging.getLogger(__name__)
+
+
+def execute(job_id: int, attempt: int, device: str) -> str:
+    from worker.handlers import HANDLERS
+
+    rt = JobRuntime(Settings(), job_id, attempt, device=device)
+    job = rt.claim()
+    if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
+        return "skipped"
+    try:
+        with device_use(rt, job.kind) as use:
+            rt.device_use = use
+            result = HANDLERS[job.kind](rt, job)
+    except JobCancelled:
+        if SHUTTING_DOWN.is_set() and not rt.user_cancelled:
+            step = rt.job_row().checkpoint_step
+            where = f"; resumable from the checkpoint at step {step}" if step is not None else ""
+            rt.finish("failed", error=f"worker shut down while the job ran{where}")
+            return "failed"
+        rt.finish("cancelled", error="cancelled by the user")
+        return "cancelled"
+    except Exception as exc:
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        rt.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    rt.finish("succeeded", result=result)
+    return "succeeded"
