@@ -226,6 +226,12 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
     manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
     _say(f"[save] {out}")
     with tqdm(desc="prune", unit="tensor", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(name)
+            bar.update(1)
+
         pruned = prune_checkpoint(
             args.model,
             plan,
@@ -234,7 +240,7 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
             checkpoint=checkpoint,
             max_shard_bytes=int(args.shard_size * 1e9),
             overwrite=args.overwrite,
-            progress=lambda msg: (bar.set_postfix_str(msg.rsplit(" ", 1)[-1]), bar.update(1)),
+            progress=progress,
         )
     if pruned.spec.param_count()["total"] != stats["params_total"]:  # the cost model and the cut agree
         raise RuntimeError("pruned parameter count differs from the plan's prediction")

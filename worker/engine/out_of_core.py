@@ -31,7 +31,7 @@ from worker.engine.plan import PrunePlan, check_plan
 from worker.engine.shard_writer import DEFAULT_SHARD_BYTES, TensorEntry, write_sharded
 from worker.engine.spec import ArchSpec
 
-Progress = Callable[[str], None] | None
+Progress = Callable[[int, int, str], None] | None  # (tensors written, of how many, the last one)
 MODES = ("auto", "never", "always")
 DEFAULT_RAM_FRACTION = 0.5  # auto: out of core when the loaded model would take more of the free RAM
 
@@ -178,7 +178,7 @@ def prune_checkpoint(
 
     from worker.engine.loading import _load_tokenizer, student_dir, write_student_metadata
 
-    say = progress or (lambda _msg: None)
+    say = progress or (lambda _done, _total, _name: None)
     ckpt = checkpoint or open_checkpoint(source, dtype=dtype)
     if plan.needs_filling():
         raise ValueError("the plan has targets: fill it from importance scores (fill_plan) first")
@@ -193,7 +193,7 @@ def prune_checkpoint(
         cut = cut_of[entry.name]
         tensor = ckpt.reader.read(ckpt.source_name(cut.source), cut.keep).to(entry.dtype)
         done += 1
-        say(f"tensor {done}/{len(entries)} {entry.name}")
+        say(done, len(entries), entry.name)
         return tensor
 
     if tokenizer is None:
