@@ -143,13 +143,20 @@ def start_embedded(data_dir) -> tuple[EmbeddedRedis, str]:
 # ---- what the broker holds ------------------------------------------------------------------------
 
 UNACKED = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
+UNACKED_INDEX = "unacked_index"  # kombu's sorted set: delivery tag -> when it was delivered (epoch s)
 PRIORITY_SEP = "\x06\x16"  # kombu's separator of a queue's priority sub-queues
 PRIORITY_STEPS = (3, 6, 9)
 
 
-def held_attempts(client: redis.Redis, prefix: str, queues) -> set[tuple[int, int]]:
+def held_attempts(
+    client: redis.Redis, prefix: str, queues, unacked_stale_s: float | None = None
+) -> set[tuple[int, int]]:
     """(job id, attempt) of every run-job message the broker holds: waiting in one of `queues` or
-    delivered to a worker and not yet acknowledged. Read by the re-sender (backend.resender)."""
+    delivered to a worker and not yet acknowledged. Read by the re-sender (backend.resender).
+
+    A message delivered more than `unacked_stale_s` ago is not counted: its job is still queued (no
+    worker claimed it), so the worker that took it died or hangs; kombu would put it back only after the
+    visibility timeout (hours)."""
     names = [
         prefix + q + suffix
         for q in queues
@@ -158,10 +165,15 @@ def held_attempts(client: redis.Redis, prefix: str, queues) -> set[tuple[int, in
     with client.pipeline(transaction=True) as pipe:  # one consistent snapshot
         for name in names:
             pipe.lrange(name, 0, -1)
-        pipe.hvals(prefix + UNACKED)
-        *lists, unacked = pipe.execute()
+        pipe.hgetall(prefix + UNACKED)
+        pipe.zrange(prefix + UNACKED_INDEX, 0, -1, withscores=True)
+        *lists, unacked, delivered_at = pipe.execute()
     messages = [_loads(raw) for values in lists for raw in values]
-    messages += [(_loads(raw) or [None])[0] for raw in unacked]  # [message, exchange, routing key]
+    if unacked_stale_s is not None:
+        cutoff = time.time() - unacked_stale_s
+        stale = {tag for tag, at in delivered_at if at < cutoff}
+        unacked = {tag: raw for tag, raw in unacked.items() if tag not in stale}
+    messages += [(_loads(raw) or [None])[0] for raw in unacked.values()]  # [message, exchange, key]
     return {attempt for attempt in map(_job_attempt, messages) if attempt is not None}
 
 

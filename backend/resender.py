@@ -3,11 +3,12 @@
 The database is the source of truth for jobs, the broker is not: a Redis that lost its data (killed
 before it wrote its append-only file, wiped, replaced) leaves `queued` rows no worker will ever receive.
 On API start and then every `resend_interval_s`, the API compares the queued rows with the run-job
-messages waiting in the queues or delivered and not yet acknowledged (backend.broker.held_attempts). A
-job missing from both for `resend_grace_s` (two looks apart, so a message between a commit and its
-publish, or between kombu's pop and its unacked bookkeeping, is not taken for lost) is published again
-for the same attempt. A duplicate is harmless: the worker's claim is a conditional update on that
-attempt (worker.runtime), so a second message of one attempt finds the job no longer queued and skips it.
+messages waiting in the queues or delivered and not yet acknowledged (backend.broker.held_attempts; a
+delivery older than `resend_unacked_after_s` whose job is still queued counts as lost: its worker died
+before claiming it). A job missing from both for `resend_grace_s` (two looks apart, so a message between
+a commit and its publish, or between kombu's pop and its unacked bookkeeping, is not taken for lost) is
+published again for the same attempt. A duplicate is harmless: the worker's claim is a conditional
+update on that attempt (worker.runtime), so a second message of one attempt finds the job no longer queued and skips it.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def resend_once(app, resender: Resender) -> list[int]:
         resender.missing_since.clear()
         return []
     client = broker.shared_client(settings.broker_url)
-    held = broker.held_attempts(client, settings.redis_prefix, {*QUEUES, *queued.values()})
+    queues = {*QUEUES, *queued.values()}
+    held = broker.held_attempts(client, settings.redis_prefix, queues, settings.resend_unacked_after_s)
     sent = []
     for job_id, attempt in resender.due(queued, held, time.monotonic()):
         app.state.celery.send_task(RUN_JOB, args=[job_id, attempt], queue=queued[(job_id, attempt)])

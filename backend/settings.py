@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # the broker no longer holds (lost with its data), once missing for `resend_grace_s` (0: never).
     resend_interval_s: float = 30.0
     resend_grace_s: float = 10.0
+    # A queued job's message delivered to a worker this long ago and still unacknowledged counts as lost
+    # (the worker died before claiming it); the broker itself would put it back only after hours.
+    resend_unacked_after_s: float = 600.0
     # How often a worker refreshes its entry in the worker registry (backend.fleet); an entry not
     # refreshed for three intervals (a dead worker) expires.
     worker_refresh_s: float = 5.0

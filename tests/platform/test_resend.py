@@ -5,6 +5,7 @@ duplicate message of one attempt runs the job once, and a submit the broker refu
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -47,10 +48,17 @@ def test_resender_republishes_only_what_the_broker_lost(app_client):
     # Delivered to a worker, not yet acknowledged (kombu's unacked hash): still held.
     raw = r.rpop(prefix + "default")
     r.hset(prefix + "unacked", "tag-1", json.dumps([json.loads(raw), "", "default"]))
+    r.zadd(prefix + "unacked_index", {"tag-1": time.time()})
     assert held_attempts(r, prefix, ["default"]) == {(job_id, 1)}
     assert resend_once(app, resender) == []
+    # ... unless delivered long ago with the job still queued: the worker that took it died unclaimed.
+    r.zadd(prefix + "unacked_index", {"tag-1": time.time() - 601})
+    assert held_attempts(r, prefix, ["default"], unacked_stale_s=600) == set()
+    assert held_attempts(r, prefix, ["default"]) == {(job_id, 1)}
+    assert resend_once(app, Resender(grace_s=0)) == [job_id]  # the API's setting: 600 s
+    r.delete(prefix + "default")
 
-    r.delete(prefix + "unacked")  # the broker lost its data
+    r.delete(prefix + "unacked", prefix + "unacked_index")  # the broker lost its data
     assert resend_once(app, resender) == [] and resender.waiting()  # missing once: wait the grace period
     resender.missing_since = {k: v - 61 for k, v in resender.missing_since.items()}
     assert resend_once(app, resender) == [job_id]
@@ -59,7 +67,7 @@ def test_resender_republishes_only_what_the_broker_lost(app_client):
     resender.missing_since = {k: v - 61 for k, v in resender.missing_since.items()}
     assert resend_once(app, resender) == [] and r.llen(prefix + "default") == 1  # no pile-up
     logs = [e["msg"] for e in client.get(f"/api/v1/jobs/{job_id}/logs").json()]
-    assert logs == ["re-sent: the broker no longer held this job's message"]
+    assert logs == ["re-sent: the broker no longer held this job's message"] * 2
 
     # A job that left `queued` is never re-sent, whatever the broker holds.
     client.post(f"/api/v1/jobs/{job_id}/cancel")
