@@ -67,9 +67,10 @@ class Checkpoint:
         raise KeyError(f"{self.path}: the checkpoint has no tensor {name}")
 
     def model_bytes(self) -> int:
-        """Bytes of the model's weights once loaded in `dtype` (what in-memory surgery holds)."""
-        size = torch.empty((), dtype=self.dtype).element_size()
-        return sum(p.numel() for p in unique_parameters(self.model).values()) * size
+        """Bytes of the model's weights once loaded (what in-memory surgery holds)."""
+        from worker.engine.layer_loader import weight_bytes
+
+        return weight_bytes(self.model)
 
 
 def unique_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -77,27 +78,9 @@ def unique_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return dict(model.named_parameters())  # named_parameters skips repeated (tied) tensors
 
 
-def _load_dtype(reader: CheckpointReader, config, dtype) -> torch.dtype:
-    """The dtype `from_pretrained` would load in: the asked one, else the config's, else the file's."""
-    from worker.engine.loading import _dtype
-
-    if dtype is not None:
-        return _dtype(dtype)
-    stated = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if stated is not None and stated != "auto":
-        return _dtype(str(stated).removeprefix("torch."))
-    codes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-    for name in reader.names():
-        if reader.dtype_name(name) in codes:
-            return codes[reader.dtype_name(name)]
-    return torch.float32
-
-
 def open_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     """Read a local checkpoint's structure (config, tensor index) without reading any weight."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from worker.engine.loading import LAYERS_FILE, resize_to_layers_file
+    from worker.engine.layer_loader import checkpoint_dtype, empty_model
 
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
@@ -105,14 +88,10 @@ def open_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
             f"out-of-core surgery needs a local model directory; {source} has no config.json"
         )
     reader = CheckpointReader(path)
-    config = AutoConfig.from_pretrained(str(path))
-    adapter = adapter_for_model_type(getattr(config, "model_type", None))
-    load_dtype = _load_dtype(reader, config, dtype)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=load_dtype)
-        if (path / LAYERS_FILE).is_file():
-            resize_to_layers_file(model, path, config)
-    return Checkpoint(path, reader, config, adapter, model.eval(), load_dtype)
+    model = empty_model(path, reader, dtype=dtype)  # parameters on "meta"
+    config = model.config
+    adapter = adapter_for_model_type(config.model_type)
+    return Checkpoint(path, reader, config, adapter, model, checkpoint_dtype(reader, config, dtype))
 
 
 def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
