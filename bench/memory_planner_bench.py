@@ -1,0 +1,321 @@
+"""The memory planner (worker/engine/memplan.py) against real peaks: distillation, importance, evaluation.
+
+Each case runs in a fresh subprocess (so one case's allocator state cannot leak into the next) and
+reports, side by side with the planner's estimate:
+
+- `tensors`: the peak of live tensor bytes. On CUDA `torch.cuda.max_memory_allocated`. On CPU the
+  tensors alive when the measured step starts (every live tensor storage, counted once) plus the
+  peak of torch's allocation / free events during the step (`torch.profiler`, profile_memory=True);
+  this is what the planner estimates.
+- `rss`: the process's peak resident set (Linux VmHWM) above its RSS before the models were built,
+  with glibc's mmap threshold pinned to 64 KiB so freed tensors go back to the OS. It includes the
+  Python / allocator overhead the planner does not model, so it is printed, not targeted.
+
+Distillation is measured over its second step (AdamW's moments exist from the first), through the real
+`distill()` loop with `memory_options`; importance through `compute_importance`; evaluation through
+`perplexity`. The target is |estimate / tensors - 1| <= 15% for every case.
+
+Usage:
+    python bench/memory_planner_bench.py            # all cases (CPU, or CUDA when available)
+    python bench/memory_planner_bench.py --quick    # three cases
+    python bench/memory_planner_bench.py --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+M_MMAP_THRESHOLD = -3
+
+# (name, teacher config, student config): Llama-style models built from configs (no downloads).
+SMALL = dict(hidden=128, intermediate=384, layers=4, heads=4, kv=2, vocab=4096)
+WIDE_VOCAB = dict(hidden=96, intermediate=256, layers=3, heads=4, kv=2, vocab=32768)
+DEEP = dict(hidden=64, intermediate=192, layers=8, heads=4, kv=4, vocab=2048)
+# Small vocabulary, wide layers: activations dominate (where checkpointing matters).
+WIDE = dict(hidden=256, intermediate=768, layers=4, heads=8, kv=2, vocab=512)
+
+
+def half(cfg: dict) -> dict:
+    return {**cfg, "intermediate": cfg["intermediate"] // 2, "layers": max(1, cfg["layers"] - 1)}
+
+
+CASES = [
+    # kind, model config, settings
+    ("distill", SMALL, dict(batch_size=4, seq_len=128)),
+    ("distill", SMALL, dict(batch_size=4, seq_len=128, gradient_checkpointing=True)),
+    ("distill", SMALL, dict(batch_size=4, seq_len=128, weights_dtype="bfloat16")),
+    ("distill", SMALL, dict(batch_size=8, seq_len=256)),
+    ("distill", SMALL, dict(batch_size=8, seq_len=256, gradient_checkpointing=True)),
+    ("distill", WIDE_VOCAB, dict(batch_size=4, seq_len=128)),
+    ("distill", DEEP, dict(batch_size=8, seq_len=128)),
+    ("distill", DEEP, dict(batch_size=8, seq_len=128, gradient_checkpointing=True)),
+    ("distill", WIDE, dict(batch_size=8, seq_len=256)),
+    ("distill", WIDE, dict(batch_size=8, seq_len=256, gradient_checkpointing=True)),
+    ("distill", WIDE, dict(batch_size=8, seq_len=256, weights_dtype="bfloat16")),
+    ("distill", WIDE, dict(batch_size=8, seq_len=256, weights_dtype="bfloat16", gradient_checkpointing=True)),
+    ("distill-ce", SMALL, dict(batch_size=4, seq_len=128)),
+    ("importance", SMALL, dict(batch_size=8, seq_len=128)),
+    ("importance", WIDE_VOCAB, dict(batch_size=4, seq_len=128)),
+    ("evaluate", SMALL, dict(batch_size=8, seq_len=128)),
+    ("importance", WIDE, dict(batch_size=8, seq_len=256)),
+    ("evaluate", WIDE, dict(batch_size=8, seq_len=256)),
+]
+QUICK = [8, 9, 13]
+
+
+def build(cfg: dict, seed: int, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=cfg["vocab"],
+        hidden_size=cfg["hidden"],
+        intermediate_size=cfg["intermediate"],
+        num_hidden_layers=cfg["layers"],
+        num_attention_heads=cfg["heads"],
+        num_key_value_heads=cfg["kv"],
+        head_dim=cfg["hidden"] // cfg["heads"],
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"  # what load_model gives (transformers' default)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+class RandomTokens:
+    """The `PackedTokens` interface over random ids (no tokenizer in the measured process)."""
+
+    def __init__(self, vocab: int, seq_len: int):
+        self.vocab, self.seq_len = vocab, seq_len
+
+    def batch(self, index: int, batch_size: int, seed: int):
+        import torch
+
+        g = torch.Generator().manual_seed(seed * 100_003 + index)
+        return torch.randint(0, self.vocab, (batch_size, self.seq_len), generator=g)
+
+    def sequential(self, batch_size: int, limit: int | None = None):
+        yield self.batch(0, batch_size, 1)
+
+
+def live_tensor_bytes() -> int:
+    import torch
+
+    seen: dict[int, int] = {}
+    gc.collect()
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+                st = obj.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+        except Exception:
+            continue
+    return sum(seen.values())
+
+
+class NoProfiler:
+    """The RSS run: no profiler in the process (its own bookkeeping would count as resident memory)."""
+
+    def start(self):
+        pass
+
+    def stop(self) -> int:
+        return 0
+
+
+class StepProfiler:
+    """CPU: live tensors at start + peak of the profiler's allocation events. CUDA: max_memory_allocated."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.prof = None
+
+    def start(self):
+        import torch
+
+        if self.device == "cuda":
+            return
+        self.base = live_tensor_bytes()
+        self.prof = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU],
+            profile_memory=True,
+            record_shapes=True,
+            with_stack=True,
+        )
+        self.prof.start()
+
+    def stop(self) -> int:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        from torch.profiler._memory_profiler import Action
+
+        self.prof.stop()
+        # torch's memory timeline: every tensor allocation / free in order (an op's own temporaries too).
+        current = peak = 0
+        for _t, action, _key, size in self.prof._memory_profile().timeline:
+            if action == Action.CREATE:
+                current += size
+            elif action == Action.DESTROY:
+                current -= size
+            peak = max(peak, current)
+        return self.base + peak
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> dict:
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    import torch
+
+    from worker.engine import memplan
+    from worker.engine.adapters import arch_spec
+
+    torch.set_num_threads(1)
+    gc.collect()
+    rss0 = status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    wdtype = settings.get("weights_dtype", "float32")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[wdtype]
+    b, s = settings["batch_size"], settings["seq_len"]
+    prof = StepProfiler(device) if profiled or device == "cuda" else NoProfiler()
+    if kind.startswith("distill"):
+        from worker.engine.distill import DistillConfig, distill
+        from worker.engine.distill.memory import memory_options
+
+        ce = kind == "distill-ce"
+        teacher = None if ce else build(cfg, 0, dtype).to(device)
+        student = build(half(cfg), 1, dtype).to(device)
+        config = DistillConfig(
+            mode="ce" if ce else "kd",
+            steps=2,
+            batch_size=b,
+            warmup_steps=0,
+            val_every=0,
+            val_batches=1,
+            gradient_checkpointing=settings.get("gradient_checkpointing", False),
+            weights_dtype=wdtype,
+        )
+        estimate = memplan.distill_memory(
+            arch_spec(student),
+            None if teacher is None else arch_spec(teacher),
+            batch_size=b,
+            seq_len=s,
+            weights_dtype=wdtype,
+            gradient_checkpointing=config.gradient_checkpointing,
+            device=device,
+        )
+        measured = {}
+
+        def callback(m):
+            if m.get("phase") == "train" and m["step"] == 1:
+                prof.start()
+            elif m.get("phase") == "train" and m["step"] == 2:
+                measured["tensors"] = prof.stop()
+
+        data = RandomTokens(cfg["vocab"], s)
+        with memory_options(student, teacher, config):
+            distill(student, teacher, data, data, config, callback=callback)
+    elif kind == "importance":
+        from worker.engine.importance import compute_importance
+
+        model = build(cfg, 0, dtype).to(device)
+        estimate = memplan.importance_memory(arch_spec(model), batch_size=b, seq_len=s, device=device)
+        data = RandomTokens(cfg["vocab"], s)
+        batches = [{"input_ids": data.batch(i, b, 0)} for i in range(2)]
+        prof.start()
+        compute_importance(model, batches, scans=("bi", "drop", "block"), hash_weights=False)
+        measured = {"tensors": prof.stop()}
+    elif kind == "evaluate":
+        from worker.engine.chunked_head import final_hidden_states, output_head, token_nll
+
+        model = build(cfg, 0, dtype).to(device).eval()
+        estimate = memplan.evaluation_memory(arch_spec(model), batch_size=b, seq_len=s, device=device)
+        ids = RandomTokens(cfg["vocab"], s).batch(0, b, 0).to(device)
+        prof.start()
+        with torch.inference_mode():  # what perplexity runs per batch of windows
+            hidden = final_hidden_states(model, ids)
+            token_nll(hidden, output_head(model), ids).sum()
+        measured = {"tensors": prof.stop()}
+    else:
+        raise ValueError(kind)
+    if not profiled:
+        measured["rss"] = (status_kib("VmHWM") - rss0) * 1024
+    return {"estimate": estimate["total"], "parts": estimate["parts"], **measured}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+    if args.child is not None:
+        kind, cfg, settings, device, profiled = json.loads(args.child)
+        print(json.dumps(child(kind, cfg, settings, device, profiled)))
+        return
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cases = [CASES[i] for i in QUICK] if args.quick else CASES
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    rows = []
+    print(
+        f"device: {device}; tensors = {'torch.cuda.max_memory_allocated' if device == 'cuda' else 'live tensors + profiler memory timeline peak'}"
+    )
+    print(f"{'case':<58} {'estimate':>10} {'tensors':>10} {'ratio':>6} {'rss':>10} {'ratio':>6}")
+    for kind, cfg, settings in cases:
+        r = {}
+        for profiled in (True, False):  # the tensor peak and the resident set, each from a clean process
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps([kind, cfg, settings, device, profiled])],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=900,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"{kind} {settings}: FAILED\n{out.stderr[-2000:]}")
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            r.update({k: v for k, v in got.items() if k != "tensors" or profiled})
+        label = f"{kind} h{cfg['hidden']} L{cfg['layers']} V{cfg['vocab']} " + " ".join(
+            f"{k}={v}" for k, v in settings.items()
+        )
+        mib = lambda n: f"{n / 2**20:.1f}M"  # noqa: E731
+        print(
+            f"{label:<58} {mib(r['estimate']):>10} {mib(r['tensors']):>10} {r['estimate'] / r['tensors']:>6.2f} "
+            f"{mib(r['rss']):>10} {r['estimate'] / r['rss']:>6.2f}"
+        )
+        rows.append({"kind": kind, "config": cfg, "settings": settings, "device": device, **r})
+    ratios = [r["estimate"] / r["tensors"] for r in rows]
+    if ratios:
+        worst = max(ratios, key=lambda x: abs(x - 1))
+        within = sum(abs(x - 1) <= 0.15 for x in ratios)
+        print(f"estimate / measured tensors: {within}/{len(ratios)} within 15%; worst {worst:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

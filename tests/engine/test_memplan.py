@@ -1,0 +1,137 @@
+"""The memory planner's derived terms against the real models: the activations autograd saves per token
+(counted with saved-tensor hooks, each storage once) equal `saved_bytes_per_token` exactly for the
+Llama-style families, in float32 and bfloat16, with and without activation checkpointing; and the
+planner is torch-free. Its fitted terms are measured against real peaks in
+bench/memory_planner_bench.py (printed ratios, not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.tiny_models import tiny_configs
+from worker.engine import memplan
+from worker.engine.adapters import arch_spec
+from worker.engine.spec import ArchSpec
+
+
+def saved_activation_bytes(model, ids) -> int:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params and t.is_floating_point():
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.model(input_ids=ids, use_cache=False)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_saved_activations_are_derived_exactly(family, dtype, checkpointing):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_configs()[family]
+    config._attn_implementation = "sdpa"  # what load_model gives
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).train()
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    spec = arch_spec(model)
+    act = 4 if dtype == torch.float32 else 2
+    per_token = memplan.saved_bytes_per_token(spec, act, checkpointing)
+    # Two batch sizes: the difference removes what is per position, not per token (rotary cos/sin).
+    measured = [saved_activation_bytes(model, torch.randint(0, 90, (b, 24))) for b in (1, 3)]
+    assert measured[1] - measured[0] == per_token * 2 * 24
+
+
+def spec(**kw) -> ArchSpec:
+    base = dict(
+        family="llama",
+        model_type="llama",
+        num_layers=32,
+        hidden_size=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    )
+    return ArchSpec(**{**base, **kw})
+
+
+def test_options_and_sharding_move_the_estimate_the_right_way():
+    s, t = spec(num_layers=16), spec()
+    kw = dict(batch_size=8, seq_len=2048, device="cuda")
+    base = memplan.distill_memory(s, t, **kw)["total"]
+    assert memplan.distill_memory(s, t, **kw, gradient_checkpointing=True)["total"] < base
+    assert memplan.distill_memory(s, t, **kw, weights_dtype="bfloat16")["total"] < base
+    assert memplan.distill_memory(s, t, **{**kw, "batch_size": 4})["total"] < base
+    one = memplan.distill_memory(s, t, **kw)["parts"]
+    four = memplan.distill_memory(s, t, **kw, num_gpus=4)["parts"]
+    assert four["optimizer"] < one["optimizer"] / 3 and four["weights"] < one["weights"] / 3
+    # The static terms are exact: AdamW's two moments in the weights' dtype, no master copy.
+    p = s.param_count()["total"]
+    assert (
+        one["weights"] == 4 * p
+        and one["optimizer"] == 8 * p
+        and one["teacher"] == 4 * t.param_count()["total"]
+    )
+    bf16 = memplan.distill_memory(s, t, **kw, weights_dtype="bfloat16")["parts"]
+    assert bf16["weights"] == 2 * p and bf16["optimizer"] == 4 * p and bf16["autocast_cache"] == 0
+
+
+def test_candidates_nearest_first():
+    got = memplan.distill_candidates({"batch_size": 8})
+    assert got[:3] == [
+        {"gradient_checkpointing": True},
+        {"weights_dtype": "bfloat16"},
+        {"batch_size": 4},
+    ]
+    assert {"batch_size": 1, "gradient_checkpointing": True, "weights_dtype": "bfloat16"} in got
+    assert (
+        memplan.distill_candidates(
+            {"batch_size": 1, "gradient_checkpointing": True, "weights_dtype": "bfloat16"}
+        )
+        == []
+    )
+
+
+def test_chunk_size_is_the_engines():
+    from worker.engine import chunked_head
+
+    for vocab in (96, 4096, 32000, 128256, 1 << 20):
+        assert memplan.auto_chunk_tokens(vocab) == chunked_head.auto_chunk_tokens(vocab)
+
+
+def test_usable_bytes():
+    assert memplan.usable_bytes({"kind": "cpu", "total_bytes": 10 << 30, "free_bytes": 6 << 30}) == 6 << 30
+    h100 = memplan.usable_bytes({"kind": "cuda", "total_bytes": 80 << 30, "free_bytes": 1 << 30})
+    assert 75 << 30 < h100 < 76 << 30  # the device's total minus the reserve: not what is free right now
+
+
+def test_planner_is_torch_free():
+    code = (
+        "import sys, json; from worker.engine import memplan; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []

@@ -1,0 +1,320 @@
+"""Torch-free memory planner: peak bytes per device of importance, distillation and evaluation.
+
+Shared by the engine (bench), the backend (the 409 check against the workers' memory) and the
+dashboard, which mirrors it in `frontend/js/memplan.js` (tests/ui/test_memplan.py holds the two to
+the same numbers). Everything is computed from an `ArchSpec` and the job's settings.
+
+What is derived and what is fitted (bench/memory_planner_bench.py measures both):
+
+- Derived, exact: weights, gradients and AdamW states from the exact parameter counts. Our loop keeps
+  no float32 master copy: `torch.optim.AdamW` keeps its two moments in the parameters' dtype, so with
+  bfloat16 weights the gradients and moments are bfloat16 too (pure-bf16 training; the loss itself
+  is always computed in float32).
+- Derived, exact for Llama-style blocks (Llama, Mistral, Qwen2; tests/engine/test_memplan.py counts
+  the tensors autograd really saves): the activations a decoder layer saves per token,
+  `saved_bytes_per_token`. Other families (Qwen3's q/k norms, Phi-3, GPT-2) use the same terms and are
+  approximate.
+- Fitted: the transient working set (a layer's backward, the chunked loss's per-chunk buffers,
+  allocator slack) as `TRANSIENT_*` multiples of the largest per-token tensor, from CPU profiles of
+  tiny models. The CUDA-only terms (the autocast copy of the weights, foreach AdamW temporaries, the
+  CUDA context) are derived from what torch does, not yet measured here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from worker.engine.spec import ArchSpec, LayerShape
+
+GiB = 1 << 30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Logits held per chunk when the chunk size is automatic (worker/engine/chunked_head.py: the same value).
+CHUNK_LOGITS = 1 << 24
+# float32 [chunk, V] buffers alive at once inside the chunked loss, counted from
+# worker/engine/distill/losses.py and confirmed by the bench's profiles: KD (z, log p, grad z, z_t / tau,
+# log p_t, p_t and two products), CE only (z, log p, grad z, softmax and two products), and the
+# inference-only NLL of evaluation / importance (z and its log-softmax).
+LOSS_CHUNK_BUFFERS_KD = 8
+LOSS_CHUNK_BUFFERS_CE = 6
+NLL_CHUNK_BUFFERS = 2
+# A layer's transient working set in its forward / backward, in units of a [tokens, intermediate]
+# activation (fitted on CPU profiles; see the module docstring).
+TRANSIENT_FORWARD = 3
+TRANSIENT_BACKWARD = 6
+# Per-device slack the planner keeps free: CUDA context + allocator fragmentation, as a fraction and
+# a fixed amount (a job that needs 79.5 of 80 GiB does not "fit").
+CUDA_RESERVE_FRACTION = 0.05
+CUDA_RESERVE_BYTES = 512 << 20
+NUM_SUMS = 4  # float32 running sums per unit and half (worker/engine/importance/stats.py)
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+
+
+def auto_chunk_tokens(vocab_size: int) -> int:
+    return max(64, CHUNK_LOGITS // max(1, vocab_size))
+
+
+def spec_from_summary(summary: dict) -> ArchSpec:
+    """An ArchSpec from `ArchSpec.summary()` (what the API stores for teachers and students)."""
+    return ArchSpec.model_validate(
+        {**summary, "layers": None if summary.get("uniform", True) else summary["layers"]}
+    )
+
+
+# ---- activations --------------------------------------------------------------------------------
+
+
+def norm_saved_bytes(width: int, act: int) -> int:
+    """An RMSNorm saves its float32 input, the float32 inverse RMS, the normalised input (for the weight's
+    gradient) and hands an `act`-byte output to the next linear, which saves it."""
+    return 4 * width + 4 + 2 * act * width
+
+
+def layer_saved_bytes_per_token(
+    spec: ArchSpec, shape: LayerShape, act: int, hidden: int | None = None
+) -> int:
+    """Bytes autograd saves per token for one decoder layer (SDPA attention, `act`-byte activations)."""
+    d = spec.hidden_size if hidden is None else hidden
+    h, g, hd, f = shape.num_heads, shape.num_kv_heads, spec.head_dim, shape.intermediate_size
+    attn = act * (2 * h * hd + 2 * g * hd) + 4 * h  # q, k, v, output; float32 log-sum-exp per head
+    if spec.qk_norm:
+        attn += (h + g) * norm_saved_bytes(hd, act) - act * (h + g) * hd
+    mlp = 4 * act * f  # gate, act(gate), up, act(gate) * up
+    return 2 * norm_saved_bytes(d, act) + attn + mlp
+
+
+def saved_bytes_per_token(spec: ArchSpec, act: int, checkpointing: bool = False) -> int:
+    """All saved activations per token of a full forward (up to the final norm) for backward."""
+    d = spec.hidden_size
+    final = 4 * d + 4 + act * d  # the final norm's input and normalised output
+    if checkpointing:  # each layer keeps only its input; one layer at a time is recomputed in backward
+        return spec.num_layers * act * d + final
+    return sum(layer_saved_bytes_per_token(spec, s, act) for s in spec.layer_shapes()) + final
+
+
+def widest(spec: ArchSpec) -> LayerShape:
+    shapes = spec.layer_shapes()
+    return max(shapes, key=lambda s: layer_saved_bytes_per_token(spec, s, 4))
+
+
+def transient_bytes_per_token(spec: ArchSpec, act: int, backward: bool) -> int:
+    """A layer's temporaries while it runs: multiples of its widest per-token tensor."""
+    s = widest(spec)
+    width = max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim)
+    return (TRANSIENT_BACKWARD if backward else TRANSIENT_FORWARD) * act * width
+
+
+def _layer_weight_bytes(spec: ArchSpec, weight: int) -> int:
+    return max(spec.layer_params(s) for s in spec.layer_shapes()) * weight
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+
+
+def _result(parts: dict[str, int], **settings) -> dict:
+    parts = {k: int(v) for k, v in parts.items()}
+    return {"total": sum(parts.values()), "parts": parts, "settings": settings}
+
+
+def distill_memory(
+    student: ArchSpec,
+    teacher: ArchSpec | None,
+    *,
+    batch_size: int,
+    seq_len: int,
+    weights_dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    device: str = "cpu",
+    autocast_bf16: bool = True,
+    chunk_tokens: int | None = None,
+    num_gpus: int = 1,
+) -> dict:
+    """Peak bytes per device of one distillation step (teacher None: the CE-only baseline).
+
+    Peak = max(end of forward, end of backward + optimizer step); see the module docstring.
+    `num_gpus` > 1 is the sharded (FSDP-style) layout the planner already sizes: parameters, gradients
+    and optimizer states divided by N plus one layer's all-gathered weights, and the batch split over
+    the devices.
+    """
+    if num_gpus < 1:
+        raise ValueError("num_gpus must be >= 1")
+    cuda = device.startswith("cuda")
+    w = dtype_bytes(weights_dtype)
+    # Activations: bf16 under CUDA autocast, else the weights' dtype.
+    act = 2 if (cuda and autocast_bf16) or w == 2 else 4
+    n = math.ceil(batch_size / num_gpus) * seq_len
+    p_s = student.param_count()["total"]
+    weights = p_s * w / num_gpus
+    grads = p_s * w / num_gpus
+    optimizer = 2 * p_s * w / num_gpus  # AdamW exp_avg, exp_avg_sq in the parameters' dtype
+    teacher_bytes = 0 if teacher is None else teacher.param_count()["total"] * w / num_gpus
+    # Sharded: each device gathers one layer's full weights at a time (and prefetches the next).
+    gather = 0
+    if num_gpus > 1:
+        widest_model = max(
+            [student] + ([teacher] if teacher is not None else []), key=lambda m: m.hidden_size
+        )
+        gather = 2 * _layer_weight_bytes(widest_model, w)
+    # CUDA autocast caches a bf16 copy of each float32 weight that needs a gradient, for the step.
+    autocast_cache = p_s * 2 / num_gpus if cuda and autocast_bf16 and w == 4 else 0
+
+    saved = n * saved_bytes_per_token(student, act, gradient_checkpointing)
+    recompute = (
+        n * layer_saved_bytes_per_token(student, widest(student), act) if gradient_checkpointing else 0
+    )
+    d, v = student.hidden_size, student.vocab_size
+    chunk = min(chunk_tokens or auto_chunk_tokens(v), n)
+    # The loss holds d loss / d hidden [N, D] and a float32 head gradient [V, D] until backward;
+    # while it runs, the flattened hidden states of both models and one chunk's logit buffers.
+    loss_kept = n * d * act + v * d * 4
+    t_hidden = 0 if teacher is None else n * teacher.hidden_size * 4
+    buffers = LOSS_CHUNK_BUFFERS_CE if teacher is None else LOSS_CHUNK_BUFFERS_KD
+    loss_transient = 2 * n * d * act + t_hidden + buffers * chunk * v * 4
+    teacher_forward = 0
+    if teacher is not None:  # the teacher runs after the student's forward, without saving anything
+        teacher_forward = n * (
+            transient_bytes_per_token(teacher, act, backward=False) + teacher.hidden_size * 4
+        )
+    forward_peak = saved + loss_kept + max(loss_transient, teacher_forward)
+    # Backward: the saved activations free layer by layer as gradients fill in; its peak is the start
+    # (all saved, plus the recomputed layer and one layer's backward temporaries).
+    backward_peak = saved + recompute + loss_kept + n * transient_bytes_per_token(student, act, backward=True)
+    activations = max(forward_peak, backward_peak)
+    # The optimizer step: all gradients alive; CUDA's foreach AdamW allocates one state-sized temporary.
+    step_extra = grads + (optimizer / 2 if cuda else 0)
+    # The head's gradient (in the weights' dtype) exists from the start of backward.
+    peak_dynamic = max(activations + v * d * w, step_extra)
+    parts = {
+        "weights": weights,
+        "optimizer": optimizer,
+        "teacher": teacher_bytes,
+        "gather_buffer": gather,
+        "autocast_cache": autocast_cache,
+        "activations_and_grads": peak_dynamic,
+    }
+    return _result(
+        parts,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        weights_dtype=weights_dtype,
+        gradient_checkpointing=gradient_checkpointing,
+        device="cuda" if cuda else "cpu",
+        num_gpus=num_gpus,
+        tokens_per_device=n,
+        activations_saved=saved,
+    )
+
+
+def importance_memory(
+    spec: ArchSpec,
+    *,
+    batch_size: int,
+    seq_len: int,
+    loss_scans: bool = True,
+    weights_dtype: str | None = None,
+    streamed: bool = False,
+    device: str = "cpu",
+) -> dict:
+    """Peak bytes of the hooked importance pass (inference mode: nothing saved for backward).
+
+    In memory: the weights, one layer's forward temporaries, the float32 running sums and the per-head
+    norm buffer; with a loss scan also each layer's cached input and the chunked head's logits.
+    Streamed: one layer's weights (and the next, prefetched) instead of all of them, plus embeddings.
+    """
+    w = dtype_bytes(weights_dtype or spec.dtype)
+    act = w
+    n = batch_size * seq_len
+    d, v = spec.hidden_size, spec.vocab_size
+    shapes = spec.layer_shapes()
+    L = spec.num_layers
+    if streamed:
+        weights = spec.embedding_params() * w + 2 * _layer_weight_bytes(spec, w)
+    else:
+        weights = spec.param_count()["total"] * w
+    units = sum(s.num_heads + s.intermediate_size + 1 for s in shapes) + (2 * L + 1) * d
+    sums = 2 * NUM_SUMS * units * 4 + 2 * batch_size * units * 4  # running sums + per-batch [B, U] rows
+    head_norms = n * L * max(s.num_heads for s in shapes) * 4
+    working = n * (transient_bytes_per_token(spec, act, backward=False) + 2 * d * act)
+    parts = {"weights": weights, "running_sums": sums, "head_norms": head_norms, "activations": working}
+    if loss_scans:
+        parts["layer_inputs"] = n * L * d * act
+        parts["logits"] = NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v), n) * v * 4
+    return _result(
+        parts, batch_size=batch_size, seq_len=seq_len, streamed=streamed, device=device, loss_scans=loss_scans
+    )
+
+
+def evaluation_memory(
+    spec: ArchSpec,
+    *,
+    batch_size: int,
+    seq_len: int,
+    new_tokens: int = 0,
+    weights_dtype: str | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Peak bytes of perplexity / lm-eval / the throughput benchmark: weights, one layer's forward
+    temporaries, a KV cache of `seq_len + new_tokens` positions (benchmark) and one chunk of logits."""
+    w = dtype_bytes(weights_dtype or spec.dtype)
+    n = batch_size * seq_len
+    v = spec.vocab_size
+    parts = {
+        "weights": spec.param_count()["total"] * w,
+        "activations": n * (transient_bytes_per_token(spec, w, backward=False) + 2 * spec.hidden_size * w),
+        "kv_cache": batch_size * (seq_len + new_tokens) * spec.kv_cache_bytes_per_token(bytes_per_value=w)
+        if new_tokens
+        else 0,
+        "logits": NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v), n) * v * 4,
+    }
+    return _result(parts, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens, device=device)
+
+
+# ---- fitting it on a worker -----------------------------------------------------------------------
+
+
+def usable_bytes(worker_memory: dict) -> int:
+    """What a job may use on one worker's device, from its registry entry's `memory`:
+    CUDA: the device's total minus a reserve (context, fragmentation; a worker runs one job per
+    device); CPU: MemAvailable at the worker's last heartbeat (RAM is shared with everything else)."""
+    if worker_memory.get("kind") == "cuda":
+        total = int(worker_memory["total_bytes"])
+        return max(0, int(total * (1 - CUDA_RESERVE_FRACTION)) - CUDA_RESERVE_BYTES)
+    return int(worker_memory.get("free_bytes") or 0)
+
+
+def distill_candidates(settings: dict) -> list[dict]:
+    """Settings to try, nearest first: checkpointing on, bf16 weights, both; then halved batches."""
+    base_batch = int(settings["batch_size"])
+    toggles = [{}]
+    if not settings.get("gradient_checkpointing"):
+        toggles.append({"gradient_checkpointing": True})
+    if settings.get("weights_dtype", "float32") == "float32":
+        toggles.append({"weights_dtype": "bfloat16"})
+        if not settings.get("gradient_checkpointing"):
+            toggles.append({"gradient_checkpointing": True, "weights_dtype": "bfloat16"})
+    batches = [base_batch]
+    while batches[-1] > 1:
+        batches.append(max(1, batches[-1] // 2))
+    out = []
+    for halvings, b in enumerate(batches):
+        for t in toggles:
+            change = dict(t)
+            if b != base_batch:
+                change["batch_size"] = b
+            cost = len(t) + halvings
+            out.append((cost, -b, len(t), change))
+    out.sort(key=lambda c: c[:3])
+    return [c[3] for c in out if c[3]]
+
+
+def describe_change(change: dict) -> str:
+    return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in change.items())
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.1f} MiB"
