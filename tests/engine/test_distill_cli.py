@@ -140,3 +140,20 @@ def test_bad_input_is_one_line_and_writes_nothing(setup, capsys):
     assert main(_distill_args(root, data, out, "--intermediate-weight", "1")) == 2
     assert "plan" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_memory_options_from_the_command_line(setup, capsys):
+    root, data = setup
+    out = root / "bf16-ckpt"
+    args = _distill_args(root, data, out, "--gradient-checkpointing", "--weights-dtype", "bfloat16")
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["steps"] == 4 and printed["val_loss"] > 0
+    saved = json.loads((out / MANIFEST_FILE).read_text())["distill"]
+    assert saved["gradient_checkpointing"] is True and saved["weights_dtype"] == "bfloat16"
+    model, _ = load_model(out)
+    assert not model.model.gradient_checkpointing  # a training-only setting, not saved with the student
+    with pytest.raises(SystemExit) as exc:  # argparse: a one-line usage error, exit status 2
+        main(_distill_args(root, data, root / "bad", "--weights-dtype", "float16"))
+    assert exc.value.code == 2 and not (root / "bad").exists()
+    assert "invalid choice: 'float16'" in capsys.readouterr().err

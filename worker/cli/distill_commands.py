@@ -77,6 +77,17 @@ def register(subparsers) -> None:
         help="cosine loss on hidden states of kept layers (layer map from the student's plan)",
     )
     d.add_argument("--teacher-correction-steps", type=int, default=0)
+    d.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each student layer's activations in backward (less memory, ~1/3 more compute)",
+    )
+    d.add_argument(
+        "--weights-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="dtype of student and teacher weights, gradients and AdamW states (bfloat16: half the memory)",
+    )
     d.add_argument("--val-every", type=int, default=50)
     d.add_argument("--val-batches", type=int, default=8)
     d.add_argument("--checkpoint-every", type=int, default=50)
@@ -155,6 +166,7 @@ def _distill(args) -> int:
     from worker.engine.adapters import arch_spec
     from worker.engine.data import PackedTokens, read_documents
     from worker.engine.distill import DistillConfig, distill, hidden_channels_from_plan, layer_map_from_plan
+    from worker.engine.distill.memory import memory_options
     from worker.engine.evaluation import make_manifest, write_result
     from worker.engine.loading import save_model
 
@@ -183,6 +195,8 @@ def _distill(args) -> int:
             ce_weight=args.ce_weight,
             intermediate_weight=args.intermediate_weight,
             teacher_correction_steps=args.teacher_correction_steps,
+            gradient_checkpointing=args.gradient_checkpointing,
+            weights_dtype=args.weights_dtype,
             val_every=args.val_every,
             val_batches=args.val_batches,
             checkpoint_every=args.checkpoint_every,
@@ -248,17 +262,18 @@ def _distill(args) -> int:
             )
 
     try:
-        result = distill(
-            student,
-            teacher,
-            train,
-            val,
-            config,
-            callback=report,
-            checkpoint_dir=work,
-            resume=args.resume,
-            should_stop=should_stop,
-        )
+        with memory_options(student, teacher, config):
+            result = distill(
+                student,
+                teacher,
+                train,
+                val,
+                config,
+                callback=report,
+                checkpoint_dir=work,
+                resume=args.resume,
+                should_stop=should_stop,
+            )
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
