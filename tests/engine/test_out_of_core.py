@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 from tests.engine.test_surgery import EXACT_CUTS, HIDDEN, UNEVEN_HEADS, inputs, logits
 from tests.tiny_models import FAMILIES, tiny_model
 from worker.engine.adapters import arch_spec
-from worker.engine.checkpoint_reader import INDEX_FILE, CheckpointReader
+from worker.engine.checkpoint_reader import INDEX_FILE, MAX_RUNS, CheckpointReader
 from worker.engine.importance.provenance import weights_sha256
 from worker.engine.loading import LAYERS_FILE, MANIFEST_FILE, load_model, save_model
 from worker.engine.out_of_core import (
@@ -188,6 +188,9 @@ def test_reader_reads_row_runs_and_column_selections(tmp_path):
     assert torch.equal(reader.read(name, (rows, None)), full[list(rows)])
     assert torch.equal(reader.read(name, (rows, cols)), full[list(rows)][:, list(cols)])
     assert torch.equal(reader.read(name, (None, cols)), full[:, list(cols)])
+    scattered = tuple(range(0, 48, 2))  # more runs than MAX_RUNS: read whole, then gathered
+    assert len(scattered) > MAX_RUNS
+    assert torch.equal(reader.read(name, (scattered, cols)), full[list(scattered)][:, list(cols)])
 
 
 def test_shards_are_bounded_and_a_big_tensor_goes_alone():

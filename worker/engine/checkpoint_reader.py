@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
+MAX_RUNS = 16  # more runs of kept rows than this: read the tensor whole, then gather the rows
 SINGLE_FILE = "model.safetensors"
 
 
@@ -60,8 +61,10 @@ class CheckpointReader:
     def read(self, name: str, keep: Sequence[Sequence[int] | None] | None = None) -> torch.Tensor:
         """The tensor `name`, restricted to the indices `keep[d]` along each dim d (None: all of it).
 
-        Rows are read as contiguous runs straight from the file (only the kept rows are copied); the
-        other dims are then selected in memory, so the peak is one (row-cut) tensor.
+        Rows are read as contiguous runs straight from the file (only the kept rows are copied), or, when
+        they are scattered over more than MAX_RUNS runs, the tensor is read whole and the rows gathered;
+        the other dims are then selected in memory. The peak is about one tensor (at most the tensor
+        plus its cut).
         """
         file = self.path / self.weight_map[name]
         shape = self.shape(name)
@@ -73,7 +76,10 @@ class CheckpointReader:
                 return sl[:]
             rows = keep[0]
             runs = [(0, shape[0])] if rows is None else _runs(rows)
-            parts = [sl[a:b] for a, b in runs]
+            if len(runs) > MAX_RUNS:  # scattered rows: one read and a gather beat many small reads
+                parts = [sl[:].index_select(0, torch.as_tensor(list(rows), dtype=torch.long))]
+            else:
+                parts = [sl[a:b] for a, b in runs]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
         for dim, idx in enumerate(keep[1:], start=1):
             if idx is not None and list(idx) != list(range(shape[dim])):
