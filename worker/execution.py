@@ -4,6 +4,7 @@ kind needs (worker.device_lock), run the handler for its kind, finish with a sta
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 
 from backend.settings import Settings
@@ -20,6 +21,7 @@ def execute(job_id: int, attempt: int, device: str) -> str:
     job = rt.claim()
     if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
         return "skipped"
+    rt.log(f"running in process {os.getpid()} on {device}")  # its own: no other job shares its state
     try:
         with device_use(rt, job.kind) as use:
             rt.device_use = use

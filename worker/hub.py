@@ -15,11 +15,19 @@ def hub_snapshot(repo_id: str) -> str:
     """The local snapshot directory of hub model `repo_id` (downloaded when missing)."""
     from huggingface_hub import snapshot_download
 
+    from worker.engine.hub import HubUnreachable, not_reachable_message, offline_reason
+
+    # Without network the hub client retries for ~30 s before failing: read the cache only, at once.
+    offline = offline_reason()
     try:
-        path = snapshot_download(repo_id, allow_patterns=FILES)
+        path = snapshot_download(repo_id, allow_patterns=FILES, local_files_only=offline is not None)
         if not any(Path(path).glob("*.safetensors")):
-            path = snapshot_download(repo_id, allow_patterns=FILES + LEGACY_WEIGHTS)
+            path = snapshot_download(
+                repo_id, allow_patterns=FILES + LEGACY_WEIGHTS, local_files_only=offline is not None
+            )
     except Exception as exc:  # offline without a cached copy, unknown or gated repository...
+        if offline is not None:
+            raise HubUnreachable(not_reachable_message(repo_id, offline)) from exc
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FileNotFoundError(f"model not found on the Hugging Face hub: {repo_id} ({first})") from exc
     return path

@@ -183,6 +183,11 @@ def running_distill(app, student: dict, steps: int) -> dict:
     return job
 
 
+def job_process(app, job_id: int) -> int:
+    logs = [e["msg"] for e in app.api.get(f"/jobs/{job_id}/logs").json()]
+    return int(next(m for m in logs if m.startswith("running in process ")).split()[3])
+
+
 def t(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
@@ -217,6 +222,9 @@ def test_two_jobs_in_one_worker_both_succeed_and_a_benchmark_runs_alone(app, wor
     assert bench["result"]["device_exclusive"] is True
     measuring_from = t(bench["started_at"]).timestamp() + bench["result"]["device_wait_s"]
     assert measuring_from >= t(trained["finished_at"]).timestamp() - 0.5  # not beside the distillation
+    # Each ran in a process of its own, not in the worker's (the fix: no torch state to share).
+    pids = {job_process(app, distill["id"]), job_process(app, evaluated["id"]), job_process(app, bench_id)}
+    assert len(pids) == 3 and worker.proc.pid not in pids
 
 
 @pytest.mark.parametrize("worker", [()], indirect=True)  # `prunescope worker`'s defaults: one heavy slot

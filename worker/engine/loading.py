@@ -32,6 +32,7 @@ from torch import nn
 
 from worker.engine.adapters import UnsupportedArchitecture, adapter_for, adapter_for_model_type
 from worker.engine.atomic import replace_dir
+from worker.engine.hub import hub_kwargs
 from worker.engine.plan import vanilla_loadable
 from worker.engine.spec import LayerShape
 
@@ -72,9 +73,9 @@ def load_tokenizer(source: str | os.PathLike, trust_remote_code: bool = False):
     path = Path(source)
     if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
         return None  # transformers would invent an empty tokenizer from the model type
-
+    hub = {} if path.is_dir() else hub_kwargs(source)  # no network: the cache only, or a quick error
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
     except (OSError, ValueError, TypeError, KeyError):
         return None  # a checkpoint without tokenizer files
 
@@ -105,8 +106,9 @@ def load_model(
     where = str(path) if local else source
     if local and not (path / "config.json").is_file():
         raise FileNotFoundError(f"model not found: {source} has no config.json")
+    hub = {} if local else hub_kwargs(source)  # no network: the cache only, or one quick clear error
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub)
     except OSError as exc:
         raise FileNotFoundError(f"model not found: {source} ({_first_line(exc)})") from exc
     except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
@@ -119,7 +121,7 @@ def load_model(
         model = _load_layers_format(path, config, kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            where, config=config, trust_remote_code=trust_remote_code, **kwargs
+            where, config=config, trust_remote_code=trust_remote_code, **hub, **kwargs
         )
     model = model.to(device).eval()
     return model, load_tokenizer(where, trust_remote_code)
@@ -147,12 +149,15 @@ def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from worker.engine.expert_layout import fuse_expert_weights
+
     with _skip_weight_init():  # every weight is loaded below (checked), so random init is wasted time
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     resize_to_layers_file(model, path, config)
     state = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(str(file)))
+    state = fuse_expert_weights(adapter_for_model_type(config.model_type), state)  # MoE: per-expert on disk
     dtype = next(model.parameters()).dtype
     state = {k: v.to(dtype) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
