@@ -41,6 +41,9 @@ class DistillConfig(BaseModel):
     # training: AdamW's moments follow the weights' dtype, no float32 master copy; the loss stays float32).
     gradient_checkpointing: bool = False
     weights_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Under torchrun: shard the teacher like the student (forward only) or keep a whole copy per rank;
+    # "auto" replicates when a copy fits easily (distributed.DistributedContext.teacher_placement).
+    teacher_placement: Literal["auto", "replicate", "shard"] = "auto"
 
     @model_validator(mode="after")
     def _check(self):

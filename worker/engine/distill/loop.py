@@ -27,9 +27,11 @@ from worker.engine.distill.checkpoint import (
     set_rng_state,
 )
 from worker.engine.distill.config import DistillConfig
+from worker.engine.distill.distributed import DistributedContext, LossModule
 from worker.engine.distill.forward import final_hidden, lm_head
 from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosine_state_loss
 from worker.engine.distill.schedule import lambda_for
+from worker.engine.distill.sharded_checkpoint import load_sharded, read_sharded_meta, save_sharded
 
 Callback = Callable[[dict], None]
 
@@ -83,27 +85,34 @@ def batch_loss(student, teacher, input_ids, weights: LossWeights, config: Distil
 
 
 @torch.no_grad()
-def validate(student, teacher, val, config: DistillConfig) -> dict:
-    """Token-weighted student CE (and KL to the teacher, tau = 1) on the first validation blocks."""
-    device = next(student.parameters()).device
+def validate(
+    student, teacher, val, config: DistillConfig, *, module: LossModule | None = None, context=None
+) -> dict:
+    """Token-weighted student CE (and KL to the teacher, tau = 1) on the first validation blocks.
+
+    Under N ranks each takes its rows of every validation batch (`module` is the sharded loss module);
+    a rank left without rows runs the batch's first row at weight 0, since every rank must join each
+    sharded forward."""
+    ctx = context or DistributedContext()
+    module = module or LossModule(student, teacher, shard_teacher=False)
+    device = ctx.device if ctx.distributed else next(student.parameters()).device
     was_training = student.training
     student.eval()
     weights = LossWeights(kd=1.0, ce=1.0, temperature=1.0)
-    ce_sum = kl_sum = 0.0
-    count = 0
+    plain = config.model_copy(update={"intermediate_weight": 0.0})
+    sums = [0.0, 0.0, 0.0]  # ce * n, kl * n, n
     try:
         for block in val.sequential(config.batch_size, limit=config.val_batches * config.batch_size):
-            ids = block.to(device)
+            rows = ctx.local_rows(block)
+            ids = (rows if len(rows) else block[:1]).to(device)
             with _autocast(device, config):
-                _, kd, ce, _ = batch_loss(
-                    student, teacher, ids, weights, config.model_copy(update={"intermediate_weight": 0.0})
-                )
-            n = ids.shape[0] * (ids.shape[1] - 1)
-            ce_sum += float(ce) * n
-            kl_sum += float(kd) * n
-            count += n
+                _, kd, ce, _ = module(ids, weights, plain)
+            n = len(rows) * (ids.shape[1] - 1)
+            sums = [sums[0] + float(ce) * n, sums[1] + float(kd) * n, sums[2] + n]
     finally:
         student.train(was_training)
+    ce_sum, kl_sum, count = ctx.sum(sums)
+    count = int(round(count))
     val_loss = ce_sum / max(count, 1)
     return {
         "step": None,
@@ -189,6 +198,7 @@ def distill(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    context: DistributedContext | None = None,
 ) -> DistillResult:
     """Train `student` in place from `teacher` (mode "kd") or on labels alone (mode "ce").
 
@@ -199,6 +209,9 @@ def distill(
     before every step; when it returns True the loop saves a checkpoint and returns with stopped=True.
     With `resume=True` and a checkpoint in `checkpoint_dir`, the run continues exactly where it stopped
     (a missing checkpoint starts from step 0). The student is left in eval mode.
+    `context` (`DistributedContext.from_environment()` under torchrun) runs it as one of N ranks:
+    `config.batch_size` is then the global batch, the student is FSDP2-sharded (its weights gather with
+    `context.full_state_dict`), checkpoints are sharded (DCP) and only rank 0 calls `callback`.
     """
     if config is None:
         config = DistillConfig()
@@ -208,12 +221,16 @@ def distill(
         raise ValueError("mode 'kd' needs a teacher (use mode 'ce' for the baseline without one)")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
-    device = next(student.parameters()).device
-    emit = callback or (lambda _m: None)
+    ctx = context or DistributedContext()
+    ctx.check(config)
+    device = ctx.device if ctx.distributed else next(student.parameters()).device
+    emit = (callback if ctx.is_main else None) or (lambda _m: None)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    state = load_checkpoint(checkpoint_dir) if resume else None
+    state = None
+    if resume:
+        state = (read_sharded_meta if ctx.distributed else load_checkpoint)(checkpoint_dir)
     if state is not None:
         _check_resume(state["config"], config)
 
@@ -232,6 +249,7 @@ def distill(
     kd_teacher = teacher if config.mode == "kd" else None
     weights = config.loss_weights
 
+    module = ctx.prepare(student, teacher, config)  # shards the student under torchrun
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -242,49 +260,58 @@ def distill(
     history: list[dict] = []
     validation: list[dict] = []
     if state is not None:
-        try:
-            student.load_state_dict(state["student"])
-        except RuntimeError as exc:  # a checkpoint of another architecture
-            raise ValueError(
-                f"cannot resume: the checkpoint does not fit this student ({exc})".splitlines()[0]
-            ) from None
-        optimizer.load_state_dict(state["optimizer"])
+        if ctx.distributed:
+            load_sharded(checkpoint_dir, ctx, student, optimizer)
+        else:
+            try:
+                student.load_state_dict(state["student"])
+            except RuntimeError as exc:  # a checkpoint of another architecture
+                raise ValueError(
+                    f"cannot resume: the checkpoint does not fit this student ({exc})".splitlines()[0]
+                ) from None
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        _restore_stream(train, state.get("data_position", {}).get("stream"))
+        stream = state.get("data_position", {}).get("stream")
+        _restore_stream(train, ctx.localize_stream_position(stream))
         start, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
         history, validation = list(state["history"]), list(state["validation"])
 
     def checkpoint(step: int, *, stopped: bool, finished: bool) -> Path | None:
         if checkpoint_dir is None:
             return None
+        meta = {
+            "step": step,
+            "tokens": tokens,
+            "elapsed": elapsed,
+            "stopped": stopped,
+            "finished": finished,
+            "scheduler": scheduler.state_dict(),
+            "config": config.model_dump(mode="json"),
+            # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed);
+            # a TokenStream also needs where it is in the files (its state_dict).
+            "data_position": {
+                "next_batch": step * config.grad_accum,
+                "seed": config.seed,
+                "stream": ctx.stream_position(train),
+            },
+            "history": history,
+            "validation": validation,
+        }
+        if ctx.distributed:
+            return save_sharded(checkpoint_dir, ctx, meta, student, optimizer)
         return save_checkpoint(
             checkpoint_dir,
             {
-                "step": step,
-                "tokens": tokens,
-                "elapsed": elapsed,
-                "stopped": stopped,
-                "finished": finished,
+                **meta,
                 "student": student.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
-                "config": config.model_dump(mode="json"),
-                # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed);
-                # a TokenStream also needs where it is in the files (its state_dict).
-                "data_position": {
-                    "next_batch": step * config.grad_accum,
-                    "seed": config.seed,
-                    "stream": train.state_dict() if hasattr(train, "state_dict") else None,
-                },
-                "history": history,
-                "validation": validation,
             },
         )
 
     def run_validation(step: int) -> None:
-        metrics = validate(student, teacher, val, config)
+        metrics = validate(student, teacher, val, config, module=module, context=ctx)
         metrics.update(step=step, phase="validation")
         validation.append(metrics)
         emit(metrics)
@@ -294,7 +321,7 @@ def distill(
     step = start
     last_saved = None
     for step in range(start, config.steps):
-        if should_stop is not None and should_stop():
+        if ctx.any(should_stop is not None and should_stop()):  # every rank stops at the same step
             stopped = True
             break
         began = time.perf_counter()
@@ -302,13 +329,17 @@ def distill(
         sums = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0, "intermediate_loss": 0.0}
         step_tokens = 0
         for micro in range(config.grad_accum):
-            ids = train.batch(step * config.grad_accum + micro, config.batch_size, config.seed).to(device)
+            index = step * config.grad_accum + micro
+            ids = ctx.local_batch(train, index, config.batch_size, config.seed).to(device)
+            ctx.set_gradient_sync(module, micro == config.grad_accum - 1)
             with _autocast(device, config):
-                total, kd, ce, inter = batch_loss(student, kd_teacher, ids, weights, config)
+                total, kd, ce, inter = module(ids, weights, config, use_teacher=kd_teacher is not None)
             (total / config.grad_accum).backward()
             for key, value in zip(sums, (total, kd, ce, inter)):
                 sums[key] += float(value.detach()) / config.grad_accum
-            step_tokens += ids.numel()
+            step_tokens += ids.numel() * ctx.world_size
+        sums = dict(zip(sums, ctx.mean(list(sums.values()))))
+        # On FSDP2's sharded gradients this is the norm of the full gradient (DTensor reductions).
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or float("inf"))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -324,7 +355,7 @@ def distill(
             "tokens": tokens,
             **sums,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": ctx.scalar(grad_norm),
             "tokens_per_s": step_tokens / max(seconds, 1e-9),
             "elapsed": elapsed,
         }
