@@ -177,6 +177,13 @@ class DistillParams(OnDevice, DataReading):
     teacher_correction_steps: Count = 0
     baseline: bool = False
     batch_size: int = Field(8, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each student layer's activations in backward: less memory, more compute"
+    )
+    weights_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="student and teacher weights, gradients and AdamW states (bf16: half the memory)",
+    )
     seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
     val_every: Count = 50
     val_batches: int = Field(8, ge=1, le=10_000)

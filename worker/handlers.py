@@ -354,6 +354,7 @@ def checkpoint_dir(rt: JobRuntime, job: Job) -> Path:
 def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.data import PackedTokens
     from worker.engine.distill import DistillConfig, distill
+    from worker.engine.distill.memory import memory_options
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     p = job.params
@@ -382,6 +383,8 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
         temperature=p["temperature"],
         ce_weight=p["ce_weight"],
         teacher_correction_steps=p["teacher_correction_steps"],
+        gradient_checkpointing=p.get("gradient_checkpointing", False),
+        weights_dtype=p.get("weights_dtype", "float32"),
         val_every=p["val_every"],
         val_batches=p.get("val_batches", 8),
         checkpoint_every=p["checkpoint_every"],
@@ -418,17 +421,18 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
         report_checkpoint()
         return rt.should_stop()
 
-    result = distill(
-        model,
-        teacher_model,
-        train,
-        val,
-        config,
-        callback=callback,
-        checkpoint_dir=ckpt,
-        resume=resume,
-        should_stop=should_stop,
-    )
+    with memory_options(model, teacher_model, config):
+        result = distill(
+            model,
+            teacher_model,
+            train,
+            val,
+            config,
+            callback=callback,
+            checkpoint_dir=ckpt,
+            resume=resume,
+            should_stop=should_stop,
+        )
     report_checkpoint()
     if result.stopped:
         raise JobCancelled()

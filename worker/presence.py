@@ -1,5 +1,6 @@
 """A worker's entry in the worker registry (backend.fleet): written when the worker is ready to consume,
-refreshed by a daemon thread, deleted when it shuts down. Torch-free."""
+refreshed by a daemon thread, deleted when it shuts down. Each refresh also records the device's total
+and free memory (worker.device_memory). Torch-free on a CPU worker."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from backend import fleet
 from backend.models import utcnow
 from backend.serialize import ts
 from backend.settings import Settings
+from worker.device_memory import device_memory
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ class Presence:
             log.warning("could not leave the worker registry: %s", exc)
 
     def _publish(self) -> None:
+        try:  # the device's total and free memory, fresh at every refresh (the API sizes jobs by it)
+            self.record["memory"] = device_memory(self.record["device"])
+        except Exception as exc:
+            log.warning("could not read the device's memory: %s", exc)
         try:
             ttl = self.interval * fleet.TTL_INTERVALS
             fleet.publish(fleet.client_for(self.settings), self.settings.redis_prefix, self.record, ttl)

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend import removal, serialize
+from backend import memcheck, removal, serialize
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue, new_job, publish, send
@@ -60,7 +60,10 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     values = params.model_dump()
     if "weights" in values:
         values["distill_job_id"] = _measured_distillation(db, body.student_id, params)
-    return values, teacher_id, choose_queue(request.app.state.settings, body.kind, values)
+    settings = request.app.state.settings
+    queue = choose_queue(settings, body.kind, values)
+    memcheck.check_job(settings, db, body.kind, values, queue, body.student_id, teacher_id)
+    return values, teacher_id, queue
 
 
 MEASURABLE = ("queued", "running", "succeeded")  # a distillation whose weights exist or will exist

@@ -1,0 +1,99 @@
+"""Refuse a job that fits no live worker's memory (409), naming the nearest setting that does.
+
+The estimate is the memory planner's (worker/engine/memplan.py, torch-free); the capacities come from
+the worker registry (each entry's `memory`, refreshed with the worker's heartbeat). Only workers that
+consume the job's queue count, and only those that report their memory: with none (no worker yet, or
+workers from before this field) nothing is refused and the job waits as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import HTTPException
+from sqlalchemy.orm import Session
+
+from backend import fleet
+from backend.models import Student, Teacher
+from backend.settings import Settings
+from worker.engine import memplan
+from worker.routing import GPU
+
+
+def capacities(settings: Settings, queue: str) -> list[tuple[int, str]]:
+    """(usable bytes, "host device") of each live worker on `queue` that reports its memory."""
+    try:
+        workers = fleet.live_workers(settings)
+    except Exception as exc:
+        raise HTTPException(503, f"could not read the worker registry: broker unreachable ({exc})") from exc
+    return sorted(
+        (
+            (memplan.usable_bytes(w["memory"]), f"{w.get('hostname')} {w.get('device')}")
+            for w in workers
+            if queue in w.get("queues", []) and w.get("memory")
+        ),
+        reverse=True,
+    )
+
+
+def refuse_unless_fits(
+    settings: Settings,
+    queue: str,
+    what: str,
+    need: Callable[[dict], int],
+    params: dict,
+    candidates: list[dict],
+) -> None:
+    caps = capacities(settings, queue)
+    if not caps:
+        return
+    best, where = caps[0]
+    needed = need(params)
+    if needed <= best:
+        return
+    message = (
+        f"memory: this {what} needs {memplan.format_bytes(needed)} per device, more than any live worker "
+        f"on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {where})"
+    )
+    for change in candidates:
+        smaller = need({**params, **change})
+        if smaller <= best:
+            raise HTTPException(
+                409,
+                f"{message}; nearest setting that fits: {memplan.describe_change(change)} "
+                f"({memplan.format_bytes(smaller)})",
+            )
+    raise HTTPException(409, f"{message}; no smaller setting fits either")
+
+
+def check_job(
+    settings: Settings,
+    db: Session,
+    kind: str,
+    params: dict,
+    queue: str,
+    student_id: int | None,
+    teacher_id: int,
+) -> None:
+    """409 when a distillation fits no live worker on its queue (other kinds: not sized yet)."""
+    if kind != "distill" or student_id is None:
+        return
+    student, teacher = db.get(Student, student_id), db.get(Teacher, teacher_id)
+    if not (student and student.spec and teacher and teacher.spec):
+        return
+    s_spec = memplan.spec_from_summary(student.spec)
+    t_spec = None if params.get("baseline") else memplan.spec_from_summary(teacher.spec)
+    device = "cuda" if queue == GPU else "cpu"
+
+    def need(p: dict) -> int:
+        return memplan.distill_memory(
+            s_spec,
+            t_spec,
+            batch_size=p["batch_size"],
+            seq_len=p["seq_len"],
+            weights_dtype=p.get("weights_dtype", "float32"),
+            gradient_checkpointing=bool(p.get("gradient_checkpointing")),
+            device=device,
+        )["total"]
+
+    refuse_unless_fits(settings, queue, "distillation", need, params, memplan.distill_candidates(params))

@@ -1,0 +1,123 @@
+"""A distillation that fits no live worker's memory is refused (409) with the nearest setting that fits,
+and nothing is written; the registry entries are fake (as in test_routing.py), the estimate is the
+memory planner's. A real worker's entry carries its device memory (refreshed with its heartbeat)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend import fleet
+from backend.db import session_scope
+from backend.models import Plan, Student, Teacher
+from tests.conftest import settings_from
+from tests.platform.test_routing import counts, fake_worker, forget_worker
+from worker.engine.spec import ArchSpec
+from worker.presence import Presence
+
+LLAMA8B = dict(
+    family="llama",
+    model_type="llama",
+    num_layers=32,
+    hidden_size=4096,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    intermediate_size=14336,
+    vocab_size=128256,
+    tie_word_embeddings=False,
+)
+GiB = 1 << 30
+
+
+@pytest.fixture
+def student_id(api_env):
+    """A ready 8-layer student of a Llama-3.1-8B-shaped teacher (rows only: shapes are all the API needs)."""
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        teacher = Teacher(name="t", source="org/model", status="ready", spec=ArchSpec(**LLAMA8B).summary())
+        s.add(teacher)
+        s.flush()
+        plan = Plan(teacher_id=teacher.id, name="p", plan={"drop_layers": list(range(8, 32))}, messages=[])
+        s.add(plan)
+        s.flush()
+        student = Student(
+            name="s",
+            teacher_id=teacher.id,
+            plan_id=plan.id,
+            status="ready",
+            spec=ArchSpec(**{**LLAMA8B, "num_layers": 8}).summary(),
+        )
+        s.add(student)
+        s.flush()
+        student.path = f"students/{student.id}/model"
+        return student.id
+
+
+def with_memory(record: dict, api_env, kind: str, total: int, free: int) -> dict:
+    record["memory"] = {"kind": kind, "total_bytes": total, "free_bytes": free}
+    settings = settings_from(api_env)
+    fleet.publish(fleet.client_for(settings), settings.redis_prefix, record, ttl_s=600)
+    return record
+
+
+def distill(client, student_id, validate_only=False, **params):
+    suffix = "?validate_only=true" if validate_only else ""
+    body = {"kind": "distill", "student_id": student_id, "params": {"steps": 10, **params}}
+    return client.post("/api/v1/jobs" + suffix, json=body)
+
+
+def test_too_big_for_every_worker_is_409_with_the_nearest_fit(client, api_env, student_id):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 80 * GiB, 80 * GiB)
+    before = counts(url)
+    # float32 at 8 x 2048 needs ~98 GiB; checkpointing alone is not enough, bf16 weights are.
+    for validate_only in (True, False):
+        r = distill(client, student_id, validate_only, batch_size=8, seq_len=2048, device="cuda")
+        assert r.status_code == 409, r.text
+        detail = r.json()["detail"]
+        assert "needs 97.9 GiB per device" in detail and "'gpu' queue" in detail, detail
+        assert "nearest setting that fits: weights_dtype=bfloat16 (61.2 GiB)" in detail, detail
+    # Already bf16, batch 16 x 4096: checkpointing is the one change that fits.
+    r = distill(client, student_id, batch_size=16, seq_len=4096, weights_dtype="bfloat16", device="cuda")
+    assert r.status_code == 409
+    assert "nearest setting that fits: gradient_checkpointing=true (62.3 GiB)" in r.json()["detail"]
+    assert counts(url) == before
+
+    # The suggested setting is accepted and routed to the GPU worker.
+    r = distill(client, student_id, batch_size=8, seq_len=2048, weights_dtype="bfloat16", device="cuda")
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["queue"] == "gpu" and job["params"]["weights_dtype"] == "bfloat16"
+    assert job["params"]["gradient_checkpointing"] is False
+    forget_worker(api_env, gpu)
+
+
+def test_cpu_workers_are_sized_by_their_free_memory(client, api_env, student_id):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    before = counts(url)
+    r = distill(client, student_id, batch_size=8, seq_len=2048, device="cpu")
+    assert r.status_code == 409
+    detail = r.json()["detail"]
+    assert "(largest: 20.0 GiB on gpu-box cpu)" in detail and "no smaller setting fits either" in detail
+    assert counts(url) == before
+    forget_worker(api_env, cpu)
+
+
+def test_workers_without_memory_refuse_nothing(client, api_env, student_id):
+    """An entry from a worker that reports no memory (or no worker at all): the job is queued as before."""
+    old = fake_worker(api_env, "cuda:0", ["gpu", "default"])
+    r = distill(client, student_id, batch_size=64, seq_len=8192, device="cuda")
+    assert r.status_code == 201, r.text
+    forget_worker(api_env, old)
+
+
+def test_a_real_presence_entry_carries_the_device_memory(api_env):
+    settings = settings_from(api_env)
+    presence = Presence(settings, "cpu", ["cpu", "default"])
+    presence.start()
+    try:
+        (entry,) = [w for w in fleet.live_workers(settings) if w["pid"] == presence.record["pid"]]
+        memory = entry["memory"]
+        assert memory["kind"] == "cpu" and 0 < memory["free_bytes"] <= memory["total_bytes"]
+    finally:
+        presence.stop()
