@@ -32,6 +32,12 @@ FAMILIES = [
     "olmo2",
     "granite",
 ]
+# Mixture-of-experts families: a list of their own because the dense tests above read one MLP per layer
+# (neuron scores at `down_proj`, `remove_neurons`), which MoE layers do not have; tests/engine/test_moe.py
+# runs the same kinds of checks (cut == masked, reload, generate, importance, out of core) for these.
+# 6 experts, top-2, expert width 12: small, yet removing experts changes which experts tokens reach.
+MOE_FAMILIES = ["qwen3_moe", "mixtral"]
+MOE = dict(COMMON, head_dim=HEAD_DIM, num_experts_per_tok=2, tie_word_embeddings=False)
 # Gemma: sliding-window layers with a window shorter than the tests' 11-token inputs, so the per-layer
 # masks matter; soft-caps small enough to bend the tiny model's ~0.1 logits (real Gemma 2: 30 and 50).
 GEMMA = dict(
@@ -85,12 +91,24 @@ def tiny_configs() -> dict:
     return configs
 
 
+def tiny_moe_configs() -> dict:
+    from transformers import MixtralConfig, Qwen3MoeConfig
+
+    # Qwen3-MoE's default does not renormalise the top-k probabilities, Mixtral always does: both kinds.
+    return {
+        "qwen3_moe": Qwen3MoeConfig(**MOE, num_experts=6, moe_intermediate_size=12, norm_topk_prob=False),
+        "mixtral": MixtralConfig(
+            **{**MOE, "intermediate_size": 12}, num_local_experts=6, sliding_window=None
+        ),
+    }
+
+
 def tiny_model(name: str, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = tiny_configs()[name]
+    config = tiny_moe_configs()[name] if name in MOE_FAMILIES else tiny_configs()[name]
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Random init puts norms at 1 and biases at 0; perturb them so tests see every parameter.

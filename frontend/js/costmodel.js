@@ -10,14 +10,21 @@ export function layerShapes(spec) {
     num_heads: spec.num_heads,
     num_kv_heads: spec.num_kv_heads,
     intermediate_size: spec.intermediate_size,
+    num_experts: spec.num_experts || 0,
   }));
+}
+
+/** Expert FFNs counted in a mixture-of-experts layer: all, or the top-k one token runs (active). */
+function expertsUsed(spec, shape, active) {
+  const experts = shape.num_experts || 0;
+  return active ? Math.min(spec.experts_per_token || 0, experts) : experts;
 }
 
 function normParams(spec, hidden) {
   return hidden * (spec.norm_bias ? 2 : 1);
 }
 
-export function layerParams(spec, shape, hidden = spec.hidden_size) {
+export function layerParams(spec, shape, hidden = spec.hidden_size, active = false) {
   const d = hidden;
   const hd = spec.head_dim;
   const h = shape.num_heads;
@@ -29,6 +36,8 @@ export function layerParams(spec, shape, hidden = spec.hidden_size) {
   if (spec.qk_norm) attn += spec.qk_norm_full_width ? (h + g) * hd : 2 * hd;
   let mlp = (spec.mlp_gated ? 3 : 2) * d * f;
   if (spec.mlp_bias) mlp += (spec.mlp_gated ? 2 : 1) * f + d;
+  // Mixture of experts: one gated FFN per expert plus the router [experts, hidden].
+  if (shape.num_experts) mlp = mlp * expertsUsed(spec, shape, active) + shape.num_experts * d;
   return attn + mlp + (spec.layer_norms ?? 2) * normParams(spec, d);
 }
 
@@ -39,9 +48,13 @@ export function embeddingParams(spec, hidden = spec.hidden_size) {
 
 export function paramCount(spec, hidden = spec.hidden_size, layers = layerShapes(spec)) {
   let body = normParams(spec, hidden);
-  for (const s of layers) body += layerParams(spec, s, hidden);
+  let active = normParams(spec, hidden);
+  for (const s of layers) {
+    body += layerParams(spec, s, hidden);
+    active += layerParams(spec, s, hidden, true);
+  }
   const embedding = embeddingParams(spec, hidden);
-  return { total: body + embedding, non_embedding: body, embedding };
+  return { total: body + embedding, non_embedding: body, embedding, active: active + embedding };
 }
 
 export function flopsPerToken(spec, context = 2048, hidden = spec.hidden_size, layers = layerShapes(spec)) {
@@ -50,7 +63,9 @@ export function flopsPerToken(spec, context = 2048, hidden = spec.hidden_size, l
   let matmul = 0;
   for (const s of layers) {
     matmul += d * s.num_heads * hd * 2 + 2 * d * s.num_kv_heads * hd;
-    matmul += (spec.mlp_gated ? 3 : 2) * d * s.intermediate_size;
+    let mlp = (spec.mlp_gated ? 3 : 2) * d * s.intermediate_size;
+    if (s.num_experts) mlp = mlp * expertsUsed(spec, s, true) + s.num_experts * d; // router + top-k experts
+    matmul += mlp;
     matmul += 2 * context * s.num_heads * hd; // QK^T and AV against the whole context
   }
   matmul += spec.vocab_size * d; // LM head
@@ -83,10 +98,21 @@ export function resultingShape(spec, plan) {
       for (let i = 0; i < perGroup && all; i++) all = heads.has(g * perGroup + i);
       if (all) groups.add(g);
     }
+    let intermediate = s.intermediate_size - new Set(listFor(plan.remove_neurons, l)).size;
+    const removedExperts = new Set(listFor(plan.remove_experts, l));
+    if (s.num_experts) {
+      // Every kept expert keeps the same width (plan.py validates it); the narrowest is that width.
+      const cuts = (plan.remove_expert_neurons && (plan.remove_expert_neurons[l] || plan.remove_expert_neurons[String(l)])) || {};
+      intermediate = s.intermediate_size;
+      for (let e = 0; e < s.num_experts; e++) {
+        if (!removedExperts.has(e)) intermediate = Math.min(intermediate, s.intermediate_size - new Set(listFor(cuts, e)).size);
+      }
+    }
     layers.push({
       num_heads: s.num_heads - heads.size,
       num_kv_heads: s.num_kv_heads - groups.size,
-      intermediate_size: s.intermediate_size - new Set(listFor(plan.remove_neurons, l)).size,
+      intermediate_size: intermediate,
+      num_experts: (s.num_experts || 0) - (s.num_experts ? removedExperts.size : 0),
     });
   });
   const hidden = spec.hidden_size - new Set(plan.remove_hidden || []).size;
@@ -102,7 +128,8 @@ export function planStats(spec, plan) {
     (s) =>
       s.num_heads === layers[0].num_heads &&
       s.num_kv_heads === layers[0].num_kv_heads &&
-      s.intermediate_size === layers[0].intermediate_size,
+      s.intermediate_size === layers[0].intermediate_size &&
+      s.num_experts === layers[0].num_experts,
   );
   return {
     num_layers: layers.length,
@@ -112,6 +139,8 @@ export function planStats(spec, plan) {
     params_total: counts.total,
     params_non_embedding: counts.non_embedding,
     params_embedding: counts.embedding,
+    params_active: counts.active,
+    teacher_params_active: teacher.active,
     fraction_of_teacher: counts.total / teacher.total,
     teacher_params_total: teacher.total,
     teacher_params_non_embedding: teacher.non_embedding,
@@ -130,6 +159,8 @@ export function localMessages(spec, plan) {
   if (hidden <= 0) out.push({ level: "error", field: "remove_hidden", text: "every hidden channel is removed" });
   layers.forEach((s, i) => {
     if (s.num_heads <= 0) out.push({ level: "error", field: "remove_heads", text: `a kept layer (#${i}) has no attention heads left` });
+    const k = spec.experts_per_token || 0;
+    if (s.num_experts && s.num_experts < k) out.push({ level: "error", field: "remove_experts", text: `a kept layer (#${i}) keeps ${s.num_experts} experts, fewer than top-k=${k}` });
     if (s.intermediate_size <= 0) out.push({ level: "error", field: "remove_neurons", text: `a kept layer (#${i}) has no MLP neurons left` });
   });
   return out;

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import FAMILIES, tiny_model
+from tests.tiny_models import FAMILIES, MOE_FAMILIES, tiny_model
 from tests.ui.dashboard_js import run_dashboard_js
 from worker.engine.adapters import arch_spec
 from worker.engine.plan import PrunePlan, plan_stats
@@ -54,8 +54,29 @@ def llama8b() -> ArchSpec:
     )
 
 
+def qwen3_30b_a3b() -> ArchSpec:
+    """Qwen3-30B-A3B's shape: 128 experts of width 768, 8 per token (30.5B total, 3.3B active)."""
+    return ArchSpec(
+        family="qwen3_moe",
+        model_type="qwen3_moe",
+        num_layers=48,
+        hidden_size=2048,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=768,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+        qk_norm=True,
+        num_experts=128,
+        experts_per_token=8,
+    )
+
+
 def specs() -> dict[str, ArchSpec]:
-    out = {name: arch_spec(tiny_model(name)) for name in FAMILIES}
+    out = {name: arch_spec(tiny_model(name)) for name in FAMILIES + MOE_FAMILIES}
+    out["qwen3_30b_a3b"] = qwen3_30b_a3b()
     out["llama8b"] = llama8b()
     return out
 
@@ -76,6 +97,7 @@ def test_counts_match_python_for_every_family_and_shape(tmp_path, all_specs):
                 num_heads=max(1, s.num_heads // 2) if i % 2 else s.num_heads,
                 num_kv_heads=max(1, s.num_kv_heads // 2) if i % 2 else s.num_kv_heads,
                 intermediate_size=s.intermediate_size - 3 * i,
+                num_experts=max(0, s.num_experts - i),
             )
             for i, s in enumerate(shapes[:-1])
         ]
@@ -99,11 +121,27 @@ def test_counts_match_python_for_every_family_and_shape(tmp_path, all_specs):
     assert got == expected
     # The 8B numbers are beyond 2^32: the JS must still be exact (doubles hold integers to 2^53).
     assert got[-2]["params"]["total"] == 8_030_261_248
+    # Qwen3-30B-A3B's published 30.5B total / 3.3B active parameters (exact at the real config).
+    assert got[-4]["params"]["total"] == 30_532_122_624 and got[-4]["params"]["active"] == 3_353_032_704
 
 
 def plans_for(spec: ArchSpec) -> list[PrunePlan]:
     per_group = spec.num_heads // spec.num_kv_heads
     last = spec.num_layers - 1
+    if spec.num_experts:
+        E, F = spec.num_experts, spec.intermediate_size
+        channels = {e: list(range(e % 3, F, 3))[:4] for e in range(E)}
+        return [
+            PrunePlan(),
+            PrunePlan(remove_experts={0: [0, 2], last: list(range(E - spec.experts_per_token))}),
+            PrunePlan(remove_expert_neurons={1: channels}, drop_layers=[0]),
+            PrunePlan(
+                remove_experts={1: [1]},
+                remove_expert_neurons={1: {e: c for e, c in channels.items() if e != 1}},
+                remove_heads={2: [g * per_group for g in range(spec.num_kv_heads)]},
+                remove_hidden=list(range(0, spec.hidden_size, 8)),
+            ),
+        ]
     return [
         PrunePlan(),
         PrunePlan(drop_layers=[0, last]),
@@ -133,6 +171,8 @@ def test_plan_summary_matches_plan_stats(tmp_path, all_specs):
             "flops_per_token",
             "kv_cache_bytes_per_token",
             "teacher_params_total",
+            "params_active",
+            "teacher_params_active",
             "teacher_flops_per_token",
             "teacher_kv_cache_bytes_per_token",
             "uniform",

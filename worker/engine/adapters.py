@@ -64,6 +64,19 @@ class Adapter:
     logits_softcap_field: str | None = None
     # Config field holding the MLP size (GPT-2 calls it n_inner; None there means 4 x n_embd).
     intermediate_field: str = "intermediate_size"
+    # Mixture of experts (transformers 5 layout): the MLP module holds a router `gate` (weight
+    # [experts, hidden]) and `experts` with fused 3-D weights gate_up_proj [experts, 2 x width, hidden]
+    # ([gate | up] rows per expert) and down_proj [experts, hidden, width]. `intermediate_field` is
+    # then the config field of one expert's width.
+    moe: bool = False
+    router_name: str = "gate"
+    experts_name: str = "experts"
+    num_experts_field: str = "num_experts"
+    experts_per_token_field: str = "num_experts_per_tok"
+    # The hub's per-expert layout that save_pretrained writes (expert_layout.py): the MoE module's name
+    # on disk and each expert's (gate, up, down) projection names.
+    disk_moe_name: str = "mlp"
+    disk_expert_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
 
     # ---- locating parts -------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -97,6 +110,15 @@ class Adapter:
     def mlp_out(self, layer: nn.Module) -> nn.Module:
         return getattr(self.mlp(layer), self.mlp_out_name)
 
+    def is_moe_layer(self, layer: nn.Module) -> bool:
+        return self.moe and hasattr(self.mlp(layer), self.experts_name)
+
+    def router(self, layer: nn.Module) -> nn.Module:
+        return getattr(self.mlp(layer), self.router_name)
+
+    def experts(self, layer: nn.Module) -> nn.Module:
+        return getattr(self.mlp(layer), self.experts_name)
+
     def mlp_in(self, layer: nn.Module) -> tuple[nn.Module, ...]:
         mlp = self.mlp(layer)
         return tuple(getattr(mlp, n) for n in self.mlp_in_names)
@@ -119,7 +141,12 @@ class Adapter:
         return self.in_features(self.attn_out(layer)) // head_dim
 
     def layer_intermediate_size(self, layer: nn.Module) -> int:
+        if self.is_moe_layer(layer):
+            return self.experts(layer).down_proj.shape[2]
         return self.in_features(self.mlp_out(layer))
+
+    def layer_num_experts(self, layer: nn.Module) -> int:
+        return self.experts(layer).down_proj.shape[0] if self.is_moe_layer(layer) else 0
 
     def layer_num_kv_heads(self, layer: nn.Module, head_dim: int) -> int:
         if self.qkv_layout == "separate":
@@ -135,6 +162,7 @@ class Adapter:
             num_heads=self.layer_num_heads(layer, head_dim),
             num_kv_heads=self.layer_num_kv_heads(layer, head_dim),
             intermediate_size=self.layer_intermediate_size(layer),
+            num_experts=self.layer_num_experts(layer),
         )
 
     # ---- the architecture summary ---------------------------------------------------------
@@ -154,7 +182,7 @@ class Adapter:
         uniform = all(s == first for s in shapes)
         attn_out = self.attn_out(layers[0])
         qkv0 = self.qkv(layers[0])[0]
-        mlp_out = self.mlp_out(layers[0])
+        mlp_out = None if self.is_moe_layer(layers[0]) else self.mlp_out(layers[0])
         norm0 = self.norms(layers[0])[0]
         pos = self.position_embed(model)
         param = next(model.parameters())
@@ -179,6 +207,8 @@ class Adapter:
             qk_norm_full_width=self.qk_norm_full_width,
             layer_norms=len(self.norm_names),
             position_embeddings=pos.weight.shape[0] if pos is not None else 0,
+            num_experts=first.num_experts,
+            experts_per_token=getattr(text_config(model), self.experts_per_token_field, 0) if self.moe else 0,
             layers=None if uniform else shapes,
         )
 
@@ -256,6 +286,24 @@ ADAPTERS: tuple[Adapter, ...] = (
     # Granite 3: Llama's layout; its embedding / residual / attention / logits multipliers are config
     # constants that no cut changes (the logits one is applied by chunked_head).
     Adapter(family="granite", model_types=("granite",), logits_divisor_field="logits_scaling", **_LLAMA_LIKE),
+    # Mixture of experts: Llama's attention; the MLP is a router and fused experts (see `moe`).
+    Adapter(
+        family="qwen3_moe",
+        model_types=("qwen3_moe",),
+        qk_norm_names=("q_norm", "k_norm"),
+        moe=True,
+        intermediate_field="moe_intermediate_size",
+        **_LLAMA_LIKE,
+    ),
+    Adapter(
+        family="mixtral",
+        model_types=("mixtral",),
+        moe=True,
+        num_experts_field="num_local_experts",
+        disk_moe_name="block_sparse_moe",
+        disk_expert_names=("w1", "w3", "w2"),
+        **_LLAMA_LIKE,
+    ),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)

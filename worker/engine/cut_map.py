@@ -14,6 +14,10 @@ Layouts (Linear weights are [out, in], GPT-2 Conv1D weights [in, out]; biases fo
 - fused_conv1d (GPT-2 c_attn): columns [q | k | v] with one KV head per query head;
 - gated / plain MLP: kept neurons are rows of each input projection and columns of the output one;
   gated_fused (Phi-3 gate_up_proj): rows [gate (F) | up (F)];
+- mixture of experts: the router `gate` [E, D] keeps the kept experts' rows; the fused experts
+  gate_up_proj [E, 2F, D] and down_proj [E, D, F] keep the kept experts along dim 0 and, per kept
+  expert, its own kept channels ([gate | up] rows, down columns): a per-expert selection that one
+  index set per dimension cannot state, held in `TensorCut.per_expert` (applied by `take` / `finish`);
 - hidden channels: columns of every input projection and embedding, rows of every output
   projection, and norm vectors. Per-head q/k norms act on head_dim and are kept whole; full-width
   ones (OLMo 2) have one weight per q / k row and are cut like those rows.
@@ -27,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.engine.adapters import Adapter
-from worker.engine.plan import PrunePlan, kept_layers, layer_head_removal
+from worker.engine.plan import PrunePlan, kept_experts, kept_layers, layer_head_removal
 from worker.engine.spec import ArchSpec
 
 Keep = tuple[int, ...] | None  # indices kept along one dimension; None: all of them
@@ -36,11 +40,56 @@ Keep = tuple[int, ...] | None  # indices kept along one dimension; None: all of 
 @dataclass(frozen=True)
 class TensorCut:
     source: str  # the teacher's tensor name
-    keep: tuple[Keep, ...]  # per dimension, leading dims first; missing trailing dims are kept whole
+    dims: tuple[Keep, ...]  # per dimension, leading dims first; missing trailing dims are kept whole
+    # Expert tensors whose kept experts keep different channels: after `dims`, kept expert i (dim 0)
+    # keeps indices per_expert[i] along `per_expert_dim` (all of one length).
+    per_expert: tuple[tuple[int, ...], ...] | None = None
+    per_expert_dim: int = 1
+
+    @property
+    def keep(self) -> tuple[Keep, ...]:
+        """The per-dimension selection, for readers that select dimension by dimension; refused when a
+        per-expert selection follows (such a reader would return the experts' channels uncut)."""
+        if self.per_expert is not None:
+            raise NotImplementedError(
+                f"{self.source}: a per-expert channel cut; read `dims` and apply `finish` to the result"
+            )
+        return self.dims
 
     def shape(self, source_shape: tuple[int, ...]) -> tuple[int, ...]:
-        keep = self.keep + (None,) * (len(source_shape) - len(self.keep))
-        return tuple(n if k is None else len(k) for n, k in zip(source_shape, keep, strict=True))
+        keep = self.dims + (None,) * (len(source_shape) - len(self.dims))
+        shape = [n if k is None else len(k) for n, k in zip(source_shape, keep, strict=True)]
+        if self.per_expert is not None:
+            shape[self.per_expert_dim] = len(self.per_expert[0])
+        return tuple(shape)
+
+    def is_identity(self) -> bool:
+        return self.per_expert is None and all(k is None for k in self.dims)
+
+    def finish(self, tensor):
+        """Apply the per-expert selection to a tensor already cut to `dims` (torch, imported lazily)."""
+        if self.per_expert is None:
+            return tensor
+        import torch
+
+        index = torch.as_tensor(self.per_expert, dtype=torch.long, device=tensor.device)  # [E', n]
+        shape = [1] * tensor.dim()
+        shape[0], shape[self.per_expert_dim] = index.shape
+        index = index.view(shape).expand(
+            *(index.shape[1] if d == self.per_expert_dim else n for d, n in enumerate(tensor.shape))
+        )
+        return torch.gather(tensor, self.per_expert_dim, index)
+
+    def take(self, tensor):
+        """The kept part of the whole teacher tensor."""
+        import torch
+
+        for dim, keep in enumerate(self.dims):
+            if keep is not None:
+                tensor = tensor.index_select(
+                    dim, torch.as_tensor(keep, dtype=torch.long, device=tensor.device)
+                )
+        return self.finish(tensor)
 
 
 def _blocks(units: list[int], size: int, offset: int = 0) -> tuple[int, ...]:
@@ -78,6 +127,9 @@ class _LayerCut:
     qkv_fused: Keep  # rows (Phi-3) or columns (GPT-2) of the fused q/k/v projection
     mlp: Keep  # kept neurons
     mlp_fused: Keep  # rows of Phi-3's gate_up_proj
+    experts: Keep = None  # kept experts (router rows, dim 0 of the expert tensors)
+    expert_channels: tuple[tuple[int, ...], ...] | None = None  # per kept expert; None: all kept
+    expert_gate_up: tuple[tuple[int, ...], ...] | None = None  # the same as [gate | up] rows
 
 
 def _layer_cut(adapter: Adapter, spec: ArchSpec, plan: PrunePlan, layer: int) -> _LayerCut:
@@ -93,7 +145,36 @@ def _layer_cut(adapter: Adapter, spec: ArchSpec, plan: PrunePlan, layer: int) ->
     else:
         fused = _cat(q, kv, kv, sizes=(H * hd, G * hd, G * hd))
     mlp = _kept(F, plan.remove_neurons.get(layer, []))
-    return _LayerCut(q=q, kv=kv, qkv_fused=fused, mlp=mlp, mlp_fused=_cat(mlp, mlp, sizes=(F, F)))
+    experts, channels, gate_up = None, None, None
+    if shape.num_experts:
+        experts = _kept(shape.num_experts, plan.remove_experts.get(layer, []))
+        cuts = plan.remove_expert_neurons.get(layer, {})
+        kept = kept_experts(plan, spec, layer)
+        if any(cuts.get(e) for e in kept):
+            channels = tuple(_kept(F, cuts.get(e, [])) or tuple(range(F)) for e in kept)
+            gate_up = tuple(c + tuple(F + i for i in c) for c in channels)
+    return _LayerCut(
+        q=q,
+        kv=kv,
+        qkv_fused=fused,
+        mlp=mlp,
+        mlp_fused=_cat(mlp, mlp, sizes=(F, F)),
+        experts=experts,
+        expert_channels=channels,
+        expert_gate_up=gate_up,
+    )
+
+
+def _expert_tensor(adapter: Adapter, sub: str, cut: _LayerCut, hidden: Keep) -> TensorCut | None:
+    """Cut of the router or of a fused expert tensor (`sub` below the layer); None: not one of them."""
+    mlp = adapter.mlp_name + "."
+    if sub == f"{mlp}{adapter.router_name}.weight":  # [E, D]
+        return TensorCut(sub, (cut.experts, hidden))
+    if sub == f"{mlp}{adapter.experts_name}.gate_up_proj":  # [E, 2F, D]: rows [gate | up] per expert
+        return TensorCut(sub, (cut.experts, None, hidden), cut.expert_gate_up, per_expert_dim=1)
+    if sub == f"{mlp}{adapter.experts_name}.down_proj":  # [E, D, F]
+        return TensorCut(sub, (cut.experts, hidden, None), cut.expert_channels, per_expert_dim=2)
+    return None
 
 
 def _layer_tensor(adapter: Adapter, sub: str, cut: _LayerCut, hidden: Keep) -> tuple[Keep, ...] | None:
@@ -149,8 +230,15 @@ def cut_map(adapter: Adapter, spec: ArchSpec, plan: PrunePlan, names: list[str])
             old = int(index)
             if old not in new_index:
                 continue  # a dropped layer
+            student_name = f"{layers}{new_index[old]}.{sub}"
+            expert_cut = _expert_tensor(adapter, sub, layer_cuts[old], hidden) if adapter.moe else None
+            if expert_cut is not None:
+                out[student_name] = TensorCut(
+                    name, expert_cut.dims, expert_cut.per_expert, expert_cut.per_expert_dim
+                )
+                continue
             keep = _layer_tensor(adapter, sub, layer_cuts[old], hidden)
-            out[f"{layers}{new_index[old]}.{sub}"] = TensorCut(name, keep or ())
+            out[student_name] = TensorCut(name, keep or ())
         else:
             out[name] = TensorCut(name, global_rules.get(name, ()))
     return out

@@ -3,7 +3,10 @@
 Removed heads and neurons have their contribution zeroed at the input of the output projection
 (o_proj / down_proj; exactly what removing those columns does), and dropped layers pass their input
 through unchanged. OLMo 2's q_norm / k_norm, which span all heads, take their statistic over the kept
-heads only, as the cut model's sliced norms do. For these cuts the pruned model's logits equal the
+heads only, as the cut model's sliced norms do. Mixture-of-experts layers: removed experts' router
+logits are -inf (softmax and top-k then run over the kept experts only, as with the cut router) and
+removed expert channels are zeroed between the expert's activation and its down projection. For these
+cuts the pruned model's logits equal the
 masked model's (the equivalence tests check it). Removed hidden channels are zeroed in the embeddings,
 every block's outputs and every norm's output: a preview only, since LayerNorm/RMSNorm statistics
 still average over all channels, unlike the pruned model's (and Gemma's cut model scales its
@@ -66,6 +69,42 @@ def _norm_over_kept(keep: torch.Tensor):
     return hook
 
 
+def _masked_router(router: nn.Module, removed: torch.Tensor):
+    """The router's forward (transformers' TopKRouter: softmax in float32, top-k, renormalised unless
+    `norm_topk_prob` is False; Mixtral always renormalises) with removed experts' logits at -inf."""
+
+    def forward(hidden_states):
+        hidden_states = hidden_states.reshape(-1, router.weight.shape[1])
+        logits = nn.functional.linear(hidden_states, router.weight)
+        logits = logits.index_fill(-1, removed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+        top_value, top_index = torch.topk(probs, router.top_k, dim=-1)
+        if getattr(router, "norm_topk_prob", True):
+            top_value = top_value / top_value.sum(dim=-1, keepdim=True)
+        return logits, top_value.to(logits.dtype), top_index
+
+    return forward
+
+
+def _masked_experts(experts: nn.Module, channel_mask: torch.Tensor):
+    """The experts' forward with each expert's removed channels zeroed before its down projection
+    (channel_mask [E, F]: 1 kept, 0 removed)."""
+
+    def forward(hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for e in range(experts.gate_up_proj.shape[0]):
+            token, slot = torch.where(top_k_index == e)
+            if token.numel() == 0:
+                continue
+            gate, up = nn.functional.linear(hidden_states[token], experts.gate_up_proj[e]).chunk(2, dim=-1)
+            h = experts.act_fn(gate) * up * channel_mask[e].to(up.dtype)
+            y = nn.functional.linear(h, experts.down_proj[e]) * top_k_weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+    return forward
+
+
 def _skip_layer(*args, **kwargs):
     """A dropped decoder layer: its output is its input hidden states."""
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -109,19 +148,31 @@ def masked(model: nn.Module, plan: PrunePlan) -> Iterator[nn.Module]:
                 cols = torch.tensor(plan.remove_neurons[i], device=device)
                 out = adapter.mlp_out(layer)
                 handles.append(out.register_forward_pre_hook(_zero_input_channels(cols)))
+            if plan.remove_experts.get(i):
+                router = adapter.router(layer)
+                router.forward = _masked_router(router, torch.tensor(plan.remove_experts[i], device=device))
+                patched.append(router)
+            if plan.remove_expert_neurons.get(i):
+                experts = adapter.experts(layer)
+                mask = torch.ones(experts.down_proj.shape[0], experts.down_proj.shape[2], device=device)
+                for e, channels in plan.remove_expert_neurons[i].items():
+                    mask[e, channels] = 0
+                experts.forward = _masked_experts(experts, mask)
+                patched.append(experts)
         if plan.remove_hidden:
             channels = torch.tensor(plan.remove_hidden, device=device)
             zero = _zero_output_channels(channels)
             modules = [adapter.embed(model), adapter.position_embed(model), adapter.final_norm(model)]
             for layer in layers:
-                modules += [adapter.attn_out(layer), adapter.mlp_out(layer), *adapter.norms(layer)]
+                mlp_out = adapter.mlp(layer) if adapter.is_moe_layer(layer) else adapter.mlp_out(layer)
+                modules += [adapter.attn_out(layer), mlp_out, *adapter.norms(layer)]
             handles += [m.register_forward_hook(zero) for m in modules if m is not None]
         yield model
     finally:
         for handle in handles:
             handle.remove()
-        for layer in patched:
-            del layer.forward
+        for module in patched:
+            del module.forward
 
 
 __all__ = ["masked"]

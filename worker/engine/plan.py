@@ -12,6 +12,13 @@ Index conventions (all indices refer to the UNPRUNED model):
   g*q .. g*q+q-1 (q = query heads per group).
 - `remove_neurons[l]`: MLP intermediate channels removed from layer l.
 - `remove_hidden`: hidden (embedding) channels removed from every layer, embeddings and LM head.
+- `remove_experts[l]`: experts removed from mixture-of-experts layer l, with their router rows. Tokens
+  are then routed among the kept experts (the router's softmax and top-k over those only), so at least
+  top-k experts must stay in every layer.
+- `remove_expert_neurons[l][e]`: FFN channels removed from expert e of MoE layer l (e and the channel
+  indices refer to the unpruned layer). The experts of a layer are stored as fused [experts, ...]
+  tensors, so every kept expert of a layer must keep the same width; WHICH channels each expert keeps
+  is its own. For MoE layers `targets.intermediate_size` is that per-expert width.
 - `targets`: sizes to reach instead of explicit indices; `fill_plan` turns them into explicit
   removals by ranking importance scores (lowest scores go first). A filled plan has `targets=None`.
 
@@ -60,10 +67,21 @@ class PlanTargets(BaseModel):
         description="within_groups: keep the best heads of every KV group (same count per group); "
         "whole_groups: keep the best KV groups with all their query heads",
     )
-    intermediate_size: int | None = Field(None, ge=1, description="MLP neurons kept in every layer")
+    intermediate_size: int | None = Field(
+        None, ge=1, description="MLP neurons kept in every layer (mixture of experts: in every expert)"
+    )
+    experts_per_layer: int | None = Field(
+        None, ge=1, description="experts kept in every mixture-of-experts layer (at least top-k)"
+    )
     hidden_size: int | None = Field(None, ge=1, description="hidden channels kept")
     param_budget: int | None = Field(
         None, ge=1, description="total parameters at most; shrinks MLP, then MLP and hidden together"
+    )
+    active_param_budget: int | None = Field(
+        None,
+        ge=1,
+        description="active parameters (what one token runs: top-k experts) at most; shrinks like "
+        "param_budget",
     )
 
     def is_empty(self) -> bool:
@@ -73,8 +91,10 @@ class PlanTargets(BaseModel):
                 self.num_layers,
                 self.heads_per_layer,
                 self.intermediate_size,
+                self.experts_per_layer,
                 self.hidden_size,
                 self.param_budget,
+                self.active_param_budget,
             )
         )
 
@@ -87,6 +107,8 @@ class PrunePlan(BaseModel):
     remove_kv_groups: dict[int, list[int]] = Field(default_factory=dict)
     remove_neurons: dict[int, list[int]] = Field(default_factory=dict)
     remove_hidden: list[int] = Field(default_factory=list)
+    remove_experts: dict[int, list[int]] = Field(default_factory=dict)
+    remove_expert_neurons: dict[int, dict[int, list[int]]] = Field(default_factory=dict)
     targets: PlanTargets | None = None
 
     @model_validator(mode="after")
@@ -94,9 +116,14 @@ class PrunePlan(BaseModel):
         # Sorted and de-duplicated so equal plans compare and serialise equally; empty entries dropped.
         self.drop_layers = sorted(set(self.drop_layers))
         self.remove_hidden = sorted(set(self.remove_hidden))
-        for name in ("remove_heads", "remove_kv_groups", "remove_neurons"):
+        for name in ("remove_heads", "remove_kv_groups", "remove_neurons", "remove_experts"):
             mapping = getattr(self, name)
             setattr(self, name, {k: sorted(set(v)) for k, v in sorted(mapping.items()) if v})
+        nested = {
+            layer: {e: sorted(set(v)) for e, v in sorted(per_expert.items()) if v}
+            for layer, per_expert in sorted(self.remove_expert_neurons.items())
+        }
+        self.remove_expert_neurons = {layer: v for layer, v in nested.items() if v}
         return self
 
     def needs_filling(self) -> bool:
@@ -109,6 +136,8 @@ class PrunePlan(BaseModel):
             or self.remove_kv_groups
             or self.remove_neurons
             or self.remove_hidden
+            or self.remove_experts
+            or self.remove_expert_neurons
             or self.needs_filling()
         )
 
@@ -137,6 +166,8 @@ class ImportanceScores:
     layers: dict[str, np.ndarray] = field(
         default_factory=dict
     )  # block_importance, drop_loss, block_loss_k{k}, block_angular_k{k}
+    experts: np.ndarray | None = None  # [L, E] mixture of experts only
+    expert_neurons: np.ndarray | None = None  # [L, E, F] each expert's FFN channels
 
 
 # ---- what a plan keeps ----------------------------------------------------------------------
@@ -156,6 +187,18 @@ def layer_head_removal(plan: PrunePlan, spec: ArchSpec, layer: int) -> tuple[lis
     return sorted(heads), sorted(groups)
 
 
+def kept_experts(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[int]:
+    removed = set(plan.remove_experts.get(layer, []))
+    return [e for e in range(spec.layer_shapes()[layer].num_experts) if e not in removed]
+
+
+def expert_widths(plan: PrunePlan, spec: ArchSpec, layer: int) -> dict[int, int]:
+    """{kept expert: its FFN width after the plan} for one MoE layer."""
+    f = spec.layer_shapes()[layer].intermediate_size
+    removed = plan.remove_expert_neurons.get(layer, {})
+    return {e: f - len(removed.get(e, [])) for e in kept_experts(plan, spec, layer)}
+
+
 def kept_layers(plan: PrunePlan, spec: ArchSpec) -> list[int]:
     dropped = set(plan.drop_layers)
     return [i for i in range(spec.num_layers) if i not in dropped]
@@ -166,11 +209,17 @@ def _resulting_shapes(plan: PrunePlan, spec: ArchSpec) -> list[LayerShape]:
     out = []
     for i in kept_layers(plan, spec):
         heads, groups = layer_head_removal(plan, spec, i)
+        if shapes[i].num_experts:  # validation makes every kept expert's width equal
+            widths = expert_widths(plan, spec, i)
+            intermediate = min(widths.values(), default=shapes[i].intermediate_size)
+        else:
+            intermediate = shapes[i].intermediate_size - len(plan.remove_neurons.get(i, []))
         out.append(
             LayerShape(
                 num_heads=shapes[i].num_heads - len(heads),
                 num_kv_heads=shapes[i].num_kv_heads - len(groups),
-                intermediate_size=shapes[i].intermediate_size - len(plan.remove_neurons.get(i, [])),
+                intermediate_size=intermediate,
+                num_experts=shapes[i].num_experts - len(plan.remove_experts.get(i, [])),
             )
         )
     return out
@@ -186,8 +235,14 @@ def _neutral_scores(spec: ArchSpec) -> ImportanceScores:
     layers = {"block_importance": zeros, "drop_loss": zeros}
     layers.update({f"block_loss_k{k}": np.zeros(L - k + 1) for k in range(1, L)})
     layers.update({f"block_angular_k{k}": np.zeros(L - k + 1) for k in range(1, L)})
+    E = max(s.num_experts for s in shapes)
     return ImportanceScores(
-        heads=np.zeros((L, H)), neurons=np.zeros((L, F)), hidden=np.zeros(spec.hidden_size), layers=layers
+        heads=np.zeros((L, H)),
+        neurons=np.zeros((L, F)),
+        hidden=np.zeros(spec.hidden_size),
+        layers=layers,
+        experts=np.zeros((L, E)) if E else None,
+        expert_neurons=np.zeros((L, E, F)) if E else None,
     )
 
 
@@ -211,6 +266,7 @@ def resulting_spec(plan: PrunePlan, spec: ArchSpec) -> ArchSpec:
             num_heads=first.num_heads,
             num_kv_heads=first.num_kv_heads,
             intermediate_size=first.intermediate_size,
+            num_experts=first.num_experts,
             layers=None if uniform else shapes,
         )
     )
@@ -251,6 +307,9 @@ def plan_stats(plan: PrunePlan, spec: ArchSpec, context: int = 2048) -> dict:
         "percent_of_teacher_non_embedding": pct(student["non_embedding"], teacher["non_embedding"]),
         "flops_per_token": new.flops_per_token(context),
         "kv_cache_bytes_per_token": new.kv_cache_bytes_per_token(),
+        "params_active": student["active"],
+        "percent_of_teacher_active": pct(student["active"], teacher["active"]),
+        "teacher_params_active": teacher["active"],
         "teacher_params_total": teacher["total"],
         "teacher_params_non_embedding": teacher["non_embedding"],
         "teacher_flops_per_token": spec.flops_per_token(context),
@@ -305,7 +364,13 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     msgs.extend(_range_errors("drop_layers", plan.drop_layers, L, "layer"))
     if len(set(plan.drop_layers) & set(range(L))) >= L:
         error("drop_layers", f"cannot drop all {L} layers; keep at least one (drop at most {L - 1})")
-    for name in ("remove_heads", "remove_kv_groups", "remove_neurons"):
+    for name in (
+        "remove_heads",
+        "remove_kv_groups",
+        "remove_neurons",
+        "remove_experts",
+        "remove_expert_neurons",
+    ):
         mapping = getattr(plan, name)
         msgs.extend(_range_errors(name, list(mapping), L, "layer"))
         for layer in mapping:
@@ -337,6 +402,7 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                 "neuron",
             )
         )
+        msgs.extend(_expert_errors(plan, spec, layer))
         if len(msgs) > before:
             continue  # indices out of range: the counts below would be meaningless
         heads, groups = layer_head_removal(plan, spec, layer)
@@ -365,7 +431,7 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                     f"whole groups (remove_kv_groups). Valid head counts near {kept_heads}: "
                     f"{_nearby(valid, kept_heads)}",
                 )
-        if kept_neurons == 0:
+        if kept_neurons == 0 and not shape.num_experts:
             error(
                 f"remove_neurons.{layer}",
                 f"layer {layer} would keep no MLP neuron; keep at least 1 of "
@@ -399,12 +465,29 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
         near = [
             v for v in (new.hidden_size // align * align, (new.hidden_size // align + 1) * align) if v > 0
         ]
+        why = (
+            f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads"
+            if spec.family in CONFIG_CLASS
+            else _GROUPED_MM_RULE.format(what="hidden_size", dtype=spec.dtype)
+        )
         error(
             "hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
-            f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads "
-            f"({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
+            f"{why} ({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
             f"{', '.join(map(str, near))}",
         )
+    ealign = expert_alignment(spec)
+    for layer, shape in zip(kept_layers(plan, spec), new_shapes, strict=True):
+        if shape.num_experts and shape.intermediate_size % ealign:
+            f = shape.intermediate_size
+            near = [v for v in (f // ealign * ealign, (f // ealign + 1) * ealign) if v > 0]
+            error(
+                "targets.intermediate_size"
+                if plan.targets and plan.targets.intermediate_size
+                else f"remove_expert_neurons.{layer}",
+                f"{_GROUPED_MM_RULE.format(what='the expert width', dtype=spec.dtype)} (layer {layer} "
+                f"keeps {f}, not a multiple of {ealign}); nearby valid widths: {', '.join(map(str, near))}",
+            )
+            break
     if spec.family == "phi3" and len({s.num_heads for s in new_shapes}) > 1:
         counts = sorted({s.num_heads for s in new_shapes})
         error(
@@ -428,20 +511,101 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     return msgs
 
 
+def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMessage]:
+    """Expert removals and expert FFN cuts of one kept layer (and neuron cuts that do not fit it)."""
+    shape = spec.layer_shapes()[layer]
+    msgs: list[PlanMessage] = []
+
+    def error(field_name: str, text: str) -> None:
+        msgs.append(PlanMessage(level="error", field=field_name, text=text))
+
+    removed = plan.remove_experts.get(layer, [])
+    cuts = plan.remove_expert_neurons.get(layer, {})
+    if not shape.num_experts:
+        for name, given in (("remove_experts", removed), ("remove_expert_neurons", cuts)):
+            if given:
+                error(f"{name}.{layer}", f"layer {layer} has a dense MLP, no experts; use remove_neurons")
+        return msgs
+    E, F, k = shape.num_experts, shape.intermediate_size, spec.experts_per_token
+    if plan.remove_neurons.get(layer):
+        error(
+            f"remove_neurons.{layer}",
+            f"layer {layer} is a mixture of {E} experts: give each expert's channels in "
+            f"remove_expert_neurons.{layer}.<expert> (or targets.intermediate_size)",
+        )
+    msgs.extend(_range_errors(f"remove_experts.{layer}", removed, E, "expert"))
+    msgs.extend(_range_errors(f"remove_expert_neurons.{layer}", list(cuts), E, "expert"))
+    for e, neurons in cuts.items():
+        msgs.extend(_range_errors(f"remove_expert_neurons.{layer}.{e}", neurons, F, "channel"))
+    if msgs:
+        return msgs
+    kept = E - len(removed)
+    if kept < k:
+        error(
+            f"remove_experts.{layer}",
+            f"layer {layer} would keep {kept} of {E} experts, fewer than the {k} every token is routed to "
+            f"(top-k); remove at most {E - k} experts (keep {k}..{E}; nearby valid: "
+            f"{_nearby(list(range(k, E + 1)), kept)} kept)",
+        )
+    for e in cuts:
+        if e in removed:
+            msgs.append(
+                PlanMessage(
+                    level="warning",
+                    field=f"remove_expert_neurons.{layer}.{e}",
+                    text=f"expert {e} of layer {layer} is removed; its channel cut has no effect",
+                )
+            )
+    widths = expert_widths(plan, spec, layer)
+    distinct = sorted(set(widths.values()))
+    if len(distinct) > 1:
+        by_width = {w: [e for e, x in widths.items() if x == w] for w in distinct}
+        error(
+            f"remove_expert_neurons.{layer}",
+            f"the kept experts of layer {layer} would have widths "
+            f"{', '.join(f'{w} (experts {by_width[w]})' for w in distinct)}; a layer stores its experts "
+            f"as one fused tensor, so remove the same number of channels from every kept expert "
+            f"(nearby common widths: {_nearby(distinct, min(distinct))})",
+        )
+    elif distinct and distinct[0] == 0:
+        error(
+            f"remove_expert_neurons.{layer}",
+            f"the experts of layer {layer} would keep no channel; keep 1..{F}",
+        )
+    return msgs
+
+
 # transformers' configs that validate hidden_size % num_attention_heads == 0 even with an explicit
 # head_dim (the config keeps the widest layer's head count).
 CONFIG_CLASS = {"llama": "LlamaConfig", "gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig"}
 HEAD_ALIGNED_FAMILIES = tuple(CONFIG_CLASS)
 
 
+# transformers runs fused experts with torch's grouped_mm by default, whose kernels need every row of
+# the expert weights to start at a multiple of 16 bytes.
+_GROUPED_MM_RULE = (
+    "mixture-of-experts layers run on grouped_mm kernels, which need {what} x the {dtype} element size to "
+    "be a multiple of 16 bytes"
+)
+
+
+def expert_alignment(spec: ArchSpec) -> int:
+    """What expert widths (and the hidden size) of a mixture-of-experts model must be a multiple of."""
+    if not any(s.num_experts for s in spec.layer_shapes()):
+        return 1
+    itemsize = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}.get(spec.dtype, 4)
+    return max(1, 16 // itemsize)
+
+
 def hidden_alignment(spec: ArchSpec) -> int:
     """What a (pruned) hidden size must be a multiple of for the family's config to accept it.
 
-    Llama and Gemma configs require a multiple of the head count (HEAD_ALIGNED_FAMILIES); other
-    families only need head_dim kept (GPT-2's rule is checked with remove_hidden above)."""
+    Llama and Gemma configs require a multiple of the head count (HEAD_ALIGNED_FAMILIES); mixture-of-
+    experts models the grouped_mm alignment (`expert_alignment`); other families only need head_dim
+    kept (GPT-2's rule is checked with remove_hidden above)."""
     if spec.family in HEAD_ALIGNED_FAMILIES:
         return max(s.num_heads for s in spec.layer_shapes())
-    return 1
+    return expert_alignment(spec)
 
 
 def check_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
@@ -491,7 +655,7 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                     f"{how}; nearby valid: {_nearby(valid, t.heads_per_layer)}",
                 )
     if t.intermediate_size is not None:
-        if plan.remove_neurons:
+        if plan.remove_neurons or plan.remove_expert_neurons:
             error("intermediate_size", "give either remove_neurons or targets.intermediate_size")
         smallest = min(s.intermediate_size for s in shapes)
         if t.intermediate_size > smallest:
@@ -509,8 +673,24 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                 f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
                 f"head_dim={hd}; nearby valid: {', '.join(map(str, near))}",
             )
-    if t.param_budget is not None and t.intermediate_size is not None and t.hidden_size is not None:
-        error("param_budget", "param_budget needs intermediate_size or hidden_size left free to choose")
+    if t.experts_per_layer is not None:
+        counts = sorted({s.num_experts for s in shapes if s.num_experts})
+        k = spec.experts_per_token
+        if not counts:
+            error("experts_per_layer", "the model has no mixture-of-experts layer")
+        elif plan.remove_experts:
+            error("experts_per_layer", "give either remove_experts or targets.experts_per_layer")
+        elif not k <= t.experts_per_layer <= counts[0]:
+            error(
+                "experts_per_layer",
+                f"keep between top-k={k} and {counts[0]} experts per layer; nearby valid: "
+                f"{_nearby(list(range(k, counts[0] + 1)), t.experts_per_layer)}",
+            )
+    for budget in ("param_budget", "active_param_budget"):
+        if getattr(t, budget) is not None and t.intermediate_size is not None and t.hidden_size is not None:
+            error(budget, f"{budget} needs intermediate_size or hidden_size left free to choose")
+    if t.param_budget is not None and t.active_param_budget is not None:
+        error("active_param_budget", "give either param_budget or active_param_budget, not both")
     return msgs
 
 
@@ -527,8 +707,12 @@ def _check_scores(scores: ImportanceScores, spec: ArchSpec) -> None:
     H = max(s.num_heads for s in spec.layer_shapes())
     F = max(s.intermediate_size for s in spec.layer_shapes())
     expected = {"heads": (L, H), "neurons": (L, F), "hidden": (D,)}
+    E = max(s.num_experts for s in spec.layer_shapes())
+    if E:  # MoE: expert and per-expert channel scores rank; the dense neuron axis may be empty
+        expected.pop("neurons")
+        expected.update(experts=(L, E), expert_neurons=(L, E, F))
     for name, shape in expected.items():
-        got = tuple(np.shape(getattr(scores, name)))
+        got = tuple(np.shape(getattr(scores, name))) if getattr(scores, name) is not None else None
         if got != shape:
             raise ValueError(f"importance scores '{name}' have shape {got}, the model needs {shape}")
 
@@ -571,13 +755,27 @@ def fill_plan(plan: PrunePlan, spec: ArchSpec, scores: ImportanceScores) -> Prun
             if groups:
                 out.remove_kv_groups[layer] = groups
 
+    if t.experts_per_layer is not None:
+        for layer in kept:
+            E = shapes[layer].num_experts
+            if E:
+                out.remove_experts[layer] = _lowest(scores.experts[layer][:E], E - t.experts_per_layer)
+
     intermediate, hidden = t.intermediate_size, t.hidden_size
     if t.param_budget is not None:
-        intermediate, hidden = _fit_budget(out, spec, t.param_budget, intermediate, hidden)
+        intermediate, hidden = _fit_budget(out, spec, t.param_budget, intermediate, hidden, "total")
+    if t.active_param_budget is not None:
+        intermediate, hidden = _fit_budget(out, spec, t.active_param_budget, intermediate, hidden, "active")
     if intermediate is not None:
         for layer in kept:
             f = shapes[layer].intermediate_size
-            out.remove_neurons[layer] = _lowest(scores.neurons[layer][:f], f - intermediate)
+            if shapes[layer].num_experts:  # each kept expert keeps its own best channels
+                out.remove_expert_neurons[layer] = {
+                    e: _lowest(scores.expert_neurons[layer][e][:f], f - intermediate)
+                    for e in kept_experts(out, spec, layer)
+                }
+            else:
+                out.remove_neurons[layer] = _lowest(scores.neurons[layer][:f], f - intermediate)
     if hidden is not None:
         out.remove_hidden = _lowest(scores.hidden, spec.hidden_size - hidden)
     return PrunePlan.model_validate(out.model_dump())
@@ -620,24 +818,26 @@ def _heads_to_remove(
 
 
 def _fit_budget(
-    plan: PrunePlan, spec: ArchSpec, budget: int, intermediate: int | None, hidden: int | None
+    plan: PrunePlan,
+    spec: ArchSpec,
+    budget: int,
+    intermediate: int | None,
+    hidden: int | None,
+    count: Literal["total", "active"] = "total",
 ) -> tuple[int | None, int | None]:
+    """Sizes under `budget` for the parameter `count` (total, or active: what one token runs)."""
+    field_name = "targets.param_budget" if count == "total" else "targets.active_param_budget"
     base = resulting_spec(plan, spec)
     F = min(s.intermediate_size for s in spec.layer_shapes())
     D = spec.hidden_size
-    align = (
-        hidden_alignment(base)
-        if spec.family in HEAD_ALIGNED_FAMILIES
-        else spec.head_dim
-        if spec.family == "gpt2"
-        else 1
-    )
+    align = spec.head_dim if spec.family == "gpt2" else hidden_alignment(base)
+    fa = expert_alignment(spec)  # MLP widths are searched in multiples of fa (1 for dense models)
 
     def total(f: int | None, d: int | None) -> int:
         layers = [
             s.model_copy(update={"intermediate_size": f}) if f is not None else s for s in base.layer_shapes()
         ]
-        return base.param_count(hidden=d if d is not None else D, layers=layers)["total"]
+        return base.param_count(hidden=d if d is not None else D, layers=layers)[count]
 
     def largest(lo: int, hi: int, fits) -> int | None:
         # Parameter count is monotone in the width, so binary search the largest size that fits.
@@ -651,15 +851,15 @@ def _fit_budget(
     if total(intermediate, hidden) <= budget:
         return intermediate, hidden
     if intermediate is None:  # 1) shrink the MLP alone, down to half its size
-        f = largest(max(1, F // 2), F, lambda f: total(f, hidden) <= budget)
-        if f is not None:
-            return f, hidden
+        m = largest(max(1, F // 2 // fa), F // fa, lambda m: total(m * fa, hidden) <= budget)
+        if m is not None:
+            return m * fa, hidden
     # 2) shrink whatever is free by one common factor r (MLP from F/2 when it is free).
     f0 = intermediate if intermediate is not None else max(1, F // 2)
 
     def sizes(step: int) -> tuple[int, int]:
         r = step / 1000
-        f = intermediate if intermediate is not None else max(1, math.floor(f0 * r))
+        f = intermediate if intermediate is not None else max(fa, math.floor(f0 * r / fa) * fa)
         d = hidden if hidden is not None else max(align, math.floor(D * r / align) * align)
         return f, d
 
@@ -670,7 +870,7 @@ def _fit_budget(
             [
                 PlanMessage(
                     level="error",
-                    field="targets.param_budget",
+                    field=field_name,
                     text=f"{budget} parameters cannot be reached by shrinking MLP and hidden size "
                     f"(smallest reachable with the other targets: {smallest}); drop layers or heads too",
                 )
@@ -686,7 +886,9 @@ __all__ = [
     "PlanTargets",
     "PrunePlan",
     "check_plan",
+    "expert_widths",
     "fill_plan",
+    "kept_experts",
     "kept_layers",
     "layer_head_removal",
     "plan_stats",

@@ -11,11 +11,15 @@ from pydantic import BaseModel
 
 
 class LayerShape(BaseModel):
-    """Width of one decoder layer (layers may differ after a non-uniform cut)."""
+    """Width of one decoder layer (layers may differ after a non-uniform cut).
+
+    Mixture-of-experts layers (num_experts > 0): `intermediate_size` is each expert's FFN width (one
+    width per layer: the experts are stored as fused [experts, ...] tensors)."""
 
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
+    num_experts: int = 0  # 0: a dense MLP
 
 
 class ArchSpec(BaseModel):
@@ -41,6 +45,10 @@ class ArchSpec(BaseModel):
     qk_norm_full_width: bool = False
     layer_norms: int = 2  # norms per layer (Gemma 2 / 3: pre and post norms around both sublayers)
     position_embeddings: int = 0
+    # Mixture of experts (Qwen3-MoE, Mixtral): experts per layer (0: dense) and experts each token is
+    # routed to (top-k). Total parameters count every expert, active ones only top-k per layer.
+    num_experts: int = 0
+    experts_per_token: int = 0
     # Present only when layers differ; otherwise every layer has the top-level widths.
     layers: list[LayerShape] | None = None
 
@@ -51,12 +59,17 @@ class ArchSpec(BaseModel):
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             intermediate_size=self.intermediate_size,
+            num_experts=self.num_experts,
         )
         return [shape] * self.num_layers
 
     # ---- cost model -------------------------------------------------------------------------
 
-    def layer_params(self, shape: LayerShape, hidden: int | None = None) -> int:
+    def experts_used(self, shape: LayerShape, active: bool) -> int:
+        """Expert FFNs counted for a layer: all of them, or the top-k a token runs (active)."""
+        return min(self.experts_per_token, shape.num_experts) if active else shape.num_experts
+
+    def layer_params(self, shape: LayerShape, hidden: int | None = None, active: bool = False) -> int:
         d = self.hidden_size if hidden is None else hidden
         hd, h, g, f = self.head_dim, shape.num_heads, shape.num_kv_heads, shape.intermediate_size
         attn = d * h * hd + 2 * d * g * hd + h * hd * d
@@ -69,6 +82,8 @@ class ArchSpec(BaseModel):
         mlp = (3 if self.mlp_gated else 2) * d * f
         if self.mlp_bias:
             mlp += (2 if self.mlp_gated else 1) * f + d
+        if shape.num_experts:  # each expert is one gated MLP; the router is [experts, hidden]
+            mlp = mlp * self.experts_used(shape, active) + shape.num_experts * d
         norms = self.layer_norms * self.norm_params(d)
         return attn + mlp + norms
 
@@ -81,24 +96,38 @@ class ArchSpec(BaseModel):
         return embed if self.tie_word_embeddings else embed + self.vocab_size * d
 
     def param_count(self, hidden: int | None = None, layers: list[LayerShape] | None = None) -> dict:
-        """Total and non-embedding parameters for a (possibly pruned) shape of this family."""
+        """Total, non-embedding and active parameters for a (possibly pruned) shape of this family.
+
+        `active`: the parameters one token runs through (all but the experts outside its top-k);
+        equal to `total` for dense models."""
         d = self.hidden_size if hidden is None else hidden
         shapes = self.layer_shapes() if layers is None else layers
         body = sum(self.layer_params(s, d) for s in shapes) + self.norm_params(d)
+        active = sum(self.layer_params(s, d, active=True) for s in shapes) + self.norm_params(d)
         embedding = self.embedding_params(d)
-        return {"total": body + embedding, "non_embedding": body, "embedding": embedding}
+        return {
+            "total": body + embedding,
+            "non_embedding": body,
+            "embedding": embedding,
+            "active": active + embedding,
+        }
 
     def flops_per_token(
         self, context: int = 2048, hidden: int | None = None, layers: list[LayerShape] | None = None
     ) -> int:
-        """Forward FLOPs for one token at the given context: 2 x matmul weights + attention scores."""
+        """Forward FLOPs for one token at the given context: 2 x matmul weights + attention scores.
+
+        Mixture-of-experts layers: the router plus the token's top-k experts only."""
         d = self.hidden_size if hidden is None else hidden
         shapes = self.layer_shapes() if layers is None else layers
         matmul = 0
         for s in shapes:
             hd = self.head_dim
             matmul += d * s.num_heads * hd * 2 + 2 * d * s.num_kv_heads * hd
-            matmul += (3 if self.mlp_gated else 2) * d * s.intermediate_size
+            mlp = (3 if self.mlp_gated else 2) * d * s.intermediate_size
+            if s.num_experts:
+                mlp = mlp * self.experts_used(s, active=True) + s.num_experts * d
+            matmul += mlp
             matmul += 2 * context * s.num_heads * hd  # QK^T and AV against the whole context
         matmul += self.vocab_size * d  # LM head
         return 2 * matmul
@@ -117,6 +146,7 @@ class ArchSpec(BaseModel):
             "layers": [s.model_dump() for s in self.layer_shapes()],
             "params_total": counts["total"],
             "params_non_embedding": counts["non_embedding"],
+            "params_active": counts["active"],
             "flops_per_token": self.flops_per_token(),
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
         }

@@ -3,7 +3,8 @@
 Which rows and columns of each parameter a plan keeps is the cut map's (worker/engine/cut_map.py):
 separate q/k/v (Llama, Mistral, Qwen2, Qwen3...), fused [q|k|v] rows (Phi-3), GPT-2's Conv1D `c_attn`
 ([in, 3*d] columns), gated, fused-gated and plain MLPs, per-head q/k norms kept whole (Qwen3, Gemma 3)
-and full-width ones sliced with the heads (OLMo 2). Out-of-core surgery reads the very same slices
+and full-width ones sliced with the heads (OLMo 2), and mixture-of-experts layers (router rows and
+fused expert tensors: experts removed, each kept expert's own FFN channels kept). Out-of-core surgery reads the very same slices
 from the checkpoint, so the two cannot drift apart. After the cut, module attributes and config
 fields are rewritten from the real weight shapes so that the stock modeling code, `generate()` and
 `DynamicCache` run on the smaller model.
@@ -43,10 +44,6 @@ def _sync_features(module: nn.Module, conv1d: bool) -> None:
         module.out_features, module.in_features = w.shape[0], w.shape[1]
 
 
-def _index(rows: list[int] | torch.Tensor, device) -> torch.Tensor:
-    return torch.as_tensor(rows, dtype=torch.long, device=device)
-
-
 def resize_projection(module: nn.Module, out_features: int, in_features: int, conv1d: bool) -> None:
     """Give a projection new, uninitialised weights of the given size (weights are loaded next)."""
     w = module.weight
@@ -79,20 +76,34 @@ def _sync_mlp(mlp: nn.Module, intermediate: int) -> None:
         mlp.intermediate_size = intermediate
 
 
+def sync_experts(adapter: Adapter, layer: nn.Module) -> None:
+    """Expert counts and widths that the router and the experts' forward read (one-hot over
+    `num_experts` classes, top-k among the router's rows), from the cut weights."""
+    router, experts = adapter.router(layer), adapter.experts(layer)
+    num_experts, hidden, width = experts.down_proj.shape
+    for module in (router, experts):
+        if hasattr(module, "num_experts"):
+            module.num_experts = num_experts
+    for module, name, value in (
+        (router, "hidden_dim", hidden),
+        (experts, "hidden_dim", hidden),
+        (experts, "intermediate_dim", width),
+    ):
+        if hasattr(module, name):
+            setattr(module, name, value)
+
+
 # ---- cuts ----------------------------------------------------------------------------------------
 
 
 def _cut_parameters(model: nn.Module, cuts: list[TensorCut]) -> None:
-    """Replace each parameter by the part its cut keeps (dims selected one after the other)."""
+    """Replace each parameter by the part its cut keeps (dims selected one after the other, then the
+    per-expert channels of fused expert tensors)."""
     for cut in cuts:
-        if all(keep is None for keep in cut.keep):
+        if cut.is_identity():
             continue
         module, name = _parent_and_name(model, cut.source)
-        tensor = getattr(module, name)
-        for dim, keep in enumerate(cut.keep):
-            if keep is not None:
-                tensor = tensor.index_select(dim, _index(keep, tensor.device))
-        _replace(module, name, tensor)
+        _replace(module, name, cut.take(getattr(module, name)))
 
 
 def _sync_vector_module(module: nn.Module) -> None:
@@ -104,13 +115,12 @@ def _sync_vector_module(module: nn.Module) -> None:
 def _sync_modules(adapter: Adapter, model: nn.Module, head_dim: int, hidden_before: int) -> None:
     """Module attributes that the modeling code reads at run time, from the cut weights' shapes."""
     for layer in adapter.layers(model):
-        for proj in (
-            *adapter.qkv(layer),
-            adapter.attn_out(layer),
-            *adapter.mlp_in(layer),
-            adapter.mlp_out(layer),
-        ):
+        moe = adapter.is_moe_layer(layer)
+        mlp_projections = () if moe else (*adapter.mlp_in(layer), adapter.mlp_out(layer))
+        for proj in (*adapter.qkv(layer), adapter.attn_out(layer), *mlp_projections):
             _sync_features(proj, adapter.conv1d)
+        if moe:
+            sync_experts(adapter, layer)
         for norm in (*adapter.norms(layer), *adapter.qk_norms(layer)):
             _sync_vector_module(norm)
         shape = adapter.layer_shape(layer, head_dim)
@@ -205,6 +215,8 @@ def sync_config(adapter: Adapter, model: nn.Module, head_dim: int) -> None:
         config.num_attention_heads = heads
         config.num_key_value_heads = max(s.num_kv_heads for s in shapes)
     setattr(config, adapter.intermediate_field, max(s.intermediate_size for s in shapes))
+    if adapter.moe:
+        setattr(config, adapter.num_experts_field, max(s.num_experts for s in shapes))
 
 
 # ---- the entry points ------------------------------------------------------------------------------
@@ -273,6 +285,9 @@ def resize_layer(adapter: Adapter, layer: nn.Module, shape: LayerShape, head_dim
         for norm, width in zip(adapter.qk_norms(layer), (h * hd, g * hd), strict=True):
             _replace(norm, "weight", torch.empty(width, dtype=norm.weight.dtype, device=norm.weight.device))
     sync_attention(adapter.attn(layer), h, g, hd)
+    if adapter.is_moe_layer(layer):
+        _resize_experts(adapter, layer, shape.num_experts, hidden, f)
+        return
     if adapter.mlp_layout == "gated_fused":
         resize_projection(adapter.mlp_in(layer)[0], 2 * f, hidden, False)
     else:
@@ -280,6 +295,18 @@ def resize_layer(adapter: Adapter, layer: nn.Module, shape: LayerShape, head_dim
             resize_projection(module, f, hidden, adapter.conv1d)
     resize_projection(adapter.mlp_out(layer), hidden, f, adapter.conv1d)
     _sync_mlp(adapter.mlp(layer), f)
+
+
+def _resize_experts(adapter: Adapter, layer: nn.Module, experts: int, hidden: int, width: int) -> None:
+    router, module = adapter.router(layer), adapter.experts(layer)
+    for owner, name, shape in (
+        (router, "weight", (experts, hidden)),
+        (module, "gate_up_proj", (experts, 2 * width, hidden)),
+        (module, "down_proj", (experts, hidden, width)),
+    ):
+        old = getattr(owner, name)
+        _replace(owner, name, torch.empty(shape, dtype=old.dtype, device=old.device))
+    sync_experts(adapter, layer)
 
 
 __all__ = ["apply_plan", "renumber_layers", "resize_layer", "sync_config"]
