@@ -216,7 +216,8 @@ def _up(args) -> int:
             supervisor.add("redis", lambda: redis.start(preexec_fn=preexec))
         upgrade(settings.resolved_database_url)
         supervisor.add("api", spawn("api", "--no-migrate"))
-        # Two threads: a light job (reading a new teacher, a preview) need not wait for a distillation.
+        # Two heavy jobs at once (each in a process of its own: worker.isolation); light jobs (reading a
+        # teacher) run in the worker's own light consumer, so they never wait behind either.
         # Queues follow the device: cpu,default (or gpu,default for --device cuda:N).
         supervisor.add(
             "worker",
