@@ -1,0 +1,216 @@
+// Mirror of worker/engine/memplan.py (the memory planner), so every job form shows its memory need as the
+// user types. tests/ui/test_memplan.py checks these numbers against the Python ones; change both together.
+// Works in the browser and in node (no DOM use).
+import { layerParams, layerShapes, paramCount } from "./costmodel.js";
+
+export const GiB = 2 ** 30;
+const DTYPE_BYTES = { float32: 4, bfloat16: 2, float16: 2 };
+const CHUNK_LOGITS = 2 ** 24;
+const LOSS_CHUNK_BUFFERS_KD = 8;
+const LOSS_CHUNK_BUFFERS_CE = 6;
+const NLL_CHUNK_BUFFERS = 2;
+const TRANSIENT_FORWARD = 3;
+const TRANSIENT_BACKWARD = 6;
+const CUDA_RESERVE_FRACTION = 0.05;
+const CUDA_RESERVE_BYTES = 512 * 2 ** 20;
+const NUM_SUMS = 4;
+
+function dtypeBytes(dtype) {
+  const b = DTYPE_BYTES[dtype];
+  if (!b) throw new Error(`unknown dtype ${dtype}`);
+  return b;
+}
+
+export const autoChunkTokens = (vocab) => Math.max(64, Math.floor(CHUNK_LOGITS / Math.max(1, vocab)));
+
+const normSavedBytes = (width, act) => 4 * width + 4 + 2 * act * width;
+
+export function layerSavedBytesPerToken(spec, shape, act) {
+  const d = spec.hidden_size;
+  const { num_heads: h, num_kv_heads: g, intermediate_size: f } = shape;
+  const hd = spec.head_dim;
+  let attn = act * (2 * h * hd + 2 * g * hd) + 4 * h;
+  if (spec.qk_norm) attn += (h + g) * normSavedBytes(hd, act) - act * (h + g) * hd;
+  return 2 * normSavedBytes(d, act) + attn + 4 * act * f;
+}
+
+export function savedBytesPerToken(spec, act, checkpointing = false) {
+  const d = spec.hidden_size;
+  const final = 4 * d + 4 + act * d;
+  const shapes = layerShapes(spec);
+  if (checkpointing) return shapes.length * act * d + final;
+  return shapes.reduce((sum, s) => sum + layerSavedBytesPerToken(spec, s, act), 0) + final;
+}
+
+function widest(spec) {
+  let best = null;
+  let bestBytes = -1;
+  for (const s of layerShapes(spec)) {
+    const b = layerSavedBytesPerToken(spec, s, 4);
+    if (b > bestBytes) [best, bestBytes] = [s, b]; // the first of equals, as Python's max()
+  }
+  return best;
+}
+
+function transientBytesPerToken(spec, act, backward) {
+  const s = widest(spec);
+  const width = Math.max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim);
+  return (backward ? TRANSIENT_BACKWARD : TRANSIENT_FORWARD) * act * width;
+}
+
+const layerWeightBytes = (spec, w) => Math.max(...layerShapes(spec).map((s) => layerParams(spec, s))) * w;
+
+function result(parts, settings) {
+  const out = {};
+  let total = 0;
+  for (const [k, v] of Object.entries(parts)) {
+    out[k] = Math.trunc(v);
+    total += out[k];
+  }
+  return { total, parts: out, settings };
+}
+
+/** Peak bytes per device of one distillation step (teacher null: the CE-only baseline). */
+export function distillMemory(student, teacher, opts) {
+  const { batch_size: batch, seq_len: seqLen } = opts;
+  const weightsDtype = opts.weights_dtype ?? "float32";
+  const checkpointing = !!opts.gradient_checkpointing;
+  const device = opts.device ?? "cpu";
+  const autocast = opts.autocast_bf16 ?? true;
+  const numGpus = opts.num_gpus ?? 1;
+  const cuda = device.startsWith("cuda");
+  const w = dtypeBytes(weightsDtype);
+  const act = (cuda && autocast) || w === 2 ? 2 : 4;
+  const n = Math.ceil(batch / numGpus) * seqLen;
+  const pS = paramCount(student).total;
+  const weights = (pS * w) / numGpus;
+  const grads = (pS * w) / numGpus;
+  const optimizer = (2 * pS * w) / numGpus;
+  const teacherBytes = teacher ? (paramCount(teacher).total * w) / numGpus : 0;
+  let gather = 0;
+  if (numGpus > 1) {
+    const models = teacher ? [student, teacher] : [student];
+    const wide = models.reduce((a, b) => (b.hidden_size > a.hidden_size ? b : a));
+    gather = 2 * layerWeightBytes(wide, w);
+  }
+  const autocastCache = cuda && autocast && w === 4 ? (pS * 2) / numGpus : 0;
+  const saved = n * savedBytesPerToken(student, act, checkpointing);
+  const recompute = checkpointing ? n * layerSavedBytesPerToken(student, widest(student), act) : 0;
+  const d = student.hidden_size;
+  const v = student.vocab_size;
+  const chunk = Math.min(opts.chunk_tokens || autoChunkTokens(v), n);
+  const lossKept = n * d * act + v * d * 4;
+  const tHidden = teacher ? n * teacher.hidden_size * 4 : 0;
+  const buffers = teacher ? LOSS_CHUNK_BUFFERS_KD : LOSS_CHUNK_BUFFERS_CE;
+  const lossTransient = 2 * n * d * act + tHidden + buffers * chunk * v * 4;
+  const teacherForward = teacher ? n * (transientBytesPerToken(teacher, act, false) + teacher.hidden_size * 4) : 0;
+  const forwardPeak = saved + lossKept + Math.max(lossTransient, teacherForward);
+  const backwardPeak = saved + recompute + lossKept + n * transientBytesPerToken(student, act, true);
+  const activations = Math.max(forwardPeak, backwardPeak);
+  const stepExtra = grads + (cuda ? optimizer / 2 : 0);
+  const peakDynamic = Math.max(activations + v * d * w, stepExtra);
+  return result(
+    { weights, optimizer, teacher: teacherBytes, gather_buffer: gather, autocast_cache: autocastCache, activations_and_grads: peakDynamic },
+    { batch_size: batch, seq_len: seqLen, weights_dtype: weightsDtype, gradient_checkpointing: checkpointing, device: cuda ? "cuda" : "cpu", num_gpus: numGpus, tokens_per_device: n, activations_saved: saved },
+  );
+}
+
+/** Peak bytes of the hooked importance pass (in memory, or streamed layer by layer). */
+export function importanceMemory(spec, opts) {
+  const { batch_size: batch, seq_len: seqLen } = opts;
+  const lossScans = opts.loss_scans ?? true;
+  const streamed = !!opts.streamed;
+  const device = opts.device ?? "cpu";
+  const w = dtypeBytes(opts.weights_dtype || spec.dtype || "float32");
+  const n = batch * seqLen;
+  const d = spec.hidden_size;
+  const v = spec.vocab_size;
+  const shapes = layerShapes(spec);
+  const L = shapes.length;
+  const weights = streamed ? paramCount(spec).embedding * w + 2 * layerWeightBytes(spec, w) : paramCount(spec).total * w;
+  const units = shapes.reduce((sum, s) => sum + s.num_heads + s.intermediate_size + 1, 0) + (2 * L + 1) * d;
+  const parts = {
+    weights,
+    running_sums: 2 * NUM_SUMS * units * 4 + 2 * batch * units * 4,
+    head_norms: n * L * Math.max(...shapes.map((s) => s.num_heads)) * 4,
+    activations: n * (transientBytesPerToken(spec, w, false) + 2 * d * w),
+  };
+  if (lossScans) {
+    parts.layer_inputs = n * L * d * w;
+    parts.logits = NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(v), n) * v * 4;
+  }
+  return result(parts, { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans });
+}
+
+/** Peak bytes of perplexity / lm-eval / the throughput benchmark. */
+export function evaluationMemory(spec, opts) {
+  const { batch_size: batch, seq_len: seqLen } = opts;
+  const newTokens = opts.new_tokens ?? 0;
+  const w = dtypeBytes(opts.weights_dtype || spec.dtype || "float32");
+  const n = batch * seqLen;
+  let kvPerToken = 0;
+  for (const s of layerShapes(spec)) kvPerToken += 2 * s.num_kv_heads * spec.head_dim * w;
+  const parts = {
+    weights: paramCount(spec).total * w,
+    activations: n * (transientBytesPerToken(spec, w, false) + 2 * spec.hidden_size * w),
+    kv_cache: newTokens ? batch * (seqLen + newTokens) * kvPerToken : 0,
+    logits: NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(spec.vocab_size), n) * spec.vocab_size * 4,
+  };
+  return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device: opts.device ?? "cpu" });
+}
+
+/** What a job may use on one worker, from its registry entry's `memory`. */
+export function usableBytes(memory) {
+  if (memory.kind === "cuda") return Math.max(0, Math.trunc(memory.total_bytes * (1 - CUDA_RESERVE_FRACTION)) - CUDA_RESERVE_BYTES);
+  return Math.trunc(memory.free_bytes || 0);
+}
+
+/** Settings to try, nearest first (as memplan.distill_candidates). */
+export function distillCandidates(settings) {
+  const base = Number(settings.batch_size);
+  const toggles = [{}];
+  if (!settings.gradient_checkpointing) toggles.push({ gradient_checkpointing: true });
+  if ((settings.weights_dtype ?? "float32") === "float32") {
+    toggles.push({ weights_dtype: "bfloat16" });
+    if (!settings.gradient_checkpointing) toggles.push({ gradient_checkpointing: true, weights_dtype: "bfloat16" });
+  }
+  const batches = [base];
+  while (batches[batches.length - 1] > 1) batches.push(Math.max(1, Math.floor(batches[batches.length - 1] / 2)));
+  const out = [];
+  batches.forEach((b, halvings) => {
+    toggles.forEach((t, order) => {
+      const change = { ...t };
+      if (b !== base) change.batch_size = b;
+      out.push({ key: [Object.keys(t).length + halvings, -b, Object.keys(t).length], order: out.length, change });
+    });
+  });
+  out.sort((a, b) => a.key[0] - b.key[0] || a.key[1] - b.key[1] || a.key[2] - b.key[2] || a.order - b.order);
+  return out.map((c) => c.change).filter((c) => Object.keys(c).length);
+}
+
+export const describeChange = (change) => Object.entries(change).map(([k, v]) => `${k}=${String(v).toLowerCase()}`).join(", ");
+
+export const formatBytes = (n) => (n >= GiB / 10 ? `${(n / GiB).toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
+
+/** The live line under a job form: need, and which live workers it fits (or the nearest setting that does).
+ * `need(settings)` -> bytes; `workers`: GET /workers entries; `queue`: "gpu" | "cpu" | null (any). */
+export function fitLine(need, settings, workers, queue, candidates = []) {
+  const needed = need(settings);
+  const head = `needs ${formatBytes(needed)} per device`;
+  const sized = (workers || []).filter((w) => w.memory && (!queue || (w.queues || []).includes(queue)));
+  if (!sized.length) return { text: `${head} (no live worker reports its memory)`, fits: null, needed };
+  const usable = sized.map((w) => ({ w, bytes: usableBytes(w.memory) }));
+  const fitting = usable.filter((u) => u.bytes >= needed);
+  if (fitting.length) {
+    const names = fitting.map((u) => `${u.w.device} on ${u.w.hostname} (${formatBytes(u.bytes)})`);
+    return { text: `${head}; fits ${fitting.length} x ${names.join(", ")}`, fits: true, needed };
+  }
+  const best = Math.max(...usable.map((u) => u.bytes));
+  for (const change of candidates) {
+    const smaller = need({ ...settings, ...change });
+    if (smaller <= best) {
+      return { text: `${head}; fits no live worker (largest ${formatBytes(best)}); would fit with ${describeChange(change)} (${formatBytes(smaller)})`, fits: false, needed };
+    }
+  }
+  return { text: `${head}; fits no live worker (largest ${formatBytes(best)})`, fits: false, needed };
+}

@@ -1,0 +1,112 @@
+"""The dashboard sizes jobs in JS (frontend/js/memplan.js) as the user types; these tests run that JS in
+node and require the exact numbers of worker/engine/memplan.py on a grid of architectures (every tiny
+family, a Llama-3.1-8B shape, a non-uniform pruned student) and settings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from tests.tiny_models import FAMILIES, tiny_model
+from tests.ui.dashboard_js import run_dashboard_js
+from tests.ui.test_costmodel import llama8b
+from worker.engine import memplan
+from worker.engine.adapters import arch_spec
+from worker.engine.spec import ArchSpec, LayerShape
+
+DRIVER = """
+import * as mp from "./js/memplan.js";
+const cases = JSON.parse(await new Promise((resolve) => {
+  let data = ""; process.stdin.on("data", (c) => (data += c)); process.stdin.on("end", () => resolve(data));
+}));
+const out = cases.map(({ fn, args }) => {
+  if (fn === "distill") return mp.distillMemory(args.student, args.teacher, args.opts);
+  if (fn === "importance") return mp.importanceMemory(args.spec, args.opts);
+  if (fn === "evaluation") return mp.evaluationMemory(args.spec, args.opts);
+  if (fn === "candidates") return mp.distillCandidates(args.settings);
+  if (fn === "usable") return mp.usableBytes(args.memory);
+  if (fn === "saved") return mp.savedBytesPerToken(args.spec, args.act, args.checkpointing);
+  throw new Error(fn);
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def specs() -> dict[str, ArchSpec]:
+    out = {name: arch_spec(tiny_model(name)) for name in FAMILIES}
+    big = llama8b()
+    out["llama8b"] = big
+    out["pruned"] = big.model_copy(
+        update={
+            "num_layers": 3,
+            "layers": [
+                LayerShape(num_heads=32, num_kv_heads=8, intermediate_size=9000),
+                LayerShape(num_heads=16, num_kv_heads=4, intermediate_size=14336),
+                LayerShape(num_heads=32, num_kv_heads=8, intermediate_size=4096),
+            ],
+        }
+    )
+    return out
+
+
+def test_estimates_match_python(tmp_path: Path):
+    all_specs = specs()
+    cases, expected = [], []
+
+    def add(fn, args, value):
+        cases.append({"fn": fn, "args": args})
+        expected.append(value)
+
+    for name, spec in all_specs.items():
+        summary = spec.summary()
+        teacher = all_specs["llama8b"] if name == "pruned" else spec
+        for act, ckpt in itertools.product((2, 4), (False, True)):
+            add(
+                "saved",
+                {"spec": summary, "act": act, "checkpointing": ckpt},
+                memplan.saved_bytes_per_token(spec, act, ckpt),
+            )
+        grid = itertools.product(
+            (1, 3, 8), (128, 2048), ("float32", "bfloat16"), (False, True), ("cpu", "cuda"), (1, 4)
+        )
+        for batch, seq, dtype, ckpt, device, gpus in grid:
+            opts = dict(
+                batch_size=batch,
+                seq_len=seq,
+                weights_dtype=dtype,
+                gradient_checkpointing=ckpt,
+                device=device,
+                num_gpus=gpus,
+            )
+            for t in (teacher, None):
+                add(
+                    "distill",
+                    {"student": summary, "teacher": None if t is None else t.summary(), "opts": opts},
+                    memplan.distill_memory(spec, t, **opts),
+                )
+        for batch, seq, streamed, scans in itertools.product(
+            (1, 8), (128, 4096), (False, True), (False, True)
+        ):
+            opts = dict(batch_size=batch, seq_len=seq, streamed=streamed, loss_scans=scans)
+            add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
+        for batch, seq, new in itertools.product((1, 8), (128, 2048), (0, 32)):
+            opts = dict(batch_size=batch, seq_len=seq, new_tokens=new)
+            add("evaluation", {"spec": summary, "opts": opts}, memplan.evaluation_memory(spec, **opts))
+    for settings in (
+        {"batch_size": 8},
+        {"batch_size": 5, "gradient_checkpointing": True},
+        {"batch_size": 2, "weights_dtype": "bfloat16"},
+        {"batch_size": 1, "gradient_checkpointing": True, "weights_dtype": "bfloat16"},
+    ):
+        add("candidates", {"settings": settings}, memplan.distill_candidates(settings))
+    for memory in (
+        {"kind": "cuda", "total_bytes": 85_899_345_920, "free_bytes": 1},
+        {"kind": "cpu", "total_bytes": 1 << 36, "free_bytes": 12_345_678_901},
+    ):
+        add("usable", {"memory": memory}, memplan.usable_bytes(memory))
+
+    got = run_dashboard_js(tmp_path, DRIVER, stdin=json.dumps(cases))
+    assert len(got) == len(expected) > 1000
+    for case, js, py in zip(cases, got, expected, strict=True):
+        assert js == py, (case["fn"], case["args"].get("opts"), js, py)
