@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--teacher-placement", default="auto")
-    p.add_argument("--stop-file", type=Path, default=None, help="polled by rank 0 only")
+    p.add_argument("--stop-at", type=int, default=0, help="rank 0 alone asks to stop before this step")
     p.add_argument("--hang-at", type=int, default=0, help="the last rank sleeps before this step")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=32)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         step = len(steps_seen) - 1 + start_step[0]
         if args.hang_at and ctx.rank == ctx.world_size - 1 and step >= args.hang_at:
             time.sleep(3600)  # a hung rank: the others must fail, not wait forever
-        return ctx.is_main and args.stop_file is not None and args.stop_file.exists()
+        return ctx.is_main and bool(args.stop_at) and step >= args.stop_at
 
     start_step = [0]
     if args.resume:
