@@ -79,3 +79,17 @@ def test_migrate_creates_every_table(tmp_path):
         "artifacts",
         "alembic_version",
     } <= tables
+
+
+def test_worker_refuses_slot_options_it_cannot_honour():
+    env = {"PRUNESCOPE_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    for args, message in (
+        (
+            ("--concurrency", "2"),
+            "--pool solo runs one job at a time: use --pool threads for --concurrency 2",
+        ),
+        (("--light-slots", "-1"), "--concurrency must be >= 1 and --light-slots >= 0"),
+    ):
+        r = run("worker", "--device", "cpu", *args, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines() == [f"prunescope worker: error: {message}"]

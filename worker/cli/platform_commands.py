@@ -41,7 +41,11 @@ def register(subparsers) -> None:
         help="light jobs (reading a teacher) run at once in a consumer of their own, so they never wait "
         "behind heavy ones (default 2; 0: light jobs share this worker's slots)",
     )
-    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    # No prefork: each job already runs in a process of its own (worker.isolation), started from a fork
+    # server this process owns; Celery's pool only holds the threads that supervise them.
+    worker.add_argument(
+        "--pool", default="solo", choices=["solo", "threads"], help="threads for --concurrency > 1"
+    )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=_worker)
 
@@ -106,6 +110,10 @@ def _worker(args) -> int:
         raise CliError("PRUNESCOPE_BROKER_URL is not set (prunescope up starts an embedded broker)")
     if args.light_slots < 0 or args.concurrency < 1:
         raise CliError("--concurrency must be >= 1 and --light-slots >= 0")
+    if args.pool == "solo" and args.concurrency > 1:
+        raise CliError(
+            f"--pool solo runs one job at a time: use --pool threads for --concurrency {args.concurrency}"
+        )
     os.environ["PRUNESCOPE_WORKER_DEVICE"] = device
     # Celery shares one worker's slots among all its queues, so a light job could wait behind
     # distillations: the `default` queue gets a consumer process of its own.
