@@ -137,3 +137,22 @@ class RunningSums:
 
     def numpy(self):
         return self.sums.cpu().numpy()
+
+
+class TokenSubsetSums(RunningSums):
+    """Running sums of units that only some tokens reach (an expert's FFN channels: the tokens routed to
+    that expert). Tokens not routed count as 0, like the absent contribution they make; per sample the
+    sums run over the sample's real tokens, as for every other axis, so scores stay comparable across
+    experts of one layer. Values arrive as the routed tokens' rows ([n, units of one expert]) with their
+    sample indices, so nothing of size tokens x all units is ever made."""
+
+    def add_tokens(self, row: int, units: slice, samples: torch.Tensor, values: torch.Tensor) -> None:
+        """Add |values| and values^2 of tokens (already restricted to real tokens) to their samples."""
+        row -= self.window.start
+        values = values.to(F32)
+        self.seq_sum[row][:, units].index_add_(0, samples, values.abs())
+        self.seq_l2[row][:, units].index_add_(0, samples, values.square())
+
+    def end_batch(self, ctx: BatchContext) -> None:
+        self.seq_l2.sqrt_()  # held squared sums until here
+        super().end_batch(ctx)

@@ -174,6 +174,9 @@ def build_result(
     num_layers = spec.num_layers
     arrays = {"samples": torch.tensor([(samples + 1) // 2, samples // 2], dtype=torch.float32).numpy()}
     arrays.update(heads=hooks.heads.numpy(), neurons=hooks.neurons.numpy(), hidden=hooks.hidden.numpy())
+    if hooks.moe:  # per expert and layer; expert_neurons [2, 4, L, E x F] (expert-major)
+        arrays.update({name: axis.numpy() for name, axis in hooks.experts.items()})
+        arrays["expert_neurons"] = hooks.expert_neurons.numpy()
     if "bi" in scans:
         arrays["block_importance"] = hooks.bi.numpy()
     if "angular" in scans:

@@ -6,6 +6,11 @@ Where each score is read (through the family adapter, so every supported archite
 - hidden:  |output| of every norm (each layer's `adapter.norms` and the final norm), one row per norm;
            every listed norm acts on the residual stream's width: pre-norms (Llama...), post-norms that
            normalise a sublayer's output before it joins the residual (OLMo 2), or both (Gemma: four);
+- mixture-of-experts layers (no single down projection; `neurons` is then empty), per expert:
+  routed share (1 where the router's top-k picked the expert, else 0), router probability (softmax over
+  all experts), contribution (|routing weight x expert output|, 0 where not routed) and its FFN channels
+  (|input of its down projection| over the tokens routed to it). The experts' forward hook re-runs
+  each expert on its routed tokens to read these (about one more MoE-MLP forward per batch);
 - block importance: 1 - cos(layer input, layer output) per token;
 - angular distance of each block of k consecutive layers (Gromov et al., arXiv 2403.17887):
   arccos(cos(input of layer i, output of layer i + k - 1)) / pi per token, read in the same pass.
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 
 from worker.engine.adapters import Adapter
-from worker.engine.importance.accumulators import BatchContext, RunningSums
+from worker.engine.importance.accumulators import BatchContext, RunningSums, TokenSubsetSums
 
 
 class LayerCall:
@@ -73,13 +78,23 @@ class ImportanceHooks:
         device = device or next(model.parameters()).device  # given when the model is on "meta"
         num_layers = len(self.layers)
         heads = adapter.layer_num_heads(self.layers[0], self.head_dim)
-        neurons = adapter.layer_intermediate_size(self.layers[0])
+        self.moe = adapter.is_moe_layer(self.layers[0])
+        neurons = 0 if self.moe else adapter.layer_intermediate_size(self.layers[0])
         hidden = adapter.embed(model).weight.shape[1]
         self.heads = RunningSums(num_layers, heads, device)
         self.neurons = RunningSums(num_layers, neurons, device)
         self.hidden = RunningSums(len(self.norms), hidden, device)
         self.bi = RunningSums(num_layers, 1, device)
         self.axes = (self.heads, self.neurons, self.hidden, self.bi)
+        self.experts: dict[str, RunningSums] = {}  # EXPERT_AXES, [layers, experts] each
+        if self.moe:
+            if not all(adapter.is_moe_layer(layer) for layer in self.layers):
+                raise ValueError("importance of mixture-of-experts models needs experts in every layer")
+            E = adapter.layer_num_experts(self.layers[0])
+            self.expert_width = adapter.layer_intermediate_size(self.layers[0])
+            self.experts = {name: RunningSums(num_layers, E, device) for name in EXPERT_AXES}
+            self.expert_neurons = TokenSubsetSums(num_layers, E * self.expert_width, device)
+            self.axes += (*self.experts.values(), self.expert_neurons)
         self.angular_block = angular_block
         self.angular = None
         if angular_block:
@@ -96,7 +111,13 @@ class ImportanceHooks:
     def __enter__(self) -> ImportanceHooks:
         for i, layer in enumerate(self.layers):
             self._handles.append(self.adapter.attn_out(layer).register_forward_pre_hook(self._heads_hook(i)))
-            self._handles.append(self.adapter.mlp_out(layer).register_forward_pre_hook(self._neurons_hook(i)))
+            if self.moe:
+                self._handles.append(self.adapter.router(layer).register_forward_hook(self._router_hook(i)))
+                self._handles.append(self.adapter.experts(layer).register_forward_hook(self._experts_hook(i)))
+            else:
+                self._handles.append(
+                    self.adapter.mlp_out(layer).register_forward_pre_hook(self._neurons_hook(i))
+                )
             if self.block_importance or self.record_calls or self.angular_block:
                 self._handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
         for j, norm in enumerate(self.norms):
@@ -125,8 +146,10 @@ class ImportanceHooks:
             raise ValueError("the hooks measure the angular distance only when one pass runs every layer")
         self.layer0 = layers.start
         per_layer = (len(self.norms) - 1) // num_layers
-        for axis in (self.heads, self.neurons, self.bi):
+        for axis in (self.heads, self.neurons, self.bi, *self.experts.values()):
             axis.begin_batch(ctx, layers)
+        if self.moe:
+            self.expert_neurons.begin_batch(ctx, layers)
         self.hidden.begin_batch(ctx, range(layers.start * per_layer, layers.stop * per_layer + final_norm))
         if self.angular_block:
             self.angular.begin_batch(ctx)
@@ -179,6 +202,42 @@ class ImportanceHooks:
 
         return hook
 
+    def _router_hook(self, i: int):
+        def hook(module, args, output):
+            if not self.enabled:
+                return
+            logits, _weights, chosen = output
+            batch, seq = self.ctx.mask.shape
+            probs = torch.softmax(logits.float(), dim=-1)
+            routed = torch.zeros_like(probs).scatter_(1, chosen, 1.0)
+            self.experts["experts_prob"].add(i, probs.view(batch, seq, -1), self.ctx)
+            self.experts["experts_routed"].add(i, routed.view(batch, seq, -1), self.ctx)
+
+        return hook
+
+    def _experts_hook(self, i: int):
+        def hook(module, args, output):
+            if not self.enabled:
+                return
+            hidden, chosen, weights = args[:3]
+            batch, seq = self.ctx.mask.shape
+            real = self.ctx.mask.reshape(-1) != 0
+            width = self.expert_width
+            contribution = torch.zeros(chosen.shape[0], module.gate_up_proj.shape[0], device=hidden.device)
+            for e in torch.unique(chosen).tolist():
+                token, slot = torch.where(chosen == e)
+                gate, up = nn.functional.linear(hidden[token], module.gate_up_proj[e]).chunk(2, dim=-1)
+                h = module.act_fn(gate) * up
+                y = nn.functional.linear(h, module.down_proj[e]) * weights[token, slot, None]
+                contribution[token, e] = torch.linalg.vector_norm(y, dim=-1, dtype=torch.float32)
+                keep = real[token]
+                self.expert_neurons.add_tokens(
+                    i, slice(e * width, (e + 1) * width), token[keep] // seq, h[keep]
+                )
+            self.experts["experts_contribution"].add(i, contribution.view(batch, seq, -1), self.ctx)
+
+        return hook
+
     def _hidden_hook(self, j: int):
         def hook(module, args, output):
             if self.enabled:
@@ -225,6 +284,10 @@ class ImportanceHooks:
                 f"angular distance: expected layer {start}'s input, the cache holds layer {first}'s"
             )
         torch.linalg.vector_norm(block_in - x_out, dim=-1, dtype=torch.float32, out=self.angular_diff[start])
+
+
+# Per-expert axes of mixture-of-experts layers (artifact arrays of the same names).
+EXPERT_AXES = ("experts_routed", "experts_prob", "experts_contribution")
 
 
 def one_minus_cosine_from_norms(n_a: torch.Tensor, n_b: torch.Tensor, n_diff: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,12 @@ Stored arrays (names in the artifact; halves = calibration samples i % 2, see `s
     neurons           [2, 4, L, F]   sums of per-token |down-proj input|
     hidden            [2, 4, N, D]   sums of per-token |norm output|, one row per norm (2 per layer + final)
     block_importance  [2, 4, L, 1]   sums of per-token 1 - cos(layer input, layer output)
+  mixture of experts only (`neurons` is then [2, 4, L, 0]):
+    experts_routed    [2, 4, L, E]   sums of per-token "routed to expert e" (1 / 0): the routed share
+    experts_prob      [2, 4, L, E]   sums of per-token router probabilities (softmax over all experts)
+    experts_contribution [2, 4, L, E] sums of per-token |routing weight x expert output| (0: not routed)
+    expert_neurons    [2, 4, L, E*F] sums of per-token |input of expert e's down projection| (routed
+                                     tokens; expert-major: expert e's channels are e*F .. e*F + F - 1)
     block_angular_k{k} [2, 4, L - k + 1, 1]  sums of per-token arccos(cos(input of layer i, output of
                                      layer i + k - 1)) / pi (scan "angular"; Gromov et al. 2403.17887)
     samples           [2]            samples per half
@@ -30,6 +36,11 @@ from worker.engine.importance.stats import check_reductions, reduce_axis
 from worker.engine.plan import ImportanceScores
 
 WIDTH_AXES = ("heads", "neurons", "hidden")
+EXPERT_METRICS = {  # the names plans and the API use -> artifact arrays
+    "routed": "experts_routed",
+    "prob": "experts_prob",
+    "contribution": "experts_contribution",
+}
 SCANS = ("bi", "drop", "block", "angular")
 DEFAULT_SCANS = ("bi", "drop", "block")  # what the CLI and API run unless told otherwise
 
@@ -79,18 +90,50 @@ class ImportanceResult:
                 layers[name] = self._width(name, batch, seq, half)[:, 0]
         return layers
 
-    def scores(self, batch: str = "l2", seq: str = "mean", half: int | None = None) -> ImportanceScores:
+    @property
+    def is_moe(self) -> bool:
+        return "experts_routed" in self.arrays
+
+    def expert_scores(self, batch: str = "l2", seq: str = "mean", half: int | None = None) -> dict:
+        """{metric: [L, E]} for every metric of EXPERT_METRICS (empty for dense models)."""
+        if not self.is_moe:
+            return {}
+        return {metric: self._width(name, batch, seq, half) for metric, name in EXPERT_METRICS.items()}
+
+    def expert_neuron_scores(self, batch: str = "l2", seq: str = "mean", half: int | None = None):
+        """[L, E, F]: each expert's FFN channels (None for dense models)."""
+        if not self.is_moe:
+            return None
+        flat = self._width("expert_neurons", batch, seq, half)
+        L, E = self.arrays["experts_routed"].shape[2:]
+        return flat.reshape(L, E, -1)
+
+    def scores(
+        self,
+        batch: str = "l2",
+        seq: str = "mean",
+        half: int | None = None,
+        expert_metric: str = "contribution",
+    ) -> ImportanceScores:
         """Scores for one aggregation (default: the papers' best, L2 over batch of per-sample seq means).
 
         Higher = more important on every axis. Hidden channels: each norm's scores, summed over norms.
-        `half` (0 or 1) restricts to one half of the calibration samples.
+        `half` (0 or 1) restricts to one half of the calibration samples. Mixture of experts: experts
+        are ranked by `expert_metric` (routed | prob | contribution).
         """
         check_reductions(batch, seq)
+        if expert_metric not in EXPERT_METRICS:
+            raise ValueError(
+                f"unknown expert metric {expert_metric!r}; choose from {', '.join(EXPERT_METRICS)}"
+            )
+        experts = self.expert_scores(batch, seq, half)
         return ImportanceScores(
             heads=self._width("heads", batch, seq, half),
             neurons=self._width("neurons", batch, seq, half),
             hidden=self._width("hidden", batch, seq, half).sum(axis=0),
             layers=self.layer_scores(batch, seq, half),
+            experts=experts.get(expert_metric),
+            expert_neurons=self.expert_neuron_scores(batch, seq, half),
         )
 
     def rank_stability(self, batch: str = "l2", seq: str = "mean") -> dict[str, float]:
@@ -102,6 +145,10 @@ class ImportanceResult:
         first, second = self.scores(batch, seq, half=0), self.scores(batch, seq, half=1)
         pairs = {axis: (getattr(first, axis), getattr(second, axis)) for axis in WIDTH_AXES}
         pairs.update({name: (first.layers[name], second.layers[name]) for name in first.layers})
+        if self.is_moe:  # every expert metric, and the experts' channels (all experts at once)
+            a, b = self.expert_scores(batch, seq, half=0), self.expert_scores(batch, seq, half=1)
+            pairs.update({f"experts_{m}": (a[m], b[m]) for m in EXPERT_METRICS})
+            pairs["expert_neurons"] = (first.expert_neurons, second.expert_neurons)
         stability = {}
         for axis, (a, b) in pairs.items():
             with warnings.catch_warnings():
