@@ -149,3 +149,59 @@ def test_hung_rank_fails_the_job_within_the_collective_timeout(tmp_path):
     assert code != 0, log
     assert time.monotonic() - began < 120
     assert "timed out" in log.lower() or "timeout" in log.lower(), log[-3000:]
+
+
+def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp_path):
+    """`prunescope distill --stream` in one process == the same command on 2 ranks (torchrun -m)."""
+    from tests.engine.distill_helpers import demo_documents, demo_tokenizer, tiny_llama
+    from worker.cli import main
+    from worker.engine.loading import MANIFEST_FILE, load_model, save_model
+
+    tok = demo_tokenizer()
+    save_model(tiny_llama(seed=1, layers=3), tok, tmp_path / "teacher", {"kind": "test-teacher"})
+    save_model(tiny_llama(seed=2, layers=2), tok, tmp_path / "student", {"kind": "test-student"})
+    lines = [ln for doc in demo_documents("train", 6) for ln in doc.split("\n") if len(ln.strip()) > 20]
+    docs = ["\n".join(lines[i : i + 6]) for i in range(0, min(len(lines), 1800), 6)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+    def args(out):
+        return [
+            *(str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--data", str(data)),
+            *("--stream", "-o", str(out), "--steps", "4", "--batch-size", "4", "--seq-len", "32"),
+            *("--lr", "3e-3", "--warmup", "1", "--val-every", "2", "--val-batches", "1"),
+            *("--checkpoint-every", "2"),
+        ]
+
+    assert main(["distill", *args(tmp_path / "one")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command += [
+        "--monitor-interval=0.5",
+        "-m",
+        "worker.engine.distill.run_distributed",
+        *args(tmp_path / "two"),
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    code, log = _finish(proc)
+    assert code == 0, log
+
+    results = [
+        json.loads((tmp_path / n / "distill_result.json").read_text())["result"] for n in ("one", "two")
+    ]
+    for a, b in zip(results[0]["history"], results[1]["history"]):
+        assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5, rel=1e-4)
+    assert results[1]["distributed"]["world_size"] == 2
+    manifest = json.loads((tmp_path / "two" / MANIFEST_FILE).read_text())
+    assert manifest["world_size"] == 2 and manifest["nodes"] == 1 and manifest["format"] == "vanilla"
+    one, _ = load_model(tmp_path / "one")
+    two, _ = load_model(tmp_path / "two")
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), name

@@ -51,8 +51,10 @@ def data_source(args) -> tuple[str, bool]:
     return args.data, args.stream
 
 
-def open_stream(args, tokenizer, source: str, split: str, *, repeat: bool):
-    """A TokenStream of one split of `source` with the command's options."""
+def open_stream(
+    args, tokenizer, source: str, split: str, *, repeat: bool, rank: int = 0, world_size: int = 1
+):
+    """A TokenStream of one split of `source` with the command's options (this rank's share of it)."""
     from worker.engine.streaming import TokenStream
 
     return TokenStream(
@@ -64,4 +66,6 @@ def open_stream(args, tokenizer, source: str, split: str, *, repeat: bool):
         data_format=args.data_format,
         repeat=repeat,
         hf_split=args.hf_split,
+        rank=rank,
+        world_size=world_size,
     )

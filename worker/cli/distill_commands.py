@@ -8,6 +8,10 @@
 `--teacher` defaults to the shipped demo teacher. `distill --mode ce` is the baseline without a teacher.
 Distillation checkpoints go to `--work-dir` (default OUT.work); `--resume` continues from there exactly.
 Ctrl-C / SIGTERM or creating `--stop-file` stops at the next step boundary with a checkpoint.
+
+Under `torchrun --nproc-per-node N` (or `srun`) the same command runs as N ranks: FSDP2-sharded student,
+`--batch-size` the global batch, sharded checkpoints in the work dir (on a filesystem every node sees),
+rank 0 alone prints and saves (`python -m worker.engine.distill.run_distributed` is the same command).
 """
 
 from __future__ import annotations
@@ -88,6 +92,12 @@ def register(subparsers) -> None:
         default="float32",
         help="dtype of student and teacher weights, gradients and AdamW states (bfloat16: half the memory)",
     )
+    d.add_argument(
+        "--teacher-placement",
+        choices=("auto", "replicate", "shard"),
+        default="auto",
+        help="under torchrun: a whole teacher per rank or sharded like the student (auto: by memory)",
+    )
     d.add_argument("--val-every", type=int, default=50)
     d.add_argument("--val-batches", type=int, default=8)
     d.add_argument("--checkpoint-every", type=int, default=50)
@@ -166,7 +176,9 @@ def _distill(args) -> int:
     from worker.engine.adapters import arch_spec
     from worker.engine.data import PackedTokens, read_documents
     from worker.engine.distill import DistillConfig, distill, hidden_channels_from_plan, layer_map_from_plan
+    from worker.engine.distill.distributed import DistributedContext
     from worker.engine.distill.memory import memory_options
+    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
     from worker.engine.evaluation import make_manifest, write_result
     from worker.engine.loading import save_model
 
@@ -179,7 +191,7 @@ def _distill(args) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise CliError(f"output {out} exists and is not empty (use --overwrite)")
     work = (args.work_dir or out.with_name(out.name + ".work")).expanduser().resolve()
-    if args.resume and not (work / "checkpoint.pt").is_file():
+    if args.resume and not (work / "checkpoint.pt").is_file() and sharded_checkpoint_path(work) is None:
         raise CliError(f"--resume: no checkpoint in {work}")
     try:
         config = DistillConfig(
@@ -197,6 +209,7 @@ def _distill(args) -> int:
             teacher_correction_steps=args.teacher_correction_steps,
             gradient_checkpointing=args.gradient_checkpointing,
             weights_dtype=args.weights_dtype,
+            teacher_placement=args.teacher_placement,
             val_every=args.val_every,
             val_batches=args.val_batches,
             checkpoint_every=args.checkpoint_every,
@@ -208,11 +221,13 @@ def _distill(args) -> int:
             f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}"
         ) from None
 
-    student, tokenizer = _load(args.student, args.device)
+    ctx = DistributedContext.from_environment(args.device)  # one process unless launched by torchrun/srun
+    load_device = "cpu" if ctx.distributed else args.device  # sharding moves each rank's share
+    student, tokenizer = _load(args.student, load_device)
     teacher = teacher_source = None
     if args.mode == "kd":
         teacher_source = _teacher_source(args.teacher)
-        teacher, teacher_tok = _load(teacher_source, args.device)
+        teacher, teacher_tok = _load(teacher_source, load_device)
         tokenizer = tokenizer or teacher_tok
         if teacher.get_input_embeddings().num_embeddings != student.get_input_embeddings().num_embeddings:
             raise CliError("student and teacher have different vocabularies")
@@ -232,7 +247,9 @@ def _distill(args) -> int:
 
     if streamed:
         _say(f"[data] {source}: streaming the train split, validation from the first validation blocks")
-        train = open_stream(args, tokenizer, source, "train", repeat=True)
+        train = open_stream(
+            args, tokenizer, source, "train", repeat=True, rank=ctx.rank, world_size=ctx.world_size
+        )
         first_val = open_stream(args, tokenizer, source, "validation", repeat=False)
         val = PackedTokens.from_blocks(
             first_val.take(config.val_batches * config.batch_size, allow_fewer=True)
@@ -273,13 +290,22 @@ def _distill(args) -> int:
                 checkpoint_dir=work,
                 resume=args.resume,
                 should_stop=should_stop,
+                context=ctx,
             )
+        weights = None if result.stopped else ctx.full_state_dict(student)
+        sharded = ctx.distributed
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        ctx.close()
+    if not ctx.is_main:
+        return 3 if result.stopped else 0
     if result.stopped:
         _say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
         return 3
+    if sharded:
+        student = _whole_student(args.student, weights)
+        teacher = teacher_source  # sharded or not, its weights are those of its source
     manifest = make_manifest(
         models={"student": student, **({"teacher": teacher} if teacher is not None else {})},
         data={
@@ -304,13 +330,14 @@ def _distill(args) -> int:
             "final_validation": result.final_validation,
             "steps": result.steps_completed,
             "tokens": result.history[-1]["tokens"] if result.history else 0,
+            **ctx.describe(),  # world_size, nodes, teacher placement
         },
         overwrite=args.overwrite,
     )
     write_result(
         out / "distill_result.json",
         "distill",
-        {"history": result.history, "validation": result.validation},
+        {"history": result.history, "validation": result.validation, "distributed": ctx.describe()},
         manifest,
     )
     _say(f"[save] {out}")
@@ -318,6 +345,16 @@ def _distill(args) -> int:
         json.dumps({"output": str(out), "steps": result.steps_completed, **(result.final_validation or {})})
     )
     return 0
+
+
+def _whole_student(source: str, weights: dict):
+    """A plain (unsharded) copy of the student holding the gathered weights, to save as today."""
+    from worker.engine.loading import load_model
+
+    student, _ = load_model(source, device="cpu")
+    student.to(next(iter(weights.values())).dtype)
+    student.load_state_dict(weights)
+    return student.eval()
 
 
 def _evaluate(args) -> int:
