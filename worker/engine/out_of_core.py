@@ -98,7 +98,7 @@ def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
     """`provenance.weights_sha256` of the model the checkpoint loads into, read tensor by tensor."""
     digest = hashlib.sha256()
     for name, param in unique_parameters(ckpt.model).items():
-        tensor = ckpt.reader.read(ckpt.source_name(name)).to(ckpt.dtype)
+        tensor = ckpt.reader.read(ckpt.source_name(name)).to(param.dtype)  # as loaded (fp32-kept too)
         digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
         digest.update(tensor.contiguous().view(torch.uint8).numpy())
     return digest.hexdigest()
