@@ -244,3 +244,27 @@ def test_budgets_in_total_or_active_parameters(budget):
     errors = messages(PrunePlan(targets={"experts_per_layer": 1}), "mixtral")
     assert "nearby valid: 2, 3, 4" in errors["targets.experts_per_layer"]
     assert math.isfinite(plan_stats(plan, spec)["percent_of_teacher_active"])
+
+
+# ---- out of core ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+@pytest.mark.parametrize("cut", ["combined", "experts_uniform", "expert_channels"])
+def test_out_of_core_cut_equals_in_memory_cut(family, cut, tmp_path):
+    """The teacher on disk has the hub's per-expert layout (Mixtral: block_sparse_moe.experts.{e}.w1..w3);
+    out-of-core surgery reads only the kept experts' tensors and writes the same weights."""
+    from tests.engine.test_out_of_core import load_by_contract, save_teacher
+    from worker.engine.out_of_core import prune_checkpoint
+
+    plan = CUTS[cut]
+    teacher = tiny_model(family)
+    source = save_teacher(teacher, tmp_path / "teacher")
+    out = prune_checkpoint(source, plan, tmp_path / "student", {}, max_shard_bytes=16_000).path
+    expected = apply_plan(copy.deepcopy(teacher), plan)
+    got = load_by_contract(out)
+    want, have = expected.state_dict(), got.state_dict()
+    assert sorted(want) == sorted(have)
+    for name, tensor in want.items():
+        assert torch.equal(have[name], tensor), name
+    torch.testing.assert_close(logits(got), logits(expected), atol=0, rtol=0)

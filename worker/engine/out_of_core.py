@@ -64,7 +64,29 @@ class Checkpoint:
         short = name.partition(".")[2]
         if short in self.reader:
             return short
+        router = self._experts().router_name(name) if self.adapter.moe else None
+        if router is not None:  # MoE router: the MoE module may have another name on disk (Mixtral)
+            return router
         raise KeyError(f"{self.path}: the checkpoint has no tensor {name}")
+
+    def _experts(self):
+        from worker.engine.expert_layout import FusedExpertReader
+
+        if getattr(self, "_fused", None) is None:
+            self._fused = FusedExpertReader(self.reader, self.adapter)
+        return self._fused
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a model tensor in the checkpoint (fused experts: assembled from per-expert tensors)."""
+        if self.adapter.moe and self._experts().covers(name):
+            return self._experts().shape(name)
+        return self.reader.shape(self.source_name(name))
+
+    def read(self, name: str, dims=None) -> torch.Tensor:
+        """A model tensor, restricted to `dims` (per-dimension indices; None: all) as it is read."""
+        if self.adapter.moe and self._experts().covers(name):
+            return self._experts().read(name, dims or ())
+        return self.reader.read(self.source_name(name), dims)
 
     def model_bytes(self) -> int:
         """Bytes of the model's weights once loaded (what in-memory surgery holds)."""
@@ -98,7 +120,7 @@ def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
     """`provenance.weights_sha256` of the model the checkpoint loads into, read tensor by tensor."""
     digest = hashlib.sha256()
     for name, param in unique_parameters(ckpt.model).items():
-        tensor = ckpt.reader.read(ckpt.source_name(name)).to(param.dtype)  # as loaded (fp32-kept too)
+        tensor = ckpt.read(name).to(param.dtype)  # as loaded (fp32-kept too)
         digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
         digest.update(tensor.contiguous().view(torch.uint8).numpy())
     return digest.hexdigest()
@@ -128,7 +150,7 @@ def _checked_cuts(
     out = []
     for name, param in wanted.items():
         cut = cuts[name]
-        source_shape = ckpt.reader.shape(ckpt.source_name(cut.source))
+        source_shape = ckpt.shape(cut.source)
         shape = cut.shape(source_shape)
         if shape != tuple(param.shape):
             raise RuntimeError(
@@ -170,7 +192,8 @@ def prune_checkpoint(
     def produce(entry: TensorEntry) -> torch.Tensor:
         nonlocal done
         cut = cut_of[entry.name]
-        tensor = ckpt.reader.read(ckpt.source_name(cut.source), cut.keep).to(entry.dtype)
+        # dims, then the per-expert channel selection of fused expert tensors (identity elsewhere)
+        tensor = cut.finish(ckpt.read(cut.source, cut.dims)).to(entry.dtype)
         done += 1
         say(done, len(entries), entry.name)
         return tensor
