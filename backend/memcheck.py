@@ -97,3 +97,32 @@ def check_job(
         )["total"]
 
     refuse_unless_fits(settings, queue, "distillation", need, params, memplan.distill_candidates(params))
+
+
+def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue: str) -> None:
+    """409 when an importance run fits no live worker on its queue. With `offload` "auto" the worker
+    streams the teacher layer by layer when it does not fit, so the smaller of the two layouts counts."""
+    spec = memplan.spec_from_summary(teacher_spec)
+    device = "cuda" if queue == GPU else "cpu"
+    offload = params.get("offload", "auto")
+    layouts = {"never": (False,), "always": (True,)}.get(offload, (False, True))
+    loss_scans = bool({"drop", "block"} & set(params.get("scans", [])))
+
+    def need(p: dict) -> int:
+        return min(
+            memplan.importance_memory(
+                spec,
+                batch_size=p["batch_size"],
+                seq_len=p["seq_len"],
+                loss_scans=loss_scans,
+                streamed=streamed,
+                device=device,
+            )["total"]
+            for streamed in layouts
+        )
+
+    halves, b = [], params["batch_size"] // 2
+    while b >= 1:
+        halves.append({"batch_size": b})
+        b //= 2
+    refuse_unless_fits(settings, queue, "importance run", need, params, halves)

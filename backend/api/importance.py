@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, serialize
+from backend import heatmaps, memcheck, serialize
 from backend.artifacts import ArtifactStore
 from backend.data_reading import check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
@@ -42,6 +42,7 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
         )
     params = body.model_dump(exclude={"teacher_id", "dataset_id"})
     queue = choose_queue(request.app.state.settings, "importance", params)
+    memcheck.check_importance(request.app.state.settings, teacher.spec, params, queue)
     run = ImportanceRun(teacher_id=teacher.id, dataset_id=body.dataset_id, params=params)
     db.add(run)
     db.flush()

@@ -8,7 +8,7 @@ import pytest
 
 from backend import fleet
 from backend.db import session_scope
-from backend.models import Plan, Student, Teacher
+from backend.models import Dataset, Plan, Student, Teacher
 from tests.conftest import settings_from
 from tests.platform.test_routing import counts, fake_worker, forget_worker
 from worker.engine.spec import ArchSpec
@@ -100,6 +100,37 @@ def test_cpu_workers_are_sized_by_their_free_memory(client, api_env, student_id)
     detail = r.json()["detail"]
     assert "(largest: 20.0 GiB on gpu-box cpu)" in detail and "no smaller setting fits either" in detail
     assert counts(url) == before
+    forget_worker(api_env, cpu)
+
+
+def test_importance_counts_the_streamed_layout_unless_offload_is_never(client, api_env, student_id):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher_id = s.get(Student, student_id).teacher_id
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        dataset_id = dataset.id
+    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    body = {
+        "teacher_id": teacher_id,
+        "dataset_id": dataset_id,
+        "batch_size": 64,
+        "seq_len": 2048,
+        "device": "cpu",
+    }
+    before = counts(url)
+    # In memory the 8B teacher's float32 weights alone (~30 GiB) exceed the worker: nothing helps.
+    r = client.post("/api/v1/importance-runs", json={**body, "offload": "never"})
+    assert r.status_code == 409 and "no smaller setting fits either" in r.json()["detail"], r.text
+    # Streamed layer by layer, a smaller batch fits.
+    r = client.post("/api/v1/importance-runs", json={**body, "offload": "always"})
+    assert r.status_code == 409, r.text
+    assert "importance run needs" in r.json()["detail"]
+    assert "nearest setting that fits: batch_size=" in r.json()["detail"]
+    assert counts(url) == before
+    r = client.post("/api/v1/importance-runs", json={**body, "batch_size": 2})  # offload auto: streamed fits
+    assert r.status_code == 201, r.text
     forget_worker(api_env, cpu)
 
 
