@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script by torchrun
 
 from tests.engine.distill_helpers import packed, tiny_llama  # noqa: E402
 from worker.engine.distill import DistillConfig, distill  # noqa: E402
-from worker.engine.distill.distributed import DistributedContext  # noqa: E402
+from worker.engine.distill.distributed import DistillContext  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=24)
     args = p.parse_args(argv)
 
-    ctx = DistributedContext.from_environment()
+    ctx = DistillContext.from_environment()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"pid{ctx.rank}").write_text(str(os.getpid()))

@@ -176,7 +176,7 @@ def _distill(args) -> int:
     from worker.engine.adapters import arch_spec
     from worker.engine.data import PackedTokens, read_documents
     from worker.engine.distill import DistillConfig, distill, hidden_channels_from_plan, layer_map_from_plan
-    from worker.engine.distill.distributed import DistributedContext
+    from worker.engine.distill.distributed import DistillContext
     from worker.engine.distill.memory import memory_options
     from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
     from worker.engine.evaluation import make_manifest, write_result
@@ -221,7 +221,7 @@ def _distill(args) -> int:
             f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}"
         ) from None
 
-    ctx = DistributedContext.from_environment(args.device)  # one process unless launched by torchrun/srun
+    ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
     load_device = "cpu" if ctx.distributed else args.device  # sharding moves each rank's share
     student, tokenizer = _load(args.student, load_device)
     teacher = teacher_source = None

@@ -42,7 +42,7 @@ class DistillConfig(BaseModel):
     gradient_checkpointing: bool = False
     weights_dtype: Literal["float32", "bfloat16"] = "float32"
     # Under torchrun: shard the teacher like the student (forward only) or keep a whole copy per rank;
-    # "auto" replicates when a copy fits easily (distributed.DistributedContext.teacher_placement).
+    # "auto" replicates when a copy fits easily (distill.distributed.DistillContext.teacher_placement).
     teacher_placement: Literal["auto", "replicate", "shard"] = "auto"
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from worker.engine.distill.checkpoint import (
     set_rng_state,
 )
 from worker.engine.distill.config import DistillConfig
-from worker.engine.distill.distributed import DistributedContext, LossModule
+from worker.engine.distill.distributed import DistillContext, LossModule
 from worker.engine.distill.forward import final_hidden, lm_head
 from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosine_state_loss
 from worker.engine.distill.schedule import lambda_for
@@ -93,7 +93,7 @@ def validate(
     Under N ranks each takes its rows of every validation batch (`module` is the sharded loss module);
     a rank left without rows runs the batch's first row at weight 0, since every rank must join each
     sharded forward."""
-    ctx = context or DistributedContext()
+    ctx = context or DistillContext()
     module = module or LossModule(student, teacher, shard_teacher=False)
     device = ctx.device if ctx.distributed else next(student.parameters()).device
     was_training = student.training
@@ -198,7 +198,7 @@ def distill(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
-    context: DistributedContext | None = None,
+    context: DistillContext | None = None,
 ) -> DistillResult:
     """Train `student` in place from `teacher` (mode "kd") or on labels alone (mode "ce").
 
@@ -209,7 +209,7 @@ def distill(
     before every step; when it returns True the loop saves a checkpoint and returns with stopped=True.
     With `resume=True` and a checkpoint in `checkpoint_dir`, the run continues exactly where it stopped
     (a missing checkpoint starts from step 0). The student is left in eval mode.
-    `context` (`DistributedContext.from_environment()` under torchrun) runs it as one of N ranks:
+    `context` (`DistillContext.from_environment()` under torchrun) runs it as one of N ranks:
     `config.batch_size` is then the global batch, the student is FSDP2-sharded (its weights gather with
     `context.full_state_dict`), checkpoints are sharded (DCP) and only rank 0 calls `callback`.
     """
@@ -221,7 +221,7 @@ def distill(
         raise ValueError("mode 'kd' needs a teacher (use mode 'ce' for the baseline without one)")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
-    ctx = context or DistributedContext()
+    ctx = context or DistillContext()
     ctx.check(config)
     device = ctx.device if ctx.distributed else next(student.parameters()).device
     emit = (callback if ctx.is_main else None) or (lambda _m: None)

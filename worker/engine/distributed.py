@@ -1,0 +1,152 @@
+"""One process or N ranks (torchrun, or SLURM `srun`): who am I, and the collectives the engine uses.
+
+`DistributedContext()` is the single-process context: every collective is the identity, so code written
+against it reads the same either way. `DistributedContext.from_environment()` under torchrun (or `srun`
+with MASTER_ADDR/MASTER_PORT set) joins the process group: gloo on CPU, NCCL on CUDA, with a collective
+timeout (PRUNESCOPE_DIST_TIMEOUT_S, default 600 s) so a dead or hung rank fails the job instead of
+hanging it. It is built on `torch.distributed` alone: no home-made exchange.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+
+TIMEOUT_ENV = "PRUNESCOPE_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return None
+
+
+def launched_ranks() -> dict | None:
+    """rank, world size, local rank and local world size from torchrun or SLURM, or None if neither."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    elif "SLURM_PROCID" in os.environ and "MASTER_ADDR" in os.environ:  # srun without torchrun
+        env = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE")
+    else:
+        return None
+    rank, world = _env_int(env[0]), _env_int(env[1])
+    local = _env_int(env[2]) or 0
+    per_node = _env_int(env[3]) or world
+    return {"rank": rank, "world_size": world, "local_rank": local, "local_world_size": per_node}
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    nodes: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mesh: object = None  # a DeviceMesh when distributed
+    placement: dict = field(default_factory=dict)  # how the models were placed (reported)
+
+    @property
+    def distributed(self) -> bool:
+        return self.mesh is not None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: str = "cpu", timeout_s: float | None = None) -> DistributedContext:
+        """Join the launcher's process group, or the single-process context when not launched."""
+        ranks = launched_ranks()
+        if ranks is None:
+            return cls(device=torch.device(device))
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        for key, name in (("rank", "RANK"), ("world_size", "WORLD_SIZE"), ("local_rank", "LOCAL_RANK")):
+            os.environ.setdefault(name, str(ranks[key]))  # srun: init_process_group reads env://
+        kind = torch.device(device).type
+        if kind == "cuda":
+            torch.cuda.set_device(ranks["local_rank"])
+            dev = torch.device("cuda", ranks["local_rank"])
+        else:
+            dev = torch.device("cpu")
+        timeout = timeout_s or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+        mesh = init_device_mesh(kind, (ranks["world_size"],))
+        return cls(
+            rank=ranks["rank"],
+            world_size=ranks["world_size"],
+            local_rank=ranks["local_rank"],
+            nodes=max(1, ranks["world_size"] // max(1, ranks["local_world_size"])),
+            device=dev,
+            mesh=mesh,
+        )
+
+    def close(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.mesh = None
+
+    def describe(self) -> dict:
+        return {"world_size": self.world_size, "nodes": self.nodes, **self.placement}
+
+    # -- collectives (the identity in one process) ------------------------------------------------
+
+    def mean(self, values: list[float]) -> list[float]:
+        if not self.distributed:
+            return list(values)
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return (t / self.world_size).tolist()
+
+    def sum(self, values: list[float]) -> list[float]:
+        return [v * self.world_size for v in self.mean(values)]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on any (a stop seen by one rank stops them all)."""
+        return self.sum([1.0 if flag else 0.0])[0] > 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather_objects(self, obj) -> list:
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum_(self, tensors) -> None:
+        """Sum each tensor over the ranks, in place."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            for t in tensors:
+                dist.all_reduce(t)
+
+    def local_rows(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch: rank, rank + W, ..."""
+        return batch[self.rank :: self.world_size]
+
+    @staticmethod
+    def scalar(value) -> float:
+        """A float from a tensor that may be a DTensor (FSDP's gradient norm)."""
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()
+        return float(value)
