@@ -68,14 +68,16 @@ def run_isolated(target: Callable[..., Any], *args: Any, poll_s: float = 0.2) ->
                 except EOFError:  # the child exited without sending
                     break
             elif not process.is_alive():
+                if reader.poll(0):  # it sent its result just before it exited
+                    continue
                 break
             if SHUTTING_DOWN.is_set() and not signalled and process.is_alive():
                 signalled = True
                 process.terminate()  # SIGTERM: the child's handler stops the job at its next step
-        process.join()
+        process.join(timeout=30)  # the result is in: a child stuck on its way out is killed below
     finally:
         reader.close()
-        if process.is_alive():  # only when this thread itself is interrupted
+        if process.is_alive():  # stuck after reporting, or this thread itself was interrupted
             process.kill()
             process.join()
     if outcome is None:
