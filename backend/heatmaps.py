@@ -1,5 +1,6 @@
 """Heatmap-ready payloads from an importance artifact: layers x heads, layers x neurons (server-side
-binning, sorting, layer range and zoom), hidden channels, layer scores, rank stability.
+binning, sorting, layer range and zoom), hidden channels, layer scores, rank stability, and for
+mixture-of-experts runs layers x experts (routed share, router probability, contribution).
 
 Results are cached per (artifact, aggregation) because the dashboard re-requests the same run while
 the user zooms; numbers are rounded to 4 significant digits to keep payloads small, so every ranking
@@ -51,8 +52,12 @@ def result(path: Path) -> ImportanceResult:
     return _remember(_results, str(path), lambda: ImportanceResult.load(path))
 
 
-def scores(path: Path, batch: str, seq: str) -> ImportanceScores:
-    return _remember(_scores, (str(path), batch, seq), lambda: result(path).scores(batch, seq))
+def scores(path: Path, batch: str, seq: str, expert_metric: str = "contribution") -> ImportanceScores:
+    return _remember(
+        _scores,
+        (str(path), batch, seq, expert_metric),
+        lambda: result(path).scores(batch, seq, expert_metric=expert_metric),
+    )
 
 
 def compact(values: np.ndarray) -> list:
@@ -178,6 +183,29 @@ def neurons(
         "end": end,
         "width": int(width),
         "order": order,
+    }
+
+
+class NoExperts(ValueError):
+    """The run's model has no mixture-of-experts layers."""
+
+
+def experts(path: Path, batch: str, seq: str) -> dict:
+    """Layers x experts, one matrix per metric, with each row's ranks (0 = least important, the order
+    `fill_plan` removes in for that metric) and the experts' FFN width."""
+    res = result(path)
+    if not res.is_moe:
+        raise NoExperts(
+            "this importance run has no expert scores: its model has no mixture-of-experts layers"
+        )
+    per_metric = res.expert_scores(batch, seq)
+    L, E = next(iter(per_metric.values())).shape
+    return {
+        "layers": int(L),
+        "experts": int(E),
+        "expert_width": int(res.arrays["expert_neurons"].shape[-1] // E),
+        "metrics": {m: compact(z) for m, z in per_metric.items()},
+        "rank": {m: ranks(np.asarray(z, dtype=np.float64)).tolist() for m, z in per_metric.items()},
     }
 
 

@@ -131,6 +131,8 @@ class PlanFill(Strict):
     targets: PlanTargets
     batch: BatchAgg = "l2"
     seq: SeqAgg = "mean"
+    # Mixture of experts: which per-expert score ranks experts (experts_per_layer).
+    expert_metric: Literal["routed", "prob", "contribution"] = "contribution"
 
 
 class PlanCreate(Strict):

@@ -147,6 +147,14 @@ def run_layers(artifact: RunArtifact, agg: Aggregation) -> dict:
     return heatmaps.layers(artifact[1], *agg)
 
 
+@router.get("/importance-runs/{run_id}/experts")
+def run_experts(artifact: RunArtifact, agg: Aggregation) -> dict:
+    try:
+        return heatmaps.experts(artifact[1], *agg)
+    except heatmaps.NoExperts as exc:
+        raise HTTPException(404, f"Importance run {artifact[0].id}: {exc}") from exc
+
+
 @router.get("/importance-runs/{run_id}/stability")
 def run_stability(artifact: RunArtifact, agg: Aggregation) -> dict:
     return heatmaps.stability(artifact[1], *agg)

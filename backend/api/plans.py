@@ -65,7 +65,11 @@ def fill(body: PlanFill, db: Session = Depends(get_db), settings: Settings = Dep
     if run.teacher_id != body.teacher_id:
         raise HTTPException(422, f"importance_run_id: run {run.id} belongs to teacher {run.teacher_id}")
     try:
-        plan = fill_plan(PrunePlan(targets=body.targets), spec, heatmaps.scores(path, body.batch, body.seq))
+        plan = fill_plan(
+            PrunePlan(targets=body.targets),
+            spec,
+            heatmaps.scores(path, body.batch, body.seq, body.expert_metric),
+        )
     except PlanError as exc:
         raise RequestValidationError(
             [
