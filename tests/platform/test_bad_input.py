@@ -234,3 +234,12 @@ def test_a_500_keeps_the_connection_alive(api_env):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_targets_only_plan_validates(client, ready_teacher):
+    """Found by the schema fuzz: a plan whose targets drop layers (none named yet) was a 500."""
+    r = client.post(
+        "/api/v1/plans/validate", json={"teacher_id": ready_teacher, "plan": {"targets": {"num_layers": 1}}}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["stats"] is not None and r.json()["messages"] == []

@@ -476,7 +476,10 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             f"{', '.join(map(str, near))}",
         )
     ealign = expert_alignment(spec)
-    for layer, shape in zip(kept_layers(plan, spec), new_shapes, strict=True):
+    kept = kept_layers(plan, spec)
+    if len(kept) != len(new_shapes):  # targets chose which layers go: name them by their new position
+        kept = list(range(len(new_shapes)))
+    for layer, shape in zip(kept, new_shapes, strict=True):
         if shape.num_experts and shape.intermediate_size % ealign:
             f = shape.intermediate_size
             near = [v for v in (f // ealign * ealign, (f // ealign + 1) * ealign) if v > 0]
