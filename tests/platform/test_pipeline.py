@@ -225,6 +225,8 @@ def check_out_of_core_student(live_app, plan: dict, in_memory: dict) -> None:
     student = live_app.api.get(f"/students/{r.json()['id']}").json()
     assert student["status"] == "ready" and student["spec"] == in_memory["spec"]
     root = live_app.data_dir / "artifacts"
+    files = [sorted(p.name for p in (root / s["path"]).iterdir()) for s in (in_memory, student)]
+    assert files[0] == files[1] and "tokenizer.json" in files[0]  # the same files, the tokenizer too
     a, b = CheckpointReader(root / in_memory["path"]), CheckpointReader(root / student["path"])
     assert sorted(a.names()) == sorted(b.names())
     assert all(a.read(n).equal(b.read(n)) for n in a.names())
