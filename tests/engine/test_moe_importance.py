@@ -136,3 +136,18 @@ def test_artifact_round_trip_rank_stability_and_fill(tmp_path):
     with torch.no_grad():
         got = student(batches()[0]["input_ids"]).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_layer_streamed_pass_equals_the_in_memory_pass(family, tmp_path):
+    """The streamed pass loads each layer from the checkpoint's per-expert layout (fused on load)."""
+    from tests.engine.test_importance_streamed import assert_same_result
+    from worker.engine.importance.streamed import compute_importance_streamed
+    from worker.engine.loading import load_model
+
+    tiny_model(family).save_pretrained(tmp_path / "teacher")
+    model, _ = load_model(tmp_path / "teacher")
+    in_memory = compute_importance(model, batches(), scans=("bi", "drop"))
+    streamed = compute_importance_streamed(tmp_path / "teacher", batches(), scans=("bi", "drop"))
+    assert_same_result(streamed, in_memory)  # every array, expert ones included, and the weights hash
+    assert streamed.manifest["execution"]["mode"] == "streamed"

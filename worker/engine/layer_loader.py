@@ -96,6 +96,12 @@ class ModuleLoader:
         # A tied parameter's meta object -> its loaded Parameter, so the second owner reuses it.
         self._loaded: dict[int, nn.Parameter] = {}
         self._param_names = {id(p): name for name, p in model.named_parameters()}  # first name if tied
+        # Mixture of experts: fused expert tensors are assembled from the hub's per-expert layout.
+        from worker.engine.adapters import adapter_for_model_type
+        from worker.engine.expert_layout import FusedExpertReader
+
+        adapter = adapter_for_model_type(model.config.model_type)
+        self._experts = FusedExpertReader(reader, adapter) if adapter.moe else None
 
     def _source_name(self, name: str) -> str:
         """The checkpoint's name for a model tensor (base-model checkpoints omit the first prefix)."""
@@ -104,7 +110,15 @@ class ModuleLoader:
         short = name.partition(".")[2]
         if short in self.reader:
             return short
+        router = self._experts.router_name(name) if self._experts is not None else None
+        if router is not None:  # the MoE module may have another name on disk (Mixtral)
+            return router
         raise KeyError(f"{self.reader.path}: the checkpoint has no tensor {name}")
+
+    def _read(self, name: str) -> torch.Tensor:
+        if self._experts is not None and self._experts.covers(name):
+            return self._experts.read(name)
+        return self.reader.read(self._source_name(name))
 
     def load(self, module: nn.Module) -> None:
         prefix = self._names[id(module)]
@@ -115,7 +129,7 @@ class ModuleLoader:
                 loaded = self._loaded.get(id(param))
                 if loaded is None:
                     name = self._param_names.get(id(param), f"{owner_name}.{leaf}")
-                    tensor = self.reader.read(self._source_name(name)).to(self.device, param.dtype)
+                    tensor = self._read(name).to(self.device, param.dtype)
                     if tuple(tensor.shape) != tuple(param.shape):
                         raise ValueError(
                             f"{self.reader.path}: {name} has shape {tuple(tensor.shape)}, "
