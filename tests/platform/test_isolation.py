@@ -229,6 +229,7 @@ def test_two_jobs_in_one_worker_both_succeed_and_a_benchmark_runs_alone(app, wor
 
 @pytest.mark.parametrize("worker", [()], indirect=True)  # `prunescope worker`'s defaults: one heavy slot
 def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
+    """On a one-slot worker; then a running job is cancelled, and one whose process is killed fails."""
     distill = running_distill(app, student, steps=100_000)
     try:
         teacher = app.api.post("/teachers", json={"name": "again", "source": str(app.teacher_dir)}).json()
@@ -239,3 +240,16 @@ def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
         app.api.post(f"/jobs/{distill['id']}/cancel")
     cancelled = app.wait_job(distill["id"], timeout=60)
     assert cancelled["status"] == "cancelled", cancelled
+
+    # A job whose process dies (the OOM killer) is failed by the worker at once, with the reason, not
+    # after the heartbeat timeout (60 s here); resumable from its checkpoint; the worker serves on.
+    doomed = start_distill(app, student["id"], steps=100_000, checkpoint_every=2)
+    deadline = time.monotonic() + 120
+    while (app.api.get(f"/jobs/{doomed['id']}").json()["checkpoint_step"] or 0) < 2:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.1)
+    os.kill(job_process(app, doomed["id"]), signal.SIGKILL)
+    failed = app.wait_job(doomed["id"], timeout=20)
+    assert failed["status"] == "failed" and failed["resumable"], failed
+    assert "the job's process was killed by SIGKILL (out of memory?)" in failed["error"]
+    assert worker.proc.poll() is None
