@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Prune jobs and `prunescope prune` in "auto" mode cut out of core (tensor by tensor from the
     # checkpoint) when the loaded teacher would exceed this many GB; unset: half the available RAM.
     out_of_core_threshold_gb: float | None = None
+    # Where layer-streamed importance memory-maps the activations that fit neither the device nor RAM
+    # (a fast local disk, not a tmpfs); unset: the system temporary directory.
+    spill_dir: Path | None = None
     # Prefix of every Redis key and channel, so deployments (or test runs) can share one Redis server.
     redis_prefix: str = ""
     frontend_dir: Path | None = None

@@ -168,7 +168,13 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         check_remote_code(rt, teacher.trust_remote_code)
         rt.progress(0.0, f"streaming the model layer by layer: {mode.reason}", force=True)
         tokenizer = load_tokenizer(source, teacher.trust_remote_code)
-        importance_pass = partial(compute_importance_streamed, source, device=rt.device, reason=mode.reason)
+        importance_pass = partial(
+            compute_importance_streamed,
+            source,
+            device=rt.device,
+            reason=mode.reason,
+            spill_dir=rt.settings.spill_dir,
+        )
     else:
         rt.progress(0.0, f"loading model: {mode.reason}", force=True)
         model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)

@@ -168,3 +168,23 @@ def test_bad_sources_and_inputs_are_clear_errors(tmp_path, tmp_path_factory):
         compute_importance_streamed(path, [])
     with pytest.raises(ValueError, match="unknown scan"):
         compute_importance_streamed(path, batches(), scans=("bogus",))
+
+
+def test_measured_budget_spills_to_the_spill_dir_when_memory_is_short(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    """Default budget: from the free memory; with none left every store goes to files under spill_dir."""
+    from worker.engine.importance import activation_store
+
+    path = saved(tmp_path_factory, "qwen2")
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), scans=("bi", "drop"))
+    monkeypatch.setattr(activation_store, "free_device_bytes", lambda device: 0)
+    files = []
+    original = torch.from_file
+    monkeypatch.setattr(torch, "from_file", lambda f, *a, **k: files.append(f) or original(f, *a, **k))
+    streamed = compute_importance_streamed(path, batches(), scans=("bi", "drop"), spill_dir=tmp_path)
+    assert_same_result(streamed, in_memory)
+    activations = streamed.manifest["execution"]["activations"]
+    assert activations["stores"] == {"disk": 1 + 4} and activations["budget_bytes"]["device"] == 0
+    assert files and all(f.startswith(str(tmp_path)) for f in files) and list(tmp_path.iterdir()) == []

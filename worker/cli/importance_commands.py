@@ -9,6 +9,7 @@ checkpoint (`--offload`, worker/engine/importance/offload.py); the scores are th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,13 @@ def register(subparsers) -> None:
         choices=["auto", "never", "always"],  # worker.engine.importance.offload.OFFLOAD_CHOICES
         help="stream the model one decoder layer at a time from its safetensors checkpoint: auto (when "
         "the weights + margin exceed the device's free memory; default), always, never",
+    )
+    parser.add_argument(
+        "--spill-dir",
+        type=Path,
+        default=None,
+        help="streamed: where activations that fit neither the device nor RAM are memory-mapped "
+        "(default: PRUNESCOPE_SPILL_DIR, else the system temporary directory)",
     )
     parser.add_argument("-o", "--out", required=True, type=Path, help="run directory for the artifact")
     parser.set_defaults(handler=_importance)
@@ -167,7 +175,13 @@ def _importance(args: argparse.Namespace) -> int:
         common = dict(scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata)
         if mode.streamed:
             result = compute_importance_streamed(
-                args.model, batches, dtype=args.dtype, device=device, reason=mode.reason, **common
+                args.model,
+                batches,
+                dtype=args.dtype,
+                device=device,
+                reason=mode.reason,
+                spill_dir=args.spill_dir or os.environ.get("PRUNESCOPE_SPILL_DIR"),
+                **common,
             )
         else:
             result = compute_importance(model, batches, execution=mode.record(), **common)

@@ -149,12 +149,14 @@ def compute_importance_streamed(
     budget: StoreBudget | None = None,
     reason: str = "requested",
     attn_implementation: str | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> ImportanceResult:
     """`compute_importance` of the checkpoint at `source`, one layer on the device at a time.
 
     Same arguments and result as `compute_importance` (its manifest says `execution.mode:
     "streamed"` with `reason`), plus the checkpoint's `dtype` / `device` as `load_model` takes them
-    and the activation store `budget` (default: measured from the free memory). `progress(n)` gets
+    and the activation store `budget` (default: measured from the free memory, spilling to files
+    under `spill_dir`, default the system temporary directory). `progress(n)` gets
     whole samples as the work advances (each batch is 1 / (L + 1) done after each layer); the
     calls add up to the number of samples.
     """
@@ -177,7 +179,8 @@ def compute_importance_streamed(
     act_dtype = next(model.parameters()).dtype
     shapes = [(*b["input_ids"].shape, spec.hidden_size) for b in batches]
     if budget is None:
-        budget = StoreBudget.measure(device, working_bytes(model, adapter, shapes, act_dtype))
+        reserve = working_bytes(model, adapter, shapes, act_dtype)
+        budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None)
     stores = ActivationStores(budget, device, ActivationStores.bytes_for(shapes, act_dtype))
     hasher = WeightsHasher(model) if hash_weights else None
     loader = ModuleLoader(model, reader, device, on_load=hasher.add if hasher else None)
