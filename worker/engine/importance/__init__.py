@@ -14,6 +14,11 @@ sums on the device), `hooks` (where each score is read), `layer_scan` (drop / bl
 prefix reuse), `compute` (the pass), `result` (torch-free scores, rank stability), `artifact` (disk
 format), `provenance` (manifest). `ImportanceResult` and the artifact are torch-free; `compute_importance`
 is imported lazily so that loading an artifact does not import torch.
+
+Models larger than the device: `streamed.compute_importance_streamed(checkpoint_dir, batches, ...)` runs
+the same pass one decoder layer at a time from the safetensors checkpoint (same result; its activations
+live in `activation_store`), and `offload.choose_mode` decides between the two (`--offload`, the job's
+`offload`).
 """
 
 from __future__ import annotations
