@@ -140,6 +140,8 @@ export async function jobView(host, { args, query }, ctx) {
         h("span.spacer"),
         h("button.danger", { disabled: !canCancel, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel"),
         h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : job.resumable ? "run it again (it never started; routed to a worker anew)" : "needs a checkpoint" }, "Resume"),
+        // A queued job whose message the broker lost (the API also re-sends those by itself).
+        job.status === "queued" ? h("button", { onclick: () => act("resend"), dataset: { testid: "resend" }, title: "publish its message again, if it is stuck in the queue (a duplicate never runs it twice)" }, "Re-send") : null,
         student ? h("a.btn", { href: href("compare", [], { students: student.id, teacher: student.teacher_id }) }, "Compare") : null,
       ),
       h("section.panel", { style: { marginBottom: "14px" }, dataset: { testid: "job-progress" } },
