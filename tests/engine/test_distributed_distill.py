@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,51 +17,18 @@ import pytest
 import torch
 
 from tests.engine import distill_rank_main
+from tests.engine.torchrun_helpers import finish, kill_group, launch, rank_env
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(distill_rank_main.__file__)
 STEPS = 10
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
-def _launch(out: Path, *args: str, ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
-    command += ["--monitor-interval=0.5", str(SCRIPT), str(out), f"--steps={STEPS}", *args]
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env or _env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: the finally below reaps every rank
-    )
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and any rank still alive
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, output
-    finally:
-        _kill_group(proc)
+def _launch(out: Path, *args: str, ranks: int = 2, env: dict | None = None):
+    return launch([str(SCRIPT), str(out), f"--steps={STEPS}", *args], ranks=ranks, env=env)
 
 
 def _run(out: Path, *args: str, ranks: int = 2, env: dict | None = None) -> tuple[int, str]:
-    return _finish(_launch(out, *args, ranks=ranks, env=env))
+    return finish(_launch(out, *args, ranks=ranks, env=env))
 
 
 def _history(out: Path) -> dict:
@@ -130,11 +95,11 @@ def test_killed_rank_fails_the_job_and_it_resumes_on_one_rank(reference, tmp_pat
             time.sleep(0.2)
         killed_at = time.monotonic()
         os.kill(int((tmp_path / "pid1").read_text()), signal.SIGKILL)
-        code, log = _finish(proc, timeout=60)
+        code, log = finish(proc, timeout=60)
         assert code != 0, log
         assert time.monotonic() - killed_at < 60
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     assert not (tmp_path / "history.json").exists()  # the job did not finish
 
     code, log = _run(tmp_path, "--resume", ranks=1)  # 2 ranks -> 1: DCP reshards the checkpoint
@@ -145,7 +110,7 @@ def test_killed_rank_fails_the_job_and_it_resumes_on_one_rank(reference, tmp_pat
 
 def test_hung_rank_fails_the_job_within_the_collective_timeout(tmp_path):
     began = time.monotonic()
-    code, log = _run(tmp_path, "--hang-at=2", env=_env(PRUNESCOPE_DIST_TIMEOUT_S="5"))
+    code, log = _run(tmp_path, "--hang-at=2", env=rank_env(PRUNESCOPE_DIST_TIMEOUT_S="5"))
     assert code != 0, log
     assert time.monotonic() - began < 120
     assert "timed out" in log.lower() or "timeout" in log.lower(), log[-3000:]
@@ -174,23 +139,8 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
         ]
 
     assert main(["distill", *args(tmp_path / "one")]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += [
-        "--monitor-interval=0.5",
-        "-m",
-        "worker.engine.distill.run_distributed",
-        *args(tmp_path / "two"),
-    ]
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    code, log = _finish(proc)
+    proc = launch(["-m", "worker.engine.distill.run_distributed", *args(tmp_path / "two")])
+    code, log = finish(proc)
     assert code == 0, log
 
     results = [

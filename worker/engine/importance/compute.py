@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from worker.engine.adapters import adapter_for
 from worker.engine.chunked_head import final_hidden_states
+from worker.engine.distributed import DistributedContext
 from worker.engine.importance.accumulators import BatchContext
 from worker.engine.importance.hooks import ImportanceHooks
 from worker.engine.importance.layer_scan import (
@@ -71,6 +73,7 @@ def compute_importance(
     metadata: dict | None = None,
     hash_weights: bool = True,
     execution: dict | None = None,
+    context: DistributedContext | None = None,
 ) -> ImportanceResult:
     """Importance of heads, neurons, hidden channels and layers of `model` (see the package docstring).
 
@@ -80,11 +83,14 @@ def compute_importance(
     `metadata` is merged into the manifest (model source, data source, seed...). `hash_weights=False`
     skips the manifest's SHA-256 of the weights (a one-off cost: it reads every weight once on the host).
     `execution` is the manifest's record of how the pass ran and why (default: in memory).
+    `context` (`DistributedContext.from_environment()` under torchrun): data-parallel, every rank holds
+    the whole model and runs batches rank, rank + W, ... of the same `batches` (their samples keep
+    their global numbers, hence their halves); the running sums and loss sums are then summed over the
+    ranks, so every rank returns the result one process would (float32 sums, in another order).
     """
+    dp = context or DistributedContext()
     adapter = adapter_for(model)
     spec = adapter.spec(model)
-    if spec.layers is not None:
-        raise ValueError("importance needs a model whose layers all have the same shape (an unpruned model)")
     num_layers = spec.num_layers
     scans = check_scans(scans, block_size, num_layers)
     loss_scans = loss_scan_sizes(scans, block_size)
@@ -104,7 +110,12 @@ def compute_importance(
     )
     try:
         with torch.inference_mode(), hooks:
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                if index % dp.world_size != dp.rank:  # another rank's batch: it only takes its place
+                    samples += batch["input_ids"].shape[0]
+                    batch_count += 1
+                    seq_len = max(seq_len, batch["input_ids"].shape[1])
+                    continue
                 host_mask = batch.get("attention_mask")
                 if host_mask is None:
                     host_mask = torch.ones_like(batch["input_ids"])
@@ -135,6 +146,8 @@ def compute_importance(
                     progress(input_ids.shape[0])
     finally:
         model.train(was_training)
+    dp.all_reduce_sum_([axis.sums for axis in hooks.axes] + list(loss.values()))
+    scan_forwards = int(round(dp.sum([scanner.layer_forwards])[0]))
     if samples == 0:
         raise ValueError("no calibration samples: the batches were empty")
     return build_result(
@@ -146,8 +159,8 @@ def compute_importance(
         angular=hooks.angular,
         loss=loss,
         counts=(samples, batch_count, seq_len),
-        scan_forwards=scanner.layer_forwards,
-        metadata=metadata,
+        scan_forwards=scan_forwards,
+        metadata=metadata if dp.world_size == 1 else {**(metadata or {}), "world_size": dp.world_size},
         weights_hash=weights_sha256(model) if hash_weights else None,
         execution=execution or IN_MEMORY,
     )
@@ -174,6 +187,9 @@ def build_result(
     num_layers = spec.num_layers
     arrays = {"samples": torch.tensor([(samples + 1) // 2, samples // 2], dtype=torch.float32).numpy()}
     arrays.update(heads=hooks.heads.numpy(), neurons=hooks.neurons.numpy(), hidden=hooks.hidden.numpy())
+    if not hooks.uniform:  # layers of different widths: the sums are padded to the widest layer
+        arrays["heads_valid"] = np.array(hooks.layer_heads, dtype=np.int64)
+        arrays["neurons_valid"] = np.array(hooks.layer_neurons, dtype=np.int64)
     if hooks.moe:  # per expert and layer; expert_neurons [2, 4, L, E x F] (expert-major)
         arrays.update({name: axis.numpy() for name, axis in hooks.experts.items()})
         arrays["expert_neurons"] = hooks.expert_neurons.numpy()

@@ -1,0 +1,24 @@
+"""Data-parallel importance: 2 gloo ranks, each scoring its batches, == one process on the same samples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.engine import importance_rank_main
+from tests.engine.torchrun_helpers import run
+from worker.engine.importance.result import ImportanceResult
+
+
+def test_two_ranks_score_like_one_process(tmp_path):
+    assert importance_rank_main.main([str(tmp_path / "one")]) == 0
+    code, log = run([importance_rank_main.__file__, str(tmp_path / "two")])
+    assert code == 0, log
+    one, two = (ImportanceResult.load(tmp_path / n) for n in ("one", "two"))
+    assert set(one.arrays) == set(two.arrays) and "loss_drop" in one.arrays and "heads" in one.arrays
+    for name, want in one.arrays.items():
+        got = two.arrays[name]
+        assert np.abs(want).max() > 0 or name == "samples", name  # not two empty passes agreeing
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(), err_msg=name)
+    assert two.manifest["samples"] == one.manifest["samples"] == 10
+    assert two.manifest["evaluations"] == one.manifest["evaluations"]
+    assert two.manifest["world_size"] == 2

@@ -1,0 +1,55 @@
+"""Launching a script as N gloo ranks with `python -m torch.distributed.run`, for the distributed tests.
+
+Every launch runs in a process group of its own and is SIGKILLed as a group when it ends, so no rank
+outlives its test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rank_env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # a test run under a launcher must not leak its own rank into ours
+    return env
+
+
+def launch(target: list[str], *, ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
+    """`target`: a script path and its arguments, or ["-m", module, ...]."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    return subprocess.Popen(
+        [*command, "--monitor-interval=0.5", *target],
+        cwd=ROOT,
+        env=env or rank_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, killed whole below
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and any rank still alive
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    finally:
+        kill_group(proc)
+
+
+def run(target: list[str], *, ranks: int = 2, env: dict | None = None) -> tuple[int, str]:
+    return finish(launch(target, ranks=ranks, env=env))
