@@ -81,9 +81,20 @@ def _nullify(listed, finite):
     return listed if finite else None
 
 
+def _padding_last(values: np.ndarray) -> np.ndarray:
+    """float64 scores with NaN (the padding of a non-uniform model's narrower layers) below every score."""
+    arr = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(arr), -np.inf, arr)
+
+
 def ranks(values: np.ndarray) -> np.ndarray:
-    """Rank along the last axis, 0 = least important."""
-    return np.argsort(np.argsort(values, axis=-1, kind="stable"), axis=-1, kind="stable")
+    """Rank along the last axis, 0 = least important; padding (NaN scores) ranks -1."""
+    arr = _padding_last(values)
+    order = np.argsort(np.argsort(arr, axis=-1, kind="stable"), axis=-1, kind="stable")
+    padding = np.isnan(np.asarray(values, dtype=np.float64))
+    if not padding.any():
+        return order
+    return np.where(padding, -1, order - padding.sum(axis=-1, keepdims=True))
 
 
 def descending_order(values: np.ndarray) -> np.ndarray:
@@ -92,8 +103,9 @@ def descending_order(values: np.ndarray) -> np.ndarray:
     `fill_plan` removes the first n of a stable ascending argsort of the float64 scores, so this is
     that argsort reversed: the last n positions of each row are exactly the units it would remove
     (the browser must not re-rank the 4-digit payload values, near-ties would come out differently).
+    Padding (NaN scores of a non-uniform model's narrower layers) comes last.
     """
-    return np.argsort(np.asarray(values, dtype=np.float64), axis=-1, kind="stable")[..., ::-1]
+    return np.argsort(_padding_last(values), axis=-1, kind="stable")[..., ::-1]
 
 
 def index_dtype(width: int) -> str:
@@ -119,10 +131,16 @@ def neuron_order(path: Path, batch: str, seq: str) -> dict:
     return {
         "layers": int(full.shape[0]),
         "width": int(full.shape[1]),
+        "widths": widths(full),
         "dtype": dtype,
         "encoding": "base64",
         "order": rows,
     }
+
+
+def widths(z: np.ndarray) -> list[int]:
+    """Real units of each layer (a non-uniform model's narrower layers end in NaN padding)."""
+    return (~np.isnan(np.asarray(z, dtype=np.float64))).sum(axis=1).astype(int).tolist()
 
 
 def heads(path: Path, batch: str, seq: str, kv_groups: int | None) -> dict:
@@ -130,6 +148,7 @@ def heads(path: Path, batch: str, seq: str, kv_groups: int | None) -> dict:
     return {
         "layers": int(z.shape[0]),
         "heads": int(z.shape[1]),
+        "widths": widths(z),
         "kv_groups": kv_groups,
         "z": compact(z),
         "rank": ranks(z).tolist(),
@@ -171,8 +190,13 @@ def neurons(
     block = data[layer_start:layer_end, start:end]
     n = min(bins, end - start)
     edges = np.unique(np.linspace(0, end - start, n + 1).round().astype(np.int64))
-    z = np.add.reduceat(block, edges[:-1], axis=1) / np.diff(edges)
-    zmax = np.maximum.reduceat(block, edges[:-1], axis=1)
+    # Means over each bin's real neurons (padding of a non-uniform model's narrower layers is NaN and
+    # left out; a bin of padding only stays NaN -> null).
+    real = ~np.isnan(block)
+    count = np.add.reduceat(real, edges[:-1], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.add.reduceat(np.where(real, block, 0.0), edges[:-1], axis=1) / count
+    zmax = np.fmax.reduceat(block, edges[:-1], axis=1)
     return {
         "layers": list(range(layer_start, layer_end)),
         "bins": int(len(edges) - 1),
@@ -182,6 +206,7 @@ def neurons(
         "start": start,
         "end": end,
         "width": int(width),
+        "widths": widths(full[layer_start:layer_end]),
         "order": order,
     }
 

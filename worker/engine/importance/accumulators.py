@@ -119,7 +119,18 @@ class RunningSums:
     def add(self, row: int, values: torch.Tensor, ctx: BatchContext) -> None:
         """Per-token values [B, S, U] of one row (a layer or a norm); |values| is what gets summed."""
         row -= self.window.start
-        ctx.reduce_into(values, self.seq_sum[row], self.seq_l2[row])
+        width = values.shape[-1]
+        if width == self.units:
+            ctx.reduce_into(values, self.seq_sum[row], self.seq_l2[row])
+            return
+        # A narrower layer of a non-uniform model: reduce into fresh buffers, fill the first columns.
+        out_sum, out_l2 = (
+            self.seq_sum.new_zeros(ctx.batch_size, width),
+            self.seq_l2.new_zeros(ctx.batch_size, width),
+        )
+        ctx.reduce_into(values, out_sum, out_l2)
+        self.seq_sum[row, :, :width] = out_sum
+        self.seq_l2[row, :, :width] = out_l2
 
     def add_all_rows(self, values: torch.Tensor, ctx: BatchContext) -> None:
         """Small per-token values of every row of the window at once: [rows, B, S, U] (heads, block

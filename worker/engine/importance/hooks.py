@@ -77,9 +77,16 @@ class ImportanceHooks:
         self.block_importance, self.record_calls = block_importance, record_calls
         device = device or next(model.parameters()).device  # given when the model is on "meta"
         num_layers = len(self.layers)
-        heads = adapter.layer_num_heads(self.layers[0], self.head_dim)
         self.moe = adapter.is_moe_layer(self.layers[0])
-        neurons = 0 if self.moe else adapter.layer_intermediate_size(self.layers[0])
+        # Per-layer widths: a pruned (non-uniform) model's layers differ. The sums are padded to the
+        # widest layer; columns past a layer's width stay 0 and `heads_valid` / `neurons_valid` say
+        # how many are real (`result.py` turns the padding into NaN scores).
+        self.layer_heads = [adapter.layer_num_heads(layer, self.head_dim) for layer in self.layers]
+        self.layer_neurons = [
+            0 if self.moe else adapter.layer_intermediate_size(layer) for layer in self.layers
+        ]
+        heads, neurons = max(self.layer_heads), max(self.layer_neurons)
+        self.uniform = len(set(self.layer_heads)) == 1 and len(set(self.layer_neurons)) == 1
         hidden = adapter.embed(model).weight.shape[1]
         self.heads = RunningSums(num_layers, heads, device)
         self.neurons = RunningSums(num_layers, neurons, device)
@@ -91,6 +98,15 @@ class ImportanceHooks:
             if not all(adapter.is_moe_layer(layer) for layer in self.layers):
                 raise ValueError("importance of mixture-of-experts models needs experts in every layer")
             E = adapter.layer_num_experts(self.layers[0])
+            widths = {
+                (adapter.layer_num_experts(layer), adapter.layer_intermediate_size(layer))
+                for layer in self.layers
+            }
+            if len(widths) > 1:
+                raise ValueError(
+                    "importance of a mixture-of-experts model whose layers differ in experts or expert "
+                    "width is not supported yet (only its attention heads may differ per layer)"
+                )
             self.expert_width = adapter.layer_intermediate_size(self.layers[0])
             self.experts = {name: RunningSums(num_layers, E, device) for name in EXPERT_AXES}
             self.expert_neurons = TokenSubsetSums(num_layers, E * self.expert_width, device)
@@ -189,9 +205,13 @@ class ImportanceHooks:
             if self.enabled:
                 x = args[0]
                 per_head = x.reshape(*x.shape[:-1], -1, self.head_dim)  # a view when x is contiguous
-                torch.linalg.vector_norm(
-                    per_head, dim=-1, dtype=torch.float32, out=self.head_norms[i - self.layer0]
-                )
+                out = self.head_norms[i - self.layer0]
+                if per_head.shape[-2] == out.shape[-1]:
+                    torch.linalg.vector_norm(per_head, dim=-1, dtype=torch.float32, out=out)
+                else:  # a narrower layer of a non-uniform model: its heads fill the first columns
+                    out[..., : per_head.shape[-2]] = torch.linalg.vector_norm(
+                        per_head, dim=-1, dtype=torch.float32
+                    )
 
         return hook
 

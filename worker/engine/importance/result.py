@@ -15,6 +15,9 @@ Stored arrays (names in the artifact; halves = calibration samples i % 2, see `s
                                      tokens; expert-major: expert e's channels are e*F .. e*F + F - 1)
     block_angular_k{k} [2, 4, L - k + 1, 1]  sums of per-token arccos(cos(input of layer i, output of
                                      layer i + k - 1)) / pi (scan "angular"; Gromov et al. 2403.17887)
+  non-uniform models only (a pruned model whose layers differ in width; H, F = the widest layer's):
+    heads_valid       [L]            heads of layer l: columns >= heads_valid[l] of `heads` are padding
+    neurons_valid     [L]            the same for `neurons` (padding sums are 0, their scores NaN)
     samples           [2]            samples per half
     loss_base         [2]            summed next-token CE of the full model, per half
     loss_drop         [2, L]         the same with layer i removed               (scan "drop")
@@ -61,7 +64,18 @@ class ImportanceResult:
         return int(self.arrays["samples"].sum())
 
     def _width(self, axis: str, batch: str, seq: str, half: int | None) -> np.ndarray:
-        return reduce_axis(self.arrays[axis], self.arrays["samples"], batch, seq, half)
+        scores = reduce_axis(self.arrays[axis], self.arrays["samples"], batch, seq, half)
+        valid = self.arrays.get(f"{axis}_valid")
+        if valid is not None:  # a non-uniform model: padding columns are no unit, so no score
+            padding = np.arange(scores.shape[-1])[None, :] >= np.asarray(valid)[:, None]
+            scores = np.where(padding, np.nan, scores)
+        return scores
+
+    def layer_widths(self, axis: str) -> np.ndarray:
+        """Real units per layer of `heads` or `neurons` (all the same for a uniform model)."""
+        valid = self.arrays.get(f"{axis}_valid")
+        rows, width = self.arrays[axis].shape[2:]
+        return np.full(rows, width, dtype=np.int64) if valid is None else np.asarray(valid, dtype=np.int64)
 
     def _loss_increase(self, name: str, half: int | None) -> np.ndarray:
         """Mean next-token loss with the cut minus the full model's (higher = the cut layers matter more)."""
@@ -139,7 +153,8 @@ class ImportanceResult:
     def rank_stability(self, batch: str = "l2", seq: str = "mean") -> dict[str, float]:
         """Per axis, Spearman rank correlation between the scores of the two calibration halves.
 
-        Heads and neurons are ranked over all layers at once (flattened). Values near 1 mean the
+        Heads and neurons are ranked over all layers at once (flattened; a non-uniform model's padding
+        left out). Values near 1 mean the
         calibration set is large enough for that axis; NaN when a half is empty or scores are constant.
         """
         first, second = self.scores(batch, seq, half=0), self.scores(batch, seq, half=1)
@@ -155,7 +170,10 @@ class ImportanceResult:
                 warnings.simplefilter(
                     "ignore"
                 )  # constant input: scipy warns and returns NaN; NaN is the answer
-                rho = spearmanr(np.ravel(a), np.ravel(b)).statistic if np.size(a) > 1 else float("nan")
+                a, b = np.ravel(a), np.ravel(b)
+                real = ~(np.isnan(a) & np.isnan(b))  # padding of a non-uniform model's narrower layers
+                a, b = a[real], b[real]
+                rho = spearmanr(a, b).statistic if np.size(a) > 1 else float("nan")
             stability[axis] = float(rho)
         return stability
 

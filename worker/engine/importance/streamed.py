@@ -118,9 +118,10 @@ def working_bytes(model: nn.Module, adapter, shapes: list[tuple[int, int, int]],
     if adapter.position_embed(model) is not None:
         parts.append(adapter.position_embed(model))
     fixed = {id(p): p.numel() * p.element_size() for m in parts for p in m.parameters()}
-    layer = sum(p.numel() * p.element_size() for p in adapter.layers(model)[0].parameters())
+    layers = adapter.layers(model)  # a pruned model's layers may differ: budget for the largest
+    layer = max(sum(p.numel() * p.element_size() for p in x.parameters()) for x in layers)
     tokens = max(b * s for b, s, _ in shapes)
-    width = max(shapes[0][2], adapter.layer_intermediate_size(adapter.layers(model)[0]))
+    width = max(shapes[0][2], *(adapter.layer_intermediate_size(x) for x in layers))
     per_batch = 6 * tokens * width * 4  # float32 temporaries: layer activations, |x| slices, norms
     return sum(fixed.values()) + 2 * layer + per_batch + 4 * CHUNK_LOGITS + WORKING_MARGIN_BYTES
 
@@ -166,8 +167,6 @@ def compute_importance_streamed(
     device = torch.device(device)
     adapter = adapter_for(model)
     spec = adapter.spec(model)
-    if spec.layers is not None:
-        raise ValueError("importance needs a model whose layers all have the same shape (an unpruned model)")
     num_layers = spec.num_layers
     scans = check_scans(scans, block_size, num_layers)
     loss_scans = loss_scan_sizes(scans, block_size)

@@ -1,0 +1,193 @@
+"""Importance of a pruned model whose layers differ in width (a promoted student scored again).
+
+The running sums are padded to the widest layer with `heads_valid` / `neurons_valid` in the artifact;
+scores of the padding are NaN. Checked against a float64 per-sample reference, against the masked
+teacher (the cut model's activations are the masked teacher's on the kept units), layer-streamed ==
+in memory, and the heatmap payloads and `fill_plan` on the ragged scores.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine.test_importance_scores import COMBOS, naive_scores, padded_batches
+from tests.tiny_models import tiny_model
+from worker.engine.adapters import adapter_for
+from worker.engine.importance import compute_importance
+from worker.engine.importance.result import ImportanceResult
+from worker.engine.importance.streamed import compute_importance_streamed
+from worker.engine.loading import LAYERS_FILE, load_model, save_model
+from worker.engine.masking import masked
+from worker.engine.plan import PrunePlan, fill_plan, layer_head_removal
+from worker.engine.surgery import apply_plan
+
+# Layer 0 keeps one head per KV group (4 of 8), layer 1 drops a KV group (6 of 8), layers 2 and 3 keep
+# 32 and 40 of 48 MLP channels: every layer has its own shape.
+PLAN = PrunePlan(
+    remove_heads={0: [1, 3, 5, 7]},
+    remove_kv_groups={1: [2]},
+    remove_neurons={2: list(range(0, 48, 3)), 3: list(range(1, 48, 6))},
+)
+HEADS, NEURONS = [4, 6, 8, 8], [48, 48, 32, 40]
+
+
+def cut_model(family: str = "llama"):
+    teacher = tiny_model(family)
+    student = apply_plan(tiny_model(family), PLAN)
+    return teacher, student
+
+
+def ragged_token_values(model, sample: torch.Tensor) -> dict[str, list[np.ndarray]]:
+    """Per-token |head| and |neuron| values of one unpadded sample, one [T, width] array per layer."""
+    adapter = adapter_for(model)
+    head_dim = adapter.head_dim(model)
+    attn, mlp, handles = [], [], []
+    for layer in adapter.layers(model):
+        handles.append(adapter.attn_out(layer).register_forward_pre_hook(lambda m, a: attn.append(a[0])))
+        handles.append(adapter.mlp_out(layer).register_forward_pre_hook(lambda m, a: mlp.append(a[0])))
+    try:
+        with torch.no_grad():
+            model(input_ids=sample[None], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    heads = [np.linalg.norm(x[0].double().numpy().reshape(len(sample), -1, head_dim), axis=-1) for x in attn]
+    return {"heads": heads, "neurons": [np.abs(x[0].double().numpy()) for x in mlp]}
+
+
+def test_the_artifact_is_padded_with_per_layer_widths():
+    _, student = cut_model()
+    assert adapter_for(student).spec(student).layers is not None  # really non-uniform
+    _, batches = padded_batches([9, 5, 12, 7], batch_size=2)
+    result = compute_importance(student, batches, scans=("bi",))
+    assert result.arrays["heads"].shape[2:] == (4, 8) and result.arrays["neurons"].shape[2:] == (4, 48)
+    assert result.arrays["heads_valid"].tolist() == HEADS
+    assert result.arrays["neurons_valid"].tolist() == NEURONS
+    scores = result.scores()
+    for layer in range(4):
+        assert np.isfinite(scores.heads[layer, : HEADS[layer]]).all()
+        assert np.isnan(scores.heads[layer, HEADS[layer] :]).all()
+        assert np.isfinite(scores.neurons[layer, : NEURONS[layer]]).all()
+        assert np.isnan(scores.neurons[layer, NEURONS[layer] :]).all()
+    stability = result.rank_stability()
+    assert np.isfinite(stability["heads"]) and np.isfinite(stability["neurons"])
+
+
+def test_ragged_running_sums_match_a_per_sample_reference():
+    _, student = cut_model()
+    samples, batches = padded_batches([9, 5, 12, 7, 3], batch_size=2)
+    result = compute_importance(student, batches, scans=("bi",))
+    per_sample = [ragged_token_values(student, s) for s in samples]
+    for batch, seq in COMBOS:
+        scores = result.scores(batch=batch, seq=seq)
+        for axis, widths in (("heads", HEADS), ("neurons", NEURONS)):
+            for layer, width in enumerate(widths):
+                rows = [{axis: s[axis][layer]} for s in per_sample]
+                expected = naive_scores(rows, axis, batch, seq)
+                got = getattr(scores, axis)[layer, :width]
+                np.testing.assert_allclose(
+                    got, expected, rtol=2e-4, atol=1e-6, err_msg=f"{axis} layer {layer} {batch}/{seq}"
+                )
+
+
+def kept_units(spec, layer: int) -> tuple[list[int], list[int]]:
+    shape = spec.layer_shapes()[layer]
+    heads, _ = layer_head_removal(PLAN, spec, layer)
+    neurons = PLAN.remove_neurons.get(layer, [])
+    return (
+        [h for h in range(shape.num_heads) if h not in heads],
+        [n for n in range(shape.intermediate_size) if n not in neurons],
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_the_cut_model_scores_as_the_masked_teacher_on_the_kept_units(family):
+    teacher, student = cut_model(family)
+    _, batches = padded_batches([11, 7, 9, 12, 5], batch_size=2, seq_len=12)
+    cut = compute_importance(student, batches, scans=("bi", "drop", "block"), block_size=2)
+    with masked(teacher, PLAN):
+        reference = compute_importance(teacher, batches, scans=("bi", "drop", "block"), block_size=2)
+    spec = adapter_for(teacher).spec(teacher)
+    for batch, seq in COMBOS:
+        got, want = cut.scores(batch, seq), reference.scores(batch, seq)
+        for layer in range(4):
+            heads, neurons = kept_units(spec, layer)
+            np.testing.assert_allclose(got.heads[layer, : len(heads)], want.heads[layer, heads], rtol=1e-5)
+            np.testing.assert_allclose(
+                got.neurons[layer, : len(neurons)], want.neurons[layer, neurons], rtol=1e-5, atol=1e-7
+            )
+        np.testing.assert_allclose(got.hidden, want.hidden, rtol=1e-5)
+        for name in want.layers:
+            np.testing.assert_allclose(got.layers[name], want.layers[name], rtol=1e-5, atol=1e-7)
+
+
+def test_streamed_equals_in_memory_for_a_non_uniform_checkpoint(tmp_path):
+    _, student = cut_model()
+    path = save_model(student, None, tmp_path / "student", {"plan": "test"})
+    assert (path / LAYERS_FILE).is_file()  # our format: not loadable by vanilla transformers
+
+    def batches():
+        return padded_batches([11, 7, 9, 12, 5], batch_size=2, seq_len=12)[1]
+
+    scans = ("bi", "drop", "block", "angular")
+    loaded, _ = load_model(str(path))
+    in_memory = compute_importance(loaded, batches(), scans=scans, block_size=2)
+    streamed = compute_importance_streamed(path, batches(), scans=scans, block_size=2)
+    assert streamed.arrays.keys() == in_memory.arrays.keys()
+    for name, expected in in_memory.arrays.items():
+        np.testing.assert_allclose(streamed.arrays[name], expected, rtol=1e-6, atol=0, err_msg=name)
+    for batch, seq in itertools.product(("mean", "l2", "var"), ("mean", "l2")):
+        a, b = streamed.scores(batch, seq), in_memory.scores(batch, seq)
+        for axis in ("heads", "neurons", "hidden"):
+            np.testing.assert_allclose(getattr(a, axis), getattr(b, axis), rtol=1e-6, atol=0)
+    assert streamed.manifest["weights_sha256"] == in_memory.manifest["weights_sha256"]
+
+
+def test_heatmaps_and_fill_plan_read_the_ragged_artifact(tmp_path):
+    from backend import heatmaps
+
+    _, student = cut_model()
+    _, batches = padded_batches([9, 5, 12, 7], batch_size=2)
+    result = compute_importance(student, batches, scans=("bi",))
+    result.save(tmp_path / "run")
+    assert ImportanceResult.load(tmp_path / "run").arrays["neurons_valid"].tolist() == NEURONS
+
+    heads = heatmaps.heads(tmp_path / "run", "l2", "mean", kv_groups=4)
+    assert heads["widths"] == HEADS
+    assert heads["z"][0][4:] == [None] * 4 and None not in heads["z"][2]
+    assert heads["rank"][0][4:] == [-1] * 4 and sorted(heads["rank"][0][:4]) == [0, 1, 2, 3]
+
+    order = heatmaps.neuron_order(tmp_path / "run", "l2", "mean")
+    assert order["widths"] == NEURONS
+    scores = result.scores().neurons
+    for layer, width in enumerate(NEURONS):
+        decoded = np.frombuffer(__import__("base64").b64decode(order["order"][layer]), dtype="<u2")
+        assert sorted(decoded[:width].tolist()) == list(range(width))  # real neurons first, padding last
+        assert (np.diff(scores[layer, decoded[:width]]) <= 0).all()
+
+    sorted_map = heatmaps.neurons(
+        tmp_path / "run", "l2", "mean", bins=48, order="sorted", layer_start=0, layer_end=4, start=0, end=48
+    )
+    assert sorted_map["widths"] == NEURONS
+    assert sorted_map["z"][2][31] is not None and sorted_map["z"][2][32:] == [None] * 16
+    binned = heatmaps.neurons(
+        tmp_path / "run", "l2", "mean", bins=3, order="index", layer_start=2, layer_end=3, start=0, end=48
+    )
+    # Bin 2 of layer 2 (channels 32..47) is all padding; bin 1 the mean of channels 16..31.
+    assert binned["z"][0][2] is None
+    assert binned["z"][0][1] == pytest.approx(float(scores[2, 16:32].mean()), rel=1e-3)
+
+    spec = adapter_for(student).spec(student)
+    plan = fill_plan(
+        PrunePlan(targets={"intermediate_size": 24, "num_layers": 3, "layer_method": "bi"}),
+        spec,
+        result.scores(),
+    )
+    kept = [layer for layer in range(4) if layer not in plan.drop_layers]
+    for layer in kept:
+        removed = plan.remove_neurons[layer]
+        assert len(removed) == NEURONS[layer] - 24 and max(removed) < NEURONS[layer]
