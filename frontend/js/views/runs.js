@@ -6,6 +6,8 @@ import { field, progressBar, readForm, statusBadge } from "../components/widgets
 import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
+import { memoryLine, queueFor } from "../components/memline.js";
+import { distillCandidates, distillMemory, fitLine } from "../memplan.js";
 
 export const DISTILL_DEFAULTS = { steps: 200, lr: 1e-4, min_lr: 1e-5, warmup: 20, temperature: 1.0, ce_weight: 0.0, teacher_correction_steps: 0, batch_size: 8, seq_len: 128, val_every: 50, checkpoint_every: 50, seed: 0 };
 
@@ -27,8 +29,23 @@ export function distillFields(datasets, values = {}) {
     field({ name: "checkpoint_every", label: "Checkpoint every", type: "number", value: v.checkpoint_every, min: 1 }),
     field({ name: "dataset_id", label: "Data", options: [["", "demo corpus"], ...datasets.filter((d) => d.source !== "demo").map((d) => [d.id, d.name])], value: "" }),
     field({ name: "device", label: "Device", options: [["auto", "auto"], ["cuda", "GPU (cuda)"], ["cpu", "CPU"]], value: v.device ?? "auto", title: "auto: a GPU worker when one is running, else a CPU worker" }),
+    field({ name: "weights_dtype", label: "Weights", options: [["float32", "float32"], ["bfloat16", "bfloat16"]], value: v.weights_dtype ?? "float32", title: "bfloat16: student and teacher weights, gradients and AdamW states in half the memory" }),
     field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
+    field({ name: "gradient_checkpointing", label: "gradient checkpointing (less memory, ~1/3 more compute)", type: "checkbox", value: !!v.gradient_checkpointing }),
   );
+}
+
+/** Live "needs X per device; fits ..." for the distill form of student `s` (spec) from teacher `t`. */
+export function distillMemoryLine(form, student, teacher) {
+  return memoryLine(form, (v, workers) => {
+    if (!student?.spec || !(v.batch_size >= 1) || !(v.seq_len >= 2)) return null;
+    if (!v.baseline && !teacher?.spec) return null;
+    const settings = { batch_size: v.batch_size, seq_len: v.seq_len, weights_dtype: v.weights_dtype || "float32", gradient_checkpointing: !!v.gradient_checkpointing };
+    const queue = queueFor(v.device || "auto", workers);
+    const device = queue === "gpu" ? "cuda" : "cpu";
+    const need = (p) => distillMemory(student.spec, v.baseline ? null : teacher.spec, { ...p, device }).total;
+    return fitLine(need, settings, workers, queue, distillCandidates(settings));
+  });
 }
 
 /** Form values -> distill params of the API. */
@@ -41,7 +58,9 @@ export function distillParams(form) {
   if (v.budget !== undefined) params[v.budget_kind === "tokens" ? "tokens" : "steps"] = v.budget;
   if (v.dataset_id) params.dataset_id = Number(v.dataset_id);
   if (v.device) params.device = v.device;
+  if (v.weights_dtype) params.weights_dtype = v.weights_dtype;
   params.baseline = !!v.baseline;
+  params.gradient_checkpointing = !!v.gradient_checkpointing;
   return params;
 }
 
@@ -132,6 +151,7 @@ export async function runsView(host, { query }, ctx) {
     const t = teacherOf(s);
     const err = h("div.error-msg");
     const form = h("form.stack", { dataset: { testid: "distill-form" } }, distillFields(state.datasets), h("div.row", h("span.spacer"), h("button.primary", { type: "submit", disabled: s.status !== "ready", dataset: { testid: "queue-distill" } }, "Queue distillation")), err);
+    form.insertBefore(distillMemoryLine(form, s, t), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       try {

@@ -2,9 +2,11 @@
 // and watch their progress (teacher SSE stream; a slow poll as a safety net).
 
 import { api, showError } from "../api.js";
+import { memoryLine, queueFor } from "../components/memline.js";
 import { field, progressBar, readForm, statusBadge } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
+import { fitLine, importanceMemory } from "../memplan.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 
@@ -209,6 +211,15 @@ export async function teachersView(host, { query }, ctx) {
       ready ? null : h("div.hint", "The teacher must be ready first."),
       err,
     );
+    form.insertBefore(memoryLine(form, (v, workers) => {
+      if (!t.spec || !(v.batch_size >= 1) || !(v.seq_len >= 2)) return null;
+      const queue = queueFor("auto", workers);
+      const opts = { seq_len: v.seq_len, loss_scans: !!(v.scan_drop || v.scan_block), device: queue === "gpu" ? "cuda" : "cpu" };
+      const need = (p) => importanceMemory(t.spec, { ...opts, batch_size: p.batch_size }).total;
+      const halves = [];
+      for (let b = Math.floor(v.batch_size / 2); b >= 1; b = Math.floor(b / 2)) halves.push({ batch_size: b });
+      return fitLine(need, { batch_size: v.batch_size }, workers, queue, halves);
+    }), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const v = readForm(form);

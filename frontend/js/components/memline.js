@@ -1,0 +1,33 @@
+// The live memory line under a job form ("needs 61.2 GiB per device; fits 1 x cuda:0 on gpu-box"),
+// recomputed locally (frontend/js/memplan.js) on every keystroke, against the live workers' memory.
+import { api } from "../api.js";
+import { h } from "../dom.js";
+import { readForm } from "./widgets.js";
+
+/** `compute(values, workers)` -> {text, fits} (memplan.fitLine) or null when the inputs are incomplete. */
+export function memoryLine(form, compute) {
+  const line = h("div.hint", { dataset: { testid: "memory-estimate" } });
+  let workers = [];
+  const update = () => {
+    let out = null;
+    try {
+      out = compute(readForm(form), workers);
+    } catch {
+      out = null; // a half-typed value: keep the line empty rather than wrong
+    }
+    line.textContent = out ? out.text : "";
+    line.classList.toggle("error-msg", out?.fits === false);
+  };
+  form.addEventListener("input", update);
+  form.addEventListener("change", update);
+  api.get("/workers").then((w) => { workers = w; update(); }).catch(() => {});
+  queueMicrotask(update);
+  return line;
+}
+
+/** The queue a job on `device` ("auto" | "cuda" | "cpu") goes to, by worker/routing.py's rule. */
+export function queueFor(device, workers) {
+  if (device === "cuda") return "gpu";
+  if (device === "cpu") return "cpu";
+  return workers.some((w) => (w.queues || []).includes("gpu")) ? "gpu" : "cpu";
+}
