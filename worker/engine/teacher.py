@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from worker.engine.chunked_head import final_hidden_states, next_token_targets, output_head, token_nll
 from worker.engine.data import PackedTokens, read_documents
+from worker.engine.distill.schedule import lr_at as scheduled_lr
 
 CURVE_FILE = "training_curve.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -81,11 +82,14 @@ def build_config(recipe: TeacherRecipe, tokenizer):
 
 def lr_at(step: int, recipe: TeacherRecipe) -> float:
     """Linear warmup to peak_lr, then cosine decay reaching min_lr at the last step."""
-    if step < recipe.warmup_steps:
-        return recipe.peak_lr * (step + 1) / recipe.warmup_steps
-    span = max(1, recipe.steps - 1 - recipe.warmup_steps)
-    progress = min(1.0, (step - recipe.warmup_steps) / span)
-    return recipe.min_lr + 0.5 * (recipe.peak_lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
+    return scheduled_lr(
+        step,
+        peak=recipe.peak_lr,
+        minimum=recipe.min_lr,
+        warmup=recipe.warmup_steps,
+        total=recipe.steps,
+        minimum_at_last_step=True,
+    )
 
 
 @torch.no_grad()

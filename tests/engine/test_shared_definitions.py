@@ -1,0 +1,37 @@
+"""One definition of each concept the engine shares between its parts: each test fails if a second,
+drifted copy came back (a trainer with its own schedule, a result with its own weights hash, ...)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker.demo import demo_teacher_path
+from worker.engine.distill.schedule import lambda_for, lr_at
+from worker.engine.teacher import CURVE_FILE, TeacherRecipe
+from worker.engine.teacher import lr_at as teacher_lr_at
+
+
+def test_teacher_and_distillation_share_one_lr_schedule():
+    """Same settings, same curve: the teacher's decay only ends one step earlier (its explicit flag)."""
+    peak, minimum, warmup, steps = 2e-3, 1e-4, 7, 60
+    recipe = TeacherRecipe(steps=steps + 1, peak_lr=peak, min_lr=minimum, warmup_steps=warmup)
+    distill_multiplier = lambda_for(peak=peak, minimum=minimum, warmup=warmup, total=steps)
+    distill_curve = [distill_multiplier(s) * peak for s in range(steps + 1)]
+    teacher_curve = [teacher_lr_at(s, recipe) for s in range(steps + 1)]
+    assert teacher_curve == pytest.approx(distill_curve, rel=1e-12, abs=0)
+    assert distill_curve[-1] == pytest.approx(minimum) and teacher_curve[-1] == pytest.approx(minimum)
+    shifted = [
+        lr_at(s, peak=peak, minimum=minimum, warmup=warmup, total=steps, minimum_at_last_step=True)
+        for s in range(steps)
+    ]
+    assert shifted[-1] == pytest.approx(minimum) and shifted != distill_curve[:steps]
+
+
+def test_shipped_teacher_curve_was_trained_with_this_schedule():
+    """Every LR recorded in the committed demo teacher's curve is what the schedule gives today."""
+    record = json.loads((demo_teacher_path() / CURVE_FILE).read_text())
+    recipe = TeacherRecipe.model_validate(record["summary"]["recipe"])
+    for point in record["curve"]:
+        assert teacher_lr_at(point["step"] - 1, recipe) == pytest.approx(point["lr"], rel=1e-12), point
