@@ -12,11 +12,11 @@ from tests.engine.distill_helpers import tiny_llama
 from worker.engine.evaluation import (
     make_manifest,
     measure_model,
-    model_hash,
     read_result,
     throughput,
     write_result,
 )
+from worker.engine.fingerprint import weights_sha256
 from worker.engine.kv_cache import cache_keyword, class_cache_keyword, returned_cache
 
 
@@ -53,11 +53,11 @@ def test_result_file_is_atomic_json_with_manifest(tmp_path):
     assert saved["kind"] == "perplexity" and saved["result"] == {"loss": 1.5}
     m = saved["manifest"]
     assert m["seed"] == 7 and m["data"]["split"] == "test" and m["versions"]["torch"] == torch.__version__
-    assert m["model_hashes"]["model"] == model_hash(model) and len(m["model_hashes"]["model"]) == 64
-    before = model_hash(model)
+    assert m["model_hashes"]["model"] == weights_sha256(model) and len(m["model_hashes"]["model"]) == 64
+    before = weights_sha256(model)
     with torch.no_grad():
         model.lm_head.weight[0, 0] += 1e-3
-    assert model_hash(model) != before
+    assert weights_sha256(model) != before
     json.dumps(saved)  # plain JSON all the way down
 
 

@@ -7,8 +7,13 @@ import json
 
 import pytest
 
+from tests.engine.test_importance_scores import padded_batches
+from tests.tiny_models import tiny_model
 from worker.demo import demo_teacher_path
 from worker.engine.distill.schedule import lambda_for, lr_at
+from worker.engine.evaluation import make_manifest
+from worker.engine.fingerprint import library_versions
+from worker.engine.importance import compute_importance
 from worker.engine.teacher import CURVE_FILE, TeacherRecipe
 from worker.engine.teacher import lr_at as teacher_lr_at
 
@@ -35,3 +40,16 @@ def test_shipped_teacher_curve_was_trained_with_this_schedule():
     recipe = TeacherRecipe.model_validate(record["summary"]["recipe"])
     for point in record["curve"]:
         assert teacher_lr_at(point["step"] - 1, recipe) == pytest.approx(point["lr"], rel=1e-12), point
+
+
+def test_importance_manifest_and_evaluation_match_by_weights_hash_and_versions(tmp_path):
+    """An importance run and an evaluation of the same weights record the same hash (so they can be
+    matched), a different model a different one; both record the same library versions."""
+    _, batches = padded_batches([9, 6, 11], batch_size=3)
+    importance = compute_importance(tiny_model("llama"), batches, block_size=2, metadata={"data": "t"})
+    same = make_manifest(models={"model": tiny_model("llama")})
+    other = make_manifest(models={"model": tiny_model("llama", seed=1)})
+    assert importance.manifest["weights_sha256"] == same["model_hashes"]["model"]
+    assert importance.manifest["weights_sha256"] != other["model_hashes"]["model"]
+    assert importance.manifest["libraries"] == same["versions"] == library_versions()
+    assert library_versions()["torch"] and library_versions()["transformers"]

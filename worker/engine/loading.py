@@ -32,6 +32,7 @@ from torch import nn
 
 from worker.engine.adapters import UnsupportedArchitecture, adapter_for, adapter_for_model_type
 from worker.engine.atomic import replace_dir
+from worker.engine.fingerprint import library_versions
 from worker.engine.hub import hub_kwargs
 from worker.engine.plan import vanilla_loadable
 from worker.engine.spec import LayerShape
@@ -179,12 +180,6 @@ def _skip_weight_init():
     return no_init_weights()
 
 
-def _library_versions() -> dict[str, str]:
-    from worker.engine.importance.provenance import library_versions
-
-    return library_versions()
-
-
 def save_model(
     model: nn.Module, tokenizer, out_dir: str | os.PathLike, manifest: dict, *, overwrite: bool = False
 ) -> Path:
@@ -229,7 +224,7 @@ def write_student_metadata(tmp: Path, spec, manifest: dict) -> None:
         **manifest,
         "format": "vanilla" if vanilla else LAYERS_FORMAT,
         "architecture": spec.summary(),
-        "libraries": _library_versions(),
+        "libraries": library_versions(),
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, default=str))

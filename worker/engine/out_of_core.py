@@ -27,6 +27,7 @@ from torch import nn
 from worker.engine.adapters import Adapter, adapter_for_model_type
 from worker.engine.checkpoint_reader import CheckpointReader
 from worker.engine.cut_map import TensorCut, cut_map
+from worker.engine.fingerprint import hash_tensor
 from worker.engine.plan import PrunePlan, check_plan
 from worker.engine.shard_writer import DEFAULT_SHARD_BYTES, TensorEntry, write_sharded
 from worker.engine.spec import ArchSpec
@@ -117,12 +118,11 @@ def open_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
 
 
 def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
-    """`provenance.weights_sha256` of the model the checkpoint loads into, read tensor by tensor."""
+    """`fingerprint.weights_sha256` of the model the checkpoint loads into, read tensor by tensor."""
     digest = hashlib.sha256()
     for name, param in unique_parameters(ckpt.model).items():
         tensor = ckpt.read(name).to(param.dtype)  # as loaded (fp32-kept too)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy())
+        hash_tensor(digest, name, tensor.reshape(param.shape))
     return digest.hexdigest()
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from worker.engine.chunked_head import final_hidden_states, next_token_targets, output_head, token_nll
 from worker.engine.data import PackedTokens, read_documents
 from worker.engine.distill.schedule import lr_at as scheduled_lr
+from worker.engine.fingerprint import library_versions
 
 CURVE_FILE = "training_curve.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -293,7 +294,7 @@ def save_teacher(
         },
         "corpus_hash": _corpus_hash(recipe.data),
         "dtype": "bfloat16",
-        "library_versions": _versions(),
+        "library_versions": library_versions(),
     }
     (tmp / CURVE_FILE).write_text(json.dumps({"summary": summary, "curve": curve}, indent=2) + "\n")
     (tmp / CARD_FILE).write_text(model_card(summary, curve))
@@ -312,17 +313,6 @@ def _corpus_hash(data: str) -> str | None:
     from worker.demo import corpus_manifest
 
     return corpus_manifest()["corpus_hash"]
-
-
-def _versions() -> dict:
-    import tokenizers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-    }
 
 
 def _curve_points(curve: list[dict], count: int = 12) -> list[dict]:
@@ -424,5 +414,5 @@ toy-scale model of Python source code, not a general language model.
 
 {flat}
 
-Library versions: {", ".join(f"{k} {v}" for k, v in s["library_versions"].items())}.
+Library versions: {", ".join(f"{k} {v}" for k, v in s["library_versions"].items() if v)}.
 """

@@ -6,44 +6,22 @@ and split, the seed, and the library versions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
-
-def model_hash(model) -> str:
-    """SHA-256 over parameter/buffer names, shapes, dtypes and bytes (state_dict order)."""
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def library_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in ("prunescope", "torch", "transformers", "lm_eval", "datasets", "tokenizers"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+from worker.engine.fingerprint import library_versions, weights_sha256
 
 
 def make_manifest(
     *, models: dict | None = None, data: str | dict | None = None, seed: int | None = None, **extra
 ) -> dict:
-    """`models` maps a role ("model", "teacher", "student") to a module (hashed) or a ready string."""
+    """`models` maps a role ("model", "teacher", "student") to a module or a ready hash string; a module
+    is hashed with `fingerprint.weights_sha256`, so the hash matches its importance manifest's."""
     hashes = {}
     for role, model in (models or {}).items():
-        hashes[role] = model if isinstance(model, str) else model_hash(model)
+        hashes[role] = model if isinstance(model, str) else weights_sha256(model)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_hashes": hashes,

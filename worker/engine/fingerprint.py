@@ -1,0 +1,95 @@
+"""What identifies a result: the exact weights it was computed on and the code that computed it.
+
+The one definition of both for every record the engine writes (importance manifests, evaluation and
+distillation results, saved students, the demo teacher's card), so two records can be matched: an
+importance manifest's `weights_sha256` equals an evaluation's `model_hashes` entry for the same weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import platform
+
+import torch
+from torch import nn
+
+LIBRARIES = (
+    "prunescope",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "datasets",
+    "lm_eval",
+)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name, dtype, shape and raw bytes (tied weights once).
+
+    Identifies the exact weights, whatever path or hub revision they came from. Buffers are not
+    hashed: they are derived from the config (rotary frequencies), not learned.
+    """
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        hash_tensor(digest, name, param.detach())
+    return digest.hexdigest()
+
+
+def hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    """Feed one named tensor to `digest` as `weights_sha256` does (streamed and out-of-core hashes too)."""
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.contiguous().view(torch.uint8).cpu().numpy())  # buffer, no copy
+
+
+class WeightsHasher:
+    """`weights_sha256` of a model whose parameters are loaded one module at a time (a layer-streamed
+    pass): the same digest, fed as the tensors arrive. Parameters are hashed in `named_parameters`
+    order; one that arrives before its turn waits on the host (never happens when modules are
+    loaded in the model's own order: embeddings, layers, final norm, head)."""
+
+    def __init__(self, model: nn.Module):
+        self.order = [name for name, _ in model.named_parameters()]  # tied weights once
+        self.digest = hashlib.sha256()
+        self.position = 0
+        self.waiting: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if self.position < len(self.order) and name == self.order[self.position]:
+            hash_tensor(self.digest, name, tensor)
+            self.position += 1
+        else:
+            self.waiting[name] = tensor.detach().cpu()
+        while self.position < len(self.order) and self.order[self.position] in self.waiting:
+            name = self.order[self.position]
+            hash_tensor(self.digest, name, self.waiting.pop(name))
+            self.position += 1
+
+    def hexdigest(self) -> str:
+        if self.position < len(self.order):
+            raise RuntimeError(f"weights hash: {self.order[self.position]} was never loaded")
+        return self.digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python's and each library's version (None: not installed); a fresh dict each call."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str | None], ...]:
+    versions: list[tuple[str, str | None]] = [("python", platform.python_version())]
+    for name in LIBRARIES:
+        try:
+            versions.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append((name, None))
+    return tuple(versions)
