@@ -253,3 +253,25 @@ def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
     assert failed["status"] == "failed" and failed["resumable"], failed
     assert "the job's process was killed by SIGKILL (out of memory?)" in failed["error"]
     assert worker.proc.poll() is None
+
+
+def light_consumer_of(worker: WorkerProcess) -> int:
+    """The pid of the `default`-queue consumer the worker started (its child with --light-slots 0)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+        for line in ps.splitlines():
+            pid, ppid, args = line.split(None, 2)
+            if int(ppid) == worker.proc.pid and "--light-slots 0" in args:
+                return int(pid)
+        time.sleep(0.2)
+    raise AssertionError(f"no light consumer: {worker.log()}")
+
+
+@pytest.mark.parametrize("worker", [()], indirect=True)
+def test_a_worker_whose_light_consumer_dies_stops(app, worker):
+    """Its registry entry lists `default` for that consumer: it stops (to be restarted by its supervisor)
+    rather than leave light jobs unserved."""
+    os.kill(light_consumer_of(worker), signal.SIGKILL)
+    worker.proc.wait(timeout=60)
+    assert "the light-job consumer exited (-9); stopping this worker" in worker.log()

@@ -163,7 +163,25 @@ def _start_light_consumer(device: str, args) -> subprocess.Popen:
     command = [sys.executable, "-m", "worker", "worker", "--device", device, "--queues", DEFAULT]
     command += ["--pool", "threads", "--concurrency", str(args.light_slots), "--light-slots", "0"]
     command += ["--loglevel", args.loglevel]
-    return subprocess.Popen(command, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+    light = subprocess.Popen(command, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+    import threading
+
+    def watch() -> None:
+        """This worker's registry entry lists `default` for its light consumer: if that consumer dies,
+        stop the whole worker (its supervisor restarts it) rather than leave light jobs unserved."""
+        code = light.wait()
+        from worker.runtime import SHUTTING_DOWN
+
+        if not SHUTTING_DOWN.wait(2.0):
+            print(
+                f"prunescope worker: the light-job consumer exited ({code}); stopping this worker",
+                file=sys.stderr,
+                flush=True,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="light-consumer-watch", daemon=True).start()
+    return light
 
 
 def _stop_light_consumer(light: subprocess.Popen | None) -> None:
