@@ -4,12 +4,16 @@ drifted copy came back (a trainer with its own schedule, a result with its own w
 from __future__ import annotations
 
 import json
+import pickle
+from pathlib import Path
 
 import pytest
+import torch
 
 from tests.engine.test_importance_scores import padded_batches
 from tests.tiny_models import tiny_model
 from worker.demo import demo_teacher_path
+from worker.engine import atomic
 from worker.engine.distill.schedule import lambda_for, lr_at
 from worker.engine.evaluation import make_manifest
 from worker.engine.fingerprint import library_versions
@@ -53,3 +57,21 @@ def test_importance_manifest_and_evaluation_match_by_weights_hash_and_versions(t
     assert importance.manifest["weights_sha256"] != other["model_hashes"]["model"]
     assert importance.manifest["libraries"] == same["versions"] == library_versions()
     assert library_versions()["torch"] and library_versions()["transformers"]
+
+
+def test_every_torch_save_of_the_engine_is_the_atomic_one(tmp_path):
+    """A failed save leaves the previous file and no temporary file; no module saves on its own
+    (a `torch.save` outside `atomic.py` would be a second, non-atomic copy). The sharded checkpoint
+    saves into a temporary directory that `replace_dir`-style renaming swaps in whole."""
+    target = tmp_path / "state.pt"
+    atomic.torch_save({"step": 1}, target)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        atomic.torch_save({"step": 2, "bad": lambda: None}, target)  # a lambda does not pickle
+    assert torch.load(target) == {"step": 1} and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    engine = Path(atomic.__file__).parent
+    saving = sorted(
+        str(p.relative_to(engine))
+        for p in engine.rglob("*.py")
+        if "torch.save(" in p.read_text() and p.name != "atomic.py"
+    )
+    assert saving == ["distill/sharded_checkpoint.py"]

@@ -34,6 +34,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from worker.engine import atomic
+
 SPLITS = ("train", "validation", "calibration", "test")
 # Fractions (out of 100 hash buckets) per split for sources without fixed split files.
 SPLIT_BUCKETS = {
@@ -140,13 +142,14 @@ def read_jsonl(path: str | os.PathLike) -> list[str]:
 
 def write_jsonl_gz(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write records as gzip'd JSON lines, byte-for-byte reproducible (mtime 0), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        with io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text:
-            for record in records:
-                text.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            with io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text:
+                for record in records:
+                    text.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+
+    atomic.write_file(Path(path), write)
 
 
 def _read_hf(spec: str) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from worker.engine import atomic
 from worker.engine.chunked_head import final_hidden_states, next_token_targets, output_head, token_nll
 from worker.engine.data import PackedTokens, read_documents
 from worker.engine.distill.schedule import lr_at as scheduled_lr
@@ -127,12 +127,6 @@ def _optimizer(model, recipe: TeacherRecipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=recipe.peak_lr, betas=recipe.betas)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_teacher(
     out_dir: str | Path,
     recipe: TeacherRecipe,
@@ -226,7 +220,7 @@ def train_teacher(
                 "curve": curve,
                 "elapsed": elapsed_before + time.perf_counter() - clock,
             }
-            _atomic_torch_save(state, checkpoint_path)
+            atomic.torch_save(state, checkpoint_path)
         if stop_after is not None and done >= stop_after and done < recipe.steps:
             log(f"stopped after step {done}")
             return None

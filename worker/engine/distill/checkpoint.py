@@ -16,21 +16,15 @@ from pathlib import Path
 
 import torch
 
+from worker.engine import atomic
+
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "checkpoint.json"
 TEACHER_FILE = "corrected_teacher.pt"
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _atomic_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_file(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
 
 
 def rng_state() -> dict:
@@ -52,7 +46,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    _atomic_torch_save(state, path)
+    atomic.torch_save(state, path)
     summary = {k: state[k] for k in ("step", "tokens", "elapsed", "stopped", "finished") if k in state}
     summary["config"] = state.get("config")
     _atomic_json(summary, directory / SUMMARY_FILE)
@@ -70,7 +64,7 @@ def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict | 
 def save_teacher(directory: str | os.PathLike, teacher: torch.nn.Module) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save(teacher.state_dict(), directory / TEACHER_FILE)
+    atomic.torch_save(teacher.state_dict(), directory / TEACHER_FILE)
 
 
 def load_teacher_into(directory: str | os.PathLike, teacher: torch.nn.Module) -> bool:

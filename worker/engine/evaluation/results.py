@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from worker.engine import atomic
 from worker.engine.fingerprint import library_versions, weights_sha256
 
 
@@ -36,10 +37,8 @@ def write_result(path: str | os.PathLike, kind: str, result, manifest: dict) -> 
     """Write {"kind", "result", "manifest"} to `path` atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"kind": kind, "result": result, "manifest": manifest}, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    text = json.dumps({"kind": kind, "result": result, "manifest": manifest}, indent=2, default=str)
+    return atomic.write_file(path, lambda tmp: tmp.write_text(text))
 
 
 def read_result(path: str | os.PathLike) -> dict:
