@@ -9,7 +9,6 @@ checkpoint (`--offload`, worker/engine/importance/offload.py); the scores are th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -105,6 +104,7 @@ def _check_device(device: str) -> str:
 
 
 def _importance(args: argparse.Namespace) -> int:
+    from backend.settings import Settings
     from worker.cli import CliError
 
     scans = _check_options(args)
@@ -114,6 +114,7 @@ def _importance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from worker.engine.data import calibration_batches, read_documents
+    from worker.engine.distributed import DistributedContext
     from worker.engine.importance import compute_importance
     from worker.engine.importance.offload import choose_mode
     from worker.engine.importance.streamed import compute_importance_streamed
@@ -130,8 +131,15 @@ def _importance(args: argparse.Namespace) -> int:
         from worker.engine.streaming import list_shards
 
         list_shards(source, args.data_format)
+    # Under torchrun / srun: data-parallel, each rank scores its share of the batches (one process else).
+    ctx = DistributedContext.from_environment(device)
+    if ctx.distributed and ctx.device.type == "cuda":
+        device = str(ctx.device)
     mode = choose_mode(args.model, offload=args.offload, dtype=args.dtype, device=device)
-    print(f"importance: {mode.describe()}", file=sys.stderr)
+    if ctx.distributed and mode.streamed:
+        raise CliError("layer-streamed importance runs in one process; under torchrun use --offload never")
+    if ctx.is_main:
+        print(f"importance: {mode.describe()}", file=sys.stderr)
     if mode.streamed:  # the weights are read layer by layer later; only the tokenizer now
         from transformers import AutoConfig
 
@@ -171,7 +179,15 @@ def _importance(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "tokenizer": args.tokenizer or args.model,
     }
-    with tqdm(total=args.samples, desc=f"importance ({mode.name})", unit="sample", file=sys.stderr) as bar:
+    if ctx.distributed:
+        metadata["nodes"] = ctx.nodes
+    with tqdm(
+        total=args.samples,
+        desc=f"importance ({mode.name})",
+        unit="sample",
+        file=sys.stderr,
+        disable=not ctx.is_main,
+    ) as bar:
         common = dict(scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata)
         if mode.streamed:
             result = compute_importance_streamed(
@@ -180,11 +196,14 @@ def _importance(args: argparse.Namespace) -> int:
                 dtype=args.dtype,
                 device=device,
                 reason=mode.reason,
-                spill_dir=args.spill_dir or os.environ.get("PRUNESCOPE_SPILL_DIR"),
+                spill_dir=args.spill_dir or Settings().spill_dir,
                 **common,
             )
         else:
-            result = compute_importance(model, batches, execution=mode.record(), **common)
+            result = compute_importance(model, batches, execution=mode.record(), context=ctx, **common)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
     out = result.save(args.out)
     _print_summary(result, out)
     return 0
