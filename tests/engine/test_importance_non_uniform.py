@@ -191,3 +191,56 @@ def test_heatmaps_and_fill_plan_read_the_ragged_artifact(tmp_path):
     for layer in kept:
         removed = plan.remove_neurons[layer]
         assert len(removed) == NEURONS[layer] - 24 and max(removed) < NEURONS[layer]
+
+
+def test_targets_on_a_non_uniform_teacher_name_the_layer_they_do_not_suit():
+    from worker.engine.plan import validate_plan
+
+    _, student = cut_model()
+    spec = adapter_for(student).spec(student)
+
+    def errors(targets, **plan):
+        return {
+            m.field: m.text
+            for m in validate_plan(PrunePlan(targets=targets, **plan), spec)
+            if m.level == "error"
+        }
+
+    # Layer 2 keeps 32 MLP channels: the narrowest, named with its width.
+    assert errors({"intermediate_size": 33}) == {
+        "targets.intermediate_size": "at most 32 (the MLP size of layer 2, the narrowest) can be kept"
+    }
+    assert errors({"intermediate_size": 32}) == {}
+    # Layer 0 has 4 heads in 4 groups: 6 heads is beyond it; 2 per group is not valid in layer 1 (3 groups).
+    text = errors({"heads_per_layer": 6})["targets.heads_per_layer"]
+    assert "in layer 0 (4 heads, 4 KV groups)" in text and "nearby valid: 4" in text
+    text = errors({"heads_per_layer": 4})["targets.heads_per_layer"]
+    assert "in layer 1 (6 heads, 3 KV groups)" in text and "nearby valid: 3, 6" in text
+    # Whole groups: 1 head per group everywhere in layer 0, 2 per group elsewhere -> 2 heads is none's.
+    assert errors({"heads_per_layer": 4, "head_mode": "whole_groups"}) == {}
+    # Explicit removals: each layer's own range.
+    text = errors(None, remove_neurons={2: [32]})["remove_neurons.2"]
+    assert "valid: 0..31" in text
+    assert errors(None, remove_heads={0: [4]})["remove_heads.0"].endswith("valid: 0..3")
+
+
+def test_fill_plan_on_a_non_uniform_teacher_keeps_the_best_units_of_each_layer():
+    _, student = cut_model()
+    spec = adapter_for(student).spec(student)
+    _, batches = padded_batches([9, 5, 12, 7], batch_size=2)
+    scores = compute_importance(student, batches, scans=("bi",)).scores()
+    plan = fill_plan(
+        PrunePlan(targets={"heads_per_layer": 4, "head_mode": "whole_groups", "intermediate_size": 24}),
+        spec,
+        scores,
+    )
+    for layer, (heads, neurons) in enumerate(zip(HEADS, NEURONS, strict=True)):
+        removed = plan.remove_neurons[layer]
+        kept = [n for n in range(neurons) if n not in removed]
+        assert len(kept) == 24
+        assert scores.neurons[layer, kept].min() >= scores.neurons[layer, removed].max()
+        groups = plan.remove_kv_groups.get(layer, [])
+        assert heads - heads // spec.layer_shapes()[layer].num_kv_heads * len(groups) == 4
+    cut = apply_plan(student, plan)
+    assert [s.intermediate_size for s in adapter_for(cut).spec(cut).layer_shapes()] == [24] * 4
+    assert [s.num_heads for s in adapter_for(cut).spec(cut).layer_shapes()] == [4] * 4

@@ -3,8 +3,8 @@
 In-process: which weights the new teacher loads (newest succeeded distillation, a named one, else the
 pruned ones), 404/409/422 with nothing written, and the student / its distillation cannot be deleted
 while the teacher uses them. Live (real worker): distill -> promote -> inspect -> importance -> plan ->
-prune -> distill from the promoted teacher; a non-uniform student's importance run fails with the
-engine's message.
+prune -> distill from the promoted teacher, for a uniform student and for one whose layers differ in
+width (importance, plan fill, cut, distill and promote again).
 """
 
 from __future__ import annotations
@@ -176,19 +176,72 @@ def test_a_distilled_student_teaches_the_next_round(live_app):
     assert live_app.wait_job(again["id"], timeout=300)["status"] == "succeeded"
 
 
-def test_importance_on_a_non_uniform_promoted_student_fails_with_the_reason(live_app):
-    student = make_student(live_app, plan={"remove_neurons": {"1": [0, 5, 9]}})
+def test_a_non_uniform_student_runs_the_whole_chain_again(live_app):
+    """importance -> plan (filled from the scores) -> prune -> distill -> promote, twice over a
+    teacher whose layers differ in heads and MLP width (it loads from our layers file)."""
+    api = live_app.api
+    student = make_student(
+        live_app, plan={"remove_heads": {"0": [1, 3, 5, 7]}, "remove_neurons": {"1": [0, 5, 9]}}
+    )
     assert not student["spec"]["uniform"]
-    r = live_app.api.post(f"/students/{student['id']}/promote", json={})
+    widths = [(s["num_heads"], s["intermediate_size"]) for s in student["spec"]["layers"]]
+    r = api.post(f"/students/{student['id']}/promote", json={"name": "ragged"})  # its pruned weights
     assert r.status_code == 201, r.text
     teacher = wait_teacher(live_app, r.json())  # the widths of its layers file, not config.json's
     assert teacher["spec"] == student["spec"] and teacher["parent_distill_job_id"] is None
 
     job = importance(live_app, teacher["id"], make_dataset(live_app, documents=20)["id"])
-    assert job["status"] == "failed"
-    assert "importance needs a model whose layers all have the same shape" in job["error"]
-    runs = live_app.api.get(f"/importance-runs?teacher_id={teacher['id']}").json()
-    assert runs[0]["status"] == "failed" and "same shape" in runs[0]["error"]
+    assert job["status"] == "succeeded", job
+    run = job["importance_run_id"]
+    heads = api.get(f"/importance-runs/{run}/heads").json()
+    assert heads["widths"] == [h for h, _ in widths]
+    for row, (h, _) in zip(heads["z"], widths, strict=True):  # padding of narrower layers is null
+        assert None not in row[:h] and row[h:] == [None] * (heads["heads"] - h)
+    order = api.get(f"/importance-runs/{run}/neuron-order").json()
+    assert order["widths"] == [f for _, f in widths]
+    stability = api.get(f"/importance-runs/{run}/stability").json()
+    assert stability["heads"] is not None and stability["neurons"] is not None
+
+    # Targets beyond the narrowest layer are refused naming it; within it they fill per layer.
+    smallest = min(f for _, f in widths)
+    bad = api.post(
+        "/plans/fill",
+        json={
+            "teacher_id": teacher["id"],
+            "importance_run_id": run,
+            "targets": {"intermediate_size": smallest + 1},
+        },
+    )
+    assert bad.status_code == 422 and "layer 1" in bad.text, bad.text
+    target = smallest - 4
+    filled = api.post(
+        "/plans/fill",
+        json={
+            "teacher_id": teacher["id"],
+            "importance_run_id": run,
+            "targets": {"intermediate_size": target},
+        },
+    )
+    assert filled.status_code == 200, filled.text
+    plan = filled.json()["plan"]
+    for layer, (_, f) in enumerate(widths):
+        removed = plan["remove_neurons"][str(layer)]
+        assert len(removed) == f - target and max(removed) < f
+    created = api.post(
+        "/plans", json={"teacher_id": teacher["id"], "importance_run_id": run, "name": "r2", "plan": plan}
+    )
+    assert created.status_code == 201, created.text
+    second = api.post("/students", json={"plan_id": created.json()["id"], "name": "s2"}).json()
+    assert live_app.wait_job(second["job_id"])["status"] == "succeeded"
+    second = api.get(f"/students/{second['id']}").json()
+    assert [s["intermediate_size"] for s in second["spec"]["layers"]] == [target] * len(widths)
+    assert [s["num_heads"] for s in second["spec"]["layers"]] == [h for h, _ in widths]
+    again = start_distill(live_app, second["id"], steps=2, checkpoint_every=0)
+    assert live_app.wait_job(again["id"], timeout=300)["status"] == "succeeded"
+    r = api.post(f"/students/{second['id']}/promote", json={"name": "round 3"})
+    assert r.status_code == 201, r.text
+    third = wait_teacher(live_app, r.json())
+    assert third["spec"] == second["spec"] and third["status"] == "ready"
 
 
 def test_migration_0003_adds_the_lineage_columns_and_reverts(tmp_path):

@@ -636,13 +636,15 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             error("num_layers", "give either drop_layers or targets.num_layers, not both")
         if t.num_layers > spec.num_layers:
             error("num_layers", f"the model has {spec.num_layers} layers; valid: 1..{spec.num_layers}")
+    # A non-uniform (already pruned) teacher: every target must suit each layer it applies to; an
+    # error names the first layer it does not suit, with that layer's own valid values.
+    layers = [i for i in range(len(shapes)) if i not in plan.drop_layers] or list(range(len(shapes)))
+    uniform = len({tuple(shapes[i].model_dump().values()) for i in layers}) == 1
     if t.heads_per_layer is not None:
         if plan.remove_heads or plan.remove_kv_groups:
             error("heads_per_layer", "give either explicit head/group removals or heads_per_layer")
-        if len({(s.num_heads, s.num_kv_heads) for s in shapes}) > 1:
-            error("heads_per_layer", "the model's layers already differ in heads; give explicit removals")
-        else:
-            s = shapes[0]
+        for i in layers:
+            s = shapes[i]
             q = s.num_heads // s.num_kv_heads
             step = s.num_kv_heads if t.head_mode == "within_groups" else q
             valid = list(range(step, s.num_heads + 1, step))
@@ -652,17 +654,21 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                     if t.head_mode == "within_groups"
                     else f"a multiple of the {q} query heads per group (whole groups)"
                 )
+                where = "" if uniform else f" in layer {i} ({s.num_heads} heads, {s.num_kv_heads} KV groups)"
                 error(
                     "heads_per_layer",
-                    f"{t.heads_per_layer} heads cannot be kept with head_mode={t.head_mode}: it must be "
-                    f"{how}; nearby valid: {_nearby(valid, t.heads_per_layer)}",
+                    f"{t.heads_per_layer} heads cannot be kept{where} with head_mode={t.head_mode}: it "
+                    f"must be {how}; nearby valid: {_nearby(valid, t.heads_per_layer)}",
                 )
+                break
     if t.intermediate_size is not None:
         if plan.remove_neurons or plan.remove_expert_neurons:
             error("intermediate_size", "give either remove_neurons or targets.intermediate_size")
-        smallest = min(s.intermediate_size for s in shapes)
+        narrowest = min(layers, key=lambda i: shapes[i].intermediate_size)
+        smallest = shapes[narrowest].intermediate_size
         if t.intermediate_size > smallest:
-            error("intermediate_size", f"at most {smallest} (the MLP size) can be kept")
+            what = "the MLP size" if uniform else f"the MLP size of layer {narrowest}, the narrowest"
+            error("intermediate_size", f"at most {smallest} ({what}) can be kept")
     if t.hidden_size is not None:
         if plan.remove_hidden:
             error("hidden_size", "give either remove_hidden or targets.hidden_size")
