@@ -177,8 +177,8 @@ def test_a_distilled_student_teaches_the_next_round(live_app):
 
 
 def test_a_non_uniform_student_runs_the_whole_chain_again(live_app):
-    """importance -> plan (filled from the scores) -> prune -> distill -> promote, twice over a
-    teacher whose layers differ in heads and MLP width (it loads from our layers file)."""
+    """A student whose layers differ in heads and MLP width is promoted (it loads from our layers file),
+    then importance -> plan (filled from its scores) -> prune -> distill -> promote runs on it."""
     api = live_app.api
     student = make_student(
         live_app, plan={"remove_heads": {"0": [1, 3, 5, 7]}, "remove_neurons": {"1": [0, 5, 9]}}
