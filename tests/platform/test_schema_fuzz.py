@@ -4,8 +4,9 @@ schema examples, boundary values (huge integers, NaN, odd strings) and random ca
 operation with a fixed seed. No answer may be a server error, and every answer must match the response
 schema where the route declares one (every 422 does).
 
-The database is seeded first (a ready teacher, a dataset, a plan, students, jobs in every state with
-metrics and events) so that the small ids the fuzzer tries reach real rows, not only 404s.
+The database is seeded first (a ready teacher, a dataset, an importance run with scores, a plan,
+students, jobs in every state with metrics and events) so that the small ids the fuzzer tries reach real
+rows, not only 404s.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backend.db import session_scope
 from backend.migrate import upgrade
-from backend.models import BenchmarkResult, Dataset, Event, Job, MetricPoint
+from backend.models import BenchmarkResult, Dataset, Event, ImportanceRun, Job, MetricPoint
 from tests.conftest import ApiProcess, platform_env
 from tests.platform.helpers import student_rows
+from tests.platform.test_api_angular import ANGULAR, BLOCK_LOSS, SPEC, one_sample_sums, width_sums
+from worker.engine.importance.result import ImportanceResult
 
 # Event streams run until their job finishes: a generated id of a queued job would never return. Their
 # parameters are covered in tests/platform/test_bad_input.py.
@@ -30,10 +35,34 @@ EXAMPLES_PER_OPERATION = 10
 SEED = 1
 
 
-def seed_rows(url: str) -> None:
+def importance_artifact(artifacts: Path) -> str:
+    """Scores of every scan for the tiny spec, so the heatmap endpoints have a run to read."""
+    L, H, F, D = SPEC.num_layers, SPEC.num_heads, SPEC.intermediate_size, SPEC.hidden_size
+    rng = np.random.default_rng(0)
+    arrays = {
+        "heads": width_sums(rng, L, H),
+        "neurons": width_sums(rng, L, F),
+        "hidden": width_sums(rng, 2 * L + 1, D),
+        "block_angular_k2": one_sample_sums(ANGULAR, np.array([3.0, 1.0, 2.0])),
+        "samples": np.array([1.0, 0.0]),
+        "loss_base": np.array([10.0, 0.0]),
+        "loss_tokens": np.array([10.0, 0.0]),
+        "loss_block_k2": np.stack([10.0 + 10.0 * BLOCK_LOSS, np.zeros(3)]),
+    }
+    key = "importance/fuzz"
+    manifest = {"scans": ["block", "angular"], "block_size": 2}
+    ImportanceResult({n: a.astype(np.float32) for n, a in arrays.items()}, manifest).save(artifacts / key)
+    return key
+
+
+def seed_rows(url: str, artifacts: Path) -> None:
     with session_scope(url) as s:
         teacher, students = student_rows(s, [("ready", "ready"), ("pending", "pending")])
-        s.add(Dataset(name="d", source="demo"))
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        key = importance_artifact(artifacts)
+        s.add(ImportanceRun(teacher_id=teacher.id, dataset_id=dataset.id, params={}, artifact=key))
         student = students["ready"]
         now = datetime.now(timezone.utc)
         jobs = [
@@ -77,7 +106,7 @@ def fuzzed_server(tmp_path, redis_url):
     (tmp_path / "org" / "model").mkdir(parents=True)
     env = platform_env(f"sqlite:///{data / 'prunescope.db'}", redis_url, data)
     upgrade(env["PRUNESCOPE_DATABASE_URL"])
-    seed_rows(env["PRUNESCOPE_DATABASE_URL"])
+    seed_rows(env["PRUNESCOPE_DATABASE_URL"], Path(env["PRUNESCOPE_ARTIFACTS"]))
     server = ApiProcess(env, tmp_path / "api.log").start()
     yield server
     server.stop()
