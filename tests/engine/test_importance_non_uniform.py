@@ -244,3 +244,33 @@ def test_fill_plan_on_a_non_uniform_teacher_keeps_the_best_units_of_each_layer()
     cut = apply_plan(student, plan)
     assert [s.intermediate_size for s in adapter_for(cut).spec(cut).layer_shapes()] == [24] * 4
     assert [s.num_heads for s in adapter_for(cut).spec(cut).layer_shapes()] == [4] * 4
+
+
+# Round 2 on the non-uniform model: layer 1 (6 heads in 3 groups) loses a group, layer 0 (4 heads in 4
+# groups) one group too, layer 2 (32 channels) and layer 3 (40) lose channels within their widths.
+ROUND2 = PrunePlan(
+    remove_kv_groups={0: [3], 1: [0]},
+    remove_neurons={2: [0, 7, 31], 3: list(range(30, 40))},
+)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_cutting_a_non_uniform_teacher_equals_masking_it_in_memory_and_out_of_core(family, tmp_path):
+    from worker.engine.out_of_core import prune_checkpoint
+
+    _, student = cut_model(family)
+    save_model(student, None, tmp_path / "round1", {})
+    ids = padded_batches([12, 12], batch_size=2)[1][0]["input_ids"]
+    with torch.no_grad():
+        full = student(ids).logits
+        with masked(student, ROUND2):
+            expected = student(ids).logits
+    assert not torch.allclose(full, expected, atol=1e-4)  # the cut matters on these inputs
+    in_memory = apply_plan(student, ROUND2)
+    prune_checkpoint(tmp_path / "round1", ROUND2, tmp_path / "ooc", {})
+    out_of_core, _ = load_model(str(tmp_path / "ooc"))
+    for model in (in_memory, out_of_core):
+        shapes = adapter_for(model).spec(model).layer_shapes()
+        assert [(s.num_heads, s.intermediate_size) for s in shapes] == [(3, 48), (4, 48), (8, 29), (8, 30)]
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
