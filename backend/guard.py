@@ -85,17 +85,17 @@ class Guard:
                 {},
             )
         origin = headers.get("origin")
-        if (
-            scope["method"] not in SAFE_METHODS
-            and origin is not None
-            and not self._same_site(origin, scope, host)
-        ):
-            return (
-                403,
-                f"cross-site request refused: Origin {origin!r} is not this server's own pages "
-                f"(http://{host}); add its host to PRUNESCOPE_ALLOWED_HOSTS to allow it",
-                {},
-            )
+        if scope["method"] not in SAFE_METHODS:
+            if origin is not None and not self._same_site(origin, scope, host):
+                return (
+                    403,
+                    f"cross-site request refused: Origin {origin!r} is not this server's own pages "
+                    f"(http://{host}); add its host to PRUNESCOPE_ALLOWED_HOSTS to allow it",
+                    {},
+                )
+            # No Origin, but the browser says another site sent it (Fetch Metadata): refused too.
+            if origin is None and headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+                return 403, "cross-site request refused: sent by another site (Sec-Fetch-Site)", {}
         path = scope["path"]
         token = self.settings.token
         if token and path.startswith(PREFIX) and path != f"{PREFIX}/health":

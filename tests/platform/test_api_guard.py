@@ -57,6 +57,9 @@ def test_a_foreign_origin_cannot_act(client, api_env):
         for origin in (EVIL, "null", "http://127.0.0.1:9999", "https://127.0.0.1"):
             r = client.request(method, path, json=body, headers={"Origin": origin})
             assert r.status_code == 403, (method, path, origin, r.text)
+    # A browser that sends no Origin still says where a request came from (Fetch Metadata).
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel", headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403 and "Sec-Fetch-Site" in r.json()["detail"]
     assert datasets(url) == 0 and job_status(url, job_id) == "queued"
     # Reads stay open (a foreign page cannot read the answer without CORS, and none is granted).
     r = client.get("/api/v1/teachers", headers={"Origin": EVIL})
