@@ -229,7 +229,8 @@ def test_two_jobs_in_one_worker_both_succeed_and_a_benchmark_runs_alone(app, wor
 
 @pytest.mark.parametrize("worker", [()], indirect=True)  # `prunescope worker`'s defaults: one heavy slot
 def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
-    """On a one-slot worker; then a running job is cancelled, and one whose process is killed fails."""
+    """On a one-slot worker; then a running job is cancelled, one whose process is killed fails, and the
+    worker stops when its light consumer dies."""
     distill = running_distill(app, student, steps=100_000)
     try:
         teacher = app.api.post("/teachers", json={"name": "again", "source": str(app.teacher_dir)}).json()
@@ -254,6 +255,12 @@ def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
     assert "the job's process was killed by SIGKILL (out of memory?)" in failed["error"]
     assert worker.proc.poll() is None
 
+    # The worker's registry entry lists `default` for its light consumer: if that consumer dies, the
+    # worker stops (to be restarted by its supervisor) rather than leave light jobs unserved.
+    os.kill(light_consumer_of(worker), signal.SIGKILL)
+    worker.proc.wait(timeout=60)
+    assert "the light-job consumer exited (-9); stopping this worker" in worker.log()
+
 
 def light_consumer_of(worker: WorkerProcess) -> int:
     """The pid of the `default`-queue consumer the worker started (its child with --light-slots 0)."""
@@ -266,12 +273,3 @@ def light_consumer_of(worker: WorkerProcess) -> int:
                 return int(pid)
         time.sleep(0.2)
     raise AssertionError(f"no light consumer: {worker.log()}")
-
-
-@pytest.mark.parametrize("worker", [()], indirect=True)
-def test_a_worker_whose_light_consumer_dies_stops(app, worker):
-    """Its registry entry lists `default` for that consumer: it stops (to be restarted by its supervisor)
-    rather than leave light jobs unserved."""
-    os.kill(light_consumer_of(worker), signal.SIGKILL)
-    worker.proc.wait(timeout=60)
-    assert "the light-job consumer exited (-9); stopping this worker" in worker.log()
