@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     # Where layer-streamed importance memory-maps the activations that fit neither the device nor RAM
     # (a fast local disk, not a tmpfs); unset: the system temporary directory.
     spill_dir: Path | None = None
+    # Where a host's workers keep their device lock files (worker/device_lock.py); unset: data_dir/locks.
+    device_lock_dir: Path | None = None
+    # Root of what the engine builds once and reuses (lm-eval's local task files); unset:
+    # ~/.cache/prunescope (worker.engine.evaluation.local_tasks).
+    cache: Path | None = None
+    # The device a worker's jobs run on. `prunescope worker --device` checks it and sets it for the
+    # task code in its processes (and its light consumer's); not meant to be set by hand.
+    worker_device: str = "cpu"
     # Prefix of every Redis key and channel, so deployments (or test runs) can share one Redis server.
     redis_prefix: str = ""
     frontend_dir: Path | None = None

@@ -9,9 +9,9 @@ claims the job with a conditional update (see worker.runtime).
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
+
+from backend.settings import Settings
 
 RUN_JOB = "prunescope.run_job"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -40,4 +40,5 @@ def make_celery(broker_url: str | None, prefix: str = "") -> Celery:
     return app
 
 
-app = make_celery(os.environ.get("PRUNESCOPE_BROKER_URL"), os.environ.get("PRUNESCOPE_REDIS_PREFIX", ""))
+_settings = Settings()
+app = make_celery(_settings.broker_url, _settings.redis_prefix)

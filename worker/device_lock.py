@@ -30,7 +30,7 @@ POLL_S = 0.2
 
 
 def lock_dir(settings: Settings) -> Path:
-    return Path(os.environ.get("PRUNESCOPE_DEVICE_LOCK_DIR") or settings.data_dir / "locks").resolve()
+    return Path(settings.device_lock_dir or settings.data_dir / "locks").resolve()
 
 
 @contextmanager

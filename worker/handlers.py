@@ -514,7 +514,11 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     rt.raise_if_cancelled()
     if p.get("tasks"):
         rt.progress(0.5, "lm-eval tasks", force=True)
-        result["tasks"] = _plain(evaluation.run_lm_eval(model, tokenizer, p["tasks"], limit=p["limit"]))
+        result["tasks"] = _plain(
+            evaluation.run_lm_eval(
+                model, tokenizer, p["tasks"], limit=p["limit"], cache_root=rt.settings.cache
+            )
+        )
     result["seconds"] = time.perf_counter() - t0
     _save_benchmark(rt, job, "evaluate", result)
     return result

@@ -4,7 +4,6 @@ why) with the handler for its kind (worker.handlers); the task's thread only che
 from __future__ import annotations
 
 import logging
-import os
 
 from celery.signals import worker_init, worker_shutting_down
 
@@ -32,7 +31,8 @@ def preload(**_kwargs) -> None:
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: int, attempt: int) -> str:
-    rt = JobRuntime(Settings(), job_id, attempt, device=os.environ.get("PRUNESCOPE_WORKER_DEVICE", "cpu"))
+    settings = Settings()
+    rt = JobRuntime(settings, job_id, attempt, device=settings.worker_device)
     # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an
     # older deployment) can still bring one here. Refuse it, never run it on the wrong device.
     requirement = rt.required_device()

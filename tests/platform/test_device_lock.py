@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
+from backend.settings import Settings
 from worker.device_lock import device_use
 from worker.runtime import JobCancelled
 
@@ -18,7 +18,7 @@ class FakeRuntime:
     """What device_use needs of a JobRuntime: settings, device, progress messages, cancellation."""
 
     def __init__(self, tmp_path):
-        self.settings = SimpleNamespace(data_dir=tmp_path)
+        self.settings = Settings(data_dir=tmp_path)
         self.device = "cuda:0"
         self.messages: list[str] = []
         self.cancelled = False

@@ -358,6 +358,7 @@ def _whole_student(source: str, weights: dict):
 
 
 def _evaluate(args) -> int:
+    from backend.settings import Settings
     from worker.engine.data import read_documents
     from worker.engine.evaluation import make_manifest, perplexity, run_lm_eval, write_result
 
@@ -387,6 +388,7 @@ def _evaluate(args) -> int:
             limit=args.limit,
             batch_size=args.batch_size,
             seed=args.seed,
+            cache_root=Settings().cache,
         )
     result = {"perplexity": ppl, "lm_eval": scores}
     if args.out:

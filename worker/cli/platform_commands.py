@@ -106,7 +106,7 @@ def _worker(args) -> int:
         queues = check_queues(device, args.queues.split(",") if args.queues else default_queues(device))
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    if not os.environ.get("PRUNESCOPE_BROKER_URL"):
+    if not _settings().broker_url:
         raise CliError("PRUNESCOPE_BROKER_URL is not set (prunescope up starts an embedded broker)")
     if args.light_slots < 0 or args.concurrency < 1:
         raise CliError("--concurrency must be >= 1 and --light-slots >= 0")

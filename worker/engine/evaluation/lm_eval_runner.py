@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.engine.evaluation.local_tasks import LOCAL_TASKS, build_local_tasks
+from worker.engine.evaluation.local_tasks import LOCAL_TASKS, build_local_tasks, default_cache_dir
 
 OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -76,6 +76,7 @@ def run_lm_eval(
     *,
     documents: Sequence[str] | None = None,
     task_dir: str | os.PathLike | None = None,
+    cache_root: str | os.PathLike | None = None,
     limit: int | float | None = None,
     batch_size: int = 8,
     num_fewshot: int | None = None,
@@ -85,7 +86,8 @@ def run_lm_eval(
     """Scores of `tasks` as [{"task", "metric", "value", "stderr"}].
 
     Local tasks (`prunescope_cloze`, `prunescope_rolling`) are built from `documents` (default: the demo
-    corpus test split) unless `task_dir` already holds them. `limit` caps samples per task.
+    corpus test split) unless `task_dir` already holds them, under `cache_root` (see
+    `local_tasks.default_cache_dir`). `limit` caps samples per task.
     """
     tasks = list(tasks)
     if not tasks:
@@ -98,7 +100,7 @@ def run_lm_eval(
             from worker.engine.data import read_documents
 
             documents = read_documents("demo", "test")
-        task_dir = build_local_tasks(documents, seed=seed)
+        task_dir = build_local_tasks(documents, default_cache_dir(cache_root), seed=seed)
     only_local = all(t in LOCAL_TASKS for t in tasks)
     guard = offline() if only_local else contextlib.nullcontext()
     with guard:

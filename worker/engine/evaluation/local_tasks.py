@@ -29,9 +29,10 @@ LOCAL_TASKS = (CLOZE_TASK, ROLLING_TASK)
 TASK_FORMAT_VERSION = 1
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("PRUNESCOPE_CACHE") or Path.home() / ".cache" / "prunescope"
-    return Path(root) / "lm_eval_tasks"
+def default_cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where local tasks are built under the cache `root` (the platform's `Settings.cache`, from
+    PRUNESCOPE_CACHE); without one, ~/.cache/prunescope."""
+    return Path(root or Path.home() / ".cache" / "prunescope") / "lm_eval_tasks"
 
 
 def _lines(doc: str, min_chars: int, max_chars: int) -> list[int]:
