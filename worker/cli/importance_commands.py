@@ -114,6 +114,7 @@ def _importance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from worker.engine.data import calibration_batches, read_documents
+    from worker.engine.distributed import DistributedContext
     from worker.engine.importance import compute_importance
     from worker.engine.importance.offload import choose_mode
     from worker.engine.importance.streamed import compute_importance_streamed
@@ -130,8 +131,15 @@ def _importance(args: argparse.Namespace) -> int:
         from worker.engine.streaming import list_shards
 
         list_shards(source, args.data_format)
+    # Under torchrun / srun: data-parallel, each rank scores its share of the batches (one process else).
+    ctx = DistributedContext.from_environment(device)
+    if ctx.distributed and ctx.device.type == "cuda":
+        device = str(ctx.device)
     mode = choose_mode(args.model, offload=args.offload, dtype=args.dtype, device=device)
-    print(f"importance: {mode.describe()}", file=sys.stderr)
+    if ctx.distributed and mode.streamed:
+        raise CliError("layer-streamed importance runs in one process; under torchrun use --offload never")
+    if ctx.is_main:
+        print(f"importance: {mode.describe()}", file=sys.stderr)
     if mode.streamed:  # the weights are read layer by layer later; only the tokenizer now
         from transformers import AutoConfig
 
@@ -171,7 +179,15 @@ def _importance(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "tokenizer": args.tokenizer or args.model,
     }
-    with tqdm(total=args.samples, desc=f"importance ({mode.name})", unit="sample", file=sys.stderr) as bar:
+    if ctx.distributed:
+        metadata["nodes"] = ctx.nodes
+    with tqdm(
+        total=args.samples,
+        desc=f"importance ({mode.name})",
+        unit="sample",
+        file=sys.stderr,
+        disable=not ctx.is_main,
+    ) as bar:
         common = dict(scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata)
         if mode.streamed:
             result = compute_importance_streamed(
@@ -184,7 +200,10 @@ def _importance(args: argparse.Namespace) -> int:
                 **common,
             )
         else:
-            result = compute_importance(model, batches, execution=mode.record(), **common)
+            result = compute_importance(model, batches, execution=mode.record(), context=ctx, **common)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
     out = result.save(args.out)
     _print_summary(result, out)
     return 0
