@@ -51,6 +51,10 @@ export async function explorerView(host, { args, query }, ctx) {
   const spec = teacher.spec;
   const L = spec.num_layers;
   const perGroup = spec.num_heads / spec.num_kv_heads;
+  // A pruned (non-uniform) teacher: each layer has its own heads, groups and MLP width. The heatmaps are
+  // padded to the widest layer; padding cells (null scores) are drawn dark and cannot be marked.
+  const groupOf = (r, c) => Math.floor(c / (spec.layers?.[r] ? spec.layers[r].num_heads / spec.layers[r].num_kv_heads : perGroup));
+  const headsIn = (r) => headsData?.widths?.[r] ?? spec.num_heads;
   const draftKey = `prunescope.draft.run${run.id}`;
 
   // ---- plan state: saved plan from the URL, else the local draft ----------------------------
@@ -150,14 +154,15 @@ export async function explorerView(host, { args, query }, ctx) {
     rowMarked: (r) => state.index().drop.has(r),
     markFrac: (r, c) => {
       const idx = state.index();
-      return idx.heads.get(r)?.has(c) || idx.groups.get(r)?.has(Math.floor(c / perGroup)) ? 1 : 0;
+      return idx.heads.get(r)?.has(c) || idx.groups.get(r)?.has(groupOf(r, c)) ? 1 : 0;
     },
     tooltip: (r, c) => {
+      if (c >= headsIn(r)) return `<b>layer ${r}</b> has ${headsIn(r)} heads (no head ${c}: a narrower layer of a pruned model)`;
       const v = headsData.z[r][c];
       const rank = headsData.rank[r][c];
       const idx = state.index();
-      const marked = idx.drop.has(r) ? "layer dropped" : idx.groups.get(r)?.has(Math.floor(c / perGroup)) ? "KV group removed" : idx.heads.get(r)?.has(c) ? "marked" : "";
-      return `<b>layer ${r} · head ${c}</b> · KV group ${Math.floor(c / perGroup)}<br>score ${sig(v)}<br>rank ${spec.num_heads - rank} of ${spec.num_heads} in layer (1 = most important)${marked ? `<br><span class="marked">● ${marked}</span>` : ""}`;
+      const marked = idx.drop.has(r) ? "layer dropped" : idx.groups.get(r)?.has(groupOf(r, c)) ? "KV group removed" : idx.heads.get(r)?.has(c) ? "marked" : "";
+      return `<b>layer ${r} · head ${c}</b> · KV group ${groupOf(r, c)}<br>score ${sig(v)}<br>rank ${headsIn(r) - rank} of ${headsIn(r)} in layer (1 = most important)${marked ? `<br><span class="marked">● ${marked}</span>` : ""}`;
     },
     onClick: (r, c) => toggleHeadCells([[r, c]]),
     onBox: ({ r0, r1, c0, c1 }) => {
@@ -169,15 +174,17 @@ export async function explorerView(host, { args, query }, ctx) {
   });
   headsHost.append(heads.el);
 
-  function toggleHeadCells(cells) {
+  function toggleHeadCells(all) {
+    const cells = all.filter(([r, c]) => c < headsIn(r)); // padding of narrower layers: nothing to mark
+    if (!cells.length) return;
     if (view.headMode === "groups") {
       const seen = new Set();
       const groups = [];
       for (const [r, c] of cells) {
-        const key = `${r}:${Math.floor(c / perGroup)}`;
+        const key = `${r}:${groupOf(r, c)}`;
         if (!seen.has(key)) {
           seen.add(key);
-          groups.push([r, Math.floor(c / perGroup)]);
+          groups.push([r, groupOf(r, c)]);
         }
       }
       state.toggleGroups(groups);
@@ -207,14 +214,16 @@ export async function explorerView(host, { args, query }, ctx) {
       const sorted = d.order === "sorted";
       const frac = neuronMarks ? neuronMarks[r * d.bins + c] : 0;
       const marked = frac ? `<br><span class="marked">● ${Math.round(frac * 100)}% marked</span>` : "";
+      const width = d.widths?.[r] ?? d.width; // this layer's neurons (a pruned teacher's layers differ)
+      if (a >= width) return `<b>layer ${d.layers[r]}</b> has ${width} neurons (padding: a narrower layer of a pruned model)`;
       if (b - a === 1) {
         // One neuron: name it (sorted order needs the ranking, fetched after the first paint).
         const order = sorted && neuronOrder && neuronOrder.order ? neuronOrder.order.get(d.layers[r]) : null;
         const who = sorted ? (order ? `neuron ${order[a]}` : "") : `neuron ${a}`;
-        const rank = sorted ? `<br>rank ${a + 1} of ${d.width} in layer (1 = most important)` : "";
+        const rank = sorted ? `<br>rank ${a + 1} of ${width} in layer (1 = most important)` : "";
         return `<b>layer ${d.layers[r]}${who ? ` · ${who}` : ""}</b>${rank}<br>score ${sig(d.z[r][c])}${marked}`;
       }
-      const what = sorted ? `ranks ${a + 1}–${b} of ${d.width} (1 = most important)` : `neurons ${a}–${b - 1}`;
+      const what = sorted ? `ranks ${a + 1}–${Math.min(b, width)} of ${width} (1 = most important)` : `neurons ${a}–${Math.min(b, width) - 1}`;
       return `<b>layer ${d.layers[r]}</b> · ${what}<br>mean ${sig(d.z[r][c])} · max ${sig(d.zmax[r][c])}<br>${b - a} neurons in this bin${marked}`;
     },
     onClick: (r, c) => toggleNeuronBins(r, r, c, c),
@@ -237,9 +246,10 @@ export async function explorerView(host, { args, query }, ctx) {
     const perLayer = new Map();
     for (let r = r0; r <= r1; r++) {
       const layer = d.layers[r];
+      const end = Math.min(d.bin_edges[c1 + 1], d.widths?.[r] ?? d.width); // padding (sorted last) is no neuron
       const list = [];
-      for (let p = d.bin_edges[c0]; p < d.bin_edges[c1 + 1]; p++) list.push(d.order === "sorted" ? neuronOrder.order.get(layer)[p] : p);
-      perLayer.set(layer, list);
+      for (let p = d.bin_edges[c0]; p < end; p++) list.push(d.order === "sorted" ? neuronOrder.order.get(layer)[p] : p);
+      if (list.length) perLayer.set(layer, list);
     }
     state.toggleNeurons(perLayer);
   }
