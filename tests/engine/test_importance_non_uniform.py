@@ -274,3 +274,16 @@ def test_cutting_a_non_uniform_teacher_equals_masking_it_in_memory_and_out_of_co
         assert [(s.num_heads, s.intermediate_size) for s in shapes] == [(3, 48), (4, 48), (8, 29), (8, 30)]
         with torch.no_grad():
             torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_mixture_of_experts_with_uneven_heads_is_scored_uneven_experts_are_refused():
+    """MoE: per-layer head counts are handled like dense models; layers that differ in experts or
+    expert width are not supported yet (a clear error, nothing computed)."""
+    _, batches = padded_batches([9, 5], batch_size=2)
+    heads_only = apply_plan(tiny_model("qwen3_moe"), PrunePlan(remove_kv_groups={1: [0]}))
+    result = compute_importance(heads_only, batches, scans=("bi",))
+    assert result.arrays["heads_valid"].tolist() == [8, 6, 8, 8]
+    assert np.isnan(result.scores().heads[1, 6:]).all() and np.isfinite(result.scores().experts).all()
+    uneven = apply_plan(tiny_model("qwen3_moe"), PrunePlan(remove_experts={2: [0, 5]}))
+    with pytest.raises(ValueError, match="differ in experts or expert width is not supported yet"):
+        compute_importance(uneven, batches, scans=("bi",))
