@@ -32,8 +32,26 @@ def redis_py_url(broker_url: str) -> str:
     return broker_url
 
 
+# Every redis-py client of the platform is made here, with these timeouts: a Redis that is down must fail a
+# call in seconds (callers fall back: streams poll, the resender retries), never hang a request.
+CONNECT_TIMEOUT_S = 5
+COMMAND_TIMEOUT_S = 10
+
+
 def redis_client(broker_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_py_url(broker_url), socket_connect_timeout=5, socket_timeout=10)
+    return redis.Redis.from_url(
+        redis_py_url(broker_url), socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S
+    )
+
+
+def async_subscriber(broker_url: str):
+    """An asyncio client for a pub/sub subscription. No command timeout: a subscriber waits for messages
+    as long as none come; a dead connection is found by a health check ping every 30 s instead."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(
+        redis_py_url(broker_url), socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=30
+    )
 
 
 @lru_cache(maxsize=8)

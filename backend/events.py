@@ -37,17 +37,8 @@ def publish_wakeup(settings: Settings, job_id: int, teacher_id: int | None) -> N
     if not settings.broker_url:
         return
     try:
-        client = _client(settings.broker_url)
+        client = broker.shared_client(settings.broker_url)
         message = json.dumps({"job_id": job_id, "teacher_id": teacher_id})
         client.publish(broker.channel(settings.redis_prefix), message)
     except Exception as exc:  # the DB row is the truth; a lost wake-up only delays the stream
         log.warning("event wake-up not published: %s", exc)
-
-
-_clients: dict[str, Any] = {}
-
-
-def _client(broker_url: str):
-    if broker_url not in _clients:
-        _clients[broker_url] = broker.redis_client(broker_url)
-    return _clients[broker_url]

@@ -54,11 +54,9 @@ class Notifier:
                 event.set()
 
     async def _listen(self) -> None:
-        import redis.asyncio as aioredis
-
         while True:
+            client = broker.async_subscriber(self.broker_url)
             try:
-                client = aioredis.Redis.from_url(broker.redis_py_url(self.broker_url))
                 pubsub = client.pubsub()
                 await pubsub.subscribe(broker.channel(self.prefix))
                 async for message in pubsub.listen():
@@ -71,3 +69,5 @@ class Notifier:
             except Exception as exc:  # reconnect; streams keep polling meanwhile
                 log.warning("event subscription lost (%s); retrying", exc)
                 await asyncio.sleep(1.0)
+            finally:  # each retry's client is closed, not leaked
+                await client.aclose()
