@@ -12,8 +12,9 @@ reports, side by side with the planner's estimate:
   Python / allocator overhead the planner does not model, so it is printed, not targeted.
 
 Distillation is measured over its second step (AdamW's moments exist from the first), through the real
-`distill()` loop with `memory_options`; importance through `compute_importance`; evaluation through
-`perplexity`. The target is |estimate / tensors - 1| <= 15% for every case.
+`distill()` loop with `memory_options`; importance through `compute_importance` (two batches, loss scans
+on); evaluation as `perplexity` scores one batch (final hidden states, then the chunked-head NLL). The
+target is |estimate / tensors - 1| <= 15% for every case.
 
 Usage:
     python bench/memory_planner_bench.py            # all cases (CPU, or CUDA when available)
