@@ -2,7 +2,7 @@
 // plan sharing untouched per-layer lists, so the history is cheap even with thousands of neurons marked.
 
 export function emptyPlan() {
-  return { drop_layers: [], remove_heads: {}, remove_kv_groups: {}, remove_neurons: {}, remove_hidden: [], targets: null };
+  return { drop_layers: [], remove_heads: {}, remove_kv_groups: {}, remove_neurons: {}, remove_hidden: [], remove_experts: {}, remove_expert_neurons: {}, targets: null };
 }
 
 /** Normalise a plan from the API or storage (string keys, sorted unique lists, no empty entries). */
@@ -20,6 +20,11 @@ export function normalisePlan(plan) {
     remove_kv_groups: dict(plan.remove_kv_groups),
     remove_neurons: dict(plan.remove_neurons),
     remove_hidden: sortedUnique(plan.remove_hidden || []),
+    // Mixture of experts: experts per layer; each expert's FFN channels (layer -> expert -> list).
+    remove_experts: dict(plan.remove_experts),
+    remove_expert_neurons: Object.fromEntries(
+      Object.entries(plan.remove_expert_neurons || {}).map(([l, perExpert]) => [String(l), dict(perExpert)]).filter(([, d]) => Object.keys(d).length),
+    ),
     targets: plan.targets || null,
   };
 }
@@ -163,6 +168,20 @@ export class PlanState {
     this._commit({ ...this.plan, remove_neurons: neurons }, "neurons");
   }
 
+  /** Toggle experts of MoE layers: cells [[layer, expert], ...] (all marked -> unmark, else mark). */
+  toggleExperts(cells) {
+    if (!cells.length) return;
+    const idx = this.index();
+    const allIn = cells.every(([l, e]) => idx.experts.get(l)?.has(e));
+    let experts = { ...this.plan.remove_experts };
+    for (const [l, list] of groupByLayer(cells)) {
+      const set = new Set(experts[String(l)] || []);
+      for (const e of list) allIn ? set.delete(e) : set.add(e);
+      experts = withLayerList(experts, l, Array.from(set).sort((a, b) => a - b));
+    }
+    this._commit({ ...this.plan, remove_experts: experts }, "experts");
+  }
+
   toggleHidden(channels) {
     if (!channels.length) return;
     this._commit({ ...this.plan, remove_hidden: toggleAll(this.plan.remove_hidden, channels) }, "hidden");
@@ -182,6 +201,7 @@ export class PlanState {
       groups: toMap(this.plan.remove_kv_groups),
       neurons: toMap(this.plan.remove_neurons),
       hidden: new Set(this.plan.remove_hidden),
+      experts: toMap(this.plan.remove_experts || {}),
     };
     return this._index;
   }

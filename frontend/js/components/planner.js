@@ -48,9 +48,16 @@ export class Planner {
           title: "block: the contiguous block whose removal raised the loss least · angular: the contiguous block whose input and output point most alike (smallest arccos(cos)/π, Gromov et al.) · both need the run's block size k = layers dropped" }),
         field({ name: "heads_per_layer", label: `Heads / layer (of ${spec.num_heads})`, type: "number", min: 1, placeholder: String(spec.num_heads) }),
         field({ name: "head_mode", label: "Heads removed", options: [["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "within_groups" }),
-        field({ name: "intermediate_size", label: `MLP size (of ${spec.intermediate_size})`, type: "number", min: 1, placeholder: String(spec.intermediate_size) }),
+        field({ name: "intermediate_size", label: spec.num_experts ? `Expert FFN width (of ${spec.intermediate_size})` : `MLP size (of ${spec.intermediate_size})`, type: "number", min: 1, placeholder: String(spec.intermediate_size) }),
+        ...(spec.num_experts
+          ? [
+              field({ name: "experts_per_layer", label: `Experts / layer (of ${spec.num_experts}, top-${spec.experts_per_token})`, type: "number", min: spec.experts_per_token, placeholder: String(spec.num_experts) }),
+              field({ name: "expert_metric", label: "Rank experts by", options: [["contribution", "contribution norm"], ["routed", "routed token share"], ["prob", "router probability"]], value: "contribution" }),
+            ]
+          : []),
         field({ name: "hidden_size", label: `Hidden (of ${spec.hidden_size})`, type: "number", min: 1, placeholder: String(spec.hidden_size) }),
-        h("label.field", { style: { gridColumn: "1 / -1" } }, h("span", "Parameter budget"), h("input", { name: "param_budget", placeholder: `e.g. ${compact(spec.params_total * 0.6)}` })),
+        h("label.field", { style: { gridColumn: spec.num_experts ? "auto" : "1 / -1" } }, h("span", spec.num_experts ? "Total parameter budget" : "Parameter budget"), h("input", { name: "param_budget", placeholder: `e.g. ${compact(spec.params_total * 0.6)}` })),
+        spec.num_experts ? h("label.field", h("span", "Active parameter budget"), h("input", { name: "active_param_budget", placeholder: `e.g. ${compact((spec.params_active || spec.params_total) * 0.8)}` })) : null,
       ),
       h("div.row", h("span.hint", "Marks the least important units; adjust by hand afterwards."), h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "fill" } }, "Fill to target")),
       this.fillErr,
@@ -113,17 +120,20 @@ export class Planner {
     const mlpKept = stats.layers.map((s) => s.intermediate_size);
     const range = (xs) => (xs.length ? (Math.min(...xs) === Math.max(...xs) ? String(xs[0]) : `${Math.min(...xs)}–${Math.max(...xs)}`) : "–");
     // data-value carries the exact number (tests compare it with plan_stats; people read the text).
-    const exact = { "params-total": stats.params_total, "params-nonemb": stats.params_non_embedding, flops: stats.flops_per_token, kvcache: stats.kv_cache_bytes_per_token };
+    const exact = { "params-total": stats.params_total, "params-nonemb": stats.params_non_embedding, "params-active": stats.params_active, flops: stats.flops_per_token, kvcache: stats.kv_cache_bytes_per_token };
+    const expertsKept = stats.layers.map((s) => s.num_experts || 0);
     const metric = (label, value, delta, testid, extra = null, wide = false) =>
       h(`div.metric${wide ? ".wide" : ""}`, { dataset: { testid, value: exact[testid] ?? "" } }, h("div.label", label), h("div.value", value), delta ? h("div.delta", delta) : null, extra);
     mount(this.summary,
       h("div.summary-big",
         metric("Parameters", compact(stats.params_total), `${pct(stats.fraction_of_teacher)} of teacher (${compact(stats.teacher_params_total)}) · ${int(stats.params_total)}`, "params-total",
           h("div.budget-bar", h("i", { style: { width: `${Math.min(100, 100 * stats.fraction_of_teacher)}%` } })), true),
+        // Mixture of experts: what one token runs (router + top-k experts) next to the total.
+        spec.num_experts ? metric("Active / token", compact(stats.params_active), `${pct(ratio(stats.params_active, stats.teacher_params_active))} of teacher (${compact(stats.teacher_params_active)}) · top-${spec.experts_per_token}`, "params-active") : null,
         metric("Non-embedding", compact(stats.params_non_embedding), pct(ratio(stats.params_non_embedding, stats.teacher_params_non_embedding)), "params-nonemb"),
         metric("FLOPs / token", flops(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
         metric("KV cache / token", bytes(stats.kv_cache_bytes_per_token), pct(ratio(stats.kv_cache_bytes_per_token, stats.teacher_kv_cache_bytes_per_token)), "kvcache"),
-        metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
+        metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), spec.num_experts ? `experts ${range(expertsKept)}/${spec.num_experts} × FFN ${range(mlpKept)}/${spec.intermediate_size}` : `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),
     );
     this.undoBtn.disabled = !state.canUndo();
@@ -162,16 +172,17 @@ export class Planner {
   async fill() {
     const v = readForm(this.fillForm);
     const targets = {};
-    for (const key of ["num_layers", "heads_per_layer", "intermediate_size", "hidden_size"]) if (v[key] !== undefined) targets[key] = v[key];
+    for (const key of ["num_layers", "heads_per_layer", "intermediate_size", "hidden_size", "experts_per_layer"]) if (v[key] !== undefined) targets[key] = v[key];
     if (targets.num_layers !== undefined) targets.layer_method = v.layer_method;
     if (targets.heads_per_layer !== undefined) targets.head_mode = v.head_mode;
-    if (v.param_budget !== undefined) {
-      const n = parseCount(v.param_budget);
+    for (const budget of ["param_budget", "active_param_budget"]) {
+      if (v[budget] === undefined) continue;
+      const n = parseCount(v[budget]);
       if (!Number.isFinite(n) || n <= 0) {
-        showError(this.fillErr, { message: "param_budget: write a number of parameters, e.g. 3.5M or 3500000", fields: { param_budget: "not a number of parameters" } }, this.fillForm);
+        showError(this.fillErr, { message: `${budget}: write a number of parameters, e.g. 3.5M or 3500000`, fields: { [budget]: "not a number of parameters" } }, this.fillForm);
         return;
       }
-      targets.param_budget = n;
+      targets[budget] = n;
     }
     if (!Object.keys(targets).length) {
       showError(this.fillErr, { message: "Set at least one target (layers, heads per layer, MLP size, hidden size or a parameter budget)." }, this.fillForm);
@@ -179,7 +190,9 @@ export class Planner {
     }
     const { batch, seq } = this.ctx.agg();
     try {
-      const res = await api.post("/plans/fill", { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, targets, batch, seq });
+      const body = { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, targets, batch, seq };
+      if (v.expert_metric) body.expert_metric = v.expert_metric;
+      const res = await api.post("/plans/fill", body);
       showError(this.fillErr, null, this.fillForm);
       this.ctx.state.replace(res.plan, "fill");
       toast("Plan filled to target: adjust it by hand if you like.");

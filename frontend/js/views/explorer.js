@@ -30,6 +30,7 @@ export async function explorerView(host, { args, query }, ctx) {
     headMode: query.get("heads") || "heads",
     tool: "select",
     layerMetric: query.get("layer") || "block",
+    expertMetric: query.get("experts") || "routed",
   };
   const t0 = performance.now();
   mount(host, h("div.empty", "Loading importance run…"));
@@ -53,8 +54,10 @@ export async function explorerView(host, { args, query }, ctx) {
   const perGroup = spec.num_heads / spec.num_kv_heads;
   // A pruned (non-uniform) teacher: each layer has its own heads, groups and MLP width. The heatmaps are
   // padded to the widest layer; padding cells (null scores) are drawn dark and cannot be marked.
-  const groupOf = (r, c) => Math.floor(c / (spec.layers?.[r] ? spec.layers[r].num_heads / spec.layers[r].num_kv_heads : perGroup));
+  const groupSizeOf = (r) => (spec.layers?.[r] ? spec.layers[r].num_heads / spec.layers[r].num_kv_heads : perGroup);
+  const groupOf = (r, c) => Math.floor(c / groupSizeOf(r));
   const headsIn = (r) => headsData?.widths?.[r] ?? spec.num_heads;
+  const moe = (spec.num_experts || 0) > 0; // mixture of experts: an experts map replaces the MLP neurons map
   const draftKey = `prunescope.draft.run${run.id}`;
 
   // ---- plan state: saved plan from the URL, else the local draft ----------------------------
@@ -84,6 +87,8 @@ export async function explorerView(host, { args, query }, ctx) {
   const neuronsHost = h("div");
   const neuronsBar = h("div");
   const neuronsAxis = h("div.hm-axis");
+  const expertsHost = h("div");
+  const expertsBar = h("div");
   const hiddenHost = h("div");
   const hiddenBar = h("div");
   const layersPlot = h("div.plot", { dataset: { testid: "layers-plot" } });
@@ -113,7 +118,7 @@ export async function explorerView(host, { args, query }, ctx) {
   mount(host,
     h("div.page-head",
       h("h1", `Importance run #${run.id}`),
-      h("span.sub", `${teacher.name} · ${spec.family} · ${L} layers × ${spec.num_heads} heads (${spec.num_kv_heads} KV groups) · MLP ${spec.intermediate_size} · hidden ${spec.hidden_size}`),
+      h("span.sub", `${teacher.name} · ${spec.family} · ${L} layers × ${spec.num_heads} heads (${spec.num_kv_heads} KV groups) · ${moe ? `${spec.num_experts} experts (top-${spec.experts_per_token}) × FFN ${spec.intermediate_size}` : `MLP ${spec.intermediate_size}`} · hidden ${spec.hidden_size}`),
       h("span.hint", `${run.params?.samples ?? "?"} samples × ${run.params?.seq_len ?? "?"} tokens · ${when(run.finished_at || run.created_at)}`),
       timing,
     ),
@@ -125,9 +130,15 @@ export async function explorerView(host, { args, query }, ctx) {
             h("span.ctl", h("span", "click marks"), segmented([["heads", "heads"], ["groups", "KV groups"]], view.headMode, (v) => { view.headMode = v; setQuery({ heads: v }); }, { dataset: { testid: "head-mode" } })),
             headsBar),
           headsHost),
-        h("section.panel", { dataset: { testid: "neurons-panel" } },
-          h("header", h("h2", "MLP neurons"), neuronControls, neuronsBar),
-          neuronsHost, neuronsAxis),
+        moe
+          ? h("section.panel", { dataset: { testid: "experts-panel" } },
+              h("header", h("h2", "Experts"), h("span.hint", `layers × ${spec.num_experts} experts (top-${spec.experts_per_token} per token); click or drag to mark experts for removal`),
+                h("span.ctl", h("span", "score"), segmented([["routed", "routed share"], ["contribution", "contribution"], ["prob", "router prob."]], view.expertMetric, (v) => { view.expertMetric = v; setQuery({ experts: v }); drawExperts(); }, { dataset: { testid: "expert-metric" } })),
+                expertsBar),
+              expertsHost)
+          : h("section.panel", { dataset: { testid: "neurons-panel" } },
+              h("header", h("h2", "MLP neurons"), neuronControls, neuronsBar),
+              neuronsHost, neuronsAxis),
         h("section.panel", { dataset: { testid: "hidden-panel" } },
           h("header", h("h2", "Hidden channels"), h("span.hint", "summed over every layer's norms; one global ranking"), hiddenBar),
           hiddenHost),
@@ -146,7 +157,7 @@ export async function explorerView(host, { args, query }, ctx) {
   let headsData = null;
   const heads = new Heatmap({
     rowHeight: L > 24 ? 12 : 18,
-    groupSize: perGroup,
+    groupSize: spec.uniform === false ? groupSizeOf : perGroup,
     palette: view.palette,
     scale: view.scale,
     testid: "heads-map",
@@ -318,6 +329,54 @@ export async function explorerView(host, { args, query }, ctx) {
     mount(neuronsBar, colorbar(view.palette, neurons.range, view.scale));
   }
 
+  // ---- experts heatmap (mixture of experts) ---------------------------------------------------
+  let expertsData = null;
+  const EXPERT_HELP = {
+    routed: "share of tokens routed to this expert (a layer's shares sum to top-k)",
+    contribution: "|routing weight × expert output| per token (0 where not routed)",
+    prob: "router softmax probability per token",
+  };
+  const experts = new Heatmap({
+    rowHeight: L > 24 ? 12 : 18,
+    palette: view.palette,
+    scale: view.scale,
+    testid: "experts-map",
+    rowLabels: (r) => `L${r}`,
+    rowMarked: (r) => state.index().drop.has(r),
+    markFrac: (r, c) => (state.index().experts.get(r)?.has(c) ? 1 : 0),
+    tooltip: (r, c) => {
+      const m = view.expertMetric;
+      const rank = expertsData.rank[m][r][c];
+      const marked = state.index().drop.has(r) ? "layer dropped" : state.index().experts.get(r)?.has(c) ? "marked" : "";
+      return `<b>layer ${r} · expert ${c}</b><br>${EXPERT_HELP[m]}: ${sig(expertsData.metrics[m][r][c])}<br>rank ${spec.num_experts - rank} of ${spec.num_experts} in layer (1 = most important)${marked ? `<br><span class="marked">● ${marked}</span>` : ""}`;
+    },
+    onClick: (r, c) => state.toggleExperts([[r, c]]),
+    onBox: ({ r0, r1, c0, c1 }) => {
+      const cells = [];
+      for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) cells.push([r, c]);
+      state.toggleExperts(cells);
+    },
+    onRowClick: (r) => state.toggleLayers([r]),
+  });
+  if (moe) expertsHost.append(experts.el);
+
+  function drawExperts() {
+    if (!expertsData) return;
+    experts.setData(expertsData.metrics[view.expertMetric]);
+    mount(expertsBar, colorbar(view.palette, experts.range, view.scale));
+  }
+
+  async function loadExperts() {
+    if (!moe) return;
+    try {
+      expertsData = await api.get(`/importance-runs/${run.id}/experts${qs({ batch: view.batch, seq: view.seq })}`);
+    } catch (err) {
+      mount(expertsHost, h("div.error-msg", err.message));
+      return;
+    }
+    if (ctx.alive) drawExperts();
+  }
+
   // ---- hidden channels strip ----------------------------------------------------------------
   let hiddenData = null;
   let hiddenBins = null; // {edges, positions: Int32Array (position -> channel)}
@@ -484,11 +543,12 @@ export async function explorerView(host, { args, query }, ctx) {
 
   async function reloadScores() {
     neuronOrder = null;
-    await Promise.all([loadHeads(), loadNeurons(), loadHidden()]);
+    await Promise.all([loadHeads(), moe ? loadExperts() : loadNeurons(), loadHidden()]);
   }
 
   function restyle() {
-    for (const map of [heads, neurons, hidden]) map.set({ palette: view.palette, scale: view.scale });
+    for (const map of [heads, neurons, hidden, experts]) map.set({ palette: view.palette, scale: view.scale });
+    if (expertsData) mount(expertsBar, colorbar(view.palette, experts.range, view.scale));
     if (headsData) mount(headsBar, colorbar(view.palette, heads.range, view.scale));
     if (neuronData) mount(neuronsBar, colorbar(view.palette, neurons.range, view.scale));
     if (hiddenData) mount(hiddenBar, colorbar(view.palette, hidden.range, view.scale));
@@ -499,6 +559,7 @@ export async function explorerView(host, { args, query }, ctx) {
     heads.draw();
     neurons.draw();
     hidden.draw();
+    experts.draw();
     drawLayers();
   });
 
@@ -519,17 +580,20 @@ export async function explorerView(host, { args, query }, ctx) {
   ctx.onCleanup(() => {
     window.removeEventListener("keydown", onKey);
     planner.destroy();
-    for (const map of [heads, neurons, hidden]) map.destroy();
+    for (const map of [heads, neurons, hidden, experts]) map.destroy();
   });
 
   await Promise.all([
     loadHeads(),
-    loadNeurons(),
+    moe ? loadExperts() : loadNeurons(),
     loadHidden(),
     api.get(`/importance-runs/${run.id}/stability`).then((s) => {
-      mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), stabilityBadge("neurons", s.neurons), stabilityBadge("hidden", s.hidden));
+      const width = moe
+        ? [stabilityBadge("experts", s.experts_routed), stabilityBadge("contribution", s.experts_contribution), stabilityBadge("expert FFN", s.expert_neurons)]
+        : [stabilityBadge("neurons", s.neurons)];
+      mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), ...width, stabilityBadge("hidden", s.hidden));
       // Depth scores have their own split-half agreement (block_importance, drop_loss, block_loss_k2 …).
-      const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k));
+      const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k) && !k.startsWith("expert"));
       mount(layerStability, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])));
     }).catch(() => {}),
   ]);
@@ -543,7 +607,7 @@ export async function explorerView(host, { args, query }, ctx) {
   }
   await drawLayers();
   // Sorted neuron marks need each layer's ranking: fetch it now, after the first paint.
-  if (view.order === "sorted") {
+  if (view.order === "sorted" && !moe) {
     ensureOrder().then(() => {
       window.__prunescopeNeuronOrderMs = performance.now() - t0; // read by bench/dashboard_first_paint.py
       if (ctx.alive) { computeNeuronMarks(); neurons.draw(); }
