@@ -1,7 +1,7 @@
 """The explorer on a non-uniform teacher (real Chromium, live API + Celery worker): a pruned student whose
 layer 0 keeps 4 of 8 heads (one per KV group) and layer 1 40 of 48 MLP neurons is promoted and scored;
-the heads map draws layer 0's padding dark and a click there marks nothing, a click on a real head
-marks it; a box over layer 1's neuron padding marks only its 40 real neurons."""
+the heads map draws layer 0's padding dark and its own KV-group rules, a click on the padding marks
+nothing, a click on a real head marks it; a box over layer 1's neuron padding marks only its 40 real neurons."""
 
 from __future__ import annotations
 
@@ -55,6 +55,18 @@ def test_padding_of_narrower_layers_is_dark_and_cannot_be_marked(page, live_app)
         [*head_cell(0, 6), *head_cell(0, 1)],
     )
     assert colours[0][:3] == [40, 40, 40] and colours[1][:3] != [40, 40, 40]
+    # KV-group rules per layer: layer 0 has one head per group (a rule after head 0), layer 2 two.
+    rule_x = box["x"] + box["width"] / 8
+    rules = page.evaluate(
+        """([x, y0, y2]) => {
+            const c = document.querySelector('[data-testid=heads-map]');
+            const r = c.getBoundingClientRect(), sx = c.width / r.width, sy = c.height / r.height;
+            const at = (x, y) => Array.from(c.getContext('2d').getImageData((x - r.left) * sx, (y - r.top) * sy, 1, 1).data);
+            return [at(x, y0), at(x, y2)];
+        }""",
+        [rule_x, head_cell(0, 0)[1], head_cell(2, 0)[1]],
+    )
+    assert rules[0][:3] == [14, 17, 22] and rules[1][:3] != [14, 17, 22]
 
     page.mouse.move(*head_cell(0, 6))
     page.wait_for_function("document.body.innerText.includes('has 4 heads')")

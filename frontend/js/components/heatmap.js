@@ -59,7 +59,7 @@ function hatch(ctx) {
 
 export class Heatmap {
   /**
-   * opts: rows, cols, rowHeight, groupSize (columns per KV group, draws separators), rowLabels (fn r -> text
+   * opts: rows, cols, rowHeight, groupSize (columns per KV group, or a function of the row; draws separators), rowLabels (fn r -> text
    * or null), palette, scale, domain, markFrac(r, c) -> 0..1, rowMarked(r) -> bool, tooltip(r, c) -> html,
    * onClick(r, c, ev), onBox({r0, r1, c0, c1}, ev), onRowClick(r, ev), onRowHover(r), boxColumnsOnly.
    */
@@ -171,9 +171,13 @@ export class Heatmap {
       for (let r = 1; r < rows; r++) ctx.fillRect(0, r * rowHeight - 0.5, width, 1);
     }
     // KV-group boundaries: heads sharing one K/V projection sit between two dark rules.
-    if (this.o.groupSize && this.o.groupSize < cols) {
-      ctx.fillStyle = "#0e1116";
-      for (let c = this.o.groupSize; c < cols; c += this.o.groupSize) ctx.fillRect(c * cw - 1.5, 0, 3, height);
+    // groupSize may be a function of the row: a pruned teacher's layers can group their heads differently.
+    const perRow = typeof this.o.groupSize === "function";
+    ctx.fillStyle = "#0e1116";
+    for (let r = 0; r < (perRow ? rows : 1); r++) {
+      const size = perRow ? this.o.groupSize(r) : this.o.groupSize;
+      const [y, h] = perRow ? [r * rowHeight, rowHeight] : [0, height];
+      if (size && size < cols) for (let c = size; c < cols; c += size) ctx.fillRect(c * cw - 1.5, y, 3, h);
     }
     // Marked cells: darken, then a magenta hatch whose opacity says how much of the cell is marked.
     const pattern = hatch(ctx);
