@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script by torchrun
 from tests.engine.distill_helpers import packed, tiny_llama  # noqa: E402
 from worker.engine.distill import DistillConfig, distill  # noqa: E402
 from worker.engine.distill.distributed import DistillContext  # noqa: E402
+from worker.engine.distill.memory import memory_options  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-placement", default="auto")
     p.add_argument("--stop-at", type=int, default=0, help="rank 0 alone asks to stop before this step")
     p.add_argument("--hang-at", type=int, default=0, help="the last rank sleeps before this step")
+    p.add_argument("--val-batches", type=int, default=2)
+    p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=24)
@@ -59,11 +62,12 @@ def main(argv=None) -> int:
         min_lr=3e-4,
         warmup_steps=3,
         val_every=5,
-        val_batches=2,
+        val_batches=args.val_batches,
         chunk_tokens=16,
         seed=5,
         checkpoint_every=args.checkpoint_every,
         teacher_placement=args.teacher_placement,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     steps_seen = []
 
@@ -79,18 +83,19 @@ def main(argv=None) -> int:
         summary = json.loads((out / "work" / "checkpoint.json").read_text())
         start_step[0] = summary["step"]
     history = []
-    result = distill(
-        student,
-        teacher,
-        train,
-        val,
-        config,
-        callback=history.append,
-        checkpoint_dir=out / "work",
-        resume=args.resume,
-        should_stop=should_stop,
-        context=ctx,
-    )
+    with memory_options(student, teacher, config):
+        result = distill(
+            student,
+            teacher,
+            train,
+            val,
+            config,
+            callback=history.append,
+            checkpoint_dir=out / "work",
+            resume=args.resume,
+            should_stop=should_stop,
+            context=ctx,
+        )
     state = ctx.full_state_dict(student)
     if ctx.is_main:
         import torch
@@ -104,6 +109,9 @@ def main(argv=None) -> int:
     (out / f"rank{ctx.rank}.json").write_text(
         json.dumps({"steps": result.steps_completed, "stopped": result.stopped, "placement": ctx.placement})
     )
+    # Every rank's files are written before any exits: a rank exiting 3 (stopped) makes torchrun's agent
+    # terminate the ranks still running.
+    ctx.barrier()
     ctx.close()
     return 3 if result.stopped else 0
 

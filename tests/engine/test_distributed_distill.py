@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.engine import distill_rank_main
-from tests.engine.torchrun_helpers import finish, kill_group, launch, rank_env
+from tests.engine.torchrun_helpers import finish, kill_group, launch, launch_nodes, rank_env
 
 SCRIPT = Path(distill_rank_main.__file__)
 STEPS = 10
@@ -59,19 +59,29 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_ranks_equal_one_process_with_sharded_teacher(reference, tmp_path):
-    code, log = _run(tmp_path, "--teacher-placement=shard")
-    assert code == 0, log
+def test_two_nodes_equal_one_process_with_sharded_teacher_and_checkpointing(reference, tmp_path):
+    """2 "nodes" of 1 rank (c10d rendezvous), the teacher sharded, activation checkpointing on."""
+    args = [str(SCRIPT), str(tmp_path), f"--steps={STEPS}", "--teacher-placement=shard"]
+    agents = launch_nodes([*args, "--gradient-checkpointing"])
+    try:
+        for agent in agents:
+            code, log = finish(agent)
+            assert code == 0, log
+    finally:
+        for agent in agents:
+            kill_group(agent)
     _assert_same_run(tmp_path, reference)
     context = _history(tmp_path)["context"]
-    assert context["world_size"] == 2 and context["teacher"] == "shard"
+    assert context["world_size"] == 2 and context["nodes"] == 2 and context["teacher"] == "shard"
     # The loop changed the losses a lot over 10 steps: equality above is not two untrained runs agreeing.
     losses = [m["loss"] for m in _history(reference)["history"]]
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_stop_on_one_rank_stops_both_and_sharded_resume_is_exact(reference, tmp_path):
-    code, log = _run(tmp_path, "--stop-at=4", "--checkpoint-every=3")
+def test_stop_on_one_rank_stops_both_and_sharded_resume_with_accumulation_is_exact(reference, tmp_path):
+    # Global batch 2 x 2 micro-batches: the reference's 4 samples per step (one row per rank per micro).
+    accumulate = ("--batch-size=2", "--grad-accum=2", "--val-batches=4")  # validation: the same 8 blocks
+    code, log = _run(tmp_path, "--stop-at=4", "--checkpoint-every=3", *accumulate)
     assert code != 0, log  # each rank exits 3 (stopped); torchrun reports the job as not completed
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks == [ranks[0], ranks[0]] and ranks[0]["steps"] == 4 and ranks[0]["stopped"], ranks
@@ -79,7 +89,7 @@ def test_stop_on_one_rank_stops_both_and_sharded_resume_is_exact(reference, tmp_
     assert summary["step"] == 4 and summary["stopped"] and summary["world_size"] == 2
     assert not list((tmp_path / "work").glob(".checkpoint.dcp.*"))  # the old checkpoint was replaced
 
-    code, log = _run(tmp_path, "--resume")
+    code, log = _run(tmp_path, "--resume", *accumulate)
     assert code == 0, log
     _assert_same_run(tmp_path, reference)
 

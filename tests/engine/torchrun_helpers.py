@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,27 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
         return proc.returncode, output
     finally:
         kill_group(proc)
+
+
+def launch_nodes(target: list[str], *, nodes: int = 2, env: dict | None = None) -> list[subprocess.Popen]:
+    """`nodes` torchrun agents of one rank each meeting at a c10d rendezvous: N "nodes" on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", "--nproc-per-node=1"]
+    return [
+        subprocess.Popen(
+            [*command, *rendezvous, "--monitor-interval=0.5", *target],
+            cwd=ROOT,
+            env=env or rank_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(nodes)
+    ]
 
 
 def run(target: list[str], *, ranks: int = 2, env: dict | None = None) -> tuple[int, str]:
