@@ -319,9 +319,9 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
     import torch
 
     from worker.engine.data import PackedTokens
+    from worker.engine.evaluation.perplexity import block_nll
     from worker.engine.masking import masked
     from worker.engine.plan import PrunePlan
-    from worker.engine.teacher import block_nll
 
     plan_row, teacher = _rows(rt, (Plan, job.plan_id), (Teacher, job.teacher_id))
     p = job.params

@@ -75,3 +75,17 @@ def test_every_torch_save_of_the_engine_is_the_atomic_one(tmp_path):
         if "torch.save(" in p.read_text() and p.name != "atomic.py"
     )
     assert saving == ["distill/sharded_checkpoint.py"]
+
+
+def test_only_the_train_teacher_command_imports_the_teacher_recipe():
+    """The what-if preview, the perplexity evaluation and the teacher's curve share `block_nll`
+    (evaluation.perplexity); nothing outside `prunescope train-teacher` depends on the demo teacher's
+    training recipe module."""
+    root = Path(atomic.__file__).parents[2]
+    importers = sorted(
+        str(p.relative_to(root))
+        for package in ("backend", "worker")
+        for p in (root / package).rglob("*.py")
+        if "worker.engine.teacher import" in p.read_text()
+    )
+    assert importers == ["worker/cli/teacher_commands.py"]

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from worker.demo import corpus_manifest, demo_teacher_path
 from worker.engine.data import PackedTokens, read_documents
-from worker.engine.teacher import CARD_FILE, CURVE_FILE, TeacherRecipe, block_nll, lr_at, train_teacher
+from worker.engine.evaluation.perplexity import block_nll
+from worker.engine.teacher import CARD_FILE, CURVE_FILE, TeacherRecipe, lr_at, train_teacher
 
 TINY = dict(
     hidden_size=32,

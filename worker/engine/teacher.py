@@ -21,9 +21,9 @@ import torch
 from pydantic import BaseModel, Field
 
 from worker.engine import atomic
-from worker.engine.chunked_head import final_hidden_states, next_token_targets, output_head, token_nll
 from worker.engine.data import PackedTokens, read_documents
 from worker.engine.distill.schedule import lr_at as scheduled_lr
+from worker.engine.evaluation.perplexity import block_nll
 from worker.engine.fingerprint import library_versions
 
 CURVE_FILE = "training_curve.json"
@@ -91,29 +91,6 @@ def lr_at(step: int, recipe: TeacherRecipe) -> float:
         total=recipe.steps,
         minimum_at_last_step=True,
     )
-
-
-@torch.no_grad()
-def block_nll(
-    model, packed: PackedTokens, *, limit: int | None = None, batch_size: int = 8
-) -> tuple[float, int]:
-    """(mean next-token NLL, predicted tokens) over the first `limit` blocks of `packed`, in order.
-
-    This is the teacher's one evaluation function: the curve, the card, the what-if preview (under
-    `masking.masked`) and the tests all use it. The LM head runs in token chunks (no full logits).
-    """
-    was_training = model.training
-    model.eval()
-    head = output_head(model)
-    device = head.weight.device
-    total, count = 0.0, 0
-    for blocks in packed.sequential(batch_size, limit):
-        blocks = blocks.to(device)
-        nll = token_nll(final_hidden_states(model, blocks), head, next_token_targets(blocks))
-        total += float(nll.sum(dtype=torch.float64))
-        count += blocks[:, 1:].numel()
-    model.train(was_training)
-    return total / count, count
 
 
 def _optimizer(model, recipe: TeacherRecipe) -> torch.optim.AdamW:

@@ -7,7 +7,8 @@ start every `stride` tokens (stride < context): window k starts at k * stride an
 after the previous window's end, so each token is predicted from between context - stride and context
 tokens of history (Hugging Face's "perplexity of fixed-length models" recipe).
 
-PackedTokens: every block is scored on its own (its first token is only context).
+PackedTokens: every block is scored on its own (its first token is only context), by `block_nll`, the
+one packed-block scorer (also the demo teacher's curve and card, and the what-if preview).
 
 Memory: the LM head is applied to the scored positions only, a chunk of tokens at a time
 (`chunked_head.token_nll`), so full batch x sequence x vocabulary logits are never materialised.
@@ -21,7 +22,12 @@ from collections.abc import Sequence
 
 import torch
 
-from worker.engine.chunked_head import IGNORE_INDEX, final_hidden_states, output_head, token_nll
+from worker.engine.chunked_head import (
+    IGNORE_INDEX,
+    final_hidden_states,
+    output_head,
+    token_nll,
+)
 
 
 def model_context(model) -> int:
@@ -99,7 +105,7 @@ def perplexity(
     model.eval()
     try:
         if hasattr(data, "sequential"):
-            return _packed_perplexity(score, data, batch_size, max_blocks)
+            return _packed_perplexity(model, data, batch_size, max_blocks, chunk_tokens)
         return _document_perplexity(score, model, data, tokenizer, context, stride, batch_size, max_documents)
     finally:
         model.train(was_training)
@@ -112,13 +118,36 @@ def _result(nll: float, count: int, **extra) -> dict:
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count, **extra}
 
 
-def _packed_perplexity(score, packed, batch_size, max_blocks) -> dict:
-    nll, count, blocks = 0.0, 0, 0
-    for block in packed.sequential(batch_size, limit=max_blocks):
-        rows = [(row.tolist(), 1) for row in block]
-        part, n = score(rows, 0)
-        nll, count, blocks = nll + part, count + n, blocks + len(rows)
-    return _result(nll, count, blocks=blocks, context=packed.seq_len, stride=None)
+@torch.no_grad()
+def block_nll(
+    model, packed, *, limit: int | None = None, batch_size: int = 8, chunk_tokens: int | None = None
+) -> tuple[float, int]:
+    """(mean next-token NLL, predicted tokens) over the first `limit` blocks of `packed`, in order.
+
+    The model runs in eval mode (restored after: the teacher's curve scores mid-training); the LM head
+    runs on the predicting positions only, in token chunks (no full logits).
+    """
+    was_training = model.training
+    model.eval()
+    head = output_head(model)
+    device = head.weight.device
+    total, count = 0.0, 0
+    for blocks in packed.sequential(batch_size, limit):
+        blocks = blocks.to(device)
+        hidden = final_hidden_states(model, blocks)[:, :-1]  # the last position predicts nothing
+        nll = token_nll(hidden, head, blocks[:, 1:], chunk_tokens)
+        total += float(nll.sum(dtype=torch.float64))
+        count += blocks[:, 1:].numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no tokens to score (no blocks)")
+    return total / count, count
+
+
+def _packed_perplexity(model, packed, batch_size, max_blocks, chunk_tokens) -> dict:
+    loss, count = block_nll(model, packed, limit=max_blocks, batch_size=batch_size, chunk_tokens=chunk_tokens)
+    blocks = count // (packed.seq_len - 1)  # every block predicts seq_len - 1 tokens
+    return _result(loss * count, count, blocks=blocks, context=packed.seq_len, stride=None)
 
 
 def _document_perplexity(
