@@ -191,6 +191,9 @@ def test_heatmaps_and_fill_plan_read_the_ragged_artifact(tmp_path):
     for layer in kept:
         removed = plan.remove_neurons[layer]
         assert len(removed) == NEURONS[layer] - 24 and max(removed) < NEURONS[layer]
+        # The sorted map's last real positions are exactly what fill_plan removes (ties included).
+        decoded = np.frombuffer(__import__("base64").b64decode(order["order"][layer]), dtype="<u2")
+        assert sorted(decoded[24 : NEURONS[layer]].tolist()) == removed
 
 
 def test_targets_on_a_non_uniform_teacher_name_the_layer_they_do_not_suit():
