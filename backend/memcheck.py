@@ -75,28 +75,59 @@ def check_job(
     student_id: int | None,
     teacher_id: int,
 ) -> None:
-    """409 when a distillation fits no live worker on its queue (other kinds: not sized yet)."""
-    if kind != "distill" or student_id is None:
+    """409 when a distill, evaluate or benchmark job fits no live worker on its queue."""
+    student = db.get(Student, student_id) if student_id is not None else None
+    teacher = db.get(Teacher, teacher_id)
+    if not (teacher and teacher.spec) or (student_id is not None and not (student and student.spec)):
         return
-    student, teacher = db.get(Student, student_id), db.get(Teacher, teacher_id)
-    if not (student and student.spec and teacher and teacher.spec):
-        return
-    s_spec = memplan.spec_from_summary(student.spec)
-    t_spec = None if params.get("baseline") else memplan.spec_from_summary(teacher.spec)
+    t_spec = memplan.spec_from_summary(teacher.spec)
+    s_spec = memplan.spec_from_summary(student.spec) if student is not None else None
     device = "cuda" if queue == GPU else "cpu"
+    if kind == "distill" and s_spec is not None:
 
-    def need(p: dict) -> int:
-        return memplan.distill_memory(
-            s_spec,
-            t_spec,
-            batch_size=p["batch_size"],
-            seq_len=p["seq_len"],
-            weights_dtype=p.get("weights_dtype", "float32"),
-            gradient_checkpointing=bool(p.get("gradient_checkpointing")),
-            device=device,
-        )["total"]
+        def need(p: dict) -> int:
+            return memplan.distill_memory(
+                s_spec,
+                None if p.get("baseline") else t_spec,
+                batch_size=p["batch_size"],
+                seq_len=p["seq_len"],
+                weights_dtype=p.get("weights_dtype", "float32"),
+                gradient_checkpointing=bool(p.get("gradient_checkpointing")),
+                device=device,
+            )["total"]
 
-    refuse_unless_fits(settings, queue, "distillation", need, params, memplan.distill_candidates(params))
+        candidates = memplan.distill_candidates(params)
+    elif kind == "evaluate":  # perplexity of one model at its default batch of 8 windows
+
+        def need(p: dict) -> int:
+            return memplan.evaluation_memory(s_spec or t_spec, batch_size=8, seq_len=p["seq_len"])["total"]
+
+        candidates = []
+    elif kind == "benchmark":  # teacher and student are loaded together, measured one after the other
+
+        def need(p: dict) -> int:
+            runs = [
+                memplan.evaluation_memory(
+                    spec, batch_size=p["batch_size"], seq_len=p["seq_len"], new_tokens=p["new_tokens"]
+                )
+                for spec in ([t_spec, s_spec] if s_spec is not None else [t_spec])
+            ]
+            weights = sum(r["parts"]["weights"] for r in runs)
+            return weights + max(r["total"] - r["parts"]["weights"] for r in runs)
+
+        candidates = _halved_batches(params["batch_size"])
+    else:
+        return
+    what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
+    refuse_unless_fits(settings, queue, what, need, params, candidates)
+
+
+def _halved_batches(batch_size: int) -> list[dict]:
+    out, b = [], batch_size // 2
+    while b >= 1:
+        out.append({"batch_size": b})
+        b //= 2
+    return out
 
 
 def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue: str) -> None:
@@ -121,8 +152,4 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
             for streamed in layouts
         )
 
-    halves, b = [], params["batch_size"] // 2
-    while b >= 1:
-        halves.append({"batch_size": b})
-        b //= 2
-    refuse_unless_fits(settings, queue, "importance run", need, params, halves)
+    refuse_unless_fits(settings, queue, "importance run", need, params, _halved_batches(params["batch_size"]))

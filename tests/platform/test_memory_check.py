@@ -134,6 +134,29 @@ def test_importance_counts_the_streamed_layout_unless_offload_is_never(client, a
     forget_worker(api_env, cpu)
 
 
+def test_benchmark_and_evaluate_are_sized_too(client, api_env, student_id):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 80 * GiB, 80 * GiB)
+    before = counts(url)
+    bench = {"kind": "benchmark", "student_id": student_id}
+    # Teacher + student weights (~41 GiB fp32) and a 64 x 8224-token KV cache do not fit; a smaller batch does.
+    r = client.post(
+        "/api/v1/jobs", json={**bench, "params": {"batch_size": 64, "seq_len": 8192, "device": "cuda"}}
+    )
+    assert r.status_code == 409, r.text
+    assert "this benchmark needs" in r.json()["detail"]
+    assert "nearest setting that fits: batch_size=" in r.json()["detail"]
+    evaluate = {"kind": "evaluate", "student_id": student_id, "params": {"seq_len": 131072, "device": "cuda"}}
+    r = client.post("/api/v1/jobs", json=evaluate)
+    assert r.status_code == 409 and "this evaluation needs" in r.json()["detail"], r.text
+    assert counts(url) == before
+    r = client.post(
+        "/api/v1/jobs", json={**bench, "params": {"batch_size": 1, "seq_len": 128, "device": "cuda"}}
+    )
+    assert r.status_code == 201, r.text
+    forget_worker(api_env, gpu)
+
+
 def test_workers_without_memory_refuse_nothing(client, api_env, student_id):
     """An entry from a worker that reports no memory (or no worker at all): the job is queued as before."""
     old = fake_worker(api_env, "cuda:0", ["gpu", "default"])
