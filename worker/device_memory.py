@@ -1,13 +1,15 @@
 """Total and free memory of a worker's device, for its worker-registry entry (refreshed with it).
 
-CUDA: `torch.cuda.mem_get_info` of the worker's GPU (torch is imported only then: a CPU worker's
-presence thread stays torch-free). CPU: MemTotal and MemAvailable from /proc/meminfo, since RAM is
+CUDA: `nvidia-smi` for the worker's GPU (no CUDA context in the worker's own process: that would hold
+a few hundred MiB of the GPU for as long as the worker lives), else `torch.cuda.mem_get_info`. CPU: MemTotal and MemAvailable from /proc/meminfo, since RAM is
 shared with every other process on the machine. The memory planner (worker/engine/memplan.py
 `usable_bytes`) turns this into what a job may use.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 from worker.routing import device_type
@@ -23,13 +25,39 @@ def _meminfo() -> dict[str, int]:
     return out
 
 
+def _nvidia_smi(index: int) -> tuple[int, int] | None:
+    """(free, total) bytes of CUDA device `index` as this process numbers it, or None without nvidia-smi."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    physical = visible[index] if index < len(visible) else str(index)
+    try:
+        out = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=memory.free,memory.total",
+                "--format=csv,noheader,nounits",
+                "-i",
+                physical,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        free_mib, total_mib = (int(x) for x in out.stdout.strip().splitlines()[0].split(","))
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+    return free_mib << 20, total_mib << 20
+
+
 def device_memory(device: str) -> dict | None:
     """{"kind": "cuda"|"cpu", "total_bytes", "free_bytes"}, or None where it cannot be read."""
     if device_type(device) == "cuda":
-        import torch
-
         index = int(device.split(":", 1)[1]) if ":" in device else 0
-        free, total = torch.cuda.mem_get_info(index)
+        read = _nvidia_smi(index)
+        if read is None:
+            import torch
+
+            read = torch.cuda.mem_get_info(index)
+        free, total = read
         return {"kind": "cuda", "total_bytes": int(total), "free_bytes": int(free)}
     try:
         info = _meminfo()

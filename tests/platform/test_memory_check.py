@@ -4,6 +4,8 @@ memory planner's. A real worker's entry carries its device memory (refreshed wit
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from backend import fleet
@@ -175,3 +177,16 @@ def test_a_real_presence_entry_carries_the_device_memory(api_env):
         assert memory["kind"] == "cpu" and 0 < memory["free_bytes"] <= memory["total_bytes"]
     finally:
         presence.stop()
+
+
+def test_cuda_memory_is_read_without_a_cuda_context(tmp_path, monkeypatch):
+    """nvidia-smi (a stand-in script here: no GPU on the test machine), with CUDA_VISIBLE_DEVICES mapped."""
+    from worker.device_memory import device_memory
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho "81000, 81559"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert device_memory("cuda:1") == {"kind": "cuda", "total_bytes": 81559 << 20, "free_bytes": 81000 << 20}
+    assert (tmp_path / "args").read_text().split()[-2:] == ["-i", "5"]
