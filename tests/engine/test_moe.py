@@ -268,3 +268,21 @@ def test_out_of_core_cut_equals_in_memory_cut(family, cut, tmp_path):
     for name, tensor in want.items():
         assert torch.equal(have[name], tensor), name
     torch.testing.assert_close(logits(got), logits(expected), atol=0, rtol=0)
+
+
+def test_cli_shows_active_parameters_and_refuses_too_few_experts(tmp_path, capsys):
+    from tests.engine.test_loading import tiny_tokenizer
+    from worker.cli import main
+
+    teacher = tmp_path / "teacher"
+    tiny_model("mixtral").save_pretrained(teacher)
+    tiny_tokenizer().save_pretrained(teacher)
+    spec = arch_spec(tiny_model("mixtral"))
+    assert main(["summary", str(teacher)]) == 0
+    out = capsys.readouterr().out
+    assert f"params_active             {spec.param_count()['active']:,}" in out
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"remove_experts": {"0": [0, 1, 2, 3, 4]}}')
+    assert main(["prune", str(teacher), "--plan", str(plan), "-o", str(tmp_path / "student")]) != 0
+    assert "remove at most 4 experts" in capsys.readouterr().err
+    assert not (tmp_path / "student").exists()

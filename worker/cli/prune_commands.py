@@ -131,7 +131,8 @@ def cmd_summary(args) -> int:
 
     model, _tok = _load(args)
     summary = arch_spec(model).summary()
-    _print_json_or_table(summary, args.json, SUMMARY_KEYS)
+    moe = ["num_experts", "experts_per_token", "params_active"] if summary["num_experts"] else []
+    _print_json_or_table(summary, args.json, SUMMARY_KEYS + moe)
     if not args.json and not summary["uniform"]:
         for i, layer in enumerate(summary["layers"]):
             print(f"layer {i}: {layer}")
@@ -163,7 +164,8 @@ def cmd_plan_stats(args) -> int:
     if args.json:
         print(json.dumps({"plan": plan.model_dump(mode="json"), **stats}, indent=2))
     else:
-        _print_json_or_table(stats, False, STATS_KEYS)
+        moe = ["params_active", "percent_of_teacher_active"] if spec.num_experts else []
+        _print_json_or_table(stats, False, STATS_KEYS + moe)
     return 0
 
 
