@@ -73,3 +73,42 @@ def load_teacher_into(directory: str | os.PathLike, teacher: torch.nn.Module) ->
         return False
     teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return True
+
+
+# ---- either format: one file in one process, DCP directories under torchrun (sharded_checkpoint.py) ----
+
+
+def read_training_state(directory: str | os.PathLike, ctx) -> dict | None:
+    """The saved run's metadata (in one process: everything) or None; weights load in `restore_...`."""
+    if ctx.distributed:
+        from worker.engine.distill.sharded_checkpoint import read_sharded_meta
+
+        return read_sharded_meta(directory)
+    return load_checkpoint(directory)
+
+
+def restore_training_state(directory, ctx, state: dict, student, optimizer) -> None:
+    """Student weights, optimizer and RNG states from the checkpoint `state` came from."""
+    if ctx.distributed:
+        from worker.engine.distill.sharded_checkpoint import load_sharded
+
+        load_sharded(directory, ctx, student, optimizer)
+        return
+    try:
+        student.load_state_dict(state["student"])
+    except RuntimeError as exc:  # a checkpoint of another architecture
+        raise ValueError(
+            f"cannot resume: the checkpoint does not fit this student ({exc})".splitlines()[0]
+        ) from None
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+
+
+def save_training_state(directory, ctx, meta: dict, student, optimizer) -> Path:
+    """`meta` (step, scheduler, data position, history...) with the weights, optimizer and RNG states."""
+    if ctx.distributed:
+        from worker.engine.distill.sharded_checkpoint import save_sharded
+
+        return save_sharded(directory, ctx, meta, student, optimizer)
+    full = {**meta, "student": student.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    return save_checkpoint(directory, full)

@@ -19,19 +19,17 @@ from pathlib import Path
 import torch
 
 from worker.engine.distill.checkpoint import (
-    load_checkpoint,
     load_teacher_into,
-    rng_state,
-    save_checkpoint,
+    read_training_state,
+    restore_training_state,
     save_teacher,
-    set_rng_state,
+    save_training_state,
 )
 from worker.engine.distill.config import DistillConfig
 from worker.engine.distill.distributed import DistillContext, LossModule
 from worker.engine.distill.forward import final_hidden, lm_head
 from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosine_state_loss
 from worker.engine.distill.schedule import lambda_for
-from worker.engine.distill.sharded_checkpoint import load_sharded, read_sharded_meta, save_sharded
 
 Callback = Callable[[dict], None]
 
@@ -228,9 +226,7 @@ def distill(
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    state = None
-    if resume:
-        state = (read_sharded_meta if ctx.distributed else load_checkpoint)(checkpoint_dir)
+    state = read_training_state(checkpoint_dir, ctx) if resume else None
     if state is not None:
         _check_resume(state["config"], config)
 
@@ -260,17 +256,7 @@ def distill(
     history: list[dict] = []
     validation: list[dict] = []
     if state is not None:
-        if ctx.distributed:
-            load_sharded(checkpoint_dir, ctx, student, optimizer)
-        else:
-            try:
-                student.load_state_dict(state["student"])
-            except RuntimeError as exc:  # a checkpoint of another architecture
-                raise ValueError(
-                    f"cannot resume: the checkpoint does not fit this student ({exc})".splitlines()[0]
-                ) from None
-            optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
+        restore_training_state(checkpoint_dir, ctx, state, student, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         stream = state.get("data_position", {}).get("stream")
         _restore_stream(train, ctx.localize_stream_position(stream))
@@ -298,17 +284,7 @@ def distill(
             "history": history,
             "validation": validation,
         }
-        if ctx.distributed:
-            return save_sharded(checkpoint_dir, ctx, meta, student, optimizer)
-        return save_checkpoint(
-            checkpoint_dir,
-            {
-                **meta,
-                "student": student.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-            },
-        )
+        return save_training_state(checkpoint_dir, ctx, meta, student, optimizer)
 
     def run_validation(step: int) -> None:
         metrics = validate(student, teacher, val, config, module=module, context=ctx)
