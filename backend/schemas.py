@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from backend.data_reading import DataReading
+from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.engine.plan import PlanTargets, PrunePlan
 from worker.routing import Requirement
 
@@ -169,28 +170,32 @@ class StudentCreate(OnDevice):
 
 class DistillParams(OnDevice, DataReading):
     dataset_id: RowId | None = None
-    steps: int = Field(200, ge=1, le=10_000_000)
+    steps: int = Field(DISTILL.steps, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1, le=MAX_INT64, description="overrides steps")
-    lr: float = Field(1e-4, gt=0, le=1.0)
-    min_lr: float = Field(1e-5, ge=0, le=1.0, validate_default=True)  # checked against lr when omitted too
-    warmup: Count = 20
-    temperature: float = Field(1.0, gt=0, le=100)
-    ce_weight: float = Field(0.0, ge=0, le=1e6)
-    teacher_correction_steps: Count = 0
+    lr: float = Field(DISTILL.lr, gt=0, le=1.0)
+    # validate_default: checked against lr when omitted too
+    min_lr: float = Field(DISTILL.min_lr, ge=0, le=1.0, validate_default=True)
+    warmup: Count = DISTILL.warmup_steps
+    temperature: float = Field(DISTILL.temperature, gt=0, le=100)
+    ce_weight: float = Field(DISTILL.ce_weight, ge=0, le=1e6)
+    teacher_correction_steps: Count = DISTILL.teacher_correction_steps
     baseline: bool = False
-    batch_size: int = Field(8, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE")
+    batch_size: int = Field(
+        DISTILL.batch_size, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE"
+    )
     gradient_checkpointing: bool = Field(
-        False, description="recompute each student layer's activations in backward: less memory, more compute"
+        DISTILL.gradient_checkpointing,
+        description="recompute each student layer's activations in backward: less memory, more compute",
     )
     weights_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
+        DISTILL.weights_dtype,
         description="student and teacher weights, gradients and AdamW states (bf16: half the memory)",
     )
-    seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
-    val_every: Count = 50
-    val_batches: int = Field(8, ge=1, le=10_000)
-    checkpoint_every: Count = 50
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seq_len: int = Field(DISTILL.seq_len, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
+    val_every: Count = DISTILL.val_every
+    val_batches: int = Field(DISTILL.val_batches, ge=1, le=10_000)
+    checkpoint_every: Count = DISTILL.checkpoint_every
+    seed: int = Field(DISTILL.seed, ge=0, le=2**32 - 1)
 
     @field_validator("min_lr")
     @classmethod

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from backend.artifacts import ArtifactStore
 from backend.db import session_scope
 from backend.models import Artifact, BenchmarkResult, Dataset, ImportanceRun, Job, Plan, Student, Teacher
+from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.runtime import JobCancelled, JobRuntime
 
 
@@ -389,10 +390,11 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
         temperature=p["temperature"],
         ce_weight=p["ce_weight"],
         teacher_correction_steps=p["teacher_correction_steps"],
-        gradient_checkpointing=p.get("gradient_checkpointing", False),
-        weights_dtype=p.get("weights_dtype", "float32"),
+        # .get: jobs queued before these parameters existed run with the defaults
+        gradient_checkpointing=p.get("gradient_checkpointing", DISTILL.gradient_checkpointing),
+        weights_dtype=p.get("weights_dtype", DISTILL.weights_dtype),
         val_every=p["val_every"],
-        val_batches=p.get("val_batches", 8),
+        val_batches=p.get("val_batches", DISTILL.val_batches),
         checkpoint_every=p["checkpoint_every"],
         seed=p["seed"],
     )

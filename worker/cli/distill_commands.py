@@ -25,6 +25,7 @@ from pathlib import Path
 
 from worker.cli import CliError
 from worker.cli.data_options import add_data_options, data_source, open_stream
+from worker.engine.distill_defaults import DEFAULTS as D
 
 
 def _say(message: str) -> None:
@@ -64,23 +65,24 @@ def register(subparsers) -> None:
     d.add_argument(
         "--mode", choices=("kd", "ce"), default="kd", help="kd (default) or ce: baseline, no teacher"
     )
-    d.add_argument("--steps", type=int, default=100)
-    d.add_argument("--batch-size", type=int, default=8)
-    d.add_argument("--grad-accum", type=int, default=1)
-    d.add_argument("--seq-len", type=int, default=256)
-    d.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    d.add_argument("--min-lr", type=float, default=None, help="final learning rate (default: lr / 10)")
-    d.add_argument("--warmup", type=int, default=10)
-    d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--kd-weight", type=float, default=1.0)
-    d.add_argument("--ce-weight", type=float, default=0.0)
+    # Defaults: worker.engine.distill_defaults (the same for the API and the engine).
+    d.add_argument("--steps", type=int, default=D.steps)
+    d.add_argument("--batch-size", type=int, default=D.batch_size)
+    d.add_argument("--grad-accum", type=int, default=D.grad_accum)
+    d.add_argument("--seq-len", type=int, default=D.seq_len)
+    d.add_argument("--lr", type=float, default=D.lr, help="peak learning rate")
+    d.add_argument("--min-lr", type=float, default=D.min_lr, help="final learning rate")
+    d.add_argument("--warmup", type=int, default=D.warmup_steps)
+    d.add_argument("--temperature", type=float, default=D.temperature)
+    d.add_argument("--kd-weight", type=float, default=D.kd_weight)
+    d.add_argument("--ce-weight", type=float, default=D.ce_weight)
     d.add_argument(
         "--intermediate-weight",
         type=float,
-        default=0.0,
+        default=D.intermediate_weight,
         help="cosine loss on hidden states of kept layers (layer map from the student's plan)",
     )
-    d.add_argument("--teacher-correction-steps", type=int, default=0)
+    d.add_argument("--teacher-correction-steps", type=int, default=D.teacher_correction_steps)
     d.add_argument(
         "--gradient-checkpointing",
         action="store_true",
@@ -89,19 +91,19 @@ def register(subparsers) -> None:
     d.add_argument(
         "--weights-dtype",
         choices=("float32", "bfloat16"),
-        default="float32",
+        default=D.weights_dtype,
         help="dtype of student and teacher weights, gradients and AdamW states (bfloat16: half the memory)",
     )
     d.add_argument(
         "--teacher-placement",
         choices=("auto", "replicate", "shard"),
-        default="auto",
+        default=D.teacher_placement,
         help="under torchrun: a whole teacher per rank or sharded like the student (auto: by memory)",
     )
-    d.add_argument("--val-every", type=int, default=50)
-    d.add_argument("--val-batches", type=int, default=8)
-    d.add_argument("--checkpoint-every", type=int, default=50)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--val-every", type=int, default=D.val_every)
+    d.add_argument("--val-batches", type=int, default=D.val_batches)
+    d.add_argument("--checkpoint-every", type=int, default=D.checkpoint_every)
+    d.add_argument("--seed", type=int, default=D.seed)
     d.add_argument("--device", default="cpu")
     d.add_argument(
         "--stop-file", type=Path, default=None, help="stop (with a checkpoint) when this file appears"
@@ -200,7 +202,7 @@ def _distill(args) -> int:
             batch_size=args.batch_size,
             grad_accum=args.grad_accum,
             lr=args.lr,
-            min_lr=args.lr / 10 if args.min_lr is None else args.min_lr,
+            min_lr=args.min_lr,
             warmup_steps=args.warmup,
             temperature=args.temperature,
             kd_weight=args.kd_weight,

@@ -6,33 +6,35 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.engine.distill_defaults import DEFAULTS as D  # shared with the API and the CLI
+
 
 class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["kd", "ce"] = "kd"  # "ce": baseline trained on labels only, no teacher
-    steps: int = Field(100, ge=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)  # peak (Minitron practice: 1e-4, min 1e-5)
-    min_lr: float = Field(1e-5, ge=0)
-    warmup_steps: int = Field(10, ge=0)
+    steps: int = Field(D.steps, ge=1)
+    batch_size: int = Field(D.batch_size, ge=1)
+    grad_accum: int = Field(D.grad_accum, ge=1)
+    lr: float = Field(D.lr, gt=0)  # peak
+    min_lr: float = Field(D.min_lr, ge=0)
+    warmup_steps: int = Field(D.warmup_steps, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = Field(1.0, gt=0)  # None: no clipping (the norm is still reported)
-    temperature: float = Field(1.0, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
-    ce_weight: float = Field(0.0, ge=0)  # Minitron practice: 0
-    intermediate_weight: float = Field(0.0, ge=0)  # cosine loss on mapped hidden states
+    temperature: float = Field(D.temperature, gt=0)
+    kd_weight: float = Field(D.kd_weight, ge=0)
+    ce_weight: float = Field(D.ce_weight, ge=0)
+    intermediate_weight: float = Field(D.intermediate_weight, ge=0)  # cosine loss on mapped hidden states
     layer_map: list[int] | None = None  # student layer j -> teacher layer; default identity
     hidden_channels: list[int] | None = None  # teacher channels kept by the student, if hidden was cut
     # Tokens per LM-head chunk; None: as many as fit CHUNK_LOGITS logits (see chunked_head.auto_chunk_tokens).
     chunk_tokens: int | None = Field(None, ge=1)
-    seed: int = 0
-    val_every: int = Field(50, ge=0)  # 0: only at the end
-    val_batches: int = Field(8, ge=1)
-    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end / on stop
-    teacher_correction_steps: int = Field(0, ge=0)
+    seed: int = D.seed
+    val_every: int = Field(D.val_every, ge=0)  # 0: only at the end
+    val_batches: int = Field(D.val_batches, ge=1)
+    checkpoint_every: int = Field(D.checkpoint_every, ge=0)  # 0: only at the end / on stop
+    teacher_correction_steps: int = Field(D.teacher_correction_steps, ge=0)
     teacher_correction_lr_factor: float = Field(0.2, gt=0)  # x teacher peak LR (paper 2: 1/5)
     teacher_peak_lr: float | None = Field(None, gt=0)  # the teacher's own peak; default: lr
     bf16: bool = True  # autocast to bf16 on CUDA only; CPU runs in the weights' dtype
@@ -40,11 +42,11 @@ class DistillConfig(BaseModel):
     # it; worker/engine/memplan.py sizes them): recompute each student layer's activations
     # in backward instead of keeping them; hold student and teacher weights in bfloat16 (pure-bf16
     # training: AdamW's moments follow the weights' dtype, no float32 master copy; the loss stays float32).
-    gradient_checkpointing: bool = False
-    weights_dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = D.gradient_checkpointing
+    weights_dtype: Literal["float32", "bfloat16"] = D.weights_dtype
     # Under torchrun: shard the teacher like the student (forward only) or keep a whole copy per rank;
     # "auto" replicates when a copy fits easily (distill.distributed.DistillContext.teacher_placement).
-    teacher_placement: Literal["auto", "replicate", "shard"] = "auto"
+    teacher_placement: Literal["auto", "replicate", "shard"] = D.teacher_placement
 
     @model_validator(mode="after")
     def _check(self):
