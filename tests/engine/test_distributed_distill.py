@@ -165,3 +165,21 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
     two, _ = load_model(tmp_path / "two")
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), name
+
+
+def test_ranks_come_from_torchrun_or_slurm_and_one_process_is_the_identity(monkeypatch):
+    from worker.engine.distributed import DistributedContext, launched_ranks
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    assert launched_ranks() is None
+    ctx = DistributedContext.from_environment()
+    assert not ctx.distributed and ctx.is_main and ctx.mean([1.5, 2.0]) == [1.5, 2.0] and not ctx.any(False)
+    assert torch.equal(ctx.local_rows(torch.arange(4)), torch.arange(4))
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2(x2)"}
+    for name, value in {**slurm, "MASTER_ADDR": "node0"}.items():
+        monkeypatch.setenv(name, value)
+    assert launched_ranks() == {"rank": 3, "world_size": 4, "local_rank": 1, "local_world_size": 2}
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)  # torchrun's variables win over SLURM's
+    assert launched_ranks() == {"rank": 1, "world_size": 2, "local_rank": 0, "local_world_size": 1}

@@ -10,6 +10,7 @@ hanging it. It is built on `torch.distributed` alone: no home-made exchange.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -21,8 +22,9 @@ DEFAULT_TIMEOUT_S = 600.0
 
 def _env_int(*names: str) -> int | None:
     for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
+        found = re.match(r"\d+", os.environ.get(name, ""))  # SLURM may write "2(x3)": 2 tasks on 3 nodes
+        if found:
+            return int(found.group())
     return None
 
 
