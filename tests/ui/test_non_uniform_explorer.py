@@ -37,6 +37,7 @@ def test_padding_of_narrower_layers_is_dark_and_cannot_be_marked(page, live_app)
     page.reload()
     page.wait_for_selector("[data-testid=heads-map]")
     page.wait_for_selector("[data-testid=neurons-map]")
+    assert "4 layers × 4–8 heads (4 KV groups) · MLP 40–48" in page.inner_text("[data-testid=teacher-shape]")
 
     box = page.locator("[data-testid=heads-map]").bounding_box()
     row = 18  # the heads map's row height for a few layers

@@ -57,6 +57,12 @@ export async function explorerView(host, { args, query }, ctx) {
   const groupSizeOf = (r) => (spec.layers?.[r] ? spec.layers[r].num_heads / spec.layers[r].num_kv_heads : perGroup);
   const groupOf = (r, c) => Math.floor(c / groupSizeOf(r));
   const headsIn = (r) => headsData?.widths?.[r] ?? spec.num_heads;
+  /** A width over the layers: one number, or "min–max" when a pruned teacher's layers differ. */
+  const span = (key) => {
+    const values = (spec.layers || []).map((s) => s[key]);
+    const [lo, hi] = values.length ? [Math.min(...values), Math.max(...values)] : [spec[key], spec[key]];
+    return lo === hi ? `${lo}` : `${lo}–${hi}`;
+  };
   const moe = (spec.num_experts || 0) > 0; // mixture of experts: an experts map replaces the MLP neurons map
   const draftKey = `prunescope.draft.run${run.id}`;
 
@@ -118,7 +124,7 @@ export async function explorerView(host, { args, query }, ctx) {
   mount(host,
     h("div.page-head",
       h("h1", `Importance run #${run.id}`),
-      h("span.sub", `${teacher.name} · ${spec.family} · ${L} layers × ${spec.num_heads} heads (${spec.num_kv_heads} KV groups) · ${moe ? `${spec.num_experts} experts (top-${spec.experts_per_token}) × FFN ${spec.intermediate_size}` : `MLP ${spec.intermediate_size}`} · hidden ${spec.hidden_size}`),
+      h("span.sub", { dataset: { testid: "teacher-shape" } }, `${teacher.name} · ${spec.family} · ${L} layers × ${span("num_heads")} heads (${span("num_kv_heads")} KV groups) · ${moe ? `${spec.num_experts} experts (top-${spec.experts_per_token}) × FFN ${span("intermediate_size")}` : `MLP ${span("intermediate_size")}`} · hidden ${spec.hidden_size}`),
       h("span.hint", `${run.params?.samples ?? "?"} samples × ${run.params?.seq_len ?? "?"} tokens · ${when(run.finished_at || run.created_at)}`),
       timing,
     ),
@@ -325,7 +331,7 @@ export async function explorerView(host, { args, query }, ctx) {
     neurons.setData(neuronData.z, { domain: neuronDomain });
     const d = neuronData;
     mount(neuronsAxis, h("span", d.order === "sorted" ? `rank ${d.start + 1}${d.start ? "" : " (most important)"}` : `neuron ${d.start}`), h("span", d.bins === d.end - d.start ? `${d.bins} neurons, one per column` : `${d.bins} bins of ≈${((d.end - d.start) / d.bins).toFixed(1)} neurons`), h("span", d.order === "sorted" ? `rank ${d.end}${d.end === d.width ? " (least important)" : ""}` : `neuron ${d.end - 1}`));
-    zoomInfo.textContent = neuronZoom ? `zoomed to ${neuronZoom[0]}–${neuronZoom[1] - 1} of ${d.width}` : `all ${d.width} per layer`;
+    zoomInfo.textContent = neuronZoom ? `zoomed to ${neuronZoom[0]}–${neuronZoom[1] - 1} of ${d.width}` : (d.widths && Math.min(...d.widths) < d.width ? `${Math.min(...d.widths)}–${d.width} per layer` : `all ${d.width} per layer`);
     mount(neuronsBar, colorbar(view.palette, neurons.range, view.scale));
   }
 
