@@ -3,9 +3,22 @@
 import { h } from "../dom.js";
 import { duration, pct } from "../format.js";
 
+// A cancelled job was stopped on purpose: neutral ("stopped"), never the error red of a failure.
+const STATUS_KIND = { succeeded: "ok", ready: "ok", failed: "err", cancelled: "stopped", running: "run", pending: "", queued: "" };
+
 export function statusBadge(status) {
-  const kind = { succeeded: "ok", ready: "ok", failed: "err", cancelled: "warn", running: "run", pending: "", queued: "" }[status] ?? "";
+  const kind = STATUS_KIND[status] ?? "";
   return h(`span.badge${kind ? `.${kind}` : ""}`, { dataset: { status } }, status || "–");
+}
+
+/** The reason a job ended: red for a failure, neutral for a cancellation. `inline`: the small form
+ * under a status badge in a table; otherwise a boxed message with "Failed:" / "Stopped:". */
+export function statusReason(job, { inline = false, testid } = {}) {
+  if (!job.error) return null;
+  const failed = job.status === "failed";
+  const tag = inline ? (failed ? "div.field-error" : "div.field-note") : failed ? "div.error-msg" : "div.stopped-msg";
+  const text = inline ? job.error : `${failed ? "Failed" : "Stopped"}: ${job.error}`;
+  return h(tag, { dataset: testid ? { testid } : {} }, text);
 }
 
 /** Progress bar + "42% · ETA 1m 3s" for a job-like object. */

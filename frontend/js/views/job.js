@@ -3,7 +3,7 @@
 // URL: #/job/<id>?x=step|tokens|time&smooth=0.6&logy=1
 
 import { api, showError } from "../api.js";
-import { progressBar, statusBadge } from "../components/widgets.js";
+import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented } from "../dom.js";
 import { bytes, compact, duration, sig, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
@@ -147,7 +147,7 @@ export async function jobView(host, { args, query }, ctx) {
       h("section.panel", { style: { marginBottom: "14px" }, dataset: { testid: "job-progress" } },
         progressBar(job, { big: true }),
         h("div.hint", { style: { marginTop: "4px" } }, paramsLine(job)),
-        job.error ? h("div.error-msg", { dataset: { testid: "job-error" } }, `${job.status === "failed" ? "Failed" : "Stopped"}: ${job.error}`) : null,
+        statusReason(job, { testid: "job-error" }),
         actionErr),
     );
   }

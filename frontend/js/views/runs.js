@@ -2,7 +2,7 @@
 // URL: #/runs?student=<id>
 
 import { api, authUrl, showError } from "../api.js";
-import { field, progressBar, readForm, statusBadge } from "../components/widgets.js";
+import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
@@ -118,7 +118,7 @@ export async function runsView(host, { query }, ctx) {
     return h("tr.clickable", { dataset: { jobId: j.id }, onclick: () => go("job", [j.id]) },
       h("td.mono", `#${j.id}`), h("td.nowrap", j.kind, j.params?.baseline ? h("span.badge", { style: { marginLeft: "6px" } }, "baseline") : null),
       h("td", student ? student.name : j.student_id ? `student ${j.student_id}` : teacherName(j.teacher_id)),
-      h("td", statusBadge(j.status), j.error ? h("div.field-error", j.error) : null),
+      h("td", statusBadge(j.status), statusReason(j, { inline: true })),
       h("td", { style: { width: "26%" } }, progressBar(j)), h("td.faint.nowrap", when(j.created_at)));
   }
 

@@ -3,7 +3,7 @@
 
 import { api, showError } from "../api.js";
 import { memoryLine, queueFor } from "../components/memline.js";
-import { field, progressBar, readForm, statusBadge } from "../components/widgets.js";
+import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
 import { fitLine, importanceMemory } from "../memplan.js";
@@ -248,7 +248,7 @@ export async function teachersView(host, { query }, ctx) {
           h("tbody", state.runs.map((r) => h("tr", { dataset: { runId: r.id } },
             h("td.mono", `#${r.id}`, h("div.faint", when(r.created_at))),
             h("td.mono.faint", `${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"} · ${(r.params?.scans || []).join(",") || "width only"}`),
-            h("td", statusBadge(r.status), r.error ? h("div.field-error", r.error) : null),
+            h("td", statusBadge(r.status), statusReason(r, { inline: true })),
             h("td", { dataset: { progressFor: r.job_id } }, progressBar(r)),
             h("td", r.status === "succeeded" ? h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →") : null),
           ))))
