@@ -89,3 +89,14 @@ def test_padding_of_narrower_layers_is_dark_and_cannot_be_marked(page, live_app)
     page.mouse.up()
     assert draft(page, rid)["remove_neurons"] == {"1": list(range(30, 40))}
     shot(page, "explorer-non-uniform")
+
+    # Fill to target: the form names the narrowest layer; 36 channels are kept in every layer.
+    form = "[data-testid=fill-form]"
+    assert "MLP size (≤ 40, narrowest)" in page.text_content(form)
+    page.fill(f"{form} [name=intermediate_size]", "36")
+    page.click("[data-testid=fill]")
+    page.wait_for_function(
+        f"Object.keys((JSON.parse(localStorage.getItem('prunescope.draft.run{rid}')) || {{}}).remove_neurons || {{}}).length === 4"
+    )
+    widths = [48, 40, 48, 48]
+    assert [len(draft(page, rid)["remove_neurons"][str(i)]) for i in range(4)] == [w - 36 for w in widths]

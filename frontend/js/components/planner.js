@@ -40,15 +40,18 @@ export class Planner {
     this.messages = h("ul.messages", { dataset: { testid: "plan-messages" } });
 
     // ---- fill to target ----
+    // A pruned (non-uniform) teacher: a per-layer target can keep at most its narrowest layer's width.
+    const narrowest = (key) => Math.min(spec[key], ...(spec.layers || []).map((s) => s[key]));
+    const of = (key) => (spec.uniform === false && narrowest(key) < Math.max(...spec.layers.map((s) => s[key])) ? `≤ ${narrowest(key)}, narrowest` : `of ${spec[key]}`);
     this.fillErr = h("div.error-msg");
     this.fillForm = h("form.stack", { dataset: { testid: "fill-form" } },
       h("div.form-grid", { style: { gridTemplateColumns: "1fr 1fr" } },
         field({ name: "num_layers", label: `Layers (of ${spec.num_layers})`, type: "number", min: 1, placeholder: String(spec.num_layers) }),
         field({ name: "layer_method", label: "Pick layers by", options: [["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"], ["angular", "angular distance (Gromov)"]], value: "block",
           title: "block: the contiguous block whose removal raised the loss least · angular: the contiguous block whose input and output point most alike (smallest arccos(cos)/π, Gromov et al.) · both need the run's block size k = layers dropped" }),
-        field({ name: "heads_per_layer", label: `Heads / layer (of ${spec.num_heads})`, type: "number", min: 1, placeholder: String(spec.num_heads) }),
+        field({ name: "heads_per_layer", label: `Heads / layer (${of("num_heads")})`, type: "number", min: 1, placeholder: String(narrowest("num_heads")) }),
         field({ name: "head_mode", label: "Heads removed", options: [["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "within_groups" }),
-        field({ name: "intermediate_size", label: spec.num_experts ? `Expert FFN width (of ${spec.intermediate_size})` : `MLP size (of ${spec.intermediate_size})`, type: "number", min: 1, placeholder: String(spec.intermediate_size) }),
+        field({ name: "intermediate_size", label: spec.num_experts ? `Expert FFN width (${of("intermediate_size")})` : `MLP size (${of("intermediate_size")})`, type: "number", min: 1, placeholder: String(narrowest("intermediate_size")) }),
         ...(spec.num_experts
           ? [
               field({ name: "experts_per_layer", label: `Experts / layer (of ${spec.num_experts}, top-${spec.experts_per_token})`, type: "number", min: spec.experts_per_token, placeholder: String(spec.num_experts) }),
