@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--stop-at", type=int, default=0, help="rank 0 alone asks to stop before this step")
     p.add_argument("--hang-at", type=int, default=0, help="the last rank sleeps before this step")
     p.add_argument("--val-batches", type=int, default=2)
+    p.add_argument("--intermediate-weight", type=float, default=0.0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=32)
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
         checkpoint_every=args.checkpoint_every,
         teacher_placement=args.teacher_placement,
         gradient_checkpointing=args.gradient_checkpointing,
+        intermediate_weight=args.intermediate_weight,
     )
     steps_seen = []
 

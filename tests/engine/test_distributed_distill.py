@@ -40,7 +40,7 @@ def _assert_same_run(got: Path, want: Path) -> None:
     assert [m["step"] for m in g["history"]] == list(range(1, STEPS + 1))
     for a, b in zip(g["history"], w["history"]):
         assert a["tokens"] == b["tokens"]
-        for key in ("loss", "kd_loss", "ce_loss", "grad_norm", "lr"):
+        for key in ("loss", "kd_loss", "ce_loss", "intermediate_loss", "grad_norm", "lr"):
             assert a[key] == pytest.approx(b[key], abs=1e-5, rel=1e-4), (key, a, b)
     assert [v["val_loss"] for v in g["validation"]] == pytest.approx(
         [v["val_loss"] for v in w["validation"]], abs=1e-5
@@ -59,10 +59,14 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_nodes_equal_one_process_with_sharded_teacher_and_checkpointing(reference, tmp_path):
-    """2 "nodes" of 1 rank (c10d rendezvous), the teacher sharded, activation checkpointing on."""
+def test_two_nodes_equal_one_process_with_sharded_teacher_and_checkpointing(tmp_path):
+    """2 "nodes" of 1 rank (c10d rendezvous), the teacher sharded, activation checkpointing on, and the
+    hidden-state loss too (its layer hooks run on FSDP-wrapped layers)."""
+    reference = tmp_path / "reference"
+    assert distill_rank_main.main([str(reference), f"--steps={STEPS}", "--intermediate-weight=0.5"]) == 0
+    tmp_path = tmp_path / "nodes"
     args = [str(SCRIPT), str(tmp_path), f"--steps={STEPS}", "--teacher-placement=shard"]
-    agents = launch_nodes([*args, "--gradient-checkpointing"])
+    agents = launch_nodes([*args, "--gradient-checkpointing", "--intermediate-weight=0.5"])
     try:
         for agent in agents:
             code, log = finish(agent)
@@ -75,7 +79,7 @@ def test_two_nodes_equal_one_process_with_sharded_teacher_and_checkpointing(refe
     assert context["world_size"] == 2 and context["nodes"] == 2 and context["teacher"] == "shard"
     # The loop changed the losses a lot over 10 steps: equality above is not two untrained runs agreeing.
     losses = [m["loss"] for m in _history(reference)["history"]]
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.8 * losses[0]
 
 
 def test_stop_on_one_rank_stops_both_and_sharded_resume_with_accumulation_is_exact(reference, tmp_path):
