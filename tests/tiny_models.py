@@ -36,7 +36,7 @@ FAMILIES = [
 # (neuron scores at `down_proj`, `remove_neurons`), which MoE layers do not have; tests/engine/test_moe.py
 # runs the same kinds of checks (cut == masked, reload, generate, importance, out of core) for these.
 # 6 experts, top-2, expert width 12: small, yet removing experts changes which experts tokens reach.
-MOE_FAMILIES = ["qwen3_moe", "mixtral"]
+MOE_FAMILIES = ["qwen3_moe", "mixtral", "qwen2_moe"]
 MOE = dict(COMMON, head_dim=HEAD_DIM, num_experts_per_tok=2, tie_word_embeddings=False)
 # Gemma: sliding-window layers with a window shorter than the tests' 11-token inputs, so the per-layer
 # masks matter; soft-caps small enough to bend the tiny model's ~0.1 logits (real Gemma 2: 30 and 50).
@@ -92,13 +92,21 @@ def tiny_configs() -> dict:
 
 
 def tiny_moe_configs() -> dict:
-    from transformers import MixtralConfig, Qwen3MoeConfig
+    from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
 
     # Qwen3-MoE's default does not renormalise the top-k probabilities, Mixtral always does: both kinds.
     return {
         "qwen3_moe": Qwen3MoeConfig(**MOE, num_experts=6, moe_intermediate_size=12, norm_topk_prob=False),
         "mixtral": MixtralConfig(
             **{**MOE, "intermediate_size": 12}, num_local_experts=6, sliding_window=None
+        ),
+        # Qwen2-MoE: q/k/v biases and a shared expert (width 16) beside the routed ones.
+        "qwen2_moe": Qwen2MoeConfig(
+            **MOE,
+            num_experts=6,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=16,
+            norm_topk_prob=False,
         ),
     }
 

@@ -14,6 +14,12 @@ export function layerShapes(spec) {
   }));
 }
 
+/** Qwen2-MoE's shared expert (a gated MLP every token runs) and its [1, hidden] gate; 0 without one. */
+function sharedExpertParams(spec, d) {
+  const fs = spec.shared_expert_intermediate_size || 0;
+  return fs ? 3 * d * fs + d : 0;
+}
+
 /** Expert FFNs counted in a mixture-of-experts layer: all, or the top-k one token runs (active). */
 function expertsUsed(spec, shape, active) {
   const experts = shape.num_experts || 0;
@@ -37,7 +43,7 @@ export function layerParams(spec, shape, hidden = spec.hidden_size, active = fal
   let mlp = (spec.mlp_gated ? 3 : 2) * d * f;
   if (spec.mlp_bias) mlp += (spec.mlp_gated ? 2 : 1) * f + d;
   // Mixture of experts: one gated FFN per expert plus the router [experts, hidden].
-  if (shape.num_experts) mlp = mlp * expertsUsed(spec, shape, active) + shape.num_experts * d;
+  if (shape.num_experts) mlp = mlp * expertsUsed(spec, shape, active) + shape.num_experts * d + sharedExpertParams(spec, d);
   return attn + mlp + (spec.layer_norms ?? 2) * normParams(spec, d);
 }
 
@@ -64,7 +70,7 @@ export function flopsPerToken(spec, context = 2048, hidden = spec.hidden_size, l
   for (const s of layers) {
     matmul += d * s.num_heads * hd * 2 + 2 * d * s.num_kv_heads * hd;
     let mlp = (spec.mlp_gated ? 3 : 2) * d * s.intermediate_size;
-    if (s.num_experts) mlp = mlp * expertsUsed(spec, s, true) + s.num_experts * d; // router + top-k experts
+    if (s.num_experts) mlp = mlp * expertsUsed(spec, s, true) + s.num_experts * d + sharedExpertParams(spec, d); // router + top-k (+ shared) experts
     matmul += mlp;
     matmul += 2 * context * s.num_heads * hd; // QK^T and AV against the whole context
   }

@@ -1,4 +1,4 @@
-"""Mixture of experts (Qwen3-MoE, Mixtral): cost model, plans, surgery, reload and generation.
+"""Mixture of experts (Qwen3-MoE, Mixtral, Qwen2-MoE with its shared expert): cost model, plans, surgery, reload and generation.
 
 The experts of a layer are fused 3-D tensors (transformers 5): gate_up_proj [E, 2F, D], down_proj
 [E, D, F], plus the router `gate` [E, D]. Every cut is checked against the masked teacher
@@ -75,7 +75,9 @@ def test_parameter_count_is_exact_and_active_counts_top_k_experts(family):
     assert summary["params_active"] == counts["active"] and summary["layers"][0]["num_experts"] == E
     # FLOPs per token run the router and top-k experts only.
     dense_like = spec.model_copy(update={"num_experts": 0, "experts_per_token": 0})
-    per_layer_extra = 2 * ((K - 1) * expert + E * spec.hidden_size)
+    shared = spec.shared_expert_params(spec.hidden_size)  # Qwen2-MoE: every token runs it
+    assert (shared > 0) == (family == "qwen2_moe")
+    per_layer_extra = 2 * ((K - 1) * expert + E * spec.hidden_size + shared)
     assert spec.flops_per_token() == dense_like.flops_per_token() + spec.num_layers * per_layer_extra
 
 

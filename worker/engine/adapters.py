@@ -75,6 +75,8 @@ class Adapter:
     experts_per_token_field: str = "num_experts_per_tok"
     # The hub's per-expert layout that save_pretrained writes (expert_layout.py): the MoE module's name
     # on disk and each expert's (gate, up, down) projection names.
+    shared_expert_name: str | None = None  # Qwen2-MoE's dense shared expert (kept whole by every cut)
+    shared_expert_gate_name: str | None = None
     disk_moe_name: str = "mlp"
     disk_expert_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
 
@@ -118,6 +120,19 @@ class Adapter:
 
     def experts(self, layer: nn.Module) -> nn.Module:
         return getattr(self.mlp(layer), self.experts_name)
+
+    def shared_expert(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        """(gate_proj, up_proj, down_proj, sigmoid gate) of the layer's shared expert; () when it has none."""
+        mlp = self.mlp(layer)
+        if not self.shared_expert_name or not hasattr(mlp, self.shared_expert_name):
+            return ()
+        shared = getattr(mlp, self.shared_expert_name)
+        return (
+            shared.gate_proj,
+            shared.up_proj,
+            shared.down_proj,
+            getattr(mlp, self.shared_expert_gate_name),
+        )
 
     def mlp_in(self, layer: nn.Module) -> tuple[nn.Module, ...]:
         mlp = self.mlp(layer)
@@ -209,6 +224,9 @@ class Adapter:
             position_embeddings=pos.weight.shape[0] if pos is not None else 0,
             num_experts=first.num_experts,
             experts_per_token=getattr(text_config(model), self.experts_per_token_field, 0) if self.moe else 0,
+            shared_expert_intermediate_size=(
+                self.shared_expert(layers[0])[2].weight.shape[1] if self.shared_expert(layers[0]) else 0
+            ),
             layers=None if uniform else shapes,
         )
 
@@ -293,6 +311,15 @@ ADAPTERS: tuple[Adapter, ...] = (
         qk_norm_names=("q_norm", "k_norm"),
         moe=True,
         intermediate_field="moe_intermediate_size",
+        **_LLAMA_LIKE,
+    ),
+    Adapter(
+        family="qwen2_moe",
+        model_types=("qwen2_moe",),
+        moe=True,
+        intermediate_field="moe_intermediate_size",
+        shared_expert_name="shared_expert",
+        shared_expert_gate_name="shared_expert_gate",
         **_LLAMA_LIKE,
     ),
     Adapter(

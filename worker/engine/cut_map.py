@@ -14,7 +14,8 @@ Layouts (Linear weights are [out, in], GPT-2 Conv1D weights [in, out]; biases fo
 - fused_conv1d (GPT-2 c_attn): columns [q | k | v] with one KV head per query head;
 - gated / plain MLP: kept neurons are rows of each input projection and columns of the output one;
   gated_fused (Phi-3 gate_up_proj): rows [gate (F) | up (F)];
-- mixture of experts: the router `gate` [E, D] keeps the kept experts' rows; the fused experts
+- mixture of experts: the router `gate` [E, D] keeps the kept experts' rows (Qwen2-MoE's shared expert
+  and its [1, D] gate lose hidden channels only); the fused experts
   gate_up_proj [E, 2F, D] and down_proj [E, D, F] keep the kept experts along dim 0 and, per kept
   expert, its own kept channels ([gate | up] rows, down columns): a per-expert selection that one
   index set per dimension cannot state, held in `TensorCut.per_expert` (applied by `take` / `finish`);
@@ -174,6 +175,14 @@ def _expert_tensor(adapter: Adapter, sub: str, cut: _LayerCut, hidden: Keep) -> 
         return TensorCut(sub, (cut.experts, None, hidden), cut.expert_gate_up, per_expert_dim=1)
     if sub == f"{mlp}{adapter.experts_name}.down_proj":  # [E, D, F]
         return TensorCut(sub, (cut.experts, hidden, None), cut.expert_channels, per_expert_dim=2)
+    if adapter.shared_expert_name:  # Qwen2-MoE's shared expert and its gate: hidden channels only
+        shared = f"{mlp}{adapter.shared_expert_name}."
+        if sub in (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"):
+            return TensorCut(sub, (None, hidden))
+        if sub == f"{shared}down_proj.weight":
+            return TensorCut(sub, (hidden, None))
+        if sub == f"{mlp}{adapter.shared_expert_gate_name}.weight":  # [1, D]
+            return TensorCut(sub, (None, hidden))
     return None
 
 

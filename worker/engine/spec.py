@@ -49,6 +49,9 @@ class ArchSpec(BaseModel):
     # routed to (top-k). Total parameters count every expert, active ones only top-k per layer.
     num_experts: int = 0
     experts_per_token: int = 0
+    # Qwen2-MoE: a dense "shared expert" MLP every token runs, gated by a [1, hidden] sigmoid gate, beside
+    # the routed experts of each MoE layer (0: none). Pruning keeps its width.
+    shared_expert_intermediate_size: int = 0
     # Present only when layers differ; otherwise every layer has the top-level widths.
     layers: list[LayerShape] | None = None
 
@@ -83,9 +86,15 @@ class ArchSpec(BaseModel):
         if self.mlp_bias:
             mlp += (2 if self.mlp_gated else 1) * f + d
         if shape.num_experts:  # each expert is one gated MLP; the router is [experts, hidden]
-            mlp = mlp * self.experts_used(shape, active) + shape.num_experts * d
+            mlp = (
+                mlp * self.experts_used(shape, active) + shape.num_experts * d + self.shared_expert_params(d)
+            )
         norms = self.layer_norms * self.norm_params(d)
         return attn + mlp + norms
+
+    def shared_expert_params(self, hidden: int) -> int:
+        fs = self.shared_expert_intermediate_size
+        return 3 * hidden * fs + hidden if fs else 0
 
     def norm_params(self, hidden: int) -> int:
         return hidden * (2 if self.norm_bias else 1)
@@ -126,7 +135,9 @@ class ArchSpec(BaseModel):
             matmul += d * s.num_heads * hd * 2 + 2 * d * s.num_kv_heads * hd
             mlp = (3 if self.mlp_gated else 2) * d * s.intermediate_size
             if s.num_experts:
-                mlp = mlp * self.experts_used(s, active=True) + s.num_experts * d
+                mlp = (
+                    mlp * self.experts_used(s, active=True) + s.num_experts * d + self.shared_expert_params(d)
+                )
             matmul += mlp
             matmul += 2 * context * s.num_heads * hd  # QK^T and AV against the whole context
         matmul += self.vocab_size * d  # LM head

@@ -116,7 +116,9 @@ def _sync_modules(adapter: Adapter, model: nn.Module, head_dim: int, hidden_befo
     """Module attributes that the modeling code reads at run time, from the cut weights' shapes."""
     for layer in adapter.layers(model):
         moe = adapter.is_moe_layer(layer)
-        mlp_projections = () if moe else (*adapter.mlp_in(layer), adapter.mlp_out(layer))
+        mlp_projections = (
+            adapter.shared_expert(layer) if moe else (*adapter.mlp_in(layer), adapter.mlp_out(layer))
+        )
         for proj in (*adapter.qkv(layer), adapter.attn_out(layer), *mlp_projections):
             _sync_features(proj, adapter.conv1d)
         if moe:
@@ -287,6 +289,17 @@ def resize_layer(adapter: Adapter, layer: nn.Module, shape: LayerShape, head_dim
     sync_attention(adapter.attn(layer), h, g, hd)
     if adapter.is_moe_layer(layer):
         _resize_experts(adapter, layer, shape.num_experts, hidden, f)
+        shared = adapter.shared_expert(layer)
+        if shared:  # Qwen2-MoE: width kept, hidden size follows the layer's
+            gate, up, down, sigmoid_gate = shared
+            width = down.weight.shape[1]
+            for module, out_f, in_f in (
+                (gate, width, hidden),
+                (up, width, hidden),
+                (down, hidden, width),
+                (sigmoid_gate, 1, hidden),
+            ):
+                resize_projection(module, out_f, in_f, False)
         return
     if adapter.mlp_layout == "gated_fused":
         resize_projection(adapter.mlp_in(layer)[0], 2 * f, hidden, False)
