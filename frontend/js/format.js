@@ -62,3 +62,22 @@ export function when(iso) {
   if (d.toDateString() === new Date().toDateString()) return time;
   return `${d.toLocaleDateString("en-GB", { day: "numeric", month: "short" })} ${time}`;
 }
+
+/** A throughput: "8.39M tok/s". */
+export function rate(n, unit = "tok/s") {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  return `${compact(n)} ${unit}`;
+}
+
+/** Seconds shown in milliseconds, 3 significant digits: "0.412 ms", "12.3 ms", "1234 ms". */
+export function ms(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
+  const v = seconds * 1000;
+  return `${Math.abs(v) >= 1000 ? Math.round(v) : Number(v.toPrecision(3))} ms`;
+}
+
+/** A ratio such as a speedup: "1.87×". */
+export function times(x) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return "–";
+  return `${x.toFixed(2)}×`;
+}

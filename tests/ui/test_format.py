@@ -21,3 +21,20 @@ def js_format(tmp_path: Path, calls: list[tuple[str, float]]) -> list[str]:
 def test_flops_use_si_prefixes(tmp_path):
     calls = [("flops", 3.15e7), ("flops", 1.606e10), ("flops", 2e12), ("flops", 512), ("compact", 8.03e9)]
     assert js_format(tmp_path, calls) == ["31.5 MFLOP", "16.1 GFLOP", "2.00 TFLOP", "512 FLOP", "8.03B"]
+
+
+def test_rates_milliseconds_and_ratios_carry_their_units(tmp_path):
+    calls = [
+        ("rate", 8.393e6),
+        ("rate", 512.4),
+        ("ms", 0.000412),
+        ("ms", 0.01234),
+        ("ms", 1.2344),
+        ("times", 1.8666),
+        ("times", None),
+    ]
+    expected = ["8.39M tok/s", "512 tok/s", "0.412 ms", "12.3 ms", "1234 ms", "1.87×", "–"]
+    assert js_format(tmp_path, calls) == expected
+    # The same numbers as Python reads them: 3 significant digits, ratio to 2 decimals.
+    assert f"{8.393e6 / 1e6:.3g}M tok/s" == expected[0]
+    assert f"{1.8666:.2f}×" == expected[5]

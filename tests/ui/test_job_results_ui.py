@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.platform.helpers import make_student
+from tests.ui.conftest import shot
 
 pytestmark = pytest.mark.ui
 
@@ -66,3 +67,89 @@ def test_a_cancelled_job_is_neutral_not_error_red(page, live_app, student):
 def _rgb(hex_colour: str) -> str:
     h = hex_colour.lstrip("#")
     return f"rgb({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)})"
+
+
+def card_values(page, root: str) -> dict[str, tuple[str, str]]:
+    """{data-testid: (stored value, shown text)} of every number under `root`."""
+    return page.eval_on_selector_all(
+        f"{root} [data-testid][data-value]",
+        "els => Object.fromEntries(els.map(e => [e.dataset.testid, [e.dataset.value, e.textContent]]))",
+    )
+
+
+def shown(text: str, unit: str) -> float:
+    """'8.39M tok/s' -> 8.39e6 (the number as the page shows it, in base units)."""
+    assert text.endswith(unit), (text, unit)
+    number = text[: -len(unit)].strip()
+    scale = {"k": 1e3, "M": 1e6, "B": 1e9}.get(number[-1], 1)
+    return float(number.rstrip("kMB")) * scale
+
+
+def test_evaluate_and_benchmark_results_are_cards_with_units(page, live_app, student):
+    from tests.platform.helpers import make_dataset
+
+    dataset = make_dataset(live_app)
+    params = {"dataset_id": dataset["id"], "split": "validation", "max_documents": 4, "seq_len": 32}
+    ev = {}
+    for who, key in (("teacher", "teacher_id"), ("student", "student_id")):
+        subject = student["teacher_id"] if who == "teacher" else student["id"]
+        p = {**params, "tasks": ["prunescope_cloze"], "limit": 4} if who == "student" else params
+        r = live_app.api.post("/jobs", json={"kind": "evaluate", key: subject, "params": p})
+        assert r.status_code == 201, r.text
+        ev[who] = r.json()["id"]
+    body = {
+        "kind": "benchmark",
+        "student_id": student["id"],
+        "params": {"repeats": 1, "seq_len": 8, "new_tokens": 2},
+    }
+    bench_id = live_app.api.post("/jobs", json=body).json()["id"]
+    done = {k: live_app.wait_job(v, timeout=300) for k, v in {**ev, "bench": bench_id}.items()}
+    assert all(j["status"] == "succeeded" for j in done.values()), done
+
+    # Evaluate: perplexity beside the teacher's, tokens, lm-eval tasks with stderr; no flattened keys.
+    result, teacher_result = done["student"]["result"], done["teacher"]["result"]
+    page.goto(f"{live_app.url}/#/job/{ev['student']}")
+    page.wait_for_selector("[data-testid=evaluate-result] [data-testid=teacher-ppl]")
+    cards = card_values(page, "[data-testid=job-result]")
+    assert float(cards["ppl"][0]) == result["perplexity"]["perplexity"]
+    assert float(cards["ppl"][1]) == pytest.approx(result["perplexity"]["perplexity"], rel=1e-3)
+    assert float(cards["teacher-ppl"][0]) == teacher_result["perplexity"]["perplexity"]
+    assert cards["tokens"][1] == f"{result['perplexity']['tokens']:,}"
+    task_rows = page.locator("[data-testid=job-result] [data-testid=lm-eval-tasks] tbody tr")
+    assert task_rows.count() == len(result["tasks"]) >= 1
+    first = result["tasks"][0]
+    cells = task_rows.nth(0).locator("td")
+    assert cells.nth(0).inner_text() == first["task"]
+    assert float(cells.nth(2).locator("[data-value]").get_attribute("data-value")) == first["value"]
+    assert float(cells.nth(3).locator("[data-value]").get_attribute("data-value")) == first["stderr"]
+    text = page.locator("[data-testid=job-result]").inner_text()
+    assert "perplexity.perplexity" not in text and "records no curves" not in page.content()
+    assert page.locator("[data-testid=plot-kd_loss]").count() == 0  # no empty chart area
+    shot(page, "job-evaluate")
+
+    # Benchmark: teacher | student | speedup per metric, with units, equal to the stored numbers.
+    result = done["bench"]["result"]
+    page.goto(f"{live_app.url}/#/job/{bench_id}")
+    page.wait_for_selector("[data-testid=job-result] [data-testid=student-decode_tokens_per_s-0]")
+    cards = card_values(page, "[data-testid=job-result]")
+    for who in ("teacher", "student"):
+        run = result[who]["runs"][0]
+        for key, unit in (
+            ("prefill_tokens_per_s", "tok/s"),
+            ("decode_tokens_per_s", "tok/s"),
+            ("latency_per_token_s", "ms"),
+        ):
+            stored, text = cards.get(f"{who}-{key}-0") or pytest.fail(str(cards))
+            assert float(stored) == run[key]
+            want = run[key] * (1000 if unit == "ms" else 1)
+            assert shown(text, unit) == pytest.approx(want, rel=5e-3), (key, text)
+        stored, text = cards[f"{who}-peak_memory_bytes-0"]
+        assert int(stored) == run["peak_memory_bytes"] and text.endswith(("KiB", "MiB", "GiB"))
+    for key in ("prefill", "decode", "latency", "memory"):
+        stored, text = cards[f"speedup-{key}-0"]
+        assert float(stored) == result["speedup"][0][key]
+        assert text == f"{result['speedup'][0][key]:.2f}×"
+    assert float(cards["parameter-ratio"][0]) == result["parameter_ratio"]
+    text = page.locator("[data-testid=job-result]").inner_text()
+    assert "runs[0]" not in text and "prefill_tokens_per_s" not in text
+    shot(page, "job-benchmark")

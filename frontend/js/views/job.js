@@ -3,9 +3,10 @@
 // URL: #/job/<id>?x=step|tokens|time&smooth=0.6&logy=1
 
 import { api, showError } from "../api.js";
+import { jobResult } from "../components/results.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented } from "../dom.js";
-import { bytes, compact, duration, sig, when } from "../format.js";
+import { compact, duration, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
@@ -93,11 +94,14 @@ export async function jobView(host, { args, query }, ctx) {
     return;
   }
   const student = job.student_id ? await api.get(`/students/${job.student_id}`).catch(() => null) : null;
+  if (!ctx.alive) return; // the user left while this loaded: never draw over the next page
   const store = new SeriesStore();
 
   const header = h("div");
   const actionErr = h("div.error-msg");
-  const waiting = h("section.panel", h("div.empty", job.kind === "distill" ? "Waiting for the first training step…" : `A ${job.kind} job records no curves: its numbers appear under Result.`));
+  // Only distillation records curves: other kinds show their numbers under Result, with no empty chart area.
+  const curves = job.kind === "distill";
+  const waiting = h("section.panel", h("div.empty", "Waiting for the first training step…"));
   const charts = new Map(
     METRICS.map(([name, label]) => {
       const plot = h("div.plot", { dataset: { testid: `plot-${name}` } });
@@ -120,9 +124,9 @@ export async function jobView(host, { args, query }, ctx) {
         h("span.ctl", h("span", "smoothing"), slider, smoothLabel),
         h("label.check", h("input", { type: "checkbox", checked: view.logy, dataset: { testid: "logy" }, onchange: (ev) => { view.logy = ev.target.checked; setQuery({ logy: view.logy ? "1" : "" }); schedule(); } }), "log y"),
         h("span.spacer"), pointCount)),
-    h("div.grid.charts", waiting, Array.from(charts.values(), (c) => c.panel)),
-    h("div.grid.three", { style: { marginTop: "14px" } },
-      h("section.panel", h("header", h("h2", "Result")), resultBox),
+    curves ? h("div.grid.charts", waiting, Array.from(charts.values(), (c) => c.panel)) : null,
+    h("section.panel", { style: { marginTop: curves ? "14px" : 0 } }, h("header", h("h2", "Result")), resultBox),
+    h("div.grid.two", { style: { marginTop: "14px" } },
       h("section.panel", h("header", h("h2", "Benchmarks of this student")), benchBox),
       h("section.panel", h("header", h("h2", "Log")), logBox)),
   );
@@ -163,14 +167,14 @@ export async function jobView(host, { args, query }, ctx) {
     }
   }
 
-  function renderResult() {
+  async function renderResult() {
     const r = job.result;
     if (!r) {
       const text = { succeeded: "No result recorded.", failed: "No result: the job failed (reason above).", cancelled: "No result: the job was cancelled." }[job.status] || "Appears when the job finishes.";
       mount(resultBox, h("div.empty", text));
       return;
     }
-    mount(resultBox, resultTable(r));
+    mount(resultBox, jobResult(job.kind, r, await teacherEvaluation(job)));
   }
 
   // ---- curves ------------------------------------------------------------------------------
@@ -266,7 +270,7 @@ export async function jobView(host, { args, query }, ctx) {
     try {
       const jobs = await api.get(`/jobs?student_id=${student.id}`);
       const done = jobs.filter((j) => (j.kind === "evaluate" || j.kind === "benchmark") && j.result);
-      mount(benchBox, done.length ? h("div.stack", done.map((j) => h("div", h("div.hint", h("a", { href: href("job", [j.id]) }, `${j.kind} #${j.id}`), ` · ${when(j.finished_at)}`), resultTable(j.result)))) : h("div.empty", "No evaluation or benchmark yet (queue one from Runs)."));
+      mount(benchBox, done.length ? h("div.stack", done.map((j) => h("div", h("div.hint", h("a", { href: href("job", [j.id]) }, `${j.kind} #${j.id}`), ` · ${when(j.finished_at)}`), jobResult(j.kind, j.result)))) : h("div.empty", "No evaluation or benchmark yet (queue one from Runs)."));
     } catch (err) {
       mount(benchBox, h("div.error-msg", err.message));
     }
@@ -292,18 +296,11 @@ function paramsLine(job) {
   return parts.join(" · ");
 }
 
-/** A nested result object as a compact key/value list. */
-export function resultTable(result) {
-  const rows = [];
-  const walk = (obj, prefix) => {
-    for (const [k, v] of Object.entries(obj)) {
-      const key = prefix ? `${prefix}.${k}` : k;
-      if (v && typeof v === "object" && !Array.isArray(v)) walk(v, key);
-      else if (Array.isArray(v) && v.some((x) => x && typeof x === "object")) v.forEach((x, i) => walk(x, `${key}[${i}]`));
-      else if (Array.isArray(v)) rows.push([key, v.length ? v.join(", ") : "–"]);
-      else rows.push([key, typeof v === "number" ? (/bytes/.test(k) ? bytes(v) : sig(v)) : String(v)]);
-    }
-  };
-  walk(result, "");
-  return h("dl.kv", rows.slice(0, 40).map(([k, v]) => [h("dt", k), h("dd", v)]));
+/** The teacher's latest evaluation on the same data and settings as a student's, to show beside it. */
+async function teacherEvaluation(job) {
+  if (job.kind !== "evaluate" || !job.student_id || !job.teacher_id) return null;
+  const same = ["dataset_id", "split", "max_documents", "seq_len"];
+  const jobs = await api.get(`/jobs?kind=evaluate&status=succeeded&teacher_id=${job.teacher_id}`).catch(() => []);
+  const match = jobs.find((j) => !j.student_id && j.result && same.every((k) => j.params?.[k] === job.params?.[k]));
+  return match ? match.result : null;
 }

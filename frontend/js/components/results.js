@@ -1,0 +1,102 @@
+// Evaluate and benchmark results as people read them: metric cards and tables with units, the
+// teacher beside the student, lm-eval tasks with their stderr. Other results: a key/value list.
+// Every number carries data-value (the stored value) so tests can hold the text to the result.
+
+import { h } from "../dom.js";
+import { bytes, compact, duration, int, ms, rate, sig, times } from "../format.js";
+
+/** One number: formatted text, raw value in data-value. */
+function num(value, format, testid) {
+  return h("span.num", { dataset: { value: String(value ?? ""), ...(testid ? { testid } : {}) } }, format(value));
+}
+
+function card(label, value, format, testid, sub = null) {
+  return h("div.metric", h("div.label", label), h("div.value", num(value, format, testid)), sub ? h("div.delta", sub) : null);
+}
+
+/** Evaluate: perplexity card (beside the teacher's, when given), scoring details, lm-eval tasks. */
+export function evaluateResult(r, teacher = null) {
+  const p = r.perplexity || {};
+  const tp = teacher?.perplexity;
+  const vsTeacher = tp ? h("span", "teacher ", num(tp.perplexity, (x) => sig(x, 4), "teacher-ppl")) : null;
+  const tasks = r.tasks || [];
+  return h("div.stack", { dataset: { testid: "evaluate-result" } },
+    h("div.cards",
+      card("perplexity", p.perplexity, (x) => sig(x, 4), "ppl", vsTeacher),
+      card("loss (nats / token)", p.loss, (x) => sig(x, 4), "loss"),
+      card("tokens scored", p.tokens, int, "tokens", `${p.documents ?? p.blocks ?? "–"} ${p.documents !== undefined ? "documents" : "blocks"} · context ${p.context ?? "–"}`),
+      card("took", r.seconds, duration, "seconds")),
+    tasks.length
+      ? h("table", { dataset: { testid: "lm-eval-tasks" } },
+          h("thead", h("tr", h("th", "task"), h("th", "metric"), h("th.num", "value"), h("th.num", "± stderr"))),
+          h("tbody", tasks.map((t) => h("tr", h("td", t.task), h("td.muted", t.metric), h("td.num", num(t.value, (x) => sig(x, 4))), h("td.num.muted", num(t.stderr, (x) => sig(x, 3)))))))
+      : h("div.hint", "No lm-eval tasks were asked for."),
+    weightsNote(r));
+}
+
+const BENCH_ROWS = [
+  ["prefill", "prefill_tokens_per_s", rate, "prefill"],
+  ["decode", "decode_tokens_per_s", rate, "decode"],
+  ["latency / token", "latency_per_token_s", ms, "latency"],
+  ["peak memory", "peak_memory_bytes", bytes, "memory"],
+];
+
+/** Benchmark: speedup cards, then per batch size a table of teacher | student | speedup. */
+export function benchmarkResult(r) {
+  const t = r.teacher || {};
+  const s = r.student;
+  const speed = r.speedup || [];
+  const first = speed[0];
+  const cards = s && first
+    ? h("div.cards",
+        card(`decode speedup (batch ${first.batch_size})`, first.decode, times, "speedup-decode"),
+        card(`prefill speedup (batch ${first.batch_size})`, first.prefill, times, "speedup-prefill"),
+        card("memory saved", first.memory, times, "speedup-memory", "teacher peak ÷ student peak"),
+        card("parameters", r.parameter_ratio, (x) => `${(100 * x).toFixed(1)}%`, "parameter-ratio", `${compact(s.parameters)} of ${compact(t.parameters)}`))
+    : h("div.cards", card("parameters", t.parameters, compact, "parameters"), card("device", t.device, String, "device"));
+  const tables = (t.runs || []).map((tr, i) => {
+    const sr = s?.runs?.[i];
+    const sp = speed[i];
+    const head = h("tr", h("th", `batch ${tr.batch_size} · ${tr.prompt_len} + ${tr.new_tokens} tokens`), h("th.num", "teacher"), s ? [h("th.num", "student"), h("th.num", "speedup")] : null);
+    const rows = BENCH_ROWS.map(([label, key, format, ratioKey]) => h("tr",
+      h("td", label),
+      h("td.num", num(tr[key], format, `teacher-${key}-${i}`)),
+      sr ? [h("td.num", num(sr[key], format, `student-${key}-${i}`)), h("td.num", num(sp?.[ratioKey], times, `speedup-${ratioKey}-${i}`))] : null));
+    return h("table", { dataset: { testid: `bench-table-${i}` } }, h("thead", head), h("tbody", rows));
+  });
+  const method = t.runs?.[0]?.memory_method;
+  const notes = [
+    `on ${t.device || "–"}`,
+    method === "weights+kv_cache" ? "memory: weights + KV cache (CPU estimate)" : method ? `memory: ${method}` : null,
+    r.device_wait_s !== undefined ? `waited ${duration(r.device_wait_s)} for the device${r.device_exclusive ? ", measured alone" : ""}` : null,
+  ].filter(Boolean);
+  return h("div.stack", { dataset: { testid: "benchmark-result" } }, cards, tables, h("div.hint", notes.join(" · ")), weightsNote(r));
+}
+
+function weightsNote(r) {
+  if (!r.weights) return null;
+  return h("div.hint", r.weights === "distilled" ? `distilled weights (distill job #${r.distill_job_id})` : "pruned weights, before distillation");
+}
+
+/** The result of any job kind. */
+export function jobResult(kind, r, teacherEval = null) {
+  if (kind === "evaluate" && r.perplexity) return evaluateResult(r, teacherEval);
+  if (kind === "benchmark" && r.teacher) return benchmarkResult(r);
+  return keyValues(r);
+}
+
+/** A nested result object as a compact key/value list (prune, inspect, distill results). */
+export function keyValues(result) {
+  const rows = [];
+  const walk = (obj, prefix) => {
+    for (const [k, v] of Object.entries(obj)) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (v && typeof v === "object" && !Array.isArray(v)) walk(v, key);
+      else if (Array.isArray(v) && v.some((x) => x && typeof x === "object")) v.forEach((x, i) => walk(x, `${key}[${i}]`));
+      else if (Array.isArray(v)) rows.push([key, v.length ? v.join(", ") : "–"]);
+      else rows.push([key, typeof v === "number" ? (/bytes/.test(k) ? bytes(v) : sig(v)) : String(v)]);
+    }
+  };
+  walk(result, "");
+  return h("dl.kv", rows.slice(0, 40).map(([k, v]) => [h("dt", k), h("dd", v)]));
+}
