@@ -115,10 +115,37 @@ export function distillMemory(student, teacher, opts) {
   );
 }
 
-/** Peak bytes of the hooked importance pass (in memory, or streamed layer by layer). */
+const DEFAULT_SCANS = ["bi", "drop", "block"];
+
+/** k of each loss scan (drop: 1, block: block_size), each once (as memplan.loss_scan_sizes). */
+export function lossScanSizes(scans, blockSize) {
+  const ks = [...(scans.includes("drop") ? [1] : []), ...(scans.includes("block") ? [blockSize] : [])];
+  return [...new Set(ks)];
+}
+
+/** Activation stores a layer-streamed pass has open by its last layer (as memplan.streamed_store_count). */
+export function streamedStoreCount(numLayers, scans = DEFAULT_SCANS, blockSize = 2) {
+  const angular = scans.includes("angular") ? blockSize : 0;
+  return 1 + angular + lossScanSizes(scans, blockSize).reduce((sum, k) => sum + numLayers - k + 1, 0);
+}
+
+/** Stores per tier under the activation store's first-fit rule (as memplan.store_placement). */
+export function storePlacement(count, storeBytes, deviceBudget, hostBudget = 0, cuda = false) {
+  if (deviceBudget === null || deviceBudget === undefined || storeBytes <= 0) return { device: count, host: 0, disk: 0 };
+  const device = Math.min(count, Math.floor(Math.max(0, deviceBudget) / storeBytes));
+  const host = cuda ? Math.min(count - device, Math.floor(Math.max(0, hostBudget) / storeBytes)) : 0;
+  return { device, host, disk: count - device - host };
+}
+
+/** Peak bytes of the hooked importance pass (in memory, or streamed layer by layer): `total` on the
+ * device, `host_total` pinned RAM of spilled stores, `disk` the rest (as memplan.importance_memory). */
 export function importanceMemory(spec, opts) {
   const { batch_size: batch, seq_len: seqLen } = opts;
-  const lossScans = opts.loss_scans ?? true;
+  const blockSize = opts.block_size ?? 2;
+  let lossScans = opts.loss_scans ?? true;
+  let scans = opts.scans;
+  if (scans === null || scans === undefined) scans = lossScans ? DEFAULT_SCANS : ["bi"];
+  else lossScans = lossScanSizes(scans, blockSize).length > 0;
   const streamed = !!opts.streamed;
   const device = opts.device ?? "cpu";
   const w = dtypeBytes(opts.weights_dtype || spec.dtype || "float32");
@@ -136,10 +163,22 @@ export function importanceMemory(spec, opts) {
     activations: n * (transientBytesPerToken(spec, w, false) + 2 * d * w),
   };
   if (lossScans) {
-    parts.layer_inputs = n * L * d * w;
+    if (!streamed) parts.layer_inputs = n * L * d * w;
     parts.logits = NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(v), n) * v * 4;
   }
-  return result(parts, { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans });
+  const settings = { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans };
+  let host = 0;
+  let disk = 0;
+  if (streamed) {
+    const storeBytes = (opts.samples || batch) * seqLen * d * w;
+    const count = streamedStoreCount(L, scans, blockSize);
+    const tiers = storePlacement(count, storeBytes, opts.device_budget, opts.host_budget ?? 0, device.startsWith("cuda"));
+    parts.stores = tiers.device * storeBytes;
+    host = tiers.host * storeBytes;
+    disk = tiers.disk * storeBytes;
+    Object.assign(settings, { store_bytes: storeBytes, stores: tiers });
+  }
+  return { ...result(parts, settings), host_total: host, disk };
 }
 
 /** Peak bytes of perplexity / lm-eval / the throughput benchmark. */

@@ -135,3 +135,76 @@ def test_planner_is_torch_free():
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("scans", "block_size", "device_stores"),
+    [(("bi", "drop", "block", "angular"), 2, 3), (("drop", "angular"), 3, 0), (("bi",), 2, 5)],
+)
+def test_streamed_stores_follow_the_real_placement(tmp_path, scans, block_size, device_stores):
+    """A real streamed pass with a device budget of `device_stores` stores: the planner's store size,
+    count and tiers are the ones the pass reports in its manifest, and the device part is on `total`."""
+    from tests.engine.test_importance_streamed import batches
+    from tests.tiny_models import tiny_model
+    from worker.engine.importance.activation_store import StoreBudget
+    from worker.engine.importance.streamed import compute_importance_streamed
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    spec = arch_spec(tiny_model("llama"))
+    store_bytes = 5 * 12 * spec.hidden_size * 4  # the 5 samples x seq 12 x hidden, float32
+    budget = StoreBudget(device_bytes=device_stores * store_bytes + store_bytes // 2, host_bytes=0)
+    streamed = compute_importance_streamed(
+        tmp_path, batches(), scans=scans, block_size=block_size, budget=budget
+    )
+    real = streamed.manifest["execution"]["activations"]
+    plan = memplan.importance_memory(
+        spec,
+        batch_size=2,
+        seq_len=12,
+        streamed=True,
+        scans=scans,
+        block_size=block_size,
+        samples=5,
+        weights_dtype="float32",
+        device_budget=budget.device_bytes,
+    )
+    assert plan["settings"]["store_bytes"] == real["store_bytes"] == store_bytes
+    planned = {tier: n for tier, n in plan["settings"]["stores"].items() if n}
+    assert planned == real["stores"]
+    assert plan["parts"]["stores"] == real["peak_bytes"].get("device", 0)
+    assert plan["disk"] == real["peak_bytes"].get("disk", 0) and plan["host_total"] == 0
+
+
+@pytest.mark.parametrize("budgets", [(0, 0), (2, 3), (4, 100), (100, 0), (1, 1)])
+def test_store_placement_is_activation_stores_rule_with_a_host_tier(budgets):
+    """The pinned-host tier exists on CUDA only: ActivationStores' tier choice (no memory is allocated
+    by `new`), fed the pass's number of stores, against `store_placement`."""
+    from worker.engine.importance.activation_store import ActivationStores, StoreBudget
+
+    size, count = 1000, memplan.streamed_store_count(6, ("bi", "drop", "block", "angular"), 2)
+    for device in ("cuda", "cpu"):
+        budget = StoreBudget(device_bytes=budgets[0] * size + 7, host_bytes=budgets[1] * size)
+        stores = ActivationStores(budget, torch.device(device), size)
+        for _ in range(count):
+            stores.new()
+        planned = memplan.store_placement(
+            count, size, budget.device_bytes, budget.host_bytes, device == "cuda"
+        )
+        assert planned == {tier: stores.created[tier] for tier in ("device", "host", "disk")}
+
+
+def test_streamed_device_and_host_peaks():
+    """All stores on the device without a budget; with one, the device keeps what fits and the host the
+    rest (pinned RAM on CUDA): the device peak falls by exactly the spilled stores."""
+    big = spec()
+    kw = dict(batch_size=4, seq_len=4096, streamed=True, samples=512, weights_dtype="bfloat16", device="cuda")
+    unlimited = memplan.importance_memory(big, **kw)
+    store = 512 * 4096 * 4096 * 2
+    count = 1 + 32 + 31  # main + drop cuts + block-2 cuts
+    assert unlimited["settings"]["store_bytes"] == store and unlimited["parts"]["stores"] == count * store
+    spilled = memplan.importance_memory(big, **kw, device_budget=10 * store, host_budget=20 * store)
+    assert spilled["settings"]["stores"] == {"device": 10, "host": 20, "disk": count - 30}
+    assert unlimited["total"] - spilled["total"] == (count - 10) * store
+    assert spilled["host_total"] == 20 * store and spilled["disk"] == (count - 30) * store
+    in_memory = memplan.importance_memory(big, batch_size=4, seq_len=4096, weights_dtype="bfloat16")
+    assert "stores" not in in_memory["parts"] and in_memory["host_total"] == 0

@@ -90,6 +90,25 @@ def test_estimates_match_python(tmp_path: Path):
         ):
             opts = dict(batch_size=batch, seq_len=seq, streamed=streamed, loss_scans=scans)
             add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
+        # Streamed with its activation stores: scan sets, samples, and budgets that spill part of them.
+        for scans, samples, budgets, device in itertools.product(
+            (["bi"], ["bi", "drop", "block", "angular"], ["block"]),
+            (None, 64),
+            ((None, 0), (0, 0), (5 << 20, 3 << 30), (1 << 30, 1 << 20)),
+            ("cpu", "cuda"),
+        ):
+            opts = dict(
+                batch_size=2,
+                seq_len=256,
+                streamed=True,
+                scans=scans,
+                block_size=3,
+                samples=samples,
+                device_budget=budgets[0],
+                host_budget=budgets[1],
+                device=device,
+            )
+            add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
         for batch, seq, new in itertools.product((1, 8), (128, 2048), (0, 32)):
             opts = dict(batch_size=batch, seq_len=seq, new_tokens=new)
             add("evaluation", {"spec": summary, "opts": opts}, memplan.evaluation_memory(spec, **opts))

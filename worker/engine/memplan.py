@@ -212,6 +212,36 @@ def distill_memory(
     )
 
 
+DEFAULT_SCANS = ("bi", "drop", "block")  # worker/engine/importance/result.py's
+
+
+def loss_scan_sizes(scans, block_size: int) -> list[int]:
+    """k of each loss scan (importance/compute.py's rule: drop is k = 1, block is k = block_size)."""
+    return list(
+        dict.fromkeys(((1,) if "drop" in scans else ()) + ((block_size,) if "block" in scans else ()))
+    )
+
+
+def streamed_store_count(num_layers: int, scans=DEFAULT_SCANS, block_size: int = 2) -> int:
+    """Activation stores a layer-streamed pass has open by its last layer (importance/streamed.py):
+    the main stream, k angular inputs, and one store per open cut of each loss scan (L - k + 1)."""
+    angular = block_size if "angular" in scans else 0
+    return 1 + angular + sum(num_layers - k + 1 for k in loss_scan_sizes(scans, block_size))
+
+
+def store_placement(
+    count: int, store_bytes: int, device_budget: int | None, host_budget: int = 0, cuda: bool = False
+) -> dict[str, int]:
+    """Stores per tier under importance/activation_store.py's rule: each new store goes whole to the
+    first tier with room (device, then pinned host on CUDA, then disk). No store is released before
+    the last one opens, so the tiers fill in order. `device_budget` None: no limit."""
+    if device_budget is None or store_bytes <= 0:
+        return {"device": count, "host": 0, "disk": 0}
+    on_device = min(count, max(0, device_budget) // store_bytes)
+    on_host = min(count - on_device, max(0, host_budget) // store_bytes) if cuda else 0
+    return {"device": on_device, "host": on_host, "disk": count - on_device - on_host}
+
+
 def importance_memory(
     spec: ArchSpec,
     *,
@@ -221,13 +251,27 @@ def importance_memory(
     weights_dtype: str | None = None,
     streamed: bool = False,
     device: str = "cpu",
+    samples: int | None = None,
+    scans=None,
+    block_size: int = 2,
+    device_budget: int | None = None,
+    host_budget: int = 0,
 ) -> dict:
     """Peak bytes of the hooked importance pass (inference mode: nothing saved for backward).
 
     In memory: the weights, one layer's forward temporaries, the float32 running sums and the per-head
     norm buffer; with a loss scan also each layer's cached input and the chunked head's logits.
-    Streamed: one layer's weights (and the next, prefetched) instead of all of them, plus embeddings.
+    Streamed: one layer's weights (and the next, prefetched) instead of all of them, plus embeddings,
+    one batch's working set, and the activation stores (every sample's hidden states, `samples` x
+    `seq_len` x hidden each; `streamed_store_count` of them) that the device budget admits
+    (`store_placement`; `device_budget` None keeps them all on the device). `total` is the device's
+    peak; `host_total` the pinned RAM of the stores that spill to the host tier, `disk` the rest.
+    `scans` (default: drop + block + bi, or bi alone when not `loss_scans`) picks the stores.
     """
+    if scans is None:
+        scans = DEFAULT_SCANS if loss_scans else ("bi",)
+    else:
+        loss_scans = bool(loss_scan_sizes(scans, block_size))
     w = dtype_bytes(weights_dtype or spec.dtype)
     act = w
     n = batch_size * seq_len
@@ -244,11 +288,28 @@ def importance_memory(
     working = n * (transient_bytes_per_token(spec, act, backward=False) + 2 * d * act)
     parts = {"weights": weights, "running_sums": sums, "head_norms": head_norms, "activations": working}
     if loss_scans:
-        parts["layer_inputs"] = n * L * d * act
+        if not streamed:  # the in-memory scans re-run each layer from its cached input
+            parts["layer_inputs"] = n * L * d * act
         parts["logits"] = NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v), n) * v * 4
-    return _result(
-        parts, batch_size=batch_size, seq_len=seq_len, streamed=streamed, device=device, loss_scans=loss_scans
+    extra = {}
+    host = disk = 0
+    if streamed:
+        store_bytes = (samples or batch_size) * seq_len * d * act
+        count = streamed_store_count(L, scans, block_size)
+        tiers = store_placement(count, store_bytes, device_budget, host_budget, device.startswith("cuda"))
+        parts["stores"] = tiers["device"] * store_bytes
+        host, disk = tiers["host"] * store_bytes, tiers["disk"] * store_bytes
+        extra = {"store_bytes": store_bytes, "stores": tiers}
+    out = _result(
+        parts,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        streamed=streamed,
+        device=device,
+        loss_scans=loss_scans,
+        **extra,
     )
+    return {**out, "host_total": host, "disk": disk}
 
 
 def evaluation_memory(
