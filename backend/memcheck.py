@@ -20,19 +20,48 @@ from worker.engine import memplan
 from worker.routing import GPU
 
 
-def capacities(settings: Settings, queue: str) -> list[tuple[int, str]]:
-    """(usable bytes, "host device") of each live worker on `queue` that reports its memory."""
+def _workers(settings: Settings, queue: str) -> list[dict]:
     try:
         workers = fleet.live_workers(settings)
     except Exception as exc:
         raise HTTPException(503, f"could not read the worker registry: broker unreachable ({exc})") from exc
+    return [w for w in workers if queue in w.get("queues", [])]
+
+
+def device_count(worker: dict) -> int:
+    """The ranks a worker offers one job (worker.device_inventory); entries from before the field: 1."""
+    return int(worker.get("device_count") or 1)
+
+
+def capacities(settings: Settings, queue: str, gpus: int = 1) -> list[tuple[int, str]]:
+    """(usable bytes, "host device") of each live worker on `queue` that reports its memory and has at
+    least `gpus` devices."""
     return sorted(
         (
             (memplan.usable_bytes(w["memory"]), f"{w.get('hostname')} {w.get('device')}")
-            for w in workers
-            if queue in w.get("queues", []) and w.get("memory")
+            for w in _workers(settings, queue)
+            if w.get("memory") and device_count(w) >= gpus
         ),
         reverse=True,
+    )
+
+
+def check_devices(settings: Settings, queue: str, what: str, gpus: int) -> None:
+    """409 when `gpus` > 1 and no live worker on `queue` has that many devices (one node: a job's ranks
+    all run on the worker that takes it). With no live worker at all the job waits, as for memory."""
+    if gpus <= 1:
+        return
+    workers = _workers(settings, queue)
+    if not workers:
+        return
+    best = max(workers, key=device_count)
+    if device_count(best) >= gpus:
+        return
+    raise HTTPException(
+        409,
+        f"gpus: this {what} asks for {gpus} devices on one worker, more than any live worker on the "
+        f"{queue!r} queue has (largest: {device_count(best)} on {best.get('hostname')} {best.get('device')}); "
+        f"use gpus <= {device_count(best)}",
     )
 
 
@@ -44,7 +73,7 @@ def refuse_unless_fits(
     params: dict,
     candidates: list[dict],
 ) -> None:
-    caps = capacities(settings, queue)
+    caps = capacities(settings, queue, int(params.get("gpus", 1)))
     if not caps:
         return
     best, where = caps[0]
@@ -75,7 +104,10 @@ def check_job(
     student_id: int | None,
     teacher_id: int,
 ) -> None:
-    """409 when a distill, evaluate or benchmark job fits no live worker on its queue."""
+    """409 when a distill, evaluate or benchmark job fits no live worker on its queue (by its number of
+    devices, then by memory: the whole estimate per device, which over-counts a sharded student)."""
+    what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
+    check_devices(settings, queue, what, int(params.get("gpus", 1)))
     student = db.get(Student, student_id) if student_id is not None else None
     teacher = db.get(Teacher, teacher_id)
     if not (teacher and teacher.spec) or (student_id is not None and not (student and student.spec)):
@@ -118,7 +150,6 @@ def check_job(
         candidates = _halved_batches(params["batch_size"])
     else:
         return
-    what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
     refuse_unless_fits(settings, queue, what, need, params, candidates)
 
 

@@ -170,6 +170,13 @@ class StudentCreate(OnDevice):
 
 class DistillParams(OnDevice, DataReading):
     dataset_id: RowId | None = None
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="ranks on one worker (torchrun over its GPUs; gloo ranks on a CPU worker); 409 when no "
+        "live worker has that many devices (GET /workers: device_count)",
+    )
     steps: int = Field(DISTILL.steps, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1, le=MAX_INT64, description="overrides steps")
     lr: float = Field(DISTILL.lr, gt=0, le=1.0)
@@ -196,6 +203,18 @@ class DistillParams(OnDevice, DataReading):
     val_batches: int = Field(DISTILL.val_batches, ge=1, le=10_000)
     checkpoint_every: Count = DISTILL.checkpoint_every
     seed: int = Field(DISTILL.seed, ge=0, le=2**32 - 1)
+
+    @field_validator("batch_size", "teacher_correction_steps")
+    @classmethod
+    def _fits_ranks(cls, value: int, info: ValidationInfo) -> int:
+        # gpus is declared first, so the 422 names the field to change (batch_size is the global batch).
+        gpus = info.data.get("gpus", 1)
+        if gpus > 1 and info.field_name == "batch_size" and value % gpus:
+            fits = sorted({max(gpus, value // gpus * gpus), (value // gpus + 1) * gpus})
+            raise ValueError(f"must be a multiple of gpus ({gpus}), e.g. {' or '.join(map(str, fits))}")
+        if gpus > 1 and info.field_name == "teacher_correction_steps" and value:
+            raise ValueError("teacher correction runs on one device only: 0 with gpus > 1")
+        return value
 
     @field_validator("min_lr")
     @classmethod

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # How often a worker refreshes its entry in the worker registry (backend.fleet); an entry not
     # refreshed for three intervals (a dead worker) expires.
     worker_refresh_s: float = 5.0
+    # How many ranks a CPU worker offers a `gpus: N` job (gloo ranks, one per core by default: 0); it is
+    # the worker's `device_count` in the registry. A GPU worker offers its visible GPUs.
+    worker_cpu_ranks: int = 0
     max_body_bytes: int = 1 << 20
     # Job size limits (backend/limits.py): a submit over one is a 422 naming the field and the limit.
     max_seq_len: int = 131_072

@@ -363,6 +363,10 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.distill import DistillConfig, distill
     from worker.engine.distill.memory import memory_options
 
+    if job.params.get("gpus", 1) > 1:  # N ranks under torchrun, supervised by this process
+        from worker.distill_ranks import run_distill_ranks
+
+        return run_distill_ranks(rt, job)
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     p = job.params
     dataset = _dataset(rt, p)

@@ -1,6 +1,6 @@
 """A worker's entry in the worker registry (backend.fleet): written when the worker is ready to consume,
 refreshed by a daemon thread, deleted when it shuts down. Each refresh also records the device's total
-and free memory (worker.device_memory). Torch-free on a CPU worker."""
+and free memory (worker.device_memory) and its devices (worker.device_inventory). Torch-free on a CPU worker."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from backend import fleet
 from backend.models import utcnow
 from backend.serialize import ts
 from backend.settings import Settings
+from worker.device_inventory import device_inventory
 from worker.device_memory import device_memory
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class Presence:
             self.record["memory"] = device_memory(self.record["device"])
         except Exception as exc:
             log.warning("could not read the device's memory: %s", exc)
+        try:  # how many ranks a multi-GPU job may use here, and each GPU's memory
+            self.record.update(device_inventory(self.record["device"], self.settings.worker_cpu_ranks))
+        except Exception as exc:
+            log.warning("could not list the devices: %s", exc)
         try:
             ttl = self.interval * fleet.TTL_INTERVALS
             fleet.publish(fleet.client_for(self.settings), self.settings.redis_prefix, self.record, ttl)

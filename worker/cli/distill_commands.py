@@ -109,6 +109,12 @@ def register(subparsers) -> None:
         "--stop-file", type=Path, default=None, help="stop (with a checkpoint) when this file appears"
     )
     d.add_argument("--log-every", type=int, default=10)
+    d.add_argument(
+        "--metrics-jsonl",
+        type=Path,
+        default=None,
+        help="append each step's and validation's metrics here as JSON lines (rank 0; a job follows it)",
+    )
     d.set_defaults(handler=_distill)
 
     e = subparsers.add_parser("evaluate", help="perplexity and lm-eval scores of a model on held-out text")
@@ -268,6 +274,9 @@ def _distill(args) -> int:
         return stop.is_set() or (args.stop_file is not None and args.stop_file.exists())
 
     def report(m: dict) -> None:
+        if args.metrics_jsonl is not None:  # one line per record, flushed: the worker tails it live
+            with args.metrics_jsonl.open("a") as f:
+                f.write(json.dumps(m, default=float) + "\n")
         if m.get("phase") == "validation":
             kl = "" if m["val_kl"] is None else f" val_kl {m['val_kl']:.4f}"
             _say(f"[val] step {m['step']} val_loss {m['val_loss']:.4f} ppl {m['val_ppl']:.2f}{kl}")

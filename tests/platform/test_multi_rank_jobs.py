@@ -1,0 +1,88 @@
+"""A distill job over several ranks through the real API and a real CPU worker: `gpus: 2` runs as two
+gloo ranks under torchrun launched by the job's process (worker.multi_rank), streams its metrics and
+logs like a one-process job, saves a student whose manifest says world_size 2, and leaves no rank
+running; a job that no live worker can hold (`gpus: 64` against a worker offering 2 ranks) is a 409
+naming the reason and writes nothing; a global batch that does not split over the ranks is a 422."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import start_live_app, stop_live_app
+from tests.platform.helpers import make_student, start_distill
+
+
+@pytest.fixture(scope="module")
+def two_rank_app(tmp_path_factory, redis_url):
+    """API + a CPU worker offering two gloo ranks (PRUNESCOPE_WORKER_CPU_RANKS)."""
+    app = start_live_app(tmp_path_factory.mktemp("ranks"), redis_url, PRUNESCOPE_WORKER_CPU_RANKS="2")
+    yield app
+    stop_live_app(app)
+
+
+def rank_processes(marker: str) -> list[str]:
+    """Command lines of live rank processes of this test's app (other tests may run ranks of their own)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "run_distributed" in cmdline and marker in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def test_registry_lists_the_ranks_a_worker_offers(two_rank_app):
+    workers = two_rank_app.api.get("/workers").json()
+    assert [w["device_count"] for w in workers] == [2]
+    assert workers[0]["gpus"] == []  # a CPU worker: its ranks share the host memory ("memory")
+    assert workers[0]["memory"]["kind"] == "cpu"
+
+
+def test_two_rank_distill_runs_to_success_and_leaves_nothing(two_rank_app):
+    app = two_rank_app
+    student = make_student(app)
+    job = start_distill(app, student["id"], gpus=2, steps=4, batch_size=2, checkpoint_every=0, warmup=1)
+    done = app.wait_job(job["id"], timeout=150)
+    assert done["status"] == "succeeded", (done.get("error"), app.worker.log())
+    assert done["result"]["world_size"] == 2 and done["result"]["steps"] == 4
+
+    model_dir = app.data_dir / "artifacts" / done["result"]["artifact"]
+    manifest = json.loads((model_dir / "prunescope_manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["kind"] == "distilled-student"
+    assert (model_dir / "model.safetensors").is_file()
+
+    series = app.api.get(f"/jobs/{job['id']}/metrics?names=loss,kd_loss").json()["series"]
+    assert [p["step"] for p in series["loss"]] == [1, 2, 3, 4]  # every step of rank 0, through the job
+    assert all(p["value"] > 0 for p in series["kd_loss"])
+    logs = app.api.get(f"/jobs/{job['id']}/logs").json()
+    text = json.dumps(logs)
+    assert "launching 2 ranks" in text and "[train] step 4/4" in text  # the ranks' own output
+    assert rank_processes(str(app.data_dir)) == []
+
+
+def test_a_job_no_worker_can_hold_is_refused(two_rank_app):
+    app = two_rank_app
+    student = app.api.get("/students").json()[0]
+    before = app.api.get("/jobs").json()
+    r = app.api.post(
+        "/jobs",
+        json={"kind": "distill", "student_id": student["id"], "params": {"gpus": 64, "batch_size": 64}},
+    )
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "gpus" in detail and "64 devices" in detail and "largest: 2" in detail and "gpus <= 2" in detail
+    assert app.api.get("/jobs").json() == before  # nothing written
+
+    r = app.api.post(
+        "/jobs", json={"kind": "distill", "student_id": student["id"], "params": {"gpus": 2, "batch_size": 3}}
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["detail"][0]
+    assert error["loc"][-1] == "batch_size" and "multiple of gpus (2)" in error["msg"]

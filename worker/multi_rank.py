@@ -1,0 +1,147 @@
+"""A job over N ranks on this worker: its process launches `torchrun` as a child and supervises it.
+
+Why the job process stays the only one that talks to the platform: the ranks need no database or broker
+access. Rank 0 appends each step's metrics to a JSON-lines file (`--metrics-jsonl`) that this process
+tails and forwards through the job's JobRuntime, so progress, metrics, logs and the final status flow
+exactly as for a one-process job. A cancel or a worker shutdown creates the stop file every rank polls
+(they stop together at the next step, with a checkpoint); ranks still running `STOP_GRACE_S` later are
+killed.
+
+Nothing outlives the job: the torchrun agent gets SIGTERM when the job process dies (PR_SET_PDEATHSIG;
+it then stops its ranks), every rank is started through worker.rank_guard and so is SIGKILLed when the
+agent dies, and the job process kills the agent on its way out whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from worker.rank_guard import die_with_parent
+from worker.runtime import JobRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_GRACE_S = 60.0
+POLL_S = 0.5
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class RanksFailed(RuntimeError):
+    """torchrun ended with an error; the message carries the end of the ranks' output."""
+
+
+def torchrun_command(ranks: int, module: str, args: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "--monitor-interval=0.5",
+        "-m",
+        "worker.rank_guard",
+        module,
+        *args,
+    ]
+
+
+def rank_env(device_type: str) -> dict[str, str]:
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    for name in LAUNCHER_ENV:
+        env.pop(name, None)
+    if device_type == "cpu":  # N gloo ranks share the cores: one intra-op thread each, as torchrun advises
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_ranks(
+    rt: JobRuntime,
+    ranks: int,
+    module: str,
+    args: list[str],
+    *,
+    work: Path,
+    device_type: str,
+    on_record: Callable[[dict], None],
+) -> int:
+    """Run `module args` as `ranks` ranks until they end; forward rank 0's records and output lines.
+
+    Returns torchrun's exit code (the module's: 3 for stopped). Raises RanksFailed on another error.
+    `args` gets `--stop-file` and `--metrics-jsonl` under `work` appended.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    stop_file, metrics, output = work / "stop", work / "metrics.jsonl", work / "ranks.log"
+    for stale in (stop_file, metrics):
+        stale.unlink(missing_ok=True)
+    command = torchrun_command(
+        ranks, module, [*args, "--stop-file", str(stop_file), "--metrics-jsonl", str(metrics)]
+    )
+    rt.log(f"launching {ranks} ranks: torchrun --nproc-per-node={ranks} -m {module}")
+    with output.open("wb") as out:
+        agent = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=rank_env(device_type),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C on the worker's terminal reaches the job, not the agent
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+        )
+    tails = {metrics: 0, output: 0}
+    stop_sent: float | None = None
+    try:
+        while True:
+            ended = agent.poll() is not None
+            tails[metrics] = _follow(metrics, tails[metrics], lambda line: on_record(json.loads(line)))
+            tails[output] = _follow(output, tails[output], lambda line: rt.log(line[:2000]))
+            if ended:
+                break
+            if stop_sent is None and rt.should_stop():
+                stop_file.touch()
+                stop_sent = time.monotonic()
+                rt.log("stop requested: every rank stops at its next step")
+            elif stop_sent is not None and time.monotonic() - stop_sent > STOP_GRACE_S:
+                rt.log(f"ranks still running {STOP_GRACE_S:.0f} s after the stop: killing them", "warning")
+                _end(agent)
+            time.sleep(POLL_S)
+    finally:
+        _end(agent)
+    code = agent.returncode
+    if code not in (0, 3):
+        tail = output.read_text(errors="replace")[-3000:]
+        raise RanksFailed(f"torchrun over {ranks} ranks exited with code {code}:\n{tail}")
+    return code
+
+
+def _follow(path: Path, offset: int, handle: Callable[[str], None]) -> int:
+    """Hand each complete new line of `path` after `offset` to `handle`; the new offset."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    for line in complete.decode(errors="replace").splitlines():
+        if line.strip():
+            handle(line)
+    return offset + len(complete)
+
+
+def _end(agent: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the agent (it stops its ranks), SIGKILL it if it lingers (its guarded ranks die with it)."""
+    if agent.poll() is None:
+        agent.terminate()
+        try:
+            agent.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+    agent.wait()
