@@ -89,3 +89,42 @@ def test_bf16_weights_train_on_cpu():
 def test_unknown_weights_dtype_is_refused():
     with pytest.raises(ValueError, match="weights_dtype"):
         DistillConfig(weights_dtype="float16")
+
+
+def test_distill_applies_the_options_itself():
+    """A library call of distill() gets what its config says, with no memory_options around it:
+    bf16 weights, checkpointing on during the steps and off after; nested inside the CLI's / worker's
+    memory_options it leaves checkpointing to the outer one."""
+    teacher, student = tiny_llama(0), tiny_llama(1)
+    config = DistillConfig(
+        steps=2,
+        batch_size=2,
+        warmup_steps=0,
+        val_every=0,
+        val_batches=1,
+        weights_dtype="bfloat16",
+        gradient_checkpointing=True,
+    )
+    seen = []
+
+    def callback(m):
+        if m.get("phase") == "train":
+            seen.append((student.model.gradient_checkpointing, next(student.parameters()).dtype))
+
+    data = (packed(seq_len=24), packed("validation", seq_len=24))
+    distill(student, teacher, *data, config, callback=callback)
+    assert seen == [(True, torch.bfloat16)] * 2
+    assert not student.model.gradient_checkpointing
+    assert {p.dtype for p in teacher.parameters()} == {torch.bfloat16}
+    with memory_options(student, teacher, config):
+        distill(student, teacher, *data, config)
+        assert student.model.gradient_checkpointing  # the outer wrapper's, still on
+    assert not student.model.gradient_checkpointing
+
+
+def test_distill_refuses_a_bad_call_before_casting():
+    student = tiny_llama(1)
+    config = DistillConfig(weights_dtype="bfloat16")
+    with pytest.raises(ValueError, match="needs a teacher"):
+        distill(student, None, packed(seq_len=24), packed("validation", seq_len=24), config)
+    assert {p.dtype for p in student.parameters()} == {torch.float32}

@@ -29,6 +29,7 @@ from worker.engine.distill.config import DistillConfig
 from worker.engine.distill.distributed import DistillContext, LossModule
 from worker.engine.distill.forward import final_hidden, lm_head
 from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosine_state_loss
+from worker.engine.distill.memory import memory_options
 from worker.engine.distill.schedule import lambda_for
 
 Callback = Callable[[dict], None]
@@ -207,6 +208,8 @@ def distill(
     before every step; when it returns True the loop saves a checkpoint and returns with stopped=True.
     With `resume=True` and a checkpoint in `checkpoint_dir`, the run continues exactly where it stopped
     (a missing checkpoint starts from step 0). The student is left in eval mode.
+    `config.weights_dtype` and `config.gradient_checkpointing` are applied here (`memory_options`: both
+    models cast in place, checkpointing on for the run and off again).
     `context` (`DistillContext.from_environment()` under torchrun) runs it as one of N ranks:
     `config.batch_size` is then the global batch, the student is FSDP2-sharded (its weights gather with
     `context.full_state_dict`), checkpoints are sharded (DCP) and only rank 0 calls `callback`.
@@ -219,6 +222,35 @@ def distill(
         raise ValueError("mode 'kd' needs a teacher (use mode 'ce' for the baseline without one)")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    with memory_options(student, teacher, config):
+        return _distill(
+            student,
+            teacher,
+            train,
+            val,
+            config,
+            callback=callback,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            should_stop=should_stop,
+            context=context,
+        )
+
+
+def _distill(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    train,
+    val,
+    config: DistillConfig,
+    *,
+    callback: Callback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    context: DistillContext | None = None,
+) -> DistillResult:
+    """The loop of `distill`, with its memory options already applied."""
     ctx = context or DistillContext()
     ctx.check(config)
     device = ctx.device if ctx.distributed else next(student.parameters()).device

@@ -4,7 +4,9 @@
 loop trains the student in place anyway) and, with `config.gradient_checkpointing`, has the student
 recompute each decoder layer's activations in backward from the layer's saved input (Hugging Face's
 non-reentrant checkpointing: same loss and gradients, less memory). Checkpointing is switched off
-again on exit so the saved student carries no training-only setting.
+again on exit so the saved student carries no training-only setting. `distill()` applies the options
+itself; a caller that already wraps it (the CLI, the worker) nests harmlessly: an inner
+`memory_options` leaves checkpointing to whoever switched it on.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ def _checkpointing(model, enabled: bool) -> None:
         getattr(model, f"{name}_disable")()
 
 
+def _checkpointing_on(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 @contextmanager
 def memory_options(student: torch.nn.Module, teacher: torch.nn.Module | None, config: DistillConfig):
     dtype = DTYPES[config.weights_dtype]
     for model in (student, teacher):
         if model is not None and next(model.parameters()).dtype != dtype:
             model.to(dtype)
-    if not config.gradient_checkpointing:
+    if not config.gradient_checkpointing or _checkpointing_on(student):
         yield
         return
     _checkpointing(student, True)
