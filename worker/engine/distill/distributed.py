@@ -103,6 +103,7 @@ class DistillContext(DistributedContext):
         else:
             per_node = max(1, self.world_size // self.nodes)
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // per_node
+        free = min(self.gather_objects(free))  # one decision for all ranks: sharding is collective
         chosen = "replicate" if size <= REPLICATE_SHARE * free else "shard"
         self.placement = {
             "teacher": chosen,
