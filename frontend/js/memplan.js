@@ -31,7 +31,19 @@ export function layerSavedBytesPerToken(spec, shape, act) {
   const hd = spec.head_dim;
   let attn = act * (2 * h * hd + 2 * g * hd) + 4 * h;
   if (spec.qk_norm) attn += (h + g) * normSavedBytes(hd, act) - act * (h + g) * hd;
-  return 2 * normSavedBytes(d, act) + attn + 4 * act * f;
+  const mlp = shape.num_experts ? moeSavedBytesPerToken(spec, shape, act, d) : 4 * act * f;
+  return 2 * normSavedBytes(d, act) + attn + mlp;
+}
+
+/** A mixture-of-experts MLP's saved activations per token (as memplan.moe_saved_bytes_per_token). */
+function moeSavedBytesPerToken(spec, shape, act, hidden) {
+  const k = Math.min(spec.experts_per_token || 0, shape.num_experts);
+  const weight = spec.family === "mixtral" ? 4 : act;
+  const routed = k * (4 * act * shape.intermediate_size + 2 * act * hidden + weight);
+  const router = 4 * shape.num_experts + 4 * (k + 1);
+  const fs = spec.shared_expert_intermediate_size || 0;
+  const shared = fs ? 4 * act * fs + act * hidden + act : 0;
+  return routed + router + shared;
 }
 
 export function savedBytesPerToken(spec, act, checkpointing = false) {

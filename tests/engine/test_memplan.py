@@ -55,6 +55,34 @@ def test_saved_activations_are_derived_exactly(family, dtype, checkpointing):
     assert measured[1] - measured[0] == per_token * 2 * 24
 
 
+@pytest.mark.parametrize(
+    ("family", "renormalise"),
+    [("qwen3_moe", False), ("qwen3_moe", True), ("mixtral", True), ("qwen2_moe", False), ("qwen2_moe", True)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_saved_activations_are_derived_exactly(family, dtype, renormalise):
+    """Mixture-of-experts layers (grouped_mm experts): exact when the top-k weights are renormalised
+    (Mixtral always; Qwen's `norm_topk_prob`), else 4 (k + 1) bytes per layer and token over."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_models import tiny_moe_configs
+
+    base = tiny_moe_configs()[family]
+    width = {"intermediate_size": 16} if family == "mixtral" else {"moe_intermediate_size": 16}
+    extra = {} if family == "mixtral" else {"norm_topk_prob": renormalise}
+    # Expert width 16: grouped_mm needs 16-byte row strides, which a bfloat16 width of 12 is not.
+    config = type(base)(**{**base.to_dict(), **width, **extra})
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).train()
+    spec = arch_spec(model)
+    act = 4 if dtype == torch.float32 else 2
+    per_token = memplan.saved_bytes_per_token(spec, act)
+    measured = [saved_activation_bytes(model, torch.randint(0, 90, (b, 24))) for b in (1, 3)]
+    over = 0 if renormalise else spec.num_layers * 4 * (spec.experts_per_token + 1)
+    assert per_token * 2 * 24 - (measured[1] - measured[0]) == over * 2 * 24
+
+
 def spec(**kw) -> ArchSpec:
     base = dict(
         family="llama",

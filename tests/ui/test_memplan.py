@@ -1,6 +1,6 @@
 """The dashboard sizes jobs in JS (frontend/js/memplan.js) as the user types; these tests run that JS in
 node and require the exact numbers of worker/engine/memplan.py on a grid of architectures (every tiny
-family, a Llama-3.1-8B shape, a non-uniform pruned student) and settings."""
+family, mixture-of-experts ones too, a Llama-3.1-8B and a Qwen3-30B-A3B shape, non-uniform pruned students) and settings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 import json
 from pathlib import Path
 
-from tests.tiny_models import FAMILIES, tiny_model
+from tests.tiny_models import FAMILIES, MOE_FAMILIES, tiny_model
 from tests.ui.dashboard_js import run_dashboard_js
 from tests.ui.test_costmodel import llama8b
 from worker.engine import memplan
@@ -34,7 +34,32 @@ process.stdout.write(JSON.stringify(out));
 
 
 def specs() -> dict[str, ArchSpec]:
-    out = {name: arch_spec(tiny_model(name)) for name in FAMILIES}
+    out = {name: arch_spec(tiny_model(name)) for name in FAMILIES + MOE_FAMILIES}
+    moe = ArchSpec(  # Qwen3-30B-A3B's shape, then with experts cut per layer
+        family="qwen3_moe",
+        model_type="qwen3_moe",
+        num_layers=48,
+        hidden_size=2048,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=768,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        qk_norm=True,
+        num_experts=128,
+        experts_per_token=8,
+    )
+    out["qwen3_30b_a3b"] = moe
+    out["moe_pruned"] = moe.model_copy(
+        update={
+            "num_layers": 2,
+            "layers": [
+                LayerShape(num_heads=32, num_kv_heads=4, intermediate_size=768, num_experts=96),
+                LayerShape(num_heads=32, num_kv_heads=4, intermediate_size=512, num_experts=6),
+            ],
+        }
+    )
     big = llama8b()
     out["llama8b"] = big
     out["pruned"] = big.model_copy(

@@ -12,7 +12,8 @@ What is derived and what is fitted (bench/memory_planner_bench.py measures both)
   is always computed in float32).
 - Derived, exact for Llama-style blocks (Llama, Mistral, Qwen2; tests/engine/test_memplan.py counts
   the tensors autograd really saves): the activations a decoder layer saves per token,
-  `saved_bytes_per_token`. Other families (Qwen3's q/k norms, Phi-3, GPT-2) use the same terms and are
+  `saved_bytes_per_token`; also for the mixture-of-experts MLPs of Qwen3-MoE, Mixtral and Qwen2-MoE
+  (`moe_saved_bytes_per_token`, within 4 (k + 1) bytes per layer and token). Other families (Qwen3's q/k norms, Phi-3, GPT-2) use the same terms and are
   approximate.
 - Counted from the code, then confirmed by profiles: the chunked loss's per-chunk logit buffers
   (`*_CHUNK_BUFFERS`).
@@ -86,8 +87,25 @@ def layer_saved_bytes_per_token(
     attn = act * (2 * h * hd + 2 * g * hd) + 4 * h  # q, k, v, output; float32 log-sum-exp per head
     if spec.qk_norm:
         attn += (h + g) * norm_saved_bytes(hd, act) - act * (h + g) * hd
-    mlp = 4 * act * f  # gate, act(gate), up, act(gate) * up
+    mlp = moe_saved_bytes_per_token(spec, shape, act, d) if shape.num_experts else 4 * act * f
     return 2 * norm_saved_bytes(d, act) + attn + mlp
+
+
+def moe_saved_bytes_per_token(spec: ArchSpec, shape: LayerShape, act: int, hidden: int) -> int:
+    """A mixture-of-experts MLP's saved activations per token (transformers' grouped_mm experts, counted
+    by tests/engine/test_memplan.py): per routed copy of the token (k of them) the expert's gate/up
+    output, act(gate) and the down projection's input (4 F), its gathered input and its output before
+    the routing weight multiplies it (2 D), and that weight; the router's float32 probabilities [E];
+    the renormalised top-k weights and their sum (Mixtral, Qwen3-MoE's released configs; a model
+    that does not renormalise saves 4 (k + 1) bytes less). Qwen2-MoE's shared expert: a dense gated
+    MLP (4 Fs), its output and its sigmoid gate."""
+    k = spec.experts_used(shape, active=True)
+    weight = 4 if spec.family == "mixtral" else act  # Qwen casts the top-k weights to act, Mixtral not
+    routed = k * (4 * act * shape.intermediate_size + 2 * act * hidden + weight)
+    router = 4 * shape.num_experts + 4 * (k + 1)
+    fs = spec.shared_expert_intermediate_size
+    shared = 4 * act * fs + act * hidden + act if fs else 0
+    return routed + router + shared
 
 
 def saved_bytes_per_token(spec: ArchSpec, act: int, checkpointing: bool = False) -> int:
