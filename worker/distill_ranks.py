@@ -106,7 +106,7 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             args.append("--resume")
             rt.log("resuming from the sharded checkpoint")
         rt.progress(0.0, f"starting {ranks} ranks", force=True)
-        code = run_ranks(
+        finished = run_ranks(
             rt,
             ranks,
             MODULE,
@@ -115,7 +115,7 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             device_type=device_type(rt.device),
             on_record=on_record,
         )
-        if code == 3:
+        if not finished:
             raise JobCancelled()
         outcome.update(json.loads((out / "prunescope_manifest.json").read_text()))
 

@@ -71,10 +71,11 @@ def run_ranks(
     work: Path,
     device_type: str,
     on_record: Callable[[dict], None],
-) -> int:
+) -> bool:
     """Run `module args` as `ranks` ranks until they end; forward rank 0's records and output lines.
 
-    Returns torchrun's exit code (the module's: 3 for stopped). Raises RanksFailed on another error.
+    True when they finished, False when they stopped on request (torchrun then exits 1: a rank's
+    "stopped" exit code 3 is a failure to it). Raises RanksFailed when they failed unasked.
     `args` gets `--stop-file` and `--metrics-jsonl` under `work` appended.
     """
     work.mkdir(parents=True, exist_ok=True)
@@ -115,10 +116,12 @@ def run_ranks(
     finally:
         _end(agent)
     code = agent.returncode
-    if code not in (0, 3):
-        tail = output.read_text(errors="replace")[-3000:]
-        raise RanksFailed(f"torchrun over {ranks} ranks exited with code {code}:\n{tail}")
-    return code
+    if code == 0:
+        return True
+    if stop_sent is not None:
+        return False
+    tail = output.read_text(errors="replace")[-3000:]
+    raise RanksFailed(f"torchrun over {ranks} ranks exited with code {code}:\n{tail}")
 
 
 def _follow(path: Path, offset: int, handle: Callable[[str], None]) -> int:

@@ -7,6 +7,7 @@ naming the reason and writes nothing; a global batch that does not split over th
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,47 @@ def test_a_job_no_worker_can_hold_is_refused(two_rank_app):
     assert r.status_code == 422, r.text
     error = r.json()["detail"][0]
     assert error["loc"][-1] == "batch_size" and "multiple of gpus (2)" in error["msg"]
+
+
+def wait_for_step(app, job_id: int, step: int, timeout: float = 120.0) -> None:
+    """Until rank 0's metrics for `step` reached the job (the ranks are training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        series = app.api.get(f"/jobs/{job_id}/metrics?names=loss").json()["series"]
+        if any(p["step"] >= step for p in series.get("loss", [])):
+            return
+        assert app.api.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running")
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not reach step {step}:\n{app.worker.log()}")
+
+
+def wait_no_ranks(marker: str, timeout: float = 30.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := rank_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_cancel_stops_every_rank(two_rank_app):
+    app = two_rank_app
+    student = app.api.get("/students").json()[0]
+    job = start_distill(app, student["id"], gpus=2, steps=100_000, batch_size=2, checkpoint_every=0)
+    wait_for_step(app, job["id"], 1)
+    assert len(rank_processes(str(app.data_dir))) >= 2  # the two ranks (and the guard's own command line)
+    assert app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    done = app.wait_job(job["id"], timeout=60)
+    assert done["status"] == "cancelled"
+    assert wait_no_ranks(str(app.data_dir)) == []
+    text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
+    assert "stop requested: every rank stops at its next step" in text
+
+
+def test_worker_loss_ends_every_rank(two_rank_app):
+    """Last in the module: SIGKILL the worker (and its job process) mid-run; no rank may survive it."""
+    app = two_rank_app
+    student = app.api.get("/students").json()[0]
+    job = start_distill(app, student["id"], gpus=2, steps=100_000, batch_size=2, checkpoint_every=0)
+    wait_for_step(app, job["id"], 1)
+    assert rank_processes(str(app.data_dir))
+    app.worker.kill()
+    assert wait_no_ranks(str(app.data_dir)) == []
