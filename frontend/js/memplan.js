@@ -66,7 +66,8 @@ function widest(spec) {
 
 function transientBytesPerToken(spec, act, backward) {
   const s = widest(spec);
-  const width = Math.max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim);
+  let width = Math.max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim);
+  if (s.num_experts) width = Math.max(width, Math.min(spec.experts_per_token || 0, s.num_experts) * Math.max(s.intermediate_size, spec.hidden_size));
   return (backward ? TRANSIENT_BACKWARD : TRANSIENT_FORWARD) * act * width;
 }
 
@@ -167,13 +168,17 @@ export function importanceMemory(spec, opts) {
   const shapes = layerShapes(spec);
   const L = shapes.length;
   const weights = streamed ? paramCount(spec).embedding * w + 2 * layerWeightBytes(spec, w) : paramCount(spec).total * w;
-  const units = shapes.reduce((sum, s) => sum + s.num_heads + s.intermediate_size + 1, 0) + (2 * L + 1) * d;
+  // Scored MLP units: neurons, or per expert 3 expert axes + its FFN channels (as memplan._importance_mlp_units).
+  const mlpUnits = (s) => (s.num_experts ? s.num_experts * (3 + s.intermediate_size) : s.intermediate_size);
+  const units = shapes.reduce((sum, s) => sum + s.num_heads + mlpUnits(s) + 1, 0) + (2 * L + 1) * d;
   const parts = {
     weights,
     running_sums: 2 * NUM_SUMS * units * 4 + 2 * batch * units * 4,
     head_norms: n * L * Math.max(...shapes.map((s) => s.num_heads)) * 4,
     activations: n * (transientBytesPerToken(spec, w, false) + 2 * d * w),
   };
+  const experts = Math.max(...shapes.map((s) => s.num_experts || 0));
+  if (experts) parts.router_buffers = 3 * n * experts * 4;
   if (lossScans) {
     if (!streamed) parts.layer_inputs = n * L * d * w;
     parts.logits = NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(v), n) * v * 4;

@@ -236,3 +236,24 @@ def test_streamed_device_and_host_peaks():
     assert spilled["host_total"] == 20 * store and spilled["disk"] == (count - 30) * store
     in_memory = memplan.importance_memory(big, batch_size=4, seq_len=4096, weights_dtype="bfloat16")
     assert "stores" not in in_memory["parts"] and in_memory["host_total"] == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe", "qwen2_moe", "mixtral"])
+def test_importance_running_sums_are_the_hooks(family):
+    """The planner's scored units are the ones the importance hooks allocate float32 sums for (a
+    mixture-of-experts layer: 3 axes per expert and each expert's FFN channels, no neuron axis)."""
+    from tests.tiny_models import tiny_model
+    from worker.engine.adapters import adapter_for
+    from worker.engine.importance.hooks import ImportanceHooks
+    from worker.engine.importance.stats import NUM_SUMS
+
+    model = tiny_model(family)
+    hooks = ImportanceHooks(
+        model, adapter_for(model), block_importance=True, record_calls=False, device=torch.device("cpu")
+    )
+    allocated = sum(axis.sums.nbytes for axis in hooks.axes)
+    units = allocated // (2 * NUM_SUMS * 4)
+    plan = memplan.importance_memory(arch_spec(model), batch_size=3, seq_len=16)
+    assert plan["parts"]["running_sums"] == allocated + 2 * 3 * units * 4
+    spec_ = arch_spec(model)
+    assert ("router_buffers" in plan["parts"]) == bool(spec_.num_experts)

@@ -126,6 +126,8 @@ def transient_bytes_per_token(spec: ArchSpec, act: int, backward: bool) -> int:
     """A layer's temporaries while it runs: multiples of its widest per-token tensor."""
     s = widest(spec)
     width = max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim)
+    if s.num_experts:  # grouped_mm runs every routed copy of the tokens at once: [k N, F] and [k N, D]
+        width = max(width, spec.experts_used(s, active=True) * max(s.intermediate_size, spec.hidden_size))
     return (TRANSIENT_BACKWARD if backward else TRANSIENT_FORWARD) * act * width
 
 
@@ -260,6 +262,14 @@ def store_placement(
     return {"device": on_device, "host": on_host, "disk": count - on_device - on_host}
 
 
+def _importance_mlp_units(shape: LayerShape) -> int:
+    """Scored MLP units of a layer (importance/hooks.py): its neurons, or per expert the three expert
+    axes and its FFN channels (a mixture-of-experts layer has no neuron axis)."""
+    if shape.num_experts:
+        return shape.num_experts * (3 + shape.intermediate_size)
+    return shape.intermediate_size
+
+
 def importance_memory(
     spec: ArchSpec,
     *,
@@ -300,11 +310,14 @@ def importance_memory(
         weights = spec.embedding_params() * w + 2 * _layer_weight_bytes(spec, w)
     else:
         weights = spec.param_count()["total"] * w
-    units = sum(s.num_heads + s.intermediate_size + 1 for s in shapes) + (2 * L + 1) * d
+    units = sum(s.num_heads + _importance_mlp_units(s) + 1 for s in shapes) + (2 * L + 1) * d
     sums = 2 * NUM_SUMS * units * 4 + 2 * batch_size * units * 4  # running sums + per-batch [B, U] rows
     head_norms = n * L * max(s.num_heads for s in shapes) * 4
     working = n * (transient_bytes_per_token(spec, act, backward=False) + 2 * d * act)
     parts = {"weights": weights, "running_sums": sums, "head_norms": head_norms, "activations": working}
+    experts = max(s.num_experts for s in shapes)
+    if experts:  # the hooks' float32 [tokens, E] probabilities, routed flags and contributions
+        parts["router_buffers"] = 3 * n * experts * 4
     if loss_scans:
         if not streamed:  # the in-memory scans re-run each layer from its cached input
             parts["layer_inputs"] = n * L * d * act
