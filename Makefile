@@ -35,7 +35,7 @@ test: export OMP_WAIT_POLICY = PASSIVE
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=20
 
 run: install
 	$(BIN)/prunescope up
