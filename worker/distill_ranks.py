@@ -68,7 +68,15 @@ def distill_args(
 
 def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
-    from worker.handlers import _dataset, _publish, _record_artifact, _rows, checkpoint_dir, student_source
+    from worker.handlers import (
+        _checkpoint_step,
+        _dataset,
+        _publish,
+        _record_artifact,
+        _rows,
+        checkpoint_dir,
+        student_source,
+    )
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     p = job.params
@@ -82,11 +90,17 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         else max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
     )
 
+    reported: dict[str, int] = {}
+
     def on_record(record: dict) -> None:
         phase = record.get("phase", "train")
         if phase == "teacher_correction":
             return  # refused with more than one rank (backend.schemas)
         rt.metrics(record)
+        saved = _checkpoint_step(ckpt)  # the sharded checkpoint's summary: what a resume starts from
+        if saved is not None and saved != reported.get("step"):
+            reported["step"] = saved
+            rt.checkpoint(saved, str(ckpt))
         if phase == "train":
             rt.progress(record["step"] / steps, f"step {record['step']}/{steps} on {ranks} ranks")
 
