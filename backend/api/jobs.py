@@ -255,6 +255,6 @@ def logs(job_id: PathId, db: Session = Depends(get_db)) -> list[dict]:
     get_or_404(db, Job, job_id)
     rows = db.scalars(select(Event).where(Event.job_id == job_id, Event.type == "log").order_by(Event.id))
     return [
-        {"t": serialize.ts(e.created_at), "level": e.data.get("level"), "msg": e.data.get("msg")}
+        {"id": e.id, "t": serialize.ts(e.created_at), "level": e.data.get("level"), "msg": e.data.get("msg")}
         for e in rows
     ]

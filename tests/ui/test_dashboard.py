@@ -259,6 +259,11 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     page.wait_for_selector("[data-testid=student-link]")
     student = next(s for s in live_app.api.get("/students").json() if s["name"] == "tiny-mlp32")
     assert student["plan_id"] == plan_id
+    # "is being cut" follows the cut's live status: it says "is cut" once the prune job finished.
+    live_app.wait_job(student["job_id"])
+    info = page.locator("[data-testid=student-info][data-status=succeeded]")
+    info.wait_for(timeout=15_000)
+    assert "is cut" in info.inner_text() and "being cut" not in info.inner_text()
     STATE["student"] = student
 
 

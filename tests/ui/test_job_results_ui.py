@@ -153,3 +153,27 @@ def test_evaluate_and_benchmark_results_are_cards_with_units(page, live_app, stu
     text = page.locator("[data-testid=job-result]").inner_text()
     assert "runs[0]" not in text and "prefill_tokens_per_s" not in text
     shot(page, "job-benchmark")
+
+
+def test_compare_table_and_log_follow_the_live_events(page, live_app, student):
+    """The compare table updates when a job finishes (no reload); the job log shows each line once
+    (the event stream replays the lines the page already fetched)."""
+    page.goto(f"{live_app.url}/#/compare?students={student['id']}")
+    page.wait_for_selector("[data-testid=bench-table]")
+    page.wait_for_timeout(1000)  # the teacher stream is open (it starts at "now")
+    dataset_id = live_app.api.get("/datasets").json()[0]["id"]
+    params = {"dataset_id": dataset_id, "split": "validation", "max_documents": 2, "seq_len": 16}
+    r = live_app.api.post("/jobs", json={"kind": "evaluate", "student_id": student["id"], "params": params})
+    job = live_app.wait_job(r.json()["id"])
+    assert job["status"] == "succeeded"
+    page.wait_for_selector(f"[data-testid=bench-table] td[title^='evaluate job {job['id']}']", timeout=15_000)
+
+    page.goto(f"{live_app.url}/#/job/{job['id']}")
+    logs = [line["msg"] for line in live_app.api.get(f"/jobs/{job['id']}/logs").json()]
+    assert logs
+    page.wait_for_selector("[data-testid=job-log] div")
+    page.wait_for_timeout(1500)  # the stream has replayed every event by now
+    shown = page.locator("[data-testid=job-log] > div").all_inner_texts()
+    assert len(shown) == len(logs), shown
+    for msg in logs:
+        assert sum(text.endswith(msg) for text in shown) == logs.count(msg), (msg, shown)

@@ -10,7 +10,10 @@ import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
 
 /** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
-export function parseCount(text) {
+/** "5.87M" -> 5870000; "70%" -> 70% of `total` (a budget as a share of the teacher). */
+export function parseCount(text, total = NaN) {
+  const share = String(text).trim().match(/^([\d.]+)\s*%$/);
+  if (share) return Math.round((Number(share[1]) / 100) * total);
   const m = String(text).trim().match(/^([\d.]+(?:e[+-]?\d+)?)\s*([kKmMbBgG]?)$/);
   if (!m) return NaN;
   const scale = { "": 1, k: 1e3, m: 1e6, b: 1e9, g: 1e9 }[m[2].toLowerCase()];
@@ -59,8 +62,8 @@ export class Planner {
             ]
           : []),
         field({ name: "hidden_size", label: `Hidden (of ${spec.hidden_size})`, type: "number", min: 1, placeholder: String(spec.hidden_size) }),
-        h("label.field", { style: { gridColumn: spec.num_experts ? "auto" : "1 / -1" } }, h("span", spec.num_experts ? "Total parameter budget" : "Parameter budget"), h("input", { name: "param_budget", placeholder: `e.g. ${compact(spec.params_total * 0.6)}` })),
-        spec.num_experts ? h("label.field", h("span", "Active parameter budget"), h("input", { name: "active_param_budget", placeholder: `e.g. ${compact((spec.params_active || spec.params_total) * 0.8)}` })) : null,
+        h("label.field", { style: { gridColumn: spec.num_experts ? "auto" : "1 / -1" } }, h("span", spec.num_experts ? "Total parameter budget" : "Parameter budget"), h("input", { name: "param_budget", placeholder: `e.g. 60% or ${compact(spec.params_total * 0.6)}` })),
+        spec.num_experts ? h("label.field", h("span", "Active parameter budget"), h("input", { name: "active_param_budget", placeholder: `e.g. 80% or ${compact((spec.params_active || spec.params_total) * 0.8)}` })) : null,
       ),
       h("div.row", h("span.hint", "Marks the least important units; adjust by hand afterwards."), h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "fill" } }, "Fill to target")),
       this.fillErr,
@@ -180,9 +183,10 @@ export class Planner {
     if (targets.heads_per_layer !== undefined) targets.head_mode = v.head_mode;
     for (const budget of ["param_budget", "active_param_budget"]) {
       if (v[budget] === undefined) continue;
-      const n = parseCount(v[budget]);
+      const total = budget === "active_param_budget" ? this.spec.params_active || this.spec.params_total : this.spec.params_total;
+      const n = parseCount(v[budget], total);
       if (!Number.isFinite(n) || n <= 0) {
-        showError(this.fillErr, { message: `${budget}: write a number of parameters, e.g. 3.5M or 3500000`, fields: { [budget]: "not a number of parameters" } }, this.fillForm);
+        showError(this.fillErr, { message: `${budget}: write a share of the teacher or a number of parameters, e.g. 70%, 3.5M or 3500000`, fields: { [budget]: "not a share or a number of parameters" } }, this.fillForm);
         return;
       }
       targets[budget] = n;
@@ -274,7 +278,17 @@ export class Planner {
     try {
       const student = await api.post("/students", { plan_id: row.id, name });
       showError(this.studentErr, null);
-      mount(this.studentInfo, h("div.hint", { style: { marginTop: "6px" } }, `Student #${student.id} "${student.name}" is being cut. `, h("a", { href: href("runs", [], { student: student.id }), dataset: { testid: "student-link" } }, "Distill it →")));
+      // The line follows the cut's live status events: being cut -> cut (or failed / cancelled).
+      const said = { succeeded: "is cut", failed: "could not be cut", cancelled: "was not cut (cancelled)" };
+      const render = (j) => {
+        const status = j?.status || "queued";
+        const reason = status === "failed" && j.error ? `: ${j.error}` : "";
+        const link = status === "succeeded" ? h("a", { href: href("runs", [], { student: student.id }), dataset: { testid: "student-link" } }, "Distill it →") : status in said ? null : h("a", { href: href("runs", [], { student: student.id }), dataset: { testid: "student-link" } }, "Follow it →");
+        mount(this.studentInfo, h("div.hint", { style: { marginTop: "6px" }, dataset: { testid: "student-info", status } }, `Student #${student.id} "${student.name}" ${said[status] || "is being cut"}${reason}. `, link));
+      };
+      render(null);
+      if (this.closeCut) this.closeCut();
+      this.closeCut = student.job_id ? subscribe(`/jobs/${student.job_id}/events`, { status: render }) : null;
     } catch (err) {
       showError(this.studentErr, err);
     }
@@ -283,5 +297,6 @@ export class Planner {
   destroy() {
     this.validate.cancel();
     if (this.closePreview) this.closePreview();
+    if (this.closeCut) this.closeCut();
   }
 }

@@ -5,10 +5,11 @@
 import { api, showError } from "../api.js";
 import { paramCount } from "../costmodel.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
-import { h, mount, segmented, toast } from "../dom.js";
+import { debounce, h, mount, segmented, toast } from "../dom.js";
 import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
+import { subscribe } from "../sse.js";
 import { distillFields, distillParams } from "./runs.js";
 
 export async function compareView(host, { query }, ctx) {
@@ -55,14 +56,36 @@ export async function compareView(host, { query }, ctx) {
   let curveTimer = null;
   ctx.onCleanup(() => clearInterval(curveTimer));
 
+  // One stream per teacher of the shown models; a status event (debounced) calls `onStatus` and
+  // refreshes the students' badges in the picker.
+  let streams = [];
+  const closeStreams = () => streams.forEach((close) => close());
+  ctx.onCleanup(closeStreams);
+  function listenForStatus(models, onStatus) {
+    closeStreams();
+    const teacherOf = (m) => (m.kind === "teacher" ? m.id : students.find((x) => x.id === m.id)?.teacher_id);
+    const ids = new Set(models.map(teacherOf).filter(Boolean));
+    if (teacherId) ids.add(teacherId);
+    const changed = debounce(async () => {
+      await onStatus();
+      const fresh = await api.get("/students").catch(() => null);
+      if (ctx.alive && fresh) {
+        students = fresh;
+        renderPicker();
+      }
+    }, 300);
+    streams = Array.from(ids, (id) => subscribe(`/teachers/${id}/events`, { status: changed }));
+  }
+
   async function load() {
     if (!chosen.size && !teacherId) {
       mount(result, h("section.panel", h("div.empty", "Pick two or more models on the left, or run the depth-vs-width study.")));
       return;
     }
     let data;
+    const shown = new URLSearchParams({ ...(teacherId ? { teacher: teacherId } : {}), students: Array.from(chosen).join(",") });
     try {
-      data = await api.get(`/compare?${new URLSearchParams({ ...(teacherId ? { teacher: teacherId } : {}), students: Array.from(chosen).join(",") })}`);
+      data = await api.get(`/compare?${shown}`);
     } catch (err) {
       mount(result, h("div.error-msg", err.message));
       return;
@@ -85,11 +108,21 @@ export async function compareView(host, { query }, ctx) {
         }
       },
     }, "Evaluate & benchmark all");
+    const archBox = h("div", archDiff(models));
+    const tableBox = h("div", benchTable(models));
     clearInterval(curveTimer);
     curveTimer = setInterval(() => { if (ctx.alive) drawCurves(curvesPlot, models); }, 5000);
+    // Tables follow the live events too: any job of a shown teacher changing status re-reads /compare.
+    listenForStatus(models, async () => {
+      const fresh = await api.get(`/compare?${shown}`).catch(() => null);
+      if (!ctx.alive || !fresh || JSON.stringify(fresh.models) === JSON.stringify(models)) return;
+      models.splice(0, models.length, ...fresh.models); // drawCurves holds this array
+      mount(archBox, archDiff(models));
+      mount(tableBox, benchTable(models));
+    });
     mount(result,
-      h("section.panel", h("header", h("h2", "Architecture")), archDiff(models)),
-      h("section.panel", h("header", h("h2", "Benchmarks"), h("span.hint", "★ best in column"), benchBtn), benchTable(models), benchErr),
+      h("section.panel", h("header", h("h2", "Architecture")), archBox),
+      h("section.panel", h("header", h("h2", "Benchmarks"), h("span.hint", "★ best in column"), benchBtn), tableBox, benchErr),
       h("section.panel", h("header", h("h2", "Distillation curves"),
         segmented([["val_ppl", "val ppl"], ["val_loss", "val loss"], ["kd_loss", "KD loss"], ["ce_loss", "CE loss"], ["loss", "loss"]], metric, (v) => { metric = v; setQuery({ metric: v }); drawCurves(curvesPlot, models); })),
         curvesPlot),
@@ -262,6 +295,13 @@ function benchTable(models) {
 }
 
 // ---- depth vs width wizard ------------------------------------------------------------------------
+
+/** A readable study name, "depth-75%-1": kind, budget, and the next free number among `existing`. */
+export function studentName(kind, budgetPct, existing) {
+  const stem = `${kind}-${Number(Number(budgetPct).toPrecision(3))}%-`;
+  const taken = existing.filter((n) => n.startsWith(stem)).map((n) => Number(n.slice(stem.length))).filter(Number.isInteger);
+  return `${stem}${taken.length ? Math.max(...taken) + 1 : 1}`;
+}
 
 /** Largest layer count whose parameter count fits the budget (everything else kept). */
 export function depthTarget(spec, budget) {
@@ -442,19 +482,19 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
         const k = t.spec.num_layers - targets.depth.num_layers;
         targets.depth.layer_method = depthLayerMethod(await api.get(`/importance-runs/${runId}/layers`), k);
       }
-      const tag = `${Math.round(v.budget_pct)}pct-${Date.now().toString(36).slice(-4)}`;
+      const existing = (await api.get("/students")).map((x) => x.name);
       const plans = {};
       for (const kind of ["depth", "width"]) plans[kind] = await api.post("/plans/fill", { teacher_id: t.id, importance_run_id: runId, targets: targets[kind] });
       mark(2);
       const rows = {};
       for (const kind of ["depth", "width"]) {
-        rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: `${kind}-${tag}`, plan: plans[kind].plan });
+        rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: studentName(kind, v.budget_pct, existing), plan: plans[kind].plan });
         created.plans.push(rows[kind].id);
       }
       mark(3);
       const made = {};
       for (const kind of ["depth", "width"]) {
-        made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: `${t.name}-${kind}-${tag}` });
+        made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: studentName(kind, v.budget_pct, existing) });
         created.students.push(made[kind].id);
       }
       for (const kind of ["depth", "width"]) {

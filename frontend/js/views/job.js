@@ -96,6 +96,9 @@ export async function jobView(host, { args, query }, ctx) {
   const student = job.student_id ? await api.get(`/students/${job.student_id}`).catch(() => null) : null;
   if (!ctx.alive) return; // the user left while this loaded: never draw over the next page
   const store = new SeriesStore();
+  // The event stream replays the job's events from the start (and again after a resume re-connects):
+  // a log line already shown, by its event id, is not shown twice.
+  const shownLogs = new Set();
 
   const header = h("div");
   const actionErr = h("div.error-msg");
@@ -221,12 +224,16 @@ export async function jobView(host, { args, query }, ctx) {
   }
   try {
     const logs = await api.get(`/jobs/${job.id}/logs`);
-    for (const line of logs) appendLog(line);
+    for (const line of logs) appendLog(line, line.id);
   } catch {
     /* logs are optional */
   }
   if (!logBox.childElementCount) logBox.append(h("div.faint", "No log lines yet."));
-  function appendLog(line) {
+  function appendLog(line, id) {
+    if (id) {
+      if (shownLogs.has(id)) return;
+      shownLogs.add(id);
+    }
     const placeholder = logBox.querySelector(".faint");
     if (placeholder) placeholder.remove();
     const el = h(`div${line.level === "error" ? ".err" : ""}`, `${line.t ? `${String(line.t).slice(11, 19)} ` : ""}${line.level !== "info" ? `[${line.level}] ` : ""}${line.msg}`);
@@ -251,7 +258,7 @@ export async function jobView(host, { args, query }, ctx) {
           loadBenchmarks();
         }
       },
-      log: (line) => appendLog(line),
+      log: (line, ev) => appendLog({ t: new Date().toISOString(), ...line }, Number(ev.lastEventId) || null),
     });
   }
   // Charts are drawn at explicit widths: redraw them when the window changes size.
