@@ -23,16 +23,32 @@ function dtypeBytes(dtype) {
 
 export const autoChunkTokens = (vocab) => Math.max(64, Math.floor(CHUNK_LOGITS / Math.max(1, vocab)));
 
-const normSavedBytes = (width, act) => 4 * width + 4 + 2 * act * width;
+// As memplan.norm_saved_bytes: float32 input, inverse RMS, the normalised input (`normalised` bytes,
+// default act), and the act-byte output the next linear saves when one follows.
+const normSavedBytes = (width, act, normalised = null, feedsLinear = true) =>
+  4 * width + 4 + (normalised ?? act) * width + (feedsLinear ? act * width : 0);
+
+// As memplan._norm_layout: "pre" (Llama-style), "sandwich" (Gemma 2 / 3) or "post" (OLMo 2).
+const normLayout = (spec) => ((spec.layer_norms ?? 2) === 4 ? "sandwich" : spec.family === "olmo2" ? "post" : "pre");
 
 export function layerSavedBytesPerToken(spec, shape, act) {
   const d = spec.hidden_size;
   const { num_heads: h, num_kv_heads: g, intermediate_size: f } = shape;
   const hd = spec.head_dim;
-  let attn = act * (2 * h * hd + 2 * g * hd) + 4 * h;
-  if (spec.qk_norm) attn += (h + g) * normSavedBytes(hd, act) - act * (h + g) * hd;
+  const layout = normLayout(spec);
+  const f32Norms = layout !== "pre" ? 4 : null;
+  const kv = layout === "sandwich" ? h : g;
+  let attn = act * (2 * h * hd + 2 * kv * hd) + 4 * h;
+  if (spec.qk_norm) {
+    if (spec.qk_norm_full_width) attn += normSavedBytes(h * hd, act, f32Norms, false) + normSavedBytes(g * hd, act, f32Norms, false);
+    else attn += (h + g) * normSavedBytes(hd, act, f32Norms, false);
+  }
   const mlp = shape.num_experts ? moeSavedBytesPerToken(spec, shape, act, d) : 4 * act * f;
-  return 2 * normSavedBytes(d, act) + attn + mlp;
+  let norms;
+  if (layout === "pre") norms = 2 * normSavedBytes(d, act);
+  else if (layout === "sandwich") norms = 2 * normSavedBytes(d, act, 4) + 2 * normSavedBytes(d, act, 4, false);
+  else norms = 2 * normSavedBytes(d, act, 4, false) + 2 * act * d;
+  return norms + attn + mlp;
 }
 
 /** A mixture-of-experts MLP's saved activations per token (as memplan.moe_saved_bytes_per_token). */
@@ -48,7 +64,7 @@ function moeSavedBytesPerToken(spec, shape, act, hidden) {
 
 export function savedBytesPerToken(spec, act, checkpointing = false) {
   const d = spec.hidden_size;
-  const final = 4 * d + 4 + act * d;
+  const final = normSavedBytes(d, act, normLayout(spec) !== "pre" ? 4 : null, false);
   const shapes = layerShapes(spec);
   if (checkpointing) return shapes.length * act * d + final;
   return shapes.reduce((sum, s) => sum + layerSavedBytesPerToken(spec, s, act), 0) + final;

@@ -10,11 +10,12 @@ What is derived and what is fitted (bench/memory_planner_bench.py measures both)
   no float32 master copy: `torch.optim.AdamW` keeps its two moments in the parameters' dtype, so with
   bfloat16 weights the gradients and moments are bfloat16 too (pure-bf16 training; the loss itself
   is always computed in float32).
-- Derived, exact for Llama-style blocks (Llama, Mistral, Qwen2; tests/engine/test_memplan.py counts
+- Derived, exact for Llama, Mistral, Qwen2 / 3 and OLMo 2 blocks (tests/engine/test_memplan.py counts
   the tensors autograd really saves): the activations a decoder layer saves per token,
-  `saved_bytes_per_token`; also for the mixture-of-experts MLPs of Qwen3-MoE, Mixtral and Qwen2-MoE
-  (`moe_saved_bytes_per_token`, within 4 (k + 1) bytes per layer and token). Other families (Qwen3's q/k norms, Phi-3, GPT-2) use the same terms and are
-  approximate.
+  `saved_bytes_per_token`, with each family's norm layout (`_norm_layout`) and q/k norms; Gemma 3
+  within one [tokens, head_dim] table; the mixture-of-experts MLPs of Qwen3-MoE, Mixtral and
+  Qwen2-MoE within 4 (k + 1) bytes per layer and token (`moe_saved_bytes_per_token`). Gemma 2's
+  eager attention, Phi-3's fused projections and GPT-2 use the same terms and are approximate.
 - Counted from the code, then confirmed by profiles: the chunked loss's per-chunk logit buffers
   (`*_CHUNK_BUFFERS`).
 - Fitted: the transient working set of a layer's forward / backward as `TRANSIENT_*` multiples of the
@@ -72,23 +73,50 @@ def spec_from_summary(summary: dict) -> ArchSpec:
 # ---- activations --------------------------------------------------------------------------------
 
 
-def norm_saved_bytes(width: int, act: int) -> int:
-    """An RMSNorm saves its float32 input, the float32 inverse RMS, the normalised input (for the weight's
-    gradient) and hands an `act`-byte output to the next linear, which saves it."""
-    return 4 * width + 4 + 2 * act * width
+def norm_saved_bytes(width: int, act: int, normalised: int | None = None, feeds_linear: bool = True) -> int:
+    """An RMSNorm saves its float32 input, the float32 inverse RMS and the normalised input (for the
+    weight's gradient: `act` bytes, float32 in Gemma's and OLMo 2's norms, `normalised`), and when a
+    linear follows it hands it an `act`-byte output, which the linear saves."""
+    kept = act if normalised is None else normalised
+    return 4 * width + 4 + kept * width + (act * width if feeds_linear else 0)
+
+
+def _norm_layout(spec: ArchSpec) -> str:
+    """Where a family's norms sit: "pre" (Llama-style), "sandwich" (Gemma 2 / 3: pre and post norms
+    around both sublayers) or "post" (OLMo 2: the sublayers' outputs only)."""
+    if spec.layer_norms == 4:
+        return "sandwich"
+    return "post" if spec.family == "olmo2" else "pre"
 
 
 def layer_saved_bytes_per_token(
     spec: ArchSpec, shape: LayerShape, act: int, hidden: int | None = None
 ) -> int:
-    """Bytes autograd saves per token for one decoder layer (SDPA attention, `act`-byte activations)."""
+    """Bytes autograd saves per token for one decoder layer (SDPA attention, `act`-byte activations).
+
+    Exact against autograd's saved tensors for Llama, Mistral, Qwen2 / 3, OLMo 2 and the MoE families;
+    Gemma 3 within one rotary table (tests/engine/test_memplan.py). Gemma 2's eager attention (soft-
+    capped scores, [heads, seq] per token) and Phi-3's fused projections are not modelled."""
     d = spec.hidden_size if hidden is None else hidden
     h, g, hd, f = shape.num_heads, shape.num_kv_heads, spec.head_dim, shape.intermediate_size
-    attn = act * (2 * h * hd + 2 * g * hd) + 4 * h  # q, k, v, output; float32 log-sum-exp per head
-    if spec.qk_norm:
-        attn += (h + g) * norm_saved_bytes(hd, act) - act * (h + g) * hd
+    layout = _norm_layout(spec)
+    f32_norms = 4 if layout != "pre" else None  # Gemma and OLMo 2 normalise in float32
+    # Gemma passes SDPA a mask, so the keys and values it saves are repeated to all query heads.
+    kv = h if layout == "sandwich" else g
+    attn = act * (2 * h * hd + 2 * kv * hd) + 4 * h  # q, k, v, output; float32 log-sum-exp per head
+    if spec.qk_norm:  # over each head, or (OLMo 2) over all heads at once; RoPE keeps no input
+        if spec.qk_norm_full_width:
+            attn += sum(norm_saved_bytes(n * hd, act, f32_norms, feeds_linear=False) for n in (h, g))
+        else:
+            attn += (h + g) * norm_saved_bytes(hd, act, f32_norms, feeds_linear=False)
     mlp = moe_saved_bytes_per_token(spec, shape, act, d) if shape.num_experts else 4 * act * f
-    return 2 * norm_saved_bytes(d, act) + attn + mlp
+    if layout == "pre":
+        norms = 2 * norm_saved_bytes(d, act)
+    elif layout == "sandwich":
+        norms = 2 * norm_saved_bytes(d, act, 4) + 2 * norm_saved_bytes(d, act, 4, feeds_linear=False)
+    else:  # post: the sublayers read the residual stream (saved once per sublayer by its linears)
+        norms = 2 * norm_saved_bytes(d, act, 4, feeds_linear=False) + 2 * act * d
+    return norms + attn + mlp
 
 
 def moe_saved_bytes_per_token(spec: ArchSpec, shape: LayerShape, act: int, hidden: int) -> int:
@@ -111,7 +139,8 @@ def moe_saved_bytes_per_token(spec: ArchSpec, shape: LayerShape, act: int, hidde
 def saved_bytes_per_token(spec: ArchSpec, act: int, checkpointing: bool = False) -> int:
     """All saved activations per token of a full forward (up to the final norm) for backward."""
     d = spec.hidden_size
-    final = 4 * d + 4 + act * d  # the final norm's input and normalised output
+    # The final norm's float32 input, inverse RMS and normalised output (float32 in Gemma and OLMo 2).
+    final = norm_saved_bytes(d, act, 4 if _norm_layout(spec) != "pre" else None, feeds_linear=False)
     if checkpointing:  # each layer keeps only its input; one layer at a time is recomputed in backward
         return spec.num_layers * act * d + final
     return sum(layer_saved_bytes_per_token(spec, s, act) for s in spec.layer_shapes()) + final
