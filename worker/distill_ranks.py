@@ -23,12 +23,16 @@ from worker.runtime import JobCancelled, JobRuntime
 MODULE = "worker.engine.distill.run_distributed"
 
 
+def total_steps(p: dict) -> int:
+    if p.get("tokens"):
+        return max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
+    return p["steps"]
+
+
 def distill_args(
     p: dict, *, student: str, teacher: str, data: str, out: Path, work: Path, device: str
 ) -> list[str]:
-    steps = p["steps"]
-    if p.get("tokens"):
-        steps = max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
+    steps = total_steps(p)
     args = [
         student,
         "--teacher", teacher,
@@ -84,23 +88,22 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     dataset = _dataset(rt, p)
     ckpt = checkpoint_dir(rt, job)
     resume = job.attempts > 1 and sharded_checkpoint_path(ckpt) is not None
-    steps = (
-        p["steps"]
-        if not p.get("tokens")
-        else max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
-    )
-
+    steps = total_steps(p)
     reported: dict[str, int] = {}
+
+    def report_checkpoint() -> None:
+        """Mirror the sharded checkpoint's step (its torch-free summary) into the job row."""
+        saved = _checkpoint_step(ckpt)
+        if saved is not None and saved != reported.get("step"):
+            reported["step"] = saved
+            rt.checkpoint(saved, str(ckpt))
 
     def on_record(record: dict) -> None:
         phase = record.get("phase", "train")
         if phase == "teacher_correction":
             return  # refused with more than one rank (backend.schemas)
         rt.metrics(record)
-        saved = _checkpoint_step(ckpt)  # the sharded checkpoint's summary: what a resume starts from
-        if saved is not None and saved != reported.get("step"):
-            reported["step"] = saved
-            rt.checkpoint(saved, str(ckpt))
+        report_checkpoint()
         if phase == "train":
             rt.progress(record["step"] / steps, f"step {record['step']}/{steps} on {ranks} ranks")
 
@@ -129,6 +132,7 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             device_type=device_type(rt.device),
             on_record=on_record,
         )
+        report_checkpoint()  # the one the ranks wrote as they stopped or finished
         if not finished:
             raise JobCancelled()
         outcome.update(json.loads((out / "prunescope_manifest.json").read_text()))

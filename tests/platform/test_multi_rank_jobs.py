@@ -117,6 +117,7 @@ def test_cancel_stops_every_rank(two_rank_app):
     assert app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202
     done = app.wait_job(job["id"], timeout=60)
     assert done["status"] == "cancelled"
+    assert done["checkpoint_step"] >= 1 and done["resumable"]  # the ranks' sharded checkpoint as they stopped
     assert wait_no_ranks(str(app.data_dir)) == []
     text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
     assert "stop requested: every rank stops at its next step" in text
