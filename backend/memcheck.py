@@ -163,12 +163,14 @@ def _halved_batches(batch_size: int) -> list[dict]:
 
 def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue: str) -> None:
     """409 when an importance run fits no live worker on its queue. With `offload` "auto" the worker
-    streams the teacher layer by layer when it does not fit, so the smaller of the two layouts counts."""
+    streams the teacher layer by layer when it does not fit, so the smaller of the two layouts counts.
+    A streamed pass spills the activation stores its device budget does not admit (pinned RAM, disk),
+    so only its weights and one batch's working set must fit the device (`device_budget=0`)."""
     spec = memplan.spec_from_summary(teacher_spec)
     device = "cuda" if queue == GPU else "cpu"
     offload = params.get("offload", "auto")
     layouts = {"never": (False,), "always": (True,)}.get(offload, (False, True))
-    loss_scans = bool({"drop", "block"} & set(params.get("scans", [])))
+    scans = tuple(params.get("scans", ()))
 
     def need(p: dict) -> int:
         return min(
@@ -176,9 +178,12 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
                 spec,
                 batch_size=p["batch_size"],
                 seq_len=p["seq_len"],
-                loss_scans=loss_scans,
+                scans=scans,
+                block_size=params.get("block_size", 2),
+                samples=params.get("samples"),
                 streamed=streamed,
                 device=device,
+                device_budget=0 if streamed else None,
             )["total"]
             for streamed in layouts
         )
