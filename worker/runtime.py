@@ -47,6 +47,7 @@ class JobRuntime:
         self.teacher_id: int | None = None
         self._t0 = time.monotonic()
         self._last_progress = 0.0
+        self._last_phase: str | None = None  # the last forced progress message, logged once
         self._cancel = False
         self._stop_heartbeat = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -184,6 +185,11 @@ class JobRuntime:
             job.eta_s = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
             job.heartbeat_at = utcnow()
             add_event(s, job, "status", serialize.job(job))
+            # A forced message names a phase ("loading model", "lm-eval tasks"): it goes to the job's log
+            # too, so jobs without a training loop (evaluate, benchmark) have a log to read.
+            if force and message and message != self._last_phase:
+                self._last_phase = message
+                add_event(s, job, "log", {"job_id": self.job_id, "level": "info", "msg": message})
         self._wake()
 
     def metrics(self, record: dict[str, Any]) -> bool:

@@ -61,7 +61,9 @@ def test_claim_metrics_and_finish(api_env):
         job = s.get(Job, jid)
         assert job.status == "succeeded" and job.progress == 1.0 and job.finished_at >= job.started_at
         events = s.scalars(select(Event).where(Event.job_id == jid).order_by(Event.id)).all()
-        assert [e.type for e in events] == ["status", "metric", "metric", "metric", "status", "status"]
+        # The forced progress message ("half", a phase) is also a log line, right after its status.
+        assert [e.type for e in events] == ["status", "metric", "metric", "metric", "status", "log", "status"]
+        assert [e.data["msg"] for e in events if e.type == "log"] == ["half"]
         assert [e.data.get("status") for e in events if e.type == "status"] == [
             "running",
             "running",

@@ -170,7 +170,9 @@ def test_compare_table_and_log_follow_the_live_events(page, live_app, student):
 
     page.goto(f"{live_app.url}/#/job/{job['id']}")
     logs = [line["msg"] for line in live_app.api.get(f"/jobs/{job['id']}/logs").json()]
-    assert logs
+    assert (
+        "loading model" in logs and "running in process" in logs[0]
+    )  # the worker's phases, not only its pid
     page.wait_for_selector("[data-testid=job-log] div")
     page.wait_for_timeout(1500)  # the stream has replayed every event by now
     shown = page.locator("[data-testid=job-log] > div").all_inner_texts()
