@@ -108,10 +108,11 @@ def wait_no_ranks(marker: str, timeout: float = 30.0) -> list[str]:
     return left
 
 
-def test_cancel_stops_every_rank(two_rank_app):
+def test_cancel_stops_every_rank_and_a_resume_continues_on_two_ranks(two_rank_app):
     app = two_rank_app
     student = app.api.get("/students").json()[0]
-    job = start_distill(app, student["id"], gpus=2, steps=100_000, batch_size=2, checkpoint_every=0)
+    steps = 80  # ~0.1 s a step here: the cancel (~2 s to reach the ranks) lands mid-run
+    job = start_distill(app, student["id"], gpus=2, steps=steps, batch_size=2, checkpoint_every=0)
     wait_for_step(app, job["id"], 1)
     assert len(rank_processes(str(app.data_dir))) >= 2  # the two ranks (and the guard's own command line)
     assert app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202
@@ -121,6 +122,17 @@ def test_cancel_stops_every_rank(two_rank_app):
     assert wait_no_ranks(str(app.data_dir)) == []
     text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
     assert "stop requested: every rank stops at its next step" in text
+
+    stopped_at = done["checkpoint_step"]
+    assert app.api.post(f"/jobs/{job['id']}/resume").status_code == 202
+    done = app.wait_job(job["id"], timeout=120)
+    assert done["status"] == "succeeded", (done.get("error"), app.worker.log())
+    assert done["attempts"] == 2 and done["result"]["steps"] == steps and done["result"]["world_size"] == 2
+    series = app.api.get(f"/jobs/{job['id']}/metrics?names=loss").json()["series"]["loss"]
+    assert [p["step"] for p in series] == list(range(1, steps + 1))  # each step once across the two attempts
+    text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
+    assert "resuming from the sharded checkpoint" in text and f"step {stopped_at + 1}/{steps}" in text
+    assert wait_no_ranks(str(app.data_dir)) == []
 
 
 def test_worker_loss_ends_every_rank(two_rank_app):
