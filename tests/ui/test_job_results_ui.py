@@ -56,12 +56,15 @@ def test_a_cancelled_job_is_neutral_not_error_red(page, live_app, student):
     assert "error-msg" not in reason.get_attribute("class")
     assert page.eval_on_selector("[data-testid=job-error]", "el => getComputedStyle(el).color") != failed
 
+    shot(page, "job-cancelled")
+
     page.goto(f"{live_app.url}/#/runs")
     row = f"tr[data-job-id='{job['id']}']"
     page.wait_for_selector(f"{row} .badge[data-status=cancelled]")
     assert badge_colour(page, f"{row} .badge") != failed
     assert page.eval_on_selector(f"{row} .field-note", "el => getComputedStyle(el).color") != failed
     assert page.locator(f"{row} .field-error").count() == 0
+    shot(page, "runs-cancelled")
 
 
 def _rgb(hex_colour: str) -> str:
