@@ -264,3 +264,14 @@ def test_importance_running_sums_are_the_hooks(family):
     assert plan["parts"]["running_sums"] == allocated + 2 * 3 * units * 4
     spec_ = arch_spec(model)
     assert ("router_buffers" in plan["parts"]) == bool(spec_.num_experts)
+
+
+def test_scan_rules_are_the_engines():
+    """memplan keeps torch-free copies of the importance pass's default scans and loss-scan sizes."""
+    from worker.engine.importance.compute import loss_scan_sizes
+    from worker.engine.importance.result import DEFAULT_SCANS
+
+    assert memplan.DEFAULT_SCANS == DEFAULT_SCANS
+    for scans in (DEFAULT_SCANS, ("drop",), ("block", "angular"), ("bi",), ("drop", "block")):
+        for k in (1, 2, 3):
+            assert memplan.loss_scan_sizes(scans, k) == loss_scan_sizes(scans, k)
