@@ -7,23 +7,21 @@ exactly as for a one-process job. A cancel or a worker shutdown creates the stop
 (they stop together at the next step, with a checkpoint); ranks still running `STOP_GRACE_S` later are
 killed.
 
-Nothing outlives the job: the torchrun agent gets SIGTERM when the job process dies (PR_SET_PDEATHSIG;
-it then stops its ranks), every rank is started through worker.rank_guard and so is SIGKILLed when the
-agent dies, and the job process kills the agent on its way out whatever happened.
+Nothing outlives the job: the torchrun agent and every rank run through worker.rank_guard (a parent-death
+signal), so the agent gets SIGTERM when the job process dies (it then stops its ranks) and each rank is
+SIGKILLed when the agent dies; the job process also ends the agent on its way out whatever happened.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.rank_guard import die_with_parent
 from worker.runtime import JobRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +38,9 @@ def torchrun_command(ranks: int, module: str, args: list[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
+        "worker.rank_guard",
+        "--on-parent-death",
+        "TERM",  # the agent: SIGTERM when the job's process dies, and it stops its ranks
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={ranks}",
@@ -94,7 +95,6 @@ def run_ranks(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C on the worker's terminal reaches the job, not the agent
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
         )
     tails = {metrics: 0, output: 0}
     stop_sent: float | None = None

@@ -1,8 +1,11 @@
-"""`python -m worker.rank_guard MODULE ARGS...`: run MODULE as `__main__`, killed when its launcher dies.
+"""`python -m worker.rank_guard [--on-parent-death TERM] MODULE ARGS...`: run MODULE as `__main__`,
+signalled (default SIGKILL) by the kernel the moment its parent exits, however the parent ends.
 
 torchrun starts every rank in a session of its own, so killing the launcher's process group leaves the
-ranks running. Each rank of a job (worker.multi_rank) is started through this guard instead, which asks
-the kernel to SIGKILL it the moment its parent (the torchrun agent) exits, however the agent ends.
+ranks running: each rank of a job (worker.multi_rank) is started through this guard, killed when the
+torchrun agent dies. The agent itself runs through it too, with SIGTERM (it then stops its ranks) when
+the job's process dies; setting the signal here rather than in a `preexec_fn` keeps the job process,
+which has threads, from running Python between fork and exec.
 """
 
 from __future__ import annotations
@@ -26,5 +29,9 @@ if __name__ == "__main__":
     die_with_parent()
     if os.getppid() != parent:  # the launcher died before the guard was set
         os._exit(1)
-    module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
+    args = sys.argv[1:]
+    if args[:1] == ["--on-parent-death"]:
+        die_with_parent(signal.Signals["SIG" + args[1]])
+        args = args[2:]
+    module, sys.argv = args[0], args
     runpy.run_module(module, run_name="__main__", alter_sys=True)
