@@ -182,3 +182,18 @@ def test_compare_table_and_log_follow_the_live_events(page, live_app, student):
     assert len(shown) == len(logs), shown
     for msg in logs:
         assert sum(text.endswith(msg) for text in shown) == logs.count(msg), (msg, shown)
+
+
+def test_a_distill_result_is_cards_not_flattened_keys(page, live_app, student):
+    from tests.platform.helpers import start_distill
+
+    job = start_distill(live_app, student["id"], steps=4, val_every=4, checkpoint_every=0)
+    final = live_app.wait_job(job["id"], timeout=240)
+    assert final["status"] == "succeeded", final
+    v = final["result"]["final_validation"]
+    page.goto(f"{live_app.url}/#/job/{job['id']}")
+    page.wait_for_selector("[data-testid=job-result] [data-testid=distill-result]")
+    cards = card_values(page, "[data-testid=job-result]")
+    assert float(cards["val-ppl"][0]) == v["val_ppl"] and float(cards["val-loss"][0]) == v["val_loss"]
+    assert cards["steps"][1] == str(final["result"]["steps"])
+    assert "final_validation." not in page.inner_text("[data-testid=job-result]")

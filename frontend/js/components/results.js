@@ -1,4 +1,4 @@
-// Evaluate and benchmark results as people read them: metric cards and tables with units, the
+// Evaluate, benchmark and distill results as people read them: metric cards and tables with units, the
 // teacher beside the student, lm-eval tasks with their stderr. Other results: a key/value list.
 // Every number carries data-value (the stored value) so tests can hold the text to the result.
 
@@ -78,8 +78,21 @@ function weightsNote(r) {
   return h("div.hint", r.weights === "distilled" ? `distilled weights (distill job #${r.distill_job_id})` : "pruned weights, before distillation");
 }
 
+/** Distill: the final validation as cards, then where the weights went. */
+export function distillResult(r) {
+  const v = r.final_validation || {};
+  return h("div.stack", { dataset: { testid: "distill-result" } },
+    h("div.cards",
+      card("validation perplexity", v.val_ppl, (x) => sig(x, 4), "val-ppl"),
+      card("validation loss (nats)", v.val_loss, (x) => sig(x, 4), "val-loss"),
+      v.val_kl !== undefined ? card("KL to the teacher", v.val_kl, (x) => sig(x, 3), "val-kl") : null,
+      card("steps", r.steps, int, "steps", v.val_tokens !== undefined ? `validated on ${int(v.val_tokens)} tokens at step ${v.step ?? "–"}` : null)),
+    r.artifact ? h("div.hint.path", `weights: ${r.artifact}`) : null);
+}
+
 /** The result of any job kind. */
 export function jobResult(kind, r, teacherEval = null) {
+  if (kind === "distill" && r.final_validation && Object.keys(r.final_validation).length) return distillResult(r);
   if (kind === "evaluate" && r.perplexity) return evaluateResult(r, teacherEval);
   if (kind === "benchmark" && r.teacher) return benchmarkResult(r);
   return keyValues(r);
