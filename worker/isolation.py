@@ -32,6 +32,9 @@ PRELOAD = ["worker.preload"]
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
 _start_lock = threading.Lock()
+# What multiprocessing reports as a forkserver child's exit code when it cannot read the real one from the
+# fork server (popen_forkserver.Popen.poll): the server is gone, not necessarily the child.
+FORK_SERVER_LOST = 255
 
 
 class ChildDied(RuntimeError):
@@ -67,13 +70,16 @@ def run_isolated(target: Callable[..., Any], *args: Any, poll_s: float = 0.2) ->
                     outcome = reader.recv()
                 except EOFError:  # the child exited without sending
                     break
-            elif not process.is_alive():
+            elif not process.is_alive() and process.exitcode != FORK_SERVER_LOST:
                 if reader.poll(0):  # it sent its result just before it exited
                     continue
                 break
-            if SHUTTING_DOWN.is_set() and not signalled and process.is_alive():
+            # FORK_SERVER_LOST: the fork server, which relays exit codes, died (a SIGTERM to the worker's
+            # process group reaches it too); the job's process may still be stopping and about to write
+            # its status, so only its end of the pipe closing (EOF above) says it has ended.
+            if SHUTTING_DOWN.is_set() and not signalled:
                 signalled = True
-                process.terminate()  # SIGTERM: the child's handler stops the job at its next step
+                _signal(process.pid, signal.SIGTERM)  # the child's handler stops the job at its next step
         process.join(timeout=30)  # the result is in: a child stuck on its way out is killed below
     finally:
         reader.close()
@@ -86,6 +92,15 @@ def run_isolated(target: Callable[..., Any], *args: Any, poll_s: float = 0.2) ->
     if not ok:
         raise ChildDied(value)
     return value
+
+
+def _signal(pid: int | None, signum: int) -> None:
+    # By pid, not process.terminate(): that sends nothing once the lost fork server made the exit code 255.
+    try:
+        if pid is not None:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _describe_exit(code: int | None) -> str:

@@ -91,6 +91,34 @@ def test_worker_shutdown_reaches_the_job_process():
         SHUTTING_DOWN.clear()
 
 
+def checkpoint_slowly_at_shutdown() -> str:
+    wait_for_shutdown()
+    time.sleep(1.5)  # writing its checkpoint and status, after the fork server has already gone
+    return "stopped at shutdown"
+
+
+def test_a_lost_fork_server_is_not_taken_for_the_end_of_the_job():
+    """A SIGTERM to the worker's process group (systemd, `kill -- -PGID`, the tests' stop) also ends the fork
+    server; multiprocessing then reports exit code 255 for a job process that is still stopping. The
+    supervisor must wait for the job itself (it was marking the job failed before the job wrote why)."""
+    from multiprocessing import forkserver
+
+    from worker.isolation import warm_up
+
+    warm_up()
+
+    def group_sigterm() -> None:
+        os.kill(forkserver._forkserver._forkserver_pid, signal.SIGTERM)
+        SHUTTING_DOWN.set()
+
+    threading.Timer(1.0, group_sigterm).start()
+    try:
+        assert run_isolated(checkpoint_slowly_at_shutdown) == "stopped at shutdown"
+    finally:
+        SHUTTING_DOWN.clear()
+        warm_up()  # a new fork server for the tests that follow
+
+
 SUPERVISOR = """
 import sys
 from worker.isolation import _context, run_isolated
