@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from tests.real_shapes import llama_3_1_8b
 from tests.tiny_models import tiny_configs
 from worker.engine import memplan
 from worker.engine.adapters import arch_spec
@@ -91,19 +92,7 @@ def test_moe_saved_activations_are_derived_exactly(family, dtype, renormalise):
 
 
 def spec(**kw) -> ArchSpec:
-    base = dict(
-        family="llama",
-        model_type="llama",
-        num_layers=32,
-        hidden_size=4096,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        intermediate_size=14336,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-    )
-    return ArchSpec(**{**base, **kw})
+    return llama_3_1_8b(**kw)
 
 
 def test_options_and_sharding_move_the_estimate_the_right_way():

@@ -13,21 +13,9 @@ from backend.db import session_scope
 from backend.models import Dataset, Plan, Student, Teacher
 from tests.conftest import settings_from
 from tests.platform.test_routing import counts, fake_worker, forget_worker
-from worker.engine.spec import ArchSpec
+from tests.real_shapes import llama_3_1_8b
 from worker.presence import Presence
 
-LLAMA8B = dict(
-    family="llama",
-    model_type="llama",
-    num_layers=32,
-    hidden_size=4096,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    intermediate_size=14336,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
 GiB = 1 << 30
 
 
@@ -35,7 +23,7 @@ GiB = 1 << 30
 def student_id(api_env):
     """A ready 8-layer student of a Llama-3.1-8B-shaped teacher (rows only: shapes are all the API needs)."""
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
-        teacher = Teacher(name="t", source="org/model", status="ready", spec=ArchSpec(**LLAMA8B).summary())
+        teacher = Teacher(name="t", source="org/model", status="ready", spec=llama_3_1_8b().summary())
         s.add(teacher)
         s.flush()
         plan = Plan(teacher_id=teacher.id, name="p", plan={"drop_layers": list(range(8, 32))}, messages=[])
@@ -46,7 +34,7 @@ def student_id(api_env):
             teacher_id=teacher.id,
             plan_id=plan.id,
             status="ready",
-            spec=ArchSpec(**{**LLAMA8B, "num_layers": 8}).summary(),
+            spec=llama_3_1_8b(num_layers=8).summary(),
         )
         s.add(student)
         s.flush()

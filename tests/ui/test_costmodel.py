@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_shapes import llama_3_1_8b, qwen3_30b_a3b
 from tests.tiny_models import FAMILIES, MOE_FAMILIES, tiny_model
 from tests.ui.dashboard_js import run_dashboard_js
 from worker.engine.adapters import arch_spec
@@ -39,44 +40,12 @@ def run_js(tmp_path: Path, cases: list[dict]) -> list[dict]:
 
 
 def llama8b() -> ArchSpec:
-    return ArchSpec(
-        family="llama",
-        model_type="llama",
-        num_layers=32,
-        hidden_size=4096,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        intermediate_size=14336,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-    )
-
-
-def qwen3_30b_a3b() -> ArchSpec:
-    """Qwen3-30B-A3B's shape: 128 experts of width 768, 8 per token (30.5B total, 3.3B active)."""
-    return ArchSpec(
-        family="qwen3_moe",
-        model_type="qwen3_moe",
-        num_layers=48,
-        hidden_size=2048,
-        num_heads=32,
-        num_kv_heads=4,
-        head_dim=128,
-        intermediate_size=768,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-        qk_norm=True,
-        num_experts=128,
-        experts_per_token=8,
-    )
+    return llama_3_1_8b(dtype="bfloat16")
 
 
 def specs() -> dict[str, ArchSpec]:
     out = {name: arch_spec(tiny_model(name)) for name in FAMILIES + MOE_FAMILIES}
-    out["qwen3_30b_a3b"] = qwen3_30b_a3b()
+    out["qwen3_30b_a3b"] = qwen3_30b_a3b(dtype="bfloat16")
     out["llama8b"] = llama8b()
     return out
 

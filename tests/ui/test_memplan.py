@@ -8,6 +8,7 @@ import itertools
 import json
 from pathlib import Path
 
+from tests.real_shapes import qwen3_30b_a3b
 from tests.tiny_models import FAMILIES, MOE_FAMILIES, tiny_model
 from tests.ui.dashboard_js import run_dashboard_js
 from tests.ui.test_costmodel import llama8b
@@ -35,21 +36,7 @@ process.stdout.write(JSON.stringify(out));
 
 def specs() -> dict[str, ArchSpec]:
     out = {name: arch_spec(tiny_model(name)) for name in FAMILIES + MOE_FAMILIES}
-    moe = ArchSpec(  # Qwen3-30B-A3B's shape, then with experts cut per layer
-        family="qwen3_moe",
-        model_type="qwen3_moe",
-        num_layers=48,
-        hidden_size=2048,
-        num_heads=32,
-        num_kv_heads=4,
-        head_dim=128,
-        intermediate_size=768,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-        qk_norm=True,
-        num_experts=128,
-        experts_per_token=8,
-    )
+    moe = qwen3_30b_a3b()  # then with experts cut per layer
     out["qwen3_30b_a3b"] = moe
     out["moe_pruned"] = moe.model_copy(
         update={
