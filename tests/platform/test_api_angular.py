@@ -32,9 +32,8 @@ def one_sample_sums(values: np.ndarray, seq_l2: np.ndarray) -> np.ndarray:
     return sums
 
 
-@pytest.fixture
-def angular_run(api_env):
-    """A ready teacher and an importance run whose artifact holds angular and block-loss scores (k = 2)."""
+def save_scored_artifact(artifacts: Path, key: str) -> str:
+    """An artifact for SPEC with width scores and angular + block-loss scores (k = 2); returns `key`."""
     L, H, F, D = SPEC.num_layers, SPEC.num_heads, SPEC.intermediate_size, SPEC.hidden_size
     rng = np.random.default_rng(0)
     arrays = {
@@ -47,11 +46,15 @@ def angular_run(api_env):
         "loss_tokens": np.array([10.0, 0.0]),
         "loss_block_k2": np.stack([10.0 + 10.0 * BLOCK_LOSS, np.zeros(3)]),
     }
-    key = "importance/angular"
     manifest = {"scans": ["block", "angular"], "block_size": 2}
-    ImportanceResult({n: a.astype(np.float32) for n, a in arrays.items()}, manifest).save(
-        Path(api_env["PRUNESCOPE_ARTIFACTS"]) / key
-    )
+    ImportanceResult({n: a.astype(np.float32) for n, a in arrays.items()}, manifest).save(artifacts / key)
+    return key
+
+
+@pytest.fixture
+def angular_run(api_env):
+    """A ready teacher and an importance run whose artifact holds angular and block-loss scores (k = 2)."""
+    key = save_scored_artifact(Path(api_env["PRUNESCOPE_ARTIFACTS"]), "importance/angular")
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
         teacher = Teacher(name="t", source="org/model", status="ready", spec=SPEC.summary())
         dataset = Dataset(name="d", source="demo")

@@ -17,7 +17,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from backend.db import session_scope
@@ -25,8 +24,7 @@ from backend.migrate import upgrade
 from backend.models import BenchmarkResult, Dataset, Event, ImportanceRun, Job, MetricPoint
 from tests.conftest import ApiProcess, platform_env
 from tests.platform.helpers import student_rows
-from tests.platform.test_api_angular import ANGULAR, BLOCK_LOSS, SPEC, one_sample_sums, width_sums
-from worker.engine.importance.result import ImportanceResult
+from tests.platform.test_api_angular import save_scored_artifact
 
 # Event streams run until their job finishes: a generated id of a queued job would never return. Their
 # parameters are covered in tests/platform/test_bad_input.py.
@@ -35,33 +33,13 @@ EXAMPLES_PER_OPERATION = 10
 SEED = 1
 
 
-def importance_artifact(artifacts: Path) -> str:
-    """Scores of every scan for the tiny spec, so the heatmap endpoints have a run to read."""
-    L, H, F, D = SPEC.num_layers, SPEC.num_heads, SPEC.intermediate_size, SPEC.hidden_size
-    rng = np.random.default_rng(0)
-    arrays = {
-        "heads": width_sums(rng, L, H),
-        "neurons": width_sums(rng, L, F),
-        "hidden": width_sums(rng, 2 * L + 1, D),
-        "block_angular_k2": one_sample_sums(ANGULAR, np.array([3.0, 1.0, 2.0])),
-        "samples": np.array([1.0, 0.0]),
-        "loss_base": np.array([10.0, 0.0]),
-        "loss_tokens": np.array([10.0, 0.0]),
-        "loss_block_k2": np.stack([10.0 + 10.0 * BLOCK_LOSS, np.zeros(3)]),
-    }
-    key = "importance/fuzz"
-    manifest = {"scans": ["block", "angular"], "block_size": 2}
-    ImportanceResult({n: a.astype(np.float32) for n, a in arrays.items()}, manifest).save(artifacts / key)
-    return key
-
-
 def seed_rows(url: str, artifacts: Path) -> None:
     with session_scope(url) as s:
         teacher, students = student_rows(s, [("ready", "ready"), ("pending", "pending")])
         dataset = Dataset(name="d", source="demo")
         s.add(dataset)
         s.flush()
-        key = importance_artifact(artifacts)
+        key = save_scored_artifact(artifacts, "importance/fuzz")
         s.add(ImportanceRun(teacher_id=teacher.id, dataset_id=dataset.id, params={}, artifact=key))
         student = students["ready"]
         now = datetime.now(timezone.utc)
