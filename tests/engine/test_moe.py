@@ -85,7 +85,7 @@ def test_parameter_counts_at_qwen3_30b_a3b_shape_on_meta():
     """The published 30.5B total / 3.3B active, and numel of the real-shaped model (no weights)."""
     from transformers import Qwen3MoeConfig
 
-    from tests.ui.test_costmodel import qwen3_30b_a3b
+    from tests.real_shapes import qwen3_30b_a3b
 
     config = Qwen3MoeConfig(
         vocab_size=151936,
@@ -102,7 +102,7 @@ def test_parameter_counts_at_qwen3_30b_a3b_shape_on_meta():
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     spec = arch_spec(model)
-    assert spec.model_copy(update={"dtype": "bfloat16"}) == qwen3_30b_a3b()
+    assert spec.model_copy(update={"dtype": "bfloat16"}) == qwen3_30b_a3b(dtype="bfloat16")
     counts = spec.param_count()
     assert counts["total"] == count_parameters(model) == 30_532_122_624
     assert counts["active"] == 3_353_032_704
