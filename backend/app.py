@@ -20,10 +20,10 @@ from backend.db import session_factory, transaction
 from backend.events import publish_wakeup
 from backend.guard import PREFIX, Guard, validation_error
 from backend.notifier import Notifier
+from backend.queue import make_celery
 from backend.reaper import reap_lost_jobs
 from backend.resender import resend_forever
 from backend.settings import Settings, get_settings
-from worker.celery_app import make_celery
 
 log = logging.getLogger(__name__)
 REPO_FRONTEND = Path(__file__).resolve().parent.parent / "frontend"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from backend.queue import RUN_JOB
+
 CHANNEL = "prunescope:events"
 
 
@@ -206,8 +208,6 @@ def _loads(raw):
 
 def _job_attempt(message) -> tuple[int, int] | None:
     """(job id, attempt) of a kombu message carrying `prunescope.run_job`, else None."""
-    from worker.celery_app import RUN_JOB
-
     try:
         if message.get("headers", {}).get("task") != RUN_JOB:
             return None

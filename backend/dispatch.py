@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session
 from backend import fleet, serialize
 from backend.events import add_event, publish_wakeup
 from backend.models import Event, ImportanceRun, Job, Student, Teacher, utcnow
+from backend.queue import RUN_JOB
+from backend.routing import HEAVY_KINDS, NoWorkerForDevice, requirement_of, route
 from backend.settings import Settings
-from worker.celery_app import RUN_JOB
-from worker.routing import HEAVY_KINDS, NoWorkerForDevice, requirement_of, route
 
 
 def choose_queue(settings: Settings, kind: str, params: dict[str, Any]) -> str:
-    """The queue for a new (or resumed) job, by worker.routing's rules and the live workers (backend.fleet).
+    """The queue for a new (or resumed) job, by backend.routing's rules and the live workers (backend.fleet).
 
     Call it before writing anything: 409 when the job needs a device no live worker serves, 503 when
     the registry (Redis) cannot be read.

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from backend import broker
+from backend.queue import DEFAULT_BROKER_URL  # the same Redis Celery falls back to
 from backend.settings import Settings
 
 KEY = "prunescope:workers:"
@@ -27,8 +28,6 @@ def key(prefix: str, record: dict[str, Any]) -> str:
 
 
 def client_for(settings: Settings):
-    from worker.celery_app import DEFAULT_BROKER_URL  # the same Redis Celery falls back to
-
     return broker.shared_client(settings.broker_url or DEFAULT_BROKER_URL)
 
 

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from backend import fleet
 from backend.models import Student, Teacher
+from backend.routing import GPU
 from backend.settings import Settings
 from worker.engine import memplan
-from worker.routing import GPU
 
 
 def _workers(settings: Settings, queue: str) -> list[dict]:

@@ -26,8 +26,8 @@ from backend import broker
 from backend.db import transaction
 from backend.events import add_event, publish_wakeup
 from backend.models import Job
-from worker.celery_app import RUN_JOB
-from worker.routing import QUEUES
+from backend.queue import RUN_JOB
+from backend.routing import QUEUES
 
 log = logging.getLogger(__name__)
 

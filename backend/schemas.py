@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from backend.data_reading import DataReading
+from backend.routing import Requirement
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.engine.plan import PlanTargets, PrunePlan
-from worker.routing import Requirement
 
 Scan = Literal["bi", "drop", "block", "angular"]  # worker.engine.importance.result.SCANS
 BatchAgg = Literal["l2", "mean", "var"]
@@ -62,7 +62,7 @@ class OnDevice(Strict):
     device: Requirement = Field(
         "auto",
         description='"cuda" (a GPU worker; 409 when none is live), "cpu", or "auto" (GPU when a GPU worker '
-        "is live, else CPU); see worker/routing.py",
+        "is live, else CPU); see backend/routing.py",
     )
 
 

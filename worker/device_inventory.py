@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from worker.routing import device_type
+from backend.routing import device_type
 
 
 def _nvidia_smi_gpus() -> list[dict] | None:

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from backend.routing import HEAVY_KINDS
 from backend.settings import Settings
-from worker.routing import HEAVY_KINDS
 from worker.runtime import JobRuntime
 
 EXCLUSIVE_KINDS = frozenset({"benchmark"})

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from worker.routing import device_type
+from backend.routing import device_type
 
 
 def _meminfo() -> dict[str, int]:

@@ -15,9 +15,9 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.models import Job, Student, Teacher
+from backend.routing import device_type
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.multi_rank import run_ranks
-from worker.routing import device_type
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.engine.distill.run_distributed"

@@ -19,8 +19,8 @@ from backend import serialize
 from backend.db import session_scope
 from backend.events import add_event, publish_wakeup
 from backend.models import Job, MetricPoint, Student, Teacher, utcnow
+from backend.routing import requirement_of
 from backend.settings import Settings
-from worker.routing import requirement_of
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS = ("loss", "kd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")

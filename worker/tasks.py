@@ -7,14 +7,17 @@ import logging
 
 from celery.signals import worker_init, worker_shutting_down
 
+from backend.queue import RUN_JOB, make_celery
+from backend.routing import can_serve
 from backend.settings import Settings
-from worker.celery_app import RUN_JOB, app
 from worker.execution import execute
 from worker.isolation import ChildDied, run_isolated, warm_up
-from worker.routing import can_serve
 from worker.runtime import SHUTTING_DOWN, JobRuntime
 
 log = logging.getLogger(__name__)
+_settings = Settings()
+# The worker's Celery app: the queue contract's configuration (backend.queue) with this task on it.
+app = make_celery(_settings.broker_url, _settings.redis_prefix)
 
 
 @worker_shutting_down.connect

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from backend.routing import check_queues
 from backend.settings import Settings
 from worker.cli import build_parser
-from worker.routing import check_queues
 
 REPO = Path(__file__).resolve().parents[2]
 

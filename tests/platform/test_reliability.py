@@ -93,7 +93,7 @@ def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
         assert f"resuming from the checkpoint at step {failed['checkpoint_step']}" in logs
 
         # A stale message for attempt 1 (as Redis would redeliver after the visibility timeout) is ignored.
-        from worker.celery_app import RUN_JOB, make_celery
+        from backend.queue import RUN_JOB, make_celery
 
         make_celery(app.env["PRUNESCOPE_BROKER_URL"], app.env["PRUNESCOPE_REDIS_PREFIX"]).send_task(
             RUN_JOB, args=[jid, 1], queue="cpu"

@@ -1,4 +1,4 @@
-"""Device routing: the rules (worker.routing), the API's use of the worker registry (409 for a CUDA job
+"""Device routing: the rules (backend.routing), the API's use of the worker registry (409 for a CUDA job
 with no CUDA worker, 422 for a bad device, auto -> gpu only when a GPU worker is live, resume re-routes),
 and real CPU workers: registered while alive, gone after a clean stop or once a killed one's entry
 expires, running an "auto" job from the `cpu` queue, and refusing a CUDA job that reaches them anyway."""
@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from backend import fleet
 from backend.db import session_scope
 from backend.models import Dataset, ImportanceRun, Job, Plan, Student, Teacher
+from backend.routing import NoWorkerForDevice, can_serve, check_queues, default_queues, route
 from tests.conftest import WorkerProcess, settings_from, start_live_app, stop_live_app
 from tests.platform.helpers import make_student
 from tests.tiny_models import tiny_spec
-from worker.routing import NoWorkerForDevice, can_serve, check_queues, default_queues, route
 
 # ---- the rules -------------------------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ def test_auto_jobs_run_on_the_cpu_worker(app, cpu_worker):
 def test_a_worker_refuses_a_job_for_another_device(app, cpu_worker):
     """A CUDA job whose message reaches a CPU worker anyway (published to its queue by hand) fails with
     the reason, stays resumable, and the worker goes on serving."""
-    from worker.celery_app import RUN_JOB, make_celery
+    from backend.queue import RUN_JOB, make_celery
 
     teacher = app.api.post("/teachers", json={"name": "t", "source": str(app.teacher_dir)}).json()
     assert app.wait_job(teacher["job_id"])["status"] == "succeeded"

@@ -94,9 +94,9 @@ def _api(args) -> int:
 
 
 def _worker(args) -> int:
+    from backend.routing import DEFAULT, check_queues, default_queues
     from worker.cli import CliError
     from worker.devices import DeviceUnavailable, check_device
-    from worker.routing import DEFAULT, check_queues, default_queues
 
     try:
         device = check_device(args.device)
@@ -125,8 +125,8 @@ def _worker(args) -> int:
     _exit_with_parent()
     from celery.signals import worker_ready, worker_shutting_down
 
-    from worker.celery_app import app
     from worker.presence import Presence
+    from worker.tasks import app
 
     # In the registry from the moment it consumes until it starts shutting down (backend.fleet).
     presence = Presence(_settings(), device, served)
@@ -158,7 +158,7 @@ PARENT_PID_ENV = "PRUNESCOPE_WORKER_PARENT_PID"
 
 
 def _start_light_consumer(device: str, args) -> subprocess.Popen:
-    from worker.routing import DEFAULT
+    from backend.routing import DEFAULT
 
     command = [sys.executable, "-m", "worker", "worker", "--device", device, "--queues", DEFAULT]
     command += ["--pool", "threads", "--concurrency", str(args.light_slots), "--light-slots", "0"]

@@ -1,4 +1,5 @@
-"""Which queue a job goes to, and which jobs and queues a worker's device can serve (torch-free).
+"""Which queue a job goes to, and which jobs and queues a worker's device can serve (torch-free; part
+of the queue contract with backend.queue).
 
 Three queues: `default` (light jobs: reading a teacher's architecture), `gpu` (heavy jobs for CUDA
 workers) and `cpu` (heavy jobs for CPU workers). A heavy job's device requirement is "auto" (GPU when a
