@@ -32,7 +32,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-JobKind = Literal["inspect", "importance", "preview", "prune", "distill", "evaluate", "benchmark"]
+JobKind = Literal[
+    "inspect", "importance", "preview", "prune", "distill", "evaluate", "benchmark", "workflow"
+]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES = get_args(JobStatus)
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -129,9 +131,30 @@ class Job(Base):
     student_id: Mapped[int | None] = mapped_column(ForeignKey("students.id"), index=True)
     importance_run_id: Mapped[int | None] = mapped_column(ForeignKey("importance_runs.id"))
     plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    # The workflow (a job of kind "workflow", backend.workflows) this job is a step of.
+    parent_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class WorkflowStep(Base):
+    """One try of one step of one branch of a workflow (backend.workflows): which job runs it, or why no
+    job could be created. Unique per (workflow, branch, step, try): two concurrent advances cannot both
+    create the same step (the second insert fails and rolls back with its job)."""
+
+    __tablename__ = "workflow_steps"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "branch", "step", "try_number", name="uq_workflow_step_try"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    branch: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str] = mapped_column(String(32))
+    try_number: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MetricPoint(Base):
