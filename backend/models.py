@@ -55,6 +55,9 @@ class Teacher(Base):
     # refused while this row uses them (backend/removal.py).
     parent_student_id: Mapped[int | None] = mapped_column(Integer)
     parent_distill_job_id: Mapped[int | None] = mapped_column(Integer)
+    # The evaluation protocol of this teacher and its students (worker/engine/eval_protocol.py);
+    # null: the default protocol.
+    eval_protocol: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -136,6 +139,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Run management (the dashboard's runs table): a user's name for the run and its tags.
+    name: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[list[Any] | None]
 
 
 class WorkflowStep(Base):
