@@ -46,6 +46,10 @@ SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab), seq_len, g
 }
 
 
+# The H100/H200 SXM datasheet's dense bf16 rate (the bench also prints tokens/s to redo the arithmetic).
+DENSE_BF16_TFLOPS = 989.0
+
+
 def _model(shape, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -88,6 +92,31 @@ def _peak(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
+def _matmul_params(model) -> int:
+    """Parameters multiplied per token: all but the input embedding (a lookup)."""
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
+def _plan(student, teacher, kind: str, weights_dtype: str, ctx) -> dict:
+    """The memory planner's estimate for this very step, and the FLOPs per token of a KD step
+    (teacher forward 2 x params, student forward + backward 6 x params)."""
+    from worker.engine import memplan
+    from worker.engine.adapters import arch_spec
+
+    s = SHAPES[kind]
+    estimate = memplan.distill_memory(
+        arch_spec(student),
+        arch_spec(teacher),
+        batch_size=s["batch"],
+        seq_len=s["seq_len"],
+        weights_dtype=weights_dtype,
+        device=ctx.device.type,
+        num_gpus=ctx.world_size,
+    )
+    flops = 2 * _matmul_params(teacher) + 6 * _matmul_params(student)
+    return {"planned_gib": estimate["total"] / 2**30, "flops_per_token": flops}
+
+
 def worker_loop(args) -> dict:
     """Our loop (`distill()` with a DistillContext): plain in one process, FSDP2 under torchrun."""
     import torch
@@ -102,6 +131,7 @@ def worker_loop(args) -> dict:
     teacher = _model(SHAPES[args.kind]["teacher"], ctx.device, dtype).eval()
     torch.manual_seed(2)
     student = _model(SHAPES[args.kind]["student"], ctx.device, dtype)
+    plan = _plan(student, teacher, args.kind, "bfloat16" if cuda else "float32", ctx)
     data = _data(args.kind, args.steps)
     config = DistillConfig(
         steps=args.steps,
@@ -124,6 +154,7 @@ def worker_loop(args) -> dict:
         "peak_gib": _peak(ctx.device),
         "world_size": ctx.world_size,
         "placement": ctx.placement,
+        **plan,
     }
     ctx.close()
     return out if ctx.is_main else {}
@@ -240,6 +271,22 @@ def main() -> int:
     print(f"{a_name}: {sa * 1e3:.1f} ms/step, {ta:.0f} tok/s, peak {a['peak_gib']:.2f} GiB")
     print(f"{b_name}: {sb * 1e3:.1f} ms/step, {tb:.0f} tok/s, peak {b['peak_gib']:.2f} GiB")
     print(f"throughput ratio ({b_name} / {a_name}): {tb / ta:.2f}x")
+    if args.device == "cuda":  # on CPU `peak_gib` is the RSS, not what the planner estimates
+        import torch
+
+        print(
+            f"memory planner's estimate for ours: {a['planned_gib']:.2f} GiB "
+            f"(measured {a['peak_gib']:.2f} GiB, ratio {a['planned_gib'] / a['peak_gib']:.2f})"
+        )
+
+        flops = a["flops_per_token"]
+        for name, tps in ((a_name, ta), (b_name, tb)):
+            achieved = tps * flops / 1e12
+            print(
+                f"{name}: {achieved:.0f} TFLOP/s achieved ({flops / 1e9:.1f} GFLOP per token), "
+                f"{achieved / DENSE_BF16_TFLOPS:.0%} of the {DENSE_BF16_TFLOPS:.0f} TFLOP/s dense bf16 peak"
+            )
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     return 0
 
 

@@ -109,6 +109,11 @@ def parse_args(argv=None):
         action="store_true",
         help="also stream with every activation store forced to memory-mapped files (as when RAM is short)",
     )
+    p.add_argument(
+        "--streamed-only",
+        action="store_true",
+        help="skip the in-memory pass (for a model that would not fit; no ratios then)",
+    )
     p.add_argument("--shard-gb", type=float, default=5.0)
     p.add_argument("--workdir", type=Path, help="where the weights go (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the weights in --workdir for the next run")
@@ -288,6 +293,43 @@ def _gb(n) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
+def layer_parameters(name: str, layers: int | None) -> int:
+    """Parameters the importance pass multiplies through per token: the decoder layers (embeddings are a
+    lookup; the BI scan needs no LM head)."""
+    c = CONFIGS[name]
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    attn = c["hidden_size"] * head_dim * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
+    mlp = 3 * c["hidden_size"] * c["intermediate_size"]
+    return (layers or c["num_hidden_layers"]) * (attn + mlp)
+
+
+# Issue 10's yardstick: 1024 samples x 4096 tokens; the bench runs fewer and extrapolates per token.
+YARDSTICK_TOKENS = 1024 * 4096
+
+
+def report_throughput(results: dict, layer_params: int, tokens: int, args) -> None:
+    """Achieved FLOP/s of each mode (2 x layer params x tokens over the pass) and the time it would take
+    at the yardstick's token count (load once + pass scaled per token)."""
+    flops = 2 * layer_params * tokens
+    for mode, r in results.items():
+        load = r["load_seconds"] or 0.0
+        pass_s = max(r["seconds"] - load, 1e-9)
+        scaled = load + pass_s * YARDSTICK_TOKENS / tokens
+        print(
+            f"{mode}: {r['seconds']:.1f} s ({load:.1f} s load), {flops / pass_s / 1e12:.1f} TFLOP/s achieved "
+            f"over the pass ({flops / 1e15:.2f} PFLOP); at 1024 x 4096 tokens: ~{scaled:.0f} s"
+            + ("" if r["load_seconds"] is not None else " (streamed: load interleaved, counted as pass)")
+        )
+        if r["load_seconds"] is None:  # the 70B slice's point: time per layer, times the real depth
+            layers = args.layers or CONFIGS[args.config]["num_hidden_layers"]
+            full = 80 if "70b" in args.config else layers
+            print(
+                f"{mode}: {r['seconds'] / layers:.2f} s per decoder layer; x {full} layers = "
+                f"~{r['seconds'] / layers * full:.0f} s at this token count, peak device "
+                f"{_gb(r['peak_cuda_bytes'])}"
+            )
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -311,13 +353,19 @@ def main(argv=None) -> None:
             f"{args.samples} samples x {args.seq_len} tokens, batch {args.batch_size} ({tokens} tokens)"
         )
         modes = MODES if args.disk else MODES[:2]
+        if args.streamed_only:
+            modes = tuple(m for m in modes if m != "in_memory")
+        layer_params = layer_parameters(args.config, args.layers)
         for scans in args.scans:
             results = {mode: run_child(args, mode, model, workdir / f"out-{mode}", scans) for mode in modes}
+            print(f"\nscans {scans}")
+            report_throughput(results, layer_params, tokens, args)
+            if "in_memory" not in results:
+                continue
             diffs = {
                 m: max_relative_difference(workdir / "out-in_memory", workdir / f"out-{m}") for m in modes[1:]
             }
             mem = results["in_memory"]
-            print(f"\nscans {scans}")
             print(f"{'':<24}" + "".join(f"{m.replace('_', ' '):>15}{'ratio':>7}" for m in modes))
             rows = [
                 ("time (load + pass)", "seconds", lambda v: f"{v:.2f} s"),

@@ -79,9 +79,22 @@ CASES = [
     ("importance-streamed", DEEP, dict(batch_size=8, seq_len=128, device_budget=0)),
 ]
 QUICK = [8, 9, 13]
+# `--real` (CUDA only): Llama-3.1-8B's shapes, random weights built on the device; the distillation
+# student is `half` of it (~6.3B). Measured once each (no RSS run: the point is the device peak).
+LLAMA_8B = dict(hidden=4096, intermediate=14336, layers=32, heads=32, kv=8, vocab=128256)
+REAL_CASES = [
+    ("distill", LLAMA_8B, dict(batch_size=4, seq_len=2048, weights_dtype="bfloat16")),
+    (
+        "distill",
+        LLAMA_8B,
+        dict(batch_size=4, seq_len=2048, weights_dtype="bfloat16", gradient_checkpointing=True),
+    ),
+    ("importance", LLAMA_8B, dict(batch_size=8, seq_len=2048)),
+    ("evaluate", LLAMA_8B, dict(batch_size=8, seq_len=2048)),
+]
 
 
-def build(cfg: dict, seed: int, dtype):
+def build(cfg: dict, seed: int, dtype, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -98,7 +111,9 @@ def build(cfg: dict, seed: int, dtype):
         tie_word_embeddings=False,
     )
     config._attn_implementation = "sdpa"  # what load_model gives (transformers' default)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # On CUDA build straight on the device: initialising an 8B model on the CPU takes minutes.
+    with torch.device(device if device.startswith("cuda") else "cpu"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
 
 
 class RandomTokens:
@@ -212,8 +227,8 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
         from worker.engine.distill.memory import memory_options
 
         ce = kind == "distill-ce"
-        teacher = None if ce else build(cfg, 0, dtype).to(device)
-        student = build(half(cfg), 1, dtype).to(device)
+        teacher = None if ce else build(cfg, 0, dtype, device)
+        student = build(half(cfg), 1, dtype, device)
         config = DistillConfig(
             mode="ce" if ce else "kd",
             steps=2,
@@ -247,7 +262,7 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
     elif kind == "importance":
         from worker.engine.importance import compute_importance
 
-        model = build(cfg, 0, dtype).to(device)
+        model = build(cfg, 0, dtype, device)
         estimate = memplan.importance_memory(arch_spec(model), batch_size=b, seq_len=s, device=device)
         data = RandomTokens(cfg["vocab"], s)
         batches = [{"input_ids": data.batch(i, b, 0)} for i in range(2)]
@@ -290,7 +305,7 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
     elif kind == "evaluate":
         from worker.engine.chunked_head import final_hidden_states, output_head, token_nll
 
-        model = build(cfg, 0, dtype).to(device).eval()
+        model = build(cfg, 0, dtype, device).eval()
         estimate = memplan.evaluation_memory(arch_spec(model), batch_size=b, seq_len=s, device=device)
         ids = RandomTokens(cfg["vocab"], s).batch(0, b, 0).to(device)
         prof.start()
@@ -310,6 +325,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default=None, help="run only the cases of this kind (e.g. importance-streamed)")
+    p.add_argument("--real", action="store_true", help="CUDA: Llama-3.1-8B-shaped cases instead")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
@@ -321,6 +337,10 @@ def main(argv=None) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cases = [CASES[i] for i in QUICK] if args.quick else CASES
+    if args.real:
+        if device != "cuda":
+            raise SystemExit("--real needs --device cuda (8B-shaped models)")
+        cases = REAL_CASES
     if args.only:
         cases = [c for c in cases if c[0] == args.only]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -331,7 +351,8 @@ def main(argv=None) -> None:
     print(f"{'case':<58} {'estimate':>10} {'tensors':>10} {'ratio':>6} {'rss':>10} {'ratio':>6}")
     for kind, cfg, settings in cases:
         r = {}
-        for profiled in (True, False):  # the tensor peak and the resident set, each from a clean process
+        # The tensor peak and the resident set, each from a clean process (the real cases: the peak only).
+        for profiled in (True,) if args.real else (True, False):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", json.dumps([kind, cfg, settings, device, profiled])],
                 capture_output=True,
@@ -347,9 +368,9 @@ def main(argv=None) -> None:
             f"{k}={v}" for k, v in settings.items()
         )
         mib = lambda n: f"{n / 2**20:.1f}M"  # noqa: E731
+        rss = f"{mib(r['rss']):>10} {r['estimate'] / r['rss']:>6.2f}" if "rss" in r else f"{'-':>10} {'-':>6}"
         print(
-            f"{label:<58} {mib(r['estimate']):>10} {mib(r['tensors']):>10} {r['estimate'] / r['tensors']:>6.2f} "
-            f"{mib(r['rss']):>10} {r['estimate'] / r['rss']:>6.2f}"
+            f"{label:<58} {mib(r['estimate']):>10} {mib(r['tensors']):>10} {r['estimate'] / r['tensors']:>6.2f} {rss}"
         )
         rows.append({"kind": kind, "config": cfg, "settings": settings, "device": device, **r})
     ratios = [r["estimate"] / r["tensors"] for r in rows]
