@@ -13,15 +13,14 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 
 from backend.api import compare, events, importance, jobs, plans, students, system, teachers
-from backend.db import session_factory, transaction
-from backend.events import publish_wakeup
-from backend.guard import PREFIX, Guard, validation_error
+from backend.db import session_factory
+from backend.errors import DomainError, Unavailable
+from backend.guard import PREFIX, Guard, SafeJSONResponse, validation_error
 from backend.notifier import Notifier
 from backend.queue import make_celery
-from backend.reaper import reap_lost_jobs
+from backend.reaper import reap_forever
 from backend.resender import resend_forever
 from backend.settings import Settings, get_settings
 
@@ -40,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await app.state.notifier.start()
-        loops = [asyncio.create_task(_reap_forever(app)), asyncio.create_task(resend_forever(app))]
+        loops = [asyncio.create_task(reap_forever(app)), asyncio.create_task(resend_forever(app))]
         try:
             yield
         finally:
@@ -65,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(Guard, settings=settings)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DomainError, _domain_error)
 
     for module in (system, teachers, importance, plans, students, jobs, events, compare):
         app.include_router(module.router, prefix=PREFIX)
@@ -79,19 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _reap_forever(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
-    period = max(min(settings.heartbeat_timeout_s / 3, 10.0), 0.5)
+async def _domain_error(request, exc: DomainError) -> SafeJSONResponse:
+    """A domain error (backend.errors) as its HTTP answer (the structured body of backend/api/errors.py
+    replaces this)."""
+    from backend.errors import Conflict, Forbidden, InvalidInput, NotFound
 
-    def reap() -> list:
-        with transaction(app.state.sessionmaker) as session:
-            return [(j.id, j.teacher_id) for j in reap_lost_jobs(session, settings.heartbeat_timeout_s)]
-
-    while True:
-        await asyncio.sleep(period)
-        try:
-            for job_id, teacher_id in await run_in_threadpool(reap):
-                log.warning("job %s: worker lost, marked failed", job_id)
-                publish_wakeup(settings, job_id, teacher_id)
-        except Exception as exc:  # never let the reaper die with the DB briefly unavailable
-            log.warning("reaper: %s", exc)
+    status = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unavailable: 503}
+    code = next((c for cls, c in status.items() if isinstance(exc, cls)), 400)
+    if code == 422:
+        detail = [{"loc": list(p.field or ()), "msg": p.message, "type": "value_error"} for p in exc.problems]
+        return SafeJSONResponse({"detail": detail}, status_code=422)
+    return SafeJSONResponse({"detail": exc.message}, status_code=code)

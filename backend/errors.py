@@ -63,6 +63,10 @@ class InvalidInput(DomainError):
     """A value of the request is wrong; `field` names it (HTTP 422)."""
 
 
+class Forbidden(DomainError):
+    """The server's settings refuse this value (a path outside the allowed roots...) (HTTP 403)."""
+
+
 class Unavailable(DomainError):
     """A service the request needs (the broker, the worker registry) cannot be reached (HTTP 503)."""
 

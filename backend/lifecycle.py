@@ -11,7 +11,11 @@
               failed -> succeeded | failed | cancelled       ... after the reaper gave up on it (see TRANSITIONS)
     lose      running -> failed         the worker's supervisor: the job's process died
     reap      running -> failed         the API: no heartbeat for `heartbeat_timeout_s`
-    resume    failed | cancelled -> queued   the user; the next attempt, routed anew
+    resume    failed | cancelled -> queued   the user (or a workflow's retry: `requeue`); the next attempt
+    open      -> running                a workflow (no message, no worker: backend.workflows moves it)
+    conclude  running -> succeeded | failed      a workflow's last step, or a failed branch
+    stop      running -> cancelled      the user cancels a workflow (its children each through `cancel`)
+    reopen    failed | cancelled -> running      a workflow retried from its persisted step
 
 Concurrency: each transition is one conditional UPDATE (`WHERE status IN (the allowed sources)`, and
 `AND attempts = n` where a message's attempt is known), so two actors racing on a job (a worker's claim
@@ -39,6 +43,7 @@ from backend.errors import Conflict, NotFound, Unavailable
 from backend.events import add_event, publish_wakeup
 from backend.models import FINISHED, Event, ImportanceRun, Job, Student, Teacher, utcnow
 from backend.queue import RUN_JOB
+from backend.settings import Settings
 
 # action -> (the statuses it may leave, the statuses it may enter). The single statement of the machine.
 TRANSITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -54,6 +59,12 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lose": (("running",), ("failed",)),
     "reap": (("running",), ("failed",)),
     "resume": (("failed", "cancelled"), ("queued",)),
+    # A workflow (kind "workflow", backend.workflows) has no message and no worker: it is created running,
+    # advanced by its children's outcomes, and ended or cancelled without a flag (no worker reads one).
+    "open": ((), ("running",)),
+    "conclude": (("running",), ("succeeded", "failed")),
+    "stop": (("running",), ("cancelled",)),
+    "reopen": (("failed", "cancelled"), ("running",)),
 }
 ERROR_CHARS = 4000  # the longest error text stored
 
@@ -87,13 +98,19 @@ def create(session: Session, kind: str, params: dict[str, Any], *, queue: str, *
     return job
 
 
-def publish(app, job_id: int, attempt: int, queue: str) -> None:
-    """The run-job message of one attempt (raises when the broker refuses it). Publishing twice is
-    harmless: the claim is conditional on the attempt, so the job runs once."""
-    app.state.celery.send_task(RUN_JOB, args=[job_id, attempt], queue=queue)
+def publish(celery, job_id: int, attempt: int, queue: str) -> None:
+    """The run-job message of one attempt, sent with a Celery app of backend.queue (the API's
+    `app.state.celery`); raises when the broker refuses it. Publishing twice is harmless: the claim is
+    conditional on the attempt, so the job runs once."""
+    celery.send_task(RUN_JOB, args=[job_id, attempt], queue=queue)
 
 
 def send(app, session: Session, job: Job) -> None:
+    """`send_with` the API app's Celery and settings."""
+    send_with(app.state.celery, app.state.settings, session, job)
+
+
+def send_with(celery, settings: Settings, session: Session, job: Job) -> None:
     """Commit, then publish the message of the job's current attempt. The row is committed first so a
     worker always finds its job. When the broker refuses the message a new job is withdrawn with the
     rows created with it (nothing left behind); a resumed one is marked failed (`unsent`), never left
@@ -101,7 +118,7 @@ def send(app, session: Session, job: Job) -> None:
     session.commit()
     job_id, attempt = job.id, job.attempts
     try:
-        publish(app, job_id, attempt, job.queue)
+        publish(celery, job_id, attempt, job.queue)
     except Exception as exc:
         if attempt > 1 or not _withdraw(session, job_id):
             _move(
@@ -114,7 +131,7 @@ def send(app, session: Session, job: Job) -> None:
             )
             session.commit()
         raise Unavailable(f"could not queue the job: broker unreachable ({exc})") from exc
-    publish_wakeup(app.state.settings, job.id, job.teacher_id)
+    publish_wakeup(settings, job.id, job.teacher_id)
 
 
 def _withdraw(session: Session, job_id: int) -> bool:
@@ -164,6 +181,14 @@ def cancel(session: Session, job_id: int) -> Job:
     return job
 
 
+def hold_finished(session: Session, job_id: int) -> bool:
+    """Lock a finished job's row while it is still finished, until the caller's transaction ends (a
+    no-op update: a concurrent resume, itself a conditional update, cannot requeue it meanwhile, e.g.
+    between a delete's checks and the delete). False when it is no longer finished."""
+    locked = update(Job).where(Job.id == job_id, Job.status.in_(FINISHED)).values(status=Job.status)
+    return bool(session.execute(locked).rowcount)
+
+
 def resume(app, session: Session, job_id: int, choose_queue: Callable[[Job], str]) -> Job:
     """failed | cancelled -> queued as the next attempt, routed anew (`choose_queue(job)`: the live fleet
     may differ now), then sent. Conflict when the job is not resumable or changed meanwhile."""
@@ -173,10 +198,19 @@ def resume(app, session: Session, job_id: int, choose_queue: Callable[[Job], str
         if job.status == "queued":
             why += f" (if it is stuck there, POST /jobs/{job_id}/resend publishes its message again)"
         raise Conflict(f"Job {job_id} cannot be resumed: it {why}", nearby=TRANSITIONS["resume"][0])
-    queue = choose_queue(job)
-    moved = _move(
+    moved = requeue(session, job, choose_queue(job))
+    if moved is None:
+        raise Conflict(f"Job {job_id} changed meanwhile; reload it")
+    send(app, session, moved)
+    return moved
+
+
+def requeue(session: Session, job: Job, queue: str) -> Job | None:
+    """The `resume` transition without the send: failed | cancelled -> queued as attempt n + 1 on `queue`,
+    conditional on the attempt `job` was read at; None when it moved meanwhile. Send it next."""
+    return _move(
         session,
-        job_id,
+        job.id,
         "resume",
         attempt=job.attempts,
         queue=queue,
@@ -186,10 +220,6 @@ def resume(app, session: Session, job_id: int, choose_queue: Callable[[Job], str
         finished_at=None,
         message=f"resuming from step {job.checkpoint_step}" if job.checkpoint is not None else "resubmitted",
     )
-    if moved is None:
-        raise Conflict(f"Job {job_id} changed meanwhile; reload it")
-    send(app, session, moved)
-    return moved
 
 
 def resend(app, session: Session, job_id: int) -> Job:
@@ -202,7 +232,7 @@ def resend(app, session: Session, job_id: int) -> Job:
             f"Job {job_id} is {job.status}, not queued: nothing to re-send{hint}", nearby=("queued",)
         )
     try:
-        publish(app, job.id, job.attempts, job.queue)
+        publish(app.state.celery, job.id, job.attempts, job.queue)
     except Exception as exc:
         raise Unavailable(f"could not re-send job {job_id}: broker unreachable ({exc})") from exc
     add_event(session, job, "log", {"job_id": job.id, "level": "info", "msg": "message re-sent by the user"})
@@ -213,7 +243,7 @@ def resend(app, session: Session, job_id: int) -> Job:
 
 def resend_lost(app, job_id: int, attempt: int, queue: str) -> None:
     """The re-sender's publish of a queued attempt the broker lost (backend.resender); logs it on the job."""
-    publish(app, job_id, attempt, queue)
+    publish(app.state.celery, job_id, attempt, queue)
     teacher_id = None
     with transaction(app.state.sessionmaker) as session:
         job = session.get(Job, job_id)
@@ -245,6 +275,61 @@ def reap(session: Session, timeout_s: float) -> list[Job]:
         add_event(session, job, "status", serialize.job(job))
         _fail_built_row(session, job, job.error)
     return list(stale)
+
+
+# ---- workflows (backend.workflows: a job of kind "workflow" with child jobs; no message, no worker) ----
+
+
+def open_workflow(session: Session, params: dict[str, Any], **links: Any) -> Job:
+    """A workflow job, created running: its `started_at` makes it never resumable, its empty heartbeat
+    keeps the reaper off it, and never being queued keeps the re-sender off it."""
+    job = Job(
+        kind="workflow",
+        params=params,
+        queue="default",
+        status=TRANSITIONS["open"][1][0],
+        progress=0.0,
+        attempts=1,
+        started_at=utcnow(),
+        **links,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job, "status", serialize.job(job))
+    return job
+
+
+def conclude(
+    session: Session, job_id: int, status: str, *, result: dict | None = None, error: str | None = None
+) -> Job | None:
+    """A workflow ends: running -> succeeded | failed; None when it already ended (or was cancelled)."""
+    values: dict[str, Any] = {"finished_at": utcnow(), "eta_s": None}
+    if status == "succeeded":
+        values.update(progress=1.0, message="done")
+    if result is not None:
+        values["result"] = result
+    if error is not None:
+        values["error"] = error[:ERROR_CHARS]
+    return _move(session, job_id, "conclude", to=status, **values)
+
+
+def stop_workflow(session: Session, job_id: int) -> Job | None:
+    """The user cancels a workflow: running -> cancelled at once (its children are cancelled by
+    backend.workflows, each through `cancel`)."""
+    return _move(
+        session,
+        job_id,
+        "stop",
+        cancel_requested=True,
+        finished_at=utcnow(),
+        eta_s=None,
+        error="cancelled by the user",
+    )
+
+
+def reopen(session: Session, job_id: int) -> Job | None:
+    """A retried workflow: failed | cancelled -> running again (it continues from its persisted step)."""
+    return _move(session, job_id, "reopen", finished_at=None, error=None, cancel_requested=False)
 
 
 # ---- the worker side (each call in its own short transaction: backend.db.session_scope) -------------

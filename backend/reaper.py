@@ -2,44 +2,39 @@
 
 A running job's worker writes a heartbeat every few seconds. When a worker process is killed (OOM,
 SIGKILL, a lost machine) nothing updates the row any more; after `heartbeat_timeout_s` the API marks the
-job failed. A distill job with a checkpoint is then `resumable` (POST /jobs/{id}/resume).
+job failed (backend.lifecycle.reap). A distill job with a checkpoint is then `resumable`
+(POST /jobs/{id}/resume).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import logging
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from backend import serialize
-from backend.events import add_event
-from backend.models import Job, Student, Teacher, utcnow
+from backend import lifecycle
+from backend.db import transaction
+from backend.events import publish_wakeup
+from backend.settings import Settings
 
-
-def reap_lost_jobs(session: Session, timeout_s: float) -> list[Job]:
-    cutoff = utcnow() - timedelta(seconds=timeout_s)
-    stale = session.scalars(
-        select(Job)
-        .where(Job.status == "running", Job.heartbeat_at < cutoff)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for job in stale:
-        job.status = "failed"
-        job.finished_at = utcnow()
-        job.eta_s = None
-        job.error = (
-            f"worker lost: no heartbeat from {job.worker or 'the worker'} for over {timeout_s:g} s"
-            + (f"; resumable from the checkpoint at step {job.checkpoint_step}" if job.checkpoint else "")
-        )
-        add_event(session, job, "status", serialize.job(job))
-        if job.kind == "inspect" and job.teacher_id:
-            _fail(session.get(Teacher, job.teacher_id), job.error)
-        if job.kind == "prune" and job.student_id:
-            _fail(session.get(Student, job.student_id), job.error)
-    return list(stale)
+log = logging.getLogger(__name__)
 
 
-def _fail(row, error: str) -> None:
-    if row is not None and row.status == "pending":
-        row.status, row.error = "failed", error
+async def reap_forever(app) -> None:
+    """Look every third of the heartbeat timeout (0.5 s to 10 s); the API's lifespan runs it."""
+    settings: Settings = app.state.settings
+    period = max(min(settings.heartbeat_timeout_s / 3, 10.0), 0.5)
+
+    def reap() -> list:
+        with transaction(app.state.sessionmaker) as session:
+            return [(j.id, j.teacher_id) for j in lifecycle.reap(session, settings.heartbeat_timeout_s)]
+
+    while True:
+        await asyncio.sleep(period)
+        try:
+            for job_id, teacher_id in await run_in_threadpool(reap):
+                log.warning("job %s: worker lost, marked failed", job_id)
+                publish_wakeup(settings, job_id, teacher_id)
+        except Exception as exc:  # never let the reaper die with the DB briefly unavailable
+            log.warning("reaper: %s", exc)

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import HTTPException
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from backend import lifecycle
 from backend.artifacts import ArtifactStore
 from backend.models import (
-    FINISHED,
     Artifact,
     BenchmarkResult,
     Event,
@@ -147,12 +147,8 @@ def delete_job(db: Session, job: Job, settings: Settings) -> Leftovers:
         raise HTTPException(
             409, f"Job {job.id} ({job.kind}) built {user}, which still uses its output; delete that instead"
         )
-    # Lock the row while it is still finished: a concurrent resume (a conditional update) cannot
-    # requeue it between this check and the delete.
-    locked = db.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_(FINISHED)).values(status=Job.status)
-    )
-    if not locked.rowcount:
+    # Lock the row while it is still finished: a concurrent resume cannot requeue it before the delete.
+    if not lifecycle.hold_finished(db, job.id):
         raise HTTPException(409, f"Job {job.id} changed meanwhile; reload it")
     out = Leftovers()
     _delete_jobs(db, [job], settings, out)

@@ -8,7 +8,7 @@ delivery older than `resend_unacked_after_s` whose job is still queued counts as
 before claiming it). A job missing from both for `resend_grace_s` (two looks apart, so a message between
 a commit and its publish, or between kombu's pop and its unacked bookkeeping, is not taken for lost) is
 published again for the same attempt. A duplicate is harmless: the worker's claim is a conditional
-update on that attempt (worker.runtime), so a second message of one attempt finds the job no longer queued and skips it.
+update on that attempt (backend.lifecycle.claim), so a second message of one attempt finds the job no longer queued and skips it.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from backend import broker
+from backend import broker, lifecycle
 from backend.db import transaction
-from backend.events import add_event, publish_wakeup
 from backend.models import Job
-from backend.queue import RUN_JOB
 from backend.routing import QUEUES
 
 log = logging.getLogger(__name__)
@@ -70,16 +68,8 @@ def resend_once(app, resender: Resender) -> list[int]:
     held = broker.held_attempts(client, settings.redis_prefix, queues, settings.resend_unacked_after_s)
     sent = []
     for job_id, attempt in resender.due(queued, held, time.monotonic()):
-        app.state.celery.send_task(RUN_JOB, args=[job_id, attempt], queue=queued[(job_id, attempt)])
+        lifecycle.resend_lost(app, job_id, attempt, queued[(job_id, attempt)])
         sent.append(job_id)
-        teacher_id = None
-        with transaction(app.state.sessionmaker) as session:
-            job = session.get(Job, job_id)
-            if job is not None:
-                note = "re-sent: the broker no longer held this job's message"
-                add_event(session, job, "log", {"job_id": job_id, "level": "warning", "msg": note})
-                teacher_id = job.teacher_id
-        publish_wakeup(settings, job_id, teacher_id)
     return sent
 
 

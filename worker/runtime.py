@@ -13,12 +13,12 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from backend import serialize
+from backend import lifecycle, serialize
 from backend.db import session_scope
 from backend.events import add_event, publish_wakeup
-from backend.models import Job, MetricPoint, Student, Teacher, utcnow
+from backend.models import Job, MetricPoint, utcnow
 from backend.routing import requirement_of
 from backend.settings import Settings
 
@@ -57,16 +57,7 @@ class JobRuntime:
 
     def claim(self) -> Job | None:
         """queued -> running, only for the attempt this message was sent for (so nothing runs twice)."""
-        now = utcnow()
-        job = self._leave_queue(
-            status="running",
-            started_at=now,
-            heartbeat_at=now,
-            device=self.device,
-            worker=self.worker_name,
-            error=None,
-            message="starting",
-        )
+        job = self._transition(lifecycle.claim, device=self.device, worker=self.worker_name)
         if job is not None:
             self._heartbeat = threading.Thread(
                 target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True
@@ -83,10 +74,7 @@ class JobRuntime:
     def refuse(self, reason: str) -> bool:
         """queued -> failed without running, for the attempt this message was sent for; the job never
         started, so it stays resumable (backend.serialize.is_resumable) and a resume routes it anew."""
-        return (
-            self._leave_queue(status="failed", finished_at=utcnow(), error=reason[:4000], message=None)
-            is not None
-        )
+        return self._transition(lifecycle.refuse, reason) is not None
 
     def awaited_distillation(self) -> tuple[int, str] | None:
         """(id, status) of the distillation whose weights this queued job measures, if it names one."""
@@ -100,73 +88,31 @@ class JobRuntime:
 
     def note_waiting(self, message: str) -> str | None:
         """Say why a queued job waits (for this attempt only); its queue, or None if it left `queued`."""
-        with session_scope(self.url) as s:
-            job = s.get(Job, self.job_id)
-            if job is None or job.status != "queued" or job.attempts != self.attempt:
-                return None
-            if job.message != message:
-                job.message = message
-                self.teacher_id = job.teacher_id
-                add_event(s, job, "status", serialize.job(job))
-            queue = job.queue
-        self._wake()
-        return queue
-
-    def _leave_queue(self, **values) -> Job | None:
-        """One conditional update out of `queued` for this attempt; None when another message or a
-        cancellation got there first."""
-        with session_scope(self.url) as s:
-            moved = s.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.status == "queued", Job.attempts == self.attempt)
-                .values(**values)
-            ).rowcount
-            if not moved:
-                return None
-            job = s.get(Job, self.job_id)
-            self.teacher_id = job.teacher_id
-            add_event(s, job, "status", serialize.job(job))
-            s.expunge(job)
-        self._wake()
-        return job
+        job = self._transition(lifecycle.note_waiting, message)
+        return job.queue if job is not None else None
 
     def fail_if_running(self, reason: str) -> bool:
         """running -> failed for this attempt, when the job's process died without finishing it; the
         teacher or student row the job was building shows the reason too."""
-        with session_scope(self.url) as s:
-            moved = s.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.status == "running", Job.attempts == self.attempt)
-                .values(status="failed", finished_at=utcnow(), eta_s=None, error=reason[:4000])
-            ).rowcount
-            if not moved:
-                return False
-            job = s.get(Job, self.job_id)
-            self.teacher_id = job.teacher_id
-            built = {"inspect": (Teacher, job.teacher_id), "prune": (Student, job.student_id)}.get(job.kind)
-            row = s.get(*built) if built and built[1] else None
-            if row is not None and row.status == "pending":
-                row.status, row.error = "failed", reason[:4000]
-            add_event(s, job, "status", serialize.job(job))
-        self._wake()
-        return True
+        return self._transition(lifecycle.lose, reason) is not None
 
-    def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> None:
+    def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> bool:
+        """running -> succeeded / failed / cancelled for this attempt; False when the job moved on (a
+        resume started a newer attempt) and this outcome is not the job's any more."""
         self._stop_heartbeat.set()
+        return self._transition(lifecycle.finish, status, result=result, error=error) is not None
+
+    def _transition(self, move, *args, **kwargs) -> Job | None:
+        """One backend.lifecycle transition for this job and attempt in a transaction of its own, then the
+        wake-up; None when the conditional update lost to another message, a cancel or a resume."""
         with session_scope(self.url) as s:
-            job = s.get(Job, self.job_id)
-            job.status = status
-            job.finished_at = utcnow()
-            job.eta_s = None
-            if status == "succeeded":
-                job.progress = 1.0
-                job.message = "done"
-            if result is not None:
-                job.result = result
-            if error is not None:
-                job.error = error[:4000]
-            add_event(s, job, "status", serialize.job(job))
+            job = move(s, self.job_id, self.attempt, *args, **kwargs)
+            if job is None:
+                return None
+            self.teacher_id = job.teacher_id
+            s.expunge(job)
         self._wake()
+        return job
 
     # ---- reporting -----------------------------------------------------------------------------
 

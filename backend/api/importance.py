@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, memcheck, serialize
+from backend import heatmaps, lifecycle, memcheck, serialize
 from backend.artifacts import ArtifactStore
 from backend.data_reading import check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
-from backend.dispatch import choose_queue, new_job, send
+from backend.dispatch import choose_queue
 from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.schemas import BatchAgg, ImportanceRunCreate, SeqAgg
@@ -46,9 +46,11 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
     run = ImportanceRun(teacher_id=teacher.id, dataset_id=body.dataset_id, params=params)
     db.add(run)
     db.flush()
-    job = new_job(db, "importance", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id)
+    job = lifecycle.create(
+        db, "importance", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id
+    )
     run.job_id = job.id
-    send(request.app, db, job)
+    lifecycle.send(request.app, db, job)
     return serialize.importance_run(run, job)
 
 

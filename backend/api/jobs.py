@@ -6,16 +6,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import memcheck, removal, serialize
+from backend import lifecycle, memcheck, removal, serialize
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
-from backend.dispatch import choose_queue, new_job, publish, send
-from backend.events import add_event, publish_wakeup
+from backend.dispatch import choose_queue
+from backend.events import publish_wakeup
 from backend.limits import check_job_size
-from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher, utcnow
+from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
 from backend.schemas import MAX_ID, NO_CONTROL_CHARS, PARAMS, JobCreate
 from backend.settings import Settings
 
@@ -116,8 +116,10 @@ def create_job(
             "params": values,
             "queue": queue,
         }
-    job = new_job(db, body.kind, values, queue=queue, teacher_id=teacher_id, student_id=body.student_id)
-    send(request.app, db, job)
+    job = lifecycle.create(
+        db, body.kind, values, queue=queue, teacher_id=teacher_id, student_id=body.student_id
+    )
+    lifecycle.send(request.app, db, job)
     return serialize.job(job)
 
 
@@ -159,21 +161,8 @@ def delete_job(
 
 @router.post("/jobs/{job_id}/cancel", status_code=202)
 def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
-    job = get_or_404(db, Job, job_id)
-    # A queued job is cancelled at once (the worker's claim then fails); a running one is flagged and
-    # stops at its next step. Conditional updates so a concurrent claim/finish is never overwritten.
-    queued = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(
-            status="cancelled", cancel_requested=True, finished_at=utcnow(), error="cancelled by the user"
-        )
-    )
-    running = update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
-    if not (db.execute(queued).rowcount or db.execute(running).rowcount):
-        raise HTTPException(409, f"Job {job_id} is already {job.status}")
-    db.refresh(job)
-    add_event(db, job, "status", serialize.job(job))
+    """A queued job is cancelled at once; a running one stops at its next step (backend.lifecycle.cancel)."""
+    job = lifecycle.cancel(db, job_id)
     db.commit()
     publish_wakeup(request.app.state.settings, job.id, job.teacher_id)
     return serialize.job(job)
@@ -181,33 +170,9 @@ def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> d
 
 @router.post("/jobs/{job_id}/resume", status_code=202)
 def resume(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
-    job = get_or_404(db, Job, job_id)
-    if not serialize.is_resumable(job):
-        why = "has no checkpoint" if job.status in ("failed", "cancelled") else f"is {job.status}"
-        if job.status == "queued":
-            why += f" (if it is stuck there, POST /jobs/{job_id}/resend publishes its message again)"
-        raise HTTPException(409, f"Job {job_id} cannot be resumed: it {why}")
-    queue = choose_queue(request.app.state.settings, job.kind, job.params)  # the live fleet may differ now
-    changed = db.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.attempts == job.attempts)
-        .values(
-            status="queued",
-            queue=queue,
-            attempts=job.attempts + 1,
-            cancel_requested=False,
-            error=None,
-            finished_at=None,
-            message=(
-                f"resuming from step {job.checkpoint_step}" if job.checkpoint is not None else "resubmitted"
-            ),
-        )
-    ).rowcount
-    if not changed:
-        raise HTTPException(409, f"Job {job_id} changed meanwhile; reload it")
-    db.refresh(job)
-    add_event(db, job, "status", serialize.job(job))
-    send(request.app, db, job)
+    """The next attempt of a failed or cancelled job (from its checkpoint), routed anew."""
+    settings = request.app.state.settings
+    job = lifecycle.resume(request.app, db, job_id, lambda j: choose_queue(settings, j.kind, j.params))
     return serialize.job(job)
 
 
@@ -215,20 +180,9 @@ def resume(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> d
 def resend(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
     """Publish a queued job's message again, for the attempt it is queued for: a job stuck in `queued`
     (its message lost with the broker's data) runs. A duplicate message is harmless: the worker's claim
-    is conditional on that attempt (worker.runtime), so the job runs once. The API's re-sender does the
+    is conditional on that attempt (backend.lifecycle.claim), so the job runs once. The API's re-sender does the
     same on its own for jobs missing from the broker (backend.resender)."""
-    job = get_or_404(db, Job, job_id)
-    if job.status != "queued":
-        hint = " (resume it)" if serialize.is_resumable(job) else ""
-        raise HTTPException(409, f"Job {job_id} is {job.status}, not queued: nothing to re-send{hint}")
-    try:
-        publish(request.app, job)
-    except Exception as exc:
-        raise HTTPException(503, f"could not re-send job {job_id}: broker unreachable ({exc})") from exc
-    add_event(db, job, "log", {"job_id": job.id, "level": "info", "msg": "message re-sent by the user"})
-    db.commit()
-    publish_wakeup(request.app.state.settings, job.id, job.teacher_id)
-    return serialize.job(job)
+    return serialize.job(lifecycle.resend(request.app, db, job_id))
 
 
 @router.get("/jobs/{job_id}/metrics")

@@ -7,10 +7,10 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, removal, serialize
+from backend import heatmaps, lifecycle, removal, serialize
 from backend.api.importance import artifact_path, ready_teacher
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
-from backend.dispatch import choose_queue, new_job, send
+from backend.dispatch import choose_queue
 from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Plan, utcnow
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
@@ -168,6 +168,6 @@ def preview(
         get_or_404(db, Dataset, body.dataset_id)
     params = body.model_dump()
     queue = choose_queue(request.app.state.settings, "preview", params)
-    job = new_job(db, "preview", params, queue=queue, teacher_id=plan.teacher_id, plan_id=plan.id)
-    send(request.app, db, job)
+    job = lifecycle.create(db, "preview", params, queue=queue, teacher_id=plan.teacher_id, plan_id=plan.id)
+    lifecycle.send(request.app, db, job)
     return serialize.job(job)

@@ -10,11 +10,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import removal, serialize
+from backend import lifecycle, removal, serialize
 from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
-from backend.dispatch import choose_queue, new_job, send
+from backend.dispatch import choose_queue
 from backend.models import Artifact, Job, Plan, Student, Teacher
 from backend.schemas import StudentCreate, TeacherPromote
 from backend.settings import Settings
@@ -42,7 +42,7 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
     student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
     db.add(student)
     db.flush()
-    job = new_job(
+    job = lifecycle.create(
         db,
         "prune",
         params,
@@ -52,7 +52,7 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
         plan_id=plan.id,
     )
     student.job_id = job.id
-    send(request.app, db, job)
+    lifecycle.send(request.app, db, job)
     return serialize.student(student)
 
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import serialize
+from backend import lifecycle, serialize
 from backend.deps import Page, PathId, get_db, get_or_404, get_settings
-from backend.dispatch import choose_queue, new_job, send
+from backend.dispatch import choose_queue
 from backend.models import Dataset, Teacher
 from backend.paths import PathNotAllowed, classify_source
 from backend.schemas import DatasetCreate, TeacherCreate
@@ -50,9 +50,9 @@ def register(request: Request, db: Session, teacher: Teacher) -> dict:
     queue = choose_queue(request.app.state.settings, "inspect", {})  # a light job: always `default`
     db.add(teacher)
     db.flush()
-    job = new_job(db, "inspect", {"source": teacher.source}, queue=queue, teacher_id=teacher.id)
+    job = lifecycle.create(db, "inspect", {"source": teacher.source}, queue=queue, teacher_id=teacher.id)
     teacher.job_id = job.id
-    send(request.app, db, job)
+    lifecycle.send(request.app, db, job)
     return serialize.teacher(teacher)
 
 

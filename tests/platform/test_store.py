@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from backend.artifacts import ArtifactStore
 from backend.db import session_scope
+from backend.lifecycle import reap
 from backend.models import Event, Job, MetricPoint, utcnow
-from backend.reaper import reap_lost_jobs
 from tests.conftest import settings_from
 from worker.runtime import JobRuntime
 
@@ -85,7 +85,7 @@ def test_reaper_marks_lost_jobs_failed_and_resumable(api_env):
     lost_plain = new_job(url, status="running", heartbeat_at=old)
     alive = new_job(url, status="running", heartbeat_at=utcnow())
     with session_scope(url) as s:
-        reaped = {j.id for j in reap_lost_jobs(s, timeout_s=30)}
+        reaped = {j.id for j in reap(s, timeout_s=30)}
     assert reaped == {lost, lost_plain}
     with session_scope(url) as s:
         a, b, c = s.get(Job, lost), s.get(Job, lost_plain), s.get(Job, alive)
