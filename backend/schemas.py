@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from backend.data_reading import DataReading
 from backend.routing import Requirement
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
+from worker.engine.eval_protocol import EvalProtocol
 from worker.engine.plan import PlanTargets, PrunePlan
 
 Scan = Literal["bi", "drop", "block", "angular"]  # worker.engine.importance.result.SCANS
@@ -75,6 +76,12 @@ class TeacherCreate(Strict):
         "or an org/name hub id (backend/paths.py)",
     )
     trust_remote_code: bool = False
+    eval_protocol: EvalProtocol | None = Field(
+        None,
+        description="the split, context, stride and documents every perplexity of this teacher and its "
+        "students is measured on by default (worker/engine/eval_protocol.py); default: demo test split, "
+        "64 documents, windows of 128 tokens every 64",
+    )
 
 
 class TeacherPromote(Strict):
@@ -177,6 +184,13 @@ class DistillParams(OnDevice, DataReading):
         description="ranks on one worker (torchrun over its GPUs; gloo ranks on a CPU worker); 409 when no "
         "live worker has that many devices (GET /workers: device_count)",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="workers (machines), each running `gpus` ranks: a gang of that many workers meets at "
+        "one torchrun rendezvous (worker/gang.py); 409 when fewer live workers have `gpus` devices",
+    )
     steps: int = Field(DISTILL.steps, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1, le=MAX_INT64, description="overrides steps")
     lr: float = Field(DISTILL.lr, gt=0, le=1.0)
@@ -207,13 +221,15 @@ class DistillParams(OnDevice, DataReading):
     @field_validator("batch_size", "teacher_correction_steps")
     @classmethod
     def _fits_ranks(cls, value: int, info: ValidationInfo) -> int:
-        # gpus is declared first, so the 422 names the field to change (batch_size is the global batch).
-        gpus = info.data.get("gpus", 1)
-        if gpus > 1 and info.field_name == "batch_size" and value % gpus:
-            fits = sorted({max(gpus, value // gpus * gpus), (value // gpus + 1) * gpus})
-            raise ValueError(f"must be a multiple of gpus ({gpus}), e.g. {' or '.join(map(str, fits))}")
-        if gpus > 1 and info.field_name == "teacher_correction_steps" and value:
-            raise ValueError("teacher correction runs on one device only: 0 with gpus > 1")
+        # gpus and nodes are declared first, so the 422 names the field to change (batch_size is the
+        # global batch, split over gpus x nodes ranks).
+        gpus, nodes = info.data.get("gpus", 1), info.data.get("nodes", 1)
+        ranks, what = gpus * nodes, f"gpus x nodes ({gpus} x {nodes})" if nodes > 1 else f"gpus ({gpus})"
+        if ranks > 1 and info.field_name == "batch_size" and value % ranks:
+            fits = sorted({max(ranks, value // ranks * ranks), (value // ranks + 1) * ranks})
+            raise ValueError(f"must be a multiple of {what}, e.g. {' or '.join(map(str, fits))}")
+        if ranks > 1 and info.field_name == "teacher_correction_steps" and value:
+            raise ValueError("teacher correction runs on one device only: 0 with gpus > 1 or nodes > 1")
         return value
 
     @field_validator("min_lr")
@@ -244,17 +260,43 @@ class OnWeights(OnDevice):
 
 
 class EvaluateParams(OnWeights):
+    """Perplexity (and lm-eval tasks). The perplexity fields left out are the teacher's evaluation
+    protocol's (`Teacher.eval_protocol`; the defaults below are the default protocol's)."""
+
     dataset_id: RowId | None = None
     split: Literal["train", "validation", "calibration", "test"] = "test"
     max_documents: int = Field(64, ge=1, le=100_000)
-    seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
+    seq_len: int = Field(128, ge=2, le=MAX_ID, description="window (context), at most PRUNESCOPE_MAX_SEQ_LEN")
+    stride: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="a window starts every `stride` tokens (< seq_len); null: seq_len // 2",
+    )
     tasks: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=100
     )
     limit: int | None = Field(50, ge=1, le=1_000_000, description="samples per lm-eval task")
 
+    @field_validator("stride")
+    @classmethod
+    def _stride_below_window(cls, stride: int | None, info: ValidationInfo) -> int | None:
+        if stride is not None and "seq_len" in info.data and stride >= info.data["seq_len"]:
+            raise ValueError(f"must be below seq_len ({info.data['seq_len']})")
+        return stride
+
     def size_factors(self) -> list[tuple[str, int]]:
         return [("max_documents", self.max_documents), ("seq_len", self.seq_len)]
+
+
+# EvaluateParams field -> the EvalProtocol field it takes when left out.
+PROTOCOL_PARAMS = {
+    "dataset_id": "dataset_id",
+    "split": "split",
+    "max_documents": "max_documents",
+    "seq_len": "context",
+    "stride": "stride",
+}
 
 
 class BenchmarkParams(OnWeights):
@@ -272,6 +314,33 @@ class BenchmarkParams(OnWeights):
 
 
 PARAMS = {"distill": DistillParams, "evaluate": EvaluateParams, "benchmark": BenchmarkParams}
+
+
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:+/=-]{0,39}$"
+Tag = Annotated[str, Field(min_length=1, max_length=40, pattern=TAG_PATTERN)]
+
+
+class JobUpdate(Strict):
+    """PATCH /jobs/{id}: a run's name and tags (the runs table); fields left out stay as they are."""
+
+    name: Text | None = Field(
+        None, min_length=1, max_length=200, description="null: back to the default name (kind and model)"
+    )
+    tags: list[Tag] | None = Field(
+        None, max_length=20, description="replaces the tags; letters, digits, space and _ . : + / = -"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _trimmed(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError("must not be blank")
+        return name.strip() if name is not None else None
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tags(cls, tags: list[str] | None) -> list[str] | None:
+        return list(dict.fromkeys(t.strip() for t in tags)) if tags is not None else None
 
 
 class JobCreate(Strict):

@@ -317,33 +317,50 @@ def student_source(rt: JobRuntime, student: Student) -> str:
 
 
 def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    """Teacher and masked-teacher perplexity: on the teacher's evaluation protocol (`params.protocol`,
+    the same numbers as its evaluate jobs), or on `samples` packed validation blocks when asked for."""
     import torch
 
-    from worker.engine.data import PackedTokens
-    from worker.engine.evaluation.perplexity import block_nll
+    from worker.engine import eval_protocol
+    from worker.engine.evaluation.perplexity import block_nll, perplexity
     from worker.engine.masking import masked
     from worker.engine.plan import PrunePlan
 
     plan_row, teacher = _rows(rt, (Plan, job.plan_id), (Teacher, job.teacher_id))
     p = job.params
-    dataset = _dataset(rt, p)
     rt.progress(0.05, "loading model", force=True)
     model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
     model.eval()
-    packed = PackedTokens(tokenizer, _documents(dataset, "validation"), p["seq_len"])
-    limit = min(p["samples"], len(packed))
+    if p.get("protocol"):
+        proto = eval_protocol.of_teacher(p["protocol"])
+        dataset = _rows(rt, (Dataset, proto.dataset_id))[0] if proto.dataset_id else None
+        docs = _documents(dataset, proto.split)[: proto.max_documents]
+
+        def measure() -> tuple[float, int]:
+            r = perplexity(model, docs, tokenizer, context=proto.context, stride=proto.stride)
+            return r["loss"], r["tokens"]
+    else:
+        from worker.engine.data import PackedTokens
+
+        packed = PackedTokens(tokenizer, _documents(_dataset(rt, p), "validation"), p["seq_len"])
+        limit = min(p["samples"], len(packed))
+
+        def measure() -> tuple[float, int]:
+            return block_nll(model, packed, limit=limit)
+
     with torch.no_grad():
-        nll, tokens = block_nll(model, packed, limit=limit)
+        nll, tokens = measure()
         rt.progress(0.5, "teacher perplexity done", force=True)
         rt.raise_if_cancelled()
         with masked(model, PrunePlan.model_validate(plan_row.plan)):
-            nll_m, _ = block_nll(model, packed, limit=limit)
+            nll_m, _ = measure()
     ppl_teacher, ppl_masked = math.exp(nll), math.exp(nll_m)
     return {
         "ppl_teacher": ppl_teacher,
         "ppl_masked": ppl_masked,
         "ratio": ppl_masked / ppl_teacher,
         "tokens": tokens,
+        "protocol": eval_protocol.of_job("preview", p),
     }
 
 
@@ -506,7 +523,7 @@ def _measured(job: Job) -> dict[str, Any]:
 
 
 def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.engine import evaluation
+    from worker.engine import eval_protocol, evaluation
 
     p = job.params
     dataset = _dataset(rt, p)
@@ -515,8 +532,13 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     model, tokenizer = load(rt, source, trc)
     docs = _documents(dataset, p["split"])[: p["max_documents"]]
     t0 = time.perf_counter()
-    ppl = evaluation.perplexity(model, docs, tokenizer, context=p["seq_len"])
-    result: dict[str, Any] = {"perplexity": _plain(ppl), "tasks": [], "seconds": None}
+    ppl = evaluation.perplexity(model, docs, tokenizer, context=p["seq_len"], stride=p.get("stride"))
+    result: dict[str, Any] = {
+        "perplexity": _plain(ppl),
+        "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by
+        "tasks": [],
+        "seconds": None,
+    }
     rt.raise_if_cancelled()
     if p.get("tasks"):
         rt.progress(0.5, "lm-eval tasks", force=True)
