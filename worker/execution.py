@@ -9,19 +9,25 @@ import traceback
 
 from backend.settings import Settings
 from worker.device_lock import device_use
+from worker.joblog import job_log
 from worker.runtime import SHUTTING_DOWN, JobCancelled, JobRuntime
 
 log = logging.getLogger(__name__)
 
 
 def execute(job_id: int, attempt: int, device: str) -> str:
-    from worker.handlers import HANDLERS
-
     rt = JobRuntime(Settings(), job_id, attempt, device=device)
     job = rt.claim()
     if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
         return "skipped"
     rt.log(f"running in process {os.getpid()} on {device}")  # its own: no other job shares its state
+    with job_log(lambda msg, level: rt.log(msg, level)):  # the Python log of this process -> the job's log
+        return _run(rt, job, job_id)
+
+
+def _run(rt: JobRuntime, job, job_id: int) -> str:
+    from worker.handlers import HANDLERS
+
     try:
         with device_use(rt, job.kind) as use:
             rt.device_use = use

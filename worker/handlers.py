@@ -180,6 +180,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.progress(0.0, f"loading model: {mode.reason}", force=True)
         model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
         importance_pass = partial(compute_importance, model, execution=mode.record())
+    rt.progress(0.03, "tokenising the calibration data", force=True)
     if p.get("stream"):  # the first blocks of the calibration split, read lazily
         from worker.engine.streaming import stream_calibration_batches
 
@@ -196,11 +197,20 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         )
     total = sum(int(b["input_ids"].shape[0]) for b in batches)
     done = 0
+    # What each calibration batch runs: the hooked forward, then every loss scan's re-run of the layers.
+    scans = [
+        {"bi": "BI", "drop": "drop", "block": f"block k={p['block_size']}"}.get(x, x) for x in p["scans"]
+    ]
+    work = f"forward + {', '.join(scans)} scans" if scans else "forward"
+    rt.progress(0.05, f"calibration: 0/{total} samples ({work})", force=True, phase="calibration")
 
     def progress(n: int) -> None:
         nonlocal done
         done += n
-        rt.progress(0.05 + 0.9 * done / max(total, 1), f"{done}/{total} samples")
+        message = f"calibration: {done}/{total} samples ({work})"
+        if done >= total:
+            message = "scores: summing and hashing the weights"
+        rt.progress(0.05 + 0.9 * done / max(total, 1), message, phase="calibration")
         rt.raise_if_cancelled()
 
     result = importance_pass(
@@ -217,6 +227,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
             "batch_size": p["batch_size"],
         },
     )
+    rt.progress(0.96, "saving the scores", force=True)
     key = _publish(rt, f"importance/{run.id}", result.save)
     with session_scope(rt.url) as s:
         s.get(ImportanceRun, run.id).artifact = key
@@ -440,8 +451,11 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
                 ("tc_" + k if k not in ("step", "tokens", "elapsed") else k): v for k, v in record.items()
             }
         rt.metrics(record)
-        if phase == "train":
-            rt.progress(record["step"] / steps, f"step {record['step']}/{steps}")
+        if phase == "train":  # the ETA's rate: steps since this attempt's first step (a resume's too)
+            rt.progress(record["step"] / steps, f"step {record['step']}/{steps}", phase="training")
+        elif phase == "teacher_correction":
+            tc = record["step"]
+            rt.progress(0.0, f"teacher correction: step {tc}/{config.teacher_correction_steps}", phase=phase)
         report_checkpoint()
 
     def should_stop() -> bool:

@@ -21,6 +21,7 @@ from backend.events import add_event, publish_wakeup
 from backend.models import Job, MetricPoint, utcnow
 from backend.routing import requirement_of
 from backend.settings import Settings
+from worker.eta import RateEta
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS = ("loss", "kd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
@@ -48,6 +49,9 @@ class JobRuntime:
         self._t0 = time.monotonic()
         self._last_progress = 0.0
         self._last_phase: str | None = None  # the last forced progress message, logged once
+        self._phase: str | None = None  # the phase the ETA's rate is measured over (worker.eta)
+        self._eta = RateEta()
+        self._clock = time.monotonic  # the ETA's clock (a test sets its own)
         self._cancel = False
         self._stop_heartbeat = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -116,19 +120,30 @@ class JobRuntime:
 
     # ---- reporting -----------------------------------------------------------------------------
 
-    def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
-        """Throttled to ~2 writes per second so a fast loop does not flood the stream."""
-        now = time.monotonic()
+    def progress(
+        self, fraction: float, message: str | None = None, *, force: bool = False, phase: str | None = None
+    ) -> None:
+        """Throttled to ~2 writes per second so a fast loop does not flood the stream.
+
+        `phase` names the stretch of work the ETA's rate is measured over ("calibration", "training"):
+        a new phase restarts the rate, so loading a model or a resume's jump to step 150 of 200 does not
+        enter the time left. A forced message without a phase is a phase of its own ("loading model").
+        """
+        now = self._clock()
+        phase = phase or (message if force else self._phase)
+        if phase != self._phase:
+            self._phase = phase
+            self._eta.restart()
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        eta = self._eta.update(now, fraction)  # every report counts, written or throttled
         if not force and now - self._last_progress < 0.5 and fraction < 1.0:
             return
         self._last_progress = now
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        elapsed = now - self._t0
         with session_scope(self.url) as s:
             job = s.get(Job, self.job_id)
             job.progress = fraction
             job.message = message
-            job.eta_s = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+            job.eta_s = eta
             job.heartbeat_at = utcnow()
             add_event(s, job, "status", serialize.job(job))
             # A forced message names a phase ("loading model", "lm-eval tasks"): it goes to the job's log

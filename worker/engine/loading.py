@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +38,8 @@ from worker.engine.fingerprint import library_versions
 from worker.engine.hub import hub_kwargs
 from worker.engine.plan import vanilla_loadable
 from worker.engine.spec import LayerShape
+
+log = logging.getLogger(__name__)
 
 LAYERS_FILE = "prunescope_layers.json"
 MANIFEST_FILE = "prunescope_manifest.json"
@@ -108,6 +112,7 @@ def load_model(
     if local and not (path / "config.json").is_file():
         raise FileNotFoundError(f"model not found: {source} has no config.json")
     hub = {} if local else hub_kwargs(source)  # no network: the cache only, or one quick clear error
+    started = time.perf_counter()
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub)
     except OSError as exc:
@@ -125,6 +130,17 @@ def load_model(
             where, config=config, trust_remote_code=trust_remote_code, **hub, **kwargs
         )
     model = model.to(device).eval()
+    params = sum(p.numel() for p in model.parameters())
+    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    log.info(
+        "loaded %s (%s, %.1fM parameters, %s) on %s in %.1f s",
+        where,
+        config.model_type,
+        params / 1e6,
+        dtype_name,
+        device,
+        time.perf_counter() - started,
+    )
     return model, load_tokenizer(where, trust_remote_code)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -28,6 +28,8 @@ from worker.engine.chunked_head import (
     output_head,
     token_nll,
 )
+
+Progress = Callable[[int, int], None]  # (done, total) of the windows or blocks to score
 
 
 def model_context(model) -> int:
@@ -93,11 +95,13 @@ def perplexity(
     max_documents: int | None = None,
     max_blocks: int | None = None,
     chunk_tokens: int | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """{"loss", "perplexity", "tokens", "documents"|"blocks", "context", "stride"} (natural-log NLL).
 
     `data` is a list of document strings (needs `tokenizer`) or a `PackedTokens`. `chunk_tokens`:
     tokens per LM-head chunk (default `auto_chunk_tokens`, at most 2^24 logits per chunk).
+    `progress(done, total)` after each batch: windows of documents scored, or packed blocks.
     """
     device = next(model.parameters()).device
     score = functools.partial(_score, model, output_head(model), device=device, chunk_tokens=chunk_tokens)
@@ -105,8 +109,10 @@ def perplexity(
     model.eval()
     try:
         if hasattr(data, "sequential"):
-            return _packed_perplexity(model, data, batch_size, max_blocks, chunk_tokens)
-        return _document_perplexity(score, model, data, tokenizer, context, stride, batch_size, max_documents)
+            return _packed_perplexity(model, data, batch_size, max_blocks, chunk_tokens, progress)
+        return _document_perplexity(
+            score, model, data, tokenizer, context, stride, batch_size, max_documents, progress
+        )
     finally:
         model.train(was_training)
 
@@ -120,7 +126,13 @@ def _result(nll: float, count: int, **extra) -> dict:
 
 @torch.no_grad()
 def block_nll(
-    model, packed, *, limit: int | None = None, batch_size: int = 8, chunk_tokens: int | None = None
+    model,
+    packed,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    chunk_tokens: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[float, int]:
     """(mean next-token NLL, predicted tokens) over the first `limit` blocks of `packed`, in order.
 
@@ -131,27 +143,33 @@ def block_nll(
     model.eval()
     head = output_head(model)
     device = head.weight.device
-    total, count = 0.0, 0
+    total, count, done = 0.0, 0, 0
+    planned = min(limit, len(packed)) if limit is not None else len(packed)
     for blocks in packed.sequential(batch_size, limit):
         blocks = blocks.to(device)
         hidden = final_hidden_states(model, blocks)[:, :-1]  # the last position predicts nothing
         nll = token_nll(hidden, head, blocks[:, 1:], chunk_tokens)
         total += float(nll.sum(dtype=torch.float64))
         count += blocks[:, 1:].numel()
+        done += blocks.shape[0]
+        if progress is not None:
+            progress(done, planned)
     model.train(was_training)
     if count == 0:
         raise ValueError("no tokens to score (no blocks)")
     return total / count, count
 
 
-def _packed_perplexity(model, packed, batch_size, max_blocks, chunk_tokens) -> dict:
-    loss, count = block_nll(model, packed, limit=max_blocks, batch_size=batch_size, chunk_tokens=chunk_tokens)
+def _packed_perplexity(model, packed, batch_size, max_blocks, chunk_tokens, progress=None) -> dict:
+    loss, count = block_nll(
+        model, packed, limit=max_blocks, batch_size=batch_size, chunk_tokens=chunk_tokens, progress=progress
+    )
     blocks = count // (packed.seq_len - 1)  # every block predicts seq_len - 1 tokens
     return _result(loss * count, count, blocks=blocks, context=packed.seq_len, stride=None)
 
 
 def _document_perplexity(
-    score, model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents
+    score, model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents, progress=None
 ) -> dict:
     if tokenizer is None:
         raise ValueError("perplexity on documents needs the tokenizer")
@@ -175,4 +193,6 @@ def _document_perplexity(
     for first in range(0, len(rows), batch_size):
         part, n = score(rows[first : first + batch_size], pad)
         nll, count = nll + part, count + n
+        if progress is not None:
+            progress(min(first + batch_size, len(rows)), len(rows))
     return _result(nll, count, documents=len(documents), context=context, stride=stride)
