@@ -33,6 +33,16 @@ def job(j: m.Job) -> dict[str, Any]:
     }
 
 
+def duration_s(j: m.Job) -> float | None:
+    """Seconds a job ran: until it finished, or until now while it runs; None before it started."""
+    if j.started_at is None:
+        return None
+    start, end = j.started_at, j.finished_at or datetime.now(timezone.utc)
+    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    return max(0.0, (end - start).total_seconds())
+
+
 def is_resumable(j: m.Job) -> bool:
     """A distill job with a checkpoint, or a job that failed before any worker claimed it (a worker
     refused it, or the broker was unreachable): running it again from scratch repeats nothing."""
