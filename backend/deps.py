@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import HTTPException, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from backend.db import transaction
+from backend.errors import NotFound
 from backend.schemas import MAX_ID, MAX_INT64
 from backend.settings import Settings
 
@@ -33,7 +34,7 @@ def get_settings(request: Request) -> Settings:
 def get_or_404(session: Session, model, pk: int, label: str | None = None):
     row = session.get(model, pk)
     if row is None:
-        raise HTTPException(404, f"{label or model.__name__} {pk} not found")
+        raise NotFound(f"{label or model.__name__} {pk} not found")
     return row
 
 

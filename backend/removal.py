@@ -14,12 +14,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import HTTPException
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from backend import lifecycle
 from backend.artifacts import ArtifactStore
+from backend.errors import Conflict
 from backend.models import (
     Artifact,
     BenchmarkResult,
@@ -67,7 +67,7 @@ def refuse_if_active(jobs: list[Job], what: str) -> None:
     active = [j for j in jobs if j.status in ACTIVE]
     if active:
         listed = ", ".join(f"{j.kind} job {j.id} ({j.status})" for j in active)
-        raise HTTPException(409, f"{what} has unfinished jobs: {listed}; cancel them first")
+        raise Conflict(f"{what} has unfinished jobs: {listed}; cancel them first")
 
 
 def _checkpoint_dirs(job_id: int, settings: Settings) -> list[Path]:
@@ -99,7 +99,7 @@ def delete_student(db: Session, student: Student, settings: Settings) -> Leftove
     teachers = list(db.scalars(select(Teacher).where(Teacher.parent_student_id == student.id)))
     if teachers:
         listed = ", ".join(f"teacher {t.id} ({t.name})" for t in teachers)
-        raise HTTPException(409, f"Student {student.id}'s weights are the source of {listed}; keep it")
+        raise Conflict(f"Student {student.id}'s weights are the source of {listed}; keep it")
     out = Leftovers(keys=[student.path] if student.path else [])
     _delete_jobs(db, jobs, settings, out)
     db.execute(delete(BenchmarkResult).where(BenchmarkResult.student_id == student.id))
@@ -110,8 +110,8 @@ def delete_student(db: Session, student: Student, settings: Settings) -> Leftove
 def delete_plan(db: Session, plan: Plan, settings: Settings) -> Leftovers:
     users = list(db.scalars(select(Student.id).where(Student.plan_id == plan.id)))
     if users:
-        raise HTTPException(
-            409, f"Plan {plan.id} is used by student(s) {', '.join(map(str, users))}; delete those first"
+        raise Conflict(
+            f"Plan {plan.id} is used by student(s) {', '.join(map(str, users))}; delete those first"
         )
     jobs = list(db.scalars(select(Job).where(Job.plan_id == plan.id)))  # its previews
     refuse_if_active(jobs, f"Plan {plan.id}")
@@ -139,17 +139,15 @@ def _made_by(db: Session, job: Job) -> str | None:
 def delete_job(db: Session, job: Job, settings: Settings) -> Leftovers:
     """One finished job with its events, metrics, results, artifacts and checkpoints."""
     if job.status in ACTIVE:
-        raise HTTPException(
-            409, f"Job {job.id} is {job.status}; cancel it first (POST /jobs/{job.id}/cancel)"
-        )
+        raise Conflict(f"Job {job.id} is {job.status}; cancel it first (POST /jobs/{job.id}/cancel)")
     user = _made_by(db, job)
     if user is not None:
-        raise HTTPException(
-            409, f"Job {job.id} ({job.kind}) built {user}, which still uses its output; delete that instead"
+        raise Conflict(
+            f"Job {job.id} ({job.kind}) built {user}, which still uses its output; delete that instead"
         )
     # Lock the row while it is still finished: a concurrent resume cannot requeue it before the delete.
     if not lifecycle.hold_finished(db, job.id):
-        raise HTTPException(409, f"Job {job.id} changed meanwhile; reload it")
+        raise Conflict(f"Job {job.id} changed meanwhile; reload it")
     out = Leftovers()
     _delete_jobs(db, [job], settings, out)
     return out
