@@ -546,7 +546,17 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     model, tokenizer = load(rt, source, trc)
     docs = _documents(dataset, p["split"])[: p["max_documents"]]
     t0 = time.perf_counter()
-    ppl = evaluation.perplexity(model, docs, tokenizer, context=p["seq_len"], stride=p.get("stride"))
+    share = 0.45 if p.get("tasks") else 0.9  # of the bar: lm-eval tasks take the rest
+    rt.progress(0.05, f"perplexity: 0 of {len(docs)} documents", force=True, phase="perplexity")
+
+    def scored(done: int, total: int) -> None:
+        where = f"{done}/{total} windows of {len(docs)} documents"
+        rt.progress(0.05 + share * done / total, f"perplexity: {where}", phase="perplexity")
+        rt.raise_if_cancelled()
+
+    ppl = evaluation.perplexity(
+        model, docs, tokenizer, context=p["seq_len"], stride=p.get("stride"), progress=scored
+    )
     result: dict[str, Any] = {
         "perplexity": _plain(ppl),
         "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by

@@ -225,3 +225,30 @@ def test_block_nll_and_what_if_preview_equal_full_logits(family):
             expected = _full_logits_block_nll(model, blocks)
         assert masked_nll == pytest.approx(expected, rel=1e-6)
         assert masked_nll != pytest.approx(nll, rel=1e-5)  # the mask really acted
+
+
+def test_progress_counts_every_window_and_block_once(model):
+    """An evaluation reports how far it is (issue 13: one sat at "5% · loading model" for minutes)."""
+    seen = []
+    long_docs = [DOCS[2] * 2, DOCS[0] * 3, DOCS[3]]
+    result = perplexity(
+        model,
+        long_docs,
+        demo_tokenizer(),
+        context=12,
+        stride=5,
+        batch_size=4,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    total = sum(len(windows(len(_ids(doc)), 12, 5)) for doc in long_docs)
+    assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted({d for d, _ in seen})
+    assert len(seen) == math.ceil(total / 4) and result["tokens"] > 0
+    blocks = []
+    block_nll(
+        model,
+        packed("validation", seq_len=16, docs=20),
+        limit=10,
+        batch_size=4,
+        progress=lambda d, t: blocks.append((d, t)),
+    )
+    assert blocks == [(4, 10), (8, 10), (10, 10)]

@@ -101,3 +101,4 @@ def test_a_jobs_log_has_the_workers_python_log_and_its_phases(live_app):
     assert live_app.wait_job(r.json()["id"])["status"] == "succeeded"
     evaluation = [line["msg"] for line in api.get(f"/jobs/{r.json()['id']}/logs").json()]
     assert any(m.startswith("worker.engine.loading: loaded ") for m in evaluation), evaluation
+    assert "perplexity: 0 of 4 documents" in evaluation  # its scoring phase, with its own count

@@ -10,6 +10,7 @@ import { compact, duration, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
+import { mismatchMark, protocolNote } from "../components/protocol.js";
 
 // One small chart per metric (W&B style): losses of very different scales never share an axis.
 const METRICS = [
@@ -108,7 +109,12 @@ export async function jobView(host, { args, query }, ctx) {
   const charts = new Map(
     METRICS.map(([name, label]) => {
       const plot = h("div.plot", { dataset: { testid: `plot-${name}` } });
-      const panel = h("section.panel.hidden", h("header", h("h2", label)), plot);
+      // A validation curve says what it is measured on, and whether that is its teacher's protocol.
+      const measured = name.startsWith("val_") && job.protocol ? h("span.row", { style: { gap: "4px" } }, protocolNote(job.protocol, { testid: `curve-protocol-${name}` })) : null;
+      if (measured && job.teacher_id) {
+        api.get(`/teachers/${job.teacher_id}`).then((t) => measured.append(mismatchMark(job.protocol, t.eval_protocol, { testid: `curve-mismatch-${name}` }) ?? ""), () => {});
+      }
+      const panel = h("section.panel.hidden", h("header", h("h2", label), measured), plot);
       return [name, { panel, plot }];
     }),
   );
@@ -130,7 +136,7 @@ export async function jobView(host, { args, query }, ctx) {
     curves ? h("div.grid.charts", waiting, Array.from(charts.values(), (c) => c.panel)) : null,
     h("section.panel", { style: { marginTop: curves ? "14px" : 0 } }, h("header", h("h2", "Result")), resultBox),
     h("div.grid.two", { style: { marginTop: "14px" } },
-      h("section.panel", h("header", h("h2", "Benchmarks of this student")), benchBox),
+      h("section.panel", { dataset: { testid: "student-benchmarks" } }, h("header", h("h2", job.kind === "evaluate" || job.kind === "benchmark" ? "Other measurements of this student" : "Benchmarks of this student")), benchBox),
       h("section.panel", h("header", h("h2", "Log")), logBox)),
   );
 
@@ -276,8 +282,9 @@ export async function jobView(host, { args, query }, ctx) {
     }
     try {
       const jobs = await api.get(`/jobs?student_id=${student.id}`);
-      const done = jobs.filter((j) => (j.kind === "evaluate" || j.kind === "benchmark") && j.result);
-      mount(benchBox, done.length ? h("div.stack", done.map((j) => h("div", h("div.hint", h("a", { href: href("job", [j.id]) }, `${j.kind} #${j.id}`), ` · ${when(j.finished_at)}`), jobResult(j.kind, j.result)))) : h("div.empty", "No evaluation or benchmark yet (queue one from Runs)."));
+      // This job's own result is under Result already: the panel lists the student's other measurements.
+      const done = jobs.filter((j) => (j.kind === "evaluate" || j.kind === "benchmark") && j.result && j.id !== job.id);
+      mount(benchBox, done.length ? h("div.stack", done.map((j) => h("div", h("div.hint", h("a", { href: href("job", [j.id]) }, `${j.kind} #${j.id}`), ` · ${when(j.finished_at)}`), jobResult(j.kind, j.result)))) : h("div.empty", job.student_id && (job.kind === "evaluate" || job.kind === "benchmark") ? "No other evaluation or benchmark of this student yet." : "No evaluation or benchmark yet (queue one from Runs)."));
     } catch (err) {
       mount(benchBox, h("div.error-msg", err.message));
     }

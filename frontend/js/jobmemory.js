@@ -1,0 +1,45 @@
+// What one job needs per device, from its form's settings: the dashboard's copy of backend/memcheck.py's
+// `need` of each job kind (the same composition of memplan.js's estimates), so the live line under a
+// form says what the API's 409 check will say.
+import { evaluationMemory, importanceMemory } from "./memplan.js";
+
+/** Evaluate: one model's perplexity at its batch of 8 windows (memcheck.check_job "evaluate"). */
+export function evaluateNeed(spec, { seq_len: seqLen = 128, device = "cpu" } = {}) {
+  return evaluationMemory(spec, { batch_size: 8, seq_len: seqLen, device }).total;
+}
+
+/** Benchmark: teacher and student loaded together, measured one after the other. */
+export function benchmarkNeed(teacher, student, { batch_size: batch = 1, seq_len: seqLen = 128, new_tokens: newTokens = 32, device = "cpu" } = {}) {
+  const runs = [teacher, student].filter(Boolean).map((spec) => evaluationMemory(spec, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device }));
+  const weights = runs.reduce((sum, r) => sum + r.parts.weights, 0);
+  return weights + Math.max(...runs.map((r) => r.total - r.parts.weights));
+}
+
+/** Preview: the teacher, then the masked teacher, over packed blocks (a batch of 8). */
+export function previewNeed(teacher, { seq_len: seqLen = 128, device = "cpu" } = {}) {
+  return evaluationMemory(teacher, { batch_size: 8, seq_len: seqLen, device }).total;
+}
+
+/** Importance: in memory or streamed layer by layer (`offload`); with "auto" the smaller layout counts,
+ * since the worker streams a teacher that does not fit. A streamed pass spills the activation stores
+ * the device cannot hold, so only its weights and one batch's working set must fit (device_budget 0). */
+export function importanceNeed(spec, p, device = "cpu") {
+  const layouts = { never: [false], always: [true] }[p.offload || "auto"] || [false, true];
+  return Math.min(...layouts.map((streamed) => importanceMemory(spec, {
+    batch_size: p.batch_size,
+    seq_len: p.seq_len,
+    scans: p.scans,
+    block_size: p.block_size ?? 2,
+    samples: p.samples,
+    streamed,
+    device,
+    device_budget: streamed ? 0 : undefined,
+  }).total));
+}
+
+/** Smaller batches to suggest, nearest first (memcheck._halved_batches). */
+export function halvedBatches(batch) {
+  const out = [];
+  for (let b = Math.floor(batch / 2); b >= 1; b = Math.floor(b / 2)) out.push({ batch_size: b });
+  return out;
+}
