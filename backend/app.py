@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from backend.api import compare, events, importance, jobs, plans, students, system, teachers
+from backend.api import compare, events, importance, jobs, plans, students, system, teachers, workflows
 from backend.db import session_factory
 from backend.errors import DomainError, Unavailable
 from backend.guard import PREFIX, Guard, SafeJSONResponse, validation_error
@@ -23,6 +23,7 @@ from backend.queue import make_celery
 from backend.reaper import reap_forever
 from backend.resender import resend_forever
 from backend.settings import Settings, get_settings
+from backend.workflows.sweep import sweep_forever
 
 log = logging.getLogger(__name__)
 REPO_FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
@@ -39,7 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await app.state.notifier.start()
-        loops = [asyncio.create_task(reap_forever(app)), asyncio.create_task(resend_forever(app))]
+        loops = [
+            asyncio.create_task(reap_forever(app)),
+            asyncio.create_task(resend_forever(app)),
+            asyncio.create_task(sweep_forever(app)),  # workflows' steps (backend.workflows)
+        ]
         try:
             yield
         finally:
@@ -68,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (system, teachers, importance, plans, students, jobs, events, compare):
         app.include_router(module.router, prefix=PREFIX)
+
+    app.include_router(workflows.router, prefix=PREFIX)  # bake-offs, the depth-vs-width study
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js():

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # A queued job's message delivered to a worker this long ago and still unacknowledged counts as lost
     # (the worker died before claiming it); the broker itself would put it back only after hours.
     resend_unacked_after_s: float = 600.0
+    # Every this many seconds the API advances the running workflows (backend.workflows): a step a killed
+    # worker or API did not take is taken then; workers advance at once when a child finishes (0: never).
+    workflow_sweep_s: float = 5.0
     # How often a worker refreshes its entry in the worker registry (backend.fleet); an entry not
     # refreshed for three intervals (a dead worker) expires.
     worker_refresh_s: float = 5.0

@@ -13,6 +13,7 @@ from backend.settings import Settings
 from worker.execution import execute
 from worker.isolation import ChildDied, run_isolated, warm_up
 from worker.runtime import SHUTTING_DOWN, JobRuntime
+from worker.workflow_hook import advance_parent
 
 log = logging.getLogger(__name__)
 _settings = Settings()
@@ -34,6 +35,13 @@ def preload(**_kwargs) -> None:
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: int, attempt: int) -> str:
+    try:
+        return _run_job(job_id, attempt)
+    finally:  # a workflow's child ended (or was refused, or its process died): take the next step now
+        advance_parent(_settings, job_id, app.send_task)
+
+
+def _run_job(job_id: int, attempt: int) -> str:
     settings = Settings()
     rt = JobRuntime(settings, job_id, attempt, device=settings.worker_device)
     # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an

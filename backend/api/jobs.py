@@ -18,6 +18,7 @@ from backend.limits import check_job_size
 from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
 from backend.schemas import MAX_ID, NO_CONTROL_CHARS, PARAMS, JobCreate
 from backend.settings import Settings
+from backend.workflows import control as workflow_control
 
 router = APIRouter(tags=["jobs"])
 
@@ -161,9 +162,17 @@ def delete_job(
 
 @router.post("/jobs/{job_id}/cancel", status_code=202)
 def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
-    """A queued job is cancelled at once; a running one stops at its next step (backend.lifecycle.cancel)."""
-    job = lifecycle.cancel(db, job_id)
+    """A queued job is cancelled at once; a running one stops at its next step (backend.lifecycle.cancel).
+    A workflow is stopped with its unfinished children (backend.workflows.control.cancel)."""
+    children = []
+    if lifecycle.get(db, job_id).kind == "workflow":
+        children = workflow_control.cancel(db, job_id)
+        job = lifecycle.get(db, job_id)
+    else:
+        job = lifecycle.cancel(db, job_id)
     db.commit()
+    for child in children:
+        publish_wakeup(request.app.state.settings, child.id, child.teacher_id)
     publish_wakeup(request.app.state.settings, job.id, job.teacher_id)
     return serialize.job(job)
 

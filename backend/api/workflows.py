@@ -1,0 +1,182 @@
+"""Workflows (backend.workflows): create a bake-off (the depth-vs-width study is one of two candidates),
+read its branches and steps, cancel it with its children, retry its failed steps. The workers and the
+API's sweep advance it; these routes never wait for a step."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import heatmaps, lifecycle
+from backend.api.errors import errors
+from backend.api.importance import artifact_path
+from backend.api.plans import teacher_spec
+from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
+from backend.errors import InvalidInput, Problem
+from backend.limits import check_job_size
+from backend.models import Dataset, Job, JobStatus, Plan
+from backend.settings import Settings
+from backend.workflows import control, runner, view
+from backend.workflows.advance import advance
+from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, WorkflowOut
+from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
+
+router = APIRouter(tags=["workflows"], responses=errors(422))
+
+
+def sender(request: Request) -> runner.Send:
+    return lambda job_id, attempt, queue: lifecycle.publish(request.app, job_id, attempt, queue)
+
+
+def plan_problems(messages: list[PlanMessage], at: tuple) -> InvalidInput:
+    """A plan's errors as one 422, each at its field under `at`."""
+    return InvalidInput(
+        problems=[
+            Problem(m.text, (*at, *m.field.split(".")), tuple(getattr(m, "nearby", None) or ()) or None)
+            for m in messages
+            if m.level == "error"
+        ]
+    )
+
+
+def _saved_plan(
+    db: Session, body: WorkflowCreate, index: int, candidate: Candidate, settings: Settings
+) -> Plan:
+    """The candidate's explicit plan as a row: its saved plan, or a new one (filled from the run)."""
+    at = ("body", "candidates", index)
+    if candidate.plan_id is not None:
+        plan = get_or_404(db, Plan, candidate.plan_id)
+        if plan.teacher_id != body.teacher_id:
+            raise InvalidInput(f"plan {plan.id} belongs to teacher {plan.teacher_id}", field=(*at, "plan_id"))
+        if PrunePlan.model_validate(plan.plan).needs_filling():
+            raise InvalidInput(
+                f"plan {plan.id} has targets: fill and save it first, or give them as targets",
+                field=(*at, "plan_id"),
+            )
+        return plan
+    spec = teacher_spec(db, body.teacher_id)
+    plan = candidate.plan or PrunePlan(targets=candidate.targets)
+    if plan.needs_filling():
+        if body.importance_run_id is None:
+            raise InvalidInput(
+                "a candidate with targets needs the workflow's importance_run_id",
+                field=("body", "importance_run_id"),
+            )
+        run, path = artifact_path(db, body.importance_run_id, settings)
+        if run.teacher_id != body.teacher_id:
+            raise InvalidInput(
+                f"run {run.id} belongs to teacher {run.teacher_id}", field=("body", "importance_run_id")
+            )
+        try:
+            plan = fill_plan(plan, spec, heatmaps.scores(path, "l2", "mean", "contribution"))
+        except PlanError as exc:
+            raise plan_problems(exc.messages, (*at, "plan" if candidate.plan else "targets")) from exc
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field=(*at, "targets")) from exc
+    messages = validate_plan(plan, spec)
+    if any(m.level == "error" for m in messages):
+        raise plan_problems(messages, (*at, "plan"))
+    row = Plan(
+        teacher_id=body.teacher_id,
+        importance_run_id=body.importance_run_id,
+        name=candidate.name,
+        version=1,
+        plan=plan.model_dump(mode="json"),
+        stats=plan_stats(plan, spec),
+        messages=[m.model_dump() for m in messages],
+    )
+    db.add(row)
+    db.flush()
+    return row
+
+
+def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
+    """Every check of a create (plans saved in the session, not committed): the workflow's params."""
+    teacher_spec(db, body.teacher_id)  # 404 / 409 for a missing or unready teacher
+    for key, params in (
+        ("distill", body.distill),
+        ("evaluate", body.evaluate),
+        ("benchmark", body.benchmark),
+    ):
+        if params is None:
+            continue
+        check_job_size(params, settings, ["body", key])
+        if getattr(params, "dataset_id", None) is not None:
+            get_or_404(db, Dataset, params.dataset_id)
+    candidates = []
+    for i, candidate in enumerate(body.candidates):
+        plan = _saved_plan(db, body, i, candidate, settings)
+        candidates.append({"name": candidate.name, "plan_id": plan.id, "plan_version": plan.version})
+    values = body.model_dump(mode="json", exclude={"candidates"})
+    values["name"] = body.name or f"bake-off of {len(candidates)} candidate{'s' * (len(candidates) != 1)}"
+    return {**values, "candidates": candidates}
+
+
+@router.post("/workflows", status_code=201, responses=errors(404, 409, 503))
+def create_workflow(
+    body: WorkflowCreate,
+    request: Request,
+    response: Response,
+    validate_only: bool = False,
+    db: Session = Depends(get_db),
+) -> WorkflowOut | WorkflowCheck:
+    settings = request.app.state.settings
+    params = _params(db, body, settings)
+    if validate_only:  # nothing written: the plans made for the check go with the rollback
+        db.rollback()
+        response.status_code = 200
+        return WorkflowCheck(ok=True, params=params)
+    workflow = lifecycle.open_workflow(
+        db, params, teacher_id=body.teacher_id, importance_run_id=body.importance_run_id
+    )
+    jobs = advance(db, settings, workflow.id)  # its first children, in the same transaction
+    db.commit()
+    runner.publish(settings, sender(request), jobs)
+    return WorkflowOut.model_validate(view.workflow(db, workflow))
+
+
+@router.get("/workflows")
+def list_workflows(
+    teacher_id: QueryId = None,
+    status: JobStatus | None = None,
+    page: Page = Depends(),
+    db: Session = Depends(get_db),
+) -> list[WorkflowOut]:
+    q = select(Job).where(Job.kind == "workflow").order_by(Job.id.desc())
+    if teacher_id is not None:
+        q = q.where(Job.teacher_id == teacher_id)
+    if status is not None:
+        q = q.where(Job.status == status)
+    return [WorkflowOut.model_validate(view.workflow(db, j)) for j in db.scalars(page.of(q))]
+
+
+@router.get("/workflows/{workflow_id}", responses=errors(404))
+def get_workflow(workflow_id: PathId, db: Session = Depends(get_db)) -> WorkflowOut:
+    return WorkflowOut.model_validate(view.workflow(db, control.get(db, workflow_id)))
+
+
+@router.post("/workflows/{workflow_id}/cancel", status_code=202, responses=errors(404, 409))
+def cancel_workflow(workflow_id: PathId, request: Request, db: Session = Depends(get_db)) -> WorkflowOut:
+    children = control.cancel(db, workflow_id)
+    db.commit()
+    settings = request.app.state.settings
+    runner.publish(settings, lambda *_: None, children)  # wakes their streams; nothing to send
+    workflow = control.get(db, workflow_id)
+    runner.publish_wakeup(settings, workflow.id, workflow.teacher_id)
+    return WorkflowOut.model_validate(view.workflow(db, workflow))
+
+
+@router.post("/workflows/{workflow_id}/retry", status_code=202, responses=errors(404, 409, 503))
+def retry_workflow(
+    workflow_id: PathId,
+    request: Request,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> WorkflowOut:
+    jobs = control.retry(db, settings, workflow_id)
+    db.commit()
+    runner.publish(settings, sender(request), jobs)
+    workflow = control.get(db, workflow_id)
+    runner.publish_wakeup(settings, workflow.id, workflow.teacher_id)
+    return WorkflowOut.model_validate(view.workflow(db, workflow))

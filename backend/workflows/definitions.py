@@ -1,0 +1,180 @@
+"""Workflow definitions as data: which branches a workflow has, the steps each branch runs in order
+(each step one child job), and what the final step computes from the finished branches.
+
+A step's `build` says what job to create from what the branch already did (its earlier steps' jobs);
+it may add rows the job works on (the cut step's student) in the same transaction, so a step that
+cannot be created leaves nothing behind. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend.models import Job, Student
+from backend.workflows import ranking
+
+
+@dataclass(frozen=True)
+class Branch:
+    key: str  # stable id inside the workflow: "c0", "c1", ..., "teacher"
+    name: str  # what the user sees: the candidate's name
+    role: str  # "candidate" | "teacher"
+    spec: dict[str, Any] = field(default_factory=dict)  # the candidate's part of the params
+
+
+@dataclass
+class Context:
+    """What a step's build sees: the session, the workflow row and params, its branch, the jobs of the
+    branch's earlier steps (by step name, latest try) and this step's earlier tries (oldest first)."""
+
+    session: Session
+    workflow: Job
+    branch: Branch
+    done: dict[str, Job]
+    tries: list[Job]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.workflow.params
+
+    def student_id(self) -> int | None:
+        cut = self.done.get("cut")
+        return cut.student_id if cut is not None else None
+
+
+@dataclass(frozen=True)
+class Child:
+    kind: str
+    params: dict[str, Any]
+    links: dict[str, Any]  # teacher_id, student_id, plan_id of the job row
+    then: Callable[[Job], None] | None = None  # called with the created job (e.g. link the student)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: str
+    build: Callable[[Context], Child]
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    branches: Callable[[dict[str, Any]], list[Branch]]
+    steps: Callable[[dict[str, Any]], dict[str, tuple[Step, ...]]]  # params -> steps by branch role
+    finish: Callable[[Session, Job, dict[str, dict[str, Job]]], dict[str, Any]]
+
+    def steps_of(self, branch: Branch, params: dict[str, Any]) -> tuple[Step, ...]:
+        return self.steps(params)[branch.role]
+
+
+# ---- the bake-off (and the depth-vs-width study: a bake-off of two candidates) ---------------------------
+
+
+def _device(ctx: Context) -> dict[str, Any]:
+    return {"device": ctx.params.get("device", "auto")}
+
+
+def _cut(ctx: Context) -> Child:
+    """A student from the candidate's saved plan; a retry cuts the same student row again."""
+    teacher_id, plan_id = ctx.params["teacher_id"], ctx.branch.spec["plan_id"]
+    earlier = next((j.student_id for j in reversed(ctx.tries) if j.student_id), None)
+    student = ctx.session.get(Student, earlier) if earlier else None
+    if student is None:
+        student = Student(name=ctx.branch.name, plan_id=plan_id, teacher_id=teacher_id, status="pending")
+        ctx.session.add(student)
+        ctx.session.flush()
+    else:
+        student.status, student.error, student.spec, student.path = "pending", None, None, None
+
+    def link(job: Job) -> None:
+        student.job_id = job.id
+
+    params = {
+        "plan_id": plan_id,
+        "plan_version": ctx.branch.spec["plan_version"],
+        "out_of_core": "auto",
+        **_device(ctx),
+    }
+    links = {"teacher_id": teacher_id, "student_id": student.id, "plan_id": plan_id}
+    return Child("prune", params, links, then=link)
+
+
+def _measure(kind: str, settings_key: str, *, pruned: bool = False) -> Callable[[Context], Child]:
+    """An evaluate / benchmark job of the branch's student (its pruned weights, or the weights of the
+    branch's distillation), or of the teacher on the teacher branch."""
+
+    def build(ctx: Context) -> Child:
+        params = {**(ctx.params.get(settings_key) or {}), **_device(ctx)}
+        links: dict[str, Any] = {"teacher_id": ctx.params["teacher_id"]}
+        if ctx.branch.role == "candidate":
+            links["student_id"] = ctx.student_id()
+            distill = ctx.done.get("distill")
+            params["weights"] = "pruned" if pruned else "latest"
+            params["distill_job_id"] = None if pruned or distill is None else distill.id
+        else:
+            params["weights"], params["distill_job_id"] = "latest", None
+        return Child(kind, params, links)
+
+    return build
+
+
+def _distill(ctx: Context) -> Child:
+    params = {**ctx.params["distill"], **_device(ctx)}
+    return Child("distill", params, {"teacher_id": ctx.params["teacher_id"], "student_id": ctx.student_id()})
+
+
+def _bakeoff_branches(params: dict[str, Any]) -> list[Branch]:
+    branches = [
+        Branch(f"c{i}", c["name"], "candidate", c) for i, c in enumerate(params.get("candidates", []))
+    ]
+    if params.get("measure_teacher"):
+        branches.append(Branch("teacher", "teacher", "teacher"))
+    return branches
+
+
+def _bakeoff_steps(params: dict[str, Any]) -> dict[str, tuple[Step, ...]]:
+    """Cut, evaluate as cut, distill, evaluate, benchmark (unless the params ask for no benchmark);
+    the teacher branch measures the teacher alike."""
+    candidate = [
+        Step("cut", "prune", _cut),
+        Step("evaluate_pruned", "evaluate", _measure("evaluate", "evaluate", pruned=True)),
+        Step("distill", "distill", _distill),
+        Step("evaluate", "evaluate", _measure("evaluate", "evaluate")),
+        Step("benchmark", "benchmark", _measure("benchmark", "benchmark")),
+    ]
+    if params.get("benchmark") is None:
+        candidate.pop()
+    return {"candidate": tuple(candidate), "teacher": tuple(candidate[3:])}
+
+
+def _bakeoff_finish(session: Session, workflow: Job, done: dict[str, dict[str, Job]]) -> dict[str, Any]:
+    """The final step: rank the candidates before and after distillation and flag the flips."""
+    rows = []
+    for branch in _bakeoff_branches(workflow.params):
+        if branch.role != "candidate":
+            continue
+        jobs = done[branch.key]
+        student = session.get(Student, jobs["cut"].student_id)
+        final = (jobs["distill"].result or {}).get("final_validation") or {}
+        rows.append(
+            {
+                "name": branch.name,
+                "student_id": student.id if student else None,
+                "plan_id": branch.spec["plan_id"],
+                "distill_job_id": jobs["distill"].id,
+                "params_total": (student.spec or {}).get("params_total") if student else None,
+                "before": ranking.quality(jobs["evaluate_pruned"].result),
+                "after": ranking.quality(jobs["evaluate"].result),
+                "distill_val_loss": final.get("val_loss"),
+            }
+        )
+    return ranking.rank(rows, workflow.params.get("metric", "loss"))
+
+
+BAKEOFF = Definition("bakeoff", _bakeoff_branches, _bakeoff_steps, _bakeoff_finish)
+DEFINITIONS: dict[str, Definition] = {BAKEOFF.name: BAKEOFF}
