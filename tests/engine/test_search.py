@@ -1,0 +1,166 @@
+"""Architecture search: valid plans within budgets, listed losses equal to the real cut's, alignment,
+limits, the frontier, measured latency with its cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.engine.search_helpers import settings, teacher_and_importance
+from worker.engine.adapters import arch_spec
+from worker.engine.masking import masked
+from worker.engine.plan import PrunePlan, plan_stats, validate_plan
+from worker.engine.search import run_search
+from worker.engine.search.budgets import parse_budget
+from worker.engine.search.scoring import plan_loss
+from worker.engine.search.space import enumerate_architectures
+
+
+def search(family="llama", **overrides):
+    model, importance, batches = teacher_and_importance(family)
+    report = run_search(model, None, importance, settings(**overrides), batches=batches)
+    return model, importance, batches, report.to_json()
+
+
+def test_every_candidate_is_valid_and_within_its_budgets():
+    model, _, _, report = search(budgets=["params=70%", "memory=60%@2,64"], tolerance=0.01)
+    spec = arch_spec(model)
+    teacher = spec.param_count()["total"]
+    candidates = report["candidates"]
+    assert len(candidates) >= 5
+    assert [c["rank"] for c in candidates] == list(range(1, len(candidates) + 1))
+    assert [c["loss"] for c in candidates] == sorted(c["loss"] for c in candidates)
+    for c in candidates:
+        plan = PrunePlan.model_validate(c["plan"])
+        assert plan.targets is None
+        assert not [m for m in validate_plan(plan, spec) if m.level == "error"], c["id"]
+        stats = plan_stats(plan, spec)
+        assert stats["params_total"] == c["params"]
+        assert c["params"] <= 0.70 * teacher * 1.01
+        w = 4  # float32
+        memory = stats["params_total"] * w + 2 * 64 * stats["kv_cache_bytes_per_token"] * w // 2
+        assert c["memory_bytes"] == memory
+        teacher_memory = teacher * w + 2 * 64 * spec.kv_cache_bytes_per_token(bytes_per_value=w)
+        assert c["memory_bytes"] <= 0.60 * teacher_memory * 1.01
+        assert all(b["fits"] for b in c["budgets"].values())
+    assert {c["cut"] for c in candidates} >= {"depth", "width", "mixed"}
+
+
+def test_listed_loss_equals_the_loss_of_the_really_cut_model():
+    model, _, batches, report = search(budgets=["params=75%"])
+    candidates = report["candidates"]
+    # Every kind of cut: depth only, widths only (hidden too) and both.
+    for c in candidates:
+        cut = plan_loss(model, PrunePlan.model_validate(c["plan"]), batches)
+        assert math.isclose(c["loss"], cut, rel_tol=0, abs_tol=1e-5), c["id"]
+    assert any(c["plan"]["remove_hidden"] for c in candidates)
+    assert any(c["plan"]["drop_layers"] and c["plan"]["remove_neurons"] for c in candidates)
+    assert report["teacher"]["loss"] == pytest.approx(plan_loss(model, PrunePlan(), batches), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen3"])
+def test_listed_loss_equals_the_real_cut_for_per_layer_masks_and_qk_norms(family):
+    """Gemma 3 mixes sliding and global layers (each kept layer keeps its own mask); Qwen 3 has q/k norms."""
+    model, _, batches, report = search(family, budgets=["params=80%"], max_cut={"hidden": 0.0})
+    assert report["candidates"]
+    for c in report["candidates"]:
+        cut = plan_loss(model, PrunePlan.model_validate(c["plan"]), batches)
+        assert math.isclose(c["loss"], cut, rel_tol=0, abs_tol=1e-5), c["id"]
+
+
+def test_masked_model_gives_the_same_loss_as_the_cut_one():
+    """Scoring cuts the model (faster, exact for hidden cuts too); for heads, MLP and depth the masked
+    teacher agrees with it."""
+    model, _, batches, report = search(budgets=["params=75%"], max_cut={"hidden": 0.0})
+    from worker.engine.chunked_head import output_head
+    from worker.engine.importance.layer_scan import token_losses
+
+    c = next(c for c in report["candidates"] if c["cut"] == "mixed")
+    plan = PrunePlan.model_validate(c["plan"])
+    total = count = 0.0
+    with masked(model, plan), torch.no_grad():
+        for batch in batches:
+            hidden = model.base_model(**batch, use_cache=False)[0]
+            nll, tokens = token_losses(
+                hidden, output_head(model), batch["input_ids"], batch["attention_mask"]
+            )
+            total, count = total + float(nll.sum()), count + float(tokens.sum())
+    assert math.isclose(c["loss"], total / count, abs_tol=1e-5)
+
+
+def test_step_alignment_and_cut_limits_are_respected():
+    model, importance, _ = teacher_and_importance()
+    spec = arch_spec(model)
+    s = settings(
+        budgets=["params=99%"], mlp_step=16, hidden_step=16, max_width_cut=0.34, max_cut={"depth": 0.25}
+    )
+    archs = enumerate_architectures(spec, importance.scores(), s)
+    assert {a.intermediate_size for a in archs} == {48, 32}  # 16 would cut 67% > 34%
+    assert {a.num_layers for a in archs} == {4, 3}  # at most 1 of 4 layers
+    for a in archs:
+        assert a.hidden_size == 32 or (a.hidden_size % 16 == 0 and a.hidden_size % a.heads_per_layer == 0)
+        assert a.heads_per_layer >= 8 * (1 - 0.34)
+        plan = a.plan(spec, importance.scores())
+        assert not [m for m in validate_plan(plan, spec) if m.level == "error"]
+        assert plan_stats(plan, spec)["params_total"] == a.spec(spec).param_count()["total"]
+    _, _, _, report = search(budgets=["params=90%"], mlp_step=16, hidden_step=16, max_width_cut=0.34)
+    for c in report["candidates"]:
+        assert c["axes"]["intermediate_size"] in (48, 32)
+        assert len(c["plan"]["drop_layers"]) <= 2
+
+
+def test_frontier_keeps_only_candidates_that_cannot_grow():
+    _, _, _, everything = search(budgets=["params=70%"], frontier_only=False)
+    _, _, _, front = search(budgets=["params=70%"])
+    ids = {c["id"] for c in everything["candidates"]}
+    assert {c["id"] for c in front["candidates"]} < ids
+    by_id = {c["id"]: c for c in everything["candidates"]}
+    for c in front["candidates"]:
+        a = c["axes"]
+        bigger_mlp = c["id"].replace(f".F{a['intermediate_size']}.", f".F{a['intermediate_size'] + 8}.")
+        assert bigger_mlp not in by_id  # one MLP step more would not fit
+    assert everything["stats"]["within_budget"] == len(everything["candidates"])
+
+
+def test_latency_budget_uses_measured_times_cached_by_shape(tmp_path):
+    cache = tmp_path / "latency.json"
+    model, importance, batches = teacher_and_importance()
+    s = settings(
+        budgets=["params=80%", "latency=100%@1,8"], latency_new_tokens=2, tolerance=0.5, max_width_cut=0.25
+    )
+    first = run_search(model, None, importance, s, batches=batches, latency_cache=cache).to_json()
+    assert first["stats"]["shapes_timed"] > 0 and cache.is_file()
+    second = run_search(model, None, importance, s, batches=batches, latency_cache=cache).to_json()
+    assert second["stats"]["shapes_timed"] == 0
+    assert second["stats"]["latency_cache_hits"] >= first["stats"]["shapes_timed"]
+    for c in second["candidates"]:
+        assert c["latency"]["cached"] is True and c["latency"]["decode_s_per_token"] > 0
+        same = next(x for x in first["candidates"] if x["id"] == c["id"])
+        assert same["latency"]["decode_s_per_token"] == c["latency"]["decode_s_per_token"]
+        fig = c["budgets"]["latency=100%@1,8"]
+        assert fig["value"] == c["latency"]["decode_s_per_token"] and fig["value"] <= fig["limit"] * 1.5
+
+
+def test_bad_budgets_and_settings_name_the_field():
+    for text, words in [
+        ("params", "KIND=VALUE"),
+        ("size=5", "unknown kind"),
+        ("params=5Q", "unknown unit"),
+        ("memory=0GB", "positive"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            parse_budget(text)
+    with pytest.raises(ValidationError) as info:
+        settings(budgets=["params=60%", "params=50%"])
+    assert info.value.errors()[0]["loc"] == ("budgets",)
+    with pytest.raises(ValidationError) as info:
+        settings(budgets=["params=60%"], max_width_cut=1.5)
+    assert info.value.errors()[0]["loc"] == ("max_width_cut",)
+    model, importance, batches = teacher_and_importance()
+    with pytest.raises(ValueError, match="max_candidates"):
+        run_search(
+            model, None, importance, settings(budgets=["params=50%"], max_candidates=3), batches=batches
+        )
