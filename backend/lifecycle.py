@@ -98,10 +98,12 @@ def create(session: Session, kind: str, params: dict[str, Any], *, queue: str, *
     return job
 
 
-def publish(celery, job_id: int, attempt: int, queue: str) -> None:
-    """The run-job message of one attempt, sent with a Celery app of backend.queue (the API's
-    `app.state.celery`); raises when the broker refuses it. Publishing twice is harmless: the claim is
+def publish(sender, job_id: int, attempt: int, queue: str) -> None:
+    """The run-job message of one attempt; raises when the broker refuses it. `sender`: a Celery app of
+    backend.queue, or the API app (its `state.celery`). Publishing twice is harmless: the claim is
     conditional on the attempt, so the job runs once."""
+    state = getattr(sender, "state", None)
+    celery = getattr(state, "celery", None) or sender
     celery.send_task(RUN_JOB, args=[job_id, attempt], queue=queue)
 
 
