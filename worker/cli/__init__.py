@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "worker.cli.teacher_commands",
     "worker.cli.distill_commands",
     "worker.cli.platform_commands",
+    "worker.cli.search_commands",
 )
 
 

@@ -1,0 +1,95 @@
+"""`prunescope search` on the tiny saved teacher (demo tokenizer, in-process `main`): the --json
+shape, plan files that `prune` accepts, errors that name the flag."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.engine.test_importance_scores import padded_batches
+from worker.cli import main
+from worker.engine.adapters import arch_spec
+from worker.engine.importance import compute_importance
+from worker.engine.loading import load_model
+from worker.engine.plan import PrunePlan, plan_stats, validate_plan
+
+FAST = ["--eval-samples", "4", "--eval-seq-len", "32", "--eval-batch-size", "4", "--mlp-step", "8",
+        "--hidden-step", "8", "--max-width-cut", "0.5", "--max-depth-cut", "0.5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def importance_run(tiny_teacher_dir, tmp_path_factory):
+    model, _ = load_model(tiny_teacher_dir)
+    _, batches = padded_batches([11, 9, 11, 10], batch_size=2, seed=1)
+    run = tmp_path_factory.mktemp("importance") / "run"
+    compute_importance(model, batches, scans=("bi", "drop", "block"), block_size=1).save(run)
+    return run
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_lists_every_candidate_with_plan_params_loss(tiny_teacher_dir, importance_run, tmp_path, capsys):
+    out_dir = tmp_path / "plans"
+    code, out, err = run(
+        capsys, "search", tiny_teacher_dir, "--importance", importance_run, "--budget", "params=70%",
+        "--json", "-o", out_dir, "--top", "2", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    candidates = report["candidates"]
+    assert len(candidates) >= 3
+    spec = arch_spec(load_model(tiny_teacher_dir)[0])
+    for c in candidates:
+        assert {"plan", "params", "loss", "axes", "cut", "rank", "budgets", "params_fraction"} <= set(c)
+        plan = PrunePlan.model_validate(c["plan"])
+        assert not [m for m in validate_plan(plan, spec) if m.level == "error"]
+        assert plan_stats(plan, spec)["params_total"] == c["params"]
+        assert c["params"] <= 0.70 * report["teacher"]["params"] * 1.02
+    assert report["stats"]["candidates_per_minute"] > 0
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert files == sorted(
+        [f"rank01-{candidates[0]['id']}.plan.json", f"rank02-{candidates[1]['id']}.plan.json", "search.json"]
+    )
+    written = PrunePlan.model_validate_json((out_dir / files[0]).read_text())
+    assert written == PrunePlan.model_validate(candidates[0]["plan"])
+    # The plan file cuts as is: plan-stats accepts it without an importance run.
+    code, out, err = run(capsys, "plan-stats", tiny_teacher_dir, "--plan", out_dir / files[0], "--json")
+    assert code == 0, err
+    assert json.loads(out)["params_total"] == candidates[0]["params"]
+
+
+def test_table_marks_the_top_candidates(tiny_teacher_dir, importance_run, capsys):
+    code, out, err = run(
+        capsys, "search", tiny_teacher_dir, "--importance", importance_run, "--budget", "params=70%",
+        "--top", "1", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "candidates/min" in out and "   1* " in out and "   2  " in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--budget", "params=60Q"], "--budget"),
+        ([], "--budget"),
+        (["--budget", "params=60%", "--max-width-cut", "1.5"], "--max-width-cut"),
+        (["--budget", "params=60%", "--max-cut", "depth"], "--max-cut"),
+        (["--budget", "params=60%", "--layer-methods", "random"], "--layer-methods"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_naming_the_flag(tiny_teacher_dir, importance_run, capsys, argv, flag):
+    code, out, err = run(capsys, "search", tiny_teacher_dir, "--importance", importance_run, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith(f"prunescope search: error: {flag}:") and "Traceback" not in err
+
+
+def test_missing_importance_run_names_the_flag(tiny_teacher_dir, tmp_path, capsys):
+    code, _, err = run(
+        capsys, "search", tiny_teacher_dir, "--importance", tmp_path / "no", "--budget", "params=60%"
+    )
+    assert code == 2 and "--importance: importance run not found" in err

@@ -1,0 +1,216 @@
+"""`prunescope search`: every architecture within budgets, ranked by held-out loss (issue 12).
+
+    prunescope search TEACHER --importance RUN --budget params=60% [--budget latency=4ms@1,128]
+                      [--budget memory=1.5GB@1,2048] [-o DIR] [--top N] [--json] [--all] ...
+
+Prints the ranked table (or with --json the whole report: every candidate with its explicit `plan`,
+`params`, `loss`, cost figures and axes; see worker/engine/search/runner.py), and with -o writes the
+top N candidates as plan files (`prunescope prune TEACHER --plan DIR/rank01-....plan.json`) beside
+the report (DIR/search.json).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from worker.cli import CliError
+
+# SearchSettings field -> the flag that sets it, so a validation error names the flag.
+FLAGS = {
+    "budgets": "--budget",
+    "tolerance": "--tolerance",
+    "mlp_step": "--mlp-step",
+    "hidden_step": "--hidden-step",
+    "max_width_cut": "--max-width-cut",
+    "max_depth_cut": "--max-depth-cut",
+    "max_cut": "--max-cut",
+    "head_modes": "--head-modes",
+    "layer_methods": "--layer-methods",
+    "data": "--data",
+    "split": "--split",
+    "eval_samples": "--eval-samples",
+    "eval_seq_len": "--eval-seq-len",
+    "eval_batch_size": "--eval-batch-size",
+    "latency_new_tokens": "--latency-new-tokens",
+    "max_candidates": "--max-candidates",
+}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _max_cut(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        axis, _, value = item.partition("=")
+        try:
+            out[axis.strip()] = float(value)
+        except ValueError:
+            raise CliError(f"--max-cut: {item!r} is not AXIS=FRACTION (e.g. depth=0.5)") from None
+    return out
+
+
+def settings_from_args(args):
+    from pydantic import ValidationError
+
+    from worker.engine.search import SearchSettings
+
+    values = dict(
+        budgets=args.budget or [],
+        tolerance=args.tolerance,
+        frontier_only=not args.all,
+        mlp_step=args.mlp_step,
+        hidden_step=args.hidden_step,
+        max_width_cut=args.max_width_cut,
+        max_depth_cut=args.max_depth_cut,
+        max_cut=_max_cut(args.max_cut),
+        head_modes=[m.strip() for m in args.head_modes.split(",") if m.strip()],
+        layer_methods=[m.strip() for m in args.layer_methods.split(",") if m.strip()],
+        data=args.data,
+        split=args.split,
+        eval_samples=args.eval_samples,
+        eval_seq_len=args.eval_seq_len,
+        eval_batch_size=args.eval_batch_size,
+        seed=args.seed,
+        latency_new_tokens=args.latency_new_tokens,
+        max_candidates=args.max_candidates,
+        dtype=args.dtype,
+    )
+    try:
+        return SearchSettings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = FLAGS.get(field, f"--{field.replace('_', '-')}")
+        message = first["msg"].removeprefix("Value error, ")
+        if field == "budgets" and not values["budgets"]:
+            message = "give at least one budget, e.g. --budget params=60%"
+        raise CliError(f"{flag}: {message}") from None
+
+
+def cmd_search(args) -> int:
+    settings = settings_from_args(args)  # before any loading: bad flags fail fast
+    if not Path(args.importance).is_dir():
+        raise CliError(f"--importance: importance run not found: {args.importance}")
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise CliError(f"-o: {out} exists and is not a directory")
+
+    from worker.cli.prune_commands import _check_same_weights
+    from worker.engine.importance import ImportanceResult
+    from worker.engine.importance.provenance import weights_sha256
+    from worker.engine.loading import load_model
+    from worker.engine.search import run_search
+
+    importance = ImportanceResult.load(args.importance)
+    _say(f"[load] {args.model}")
+    model, tokenizer = load_model(args.model, dtype=settings.dtype, device=args.device)
+    _check_same_weights(lambda: weights_sha256(model), importance.manifest)
+    if tokenizer is None:
+        raise CliError(f"{args.model} has no tokenizer: the held-out text cannot be tokenised")
+
+    def progress(done: int, total: int, message: str) -> None:
+        _say(f"[search] {message}")
+
+    report = run_search(
+        model, tokenizer, importance, settings, progress=progress, latency_cache=args.latency_cache
+    ).to_json()
+    report["importance_run"] = str(args.importance)
+    report["teacher_source"] = str(args.model)
+    if out is not None:
+        _write(out, report, args.top)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report, args.top if args.top else None)
+    return 0
+
+
+def _write(out: Path, report: dict, top: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for c in report["candidates"][:top]:
+        path = out / f"rank{c['rank']:02d}-{c['id']}.plan.json"
+        path.write_text(json.dumps(c["plan"], indent=2) + "\n")
+    (out / "search.json").write_text(json.dumps(report, indent=2) + "\n")
+    _say(f"[search] wrote the top {min(top, len(report['candidates']))} plans and search.json to {out}")
+
+
+def _print_table(report: dict, top: int | None) -> None:
+    stats, teacher = report["stats"], report["teacher"]
+    print(
+        f"teacher: {teacher['params']:,} parameters, held-out loss {teacher['loss']:.4f} "
+        f"({stats['eval_tokens']:.0f} tokens)"
+    )
+    print(f"budgets: {', '.join(b['text'] for b in report['budgets'])}")
+    print(
+        f"{stats['enumerated']} architectures, {stats['within_budget']} within budget, "
+        f"{stats['listed']} listed (frontier: {report['settings']['frontier_only']}); scored in "
+        f"{stats['scoring_seconds']:.1f} s = {stats['candidates_per_minute']} candidates/min; "
+        f"{stats['shapes_timed']} shapes timed, {stats['latency_cache_hits']} latency cache hits"
+    )
+    header = (
+        f"{'rank':>4}  {'cut':<6} {'layers':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'hidden':>6} "
+        f"{'params':>12} {'%':>6} {'memory':>10} {'ms/tok':>7} {'loss':>8} {'ppl':>9}  id"
+    )
+    print(header)
+    for c in report["candidates"]:
+        a = c["axes"]
+        memory = f"{c['memory_bytes'] / 2**20:.1f}MiB" if c["memory_bytes"] is not None else "-"
+        latency = f"{c['latency']['decode_s_per_token'] * 1e3:.2f}" if c["latency"] else "-"
+        marker = "*" if top and c["rank"] <= top else " "
+        print(
+            f"{c['rank']:>4}{marker} {c['cut']:<6} {a['num_layers']:>6} {a['heads_per_layer']:>5} "
+            f"{a['num_kv_heads']:>3} {a['intermediate_size']:>6} {a['hidden_size']:>6} {c['params']:>12,} "
+            f"{100 * c['params_fraction']:>5.1f}% {memory:>10} {latency:>7} {c['loss']:>8.4f} "
+            f"{c['perplexity']:>9.2f}  {c['id']}"
+        )
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("search", help="rank every architecture within budgets by held-out loss")
+    p.add_argument("model", help="teacher: local model directory or hub id")
+    p.add_argument("--importance", required=True, help="importance run directory of this teacher")
+    p.add_argument(
+        "--budget",
+        action="append",
+        help="KIND=VALUE[@BATCH,CONTEXT], repeatable: params=60%%, params=5M, memory=1.5GB@1,2048, "
+        "latency=4ms@1,128 (decode s/token), prefill=20ms@1,512, throughput=2000@8,128 (tokens/s, a "
+        "minimum); %% = of the teacher's figure",
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=0.02, help="a cost may exceed its limit by this fraction"
+    )
+    p.add_argument("--all", action="store_true", help="list every fitting candidate, not only the frontier")
+    p.add_argument("-o", "--output", help="directory for the top plans and search.json")
+    p.add_argument("--top", type=int, default=5, help="plans written with -o (default 5)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--mlp-step", type=int, default=64, help="MLP sizes are multiples of this (default 64)")
+    p.add_argument(
+        "--hidden-step", type=int, default=64, help="hidden sizes are multiples of this (default 64)"
+    )
+    p.add_argument("--max-width-cut", type=float, default=0.4, help="largest share of a width axis cut (0.4)")
+    p.add_argument(
+        "--max-depth-cut", type=float, default=0.2, help="largest share of the layers dropped (0.2)"
+    )
+    p.add_argument(
+        "--max-cut", action="append", metavar="AXIS=FRACTION", help="per axis (heads, mlp, hidden, depth)"
+    )
+    p.add_argument("--head-modes", default="whole_groups,within_groups")
+    p.add_argument("--layer-methods", default="block,drop,bi,angular")
+    p.add_argument("--data", default="demo", help="held-out text source (default: the demo corpus)")
+    p.add_argument("--split", default="validation", help="split scored (default validation)")
+    p.add_argument("--eval-samples", type=int, default=16, help="held-out windows scored (default 16)")
+    p.add_argument("--eval-seq-len", type=int, default=128)
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latency-new-tokens", type=int, default=16, help="decode steps timed per shape")
+    p.add_argument(
+        "--latency-cache", default=None, help="latency cache file (default ~/.cache/prunescope/latency.json)"
+    )
+    p.add_argument("--max-candidates", type=int, default=2000)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (latency is measured there)")
+    p.set_defaults(handler=cmd_search)
