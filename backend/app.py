@@ -14,7 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from backend.api import compare, events, importance, jobs, plans, students, system, teachers, workflows
+from backend.api import (
+    compare,
+    events,
+    importance,
+    jobs,
+    plans,
+    searches,
+    students,
+    system,
+    teachers,
+    workflows,
+)
 from backend.db import session_factory
 from backend.errors import DomainError, Unavailable
 from backend.guard import PREFIX, Guard, SafeJSONResponse, validation_error
@@ -73,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (system, teachers, importance, plans, students, jobs, events, compare):
         app.include_router(module.router, prefix=PREFIX)
+    app.include_router(searches.router, prefix=PREFIX)  # architecture search (issue 12)
 
     app.include_router(workflows.router, prefix=PREFIX)  # bake-offs, the depth-vs-width study
 

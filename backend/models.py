@@ -32,7 +32,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-JobKind = Literal["inspect", "importance", "preview", "prune", "distill", "evaluate", "benchmark", "workflow"]
+JobKind = Literal[
+    "inspect", "importance", "preview", "prune", "distill", "evaluate", "benchmark", "workflow", "search"
+]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES = get_args(JobStatus)
 FINISHED = ("succeeded", "failed", "cancelled")

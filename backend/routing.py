@@ -15,7 +15,7 @@ from typing import Literal
 
 DEFAULT, GPU, CPU = "default", "gpu", "cpu"
 QUEUES = (DEFAULT, GPU, CPU)
-HEAVY_KINDS = frozenset({"importance", "prune", "preview", "distill", "evaluate", "benchmark"})
+HEAVY_KINDS = frozenset({"importance", "prune", "preview", "distill", "evaluate", "benchmark", "search"})
 Requirement = Literal["auto", "cuda", "cpu"]
 REQUIREMENTS = ("auto", "cuda", "cpu")
 START_CUDA_WORKER = "start one with `prunescope worker --device cuda:0`"

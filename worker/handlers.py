@@ -629,6 +629,12 @@ def _save_benchmark(rt: JobRuntime, job: Job, kind: str, result: dict) -> None:
         )
 
 
+def run_search(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.search_job import run_search_job  # architecture search (issue 12): its own module
+
+    return run_search_job(rt, job)
+
+
 HANDLERS = {
     "inspect": run_inspect,
     "importance": run_importance,
@@ -637,4 +643,5 @@ HANDLERS = {
     "distill": run_distill,
     "evaluate": run_evaluate,
     "benchmark": run_benchmark,
+    "search": run_search,
 }

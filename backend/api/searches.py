@@ -1,0 +1,174 @@
+"""Architecture searches (issue 12): queue one on an importance run (a job of kind "search"), list them,
+read every candidate, and save a candidate as a plan (what the planner opens and a bake-off cuts)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import lifecycle, search_results
+from backend.api.errors import errors
+from backend.api.importance import ready_teacher
+from backend.api.plans import create_plan
+from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
+from backend.dispatch import choose_queue
+from backend.errors import Conflict
+from backend.models import Dataset, ImportanceRun, Job
+from backend.responses import JobOut, PlanOut
+from backend.schemas import OnDevice, PlanCreate, RowId
+from backend.settings import Settings
+from worker.engine.plan import PrunePlan
+from worker.engine.search.settings import SearchSettings
+
+router = APIRouter(tags=["search"])
+
+CandidateId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._+-]+$")]
+
+
+class SearchCreate(OnDevice):
+    """An architecture search on an importance run; `settings` are the engine's (budgets, space, scoring)."""
+
+    importance_run_id: RowId
+    dataset_id: RowId | None = Field(
+        None, description="held-out text the candidates are scored on (`settings.split`); default: the run's"
+    )
+    top_k: int = Field(
+        5, ge=1, le=100, description="how many of the best the result names (the bake-off pick)"
+    )
+    settings: SearchSettings = Field(
+        description="worker/engine/search/settings.py; `data` comes from dataset_id (a path is not accepted here)"
+    )
+
+
+class Candidate(BaseModel):
+    id: str = Field(description="stable name of the architecture, e.g. L7-block.H6-whole.F512.D192")
+    rank: int | None = Field(description="1 = lowest held-out loss")
+    cut: str | None = Field(description="depth | width | mixed | none")
+    axes: dict[str, Any] = Field(description="layers kept, heads per layer, KV groups, MLP and hidden size")
+    costs: dict[str, float | None] = Field(
+        description="params, memory (bytes), latency (decode s/token), prefill (s), throughput (tokens/s)"
+    )
+    params_fraction: float | None
+    flops_per_token: float | None
+    loss: float | None = Field(description="LM loss of the cut model on the held-out data")
+    perplexity: float | None
+    budgets: dict[str, Any] = Field(description="per budget: value, limit, fits")
+    within_budget: bool
+    plan: dict[str, Any] | None = Field(
+        None, description="the PrunePlan (explicit removals); single reads only"
+    )
+
+
+class SearchCandidates(BaseModel):
+    job_id: int
+    teacher_id: int | None
+    importance_run_id: int | None
+    top_k: int | None
+    reference: dict[str, Any] = Field(description="the teacher's costs and loss, as measured by the search")
+    budgets: dict[str, float] = Field(description="the limit of each budget, by cost axis")
+    budget_texts: list[str | None]
+    space: dict[str, Any]
+    stats: dict[str, Any] = Field(description="enumerated, within_budget, seconds, candidates_per_minute...")
+    candidates: list[Candidate]
+
+
+@router.post("/searches", status_code=201, responses=errors(404, 409, 503))
+def create_search(body: SearchCreate, request: Request, db: Session = Depends(get_db)) -> JobOut:
+    run = get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run")
+    if not run.artifact:
+        raise Conflict(
+            f"Importance run {run.id} has no scores yet: a search ranks by them",
+            field=("body", "importance_run_id"),
+        )
+    teacher = ready_teacher(db, run.teacher_id)
+    limits = request.app.state.settings
+    for name, value, limit in (
+        ("eval_seq_len", body.settings.eval_seq_len, limits.max_seq_len),
+        ("eval_batch_size", body.settings.eval_batch_size, limits.max_batch_size),
+    ):
+        if value > limit:
+            raise field_error(["body", "settings", name], f"{value} is over this server's limit of {limit}")
+    if "data" in body.settings.model_fields_set:
+        raise field_error(["body", "settings", "data"], "the held-out data is chosen by dataset_id")
+    dataset = get_or_404(db, Dataset, body.dataset_id or run.dataset_id)
+    settings = body.settings.model_copy(update={"data": dataset.source})
+    params = {
+        "settings": settings.model_dump(mode="json"),
+        "top_k": body.top_k,
+        "dataset_id": dataset.id,
+        "device": body.device,
+    }
+    queue = choose_queue(request.app.state.settings, "search", params)
+    job = lifecycle.create(db, "search", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id)
+    lifecycle.send(request.app, db, job)
+    return JobOut.of(job)
+
+
+@router.get("/searches")
+def list_searches(
+    teacher_id: QueryId = None,
+    importance_run_id: QueryId = None,
+    page: Page = Depends(),
+    db: Session = Depends(get_db),
+) -> list[JobOut]:
+    q = select(Job).where(Job.kind == "search").order_by(Job.id.desc())
+    if teacher_id is not None:
+        q = q.where(Job.teacher_id == teacher_id)
+    if importance_run_id is not None:
+        q = q.where(Job.importance_run_id == importance_run_id)
+    return [JobOut.of(j) for j in db.scalars(page.of(q))]
+
+
+def search_job(db: Session, job_id: int) -> Job:
+    job = get_or_404(db, Job, job_id, "Search")
+    if job.kind != "search":
+        raise field_error(["path", "job_id"], f"job {job_id} is a {job.kind} job, not a search")
+    return job
+
+
+@router.get("/searches/{job_id}/candidates", responses=errors(404, 409))
+def candidates(
+    job_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> SearchCandidates:
+    job = search_job(db, job_id)
+    return SearchCandidates(**search_results.summary(job, search_results.load_report(db, job, settings)))
+
+
+@router.get("/searches/{job_id}/candidates/{candidate_id}", responses=errors(404, 409))
+def candidate(
+    job_id: PathId,
+    candidate_id: CandidateId,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> Candidate:
+    job = search_job(db, job_id)
+    found = search_results.find_candidate(search_results.load_report(db, job, settings), candidate_id)
+    return Candidate(**search_results.candidate_out(found, with_plan=True))
+
+
+@router.post("/searches/{job_id}/candidates/{candidate_id}/plan", status_code=201, responses=errors(404, 409))
+def save_candidate_plan(
+    job_id: PathId,
+    candidate_id: CandidateId,
+    response: Response,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> PlanOut:
+    """The candidate as a saved plan of the teacher (201), or the plan it was saved as before (200)."""
+    job = search_job(db, job_id)
+    found = search_results.find_candidate(search_results.load_report(db, job, settings), candidate_id)
+    existing = search_results.existing_plan(db, job, found)
+    if existing is not None:
+        response.status_code = 200
+        return PlanOut.model_validate(existing)
+    body = PlanCreate(
+        teacher_id=job.teacher_id,
+        importance_run_id=job.importance_run_id,
+        name=search_results.plan_name(job.id, found),
+        plan=PrunePlan.model_validate(found["plan"]),
+    )
+    return create_plan(body, db)  # the one way a plan is checked and saved

@@ -1,0 +1,121 @@
+"""A finished search job's report (written by the worker as `searches/<job id>/search.json`, the engine's
+`SearchReport.to_json()` verbatim) read back for the API: every candidate in one flat shape the dashboard
+plots, one candidate with its plan, and the Plan row a candidate becomes (torch-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.artifacts import ArtifactStore
+from backend.errors import Conflict, NotFound
+from backend.models import Artifact, Job, Plan
+from backend.settings import Settings
+
+REPORT_FILE = "search.json"
+ARTIFACT_KIND = "search"
+
+
+def report_key(job_id: int) -> str:
+    return f"searches/{job_id}"
+
+
+def load_report(db: Session, job: Job, settings: Settings) -> dict[str, Any]:
+    """The job's report; 409 while the search has not finished."""
+    if job.status != "succeeded":
+        raise Conflict(f"Search {job.id} is {job.status}: its candidates exist once it has succeeded")
+    key = db.scalar(
+        select(Artifact.key)
+        .where(Artifact.job_id == job.id, Artifact.kind == ARTIFACT_KIND)
+        .order_by(Artifact.id.desc())
+    )
+    if key is None:
+        raise Conflict(f"Search {job.id} saved no report")
+    path = Path(ArtifactStore(settings.artifacts_url).local_dir(key)) / REPORT_FILE
+    return json.loads(path.read_text())
+
+
+def _latency(figures: dict | None, name: str) -> float | None:
+    return (figures or {}).get(name)
+
+
+def costs(item: dict[str, Any]) -> dict[str, float | None]:
+    """The cost figures of a candidate (or of the teacher) under the names the dashboard's x axes use."""
+    latency = item.get("latency")
+    return {
+        "params": item.get("params"),
+        "memory": item.get("memory_bytes"),
+        "latency": _latency(latency, "decode_s_per_token"),
+        "prefill": _latency(latency, "prefill_s"),
+        "throughput": _latency(latency, "decode_tokens_per_s"),
+    }
+
+
+def candidate_out(c: dict[str, Any], *, with_plan: bool = False) -> dict[str, Any]:
+    """One candidate, flat: its axes (heads as `num_heads`, as the teacher's spec names them), `costs`,
+    loss and perplexity; the plan (explicit removals, large for big models) only when asked for."""
+    axes = dict(c.get("axes") or {})
+    if "heads_per_layer" in axes:
+        axes["num_heads"] = axes["heads_per_layer"]
+    out = {
+        "id": str(c["id"]),
+        "rank": c.get("rank"),
+        "cut": c.get("cut"),
+        "axes": axes,
+        "costs": costs(c),
+        "params_fraction": c.get("params_fraction"),
+        "flops_per_token": c.get("flops_per_token"),
+        "loss": c.get("loss"),
+        "perplexity": c.get("perplexity"),
+        "budgets": c.get("budgets") or {},
+        "within_budget": True,  # the engine lists only candidates within every budget
+    }
+    if with_plan:
+        out["plan"] = c["plan"]
+    return out
+
+
+def summary(job: Job, report: dict[str, Any]) -> dict[str, Any]:
+    """Everything the search view draws: the teacher as reference point, each budget's limit by cost
+    axis, the search space, the engine's statistics and every candidate (without plans)."""
+    teacher = report.get("teacher") or {}
+    limits: dict[str, float] = {}
+    for b in report.get("budgets") or []:
+        limits.setdefault(b["kind"], b["limit"])
+    return {
+        "job_id": job.id,
+        "teacher_id": job.teacher_id,
+        "importance_run_id": job.importance_run_id,
+        "top_k": (job.params or {}).get("top_k"),
+        "reference": {**costs(teacher), "loss": teacher.get("loss"), "axes": teacher.get("arch")},
+        "budgets": limits,
+        "budget_texts": [b.get("text") for b in report.get("budgets") or []],
+        "space": report.get("space") or {},
+        "stats": report.get("stats") or {},
+        "candidates": [candidate_out(c) for c in report.get("candidates") or []],
+    }
+
+
+def find_candidate(report: dict[str, Any], candidate_id: str) -> dict[str, Any]:
+    for c in report.get("candidates") or []:
+        if str(c["id"]) == candidate_id:
+            return c
+    raise NotFound(f"Search has no candidate {candidate_id!r}")
+
+
+def plan_name(job_id: int, candidate: dict[str, Any]) -> str:
+    return f"search {job_id} #{candidate.get('rank')}: {candidate['id']}"[:200]
+
+
+def existing_plan(db: Session, job: Job, candidate: dict[str, Any]) -> Plan | None:
+    """The plan this candidate was saved as before (opening it twice makes one plan)."""
+    return db.scalar(
+        select(Plan)
+        .where(Plan.teacher_id == job.teacher_id, Plan.name == plan_name(job.id, candidate))
+        .order_by(Plan.id)
+        .limit(1)
+    )

@@ -1,0 +1,149 @@
+"""Architecture search as a job (issue 12), through the real API server, Redis and a real Celery worker:
+teacher -> importance run -> POST /searches -> every candidate back from the API, each a valid plan of
+the teacher within the budget, ranked by loss; progress says candidates scored and per minute; a
+candidate saved as a plan once; bad input is a 4xx naming the field with nothing queued."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.platform.helpers import read_sse
+from worker.engine.plan import PrunePlan, plan_stats, validate_plan
+from worker.engine.spec import ArchSpec
+
+SETTINGS = {
+    "budgets": ["params=80%"],
+    "mlp_step": 8,
+    "hidden_step": 8,
+    "max_depth_cut": 0.5,
+    "frontier_only": False,
+    "eval_samples": 4,
+    "eval_seq_len": 32,
+    "eval_batch_size": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def run(live_app):
+    api = live_app.api
+    teacher = api.post("/teachers", json={"name": "tiny", "source": str(live_app.teacher_dir)}).json()
+    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
+    dataset = api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
+    body = {
+        "teacher_id": teacher["id"],
+        "dataset_id": dataset["id"],
+        "samples": 8,
+        "seq_len": 32,
+        "batch_size": 4,
+        "scans": ["bi", "drop", "block"],
+        "block_size": 1,
+    }
+    r = api.post("/importance-runs", json=body)
+    assert r.status_code == 201, r.text
+    assert live_app.wait_job(r.json()["job_id"])["status"] == "succeeded"
+    return {"teacher": api.get(f"/teachers/{teacher['id']}").json(), "run_id": r.json()["id"]}
+
+
+@pytest.fixture(scope="module")
+def search(live_app, run):
+    r = live_app.api.post(
+        "/searches", json={"importance_run_id": run["run_id"], "top_k": 3, "settings": SETTINGS}
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["kind"] == "search" and job["importance_run_id"] == run["run_id"]
+    done = live_app.wait_job(job["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    return done
+
+
+def spec_of(teacher: dict) -> ArchSpec:
+    fields = set(ArchSpec.model_fields) - {"layers"}
+    return ArchSpec(**{k: v for k, v in teacher["spec"].items() if k in fields})
+
+
+def test_every_candidate_comes_back_valid_within_budget_and_ranked(live_app, run, search):
+    data = live_app.api.get(f"/searches/{search['id']}/candidates").json()
+    cands = data["candidates"]
+    assert len(cands) == search["result"]["candidates"] >= 2
+    assert search["result"]["top"] == [c["id"] for c in cands[:3]]
+    spec = spec_of(run["teacher"])
+    teacher_params = plan_stats(PrunePlan(), spec)["params_total"]
+    limit = data["budgets"]["params"]
+    assert limit == pytest.approx(0.8 * teacher_params)
+    assert data["reference"]["params"] == teacher_params
+    assert [c["rank"] for c in cands] == list(range(1, len(cands) + 1))
+    assert [c["loss"] for c in cands] == sorted(c["loss"] for c in cands)
+    assert {c["cut"] for c in cands} <= {"depth", "width", "mixed"}
+    assert "plan" not in cands[0] or cands[0]["plan"] is None  # the list leaves plans out
+    for c in cands:
+        got = live_app.api.get(f"/searches/{search['id']}/candidates/{c['id']}")
+        assert got.status_code == 200, got.text
+        full = got.json()
+        plan = PrunePlan.model_validate(full["plan"])
+        assert not [m for m in validate_plan(plan, spec) if m.level == "error"], c["id"]
+        params = plan_stats(plan, spec)["params_total"]
+        assert params == c["costs"]["params"] <= limit * (1 + SETTINGS.get("tolerance", 0.02))
+        kept_layers = spec.num_layers - len(plan.drop_layers)
+        assert c["axes"]["num_layers"] == kept_layers
+        depth = kept_layers < spec.num_layers
+        width = bool(plan.remove_heads or plan.remove_kv_groups or plan.remove_neurons or plan.remove_hidden)
+        assert (
+            c["cut"]
+            == {(True, False): "depth", (False, True): "width", (True, True): "mixed"}[(depth, width)]
+        )
+
+
+def test_progress_counts_candidates_scored_and_per_minute(live_app, search):
+    events = read_sse(f"{live_app.url}/api/v1/jobs/{search['id']}/events", timeout=30)
+    messages = [e.data.get("message") or "" for e in events if e.type == "status"]
+    scored = [m for m in messages if "candidates scored" in m]
+    assert scored, messages
+    assert all(" per minute" in m for m in scored)
+    rate = search["result"]["candidates_per_minute"]
+    assert rate is not None and rate > 0
+
+
+def test_a_candidate_becomes_one_saved_plan(live_app, run, search):
+    data = live_app.api.get(f"/searches/{search['id']}/candidates").json()
+    best = data["candidates"][0]
+    url = f"/searches/{search['id']}/candidates/{best['id']}/plan"
+    first = live_app.api.post(url)
+    assert first.status_code == 201, first.text
+    again = live_app.api.post(url)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    saved = live_app.api.get(f"/plans/{first.json()['id']}").json()
+    full = live_app.api.get(f"/searches/{search['id']}/candidates/{best['id']}").json()
+    assert PrunePlan.model_validate(saved["plan"]) == PrunePlan.model_validate(full["plan"])
+    assert (
+        saved["importance_run_id"] == run["run_id"]
+        and saved["stats"]["params_total"] == best["costs"]["params"]
+    )
+
+
+def test_bad_input_names_the_field_and_queues_nothing(live_app, run, search):
+    api = live_app.api
+    before = len(api.get("/searches").json())
+
+    def detail(r):
+        body = r.json()["detail"]
+        return body if isinstance(body, list) else [{"loc": [], "msg": body}]
+
+    r = api.post(
+        "/searches", json={"importance_run_id": run["run_id"], "settings": {"budgets": ["params=lots"]}}
+    )
+    assert r.status_code == 422 and detail(r)[0]["loc"][:3] == ["body", "settings", "budgets"], r.text
+    r = api.post("/searches", json={"importance_run_id": run["run_id"], "settings": {"budgets": []}})
+    assert r.status_code == 422 and detail(r)[0]["loc"][:3] == ["body", "settings", "budgets"], r.text
+    r = api.post(
+        "/searches",
+        json={"importance_run_id": run["run_id"], "settings": {"budgets": ["params=50%"], "data": "/etc"}},
+    )
+    assert r.status_code == 422 and detail(r)[0]["loc"] == ["body", "settings", "data"], r.text
+    r = api.post("/searches", json={"importance_run_id": 99999, "settings": {"budgets": ["params=50%"]}})
+    assert r.status_code == 404, r.text
+    assert len(api.get("/searches").json()) == before
+    # Candidates of a job that is not a search, and of an unknown candidate.
+    teacher_job = run["teacher"]["job_id"]
+    assert api.get(f"/searches/{teacher_job}/candidates").status_code == 422
+    assert api.get(f"/searches/{search['id']}/candidates/L99-nope").status_code == 404

@@ -1,0 +1,75 @@
+"""The `search` job (issue 12): every architecture of the teacher within the job's budgets, scored on
+held-out data by the engine (worker/engine/search), its report stored whole as `searches/<job>/search.json`
+(read back by backend/search_results.py). Progress: candidates scored / total and candidates per minute."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.db import session_scope
+from backend.search_results import ARTIFACT_KIND, REPORT_FILE, report_key
+from worker.handlers import _publish, _record_artifact, _rows, load, store
+from worker.runtime import JobRuntime
+
+
+def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
+    from backend.models import ImportanceRun, Teacher
+    from worker.engine.importance.result import ImportanceResult
+    from worker.engine.search import SearchSettings, run_search
+
+    run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
+    settings = SearchSettings.model_validate(job.params["settings"])
+    rt.progress(0.0, "loading model", force=True)
+    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    model.eval()
+    importance = ImportanceResult.load(store(rt).local_dir(run.artifact))
+    started = time.monotonic()
+    phase = {"name": None}
+
+    def progress(done: int, total: int, message: str) -> None:
+        timing = message.startswith("timing")
+        if timing:  # shapes timed once each before scoring: the first 10% of the bar
+            fraction = 0.02 + 0.08 * done / max(total, 1)
+            text = message
+        else:
+            if phase["name"] != "scoring":
+                phase.update(name="scoring", t0=time.monotonic(), done0=done)
+            minutes = max(time.monotonic() - phase["t0"], 1e-6) / 60
+            rate = (done - phase["done0"]) / minutes
+            fraction = 0.1 + 0.89 * done / max(total, 1)
+            text = f"{done}/{total} candidates scored · {rate:.0f} per minute"
+        rt.progress(fraction, text)
+        rt.raise_if_cancelled()
+
+    cache = Path(rt.settings.cache).expanduser() / "latency.json" if rt.settings.cache else None
+    report = run_search(
+        model, tokenizer, importance, settings, progress=progress, latency_cache=str(cache) if cache else None
+    ).to_json()
+    candidates = report.get("candidates") or []
+    rt.progress(0.995, f"{len(candidates)} candidates listed; saving the report", force=True)
+
+    def write(out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_FILE).write_text(json.dumps(report))
+
+    key = _publish(rt, report_key(job.id), write)
+    with session_scope(rt.url) as s:
+        _record_artifact(rt, s, job.id, ARTIFACT_KIND, key)
+    stats = report.get("stats") or {}
+    top_k = int(job.params.get("top_k", 5))
+    best = candidates[0] if candidates else None
+    return {
+        "artifact": key,
+        "candidates": len(candidates),
+        "enumerated": stats.get("enumerated"),
+        "within_budget": stats.get("within_budget"),
+        "candidates_per_minute": stats.get("candidates_per_minute"),
+        "seconds": stats.get("seconds", time.monotonic() - started),
+        "teacher_loss": (report.get("teacher") or {}).get("loss"),
+        "best": {k: best.get(k) for k in ("id", "cut", "loss", "params")} if best else None,
+        "top": [c["id"] for c in candidates[:top_k]],
+        "budgets": [b.get("text") for b in report.get("budgets") or []],
+    }
