@@ -46,16 +46,26 @@ def capacities(settings: Settings, queue: str, gpus: int = 1) -> list[tuple[int,
     )
 
 
-def check_devices(settings: Settings, queue: str, what: str, gpus: int) -> None:
-    """409 when `gpus` > 1 and no live worker on `queue` has that many devices (one node: a job's ranks
-    all run on the worker that takes it). With no live worker at all the job waits, as for memory."""
-    if gpus <= 1:
+def check_devices(settings: Settings, queue: str, what: str, gpus: int, nodes: int = 1) -> None:
+    """409 when no live worker on `queue` has `gpus` devices (a node's ranks all run on the worker that
+    takes it), or when fewer than `nodes` such workers are live (a gang needs that many distinct
+    workers, worker.gang). With no live worker at all the job waits, as for memory."""
+    if gpus <= 1 and nodes <= 1:
         return
     workers = _workers(settings, queue)
     if not workers:
         return
     best = max(workers, key=device_count)
-    if device_count(best) >= gpus:
+    able = [w for w in workers if device_count(w) >= gpus]
+    if able and len(able) < nodes:
+        names = ", ".join(f"{w.get('hostname')}:{w.get('pid')}" for w in able)
+        raise HTTPException(
+            409,
+            f"nodes: this {what} asks for {nodes} workers with {gpus} device(s) each, but the {queue!r} "
+            f"queue has {len(able)} live ({names}); "
+            f"use nodes <= {len(able)} or start more workers",
+        )
+    if able:
         return
     raise HTTPException(
         409,
@@ -107,7 +117,7 @@ def check_job(
     """409 when a distill, evaluate or benchmark job fits no live worker on its queue (by its number of
     devices, then by memory: the whole estimate per device, which over-counts a sharded student)."""
     what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
-    check_devices(settings, queue, what, int(params.get("gpus", 1)))
+    check_devices(settings, queue, what, int(params.get("gpus", 1)), int(params.get("nodes", 1)))
     student = db.get(Student, student_id) if student_id is not None else None
     teacher = db.get(Teacher, teacher_id)
     if not (teacher and teacher.spec) or (student_id is not None and not (student and student.spec)):

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # How many ranks a CPU worker offers a `gpus: N` job (gloo ranks, one per core by default: 0); it is
     # the worker's `device_count` in the registry. A GPU worker offers its visible GPUs.
     worker_cpu_ranks: int = 0
+    # A `nodes: M` job (worker.gang): how long its M workers wait for each other before the job fails,
+    # and the address other workers reach this one at for the rendezvous (default: its host name).
+    gang_timeout_s: float = 300.0
+    worker_address: str | None = None
     max_body_bytes: int = 1 << 20
     # Job size limits (backend/limits.py): a submit over one is a 422 naming the field and the limit.
     max_seq_len: int = 131_072

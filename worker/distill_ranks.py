@@ -1,4 +1,6 @@
-"""A distill job with `gpus: N > 1`: `prunescope distill` under torchrun over N ranks (worker.multi_rank).
+"""A distill job with `gpus: N > 1` or `nodes: M > 1`: `prunescope distill` under torchrun over N ranks
+per node (worker.multi_rank); over M nodes, the job's process is node 0 of a gang (worker.gang,
+worker.node_member).
 
 The job's parameters become the command's options; the ranks write the distilled student (with its
 manifest: world_size, nodes, teacher placement) into a staging directory that is published whole, as a
@@ -17,7 +19,8 @@ from backend.db import session_scope
 from backend.models import Job, Student, Teacher
 from backend.routing import device_type
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
-from worker.multi_rank import run_ranks
+from worker.gang import Gang, GangIncomplete
+from worker.multi_rank import Rendezvous, run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.engine.distill.run_distributed"
@@ -70,26 +73,41 @@ def distill_args(
     return args
 
 
-def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
-    from worker.handlers import (
-        _checkpoint_step,
-        _dataset,
-        _publish,
-        _record_artifact,
-        _rows,
-        checkpoint_dir,
-        student_source,
-    )
+def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
+    """The ranks' command line for this job (every node of a job over several nodes builds the same)."""
+    from worker.handlers import _dataset, _rows, student_source
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
+    dataset = _dataset(rt, job.params)
+    return distill_args(
+        job.params,
+        student=student_source(rt, student),
+        teacher=teacher.source,
+        data=dataset.source if dataset else "demo",
+        out=out,
+        work=work,
+        device=device_type(rt.device),
+    )
+
+
+def resuming(job: Job, ckpt: Path) -> bool:
+    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
+
+    return job.attempts > 1 and sharded_checkpoint_path(ckpt) is not None
+
+
+def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.handlers import _checkpoint_step, _publish, _record_artifact, checkpoint_dir
+
     p = job.params
-    ranks = int(p["gpus"])
-    dataset = _dataset(rt, p)
+    ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
+    world = ranks * nodes
     ckpt = checkpoint_dir(rt, job)
-    resume = job.attempts > 1 and sharded_checkpoint_path(ckpt) is not None
+    resume = resuming(job, ckpt)
     steps = total_steps(p)
     reported: dict[str, int] = {}
+    # A job over several nodes first gathers its gang (worker.gang): node 0 is this process.
+    rendezvous, workers = lead_gang(rt, job, ranks) if nodes > 1 else (None, [rt.worker_name])
 
     def report_checkpoint() -> None:
         """Mirror the sharded checkpoint's step (its torch-free summary) into the job row."""
@@ -105,24 +123,16 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.metrics(record)
         report_checkpoint()
         if phase == "train":
-            rt.progress(record["step"] / steps, f"step {record['step']}/{steps} on {ranks} ranks")
+            rt.progress(record["step"] / steps, f"step {record['step']}/{steps} on {world} ranks")
 
     outcome: dict[str, Any] = {}
 
     def write(out: Path) -> None:
-        args = distill_args(
-            p,
-            student=student_source(rt, student),
-            teacher=teacher.source,
-            data=dataset.source if dataset else "demo",
-            out=out,
-            work=ckpt,
-            device=device_type(rt.device),
-        )
+        args = rank_args(rt, job, out=out, work=ckpt)
         if resume:
             args.append("--resume")
             rt.log("resuming from the sharded checkpoint")
-        rt.progress(0.0, f"starting {ranks} ranks", force=True)
+        rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
         finished = run_ranks(
             rt,
             ranks,
@@ -131,6 +141,7 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             work=ckpt / "ranks",
             device_type=device_type(rt.device),
             on_record=on_record,
+            rendezvous=rendezvous,
         )
         report_checkpoint()  # the one the ranks wrote as they stopped or finished
         if not finished:
@@ -144,6 +155,29 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     return {
         "steps": outcome.get("steps"),
         "artifact": key,
-        "world_size": outcome.get("world_size", ranks),
+        "world_size": outcome.get("world_size", world),
+        "nodes": outcome.get("nodes", nodes),
+        "gpus_per_node": ranks,
+        "workers": workers,
         "final_validation": {k: v for k, v in final.items() if isinstance(v, (int, float))},
     }
+
+
+def lead_gang(rt: JobRuntime, job: Job, ranks: int) -> tuple[Rendezvous, list[str]]:
+    """Node 0 of a job over several nodes: the gang its task formed and opened (worker.gang.lead). The
+    job's log and row name every node's worker."""
+    nodes = int(job.params["nodes"])
+    gang = Gang.of(rt.settings, job.id, rt.attempt, nodes)
+    state, endpoint = gang.state()
+    if state != "open":
+        raise GangIncomplete(endpoint or "nodes: the job's gang was not formed")
+    members = gang.members()
+    workers = [m["worker"] for m in members.values()]
+    rt.log(
+        f"gang of {nodes} nodes: "
+        + ", ".join(f"node {i} {m['worker']}" for i, m in members.items())
+        + f"; rendezvous at {endpoint}"
+    )
+    with session_scope(rt.url) as s:
+        s.get(Job, job.id).worker = ", ".join(workers)[:200]
+    return Rendezvous(nodes, 0, endpoint, rt.settings.gang_timeout_s), workers

@@ -391,7 +391,7 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.distill import DistillConfig, distill
     from worker.engine.distill.memory import memory_options
 
-    if job.params.get("gpus", 1) > 1:  # N ranks under torchrun, supervised by this process
+    if job.params.get("gpus", 1) > 1 or job.params.get("nodes", 1) > 1:  # ranks under torchrun
         from worker.distill_ranks import run_distill_ranks
 
         return run_distill_ranks(rt, job)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from worker.runtime import JobRuntime
@@ -34,7 +35,31 @@ class RanksFailed(RuntimeError):
     """torchrun ended with an error; the message carries the end of the ranks' output."""
 
 
-def torchrun_command(ranks: int, module: str, args: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks of a job over several nodes meet (worker.gang): this node's place and node 0's
+    endpoint. A static rendezvous, so node 0's agent hosts the store and holds global rank 0."""
+
+    nodes: int
+    node_rank: int
+    endpoint: str  # host:port of node 0
+    timeout_s: float
+
+    def torchrun_options(self) -> list[str]:
+        host, port = self.endpoint.rsplit(":", 1)
+        return [
+            f"--nnodes={self.nodes}",
+            f"--node-rank={self.node_rank}",
+            f"--master-addr={host}",
+            f"--master-port={port}",
+            f"--rdzv-conf=timeout={max(1, int(self.timeout_s))}",
+        ]
+
+
+def torchrun_command(
+    ranks: int, module: str, args: list[str], rendezvous: Rendezvous | None = None
+) -> list[str]:
+    placement = rendezvous.torchrun_options() if rendezvous else ["--standalone"]
     return [
         sys.executable,
         "-m",
@@ -42,7 +67,7 @@ def torchrun_command(ranks: int, module: str, args: list[str]) -> list[str]:
         "--on-parent-death",
         "TERM",  # the agent: SIGTERM when the job's process dies, and it stops its ranks
         "torch.distributed.run",
-        "--standalone",
+        *placement,
         f"--nproc-per-node={ranks}",
         "--monitor-interval=0.5",
         "-m",
@@ -72,21 +97,28 @@ def run_ranks(
     work: Path,
     device_type: str,
     on_record: Callable[[dict], None],
+    rendezvous: Rendezvous | None = None,
 ) -> bool:
     """Run `module args` as `ranks` ranks until they end; forward rank 0's records and output lines.
 
     True when they finished, False when they stopped on request (torchrun then exits 1: a rank's
     "stopped" exit code 3 is a failure to it). Raises RanksFailed when they failed unasked.
-    `args` gets `--stop-file` and `--metrics-jsonl` under `work` appended.
+    `args` gets `--stop-file` and `--metrics-jsonl` under `work` appended. With `rendezvous` these
+    are this node's `ranks` of a job over several nodes (rank 0's records come only on node 0).
     """
     work.mkdir(parents=True, exist_ok=True)
     stop_file, metrics, output = work / "stop", work / "metrics.jsonl", work / "ranks.log"
     for stale in (stop_file, metrics):
         stale.unlink(missing_ok=True)
     command = torchrun_command(
-        ranks, module, [*args, "--stop-file", str(stop_file), "--metrics-jsonl", str(metrics)]
+        ranks, module, [*args, "--stop-file", str(stop_file), "--metrics-jsonl", str(metrics)], rendezvous
     )
-    rt.log(f"launching {ranks} ranks: torchrun --nproc-per-node={ranks} -m {module}")
+    where = (
+        f" --nnodes={rendezvous.nodes} --node-rank={rendezvous.node_rank} at {rendezvous.endpoint}"
+        if rendezvous
+        else ""
+    )
+    rt.log(f"launching {ranks} ranks: torchrun --nproc-per-node={ranks}{where} -m {module}")
     with output.open("wb") as out:
         agent = subprocess.Popen(
             command,

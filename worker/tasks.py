@@ -7,11 +7,15 @@ import logging
 
 from celery.signals import worker_init, worker_shutting_down
 
+from backend.db import session_scope
+from backend.models import Job
 from backend.queue import RUN_JOB, make_celery
 from backend.routing import can_serve
 from backend.settings import Settings
 from worker.execution import execute
+from worker.gang import Gang, GangIncomplete, lead, node_address, worker_id
 from worker.isolation import ChildDied, run_isolated, warm_up
+from worker.node_member import execute_member
 from worker.runtime import SHUTTING_DOWN, JobRuntime
 from worker.workflow_hook import advance_parent
 
@@ -34,14 +38,14 @@ def preload(**_kwargs) -> None:
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: int, attempt: int) -> str:
+def run_job(job_id: int, attempt: int, node: int = 0, nodes: int = 1) -> str:
     try:
-        return _run_job(job_id, attempt)
+        return _run_job(job_id, attempt, node, nodes)
     finally:  # a workflow's child ended (or was refused, or its process died): take the next step now
         advance_parent(_settings, job_id, app.send_task)
 
 
-def _run_job(job_id: int, attempt: int) -> str:
+def _run_job(job_id: int, attempt: int, node: int, nodes: int) -> str:
     settings = Settings()
     rt = JobRuntime(settings, job_id, attempt, device=settings.worker_device)
     # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an
@@ -56,15 +60,45 @@ def _run_job(job_id: int, attempt: int) -> str:
     waiting = _wait_for_distillation(rt)
     if waiting:
         return waiting
+    target, args = execute, (job_id, attempt, rt.device)
+    nodes = nodes if node else _nodes(rt)
+    if nodes > 1:  # one node of a job over several (worker.gang): this worker holds a slot of its gang
+        joined = Gang.of(settings, job_id, attempt, nodes).join(node, worker_id(), node_address(settings))
+        if joined == "busy":  # this worker runs another node of it: leave this one to another worker
+            run_job.apply_async(args=[job_id, attempt, node, nodes], queue=_queue(rt), countdown=1)
+            return "deferred"
+        if joined != "joined":
+            return "skipped"
+        if node == 0:  # the API sent node 0's message; node 0 sends the others to the same queue
+            for member in range(1, nodes):
+                run_job.apply_async(args=[job_id, attempt, member, nodes], queue=_queue(rt))
+            try:  # before the claim: a gang that cannot form leaves the job unstarted (resumable)
+                lead(rt, Gang.of(settings, job_id, attempt, nodes))
+            except GangIncomplete as exc:
+                return "refused" if rt.refuse(str(exc)) else "skipped"
+        else:
+            target, args = execute_member, (job_id, attempt, node, nodes, rt.device)
     # The job itself runs in a process of its own (worker.isolation: torch's global state is per process).
     try:
-        return run_isolated(execute, job_id, attempt, rt.device)
+        return run_isolated(target, *args)
     except ChildDied as exc:
         reason = f"{exc}; the job did not finish"
         log.error("job %s: %s", job_id, reason)
         if rt.refuse(reason) or rt.fail_if_running(reason):
             return "failed"
         return "skipped"
+
+
+def _nodes(rt: JobRuntime) -> int:
+    """How many nodes the job asks for (`nodes` in its params; 1 when absent or the job is gone)."""
+    with session_scope(rt.url) as s:
+        job = s.get(Job, rt.job_id)
+        return int((job.params or {}).get("nodes", 1)) if job is not None else 1
+
+
+def _queue(rt: JobRuntime) -> str:
+    with session_scope(rt.url) as s:
+        return s.get(Job, rt.job_id).queue
 
 
 DISTILLATION_POLL_S = 2.0

@@ -1,0 +1,155 @@
+"""A distill job over several nodes through the real API and two real CPU workers on this machine.
+
+Each worker is a "node" with one gloo rank (`gpus: 1, nodes: 2`): the API sends node 0's message, the
+worker that takes it joins the job's gang (worker.gang) and sends node 1's, the other worker takes it,
+and the two torchrun agents meet at node 0's rendezvous. The job ends with the same weights as a
+`gpus: 2` job on one worker (1e-5); a cancel and the loss of a node's worker end every rank; a gang that
+cannot form fails cleanly within its timeout; a job needing more workers than are live is a 409.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import WorkerProcess, start_live_app, stop_live_app
+from tests.platform.helpers import make_dataset, make_student, start_distill
+from tests.platform.test_multi_rank_jobs import rank_processes, wait_for_step, wait_no_ranks
+
+GANG_TIMEOUT_S = 8
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory, redis_url):
+    """API + worker A, and worker B on the same database, Redis prefix and artifacts (a shared store)."""
+    base = tmp_path_factory.mktemp("nodes")
+    app = start_live_app(
+        base,
+        redis_url,
+        PRUNESCOPE_WORKER_CPU_RANKS="2",
+        PRUNESCOPE_GANG_TIMEOUT_S=str(GANG_TIMEOUT_S),
+        PRUNESCOPE_WORKER_ADDRESS="127.0.0.1",
+    )
+    second = WorkerProcess(app.env, base / "worker-b.log").start()
+    app.second = second
+    yield app
+    second.stop()
+    stop_live_app(app)
+
+
+def _student(app) -> dict:
+    return next(iter(app.api.get("/students").json()), None) or make_student(app)
+
+
+def _weights(app, job: dict) -> dict:
+    return load_file(app.data_dir / "artifacts" / job["result"]["artifact"] / "model.safetensors")
+
+
+def _text(app, job_id: int) -> str:
+    return json.dumps(app.api.get(f"/jobs/{job_id}/logs").json())
+
+
+def test_two_nodes_end_with_the_weights_of_two_ranks_on_one_node(two_nodes):
+    app = two_nodes
+    assert len(app.api.get("/workers").json()) == 2
+    student = _student(app)
+    dataset = make_dataset(app)["id"]
+    params = dict(steps=4, batch_size=2, checkpoint_every=0, warmup=1, lr=3e-3, dataset_id=dataset)
+    nodes_job = start_distill(app, student["id"], gpus=1, nodes=2, **params)
+    done = app.wait_job(nodes_job["id"], timeout=180)
+    assert done["status"] == "succeeded", (done.get("error"), app.worker.log(), app.second.log())
+    result = done["result"]
+    assert result["world_size"] == 2 and result["nodes"] == 2 and result["steps"] == 4
+    assert len(set(result["workers"])) == 2  # two distinct workers, one node each
+    manifest = json.loads(
+        (app.data_dir / "artifacts" / result["artifact"] / "prunescope_manifest.json").read_text()
+    )
+    assert manifest["world_size"] == 2 and manifest["nodes"] == 2
+    series = app.api.get(f"/jobs/{nodes_job['id']}/metrics?names=loss").json()["series"]["loss"]
+    assert [p["step"] for p in series] == [1, 2, 3, 4]
+    text = _text(app, nodes_job["id"])
+    assert "gang of 2 nodes" in text and "--nnodes=2 --node-rank=0" in text
+    assert "[node 1] launching 1 ranks" in text  # node 1's lines reach the job's log
+
+    one_node = start_distill(app, student["id"], gpus=2, **params)
+    reference = app.wait_job(one_node["id"], timeout=180)
+    assert reference["status"] == "succeeded", reference.get("error")
+    got, want = _weights(app, done), _weights(app, reference)
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        assert (got[name].float() - tensor.float()).abs().max().item() <= 1e-5, name
+    first = load_file(app.data_dir / "artifacts" / student["path"] / "model.safetensors")
+    moved = max((first[n].float() - t.float()).abs().max().item() for n, t in want.items() if n in first)
+    assert moved > 1e-3  # the 4 steps moved the weights far beyond the tolerance above
+    assert rank_processes(str(app.data_dir)) == []
+
+
+def test_more_nodes_than_live_workers_is_refused(two_nodes):
+    app = two_nodes
+    student = _student(app)
+    before = app.api.get("/jobs").json()
+    r = app.api.post(
+        "/jobs",
+        json={"kind": "distill", "student_id": student["id"], "params": {"nodes": 3, "batch_size": 3}},
+    )
+    assert r.status_code == 409, r.text
+    assert "nodes: this distillation asks for 3 workers" in r.text and "use nodes <= 2" in r.text
+    assert app.api.get("/jobs").json() == before
+    r = app.api.post(
+        "/jobs",
+        json={"kind": "distill", "student_id": student["id"], "params": {"nodes": 2, "batch_size": 3}},
+    )
+    assert r.status_code == 422 and "gpus x nodes (1 x 2)" in r.text, r.text
+
+
+def test_a_gang_that_cannot_form_fails_within_its_timeout(two_nodes):
+    app = two_nodes
+    student = _student(app)
+    app.second.pause()  # still in the registry, but takes nothing: node 1's message finds no taker
+    try:
+        began = time.monotonic()
+        job = start_distill(app, student["id"], gpus=1, nodes=2, steps=4, checkpoint_every=0)
+        done = app.wait_job(job["id"], timeout=GANG_TIMEOUT_S + 60)
+    finally:
+        app.second.pause(False)
+    assert done["status"] == "failed"
+    assert "only 1 of 2 nodes joined within 8 s" in done["error"], done["error"]
+    assert done["resumable"] and done["started_at"] is None  # refused before it was claimed: nothing ran
+    assert time.monotonic() - began < GANG_TIMEOUT_S + 30
+    assert rank_processes(str(app.data_dir)) == []  # nothing was launched
+    # The message node 1 never got to is dropped by whoever takes it: the job stays failed.
+    time.sleep(2)
+    assert app.api.get(f"/jobs/{job['id']}").json()["status"] == "failed"
+
+
+def test_cancel_ends_the_ranks_of_every_node(two_nodes):
+    app = two_nodes
+    student = _student(app)
+    job = start_distill(app, student["id"], gpus=1, nodes=2, steps=100_000, checkpoint_every=0)
+    wait_for_step(app, job["id"], 1)
+    assert app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    done = app.wait_job(job["id"], timeout=60)
+    assert done["status"] == "cancelled", done.get("error")
+    assert done["checkpoint_step"] >= 1  # the ranks' sharded checkpoint as they stopped together
+    assert wait_no_ranks(str(app.data_dir)) == []
+
+
+def test_losing_a_node_fails_the_job_and_leaves_no_rank(two_nodes):
+    """Last in the module: SIGKILL the worker running node 1; every rank on both nodes ends."""
+    app = two_nodes
+    student = _student(app)
+    job = start_distill(app, student["id"], gpus=1, nodes=2, steps=100_000, checkpoint_every=0)
+    wait_for_step(app, job["id"], 1)
+    node1_pid = int(re.search(r"node 1 [^ ]+:(\d+)", _text(app, job["id"])).group(1))  # the gang's log line
+    victim = next(w for w in (app.worker, app.second) if os.getpgid(node1_pid) == w.proc.pid)
+    began = time.monotonic()
+    victim.kill()
+    done = app.wait_job(job["id"], timeout=120)
+    assert done["status"] == "failed", done
+    assert time.monotonic() - began < 90
+    assert wait_no_ranks(str(app.data_dir)) == []
