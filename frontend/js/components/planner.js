@@ -8,6 +8,7 @@ import { bytes, compact, flops, int, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
+import { protocolNote } from "./protocol.js";
 
 /** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
 /** "5.87M" -> 5870000; "70%" -> 70% of `total` (a budget as a share of the teacher). */
@@ -259,7 +260,8 @@ export class Planner {
         const r = j.result;
         mount(this.previewBox, h("div.kv", { style: { marginTop: "6px" } },
           h("dt", "teacher ppl"), h("dd", { dataset: { testid: "ppl-teacher" } }, sig(r.ppl_teacher)),
-          h("dt", "masked ppl"), h("dd", { dataset: { testid: "ppl-masked" } }, `${sig(r.ppl_masked)}  (×${sig(r.ratio ?? r.ppl_masked / r.ppl_teacher, 3)})`)));
+          h("dt", "masked ppl"), h("dd", { dataset: { testid: "ppl-masked" } }, `${sig(r.ppl_masked)}  (×${sig(r.ratio ?? r.ppl_masked / r.ppl_teacher, 3)})`),
+          h("dt", "measured"), h("dd", protocolNote(r.protocol, { testid: "preview-protocol" }) ?? "–")));
       } else if (j.status === "failed" || j.status === "cancelled") {
         mount(this.previewBox, h("div.error-msg", `Preview ${j.status}: ${j.error || "no reason given"}`));
       } else {

@@ -3,6 +3,7 @@
 // Every number carries data-value (the stored value) so tests can hold the text to the result.
 
 import { h } from "../dom.js";
+import { mismatchMark, protocolNote } from "./protocol.js";
 import { bytes, compact, duration, int, ms, rate, sig, times } from "../format.js";
 
 /** One number: formatted text, raw value in data-value. */
@@ -18,7 +19,8 @@ function card(label, value, format, testid, sub = null) {
 export function evaluateResult(r, teacher = null) {
   const p = r.perplexity || {};
   const tp = teacher?.perplexity;
-  const vsTeacher = tp ? h("span", "teacher ", num(tp.perplexity, (x) => sig(x, 4), "teacher-ppl")) : null;
+  // The teacher's number beside it, marked when it was measured on another protocol.
+  const vsTeacher = tp ? h("span", "teacher ", num(tp.perplexity, (x) => sig(x, 4), "teacher-ppl"), teacher.protocol ? mismatchMark(r.protocol, teacher.protocol) : null) : null;
   const tasks = r.tasks || [];
   return h("div.stack", { dataset: { testid: "evaluate-result" } },
     h("div.cards",
@@ -26,6 +28,7 @@ export function evaluateResult(r, teacher = null) {
       card("loss (nats / token)", p.loss, (x) => sig(x, 4), "loss"),
       card("tokens scored", p.tokens, int, "tokens", `${p.documents ?? p.blocks ?? "–"} ${p.documents !== undefined ? "documents" : "blocks"} · context ${p.context ?? "–"}`),
       card("took", r.seconds, duration, "seconds")),
+    r.protocol ? h("div.hint", "measured ", protocolNote(r.protocol, { testid: "evaluate-protocol" })) : null,
     tasks.length
       ? h("table", { dataset: { testid: "lm-eval-tasks" } },
           h("thead", h("tr", h("th", "task"), h("th", "metric"), h("th.num", "value"), h("th.num", "± stderr"))),

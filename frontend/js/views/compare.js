@@ -11,6 +11,7 @@ import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../
 import { go, href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { distillFields, distillParams } from "./runs.js";
+import { mismatchMark } from "../components/protocol.js";
 
 export async function compareView(host, { query }, ctx) {
   const chosen = new Set((query.get("students") || "").split(",").filter(Boolean).map(Number));
@@ -125,6 +126,7 @@ export async function compareView(host, { query }, ctx) {
       h("section.panel", h("header", h("h2", "Benchmarks"), h("span.hint", "★ best in column"), benchBtn), tableBox, benchErr),
       h("section.panel", h("header", h("h2", "Distillation curves"),
         segmented([["val_ppl", "val ppl"], ["val_loss", "val loss"], ["kd_loss", "KD loss"], ["ce_loss", "CE loss"], ["loss", "loss"]], metric, (v) => { metric = v; setQuery({ metric: v }); drawCurves(curvesPlot, models); })),
+        h("div.hint", { dataset: { testid: "curves-protocol" }, title: "Each distillation validates on packed blocks of its own sequence length from the validation split (its job page names them); the table's perplexity is on the teacher's protocol." }, "Validation curves: packed validation blocks of each run's sequence length — another protocol than the table's perplexity ", h("span.protocol-mismatch", "≠")),
         curvesPlot),
     );
     drawCurves(curvesPlot, models);
@@ -227,8 +229,16 @@ function run0(model, benchmarks) {
 /** The newest result of a list that measured these weights ("pruned" | "distilled"). */
 const latestOf = (list, weights) => latest((list || []).filter((r) => r.weights === weights));
 
-/** The evaluation the table shows: a student's newest of its distilled weights, else the newest of any. */
-const shownEvaluation = (model) => latestOf(model.evaluations, "distilled") || latest(model.evaluations);
+/** A model's evaluations on its teacher's protocol (all of them when the protocol is not known). */
+const onProtocol = (model) => (model.eval_protocol ? (model.evaluations || []).filter((r) => r.protocol?.id === model.eval_protocol.id) : model.evaluations || []);
+
+/** The evaluation the table shows: on the teacher's protocol when there is one (else another, marked
+ * "≠"), a student's newest of its distilled weights, else the newest of any. */
+const shownEvaluation = (model) => {
+  const same = onProtocol(model);
+  return latestOf(same, "distilled") || latest(same) || latestOf(model.evaluations, "distilled") || latest(model.evaluations);
+};
+const shownPruned = (model) => latestOf(onProtocol(model), "pruned") || latestOf(model.evaluations, "pruned");
 
 /** "teacher", or which of a student's weights its shown results measured. */
 function measuredLabel(model) {
@@ -248,12 +258,13 @@ function perplexityValue(evaluation) {
 function benchColumns(models) {
   const all = models.map((m) => latest(m.benchmarks)).filter(Boolean);
   const ppl = models.map((m) => shownEvaluation(m)?.perplexity).find((p) => p && typeof p === "object");
+  const protocol = models.map((m) => m.eval_protocol).find(Boolean);
   const run = models.map((m) => run0(m, all)).find(Boolean);
   const device = all.map((b) => b?.teacher?.device || b?.student?.device).find(Boolean);
   const cols = [
-    ["perplexity", (m) => perplexityValue(shownEvaluation(m)), "min", null, `Sliding-window perplexity of each model's latest evaluation (a student's newest evaluation of its distilled weights when there is one, i.e. after distillation)${ppl ? ` (${ppl.documents} documents, context ${ppl.context}, stride ${ppl.stride})` : ""}; not comparable with the distillation curves' validation perplexity (another split and window)`, shownEvaluation],
+    ["perplexity", (m) => perplexityValue(shownEvaluation(m)), "min", null, `Perplexity of each model's latest evaluation on the teacher's protocol (a student's newest evaluation of its distilled weights when there is one, i.e. after distillation). ${protocol ? `Protocol ${protocol.id}: ${protocol.description}` : ppl ? `(${ppl.documents} documents, context ${ppl.context}, stride ${ppl.stride})` : ""} ≠ marks a number measured on another protocol (not comparable). The distillation curves' validation perplexity is measured on packed validation blocks: another protocol.`, shownEvaluation],
     // Minitron reports both: how much pruning alone costs, and what distillation wins back.
-    ["ppl pruned", (m) => perplexityValue(latestOf(m.evaluations, "pruned")), "min", null, "Perplexity before distillation: a student's newest evaluation of its pruned weights (weights: pruned), as cut from the teacher; blank when none was run", (m) => latestOf(m.evaluations, "pruned")],
+    ["ppl pruned", (m) => perplexityValue(shownPruned(m)), "min", null, "Perplexity before distillation: a student's newest evaluation of its pruned weights (weights: pruned), as cut from the teacher, on the teacher's protocol; blank when none was run", shownPruned],
     ["params", (m) => m.spec?.params_total, "min"],
     ["prefill tok/s", (m) => run0(m, all)?.prefill_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.prompt_len}-token prompt${device ? `, on ${device}` : ""}` : ""],
     ["decode tok/s", (m) => run0(m, all)?.decode_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.new_tokens} new tokens` : ""],
@@ -279,8 +290,13 @@ function benchColumns(models) {
 
 function benchTable(models) {
   const cols = benchColumns(models);
-  const best = cols.map(([, get, dir]) => {
-    const vals = models.map(get).filter((v) => typeof v === "number" && Number.isFinite(v));
+  // A perplexity measured on another protocol than its teacher's is not a candidate for ★ best.
+  const comparable = (m, source) => {
+    const r = source ? source(m) : null;
+    return !(r && r.perplexity !== undefined && m.eval_protocol && r.protocol?.id !== m.eval_protocol.id);
+  };
+  const best = cols.map(([, get, dir, , , source]) => {
+    const vals = models.filter((m) => comparable(m, source)).map(get).filter((v) => typeof v === "number" && Number.isFinite(v));
     if (vals.length < 2) return null;
     return dir === "min" ? Math.min(...vals) : Math.max(...vals);
   });
@@ -290,7 +306,8 @@ function benchTable(models) {
       const v = get(m);
       const isBest = best[i] !== null && v === best[i];
       const r = typeof v === "number" && source ? source(m) : null;
-      return h(`td.num${isBest ? ".best" : ""}`, r ? { title: `evaluate job ${r.job_id}${r.weights ? ` (${r.weights} weights)` : ""}: ${v}` } : {}, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–");
+      const mark = r && r.perplexity !== undefined ? mismatchMark(r.protocol, m.eval_protocol) : null;
+      return h(`td.num${isBest ? ".best" : ""}`, r ? { title: `evaluate job ${r.job_id}${r.weights ? ` (${r.weights} weights)` : ""}${r.protocol ? ` on ${r.protocol.id}` : ""}: ${v}` } : {}, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–", mark);
     })))));
 }
 

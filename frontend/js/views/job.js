@@ -10,6 +10,7 @@ import { compact, duration, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
+import { mismatchMark, protocolNote } from "../components/protocol.js";
 
 // One small chart per metric (W&B style): losses of very different scales never share an axis.
 const METRICS = [
@@ -108,7 +109,12 @@ export async function jobView(host, { args, query }, ctx) {
   const charts = new Map(
     METRICS.map(([name, label]) => {
       const plot = h("div.plot", { dataset: { testid: `plot-${name}` } });
-      const panel = h("section.panel.hidden", h("header", h("h2", label)), plot);
+      // A validation curve says what it is measured on, and whether that is its teacher's protocol.
+      const measured = name.startsWith("val_") && job.protocol ? h("span.row", { style: { gap: "4px" } }, protocolNote(job.protocol, { testid: `curve-protocol-${name}` })) : null;
+      if (measured && job.teacher_id) {
+        api.get(`/teachers/${job.teacher_id}`).then((t) => measured.append(mismatchMark(job.protocol, t.eval_protocol, { testid: `curve-mismatch-${name}` }) ?? ""), () => {});
+      }
+      const panel = h("section.panel.hidden", h("header", h("h2", label), measured), plot);
       return [name, { panel, plot }];
     }),
   );

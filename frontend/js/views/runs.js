@@ -6,13 +6,25 @@ import { field, progressBar, readForm, statusBadge, statusReason } from "../comp
 import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
-import { memoryLine, queueFor } from "../components/memline.js";
+import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.js";
 import { distillCandidates, distillMemory, fitLine } from "../memplan.js";
+import { remember, restore } from "../remember.js";
+import { RunsTable } from "../components/runtable.js";
 
 export const DISTILL_DEFAULTS = { steps: 200, lr: 1e-4, min_lr: 1e-5, warmup: 20, temperature: 1.0, ce_weight: 0.0, teacher_correction_steps: 0, batch_size: 8, seq_len: 128, val_every: 50, checkpoint_every: 50, seed: 0 };
 
 /** The distillation form (shared with the depth-vs-width wizard). */
+export const DISTILL_FORM_KEY = "distill";
+
+/** The distillation form (shared with the depth-vs-width wizard), with the last submitted settings
+ * (remember.js) in place of the defaults; `values` given here still win. */
 export function distillFields(datasets, values = {}) {
+  const grid = distillGrid(datasets, values);
+  restore(DISTILL_FORM_KEY, grid, Object.keys(values).map((k) => (k === "steps" || k === "tokens" ? "budget" : k)));
+  return grid;
+}
+
+function distillGrid(datasets, values) {
   const v = { ...DISTILL_DEFAULTS, ...values };
   return h("div.form-grid",
     field({ name: "budget_kind", label: "Budget in", options: [["steps", "steps"], ["tokens", "tokens"]], value: "steps" }),
@@ -68,18 +80,18 @@ export async function runsView(host, { query }, ctx) {
   const state = { students: [], teachers: [], datasets: [], jobs: [], selected: Number(query.get("student")) || null };
   const list = h("div");
   const detail = h("div.stack");
-  const recent = h("div");
+  const runs = new RunsTable(ctx, () => refresh());
   mount(host,
     h("div.page-head", h("h1", "Runs"), h("span.sub", "Students cut from a plan, their distillation, evaluation and benchmark jobs.")),
     h("div.grid", { style: { gridTemplateColumns: "minmax(300px, 420px) minmax(0, 1fr)" } },
       h("section.panel", h("header", h("h2", "Students")), list),
       detail),
-    h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Recent jobs")), recent),
+    h("section.panel", { style: { marginTop: "14px" }, dataset: { testid: "runs-panel" } }, h("header", h("h2", "Runs"), h("span.hint", "every job: search, filter, rename, tag, delete, export; tick runs to overlay their curves")), runs.el),
   );
 
   async function refresh() {
     try {
-      [state.students, state.teachers, state.datasets, state.jobs] = await Promise.all([api.get("/students"), api.get("/teachers"), api.get("/datasets"), api.get("/jobs?limit=50")]);
+      [state.students, state.teachers, state.datasets, state.jobs] = await Promise.all([api.get("/students"), api.get("/teachers"), api.get("/datasets"), api.get("/jobs?limit=500")]);
     } catch (err) {
       mount(list, h("div.error-msg", err.message));
       return;
@@ -88,7 +100,7 @@ export async function runsView(host, { query }, ctx) {
     if (!state.selected && state.students.length) state.selected = state.students[0].id;
     renderList();
     renderDetail();
-    renderRecent();
+    runs.update({ jobs: state.jobs, students: state.students, teachers: state.teachers });
   }
 
   const teacherOf = (s) => state.teachers.find((t) => t.id === s.teacher_id);
@@ -122,12 +134,6 @@ export async function runsView(host, { query }, ctx) {
       h("td", { style: { width: "26%" } }, progressBar(j)), h("td.faint.nowrap", when(j.created_at)));
   }
 
-  function renderRecent() {
-    mount(recent, state.jobs.length
-      ? h("table", h("thead", h("tr", h("th", "job"), h("th", "kind"), h("th", "model"), h("th", "status"), h("th", "progress"), h("th", "created"))), h("tbody", state.jobs.map(jobRow)))
-      : h("div.empty", "No job yet."));
-  }
-
   let detailKey = null;
   const studentJobs = h("div");
   function renderStudentJobs(s) {
@@ -156,6 +162,7 @@ export async function runsView(host, { query }, ctx) {
       ev.preventDefault();
       try {
         const job = await api.post("/jobs", { kind: "distill", student_id: s.id, params: distillParams(form) });
+        remember(DISTILL_FORM_KEY, form); // the next form starts from these settings
         showError(err, null, form);
         toast(`Distillation job #${job.id} queued.`);
         go("job", [job.id]);
@@ -200,6 +207,7 @@ export async function runsView(host, { query }, ctx) {
         h("div.row", { style: { marginTop: "10px" } },
           h("button", { disabled: s.status !== "ready", onclick: quick("evaluate", {}) }, "Evaluate perplexity"),
           h("button", { disabled: s.status !== "ready", onclick: quick("benchmark", {}) }, "Benchmark speed")),
+        measureMemoryLine(s, t),
         quickErr),
       h("section.panel", h("header", h("h2", "Queue distillation"), h("span.hint", "forward KL to the teacher's logits (Minitron); baseline trains on CE without the teacher")), form),
       h("section.panel", h("header", h("h2", "Jobs of this student")), studentJobs),
