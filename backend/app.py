@@ -10,25 +10,26 @@ from pathlib import Path
 
 import plotly
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from backend.api import (
     compare,
+    errors,
     events,
     importance,
     jobs,
     plans,
+    runs,
     searches,
     students,
     system,
     teachers,
     workflows,
 )
+from backend.api import searches
 from backend.db import session_factory
-from backend.errors import DomainError, Unavailable
-from backend.guard import PREFIX, Guard, SafeJSONResponse, validation_error
+from backend.guard import PREFIX, Guard
 from backend.notifier import Notifier
 from backend.queue import make_celery
 from backend.reaper import reap_forever
@@ -79,14 +80,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings.broker_url, settings.redis_prefix)
 
     app.add_middleware(Guard, settings=settings)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(DomainError, _domain_error)
+    errors.install(app)
 
-    for module in (system, teachers, importance, plans, students, jobs, events, compare):
-        app.include_router(module.router, prefix=PREFIX)
-    app.include_router(searches.router, prefix=PREFIX)  # architecture search (issue 12)
-
-    app.include_router(workflows.router, prefix=PREFIX)  # bake-offs, the depth-vs-width study
+    # Every route answers bad input with the error body of backend/api/errors.py (declared once here).
+    typed_422 = errors.errors(422)
+    for module in (system, teachers, importance, plans, students, jobs, runs, events, compare):
+        app.include_router(module.router, prefix=PREFIX, responses=typed_422)
+    app.include_router(searches.router, prefix=PREFIX, responses=typed_422)  # architecture search (issue 12)
+    app.include_router(
+        workflows.router, prefix=PREFIX, responses=typed_422
+    )  # bake-offs, the depth-vs-width study
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js():
@@ -96,16 +99,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if frontend.is_dir():
         app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
     return app
-
-
-async def _domain_error(request, exc: DomainError) -> SafeJSONResponse:
-    """A domain error (backend.errors) as its HTTP answer (the structured body of backend/api/errors.py
-    replaces this)."""
-    from backend.errors import Conflict, Forbidden, InvalidInput, NotFound
-
-    status = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unavailable: 503}
-    code = next((c for cls, c in status.items() if isinstance(exc, cls)), 400)
-    if code == 422:
-        detail = [{"loc": list(p.field or ()), "msg": p.message, "type": "value_error"} for p in exc.problems]
-        return SafeJSONResponse({"detail": detail}, status_code=422)
-    return SafeJSONResponse({"detail": exc.message}, status_code=code)

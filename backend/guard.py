@@ -1,5 +1,6 @@
 """The API's front door, one ASGI middleware: request size limit, Host and Origin checks, bearer token,
-and a last-resort 500 that keeps the connection open; plus the 422 answer every bad field gets.
+and a last-resort 500 that keeps the connection open. Its refusals have the body of every error
+(backend/api/errors.py).
 
 Host and Origin: with no token (the loopback default) any web page the user visits could otherwise drive
 the API — by posting to it from its own origin (cross-site request), or by pointing its own DNS name at
@@ -14,15 +15,13 @@ A plain ASGI middleware (not BaseHTTPMiddleware), so streaming responses (SSE) p
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
+from backend.api.errors import message
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,7 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             status, detail, extra = refusal
-            return await JSONResponse({"detail": detail}, status_code=status, headers=extra)(
-                scope, receive, send
-            )
+            return await message(status, detail, extra)(scope, receive, send)
         if "chunked" in headers.get("transfer-encoding", ""):  # no length stated: count as it arrives
             limit = self.settings.max_body_bytes
             receive = _limited(receive, limit, f"request body over {limit} bytes")
@@ -66,9 +63,7 @@ class Guard:
             if started:
                 raise
             log.exception("%s %s failed", scope["method"], scope["path"])
-            await SafeJSONResponse({"detail": "internal server error (logged on the server)"}, 500)(
-                scope, receive, send
-            )
+            await message(500, "internal server error (logged on the server)")(scope, receive, send)
 
     def _refusal(self, scope, headers: dict[str, str]) -> tuple[int, str, dict] | None:
         """(status, detail, headers) of the response that refuses this request, or None to serve it."""
@@ -121,20 +116,6 @@ class Guard:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             return query.get("token", [""])[0]
         return ""
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON whatever the text holds: unpaired surrogates escaped (UTF-8 cannot encode them)."""
-
-    def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-async def validation_error(request, exc: RequestValidationError) -> JSONResponse:
-    """422 with each error's field and message. Not the rejected `input` FastAPI echoes by default: it may
-    be NaN or hold unpaired surrogates, which would turn the answer to bad input into a 500."""
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return SafeJSONResponse({"detail": detail}, status_code=422)
 
 
 def hostname(host: str) -> str:

@@ -6,9 +6,12 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.api.errors import errors
 from backend.deps import QueryId, field_error, get_db, get_or_404
 from backend.models import BenchmarkResult, Job, Student, Teacher
+from backend.responses import ComparedModel, CompareOut
 from backend.schemas import MAX_ID
+from worker.engine import eval_protocol
 
 router = APIRouter(tags=["compare"])
 
@@ -38,12 +41,18 @@ def _results(db: Session, kind: str, **where) -> list[dict]:
     return [{"job_id": r.job_id, **r.result} for r in ordered]
 
 
-@router.get("/compare")
+def protocol_of(db: Session, teacher_id: int) -> dict:
+    """The evaluation protocol a model's numbers are compared on: its teacher's."""
+    teacher = db.get(Teacher, teacher_id)
+    return eval_protocol.of_teacher(teacher.eval_protocol if teacher else None).record()
+
+
+@router.get("/compare", responses=errors(404))
 def compare(
     teacher: QueryId = None,
     students: str = Query("", max_length=2000, description="comma-separated ids"),
     db: Session = Depends(get_db),
-) -> dict:
+) -> CompareOut:
     try:
         student_ids = [int(s) for s in students.split(",") if s.strip()]
     except ValueError as exc:
@@ -54,15 +63,16 @@ def compare(
     if teacher is not None:
         t = get_or_404(db, Teacher, teacher)
         models.append(
-            {
-                "kind": "teacher",
-                "id": t.id,
-                "name": t.name,
-                "spec": t.spec,
-                "evaluations": _results(db, "evaluate", teacher_id=t.id, student_id=None),
-                "benchmarks": _results(db, "benchmark", teacher_id=t.id, student_id=None),
-                "distill_jobs": [],
-            }
+            ComparedModel(
+                kind="teacher",
+                id=t.id,
+                name=t.name,
+                spec=t.spec,
+                evaluations=_results(db, "evaluate", teacher_id=t.id, student_id=None),
+                benchmarks=_results(db, "benchmark", teacher_id=t.id, student_id=None),
+                distill_jobs=[],
+                eval_protocol=protocol_of(db, t.id),
+            )
         )
     for sid in student_ids:
         s = get_or_404(db, Student, sid)
@@ -70,14 +80,15 @@ def compare(
             select(Job.id).where(Job.student_id == sid, Job.kind == "distill").order_by(Job.id)
         ).all()
         models.append(
-            {
-                "kind": "student",
-                "id": s.id,
-                "name": s.name,
-                "spec": s.spec,
-                "evaluations": _results(db, "evaluate", student_id=s.id),
-                "benchmarks": _results(db, "benchmark", student_id=s.id),
-                "distill_jobs": list(jobs),
-            }
+            ComparedModel(
+                kind="student",
+                id=s.id,
+                name=s.name,
+                spec=s.spec,
+                evaluations=_results(db, "evaluate", student_id=s.id),
+                benchmarks=_results(db, "benchmark", student_id=s.id),
+                distill_jobs=list(jobs),
+                eval_protocol=protocol_of(db, s.teacher_id),
+            )
         )
-    return {"models": models}
+    return CompareOut(models=models)

@@ -35,7 +35,7 @@ STATUS_TYPES = {
     500: "internal_error",
     503: "unavailable",
 }
-# By class name along the MRO, so a subclass defined next to its use (e.g. a 403) maps too.
+# By class name along the MRO (a subclass of one of them maps like it).
 DOMAIN_STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unavailable": 503, "Forbidden": 403}
 STATUS_WORDS = {
     400: "Bad request",

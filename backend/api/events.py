@@ -15,8 +15,10 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from backend.api.errors import errors
 from backend.deps import PathId, field_error, get_or_404
 from backend.models import FINISHED, Event, Job, Teacher
+from backend.responses import STREAM_EVENTS
 from backend.schemas import MAX_ID
 
 router = APIRouter(tags=["events"])
@@ -77,31 +79,49 @@ async def _stream(request: Request, scope: str, key: int, cursor: int):
             yield ": keepalive\n\n"
 
 
+def _stream_doc(what: str) -> dict:
+    """The OpenAPI answer of a stream: `text/event-stream`, each event's `data:` a JSON object whose
+    schema is listed under `x-sse-events` by event name (a schema cannot describe a stream itself)."""
+    events = {name: model.model_json_schema() for name, model in STREAM_EVENTS.items()}
+    return {
+        200: {
+            "description": f"Server-Sent Events of {what}: `status` (a JobOut), `metric`, `log`, and for a job "
+            "stream `end` once it finished; each with `id:` to resume from (Last-Event-ID)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "x-sse-events": events}},
+        },
+        **errors(404),
+    }
+
+
 def _response(gen) -> StreamingResponse:
     return StreamingResponse(
         gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=_stream_doc("one job"))
 async def job_events(
     job_id: PathId,
     request: Request,
     last_event_id: LastEventId = None,
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
-):
+) -> StreamingResponse:
     await run_in_threadpool(_exists, request, Job, job_id)
     cursor = _cursor(last_event_id_header, last_event_id)
     return _response(_stream(request, "job", job_id, cursor if cursor is not None else 0))
 
 
-@router.get("/teachers/{teacher_id}/events")
+@router.get(
+    "/teachers/{teacher_id}/events",
+    response_class=StreamingResponse,
+    responses=_stream_doc("every job of a teacher"),
+)
 async def teacher_events(
     teacher_id: PathId,
     request: Request,
     last_event_id: LastEventId = None,
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
-):
+) -> StreamingResponse:
     await run_in_threadpool(_exists, request, Teacher, teacher_id)
     cursor = _cursor(last_event_id_header, last_event_id)
     if cursor is None:  # a fresh teacher stream starts now: only new events

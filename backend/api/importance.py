@@ -5,32 +5,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, lifecycle, memcheck, serialize
+from backend import heatmaps, lifecycle, memcheck
+from backend.api.errors import errors
 from backend.artifacts import ArtifactStore
 from backend.data_reading import check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
+from backend.errors import Conflict, NotFound
 from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Job, Teacher
+from backend.responses import (
+    ExpertsMap,
+    HeadsMap,
+    HiddenMap,
+    ImportanceRunOut,
+    LayerScores,
+    NeuronOrder,
+    NeuronsMap,
+)
 from backend.schemas import BatchAgg, ImportanceRunCreate, SeqAgg
 from backend.settings import Settings
 
 router = APIRouter(tags=["importance"])
+RUN_ERRORS = errors(404, 409)  # no such run; no results yet
 
 
 def ready_teacher(db: Session, teacher_id: int) -> Teacher:
     teacher = get_or_404(db, Teacher, teacher_id)
     if teacher.status != "ready" or not teacher.spec:
-        raise HTTPException(409, f"Teacher {teacher_id} is {teacher.status}, not ready")
+        raise Conflict(f"Teacher {teacher_id} is {teacher.status}, not ready")
     return teacher
 
 
-@router.post("/importance-runs", status_code=201)
-def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+@router.post("/importance-runs", status_code=201, responses=errors(404, 409, 503))
+def create_run(
+    body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)
+) -> ImportanceRunOut:
     check_job_size(body, request.app.state.settings, ["body"])
     teacher = ready_teacher(db, body.teacher_id)
     dataset = get_or_404(db, Dataset, body.dataset_id)
@@ -51,7 +65,7 @@ def create_run(body: ImportanceRunCreate, request: Request, db: Session = Depend
     )
     run.job_id = job.id
     lifecycle.send(request.app, db, job)
-    return serialize.importance_run(run, job)
+    return ImportanceRunOut.of(run, job)
 
 
 @router.get("/importance-runs")
@@ -59,7 +73,7 @@ def list_runs(
     teacher_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
-) -> list[dict]:
+) -> list[ImportanceRunOut]:
     q = (
         select(ImportanceRun, Job)
         .outerjoin(Job, Job.id == ImportanceRun.job_id)
@@ -67,21 +81,21 @@ def list_runs(
     )
     if teacher_id is not None:
         q = q.where(ImportanceRun.teacher_id == teacher_id)
-    return [serialize.importance_run(r, j) for r, j in db.execute(page.of(q))]
+    return [ImportanceRunOut.of(r, j) for r, j in db.execute(page.of(q))]
 
 
-@router.get("/importance-runs/{run_id}")
-def get_run(run_id: PathId, db: Session = Depends(get_db)) -> dict:
+@router.get("/importance-runs/{run_id}", responses=errors(404))
+def get_run(run_id: PathId, db: Session = Depends(get_db)) -> ImportanceRunOut:
     run = get_or_404(db, ImportanceRun, run_id, "Importance run")
-    return serialize.importance_run(run, db.get(Job, run.job_id) if run.job_id else None)
+    return ImportanceRunOut.of(run, db.get(Job, run.job_id) if run.job_id else None)
 
 
 def artifact_path(db: Session, run_id: int, settings: Settings) -> tuple[ImportanceRun, Path]:
     run = get_or_404(db, ImportanceRun, run_id, "Importance run")
     if not run.artifact:
         job = db.get(Job, run.job_id) if run.job_id else None
-        raise HTTPException(
-            409, f"Importance run {run_id} has no results yet (status {job.status if job else 'queued'})"
+        raise Conflict(
+            f"Importance run {run_id} has no results yet (status {job.status if job else 'queued'})"
         )
     return run, ArtifactStore(settings.artifacts_url).local_dir(run.artifact)
 
@@ -101,14 +115,14 @@ RunArtifact = Annotated[tuple[ImportanceRun, Path], Depends(run_artifact)]
 Aggregation = Annotated[tuple[str, str], Depends(aggregation)]
 
 
-@router.get("/importance-runs/{run_id}/heads")
-def run_heads(artifact: RunArtifact, agg: Aggregation, db: Session = Depends(get_db)) -> dict:
+@router.get("/importance-runs/{run_id}/heads", responses=RUN_ERRORS)
+def run_heads(artifact: RunArtifact, agg: Aggregation, db: Session = Depends(get_db)) -> HeadsMap:
     run, path = artifact
     teacher = db.get(Teacher, run.teacher_id)
     return heatmaps.heads(path, *agg, (teacher.spec or {}).get("num_kv_heads"))
 
 
-@router.get("/importance-runs/{run_id}/neurons")
+@router.get("/importance-runs/{run_id}/neurons", responses=RUN_ERRORS)
 def run_neurons(
     artifact: RunArtifact,
     agg: Aggregation,
@@ -118,7 +132,7 @@ def run_neurons(
     layer_end: int | None = Query(None, ge=1),
     start: int = Query(0, ge=0),
     end: int | None = Query(None, ge=1),
-) -> dict:
+) -> NeuronsMap:
     try:
         return heatmaps.neurons(
             artifact[1],
@@ -134,29 +148,29 @@ def run_neurons(
         raise field_error(["query", exc.field], str(exc)) from exc
 
 
-@router.get("/importance-runs/{run_id}/neuron-order")
-def run_neuron_order(artifact: RunArtifact, agg: Aggregation) -> dict:
+@router.get("/importance-runs/{run_id}/neuron-order", responses=RUN_ERRORS)
+def run_neuron_order(artifact: RunArtifact, agg: Aggregation) -> NeuronOrder:
     return heatmaps.neuron_order(artifact[1], *agg)
 
 
-@router.get("/importance-runs/{run_id}/hidden")
-def run_hidden(artifact: RunArtifact, agg: Aggregation) -> dict:
+@router.get("/importance-runs/{run_id}/hidden", responses=RUN_ERRORS)
+def run_hidden(artifact: RunArtifact, agg: Aggregation) -> HiddenMap:
     return heatmaps.hidden(artifact[1], *agg)
 
 
-@router.get("/importance-runs/{run_id}/layers")
-def run_layers(artifact: RunArtifact, agg: Aggregation) -> dict:
+@router.get("/importance-runs/{run_id}/layers", responses=RUN_ERRORS)
+def run_layers(artifact: RunArtifact, agg: Aggregation) -> LayerScores:
     return heatmaps.layers(artifact[1], *agg)
 
 
-@router.get("/importance-runs/{run_id}/experts")
-def run_experts(artifact: RunArtifact, agg: Aggregation) -> dict:
+@router.get("/importance-runs/{run_id}/experts", responses=RUN_ERRORS)
+def run_experts(artifact: RunArtifact, agg: Aggregation) -> ExpertsMap:
     try:
         return heatmaps.experts(artifact[1], *agg)
     except heatmaps.NoExperts as exc:
-        raise HTTPException(404, f"Importance run {artifact[0].id}: {exc}") from exc
+        raise NotFound(f"Importance run {artifact[0].id}: {exc}") from exc
 
 
-@router.get("/importance-runs/{run_id}/stability")
-def run_stability(artifact: RunArtifact, agg: Aggregation) -> dict:
+@router.get("/importance-runs/{run_id}/stability", responses=RUN_ERRORS)
+def run_stability(artifact: RunArtifact, agg: Aggregation) -> dict[str, float | None]:
     return heatmaps.stability(artifact[1], *agg)

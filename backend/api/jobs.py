@@ -10,17 +10,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import lifecycle, memcheck, removal, serialize
+from backend.api.errors import errors
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.events import publish_wakeup
+from backend.errors import Conflict, DomainError
+from backend.events import add_event, publish_wakeup
 from backend.limits import check_job_size
 from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
-from backend.schemas import MAX_ID, NO_CONTROL_CHARS, PARAMS, JobCreate
+from backend.responses import JobCheck, JobOut, LogLine, MetricPointOut, MetricsOut
+from backend.schemas import MAX_ID, NO_CONTROL_CHARS, PARAMS, PROTOCOL_PARAMS, EvaluateParams, JobCreate
 from backend.settings import Settings
 from backend.workflows import control as workflow_control
+from worker.engine import eval_protocol
 
 router = APIRouter(tags=["jobs"])
+JOB_ERRORS = errors(404, 409)
 
 
 def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool) -> tuple[dict, int, str]:
@@ -49,10 +54,13 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     if body.student_id is not None:
         student = get_or_404(db, Student, body.student_id)
         if student.status != "ready":
-            raise HTTPException(409, f"Student {student.id} is {student.status}, not ready")
+            raise Conflict(f"Student {student.id} is {student.status}, not ready")
         teacher_id = student.teacher_id
     else:
         get_or_404(db, Teacher, teacher_id)
+    if body.kind == "evaluate":
+        params = on_protocol(params, db.get(Teacher, teacher_id))
+        check_job_size(params, request.app.state.settings, ["body", "params"])
     dataset = None
     if getattr(params, "dataset_id", None) is not None:
         dataset = get_or_404(db, Dataset, params.dataset_id)
@@ -61,10 +69,28 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     values = params.model_dump()
     if "weights" in values:
         values["distill_job_id"] = _measured_distillation(db, body.student_id, params)
+    if values.get("init_distill_job_id") is not None:
+        _check_continued(db, body.student_id, values["init_distill_job_id"])
     settings = request.app.state.settings
     queue = choose_queue(settings, body.kind, values)
     memcheck.check_job(settings, db, body.kind, values, queue, body.student_id, teacher_id)
     return values, teacher_id, queue
+
+
+def _check_continued(db: Session, student_id: int | None, job_id: int) -> None:
+    """A distillation a new one continues from: a succeeded distillation of the same student (its saved
+    weights are where the new one starts)."""
+    job = db.get(Job, job_id)
+    if job is None or job.kind != "distill" or job.student_id != student_id:
+        raise field_error(
+            ["body", "params", "init_distill_job_id"],
+            f"job {job_id} is not a distillation of student {student_id}",
+        )
+    if job.status != "succeeded":
+        raise field_error(
+            ["body", "params", "init_distill_job_id"],
+            f"distill job {job_id} is {job.status}: only a succeeded distillation's weights can be continued",
+        )
 
 
 MEASURABLE = ("queued", "running", "succeeded")  # a distillation whose weights exist or will exist
@@ -87,7 +113,10 @@ def _measured_distillation(db: Session, student_id: int | None, params) -> int |
                 f"job {params.distill_job_id} is not a distillation of student {student_id}",
             )
         if job.status not in MEASURABLE:
-            raise HTTPException(409, f"Distill job {job.id} is {job.status}: it has no weights to measure")
+            raise Conflict(
+                f"Distill job {job.id} is {job.status}: it has no weights to measure",
+                field=("body", "params", "distill_job_id"),
+            )
         return job.id
     if params.weights == "pruned":
         return None
@@ -99,29 +128,81 @@ def _measured_distillation(db: Session, student_id: int | None, params) -> int |
     )
 
 
-@router.post("/jobs", status_code=201)
+@router.post(
+    "/jobs",
+    status_code=201,
+    responses={
+        200: {"model": JobCheck, "description": "validate_only: nothing written"},
+        **errors(404, 409, 503),
+    },
+)
 def create_job(
     body: JobCreate,
     request: Request,
     response: Response,
     validate_only: bool = False,
     db: Session = Depends(get_db),
-) -> dict:
+) -> JobOut | JobCheck:
     values, teacher_id, queue = _checked(body, request, db, validate_only)
     if validate_only:  # nothing written, nothing sent: what a real submit would store and route
         response.status_code = 200
-        return {
-            "kind": body.kind,
-            "student_id": body.student_id,
-            "teacher_id": teacher_id,
-            "params": values,
-            "queue": queue,
-        }
+        return JobCheck(
+            kind=body.kind, student_id=body.student_id, teacher_id=teacher_id, params=values, queue=queue
+        )
     job = lifecycle.create(
         db, body.kind, values, queue=queue, teacher_id=teacher_id, student_id=body.student_id
     )
     lifecycle.send(request.app, db, job)
-    return serialize.job(job)
+    if body.kind == "evaluate" and body.student_id is not None:
+        evaluate_teacher_on_first_need(request, db, teacher_id, values)
+    return JobOut.of(job)
+
+
+def on_protocol(params: EvaluateParams, teacher: Teacher) -> EvaluateParams:
+    """The evaluate params with every perplexity field the request left out taken from the teacher's
+    evaluation protocol, so a default evaluation is comparable with every other default number."""
+    protocol = eval_protocol.of_teacher(teacher.eval_protocol)
+    given = params.model_fields_set
+    missing = {k: getattr(protocol, f) for k, f in PROTOCOL_PARAMS.items() if k not in given}
+    if "seq_len" in given and "stride" not in given:  # another window: half of it, not the protocol's
+        missing["stride"] = max(1, params.seq_len // 2)
+    try:  # re-validated: the filled-in values pass the same checks as typed ones
+        return EvaluateParams.model_validate({**params.model_dump(exclude_unset=True), **missing})
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", "params", *e["loc"])}
+                for e in exc.errors(include_url=False, include_context=False)
+            ]
+        ) from exc
+
+
+def evaluate_teacher_on_first_need(request: Request, db: Session, teacher_id: int, values: dict) -> None:
+    """Queue the teacher's evaluation on the protocol a student's evaluation uses, unless one exists
+    (queued, running or succeeded): the student's number then always has its teacher's beside it."""
+    wanted = eval_protocol.of_job("evaluate", values)["id"]
+    done = db.scalars(
+        select(Job).where(
+            Job.kind == "evaluate",
+            Job.teacher_id == teacher_id,
+            Job.student_id.is_(None),
+            Job.status.in_(MEASURABLE),
+        )
+    )
+    if any(eval_protocol.of_job("evaluate", j.params)["id"] == wanted for j in done):
+        return
+    params = {k: values[k] for k in (*PROTOCOL_PARAMS, "device")}
+    try:
+        teacher_values, _, queue = _checked(
+            JobCreate(kind="evaluate", teacher_id=teacher_id, params=params), request, db, False
+        )
+    except (HTTPException, DomainError):
+        return  # the teacher fits no live worker: its number stays missing, nothing fails
+    job = lifecycle.create(db, "evaluate", teacher_values, queue=queue, teacher_id=teacher_id)
+    add_event(
+        db, job, "log", {"job_id": job.id, "level": "info", "msg": f"the teacher's evaluation on {wanted}"}
+    )
+    lifecycle.send(request.app, db, job)
 
 
 @router.get("/jobs")
@@ -132,7 +213,7 @@ def list_jobs(
     student_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
-) -> list[dict]:
+) -> list[JobOut]:
     q = select(Job).order_by(Job.id.desc())
     for column, value in (
         (Job.kind, kind),
@@ -142,15 +223,15 @@ def list_jobs(
     ):
         if value is not None:
             q = q.where(column == value)
-    return [serialize.job(j) for j in db.scalars(page.of(q))]
+    return [JobOut.of(j) for j in db.scalars(page.of(q))]
 
 
-@router.get("/jobs/{job_id}")
-def get_job(job_id: PathId, db: Session = Depends(get_db)) -> dict:
-    return serialize.job(get_or_404(db, Job, job_id))
+@router.get("/jobs/{job_id}", responses=errors(404))
+def get_job(job_id: PathId, db: Session = Depends(get_db)) -> JobOut:
+    return JobOut.of(get_or_404(db, Job, job_id))
 
 
-@router.delete("/jobs/{job_id}", status_code=204)
+@router.delete("/jobs/{job_id}", status_code=204, responses=JOB_ERRORS)
 def delete_job(
     job_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> None:
@@ -160,8 +241,8 @@ def delete_job(
     leftovers.remove(settings)
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202)
-def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
+@router.post("/jobs/{job_id}/cancel", status_code=202, responses=JOB_ERRORS)
+def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next step (backend.lifecycle.cancel).
     A workflow is stopped with its unfinished children (backend.workflows.control.cancel)."""
     children = []
@@ -177,16 +258,16 @@ def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> d
     return serialize.job(job)
 
 
-@router.post("/jobs/{job_id}/resume", status_code=202)
-def resume(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
+@router.post("/jobs/{job_id}/resume", status_code=202, responses=errors(404, 409, 503))
+def resume(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> JobOut:
     """The next attempt of a failed or cancelled job (from its checkpoint), routed anew."""
     settings = request.app.state.settings
     job = lifecycle.resume(request.app, db, job_id, lambda j: choose_queue(settings, j.kind, j.params))
     return serialize.job(job)
 
 
-@router.post("/jobs/{job_id}/resend", status_code=202)
-def resend(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> dict:
+@router.post("/jobs/{job_id}/resend", status_code=202, responses=errors(404, 409, 503))
+def resend(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> JobOut:
     """Publish a queued job's message again, for the attempt it is queued for: a job stuck in `queued`
     (its message lost with the broker's data) runs. A duplicate message is harmless: the worker's claim
     is conditional on that attempt (backend.lifecycle.claim), so the job runs once. The API's re-sender does the
@@ -194,30 +275,29 @@ def resend(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> d
     return serialize.job(lifecycle.resend(request.app, db, job_id))
 
 
-@router.get("/jobs/{job_id}/metrics")
+@router.get("/jobs/{job_id}/metrics", responses=errors(404))
 def metrics(
     job_id: PathId,
     names: str | None = Query(None, max_length=2000, pattern=NO_CONTROL_CHARS, description="comma-separated"),
     since_step: int | None = Query(None, ge=-1, le=MAX_ID),
     db: Session = Depends(get_db),
-) -> dict:
+) -> MetricsOut:
     get_or_404(db, Job, job_id)
     q = select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.name, MetricPoint.step)
     if names:
         q = q.where(MetricPoint.name.in_([n.strip() for n in names.split(",") if n.strip()]))
     if since_step is not None:
         q = q.where(MetricPoint.step > since_step)
-    series: dict[str, list] = {}
+    series: dict[str, list[MetricPointOut]] = {}
     for p in db.scalars(q):
-        series.setdefault(p.name, []).append({"step": p.step, "value": p.value, "tokens": p.tokens, "t": p.t})
-    return {"job_id": job_id, "series": series}
+        series.setdefault(p.name, []).append(
+            MetricPointOut(step=p.step, value=p.value, tokens=p.tokens, t=p.t)
+        )
+    return MetricsOut(job_id=job_id, series=series)
 
 
-@router.get("/jobs/{job_id}/logs")
-def logs(job_id: PathId, db: Session = Depends(get_db)) -> list[dict]:
+@router.get("/jobs/{job_id}/logs", responses=errors(404))
+def logs(job_id: PathId, db: Session = Depends(get_db)) -> list[LogLine]:
     get_or_404(db, Job, job_id)
     rows = db.scalars(select(Event).where(Event.job_id == job_id, Event.type == "log").order_by(Event.id))
-    return [
-        {"id": e.id, "t": serialize.ts(e.created_at), "level": e.data.get("level"), "msg": e.data.get("msg")}
-        for e in rows
-    ]
+    return [LogLine(id=e.id, t=e.created_at, level=e.data.get("level"), msg=e.data.get("msg")) for e in rows]

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Body, Depends, Request
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, lifecycle, removal, serialize
+from backend import heatmaps, lifecycle, removal
+from backend.api.errors import errors
 from backend.api.importance import artifact_path, ready_teacher
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
+from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
-from backend.models import Dataset, ImportanceRun, Plan, utcnow
+from backend.models import Dataset, ImportanceRun, Plan, Teacher, utcnow
+from backend.responses import JobOut, PlanCheck, PlanOut
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
 from backend.settings import Settings
-from worker.engine.plan import PlanError, PrunePlan, fill_plan, plan_stats, validate_plan
+from worker.engine import eval_protocol
+from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
 from worker.engine.spec import ArchSpec
 
 router = APIRouter(tags=["plans"])
@@ -29,41 +32,47 @@ def teacher_spec(db: Session, teacher_id: int) -> ArchSpec:
     )
 
 
-def evaluate(plan: PrunePlan, spec: ArchSpec) -> dict:
+def evaluate(plan: PrunePlan, spec: ArchSpec) -> PlanCheck:
     messages = validate_plan(plan, spec)
     has_error = any(m.level == "error" for m in messages)
     stats = None
     if not has_error:
         stats = plan_stats(plan, spec)
-    return {
-        "plan": plan.model_dump(mode="json"),
-        "stats": stats,
-        "messages": [m.model_dump() for m in messages],
-    }
+    return PlanCheck(plan=plan.model_dump(mode="json"), stats=stats, messages=messages)
 
 
-def reject_errors(result: dict) -> None:
-    errors = [m for m in result["messages"] if m["level"] == "error"]
-    if errors:
-        raise RequestValidationError(
-            [
-                {"loc": ("body", "plan", *m["field"].split(".")), "msg": m["text"], "type": "plan_error"}
-                for m in errors
-            ]
-        )
+def plan_problems(messages: list[PlanMessage], within: tuple[str, ...]) -> InvalidInput:
+    """The plan's errors as one 422: each names its field (`within` + the message's dotted path) and
+    carries the valid values near the one given."""
+    return InvalidInput(
+        problems=[
+            Problem(m.text, (*within, *m.field.split(".")), tuple(m.nearby) or None)
+            for m in messages
+            if m.level == "error"
+        ]
+    )
 
 
-@router.post("/plans/validate")
-def validate(body: PlanValidate, db: Session = Depends(get_db)) -> dict:
+def reject_errors(result: PlanCheck) -> None:
+    if any(m.level == "error" for m in result.messages):
+        raise plan_problems(result.messages, ("body", "plan"))
+
+
+@router.post("/plans/validate", responses=errors(404, 409))
+def validate(body: PlanValidate, db: Session = Depends(get_db)) -> PlanCheck:
     return evaluate(body.plan, teacher_spec(db, body.teacher_id))
 
 
-@router.post("/plans/fill")
-def fill(body: PlanFill, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)) -> dict:
+@router.post("/plans/fill", responses=errors(404, 409))
+def fill(
+    body: PlanFill, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> PlanCheck:
     spec = teacher_spec(db, body.teacher_id)
     run, path = artifact_path(db, body.importance_run_id, settings)
     if run.teacher_id != body.teacher_id:
-        raise HTTPException(422, f"importance_run_id: run {run.id} belongs to teacher {run.teacher_id}")
+        raise InvalidInput(
+            f"run {run.id} belongs to teacher {run.teacher_id}", field=("body", "importance_run_id")
+        )
     try:
         plan = fill_plan(
             PrunePlan(targets=body.targets),
@@ -71,21 +80,14 @@ def fill(body: PlanFill, db: Session = Depends(get_db), settings: Settings = Dep
             heatmaps.scores(path, body.batch, body.seq, body.expert_metric),
         )
     except PlanError as exc:
-        raise RequestValidationError(
-            [
-                {"loc": ("body", *m.field.split(".")), "msg": m.text, "type": "plan_error"}
-                for m in exc.messages
-            ]
-        ) from exc
+        raise plan_problems(exc.messages, ("body",)) from exc
     except ValueError as exc:
-        raise RequestValidationError(
-            [{"loc": ("body", "targets"), "msg": str(exc), "type": "value_error"}]
-        ) from exc
+        raise InvalidInput(str(exc), field=("body", "targets")) from exc
     return evaluate(plan, spec)
 
 
-@router.post("/plans", status_code=201)
-def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> dict:
+@router.post("/plans", status_code=201, responses=errors(404, 409))
+def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> PlanOut:
     spec = teacher_spec(db, body.teacher_id)
     if body.importance_run_id is not None:
         get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run")
@@ -96,17 +98,17 @@ def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> dict:
         importance_run_id=body.importance_run_id,
         name=body.name,
         version=1,
-        plan=result["plan"],
-        stats=result["stats"],
-        messages=result["messages"],
+        plan=result.plan,
+        stats=result.stats,
+        messages=[m.model_dump() for m in result.messages],
     )
     db.add(plan)
     db.commit()  # before the response: the client may use the id at once
-    return serialize.plan(plan)
+    return PlanOut.model_validate(plan)
 
 
-@router.put("/plans/{plan_id}")
-def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)) -> dict:
+@router.put("/plans/{plan_id}", responses=errors(404, 409))
+def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)) -> PlanOut:
     plan = get_or_404(db, Plan, plan_id)
     values: dict = {"version": body.version + 1, "updated_at": utcnow()}
     if body.name is not None:
@@ -114,7 +116,9 @@ def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)
     if body.plan is not None:
         result = evaluate(body.plan, teacher_spec(db, plan.teacher_id))
         reject_errors(result)
-        values.update(plan=result["plan"], stats=result["stats"], messages=result["messages"])
+        values.update(
+            plan=result.plan, stats=result.stats, messages=[m.model_dump() for m in result.messages]
+        )
     # Compare-and-set in one statement: of two tabs sending the same version, exactly one wins.
     changed = db.execute(
         update(Plan).where(Plan.id == plan_id, Plan.version == body.version).values(**values)
@@ -122,12 +126,14 @@ def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)
     if not changed:
         db.rollback()
         current = db.get(Plan, plan_id)
-        raise HTTPException(
-            409, f"Plan {plan_id} was changed elsewhere (version {current.version}, you sent {body.version})"
+        raise Conflict(
+            f"Plan {plan_id} was changed elsewhere (version {current.version}, you sent {body.version})",
+            field=("body", "version"),
+            nearby=[current.version],
         )
     db.commit()
     db.refresh(plan)
-    return serialize.plan(plan)
+    return PlanOut.model_validate(plan)
 
 
 @router.get("/plans")
@@ -135,19 +141,19 @@ def list_plans(
     teacher_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
-) -> list[dict]:
+) -> list[PlanOut]:
     q = select(Plan).order_by(Plan.id.desc())
     if teacher_id is not None:
         q = q.where(Plan.teacher_id == teacher_id)
-    return [serialize.plan(p) for p in db.scalars(page.of(q))]
+    return [PlanOut.model_validate(p) for p in db.scalars(page.of(q))]
 
 
-@router.get("/plans/{plan_id}")
-def get_plan(plan_id: PathId, db: Session = Depends(get_db)) -> dict:
-    return serialize.plan(get_or_404(db, Plan, plan_id))
+@router.get("/plans/{plan_id}", responses=errors(404))
+def get_plan(plan_id: PathId, db: Session = Depends(get_db)) -> PlanOut:
+    return PlanOut.model_validate(get_or_404(db, Plan, plan_id))
 
 
-@router.delete("/plans/{plan_id}", status_code=204)
+@router.delete("/plans/{plan_id}", status_code=204, responses=errors(404, 409))
 def delete_plan(
     plan_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> None:
@@ -157,17 +163,21 @@ def delete_plan(
     leftovers.remove(settings)
 
 
-@router.post("/plans/{plan_id}/preview", status_code=202)
+@router.post("/plans/{plan_id}/preview", status_code=202, responses=errors(404, 409, 503))
 def preview(
     plan_id: PathId, request: Request, body: PreviewCreate | None = Body(None), db: Session = Depends(get_db)
-) -> dict:
+) -> JobOut:
     body = body or PreviewCreate()
     check_job_size(body, request.app.state.settings, ["body"])
     plan = get_or_404(db, Plan, plan_id)
     if body.dataset_id is not None:
         get_or_404(db, Dataset, body.dataset_id)
     params = body.model_dump()
+    if not {"samples", "seq_len"} & body.model_fields_set:
+        # The teacher's evaluation protocol: the preview's teacher perplexity is its evaluation's.
+        teacher = db.get(Teacher, plan.teacher_id)
+        params["protocol"] = eval_protocol.of_teacher(teacher.eval_protocol).model_dump()
     queue = choose_queue(request.app.state.settings, "preview", params)
     job = lifecycle.create(db, "preview", params, queue=queue, teacher_id=plan.teacher_id, plan_id=plan.id)
     lifecycle.send(request.app, db, job)
-    return serialize.job(job)
+    return JobOut.of(job)

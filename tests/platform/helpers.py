@@ -119,3 +119,9 @@ def read_sse(
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
     return events
+
+
+def error_text(response) -> str:
+    """Every message of an error answer ({"detail": [{"loc", "msg", "type", "nearby"}]}), joined: what
+    `in` assertions on the words of a 4xx read."""
+    return "; ".join(entry["msg"] for entry in response.json()["detail"])

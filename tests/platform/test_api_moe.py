@@ -12,6 +12,7 @@ import torch
 
 from backend.db import session_scope
 from backend.models import Dataset, ImportanceRun, Teacher
+from tests.platform.helpers import error_text
 from tests.platform.test_api import counts
 from tests.tiny_models import VOCAB, tiny_model
 from worker.engine.adapters import arch_spec
@@ -117,4 +118,4 @@ def test_a_dense_run_has_no_experts_payload(client, api_env, moe_run):
         s.flush()
         run_id = run.id
     r = client.get(f"/api/v1/importance-runs/{run_id}/experts")
-    assert r.status_code == 404 and "no mixture-of-experts layers" in r.json()["detail"]
+    assert r.status_code == 404 and "no mixture-of-experts layers" in error_text(r)

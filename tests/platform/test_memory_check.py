@@ -12,6 +12,7 @@ from backend import fleet
 from backend.db import session_scope
 from backend.models import Dataset, Plan, Student, Teacher
 from tests.conftest import settings_from
+from tests.platform.helpers import error_text
 from tests.platform.test_routing import counts, fake_worker, forget_worker
 from tests.real_shapes import llama_3_1_8b
 from worker.presence import Presence
@@ -63,13 +64,13 @@ def test_too_big_for_every_worker_is_409_with_the_nearest_fit(client, api_env, s
     for validate_only in (True, False):
         r = distill(client, student_id, validate_only, batch_size=8, seq_len=2048, device="cuda")
         assert r.status_code == 409, r.text
-        detail = r.json()["detail"]
+        detail = error_text(r)
         assert "needs 97.9 GiB per device" in detail and "'gpu' queue" in detail, detail
         assert "nearest setting that fits: weights_dtype=bfloat16 (61.2 GiB)" in detail, detail
     # Already bf16, batch 16 x 4096: checkpointing is the one change that fits.
     r = distill(client, student_id, batch_size=16, seq_len=4096, weights_dtype="bfloat16", device="cuda")
     assert r.status_code == 409
-    assert "nearest setting that fits: gradient_checkpointing=true (62.3 GiB)" in r.json()["detail"]
+    assert "nearest setting that fits: gradient_checkpointing=true (62.3 GiB)" in error_text(r)
     assert counts(url) == before
 
     # The suggested setting is accepted and routed to the GPU worker.
@@ -87,7 +88,7 @@ def test_cpu_workers_are_sized_by_their_free_memory(client, api_env, student_id)
     before = counts(url)
     r = distill(client, student_id, batch_size=8, seq_len=2048, device="cpu")
     assert r.status_code == 409
-    detail = r.json()["detail"]
+    detail = error_text(r)
     assert "(largest: 20.0 GiB on gpu-box cpu)" in detail and "no smaller setting fits either" in detail
     assert counts(url) == before
     forget_worker(api_env, cpu)
@@ -112,12 +113,12 @@ def test_importance_counts_the_streamed_layout_unless_offload_is_never(client, a
     before = counts(url)
     # In memory the 8B teacher's float32 weights alone (~30 GiB) exceed the worker: nothing helps.
     r = client.post("/api/v1/importance-runs", json={**body, "offload": "never"})
-    assert r.status_code == 409 and "no smaller setting fits either" in r.json()["detail"], r.text
+    assert r.status_code == 409 and "no smaller setting fits either" in error_text(r), r.text
     # Streamed layer by layer, a smaller batch fits.
     r = client.post("/api/v1/importance-runs", json={**body, "offload": "always"})
     assert r.status_code == 409, r.text
-    assert "importance run needs" in r.json()["detail"]
-    assert "nearest setting that fits: batch_size=" in r.json()["detail"]
+    assert "importance run needs" in error_text(r)
+    assert "nearest setting that fits: batch_size=" in error_text(r)
     assert counts(url) == before
     r = client.post("/api/v1/importance-runs", json={**body, "batch_size": 2})  # offload auto: streamed fits
     assert r.status_code == 201, r.text
@@ -134,11 +135,11 @@ def test_benchmark_and_evaluate_are_sized_too(client, api_env, student_id):
         "/api/v1/jobs", json={**bench, "params": {"batch_size": 64, "seq_len": 8192, "device": "cuda"}}
     )
     assert r.status_code == 409, r.text
-    assert "this benchmark needs" in r.json()["detail"]
-    assert "nearest setting that fits: batch_size=" in r.json()["detail"]
+    assert "this benchmark needs" in error_text(r)
+    assert "nearest setting that fits: batch_size=" in error_text(r)
     evaluate = {"kind": "evaluate", "student_id": student_id, "params": {"seq_len": 131072, "device": "cuda"}}
     r = client.post("/api/v1/jobs", json=evaluate)
-    assert r.status_code == 409 and "this evaluation needs" in r.json()["detail"], r.text
+    assert r.status_code == 409 and "this evaluation needs" in error_text(r), r.text
     assert counts(url) == before
     r = client.post(
         "/api/v1/jobs", json={**bench, "params": {"batch_size": 1, "seq_len": 128, "device": "cuda"}}

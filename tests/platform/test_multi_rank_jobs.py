@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import start_live_app, stop_live_app
-from tests.platform.helpers import make_student, start_distill
+from tests.platform.helpers import error_text, make_student, start_distill
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_a_job_no_worker_can_hold_is_refused(two_rank_app):
         json={"kind": "distill", "student_id": student["id"], "params": {"gpus": 64, "batch_size": 64}},
     )
     assert r.status_code == 409, r.text
-    detail = r.json()["detail"]
+    detail = error_text(r)
     assert "gpus" in detail and "64 devices" in detail and "largest: 2" in detail and "gpus <= 2" in detail
     assert app.api.get("/jobs").json() == before  # nothing written
 

@@ -22,6 +22,7 @@ from backend.models import (
     Student,
     Teacher,
 )
+from tests.platform.helpers import error_text
 from tests.tiny_models import tiny_spec
 
 TABLES = (Plan, Student, Job, Event, MetricPoint, BenchmarkResult, Artifact)
@@ -83,14 +84,14 @@ def test_delete_student_then_plan(client, two_students):
 
     # Its plan cannot go first: a student is built from it.
     r = client.delete(f"{api}/plans/{doomed['plan']}")
-    assert r.status_code == 409 and f"student(s) {doomed['student']}" in r.json()["detail"]
+    assert r.status_code == 409 and f"student(s) {doomed['student']}" in error_text(r)
 
     # A queued job blocks the delete (a worker would write into rows that are gone); nothing changes.
     with session_scope(url) as s:
         s.get(Job, doomed["jobs"]["distill"]).status = "queued"
     before = counts(url)
     r = client.delete(f"{api}/students/{doomed['student']}")
-    assert r.status_code == 409 and f"distill job {doomed['jobs']['distill']} (queued)" in r.json()["detail"]
+    assert r.status_code == 409 and f"distill job {doomed['jobs']['distill']} (queued)" in error_text(r)
     assert counts(url) == before and all(d.exists() for d in doomed["dirs"])
 
     with session_scope(url) as s:
@@ -146,11 +147,11 @@ def test_delete_a_finished_job(client, two_students):
 
     assert client.delete(f"{api}/jobs/999999").status_code == 404
     r = client.delete(f"{api}/jobs/{jobs['distill']}")
-    assert r.status_code == 409 and "is running; cancel it first" in r.json()["detail"]
+    assert r.status_code == 409 and "is running; cancel it first" in error_text(r)
     # A job whose output is still in use (the student's weights, the teacher's spec, the run's scores).
     for job_id, owner in owners.items():
         r = client.delete(f"{api}/jobs/{job_id}")
-        assert r.status_code == 409 and owner in r.json()["detail"], (owner, r.status_code, r.text)
+        assert r.status_code == 409 and owner in error_text(r), (owner, r.status_code, r.text)
     assert counts(url) == before and all(d.exists() for d in doomed["dirs"])
 
     with session_scope(url) as s:

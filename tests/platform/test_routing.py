@@ -17,7 +17,7 @@ from backend.db import session_scope
 from backend.models import Dataset, ImportanceRun, Job, Plan, Student, Teacher
 from backend.routing import NoWorkerForDevice, can_serve, check_queues, default_queues, route
 from tests.conftest import WorkerProcess, settings_from, start_live_app, stop_live_app
-from tests.platform.helpers import make_student
+from tests.platform.helpers import error_text, make_student
 from tests.tiny_models import tiny_spec
 
 # ---- the rules -------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_cuda_job_without_a_cuda_worker_is_409_and_writes_nothing(client, api_en
     for path, body in submissions(setup, "cuda"):
         r = client.post(path, json=body)
         assert r.status_code == 409, (path, r.text)
-        detail = r.json()["detail"]
+        detail = error_text(r)
         assert "no live worker serves cuda" in detail and "prunescope worker --device cuda:0" in detail
     assert counts(url) == before
     forget_worker(api_env, cpu_only)
@@ -185,7 +185,7 @@ def test_resume_routes_again(client, api_env, setup):
         jid = job.id
     assert client.get(f"/api/v1/jobs/{jid}").json()["resumable"] is True
     r = client.post(f"/api/v1/jobs/{jid}/resume")
-    assert r.status_code == 409 and "no live worker serves cuda" in r.json()["detail"]
+    assert r.status_code == 409 and "no live worker serves cuda" in error_text(r)
     unchanged = client.get(f"/api/v1/jobs/{jid}").json()
     assert unchanged["status"] == "failed" and unchanged["attempts"] == 1 and unchanged["queue"] == "cpu"
 
@@ -245,7 +245,7 @@ def test_auto_jobs_run_on_the_cpu_worker(app, cpu_worker):
     before = len(app.api.get("/jobs").json())
     body = {"kind": "distill", "student_id": student["id"], "params": {"device": "cuda"}}
     r = app.api.post("/jobs", json=body)
-    assert r.status_code == 409 and "--device cuda:0" in r.json()["detail"]
+    assert r.status_code == 409 and "--device cuda:0" in error_text(r)
     assert len(app.api.get("/jobs").json()) == before
 
 
@@ -278,7 +278,7 @@ def test_a_worker_refuses_a_job_for_another_device(app, cpu_worker):
     assert ok.status_code == 201 and ok.json()["queue"] == "cpu"
     assert app.wait_job(ok.json()["id"])["status"] == "succeeded"
     r = app.api.post(f"/jobs/{jid}/resume")  # still no CUDA worker: refused again, nothing changes
-    assert r.status_code == 409 and "no live worker serves cuda" in r.json()["detail"]
+    assert r.status_code == 409 and "no live worker serves cuda" in error_text(r)
     assert app.api.get(f"/jobs/{jid}").json()["attempts"] == 1
 
 

@@ -144,8 +144,9 @@ class PrunePlan(BaseModel):
 
 class PlanMessage(BaseModel):
     level: Literal["error", "warning"]
-    field: str
+    field: str = Field(description='dotted path in the plan, e.g. "remove_heads.3"')
     text: str
+    nearby: list[int] = Field(default_factory=list, description="valid values close to the one given")
 
 
 class PlanError(ValueError):
@@ -328,9 +329,13 @@ def _valid_head_counts(shape: LayerShape) -> list[int]:
     return sorted({g * k for g in range(1, shape.num_kv_heads + 1) for k in range(1, q + 1)})
 
 
-def _nearby(values: list[int], target: int, n: int = 3) -> str:
-    near = sorted(sorted(values, key=lambda v: (abs(v - target), v))[:n])
-    return ", ".join(str(v) for v in near)
+def _nearby(values: list[int], target: int, n: int = 3) -> list[int]:
+    """The n valid values closest to the target, ascending."""
+    return sorted(sorted(values, key=lambda v: (abs(v - target), v))[:n])
+
+
+def _listed(values: list[int]) -> str:
+    return ", ".join(map(str, values))
 
 
 def _range_errors(field_name: str, indices: list[int], limit: int, what: str) -> list[PlanMessage]:
@@ -352,8 +357,8 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     L = spec.num_layers
     shapes = spec.layer_shapes()
 
-    def error(field_name: str, text: str) -> None:
-        msgs.append(PlanMessage(level="error", field=field_name, text=text))
+    def error(field_name: str, text: str, nearby: list[int] = ()) -> None:
+        msgs.append(PlanMessage(level="error", field=field_name, text=text, nearby=list(nearby)))
 
     def warn(field_name: str, text: str) -> None:
         msgs.append(PlanMessage(level="warning", field=field_name, text=text))
@@ -413,7 +418,8 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             error(
                 f"remove_heads.{layer}",
                 f"layer {layer} would keep no attention head; keep at least one (valid head counts: "
-                f"{_nearby(valid, 1)}) or drop the whole layer with drop_layers",
+                f"{_listed(_nearby(valid, 1))}) or drop the whole layer with drop_layers",
+                _nearby(valid, 1),
             )
         else:
             removed = set(heads)
@@ -429,7 +435,8 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                     f"group must keep the same number because query head i attends with KV head "
                     f"i // (heads / kv_heads). Remove the same number of heads from every group, or "
                     f"whole groups (remove_kv_groups). Valid head counts near {kept_heads}: "
-                    f"{_nearby(valid, kept_heads)}",
+                    f"{_listed(_nearby(valid, kept_heads))}",
+                    _nearby(valid, kept_heads),
                 )
         if kept_neurons == 0 and not shape.num_experts:
             error(
@@ -449,8 +456,8 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
         error(
             "remove_hidden",
             f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
-            f"head_dim={hd} (got {kept_hidden}); nearby valid hidden sizes: "
-            f"{', '.join(map(str, near))}",
+            f"head_dim={hd} (got {kept_hidden}); nearby valid hidden sizes: {_listed(near)}",
+            near,
         )
     if any(m.level == "error" for m in msgs):
         return msgs
@@ -473,7 +480,8 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
         error(
             "hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
             f"{why} ({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
-            f"{', '.join(map(str, near))}",
+            f"{_listed(near)}",
+            near,
         )
     ealign = expert_alignment(spec)
     kept = kept_layers(plan, spec)
@@ -488,7 +496,8 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                 if plan.targets and plan.targets.intermediate_size
                 else f"remove_expert_neurons.{layer}",
                 f"{_GROUPED_MM_RULE.format(what='the expert width', dtype=spec.dtype)} (layer {layer} "
-                f"keeps {f}, not a multiple of {ealign}); nearby valid widths: {', '.join(map(str, near))}",
+                f"keeps {f}, not a multiple of {ealign}); nearby valid widths: {_listed(near)}",
+                near,
             )
             break
     if spec.family == "phi3" and len({s.num_heads for s in new_shapes}) > 1:
@@ -519,8 +528,8 @@ def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMess
     shape = spec.layer_shapes()[layer]
     msgs: list[PlanMessage] = []
 
-    def error(field_name: str, text: str) -> None:
-        msgs.append(PlanMessage(level="error", field=field_name, text=text))
+    def error(field_name: str, text: str, nearby: list[int] = ()) -> None:
+        msgs.append(PlanMessage(level="error", field=field_name, text=text, nearby=list(nearby)))
 
     removed = plan.remove_experts.get(layer, [])
     cuts = plan.remove_expert_neurons.get(layer, {})
@@ -548,7 +557,8 @@ def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMess
             f"remove_experts.{layer}",
             f"layer {layer} would keep {kept} of {E} experts, fewer than the {k} every token is routed to "
             f"(top-k); remove at most {E - k} experts (keep {k}..{E}; nearby valid: "
-            f"{_nearby(list(range(k, E + 1)), kept)} kept)",
+            f"{_listed(_nearby(list(range(k, E + 1)), kept))} kept)",
+            _nearby(list(range(k, E + 1)), kept),
         )
     for e in cuts:
         if e in removed:
@@ -568,7 +578,8 @@ def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMess
             f"the kept experts of layer {layer} would have widths "
             f"{', '.join(f'{w} (experts {by_width[w]})' for w in distinct)}; a layer stores its experts "
             f"as one fused tensor, so remove the same number of channels from every kept expert "
-            f"(nearby common widths: {_nearby(distinct, min(distinct))})",
+            f"(nearby common widths: {_listed(_nearby(distinct, min(distinct)))})",
+            _nearby(distinct, min(distinct)),
         )
     elif distinct and distinct[0] == 0:
         error(
@@ -627,8 +638,8 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     t = plan.targets
     msgs: list[PlanMessage] = []
 
-    def error(field_name: str, text: str) -> None:
-        msgs.append(PlanMessage(level="error", field=f"targets.{field_name}", text=text))
+    def error(field_name: str, text: str, nearby: list[int] = ()) -> None:
+        msgs.append(PlanMessage(level="error", field=f"targets.{field_name}", text=text, nearby=list(nearby)))
 
     shapes = spec.layer_shapes()
     if t.num_layers is not None:
@@ -658,7 +669,8 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                 error(
                     "heads_per_layer",
                     f"{t.heads_per_layer} heads cannot be kept{where} with head_mode={t.head_mode}: it "
-                    f"must be {how}; nearby valid: {_nearby(valid, t.heads_per_layer)}",
+                    f"must be {how}; nearby valid: {_listed(_nearby(valid, t.heads_per_layer))}",
+                    _nearby(valid, t.heads_per_layer),
                 )
                 break
     if t.intermediate_size is not None:
@@ -680,7 +692,8 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             error(
                 "hidden_size",
                 f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
-                f"head_dim={hd}; nearby valid: {', '.join(map(str, near))}",
+                f"head_dim={hd}; nearby valid: {_listed(near)}",
+                near,
             )
     if t.experts_per_layer is not None:
         counts = sorted({s.num_experts for s in shapes if s.num_experts})
@@ -693,7 +706,8 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             error(
                 "experts_per_layer",
                 f"keep between top-k={k} and {counts[0]} experts per layer; nearby valid: "
-                f"{_nearby(list(range(k, counts[0] + 1)), t.experts_per_layer)}",
+                f"{_listed(_nearby(list(range(k, counts[0] + 1)), t.experts_per_layer))}",
+                _nearby(list(range(k, counts[0] + 1)), t.experts_per_layer),
             )
     for budget in ("param_budget", "active_param_budget"):
         if getattr(t, budget) is not None and t.intermediate_size is not None and t.hidden_size is not None:
