@@ -2,10 +2,12 @@
 
 import { api } from "./api.js";
 import { route, start } from "./router.js";
+import { bakeoffView } from "./views/bakeoff.js";
 import { compareView } from "./views/compare.js";
 import { explorerView } from "./views/explorer.js";
 import { jobView } from "./views/job.js";
 import { runsView } from "./views/runs.js";
+import { searchView } from "./views/search.js";
 import { teachersView } from "./views/teachers.js";
 
 route("", teachersView);
@@ -14,8 +16,10 @@ route("explore", explorerView);
 route("runs", runsView);
 route("job", jobView);
 route("compare", compareView);
+route("search", searchView);
+route("bakeoff", bakeoffView);
 
-const NAV_OF = { "": "teachers", teachers: "teachers", explore: "explore", runs: "runs", job: "runs", compare: "compare" };
+const NAV_OF = { "": "teachers", teachers: "teachers", explore: "explore", runs: "runs", job: "runs", compare: "compare", search: "search", bakeoff: "search" };
 
 start(document.getElementById("view"), ({ name }) => {
   for (const a of document.querySelectorAll("[data-nav]")) {

@@ -1,0 +1,50 @@
+// Pure helpers of the search view (no DOM): the Pareto front of candidates over a cost axis, and a
+// candidate's architecture in one line (how it cuts, depth / width / mixed, comes from the engine).
+
+/** The cost axes a search can report, by the key of the candidate's `costs` object. */
+export const COST_AXES = {
+  params: { label: "parameters", unit: "count" },
+  memory: { label: "active memory (weights + KV cache)", unit: "bytes" },
+  latency: { label: "decode latency (measured)", unit: "seconds" },
+};
+
+/**
+ * Indices of the points on the lower-left Pareto front (lower cost and lower loss are better): a point
+ * is on it when no other point is at most as costly and at most as lossy while strictly better in one.
+ * Returned in increasing cost; points without both numbers are skipped.
+ */
+export function paretoFront(points, cost = (p) => p.x, loss = (p) => p.y) {
+  const valid = points
+    .map((p, i) => ({ i, x: cost(p), y: loss(p) }))
+    .filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y))
+    .sort((a, b) => a.x - b.x || a.y - b.y);
+  const front = [];
+  let best = Infinity;
+  for (const p of valid) {
+    // Equal cost: only the first (lowest loss) of the run can be on the front.
+    if (p.y < best) {
+      front.push(p.i);
+      best = p.y;
+    }
+  }
+  return front;
+}
+
+/** "6/8 layers · 6/8 heads · MLP 512/768 · hidden 192/256": what a candidate keeps of the teacher. */
+export function archLine(axes, teacher) {
+  const part = (value, total, label, before = false) => {
+    if (value === undefined || value === null) return null;
+    const text = value === total || total === undefined ? `${value}` : `${value}/${total}`;
+    return before ? `${label} ${text}` : `${text} ${label}`;
+  };
+  return [
+    part(axes.num_layers, teacher.num_layers, "layers"),
+    part(axes.num_heads, teacher.num_heads, "heads"),
+    axes.num_kv_heads !== undefined && axes.num_kv_heads !== teacher.num_kv_heads ? part(axes.num_kv_heads, teacher.num_kv_heads, "KV groups") : null,
+    part(axes.intermediate_size, teacher.intermediate_size, "MLP", true),
+    part(axes.hidden_size, teacher.hidden_size, "hidden", true),
+  ]
+    .filter(Boolean)
+    .join(" · ");
+}
+

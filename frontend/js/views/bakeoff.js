@@ -1,0 +1,270 @@
+// A bake-off (a server-side "bakeoff" workflow): K candidates cut, distilled with the same settings
+// and token budget, side by side. Live overlaid curves (one colour per candidate, from the teacher's
+// event stream), each branch's steps linking to its child jobs, and at the end the ranking before and
+// after distillation with rank flips marked; the winner can go on to a full distillation.
+// URL: #/bakeoff/<workflow id>?x=step|tokens&smooth=0.6
+
+import { api, showError } from "../api.js";
+import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
+import { h, mount, segmented } from "../dom.js";
+import { compact, sig, when } from "../format.js";
+import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
+import { go, href, setQuery } from "../router.js";
+import { subscribe } from "../sse.js";
+import { SeriesStore, X_FIELDS } from "./job.js";
+
+const CURVES = [
+  ["loss", "training loss (optimised)"],
+  ["val_loss", "validation loss"],
+];
+
+export async function bakeoffView(host, { args, query }, ctx) {
+  const id = Number(args[0]);
+  if (!id) return bakeoffList(host, ctx);
+  const view = { x: query.get("x") || "step", smooth: Number(query.get("smooth") ?? 0.6) };
+  let wf;
+  try {
+    wf = await api.get(`/workflows/${id}`);
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  const teacher = await api.get(`/teachers/${wf.teacher_id}`).catch(() => null);
+  if (!ctx.alive) return;
+  const stores = new Map(); // distill job id -> SeriesStore
+  const loaded = new Set(); // distill job ids whose metrics snapshot was read
+
+  const head = h("div");
+  const progress = h("section.panel", { dataset: { testid: "bakeoff-progress" } });
+  const charts = CURVES.map(([name, label]) => ({ name, label, plot: h("div.plot", { dataset: { testid: `bakeoff-plot-${name}` } }) }));
+  const ranking = h("div", { dataset: { testid: "bakeoff-ranking" } });
+  const branches = h("div", { dataset: { testid: "bakeoff-branches" } });
+  const actionErr = h("div.error-msg");
+  const smoothLabel = h("span.num", view.smooth.toFixed(2));
+
+  mount(host,
+    head,
+    progress,
+    h("section.panel", { style: { marginTop: "14px" } },
+      h("header", h("h2", "Distillation, side by side"),
+        h("span.ctl", h("span", "x axis"), segmented([["step", "step"], ["tokens", "tokens"]], view.x, (v) => { view.x = v; setQuery({ x: v }); schedule(); })),
+        h("span.ctl", h("span", "smoothing"), h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: view.smooth, oninput: (ev) => { view.smooth = Number(ev.target.value); smoothLabel.textContent = view.smooth.toFixed(2); setQuery({ smooth: view.smooth }); schedule(); } }), smoothLabel)),
+      h("div.grid.two", charts.map((c) => h("div", h("h3", c.label), c.plot)))),
+    h("div.grid.two", { style: { marginTop: "14px" } },
+      h("section.panel", h("header", h("h2", "Ranking before → after distillation"), h("span.hint", "lower loss ranks first; a flip is a candidate whose rank changed")), ranking),
+      h("section.panel", h("header", h("h2", "Candidates and their jobs")), branches)),
+  );
+
+  const candidates = () => wf.branches.filter((b) => b.role !== "teacher");
+  const colorOf = (b) => SERIES_COLORS[candidates().indexOf(b) % SERIES_COLORS.length];
+  const stepOf = (b, name) => b.steps.find((s) => s.name === name);
+
+  function renderHead() {
+    const active = wf.status === "running" || wf.status === "queued";
+    mount(head,
+      h("div.page-head",
+        h("h1", `Bake-off #${wf.id}`),
+        statusBadge(wf.status),
+        h("span.sub", wf.name, teacher ? ` · ${teacher.name}` : ""),
+        h("span.hint", `${candidates().length} candidates · ${distillText(wf.params?.distill)} · created ${when(wf.created_at)}`),
+        h("span.spacer"),
+        h("button.danger", { disabled: !active, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all"),
+        h("button", { disabled: !(wf.status === "failed" || wf.status === "cancelled"), onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry"),
+      ));
+    mount(progress, progressBar(wf, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }), actionErr);
+  }
+
+  async function act(what) {
+    try {
+      await api.post(`/workflows/${wf.id}/${what}`);
+      await refresh();
+    } catch (e) {
+      showError(actionErr, e);
+    }
+  }
+
+  function renderBranches() {
+    mount(branches, h("table",
+      h("thead", h("tr", h("th", "candidate"), h("th", "status"), h("th", "steps (click for the job)"))),
+      h("tbody", wf.branches.map((b) => h("tr", { dataset: { branch: b.name } },
+        h("td", b.role === "teacher" ? null : h("span", { style: { color: colorOf(b) } }, "● "), h("span.mono", b.name), b.student_id ? h("div.faint", h("a", { href: href("runs", [], { student: b.student_id }) }, `student #${b.student_id}`)) : null),
+        h("td", statusBadge(b.status), b.error ? h("div.field-error", b.error) : null),
+        h("td", h("div.row.tight", b.steps.map((s) => {
+          const text = `${s.name}${s.status === "running" && s.progress ? ` ${Math.round(s.progress * 100)}%` : ""}`;
+          const cls = { succeeded: "ok", running: "run", failed: "err", cancelled: "stopped" }[s.status] || "";
+          return s.job_id ? h(`a.badge${cls ? `.${cls}` : ""}`, { href: href("job", [s.job_id]), title: `${s.kind} job #${s.job_id} · ${s.status}${s.tries > 1 ? ` · try ${s.tries}` : ""}`, dataset: { step: s.name } }, text) : h("span.badge", { title: s.status }, text);
+        }))))))));
+  }
+
+  function renderRanking() {
+    const r = wf.result;
+    if (!r?.ranking?.length) {
+      mount(ranking, h("div.empty", wf.status === "succeeded" ? "No ranking recorded." : "Appears when every candidate has been distilled and evaluated."));
+      return;
+    }
+    const metric = r.metric || "loss";
+    const rows = r.ranking; // ordered by rank after distillation; ranks and flips as the server computed them
+    mount(ranking,
+      h("table",
+        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", `${metric} before`), h("th.num", "rank before"), h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
+        h("tbody", rows.map((x) => {
+          const b = wf.branches.find((br) => br.name === x.name);
+          const moved = x.rank_before - x.rank_after;
+          return h(`tr${x.name === r.winner ? ".selected" : ""}`, { dataset: { candidate: x.name, flipped: String(!!x.flipped) } },
+            h("td.num", x.rank_after),
+            h(`td.mono${x.name === r.winner ? ".best" : ""}`, b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, x.name),
+            h("td.num", compact(x.params_total)),
+            h("td.num", sig(x.before?.[metric])),
+            h("td.num", x.rank_before),
+            h("td.num", sig(x.after?.[metric])),
+            h("td", x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
+            h("td", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
+        }))),
+      r.flips?.length ? h("div.hint", { style: { marginTop: "6px" } }, `${r.flips.length} pair${r.flips.length > 1 ? "s" : ""} swapped order: `, r.flips.map(([a, b]) => `${a} overtook ${b}`).join(" · ")) : h("div.hint", { style: { marginTop: "6px" } }, "No flips: distillation kept the search's order."),
+      r.winner ? promoteRow(r) : null,
+    );
+  }
+
+  function promoteRow(r) {
+    const box = h("div.error-msg");
+    return h("div.row", { style: { marginTop: "10px" } },
+      h("span", "Winner: ", h("b.mono", r.winner)),
+      h("span.spacer"),
+      h("button.primary", { dataset: { testid: "promote-winner" }, onclick: () => promote(r, box), title: "a full distillation of the winner, continuing from its bake-off weights" }, "Promote winner → full distillation"),
+      box);
+  }
+
+  async function promote(r, box) {
+    try {
+      const job = await api.post(`/workflows/${wf.id}/promote`, {});
+      go("job", [job.id]);
+    } catch (e) {
+      showError(box, e);
+    }
+  }
+
+  // ---- curves ------------------------------------------------------------------------------
+  let timer = null;
+  function schedule() {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      drawCurves();
+    }, 250);
+  }
+
+  async function drawCurves() {
+    const Plotly = await plotlyReady();
+    if (!ctx.alive) return;
+    for (const c of charts) {
+      const traces = [];
+      for (const b of candidates()) {
+        const jid = stepOf(b, "distill")?.job_id;
+        const store = jid && stores.get(jid);
+        const pts = store ? store.points(c.name) : [];
+        if (!pts.length) continue;
+        const color = colorOf(b);
+        const xs = pts.map((p) => p[X_FIELDS[view.x][0]]);
+        const ys = pts.map((p) => p.value);
+        const weight = c.name.startsWith("val_") ? 0 : view.smooth;
+        if (weight > 0) traces.push({ x: xs, y: ys, mode: "lines", line: { color, width: 1 }, opacity: 0.22, showlegend: false, hoverinfo: "skip" });
+        traces.push({ x: xs, y: smooth(ys, weight), name: b.name, mode: pts.length < 3 ? "lines+markers" : "lines", line: { color, width: 2 }, hovertemplate: `${b.name} %{y:.4g}<extra>%{x}</extra>` });
+      }
+      const layout = baseLayout({ height: 280, width: c.plot.clientWidth || undefined, xaxis: { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } }, margin: { l: 52, r: 10, t: 28, b: 36 } });
+      if (!traces.length) layout.annotations = [{ text: "waiting for the first distillation step…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#5d6878" } }];
+      Plotly.react(c.plot, traces, layout, PLOT_CONFIG);
+      c.plot.dataset.traces = String(traces.filter((t) => t.name).length);
+    }
+  }
+
+  async function loadMetrics() {
+    for (const b of candidates()) {
+      const jid = stepOf(b, "distill")?.job_id;
+      if (!jid || loaded.has(jid)) continue;
+      loaded.add(jid);
+      if (!stores.has(jid)) stores.set(jid, new SeriesStore());
+      try {
+        const snap = await api.get(`/jobs/${jid}/metrics`);
+        for (const [name, pts] of Object.entries(snap.series || {})) for (const p of pts) stores.get(jid).add(name, p);
+      } catch (e) {
+        console.warn(e);
+      }
+    }
+    schedule();
+  }
+
+  async function refresh() {
+    try {
+      wf = await api.get(`/workflows/${wf.id}`);
+    } catch (e) {
+      showError(actionErr, e);
+      return;
+    }
+    if (!ctx.alive) return;
+    renderHead();
+    renderBranches();
+    renderRanking();
+    loadMetrics();
+  }
+
+  // ---- live: one teacher stream carries every child's metric and status events ----------------
+  let pending = null;
+  const close = subscribe(`/teachers/${wf.teacher_id}/events`, {
+    metric: (ev) => {
+      const store = stores.get(ev.job_id);
+      if (!store) return; // a job of another workflow, or a distillation not attached yet (refresh will)
+      store.addMetricEvent(ev);
+      schedule();
+    },
+    status: (job) => {
+      if (job.id !== wf.id && !wf.branches.some((b) => b.steps.some((s) => s.job_id === job.id)) && job.parent_id !== wf.id) return;
+      clearTimeout(pending);
+      pending = setTimeout(refresh, 200);
+    },
+  });
+  const poll = setInterval(() => {
+    if (wf.status === "running" || wf.status === "queued") refresh();
+  }, 5000);
+  window.addEventListener("resize", schedule);
+  ctx.onCleanup(() => {
+    close();
+    clearInterval(poll);
+    clearTimeout(pending);
+    clearTimeout(timer);
+    window.removeEventListener("resize", schedule);
+  });
+  renderHead();
+  renderBranches();
+  renderRanking();
+  await loadMetrics();
+}
+
+function distillText(d) {
+  if (!d) return "";
+  const parts = [d.tokens ? `${compact(d.tokens)} tokens each` : d.steps ? `${d.steps} steps each` : null, d.batch_size ? `batch ${d.batch_size}` : null, d.seq_len ? `seq ${d.seq_len}` : null];
+  return parts.filter(Boolean).join(" · ");
+}
+
+async function bakeoffList(host, ctx) {
+  let list;
+  try {
+    list = await api.get("/workflows");
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  if (!ctx.alive) return;
+  mount(host,
+    h("div.page-head", h("h1", "Bake-offs"), h("span.sub", "start one from a search: pick candidates on its Pareto front")),
+    h("section.panel", list.length
+      ? h("table", { dataset: { testid: "bakeoff-list" } },
+          h("thead", h("tr", h("th", "bake-off"), h("th", "name"), h("th", "status"), h("th", { style: { width: "30%" } }, "progress"), h("th", "winner"))),
+          h("tbody", list.map((w) => h("tr.clickable", { onclick: () => go("bakeoff", [w.id]) },
+            h("td.mono", `#${w.id}`, h("div.faint", when(w.created_at))),
+            h("td", w.name),
+            h("td", statusBadge(w.status)),
+            h("td", progressBar(w)),
+            h("td.mono", w.result?.winner || "–")))))
+      : h("div.empty", "No bake-off yet. ", h("a", { href: href("search") }, "Run a search →"))));
+}
+

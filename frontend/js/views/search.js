@@ -1,0 +1,469 @@
+// Architecture search under a budget: start one from an importance run, watch candidates being scored,
+// then read the result as a Pareto scatter (cost vs loss, coloured by how each candidate cuts, front
+// drawn), a parallel-coordinates chart over the architecture axes and scores, and a ranked table.
+// Click a point to open it in the planner; shift-click points (or tick rows) to pick a bake-off.
+// URL: #/search?run=<importance run>  (start + list) · #/search/<job id>?x=params|memory|latency&y=loss|ppl
+
+import { api, showError } from "../api.js";
+import { parseCount } from "../components/planner.js";
+import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
+import { h, mount, segmented, toast } from "../dom.js";
+import { bytes, compact, duration, ms, pct, sig, when } from "../format.js";
+import { baseLayout, plotlyReady } from "../plots.js";
+import { go, href, setQuery } from "../router.js";
+import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
+import { subscribe } from "../sse.js";
+
+export const CUT_COLORS = { depth: "#8fa8ff", width: "#2bb3a3", mixed: "#f2b34b", none: "#8a96a8" };
+const CUT_LABELS = { depth: "depth only (layers)", width: "width only (heads / MLP / hidden)", mixed: "depth + width", none: "no cut" };
+const FRONT_COLOR = "#e8edf5";
+const PICK_COLOR = "#ff4fa3";
+const Y_AXES = { loss: "LM loss on held-out data (lower is better)", ppl: "perplexity (lower is better)" };
+const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "toImage"] };
+
+export async function searchView(host, { args, query }, ctx) {
+  const id = Number(args[0]);
+  if (!id) return searchHome(host, query, ctx);
+  return searchResult(host, id, query, ctx);
+}
+
+// ---- start a search + the list of searches ----------------------------------------------------------
+
+async function searchHome(host, query, ctx) {
+  const runId = Number(query.get("run")) || null;
+  let runs;
+  let searches;
+  try {
+    [runs, searches] = await Promise.all([api.get("/importance-runs?limit=200"), api.get("/searches?limit=100")]);
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  if (!ctx.alive) return;
+  const ready = runs.filter((r) => r.status === "succeeded");
+  const teachers = new Map();
+  for (const r of ready) if (!teachers.has(r.teacher_id)) teachers.set(r.teacher_id, await api.get(`/teachers/${r.teacher_id}`).catch(() => null));
+
+  const err = h("div.error-msg");
+  const form = searchForm(ready, teachers, runId);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = readForm(form);
+    const at = `@${v.at_batch || 1},${v.at_context || 2048}`;
+    const budgets = [];
+    if (v.budget_params) budgets.push(`params=${String(v.budget_params).trim()}`);
+    if (v.budget_memory) budgets.push(`memory=${String(v.budget_memory).trim()}${at}`);
+    if (v.budget_latency) budgets.push(`latency=${String(v.budget_latency).trim()}${at}`);
+    const body = {
+      importance_run_id: Number(v.importance_run_id),
+      top_k: v.top_k,
+      settings: {
+        budgets,
+        tolerance: v.tolerance / 100,
+        max_depth_cut: v.max_depth_cut / 100,
+        max_width_cut: v.max_width_cut / 100,
+        mlp_step: v.mlp_step,
+        hidden_step: v.hidden_step,
+        head_modes: v.head_modes === "both" ? ["whole_groups", "within_groups"] : [v.head_modes],
+        frontier_only: v.frontier_only,
+        eval_samples: v.eval_samples,
+        eval_seq_len: v.eval_seq_len,
+      },
+    };
+    try {
+      const job = await api.post("/searches", body);
+      go("search", [job.id]);
+    } catch (e) {
+      showError(err, e, form);
+    }
+  });
+  form.append(err);
+
+  const list = searches.length
+    ? h("table", { dataset: { testid: "search-list" } },
+        h("thead", h("tr", h("th", "search"), h("th", "teacher · run"), h("th", "budgets"), h("th", "status"), h("th", { style: { width: "28%" } }, "progress"), h("th", ""))),
+        h("tbody", searches.map((j) => h("tr.clickable", { onclick: () => go("search", [j.id]) },
+          h("td.mono", `#${j.id}`, h("div.faint", when(j.created_at))),
+          h("td", teachers.get(j.teacher_id)?.name ?? `teacher #${j.teacher_id}`, h("div.faint.mono", `run #${j.importance_run_id}`)),
+          h("td.mono", budgetText(j.params?.settings?.budgets)),
+          h("td", statusBadge(j.status), statusReason(j, { inline: true })),
+          h("td", progressBar(j)),
+          h("td", j.result ? h("span.hint", `${j.result.candidates} candidates`) : null)))))
+    : h("div.empty", "No search yet.");
+
+  mount(host,
+    h("div.page-head", h("h1", "Architecture search"), h("span.sub", "every architecture within a budget, scored on held-out data; the best few race in a bake-off")),
+    h("div.grid.two",
+      h("section.panel", h("header", h("h2", "New search")), ready.length ? form : h("div.empty", "A search needs a finished importance run: ", h("a", { href: href("") }, "start one on the Teachers page →"))),
+      h("section.panel", h("header", h("h2", "Searches")), list)),
+  );
+}
+
+function budgetText(budgets) {
+  return budgets?.length ? budgets.join(" · ") : "–";
+}
+
+function searchForm(runs, teachers, runId) {
+  const label = (r) => `run #${r.id} · ${teachers.get(r.teacher_id)?.name ?? `teacher #${r.teacher_id}`} · ${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"}`;
+  return h("form.stack", { dataset: { testid: "search-form" } },
+    h("div.form-grid",
+      h("div", { style: { gridColumn: "1 / -1" } }, field({ name: "importance_run_id", label: "Importance run (teacher and its scores)", options: runs.map((r) => [r.id, label(r)]), value: runId ?? runs[0]?.id })),
+    ),
+    h("h3.section-title", "Budgets (any of them: a share of the teacher, or an amount)"),
+    h("div.form-grid",
+      field({ name: "budget_params", label: "parameters ≤", placeholder: "60% or 5.8M", value: "60%", title: "total parameters: 60% of the teacher, or a count such as 5.8M" }),
+      field({ name: "budget_memory", label: "memory ≤", placeholder: "70% or 1.2GB", title: "weights + KV cache at the batch and context on the right (70% of the teacher's, or 800MB, 1.2GB, 2GiB)" }),
+      field({ name: "budget_latency", label: "decode latency ≤", placeholder: "70% or 4ms", title: "decode time per generated token, measured on the worker's device (each shape timed once with random weights, cached)" }),
+      field({ name: "at_batch", label: "at batch", type: "number", value: 1, min: 1 }),
+      field({ name: "at_context", label: "at context", type: "number", value: 2048, min: 1 }),
+      field({ name: "tolerance", label: "tolerance %", type: "number", value: 2, min: 0, step: 0.5, title: "a cost may exceed its budget by this much" }),
+    ),
+    h("h3.section-title", "Search space"),
+    h("div.form-grid",
+      field({ name: "max_depth_cut", label: "cut depth ≤ %", type: "number", value: 20, min: 0, max: 99, title: "at most this share of the layers is removed (Model Optimizer's default: 20%)" }),
+      field({ name: "max_width_cut", label: "cut widths ≤ %", type: "number", value: 40, min: 0, max: 99, title: "at most this share of any width axis (heads, MLP, hidden) is removed (default 40%)" }),
+      field({ name: "mlp_step", label: "MLP step", type: "number", value: 64, min: 1, title: "MLP sizes are multiples of this" }),
+      field({ name: "hidden_step", label: "hidden step", type: "number", value: 64, min: 1, title: "hidden sizes are multiples of this (and of the head count where the family needs it)" }),
+      field({ name: "head_modes", label: "heads removed", options: [["both", "within or whole KV groups"], ["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "both" }),
+      field({ name: "frontier_only", label: "only the budget's frontier", type: "checkbox", value: true, title: "keep only candidates where no axis can grow one step and still fit" }),
+    ),
+    h("h3.section-title", "Scoring (held-out loss of each cut)"),
+    h("div.form-grid",
+      field({ name: "eval_samples", label: "held-out samples", type: "number", value: 16, min: 1 }),
+      field({ name: "eval_seq_len", label: "seq len", type: "number", value: 128, min: 2 }),
+      field({ name: "top_k", label: "top K (bake-off pick)", type: "number", value: 3, min: 1 }),
+    ),
+    h("div.row", h("button.primary", { type: "submit", dataset: { testid: "start-search" } }, "Start search")),
+  );
+}
+
+// ---- one search: Pareto scatter, parallel coordinates, table, bake-off picker -----------------------
+
+async function searchResult(host, id, query, ctx) {
+  const view = { x: query.get("x") || "params", y: query.get("y") || "loss" };
+  let job;
+  try {
+    job = await api.get(`/jobs/${id}`);
+  } catch (err) {
+    mount(host, h("div.error-msg", err.message));
+    return;
+  }
+  const teacher = await api.get(`/teachers/${job.teacher_id}`).catch(() => null);
+  if (!ctx.alive) return;
+  const spec = teacher?.spec || {};
+  let data = null; // GET /searches/{id}/candidates
+  const picked = new Set(); // candidate ids chosen for a bake-off
+
+  const head = h("div");
+  const progress = h("section.panel", { dataset: { testid: "search-progress" } });
+  const scatter = h("div.plot.tall", { dataset: { testid: "pareto-plot" } });
+  const parcoords = h("div.plot", { dataset: { testid: "parcoords-plot" } });
+  const table = h("div", { dataset: { testid: "candidate-table" } });
+  const bake = h("section.panel", { dataset: { testid: "bakeoff-picker" } });
+  const detail = h("div", { dataset: { testid: "point-detail" } });
+  const xSeg = h("span.ctl", h("span", "cost"));
+  const ySeg = h("span.ctl", h("span", "quality"), segmented(Object.entries({ loss: "loss", ppl: "perplexity" }), view.y, (v) => { view.y = v; setQuery({ y: v }); draw(); }, { dataset: { testid: "y-axis" } }));
+
+  mount(host,
+    head,
+    progress,
+    h("div.search-layout",
+      h("section.panel",
+        h("header", h("h2", "Pareto front"), xSeg, ySeg),
+        scatter,
+        h("div.hint", "click a point: open it in the planner · ", h("kbd", "shift"), "-click: add it to the bake-off · the line joins the candidates no other beats on both cost and quality")),
+      h("div.stack", bake, h("section.panel", h("header", h("h2", "Candidate")), detail))),
+    h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Architecture axes and scores"), h("span.hint", "drag along an axis to filter; colour: loss")), parcoords),
+    h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Candidates"), h("span.hint", "ranked by loss within the budget; tick rows for the bake-off")), table),
+  );
+
+  function renderHead() {
+    mount(head,
+      h("div.page-head",
+        h("h1", `Search #${job.id}`),
+        statusBadge(job.status),
+        teacher ? h("span.sub", teacher.name, " · ", h("a", { href: href("explore", [job.importance_run_id]) }, `importance run #${job.importance_run_id}`)) : null,
+        h("span.hint.mono", budgetText(job.params?.settings?.budgets)),
+        h("span.spacer"),
+        h("button.danger", { disabled: !["queued", "running"].includes(job.status), onclick: cancel, dataset: { testid: "cancel" } }, "Cancel"),
+      ));
+    const r = job.result || {};
+    const best = data?.candidates?.[0];
+    const rate = r.candidates_per_minute ?? null;
+    mount(progress,
+      job.status === "succeeded"
+        ? h("div.cards",
+            card("candidates scored", compact(r.candidates), `${compact(r.within_budget)} within the budget`, "scored"),
+            card("candidates / minute", rate === null ? "–" : sig(rate, 3), r.seconds ? `in ${duration(r.seconds)}` : "", "rate"),
+            card("best loss", best ? sig(best.loss) : "–", data?.reference?.loss ? `teacher ${sig(data.reference.loss)}` : "", "best"),
+            card("best candidate", best ? `${compact(best.costs?.params)} params` : "–", best ? archLine(best.axes, spec) : "", "best-arch"))
+        : h("div.stack", { style: { gap: "6px" } }, progressBar(job, { big: true }), statusReason(job, { testid: "search-error" })),
+    );
+  }
+  function card(label, value, delta, testid) {
+    return h("div.metric", { dataset: { testid: `search-${testid}` } }, h("div.label", label), h("div.value", value), h("div.delta", delta));
+  }
+
+  async function cancel() {
+    try {
+      job = await api.post(`/jobs/${job.id}/cancel`);
+      renderHead();
+    } catch (e) {
+      toast(e.message, "err");
+    }
+  }
+
+  // ---- data --------------------------------------------------------------------------------
+  async function load() {
+    try {
+      data = await api.get(`/searches/${job.id}/candidates`);
+    } catch (e) {
+      mount(detail, h("div.error-msg", e.message));
+      return;
+    }
+    if (!ctx.alive) return;
+    for (const c of data.candidates) c.cut = c.cut || "none";
+    const axes = Object.keys(COST_AXES).filter((k) => data.candidates.some((c) => Number.isFinite(c.costs?.[k])));
+    if (!axes.includes(view.x)) view.x = axes[0] || "params";
+    xSeg.replaceChildren(h("span", "cost"), segmented(axes.map((k) => [k, { params: "parameters", memory: "memory", latency: "latency" }[k]]), view.x, (v) => { view.x = v; setQuery({ x: v }); draw(); }, { dataset: { testid: "x-axis" } }));
+    renderHead();
+    draw();
+    renderTable();
+    renderBake();
+    mount(detail, h("div.empty", "Hover or click a point."));
+  }
+
+  const shown = () => data.candidates;
+  const cost = (c) => c.costs?.[view.x];
+  const quality = (c) => (view.y === "ppl" ? Math.exp(c.loss) : c.loss);
+  const fmtCost = (v) => (view.x === "memory" ? bytes(v) : view.x === "latency" ? ms(v) : compact(v));
+
+  function hover(c) {
+    const ref = data.reference || {};
+    const share = (k) => (ref[k] ? ` (${pct(c.costs[k] / ref[k], 0)})` : "");
+    return [
+      `<b>#${c.id}</b> ${c.rank ? `rank ${c.rank}` : "outside the budget"} · ${CUT_LABELS[c.cut]}`,
+      archLine(c.axes, spec),
+      `params ${compact(c.costs.params)}${share("params")}` + (Number.isFinite(c.costs.memory) ? ` · memory ${bytes(c.costs.memory)}${share("memory")}` : "") + (Number.isFinite(c.costs.latency) ? ` · latency ${ms(c.costs.latency)}${share("latency")}` : ""),
+      `loss ${sig(c.loss)} · ppl ${sig(Math.exp(c.loss))}`,
+    ].join("<br>");
+  }
+
+  async function draw() {
+    if (!data) return;
+    const Plotly = await plotlyReady();
+    if (!ctx.alive) return;
+    const pts = shown();
+    const traces = [];
+    for (const kind of ["depth", "width", "mixed", "none"]) {
+      const group = pts.filter((c) => c.cut === kind);
+      if (!group.length) continue;
+      traces.push({
+        type: "scatter",
+        mode: "markers",
+        name: CUT_LABELS[kind],
+        x: group.map(cost),
+        y: group.map(quality),
+        customdata: group.map((c) => c.id),
+        text: group.map(hover),
+        hovertemplate: "%{text}<extra></extra>",
+        marker: { color: CUT_COLORS[kind], size: group.map((c) => (c.within_budget ? 8 : 6)), opacity: group.map((c) => (c.within_budget ? 0.85 : 0.35)), line: { color: "#0e1116", width: 0.5 } },
+      });
+    }
+    const front = paretoFront(pts, cost, quality).map((i) => pts[i]);
+    traces.push({ type: "scatter", mode: "lines+markers", name: "Pareto front", x: front.map(cost), y: front.map(quality), customdata: front.map((c) => c.id), text: front.map(hover), hovertemplate: "%{text}<extra>front</extra>", line: { color: FRONT_COLOR, width: 1.5, shape: "hv", dash: "dot" }, marker: { size: 11, color: "rgba(0,0,0,0)", line: { color: FRONT_COLOR, width: 1.5 } } });
+    const chosen = data.candidates.filter((c) => picked.has(c.id));
+    traces.push({ type: "scatter", mode: "markers", name: "bake-off", x: chosen.map(cost), y: chosen.map(quality), customdata: chosen.map((c) => c.id), text: chosen.map(hover), hovertemplate: "%{text}<extra>bake-off</extra>", marker: { size: 16, color: "rgba(0,0,0,0)", line: { color: PICK_COLOR, width: 2.5 } }, showlegend: chosen.length > 0 });
+    const ref = data.reference;
+    if (ref && Number.isFinite(ref[view.x]) && Number.isFinite(ref.loss)) {
+      traces.push({ type: "scatter", mode: "markers+text", name: "teacher", x: [ref[view.x]], y: [view.y === "ppl" ? Math.exp(ref.loss) : ref.loss], text: ["teacher"], textposition: "middle left", textfont: { color: "#8a96a8", size: 10 }, hovertemplate: `teacher · ${archLine(spec, spec)}<br>loss %{y:.4g}<extra></extra>`, marker: { symbol: "star", size: 13, color: "#fde725" } });
+    }
+    const budget = data.budgets?.[view.x];
+    const shapes = Number.isFinite(budget) ? [{ type: "line", xref: "x", yref: "paper", x0: budget, x1: budget, y0: 0, y1: 1, line: { color: "#ff6b6b", width: 1, dash: "dash" } }] : [];
+    const annotations = Number.isFinite(budget) ? [{ x: budget, y: 1, xref: "x", yref: "paper", text: "budget", showarrow: false, xanchor: "right", yanchor: "top", font: { size: 10, color: "#ff6b6b" } }] : [];
+    const layout = baseLayout({
+      height: 440,
+      width: scatter.clientWidth || undefined,
+      xaxis: { title: { text: COST_AXES[view.x].label, font: { size: 11 } }, ...(view.x === "params" ? { tickformat: ".3s" } : {}) },
+      yaxis: { title: { text: Y_AXES[view.y], font: { size: 11 } } },
+      margin: { l: 60, r: 14, t: 30, b: 44 },
+      shapes,
+      annotations,
+      hovermode: "closest",
+      dragmode: "zoom",
+    });
+    Plotly.react(scatter, traces, layout, PLOT_CONFIG);
+    scatter.dataset.points = String(pts.length);
+    scatter.dataset.front = front.map((c) => c.id).join(",");
+    if (!scatter.dataset.bound) {
+      scatter.dataset.bound = "1";
+      scatter.on("plotly_click", (ev) => {
+        const p = ev.points?.[0];
+        if (!p || p.customdata === undefined) return;
+        if (ev.event?.shiftKey) togglePick(p.customdata);
+        else openInPlanner(p.customdata);
+      });
+      scatter.on("plotly_hover", (ev) => {
+        const p = ev.points?.[0];
+        const c = p && data.candidates.find((x) => x.id === p.customdata);
+        if (c) showDetail(c);
+      });
+      scatter.on("plotly_selected", (ev) => {
+        for (const p of ev?.points || []) if (p.customdata !== undefined) picked.add(p.customdata);
+        renderBake();
+        renderTable();
+        draw();
+      });
+    }
+    drawParcoords(Plotly, pts);
+  }
+
+  function drawParcoords(Plotly, pts) {
+    if (!pts.length) return;
+    const dims = [
+      ["num_layers", "layers"],
+      ["num_heads", "heads / layer"],
+      ["num_kv_heads", "KV groups"],
+      ["intermediate_size", "MLP size"],
+      ["hidden_size", "hidden size"],
+    ]
+      .filter(([k]) => pts.some((c) => c.axes[k] !== undefined) && new Set(pts.map((c) => c.axes[k])).size > 1)
+      .map(([k, label]) => ({ label, values: pts.map((c) => c.axes[k]) }));
+    for (const k of Object.keys(COST_AXES)) {
+      if (pts.every((c) => Number.isFinite(c.costs?.[k]))) {
+        const scale = k === "params" ? 1e6 : k === "memory" ? 2 ** 20 : 1e-3;
+        const unit = { params: "M params", memory: "MiB", latency: "ms" }[k];
+        dims.push({ label: unit, values: pts.map((c) => c.costs[k] / scale) });
+      }
+    }
+    dims.push({ label: "loss", values: pts.map((c) => c.loss) });
+    const trace = {
+      type: "parcoords",
+      dimensions: dims,
+      line: { color: pts.map((c) => c.loss), colorscale: "Viridis", reversescale: true, showscale: true, colorbar: { thickness: 10, tickfont: { size: 10, color: "#c4ccd8" }, title: { text: "loss", font: { size: 10, color: "#c4ccd8" } } } },
+      labelfont: { size: 11, color: "#d9e0ea" },
+      tickfont: { size: 10, color: "#8a96a8" },
+      rangefont: { size: 9, color: "#5d6878" },
+      labelangle: 0,
+    };
+    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 90, t: 40, b: 20 } };
+    Plotly.react(parcoords, [trace], layout, { displaylogo: false, responsive: true });
+    parcoords.dataset.dimensions = dims.map((d) => d.label).join(",");
+  }
+
+  function showDetail(c) {
+    mount(detail,
+      h("div.stack", { style: { gap: "8px" } },
+        h("div.row", h("b", `#${c.id}`), h("span.badge", { style: { color: CUT_COLORS[c.cut], borderColor: CUT_COLORS[c.cut] } }, CUT_LABELS[c.cut]), c.rank ? h("span.hint", `rank ${c.rank}`) : h("span.hint", "outside the budget")),
+        h("div.mono", archLine(c.axes, spec)),
+        h("dl.kv",
+          h("dt", "loss"), h("dd", `${sig(c.loss)} (ppl ${sig(Math.exp(c.loss))})`),
+          h("dt", "parameters"), h("dd", compact(c.costs.params)),
+          Number.isFinite(c.costs.memory) ? [h("dt", "memory"), h("dd", bytes(c.costs.memory))] : null,
+          Number.isFinite(c.costs.latency) ? [h("dt", "latency"), h("dd", ms(c.costs.latency))] : null),
+        h("div.row",
+          h("button.small", { onclick: () => openInPlanner(c.id), dataset: { testid: "open-planner" } }, "Open in planner →"),
+          h("button.small", { onclick: () => togglePick(c.id) }, picked.has(c.id) ? "Remove from bake-off" : "Add to bake-off"))));
+  }
+
+  async function openInPlanner(cid) {
+    try {
+      const plan = await api.post(`/searches/${job.id}/candidates/${encodeURIComponent(cid)}/plan`);
+      go("explore", [job.importance_run_id], { plan: plan.id });
+    } catch (e) {
+      toast(e.message, "err");
+    }
+  }
+
+  function togglePick(cid) {
+    if (picked.has(cid)) picked.delete(cid);
+    else picked.add(cid);
+    renderBake();
+    renderTable();
+    draw();
+  }
+
+  function renderTable() {
+    const rows = shown().slice().sort((a, b) => (a.rank ?? Infinity) - (b.rank ?? Infinity) || a.loss - b.loss).slice(0, 200);
+    const hasMem = rows.some((c) => Number.isFinite(c.costs.memory));
+    const hasLat = rows.some((c) => Number.isFinite(c.costs.latency));
+    mount(table, h("table",
+      h("thead", h("tr", h("th", ""), h("th.num", "rank"), h("th", "cut"), h("th", "architecture"), h("th.num", "params"), hasMem ? h("th.num", "memory") : null, hasLat ? h("th.num", "latency") : null, h("th.num", "loss"), h("th.num", "ppl"), h("th", ""))),
+      h("tbody", rows.map((c) => h(`tr${picked.has(c.id) ? ".selected" : ""}`, { dataset: { candidate: c.id } },
+        h("td", h("input", { type: "checkbox", checked: picked.has(c.id), dataset: { testid: "pick" }, onchange: () => togglePick(c.id) })),
+        h("td.num", c.rank ?? "–"),
+        h("td", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), c.cut),
+        h("td.mono", archLine(c.axes, spec)),
+        h("td.num", compact(c.costs.params)),
+        hasMem ? h("td.num", bytes(c.costs.memory)) : null,
+        hasLat ? h("td.num", ms(c.costs.latency)) : null,
+        h("td.num", sig(c.loss)),
+        h("td.num", sig(Math.exp(c.loss))),
+        h("td", h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); openInPlanner(c.id); } }, "planner →")))))));
+    if (shown().length > rows.length) table.append(h("div.hint", `${shown().length - rows.length} more not listed (all are in the charts)`));
+  }
+
+  const bakeErr = h("div.error-msg");
+  function renderBake() {
+    const chosen = data.candidates.filter((c) => picked.has(c.id));
+    const form = h("form.row", { dataset: { testid: "bakeoff-form" }, onsubmit: (ev) => { ev.preventDefault(); startBakeoff(chosen, form); } },
+      h("span.ctl", h("span", "tokens"), h("input", { name: "tokens", type: "text", value: "256k", size: 6, title: "distillation tokens per candidate (e.g. 64k, 2M), the same for each" })),
+      h("span.ctl", h("span", "batch"), h("input", { name: "batch_size", type: "number", value: 8, min: 1, style: { width: "60px" } })),
+      h("span.ctl", h("span", "seq"), h("input", { name: "seq_len", type: "number", value: 128, min: 2, style: { width: "70px" } })),
+      h("span.ctl", h("span", "val every"), h("input", { name: "val_every", type: "number", value: 25, min: 0, style: { width: "60px" } })),
+      h("span.spacer"),
+      h("button.primary", { type: "submit", disabled: chosen.length < 2, dataset: { testid: "start-bakeoff" } }, `Start bake-off (${chosen.length})`));
+    mount(bake,
+      h("header", h("h2", "Bake-off"), h("span.hint", "distil the picked candidates side by side; the ranking after distillation decides")),
+      chosen.length
+        ? h("ul.messages", { dataset: { testid: "picked" } }, chosen.map((c) => h("li.ok", h("span.field", `#${c.rank}`), archLine(c.axes, spec), h("span.faint", ` · loss ${sig(c.loss)}`))))
+        : h("div.empty", "Pick candidates: shift-click points, tick rows, or use the box select tool."),
+      h("div.row",
+        h("button.small", { onclick: () => { for (const c of topK()) picked.add(c.id); renderBake(); renderTable(); draw(); }, dataset: { testid: "pick-top" } }, `Pick the top ${job.params?.top_k ?? 3}`),
+        chosen.length ? h("button.small", { onclick: () => { picked.clear(); renderBake(); renderTable(); draw(); } }, "Clear") : null),
+      form,
+      bakeErr);
+  }
+  const topK = () => data.candidates.filter((c) => c.rank).sort((a, b) => a.rank - b.rank).slice(0, job.params?.top_k ?? 3);
+
+  async function startBakeoff(chosen, form) {
+    const v = readForm(form);
+    const tokens = parseCount(v.tokens);
+    if (!Number.isFinite(tokens) || tokens < 1) return showError(bakeErr, new Error("tokens: a count such as 64k or 2M"));
+    try {
+      // Each candidate becomes a saved plan (the same one the planner opens), then one server-side workflow.
+      const plans = await Promise.all(chosen.map((c) => api.post(`/searches/${job.id}/candidates/${encodeURIComponent(c.id)}/plan`)));
+      const bakeoff = await api.post("/workflows", {
+        definition: "bakeoff",
+        name: `bake-off of search #${job.id}`,
+        teacher_id: job.teacher_id,
+        importance_run_id: job.importance_run_id,
+        candidates: chosen.map((c, i) => ({ name: `#${c.rank} ${c.id}`, plan_id: plans[i].id })),
+        distill: { tokens, batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every },
+        metric: "loss",
+      });
+      go("bakeoff", [bakeoff.id]);
+    } catch (e) {
+      showError(bakeErr, e, form);
+    }
+  }
+
+  // ---- live --------------------------------------------------------------------------------
+  renderHead();
+  if (job.status === "succeeded") await load();
+  else mount(detail, h("div.empty", "Candidates appear when the search finishes."));
+  const close = subscribe(`/jobs/${job.id}/events`, {
+    status: (j) => {
+      const done = j.status === "succeeded" && job.status !== "succeeded";
+      job = j;
+      renderHead();
+      if (done) load();
+    },
+  });
+  const redraw = () => draw();
+  window.addEventListener("resize", redraw);
+  ctx.onCleanup(() => {
+    close();
+    window.removeEventListener("resize", redraw);
+  });
+}
