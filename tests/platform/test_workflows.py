@@ -5,11 +5,12 @@ and the reason, and a retry resumes it."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
 
-from tests.conftest import start_live_app, stop_live_app
+from tests.conftest import ApiProcess, WorkerProcess, start_live_app, stop_group, stop_live_app
 from tests.platform.helpers import make_dataset
 
 DEPTH = {"drop_layers": [3]}
@@ -18,10 +19,16 @@ DISTILL = {"steps": 4, "batch_size": 2, "seq_len": 32, "val_every": 0, "val_batc
 EVALUATE = {"max_documents": 3, "seq_len": 32}
 
 
+_teachers: dict[str, dict] = {}
+
+
 def ready_teacher(app) -> dict:
-    teacher = app.api.post("/teachers", json={"name": "tiny", "source": str(app.teacher_dir)}).json()
-    assert app.wait_job(teacher["job_id"])["status"] == "succeeded"
-    return teacher
+    """The module's tiny teacher, registered once (its inspect job runs once)."""
+    if app.url not in _teachers:
+        teacher = app.api.post("/teachers", json={"name": "tiny", "source": str(app.teacher_dir)}).json()
+        assert app.wait_job(teacher["job_id"])["status"] == "succeeded"
+        _teachers[app.url] = teacher
+    return _teachers[app.url]
 
 
 def bakeoff(app, teacher: dict, dataset: dict, candidates=None, **overrides) -> dict:
@@ -60,7 +67,12 @@ def step(wf: dict, branch: str, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, redis_url):
-    live = start_live_app(tmp_path_factory.mktemp("wf"), redis_url, PRUNESCOPE_WORKFLOW_SWEEP_S="1")
+    live = start_live_app(
+        tmp_path_factory.mktemp("wf"),
+        redis_url,
+        PRUNESCOPE_WORKFLOW_SWEEP_S="1",
+        PRUNESCOPE_HEARTBEAT_TIMEOUT_S="5",  # a killed worker's job is reaped within seconds
+    )
     yield live
     stop_live_app(live)
 
@@ -100,3 +112,154 @@ def test_bakeoff_runs_to_its_ranking_through_the_worker(app):
     # The workflow is a job: its children name it.
     job = app.api.get(f"/jobs/{wf['id']}").json()
     assert job["kind"] == "workflow" and job["status"] == "succeeded"
+
+
+def one_candidate(app, teacher, dataset, **distill) -> dict:
+    return bakeoff(
+        app,
+        teacher,
+        dataset,
+        candidates=[{"name": "depth", "plan": DEPTH}],
+        distill={**DISTILL, "dataset_id": dataset["id"], **distill},
+    )
+
+
+def step_rows(app, workflow_id: int) -> list[tuple]:
+    """(branch, step, try, job id) rows straight from the database (readable while the API is down)."""
+    path = app.env["PRUNESCOPE_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT branch, step, try_number, job_id FROM workflow_steps WHERE workflow_id = ? ORDER BY id",
+            (workflow_id,),
+        ).fetchall()
+
+
+def test_a_killed_api_is_no_matter_the_workers_advance_and_the_restarted_api_reports(app):
+    teacher, dataset = ready_teacher(app), make_dataset(app)
+    wf = one_candidate(app, teacher, dataset)
+    stop_group(app.server.proc, timeout=0)  # SIGKILL: no shutdown, no last sweep
+    deadline = time.monotonic() + 180
+    while len(step_rows(app, wf["id"])) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the worker creates the next steps by itself: cut -> evaluate_pruned -> distill
+    assert [r[1] for r in step_rows(app, wf["id"])][:3] == ["cut", "evaluate_pruned", "distill"]
+    app.server = ApiProcess(app.env, app.data_dir.parent / "api-2.log", port=app.server.port).start()
+    wf = wait_workflow(app, wf["id"], finished, what="finished")
+    assert wf["status"] == "succeeded", wf["error"]
+    assert all(s["tries"] == 1 for s in wf["branches"][0]["steps"])  # nothing ran twice
+    assert wf["result"]["ranking"][0]["name"] == "depth"
+
+
+def test_a_lost_worker_s_child_resumes_from_its_step_not_from_the_start(app):
+    teacher, dataset = ready_teacher(app), make_dataset(app)
+    wf = one_candidate(app, teacher, dataset, steps=120, checkpoint_every=4)
+    wf = wait_workflow(app, wf["id"], lambda w: step(w, "depth", "distill")["job_id"], what="distilling")
+    distill_id = step(wf, "depth", "distill")["job_id"]
+    done_before = {s["name"]: s["job_id"] for s in wf["branches"][0]["steps"][:2]}
+    app.wait_job(distill_id, statuses=("running",))
+    deadline = time.monotonic() + 120
+    while (app.api.get(f"/jobs/{distill_id}").json()["checkpoint_step"] or 0) < 4:
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.2)
+    app.worker.kill()
+    app.worker = WorkerProcess(app.env, app.data_dir.parent / "worker-2.log").start()
+    wf = wait_workflow(app, wf["id"], finished, timeout=300, what="finished")
+    assert wf["status"] == "succeeded", wf["error"]
+    steps = {s["name"]: s for s in wf["branches"][0]["steps"]}
+    # The cut and the first evaluation were not run again; the distillation was resumed (attempt 2 of
+    # the same job, from its checkpoint), not restarted as a new try.
+    assert {name: steps[name]["job_id"] for name in done_before} == done_before
+    assert all(s["tries"] == 1 for s in steps.values())
+    assert steps["distill"]["job_id"] == distill_id and steps["distill"]["attempts"] == 2
+    distill = app.api.get(f"/jobs/{distill_id}").json()
+    assert distill["result"]["steps"] == 120
+    logs = [line["msg"] for line in app.api.get(f"/jobs/{wf['id']}/logs").json()]
+    assert any(f"distill (job {distill_id}) lost with its worker" in m for m in logs), logs
+
+
+def test_cancel_cancels_the_running_and_queued_children(app):
+    teacher, dataset = ready_teacher(app), make_dataset(app)
+    wf = bakeoff(app, teacher, dataset, distill={**DISTILL, "dataset_id": dataset["id"], "steps": 5000})
+    wf = wait_workflow(
+        app, wf["id"], lambda w: step(w, "depth", "distill")["status"] == "running", what="distilling"
+    )
+    r = app.api.post(f"/workflows/{wf['id']}/cancel")
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "cancelled"
+    children = [s["job_id"] for b in wf["branches"] for s in b["steps"] if s["job_id"]]
+    running = step(wf, "depth", "distill")["job_id"]
+    for job_id in children:
+        assert app.wait_job(job_id, timeout=60)["status"] in ("succeeded", "cancelled")
+    assert app.api.get(f"/jobs/{running}").json()["status"] == "cancelled"
+    rows = len(step_rows(app, wf["id"]))
+    time.sleep(2.5)  # two sweeps and the cancelled jobs' own ends: nothing new is started
+    assert len(step_rows(app, wf["id"])) == rows
+    assert app.api.get(f"/workflows/{wf['id']}").json()["status"] == "cancelled"
+    assert app.api.post(f"/workflows/{wf['id']}/cancel").status_code == 409
+
+
+def test_a_failing_child_fails_the_workflow_with_its_step_and_reason_and_retry_resumes(app):
+    teacher = ready_teacher(app)
+    source = app.data_dir / "fragile.jsonl"
+    text = (
+        (app.data_dir / "small-300.jsonl").read_text()
+        if (app.data_dir / "small-300.jsonl").exists()
+        else None
+    )
+    if text is None:
+        make_dataset(app)
+        text = (app.data_dir / "small-300.jsonl").read_text()
+    source.write_text(text)
+    dataset = app.api.post("/datasets", json={"name": "fragile", "source": str(source)}).json()
+    wf = one_candidate(app, teacher, dataset)
+    first_cut = wf["branches"][0]["steps"][0]["job_id"]
+    source.unlink()  # the evaluations and the distillation cannot read their data now
+    wf = wait_workflow(app, wf["id"], finished, what="failed")
+    assert wf["status"] == "failed"
+    branch = wf["branches"][0]
+    failed_step = branch["step"]
+    failed = step(wf, "depth", failed_step)
+    assert failed_step in ("evaluate_pruned", "distill") and failed["status"] == "failed"
+    assert f"depth, step {failed_step} (job {failed['job_id']})" in wf["error"]
+    assert failed["error"] and failed["error"] in wf["error"]  # the child's own reason
+    assert branch["status"] == "failed" and branch["error"] in wf["error"]
+    assert app.api.post(f"/workflows/{wf['id']}/cancel").status_code == 409
+    source.write_text(text)
+    r = app.api.post(f"/workflows/{wf['id']}/retry")
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "running"
+    wf = wait_workflow(app, wf["id"], finished, what="finished")
+    assert wf["status"] == "succeeded", wf["error"]
+    steps = {s["name"]: s for s in wf["branches"][0]["steps"]}
+    assert steps["cut"]["job_id"] == first_cut and steps["cut"]["tries"] == 1  # not cut again
+    assert steps[failed_step]["tries"] == 2 and steps[failed_step]["job_id"] != failed["job_id"]
+    assert app.api.post(f"/workflows/{wf['id']}/retry").status_code == 409
+
+
+def test_create_refuses_bad_input_naming_the_field_and_writes_nothing(app):
+    teacher = ready_teacher(app)
+    before = len(app.api.get("/plans").json()), len(app.api.get("/jobs").json())
+    cases = [
+        ({"candidates": []}, ["body", "candidates"]),
+        ({"candidates": [{"name": "a", "plan": DEPTH, "plan_id": 1}]}, ["body", "candidates", 0]),
+        ({"candidates": [{"name": "a", "plan": {"drop_layers": [9]}}]}, ["body", "candidates", 0, "plan"]),
+        ({"distill": {"steps": 0}}, ["body", "distill", "steps"]),
+        ({"candidates": [{"name": "a", "targets": {"num_layers": 2}}]}, ["body", "importance_run_id"]),
+    ]
+    for change, loc in cases:
+        body = {"teacher_id": teacher["id"], "candidates": [{"name": "a", "plan": DEPTH}], **change}
+        r = app.api.post("/workflows", json=body)
+        assert r.status_code == 422, (change, r.text)
+        locs = [d["loc"][: len(loc)] for d in r.json()["detail"]]
+        assert loc in locs, (change, r.json())
+    assert (
+        app.api.post(
+            "/workflows", json={"teacher_id": 999, "candidates": [{"name": "a", "plan": DEPTH}]}
+        ).status_code
+        == 404
+    )
+    ok = app.api.post(
+        "/workflows?validate_only=true",
+        json={"teacher_id": teacher["id"], "candidates": [{"name": "a", "plan": DEPTH}]},
+    )
+    assert ok.status_code == 200 and ok.json()["ok"] is True, ok.text
+    assert (len(app.api.get("/plans").json()), len(app.api.get("/jobs").json())) == before
