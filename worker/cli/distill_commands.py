@@ -21,7 +21,9 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from worker.cli import CliError
 from worker.cli.data_options import add_data_options, data_source, open_stream
@@ -179,30 +181,64 @@ def _student_plan(source: str):
 
 
 def _distill(args) -> int:
-    from pydantic import ValidationError
-
-    from worker.engine.adapters import arch_spec
-    from worker.engine.data import PackedTokens, read_documents
-    from worker.engine.distill import DistillConfig, distill, hidden_channels_from_plan, layer_map_from_plan
+    """Check paths and settings before loading anything, load the models and data, train, save."""
     from worker.engine.distill.distributed import DistillContext
-    from worker.engine.distill.memory import memory_options
-    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
-    from worker.engine.evaluation import make_manifest, write_result
-    from worker.engine.loading import save_model
 
     source, streamed = data_source(args)
+    out, work = _checked_paths(args, source, streamed)
+    config = _distill_config(args)
+    ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
+    models = _load_models(args, "cpu" if ctx.distributed else args.device)  # sharding moves each share
+    config = _with_intermediate_targets(args, config, models)
+    train, val = _open_data(args, source, streamed, models.tokenizer, config, ctx)
+    result, weights, sharded = _train(args, config, models, train, val, work, ctx)
+    if not ctx.is_main:
+        return 3 if result.stopped else 0
+    if result.stopped:
+        _say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
+        return 3
+    if sharded:
+        models.student = _whole_student(args.student, weights)
+        models.teacher = models.teacher_source  # sharded or not, its weights are those of its source
+    _save(args, out, config, models, result, ctx, data=_data_record(args, source, streamed, train))
+    return 0
+
+
+@dataclass
+class _Models:
+    student: Any
+    tokenizer: Any
+    teacher: Any = None  # None with --mode ce
+    teacher_source: str | None = None
+    plan: Any = None  # the student's PrunePlan, from its manifest when it has one
+
+
+def _checked_paths(args, source: str, streamed: bool) -> tuple[Path, Path]:
+    """(output dir, work dir), or a one-line CliError for a bad data path, a non-empty output or a
+    --resume with no checkpoint — before any model is loaded."""
+    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
+
     if streamed and source != "demo" and not source.startswith("hf:"):
         from worker.engine.streaming import list_shards
 
-        list_shards(source, args.data_format)  # a bad path: a one-line error before loading models
+        list_shards(source, args.data_format)
     out = args.out.expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise CliError(f"output {out} exists and is not empty (use --overwrite)")
     work = (args.work_dir or out.with_name(out.name + ".work")).expanduser().resolve()
     if args.resume and not (work / "checkpoint.pt").is_file() and sharded_checkpoint_path(work) is None:
         raise CliError(f"--resume: no checkpoint in {work}")
+    return out, work
+
+
+def _distill_config(args):
+    """The DistillConfig of the flags; a bad value is a CliError naming its flag."""
+    from pydantic import ValidationError
+
+    from worker.engine.distill import DistillConfig
+
     try:
-        config = DistillConfig(
+        return DistillConfig(
             mode=args.mode,
             steps=args.steps,
             batch_size=args.batch_size,
@@ -229,29 +265,45 @@ def _distill(args) -> int:
             f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}"
         ) from None
 
-    ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
-    load_device = "cpu" if ctx.distributed else args.device  # sharding moves each rank's share
-    student, tokenizer = _load(args.student, load_device)
-    teacher = teacher_source = None
+
+def _load_models(args, device: str) -> _Models:
+    """The student, the teacher (kd mode), one tokenizer for both and the student's plan."""
+    student, tokenizer = _load(args.student, device)
+    models = _Models(student=student, tokenizer=tokenizer, plan=_student_plan(args.student))
     if args.mode == "kd":
-        teacher_source = _teacher_source(args.teacher)
-        teacher, teacher_tok = _load(teacher_source, load_device)
-        tokenizer = tokenizer or teacher_tok
-        if teacher.get_input_embeddings().num_embeddings != student.get_input_embeddings().num_embeddings:
+        models.teacher_source = _teacher_source(args.teacher)
+        models.teacher, teacher_tok = _load(models.teacher_source, device)
+        models.tokenizer = models.tokenizer or teacher_tok
+        vocab = models.teacher.get_input_embeddings().num_embeddings
+        if vocab != student.get_input_embeddings().num_embeddings:
             raise CliError("student and teacher have different vocabularies")
-    if tokenizer is None:
+    if models.tokenizer is None:
         raise CliError(f"no tokenizer found with {args.student}")
-    plan = _student_plan(args.student)
-    if args.intermediate_weight:
-        if plan is None:
-            raise CliError("--intermediate-weight needs the student's prune plan (prunescope_manifest.json)")
-        spec = arch_spec(teacher)
-        config = config.model_copy(
-            update={
-                "layer_map": layer_map_from_plan(plan.drop_layers, spec.num_layers),
-                "hidden_channels": hidden_channels_from_plan(plan.remove_hidden, spec.hidden_size),
-            }
-        )
+    return models
+
+
+def _with_intermediate_targets(args, config, models: _Models):
+    """With --intermediate-weight, the config maps the student's layers and hidden channels onto the
+    teacher's, by the student's prune plan."""
+    if not args.intermediate_weight:
+        return config
+    from worker.engine.adapters import arch_spec
+    from worker.engine.distill import hidden_channels_from_plan, layer_map_from_plan
+
+    if models.plan is None:
+        raise CliError("--intermediate-weight needs the student's prune plan (prunescope_manifest.json)")
+    spec = arch_spec(models.teacher)
+    return config.model_copy(
+        update={
+            "layer_map": layer_map_from_plan(models.plan.drop_layers, spec.num_layers),
+            "hidden_channels": hidden_channels_from_plan(models.plan.remove_hidden, spec.hidden_size),
+        }
+    )
+
+
+def _open_data(args, source: str, streamed: bool, tokenizer, config, ctx):
+    """(train, validation) token blocks: streamed (this rank's share of the train split) or tokenized."""
+    from worker.engine.data import PackedTokens, read_documents
 
     if streamed:
         _say(f"[data] {source}: streaming the train split, validation from the first validation blocks")
@@ -262,10 +314,18 @@ def _distill(args) -> int:
         val = PackedTokens.from_blocks(
             first_val.take(config.val_batches * config.batch_size, allow_fewer=True)
         )
-    else:
-        _say(f"[data] {source}: tokenizing train and validation splits")
-        train = PackedTokens(tokenizer, read_documents(source, "train"), args.seq_len)
-        val = PackedTokens(tokenizer, read_documents(source, "validation"), args.seq_len)
+        return train, val
+    _say(f"[data] {source}: tokenizing train and validation splits")
+    train = PackedTokens(tokenizer, read_documents(source, "train"), args.seq_len)
+    val = PackedTokens(tokenizer, read_documents(source, "validation"), args.seq_len)
+    return train, val
+
+
+def _train(args, config, models: _Models, train, val, work: Path, ctx):
+    """Run the distillation until its last step or a stop (Ctrl-C, SIGTERM, --stop-file); (result, the
+    full student weights or None when stopped, whether they were gathered from shards)."""
+    from worker.engine.distill import distill
+    from worker.engine.distill.memory import memory_options
 
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -273,8 +333,34 @@ def _distill(args) -> int:
     def should_stop() -> bool:
         return stop.is_set() or (args.stop_file is not None and args.stop_file.exists())
 
+    try:
+        with memory_options(models.student, models.teacher, config):
+            result = distill(
+                models.student,
+                models.teacher,
+                train,
+                val,
+                config,
+                callback=_reporter(args, config),
+                checkpoint_dir=work,
+                resume=args.resume,
+                should_stop=should_stop,
+                context=ctx,
+            )
+        weights = None if result.stopped else ctx.full_state_dict(models.student)
+        return result, weights, ctx.distributed
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        ctx.close()
+
+
+def _reporter(args, config):
+    """The callback of each training record: a line in --metrics-jsonl (the worker tails it live) and
+    every --log-every steps a line on stderr."""
+
     def report(m: dict) -> None:
-        if args.metrics_jsonl is not None:  # one line per record, flushed: the worker tails it live
+        if args.metrics_jsonl is not None:  # one line per record, flushed
             with args.metrics_jsonl.open("a") as f:
                 f.write(json.dumps(m, default=float) + "\n")
         if m.get("phase") == "validation":
@@ -289,54 +375,36 @@ def _distill(args) -> int:
                 f"ce {m['ce_loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s"
             )
 
-    try:
-        with memory_options(student, teacher, config):
-            result = distill(
-                student,
-                teacher,
-                train,
-                val,
-                config,
-                callback=report,
-                checkpoint_dir=work,
-                resume=args.resume,
-                should_stop=should_stop,
-                context=ctx,
-            )
-        weights = None if result.stopped else ctx.full_state_dict(student)
-        sharded = ctx.distributed
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        ctx.close()
-    if not ctx.is_main:
-        return 3 if result.stopped else 0
-    if result.stopped:
-        _say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
-        return 3
-    if sharded:
-        student = _whole_student(args.student, weights)
-        teacher = teacher_source  # sharded or not, its weights are those of its source
+    return report
+
+
+def _data_record(args, source: str, streamed: bool, train) -> dict:
+    return {"source": source, "seq_len": args.seq_len, **({"stream": train.describe()} if streamed else {})}
+
+
+def _save(args, out: Path, config, models: _Models, result, ctx, data: dict) -> None:
+    """The distilled student with its manifest (what it was distilled from and how) and the result
+    record; prints the one-line JSON summary."""
+    from worker.engine.evaluation import make_manifest, write_result
+    from worker.engine.loading import save_model
+
+    teacher = models.teacher
     manifest = make_manifest(
-        models={"student": student, **({"teacher": teacher} if teacher is not None else {})},
-        data={
-            "source": source,
-            "seq_len": args.seq_len,
-            **({"stream": train.describe()} if streamed else {}),
-        },
+        models={"student": models.student, **({"teacher": teacher} if teacher is not None else {})},
+        data=data,
         seed=args.seed,
         student_source=args.student,
-        teacher_source=teacher_source,
+        teacher_source=models.teacher_source,
     )
     save_model(
-        student,
-        tokenizer,
+        models.student,
+        models.tokenizer,
         out,
         {
             "kind": "distilled-student",
             "student_source": args.student,
-            "teacher": teacher_source,
-            "plan": plan.model_dump(mode="json") if plan is not None else None,
+            "teacher": models.teacher_source,
+            "plan": models.plan.model_dump(mode="json") if models.plan is not None else None,
             "distill": config.model_dump(mode="json"),
             "final_validation": result.final_validation,
             "steps": result.steps_completed,
@@ -355,7 +423,6 @@ def _distill(args) -> int:
     print(
         json.dumps({"output": str(out), "steps": result.steps_completed, **(result.final_validation or {})})
     )
-    return 0
 
 
 def _whole_student(source: str, weights: dict):
