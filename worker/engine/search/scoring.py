@@ -73,11 +73,20 @@ def _record(model: nn.Module, batch: dict, run_layers: int) -> tuple[list[LayerC
     return calls, final[0]
 
 
+def cut_copy(teacher: nn.Module, plan: PrunePlan) -> nn.Module:
+    """The teacher cut to `plan`, the teacher left as it is. Modules and buffers are copied, parameters
+    are not: the cut replaces every parameter it slices with a new one, and those it leaves whole stay
+    shared with the teacher (nothing writes to them: scoring runs without gradients). Buffers are
+    copied because the cut may rewrite one in place (Gemma's embedding scale after a hidden cut)."""
+    memo = {id(p): p for p in teacher.parameters()}
+    return apply_plan(copy.deepcopy(teacher, memo), plan)
+
+
 class WidthGroupScorer:
     """Scores candidates that share one width plan (all layers kept, widths cut) on a list of batches."""
 
     def __init__(self, teacher: nn.Module, width_plan: PrunePlan):
-        self.model = apply_plan(copy.deepcopy(teacher), width_plan) if not width_plan.is_empty() else teacher
+        self.model = cut_copy(teacher, width_plan) if not width_plan.is_empty() else teacher
         adapter = adapter_for(self.model)
         self.layers = adapter.layers(self.model)
         self.final_norm = adapter.final_norm(self.model)
@@ -85,7 +94,7 @@ class WidthGroupScorer:
         self.layer_forwards = 0
         self.naive_layer_forwards = 0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def losses(self, kept: list[tuple[int, ...]], batches: list[dict]) -> list[tuple[float, float]]:
         """(summed token NLL, target tokens) per kept-layer sequence, over all batches."""
         order = sorted(range(len(kept)), key=lambda i: kept[i])
