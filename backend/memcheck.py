@@ -117,7 +117,8 @@ def check_job(
     """409 when a distill, evaluate or benchmark job fits no live worker on its queue (by its number of
     devices, then by memory: the whole estimate per device, which over-counts a sharded student)."""
     what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
-    check_devices(settings, queue, what, int(params.get("gpus", 1)), int(params.get("nodes", 1)))
+    if kind == "distill":  # an evaluation or benchmark runs on one device whatever `gpus` says
+        check_devices(settings, queue, what, int(params.get("gpus", 1)), int(params.get("nodes", 1)))
     student = db.get(Student, student_id) if student_id is not None else None
     teacher = db.get(Teacher, teacher_id)
     if not (teacher and teacher.spec) or (student_id is not None and not (student and student.spec)):
@@ -179,11 +180,16 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
     spec = memplan.spec_from_summary(teacher_spec)
     device = "cuda" if queue == GPU else "cpu"
     offload = params.get("offload", "auto")
-    layouts = {"never": (False,), "always": (True,)}.get(offload, (False, True))
+    ranks = int(params.get("gpus", 1))
+    # N data-parallel ranks each load the teacher whole (a streamed pass runs in one process); on a CPU
+    # worker they share one host memory, so it must hold N of them.
+    layouts = (False,) if ranks > 1 else {"never": (False,), "always": (True,)}.get(offload, (False, True))
     scans = tuple(params.get("scans", ()))
+    copies = ranks if device == "cpu" else 1
+    check_devices(settings, queue, "importance run", ranks)
 
     def need(p: dict) -> int:
-        return min(
+        return copies * min(
             memplan.importance_memory(
                 spec,
                 batch_size=p["batch_size"],

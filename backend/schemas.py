@@ -111,17 +111,33 @@ class ImportanceRunCreate(OnDevice, DataReading):
     scans: list[Scan] = Field(default_factory=lambda: ["bi", "drop", "block"])
     block_size: int = Field(2, ge=1, le=512)
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="data-parallel ranks on one worker (torchrun; gloo ranks on a CPU worker): each scores "
+        "every N-th calibration batch and the sums are all-reduced, so the scores are one process's; the "
+        "teacher is loaded whole on each rank; 409 when no live worker has that many devices",
+    )
     offload: Literal["auto", "never", "always"] = Field(
         "auto",
         description='"always": stream the teacher one decoder layer at a time from its safetensors '
         'checkpoint; "never": load it whole; "auto": stream when its weights do not fit the worker '
-        "device's free memory (worker/engine/importance/offload.py). Same scores either way.",
+        "device's free memory (worker/engine/importance/offload.py). Same scores either way. With gpus "
+        '> 1 the teacher is loaded whole ("auto" means "never")',
     )
 
     @field_validator("scans")
     @classmethod
     def _unique(cls, scans: list[str]) -> list[str]:
         return list(dict.fromkeys(scans))
+
+    @field_validator("offload")
+    @classmethod
+    def _streamed_in_one_process(cls, offload: str, info: ValidationInfo) -> str:
+        if offload == "always" and info.data.get("gpus", 1) > 1:
+            raise ValueError('a layer-streamed pass runs in one process: "auto" or "never" with gpus > 1')
+        return offload
 
     def size_factors(self) -> list[tuple[str, int]]:
         """The job's token count as a product; the first factor is the field a too-large job names."""
@@ -264,6 +280,13 @@ class EvaluateParams(OnWeights):
     protocol's (`Teacher.eval_protocol`; the defaults below are the default protocol's)."""
 
     dataset_id: RowId | None = None
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="accepted for every job kind, but an evaluation runs on one device: its perplexity and "
+        "lm-eval tasks are short single-process passes (worker/handlers.py EVALUATE_ONE_DEVICE)",
+    )
     split: Literal["train", "validation", "calibration", "test"] = "test"
     max_documents: int = Field(64, ge=1, le=100_000)
     seq_len: int = Field(128, ge=2, le=MAX_ID, description="window (context), at most PRUNESCOPE_MAX_SEQ_LEN")

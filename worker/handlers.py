@@ -159,6 +159,10 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.importance.streamed import compute_importance_streamed
     from worker.engine.loading import load_tokenizer
 
+    if (job.params or {}).get("gpus", 1) > 1:  # data-parallel over N ranks under torchrun
+        from worker.importance_ranks import run_importance_ranks
+
+        return run_importance_ranks(rt, job)
     run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     (dataset,) = _rows(rt, (Dataset, run.dataset_id))
     p = run.params
@@ -536,10 +540,19 @@ def _measured(job: Job) -> dict[str, Any]:
     return {"weights": "distilled" if distill_job_id else "pruned", "distill_job_id": distill_job_id}
 
 
+# Why `gpus: N` does not shard an evaluation (backend.schemas.EvaluateParams accepts it so one form and
+# one API fit every job kind): its perplexity reads at most max_documents documents in windows whose
+# order fixes the number (sharding would only split a pass of seconds to minutes), and lm-eval's tasks
+# run in one process; the other devices stay free for other jobs.
+EVALUATE_ONE_DEVICE = "perplexity and lm-eval tasks are short single-process passes; sharding is not done"
+
+
 def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import eval_protocol, evaluation
 
     p = job.params
+    if p.get("gpus", 1) > 1:
+        rt.log(f"gpus: {p['gpus']} asked; an evaluation runs on one device ({EVALUATE_ONE_DEVICE})")
     dataset = _dataset(rt, p)
     source, trc = _subject(rt, job)
     rt.progress(0.05, "loading model", force=True)

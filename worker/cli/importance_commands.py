@@ -66,6 +66,12 @@ def register(subparsers) -> None:
         "(default: PRUNESCOPE_SPILL_DIR, else the system temporary directory)",
     )
     parser.add_argument("-o", "--out", required=True, type=Path, help="run directory for the artifact")
+    # For a worker supervising the ranks (worker/importance_ranks.py): stop when the file appears (each
+    # rank exits 3 at its next batch), and rank 0's progress as JSON lines.
+    parser.add_argument("--stop-file", type=Path, default=None, help="stop when this file appears (exit 3)")
+    parser.add_argument(
+        "--metrics-jsonl", type=Path, default=None, help="append rank 0's progress records to this file"
+    )
     parser.set_defaults(handler=_importance)
 
 
@@ -188,7 +194,8 @@ def _importance(args: argparse.Namespace) -> int:
         file=sys.stderr,
         disable=not ctx.is_main,
     ) as bar:
-        common = dict(scans=scans, block_size=args.block_size, progress=bar.update, metadata=metadata)
+        report = _progress(args, bar, ctx)
+        common = dict(scans=scans, block_size=args.block_size, progress=report, metadata=metadata)
         if mode.streamed:
             result = compute_importance_streamed(
                 args.model,
@@ -207,6 +214,27 @@ def _importance(args: argparse.Namespace) -> int:
     out = result.save(args.out)
     _print_summary(result, out)
     return 0
+
+
+def _progress(args, bar, ctx):
+    """The pass's progress callback: the bar, rank 0's records in --metrics-jsonl (its own samples x
+    the ranks: an estimate of the whole pass), and --stop-file (exit 3, every rank at its next batch)."""
+    done = 0
+
+    def report(n: int) -> None:
+        nonlocal done
+        bar.update(n)
+        done += n
+        if args.metrics_jsonl is not None and ctx.is_main:
+            import json
+
+            record = {"phase": "calibration", "done": min(done * ctx.world_size, args.samples)}
+            with args.metrics_jsonl.open("a") as f:
+                f.write(json.dumps({**record, "total": args.samples}) + "\n")
+        if args.stop_file is not None and args.stop_file.exists():
+            raise SystemExit(3)
+
+    return report
 
 
 def _print_summary(result, out: Path) -> None:

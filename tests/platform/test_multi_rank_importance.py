@@ -1,0 +1,100 @@
+"""`gpus: N` for importance and evaluate jobs through the real API and a CPU worker offering two gloo ranks.
+
+Importance is data-parallel (worker/importance_ranks.py): its artifact equals the one-process job's to
+1e-6 relative. An evaluation accepts `gpus` but runs on one device and says why in its log. Requests no
+worker can hold are refused naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import start_live_app, stop_live_app
+from tests.platform.test_multi_rank_jobs import rank_processes
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, redis_url):
+    app = start_live_app(tmp_path_factory.mktemp("ranks-imp"), redis_url, PRUNESCOPE_WORKER_CPU_RANKS="2")
+    yield app
+    stop_live_app(app)
+
+
+@pytest.fixture(scope="module")
+def body(app) -> dict:
+    teacher = app.api.post("/teachers", json={"name": "tiny", "source": str(app.teacher_dir)}).json()
+    assert app.wait_job(teacher["job_id"])["status"] == "succeeded"
+    dataset = app.api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
+    return {
+        "teacher_id": teacher["id"],
+        "dataset_id": dataset["id"],
+        "samples": 8,
+        "seq_len": 24,
+        "batch_size": 2,
+        "scans": ["bi", "drop"],
+    }
+
+
+def test_two_rank_importance_equals_one_process(app, body):
+    from worker.engine.importance.result import ImportanceResult
+
+    runs = {}
+    for gpus in (2, 1):
+        r = app.api.post("/importance-runs", json={**body, "gpus": gpus})
+        assert r.status_code == 201, r.text
+        job = app.wait_job(r.json()["job_id"], timeout=150)
+        assert job["status"] == "succeeded", (job.get("error"), app.worker.log())
+        runs[gpus] = (job, ImportanceResult.load(app.data_dir / "artifacts" / job["result"]["artifact"]))
+    (two_job, two), (_, one) = runs[2], runs[1]
+    assert two_job["result"]["world_size"] == 2 and two.samples == one.samples == 8
+    assert two.manifest["world_size"] == 2 and two.manifest["execution"]["mode"] == "in_memory"
+    assert set(two.arrays) == set(one.arrays)
+    for name, expected in one.arrays.items():
+        np.testing.assert_allclose(two.arrays[name], expected, rtol=1e-6, atol=1e-12, err_msg=name)
+    assert any(np.abs(a).max() > 0 for a in one.arrays.values())
+    text = json.dumps(app.api.get(f"/jobs/{two_job['id']}/logs").json())
+    assert "launching 2 ranks" in text
+    assert rank_processes(str(app.data_dir)) == [] and not _importance_ranks(app)
+
+
+def _importance_ranks(app) -> list[str]:
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "importance.run_distributed" in cmd and str(app.data_dir) in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_requests_no_worker_can_hold_are_refused(app, body):
+    before = app.api.get("/jobs").json()
+    r = app.api.post("/importance-runs", json={**body, "gpus": 4})
+    assert r.status_code == 409 and "gpus" in r.text and "use gpus <= 2" in r.text, r.text
+    r = app.api.post("/importance-runs", json={**body, "gpus": 2, "offload": "always"})
+    assert r.status_code == 422 and "offload" in r.text and "one process" in r.text, r.text
+    assert app.api.get("/jobs").json() == before
+
+
+def test_evaluate_accepts_gpus_and_runs_on_one_device(app, body):
+    r = app.api.post(
+        "/jobs",
+        json={
+            "kind": "evaluate",
+            "teacher_id": body["teacher_id"],
+            "params": {"gpus": 2, "max_documents": 2, "seq_len": 32},
+        },
+    )
+    assert r.status_code == 201, r.text
+    job = app.wait_job(r.json()["id"], timeout=120)
+    assert job["status"] == "succeeded", job.get("error")
+    text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
+    assert "gpus: 2 asked; an evaluation runs on one device" in text
+    assert job["result"]["perplexity"]
