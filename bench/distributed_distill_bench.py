@@ -97,7 +97,7 @@ def _matmul_params(model) -> int:
     return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
 
 
-def _plan(student, teacher, kind: str, weights_dtype: str, ctx) -> dict:
+def _plan(student, teacher, kind: str, weights_dtype: str, ctx, chunk_tokens: int | None) -> dict:
     """The memory planner's estimate for this very step, and the FLOPs per token of a KD step
     (teacher forward 2 x params, student forward + backward 6 x params)."""
     from worker.engine import memplan
@@ -112,6 +112,7 @@ def _plan(student, teacher, kind: str, weights_dtype: str, ctx) -> dict:
         weights_dtype=weights_dtype,
         device=ctx.device.type,
         num_gpus=ctx.world_size,
+        chunk_tokens=chunk_tokens,
     )
     flops = 2 * _matmul_params(teacher) + 6 * _matmul_params(student)
     return {"planned_gib": estimate["total"] / 2**30, "flops_per_token": flops}
@@ -131,10 +132,11 @@ def worker_loop(args) -> dict:
     teacher = _model(SHAPES[args.kind]["teacher"], ctx.device, dtype).eval()
     torch.manual_seed(2)
     student = _model(SHAPES[args.kind]["student"], ctx.device, dtype)
-    plan = _plan(student, teacher, args.kind, "bfloat16" if cuda else "float32", ctx)
+    plan = _plan(student, teacher, args.kind, "bfloat16" if cuda else "float32", ctx, args.chunk_tokens)
     data = _data(args.kind, args.steps)
     config = DistillConfig(
         steps=args.steps,
+        chunk_tokens=args.chunk_tokens,
         batch_size=SHAPES[args.kind]["batch"],
         lr=1e-4,
         warmup_steps=1,
@@ -220,6 +222,8 @@ def _launch(worker: str, args, ranks: int | None, threads: int) -> dict:
         out = Path(tmp) / "result.json"
         me = [str(Path(__file__).resolve()), "--worker", worker, "--out", str(out)]
         me += ["--steps", str(args.steps), "--device", args.device]
+        if args.chunk_tokens:
+            me += ["--chunk-tokens", str(args.chunk_tokens)]
         if ranks is None:
             command = [sys.executable, *me]
         else:
@@ -239,6 +243,12 @@ def _steady(result: dict) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="tokens per LM-head chunk of ours (default: the engine's)",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--worker", choices=("loop", "hand"), default=None)
     p.add_argument("--out", type=Path, default=None)

@@ -6,6 +6,7 @@ import { layerParams, layerShapes, paramCount } from "./costmodel.js";
 export const GiB = 2 ** 30;
 const DTYPE_BYTES = { float32: 4, bfloat16: 2, float16: 2 };
 const CHUNK_LOGITS = 2 ** 24;
+const CHUNK_LOGITS_CUDA = 2 ** 28;
 const LOSS_CHUNK_BUFFERS_KD = 8;
 const LOSS_CHUNK_BUFFERS_CE = 6;
 const NLL_CHUNK_BUFFERS = 2;
@@ -21,7 +22,9 @@ function dtypeBytes(dtype) {
   return b;
 }
 
-export const autoChunkTokens = (vocab) => Math.max(64, Math.floor(CHUNK_LOGITS / Math.max(1, vocab)));
+export const logitBudget = (device = "cpu") => (String(device).startsWith("cuda") ? CHUNK_LOGITS_CUDA : CHUNK_LOGITS);
+export const autoChunkTokens = (vocab, device = "cpu") =>
+  Math.max(64, Math.floor(logitBudget(device) / Math.max(1, vocab)));
 
 // As memplan.norm_saved_bytes: float32 input, inverse RMS, the normalised input (`normalised` bytes,
 // default act), and the act-byte output the next linear saves when one follows.
@@ -127,7 +130,7 @@ export function distillMemory(student, teacher, opts) {
   const recompute = checkpointing ? n * layerSavedBytesPerToken(student, widest(student), act) : 0;
   const d = student.hidden_size;
   const v = student.vocab_size;
-  const chunk = Math.min(opts.chunk_tokens || autoChunkTokens(v), n);
+  const chunk = Math.min(opts.chunk_tokens || autoChunkTokens(v, device), n);
   const lossKept = n * d * act + v * d * 4;
   const tHidden = teacher ? n * teacher.hidden_size * 4 : 0;
   const buffers = teacher ? LOSS_CHUNK_BUFFERS_KD : LOSS_CHUNK_BUFFERS_CE;
@@ -197,7 +200,7 @@ export function importanceMemory(spec, opts) {
   if (experts) parts.router_buffers = 3 * n * experts * 4;
   if (lossScans) {
     if (!streamed) parts.layer_inputs = n * L * d * w;
-    parts.logits = NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(v), n) * v * 4;
+    parts.logits = NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(v, device), n) * v * 4;
   }
   const settings = { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans };
   let host = 0;
@@ -226,7 +229,7 @@ export function evaluationMemory(spec, opts) {
     weights: paramCount(spec).total * w,
     activations: n * (transientBytesPerToken(spec, w, false) + 2 * spec.hidden_size * w),
     kv_cache: newTokens ? batch * (seqLen + newTokens) * kvPerToken : 0,
-    logits: NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(spec.vocab_size), n) * spec.vocab_size * 4,
+    logits: NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(spec.vocab_size, opts.device ?? "cpu"), n) * spec.vocab_size * 4,
   };
   return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device: opts.device ?? "cpu" });
 }

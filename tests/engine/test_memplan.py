@@ -132,11 +132,24 @@ def test_candidates_nearest_first():
     )
 
 
-def test_chunk_size_is_the_engines():
+def test_chunk_size_is_the_engines(monkeypatch):
     from worker.engine import chunked_head
 
-    for vocab in (96, 4096, 32000, 128256, 1 << 20):
-        assert memplan.auto_chunk_tokens(vocab) == chunked_head.auto_chunk_tokens(vocab)
+    assert chunked_head.auto_chunk_tokens is memplan.auto_chunk_tokens  # one definition
+    # CUDA chunks are bigger (the LM-head matmuls need it), and the engine picks by the tensors' device.
+    assert memplan.auto_chunk_tokens(128256, "cuda") == 2092 and memplan.auto_chunk_tokens(128256) == 130
+    hidden, targets = torch.randn(300, 8), torch.randint(0, 128256, (300,))
+    head = torch.nn.Linear(8, 128256, bias=False)
+    chunks = []
+    real_logits = chunked_head.OutputHead.logits
+
+    def counting_logits(self, h):
+        chunks.append(h.shape[0])
+        return real_logits(self, h)
+
+    monkeypatch.setattr(chunked_head.OutputHead, "logits", counting_logits)
+    chunked_head.token_nll(hidden, head, targets)
+    assert chunks == [130, 130, 40]  # CPU tensors: the CPU budget
 
 
 def test_usable_bytes():

@@ -24,14 +24,8 @@ from torch import nn
 from worker.engine.adapters import adapter_for, text_config
 
 IGNORE_INDEX = -100
-# Logits held per chunk when the chunk size is automatic: 2^24 floats = 64 MiB per fp32 buffer.
-# Big enough that GPU matmuls stay efficient (measured: 1024-token chunks of a 4k vocabulary cost ~20%
-# of step throughput on an H200), small enough that a 128k vocabulary still uses 128-token chunks.
-CHUNK_LOGITS = 1 << 24
-
-
-def auto_chunk_tokens(vocab_size: int) -> int:
-    return max(64, CHUNK_LOGITS // max(1, vocab_size))
+# The automatic chunk size is the memory planner's (torch-free), so estimate and engine cannot drift.
+from worker.engine.memplan import CHUNK_LOGITS, auto_chunk_tokens  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -117,7 +111,7 @@ def token_nll(
     """float32 NLL of `targets` [...] under `head(hidden)`, hidden [..., D]; 0 where IGNORE_INDEX."""
     head = as_output_head(head)
     if chunk_tokens is None:
-        chunk_tokens = auto_chunk_tokens(head.weight.shape[0])
+        chunk_tokens = auto_chunk_tokens(head.weight.shape[0], hidden.device.type)
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     out = torch.empty(flat_targets.shape[0], dtype=torch.float32, device=hidden.device)
     for start, end in chunk_spans(flat_targets.shape[0], chunk_tokens):

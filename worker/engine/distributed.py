@@ -79,7 +79,10 @@ class DistributedContext:
             dev = torch.device("cpu")
         timeout = timeout_s or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+            # CUDA: NCCL for the tensors on the GPU, gloo beside it for the small CPU collectives (stop
+            # flags, metric means, DCP's planning); NCCL alone refuses a CPU tensor (seen on an H200).
+            backend = "cpu:gloo,cuda:nccl" if kind == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
         mesh = init_device_mesh(kind, (ranks["world_size"],))
         return cls(
             rank=ranks["rank"],

@@ -176,7 +176,7 @@ def chunked_distill_loss(
     """
     student_head = as_output_head(student_head)
     if chunk_tokens is None:
-        chunk_tokens = auto_chunk_tokens(student_head.weight.shape[0])
+        chunk_tokens = auto_chunk_tokens(student_head.weight.shape[0], student_hidden.device.type)
     if chunk_tokens < 1:
         raise ValueError("chunk_tokens must be >= 1")
     if (teacher_hidden is None) != (teacher_head is None):

@@ -40,7 +40,7 @@ from torch import nn
 
 from worker.engine.adapters import adapter_for
 from worker.engine.checkpoint_reader import CheckpointReader
-from worker.engine.chunked_head import CHUNK_LOGITS, final_hidden_states, output_head
+from worker.engine.chunked_head import final_hidden_states, output_head
 from worker.engine.importance.accumulators import BatchContext, RunningSums
 from worker.engine.importance.activation_store import ActivationStore, ActivationStores, StoreBudget
 from worker.engine.importance.compute import (
@@ -55,6 +55,7 @@ from worker.engine.importance.layer_scan import token_losses
 from worker.engine.importance.provenance import WeightsHasher
 from worker.engine.importance.result import DEFAULT_SCANS, ImportanceResult
 from worker.engine.layer_loader import ModuleLoader, empty_model, move_buffers
+from worker.engine.memplan import logit_budget
 
 F32 = torch.float32
 WORKING_MARGIN_BYTES = 1 << 30  # allocator slack and the small per-batch buffers of the hooks
@@ -109,7 +110,9 @@ def checkpoint_dir(source: str | os.PathLike) -> Path:
     return path
 
 
-def working_bytes(model: nn.Module, adapter, shapes: list[tuple[int, int, int]], dtype: torch.dtype) -> int:
+def working_bytes(
+    model: nn.Module, adapter, shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: torch.device
+) -> int:
     """What the pass keeps on the device besides the stores: embeddings, final norm and head, two
     layers (one loaded while the last one's memory is returned), a batch's layer temporaries in
     float32 and a chunk of logits. Approximate (attention scores of the eager kernel are not
@@ -123,7 +126,7 @@ def working_bytes(model: nn.Module, adapter, shapes: list[tuple[int, int, int]],
     tokens = max(b * s for b, s, _ in shapes)
     width = max(shapes[0][2], *(adapter.layer_intermediate_size(x) for x in layers))
     per_batch = 6 * tokens * width * 4  # float32 temporaries: layer activations, |x| slices, norms
-    return sum(fixed.values()) + 2 * layer + per_batch + 4 * CHUNK_LOGITS + WORKING_MARGIN_BYTES
+    return sum(fixed.values()) + 2 * layer + per_batch + 4 * logit_budget(device.type) + WORKING_MARGIN_BYTES
 
 
 def _block_angular(angular: RunningSums, start: int, block_in, block_out, ctx: BatchContext) -> None:
@@ -178,7 +181,7 @@ def compute_importance_streamed(
     act_dtype = next(model.parameters()).dtype
     shapes = [(*b["input_ids"].shape, spec.hidden_size) for b in batches]
     if budget is None:
-        reserve = working_bytes(model, adapter, shapes, act_dtype)
+        reserve = working_bytes(model, adapter, shapes, act_dtype, torch.device(device))
         budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None)
     stores = ActivationStores(budget, device, ActivationStores.bytes_for(shapes, act_dtype))
     hasher = WeightsHasher(model) if hash_weights else None
