@@ -293,6 +293,9 @@ class ComparedModel(BaseModel):
     evaluations: list[Json] = Field(description="newest first: {job_id, ...the evaluation's result}")
     benchmarks: list[Json]
     distill_jobs: list[int]
+    eval_protocol: Json | None = Field(
+        None, description="its teacher's evaluation protocol: the numbers comparable with each other"
+    )
 
 
 class CompareOut(BaseModel):

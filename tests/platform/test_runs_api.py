@@ -1,0 +1,185 @@
+"""Run management and the evaluation protocol through the HTTP API (SQLite and PostgreSQL, in process):
+rename / tag a job (PATCH /jobs/{id}), export runs as JSON and CSV (GET /runs/export), bad input named
+and nothing changed; evaluate jobs default to their teacher's protocol, a student's evaluation queues
+its teacher's on the same protocol once."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from sqlalchemy import select
+
+from backend.db import session_scope
+from backend.models import Job, MetricPoint
+from tests.platform.helpers import student_rows
+
+
+@pytest.fixture
+def rows(api_env):
+    """A ready student and a finished distill job of it with two metric series."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher, students = student_rows(s, [("s", "ready")])
+        student = students["s"]
+        job = Job(
+            kind="distill",
+            status="succeeded",
+            params={"steps": 3, "lr": 1e-4, "batch_size": 2, "seq_len": 32, "val_batches": 2},
+            result={"steps": 3, "final_validation": {"val_ppl": 42.5, "val_loss": 3.75}},
+            teacher_id=teacher.id,
+            student_id=student.id,
+        )
+        s.add(job)
+        s.flush()
+        for step, loss in ((1, 4.0), (2, 3.5), (3, 3.25)):
+            s.add(
+                MetricPoint(job_id=job.id, name="loss", step=step, value=loss, tokens=64 * step, t=0.5 * step)
+            )
+        s.add(MetricPoint(job_id=job.id, name="val_ppl", step=3, value=42.5, tokens=192, t=1.5))
+        return {"teacher": teacher.id, "student": student.id, "job": job.id, "url": url}
+
+
+def job_row(url: str, job_id: int) -> tuple:
+    with session_scope(url) as s:
+        j = s.get(Job, job_id)
+        return j.name, j.tags, j.status
+
+
+def test_rename_and_tag_a_run(client, rows):
+    jid = rows["job"]
+    r = client.patch(f"/api/v1/jobs/{jid}", json={"name": "  kd lr 1e-4 ", "tags": ["sweep", "kd", "sweep"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "kd lr 1e-4" and r.json()["tags"] == ["sweep", "kd"]
+    assert job_row(rows["url"], jid) == ("kd lr 1e-4", ["sweep", "kd"], "succeeded")
+    # Leaving a field out keeps it; null name is the default again; the list answers with the new values.
+    assert client.patch(f"/api/v1/jobs/{jid}", json={"tags": ["best"]}).json()["name"] == "kd lr 1e-4"
+    assert client.patch(f"/api/v1/jobs/{jid}", json={"name": None}).json()["name"] is None
+    listed = {j["id"]: j for j in client.get("/api/v1/jobs").json()}
+    assert listed[jid]["tags"] == ["best"] and listed[jid]["name"] is None
+    # Each change is a status event: open pages follow it.
+    assert client.get(f"/api/v1/jobs/{jid}").json()["duration_s"] is None  # never started
+
+
+def test_bad_rename_or_tags_name_the_field_and_change_nothing(client, rows):
+    jid = rows["job"]
+    client.patch(f"/api/v1/jobs/{jid}", json={"name": "kept", "tags": ["a"]})
+    for body, loc in (
+        ({"name": ""}, ["body", "name"]),
+        ({"name": "   "}, ["body", "name"]),
+        ({"name": "x" * 201}, ["body", "name"]),
+        ({"name": "a\x00b"}, ["body", "name"]),
+        ({"tags": ["ok", "bad\ntag"]}, ["body", "tags", 1]),
+        ({"tags": ["x" * 41]}, ["body", "tags", 0]),
+        ({"tags": [f"t{i}" for i in range(21)]}, ["body", "tags"]),
+        ({"tags": "sweep"}, ["body", "tags"]),
+        ({"name": "new", "colour": "red"}, ["body", "colour"]),
+    ):
+        r = client.patch(f"/api/v1/jobs/{jid}", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert loc in [d["loc"] for d in r.json()["detail"]], (body, r.json())
+    assert job_row(rows["url"], jid) == ("kept", ["a"], "succeeded")
+    assert client.patch("/api/v1/jobs/999999", json={"name": "x"}).status_code == 404
+    assert client.patch("/api/v1/jobs/0", json={"name": "x"}).status_code == 422
+
+
+def test_export_json_and_csv_hold_every_metric_and_result(client, rows):
+    jid = rows["job"]
+    client.patch(f"/api/v1/jobs/{jid}", json={"name": "run a", "tags": ["kd"]})
+    r = client.get(f"/api/v1/runs/export?ids={jid}")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert 'filename="prunescope-runs.json"' in r.headers["content-disposition"]
+    (run,) = r.json()["runs"]
+    assert run["name"] == "run a" and run["tags"] == ["kd"] and run["params"]["lr"] == 1e-4
+    assert [p["value"] for p in run["metrics"]["loss"]] == [4.0, 3.5, 3.25]
+    assert run["metrics"]["loss"][1] == {"step": 2, "value": 3.5, "tokens": 128, "t": 1.0}
+    assert run["result"]["final_validation"]["val_ppl"] == 42.5
+    # The validation curve's protocol: packed validation blocks (2 batches of 2), not the teacher's.
+    assert run["protocol"]["kind"] == "blocks" and run["protocol"]["blocks"] == 4
+
+    r = client.get(f"/api/v1/runs/export?ids={jid}&format=csv")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    loss = [
+        (int(x["step"]), float(x["value"])) for x in table if x["section"] == "metric" and x["key"] == "loss"
+    ]
+    assert loss == [(1, 4.0), (2, 3.5), (3, 3.25)]
+    result = {x["key"]: x["value"] for x in table if x["section"] == "result"}
+    assert float(result["final_validation.val_ppl"]) == 42.5
+    params = {x["key"]: x["value"] for x in table if x["section"] == "param"}
+    assert float(params["lr"]) == 1e-4 and {x["run_name"] for x in table} == {"run a"}
+
+
+def test_bad_export_requests_name_the_parameter(client, rows):
+    for query, loc in (
+        ("ids=", ["query", "ids"]),
+        ("ids=1,x", ["query", "ids"]),
+        ("ids=0", ["query", "ids"]),
+        (f"ids={rows['job']}&format=xml", ["query", "format"]),
+        ("", ["query", "ids"]),
+    ):
+        r = client.get(f"/api/v1/runs/export?{query}")
+        assert r.status_code == 422, (query, r.text)
+        assert loc in [d["loc"] for d in r.json()["detail"]], (query, r.json())
+    assert client.get(f"/api/v1/runs/export?ids={rows['job']},999999").status_code == 404
+
+
+def test_delete_refuses_a_running_run_and_keeps_it(client, rows):
+    with session_scope(rows["url"]) as s:
+        s.get(Job, rows["job"]).status = "running"
+    r = client.delete(f"/api/v1/jobs/{rows['job']}")
+    assert r.status_code == 409 and "cancel it first" in json.dumps(r.json())
+    with session_scope(rows["url"]) as s:
+        assert s.get(Job, rows["job"]) is not None
+        assert s.scalars(select(MetricPoint).where(MetricPoint.job_id == rows["job"])).all()
+
+
+def test_evaluations_default_to_the_teachers_protocol_and_queue_the_teachers_once(client, rows, monkeypatch):
+    sent = []
+    monkeypatch.setattr(client.app.state.celery, "send_task", lambda *a, **k: sent.append(a))
+    teacher = client.get(f"/api/v1/teachers/{rows['teacher']}").json()
+    protocol = teacher["eval_protocol"]
+    assert protocol["id"] and "windows of 128 tokens starting every 64" in protocol["description"]
+
+    r = client.post("/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"], "params": {}})
+    assert r.status_code == 201, r.text
+    student_job = r.json()
+    assert student_job["protocol"]["id"] == protocol["id"]
+    assert (student_job["params"]["seq_len"], student_job["params"]["stride"]) == (128, 64)
+    evaluations = client.get("/api/v1/jobs?kind=evaluate").json()
+    teacher_jobs = [j for j in evaluations if j["student_id"] is None]
+    assert len(teacher_jobs) == 1 and teacher_jobs[0]["teacher_id"] == rows["teacher"]
+    assert teacher_jobs[0]["protocol"]["id"] == protocol["id"]
+    # A second student evaluation on the same protocol queues no second teacher evaluation.
+    client.post("/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"], "params": {}})
+    evaluations = client.get("/api/v1/jobs?kind=evaluate").json()
+    assert len([j for j in evaluations if j["student_id"] is None]) == 1 and len(evaluations) == 3
+    # Another protocol (explicit window): its own id, and the teacher is measured on it too.
+    other = client.post(
+        "/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"], "params": {"seq_len": 64}}
+    ).json()
+    assert other["protocol"]["id"] != protocol["id"] and other["params"]["stride"] == 32
+    assert len(client.get("/api/v1/jobs?kind=evaluate").json()) == 5
+    # A stride that does not fit the window is refused naming it; nothing is queued.
+    r = client.post(
+        "/api/v1/jobs",
+        json={"kind": "evaluate", "student_id": rows["student"], "params": {"seq_len": 32, "stride": 32}},
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "params", "stride"]
+    assert len(client.get("/api/v1/jobs?kind=evaluate").json()) == 5
+
+
+def test_a_teacher_keeps_the_protocol_it_was_registered_with(client, api_env):
+    body = {
+        "name": "t",
+        "source": "demo",
+        "eval_protocol": {"split": "validation", "context": 64, "stride": 16},
+    }
+    r = client.post("/api/v1/teachers", json=body)
+    assert r.status_code == 201, r.text
+    p = r.json()["eval_protocol"]
+    assert (p["split"], p["context"], p["stride"], p["max_documents"]) == ("validation", 64, 16, 64)
+    r = client.post("/api/v1/teachers", json={**body, "eval_protocol": {"context": 64, "stride": 64}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "eval_protocol"]
