@@ -49,6 +49,16 @@ def test_every_candidate_is_valid_and_within_its_budgets():
     assert {c["cut"] for c in candidates} >= {"depth", "width", "mixed"}
 
 
+def test_non_embedding_parameter_budget():
+    model, _, _, report = search(budgets=["params_non_embedding=50%"], tolerance=0.0)
+    teacher = arch_spec(model).param_count()["non_embedding"]
+    assert report["candidates"]
+    for c in report["candidates"]:
+        plan = PrunePlan.model_validate(c["plan"])
+        assert c["params_non_embedding"] == plan_stats(plan, arch_spec(model))["params_non_embedding"]
+        assert c["params_non_embedding"] <= 0.5 * teacher
+
+
 def test_listed_loss_equals_the_loss_of_the_really_cut_model():
     model, _, batches, report = search(budgets=["params=75%"])
     candidates = report["candidates"]

@@ -2,6 +2,8 @@
 
 Torch-free. Kinds and the cost each one limits:
     params=60% | 5M | 5000000     total parameters (the cost model of worker/engine/spec.py)
+    params_non_embedding=50%      parameters outside the embeddings and LM head (what the depth-vs-width
+                                  study holds equal)
     memory=1.5GB@1,2048           weights + KV cache at batch 1 and context 2048, in the teacher's dtype
     latency=4ms@1,128             measured decode seconds per generated token (a maximum)
     prefill=20ms@1,512            measured seconds of one prefill over a batch x context prompt
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from worker.engine.memplan import dtype_bytes
 from worker.engine.spec import ArchSpec
 
-KINDS = ("params", "memory", "latency", "prefill", "throughput")
+KINDS = ("params", "params_non_embedding", "memory", "latency", "prefill", "throughput")
 MEASURED = ("latency", "prefill", "throughput")  # need a timed shape
 MINIMUM = ("throughput",)  # the others are maxima
 _UNITS = {
@@ -28,7 +30,8 @@ _UNITS = {
     "throughput": {"": 1, "tok/s": 1},
 }
 _UNITS["prefill"] = _UNITS["latency"]
-_PATTERN = re.compile(r"^\s*([a-z]+)\s*=\s*([0-9.eE+-]+)\s*([a-zA-Z/%]*)\s*(?:@\s*(\d+)\s*,\s*(\d+))?\s*$")
+_UNITS["params_non_embedding"] = _UNITS["params"]
+_PATTERN = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9.eE+-]+)\s*([a-zA-Z/%]*)\s*(?:@\s*(\d+)\s*,\s*(\d+))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,9 @@ def parse_budget(text: str, default_batch: int = 1, default_context: int = 128) 
         value *= units[unit.lower()]
     if not value > 0:
         raise ValueError(f"budget {text!r}: the value must be positive")
-    if kind == "params" and batch is not None:
+    if kind.startswith("params") and batch is not None:
         raise ValueError(f"budget {text!r}: a parameter budget takes no @batch,context")
-    if kind != "params":
+    if not kind.startswith("params"):
         batch = int(batch) if batch is not None else default_batch
         context = int(context) if context is not None else default_context
         if batch < 1 or context < 1:
@@ -105,6 +108,8 @@ def computed_cost(budget: Budget, spec: ArchSpec) -> float:
     """The cost a computed (not measured) budget limits, for a model of this shape."""
     if budget.kind == "params":
         return float(spec.param_count()["total"])
+    if budget.kind == "params_non_embedding":
+        return float(spec.param_count()["non_embedding"])
     if budget.kind == "memory":
         return float(memory_bytes(spec, budget.batch, budget.context))
     raise ValueError(f"{budget.kind} is measured, not computed")

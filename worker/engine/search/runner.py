@@ -117,11 +117,9 @@ def run_search(
     listed = frontier(fitting, spec, settings) if settings.frontier_only else fitting
     listed = [a for a in listed if a.cut_kind(spec) != "none"] or listed  # the teacher is the reference
 
-    eval_batches = (
-        batches
-        if batches is not None
-        else heldout_batches(None if tokenizer is None else tokenizer, settings)
-    )
+    if batches is None and tokenizer is None:
+        raise ValueError("the held-out text needs the teacher's tokenizer (or pass batches)")
+    eval_batches = batches if batches is not None else heldout_batches(tokenizer, settings)
     score_started = time.perf_counter()
     losses, layer_forwards, naive = _score(model, spec, scores, [teacher_arch, *listed], eval_batches, say)
     score_seconds = time.perf_counter() - score_started
@@ -142,6 +140,7 @@ def run_search(
             "plan": plan.model_dump(mode="json"),
             "params": student.param_count()["total"],
             "params_fraction": round(student.param_count()["total"] / teacher_params, 6),
+            "params_non_embedding": student.param_count()["non_embedding"],
             "flops_per_token": student.flops_per_token(),
             "kv_cache_bytes_per_token": student.kv_cache_bytes_per_token(),
             "memory_bytes": None,
