@@ -1,4 +1,6 @@
-// HTTP client for /api/v1: one place that turns FastAPI error bodies into words a user can act on.
+// HTTP client for /api/v1: one place that turns error bodies into words a user can act on.
+// Every error answer is {detail: [{loc, msg, type, nearby}]} (backend/api/errors.py): `loc` is the field
+// path (["body", "params", "batch_size"]; [] when no field is at fault), `nearby` valid values to try.
 
 export const API_BASE = "/api/v1";
 
@@ -9,29 +11,49 @@ export class ApiError extends Error {
     this.detail = detail;
   }
 
-  /** {fieldName: message} from FastAPI's [{loc, msg}] detail, keyed by the last path element. */
+  /**
+   * {fieldName: {msg, nearby, path}} of the entries that name a field, keyed by the last element of
+   * the field path (an input's `name`); `path` is the whole path ("remove_heads.3") for inputs named so.
+   */
   get fields() {
     const out = {};
-    // Plain-string errors that name their field ("source: outside the allowed roots") count too.
-    const named = typeof this.detail === "string" && this.detail.match(/^([a-z_]+): (.+)$/s);
-    if (named) out[named[1]] = named[2];
-    if (Array.isArray(this.detail)) {
-      for (const item of this.detail) {
-        const loc = (item.loc || []).filter((p) => p !== "body" && p !== "query" && p !== "path");
-        if (loc.length) out[String(loc[loc.length - 1])] = item.msg;
-      }
+    for (const item of entries(this.detail)) {
+      const loc = fieldPath(item);
+      if (!loc.length) continue;
+      const name = String(loc[loc.length - 1]);
+      const field = { msg: cleanMsg(item.msg), nearby: item.nearby || [], path: loc.join(".") };
+      out[name] = out[name] ? { ...field, msg: `${out[name].msg}; ${field.msg}` } : field;
     }
     return out;
   }
 }
 
+function entries(detail) {
+  return Array.isArray(detail) ? detail.filter((item) => item && typeof item === "object") : [];
+}
+
+/** The field path without FastAPI's request part ("body", "query", "path", "header"). */
+function fieldPath(item) {
+  const loc = item.loc || [];
+  return ["body", "query", "path", "header"].includes(loc[0]) ? loc.slice(1) : loc;
+}
+
+function cleanMsg(msg) {
+  return String(msg).replace(/^Value error, /, ""); // pydantic's prefix says nothing to a user
+}
+
+/** "nearby: 4, 6, 8" (valid values close to the one sent), or "" when there are none. */
+export function nearbyText(nearby) {
+  return nearby && nearby.length ? `nearby valid: ${nearby.map(String).join(", ")}` : "";
+}
+
 function describe(status, detail) {
   if (typeof detail === "string") return detail;
   if (Array.isArray(detail)) {
-    return detail
+    return entries(detail)
       .map((item) => {
-        const loc = (item.loc || []).filter((p) => p !== "body" && p !== "query" && p !== "path");
-        const msg = String(item.msg).replace(/^Value error, /, ""); // pydantic's prefix says nothing to a user
+        const loc = fieldPath(item);
+        const msg = cleanMsg(item.msg);
         return loc.length ? `${loc.join(".")}: ${msg}` : msg;
       })
       .join("; ");
@@ -106,7 +128,8 @@ export function qs(params) {
 
 /**
  * Show an API error next to the control the user used: `box` gets the sentence, and inputs inside
- * `form` whose name matches an error field get outlined with their own message.
+ * `form` whose name matches an error field (last path element, or the whole dotted path) get outlined
+ * with their own message and, below it, the nearby valid values.
  */
 export function showError(box, err, form = null) {
   if (form) {
@@ -119,14 +142,25 @@ export function showError(box, err, form = null) {
   }
   if (box) box.textContent = err.message || String(err);
   if (form && err.fields) {
-    for (const [name, msg] of Object.entries(err.fields)) {
-      const input = form.querySelector(`[name="${CSS.escape(name)}"]`);
+    for (const [name, field] of Object.entries(err.fields)) {
+      const { msg, nearby = [], path = name } = typeof field === "string" ? { msg: field } : field;
+      const input =
+        form.querySelector(`[name="${CSS.escape(name)}"]`) || form.querySelector(`[name="${CSS.escape(path)}"]`);
       if (!input) continue;
       input.classList.add("invalid");
       const note = document.createElement("div");
       note.className = "field-error";
+      note.dataset.field = input.name;
       note.textContent = msg;
-      input.insertAdjacentElement("afterend", note);
+      if (nearby.length) {
+        const near = document.createElement("div");
+        near.className = "field-nearby";
+        near.textContent = nearbyText(nearby);
+        note.append(near);
+      }
+      // A checkbox sits inside its label text: the note goes under the whole label.
+      const anchor = input.type === "checkbox" || input.type === "radio" ? input.closest("label") || input : input;
+      anchor.insertAdjacentElement("afterend", note);
     }
   }
 }
