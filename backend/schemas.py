@@ -207,6 +207,11 @@ class DistillParams(OnDevice, DataReading):
         description="workers (machines), each running `gpus` ranks: a gang of that many workers meets at "
         "one torchrun rendezvous (worker/gang.py); 409 when fewer live workers have `gpus` devices",
     )
+    init_distill_job_id: RowId | None = Field(
+        None,
+        description="start from the weights a succeeded distillation of the same student saved (a bake-off "
+        "winner's: continue it to a full run); default: the pruned weights",
+    )
     steps: int = Field(DISTILL.steps, ge=1, le=10_000_000)
     tokens: int | None = Field(None, ge=1, le=MAX_INT64, description="overrides steps")
     lr: float = Field(DISTILL.lr, gt=0, le=1.0)
@@ -246,6 +251,13 @@ class DistillParams(OnDevice, DataReading):
             raise ValueError(f"must be a multiple of {what}, e.g. {' or '.join(map(str, fits))}")
         if ranks > 1 and info.field_name == "teacher_correction_steps" and value:
             raise ValueError("teacher correction runs on one device only: 0 with gpus > 1 or nodes > 1")
+        return value
+
+    @field_validator("init_distill_job_id")
+    @classmethod
+    def _one_device(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and (info.data.get("gpus", 1) > 1 or info.data.get("nodes", 1) > 1):
+            raise ValueError("continuing a distillation runs on one device (gpus 1, nodes 1)")
         return value
 
     @field_validator("min_lr")

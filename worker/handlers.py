@@ -403,7 +403,9 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     p = job.params
     dataset = _dataset(rt, p)
     rt.progress(0.0, "loading models", force=True)
-    model, tokenizer = load(rt, student_source(rt, student))
+    init = p.get("init_distill_job_id")  # continue a finished distillation (a bake-off winner's)
+    start = str(store(rt).local_dir(_distilled_key(rt, init))) if init else student_source(rt, student)
+    model, tokenizer = load(rt, start)
     teacher_model = None if p["baseline"] else load(rt, teacher.source, teacher.trust_remote_code)[0]
     if p.get("stream"):  # the checkpoint keeps the stream's position, so a retried job resumes it exactly
         train = _stream(dataset, p, tokenizer, "train", repeat=True)
