@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from backend.api import (
     compare,
+    docs,
     errors,
     events,
     importance,
@@ -27,7 +28,6 @@ from backend.api import (
     teachers,
     workflows,
 )
-from backend.api import searches
 from backend.db import session_factory
 from backend.guard import PREFIX, Guard
 from backend.notifier import Notifier
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Prunescope",
         version=system.VERSION,
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=f"{PREFIX}/docs",
+        docs_url=None,  # our own page (backend/api/docs.py): Swagger UI would load from a CDN
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(Guard, settings=settings)
     errors.install(app)
+    docs.install(app, f"{PREFIX}/docs")
 
     # Every route answers bad input with the error body of backend/api/errors.py (declared once here).
     typed_422 = errors.errors(422)

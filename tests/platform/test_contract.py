@@ -98,3 +98,16 @@ def test_domain_and_framework_errors_share_the_body(client, ready_teacher):
     assert r.json()["detail"] == [
         {"loc": ["body", "version"], "msg": r.json()["detail"][0]["msg"], "type": "conflict", "nearby": [2]}
     ]
+
+
+def test_docs_are_served_offline_from_the_schema(client):
+    schema = client.get("/api/v1/openapi.json").json()
+    r = client.get("/api/v1/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    for path in schema["paths"]:  # every operation and every model is on the page
+        assert f"<code>{path}</code>" in page, path
+    for name in schema["components"]["schemas"]:
+        assert f'id="model-{name}"' in page, name
+    # Nothing loaded from elsewhere (FastAPI's own Swagger UI pulls its scripts from a CDN).
+    assert "<script" not in page and "http://" not in page and "https://" not in page
