@@ -143,7 +143,9 @@ def check_job(
     elif kind == "evaluate":  # perplexity of one model at its default batch of 8 windows
 
         def need(p: dict) -> int:
-            return memplan.evaluation_memory(s_spec or t_spec, batch_size=8, seq_len=p["seq_len"])["total"]
+            return memplan.evaluation_memory(
+                s_spec or t_spec, batch_size=8, seq_len=p["seq_len"], device=device
+            )["total"]
 
         candidates = []
     elif kind == "benchmark":  # teacher and student are loaded together, measured one after the other
@@ -151,7 +153,11 @@ def check_job(
         def need(p: dict) -> int:
             runs = [
                 memplan.evaluation_memory(
-                    spec, batch_size=p["batch_size"], seq_len=p["seq_len"], new_tokens=p["new_tokens"]
+                    spec,
+                    batch_size=p["batch_size"],
+                    seq_len=p["seq_len"],
+                    new_tokens=p["new_tokens"],
+                    device=device,  # the LM-head chunk is larger on CUDA (memplan.auto_chunk_tokens)
                 )
                 for spec in ([t_spec, s_spec] if s_spec is not None else [t_spec])
             ]

@@ -37,6 +37,19 @@ export function importanceNeed(spec, p, device = "cpu") {
   }).total));
 }
 
+/** The layout the worker will run, and where a streamed pass's activation stores go: pinned RAM and disk
+ * (bytes; they grow with the samples: every sample's hidden states, per open store). With "auto" the
+ * worker streams when the whole model does not fit its device: `capacity` (bytes; null when unknown). */
+export function importanceLayout(spec, p, device = "cpu", capacity = null) {
+  const opts = { batch_size: p.batch_size, seq_len: p.seq_len, scans: p.scans, block_size: p.block_size ?? 2, samples: p.samples, device };
+  const offload = p.offload || "auto";
+  const whole = importanceMemory(spec, { ...opts, streamed: false }).total;
+  const streamed = offload === "always" || (offload === "auto" && capacity !== null && whole > capacity);
+  if (!streamed) return { streamed: false, spill: 0 };
+  const layered = importanceMemory(spec, { ...opts, streamed: true, device_budget: 0 });
+  return { streamed: true, spill: layered.host_total + layered.disk };
+}
+
 /** Smaller batches to suggest, nearest first (memcheck._halved_batches). */
 export function halvedBatches(batch) {
   const out = [];

@@ -3,6 +3,8 @@
 import { api } from "../api.js";
 import { h } from "../dom.js";
 import { readForm } from "./widgets.js";
+import { benchmarkNeed, evaluateNeed } from "../jobmemory.js";
+import { fitLine } from "../memplan.js";
 
 /** `compute(values, workers)` -> {text, fits} (memplan.fitLine) or null when the inputs are incomplete. */
 export function memoryLine(form, compute) {
@@ -30,4 +32,22 @@ export function queueFor(device, workers) {
   if (device === "cuda") return "gpu";
   if (device === "cpu") return "cpu";
   return workers.some((w) => (w.queues || []).includes("gpu")) ? "gpu" : "cpu";
+}
+
+/** The line under a student's Evaluate / Benchmark buttons: what each job needs at its default settings
+ * (evaluate on the teacher's protocol context, benchmark batch 1 x 128 + 32 new tokens) and where it fits. */
+export function measureMemoryLine(student, teacher) {
+  const host = h("div");
+  const line = memoryLine(host, (_, workers) => {
+    if (!student?.spec || !teacher?.spec) return null;
+    const queue = queueFor("auto", workers);
+    const device = queue === "gpu" ? "cuda" : "cpu";
+    const context = teacher.eval_protocol?.context || 128;
+    const evaluate = fitLine(() => evaluateNeed(student.spec, { seq_len: context, device }), {}, workers, queue);
+    const bench = { batch_size: 1, seq_len: 128, new_tokens: 32, device };
+    const benchmark = fitLine((b) => benchmarkNeed(teacher.spec, student.spec, { ...bench, ...b }), {}, workers, queue);
+    return { text: `evaluate ${evaluate.text} · benchmark (with the teacher) ${benchmark.text}`, fits: evaluate.fits === false || benchmark.fits === false ? false : evaluate.fits };
+  });
+  line.dataset.testid = "measure-memory";
+  return line;
 }

@@ -8,6 +8,9 @@ import { bytes, compact, flops, int, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
+import { memoryLine, queueFor } from "./memline.js";
+import { previewNeed } from "../jobmemory.js";
+import { fitLine } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
 
 /** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
@@ -19,6 +22,15 @@ export function parseCount(text, total = NaN) {
   if (!m) return NaN;
   const scale = { "": 1, k: 1e3, m: 1e6, b: 1e9, g: 1e9 }[m[2].toLowerCase()];
   return Math.round(Number(m[1]) * scale);
+}
+
+/** A width rounded to a multiple of `m` (hardware-friendly: 64 / 128 for tensor cores), never above
+ * `max` (the teacher's width) nor below one multiple; `down` for widths a budget chose (stay under it). */
+export function roundWidth(n, m, max, down = false) {
+  if (!m || n % m === 0) return n;
+  let r = (down ? Math.floor(n / m) : Math.round(n / m)) * m;
+  if (r > max) r = Math.floor(max / m) * m;
+  return r >= m ? r : n; // a width smaller than one multiple stays as asked
 }
 
 export class Planner {
@@ -65,10 +77,14 @@ export class Planner {
         field({ name: "hidden_size", label: `Hidden (of ${spec.hidden_size})`, type: "number", min: 1, placeholder: String(spec.hidden_size) }),
         h("label.field", { style: { gridColumn: spec.num_experts ? "auto" : "1 / -1" } }, h("span", spec.num_experts ? "Total parameter budget" : "Parameter budget"), h("input", { name: "param_budget", placeholder: `e.g. 60% or ${compact(spec.params_total * 0.6)}` })),
         spec.num_experts ? h("label.field", h("span", "Active parameter budget"), h("input", { name: "active_param_budget", placeholder: `e.g. 80% or ${compact((spec.params_active || spec.params_total) * 0.8)}` })) : null,
+        field({ name: "round_to", label: "Round widths", options: [["", "exact"], ["8", "to multiples of 8"], ["64", "to multiples of 64"], ["128", "to multiples of 128"]], value: "",
+          title: "hardware-friendly sizes: matrix units run fastest on multiples of 64 / 128; the cost in parameters is shown after the fill" }),
       ),
       h("div.row", h("span.hint", "Marks the least important units; adjust by hand afterwards."), h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "fill" } }, "Fill to target")),
       this.fillErr,
+      h("div.hint", { dataset: { testid: "rounding-cost" } }),
     );
+    this.roundInfo = this.fillForm.querySelector("[data-testid=rounding-cost]");
     this.fillForm.addEventListener("submit", (ev) => {
       ev.preventDefault();
       this.fill();
@@ -76,10 +92,23 @@ export class Planner {
 
     // ---- save / preview / student ----
     this.nameInput = h("input", { name: "name", value: `plan-${this.ctx.run.id}`, dataset: { testid: "plan-name" }, style: { flex: "1" } });
+    this.nameInput.addEventListener("input", () => this._previewLabel());
     this.saveErr = h("div.error-msg");
     this.savedInfo = h("span.hint");
     this.previewBox = h("div", { dataset: { testid: "preview" } });
     this.studentName = h("input", { name: "student_name", placeholder: "student name", style: { flex: "1" }, dataset: { testid: "student-name" } });
+    // How the cut reads the teacher: auto = tensor by tensor from its checkpoint when it is big (API out_of_core).
+    this.surgery = h("select", { name: "out_of_core", dataset: { testid: "out-of-core" }, title: "auto: cut tensor by tensor from the checkpoint when the teacher is bigger than the worker's threshold (PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB), else load it; out of core: never build the teacher (peak RAM ~ one tensor); in memory: load it whole" },
+      h("option", { value: "auto" }, "auto (out of core when big)"), h("option", { value: "always" }, "tensor by tensor (out of core)"), h("option", { value: "never" }, "whole, in memory"));
+    this.previewBtn = h("button", { onclick: () => this.preview(), dataset: { testid: "preview-btn" } }, "Preview perplexity");
+    // What the preview job needs (the teacher, then the masked teacher, a batch of 8 blocks).
+    const context = this.ctx.teacher.eval_protocol?.context || 128;
+    this.previewMemory = memoryLine(h("div"), (_, workers) => {
+      if (!this.spec) return null;
+      const queue = queueFor("auto", workers);
+      return fitLine(() => previewNeed(this.spec, { seq_len: context, device: queue === "gpu" ? "cuda" : "cpu" }), {}, workers, queue);
+    });
+    this.previewMemory.dataset.testid = "preview-memory";
     this.studentErr = h("div.error-msg");
     this.studentInfo = h("div");
 
@@ -102,11 +131,11 @@ export class Planner {
       h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
       this.savedInfo,
       this.saveErr,
-      h("div.row.tight", { style: { marginTop: "8px" } },
-        h("button", { onclick: () => this.preview(), dataset: { testid: "preview-btn" }, title: "Masked perplexity of this plan on the unpruned teacher (a quick what-if)" }, "Preview perplexity"),
-      ),
+      h("div.row.tight", { style: { marginTop: "8px" } }, this.previewBtn),
+      this.previewMemory,
       this.previewBox,
       h("div.row.tight", { style: { marginTop: "8px" } }, this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
+      h("div.row.tight", { style: { marginTop: "4px" } }, h("span.hint", "read the teacher"), this.surgery),
       this.studentErr,
       this.studentInfo,
       h("div.hint", { style: { marginTop: "10px" } },
@@ -143,6 +172,7 @@ export class Planner {
         metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), spec.num_experts ? `experts ${range(expertsKept)}/${spec.num_experts} × FFN ${range(mlpKept)}/${spec.intermediate_size}` : `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),
     );
+    this._previewLabel();
     this.undoBtn.disabled = !state.canUndo();
     this.redoBtn.disabled = !state.canRedo();
     this.local = localMessages(spec, plan);
@@ -197,16 +227,55 @@ export class Planner {
       return;
     }
     const { batch, seq } = this.ctx.agg();
-    try {
-      const body = { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, targets, batch, seq };
+    const request = (t) => {
+      const body = { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, targets: t, batch, seq };
       if (v.expert_metric) body.expert_metric = v.expert_metric;
-      const res = await api.post("/plans/fill", body);
+      return api.post("/plans/fill", body);
+    };
+    mount(this.roundInfo);
+    delete this.roundInfo.dataset.delta;
+    try {
+      const round = Number(v.round_to) || 0;
+      const res = await request(targets);
+      const plan = round ? await this._rounded(request, targets, res.plan, round) : res.plan;
       showError(this.fillErr, null, this.fillForm);
-      this.ctx.state.replace(res.plan, "fill");
+      this.ctx.state.replace(plan, "fill");
       toast("Plan filled to target: adjust it by hand if you like.");
     } catch (err) {
       showError(this.fillErr, err, this.fillForm);
     }
+  }
+
+  /** The filled plan with its MLP and hidden widths rounded to multiples of `m`, and what that costs
+   * (parameters against the exact fill) on the line under the form. Widths the user typed round to the
+   * nearest multiple; widths a parameter budget chose round down, so the budget still holds. */
+  async _rounded(request, targets, exactPlan, m) {
+    const spec = this.spec;
+    const exact = planStats(spec, exactPlan);
+    const widest = (stats) => Math.max(...stats.layers.map((l) => l.intermediate_size));
+    const budget = targets.param_budget !== undefined || targets.active_param_budget !== undefined;
+    const now = { intermediate_size: widest(exact), hidden_size: exact.hidden_size };
+    const teacherMax = { intermediate_size: Math.max(spec.intermediate_size, ...(spec.layers || []).map((l) => l.intermediate_size)), hidden_size: spec.hidden_size };
+    const changed = {};
+    for (const key of ["intermediate_size", "hidden_size"]) {
+      const r = roundWidth(now[key], m, teacherMax[key], budget && targets[key] === undefined);
+      if (r !== now[key]) changed[key] = r;
+    }
+    if (!Object.keys(changed).length) {
+      mount(this.roundInfo, `widths already multiples of ${m} (or smaller than one): nothing to round`);
+      this.roundInfo.dataset.delta = "0";
+      return exactPlan;
+    }
+    const rest = Object.fromEntries(Object.entries(targets).filter(([k]) => k !== "param_budget" && k !== "active_param_budget"));
+    const res = await request({ ...rest, ...now, ...changed });
+    const rounded = planStats(spec, res.plan);
+    const delta = rounded.params_total - exact.params_total;
+    const names = { intermediate_size: spec.num_experts ? "expert FFN" : "MLP", hidden_size: "hidden" };
+    const what = Object.entries(changed).map(([k, r]) => `${names[k]} ${now[k]} → ${r}`).join(", ");
+    const sign = delta >= 0 ? "+" : "−";
+    mount(this.roundInfo, `rounded to multiples of ${m}: ${what} · ${sign}${int(Math.abs(delta))} parameters (${sign}${pct(Math.abs(delta) / exact.params_total, 2)}) vs the exact fill (${compact(exact.params_total)} → ${compact(rounded.params_total)})`);
+    this.roundInfo.dataset.delta = String(delta);
+    return res.plan;
   }
 
   /** Save as new, or update the loaded plan (optimistic concurrency on `version`). */
@@ -231,9 +300,23 @@ export class Planner {
     }
   }
 
+  /** The preview runs on a saved plan: with unsaved edits the button says it saves first (never silently). */
+  _previewLabel() {
+    if (!this.previewBtn) return;
+    const clean = this.saved && this.savedPlan === this.ctx.state.plan;
+    const name = this.nameInput.value.trim() || `plan-${this.ctx.run.id}`;
+    const target = this.saved && this.saved.name === name ? `version ${this.saved.version + 1} of "${name}"` : `a new plan "${name}"`;
+    this.previewBtn.textContent = clean ? "Preview perplexity" : "Save & preview";
+    this.previewBtn.dataset.saves = clean ? "" : "1";
+    this.previewBtn.title = clean
+      ? "Masked perplexity of this saved plan on the unpruned teacher (a quick what-if)"
+      : `The preview runs on a saved plan: this saves the draft as ${target}, then previews it`;
+  }
+
   setSaved(row) {
     this.saved = row;
     this.savedPlan = this.ctx.state.plan;
+    queueMicrotask(() => this._previewLabel());
     this.nameInput.value = row.name;
     mount(this.savedInfo, `saved as #${row.id} v${row.version} · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
     setQuery({ plan: row.id });
@@ -246,8 +329,10 @@ export class Planner {
   }
 
   async preview() {
+    const saving = !(this.saved && this.savedPlan === this.ctx.state.plan);
     const row = await this.ensureSaved();
     if (!row) return;
+    if (saving) mount(this.savedInfo, `saved as #${row.id} v${row.version} to preview it · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
     let job;
     try {
       job = await api.post(`/plans/${row.id}/preview`, {});
@@ -278,7 +363,7 @@ export class Planner {
     if (!row) return;
     const name = this.studentName.value.trim() || `${row.name}-student`;
     try {
-      const student = await api.post("/students", { plan_id: row.id, name });
+      const student = await api.post("/students", { plan_id: row.id, name, out_of_core: this.surgery.value });
       showError(this.studentErr, null);
       // The line follows the cut's live status events: being cut -> cut (or failed / cancelled).
       const said = { succeeded: "is cut", failed: "could not be cut", cancelled: "was not cut (cancelled)" };

@@ -30,6 +30,7 @@ export async function explorerView(host, { args, query }, ctx) {
     headMode: query.get("heads") || "heads",
     tool: "select",
     layerMetric: query.get("layer") || "block",
+    layerScale: query.get("lscale") || "linear", // the layer chart's y axis (one tall bar can flatten the rest)
     expertMetric: query.get("experts") || "routed",
   };
   const t0 = performance.now();
@@ -97,9 +98,10 @@ export async function explorerView(host, { args, query }, ctx) {
   const expertsBar = h("div");
   const hiddenHost = h("div");
   const hiddenBar = h("div");
-  const layersPlot = h("div.plot", { dataset: { testid: "layers-plot" } });
+  const layersPlot = h("div.plot.columns-clickable", { dataset: { testid: "layers-plot" } });
   const zoomInfo = h("span.hint");
   const layerStability = h("span.row.tight");
+  const layersCaption = h("div.hint", { dataset: { testid: "layers-caption" } });
   const timing = h("span.hint", { dataset: { testid: "first-paint" } });
 
   const aggControls = h("div.row",
@@ -151,8 +153,9 @@ export async function explorerView(host, { args, query }, ctx) {
         h("section.panel",
           h("header", h("h2", "Layers"),
             h("span.ctl", h("span", "score"), segmented([["block", "block scan"], ["bi", "Block Importance"], ["drop", "drop loss"]], view.layerMetric, (v) => { view.layerMetric = v; setQuery({ layer: v }); drawLayers(); }, { dataset: { testid: "layer-metric" } })),
+            h("span.ctl", h("span", "y"), segmented([["linear", "lin"], ["log", "log"]], view.layerScale, (v) => { view.layerScale = v; setQuery({ lscale: v === "linear" ? "" : v }); drawLayers(); }, { dataset: { testid: "layer-scale" } })),
             layerStability),
-          h("div.hint", "click a bar to drop / keep a layer (a block-scan bar toggles its whole block); the line is the block's angular distance (Gromov), lower = better to drop"),
+          layersCaption,
           layersPlot),
       ),
       planner.el,
@@ -489,6 +492,12 @@ export async function explorerView(host, { args, query }, ctx) {
       text = x.map((i) => `layer ${i}`);
       colors = x.map((i) => (drop.has(i) ? MARKED : KEEP));
     }
+    // The caption names only what is drawn: the Gromov line exists only when the run had the angular scan.
+    const logY = view.layerScale === "log";
+    mount(layersCaption,
+      `click anywhere in a column to drop / keep its layer${blockK ? " (a block-scan column toggles its whole block)" : ""}`,
+      angular ? "; the line is the block's angular distance (Gromov), lower = better to drop" : "",
+      logY && y.some((v) => !(v > 0)) ? "; log scale: scores ≤ 0 are not drawn" : "");
     // Values on the bars (one tall bar would otherwise flatten the rest), dropped layers named in magenta.
     const labelled = x.length <= 24;
     const trace = {
@@ -507,19 +516,34 @@ export async function explorerView(host, { args, query }, ctx) {
     }
     const layout = baseLayout({
       height: 200,
+      // A click anywhere in a column hits its bar (hovermode x): short bars are not 3-px targets.
+      hovermode: "x",
+      dragmode: false,
+      yaxis: { type: logY ? "log" : "linear", fixedrange: true },
       showlegend: !!angular,
       legend: { orientation: "h", x: 1, xanchor: "right", y: 1.0, yanchor: "bottom", font: { size: 10 }, bgcolor: "rgba(0,0,0,0)" },
       yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, zeroline: false, automargin: true, tickfont: { size: 10, color: ANGULAR_COLOR } },
       margin: { l: 52, r: angular ? 40 : 12, t: 26, b: 32 },
       title: { text: label + (layerData.base_loss ? `   ·   base loss ${sig(layerData.base_loss)}` : ""), font: { size: 11, color: "#8a96a8" }, x: 0.01, y: 0.97 },
-      xaxis: { title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, tickvals: x.filter((i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED), ticktext: tickText.filter((_, i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED) },
+      xaxis: { fixedrange: true, title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, tickvals: x.filter((i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED), ticktext: tickText.filter((_, i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED) },
       bargap: 0.15,
     });
     await Plotly.react(layersPlot, traces, layout, PLOT_CONFIG);
     if (!layersPlot._bound) {
       layersPlot._bound = true;
-      layersPlot.on("plotly_click", (ev) => {
-        const i = ev.points[0].x;
+      // The whole column is the target, not only its bar (a short bar is a few pixels): the click's x in
+      // the plot area names the column.
+      layersPlot.addEventListener("click", (ev) => {
+        const full = layersPlot._fullLayout;
+        if (!full?.xaxis || !layersPlot.data?.[0]) return;
+        const xa = full.xaxis;
+        const ya = full.yaxis;
+        const box = layersPlot.getBoundingClientRect();
+        const px = ev.clientX - box.left - xa._offset;
+        const py = ev.clientY - box.top - ya._offset;
+        if (px < 0 || px > xa._length || py < 0 || py > ya._length) return; // axes, legend, title
+        const i = Math.round(xa.p2l(px));
+        if (i < 0 || i >= layersPlot.data[0].x.length) return;
         const k = layersPlot.dataset.blockK ? Number(layersPlot.dataset.blockK) : 1;
         state.toggleLayers(Array.from({ length: k }, (_, j) => i + j).filter((l) => l < L));
       });
@@ -549,7 +573,29 @@ export async function explorerView(host, { args, query }, ctx) {
 
   async function reloadScores() {
     neuronOrder = null;
-    await Promise.all([loadHeads(), moe ? loadExperts() : loadNeurons(), loadHidden()]);
+    await Promise.all([loadHeads(), moe ? loadExperts() : loadNeurons(), loadHidden(), loadStability()]);
+  }
+
+  /** Split-half rank agreement under the aggregation on screen (the width rankings depend on it). */
+  async function loadStability() {
+    const agg = { batch: view.batch, seq: view.seq };
+    let s;
+    try {
+      s = await api.get(`/importance-runs/${run.id}/stability${qs(agg)}`);
+    } catch {
+      return;
+    }
+    if (!ctx.alive || agg.batch !== view.batch || agg.seq !== view.seq) return; // a newer choice is loading
+    const aggName = `batch ${view.batch.toUpperCase()}, seq ${view.seq.toUpperCase()}`;
+    const width = moe
+      ? [stabilityBadge("experts", s.experts_routed), stabilityBadge("contribution", s.experts_contribution), stabilityBadge("expert FFN", s.expert_neurons)]
+      : [stabilityBadge("neurons", s.neurons)];
+    const help = `Rank stability: the calibration samples are split in two halves, each half's scores are ranked, and ρ is the Spearman correlation of the two rankings (1 = both halves order the units the same; near 0 = the order is noise: use more samples). Width scores (heads, neurons, hidden) are measured under the aggregation chosen on the left (now ${aggName}), so ρ follows it.`;
+    mount(stability, h("span.hint.help", { title: help, dataset: { testid: "stability-help", agg: `${view.batch}/${view.seq}` } }, "rank stability (?)"), stabilityBadge("heads", s.heads), ...width, stabilityBadge("hidden", s.hidden));
+    // Depth scores have their own split-half agreement (block_importance, drop_loss, block_loss_k2 …).
+    const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k) && !k.startsWith("expert"));
+    const depthHelp = "Split-half agreement of the depth scores. They are losses and cosines per sample, averaged over all of them, not activation norms: the batch / seq aggregation does not apply to them, so these ρ do not change when it does.";
+    mount(layerStability, depth.length ? h("span.hint.help", { title: depthHelp, dataset: { testid: "depth-stability-help" } }, "(?)") : null, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])));
   }
 
   function restyle() {
@@ -593,15 +639,7 @@ export async function explorerView(host, { args, query }, ctx) {
     loadHeads(),
     moe ? loadExperts() : loadNeurons(),
     loadHidden(),
-    api.get(`/importance-runs/${run.id}/stability`).then((s) => {
-      const width = moe
-        ? [stabilityBadge("experts", s.experts_routed), stabilityBadge("contribution", s.experts_contribution), stabilityBadge("expert FFN", s.expert_neurons)]
-        : [stabilityBadge("neurons", s.neurons)];
-      mount(stability, h("span.hint", "rank stability"), stabilityBadge("heads", s.heads), ...width, stabilityBadge("hidden", s.hidden));
-      // Depth scores have their own split-half agreement (block_importance, drop_loss, block_loss_k2 …).
-      const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k) && !k.startsWith("expert"));
-      mount(layerStability, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])));
-    }).catch(() => {}),
+    loadStability(),
   ]);
   const paint = performance.now() - t0;
   timing.textContent = `first paint ${Math.round(paint)} ms`;

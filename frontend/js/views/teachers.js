@@ -6,8 +6,10 @@ import { memoryLine, queueFor } from "../components/memline.js";
 import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
-import { fitLine, importanceMemory } from "../memplan.js";
+import { halvedBatches, importanceLayout, importanceNeed } from "../jobmemory.js";
+import { fitLine, formatBytes, usableBytes } from "../memplan.js";
 import { href, setQuery } from "../router.js";
+import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
 
 export async function teachersView(host, { query }, ctx) {
@@ -30,9 +32,26 @@ export async function teachersView(host, { query }, ctx) {
     h("div.row", field({ name: "trust_remote_code", label: "trust remote code", type: "checkbox" }), h("span.spacer"), h("button.primary", { type: "submit" }, "Register teacher")),
     teacherErr,
   );
+  // One click must not register a second copy of a teacher: the same source is offered as the existing one.
+  const duplicateBox = h("div.note", { dataset: { testid: "teacher-duplicate" } });
+  teacherForm.insertBefore(duplicateBox, teacherErr);
+  let allowCopy = null; // the source the user chose to register again anyway
+  const sameSource = (a, b) => String(a).trim().replace(/\/+$/, "") === String(b).trim().replace(/\/+$/, "");
+  teacherForm.addEventListener("input", () => mount(duplicateBox));
   teacherForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const body = readForm(teacherForm);
+    const existing = state.teachers.find((t) => sameSource(t.source, body.source || ""));
+    if (existing && allowCopy !== body.source) {
+      showError(teacherErr, null, teacherForm);
+      mount(duplicateBox,
+        `${body.source} is already registered as teacher #${existing.id} "${existing.name}" (${existing.status}). `,
+        h("button.small.primary", { type: "button", dataset: { testid: "open-existing-teacher" }, onclick: () => { mount(duplicateBox); state.selected = existing.id; setQuery({ teacher: existing.id }); refresh(); } }, `Use "${existing.name}"`),
+        " ",
+        h("button.small", { type: "button", dataset: { testid: "register-copy" }, title: "another row for the same weights (e.g. to keep its runs apart)", onclick: () => { allowCopy = body.source; teacherForm.requestSubmit(); } }, "Register a second copy"));
+      return;
+    }
+    mount(duplicateBox);
     try {
       const teacher = await api.post("/teachers", body);
       showError(teacherErr, null, teacherForm);
@@ -74,6 +93,7 @@ export async function teachersView(host, { query }, ctx) {
         h("section.panel", h("header", h("h2", "Register a teacher")), teacherForm),
         h("section.panel", h("header", h("h2", "Teachers")), teacherList),
         h("section.panel", h("header", h("h2", "Datasets")), datasetList, h("h3.section-title", "Register a dataset"), datasetForm),
+        workersPanel(ctx),
       ),
       detail,
     ),
@@ -196,6 +216,9 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "batch_size", label: "Batch", type: "number", value: 8, min: 1 }),
         field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop and angular-distance scans" }),
         field({ name: "seed", label: "Seed", type: "number", value: 0 }),
+        field({ name: "gpus", label: "GPUs", type: "number", value: 1, min: 1, title: "data-parallel ranks on one worker: each scores every N-th batch and the sums are all-reduced (same scores); the teacher is loaded whole on each" }),
+        field({ name: "offload", label: "Teacher", options: [["auto", "auto"], ["always", "streamed layer by layer"], ["never", "whole in memory"]], value: "auto",
+          title: "auto: stream one decoder layer at a time when the teacher does not fit the worker's device (same scores either way)" }),
       ),
       h("div.row",
         h("span.muted", "Depth scans:"),
@@ -211,14 +234,20 @@ export async function teachersView(host, { query }, ctx) {
       ready ? null : h("div.hint", "The teacher must be ready first."),
       err,
     );
+    // The estimate of the run as submitted: its scans, block size, samples (a streamed pass keeps every
+    // sample's activations per store) and layout (backend/memcheck.check_importance, mirrored).
     form.insertBefore(memoryLine(form, (v, workers) => {
-      if (!t.spec || !(v.batch_size >= 1) || !(v.seq_len >= 2)) return null;
+      if (!t.spec || !(v.batch_size >= 1) || !(v.seq_len >= 2) || !(v.samples >= 1)) return null;
       const queue = queueFor("auto", workers);
-      const opts = { seq_len: v.seq_len, loss_scans: !!(v.scan_drop || v.scan_block), device: queue === "gpu" ? "cuda" : "cpu" };
-      const need = (p) => importanceMemory(t.spec, { ...opts, batch_size: p.batch_size }).total;
-      const halves = [];
-      for (let b = Math.floor(v.batch_size / 2); b >= 1; b = Math.floor(b / 2)) halves.push({ batch_size: b });
-      return fitLine(need, { batch_size: v.batch_size }, workers, queue, halves);
+      const p = { seq_len: v.seq_len, samples: v.samples, block_size: v.block_size || 2, offload: v.offload || "auto", scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]) };
+      const device = queue === "gpu" ? "cuda" : "cpu";
+      const need = (b) => importanceNeed(t.spec, { ...p, batch_size: b.batch_size }, device);
+      const line = fitLine(need, { batch_size: v.batch_size }, workers, queue, halvedBatches(v.batch_size));
+      const sizes = workers.filter((w) => w.memory && (w.queues || []).includes(queue)).map((w) => usableBytes(w.memory));
+      const layout = importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sizes.length ? Math.max(...sizes) : null);
+      // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
+      if (layout.streamed) line.text += ` · streamed layer by layer${p.offload === "auto" ? " (the whole teacher does not fit)" : ""}: ${formatBytes(layout.spill)} of activation stores (${v.samples} samples) in pinned RAM / on disk`;
+      return line;
     }), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -231,6 +260,8 @@ export async function teachersView(host, { query }, ctx) {
         batch_size: v.batch_size,
         block_size: v.block_size,
         seed: v.seed,
+        gpus: v.gpus || 1,
+        offload: v.offload || "auto",
         scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]),
       };
       try {

@@ -1,0 +1,290 @@
+"""Issue 13's planner ergonomics and issue 10's memory line in every form, in Chromium against the live app
+(API + real worker). Each test fails without its feature: whole layer columns are click targets and the
+chart has a log scale; its caption names the Gromov line only when that scan ran; rank stability follows
+the aggregation and says what it measures; the preview never saves a draft without saying so; rounding
+widths to hardware multiples shows its cost in parameters; the cut's out-of-core mode is a control; the
+teacher form offers an existing teacher instead of registering a copy; a field's error keeps the form's
+rows in line; a job page does not repeat its own result; evaluate / benchmark / preview / importance
+forms show their memory estimate. One teacher, two importance runs and a student, made once."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.platform.helpers import make_dataset
+from tests.ui.conftest import shot
+
+pytestmark = pytest.mark.ui
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def setup(live_app):
+    api = live_app.api
+    teacher = api.post("/teachers", json={"name": "tiny", "source": str(live_app.teacher_dir)}).json()
+    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
+    data = make_dataset(live_app, documents=40)
+    body = {
+        "teacher_id": teacher["id"],
+        "dataset_id": data["id"],
+        "samples": 8,
+        "seq_len": 32,
+        "batch_size": 4,
+    }
+    plain = api.post("/importance-runs", json=body).json()
+    angular = api.post("/importance-runs", json={**body, "scans": ["bi", "block", "angular"]}).json()
+    for run in (plain, angular):
+        assert live_app.wait_job(run["job_id"])["status"] == "succeeded"
+    plan = api.post(
+        "/plans", json={"teacher_id": teacher["id"], "name": "p", "plan": {"drop_layers": [3]}}
+    ).json()
+    student = api.post("/students", json={"plan_id": plan["id"], "name": "s"}).json()
+    assert live_app.wait_job(student["job_id"])["status"] == "succeeded"
+    return {
+        "teacher": api.get(f"/teachers/{teacher['id']}").json(),
+        "plain": plain,
+        "angular": angular,
+        "student": api.get(f"/students/{student['id']}").json(),
+        "data": data,
+    }
+
+
+def open_explorer(page, live_app, run_id: int, query: str = ""):
+    page.goto(f"{live_app.url}/#/explore/{run_id}{query}")
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+    page.wait_for_selector("[data-testid=layers-plot] .main-svg")
+
+
+def save_screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot(page, name), SCREENSHOTS / f"{name}.png")
+
+
+def empty_point_of_column(page, index: int) -> dict:
+    """A point in column `index` of the layer chart as far as possible from its bar (whose span runs
+    from 0 to its value): the click lands on the column, not on the bar."""
+    return page.evaluate(
+        """(i) => {
+          const el = document.querySelector("[data-testid=layers-plot]");
+          const xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis;
+          const box = el.getBoundingClientRect();
+          const v = el.data[0].y[i];
+          const ends = [ya.l2p(0), ya.l2p(v)];
+          const [lo, hi] = [Math.max(0, Math.min(...ends)), Math.min(ya._length, Math.max(...ends))];
+          const candidates = [4, ya._length - 4];
+          const gap = (y) => (y < lo ? lo - y : y > hi ? y - hi : 0);
+          const y = candidates.reduce((a, b) => (gap(b) > gap(a) ? b : a));
+          return { x: box.left + xa._offset + xa.l2p(i), y: box.top + ya._offset + y, gap: gap(y) };
+        }""",
+        index,
+    )
+
+
+def test_layer_columns_are_click_targets_with_a_log_scale_and_an_honest_caption(page, live_app, setup):
+    open_explorer(page, live_app, setup["plain"]["id"])
+    caption = page.inner_text("[data-testid=layers-caption]")
+    assert "click anywhere in a column" in caption and "Gromov" not in caption  # this run has no angular scan
+    # The shortest block-scan bar: a click in the empty part of its column drops its block.
+    y = page.evaluate("document.querySelector('[data-testid=layers-plot]').data[0].y")
+    shortest = min(range(len(y)), key=lambda i: abs(y[i]))
+    point = empty_point_of_column(page, shortest)
+    assert point["gap"] > 40  # really outside the bar
+    page.mouse.move(point["x"], point["y"])
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_function("document.querySelector('[data-testid=shape] .value').innerText.startsWith('2L')")
+
+    page.click("[data-testid=layer-scale] button:has-text('log')")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=layers-plot]')._fullLayout.yaxis.type === 'log'"
+    )
+    assert "lscale=log" in page.evaluate("location.hash")
+    page.click("[data-testid=layer-metric] button:has-text('Block Importance')")  # positive scores
+    page.wait_for_function(
+        "document.querySelector('[data-testid=layers-plot]')._fullLayout.title.text.startsWith('Block Importance')"
+    )
+    save_screenshot(page, "explorer-layers")
+
+    open_explorer(page, live_app, setup["angular"]["id"])
+    assert "angular distance (Gromov)" in page.inner_text("[data-testid=layers-caption]")
+
+
+def test_rank_stability_follows_the_aggregation_and_explains_itself(page, live_app, setup):
+    run = setup["plain"]["id"]
+    open_explorer(page, live_app, run)
+    help_ = page.locator("[data-testid=stability-help]")
+    assert help_.get_attribute("data-agg") == "l2/mean"
+    title = help_.get_attribute("title")
+    assert "Spearman" in title and "two halves" in title and "aggregation" in title
+    assert "does not apply" in page.get_attribute("[data-testid=depth-stability-help]", "title")
+    with page.expect_request(lambda r: "/stability" in r.url and "batch=var" in r.url):
+        page.click("[data-testid=agg-batch] button:has-text('var')")
+    page.wait_for_selector("[data-testid=stability-help][data-agg='var/mean']")
+    want = live_app.api.get(
+        f"/importance-runs/{run}/stability", params={"batch": "var", "seq": "mean"}
+    ).json()
+    assert page.inner_text("[data-testid=stability-heads]").startswith(f"heads ρ={want['heads']:.2f}")
+
+
+def test_preview_says_it_saves_a_draft_and_shows_its_memory(page, live_app, setup):
+    teacher = setup["teacher"]
+    open_explorer(page, live_app, setup["plain"]["id"])
+    assert page.inner_text("[data-testid=preview-memory]").startswith("needs ")
+    page.click("[data-testid=layers-plot]")  # drop a block of layers: an unsaved draft
+    page.wait_for_function("document.querySelector('[data-testid=shape] .value').innerText.startsWith('2L')")
+    button = page.locator("[data-testid=preview-btn]")
+    assert button.inner_text() == "Save & preview" and "saves the draft" in button.get_attribute("title")
+    before = len(live_app.api.get("/plans", params={"teacher_id": teacher["id"]}).json())
+    button.click()
+    page.wait_for_function("location.hash.includes('plan=')")
+    plans = live_app.api.get("/plans", params={"teacher_id": teacher["id"]}).json()
+    assert len(plans) == before + 1
+    assert "to preview it" in page.inner_text("[data-testid=planner]")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=preview-btn]').innerText === 'Preview perplexity'"
+    )
+    version = max(plans, key=lambda p: p["id"])["version"]
+    button.click()  # a saved plan: previewed as it is, nothing written
+    page.wait_for_timeout(500)
+    after = live_app.api.get("/plans", params={"teacher_id": teacher["id"]}).json()
+    assert len(after) == before + 1 and max(after, key=lambda p: p["id"])["version"] == version
+
+
+def test_rounding_widths_to_hardware_multiples_shows_its_cost(page, live_app, setup):
+    teacher, run = setup["teacher"], setup["plain"]["id"]
+    open_explorer(page, live_app, run)
+    page.fill("[data-testid=fill-form] [name=intermediate_size]", "30")
+    page.select_option("[data-testid=fill-form] [name=round_to]", "8")
+    page.click("[data-testid=fill]")
+    page.wait_for_function("document.querySelector('[data-testid=shape]').innerText.includes('MLP 32/48')")
+    cost = page.locator("[data-testid=rounding-cost]")
+    assert "MLP 30 → 32" in cost.inner_text()
+
+    def params(width: int) -> int:
+        filled = live_app.api.post(
+            "/plans/fill",
+            json={
+                "teacher_id": teacher["id"],
+                "importance_run_id": run,
+                "targets": {"intermediate_size": width},
+            },
+        ).json()["plan"]
+        check = live_app.api.post("/plans/validate", json={"teacher_id": teacher["id"], "plan": filled})
+        return check.json()["stats"]["params_total"]
+
+    delta = params(32) - params(30)
+    assert delta == 4 * 2 * 3 * teacher["spec"]["hidden_size"]  # 2 more gated neurons in each of 4 layers
+    assert int(cost.get_attribute("data-delta")) == delta
+    assert f"+{delta:,} parameters" in cost.inner_text()
+    save_screenshot(page, "planner-rounding")
+
+
+def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
+    open_explorer(page, live_app, setup["plain"]["id"])
+    page.click("[data-testid=layers-plot]")  # any edit
+    page.select_option("[data-testid=out-of-core]", "always")
+    page.fill("[data-testid=student-name]", "ooc")
+    page.click("[data-testid=create-student]")
+    page.wait_for_selector("[data-testid=student-link]")
+    student = next(s for s in live_app.api.get("/students").json() if s["name"] == "ooc")
+    job = live_app.wait_job(student["job_id"])
+    assert job["params"]["out_of_core"] == "always"
+    assert job["status"] == "succeeded" and "out of core" in job["result"]["surgery"], job
+
+
+def test_the_teacher_form_offers_the_existing_teacher_and_errors_keep_rows_in_line(page, live_app, setup):
+    teacher = setup["teacher"]
+    page.goto(f"{live_app.url}/#/")
+    page.wait_for_selector("[data-testid=teacher-list] tr")
+    count = len(live_app.api.get("/teachers").json())
+    page.fill("[data-testid=teacher-form] [name=name]", "again")
+    page.fill("[data-testid=teacher-form] [name=source]", str(live_app.teacher_dir) + "/")
+    page.click("[data-testid=teacher-form] button[type=submit]")
+    note = page.locator("[data-testid=teacher-duplicate]")
+    note.wait_for()
+    assert f'teacher #{teacher["id"]} "tiny"' in note.inner_text()
+    page.wait_for_timeout(300)
+    assert len(live_app.api.get("/teachers").json()) == count  # one click registered nothing
+    page.click("[data-testid=open-existing-teacher]")
+    page.wait_for_selector("[data-testid=arch-summary]")
+    assert "teacher=" in page.evaluate("location.hash")
+
+    # A field's error floats under its input: every input of the grid keeps its place.
+    form = "[data-testid=importance-form]"
+    page.wait_for_selector(f"{form} [name=samples]")
+    inputs = page.locator(f"{form} .form-grid input, {form} .form-grid select")
+    before = [inputs.nth(i).bounding_box()["y"] for i in range(inputs.count())]
+    height = page.locator(form).bounding_box()["height"]
+    page.fill(f"{form} [name=samples]", "200000")  # above the API's limit: its 422 names the field
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector(f"{form} .field-error")
+    assert "invalid" in page.get_attribute(f"{form} [name=samples]", "class")
+    after = [inputs.nth(i).bounding_box()["y"] for i in range(inputs.count())]
+    assert after == before
+    assert page.locator(form).bounding_box()["height"] - height < 60  # only the message box below
+    save_screenshot(page, "teachers-field-error")
+
+    page.fill("[data-testid=teacher-form] [name=source]", str(live_app.teacher_dir))
+    page.click("[data-testid=teacher-form] button[type=submit]")
+    page.click("[data-testid=register-copy]")  # a second deliberate click: a copy on purpose
+    page.wait_for_function(
+        f"document.querySelectorAll('[data-testid=teacher-list] tbody tr').length === {count + 1}"
+    )
+
+
+def test_importance_form_estimates_the_streamed_layout_with_its_samples(page, live_app, setup):
+    page.goto(f"{live_app.url}/#/?teacher={setup['teacher']['id']}")
+    form = "[data-testid=importance-form]"
+    page.wait_for_selector(f"{form} [data-testid=memory-estimate]:not(:empty)")
+    line = page.locator(f"{form} [data-testid=memory-estimate]")
+    assert "streamed" not in line.inner_text()
+    page.select_option(f"{form} [name=offload]", "always")
+    page.wait_for_function(
+        f"document.querySelector('{form} [data-testid=memory-estimate]').textContent.includes('streamed layer by layer')"
+    )
+    small = line.inner_text()
+    page.fill(f"{form} [name=samples]", "4096")
+    page.wait_for_function(
+        f"document.querySelector('{form} [data-testid=memory-estimate]').textContent.includes('4096 samples')"
+    )
+    stores = lambda text: re.search(r"([\d.]+ [MG]iB) of activation stores", text).group(1)  # noqa: E731
+    assert stores(line.inner_text()) != stores(small)
+
+
+def test_job_page_lists_other_measurements_and_runs_show_the_memory_of_evaluate_and_benchmark(
+    page, live_app, setup
+):
+    student = setup["student"]
+    page.goto(f"{live_app.url}/#/runs?student={student['id']}")
+    mem = page.locator("[data-testid=student-detail] [data-testid=measure-memory]")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=student-detail] [data-testid=measure-memory]')?.textContent.includes('benchmark')"
+    )
+    assert re.match(
+        r"evaluate needs [\d.]+ [MG]iB per device.* · benchmark \(with the teacher\) needs", mem.inner_text()
+    )
+
+    def evaluate() -> int:
+        r = live_app.api.post(
+            "/jobs", json={"kind": "evaluate", "student_id": student["id"], "params": {"max_documents": 2}}
+        )
+        assert r.status_code == 201, r.text
+        assert live_app.wait_job(r.json()["id"])["status"] == "succeeded"
+        return r.json()["id"]
+
+    first = evaluate()
+    page.goto(f"{live_app.url}/#/job/{first}")
+    panel = page.locator("[data-testid=student-benchmarks]")
+    panel.locator(".empty").wait_for()
+    assert "Other measurements of this student" in panel.inner_text()
+    assert f"evaluate #{first}" not in panel.inner_text()  # its own result is under Result, once
+    second = evaluate()
+    page.reload()
+    panel.locator(f"a:has-text('evaluate #{second}')").wait_for()
+    assert f"evaluate #{first}" not in panel.inner_text()
