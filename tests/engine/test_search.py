@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tests.engine.search_helpers import settings, teacher_and_importance
 from worker.engine.adapters import arch_spec
 from worker.engine.masking import masked
-from worker.engine.plan import PrunePlan, plan_stats, validate_plan
+from worker.engine.plan import PrunePlan, plan_stats, resulting_spec, validate_plan
 from worker.engine.search import run_search
 from worker.engine.search.budgets import parse_budget
 from worker.engine.search.scoring import plan_loss
@@ -101,6 +101,28 @@ def test_masked_model_gives_the_same_loss_as_the_cut_one():
             )
             total, count = total + float(nll.sum()), count + float(tokens.sum())
     assert math.isclose(c["loss"], total / count, abs_tol=1e-5)
+
+
+def test_lm_eval_task_runs_on_the_top_candidates_really_cut(monkeypatch):
+    """lm-eval itself is tested in test_evaluation_lm_eval; here: which models it is given, and where its
+    scores land (only the top N rows)."""
+    import worker.engine.evaluation.lm_eval_runner as runner
+
+    model, importance, batches = teacher_and_importance()
+    seen = []
+
+    def fake_lm_eval(student, tokenizer, tasks, *, limit, seed):
+        seen.append((arch_spec(student), plan_loss(student, PrunePlan(), batches), tasks, limit))
+        return [{"task": tasks[0], "metric": "acc", "value": 0.5 + len(seen), "stderr": None}]
+
+    monkeypatch.setattr(runner, "run_lm_eval", fake_lm_eval)
+    s = settings(budgets=["params=70%"], lm_eval_task="prunescope_cloze", lm_eval_top=2, lm_eval_limit=7)
+    rows = run_search(model, object(), importance, s, batches=batches).to_json()["candidates"]
+    assert [r["lm_eval"][0]["value"] for r in rows[:2]] == [1.5, 2.5]
+    assert all(r["lm_eval"] is None for r in rows[2:])
+    for row, (spec, loss, tasks, limit) in zip(rows, seen):
+        assert spec == resulting_spec(PrunePlan.model_validate(row["plan"]), arch_spec(model))
+        assert math.isclose(loss, row["loss"], abs_tol=1e-5) and tasks == ["prunescope_cloze"] and limit == 7
 
 
 def test_step_alignment_and_cut_limits_are_respected():

@@ -35,6 +35,9 @@ FLAGS = {
     "eval_batch_size": "--eval-batch-size",
     "latency_new_tokens": "--latency-new-tokens",
     "max_candidates": "--max-candidates",
+    "lm_eval_task": "--lm-eval-task",
+    "lm_eval_top": "--lm-eval-top",
+    "lm_eval_limit": "--lm-eval-limit",
 }
 
 
@@ -78,6 +81,9 @@ def settings_from_args(args):
         latency_new_tokens=args.latency_new_tokens,
         max_candidates=args.max_candidates,
         dtype=args.dtype,
+        lm_eval_task=args.lm_eval_task,
+        lm_eval_top=args.lm_eval_top,
+        lm_eval_limit=args.lm_eval_limit,
     )
     try:
         return SearchSettings(**values)
@@ -160,12 +166,13 @@ def _print_table(report: dict, top: int | None) -> None:
         a = c["axes"]
         memory = f"{c['memory_bytes'] / 2**20:.1f}MiB" if c["memory_bytes"] is not None else "-"
         latency = f"{c['latency']['decode_s_per_token'] * 1e3:.2f}" if c["latency"] else "-"
+        lm_eval = "  ".join(f"{r['task']}:{r['metric']}={r['value']:.3f}" for r in c.get("lm_eval") or [])
         marker = "*" if top and c["rank"] <= top else " "
         print(
             f"{c['rank']:>4}{marker} {c['cut']:<6} {a['num_layers']:>6} {a['heads_per_layer']:>5} "
             f"{a['num_kv_heads']:>3} {a['intermediate_size']:>6} {a['hidden_size']:>6} {c['params']:>12,} "
             f"{100 * c['params_fraction']:>5.1f}% {memory:>10} {latency:>7} {c['loss']:>8.4f} "
-            f"{c['perplexity']:>9.2f}  {c['id']}"
+            f"{c['perplexity']:>9.2f}  {c['id']}" + (f"  {lm_eval}" if lm_eval else "")
         )
 
 
@@ -211,6 +218,15 @@ def register(subparsers) -> None:
         "--latency-cache", default=None, help="latency cache file (default ~/.cache/prunescope/latency.json)"
     )
     p.add_argument("--max-candidates", type=int, default=2000)
+    p.add_argument(
+        "--lm-eval-task",
+        default=None,
+        help="also score the top candidates on this lm-eval task (e.g. prunescope_cloze)",
+    )
+    p.add_argument(
+        "--lm-eval-top", type=int, default=5, help="candidates scored with --lm-eval-task (default 5)"
+    )
+    p.add_argument("--lm-eval-limit", type=int, default=100, help="samples of the lm-eval task (default 100)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (latency is measured there)")
     p.set_defaults(handler=cmd_search)

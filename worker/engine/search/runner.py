@@ -168,6 +168,9 @@ def run_search(
     rows.sort(key=lambda r: (r["loss"], -r["params"], r["id"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
+        row["lm_eval"] = None
+    if settings.lm_eval_task:
+        _lm_eval_top(model, tokenizer, rows[: settings.lm_eval_top], settings, say)
     seconds = time.perf_counter() - started
     t_nll, t_tokens = losses[teacher_arch.id]
     teacher = {
@@ -209,6 +212,22 @@ def run_search(
         for b in budgets
     ]
     return SearchReport(teacher, budgets_json, settings.model_dump(), space, stats, rows)
+
+
+def _lm_eval_top(model, tokenizer, rows: list[dict], settings: SearchSettings, say) -> None:
+    """The optional lm-eval task on the best candidates, each really cut (lm-eval runs whole models)."""
+    from worker.engine.evaluation.lm_eval_runner import run_lm_eval
+    from worker.engine.search.scoring import cut_copy
+
+    if tokenizer is None:
+        raise ValueError("lm_eval_task: lm-eval needs the teacher's tokenizer")
+    for i, row in enumerate(rows):
+        say(i, len(rows), f"lm-eval {settings.lm_eval_task} on candidate {i + 1}/{len(rows)}")
+        student = cut_copy(model, PrunePlan.model_validate(row["plan"]))
+        row["lm_eval"] = run_lm_eval(
+            student, tokenizer, [settings.lm_eval_task], limit=settings.lm_eval_limit, seed=settings.seed
+        )
+        del student
 
 
 def _timing(b: Budget, a: Architecture, spec, model, cache: LatencyCache, settings: SearchSettings) -> dict:

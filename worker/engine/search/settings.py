@@ -47,6 +47,12 @@ class SearchSettings(BaseModel):
     latency_batch: int = Field(1, ge=1, description="batch of latency budgets given without @B,C")
     latency_context: int = Field(128, ge=1, description="context of latency budgets given without @B,C")
     latency_new_tokens: int = Field(16, ge=1, description="decode steps timed per measurement")
+    lm_eval_task: str | None = Field(
+        None,
+        description="an lm-eval task scored on the top candidates too (e.g. the offline prunescope_cloze)",
+    )
+    lm_eval_top: int = Field(5, ge=1, description="how many of the best-loss candidates get the lm-eval task")
+    lm_eval_limit: int | None = Field(100, ge=1, description="samples of the lm-eval task (None: all)")
     max_candidates: int = Field(2000, ge=1, description="refuse larger search spaces")
     dtype: str = Field("float32", description="dtype the teacher is scored (and shapes timed) in")
 
