@@ -351,138 +351,195 @@ def _range_errors(field_name: str, indices: list[int], limit: int, what: str) ->
     ]
 
 
+def _error(field_name: str, text: str, nearby: list[int] = ()) -> PlanMessage:
+    return PlanMessage(level="error", field=field_name, text=text, nearby=list(nearby))
+
+
+def _warning(field_name: str, text: str) -> PlanMessage:
+    return PlanMessage(level="warning", field=field_name, text=text)
+
+
+def _has_error(msgs: list[PlanMessage]) -> bool:
+    return any(m.level == "error" for m in msgs)
+
+
 def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
-    """Every reason the plan cannot be applied (errors) or may surprise (warnings)."""
+    """Every reason the plan cannot be applied (errors) or may surprise (warnings).
+
+    The checks run in order, each needing the ones before to have passed: layer indices, then each
+    kept layer's heads, KV groups, neurons and experts, then hidden channels, then the shapes the
+    plan would produce (family alignment rules, loadability)."""
     msgs: list[PlanMessage] = []
-    L = spec.num_layers
-    shapes = spec.layer_shapes()
-
-    def error(field_name: str, text: str, nearby: list[int] = ()) -> None:
-        msgs.append(PlanMessage(level="error", field=field_name, text=text, nearby=list(nearby)))
-
-    def warn(field_name: str, text: str) -> None:
-        msgs.append(PlanMessage(level="warning", field=field_name, text=text))
-
     if plan.needs_filling():
         msgs.extend(_validate_targets(plan, spec))
+    msgs.extend(_layer_index_messages(plan, spec))
+    if _has_error(msgs):
+        return msgs  # the per-layer checks below need valid layer indices
+    for layer in kept_layers(plan, spec):
+        msgs.extend(_kept_layer_messages(plan, spec, layer))
+    msgs.extend(_hidden_messages(plan, spec))
+    if _has_error(msgs):
+        return msgs
+    try:
+        new = resulting_spec(plan, spec)
+    except PlanError as exc:  # a target out of reach (param_budget)
+        return msgs + exc.messages
+    return msgs + _result_messages(plan, spec, new)
 
-    msgs.extend(_range_errors("drop_layers", plan.drop_layers, L, "layer"))
+
+_LAYER_MAPPINGS = (
+    "remove_heads",
+    "remove_kv_groups",
+    "remove_neurons",
+    "remove_experts",
+    "remove_expert_neurons",
+)
+
+
+def _layer_index_messages(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
+    """Layer indices in range, at least one layer kept, per-layer entries of dropped layers."""
+    L = spec.num_layers
+    msgs = _range_errors("drop_layers", plan.drop_layers, L, "layer")
     if len(set(plan.drop_layers) & set(range(L))) >= L:
-        error("drop_layers", f"cannot drop all {L} layers; keep at least one (drop at most {L - 1})")
-    for name in (
-        "remove_heads",
-        "remove_kv_groups",
-        "remove_neurons",
-        "remove_experts",
-        "remove_expert_neurons",
-    ):
+        msgs.append(
+            _error("drop_layers", f"cannot drop all {L} layers; keep at least one (drop at most {L - 1})")
+        )
+    for name in _LAYER_MAPPINGS:
         mapping = getattr(plan, name)
         msgs.extend(_range_errors(name, list(mapping), L, "layer"))
         for layer in mapping:
             if layer in plan.drop_layers:
-                warn(f"{name}.{layer}", f"layer {layer} is dropped; its {name} entry has no effect")
-    if any(m.level == "error" for m in msgs):
-        return msgs  # the per-layer checks below need valid layer indices
+                msgs.append(
+                    _warning(f"{name}.{layer}", f"layer {layer} is dropped; its {name} entry has no effect")
+                )
+    return msgs
 
-    for layer in kept_layers(plan, spec):
-        shape = shapes[layer]
-        q = shape.num_heads // shape.num_kv_heads
-        before = len(msgs)
-        msgs.extend(
-            _range_errors(f"remove_heads.{layer}", plan.remove_heads.get(layer, []), shape.num_heads, "head")
-        )
-        msgs.extend(
-            _range_errors(
-                f"remove_kv_groups.{layer}",
-                plan.remove_kv_groups.get(layer, []),
-                shape.num_kv_heads,
-                "KV group",
-            )
-        )
-        msgs.extend(
-            _range_errors(
-                f"remove_neurons.{layer}",
-                plan.remove_neurons.get(layer, []),
-                shape.intermediate_size,
-                "neuron",
-            )
-        )
-        msgs.extend(_expert_errors(plan, spec, layer))
-        if len(msgs) > before:
-            continue  # indices out of range: the counts below would be meaningless
-        heads, groups = layer_head_removal(plan, spec, layer)
-        kept_heads = shape.num_heads - len(heads)
-        kept_neurons = shape.intermediate_size - len(plan.remove_neurons.get(layer, []))
-        valid = _valid_head_counts(shape)
-        if kept_heads == 0:
-            error(
+
+def _kept_layer_messages(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMessage]:
+    """One kept layer: indices in range first; the counts they leave only when they are."""
+    shape = spec.layer_shapes()[layer]
+    msgs = [
+        *_range_errors(f"remove_heads.{layer}", plan.remove_heads.get(layer, []), shape.num_heads, "head"),
+        *_range_errors(
+            f"remove_kv_groups.{layer}", plan.remove_kv_groups.get(layer, []), shape.num_kv_heads, "KV group"
+        ),
+        *_range_errors(
+            f"remove_neurons.{layer}", plan.remove_neurons.get(layer, []), shape.intermediate_size, "neuron"
+        ),
+        *_expert_errors(plan, spec, layer),
+    ]
+    if msgs:
+        return msgs  # indices out of range: the counts below would be meaningless
+    return _head_errors(plan, spec, layer) + _neuron_errors(plan, spec, layer)
+
+
+def _head_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMessage]:
+    """A kept layer keeps at least one query head, and the same number in every kept KV group."""
+    shape = spec.layer_shapes()[layer]
+    q = shape.num_heads // shape.num_kv_heads
+    heads, groups = layer_head_removal(plan, spec, layer)
+    kept_heads = shape.num_heads - len(heads)
+    valid = _valid_head_counts(shape)
+    if kept_heads == 0:
+        return [
+            _error(
                 f"remove_heads.{layer}",
                 f"layer {layer} would keep no attention head; keep at least one (valid head counts: "
                 f"{_listed(_nearby(valid, 1))}) or drop the whole layer with drop_layers",
                 _nearby(valid, 1),
             )
-        else:
-            removed = set(heads)
-            per_group = [
-                sum(1 for h in range(g * q, (g + 1) * q) if h not in removed)
-                for g in range(shape.num_kv_heads)
-                if g not in groups
-            ]
-            if len(set(per_group)) > 1:
-                error(
-                    f"remove_heads.{layer}",
-                    f"layer {layer}: the kept KV groups would keep {per_group} query heads; every "
-                    f"group must keep the same number because query head i attends with KV head "
-                    f"i // (heads / kv_heads). Remove the same number of heads from every group, or "
-                    f"whole groups (remove_kv_groups). Valid head counts near {kept_heads}: "
-                    f"{_listed(_nearby(valid, kept_heads))}",
-                    _nearby(valid, kept_heads),
-                )
-        if kept_neurons == 0 and not shape.num_experts:
-            error(
-                f"remove_neurons.{layer}",
-                f"layer {layer} would keep no MLP neuron; keep at least 1 of "
-                f"{shape.intermediate_size} or drop the whole layer with drop_layers",
-            )
+        ]
+    removed = set(heads)
+    per_group = [
+        sum(1 for h in range(g * q, (g + 1) * q) if h not in removed)
+        for g in range(shape.num_kv_heads)
+        if g not in groups
+    ]
+    if len(set(per_group)) <= 1:
+        return []
+    return [
+        _error(
+            f"remove_heads.{layer}",
+            f"layer {layer}: the kept KV groups would keep {per_group} query heads; every "
+            f"group must keep the same number because query head i attends with KV head "
+            f"i // (heads / kv_heads). Remove the same number of heads from every group, or "
+            f"whole groups (remove_kv_groups). Valid head counts near {kept_heads}: "
+            f"{_listed(_nearby(valid, kept_heads))}",
+            _nearby(valid, kept_heads),
+        )
+    ]
 
+
+def _neuron_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMessage]:
+    """A kept dense layer keeps at least one MLP neuron (expert layers: `_expert_errors`)."""
+    shape = spec.layer_shapes()[layer]
+    kept_neurons = shape.intermediate_size - len(plan.remove_neurons.get(layer, []))
+    if kept_neurons or shape.num_experts:
+        return []
+    return [
+        _error(
+            f"remove_neurons.{layer}",
+            f"layer {layer} would keep no MLP neuron; keep at least 1 of "
+            f"{shape.intermediate_size} or drop the whole layer with drop_layers",
+        )
+    ]
+
+
+def _hidden_messages(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
+    """Hidden-channel indices in range, at least one kept, GPT-2's multiple of head_dim."""
     D = spec.hidden_size
-    msgs.extend(_range_errors("remove_hidden", plan.remove_hidden, D, "hidden channel"))
+    msgs = _range_errors("remove_hidden", plan.remove_hidden, D, "hidden channel")
     kept_hidden = D - len(plan.remove_hidden)
     if kept_hidden <= 0:
-        error("remove_hidden", f"all {D} hidden channels removed; keep at least one")
+        msgs.append(_error("remove_hidden", f"all {D} hidden channels removed; keep at least one"))
     elif spec.family == "gpt2" and kept_hidden % spec.head_dim:
         hd = spec.head_dim
         near = [v for v in (kept_hidden // hd * hd, (kept_hidden // hd + 1) * hd) if 0 < v <= D]
-        error(
-            "remove_hidden",
-            f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
-            f"head_dim={hd} (got {kept_hidden}); nearby valid hidden sizes: {_listed(near)}",
-            near,
+        msgs.append(
+            _error(
+                "remove_hidden",
+                f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
+                f"head_dim={hd} (got {kept_hidden}); nearby valid hidden sizes: {_listed(near)}",
+                near,
+            )
         )
-    if any(m.level == "error" for m in msgs):
-        return msgs
+    return msgs
 
-    try:
-        new = resulting_spec(plan, spec)
-    except PlanError as exc:  # a target out of reach (param_budget)
-        return msgs + exc.messages
-    new_shapes = new.layer_shapes()
+
+def _result_messages(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
+    """Rules on the shapes the plan produces (`new`): the family's alignments, one head count for
+    Phi-3, and whether vanilla from_pretrained can load the result."""
+    return [
+        *_hidden_alignment_errors(plan, spec, new),
+        *_expert_width_errors(plan, spec, new),
+        *_phi3_head_errors(spec, new),
+        *_loadability_warnings(spec, new),
+    ]
+
+
+def _hidden_alignment_errors(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
     align = hidden_alignment(new)
-    if new.hidden_size % align:
-        near = [
-            v for v in (new.hidden_size // align * align, (new.hidden_size // align + 1) * align) if v > 0
-        ]
-        why = (
-            f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads"
-            if spec.family in CONFIG_CLASS
-            else _GROUPED_MM_RULE.format(what="hidden_size", dtype=spec.dtype)
-        )
-        error(
+    if not new.hidden_size % align:
+        return []
+    near = [v for v in (new.hidden_size // align * align, (new.hidden_size // align + 1) * align) if v > 0]
+    why = (
+        f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads"
+        if spec.family in CONFIG_CLASS
+        else _GROUPED_MM_RULE.format(what="hidden_size", dtype=spec.dtype)
+    )
+    return [
+        _error(
             "hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
             f"{why} ({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
             f"{_listed(near)}",
             near,
         )
+    ]
+
+
+def _expert_width_errors(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
+    """The first kept expert layer whose width breaks the grouped_mm alignment (one message)."""
+    new_shapes = new.layer_shapes()
     ealign = expert_alignment(spec)
     kept = kept_layers(plan, spec)
     if len(kept) != len(new_shapes):  # targets chose which layers go: name them by their new position
@@ -491,36 +548,49 @@ def validate_plan(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
         if shape.num_experts and shape.intermediate_size % ealign:
             f = shape.intermediate_size
             near = [v for v in (f // ealign * ealign, (f // ealign + 1) * ealign) if v > 0]
-            error(
-                "targets.intermediate_size"
-                if plan.targets and plan.targets.intermediate_size
-                else f"remove_expert_neurons.{layer}",
-                f"{_GROUPED_MM_RULE.format(what='the expert width', dtype=spec.dtype)} (layer {layer} "
-                f"keeps {f}, not a multiple of {ealign}); nearby valid widths: {_listed(near)}",
-                near,
-            )
-            break
-    if spec.family == "phi3" and len({s.num_heads for s in new_shapes}) > 1:
-        counts = sorted({s.num_heads for s in new_shapes})
-        error(
+            return [
+                _error(
+                    "targets.intermediate_size"
+                    if plan.targets and plan.targets.intermediate_size
+                    else f"remove_expert_neurons.{layer}",
+                    f"{_GROUPED_MM_RULE.format(what='the expert width', dtype=spec.dtype)} (layer {layer} "
+                    f"keeps {f}, not a multiple of {ealign}); nearby valid widths: {_listed(near)}",
+                    near,
+                )
+            ]
+    return []
+
+
+def _phi3_head_errors(spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
+    counts = sorted({s.num_heads for s in new.layer_shapes()})
+    if spec.family != "phi3" or len(counts) <= 1:
+        return []
+    return [
+        _error(
             "remove_heads",
             f"Phi-3 splits its fused qkv_proj with config.num_attention_heads, one value for all "
             f"layers, so every kept layer must keep the same number of query heads (this plan "
             f"keeps {counts}); valid: any one of those counts in every layer",
         )
-    if not vanilla_loadable(new):
-        why = "layers differ in width"
-        if new.layers is None and spec.family == "gpt2":
-            why = (
-                f"GPT-2 needs n_embd = n_head x head_dim ({new.num_heads} x {new.head_dim} != "
-                f"{new.hidden_size}); keep hidden {new.num_heads * new.head_dim} for a vanilla save"
-            )
-        warn(
+    ]
+
+
+def _loadability_warnings(spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
+    if vanilla_loadable(new):
+        return []
+    why = "layers differ in width"
+    if new.layers is None and spec.family == "gpt2":
+        why = (
+            f"GPT-2 needs n_embd = n_head x head_dim ({new.num_heads} x {new.head_dim} != "
+            f"{new.hidden_size}); keep hidden {new.num_heads * new.head_dim} for a vanilla save"
+        )
+    return [
+        _warning(
             "plan",
             f"not loadable by vanilla from_pretrained ({why}); it is saved in the Prunescope "
             f"format that worker.engine.loading.load_model restores",
         )
-    return msgs
+    ]
 
 
 def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMessage]:
@@ -529,7 +599,7 @@ def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMess
     msgs: list[PlanMessage] = []
 
     def error(field_name: str, text: str, nearby: list[int] = ()) -> None:
-        msgs.append(PlanMessage(level="error", field=field_name, text=text, nearby=list(nearby)))
+        msgs.append(_error(field_name, text, nearby))
 
     removed = plan.remove_experts.get(layer, [])
     cuts = plan.remove_expert_neurons.get(layer, {})
@@ -563,10 +633,9 @@ def _expert_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMess
     for e in cuts:
         if e in removed:
             msgs.append(
-                PlanMessage(
-                    level="warning",
-                    field=f"remove_expert_neurons.{layer}.{e}",
-                    text=f"expert {e} of layer {layer} is removed; its channel cut has no effect",
+                _warning(
+                    f"remove_expert_neurons.{layer}.{e}",
+                    f"expert {e} of layer {layer} is removed; its channel cut has no effect",
                 )
             )
     widths = expert_widths(plan, spec, layer)
@@ -639,7 +708,7 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     msgs: list[PlanMessage] = []
 
     def error(field_name: str, text: str, nearby: list[int] = ()) -> None:
-        msgs.append(PlanMessage(level="error", field=f"targets.{field_name}", text=text, nearby=list(nearby)))
+        msgs.append(_error(f"targets.{field_name}", text, nearby))
 
     shapes = spec.layer_shapes()
     if t.num_layers is not None:
