@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.engine.distill_defaults import DEFAULTS as DISTILL
+
 Split = Literal["train", "validation", "calibration", "test"]  # worker.engine.data.SPLITS
 MAX_ID = 2**31 - 1
 
@@ -120,8 +122,12 @@ def of_job(kind: str, params: dict) -> dict[str, Any] | None:
     if kind == "preview":
         if params.get("protocol"):
             return of_teacher(params["protocol"]).record()
-        return blocks_record(params.get("dataset_id"), "validation", params["seq_len"], params["samples"])
-    if kind == "distill":
-        blocks = params.get("val_batches", 8) * params["batch_size"]
-        return blocks_record(params.get("dataset_id"), "validation", params["seq_len"], blocks)
+        return blocks_record(
+            params.get("dataset_id"), "validation", params.get("seq_len", 128), params.get("samples", 16)
+        )
+    if kind == "distill":  # .get: rows written before a parameter existed take its default
+        blocks = params.get("val_batches", DISTILL.val_batches) * params.get("batch_size", DISTILL.batch_size)
+        return blocks_record(
+            params.get("dataset_id"), "validation", params.get("seq_len", DISTILL.seq_len), blocks
+        )
     return None
