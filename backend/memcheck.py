@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from backend import fleet
+from backend.errors import Conflict, Unavailable
 from backend.models import Student, Teacher
 from backend.routing import GPU
 from backend.settings import Settings
@@ -24,7 +24,7 @@ def _workers(settings: Settings, queue: str) -> list[dict]:
     try:
         workers = fleet.live_workers(settings)
     except Exception as exc:
-        raise HTTPException(503, f"could not read the worker registry: broker unreachable ({exc})") from exc
+        raise Unavailable(f"could not read the worker registry: broker unreachable ({exc})") from exc
     return [w for w in workers if queue in w.get("queues", [])]
 
 
@@ -59,19 +59,20 @@ def check_devices(settings: Settings, queue: str, what: str, gpus: int, nodes: i
     able = [w for w in workers if device_count(w) >= gpus]
     if able and len(able) < nodes:
         names = ", ".join(f"{w.get('hostname')}:{w.get('pid')}" for w in able)
-        raise HTTPException(
-            409,
-            f"nodes: this {what} asks for {nodes} workers with {gpus} device(s) each, but the {queue!r} "
-            f"queue has {len(able)} live ({names}); "
-            f"use nodes <= {len(able)} or start more workers",
+        raise Conflict(
+            f"this {what} asks for {nodes} workers with {gpus} device(s) each, but the {queue!r} "
+            f"queue has {len(able)} live ({names}); use nodes <= {len(able)} or start more workers",
+            field=("nodes",),
+            nearby=list(range(1, len(able) + 1))[-3:],
         )
     if able:
         return
-    raise HTTPException(
-        409,
-        f"gpus: this {what} asks for {gpus} devices on one worker, more than any live worker on the "
+    raise Conflict(
+        f"this {what} asks for {gpus} devices on one worker, more than any live worker on the "
         f"{queue!r} queue has (largest: {device_count(best)} on {best.get('hostname')} {best.get('device')}); "
         f"use gpus <= {device_count(best)}",
+        field=("gpus",),
+        nearby=[device_count(best)],
     )
 
 
@@ -91,18 +92,21 @@ def refuse_unless_fits(
     if needed <= best:
         return
     message = (
-        f"memory: this {what} needs {memplan.format_bytes(needed)} per device, more than any live worker "
+        f"this {what} needs {memplan.format_bytes(needed)} per device, more than any live worker "
         f"on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {where})"
     )
     for change in candidates:
         smaller = need({**params, **change})
         if smaller <= best:
-            raise HTTPException(
-                409,
+            # The field to change first, with the value that fits (a change may touch two fields).
+            field, value = next(iter(change.items()))
+            raise Conflict(
                 f"{message}; nearest setting that fits: {memplan.describe_change(change)} "
                 f"({memplan.format_bytes(smaller)})",
+                field=(field,),
+                nearby=[value],
             )
-    raise HTTPException(409, f"{message}; no smaller setting fits either")
+    raise Conflict(f"{message}; no smaller setting fits either")
 
 
 def check_job(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from backend.data_reading import DataReading
 from backend.routing import Requirement
@@ -248,7 +249,12 @@ class DistillParams(OnDevice, DataReading):
         ranks, what = gpus * nodes, f"gpus x nodes ({gpus} x {nodes})" if nodes > 1 else f"gpus ({gpus})"
         if ranks > 1 and info.field_name == "batch_size" and value % ranks:
             fits = sorted({max(ranks, value // ranks * ranks), (value // ranks + 1) * ranks})
-            raise ValueError(f"must be a multiple of {what}, e.g. {' or '.join(map(str, fits))}")
+            # ctx["nearby"]: the error body's nearby values (backend/api/errors.py)
+            raise PydanticCustomError(
+                "value_error",
+                "must be a multiple of {what}, e.g. {fits}",
+                {"what": what, "fits": " or ".join(map(str, fits)), "nearby": fits},
+            )
         if ranks > 1 and info.field_name == "teacher_correction_steps" and value:
             raise ValueError("teacher correction runs on one device only: 0 with gpus > 1 or nodes > 1")
         return value

@@ -103,8 +103,13 @@ async def validation_error(request, exc: RequestValidationError) -> SafeJSONResp
     be NaN or hold unpaired surrogates, which would turn the answer to bad input into a 500."""
     return body(
         422,
-        [entry(e["loc"], e["msg"], e.get("type", "value_error"), e.get("nearby")) for e in exc.errors()],
+        [entry(e["loc"], e["msg"], e.get("type", "value_error"), _nearby(e)) for e in exc.errors()],
     )
+
+
+def _nearby(error: dict[str, Any]) -> list[Any] | None:
+    """A validator's nearby values: PydanticCustomError(..., {"nearby": [...]}) puts them in ctx."""
+    return error.get("nearby") or (error.get("ctx") or {}).get("nearby")
 
 
 async def http_error(request, exc: StarletteHTTPException) -> SafeJSONResponse:

@@ -111,3 +111,13 @@ def test_docs_are_served_offline_from_the_schema(client):
         assert f'id="model-{name}"' in page, name
     # Nothing loaded from elsewhere (FastAPI's own Swagger UI pulls its scripts from a CDN).
     assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+def test_a_validator_suggests_nearby_values(client, ready_teacher):
+    # batch_size is the global batch: with gpus 2, 3 is refused and the multiples around it suggested.
+    body = {"kind": "distill", "teacher_id": ready_teacher, "params": {"gpus": 2, "batch_size": 3}}
+    r = client.post("/api/v1/jobs?validate_only=true", json=body)
+    assert r.status_code == 422, r.text
+    (entry,) = r.json()["detail"]
+    assert entry["loc"] == ["body", "params", "batch_size"] and entry["nearby"] == [2, 4], entry
+    assert entry["msg"] == "must be a multiple of gpus (2), e.g. 2 or 4"
