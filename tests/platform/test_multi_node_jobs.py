@@ -98,7 +98,9 @@ def test_more_nodes_than_live_workers_is_refused(two_nodes):
         json={"kind": "distill", "student_id": student["id"], "params": {"nodes": 3, "batch_size": 3}},
     )
     assert r.status_code == 409, r.text
-    assert "nodes: this distillation asks for 3 workers" in r.text and "use nodes <= 2" in r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["nodes"] and error["nearby"] == [1, 2], error
+    assert "this distillation asks for 3 workers" in error["msg"] and "use nodes <= 2" in error["msg"]
     assert app.api.get("/jobs").json() == before
     r = app.api.post(
         "/jobs",
