@@ -139,7 +139,7 @@ def _write(out: Path, report: dict, top: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for c in report["candidates"][:top]:
         path = out / f"rank{c['rank']:02d}-{c['id']}.plan.json"
-        path.write_text(json.dumps(c["plan"], indent=2) + "\n")
+        path.write_text(json.dumps(c["plan"]) + "\n")  # one line: long index lists
     (out / "search.json").write_text(json.dumps(report, indent=2) + "\n")
     _say(f"[search] wrote the top {min(top, len(report['candidates']))} plans and search.json to {out}")
 
