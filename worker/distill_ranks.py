@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +123,13 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             return  # refused with more than one rank (backend.schemas)
         rt.metrics(record)
         report_checkpoint()
+        if phase == "train" and record.get("tokens_per_s"):
+            rates.append(float(record["tokens_per_s"]))
         if phase == "train":
             rt.progress(record["step"] / steps, f"step {record['step']}/{steps} on {world} ranks")
 
     outcome: dict[str, Any] = {}
+    rates: list[float] = []  # every training step's tokens/s over all ranks (rank 0 measures the step)
 
     def write(out: Path) -> None:
         args = rank_args(rt, job, out=out, work=ckpt)
@@ -159,6 +163,13 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "nodes": outcome.get("nodes", nodes),
         "gpus_per_node": ranks,
         "workers": workers,
+        **({"tokens_per_s": statistics.median(rates)} if rates else {}),
+        # how the teacher was placed and why (the memory planner's choice, worker.engine.distill.distributed)
+        **{
+            k: outcome[k]
+            for k in ("teacher_placement", "teacher_placement_reason", "peak_memory_per_rank")
+            if outcome.get(k)
+        },
         "final_validation": {k: v for k, v in final.items() if isinstance(v, (int, float))},
     }
 

@@ -76,7 +76,7 @@ def test_two_nodes_equal_one_process_with_sharded_teacher_and_checkpointing(tmp_
             kill_group(agent)
     _assert_same_run(tmp_path, reference)
     context = _history(tmp_path)["context"]
-    assert context["world_size"] == 2 and context["nodes"] == 2 and context["teacher"] == "shard"
+    assert context["world_size"] == 2 and context["nodes"] == 2 and context["teacher_placement"] == "shard"
     # The loop changed the losses a lot over 10 steps: equality above is not two untrained runs agreeing.
     losses = [m["loss"] for m in _history(reference)["history"]]
     assert losses[-1] < 0.8 * losses[0]
@@ -122,6 +122,25 @@ def test_killed_rank_fails_the_job_and_it_resumes_on_one_rank(reference, tmp_pat
     assert _history(tmp_path)["context"]["world_size"] == 1
 
 
+def test_a_one_process_checkpoint_resumes_on_two_ranks_and_back(reference, tmp_path):
+    """Plain checkpoint.pt (one process, steps 1-4) -> 2 FSDP ranks (5-7, sharded checkpoint) -> one
+    process again (8-10): the same run as the reference, each switch removing the older format."""
+    work = tmp_path / "work"
+    assert distill_rank_main.main([str(tmp_path), f"--steps={STEPS}", "--stop-at=4"]) == 3
+    assert (work / "checkpoint.pt").is_file() and not (work / "checkpoint.dcp").exists()
+
+    code, log = _run(tmp_path, "--resume", "--stop-at=7")  # full state dicts into the shards
+    assert code != 0, log  # the ranks stopped (exit 3) at step 7
+    summary = json.loads((work / "checkpoint.json").read_text())
+    assert summary["step"] == 7 and summary["world_size"] == 2
+    assert (work / "checkpoint.dcp").is_dir() and not (work / "checkpoint.pt").exists()
+
+    assert distill_rank_main.main([str(tmp_path), f"--steps={STEPS}", "--resume"]) == 0  # DCP, no group
+    assert (work / "checkpoint.pt").is_file() and not (work / "checkpoint.dcp").exists()
+    _assert_same_run(tmp_path, reference)
+    assert _history(tmp_path)["context"]["world_size"] == 1
+
+
 def test_hung_rank_fails_the_job_within_the_collective_timeout(tmp_path):
     began = time.monotonic()
     code, log = _run(tmp_path, "--hang-at=2", env=rank_env(PRUNESCOPE_DIST_TIMEOUT_S="5"))
@@ -162,7 +181,10 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
     ]
     for a, b in zip(results[0]["history"], results[1]["history"]):
         assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5, rel=1e-4)
-    assert results[1]["distributed"]["world_size"] == 2
+    placed = results[1]["distributed"]
+    assert placed["world_size"] == 2 and placed["teacher_placement"] == "replicate"  # tiny: it fits
+    assert placed["teacher_placement_reason"].startswith("memory planner:")
+    assert len(placed["peak_memory_per_rank"]) == 2 and min(placed["peak_memory_per_rank"]) > 2**20
     manifest = json.loads((tmp_path / "two" / MANIFEST_FILE).read_text())
     assert manifest["world_size"] == 2 and manifest["nodes"] == 1 and manifest["format"] == "vanilla"
     one, _ = load_model(tmp_path / "one")
@@ -187,3 +209,19 @@ def test_ranks_come_from_torchrun_or_slurm_and_one_process_is_the_identity(monke
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(name, value)  # torchrun's variables win over SLURM's
     assert launched_ranks() == {"rank": 1, "world_size": 2, "local_rank": 0, "local_world_size": 1}
+
+
+def test_the_memory_planner_places_the_teacher():
+    """An 8B teacher (bf16, 16 GB) beside a ~4B student sharded over 8 ranks: replicated on 141 GB devices
+    (no all-gather in its forward), sharded on 24 GB ones where a whole copy leaves no room."""
+    from tests.real_shapes import llama_3_1_8b
+    from worker.engine.distill.config import DistillConfig
+    from worker.engine.distill.distributed import plan_teacher_placement
+
+    teacher, student = llama_3_1_8b(), llama_3_1_8b(num_layers=16, intermediate_size=9216)
+    config = DistillConfig(batch_size=8, weights_dtype="bfloat16", gradient_checkpointing=True)
+    gib = 2**30
+    roomy, why = plan_teacher_placement(student, teacher, config, 4096, 8, "cuda", 141 * gib)
+    tight, why_not = plan_teacher_placement(student, teacher, config, 4096, 8, "cuda", 24 * gib)
+    assert (roomy, tight) == ("replicate", "shard"), (why, why_not)
+    assert why.startswith("memory planner:") and "with the teacher replicated" in why

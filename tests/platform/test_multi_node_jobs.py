@@ -66,6 +66,9 @@ def test_two_nodes_end_with_the_weights_of_two_ranks_on_one_node(two_nodes):
     result = done["result"]
     assert result["world_size"] == 2 and result["nodes"] == 2 and result["steps"] == 4
     assert len(set(result["workers"])) == 2  # two distinct workers, one node each
+    assert (
+        result["teacher_placement"] == "replicate" and "memory planner" in result["teacher_placement_reason"]
+    )
     manifest = json.loads(
         (app.data_dir / "artifacts" / result["artifact"] / "prunescope_manifest.json").read_text()
     )

@@ -348,6 +348,8 @@ def _train(args, config, models: _Models, train, val, work: Path, ctx):
                 context=ctx,
             )
         weights = None if result.stopped else ctx.full_state_dict(models.student)
+        if ctx.distributed and not result.stopped:  # reported with world_size (ctx.describe)
+            ctx.placement["peak_memory_per_rank"] = ctx.peak_memory_per_rank()
         return result, weights, ctx.distributed
     finally:
         for s, handler in previous.items():

@@ -104,6 +104,17 @@ class DistributedContext:
     def describe(self) -> dict:
         return {"world_size": self.world_size, "nodes": self.nodes, **self.placement}
 
+    def peak_memory_per_rank(self) -> list[int]:
+        """Every rank's peak memory so far, in rank order (collective): CUDA's peak allocated bytes on
+        the rank's device, on CPU the process's peak resident set."""
+        if self.device.type == "cuda":
+            peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            import resource
+
+            peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+        return [int(p) for p in self.gather_objects(peak)]
+
     # -- collectives (the identity in one process) ------------------------------------------------
 
     def mean(self, values: list[float]) -> list[float]:

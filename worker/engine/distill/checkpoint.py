@@ -76,23 +76,45 @@ def load_teacher_into(directory: str | os.PathLike, teacher: torch.nn.Module) ->
 
 
 # ---- either format: one file in one process, DCP directories under torchrun (sharded_checkpoint.py) ----
+# A run may resume in the other mode: a one-process checkpoint under N ranks (the full state dicts are
+# loaded into the sharded student and optimizer) and a sharded one in one process (DCP loads without a
+# process group). Saving in one format removes the other's checkpoint, so only the newest is read.
+
+
+def saved_format(directory: str | os.PathLike) -> str | None:
+    """ "plain" (checkpoint.pt), "sharded" (checkpoint.dcp) or None; the newer file when both are there
+    (a crash between a save and the removal of the other format)."""
+    from worker.engine.distill.sharded_checkpoint import META_FILE, sharded_checkpoint_path
+
+    plain, sharded = Path(directory) / CHECKPOINT_FILE, sharded_checkpoint_path(directory)
+    if plain.exists() and sharded is not None:
+        return "plain" if plain.stat().st_mtime >= (sharded / META_FILE).stat().st_mtime else "sharded"
+    return "plain" if plain.exists() else "sharded" if sharded is not None else None
 
 
 def read_training_state(directory: str | os.PathLike, ctx) -> dict | None:
-    """The saved run's metadata (in one process: everything) or None; weights load in `restore_...`."""
-    if ctx.distributed:
+    """The saved run's metadata (a one-process checkpoint: everything) or None; weights load in
+    `restore_training_state`."""
+    found = saved_format(directory)
+    if found == "sharded":
         from worker.engine.distill.sharded_checkpoint import read_sharded_meta
 
         return read_sharded_meta(directory)
-    return load_checkpoint(directory)
+    return load_checkpoint(directory) if found == "plain" else None
 
 
 def restore_training_state(directory, ctx, state: dict, student, optimizer) -> None:
-    """Student weights, optimizer and RNG states from the checkpoint `state` came from."""
-    if ctx.distributed:
+    """Student weights, optimizer and RNG states from the checkpoint `state` came from, whichever mode
+    wrote it."""
+    if "student" not in state:  # sharded: DCP reshards to any number of ranks, one process included
         from worker.engine.distill.sharded_checkpoint import load_sharded
 
         load_sharded(directory, ctx, student, optimizer)
+        return
+    if ctx.distributed:
+        from worker.engine.distill.sharded_checkpoint import load_full_into_sharded
+
+        load_full_into_sharded(state, student, optimizer)
         return
     try:
         student.load_state_dict(state["student"])
@@ -106,9 +128,14 @@ def restore_training_state(directory, ctx, state: dict, student, optimizer) -> N
 
 def save_training_state(directory, ctx, meta: dict, student, optimizer) -> Path:
     """`meta` (step, scheduler, data position, history...) with the weights, optimizer and RNG states."""
-    if ctx.distributed:
-        from worker.engine.distill.sharded_checkpoint import save_sharded
+    from worker.engine.distill.sharded_checkpoint import remove_sharded, save_sharded
 
-        return save_sharded(directory, ctx, meta, student, optimizer)
+    if ctx.distributed:
+        path = save_sharded(directory, ctx, meta, student, optimizer)
+        if ctx.is_main:
+            (Path(directory) / CHECKPOINT_FILE).unlink(missing_ok=True)  # a one-process run's, now older
+        return path
     full = {**meta, "student": student.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
-    return save_checkpoint(directory, full)
+    path = save_checkpoint(directory, full)
+    remove_sharded(directory)  # a run on N ranks before this one resumed here: its checkpoint is older
+    return path

@@ -25,8 +25,46 @@ from worker.engine.distill.config import DistillConfig
 from worker.engine.distill.losses import LossWeights
 from worker.engine.distributed import DistributedContext
 
-# "auto" replicates the teacher when a full copy takes at most this share of the memory left per rank.
-REPLICATE_SHARE = 0.25
+# "auto" replicates the teacher when the planner's step estimate with a whole teacher per rank takes at
+# most this share of the memory free on the tightest rank (the rest: fragmentation, the planner's error,
+# other processes on a CPU host).
+REPLICATE_SHARE = 0.8
+
+
+def plan_teacher_placement(
+    student_spec,
+    teacher_spec,
+    config: DistillConfig,
+    seq_len: int,
+    world_size: int,
+    device_type: str,
+    free: int,
+) -> tuple[Literal["replicate", "shard"], str]:
+    """The memory planner's choice (worker.engine.memplan, the estimate the API sizes jobs by): replicate
+    when a step with a whole teacher on every rank takes at most REPLICATE_SHARE of `free` (the tightest
+    rank's free bytes), else shard the teacher (forward only: each layer gathered, then freed)."""
+    from worker.engine import memplan
+
+    sharded = memplan.distill_memory(
+        student_spec,
+        teacher_spec,
+        batch_size=config.batch_size,
+        seq_len=seq_len,
+        weights_dtype=config.weights_dtype,
+        gradient_checkpointing=config.gradient_checkpointing,
+        device=device_type,
+        autocast_bf16=config.bf16,
+        num_gpus=world_size,
+    )["total"]
+    whole = teacher_spec.param_count()["total"] * memplan.dtype_bytes(config.weights_dtype)
+    replicated = sharded + whole - whole // world_size  # a whole copy instead of one shard
+    chosen = "replicate" if replicated <= REPLICATE_SHARE * free else "shard"
+    fmt = memplan.format_bytes
+    reason = (
+        f"memory planner: {fmt(replicated)} per rank with the teacher replicated, {fmt(sharded)} with it "
+        f"sharded; {fmt(free)} free on the tightest rank (replicated up to {REPLICATE_SHARE:.0%} of it)"
+    )
+    return chosen, reason
 
 
 class LossModule(nn.Module):
@@ -90,30 +128,38 @@ class DistillContext(DistributedContext):
 
     # -- models -----------------------------------------------------------------------------------
 
-    def teacher_placement(self, teacher: nn.Module | None, choice: str) -> Literal["replicate", "shard"]:
+    def teacher_placement(
+        self, student: nn.Module, teacher: nn.Module | None, config: DistillConfig, seq_len: int
+    ) -> Literal["replicate", "shard"]:
+        """Replicate the teacher (no all-gathers in its forward) when the memory planner's estimate of a
+        step with a whole teacher on every rank fits the smallest free memory over the ranks, else shard
+        it (forward only). Reported as `teacher_placement` and `teacher_placement_reason`."""
         if teacher is None or not self.distributed:
-            self.placement = {"teacher": "replicate" if teacher is not None else None}
+            self.placement = {"teacher_placement": "replicate" if teacher is not None else None}
             return "replicate"
+        choice = config.teacher_placement
         if choice != "auto":
-            self.placement = {"teacher": choice, "teacher_reason": "asked for"}
+            self.placement = {"teacher_placement": choice, "teacher_placement_reason": "asked for"}
             return choice
-        size = sum(p.numel() * p.element_size() for p in teacher.parameters())
+        from worker.engine.adapters import arch_spec
+
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
         else:
             per_node = max(1, self.world_size // self.nodes)
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // per_node
         free = min(self.gather_objects(free))  # one decision for all ranks: sharding is collective
-        chosen = "replicate" if size <= REPLICATE_SHARE * free else "shard"
-        self.placement = {
-            "teacher": chosen,
-            "teacher_reason": f"a full teacher copy is {size / 2**30:.2f} GiB, {free / 2**30:.1f} GiB free per rank",
-        }
+        chosen, reason = plan_teacher_placement(
+            arch_spec(student), arch_spec(teacher), config, seq_len, self.world_size, self.device.type, free
+        )
+        self.placement = {"teacher_placement": chosen, "teacher_placement_reason": reason}
         return chosen
 
-    def prepare(self, student: nn.Module, teacher: nn.Module | None, config: DistillConfig) -> LossModule:
+    def prepare(
+        self, student: nn.Module, teacher: nn.Module | None, config: DistillConfig, seq_len: int = 2048
+    ) -> LossModule:
         """The module whose forward gives the losses; under torchrun the student is FSDP2-sharded."""
-        shard_teacher = self.teacher_placement(teacher, config.teacher_placement) == "shard"
+        shard_teacher = self.teacher_placement(student, teacher, config, seq_len) == "shard"
         module = LossModule(student, teacher, shard_teacher=shard_teacher)
         if not self.distributed:
             return module

@@ -277,7 +277,7 @@ def _distill(
     kd_teacher = teacher if config.mode == "kd" else None
     weights = config.loss_weights
 
-    module = ctx.prepare(student, teacher, config)  # shards the student under torchrun
+    module = ctx.prepare(student, teacher, config, seq_len=train.seq_len)  # FSDP2-shards under torchrun
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

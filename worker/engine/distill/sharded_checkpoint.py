@@ -9,13 +9,15 @@ Layout under the checkpoint directory (a filesystem every rank sees):
 All ranks write into `.checkpoint.dcp.tmp`; after a barrier rank 0 moves the old checkpoint aside,
 renames the new one into place and deletes the old one, so a crash leaves a complete checkpoint
 (`checkpoint.dcp`, or `.checkpoint.dcp.old` if it struck between the two renames; loading takes
-either). DCP reshards on load, so a run may resume on a different number of ranks.
+either). DCP reshards on load, so a run may resume on a different number of ranks, one process included;
+a one-process checkpoint loads into N ranks through `load_full_into_sharded`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,9 +86,40 @@ def load_sharded(directory: str | os.PathLike, ctx, student, optimizer) -> None:
 
     path = sharded_checkpoint_path(directory)
     states = _states(student, optimizer)
-    dcp.load(states, checkpoint_id=str(path))
+    with warnings.catch_warnings():  # in one process DCP warns that it loads without a process group
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(states, checkpoint_id=str(path))
     set_state_dict(student, optimizer, model_state_dict=states["model"], optim_state_dict=states["optim"])
     saved_ranks = len(list(path.glob("rng_*.pt")))
     # RNG streams are per rank; with another world size rank r takes saved rank r mod the old count.
     rng = torch.load(path / f"rng_{ctx.rank % saved_ranks}.pt", map_location="cpu", weights_only=True)
     set_rng_state(rng)
+
+
+def remove_sharded(directory: str | os.PathLike) -> None:
+    for name in (SHARDED_DIR, f".{SHARDED_DIR}.old"):
+        shutil.rmtree(Path(directory) / name, ignore_errors=True)
+
+
+def load_full_into_sharded(state: dict, student, optimizer) -> None:
+    """A one-process checkpoint (full state dicts) into this rank's shards of the student and optimizer.
+
+    The plain optimizer state is keyed by parameter index (the optimizer's order: the student's
+    trainable parameters); torch.distributed.checkpoint's full optimizer state dict by parameter name.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(student, state["student"], options=full)
+    names = [name for name, p in student.named_parameters() if p.requires_grad]
+    plain = state["optimizer"]
+    by_name = {
+        "state": {names[i]: value for i, value in plain["state"].items()},
+        "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in plain["param_groups"]],
+    }
+    set_optimizer_state_dict(student, optimizer, optim_state_dict=by_name, options=full)
+    set_rng_state(state["rng"])
