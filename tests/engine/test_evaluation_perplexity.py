@@ -182,10 +182,13 @@ def test_chunked_head_equals_full_logits_for_every_family(family, monkeypatch):
 
 
 class _Packed:
-    """The `PackedTokens` interface perplexity reads: fixed blocks in order."""
+    """The `PackedTokens` interface perplexity reads: fixed blocks in order, and their count (progress)."""
 
     def __init__(self, blocks):
         self.blocks, self.seq_len = blocks, blocks[0].shape[1]
+
+    def __len__(self) -> int:
+        return sum(b.shape[0] for b in self.blocks)
 
     def sequential(self, batch_size, limit=None):
         return iter(self.blocks)
