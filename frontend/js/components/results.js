@@ -90,7 +90,23 @@ export function distillResult(r) {
       card("validation loss (nats)", v.val_loss, (x) => sig(x, 4), "val-loss"),
       v.val_kl !== undefined ? card("KL to the teacher", v.val_kl, (x) => sig(x, 3), "val-kl") : null,
       card("steps", r.steps, int, "steps", v.val_tokens !== undefined ? `validated on ${int(v.val_tokens)} tokens at step ${v.step ?? "–"}` : null)),
+    ranksResult(r),
     r.artifact ? h("div.hint.path", `weights: ${r.artifact}`) : null);
+}
+
+/** A distillation over several ranks: world size, throughput overall and per GPU, each rank's peak
+ * memory, the teacher's placement (the memory planner's choice, and why) and the workers that ran it. */
+export function ranksResult(r) {
+  if (!(r.world_size > 1)) return null;
+  const nodes = r.nodes || 1;
+  const peaks = r.peak_memory_per_rank || [];
+  return h("div.stack", { dataset: { testid: "ranks-result" } },
+    h("div.cards",
+      card("ranks (world size)", r.world_size, int, "world-size", `${r.gpus_per_node ?? r.world_size / nodes} GPU${(r.gpus_per_node ?? 2) > 1 ? "s" : ""} x ${nodes} node${nodes > 1 ? "s" : ""}`),
+      r.tokens_per_s !== undefined ? card("throughput", r.tokens_per_s, (x) => rate(x), "tokens-per-s", h("span", num(r.tokens_per_s / r.world_size, (x) => rate(x), "tokens-per-s-per-gpu"), " per GPU (median step)")) : null,
+      peaks.length ? card("peak memory, largest rank", Math.max(...peaks), bytes, "peak-memory", peaks.map((p, i) => `rank ${i}: ${bytes(p)}`).join(" · ")) : null),
+    r.teacher_placement ? h("div.hint", { dataset: { testid: "teacher-placement" } }, `teacher ${r.teacher_placement === "shard" ? "sharded (forward only)" : "replicated on every rank"}`, r.teacher_placement_reason ? ` — ${r.teacher_placement_reason}` : "") : null,
+    r.workers?.length ? h("div.hint", { dataset: { testid: "rank-workers" } }, `workers: ${r.workers.map((w, i) => (nodes > 1 ? `node ${i} ${w}` : w)).join(", ")}`) : null);
 }
 
 /** The result of any job kind. */

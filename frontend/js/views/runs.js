@@ -7,7 +7,8 @@ import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
 import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.js";
-import { distillCandidates, distillMemory, fitLine } from "../memplan.js";
+import { distillCandidates, distillMemory, fitLine, formatBytes } from "../memplan.js";
+import { paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
 import { RunsTable } from "../components/runtable.js";
 
@@ -42,6 +43,8 @@ function distillGrid(datasets, values) {
     field({ name: "dataset_id", label: "Data", options: [["", "demo corpus"], ...datasets.filter((d) => d.source !== "demo").map((d) => [d.id, d.name])], value: "" }),
     field({ name: "device", label: "Device", options: [["auto", "auto"], ["cuda", "GPU (cuda)"], ["cpu", "CPU"]], value: v.device ?? "auto", title: "auto: a GPU worker when one is running, else a CPU worker" }),
     field({ name: "weights_dtype", label: "Weights", options: [["float32", "float32"], ["bfloat16", "bfloat16"]], value: v.weights_dtype ?? "float32", title: "bfloat16: student and teacher weights, gradients and AdamW states in half the memory" }),
+    field({ name: "gpus", label: "GPUs per node", type: "number", value: v.gpus ?? 1, min: 1, title: "ranks on each worker (torchrun; gloo ranks on a CPU worker): the student is FSDP2-sharded over all ranks, the batch is the global batch" }),
+    field({ name: "nodes", label: "Nodes", type: "number", value: v.nodes ?? 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above; the job waits until all have joined" }),
     field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
     field({ name: "gradient_checkpointing", label: "gradient checkpointing (less memory, ~1/3 more compute)", type: "checkbox", value: !!v.gradient_checkpointing }),
   );
@@ -55,8 +58,26 @@ export function distillMemoryLine(form, student, teacher) {
     const settings = { batch_size: v.batch_size, seq_len: v.seq_len, weights_dtype: v.weights_dtype || "float32", gradient_checkpointing: !!v.gradient_checkpointing };
     const queue = queueFor(v.device || "auto", workers);
     const device = queue === "gpu" ? "cuda" : "cpu";
-    const need = (p) => distillMemory(student.spec, v.baseline ? null : teacher.spec, { ...p, device }).total;
-    return fitLine(need, settings, workers, queue, distillCandidates(settings));
+    const gpus = Math.max(1, v.gpus || 1), nodes = Math.max(1, v.nodes || 1);
+    const ranks = gpus * nodes;
+    const t = v.baseline ? null : teacher.spec;
+    const need = (p) => distillMemory(student.spec, t, { ...p, device, num_gpus: ranks }).total;
+    if (ranks === 1) return fitLine(need, settings, workers, queue, distillCandidates(settings));
+    // N ranks: the planner's sharded step per GPU; only workers with `gpus` devices can hold a node.
+    const able = workers.filter((w) => (w.device_count || 1) >= gpus);
+    const out = fitLine(need, settings, able, queue, distillCandidates(settings));
+    const head = `${ranks} ranks (${gpus} GPU${gpus > 1 ? "s" : ""} x ${nodes} node${nodes > 1 ? "s" : ""})`;
+    let text = out.text.replace("per device", `per GPU, ${head}`);
+    if (t) { // what the worker's memory planner weighs: a whole teacher per rank instead of its shard
+      const whole = paramCount(t).total * (settings.weights_dtype === "bfloat16" ? 2 : 4);
+      text += `; teacher replicated: ${formatBytes(out.needed + whole - whole / ranks)} per GPU (chosen when it fits)`;
+    }
+    const onQueue = (w) => !queue || (w.queues || []).includes(queue);
+    const holders = able.filter(onQueue).length;
+    if (workers.some(onQueue) && holders < nodes) { // the API's 409: too few workers with that many devices
+      return { text: `${text}; only ${holders} live worker(s) with ${gpus} device(s) for ${nodes} node(s)`, fits: false, needed: out.needed };
+    }
+    return { ...out, text };
   });
 }
 
@@ -71,6 +92,8 @@ export function distillParams(form) {
   if (v.dataset_id) params.dataset_id = Number(v.dataset_id);
   if (v.device) params.device = v.device;
   if (v.weights_dtype) params.weights_dtype = v.weights_dtype;
+  if (v.gpus > 1) params.gpus = v.gpus;
+  if (v.nodes > 1) params.nodes = v.nodes;
   params.baseline = !!v.baseline;
   params.gradient_checkpointing = !!v.gradient_checkpointing;
   return params;

@@ -1,0 +1,89 @@
+"""Multi-GPU jobs in the dashboard (real Chromium, live API, a CPU worker offering two gloo ranks): the
+start page lists the workers with their ranks and memory; the distill form takes GPUs and nodes with the
+memory planner's per-GPU estimate (the Python planner's number) and flags a gang no live workers can
+form; a finished 2-rank distillation's page shows its world size, throughput overall and per GPU, each
+rank's peak memory, the teacher's placement and the worker that ran it, every number the stored one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import start_live_app, stop_live_app
+from tests.platform.helpers import make_student, start_distill
+from tests.ui.conftest import shot
+from worker.engine import memplan
+
+pytestmark = pytest.mark.ui
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+FORM = "[data-testid=distill-form]"
+LINE = f"{FORM} [data-testid=memory-estimate]"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, redis_url):
+    app = start_live_app(tmp_path_factory.mktemp("gpus-ui"), redis_url, PRUNESCOPE_WORKER_CPU_RANKS="2")
+    yield app
+    stop_live_app(app)
+
+
+def save(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot(page, name), SCREENSHOTS / f"{name}.png")
+
+
+def test_workers_gpus_form_and_ranks_result(page, app):
+    page.goto(f"{app.url}/#/teachers")
+    rows = page.locator("[data-testid=workers-table] tbody tr")
+    rows.first.wait_for()
+    assert rows.count() == 1
+    assert rows.first.locator("[data-testid=device-count]").inner_text() == "2"
+    assert "free of" in rows.first.inner_text()
+
+    student = make_student(app)
+    teacher = app.api.get(f"/teachers/{student['teacher_id']}").json()
+    job = start_distill(app, student["id"], gpus=2, steps=4, batch_size=2, checkpoint_every=0, warmup=1)
+    done = app.wait_job(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done.get("error")
+    r = done["result"]
+
+    page.goto(f"{app.url}/#/runs?student={student['id']}")
+    page.wait_for_function(f"document.querySelector('{LINE}')?.textContent.includes('fits')")
+    page.fill(f"{FORM} input[name=gpus]", "2")
+    sharded = memplan.distill_memory(
+        memplan.spec_from_summary(student["spec"]),
+        memplan.spec_from_summary(teacher["spec"]),
+        batch_size=8,
+        seq_len=128,
+        device="cpu",
+        num_gpus=2,
+    )["total"]
+    want = f"needs {memplan.format_bytes(sharded)} per GPU, 2 ranks (2 GPUs x 1 node)"
+    page.wait_for_function(f"document.querySelector('{LINE}').textContent.includes({want!r})")
+    assert "teacher replicated:" in page.locator(LINE).inner_text()
+    page.fill(f"{FORM} input[name=nodes]", "2")
+    page.wait_for_function(
+        f"document.querySelector('{LINE}').textContent.includes('only 1 live worker(s) with 2 device(s) for 2 node(s)')"
+    )
+    assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
+    page.fill(f"{FORM} input[name=nodes]", "1")
+    page.locator(FORM).scroll_into_view_if_needed()
+    save(page, "runs-distill-gpus")
+
+    page.goto(f"{app.url}/#/job/{job['id']}")
+    ranks = page.locator("[data-testid=ranks-result]")
+    ranks.wait_for()
+
+    def value(testid: str) -> float:
+        return float(ranks.locator(f"[data-testid={testid}]").get_attribute("data-value"))
+
+    assert value("world-size") == 2 == r["world_size"]
+    assert value("tokens-per-s") == pytest.approx(r["tokens_per_s"])
+    assert value("tokens-per-s-per-gpu") == pytest.approx(r["tokens_per_s"] / 2)
+    assert value("peak-memory") == max(r["peak_memory_per_rank"])
+    assert "rank 1:" in ranks.inner_text()
+    assert "teacher replicated on every rank — memory planner:" in ranks.inner_text()
+    assert r["workers"][0] in ranks.locator("[data-testid=rank-workers]").inner_text()
+    save(page, "job-ranks")
