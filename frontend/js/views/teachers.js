@@ -10,7 +10,6 @@ import { halvedBatches, importanceLayout, importanceNeed } from "../jobmemory.js
 import { fitLine, formatBytes, usableBytes } from "../memplan.js";
 import { href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
-import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
 
 export async function teachersView(host, { query }, ctx) {
@@ -94,7 +93,6 @@ export async function teachersView(host, { query }, ctx) {
         h("section.panel", h("header", h("h2", "Register a teacher")), teacherForm),
         h("section.panel", h("header", h("h2", "Teachers")), teacherList),
         h("section.panel", h("header", h("h2", "Datasets")), datasetList, h("h3.section-title", "Register a dataset"), datasetForm),
-        workersPanel(ctx),
         workersPanel(ctx),
       ),
       detail,
@@ -219,7 +217,6 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop and angular-distance scans" }),
         field({ name: "seed", label: "Seed", type: "number", value: 0 }),
         field({ name: "gpus", label: "GPUs", type: "number", value: 1, min: 1, title: "data-parallel ranks on one worker: each scores every N-th batch and the sums are all-reduced (same scores); the teacher is loaded whole on each" }),
-        field({ name: "gpus", label: "GPUs", type: "number", value: 1, min: 1, title: "data-parallel ranks on one worker: each scores every N-th batch and the sums are all-reduced (same scores); the teacher is loaded whole on each" }),
         field({ name: "offload", label: "Teacher", options: [["auto", "auto"], ["always", "streamed layer by layer"], ["never", "whole in memory"]], value: "auto",
           title: "auto: stream one decoder layer at a time when the teacher does not fit the worker's device (same scores either way)" }),
       ),
@@ -263,7 +260,6 @@ export async function teachersView(host, { query }, ctx) {
         batch_size: v.batch_size,
         block_size: v.block_size,
         seed: v.seed,
-        gpus: v.gpus || 1,
         gpus: v.gpus || 1,
         offload: v.offload || "auto",
         scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]),
