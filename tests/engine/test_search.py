@@ -71,10 +71,11 @@ def test_listed_loss_equals_the_loss_of_the_really_cut_model():
     assert report["teacher"]["loss"] == pytest.approx(plan_loss(model, PrunePlan(), batches), abs=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gemma3", "qwen3"])
+@pytest.mark.parametrize("family", ["gemma3", "qwen3", "olmo2", "gpt2", "phi3"])
 def test_listed_loss_equals_the_real_cut_for_per_layer_masks_and_qk_norms(family):
     """Gemma 3 mixes sliding and global layers (each kept layer keeps its own mask) and rescales its
-    embeddings after a hidden cut; Qwen 3 has q/k norms. The teacher is left unchanged by the search."""
+    embeddings after a hidden cut; Qwen 3 has q/k norms, OLMo 2 full-width ones; GPT-2 fused Conv1D
+    attention and head_dim-aligned hidden sizes; Phi-3 fused qkv. The teacher is left unchanged."""
     model, _, batches, report = search(family, budgets=["params=80%"])
     assert report["candidates"] and any(c["plan"]["remove_hidden"] for c in report["candidates"])
     assert report["teacher"]["loss"] == pytest.approx(plan_loss(model, PrunePlan(), batches), abs=1e-6)
@@ -163,7 +164,10 @@ def test_latency_budget_uses_measured_times_cached_by_shape(tmp_path):
     cache = tmp_path / "latency.json"
     model, importance, batches = teacher_and_importance()
     s = settings(
-        budgets=["params=80%", "latency=100%@1,8"], latency_new_tokens=2, tolerance=0.5, max_width_cut=0.25
+        budgets=["params=80%", "latency=100%@1,8", "throughput=50%@1,8"],
+        latency_new_tokens=2,
+        tolerance=0.5,
+        max_width_cut=0.25,
     )
     first = run_search(model, None, importance, s, batches=batches, latency_cache=cache).to_json()
     assert first["stats"]["shapes_timed"] > 0 and cache.is_file()
@@ -176,6 +180,12 @@ def test_latency_budget_uses_measured_times_cached_by_shape(tmp_path):
         assert same["latency"]["decode_s_per_token"] == c["latency"]["decode_s_per_token"]
         fig = c["budgets"]["latency=100%@1,8"]
         assert fig["value"] == c["latency"]["decode_s_per_token"] and fig["value"] <= fig["limit"] * 1.5
+        fig = c["budgets"]["throughput=50%@1,8"]  # a minimum; the same timing (same shape, batch, context)
+        assert fig["value"] == c["latency"]["decode_tokens_per_s"] and fig["value"] >= fig["limit"] * 0.5
+    teacher_rate = second["teacher"]["budgets"]["throughput=50%@1,8"]
+    assert (
+        second["budgets"][2]["limit"] == pytest.approx(0.5 * teacher_rate) and second["budgets"][2]["minimum"]
+    )
 
 
 def test_bad_budgets_and_settings_name_the_field():
