@@ -288,3 +288,32 @@ def test_job_page_lists_other_measurements_and_runs_show_the_memory_of_evaluate_
     page.reload()
     panel.locator(f"a:has-text('evaluate #{second}')").wait_for()
     assert f"evaluate #{first}" not in panel.inner_text()
+
+
+def test_the_study_wizard_shows_what_its_largest_step_needs(page, live_app, setup):
+    page.goto(f"{live_app.url}/#/compare")
+    wizard = "[data-testid=wizard]"
+    page.wait_for_selector(f"{wizard} [name=budget_pct]")
+    page.fill(
+        f"{wizard} [name=budget_pct]", "90"
+    )  # both a depth and a width student fit 90% of the tiny teacher
+    line = page.locator(f"{wizard} [data-testid=study-memory]")
+    page.wait_for_function(
+        f"document.querySelector('{wizard} [data-testid=study-memory]')?.textContent.includes('2 students')"
+    )
+    text = line.inner_text()
+    assert re.match(
+        r"largest step \(distilling the bigger of the 2 students\) needs [\d.]+ [MG]iB per device", text
+    )
+
+    def size(t: str) -> float:
+        value, unit = re.search(r"needs ([\d.]+) ([MG])iB", t).groups()
+        return float(value) * (1024 if unit == "G" else 1)
+
+    page.click(f"{wizard} details > summary")  # the distillation settings
+    page.fill(f"{wizard} [name=batch_size]", "64")  # live: a bigger distillation batch needs more
+    page.wait_for_function(
+        f"(before) => document.querySelector('{wizard} [data-testid=study-memory]').textContent !== before",
+        arg=text,
+    )
+    assert size(line.inner_text()) > size(text)

@@ -11,6 +11,7 @@ import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../
 import { go, href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { distillFields, distillParams } from "./runs.js";
+import { studyMemoryLine } from "../components/studymemory.js";
 import { mismatchMark } from "../components/protocol.js";
 
 export async function compareView(host, { query }, ctx) {
@@ -440,6 +441,8 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     err, steps);
   const teacherSelect = form.querySelector("[name=teacher_id]");
   const budgetInput = form.querySelector("[name=budget_pct]");
+  // What the study's largest step (a distillation of the bigger student) needs, live, against the workers.
+  form.insertBefore(studyMemoryLine(form, ready, { depthTarget, widthTarget }), err);
 
   async function loadRuns() {
     const tid = Number(teacherSelect.value);
