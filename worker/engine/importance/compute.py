@@ -11,6 +11,7 @@ inputs (`layer_scan.py`). Then the batch's cache is dropped. Without a loss scan
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -91,79 +92,120 @@ def compute_importance(
     dp = context or DistributedContext()
     adapter = adapter_for(model)
     spec = adapter.spec(model)
-    num_layers = spec.num_layers
-    scans = check_scans(scans, block_size, num_layers)
-    loss_scans = loss_scan_sizes(scans, block_size)
-    device = next(model.parameters()).device
-    scanner = LayerScanner(model, adapter)
-    loss = new_loss_sums(loss_scans, num_layers, device)
-
+    scans = check_scans(scans, block_size, spec.num_layers)
+    run = _HookedPass(model, adapter, scans, block_size)
+    tally = _Tally()
     was_training = model.training
     model.eval()
-    samples, batch_count, seq_len = 0, 0, 0
-    hooks = ImportanceHooks(
-        model,
-        adapter,
-        block_importance="bi" in scans,
-        record_calls=bool(loss_scans),
-        angular_block=block_size if "angular" in scans else None,
-    )
     try:
-        with torch.inference_mode(), hooks:
+        with torch.inference_mode(), run.hooks:
             for index, batch in enumerate(batches):
-                if index % dp.world_size != dp.rank:  # another rank's batch: it only takes its place
-                    samples += batch["input_ids"].shape[0]
-                    batch_count += 1
-                    seq_len = max(seq_len, batch["input_ids"].shape[1])
-                    continue
-                host_mask = batch.get("attention_mask")
-                if host_mask is None:
-                    host_mask = torch.ones_like(batch["input_ids"])
-                input_ids = batch["input_ids"].to(device)
-                attention_mask = host_mask.to(device)
-                # The padding layout is read from the host copy, so hooks never wait on the device.
-                ctx = BatchContext(attention_mask, samples, host_mask=host_mask)
-                hooks.begin_batch(ctx)
-                hooks.enabled = True
-                # Up to the final norm only: the LM head runs (chunked) when a loss is asked for.
-                hidden = final_hidden_states(model, input_ids, attention_mask)
-                hooks.end_batch()
-                if loss_scans:
-                    per_sample, tokens = token_losses(hidden, scanner.head, input_ids, attention_mask)
-                    loss["base"].index_add_(0, ctx.halves, per_sample)
-                    loss["tokens"].index_add_(0, ctx.halves, tokens)
-                del hidden  # not alive during the scans nor during the next batch's forward
-                if loss_scans:
-                    hooks.enabled = False  # scans re-run layers; those activations are not calibration data
-                    for k in loss_scans:
-                        cut_sums = scanner.scan(hooks.calls, k, input_ids, attention_mask)  # [cuts, B]
-                        loss[k].index_add_(0, ctx.halves, cut_sums.T)
-                    hooks.calls = [None] * num_layers
-                samples += input_ids.shape[0]
-                batch_count += 1
-                seq_len = max(seq_len, input_ids.shape[1])
-                if progress is not None:
-                    progress(input_ids.shape[0])
+                mine = index % dp.world_size == dp.rank  # another rank's batch only takes its place
+                if mine:
+                    run.batch(batch, first_sample=tally.samples)
+                tally.add(batch["input_ids"])
+                if mine and progress is not None:
+                    progress(batch["input_ids"].shape[0])
     finally:
         model.train(was_training)
-    dp.all_reduce_sum_([axis.sums for axis in hooks.axes] + list(loss.values()))
-    scan_forwards = int(round(dp.sum([scanner.layer_forwards])[0]))
-    if samples == 0:
+    dp.all_reduce_sum_([axis.sums for axis in run.hooks.axes] + list(run.loss.values()))
+    scan_forwards = int(round(dp.sum([run.scanner.layer_forwards])[0]))
+    if tally.samples == 0:
         raise ValueError("no calibration samples: the batches were empty")
     return build_result(
         model,
         spec,
         scans=scans,
         block_size=block_size,
-        hooks=hooks,
-        angular=hooks.angular,
-        loss=loss,
-        counts=(samples, batch_count, seq_len),
+        hooks=run.hooks,
+        angular=run.hooks.angular,
+        loss=run.loss,
+        counts=(tally.samples, tally.batches, tally.seq_len),
         scan_forwards=scan_forwards,
         metadata=metadata if dp.world_size == 1 else {**(metadata or {}), "world_size": dp.world_size},
         weights_hash=weights_sha256(model) if hash_weights else None,
         execution=execution or IN_MEMORY,
     )
+
+
+@dataclass
+class _Tally:
+    """What the manifest counts: samples (which also number them, hence their halves), batches and the
+    longest sequence. Every rank counts every batch, its own and the others'."""
+
+    samples: int = 0
+    batches: int = 0
+    seq_len: int = 0
+
+    def add(self, input_ids: torch.Tensor) -> None:
+        self.samples += input_ids.shape[0]
+        self.batches += 1
+        self.seq_len = max(self.seq_len, input_ids.shape[1])
+
+
+class _HookedPass:
+    """One batch at a time: the hooked forward (running sums), then, if asked, the base loss and the
+    loss scans from the layer inputs the hooks kept."""
+
+    def __init__(self, model: nn.Module, adapter, scans: tuple[str, ...], block_size: int):
+        self.model = model
+        self.num_layers = adapter.spec(model).num_layers
+        self.loss_scans = loss_scan_sizes(scans, block_size)
+        self.device = next(model.parameters()).device
+        self.scanner = LayerScanner(model, adapter)
+        self.loss = new_loss_sums(self.loss_scans, self.num_layers, self.device)
+        self.hooks = ImportanceHooks(
+            model,
+            adapter,
+            block_importance="bi" in scans,
+            record_calls=bool(self.loss_scans),
+            angular_block=block_size if "angular" in scans else None,
+        )
+
+    def batch(self, batch: dict, first_sample: int) -> None:
+        input_ids, attention_mask, ctx = batch_on(batch, self.device, first_sample)
+        hidden = self._hooked_forward(input_ids, attention_mask, ctx)
+        if self.loss_scans:
+            add_base_loss(self.loss, hidden, self.scanner.head, input_ids, attention_mask, ctx)
+        del hidden  # not alive during the scans nor during the next batch's forward
+        if self.loss_scans:
+            self._loss_scans(input_ids, attention_mask, ctx)
+
+    def _hooked_forward(self, input_ids, attention_mask, ctx: BatchContext) -> torch.Tensor:
+        self.hooks.begin_batch(ctx)
+        self.hooks.enabled = True
+        # Up to the final norm only: the LM head runs (chunked) when a loss is asked for.
+        hidden = final_hidden_states(self.model, input_ids, attention_mask)
+        self.hooks.end_batch()
+        return hidden
+
+    def _loss_scans(self, input_ids, attention_mask, ctx: BatchContext) -> None:
+        self.hooks.enabled = False  # scans re-run layers; those activations are not calibration data
+        for k in self.loss_scans:
+            cut_sums = self.scanner.scan(self.hooks.calls, k, input_ids, attention_mask)  # [cuts, B]
+            self.loss[k].index_add_(0, ctx.halves, cut_sums.T)
+        self.hooks.calls = [None] * self.num_layers
+
+
+def batch_on(batch: dict, device: torch.device, first_sample: int):
+    """A batch's input_ids and attention mask on `device` (all ones when it has none) and its
+    BatchContext (its samples numbered from `first_sample`)."""
+    host_mask = batch.get("attention_mask")
+    if host_mask is None:
+        host_mask = torch.ones_like(batch["input_ids"])
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = host_mask.to(device)
+    # The padding layout is read from the host copy, so hooks never wait on the device.
+    return input_ids, attention_mask, BatchContext(attention_mask, first_sample, host_mask=host_mask)
+
+
+def add_base_loss(
+    loss: dict, hidden: torch.Tensor, head, input_ids, attention_mask, ctx: BatchContext
+) -> None:
+    """The uncut model's per-sample loss sums and target-token counts, into each sample's half."""
+    per_sample, tokens = token_losses(hidden, head, input_ids, attention_mask)
+    loss["base"].index_add_(0, ctx.halves, per_sample)
+    loss["tokens"].index_add_(0, ctx.halves, tokens)
 
 
 def build_result(

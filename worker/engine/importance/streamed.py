@@ -45,6 +45,8 @@ from worker.engine.importance.accumulators import BatchContext, RunningSums
 from worker.engine.importance.activation_store import ActivationStore, ActivationStores, StoreBudget
 from worker.engine.importance.compute import (
     Progress,
+    add_base_loss,
+    batch_on,
     build_result,
     check_scans,
     loss_scan_sizes,
@@ -193,11 +195,9 @@ def compute_importance_streamed(
     loss = new_loss_sums(loss_scans, num_layers, device)
     contexts, inputs, samples = [], [], 0
     for batch in batches:
-        host_mask = batch.get("attention_mask")
-        if host_mask is None:
-            host_mask = torch.ones_like(batch["input_ids"])
-        inputs.append((batch["input_ids"].to(device), host_mask.to(device)))
-        contexts.append(BatchContext(inputs[-1][1], samples, host_mask=host_mask))
+        input_ids, attention_mask, ctx = batch_on(batch, device, samples)
+        inputs.append((input_ids, attention_mask))
+        contexts.append(ctx)
         samples += batch["input_ids"].shape[0]
     scan_forwards = 0
     work = {"done": 0, "reported": 0}  # sample-stages done, samples reported
@@ -265,9 +265,7 @@ def compute_importance_streamed(
                 hooks.end_batch()
                 hooks.enabled = False
                 if loss_scans:
-                    per_sample, tokens = token_losses(hidden, head, input_ids, attention_mask)
-                    loss["base"].index_add_(0, ctx.halves, per_sample)
-                    loss["tokens"].index_add_(0, ctx.halves, tokens)
+                    add_base_loss(loss, hidden, head, input_ids, attention_mask, ctx)
                     for k in loss_scans:
                         cut_sums = torch.stack(
                             [
