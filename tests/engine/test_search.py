@@ -14,9 +14,9 @@ from worker.engine.adapters import arch_spec
 from worker.engine.masking import masked
 from worker.engine.plan import PrunePlan, plan_stats, resulting_spec, validate_plan
 from worker.engine.search import run_search
-from worker.engine.search.budgets import parse_budget
+from worker.engine.search.budgets import computed_cost, parse_budget
 from worker.engine.search.scoring import plan_loss
-from worker.engine.search.space import enumerate_architectures
+from worker.engine.search.space import ComputedCosts, enumerate_architectures
 
 
 def search(family="llama", **overrides):
@@ -145,6 +145,18 @@ def test_step_alignment_and_cut_limits_are_respected():
     for c in report["candidates"]:
         assert c["axes"]["intermediate_size"] in (48, 32)
         assert len(c["plan"]["drop_layers"]) <= 2
+
+
+def test_fast_computed_costs_equal_the_cost_model_for_every_architecture():
+    model, importance, _ = teacher_and_importance()
+    spec = arch_spec(model)
+    archs = enumerate_architectures(spec, importance.scores(), settings(budgets=["params=50%"]))
+    costs = ComputedCosts(spec)
+    budgets = [parse_budget(t) for t in ("params=50%", "params_non_embedding=1M", "memory=1GB@3,100")]
+    assert len(archs) > 100
+    for a in archs:
+        for b in budgets:
+            assert costs(b, a) == computed_cost(b, a.spec(spec)), (a.id, b.text)
 
 
 def test_frontier_keeps_only_candidates_that_cannot_grow():

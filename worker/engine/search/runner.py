@@ -15,13 +15,20 @@ from dataclasses import dataclass, field
 
 from worker.engine.adapters import arch_spec
 from worker.engine.plan import PrunePlan, resulting_spec
-from worker.engine.search.budgets import Budget, computed_cost, measured_cost, memory_bytes, parse_budget
+from worker.engine.search.budgets import Budget, computed_cost, measured_cost, parse_budget
 from worker.engine.search.latency import LatencyCache
 from worker.engine.search.scoring import WidthGroupScorer
 from worker.engine.search.settings import SearchSettings
-from worker.engine.search.space import Architecture, axis_values, enumerate_architectures, frontier
+from worker.engine.search.space import (
+    Architecture,
+    ComputedCosts,
+    axis_values,
+    enumerate_architectures,
+    frontier,
+)
 
 Progress = Callable[[int, int, str], None] | None
+MAX_ARCHITECTURES = 2_000_000  # enumerated (cheap, torch-free); what is scored is capped by max_candidates
 
 
 @dataclass
@@ -79,10 +86,10 @@ def run_search(
     scores = importance.scores()
     budgets = [parse_budget(t, settings.latency_batch, settings.latency_context) for t in settings.budgets]
     architectures = enumerate_architectures(spec, scores, settings)
-    if len(architectures) > settings.max_candidates:
+    if len(architectures) > MAX_ARCHITECTURES:
         raise ValueError(
-            f"max_candidates: the space holds {len(architectures)} architectures, more than "
-            f"max_candidates={settings.max_candidates}; raise it or narrow the space (steps, limits)"
+            f"mlp_step: the space holds {len(architectures)} architectures, more than {MAX_ARCHITECTURES}; "
+            f"use larger steps (mlp_step, hidden_step) or tighter cut limits"
         )
     cache = LatencyCache(latency_cache) if any(b.measured for b in budgets) else None
     teacher_arch = architectures[0]  # the uncut point of the space
@@ -90,13 +97,10 @@ def run_search(
     limits = {b.text: b.limit(teacher_figures[b.text]) for b in budgets}
 
     fitting = architectures
+    costs = ComputedCosts(spec)
     for b in budgets:
         if not b.measured:
-            fitting = [
-                a
-                for a in fitting
-                if b.fits(computed_cost(b, a.spec(spec)), limits[b.text], settings.tolerance)
-            ]
+            fitting = [a for a in fitting if b.fits(costs(b, a), limits[b.text], settings.tolerance)]
     measured = [b for b in budgets if b.measured]
     timings: dict[tuple, dict] = {}
     if measured:
@@ -116,6 +120,11 @@ def run_search(
     within_budget = len(fitting)
     listed = frontier(fitting, spec, settings) if settings.frontier_only else fitting
     listed = [a for a in listed if a.cut_kind(spec) != "none"] or listed  # the teacher is the reference
+    if len(listed) > settings.max_candidates:
+        raise ValueError(
+            f"max_candidates: {len(listed)} candidates meet the budgets, more than max_candidates="
+            f"{settings.max_candidates}; raise it, tighten the budgets or use larger steps"
+        )
 
     if batches is None and tokenizer is None:
         raise ValueError("the held-out text needs the teacher's tokenizer (or pass batches)")
@@ -239,8 +248,6 @@ def _timing(b: Budget, a: Architecture, spec, model, cache: LatencyCache, settin
 def _cost(b: Budget, a: Architecture, spec, model, cache, settings) -> float:
     if b.measured:
         return measured_cost(b, _timing(b, a, spec, model, cache, settings))
-    if b.kind == "memory":
-        return float(memory_bytes(a.spec(spec), b.batch, b.context))
     return computed_cost(b, a.spec(spec))
 
 

@@ -53,7 +53,9 @@ class SearchSettings(BaseModel):
     )
     lm_eval_top: int = Field(5, ge=1, description="how many of the best-loss candidates get the lm-eval task")
     lm_eval_limit: int | None = Field(100, ge=1, description="samples of the lm-eval task (None: all)")
-    max_candidates: int = Field(2000, ge=1, description="refuse larger search spaces")
+    max_candidates: int = Field(
+        2000, ge=1, description="refuse a search with more candidates to score (after budgets and frontier)"
+    )
     dtype: str = Field("float32", description="dtype the teacher is scored (and shapes timed) in")
 
     @field_validator("budgets")

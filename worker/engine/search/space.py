@@ -14,7 +14,7 @@ candidates; layer methods that drop the same layers are merged into one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from worker.engine.plan import (
     ImportanceScores,
@@ -23,6 +23,7 @@ from worker.engine.plan import (
     fill_plan,
     hidden_alignment,
 )
+from worker.engine.search.budgets import Budget, computed_cost
 from worker.engine.search.settings import SearchSettings
 from worker.engine.spec import ArchSpec
 
@@ -108,6 +109,24 @@ class Architecture:
         return fill_plan(
             PrunePlan(drop_layers=list(self.drop_layers), targets=self.targets()), teacher, scores
         )
+
+
+class ComputedCosts:
+    """`budgets.computed_cost` of many architectures, fast: for a uniform shape every computed cost
+    (parameters, memory) is affine in the layer count, so each width setting is priced at 1 and 2
+    layers and every depth follows exactly (a large teacher's space has 10^5 architectures)."""
+
+    def __init__(self, teacher: ArchSpec):
+        self.teacher = teacher
+        self.cache: dict[tuple, tuple[float, float]] = {}
+
+    def __call__(self, budget: Budget, a: Architecture) -> float:
+        key = (budget.text, a.heads_per_layer, a.num_kv_heads, a.intermediate_size, a.hidden_size)
+        if key not in self.cache:
+            one, two = (computed_cost(budget, replace(a, num_layers=n).spec(self.teacher)) for n in (1, 2))
+            self.cache[key] = (one, two - one)
+        base, per_layer = self.cache[key]
+        return base + (a.num_layers - 1) * per_layer
 
 
 def _check_teacher(spec: ArchSpec) -> None:
