@@ -48,6 +48,11 @@ class JobOut(Row):
     result: Json | None
     queue: str = Field(description="the Celery queue it was sent to (backend routing)")
     device: str | None = Field(description="the device it runs on, once claimed")
+    worker: str | None = Field(
+        None,
+        description="the worker running it (host:device), once claimed; a job over several nodes names "
+        "every node's worker (host:pid, node 0 first)",
+    )
     attempts: int = Field(description="1 + times it was resumed / re-sent for another attempt")
     checkpoint_step: int | None
     teacher_id: int | None

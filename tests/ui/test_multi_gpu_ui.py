@@ -41,6 +41,8 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     assert rows.count() == 1
     assert rows.first.locator("[data-testid=device-count]").inner_text() == "2"
     assert "free of" in rows.first.inner_text()
+    page.locator("[data-testid=workers-panel]").scroll_into_view_if_needed()
+    save(page, "teachers-workers")
 
     student = make_student(app)
     teacher = app.api.get(f"/teachers/{student['teacher_id']}").json()
@@ -86,4 +88,7 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     assert "rank 1:" in ranks.inner_text()
     assert "teacher replicated on every rank — memory planner:" in ranks.inner_text()
     assert r["workers"][0] in ranks.locator("[data-testid=rank-workers]").inner_text()
+    assert (
+        f"({r['workers'][0]})" in page.locator("[data-testid=job-where]").inner_text()
+    )  # the job row's worker
     save(page, "job-ranks")

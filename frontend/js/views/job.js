@@ -149,7 +149,7 @@ export async function jobView(host, { args, query }, ctx) {
         statusBadge(job.status),
         student ? h("span.sub", "student ", h("a", { href: href("runs", [], { student: student.id }) }, student.name)) : null,
         job.params?.baseline ? h("span.badge", "baseline (no teacher)") : null,
-        h("span.hint", `${job.device ? `on ${job.device} · ` : ""}created ${when(job.created_at)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}`),
+        h("span.hint", { dataset: { testid: "job-where" } }, `${job.device ? `on ${job.device}${job.worker ? ` (${job.worker})` : ""} · ` : ""}created ${when(job.created_at)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}`),
         h("span.spacer"),
         h("button.danger", { disabled: !canCancel, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel"),
         h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : job.resumable ? "run it again (it never started; routed to a worker anew)" : "needs a checkpoint" }, "Resume"),
