@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from backend.responses import STREAM_EVENTS
 from tests.platform.helpers import make_student, read_sse, start_distill
 
 
@@ -43,6 +44,9 @@ def test_job_stream_resumes_without_gaps_or_duplicates(live_app):
     statuses = [e.data["status"] for e in first + second if e.type == "status"]
     assert statuses[0] in ("queued", "running") and statuses[-1] == "succeeded"
     assert "running" in statuses
+    # Each event's data is the model the OpenAPI schema documents for its type (x-sse-events).
+    for e in first + second:
+        STREAM_EVENTS[e.type].model_validate(e.data, strict=False)
 
 
 def test_teacher_stream_and_latency(live_app):
