@@ -2,7 +2,8 @@
 OpenAPI schema of a real API server (uvicorn, SQLite, Redis) with generated valid and invalid input —
 schema examples, boundary values (huge integers, NaN, odd strings) and random cases, a bounded number per
 operation with a fixed seed. No answer may be a server error, and every answer must match the response
-schema where the route declares one (every 422 does).
+schema of its route and status: every route declares its success model and its error body
+(tests/platform/test_contract.py holds them to it), so every answer is checked.
 
 The database is seeded first (a ready teacher, a dataset, an importance run with scores, a plan,
 students, jobs in every state with metrics and events) so that the small ids the fuzzer tries reach real
