@@ -105,15 +105,17 @@ def cmd_search(args) -> int:
     if out is not None and out.exists() and not out.is_dir():
         raise CliError(f"-o: {out} exists and is not a directory")
 
+    from worker.cli.importance_commands import _check_device
     from worker.cli.prune_commands import _check_same_weights
     from worker.engine.importance import ImportanceResult
     from worker.engine.importance.provenance import weights_sha256
     from worker.engine.loading import load_model
     from worker.engine.search import run_search
 
+    device = _check_device(args.device)
     importance = ImportanceResult.load(args.importance)
     _say(f"[load] {args.model}")
-    model, tokenizer = load_model(args.model, dtype=settings.dtype, device=args.device)
+    model, tokenizer = load_model(args.model, dtype=settings.dtype, device=device)
     _check_same_weights(lambda: weights_sha256(model), importance.manifest)
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer: the held-out text cannot be tokenised")
@@ -183,7 +185,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--budget",
         action="append",
-        help="KIND=VALUE[@BATCH,CONTEXT], repeatable: params=60%%, params=5M, memory=1.5GB@1,2048, "
+        help="KIND=VALUE[@BATCH,CONTEXT], repeatable: params=60%%, params=5M, params_non_embedding=50%%, "
+        "memory=1.5GB@1,2048, "
         "latency=4ms@1,128 (decode s/token), prefill=20ms@1,512, throughput=2000@8,128 (tokens/s, a "
         "minimum); %% = of the teacher's figure",
     )
