@@ -23,4 +23,4 @@ def choose_queue(settings: Settings, kind: str, params: dict[str, Any]) -> str:
     try:
         return route(kind, requirement_of(params), live)
     except NoWorkerForDevice as exc:
-        raise Conflict(f"device: {exc}", field=("device",), nearby=("cpu", "auto")) from exc
+        raise Conflict(str(exc), field=("device",), nearby=("cpu", "auto")) from exc  # loc names the field
