@@ -80,6 +80,7 @@ def test_table_marks_the_top_candidates(tiny_teacher_dir, importance_run, capsys
         (["--budget", "params=60%", "--max-width-cut", "1.5"], "--max-width-cut"),
         (["--budget", "params=60%", "--max-cut", "depth"], "--max-cut"),
         (["--budget", "params=60%", "--layer-methods", "random"], "--layer-methods"),
+        (["--budget", "params=60%", "--device", "cuda:97"], "--device"),
     ],
 )
 def test_bad_input_is_a_one_line_error_naming_the_flag(tiny_teacher_dir, importance_run, capsys, argv, flag):
