@@ -351,8 +351,12 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
         dataset = _rows(rt, (Dataset, proto.dataset_id))[0] if proto.dataset_id else None
         docs = _documents(dataset, proto.split)[: proto.max_documents]
 
-        def measure() -> tuple[float, int]:
-            r = perplexity(model, docs, tokenizer, context=proto.context, stride=proto.stride)
+        unit = "windows"
+
+        def measure(progress) -> tuple[float, int]:
+            r = perplexity(
+                model, docs, tokenizer, context=proto.context, stride=proto.stride, progress=progress
+            )
             return r["loss"], r["tokens"]
     else:
         from worker.engine.data import PackedTokens
@@ -360,15 +364,25 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
         packed = PackedTokens(tokenizer, _documents(_dataset(rt, p), "validation"), p["seq_len"])
         limit = min(p["samples"], len(packed))
 
-        def measure() -> tuple[float, int]:
-            return block_nll(model, packed, limit=limit)
+        unit = "blocks"
+
+        def measure(progress) -> tuple[float, int]:
+            return block_nll(model, packed, limit=limit, progress=progress)
+
+    def stage(name: str, start: float):
+        """Progress of one of the two passes: `start` .. `start` + 0.45 of the bar, its own ETA."""
+        rt.progress(start, f"{name}: starting", force=True, phase=name)
+
+        def report(done: int, total: int) -> None:
+            rt.progress(start + 0.45 * done / total, f"{name}: {done}/{total} {unit}", phase=name)
+            rt.raise_if_cancelled()
+
+        return report
 
     with torch.no_grad():
-        nll, tokens = measure()
-        rt.progress(0.5, "teacher perplexity done", force=True)
-        rt.raise_if_cancelled()
+        nll, tokens = measure(stage("teacher perplexity", 0.05))
         with masked(model, PrunePlan.model_validate(plan_row.plan)):
-            nll_m, _ = measure()
+            nll_m, _ = measure(stage("masked perplexity", 0.5))
     ppl_teacher, ppl_masked = math.exp(nll), math.exp(nll_m)
     return {
         "ppl_teacher": ppl_teacher,

@@ -102,3 +102,13 @@ def test_a_jobs_log_has_the_workers_python_log_and_its_phases(live_app):
     evaluation = [line["msg"] for line in api.get(f"/jobs/{r.json()['id']}/logs").json()]
     assert any(m.startswith("worker.engine.loading: loaded ") for m in evaluation), evaluation
     assert "perplexity: 0 of 4 documents" in evaluation  # its scoring phase, with its own count
+
+    # The planner's preview: two passes (teacher, masked teacher), each a phase with its own count.
+    plan = api.post(
+        "/plans", json={"teacher_id": teacher["id"], "name": "log-plan", "plan": {"drop_layers": [3]}}
+    ).json()
+    preview = api.post(f"/plans/{plan['id']}/preview", json={"samples": 4, "seq_len": 32})
+    assert preview.status_code == 202, preview.text
+    assert live_app.wait_job(preview.json()["id"])["status"] == "succeeded"
+    said = [line["msg"] for line in api.get(f"/jobs/{preview.json()['id']}/logs").json()]
+    assert said.index("teacher perplexity: starting") < said.index("masked perplexity: starting"), said
