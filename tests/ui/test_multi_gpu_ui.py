@@ -74,6 +74,23 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     page.locator(FORM).scroll_into_view_if_needed()
     save(page, "runs-distill-gpus")
 
+    # The importance form: 2 data-parallel ranks on this CPU host hold two whole teachers.
+    page.goto(f"{app.url}/#/teachers?teacher={teacher['id']}")
+    imp = "[data-testid=importance-form] [data-testid=memory-estimate]"
+    page.wait_for_function(f"document.querySelector('{imp}')?.textContent.includes('needs')")
+    page.fill("[data-testid=importance-form] input[name=gpus]", "2")
+    one = memplan.importance_memory(
+        memplan.spec_from_summary(teacher["spec"]),
+        batch_size=8,
+        seq_len=128,
+        scans=("bi", "drop", "block"),
+        block_size=2,
+        samples=64,
+        device="cpu",
+    )["total"]
+    want = f"needs {memplan.format_bytes(2 * one)} for 2 ranks on one host (a whole teacher each)"
+    page.wait_for_function(f"document.querySelector('{imp}').textContent.includes({want!r})")
+
     page.goto(f"{app.url}/#/job/{job['id']}")
     ranks = page.locator("[data-testid=ranks-result]")
     ranks.wait_for()

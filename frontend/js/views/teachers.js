@@ -239,10 +239,16 @@ export async function teachersView(host, { query }, ctx) {
     form.insertBefore(memoryLine(form, (v, workers) => {
       if (!t.spec || !(v.batch_size >= 1) || !(v.seq_len >= 2) || !(v.samples >= 1)) return null;
       const queue = queueFor("auto", workers);
-      const p = { seq_len: v.seq_len, samples: v.samples, block_size: v.block_size || 2, offload: v.offload || "auto", scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]) };
+      // gpus > 1: data-parallel ranks, each with the whole teacher (a streamed pass runs in one process);
+      // on a CPU worker they share its memory (backend/memcheck.check_importance, mirrored).
+      const ranks = Math.max(1, v.gpus || 1);
+      const p = { seq_len: v.seq_len, samples: v.samples, block_size: v.block_size || 2, offload: ranks > 1 ? "never" : v.offload || "auto", scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]) };
       const device = queue === "gpu" ? "cuda" : "cpu";
-      const need = (b) => importanceNeed(t.spec, { ...p, batch_size: b.batch_size }, device);
-      const line = fitLine(need, { batch_size: v.batch_size }, workers, queue, halvedBatches(v.batch_size));
+      const copies = ranks > 1 && device === "cpu" ? ranks : 1;
+      const need = (b) => copies * importanceNeed(t.spec, { ...p, batch_size: b.batch_size }, device);
+      const able = workers.filter((w) => (w.device_count || 1) >= ranks);
+      const line = fitLine(need, { batch_size: v.batch_size }, able, queue, halvedBatches(v.batch_size));
+      if (ranks > 1) line.text = line.text.replace("per device", copies > 1 ? `for ${ranks} ranks on one host (a whole teacher each)` : `per GPU, ${ranks} data-parallel ranks (a whole teacher each)`);
       const sizes = workers.filter((w) => w.memory && (w.queues || []).includes(queue)).map((w) => usableBytes(w.memory));
       const layout = importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sizes.length ? Math.max(...sizes) : null);
       // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
