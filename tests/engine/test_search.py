@@ -200,6 +200,13 @@ def test_latency_budget_uses_measured_times_cached_by_shape(tmp_path):
     )
 
 
+def test_a_budget_nothing_meets_says_how_small_the_space_goes():
+    _, _, _, report = search(budgets=["params=10%"])
+    assert report["candidates"] == [] and report["stats"]["within_budget"] == 0
+    assert "no architecture of the space meets params=10%" in report["stats"]["note"]
+    assert "loosen the cut limits" in report["stats"]["note"]
+
+
 def test_bad_budgets_and_settings_name_the_field():
     for text, words in [
         ("params", "KIND=VALUE"),

@@ -156,9 +156,11 @@ def _print_table(report: dict, top: int | None) -> None:
     print(
         f"{stats['enumerated']} architectures, {stats['within_budget']} within budget, "
         f"{stats['listed']} listed (frontier: {report['settings']['frontier_only']}); scored in "
-        f"{stats['scoring_seconds']:.1f} s = {stats['candidates_per_minute']} candidates/min; "
+        f"{stats['scoring_seconds']:.1f} s = {stats['candidates_per_minute'] or '-'} candidates/min; "
         f"{stats['shapes_timed']} shapes timed, {stats['latency_cache_hits']} latency cache hits"
     )
+    if stats.get("note"):
+        print(f"note: {stats['note']}")
     header = (
         f"{'rank':>4}  {'cut':<6} {'layers':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'hidden':>6} "
         f"{'params':>12} {'%':>6} {'memory':>10} {'ms/tok':>7} {'loss':>8} {'ppl':>9}  id"

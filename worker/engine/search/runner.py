@@ -28,6 +28,7 @@ from worker.engine.search.space import (
 )
 
 Progress = Callable[[int, int, str], None] | None
+PARAMS = parse_budget("params=100%")  # prices the smallest architecture for the "nothing fits" note
 MAX_ARCHITECTURES = 2_000_000  # enumerated (cheap, torch-free); what is scored is capped by max_candidates
 
 
@@ -118,6 +119,15 @@ def run_search(
             )
         ]
     within_budget = len(fitting)
+    note = None
+    if not fitting:
+        smallest = min(architectures, key=lambda a: costs(PARAMS, a))
+        total = costs(PARAMS, smallest)
+        note = (
+            f"no architecture of the space meets {', '.join(settings.budgets)}; the smallest "
+            f"({smallest.id}) keeps {total:,.0f} parameters ({100 * total / spec.param_count()['total']:.1f}% "
+            f"of the teacher): loosen the cut limits (max_width_cut, max_depth_cut, max_cut) or the budgets"
+        )
     listed = frontier(fitting, spec, settings) if settings.frontier_only else fitting
     listed = [a for a in listed if a.cut_kind(spec) != "none"] or listed  # the teacher is the reference
     if len(listed) > settings.max_candidates:
@@ -207,7 +217,10 @@ def run_search(
         "naive_layer_forwards": naive,
         "seconds": round(seconds, 3),
         "scoring_seconds": round(score_seconds, 3),
-        "candidates_per_minute": round(60.0 * len(rows) / score_seconds, 1) if score_seconds > 0 else None,
+        "candidates_per_minute": round(60.0 * len(rows) / score_seconds, 1)
+        if rows and score_seconds > 0
+        else None,
+        "note": note,
     }
     budgets_json = [
         {
