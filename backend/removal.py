@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from backend import lifecycle
@@ -30,6 +30,7 @@ from backend.models import (
     Plan,
     Student,
     Teacher,
+    WorkflowStep,
 )
 from backend.settings import Settings
 
@@ -87,6 +88,14 @@ def _delete_jobs(db: Session, jobs: list[Job], settings: Settings, out: Leftover
     out.keys += list(db.scalars(select(Artifact.key).where(Artifact.job_id.in_(ids))))
     for table in (MetricPoint, Event, BenchmarkResult, Artifact):
         db.execute(delete(table).where(table.job_id.in_(ids)))
+    # A deleted workflow takes its step rows along; a workflow whose child is deleted keeps the step,
+    # which says so (its branch fails there if it was the step's latest try; a retry runs it again).
+    db.execute(delete(WorkflowStep).where(WorkflowStep.workflow_id.in_(ids)))
+    db.execute(
+        update(WorkflowStep)
+        .where(WorkflowStep.job_id.in_(ids))
+        .values(job_id=None, error="its job was deleted")
+    )
     db.execute(delete(Job).where(Job.id.in_(ids)))
     for job_id in ids:
         out.dirs += _checkpoint_dirs(job_id, settings)

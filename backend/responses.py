@@ -59,6 +59,9 @@ class JobOut(Row):
     student_id: int | None
     importance_run_id: int | None
     plan_id: int | None
+    parent_id: int | None = Field(
+        None, description="the workflow (GET /workflows/{id}) this job is a step of"
+    )
     created_at: Utc
     started_at: Utc | None
     finished_at: Utc | None

@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 from backend import heatmaps, lifecycle
 from backend.api.errors import errors
 from backend.api.importance import artifact_path
+from backend.api.jobs import on_protocol
 from backend.api.plans import teacher_spec
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
 from backend.errors import InvalidInput, Problem
 from backend.limits import check_job_size
-from backend.models import Dataset, Job, JobStatus, Plan
+from backend.models import Dataset, Job, JobStatus, Plan, Teacher
 from backend.settings import Settings
 from backend.workflows import control, runner, view
 from backend.workflows.advance import advance
@@ -94,6 +95,8 @@ def _saved_plan(
 def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     """Every check of a create (plans saved in the session, not committed): the workflow's params."""
     teacher_spec(db, body.teacher_id)  # 404 / 409 for a missing or unready teacher
+    # Evaluations on the teacher's protocol (what the request leaves out), like POST /jobs's.
+    body.evaluate = on_protocol(body.evaluate, db.get(Teacher, body.teacher_id))
     for key, params in (
         ("distill", body.distill),
         ("evaluate", body.evaluate),

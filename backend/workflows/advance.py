@@ -213,7 +213,10 @@ def walk(
             state.status = "running"
             return state
         if job is not None and is_lost(job) and recoveries(row, job) < AUTO_RECOVERIES:
-            again = rerun(session, settings, workflow, state, step, steps, job)
+            try:
+                again = rerun(session, settings, workflow, state, step, steps, job)
+            except Conflict:  # no live worker serves its device now: the branch fails, retry later
+                again = None
             if again is not None:
                 note = f"{branch.name}: {step.name} (job {job.id}) lost with its worker; running it again as job {again.id}"
                 add_event(session, workflow, "log", {"job_id": workflow.id, "level": "warning", "msg": note})

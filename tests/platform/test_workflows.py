@@ -233,6 +233,13 @@ def test_a_failing_child_fails_the_workflow_with_its_step_and_reason_and_retry_r
     assert steps["cut"]["job_id"] == first_cut and steps["cut"]["tries"] == 1  # not cut again
     assert steps[failed_step]["tries"] == 2 and steps[failed_step]["job_id"] != failed["job_id"]
     assert app.api.post(f"/workflows/{wf['id']}/retry").status_code == 409
+    # A finished study's students and the workflow itself can be deleted (its step rows go along).
+    student = wf["branches"][0]["student_id"]
+    assert app.api.delete(f"/students/{student}").status_code == 204
+    gone = app.api.get(f"/workflows/{wf['id']}").json()
+    assert gone["branches"][0]["steps"][0]["error"] == "its job was deleted"
+    assert app.api.delete(f"/jobs/{wf['id']}").status_code == 204
+    assert app.api.get(f"/workflows/{wf['id']}").status_code == 404
 
 
 def test_create_refuses_bad_input_naming_the_field_and_writes_nothing(app):

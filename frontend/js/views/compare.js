@@ -5,10 +5,10 @@
 import { api, showError } from "../api.js";
 import { paramCount } from "../costmodel.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
-import { debounce, h, mount, segmented, toast } from "../dom.js";
+import { debounce, h, mount, segmented } from "../dom.js";
 import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
-import { go, href, setQuery } from "../router.js";
+import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { distillFields, distillParams } from "./runs.js";
 import { studyMemoryLine } from "../components/studymemory.js";
@@ -160,7 +160,18 @@ export async function compareView(host, { query }, ctx) {
   }
 
   renderPicker();
-  renderWizard(wizard, { teachers, datasets, ctx, onDone: (ids, tid) => go("compare", [], { students: ids.join(","), teacher: tid }) });
+  // Once a study's students are cut, the comparison shows them (once per study: the user may pick others).
+  const shownStudies = new Set();
+  const showStudents = (studyId, ids, tid) => {
+    if (shownStudies.has(studyId)) return;
+    shownStudies.add(studyId);
+    chosen.clear();
+    ids.forEach((id) => chosen.add(id));
+    teacherId = tid;
+    update();
+    renderPicker();
+  };
+  renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents });
   load();
 }
 
@@ -372,61 +383,43 @@ export function depthLayerMethod(layers, k) {
   return "drop"; // no layer scan: the server's refusal names the scans the run lacks
 }
 
-// The wizard keeps going when the user opens another page (it only skips opening the comparison then).
-async function waitFor(fn, check, timeoutMs = 600000) {
-  const start = Date.now();
-  for (;;) {
-    const value = await fn();
-    if (check(value)) return value;
-    if (Date.now() - start > timeoutMs) throw new Error("timed out waiting");
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-}
+// ---- the study: a server-side workflow (backend/workflows; POST /workflows) --------------------------
+
+const STEP_LABELS = { cut: "cut", evaluate_pruned: "perplexity as cut", distill: "distill", evaluate: "perplexity distilled", benchmark: "speed" };
+const STEP_CLASS = { succeeded: ".done", running: ".active", queued: ".active", failed: ".failed", cancelled: ".failed" };
 
 /**
- * Take back what a failed wizard run created: cancel its unfinished jobs, wait for them to stop, then
- * delete its students (with their jobs, weights and checkpoints), its plans and the teacher jobs it
- * queued. Returns a sentence saying what was removed, or what is left and why.
+ * A study as the server runs it: each model's steps in order (each a link to its job, with its progress),
+ * why a step failed, and cancel / retry. The browser only observes: the workers advance the study.
  */
-async function undoWizard(created) {
-  if (!created.plans.length && !created.students.length && !created.jobs.length) return "Nothing was created.";
-  const problems = [];
-  const tryTo = async (what, fn) => {
-    try {
-      await fn();
-      return true;
-    } catch (e) {
-      problems.push(`${what}: ${e.message}`);
-      return false;
-    }
+function studyPanel(wf, { onAction, actionErr }) {
+  const active = wf.status === "running";
+  const stepItem = (s, teacher) => {
+    const pct = s.status === "running" && s.progress ? ` ${Math.round(s.progress * 100)}%` : "";
+    const name = teacher && s.name === "evaluate" ? "perplexity" : STEP_LABELS[s.name] || s.name;
+    const label = `${name}${pct}${s.tries > 1 ? ` (try ${s.tries})` : ""}`;
+    return h(`li${STEP_CLASS[s.status] || ""}`, { dataset: { step: s.name, status: s.status } },
+      s.job_id ? h("a", { href: href("job", [s.job_id]), title: `job ${s.job_id}: ${s.status}` }, label) : label,
+      s.error ? h("div.field-error", s.error) : null);
   };
-  const finished = (j) => !["queued", "running"].includes(j.status);
-  const jobsOf = async () => {
-    const lists = await Promise.all(created.students.map((id) => api.get(`/jobs?student_id=${id}`)));
-    const own = await Promise.all(created.jobs.map((id) => api.get(`/jobs/${id}`)));
-    const byId = new Map([...lists.flat(), ...own].map((j) => [j.id, j]));
-    return Array.from(byId.values());
-  };
-  await tryTo("cancelling its jobs", async () => {
-    for (const j of (await jobsOf()).filter((x) => !finished(x))) await api.post(`/jobs/${j.id}/cancel`).catch(() => {}); // finished meanwhile
-    await waitFor(jobsOf, (jobs) => jobs.every(finished), 180000);
-  });
-  const students = [];
-  for (const id of created.students) if (await tryTo(`deleting student #${id}`, () => api.del(`/students/${id}`))) students.push(`#${id}`);
-  const plans = [];
-  for (const id of created.plans) if (await tryTo(`deleting plan #${id}`, () => api.del(`/plans/${id}`))) plans.push(`#${id}`);
-  // The teacher's evaluate / benchmark jobs this run queued (finished now): gone with their results.
-  const jobs = [];
-  for (const id of created.jobs) if (await tryTo(`deleting teacher job #${id}`, () => api.del(`/jobs/${id}`))) jobs.push(`#${id}`);
-  const removed = [plans.length ? `plan${plans.length > 1 ? "s" : ""} ${plans.join(", ")}` : "", students.length ? `student${students.length > 1 ? "s" : ""} ${students.join(", ")}` : "", jobs.length ? `teacher job${jobs.length > 1 ? "s" : ""} ${jobs.join(", ")}` : ""].filter(Boolean).join("; ");
-  const done = removed ? `Removed what this run created: ${removed}.` : "";
-  return problems.length ? `${done} Could not clean up everything (${problems.join("; ")}).`.trim() : done || "Nothing was left behind.";
+  return h("div.stack", { dataset: { testid: "study", id: wf.id } },
+    h("div.row",
+      h("a", { href: href("bakeoff", [wf.id]), dataset: { testid: "study-link" } }, `Study #${wf.id}`),
+      statusBadge(wf.status),
+      h("span.spacer"),
+      h("button.small.danger", { type: "button", disabled: !active, dataset: { testid: "study-cancel" }, onclick: () => onAction("cancel") }, "Cancel"),
+      h("button.small", { type: "button", disabled: !["failed", "cancelled"].includes(wf.status), dataset: { testid: "study-retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)", onclick: () => onAction("retry") }, "Retry")),
+    wf.error ? h("div.error-msg", { dataset: { testid: "study-error" } }, wf.error) : null,
+    actionErr,
+    wf.branches.map((b) => h("div", { dataset: { testid: `study-branch-${b.role === "teacher" ? "teacher" : b.index}` } },
+      h("div.row", h("strong", b.name), b.student_id ? h("a.faint", { href: href("compare", [], { students: b.student_id }) }, `student #${b.student_id}`) : null, statusBadge(b.status)),
+      h("ol.steps", { dataset: { testid: "wizard-steps" } }, b.steps.map((s) => stepItem(s, b.role === "teacher"))))));
 }
 
-function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
+function renderWizard(panel, { teachers, datasets, ctx, onStudents }) {
   const ready = teachers.filter((t) => t.status === "ready");
   const err = h("div.error-msg");
-  const steps = h("ol.steps", { dataset: { testid: "wizard-steps" } });
+  const study = h("div", { style: { marginTop: "10px" } });
   const runSelect = h("select", { name: "importance_run_id" });
   const preview = h("div.hint");
   const form = h("form.stack",
@@ -438,11 +431,43 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     preview,
     h("details", h("summary.hint", "distillation settings (the same for both)"), distillFields(datasets, { steps: 100 })),
     h("div.row", h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "wizard-go" } }, "Build, distill & compare")),
-    err, steps);
+    err, study);
   const teacherSelect = form.querySelector("[name=teacher_id]");
   const budgetInput = form.querySelector("[name=budget_pct]");
   // What the study's largest step (a distillation of the bigger student) needs, live, against the workers.
   form.insertBefore(studyMemoryLine(form, ready, { depthTarget, widthTarget }), err);
+
+  // The shown study follows the teacher's event stream (its children are the teacher's jobs).
+  let watched = null;
+  let started = null; // the study this page started: its students are shown in the comparison once cut
+  let closeStream = null;
+  ctx.onCleanup(() => closeStream?.());
+  const actionErr = h("div.error-msg");
+  async function show(id) {
+    const wf = await api.get(`/workflows/${id}`).catch(() => null);
+    if (!ctx.alive || !wf || watched !== id) return;
+    mount(study, studyPanel(wf, { onAction: act, actionErr }));
+    // Once both students are cut (ready), the comparison shows them.
+    const candidates = wf.branches.filter((b) => b.role === "candidate");
+    const cut = candidates.every((b) => b.steps.find((x) => x.name === "cut")?.status === "succeeded");
+    if (wf.id === started && candidates.length && cut) onStudents(wf.id, candidates.map((b) => b.student_id), wf.teacher_id);
+  }
+  async function act(action) {
+    try {
+      await api.post(`/workflows/${watched}/${action}`);
+      showError(actionErr, null);
+    } catch (e) {
+      showError(actionErr, e);
+    }
+    show(watched);
+  }
+  function watch(wf) {
+    closeStream?.();
+    watched = wf.id;
+    const refresh = debounce(() => show(wf.id), 300);
+    closeStream = subscribe(`/teachers/${wf.teacher_id}/events`, { status: refresh });
+    show(wf.id);
+  }
 
   async function loadRuns() {
     const tid = Number(teacherSelect.value);
@@ -451,6 +476,9 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     const about = (p = {}) => `${p.samples ?? "?"} × ${p.seq_len ?? "?"} tokens, scans: ${(p.scans || []).join(", ") || "none"}${(p.scans || []).some((s) => s === "block" || s === "angular") ? ` (block k=${p.block_size})` : ""}`;
     mount(runSelect, runs.length ? runs.map((r) => h("option", { value: r.id, title: about(r.params) }, `#${r.id} (${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"})`)) : h("option", { value: "" }, "no finished run"));
     showPreview();
+    // A study started earlier (in a tab closed since) is still running on the server: show the latest.
+    const [latest] = await api.get(`/workflows?teacher_id=${tid}&limit=1`).catch(() => []);
+    if (ctx.alive && latest && !watched) watch(latest);
   }
   function showPreview() {
     const t = ready.find((x) => x.id === Number(teacherSelect.value));
@@ -462,7 +490,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
     const size = (target) => compact(targetParams(t.spec, target));
     preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `${d.num_layers} of ${t.spec.num_layers} layers (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}`;
   }
-  teacherSelect?.addEventListener("change", loadRuns);
+  teacherSelect?.addEventListener("change", () => { watched = null; loadRuns(); });
   budgetInput.addEventListener("input", showPreview);
 
   const goBtn = form.querySelector("[data-testid=wizard-go]");
@@ -482,59 +510,28 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
       return;
     }
     showError(err, null, form);
-    const params = distillParams(form);
-    const labels = ["Check the distillation settings", "Fill the depth and width plans", "Save both plans", "Cut both students, evaluate their pruned weights", "Queue both distillations, then evaluations and benchmarks", "Open the comparison"];
-    let step = 0;
-    const mark = (done, failed = false) => {
-      step = done;
-      mount(steps, labels.map((l, i) => h(`li${i < done ? ".done" : i === done ? (failed ? ".failed" : ".active") : ""}`, l)));
-    };
-    // Everything this run creates, so a failure can take it all back (nothing half-built is left).
-    const created = { plans: [], students: [], jobs: [] };
     goBtn.disabled = true;
     try {
-      mark(0);
-      // The server checks the settings exactly as it will when the distillations are queued, before
-      // anything is built (a distill job may name the teacher while its student does not exist yet).
-      await api.post("/jobs?validate_only=true", { kind: "distill", teacher_id: t.id, params });
-      mark(1);
-      if (targets.depth) {
-        const k = t.spec.num_layers - targets.depth.num_layers;
-        targets.depth.layer_method = depthLayerMethod(await api.get(`/importance-runs/${runId}/layers`), k);
-      }
+      const k = t.spec.num_layers - targets.depth.num_layers;
+      targets.depth.layer_method = depthLayerMethod(await api.get(`/importance-runs/${runId}/layers`), k);
       const existing = (await api.get("/students")).map((x) => x.name);
-      const plans = {};
-      for (const kind of ["depth", "width"]) plans[kind] = await api.post("/plans/fill", { teacher_id: t.id, importance_run_id: runId, targets: targets[kind] });
-      mark(2);
-      const rows = {};
-      for (const kind of ["depth", "width"]) {
-        rows[kind] = await api.post("/plans", { teacher_id: t.id, importance_run_id: runId, name: studentName(kind, v.budget_pct, existing), plan: plans[kind].plan });
-        created.plans.push(rows[kind].id);
-      }
-      mark(3);
-      const made = {};
-      for (const kind of ["depth", "width"]) {
-        made[kind] = await api.post("/students", { plan_id: rows[kind].id, name: studentName(kind, v.budget_pct, existing) });
-        created.students.push(made[kind].id);
-      }
-      for (const kind of ["depth", "width"]) {
-        made[kind] = await waitFor(() => api.get(`/students/${made[kind].id}`), (s) => s.status !== "pending");
-        if (made[kind].status !== "ready") throw new Error(`the ${kind} student failed: ${made[kind].error || "no reason given"}`);
-      }
-      // Perplexity before distillation ("ppl pruned" in the table), with the settings of the one after.
-      // These jobs go with their students if a later step fails (undoWizard cancels every student job).
-      for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "evaluate", student_id: made[kind].id, params: { ...EVAL_PARAMS, weights: "pruned" } });
-      mark(4);
-      for (const kind of ["depth", "width"]) await api.post("/jobs", { kind: "distill", student_id: made[kind].id, params });
-      // Evaluations and benchmarks queue behind the distillations, so they measure the distilled weights.
-      await queueBenchmarks([{ kind: "teacher", id: t.id }, { kind: "student", id: made.depth.id }, { kind: "student", id: made.width.id }], created.jobs);
-      mark(5);
-      if (ctx.alive) onDone([made.depth.id, made.width.id], t.id);
-      else toast(`Depth vs width study queued: students #${made.depth.id} and #${made.width.id}.`);
+      // One request: the server fills and saves both plans and starts the study, or refuses it whole
+      // (a 422 names the field) and creates nothing. From then on the workers run it, tab open or not.
+      const wf = await api.post("/workflows", {
+        definition: "bakeoff",
+        name: `depth vs width at ${Number(v.budget_pct)}%`,
+        teacher_id: t.id,
+        importance_run_id: runId,
+        candidates: ["depth", "width"].map((kind) => ({ name: studentName(kind, v.budget_pct, existing), targets: targets[kind] })),
+        distill: distillParams(form),
+        evaluate: EVAL_PARAMS,
+        benchmark: {},
+        measure_teacher: true,
+      });
+      started = wf.id;
+      watch(wf); // the form keeps its settings: change one and start another study
     } catch (e) {
-      mark(step, true);
-      const failedAt = `Step ${step + 1} (${labels[step].toLowerCase()}) failed: ${e.message}`;
-      showError(err, { message: `${failedAt}. ${await undoWizard(created)}`, fields: e.fields }, form);
+      showError(err, { message: `The study was not started: ${e.message}. Nothing was created.`, fields: e.fields }, form);
       // A refused distillation setting is marked in the settings: unfold them so the user sees where.
       if (Object.keys(e.fields || {}).some((name) => form.querySelector(`details [name="${CSS.escape(name)}"]`))) form.querySelector("details").open = true;
     } finally {
@@ -543,7 +540,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onDone }) {
   });
 
   mount(panel, h("header", h("h2", "Depth vs width study")),
-    h("div.hint", { style: { marginBottom: "8px" } }, "From one parameter budget: a depth-pruned student (fewest layers dropped: a contiguous block when the run scanned that block length, else lowest Block Importance, else lowest drop loss, else the block of least angular distance) and a width-pruned one (hidden and MLP shrunk, all layers and heads kept), both from the same importance run, each evaluated as cut, then distilled with the same budget."),
+    h("div.hint", { style: { marginBottom: "8px" } }, "From one parameter budget: a depth-pruned student (fewest layers dropped: a contiguous block when the run scanned that block length, else lowest Block Importance, else lowest drop loss, else the block of least angular distance) and a width-pruned one (hidden and MLP shrunk, all layers and heads kept), both from the same importance run, each evaluated as cut, then distilled with the same budget. The server runs the study: closing this tab does not stop it."),
     ready.length ? form : h("div.empty", "Register a teacher first."));
   loadRuns();
 }

@@ -94,6 +94,11 @@ export async function jobView(host, { args, query }, ctx) {
     mount(host, h("div.error-msg", err.message));
     return;
   }
+  // A workflow (a bake-off, a depth-vs-width study) has its own page: its branches, steps and ranking.
+  if (job.kind === "workflow") {
+    if (ctx.alive) location.replace(href("bakeoff", [job.id]));
+    return;
+  }
   const student = job.student_id ? await api.get(`/students/${job.student_id}`).catch(() => null) : null;
   if (!ctx.alive) return; // the user left while this loaded: never draw over the next page
   const store = new SeriesStore();
