@@ -17,7 +17,18 @@ from collections.abc import Callable, Iterator
 
 # Plumbing: their INFO lines say nothing about the job. worker.runtime writes the events themselves
 # (a failed heartbeat logged through the database that just failed would only fail again).
-QUIET = ("sqlalchemy", "celery", "kombu", "amqp", "redis", "httpx", "httpcore", "urllib3", "filelock", "fsspec")
+QUIET = (
+    "sqlalchemy",
+    "celery",
+    "kombu",
+    "amqp",
+    "redis",
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "filelock",
+    "fsspec",
+)
 SKIPPED = ("worker.runtime",)
 # Libraries that keep their records to their own handler (propagate = False): hooked directly.
 NON_PROPAGATING = ("transformers",)
@@ -62,7 +73,9 @@ class JobLogHandler(logging.Handler):
                 return
             self._tokens -= 1
             if self.dropped:
-                self._send(f"({self.dropped} log lines skipped: more than {self._per_s:g} a second)", "warning")
+                self._send(
+                    f"({self.dropped} log lines skipped: more than {self._per_s:g} a second)", "warning"
+                )
                 self.dropped = 0
             self._send(self.format(record), record.levelname.lower())
         except Exception:  # the job's log must never be what fails the job
@@ -89,11 +102,13 @@ def job_log(send: Callable[[str, str], None], **limits) -> Iterator[JobLogHandle
         logger.addHandler(handler)
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    captured = getattr(logging, "_warnings_showwarning", None) is not None  # already on: leave it on
     logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger -> the job's log
     try:
         yield handler
     finally:
-        logging.captureWarnings(False)
+        if not captured:
+            logging.captureWarnings(False)
         for logger in hooked:
             logger.removeHandler(handler)
         root.removeHandler(handler)

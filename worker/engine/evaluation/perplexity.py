@@ -169,7 +169,15 @@ def _packed_perplexity(model, packed, batch_size, max_blocks, chunk_tokens, prog
 
 
 def _document_perplexity(
-    score, model, documents: Sequence[str], tokenizer, context, stride, batch_size, max_documents, progress=None
+    score,
+    model,
+    documents: Sequence[str],
+    tokenizer,
+    context,
+    stride,
+    batch_size,
+    max_documents,
+    progress=None,
 ) -> dict:
     if tokenizer is None:
         raise ValueError("perplexity on documents needs the tokenizer")
