@@ -5,6 +5,7 @@
 // URL: #/bakeoff/<workflow id>?x=step|tokens&smooth=0.6
 
 import { api, showError } from "../api.js";
+import { parseCount } from "../components/planner.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented } from "../dom.js";
 import { compact, sig, when } from "../format.js";
@@ -114,9 +115,9 @@ export async function bakeoffView(host, { args, query }, ctx) {
             h("td.num", x.rank_after),
             h(`td.mono${x.name === r.winner ? ".best" : ""}`, b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, x.name),
             h("td.num", compact(x.params_total)),
-            h("td.num", sig(x.before?.[metric])),
+            h("td.num", sig(x.before?.[metric], 5)),
             h("td.num", x.rank_before),
-            h("td.num", sig(x.after?.[metric])),
+            h("td.num", sig(x.after?.[metric], 5)),
             h("td", x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
             h("td", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
         }))),
@@ -127,16 +128,27 @@ export async function bakeoffView(host, { args, query }, ctx) {
 
   function promoteRow(r) {
     const box = h("div.error-msg");
-    return h("div.row", { style: { marginTop: "10px" } },
-      h("span", "Winner: ", h("b.mono", r.winner)),
-      h("span.spacer"),
-      h("button.primary", { dataset: { testid: "promote-winner" }, onclick: () => promote(r, box), title: "a full distillation of the winner, continuing from its bake-off weights" }, "Promote winner → full distillation"),
+    const d = wf.params?.distill || {};
+    const tokens = h("input", { name: "tokens", type: "text", size: 7, value: compact((d.tokens || 0) * 10) === "0" ? "" : compact((d.tokens || 0) * 10), placeholder: "default", title: "tokens of the full distillation (e.g. 5M); empty: the server's default steps" });
+    return h("div.stack", { style: { marginTop: "10px", gap: "4px" } },
+      h("div.row",
+        h("span", "Winner: ", h("b.mono", r.winner)),
+        h("span.spacer"),
+        h("span.ctl", h("span", "tokens"), tokens),
+        h("button.primary", { dataset: { testid: "promote-winner" }, onclick: () => promote(r, tokens.value, box), title: "a full distillation of the winner, starting from the weights its bake-off distillation saved, with the bake-off's settings" }, "Promote winner → full distillation")),
       box);
   }
 
-  async function promote(r, box) {
+  async function promote(r, tokensText, box) {
+    const { tokens: _t, steps: _s, ...settings } = wf.params?.distill || {};
+    const tokens = tokensText.trim() ? parseCount(tokensText) : null;
+    if (tokensText.trim() && !(tokens >= 1)) return showError(box, new Error("tokens: a count such as 5M"));
     try {
-      const job = await api.post(`/workflows/${wf.id}/promote`, {});
+      const job = await api.post("/jobs", {
+        kind: "distill",
+        student_id: r.winner_student_id,
+        params: { ...settings, ...(tokens ? { tokens } : {}), init_distill_job_id: r.winner_distill_job_id },
+      });
       go("job", [job.id]);
     } catch (e) {
       showError(box, e);

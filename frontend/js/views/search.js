@@ -340,13 +340,14 @@ async function searchResult(host, id, query, ctx) {
     const trace = {
       type: "parcoords",
       dimensions: dims,
-      line: { color: pts.map((c) => c.loss), colorscale: "Viridis", reversescale: true, showscale: true, colorbar: { thickness: 10, tickfont: { size: 10, color: "#c4ccd8" }, title: { text: "loss", font: { size: 10, color: "#c4ccd8" } } } },
+      // Colour by loss (lowest bright), read off the last axis: no colour bar crowding it.
+      line: { color: pts.map((c) => c.loss), colorscale: "Viridis", reversescale: true, showscale: false },
       labelfont: { size: 11, color: "#d9e0ea" },
       tickfont: { size: 10, color: "#8a96a8" },
       rangefont: { size: 9, color: "#5d6878" },
       labelangle: 0,
     };
-    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 90, t: 40, b: 20 } };
+    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 60, t: 40, b: 20 } };
     Plotly.react(parcoords, [trace], layout, { displaylogo: false, responsive: true });
     parcoords.dataset.dimensions = dims.map((d) => d.label).join(",");
   }
@@ -411,6 +412,7 @@ async function searchResult(host, id, query, ctx) {
       h("span.ctl", h("span", "batch"), h("input", { name: "batch_size", type: "number", value: 8, min: 1, style: { width: "60px" } })),
       h("span.ctl", h("span", "seq"), h("input", { name: "seq_len", type: "number", value: 128, min: 2, style: { width: "70px" } })),
       h("span.ctl", h("span", "val every"), h("input", { name: "val_every", type: "number", value: 25, min: 0, style: { width: "60px" } })),
+      h("label.check", { title: "also measure each student's prefill / decode speed (a benchmark job per candidate)" }, h("input", { name: "benchmark", type: "checkbox", checked: true }), "speed"),
       h("span.spacer"),
       h("button.primary", { type: "submit", disabled: chosen.length < 2, dataset: { testid: "start-bakeoff" } }, `Start bake-off (${chosen.length})`));
     mount(bake,
@@ -440,6 +442,7 @@ async function searchResult(host, id, query, ctx) {
         importance_run_id: job.importance_run_id,
         candidates: chosen.map((c, i) => ({ name: `#${c.rank} ${c.id}`, plan_id: plans[i].id })),
         distill: { tokens, batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every },
+        ...(v.benchmark ? {} : { benchmark: null }),
         metric: "loss",
       });
       go("bakeoff", [bakeoff.id]);
