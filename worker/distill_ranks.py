@@ -24,7 +24,7 @@ from worker.gang import Gang, GangIncomplete
 from worker.multi_rank import Rendezvous, run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
-MODULE = "worker.engine.distill.run_distributed"
+MODULE = "worker.cli"  # `python -m worker.cli distill ...`: the prunescope command, run by each rank
 
 
 def total_steps(p: dict) -> int:
@@ -75,20 +75,24 @@ def distill_args(
 
 
 def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
-    """The ranks' command line for this job (every node of a job over several nodes builds the same)."""
+    """The ranks' command line for this job after `-m MODULE` (every node of a job over several nodes
+    builds the same)."""
     from worker.handlers import _dataset, _rows, student_source
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     dataset = _dataset(rt, job.params)
-    return distill_args(
-        job.params,
-        student=student_source(rt, student),
-        teacher=teacher.source,
-        data=dataset.source if dataset else "demo",
-        out=out,
-        work=work,
-        device=device_type(rt.device),
-    )
+    return [
+        "distill",
+        *distill_args(
+            job.params,
+            student=student_source(rt, student),
+            teacher=teacher.source,
+            data=dataset.source if dataset else "demo",
+            out=out,
+            work=work,
+            device=device_type(rt.device),
+        ),
+    ]
 
 
 def resuming(job: Job, ckpt: Path) -> bool:

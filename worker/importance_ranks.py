@@ -19,7 +19,7 @@ from backend.routing import device_type
 from worker.multi_rank import run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
-MODULE = "worker.engine.importance.run_distributed"
+MODULE = "worker.cli"  # `python -m worker.cli importance ...`: the prunescope command, run by each rank
 
 
 def importance_args(p: dict, *, model: str, data: str, out: Path, device: str) -> list[str]:
@@ -59,9 +59,16 @@ def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.progress(0.05 + 0.9 * done / total, f"calibration: ~{done}/{total} samples on {ranks} ranks")
 
     def write(out: Path) -> None:
-        args = importance_args(
-            p, model=model_source(teacher.source), data=dataset.source, out=out, device=device_type(rt.device)
-        )
+        args = [
+            "importance",
+            *importance_args(
+                p,
+                model=model_source(teacher.source),
+                data=dataset.source,
+                out=out,
+                device=device_type(rt.device),
+            ),
+        ]
         rt.progress(0.0, f"starting {ranks} ranks", force=True)
         finished = run_ranks(
             rt,

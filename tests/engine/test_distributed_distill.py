@@ -172,7 +172,7 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
         ]
 
     assert main(["distill", *args(tmp_path / "one")]) == 0
-    proc = launch(["-m", "worker.engine.distill.run_distributed", *args(tmp_path / "two")])
+    proc = launch(["-m", "worker.cli", "distill", *args(tmp_path / "two")])
     code, log = finish(proc)
     assert code == 0, log
 

@@ -69,7 +69,7 @@ def _importance_ranks(app) -> list[str]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "importance.run_distributed" in cmd and str(app.data_dir) in cmd:
+        if "worker.cli importance" in cmd and str(app.data_dir) in cmd:
             found.append(cmd)
     return found
 

@@ -34,7 +34,7 @@ def rank_processes(marker: str) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "run_distributed" in cmdline and marker in cmdline:
+        if "worker.cli distill" in cmdline and marker in cmdline:
             found.append(f"{proc.name}: {cmdline}")
     return found
 

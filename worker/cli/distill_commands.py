@@ -11,7 +11,7 @@ Ctrl-C / SIGTERM or creating `--stop-file` stops at the next step boundary with 
 
 Under `torchrun --nproc-per-node N` (or `srun`) the same command runs as N ranks: FSDP2-sharded student,
 `--batch-size` the global batch, sharded checkpoints in the work dir (on a filesystem every node sees),
-rank 0 alone prints and saves (`python -m worker.engine.distill.run_distributed` is the same command).
+rank 0 alone prints and saves (`torchrun ... -m worker.cli distill ...`, as distill jobs with `gpus: N` run it).
 """
 
 from __future__ import annotations
