@@ -31,16 +31,19 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_or_404(session: Session, model, pk: int, label: str | None = None):
+def get_or_404(session: Session, model, pk: int, label: str | None = None, field: tuple | None = None):
+    """The row, or NotFound; `field`: the request field that named the id (e.g. ("body", "dataset_id"))."""
     row = session.get(model, pk)
     if row is None:
-        raise NotFound(f"{label or model.__name__} {pk} not found")
+        raise NotFound(f"{label or model.__name__} {pk} not found", field=field)
     return row
 
 
-def field_error(loc: list[Any], msg: str, type_: str = "value_error") -> RequestValidationError:
-    """A 422 naming one field, in FastAPI's own shape."""
-    return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": type_}])
+def field_error(
+    loc: list[Any], msg: str, type_: str = "value_error", nearby: list[Any] | None = None
+) -> RequestValidationError:
+    """A 422 naming one field, in FastAPI's own shape (plus the error body's `nearby` values)."""
+    return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": type_, "nearby": nearby or []}])
 
 
 class Page:

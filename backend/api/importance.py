@@ -47,7 +47,7 @@ def create_run(
 ) -> ImportanceRunOut:
     check_job_size(body, request.app.state.settings, ["body"])
     teacher = ready_teacher(db, body.teacher_id)
-    dataset = get_or_404(db, Dataset, body.dataset_id)
+    dataset = get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
     check_data_reading(body, dataset.source, ["body"])
     layers = teacher.spec["num_layers"]
     if ("block" in body.scans or "angular" in body.scans) and not 1 <= body.block_size < layers:

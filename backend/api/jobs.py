@@ -49,18 +49,18 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
         )
     teacher_id = body.teacher_id
     if body.student_id is not None:
-        student = get_or_404(db, Student, body.student_id)
+        student = get_or_404(db, Student, body.student_id, field=("body", "student_id"))
         if student.status != "ready":
             raise Conflict(f"Student {student.id} is {student.status}, not ready")
         teacher_id = student.teacher_id
     else:
-        get_or_404(db, Teacher, teacher_id)
+        get_or_404(db, Teacher, teacher_id, field=("body", "teacher_id"))
     if body.kind == "evaluate":
         params = on_protocol(params, db.get(Teacher, teacher_id))
         check_job_size(params, request.app.state.settings, ["body", "params"])
     dataset = None
     if getattr(params, "dataset_id", None) is not None:
-        dataset = get_or_404(db, Dataset, params.dataset_id)
+        dataset = get_or_404(db, Dataset, params.dataset_id, field=("body", "params", "dataset_id"))
     if isinstance(params, DataReading):
         check_data_reading(params, dataset.source if dataset else None, ["body", "params"])
     values = params.model_dump()

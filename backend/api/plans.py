@@ -90,7 +90,7 @@ def fill(
 def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> PlanOut:
     spec = teacher_spec(db, body.teacher_id)
     if body.importance_run_id is not None:
-        get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run")
+        get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run", ("body", "importance_run_id"))
     result = evaluate(body.plan, spec)
     reject_errors(result)
     plan = Plan(
@@ -171,7 +171,7 @@ def preview(
     check_job_size(body, request.app.state.settings, ["body"])
     plan = get_or_404(db, Plan, plan_id)
     if body.dataset_id is not None:
-        get_or_404(db, Dataset, body.dataset_id)
+        get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
     params = body.model_dump()
     if not {"samples", "seq_len"} & body.model_fields_set:
         # The teacher's evaluation protocol: the preview's teacher perplexity is its evaluation's.

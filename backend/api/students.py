@@ -28,7 +28,7 @@ router = APIRouter(tags=["students"])
 
 @router.post("/students", status_code=201, responses=errors(404, 409, 503))
 def create_student(body: StudentCreate, request: Request, db: Session = Depends(get_db)) -> StudentOut:
-    plan = get_or_404(db, Plan, body.plan_id)
+    plan = get_or_404(db, Plan, body.plan_id, field=("body", "plan_id"))
     if PrunePlan.model_validate(plan.plan).needs_filling():  # surgery cuts explicit units only
         raise field_error(
             ["body", "plan_id"],

@@ -121,3 +121,14 @@ def test_a_validator_suggests_nearby_values(client, ready_teacher):
     (entry,) = r.json()["detail"]
     assert entry["loc"] == ["body", "params", "batch_size"] and entry["nearby"] == [2, 4], entry
     assert entry["msg"] == "must be a multiple of gpus (2), e.g. 2 or 4"
+
+
+def test_an_unknown_id_in_a_body_names_its_field(client, ready_teacher):
+    body = {"teacher_id": ready_teacher, "dataset_id": 999}
+    r = client.post("/api/v1/importance-runs", json=body)
+    assert r.status_code == 404, r.text
+    assert r.json()["detail"] == [
+        {"loc": ["body", "dataset_id"], "msg": "Dataset 999 not found", "type": "not_found", "nearby": []}
+    ]
+    r = client.get("/api/v1/importance-runs/999")  # an id in the path: the error names no body field
+    assert r.status_code == 404 and r.json()["detail"][0]["loc"] == []
