@@ -281,13 +281,17 @@ def test_job_page_lists_other_measurements_and_runs_show_the_memory_of_evaluate_
     first = evaluate()
     page.goto(f"{live_app.url}/#/job/{first}")
     panel = page.locator("[data-testid=student-benchmarks]")
-    panel.locator(".empty").wait_for()
+    panel.locator(".empty, a").first.wait_for()
     assert "Other measurements of this student" in panel.inner_text()
     assert f"evaluate #{first}" not in panel.inner_text()  # its own result is under Result, once
     second = evaluate()
     page.reload()
     panel.locator(f"a:has-text('evaluate #{second}')").wait_for()
     assert f"evaluate #{first}" not in panel.inner_text()
+    # The log panel of an evaluation: its phases and the worker's own Python log lines.
+    log = page.locator("[data-testid=job-log]").inner_text()
+    assert "worker.engine.loading: loaded " in log and "perplexity: 0 of 2 documents" in log
+    save_screenshot(page, "job-evaluate-log")
 
 
 def test_the_study_wizard_shows_what_its_largest_step_needs(page, live_app, setup):
