@@ -250,18 +250,63 @@ def _distill(
     should_stop: Callable[[], bool] | None = None,
     context: DistillContext | None = None,
 ) -> DistillResult:
-    """The loop of `distill`, with its memory options already applied."""
+    """The loop of `distill`, with its memory options already applied.
+
+    In this order (the seeds are set first, so the same steps draw the same random numbers on a
+    resume): the saved state, the teacher (corrected, or its corrected copy reloaded), the optimizer
+    and schedule (`_Run`), the saved position restored, then the steps, each maybe followed by a
+    validation and a checkpoint, and a last checkpoint where the run ended or stopped."""
     ctx = context or DistillContext()
     ctx.check(config)
-    device = ctx.device if ctx.distributed else next(student.parameters()).device
     emit = (callback if ctx.is_main else None) or (lambda _m: None)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    state = read_training_state(checkpoint_dir, ctx) if resume else None
+    state = _saved_state(checkpoint_dir, ctx, config) if resume else None
+    teacher, corrected = _teacher_for_run(teacher, train, config, state, checkpoint_dir, emit)
+    run = _Run(student, teacher, train, val, config, ctx, checkpoint_dir, emit)
+    if state is not None:
+        run.restore(state)
+
+    student.train()
+    stopped, last_saved = False, None
+    for step in range(run.step, config.steps):
+        if ctx.any(should_stop is not None and should_stop()):  # every rank stops at the same step
+            stopped = True
+            break
+        done = run.train_step(step)
+        if done == config.steps or (config.val_every and done % config.val_every == 0):
+            run.validate()
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+            last_saved = run.checkpoint(stopped=False, finished=False)
+    last_saved = run.checkpoint(stopped=stopped, finished=run.step >= config.steps) or last_saved
+    student.zero_grad(set_to_none=True)
+    student.eval()
+    return DistillResult(
+        steps_completed=run.step,
+        stopped=stopped,
+        history=run.history,
+        validation=run.validation,
+        checkpoint=last_saved,
+        teacher=corrected,
+    )
+
+
+def _saved_state(
+    checkpoint_dir: str | Path | None, ctx: DistillContext, config: DistillConfig
+) -> dict | None:
+    """The checkpoint's training state to resume from (None: there is none), made with this config."""
+    state = read_training_state(checkpoint_dir, ctx)
     if state is not None:
         _check_resume(state["config"], config)
+    return state
 
+
+def _teacher_for_run(teacher, train, config: DistillConfig, state: dict | None, checkpoint_dir, emit):
+    """(the teacher the run distils from, the corrected copy or None).
+
+    With teacher correction the run uses a corrected copy: reloaded from the checkpoint on a resume,
+    else trained now (and saved beside the checkpoint)."""
     corrected = None
     if teacher is not None and config.mode == "kd" and config.teacher_correction_steps:
         corrected = copy.deepcopy(teacher)  # never change the caller's teacher
@@ -274,115 +319,116 @@ def _distill(
         teacher = corrected
     if teacher is not None:
         teacher.eval()
-    kd_teacher = teacher if config.mode == "kd" else None
-    weights = config.loss_weights
+    return teacher, corrected
 
-    module = ctx.prepare(student, teacher, config, seq_len=train.seq_len)  # FSDP2-shards under torchrun
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda_for(peak=config.lr, minimum=config.min_lr, warmup=config.warmup_steps, total=config.steps),
-    )
-    start, tokens, elapsed = 0, 0, 0.0
-    history: list[dict] = []
-    validation: list[dict] = []
-    if state is not None:
-        restore_training_state(checkpoint_dir, ctx, state, student, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
+
+class _Run:
+    """One run's moving parts: the (sharded) loss module, optimizer and schedule, where the run is
+    (`step`, tokens, time, metrics so far) and the step, validation and checkpoint of `_distill`."""
+
+    def __init__(
+        self, student, teacher, train, val, config: DistillConfig, ctx: DistillContext, checkpoint_dir, emit
+    ):
+        self.student, self.teacher, self.train, self.val = student, teacher, train, val
+        self.config, self.ctx, self.checkpoint_dir, self.emit = config, ctx, checkpoint_dir, emit
+        self.device = ctx.device if ctx.distributed else next(student.parameters()).device
+        self.weights = config.loss_weights
+        self.use_teacher = config.mode == "kd" and teacher is not None
+        # FSDP2-shards the student under torchrun (and places the teacher)
+        self.module = ctx.prepare(student, teacher, config, seq_len=train.seq_len)
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda_for(peak=config.lr, minimum=config.min_lr, warmup=config.warmup_steps, total=config.steps),
+        )
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.history: list[dict] = []
+        self.validation: list[dict] = []
+
+    def restore(self, state: dict) -> None:
+        """Weights, optimizer, schedule, data position and metrics as the checkpoint left them."""
+        restore_training_state(self.checkpoint_dir, self.ctx, state, self.student, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
         stream = state.get("data_position", {}).get("stream")
-        _restore_stream(train, ctx.localize_stream_position(stream))
-        start, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
-        history, validation = list(state["history"]), list(state["validation"])
+        _restore_stream(self.train, self.ctx.localize_stream_position(stream))
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.history, self.validation = list(state["history"]), list(state["validation"])
 
-    def checkpoint(step: int, *, stopped: bool, finished: bool) -> Path | None:
-        if checkpoint_dir is None:
-            return None
-        meta = {
-            "step": step,
-            "tokens": tokens,
-            "elapsed": elapsed,
-            "stopped": stopped,
-            "finished": finished,
-            "scheduler": scheduler.state_dict(),
-            "config": config.model_dump(mode="json"),
-            # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed);
-            # a TokenStream also needs where it is in the files (its state_dict).
-            "data_position": {
-                "next_batch": step * config.grad_accum,
-                "seed": config.seed,
-                "stream": ctx.stream_position(train),
-            },
-            "history": history,
-            "validation": validation,
-        }
-        return save_training_state(checkpoint_dir, ctx, meta, student, optimizer)
-
-    def run_validation(step: int) -> None:
-        metrics = validate(student, teacher, val, config, module=module, context=ctx)
-        metrics.update(step=step, phase="validation")
-        validation.append(metrics)
-        emit(metrics)
-
-    student.train()
-    stopped = False
-    step = start
-    last_saved = None
-    for step in range(start, config.steps):
-        if ctx.any(should_stop is not None and should_stop()):  # every rank stops at the same step
-            stopped = True
-            break
+    def train_step(self, step: int) -> int:
+        """Optimizer step `step` (0-based) over grad_accum micro-batches; returns the steps done."""
+        ctx, config = self.ctx, self.config
         began = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0, "intermediate_loss": 0.0}
         step_tokens = 0
         for micro in range(config.grad_accum):
             index = step * config.grad_accum + micro
-            ids = ctx.local_batch(train, index, config.batch_size, config.seed).to(device)
-            ctx.set_gradient_sync(module, micro == config.grad_accum - 1)
-            with _autocast(device, config):
-                total, kd, ce, inter = module(ids, weights, config, use_teacher=kd_teacher is not None)
+            ids = ctx.local_batch(self.train, index, config.batch_size, config.seed).to(self.device)
+            ctx.set_gradient_sync(self.module, micro == config.grad_accum - 1)
+            with _autocast(self.device, config):
+                total, kd, ce, inter = self.module(ids, self.weights, config, use_teacher=self.use_teacher)
             (total / config.grad_accum).backward()
             for key, value in zip(sums, (total, kd, ce, inter)):
                 sums[key] += float(value.detach()) / config.grad_accum
             step_tokens += ids.numel() * ctx.world_size
         sums = dict(zip(sums, ctx.mean(list(sums.values()))))
         # On FSDP2's sharded gradients this is the norm of the full gradient (DTensor reductions).
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or float("inf"))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.clip_grad or float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - began
-        tokens += step_tokens
-        elapsed += seconds
+        self.step = step + 1
+        self.tokens += step_tokens
+        self.elapsed += seconds
         metrics = {
             "phase": "train",
-            "step": step + 1,
-            "tokens": tokens,
+            "step": self.step,
+            "tokens": self.tokens,
             **sums,
             "lr": lr,
             "grad_norm": ctx.scalar(grad_norm),
             "tokens_per_s": step_tokens / max(seconds, 1e-9),
-            "elapsed": elapsed,
+            "elapsed": self.elapsed,
         }
-        history.append(metrics)
-        emit(metrics)
-        done = step + 1
-        if done == config.steps or (config.val_every and done % config.val_every == 0):
-            run_validation(done)
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
-            last_saved = checkpoint(done, stopped=False, finished=False)
-        step = done
-    last_saved = checkpoint(step, stopped=stopped, finished=step >= config.steps) or last_saved
-    student.zero_grad(set_to_none=True)
-    student.eval()
-    return DistillResult(
-        steps_completed=step,
-        stopped=stopped,
-        history=history,
-        validation=validation,
-        checkpoint=last_saved,
-        teacher=corrected,
-    )
+        self.history.append(metrics)
+        self.emit(metrics)
+        return self.step
+
+    def validate(self) -> None:
+        metrics = validate(
+            self.student, self.teacher, self.val, self.config, module=self.module, context=self.ctx
+        )
+        metrics.update(step=self.step, phase="validation")
+        self.validation.append(metrics)
+        self.emit(metrics)
+
+    def checkpoint(self, *, stopped: bool, finished: bool) -> Path | None:
+        """Save where the run is (None without a checkpoint_dir)."""
+        if self.checkpoint_dir is None:
+            return None
+        config = self.config
+        meta = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed,
+            "stopped": stopped,
+            "finished": finished,
+            "scheduler": self.scheduler.state_dict(),
+            "config": config.model_dump(mode="json"),
+            # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed);
+            # a TokenStream also needs where it is in the files (its state_dict).
+            "data_position": {
+                "next_batch": self.step * config.grad_accum,
+                "seed": config.seed,
+                "stream": self.ctx.stream_position(self.train),
+            },
+            "history": self.history,
+            "validation": self.validation,
+        }
+        return save_training_state(self.checkpoint_dir, self.ctx, meta, self.student, self.optimizer)
