@@ -3,8 +3,8 @@
 `DistributedContext()` is the single-process context: every collective is the identity, so code written
 against it reads the same either way. `DistributedContext.from_environment()` under torchrun (or `srun`
 with MASTER_ADDR/MASTER_PORT set) joins the process group: gloo on CPU, NCCL on CUDA, with a collective
-timeout (PRUNESCOPE_DIST_TIMEOUT_S, default 600 s) so a dead or hung rank fails the job instead of
-hanging it. It is built on `torch.distributed` alone: no home-made exchange.
+timeout (PRUNESCOPE_DIST_TIMEOUT_S, default 600 s, read in `worker.engine.env`) so a dead or hung rank
+fails the job instead of hanging it. It is built on `torch.distributed` alone: no home-made exchange.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from datetime import timedelta
 
 import torch
 
-TIMEOUT_ENV = "PRUNESCOPE_DIST_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 600.0
+from worker.engine.env import dist_timeout_s
 
 
 def _env_int(*names: str) -> int | None:
@@ -77,7 +76,7 @@ class DistributedContext:
             dev = torch.device("cuda", ranks["local_rank"])
         else:
             dev = torch.device("cpu")
-        timeout = timeout_s or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        timeout = timeout_s or dist_timeout_s()
         if not dist.is_initialized():
             # CUDA: NCCL for the tensors on the GPU, gloo beside it for the small CPU collectives (stop
             # flags, metric means, DCP's planning); NCCL alone refuses a CPU tensor (seen on an H200).

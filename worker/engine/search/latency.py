@@ -20,15 +20,15 @@ from torch import nn
 
 from worker.engine import atomic
 from worker.engine.adapters import adapter_for
+from worker.engine.env import latency_cache
 from worker.engine.evaluation.throughput import measure_model
 from worker.engine.spec import ArchSpec
 
-DEFAULT_CACHE = Path("~/.cache/prunescope/latency.json")
 REPEATS = 3
 
 
 def default_cache_path() -> Path:
-    return Path(os.environ.get("PRUNESCOPE_LATENCY_CACHE") or DEFAULT_CACHE).expanduser()
+    return latency_cache()
 
 
 def device_name(device: torch.device) -> str:

@@ -1,0 +1,42 @@
+"""The environment variables the engine reads, all here (the README's settings table lists them too).
+
+The platform's settings are `backend.settings.Settings`; the engine is a library that never imports the
+backend, so what it reads from the environment itself is gathered in this one module:
+
+- `PRUNESCOPE_DIST_TIMEOUT_S` (600): seconds a collective of N ranks waits before a dead or hung rank
+  fails the run (`worker.engine.distributed`).
+- `PRUNESCOPE_LATENCY_CACHE` (`~/.cache/prunescope/latency.json`): the search's measured layer
+  latencies, reused across runs on the same device (`worker.engine.search.latency`).
+- `HF_DATASETS_OFFLINE` / `HF_HUB_OFFLINE`: Hugging Face's own offline switches; an `hf:` data source
+  then fails with a clear message instead of waiting on the network (`worker.engine.data`,
+  `worker.engine.streaming`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DIST_TIMEOUT = "PRUNESCOPE_DIST_TIMEOUT_S"
+DEFAULT_DIST_TIMEOUT_S = 600.0
+LATENCY_CACHE = "PRUNESCOPE_LATENCY_CACHE"
+DEFAULT_LATENCY_CACHE = Path("~/.cache/prunescope/latency.json")
+NAMES = (DIST_TIMEOUT, LATENCY_CACHE)  # the PRUNESCOPE_ variables read outside Settings
+
+
+def dist_timeout_s() -> float:
+    return float(os.environ.get(DIST_TIMEOUT) or DEFAULT_DIST_TIMEOUT_S)
+
+
+def latency_cache() -> Path:
+    return Path(os.environ.get(LATENCY_CACHE) or DEFAULT_LATENCY_CACHE).expanduser()
+
+
+def flag(name: str) -> bool:
+    """A yes/no environment variable set to yes ("1", "true", "yes")."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def datasets_offline() -> bool:
+    """Whether `datasets` is told to stay offline (an `hf:` data source cannot be read then)."""
+    return flag("HF_DATASETS_OFFLINE") or flag("HF_HUB_OFFLINE")
