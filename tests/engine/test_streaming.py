@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.engine.distill_helpers import demo_documents, demo_tokenizer, packed, tiny_llama
-from worker.engine.data import PackedTokens, read_all_documents, read_documents, write_jsonl_gz
+from worker.engine.data import PackedTokens, jsonl_texts, read_all_documents, read_documents, write_jsonl_gz
 from worker.engine.distill import DistillConfig, distill
 from worker.engine.streaming import TokenStream, stream_calibration_batches
 
@@ -126,8 +126,10 @@ def test_bad_sources_fail_clearly(tmp_path, docs, monkeypatch):
     tok = demo_tokenizer()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": \n')
-    with pytest.raises(ValueError, match=r"bad.jsonl \(byte 17\): not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         TokenStream(tok, bad, seq_len=16, split=None).take(1)
+    with pytest.raises(ValueError, match=r"bad.jsonl \(byte 17\): not valid JSON"):  # a resumed read
+        list(jsonl_texts(bad, start=17))
     with pytest.raises(ValueError, match="string field 'body'"):
         TokenStream(tok, _write(tmp_path / "c.jsonl", docs), seq_len=16, split=None, text_field="body").take(
             1

@@ -31,10 +31,11 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from worker.engine import atomic
+from worker.engine.env import datasets_offline
 
 SPLITS = ("train", "validation", "calibration", "test")
 # Fractions (out of 100 hash buckets) per split for sources without fixed split files.
@@ -123,21 +124,34 @@ def _read_file(path: Path) -> list[str]:
 
 def read_jsonl(path: str | os.PathLike) -> list[str]:
     """The ``"text"`` field of every line of a .jsonl or .jsonl.gz file."""
+    return [text for text, _ in jsonl_texts(path)]
+
+
+def jsonl_texts(
+    path: str | os.PathLike, start: int = 0, text_field: str = "text"
+) -> Iterator[tuple[str, int]]:
+    """(text, byte offset after its line) of every non-blank line of a .jsonl or .jsonl.gz file, from
+    byte `start` (.gz: of the uncompressed bytes; a stream resumes there). The one JSONL reader: a line
+    that is not an object with a string `text_field` is an error naming the line (from the start) or
+    its byte offset (from `start`)."""
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    documents = []
-    with opener(path, "rt", encoding="utf-8") as handle:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        handle.seek(start)  # gzip: decompresses up to the offset (no index), still O(1) memory
+        offset = start
         for number, line in enumerate(handle, 1):
+            at, offset = offset, offset + len(line)
             if not line.strip():
                 continue
+            where = f"{path}:{number}" if start == 0 else f"{path} (byte {at})"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string field 'text'")
-            documents.append(record["text"])
-    return documents
+                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: expected an object with a string field {text_field!r}")
+            yield text, offset
 
 
 def write_jsonl_gz(path: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -156,10 +170,7 @@ def _read_hf(spec: str) -> list[str]:
     dataset_id, _, config = spec.partition(":")
     if not dataset_id:
         raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
-    if any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-    ):
+    if datasets_offline():
         raise ValueError(f"cannot load hf:{spec}: offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)")
     import datasets
 

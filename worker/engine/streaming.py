@@ -24,9 +24,7 @@ Blocks come in file order (no shuffling: shuffle shards beforehand if the corpus
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import os
 import re
 from collections import deque
@@ -35,7 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.engine.data import DATA_SUFFIXES, check_split, data_suffix, split_of, token_ids
+from worker.engine.data import (
+    DATA_SUFFIXES,
+    check_split,
+    data_suffix,
+    jsonl_texts,
+    split_of,
+    token_ids,
+)
+from worker.engine.env import datasets_offline
 
 DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # jsonl covers .jsonl.gz
 # Documents tokenised per tokenizer call (one call per document is several times slower), capped in
@@ -73,27 +79,6 @@ def list_shards(source: str | os.PathLike, data_format: str = "auto") -> list[Pa
 
 
 # ---- documents of one shard, from a position, each with the position just after it ---------------------
-
-
-def jsonl_documents(path: Path, start: int, text_field: str) -> Iterator[tuple[str, int]]:
-    """(text, byte offset after its line) from byte `start` of a .jsonl (or .jsonl.gz: uncompressed bytes)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        handle.seek(start)  # gzip: decompresses up to the offset (no index), still O(1) memory
-        offset = start
-        for line in handle:
-            at, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} (byte {at}): not valid JSON ({exc.msg})") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise ValueError(f"{path} (byte {at}): expected an object with a string field {text_field!r}")
-            if text.strip():
-                yield text, offset
 
 
 def txt_documents(path: Path, start: int) -> Iterator[tuple[str, int]]:
@@ -151,10 +136,7 @@ def hf_documents(spec: str, start: int, text_field: str, hf_split: str) -> Itera
     dataset_id, _, config = spec.partition(":")
     if not dataset_id:
         raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
-    if any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-    ):
+    if datasets_offline():
         raise ValueError(
             f"cannot stream hf:{spec}: offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
             "streaming a datasets id needs internet, use a local file or folder instead"
@@ -319,7 +301,7 @@ class TokenStream:
             return txt_documents(shard, start)
         if kind == "parquet":
             return parquet_documents(shard, start, self.text_field)
-        return jsonl_documents(shard, start, self.text_field)
+        return ((t, after) for t, after in jsonl_texts(shard, start, self.text_field) if t.strip())
 
     def _iter_documents(self, epoch: int, shard: int, position: int):
         """(text, epoch, shard, position after it) from a position on, over epochs when repeating."""
