@@ -27,7 +27,7 @@ export function memoryLine(form, compute) {
   return line;
 }
 
-/** The queue a job on `device` ("auto" | "cuda" | "cpu") goes to, by worker/routing.py's rule. */
+/** The queue a job on `device` ("auto" | "cuda" | "cpu") goes to, by backend/routing.py's rule. */
 export function queueFor(device, workers) {
   if (device === "cuda") return "gpu";
   if (device === "cpu") return "cpu";
