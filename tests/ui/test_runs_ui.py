@@ -166,6 +166,11 @@ def test_perplexities_name_their_protocol_and_mark_the_incomparable(page, live_a
     (teacher_eval,) = [j for j in runs["teacher"] if j["protocol"]["id"] == runs["same"]["protocol"]["id"]]
     assert runs["same"]["protocol"]["id"] != protocol["id"]  # 16 documents: another protocol than 64
 
+    # The teacher's page names its protocol, with the definition on hover.
+    page.goto(f"{live_app.url}/#/?teacher={teacher['id']}")
+    note = page.wait_for_selector("[data-testid=teacher-protocol]")
+    assert note.inner_text() == protocol["id"] and note.get_attribute("title") == protocol["description"]
+
     # The preview measures the teacher on the teacher's protocol: the very number of its evaluation.
     preview = live_app.api.post(f"/plans/{student['plan_id']}/preview", json={}).json()
     preview = live_app.wait_job(preview["id"])
@@ -205,6 +210,8 @@ def test_perplexities_name_their_protocol_and_mark_the_incomparable(page, live_a
         "title"
     )
     page.wait_for_selector("[data-testid=curve-mismatch-val_ppl]")
+    result_note = page.wait_for_selector("[data-testid=distill-protocol]")
+    assert result_note.inner_text() == f"on {runs['fast']['protocol']['id']}"
     shot(page, "job-curve-protocol")
 
     # An evaluation's page names its protocol (definition on hover).

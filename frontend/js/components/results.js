@@ -90,6 +90,7 @@ export function distillResult(r) {
       card("validation loss (nats)", v.val_loss, (x) => sig(x, 4), "val-loss"),
       v.val_kl !== undefined ? card("KL to the teacher", v.val_kl, (x) => sig(x, 3), "val-kl") : null,
       card("steps", r.steps, int, "steps", v.val_tokens !== undefined ? `validated on ${int(v.val_tokens)} tokens at step ${v.step ?? "–"}` : null)),
+    r.protocol ? h("div.hint", "validated ", protocolNote(r.protocol, { testid: "distill-protocol" }), " (packed blocks: not the teacher's evaluation protocol; evaluate the student to compare)") : null,
     ranksResult(r),
     r.artifact ? h("div.hint.path", `weights: ${r.artifact}`) : null);
 }

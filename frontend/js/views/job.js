@@ -188,7 +188,8 @@ export async function jobView(host, { args, query }, ctx) {
       mount(resultBox, h("div.empty", text));
       return;
     }
-    mount(resultBox, jobResult(job.kind, r, await teacherEvaluation(job)));
+    // A distillation's result is on its validation protocol (the job's), named under its cards.
+    mount(resultBox, jobResult(job.kind, job.kind === "distill" ? { ...r, protocol: r.protocol ?? job.protocol } : r, await teacherEvaluation(job)));
   }
 
   // ---- curves ------------------------------------------------------------------------------

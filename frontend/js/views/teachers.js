@@ -8,9 +8,10 @@ import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
 import { halvedBatches, importanceLayout, importanceNeed } from "../jobmemory.js";
 import { fitLine, formatBytes, usableBytes } from "../memplan.js";
-import { href, setQuery } from "../router.js";
+import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
+import { protocolNote } from "../components/protocol.js";
 
 export async function teachersView(host, { query }, ctx) {
   const state = { teachers: [], datasets: [], runs: [], selected: Number(query.get("teacher")) || null };
@@ -195,7 +196,26 @@ export async function teachersView(host, { query }, ctx) {
     return h("section.panel", { dataset: { testid: "arch-summary" } }, head,
       h("dl.kv", rows.map(([k, v]) => [h("dt", k), h("dd", String(v))])),
       h("div.hint", { style: { marginTop: "8px" } }, "source ", h("code", t.source)),
-      lineage(t));
+      lineage(t),
+      protocolLine(t));
+  }
+
+  /** The protocol every perplexity of this teacher and its students is measured on by default, and a
+   * button that evaluates the teacher on it (a student's evaluation also queues it when missing). */
+  function protocolLine(t) {
+    if (!t.eval_protocol) return null;
+    const err = h("span.error-msg");
+    const evaluate = async () => {
+      try {
+        const job = await api.post("/jobs", { kind: "evaluate", teacher_id: t.id, params: {} });
+        go("job", [job.id]);
+      } catch (e) {
+        showError(err, e);
+      }
+    };
+    return h("div.row", { style: { marginTop: "6px", gap: "8px" } },
+      h("span.hint", "evaluation protocol"), protocolNote(t.eval_protocol, { testid: "teacher-protocol", prefix: "" }),
+      h("button.small", { onclick: evaluate, dataset: { testid: "evaluate-teacher" }, title: "queue this teacher's perplexity on its protocol" }, "Evaluate"), err);
   }
 
   /** "from student #5 (distill job #9)": a teacher promoted from a student of an earlier round. */
