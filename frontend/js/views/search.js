@@ -281,11 +281,28 @@ async function searchResult(host, id, query, ctx) {
     const budget = data.budgets?.[view.x];
     const shapes = Number.isFinite(budget) ? [{ type: "line", xref: "x", yref: "paper", x0: budget, x1: budget, y0: 0, y1: 1, line: { color: "#ff6b6b", width: 1, dash: "dash" } }] : [];
     const annotations = Number.isFinite(budget) ? [{ x: budget, y: 1, xref: "x", yref: "paper", text: "budget", showarrow: false, xanchor: "right", yanchor: "top", font: { size: 10, color: "#ff6b6b" } }] : [];
+    // The axes span the candidates (and the budget line): a teacher far up the cost axis would otherwise
+    // squeeze them into a corner. It stays in the legend, and a note gives its figures when off the chart.
+    const xs = pts.map(cost).filter(Number.isFinite).concat(Number.isFinite(budget) ? [budget] : []);
+    const ys = pts.map(quality).filter(Number.isFinite);
+    const span = (vals, f) => {
+      const lo = Math.min(...vals);
+      const hi = Math.max(...vals);
+      const d = hi - lo || Math.abs(hi) * 0.05 || 1;
+      return [lo - f * d, hi + f * d];
+    };
+    const xRange = xs.length ? span(xs, 0.06) : undefined;
+    const yRange = ys.length ? span(ys, 0.1) : undefined;
+    const refX = ref?.[view.x];
+    const refY = ref && (view.y === "ppl" ? Math.exp(ref.loss) : ref.loss);
+    if (xRange && yRange && Number.isFinite(refX) && Number.isFinite(refY) && (refX > xRange[1] || refX < xRange[0] || refY < yRange[0] || refY > yRange[1])) {
+      annotations.push({ x: 1, y: 0, xref: "paper", yref: "paper", xanchor: "right", yanchor: "bottom", showarrow: false, text: `★ teacher (off the chart): ${fmtCost(refX)} · ${view.y === "ppl" ? "ppl" : "loss"} ${sig(refY)}`, font: { size: 10, color: "#fde725" }, bgcolor: "rgba(14,17,22,0.8)" });
+    }
     const layout = baseLayout({
       height: 440,
       width: scatter.clientWidth || undefined,
-      xaxis: { title: { text: COST_AXES[view.x].label, font: { size: 11 } }, ...(view.x === "params" ? { tickformat: ".3s" } : {}) },
-      yaxis: { title: { text: Y_AXES[view.y], font: { size: 11 } } },
+      xaxis: { title: { text: COST_AXES[view.x].label, font: { size: 11 } }, range: xRange, ...(view.x === "params" ? { tickformat: ".3s" } : {}) },
+      yaxis: { title: { text: Y_AXES[view.y], font: { size: 11 } }, range: yRange },
       margin: { l: 60, r: 14, t: 30, b: 44 },
       shapes,
       annotations,
