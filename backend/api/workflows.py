@@ -14,12 +14,12 @@ from backend.api.importance import artifact_path
 from backend.api.jobs import on_protocol
 from backend.api.plans import teacher_spec
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
-from backend.errors import InvalidInput, Problem
+from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
 from backend.models import Dataset, Job, JobStatus, Plan, Teacher
 from backend.settings import Settings
 from backend.workflows import control, runner, view
-from backend.workflows.advance import advance
+from backend.workflows.advance import advance, choose_queue
 from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, WorkflowOut
 from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
 
@@ -107,6 +107,10 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
         check_job_size(params, settings, ["body", key])
         if getattr(params, "dataset_id", None) is not None:
             get_or_404(db, Dataset, params.dataset_id)
+    try:  # every child goes to a worker of this device: refuse now, not at its first step
+        choose_queue(settings, "distill", {"device": body.device})
+    except Conflict as exc:
+        raise Conflict(exc.message, field=("body", "device"), nearby=("auto", "cpu")) from exc
     candidates = []
     for i, candidate in enumerate(body.candidates):
         plan = _saved_plan(db, body, i, candidate, settings)

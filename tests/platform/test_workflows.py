@@ -264,6 +264,10 @@ def test_create_refuses_bad_input_naming_the_field_and_writes_nothing(app):
         ).status_code
         == 404
     )
+    # No live worker serves cuda here: refused before anything is made, naming the field.
+    cuda = {"teacher_id": teacher["id"], "candidates": [{"name": "a", "plan": DEPTH}], "device": "cuda"}
+    r = app.api.post("/workflows", json=cuda)
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "device"], r.text
     ok = app.api.post(
         "/workflows?validate_only=true",
         json={"teacher_id": teacher["id"], "candidates": [{"name": "a", "plan": DEPTH}]},
