@@ -102,7 +102,7 @@ def resuming(job: Job, ckpt: Path) -> bool:
 
 
 def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.handlers import _checkpoint_step, _publish, _record_artifact, checkpoint_dir
+    from worker.handlers import CheckpointMirror, _publish, _record_artifact, checkpoint_dir
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
@@ -110,16 +110,10 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     ckpt = checkpoint_dir(rt, job)
     resume = resuming(job, ckpt)
     steps = total_steps(p)
-    reported: dict[str, int] = {}
     # A job over several nodes first gathers its gang (worker.gang): node 0 is this process.
     rendezvous, workers = lead_gang(rt, job, ranks) if nodes > 1 else (None, [rt.worker_name])
 
-    def report_checkpoint() -> None:
-        """Mirror the sharded checkpoint's step (its torch-free summary) into the job row."""
-        saved = _checkpoint_step(ckpt)
-        if saved is not None and saved != reported.get("step"):
-            reported["step"] = saved
-            rt.checkpoint(saved, str(ckpt))
+    report_checkpoint = CheckpointMirror(rt, ckpt)  # the sharded checkpoint's step, into the job row
 
     def on_record(record: dict) -> None:
         phase = record.get("phase", "train")

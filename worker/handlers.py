@@ -405,6 +405,7 @@ def checkpoint_dir(rt: JobRuntime, job: Job) -> Path:
 
 
 def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.distill_ranks import total_steps
     from worker.engine.data import PackedTokens
     from worker.engine.distill import DistillConfig, distill
     from worker.engine.distill.memory import memory_options
@@ -429,9 +430,7 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     else:
         train = PackedTokens(tokenizer, _documents(dataset, "train"), p["seq_len"])
         val = PackedTokens(tokenizer, _documents(dataset, "validation"), p["seq_len"])
-    steps = p["steps"]
-    if p.get("tokens"):
-        steps = max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
+    steps = total_steps(p)
     config = DistillConfig(
         mode="ce" if p["baseline"] else "kd",
         steps=steps,
@@ -455,14 +454,7 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     if resume:
         rt.log(f"resuming from the checkpoint at step {_checkpoint_step(ckpt)}")
 
-    reported: dict[str, int] = {}
-
-    def report_checkpoint() -> None:
-        """Mirror the newest checkpoint on disk (what a resume starts from) into the job row."""
-        ck = _checkpoint_step(ckpt)
-        if ck is not None and ck != reported.get("step"):
-            reported["step"] = ck
-            rt.checkpoint(ck, str(ckpt))
+    report_checkpoint = CheckpointMirror(rt, ckpt)
 
     def callback(record: dict) -> None:
         phase = record.get("phase", "train")
@@ -518,6 +510,20 @@ def _checkpoint_step(ckpt: Path) -> int | None:
         return int(json.loads((ckpt / "checkpoint.json").read_text())["step"])
     except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
         return None
+
+
+class CheckpointMirror:
+    """Call it to mirror the newest checkpoint on disk (what a resume starts from: its step in the
+    torch-free checkpoint.json, one process or sharded alike) into the job row, once per new step."""
+
+    def __init__(self, rt: JobRuntime, ckpt: Path):
+        self.rt, self.ckpt, self.step = rt, ckpt, None
+
+    def __call__(self) -> None:
+        saved = _checkpoint_step(self.ckpt)
+        if saved is not None and saved != self.step:
+            self.step = saved
+            self.rt.checkpoint(saved, str(self.ckpt))
 
 
 # ---- evaluate / benchmark --------------------------------------------------------------------------------
