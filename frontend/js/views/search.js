@@ -296,7 +296,7 @@ async function searchResult(host, id, query, ctx) {
     const refX = ref?.[view.x];
     const refY = ref && (view.y === "ppl" ? Math.exp(ref.loss) : ref.loss);
     if (xRange && yRange && Number.isFinite(refX) && Number.isFinite(refY) && (refX > xRange[1] || refX < xRange[0] || refY < yRange[0] || refY > yRange[1])) {
-      annotations.push({ x: 1, y: 0, xref: "paper", yref: "paper", xanchor: "right", yanchor: "bottom", showarrow: false, text: `★ teacher (off the chart): ${fmtCost(refX)} · ${view.y === "ppl" ? "ppl" : "loss"} ${sig(refY)}`, font: { size: 10, color: "#fde725" }, bgcolor: "rgba(14,17,22,0.8)" });
+      annotations.push({ x: 1, y: 1, xref: "paper", yref: "paper", xanchor: "right", yanchor: "bottom", showarrow: false, text: `★ teacher (off the chart): ${fmtCost(refX)} · ${view.y === "ppl" ? "ppl" : "loss"} ${sig(refY)}`, font: { size: 10, color: "#fde725" }, bgcolor: "rgba(14,17,22,0.8)" });
     }
     const layout = baseLayout({
       height: 440,
@@ -307,6 +307,7 @@ async function searchResult(host, id, query, ctx) {
       shapes,
       annotations,
       hovermode: "closest",
+      hoverlabel: { bgcolor: "#0a0c10", bordercolor: "#364152", align: "left", font: { family: "ui-monospace, monospace", size: 11, color: "#d9e0ea" } },
       dragmode: "zoom",
     });
     Plotly.react(scatter, traces, layout, PLOT_CONFIG);
