@@ -183,7 +183,11 @@ export async function bakeoffView(host, { args, query }, ctx) {
         traces.push({ x: xs, y: smooth(ys, weight), name: b.name, mode: pts.length < 3 ? "lines+markers" : "lines", line: { color, width: 2 }, hovertemplate: `${b.name} %{y:.4g}<extra>%{x}</extra>` });
       }
       const layout = baseLayout({ height: 280, width: c.plot.clientWidth || undefined, xaxis: { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } }, margin: { l: 52, r: 10, t: 28, b: 36 } });
-      if (!traces.length) layout.annotations = [{ text: "waiting for the first distillation step…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#5d6878" } }];
+      if (!traces.length) {
+        layout.annotations = [{ text: "waiting for the first distillation step…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#5d6878" } }];
+        layout.xaxis.visible = false;
+        layout.yaxis.visible = false;
+      }
       Plotly.react(c.plot, traces, layout, PLOT_CONFIG);
       c.plot.dataset.traces = String(traces.filter((t) => t.name).length);
     }
