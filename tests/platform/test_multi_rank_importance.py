@@ -98,3 +98,25 @@ def test_evaluate_accepts_gpus_and_runs_on_one_device(app, body):
     text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
     assert "gpus: 2 asked; an evaluation runs on one device" in text
     assert job["result"]["perplexity"]
+
+
+def test_cancel_stops_every_importance_rank(app, body):
+    import time
+
+    r = app.api.post(
+        "/importance-runs", json={**body, "gpus": 2, "samples": 3000, "seq_len": 32, "batch_size": 1}
+    )
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while "calibration" not in (app.api.get(f"/jobs/{job_id}").json().get("message") or ""):
+        assert time.monotonic() < deadline, app.worker.log()
+        time.sleep(0.3)
+    assert len(_importance_ranks(app)) >= 2
+    assert app.api.post(f"/jobs/{job_id}/cancel").status_code == 202
+    done = app.wait_job(job_id, timeout=60)
+    assert done["status"] == "cancelled", done.get("error")
+    deadline = time.monotonic() + 30
+    while _importance_ranks(app) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _importance_ranks(app) == []
