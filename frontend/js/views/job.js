@@ -153,6 +153,8 @@ export async function jobView(host, { args, query }, ctx) {
         h("h1", `${job.kind} job #${job.id}`),
         statusBadge(job.status),
         student ? h("span.sub", "student ", h("a", { href: href("runs", [], { student: student.id }) }, student.name)) : null,
+        // A step of a workflow (a bake-off, a depth-vs-width study): its page shows the other steps.
+        job.parent_id ? h("span.sub", "step of ", h("a", { href: href("bakeoff", [job.parent_id]), dataset: { testid: "job-workflow" } }, `workflow #${job.parent_id}`)) : null,
         job.params?.baseline ? h("span.badge", "baseline (no teacher)") : null,
         h("span.hint", { dataset: { testid: "job-where" } }, `${job.device ? `on ${job.device}${job.worker ? ` (${job.worker})` : ""} · ` : ""}created ${when(job.created_at)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}`),
         h("span.spacer"),
