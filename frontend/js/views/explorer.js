@@ -4,17 +4,13 @@
 import { api, qs } from "../api.js";
 import { colorbar } from "../colormap.js";
 import { Heatmap } from "../components/heatmap.js";
+import { drawLayerChart } from "../components/layerchart.js";
 import { Planner } from "../components/planner.js";
 import { stabilityBadge, statusBadge } from "../components/widgets.js";
 import { h, mount, segmented } from "../dom.js";
 import { sig, when } from "../format.js";
 import { PlanState } from "../planstate.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady } from "../plots.js";
 import { href, setQuery } from "../router.js";
-
-const ANGULAR_COLOR = "#f2b34b";
-const ANGULAR_HOVER = "%{customdata}<br>angular distance %{y:.4g}<br>arccos(cos(block input, block output)) / π per token<br>lower = the block changes the representation less = better to drop<extra>Gromov</extra>";
-const angularName = (k) => `angular distance, k=${k} (Gromov)`;
 
 export async function explorerView(host, { args, query }, ctx) {
   const runId = Number(args[0]);
@@ -448,107 +444,18 @@ export async function explorerView(host, { args, query }, ctx) {
 
   // ---- layers chart ---------------------------------------------------------------------------
   let layerData = null;
-  async function drawLayers() {
-    if (!layerData) return;
-    const Plotly = await plotlyReady();
-    if (!ctx.alive) return;
-    const drop = state.index().drop;
-    const KEEP = "#2bb3a3";
-    const MARKED = "#ff4fa3";
-    let x;
-    let y;
-    let label;
-    let text;
-    let colors;
-    let blockK = null;
-    // Gromov et al.'s angular distance of each block: a line beside the block-loss bars (its own axis),
-    // or the bars themselves for a run that has the angular scan but no block-loss scan.
-    let angular = null;
-    let barHover = "%{customdata}<br>%{y:.4g}<extra></extra>";
-    const blockLoss = layerData.block_loss || {};
-    const blockAngular = layerData.block_angular || {};
-    const blockKeys = Object.keys(blockLoss).length ? Object.keys(blockLoss) : Object.keys(blockAngular);
-    const perLayer = layerData.block_importance || layerData.drop_loss;
-    if (blockKeys.length && (view.layerMetric === "block" || !perLayer)) {
-      blockK = Number(blockKeys[0]);
-      angular = blockAngular[String(blockK)] || null;
-      y = blockLoss[String(blockK)];
-      label = `loss increase when dropping layers i..i+${blockK - 1}`;
-      if (!y) {
-        [y, angular, label, barHover] = [angular, null, angularName(blockK), ANGULAR_HOVER];
-      }
-      x = y.map((_, i) => i);
-      text = x.map((i) => `layers ${i}–${i + blockK - 1}`);
-      colors = x.map((i) => (Array.from({ length: blockK }, (_, j) => i + j).every((l) => drop.has(l)) ? MARKED : KEEP));
-    } else {
-      const key = view.layerMetric === "drop" ? "drop_loss" : "block_importance";
-      y = layerData[key] || perLayer;
-      if (!y) {
-        mount(layersPlot, h("div.empty", "This run has no depth scores (started with scans = []). Width planning still works."));
-        return;
-      }
-      x = y.map((_, i) => i);
-      label = key === "drop_loss" ? "loss increase when this layer alone is dropped" : "Block Importance = 1 − cos(input, output)";
-      text = x.map((i) => `layer ${i}`);
-      colors = x.map((i) => (drop.has(i) ? MARKED : KEEP));
-    }
-    // The caption names only what is drawn: the Gromov line exists only when the run had the angular scan.
-    const logY = view.layerScale === "log";
-    mount(layersCaption,
-      `click anywhere in a column to drop / keep its layer${blockK ? " (a block-scan column toggles its whole block)" : ""}`,
-      angular ? "; the line is the block's angular distance (Gromov), lower = better to drop" : "",
-      logY && y.some((v) => !(v > 0)) ? "; log scale: scores ≤ 0 are not drawn" : "");
-    // Values on the bars (one tall bar would otherwise flatten the rest), dropped layers named in magenta.
-    const labelled = x.length <= 24;
-    const trace = {
-      type: "bar", x, y, customdata: text, marker: { color: colors }, name: label, showlegend: false,
-      hovertemplate: barHover,
-      texttemplate: labelled ? "%{y:.3g}" : "", textposition: labelled ? "outside" : "none", cliponaxis: false,
-      textfont: { size: 9, color: colors.map((c) => (c === MARKED ? MARKED : "#8a96a8")) },
-    };
-    const tickText = x.map((i) => (colors[i] === MARKED ? `<span style="color:${MARKED}">${i} ✕</span>` : String(i)));
-    const traces = [trace];
-    if (angular) {
-      traces.push({
-        type: "scatter", mode: "lines+markers", x, y: angular, yaxis: "y2", customdata: text, name: angularName(blockK),
-        line: { color: ANGULAR_COLOR, width: 2 }, marker: { color: ANGULAR_COLOR, size: 6 }, hovertemplate: ANGULAR_HOVER,
-      });
-    }
-    const layout = baseLayout({
-      height: 200,
-      // A click anywhere in a column hits its bar (hovermode x): short bars are not 3-px targets.
-      hovermode: "x",
-      dragmode: false,
-      yaxis: { type: logY ? "log" : "linear", fixedrange: true },
-      showlegend: !!angular,
-      legend: { orientation: "h", x: 1, xanchor: "right", y: 1.0, yanchor: "bottom", font: { size: 10 }, bgcolor: "rgba(0,0,0,0)" },
-      yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, zeroline: false, automargin: true, tickfont: { size: 10, color: ANGULAR_COLOR } },
-      margin: { l: 52, r: angular ? 40 : 12, t: 26, b: 32 },
-      title: { text: label + (layerData.base_loss ? `   ·   base loss ${sig(layerData.base_loss)}` : ""), font: { size: 11, color: "#8a96a8" }, x: 0.01, y: 0.97 },
-      xaxis: { fixedrange: true, title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, tickvals: x.filter((i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED), ticktext: tickText.filter((_, i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED) },
-      bargap: 0.15,
+  function drawLayers() {
+    return drawLayerChart({
+      plot: layersPlot,
+      caption: layersCaption,
+      layerData,
+      metric: view.layerMetric,
+      scale: view.layerScale,
+      drop: state.index().drop,
+      numLayers: L,
+      alive: () => ctx.alive,
+      onToggle: (layers) => state.toggleLayers(layers),
     });
-    await Plotly.react(layersPlot, traces, layout, PLOT_CONFIG);
-    if (!layersPlot._bound) {
-      layersPlot._bound = true;
-      // The whole column is the target, not only its bar (a short bar is a few pixels): the click's x in
-      // the plot area names the column.
-      layersPlot.addEventListener("click", (ev) => {
-        const full = layersPlot._fullLayout;
-        if (!full?.xaxis || !layersPlot.data?.[0]) return;
-        const xa = full.xaxis;
-        const ya = full.yaxis;
-        const box = layersPlot.getBoundingClientRect();
-        const px = ev.clientX - box.left - xa._offset;
-        const py = ev.clientY - box.top - ya._offset;
-        if (px < 0 || px > xa._length || py < 0 || py > ya._length) return; // axes, legend, title
-        const i = Math.round(xa.p2l(px));
-        if (i < 0 || i >= layersPlot.data[0].x.length) return;
-        const k = layersPlot.dataset.blockK ? Number(layersPlot.dataset.blockK) : 1;
-        state.toggleLayers(Array.from({ length: k }, (_, j) => i + j).filter((l) => l < L));
-      });
-    }
-    layersPlot.dataset.blockK = blockK || "";
   }
 
   // ---- loading & redraws ---------------------------------------------------------------------
