@@ -46,6 +46,19 @@ from backend.queue import RUN_JOB
 from backend.settings import Settings
 
 # action -> (the statuses it may leave, the statuses it may enter). The single statement of the machine.
+# How a failed job's error says it was lost with its worker rather than failed on its own (workflows
+# resume such children by themselves): the reaper's, the supervisor's (the job's process died) and a
+# worker shutting down mid-job. Every writer of those errors uses these words.
+WORKER_LOST = "worker lost"
+JOB_PROCESS_DIED = "the job did not finish"
+WORKER_SHUT_DOWN = "worker shut down while the job ran"
+LOST_WITH_WORKER = (WORKER_LOST + ":", JOB_PROCESS_DIED, WORKER_SHUT_DOWN)
+
+
+def lost_with_its_worker(error: str | None) -> bool:
+    return any(marker in (error or "") for marker in LOST_WITH_WORKER)
+
+
 TRANSITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "create": ((), ("queued",)),
     "claim": (("queued",), ("running",)),
@@ -271,7 +284,7 @@ def reap(session: Session, timeout_s: float) -> list[Job]:
         job.finished_at = utcnow()
         job.eta_s = None
         job.error = (
-            f"worker lost: no heartbeat from {job.worker or 'the worker'} for over {timeout_s:g} s"
+            f"{WORKER_LOST}: no heartbeat from {job.worker or 'the worker'} for over {timeout_s:g} s"
             + (f"; resumable from the checkpoint at step {job.checkpoint_step}" if job.checkpoint else "")
         )
         add_event(session, job, "status", serialize.job(job))

@@ -7,6 +7,7 @@ import logging
 import os
 import traceback
 
+from backend.lifecycle import WORKER_SHUT_DOWN
 from backend.settings import Settings
 from worker.device_lock import device_use
 from worker.joblog import job_log
@@ -36,7 +37,7 @@ def _run(rt: JobRuntime, job, job_id: int) -> str:
         if SHUTTING_DOWN.is_set() and not rt.user_cancelled:
             step = rt.job_row().checkpoint_step
             where = f"; resumable from the checkpoint at step {step}" if step is not None else ""
-            rt.finish("failed", error=f"worker shut down while the job ran{where}")
+            rt.finish("failed", error=f"{WORKER_SHUT_DOWN}{where}")
             return "failed"
         rt.finish("cancelled", error="cancelled by the user")
         return "cancelled"

@@ -8,6 +8,7 @@ import logging
 from celery.signals import worker_init, worker_shutting_down
 
 from backend.db import session_scope
+from backend.lifecycle import JOB_PROCESS_DIED
 from backend.models import Job
 from backend.queue import RUN_JOB, make_celery
 from backend.routing import can_serve
@@ -82,7 +83,7 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int) -> str:
     try:
         return run_isolated(target, *args)
     except ChildDied as exc:
-        reason = f"{exc}; the job did not finish"
+        reason = f"{exc}; {JOB_PROCESS_DIED}"
         log.error("job %s: %s", job_id, reason)
         if rt.refuse(reason) or rt.fail_if_running(reason):
             return "failed"

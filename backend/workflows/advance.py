@@ -36,13 +36,10 @@ log = logging.getLogger(__name__)
 
 AUTO_RECOVERIES = 2  # per step: resumes / re-runs of a child lost with its worker, without the user
 ACTIVE = ("queued", "running")
-# How a child's error says it was lost with its worker rather than failed on its own: the reaper's,
-# the supervisor's (the job's process died) and a worker shutting down mid-job.
-LOST_MARKERS = ("worker lost:", "the job did not finish", "worker shut down while the job ran")
 
 
 def is_lost(job: Job) -> bool:
-    return job.status == "failed" and any(m in (job.error or "") for m in LOST_MARKERS)
+    return job.status == "failed" and lifecycle.lost_with_its_worker(job.error)
 
 
 def definition_of(workflow: Job) -> Definition:
