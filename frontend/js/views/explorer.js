@@ -6,7 +6,8 @@ import { colorbar } from "../colormap.js";
 import { Heatmap } from "../components/heatmap.js";
 import { drawLayerChart } from "../components/layerchart.js";
 import { Planner } from "../components/planner.js";
-import { stabilityBadge, statusBadge } from "../components/widgets.js";
+import { depthStability, widthStability } from "../components/rankstability.js";
+import { statusBadge } from "../components/widgets.js";
 import { h, mount, segmented } from "../dom.js";
 import { sig, when } from "../format.js";
 import { PlanState } from "../planstate.js";
@@ -425,19 +426,9 @@ export async function explorerView(host, { args, query }, ctx) {
       return;
     }
     if (!ctx.alive) return;
-    const z = hiddenData.z;
-    const D = z.length;
-    const positions = Int32Array.from(z.keys());
-    if (view.order === "sorted") positions.sort((a, b) => hiddenData.rank[b] - hiddenData.rank[a]);
-    const nb = Math.min(D, 256);
-    const edges = Array.from({ length: nb + 1 }, (_, i) => Math.round((i * D) / nb));
+    const { edges, positions, row } = binChannels(hiddenData.z, hiddenData.rank, view.order === "sorted");
     hiddenBins = { edges, positions };
-    hiddenRow = [];
-    for (let c = 0; c < nb; c++) {
-      let s = 0;
-      for (let p = edges[c]; p < edges[c + 1]; p++) s += z[positions[p]];
-      hiddenRow.push(s / (edges[c + 1] - edges[c]));
-    }
+    hiddenRow = row;
     hidden.setData([hiddenRow]);
     mount(hiddenBar, colorbar(view.palette, hidden.range, view.scale));
   }
@@ -459,13 +450,6 @@ export async function explorerView(host, { args, query }, ctx) {
   }
 
   // ---- loading & redraws ---------------------------------------------------------------------
-  function domainOf(rows) {
-    let lo = Infinity;
-    let hi = -Infinity;
-    for (const row of rows) for (const v of row) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    return Number.isFinite(lo) ? [lo, hi] : null;
-  }
-
   async function loadHeads() {
     try {
       headsData = await api.get(`/importance-runs/${run.id}/heads${qs({ batch: view.batch, seq: view.seq })}`);
@@ -493,16 +477,8 @@ export async function explorerView(host, { args, query }, ctx) {
       return;
     }
     if (!ctx.alive || agg.batch !== view.batch || agg.seq !== view.seq) return; // a newer choice is loading
-    const aggName = `batch ${view.batch.toUpperCase()}, seq ${view.seq.toUpperCase()}`;
-    const width = moe
-      ? [stabilityBadge("experts", s.experts_routed), stabilityBadge("contribution", s.experts_contribution), stabilityBadge("expert FFN", s.expert_neurons)]
-      : [stabilityBadge("neurons", s.neurons)];
-    const help = `Rank stability: the calibration samples are split in two halves, each half's scores are ranked, and ρ is the Spearman correlation of the two rankings (1 = both halves order the units the same; near 0 = the order is noise: use more samples). Width scores (heads, neurons, hidden) are measured under the aggregation chosen on the left (now ${aggName}), so ρ follows it.`;
-    mount(stability, h("span.hint.help", { title: help, dataset: { testid: "stability-help", agg: `${view.batch}/${view.seq}` } }, "rank stability (?)"), stabilityBadge("heads", s.heads), ...width, stabilityBadge("hidden", s.hidden));
-    // Depth scores have their own split-half agreement (block_importance, drop_loss, block_loss_k2 …).
-    const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k) && !k.startsWith("expert"));
-    const depthHelp = "Split-half agreement of the depth scores. They are losses and cosines per sample, averaged over all of them, not activation norms: the batch / seq aggregation does not apply to them, so these ρ do not change when it does.";
-    mount(layerStability, depth.length ? h("span.hint.help", { title: depthHelp, dataset: { testid: "depth-stability-help" } }, "(?)") : null, depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])));
+    mount(stability, ...widthStability(s, { moe, batch: view.batch, seq: view.seq }));
+    mount(layerStability, ...depthStability(s));
   }
 
   function restyle() {
@@ -564,6 +540,31 @@ export async function explorerView(host, { args, query }, ctx) {
       if (ctx.alive) { computeNeuronMarks(); neurons.draw(); }
     }).catch(() => {});
   }
+}
+
+/** The finite [min, max] of a heatmap's rows (null: none). */
+function domainOf(rows) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const row of rows) for (const v of row) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  return Number.isFinite(lo) ? [lo, hi] : null;
+}
+
+/** The hidden strip's bins: at most 256 over the D channels (in rank order, most important first, when
+ * `sorted`), as `edges` into `positions` (position -> channel), and each bin's mean score (`row`). */
+function binChannels(z, rank, sorted) {
+  const D = z.length;
+  const positions = Int32Array.from(z.keys());
+  if (sorted) positions.sort((a, b) => rank[b] - rank[a]);
+  const nb = Math.min(D, 256);
+  const edges = Array.from({ length: nb + 1 }, (_, i) => Math.round((i * D) / nb));
+  const row = [];
+  for (let c = 0; c < nb; c++) {
+    let s = 0;
+    for (let p = edges[c]; p < edges[c + 1]; p++) s += z[positions[p]];
+    row.push(s / (edges[c + 1] - edges[c]));
+  }
+  return { edges, positions, row };
 }
 
 /** No run in the URL: list every finished importance run. */

@@ -1,0 +1,25 @@
+// The explorer's rank-stability badges (views/explorer.js): split-half Spearman ρ of each score, the width
+// scores' under the aggregation on screen, the depth scores' beside the layer chart.
+
+import { stabilityBadge } from "./widgets.js";
+import { h } from "../dom.js";
+
+/** The badges of the width scores (heads, neurons or experts, hidden) with their help, for aggregation `batch` / `seq`. */
+export function widthStability(s, { moe, batch, seq }) {
+  const aggName = `batch ${batch.toUpperCase()}, seq ${seq.toUpperCase()}`;
+  const width = moe
+    ? [stabilityBadge("experts", s.experts_routed), stabilityBadge("contribution", s.experts_contribution), stabilityBadge("expert FFN", s.expert_neurons)]
+    : [stabilityBadge("neurons", s.neurons)];
+  const help = `Rank stability: the calibration samples are split in two halves, each half's scores are ranked, and ρ is the Spearman correlation of the two rankings (1 = both halves order the units the same; near 0 = the order is noise: use more samples). Width scores (heads, neurons, hidden) are measured under the aggregation chosen on the left (now ${aggName}), so ρ follows it.`;
+  return [h("span.hint.help", { title: help, dataset: { testid: "stability-help", agg: `${batch}/${seq}` } }, "rank stability (?)"), stabilityBadge("heads", s.heads), ...width, stabilityBadge("hidden", s.hidden)];
+}
+
+/** The badges of the depth scores (block_importance, drop_loss, block_loss_k2 …), which have their own split-half agreement. */
+export function depthStability(s) {
+  const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k) && !k.startsWith("expert"));
+  const depthHelp = "Split-half agreement of the depth scores. They are losses and cosines per sample, averaged over all of them, not activation norms: the batch / seq aggregation does not apply to them, so these ρ do not change when it does.";
+  return [
+    depth.length ? h("span.hint.help", { title: depthHelp, dataset: { testid: "depth-stability-help" } }, "(?)") : null,
+    depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])),
+  ];
+}
