@@ -162,7 +162,8 @@ class Gang:
 def lead(rt, gang: Gang) -> str:
     """Node 0, in the worker's task thread before the job is claimed: wait for the gang, then open it at
     this node's address and a free port (the endpoint). Raises GangIncomplete (the job is then refused:
-    it never started, so it stays resumable); a job cancelled while it waits closes the gang."""
+    it never started, so it stays resumable); a cancel or this worker's shutdown while it waits closes
+    the gang."""
     timeout = rt.settings.gang_timeout_s
 
     message = f"waiting for {gang.nodes} nodes to join (up to {timeout:.0f} s)"
@@ -174,11 +175,14 @@ def lead(rt, gang: Gang) -> str:
             last["at"], last["gone"] = time.monotonic(), rt.note_waiting(message) is None
         return last["gone"]
 
-    gang.gather(timeout, not_wanted)
+    from worker.runtime import SHUTTING_DOWN
+
+    gang.gather(timeout, lambda: SHUTTING_DOWN.is_set() or not_wanted())
     last["at"] = 0.0
-    if not_wanted():
-        gang.close("nodes: the job was cancelled while its gang formed")
-        raise GangIncomplete("nodes: the job was cancelled while its gang formed")
+    if SHUTTING_DOWN.is_set() or not_wanted():
+        why = "node 0's worker shut down" if SHUTTING_DOWN.is_set() else "the job was cancelled"
+        gang.close(f"nodes: {why} while the gang formed; nothing ran")
+        raise GangIncomplete(f"nodes: {why} while the gang formed; nothing ran")
     endpoint = f"{node_address(rt.settings)}:{free_port()}"
     if not gang.open(endpoint):  # a member gave up at the same moment
         raise GangIncomplete(gang.state()[1] or "nodes: the gang was closed")

@@ -64,3 +64,28 @@ def test_a_member_closes_the_gang_when_node_0_never_comes(gang):
         gang.await_open(0.2, lambda: False)
     with pytest.raises(GangIncomplete, match="did not start"):  # a late node 0 fails with that reason
         gang.gather(5.0, lambda: False)
+
+
+@pytest.mark.parametrize("cause", ["cancel", "shutdown"])
+def test_node_0_stops_waiting_on_a_cancel_or_its_workers_shutdown(gang, cause):
+    from worker.gang import lead
+    from worker.runtime import SHUTTING_DOWN
+
+    class Runtime:  # what lead() reads: the settings, and whether the job is still queued for it
+        settings = Settings(gang_timeout_s=30)
+
+        def note_waiting(self, message: str) -> str | None:
+            return None if cause == "cancel" else "cpu"
+
+    assert gang.join(0, "a:1", "10.0.0.1") == "joined"
+    if cause == "shutdown":
+        SHUTTING_DOWN.set()
+    try:
+        began = time.monotonic()
+        why = "the job was cancelled" if cause == "cancel" else "node 0's worker shut down"
+        with pytest.raises(GangIncomplete, match=why):
+            lead(Runtime(), gang)
+        assert time.monotonic() - began < 5  # not the 30 s timeout
+    finally:
+        SHUTTING_DOWN.clear()
+    assert gang.state() == ("failed", f"nodes: {why} while the gang formed; nothing ran")
