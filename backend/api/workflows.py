@@ -14,12 +14,13 @@ from backend.api.importance import artifact_path
 from backend.api.jobs import on_protocol
 from backend.api.plans import teacher_spec
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
+from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
 from backend.models import Dataset, Job, JobStatus, Plan, Teacher
 from backend.settings import Settings
 from backend.workflows import control, runner, view
-from backend.workflows.advance import advance, choose_queue
+from backend.workflows.advance import advance
 from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, WorkflowOut
 from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
 

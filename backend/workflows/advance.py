@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import fleet, lifecycle, serialize
-from backend.errors import Conflict, Unavailable
+from backend import lifecycle, serialize
+from backend.dispatch import choose_queue  # a child is routed as any job (Conflict naming device)
+from backend.errors import Conflict
 from backend.events import add_event
 from backend.models import Job, WorkflowStep
-from backend.routing import HEAVY_KINDS, NoWorkerForDevice, requirement_of, route
 from backend.settings import Settings
 from backend.workflows.definitions import DEFINITIONS, Branch, Context, Definition, Step
 
@@ -104,22 +103,6 @@ def lock(session: Session, workflow_id: int) -> Job | None:
 
 
 # ---- children ------------------------------------------------------------------------------------------
-
-
-def choose_queue(settings: Settings, kind: str, params: dict[str, Any]) -> str:
-    """The queue of a child, by backend.routing's rules over the live workers. Unavailable when the
-    registry cannot be read (try again at the next advance), Conflict when no live worker serves the
-    device the job requires (the step fails, with that reason)."""
-    live: set[str] = set()
-    if kind in HEAVY_KINDS:
-        try:
-            live = fleet.live_queues(settings)
-        except Exception as exc:
-            raise Unavailable(f"could not read the worker registry ({exc})") from exc
-    try:
-        return route(kind, requirement_of(params), live)
-    except NoWorkerForDevice as exc:
-        raise Conflict(f"device: {exc}") from exc
 
 
 def create_step(
