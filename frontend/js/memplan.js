@@ -169,6 +169,15 @@ export function storePlacement(count, storeBytes, deviceBudget, hostBudget = 0, 
   return { device, host, disk: count - device - host };
 }
 
+/** SDPA's math-kernel scores and softmax on CUDA with float32 activations and grouped-query attention
+ * (no fused kernel takes that call; as memplan.math_attention_bytes). */
+export function mathAttentionBytes(spec, batch, seqLen, actBytes, device) {
+  const shapes = layerShapes(spec);
+  if (!String(device).startsWith("cuda") || actBytes !== 4) return 0;
+  if (!shapes.some((s) => s.num_kv_heads < s.num_heads)) return 0;
+  return 2 * batch * Math.max(...shapes.map((s) => s.num_heads)) * seqLen * seqLen * 4;
+}
+
 /** Peak bytes of the hooked importance pass (in memory, or streamed layer by layer): `total` on the
  * device, `host_total` pinned RAM of spilled stores, `disk` the rest (as memplan.importance_memory). */
 export function importanceMemory(spec, opts) {
@@ -186,7 +195,7 @@ export function importanceMemory(spec, opts) {
   const v = spec.vocab_size;
   const shapes = layerShapes(spec);
   const L = shapes.length;
-  const weights = streamed ? paramCount(spec).embedding * w + 2 * layerWeightBytes(spec, w) : paramCount(spec).total * w;
+  const weights = streamed ? paramCount(spec).embedding * w : paramCount(spec).total * w;
   // Scored MLP units: neurons, or per expert 3 expert axes + its FFN channels (as memplan._importance_mlp_units).
   const mlpUnits = (s) => (s.num_experts ? s.num_experts * (3 + s.intermediate_size) : s.intermediate_size);
   const units = shapes.reduce((sum, s) => sum + s.num_heads + mlpUnits(s) + 1, 0) + (2 * L + 1) * d;
@@ -196,6 +205,8 @@ export function importanceMemory(spec, opts) {
     head_norms: n * L * Math.max(...shapes.map((s) => s.num_heads)) * 4,
     activations: n * (transientBytesPerToken(spec, w, false) + 2 * d * w),
   };
+  const scores = mathAttentionBytes(spec, batch, seqLen, w, device);
+  if (scores) parts.attention_scores = scores;
   const experts = Math.max(...shapes.map((s) => s.num_experts || 0));
   if (experts) parts.router_buffers = 3 * n * experts * 4;
   if (lossScans) {
@@ -206,6 +217,16 @@ export function importanceMemory(spec, opts) {
   let host = 0;
   let disk = 0;
   if (streamed) {
+    // The layer loop and the head never overlap: the larger phase is the peak (as memplan.py).
+    const layerPhase =
+      2 * layerWeightBytes(spec, w) + parts.activations + (parts.router_buffers ?? 0) + (parts.attention_scores ?? 0);
+    const headPhase = parts.logits ?? 0;
+    delete parts.activations;
+    delete parts.router_buffers;
+    delete parts.attention_scores;
+    delete parts.logits;
+    parts.working = Math.max(layerPhase, headPhase);
+    settings.phases = { layer: layerPhase, head: headPhase };
     const storeBytes = (opts.samples || batch) * seqLen * d * w;
     const count = streamedStoreCount(L, scans, blockSize);
     const tiers = storePlacement(count, storeBytes, opts.device_budget, opts.host_budget ?? 0, device.startsWith("cuda"));
@@ -231,6 +252,8 @@ export function evaluationMemory(spec, opts) {
     kv_cache: newTokens ? batch * (seqLen + newTokens) * kvPerToken : 0,
     logits: NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(spec.vocab_size, opts.device ?? "cpu"), n) * spec.vocab_size * 4,
   };
+  const scores = mathAttentionBytes(spec, batch, seqLen, w, opts.device ?? "cpu");
+  if (scores) parts.attention_scores = scores;
   return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device: opts.device ?? "cpu" });
 }
 

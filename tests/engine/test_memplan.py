@@ -277,3 +277,28 @@ def test_scan_rules_are_the_engines():
     for scans in (DEFAULT_SCANS, ("drop",), ("block", "angular"), ("bi",), ("drop", "block")):
         for k in (1, 2, 3):
             assert memplan.loss_scan_sizes(scans, k) == loss_scan_sizes(scans, k)
+
+
+def test_math_attention_scores_only_where_no_fused_kernel_runs():
+    """The math kernel's two float32 [B, H, S, S] buffers are planned on CUDA in float32 with grouped
+    queries (no fused SDPA kernel takes that call), in evaluation and importance (in memory, and in a
+    streamed pass's layer phase), and nowhere else: not on CPU, not in bf16, not with multi-head
+    attention."""
+    gqa = spec()
+    assert gqa.num_kv_heads < gqa.num_heads
+    scores = 2 * 8 * gqa.num_heads * 2048 * 2048 * 4
+    kw = dict(batch_size=8, seq_len=2048)
+    cuda = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="float32")
+    assert cuda["parts"]["attention_scores"] == scores
+    assert "attention_scores" not in memplan.evaluation_memory(gqa, **kw, device="cpu")["parts"]
+    bf16 = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="bfloat16")
+    assert "attention_scores" not in bf16["parts"]
+    mha = gqa.model_copy(update={"num_kv_heads": gqa.num_heads})
+    assert "attention_scores" not in memplan.evaluation_memory(mha, **kw, device="cuda")["parts"]
+    imp = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32")
+    assert imp["parts"]["attention_scores"] == scores
+    streamed = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32", streamed=True)
+    cpu_streamed = memplan.importance_memory(gqa, **kw, device="cpu", weights_dtype="float32", streamed=True)
+    assert streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"] == scores
+    # The streamed pass's layer loop and head never overlap: its working set is the larger phase.
+    assert streamed["parts"]["working"] == max(streamed["settings"]["phases"].values())

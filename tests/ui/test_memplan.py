@@ -97,10 +97,10 @@ def test_estimates_match_python(tmp_path: Path):
                     {"student": summary, "teacher": None if t is None else t.summary(), "opts": opts},
                     memplan.distill_memory(spec, t, **opts),
                 )
-        for batch, seq, streamed, scans in itertools.product(
-            (1, 8), (128, 4096), (False, True), (False, True)
+        for batch, seq, streamed, scans, device in itertools.product(
+            (1, 8), (128, 4096), (False, True), (False, True), ("cpu", "cuda")
         ):
-            opts = dict(batch_size=batch, seq_len=seq, streamed=streamed, loss_scans=scans)
+            opts = dict(batch_size=batch, seq_len=seq, streamed=streamed, loss_scans=scans, device=device)
             add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
         # Streamed with its activation stores: scan sets, samples, and budgets that spill part of them.
         for scans, samples, budgets, device in itertools.product(
@@ -121,8 +121,10 @@ def test_estimates_match_python(tmp_path: Path):
                 device=device,
             )
             add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
-        for batch, seq, new in itertools.product((1, 8), (128, 2048), (0, 32)):
-            opts = dict(batch_size=batch, seq_len=seq, new_tokens=new)
+        for batch, seq, new, dtype, device in itertools.product(
+            (1, 8), (128, 2048), (0, 32), ("float32", "bfloat16"), ("cpu", "cuda")
+        ):
+            opts = dict(batch_size=batch, seq_len=seq, new_tokens=new, weights_dtype=dtype, device=device)
             add("evaluation", {"spec": summary, "opts": opts}, memplan.evaluation_memory(spec, **opts))
     for settings in (
         {"batch_size": 8},

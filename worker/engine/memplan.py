@@ -19,8 +19,10 @@ What is derived and what is fitted (bench/memory_planner_bench.py measures both)
 - Counted from the code, then confirmed by profiles: the chunked loss's per-chunk logit buffers
   (`*_CHUNK_BUFFERS`).
 - Fitted: the transient working set of a layer's forward / backward as `TRANSIENT_*` multiples of the
-  widest per-token tensor (round numbers checked against CPU profiles of tiny models: the bench's 18
-  cases land at 0.95-1.14 of the measured tensor peak). The CUDA-only terms (the autocast copy of the weights, foreach AdamW temporaries, the
+  widest per-token tensor (round numbers checked against CPU profiles of tiny models: the bench's 20
+  CPU cases land at 0.95-1.14 of the measured tensor peak). A streamed importance pass peaks in its
+  layer loop or at its head, never both (measured: 1.02 and 1.04). SDPA's math-kernel scores on CUDA
+  in float32 with grouped queries (`math_attention_bytes`): measured on the 8B evaluation (H200). The CUDA-only terms (the autocast copy of the weights, foreach AdamW temporaries, the
   CUDA context) are derived from what torch does, not yet measured here.
 """
 
@@ -309,6 +311,23 @@ def _importance_mlp_units(shape: LayerShape) -> int:
     return shape.intermediate_size
 
 
+def math_attention_bytes(spec: ArchSpec, batch_size: int, seq_len: int, act_bytes: int, device: str) -> int:
+    """The float32 scores and their softmax, [B, H, S, S] each, that SDPA's math kernel holds at its peak
+    when no fused kernel takes the call: on CUDA with float32 activations and grouped-query attention.
+    Flash and cuDNN attention take fp16 / bf16 only, and the memory-efficient kernel rejects grouped
+    queries (torch's sdp_utils.cpp: check_batch_size_and_num_heads_dense<false>), which transformers
+    passes as `enable_gqa` when there is no padding mask (integrations/sdpa_attention.py). Two
+    buffers: measured on the math kernel (CPU profile; its code is the same on CUDA), and the H200's
+    Llama-3.1-8B fp32 evaluation peak (docs/results/gpu_h200_2026-11-29/run3_memplan_eval.log).
+    bf16 / fp16, multi-head attention and CPU (its flash kernel takes float32) never get here."""
+    shapes = spec.layer_shapes()
+    if not str(device).startswith("cuda") or act_bytes != 4:
+        return 0
+    if not any(s.num_kv_heads < s.num_heads for s in shapes):
+        return 0
+    return 2 * batch_size * max(s.num_heads for s in shapes) * seq_len * seq_len * 4
+
+
 def importance_memory(
     spec: ArchSpec,
     *,
@@ -328,8 +347,10 @@ def importance_memory(
 
     In memory: the weights, one layer's forward temporaries, the float32 running sums and the per-head
     norm buffer; with a loss scan also each layer's cached input and the chunked head's logits.
-    Streamed: one layer's weights (and the next, prefetched) instead of all of them, plus embeddings,
-    one batch's working set, and the activation stores (every sample's hidden states, `samples` x
+    Streamed: the embeddings and head, then two phases that never overlap (`working` is the larger,
+    `settings["phases"]` both): the layer loop (one layer's weights and the next's, one batch's
+    forward temporaries, router buffers) and the head at the end (the chunked NLL's logit buffers;
+    every layer is released by then), plus the activation stores (every sample's hidden states, `samples` x
     `seq_len` x hidden each; `streamed_store_count` of them) that the device budget admits
     (`store_placement`; `device_budget` None keeps them all on the device). `total` is the device's
     peak; `host_total` the pinned RAM of the stores that spill to the host tier, `disk` the rest.
@@ -346,7 +367,7 @@ def importance_memory(
     shapes = spec.layer_shapes()
     L = spec.num_layers
     if streamed:
-        weights = spec.embedding_params() * w + 2 * _layer_weight_bytes(spec, w)
+        weights = spec.embedding_params() * w
     else:
         weights = spec.param_count()["total"] * w
     units = sum(s.num_heads + _importance_mlp_units(s) + 1 for s in shapes) + (2 * L + 1) * d
@@ -354,6 +375,9 @@ def importance_memory(
     head_norms = n * L * max(s.num_heads for s in shapes) * 4
     working = n * (transient_bytes_per_token(spec, act, backward=False) + 2 * d * act)
     parts = {"weights": weights, "running_sums": sums, "head_norms": head_norms, "activations": working}
+    scores = math_attention_bytes(spec, batch_size, seq_len, act, device)
+    if scores:
+        parts["attention_scores"] = scores
     experts = max(s.num_experts for s in shapes)
     if experts:  # the hooks' float32 [tokens, E] probabilities, routed flags and contributions
         parts["router_buffers"] = 3 * n * experts * 4
@@ -363,13 +387,18 @@ def importance_memory(
         parts["logits"] = NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v, device), n) * v * 4
     extra = {}
     host = disk = 0
-    if streamed:
+    if streamed:  # measured (bench): the peak is the larger phase's, not the layer loop's plus the head's
+        layer_phase = 2 * _layer_weight_bytes(spec, w) + parts.pop("activations")
+        layer_phase += parts.pop("router_buffers", 0) + parts.pop("attention_scores", 0)
+        head_phase = parts.pop("logits", 0)
+        parts["working"] = max(layer_phase, head_phase)
+        extra["phases"] = {"layer": layer_phase, "head": head_phase}
         store_bytes = (samples or batch_size) * seq_len * d * act
         count = streamed_store_count(L, scans, block_size)
         tiers = store_placement(count, store_bytes, device_budget, host_budget, device.startswith("cuda"))
         parts["stores"] = tiers["device"] * store_bytes
         host, disk = tiers["host"] * store_bytes, tiers["disk"] * store_bytes
-        extra = {"store_bytes": store_bytes, "stores": tiers}
+        extra.update(store_bytes=store_bytes, stores=tiers)
     out = _result(
         parts,
         batch_size=batch_size,
@@ -404,6 +433,9 @@ def evaluation_memory(
         else 0,
         "logits": NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v, device), n) * v * 4,
     }
+    scores = math_attention_bytes(spec, batch_size, seq_len, w, device)
+    if scores:
+        parts["attention_scores"] = scores
     return _result(parts, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens, device=device)
 
 
