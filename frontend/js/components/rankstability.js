@@ -2,7 +2,24 @@
 // scores' under the aggregation on screen, the depth scores' beside the layer chart.
 
 import { stabilityBadge } from "./widgets.js";
-import { h } from "../dom.js";
+import { api, qs } from "../api.js";
+import { h, mount } from "../dom.js";
+
+/** Fetch split-half rank agreement under the aggregation on screen (explorer state `st`) and show the width
+ * badges in `widthEl`, the depth badges in `depthEl`; nothing when the fetch fails. */
+export async function showStability(st, widthEl, depthEl) {
+  const { view } = st;
+  const agg = st.agg();
+  let s;
+  try {
+    s = await api.get(`/importance-runs/${st.run.id}/stability${qs(agg)}`);
+  } catch {
+    return;
+  }
+  if (!st.alive() || agg.batch !== view.batch || agg.seq !== view.seq) return; // a newer choice is loading
+  mount(widthEl, ...widthStability(s, { moe: st.moe, batch: view.batch, seq: view.seq }));
+  mount(depthEl, ...depthStability(s));
+}
 
 /** The badges of the width scores (heads, neurons or experts, hidden) with their help, for aggregation `batch` / `seq`. */
 export function widthStability(s, { moe, batch, seq }) {

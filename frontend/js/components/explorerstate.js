@@ -1,0 +1,73 @@
+// The explorer's shared state (views/explorer.js): the run and teacher on screen, the plan being edited and
+// the view settings from the URL. One object handed to every panel, instead of variables in one closure.
+
+import { api } from "../api.js";
+import { colorbar } from "../colormap.js";
+import { mount } from "../dom.js";
+import { PlanState } from "../planstate.js";
+
+/** The state the explorer's panels share; `view` is mutated by the controls (and mirrored in the URL). */
+export function explorerState({ query, run, teacher, plan, alive }) {
+  const spec = teacher.spec;
+  const view = {
+    batch: query.get("batch") || "l2",
+    seq: query.get("seq") || "mean",
+    // Log by default: activation scores are heavy-tailed (a few outliers would flatten a linear map).
+    scale: query.get("scale") || "log",
+    palette: query.get("palette") || "viridis",
+    order: query.get("order") || "sorted",
+    headMode: query.get("heads") || "heads",
+    tool: "select",
+    layerMetric: query.get("layer") || "block",
+    layerScale: query.get("lscale") || "linear", // the layer chart's y axis (one tall bar can flatten the rest)
+    expertMetric: query.get("experts") || "routed",
+  };
+  return {
+    run,
+    teacher,
+    spec,
+    plan,
+    view,
+    alive,
+    numLayers: spec.num_layers,
+    moe: (spec.num_experts || 0) > 0, // mixture of experts: an experts map replaces the MLP neurons map
+    /** The score aggregation on screen (the API's query parameters). */
+    agg: () => ({ batch: view.batch, seq: view.seq }),
+    /** Draw `map`'s colour bar into `bar` in the palette and scale on screen. */
+    paintBar: (bar, map) => mount(bar, colorbar(view.palette, map.range, view.scale)),
+  };
+}
+
+/**
+ * The plan to edit: the saved plan named in the URL (`plan=`), else this run's local draft. Every edit is
+ * kept as the draft. Returns the plan state and the saved plan's row (null when none).
+ */
+export async function openPlan(query, runId) {
+  const plan = new PlanState();
+  const draftKey = `prunescope.draft.run${runId}`;
+  let savedRow = null;
+  if (query.get("plan")) {
+    try {
+      savedRow = await api.get(`/plans/${query.get("plan")}`);
+      plan.reset(savedRow.plan);
+    } catch (err) {
+      console.warn(err);
+    }
+  } else {
+    try {
+      const draft = JSON.parse(localStorage.getItem(draftKey) || "null");
+      if (draft) plan.reset(draft);
+    } catch {
+      /* a corrupt draft is simply ignored */
+    }
+  }
+  plan.subscribe((p) => localStorage.setItem(draftKey, JSON.stringify(p)));
+  return { plan, savedRow };
+}
+
+/** The cells of a box selection {r0, r1, c0, c1} as [row, column] pairs. */
+export function boxCells({ r0, r1, c0, c1 }) {
+  const cells = [];
+  for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) cells.push([r, c]);
+  return cells;
+}
