@@ -1,8 +1,7 @@
 // The explorer's experts panel for a mixture-of-experts teacher (views/explorer.js): layers × experts under
 // one of three scores; a click or box marks experts for removal, a row label the layer.
 
-import { api, qs } from "../api.js";
-import { h, mount, segmented } from "../dom.js";
+import { h, segmented } from "../dom.js";
 import { sig } from "../format.js";
 import { setQuery } from "../router.js";
 import { boxCells } from "./explorerstate.js";
@@ -55,13 +54,8 @@ export function expertsPanel(st) {
   return {
     el,
     async load() {
-      try {
-        data = await api.get(`/importance-runs/${st.run.id}/experts${qs(st.agg())}`);
-      } catch (err) {
-        mount(host, h("div.error-msg", err.message));
-        return;
-      }
-      if (st.alive()) show();
+      data = await st.scores("experts", host);
+      if (data) show();
     },
     draw: () => map.draw(),
     restyle() {

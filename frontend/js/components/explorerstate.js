@@ -1,9 +1,9 @@
 // The explorer's shared state (views/explorer.js): the run and teacher on screen, the plan being edited and
 // the view settings from the URL. One object handed to every panel, instead of variables in one closure.
 
-import { api } from "../api.js";
+import { api, qs } from "../api.js";
 import { colorbar } from "../colormap.js";
-import { mount } from "../dom.js";
+import { h, mount } from "../dom.js";
 import { PlanState } from "../planstate.js";
 
 /** The state the explorer's panels share; `view` is mutated by the controls (and mirrored in the URL). */
@@ -35,6 +35,20 @@ export function explorerState({ query, run, teacher, plan, alive }) {
     agg: () => ({ batch: view.batch, seq: view.seq }),
     /** Draw `map`'s colour bar into `bar` in the palette and scale on screen. */
     paintBar: (bar, map) => mount(bar, colorbar(view.palette, map.range, view.scale)),
+    /**
+     * A heatmap panel's scores (`heads`, `hidden`, `experts`) under the aggregation on screen; null when the
+     * fetch failed (its message is put in `host`) or the page is gone.
+     */
+    async scores(kind, host) {
+      let data;
+      try {
+        data = await api.get(`/importance-runs/${run.id}/${kind}${qs({ batch: view.batch, seq: view.seq })}`);
+      } catch (err) {
+        mount(host, h("div.error-msg", err.message));
+        return null;
+      }
+      return alive() ? data : null;
+    },
   };
 }
 

@@ -1,8 +1,7 @@
 // The explorer's attention-heads panel (views/explorer.js): layers × query heads, dark rules between KV
 // groups; a click or box marks heads, or whole KV groups in "groups" mode; a row label marks the layer.
 
-import { api, qs } from "../api.js";
-import { h, mount, segmented } from "../dom.js";
+import { h, segmented } from "../dom.js";
 import { sig } from "../format.js";
 import { setQuery } from "../router.js";
 import { boxCells } from "./explorerstate.js";
@@ -75,13 +74,8 @@ export function headsPanel(st) {
   return {
     el,
     async load() {
-      try {
-        data = await api.get(`/importance-runs/${st.run.id}/heads${qs(st.agg())}`);
-      } catch (err) {
-        mount(host, h("div.error-msg", err.message));
-        return;
-      }
-      if (!st.alive()) return;
+      data = await st.scores("heads", host);
+      if (!data) return;
       map.setData(data.z);
       st.paintBar(bar, map);
     },

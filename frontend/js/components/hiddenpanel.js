@@ -1,8 +1,7 @@
 // The explorer's hidden-channels strip (views/explorer.js): one global ranking of the residual channels,
 // summed over every layer's norms, binned to at most 256 columns; a click or drag marks the channels.
 
-import { api, qs } from "../api.js";
-import { h, mount } from "../dom.js";
+import { h } from "../dom.js";
 import { sig } from "../format.js";
 import { Heatmap } from "./heatmap.js";
 
@@ -51,13 +50,8 @@ export function hiddenPanel(st) {
   return {
     el,
     async load() {
-      try {
-        data = await api.get(`/importance-runs/${st.run.id}/hidden${qs(st.agg())}`);
-      } catch (err) {
-        mount(host, h("div.error-msg", err.message));
-        return;
-      }
-      if (!st.alive()) return;
+      data = await st.scores("hidden", host);
+      if (!data) return;
       const binned = binChannels(data.z, data.rank, view.order === "sorted");
       bins = { edges: binned.edges, positions: binned.positions };
       row = binned.row;
