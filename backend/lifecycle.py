@@ -314,10 +314,8 @@ def open_workflow(session: Session, params: dict[str, Any], **links: Any) -> Job
     return job
 
 
-def conclude(
-    session: Session, job_id: int, status: str, *, result: dict | None = None, error: str | None = None
-) -> Job | None:
-    """A workflow ends: running -> succeeded | failed; None when it already ended (or was cancelled)."""
+def _ending(status: str, result: dict | None, error: str | None) -> dict[str, Any]:
+    """The columns a job (or workflow) ending as `status` sets."""
     values: dict[str, Any] = {"finished_at": utcnow(), "eta_s": None}
     if status == "succeeded":
         values.update(progress=1.0, message="done")
@@ -325,6 +323,14 @@ def conclude(
         values["result"] = result
     if error is not None:
         values["error"] = error[:ERROR_CHARS]
+    return values
+
+
+def conclude(
+    session: Session, job_id: int, status: str, *, result: dict | None = None, error: str | None = None
+) -> Job | None:
+    """A workflow ends: running -> succeeded | failed; None when it already ended (or was cancelled)."""
+    values = _ending(status, result, error)
     return _move(session, job_id, "conclude", to=status, **values)
 
 
@@ -407,13 +413,7 @@ def finish(
     job's (a resume moved on) or the job already finished."""
     if status not in TRANSITIONS["finish"][1]:
         raise ValueError(f"finish cannot end a job as {status!r}: use one of {', '.join(FINISHED)}")
-    values: dict[str, Any] = {"finished_at": utcnow(), "eta_s": None}
-    if status == "succeeded":
-        values.update(progress=1.0, message="done")
-    if result is not None:
-        values["result"] = result
-    if error is not None:
-        values["error"] = error[:ERROR_CHARS]
+    values = _ending(status, result, error)
     return _move(session, job_id, "finish", attempt=attempt, to=status, **values)
 
 
