@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+SCREENSHOTS = REPO / "docs" / "screenshots"  # tracked: rewritten only when asked (doc_shot)
 CHROMIUM = os.environ.get("PRUNESCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -49,4 +51,14 @@ def shot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def doc_shot(page, name: str) -> Path:
+    """A screenshot the README shows: saved under test-artifacts/ like `shot`, and copied over the tracked
+    docs/screenshots/<name>.png only when PRUNESCOPE_UPDATE_SCREENSHOTS=1 (a test run leaves docs/ alone)."""
+    path = shot(page, name)
+    if os.environ.get("PRUNESCOPE_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, SCREENSHOTS / f"{name}.png")
     return path

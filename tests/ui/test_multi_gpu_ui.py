@@ -6,18 +6,14 @@ rank's peak memory, the teacher's placement and the worker that ran it, every nu
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import start_live_app, stop_live_app
 from tests.platform.helpers import make_student, start_distill
-from tests.ui.conftest import shot
+from tests.ui.conftest import doc_shot
 from worker.engine import memplan
 
 pytestmark = pytest.mark.ui
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 FORM = "[data-testid=distill-form]"
 LINE = f"{FORM} [data-testid=memory-estimate]"
 
@@ -29,11 +25,6 @@ def app(tmp_path_factory, redis_url):
     stop_live_app(app)
 
 
-def save(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot(page, name), SCREENSHOTS / f"{name}.png")
-
-
 def test_workers_gpus_form_and_ranks_result(page, app):
     page.goto(f"{app.url}/#/teachers")
     rows = page.locator("[data-testid=workers-table] tbody tr")
@@ -42,7 +33,7 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     assert rows.first.locator("[data-testid=device-count]").inner_text() == "2"
     assert "free of" in rows.first.inner_text()
     page.locator("[data-testid=workers-panel]").scroll_into_view_if_needed()
-    save(page, "teachers-workers")
+    doc_shot(page, "teachers-workers")
 
     student = make_student(app)
     teacher = app.api.get(f"/teachers/{student['teacher_id']}").json()
@@ -72,7 +63,7 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
     page.fill(f"{FORM} input[name=nodes]", "1")
     page.locator(FORM).scroll_into_view_if_needed()
-    save(page, "runs-distill-gpus")
+    doc_shot(page, "runs-distill-gpus")
 
     # The importance form: 2 data-parallel ranks on this CPU host hold two whole teachers.
     page.goto(f"{app.url}/#/teachers?teacher={teacher['id']}")
@@ -108,4 +99,4 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     assert (
         f"({r['workers'][0]})" in page.locator("[data-testid=job-where]").inner_text()
     )  # the job row's worker
-    save(page, "job-ranks")
+    doc_shot(page, "job-ranks")

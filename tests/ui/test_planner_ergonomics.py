@@ -10,16 +10,13 @@ forms show their memory estimate. One teacher, two importance runs and a student
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.platform.helpers import make_dataset
-from tests.ui.conftest import shot
+from tests.ui.conftest import doc_shot
 
 pytestmark = pytest.mark.ui
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +57,6 @@ def open_explorer(page, live_app, run_id: int, query: str = ""):
     page.reload()
     page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
     page.wait_for_selector("[data-testid=layers-plot] .main-svg")
-
-
-def save_screenshot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot(page, name), SCREENSHOTS / f"{name}.png")
 
 
 def empty_point_of_column(page, index: int) -> dict:
@@ -109,7 +101,7 @@ def test_layer_columns_are_click_targets_with_a_log_scale_and_an_honest_caption(
     page.wait_for_function(
         "document.querySelector('[data-testid=layers-plot]')._fullLayout.title.text.startsWith('Block Importance')"
     )
-    save_screenshot(page, "explorer-layers")
+    doc_shot(page, "explorer-layers")
 
     open_explorer(page, live_app, setup["angular"]["id"])
     assert "angular distance (Gromov)" in page.inner_text("[data-testid=layers-caption]")
@@ -182,7 +174,7 @@ def test_rounding_widths_to_hardware_multiples_shows_its_cost(page, live_app, se
     assert delta == 4 * 2 * 3 * teacher["spec"]["hidden_size"]  # 2 more gated neurons in each of 4 layers
     assert int(cost.get_attribute("data-delta")) == delta
     assert f"+{delta:,} parameters" in cost.inner_text()
-    save_screenshot(page, "planner-rounding")
+    doc_shot(page, "planner-rounding")
 
 
 def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
@@ -246,7 +238,7 @@ def test_the_teacher_form_offers_the_existing_teacher_and_errors_keep_rows_in_li
             or box["y"] + box["height"] <= note["y"]
         )
         assert not overlap, (i, note, box)
-    save_screenshot(page, "teachers-field-error")
+    doc_shot(page, "teachers-field-error")
 
     page.fill("[data-testid=teacher-form] [name=source]", str(live_app.teacher_dir))
     page.click("[data-testid=teacher-form] button[type=submit]")
@@ -309,7 +301,7 @@ def test_job_page_lists_other_measurements_and_runs_show_the_memory_of_evaluate_
     # The log panel of an evaluation: its phases and the worker's own Python log lines.
     log = page.locator("[data-testid=job-log]").inner_text()
     assert "worker.engine.loading: loaded " in log and "perplexity: 0 of 2 documents" in log
-    save_screenshot(page, "job-evaluate-log")
+    doc_shot(page, "job-evaluate-log")
 
 
 def test_the_study_wizard_shows_what_its_largest_step_needs(page, live_app, setup):
