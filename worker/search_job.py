@@ -11,8 +11,23 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.search_results import ARTIFACT_KIND, REPORT_FILE, report_key
-from worker.handlers import _publish, _record_artifact, _rows, load, store
+from worker.handlers import _publish, _record_artifact, _rows, check_remote_code, model_source, store
 from worker.runtime import JobRuntime
+
+
+def load_teacher(rt: JobRuntime, teacher, dtype: str):
+    """(model, tokenizer) of the teacher in the search's dtype (`settings.dtype`, float32 unless the job
+    asks otherwise), as `prunescope search` loads it: not the checkpoint's own dtype (the demo teacher is
+    stored in bfloat16, and its losses would then be scored in bfloat16)."""
+    from worker.engine.loading import load_model
+
+    check_remote_code(rt, teacher.trust_remote_code)
+    return load_model(
+        model_source(teacher.source),
+        dtype=dtype,
+        device=rt.device,
+        trust_remote_code=teacher.trust_remote_code,
+    )
 
 
 def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
@@ -23,7 +38,7 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
     run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     settings = SearchSettings.model_validate(job.params["settings"])
     rt.progress(0.0, "loading model", force=True)
-    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    model, tokenizer = load_teacher(rt, teacher, settings.dtype)
     model.eval()
     importance = ImportanceResult.load(store(rt).local_dir(run.artifact))
     started = time.monotonic()

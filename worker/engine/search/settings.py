@@ -56,7 +56,9 @@ class SearchSettings(BaseModel):
     max_candidates: int = Field(
         2000, ge=1, description="refuse a search with more candidates to score (after budgets and frontier)"
     )
-    dtype: str = Field("float32", description="dtype the teacher is scored (and shapes timed) in")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the teacher is scored (and shapes timed) in"
+    )
 
     @field_validator("budgets")
     @classmethod
