@@ -1,5 +1,6 @@
-"""Run management (the dashboard's runs table): rename and tag a job, export the metrics and results of
-any jobs as JSON or CSV. Deleting a run is DELETE /jobs/{id} (backend/api/jobs.py)."""
+"""Run management (the dashboard's runs table): search and filter every job on the server (GET /runs, a
+page at a time, so a run older than any page is found), rename and tag a job, export the metrics and
+results of any jobs as JSON or CSV. Deleting a run is DELETE /jobs/{id} (backend/api/jobs.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,119 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from backend import serialize
 from backend.deps import PathId, field_error, get_db, get_or_404
 from backend.events import add_event
-from backend.models import Job, MetricPoint
+from backend.models import Job, JobKind, JobStatus, MetricPoint, Student, Teacher
 from backend.responses import JobOut
-from backend.schemas import MAX_ID, JobUpdate
+from backend.schemas import MAX_ID, NO_CONTROL_CHARS, JobUpdate
 
 router = APIRouter(tags=["runs"])
 
 MAX_EXPORT = 500  # runs per export
+MAX_WORDS = 8  # words of a runs search
+
+
+class RunFacets(BaseModel):
+    """What the filter menus offer: the values present over every job (not only the page)."""
+
+    kinds: list[str]
+    statuses: list[str]
+    tags: list[str]
+
+
+class RunsPage(BaseModel):
+    """GET /runs: one page of the jobs matching the search and filters, newest first."""
+
+    runs: list[JobOut]
+    total: int = Field(description="jobs matching the search and filters, over every page")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="the offset of the next (older) page; null on the last")
+    facets: RunFacets
+
+
+def _words(q: str | None) -> list[str]:
+    words = (q or "").lower().split()
+    if len(words) > MAX_WORDS:
+        raise field_error(["query", "q"], f"at most {MAX_WORDS} words per search")
+    return words
+
+
+def _matches(word: str):
+    """A job whose name, kind, student's or teacher's name (its default name) or a tag holds `word`
+    (case-insensitive; % and _ are plain characters), or whose id it is (`#12` or `12`). Tags are stored
+    as JSON text, searched as such."""
+    text = or_(
+        Job.name.icontains(word, autoescape=True),
+        Job.kind.icontains(word, autoescape=True),
+        cast(Job.tags, String).icontains(word, autoescape=True),
+        Job.student_id.in_(select(Student.id).where(Student.name.icontains(word, autoescape=True))),
+        Job.teacher_id.in_(select(Teacher.id).where(Teacher.name.icontains(word, autoescape=True))),
+    )
+    digits = word.removeprefix("#")
+    if digits.isdigit() and len(digits) <= 18:
+        return Job.id == int(digits) if word.startswith("#") else or_(Job.id == int(digits), text)
+    return text
+
+
+def _has_tag(tag: str):
+    """The tag as a whole element of the JSON list: tags hold no quote (schemas.TAG_PATTERN), so '"tag"'
+    in the stored text is exactly one element (case-insensitive, as the search)."""
+    return cast(Job.tags, String).icontains(json.dumps(tag), autoescape=True)
+
+
+def facets(db: Session) -> RunFacets:
+    tags: set[str] = set()
+    listed = cast(Job.tags, String)  # JSON has no equality in PostgreSQL: no DISTINCT, the text instead
+    for row in db.scalars(select(Job.tags).where(listed.isnot(None), listed.notin_(["[]", "null"]))):
+        tags.update(t for t in row or [] if isinstance(t, str))
+    return RunFacets(
+        kinds=sorted(db.scalars(select(Job.kind).distinct())),
+        statuses=sorted(db.scalars(select(Job.status).distinct())),
+        tags=sorted(tags),
+    )
+
+
+@router.get("/runs")
+def list_runs(
+    q: str | None = Query(
+        None,
+        max_length=200,
+        pattern=NO_CONTROL_CHARS,
+        description="words, all matching: in the run's name, kind, student / teacher name or tags; #id",
+    ),
+    kind: JobKind | None = None,
+    status: JobStatus | None = None,
+    tag: str | None = Query(None, max_length=40, pattern=NO_CONTROL_CHARS, description="runs with this tag"),
+    limit: int = Query(100, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=MAX_ID),
+    db: Session = Depends(get_db),
+) -> RunsPage:
+    """The runs table's rows: every job matching the search and filters, newest first, one page at a
+    time (`offset`, `next_offset`), with the total and the filter menus' values."""
+    where = [_matches(w) for w in _words(q)]
+    if kind is not None:
+        where.append(Job.kind == kind)
+    if status is not None:
+        where.append(Job.status == status)
+    if tag:
+        where.append(_has_tag(tag.strip()))
+    total = db.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    rows = db.scalars(select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset))
+    runs = [JobOut.of(j) for j in rows]
+    more = offset + len(runs) < total
+    return RunsPage(
+        runs=runs,
+        total=total,
+        offset=offset,
+        limit=limit,
+        next_offset=offset + len(runs) if more and runs else None,
+        facets=facets(db),
+    )
 
 
 @router.patch("/jobs/{job_id}")

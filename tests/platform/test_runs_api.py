@@ -12,6 +12,7 @@ import json
 import pytest
 from sqlalchemy import select
 
+from backend import lifecycle
 from backend.db import session_scope
 from backend.models import Job, MetricPoint
 from tests.platform.helpers import student_rows
@@ -183,3 +184,59 @@ def test_a_teacher_keeps_the_protocol_it_was_registered_with(client, api_env):
     assert (p["split"], p["context"], p["stride"], p["max_documents"]) == ("validation", 64, 16, 64)
     r = client.post("/api/v1/teachers", json={**body, "eval_protocol": {"context": 64, "stride": 64}})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "eval_protocol"]
+
+
+def test_runs_are_searched_and_filtered_on_the_server_past_the_newest_500(client, rows):
+    """GET /runs: 600 newer jobs inserted straight into the database; the run made first (#1 of the
+    table's newest-500 window's blind spot) is found by name, tag, id and its model's name, and the
+    filters and pages cover every job."""
+    old = rows["job"]
+    client.patch(f"/api/v1/jobs/{old}", json={"name": "ancient kd 50%", "tags": ["sweep", "keep"]})
+    with session_scope(rows["url"]) as s:
+        s.add_all(
+            Job(kind="evaluate", status="failed", params={}, queue="default", teacher_id=rows["teacher"])
+            for _ in range(600)
+        )
+        s.flush()
+        lifecycle.create(s, "benchmark", {}, queue="default", teacher_id=rows["teacher"])  # queued
+    runs = lambda **q: client.get("/api/v1/runs", params=q)  # noqa: E731
+
+    first = runs().json()
+    assert first["total"] == 602 and len(first["runs"]) == 100 and first["next_offset"] == 100
+    assert [j["id"] for j in first["runs"]] == sorted((j["id"] for j in first["runs"]), reverse=True)
+    assert old not in [j["id"] for j in client.get("/api/v1/jobs", params={"limit": 500}).json()]
+    assert first["facets"] == {
+        "kinds": ["benchmark", "distill", "evaluate"],
+        "statuses": ["failed", "queued", "succeeded"],
+        "tags": ["keep", "sweep"],
+    }
+    for query in ({"q": "ancient"}, {"q": "KD 50%"}, {"q": f"#{old}"}, {"tag": "keep"}, {"q": "sweep kd"}):
+        page = runs(**query).json()
+        assert [j["id"] for j in page["runs"]] == [old] and page["total"] == 1, (query, page)
+        assert page["next_offset"] is None
+    assert runs(q="ancient evaluate").json()["total"] == 0  # every word must match
+    assert runs(q="50_").json()["total"] == 0  # _ and % are plain characters, not patterns
+    assert runs(tag="swee").json()["total"] == 0  # a tag filter is a whole tag
+    assert [j["id"] for j in runs(q="s", kind="distill").json()["runs"]] == [old]  # the student "s"
+    assert runs(kind="evaluate", status="failed").json()["total"] == 600
+    assert runs(status="queued").json()["runs"][0]["kind"] == "benchmark"
+    # Pages: offset / next_offset walk every matching job once, newest first.
+    seen, offset = [], 0
+    while offset is not None:
+        page = runs(kind="evaluate", limit=250, offset=offset).json()
+        seen += [j["id"] for j in page["runs"]]
+        offset = page["next_offset"]
+    assert len(seen) == len(set(seen)) == 600 and seen == sorted(seen, reverse=True)
+    # Bad input names the parameter.
+    for query, loc in (
+        ({"status": "done"}, ["query", "status"]),
+        ({"kind": "train"}, ["query", "kind"]),
+        ({"limit": 0}, ["query", "limit"]),
+        ({"limit": 501}, ["query", "limit"]),
+        ({"offset": -1}, ["query", "offset"]),
+        ({"q": "a\x00b"}, ["query", "q"]),
+        ({"q": " ".join("w" * 9)}, ["query", "q"]),
+    ):
+        r = runs(**query)
+        assert r.status_code == 422, (query, r.text)
+        assert loc in [d["loc"] for d in r.json()["detail"]], (query, r.json())
