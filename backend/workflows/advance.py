@@ -18,6 +18,7 @@ or run again, at most AUTO_RECOVERIES times per step, without the user. Torch-fr
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -167,20 +168,38 @@ def recoveries(row: WorkflowStep, job: Job) -> int:
 # ---- one advance ----------------------------------------------------------------------------------------
 
 
-def walk(
-    session: Session, settings: Settings, workflow: Job, branch: Branch, steps: Steps, publish: list[Job]
-) -> BranchState:
-    """Follow one branch's steps in order; create (or recover) the first one not done."""
-    state = BranchState(branch)
+def branch_steps(
+    workflow: Job, state: BranchState, steps: Steps
+) -> Iterator[tuple[Step, WorkflowStep | None, Job | None, str, str | None]]:
+    """The branch's steps in order as (step, latest try's row, its job, status, error), each the
+    branch's current step (`state.step`) while the caller looks at it; a succeeded one is recorded in
+    `state.done` and skipped. Past the last step the branch has succeeded (`state` says so). Both the
+    advance (`walk`: it creates or recovers the step it stops at) and the reading (`states_of`) stop at
+    the first step yielded."""
     definition = definition_of(workflow)
-    for step in definition.steps_of(branch, workflow.params):
-        row = steps.latest(branch.key, step.name)
+    for step in definition.steps_of(state.branch, workflow.params):
+        row = steps.latest(state.branch.key, step.name)
         job = steps.job_of(row)
         status, error = step_status(row, job)
         state.step = step.name
         if status == "succeeded":
             state.done[step.name] = job
             continue
+        yield step, row, job, status, error
+    state.status, state.step = "succeeded", None
+
+
+def failure(branch: Branch, step: Step, job: Job | None, error: str | None, status: str) -> str:
+    where = f" (job {job.id})" if job is not None else ""
+    return f"{branch.name}, step {step.name}{where}: {error or status}"
+
+
+def walk(
+    session: Session, settings: Settings, workflow: Job, branch: Branch, steps: Steps, publish: list[Job]
+) -> BranchState:
+    """Follow one branch's steps in order; create (or recover) the first one not done."""
+    state = BranchState(branch)
+    for step, row, job, status, error in branch_steps(workflow, state, steps):
         if status == "pending":
             created = create_step(session, settings, workflow, state, step, steps)
             if created is None:
@@ -204,10 +223,8 @@ def walk(
                 state.status = "running"
                 return state
         state.status = "cancelled" if status == "cancelled" else "failed"
-        where = f" (job {job.id})" if job is not None else ""
-        state.error = f"{branch.name}, step {step.name}{where}: {error or status}"
+        state.error = failure(branch, step, job, error, status)
         return state
-    state.status, state.step = "succeeded", None
     return state
 
 
@@ -265,26 +282,15 @@ def summarize(
 def states_of(session: Session, workflow: Job) -> tuple[list[BranchState], Steps]:
     """The branches' states without creating anything (for reading: GET /workflows/{id})."""
     steps = Steps.load(session, workflow.id)
-    definition = definition_of(workflow)
     states = []
-    for branch in definition.branches(workflow.params):
+    for branch in definition_of(workflow).branches(workflow.params):
         state = BranchState(branch)
-        for step in definition.steps_of(branch, workflow.params):
-            row = steps.latest(branch.key, step.name)
-            job = steps.job_of(row)
-            status, error = step_status(row, job)
-            state.step = step.name
-            if status == "succeeded":
-                state.done[step.name] = job
-                continue
+        for step, _row, job, status, error in branch_steps(workflow, state, steps):
             state.status = {"queued": "running"}.get(status, status)
             if status in ("failed", "cancelled"):
-                where = f" (job {job.id})" if job is not None else ""
-                state.error = f"{branch.name}, step {step.name}{where}: {error or status}"
+                state.error = failure(branch, step, job, error, status)
             elif status == "pending" and state.done:
                 state.status = "running"  # between two steps: the next advance creates it
             break
-        else:
-            state.status, state.step = "succeeded", None
         states.append(state)
     return states, steps
