@@ -87,14 +87,24 @@ def refuse_unless_fits(
     caps = capacities(settings, queue, int(params.get("gpus", 1)))
     if not caps:
         return
-    best, where = caps[0]
+    # A job over `nodes` workers needs that many able to hold it: the nodes-th largest capacity counts
+    # (check_devices has refused fewer live workers than nodes; fewer reporting memory: the smallest).
+    nodes = int(params.get("nodes", 1))
+    best, where = caps[min(nodes, len(caps)) - 1]
     needed = need(params)
     if needed <= best:
         return
-    message = (
-        f"this {what} needs {memplan.format_bytes(needed)} per device, more than any live worker "
-        f"on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {where})"
-    )
+    if nodes > 1:
+        message = (
+            f"this {what} needs {memplan.format_bytes(needed)} per device on each of {nodes} workers, but "
+            f"only {sum(c >= needed for c, _ in caps)} live worker(s) on the {queue!r} queue can give that "
+            f"(the {nodes}th largest: {memplan.format_bytes(best)} on {where})"
+        )
+    else:
+        message = (
+            f"this {what} needs {memplan.format_bytes(needed)} per device, more than any live worker "
+            f"on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {where})"
+        )
     for change in candidates:
         smaller = need({**params, **change})
         if smaller <= best:
@@ -121,7 +131,7 @@ def check_job(
     """409 when a distill, evaluate or benchmark job fits no live worker on its queue (by its number of
     devices, then by memory: the whole estimate per device, which over-counts a sharded student)."""
     what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
-    if kind == "distill":  # an evaluation or benchmark runs on one device whatever `gpus` says
+    if kind in ("distill", "evaluate"):  # a benchmark runs on one device (it has no gpus field)
         check_devices(settings, queue, what, int(params.get("gpus", 1)), int(params.get("nodes", 1)))
     student = db.get(Student, student_id) if student_id is not None else None
     teacher = db.get(Teacher, teacher_id)
@@ -190,13 +200,14 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
     spec = memplan.spec_from_summary(teacher_spec)
     device = "cuda" if queue == GPU else "cpu"
     offload = params.get("offload", "auto")
-    ranks = int(params.get("gpus", 1))
+    ranks, nodes = int(params.get("gpus", 1)), int(params.get("nodes", 1))
     # N data-parallel ranks each load the teacher whole (a streamed pass runs in one process); on a CPU
-    # worker they share one host memory, so it must hold N of them.
-    layouts = (False,) if ranks > 1 else {"never": (False,), "always": (True,)}.get(offload, (False, True))
+    # worker they share one host memory, so it must hold N of them. Over M nodes, M workers must.
+    one = ranks == 1 and nodes == 1
+    layouts = {"never": (False,), "always": (True,)}.get(offload, (False, True)) if one else (False,)
     scans = tuple(params.get("scans", ()))
     copies = ranks if device == "cpu" else 1
-    check_devices(settings, queue, "importance run", ranks)
+    check_devices(settings, queue, "importance run", ranks, nodes)
 
     def need(p: dict) -> int:
         return copies * min(

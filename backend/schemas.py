@@ -120,6 +120,14 @@ class ImportanceRunCreate(OnDevice, DataReading):
         "every N-th calibration batch and the sums are all-reduced, so the scores are one process's; the "
         "teacher is loaded whole on each rank; 409 when no live worker has that many devices",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="workers (machines), each running `gpus` data-parallel ranks that meet at one torchrun "
+        "rendezvous (a gang, worker/gang.py); the scores are still one process's; 409 when fewer live "
+        "workers have `gpus` devices and the memory for them",
+    )
     offload: Literal["auto", "never", "always"] = Field(
         "auto",
         description='"always": stream the teacher one decoder layer at a time from its safetensors '
@@ -136,8 +144,10 @@ class ImportanceRunCreate(OnDevice, DataReading):
     @field_validator("offload")
     @classmethod
     def _streamed_in_one_process(cls, offload: str, info: ValidationInfo) -> str:
-        if offload == "always" and info.data.get("gpus", 1) > 1:
-            raise ValueError('a layer-streamed pass runs in one process: "auto" or "never" with gpus > 1')
+        if offload == "always" and (info.data.get("gpus", 1) > 1 or info.data.get("nodes", 1) > 1):
+            raise ValueError(
+                'a layer-streamed pass runs in one process: "auto" or "never" with gpus > 1 or nodes > 1'
+            )
         return offload
 
     def size_factors(self) -> list[tuple[str, int]]:
@@ -302,8 +312,16 @@ class EvaluateParams(OnWeights):
         1,
         ge=1,
         le=1024,
-        description="accepted for every job kind, but an evaluation runs on one device: its perplexity and "
-        "lm-eval tasks are short single-process passes (worker/handlers.py EVALUATE_ONE_DEVICE)",
+        description="data-parallel ranks on one worker for the perplexity (each scores every N-th batch of "
+        "windows; NLL sums and token counts all-reduced: the one-process number); lm-eval tasks run on one "
+        "device (worker/evaluate_ranks.py says why); 409 when no live worker has that many devices",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="workers (machines), each running `gpus` perplexity ranks at one torchrun rendezvous "
+        "(worker/gang.py); 409 when fewer live workers have `gpus` devices",
     )
     split: Literal["train", "validation", "calibration", "test"] = "test"
     max_documents: int = Field(64, ge=1, le=100_000)

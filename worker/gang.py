@@ -10,6 +10,17 @@ owns the job row). Fewer than M within the timeout: the first to give up closes 
 (one reason, set once), node 0 refuses the job with it (it never started), members that joined return at once, and messages
 taken later find the gang closed and are dropped. Nothing ran, so the job stays resumable.
 
+Competing gangs (two `nodes: M` jobs whose node-0 messages reached two workers of the same queue at
+once): each leader would hold a worker the other needs until both time out. Every forming gang is listed
+per queue with its job attempt's first-lead time (a Redis sorted set); a leader whose gang is still
+incomplete `YIELD_AFTER_S` after it began, while an older gang on its queue is forming (its leader alive:
+a heartbeat in its hash), yields: its round is closed as "yielded" (members that joined leave without
+failing the job, member messages taken later are dropped) and node 0's message is sent again for the
+next round, which keeps the attempt's seniority. So at least the oldest gang forms; the others queue.
+
+A node > 0 that stops on its own (its worker shutting down) leaves a note in the gang before it stops its
+ranks, so node 0 reports that instead of torchrun's exit code (`stopped_note`).
+
 Torch-free: the worker's task thread and the job processes both use it.
 """
 
@@ -28,10 +39,17 @@ from backend.settings import Settings
 KEY = "prunescope:gangs:"
 TTL_S = 7 * 86400
 POLL_S = 0.2
+YIELD_AFTER_S = 2.0  # a leader waits this long for its own gang before it yields to an older one
+BEAT_STALE_S = 15.0  # a forming gang whose leader has not polled for this long is not waited for
 
 
 class GangIncomplete(RuntimeError):
     """Fewer than M nodes joined within the timeout (or one gave up): the job fails with this reason."""
+
+
+class GangYielded(GangIncomplete):
+    """This round of the gang gave way to an older forming gang: node 0's message is sent again (the
+    job is not failed)."""
 
 
 def worker_id() -> str:
@@ -57,10 +75,19 @@ class Gang:
     client: Any
     key: str
     nodes: int
+    round: int = 0
+    base: str = ""  # the job attempt's key: `base:round` holds the current round, `base:since` seniority
+    prefix: str = ""
 
     @classmethod
-    def of(cls, settings: Settings, job_id: int, attempt: int, nodes: int) -> Gang:
-        return cls(fleet.client_for(settings), f"{settings.redis_prefix}{KEY}{job_id}:{attempt}", nodes)
+    def of(cls, settings: Settings, job_id: int, attempt: int, nodes: int, round: int | None = None) -> Gang:
+        """The gang of a job attempt; its current round (the one node 0 leads) unless `round` is given."""
+        client = fleet.client_for(settings)
+        base = f"{settings.redis_prefix}{KEY}{job_id}:{attempt}"
+        if round is None:
+            round = int(client.get(f"{base}:round") or 0)
+        key = base if round == 0 else f"{base}:r{round}"
+        return cls(client, key, nodes, round, base, settings.redis_prefix)
 
     # -- membership -------------------------------------------------------------------------------
 
@@ -107,8 +134,34 @@ class Gang:
         self.client.expire(self.key, TTL_S)
         return done
 
+    def yield_round(self, reason: str) -> bool:
+        """Close this round as yielded and make the next one current; False when it opened or failed."""
+        self.client.hsetnx(self.key, "reason", reason)
+        if not self._set_state("yielded"):
+            return False
+        self.client.set(f"{self.base}:round", self.round + 1, ex=TTL_S)
+        return True
+
+    def stop_note(self, node: int, worker: str, why: str) -> None:
+        """Node `node` stops its ranks on its own (`why`): node 0 reports it (stopped_note)."""
+        note = json.dumps({"node": node, "worker": worker, "why": why})
+        self.client.hsetnx(self.key, f"stopped:{node}", note)
+        self.client.expire(self.key, TTL_S)
+
+    def stopped_note(self) -> str | None:
+        """What a node that stopped on its own left (the lowest node's), as the job's error; else None."""
+        notes = []
+        for name, value in self.client.hgetall(self.key).items():
+            name = name.decode() if isinstance(name, bytes) else name
+            if name.startswith("stopped:"):
+                notes.append(json.loads(value))
+        if not notes:
+            return None
+        n = min(notes, key=lambda x: x["node"])
+        return f"node {n['node']} (worker {n['worker']}) stopped: {n['why']}"
+
     def state(self) -> tuple[str | None, str | None]:
-        """("open", endpoint), ("failed", reason) or (None, None) while forming."""
+        """("open", endpoint), ("failed" or "yielded", reason) or (None, None) while forming."""
         state, endpoint, reason = self.client.hmget(self.key, "state", "endpoint", "reason")
         decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
         state = decode(state)
@@ -116,10 +169,52 @@ class Gang:
 
     # -- waiting ----------------------------------------------------------------------------------
 
-    def gather(self, timeout_s: float, should_stop: Callable[[], bool]) -> dict[int, dict]:
+    # -- competing gangs (the forming list of a queue) --------------------------------------------
+
+    def forming_key(self, queue: str) -> str:
+        return f"{self.prefix}{KEY}forming:{queue}"
+
+    def enlist(self, queue: str) -> float:
+        """List this round as forming on `queue`, with the attempt's first-lead time (its seniority)."""
+        self.client.set(f"{self.base}:since", time.time(), nx=True, ex=TTL_S)
+        since = float(self.client.get(f"{self.base}:since"))
+        self.client.hset(self.key, "beat", time.time())
+        self.client.zadd(self.forming_key(queue), {self.key: since})
+        return since
+
+    def delist(self, queue: str) -> None:
+        self.client.zrem(self.forming_key(queue), self.key)
+
+    def older_forming(self, queue: str) -> str | None:
+        """The key of an older gang still forming on `queue` with a live leader (stale entries dropped)."""
+        key = self.forming_key(queue)
+        mine = self.client.zscore(key, self.key)
+        if mine is None:
+            return None
+        for other, score in self.client.zrangebyscore(key, "-inf", mine, withscores=True):
+            other = other.decode() if isinstance(other, bytes) else other
+            if other == self.key or (score == mine and other > self.key):
+                continue
+            state, beat = self.client.hmget(other, "state", "beat")
+            if state is None and beat is not None and time.time() - float(beat) < BEAT_STALE_S:
+                return other
+            self.client.zrem(key, other)  # opened, failed, yielded, or its leader is gone
+        return None
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def gather(
+        self,
+        timeout_s: float,
+        should_stop: Callable[[], bool],
+        queue: str | None = None,
+        yield_after_s: float = YIELD_AFTER_S,
+    ) -> dict[int, dict]:
         """Node 0: wait until all M nodes joined; the members. Raises GangIncomplete on timeout (closing
-        the gang) or when another node closed it; returns early (incomplete) when `should_stop`."""
-        deadline = time.monotonic() + timeout_s
+        the gang) or when another node closed it; returns early (incomplete) when `should_stop`. With
+        `queue`, raises GangYielded when an older gang on it is forming after `yield_after_s`."""
+        began = time.monotonic()
+        deadline = began + timeout_s
         while True:
             members = self.members()
             state, reason = self.state()
@@ -127,6 +222,15 @@ class Gang:
                 raise GangIncomplete(reason)
             if len(members) >= self.nodes or should_stop():
                 return members
+            if queue is not None:
+                self.client.hset(self.key, "beat", time.time())
+                older = self.older_forming(queue) if time.monotonic() - began >= yield_after_s else None
+                if older is not None:
+                    job = older.removeprefix(f"{self.prefix}{KEY}").split(":")[0]
+                    reason = f"nodes: an older gang (job {job}) is forming on the {queue!r} queue"
+                    if self.yield_round(reason):
+                        raise GangYielded(reason)
+                    continue  # opened or closed meanwhile: read it again
             if time.monotonic() >= deadline:
                 reason = (
                     f"nodes: only {len(members)} of {self.nodes} nodes joined within {timeout_s:.0f} s "
@@ -146,6 +250,8 @@ class Gang:
             state, detail = self.state()
             if state == "open":
                 return detail
+            if state == "yielded":
+                raise GangYielded(detail)
             if state == "failed":
                 raise GangIncomplete(detail)
             if should_stop():
@@ -159,11 +265,22 @@ class Gang:
             time.sleep(POLL_S)
 
 
-def lead(rt, gang: Gang) -> str:
+def lead(rt, gang: Gang, queue: str | None = None) -> str:
     """Node 0, in the worker's task thread before the job is claimed: wait for the gang, then open it at
     this node's address and a free port (the endpoint). Raises GangIncomplete (the job is then refused:
     it never started, so it stays resumable); a cancel or this worker's shutdown while it waits closes
-    the gang."""
+    the gang. With `queue`, raises GangYielded when it gives way to an older forming gang there (the
+    caller sends node 0's message again for `gang.round + 1`)."""
+    if queue is not None:
+        gang.enlist(queue)
+    try:
+        return _lead(rt, gang, queue)
+    finally:
+        if queue is not None:
+            gang.delist(queue)
+
+
+def _lead(rt, gang: Gang, queue: str | None) -> str:
     timeout = rt.settings.gang_timeout_s
 
     message = f"waiting for {gang.nodes} nodes to join (up to {timeout:.0f} s)"
@@ -177,7 +294,7 @@ def lead(rt, gang: Gang) -> str:
 
     from worker.runtime import SHUTTING_DOWN
 
-    gang.gather(timeout, lambda: SHUTTING_DOWN.is_set() or not_wanted())
+    gang.gather(timeout, lambda: SHUTTING_DOWN.is_set() or not_wanted(), queue)
     last["at"] = 0.0
     if SHUTTING_DOWN.is_set() or not_wanted():
         why = "node 0's worker shut down" if SHUTTING_DOWN.is_set() else "the job was cancelled"
@@ -187,3 +304,26 @@ def lead(rt, gang: Gang) -> str:
     if not gang.open(endpoint):  # a member gave up at the same moment
         raise GangIncomplete(gang.state()[1] or "nodes: the gang was closed")
     return endpoint
+
+
+def opened(rt, job_id: int, nodes: int):
+    """Node 0's job process: (Rendezvous, workers) of the gang its task formed and opened (`lead`).
+    The job's log and row name every node's worker."""
+    from backend.db import session_scope
+    from backend.models import Job
+    from worker.multi_rank import Rendezvous
+
+    gang = Gang.of(rt.settings, job_id, rt.attempt, nodes)
+    state, endpoint = gang.state()
+    if state != "open":
+        raise GangIncomplete(endpoint or "nodes: the job's gang was not formed")
+    members = gang.members()
+    workers = [m["worker"] for m in members.values()]
+    rt.log(
+        f"gang of {nodes} nodes: "
+        + ", ".join(f"node {i} {m['worker']}" for i, m in members.items())
+        + f"; rendezvous at {endpoint}"
+    )
+    with session_scope(rt.url) as s:
+        s.get(Job, job_id).worker = ", ".join(workers)[:200]
+    return Rendezvous(nodes, 0, endpoint, rt.settings.gang_timeout_s), workers

@@ -1,11 +1,13 @@
-"""An importance job with `gpus: N > 1`: `prunescope importance` under torchrun over N ranks on this
-worker (worker.multi_rank), data-parallel: each rank scores every N-th calibration batch and the sums
-are all-reduced (worker.engine.importance.compute), so the artifact is a one-process run's.
+"""An importance job with `gpus: N > 1` or `nodes: M > 1`: `prunescope importance` under torchrun over
+N ranks on this worker (worker.multi_rank), or N ranks on each of M workers meeting at one rendezvous
+(node 0 is this job process; worker.gang, worker.node_member), data-parallel: each rank scores every
+(N x M)-th calibration batch and the sums are all-reduced (worker.engine.importance.compute), so the
+artifact is a one-process run's.
 
 The teacher is loaded whole on every rank (a layer-streamed pass runs in one process: `offload` "auto"
-becomes "never" here, and "always" with gpus > 1 is refused by the API). Rank 0's progress is tailed into
-the job as for distillation; a cancel stops every rank at its next batch (nothing to resume: importance
-has no checkpoint, it simply runs again).
+becomes "never" here, and "always" with gpus or nodes > 1 is refused by the API). Rank 0 (on node 0)
+writes the artifact; its progress is tailed into the job as for distillation; a cancel stops every rank
+at its next batch (nothing to resume: importance has no checkpoint, it simply runs again).
 """
 
 from __future__ import annotations
@@ -42,34 +44,45 @@ def importance_args(p: dict, *, model: str, data: str, out: Path, device: str) -
     return args
 
 
-def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.engine.importance.result import ImportanceResult
-    from worker.handlers import _plain, _publish, _record_artifact, _rows, model_source
+def rank_args(rt: JobRuntime, job: Job, out: Path) -> list[str]:
+    """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
+    from worker.handlers import _rows, model_source
 
     run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     (dataset,) = _rows(rt, (Dataset, run.dataset_id))
-    p = run.params
-    ranks = int(p["gpus"])
     if teacher.trust_remote_code:
-        raise RuntimeError("importance over several ranks runs models without remote code only; use gpus: 1")
+        raise RuntimeError(
+            "importance over several ranks runs models without remote code only; use gpus: 1, nodes: 1"
+        )
+    device = device_type(rt.device)
+    return [
+        "importance",
+        *importance_args(
+            run.params, model=model_source(teacher.source), data=dataset.source, out=out, device=device
+        ),
+    ]
+
+
+def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine.importance.result import ImportanceResult
+    from worker.gang import opened
+    from worker.handlers import _plain, _publish, _record_artifact, _rows
+
+    (run,) = _rows(rt, (ImportanceRun, job.importance_run_id))
+    p = run.params
+    ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
+    world = ranks * nodes
+    # A job over several nodes first gathers its gang (worker.gang): node 0 is this process.
+    rendezvous, workers = opened(rt, job.id, nodes) if nodes > 1 else (None, [rt.worker_name])
     loaded: dict[str, Any] = {}
 
     def on_record(record: dict) -> None:
         done, total = record["done"], max(record["total"], 1)
-        rt.progress(0.05 + 0.9 * done / total, f"calibration: ~{done}/{total} samples on {ranks} ranks")
+        rt.progress(0.05 + 0.9 * done / total, f"calibration: ~{done}/{total} samples on {world} ranks")
 
     def write(out: Path) -> None:
-        args = [
-            "importance",
-            *importance_args(
-                p,
-                model=model_source(teacher.source),
-                data=dataset.source,
-                out=out,
-                device=device_type(rt.device),
-            ),
-        ]
-        rt.progress(0.0, f"starting {ranks} ranks", force=True)
+        args = rank_args(rt, job, out)
+        rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
         finished = run_ranks(
             rt,
             ranks,
@@ -78,6 +91,7 @@ def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             work=out.parent / "ranks",
             device_type=device_type(rt.device),
             on_record=on_record,
+            rendezvous=rendezvous,
         )
         if not finished:
             raise JobCancelled()
@@ -95,5 +109,8 @@ def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "stability": _plain(result.rank_stability()),
         "mode": execution.get("mode"),
         "mode_reason": execution.get("reason"),
-        "world_size": ranks,
+        "world_size": world,
+        "nodes": nodes,
+        "gpus_per_node": ranks,
+        "workers": workers,
     }

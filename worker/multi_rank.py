@@ -35,6 +35,11 @@ class RanksFailed(RuntimeError):
     """torchrun ended with an error; the message carries the end of the ranks' output."""
 
 
+class NodeStopped(RanksFailed):
+    """Node 0's ranks ended because another node stopped its own (its worker shutting down): the
+    message says which node, on which worker, and why (worker.gang.Gang.stopped_note)."""
+
+
 @dataclass(frozen=True)
 class Rendezvous:
     """Where the ranks of a job over several nodes meet (worker.gang): this node's place and node 0's
@@ -152,8 +157,25 @@ def run_ranks(
         return True
     if stop_sent is not None:
         return False
+    if rendezvous is not None and rendezvous.node_rank == 0:
+        note = _stopped_node(rt, rendezvous)
+        if note:  # another node stopped on its own: say so, not torchrun's exit code
+            rt.log(note, "warning")
+            raise NodeStopped(note)
+    if rt.should_stop():  # a cancel another node saw first ended the ranks: a stop, not a failure
+        return False
     tail = output.read_text(errors="replace")[-3000:]
     raise RanksFailed(f"torchrun over {ranks} ranks exited with code {code}:\n{tail}")
+
+
+def _stopped_node(rt, rendezvous: Rendezvous) -> str | None:
+    """What a node that stopped on its own noted in the job's gang (worker.gang), if any."""
+    from worker.gang import Gang
+
+    try:
+        return Gang.of(rt.settings, rt.job_id, rt.attempt, rendezvous.nodes).stopped_note()
+    except Exception:  # Redis unreachable: torchrun's exit code is all there is to report
+        return None
 
 
 def _follow(path: Path, offset: int, handle: Callable[[str], None]) -> int:

@@ -14,7 +14,7 @@ from backend.queue import RUN_JOB, make_celery
 from backend.routing import can_serve
 from backend.settings import Settings
 from worker.execution import execute
-from worker.gang import Gang, GangIncomplete, lead, node_address, worker_id
+from worker.gang import Gang, GangIncomplete, GangYielded, lead, node_address, worker_id
 from worker.isolation import ChildDied, run_isolated, warm_up
 from worker.node_member import execute_member
 from worker.runtime import SHUTTING_DOWN, JobRuntime
@@ -39,14 +39,14 @@ def preload(**_kwargs) -> None:
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: int, attempt: int, node: int = 0, nodes: int = 1) -> str:
+def run_job(job_id: int, attempt: int, node: int = 0, nodes: int = 1, round: int = 0) -> str:
     try:
-        return _run_job(job_id, attempt, node, nodes)
+        return _run_job(job_id, attempt, node, nodes, round)
     finally:  # a workflow's child ended (or was refused, or its process died): take the next step now
         advance_parent(_settings, job_id, app.send_task)
 
 
-def _run_job(job_id: int, attempt: int, node: int, nodes: int) -> str:
+def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -> str:
     settings = Settings()
     rt = JobRuntime(settings, job_id, attempt, device=settings.worker_device)
     # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an
@@ -64,21 +64,31 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int) -> str:
     target, args = execute, (job_id, attempt, rt.device)
     nodes = nodes if node else _nodes(rt)
     if nodes > 1:  # one node of a job over several (worker.gang): this worker holds a slot of its gang
-        joined = Gang.of(settings, job_id, attempt, nodes).join(node, worker_id(), node_address(settings))
+        gang = Gang.of(settings, job_id, attempt, nodes, None if node == 0 else round)
+        round = gang.round  # node 0: the attempt's current round (a re-sent first message joins it)
+        joined = gang.join(node, worker_id(), node_address(settings))
+        queue = _queue(rt)
         if joined == "busy":  # this worker runs another node of it: leave this one to another worker
-            run_job.apply_async(args=[job_id, attempt, node, nodes], queue=_queue(rt), countdown=1)
+            run_job.apply_async(args=[job_id, attempt, node, nodes, round], queue=queue, countdown=1)
             return "deferred"
         if joined != "joined":
             return "skipped"
         if node == 0:  # the API sent node 0's message; node 0 sends the others to the same queue
             for member in range(1, nodes):
-                run_job.apply_async(args=[job_id, attempt, member, nodes], queue=_queue(rt))
+                run_job.apply_async(args=[job_id, attempt, member, nodes, round], queue=queue)
             try:  # before the claim: a gang that cannot form leaves the job unstarted (resumable)
-                lead(rt, Gang.of(settings, job_id, attempt, nodes))
+                lead(rt, gang, queue)
+            except GangYielded as exc:  # an older gang competes for these workers: let it form first
+                if rt.note_waiting(f"{exc}; waiting for it to form") is None:
+                    return "skipped"  # cancelled meanwhile
+                run_job.apply_async(
+                    args=[job_id, attempt, 0, nodes, round + 1], queue=queue, countdown=YIELD_BACKOFF_S
+                )
+                return "deferred"
             except GangIncomplete as exc:
                 return "refused" if rt.refuse(str(exc)) else "skipped"
         else:
-            target, args = execute_member, (job_id, attempt, node, nodes, rt.device)
+            target, args = execute_member, (job_id, attempt, node, nodes, rt.device, round)
     # The job itself runs in a process of its own (worker.isolation: torch's global state is per process).
     try:
         return run_isolated(target, *args)
@@ -103,6 +113,7 @@ def _queue(rt: JobRuntime) -> str:
 
 
 DISTILLATION_POLL_S = 2.0
+YIELD_BACKOFF_S = 3.0  # a gang that gave way to an older one tries again this much later
 
 
 def _wait_for_distillation(rt: JobRuntime) -> str | None:

@@ -4,6 +4,7 @@ joined, and a member waiting for node 0 sees the gang closed or opened."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ import uuid
 import pytest
 
 from backend.settings import Settings
-from worker.gang import Gang, GangIncomplete
+from worker.gang import Gang, GangIncomplete, GangYielded
 
 
 @pytest.fixture
@@ -19,7 +20,8 @@ def gang(redis_url) -> Gang:
     settings = Settings(broker_url=redis_url, redis_prefix=f"pstest-gang-{uuid.uuid4().hex[:8]}:")
     g = Gang.of(settings, job_id=7, attempt=1, nodes=2)
     yield g
-    g.client.delete(g.key)
+    for key in g.client.scan_iter(f"{g.base}*"):
+        g.client.delete(key)
 
 
 def test_each_node_takes_one_distinct_worker(gang):
@@ -89,3 +91,91 @@ def test_node_0_stops_waiting_on_a_cancel_or_its_workers_shutdown(gang, cause):
     finally:
         SHUTTING_DOWN.clear()
     assert gang.state() == ("failed", f"nodes: {why} while the gang formed; nothing ran")
+
+
+def _gang(settings: Settings, job_id: int, round: int | None = None) -> Gang:
+    return Gang.of(settings, job_id=job_id, attempt=1, nodes=2, round=round)
+
+
+def test_competing_gangs_the_younger_leader_yields_and_the_older_forms(redis_url):
+    """Two `nodes: 2` jobs whose node 0 took both workers: the younger leader gives its round up (its
+    member messages are then dropped), the older gang forms with the freed worker, and the younger
+    job's next round keeps its seniority."""
+    settings = Settings(broker_url=redis_url, redis_prefix=f"pstest-gang-{uuid.uuid4().hex[:8]}:")
+    older, younger = _gang(settings, 1), _gang(settings, 2)
+    try:
+        assert older.join(0, "a:1", "10.0.0.1") == "joined"
+        older.enlist("cpu")
+        time.sleep(0.01)
+        assert younger.join(0, "b:2", "10.0.0.2") == "joined"
+        younger.enlist("cpu")
+        outcome: dict = {}
+
+        def lead_older() -> None:  # never yields to the younger gang; forms once b:2 is free
+            outcome["older"] = older.gather(20.0, lambda: False, "cpu", yield_after_s=0.3)
+
+        leader = threading.Thread(target=lead_older)
+        leader.start()
+        began = time.monotonic()
+        with pytest.raises(GangYielded, match=r"older gang \(job 1\) is forming on the 'cpu' queue"):
+            younger.gather(20.0, lambda: False, "cpu", yield_after_s=0.3)
+        assert time.monotonic() - began < 5  # not its 20 s timeout
+        younger.delist("cpu")
+        assert younger.state() == ("yielded", "nodes: an older gang (job 1) is forming on the 'cpu' queue")
+        # Its member message (round 0) is dropped; a member that had joined leaves without failing it.
+        assert younger.join(1, "a:1", "10.0.0.1") == "closed"
+        with pytest.raises(GangYielded):
+            younger.await_open(5.0, lambda: False)
+        # The freed worker b:2 takes the older gang's member message: it forms.
+        assert older.join(1, "b:2", "10.0.0.2") == "joined"
+        leader.join(timeout=10)
+        assert outcome["older"].keys() == {0, 1}
+        assert older.open("10.0.0.1:29500")
+        older.delist("cpu")
+        # The younger job's next round is current, keeps the attempt's first-lead time, and forms.
+        again = _gang(settings, 2)
+        assert again.round == 1 and again.key != younger.key
+        assert again.join(0, "b:2", "10.0.0.2") == "joined"
+        assert again.enlist("cpu") == younger.enlist("cpu")
+        assert again.older_forming("cpu") is None  # the older gang opened: nobody to yield to
+        assert again.join(1, "a:1", "10.0.0.1") == "joined"
+        assert again.gather(5.0, lambda: False, "cpu", yield_after_s=0.0).keys() == {0, 1}
+    finally:
+        keys = settings.redis_prefix + "*"
+        for key in older.client.scan_iter(keys):
+            older.client.delete(key)
+
+
+def test_a_forming_gang_whose_leader_is_gone_is_not_waited_for(redis_url):
+    from worker import gang as gang_module
+
+    settings = Settings(broker_url=redis_url, redis_prefix=f"pstest-gang-{uuid.uuid4().hex[:8]}:")
+    stale, mine = _gang(settings, 1), _gang(settings, 2)
+    try:
+        stale.join(0, "a:1", "10.0.0.1")
+        stale.enlist("cpu")
+        stale.client.hset(stale.key, "beat", time.time() - gang_module.BEAT_STALE_S - 1)  # leader died
+        mine.join(0, "b:2", "10.0.0.2")
+        mine.enlist("cpu")
+        assert mine.older_forming("cpu") is None
+        assert stale.client.zscore(mine.forming_key("cpu"), stale.key) is None  # dropped from the list
+    finally:
+        for key in stale.client.scan_iter(settings.redis_prefix + "*"):
+            stale.client.delete(key)
+
+
+def test_a_node_stopping_on_its_own_is_what_node_0_reports(gang):
+    """Node 1's worker shuts down: its runtime notes it in the gang before stopping its ranks, and node
+    0 reads that (instead of torchrun's exit code 1)."""
+    from worker.node_member import NodeRuntime
+    from worker.runtime import SHUTTING_DOWN
+
+    assert gang.stopped_note() is None
+    member = NodeRuntime(rt=None, node=1, gang=gang)
+    SHUTTING_DOWN.set()
+    try:
+        assert member.should_stop() and member.should_stop()
+    finally:
+        SHUTTING_DOWN.clear()
+    note = gang.stopped_note()
+    assert re.fullmatch(r"node 1 \(worker [^ ]+:\d+\) stopped: worker shutting down; resumable", note), note

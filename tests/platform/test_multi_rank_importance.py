@@ -1,7 +1,8 @@
 """`gpus: N` for importance and evaluate jobs through the real API and a CPU worker offering two gloo ranks.
 
 Importance is data-parallel (worker/importance_ranks.py): its artifact equals the one-process job's to
-1e-6 relative. An evaluation accepts `gpus` but runs on one device and says why in its log. Requests no
+1e-6 relative. So is an evaluation's perplexity (worker/evaluate_ranks.py); its lm-eval tasks run on
+one device and say why. Requests no
 worker can hold are refused naming the field.
 """
 
@@ -83,21 +84,27 @@ def test_requests_no_worker_can_hold_are_refused(app, body):
     assert app.api.get("/jobs").json() == before
 
 
-def test_evaluate_accepts_gpus_and_runs_on_one_device(app, body):
-    r = app.api.post(
-        "/jobs",
-        json={
-            "kind": "evaluate",
-            "teacher_id": body["teacher_id"],
-            "params": {"gpus": 2, "max_documents": 2, "seq_len": 32},
-        },
-    )
-    assert r.status_code == 201, r.text
-    job = app.wait_job(r.json()["id"], timeout=120)
-    assert job["status"] == "succeeded", job.get("error")
-    text = json.dumps(app.api.get(f"/jobs/{job['id']}/logs").json())
-    assert "gpus: 2 asked; an evaluation runs on one device" in text
-    assert job["result"]["perplexity"]
+def test_evaluate_with_gpus_is_data_parallel(app, body):
+    """`gpus: 2`: the perplexity over 2 gloo ranks equals the one-process job's (1e-6 relative); the
+    lm-eval task runs on one device, with the reason in the log and the result."""
+    jobs = {}
+    for gpus, tasks in ((2, ["prunescope_cloze"]), (1, [])):
+        params = {"gpus": gpus, "max_documents": 6, "seq_len": 32, "stride": 16, "tasks": tasks, "limit": 2}
+        r = app.api.post(
+            "/jobs", json={"kind": "evaluate", "teacher_id": body["teacher_id"], "params": params}
+        )
+        assert r.status_code == 201, r.text
+        jobs[gpus] = app.wait_job(r.json()["id"], timeout=150)
+        assert jobs[gpus]["status"] == "succeeded", (jobs[gpus].get("error"), app.worker.log())
+    two, one = jobs[2]["result"], jobs[1]["result"]
+    assert two["perplexity"]["tokens"] == one["perplexity"]["tokens"] > 0
+    rel = abs(two["perplexity"]["perplexity"] / one["perplexity"]["perplexity"] - 1)
+    assert rel <= 1e-6, (two["perplexity"], one["perplexity"])
+    assert two["perplexity"]["world_size"] == 2 and two["distributed"]["world_size"] == 2
+    assert "one device" in two["distributed"]["tasks"] and two["tasks"]  # lm-eval ran, in one process
+    text = json.dumps(app.api.get(f"/jobs/{jobs[2]['id']}/logs").json())
+    assert "launching 2 ranks" in text and "lm-eval tasks run in one process" in text
+    assert rank_processes(str(app.data_dir)) == []
 
 
 def test_cancel_stops_every_importance_rank(app, body):

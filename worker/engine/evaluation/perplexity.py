@@ -10,6 +10,11 @@ tokens of history (Hugging Face's "perplexity of fixed-length models" recipe).
 PackedTokens: every block is scored on its own (its first token is only context), by `block_nll`, the
 one packed-block scorer (also the demo teacher's curve and card, and the what-if preview).
 
+Data-parallel (`ranks`, a `worker.engine.distributed.DistributedContext` under torchrun): the windows
+are batched exactly as in one process and rank r scores batches r, r + N, ...; the NLL sums and token
+counts are all-reduced in float64, so every rank returns the one-process result (to float rounding of
+the sum's order).
+
 Memory: the LM head is applied to the scored positions only, a chunk of tokens at a time
 (`chunked_head.token_nll`), so full batch x sequence x vocabulary logits are never materialised.
 """
@@ -96,12 +101,15 @@ def perplexity(
     max_blocks: int | None = None,
     chunk_tokens: int | None = None,
     progress: Progress | None = None,
+    ranks=None,
 ) -> dict:
     """{"loss", "perplexity", "tokens", "documents"|"blocks", "context", "stride"} (natural-log NLL).
 
     `data` is a list of document strings (needs `tokenizer`) or a `PackedTokens`. `chunk_tokens`:
     tokens per LM-head chunk (default `auto_chunk_tokens`, at most 2^24 logits per chunk).
-    `progress(done, total)` after each batch: windows of documents scored, or packed blocks.
+    `progress(done, total)` after each batch: windows of documents scored, or packed blocks (with
+    `ranks`, this rank's windows times the world size: an estimate of the whole pass).
+    `ranks`: a distributed context; documents only (each rank scores its share of the batches).
     """
     device = next(model.parameters()).device
     score = functools.partial(_score, model, output_head(model), device=device, chunk_tokens=chunk_tokens)
@@ -109,9 +117,11 @@ def perplexity(
     model.eval()
     try:
         if hasattr(data, "sequential"):
+            if ranks is not None and ranks.distributed:
+                raise ValueError("data-parallel perplexity reads documents, not packed blocks")
             return _packed_perplexity(model, data, batch_size, max_blocks, chunk_tokens, progress)
         return _document_perplexity(
-            score, model, data, tokenizer, context, stride, batch_size, max_documents, progress
+            score, model, data, tokenizer, context, stride, batch_size, max_documents, progress, ranks
         )
     finally:
         model.train(was_training)
@@ -178,6 +188,7 @@ def _document_perplexity(
     batch_size,
     max_documents,
     progress=None,
+    ranks=None,
 ) -> dict:
     if tokenizer is None:
         raise ValueError("perplexity on documents needs the tokenizer")
@@ -197,10 +208,19 @@ def _document_perplexity(
         for begin, end, first in windows(len(ids), context, stride):
             rows.append((ids[begin:end], first - begin))
     rows.sort(key=lambda r: len(r[0]))  # similar lengths together: less padding
-    nll, count = 0.0, 0
-    for first in range(0, len(rows), batch_size):
+    rank, world = (ranks.rank, ranks.world_size) if ranks is not None and ranks.distributed else (0, 1)
+    starts = range(0, len(rows), batch_size)
+    nll, count, done = 0.0, 0, 0
+    for first in starts[rank::world]:  # the one-process batches, every world-th to this rank
         part, n = score(rows[first : first + batch_size], pad)
         nll, count = nll + part, count + n
+        done += min(batch_size, len(rows) - first)
         if progress is not None:
-            progress(min(first + batch_size, len(rows)), len(rows))
+            progress(min(done * world, len(rows)), len(rows))
+    if world > 1:
+        import torch.distributed as dist
+
+        sums = torch.tensor([nll, float(count)], dtype=torch.float64)
+        dist.all_reduce(sums)
+        nll, count = float(sums[0]), int(round(float(sums[1])))
     return _result(nll, count, documents=len(documents), context=context, stride=stride)

@@ -1,0 +1,184 @@
+"""An evaluate job with `gpus: N > 1` or `nodes: M > 1`: its perplexity is data-parallel over N ranks on
+this worker (or N on each of M workers meeting at one rendezvous: worker.gang, worker.node_member).
+
+Each rank runs this module (`python -m worker.evaluate_ranks MODEL ...` under torchrun, `rank_main`):
+it loads the model, windows the same documents as one process, scores every world-size-th batch of
+windows, and the NLL sums and token counts are all-reduced
+(worker.engine.evaluation.perplexity, `ranks`), so the result is the one-process perplexity. Rank 0
+writes it as JSON and appends its progress to `--metrics-jsonl`, which this job process tails.
+
+lm-eval tasks stay in one process on this worker's device, after the ranks: the harness drives its own
+batches and a model in one process (no data-parallel mode that works without accelerate's launcher), so
+the job logs that and records it in its result (`distributed.tasks`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.routing import device_type
+from worker.multi_rank import run_ranks
+from worker.runtime import JobCancelled, JobRuntime
+
+MODULE = "worker.evaluate_ranks"
+TASKS_ONE_DEVICE = (
+    "lm-eval tasks run in one process on this worker's device: the harness batches its own requests "
+    "for one model and has no data-parallel mode outside accelerate's launcher"
+)
+
+
+def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
+    """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
+    from worker.handlers import _dataset, _subject, model_source
+
+    p = job.params
+    source, trust_remote_code = _subject(rt, job)
+    if trust_remote_code:
+        raise RuntimeError("evaluation over several ranks runs models without remote code only; use gpus: 1")
+    dataset = _dataset(rt, p)
+    args = [
+        model_source(source),
+        "--data", dataset.source if dataset else "demo",
+        "--split", p["split"],
+        "--max-documents", str(p["max_documents"]),
+        "--context", str(p["seq_len"]),
+        "--device", device_type(rt.device),
+        "--out", str(result_path),
+    ]  # fmt: skip
+    if p.get("stride"):
+        args += ["--stride", str(p["stride"])]
+    return args
+
+
+def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
+    from worker.engine import eval_protocol, evaluation
+    from worker.gang import opened
+    from worker.handlers import _plain, _save_benchmark, _subject, load, store
+
+    p = job.params
+    ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
+    world = ranks * nodes
+    rendezvous, workers = opened(rt, job.id, nodes) if nodes > 1 else (None, [rt.worker_name])
+    share = 0.45 if p.get("tasks") else 0.9  # of the bar: lm-eval tasks take the rest
+
+    def on_record(record: dict) -> None:
+        done, total = record["done"], max(record["total"], 1)
+        where = f"~{done}/{total} windows on {world} ranks"
+        rt.progress(0.05 + share * done / total, f"perplexity: {where}", phase="perplexity")
+
+    staging = store(rt).staging_dir()
+    try:
+        out = staging / "perplexity.json"
+        rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
+        t0 = time.perf_counter()
+        finished = run_ranks(
+            rt,
+            ranks,
+            MODULE,
+            rank_args(rt, job, out),
+            work=staging / "ranks",
+            device_type=device_type(rt.device),
+            on_record=on_record,
+            rendezvous=rendezvous,
+        )
+        if not finished:
+            raise JobCancelled()
+        ppl = json.loads(out.read_text())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result: dict[str, Any] = {
+        "perplexity": _plain(ppl),
+        "protocol": eval_protocol.of_job("evaluate", p),
+        "tasks": [],
+        "seconds": None,
+        "distributed": {
+            "world_size": world,
+            "nodes": nodes,
+            "gpus_per_node": ranks,
+            "workers": workers,
+            "perplexity": f"data-parallel over {world} ranks (NLL sums and token counts all-reduced)",
+        },
+    }
+    rt.raise_if_cancelled()
+    if p.get("tasks"):
+        rt.log(f"{TASKS_ONE_DEVICE}; the perplexity above ran on {world} ranks")
+        result["distributed"]["tasks"] = f"one device ({rt.device}): {TASKS_ONE_DEVICE}"
+        rt.progress(0.5, "lm-eval tasks (one device)", force=True)
+        source, trust_remote_code = _subject(rt, job)
+        model, tokenizer = load(rt, source, trust_remote_code)
+        result["tasks"] = _plain(
+            evaluation.run_lm_eval(
+                model, tokenizer, p["tasks"], limit=p["limit"], cache_root=rt.settings.cache
+            )
+        )
+    result["seconds"] = time.perf_counter() - t0
+    _save_benchmark(rt, job, "evaluate", result)
+    return result
+
+
+# ---- one rank ----------------------------------------------------------------------------------------
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """One rank's perplexity pass (also one process when not launched by torchrun / srun)."""
+    parser = argparse.ArgumentParser(prog="python -m worker.evaluate_ranks")
+    parser.add_argument("model")
+    parser.add_argument("--data", default="demo")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-documents", type=int, default=None)
+    parser.add_argument("--context", type=int, default=None)
+    parser.add_argument("--stride", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stop-file", type=Path, default=None)
+    parser.add_argument("--metrics-jsonl", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from worker.engine.data import read_documents
+    from worker.engine.distributed import DistributedContext
+    from worker.engine.evaluation import perplexity
+    from worker.engine.loading import load_model
+
+    ctx = DistributedContext.from_environment(args.device)
+    device = str(ctx.device) if ctx.distributed else args.device
+    model, tokenizer = load_model(args.model, device=device)
+    if tokenizer is None:
+        print(f"no tokenizer found with {args.model}", file=sys.stderr)
+        return 2
+    documents = read_documents(args.data, args.split)
+
+    def progress(done: int, total: int) -> None:
+        if args.metrics_jsonl is not None and ctx.is_main:
+            with args.metrics_jsonl.open("a") as f:
+                f.write(json.dumps({"phase": "perplexity", "done": done, "total": total}) + "\n")
+        if args.stop_file is not None and args.stop_file.exists():
+            raise SystemExit(3)
+
+    result = perplexity(
+        model,
+        documents,
+        tokenizer,
+        context=args.context,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        max_documents=args.max_documents,
+        progress=progress,
+        ranks=ctx,
+    )
+    result["world_size"] = ctx.world_size
+    ctx.close()
+    if ctx.is_main:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main())
