@@ -33,6 +33,24 @@ def total_steps(p: dict) -> int:
     return p["steps"]
 
 
+def log_every(steps: int) -> int:
+    """Every step up to 1000 steps, then about 1000 logged steps per job."""
+    return max(1, steps // 1000)
+
+
+def flat_record(record: dict) -> dict:
+    """A rank-0 record as the job's metric series: each rank's figures ("ranks") become rank<r>_tokens_per_s,
+    rank<r>_peak_memory_bytes and rank<r>_step_s (the job page reads them live); teacher-correction
+    steps keep their series apart (tc_ prefix), as in one process."""
+    record = dict(record)
+    for fig in record.pop("ranks", None) or []:
+        for key in ("tokens_per_s", "peak_memory_bytes", "step_s"):
+            record[f"rank{fig['rank']}_{key}"] = fig[key]
+    if record.get("phase") == "teacher_correction":
+        record = {("tc_" + k if k not in ("step", "tokens", "elapsed") else k): v for k, v in record.items()}
+    return record
+
+
 def distill_args(
     p: dict, *, student: str, teacher: str, data: str, out: Path, work: Path, device: str
 ) -> list[str]:
@@ -59,7 +77,8 @@ def distill_args(
         "--val-batches", str(p.get("val_batches", DISTILL.val_batches)),
         "--checkpoint-every", str(p["checkpoint_every"]),
         "--seed", str(p["seed"]),
-        "--log-every", "1",
+        # stderr lines (job logs) and every rank's live figures on these steps; a bounded count per job
+        "--log-every", str(log_every(steps)),
     ]  # fmt: skip
     if p.get("gradient_checkpointing", DISTILL.gradient_checkpointing):
         args.append("--gradient-checkpointing")
@@ -117,14 +136,18 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
 
     def on_record(record: dict) -> None:
         phase = record.get("phase", "train")
+        rt.metrics(flat_record(record))
         if phase == "teacher_correction":
-            return  # refused with more than one rank (backend.schemas)
-        rt.metrics(record)
+            tc, of = record["step"], int(p["teacher_correction_steps"])
+            rt.progress(0.0, f"teacher correction: step {tc}/{of} on {world} ranks", phase=phase)
+            return
         report_checkpoint()
         if phase == "train" and record.get("tokens_per_s"):
             rates.append(float(record["tokens_per_s"]))
         if phase == "train":
-            rt.progress(record["step"] / steps, f"step {record['step']}/{steps} on {world} ranks")
+            rt.progress(
+                record["step"] / steps, f"step {record['step']}/{steps} on {world} ranks", phase="training"
+            )
 
     outcome: dict[str, Any] = {}
     rates: list[float] = []  # every training step's tokens/s over all ranks (rank 0 measures the step)

@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=24)
+    p.add_argument("--teacher-correction-steps", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=1, help="steps whose metrics carry every rank's figures")
     args = p.parse_args(argv)
 
     ctx = DistillContext.from_environment()
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
         teacher_placement=args.teacher_placement,
         gradient_checkpointing=args.gradient_checkpointing,
         intermediate_weight=args.intermediate_weight,
+        teacher_correction_steps=args.teacher_correction_steps,
+        log_every=args.log_every,
     )
     steps_seen = []
 
@@ -92,20 +96,29 @@ def main(argv=None) -> int:
             train,
             val,
             config,
-            callback=history.append,
+            callback=history.append,  # train, validation and teacher-correction records (rank 0)
             checkpoint_dir=out / "work",
             resume=args.resume,
             should_stop=should_stop,
             context=ctx,
         )
     state = ctx.full_state_dict(student)
+    # the corrected teacher, gathered (the run may have sharded it for the distillation)
+    teacher_state = ctx.full_state_dict(result.teacher) if result.teacher is not None else None
     if ctx.is_main:
         import torch
 
         torch.save(state, out / "student.pt")
+        if teacher_state is not None:
+            torch.save(teacher_state, out / "teacher.pt")
         (out / "history.json").write_text(
             json.dumps(
-                {"history": result.history, "validation": result.validation, "context": ctx.describe()}
+                {
+                    "history": result.history,
+                    "validation": result.validation,
+                    "context": ctx.describe(),
+                    "correction": [m for m in history if m.get("phase") == "teacher_correction"],
+                }
             )
         )
     (out / f"rank{ctx.rank}.json").write_text(

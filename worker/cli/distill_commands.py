@@ -258,6 +258,7 @@ def _distill_config(args):
             val_batches=args.val_batches,
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
+            log_every=args.log_every,  # under torchrun: every rank's figures in those steps' metrics
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -47,6 +47,9 @@ class DistillConfig(BaseModel):
     # Under torchrun: shard the teacher like the student (forward only) or keep a whole copy per rank;
     # "auto" replicates when a copy fits easily (distill.distributed.DistillContext.teacher_placement).
     teacher_placement: Literal["auto", "replicate", "shard"] = D.teacher_placement
+    # Under torchrun, every rank's tokens/s, peak memory and step time are gathered into the step's
+    # metrics ("ranks") on steps 1, every log_every-th and the last (one small all_gather each time).
+    log_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self):

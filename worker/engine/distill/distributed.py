@@ -99,8 +99,6 @@ class DistillContext(DistributedContext):
                 f"batch_size {config.batch_size} (the global batch) must be a multiple of the "
                 f"{self.world_size} ranks; use {config.batch_size // self.world_size * self.world_size or self.world_size}"
             )
-        if self.distributed and config.teacher_correction_steps:
-            raise ValueError("teacher correction runs in one process only; correct the teacher first")
 
     def local_batch(self, data, index: int, batch_size: int, seed: int) -> torch.Tensor:
         """This rank's rows of global batch `index` (a token stream is already sharded by rank)."""
@@ -163,11 +161,9 @@ class DistillContext(DistributedContext):
         module = LossModule(student, teacher, shard_teacher=shard_teacher)
         if not self.distributed:
             return module
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        mp = MixedPrecisionPolicy()
-        if self.device.type == "cuda" and config.bf16:  # bf16 compute, fp32 gradient reduction
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        mp = self._mixed_precision(config)
         for layer in adapter_for(student).layers(student):
             fully_shard(layer, mesh=self.mesh, mp_policy=mp)
         if teacher is not None:
@@ -178,6 +174,60 @@ class DistillContext(DistributedContext):
                 teacher.to(self.device)
         fully_shard(module, mesh=self.mesh, mp_policy=mp)
         return module
+
+    # -- live figures -----------------------------------------------------------------------------
+
+    def rank_figures(self, tokens_per_s: float, step_s: float) -> list[dict]:
+        """Every rank's [tokens/s, peak memory bytes, step seconds] of its last step, in rank order, with
+        one small all_gather (collective: every rank calls it at the same steps). Peak memory as in
+        `peak_memory_per_rank`: CUDA's peak allocated bytes, on CPU the process's peak resident set."""
+        if self.device.type == "cuda":
+            peak = float(torch.cuda.max_memory_allocated(self.device))
+        else:
+            import resource
+
+            peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+        mine = torch.tensor([tokens_per_s, peak, step_s], dtype=torch.float64)
+        rows = [mine]
+        if self.distributed:
+            import torch.distributed as dist
+
+            rows = [torch.empty_like(mine) for _ in range(self.world_size)]
+            dist.all_gather(rows, mine)  # a CPU tensor: gloo (beside NCCL on CUDA)
+        return [
+            {"rank": r, "tokens_per_s": float(t), "peak_memory_bytes": int(m), "step_s": float(s)}
+            for r, (t, m, s) in enumerate(row.tolist() for row in rows)
+        ]
+
+    def _mixed_precision(self, config: DistillConfig):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        if self.device.type == "cuda" and config.bf16:  # bf16 compute, fp32 gradient reduction
+            return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy()
+
+    def prepare_alone(self, model: nn.Module, config: DistillConfig) -> LossModule:
+        """The loss module of a model trained alone on CE (the teacher's correction): under torchrun
+        FSDP2-sharded in place like the student (per decoder layer, then the root)."""
+        module = LossModule(model, None, shard_teacher=False)
+        if self.distributed:
+            from torch.distributed.fsdp import fully_shard
+
+            mp = self._mixed_precision(config)
+            for layer in adapter_for(model).layers(model):
+                fully_shard(layer, mesh=self.mesh, mp_policy=mp)
+            fully_shard(module, mesh=self.mesh, mp_policy=mp)
+        return module
+
+    def copy_full_weights(self, sharded: nn.Module, target: nn.Module) -> None:
+        """`sharded`'s weights into the plain `target` on every rank, gathered one tensor at a time
+        (collective: each DTensor's full_tensor is an all-gather, in the same order on every rank)."""
+        into = target.state_dict()
+        with torch.no_grad():
+            for name, value in sharded.state_dict().items():
+                if hasattr(value, "full_tensor"):
+                    value = value.full_tensor()
+                into[name].copy_(value)
 
     def set_gradient_sync(self, module: nn.Module, enabled: bool) -> None:
         """Reduce gradients only after the last micro-batch of an accumulation (they sum locally)."""

@@ -122,46 +122,57 @@ def validate(
     }
 
 
-def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | None = None):
-    """Fine-tune the teacher in place on the distillation data (CE) at a fraction of its peak LR."""
-    device = next(teacher.parameters()).device
+def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | None = None, *, context=None):
+    """Fine-tune the teacher in place on the distillation data (CE) at a fraction of its peak LR.
+
+    Under N ranks (`context`) it trains an FSDP2-sharded copy on the same global batches (each rank its
+    rows, gradients reduced to the global mean, clipping on the full norm), then every rank's `teacher`
+    takes the corrected weights (gathered one tensor at a time), so the run can place it as the memory
+    planner says; the same numbers as in one process. Only the main rank calls `callback`."""
+    ctx = context or DistillContext()
+    device = ctx.device if ctx.distributed else next(teacher.parameters()).device
+    work = copy.deepcopy(teacher) if ctx.distributed else teacher  # sharded in place by prepare_alone
+    module = ctx.prepare_alone(work, config)
+    params = [p for p in work.parameters() if p.requires_grad]
     steps = config.teacher_correction_steps
     lr = config.teacher_correction_lr_factor * (config.teacher_peak_lr or config.lr)
     warmup = min(config.warmup_steps, steps // 10)
-    optimizer = torch.optim.AdamW(
-        teacher.parameters(), lr=lr, betas=config.betas, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=config.betas, weight_decay=config.weight_decay)
     # Short warm-up, then constant at the reduced LR (a correction, not a new training run).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
     weights = LossWeights(kd=0.0, ce=1.0)
-    teacher.train()
+    emit = (callback if ctx.is_main else None) or (lambda _m: None)
+    work.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         ce_total = 0.0
         for micro in range(config.grad_accum):
             # A different seed than distillation's so the correction does not pre-view the same order.
-            ids = train.batch(step * config.grad_accum + micro, config.batch_size, config.seed + 7919).to(
-                device
-            )
+            index = step * config.grad_accum + micro
+            ids = ctx.local_batch(train, index, config.batch_size, config.seed + 7919).to(device)
+            ctx.set_gradient_sync(module, micro == config.grad_accum - 1)
             with _autocast(device, config):
-                total, _, ce, _ = batch_loss(teacher, None, ids, weights, config)
+                total, _, ce, _ = module(ids, weights, config, use_teacher=False)
             (total / config.grad_accum).backward()
-            ce_total += float(ce) / config.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(teacher.parameters(), config.clip_grad or float("inf"))
+            ce_total += float(ce.detach()) / config.grad_accum
+        (ce_total,) = ctx.mean([ce_total])
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or float("inf"))
         current_lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-        if callback:
-            callback(
-                {
-                    "phase": "teacher_correction",
-                    "step": step + 1,
-                    "ce_loss": ce_total,
-                    "lr": current_lr,
-                    "grad_norm": float(grad_norm),
-                }
-            )
-    teacher.zero_grad(set_to_none=True)
+        emit(
+            {
+                "phase": "teacher_correction",
+                "step": step + 1,
+                "ce_loss": ce_total,
+                "lr": current_lr,
+                "grad_norm": ctx.scalar(grad_norm),
+            }
+        )
+    work.zero_grad(set_to_none=True)
+    if ctx.distributed:
+        ctx.copy_full_weights(work, teacher)
+        del module, work, optimizer
     teacher.eval()
     return teacher
 
@@ -263,7 +274,7 @@ def _distill(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     state = _saved_state(checkpoint_dir, ctx, config) if resume else None
-    teacher, corrected = _teacher_for_run(teacher, train, config, state, checkpoint_dir, emit)
+    teacher, corrected = _teacher_for_run(teacher, train, config, state, checkpoint_dir, emit, ctx)
     run = _Run(student, teacher, train, val, config, ctx, checkpoint_dir, emit)
     if state is not None:
         run.restore(state)
@@ -302,19 +313,22 @@ def _saved_state(
     return state
 
 
-def _teacher_for_run(teacher, train, config: DistillConfig, state: dict | None, checkpoint_dir, emit):
+def _teacher_for_run(
+    teacher, train, config: DistillConfig, state: dict | None, checkpoint_dir, emit, ctx: DistillContext
+):
     """(the teacher the run distils from, the corrected copy or None).
 
     With teacher correction the run uses a corrected copy: reloaded from the checkpoint on a resume,
-    else trained now (and saved beside the checkpoint)."""
+    else trained now (on N ranks too) and saved beside the checkpoint (by the main rank: every rank
+    holds the same whole weights)."""
     corrected = None
     if teacher is not None and config.mode == "kd" and config.teacher_correction_steps:
         corrected = copy.deepcopy(teacher)  # never change the caller's teacher
         if not (state is not None and load_teacher_into(checkpoint_dir, corrected)):
             # A stream is consumed as it is read: the correction reads its own copy from the start.
             correction_data = train.restarted() if hasattr(train, "restarted") else train
-            correct_teacher(corrected, correction_data, config, emit)
-            if checkpoint_dir is not None:
+            correct_teacher(corrected, correction_data, config, emit, context=ctx)
+            if checkpoint_dir is not None and ctx.is_main:
                 save_teacher(checkpoint_dir, corrected)
         teacher = corrected
     if teacher is not None:
@@ -396,9 +410,17 @@ class _Run:
             "tokens_per_s": step_tokens / max(seconds, 1e-9),
             "elapsed": self.elapsed,
         }
+        if ctx.distributed and self._logged(self.step):  # every rank's own figures, live (rank 0 emits)
+            local_rate = step_tokens / ctx.world_size / max(seconds, 1e-9)
+            metrics["world_size"] = ctx.world_size
+            metrics["ranks"] = ctx.rank_figures(local_rate, seconds)
         self.history.append(metrics)
         self.emit(metrics)
         return self.step
+
+    def _logged(self, step: int) -> bool:
+        """Steps whose metrics carry every rank's figures: the first, every log_every-th, the last."""
+        return step == 1 or step % self.config.log_every == 0 or step == self.config.steps
 
     def validate(self) -> None:
         metrics = validate(
