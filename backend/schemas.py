@@ -250,14 +250,14 @@ class DistillParams(OnDevice, DataReading):
     checkpoint_every: Count = DISTILL.checkpoint_every
     seed: int = Field(DISTILL.seed, ge=0, le=2**32 - 1)
 
-    @field_validator("batch_size", "teacher_correction_steps")
+    @field_validator("batch_size")
     @classmethod
     def _fits_ranks(cls, value: int, info: ValidationInfo) -> int:
         # gpus and nodes are declared first, so the 422 names the field to change (batch_size is the
         # global batch, split over gpus x nodes ranks).
         gpus, nodes = info.data.get("gpus", 1), info.data.get("nodes", 1)
         ranks, what = gpus * nodes, f"gpus x nodes ({gpus} x {nodes})" if nodes > 1 else f"gpus ({gpus})"
-        if ranks > 1 and info.field_name == "batch_size" and value % ranks:
+        if ranks > 1 and value % ranks:
             fits = sorted({max(ranks, value // ranks * ranks), (value // ranks + 1) * ranks})
             # ctx["nearby"]: the error body's nearby values (backend/api/errors.py)
             raise PydanticCustomError(
@@ -265,15 +265,6 @@ class DistillParams(OnDevice, DataReading):
                 "must be a multiple of {what}, e.g. {fits}",
                 {"what": what, "fits": " or ".join(map(str, fits)), "nearby": fits},
             )
-        if ranks > 1 and info.field_name == "teacher_correction_steps" and value:
-            raise ValueError("teacher correction runs on one device only: 0 with gpus > 1 or nodes > 1")
-        return value
-
-    @field_validator("init_distill_job_id")
-    @classmethod
-    def _one_device(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and (info.data.get("gpus", 1) > 1 or info.data.get("nodes", 1) > 1):
-            raise ValueError("continuing a distillation runs on one device (gpus 1, nodes 1)")
         return value
 
     @field_validator("min_lr")

@@ -96,15 +96,19 @@ def distill_args(
 def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
     """The ranks' command line for this job after `-m MODULE` (every node of a job over several nodes
     builds the same)."""
-    from worker.handlers import _dataset, _rows, student_source
+    from worker.handlers import _dataset, _distilled_key, _rows, store, student_source
 
     student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     dataset = _dataset(rt, job.params)
+    # Continuing a finished distillation (a bake-off winner's): its saved weights are the ranks' student,
+    # a vanilla model directory like the pruned one (each node fetches it from the store).
+    init = job.params.get("init_distill_job_id")
+    start = str(store(rt).local_dir(_distilled_key(rt, init))) if init else student_source(rt, student)
     return [
         "distill",
         *distill_args(
             job.params,
-            student=student_source(rt, student),
+            student=start,
             teacher=teacher.source,
             data=dataset.source if dataset else "demo",
             out=out,
