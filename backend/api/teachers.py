@@ -1,14 +1,18 @@
-"""Teachers (models to compress) and datasets (calibration / distillation / evaluation text)."""
+"""Teachers (models to compress) and datasets (calibration / distillation / evaluation text); a teacher's
+evaluation protocol can be changed after registration (PATCH /teachers/{id})."""
 
 from __future__ import annotations
 
+from typing import Any, get_args
+
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import lifecycle
 from backend.api.errors import errors
-from backend.deps import Page, PathId, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Forbidden, NotFound
 from backend.models import Dataset, Teacher
@@ -16,6 +20,7 @@ from backend.paths import PathNotAllowed, classify_source
 from backend.responses import DatasetOut, TeacherOut
 from backend.schemas import DatasetCreate, TeacherCreate
 from backend.settings import Settings
+from worker.engine import eval_protocol
 
 router = APIRouter(tags=["teachers"])
 
@@ -96,3 +101,98 @@ def list_datasets(page: Page = Depends(), db: Session = Depends(get_db)) -> list
 @router.get("/datasets/{dataset_id}", responses=errors(404))
 def get_dataset(dataset_id: PathId, db: Session = Depends(get_db)) -> DatasetOut:
     return DatasetOut.model_validate(get_or_404(db, Dataset, dataset_id))
+
+
+# ---- the evaluation protocol, after registration --------------------------------------------------
+
+
+class ProtocolChange(BaseModel):
+    """The protocol fields to change; a field left out keeps the teacher's current value. Checked as a
+    whole once merged (worker/engine/eval_protocol.py): a bad value is a 422 naming it with nearby values."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    dataset_id: int | None = Field(None, description="null: the demo corpus")
+    split: str | None = Field(None, description=" | ".join(get_args(eval_protocol.Split)))
+    context: int | None = Field(None, description="tokens per window (at most PRUNESCOPE_MAX_SEQ_LEN)")
+    stride: int | None = Field(None, description="a window starts every `stride` tokens (below context)")
+    max_documents: int | None = Field(None, description="the first N documents of the split")
+
+
+class TeacherUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    eval_protocol: ProtocolChange = Field(
+        description="the protocol its and its students' perplexities are measured on by default from now "
+        "on; numbers already measured keep the protocol they were measured on (and are marked as not "
+        "comparable when it differs)"
+    )
+
+
+def _nearby(name: str, value: Any, merged: dict, settings: Settings, db: Session) -> list[Any]:
+    """Valid values close to a refused protocol field."""
+
+    def clamp(low: int, high: int) -> list[int]:
+        return [min(max(value, low), high)] if isinstance(value, int) else [low]
+
+    if name == "split":
+        return list(get_args(eval_protocol.Split))
+    if name == "context":
+        stride = merged.get("stride") if isinstance(merged.get("stride"), int) else 1
+        return sorted({*clamp(max(2, stride + 1), settings.max_seq_len), 2 * max(stride, 1)})
+    if name == "stride":
+        context = merged.get("context") if isinstance(merged.get("context"), int) else 2
+        return sorted({max(1, context // 2), *clamp(1, max(1, context - 1))})
+    if name == "max_documents":
+        return clamp(1, 100_000)
+    if name == "dataset_id":
+        ids = list(db.scalars(select(Dataset.id)))
+        target = value if isinstance(value, int) else 0
+        return [None, *sorted(ids, key=lambda i: (abs(i - target), i))[:3]]
+    return []
+
+
+def _checked_protocol(
+    teacher: Teacher, change: ProtocolChange, settings: Settings, db: Session
+) -> eval_protocol.EvalProtocol:
+    sent = change.model_dump(exclude_unset=True)
+    merged = {**eval_protocol.of_teacher(teacher.eval_protocol).model_dump(), **sent}
+    where = ["body", "eval_protocol"]
+    try:
+        protocol = eval_protocol.EvalProtocol.model_validate(merged)
+    except ValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        name = e["loc"][0] if e["loc"] else None
+        if name is None:  # the stride / context rule: the field the request changed
+            name = "stride" if "stride" in sent or "context" not in sent else "context"
+        raise field_error(
+            [*where, name], e["msg"], e["type"], _nearby(name, merged.get(name), merged, settings, db)
+        ) from exc
+    if protocol.context > settings.max_seq_len:
+        raise field_error(
+            [*where, "context"],
+            f"{protocol.context} is over this server's limit of {settings.max_seq_len} (PRUNESCOPE_MAX_SEQ_LEN)",
+            nearby=_nearby("context", protocol.context, merged, settings, db),
+        )
+    if protocol.dataset_id is not None and db.get(Dataset, protocol.dataset_id) is None:
+        raise field_error(
+            [*where, "dataset_id"],
+            f"Dataset {protocol.dataset_id} not found",
+            nearby=_nearby("dataset_id", protocol.dataset_id, merged, settings, db),
+        )
+    return protocol
+
+
+@router.patch("/teachers/{teacher_id}", responses=errors(404))
+def update_teacher(
+    teacher_id: PathId,
+    body: TeacherUpdate,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> TeacherOut:
+    """Change a teacher's evaluation protocol (any status). Its jobs and results are not rewritten: each
+    keeps the protocol it was measured on, so the dashboard marks those now on another one (≠)."""
+    teacher = get_or_404(db, Teacher, teacher_id)
+    teacher.eval_protocol = _checked_protocol(teacher, body.eval_protocol, settings, db).model_dump()
+    db.commit()
+    return TeacherOut.model_validate(teacher)

@@ -240,3 +240,52 @@ def test_runs_are_searched_and_filtered_on_the_server_past_the_newest_500(client
         r = runs(**query)
         assert r.status_code == 422, (query, r.text)
         assert loc in [d["loc"] for d in r.json()["detail"]], (query, r.json())
+
+
+def test_a_teachers_protocol_is_changed_later_and_past_numbers_keep_theirs(client, rows, monkeypatch):
+    """PATCH /teachers/{id}: the fields sent change, the others stay; past evaluations keep the protocol
+    they were measured on (so they differ from the teacher's now: the dashboard's ≠), new default ones use
+    the new protocol; a bad field is a 422 naming it with nearby values, and nothing changes."""
+    monkeypatch.setattr(client.app.state.celery, "send_task", lambda *a, **k: None)
+    tid, url = rows["teacher"], rows["url"]
+    old = client.get(f"/api/v1/teachers/{tid}").json()["eval_protocol"]
+    past = client.post(
+        "/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"], "params": {}}
+    ).json()
+    assert past["protocol"]["id"] == old["id"]
+    with session_scope(url) as s:  # measured: its result records its protocol, as a worker writes it
+        job = s.get(Job, past["id"])
+        job.status, job.result = (
+            "succeeded",
+            {"perplexity": {"perplexity": 9.5}, "protocol": past["protocol"]},
+        )
+
+    r = client.patch(f"/api/v1/teachers/{tid}", json={"eval_protocol": {"context": 256, "stride": 128}})
+    assert r.status_code == 200, r.text
+    new = r.json()["eval_protocol"]
+    assert (new["split"], new["context"], new["stride"], new["max_documents"]) == ("test", 256, 128, 64)
+    assert new["id"] != old["id"] and client.get(f"/api/v1/teachers/{tid}").json()["eval_protocol"] == new
+    kept = client.get(f"/api/v1/jobs/{past['id']}").json()
+    assert kept["protocol"]["id"] == kept["result"]["protocol"]["id"] == old["id"]
+    later = client.post(
+        "/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"], "params": {}}
+    ).json()
+    assert later["protocol"]["id"] == new["id"] and later["params"]["seq_len"] == 256
+
+    for change, field, nearby in (
+        ({"context": 64}, "context", [129, 256]),  # the stride (128) must stay below it
+        ({"stride": 300}, "stride", [128, 255]),
+        ({"split": "dev"}, "split", ["train", "validation", "calibration", "test"]),
+        ({"max_documents": 0}, "max_documents", [1]),
+        ({"context": 200_000, "stride": 64}, "context", [131_072]),
+        ({"dataset_id": 999}, "dataset_id", [None]),
+        ({"colour": "red"}, "colour", None),
+    ):
+        r = client.patch(f"/api/v1/teachers/{tid}", json={"eval_protocol": change})
+        assert r.status_code == 422, (change, r.text)
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["body", "eval_protocol", field], (change, error)
+        if nearby is not None:
+            assert all(v in error["nearby"] for v in nearby), (change, error)
+    assert client.get(f"/api/v1/teachers/{tid}").json()["eval_protocol"] == new
+    assert client.patch("/api/v1/teachers/999999", json={"eval_protocol": {}}).status_code == 404
