@@ -232,3 +232,68 @@ def test_a_checkpoint_saved_without_the_base_model_prefix(tmp_path):
     save_model(apply_plan(loaded, plan), None, tmp_path / "mem", {})
     prune_checkpoint(teacher, plan, tmp_path / "ooc", {})
     assert_same_student(tmp_path / "mem", tmp_path / "ooc")
+
+
+def mapped_bytes(paths) -> int:
+    """Bytes of this process's address space mapped from any of `paths` (/proc/self/maps)."""
+    names = {str(p) for p in paths}
+    total = 0
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] in names:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            total += end - start
+    return total
+
+
+def raw(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def test_reads_own_their_memory_and_leave_no_map_of_the_shards(tmp_path):
+    """Every tensor of a sharded checkpoint (several dtypes, a scalar, an empty one) read and held:
+    bit-identical to safetensors' own read, and no map of any shard, however many tensors are held;
+    safetensors' get_slice, which the reader used before, maps the whole shard once per read."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    shards = {
+        "a.safetensors": {
+            "w": torch.randn(64, 48, generator=generator).to(torch.bfloat16),
+            "h": torch.randn(33, 7, generator=generator).to(torch.float16),
+        },
+        "b.safetensors": {
+            "f": torch.randn(5, 4, 3, generator=generator),
+            "i": torch.arange(-20, 20, dtype=torch.int64),
+            "m": torch.rand(9, generator=generator) > 0.5,
+            "s": torch.tensor(3.5, dtype=torch.float64),
+            "e": torch.empty(0, 4),
+        },
+    }
+    for file, content in shards.items():
+        save_file(content, tmp_path / file)
+    weight_map = {name: file for file, content in shards.items() for name in content}
+    (tmp_path / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    files = [(tmp_path / f).resolve() for f in shards]
+    baseline = mapped_bytes(files)
+    reader = CheckpointReader(tmp_path)
+    held = [reader.read(name) for _ in range(5) for name in reader.names()]  # each tensor five times
+    held.append(reader.read("w", ((1, 2, 3, 40), (0, 47))))
+    assert mapped_bytes(files) == baseline  # no map per tensor, nor per shard
+    for file, content in shards.items():
+        with safe_open(str(tmp_path / file), "pt") as f:
+            for name, expected in content.items():
+                reference = f.get_tensor(name)
+                got = held[reader.names().index(name)]
+                assert got.dtype == reference.dtype and got.shape == reference.shape, name
+                assert torch.equal(raw(got), raw(reference)), name  # bit for bit
+                assert torch.equal(got, expected), name
+                del reference
+    assert torch.equal(held[-1], shards["a.safetensors"]["w"][[1, 2, 3, 40]][:, [0, 47]])
+    del held
+    assert mapped_bytes(files) == baseline
+    # The old way: one whole-shard map per tensor held.
+    with safe_open(str(files[0]), "pt") as f:
+        kept = f.get_slice("w")[:]
+    assert mapped_bytes(files) > baseline
+    del kept

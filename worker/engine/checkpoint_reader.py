@@ -1,24 +1,90 @@
 """Read single tensors (or parts of them) from a safetensors checkpoint without loading the model.
 
 A checkpoint directory holds either one `model.safetensors` or shards listed by
-`model.safetensors.index.json`. Every read opens its shard, copies the wanted part out of the
-memory map and closes it again, so the pages of tensors already read are released: reading a whole
-checkpoint this way keeps about one tensor in memory, whatever its size.
+`model.safetensors.index.json`. The reader parses each shard's header once (the safetensors format:
+an 8-byte little-endian length, a JSON table of names, dtypes, shapes and byte offsets, then the
+data) and reads every tensor with plain file reads straight into a buffer it allocates: what it
+returns owns its memory. Nothing is memory-mapped (safetensors' `get_slice()[:]` on CPU returns a
+tensor that keeps the whole shard's map alive for as long as the tensor lives, so a loaded layer
+would pin one map per parameter and the process's mapped size and resident file pages would grow
+with what it holds), and the file is closed when the read returns. Reading a whole checkpoint this
+way keeps about one tensor in memory, whatever its size; a freed tensor leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
 MAX_RUNS = 16  # more runs of kept rows than this: read the tensor whole, then gather the rows
 SINGLE_FILE = "model.safetensors"
+READ_CHUNK = 1 << 30  # bytes per read call (Linux returns at most ~2 GiB from one read)
+
+# safetensors' dtype codes (its format spec) -> torch dtypes; ones this torch lacks are left out.
+_DTYPES = {
+    code: getattr(torch, name)
+    for code, name in {
+        "F64": "float64",
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "I64": "int64",
+        "I32": "int32",
+        "I16": "int16",
+        "I8": "int8",
+        "U64": "uint64",
+        "U32": "uint32",
+        "U16": "uint16",
+        "U8": "uint8",
+        "BOOL": "bool",
+        "F8_E4M3": "float8_e4m3fn",
+        "F8_E5M2": "float8_e5m2",
+    }.items()
+    if hasattr(torch, name)
+}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    file: str  # the shard, relative to the checkpoint directory
+    dtype: str  # safetensors' code
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the shard
+    end: int
+
+
+def read_header(file: str | os.PathLike) -> tuple[dict, int]:
+    """A safetensors file's header table (without `__metadata__`) and where its data begins."""
+    with open(file, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{file} is not a safetensors file (shorter than its header length)")
+        n = int.from_bytes(prefix, "little")
+        raw = f.read(n)
+    if len(raw) < n:
+        raise ValueError(f"{file} is not a safetensors file (its header is cut short)")
+    header = json.loads(raw)
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _read_into(f, buffer: torch.Tensor, offset: int) -> None:
+    """Fill the uint8 `buffer` from byte `offset` of the open file `f`."""
+    view = memoryview(buffer.numpy())
+    f.seek(offset)
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done : done + READ_CHUNK])
+        if not n:
+            raise OSError(f"{f.name}: unexpected end of file at byte {offset + done}")
+        done += n
 
 
 class CheckpointReader:
@@ -30,17 +96,21 @@ class CheckpointReader:
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (self.path / SINGLE_FILE).is_file():
-            with safe_open(str(self.path / SINGLE_FILE), "pt") as f:
-                weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
+            weight_map = None
         else:
             raise FileNotFoundError(f"{self.path} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE})")
+        files = sorted(set(weight_map.values())) if weight_map is not None else [SINGLE_FILE]
+        self._meta: dict[str, _Entry] = {}
+        for file in files:
+            header, data_start = read_header(self.path / file)
+            for name, info in header.items():
+                begin, end = info["data_offsets"]
+                self._meta[name] = _Entry(
+                    file, info["dtype"], tuple(info["shape"]), data_start + begin, data_start + end
+                )
+        if weight_map is None:
+            weight_map = {name: SINGLE_FILE for name in self._meta}
         self.weight_map: dict[str, str] = dict(weight_map)
-        self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
-        for file in sorted(set(self.weight_map.values())):
-            with safe_open(str(self.path / file), "pt") as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
-                    self._meta[name] = (sl.get_dtype(), tuple(sl.get_shape()))
 
     def names(self) -> list[str]:
         return list(self.weight_map)
@@ -49,11 +119,11 @@ class CheckpointReader:
         return name in self.weight_map
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._meta[name][1]
+        return self._meta[name].shape
 
     def dtype_name(self, name: str) -> str:
         """safetensors' dtype code, e.g. "BF16", "F32"."""
-        return self._meta[name][0]
+        return self._meta[name].dtype
 
     def total_bytes(self) -> int:
         return sum((self.path / f).stat().st_size for f in set(self.weight_map.values()))
@@ -64,23 +134,41 @@ class CheckpointReader:
         Rows are read as contiguous runs straight from the file (only the kept rows are copied), or, when
         they are scattered over more than MAX_RUNS runs, the tensor is read whole and the rows gathered;
         the other dims are then selected in memory. The peak is about one tensor (at most the tensor
-        plus its cut).
+        plus its cut). The result owns its memory (module docstring).
         """
-        file = self.path / self.weight_map[name]
-        shape = self.shape(name)
+        file = self.weight_map[name]
+        entry = self._meta.get(name)
+        if entry is None or entry.file != file:
+            raise KeyError(f"{self.path}: the index puts {name} in {file}, which has no such tensor")
+        dtype = _DTYPES.get(entry.dtype)
+        if dtype is None:
+            raise ValueError(f"{self.path}: {name} has dtype {entry.dtype}, which this torch cannot hold")
+        shape = entry.shape
         keep = list(keep) if keep is not None else []
         keep += [None] * (len(shape) - len(keep))
-        with safe_open(str(file), "pt") as f:
-            sl = f.get_slice(name)
-            if not shape:  # a scalar
-                return sl[:]
-            rows = keep[0]
-            runs = [(0, shape[0])] if rows is None else _runs(rows)
-            if len(runs) > MAX_RUNS:  # scattered rows: one read and a gather beat many small reads
-                parts = [sl[:].index_select(0, torch.as_tensor(list(rows), dtype=torch.long))]
-            else:
-                parts = [sl[a:b] for a, b in runs]
-        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        numel = math.prod(shape)
+        if numel == 0:
+            tensor = torch.empty(shape, dtype=dtype)
+        else:
+            item = (entry.end - entry.start) // numel
+            if item * numel != entry.end - entry.start or item != torch.empty((), dtype=dtype).element_size():
+                raise ValueError(f"{self.path}: {name}'s byte range does not match its shape and dtype")
+            row_bytes = item * numel // shape[0] if shape else item
+            rows = keep[0] if shape else None
+            runs = [(0, shape[0] if shape else 1)] if rows is None else _runs(rows)
+            gather = len(runs) > MAX_RUNS  # scattered rows: one read and a gather beat many small reads
+            if gather:
+                runs = [(0, shape[0])]
+            buffer = torch.empty(sum(b - a for a, b in runs) * row_bytes, dtype=torch.uint8)
+            with open(self.path / entry.file, "rb", buffering=0) as f:
+                at = 0
+                for a, b in runs:
+                    _read_into(f, buffer[at : at + (b - a) * row_bytes], entry.start + a * row_bytes)
+                    at += (b - a) * row_bytes
+            count = at // row_bytes
+            tensor = buffer.view(dtype).reshape((count, *shape[1:]) if shape else ())
+            if gather:
+                tensor = tensor.index_select(0, torch.as_tensor(list(rows), dtype=torch.long))
         for dim, idx in enumerate(keep[1:], start=1):
             if idx is not None and list(idx) != list(range(shape[dim])):
                 tensor = tensor.index_select(dim, torch.as_tensor(list(idx), dtype=torch.long))
@@ -100,4 +188,4 @@ def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-__all__ = ["INDEX_FILE", "SINGLE_FILE", "CheckpointReader"]
+__all__ = ["INDEX_FILE", "SINGLE_FILE", "CheckpointReader", "read_header"]
