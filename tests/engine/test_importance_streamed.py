@@ -188,3 +188,93 @@ def test_measured_budget_spills_to_the_spill_dir_when_memory_is_short(
     activations = streamed.manifest["execution"]["activations"]
     assert activations["stores"] == {"disk": 1 + 4} and activations["budget_bytes"]["device"] == 0
     assert files and all(f.startswith(str(tmp_path)) for f in files) and list(tmp_path.iterdir()) == []
+
+
+STORE_BYTES = 5 * 12 * 32 * 4  # one store of the tiny models: samples x seq x hidden x float32
+
+
+@pytest.mark.parametrize(
+    ("family", "scans", "budget", "passes", "peak"),
+    [
+        # 3 stores on the device, no disk: the stream and the 2 angular inputs fill the first pass,
+        # then the 7 cuts go 2 per pass
+        ("llama", ALL_SCANS, dict(device_bytes=3 * STORE_BYTES, disk_bytes=0), 5, {"device": 3}),
+        # 2 on the device + 2 on disk: 1 cut in the first pass, then 3 per pass
+        (
+            "gpt2",
+            ALL_SCANS,
+            dict(device_bytes=2 * STORE_BYTES, disk_bytes=2 * STORE_BYTES + 1),
+            3,
+            {"device": 2, "disk": 2},
+        ),
+        # drop alone, 2 stores: one cut per pass
+        ("qwen3", ("bi", "drop"), dict(device_bytes=0, disk_bytes=2 * STORE_BYTES), 4, {"disk": 2}),
+    ],
+)
+def test_capped_stores_run_the_scans_in_several_passes_with_the_same_scores(
+    family, scans, budget, passes, peak, tmp_path_factory, tmp_path
+):
+    """A store budget too small for every cut at once: the cuts are split over passes over the
+    checkpoint, no more stores are ever open than the budgets hold, and the scores are the same."""
+    path = saved(tmp_path_factory, family)
+    model, _ = load_model(path)
+    in_memory = compute_importance(model, batches(), scans=scans, block_size=2)
+    budget = StoreBudget(host_bytes=0, spill_dir=str(tmp_path), **budget)
+    streamed = compute_importance_streamed(path, batches(), scans=scans, block_size=2, budget=budget)
+    assert_same_result(streamed, in_memory)
+    execution = streamed.manifest["execution"]
+    assert execution["passes"] == passes
+    assert execution["layer_loads"] > 4  # the later passes read layers again
+    activations = execution["activations"]
+    assert activations["capacity"] == sum(peak.values())
+    assert {tier: n // STORE_BYTES for tier, n in activations["peak_bytes"].items()} == peak
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_passes_puts_the_latest_cuts_first_and_bounds_every_pass():
+    from worker.engine.importance.streamed import pass_layers, plan_passes
+
+    assert plan_passes(4, [1, 2], 2, None) == [[(1, 3), (1, 2), (2, 2), (1, 1), (2, 1), (1, 0), (2, 0)]]
+    assert plan_passes(4, [1, 2], 2, 10) == plan_passes(4, [1, 2], 2, None)
+    assert plan_passes(4, [1, 2], 2, 4) == [[(1, 3)], [(1, 2), (2, 2), (1, 1)], [(2, 1), (1, 0), (2, 0)]]
+    assert plan_passes(4, [1], 0, 2) == [[(1, 3)], [(1, 2)], [(1, 1)], [(1, 0)]]
+    assert plan_passes(4, [], 2, 3) == [[]]  # Block Importance and the angular distance only
+    assert plan_passes(4, [1], 2, 3) == [[], [(1, 3), (1, 2)], [(1, 1), (1, 0)]]  # no room for a cut at first
+    assert plan_passes(4, [1], 2, 2) is None and plan_passes(4, [1], 0, 1) is None
+    # a later pass: its stream up to its last cut's first layer, its branches from their first end on
+    assert pass_layers([(2, 3)], 8, first=False) == {0, 1, 2, 5, 6, 7}
+    assert pass_layers([(1, 0), (1, 1)], 4, first=False) == {0, 1, 2, 3}
+    assert pass_layers([], 3, first=True) == {0, 1, 2}
+
+
+def test_stores_that_fit_no_budget_are_refused_before_any_weight_is_read(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    """The measured budget: no free memory and a disk with room for 2 stores beyond its reserve.
+    With the angular distance (2 inputs) the first pass needs 3: refused, saying how much and what to
+    change, before anything is loaded; drop alone runs, one cut per pass."""
+    from worker.engine.importance import activation_store
+    from worker.engine.importance.streamed import ActivationBudgetError
+
+    path = saved(tmp_path_factory, "llama")
+    monkeypatch.setattr(activation_store, "free_device_bytes", lambda device: 0)
+    free = activation_store.DISK_RESERVE_BYTES + 2 * STORE_BYTES + 100
+    monkeypatch.setattr(activation_store, "free_disk_bytes", lambda spill_dir: free)
+    loads = []
+    original = ModuleLoader.load
+    monkeypatch.setattr(
+        ModuleLoader, "load", lambda self, module: loads.append(module) or original(self, module)
+    )
+    with pytest.raises(ActivationBudgetError) as error:
+        compute_importance_streamed(path, batches(), scans=ALL_SCANS, block_size=2, spill_dir=tmp_path)
+    message = str(error.value)
+    assert (
+        "at least 3 activation stores of 7.68e-06 GB" in message
+        and "10 to run every scan in one pass" in message
+    )
+    assert "the budgets hold 2" in message and f"disk under {tmp_path}" in message
+    assert "fewer samples or a shorter sequence length" in message
+    assert loads == [] and list(tmp_path.iterdir()) == []
+    streamed = compute_importance_streamed(path, batches(), scans=("bi", "drop"), spill_dir=tmp_path)
+    assert streamed.manifest["execution"]["passes"] == 4  # the stream and one of the 4 cuts each
+    assert streamed.manifest["execution"]["activations"]["budget_bytes"]["disk"] == 2 * STORE_BYTES + 100

@@ -95,7 +95,13 @@ class ModuleLoader:
         self._names = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
         # A tied parameter's meta object -> its loaded Parameter, so the second owner reuses it.
         self._loaded: dict[int, nn.Parameter] = {}
-        self._param_names = {id(p): name for name, p in model.named_parameters()}  # first name if tied
+        # Each meta parameter's name (a tied one's first), with the parameter itself: held, so that
+        # its id is never reused by a new object. `release` adds the meta parameters it makes, so
+        # a module released and loaded again (a later pass) reads the same names.
+        self._param_names: dict[int, tuple[str, nn.Parameter]] = {
+            id(p): (name, p) for name, p in model.named_parameters()
+        }
+        self._loaded_names: dict[int, str] = {}  # id of a loaded Parameter -> its name
         # Mixture of experts: fused expert tensors are assembled from the hub's per-expert layout.
         from worker.engine.adapters import adapter_for_model_type
         from worker.engine.expert_layout import FusedExpertReader
@@ -128,7 +134,8 @@ class ModuleLoader:
                     continue
                 loaded = self._loaded.get(id(param))
                 if loaded is None:
-                    name = self._param_names.get(id(param), f"{owner_name}.{leaf}")
+                    entry = self._param_names.get(id(param))
+                    name = entry[0] if entry is not None else f"{owner_name}.{leaf}"
                     tensor = self._read(name).to(self.device, param.dtype)
                     if tuple(tensor.shape) != tuple(param.shape):
                         raise ValueError(
@@ -137,6 +144,7 @@ class ModuleLoader:
                         )
                     loaded = nn.Parameter(tensor, requires_grad=False)
                     self._loaded[id(param)] = loaded
+                    self._loaded_names[id(loaded)] = name
                     if self.on_load is not None:
                         self.on_load(name, tensor)
                 owner._parameters[leaf] = loaded
@@ -149,9 +157,11 @@ class ModuleLoader:
                     continue
                 for key in [k for k, v in self._loaded.items() if v is param]:
                     del self._loaded[key]
-                owner._parameters[leaf] = nn.Parameter(
-                    torch.empty_like(param, device=META), requires_grad=False
-                )
+                meta = nn.Parameter(torch.empty_like(param, device=META), requires_grad=False)
+                name = self._loaded_names.pop(id(param), None)
+                if name is not None:
+                    self._param_names[id(meta)] = (name, meta)
+                owner._parameters[leaf] = meta
 
 
 __all__ = ["ModuleLoader", "checkpoint_dtype", "empty_model", "move_buffers", "weight_bytes"]

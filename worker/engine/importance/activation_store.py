@@ -10,11 +10,16 @@ branch, an angular block's input). Each new store goes, whole, to the first tier
 
 Budgets are bytes per tier (`StoreBudget`); `StoreBudget.measure` derives them from the free memory
 at the start of the pass, and a zero budget forces the next tier (the tests force the disk tier so).
+The disk tier is bounded too: by `disk_bytes`, or else by the free space of the spill directory's
+file system less `DISK_RESERVE_BYTES` (measured when the stores are set up). `capacity()` is how many
+stores the three tiers hold at once; a pass that needs more runs its loss scans in several passes
+(`streamed.py`), and one that cannot fit even one pass is refused before any weight is read.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -25,6 +30,7 @@ import torch
 
 TIERS = ("device", "host", "disk")
 HOST_RESERVE_BYTES = 2 << 30  # RAM left to the rest of the process and the OS page cache
+DISK_RESERVE_BYTES = 2 << 30  # free space the disk tier leaves on the spill directory's file system
 
 
 def available_ram_bytes() -> int:
@@ -47,11 +53,31 @@ def free_device_bytes(device: torch.device) -> int:
     return available_ram_bytes()
 
 
+def spill_root(spill_dir: str | os.PathLike | None) -> Path:
+    """The directory the disk tier's files go under: `spill_dir`, else the system temporary one."""
+    return Path(spill_dir) if spill_dir else Path(tempfile.gettempdir())
+
+
+def free_disk_bytes(spill_dir: str | os.PathLike | None) -> int:
+    """Free space of the file system that holds the spill directory (or would: its nearest parent)."""
+    path = spill_root(spill_dir).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return int(shutil.disk_usage(path).free)
+
+
 @dataclass(frozen=True)
 class StoreBudget:
     device_bytes: int  # activations kept on the compute device
     host_bytes: int = 0  # pinned CPU memory (CUDA runs only)
     spill_dir: str | None = None  # parent of the disk tier's temporary directory (default: $TMPDIR)
+    # Bytes the disk tier may take; None: the spill directory's free space less DISK_RESERVE_BYTES.
+    disk_bytes: int | None = None
+
+    def disk_limit(self) -> int:
+        if self.disk_bytes is not None:
+            return max(0, self.disk_bytes)
+        return max(0, free_disk_bytes(self.spill_dir) - DISK_RESERVE_BYTES)
 
     @classmethod
     def measure(cls, device: torch.device, reserve_bytes: int, spill_dir: str | None = None) -> StoreBudget:
@@ -110,18 +136,33 @@ class ActivationStores:
         self.peak = Counter()
         self._tmp: Path | None = None
         self._open: dict[int, ActivationStore] = {}
+        self.disk_bytes = budget.disk_limit()
 
     @staticmethod
     def bytes_for(shapes, dtype: torch.dtype) -> int:
         size = torch.empty((), dtype=dtype).element_size()
         return sum(math.prod(shape) for shape in shapes) * size
 
+    def capacity(self) -> int | None:
+        """How many stores the tiers hold at once (first fit, each whole in one tier); None: any number
+        (stores of no bytes)."""
+        if self.store_bytes <= 0:
+            return None
+        host = self.budget.host_bytes if self.device.type == "cuda" else 0
+        limits = (self.budget.device_bytes, host, self.disk_bytes)
+        return sum(max(0, limit) // self.store_bytes for limit in limits)
+
     def _tier(self) -> str:
         if self.used["device"] + self.store_bytes <= self.budget.device_bytes:
             return "device"
         if self.device.type == "cuda" and self.used["host"] + self.store_bytes <= self.budget.host_bytes:
             return "host"
-        return "disk"
+        if self.used["disk"] + self.store_bytes <= self.disk_bytes or self.store_bytes <= 0:
+            return "disk"
+        raise RuntimeError(
+            f"activation stores: no tier has room for another {self.store_bytes} bytes "
+            f"(open: {dict(self.used)}, disk limit {self.disk_bytes})"
+        )
 
     def new(self) -> ActivationStore:
         tier = self._tier()
@@ -157,15 +198,23 @@ class ActivationStores:
             "store_bytes": self.store_bytes,
             "stores": {tier: self.created[tier] for tier in TIERS if self.created[tier]},
             "peak_bytes": {tier: self.peak[tier] for tier in TIERS if self.peak[tier]},
-            "budget_bytes": {"device": self.budget.device_bytes, "host": self.budget.host_bytes},
+            "budget_bytes": {
+                "device": self.budget.device_bytes,
+                "host": self.budget.host_bytes,
+                "disk": self.disk_bytes,
+            },
+            "capacity": self.capacity(),
         }
 
 
 __all__ = [
+    "DISK_RESERVE_BYTES",
     "ActivationStore",
     "ActivationStores",
     "StoreBudget",
     "TIERS",
     "available_ram_bytes",
     "free_device_bytes",
+    "free_disk_bytes",
+    "spill_root",
 ]

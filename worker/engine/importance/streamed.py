@@ -25,6 +25,16 @@ store (every batch's activations) per open cut, L - k + 1 per scan by the last l
 main stream, spilled to pinned RAM and disk as the budgets say. The angular distance keeps the
 inputs of the last k layers (k stores); Block Importance needs none.
 
+Bounded stores, several passes. The tiers together hold `capacity()` stores (the disk too is bounded:
+the spill directory's free space less a reserve, or the budget's `disk_bytes`). When the scans need
+more, `plan_passes` splits the cuts into passes over the checkpoint: the first pass is the one above
+with the cuts that open last; each later pass runs an unhooked stream from the embeddings to its
+last cut's first layer (then drops it) and its own cuts' branches to the end, reading the layers it
+needs again (`execution.passes` and `layer_loads` in the manifest say how many). Each cut's loss is
+computed exactly as in one pass, so the scores are the same. When not even the first pass fits (the
+stream, the angular inputs and one cut), the pass is refused before any weight is read
+(`ActivationBudgetError`, saying how much it needs and what to change).
+
 Peak device memory: embeddings (the LM head too at the end) + one layer + one batch's working
 tensors + the stores the device budget admits.
 """
@@ -131,6 +141,69 @@ def working_bytes(
     return sum(fixed.values()) + 2 * layer + per_batch + 4 * logit_budget(device.type) + WORKING_MARGIN_BYTES
 
 
+class ActivationBudgetError(ValueError):
+    """Not even one pass's activation stores fit the device, RAM and disk budgets."""
+
+
+Cut = tuple[int, int]  # (k, first removed layer): a loss scan's cut of layers [first, first + k)
+
+
+def plan_passes(
+    num_layers: int, loss_scans: list[int], angular_stores: int, capacity: int | None
+) -> list[list[Cut]] | None:
+    """The loss scans' cuts split into passes over the checkpoint so that no pass opens more stores
+    than `capacity` (None: no limit); None when even one pass cannot fit.
+
+    The first pass holds the main stream (hooked: the scores), the `angular_stores` inputs of the
+    angular distance and as many cuts as fit; each later pass a stream (which stops at its last cut's
+    first layer) and `capacity - 1` cuts. A cut's branch stays open to the end of its pass, so the
+    first pass takes the cuts that open last, the later passes the earlier ones, whose streams end
+    sooner. memplan.streamed_passes counts the same passes.
+    """
+    cuts = sorted(((k, i) for k in loss_scans for i in range(num_layers - k + 1)), key=lambda c: -c[1])
+    if capacity is None or capacity >= 1 + angular_stores + len(cuts):
+        return [cuts]
+    first_room, later_room = capacity - 1 - angular_stores, capacity - 1
+    if first_room < 0 or later_room < 1:
+        return None
+    rest = cuts[first_room:]
+    return [cuts[:first_room]] + [rest[j : j + later_room] for j in range(0, len(rest), later_room)]
+
+
+def pass_layers(cuts: list[Cut], num_layers: int, first: bool) -> set[int]:
+    """The layers a pass loads: all for the first; for a later one, those its stream goes through
+    (before its last cut's first layer) and those its branches go through (from its earliest branch
+    end on)."""
+    if first:
+        return set(range(num_layers))
+    last_open = max(i for _, i in cuts)
+    resume = min(k + i for k, i in cuts)
+    return {j for j in range(num_layers) if j < last_open or j >= resume}
+
+
+def _budget_message(stores: ActivationStores, num_layers: int, loss_scans: list[int], angular: int) -> str:
+    from worker.engine.importance.activation_store import spill_root
+
+    gb = 1e9
+    need = max(1 + angular, 2 if loss_scans else 1)  # plan_passes' first pass, or a later one
+    cuts = sum(num_layers - k + 1 for k in loss_scans)
+    budget = stores.budget
+    host = budget.host_bytes if stores.device.type == "cuda" else 0
+    parts = ([f"with the {angular} angular-distance inputs"] if angular else []) + (
+        ["with one loss-scan cut"] if loss_scans else []
+    )
+    what = "the main stream" + (" " + " or ".join(parts) if parts else "")
+    return (
+        f"streamed importance needs room for at least {need} activation stores of "
+        f"{stores.store_bytes / gb:.3g} GB at once ({what}; {1 + angular + cuts} to run every scan in one pass), "
+        f"{need * stores.store_bytes / gb:.3g} GB, but the budgets hold {stores.capacity()}: "
+        f"{budget.device_bytes / gb:.3g} GB on {stores.device}, {host / gb:.3g} GB of pinned RAM and "
+        f"{stores.disk_bytes / gb:.3g} GB of disk under {spill_root(budget.spill_dir)}. A store holds every "
+        "calibration sample's hidden states: use fewer samples or a shorter sequence length, drop the "
+        "angular scan or use a smaller block size, or set spill_dir to a disk with more free space"
+    )
+
+
 def _block_angular(angular: RunningSums, start: int, block_in, block_out, ctx: BatchContext) -> None:
     """The angular distance of block `start` for one batch (what the hooks measure in memory)."""
     n_in = torch.linalg.vector_norm(block_in, dim=-1, dtype=F32)
@@ -186,6 +259,10 @@ def compute_importance_streamed(
         reserve = working_bytes(model, adapter, shapes, act_dtype, torch.device(device))
         budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None)
     stores = ActivationStores(budget, device, ActivationStores.bytes_for(shapes, act_dtype))
+    angular_stores = block_size if "angular" in scans else 0
+    passes = plan_passes(num_layers, loss_scans, angular_stores, stores.capacity())
+    if passes is None:
+        raise ActivationBudgetError(_budget_message(stores, num_layers, loss_scans, angular_stores))
     hasher = WeightsHasher(model) if hash_weights else None
     loader = ModuleLoader(model, reader, device, on_load=hasher.add if hasher else None)
     move_buffers(model, device)
@@ -199,66 +276,82 @@ def compute_importance_streamed(
         inputs.append((input_ids, attention_mask))
         contexts.append(ctx)
         samples += batch["input_ids"].shape[0]
-    scan_forwards = 0
-    work = {"done": 0, "reported": 0}  # sample-stages done, samples reported
+    layer_sets = [pass_layers(cuts, num_layers, first=p == 0) for p, cuts in enumerate(passes)]
+    # Progress: each batch goes through every loaded layer and the head of every pass.
+    stages = sum(len(needed) + 1 for needed in layer_sets)
+    counts = {"done": 0, "reported": 0, "scan_forwards": 0, "layer_loads": 0}
 
     def advance(batch_size: int) -> None:
-        """Report whole samples: each stage (L layers + the final norm) moves a batch 1 / (L + 1)."""
-        work["done"] += batch_size
-        target = work["done"] // (num_layers + 1)
-        if progress is not None and target > work["reported"]:
-            progress(target - work["reported"])
-            work["reported"] = target
+        """Report whole samples: each stage (a loaded layer or a pass's head) moves a batch 1 / stages."""
+        counts["done"] += batch_size
+        target = counts["done"] // stages
+        if progress is not None and target > counts["reported"]:
+            progress(target - counts["reported"])
+            counts["reported"] = target
 
     def calls_of(b: int) -> list[LayerCall]:
         return record_layer_calls(model, layers, *inputs[b])
 
-    try:
-        with torch.inference_mode(), hooks:
-            hooks.enabled = False  # on only while a layer (or the final norm) runs calibration data
-            loader.load(adapter.embed(model))
-            if adapter.position_embed(model) is not None:
-                loader.load(adapter.position_embed(model))
-            main = stores.new()
-            for b in range(len(batches)):
-                main[b] = calls_of(b)[0].hidden
-            # Inputs of the last k layers (slot i % k holds layer i's), for the angular distance.
-            recent = [stores.new() for _ in range(block_size)] if angular is not None else []
-            branches: dict[tuple[int, int], ActivationStore] = {}  # (k, first removed layer) -> cut
-            for i, layer in enumerate(layers):
+    def run_pass(cuts: list[tuple[int, int]], needed: list[int], hooked: bool) -> None:
+        """One pass over the layers: the main stream (hooked: the scores, the angular distance and the
+        base loss), and the branch of each cut (k, first removed layer) in `cuts` (module docstring)."""
+        main = stores.new()
+        for b in range(len(batches)):
+            main[b] = calls_of(b)[0].hidden
+        # Inputs of the last k layers (slot i % k holds layer i's), for the angular distance.
+        recent = [stores.new() for _ in range(block_size)] if hooked and angular is not None else []
+        last_open = max((first for _, first in cuts), default=-1)
+        branches: dict[tuple[int, int], ActivationStore] = {}
+        for i, layer in enumerate(layers):
+            opening = [(k, first) for k, first in cuts if first == i]
+            running = [key for key in branches if sum(key) <= i]
+            main_runs = hooked or i < last_open
+            loads = i in needed  # a later pass skips the layers between its stream's end and its branches'
+            if not loads and not opening:
+                continue
+            if loads:
                 loader.load(layer)
-                opening = [(k, i) for k in loss_scans if i <= num_layers - k]
+                counts["layer_loads"] += 1
+            for key in opening:
+                branches[key] = stores.new()
+            for b, ctx in enumerate(contexts):
+                calls = calls_of(b) if loads else None
+                x_in = main[b] if hooked or opening or main_runs else None
                 for key in opening:
-                    branches[key] = stores.new()
-                for b, ctx in enumerate(contexts):
-                    calls = calls_of(b)
-                    x_in = main[b]
-                    for key in opening:
-                        branches[key][b] = x_in
-                    if angular is not None:
-                        recent[i % block_size][b] = x_in
-                    hooks.enabled = True
-                    hooks.begin_batch(ctx, range(i, i + 1), final_norm=False)
+                    branches[key][b] = x_in
+                if angular is not None and hooked:
+                    recent[i % block_size][b] = x_in
+                if main_runs:
+                    hooks.enabled = hooked
+                    if hooked:
+                        hooks.begin_batch(ctx, range(i, i + 1), final_norm=False)
                     x_out = calls[i].run(layer, x_in)
-                    hooks.end_batch()
+                    if hooked:
+                        hooks.end_batch()
                     hooks.enabled = False
-                    if angular is not None and i >= block_size - 1:
+                    if angular is not None and hooked and i >= block_size - 1:
                         start = i - block_size + 1
                         _block_angular(angular, start, recent[start % block_size][b], x_out, ctx)
-                    for (k, first), branch in branches.items():
-                        if first + k <= i:
-                            branch[b] = calls[i].run(layer, branch[b])
-                            scan_forwards += 1
                     main[b] = x_out
-                    del calls, x_in, x_out
+                    del x_out
+                for key in running:
+                    branches[key][b] = calls[i].run(layer, branches[key][b])
+                    counts["scan_forwards"] += 1
+                del calls, x_in
+                if loads:
                     advance(ctx.batch_size)
+            if loads:
                 loader.release(layer)
-            for store in recent:
-                stores.release(store)
-            loader.load(final_norm)
-            loader.load(adapter.lm_head(model))  # tied to the embeddings: already there
-            for b, ctx in enumerate(contexts):
-                input_ids, attention_mask = inputs[b]
+            if not hooked and i == last_open:  # every branch of this pass is open: the stream is done
+                stores.release(main)
+                main = None
+        for store in recent:
+            stores.release(store)
+        loader.load(final_norm)  # both stay loaded for the later passes
+        loader.load(adapter.lm_head(model))  # tied to the embeddings: already there
+        for b, ctx in enumerate(contexts):
+            input_ids, attention_mask = inputs[b]
+            if hooked:
                 hooks.enabled = True
                 hooks.begin_batch(ctx, range(num_layers, num_layers), final_norm=True)
                 hidden = final_norm(main[b])
@@ -266,25 +359,34 @@ def compute_importance_streamed(
                 hooks.enabled = False
                 if loss_scans:
                     add_base_loss(loss, hidden, head, input_ids, attention_mask, ctx)
-                    for k in loss_scans:
-                        cut_sums = torch.stack(
-                            [
-                                token_losses(final_norm(branches[k, i][b]), head, input_ids, attention_mask)[
-                                    0
-                                ]
-                                for i in range(num_layers - k + 1)
-                            ]
-                        )  # [cuts, B]
-                        loss[k].index_add_(0, ctx.halves, cut_sums.T)
                 del hidden
-                advance(ctx.batch_size)
+            for k, first in cuts:
+                per_sample = token_losses(final_norm(branches[k, first][b]), head, input_ids, attention_mask)[
+                    0
+                ]
+                loss[k][:, first].index_add_(0, ctx.halves, per_sample)
+            advance(ctx.batch_size)
+        for store in [main, *branches.values()]:
+            if store is not None:
+                stores.release(store)
+
+    try:
+        with torch.inference_mode(), hooks:
+            hooks.enabled = False  # on only while a layer (or the final norm) runs calibration data
+            loader.load(adapter.embed(model))
+            if adapter.position_embed(model) is not None:
+                loader.load(adapter.position_embed(model))
+            for p, (cuts, needed) in enumerate(zip(passes, layer_sets, strict=True)):
+                run_pass(cuts, needed, hooked=p == 0)
+                loader.on_load = None  # the weights hash is of the first pass's reads
     finally:
         stores.close()
 
     execution = {
         "mode": "streamed",
         "reason": reason,
-        "layer_loads": num_layers,
+        "layer_loads": counts["layer_loads"],
+        "passes": len(passes),  # over the checkpoint: more than 1 when the stores are capped
         "activations": stores.summary(),
     }
     seq_len = max(s for _, s, _ in shapes)
@@ -297,7 +399,7 @@ def compute_importance_streamed(
         angular=angular,
         loss=loss,
         counts=(samples, len(batches), seq_len),
-        scan_forwards=scan_forwards,
+        scan_forwards=counts["scan_forwards"],
         metadata={"model": str(source), **(metadata or {})},
         weights_hash=hasher.hexdigest() if hasher else None,
         execution=execution,
@@ -305,4 +407,11 @@ def compute_importance_streamed(
     )
 
 
-__all__ = ["compute_importance_streamed", "record_layer_calls", "working_bytes"]
+__all__ = [
+    "ActivationBudgetError",
+    "compute_importance_streamed",
+    "pass_layers",
+    "plan_passes",
+    "record_layer_calls",
+    "working_bytes",
+]
