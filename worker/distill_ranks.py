@@ -162,17 +162,19 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             args.append("--resume")
             rt.log("resuming from the sharded checkpoint")
         rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
-        finished = run_ranks(
-            rt,
-            ranks,
-            MODULE,
-            args,
-            work=ckpt / "ranks",
-            device_type=device_type(rt.device),
-            on_record=on_record,
-            rendezvous=rendezvous,
-        )
-        report_checkpoint()  # the one the ranks wrote as they stopped or finished
+        try:
+            finished = run_ranks(
+                rt,
+                ranks,
+                MODULE,
+                args,
+                work=ckpt / "ranks",
+                device_type=device_type(rt.device),
+                on_record=on_record,
+                rendezvous=rendezvous,
+            )
+        finally:  # the one the ranks wrote as they stopped or finished (also when another node stopped
+            report_checkpoint()  # them: worker.multi_rank.NodeStopped, then the job is resumable from it)
         if not finished:
             raise JobCancelled()
         outcome.update(json.loads((out / "prunescope_manifest.json").read_text()))
