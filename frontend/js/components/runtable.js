@@ -1,8 +1,12 @@
 // The runs table (what W&B / TensorBoard users expect): search and filters, rename, tags, delete,
 // duration and hyperparameter columns, each run's headline number with its protocol, any runs' curves
 // overlaid, CSV / JSON export of the selected (or shown) runs.
+//
+// Search and filters run on the server over every job (GET /runs, a page at a time), so a run older
+// than any page is found. While the server answers, the table shows the same filter applied to the runs
+// it already knows (`known`), so typing feels immediate; the server's page then replaces it.
 
-import { api, authUrl, request, showError } from "../api.js";
+import { api, authUrl, qs, request, showError } from "../api.js";
 import { h, mount, segmented, toast } from "../dom.js";
 import { compact, duration, sig, when } from "../format.js";
 import { go } from "../router.js";
@@ -11,6 +15,19 @@ import { mismatchMark } from "./protocol.js";
 import { progressBar, statusBadge, statusReason } from "./widgets.js";
 
 const ACTIVE = ["queued", "running"];
+const PAGE = 100; // runs per page
+const SEARCH_DELAY_MS = 200; // typing pauses this long before the server is asked
+
+/** GET /runs's `q` semantics on one run: every word in its name, kind, model name or tags, or its id
+ * (`#12` only that run; `12` that run or the text). `model`: its student's or teacher's name. */
+export function matchesSearch(j, q, model) {
+  const text = [j.name || "", j.kind, model, ...(j.tags || [])].join(" ").toLowerCase();
+  return q.toLowerCase().split(/\s+/).filter(Boolean).every((word) => {
+    const digits = word.replace(/^#/, "");
+    const isId = /^\d+$/.test(digits) && j.id === Number(digits);
+    return word.startsWith("#") && /^\d+$/.test(digits) ? isId : isId || text.includes(word);
+  });
+}
 
 // Hyperparameter columns: [header, value of params (blank when the kind has none), title]
 const HP_COLUMNS = [
@@ -38,51 +55,117 @@ export class RunsTable {
   constructor(ctx, onChange) {
     this.ctx = ctx;
     this.onChange = onChange;
-    this.jobs = [];
+    this.jobs = []; // the page shown
+    this.known = new Map(); // id -> every run seen (pages, the view's jobs): the instant filter, the curves
     this.students = [];
     this.teachers = [];
     this.filter = { q: "", kind: "", status: "", tag: "" };
+    this.offset = 0;
+    this.total = 0;
+    this.nextOffset = null;
+    this.facets = null; // the filter menus' values over every job (GET /runs)
+    this.asked = 0; // the latest request: an older answer arriving late is dropped
     this.selected = new Set();
     this.metric = "loss";
     this.curves = new Map(); // job id -> {points, series}
     this.err = h("div.error-msg");
-    this.search = h("input", { type: "search", placeholder: "search name, model, tag, #id…", dataset: { testid: "runs-search" }, oninput: () => { this.filter.q = this.search.value.trim().toLowerCase(); this.renderRows(); } });
+    this.search = h("input", { type: "search", placeholder: "search name, model, tag, #id…", dataset: { testid: "runs-search" }, oninput: () => { this.filter.q = this.search.value.trim().toLowerCase(); this.refilter(SEARCH_DELAY_MS); } });
     this.kindSel = this.select("kind", "runs-kind");
     this.statusSel = this.select("status", "runs-status");
     this.tagSel = this.select("tag", "runs-tag");
     this.exportCsv = h("a.btn", { dataset: { testid: "runs-export-csv" }, download: "prunescope-runs.csv" }, "Export CSV");
     this.exportJson = h("a.btn", { dataset: { testid: "runs-export-json" }, download: "prunescope-runs.json" }, "Export JSON");
     this.count = h("span.hint", { dataset: { testid: "runs-count" } });
-    this.table = h("div.table-scroll");
+    this.prev = h("button.ghost.small", { dataset: { testid: "runs-prev" }, title: "newer runs", onclick: () => this.turn(Math.max(0, this.offset - PAGE)) }, "‹ newer");
+    this.next = h("button.ghost.small", { dataset: { testid: "runs-next" }, title: "older runs", onclick: () => this.nextOffset !== null && this.turn(this.nextOffset) }, "older ›");
+    this.table = h("div.table-scroll", { dataset: { testid: "runs-rows" } });
     this.plot = h("div.plot", { dataset: { testid: "overlay-plot" }, style: { height: "300px" } });
     this.plotHint = h("div.empty", "Tick runs in the table to overlay their curves (any students, any teachers).");
     this.metricBar = h("span");
     this.el = h("div.stack",
-      h("div.row.runs-toolbar", this.search, this.kindSel, this.statusSel, this.tagSel, this.count, h("span.spacer"), this.exportCsv, this.exportJson),
+      h("div.row.runs-toolbar", this.search, this.kindSel, this.statusSel, this.tagSel, this.count, this.prev, this.next, h("span.spacer"), this.exportCsv, this.exportJson),
       this.err, this.table,
       h("div.overlay", h("header.row", h("h3", "Curves of the selected runs"), h("span.spacer"), this.metricBar), this.plotHint, this.plot));
     this.renderMetricBar();
   }
 
   select(key, testid) {
-    return h("select", { dataset: { testid }, onchange: (ev) => { this.filter[key] = ev.target.value; this.renderRows(); } });
+    return h("select", { dataset: { testid }, onchange: (ev) => { this.filter[key] = ev.target.value; this.refilter(0); } });
   }
 
+  /** The view's data changed (its poll): `jobs` are runs it loaded (seen at once), then the page is
+   * asked again from the server. */
   update({ jobs, students, teachers }) {
-    this.jobs = jobs;
     this.students = students;
     this.teachers = teachers;
-    const ids = new Set(jobs.map((j) => j.id));
-    for (const id of [...this.selected]) if (!ids.has(id)) this.selected.delete(id);
-    this.fillOptions(this.kindSel, "all kinds", [...new Set(jobs.map((j) => j.kind))], this.filter.kind);
-    this.fillOptions(this.statusSel, "all statuses", [...new Set(jobs.map((j) => j.status))], this.filter.status);
-    this.fillOptions(this.tagSel, "all tags", [...new Set(jobs.flatMap((j) => j.tags || []))].sort(), this.filter.tag);
+    for (const j of jobs) this.known.set(j.id, j);
+    if (!this.facets) this.fillMenus(this.localFacets());
+    return this.load();
+  }
+
+  /** A filter changed: back to the first page, the known runs filtered at once, the server's page
+   * after `delay` ms (the search box waits for a pause in typing). */
+  refilter(delay) {
+    this.asked++; // a page asked before this change is stale: dropped when it arrives
+    this.table.dataset.loading = "true"; // until the server's page replaces the instant one
+    this.offset = 0;
+    this.jobs = this.localShown();
+    this.renderRows();
+    clearTimeout(this.pending);
+    this.pending = setTimeout(() => this.load(), delay);
+  }
+
+  turn(offset) {
+    this.offset = offset;
+    this.load();
+  }
+
+  /** The page at `offset` of the runs matching the filters, from GET /runs. */
+  async load() {
+    const asked = ++this.asked;
+    const { q, kind, status, tag } = this.filter;
+    this.table.dataset.loading = "true";
+    let page;
+    try {
+      page = await api.get(`/runs${qs({ q, kind, status, tag, limit: PAGE, offset: this.offset })}`);
+    } catch (e) {
+      if (asked === this.asked) {
+        delete this.table.dataset.loading;
+        showError(this.err, e);
+      }
+      return;
+    }
+    if (asked !== this.asked || !this.ctx.alive) return;
+    showError(this.err, null);
+    this.jobs = page.runs;
+    this.total = page.total;
+    this.nextOffset = page.next_offset;
+    this.facets = page.facets;
+    for (const j of page.runs) this.known.set(j.id, j);
+    this.fillMenus(page.facets);
+    delete this.table.dataset.loading;
     if (!this.editing) this.renderRows();
     this.drawCurves();
   }
 
+  localFacets() {
+    const runs = [...this.known.values()];
+    return {
+      kinds: [...new Set(runs.map((j) => j.kind))].sort(),
+      statuses: [...new Set(runs.map((j) => j.status))].sort(),
+      tags: [...new Set(runs.flatMap((j) => j.tags || []))].sort(),
+    };
+  }
+
+  fillMenus({ kinds, statuses, tags }) {
+    this.fillOptions(this.kindSel, "all kinds", kinds, this.filter.kind);
+    this.fillOptions(this.statusSel, "all statuses", statuses, this.filter.status);
+    this.fillOptions(this.tagSel, "all tags", tags, this.filter.tag);
+  }
+
   fillOptions(sel, all, values, current) {
-    mount(sel, h("option", { value: "" }, all), values.map((v) => h("option", { value: v, selected: v === current }, v)));
+    const shown = current && !values.includes(current) ? [...values, current] : values; // a choice stays
+    mount(sel, h("option", { value: "" }, all), shown.map((v) => h("option", { value: v, selected: v === current }, v)));
   }
 
   modelName(j) {
@@ -101,28 +184,37 @@ export class RunsTable {
     return this.teachers.find((t) => t.id === j.teacher_id)?.eval_protocol || null;
   }
 
-  shown() {
+  /** The filter over the runs already known, newest first (shown until the server's page arrives). */
+  localShown() {
     const { q, kind, status, tag } = this.filter;
-    return this.jobs.filter((j) => {
+    const lower = tag.toLowerCase();
+    const rows = [...this.known.values()].filter((j) => {
       if (kind && j.kind !== kind) return false;
       if (status && j.status !== status) return false;
-      if (tag && !(j.tags || []).includes(tag)) return false;
-      if (!q) return true;
-      const text = [`#${j.id}`, j.name || "", this.defaultName(j), ...(j.tags || [])].join(" ").toLowerCase();
-      return q.split(/\s+/).every((word) => text.includes(word));
+      if (tag && !(j.tags || []).some((t) => t.toLowerCase() === lower)) return false;
+      return !q || matchesSearch(j, q, this.modelName(j));
     });
+    rows.sort((a, b) => b.id - a.id);
+    this.total = rows.length;
+    this.nextOffset = null;
+    return rows.slice(0, PAGE);
   }
 
   renderRows() {
-    const rows = this.shown();
-    this.count.textContent = `${rows.length} of ${this.jobs.length} runs${this.selected.size ? ` · ${this.selected.size} selected` : ""}`;
+    const rows = this.jobs;
+    const filtered = Object.values(this.filter).some(Boolean);
+    const range = rows.length ? `${this.offset + 1}–${this.offset + rows.length} of ` : "";
+    this.count.textContent = `${range}${this.total} ${filtered ? "matching " : ""}runs${this.selected.size ? ` · ${this.selected.size} selected` : ""}`;
+    this.prev.disabled = this.offset === 0;
+    this.next.disabled = this.nextOffset === null;
+    this.prev.hidden = this.next.hidden = this.offset === 0 && this.nextOffset === null;
     const ids = (this.selected.size ? [...this.selected] : rows.map((j) => j.id)).join(",");
     for (const [a, format] of [[this.exportCsv, "csv"], [this.exportJson, "json"]]) {
       a.href = ids ? authUrl(`/runs/export?ids=${ids}&format=${format}`) : "#";
       a.title = `${format.toUpperCase()} of the parameters, protocol, result and every metric point of ${this.selected.size ? "the selected runs" : "the runs shown"}`;
     }
-    if (!this.jobs.length) {
-      mount(this.table, h("div.empty", "No run yet."));
+    if (!rows.length) {
+      mount(this.table, h("div.empty", filtered ? "No run matches the search and filters." : "No run yet."));
       return;
     }
     const allTicked = rows.length > 0 && rows.every((j) => this.selected.has(j.id));
@@ -197,12 +289,15 @@ export class RunsTable {
     try {
       const job = await request("PATCH", `/jobs/${j.id}`, body);
       Object.assign(j, job);
+      this.known.set(j.id, j);
+      if (this.facets) this.facets.tags = [...new Set([...this.facets.tags, ...(j.tags || [])])].sort();
+      this.fillMenus(this.facets || this.localFacets()); // a new tag is a filter at once
       showError(this.err, null);
     } catch (e) {
       showError(this.err, e);
     }
     this.renderRows();
-    this.update({ jobs: this.jobs, students: this.students, teachers: this.teachers });
+    this.load(); // the new name / tags may change what matches, and the tag menu
   }
 
   async remove(j) {
@@ -211,6 +306,8 @@ export class RunsTable {
       await api.del(`/jobs/${j.id}`);
       showError(this.err, null);
       this.selected.delete(j.id);
+      this.known.delete(j.id);
+      this.curves.delete(j.id);
       toast(`Run #${j.id} deleted.`);
       this.onChange();
     } catch (e) {
@@ -229,7 +326,7 @@ export class RunsTable {
     if (!ids.length) return;
     const Plotly = await plotlyReady();
     await Promise.all(ids.map(async (id) => {
-      const job = this.jobs.find((x) => x.id === id);
+      const job = this.known.get(id);
       const cached = this.curves.get(id);
       if (cached && (cached.status === job?.status) && !ACTIVE.includes(job?.status)) return;
       try {
@@ -242,7 +339,7 @@ export class RunsTable {
     if (!this.ctx.alive) return;
     const traces = [];
     ids.forEach((id, i) => {
-      const job = this.jobs.find((x) => x.id === id);
+      const job = this.known.get(id);
       const points = this.curves.get(id)?.series?.[this.metric] || [];
       if (!points.length || !job) return;
       const protocol = this.metric.startsWith("val_") && job.protocol ? ` (${job.protocol.id})` : "";
