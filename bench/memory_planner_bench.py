@@ -49,6 +49,11 @@ WIDE_VOCAB = dict(hidden=96, intermediate=256, layers=3, heads=4, kv=2, vocab=32
 DEEP = dict(hidden=64, intermediate=192, layers=8, heads=4, kv=4, vocab=2048)
 # Small vocabulary, wide layers: activations dominate (where checkpointing matters).
 WIDE = dict(hidden=256, intermediate=768, layers=4, heads=8, kv=2, vocab=512)
+# The families whose attention / projections differ from Llama's: Gemma 2 (eager attention, soft-capped
+# [B, H, S, S] scores; grouped queries, so its keys and values are repeated) and Phi-3 (fused qkv_proj and
+# gate_up_proj). Sequences of 256 make the scores as big as an MLP's working set.
+GEMMA2 = dict(family="gemma2", hidden=128, intermediate=384, layers=4, heads=4, kv=2, vocab=4096)
+PHI3 = dict(family="phi3", hidden=128, intermediate=512, layers=4, heads=4, kv=2, vocab=512)
 
 
 def half(cfg: dict) -> dict:
@@ -81,6 +86,17 @@ CASES = [
     # CUDA's max_memory_allocated does.
     ("importance-streamed", DEEP, dict(batch_size=8, seq_len=128)),
     ("importance-streamed", DEEP, dict(batch_size=8, seq_len=128, device_budget=0)),
+    ("importance", GEMMA2, dict(batch_size=8, seq_len=256)),
+    ("importance-streamed", GEMMA2, dict(batch_size=8, seq_len=256)),
+    ("evaluate", GEMMA2, dict(batch_size=8, seq_len=256)),
+    ("distill", GEMMA2, dict(batch_size=4, seq_len=256)),
+    ("distill", GEMMA2, dict(batch_size=4, seq_len=256, gradient_checkpointing=True)),
+    ("importance", PHI3, dict(batch_size=8, seq_len=256)),
+    ("evaluate", PHI3, dict(batch_size=8, seq_len=256)),
+    ("distill", PHI3, dict(batch_size=4, seq_len=256)),
+    # Padded calibration batches: SDPA gets a mask, so grouped keys and values are repeated to every head.
+    ("importance", SMALL, dict(batch_size=8, seq_len=256, padded=True)),
+    ("importance-streamed", SMALL, dict(batch_size=8, seq_len=256, padded=True)),
 ]
 QUICK = [8, 9, 13]
 # `--real` (CUDA only): Llama-3.1-8B's shapes, random weights built on the device; the distillation
@@ -99,11 +115,13 @@ REAL_CASES = [
 
 
 def build(cfg: dict, seed: int, dtype, device: str = "cpu"):
+    """A random model of `cfg`'s shape: Llama, or `cfg["family"]` (gemma2: eager attention with soft-capped
+    scores, as transformers runs it; phi3: fused qkv_proj and gate_up_proj)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Phi3Config
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=cfg["vocab"],
         hidden_size=cfg["hidden"],
         intermediate_size=cfg["intermediate"],
@@ -112,12 +130,39 @@ def build(cfg: dict, seed: int, dtype, device: str = "cpu"):
         num_key_value_heads=cfg["kv"],
         head_dim=cfg["hidden"] // cfg["heads"],
         max_position_embeddings=4096,
-        tie_word_embeddings=False,
     )
-    config._attn_implementation = "sdpa"  # what load_model gives (transformers' default)
+    family = cfg.get("family", "llama")
+    if family == "gemma2":  # Gemma 2's released caps and layout; sliding window shorter than the inputs
+        config = Gemma2Config(
+            **shape,
+            query_pre_attn_scalar=shape["head_dim"],
+            sliding_window=64,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=True,
+        )
+        config._attn_implementation = "eager"  # what load_model gives (Gemma 2 has no SDPA support)
+    else:
+        extra = {"pad_token_id": 0} if family == "phi3" else {}  # (its default id is past a tiny vocabulary)
+        config = (Phi3Config if family == "phi3" else LlamaConfig)(
+            **shape, tie_word_embeddings=False, **extra
+        )
+        config._attn_implementation = "sdpa"  # what load_model gives (transformers' default)
     # On CUDA build straight on the device: initialising an 8B model on the CPU takes minutes.
     with torch.device(device if device.startswith("cuda") else "cpu"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
+
+
+def padded_batch(data, index: int, batch_size: int, padded: bool) -> dict:
+    """A calibration batch; `padded`: every other row right-padded over its last quarter (short windows,
+    as data.calibration_batches makes them), so attention gets a mask."""
+    import torch
+
+    ids = data.batch(index, batch_size, 0)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[::2, -(ids.shape[1] // 4) :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 class RandomTokens:
@@ -270,9 +315,11 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
         from worker.engine.importance import compute_importance
 
         model = build(cfg, 0, dtype, device)
-        estimate = memplan.importance_memory(arch_spec(model), batch_size=b, seq_len=s, device=device)
+        estimate = memplan.importance_memory(
+            arch_spec(model), batch_size=b, seq_len=s, device=device, padded=settings.get("padded", False)
+        )
         data = RandomTokens(cfg["vocab"], s)
-        batches = [{"input_ids": data.batch(i, b, 0)} for i in range(2)]
+        batches = [padded_batch(data, i, b, settings.get("padded", False)) for i in range(2)]
         prof.start()
         compute_importance(model, batches, scans=("bi", "drop", "block"), hash_weights=False)
         measured = {"tensors": prof.stop()}
@@ -298,9 +345,10 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
             weights_dtype=wdtype,
             device=device,
             device_budget=device_budget,
+            padded=settings.get("padded", False),
         )
         data = RandomTokens(cfg["vocab"], s)
-        batches = [{"input_ids": data.batch(i, b, 0)} for i in range(n_batches)]
+        batches = [padded_batch(data, i, b, settings.get("padded", False)) for i in range(n_batches)]
         budget = StoreBudget(
             device_bytes=1 << 40 if device_budget is None else device_budget, spill_dir=str(path)
         )
@@ -332,6 +380,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default=None, help="run only the cases of this kind (e.g. importance-streamed)")
+    p.add_argument("--family", default=None, help="run only the cases of this model family (e.g. gemma2)")
+    p.add_argument("--padded", action="store_true", help="run only the cases with padded batches")
+    p.add_argument("--tensors-only", action="store_true", help="skip the RSS runs (half the time)")
     p.add_argument("--real", action="store_true", help="CUDA: Llama-3.1-8B-shaped cases instead")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -350,6 +401,10 @@ def main(argv=None) -> None:
         cases = REAL_CASES
     if args.only:
         cases = [c for c in cases if c[0] == args.only]
+    if args.family:
+        cases = [c for c in cases if c[1].get("family", "llama") == args.family]
+    if args.padded:
+        cases = [c for c in cases if c[2].get("padded")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     rows = []
     print(
@@ -359,7 +414,7 @@ def main(argv=None) -> None:
     for kind, cfg, settings in cases:
         r = {}
         # The tensor peak and the resident set, each from a clean process (the real cases: the peak only).
-        for profiled in (True,) if args.real else (True, False):
+        for profiled in (True,) if args.real or args.tensors_only else (True, False):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", json.dumps([kind, cfg, settings, device, profiled])],
                 capture_output=True,
@@ -371,8 +426,9 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{kind} {settings}: FAILED\n{out.stderr[-2000:]}")
             got = json.loads(out.stdout.strip().splitlines()[-1])
             r.update({k: v for k, v in got.items() if k != "tensors" or profiled})
-        label = f"{kind} h{cfg['hidden']} L{cfg['layers']} V{cfg['vocab']} " + " ".join(
-            f"{k}={v}" for k, v in settings.items()
+        label = (
+            f"{kind} {cfg.get('family', 'llama')} h{cfg['hidden']} L{cfg['layers']} V{cfg['vocab']} "
+            + " ".join(f"{k}={v}" for k, v in settings.items())
         )
         mib = lambda n: f"{n / 2**20:.1f}M"  # noqa: E731
         rss = f"{mib(r['rss']):>10} {r['estimate'] / r['rss']:>6.2f}" if "rss" in r else f"{'-':>10} {'-':>6}"

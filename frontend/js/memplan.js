@@ -15,6 +15,10 @@ const TRANSIENT_BACKWARD = 6;
 const CUDA_RESERVE_FRACTION = 0.05;
 const CUDA_RESERVE_BYTES = 512 * 2 ** 20;
 const NUM_SUMS = 4;
+// Families without an SDPA path (eager attention) and with fused q/k/v and gate/up projections (as memplan.py).
+const EAGER_FAMILIES = ["gemma2"];
+const FUSED_FAMILIES = ["phi3"];
+export const eagerAttention = (spec) => EAGER_FAMILIES.includes(spec.family);
 
 function dtypeBytes(dtype) {
   const b = DTYPE_BYTES[dtype];
@@ -34,14 +38,18 @@ const normSavedBytes = (width, act, normalised = null, feedsLinear = true) =>
 // As memplan._norm_layout: "pre" (Llama-style), "sandwich" (Gemma 2 / 3) or "post" (OLMo 2).
 const normLayout = (spec) => ((spec.layer_norms ?? 2) === 4 ? "sandwich" : spec.family === "olmo2" ? "post" : "pre");
 
-export function layerSavedBytesPerToken(spec, shape, act) {
+export function layerSavedBytesPerToken(spec, shape, act, seqLen = 0) {
   const d = spec.hidden_size;
   const { num_heads: h, num_kv_heads: g, intermediate_size: f } = shape;
   const hd = spec.head_dim;
   const layout = normLayout(spec);
   const f32Norms = layout !== "pre" ? 4 : null;
   const kv = layout === "sandwich" ? h : g;
-  let attn = act * (2 * h * hd + 2 * kv * hd) + 4 * h;
+  let attn = act * (2 * h * hd + 2 * kv * hd);
+  // Eager attention saves the soft-capped scores, their float32 softmax and its cast (8 bytes per score);
+  // SDPA a float32 log-sum-exp per head (as memplan.layer_saved_bytes_per_token).
+  attn += eagerAttention(spec) ? (act + 4 + (act !== 4 ? act : 0)) * h * seqLen : 4 * h;
+  if (FUSED_FAMILIES.includes(spec.family)) attn += act * ((h + g) * hd + h * hd);
   if (spec.qk_norm) {
     if (spec.qk_norm_full_width) attn += normSavedBytes(h * hd, act, f32Norms, false) + normSavedBytes(g * hd, act, f32Norms, false);
     else attn += (h + g) * normSavedBytes(hd, act, f32Norms, false);
@@ -65,12 +73,12 @@ function moeSavedBytesPerToken(spec, shape, act, hidden) {
   return routed + router + shared;
 }
 
-export function savedBytesPerToken(spec, act, checkpointing = false) {
+export function savedBytesPerToken(spec, act, checkpointing = false, seqLen = 0) {
   const d = spec.hidden_size;
   const final = normSavedBytes(d, act, normLayout(spec) !== "pre" ? 4 : null, false);
   const shapes = layerShapes(spec);
   if (checkpointing) return shapes.length * act * d + final;
-  return shapes.reduce((sum, s) => sum + layerSavedBytesPerToken(spec, s, act), 0) + final;
+  return shapes.reduce((sum, s) => sum + layerSavedBytesPerToken(spec, s, act, seqLen), 0) + final;
 }
 
 function widest(spec) {
@@ -126,8 +134,8 @@ export function distillMemory(student, teacher, opts) {
     gather = 2 * layerWeightBytes(wide, w);
   }
   const autocastCache = cuda && autocast && w === 4 ? (pS * 2) / numGpus : 0;
-  const saved = n * savedBytesPerToken(student, act, checkpointing);
-  const recompute = checkpointing ? n * layerSavedBytesPerToken(student, widest(student), act) : 0;
+  const saved = n * savedBytesPerToken(student, act, checkpointing, seqLen);
+  const recompute = checkpointing ? n * layerSavedBytesPerToken(student, widest(student), act, seqLen) : 0;
   const d = student.hidden_size;
   const v = student.vocab_size;
   const chunk = Math.min(opts.chunk_tokens || autoChunkTokens(v, device), n);
@@ -135,7 +143,10 @@ export function distillMemory(student, teacher, opts) {
   const tHidden = teacher ? n * teacher.hidden_size * 4 : 0;
   const buffers = teacher ? LOSS_CHUNK_BUFFERS_KD : LOSS_CHUNK_BUFFERS_CE;
   const lossTransient = 2 * n * d * act + tHidden + buffers * chunk * v * 4;
-  const teacherForward = teacher ? n * (transientBytesPerToken(teacher, act, false) + teacher.hidden_size * 4) : 0;
+  const teacherForward = teacher
+    ? n * (transientBytesPerToken(teacher, act, false) + teacher.hidden_size * 4) +
+      sumValues(attentionBytes(teacher, Math.floor(n / seqLen), seqLen, act, device))
+    : 0;
   const forwardPeak = saved + lossKept + Math.max(lossTransient, teacherForward);
   const backwardPeak = saved + recompute + lossKept + n * transientBytesPerToken(student, act, true);
   const activations = Math.max(forwardPeak, backwardPeak);
@@ -170,12 +181,30 @@ export function storePlacement(count, storeBytes, deviceBudget, hostBudget = 0, 
 }
 
 /** SDPA's math-kernel scores and softmax on CUDA with float32 activations and grouped-query attention
- * (no fused kernel takes that call; as memplan.math_attention_bytes). */
-export function mathAttentionBytes(spec, batch, seqLen, actBytes, device) {
+ * without a padding mask (no fused kernel takes that call; as memplan.math_attention_bytes). */
+export function mathAttentionBytes(spec, batch, seqLen, actBytes, device, padded = false) {
   const shapes = layerShapes(spec);
-  if (!String(device).startsWith("cuda") || actBytes !== 4) return 0;
+  if (!String(device).startsWith("cuda") || actBytes !== 4 || padded || eagerAttention(spec)) return 0;
   if (!shapes.some((s) => s.num_kv_heads < s.num_heads)) return 0;
   return 2 * batch * Math.max(...shapes.map((s) => s.num_heads)) * seqLen * seqLen * 4;
+}
+
+const sumValues = (obj) => Object.values(obj).reduce((a, b) => a + b, 0);
+
+/** A layer's attention buffers while it runs: eager or math-kernel scores, keys and values repeated to
+ * every head, a padding mask; only the non-zero parts (as memplan.attention_bytes). */
+export function attentionBytes(spec, batch, seqLen, actBytes, device = "cpu", padded = false) {
+  const shapes = layerShapes(spec);
+  const h = Math.max(...shapes.map((s) => s.num_heads));
+  const grouped = shapes.some((s) => s.num_kv_heads < s.num_heads);
+  const eager = eagerAttention(spec);
+  const mathScores = mathAttentionBytes(spec, batch, seqLen, actBytes, device, padded);
+  const out = {};
+  if (eager) out.attention_scores = batch * h * seqLen * seqLen * (actBytes + 4) + 2 * batch * seqLen * seqLen * actBytes;
+  else if (mathScores) out.attention_scores = mathScores;
+  if (grouped && (eager || mathScores || padded)) out.repeated_kv = 2 * batch * h * seqLen * spec.head_dim * actBytes;
+  if (padded && !eager) out.attention_mask = batch * seqLen * seqLen * (1 + actBytes);
+  return out;
 }
 
 /** Peak bytes of the hooked importance pass (in memory, or streamed layer by layer): `total` on the
@@ -205,8 +234,8 @@ export function importanceMemory(spec, opts) {
     head_norms: n * L * Math.max(...shapes.map((s) => s.num_heads)) * 4,
     activations: n * (transientBytesPerToken(spec, w, false) + 2 * d * w),
   };
-  const scores = mathAttentionBytes(spec, batch, seqLen, w, device);
-  if (scores) parts.attention_scores = scores;
+  const attention = attentionBytes(spec, batch, seqLen, w, device, !!opts.padded);
+  Object.assign(parts, attention);
   const experts = Math.max(...shapes.map((s) => s.num_experts || 0));
   if (experts) parts.router_buffers = 3 * n * experts * 4;
   if (lossScans) {
@@ -219,11 +248,11 @@ export function importanceMemory(spec, opts) {
   if (streamed) {
     // The layer loop and the head never overlap: the larger phase is the peak (as memplan.py).
     const layerPhase =
-      2 * layerWeightBytes(spec, w) + parts.activations + (parts.router_buffers ?? 0) + (parts.attention_scores ?? 0);
+      2 * layerWeightBytes(spec, w) + parts.activations + (parts.router_buffers ?? 0) + sumValues(attention);
     const headPhase = parts.logits ?? 0;
     delete parts.activations;
     delete parts.router_buffers;
-    delete parts.attention_scores;
+    for (const k of Object.keys(attention)) delete parts[k];
     delete parts.logits;
     parts.working = Math.max(layerPhase, headPhase);
     settings.phases = { layer: layerPhase, head: headPhase };
@@ -252,8 +281,7 @@ export function evaluationMemory(spec, opts) {
     kv_cache: newTokens ? batch * (seqLen + newTokens) * kvPerToken : 0,
     logits: NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(spec.vocab_size, opts.device ?? "cpu"), n) * spec.vocab_size * 4,
   };
-  const scores = mathAttentionBytes(spec, batch, seqLen, w, opts.device ?? "cpu");
-  if (scores) parts.attention_scores = scores;
+  Object.assign(parts, attentionBytes(spec, batch, seqLen, w, opts.device ?? "cpu", !!opts.padded));
   return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device: opts.device ?? "cpu" });
 }
 

@@ -36,24 +36,29 @@ def saved_activation_bytes(model, ids) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3"])
+@pytest.mark.parametrize(
+    "family", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3", "gemma2", "phi3"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_saved_activations_are_derived_exactly(family, dtype, checkpointing):
-    """Qwen3's per-head q/k norms, OLMo 2's post-norms and full-width q/k norms exactly; Gemma 3's four
-    norms per layer (float32 normalised inputs, keys and values repeated to all heads) within one
-    [tokens, head_dim] table, which it saves per token beside the layers."""
+    """Qwen3's per-head q/k norms, OLMo 2's post-norms and full-width q/k norms exactly; Gemma 2's eager
+    attention (soft-capped scores, their float32 softmax and its cast: 8 bytes per head and key) and
+    Phi-3's fused projections (the whole [q | k | v] output kept by the v view, o_proj's input copy)
+    exactly; Gemma 3's four norms per layer (float32 normalised inputs, keys and values repeated to all
+    heads) within one [tokens, head_dim] table, which it saves per token beside the layers."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_configs()[family]
-    config._attn_implementation = "sdpa"  # what load_model gives
+    # What load_model gives: SDPA, or eager where transformers has no SDPA path (Gemma 2's soft-cap).
+    config._attn_implementation = "eager" if memplan.EAGER_FAMILIES.count(family) else "sdpa"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).train()
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     spec = arch_spec(model)
     act = 4 if dtype == torch.float32 else 2
-    per_token = memplan.saved_bytes_per_token(spec, act, checkpointing)
+    per_token = memplan.saved_bytes_per_token(spec, act, checkpointing, seq_len=24)
     # Two batch sizes: the difference removes what is per position, not per token (rotary cos/sin).
     measured = [saved_activation_bytes(model, torch.randint(0, 90, (b, 24))) for b in (1, 3)]
     under = (measured[1] - measured[0]) / (2 * 24) - per_token
@@ -282,14 +287,19 @@ def test_scan_rules_are_the_engines():
 def test_math_attention_scores_only_where_no_fused_kernel_runs():
     """The math kernel's two float32 [B, H, S, S] buffers are planned on CUDA in float32 with grouped
     queries (no fused SDPA kernel takes that call), in evaluation and importance (in memory, and in a
-    streamed pass's layer phase), and nowhere else: not on CPU, not in bf16, not with multi-head
-    attention."""
+    streamed pass's layer phase), with the keys and values it repeats to every head (`enable_gqa`), and
+    nowhere else: not on CPU, not in bf16, not with multi-head attention, not with a padding mask
+    (transformers then repeats the keys and values itself and the memory-efficient kernel runs)."""
     gqa = spec()
     assert gqa.num_kv_heads < gqa.num_heads
     scores = 2 * 8 * gqa.num_heads * 2048 * 2048 * 4
     kw = dict(batch_size=8, seq_len=2048)
     cuda = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="float32")
     assert cuda["parts"]["attention_scores"] == scores
+    kv = 2 * 8 * gqa.num_heads * 2048 * gqa.head_dim * 4
+    assert cuda["parts"]["repeated_kv"] == kv
+    padded = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="float32", padded=True)
+    assert "attention_scores" not in padded["parts"] and padded["parts"]["repeated_kv"] == kv
     assert "attention_scores" not in memplan.evaluation_memory(gqa, **kw, device="cpu")["parts"]
     bf16 = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="bfloat16")
     assert "attention_scores" not in bf16["parts"]
@@ -299,6 +309,106 @@ def test_math_attention_scores_only_where_no_fused_kernel_runs():
     assert imp["parts"]["attention_scores"] == scores
     streamed = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32", streamed=True)
     cpu_streamed = memplan.importance_memory(gqa, **kw, device="cpu", weights_dtype="float32", streamed=True)
-    assert streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"] == scores
+    assert (
+        streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"] == scores + kv
+    )
     # The streamed pass's layer loop and head never overlap: its working set is the larger phase.
     assert streamed["parts"]["working"] == max(streamed["settings"]["phases"].values())
+
+
+def allocator_peak(fn) -> int:
+    """Peak of the CPU allocator's running total while `fn` runs (torch.profiler's memory events)."""
+    import tempfile
+
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    with torch.inference_mode():
+        prof.start()
+        fn()
+        prof.stop()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.loads(open(f.name).read())["traceEvents"]
+    return max(
+        e["args"]["Total Allocated"]
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    )
+
+
+def test_attention_transients_are_measured():
+    """A forward's attention buffers against the allocator's real peak (CPU, float32, tiny widths and
+    256-token sequences so attention dominates). Gemma 2's eager kernel: the [B, H, S, S] scores and
+    their softmax, the two additive masks and the repeated keys and values (`attention_bytes`) make the
+    whole peak with the per-token working set, within 10%. Llama with a padded batch: SDPA gets a mask,
+    so transformers repeats the grouped keys and values and SDPA makes the boolean mask additive; the
+    padded forward's extra peak is planned within 0.8-1.3x (measured: 1.2)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    b, s = 2, 256
+    ids = torch.randint(3, 90, (b, s))
+    ones, padded = torch.ones_like(ids), torch.ones_like(ids)
+    padded[0, -64:] = 0
+    peaks, plans = {}, {}
+    for family in ("gemma2", "llama"):
+        config = tiny_configs()[family]
+        config._attn_implementation = "eager" if family == "gemma2" else "sdpa"
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        spec = arch_spec(model)
+        assert spec.num_kv_heads < spec.num_heads
+        for name, mask in (("ones", ones), ("padded", padded)):
+            peaks[family, name] = allocator_peak(
+                lambda m=mask, net=model: net.model(input_ids=ids, attention_mask=m, use_cache=False)
+            )
+            plans[family, name] = memplan.attention_bytes(spec, b, s, 4, "cpu", padded=name == "padded")
+        base = b * s * (memplan.transient_bytes_per_token(spec, 4, backward=False) + 2 * spec.hidden_size * 4)
+        plans[family, "base"] = base
+    gemma = plans["gemma2", "ones"]
+    assert set(gemma) == {"attention_scores", "repeated_kv"}
+    planned = plans["gemma2", "base"] + sum(gemma.values())
+    assert 0.9 <= planned / peaks["gemma2", "ones"] <= 1.1, (planned, peaks["gemma2", "ones"])
+    assert plans["llama", "ones"] == {}  # no mask, no copies: SDPA's grouped-query path
+    extra = sum(plans["llama", "padded"].values())
+    measured = peaks["llama", "padded"] - peaks["llama", "ones"]
+    assert 0.8 <= extra / measured <= 1.3, (plans["llama", "padded"], measured)
+
+
+def test_attention_terms_reach_every_job_kind():
+    """The eager scores are planned wherever Gemma 2's attention runs: importance (in memory, and in a
+    streamed pass's layer phase), evaluation, the distillation teacher's forward and the student's saved
+    activations; repeated keys and values only with grouped queries (eager, math kernel or padding)."""
+    from tests.real_shapes import llama_3_1_8b as llama
+
+    gemma = llama(num_layers=4).model_copy(update={"family": "gemma2", "layer_norms": 4})
+    kw = dict(batch_size=2, seq_len=1024)
+    scores = 2 * gemma.num_heads * 1024 * 1024 * (2 + 4) + 2 * 2 * 1024 * 1024 * 2
+    kv = 2 * 2 * gemma.num_heads * 1024 * gemma.head_dim * 2
+    assert memplan.attention_bytes(gemma, 2, 1024, 2) == {"attention_scores": scores, "repeated_kv": kv}
+    for fn in (memplan.importance_memory, memplan.evaluation_memory):
+        parts = fn(gemma, **kw, weights_dtype="bfloat16")["parts"]
+        assert parts["attention_scores"] == scores and parts["repeated_kv"] == kv
+    streamed = memplan.importance_memory(gemma, **kw, weights_dtype="bfloat16", streamed=True)
+    llama_streamed = memplan.importance_memory(
+        gemma.model_copy(update={"family": "llama"}), **kw, weights_dtype="bfloat16", streamed=True
+    )
+    assert (
+        streamed["settings"]["phases"]["layer"] - llama_streamed["settings"]["phases"]["layer"] == scores + kv
+    )
+    # Distillation: the student saves 8 bytes per head and key per layer; the teacher's forward holds
+    # the scores while it runs.
+    plain = gemma.model_copy(update={"family": "llama"})
+    dkw = dict(batch_size=2, seq_len=1024, weights_dtype="bfloat16")
+    assert memplan.distill_memory(gemma, None, **dkw)["settings"][
+        "activations_saved"
+    ] - memplan.distill_memory(plain, None, **dkw)["settings"][
+        "activations_saved"
+    ] == 2 * 1024 * gemma.num_layers * gemma.num_heads * (8 * 1024 - 4)
+    # Multi-head attention without padding: nothing repeated; padded: copies and the mask, no math kernel.
+    mha = plain.model_copy(update={"num_kv_heads": plain.num_heads})
+    assert memplan.attention_bytes(mha, 2, 1024, 4, "cuda", padded=True) == {
+        "attention_mask": 2 * 1024 * 1024 * 5
+    }
+    gqa = memplan.attention_bytes(plain, 2, 1024, 4, "cuda", padded=True)
+    assert "attention_scores" not in gqa and gqa["repeated_kv"] == 2 * 2 * plain.num_heads * 1024 * 128 * 4
+    assert set(memplan.attention_bytes(plain, 2, 1024, 4, "cuda")) == {"attention_scores", "repeated_kv"}

@@ -1,6 +1,7 @@
 """The dashboard sizes jobs in JS (frontend/js/memplan.js) as the user types; these tests run that JS in
 node and require the exact numbers of worker/engine/memplan.py on a grid of architectures (every tiny
-family, mixture-of-experts ones too, a Llama-3.1-8B and a Qwen3-30B-A3B shape, non-uniform pruned students) and settings."""
+family, mixture-of-experts ones too, a Llama-3.1-8B and a Qwen3-30B-A3B shape, non-uniform pruned students) and settings,
+Gemma 2's eager attention, Phi-3's fused projections and padded batches (repeated keys and values) included."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ const out = cases.map(({ fn, args }) => {
   if (fn === "evaluation") return mp.evaluationMemory(args.spec, args.opts);
   if (fn === "candidates") return mp.distillCandidates(args.settings);
   if (fn === "usable") return mp.usableBytes(args.memory);
-  if (fn === "saved") return mp.savedBytesPerToken(args.spec, args.act, args.checkpointing);
+  if (fn === "saved") return mp.savedBytesPerToken(args.spec, args.act, args.checkpointing, args.seq_len);
   throw new Error(fn);
 });
 process.stdout.write(JSON.stringify(out));
@@ -73,11 +74,11 @@ def test_estimates_match_python(tmp_path: Path):
     for name, spec in all_specs.items():
         summary = spec.summary()
         teacher = all_specs["llama8b"] if name == "pruned" else spec
-        for act, ckpt in itertools.product((2, 4), (False, True)):
+        for act, ckpt, seq in itertools.product((2, 4), (False, True), (0, 96)):
             add(
                 "saved",
-                {"spec": summary, "act": act, "checkpointing": ckpt},
-                memplan.saved_bytes_per_token(spec, act, ckpt),
+                {"spec": summary, "act": act, "checkpointing": ckpt, "seq_len": seq},
+                memplan.saved_bytes_per_token(spec, act, ckpt, seq),
             )
         grid = itertools.product(
             (1, 3, 8), (128, 2048), ("float32", "bfloat16"), (False, True), ("cpu", "cuda"), (1, 4)
@@ -97,10 +98,24 @@ def test_estimates_match_python(tmp_path: Path):
                     {"student": summary, "teacher": None if t is None else t.summary(), "opts": opts},
                     memplan.distill_memory(spec, t, **opts),
                 )
-        for batch, seq, streamed, scans, device in itertools.product(
-            (1, 8), (128, 4096), (False, True), (False, True), ("cpu", "cuda")
+        for batch, seq, streamed, scans, device, padded, dtype in itertools.product(
+            (1, 8),
+            (128, 4096),
+            (False, True),
+            (False, True),
+            ("cpu", "cuda"),
+            (False, True),
+            ("float32", "bfloat16"),
         ):
-            opts = dict(batch_size=batch, seq_len=seq, streamed=streamed, loss_scans=scans, device=device)
+            opts = dict(
+                batch_size=batch,
+                seq_len=seq,
+                streamed=streamed,
+                loss_scans=scans,
+                device=device,
+                padded=padded,
+                weights_dtype=dtype,
+            )
             add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
         # Streamed with its activation stores: scan sets, samples, and budgets that spill part of them.
         for scans, samples, budgets, device in itertools.product(
@@ -121,10 +136,17 @@ def test_estimates_match_python(tmp_path: Path):
                 device=device,
             )
             add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))
-        for batch, seq, new, dtype, device in itertools.product(
-            (1, 8), (128, 2048), (0, 32), ("float32", "bfloat16"), ("cpu", "cuda")
+        for batch, seq, new, dtype, device, padded in itertools.product(
+            (1, 8), (128, 2048), (0, 32), ("float32", "bfloat16"), ("cpu", "cuda"), (False, True)
         ):
-            opts = dict(batch_size=batch, seq_len=seq, new_tokens=new, weights_dtype=dtype, device=device)
+            opts = dict(
+                batch_size=batch,
+                seq_len=seq,
+                new_tokens=new,
+                weights_dtype=dtype,
+                device=device,
+                padded=padded,
+            )
             add("evaluation", {"spec": summary, "opts": opts}, memplan.evaluation_memory(spec, **opts))
     for settings in (
         {"batch_size": 8},

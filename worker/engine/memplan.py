@@ -10,12 +10,17 @@ What is derived and what is fitted (bench/memory_planner_bench.py measures both)
   no float32 master copy: `torch.optim.AdamW` keeps its two moments in the parameters' dtype, so with
   bfloat16 weights the gradients and moments are bfloat16 too (pure-bf16 training; the loss itself
   is always computed in float32).
-- Derived, exact for Llama, Mistral, Qwen2 / 3 and OLMo 2 blocks (tests/engine/test_memplan.py counts
-  the tensors autograd really saves): the activations a decoder layer saves per token,
-  `saved_bytes_per_token`, with each family's norm layout (`_norm_layout`) and q/k norms; Gemma 3
+- Derived, exact for Llama, Mistral, Qwen2 / 3, OLMo 2, Phi-3 and Gemma 2 blocks (tests/engine/test_memplan.py
+  counts the tensors autograd really saves): the activations a decoder layer saves per token,
+  `saved_bytes_per_token`, with each family's norm layout (`_norm_layout`) and q/k norms, Phi-3's fused
+  projections and Gemma 2's eager attention (its scores are saved: 8 bytes per head and key); Gemma 3
   within one [tokens, head_dim] table; the mixture-of-experts MLPs of Qwen3-MoE, Mixtral and
-  Qwen2-MoE within 4 (k + 1) bytes per layer and token (`moe_saved_bytes_per_token`). Gemma 2's
-  eager attention, Phi-3's fused projections and GPT-2 use the same terms and are approximate.
+  Qwen2-MoE within 4 (k + 1) bytes per layer and token (`moe_saved_bytes_per_token`). GPT-2 uses the
+  same terms and is approximate.
+- Derived from transformers' and torch's code, then measured (tests/engine/test_memplan.py, the bench):
+  the attention buffers a layer holds while it runs (`attention_bytes`): Gemma 2's eager [B, H, S, S]
+  scores and masks (transformers has no SDPA path for its soft-capped logits), keys and values
+  repeated to every head (eager kernel, SDPA's math kernel, or a padded batch's mask), the padding mask.
 - Counted from the code, then confirmed by profiles: the chunked loss's per-chunk logit buffers
   (`*_CHUNK_BUFFERS`).
 - Fitted: the transient working set of a layer's forward / backward as `TRANSIENT_*` multiples of the
@@ -56,6 +61,11 @@ TRANSIENT_BACKWARD = 6
 CUDA_RESERVE_FRACTION = 0.05
 CUDA_RESERVE_BYTES = 512 << 20
 NUM_SUMS = 4  # float32 running sums per unit and half (worker/engine/importance/stats.py)
+# Families whose transformers class has no SDPA path, so their attention runs the eager kernel and
+# materialises the [B, H, S, S] scores (Gemma 2: `_supports_sdpa = False`, soft-capped attention logits).
+EAGER_FAMILIES = ("gemma2",)
+# Families with one fused linear for q / k / v (`qkv_proj`) and one for gate / up (`gate_up_proj`).
+FUSED_FAMILIES = ("phi3",)
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -101,21 +111,37 @@ def _norm_layout(spec: ArchSpec) -> str:
     return "post" if spec.family == "olmo2" else "pre"
 
 
-def layer_saved_bytes_per_token(
-    spec: ArchSpec, shape: LayerShape, act: int, hidden: int | None = None
-) -> int:
-    """Bytes autograd saves per token for one decoder layer (SDPA attention, `act`-byte activations).
+def eager_attention(spec: ArchSpec) -> bool:
+    """Whether the family's attention runs transformers' eager kernel (no SDPA support)."""
+    return spec.family in EAGER_FAMILIES
 
-    Exact against autograd's saved tensors for Llama, Mistral, Qwen2 / 3, OLMo 2 and the MoE families;
-    Gemma 3 within one rotary table (tests/engine/test_memplan.py). Gemma 2's eager attention (soft-
-    capped scores, [heads, seq] per token) and Phi-3's fused projections are not modelled."""
+
+def layer_saved_bytes_per_token(
+    spec: ArchSpec, shape: LayerShape, act: int, hidden: int | None = None, seq_len: int = 0
+) -> int:
+    """Bytes autograd saves per token for one decoder layer (`act`-byte activations).
+
+    Exact against autograd's saved tensors for Llama, Mistral, Qwen2 / 3, OLMo 2, Phi-3, Gemma 2 and
+    the MoE families; Gemma 3 within one rotary table (tests/engine/test_memplan.py). SDPA attention
+    saves q, k, v, its output and a float32 log-sum-exp per head. Gemma 2's eager attention instead
+    saves, per head, `seq_len` scores three times over: the soft-cap's tanh output (act), the float32
+    softmax and its cast back to act (bfloat16 / float16 only): 8 bytes per score in either dtype.
+    Phi-3's fused projections: its `v` is a view of the fused [q | k | v] output, which stays saved
+    whole, and the attention output reaches o_proj as a copy (the fused query's layout)."""
     d = spec.hidden_size if hidden is None else hidden
     h, g, hd, f = shape.num_heads, shape.num_kv_heads, spec.head_dim, shape.intermediate_size
     layout = _norm_layout(spec)
     f32_norms = 4 if layout != "pre" else None  # Gemma and OLMo 2 normalise in float32
-    # Gemma passes SDPA a mask, so the keys and values it saves are repeated to all query heads.
+    # Gemma passes SDPA a mask (Gemma 2's eager kernel always repeats), so the keys and values it
+    # saves are repeated to all query heads.
     kv = h if layout == "sandwich" else g
-    attn = act * (2 * h * hd + 2 * kv * hd) + 4 * h  # q, k, v, output; float32 log-sum-exp per head
+    attn = act * (2 * h * hd + 2 * kv * hd)  # q, k, v, output
+    if eager_attention(spec):
+        attn += (act + 4 + (act if act != 4 else 0)) * h * seq_len
+    else:
+        attn += 4 * h  # float32 log-sum-exp per head
+    if spec.family in FUSED_FAMILIES:
+        attn += act * ((h + g) * hd + h * hd)
     if spec.qk_norm:  # over each head, or (OLMo 2) over all heads at once; RoPE keeps no input
         if spec.qk_norm_full_width:
             attn += sum(norm_saved_bytes(n * hd, act, f32_norms, feeds_linear=False) for n in (h, g))
@@ -148,14 +174,17 @@ def moe_saved_bytes_per_token(spec: ArchSpec, shape: LayerShape, act: int, hidde
     return routed + router + shared
 
 
-def saved_bytes_per_token(spec: ArchSpec, act: int, checkpointing: bool = False) -> int:
-    """All saved activations per token of a full forward (up to the final norm) for backward."""
+def saved_bytes_per_token(spec: ArchSpec, act: int, checkpointing: bool = False, seq_len: int = 0) -> int:
+    """All saved activations per token of a full forward (up to the final norm) for backward
+    (`seq_len`: the eager kernel's scores, saved per token and key)."""
     d = spec.hidden_size
     # The final norm's float32 input, inverse RMS and normalised output (float32 in Gemma and OLMo 2).
     final = norm_saved_bytes(d, act, 4 if _norm_layout(spec) != "pre" else None, feeds_linear=False)
     if checkpointing:  # each layer keeps only its input; one layer at a time is recomputed in backward
         return spec.num_layers * act * d + final
-    return sum(layer_saved_bytes_per_token(spec, s, act) for s in spec.layer_shapes()) + final
+    return (
+        sum(layer_saved_bytes_per_token(spec, s, act, seq_len=seq_len) for s in spec.layer_shapes()) + final
+    )
 
 
 def widest(spec: ArchSpec) -> LayerShape:
@@ -226,9 +255,11 @@ def distill_memory(
     # CUDA autocast caches a bf16 copy of each float32 weight that needs a gradient, for the step.
     autocast_cache = p_s * 2 / num_gpus if cuda and autocast_bf16 and w == 4 else 0
 
-    saved = n * saved_bytes_per_token(student, act, gradient_checkpointing)
+    saved = n * saved_bytes_per_token(student, act, gradient_checkpointing, seq_len)
     recompute = (
-        n * layer_saved_bytes_per_token(student, widest(student), act) if gradient_checkpointing else 0
+        n * layer_saved_bytes_per_token(student, widest(student), act, seq_len=seq_len)
+        if gradient_checkpointing
+        else 0
     )
     d, v = student.hidden_size, student.vocab_size
     chunk = min(chunk_tokens or auto_chunk_tokens(v, device), n)
@@ -242,7 +273,7 @@ def distill_memory(
     if teacher is not None:  # the teacher runs after the student's forward, without saving anything
         teacher_forward = n * (
             transient_bytes_per_token(teacher, act, backward=False) + teacher.hidden_size * 4
-        )
+        ) + sum(attention_bytes(teacher, n // seq_len, seq_len, act, device).values())
     forward_peak = saved + loss_kept + max(loss_transient, teacher_forward)
     # Backward: the saved activations free layer by layer as gradients fill in; its peak is the start
     # (all saved, plus the recomputed layer and one layer's backward temporaries).
@@ -311,21 +342,58 @@ def _importance_mlp_units(shape: LayerShape) -> int:
     return shape.intermediate_size
 
 
-def math_attention_bytes(spec: ArchSpec, batch_size: int, seq_len: int, act_bytes: int, device: str) -> int:
+def math_attention_bytes(
+    spec: ArchSpec, batch_size: int, seq_len: int, act_bytes: int, device: str, padded: bool = False
+) -> int:
     """The float32 scores and their softmax, [B, H, S, S] each, that SDPA's math kernel holds at its peak
-    when no fused kernel takes the call: on CUDA with float32 activations and grouped-query attention.
-    Flash and cuDNN attention take fp16 / bf16 only, and the memory-efficient kernel rejects grouped
-    queries (torch's sdp_utils.cpp: check_batch_size_and_num_heads_dense<false>), which transformers
-    passes as `enable_gqa` when there is no padding mask (integrations/sdpa_attention.py). Two
+    when no fused kernel takes the call: on CUDA with float32 activations and grouped-query attention
+    without a padding mask. Flash and cuDNN attention take fp16 / bf16 only, and the memory-efficient
+    kernel rejects grouped queries (torch's sdp_utils.cpp: check_batch_size_and_num_heads_dense<false>),
+    which transformers passes as `enable_gqa` when there is no padding mask (integrations/sdpa_attention.py);
+    with one (`padded`) it repeats the keys and values itself and the memory-efficient kernel runs. Two
     buffers: measured on the math kernel (CPU profile; its code is the same on CUDA), and the H200's
     Llama-3.1-8B fp32 evaluation peak (docs/results/gpu_h200_2026-11-29/run3_memplan_eval.log).
-    bf16 / fp16, multi-head attention and CPU (its flash kernel takes float32) never get here."""
+    bf16 / fp16, multi-head attention, eager families and CPU (its flash kernel takes float32) never get
+    here."""
     shapes = spec.layer_shapes()
-    if not str(device).startswith("cuda") or act_bytes != 4:
+    if not str(device).startswith("cuda") or act_bytes != 4 or padded or eager_attention(spec):
         return 0
     if not any(s.num_kv_heads < s.num_heads for s in shapes):
         return 0
     return 2 * batch_size * max(s.num_heads for s in shapes) * seq_len * seq_len * 4
+
+
+def attention_bytes(
+    spec: ArchSpec, batch_size: int, seq_len: int, act_bytes: int, device: str = "cpu", padded: bool = False
+) -> dict[str, int]:
+    """What a layer's attention holds while it runs (no autograd), beyond the per-token working set:
+
+    - `attention_scores`: Gemma 2's eager kernel (transformers has no SDPA path for its soft-capped
+      logits): [B, H, S, S] scores, act + 4 bytes each at the peak (the soft-cap's tanh and the mask's
+      add hold two act copies; the softmax its act input and float32 output; the cast back its float32
+      input and act output), and the model's two additive masks [B, 1, S, S] in act (full and sliding-
+      window layers); or SDPA's math kernel (`math_attention_bytes`).
+    - `repeated_kv`: grouped keys and values copied to every query head, [B, H, S, head_dim] each, where
+      something repeats them: the eager kernel's `repeat_kv`, the math kernel's `enable_gqa`, and
+      transformers' SDPA path when the batch has padding (a mask), which also builds a boolean
+      [B, 1, S, S] mask that SDPA turns into an additive one in act (`attention_mask`).
+    Only the non-zero parts are returned."""
+    shapes = spec.layer_shapes()
+    h = max(s.num_heads for s in shapes)
+    grouped = any(s.num_kv_heads < s.num_heads for s in shapes)
+    b, s_ = batch_size, seq_len
+    out: dict[str, int] = {}
+    eager = eager_attention(spec)
+    math_scores = math_attention_bytes(spec, b, s_, act_bytes, device, padded)
+    if eager:
+        out["attention_scores"] = b * h * s_ * s_ * (act_bytes + 4) + 2 * b * s_ * s_ * act_bytes
+    elif math_scores:
+        out["attention_scores"] = math_scores
+    if grouped and (eager or math_scores or padded):
+        out["repeated_kv"] = 2 * b * h * s_ * spec.head_dim * act_bytes
+    if padded and not eager:  # transformers' boolean mask, and SDPA's additive copy of it in act
+        out["attention_mask"] = b * s_ * s_ * (1 + act_bytes)
+    return out
 
 
 def importance_memory(
@@ -342,6 +410,7 @@ def importance_memory(
     block_size: int = 2,
     device_budget: int | None = None,
     host_budget: int = 0,
+    padded: bool = False,
 ) -> dict:
     """Peak bytes of the hooked importance pass (inference mode: nothing saved for backward).
 
@@ -355,6 +424,8 @@ def importance_memory(
     (`store_placement`; `device_budget` None keeps them all on the device). `total` is the device's
     peak; `host_total` the pinned RAM of the stores that spill to the host tier, `disk` the rest.
     `scans` (default: drop + block + bi, or bi alone when not `loss_scans`) picks the stores.
+    `padded`: the calibration batches have padding (short windows), so attention gets a mask
+    (`attention_bytes`).
     """
     if scans is None:
         scans = DEFAULT_SCANS if loss_scans else ("bi",)
@@ -375,9 +446,8 @@ def importance_memory(
     head_norms = n * L * max(s.num_heads for s in shapes) * 4
     working = n * (transient_bytes_per_token(spec, act, backward=False) + 2 * d * act)
     parts = {"weights": weights, "running_sums": sums, "head_norms": head_norms, "activations": working}
-    scores = math_attention_bytes(spec, batch_size, seq_len, act, device)
-    if scores:
-        parts["attention_scores"] = scores
+    attention = attention_bytes(spec, batch_size, seq_len, act, device, padded)
+    parts.update(attention)
     experts = max(s.num_experts for s in shapes)
     if experts:  # the hooks' float32 [tokens, E] probabilities, routed flags and contributions
         parts["router_buffers"] = 3 * n * experts * 4
@@ -389,7 +459,7 @@ def importance_memory(
     host = disk = 0
     if streamed:  # measured (bench): the peak is the larger phase's, not the layer loop's plus the head's
         layer_phase = 2 * _layer_weight_bytes(spec, w) + parts.pop("activations")
-        layer_phase += parts.pop("router_buffers", 0) + parts.pop("attention_scores", 0)
+        layer_phase += parts.pop("router_buffers", 0) + sum(parts.pop(k) for k in attention)
         head_phase = parts.pop("logits", 0)
         parts["working"] = max(layer_phase, head_phase)
         extra["phases"] = {"layer": layer_phase, "head": head_phase}
@@ -419,6 +489,7 @@ def evaluation_memory(
     new_tokens: int = 0,
     weights_dtype: str | None = None,
     device: str = "cpu",
+    padded: bool = False,
 ) -> dict:
     """Peak bytes of perplexity / lm-eval / the throughput benchmark: weights, one layer's forward
     temporaries, a KV cache of `seq_len + new_tokens` positions (benchmark) and one chunk of logits."""
@@ -433,9 +504,7 @@ def evaluation_memory(
         else 0,
         "logits": NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v, device), n) * v * 4,
     }
-    scores = math_attention_bytes(spec, batch_size, seq_len, w, device)
-    if scores:
-        parts["attention_scores"] = scores
+    parts.update(attention_bytes(spec, batch_size, seq_len, w, device, padded))
     return _result(parts, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens, device=device)
 
 
