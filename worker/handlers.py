@@ -46,11 +46,61 @@ def check_remote_code(rt: JobRuntime, trust_remote_code: bool) -> None:
         raise PermissionError("trust_remote_code is disabled on this server (PRUNESCOPE_TRUST_REMOTE_CODE)")
 
 
-def load(rt: JobRuntime, source: str, trust_remote_code: bool = False):
+def load(
+    rt: JobRuntime,
+    source: str,
+    trust_remote_code: bool = False,
+    *,
+    bar: tuple[float, float] | None = None,
+    what: str = "weights",
+):
+    """(model, tokenizer), reporting `loading {what}: k/N tensors` as the checkpoint is read (the bar
+    moves over `bar`, else stays where the job is)."""
     from worker.engine.loading import load_model
 
     check_remote_code(rt, trust_remote_code)
-    return load_model(model_source(source), device=rt.device, trust_remote_code=trust_remote_code)
+    if bar is None:
+        at = rt.job_row().progress or 0.0
+        bar = (at, at)
+    return load_model(
+        model_source(source),
+        device=rt.device,
+        trust_remote_code=trust_remote_code,
+        progress=LoadCount(rt, what, bar),
+    )
+
+
+def _left(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 60}m {seconds % 60}s" if seconds >= 60 else f"{seconds}s"
+
+
+class LoadCount:
+    """`loading weights: k/N tensors, 1m 20s left` while a checkpoint is read (a 70B teacher: minutes).
+
+    Its time left is the load's own, at the load's rate over the last minute (worker.eta); the job's
+    ETA stays empty meanwhile: how fast weights are read says nothing of how fast the job's own work
+    (calibration, training...) will go, and the bar's share of the load is a guess, not a measure.
+    """
+
+    def __init__(self, rt: JobRuntime, what: str, bar: tuple[float, float]):
+        from worker.eta import RateEta
+
+        self.rt, self.what, self.bar = rt, what, bar
+        self.eta = RateEta()
+        self.phase = f"loading {what}"
+
+    def __call__(self, done: int, total: int) -> None:
+        f = done / total if total else 1.0
+        message = f"{self.phase}: {done}/{total} tensors"
+        left = self.eta.update(self.rt._clock(), f)
+        if left is not None and done < total:
+            message += f", {_left(left)} left"
+        start, end = self.bar
+        self.rt.progress(start + (end - start) * f, message, phase=self.phase, job_eta=False)
+        self.rt.raise_if_cancelled()
 
 
 def store(rt: JobRuntime) -> ArtifactStore:
@@ -182,7 +232,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         )
     else:
         rt.progress(0.0, f"loading model: {mode.reason}", force=True)
-        model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+        model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code, bar=(0.0, 0.03))
         importance_pass = partial(compute_importance, model, execution=mode.record())
     rt.progress(0.03, "tokenising the calibration data", force=True)
     if p.get("stream"):  # the first blocks of the calibration split, read lazily
@@ -291,7 +341,7 @@ def _prune_in_memory(rt: JobRuntime, student: Student, teacher: Teacher, plan, m
     from worker.engine.surgery import apply_plan
 
     rt.progress(0.05, "loading teacher", force=True)
-    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code, bar=(0.05, 0.4))
     rt.raise_if_cancelled()
     rt.progress(0.4, "cutting weights", force=True)
     model = apply_plan(model, plan)
@@ -343,8 +393,8 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
 
     plan_row, teacher = _rows(rt, (Plan, job.plan_id), (Teacher, job.teacher_id))
     p = job.params
-    rt.progress(0.05, "loading model", force=True)
-    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    rt.progress(0.0, "loading model", force=True)
+    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code, bar=(0.0, 0.05))
     model.eval()
     if p.get("protocol"):
         proto = eval_protocol.of_teacher(p["protocol"])
@@ -420,8 +470,12 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     rt.progress(0.0, "loading models", force=True)
     init = p.get("init_distill_job_id")  # continue a finished distillation (a bake-off winner's)
     start = str(store(rt).local_dir(_distilled_key(rt, init))) if init else student_source(rt, student)
-    model, tokenizer = load(rt, start)
-    teacher_model = None if p["baseline"] else load(rt, teacher.source, teacher.trust_remote_code)[0]
+    model, tokenizer = load(rt, start, bar=(0.0, 0.0), what="student weights")
+    teacher_model = (
+        None
+        if p["baseline"]
+        else load(rt, teacher.source, teacher.trust_remote_code, bar=(0.0, 0.0), what="teacher weights")[0]
+    )
     if p.get("stream"):  # the checkpoint keeps the stream's position, so a retried job resumes it exactly
         train = _stream(dataset, p, tokenizer, "train", repeat=True)
         first_val = _stream(dataset, p, tokenizer, "validation", repeat=False)
@@ -572,8 +626,8 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         return run_evaluate_ranks(rt, job)
     dataset = _dataset(rt, p)
     source, trc = _subject(rt, job)
-    rt.progress(0.05, "loading model", force=True)
-    model, tokenizer = load(rt, source, trc)
+    rt.progress(0.0, "loading model", force=True)
+    model, tokenizer = load(rt, source, trc, bar=(0.0, 0.05))
     docs = _documents(dataset, p["split"])[: p["max_documents"]]
     t0 = time.perf_counter()
     share = 0.45 if p.get("tasks") else 0.9  # of the bar: lm-eval tasks take the rest
@@ -595,10 +649,15 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     }
     rt.raise_if_cancelled()
     if p.get("tasks"):
-        rt.progress(0.5, "lm-eval tasks", force=True)
+        rt.progress(0.5, f"lm-eval tasks: building the requests of {', '.join(p['tasks'])}", force=True)
         result["tasks"] = _plain(
             evaluation.run_lm_eval(
-                model, tokenizer, p["tasks"], limit=p["limit"], cache_root=rt.settings.cache
+                model,
+                tokenizer,
+                p["tasks"],
+                limit=p["limit"],
+                cache_root=rt.settings.cache,
+                progress=LmEvalCount(rt, p["tasks"], (0.5, 0.95)),
             )
         )
     result["seconds"] = time.perf_counter() - t0
@@ -606,22 +665,57 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     return result
 
 
+class LmEvalCount:
+    """`lm-eval loglikelihood: 120/400 requests (hellaswag)` as lm-eval answers requests.
+
+    lm-eval calls the model once per request type with every task's requests of that type; which types
+    come, and how many, is known only when each call starts. Each call is a phase of its own (its rate,
+    its ETA) and takes an even share of what is left of `bar` over the tasks not yet run, the last call
+    the rest (one task, one call: the whole bar).
+    """
+
+    def __init__(self, rt: JobRuntime, tasks, bar: tuple[float, float]):
+        self.rt, self.tasks, self.bar = rt, max(1, len(tasks)), bar
+        self.call, self.span = 0, (bar[0], bar[0])
+
+    def __call__(self, r) -> None:  # worker.engine.evaluation.lm_eval_runner.RequestProgress
+        if r.call != self.call:
+            self.call = r.call
+            lo = self.span[1]
+            self.span = (lo, lo + (self.bar[1] - lo) / max(1, self.tasks - (r.call - 1)))
+        lo, hi = self.span
+        f = lo + (hi - lo) * (r.done / r.total if r.total else 1.0)
+        phase = f"lm-eval {r.request_type}"
+        self.rt.progress(f, f"lm-eval {r.describe()}", phase=phase, force=r.done == 0)
+        self.rt.raise_if_cancelled()
+
+
 def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import evaluation
 
     p = job.params
     (teacher,) = _rows(rt, (Teacher, job.teacher_id))
-    rt.progress(0.05, "loading models", force=True)
-    teacher_model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code)
+    rt.progress(0.0, "loading models", force=True)
+    bar = (0.0, 0.03) if job.student_id else (0.0, 0.05)
+    teacher_model, tokenizer = load(
+        rt, teacher.source, teacher.trust_remote_code, bar=bar, what="teacher weights"
+    )
+
+    def ran(done: int, total: int, what: str) -> None:
+        message = f"benchmark: {done}/{total} runs ({what})"
+        rt.progress(0.05 + 0.9 * done / total, message, phase="benchmark", force=done == 0)
+        rt.raise_if_cancelled()
+
     kwargs = dict(
         batch_sizes=(p["batch_size"],),
         prompt_len=p["seq_len"],
         new_tokens=p["new_tokens"],
         repeats=p["repeats"],
+        progress=ran,
     )
     if job.student_id:
         source, _ = _subject(rt, job)
-        student_model, _ = load(rt, source)
+        student_model, _ = load(rt, source, bar=(0.03, 0.05), what="student weights")
         result = _plain(evaluation.throughput(teacher_model, student_model, **kwargs))
     else:
         result = {"teacher": _plain(evaluation.measure_model(teacher_model, **kwargs))}

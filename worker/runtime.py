@@ -121,13 +121,22 @@ class JobRuntime:
     # ---- reporting -----------------------------------------------------------------------------
 
     def progress(
-        self, fraction: float, message: str | None = None, *, force: bool = False, phase: str | None = None
+        self,
+        fraction: float,
+        message: str | None = None,
+        *,
+        force: bool = False,
+        phase: str | None = None,
+        job_eta: bool = True,
     ) -> None:
         """Throttled to ~2 writes per second so a fast loop does not flood the stream.
 
         `phase` names the stretch of work the ETA's rate is measured over ("calibration", "training"):
         a new phase restarts the rate, so loading a model or a resume's jump to step 150 of 200 does not
         enter the time left. A forced message without a phase is a phase of its own ("loading model").
+        `job_eta=False`: this phase's pace says nothing of the rest of the job (reading a checkpoint's
+        weights before any of the job's own work): no ETA (the phase may give its own time left in its
+        message).
         """
         now = self._clock()
         phase = phase or (message if force else self._phase)
@@ -136,6 +145,8 @@ class JobRuntime:
             self._eta.restart()
         fraction = min(max(float(fraction), 0.0), 1.0)
         eta = self._eta.update(now, fraction)  # every report counts, written or throttled
+        if not job_eta:
+            eta = None
         if not force and now - self._last_progress < 0.5 and fraction < 1.0:
             return
         self._last_progress = now

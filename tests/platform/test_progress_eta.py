@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import select
 
 from backend.db import session_scope
-from backend.models import Event, Job
+from backend.models import Event, Job, Teacher
 from tests.conftest import settings_from
 from worker.eta import RateEta
 from worker.runtime import JobRuntime
@@ -59,3 +61,88 @@ def test_a_resumed_job_estimates_from_the_rate_since_the_resume(api_env):
     with session_scope(url) as s:
         logs = s.scalars(select(Event).where(Event.job_id == jid, Event.type == "log")).all()
         assert [e.data["msg"] for e in logs] == ["loading models"]  # a phase is logged once, steps are not
+
+
+def _job(url: str, kind: str, params: dict, teacher_id: int | None = None) -> int:
+    with session_scope(url) as s:
+        job = Job(kind=kind, params=params, queue="cpu", teacher_id=teacher_id)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _reports(url: str, jid: int, type_: str = "status") -> list[dict]:
+    with session_scope(url) as s:
+        events = s.scalars(select(Event).where(Event.job_id == jid, Event.type == type_).order_by(Event.id))
+        return [e.data for e in events]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the job's own events: one DB is enough
+def test_load_benchmark_and_lm_eval_progress_carry_their_counts(api_env, tiny_teacher_dir):
+    """A benchmark job in process (the handler, the engine, the runtime's events; a clock ticking 1 s a
+    reading so every report is written): loading k/N tensors with the load's own time left and no job
+    ETA, then k/N runs with the ETA at the runs' rate; lm-eval's calls k/N requests with their tasks."""
+    from worker.handlers import LmEvalCount, run_benchmark
+
+    settings = settings_from(api_env)
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        teacher = Teacher(name="tiny", source=str(tiny_teacher_dir), status="ready")
+        s.add(teacher)
+        s.flush()
+        teacher_id = teacher.id
+    params = {"batch_size": 1, "seq_len": 8, "new_tokens": 2, "repeats": 2}
+    jid = _job(url, "benchmark", params, teacher_id)
+    rt = JobRuntime(settings, jid, attempt=1)
+    ticks = itertools.count(1000.0)
+    rt._clock = lambda: next(ticks)
+    job = rt.claim()
+    rt.finish("succeeded", result=run_benchmark(rt, job))
+    said = [(r["message"], r["progress"], r["eta_s"]) for r in _reports(url, jid)]
+    loading = [r for r in said if r[0].startswith("loading teacher weights: ")]
+    assert [m.split(": ")[1].split(",")[0] for m, _, _ in loading] == [f"{k}/39 tensors" for k in range(40)]
+    assert all(eta is None for _, _, eta in loading)  # the read's pace says nothing of the job's
+    assert loading[5][0].endswith("s left") and loading[-1][1] == pytest.approx(0.05)
+    runs = [r for r in said if r[0].startswith("benchmark: ")]
+    assert [m for m, _, _ in runs] == [
+        "benchmark: 0/3 runs (starting)",
+        "benchmark: 1/3 runs (batch 1: warm-up 1/1)",
+        "benchmark: 2/3 runs (batch 1: timed round 1/2)",
+        "benchmark: 3/3 runs (batch 1: timed round 2/2)",
+    ]
+    assert runs[0][2] is None  # one point of the phase: no rate yet
+    for _, progress, eta in runs[1:]:  # a run a second, 0.3 of the bar each: the rest at that pace
+        assert eta == pytest.approx((1 - progress) / 0.3)
+    logged = [e["msg"] for e in _reports(url, jid, "log")]
+    assert "benchmark: 0/3 runs (starting)" in logged  # the phase's first line, once in the job's log
+
+    from worker.engine.evaluation.lm_eval_runner import RequestProgress
+
+    jid = _job(url, "evaluate", {})
+    rt = JobRuntime(settings, jid, attempt=1)
+    ticks = itertools.count(1000.0)
+    rt._clock = lambda: next(ticks)
+    rt.claim()
+    count = LmEvalCount(rt, ["cloze", "rolling"], (0.5, 0.95))
+    for k in range(5):  # call 1 of (at most) 2: the first half of the bar's lm-eval share
+        count(RequestProgress(1, "loglikelihood", k, 4, "requests", 4, ("cloze",)))
+    for k in range(0, 7, 2):
+        count(RequestProgress(2, "loglikelihood_rolling", k, 6, "windows", 2, ("rolling",)))
+    rt.finish("succeeded", result={})
+    said = [(r["message"], r["progress"], r["eta_s"]) for r in _reports(url, jid)]
+    said = [r for r in said if (r[0] or "").startswith("lm-eval")]
+    assert len(said) == 9 and said[2] == (
+        "lm-eval loglikelihood: 2/4 requests (cloze)",
+        pytest.approx(0.6125),
+        pytest.approx((1 - 0.6125) / 0.05625),  # its own pace: 0.225 / 4 a second
+    )
+    assert said[4][:2] == ("lm-eval loglikelihood: 4/4 requests (cloze)", pytest.approx(0.725))
+    assert said[5] == (
+        "lm-eval loglikelihood_rolling: 0/6 windows of 2 documents (rolling)",
+        pytest.approx(0.725),
+        None,
+    )
+    assert said[8][:2] == (
+        "lm-eval loglikelihood_rolling: 6/6 windows of 2 documents (rolling)",
+        pytest.approx(0.95),
+    )

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 LAYERS_FILE = "prunescope_layers.json"
 MANIFEST_FILE = "prunescope_manifest.json"
 LAYERS_FORMAT = "prunescope-layers/1"
+
+# load_model(progress=...): called with (tensors loaded, tensors in all) as the weights are read.
+LoadProgress = Callable[[int, int], None]
 
 
 def _dtype(dtype) -> torch.dtype | None:
@@ -95,11 +99,13 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    progress: LoadProgress | None = None,
 ) -> tuple[nn.Module, object | None]:
     """(model in eval mode, tokenizer or None) from a local directory, a hub id or our format.
 
     A hub id needs network access (never used by the tests); `trust_remote_code` stays off unless
-    asked for, and only architectures with an adapter are accepted.
+    asked for, and only architectures with an adapter are accepted. `progress(done, total)` counts the
+    checkpoint's tensors as they are read (see `weights_progress`): from 0/N to N/N, never backwards.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -124,11 +130,12 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if local and (path / LAYERS_FILE).is_file():
-        model = _load_layers_format(path, config, kwargs)
+        model = _load_layers_format(path, config, kwargs, progress)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            where, config=config, trust_remote_code=trust_remote_code, **hub, **kwargs
-        )
+        with weights_progress(progress):
+            model = AutoModelForCausalLM.from_pretrained(
+                where, config=config, trust_remote_code=trust_remote_code, **hub, **kwargs
+            )
     model = model.to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -162,8 +169,66 @@ def resize_to_layers_file(model: nn.Module, path: Path, config) -> None:
         resize_layer(adapter, layer, shape, int(info["head_dim"]))
 
 
-def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
-    from safetensors.torch import load_file
+@contextlib.contextmanager
+def weights_progress(progress: LoadProgress | None) -> Iterator[None]:
+    """Count the tensors `from_pretrained` loads while the block runs: `progress(done, total)`.
+
+    transformers (5.x) reads the checkpoint in one loop over every tensor of every shard, wrapped in its
+    "Loading weights" progress bar, and lets a caller wrap that bar through the public
+    `transformers.utils.logging.set_tqdm_hook` (its own model server reports load progress that way).
+    Reading is lazy (safetensors), so a tensor counted is a tensor read, converted and placed. The hook
+    is process-wide: a worker runs one job per process, and the previous hook is restored afterwards.
+    A transformers without the hook loads as before, without a count.
+    """
+    try:
+        from transformers.utils.logging import set_tqdm_hook
+    except ImportError:
+        set_tqdm_hook = None
+    if progress is None or set_tqdm_hook is None:
+        yield
+        return
+
+    def hook(factory, args, kwargs):
+        bar = factory(*args, **kwargs)  # the console bar (or transformers' silent stand-in) as before
+        if kwargs.get("desc") != "Loading weights" or not args or not hasattr(args[0], "__len__"):
+            return bar
+        return _CountedBar(bar, len(args[0]), progress)
+
+    previous = set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        set_tqdm_hook(previous)
+
+
+class _CountedBar:
+    """Iterates transformers' bar and reports an item done when the loop asks for the next one."""
+
+    def __init__(self, bar, total: int, progress: LoadProgress):
+        self._bar, self._total, self._progress = bar, total, progress
+
+    def __iter__(self):
+        done = 0
+        self._progress(0, self._total)
+        for item in self._bar:
+            yield item
+            done += 1
+            self._progress(done, self._total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        close = getattr(self._bar, "close", None)
+        if close is not None:
+            close()
+
+    def __getattr__(self, name):  # update, close, set_description...: the wrapped bar's
+        return getattr(self._bar, name)
+
+
+def _load_layers_format(path: Path, config, kwargs: dict, progress: LoadProgress | None = None) -> nn.Module:
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     from worker.engine.expert_layout import fuse_expert_weights
@@ -171,9 +236,22 @@ def _load_layers_format(path: Path, config, kwargs: dict) -> nn.Module:
     with _skip_weight_init():  # every weight is loaded below (checked), so random init is wasted time
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     resize_to_layers_file(model, path, config)
+    files = sorted(path.glob("*.safetensors"))
+    names = {}
+    for file in files:  # the headers only: how many tensors there are to read
+        with safe_open(str(file), framework="pt") as f:
+            names[file] = list(f.keys())
+    total, done = sum(len(n) for n in names.values()), 0
+    if progress is not None:
+        progress(0, total)
     state = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(file)))
+    for file in files:  # what safetensors' load_file does, one tensor at a time
+        with safe_open(str(file), framework="pt") as f:
+            for name in names[file]:
+                state[name] = f.get_tensor(name)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     state = fuse_expert_weights(adapter_for_model_type(config.model_type), state)  # MoE: per-expert on disk
     dtype = next(model.parameters()).dtype
     state = {k: v.to(dtype) for k, v in state.items()}

@@ -4,6 +4,14 @@
 a `TaskManager`, and flattens the scores to [{"task", "metric", "value", "stderr"}]. When only local
 tasks are asked for, HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set for the call so nothing can reach the
 network; other lm-eval tasks need their dataset to be reachable (online or in the HF cache).
+
+`progress` sees the requests as they are answered. lm-eval builds every task's requests, then calls
+the model once per request type (loglikelihood, loglikelihood_rolling, generate_until) with all the
+tasks' requests of that type; our HFLM subclass counts them: a loglikelihood or generate_until request
+through the LM's cache hook (lm-eval calls it once per answered request; `set_cache_hook` is public),
+a rolling request's windows through `_loglikelihood_tokens` (TemplateLM's hook for subclasses, called
+once per batch of windows): each document is split into windows of the model's context by lm-eval's own
+`get_rolling_token_windows`, which is how the total is known before the first batch.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from worker.engine.evaluation.local_tasks import LOCAL_TASKS, build_local_tasks, default_cache_dir
@@ -48,6 +57,114 @@ def offline():
                 os.environ[v] = value
 
 
+@dataclass(frozen=True)
+class RequestProgress:
+    """Where lm-eval is: `done` of `total` units of its `call`-th model call (one per request type)."""
+
+    call: int  # 1, 2, ...: the model call (request type) this count belongs to
+    request_type: str  # loglikelihood, loglikelihood_rolling, generate_until
+    done: int
+    total: int
+    unit: str  # "requests", or "windows" for loglikelihood_rolling (a document is one or more)
+    requests: int  # the call's requests (documents for loglikelihood_rolling)
+    tasks: tuple[str, ...]  # the tasks whose requests the call answers
+
+    def describe(self) -> str:
+        of = f" of {self.requests} documents" if self.unit == "windows" else ""
+        return f"{self.request_type}: {self.done}/{self.total} {self.unit}{of} ({', '.join(self.tasks)})"
+
+
+def _counting_lm(hflm_class, progress: Callable[[RequestProgress], None]):
+    """An HFLM subclass reporting each model call's requests to `progress` as they are answered."""
+    from lm_eval.api.model import CacheHook
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    class Counter(CacheHook):
+        """lm-eval's cache hook without a cache: add_partial is called once per answered request."""
+
+        def __init__(self, lm):
+            super().__init__(None)
+            self.lm = lm
+
+        def add_partial(self, attr, req, res) -> None:
+            if attr != "loglikelihood_rolling":  # a rolling call counts its windows instead
+                self.lm.advance(attr, 1)
+
+    class CountingLM(hflm_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls, self.now = 0, None
+            self.progress_error: BaseException | None = None  # what `progress` raised (a cancel)
+            self.set_cache_hook(Counter(self))
+
+        def start(self, request_type: str, requests, total: int, unit: str) -> None:
+            self.calls += 1
+            tasks = tuple(sorted({r.task_name for r in requests if getattr(r, "task_name", None)}))
+            self.now = RequestProgress(self.calls, request_type, 0, total, unit, len(requests), tasks)
+            self.report()
+
+        def advance(self, request_type: str, n: int) -> None:
+            now = self.now
+            if now is None or now.request_type != request_type:
+                return
+            self.now = replace(now, done=min(now.total, now.done + n))
+            self.report()
+
+        def finish(self) -> None:
+            if self.now is not None and self.now.done < self.now.total:
+                self.now = replace(self.now, done=self.now.total)
+                self.report()
+            self.now = None
+
+        def report(self) -> None:
+            try:
+                progress(self.now)
+            except BaseException as exc:
+                self.progress_error = exc
+                raise
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            self.start("loglikelihood", requests, len(requests), "requests")
+            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            self.finish()
+            return out
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            self.start("generate_until", requests, len(requests), "requests")
+            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            self.finish()
+            return out
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            windows = sum(self._windows(req.args[0]) for req in requests)
+            self.start("loglikelihood_rolling", requests, windows, "windows")
+            out = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            self.finish()
+            return out
+
+        def _windows(self, text: str) -> int:
+            # The same split as HFLM.loglikelihood_rolling (only the count: tokenising twice is cheap).
+            return sum(
+                1
+                for _ in map(
+                    make_disjoint_window,
+                    get_rolling_token_windows(
+                        token_list=self.tok_encode(text),
+                        prefix_token=self.prefix_token_id,
+                        max_seq_len=self.max_length,
+                        context_len=1,
+                    ),
+                )
+            )
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            out = super()._loglikelihood_tokens(requests, *args, **kwargs)
+            self.advance("loglikelihood_rolling", len(requests))  # a batch of a rolling call's windows
+            return out
+
+    return CountingLM
+
+
 def _number(value):
     if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
         return float(value)
@@ -82,8 +199,12 @@ def run_lm_eval(
     num_fewshot: int | None = None,
     seed: int = 0,
     bootstrap_iters: int = 100,
+    progress: Callable[[RequestProgress], None] | None = None,
 ) -> list[dict]:
     """Scores of `tasks` as [{"task", "metric", "value", "stderr"}].
+
+    `progress(RequestProgress)` is called as requests are answered (module note); what it raises (a
+    cancelled job) ends the run as it is, not as an lm-eval failure.
 
     Local tasks (`prunescope_cloze`, `prunescope_rolling`) are built from `documents` (default: the demo
     corpus test split) unless `task_dir` already holds them, under `cache_root` (see
@@ -108,7 +229,11 @@ def run_lm_eval(
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
-        manager = TaskManager(include_path=str(Path(task_dir)) if task_dir else None)
+        # Only our local tasks: index only their directory (lm-eval's own ~15k task configs take
+        # seconds to scan, tens of seconds on a busy machine, for nothing).
+        manager = TaskManager(
+            include_path=str(Path(task_dir)) if task_dir else None, include_defaults=not only_local
+        )
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             raise ValueError(
@@ -117,8 +242,10 @@ def run_lm_eval(
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
+        lm_class = HFLM if progress is None else _counting_lm(HFLM, progress)
+        lm = None
         try:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+            lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
             results = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -135,6 +262,8 @@ def run_lm_eval(
         except ValueError:
             raise
         except Exception as exc:  # a dataset that cannot be fetched, a broken task config, ...
+            if lm is not None and exc is getattr(lm, "progress_error", None):
+                raise  # the caller's own exception (a cancel), through lm-eval unchanged
             raise ValueError(
                 f"lm-eval failed on {', '.join(tasks)}: {type(exc).__name__}: {exc}".splitlines()[0]
             ) from exc

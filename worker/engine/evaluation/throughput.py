@@ -8,17 +8,23 @@ token (seconds per decode step), peak memory and parameter count, and the studen
 
 Peak memory is `torch.cuda.max_memory_allocated` on CUDA. On CPU torch has no allocator statistics,
 so it is the weights plus the measured size of the KV cache after decoding (method "weights+kv_cache").
+
+`progress(done, total, what)` counts the rounds (warm-up and timed) of every model and batch size, called
+between rounds, never inside a timed region.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from worker.engine.adapters import count_parameters
 from worker.engine.kv_cache import cache_keyword, returned_cache
+
+RoundProgress = Callable[[int, int, str], None]  # (rounds done, rounds in all, the round just run)
 
 
 def _sync(device: torch.device) -> None:
@@ -63,9 +69,27 @@ def _one_round(model, prompt, new_tokens, device):
 
 
 def measure_model(
-    model, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, repeats=3, warmup=1, seed=0
+    model,
+    *,
+    batch_sizes=(1, 8),
+    prompt_len=128,
+    new_tokens=32,
+    repeats=3,
+    warmup=1,
+    seed=0,
+    progress: RoundProgress | None = None,
 ) -> dict:
     device = next(model.parameters()).device
+    total, done = len(batch_sizes) * (warmup + repeats), 0
+    if progress is not None:
+        progress(0, total, "starting")
+
+    def ran(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
     was_training = model.training
     model.eval()
     vocab = model.get_input_embeddings().num_embeddings
@@ -77,9 +101,13 @@ def measure_model(
             prompt = torch.randint(3, vocab, (batch, prompt_len), generator=generator).to(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(warmup):
+            for i in range(warmup):
                 _one_round(model, prompt, new_tokens, device)
-            timings = [_one_round(model, prompt, new_tokens, device) for _ in range(repeats)]
+                ran(f"batch {batch}: warm-up {i + 1}/{warmup}")
+            timings = []
+            for i in range(repeats):
+                timings.append(_one_round(model, prompt, new_tokens, device))
+                ran(f"batch {batch}: timed round {i + 1}/{repeats}")
             prefill = statistics.median(t[0] for t in timings)
             decode = statistics.median(t[1] for t in timings)
             if device.type == "cuda":
@@ -104,7 +132,16 @@ def measure_model(
 
 
 def throughput(
-    teacher, student, *, batch_sizes=(1, 8), prompt_len=128, new_tokens=32, repeats=3, warmup=1, seed=0
+    teacher,
+    student,
+    *,
+    batch_sizes=(1, 8),
+    prompt_len=128,
+    new_tokens=32,
+    repeats=3,
+    warmup=1,
+    seed=0,
+    progress: RoundProgress | None = None,
 ) -> dict:
     """{"teacher": ..., "student": ..., "speedup": [per batch size: prefill, decode, latency ratios]}."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -119,8 +156,15 @@ def throughput(
         warmup=warmup,
         seed=seed,
     )
-    t = measure_model(teacher, **kwargs)
-    s = measure_model(student, **kwargs)
+    per_model = len(batch_sizes) * (warmup + repeats)
+
+    def counted(offset: int, role: str) -> RoundProgress | None:
+        if progress is None:
+            return None
+        return lambda done, _, what: progress(offset + done, 2 * per_model, f"{role}, {what}")
+
+    t = measure_model(teacher, **kwargs, progress=counted(0, "teacher"))
+    s = measure_model(student, **kwargs, progress=counted(per_model, "student"))
     speedup = []
     for tr, sr in zip(t["runs"], s["runs"]):
         speedup.append(
