@@ -11,14 +11,23 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.search_results import ARTIFACT_KIND, REPORT_FILE, report_key
-from worker.handlers import _publish, _record_artifact, _rows, check_remote_code, model_source, store
+from worker.handlers import (
+    LoadCount,
+    _publish,
+    _record_artifact,
+    _rows,
+    check_remote_code,
+    model_source,
+    store,
+)
 from worker.runtime import JobRuntime
 
 
 def load_teacher(rt: JobRuntime, teacher, dtype: str):
     """(model, tokenizer) of the teacher in the search's dtype (`settings.dtype`, float32 unless the job
     asks otherwise), as `prunescope search` loads it: not the checkpoint's own dtype (the demo teacher is
-    stored in bfloat16, and its losses would then be scored in bfloat16)."""
+    stored in bfloat16, and its losses would then be scored in bfloat16). Its progress counts the tensors
+    read, as every job's load does (worker.handlers.load)."""
     from worker.engine.loading import load_model
 
     check_remote_code(rt, teacher.trust_remote_code)
@@ -27,6 +36,7 @@ def load_teacher(rt: JobRuntime, teacher, dtype: str):
         dtype=dtype,
         device=rt.device,
         trust_remote_code=teacher.trust_remote_code,
+        progress=LoadCount(rt, "weights", (0.0, 0.02)),  # k/N tensors: the first 2% of the bar
     )
 
 

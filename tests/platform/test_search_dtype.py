@@ -6,6 +6,7 @@ cannot load is a 422 naming the field."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -35,15 +36,18 @@ def scored_dtype(monkeypatch, settings: dict) -> torch.dtype:
         raise Scored
 
     monkeypatch.setattr(search_engine, "run_search", probe)
+    messages = []
     rt = SimpleNamespace(
+        _clock=time.monotonic,
         device="cpu",
         settings=SimpleNamespace(trust_remote_code=False, cache=None),
-        progress=lambda *a, **k: None,
+        progress=lambda fraction, message, **k: messages.append(message),
         raise_if_cancelled=lambda: None,
     )
     job = SimpleNamespace(id=1, importance_run_id=1, teacher_id=1, params={"settings": settings})
     with pytest.raises(Scored):
         run_search_job(rt, job)
+    assert any(m.startswith("loading weights: ") and m.endswith(" tensors") for m in messages), messages
     return seen["dtype"]
 
 
