@@ -220,8 +220,12 @@ def test_capped_stores_run_the_scans_in_several_passes_with_the_same_scores(
     model, _ = load_model(path)
     in_memory = compute_importance(model, batches(), scans=scans, block_size=2)
     budget = StoreBudget(host_bytes=0, spill_dir=str(tmp_path), **budget)
-    streamed = compute_importance_streamed(path, batches(), scans=scans, block_size=2, budget=budget)
+    seen = []
+    streamed = compute_importance_streamed(
+        path, batches(), scans=scans, block_size=2, budget=budget, progress=seen.append
+    )
     assert_same_result(streamed, in_memory)
+    assert sum(seen) == 5 and len(seen) > 2  # the samples, spread over the passes
     execution = streamed.manifest["execution"]
     assert execution["passes"] == passes
     assert execution["layer_loads"] > 4  # the later passes read layers again
