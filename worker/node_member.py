@@ -47,7 +47,8 @@ class NodeRuntime:
         if SHUTTING_DOWN.is_set():
             if self.gang is not None and not self._noted:
                 self._noted = True
-                self.gang.stop_note(self.node, worker_id(), WORKER_SHUTTING_DOWN)
+                joined = self.gang.members().get(self.node, {})  # the worker as the gang names it
+                self.gang.stop_note(self.node, joined.get("worker", worker_id()), WORKER_SHUTTING_DOWN)
             return True
         if self._stop:
             return True

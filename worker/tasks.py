@@ -79,6 +79,9 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
             try:  # before the claim: a gang that cannot form leaves the job unstarted (resumable)
                 lead(rt, gang, queue)
             except GangYielded as exc:  # an older gang competes for these workers: let it form first
+                rt.log(
+                    f"{exc}: this gang (round {round}) gives way, node 0 retries in {YIELD_BACKOFF_S:.0f} s"
+                )
                 if rt.note_waiting(f"{exc}; waiting for it to form") is None:
                     return "skipped"  # cancelled meanwhile
                 run_job.apply_async(
