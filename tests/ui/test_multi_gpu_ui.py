@@ -1,8 +1,9 @@
 """Multi-GPU jobs in the dashboard (real Chromium, live API, a CPU worker offering two gloo ranks): the
 start page lists the workers with their ranks and memory; the distill form takes GPUs and nodes with the
 memory planner's per-GPU estimate (the Python planner's number) and flags a gang no live workers can
-form; a finished 2-rank distillation's page shows its world size, throughput overall and per GPU, each
-rank's peak memory, the teacher's placement and the worker that ran it, every number the stored one."""
+form; a running 2-rank distillation's page shows each rank's tokens/s, peak memory and step time live,
+updating step by step; once finished, its world size, throughput overall and per GPU, each rank's peak
+memory, the teacher's placement and the worker that ran it, every number the stored one."""
 
 from __future__ import annotations
 
@@ -37,7 +38,27 @@ def test_workers_gpus_form_and_ranks_result(page, app):
 
     student = make_student(app)
     teacher = app.api.get(f"/teachers/{student['teacher_id']}").json()
-    job = start_distill(app, student["id"], gpus=2, steps=4, batch_size=2, checkpoint_every=0, warmup=1)
+    steps = 30
+    job = start_distill(app, student["id"], gpus=2, steps=steps, batch_size=2, checkpoint_every=0, warmup=1)
+    # While the ranks train, the job page shows each rank's figures of the latest step, updating live.
+    page.goto(f"{app.url}/#/job/{job['id']}")
+    live = page.locator("[data-testid=live-ranks]")
+    live.wait_for(timeout=120_000)
+    first = int(live.get_attribute("data-step"))
+    assert first < steps, first  # drawn before the last step: the job was running
+    page.wait_for_function(
+        f"Number(document.querySelector('[data-testid=live-ranks]')?.dataset.step) > {first}", timeout=120_000
+    )
+    assert live.locator("[data-testid=live-world-size]").get_attribute("data-value") == "2"
+    for rank in (0, 1):
+        assert (
+            float(live.locator(f"[data-testid=live-rank-tokens-per-s-{rank}]").get_attribute("data-value"))
+            > 0
+        )
+        assert (
+            int(live.locator(f"[data-testid=live-rank-peak-memory-{rank}]").get_attribute("data-value"))
+            > 2**20
+        )
     done = app.wait_job(job["id"], timeout=180)
     assert done["status"] == "succeeded", done.get("error")
     r = done["result"]
@@ -94,6 +115,19 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     assert value("tokens-per-s-per-gpu") == pytest.approx(r["tokens_per_s"] / 2)
     assert value("peak-memory") == max(r["peak_memory_per_rank"])
     assert "rank 1:" in ranks.inner_text()
+    # The live panel stays at the last step, every number the stored one.
+    live.wait_for()
+    assert live.get_attribute("data-step") == str(steps)
+    names = ",".join(f"rank{i}_{k}" for i in (0, 1) for k in ("tokens_per_s", "peak_memory_bytes", "step_s"))
+    stored = app.api.get(f"/jobs/{job['id']}/metrics?names={names}").json()["series"]
+    for i in (0, 1):
+        for key, testid in (
+            ("tokens_per_s", "tokens-per-s"),
+            ("peak_memory_bytes", "peak-memory"),
+            ("step_s", "step-s"),
+        ):
+            shown = float(live.locator(f"[data-testid=live-rank-{testid}-{i}]").get_attribute("data-value"))
+            assert shown == pytest.approx(stored[f"rank{i}_{key}"][-1]["value"]), (i, key)
     assert "teacher replicated on every rank — memory planner:" in ranks.inner_text()
     assert r["workers"][0] in ranks.locator("[data-testid=rank-workers]").inner_text()
     assert (

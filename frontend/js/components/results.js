@@ -110,6 +110,45 @@ export function ranksResult(r) {
     r.workers?.length ? h("div.hint", { dataset: { testid: "rank-workers" } }, `workers: ${r.workers.map((w, i) => (nodes > 1 ? `node ${i} ${w}` : w)).join(", ")}`) : null);
 }
 
+const RANK_SERIES = /^rank(\d+)_(tokens_per_s|peak_memory_bytes|step_s)$/;
+
+/** A running distillation's rank figures at its latest logged step, from the job's metric series
+ * (`world_size` and rank<r>_tokens_per_s / _peak_memory_bytes / _step_s, worker/distill_ranks.py), or
+ * null for a job on one rank. */
+export function rankFigures(store) {
+  const sizes = store.points("world_size");
+  if (!sizes.length) return null;
+  const last = sizes[sizes.length - 1];
+  const at = (name) => store.series.get(name)?.get(last.step)?.value;
+  const ranks = [];
+  for (const name of store.series.keys()) {
+    const m = RANK_SERIES.exec(name);
+    if (!m) continue;
+    const r = Number(m[1]);
+    ranks[r] = ranks[r] || { rank: r };
+    ranks[r][m[2]] = at(name);
+  }
+  return { step: last.step, worldSize: last.value, tokensPerS: at("tokens_per_s"), ranks: ranks.filter(Boolean) };
+}
+
+/** Each rank's figures while the job runs: world size, throughput overall and per rank, peak memory and
+ * step time per rank (as of `step`). */
+export function liveRanks({ step, worldSize, tokensPerS, ranks }) {
+  const peaks = ranks.map((r) => r.peak_memory_bytes).filter((p) => p !== undefined);
+  return h("div.stack", { dataset: { testid: "live-ranks", step: String(step) } },
+    h("div.cards",
+      card("ranks (world size)", worldSize, int, "live-world-size"),
+      card("throughput, all ranks", tokensPerS, (x) => rate(x), "live-tokens-per-s", `step ${step}`),
+      peaks.length ? card("peak memory, largest rank", Math.max(...peaks), bytes, "live-peak-memory") : null),
+    h("table", { dataset: { testid: "live-ranks-table" } },
+      h("thead", h("tr", h("th", "rank"), h("th.num", "tokens / s"), h("th.num", "peak memory"), h("th.num", "step time"))),
+      h("tbody", ranks.map((r) => h("tr", { dataset: { rank: String(r.rank) } },
+        h("td", `rank ${r.rank}`),
+        h("td.num", num(r.tokens_per_s, (x) => rate(x), `live-rank-tokens-per-s-${r.rank}`)),
+        h("td.num", num(r.peak_memory_bytes, bytes, `live-rank-peak-memory-${r.rank}`)),
+        h("td.num", num(r.step_s, ms, `live-rank-step-s-${r.rank}`)))))));
+}
+
 /** The result of any job kind. */
 export function jobResult(kind, r, teacherEval = null) {
   if (kind === "distill" && r.final_validation && Object.keys(r.final_validation).length) return distillResult(r);

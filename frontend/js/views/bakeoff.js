@@ -7,12 +7,12 @@
 import { api, showError } from "../api.js";
 import { parseCount } from "../components/planner.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
-import { h, mount, segmented } from "../dom.js";
+import { h, mount } from "../dom.js";
 import { compact, sig, when } from "../format.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
-import { go, href, setQuery } from "../router.js";
+import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
+import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";
-import { SeriesStore, X_FIELDS } from "./job.js";
+import { debounced, SeriesStore, smoothedTraces, smoothingControl, X_FIELDS, xAxisControl } from "../components/curves.js";
 
 const CURVES = [
   ["loss", "training loss (optimised)"],
@@ -41,15 +41,16 @@ export async function bakeoffView(host, { args, query }, ctx) {
   const ranking = h("div", { dataset: { testid: "bakeoff-ranking" } });
   const branches = h("div", { dataset: { testid: "bakeoff-branches" } });
   const actionErr = h("div.error-msg");
-  const smoothLabel = h("span.num", view.smooth.toFixed(2));
+  const redraw = debounced(() => drawCurves(), 250);
+  const schedule = redraw.schedule;
 
   mount(host,
     head,
     progress,
     h("section.panel", { style: { marginTop: "14px" } },
       h("header", h("h2", "Distillation, side by side"),
-        h("span.ctl", h("span", "x axis"), segmented([["step", "step"], ["tokens", "tokens"]], view.x, (v) => { view.x = v; setQuery({ x: v }); schedule(); })),
-        h("span.ctl", h("span", "smoothing"), h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: view.smooth, oninput: (ev) => { view.smooth = Number(ev.target.value); smoothLabel.textContent = view.smooth.toFixed(2); setQuery({ smooth: view.smooth }); schedule(); } }), smoothLabel)),
+        xAxisControl(view, [["step", "step"], ["tokens", "tokens"]], schedule),
+        smoothingControl(view, schedule)),
       h("div.grid.two", charts.map((c) => h("div", h("h3", c.label), c.plot)))),
     h("div.grid.two", { style: { marginTop: "14px" } },
       h("section.panel", h("header", h("h2", "Ranking before → after distillation"), h("span.hint", "lower loss ranks first; a flip is a candidate whose rank changed")), ranking),
@@ -156,15 +157,6 @@ export async function bakeoffView(host, { args, query }, ctx) {
   }
 
   // ---- curves ------------------------------------------------------------------------------
-  let timer = null;
-  function schedule() {
-    if (timer) return;
-    timer = setTimeout(() => {
-      timer = null;
-      drawCurves();
-    }, 250);
-  }
-
   async function drawCurves() {
     const Plotly = await plotlyReady();
     if (!ctx.alive) return;
@@ -175,12 +167,8 @@ export async function bakeoffView(host, { args, query }, ctx) {
         const store = jid && stores.get(jid);
         const pts = store ? store.points(c.name) : [];
         if (!pts.length) continue;
-        const color = colorOf(b);
-        const xs = pts.map((p) => p[X_FIELDS[view.x][0]]);
-        const ys = pts.map((p) => p.value);
         const weight = c.name.startsWith("val_") ? 0 : view.smooth;
-        if (weight > 0) traces.push({ x: xs, y: ys, mode: "lines", line: { color, width: 1 }, opacity: 0.22, showlegend: false, hoverinfo: "skip" });
-        traces.push({ x: xs, y: smooth(ys, weight), name: b.name, mode: pts.length < 3 ? "lines+markers" : "lines", line: { color, width: 2 }, hovertemplate: `${b.name} %{y:.4g}<extra>%{x}</extra>` });
+        traces.push(...smoothedTraces(pts, { x: view.x, weight, label: b.name, color: colorOf(b), rawOpacity: 0.22 }));
       }
       const layout = baseLayout({ height: 280, width: c.plot.clientWidth || undefined, xaxis: { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } }, margin: { l: 52, r: 10, t: 28, b: 36 } });
       if (!traces.length) {
@@ -200,8 +188,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
       loaded.add(jid);
       if (!stores.has(jid)) stores.set(jid, new SeriesStore());
       try {
-        const snap = await api.get(`/jobs/${jid}/metrics`);
-        for (const [name, pts] of Object.entries(snap.series || {})) for (const p of pts) stores.get(jid).add(name, p);
+        stores.get(jid).addSnapshot(await api.get(`/jobs/${jid}/metrics`));
       } catch (e) {
         console.warn(e);
       }
@@ -246,7 +233,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
     close();
     clearInterval(poll);
     clearTimeout(pending);
-    clearTimeout(timer);
+    redraw.cancel();
     window.removeEventListener("resize", schedule);
   });
   renderHead();

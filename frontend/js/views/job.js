@@ -1,13 +1,15 @@
-// One job, live: loss curves growing from SSE metric events, smoothing / log-y / x-axis controls,
-// progress with ETA, cancel & resume, logs and failure reasons, results.
+// One job, live: loss curves growing from SSE metric events (components/curves.js), smoothing / log-y /
+// x-axis controls, each rank's live figures (several ranks), progress with ETA, cancel & resume, logs and
+// failure reasons, results.
 // URL: #/job/<id>?x=step|tokens|time&smooth=0.6&logy=1
 
 import { api, showError } from "../api.js";
-import { jobResult } from "../components/results.js";
+import { curveTraces, debounced, SeriesStore, smoothingControl, X_FIELDS, xAxisControl } from "../components/curves.js";
+import { jobResult, liveRanks, rankFigures } from "../components/results.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
-import { h, mount, segmented } from "../dom.js";
+import { h, mount } from "../dom.js";
 import { compact, duration, when } from "../format.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
+import { baseLayout, PLOT_CONFIG, plotlyReady } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { mismatchMark, protocolNote } from "../components/protocol.js";
@@ -24,65 +26,6 @@ const METRICS = [
   ["lr", "learning rate"],
   ["tokens_per_s", "throughput (tokens / s)"],
 ];
-export const X_FIELDS = { step: ["step", "step"], tokens: ["tokens", "tokens"], time: ["t", "wall time (s)"] };
-
-/** Series store: name -> Map(step -> point), so replayed / refetched points never duplicate. */
-export class SeriesStore {
-  constructor() {
-    this.series = new Map();
-  }
-
-  add(name, point) {
-    if (!Number.isFinite(point.value)) return;
-    if (!this.series.has(name)) this.series.set(name, new Map());
-    this.series.get(name).set(point.step, point);
-  }
-
-  addMetricEvent(ev) {
-    for (const [name, value] of Object.entries(ev.values || {})) this.add(name, { step: ev.step, tokens: ev.tokens, t: ev.t, value });
-  }
-
-  /** Points of one series by step; a missing tokens / t (validation points) is taken from any
-   * other series at the same step, so every x axis can place it. */
-  points(name) {
-    const m = this.series.get(name);
-    if (!m) return [];
-    const pts = Array.from(m.values()).sort((a, b) => a.step - b.step);
-    return pts.map((p) => (p.tokens == null || p.t == null ? { ...this._axisAt(p.step), ...stripNull(p) } : p));
-  }
-
-  _axisAt(step) {
-    for (const m of this.series.values()) {
-      const q = m.get(step);
-      if (q && q.tokens != null && q.t != null) return { tokens: q.tokens, t: q.t };
-    }
-    return {};
-  }
-
-  count(name) {
-    return this.series.get(name)?.size || 0;
-  }
-}
-
-/** Plot traces for the given series names with smoothing: faint raw line + solid smoothed line. */
-export function curveTraces(store, names, { x = "step", weight = 0, prefix = "", colorOffset = 0, dash } = {}) {
-  const traces = [];
-  names.forEach((name, i) => {
-    const pts = store.points(name);
-    if (!pts.length) return;
-    const color = SERIES_COLORS[(i + colorOffset) % SERIES_COLORS.length];
-    const xs = pts.map((p) => p[X_FIELDS[x][0]]);
-    const ys = pts.map((p) => p.value);
-    const label = `${prefix}${name}`;
-    if (weight > 0) traces.push({ x: xs, y: ys, name: `${label} (raw)`, mode: "lines", line: { color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
-    traces.push({ x: xs, y: smooth(ys, weight), name: label, mode: pts.length < 3 ? "lines+markers" : "lines", line: { color, width: 2, dash }, hovertemplate: `${label} %{y:.4g}<extra>%{x}</extra>` });
-  });
-  return traces;
-}
-
-function stripNull(p) {
-  return Object.fromEntries(Object.entries(p).filter(([, v]) => v !== null && v !== undefined));
-}
 
 export async function jobView(host, { args, query }, ctx) {
   const id = Number(args[0]);
@@ -127,17 +70,21 @@ export async function jobView(host, { args, query }, ctx) {
   const resultBox = h("div", { dataset: { testid: "job-result" } });
   const benchBox = h("div");
   const pointCount = h("span.hint", { dataset: { testid: "point-count" } });
-  const smoothLabel = h("span.num", view.smooth.toFixed(2));
-  const slider = h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: view.smooth, dataset: { testid: "smoothing" }, oninput: (ev) => { view.smooth = Number(ev.target.value); smoothLabel.textContent = view.smooth.toFixed(2); setQuery({ smooth: view.smooth }); schedule(); } });
+  // A distillation over several ranks: each rank's figures of the latest logged step, while it runs.
+  const ranksBox = h("div");
+  const ranksPanel = h("section.panel.hidden", { style: { marginBottom: "14px" }, dataset: { testid: "live-ranks-panel" } }, h("header", h("h2", "Ranks"), h("span.hint", "latest logged step, live")), ranksBox);
+  const redraw = debounced(() => drawCurves(), 200);
+  const schedule = redraw.schedule;
 
   mount(host,
     header,
     h(`section.panel${job.kind === "distill" ? "" : ".hidden"}`, { style: { marginBottom: "14px" } },
       h("div.row",
-        h("span.ctl", h("span", "x axis"), segmented([["step", "step"], ["tokens", "tokens"], ["time", "wall time"]], view.x, (v) => { view.x = v; setQuery({ x: v }); schedule(); }, { dataset: { testid: "x-axis" } })),
-        h("span.ctl", h("span", "smoothing"), slider, smoothLabel),
+        xAxisControl(view, [["step", "step"], ["tokens", "tokens"], ["time", "wall time"]], schedule, { dataset: { testid: "x-axis" } }),
+        smoothingControl(view, schedule, { dataset: { testid: "smoothing" } }),
         h("label.check", h("input", { type: "checkbox", checked: view.logy, dataset: { testid: "logy" }, onchange: (ev) => { view.logy = ev.target.checked; setQuery({ logy: view.logy ? "1" : "" }); schedule(); } }), "log y"),
         h("span.spacer"), pointCount)),
+    curves ? ranksPanel : null,
     curves ? h("div.grid.charts", waiting, Array.from(charts.values(), (c) => c.panel)) : null,
     h("section.panel", { style: { marginTop: curves ? "14px" : 0 } }, h("header", h("h2", "Result")), resultBox),
     h("div.grid.two", { style: { marginTop: "14px" } },
@@ -195,18 +142,12 @@ export async function jobView(host, { args, query }, ctx) {
   }
 
   // ---- curves ------------------------------------------------------------------------------
-  let timer = null;
-  function schedule() {
-    if (timer) return;
-    timer = setTimeout(() => {
-      timer = null;
-      drawCurves();
-    }, 200);
-  }
-
   async function drawCurves() {
     const Plotly = await plotlyReady();
     if (!ctx.alive) return;
+    const figures = rankFigures(store);
+    ranksPanel.classList.toggle("hidden", !figures);
+    if (figures) mount(ranksBox, liveRanks(figures));
     const opts = { x: view.x, weight: view.smooth };
     const xaxis = { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } };
     const yaxis = { type: view.logy ? "log" : "linear" };
@@ -231,8 +172,7 @@ export async function jobView(host, { args, query }, ctx) {
 
   // ---- data: metrics snapshot, then the live stream (deduplicated by step) --------------------
   try {
-    const snap = await api.get(`/jobs/${job.id}/metrics`);
-    for (const [name, pts] of Object.entries(snap.series || {})) for (const p of pts) store.add(name, p);
+    store.addSnapshot(await api.get(`/jobs/${job.id}/metrics`));
   } catch (err) {
     console.warn(err);
   }
@@ -279,7 +219,7 @@ export async function jobView(host, { args, query }, ctx) {
   window.addEventListener("resize", schedule);
   ctx.onCleanup(() => {
     if (close) close();
-    clearTimeout(timer);
+    redraw.cancel();
     window.removeEventListener("resize", schedule);
   });
 
