@@ -11,29 +11,50 @@ import io
 
 import pytest
 
-from tests.platform.helpers import make_dataset, make_student, start_distill
+from tests.platform.helpers import make_dataset, start_distill
 from tests.ui.conftest import shot
 
 pytestmark = pytest.mark.ui
 
 
+# The teacher's evaluation protocol: 4 documents of the demo test split (the default, 64, is ~6,500 windows
+# per perplexity; these tests compare protocols and the numbers the jobs stored, not the perplexities).
+PROTOCOL = {"max_documents": 4}
+
+
+def make_student_of_a_small_protocol(app) -> dict:
+    """make_student (tests/platform/helpers.py), its teacher registered with PROTOCOL."""
+    api = app.api
+    body = {"name": "tiny", "source": str(app.teacher_dir), "eval_protocol": PROTOCOL}
+    teacher = api.post("/teachers", json=body).json()
+    assert app.wait_job(teacher["job_id"])["status"] == "succeeded"
+    plan = {"drop_layers": [3], "remove_neurons": {str(i): list(range(8)) for i in range(4)}}
+    created = api.post("/plans", json={"teacher_id": teacher["id"], "name": "quick", "plan": plan})
+    assert created.status_code == 201, created.text
+    student = api.post("/students", json={"plan_id": created.json()["id"], "name": "s"}).json()
+    assert app.wait_job(student["job_id"])["status"] == "succeeded"
+    return api.get(f"/students/{student['id']}").json()
+
+
 @pytest.fixture(scope="module")
 def runs(live_app):
-    """A student, two distillations of it (lr 1e-3, 5e-4), its evaluation on the teacher's protocol (which
-    queues the teacher's) and one on another window."""
-    student = make_student(live_app)
+    """A student, two distillations of it (lr 1e-3, 5e-4), its evaluation on 2 documents (another protocol
+    than the teacher's 4: it queues the teacher's on it) and one on another window."""
+    student = make_student_of_a_small_protocol(live_app)
     data = make_dataset(live_app)["id"]
     fast = start_distill(live_app, student["id"], dataset_id=data, steps=4, lr=1e-3, min_lr=1e-5, val_every=2)
     slow = start_distill(live_app, student["id"], dataset_id=data, steps=4, lr=5e-4, min_lr=1e-5, val_every=2)
     post = lambda params: live_app.api.post(  # noqa: E731
         "/jobs", json={"kind": "evaluate", "student_id": student["id"], "params": params}
     ).json()
-    same, other = post({"max_documents": 16}), post({"max_documents": 16, "seq_len": 64})
+    same, other = post({"max_documents": 2}), post({"max_documents": 2, "seq_len": 64})
     for job in (fast, slow, same, other):
-        assert live_app.wait_job(job["id"])["status"] == "succeeded"
-    teacher_evals = [
-        j for j in live_app.api.get("/jobs", params={"kind": "evaluate"}).json() if j["student_id"] is None
-    ]
+        done = live_app.wait_job(job["id"])
+        assert done["status"] == "succeeded", done
+    teacher_evals = live_app.api.get(
+        "/jobs", params={"kind": "evaluate", "teacher_id": student["teacher_id"]}
+    ).json()
+    teacher_evals = [j for j in teacher_evals if j["student_id"] is None]
     for job in teacher_evals:
         assert live_app.wait_job(job["id"])["status"] == "succeeded"
     return {
@@ -87,8 +108,15 @@ def test_runs_table_search_filter_rename_tag_overlay_export_delete(page, live_ap
     assert shown == [fast]
     page.fill("[data-testid=runs-search]", "")
     page.select_option("[data-testid=runs-kind]", "evaluate")
-    kinds = page.eval_on_selector_all("[data-testid=runs-table] tbody tr", "rs => rs.length")
-    assert kinds == 2 + len(runs["teacher"])
+    shown = page.eval_on_selector_all(
+        "[data-testid=runs-table] tbody tr", "rs => rs.map(r => Number(r.dataset.jobId))"
+    )
+    # Exactly the app's evaluations (the app is shared with other modules: not only this module's).
+    evaluations = {
+        j["id"] for j in live_app.api.get("/jobs", params={"kind": "evaluate", "limit": 500}).json()
+    }
+    assert set(shown) == evaluations and len(shown) == len(evaluations)
+    assert {runs["same"]["id"], runs["other"]["id"], *(j["id"] for j in runs["teacher"])} <= evaluations
     page.select_option("[data-testid=runs-kind]", "distill")
 
     # Overlay the curves of the two distillations (any runs, not one study's).
@@ -164,7 +192,7 @@ def test_perplexities_name_their_protocol_and_mark_the_incomparable(page, live_a
     protocol = teacher["eval_protocol"]
     # The teacher was evaluated on its protocol without being asked (the student's evaluation needed it).
     (teacher_eval,) = [j for j in runs["teacher"] if j["protocol"]["id"] == runs["same"]["protocol"]["id"]]
-    assert runs["same"]["protocol"]["id"] != protocol["id"]  # 16 documents: another protocol than 64
+    assert runs["same"]["protocol"]["id"] != protocol["id"]  # 2 documents: another protocol than 4
 
     # The teacher's page names its protocol, with the definition on hover.
     page.goto(f"{live_app.url}/#/?teacher={teacher['id']}")
@@ -184,7 +212,7 @@ def test_perplexities_name_their_protocol_and_mark_the_incomparable(page, live_a
         default_eval["result"]["perplexity"]["perplexity"], rel=1e-5
     )
 
-    # Compare table: the header defines the protocol; the student's number (16 documents) is marked.
+    # Compare table: the header defines the protocol; the student's number (2 documents) is marked.
     page.goto(f"{live_app.url}/#/compare?teacher={teacher['id']}&students={student['id']}")
     page.wait_for_selector("[data-testid=bench-table]")
     header = page.get_attribute("[data-testid=bench-table] th:has-text('perplexity')", "title")
