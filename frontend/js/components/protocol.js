@@ -1,7 +1,9 @@
 // Evaluation protocols on screen: which text and window a perplexity was measured on
 // (worker/engine/eval_protocol.py), and a clear mark where two numbers were not measured alike.
 
-import { h } from "../dom.js";
+import { api, request, showError } from "../api.js";
+import { h, mount, toast } from "../dom.js";
+import { readForm } from "./widgets.js";
 
 /** A small "on <protocol id>" note whose hover is the protocol's definition. */
 export function protocolNote(protocol, { testid = "protocol", prefix = "on " } = {}) {
@@ -23,4 +25,54 @@ export function mismatchMark(protocol, reference, { testid = "protocol-mismatch"
     title: `Not comparable with numbers on the teacher's protocol (${reference.id}): ${what}`,
     dataset: { testid, protocolId: protocol?.id ?? "" },
   }, "≠");
+}
+
+const SPLITS = ["test", "validation", "calibration", "train"];
+
+/** A teacher's protocol, changeable: "Change" opens a small form (dataset, split, window, stride,
+ * documents) that PATCHes /teachers/{id}; a bad field is outlined with its nearby values. Numbers
+ * already measured keep their protocol (the tables then mark them ≠). `onSaved(teacher)` after a save. */
+export function protocolEditor(teacher, { onSaved = () => {} } = {}) {
+  const p = teacher.eval_protocol || {};
+  const err = h("div.error-msg", { dataset: { testid: "protocol-error" } });
+  const dataset = h("select", { name: "dataset_id" }, h("option", { value: "" }, "demo corpus"));
+  const number = (name, label, value, min) => h("label.field", h("span", label), h("input", { name, type: "number", value, min, step: 1 }));
+  const form = h("form.stack", { hidden: true, dataset: { testid: "protocol-form" } },
+    h("div.form-grid",
+      h("label.field", h("span", "Data"), dataset),
+      h("label.field", h("span", "Split"), h("select", { name: "split" }, SPLITS.map((s) => h("option", { value: s, selected: s === p.split }, s)))),
+      number("context", "Window (tokens)", p.context, 2),
+      number("stride", "Stride", p.stride, 1),
+      number("max_documents", "Documents", p.max_documents, 1)),
+    h("div.hint", "From now on, this teacher's and its students' default evaluations use it; numbers already measured keep their protocol and are marked ≠."),
+    h("div.row", h("span.spacer"),
+      h("button", { type: "button", onclick: () => { form.hidden = true; showError(err, null, form); } }, "Cancel"),
+      h("button.primary", { type: "submit", dataset: { testid: "protocol-save" } }, "Save protocol")),
+    err);
+  const open = async () => {
+    form.hidden = false;
+    try {
+      const datasets = await api.get("/datasets?limit=1000");
+      mount(dataset, h("option", { value: "" }, "demo corpus"), datasets.filter((d) => d.source !== "demo").map((d) => h("option", { value: d.id, selected: d.id === p.dataset_id }, `${d.name} (#${d.id})`)));
+    } catch (e) {
+      showError(err, e);
+    }
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = readForm(form);
+    const change = { dataset_id: v.dataset_id ? Number(v.dataset_id) : null, split: v.split };
+    for (const key of ["context", "stride", "max_documents"]) if (v[key] !== undefined) change[key] = v[key];
+    try {
+      const saved = await request("PATCH", `/teachers/${teacher.id}`, { eval_protocol: change });
+      showError(err, null, form);
+      form.hidden = true;
+      toast(`Evaluation protocol of ${saved.name}: ${saved.eval_protocol.id}`);
+      onSaved(saved);
+    } catch (e) {
+      showError(err, e, form);
+    }
+  });
+  const button = h("button.small", { type: "button", onclick: open, dataset: { testid: "protocol-edit" }, title: "change the protocol new evaluations of this teacher and its students use" }, "Change");
+  return { button, form };
 }
