@@ -98,7 +98,7 @@ def refuse_unless_fits(
         message = (
             f"this {what} needs {memplan.format_bytes(needed)} per device on each of {nodes} workers, but "
             f"only {sum(c >= needed for c, _ in caps)} live worker(s) on the {queue!r} queue can give that "
-            f"(the {nodes}th largest: {memplan.format_bytes(best)} on {where})"
+            f"(the smallest of the {nodes} largest: {memplan.format_bytes(best)} on {where})"
         )
     else:
         message = (

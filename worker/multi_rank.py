@@ -28,6 +28,10 @@ from worker.runtime import JobRuntime
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 60.0
 POLL_S = 0.5
+# The gang has formed when the nodes launch torchrun, but a node's job process can take tens of seconds
+# to start on a loaded or freshly started worker (its fork server imports torch first): node 0's store
+# waits at least this long for the other agents, whatever the gang's own timeout.
+RENDEZVOUS_MIN_S = 60
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -57,7 +61,7 @@ class Rendezvous:
             f"--node-rank={self.node_rank}",
             f"--master-addr={host}",
             f"--master-port={port}",
-            f"--rdzv-conf=timeout={max(1, int(self.timeout_s))}",
+            f"--rdzv-conf=timeout={max(RENDEZVOUS_MIN_S, int(self.timeout_s))}",
         ]
 
 
