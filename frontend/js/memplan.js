@@ -18,6 +18,9 @@ const NUM_SUMS = 4;
 // Families without an SDPA path (eager attention) and with fused q/k/v and gate/up projections (as memplan.py).
 const EAGER_FAMILIES = ["gemma2"];
 const FUSED_FAMILIES = ["phi3"];
+// Families that soft-cap the final logits: one more [chunk, V] buffer in the NLL (as memplan.nll_chunk_buffers).
+const SOFTCAP_FAMILIES = ["gemma2"];
+const nllChunkBuffers = (spec) => NLL_CHUNK_BUFFERS + (SOFTCAP_FAMILIES.includes(spec.family) ? 1 : 0);
 export const eagerAttention = (spec) => EAGER_FAMILIES.includes(spec.family);
 
 function dtypeBytes(dtype) {
@@ -95,7 +98,9 @@ function transientBytesPerToken(spec, act, backward) {
   const s = widest(spec);
   let width = Math.max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim);
   if (s.num_experts) width = Math.max(width, Math.min(spec.experts_per_token || 0, s.num_experts) * Math.max(s.intermediate_size, spec.hidden_size));
-  return (backward ? TRANSIENT_BACKWARD : TRANSIENT_FORWARD) * act * width;
+  // A fused gate / up projection's whole [tokens, 2 F] output lives until its halves' product is made.
+  const fused = FUSED_FAMILIES.includes(spec.family) && !backward ? act * s.intermediate_size : 0;
+  return (backward ? TRANSIENT_BACKWARD : TRANSIENT_FORWARD) * act * width + fused;
 }
 
 const layerWeightBytes = (spec, w) => Math.max(...layerShapes(spec).map((s) => layerParams(spec, s))) * w;
@@ -240,22 +245,23 @@ export function importanceMemory(spec, opts) {
   if (experts) parts.router_buffers = 3 * n * experts * 4;
   if (lossScans) {
     if (!streamed) parts.layer_inputs = n * L * d * w;
-    parts.logits = NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(v, device), n) * v * 4;
+    parts.logits = nllChunkBuffers(spec) * Math.min(autoChunkTokens(v, device), n) * v * 4;
   }
   const settings = { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans };
   let host = 0;
   let disk = 0;
+  // The layers and the head never overlap: the larger phase is the peak (as memplan.py); a streamed pass
+  // also holds two layers' weights in its layer loop.
+  const layerPhase =
+    (streamed ? 2 * layerWeightBytes(spec, w) : 0) + parts.activations + (parts.router_buffers ?? 0) + sumValues(attention);
+  const headPhase = parts.logits ?? 0;
+  delete parts.activations;
+  delete parts.router_buffers;
+  for (const k of Object.keys(attention)) delete parts[k];
+  delete parts.logits;
+  parts.working = Math.max(layerPhase, headPhase);
+  settings.phases = { layer: layerPhase, head: headPhase };
   if (streamed) {
-    // The layer loop and the head never overlap: the larger phase is the peak (as memplan.py).
-    const layerPhase =
-      2 * layerWeightBytes(spec, w) + parts.activations + (parts.router_buffers ?? 0) + sumValues(attention);
-    const headPhase = parts.logits ?? 0;
-    delete parts.activations;
-    delete parts.router_buffers;
-    for (const k of Object.keys(attention)) delete parts[k];
-    delete parts.logits;
-    parts.working = Math.max(layerPhase, headPhase);
-    settings.phases = { layer: layerPhase, head: headPhase };
     const storeBytes = (opts.samples || batch) * seqLen * d * w;
     const count = streamedStoreCount(L, scans, blockSize);
     const tiers = storePlacement(count, storeBytes, opts.device_budget, opts.host_budget ?? 0, device.startsWith("cuda"));
@@ -275,14 +281,17 @@ export function evaluationMemory(spec, opts) {
   const n = batch * seqLen;
   let kvPerToken = 0;
   for (const s of layerShapes(spec)) kvPerToken += 2 * s.num_kv_heads * spec.head_dim * w;
+  const device = opts.device ?? "cpu";
+  // The layers and the head never overlap: the larger phase is the peak (as memplan.evaluation_memory).
+  const layerPhase =
+    n * (transientBytesPerToken(spec, w, false) + 2 * spec.hidden_size * w) + sumValues(attentionBytes(spec, batch, seqLen, w, device, !!opts.padded));
+  const headPhase = nllChunkBuffers(spec) * Math.min(autoChunkTokens(spec.vocab_size, device), n) * spec.vocab_size * 4;
   const parts = {
     weights: paramCount(spec).total * w,
-    activations: n * (transientBytesPerToken(spec, w, false) + 2 * spec.hidden_size * w),
     kv_cache: newTokens ? batch * (seqLen + newTokens) * kvPerToken : 0,
-    logits: NLL_CHUNK_BUFFERS * Math.min(autoChunkTokens(spec.vocab_size, opts.device ?? "cpu"), n) * spec.vocab_size * 4,
+    working: Math.max(layerPhase, headPhase),
   };
-  Object.assign(parts, attentionBytes(spec, batch, seqLen, w, opts.device ?? "cpu", !!opts.padded));
-  return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device: opts.device ?? "cpu" });
+  return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device, phases: { layer: layerPhase, head: headPhase } });
 }
 
 /** What a job may use on one worker, from its registry entry's `memory`. */

@@ -270,7 +270,12 @@ def test_importance_running_sums_are_the_hooks(family):
     plan = memplan.importance_memory(arch_spec(model), batch_size=3, seq_len=16)
     assert plan["parts"]["running_sums"] == allocated + 2 * 3 * units * 4
     spec_ = arch_spec(model)
-    assert ("router_buffers" in plan["parts"]) == bool(spec_.num_experts)
+    # The hooks' float32 router buffers [tokens, E] x 3 are in the layer phase (MoE only).
+    n, act = 3 * 16, memplan.dtype_bytes(spec_.dtype)
+    layer = n * (memplan.transient_bytes_per_token(spec_, act, backward=False) + 2 * spec_.hidden_size * act)
+    layer += sum(memplan.attention_bytes(spec_, 3, 16, act).values())
+    router = 3 * n * max(s.num_experts for s in spec_.layer_shapes()) * 4
+    assert plan["settings"]["phases"]["layer"] == layer + router and bool(router) == bool(spec_.num_experts)
 
 
 def test_scan_rules_are_the_engines():
@@ -293,27 +298,31 @@ def test_math_attention_scores_only_where_no_fused_kernel_runs():
     gqa = spec()
     assert gqa.num_kv_heads < gqa.num_heads
     scores = 2 * 8 * gqa.num_heads * 2048 * 2048 * 4
-    kw = dict(batch_size=8, seq_len=2048)
-    cuda = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="float32")
-    assert cuda["parts"]["attention_scores"] == scores
     kv = 2 * 8 * gqa.num_heads * 2048 * gqa.head_dim * 4
-    assert cuda["parts"]["repeated_kv"] == kv
-    padded = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="float32", padded=True)
-    assert "attention_scores" not in padded["parts"] and padded["parts"]["repeated_kv"] == kv
-    assert "attention_scores" not in memplan.evaluation_memory(gqa, **kw, device="cpu")["parts"]
-    bf16 = memplan.evaluation_memory(gqa, **kw, device="cuda", weights_dtype="bfloat16")
-    assert "attention_scores" not in bf16["parts"]
+    kw = dict(batch_size=8, seq_len=2048)
+
+    def layer_phase(fn, model=gqa, **more):
+        return fn(model, **kw, **{"weights_dtype": "float32", **more})["settings"]["phases"]["layer"]
+
+    for fn in (memplan.importance_memory, memplan.evaluation_memory):
+        on_cpu = layer_phase(fn, device="cpu")
+        assert layer_phase(fn, device="cuda") - on_cpu == scores + kv
+        # A padding mask: transformers repeats the keys and values, the memory-efficient kernel runs.
+        mask = 8 * 2048 * 2048 * 5
+        assert layer_phase(fn, device="cuda", padded=True) - on_cpu == kv + mask
+        assert layer_phase(fn, device="cuda", weights_dtype="bfloat16") == layer_phase(
+            fn, device="cpu", weights_dtype="bfloat16"
+        )
     mha = gqa.model_copy(update={"num_kv_heads": gqa.num_heads})
-    assert "attention_scores" not in memplan.evaluation_memory(mha, **kw, device="cuda")["parts"]
-    imp = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32")
-    assert imp["parts"]["attention_scores"] == scores
+    assert memplan.attention_bytes(mha, 8, 2048, 4, "cuda") == {}
     streamed = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32", streamed=True)
     cpu_streamed = memplan.importance_memory(gqa, **kw, device="cpu", weights_dtype="float32", streamed=True)
     assert (
         streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"] == scores + kv
     )
-    # The streamed pass's layer loop and head never overlap: its working set is the larger phase.
-    assert streamed["parts"]["working"] == max(streamed["settings"]["phases"].values())
+    # The layers and the head never overlap (measured, bench): the working set is the larger phase.
+    for plan in (streamed, memplan.evaluation_memory(gqa, **kw), memplan.importance_memory(gqa, **kw)):
+        assert plan["parts"]["working"] == max(plan["settings"]["phases"].values())
 
 
 def allocator_peak(fn) -> int:
@@ -377,7 +386,8 @@ def test_attention_transients_are_measured():
 def test_attention_terms_reach_every_job_kind():
     """The eager scores are planned wherever Gemma 2's attention runs: importance (in memory, and in a
     streamed pass's layer phase), evaluation, the distillation teacher's forward and the student's saved
-    activations; repeated keys and values only with grouped queries (eager, math kernel or padding)."""
+    activations; repeated keys and values only with grouped queries (eager, math kernel or padding).
+    Gemma 2's final logit soft-cap holds a third [chunk, V] buffer in the NLL head."""
     from tests.real_shapes import llama_3_1_8b as llama
 
     gemma = llama(num_layers=4).model_copy(update={"family": "gemma2", "layer_norms": 4})
@@ -385,19 +395,19 @@ def test_attention_terms_reach_every_job_kind():
     scores = 2 * gemma.num_heads * 1024 * 1024 * (2 + 4) + 2 * 2 * 1024 * 1024 * 2
     kv = 2 * 2 * gemma.num_heads * 1024 * gemma.head_dim * 2
     assert memplan.attention_bytes(gemma, 2, 1024, 2) == {"attention_scores": scores, "repeated_kv": kv}
-    for fn in (memplan.importance_memory, memplan.evaluation_memory):
-        parts = fn(gemma, **kw, weights_dtype="bfloat16")["parts"]
-        assert parts["attention_scores"] == scores and parts["repeated_kv"] == kv
-    streamed = memplan.importance_memory(gemma, **kw, weights_dtype="bfloat16", streamed=True)
-    llama_streamed = memplan.importance_memory(
-        gemma.model_copy(update={"family": "llama"}), **kw, weights_dtype="bfloat16", streamed=True
-    )
-    assert (
-        streamed["settings"]["phases"]["layer"] - llama_streamed["settings"]["phases"]["layer"] == scores + kv
-    )
+    plain = gemma.model_copy(update={"family": "llama"})
+    for fn, more in (
+        (memplan.importance_memory, {}),
+        (memplan.importance_memory, {"streamed": True}),
+        (memplan.evaluation_memory, {}),
+    ):
+        eager, sdpa = (
+            fn(m, **kw, **more, weights_dtype="bfloat16")["settings"]["phases"] for m in (gemma, plain)
+        )
+        assert eager["layer"] - sdpa["layer"] == scores + kv
+        assert 2 * eager["head"] == 3 * sdpa["head"]  # the soft-capped logits: raw, tanh and capped at once
     # Distillation: the student saves 8 bytes per head and key per layer; the teacher's forward holds
     # the scores while it runs.
-    plain = gemma.model_copy(update={"family": "llama"})
     dkw = dict(batch_size=2, seq_len=1024, weights_dtype="bfloat16")
     assert memplan.distill_memory(gemma, None, **dkw)["settings"][
         "activations_saved"
@@ -412,3 +422,53 @@ def test_attention_terms_reach_every_job_kind():
     gqa = memplan.attention_bytes(plain, 2, 1024, 4, "cuda", padded=True)
     assert "attention_scores" not in gqa and gqa["repeated_kv"] == 2 * 2 * plain.num_heads * 1024 * 128 * 4
     assert set(memplan.attention_bytes(plain, 2, 1024, 4, "cuda")) == {"attention_scores", "repeated_kv"}
+
+
+def test_fused_gate_up_output_is_planned():
+    """Phi-3's fused gate_up_proj holds its whole [tokens, 2 F] output until the product of its halves
+    exists: one [tokens, F] more than a Llama of the same shapes at the forward's peak (allocator
+    profile), which is what the planner adds to Phi-3's forward working set."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config
+
+    torch.set_num_threads(1)
+    shape = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=1024,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    ids = torch.randint(3, 128, (2, 128))
+    peaks, planned = {}, {}
+    for family, cls in (("llama", LlamaConfig), ("phi3", Phi3Config)):
+        config = cls(**shape)
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        peaks[family] = allocator_peak(lambda net=model: net.model(input_ids=ids, use_cache=False))
+        planned[family] = ids.numel() * memplan.transient_bytes_per_token(arch_spec(model), 4, backward=False)
+    extra = planned["phi3"] - planned["llama"]
+    assert extra == ids.numel() * 1024 * 4
+    assert 0.9 <= extra / (peaks["phi3"] - peaks["llama"]) <= 1.1, (extra, peaks)
+
+
+def test_soft_capped_head_holds_a_third_logit_buffer():
+    """The inference NLL over one chunk: plain logits peak at two [chunk, V] float32 buffers (logits and
+    their log-softmax), Gemma 2's soft-capped ones at three (raw, tanh, capped), as `nll_chunk_buffers`."""
+    from worker.engine.chunked_head import OutputHead, token_nll
+
+    torch.set_num_threads(1)
+    chunk, vocab = 256, 4096
+    hidden, targets = torch.randn(chunk, 32), torch.randint(0, vocab, (chunk,))
+    linear = torch.nn.Linear(32, vocab, bias=False)
+    gemma2 = spec().model_copy(update={"family": "gemma2"})
+    buffer = chunk * vocab * 4
+    for head, planned in ((OutputHead(linear), spec()), (OutputHead(linear, softcap=30.0), gemma2)):
+        peak = allocator_peak(lambda h=head: token_nll(hidden, h, targets, chunk_tokens=chunk))
+        assert round(peak / buffer) == memplan.nll_chunk_buffers(planned), peak / buffer

@@ -64,6 +64,9 @@ NUM_SUMS = 4  # float32 running sums per unit and half (worker/engine/importance
 # Families whose transformers class has no SDPA path, so their attention runs the eager kernel and
 # materialises the [B, H, S, S] scores (Gemma 2: `_supports_sdpa = False`, soft-capped attention logits).
 EAGER_FAMILIES = ("gemma2",)
+# Families whose released configs soft-cap the final logits (Gemma 2: cap * tanh(z / cap)): the chunked
+# head holds the raw logits, their tanh and the capped result at once, one buffer more than NLL_CHUNK_BUFFERS.
+SOFTCAP_FAMILIES = ("gemma2",)
 # Families with one fused linear for q / k / v (`qkv_proj`) and one for gate / up (`gate_up_proj`).
 FUSED_FAMILIES = ("phi3",)
 
@@ -109,6 +112,11 @@ def _norm_layout(spec: ArchSpec) -> str:
     if spec.layer_norms == 4:
         return "sandwich"
     return "post" if spec.family == "olmo2" else "pre"
+
+
+def nll_chunk_buffers(spec: ArchSpec) -> int:
+    """float32 [chunk, V] buffers of the inference NLL's chunk at once (one more with a logit soft-cap)."""
+    return NLL_CHUNK_BUFFERS + (1 if spec.family in SOFTCAP_FAMILIES else 0)
 
 
 def eager_attention(spec: ArchSpec) -> bool:
@@ -193,12 +201,16 @@ def widest(spec: ArchSpec) -> LayerShape:
 
 
 def transient_bytes_per_token(spec: ArchSpec, act: int, backward: bool) -> int:
-    """A layer's temporaries while it runs: multiples of its widest per-token tensor."""
+    """A layer's temporaries while it runs: multiples of its widest per-token tensor. A fused gate / up
+    projection (Phi-3) holds its whole [tokens, 2 F] output until the product of its halves is made:
+    one [tokens, F] more than separate projections in the forward (measured: exactly 1.0, against a
+    Llama of the same shapes, tests/engine/test_memplan.py)."""
     s = widest(spec)
     width = max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim)
     if s.num_experts:  # grouped_mm runs every routed copy of the tokens at once: [k N, F] and [k N, D]
         width = max(width, spec.experts_used(s, active=True) * max(s.intermediate_size, spec.hidden_size))
-    return (TRANSIENT_BACKWARD if backward else TRANSIENT_FORWARD) * act * width
+    fused = act * s.intermediate_size if spec.family in FUSED_FAMILIES and not backward else 0
+    return (TRANSIENT_BACKWARD if backward else TRANSIENT_FORWARD) * act * width + fused
 
 
 def _layer_weight_bytes(spec: ArchSpec, weight: int) -> int:
@@ -454,15 +466,17 @@ def importance_memory(
     if loss_scans:
         if not streamed:  # the in-memory scans re-run each layer from its cached input
             parts["layer_inputs"] = n * L * d * act
-        parts["logits"] = NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v, device), n) * v * 4
+        parts["logits"] = nll_chunk_buffers(spec) * min(auto_chunk_tokens(v, device), n) * v * 4
     extra = {}
     host = disk = 0
-    if streamed:  # measured (bench): the peak is the larger phase's, not the layer loop's plus the head's
-        layer_phase = 2 * _layer_weight_bytes(spec, w) + parts.pop("activations")
-        layer_phase += parts.pop("router_buffers", 0) + sum(parts.pop(k) for k in attention)
-        head_phase = parts.pop("logits", 0)
-        parts["working"] = max(layer_phase, head_phase)
-        extra["phases"] = {"layer": layer_phase, "head": head_phase}
+    # Measured (bench): the peak is the larger phase's, not the layer's plus the head's; the streamed
+    # pass also holds two layers' weights in its layer loop.
+    layer_phase = (2 * _layer_weight_bytes(spec, w) if streamed else 0) + parts.pop("activations")
+    layer_phase += parts.pop("router_buffers", 0) + sum(parts.pop(k) for k in attention)
+    head_phase = parts.pop("logits", 0)
+    parts["working"] = max(layer_phase, head_phase)
+    extra["phases"] = {"layer": layer_phase, "head": head_phase}
+    if streamed:
         store_bytes = (samples or batch_size) * seq_len * d * act
         count = streamed_store_count(L, scans, block_size)
         tiers = store_placement(count, store_bytes, device_budget, host_budget, device.startswith("cuda"))
@@ -491,21 +505,27 @@ def evaluation_memory(
     device: str = "cpu",
     padded: bool = False,
 ) -> dict:
-    """Peak bytes of perplexity / lm-eval / the throughput benchmark: weights, one layer's forward
-    temporaries, a KV cache of `seq_len + new_tokens` positions (benchmark) and one chunk of logits."""
+    """Peak bytes of perplexity / lm-eval / the throughput benchmark: weights, a KV cache of
+    `seq_len + new_tokens` positions (benchmark), and the larger of two phases that never overlap
+    (`working`; `settings["phases"]` both): one layer's forward temporaries with its attention buffers,
+    and one chunk of logits."""
     w = dtype_bytes(weights_dtype or spec.dtype)
     n = batch_size * seq_len
     v = spec.vocab_size
+    layer_phase = n * (transient_bytes_per_token(spec, w, backward=False) + 2 * spec.hidden_size * w)
+    layer_phase += sum(attention_bytes(spec, batch_size, seq_len, w, device, padded).values())
+    head_phase = nll_chunk_buffers(spec) * min(auto_chunk_tokens(v, device), n) * v * 4
     parts = {
         "weights": spec.param_count()["total"] * w,
-        "activations": n * (transient_bytes_per_token(spec, w, backward=False) + 2 * spec.hidden_size * w),
         "kv_cache": batch_size * (seq_len + new_tokens) * spec.kv_cache_bytes_per_token(bytes_per_value=w)
         if new_tokens
         else 0,
-        "logits": NLL_CHUNK_BUFFERS * min(auto_chunk_tokens(v, device), n) * v * 4,
+        "working": max(layer_phase, head_phase),
     }
-    parts.update(attention_bytes(spec, batch_size, seq_len, w, device, padded))
-    return _result(parts, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens, device=device)
+    phases = {"layer": layer_phase, "head": head_phase}
+    return _result(
+        parts, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens, device=device, phases=phases
+    )
 
 
 # ---- fitting it on a worker -----------------------------------------------------------------------
