@@ -177,6 +177,23 @@ export function streamedStoreCount(numLayers, scans = DEFAULT_SCANS, blockSize =
   return 1 + angular + lossScanSizes(scans, blockSize).reduce((sum, k) => sum + numLayers - k + 1, 0);
 }
 
+/** Stores the tiers hold at once (as memplan.store_capacity); null: no limit. */
+export function storeCapacity(storeBytes, deviceBudget, hostBudget = 0, cuda = false, diskBudget = null) {
+  if (deviceBudget === null || deviceBudget === undefined || diskBudget === null || diskBudget === undefined || storeBytes <= 0) return null;
+  return [deviceBudget, cuda ? hostBudget : 0, diskBudget].reduce((sum, b) => sum + Math.floor(Math.max(0, b) / storeBytes), 0);
+}
+
+/** Passes over the checkpoint when the tiers hold `capacity` stores; null: not even one fits (as memplan.streamed_passes). */
+export function streamedPasses(numLayers, scans = DEFAULT_SCANS, blockSize = 2, capacity = null) {
+  const angular = scans.includes("angular") ? blockSize : 0;
+  const cuts = lossScanSizes(scans, blockSize).reduce((sum, k) => sum + numLayers - k + 1, 0);
+  if (capacity === null || capacity >= 1 + angular + cuts) return 1;
+  const first = capacity - 1 - angular;
+  const later = capacity - 1;
+  if (first < 0 || later < 1) return null;
+  return 1 + Math.ceil((cuts - first) / later);
+}
+
 /** Stores per tier under the activation store's first-fit rule (as memplan.store_placement). */
 export function storePlacement(count, storeBytes, deviceBudget, hostBudget = 0, cuda = false) {
   if (deviceBudget === null || deviceBudget === undefined || storeBytes <= 0) return { device: count, host: 0, disk: 0 };
@@ -263,12 +280,15 @@ export function importanceMemory(spec, opts) {
   settings.phases = { layer: layerPhase, head: headPhase };
   if (streamed) {
     const storeBytes = (opts.samples || batch) * seqLen * d * w;
-    const count = streamedStoreCount(L, scans, blockSize);
-    const tiers = storePlacement(count, storeBytes, opts.device_budget, opts.host_budget ?? 0, device.startsWith("cuda"));
+    const cuda = device.startsWith("cuda");
+    const capacity = storeCapacity(storeBytes, opts.device_budget, opts.host_budget ?? 0, cuda, opts.disk_budget ?? null);
+    const passes = streamedPasses(L, scans, blockSize, capacity);
+    const count = passes !== null && passes > 1 ? capacity : streamedStoreCount(L, scans, blockSize);
+    const tiers = storePlacement(count, storeBytes, opts.device_budget, opts.host_budget ?? 0, cuda);
     parts.stores = tiers.device * storeBytes;
     host = tiers.host * storeBytes;
     disk = tiers.disk * storeBytes;
-    Object.assign(settings, { store_bytes: storeBytes, stores: tiers });
+    Object.assign(settings, { store_bytes: storeBytes, stores: tiers, passes });
   }
   return { ...result(parts, settings), host_total: host, disk };
 }

@@ -121,7 +121,9 @@ def test_estimates_match_python(tmp_path: Path):
         for scans, samples, budgets, device in itertools.product(
             (["bi"], ["bi", "drop", "block", "angular"], ["block"]),
             (None, 64),
-            ((None, 0), (0, 0), (5 << 20, 3 << 30), (1 << 30, 1 << 20)),
+            # (device, host, disk); a disk budget caps the stores: several passes, or none fits
+            ((None, 0, None), (0, 0, None), (5 << 20, 3 << 30, None), (1 << 30, 1 << 20, None))
+            + ((0, 0, 1 << 30), (1 << 24, 1 << 26, 1 << 26), (0, 0, 1 << 20)),
             ("cpu", "cuda"),
         ):
             opts = dict(
@@ -133,6 +135,7 @@ def test_estimates_match_python(tmp_path: Path):
                 samples=samples,
                 device_budget=budgets[0],
                 host_budget=budgets[1],
+                disk_budget=budgets[2],
                 device=device,
             )
             add("importance", {"spec": summary, "opts": opts}, memplan.importance_memory(spec, **opts))

@@ -333,6 +333,37 @@ def streamed_store_count(num_layers: int, scans=DEFAULT_SCANS, block_size: int =
     return 1 + angular + sum(num_layers - k + 1 for k in loss_scan_sizes(scans, block_size))
 
 
+def store_capacity(
+    store_bytes: int,
+    device_budget: int | None,
+    host_budget: int = 0,
+    cuda: bool = False,
+    disk_budget: int | None = None,
+) -> int | None:
+    """Stores the tiers hold at once, each whole in one tier (importance/activation_store.py's
+    `ActivationStores.capacity`); None: no limit (no device or no disk budget given)."""
+    if device_budget is None or disk_budget is None or store_bytes <= 0:
+        return None
+    return sum(max(0, b) // store_bytes for b in (device_budget, host_budget if cuda else 0, disk_budget))
+
+
+def streamed_passes(
+    num_layers: int, scans=DEFAULT_SCANS, block_size: int = 2, capacity: int | None = None
+) -> int | None:
+    """Passes over the checkpoint a layer-streamed pass makes when its tiers hold `capacity` stores
+    (importance/streamed.py's `plan_passes`): 1 when every store fits; else the first pass holds the
+    stream, the angular inputs and what room is left for cuts, each later one a stream and
+    `capacity - 1` cuts. None: not even the first pass fits (the job is refused)."""
+    angular = block_size if "angular" in scans else 0
+    cuts = sum(num_layers - k + 1 for k in loss_scan_sizes(scans, block_size))
+    if capacity is None or capacity >= 1 + angular + cuts:
+        return 1
+    first, later = capacity - 1 - angular, capacity - 1
+    if first < 0 or later < 1:
+        return None
+    return 1 + -(-(cuts - first) // later)
+
+
 def store_placement(
     count: int, store_bytes: int, device_budget: int | None, host_budget: int = 0, cuda: bool = False
 ) -> dict[str, int]:
@@ -423,6 +454,7 @@ def importance_memory(
     device_budget: int | None = None,
     host_budget: int = 0,
     padded: bool = False,
+    disk_budget: int | None = None,
 ) -> dict:
     """Peak bytes of the hooked importance pass (inference mode: nothing saved for backward).
 
@@ -436,6 +468,9 @@ def importance_memory(
     (`store_placement`; `device_budget` None keeps them all on the device). `total` is the device's
     peak; `host_total` the pinned RAM of the stores that spill to the host tier, `disk` the rest.
     `scans` (default: drop + block + bi, or bi alone when not `loss_scans`) picks the stores.
+    With a `disk_budget` too, the tiers hold `store_capacity` stores: when the scans need more they run
+    in `settings["passes"]` passes over the checkpoint, each opening at most that many (None: not
+    even one pass fits).
     `padded`: the calibration batches have padding (short windows), so attention gets a mask
     (`attention_bytes`).
     """
@@ -479,10 +514,15 @@ def importance_memory(
     if streamed:
         store_bytes = (samples or batch_size) * seq_len * d * act
         count = streamed_store_count(L, scans, block_size)
-        tiers = store_placement(count, store_bytes, device_budget, host_budget, device.startswith("cuda"))
+        cuda = device.startswith("cuda")
+        capacity = store_capacity(store_bytes, device_budget, host_budget, cuda, disk_budget)
+        passes = streamed_passes(L, scans, block_size, capacity)
+        if passes is not None and passes > 1:
+            count = capacity  # each pass opens at most what the tiers hold
+        tiers = store_placement(count, store_bytes, device_budget, host_budget, cuda)
         parts["stores"] = tiers["device"] * store_bytes
         host, disk = tiers["host"] * store_bytes, tiers["disk"] * store_bytes
-        extra.update(store_bytes=store_bytes, stores=tiers)
+        extra.update(store_bytes=store_bytes, stores=tiers, passes=passes)
     out = _result(
         parts,
         batch_size=batch_size,
