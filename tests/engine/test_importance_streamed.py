@@ -233,6 +233,23 @@ def test_capped_stores_run_the_scans_in_several_passes_with_the_same_scores(
     assert activations["capacity"] == sum(peak.values())
     assert {tier: n // STORE_BYTES for tier, n in activations["peak_bytes"].items()} == peak
     assert list(tmp_path.iterdir()) == []
+    # The memory planner counts the same passes and stores.
+    from worker.engine import memplan
+    from worker.engine.adapters import arch_spec
+
+    plan = memplan.importance_memory(
+        arch_spec(model),
+        batch_size=2,
+        seq_len=12,
+        streamed=True,
+        samples=5,
+        scans=scans,
+        block_size=2,
+        device_budget=budget.device_bytes,
+        disk_budget=budget.disk_bytes,
+    )
+    assert plan["settings"]["passes"] == passes
+    assert {tier: n for tier, n in plan["settings"]["stores"].items() if n} == peak
 
 
 def test_plan_passes_puts_the_latest_cuts_first_and_bounds_every_pass():
@@ -245,6 +262,22 @@ def test_plan_passes_puts_the_latest_cuts_first_and_bounds_every_pass():
     assert plan_passes(4, [], 2, 3) == [[]]  # Block Importance and the angular distance only
     assert plan_passes(4, [1], 2, 3) == [[], [(1, 3), (1, 2)], [(1, 1), (1, 0)]]  # no room for a cut at first
     assert plan_passes(4, [1], 2, 2) is None and plan_passes(4, [1], 0, 1) is None
+    from worker.engine import memplan  # the planner's count of the same passes
+
+    for layers, scans, capacity in itertools.product(
+        (4, 9), (("drop",), ("drop", "block", "angular"), ("bi", "block")), (None, 1, 2, 3, 4, 5, 7, 30)
+    ):
+        ks, angular = memplan.loss_scan_sizes(scans, 3), 3 if "angular" in scans else 0
+        planned = plan_passes(layers, ks, angular, capacity)
+        expected = None if planned is None else len(planned)
+        assert memplan.streamed_passes(layers, scans, 3, capacity) == expected, (layers, scans, capacity)
+        if planned is not None:  # every cut once, no pass over the capacity
+            assert sorted(c for p in planned for c in p) == sorted(
+                (k, i) for k in ks for i in range(layers - k + 1)
+            )
+            assert capacity is None or all(
+                1 + len(p) + (angular if j == 0 else 0) <= capacity for j, p in enumerate(planned)
+            )
     # a later pass: its stream up to its last cut's first layer, its branches from their first end on
     assert pass_layers([(2, 3)], 8, first=False) == {0, 1, 2, 5, 6, 7}
     assert pass_layers([(1, 0), (1, 1)], 4, first=False) == {0, 1, 2, 3}
