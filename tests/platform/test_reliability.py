@@ -5,6 +5,7 @@ A redelivered message of an old attempt never runs the job again."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -95,10 +96,15 @@ def test_killed_worker_job_is_resumable_without_duplicates(app, tmp_path):
         # A stale message for attempt 1 (as Redis would redeliver after the visibility timeout) is ignored.
         from backend.queue import RUN_JOB, make_celery
 
-        make_celery(app.env["PRUNESCOPE_BROKER_URL"], app.env["PRUNESCOPE_REDIS_PREFIX"]).send_task(
+        stale = make_celery(app.env["PRUNESCOPE_BROKER_URL"], app.env["PRUNESCOPE_REDIS_PREFIX"]).send_task(
             RUN_JOB, args=[jid, 1], queue="cpu"
         )
-        time.sleep(3)
+        handled = re.compile(rf"{re.escape(RUN_JOB)}\[{stale.id}\] succeeded in \S+s: '(\w+)'")
+        deadline = time.monotonic() + 60  # the worker took it and said what it did (not a fixed sleep)
+        while not (seen := handled.search(worker.log_path.read_text(errors="replace"))):
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
+        assert seen.group(1) == "skipped", worker.log()
         again = app.api.get(f"/jobs/{jid}").json()
         assert (
             again["status"] == "succeeded"
