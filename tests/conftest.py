@@ -11,6 +11,11 @@ Real services only:
   Returns a `LiveApp` with `.url` (e.g. "http://127.0.0.1:PORT"), `.api` (an httpx.Client on
   /api/v1), `.teacher_dir` (a tiny Llama teacher under the allowed roots) and `.worker`. Browser tests
   (tests/ui) use `live_app.url` with Playwright.
+- `shared_live_app` (session scope): one such app for every module that can share it (tests/ui's
+  `live_app` is this one; the search tests too): starting an app costs seconds, so each module no longer
+  starts its own. Its tests stay independent: each makes its own teacher / jobs and checks only its own
+  rows (or reads a shared fixture such as `shared_search` without changing it); `settle_jobs` cancels
+  whatever a module left queued or running before the next one starts.
 """
 
 from __future__ import annotations
@@ -365,6 +370,91 @@ def live_app(tmp_path_factory, redis_url):
     app = start_live_app(tmp_path_factory.mktemp("live"), redis_url)
     yield app
     stop_live_app(app)
+
+
+@pytest.fixture(scope="session")
+def shared_live_app(tmp_path_factory, redis_url):
+    """One running app (API + one worker, SQLite, Redis) for the whole session: see the module doc."""
+    app = start_live_app(tmp_path_factory.mktemp("shared-live"), redis_url)
+    yield app
+    stop_live_app(app)
+
+
+def settle_jobs(app: LiveApp, timeout: float = 120.0) -> list[int]:
+    """Cancel every workflow and job still queued or running on `app` (workflows first: their cancel takes
+    their children along), then wait until none runs. Returns the ids it cancelled. A module sharing an app
+    calls it at its end, so the next module's jobs do not queue behind (or race with) its leftovers."""
+    if app.worker is not None and app.worker.proc.poll() is None:
+        app.worker.pause(False)  # a test that failed while pausing it must not stall the rest
+    unfinished = lambda: [  # noqa: E731
+        j for status in ("queued", "running") for j in app.api.get("/jobs", params={"status": status}).json()
+    ]
+    cancelled = []
+    for job in sorted(unfinished(), key=lambda j: j["kind"] != "workflow"):
+        if app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202:
+            cancelled.append(job["id"])
+    deadline = time.monotonic() + timeout
+    while (left := unfinished()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"jobs still unfinished {timeout} s after their cancel: {left}"
+    return cancelled
+
+
+# The tiny teacher's architecture search (issue 12), shared by tests/platform/test_search_job.py and
+# tests/ui/test_search_ui.py; its teacher and importance run (`shared_run`) by more modules.
+SEARCH_SETTINGS = {
+    "budgets": ["params=80%"],
+    "mlp_step": 8,
+    "hidden_step": 8,
+    "max_depth_cut": 0.5,
+    "frontier_only": False,
+    "eval_samples": 4,
+    "eval_seq_len": 32,
+    "eval_batch_size": 4,
+}
+# A small evaluation protocol: a bake-off evaluates each candidate before and after distillation.
+SEARCH_EVAL_PROTOCOL = {"max_documents": 4, "context": 32, "stride": 16}
+
+
+@pytest.fixture(scope="session")
+def shared_run(shared_live_app) -> dict:
+    """On `shared_live_app`: a ready tiny teacher (a small evaluation protocol) and a finished importance
+    run of it on the demo data (8 x 32 tokens; scans bi, drop, block; block size 1). Read-only for its
+    users (they may start jobs of their own from it). {"teacher" (GET /teachers/{id}), "run_id"}."""
+    app = shared_live_app
+    api = app.api
+    body = {"name": "tiny", "source": str(app.teacher_dir), "eval_protocol": SEARCH_EVAL_PROTOCOL}
+    teacher = api.post("/teachers", json=body).json()
+    assert app.wait_job(teacher["job_id"])["status"] == "succeeded"
+    dataset = api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
+    body = {
+        "teacher_id": teacher["id"],
+        "dataset_id": dataset["id"],
+        "samples": 8,
+        "seq_len": 32,
+        "batch_size": 4,
+        "scans": ["bi", "drop", "block"],
+        "block_size": 1,
+    }
+    r = api.post("/importance-runs", json=body)
+    assert r.status_code == 201, r.text
+    assert app.wait_job(r.json()["job_id"])["status"] == "succeeded"
+    return {"teacher": api.get(f"/teachers/{teacher['id']}").json(), "run_id": r.json()["id"]}
+
+
+@pytest.fixture(scope="session")
+def shared_search(shared_live_app, shared_run) -> dict:
+    """A finished search of `shared_run`'s importance run at SEARCH_SETTINGS, top 3: `shared_run`'s keys
+    plus "job" (the finished search job) and "data" (GET /searches/{id}/candidates). Read-only for its
+    users, except saving candidates as plans."""
+    app, run_id = shared_live_app, shared_run["run_id"]
+    r = app.api.post("/searches", json={"importance_run_id": run_id, "top_k": 3, "settings": SEARCH_SETTINGS})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["kind"] == "search" and job["importance_run_id"] == run_id
+    done = app.wait_job(job["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    return {**shared_run, "job": done, "data": app.api.get(f"/searches/{done['id']}/candidates").json()}
 
 
 @pytest.fixture

@@ -7,54 +7,29 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import SEARCH_SETTINGS
 from tests.platform.helpers import read_sse
 from worker.engine.plan import PrunePlan, plan_stats, validate_plan
 from worker.engine.spec import ArchSpec
 
-SETTINGS = {
-    "budgets": ["params=80%"],
-    "mlp_step": 8,
-    "hidden_step": 8,
-    "max_depth_cut": 0.5,
-    "frontier_only": False,
-    "eval_samples": 4,
-    "eval_seq_len": 32,
-    "eval_batch_size": 4,
-}
+SETTINGS = SEARCH_SETTINGS
 
 
 @pytest.fixture(scope="module")
-def run(live_app):
-    api = live_app.api
-    teacher = api.post("/teachers", json={"name": "tiny", "source": str(live_app.teacher_dir)}).json()
-    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
-    dataset = api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
-    body = {
-        "teacher_id": teacher["id"],
-        "dataset_id": dataset["id"],
-        "samples": 8,
-        "seq_len": 32,
-        "batch_size": 4,
-        "scans": ["bi", "drop", "block"],
-        "block_size": 1,
-    }
-    r = api.post("/importance-runs", json=body)
-    assert r.status_code == 201, r.text
-    assert live_app.wait_job(r.json()["job_id"])["status"] == "succeeded"
-    return {"teacher": api.get(f"/teachers/{teacher['id']}").json(), "run_id": r.json()["id"]}
+def live_app(shared_live_app):
+    return shared_live_app
 
 
 @pytest.fixture(scope="module")
-def search(live_app, run):
-    r = live_app.api.post(
-        "/searches", json={"importance_run_id": run["run_id"], "top_k": 3, "settings": SETTINGS}
-    )
-    assert r.status_code == 201, r.text
-    job = r.json()
-    assert job["kind"] == "search" and job["importance_run_id"] == run["run_id"]
-    done = live_app.wait_job(job["id"], timeout=300)
-    assert done["status"] == "succeeded", done
-    return done
+def run(shared_search):
+    """The shared search's teacher and importance run (tests/conftest.py `shared_search`)."""
+    return {"teacher": shared_search["teacher"], "run_id": shared_search["run_id"]}
+
+
+@pytest.fixture(scope="module")
+def search(shared_search):
+    """The finished search job: made once per session, shared with tests/ui/test_search_ui.py."""
+    return shared_search["job"]
 
 
 def spec_of(teacher: dict) -> ArchSpec:
@@ -106,7 +81,11 @@ def test_progress_counts_candidates_scored_and_per_minute(live_app, search):
 
 def test_a_candidate_becomes_one_saved_plan(live_app, run, search):
     data = live_app.api.get(f"/searches/{search['id']}/candidates").json()
-    best = data["candidates"][0]
+    # The best candidate not saved yet (the search is shared: the UI tests save some of its candidates).
+    saved_names = [
+        p["name"] for p in live_app.api.get("/plans", params={"teacher_id": run["teacher"]["id"]}).json()
+    ]
+    best = next(c for c in data["candidates"] if not any(n.endswith(f": {c['id']}") for n in saved_names))
     url = f"/searches/{search['id']}/candidates/{best['id']}/plan"
     first = live_app.api.post(url)
     assert first.status_code == 201, first.text

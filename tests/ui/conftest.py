@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import settle_jobs
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOTS = REPO / "docs" / "screenshots"  # tracked: rewritten only when asked (doc_shot)
@@ -21,6 +23,16 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@pytest.fixture(scope="module")
+def live_app(shared_live_app):
+    """tests/ui's modules share one running app (tests/conftest.py `shared_live_app`): same interface as
+    the per-module `live_app` there. Whatever a module leaves queued or running is cancelled at its end."""
+    yield shared_live_app
+    left = settle_jobs(shared_live_app)
+    if left:
+        print(f"cancelled jobs left by the module: {left}")
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def test_angular_scan_is_started_drawn_and_fills_the_closest_block(page, live_ap
     box.check()
     page.click(f"{form} button[type=submit]")
     page.wait_for_selector("[data-testid=importance-runs] tr[data-run-id]")
-    run = api.get("/importance-runs").json()[0]
+    (run,) = api.get("/importance-runs", params={"teacher_id": teacher["id"]}).json()
     assert run["params"]["scans"] == ["bi", "block", "angular"] and run["params"]["block_size"] == 2
     assert live_app.wait_job(run["job_id"])["status"] == "succeeded"
     rid = run["id"]
@@ -120,7 +120,12 @@ def test_angular_scan_is_started_drawn_and_fills_the_closest_block(page, live_ap
 
 def test_the_study_wizard_names_the_block_size_of_an_angular_only_run(page, live_app):
     api = live_app.api
-    teacher = next(t for t in api.get("/teachers").json() if t["status"] == "ready")
+    # The tiny teacher this module registered (the app is shared: other modules' teachers are there too).
+    teacher = next(
+        t
+        for t in api.get("/teachers").json()
+        if t["status"] == "ready" and t["source"] == str(live_app.teacher_dir) and t["name"] == "tiny"
+    )
     dataset = api.get("/datasets").json()[0]
     body = {"teacher_id": teacher["id"], "dataset_id": dataset["id"], "samples": 4, "seq_len": 16}
     r = api.post("/importance-runs", json={**body, "batch_size": 4, "scans": ["angular"], "block_size": 3})

@@ -69,23 +69,10 @@ def _connects(port: int) -> bool:
         return False
 
 
-def test_explorer_paints_and_counts_clicks_in_firefox(firefox, live_app):
-    api = live_app.api
-    teacher = api.post("/teachers", json={"name": "ff", "source": str(live_app.teacher_dir)}).json()
-    live_app.wait_job(teacher["job_id"])
-    dataset = api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
-    run = api.post(
-        "/importance-runs",
-        json={
-            "teacher_id": teacher["id"],
-            "dataset_id": dataset["id"],
-            "samples": 8,
-            "seq_len": 32,
-            "batch_size": 4,
-        },
-    ).json()
-    assert live_app.wait_job(run["job_id"])["status"] == "succeeded"
-    teacher = api.get(f"/teachers/{teacher['id']}").json()
+def test_explorer_paints_and_counts_clicks_in_firefox(firefox, live_app, shared_run):
+    # The session's tiny teacher and importance run (tests/conftest.py `shared_run`, on this app): only
+    # read here (the clicks change the browser's draft, nothing on the server).
+    teacher, run = shared_run["teacher"], {"id": shared_run["run_id"]}
 
     firefox.navigate(f"{live_app.url}/#/explore/{run['id']}")
     wait_for(

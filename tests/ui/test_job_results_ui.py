@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.platform.helpers import make_student
+from tests.platform.helpers import make_dataset, make_student
 from tests.ui.conftest import shot
 
 pytestmark = pytest.mark.ui
@@ -89,8 +89,6 @@ def shown(text: str, unit: str) -> float:
 
 
 def test_evaluate_and_benchmark_results_are_cards_with_units(page, live_app, student):
-    from tests.platform.helpers import make_dataset
-
     dataset = make_dataset(live_app)
     params = {"dataset_id": dataset["id"], "split": "validation", "max_documents": 4, "seq_len": 32}
     ev = {}
@@ -164,7 +162,7 @@ def test_compare_table_and_log_follow_the_live_events(page, live_app, student):
     page.goto(f"{live_app.url}/#/compare?students={student['id']}")
     page.wait_for_selector("[data-testid=bench-table]")
     page.wait_for_timeout(1000)  # the teacher stream is open (it starts at "now")
-    dataset_id = live_app.api.get("/datasets").json()[0]["id"]
+    dataset_id = make_dataset(live_app)["id"]
     params = {"dataset_id": dataset_id, "split": "validation", "max_documents": 2, "seq_len": 16}
     r = live_app.api.post("/jobs", json={"kind": "evaluate", "student_id": student["id"], "params": params})
     job = live_app.wait_job(r.json()["id"])

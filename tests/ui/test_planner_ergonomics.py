@@ -22,7 +22,9 @@ pytestmark = pytest.mark.ui
 @pytest.fixture(scope="module")
 def setup(live_app):
     api = live_app.api
-    teacher = api.post("/teachers", json={"name": "tiny", "source": str(live_app.teacher_dir)}).json()
+    # A small evaluation protocol (4 documents, not 64): the preview below measures the teacher on it.
+    body = {"name": "tiny", "source": str(live_app.teacher_dir), "eval_protocol": {"max_documents": 4}}
+    teacher = api.post("/teachers", json=body).json()
     assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
     data = make_dataset(live_app, documents=40)
     body = {

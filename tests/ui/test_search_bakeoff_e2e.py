@@ -6,8 +6,6 @@ numbers say; promoting the winner queues its full distillation from the bake-off
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.ui.conftest import shot
@@ -15,37 +13,11 @@ from tests.ui.conftest import shot
 pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_search_then_bakeoff_of_the_top_three(page, live_app):
+def test_search_then_bakeoff_of_the_top_three(page, live_app, shared_run):
     api = live_app.api
-    # A small evaluation protocol: the bake-off evaluates each candidate before and after distillation.
-    protocol = {"max_documents": 4, "context": 32, "stride": 16}
-    body = {"name": "tiny", "source": str(live_app.teacher_dir), "eval_protocol": protocol}
-    teacher = api.post("/teachers", json=body).json()
-    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
-    dataset = api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
-    r = api.post(
-        "/importance-runs",
-        json={
-            "teacher_id": teacher["id"],
-            "dataset_id": dataset["id"],
-            "samples": 8,
-            "seq_len": 32,
-            "batch_size": 4,
-            "block_size": 1,
-        },
-    )
-    run_id = r.json()["id"]
-    assert live_app.wait_job(r.json()["job_id"])["status"] == "succeeded"
+    # The session's tiny teacher (a small evaluation protocol: the bake-off evaluates each candidate before
+    # and after distillation) and its importance run (tests/conftest.py `shared_run`, on this app).
+    teacher, run_id = shared_run["teacher"], shared_run["run_id"]
 
     # The Teachers page links the run to a new search; the form starts it.
     page.goto(f"{live_app.url}/#/teachers?teacher={teacher['id']}")

@@ -15,44 +15,12 @@ from worker.engine.plan import PrunePlan
 
 pytestmark = pytest.mark.ui
 
-SETTINGS = {
-    "budgets": ["params=80%"],
-    "mlp_step": 8,
-    "hidden_step": 8,
-    "max_depth_cut": 0.5,
-    "frontier_only": False,
-    "eval_samples": 4,
-    "eval_seq_len": 32,
-    "eval_batch_size": 4,
-}
-
 
 @pytest.fixture(scope="module")
-def search(live_app):
-    api = live_app.api
-    teacher = api.post("/teachers", json={"name": "tiny", "source": str(live_app.teacher_dir)}).json()
-    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
-    dataset = api.post("/datasets", json={"name": "demo", "source": "demo"}).json()
-    r = api.post(
-        "/importance-runs",
-        json={
-            "teacher_id": teacher["id"],
-            "dataset_id": dataset["id"],
-            "samples": 8,
-            "seq_len": 32,
-            "batch_size": 4,
-            "scans": ["bi", "drop", "block"],
-            "block_size": 1,
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert live_app.wait_job(r.json()["job_id"])["status"] == "succeeded"
-    r = api.post("/searches", json={"importance_run_id": r.json()["id"], "top_k": 3, "settings": SETTINGS})
-    assert r.status_code == 201, r.text
-    job = live_app.wait_job(r.json()["id"], timeout=300)
-    assert job["status"] == "succeeded", job
-    data = api.get(f"/searches/{job['id']}/candidates").json()
-    return {"job": job, "data": data}
+def search(shared_search):
+    """The session's search of the tiny teacher (tests/conftest.py `shared_search`, on the shared app that
+    is this module's `live_app` too): {"job", "data"}."""
+    return shared_search
 
 
 def pareto_ids(cands: list[dict], axis: str = "params") -> list[str]:
