@@ -237,6 +237,7 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop and angular-distance scans" }),
         field({ name: "seed", label: "Seed", type: "number", value: 0 }),
         field({ name: "gpus", label: "GPUs", type: "number", value: 1, min: 1, title: "data-parallel ranks on one worker: each scores every N-th batch and the sums are all-reduced (same scores); the teacher is loaded whole on each" }),
+        field({ name: "nodes", label: "Nodes", type: "number", value: 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above (same scores); the run waits until all have joined" }),
         field({ name: "offload", label: "Teacher", options: [["auto", "auto"], ["always", "streamed layer by layer"], ["never", "whole in memory"]], value: "auto",
           title: "auto: stream one decoder layer at a time when the teacher does not fit the worker's device (same scores either way)" }),
       ),
@@ -261,14 +262,24 @@ export async function teachersView(host, { query }, ctx) {
       const queue = queueFor("auto", workers);
       // gpus > 1: data-parallel ranks, each with the whole teacher (a streamed pass runs in one process);
       // on a CPU worker they share its memory (backend/memcheck.check_importance, mirrored).
-      const ranks = Math.max(1, v.gpus || 1);
-      const p = { seq_len: v.seq_len, samples: v.samples, block_size: v.block_size || 2, offload: ranks > 1 ? "never" : v.offload || "auto", scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]) };
+      // nodes > 1: that many workers, each running `gpus` ranks, must hold it (the API's 409 otherwise).
+      const ranks = Math.max(1, v.gpus || 1), nodes = Math.max(1, v.nodes || 1);
+      const p = { seq_len: v.seq_len, samples: v.samples, block_size: v.block_size || 2, offload: ranks * nodes > 1 ? "never" : v.offload || "auto", scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]) };
       const device = queue === "gpu" ? "cuda" : "cpu";
       const copies = ranks > 1 && device === "cpu" ? ranks : 1;
       const need = (b) => copies * importanceNeed(t.spec, { ...p, batch_size: b.batch_size }, device);
       const able = workers.filter((w) => (w.device_count || 1) >= ranks);
       const line = fitLine(need, { batch_size: v.batch_size }, able, queue, halvedBatches(v.batch_size));
       if (ranks > 1) line.text = line.text.replace("per device", copies > 1 ? `for ${ranks} ranks on one host (a whole teacher each)` : `per GPU, ${ranks} data-parallel ranks (a whole teacher each)`);
+      if (nodes > 1) {
+        line.text = line.text.replace(/^needs (\S+ \S+) (.*?)(;|$)/, `needs $1 $2 on each of ${nodes} workers (${ranks * nodes} ranks)$3`);
+        const onQueue = (w) => !queue || (w.queues || []).includes(queue);
+        const holders = able.filter(onQueue).filter((w) => !w.memory || usableBytes(w.memory) >= line.needed).length;
+        if (workers.some(onQueue) && holders < nodes) {
+          line.text += `; only ${holders} live worker(s) with ${ranks} device(s) can hold a node, ${nodes} needed`;
+          line.fits = false;
+        }
+      }
       const sizes = workers.filter((w) => w.memory && (w.queues || []).includes(queue)).map((w) => usableBytes(w.memory));
       const layout = importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sizes.length ? Math.max(...sizes) : null);
       // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
@@ -287,6 +298,7 @@ export async function teachersView(host, { query }, ctx) {
         block_size: v.block_size,
         seed: v.seed,
         gpus: v.gpus || 1,
+        nodes: v.nodes || 1,
         offload: v.offload || "auto",
         scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]),
       };

@@ -1,0 +1,36 @@
+"""The importance form's Nodes field (frontend/js/views/teachers.js): its memory line counts the workers
+a `nodes: M` run needs, and flags one the live workers cannot form (the API's 409), on the shared app
+(one worker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.engine import memplan
+
+pytestmark = pytest.mark.ui
+IMP = "[data-testid=importance-form]"
+LINE = f"{IMP} [data-testid=memory-estimate]"
+
+
+def test_importance_form_nodes_field_and_memory_line(page, live_app, shared_run):
+    teacher = shared_run["teacher"]
+    page.goto(f"{live_app.url}/#/teachers?teacher={teacher['id']}")
+    page.wait_for_function(f"document.querySelector('{LINE}')?.textContent.includes('needs')")
+    page.fill(f"{IMP} input[name=nodes]", "2")
+    need = memplan.importance_memory(
+        memplan.spec_from_summary(teacher["spec"]),
+        batch_size=8,
+        seq_len=128,
+        scans=("bi", "drop", "block"),
+        block_size=2,
+        samples=64,
+        device="cpu",
+    )["total"]
+    want = f"needs {memplan.format_bytes(need)} per device on each of 2 workers (2 ranks)"
+    page.wait_for_function(f"document.querySelector('{LINE}').textContent.includes({want!r})")
+    text = page.locator(LINE).inner_text()
+    assert "only 1 live worker(s) with 1 device(s) can hold a node, 2 needed" in text, text
+    assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
+    page.fill(f"{IMP} input[name=nodes]", "1")
+    page.wait_for_function(f"!document.querySelector('{LINE}').textContent.includes('workers (')")
