@@ -11,7 +11,7 @@ import { fitLine, formatBytes, usableBytes } from "../memplan.js";
 import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
-import { protocolNote } from "../components/protocol.js";
+import { protocolEditor, protocolNote } from "../components/protocol.js";
 
 export async function teachersView(host, { query }, ctx) {
   const state = { teachers: [], datasets: [], runs: [], selected: Number(query.get("teacher")) || null };
@@ -213,9 +213,10 @@ export async function teachersView(host, { query }, ctx) {
         showError(err, e);
       }
     };
-    return h("div.row", { style: { marginTop: "6px", gap: "8px" } },
+    const edit = protocolEditor(t, { onSaved: refresh });
+    return [h("div.row", { style: { marginTop: "6px", gap: "8px" } },
       h("span.hint", "evaluation protocol"), protocolNote(t.eval_protocol, { testid: "teacher-protocol", prefix: "" }),
-      h("button.small", { onclick: evaluate, dataset: { testid: "evaluate-teacher" }, title: "queue this teacher's perplexity on its protocol" }, "Evaluate"), err);
+      h("button.small", { onclick: evaluate, dataset: { testid: "evaluate-teacher" }, title: "queue this teacher's perplexity on its protocol" }, "Evaluate"), edit.button, err), edit.form];
   }
 
   /** "from student #5 (distill job #9)": a teacher promoted from a student of an earlier round. */
