@@ -297,3 +297,32 @@ def test_reads_own_their_memory_and_leave_no_map_of_the_shards(tmp_path):
         kept = f.get_slice("w")[:]
     assert mapped_bytes(files) > baseline
     del kept
+
+
+def test_big_reads_have_their_own_memory_which_goes_back_on_release(tmp_path):
+    """A read of MMAP_MIN_BYTES or more sits in an anonymous map of its own, unmapped when the tensor
+    dies (glibc's heap kept freed layer-sized blocks: a streamed pass's RSS grew by about a layer per
+    load); small reads come from the allocator."""
+    from safetensors.torch import save_file
+
+    from worker.engine.checkpoint_reader import MMAP_MIN_BYTES
+
+    big = torch.arange(MMAP_MIN_BYTES // 2, dtype=torch.float32).reshape(-1, 64)  # 2 MMAP_MIN_BYTES
+    save_file({"big": big, "small": torch.ones(8)}, tmp_path / "model.safetensors")
+    reader = CheckpointReader(tmp_path)
+
+    def region(address: int) -> tuple[int, int] | None:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start <= address < end:
+                return start, end
+        return None
+
+    tensor = reader.read("big")
+    assert torch.equal(tensor, big)
+    start, end = region(tensor.data_ptr())
+    assert start == tensor.data_ptr() and end - start == 2 * MMAP_MIN_BYTES  # the whole map is the tensor
+    rows = reader.read("big", ((3, 4, 5), None))  # a part: a small buffer
+    assert torch.equal(rows, big[3:6])
+    del tensor
+    assert region(start) is None

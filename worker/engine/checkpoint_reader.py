@@ -9,12 +9,20 @@ tensor that keeps the whole shard's map alive for as long as the tensor lives, s
 would pin one map per parameter and the process's mapped size and resident file pages would grow
 with what it holds), and the file is closed when the read returns. Reading a whole checkpoint this
 way keeps about one tensor in memory, whatever its size; a freed tensor leaves nothing behind.
+
+Buffers of `MMAP_MIN_BYTES` or more are anonymous memory maps of their own (`mmap.mmap(-1, n)`,
+no file behind them), unmapped when the last tensor viewing them dies. From glibc's heap they would
+not reliably go back to the system: freeing a block raises malloc's dynamic mmap threshold, later
+blocks of layer size come from the heap, and a streamed pass that loads and frees layers saw its
+resident memory grow by about a layer's size per load (measured: +264 MiB per sweep over 8 layers of a
+0.64 GB model, flat with the maps).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ INDEX_FILE = "model.safetensors.index.json"
 MAX_RUNS = 16  # more runs of kept rows than this: read the tensor whole, then gather the rows
 SINGLE_FILE = "model.safetensors"
 READ_CHUNK = 1 << 30  # bytes per read call (Linux returns at most ~2 GiB from one read)
+MMAP_MIN_BYTES = 1 << 20  # buffers this big get an anonymous map of their own (module docstring)
 
 # safetensors' dtype codes (its format spec) -> torch dtypes; ones this torch lacks are left out.
 _DTYPES = {
@@ -73,6 +82,13 @@ def read_header(file: str | os.PathLike) -> tuple[dict, int]:
     header = json.loads(raw)
     header.pop("__metadata__", None)
     return header, 8 + n
+
+
+def owned_buffer(nbytes: int) -> torch.Tensor:
+    """An uninitialised uint8 tensor of `nbytes` whose memory goes back to the system when it dies."""
+    if nbytes < MMAP_MIN_BYTES:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)  # the tensor keeps the map
 
 
 def _read_into(f, buffer: torch.Tensor, offset: int) -> None:
@@ -159,7 +175,7 @@ class CheckpointReader:
             gather = len(runs) > MAX_RUNS  # scattered rows: one read and a gather beat many small reads
             if gather:
                 runs = [(0, shape[0])]
-            buffer = torch.empty(sum(b - a for a, b in runs) * row_bytes, dtype=torch.uint8)
+            buffer = owned_buffer(sum(b - a for a, b in runs) * row_bytes)
             with open(self.path / entry.file, "rb", buffering=0) as f:
                 at = 0
                 for a, b in runs:
