@@ -21,6 +21,12 @@ on); streamed importance through `compute_importance_streamed` from a saved chec
 its activation stores on the device or spilled); evaluation as `perplexity` scores one batch (final hidden states, then the chunked-head NLL). The
 target is |estimate / tensors - 1| <= 15% for every case.
 
+Besides Llama, the families whose attention or projections differ: Gemma 2 (transformers runs its soft-capped
+attention with the eager kernel: [B, H, S, S] scores, masks, repeated keys and values; soft-capped final
+logits) and Phi-3 (fused qkv_proj and gate_up_proj), through the same job paths; and padded calibration
+batches (`padded=True`: attention gets a mask, so grouped keys and values are repeated to every head).
+`--family gemma2`, `--padded` and `--only KIND` pick cases; `--tensors-only` skips the RSS runs.
+
 Usage:
     python bench/memory_planner_bench.py            # all cases (CPU, or CUDA when available)
     python bench/memory_planner_bench.py --quick    # three cases
