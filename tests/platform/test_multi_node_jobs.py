@@ -145,6 +145,125 @@ def test_cancel_ends_the_ranks_of_every_node(two_nodes):
     assert wait_no_ranks(str(app.data_dir)) == []
 
 
+def _importance(app, teacher_id: int, dataset_id: int, **params) -> dict:
+    body = {"teacher_id": teacher_id, "dataset_id": dataset_id, "samples": 8, "seq_len": 24, "batch_size": 2}
+    r = app.api.post("/importance-runs", json={**body, "scans": ["bi", "drop"], **params})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _evaluate(app, teacher_id: int, **params) -> dict:
+    params = {"max_documents": 6, "seq_len": 32, "stride": 16, **params}
+    r = app.api.post("/jobs", json={"kind": "evaluate", "teacher_id": teacher_id, "params": params})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_competing_gangs_both_run_and_importance_and_evaluate_over_two_nodes_are_one_process(two_nodes):
+    """An importance run and an evaluation, both `nodes: 2`, reach the two workers together (both
+    paused while they are sent, so each worker takes one job's node 0): without arbitration both gangs
+    would wait for the other's worker until their timeouts. The younger gang yields, the older forms,
+    then the younger: both succeed. The importance artifact equals a one-process run's and the
+    perplexity a one-process evaluation's, to 1e-6 relative."""
+    import numpy as np
+
+    from worker.engine.importance.result import ImportanceResult
+
+    app = two_nodes
+    student = _student(app)
+    teacher, dataset = student["teacher_id"], make_dataset(app)["id"]
+    for w in (app.worker, app.second):
+        w.pause()
+    try:
+        imp = _importance(app, teacher, dataset, nodes=2)
+        ev = _evaluate(app, teacher, nodes=2)
+    finally:
+        for w in (app.worker, app.second):
+            w.pause(False)
+    jobs = [app.wait_job(imp["job_id"], timeout=240), app.wait_job(ev["id"], timeout=240)]
+    for job in jobs:
+        assert job["status"] == "succeeded", (job.get("error"), app.worker.log(), app.second.log())
+    logs = [_text(app, job["id"]) for job in jobs]
+    assert sum("gives way, node 0 retries" in text for text in logs) >= 1, logs  # a gang yielded
+    assert all("[node 1] launching 1 ranks" in text for text in logs)
+    result = jobs[0]["result"]
+    assert result["world_size"] == 2 and result["nodes"] == 2 and len(set(result["workers"])) == 2
+    assert jobs[1]["result"]["distributed"]["nodes"] == 2
+
+    one_imp = app.wait_job(_importance(app, teacher, dataset)["job_id"], timeout=150)
+    one_ev = app.wait_job(_evaluate(app, teacher)["id"], timeout=150)
+    assert one_imp["status"] == one_ev["status"] == "succeeded", (one_imp.get("error"), one_ev.get("error"))
+    got, want = (
+        ImportanceResult.load(app.data_dir / "artifacts" / j["result"]["artifact"])
+        for j in (jobs[0], one_imp)
+    )
+    assert got.manifest["world_size"] == 2 and got.manifest["nodes"] == 2 and got.samples == want.samples
+    assert any(np.abs(a).max() > 0 for a in want.arrays.values())
+    worst = 0.0
+    for name, expected in want.arrays.items():
+        np.testing.assert_allclose(got.arrays[name], expected, rtol=1e-6, atol=1e-12, err_msg=name)
+        scale = np.abs(expected).max()
+        if scale > 0:
+            worst = max(worst, float(np.abs(got.arrays[name] - expected).max() / scale))
+    two_ppl, one_ppl = jobs[1]["result"]["perplexity"], one_ev["result"]["perplexity"]
+    assert two_ppl["tokens"] == one_ppl["tokens"] > 0 and two_ppl["world_size"] == 2
+    rel = abs(two_ppl["perplexity"] / one_ppl["perplexity"] - 1)
+    assert rel <= 1e-6, (two_ppl, one_ppl)
+    print(
+        f"over 2 nodes vs one process: importance worst relative difference {worst:.2e}, perplexity {rel:.2e}"
+    )
+    assert rank_processes(str(app.data_dir)) == []
+
+
+def test_importance_over_more_nodes_than_workers_is_refused(two_nodes):
+    app = two_nodes
+    student = _student(app)
+    body = {"teacher_id": student["teacher_id"], "dataset_id": make_dataset(app)["id"], "nodes": 3}
+    r = app.api.post("/importance-runs", json=body)
+    assert r.status_code == 409 and "use nodes <= 2" in r.text, r.text
+    r = app.api.post("/importance-runs", json={**body, "nodes": 2, "offload": "always"})
+    assert r.status_code == 422 and "offload" in r.text and "nodes > 1" in r.text, r.text
+
+
+def _node_job_process(marker: str, node: int) -> int:
+    """The job process running node `node`'s torchrun agent (the agent's parent)."""
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "torch.distributed.run" in cmd and f"--node-rank={node}" in cmd and marker in cmd:
+                status = (proc / "status").read_text()
+                return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+        except OSError:
+            continue
+    raise AssertionError(f"no torchrun agent of node {node}")
+
+
+def test_a_node_whose_worker_shuts_down_is_reported_as_such(two_nodes):
+    """Node 1's worker shuts down: its warm shutdown sends SIGTERM to node 1's job process
+    (worker.isolation), which stops its ranks, and every rank stops with them (the stop is all-reduced)
+    with a checkpoint. The job fails saying which node stopped and why, not with torchrun's exit code,
+    and is resumable. (The signal goes to the job process itself, so the worker stays for the next test.)"""
+    import signal
+
+    app = two_nodes
+    student = _student(app)
+    job = start_distill(app, student["id"], gpus=1, nodes=2, steps=100_000, checkpoint_every=0)
+    wait_for_step(app, job["id"], 1)
+    line = re.search(r"node 1 ([^ ]+):(\d+)", _text(app, job["id"]))
+    worker = f"{line.group(1)}:{line.group(2)}"
+    os.kill(_node_job_process(str(app.data_dir), 1), signal.SIGTERM)
+    done = app.wait_job(job["id"], timeout=120)
+    assert done["status"] == "failed", done
+    assert f"node 1 (worker {worker}) stopped: worker shutting down; resumable" in done["error"], done[
+        "error"
+    ]
+    assert "exited with code" not in done["error"]
+    assert done["resumable"] and done["checkpoint_step"] >= 1  # every rank stopped with a checkpoint
+    assert wait_no_ranks(str(app.data_dir)) == []
+
+
 def test_losing_a_node_fails_the_job_and_leaves_no_rank(two_nodes):
     """Last in the module: SIGKILL the worker running node 1; every rank on both nodes ends."""
     app = two_nodes
