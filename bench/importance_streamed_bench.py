@@ -22,6 +22,12 @@ weights takes a minute or two (on the GPU when there is one); `--workdir DIR --k
         --samples 2 --seq-len 64 --batch-size 1 --scans bi,drop,block --shard-gb 1
 gave, on 2 shared cores: 3.41 GB of weights in 4 shards, 35.3 s vs 35.0 s, peak RSS 2.66 GB in memory vs
 1.34 GB streamed, every array bit-identical.
+
+`--store-cap N`: a third streamed run with room for only N activation stores (device tier, no disk),
+so the loss scans run in several passes over the checkpoint. 2026-11-30, cpu-small, bi,drop,block,
+`--store-cap 4` (16 stores needed: 5 passes, 40 layer loads), 2 shared cores: in memory 30.5 s / 812 MB
+peak RSS, streamed 32.9 s (1.08x) / 527 MB, capped 36.6 s (1.20x) / 491 MB, both bit-identical to in
+memory.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ CONFIGS = {
         tie_word_embeddings=False,
     ),
 }
-MODES = ("in_memory", "streamed", "streamed_disk")
+MODES = ("in_memory", "streamed", "streamed_disk", "streamed_capped")
 
 
 def parse_args(argv=None):
@@ -108,6 +114,13 @@ def parse_args(argv=None):
         "--disk",
         action="store_true",
         help="also stream with every activation store forced to memory-mapped files (as when RAM is short)",
+    )
+    p.add_argument(
+        "--store-cap",
+        type=int,
+        default=None,
+        help="also stream with room for only this many activation stores (on the device, no disk): "
+        "the loss scans then run in several passes over the checkpoint",
     )
     p.add_argument(
         "--streamed-only",
@@ -183,6 +196,10 @@ def child(args) -> None:
         budget = (
             StoreBudget(0, 0, spill_dir=str(Path(args.out).parent)) if args.child == "streamed_disk" else None
         )
+        if args.child == "streamed_capped":
+            act = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
+            store = args.samples * args.seq_len * config.hidden_size * act
+            budget = StoreBudget(args.store_cap * store, 0, disk_bytes=0)
         result = compute_importance_streamed(
             args.model,
             batches,
@@ -268,6 +285,8 @@ def run_child(args, mode: str, model: Path, out: Path, scans: str) -> dict:
         "--batch-size",
         str(args.batch_size),
     ]
+    if args.store_cap:
+        argv += ["--store-cap", str(args.store_cap)]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{mode} failed:\n{done.stderr[-3000:]}")
@@ -352,7 +371,11 @@ def main(argv=None) -> None:
             f"{args.config} on {args.device}, {args.dtype}, weights {size / 1e9:.2f} GB; "
             f"{args.samples} samples x {args.seq_len} tokens, batch {args.batch_size} ({tokens} tokens)"
         )
-        modes = MODES if args.disk else MODES[:2]
+        modes = (
+            MODES[:2]
+            + (("streamed_disk",) if args.disk else ())
+            + (("streamed_capped",) if args.store_cap else ())
+        )
         if args.streamed_only:
             modes = tuple(m for m in modes if m != "in_memory")
         layer_params = layer_parameters(args.config, args.layers)
@@ -382,7 +405,8 @@ def main(argv=None) -> None:
             for m in modes[1:]:
                 stores = results[m]["execution"]["activations"]
                 print(
-                    f"{m}: activation stores {stores['stores']} of {_gb(stores['store_bytes'])} each; "
+                    f"{m}: {results[m]['execution']['passes']} pass(es), {results[m]['execution']['layer_loads']} "
+                    f"layer loads; activation stores {stores['stores']} of {_gb(stores['store_bytes'])} each; "
                     f"max relative difference to in memory over every array: {diffs[m]:.2e}"
                 )
     finally:
