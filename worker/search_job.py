@@ -55,18 +55,21 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
     phase = {"name": None}
 
     def progress(done: int, total: int, message: str) -> None:
-        timing = message.startswith("timing")
-        if timing:  # shapes timed once each before scoring: the first 10% of the bar
+        name = "timing" if message.startswith("timing") else "scoring"
+        first = phase["name"] != name
+        if first:
+            phase.update(name=name, t0=time.monotonic(), done0=done)
+        if name == "timing":  # shapes timed once each before scoring: the first 10% of the bar
             fraction = 0.02 + 0.08 * done / max(total, 1)
             text = message
         else:
-            if phase["name"] != "scoring":
-                phase.update(name="scoring", t0=time.monotonic(), done0=done)
             minutes = max(time.monotonic() - phase["t0"], 1e-6) / 60
             rate = (done - phase["done0"]) / minutes
             fraction = 0.1 + 0.89 * done / max(total, 1)
             text = f"{done}/{total} candidates scored · {rate:.0f} per minute"
-        rt.progress(fraction, text)
+        # A phase's first and last counts are never throttled away: a fast search would otherwise show
+        # only the load's message before its report.
+        rt.progress(fraction, text, force=first or done >= total, phase=name)
         rt.raise_if_cancelled()
 
     cache = Path(rt.settings.cache).expanduser() / "latency.json" if rt.settings.cache else None
