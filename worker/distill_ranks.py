@@ -20,8 +20,8 @@ from backend.db import session_scope
 from backend.models import Job, Student, Teacher
 from backend.routing import device_type
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
-from worker.gang import Gang, GangIncomplete
-from worker.multi_rank import Rendezvous, run_ranks
+from worker.gang import opened
+from worker.multi_rank import run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.cli"  # `python -m worker.cli distill ...`: the prunescope command, run by each rank
@@ -134,7 +134,7 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     resume = resuming(job, ckpt)
     steps = total_steps(p)
     # A job over several nodes first gathers its gang (worker.gang): node 0 is this process.
-    rendezvous, workers = lead_gang(rt, job, ranks) if nodes > 1 else (None, [rt.worker_name])
+    rendezvous, workers = opened(rt, job.id, nodes) if nodes > 1 else (None, [rt.worker_name])
 
     report_checkpoint = CheckpointMirror(rt, ckpt)  # the sharded checkpoint's step, into the job row
 
@@ -199,23 +199,3 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         },
         "final_validation": {k: v for k, v in final.items() if isinstance(v, (int, float))},
     }
-
-
-def lead_gang(rt: JobRuntime, job: Job, ranks: int) -> tuple[Rendezvous, list[str]]:
-    """Node 0 of a job over several nodes: the gang its task formed and opened (worker.gang.lead). The
-    job's log and row name every node's worker."""
-    nodes = int(job.params["nodes"])
-    gang = Gang.of(rt.settings, job.id, rt.attempt, nodes)
-    state, endpoint = gang.state()
-    if state != "open":
-        raise GangIncomplete(endpoint or "nodes: the job's gang was not formed")
-    members = gang.members()
-    workers = [m["worker"] for m in members.values()]
-    rt.log(
-        f"gang of {nodes} nodes: "
-        + ", ".join(f"node {i} {m['worker']}" for i, m in members.items())
-        + f"; rendezvous at {endpoint}"
-    )
-    with session_scope(rt.url) as s:
-        s.get(Job, job.id).worker = ", ".join(workers)[:200]
-    return Rendezvous(nodes, 0, endpoint, rt.settings.gang_timeout_s), workers
