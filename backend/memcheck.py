@@ -8,6 +8,7 @@ workers from before this field) nothing is refused and the job waits as before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session
@@ -192,11 +193,80 @@ def _halved_batches(batch_size: int) -> list[dict]:
     return out
 
 
-def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue: str) -> None:
+HOST_RESERVE_BYTES = 2 << 30  # importance/activation_store.py's: RAM a CPU pass's stores leave free
+
+
+def importance_padded(params: dict) -> bool:
+    """Document calibration (no `stream`) right-pads short windows (data.calibration_batches), so
+    attention gets a padding mask; streamed calibration reads packed blocks, never padded."""
+    return not params.get("stream")
+
+
+def spill_limit(settings: Settings, params: dict) -> int | None:
+    """The disk tier's limit in bytes a streamed pass will get: the job's `spill_limit_gb`, else
+    PRUNESCOPE_SPILL_LIMIT_GB; None: the worker's spill directory's free space (unknown here)."""
+    return memplan.spill_limit_bytes(
+        params.get("spill_limit_gb") or getattr(settings, "spill_limit_gb", None)
+    )
+
+
+def _importance_options(params: dict, device: str) -> dict:
+    return dict(
+        batch_size=params["batch_size"],
+        seq_len=params["seq_len"],
+        scans=tuple(params.get("scans", ())),
+        block_size=params.get("block_size", 2),
+        samples=params.get("samples"),
+        device=device,
+        padded=importance_padded(params),
+    )
+
+
+def importance_layout(
+    spec: memplan.ArchSpec,
+    params: dict,
+    device: str = "cpu",
+    capacity: int | None = None,
+    disk_budget: int | None = None,
+) -> dict:
+    """The layout a one-process importance run will take, as the worker chooses it: streamed with
+    `offload` "always", or "auto" when the whole teacher exceeds `capacity` (bytes; None: unknown).
+    `spill`: a streamed pass's activation stores outside the device (pinned RAM, disk); `passes` over
+    the checkpoint (memplan.streamed_passes): the stores get what `capacity` leaves of the device
+    (less the host reserve on a CPU) and `disk_budget` of disk; None: not even one pass fits.
+    frontend/js/jobmemory.js's importanceLayout mirrors it."""
+    opts = _importance_options(params, device)
+    offload = params.get("offload", "auto")
+    whole = memplan.importance_memory(spec, **opts, streamed=False)["total"]
+    streamed = offload == "always" or (offload == "auto" and capacity is not None and whole > capacity)
+    if not streamed:
+        return {"streamed": False, "spill": 0, "passes": 1}
+    layered = memplan.importance_memory(spec, **opts, streamed=True, device_budget=0)
+    passes = 1
+    if disk_budget is not None:
+        reserve = HOST_RESERVE_BYTES if device == "cpu" else 0
+        room = 0 if capacity is None else max(0, capacity - layered["total"] - reserve)
+        capped = memplan.importance_memory(
+            spec, **opts, streamed=True, device_budget=room, disk_budget=disk_budget
+        )
+        passes = capped["settings"]["passes"]
+    return {
+        "streamed": True,
+        "spill": layered["host_total"] + layered["disk"],
+        "passes": passes,
+        "store_bytes": layered["settings"]["store_bytes"],
+    }
+
+
+def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue: str) -> dict:
     """409 when an importance run fits no live worker on its queue. With `offload` "auto" the worker
     streams the teacher layer by layer when it does not fit, so the smaller of the two layouts counts.
     A streamed pass spills the activation stores its device budget does not admit (pinned RAM, disk),
-    so only its weights and one batch's working set must fit the device (`device_budget=0`)."""
+    so only its weights and one batch's working set must fit the device (`device_budget=0`).
+    A streamed run whose stores cannot fit even one pass within the spill limit (`spill_limit_gb`, else
+    PRUNESCOPE_SPILL_LIMIT_GB) and the device room the largest worker leaves is a 409 naming
+    `spill_limit_gb`. Returns the layout on the largest worker (`importance_layout`; `passes` 1 when
+    no worker reports its memory)."""
     spec = memplan.spec_from_summary(teacher_spec)
     device = "cuda" if queue == GPU else "cpu"
     offload = params.get("offload", "auto")
@@ -205,24 +275,47 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
     # worker they share one host memory, so it must hold N of them. Over M nodes, M workers must.
     one = ranks == 1 and nodes == 1
     layouts = {"never": (False,), "always": (True,)}.get(offload, (False, True)) if one else (False,)
-    scans = tuple(params.get("scans", ()))
     copies = ranks if device == "cpu" else 1
     check_devices(settings, queue, "importance run", ranks, nodes)
 
     def need(p: dict) -> int:
+        opts = _importance_options(p, device)
         return copies * min(
-            memplan.importance_memory(
-                spec,
-                batch_size=p["batch_size"],
-                seq_len=p["seq_len"],
-                scans=scans,
-                block_size=params.get("block_size", 2),
-                samples=params.get("samples"),
-                streamed=streamed,
-                device=device,
-                device_budget=0 if streamed else None,
-            )["total"]
+            memplan.importance_memory(spec, **opts, streamed=streamed, device_budget=0 if streamed else None)[
+                "total"
+            ]
             for streamed in layouts
         )
 
     refuse_unless_fits(settings, queue, "importance run", need, params, _halved_batches(params["batch_size"]))
+    caps = capacities(settings, queue, ranks)
+    if not (one and caps):
+        return {"streamed": offload == "always", "spill": 0, "passes": 1}
+    disk = spill_limit(settings, params)
+    best, where = caps[0]
+    layout = importance_layout(spec, params, device, best, disk)
+    if layout["passes"] is None:
+        fits = _smallest_spill_limit(spec, params, device, best, disk)
+        raise Conflict(
+            f"this importance run streams the teacher layer by layer, and its activation stores "
+            f"({layout['store_bytes'] / 1e9:.4g} GB each: every sample's hidden states) do not fit "
+            f"even one pass in the spill limit of {disk / 1e9:.3g} GB plus the memory the largest worker "
+            f"leaves ({where}); raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least {fits:g}, "
+            "or use fewer samples or a shorter seq_len",
+            field=("spill_limit_gb",),
+            nearby=[fits],
+        )
+    return layout
+
+
+def _smallest_spill_limit(spec, params: dict, device: str, capacity: int, disk: int) -> float:
+    """The smallest spill limit (GB, 2 decimals) with which the stores fit one pass."""
+    gb = max(0.01, disk / 1e9)
+    while importance_layout(spec, params, device, capacity, memplan.spill_limit_bytes(gb))["passes"] is None:
+        gb *= 2
+    lo, hi = 0, math.ceil(gb * 100)  # hundredths of a GB: lo does not fit, hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        fits = importance_layout(spec, params, device, capacity, memplan.spill_limit_bytes(mid / 100))
+        lo, hi = (lo, mid) if fits["passes"] is not None else (mid, hi)
+    return hi / 100

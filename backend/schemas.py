@@ -135,6 +135,14 @@ class ImportanceRunCreate(OnDevice, DataReading):
         "device's free memory (worker/engine/importance/offload.py). Same scores either way. With gpus "
         '> 1 the teacher is loaded whole ("auto" means "never")',
     )
+    spill_limit_gb: float | None = Field(
+        None,
+        gt=0,
+        le=1e6,
+        description="a streamed pass: at most this many GB of activation stores on the worker's spill disk; "
+        "scans that need more run in several passes over the checkpoint (default: PRUNESCOPE_SPILL_LIMIT_GB, "
+        "else the spill directory's free space less 2 GiB)",
+    )
 
     @field_validator("scans")
     @classmethod

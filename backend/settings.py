@@ -11,6 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -68,6 +69,10 @@ class Settings(BaseSettings):
     # Where layer-streamed importance memory-maps the activations that fit neither the device nor RAM
     # (a fast local disk, not a tmpfs); unset: the system temporary directory.
     spill_dir: Path | None = None
+    # At most this many GB of activation stores on the spill disk (an importance job's `spill_limit_gb`
+    # overrides it); scans that need more run in several passes over the checkpoint. Unset: the spill
+    # directory's free space less 2 GiB.
+    spill_limit_gb: float | None = Field(None, gt=0)
     # Where a host's workers keep their device lock files (worker/device_lock.py); unset: data_dir/locks.
     device_lock_dir: Path | None = None
     # Root of what the engine builds once and reuses (lm-eval's local task files); unset:

@@ -208,6 +208,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.importance.offload import choose_mode
     from worker.engine.importance.streamed import compute_importance_streamed
     from worker.engine.loading import load_tokenizer
+    from worker.engine.memplan import spill_limit_bytes
 
     if (job.params or {}).get("gpus", 1) > 1 or (job.params or {}).get("nodes", 1) > 1:  # data-parallel
         from worker.importance_ranks import run_importance_ranks
@@ -229,6 +230,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
             device=rt.device,
             reason=mode.reason,
             spill_dir=rt.settings.spill_dir,
+            disk_bytes=spill_limit_bytes(p.get("spill_limit_gb") or rt.settings.spill_limit_gb),
         )
     else:
         rt.progress(0.0, f"loading model: {mode.reason}", force=True)
@@ -292,6 +294,8 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "stability": _plain(result.rank_stability()),
         "mode": mode.name,
         "mode_reason": mode.reason,
+        # streamed: passes over the checkpoint (more than 1 when the spill limit capped the stores)
+        **({"passes": result.manifest["execution"]["passes"]} if mode.streamed else {}),
     }
 
 

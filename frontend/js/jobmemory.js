@@ -20,34 +20,50 @@ export function previewNeed(teacher, { seq_len: seqLen = 128, device = "cpu" } =
   return evaluationMemory(teacher, { batch_size: 8, seq_len: seqLen, device }).total;
 }
 
+/** Document calibration (no `stream`) right-pads short windows, so attention gets a mask (memcheck.importance_padded). */
+export function importancePadded(p) {
+  return !p.stream;
+}
+
+/** The disk tier's limit in bytes from `spill_limit_gb` (memplan.spill_limit_bytes); null: unset. */
+export function spillLimitBytes(gb) {
+  return gb === null || gb === undefined || gb === "" || Number.isNaN(gb) ? null : Math.trunc(gb * 1e9);
+}
+
+function importanceOptions(p, device) {
+  return { batch_size: p.batch_size, seq_len: p.seq_len, scans: p.scans || [], block_size: p.block_size ?? 2, samples: p.samples, device, padded: importancePadded(p) };
+}
+
 /** Importance: in memory or streamed layer by layer (`offload`); with "auto" the smaller layout counts,
  * since the worker streams a teacher that does not fit. A streamed pass spills the activation stores
  * the device cannot hold, so only its weights and one batch's working set must fit (device_budget 0). */
 export function importanceNeed(spec, p, device = "cpu") {
   const layouts = { never: [false], always: [true] }[p.offload || "auto"] || [false, true];
-  return Math.min(...layouts.map((streamed) => importanceMemory(spec, {
-    batch_size: p.batch_size,
-    seq_len: p.seq_len,
-    scans: p.scans,
-    block_size: p.block_size ?? 2,
-    samples: p.samples,
-    streamed,
-    device,
-    device_budget: streamed ? 0 : undefined,
-  }).total));
+  const opts = importanceOptions(p, device);
+  return Math.min(...layouts.map((streamed) => importanceMemory(spec, { ...opts, streamed, device_budget: streamed ? 0 : undefined }).total));
 }
 
-/** The layout the worker will run, and where a streamed pass's activation stores go: pinned RAM and disk
- * (bytes; they grow with the samples: every sample's hidden states, per open store). With "auto" the
- * worker streams when the whole model does not fit its device: `capacity` (bytes; null when unknown). */
-export function importanceLayout(spec, p, device = "cpu", capacity = null) {
-  const opts = { batch_size: p.batch_size, seq_len: p.seq_len, scans: p.scans, block_size: p.block_size ?? 2, samples: p.samples, device };
+const HOST_RESERVE_BYTES = 2 * 2 ** 30; // memcheck.HOST_RESERVE_BYTES
+
+/** The layout the worker will run (memcheck.importance_layout): where a streamed pass's activation
+ * stores go (`spill`: pinned RAM and disk, bytes; they grow with the samples) and its `passes` over the
+ * checkpoint, the stores getting what `capacity` leaves of the device and `diskBudget` of disk (null:
+ * not even one pass fits). With "auto" the worker streams when the whole model does not fit its
+ * device: `capacity` (bytes; null when unknown). */
+export function importanceLayout(spec, p, device = "cpu", capacity = null, diskBudget = null) {
+  const opts = importanceOptions(p, device);
   const offload = p.offload || "auto";
   const whole = importanceMemory(spec, { ...opts, streamed: false }).total;
   const streamed = offload === "always" || (offload === "auto" && capacity !== null && whole > capacity);
-  if (!streamed) return { streamed: false, spill: 0 };
+  if (!streamed) return { streamed: false, spill: 0, passes: 1 };
   const layered = importanceMemory(spec, { ...opts, streamed: true, device_budget: 0 });
-  return { streamed: true, spill: layered.host_total + layered.disk };
+  let passes = 1;
+  if (diskBudget !== null) {
+    const reserve = device === "cpu" ? HOST_RESERVE_BYTES : 0;
+    const room = capacity === null ? 0 : Math.max(0, capacity - layered.total - reserve);
+    passes = importanceMemory(spec, { ...opts, streamed: true, device_budget: room, disk_budget: diskBudget }).settings.passes;
+  }
+  return { streamed: true, spill: layered.host_total + layered.disk, passes, store_bytes: layered.settings.store_bytes };
 }
 
 /** Smaller batches to suggest, nearest first (memcheck._halved_batches). */

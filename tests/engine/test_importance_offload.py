@@ -80,3 +80,56 @@ def test_cli_offload_always_needs_a_local_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("prunescope importance: error: streamed importance needs a local model directory")
     assert not out.exists()
+
+
+def test_cli_spill_limit_caps_the_disk_stores_and_prints_the_passes(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """--spill-limit-gb (else PRUNESCOPE_SPILL_LIMIT_GB) bounds the disk tier: with no free memory and
+    room for 2 stores, drop's cuts run one per pass, the CLI prints the passes, the scores are the same.
+    A limit that is not a positive number is a one-line error before anything runs."""
+    from worker.engine.importance import activation_store
+
+    monkeypatch.setattr(activation_store, "free_device_bytes", lambda device: 0)
+    scans = ["--scans", "bi,drop", "--offload", "always"]
+    whole = main(["importance", str(model_dir), *ARGS, *scans, "-o", str(tmp_path / "one")])
+    assert whole == 0
+    one = ImportanceResult.load(tmp_path / "one")
+    assert one.manifest["execution"]["passes"] == 1
+    assert "passes over the checkpoint: 1 (" in capsys.readouterr().out
+    store = one.manifest["execution"]["activations"]["store_bytes"]
+    limit = f"{2.5 * store / 1e9:.12g}"
+    assert (
+        main(
+            [
+                "importance",
+                str(model_dir),
+                *ARGS,
+                *scans,
+                "--spill-limit-gb",
+                limit,
+                "-o",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
+    capped = ImportanceResult.load(tmp_path / "cli")
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
+    execution = capped.manifest["execution"]
+    assert execution["activations"]["budget_bytes"]["disk"] == int(float(limit) * 1e9)
+    assert execution["passes"] == layers > 1  # the stream and one drop cut per pass
+    assert f"passes over the checkpoint: {execution['passes']} (" in capsys.readouterr().out
+    for name, expected in one.arrays.items():
+        np.testing.assert_allclose(capped.arrays[name], expected, rtol=1e-6, atol=0, err_msg=name)
+    monkeypatch.setenv("PRUNESCOPE_SPILL_LIMIT_GB", limit)  # the setting, when the flag is not given
+    assert main(["importance", str(model_dir), *ARGS, *scans, "-o", str(tmp_path / "env")]) == 0
+    assert ImportanceResult.load(tmp_path / "env").manifest["execution"]["passes"] == execution["passes"]
+    capsys.readouterr()
+    for bad in ("0", "-1", "nan"):
+        out = tmp_path / f"bad{bad}"
+        assert (
+            main(["importance", str(model_dir), *ARGS, *scans, "--spill-limit-gb", bad, "-o", str(out)]) == 2
+        )
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--spill-limit-gb must be a positive number of GB" in err and not out.exists()

@@ -23,8 +23,10 @@ def test_offload_always_streams_and_scores_like_never(live_app):
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "offload"], bad.text
 
     runs = {}
+    limit = 0.5  # GB: the worker hands the job's spill limit to the streamed pass's disk tier
     for offload in ("always", "never"):
-        r = live_app.api.post("/importance-runs", json={**body, "offload": offload})
+        extra = {"spill_limit_gb": limit} if offload == "always" else {}
+        r = live_app.api.post("/importance-runs", json={**body, "offload": offload, **extra})
         assert r.status_code == 201, r.text
         job = live_app.wait_job(r.json()["job_id"])
         assert job["status"] == "succeeded", job
@@ -35,6 +37,9 @@ def test_offload_always_streams_and_scores_like_never(live_app):
         folder = live_app.data_dir / "artifacts" / "importance" / str(r.json()["id"])
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["execution"]["mode"] == job["result"]["mode"]
+        if offload == "always":  # the stores fit the worker's RAM: one pass, the disk tier capped
+            assert job["result"]["passes"] == manifest["execution"]["passes"] == 1
+            assert manifest["execution"]["activations"]["budget_bytes"]["disk"] == int(limit * 1e9)
         runs[offload] = ImportanceResult.load(folder)
     for name, expected in runs["never"].arrays.items():
         np.testing.assert_allclose(runs["always"].arrays[name], expected, rtol=1e-6, atol=0, err_msg=name)

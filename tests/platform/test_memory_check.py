@@ -179,3 +179,56 @@ def test_cuda_memory_is_read_without_a_cuda_context(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert device_memory("cuda:1") == {"kind": "cuda", "total_bytes": 81559 << 20, "free_bytes": 81000 << 20}
     assert (tmp_path / "args").read_text().split()[-2:] == ["-i", "5"]
+
+
+def test_a_spill_limit_too_small_for_one_streamed_pass_is_refused(client, api_env, student_id):
+    """A streamed importance run whose activation stores (every sample's hidden states, 68.7 GB each here)
+    fit neither the spill limit nor what the worker's memory leaves, even for one pass: 409 naming
+    spill_limit_gb and the smallest limit that runs, nothing written; that limit is accepted (the scans
+    then run in several passes). A limit that is not positive: 422 naming the field."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher_id = s.get(Student, student_id).teacher_id
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        dataset_id = dataset.id
+    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    body = {
+        "teacher_id": teacher_id,
+        "dataset_id": dataset_id,
+        "batch_size": 2,
+        "seq_len": 2048,
+        "samples": 2048,
+        "device": "cpu",
+        "offload": "always",
+    }
+    before = counts(url)
+    for bad in (0, -1):
+        r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": bad})
+        assert r.status_code == 422 and "spill_limit_gb" in r.text, r.text
+    r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 1})
+    assert r.status_code == 409, r.text
+    detail = error_text(r)
+    assert "stores (68.72 GB each" in detail and "even one pass in the spill limit of 1 GB" in detail, detail
+    # the stream and one loss-scan cut: 2 stores, the worker's 20 GiB holding none beside the weights
+    assert "raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least 137.44" in detail, detail
+    assert r.json()["detail"][0]["loc"][-1] == "spill_limit_gb", r.json()
+    assert counts(url) == before
+    r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 137.44})
+    assert r.status_code == 201, r.text
+    assert r.json()["params"]["spill_limit_gb"] == 137.44
+    forget_worker(api_env, cpu)
+
+
+def test_the_spill_limit_comes_from_the_job_else_the_setting(monkeypatch):
+    from backend.memcheck import spill_limit
+    from backend.settings import Settings
+
+    assert spill_limit(Settings(), {}) is None  # the worker's spill disk's free space counts
+    monkeypatch.setenv("PRUNESCOPE_SPILL_LIMIT_GB", "2.5")
+    assert spill_limit(Settings(), {}) == 2_500_000_000
+    assert spill_limit(Settings(), {"spill_limit_gb": 40}) == 40 * 10**9
+    monkeypatch.setenv("PRUNESCOPE_SPILL_LIMIT_GB", "0")
+    with pytest.raises(ValueError, match="spill_limit_gb"):
+        Settings()

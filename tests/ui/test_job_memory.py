@@ -96,6 +96,8 @@ def test_every_forms_estimate_equals_the_api_check(tmp_path: Path, monkeypatch, 
             "offload": "always",
         },
         {"batch_size": 2, "seq_len": 4096, "samples": 1024, "scans": ["drop", "block"], "block_size": 8},
+        # packed blocks (stream): no padding mask; the others are documents, padded
+        {"batch_size": 4, "seq_len": 512, "samples": 64, "scans": ["bi"], "stream": True, "offload": "never"},
     ]:
         for tid in (1, 3):
             cases.append({"fn": "importance", "t": rows[tid].spec, "p": params, "device": device})
@@ -106,4 +108,49 @@ def test_every_forms_estimate_equals_the_api_check(tmp_path: Path, monkeypatch, 
                 )
             )
     got = run_dashboard_js(tmp_path, DRIVER % json.dumps(cases))
+    assert got == expected
+
+
+LAYOUT_DRIVER = """
+import * as jm from "./js/jobmemory.js";
+const cases = %s;
+process.stdout.write(JSON.stringify(cases.map(({ t, p, device, capacity, disk }) =>
+  jm.importanceLayout(t, p, device, capacity, disk))));
+"""
+
+
+def test_importance_layout_and_passes_equal_the_api_check(tmp_path: Path):
+    """jobmemory.importanceLayout == memcheck.importance_layout: the layout, the spill and the passes
+    over the checkpoint under a spill limit (several, and None: not even one pass fits)."""
+    from worker.engine import memplan
+
+    big = llama8b().summary()
+    spec = memplan.spec_from_summary(big)
+    GB = 10**9
+    base = {
+        "batch_size": 2,
+        "seq_len": 4096,
+        "samples": 1024,
+        "scans": ["bi", "drop", "block"],
+        "block_size": 2,
+    }
+    cases = []
+    for device, capacity, disk, extra in [
+        ("cpu", None, None, {"offload": "always"}),
+        ("cpu", 10 * GB, None, {}),  # auto, the whole 8B does not fit: streamed, one pass
+        ("cpu", 200 * GB, 50 * GB, {}),  # auto, it fits: in memory
+        ("cpu", 20 * GB, 300 * GB, {"offload": "always"}),  # several passes
+        ("cuda", 80 * GB, 300 * GB, {"offload": "always", "scans": ["bi", "drop", "block", "angular"]}),
+        ("cuda", 80 * GB, 10 * GB, {"offload": "always", "scans": ["bi", "angular"], "block_size": 4}),
+        ("cpu", 20 * GB, 20 * GB, {"offload": "always"}),  # not even one pass: None
+        ("cpu", 20 * GB, 300 * GB, {"offload": "always", "stream": True}),
+    ]:
+        cases.append({"t": big, "p": {**base, **extra}, "device": device, "capacity": capacity, "disk": disk})
+    expected = [
+        memcheck.importance_layout(spec, c["p"], c["device"], c["capacity"], c["disk"]) for c in cases
+    ]
+    passes = [e["passes"] for e in expected]
+    assert any(n is not None and n > 1 for n in passes) and None in passes and 1 in passes, passes
+    assert [e["streamed"] for e in expected][:3] == [True, True, False]
+    got = run_dashboard_js(tmp_path, LAYOUT_DRIVER % json.dumps(cases))
     assert got == expected

@@ -65,6 +65,14 @@ def register(subparsers) -> None:
         help="streamed: where activations that fit neither the device nor RAM are memory-mapped "
         "(default: PRUNESCOPE_SPILL_DIR, else the system temporary directory)",
     )
+    parser.add_argument(
+        "--spill-limit-gb",
+        type=float,
+        default=None,
+        help="streamed: at most this many GB of activations on the spill disk; scans that need more run in "
+        "several passes over the checkpoint (default: PRUNESCOPE_SPILL_LIMIT_GB, else the spill "
+        "directory's free space less 2 GiB)",
+    )
     parser.add_argument("-o", "--out", required=True, type=Path, help="run directory for the artifact")
     # For a worker supervising the ranks (worker/importance_ranks.py): stop when the file appears (each
     # rank exits 3 at its next batch), and rank 0's progress as JSON lines.
@@ -83,6 +91,8 @@ def _check_options(args) -> tuple[str, ...]:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.seq_len < 2:
         raise CliError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.spill_limit_gb is not None and not args.spill_limit_gb > 0:  # NaN too
+        raise CliError(f"--spill-limit-gb must be a positive number of GB, got {args.spill_limit_gb}")
     from worker.engine.importance.result import SCANS
 
     scans = tuple(s.strip() for s in args.scans.split(",") if s.strip())
@@ -197,13 +207,17 @@ def _importance(args: argparse.Namespace) -> int:
         report = _progress(args, bar, ctx)
         common = dict(scans=scans, block_size=args.block_size, progress=report, metadata=metadata)
         if mode.streamed:
+            from worker.engine.memplan import spill_limit_bytes
+
+            settings = Settings()
             result = compute_importance_streamed(
                 args.model,
                 batches,
                 dtype=args.dtype,
                 device=device,
                 reason=mode.reason,
-                spill_dir=args.spill_dir or Settings().spill_dir,
+                spill_dir=args.spill_dir or settings.spill_dir,
+                disk_bytes=spill_limit_bytes(args.spill_limit_gb or settings.spill_limit_gb),
                 **common,
             )
         else:
@@ -242,6 +256,10 @@ def _print_summary(result, out: Path) -> None:
     print(f"importance run written to {out} ({result.samples} samples)")
     execution = result.manifest["execution"]
     print(f"mode: {execution['mode']} ({execution['reason']})")
+    if execution.get("passes"):  # streamed: more than 1 when the activation stores were capped
+        print(
+            f"passes over the checkpoint: {execution['passes']} ({execution.get('layer_loads', '?')} layer loads)"
+        )
     if "loss_base" in result.arrays:
         print(f"base LM loss: {result.base_loss():.4f}")
         for name, counts in ev["per_scan"].items():

@@ -333,6 +333,12 @@ def streamed_store_count(num_layers: int, scans=DEFAULT_SCANS, block_size: int =
     return 1 + angular + sum(num_layers - k + 1 for k in loss_scan_sizes(scans, block_size))
 
 
+def spill_limit_bytes(gb: float | None) -> int | None:
+    """The disk tier's limit in bytes from a `spill_limit_gb` setting (None: unset, the spill
+    directory's free space counts, which only the worker knows)."""
+    return None if gb is None else int(gb * 1e9)
+
+
 def store_capacity(
     store_bytes: int,
     device_budget: int | None,

@@ -6,7 +6,7 @@ import { memoryLine, queueFor } from "../components/memline.js";
 import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
-import { halvedBatches, importanceLayout, importanceNeed } from "../jobmemory.js";
+import { halvedBatches, importanceLayout, importanceNeed, spillLimitBytes } from "../jobmemory.js";
 import { fitLine, formatBytes, usableBytes } from "../memplan.js";
 import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
@@ -241,6 +241,8 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "nodes", label: "Nodes", type: "number", value: 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above (same scores); the run waits until all have joined" }),
         field({ name: "offload", label: "Teacher", options: [["auto", "auto"], ["always", "streamed layer by layer"], ["never", "whole in memory"]], value: "auto",
           title: "auto: stream one decoder layer at a time when the teacher does not fit the worker's device (same scores either way)" }),
+        field({ name: "spill_limit_gb", label: "Spill limit (GB)", type: "number", min: 0, step: "any", placeholder: "disk free",
+          title: "streamed: at most this many GB of activations on the worker's spill disk; scans that need more run in several passes over the checkpoint (default: PRUNESCOPE_SPILL_LIMIT_GB, else the disk's free space less 2 GiB)" }),
       ),
       h("div.row",
         h("span.muted", "Depth scans:"),
@@ -282,9 +284,16 @@ export async function teachersView(host, { query }, ctx) {
         }
       }
       const sizes = workers.filter((w) => w.memory && (w.queues || []).includes(queue)).map((w) => usableBytes(w.memory));
-      const layout = importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sizes.length ? Math.max(...sizes) : null);
+      const layout = importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sizes.length ? Math.max(...sizes) : null, spillLimitBytes(v.spill_limit_gb));
       // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
       if (layout.streamed) line.text += ` · streamed layer by layer${p.offload === "auto" ? " (the whole teacher does not fit)" : ""}: ${formatBytes(layout.spill)} of activation stores (${v.samples} samples) in pinned RAM / on disk`;
+      // A spill limit too small for every store at once: the loss scans run in several passes over the
+      // checkpoint (each reads the layers again); too small for one pass: the API refuses the run (409).
+      if (layout.streamed && layout.passes > 1) line.text += ` · ${layout.passes} passes over the checkpoint (the spill limit holds ${formatBytes(spillLimitBytes(v.spill_limit_gb))})`;
+      if (layout.streamed && layout.passes === null && sizes.length) {
+        line.text += ` · the activation stores (${formatBytes(layout.store_bytes)} each) do not fit even one pass within the spill limit: raise it`;
+        line.fits = false;
+      }
       return line;
     }), err);
     form.addEventListener("submit", async (ev) => {
@@ -301,6 +310,7 @@ export async function teachersView(host, { query }, ctx) {
         gpus: v.gpus || 1,
         nodes: v.nodes || 1,
         offload: v.offload || "auto",
+        ...(v.spill_limit_gb !== undefined ? { spill_limit_gb: v.spill_limit_gb } : {}),
         scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]),
       };
       try {

@@ -80,13 +80,20 @@ class StoreBudget:
         return max(0, free_disk_bytes(self.spill_dir) - DISK_RESERVE_BYTES)
 
     @classmethod
-    def measure(cls, device: torch.device, reserve_bytes: int, spill_dir: str | None = None) -> StoreBudget:
+    def measure(
+        cls,
+        device: torch.device,
+        reserve_bytes: int,
+        spill_dir: str | None = None,
+        disk_bytes: int | None = None,
+    ) -> StoreBudget:
         """From the free memory now, keeping `reserve_bytes` on the device for the weights and
-        working tensors the pass still has to allocate."""
+        working tensors the pass still has to allocate; `disk_bytes` caps the disk tier (None: the
+        spill directory's free space less DISK_RESERVE_BYTES)."""
         device_free = max(0, free_device_bytes(device) - reserve_bytes)
         if device.type != "cuda":
-            return cls(max(0, device_free - HOST_RESERVE_BYTES), 0, spill_dir)
-        return cls(device_free, max(0, available_ram_bytes() - HOST_RESERVE_BYTES), spill_dir)
+            return cls(max(0, device_free - HOST_RESERVE_BYTES), 0, spill_dir, disk_bytes)
+        return cls(device_free, max(0, available_ram_bytes() - HOST_RESERVE_BYTES), spill_dir, disk_bytes)
 
 
 class ActivationStore:

@@ -200,7 +200,8 @@ def _budget_message(stores: ActivationStores, num_layers: int, loss_scans: list[
         f"{budget.device_bytes / gb:.3g} GB on {stores.device}, {host / gb:.3g} GB of pinned RAM and "
         f"{stores.disk_bytes / gb:.3g} GB of disk under {spill_root(budget.spill_dir)}. A store holds every "
         "calibration sample's hidden states: use fewer samples or a shorter sequence length, drop the "
-        "angular scan or use a smaller block size, or set spill_dir to a disk with more free space"
+        "angular scan or use a smaller block size, or set spill_dir to a disk with more free space (or raise "
+        "the spill limit: spill_limit_gb, PRUNESCOPE_SPILL_LIMIT_GB, --spill-limit-gb)"
     )
 
 
@@ -229,13 +230,15 @@ def compute_importance_streamed(
     reason: str = "requested",
     attn_implementation: str | None = None,
     spill_dir: str | os.PathLike | None = None,
+    disk_bytes: int | None = None,
 ) -> ImportanceResult:
     """`compute_importance` of the checkpoint at `source`, one layer on the device at a time.
 
     Same arguments and result as `compute_importance` (its manifest says `execution.mode:
     "streamed"` with `reason`), plus the checkpoint's `dtype` / `device` as `load_model` takes them
     and the activation store `budget` (default: measured from the free memory, spilling to files
-    under `spill_dir`, default the system temporary directory). `progress(n)` gets
+    under `spill_dir`, default the system temporary directory, at most `disk_bytes` of them: default
+    its free space less a reserve). `progress(n)` gets
     whole samples as the work advances (each batch is 1 / (L + 1) done after each layer); the
     calls add up to the number of samples.
     """
@@ -257,7 +260,7 @@ def compute_importance_streamed(
     shapes = [(*b["input_ids"].shape, spec.hidden_size) for b in batches]
     if budget is None:
         reserve = working_bytes(model, adapter, shapes, act_dtype, torch.device(device))
-        budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None)
+        budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None, disk_bytes)
     stores = ActivationStores(budget, device, ActivationStores.bytes_for(shapes, act_dtype))
     angular_stores = block_size if "angular" in scans else 0
     passes = plan_passes(num_layers, loss_scans, angular_stores, stores.capacity())
