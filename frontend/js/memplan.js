@@ -163,6 +163,29 @@ export function distillMemory(student, teacher, opts) {
   );
 }
 
+/** A distillation with teacher correction over its two phases, `total` the larger (as
+ * memplan.teacher_correction_memory): the teacher trained on CE beside the whole loaded teacher (and on N
+ * ranks the whole corrected copy) and the student's weights; then the step with the loaded teacher kept. */
+export function teacherCorrectionMemory(student, teacher, opts) {
+  const numGpus = opts.num_gpus ?? 1;
+  const w = dtypeBytes(opts.weights_dtype ?? "float32");
+  const whole = paramCount(teacher).total * w;
+  const parts = {
+    teacher: whole,
+    corrected_teacher: numGpus > 1 ? whole : 0,
+    student_weights: paramCount(student).total * w,
+    correction_step: distillMemory(teacher, null, opts).total,
+  };
+  const step = distillMemory(student, teacher, opts);
+  const out = result(parts, { ...step.settings });
+  for (const k of ["tokens_per_device", "activations_saved"]) delete out.settings[k];
+  const correction = out.total;
+  const distillation = step.total + Math.trunc(whole);
+  out.settings.phases = { correction, distillation };
+  out.total = Math.max(correction, distillation);
+  return out;
+}
+
 const DEFAULT_SCANS = ["bi", "drop", "block"];
 
 /** k of each loss scan (drop: 1, block: block_size), each once (as memplan.loss_scan_sizes). */

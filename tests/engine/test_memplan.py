@@ -472,3 +472,30 @@ def test_soft_capped_head_holds_a_third_logit_buffer():
     for head, planned in ((OutputHead(linear), spec()), (OutputHead(linear, softcap=30.0), gemma2)):
         peak = allocator_peak(lambda h=head: token_nll(hidden, h, targets, chunk_tokens=chunk))
         assert round(peak / buffer) == memplan.nll_chunk_buffers(planned), peak / buffer
+
+
+def test_teacher_correction_adds_the_teacher_training_and_the_kept_teacher():
+    """teacher_correction_steps > 0 (distill/loop.py correct_teacher): first the teacher is trained
+    like a CE-only student (sharded over N ranks: 1/N of its weights, gradients and AdamW states)
+    beside the whole loaded teacher (on N ranks also the whole corrected copy) and the student's
+    weights; then the run keeps the loaded teacher beside the corrected one."""
+    teacher = llama_3_1_8b()
+    student = llama_3_1_8b(num_layers=8)
+    kw = dict(batch_size=4, seq_len=1024, weights_dtype="bfloat16", device="cuda")
+    whole = teacher.param_count()["total"] * 2
+    for gpus in (1, 4):
+        run = memplan.distill_memory(student, teacher, **kw, num_gpus=gpus)
+        train = memplan.distill_memory(teacher, None, **kw, num_gpus=gpus)
+        out = memplan.teacher_correction_memory(student, teacher, **kw, num_gpus=gpus)
+        parts, phases = out["parts"], out["settings"]["phases"]
+        assert parts["correction_step"] == train["total"]
+        assert parts["teacher"] == whole and parts["corrected_teacher"] == (whole if gpus > 1 else 0)
+        assert parts["student_weights"] == student.param_count()["total"] * 2
+        assert phases == {"correction": sum(parts.values()), "distillation": run["total"] + whole}
+        assert out["total"] == max(phases.values()) > run["total"]
+    # One process: training the 8B teacher (weights, gradients, 2 AdamW states) is the peak.
+    one = memplan.teacher_correction_memory(student, teacher, **kw)
+    assert one["total"] == one["settings"]["phases"]["correction"] > 4 * whole
+    # 4 ranks: the sharded training is a quarter of that, the whole copies are not.
+    four = memplan.teacher_correction_memory(student, teacher, **kw, num_gpus=4)
+    assert four["parts"]["correction_step"] < one["parts"]["correction_step"] / 3

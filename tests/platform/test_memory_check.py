@@ -232,3 +232,39 @@ def test_the_spill_limit_comes_from_the_job_else_the_setting(monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_SPILL_LIMIT_GB", "0")
     with pytest.raises(ValueError, match="spill_limit_gb"):
         Settings()
+
+
+def test_teacher_correction_counts_training_the_teacher(client, api_env, student_id):
+    """A bf16 distillation from the 8B teacher fits an 80 GiB GPU; with teacher correction the teacher
+    is first trained (weights, gradients, AdamW states: ~64 GB) beside the loaded one: a 409."""
+    from worker.engine.memplan import format_bytes, teacher_correction_memory
+
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 80 * GiB, 80 * GiB)
+    settings = dict(batch_size=1, seq_len=128, weights_dtype="bfloat16", device="cuda")
+    before = counts(url)
+    r = distill(client, student_id, teacher_correction_steps=20, **settings)
+    assert r.status_code == 409, r.text
+    want = teacher_correction_memory(
+        memplan_spec(url, student_id, "student"),
+        memplan_spec(url, student_id, "teacher"),
+        batch_size=1,
+        seq_len=128,
+        weights_dtype="bfloat16",
+        device="cuda",
+    )
+    assert want["settings"]["phases"]["correction"] == want["total"]
+    assert f"needs {format_bytes(want['total'])} per device" in error_text(r), error_text(r)
+    assert counts(url) == before
+    r = distill(client, student_id, **settings)  # no correction: fits
+    assert r.status_code == 201, r.text
+    forget_worker(api_env, gpu)
+
+
+def memplan_spec(url: str, student_id: int, which: str):
+    from worker.engine.memplan import spec_from_summary
+
+    with session_scope(url) as s:
+        student = s.get(Student, student_id)
+        row = student if which == "student" else s.get(Teacher, student.teacher_id)
+        return spec_from_summary(row.spec)

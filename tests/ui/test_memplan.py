@@ -24,6 +24,7 @@ const cases = JSON.parse(await new Promise((resolve) => {
 }));
 const out = cases.map(({ fn, args }) => {
   if (fn === "distill") return mp.distillMemory(args.student, args.teacher, args.opts);
+  if (fn === "correction") return mp.teacherCorrectionMemory(args.student, args.teacher, args.opts);
   if (fn === "importance") return mp.importanceMemory(args.spec, args.opts);
   if (fn === "evaluation") return mp.evaluationMemory(args.spec, args.opts);
   if (fn === "candidates") return mp.distillCandidates(args.settings);
@@ -98,6 +99,11 @@ def test_estimates_match_python(tmp_path: Path):
                     {"student": summary, "teacher": None if t is None else t.summary(), "opts": opts},
                     memplan.distill_memory(spec, t, **opts),
                 )
+            add(
+                "correction",
+                {"student": summary, "teacher": teacher.summary(), "opts": opts},
+                memplan.teacher_correction_memory(spec, teacher, **opts),
+            )
         for batch, seq, streamed, scans, device, padded, dtype in itertools.product(
             (1, 8),
             (128, 4096),

@@ -316,6 +316,57 @@ def distill_memory(
     )
 
 
+def teacher_correction_memory(
+    student: ArchSpec,
+    teacher: ArchSpec,
+    *,
+    batch_size: int,
+    seq_len: int,
+    weights_dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    device: str = "cpu",
+    autocast_bf16: bool = True,
+    chunk_tokens: int | None = None,
+    num_gpus: int = 1,
+) -> dict:
+    """Peak bytes per device of a distillation with teacher correction (`teacher_correction_steps` > 0,
+    distill/loop.py `correct_teacher`), over its two phases (`settings["phases"]`; `total` is the larger).
+
+    Correction: the teacher trained on CE like a baseline student (`distill_memory(teacher, None)`: in
+    one process the corrected copy itself; on N ranks a sharded copy, 1/N of its weights, gradients and
+    AdamW states and one layer gathered), beside what each device already holds whole: the run's teacher
+    as loaded, on N ranks the corrected copy that then takes the gathered weights, and the student's
+    weights (sharded only when its training starts). `parts` are this phase's.
+    Distillation: the step `distill_memory` sizes with the corrected teacher, plus the loaded teacher,
+    which stays whole on each device beside it."""
+    options = dict(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        weights_dtype=weights_dtype,
+        gradient_checkpointing=gradient_checkpointing,
+        device=device,
+        autocast_bf16=autocast_bf16,
+        chunk_tokens=chunk_tokens,
+        num_gpus=num_gpus,
+    )
+    w = dtype_bytes(weights_dtype)
+    whole = teacher.param_count()["total"] * w
+    parts = {
+        "teacher": whole,
+        "corrected_teacher": whole if num_gpus > 1 else 0,  # one process: the copy being trained
+        "student_weights": student.param_count()["total"] * w,
+        "correction_step": distill_memory(teacher, None, **options)["total"],
+    }
+    step = distill_memory(student, teacher, **options)
+    hidden = ("tokens_per_device", "activations_saved")  # the distillation step's own
+    out = _result(parts, **{k: v for k, v in step["settings"].items() if k not in hidden})
+    correction = out["total"]
+    distillation = step["total"] + int(whole)
+    out["settings"]["phases"] = {"correction": correction, "distillation": distillation}
+    out["total"] = max(correction, distillation)
+    return out
+
+
 DEFAULT_SCANS = ("bi", "drop", "block")  # worker/engine/importance/result.py's
 
 

@@ -7,7 +7,7 @@ import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
 import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.js";
-import { distillCandidates, distillMemory, fitLine, formatBytes } from "../memplan.js";
+import { distillCandidates, distillMemory, fitLine, formatBytes, teacherCorrectionMemory } from "../memplan.js";
 import { paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
 import { RunsTable } from "../components/runtable.js";
@@ -61,7 +61,10 @@ export function distillMemoryLine(form, student, teacher) {
     const gpus = Math.max(1, v.gpus || 1), nodes = Math.max(1, v.nodes || 1);
     const ranks = gpus * nodes;
     const t = v.baseline ? null : teacher.spec;
-    const need = (p) => distillMemory(student.spec, t, { ...p, device, num_gpus: ranks }).total;
+    // Teacher correction first trains the teacher (sharded over the ranks) beside the whole loaded one,
+    // which then stays beside the corrected teacher (memplan.teacher_correction_memory; memcheck too).
+    const corrected = t && v.teacher_correction_steps > 0;
+    const need = (p) => (corrected ? teacherCorrectionMemory : distillMemory)(student.spec, t, { ...p, device, num_gpus: ranks }).total;
     if (ranks === 1) return fitLine(need, settings, workers, queue, distillCandidates(settings));
     // N ranks: the planner's sharded step per GPU; only workers with `gpus` devices can hold a node.
     const able = workers.filter((w) => (w.device_count || 1) >= gpus);
