@@ -130,8 +130,7 @@ def check_job(
     teacher_id: int,
 ) -> None:
     """409 when a distill, evaluate or benchmark job fits no live worker on its queue (by its number of
-    devices, then by memory: the whole estimate per device, which over-counts a sharded student; with
-    teacher correction the larger of that and memplan.teacher_correction_memory over the N ranks)."""
+    devices, then by memory: `distill_need` for a distillation)."""
     what = {"distill": "distillation", "evaluate": "evaluation"}.get(kind, kind)
     if kind in ("distill", "evaluate"):  # a benchmark runs on one device (it has no gpus field)
         check_devices(settings, queue, what, int(params.get("gpus", 1)), int(params.get("nodes", 1)))
@@ -145,22 +144,7 @@ def check_job(
     if kind == "distill" and s_spec is not None:
 
         def need(p: dict) -> int:
-            teacher = None if p.get("baseline") else t_spec
-            options = dict(
-                batch_size=p["batch_size"],
-                seq_len=p["seq_len"],
-                weights_dtype=p.get("weights_dtype", "float32"),
-                gradient_checkpointing=bool(p.get("gradient_checkpointing")),
-                device=device,
-            )
-            total = memplan.distill_memory(s_spec, teacher, **options)["total"]
-            if teacher is not None and p.get("teacher_correction_steps"):
-                # The teacher is first trained (sharded over the N ranks, with its gradients and AdamW
-                # states) beside the whole loaded teacher, then kept whole beside the corrected one.
-                ranks = int(p.get("gpus", 1)) * int(p.get("nodes", 1))
-                correction = memplan.teacher_correction_memory(s_spec, teacher, **options, num_gpus=ranks)
-                total = max(total, correction["total"])
-            return total
+            return distill_need(s_spec, t_spec, p, device)
 
         candidates = memplan.distill_candidates(params)
     elif kind == "evaluate":  # perplexity of one model at its default batch of 8 windows
@@ -191,6 +175,27 @@ def check_job(
     else:
         return
     refuse_unless_fits(settings, queue, what, need, params, candidates)
+
+
+def distill_need(s_spec, t_spec, p: dict, device: str) -> int:
+    """Bytes a distillation needs of each worker's device: over gpus x nodes ranks the planner's sharded
+    step (each rank its shard of the student and the teacher; the worker replicates the teacher only when
+    that fits too), per GPU on CUDA and times a node's ranks on a CPU host, whose memory they share. With
+    teacher correction, the larger of that and memplan.teacher_correction_memory."""
+    gpus = int(p.get("gpus", 1))
+    teacher = None if p.get("baseline") else t_spec
+    options = dict(
+        batch_size=p["batch_size"],
+        seq_len=p["seq_len"],
+        weights_dtype=p.get("weights_dtype", "float32"),
+        gradient_checkpointing=bool(p.get("gradient_checkpointing")),
+        device=device,
+        num_gpus=gpus * int(p.get("nodes", 1)),
+    )
+    total = memplan.distill_memory(s_spec, teacher, **options)["total"]
+    if teacher is not None and p.get("teacher_correction_steps"):
+        total = max(total, memplan.teacher_correction_memory(s_spec, teacher, **options)["total"])
+    return total * (gpus if device == "cpu" else 1)
 
 
 def _halved_batches(batch_size: int) -> list[dict]:

@@ -1,7 +1,26 @@
 // What one job needs per device, from its form's settings: the dashboard's copy of backend/memcheck.py's
 // `need` of each job kind (the same composition of memplan.js's estimates), so the live line under a
 // form says what the API's 409 check will say.
-import { evaluationMemory, importanceMemory } from "./memplan.js";
+import { distillMemory, evaluationMemory, importanceMemory, teacherCorrectionMemory } from "./memplan.js";
+
+/** Distill: the planner's sharded step over gpus x nodes ranks, per GPU on CUDA, times a node's ranks on
+ * a CPU host (they share its memory); with teacher correction the larger of that and its phases
+ * (memcheck.distill_need). */
+export function distillNeed(student, teacher, p, device = "cpu") {
+  const gpus = Math.max(1, p.gpus || 1);
+  const t = p.baseline ? null : teacher;
+  const opts = {
+    batch_size: p.batch_size,
+    seq_len: p.seq_len,
+    weights_dtype: p.weights_dtype || "float32",
+    gradient_checkpointing: !!p.gradient_checkpointing,
+    device,
+    num_gpus: gpus * Math.max(1, p.nodes || 1),
+  };
+  let total = distillMemory(student, t, opts).total;
+  if (t && p.teacher_correction_steps > 0) total = Math.max(total, teacherCorrectionMemory(student, t, opts).total);
+  return total * (device === "cpu" ? gpus : 1);
+}
 
 /** Evaluate: one model's perplexity at its batch of 8 windows (memcheck.check_job "evaluate"). */
 export function evaluateNeed(spec, { seq_len: seqLen = 128, device = "cpu" } = {}) {

@@ -20,11 +20,9 @@ from worker.engine.adapters import arch_spec
 
 DRIVER = """
 import * as jm from "./js/jobmemory.js";
-import { teacherCorrectionMemory } from "./js/memplan.js";
 const cases = %s;
 process.stdout.write(JSON.stringify(cases.map(({ fn, t, s, p, device }) => {
-  // the distill form with teacher correction, one rank (views/runs.js distillMemoryLine)
-  if (fn === "distill") return teacherCorrectionMemory(s, t, { ...p, device, num_gpus: 1 }).total;
+  if (fn === "distill") return jm.distillNeed(s, t, p, device);
   if (fn === "evaluate") return jm.evaluateNeed(s || t, { ...p, device });
   if (fn === "benchmark") return jm.benchmarkNeed(t, s, { ...p, device });
   if (fn === "importance") return jm.importanceNeed(t, p, device);
@@ -87,6 +85,13 @@ def test_every_forms_estimate_equals_the_api_check(tmp_path: Path, monkeypatch, 
     for weights_dtype in ("float32", "bfloat16"):  # teacher correction: its phase, or the run's + a teacher
         correction = {"batch_size": 8, "seq_len": 256, "teacher_correction_steps": 5}
         job("distill", {**correction, "weights_dtype": weights_dtype, "gradient_checkpointing": False}, 2, 1)
+    # Over ranks: the sharded step per GPU (per CPU host: times its ranks), with and without correction.
+    for extra in (
+        {"gpus": 2},
+        {"gpus": 2, "nodes": 2, "teacher_correction_steps": 3},
+        {"gpus": 4, "baseline": True},
+    ):
+        job("distill", {"batch_size": 8, "seq_len": 128, "gradient_checkpointing": True, **extra}, 2, 1)
     job("evaluate", {"seq_len": 512}, None, 3)
     job("benchmark", {"batch_size": 1, "seq_len": 128, "new_tokens": 32}, 2, 1)
     job("benchmark", {"batch_size": 4, "seq_len": 256, "new_tokens": 64}, None, 3)

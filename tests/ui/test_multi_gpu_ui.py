@@ -74,7 +74,8 @@ def test_workers_gpus_form_and_ranks_result(page, app):
         device="cpu",
         num_gpus=2,
     )["total"]
-    want = f"needs {memplan.format_bytes(sharded)} per GPU, 2 ranks (2 GPUs x 1 node)"
+    # Two CPU ranks on one host: both shards in its memory.
+    want = f"needs {memplan.format_bytes(2 * sharded)} per worker, 2 ranks (2 CPU ranks x 1 node)"
     page.wait_for_function(f"document.querySelector('{LINE}').textContent.includes({want!r})")
     assert "teacher replicated:" in page.locator(LINE).inner_text()
     page.fill(f"{FORM} input[name=nodes]", "2")

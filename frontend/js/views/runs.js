@@ -7,7 +7,8 @@ import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
 import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.js";
-import { distillCandidates, distillMemory, fitLine, formatBytes, teacherCorrectionMemory } from "../memplan.js";
+import { distillCandidates, fitLine, formatBytes } from "../memplan.js";
+import { distillNeed } from "../jobmemory.js";
 import { paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
 import { RunsTable } from "../components/runtable.js";
@@ -61,19 +62,22 @@ export function distillMemoryLine(form, student, teacher) {
     const gpus = Math.max(1, v.gpus || 1), nodes = Math.max(1, v.nodes || 1);
     const ranks = gpus * nodes;
     const t = v.baseline ? null : teacher.spec;
-    // Teacher correction first trains the teacher (sharded over the ranks) beside the whole loaded one,
-    // which then stays beside the corrected teacher (memplan.teacher_correction_memory; memcheck too).
-    const corrected = t && v.teacher_correction_steps > 0;
-    const need = (p) => (corrected ? teacherCorrectionMemory : distillMemory)(student.spec, t, { ...p, device, num_gpus: ranks }).total;
+    // The API's figure (memcheck.distill_need): the sharded step per GPU, or per CPU host for its ranks;
+    // with teacher correction the larger of that and the correction's phases.
+    const base = { gpus, nodes, baseline: !!v.baseline, teacher_correction_steps: v.teacher_correction_steps || 0 };
+    const need = (p) => distillNeed(student.spec, t, { ...base, ...p }, device);
     if (ranks === 1) return fitLine(need, settings, workers, queue, distillCandidates(settings));
-    // N ranks: the planner's sharded step per GPU; only workers with `gpus` devices can hold a node.
+    // N ranks: only workers with `gpus` devices (CPU ranks) can hold a node.
     const able = workers.filter((w) => (w.device_count || 1) >= gpus);
     const out = fitLine(need, settings, able, queue, distillCandidates(settings));
-    const head = `${ranks} ranks (${gpus} GPU${gpus > 1 ? "s" : ""} x ${nodes} node${nodes > 1 ? "s" : ""})`;
-    let text = out.text.replace("per device", `per GPU, ${head}`);
+    const unit = device === "cuda" ? "GPU" : "CPU rank";
+    const head = `${ranks} ranks (${gpus} ${unit}${gpus > 1 ? "s" : ""} x ${nodes} node${nodes > 1 ? "s" : ""})`;
+    const per = device === "cuda" ? "per GPU" : "per worker";
+    let text = out.text.replace("per device", `${per}, ${head}`);
     if (t) { // what the worker's memory planner weighs: a whole teacher per rank instead of its shard
       const whole = paramCount(t).total * (settings.weights_dtype === "bfloat16" ? 2 : 4);
-      text += `; teacher replicated: ${formatBytes(out.needed + whole - whole / ranks)} per GPU (chosen when it fits)`;
+      const extra = (whole - whole / ranks) * (device === "cuda" ? 1 : gpus);
+      text += `; teacher replicated: ${formatBytes(out.needed + extra)} ${per} (chosen when it fits)`;
     }
     const onQueue = (w) => !queue || (w.queues || []).includes(queue);
     const holders = able.filter(onQueue).length;
