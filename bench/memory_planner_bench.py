@@ -103,6 +103,14 @@ CASES = [
     # Padded calibration batches: SDPA gets a mask, so grouped keys and values are repeated to every head.
     ("importance", SMALL, dict(batch_size=8, seq_len=256, padded=True)),
     ("importance-streamed", SMALL, dict(batch_size=8, seq_len=256, padded=True)),
+    # Prune jobs, from a saved checkpoint: in memory (load, cut, save) or out of core (tensor by tensor).
+    # Half of every MLP's neurons and a quarter of the hidden channels go; batch / seq do not apply.
+    ("prune", SMALL, dict(batch_size=1, seq_len=1)),
+    ("prune-ooc", SMALL, dict(batch_size=1, seq_len=1)),
+    ("prune", PHI3, dict(batch_size=1, seq_len=1)),
+    ("prune-ooc", PHI3, dict(batch_size=1, seq_len=1)),
+    ("prune", WIDE_VOCAB, dict(batch_size=1, seq_len=1)),
+    ("prune-ooc", WIDE_VOCAB, dict(batch_size=1, seq_len=1)),
 ]
 QUICK = [8, 9, 13]
 # `--real` (CUDA only): Llama-3.1-8B's shapes, random weights built on the device; the distillation
@@ -362,6 +370,41 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
         compute_importance_streamed(
             path, batches, scans=("bi", "drop", "block"), device=device, budget=budget, hash_weights=False
         )
+        measured = {"tensors": prof.stop()}
+    elif kind in ("prune", "prune-ooc"):  # what run_prune does, in memory or out of core
+        import tempfile
+
+        from worker.engine import checkpoint_reader
+        from worker.engine.loading import load_model, save_model
+        from worker.engine.out_of_core import prune_checkpoint
+        from worker.engine.plan import PrunePlan
+        from worker.engine.surgery import apply_plan
+
+        model = build(cfg, 0, dtype)
+        teacher = arch_spec(model)
+        path = Path(tempfile.mkdtemp(prefix="memplan-bench-"))
+        model.save_pretrained(path / "teacher")
+        plan = PrunePlan(
+            remove_neurons={i: list(range(cfg["intermediate"] // 2)) for i in range(cfg["layers"])},
+            remove_hidden=list(range(0, cfg["hidden"], 4)),
+        )
+        student = arch_spec(apply_plan(model, plan))
+        del model
+        gc.collect()
+        mode = "out_of_core" if kind == "prune-ooc" else "in_memory"
+        estimate = memplan.prune_memory(teacher, student, mode=mode, weights_dtype=wdtype)
+        # The reader's owned buffers are anonymous maps (not the CPU allocator's): for the profiler to see
+        # them, the same bytes come from the allocator here.
+        checkpoint_reader.owned_buffer = lambda n: torch.empty(n, dtype=torch.uint8)
+        if mode == "out_of_core":
+            prof.start()
+            prune_checkpoint(path / "teacher", plan, path / "student", {})
+        else:
+            # The loaded weights are views of the checkpoint's mapped file (not allocator memory): the
+            # measured step is the cut and the save, on top of the live teacher (`live_tensor_bytes`).
+            loaded, _ = load_model(path / "teacher", dtype=dtype)
+            prof.start()
+            save_model(apply_plan(loaded, plan), None, path / "student", {})
         measured = {"tensors": prof.stop()}
     elif kind == "evaluate":
         from worker.engine.chunked_head import final_hidden_states, output_head, token_nll

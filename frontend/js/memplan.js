@@ -337,6 +337,53 @@ export function evaluationMemory(spec, opts) {
   return result(parts, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device, phases: { layer: layerPhase, head: headPhase } });
 }
 
+/** Elements of the largest tensor of each kind (as memplan.tensor_numels): the unit out-of-core surgery reads. */
+export function tensorNumels(spec) {
+  const d = spec.hidden_size;
+  const hd = spec.head_dim;
+  const fused = FUSED_FAMILIES.includes(spec.family);
+  const out = { embed: (spec.vocab_size + (spec.position_embeddings ?? 0)) * d };
+  if (!spec.tie_word_embeddings) out.lm_head = spec.vocab_size * d;
+  for (const s of layerShapes(spec)) {
+    const h = s.num_heads * hd;
+    const g = s.num_kv_heads * hd;
+    const f = s.intermediate_size;
+    const kinds = { o: h * d, ...(fused ? { qkv: (h + 2 * g) * d } : { q: h * d, kv: g * d }) };
+    const gates = spec.mlp_gated === false ? 1 : 2;
+    if (s.num_experts) {
+      const e = s.num_experts;
+      Object.assign(kinds, { experts_gate_up: e * gates * f * d, experts_down: e * d * f, router: e * d });
+      if (spec.shared_expert_intermediate_size) kinds.shared_expert = spec.shared_expert_intermediate_size * d;
+    } else {
+      Object.assign(kinds, fused ? { gate_up: gates * f * d } : { up: f * d, down: d * f });
+    }
+    for (const [k, n] of Object.entries(kinds)) out[k] = Math.max(out[k] ?? 0, n);
+  }
+  return out;
+}
+
+/** Peak bytes of a prune job, in memory (teacher + cut copy) or out of core (one tensor read + its cut). */
+export function pruneMemory(teacher, student, opts = {}) {
+  const mode = opts.mode ?? "in_memory";
+  const w = dtypeBytes(opts.weights_dtype || teacher.dtype || "float32");
+  student = student || teacher;
+  const t = tensorNumels(teacher);
+  const s = tensorNumels(student);
+  let parts;
+  let largest;
+  if (mode === "in_memory") {
+    largest = Object.keys(s).reduce((a, k) => (s[k] > s[a] ? k : a));
+    parts = { teacher_weights: paramCount(teacher).total * w, student_weights: paramCount(student).total * w, cut_tensor: s[largest] * w };
+  } else if (mode === "out_of_core") {
+    const both = (k) => t[k] + (s[k] ?? 0);
+    largest = Object.keys(t).reduce((a, k) => (both(k) > both(a) ? k : a));
+    parts = { read_tensor: t[largest] * w, cut_tensor: (s[largest] ?? 0) * w };
+  } else {
+    throw new Error(`unknown prune mode ${mode}; use in_memory or out_of_core`);
+  }
+  return result(parts, { mode, largest_tensor: largest });
+}
+
 /** What a job may use on one worker, from its registry entry's `memory`. */
 export function usableBytes(memory) {
   if (memory.kind === "cuda") return Math.max(0, Math.trunc(memory.total_bytes * (1 - CUDA_RESERVE_FRACTION)) - CUDA_RESERVE_BYTES);

@@ -499,3 +499,57 @@ def test_teacher_correction_adds_the_teacher_training_and_the_kept_teacher():
     # 4 ranks: the sharded training is a quarter of that, the whole copies are not.
     four = memplan.teacher_correction_memory(student, teacher, **kw, num_gpus=4)
     assert four["parts"]["correction_step"] < one["parts"]["correction_step"] / 3
+
+
+# ---- prune jobs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "qwen3_moe", "gemma2"])
+def test_prune_largest_tensor_kind_is_the_models_largest_parameter(family):
+    """tensor_numels knows each family's biggest tensor (untied head, Phi-3's fused gate_up / qkv, the
+    fused expert tensors of a mixture of experts): out-of-core surgery reads it whole."""
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model(family)
+    numels = memplan.tensor_numels(arch_spec(model))
+    biggest = max(p.numel() for p in model.parameters())
+    assert max(numels.values()) == biggest, (numels, biggest)
+    if family == "phi3":
+        assert "gate_up" in numels and "qkv" in numels and "q" not in numels
+
+
+def _prune_specs():
+    teacher = llama_3_1_8b()
+    student = teacher.model_copy(update={"hidden_size": 3072, "intermediate_size": 9000, "num_layers": 24})
+    return teacher, student
+
+
+def test_prune_in_memory_terms():
+    teacher, student = _prune_specs()
+    got = memplan.prune_memory(teacher, student, mode="in_memory", weights_dtype="bfloat16")
+    assert got["parts"]["teacher_weights"] == teacher.param_count()["total"] * 2  # loaded whole
+    assert got["parts"]["student_weights"] == student.param_count()["total"] * 2  # the cut copy beside it
+    # one cut tensor in flight: the student's largest (its untied 128k x 3072 head / embeddings)
+    assert got["parts"]["cut_tensor"] == 128256 * 3072 * 2
+    assert got["total"] == sum(got["parts"].values())
+    # no student: the teacher (an upper bound); the default dtype is the checkpoint's (float32 here)
+    assert (
+        memplan.prune_memory(teacher, None)["parts"]["student_weights"] == teacher.param_count()["total"] * 4
+    )
+
+
+def test_prune_out_of_core_terms():
+    teacher, student = _prune_specs()
+    got = memplan.prune_memory(teacher, student, mode="out_of_core", weights_dtype="bfloat16")
+    # the embeddings are read whole (a hidden cut is along dim 1), then cut
+    assert got["parts"] == {"read_tensor": 128256 * 4096 * 2, "cut_tensor": 128256 * 3072 * 2}
+    assert got["settings"]["largest_tensor"] == "embed"
+    in_memory = memplan.prune_memory(teacher, student, mode="in_memory", weights_dtype="bfloat16")["total"]
+    assert got["total"] < in_memory / 10  # about one tensor, not the model
+    # Phi-3 with a small vocabulary: the fused gate_up [2 F, D] is the tensor read whole
+    phi = teacher.model_copy(update={"family": "phi3", "vocab_size": 1024})
+    got = memplan.prune_memory(phi, phi, mode="out_of_core", weights_dtype="float32")
+    assert got["settings"]["largest_tensor"] == "gate_up"
+    assert got["parts"]["read_tensor"] == 2 * 14336 * 4096 * 4
+    with pytest.raises(ValueError, match="prune mode"):
+        memplan.prune_memory(teacher, mode="auto")

@@ -1,7 +1,8 @@
 """The dashboard sizes jobs in JS (frontend/js/memplan.js) as the user types; these tests run that JS in
 node and require the exact numbers of worker/engine/memplan.py on a grid of architectures (every tiny
 family, mixture-of-experts ones too, a Llama-3.1-8B and a Qwen3-30B-A3B shape, non-uniform pruned students) and settings,
-Gemma 2's eager attention, Phi-3's fused projections and padded batches (repeated keys and values) included."""
+Gemma 2's eager attention, Phi-3's fused projections and padded batches (repeated keys and values) included;
+prune jobs in memory and out of core."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ const out = cases.map(({ fn, args }) => {
   if (fn === "correction") return mp.teacherCorrectionMemory(args.student, args.teacher, args.opts);
   if (fn === "importance") return mp.importanceMemory(args.spec, args.opts);
   if (fn === "evaluation") return mp.evaluationMemory(args.spec, args.opts);
+  if (fn === "prune") return mp.pruneMemory(args.teacher, args.student, args.opts);
   if (fn === "candidates") return mp.distillCandidates(args.settings);
   if (fn === "usable") return mp.usableBytes(args.memory);
   if (fn === "saved") return mp.savedBytesPerToken(args.spec, args.act, args.checkpointing, args.seq_len);
@@ -157,6 +159,16 @@ def test_estimates_match_python(tmp_path: Path):
                 padded=padded,
             )
             add("evaluation", {"spec": summary, "opts": opts}, memplan.evaluation_memory(spec, **opts))
+        for mode, dtype, cut in itertools.product(
+            ("in_memory", "out_of_core"), (None, "float32", "bfloat16"), (False, True)
+        ):
+            opts = dict(mode=mode, weights_dtype=dtype)
+            student = spec if cut else None  # a cut student (pruned / moe_pruned of their teachers)
+            add(
+                "prune",
+                {"teacher": teacher.summary(), "student": None if student is None else summary, "opts": opts},
+                memplan.prune_memory(teacher, student, **opts),
+            )
     for settings in (
         {"batch_size": 8},
         {"batch_size": 5, "gradient_checkpointing": True},

@@ -1,4 +1,4 @@
-"""Torch-free memory planner: peak bytes per device of importance, distillation and evaluation.
+"""Torch-free memory planner: peak bytes per device of importance, pruning, distillation and evaluation.
 
 Shared by the engine (bench), the backend (the 409 check against the workers' memory) and the
 dashboard, which mirrors it in `frontend/js/memplan.js` (tests/ui/test_memplan.py holds the two to
@@ -623,6 +623,79 @@ def evaluation_memory(
     return _result(
         parts, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens, device=device, phases=phases
     )
+
+
+def tensor_numels(spec: ArchSpec) -> dict[str, int]:
+    """Elements of the largest tensor of each kind, as the checkpoint holds it (the unit out-of-core
+    surgery reads): the embeddings and an untied LM head [V, D]; per layer (the widest of each kind)
+    q / k / v / o, or Phi-3's fused qkv [(H + 2 KV) hd, D]; gate / up / down, or Phi-3's fused gate_up
+    [2 F, D]; a mixture of experts' fused expert tensors [E, 2 F, D] and [E, D, F] (transformers keeps
+    them fused; the reader assembles them from per-expert tensors) and its router [E, D]."""
+    d, hd, v = spec.hidden_size, spec.head_dim, spec.vocab_size
+    fused = spec.family in FUSED_FAMILIES
+    out = {"embed": (v + spec.position_embeddings) * d}
+    if not spec.tie_word_embeddings:
+        out["lm_head"] = v * d
+    for s in spec.layer_shapes():
+        h, g, f = s.num_heads * hd, s.num_kv_heads * hd, s.intermediate_size
+        kinds = {"o": h * d}
+        kinds.update({"qkv": (h + 2 * g) * d} if fused else {"q": h * d, "kv": g * d})
+        gates = 2 if spec.mlp_gated else 1
+        if s.num_experts:
+            e = s.num_experts
+            kinds.update({"experts_gate_up": e * gates * f * d, "experts_down": e * d * f, "router": e * d})
+            if spec.shared_expert_intermediate_size:
+                kinds["shared_expert"] = spec.shared_expert_intermediate_size * d
+        else:
+            kinds.update({"gate_up": gates * f * d} if fused else {"up": f * d, "down": d * f})
+        for k, n in kinds.items():
+            out[k] = max(out.get(k, 0), n)
+    return out
+
+
+def prune_memory(
+    teacher: ArchSpec,
+    student: ArchSpec | None = None,
+    *,
+    mode: str = "in_memory",
+    weights_dtype: str | None = None,
+) -> dict:
+    """Peak bytes of a prune job (worker/handlers.py run_prune) in the mode it runs.
+
+    `student`: the cut model's spec (None: the teacher's, an upper bound). The weights are in the
+    checkpoint's dtype (`weights_dtype`, default the teacher's).
+
+    - "in_memory" (handlers._prune_in_memory -> surgery.apply_plan): the teacher is loaded whole
+      (`teacher_weights`); `_cut_parameters` replaces each parameter by `cut.take(param)`, a new tensor.
+      The replaced teacher tensors free nothing until the end: the loaded weights are views of the
+      checkpoint's mapped files, each mapping alive while any of its tensors is. So the whole cut copy
+      (`student_weights`) sits beside the whole teacher, and one more tensor is alive while a cut
+      runs (the selection's result before the parameter swap drops its predecessor): the largest student
+      tensor (`cut_tensor`; measured: without it the bench's prune cases land at 0.83-0.97);
+      `save_pretrained` writes the contiguous cut tensors by pointer (safetensors >= 0.6), no copy.
+    - "out_of_core" (out_of_core.prune_checkpoint): both models live on "meta" (no memory); each output
+      tensor is `CheckpointReader.read` into an owned buffer (the kept rows, or the whole tensor when the
+      rows are scattered, fused like Phi-3's qkv / gate_up or cut along another dim: `read_tensor`, at
+      most the teacher's tensor), then its other dims selected into a new tensor (`cut_tensor`, the
+      student's tensor), then written to the open shard file (shard_writer._write_shard: no shard
+      buffer). The peak is the kind of tensor (`tensor_numels`) with the largest read + cut.
+    """
+    w = dtype_bytes(weights_dtype or teacher.dtype)
+    student = student or teacher
+    t, s = tensor_numels(teacher), tensor_numels(student)
+    if mode == "in_memory":
+        parts = {
+            "teacher_weights": teacher.param_count()["total"] * w,
+            "student_weights": student.param_count()["total"] * w,
+            "cut_tensor": max(s.values()) * w,
+        }
+        largest = max(s, key=s.get)
+    elif mode == "out_of_core":
+        largest = max(t, key=lambda k: t[k] + s.get(k, 0))
+        parts = {"read_tensor": t[largest] * w, "cut_tensor": s.get(largest, 0) * w}
+    else:
+        raise ValueError(f"unknown prune mode {mode!r}; use in_memory or out_of_core")
+    return _result(parts, mode=mode, largest_tensor=largest)
 
 
 # ---- fitting it on a worker -----------------------------------------------------------------------
