@@ -177,6 +177,36 @@ def check_job(
     refuse_unless_fits(settings, queue, what, need, params, candidates)
 
 
+PRUNE_LAYOUTS = {"never": ("in_memory",), "always": ("out_of_core",), "auto": ("in_memory", "out_of_core")}
+
+
+def prune_need(t_spec, s_spec, p: dict) -> int:
+    """A prune job's peak (memplan.prune_memory) in the mode it can run: `out_of_core` "never" cuts in
+    memory (teacher + cut copy), "always" tensor by tensor (about one tensor); with "auto" the worker
+    goes out of core when the teacher does not fit, so the smaller counts."""
+    modes = PRUNE_LAYOUTS.get(p.get("out_of_core", "auto"), PRUNE_LAYOUTS["auto"])
+    return min(memplan.prune_memory(t_spec, s_spec, mode=m)["total"] for m in modes)
+
+
+def check_prune(
+    settings: Settings, teacher_spec: dict | None, plan_stats: dict | None, params: dict, queue: str
+):
+    """409 when a prune job fits no live worker on its queue in the mode it would run, naming
+    `out_of_core` ("always") when cutting out of core fits. The student's spec is the plan's
+    (`plan_stats["spec"]`); without one the teacher's stands in (an upper bound)."""
+    if not teacher_spec:
+        return
+    t_spec = memplan.spec_from_summary(teacher_spec)
+    s_summary = (plan_stats or {}).get("spec")
+    s_spec = memplan.spec_from_summary(s_summary) if s_summary else None
+
+    def need(p: dict) -> int:
+        return prune_need(t_spec, s_spec, p)
+
+    candidates = [{"out_of_core": "always"}] if params.get("out_of_core", "auto") == "never" else []
+    refuse_unless_fits(settings, queue, "prune job", need, params, candidates)
+
+
 def distill_need(s_spec, t_spec, p: dict, device: str) -> int:
     """Bytes a distillation needs of each worker's device: over gpus x nodes ranks the planner's sharded
     step (each rank its shard of the student and the teacher; the worker replicates the teacher only when

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle, removal
+from backend import lifecycle, memcheck, removal
 from backend.api.errors import errors
 from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
@@ -42,6 +42,8 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
         "out_of_core": body.out_of_core,
     }
     queue = choose_queue(request.app.state.settings, "prune", params)
+    teacher = db.get(Teacher, plan.teacher_id)
+    memcheck.check_prune(request.app.state.settings, teacher and teacher.spec, plan.stats, params, queue)
     student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
     db.add(student)
     db.flush()

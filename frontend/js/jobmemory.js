@@ -1,7 +1,7 @@
 // What one job needs per device, from its form's settings: the dashboard's copy of backend/memcheck.py's
 // `need` of each job kind (the same composition of memplan.js's estimates), so the live line under a
 // form says what the API's 409 check will say.
-import { distillMemory, evaluationMemory, importanceMemory, teacherCorrectionMemory } from "./memplan.js";
+import { distillMemory, evaluationMemory, importanceMemory, pruneMemory, teacherCorrectionMemory } from "./memplan.js";
 
 /** Distill: the planner's sharded step over gpus x nodes ranks, per GPU on CUDA, times a node's ranks on
  * a CPU host (they share its memory); with teacher correction the larger of that and its phases
@@ -32,6 +32,21 @@ export function benchmarkNeed(teacher, student, { batch_size: batch = 1, seq_len
   const runs = [teacher, student].filter(Boolean).map((spec) => evaluationMemory(spec, { batch_size: batch, seq_len: seqLen, new_tokens: newTokens, device }));
   const weights = runs.reduce((sum, r) => sum + r.parts.weights, 0);
   return weights + Math.max(...runs.map((r) => r.total - r.parts.weights));
+}
+
+const PRUNE_LAYOUTS = { never: ["in_memory"], always: ["out_of_core"], auto: ["in_memory", "out_of_core"] };
+
+/** Prune ("Create student"): in memory (teacher + cut copy) or out of core (about one tensor), by the
+ * form's `out_of_core`; with "auto" the smaller, as the worker goes out of core when the teacher does not
+ * fit (memcheck.prune_need). `student`: the plan's resulting spec (null: the teacher's). */
+export function pruneNeed(teacher, student, p = {}) {
+  const modes = PRUNE_LAYOUTS[p.out_of_core || "auto"] || PRUNE_LAYOUTS.auto;
+  return Math.min(...modes.map((mode) => pruneMemory(teacher, student, { mode }).total));
+}
+
+/** Both modes of a prune job, for the form's line ("needs X (out of core: Y)"). */
+export function pruneModes(teacher, student) {
+  return { in_memory: pruneMemory(teacher, student, { mode: "in_memory" }).total, out_of_core: pruneMemory(teacher, student, { mode: "out_of_core" }).total };
 }
 
 /** Preview: the teacher, then the masked teacher, over packed blocks (a batch of 8). */

@@ -268,3 +268,23 @@ def memplan_spec(url: str, student_id: int, which: str):
         student = s.get(Student, student_id)
         row = student if which == "student" else s.get(Teacher, student.teacher_id)
         return spec_from_summary(row.spec)
+
+
+def test_a_prune_job_that_fits_only_out_of_core_names_out_of_core(client, api_env, student_id):
+    """POST /students: an 8B float32 teacher (32 GB loaded, + its cut copy) on a worker with 20 GiB free
+    is refused in memory (409 naming out_of_core=always, nothing written); auto is accepted (the worker
+    cuts out of core, about one tensor)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    with session_scope(url) as s:
+        plan_id = s.get(Student, student_id).plan_id
+    before = counts(url)
+    body = {"plan_id": plan_id, "name": "cut", "device": "cpu"}
+    r = client.post("/api/v1/students", json={**body, "out_of_core": "never"})
+    assert r.status_code == 409, r.text
+    detail = error_text(r)
+    assert "prune job needs" in detail and "nearest setting that fits: out_of_core=always" in detail, detail
+    assert counts(url) == before
+    r = client.post("/api/v1/students", json={**body, "out_of_core": "auto"})
+    assert r.status_code == 201, r.text
+    forget_worker(api_env, cpu)

@@ -26,6 +26,7 @@ process.stdout.write(JSON.stringify(cases.map(({ fn, t, s, p, device }) => {
   if (fn === "evaluate") return jm.evaluateNeed(s || t, { ...p, device });
   if (fn === "benchmark") return jm.benchmarkNeed(t, s, { ...p, device });
   if (fn === "importance") return jm.importanceNeed(t, p, device);
+  if (fn === "prune") return jm.pruneNeed(t, s, p);
   throw new Error(fn);
 })));
 """
@@ -118,8 +119,51 @@ def test_every_forms_estimate_equals_the_api_check(tmp_path: Path, monkeypatch, 
                     lambda t=tid, p=params: memcheck.check_importance(settings, rows[t].spec, p, queue),
                 )
             )
+    # Prune: in memory, out of core, auto (the smaller), with the plan's student spec or none.
+    for mode in ("never", "always", "auto"):
+        for tid, stats in ((1, {"spec": student}), (3, None)):
+            params = {"out_of_core": mode}
+            cases.append(
+                {
+                    "fn": "prune",
+                    "t": rows[tid].spec,
+                    "s": stats and stats["spec"],
+                    "p": params,
+                    "device": device,
+                }
+            )
+            expected.append(
+                accepted_need(
+                    monkeypatch,
+                    lambda t=tid, st=stats, p=params: memcheck.check_prune(
+                        settings, rows[t].spec, st, p, queue
+                    ),
+                )
+            )
     got = run_dashboard_js(tmp_path, DRIVER % json.dumps(cases))
     assert got == expected
+
+
+def test_prune_refused_names_out_of_core(monkeypatch):
+    """A prune job that fits no worker in memory is a 409 naming out_of_core=always when cutting out of
+    core fits; auto is accepted (the worker goes out of core); one that fits in neither mode is refused."""
+    from worker.engine import memplan
+
+    big = llama8b().summary()
+    spec = memplan.spec_from_summary(big)
+    in_memory = memplan.prune_memory(spec, None, mode="in_memory")["total"]
+    out_of_core = memplan.prune_memory(spec, None, mode="out_of_core")["total"]
+    assert out_of_core < in_memory / 10
+    cap = out_of_core + (1 << 20)
+    monkeypatch.setattr(memcheck, "capacities", lambda *a, **k: [(cap, "w cpu")])
+    with pytest.raises(Conflict) as err:
+        memcheck.check_prune(SimpleNamespace(), big, None, {"out_of_core": "never"}, "cpu")
+    assert tuple(err.value.field) == ("out_of_core",) and tuple(err.value.nearby) == ("always",)
+    assert "prune job needs" in str(err.value) and "out_of_core=always" in str(err.value)
+    memcheck.check_prune(SimpleNamespace(), big, None, {"out_of_core": "auto"}, "cpu")
+    cap = out_of_core - 1
+    with pytest.raises(Conflict, match="no smaller setting fits"):
+        memcheck.check_prune(SimpleNamespace(), big, None, {"out_of_core": "auto"}, "cpu")
 
 
 LAYOUT_DRIVER = """
