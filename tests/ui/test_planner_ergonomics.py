@@ -182,7 +182,18 @@ def test_rounding_widths_to_hardware_multiples_shows_its_cost(page, live_app, se
 def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
     open_explorer(page, live_app, setup["plain"]["id"])
     page.click("[data-testid=layers-plot]")  # any edit
+    # The prune job's memory line follows the mode: the teacher + its cut copy in memory, about one
+    # tensor out of core (jobmemory.pruneNeed, what memcheck.check_prune refuses by).
+    line = page.locator("[data-testid=student-memory]")
+    needs = re.compile(
+        r"needs ([\d.]+ [MG]iB) per device.*in memory: ([\d.]+ [MG]iB); out of core: ([\d.]+ [MG]iB)"
+    )
+    page.select_option("[data-testid=out-of-core]", "never")
+    never = needs.search(line.inner_text())
+    assert never and never[1] == never[2], line.inner_text()
     page.select_option("[data-testid=out-of-core]", "always")
+    always = needs.search(line.inner_text())
+    assert always and always[1] == always[3] != always[2], line.inner_text()
     page.fill("[data-testid=student-name]", "ooc")
     page.click("[data-testid=create-student]")
     page.wait_for_selector("[data-testid=student-link]")

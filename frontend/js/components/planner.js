@@ -2,15 +2,15 @@
 // messages (local at once, the server's GQA advice debounced), fill-to-target, save, preview, student.
 
 import { api, showError } from "../api.js";
-import { localMessages, planStats } from "../costmodel.js";
+import { localMessages, planStats, resultingShape } from "../costmodel.js";
 import { debounce, h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
 import { memoryLine, queueFor } from "./memline.js";
-import { previewNeed } from "../jobmemory.js";
-import { fitLine } from "../memplan.js";
+import { previewNeed, pruneModes, pruneNeed } from "../jobmemory.js";
+import { fitLine, formatBytes } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
 
 /** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
@@ -109,6 +109,20 @@ export class Planner {
       return fitLine(() => previewNeed(this.spec, { seq_len: context, device: queue === "gpu" ? "cuda" : "cpu" }), {}, workers, queue);
     });
     this.previewMemory.dataset.testid = "preview-memory";
+    // What the prune job needs in the mode chosen (memcheck.check_prune): the teacher loaded + the cut copy,
+    // or about one tensor out of core; "auto" counts the smaller (the worker goes out of core when big).
+    this.surgeryRow = h("div.row.tight", { style: { marginTop: "4px" } }, h("span.hint", "read the teacher"), this.surgery);
+    this.studentMemory = memoryLine(this.surgeryRow, (_, workers) => {
+      if (!this.spec || !this.ctx.state?.plan) return null;
+      const { hidden, layers } = resultingShape(this.spec, this.ctx.state.plan);
+      const student = { ...this.spec, hidden_size: hidden, num_layers: layers.length, layers };
+      const mode = this.surgery.value;
+      const queue = queueFor("auto", workers);
+      const fit = fitLine((p) => pruneNeed(this.spec, student, p), { out_of_core: mode }, workers, queue, mode === "never" ? [{ out_of_core: "always" }] : []);
+      const both = pruneModes(this.spec, student);
+      return { ...fit, text: `${fit.text} (in memory: ${formatBytes(both.in_memory)}; out of core: ${formatBytes(both.out_of_core)})` };
+    });
+    this.studentMemory.dataset.testid = "student-memory";
     this.studentErr = h("div.error-msg");
     this.studentInfo = h("div");
 
@@ -135,7 +149,8 @@ export class Planner {
       this.previewMemory,
       this.previewBox,
       h("div.row.tight", { style: { marginTop: "8px" } }, this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
-      h("div.row.tight", { style: { marginTop: "4px" } }, h("span.hint", "read the teacher"), this.surgery),
+      this.surgeryRow,
+      this.studentMemory,
       this.studentErr,
       this.studentInfo,
       h("div.hint", { style: { marginTop: "10px" } },
@@ -150,6 +165,7 @@ export class Planner {
     const { state } = this.ctx;
     const plan = state.plan;
     const stats = planStats(this.spec, plan);
+    this.surgeryRow?.dispatchEvent(new Event("change")); // the student's memory line follows the plan
     const spec = this.spec;
     const ratio = (a, b) => (b ? a / b : 0);
     const headsKept = stats.layers.map((s) => s.num_heads);
