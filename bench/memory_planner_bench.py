@@ -60,6 +60,8 @@ WIDE = dict(hidden=256, intermediate=768, layers=4, heads=8, kv=2, vocab=512)
 # gate_up_proj). Sequences of 256 make the scores as big as an MLP's working set.
 GEMMA2 = dict(family="gemma2", hidden=128, intermediate=384, layers=4, heads=4, kv=2, vocab=4096)
 PHI3 = dict(family="phi3", hidden=128, intermediate=512, layers=4, heads=4, kv=2, vocab=512)
+# A mixture of experts (prune cases only): 8 experts of width 256 per layer, fused expert tensors.
+QWEN3_MOE = dict(family="qwen3_moe", hidden=128, intermediate=256, layers=3, heads=4, kv=2, vocab=1024)
 
 
 def half(cfg: dict) -> dict:
@@ -111,6 +113,8 @@ CASES = [
     ("prune-ooc", PHI3, dict(batch_size=1, seq_len=1)),
     ("prune", WIDE_VOCAB, dict(batch_size=1, seq_len=1)),
     ("prune-ooc", WIDE_VOCAB, dict(batch_size=1, seq_len=1)),
+    ("prune", QWEN3_MOE, dict(batch_size=1, seq_len=1)),
+    ("prune-ooc", QWEN3_MOE, dict(batch_size=1, seq_len=1)),
 ]
 QUICK = [8, 9, 13]
 # `--real` (CUDA only): Llama-3.1-8B's shapes, random weights built on the device; the distillation
@@ -156,6 +160,19 @@ def build(cfg: dict, seed: int, dtype, device: str = "cpu"):
             tie_word_embeddings=True,
         )
         config._attn_implementation = "eager"  # what load_model gives (Gemma 2 has no SDPA support)
+    elif family == "qwen3_moe":
+        from transformers import Qwen3MoeConfig
+
+        moe = {k: v for k, v in shape.items() if k != "intermediate_size"}
+        config = Qwen3MoeConfig(
+            **moe,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=cfg["intermediate"],
+            norm_topk_prob=False,
+            tie_word_embeddings=False,
+        )
+        config._attn_implementation = "sdpa"
     else:
         extra = {"pad_token_id": 0} if family == "phi3" else {}  # (its default id is past a tiny vocabulary)
         config = (Phi3Config if family == "phi3" else LlamaConfig)(
@@ -380,12 +397,18 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
         from worker.engine.plan import PrunePlan
         from worker.engine.surgery import apply_plan
 
+        family = cfg.get("family", "llama")
         model = build(cfg, 0, dtype)
         teacher = arch_spec(model)
         path = Path(tempfile.mkdtemp(prefix="memplan-bench-"))
         model.save_pretrained(path / "teacher")
-        plan = PrunePlan(
-            remove_neurons={i: list(range(cfg["intermediate"] // 2)) for i in range(cfg["layers"])},
+        cut = {i: list(range(cfg["intermediate"] // 2)) for i in range(cfg["layers"])}
+        plan = PrunePlan(  # MoE: a quarter of each layer's experts instead of neurons
+            **(
+                {"remove_experts": {i: [0, 5] for i in range(cfg["layers"])}}
+                if family == "qwen3_moe"
+                else {"remove_neurons": cut}
+            ),
             remove_hidden=list(range(0, cfg["hidden"], 4)),
         )
         student = arch_spec(apply_plan(model, plan))

@@ -375,9 +375,12 @@ export function pruneMemory(teacher, student, opts = {}) {
     largest = Object.keys(s).reduce((a, k) => (s[k] > s[a] ? k : a));
     parts = { teacher_weights: paramCount(teacher).total * w, student_weights: paramCount(student).total * w, cut_tensor: s[largest] * w };
   } else if (mode === "out_of_core") {
-    const both = (k) => t[k] + (s[k] ?? 0);
+    const experts = Math.max(1, ...layerShapes(teacher).map((x) => x.num_experts || 0));
+    // per-expert checkpoints: the kept experts, each cut, + one expert read (memplan.prune_memory)
+    const read = (k) => (k.startsWith("experts_") ? (s[k] ?? 0) + Math.floor(t[k] / experts) : t[k]);
+    const both = (k) => read(k) + (s[k] ?? 0);
     largest = Object.keys(t).reduce((a, k) => (both(k) > both(a) ? k : a));
-    parts = { read_tensor: t[largest] * w, cut_tensor: (s[largest] ?? 0) * w };
+    parts = { read_tensor: read(largest) * w, cut_tensor: (s[largest] ?? 0) * w };
   } else {
     throw new Error(`unknown prune mode ${mode}; use in_memory or out_of_core`);
   }
