@@ -1,4 +1,4 @@
-"""The memory planner (worker/engine/memplan.py) against real peaks: distillation, importance, evaluation.
+"""The memory planner (worker/engine/memplan.py) against real peaks: distillation, importance, evaluation, pruning.
 
 Each case runs in a fresh subprocess (so one case's allocator state cannot leak into the next) and
 reports, side by side with the planner's estimate:
@@ -18,7 +18,10 @@ reports, side by side with the planner's estimate:
 Distillation is measured over its second step (AdamW's moments exist from the first), through the real
 `distill()` loop with `memory_options`; importance through `compute_importance` (two batches, loss scans
 on); streamed importance through `compute_importance_streamed` from a saved checkpoint (four batches,
-its activation stores on the device or spilled); evaluation as `perplexity` scores one batch (final hidden states, then the chunked-head NLL). The
+its activation stores on the device or spilled); pruning from a saved checkpoint, in memory (the loaded
+teacher's mapped weights counted as live tensors, then the cut and the save measured) or out of core
+(`prune_checkpoint`; the reader's anonymous-map buffers drawn from the allocator instead, same bytes, so
+the profiler sees them); evaluation as `perplexity` scores one batch (final hidden states, then the chunked-head NLL). The
 target is |estimate / tensors - 1| <= 15% for every case.
 
 Besides Llama, the families whose attention or projections differ: Gemma 2 (transformers runs its soft-capped
