@@ -28,6 +28,9 @@ def start_up(data_dir: Path, port: int, log: Path, roots: Path) -> subprocess.Po
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # As a script's background job gets it (`prunescope up &`): SIGINT ignored. Ctrl-C must stop `up`
+        # and its children all the same, not look to `up` like children crashing.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

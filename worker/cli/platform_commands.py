@@ -224,8 +224,11 @@ def _up(args) -> int:
     env["PRUNESCOPE_DATA_DIR"] = str(data_dir)
     env["PRUNESCOPE_DATABASE_URL"] = settings.resolved_database_url
     env["PRUNESCOPE_HOST"], env["PRUNESCOPE_PORT"] = settings.host, str(settings.port)
-    # SIGTERM (systemd, docker stop, a supervisor) stops everything the way Ctrl-C does.
+    # SIGTERM (systemd, docker stop, a supervisor) stops everything the way Ctrl-C does. SIGINT is set too:
+    # a shell script's background job inherits it ignored, and the children (which set their own) would
+    # then stop on a group Ctrl-C while `up` restarted them as crashed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     supervisor = Supervisor(lambda line: print(f"prunescope up: {line}", file=sys.stderr, flush=True))
     preexec = die_with_parent()  # SIGKILL of `up` still stops every child: no orphans
     cli = [sys.executable, "-m", "worker"]
@@ -271,6 +274,7 @@ def _up(args) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping: a second Ctrl-C does not cut it short
         supervisor.stop(["api", "worker"])
         supervisor.stop(["redis"])  # last: the worker acknowledges and checkpoints through it
         lock.close()
