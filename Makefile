@@ -37,7 +37,7 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -ra --durations=20
+	$(BIN)/pytest -q -ra --durations=40
 
 run: install
 	$(BIN)/prunescope up
