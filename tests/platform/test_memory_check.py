@@ -50,6 +50,18 @@ def with_memory(record: dict, api_env, kind: str, total: int, free: int) -> dict
     return record
 
 
+def importance_setup(api_env, student_id: int) -> tuple[int, int, dict]:
+    """(teacher id, a demo dataset's id, a fake CPU worker with 20 of 64 GiB free) for importance jobs."""
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        teacher_id = s.get(Student, student_id).teacher_id
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        dataset_id = dataset.id
+    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    return teacher_id, dataset_id, cpu
+
+
 def distill(client, student_id, validate_only=False, **params):
     suffix = "?validate_only=true" if validate_only else ""
     body = {"kind": "distill", "student_id": student_id, "params": {"steps": 10, **params}}
@@ -96,13 +108,7 @@ def test_cpu_workers_are_sized_by_their_free_memory(client, api_env, student_id)
 
 def test_importance_counts_the_streamed_layout_unless_offload_is_never(client, api_env, student_id):
     url = api_env["PRUNESCOPE_DATABASE_URL"]
-    with session_scope(url) as s:
-        teacher_id = s.get(Student, student_id).teacher_id
-        dataset = Dataset(name="d", source="demo")
-        s.add(dataset)
-        s.flush()
-        dataset_id = dataset.id
-    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    teacher_id, dataset_id, cpu = importance_setup(api_env, student_id)
     body = {
         "teacher_id": teacher_id,
         "dataset_id": dataset_id,
@@ -187,13 +193,7 @@ def test_a_spill_limit_too_small_for_one_streamed_pass_is_refused(client, api_en
     spill_limit_gb and the smallest limit that runs, nothing written; that limit is accepted (the scans
     then run in several passes). A limit that is not positive: 422 naming the field."""
     url = api_env["PRUNESCOPE_DATABASE_URL"]
-    with session_scope(url) as s:
-        teacher_id = s.get(Student, student_id).teacher_id
-        dataset = Dataset(name="d", source="demo")
-        s.add(dataset)
-        s.flush()
-        dataset_id = dataset.id
-    cpu = with_memory(fake_worker(api_env, "cpu", ["cpu", "default"]), api_env, "cpu", 64 * GiB, 20 * GiB)
+    teacher_id, dataset_id, cpu = importance_setup(api_env, student_id)
     body = {
         "teacher_id": teacher_id,
         "dataset_id": dataset_id,
