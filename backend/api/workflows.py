@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, lifecycle
+from backend import heatmaps, lifecycle, memcheck
 from backend.api.errors import errors
 from backend.api.importance import artifact_path
 from backend.api.jobs import on_protocol
@@ -21,6 +21,7 @@ from backend.models import Dataset, Job, JobStatus, Plan, Teacher
 from backend.settings import Settings
 from backend.workflows import control, runner, view
 from backend.workflows.advance import advance
+from backend.workflows.definitions import cut_params
 from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, WorkflowOut
 from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
 
@@ -93,6 +94,23 @@ def _saved_plan(
     return row
 
 
+def _check_cut_fits(
+    db: Session, body: WorkflowCreate, index: int, plan: Plan, candidate: dict, settings: Settings
+) -> None:
+    """A candidate whose cut fits no live worker's memory is refused now (409 at the candidate), not
+    when its cut step comes (which checks again: workers come and go meanwhile)."""
+    params = cut_params({"device": body.device}, candidate)
+    teacher = db.get(Teacher, body.teacher_id)
+    try:
+        memcheck.check_prune(
+            settings, teacher.spec, plan.stats, params, choose_queue(settings, "prune", params)
+        )
+    except Conflict as exc:
+        raise Conflict(
+            f"candidate {candidate['name']!r}: {exc.message}", field=("body", "candidates", index)
+        ) from exc
+
+
 def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     """Every check of a create (plans saved in the session, not committed): the workflow's params."""
     teacher_spec(db, body.teacher_id)  # 404 / 409 for a missing or unready teacher
@@ -116,6 +134,7 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     for i, candidate in enumerate(body.candidates):
         plan = _saved_plan(db, body, i, candidate, settings)
         candidates.append({"name": candidate.name, "plan_id": plan.id, "plan_version": plan.version})
+        _check_cut_fits(db, body, i, plan, candidates[-1], settings)
     values = body.model_dump(mode="json", exclude={"candidates"})
     values["name"] = body.name or f"bake-off of {len(candidates)} candidate{'s' * (len(candidates) != 1)}"
     return {**values, "candidates": candidates}

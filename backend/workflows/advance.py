@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle, serialize
+from backend import lifecycle, memcheck, serialize
 from backend.dispatch import choose_queue  # a child is routed as any job (Conflict naming device)
 from backend.errors import Conflict
 from backend.events import add_event
-from backend.models import Job, WorkflowStep
+from backend.models import Job, Plan, Teacher, WorkflowStep
 from backend.settings import Settings
-from backend.workflows.definitions import DEFINITIONS, Branch, Context, Definition, Step
+from backend.workflows.definitions import DEFINITIONS, Branch, Child, Context, Definition, Step
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,16 @@ def lock(session: Session, workflow_id: int) -> Job | None:
 # ---- children ------------------------------------------------------------------------------------------
 
 
+def check_memory(session: Session, settings: Settings, child: Child, queue: str) -> None:
+    """Conflict when the child fits no live worker's memory: a cut is checked as POST /students checks
+    one (backend.memcheck.check_prune), so a cut too big for every worker fails its step now, readably,
+    instead of queueing a prune job that dies on the worker."""
+    if child.kind == "prune":
+        teacher = session.get(Teacher, child.links["teacher_id"])
+        plan = session.get(Plan, child.links["plan_id"])
+        memcheck.check_prune(settings, teacher and teacher.spec, plan and plan.stats, child.params, queue)
+
+
 def create_step(
     session: Session, settings: Settings, workflow: Job, state: BranchState, step: Step, steps: Steps
 ) -> Job | None:
@@ -124,14 +134,15 @@ def create_step(
     child = step.build(ctx)
     try:
         queue = choose_queue(settings, child.kind, child.params)
+        check_memory(session, settings, child, queue)
     except Conflict as exc:
         row.error = f"could not queue the {step.kind} job: {exc.message}"
         session.add(row)
         session.flush()
+        steps.rows.append(row)  # the caller reads the failure from it
         return None
-    job = lifecycle.create(
-        session, child.kind, child.params, queue=queue, parent_id=workflow.id, **child.links
-    )
+    links = {**child.links, **(child.make() if child.make is not None else {})}
+    job = lifecycle.create(session, child.kind, child.params, queue=queue, parent_id=workflow.id, **links)
     if child.then is not None:
         child.then(job)
     row.job_id = job.id
@@ -203,7 +214,8 @@ def walk(
         if status == "pending":
             created = create_step(session, settings, workflow, state, step, steps)
             if created is None:
-                state.status, state.error = "failed", steps.latest(branch.key, step.name).error
+                why = steps.latest(branch.key, step.name).error
+                state.status, state.error = "failed", failure(branch, step, None, why, "failed")
                 return state
             publish.append(created)
             state.status = "running"

@@ -2,8 +2,10 @@
 (each step one child job), and what the final step computes from the finished branches.
 
 A step's `build` says what job to create from what the branch already did (its earlier steps' jobs);
-it may add rows the job works on (the cut step's student) in the same transaction, so a step that
-cannot be created leaves nothing behind. Torch-free.
+it writes nothing. The rows the job works on (the cut step's student) are written by the child's
+`make`, called only once the job can be created (a worker serves it and it fits one's memory:
+backend.workflows.advance.create_step), so a step that cannot be created leaves nothing behind.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Child:
     params: dict[str, Any]
     links: dict[str, Any]  # teacher_id, student_id, plan_id of the job row
     then: Callable[[Job], None] | None = None  # called with the created job (e.g. link the student)
+    # Writes the rows the job works on once it can be created; returns their links (the cut's student).
+    make: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,29 +83,36 @@ def _device(ctx: Context) -> dict[str, Any]:
     return {"device": ctx.params.get("device", "auto")}
 
 
+def cut_params(workflow_params: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+    """The prune job of a candidate's cut (POST /workflows checks the same job up front)."""
+    return {
+        "plan_id": candidate["plan_id"],
+        "plan_version": candidate["plan_version"],
+        "out_of_core": "auto",
+        "device": workflow_params.get("device", "auto"),
+    }
+
+
 def _cut(ctx: Context) -> Child:
     """A student from the candidate's saved plan; a retry cuts the same student row again."""
     teacher_id, plan_id = ctx.params["teacher_id"], ctx.branch.spec["plan_id"]
     earlier = next((j.student_id for j in reversed(ctx.tries) if j.student_id), None)
-    student = ctx.session.get(Student, earlier) if earlier else None
-    if student is None:
-        student = Student(name=ctx.branch.name, plan_id=plan_id, teacher_id=teacher_id, status="pending")
-        ctx.session.add(student)
-        ctx.session.flush()
-    else:
-        student.status, student.error, student.spec, student.path = "pending", None, None, None
+
+    def make() -> dict[str, Any]:
+        student = ctx.session.get(Student, earlier) if earlier else None
+        if student is None:
+            student = Student(name=ctx.branch.name, plan_id=plan_id, teacher_id=teacher_id, status="pending")
+            ctx.session.add(student)
+            ctx.session.flush()
+        else:
+            student.status, student.error, student.spec, student.path = "pending", None, None, None
+        return {"student_id": student.id}
 
     def link(job: Job) -> None:
-        student.job_id = job.id
+        ctx.session.get(Student, job.student_id).job_id = job.id
 
-    params = {
-        "plan_id": plan_id,
-        "plan_version": ctx.branch.spec["plan_version"],
-        "out_of_core": "auto",
-        **_device(ctx),
-    }
-    links = {"teacher_id": teacher_id, "student_id": student.id, "plan_id": plan_id}
-    return Child("prune", params, links, then=link)
+    links = {"teacher_id": teacher_id, "plan_id": plan_id}
+    return Child("prune", cut_params(ctx.params, ctx.branch.spec), links, then=link, make=make)
 
 
 def _measure(kind: str, settings_key: str, *, pruned: bool = False) -> Callable[[Context], Child]:
