@@ -179,13 +179,8 @@ def held_attempts(
     A message delivered more than `unacked_stale_s` ago is not counted: its job is still queued (no
     worker claimed it), so the worker that took it died or hangs; kombu would put it back only after the
     visibility timeout (hours)."""
-    names = [
-        prefix + q + suffix
-        for q in queues
-        for suffix in ("", *(PRIORITY_SEP + str(p) for p in PRIORITY_STEPS))
-    ]
     with client.pipeline(transaction=True) as pipe:  # one consistent snapshot
-        for name in names:
+        for name in _queue_lists(prefix, queues):
             pipe.lrange(name, 0, -1)
         pipe.hgetall(prefix + UNACKED)
         pipe.zrange(prefix + UNACKED_INDEX, 0, -1, withscores=True)
@@ -199,6 +194,26 @@ def held_attempts(
     return {attempt for attempt in map(_job_attempt, messages) if attempt is not None}
 
 
+def queued_run_jobs(client: redis.Redis, prefix: str, queue: str) -> list[list]:
+    """The arguments of every run-job message waiting in `queue` (not yet delivered to a worker): a
+    job's first message is [job id, attempt], a gang's messages (worker.gang) are longer."""
+    with client.pipeline(transaction=True) as pipe:
+        for name in _queue_lists(prefix, [queue]):
+            pipe.lrange(name, 0, -1)
+        lists = pipe.execute()
+    found = (_run_job_args(_loads(raw)) for values in lists for raw in values)
+    return [args for args in found if args is not None]
+
+
+def _queue_lists(prefix: str, queues) -> list[str]:
+    """The Redis lists of `queues` (kombu keeps one per priority step)."""
+    return [
+        prefix + q + suffix
+        for q in queues
+        for suffix in ("", *(PRIORITY_SEP + str(p) for p in PRIORITY_STEPS))
+    ]
+
+
 def _loads(raw):
     try:
         return json.loads(raw)
@@ -208,6 +223,12 @@ def _loads(raw):
 
 def _job_attempt(message) -> tuple[int, int] | None:
     """(job id, attempt) of a kombu message carrying `prunescope.run_job`, else None."""
+    args = _run_job_args(message)
+    return (args[0], args[1]) if args is not None else None
+
+
+def _run_job_args(message) -> list | None:
+    """The arguments of a kombu message carrying `prunescope.run_job` (job id, attempt, ...), else None."""
     try:
         if message.get("headers", {}).get("task") != RUN_JOB:
             return None
@@ -215,6 +236,6 @@ def _job_attempt(message) -> tuple[int, int] | None:
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         args = json.loads(body)[0]
-        return int(args[0]), int(args[1])
+        return [int(args[0]), int(args[1]), *args[2:]]
     except (AttributeError, ValueError, KeyError, IndexError, TypeError):
         return None

@@ -18,6 +18,17 @@ a heartbeat in its hash), yields: its round is closed as "yielded" (members that
 failing the job, member messages taken later are dropped) and node 0's message is sent again for the
 next round, which keeps the attempt's seniority. So at least the oldest gang forms; the others queue.
 
+Busy workers: a gang still incomplete `YIELD_AFTER_S` into a round, while jobs that could use its
+leader's worker wait in its queue (their first message, [job, attempt]: single-node jobs or another
+gang's node 0), gives way to them too: the round closes as "yielded" ("waiting for 1 busy worker ...")
+and node 0's message is sent again with a growing backoff (3, 6, 12, 24, 30 s), so the queued work runs
+on that worker while the gang's missing workers finish their own jobs. With nothing else waiting it keeps
+holding (giving way would buy nothing). The gang timeout counts from when the attempt began to wait (its
+first lead, `<base>:wait`), across rounds, so a gang whose workers never come still fails after
+`gang_timeout_s` in all, with the same reason as a single round; a round that begins after that still
+waits `LAST_ROUND_S` (its workers may be free by now). Giving way to an older gang restarts the count:
+that wait is for the older job, whose gang then holds the workers.
+
 A node > 0 that stops on its own (its worker shutting down) leaves a note in the gang before it stops its
 ranks, so node 0 reports that instead of torchrun's exit code (`stopped_note`).
 
@@ -33,13 +44,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from backend import fleet
+from backend import broker, fleet
 from backend.settings import Settings
 
 KEY = "prunescope:gangs:"
 TTL_S = 7 * 86400
 POLL_S = 0.2
-YIELD_AFTER_S = 2.0  # a leader waits this long for its own gang before it yields to an older one
+YIELD_AFTER_S = 2.0  # a leader waits this long for its own gang before it yields (older gang, busy workers)
+YIELD_BACKOFF_S = 3.0  # a gang that gave way tries again this much later (busy workers: doubling per round)
+BUSY_BACKOFF_MAX_S = 30.0
+BUSY_CHECK_S = 1.0  # how often a leader reads its queue for waiting jobs
+LAST_ROUND_S = 5.0  # a round that begins after the gang's timeout still waits this long for its members
 BEAT_STALE_S = 15.0  # a forming gang whose leader has not polled for this long is not waited for
 
 
@@ -48,8 +63,13 @@ class GangIncomplete(RuntimeError):
 
 
 class GangYielded(GangIncomplete):
-    """This round of the gang gave way to an older forming gang: node 0's message is sent again (the
-    job is not failed)."""
+    """This round of the gang gave way (to an older forming gang, or to queued jobs while its missing
+    workers are busy): node 0's message is sent again `retry_in_s` later (the job is not failed);
+    `waiting` is what the job shows meanwhile."""
+
+    def __init__(self, reason: str, retry_in_s: float = YIELD_BACKOFF_S, waiting: str = ""):
+        super().__init__(reason)
+        self.retry_in_s, self.waiting = retry_in_s, waiting or reason
 
 
 def worker_id() -> str:
@@ -78,6 +98,7 @@ class Gang:
     round: int = 0
     base: str = ""  # the job attempt's key: `base:round` holds the current round, `base:since` seniority
     prefix: str = ""
+    job_id: int = 0
 
     @classmethod
     def of(cls, settings: Settings, job_id: int, attempt: int, nodes: int, round: int | None = None) -> Gang:
@@ -87,7 +108,7 @@ class Gang:
         if round is None:
             round = int(client.get(f"{base}:round") or 0)
         key = base if round == 0 else f"{base}:r{round}"
-        return cls(client, key, nodes, round, base, settings.redis_prefix)
+        return cls(client, key, nodes, round, base, settings.redis_prefix, job_id)
 
     # -- membership -------------------------------------------------------------------------------
 
@@ -134,13 +155,22 @@ class Gang:
         self.client.expire(self.key, TTL_S)
         return done
 
-    def yield_round(self, reason: str) -> bool:
-        """Close this round as yielded and make the next one current; False when it opened or failed."""
+    def yield_round(self, reason: str, restart_wait: bool = False) -> bool:
+        """Close this round as yielded and make the next one current; False when it opened or failed.
+        `restart_wait`: the next round's timeout counts afresh (it gave way to an older gang)."""
         self.client.hsetnx(self.key, "reason", reason)
         if not self._set_state("yielded"):
             return False
+        if restart_wait:
+            self.client.delete(f"{self.base}:wait")
         self.client.set(f"{self.base}:round", self.round + 1, ex=TTL_S)
         return True
+
+    def wait_began(self) -> float:
+        """When this attempt began waiting for its workers (epoch s): its first lead, kept across rounds
+        that gave way to busy workers. The gang timeout counts from it."""
+        self.client.set(f"{self.base}:wait", time.time(), nx=True, ex=TTL_S)
+        return float(self.client.get(f"{self.base}:wait"))
 
     def stop_note(self, node: int, worker: str, why: str) -> None:
         """Node `node` stops its ranks on its own (`why`): node 0 reports it (stopped_note)."""
@@ -166,8 +196,6 @@ class Gang:
         decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
         state = decode(state)
         return state, decode(endpoint if state == "open" else reason)
-
-    # -- waiting ----------------------------------------------------------------------------------
 
     # -- competing gangs (the forming list of a queue) --------------------------------------------
 
@@ -201,6 +229,32 @@ class Gang:
             self.client.zrem(key, other)  # opened, failed, yielded, or its leader is gone
         return None
 
+    # -- busy workers (jobs waiting in the queue for the leader's worker) -------------------------
+
+    def others_waiting(self, queue: str) -> int:
+        """Other jobs whose first message ([job, attempt]) waits in `queue`: work the leader's worker
+        could run while this gang's missing workers are busy. Messages that workers sent for gangs
+        (members, a node 0 sent again) are not counted, so two waiting gangs do not trade a worker back
+        and forth; gangs competing for workers are settled by seniority (`older_forming`)."""
+        queued = broker.queued_run_jobs(self.client, self.prefix, queue)
+        return sum(1 for args in queued if len(args) == 2 and args[0] != self.job_id)
+
+    def _busy_yield(self, queue: str, missing: int, retry_cap_s: float) -> GangYielded | None:
+        """Give this round way to the jobs waiting in `queue` (None when none wait, or it opened or
+        failed meanwhile)."""
+        others = self.others_waiting(queue)
+        if not others:
+            return None
+        reason = (
+            f"nodes: waiting for {missing} busy worker{'s' if missing > 1 else ''} on the {queue!r} queue "
+            f"while {others} other job{'s' if others > 1 else ''} wait{'' if others > 1 else 's'} there"
+        )
+        if not self.yield_round(reason):
+            return None
+        retry = min(BUSY_BACKOFF_MAX_S, YIELD_BACKOFF_S * 2 ** min(self.round, 4), max(retry_cap_s, 0.0))
+        waiting = f"{reason}; they run on node 0's worker meanwhile, the gang forms when its workers free up"
+        return GangYielded(reason, retry, waiting)
+
     # -- waiting ----------------------------------------------------------------------------------
 
     def gather(
@@ -209,12 +263,20 @@ class Gang:
         should_stop: Callable[[], bool],
         queue: str | None = None,
         yield_after_s: float = YIELD_AFTER_S,
+        last_round_s: float = LAST_ROUND_S,
     ) -> dict[int, dict]:
         """Node 0: wait until all M nodes joined; the members. Raises GangIncomplete on timeout (closing
         the gang) or when another node closed it; returns early (incomplete) when `should_stop`. With
-        `queue`, raises GangYielded when an older gang on it is forming after `yield_after_s`."""
+        `queue`, the timeout counts from when the attempt began to wait (`wait_began`, across rounds;
+        this round still waits at least `last_round_s`), and it raises GangYielded after
+        `yield_after_s` when an older gang on it is forming, or when jobs wait there while the missing
+        workers are busy."""
         began = time.monotonic()
         deadline = began + timeout_s
+        if queue is not None:
+            waited = max(time.time() - self.wait_began(), 0.0)
+            deadline = began + max(timeout_s - waited, min(last_round_s, timeout_s))
+        checked = began
         while True:
             members = self.members()
             state, reason = self.state()
@@ -222,16 +284,24 @@ class Gang:
                 raise GangIncomplete(reason)
             if len(members) >= self.nodes or should_stop():
                 return members
-            if queue is not None:
+            now = time.monotonic()
+            if queue is not None and now < deadline:
                 self.client.hset(self.key, "beat", time.time())
-                older = self.older_forming(queue) if time.monotonic() - began >= yield_after_s else None
+                older = self.older_forming(queue) if now - began >= yield_after_s else None
                 if older is not None:
                     job = older.removeprefix(f"{self.prefix}{KEY}").split(":")[0]
                     reason = f"nodes: an older gang (job {job}) is forming on the {queue!r} queue"
-                    if self.yield_round(reason):
-                        raise GangYielded(reason)
+                    if self.yield_round(reason, restart_wait=True):
+                        raise GangYielded(reason, waiting=f"{reason}; waiting for it to form")
                     continue  # opened or closed meanwhile: read it again
-            if time.monotonic() >= deadline:
+                if now - began >= yield_after_s and now - checked >= BUSY_CHECK_S:
+                    checked = now
+                    gave_way = self._busy_yield(queue, self.nodes - len(members), deadline - now)
+                    if gave_way is not None:
+                        raise gave_way
+                    if self.state()[0] is not None:
+                        continue  # opened or closed meanwhile: read it again
+            if now >= deadline:
                 reason = (
                     f"nodes: only {len(members)} of {self.nodes} nodes joined within {timeout_s:.0f} s "
                     f"({', '.join(m['worker'] for m in members.values()) or 'none'}); nothing ran. Start "

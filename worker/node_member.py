@@ -7,7 +7,8 @@ ranks with torchrun at node 0's rendezvous and supervises them as node 0 supervi
 `[node i]`, and a cancel or this worker's shutdown reaches its ranks through its own stop file. A stop
 of its own (this worker shutting down) is first noted in the gang, so node 0 reports what happened
 instead of torchrun's exit code. When node 0 never opens the gang, the job (still queued) fails with the
-gang's reason; when the gang's round gave way to an older gang (worker.gang.GangYielded), it just ends.
+gang's reason; when the gang's round gave way (worker.gang.GangYielded: to an older gang, or to queued
+jobs while the gang's other workers are busy), it just ends and frees its worker.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
     member = NodeRuntime(rt, node, gang)
     try:
         endpoint = gang.await_open(settings.gang_timeout_s + MEMBER_SLACK_S, member.should_stop)
-    except GangYielded:  # node 0 gave way to an older gang and sends its job again: nothing to fail
+    except GangYielded:  # node 0 gave way and sends its job again: nothing to fail
         return "skipped"
     except GangIncomplete as exc:
         rt.refuse(str(exc))  # node 0 never claimed the job: it fails here (a no-op once node 0 runs it)

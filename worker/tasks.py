@@ -78,14 +78,14 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
                 run_job.apply_async(args=[job_id, attempt, member, nodes, round], queue=queue)
             try:  # before the claim: a gang that cannot form leaves the job unstarted (resumable)
                 lead(rt, gang, queue)
-            except GangYielded as exc:  # an older gang competes for these workers: let it form first
+            except GangYielded as exc:  # an older gang, or queued jobs while its workers are busy, go first
                 rt.log(
-                    f"{exc}: this gang (round {round}) gives way, node 0 retries in {YIELD_BACKOFF_S:.0f} s"
+                    f"{exc}: this gang (round {round}) gives way, node 0 retries in {exc.retry_in_s:.0f} s"
                 )
-                if rt.note_waiting(f"{exc}; waiting for it to form") is None:
+                if rt.note_waiting(exc.waiting) is None:
                     return "skipped"  # cancelled meanwhile
                 run_job.apply_async(
-                    args=[job_id, attempt, 0, nodes, round + 1], queue=queue, countdown=YIELD_BACKOFF_S
+                    args=[job_id, attempt, 0, nodes, round + 1], queue=queue, countdown=exc.retry_in_s
                 )
                 return "deferred"
             except GangIncomplete as exc:
@@ -116,7 +116,6 @@ def _queue(rt: JobRuntime) -> str:
 
 
 DISTILLATION_POLL_S = 2.0
-YIELD_BACKOFF_S = 3.0  # a gang that gave way to an older one tries again this much later
 
 
 def _wait_for_distillation(rt: JobRuntime) -> str | None:

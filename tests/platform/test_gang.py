@@ -178,3 +178,105 @@ def test_a_node_stopping_on_its_own_is_what_node_0_reports(gang):
     finally:
         SHUTTING_DOWN.clear()
     assert gang.stopped_note() == "node 1 (worker b:2) stopped: worker shutting down; resumable"
+
+
+# -- busy workers: the leader gives its worker to queued jobs, the timeout counts across rounds ------
+
+
+def _send(settings: Settings, *args) -> None:
+    """A run-job message waiting in the 'cpu' queue, as the API ([job, attempt]) or a worker sends it."""
+    from backend.queue import RUN_JOB, make_celery
+
+    make_celery(settings.broker_url, settings.redis_prefix).send_task(RUN_JOB, args=list(args), queue="cpu")
+
+
+@pytest.fixture
+def busy(redis_url):
+    """A prefix of its own; the gang of job 7 (nodes: 2) led by a:1, its node 1's message waiting in the
+    'cpu' queue because every other worker is busy."""
+    settings = Settings(broker_url=redis_url, redis_prefix=f"pstest-gang-{uuid.uuid4().hex[:8]}:")
+    g = _gang(settings, 7)
+    assert g.join(0, "a:1", "10.0.0.1") == "joined"
+    g.enlist("cpu")
+    _send(settings, 7, 1, 1, 2, 0)
+    yield settings, g
+    for key in g.client.scan_iter(settings.redis_prefix + "*"):
+        g.client.delete(key)
+
+
+def test_a_gang_waiting_on_busy_workers_gives_its_worker_to_queued_jobs(busy):
+    """A single-node job (and another gang's node-0 message sent again, not counted) queued behind the
+    gang: the leader closes its round as yielded with the reason, to be sent again after the backoff,
+    and the attempt's wait keeps its start for the next round."""
+    settings, g = busy
+    _send(settings, 9, 1, 0, 2, 1)  # another gang's node 0 sent again: they must not trade workers
+    with pytest.raises(GangIncomplete, match="only 1 of 2 nodes joined within 2 s"):
+        g.gather(2.0, lambda: False, "cpu", yield_after_s=0.3)  # nothing for its worker: it holds
+    g = _gang(settings, 8)
+    assert g.join(0, "a:1", "10.0.0.1") == "joined"
+    g.enlist("cpu")
+    first_wait = g.wait_began()
+    _send(settings, 8, 1, 1, 2, 0)  # its own member message
+    _send(settings, 12, 1)  # a single-node job queued after the gang
+    began = time.monotonic()
+    with pytest.raises(GangYielded) as gave_way:
+        g.gather(60.0, lambda: False, "cpu", yield_after_s=0.3)
+    assert time.monotonic() - began < 5  # not its 60 s timeout
+    reason = "nodes: waiting for 1 busy worker on the 'cpu' queue while 1 other job waits there"
+    assert str(gave_way.value) == reason and gave_way.value.retry_in_s == 3.0
+    assert "gang forms when its workers free up" in gave_way.value.waiting
+    assert g.state() == ("yielded", reason)
+    assert g.join(1, "b:2", "10.0.0.2") == "closed"  # its member message, taken later, is dropped
+    again = _gang(settings, 8)
+    assert again.round == 1 and again.wait_began() == first_wait  # the timeout counts across rounds
+    # The next round, still waiting on busy workers, backs off longer.
+    assert again.join(0, "a:1", "10.0.0.1") == "joined"
+    again.enlist("cpu")
+    with pytest.raises(GangYielded) as later:
+        again.gather(60.0, lambda: False, "cpu", yield_after_s=0.3)
+    assert later.value.retry_in_s == 6.0
+
+
+def test_the_gang_timeout_counts_from_the_first_lead_across_rounds(busy):
+    """Rounds that gave way to queued jobs do not restart the timeout: the gang fails gang_timeout_s
+    after its first lead with the reason of a single round; a round that begins after that still waits
+    `last_round_s` for workers that may be free by now."""
+    settings, g = busy
+    _send(settings, 12, 1)
+    began = time.monotonic()
+    with pytest.raises(GangYielded) as gave_way:
+        g.gather(3.0, lambda: False, "cpu", yield_after_s=0.3)
+    assert gave_way.value.retry_in_s <= 3.0 - (time.monotonic() - began) + 0.1  # not past the timeout
+    g.client.delete(settings.redis_prefix + "cpu")  # the queued job ran on the freed worker
+    again = _gang(settings, 7)
+    assert again.join(0, "a:1", "10.0.0.1") == "joined"
+    again.enlist("cpu")
+    round_began = time.monotonic()
+    with pytest.raises(GangIncomplete, match=r"only 1 of 2 nodes joined within 3 s \(a:1\)") as failed:
+        again.gather(3.0, lambda: False, "cpu", yield_after_s=0.3, last_round_s=0.5)
+    assert not isinstance(failed.value, GangYielded)
+    # 3 s from the first lead, not 3 s for this round (which began about 1 s after it)
+    assert 2.9 < time.monotonic() - began < 4.5 and time.monotonic() - round_began < 2.6
+    assert again.state()[0] == "failed"
+    # A round that begins long after the timeout (its message waited behind long jobs) still gets
+    # last_round_s: the member that is free by now joins and the gang forms.
+    g.client.set(f"{g.base}:wait", time.time() - 100)
+    late = Gang(g.client, f"{g.base}:r9", 2, 9, g.base, g.prefix, 7)
+    assert late.join(0, "a:1", "10.0.0.1") == "joined"
+    late.enlist("cpu")
+    threading.Timer(0.3, lambda: late.join(1, "b:2", "10.0.0.2")).start()
+    assert late.gather(3.0, lambda: False, "cpu", last_round_s=1.5).keys() == {0, 1}
+    late.client.hdel(late.key, "node:1")
+    began = time.monotonic()
+    with pytest.raises(GangIncomplete, match="only 1 of 2 nodes joined within 3 s"):
+        late.gather(3.0, lambda: False, "cpu", last_round_s=0.5)
+    assert 0.4 < time.monotonic() - began < 2
+
+
+def test_a_gang_whose_member_arrives_forms_though_jobs_wait(busy):
+    """A member that joins within yield_after_s: the gang forms as before, whatever waits in the queue."""
+    settings, g = busy
+    _send(settings, 12, 1)
+    threading.Timer(0.2, lambda: g.join(1, "b:2", "10.0.0.2")).start()
+    assert g.gather(10.0, lambda: False, "cpu", yield_after_s=1.0).keys() == {0, 1}
+    assert g.open("10.0.0.1:29500") and g.state() == ("open", "10.0.0.1:29500")
