@@ -107,13 +107,24 @@ def lock(session: Session, workflow_id: int) -> Job | None:
 
 
 def check_memory(session: Session, settings: Settings, child: Child, queue: str) -> None:
-    """Conflict when the child fits no live worker's memory: a cut is checked as POST /students checks
+    """Conflict when the child fits no live worker's memory. A cut is checked as POST /students checks
     one (backend.memcheck.check_prune), so a cut too big for every worker fails its step now, readably,
-    instead of queueing a prune job that dies on the worker."""
+    instead of queueing a prune job that dies on the worker; a distillation, evaluation or benchmark as
+    POST /jobs checks one (memcheck.check_job: its student is the cut's, known by now)."""
     if child.kind == "prune":
         teacher = session.get(Teacher, child.links["teacher_id"])
         plan = session.get(Plan, child.links["plan_id"])
         memcheck.check_prune(settings, teacher and teacher.spec, plan and plan.stats, child.params, queue)
+    elif child.kind in ("distill", "evaluate", "benchmark"):
+        memcheck.check_job(
+            settings,
+            session,
+            child.kind,
+            child.params,
+            queue,
+            child.links.get("student_id"),
+            child.links["teacher_id"],
+        )
 
 
 def create_step(

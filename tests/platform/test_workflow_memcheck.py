@@ -12,6 +12,7 @@ from sqlalchemy import select
 from backend import lifecycle
 from backend.db import session_scope
 from backend.models import Job, Plan, Student, Teacher, WorkflowStep
+from backend.schemas import DistillParams, EvaluateParams
 from backend.workflows.advance import advance
 from tests.conftest import settings_from
 from tests.platform.helpers import error_text
@@ -142,4 +143,52 @@ def test_create_refuses_a_candidate_whose_cut_fits_no_worker_and_writes_nothing(
     wf = r.json()
     assert [b["steps"][0]["status"] for b in wf["branches"]] == ["queued", "queued"], wf
     assert len(students(url)) == 2
+    forget_worker(api_env, big)
+
+
+def finish_step(url: str, job_id: int, student_spec: dict | None = None) -> None:
+    """Mark a child succeeded as its worker would (the cut also gives its student a spec)."""
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        job.status = "succeeded"
+        if student_spec is not None:
+            s.get(Student, job.student_id).spec = student_spec
+
+
+def test_later_steps_are_checked_as_post_jobs_checks_them(client, api_env, teacher_id):
+    """The evaluation and the distillation after the cut meet memcheck.check_job with the cut's student:
+    one that fits no worker fails its branch at that step with the planner's reason, creating no job."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    workflow_id = open_bakeoff(api_env, teacher_id)
+    with session_scope(url) as s:  # the settings as POST /workflows validates them
+        wf = s.get(Job, workflow_id)
+        wf.params = {
+            **wf.params,
+            "distill": DistillParams(steps=1).model_dump(),
+            "evaluate": EvaluateParams().model_dump(),
+        }
+    big = cpu_worker(api_env, LARGE)
+    (cut_id,) = advance_once(api_env, workflow_id)
+    # The 8-layer student of an 8B teacher: ~10.6 GiB to evaluate, ~72 GiB to distil (fp32, CPU).
+    finish_step(url, cut_id, llama_3_1_8b(num_layers=8).summary())
+    forget_worker(api_env, big)
+    small = cpu_worker(api_env, SMALL)
+    assert advance_once(api_env, workflow_id) == []
+    wf = client.get(f"/api/v1/workflows/{workflow_id}").json()
+    assert wf["status"] == "failed" and wf["branches"][0]["step"] == "evaluate_pruned", wf
+    assert "step evaluate_pruned: could not queue the evaluate job: this evaluation needs" in wf["error"]
+    assert [j.kind for j in children(url, workflow_id)] == ["prune"]
+
+    forget_worker(api_env, small)
+    big = cpu_worker(api_env, LARGE)
+    assert client.post(f"/api/v1/workflows/{workflow_id}/retry").status_code == 202
+    (evaluate,) = [j for j in children(url, workflow_id) if j.kind == "evaluate"]
+    finish_step(url, evaluate.id)
+    assert advance_once(api_env, workflow_id) == []  # 20 GiB evaluates the student but cannot distil it
+    wf = client.get(f"/api/v1/workflows/{workflow_id}").json()
+    assert wf["status"] == "failed" and wf["branches"][0]["step"] == "distill", wf
+    assert "step distill: could not queue the distill job: this distillation needs" in wf["error"], wf[
+        "error"
+    ]
+    assert sorted(j.kind for j in children(url, workflow_id)) == ["evaluate", "prune"]
     forget_worker(api_env, big)
