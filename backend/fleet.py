@@ -1,7 +1,8 @@
 """The worker registry in Redis: which workers are alive, on which device, consuming which queues.
 
 Each worker keeps one key `<prefix>prunescope:workers:<hostname>:<pid>` holding a JSON record
-{hostname, device, queues, pid, started_at, memory: {kind, total_bytes, free_bytes}, device_count,
+{hostname, device, queues, pid, started_at, memory: {kind, total_bytes, free_bytes}, host_memory (the
+host's RAM, same keys), spill_disk: {path, free_bytes, limit_bytes}, device_count,
 gpus: [{index, name, total_bytes, free_bytes}]} (worker.device_inventory), rewritten every
 `worker_refresh_s` with a time-to-live of three intervals (worker.presence). A worker that stops cleanly
 deletes its key; one that dies stops refreshing and its key expires, so a key that exists is a live

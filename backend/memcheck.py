@@ -1,9 +1,11 @@
 """Refuse a job that fits no live worker's memory (409), naming the nearest setting that does.
 
 The estimate is the memory planner's (worker/engine/memplan.py, torch-free); the capacities come from
-the worker registry (each entry's `memory`, refreshed with the worker's heartbeat). Only workers that
-consume the job's queue count, and only those that report their memory: with none (no worker yet, or
-workers from before this field) nothing is refused and the job waits as before.
+the worker registry (each entry's `memory`, refreshed with the worker's heartbeat; `host_memory`, the
+host's RAM, where a job's tensors live outside the device; `spill_disk`, what a streamed importance
+pass may write to disk). Only workers that consume the job's queue count, and only those that report
+their memory: with none (no worker yet, or workers from before this field) nothing is refused and the
+job waits as before.
 """
 
 from __future__ import annotations
@@ -34,15 +36,22 @@ def device_count(worker: dict) -> int:
     return int(worker.get("device_count") or 1)
 
 
+def sized_workers(settings: Settings, queue: str, gpus: int = 1) -> list[dict]:
+    """The live workers on `queue` that report their memory and have at least `gpus` devices, the most
+    usable device memory first (ties: in the registry's order, as GET /workers lists them)."""
+    able = [w for w in _workers(settings, queue) if w.get("memory") and device_count(w) >= gpus]
+    return sorted(able, key=lambda w: memplan.usable_bytes(w["memory"]), reverse=True)
+
+
+def worker_name(worker: dict) -> str:
+    return f"{worker.get('hostname')} {worker.get('device')}"
+
+
 def capacities(settings: Settings, queue: str, gpus: int = 1) -> list[tuple[int, str]]:
     """(usable bytes, "host device") of each live worker on `queue` that reports its memory and has at
     least `gpus` devices."""
     return sorted(
-        (
-            (memplan.usable_bytes(w["memory"]), f"{w.get('hostname')} {w.get('device')}")
-            for w in _workers(settings, queue)
-            if w.get("memory") and device_count(w) >= gpus
-        ),
+        ((memplan.usable_bytes(w["memory"]), worker_name(w)) for w in sized_workers(settings, queue, gpus)),
         reverse=True,
     )
 
@@ -188,23 +197,88 @@ def prune_need(t_spec, s_spec, p: dict) -> int:
     return min(memplan.prune_memory(t_spec, s_spec, mode=m)["total"] for m in modes)
 
 
+AUTO_RAM_FRACTION = (
+    0.5  # out_of_core.DEFAULT_RAM_FRACTION: auto cuts out of core above this share of free RAM
+)
+
+
+def prune_memory_of(worker: dict, mode: str) -> tuple[int, str]:
+    """(usable bytes, where) a cut in `mode` may use on `worker`. The out-of-core cut reads and cuts
+    tensor by tensor in host RAM on every worker (out_of_core.prune_checkpoint never touches the
+    device), so its entry's `host_memory` counts; the in-memory cut loads the teacher onto the worker's
+    device and cuts it there (handlers._prune_in_memory): `memory` (a CPU worker's is its RAM). An
+    entry from before `host_memory`: `memory`, as before."""
+    host = worker.get("host_memory") if mode == "out_of_core" else None
+    if host:
+        return memplan.usable_bytes(host), f"{worker.get('hostname')} host RAM"
+    return memplan.usable_bytes(worker["memory"]), worker_name(worker)
+
+
+def prune_modes_on(settings: Settings, worker: dict, requested: str, teacher_bytes: int) -> tuple[str, ...]:
+    """The modes a prune job may run in on `worker`. "auto" as the worker resolves it
+    (out_of_core.choose_mode): out of core when the loaded teacher exceeds PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB,
+    else half the host's available RAM (its entry's `host_memory`): by host RAM, on a GPU worker too.
+    Unknown (an entry without `host_memory`, no threshold set): either mode."""
+    modes = PRUNE_LAYOUTS.get(requested, PRUNE_LAYOUTS["auto"])
+    if len(modes) == 1:
+        return modes
+    threshold_gb = getattr(settings, "out_of_core_threshold_gb", None)
+    host = worker.get("host_memory")
+    if threshold_gb is not None:
+        threshold = int(threshold_gb * 1e9)
+    elif host:
+        threshold = int(int(host.get("free_bytes") or 0) * AUTO_RAM_FRACTION)
+    else:
+        return modes
+    return ("out_of_core",) if teacher_bytes > threshold else ("in_memory",)
+
+
 def check_prune(
     settings: Settings, teacher_spec: dict | None, plan_stats: dict | None, params: dict, queue: str
 ):
-    """409 when a prune job fits no live worker on its queue in the mode it would run, naming
-    `out_of_core` ("always") when cutting out of core fits. The student's spec is the plan's
-    (`plan_stats["spec"]`); without one the teacher's stands in (an upper bound)."""
+    """409 when a prune job fits no live worker on its queue in the mode it would run there
+    (`prune_modes_on`), each mode against the memory it runs in (`prune_memory_of`: an out-of-core cut
+    in host RAM, on a GPU worker too), naming `out_of_core` when the other mode fits ("always": out of
+    core; "never": in memory on the device). The student's spec is the plan's (`plan_stats["spec"]`);
+    without one the teacher's stands in (an upper bound)."""
     if not teacher_spec:
+        return
+    workers = sized_workers(settings, queue)
+    if not workers:
         return
     t_spec = memplan.spec_from_summary(teacher_spec)
     s_summary = (plan_stats or {}).get("spec")
     s_spec = memplan.spec_from_summary(s_summary) if s_summary else None
+    runs = {m: memplan.prune_memory(t_spec, s_spec, mode=m) for m in ("in_memory", "out_of_core")}
+    need = {m: r["total"] for m, r in runs.items()}
+    requested = params.get("out_of_core", "auto")
+    teacher_bytes = runs["in_memory"]["parts"]["teacher_weights"]
 
-    def need(p: dict) -> int:
-        return prune_need(t_spec, s_spec, p)
+    def fits(worker: dict, mode: str) -> bool:
+        return need[mode] <= prune_memory_of(worker, mode)[0]
 
-    candidates = [{"out_of_core": "always"}] if params.get("out_of_core", "auto") == "never" else []
-    refuse_unless_fits(settings, queue, "prune job", need, params, candidates)
+    if any(fits(w, m) for w in workers for m in prune_modes_on(settings, w, requested, teacher_bytes)):
+        return
+
+    def where(mode: str) -> str:
+        return "of host RAM (out of core)" if mode == "out_of_core" else "per device (in memory)"
+
+    # the mode the largest worker would run (with auto known per worker) and how far it is
+    mode = min(prune_modes_on(settings, workers[0], requested, teacher_bytes), key=need.get)
+    best, name = max((prune_memory_of(w, mode) for w in workers), key=lambda c: c[0])
+    message = (
+        f"this prune job needs {memplan.format_bytes(need[mode])} {where(mode)}, more than any live "
+        f"worker on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {name})"
+    )
+    for other, value in (("out_of_core", "always"), ("in_memory", "never")):
+        if requested != value and any(fits(w, other) for w in workers):
+            raise Conflict(
+                f"{message}; nearest setting that fits: out_of_core={value} "
+                f"({memplan.format_bytes(need[other])} {where(other)})",
+                field=("out_of_core",),
+                nearby=[value],
+            )
+    raise Conflict(f"{message}; no smaller setting fits either")
 
 
 def distill_need(s_spec, t_spec, p: dict, device: str) -> int:
@@ -236,7 +310,7 @@ def _halved_batches(batch_size: int) -> list[dict]:
     return out
 
 
-HOST_RESERVE_BYTES = 2 << 30  # importance/activation_store.py's: RAM a CPU pass's stores leave free
+HOST_RESERVE_BYTES = 2 << 30  # importance/activation_store.py's: RAM a pass's stores leave free
 
 
 def importance_padded(params: dict) -> bool:
@@ -247,10 +321,28 @@ def importance_padded(params: dict) -> bool:
 
 def spill_limit(settings: Settings, params: dict) -> int | None:
     """The disk tier's limit in bytes a streamed pass will get: the job's `spill_limit_gb`, else
-    PRUNESCOPE_SPILL_LIMIT_GB; None: the worker's spill directory's free space (unknown here)."""
+    PRUNESCOPE_SPILL_LIMIT_GB; None: the worker's own (`spill_disk_limit`)."""
     return memplan.spill_limit_bytes(
         params.get("spill_limit_gb") or getattr(settings, "spill_limit_gb", None)
     )
+
+
+def spill_disk_limit(worker: dict) -> int | None:
+    """The disk tier's limit a worker gives a run without a spill limit, from its entry's `spill_disk`
+    (worker.engine.spill_disk: its spill directory's free space less a 2 GiB reserve, or its own
+    PRUNESCOPE_SPILL_LIMIT_GB); None: not reported (entries from before the field)."""
+    limit = (worker.get("spill_disk") or {}).get("limit_bytes")
+    return None if limit is None else int(limit)
+
+
+def pinned_budget(worker: dict, device: str) -> int:
+    """The pinned-RAM tier of a streamed pass on a CUDA worker: its host's available RAM less the
+    reserve (activation_store.StoreBudget.measure), from the entry's `host_memory`; 0 on a CPU worker
+    (its device is that RAM: the device tier) or when not reported."""
+    host = worker.get("host_memory")
+    if device != "cuda" or not host:
+        return 0
+    return max(0, memplan.usable_bytes(host) - HOST_RESERVE_BYTES)
 
 
 def _importance_options(params: dict, device: str) -> dict:
@@ -271,13 +363,14 @@ def importance_layout(
     device: str = "cpu",
     capacity: int | None = None,
     disk_budget: int | None = None,
+    host_budget: int = 0,
 ) -> dict:
     """The layout a one-process importance run will take, as the worker chooses it: streamed with
     `offload` "always", or "auto" when the whole teacher exceeds `capacity` (bytes; None: unknown).
     `spill`: a streamed pass's activation stores outside the device (pinned RAM, disk); `passes` over
     the checkpoint (memplan.streamed_passes): the stores get what `capacity` leaves of the device
-    (less the host reserve on a CPU) and `disk_budget` of disk; None: not even one pass fits.
-    frontend/js/jobmemory.js's importanceLayout mirrors it."""
+    (less the host reserve on a CPU), `host_budget` of pinned RAM (CUDA) and `disk_budget` of disk;
+    None: not even one pass fits. frontend/js/jobmemory.js's importanceLayout mirrors it."""
     opts = _importance_options(params, device)
     offload = params.get("offload", "auto")
     whole = memplan.importance_memory(spec, **opts, streamed=False)["total"]
@@ -290,7 +383,7 @@ def importance_layout(
         reserve = HOST_RESERVE_BYTES if device == "cpu" else 0
         room = 0 if capacity is None else max(0, capacity - layered["total"] - reserve)
         capped = memplan.importance_memory(
-            spec, **opts, streamed=True, device_budget=room, disk_budget=disk_budget
+            spec, **opts, streamed=True, device_budget=room, host_budget=host_budget, disk_budget=disk_budget
         )
         passes = capped["settings"]["passes"]
     return {
@@ -301,15 +394,37 @@ def importance_layout(
     }
 
 
+def worker_layout(spec: memplan.ArchSpec, params: dict, device: str, worker: dict, disk: int | None) -> dict:
+    """`importance_layout` on one worker: its device memory, its pinned RAM (CUDA) and the spill limit
+    `disk`, else the disk tier the worker itself reports (`spill_disk_limit`)."""
+    return importance_layout(
+        spec,
+        params,
+        device,
+        memplan.usable_bytes(worker["memory"]),
+        disk if disk is not None else spill_disk_limit(worker),
+        pinned_budget(worker, device),
+    )
+
+
+def best_layout(
+    spec: memplan.ArchSpec, params: dict, device: str, workers: list[dict], disk: int | None
+) -> tuple[dict, dict]:
+    """(layout, worker): on the first of `workers` (most memory first, `sized_workers`) where one pass
+    fits, else on the first. frontend/js/jobmemory.js's bestLayout mirrors it."""
+    layouts = [(worker_layout(spec, params, device, w, disk), w) for w in workers]
+    return next((pair for pair in layouts if pair[0]["passes"] is not None), layouts[0])
+
+
 def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue: str) -> dict:
     """409 when an importance run fits no live worker on its queue. With `offload` "auto" the worker
     streams the teacher layer by layer when it does not fit, so the smaller of the two layouts counts.
     A streamed pass spills the activation stores its device budget does not admit (pinned RAM, disk),
     so only its weights and one batch's working set must fit the device (`device_budget=0`).
     A streamed run whose stores cannot fit even one pass within the spill limit (`spill_limit_gb`, else
-    PRUNESCOPE_SPILL_LIMIT_GB) and the device room the largest worker leaves is a 409 naming
-    `spill_limit_gb`. Returns the layout on the largest worker (`importance_layout`; `passes` 1 when
-    no worker reports its memory)."""
+    PRUNESCOPE_SPILL_LIMIT_GB, else the disk tier each worker reports), its pinned RAM (CUDA) and the
+    device room it leaves, on any worker, is a 409 naming `spill_limit_gb`. Returns the layout on the
+    largest worker where one pass fits (`best_layout`; `passes` 1 when no worker reports its memory)."""
     spec = memplan.spec_from_summary(teacher_spec)
     device = "cuda" if queue == GPU else "cpu"
     offload = params.get("offload", "auto")
@@ -331,34 +446,50 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
         )
 
     refuse_unless_fits(settings, queue, "importance run", need, params, _halved_batches(params["batch_size"]))
-    caps = capacities(settings, queue, ranks)
-    if not (one and caps):
+    workers = sized_workers(settings, queue, ranks)
+    if not (one and workers):
         return {"streamed": offload == "always", "spill": 0, "passes": 1}
-    disk = spill_limit(settings, params)
-    best, where = caps[0]
-    layout = importance_layout(spec, params, device, best, disk)
-    if layout["passes"] is None:
-        fits = _smallest_spill_limit(spec, params, device, best, disk)
+    limit = spill_limit(settings, params)
+    layout, worker = best_layout(spec, params, device, workers, limit)
+    if layout["passes"] is None:  # on every worker; a disk budget is known (else one pass counts)
+        capacity, pinned = memplan.usable_bytes(worker["memory"]), pinned_budget(worker, device)
+        disk = limit if limit is not None else spill_disk_limit(worker)
+        fits = _smallest_spill_limit(spec, params, device, capacity, disk, pinned)
+        pinned_text = f", {pinned / 1e9:.3g} GB of pinned RAM" if pinned else ""
+        if limit is not None:
+            room = f"the spill limit of {disk / 1e9:.3g} GB"
+            fix = f"raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least {fits:g}"
+        else:  # the worker's own disk: a larger spill_limit_gb would fill it
+            room = f"the {disk / 1e9:.3g} GB its spill disk has free (beyond a 2 GiB reserve)"
+            fix = (
+                f"free at least {fits:g} GB on the worker's spill disk or point PRUNESCOPE_SPILL_DIR to a "
+                "larger one (spill_limit_gb can only lower the disk tier)"
+            )
         raise Conflict(
             f"this importance run streams the teacher layer by layer, and its activation stores "
             f"({layout['store_bytes'] / 1e9:.4g} GB each: every sample's hidden states) do not fit "
-            f"even one pass in the spill limit of {disk / 1e9:.3g} GB plus the memory the largest worker "
-            f"leaves ({where}); raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least {fits:g}, "
-            "or use fewer samples or a shorter seq_len",
+            f"even one pass in {room}{pinned_text} plus the memory the largest worker leaves "
+            f"({worker_name(worker)}); {fix}, or use fewer samples or a shorter seq_len",
             field=("spill_limit_gb",),
             nearby=[fits],
         )
     return layout
 
 
-def _smallest_spill_limit(spec, params: dict, device: str, capacity: int, disk: int) -> float:
-    """The smallest spill limit (GB, 2 decimals) with which the stores fit one pass."""
+def _smallest_spill_limit(
+    spec, params: dict, device: str, capacity: int, disk: int, host_budget: int = 0
+) -> float:
+    """The smallest disk tier (GB, 2 decimals) with which the stores fit one pass."""
+
+    def fits(gb: float) -> bool:
+        limit = memplan.spill_limit_bytes(gb)
+        return importance_layout(spec, params, device, capacity, limit, host_budget)["passes"] is not None
+
     gb = max(0.01, disk / 1e9)
-    while importance_layout(spec, params, device, capacity, memplan.spill_limit_bytes(gb))["passes"] is None:
+    while not fits(gb):
         gb *= 2
     lo, hi = 0, math.ceil(gb * 100)  # hundredths of a GB: lo does not fit, hi does
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        fits = importance_layout(spec, params, device, capacity, memplan.spill_limit_bytes(mid / 100))
-        lo, hi = (lo, mid) if fits["passes"] is not None else (mid, hi)
+        lo, hi = (lo, mid) if fits(mid / 100) else (mid, hi)
     return hi / 100

@@ -1,4 +1,5 @@
-"""Total and free memory of a worker's device, for its worker-registry entry (refreshed with it).
+"""Total and free memory of a worker's device, and of its host RAM, for its worker-registry entry
+(refreshed with it).
 
 CUDA: `nvidia-smi` for the worker's GPU (no CUDA context in the worker's own process: that would hold
 a few hundred MiB of the GPU for as long as the worker lives), else `torch.cuda.mem_get_info`. CPU: MemTotal and MemAvailable from /proc/meminfo, since RAM is
@@ -59,6 +60,13 @@ def device_memory(device: str) -> dict | None:
             read = torch.cuda.mem_get_info(index)
         free, total = read
         return {"kind": "cuda", "total_bytes": int(total), "free_bytes": int(free)}
+    return host_memory()
+
+
+def host_memory() -> dict | None:
+    """{"kind": "cpu", "total_bytes", "free_bytes"} of the worker's host RAM (MemTotal, MemAvailable), or
+    None where /proc/meminfo cannot be read. On a CUDA worker too: an out-of-core cut and a streamed
+    pass's pinned activation stores live there, not on the GPU."""
     try:
         info = _meminfo()
         return {"kind": "cpu", "total_bytes": info["MemTotal"], "free_bytes": info["MemAvailable"]}

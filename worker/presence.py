@@ -1,6 +1,8 @@
 """A worker's entry in the worker registry (backend.fleet): written when the worker is ready to consume,
 refreshed by a daemon thread, deleted when it shuts down. Each refresh also records the device's total
-and free memory (worker.device_memory) and its devices (worker.device_inventory). Torch-free on a CPU worker."""
+and free memory and the host's RAM (worker.device_memory), the spill disk's free space and the disk tier's
+default limit (worker.engine.spill_disk), and its devices (worker.device_inventory). Torch-free on a CPU
+worker."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from backend.models import utcnow
 from backend.serialize import ts
 from backend.settings import Settings
 from worker.device_inventory import device_inventory
-from worker.device_memory import device_memory
+from worker.device_memory import device_memory, host_memory
+from worker.engine.memplan import spill_limit_bytes
+from worker.engine.spill_disk import spill_disk
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,15 @@ class Presence:
             self.record["memory"] = device_memory(self.record["device"])
         except Exception as exc:
             log.warning("could not read the device's memory: %s", exc)
+        try:  # host RAM, on a CUDA worker too: out-of-core cuts and pinned activation stores live there
+            self.record["host_memory"] = host_memory()
+        except Exception as exc:
+            log.warning("could not read the host's memory: %s", exc)
+        try:  # the disk tier's limit a streamed importance run gets here without its own spill limit
+            limit = spill_limit_bytes(self.settings.spill_limit_gb)
+            self.record["spill_disk"] = spill_disk(self.settings.spill_dir, limit)
+        except Exception as exc:
+            log.warning("could not read the spill disk's free space: %s", exc)
         try:  # how many ranks a multi-GPU job may use here, and each GPU's memory
             self.record.update(device_inventory(self.record["device"], self.settings.worker_cpu_ranks))
         except Exception as exc:

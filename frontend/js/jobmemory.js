@@ -1,7 +1,7 @@
 // What one job needs per device, from its form's settings: the dashboard's copy of backend/memcheck.py's
 // `need` of each job kind (the same composition of memplan.js's estimates), so the live line under a
 // form says what the API's 409 check will say.
-import { distillMemory, evaluationMemory, importanceMemory, pruneMemory, teacherCorrectionMemory } from "./memplan.js";
+import { distillMemory, evaluationMemory, importanceMemory, pruneMemory, teacherCorrectionMemory, usableBytes } from "./memplan.js";
 
 /** Distill: the planner's sharded step over gpus x nodes ranks, per GPU on CUDA, times a node's ranks on
  * a CPU host (they share its memory); with teacher correction the larger of that and its phases
@@ -79,12 +79,27 @@ export function importanceNeed(spec, p, device = "cpu") {
 
 const HOST_RESERVE_BYTES = 2 * 2 ** 30; // memcheck.HOST_RESERVE_BYTES
 
+/** The disk tier a worker gives a run without a spill limit, from its entry's `spill_disk` (its spill
+ * directory's free space less 2 GiB, or its PRUNESCOPE_SPILL_LIMIT_GB); null: not reported
+ * (memcheck.spill_disk_limit). */
+export function spillDiskLimit(worker) {
+  const limit = worker.spill_disk?.limit_bytes;
+  return limit === undefined || limit === null ? null : Math.trunc(limit);
+}
+
+/** The pinned-RAM tier on a CUDA worker: its host's available RAM less the reserve; 0 on a CPU worker
+ * or when not reported (memcheck.pinned_budget). */
+export function pinnedBudget(worker, device) {
+  if (device !== "cuda" || !worker.host_memory) return 0;
+  return Math.max(0, usableBytes(worker.host_memory) - HOST_RESERVE_BYTES);
+}
+
 /** The layout the worker will run (memcheck.importance_layout): where a streamed pass's activation
  * stores go (`spill`: pinned RAM and disk, bytes; they grow with the samples) and its `passes` over the
- * checkpoint, the stores getting what `capacity` leaves of the device and `diskBudget` of disk (null:
- * not even one pass fits). With "auto" the worker streams when the whole model does not fit its
- * device: `capacity` (bytes; null when unknown). */
-export function importanceLayout(spec, p, device = "cpu", capacity = null, diskBudget = null) {
+ * checkpoint, the stores getting what `capacity` leaves of the device, `hostBudget` of pinned RAM (CUDA)
+ * and `diskBudget` of disk (null: not even one pass fits). With "auto" the worker streams when the whole
+ * model does not fit its device: `capacity` (bytes; null when unknown). */
+export function importanceLayout(spec, p, device = "cpu", capacity = null, diskBudget = null, hostBudget = 0) {
   const opts = importanceOptions(p, device);
   const offload = p.offload || "auto";
   const whole = importanceMemory(spec, { ...opts, streamed: false }).total;
@@ -95,9 +110,25 @@ export function importanceLayout(spec, p, device = "cpu", capacity = null, diskB
   if (diskBudget !== null) {
     const reserve = device === "cpu" ? HOST_RESERVE_BYTES : 0;
     const room = capacity === null ? 0 : Math.max(0, capacity - layered.total - reserve);
-    passes = importanceMemory(spec, { ...opts, streamed: true, device_budget: room, disk_budget: diskBudget }).settings.passes;
+    passes = importanceMemory(spec, { ...opts, streamed: true, device_budget: room, host_budget: hostBudget, disk_budget: diskBudget }).settings.passes;
   }
   return { streamed: true, spill: layered.host_total + layered.disk, passes, store_bytes: layered.settings.store_bytes };
+}
+
+/** The layout on one worker: its device memory, pinned RAM (CUDA) and the spill limit `disk`, else the
+ * disk tier it reports (memcheck.worker_layout). */
+export function workerLayout(spec, p, device, worker, disk = null) {
+  return importanceLayout(spec, p, device, usableBytes(worker.memory), disk !== null ? disk : spillDiskLimit(worker), pinnedBudget(worker, device));
+}
+
+/** {layout, worker} on the first worker where one pass fits, else on the first; `workers`: those that
+ * report memory on the job's queue, most usable memory first, ties in GET /workers order
+ * (memcheck.best_layout over memcheck.sized_workers). */
+export function bestLayout(spec, p, device, workers, disk = null) {
+  const sized = workers.filter((w) => w.memory).map((w, i) => ({ w, i, bytes: usableBytes(w.memory) }));
+  sized.sort((a, b) => b.bytes - a.bytes || a.i - b.i);
+  const layouts = sized.map(({ w }) => ({ layout: workerLayout(spec, p, device, w, disk), worker: w }));
+  return layouts.find((l) => l.layout.passes !== null) || layouts[0] || null;
 }
 
 /** Smaller batches to suggest, nearest first (memcheck._halved_batches). */

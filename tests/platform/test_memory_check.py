@@ -50,6 +50,20 @@ def with_memory(record: dict, api_env, kind: str, total: int, free: int) -> dict
     return record
 
 
+def with_host(record: dict, api_env, total: int, free: int, spill_limit: int | None = None) -> dict:
+    """The entry's host RAM (`host_memory`), and its spill disk's limit when given, as a worker writes them."""
+    record["host_memory"] = {"kind": "cpu", "total_bytes": total, "free_bytes": free}
+    if spill_limit is not None:
+        record["spill_disk"] = {
+            "path": "/spill",
+            "free_bytes": spill_limit + 2 * GiB,
+            "limit_bytes": spill_limit,
+        }
+    settings = settings_from(api_env)
+    fleet.publish(fleet.client_for(settings), settings.redis_prefix, record, ttl_s=600)
+    return record
+
+
 def importance_setup(api_env, student_id: int) -> tuple[int, int, dict]:
     """(teacher id, a demo dataset's id, a fake CPU worker with 20 of 64 GiB free) for importance jobs."""
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
@@ -162,16 +176,37 @@ def test_workers_without_memory_refuse_nothing(client, api_env, student_id):
     forget_worker(api_env, old)
 
 
-def test_a_real_presence_entry_carries_the_device_memory(api_env):
-    settings = settings_from(api_env)
-    presence = Presence(settings, "cpu", ["cpu", "default"])
-    presence.start()
-    try:
-        (entry,) = [w for w in fleet.live_workers(settings) if w["pid"] == presence.record["pid"]]
-        memory = entry["memory"]
+def test_a_real_presence_entry_carries_the_device_memory(api_env, tmp_path, monkeypatch):
+    """...and the host's RAM, and the spill disk: its free space and the disk tier's limit a run without
+    a spill limit gets (the free space less 2 GiB; the worker's PRUNESCOPE_SPILL_LIMIT_GB when set)."""
+    import shutil
+
+    from worker.engine.importance.activation_store import StoreBudget
+
+    spill = tmp_path / "spill" / "not-yet"  # measured on its nearest existing parent, as the disk tier does
+    monkeypatch.setenv("PRUNESCOPE_SPILL_DIR", str(spill))
+    for limit_gb in (None, "3.5"):
+        if limit_gb:
+            monkeypatch.setenv("PRUNESCOPE_SPILL_LIMIT_GB", limit_gb)
+        settings = settings_from(api_env)
+        presence = Presence(settings, "cpu", ["cpu", "default"])
+        presence.start()
+        try:
+            (entry,) = [w for w in fleet.live_workers(settings) if w["pid"] == presence.record["pid"]]
+        finally:
+            presence.stop()
+        memory, host, disk = entry["memory"], entry["host_memory"], entry["spill_disk"]
         assert memory["kind"] == "cpu" and 0 < memory["free_bytes"] <= memory["total_bytes"]
-    finally:
-        presence.stop()
+        assert host["kind"] == "cpu" and 0 < host["free_bytes"] <= host["total_bytes"]
+        assert disk["path"] == str(spill)
+        assert abs(disk["free_bytes"] - shutil.disk_usage(tmp_path).free) < 1 << 30
+        # the limit the activation stores of a run without its own spill limit get there
+        budget = StoreBudget(0, 0, str(spill), None if limit_gb is None else int(float(limit_gb) * 1e9))
+        assert abs(disk["limit_bytes"] - budget.disk_limit()) < 1 << 30
+        if limit_gb:
+            assert disk["limit_bytes"] == 3_500_000_000
+        else:
+            assert disk["limit_bytes"] == max(0, disk["free_bytes"] - 2 * GiB)
 
 
 def test_cuda_memory_is_read_without_a_cuda_context(tmp_path, monkeypatch):
@@ -288,3 +323,170 @@ def test_a_prune_job_that_fits_only_out_of_core_names_out_of_core(client, api_en
     r = client.post("/api/v1/students", json={**body, "out_of_core": "auto"})
     assert r.status_code == 201, r.text
     forget_worker(api_env, cpu)
+
+
+def test_an_out_of_core_cut_is_sized_by_the_hosts_ram_on_a_gpu_worker(client, api_env, student_id):
+    """An out-of-core cut reads and cuts tensor by tensor in host RAM, on a GPU worker too: its entry's
+    `host_memory` counts, not the GPU's memory. The 8B float32 teacher (its plan has no stats, so its own
+    spec stands in for the cut): in memory 61.8 GiB on the device, out of core 3.9 GiB (its embedding
+    read and cut). "auto" runs where the worker resolves it: out of core when the teacher (32.1 GB)
+    exceeds half the host's available RAM. Nothing is written on a 409."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        plan_id = s.get(Student, student_id).plan_id
+    body = {"plan_id": plan_id, "name": "cut", "device": "cuda"}
+    gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 4 * GiB, 4 * GiB)
+    try:
+        # A 4 GiB GPU (3.3 GiB usable) and 20 GiB of free RAM: out of core fits the host, in memory nothing.
+        with_host(gpu, api_env, 64 * GiB, 20 * GiB)
+        for mode in ("always", "auto"):  # auto: 32.1 GB > 10 GB (half the free RAM) -> out of core
+            r = client.post("/api/v1/students", json={**body, "out_of_core": mode, "name": f"cut-{mode}"})
+            assert r.status_code == 201, r.text
+        before = counts(url)
+        r = client.post("/api/v1/students", json={**body, "out_of_core": "never"})
+        assert r.status_code == 409, r.text
+        detail = error_text(r)
+        assert (
+            "needs 61.8 GiB per device (in memory)" in detail
+            and "(largest: 3.3 GiB on gpu-box cuda:0)" in detail
+        )
+        assert (
+            "nearest setting that fits: out_of_core=always (3.9 GiB of host RAM (out of core))" in detail
+        ), detail
+        assert r.json()["detail"][0]["loc"][-1] == "out_of_core", r.json()
+
+        # Host RAM too small for the tensor: the out-of-core cut is refused, naming the host's RAM.
+        with_host(gpu, api_env, 64 * GiB, 2 * GiB)
+        r = client.post("/api/v1/students", json={**body, "out_of_core": "always"})
+        assert r.status_code == 409, r.text
+        detail = error_text(r)
+        assert (
+            "needs 3.9 GiB of host RAM (out of core)" in detail
+            and "(largest: 2.0 GiB on gpu-box host RAM)" in detail
+        )
+        assert "no smaller setting fits either" in detail, (
+            detail
+        )  # in memory does not fit the 4 GiB GPU either
+        # With an 80 GiB GPU the in-memory cut fits the device: the 409 names out_of_core=never; auto goes
+        # out of core (32.1 GB > 1 GB, half the free RAM) and is refused the same way.
+        with_memory(gpu, api_env, "cuda", 80 * GiB, 80 * GiB)
+        for mode in ("always", "auto"):
+            r = client.post("/api/v1/students", json={**body, "out_of_core": mode})
+            assert r.status_code == 409, r.text
+            assert (
+                "nearest setting that fits: out_of_core=never (61.8 GiB per device (in memory))"
+                in error_text(r)
+            )
+            assert r.json()["detail"][0]["loc"][-1] == "out_of_core"
+        assert counts(url) == before
+        r = client.post("/api/v1/students", json={**body, "out_of_core": "never", "name": "cut-never"})
+        assert r.status_code == 201, r.text
+
+        # Plenty of RAM, a 24 GiB GPU: auto cuts in memory (32.1 GB <= half of 500 GiB), on the GPU: too small.
+        with_memory(gpu, api_env, "cuda", 24 * GiB, 24 * GiB)
+        with_host(gpu, api_env, 512 * GiB, 500 * GiB)
+        before = counts(url)
+        r = client.post("/api/v1/students", json={**body, "out_of_core": "auto"})
+        assert r.status_code == 409, r.text
+        assert "needs 61.8 GiB per device (in memory)" in error_text(r)
+        assert "nearest setting that fits: out_of_core=always" in error_text(r), error_text(r)
+        assert counts(url) == before
+    finally:
+        forget_worker(api_env, gpu)
+
+
+def streamed_body(teacher_id: int, dataset_id: int, **extra) -> dict:
+    """A streamed importance run of the 8B teacher whose activation stores are 68.72 GB each (2048
+    samples x 2048 tokens x 4096 x 4 bytes); bi, drop and block scans at k=2: 1 + 32 + 31 stores."""
+    return {
+        "teacher_id": teacher_id,
+        "dataset_id": dataset_id,
+        "batch_size": 2,
+        "seq_len": 2048,
+        "samples": 2048,
+        "device": "cpu",
+        "offload": "always",
+        **extra,
+    }
+
+
+def test_passes_are_predicted_from_the_workers_spill_disk(client, api_env, student_id):
+    """Without spill_limit_gb (nor PRUNESCOPE_SPILL_LIMIT_GB) the disk tier is the one the worker
+    reports (its spill disk's free space less 2 GiB): a small disk means several passes over the
+    checkpoint, one too small for even one pass a 409 naming spill_limit_gb; the job's limit still
+    overrides it."""
+    from backend.memcheck import check_importance
+    from worker.engine.memplan import streamed_passes
+
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    teacher_id, dataset_id, cpu = importance_setup(api_env, student_id)
+    settings = settings_from(api_env)
+    assert settings.spill_limit_gb is None
+    with session_scope(url) as s:
+        spec = s.get(Teacher, teacher_id).spec
+    store = 2048 * 2048 * 4096 * 4
+    try:
+        # 700 GB of disk: 10 stores (the 20 GiB of RAM hold none beside the pass), 64 needed
+        with_host(cpu, api_env, 64 * GiB, 20 * GiB, spill_limit=700 * 10**9)
+        body = streamed_body(teacher_id, dataset_id)
+        want = streamed_passes(32, ("bi", "drop", "block"), 2, 700 * 10**9 // store)
+        assert want == 7
+        layout = check_importance(
+            settings, spec, {**body, "scans": ["bi", "drop", "block"], "block_size": 2}, "cpu"
+        )
+        assert layout["streamed"] and layout["passes"] == want, layout
+        r = client.post("/api/v1/importance-runs", json=body)
+        assert r.status_code == 201, r.text
+
+        # 100 GB: one store, the first pass needs 2: refused, naming spill_limit_gb and the smallest disk.
+        with_host(cpu, api_env, 64 * GiB, 20 * GiB, spill_limit=100 * 10**9)
+        before = counts(url)
+        r = client.post("/api/v1/importance-runs", json=body)
+        assert r.status_code == 409, r.text
+        detail = error_text(r)
+        assert "do not fit even one pass in the 100 GB its spill disk has free" in detail, detail
+        assert "free at least 137.44 GB on the worker's spill disk" in detail, detail
+        assert r.json()["detail"][0]["loc"][-1] == "spill_limit_gb", r.json()
+        assert counts(url) == before
+        # The job's own limit overrides the worker's disk (passes from it).
+        r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 137.44})
+        assert r.status_code == 201, r.text
+        # Entries from before the field: one pass assumed, nothing refused.
+        cpu.pop("spill_disk")
+        with_host(cpu, api_env, 64 * GiB, 20 * GiB)
+        assert (
+            check_importance(settings, spec, {**body, "scans": ["bi", "drop", "block"]}, "cpu")["passes"] == 1
+        )
+    finally:
+        forget_worker(api_env, cpu)
+
+
+def test_a_cuda_workers_pinned_ram_holds_activation_stores(client, api_env, student_id):
+    """On a CUDA worker the stores the GPU cannot hold go to pinned host RAM before the disk: its
+    published `host_memory` (less a 2 GiB reserve) counts, so fewer passes; without it, only the disk."""
+    from backend.memcheck import check_importance
+    from worker.engine.memplan import streamed_passes
+
+    teacher_id, dataset_id, cpu = importance_setup(api_env, student_id)
+    forget_worker(api_env, cpu)
+    settings = settings_from(api_env)
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        spec = s.get(Teacher, teacher_id).spec
+    store = 2048 * 2048 * 4096 * 4
+    gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 24 * GiB, 24 * GiB)
+    try:
+        body = {**streamed_body(teacher_id, dataset_id, device="cuda"), "scans": ["bi", "drop", "block"]}
+        with_host(gpu, api_env, 64 * GiB, 20 * GiB, spill_limit=300 * 10**9)  # RAM: no store; disk: 4
+        assert (
+            check_importance(settings, spec, body, "gpu")["passes"] == streamed_passes(32, capacity=4) == 21
+        )
+        with_host(gpu, api_env, 512 * GiB, 500 * GiB, spill_limit=300 * 10**9)  # + 7 in pinned RAM
+        pinned = (500 * GiB - 2 * GiB) // store
+        assert pinned == 7
+        assert (
+            check_importance(settings, spec, body, "gpu")["passes"] == streamed_passes(32, capacity=11) == 7
+        )
+        r = client.post("/api/v1/importance-runs", json=body)
+        assert r.status_code == 201, r.text
+    finally:
+        forget_worker(api_env, gpu)

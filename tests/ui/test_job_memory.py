@@ -32,10 +32,22 @@ process.stdout.write(JSON.stringify(cases.map(({ fn, t, s, p, device }) => {
 """
 
 
+def one_worker(free: int) -> dict:
+    """A registry entry with `free` bytes of usable memory (its device and, unreported, its host) and
+    devices enough for every case's ranks."""
+    return {
+        "hostname": "w",
+        "device": "cpu",
+        "queues": ["cpu", "gpu"],
+        "memory": {"kind": "cpu", "free_bytes": free},
+        "device_count": 64,
+    }
+
+
 def accepted_need(monkeypatch, check) -> int:
     """The smallest single-worker capacity `check()` accepts: what the API thinks the job needs."""
     box = {}
-    monkeypatch.setattr(memcheck, "capacities", lambda *a, **k: [(box["cap"], "w cpu")])
+    monkeypatch.setattr(memcheck, "_workers", lambda *a, **k: [one_worker(box["cap"])])
     monkeypatch.setattr(memcheck, "check_devices", lambda *a, **k: None)
 
     def fits(cap: int) -> bool:
@@ -155,7 +167,7 @@ def test_prune_refused_names_out_of_core(monkeypatch):
     out_of_core = memplan.prune_memory(spec, None, mode="out_of_core")["total"]
     assert out_of_core < in_memory / 10
     cap = out_of_core + (1 << 20)
-    monkeypatch.setattr(memcheck, "capacities", lambda *a, **k: [(cap, "w cpu")])
+    monkeypatch.setattr(memcheck, "_workers", lambda *a, **k: [one_worker(cap)])
     with pytest.raises(Conflict) as err:
         memcheck.check_prune(SimpleNamespace(), big, None, {"out_of_core": "never"}, "cpu")
     assert tuple(err.value.field) == ("out_of_core",) and tuple(err.value.nearby) == ("always",)
@@ -169,14 +181,15 @@ def test_prune_refused_names_out_of_core(monkeypatch):
 LAYOUT_DRIVER = """
 import * as jm from "./js/jobmemory.js";
 const cases = %s;
-process.stdout.write(JSON.stringify(cases.map(({ t, p, device, capacity, disk }) =>
-  jm.importanceLayout(t, p, device, capacity, disk))));
+process.stdout.write(JSON.stringify(cases.map(({ t, p, device, capacity, disk, host }) =>
+  jm.importanceLayout(t, p, device, capacity, disk, host))));
 """
 
 
 def test_importance_layout_and_passes_equal_the_api_check(tmp_path: Path):
     """jobmemory.importanceLayout == memcheck.importance_layout: the layout, the spill and the passes
-    over the checkpoint under a spill limit (several, and None: not even one pass fits)."""
+    over the checkpoint under a spill limit (several, and None: not even one pass fits), with the
+    pinned-RAM tier of a CUDA worker (fewer passes) and without (a CPU's RAM is its device)."""
     from worker.engine import memplan
 
     big = llama8b().summary()
@@ -200,12 +213,112 @@ def test_importance_layout_and_passes_equal_the_api_check(tmp_path: Path):
         ("cpu", 20 * GB, 20 * GB, {"offload": "always"}),  # not even one pass: None
         ("cpu", 20 * GB, 300 * GB, {"offload": "always", "stream": True}),
     ]:
-        cases.append({"t": big, "p": {**base, **extra}, "device": device, "capacity": capacity, "disk": disk})
+        cases.append(
+            {
+                "t": big,
+                "p": {**base, **extra},
+                "device": device,
+                "capacity": capacity,
+                "disk": disk,
+                "host": 0,
+            }
+        )
+    pinned = {**base, "offload": "always"}
+    for device, host in [("cuda", 0), ("cuda", 150 * GB), ("cuda", 400 * GB), ("cpu", 400 * GB)]:
+        cases.append(
+            {"t": big, "p": pinned, "device": device, "capacity": 80 * GB, "disk": 100 * GB, "host": host}
+        )
     expected = [
-        memcheck.importance_layout(spec, c["p"], c["device"], c["capacity"], c["disk"]) for c in cases
+        memcheck.importance_layout(spec, c["p"], c["device"], c["capacity"], c["disk"], c["host"])
+        for c in cases
     ]
     passes = [e["passes"] for e in expected]
     assert any(n is not None and n > 1 for n in passes) and None in passes and 1 in passes, passes
     assert [e["streamed"] for e in expected][:3] == [True, True, False]
+    # pinned RAM holds stores on CUDA only: more of it, fewer passes; a CPU worker ignores it
+    assert passes[-4] > passes[-3] > passes[-2] > 1 and passes[-1] == passes[-4], passes
     got = run_dashboard_js(tmp_path, LAYOUT_DRIVER % json.dumps(cases))
     assert got == expected
+
+
+BEST_DRIVER = """
+import * as jm from "./js/jobmemory.js";
+const cases = %s;
+process.stdout.write(JSON.stringify(cases.map(({ t, p, device, workers, disk }) => {
+  const best = jm.bestLayout(t, p, device, workers, disk);
+  return [best.layout, best.worker.pid];
+})));
+"""
+
+
+def test_the_layout_on_the_workers_equals_the_api_check(tmp_path: Path):
+    """jobmemory.bestLayout == memcheck.best_layout over the registry's entries: each worker's device
+    memory, pinned RAM (its `host_memory`, CUDA) and the disk tier it reports (`spill_disk`) unless the
+    job sets a spill limit; the first worker (most memory) where one pass fits, else the largest."""
+    from worker.engine import memplan
+
+    big = llama8b().summary()
+    spec = memplan.spec_from_summary(big)
+    GB = 10**9
+    p = {"batch_size": 2, "seq_len": 4096, "samples": 1024, "scans": ["bi", "drop", "block"], "block_size": 2}
+
+    def entry(pid, kind, memory, host=None, disk=None):
+        w = {
+            "hostname": f"h{pid}",
+            "device": "cuda:0" if kind == "cuda" else "cpu",
+            "pid": pid,
+            "queues": ["gpu", "cpu"],
+        }
+        w["memory"] = {"kind": kind, "total_bytes": memory, "free_bytes": memory}
+        if host is not None:
+            w["host_memory"] = {"kind": "cpu", "total_bytes": host, "free_bytes": host}
+        if disk is not None:
+            w["spill_disk"] = {"path": "/tmp", "free_bytes": disk + (2 << 30), "limit_bytes": disk}
+        return w
+
+    cases = [
+        # the bigger GPU with a tiny disk fits no pass; the smaller one with a big disk does, in passes
+        (
+            "cuda",
+            [entry(1, "cuda", 40 << 30, 0, 10 * GB), entry(2, "cuda", 24 << 30, 30 * GB, 300 * GB)],
+            None,
+        ),
+        # no worker reports its disk: one pass; the largest's layout
+        ("cuda", [entry(1, "cuda", 80 << 30), entry(2, "cuda", 141 << 30)], None),
+        # none fits a pass: the largest's, passes None
+        (
+            "cpu",
+            [entry(1, "cpu", 40 * GB, 40 * GB, 20 * GB), entry(2, "cpu", 30 * GB, 30 * GB, 50 * GB)],
+            None,
+        ),
+        # the job's spill limit overrides every worker's disk
+        ("cpu", [entry(1, "cpu", 40 * GB, 40 * GB, 20 * GB)], 300 * GB),
+        # equal memory: the registry's order
+        (
+            "cuda",
+            [entry(3, "cuda", 80 << 30, 0, 200 * GB), entry(4, "cuda", 80 << 30, 300 * GB, 200 * GB)],
+            None,
+        ),
+    ]
+    js_cases, expected = [], []
+    for device, workers, disk in cases:
+        params = {**p, "offload": "always"}
+        layout, worker = memcheck.best_layout(spec, params, device, memcheck_order(workers), disk)
+        expected.append([layout, worker["pid"]])
+        js_cases.append({"t": big, "p": params, "device": device, "workers": workers, "disk": disk})
+    passes = [e[0]["passes"] for e in expected]
+    assert [e[1] for e in expected] == [2, 2, 1, 1, 3], expected
+    assert passes[0] > 1 and passes[1] == 1 and passes[2] is None and passes[3] > 1, passes
+    got = run_dashboard_js(tmp_path, BEST_DRIVER % json.dumps(js_cases))
+    assert got == expected
+
+
+def memcheck_order(workers: list[dict]) -> list[dict]:
+    """The order memcheck.sized_workers gives the registry's entries (most usable memory first)."""
+    return sorted(workers, key=lambda w: memplan_usable(w["memory"]), reverse=True)
+
+
+def memplan_usable(memory: dict) -> int:
+    from worker.engine.memplan import usable_bytes
+
+    return usable_bytes(memory)

@@ -19,7 +19,6 @@ stores the three tiers hold at once; a pass that needs more runs its loss scans 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -28,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+# The spill disk's rule, shared with the worker's registry entry (torch-free there).
+from worker.engine.spill_disk import DISK_RESERVE_BYTES, default_disk_limit, free_disk_bytes, spill_root
+
 TIERS = ("device", "host", "disk")
 HOST_RESERVE_BYTES = 2 << 30  # RAM left to the rest of the process and the OS page cache
-DISK_RESERVE_BYTES = 2 << 30  # free space the disk tier leaves on the spill directory's file system
 
 
 def available_ram_bytes() -> int:
@@ -53,19 +54,6 @@ def free_device_bytes(device: torch.device) -> int:
     return available_ram_bytes()
 
 
-def spill_root(spill_dir: str | os.PathLike | None) -> Path:
-    """The directory the disk tier's files go under: `spill_dir`, else the system temporary one."""
-    return Path(spill_dir) if spill_dir else Path(tempfile.gettempdir())
-
-
-def free_disk_bytes(spill_dir: str | os.PathLike | None) -> int:
-    """Free space of the file system that holds the spill directory (or would: its nearest parent)."""
-    path = spill_root(spill_dir).resolve()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return int(shutil.disk_usage(path).free)
-
-
 @dataclass(frozen=True)
 class StoreBudget:
     device_bytes: int  # activations kept on the compute device
@@ -77,7 +65,7 @@ class StoreBudget:
     def disk_limit(self) -> int:
         if self.disk_bytes is not None:
             return max(0, self.disk_bytes)
-        return max(0, free_disk_bytes(self.spill_dir) - DISK_RESERVE_BYTES)
+        return default_disk_limit(free_disk_bytes(self.spill_dir))
 
     @classmethod
     def measure(
