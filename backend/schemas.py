@@ -311,9 +311,9 @@ class EvaluateParams(OnWeights):
         1,
         ge=1,
         le=1024,
-        description="data-parallel ranks on one worker for the perplexity (each scores every N-th batch of "
-        "windows; NLL sums and token counts all-reduced: the one-process number); lm-eval tasks run on one "
-        "device (worker/evaluate_ranks.py says why); 409 when no live worker has that many devices",
+        description="data-parallel ranks on one worker (each scores every N-th batch of perplexity windows, "
+        "NLL sums and token counts all-reduced, and answers every N-th batch of each lm-eval model call, the "
+        "answers gathered: the one-process numbers); 409 when no live worker has that many devices",
     )
     nodes: int = Field(
         1,

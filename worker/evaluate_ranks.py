@@ -1,20 +1,20 @@
-"""An evaluate job with `gpus: N > 1` or `nodes: M > 1`: its perplexity is data-parallel over N ranks on
-this worker (or N on each of M workers meeting at one rendezvous: worker.gang, worker.node_member).
+"""An evaluate job with `gpus: N > 1` or `nodes: M > 1`: data-parallel over N ranks on this worker (or N
+on each of M workers meeting at one rendezvous: worker.gang, worker.node_member).
 
 Each rank runs this module (`python -m worker.evaluate_ranks MODEL ...` under torchrun, `rank_main`):
 it loads the model, windows the same documents as one process, scores every world-size-th batch of
 windows, and the NLL sums and token counts are all-reduced
-(worker.engine.evaluation.perplexity, `ranks`), so the result is the one-process perplexity. Rank 0
-writes it as JSON and appends its progress to `--metrics-jsonl`, which this job process tails.
-
-lm-eval tasks stay in one process on this worker's device, after the ranks: the harness drives its own
-batches and a model in one process (no data-parallel mode that works without accelerate's launcher), so
-the job logs that and records it in its result (`distributed.tasks`).
+(worker.engine.evaluation.perplexity, `ranks`), so the result is the one-process perplexity. Then the
+lm-eval tasks, if any: every rank runs the harness on the same requests and each model call is answered
+data-parallel, batch r, r + N, ... on rank r, the answers gathered on every rank
+(worker.engine.evaluation.lm_eval_shards), so the scores are the one-process scores. Rank 0 writes the
+result as JSON and appends its progress to `--metrics-jsonl`, which this job process tails.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -27,10 +27,6 @@ from worker.multi_rank import run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.evaluate_ranks"
-TASKS_ONE_DEVICE = (
-    "lm-eval tasks run in one process on this worker's device: the harness batches its own requests "
-    "for one model and has no data-parallel mode outside accelerate's launcher"
-)
 
 
 def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
@@ -53,28 +49,41 @@ def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     ]  # fmt: skip
     if p.get("stride"):
         args += ["--stride", str(p["stride"])]
+    if p.get("tasks"):  # a task name has no comma (lm-eval's own lists are comma-separated)
+        args += ["--tasks", ",".join(p["tasks"]), "--cache", str(rt.settings.cache)]
+        args += ["--limit", str(p["limit"])] if p.get("limit") else []
     return args
 
 
 def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
-    from worker.engine import eval_protocol, evaluation
+    from worker.engine import eval_protocol
+    from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.gang import opened
-    from worker.handlers import _plain, _save_benchmark, _subject, load, store
+    from worker.handlers import LmEvalCount, _plain, _save_benchmark, store
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
     world = ranks * nodes
     rendezvous, workers = opened(rt, job.id, nodes) if nodes > 1 else (None, [rt.worker_name])
     share = 0.45 if p.get("tasks") else 0.9  # of the bar: lm-eval tasks take the rest
+    lm_eval_count = LmEvalCount(rt, p.get("tasks") or (), (0.5, 0.95))
 
     def on_record(record: dict) -> None:
+        if record["phase"] == "lm-eval-tasks":
+            building = f"lm-eval tasks: building the requests of {', '.join(record['tasks'])}"
+            rt.progress(0.5, f"{building} on {world} ranks", force=True)
+            return
+        if record["phase"] == "lm-eval":
+            request = {k: v for k, v in record.items() if k != "phase"}
+            lm_eval_count(RequestProgress(**{**request, "tasks": tuple(request["tasks"])}))
+            return
         done, total = record["done"], max(record["total"], 1)
         where = f"~{done}/{total} windows on {world} ranks"
         rt.progress(0.05 + share * done / total, f"perplexity: {where}", phase="perplexity")
 
     staging = store(rt).staging_dir()
     try:
-        out = staging / "perplexity.json"
+        out = staging / "result.json"
         rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
         t0 = time.perf_counter()
         finished = run_ranks(
@@ -89,13 +98,13 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
         )
         if not finished:
             raise JobCancelled()
-        ppl = json.loads(out.read_text())
+        ranks_result = json.loads(out.read_text())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result: dict[str, Any] = {
-        "perplexity": _plain(ppl),
+        "perplexity": _plain(ranks_result["perplexity"]),
         "protocol": eval_protocol.of_job("evaluate", p),
-        "tasks": [],
+        "tasks": _plain(ranks_result["tasks"]),
         "seconds": None,
         "distributed": {
             "world_size": world,
@@ -105,17 +114,10 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
             "perplexity": f"data-parallel over {world} ranks (NLL sums and token counts all-reduced)",
         },
     }
-    rt.raise_if_cancelled()
     if p.get("tasks"):
-        rt.log(f"{TASKS_ONE_DEVICE}; the perplexity above ran on {world} ranks")
-        result["distributed"]["tasks"] = f"one device ({rt.device}): {TASKS_ONE_DEVICE}"
-        rt.progress(0.5, "lm-eval tasks (one device)", force=True)
-        source, trust_remote_code = _subject(rt, job)
-        model, tokenizer = load(rt, source, trust_remote_code)
-        result["tasks"] = _plain(
-            evaluation.run_lm_eval(
-                model, tokenizer, p["tasks"], limit=p["limit"], cache_root=rt.settings.cache
-            )
+        result["distributed"]["tasks"] = (
+            f"data-parallel over {world} ranks (each rank answers every {world}-th batch of each "
+            "model call's requests, batched as in one process; the answers gathered on every rank)"
         )
     result["seconds"] = time.perf_counter() - t0
     _save_benchmark(rt, job, "evaluate", result)
@@ -126,7 +128,9 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
 
 
 def rank_main(argv: list[str] | None = None) -> int:
-    """One rank's perplexity pass (also one process when not launched by torchrun / srun)."""
+    """One rank's perplexity and lm-eval tasks (also one process when not launched by torchrun / srun).
+
+    Writes {"perplexity": ..., "tasks": [...], "world_size"} to `--out` (rank 0)."""
     parser = argparse.ArgumentParser(prog="python -m worker.evaluate_ranks")
     parser.add_argument("model")
     parser.add_argument("--data", default="demo")
@@ -139,11 +143,15 @@ def rank_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--stop-file", type=Path, default=None)
     parser.add_argument("--metrics-jsonl", type=Path, default=None)
+    parser.add_argument("--tasks", default="", help="lm-eval tasks, comma-separated")
+    parser.add_argument("--limit", type=int, default=None, help="samples per lm-eval task")
+    parser.add_argument("--cache", type=Path, default=None, help="where local lm-eval tasks are built")
     args = parser.parse_args(argv)
 
     from worker.engine.data import read_documents
     from worker.engine.distributed import DistributedContext
-    from worker.engine.evaluation import perplexity
+    from worker.engine.evaluation import perplexity, run_lm_eval
+    from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.engine.loading import load_model
 
     ctx = DistributedContext.from_environment(args.device)
@@ -154,14 +162,20 @@ def rank_main(argv: list[str] | None = None) -> int:
         return 2
     documents = read_documents(args.data, args.split)
 
-    def progress(done: int, total: int) -> None:
+    def record(line: dict) -> None:
         if args.metrics_jsonl is not None and ctx.is_main:
             with args.metrics_jsonl.open("a") as f:
-                f.write(json.dumps({"phase": "perplexity", "done": done, "total": total}) + "\n")
+                f.write(json.dumps(line) + "\n")
         if args.stop_file is not None and args.stop_file.exists():
             raise SystemExit(3)
 
-    result = perplexity(
+    def progress(done: int, total: int) -> None:
+        record({"phase": "perplexity", "done": done, "total": total})
+
+    def answered(r: RequestProgress) -> None:
+        record({"phase": "lm-eval", **dataclasses.asdict(r)})
+
+    ppl = perplexity(
         model,
         documents,
         tokenizer,
@@ -172,7 +186,14 @@ def rank_main(argv: list[str] | None = None) -> int:
         progress=progress,
         ranks=ctx,
     )
-    result["world_size"] = ctx.world_size
+    ppl["world_size"] = ctx.world_size
+    tasks = [t for t in args.tasks.split(",") if t]
+    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size}
+    if tasks:
+        record({"phase": "lm-eval-tasks", "tasks": tasks})
+        result["tasks"] = run_lm_eval(
+            model, tokenizer, tasks, limit=args.limit, cache_root=args.cache, progress=answered, ranks=ctx
+        )
     ctx.close()
     if ctx.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,14 @@
-"""Data-parallel perplexity: 2 gloo ranks, each scoring every other batch of windows, == one process."""
+"""Data-parallel evaluation over 2 gloo ranks == one process: the perplexity (each rank scoring every
+other batch of windows) and lm-eval (each rank answering every other batch of each model call)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.engine.torchrun_helpers import run
+
+RANK_MAIN = Path(__file__).with_name("lm_eval_rank_main.py")
 
 
 def test_two_ranks_give_the_one_process_perplexity(tmp_path):
@@ -27,9 +31,43 @@ def test_two_ranks_give_the_one_process_perplexity(tmp_path):
     args += ["--stride", "24", "--batch-size", "4", "--out", str(tmp_path / "two.json")]
     code, log = run(["-m", "worker.evaluate_ranks", *args])
     assert code == 0, log
-    got = json.loads((tmp_path / "two.json").read_text())
-    assert got["world_size"] == 2
+    result = json.loads((tmp_path / "two.json").read_text())
+    got = result["perplexity"]
+    assert got["world_size"] == result["world_size"] == 2 and result["tasks"] == []
     assert got["tokens"] == want["tokens"] and got["documents"] == want["documents"] == 12
     assert abs(got["loss"] - want["loss"]) <= 1e-6 * abs(want["loss"]), (got, want)
     assert abs(got["perplexity"] - want["perplexity"]) <= 1e-6 * want["perplexity"], (got, want)
     print(f"relative difference of the perplexity: {abs(got['perplexity'] / want['perplexity'] - 1):.2e}")
+
+
+def test_two_ranks_give_the_one_process_lm_eval(tmp_path):
+    """Every request type's answers, bit for bit (each batch is the tensor one process forms), the
+    local tasks' metrics, on both ranks; rank 0's progress counts the whole call's requests."""
+    from tests.engine.lm_eval_rank_main import main
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    assert main([str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    code, log = run([str(RANK_MAIN), str(tmp_path / "two")])
+    assert code == 0, log
+    ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    sizes = {kind: len(answers) for kind, answers in one["answers"].items()}
+    assert sizes["loglikelihood"] > 6 * 4 and sizes["generate_until"] > 2 * 4, sizes  # batches of 4
+    assert sum(one["answers"]["loglikelihood_rolling"]) < 0
+    for kind, rows in one["work"].items():  # each rank ran the model on its share of the rows only
+        assert ranks[0]["work"][kind] + ranks[1]["work"][kind] == rows, (kind, one["work"], ranks)
+        assert 0 < ranks[1]["work"][kind] <= ranks[0]["work"][kind] < rows, (kind, one["work"], ranks)
+    for got in ranks:
+        assert got["answers"] == one["answers"]  # exact: same floats, same generated text
+        assert got["rows"] == one["rows"] and {r["task"] for r in got["rows"]} == {
+            "prunescope_cloze",
+            "prunescope_rolling",
+        }
+    # Rank 0 reports each call over all its requests, as one process does, and ends at the total.
+    assert ranks[0]["calls"].keys() == one["calls"].keys()
+    for call, reports in ranks[0]["calls"].items():
+        totals = {total for _, total in reports}
+        assert totals == {one["calls"][call][-1][1]} and reports[-1][0] == reports[-1][1] > 0, call
+        assert [d for d, _ in reports] == sorted(d for d, _ in reports), call

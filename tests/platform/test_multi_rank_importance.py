@@ -1,8 +1,8 @@
 """`gpus: N` for importance and evaluate jobs through the real API and a CPU worker offering two gloo ranks.
 
 Importance is data-parallel (worker/importance_ranks.py): its artifact equals the one-process job's to
-1e-6 relative. So is an evaluation's perplexity (worker/evaluate_ranks.py); its lm-eval tasks run on
-one device and say why. Requests no
+1e-6 relative. So is an evaluation's perplexity (worker/evaluate_ranks.py), and its lm-eval tasks, run
+data-parallel, give the one-process scores. Requests no
 worker can hold are refused naming the field.
 """
 
@@ -85,11 +85,12 @@ def test_requests_no_worker_can_hold_are_refused(app, body):
 
 
 def test_evaluate_with_gpus_is_data_parallel(app, body):
-    """`gpus: 2`: the perplexity over 2 gloo ranks equals the one-process job's (1e-6 relative); the
-    lm-eval task runs on one device, with the reason in the log and the result."""
+    """`gpus: 2`: the perplexity over 2 gloo ranks equals the one-process job's (1e-6 relative), and
+    the lm-eval task, run on the 2 ranks, scores what the one-process job scores."""
     jobs = {}
-    for gpus, tasks in ((2, ["prunescope_cloze"]), (1, [])):
-        params = {"gpus": gpus, "max_documents": 6, "seq_len": 32, "stride": 16, "tasks": tasks, "limit": 2}
+    for gpus in (2, 1):
+        params = {"gpus": gpus, "max_documents": 6, "seq_len": 32, "stride": 16, "limit": 4}
+        params["tasks"] = ["prunescope_cloze"]
         r = app.api.post(
             "/jobs", json={"kind": "evaluate", "teacher_id": body["teacher_id"], "params": params}
         )
@@ -101,9 +102,10 @@ def test_evaluate_with_gpus_is_data_parallel(app, body):
     rel = abs(two["perplexity"]["perplexity"] / one["perplexity"]["perplexity"] - 1)
     assert rel <= 1e-6, (two["perplexity"], one["perplexity"])
     assert two["perplexity"]["world_size"] == 2 and two["distributed"]["world_size"] == 2
-    assert "one device" in two["distributed"]["tasks"] and two["tasks"]  # lm-eval ran, in one process
+    assert two["tasks"] == one["tasks"] and two["tasks"]
+    assert "data-parallel over 2 ranks" in two["distributed"]["tasks"]
     text = json.dumps(app.api.get(f"/jobs/{jobs[2]['id']}/logs").json())
-    assert "launching 2 ranks" in text and "lm-eval tasks run in one process" in text
+    assert "launching 2 ranks" in text
     assert rank_processes(str(app.data_dir)) == []
 
 

@@ -12,6 +12,11 @@ through the LM's cache hook (lm-eval calls it once per answered request; `set_ca
 a rolling request's windows through `_loglikelihood_tokens` (TemplateLM's hook for subclasses, called
 once per batch of windows): each document is split into windows of the model's context by lm-eval's own
 `get_rolling_token_windows`, which is how the total is known before the first batch.
+
+Over N ranks (`ranks`, a distributed context under torchrun), every rank runs the harness and each
+model call is answered data-parallel (`lm_eval_shards`): the scores are the one-process scores on every
+rank. A rank counts the units it answers, scaled to the whole call (`unit_scale`): an estimate of where
+the call is, exact at its end.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from worker.engine.evaluation.lm_eval_shards import one_process_harness, rolling_windows, sharded_lm
 from worker.engine.evaluation.local_tasks import LOCAL_TASKS, build_local_tasks, default_cache_dir
 
 OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -77,7 +83,6 @@ class RequestProgress:
 def _counting_lm(hflm_class, progress: Callable[[RequestProgress], None]):
     """An HFLM subclass reporting each model call's requests to `progress` as they are answered."""
     from lm_eval.api.model import CacheHook
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     class Counter(CacheHook):
         """lm-eval's cache hook without a cache: add_partial is called once per answered request."""
@@ -93,12 +98,13 @@ def _counting_lm(hflm_class, progress: Callable[[RequestProgress], None]):
     class CountingLM(hflm_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.calls, self.now = 0, None
+            self.calls, self.now, self.answered = 0, None, 0
             self.progress_error: BaseException | None = None  # what `progress` raised (a cancel)
             self.set_cache_hook(Counter(self))
 
         def start(self, request_type: str, requests, total: int, unit: str) -> None:
             self.calls += 1
+            self.answered, self.unit_scale = 0, 1.0
             tasks = tuple(sorted({r.task_name for r in requests if getattr(r, "task_name", None)}))
             self.now = RequestProgress(self.calls, request_type, 0, total, unit, len(requests), tasks)
             self.report()
@@ -107,7 +113,8 @@ def _counting_lm(hflm_class, progress: Callable[[RequestProgress], None]):
             now = self.now
             if now is None or now.request_type != request_type:
                 return
-            self.now = replace(now, done=min(now.total, now.done + n))
+            self.answered += n
+            self.now = replace(now, done=min(now.total, round(self.answered * self.unit_scale)))
             self.report()
 
         def finish(self) -> None:
@@ -136,26 +143,11 @@ def _counting_lm(hflm_class, progress: Callable[[RequestProgress], None]):
             return out
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            windows = sum(self._windows(req.args[0]) for req in requests)
+            windows = sum(len(rolling_windows(self, req.args[0])) for req in requests)
             self.start("loglikelihood_rolling", requests, windows, "windows")
             out = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
             self.finish()
             return out
-
-        def _windows(self, text: str) -> int:
-            # The same split as HFLM.loglikelihood_rolling (only the count: tokenising twice is cheap).
-            return sum(
-                1
-                for _ in map(
-                    make_disjoint_window,
-                    get_rolling_token_windows(
-                        token_list=self.tok_encode(text),
-                        prefix_token=self.prefix_token_id,
-                        max_seq_len=self.max_length,
-                        context_len=1,
-                    ),
-                )
-            )
 
         def _loglikelihood_tokens(self, requests, *args, **kwargs):
             out = super()._loglikelihood_tokens(requests, *args, **kwargs)
@@ -200,6 +192,7 @@ def run_lm_eval(
     seed: int = 0,
     bootstrap_iters: int = 100,
     progress: Callable[[RequestProgress], None] | None = None,
+    ranks=None,
 ) -> list[dict]:
     """Scores of `tasks` as [{"task", "metric", "value", "stderr"}].
 
@@ -209,6 +202,9 @@ def run_lm_eval(
     Local tasks (`prunescope_cloze`, `prunescope_rolling`) are built from `documents` (default: the demo
     corpus test split) unless `task_dir` already holds them, under `cache_root` (see
     `local_tasks.default_cache_dir`). `limit` caps samples per task.
+
+    `ranks` (a `worker.engine.distributed.DistributedContext`): call it on every rank, each with the
+    same model; each answers its share of the requests and every rank returns the one-process scores.
     """
     tasks = list(tasks)
     if not tasks:
@@ -223,8 +219,9 @@ def run_lm_eval(
             documents = read_documents("demo", "test")
         task_dir = build_local_tasks(documents, default_cache_dir(cache_root), seed=seed)
     only_local = all(t in LOCAL_TASKS for t in tasks)
+    distributed = ranks is not None and ranks.distributed
     guard = offline() if only_local else contextlib.nullcontext()
-    with guard:
+    with guard, one_process_harness() if distributed else contextlib.nullcontext():
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
@@ -242,7 +239,8 @@ def run_lm_eval(
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        lm_class = HFLM if progress is None else _counting_lm(HFLM, progress)
+        lm_class = sharded_lm(HFLM, ranks) if distributed else HFLM
+        lm_class = lm_class if progress is None else _counting_lm(lm_class, progress)
         lm = None
         try:
             lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
