@@ -2,7 +2,7 @@
 start page lists the workers with their ranks and memory; the distill form takes GPUs and nodes with the
 memory planner's per-GPU estimate (the Python planner's number) and flags a gang no live workers can
 form; a running 2-rank distillation's page shows each rank's tokens/s, peak memory and step time live,
-updating step by step; once finished, its world size, throughput overall and per GPU, each rank's peak
+updating step by step; once finished, its world size, throughput overall and per rank, each rank's peak
 memory, the teacher's placement and the worker that ran it, every number the stored one."""
 
 from __future__ import annotations
@@ -113,7 +113,11 @@ def test_workers_gpus_form_and_ranks_result(page, app):
 
     assert value("world-size") == 2 == r["world_size"]
     assert value("tokens-per-s") == pytest.approx(r["tokens_per_s"])
-    assert value("tokens-per-s-per-gpu") == pytest.approx(r["tokens_per_s"] / 2)
+    assert value("tokens-per-s-per-rank") == pytest.approx(r["tokens_per_s"] / 2)
+    # A CPU worker's gloo ranks are ranks, not GPUs, as in the live panel.
+    cards = ranks.locator(".cards").inner_text()
+    assert done["device"] == "cpu" and "2 CPU ranks x 1 node" in cards
+    assert " per rank (median step)" in cards and "GPU" not in cards
     assert value("peak-memory") == max(r["peak_memory_per_rank"])
     assert "rank 1:" in ranks.inner_text()
     # The live panel stays at the last step, every number the stored one.

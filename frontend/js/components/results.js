@@ -95,16 +95,21 @@ export function distillResult(r) {
     r.artifact ? h("div.hint.path", `weights: ${r.artifact}`) : null);
 }
 
-/** A distillation over several ranks: world size, throughput overall and per GPU, each rank's peak
- * memory, the teacher's placement (the memory planner's choice, and why) and the workers that ran it. */
+/** A distillation over several ranks: world size, throughput overall and per rank (a GPU on CUDA; on a
+ * CPU worker gloo ranks share its cores), each rank's peak memory, the teacher's placement (the memory
+ * planner's choice, and why) and the workers that ran it. `r.device`: the job's device (cpu, cuda:0). */
 export function ranksResult(r) {
   if (!(r.world_size > 1)) return null;
   const nodes = r.nodes || 1;
+  const perNode = r.gpus_per_node ?? r.world_size / nodes;
+  const gpus = String(r.device ?? "").startsWith("cuda");
+  const unit = gpus ? "GPU" : "rank";
+  const ranks = `${gpus ? "GPU" : String(r.device ?? "").startsWith("cpu") ? "CPU rank" : "rank"}${perNode > 1 ? "s" : ""}`;
   const peaks = r.peak_memory_per_rank || [];
   return h("div.stack", { dataset: { testid: "ranks-result" } },
     h("div.cards",
-      card("ranks (world size)", r.world_size, int, "world-size", `${r.gpus_per_node ?? r.world_size / nodes} GPU${(r.gpus_per_node ?? 2) > 1 ? "s" : ""} x ${nodes} node${nodes > 1 ? "s" : ""}`),
-      r.tokens_per_s !== undefined ? card("throughput", r.tokens_per_s, (x) => rate(x), "tokens-per-s", h("span", num(r.tokens_per_s / r.world_size, (x) => rate(x), "tokens-per-s-per-gpu"), " per GPU (median step)")) : null,
+      card("ranks (world size)", r.world_size, int, "world-size", `${perNode} ${ranks} x ${nodes} node${nodes > 1 ? "s" : ""}`),
+      r.tokens_per_s !== undefined ? card("throughput", r.tokens_per_s, (x) => rate(x), "tokens-per-s", h("span", num(r.tokens_per_s / r.world_size, (x) => rate(x), "tokens-per-s-per-rank"), ` per ${unit} (median step)`)) : null,
       peaks.length ? card("peak memory, largest rank", Math.max(...peaks), bytes, "peak-memory", peaks.map((p, i) => `rank ${i}: ${bytes(p)}`).join(" · ")) : null),
     r.teacher_placement ? h("div.hint", { dataset: { testid: "teacher-placement" } }, `teacher ${r.teacher_placement === "shard" ? "sharded (forward only)" : "replicated on every rank"}`, r.teacher_placement_reason ? ` — ${r.teacher_placement_reason}` : "") : null,
     r.workers?.length ? h("div.hint", { dataset: { testid: "rank-workers" } }, `workers: ${r.workers.map((w, i) => (nodes > 1 ? `node ${i} ${w}` : w)).join(", ")}`) : null);

@@ -137,8 +137,9 @@ export async function jobView(host, { args, query }, ctx) {
       mount(resultBox, h("div.empty", text));
       return;
     }
-    // A distillation's result is on its validation protocol (the job's), named under its cards.
-    mount(resultBox, jobResult(job.kind, job.kind === "distill" ? { ...r, protocol: r.protocol ?? job.protocol } : r, await teacherEvaluation(job)));
+    // A distillation's result is on its validation protocol (the job's), named under its cards; its ranks
+    // are GPUs or CPU ranks by the job's device.
+    mount(resultBox, jobResult(job.kind, job.kind === "distill" ? { ...r, protocol: r.protocol ?? job.protocol, device: r.device ?? job.device } : r, await teacherEvaluation(job)));
   }
 
   // ---- curves ------------------------------------------------------------------------------
