@@ -8,8 +8,10 @@ computes batches r, r + N, ..., and `all_gather_object` puts every answer back i
 every rank. So each rank's harness computes the same metrics, and, because every batch is the same
 tensor it would be in one process, the same per-request numbers as one process, bit for bit.
 
-Why batches and not every N-th request: a batch is padded to its longest row, so a request scored in a
-different batch can differ from the one-process number in the last bits.
+Why batches and not every N-th request: a batch is padded to its longest row, and the kernels a backend
+picks depend on the batch's shape, so a request scored in a different batch can differ from the
+one-process number in the last bits (on CPU with the tests' tiny Llama, every-N-th-request sharding
+happened to agree exactly too; nothing promises that on a GPU).
 """
 
 from __future__ import annotations
