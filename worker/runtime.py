@@ -114,6 +114,7 @@ class JobRuntime:
             if job is None:
                 return None
             self.teacher_id = job.teacher_id
+            s.flush()  # an attribute the move set (note_waiting's message): expunged unflushed, it is lost
             s.expunge(job)
         self._wake()
         return job

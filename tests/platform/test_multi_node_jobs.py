@@ -133,6 +133,50 @@ def test_a_gang_that_cannot_form_fails_within_its_timeout(two_nodes):
     assert app.api.get(f"/jobs/{job['id']}").json()["status"] == "failed"
 
 
+def _wait_message(app, job_id: int, text: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        job = app.api.get(f"/jobs/{job_id}").json()
+        seen.append((round(time.monotonic(), 1), job["status"], job["message"]))
+        if text in (job["message"] or ""):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never said {text!r}: {seen[-20:]}\n{app.worker.log()}")
+
+
+def test_a_gang_waiting_on_a_busy_worker_lets_a_queued_job_use_its_leaders_worker(two_nodes):
+    """Worker B is busy (paused: it takes nothing); a `nodes: 2` evaluation leads on worker A and an
+    evaluation on one node is queued behind it. The gang gives A back while B is busy: the single-node
+    job runs on A while the gang waits (still queued, saying why), then B frees up and the gang forms and
+    succeeds, within its 8 s timeout counted across its rounds."""
+    app = two_nodes
+    teacher = _student(app)["teacher_id"]
+    began = time.monotonic()
+    app.second.pause()
+    try:
+        time.sleep(1.5)  # B's pending poll of the queue (1 s) ended: a paused B swallows no message
+        gang = _evaluate(app, teacher, nodes=2)
+        _wait_message(app, gang["id"], "waiting for 2 nodes to join")  # A leads it
+        single = _evaluate(app, teacher)
+        waiting = _wait_message(app, gang["id"], "waiting for 1 busy worker on the 'cpu' queue")
+        assert waiting["status"] == "queued", waiting
+        alone = app.wait_job(single["id"], timeout=60)
+        assert alone["status"] == "succeeded", (alone.get("error"), app.worker.log())
+        assert app.api.get(f"/jobs/{gang['id']}").json()["status"] == "queued"  # not failed meanwhile
+    finally:
+        app.second.pause(False)
+    done = app.wait_job(gang["id"], timeout=90)
+    assert done["status"] == "succeeded", (done.get("error"), app.worker.log(), app.second.log())
+    assert done["result"]["distributed"]["nodes"] == 2
+    assert alone["finished_at"] <= done["started_at"]  # the single-node job did not wait for the gang
+    text = _text(app, gang["id"])
+    assert "waiting for 1 busy worker on the 'cpu' queue while 1 other job waits there" in text, text
+    assert "gives way, node 0 retries in 3 s" in text and "[node 1] launching 1 ranks" in text
+    assert rank_processes(str(app.data_dir)) == []
+    print(f"single-node job ran during the gang's wait; both done in {time.monotonic() - began:.1f} s")
+
+
 def test_cancel_ends_the_ranks_of_every_node(two_nodes):
     app = two_nodes
     student = _student(app)
@@ -190,8 +234,8 @@ def test_competing_gangs_both_run_and_importance_and_evaluate_over_two_nodes_are
     assert result["world_size"] == 2 and result["nodes"] == 2 and len(set(result["workers"])) == 2
     assert jobs[1]["result"]["distributed"]["nodes"] == 2
 
-    one_imp = app.wait_job(_importance(app, teacher, dataset)["job_id"], timeout=150)
-    one_ev = app.wait_job(_evaluate(app, teacher)["id"], timeout=150)
+    references = _importance(app, teacher, dataset)["job_id"], _evaluate(app, teacher)["id"]  # one per worker
+    one_imp, one_ev = (app.wait_job(job_id, timeout=150) for job_id in references)
     assert one_imp["status"] == one_ev["status"] == "succeeded", (one_imp.get("error"), one_ev.get("error"))
     got, want = (
         ImportanceResult.load(app.data_dir / "artifacts" / j["result"]["artifact"])
