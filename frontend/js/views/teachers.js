@@ -6,7 +6,7 @@ import { memoryLine, queueFor } from "../components/memline.js";
 import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
-import { halvedBatches, importanceLayout, importanceNeed, spillLimitBytes } from "../jobmemory.js";
+import { bestLayout, halvedBatches, importanceLayout, importanceNeed, spillDiskLimit, spillLimitBytes } from "../jobmemory.js";
 import { fitLine, formatBytes, usableBytes } from "../memplan.js";
 import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
@@ -283,15 +283,22 @@ export async function teachersView(host, { query }, ctx) {
           line.fits = false;
         }
       }
-      const sizes = workers.filter((w) => w.memory && (w.queues || []).includes(queue)).map((w) => usableBytes(w.memory));
-      const layout = importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sizes.length ? Math.max(...sizes) : null, spillLimitBytes(v.spill_limit_gb));
+      // The layout on the workers that report memory, each with its pinned RAM and spill disk (the API's
+      // memcheck.best_layout): the spill limit typed here, else the disk tier the worker reports.
+      const sized = workers.filter((w) => w.memory && (w.queues || []).includes(queue) && ranks * nodes === 1);
+      const limit = spillLimitBytes(v.spill_limit_gb);
+      const on = bestLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sized, limit);
+      const layout = on ? on.layout : importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, null, limit);
+      const disk = limit !== null ? limit : on && spillDiskLimit(on.worker);
+      const holds = limit !== null ? "the spill limit holds" : `the spill disk of ${on?.worker.hostname} holds`;
       // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
       if (layout.streamed) line.text += ` · streamed layer by layer${p.offload === "auto" ? " (the whole teacher does not fit)" : ""}: ${formatBytes(layout.spill)} of activation stores (${v.samples} samples) in pinned RAM / on disk`;
       // A spill limit too small for every store at once: the loss scans run in several passes over the
       // checkpoint (each reads the layers again); too small for one pass: the API refuses the run (409).
-      if (layout.streamed && layout.passes > 1) line.text += ` · ${layout.passes} passes over the checkpoint (the spill limit holds ${formatBytes(spillLimitBytes(v.spill_limit_gb))})`;
-      if (layout.streamed && layout.passes === null && sizes.length) {
-        line.text += ` · the activation stores (${formatBytes(layout.store_bytes)} each) do not fit even one pass within the spill limit: raise it`;
+      if (layout.streamed && layout.passes > 1) line.text += ` · ${layout.passes} passes over the checkpoint (${holds} ${formatBytes(disk)})`;
+      if (layout.streamed && layout.passes === null && sized.length) {
+        const fix = limit !== null ? "raise it" : "free space on it";
+        line.text += ` · the activation stores (${formatBytes(layout.store_bytes)} each) do not fit even one pass: ${holds} ${formatBytes(disk)}; ${fix}`;
         line.fits = false;
       }
       return line;
