@@ -50,7 +50,9 @@ def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     if p.get("stride"):
         args += ["--stride", str(p["stride"])]
     if p.get("tasks"):  # a task name has no comma (lm-eval's own lists are comma-separated)
-        args += ["--tasks", ",".join(p["tasks"]), "--cache", str(rt.settings.cache)]
+        args += ["--tasks", ",".join(p["tasks"])]
+        # Unset: the ranks build them where one process would (local_tasks.default_cache_dir), not in "None".
+        args += ["--cache", str(rt.settings.cache)] if rt.settings.cache else []
         args += ["--limit", str(p["limit"])] if p.get("limit") else []
     return args
 
