@@ -207,40 +207,84 @@ def prune_memory_of(worker: dict, mode: str) -> tuple[int, str]:
     tensor by tensor in host RAM on every worker (out_of_core.prune_checkpoint never touches the
     device), so its entry's `host_memory` counts; the in-memory cut loads the teacher onto the worker's
     device and cuts it there (handlers._prune_in_memory): `memory` (a CPU worker's is its RAM). An
-    entry from before `host_memory`: `memory`, as before."""
+    entry from before `host_memory`: `memory`, as before. jobmemory.pruneMemoryOf mirrors it."""
     host = worker.get("host_memory") if mode == "out_of_core" else None
     if host:
         return memplan.usable_bytes(host), f"{worker.get('hostname')} host RAM"
     return memplan.usable_bytes(worker["memory"]), worker_name(worker)
 
 
-def prune_modes_on(settings: Settings, worker: dict, requested: str, teacher_bytes: int) -> tuple[str, ...]:
-    """The modes a prune job may run in on `worker`. "auto" as the worker resolves it
-    (out_of_core.choose_mode): out of core when the loaded teacher exceeds PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB,
-    else half the host's available RAM (its entry's `host_memory`): by host RAM, on a GPU worker too.
-    Unknown (an entry without `host_memory`, no threshold set): either mode."""
-    modes = PRUNE_LAYOUTS.get(requested, PRUNE_LAYOUTS["auto"])
-    if len(modes) == 1:
-        return modes
-    threshold_gb = getattr(settings, "out_of_core_threshold_gb", None)
+def prune_threshold(worker: dict) -> int | None:
+    """The teacher size (bytes) above which `worker` cuts an "auto" prune job out of core, as the
+    worker resolves it (out_of_core.choose_mode): its own PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB (the
+    entry's `out_of_core_threshold_bytes`: the worker's setting decides, not the API's), else half its
+    host's available RAM (`host_memory`); None: unknown (an entry without either).
+    jobmemory.pruneThreshold mirrors it."""
+    threshold = worker.get("out_of_core_threshold_bytes")
+    if threshold is not None:
+        return int(threshold)
     host = worker.get("host_memory")
-    if threshold_gb is not None:
-        threshold = int(threshold_gb * 1e9)
-    elif host:
-        threshold = int(int(host.get("free_bytes") or 0) * AUTO_RAM_FRACTION)
-    else:
+    if host:
+        return int(int(host.get("free_bytes") or 0) * AUTO_RAM_FRACTION)
+    return None
+
+
+def prune_modes_on(worker: dict, requested: str, teacher_bytes: int) -> tuple[str, ...]:
+    """The modes a prune job may run in on `worker`: the requested one, or with "auto" out of core when
+    the loaded teacher exceeds the worker's `prune_threshold`, else in memory; either when that is
+    unknown. jobmemory.pruneModesOn mirrors it."""
+    modes = PRUNE_LAYOUTS.get(requested, PRUNE_LAYOUTS["auto"])
+    threshold = prune_threshold(worker) if len(modes) > 1 else None
+    if threshold is None:
         return modes
     return ("out_of_core",) if teacher_bytes > threshold else ("in_memory",)
+
+
+def prune_where(mode: str) -> str:
+    """What a cut in `mode` is compared with, in the 409's words (and the dashboard's line)."""
+    return "of host RAM (out of core)" if mode == "out_of_core" else "per device (in memory)"
+
+
+def prune_fit(need: dict, teacher_bytes: int, workers: list[dict], requested: str) -> dict:
+    """Where a prune job fits, per worker in the mode it would run there (`prune_modes_on`), each mode
+    against the memory it runs in (`prune_memory_of`). `need`: bytes per mode (memplan.prune_memory);
+    `workers`: most device memory first (`sized_workers`), at least one. Returns
+    `fitting`: [{name, bytes, mode}] of each worker that fits (in its smallest fitting mode);
+    `mode`, `need`: the mode the largest worker would run and what it needs; `largest`: [bytes, name]
+    the most memory any worker gives that mode; `nearest`: when none fits, the other `out_of_core`
+    setting that fits some worker ({out_of_core, mode, need}), else None.
+    jobmemory.pruneFit mirrors it (the dashboard's "Create student" line)."""
+
+    def fits(worker: dict, mode: str) -> bool:
+        return need[mode] <= prune_memory_of(worker, mode)[0]
+
+    fitting = []
+    for w in workers:
+        modes = [m for m in prune_modes_on(w, requested, teacher_bytes) if fits(w, m)]
+        if modes:
+            mode = min(modes, key=need.get)
+            cap, name = prune_memory_of(w, mode)
+            fitting.append({"name": name, "bytes": cap, "mode": mode})
+    # the mode the largest worker would run (with auto known per worker) and how far it is
+    mode = min(prune_modes_on(workers[0], requested, teacher_bytes), key=need.get)
+    best, name = max((prune_memory_of(w, mode) for w in workers), key=lambda c: c[0])
+    nearest = None
+    if not fitting:
+        for other, value in (("out_of_core", "always"), ("in_memory", "never")):
+            if requested != value and any(fits(w, other) for w in workers):
+                nearest = {"out_of_core": value, "mode": other, "need": need[other]}
+                break
+    return {"fitting": fitting, "mode": mode, "need": need[mode], "largest": [best, name], "nearest": nearest}
 
 
 def check_prune(
     settings: Settings, teacher_spec: dict | None, plan_stats: dict | None, params: dict, queue: str
 ):
     """409 when a prune job fits no live worker on its queue in the mode it would run there
-    (`prune_modes_on`), each mode against the memory it runs in (`prune_memory_of`: an out-of-core cut
-    in host RAM, on a GPU worker too), naming `out_of_core` when the other mode fits ("always": out of
-    core; "never": in memory on the device). The student's spec is the plan's (`plan_stats["spec"]`);
-    without one the teacher's stands in (an upper bound)."""
+    (`prune_fit`: an out-of-core cut in host RAM, on a GPU worker too; "auto" resolved by each worker's
+    own threshold), naming `out_of_core` when the other mode fits ("always": out of core; "never": in
+    memory on the device). The student's spec is the plan's (`plan_stats["spec"]`); without one the
+    teacher's stands in (an upper bound)."""
     if not teacher_spec:
         return
     workers = sized_workers(settings, queue)
@@ -251,34 +295,24 @@ def check_prune(
     s_spec = memplan.spec_from_summary(s_summary) if s_summary else None
     runs = {m: memplan.prune_memory(t_spec, s_spec, mode=m) for m in ("in_memory", "out_of_core")}
     need = {m: r["total"] for m, r in runs.items()}
-    requested = params.get("out_of_core", "auto")
     teacher_bytes = runs["in_memory"]["parts"]["teacher_weights"]
-
-    def fits(worker: dict, mode: str) -> bool:
-        return need[mode] <= prune_memory_of(worker, mode)[0]
-
-    if any(fits(w, m) for w in workers for m in prune_modes_on(settings, w, requested, teacher_bytes)):
+    fit = prune_fit(need, teacher_bytes, workers, params.get("out_of_core", "auto"))
+    if fit["fitting"]:
         return
-
-    def where(mode: str) -> str:
-        return "of host RAM (out of core)" if mode == "out_of_core" else "per device (in memory)"
-
-    # the mode the largest worker would run (with auto known per worker) and how far it is
-    mode = min(prune_modes_on(settings, workers[0], requested, teacher_bytes), key=need.get)
-    best, name = max((prune_memory_of(w, mode) for w in workers), key=lambda c: c[0])
+    best, name = fit["largest"]
     message = (
-        f"this prune job needs {memplan.format_bytes(need[mode])} {where(mode)}, more than any live "
-        f"worker on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {name})"
+        f"this prune job needs {memplan.format_bytes(fit['need'])} {prune_where(fit['mode'])}, more than "
+        f"any live worker on the {queue!r} queue can give (largest: {memplan.format_bytes(best)} on {name})"
     )
-    for other, value in (("out_of_core", "always"), ("in_memory", "never")):
-        if requested != value and any(fits(w, other) for w in workers):
-            raise Conflict(
-                f"{message}; nearest setting that fits: out_of_core={value} "
-                f"({memplan.format_bytes(need[other])} {where(other)})",
-                field=("out_of_core",),
-                nearby=[value],
-            )
-    raise Conflict(f"{message}; no smaller setting fits either")
+    nearest = fit["nearest"]
+    if nearest is None:
+        raise Conflict(f"{message}; no smaller setting fits either")
+    raise Conflict(
+        f"{message}; nearest setting that fits: out_of_core={nearest['out_of_core']} "
+        f"({memplan.format_bytes(nearest['need'])} {prune_where(nearest['mode'])})",
+        field=("out_of_core",),
+        nearby=[nearest["out_of_core"]],
+    )
 
 
 def distill_need(s_spec, t_spec, p: dict, device: str) -> int:

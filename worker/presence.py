@@ -32,6 +32,12 @@ class Presence:
             "queues": list(queues),
             "pid": os.getpid(),
             "started_at": ts(utcnow()),
+            # what decides an "auto" prune job's mode here (out_of_core.resolve_mode); the API and the
+            # dashboard resolve it per worker from this (backend.memcheck.prune_threshold). None: half
+            # the host's available RAM (its `host_memory`).
+            "out_of_core_threshold_bytes": None
+            if settings.out_of_core_threshold_gb is None
+            else int(settings.out_of_core_threshold_gb * 1e9),
         }
         self.interval = max(float(settings.worker_refresh_s), 0.1)
         self._stop = threading.Event()

@@ -44,9 +44,85 @@ export function pruneNeed(teacher, student, p = {}) {
   return Math.min(...modes.map((mode) => pruneMemory(teacher, student, { mode }).total));
 }
 
-/** Both modes of a prune job, for the form's line ("needs X (out of core: Y)"). */
+/** Both modes of a prune job, for the form's line ("needs X (out of core: Y)"), and the teacher's loaded
+ * bytes ("auto" compares them with each worker's threshold): memcheck.check_prune's `need`, `teacher_bytes`. */
 export function pruneModes(teacher, student) {
-  return { in_memory: pruneMemory(teacher, student, { mode: "in_memory" }).total, out_of_core: pruneMemory(teacher, student, { mode: "out_of_core" }).total };
+  const inMemory = pruneMemory(teacher, student, { mode: "in_memory" });
+  return { in_memory: inMemory.total, out_of_core: pruneMemory(teacher, student, { mode: "out_of_core" }).total, teacher_bytes: inMemory.parts.teacher_weights };
+}
+
+const AUTO_RAM_FRACTION = 0.5; // memcheck.AUTO_RAM_FRACTION (out_of_core.DEFAULT_RAM_FRACTION)
+
+/** [usable bytes, where] a cut in `mode` may use on `worker`: out of core in its host's RAM
+ * (`host_memory`, on a GPU worker too), in memory on its device (`memory`); an entry without
+ * `host_memory`: `memory` (memcheck.prune_memory_of). */
+export function pruneMemoryOf(worker, mode) {
+  const host = mode === "out_of_core" ? worker.host_memory : null;
+  if (host) return [usableBytes(host), `${worker.hostname} host RAM`];
+  return [usableBytes(worker.memory), `${worker.hostname} ${worker.device}`];
+}
+
+/** The teacher size (bytes) above which `worker` cuts an "auto" job out of core: its own threshold
+ * (`out_of_core_threshold_bytes`), else half its host's available RAM; null: unknown
+ * (memcheck.prune_threshold). */
+export function pruneThreshold(worker) {
+  const threshold = worker.out_of_core_threshold_bytes;
+  if (threshold !== undefined && threshold !== null) return Math.trunc(threshold);
+  if (worker.host_memory) return Math.trunc(Math.trunc(worker.host_memory.free_bytes || 0) * AUTO_RAM_FRACTION);
+  return null;
+}
+
+/** The modes a prune job may run in on `worker` (memcheck.prune_modes_on): "auto" resolved by its
+ * threshold; both when unknown. */
+export function pruneModesOn(worker, requested, teacherBytes) {
+  const modes = PRUNE_LAYOUTS[requested] || PRUNE_LAYOUTS.auto;
+  const threshold = modes.length > 1 ? pruneThreshold(worker) : null;
+  if (threshold === null) return modes;
+  return teacherBytes > threshold ? ["out_of_core"] : ["in_memory"];
+}
+
+/** What a cut in `mode` is compared with, in the 409's words (memcheck.prune_where). */
+export function pruneWhere(mode) {
+  return mode === "out_of_core" ? "of host RAM (out of core)" : "per device (in memory)";
+}
+
+// The first of `xs` with the smallest (largest) key, as Python's min (max) with key=.
+const minBy = (xs, key) => xs.reduce((a, b) => (key(b) < key(a) ? b : a));
+const maxBy = (xs, key) => xs.reduce((a, b) => (key(b) > key(a) ? b : a));
+
+/** Where a prune job fits, each worker in the mode it would run, against the memory that mode uses
+ * (memcheck.prune_fit): {fitting: [{name, bytes, mode}], mode, need, largest: [bytes, name], nearest:
+ * {out_of_core, mode, need} | null}. `need`: bytes per mode (pruneModes); `workers`: sizedWorkers. */
+export function pruneFit(need, teacherBytes, workers, requested) {
+  const fits = (w, mode) => need[mode] <= pruneMemoryOf(w, mode)[0];
+  const fitting = [];
+  for (const w of workers) {
+    const modes = pruneModesOn(w, requested, teacherBytes).filter((m) => fits(w, m));
+    if (modes.length) {
+      const mode = minBy(modes, (m) => need[m]);
+      const [bytes, name] = pruneMemoryOf(w, mode);
+      fitting.push({ name, bytes, mode });
+    }
+  }
+  const mode = minBy(pruneModesOn(workers[0], requested, teacherBytes), (m) => need[m]);
+  const largest = maxBy(workers.map((w) => pruneMemoryOf(w, mode)), (c) => c[0]);
+  let nearest = null;
+  if (!fitting.length) {
+    for (const [other, value] of [["out_of_core", "always"], ["in_memory", "never"]]) {
+      if (requested !== value && workers.some((w) => fits(w, other))) {
+        nearest = { out_of_core: value, mode: other, need: need[other] };
+        break;
+      }
+    }
+  }
+  return { fitting, mode, need: need[mode], largest, nearest };
+}
+
+/** The workers on `queue` that report their memory and have at least `gpus` devices, most usable
+ * device memory first, ties in GET /workers order (memcheck.sized_workers over the registry). */
+export function sizedWorkers(workers, queue, gpus = 1) {
+  const able = (workers || []).filter((w) => (w.queues || []).includes(queue) && w.memory && Math.trunc(w.device_count || 1) >= gpus);
+  return able.map((w, i) => ({ w, i, bytes: usableBytes(w.memory) })).sort((a, b) => b.bytes - a.bytes || a.i - b.i).map(({ w }) => w);
 }
 
 /** Preview: the teacher, then the masked teacher, over packed blocks (a batch of 8). */

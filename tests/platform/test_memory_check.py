@@ -395,6 +395,34 @@ def test_an_out_of_core_cut_is_sized_by_the_hosts_ram_on_a_gpu_worker(client, ap
         forget_worker(api_env, gpu)
 
 
+def test_auto_is_resolved_by_the_workers_own_threshold(client, api_env, student_id, monkeypatch):
+    """The worker's PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB decides an auto cut (handlers.run_prune reads the
+    worker's settings): its entry carries it (`out_of_core_threshold_bytes`, None when unset), and the API
+    resolves auto by it. A 4 GiB GPU with 500 GiB of free RAM: by half the free RAM the 32.1 GB teacher is
+    cut in memory, on the GPU (refused); with the worker's threshold of 1 GB out of core, in its RAM."""
+    for value, published in ((None, None), ("1", 1_000_000_000)):
+        if value:
+            monkeypatch.setenv("PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB", value)
+        presence = Presence(settings_from(api_env), "cpu", ["cpu"])
+        assert presence.record["out_of_core_threshold_bytes"] == published
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        plan_id = s.get(Student, student_id).plan_id
+    body = {"plan_id": plan_id, "name": "cut", "device": "cuda", "out_of_core": "auto"}
+    gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 4 * GiB, 4 * GiB)
+    try:
+        with_host(gpu, api_env, 512 * GiB, 500 * GiB)
+        r = client.post("/api/v1/students", json=body)
+        assert r.status_code == 409, r.text
+        assert "needs 61.8 GiB per device (in memory)" in error_text(r), error_text(r)
+        gpu["out_of_core_threshold_bytes"] = 1_000_000_000
+        with_host(gpu, api_env, 512 * GiB, 500 * GiB)  # republish
+        r = client.post("/api/v1/students", json=body)
+        assert r.status_code == 201, r.text
+    finally:
+        forget_worker(api_env, gpu)
+
+
 def streamed_body(teacher_id: int, dataset_id: int, **extra) -> dict:
     """A streamed importance run of the 8B teacher whose activation stores are 68.72 GB each (2048
     samples x 2048 tokens x 4096 x 4 bytes); bi, drop and block scans at k=2: 1 + 32 + 31 stores."""

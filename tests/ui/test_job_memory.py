@@ -322,3 +322,109 @@ def memplan_usable(memory: dict) -> int:
     from worker.engine.memplan import usable_bytes
 
     return usable_bytes(memory)
+
+
+PRUNE_FIT_DRIVER = """
+import * as jm from "./js/jobmemory.js";
+const cases = %s;
+process.stdout.write(JSON.stringify(cases.map(({ t, s, workers, queue, mode }) => {
+  const both = jm.pruneModes(t, s);
+  return jm.pruneFit(both, both.teacher_bytes, jm.sizedWorkers(workers, queue), mode);
+})));
+"""
+
+
+def test_the_prune_decision_per_worker_equals_the_api_check(tmp_path: Path, monkeypatch):
+    """jobmemory.pruneFit == memcheck.prune_fit (and what check_prune accepts or names in its 409) over a
+    grid of registry entries x out_of_core: a CPU worker; a GPU worker with a small GPU and much RAM,
+    little RAM, or no `host_memory`; with the worker's own threshold (`out_of_core_threshold_bytes`) or
+    without (half its free RAM). Each worker in the mode it would run the cut (auto resolved per worker),
+    against the memory that mode uses (host RAM out of core), the nearest out_of_core when none fits."""
+    from worker.engine import memplan
+
+    big = llama8b().summary()  # 16.1 GB loaded (bf16); in memory 30.9 GiB, out of core 2.0 GiB
+    student = llama8b().summary() | {"num_layers": 8}
+    student = {k: v for k, v in student.items() if k != "layers"}
+    GB = 10**9
+
+    def entry(pid, kind, memory, host=None, threshold="unset"):
+        w = {
+            "hostname": f"h{pid}",
+            "device": "cuda:0" if kind == "cuda" else "cpu",
+            "pid": pid,
+            "queues": ["gpu"] if kind == "cuda" else ["cpu"],
+            "memory": {"kind": kind, "total_bytes": memory, "free_bytes": memory},
+        }
+        if host is not None:
+            w["host_memory"] = {"kind": "cpu", "total_bytes": 2 * host, "free_bytes": host}
+        if threshold != "unset":
+            w["out_of_core_threshold_bytes"] = threshold
+        return w
+
+    fleets = {
+        "cpu, 20 GiB free": ("cpu", [entry(1, "cpu", 20 << 30, 20 << 30)]),
+        "cpu, 200 GiB free": ("cpu", [entry(1, "cpu", 200 << 30, 200 << 30)]),
+        "cpu, 200 GiB, threshold 10 GB": ("cpu", [entry(1, "cpu", 200 << 30, 200 << 30, 10 * GB)]),
+        "cpu, 1 GiB free": ("cpu", [entry(1, "cpu", 1 << 30, 1 << 30)]),
+        "small gpu, big ram": ("gpu", [entry(2, "cuda", 4 << 30, 500 << 30)]),
+        "small gpu, big ram, threshold 1 GB": ("gpu", [entry(2, "cuda", 4 << 30, 500 << 30, 1 * GB)]),
+        "small gpu, big ram, threshold null": ("gpu", [entry(2, "cuda", 4 << 30, 500 << 30, None)]),
+        "small gpu, 20 GiB ram": ("gpu", [entry(2, "cuda", 4 << 30, 20 << 30)]),
+        "small gpu, 1 GiB ram": ("gpu", [entry(2, "cuda", 4 << 30, 1 << 30)]),
+        "small gpu, no host_memory": ("gpu", [entry(2, "cuda", 4 << 30)]),
+        "big gpu, 20 GiB ram": ("gpu", [entry(3, "cuda", 80 << 30, 20 << 30)]),
+        "big gpu, 1 GiB ram": ("gpu", [entry(3, "cuda", 80 << 30, 1 << 30)]),
+        "big gpu, 1 GiB ram, threshold 100 GB": ("gpu", [entry(3, "cuda", 80 << 30, 1 << 30, 100 * GB)]),
+        "big gpu, no host_memory": ("gpu", [entry(3, "cuda", 80 << 30)]),
+        "two gpus": ("gpu", [entry(2, "cuda", 4 << 30, 20 << 30), entry(3, "cuda", 80 << 30, 1 << 30)]),
+    }
+    cases, expected = [], []
+    for label, (queue, workers) in fleets.items():
+        for t, s in ((big, None), (big, student)):
+            t_spec = memplan.spec_from_summary(t)
+            s_spec = memplan.spec_from_summary(s) if s else None
+            runs = {m: memplan.prune_memory(t_spec, s_spec, mode=m) for m in ("in_memory", "out_of_core")}
+            need = {m: r["total"] for m, r in runs.items()}
+            teacher_bytes = runs["in_memory"]["parts"]["teacher_weights"]
+            monkeypatch.setattr(memcheck, "_workers", lambda *a, ws=workers, q=queue: ws)
+            sized = memcheck.sized_workers(SimpleNamespace(), queue)
+            for mode in ("auto", "always", "never"):
+                fit = memcheck.prune_fit(need, teacher_bytes, sized, mode)
+                # the API's check says the same: accepted iff a worker fits, else the 409 names `nearest`
+                stats = {"spec": s} if s else None
+                try:
+                    memcheck.check_prune(SimpleNamespace(), t, stats, {"out_of_core": mode}, queue)
+                    accepted, nearby = True, None
+                except Conflict as exc:
+                    accepted, nearby = False, list(exc.nearby or []) or None
+                assert accepted == bool(fit["fitting"]), (label, mode, fit)
+                assert nearby == (fit["nearest"] and [fit["nearest"]["out_of_core"]]), (label, mode, fit)
+                expected.append(json.loads(json.dumps(fit)))
+                cases.append(
+                    {"t": t, "s": s, "workers": workers, "queue": queue, "mode": mode, "label": label}
+                )
+    by = {(c["label"], c["s"] is None, c["mode"]): e for c, e in zip(cases, expected, strict=True)}
+    # the grid covers what differs: auto out of core by host RAM on a small GPU; auto in memory by the
+    # worker's own threshold; in memory that only the device fits; nearest always and never; none at all
+    assert by["small gpu, big ram, threshold 1 GB", True, "auto"]["fitting"] == [
+        {"name": "h2 host RAM", "bytes": 500 << 30, "mode": "out_of_core"}
+    ]
+    assert by["small gpu, big ram", True, "auto"]["fitting"] == []  # 16 GB <= 250 GiB: in memory, 4 GiB GPU
+    assert by["small gpu, big ram", True, "auto"]["nearest"]["out_of_core"] == "always"
+    assert by["small gpu, big ram, threshold null", True, "auto"] == by["small gpu, big ram", True, "auto"]
+    assert by["small gpu, 20 GiB ram", True, "auto"]["fitting"][0]["mode"] == "out_of_core"
+    assert by["cpu, 200 GiB, threshold 10 GB", True, "auto"]["fitting"][0]["mode"] == "out_of_core"
+    assert by["cpu, 200 GiB free", True, "auto"]["fitting"][0]["mode"] == "in_memory"
+    assert by["big gpu, 20 GiB ram", True, "auto"]["fitting"][0]["mode"] == "out_of_core"
+    assert by["big gpu, 1 GiB ram", True, "auto"]["nearest"]["out_of_core"] == "never"
+    assert by["big gpu, 1 GiB ram, threshold 100 GB", True, "auto"]["fitting"][0]["mode"] == "in_memory"
+    assert by["small gpu, 1 GiB ram", True, "always"]["nearest"] is None
+    assert by["small gpu, no host_memory", True, "always"]["largest"] == [
+        memplan.usable_bytes({"kind": "cuda", "total_bytes": 4 << 30}),
+        "h2 cuda:0",
+    ]
+    # auto on the big GPU cuts out of core (16 GB > half of 1 GiB) in its 1 GiB of RAM: only the small one fits
+    assert [f["name"] for f in by["two gpus", True, "auto"]["fitting"]] == ["h2 host RAM"]
+    assert [f["name"] for f in by["two gpus", True, "never"]["fitting"]] == ["h3 cuda:0"]
+    got = run_dashboard_js(tmp_path, PRUNE_FIT_DRIVER % json.dumps(cases))
+    assert got == expected
