@@ -122,6 +122,27 @@ def running_up(tmp_path: Path, **env: str):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+# One `up` serves the last two live tests (starting one costs an API, a worker, a light consumer and two
+# fork servers importing torch): they run in file order, the first leaving it running with its Redis
+# restarted, and the SIGKILL of `up` itself comes last. Its queued jobs the broker lost are re-sent
+# after 1 s. The killed-worker test keeps an `up` of its own: its 3 s heartbeat timeout would mark a
+# running job of the other test lost whenever the loaded machine delayed a beat.
+SHARED_UP_ENV = {"PRUNESCOPE_RESEND_INTERVAL_S": "1", "PRUNESCOPE_RESEND_GRACE_S": "1"}
+
+
+@pytest.fixture(scope="module")
+def shared_up(tmp_path_factory):
+    with running_up(tmp_path_factory.mktemp("up"), **SHARED_UP_ENV) as running:
+        yield running
+
+
+@pytest.fixture
+def live_up(shared_up):
+    proc, app, log = shared_up
+    assert proc.poll() is None, log.read_text()[-3000:]  # an earlier test stopped it: that test failed
+    return shared_up
+
+
 # ---- refusals: nothing is started --------------------------------------------------------------------
 
 
@@ -193,28 +214,6 @@ def test_supervisor_restarts_with_back_off_and_gives_up_on_a_child_that_cannot_s
 # ---- live `up` ---------------------------------------------------------------------------------------
 
 
-def test_sigkill_of_up_leaves_no_orphans(tmp_path):
-    with running_up(tmp_path) as (proc, app, log):
-        kids = children(proc.pid)
-        for name in ("redis-server", "worker api", "worker worker"):
-            assert any(name in args for args in kids.values()), kids
-        os.kill(proc.pid, signal.SIGKILL)  # `up` alone, as the OOM killer would
-        proc.wait()
-        deadline = time.monotonic() + 30
-        while alive(kids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not alive(kids), {pid: kids[pid] for pid in alive(kids)}
-
-        # What made the next `up` report "running" and then stop the orphans' Redis is gone: the lock
-        # died with `up`, the port is free, and the socket was under the data directory.
-        from worker.cli.supervisor import check_port_free, lock_data_dir
-
-        lock_data_dir(app.data_dir).close()
-        check_port_free("127.0.0.1", app.port)
-        socket_file = app.data_dir / "redis" / "redis.sock"
-        assert f'unixsocket "{socket_file}"' in (app.data_dir / "redis" / "redis.conf").read_text()
-
-
 def test_embedded_redis_socket_is_under_the_data_dir_unless_the_path_is_too_long(tmp_path):
     from backend.broker import SOCKET_PATH_MAX, EmbeddedRedis
 
@@ -257,39 +256,58 @@ def test_killed_worker_is_restarted_and_its_job_is_lost_and_resumable(tmp_path):
         assert proc.poll() is None
 
 
-def test_queued_jobs_finish_after_the_embedded_redis_loses_its_data(tmp_path):
+def test_queued_jobs_finish_after_the_embedded_redis_loses_its_data(live_up):
     """SIGKILL the embedded Redis with jobs queued and wipe its append-only file (the worst case: data
     not yet written): `up` restarts Redis, the API re-sends what the database says is queued."""
-    with running_up(tmp_path, PRUNESCOPE_RESEND_INTERVAL_S="1", PRUNESCOPE_RESEND_GRACE_S="1") as (
-        proc,
-        app,
-        log,
-    ):
-        worker = [child_named(proc, "worker worker"), *children(child_named(proc, "worker worker"))]
-        for pid in worker:  # hold the worker still: the jobs stay queued
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            teachers = [
-                app.api.post("/teachers", json={"name": f"t{i}", "source": str(app.teacher_dir)}).json()
-                for i in range(4)
-            ]
-            assert {app.api.get(f"/jobs/{t['job_id']}").json()["status"] for t in teachers} == {"queued"}
-            redis_pid = child_named(proc, "redis-server")
-            os.kill(redis_pid, signal.SIGKILL)
-            for f in (app.data_dir / "redis").glob("appendonly.aof*"):
-                f.unlink()
-        finally:
-            for pid in worker:
-                os.kill(pid, signal.SIGCONT)
-        for t in teachers:
-            assert app.wait_job(t["job_id"], timeout=90)["status"] == "succeeded", log.read_text()[-3000:]
-        assert child_named(proc, "redis-server") != redis_pid
-        assert "the redis process exited (killed by SIGKILL)" in log.read_text()
-        resent = [
-            t
-            for t in teachers
-            if "re-sent: the broker no longer held this job's message"
-            in [e["msg"] for e in app.api.get(f"/jobs/{t['job_id']}/logs").json()]
+    proc, app, log = live_up
+    worker = [child_named(proc, "worker worker"), *children(child_named(proc, "worker worker"))]
+    for pid in worker:  # hold the worker still: the jobs stay queued
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        teachers = [
+            app.api.post("/teachers", json={"name": f"t{i}", "source": str(app.teacher_dir)}).json()
+            for i in range(4)
         ]
-        assert resent  # recovered by the re-sender, not by chance
-        assert all(app.api.get(f"/jobs/{t['job_id']}").json()["attempts"] == 1 for t in teachers)
+        assert {app.api.get(f"/jobs/{t['job_id']}").json()["status"] for t in teachers} == {"queued"}
+        redis_pid = child_named(proc, "redis-server")
+        os.kill(redis_pid, signal.SIGKILL)
+        for f in (app.data_dir / "redis").glob("appendonly.aof*"):
+            f.unlink()
+    finally:
+        for pid in worker:
+            os.kill(pid, signal.SIGCONT)
+    for t in teachers:
+        assert app.wait_job(t["job_id"], timeout=90)["status"] == "succeeded", log.read_text()[-3000:]
+    assert child_named(proc, "redis-server") != redis_pid
+    assert "the redis process exited (killed by SIGKILL)" in log.read_text()
+    resent = [
+        t
+        for t in teachers
+        if "re-sent: the broker no longer held this job's message"
+        in [e["msg"] for e in app.api.get(f"/jobs/{t['job_id']}/logs").json()]
+    ]
+    assert resent  # recovered by the re-sender, not by chance
+    assert all(app.api.get(f"/jobs/{t['job_id']}").json()["attempts"] == 1 for t in teachers)
+
+
+def test_sigkill_of_up_leaves_no_orphans(live_up):
+    """Last: it ends the shared `up`."""
+    proc, app, log = live_up
+    kids = children(proc.pid)
+    for name in ("redis-server", "worker api", "worker worker"):
+        assert any(name in args for args in kids.values()), kids
+    os.kill(proc.pid, signal.SIGKILL)  # `up` alone, as the OOM killer would
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(kids), {pid: kids[pid] for pid in alive(kids)}
+
+    # What made the next `up` report "running" and then stop the orphans' Redis is gone: the lock
+    # died with `up`, the port is free, and the socket was under the data directory.
+    from worker.cli.supervisor import check_port_free, lock_data_dir
+
+    lock_data_dir(app.data_dir).close()
+    check_port_free("127.0.0.1", app.port)
+    socket_file = app.data_dir / "redis" / "redis.sock"
+    assert f'unixsocket "{socket_file}"' in (app.data_dir / "redis" / "redis.conf").read_text()
