@@ -132,4 +132,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tests.engine.torchrun_helpers import exit_fast
+
+    exit_fast(main)  # a rank's torch teardown costs seconds under load, for nothing the tests check

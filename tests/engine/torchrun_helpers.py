@@ -1,7 +1,12 @@
 """Launching a script as N gloo ranks with `python -m torch.distributed.run`, for the distributed tests.
 
 Every launch runs in a process group of its own and is SIGKILLed as a group when it ends, so no rank
-outlives its test."""
+outlives its test.
+
+The launcher is torchrun's own `main()` (`python -m tests.engine.torchrun_helpers ARGS` is
+`python -m torch.distributed.run ARGS`) ending with `os._exit`: the agent's interpreter, torch loaded,
+took seconds to tear down after its ranks had finished (about 0.5-1 s on a quiet 2-core machine,
+several under load), on every launch, for nothing the tests check."""
 
 from __future__ import annotations
 
@@ -22,9 +27,12 @@ def rank_env(**extra) -> dict:
     return env
 
 
+TORCHRUN = [sys.executable, "-m", "tests.engine.torchrun_helpers"]  # torch.distributed.run, exiting fast
+
+
 def launch(target: list[str], *, ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
     """`target`: a script path and its arguments, or ["-m", module, ...]."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    command = [*TORCHRUN, "--standalone", f"--nproc-per-node={ranks}"]
     return subprocess.Popen(
         [*command, "--monitor-interval=0.5", *target],
         cwd=ROOT,
@@ -58,7 +66,7 @@ def launch_nodes(target: list[str], *, nodes: int = 2, env: dict | None = None) 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"]
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", "--nproc-per-node=1"]
+    command = [*TORCHRUN, f"--nnodes={nodes}", "--nproc-per-node=1"]
     return [
         subprocess.Popen(
             [*command, *rendezvous, "--monitor-interval=0.5", *target],
@@ -75,3 +83,29 @@ def launch_nodes(target: list[str], *, nodes: int = 2, env: dict | None = None) 
 
 def run(target: list[str], *, ranks: int = 2, env: dict | None = None) -> tuple[int, str]:
     return finish(launch(target, ranks=ranks, env=env))
+
+
+def exit_fast(main) -> None:
+    """Run `main()` and leave with its exit status without the interpreter's teardown: what
+    `sys.exit(main())` reports (an exception: its traceback, status 1), output flushed first."""
+    import traceback
+
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+if __name__ == "__main__":
+    from torch.distributed.run import main as torchrun_main
+
+    exit_fast(torchrun_main)
