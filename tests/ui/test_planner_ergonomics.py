@@ -13,6 +13,8 @@ import re
 
 import pytest
 
+from backend import fleet
+from tests.conftest import settings_from
 from tests.platform.helpers import make_dataset
 from tests.ui.conftest import doc_shot
 
@@ -182,11 +184,13 @@ def test_rounding_widths_to_hardware_multiples_shows_its_cost(page, live_app, se
 def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
     open_explorer(page, live_app, setup["plain"]["id"])
     page.click("[data-testid=layers-plot]")  # any edit
-    # The prune job's memory line follows the mode: the teacher + its cut copy in memory, about one
-    # tensor out of core (jobmemory.pruneNeed, what memcheck.check_prune refuses by).
+    # The prune job's memory line follows the mode: the teacher + its cut copy in memory (on the device),
+    # about one tensor out of core (in the host's RAM): jobmemory.pruneFit, what memcheck.check_prune
+    # refuses by.
     line = page.locator("[data-testid=student-memory]")
     needs = re.compile(
-        r"needs ([\d.]+ [MG]iB) per device.*in memory: ([\d.]+ [MG]iB); out of core: ([\d.]+ [MG]iB)"
+        r"needs ([\d.]+ [MG]iB) (?:per device|of host RAM).*"
+        r"in memory: ([\d.]+ [MG]iB); out of core: ([\d.]+ [MG]iB)"
     )
     page.select_option("[data-testid=out-of-core]", "never")
     never = needs.search(line.inner_text())
@@ -201,6 +205,72 @@ def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
     job = live_app.wait_job(student["job_id"])
     assert job["params"]["out_of_core"] == "always"
     assert job["status"] == "succeeded" and "out of core" in job["result"]["surgery"], job
+
+
+def test_the_cut_out_of_core_fits_by_host_ram_on_a_gpu_worker(page, live_app, setup):
+    """A fake GPU worker entry (a GPU too small for anything, 8 GiB of free RAM) is the gpu queue's only
+    worker: the "Create student" line sizes an out-of-core cut by its host RAM and says it fits there; in
+    memory it fits no worker, and the line names out_of_core=always as the API's 409 does; auto goes in
+    memory (the tiny teacher is under half the free RAM) unless the worker's own threshold is lower."""
+    settings = settings_from(live_app.env)
+    client = fleet.client_for(settings)
+    worker = {
+        "hostname": "gpu-fake",
+        "device": "cuda:0",
+        "queues": ["gpu"],
+        "pid": 77002,
+        "started_at": "2026-01-01T00:00:00Z",
+        "device_count": 1,
+        "memory": {"kind": "cuda", "total_bytes": 100 << 20, "free_bytes": 100 << 20},  # usable: 0
+        "host_memory": {"kind": "cpu", "total_bytes": 16 << 30, "free_bytes": 8 << 30},
+        "out_of_core_threshold_bytes": None,
+    }
+    fleet.publish(client, settings.redis_prefix, worker, ttl_s=600)
+    try:
+        open_explorer(page, live_app, setup["plain"]["id"])
+        page.click("[data-testid=layers-plot]")  # any edit
+        line = page.locator("[data-testid=student-memory]")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=student-memory]')?.textContent.includes('gpu-fake')"
+        )
+
+        def shown(mode: str) -> tuple[str, str]:
+            page.select_option("[data-testid=out-of-core]", mode)
+            text = line.inner_text()
+            return text, re.search(r"out of core: ([\d.]+ [MG]iB)\)", text)[1]
+
+        text, ooc = shown("always")
+        assert (
+            f"needs {ooc} of host RAM (out of core); fits 1 x gpu-fake host RAM (8.0 GiB, out of core)"
+            in text
+        ), text
+        assert "error-msg" not in (line.get_attribute("class") or "")
+        nearest = f"nearest setting that fits: out_of_core=always ({ooc} of host RAM (out of core))"
+        for mode in ("never", "auto"):  # auto: in memory, as the worker would (tiny teacher <= 4 GiB)
+            text, _ = shown(mode)
+            assert (
+                "per device (in memory); fits no live worker (largest: 0.0 MiB on gpu-fake cuda:0)" in text
+            ), text
+            assert nearest in text, text
+            assert "error-msg" in (line.get_attribute("class") or "")
+        body = {"plan_id": setup["student"]["plan_id"], "name": "x", "device": "cuda", "out_of_core": "never"}
+        r = live_app.api.post("/students", json=body)
+        assert r.status_code == 409 and "nearest setting that fits: out_of_core=always" in r.text, r.text
+        # the worker's own threshold under the teacher: auto cuts out of core there, in its RAM
+        fleet.publish(client, settings.redis_prefix, {**worker, "out_of_core_threshold_bytes": 1}, ttl_s=600)
+        page.reload()
+        page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+        page.click("[data-testid=layers-plot]")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=student-memory]')?.textContent.includes('gpu-fake')"
+        )
+        text, ooc = shown("auto")
+        assert (
+            f"needs {ooc} of host RAM (out of core); fits 1 x gpu-fake host RAM (8.0 GiB, out of core)"
+            in text
+        ), text
+    finally:
+        fleet.remove(client, settings.redis_prefix, worker)
 
 
 def test_the_teacher_form_offers_the_existing_teacher_and_errors_keep_rows_in_line(page, live_app, setup):

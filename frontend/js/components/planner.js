@@ -9,7 +9,7 @@ import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
 import { memoryLine, queueFor } from "./memline.js";
-import { previewNeed, pruneModes, pruneNeed } from "../jobmemory.js";
+import { previewNeed, pruneFit, pruneModes, pruneModesOn, pruneWhere, sizedWorkers } from "../jobmemory.js";
 import { fitLine, formatBytes } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
 
@@ -31,6 +31,28 @@ export function roundWidth(n, m, max, down = false) {
   let r = (down ? Math.floor(n / m) : Math.round(n / m)) * m;
   if (r > max) r = Math.floor(max / m) * m;
   return r >= m ? r : n; // a width smaller than one multiple stays as asked
+}
+
+/** The "Create student" memory line: where the cut fits in the mode each worker would run it, else the
+ * nearest out_of_core exactly as the API's 409 names it. `both`: jobmemory.pruneModes; `workers`: the
+ * job's queue's, most memory first (jobmemory.sizedWorkers). */
+export function pruneLine(both, workers, requested) {
+  if (!workers.length) {
+    const needed = Math.min(...pruneModesOn({}, requested, 0).map((m) => both[m])); // either mode when unknown
+    return { text: `needs ${formatBytes(needed)} (no live worker reports its memory)`, fits: null };
+  }
+  const fit = pruneFit(both, both.teacher_bytes, workers, requested);
+  const head = `needs ${formatBytes(fit.need)} ${pruneWhere(fit.mode)}`;
+  if (fit.fitting.length) {
+    const names = fit.fitting.map((f) => `${f.name} (${formatBytes(f.bytes)}, ${f.mode === "out_of_core" ? "out of core" : "in memory"})`);
+    const first = fit.fitting[0];
+    return { text: `needs ${formatBytes(both[first.mode])} ${pruneWhere(first.mode)}; fits ${names.length} x ${names.join(", ")}`, fits: true };
+  }
+  const [best, name] = fit.largest;
+  const far = `${head}; fits no live worker (largest: ${formatBytes(best)} on ${name})`;
+  const near = fit.nearest;
+  if (!near) return { text: `${far}; no smaller setting fits either`, fits: false };
+  return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${formatBytes(near.need)} ${pruneWhere(near.mode)})`, fits: false };
 }
 
 export class Planner {
@@ -109,18 +131,17 @@ export class Planner {
       return fitLine(() => previewNeed(this.spec, { seq_len: context, device: queue === "gpu" ? "cuda" : "cpu" }), {}, workers, queue);
     });
     this.previewMemory.dataset.testid = "preview-memory";
-    // What the prune job needs in the mode chosen (memcheck.check_prune): the teacher loaded + the cut copy,
-    // or about one tensor out of core; "auto" counts the smaller (the worker goes out of core when big).
+    // What the prune job needs where each worker would cut it (memcheck.check_prune, jobmemory.pruneFit):
+    // out of core in the host's RAM (a GPU worker's too), in memory on the device; "auto" as each worker
+    // resolves it (its threshold, else half its free RAM); the 409's nearest out_of_core when none fits.
     this.surgeryRow = h("div.row.tight", { style: { marginTop: "4px" } }, h("span.hint", "read the teacher"), this.surgery);
     this.studentMemory = memoryLine(this.surgeryRow, (_, workers) => {
       if (!this.spec || !this.ctx.state?.plan) return null;
       const { hidden, layers } = resultingShape(this.spec, this.ctx.state.plan);
       const student = { ...this.spec, hidden_size: hidden, num_layers: layers.length, layers };
-      const mode = this.surgery.value;
-      const queue = queueFor("auto", workers);
-      const fit = fitLine((p) => pruneNeed(this.spec, student, p), { out_of_core: mode }, workers, queue, mode === "never" ? [{ out_of_core: "always" }] : []);
       const both = pruneModes(this.spec, student);
-      return { ...fit, text: `${fit.text} (in memory: ${formatBytes(both.in_memory)}; out of core: ${formatBytes(both.out_of_core)})` };
+      const line = pruneLine(both, sizedWorkers(workers, queueFor("auto", workers)), this.surgery.value);
+      return { ...line, text: `${line.text} (in memory: ${formatBytes(both.in_memory)}; out of core: ${formatBytes(both.out_of_core)})` };
     });
     this.studentMemory.dataset.testid = "student-memory";
     this.studentErr = h("div.error-msg");
