@@ -369,6 +369,20 @@ def spill_disk_limit(worker: dict) -> int | None:
     return None if limit is None else int(limit)
 
 
+DISK_RESERVE_BYTES = 2 << 30  # worker/engine/spill_disk.py's: free space the disk tier leaves
+
+
+def disk_budget(worker: dict, limit: int | None) -> int | None:
+    """The disk tier a streamed pass gets on `worker` (activation_store.StoreBudget.disk_tier): the spill
+    limit `limit` (None: the worker's own, `spill_disk_limit`), never more than its spill disk's free
+    space less the reserve (the entry's `spill_disk.free_bytes`; a larger limit would fill the disk, so
+    the worker caps it: spill_disk.disk_tier_limit). None: not reported. jobmemory.diskBudget mirrors it."""
+    if limit is None:
+        return spill_disk_limit(worker)
+    free = (worker.get("spill_disk") or {}).get("free_bytes")
+    return limit if free is None else min(max(0, limit), max(0, int(free) - DISK_RESERVE_BYTES))
+
+
 def pinned_budget(worker: dict, device: str) -> int:
     """The pinned-RAM tier of a streamed pass on a CUDA worker: its host's available RAM less the
     reserve (activation_store.StoreBudget.measure), from the entry's `host_memory`; 0 on a CPU worker
@@ -430,13 +444,13 @@ def importance_layout(
 
 def worker_layout(spec: memplan.ArchSpec, params: dict, device: str, worker: dict, disk: int | None) -> dict:
     """`importance_layout` on one worker: its device memory, its pinned RAM (CUDA) and the spill limit
-    `disk`, else the disk tier the worker itself reports (`spill_disk_limit`)."""
+    `disk` capped at its free spill disk, else the disk tier the worker itself reports (`disk_budget`)."""
     return importance_layout(
         spec,
         params,
         device,
         memplan.usable_bytes(worker["memory"]),
-        disk if disk is not None else spill_disk_limit(worker),
+        disk_budget(worker, disk),
         pinned_budget(worker, device),
     )
 
@@ -487,13 +501,13 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
     layout, worker = best_layout(spec, params, device, workers, limit)
     if layout["passes"] is None:  # on every worker; a disk budget is known (else one pass counts)
         capacity, pinned = memplan.usable_bytes(worker["memory"]), pinned_budget(worker, device)
-        disk = limit if limit is not None else spill_disk_limit(worker)
+        disk = disk_budget(worker, limit)
         fits = _smallest_spill_limit(spec, params, device, capacity, disk, pinned)
         pinned_text = f", {pinned / 1e9:.3g} GB of pinned RAM" if pinned else ""
-        if limit is not None:
+        if limit is not None and disk == limit:  # not capped by the worker's free disk
             room = f"the spill limit of {disk / 1e9:.3g} GB"
             fix = f"raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least {fits:g}"
-        else:  # the worker's own disk: a larger spill_limit_gb would fill it
+        else:  # the worker's own disk (or it capped the job's limit): a larger spill_limit_gb would fill it
             room = f"the {disk / 1e9:.3g} GB its spill disk has free (beyond a 2 GiB reserve)"
             fix = (
                 f"free at least {fits:g} GB on the worker's spill disk or point PRUNESCOPE_SPILL_DIR to a "

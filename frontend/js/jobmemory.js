@@ -163,6 +163,17 @@ export function spillDiskLimit(worker) {
   return limit === undefined || limit === null ? null : Math.trunc(limit);
 }
 
+const DISK_RESERVE_BYTES = 2 * 2 ** 30; // memcheck.DISK_RESERVE_BYTES (worker/engine/spill_disk.py)
+
+/** The disk tier a streamed pass gets on `worker`: the spill limit `limit` (null: the worker's own,
+ * spillDiskLimit), never more than its spill disk's free space less the reserve, as the worker caps it;
+ * null: not reported (memcheck.disk_budget). */
+export function diskBudget(worker, limit) {
+  if (limit === null || limit === undefined) return spillDiskLimit(worker);
+  const free = worker.spill_disk?.free_bytes;
+  return free === undefined || free === null ? limit : Math.min(Math.max(0, limit), Math.max(0, Math.trunc(free) - DISK_RESERVE_BYTES));
+}
+
 /** The pinned-RAM tier on a CUDA worker: its host's available RAM less the reserve; 0 on a CPU worker
  * or when not reported (memcheck.pinned_budget). */
 export function pinnedBudget(worker, device) {
@@ -191,10 +202,10 @@ export function importanceLayout(spec, p, device = "cpu", capacity = null, diskB
   return { streamed: true, spill: layered.host_total + layered.disk, passes, store_bytes: layered.settings.store_bytes };
 }
 
-/** The layout on one worker: its device memory, pinned RAM (CUDA) and the spill limit `disk`, else the
- * disk tier it reports (memcheck.worker_layout). */
+/** The layout on one worker: its device memory, pinned RAM (CUDA) and the spill limit `disk` capped at
+ * its free spill disk, else the disk tier it reports (memcheck.worker_layout, diskBudget). */
 export function workerLayout(spec, p, device, worker, disk = null) {
-  return importanceLayout(spec, p, device, usableBytes(worker.memory), disk !== null ? disk : spillDiskLimit(worker), pinnedBudget(worker, device));
+  return importanceLayout(spec, p, device, usableBytes(worker.memory), diskBudget(worker, disk), pinnedBudget(worker, device));
 }
 
 /** {layout, worker} on the first worker where one pass fits, else on the first; `workers`: those that

@@ -315,3 +315,35 @@ def test_stores_that_fit_no_budget_are_refused_before_any_weight_is_read(
     streamed = compute_importance_streamed(path, batches(), scans=("bi", "drop"), spill_dir=tmp_path)
     assert streamed.manifest["execution"]["passes"] == 4  # the stream and one of the 4 cuts each
     assert streamed.manifest["execution"]["activations"]["budget_bytes"]["disk"] == 2 * STORE_BYTES + 100
+
+
+def test_a_spill_limit_beyond_the_free_disk_is_capped_there(tmp_path_factory, tmp_path, monkeypatch, caplog):
+    """A spill limit (the job's spill_limit_gb, PRUNESCOPE_SPILL_LIMIT_GB) larger than the spill disk's free
+    space less its 2 GiB reserve would fill the disk mid-run: the disk tier is capped at that free space
+    (room for 2 stores: drop alone in 4 passes, as without a limit), the log says so and the manifest
+    names which limit held; a limit under the free space still holds."""
+    from worker.engine.importance import activation_store
+
+    path = saved(tmp_path_factory, "llama")
+    monkeypatch.setattr(activation_store, "free_device_bytes", lambda device: 0)
+    free = activation_store.DISK_RESERVE_BYTES + 2 * STORE_BYTES + 100
+    monkeypatch.setattr(activation_store, "free_disk_bytes", lambda spill_dir: free)
+    with caplog.at_level("WARNING", logger=activation_store.__name__):
+        big = compute_importance_streamed(
+            path, batches(), scans=("bi", "drop"), spill_dir=tmp_path, disk_bytes=100 * STORE_BYTES
+        )
+    stores = big.manifest["execution"]["activations"]
+    assert stores["budget_bytes"]["disk"] == 2 * STORE_BYTES + 100, stores
+    assert stores["disk_limit"] == "free space (capped the spill limit)"
+    assert big.manifest["execution"]["passes"] == 4  # not 1, as 100 stores of disk would give
+    assert any("the disk tier is capped at" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=activation_store.__name__):
+        small = compute_importance_streamed(
+            path, batches(), scans=("bi", "drop"), spill_dir=tmp_path, disk_bytes=2 * STORE_BYTES
+        )
+    stores = small.manifest["execution"]["activations"]
+    assert stores["budget_bytes"]["disk"] == 2 * STORE_BYTES and stores["disk_limit"] == "spill limit"
+    assert not caplog.records
+    unset = compute_importance_streamed(path, batches(), scans=("bi", "drop"), spill_dir=tmp_path)
+    assert unset.manifest["execution"]["activations"]["disk_limit"] == "free space"

@@ -441,8 +441,9 @@ def streamed_body(teacher_id: int, dataset_id: int, **extra) -> dict:
 def test_passes_are_predicted_from_the_workers_spill_disk(client, api_env, student_id):
     """Without spill_limit_gb (nor PRUNESCOPE_SPILL_LIMIT_GB) the disk tier is the one the worker
     reports (its spill disk's free space less 2 GiB): a small disk means several passes over the
-    checkpoint, one too small for even one pass a 409 naming spill_limit_gb; the job's limit still
-    overrides it."""
+    checkpoint, one too small for even one pass a 409 naming spill_limit_gb; the job's limit overrides
+    it below the disk's free space (less the 2 GiB reserve) and is capped there above it, as the worker
+    caps its disk tier."""
     from backend.memcheck import check_importance
     from worker.engine.memplan import streamed_passes
 
@@ -476,7 +477,20 @@ def test_passes_are_predicted_from_the_workers_spill_disk(client, api_env, stude
         assert "free at least 137.44 GB on the worker's spill disk" in detail, detail
         assert r.json()["detail"][0]["loc"][-1] == "spill_limit_gb", r.json()
         assert counts(url) == before
-        # The job's own limit overrides the worker's disk (passes from it).
+        # A job's limit beyond that free disk is capped there, as the worker caps it (StoreBudget.disk_tier):
+        # still refused, naming the free disk, not spill_limit_gb's value.
+        r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 137.44})
+        assert r.status_code == 409, r.text
+        assert "do not fit even one pass in the 100 GB its spill disk has free" in error_text(r), error_text(
+            r
+        )
+        assert counts(url) == before
+        # On the 700 GB disk a job's smaller limit holds (passes from it), a larger one is capped at 700 GB.
+        with_host(cpu, api_env, 64 * GiB, 20 * GiB, spill_limit=700 * 10**9)
+        scans = {"scans": ["bi", "drop", "block"], "block_size": 2}
+        for gb, stores in ((300, 300 * 10**9 // store), (5000, 700 * 10**9 // store)):
+            layout = check_importance(settings, spec, {**body, **scans, "spill_limit_gb": gb}, "cpu")
+            assert layout["passes"] == streamed_passes(32, ("bi", "drop", "block"), 2, stores), (gb, layout)
         r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 137.44})
         assert r.status_code == 201, r.text
         # Entries from before the field: one pass assumed, nothing refused.

@@ -291,7 +291,9 @@ def test_the_layout_on_the_workers_equals_the_api_check(tmp_path: Path):
             [entry(1, "cpu", 40 * GB, 40 * GB, 20 * GB), entry(2, "cpu", 30 * GB, 30 * GB, 50 * GB)],
             None,
         ),
-        # the job's spill limit overrides every worker's disk
+        # the job's spill limit overrides every worker's disk, within its free space
+        ("cpu", [entry(1, "cpu", 40 * GB, 40 * GB, 400 * GB)], 300 * GB),
+        # beyond it the worker caps the limit at the free space less 2 GiB: no pass fits its 20 GB
         ("cpu", [entry(1, "cpu", 40 * GB, 40 * GB, 20 * GB)], 300 * GB),
         # equal memory: the registry's order
         (
@@ -307,8 +309,9 @@ def test_the_layout_on_the_workers_equals_the_api_check(tmp_path: Path):
         expected.append([layout, worker["pid"]])
         js_cases.append({"t": big, "p": params, "device": device, "workers": workers, "disk": disk})
     passes = [e[0]["passes"] for e in expected]
-    assert [e[1] for e in expected] == [2, 2, 1, 1, 3], expected
+    assert [e[1] for e in expected] == [2, 2, 1, 1, 1, 3], expected
     assert passes[0] > 1 and passes[1] == 1 and passes[2] is None and passes[3] > 1, passes
+    assert passes[4] is None, passes
     got = run_dashboard_js(tmp_path, BEST_DRIVER % json.dumps(js_cases))
     assert got == expected
 

@@ -33,10 +33,22 @@ def default_disk_limit(free_bytes: int) -> int:
     return max(0, free_bytes - DISK_RESERVE_BYTES)
 
 
+def disk_tier_limit(free_bytes: int, disk_bytes: int | None) -> int:
+    """The disk tier's limit: the spill limit `disk_bytes` (a job's spill_limit_gb, else
+    PRUNESCOPE_SPILL_LIMIT_GB), but never more than the free space less the reserve: a larger limit
+    would fill the disk mid-run; None: that free space less the reserve (`default_disk_limit`).
+    backend/memcheck.disk_budget (and jobmemory.js's diskBudget) apply the same cap to a worker's entry."""
+    room = default_disk_limit(free_bytes)
+    return room if disk_bytes is None else min(max(0, disk_bytes), room)
+
+
 def spill_disk(spill_dir: str | os.PathLike | None, disk_bytes: int | None = None) -> dict:
     """{"path", "free_bytes", "limit_bytes"}: the spill directory, its file system's free space, and the
-    disk tier's limit a run without its own spill limit gets (`disk_bytes`, the worker's configured
-    limit, else `default_disk_limit`)."""
+    disk tier's limit a run without its own spill limit gets (`disk_tier_limit` of the worker's
+    configured limit `disk_bytes`)."""
     free = free_disk_bytes(spill_dir)
-    limit = max(0, disk_bytes) if disk_bytes is not None else default_disk_limit(free)
-    return {"path": str(spill_root(spill_dir)), "free_bytes": free, "limit_bytes": limit}
+    return {
+        "path": str(spill_root(spill_dir)),
+        "free_bytes": free,
+        "limit_bytes": disk_tier_limit(free, disk_bytes),
+    }

@@ -10,14 +10,16 @@ branch, an angular block's input). Each new store goes, whole, to the first tier
 
 Budgets are bytes per tier (`StoreBudget`); `StoreBudget.measure` derives them from the free memory
 at the start of the pass, and a zero budget forces the next tier (the tests force the disk tier so).
-The disk tier is bounded too: by `disk_bytes`, or else by the free space of the spill directory's
-file system less `DISK_RESERVE_BYTES` (measured when the stores are set up). `capacity()` is how many
+The disk tier is bounded too: by `disk_bytes`, and always by the free space of the spill directory's
+file system less `DISK_RESERVE_BYTES` (measured when the stores are set up; a larger `disk_bytes` is
+capped there, with a warning in the log). `capacity()` is how many
 stores the three tiers hold at once; a pass that needs more runs its loss scans in several passes
 (`streamed.py`), and one that cannot fit even one pass is refused before any weight is read.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -28,8 +30,9 @@ from pathlib import Path
 import torch
 
 # The spill disk's rule, shared with the worker's registry entry (torch-free there).
-from worker.engine.spill_disk import DISK_RESERVE_BYTES, default_disk_limit, free_disk_bytes, spill_root
+from worker.engine.spill_disk import DISK_RESERVE_BYTES, disk_tier_limit, free_disk_bytes, spill_root
 
+log = logging.getLogger(__name__)
 TIERS = ("device", "host", "disk")
 HOST_RESERVE_BYTES = 2 << 30  # RAM left to the rest of the process and the OS page cache
 
@@ -59,13 +62,32 @@ class StoreBudget:
     device_bytes: int  # activations kept on the compute device
     host_bytes: int = 0  # pinned CPU memory (CUDA runs only)
     spill_dir: str | None = None  # parent of the disk tier's temporary directory (default: $TMPDIR)
-    # Bytes the disk tier may take; None: the spill directory's free space less DISK_RESERVE_BYTES.
+    # Bytes the disk tier may take (the spill limit), never more than the spill directory's free space
+    # less DISK_RESERVE_BYTES; None: that free space.
     disk_bytes: int | None = None
 
     def disk_limit(self) -> int:
+        return self.disk_tier()[0]
+
+    def disk_tier(self) -> tuple[int, str]:
+        """(bytes, which limit held): the spill limit, or the spill disk's free space less the reserve
+        when no limit is set or the limit exceeds it (spill_disk.disk_tier_limit; logged when capped)."""
+        free = free_disk_bytes(self.spill_dir)
+        limit = disk_tier_limit(free, self.disk_bytes)
+        if self.disk_bytes is not None and limit == max(0, self.disk_bytes):
+            return limit, "spill limit"
         if self.disk_bytes is not None:
-            return max(0, self.disk_bytes)
-        return default_disk_limit(free_disk_bytes(self.spill_dir))
+            log.warning(
+                "activation stores: the spill limit of %.3g GB exceeds the %.3g GB free under %s less a "
+                "%.3g GiB reserve: the disk tier is capped at %.3g GB (the free space holds, not the limit)",
+                self.disk_bytes / 1e9,
+                free / 1e9,
+                spill_root(self.spill_dir),
+                DISK_RESERVE_BYTES / (1 << 30),
+                limit / 1e9,
+            )
+            return limit, "free space (capped the spill limit)"
+        return limit, "free space"
 
     @classmethod
     def measure(
@@ -131,7 +153,7 @@ class ActivationStores:
         self.peak = Counter()
         self._tmp: Path | None = None
         self._open: dict[int, ActivationStore] = {}
-        self.disk_bytes = budget.disk_limit()
+        self.disk_bytes, self.disk_held = budget.disk_tier()  # measured once, when the pass starts
 
     @staticmethod
     def bytes_for(shapes, dtype: torch.dtype) -> int:
@@ -198,6 +220,7 @@ class ActivationStores:
                 "host": self.budget.host_bytes,
                 "disk": self.disk_bytes,
             },
+            "disk_limit": self.disk_held,  # which held: the spill limit or the spill disk's free space
             "capacity": self.capacity(),
         }
 
