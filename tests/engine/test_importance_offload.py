@@ -133,3 +133,32 @@ def test_cli_spill_limit_caps_the_disk_stores_and_prints_the_passes(model_dir, t
         )
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "--spill-limit-gb must be a positive number of GB" in err and not out.exists()
+
+
+def test_cli_spill_limit_beyond_the_free_disk_is_capped_and_says_so(model_dir, tmp_path, caplog, monkeypatch):  # noqa: F811
+    """A --spill-limit-gb larger than the spill disk's free space less its 2 GiB reserve would fill the
+    disk: the disk tier holds only that free space (2 stores here: one drop cut per pass, as with a limit
+    of 2 stores), the run's log warns that the limit was capped (stderr of the CLI, the job's log of a
+    worker) and the manifest names which limit held."""
+    from transformers import AutoConfig
+
+    from worker.engine.importance import activation_store
+
+    monkeypatch.setattr(activation_store, "free_device_bytes", lambda device: 0)
+    scans = ["--scans", "bi,drop", "--offload", "always"]
+    assert main(["importance", str(model_dir), *ARGS, *scans, "-o", str(tmp_path / "one")]) == 0
+    store = ImportanceResult.load(tmp_path / "one").manifest["execution"]["activations"]["store_bytes"]
+    free = activation_store.DISK_RESERVE_BYTES + 2 * store + 100
+    monkeypatch.setattr(activation_store, "free_disk_bytes", lambda spill_dir: free)
+    out = tmp_path / "capped"
+    with caplog.at_level("WARNING", logger=activation_store.__name__):
+        assert (
+            main(["importance", str(model_dir), *ARGS, *scans, "--spill-limit-gb", "1000", "-o", str(out)])
+            == 0
+        )
+    execution = ImportanceResult.load(out).manifest["execution"]
+    assert execution["activations"]["budget_bytes"]["disk"] == 2 * store + 100
+    assert execution["activations"]["disk_limit"] == "free space (capped the spill limit)"
+    assert execution["passes"] == AutoConfig.from_pretrained(model_dir).num_hidden_layers > 1
+    (warning,) = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
+    assert "the spill limit of 1e+03 GB exceeds" in warning and "the free space holds" in warning, warning
