@@ -63,6 +63,10 @@ WIDE = dict(hidden=256, intermediate=768, layers=4, heads=8, kv=2, vocab=512)
 # gate_up_proj). Sequences of 256 make the scores as big as an MLP's working set.
 GEMMA2 = dict(family="gemma2", hidden=128, intermediate=384, layers=4, heads=4, kv=2, vocab=4096)
 PHI3 = dict(family="phi3", hidden=128, intermediate=512, layers=4, heads=4, kv=2, vocab=512)
+# Gemma 3 (SDPA): three sliding-window layers (window 128) and one global layer; sequences of 1024 reach
+# past the window, so the sliding layers get a [B, 1, S, S] mask (SDPA saves its additive copy per layer)
+# and repeat their keys and values; narrow layers and a small vocabulary make that visible.
+GEMMA3 = dict(family="gemma3", hidden=64, intermediate=192, layers=4, heads=4, kv=1, vocab=512)
 # A mixture of experts (prune cases only): 8 experts of width 256 per layer, fused expert tensors.
 QWEN3_MOE = dict(family="qwen3_moe", hidden=128, intermediate=256, layers=3, heads=4, kv=2, vocab=1024)
 
@@ -105,11 +109,16 @@ CASES = [
     ("importance", PHI3, dict(batch_size=8, seq_len=256)),
     ("evaluate", PHI3, dict(batch_size=8, seq_len=256)),
     ("distill", PHI3, dict(batch_size=4, seq_len=256)),
+    ("importance", GEMMA3, dict(batch_size=4, seq_len=1024)),
+    ("evaluate", GEMMA3, dict(batch_size=4, seq_len=1024)),
+    ("distill", GEMMA3, dict(batch_size=2, seq_len=1024)),
+    ("distill", GEMMA3, dict(batch_size=2, seq_len=1024, gradient_checkpointing=True)),
     # Padded calibration batches: SDPA gets a mask, so grouped keys and values are repeated to every head.
     ("importance", SMALL, dict(batch_size=8, seq_len=256, padded=True)),
     ("importance-streamed", SMALL, dict(batch_size=8, seq_len=256, padded=True)),
     # Prune jobs, from a saved checkpoint: in memory (load, cut, save) or out of core (tensor by tensor).
-    # Half of every MLP's neurons and a quarter of the hidden channels go; batch / seq do not apply.
+    # Every other MLP neuron and every fourth hidden channel go (scattered, as importance picks them: the
+    # out-of-core reader reads such rows through the whole tensor); batch / seq do not apply.
     ("prune", SMALL, dict(batch_size=1, seq_len=1)),
     ("prune-ooc", SMALL, dict(batch_size=1, seq_len=1)),
     ("prune", PHI3, dict(batch_size=1, seq_len=1)),
@@ -118,6 +127,9 @@ CASES = [
     ("prune-ooc", WIDE_VOCAB, dict(batch_size=1, seq_len=1)),
     ("prune", QWEN3_MOE, dict(batch_size=1, seq_len=1)),
     ("prune-ooc", QWEN3_MOE, dict(batch_size=1, seq_len=1)),
+    # Wide layers and a small vocabulary: the MLP tensors are the largest, so the out-of-core peak is the
+    # reader's scattered-row path (the whole tensor, the gathered kept rows, their cut columns).
+    ("prune-ooc", WIDE, dict(batch_size=1, seq_len=1)),
 ]
 QUICK = [8, 9, 13]
 # `--real` (CUDA only): Llama-3.1-8B's shapes, random weights built on the device; the distillation
@@ -163,6 +175,19 @@ def build(cfg: dict, seed: int, dtype, device: str = "cpu"):
             tie_word_embeddings=True,
         )
         config._attn_implementation = "eager"  # what load_model gives (Gemma 2 has no SDPA support)
+    elif (
+        family == "gemma3"
+    ):  # the text model as load_model gives it (SDPA); the window shorter than the inputs
+        from transformers import Gemma3TextConfig
+
+        config = Gemma3TextConfig(
+            **shape,
+            query_pre_attn_scalar=shape["head_dim"],
+            sliding_window=128,
+            layer_types=["sliding_attention"] * (cfg["layers"] - 1) + ["full_attention"],
+            tie_word_embeddings=True,
+        )
+        config._attn_implementation = "sdpa"
     elif family == "qwen3_moe":
         from transformers import Qwen3MoeConfig
 
@@ -405,7 +430,7 @@ def child(kind: str, cfg: dict, settings: dict, device: str, profiled: bool) -> 
         teacher = arch_spec(model)
         path = Path(tempfile.mkdtemp(prefix="memplan-bench-"))
         model.save_pretrained(path / "teacher")
-        cut = {i: list(range(cfg["intermediate"] // 2)) for i in range(cfg["layers"])}
+        cut = {i: list(range(0, cfg["intermediate"], 2)) for i in range(cfg["layers"])}
         plan = PrunePlan(  # MoE: a quarter of each layer's experts instead of neurons
             **(
                 {"remove_experts": {i: [0, 5] for i in range(cfg["layers"])}}

@@ -41,17 +41,25 @@ const normSavedBytes = (width, act, normalised = null, feedsLinear = true) =>
 // As memplan._norm_layout: "pre" (Llama-style), "sandwich" (Gemma 2 / 3) or "post" (OLMo 2).
 const normLayout = (spec) => ((spec.layer_norms ?? 2) === 4 ? "sandwich" : spec.family === "olmo2" ? "post" : "pre");
 
-export function layerSavedBytesPerToken(spec, shape, act, seqLen = 0) {
+/** Layers whose SDPA attention gets a mask without padding: the sliding-window ones once the sequence
+ * reaches the window (as memplan.sliding_masked_layers). */
+export function slidingMaskedLayers(spec, seqLen) {
+  const window = spec.sliding_window || 0;
+  return window && seqLen >= window && !eagerAttention(spec) ? spec.sliding_layers || 0 : 0;
+}
+
+export function layerSavedBytesPerToken(spec, shape, act, seqLen = 0, masked = false) {
   const d = spec.hidden_size;
   const { num_heads: h, num_kv_heads: g, intermediate_size: f } = shape;
   const hd = spec.head_dim;
   const layout = normLayout(spec);
   const f32Norms = layout !== "pre" ? 4 : null;
-  const kv = layout === "sandwich" ? h : g;
+  const eager = eagerAttention(spec);
+  const kv = eager || masked ? h : g; // repeated to every head by the eager kernel, or with a mask
   let attn = act * (2 * h * hd + 2 * kv * hd);
   // Eager attention saves the soft-capped scores, their float32 softmax and its cast (8 bytes per score);
-  // SDPA a float32 log-sum-exp per head (as memplan.layer_saved_bytes_per_token).
-  attn += eagerAttention(spec) ? (act + 4 + (act !== 4 ? act : 0)) * h * seqLen : 4 * h;
+  // SDPA a float32 log-sum-exp per head, and with a mask its additive copy (as memplan.layer_saved_bytes_per_token).
+  attn += eager ? (act + 4 + (act !== 4 ? act : 0)) * h * seqLen : 4 * h + (masked ? act * seqLen : 0);
   if (FUSED_FAMILIES.includes(spec.family)) attn += act * ((h + g) * hd + h * hd);
   if (spec.qk_norm) {
     if (spec.qk_norm_full_width) attn += normSavedBytes(h * hd, act, f32Norms, false) + normSavedBytes(g * hd, act, f32Norms, false);
@@ -81,7 +89,18 @@ export function savedBytesPerToken(spec, act, checkpointing = false, seqLen = 0)
   const final = normSavedBytes(d, act, normLayout(spec) !== "pre" ? 4 : null, false);
   const shapes = layerShapes(spec);
   if (checkpointing) return shapes.length * act * d + final;
-  return shapes.reduce((sum, s) => sum + layerSavedBytesPerToken(spec, s, act, seqLen), 0) + final;
+  return layersSavedBytesPerToken(spec, act, seqLen).reduce((a, b) => a + b, 0) + final;
+}
+
+/** Each layer's saved bytes per token; past the window the masked layers are those that save the most
+ * (as memplan.layers_saved_bytes_per_token). */
+export function layersSavedBytesPerToken(spec, act, seqLen = 0) {
+  const shapes = layerShapes(spec);
+  const plain = shapes.map((s) => layerSavedBytesPerToken(spec, s, act, seqLen));
+  const masked = shapes.map((s) => layerSavedBytesPerToken(spec, s, act, seqLen, true));
+  const order = plain.map((_, i) => i).sort((a, b) => plain[a] - masked[a] - (plain[b] - masked[b]));
+  const chosen = new Set(order.slice(0, slidingMaskedLayers(spec, seqLen)));
+  return plain.map((p, i) => (chosen.has(i) ? masked[i] : p));
 }
 
 function widest(spec) {
@@ -140,7 +159,7 @@ export function distillMemory(student, teacher, opts) {
   }
   const autocastCache = cuda && autocast && w === 4 ? (pS * 2) / numGpus : 0;
   const saved = n * savedBytesPerToken(student, act, checkpointing, seqLen);
-  const recompute = checkpointing ? n * layerSavedBytesPerToken(student, widest(student), act, seqLen) : 0;
+  const recompute = checkpointing ? n * Math.max(...layersSavedBytesPerToken(student, act, seqLen)) : 0;
   const d = student.hidden_size;
   const v = student.vocab_size;
   const chunk = Math.min(opts.chunk_tokens || autoChunkTokens(v, device), n);
@@ -149,8 +168,7 @@ export function distillMemory(student, teacher, opts) {
   const buffers = teacher ? LOSS_CHUNK_BUFFERS_KD : LOSS_CHUNK_BUFFERS_CE;
   const lossTransient = 2 * n * d * act + tHidden + buffers * chunk * v * 4;
   const teacherForward = teacher
-    ? n * (transientBytesPerToken(teacher, act, false) + teacher.hidden_size * 4) +
-      sumValues(attentionBytes(teacher, Math.floor(n / seqLen), seqLen, act, device))
+    ? n * teacher.hidden_size * 4 + forwardWorkingBytes(teacher, Math.floor(n / seqLen), seqLen, act, device)
     : 0;
   const forwardPeak = saved + lossKept + Math.max(lossTransient, teacherForward);
   const backwardPeak = saved + recompute + lossKept + n * transientBytesPerToken(student, act, true);
@@ -243,13 +261,28 @@ export function attentionBytes(spec, batch, seqLen, actBytes, device = "cpu", pa
   const h = Math.max(...shapes.map((s) => s.num_heads));
   const grouped = shapes.some((s) => s.num_kv_heads < s.num_heads);
   const eager = eagerAttention(spec);
-  const mathScores = mathAttentionBytes(spec, batch, seqLen, actBytes, device, padded);
+  const sliding = slidingMaskedLayers(spec, seqLen) > 0;
+  const masked = padded || sliding;
+  // The math kernel runs where there is no mask: every layer unless padded, the global ones if sliding.
+  const everyLayerMasked = padded || (sliding && spec.sliding_layers >= spec.num_layers);
+  const mathScores = mathAttentionBytes(spec, batch, seqLen, actBytes, device, everyLayerMasked);
   const out = {};
   if (eager) out.attention_scores = batch * h * seqLen * seqLen * (actBytes + 4) + 2 * batch * seqLen * seqLen * actBytes;
   else if (mathScores) out.attention_scores = mathScores;
-  if (grouped && (eager || mathScores || padded)) out.repeated_kv = 2 * batch * h * seqLen * spec.head_dim * actBytes;
-  if (padded && !eager) out.attention_mask = batch * seqLen * seqLen * (1 + actBytes);
+  if (grouped && (eager || mathScores || masked)) out.repeated_kv = 2 * batch * h * seqLen * spec.head_dim * actBytes;
+  // (without padding the boolean sliding-window mask is one [1, 1, S, S] broadcast over the batch)
+  if (masked && !eager) out.attention_mask = (padded ? batch : 1) * seqLen * seqLen + batch * seqLen * seqLen * actBytes;
   return out;
+}
+
+/** A layer's forward working set: the MLP's transient or the attention's (q, k, v, output per token and
+ * its buffers), whichever is larger (as memplan.forward_working_bytes). */
+export function forwardWorkingBytes(spec, batch, seqLen, act, device = "cpu", padded = false) {
+  const n = batch * seqLen;
+  const hd = spec.head_dim;
+  const qkvo = Math.max(...layerShapes(spec).map((s) => act * (2 * s.num_heads * hd + 2 * s.num_kv_heads * hd)));
+  const attention = n * qkvo + sumValues(attentionBytes(spec, batch, seqLen, act, device, padded));
+  return Math.max(n * transientBytesPerToken(spec, act, false), attention);
 }
 
 /** Peak bytes of the hooked importance pass (in memory, or streamed layer by layer): `total` on the
@@ -277,10 +310,8 @@ export function importanceMemory(spec, opts) {
     weights,
     running_sums: 2 * NUM_SUMS * units * 4 + 2 * batch * units * 4,
     head_norms: n * L * Math.max(...shapes.map((s) => s.num_heads)) * 4,
-    activations: n * (transientBytesPerToken(spec, w, false) + 2 * d * w),
+    activations: n * 2 * d * w + forwardWorkingBytes(spec, batch, seqLen, w, device, !!opts.padded),
   };
-  const attention = attentionBytes(spec, batch, seqLen, w, device, !!opts.padded);
-  Object.assign(parts, attention);
   const experts = Math.max(...shapes.map((s) => s.num_experts || 0));
   if (experts) parts.router_buffers = 3 * n * experts * 4;
   if (lossScans) {
@@ -293,11 +324,10 @@ export function importanceMemory(spec, opts) {
   // The layers and the head never overlap: the larger phase is the peak (as memplan.py); a streamed pass
   // also holds two layers' weights in its layer loop.
   const layerPhase =
-    (streamed ? 2 * layerWeightBytes(spec, w) : 0) + parts.activations + (parts.router_buffers ?? 0) + sumValues(attention);
+    (streamed ? 2 * layerWeightBytes(spec, w) : 0) + parts.activations + (parts.router_buffers ?? 0);
   const headPhase = parts.logits ?? 0;
   delete parts.activations;
   delete parts.router_buffers;
-  for (const k of Object.keys(attention)) delete parts[k];
   delete parts.logits;
   parts.working = Math.max(layerPhase, headPhase);
   settings.phases = { layer: layerPhase, head: headPhase };
@@ -326,8 +356,7 @@ export function evaluationMemory(spec, opts) {
   for (const s of layerShapes(spec)) kvPerToken += 2 * s.num_kv_heads * spec.head_dim * w;
   const device = opts.device ?? "cpu";
   // The layers and the head never overlap: the larger phase is the peak (as memplan.evaluation_memory).
-  const layerPhase =
-    n * (transientBytesPerToken(spec, w, false) + 2 * spec.hidden_size * w) + sumValues(attentionBytes(spec, batch, seqLen, w, device, !!opts.padded));
+  const layerPhase = n * 2 * spec.hidden_size * w + forwardWorkingBytes(spec, batch, seqLen, w, device, !!opts.padded);
   const headPhase = nllChunkBuffers(spec) * Math.min(autoChunkTokens(spec.vocab_size, device), n) * spec.vocab_size * 4;
   const parts = {
     weights: paramCount(spec).total * w,
@@ -339,27 +368,44 @@ export function evaluationMemory(spec, opts) {
 
 /** Elements of the largest tensor of each kind (as memplan.tensor_numels): the unit out-of-core surgery reads. */
 export function tensorNumels(spec) {
+  return Object.fromEntries(Object.entries(tensorDims(spec)).map(([k, [rows, cols]]) => [k, rows * cols]));
+}
+
+/** [rows, the rest] of the largest tensor of each kind (as memplan.tensor_dims): the reader reads rows. */
+export function tensorDims(spec) {
   const d = spec.hidden_size;
   const hd = spec.head_dim;
   const fused = FUSED_FAMILIES.includes(spec.family);
-  const out = { embed: (spec.vocab_size + (spec.position_embeddings ?? 0)) * d };
-  if (!spec.tie_word_embeddings) out.lm_head = spec.vocab_size * d;
+  const out = { embed: [spec.vocab_size + (spec.position_embeddings ?? 0), d] };
+  if (!spec.tie_word_embeddings) out.lm_head = [spec.vocab_size, d];
   for (const s of layerShapes(spec)) {
     const h = s.num_heads * hd;
     const g = s.num_kv_heads * hd;
     const f = s.intermediate_size;
-    const kinds = { o: h * d, ...(fused ? { qkv: (h + 2 * g) * d } : { q: h * d, kv: g * d }) };
+    const kinds = { o: [d, h], ...(fused ? { qkv: [h + 2 * g, d] } : { q: [h, d], kv: [g, d] }) };
     const gates = spec.mlp_gated === false ? 1 : 2;
     if (s.num_experts) {
       const e = s.num_experts;
-      Object.assign(kinds, { experts_gate_up: e * gates * f * d, experts_down: e * d * f, router: e * d });
-      if (spec.shared_expert_intermediate_size) kinds.shared_expert = spec.shared_expert_intermediate_size * d;
+      Object.assign(kinds, { experts_gate_up: [e, gates * f * d], experts_down: [e, d * f], router: [e, d] });
+      if (spec.shared_expert_intermediate_size) kinds.shared_expert = [spec.shared_expert_intermediate_size, d];
     } else {
-      Object.assign(kinds, fused ? { gate_up: gates * f * d } : { up: f * d, down: d * f });
+      Object.assign(kinds, fused ? { gate_up: [gates * f, d] } : { up: [f, d], down: [d, f] });
     }
-    for (const [k, n] of Object.entries(kinds)) out[k] = Math.max(out[k] ?? 0, n);
+    for (const [k, [rows, cols]] of Object.entries(kinds)) {
+      const [r0, c0] = out[k] ?? [0, 0];
+      if (rows * cols > r0 * c0) out[k] = [rows, cols];
+    }
   }
   return out;
+}
+
+/** The gathered kept rows an out-of-core read of a scattered row cut holds when both dims are cut
+ * (as memplan.gathered_rows_numel). */
+export function gatheredRowsNumel(teacher, student, kind) {
+  if (kind.startsWith("experts_")) return 0;
+  const [tRows, tCols] = tensorDims(teacher)[kind];
+  const [sRows, sCols] = tensorDims(student)[kind] ?? [0, 0];
+  return sRows > 0 && sRows < tRows && sCols < tCols ? sRows * tCols : 0;
 }
 
 /** Peak bytes of a prune job, in memory (teacher + cut copy) or out of core (one tensor read + its cut). */
@@ -371,20 +417,33 @@ export function pruneMemory(teacher, student, opts = {}) {
   const s = tensorNumels(student);
   let parts;
   let largest;
+  const extra = {};
   if (mode === "in_memory") {
     largest = Object.keys(s).reduce((a, k) => (s[k] > s[a] ? k : a));
-    parts = { teacher_weights: paramCount(teacher).total * w, student_weights: paramCount(student).total * w, cut_tensor: s[largest] * w };
+    parts = { teacher_weights: paramCount(teacher).total * w, student_weights: paramCount(student).total * w };
+    // the cut (one tensor in flight) or the save (the reverted expert tensors): the larger phase
+    const phases = { cut: s[largest] * w, save: savedExpertCopiesNumel(student) * w };
+    parts[phases.cut >= phases.save ? "cut_tensor" : "save_copies"] = Math.max(phases.cut, phases.save);
+    extra.phases = phases;
   } else if (mode === "out_of_core") {
     const experts = Math.max(1, ...layerShapes(teacher).map((x) => x.num_experts || 0));
     // per-expert checkpoints: the kept experts, each cut, + one expert read (memplan.prune_memory)
     const read = (k) => (k.startsWith("experts_") ? (s[k] ?? 0) + Math.floor(t[k] / experts) : t[k]);
-    const both = (k) => read(k) + (s[k] ?? 0);
-    largest = Object.keys(t).reduce((a, k) => (both(k) > both(a) ? k : a));
+    const peak = (k) => read(k) + gatheredRowsNumel(teacher, student, k) + (s[k] ?? 0);
+    largest = Object.keys(t).reduce((a, k) => (peak(k) > peak(a) ? k : a));
     parts = { read_tensor: read(largest) * w, cut_tensor: (s[largest] ?? 0) * w };
+    const gathered = gatheredRowsNumel(teacher, student, largest);
+    if (gathered) parts.gathered_rows = gathered * w;
   } else {
     throw new Error(`unknown prune mode ${mode}; use in_memory or out_of_core`);
   }
-  return result(parts, { mode, largest_tensor: largest });
+  return result(parts, { mode, largest_tensor: largest, ...extra });
+}
+
+/** Elements save_pretrained copies to write fused gate_up experts per expert (memplan.saved_expert_copies_numel). */
+export function savedExpertCopiesNumel(spec) {
+  const gates = spec.mlp_gated === false ? 1 : 2;
+  return layerShapes(spec).reduce((sum, s) => sum + (s.num_experts || 0) * gates * s.intermediate_size * spec.hidden_size, 0);
 }
 
 /** What a job may use on one worker, from its registry entry's `memory`. */

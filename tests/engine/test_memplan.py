@@ -68,6 +68,39 @@ def test_saved_activations_are_derived_exactly(family, dtype, checkpointing):
         assert under == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq_len", [7, 8, 24])
+def test_gemma3_sliding_layers_save_their_mask_past_the_window(dtype, seq_len):
+    """Gemma 3 (SDPA): a sliding-window layer whose sequence reaches past its window gets a [B, 1, S, S]
+    mask, so transformers repeats its keys and values to every head and SDPA saves the mask's additive
+    copy (S act bytes per token); the global layer and any sequence within the window run is_causal.
+    Counted against autograd within the rotary table, below, at and past the window (8)."""
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_configs()["gemma3"]
+    config = type(base)(**{**base.to_dict(), "sliding_window": 8})  # three sliding layers, one global
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).train()
+    spec = arch_spec(model)
+    assert (spec.sliding_window, spec.sliding_layers) == (8, 3)
+    act = 4 if dtype == torch.float32 else 2
+    masked = memplan.sliding_masked_layers(spec, seq_len)
+    assert masked == (3 if seq_len >= 8 else 0)  # transformers skips the mask below the window only
+    measured = [saved_activation_bytes(model, torch.randint(0, 90, (b, seq_len))) for b in (1, 3)]
+    under = (measured[1] - measured[0]) / (2 * seq_len) - memplan.saved_bytes_per_token(
+        spec, act, seq_len=seq_len
+    )
+    assert 0 <= under <= spec.head_dim * act, under
+    # Without the term (the mask and the repeated keys / values) the estimate is off by all of it.
+    unmasked = spec.model_copy(update={"sliding_layers": 0})
+    kv = 2 * (spec.num_heads - spec.num_kv_heads) * spec.head_dim * act
+    gap = memplan.saved_bytes_per_token(spec, act, seq_len=seq_len) - memplan.saved_bytes_per_token(
+        unmasked, act, seq_len=seq_len
+    )
+    assert gap == masked * (seq_len * act + kv)
+
+
 @pytest.mark.parametrize(
     ("family", "renormalise"),
     [("qwen3_moe", False), ("qwen3_moe", True), ("mixtral", True), ("qwen2_moe", False), ("qwen2_moe", True)],
@@ -304,12 +337,26 @@ def test_math_attention_scores_only_where_no_fused_kernel_runs():
     def layer_phase(fn, model=gqa, **more):
         return fn(model, **kw, **{"weights_dtype": "float32", **more})["settings"]["phases"]["layer"]
 
+    n, d, hd = 8 * 2048, gqa.hidden_size, gqa.head_dim
+    qkvo = n * 4 * (2 * gqa.num_heads * hd + 2 * gqa.num_kv_heads * hd)  # the attention's own tensors
+    mlp = n * memplan.transient_bytes_per_token(gqa, 4, backward=False)
+    assert memplan.attention_bytes(gqa, 8, 2048, 4, "cuda") == {"attention_scores": scores, "repeated_kv": kv}
+    # A padding mask: transformers repeats the keys and values, the memory-efficient kernel runs.
+    mask = 8 * 2048 * 2048 * 5
+    assert memplan.attention_bytes(gqa, 8, 2048, 4, "cuda", padded=True) == {
+        "repeated_kv": kv,
+        "attention_mask": mask,
+    }
     for fn in (memplan.importance_memory, memplan.evaluation_memory):
-        on_cpu = layer_phase(fn, device="cpu")
-        assert layer_phase(fn, device="cuda") - on_cpu == scores + kv
-        # A padding mask: transformers repeats the keys and values, the memory-efficient kernel runs.
-        mask = 8 * 2048 * 2048 * 5
-        assert layer_phase(fn, device="cuda", padded=True) - on_cpu == kv + mask
+        # The layer's input / output and the larger sublayer: on CUDA the attention (the math kernel's
+        # buffers), on CPU and with a padding mask the MLP.
+        assert layer_phase(fn, device="cuda") == n * 2 * d * 4 + qkvo + scores + kv
+        assert (
+            layer_phase(fn, device="cpu")
+            == layer_phase(fn, device="cuda", padded=True)
+            == n * 2 * d * 4 + mlp
+        )
+        assert qkvo + kv + mask < mlp < qkvo + scores + kv
         assert layer_phase(fn, device="cuda", weights_dtype="bfloat16") == layer_phase(
             fn, device="cpu", weights_dtype="bfloat16"
         )
@@ -318,7 +365,8 @@ def test_math_attention_scores_only_where_no_fused_kernel_runs():
     streamed = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32", streamed=True)
     cpu_streamed = memplan.importance_memory(gqa, **kw, device="cpu", weights_dtype="float32", streamed=True)
     assert (
-        streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"] == scores + kv
+        streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"]
+        == qkvo + scores + kv - mlp
     )
     # The layers and the head never overlap (measured, bench): the working set is the larger phase.
     for plan in (streamed, memplan.evaluation_memory(gqa, **kw), memplan.importance_memory(gqa, **kw)):
@@ -347,8 +395,8 @@ def allocator_peak(fn) -> int:
 def test_attention_transients_are_measured():
     """A forward's attention buffers against the allocator's real peak (CPU, float32, tiny widths and
     256-token sequences so attention dominates). Gemma 2's eager kernel: the [B, H, S, S] scores and
-    their softmax, the two additive masks and the repeated keys and values (`attention_bytes`) make the
-    whole peak with the per-token working set, within 10%. Llama with a padded batch: SDPA gets a mask,
+    their softmax, the two additive masks and the repeated keys and values (`attention_bytes`) with the
+    attention's own tensors make the peak, the larger sublayer (`forward_working_bytes`), within 10%. Llama with a padded batch: SDPA gets a mask,
     so transformers repeats the grouped keys and values and SDPA makes the boolean mask additive; the
     padded forward's extra peak is planned within 0.8-1.3x (measured: 1.2)."""
     from transformers import AutoModelForCausalLM
@@ -371,11 +419,13 @@ def test_attention_transients_are_measured():
                 lambda m=mask, net=model: net.model(input_ids=ids, attention_mask=m, use_cache=False)
             )
             plans[family, name] = memplan.attention_bytes(spec, b, s, 4, "cpu", padded=name == "padded")
-        base = b * s * (memplan.transient_bytes_per_token(spec, 4, backward=False) + 2 * spec.hidden_size * 4)
-        plans[family, "base"] = base
+        # the layer's input / output and the larger of its MLP's and its attention's working sets
+        plans[family, "layer"] = b * s * 2 * spec.hidden_size * 4 + memplan.forward_working_bytes(
+            spec, b, s, 4
+        )
     gemma = plans["gemma2", "ones"]
     assert set(gemma) == {"attention_scores", "repeated_kv"}
-    planned = plans["gemma2", "base"] + sum(gemma.values())
+    planned = plans["gemma2", "layer"]
     assert 0.9 <= planned / peaks["gemma2", "ones"] <= 1.1, (planned, peaks["gemma2", "ones"])
     assert plans["llama", "ones"] == {}  # no mask, no copies: SDPA's grouped-query path
     extra = sum(plans["llama", "padded"].values())
@@ -404,7 +454,11 @@ def test_attention_terms_reach_every_job_kind():
         eager, sdpa = (
             fn(m, **kw, **more, weights_dtype="bfloat16")["settings"]["phases"] for m in (gemma, plain)
         )
-        assert eager["layer"] - sdpa["layer"] == scores + kv
+        # the eager attention outweighs the MLP, whose working set is the SDPA model's larger sublayer
+        n, hd = 2 * 1024, gemma.head_dim
+        qkvo = n * 2 * (2 * gemma.num_heads * hd + 2 * gemma.num_kv_heads * hd)
+        mlp = n * memplan.transient_bytes_per_token(plain, 2, backward=False)
+        assert eager["layer"] - sdpa["layer"] == qkvo + scores + kv - mlp
         assert 2 * eager["head"] == 3 * sdpa["head"]  # the soft-capped logits: raw, tanh and capped at once
     # Distillation: the student saves 8 bytes per head and key per layer; the teacher's forward holds
     # the scores while it runs.
@@ -413,7 +467,10 @@ def test_attention_terms_reach_every_job_kind():
         "activations_saved"
     ] - memplan.distill_memory(plain, None, **dkw)["settings"][
         "activations_saved"
-    ] == 2 * 1024 * gemma.num_layers * gemma.num_heads * (8 * 1024 - 4)
+    ] == 2 * 1024 * gemma.num_layers * (
+        gemma.num_heads * (8 * 1024 - 4)  # the scores, for SDPA's log-sum-exp
+        + 2 * (gemma.num_heads - gemma.num_kv_heads) * gemma.head_dim * 2  # keys and values repeated
+    )
     # Multi-head attention without padding: nothing repeated; padded: copies and the mask, no math kernel.
     mha = plain.model_copy(update={"num_kv_heads": plain.num_heads})
     assert memplan.attention_bytes(mha, 2, 1024, 4, "cuda", padded=True) == {
@@ -568,3 +625,103 @@ def test_prune_out_of_core_reads_kept_experts_one_at_a_time():
     kept = 96 * 2 * teacher.intermediate_size * teacher.hidden_size
     one_expert = 2 * teacher.intermediate_size * teacher.hidden_size
     assert got["parts"] == {"read_tensor": (kept + one_expert) * 2, "cut_tensor": kept * 2}
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "qwen2_moe"])
+def test_saving_a_mixture_of_experts_copies_its_fused_gate_up_tensors(family):
+    """save_pretrained reverts transformers' load-time expert fusion on the whole state dict before it
+    writes: every layer's gate_up_proj [E, 2 F, D] is chunked into contiguous gate and up copies (down_proj
+    splits into views). `saved_expert_copies_numel` counts exactly the new storages; the in-memory
+    prune's save phase holds them all beside the cut model (the bench's Qwen3-MoE case: 0.89 without them)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from tests.tiny_models import tiny_moe_configs
+
+    config = tiny_moe_configs()[family]
+    config._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    reverted = revert_weight_conversion(model, model.state_dict())
+    copies = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in reverted.values()
+        if t.untyped_storage().data_ptr() not in params
+    }
+    spec = arch_spec(model)
+    assert sum(copies.values()) == memplan.saved_expert_copies_numel(spec) * 4 > 0
+    # The prune estimate takes the larger phase: here the save (every layer's copy) beats one cut tensor.
+    got = memplan.prune_memory(spec, spec, mode="in_memory", weights_dtype="float32")
+    phases = got["settings"]["phases"]
+    assert phases["save"] == sum(copies.values()) > phases["cut"]
+    assert got["parts"]["save_copies"] == phases["save"] and "cut_tensor" not in got["parts"]
+    dense = memplan.prune_memory(llama_3_1_8b(), mode="in_memory")
+    assert dense["settings"]["phases"]["save"] == 0 and dense["parts"]["cut_tensor"] > 0
+
+
+def test_out_of_core_scattered_rows_hold_the_gathered_rows():
+    """A scattered row cut (every other neuron, every fourth hidden channel) read out of core: the reader
+    reads the whole tensor, gathers the kept rows, then selects the kept columns with the whole buffer
+    still alive. Measured with the allocator's own accounting (the bench's profiler) on a real
+    prune_checkpoint, the peak is read + gathered rows + cut of the widest MLP tensor, within the few
+    index tensors' bytes; without `gathered_rows` the estimate was 0.55 of it."""
+    import gc
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from worker.engine import checkpoint_reader
+    from worker.engine.out_of_core import prune_checkpoint
+    from worker.engine.plan import PrunePlan
+    from worker.engine.surgery import apply_plan
+
+    d, f = 128, 256  # 32 removed hidden channels: 32 runs of kept rows, more than MAX_RUNS (16)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=d,
+        intermediate_size=f,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    teacher = arch_spec(model)
+    plan = PrunePlan(
+        remove_neurons={i: list(range(0, f, 2)) for i in range(2)}, remove_hidden=list(range(0, d, 4))
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(Path(tmp) / "teacher")
+        student = arch_spec(apply_plan(model, plan))
+        del model
+        gc.collect()
+        got = memplan.prune_memory(teacher, student, mode="out_of_core", weights_dtype="float32")
+        assert got["settings"]["largest_tensor"] == "down"  # [D, F]: D' x F gathered, then D' x F'
+        assert got["parts"] == {
+            "read_tensor": d * f * 4,
+            "gathered_rows": 96 * f * 4,
+            "cut_tensor": 96 * 128 * 4,
+        }
+        peak = [0]
+        original = checkpoint_reader.owned_buffer
+        # The reader's buffers from the allocator, so the profiler sees them (as the bench does).
+        checkpoint_reader.owned_buffer = lambda n: torch.empty(n, dtype=torch.uint8)
+        try:
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            ) as prof:
+                prune_checkpoint(Path(tmp) / "teacher", plan, Path(tmp) / "student", {})
+        finally:
+            checkpoint_reader.owned_buffer = original
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+        peak[0] = max(
+            e["args"]["Total Allocated"]
+            for e in events
+            if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+        )
+    assert got["total"] <= peak[0] <= got["total"] + 4096, (got["total"], peak[0])

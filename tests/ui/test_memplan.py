@@ -1,7 +1,7 @@
 """The dashboard sizes jobs in JS (frontend/js/memplan.js) as the user types; these tests run that JS in
 node and require the exact numbers of worker/engine/memplan.py on a grid of architectures (every tiny
 family, mixture-of-experts ones too, a Llama-3.1-8B and a Qwen3-30B-A3B shape, non-uniform pruned students) and settings,
-Gemma 2's eager attention, Phi-3's fused projections and padded batches (repeated keys and values) included;
+Gemma 2's eager attention, Gemma 3's sliding-window masks, Phi-3's fused projections and padded batches (repeated keys and values) included;
 prune jobs in memory and out of core."""
 
 from __future__ import annotations
@@ -51,8 +51,23 @@ def specs() -> dict[str, ArchSpec]:
             ],
         }
     )
+    # Gemma 3, cut unevenly: its three sliding-window layers (a count, not positions) past the window
+    g3 = out["gemma3"]
+    out["gemma3_pruned"] = g3.model_copy(
+        update={
+            "layers": [
+                LayerShape(num_heads=h, num_kv_heads=g, intermediate_size=f)
+                for h, g, f in ((8, 4, 64), (4, 2, 64), (8, 2, 32), (2, 1, 64))
+            ]
+        }
+    )
     big = llama8b()
     out["llama8b"] = big
+    # A small vocabulary and a cut of both MLP dims: out of core, the MLP tensors' gathered rows are the peak
+    out["llama8b_v1k"] = big.model_copy(update={"vocab_size": 1024})
+    out["cut_v1k"] = big.model_copy(
+        update={"vocab_size": 1024, "hidden_size": 3072, "intermediate_size": 9000}
+    )
     out["pruned"] = big.model_copy(
         update={
             "num_layers": 3,
@@ -76,7 +91,7 @@ def test_estimates_match_python(tmp_path: Path):
 
     for name, spec in all_specs.items():
         summary = spec.summary()
-        teacher = all_specs["llama8b"] if name == "pruned" else spec
+        teacher = all_specs[{"pruned": "llama8b", "cut_v1k": "llama8b_v1k"}.get(name, name)]
         for act, ckpt, seq in itertools.product((2, 4), (False, True), (0, 96)):
             add(
                 "saved",

@@ -201,6 +201,7 @@ class Adapter:
         norm0 = self.norms(layers[0])[0]
         pos = self.position_embed(model)
         param = next(model.parameters())
+        sliding = list(getattr(text_config(model), "layer_types", None) or []).count("sliding_attention")
         return ArchSpec(
             family=self.family,
             model_type=cfg.model_type,
@@ -227,6 +228,8 @@ class Adapter:
             shared_expert_intermediate_size=(
                 self.shared_expert(layers[0])[2].weight.shape[1] if self.shared_expert(layers[0]) else 0
             ),
+            sliding_window=(getattr(text_config(model), "sliding_window", None) or 0) if sliding else 0,
+            sliding_layers=sliding,
             layers=None if uniform else shapes,
         )
 

@@ -89,6 +89,7 @@ def _write_shard(path: Path, entries: list[TensorEntry], produce: Callable[[Tens
                     f"{e.name}: produced {tensor.dtype} {tuple(tensor.shape)}, planned {e.dtype} {e.shape}"
                 )
             f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            del tensor  # else it stays alive while the next one is produced: two tensors, not one
 
 
 def write_sharded(

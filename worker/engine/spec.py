@@ -52,6 +52,10 @@ class ArchSpec(BaseModel):
     # Qwen2-MoE: a dense "shared expert" MLP every token runs, gated by a [1, hidden] sigmoid gate, beside
     # the routed experts of each MoE layer (0: none). Pruning keeps its width.
     shared_expert_intermediate_size: int = 0
+    # Sliding-window attention (Gemma 2 / 3): the window and how many layers use it (0: none). The
+    # memory planner needs them: past the window those layers' attention gets a mask.
+    sliding_window: int = 0
+    sliding_layers: int = 0
     # Present only when layers differ; otherwise every layer has the top-level widths.
     layers: list[LayerShape] | None = None
 
