@@ -32,7 +32,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from worker.engine.importance.artifact import read_artifact, write_artifact
 from worker.engine.importance.stats import check_reductions, reduce_axis
@@ -173,7 +172,7 @@ class ImportanceResult:
                 a, b = np.ravel(a), np.ravel(b)
                 real = ~(np.isnan(a) & np.isnan(b))  # padding of a non-uniform model's narrower layers
                 a, b = a[real], b[real]
-                rho = spearmanr(a, b).statistic if np.size(a) > 1 else float("nan")
+                rho = _spearman(a, b) if np.size(a) > 1 else float("nan")
             stability[axis] = float(rho)
         return stability
 
@@ -185,3 +184,11 @@ class ImportanceResult:
     def load(cls, directory: str | os.PathLike) -> ImportanceResult:
         arrays, manifest = read_artifact(directory)
         return cls(arrays=arrays, manifest=manifest)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    # scipy.stats is imported here, not at the top: it is 1.5 s of every API process's start (the API
+    # reads artifacts through this module) and only the stability check needs it.
+    from scipy.stats import spearmanr
+
+    return spearmanr(a, b).statistic
