@@ -178,6 +178,49 @@ def worker(app, tmp_path, request):
     w.stop()
 
 
+# The job fork server as it is while still importing torch (worker.preload): a sitecustomize on its
+# PYTHONPATH makes `import torch` sleep in the server process only (its command line names
+# multiprocessing.forkserver).
+SLOW_FORK_SERVER = """
+import sys
+import time
+
+class SlowTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            time.sleep(120)
+        return None
+
+if b"multiprocessing.forkserver" in open("/proc/self/cmdline", "rb").read():
+    sys.meta_path.insert(0, SlowTorch())
+"""
+
+
+def test_a_worker_stopped_while_its_fork_server_imports_leaves_nothing_running(app, tmp_path):
+    """SIGTERM to the worker alone (systemd, `prunescope up` stopping its children): its fork server,
+    which only notices the worker is gone from its main loop, ends with it instead of importing on until
+    its imports are done (up's SIGTERM test saw one outlive the worker by 30 s on a loaded host)."""
+    slow = tmp_path / "slow_fork_server"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_FORK_SERVER)
+    env = {**app.env, "PYTHONPATH": os.pathsep.join([str(slow), str(REPO)])}
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    group = worker.proc.pid  # the worker leads its own session: its fork server is in its group
+    try:
+        members = lambda: subprocess.run(  # noqa: E731
+            ["ps", "-o", "pid=,args=", "-g", str(group)], capture_output=True, text=True
+        ).stdout.strip()
+        assert "multiprocessing.forkserver" in members(), members()
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=60) == 0, worker.log()
+        deadline = time.monotonic() + 15
+        while members():
+            assert time.monotonic() < deadline, f"left running after the worker stopped: {members()}"
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+
+
 def save_bf16_teacher(app) -> Path:
     """The tiny teacher saved in bf16: transformers builds it under a bf16 default dtype."""
     import torch
