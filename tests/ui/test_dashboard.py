@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_tree
+from tests.platform.helpers import make_dataset
 from tests.ui.conftest import shot
 from worker.engine.importance.result import ImportanceResult
 from worker.engine.importance.stats import SQ_L2, SQ_MEAN, SUM_L2, SUM_MEAN
@@ -380,6 +381,7 @@ def plot_trace(page, testid: str, name: str) -> dict:
 
 def test_distill_from_the_dashboard_curves_grow_live(page, live_app):
     student = STATE["student"]
+    data = make_dataset(live_app)  # small and local: the demo corpus (the default) is 6 MB to tokenize
     page.goto(f"{live_app.url}/#/runs?student={student['id']}")
     page.wait_for_selector("[data-testid=student-detail] [data-status=ready]", timeout=120_000)
     form = "[data-testid=distill-form]"
@@ -393,11 +395,13 @@ def test_distill_from_the_dashboard_curves_grow_live(page, live_app):
     }.items():
         page.fill(f"{form} [name={name}]", value)
     page.select_option(f"{form} [name=device]", "cpu")
+    page.select_option(f"{form} [name=dataset_id]", str(data["id"]))
     page.click("[data-testid=queue-distill]")
     page.wait_for_function("location.hash.startsWith('#/job/')")
     job_id = int(re.search(r"#/job/(\d+)", page.evaluate("location.hash")).group(1))
     job = live_app.api.get(f"/jobs/{job_id}").json()
     assert job["params"]["device"] == "cpu" and job["queue"] == "cpu"
+    assert job["params"]["dataset_id"] == data["id"]
 
     # Sample the step count shown while the job runs: it must take several increasing values.
     seen = []
@@ -543,6 +547,9 @@ def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
 
 def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     teacher = STATE["teacher"]
+    # The distillations read a small local dataset picked in the wizard's Data field: the demo corpus
+    # (its default) is 6 MB of text, tokenized by each distillation for its 4 steps.
+    data = make_dataset(live_app)
     page.goto(f"{live_app.url}/#/compare")
     wizard = "[data-testid=wizard]"
     page.wait_for_selector(
@@ -556,6 +563,7 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     page.fill(f"{wizard} [name=val_every]", "2")
     page.fill(f"{wizard} [name=batch_size]", "2")
     page.fill(f"{wizard} [name=seq_len]", "32")
+    page.select_option(f"{wizard} [name=dataset_id]", str(data["id"]))
     page.click("[data-testid=wizard-go]")
     # The server runs the study; the page shows it live, and the comparison names both students once cut
     # (or the wizard shows why the study was not started).
@@ -595,6 +603,7 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     page.goto(url)
     jobs = [j for j in live_app.api.get("/jobs", params={"kind": "distill"}).json() if j["student_id"] in ids]
     assert len(jobs) == 2 and jobs[0]["params"] == jobs[1]["params"] and jobs[0]["params"]["steps"] == 4
+    assert jobs[0]["params"]["dataset_id"] == data["id"]
     # Evaluations and benchmarks of the teacher and both students ran after the distillations.
     queued = live_app.api.get("/jobs", params={"limit": 50, "teacher_id": teacher["id"]}).json()
     for kind in ("evaluate", "benchmark"):

@@ -165,6 +165,7 @@ def test_a_queued_run_cannot_be_deleted(page, live_app, runs):
 
 
 def test_the_distill_form_remembers_the_last_settings(page, live_app, runs):
+    data = make_dataset(live_app)  # small and local: the demo corpus (the default) is 6 MB to tokenize
     page.goto(f"{live_app.url}/#/runs?student={runs['student']['id']}")
     form = "[data-testid=distill-form]"
     page.wait_for_selector(f"{form} [name=lr]")
@@ -174,10 +175,11 @@ def test_the_distill_form_remembers_the_last_settings(page, live_app, runs):
     page.fill(f"{form} [name=min_lr]", "0.00007")
     page.fill(f"{form} [name=seq_len]", "32")
     page.fill(f"{form} [name=batch_size]", "2")
+    page.select_option(f"{form} [name=dataset_id]", str(data["id"]))
     page.click("[data-testid=queue-distill]")
     page.wait_for_url("**/#/job/*")
     job_id = int(page.url.rsplit("/", 1)[1])
-    live_app.wait_job(job_id)
+    assert live_app.wait_job(job_id)["params"]["dataset_id"] == data["id"]
     page.goto(f"{live_app.url}/#/runs?student={runs['student']['id']}")
     page.wait_for_selector(f"{form} [name=lr]")
     values = {
