@@ -624,7 +624,7 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import eval_protocol, evaluation
 
     p = job.params
-    if p.get("gpus", 1) > 1 or p.get("nodes", 1) > 1:  # data-parallel perplexity under torchrun
+    if p.get("gpus", 1) > 1 or p.get("nodes", 1) > 1:  # data-parallel under torchrun, lm-eval too
         from worker.evaluate_ranks import run_evaluate_ranks
 
         return run_evaluate_ranks(rt, job)
