@@ -29,6 +29,7 @@ from typing import Any
 from worker.runtime import SHUTTING_DOWN
 
 PRELOAD = ["worker.preload"]
+TIE = "worker.fork_server_tie"
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
 _start_lock = threading.Lock()
@@ -42,10 +43,17 @@ class ChildDied(RuntimeError):
 
 
 def warm_up() -> None:
-    """Start the fork server now (it imports torch once), so the first job does not wait for it."""
+    """Start the fork server now (it imports torch once), so the first job does not wait for it. Called
+    from the worker's main thread, which lives as long as the worker: the server is tied to it
+    (worker.fork_server_tie). One started later from another thread (a server lost and started again by
+    a job's thread, or tests calling run_isolated from pools) is not, since it would end with that thread."""
     from multiprocessing import forkserver
 
-    forkserver.ensure_running()
+    _context.set_forkserver_preload([TIE, *PRELOAD])
+    try:
+        forkserver.ensure_running()
+    finally:
+        _context.set_forkserver_preload(PRELOAD)
 
 
 def run_isolated(target: Callable[..., Any], *args: Any, poll_s: float = 0.2) -> Any:
