@@ -4,6 +4,7 @@ why) with the handler for its kind (worker.handlers); the task's thread only che
 from __future__ import annotations
 
 import logging
+import os
 
 from celery.signals import worker_init, worker_shutting_down
 
@@ -13,6 +14,7 @@ from backend.models import Job
 from backend.queue import RUN_JOB, make_celery
 from backend.routing import can_serve
 from backend.settings import Settings
+from worker.cli.platform_commands import PARENT_PID_ENV
 from worker.execution import execute
 from worker.gang import Gang, GangIncomplete, GangYielded, lead, node_address, worker_id
 from worker.isolation import ChildDied, run_isolated, warm_up
@@ -34,8 +36,11 @@ def _stop_running_jobs(**_kwargs) -> None:
 @worker_init.connect
 def preload(**_kwargs) -> None:
     """Start the job fork server before any task runs: it imports torch, transformers and the engine
-    once (worker.preload); this process itself stays torch-free and only supervises."""
-    warm_up()
+    once (worker.preload); this process itself stays torch-free and only supervises. A worker's light-job
+    consumer starts its server with its first job instead: light jobs (reading a teacher) are few, and
+    that import is seconds of CPU at every worker start, competing with the worker's own first job."""
+    if not os.environ.get(PARENT_PID_ENV):
+        warm_up()
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
