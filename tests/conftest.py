@@ -304,6 +304,16 @@ class LiveApp:
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s:\n{self.worker.log()}")
 
+    def tiny_teacher_and_demo(self, name: str, **body) -> dict:
+        """Register the tiny teacher as `name` (more POST /teachers fields in `body`) and the demo corpus
+        as a dataset; the teacher once read (GET /teachers/{id})."""
+        teacher = self.api.post(
+            "/teachers", json={"name": name, "source": str(self.teacher_dir), **body}
+        ).json()
+        assert self.wait_job(teacher["job_id"])["status"] == "succeeded"
+        assert self.api.post("/datasets", json={"name": "demo", "source": "demo"}).status_code == 201
+        return self.api.get(f"/teachers/{teacher['id']}").json()
+
 
 def start_live_app(
     base: Path,

@@ -229,15 +229,7 @@ def test_a_spill_limit_too_small_for_one_streamed_pass_is_refused(client, api_en
     then run in several passes). A limit that is not positive: 422 naming the field."""
     url = api_env["PRUNESCOPE_DATABASE_URL"]
     teacher_id, dataset_id, cpu = importance_setup(api_env, student_id)
-    body = {
-        "teacher_id": teacher_id,
-        "dataset_id": dataset_id,
-        "batch_size": 2,
-        "seq_len": 2048,
-        "samples": 2048,
-        "device": "cpu",
-        "offload": "always",
-    }
+    body = streamed_body(teacher_id, dataset_id)
     before = counts(url)
     for bad in (0, -1):
         r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": bad})

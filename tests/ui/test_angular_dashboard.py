@@ -45,10 +45,7 @@ def plot_traces(page) -> list[dict]:
 
 def test_angular_scan_is_started_drawn_and_fills_the_closest_block(page, live_app):
     api = live_app.api
-    teacher = api.post("/teachers", json={"name": "tiny", "source": str(live_app.teacher_dir)}).json()
-    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
-    teacher = api.get(f"/teachers/{teacher['id']}").json()
-    assert api.post("/datasets", json={"name": "demo", "source": "demo"}).status_code == 201
+    teacher = live_app.tiny_teacher_and_demo("tiny")
 
     # ---- the start-importance form offers the scan (opt-in) ----
     page.goto(f"{live_app.url}/#/?teacher={teacher['id']}")

@@ -61,10 +61,7 @@ def fake_gpu_worker(spec: memplan.ArchSpec) -> dict:
 
 def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app):
     api = live_app.api
-    teacher = api.post("/teachers", json={"name": "spill", "source": str(live_app.teacher_dir)}).json()
-    assert live_app.wait_job(teacher["job_id"])["status"] == "succeeded"
-    teacher = api.get(f"/teachers/{teacher['id']}").json()
-    assert api.post("/datasets", json={"name": "demo", "source": "demo"}).status_code == 201
+    teacher = live_app.tiny_teacher_and_demo("spill")
     spec = memplan.spec_from_summary(teacher["spec"])
     worker = fake_gpu_worker(spec)
     settings = settings_from(live_app.env)
