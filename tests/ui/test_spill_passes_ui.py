@@ -13,6 +13,7 @@ import pytest
 
 from backend import fleet, memcheck
 from tests.conftest import settings_from
+from tests.ui.conftest import shot
 from worker.engine import memplan
 
 pytestmark = pytest.mark.ui
@@ -77,6 +78,7 @@ def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app
         page.select_option(f"{IMP} select[name=offload]", "always")
         want = f"· {passes} passes over the checkpoint (the spill disk of gpu-fake holds "
         page.wait_for_function(f"document.querySelector('{LINE}').textContent.includes({want!r})")
+        shot(page, "importance-spill-passes")
         text = page.locator(LINE).inner_text()
         assert f"{memplan.format_bytes(worker['spill_disk']['limit_bytes'])})" in text, text
         assert "error-msg" not in (page.locator(LINE).get_attribute("class") or "")
