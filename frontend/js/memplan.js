@@ -322,9 +322,10 @@ export function importanceMemory(spec, opts) {
   let host = 0;
   let disk = 0;
   // The layers and the head never overlap: the larger phase is the peak (as memplan.py); a streamed pass
-  // also holds two layers' weights in its layer loop.
+  // holds two layers' weights in its layer loop on CPU, one on CUDA (memplan.streamed_layer_copies).
+  const layerCopies = device.startsWith("cuda") ? 1 : 2;
   const layerPhase =
-    (streamed ? 2 * layerWeightBytes(spec, w) : 0) + parts.activations + (parts.router_buffers ?? 0);
+    (streamed ? layerCopies * layerWeightBytes(spec, w) : 0) + parts.activations + (parts.router_buffers ?? 0);
   const headPhase = parts.logits ?? 0;
   delete parts.activations;
   delete parts.router_buffers;
