@@ -197,11 +197,6 @@ def prune_need(t_spec, s_spec, p: dict) -> int:
     return min(memplan.prune_memory(t_spec, s_spec, mode=m)["total"] for m in modes)
 
 
-AUTO_RAM_FRACTION = (
-    0.5  # out_of_core.DEFAULT_RAM_FRACTION: auto cuts out of core above this share of free RAM
-)
-
-
 def prune_memory_of(worker: dict, mode: str) -> tuple[int, str]:
     """(usable bytes, where) a cut in `mode` may use on `worker`. The out-of-core cut reads and cuts
     tensor by tensor in host RAM on every worker (out_of_core.prune_checkpoint never touches the
@@ -225,7 +220,7 @@ def prune_threshold(worker: dict) -> int | None:
         return int(threshold)
     host = worker.get("host_memory")
     if host:
-        return int(int(host.get("free_bytes") or 0) * AUTO_RAM_FRACTION)
+        return int(int(host.get("free_bytes") or 0) * memplan.AUTO_OUT_OF_CORE_RAM_FRACTION)
     return None
 
 

@@ -4,7 +4,6 @@ why) with the handler for its kind (worker.handlers); the task's thread only che
 from __future__ import annotations
 
 import logging
-import os
 
 from celery.signals import worker_init, worker_shutting_down
 
@@ -14,10 +13,10 @@ from backend.models import Job
 from backend.queue import RUN_JOB, make_celery
 from backend.routing import can_serve
 from backend.settings import Settings
-from worker.cli.platform_commands import PARENT_PID_ENV
 from worker.execution import execute
 from worker.gang import Gang, GangIncomplete, GangYielded, lead, node_address, worker_id
 from worker.isolation import ChildDied, run_isolated, warm_up
+from worker.light_consumer import is_light_consumer
 from worker.node_member import execute_member
 from worker.runtime import SHUTTING_DOWN, JobRuntime
 from worker.workflow_hook import advance_parent
@@ -39,7 +38,7 @@ def preload(**_kwargs) -> None:
     once (worker.preload); this process itself stays torch-free and only supervises. A worker's light-job
     consumer starts its server with its first job instead: light jobs (reading a teacher) are few, and
     that import is seconds of CPU at every worker start, competing with the worker's own first job."""
-    if not os.environ.get(PARENT_PID_ENV):
+    if not is_light_consumer():
         warm_up()
 
 

@@ -51,7 +51,7 @@ export function pruneModes(teacher, student) {
   return { in_memory: inMemory.total, out_of_core: pruneMemory(teacher, student, { mode: "out_of_core" }).total, teacher_bytes: inMemory.parts.teacher_weights };
 }
 
-const AUTO_RAM_FRACTION = 0.5; // memcheck.AUTO_RAM_FRACTION (out_of_core.DEFAULT_RAM_FRACTION)
+const AUTO_RAM_FRACTION = 0.5; // memplan.AUTO_OUT_OF_CORE_RAM_FRACTION
 
 /** [usable bytes, where] a cut in `mode` may use on `worker`: out of core in its host's RAM
  * (`host_memory`, on a GPU worker too), in memory on its device (`memory`); an entry without

@@ -121,8 +121,10 @@ def _worker(args) -> int:
     served = list(queues)  # what the registry shows: this worker and its light consumer, one entry
     if split_light:
         queues = [q for q in queues if q != DEFAULT]
-    light_consumer = bool(os.environ.get(PARENT_PID_ENV))
-    _exit_with_parent()
+    from worker import light_consumer as light_jobs
+
+    light_consumer = light_jobs.is_light_consumer()
+    light_jobs.exit_with_parent()
     from celery.signals import worker_ready, worker_shutting_down
 
     from worker.presence import Presence
@@ -133,7 +135,7 @@ def _worker(args) -> int:
     if not light_consumer:  # a light consumer is listed in its parent's entry
         worker_ready.connect(presence.start, weak=False)
         worker_shutting_down.connect(presence.stop, weak=False)
-    light = _start_light_consumer(device, args) if split_light else None
+    light = light_jobs.start(device, args) if split_light else None
     try:
         app.worker_main(
             [
@@ -150,64 +152,8 @@ def _worker(args) -> int:
     finally:
         if not light_consumer:
             presence.stop()
-        _stop_light_consumer(light)
+        light_jobs.stop(light)
     return 0
-
-
-PARENT_PID_ENV = "PRUNESCOPE_WORKER_PARENT_PID"
-
-
-def _start_light_consumer(device: str, args) -> subprocess.Popen:
-    from backend.routing import DEFAULT
-
-    command = [sys.executable, "-m", "worker", "worker", "--device", device, "--queues", DEFAULT]
-    command += ["--pool", "threads", "--concurrency", str(args.light_slots), "--light-slots", "0"]
-    command += ["--loglevel", args.loglevel]
-    light = subprocess.Popen(command, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
-    import threading
-
-    def watch() -> None:
-        """This worker's registry entry lists `default` for its light consumer: if that consumer dies,
-        stop the whole worker (its supervisor restarts it) rather than leave light jobs unserved."""
-        code = light.wait()
-        from worker.runtime import SHUTTING_DOWN
-
-        if not SHUTTING_DOWN.wait(2.0):
-            print(
-                f"prunescope worker: the light-job consumer exited ({code}); stopping this worker",
-                file=sys.stderr,
-                flush=True,
-            )
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="light-consumer-watch", daemon=True).start()
-    return light
-
-
-def _stop_light_consumer(light: subprocess.Popen | None) -> None:
-    if light is None or light.poll() is not None:
-        return
-    light.send_signal(signal.SIGTERM)
-    try:
-        light.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        light.kill()
-        light.wait()
-
-
-def _exit_with_parent() -> None:
-    """A light consumer shuts down (warm, as on SIGTERM) when the worker that started it is gone."""
-    parent = os.environ.get(PARENT_PID_ENV)
-    if not parent:
-        return
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == int(parent):
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="exit-with-worker", daemon=True).start()
 
 
 def _up(args) -> int:

@@ -66,6 +66,9 @@ TRANSIENT_BACKWARD = 6
 CUDA_RESERVE_FRACTION = 0.05
 CUDA_RESERVE_BYTES = 512 << 20
 NUM_SUMS = 4  # float32 running sums per unit and half (worker/engine/importance/stats.py)
+# A prune job with out_of_core="auto" cuts out of core when the teacher would take more than this share
+# of the free RAM (out_of_core.choose_mode; backend.memcheck and jobmemory.js predict it per worker).
+AUTO_OUT_OF_CORE_RAM_FRACTION = 0.5
 # Families whose transformers class has no SDPA path, so their attention runs the eager kernel and
 # materialises the [B, H, S, S] scores (Gemma 2: `_supports_sdpa = False`, soft-capped attention logits).
 EAGER_FAMILIES = ("gemma2",)

@@ -28,13 +28,13 @@ from worker.engine.adapters import Adapter, adapter_for_model_type
 from worker.engine.checkpoint_reader import CheckpointReader
 from worker.engine.cut_map import TensorCut, cut_map
 from worker.engine.fingerprint import hash_tensor
+from worker.engine.memplan import AUTO_OUT_OF_CORE_RAM_FRACTION
 from worker.engine.plan import PrunePlan, check_plan
 from worker.engine.shard_writer import DEFAULT_SHARD_BYTES, TensorEntry, write_sharded
 from worker.engine.spec import ArchSpec
 
 Progress = Callable[[int, int, str], None] | None  # (tensors written, of how many, the last one)
 MODES = ("auto", "never", "always")
-DEFAULT_RAM_FRACTION = 0.5  # auto: out of core when the loaded model would take more of the free RAM
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ def choose_mode(
     if threshold_bytes is None:
         import psutil
 
-        threshold_bytes = int(psutil.virtual_memory().available * DEFAULT_RAM_FRACTION)
+        threshold_bytes = int(psutil.virtual_memory().available * AUTO_OUT_OF_CORE_RAM_FRACTION)
         where = f"half the available RAM, {_gb(threshold_bytes)}"
     else:
         where = f"the threshold {_gb(threshold_bytes)}"
