@@ -324,6 +324,9 @@ class ConfigOut(BaseModel):
     trust_remote_code: bool
     auth: bool
     demo_dataset: str
+    # PRUNESCOPE_SPILL_LIMIT_GB: an importance run's spill limit when its own `spill_limit_gb` is unset
+    # (the forms predict passes over the checkpoint with it, as the API's check does); None: the disk's.
+    spill_limit_gb: float | None = None
 
 
 class WorkerOut(BaseModel):

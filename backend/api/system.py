@@ -34,6 +34,7 @@ def config(settings: Settings = Depends(get_settings)) -> ConfigOut:
         trust_remote_code=settings.trust_remote_code,
         auth=bool(settings.token),
         demo_dataset="demo",
+        spill_limit_gb=settings.spill_limit_gb,
     )
 
 

@@ -365,10 +365,9 @@ def test_math_attention_scores_only_where_no_fused_kernel_runs():
     streamed = memplan.importance_memory(gqa, **kw, device="cuda", weights_dtype="float32", streamed=True)
     cpu_streamed = memplan.importance_memory(gqa, **kw, device="cpu", weights_dtype="float32", streamed=True)
     # ... less one layer's weights: CUDA holds the streamed layer once (the host keeps the read copy).
-    assert (
-        streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"]["layer"]
-        == qkvo + scores + kv - mlp - memplan._layer_weight_bytes(gqa, 4)
-    )
+    assert streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"][
+        "layer"
+    ] == qkvo + scores + kv - mlp - memplan._layer_weight_bytes(gqa, 4)
     # The layers and the head never overlap (measured, bench): the working set is the larger phase.
     for plan in (streamed, memplan.evaluation_memory(gqa, **kw), memplan.importance_memory(gqa, **kw)):
         assert plan["parts"]["working"] == max(plan["settings"]["phases"].values())

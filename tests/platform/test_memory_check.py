@@ -261,6 +261,18 @@ def test_the_spill_limit_comes_from_the_job_else_the_setting(monkeypatch):
         Settings()
 
 
+def test_the_config_reports_the_servers_spill_limit(api_env):
+    """GET /config says PRUNESCOPE_SPILL_LIMIT_GB (null when unset): the importance form predicts the
+    passes of a run left without `spill_limit_gb` with it, as memcheck.spill_limit does."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    for env, want in (({}, None), ({"PRUNESCOPE_SPILL_LIMIT_GB": "2.5"}, 2.5)):
+        with TestClient(create_app(settings_from({**api_env, **env})), base_url="http://127.0.0.1") as c:
+            assert c.get("/api/v1/config").json()["spill_limit_gb"] == want
+
+
 def test_teacher_correction_counts_training_the_teacher(client, api_env, student_id):
     """A bf16 distillation from the 8B teacher fits an 80 GiB GPU; with teacher correction the teacher
     is first trained (weights, gradients, AdamW states: ~64 GB) beside the loaded one: a 409."""

@@ -36,7 +36,10 @@ def test_a_stuck_queued_job_is_re_sent_from_its_page(page, idle_app):
     while held_attempts(r, prefix, ["default"]) != {(job_id, 1)}:
         assert time.monotonic() < deadline, "the message was not re-sent"
         time.sleep(0.1)
-    logs = [e["msg"] for e in idle_app.api.get(f"/jobs/{job_id}/logs").json()]
+    # The API publishes, then commits its log line: the message can be seen a moment before the line.
+    while not (logs := [e["msg"] for e in idle_app.api.get(f"/jobs/{job_id}/logs").json()]):
+        assert time.monotonic() < deadline, "the re-send was not logged"
+        time.sleep(0.1)
     assert logs == ["message re-sent by the user"]
     assert idle_app.api.get(f"/jobs/{job_id}").json()["attempts"] == 1
 

@@ -122,3 +122,38 @@ def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app
         assert len(runs) == len(before) + 1  # nothing written by the refusal
     finally:
         fleet.remove(client, settings.redis_prefix, worker)
+
+
+def test_the_form_uses_the_servers_spill_limit_when_the_field_is_blank(page, live_app):
+    """The API's PRUNESCOPE_SPILL_LIMIT_GB (GET /config, tested in test_memory_check against a real app)
+    holds a run whose spill limit is left blank: the form predicts with it, says whose limit it is, and a
+    limit typed in the form wins. The shared app has no such setting, so its /config answer is amended
+    here in the browser: the disk tier of a 1 kB server limit holds no store."""
+    teacher = live_app.tiny_teacher_and_demo("spill")
+    spec = memplan.spec_from_summary(teacher["spec"])
+    worker = fake_gpu_worker(spec)
+    settings = settings_from(live_app.env)
+    client = fleet.client_for(settings)
+    fleet.publish(client, settings.redis_prefix, worker, ttl_s=600)
+
+    def with_server_limit(route):
+        config = route.fetch().json()
+        route.fulfill(json={**config, "spill_limit_gb": 1e-6})
+
+    page.route("**/api/v1/config", with_server_limit)
+    try:
+        page.goto(f"{live_app.url}/#/teachers?teacher={teacher['id']}")
+        page.wait_for_function(f"document.querySelector('{LINE}')?.textContent.includes('needs')")
+        assert page.get_attribute(f"{IMP} input[name=spill_limit_gb]", "placeholder") == "0.000001 (server)"
+        page.select_option(f"{IMP} select[name=offload]", "always")
+        want = "the server's spill limit holds 0.0 MiB; raise PRUNESCOPE_SPILL_LIMIT_GB or set a spill limit here"
+        page.wait_for_function(f"document.querySelector('{LINE}').textContent.includes({want!r})")
+        assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
+        # A limit typed here wins over the server's: the worker's disk tier again, several passes.
+        page.fill(f"{IMP} input[name=spill_limit_gb]", str(worker["spill_disk"]["limit_bytes"] / 1e9))
+        page.wait_for_function(
+            f"document.querySelector('{LINE}').textContent.includes('passes over the checkpoint (the spill limit holds')"
+        )
+        assert "error-msg" not in (page.locator(LINE).get_attribute("class") or "")
+    finally:
+        fleet.remove(client, settings.redis_prefix, worker)

@@ -14,7 +14,7 @@ import { subscribe } from "../sse.js";
 import { protocolEditor, protocolNote } from "../components/protocol.js";
 
 export async function teachersView(host, { query }, ctx) {
-  const state = { teachers: [], datasets: [], runs: [], selected: Number(query.get("teacher")) || null };
+  const state = { teachers: [], datasets: [], runs: [], config: {}, selected: Number(query.get("teacher")) || null };
 
   const teacherList = h("div", { dataset: { testid: "teacher-list" } });
   const datasetList = h("div");
@@ -104,9 +104,10 @@ export async function teachersView(host, { query }, ctx) {
   async function refresh() {
     renderWorkers();
     try {
-      const [teachers, datasets] = await Promise.all([api.get("/teachers"), api.get("/datasets")]);
+      const [teachers, datasets, config] = await Promise.all([api.get("/teachers"), api.get("/datasets"), api.get("/config")]);
       state.teachers = teachers;
       state.datasets = datasets;
+      state.config = config;
       if (!state.selected && teachers.length) state.selected = teachers[0].id;
       state.runs = state.selected ? await api.get(`/importance-runs?teacher_id=${state.selected}`) : [];
     } catch (err) {
@@ -228,6 +229,8 @@ export async function teachersView(host, { query }, ctx) {
 
   function importancePanel(t) {
     const err = h("div.error-msg");
+    // The API's PRUNESCOPE_SPILL_LIMIT_GB applies when the field is left blank (memcheck.spill_limit).
+    const serverSpill = state.config.spill_limit_gb ?? null;
     const ready = t.status === "ready";
     const form = h("form.stack", { dataset: { testid: "importance-form" } },
       h("div.form-grid",
@@ -241,7 +244,7 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "nodes", label: "Nodes", type: "number", value: 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above (same scores); the run waits until all have joined" }),
         field({ name: "offload", label: "Teacher", options: [["auto", "auto"], ["always", "streamed layer by layer"], ["never", "whole in memory"]], value: "auto",
           title: "auto: stream one decoder layer at a time when the teacher does not fit the worker's device (same scores either way)" }),
-        field({ name: "spill_limit_gb", label: "Spill limit (GB)", type: "number", min: 0, step: "any", placeholder: "disk free",
+        field({ name: "spill_limit_gb", label: "Spill limit (GB)", type: "number", min: 0, step: "any", placeholder: serverSpill ? `${serverSpill} (server)` : "disk free",
           title: "streamed: at most this many GB of activations on the worker's spill disk; scans that need more run in several passes over the checkpoint (default: PRUNESCOPE_SPILL_LIMIT_GB, else the disk's free space less 2 GiB)" }),
       ),
       h("div.row",
@@ -286,18 +289,19 @@ export async function teachersView(host, { query }, ctx) {
       // The layout on the workers that report memory, each with its pinned RAM and spill disk (the API's
       // memcheck.best_layout): the spill limit typed here, else the disk tier the worker reports.
       const sized = workers.filter((w) => w.memory && (w.queues || []).includes(queue) && ranks * nodes === 1);
-      const limit = spillLimitBytes(v.spill_limit_gb);
+      const typed = v.spill_limit_gb !== undefined && v.spill_limit_gb !== null;
+      const limit = spillLimitBytes(typed ? v.spill_limit_gb : serverSpill);
       const on = bestLayout(t.spec, { ...p, batch_size: v.batch_size }, device, sized, limit);
       const layout = on ? on.layout : importanceLayout(t.spec, { ...p, batch_size: v.batch_size }, device, null, limit);
       const disk = limit !== null ? limit : on && spillDiskLimit(on.worker);
-      const holds = limit !== null ? "the spill limit holds" : `the spill disk of ${on?.worker.hostname} holds`;
+      const holds = limit === null ? `the spill disk of ${on?.worker.hostname} holds` : typed ? "the spill limit holds" : "the server's spill limit holds";
       // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
       if (layout.streamed) line.text += ` · streamed layer by layer${p.offload === "auto" ? " (the whole teacher does not fit)" : ""}: ${formatBytes(layout.spill)} of activation stores (${v.samples} samples) in pinned RAM / on disk`;
       // A spill limit too small for every store at once: the loss scans run in several passes over the
       // checkpoint (each reads the layers again); too small for one pass: the API refuses the run (409).
       if (layout.streamed && layout.passes > 1) line.text += ` · ${layout.passes} passes over the checkpoint (${holds} ${formatBytes(disk)})`;
       if (layout.streamed && layout.passes === null && sized.length) {
-        const fix = limit !== null ? "raise it" : "free space on it";
+        const fix = limit === null ? "free space on it" : typed ? "raise it" : "raise PRUNESCOPE_SPILL_LIMIT_GB or set a spill limit here";
         line.text += ` · the activation stores (${formatBytes(layout.store_bytes)} each) do not fit even one pass: ${holds} ${formatBytes(disk)}; ${fix}`;
         line.fits = false;
       }
