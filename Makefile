@@ -32,12 +32,15 @@ fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Two test processes, whole files each (a module's live app stays in one): the live tests spend half
+# their time waiting on workers and ranks, so two cores are kept busy. TEST_PROCESSES=0: one process.
+TEST_PROCESSES ?= 2
 test: export OMP_WAIT_POLICY = PASSIVE
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -ra --durations=40
+	$(BIN)/pytest -q -ra --durations=40 -n $(TEST_PROCESSES) --dist loadfile
 
 run: install
 	$(BIN)/prunescope up
