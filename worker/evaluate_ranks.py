@@ -8,7 +8,8 @@ windows, and the NLL sums and token counts are all-reduced
 lm-eval tasks, if any: every rank runs the harness on the same requests and each model call is answered
 data-parallel, batch r, r + N, ... on rank r, the answers gathered on every rank
 (worker.engine.evaluation.lm_eval_shards), so the scores are the one-process scores. Rank 0 writes the
-result as JSON and appends its progress to `--metrics-jsonl`, which this job process tails.
+result as JSON and appends its progress to `--metrics-jsonl`, which this job process tails. When a
+rank dies, the job's error starts with the rank that ended the others (worker.rank_failures).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from backend.routing import device_type
-from worker.multi_rank import run_ranks
+from worker.multi_rank import NodeStopped, RanksFailed, run_ranks
+from worker.rank_failures import failure_reason
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.evaluate_ranks"
@@ -57,6 +59,20 @@ def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     return args
 
 
+def run_ranks_naming_failures(rt: JobRuntime, *args, **kwargs) -> bool:
+    """`run_ranks`, its RanksFailed led by the rank that ended them: torchrun's own "root cause" often
+    names a rank that only failed after another died (worker.rank_failures)."""
+    try:
+        return run_ranks(rt, *args, **kwargs)
+    except NodeStopped:
+        raise  # its message says which node stopped, and why
+    except RanksFailed as exc:
+        reason = failure_reason(str(exc))
+        if reason is None:
+            raise
+        raise RanksFailed(f"{reason}\n{exc}") from exc
+
+
 def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine import eval_protocol
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
@@ -88,7 +104,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
         out = staging / "result.json"
         rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
         t0 = time.perf_counter()
-        finished = run_ranks(
+        finished = run_ranks_naming_failures(
             rt,
             ranks,
             MODULE,

@@ -4,13 +4,20 @@ Run plainly (one process) or under torchrun: the same tiny Llama answers the sam
 type through lm-eval's HFLM (data-parallel over the ranks when there are several), then runs the local
 offline tasks through `run_lm_eval`. Every rank writes what it got to OUT/rank<r>.json.
 
-    python tests/engine/lm_eval_rank_main.py OUT
+    python tests/engine/lm_eval_rank_main.py OUT [--hang-in-call]
+
+`--hang-in-call` (the fault test, as distill_rank_main's `--hang-at`): the last rank writes OUT/pid<r>
+and sleeps in its first model forward of the first lm-eval call, for the test to kill it there. Other
+options (worker.multi_rank appends `--stop-file` and `--metrics-jsonl`) are ignored.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by torchrun
@@ -45,14 +52,25 @@ def requests(task_dir: Path):
     )
 
 
+def _hang(pid_file: Path) -> None:
+    pid_file.write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
 def main(argv=None) -> int:
     from lm_eval.models.huggingface import HFLM
 
     from worker.engine.evaluation.lm_eval_shards import sharded_lm
 
-    out = Path((argv or sys.argv[1:])[0])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--hang-in-call", action="store_true")
+    args, _ = parser.parse_known_args(argv if argv is not None else sys.argv[1:])
+    out = args.out
     ctx = DistributedContext.from_environment()
     model, tokenizer = tiny_llama(seed=3), demo_tokenizer()
+    if args.hang_in_call and ctx.rank == ctx.world_size - 1:
+        model.register_forward_pre_hook(lambda *_: _hang(out / f"pid{ctx.rank}"))
     task_dir = build_local_tasks(
         list(demo_documents("test", 12)), out / "tasks", num_cloze=24, num_rolling=4, rolling_chars=600
     )

@@ -71,3 +71,105 @@ def test_two_ranks_give_the_one_process_lm_eval(tmp_path):
         totals = {total for _, total in reports}
         assert totals == {one["calls"][call][-1][1]} and reports[-1][0] == reports[-1][1] > 0, call
         assert [d for d, _ in reports] == sorted(d for d, _ in reports), call
+
+
+def live_ranks(module: str, marker: str) -> list[str]:
+    """Command lines of live ranks of `module` (and their torchrun agent) holding `marker` (a test's own
+    directory: other tests may run ranks of their own)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if module in cmdline and marker in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+class _Runtime:
+    """What worker.multi_rank.run_ranks needs of a job's runtime: its log, and no stop asked."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, line: str, level: str = "info") -> None:
+        self.lines.append(line)
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def test_a_rank_killed_in_an_lm_eval_call_fails_the_ranks_naming_it(tmp_path):
+    """Rank 1 dies (SIGKILL) inside the first lm-eval model call while rank 0 waits for its answers in
+    the gather: the evaluate job's supervisor raises RanksFailed whose first line names rank 1 and how it
+    died (torchrun's own "root cause" is often rank 0, failing after it), well within the collective
+    timeout, and no rank is left running."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from worker.evaluate_ranks import run_ranks_naming_failures
+    from worker.multi_rank import RanksFailed
+
+    rt, raised = _Runtime(), []
+
+    def supervise() -> None:
+        try:
+            run_ranks_naming_failures(
+                rt,
+                2,
+                "tests.engine.lm_eval_rank_main",
+                [str(tmp_path), "--hang-in-call"],
+                work=tmp_path / "ranks",
+                device_type="cpu",
+                on_record=lambda _: None,
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            raised.append(exc)
+
+    job = threading.Thread(target=supervise)
+    job.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "pid1").exists():
+            assert job.is_alive() and time.monotonic() < deadline, (raised, rt.lines)
+            time.sleep(0.1)
+        pid = int((tmp_path / "pid1").read_text())
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        job.join(timeout=60)
+        took = time.monotonic() - killed_at
+    finally:
+        (tmp_path / "ranks" / "stop").touch()  # should the supervisor still run: its ranks stop
+        job.join()
+    assert len(raised) == 1 and isinstance(raised[0], RanksFailed), (raised, rt.lines)
+    reason = str(raised[0]).splitlines()[0]
+    assert reason == (
+        f"rank 1 (local rank 1 on localhost, pid {pid}) was killed by SIGKILL (out of memory, or killed "
+        "from outside); rank 0 ended after it"
+    ), str(raised[0])[-3000:]
+    assert took < 30, took  # the collective timeout (600 s) did not have to run out
+    assert live_ranks("tests.engine.lm_eval_rank_main", str(tmp_path)) == []
+    print(f"the supervisor raised {took:.1f} s after the kill: {reason}")
+
+
+def test_failure_reason_without_a_signal_names_every_failed_rank():
+    from worker.rank_failures import failure_reason
+
+    def failure(rank: int, code: int, pid: int) -> str:  # as torchrun prints one
+        return (
+            f"[{rank}]:\n  time      : 2026-11-30_09:51:00\n  host      : node7\n"
+            f"  rank      : {rank} (local_rank: {rank})\n  exitcode  : {code} (pid: {pid})\n"
+            "  error_file: <N/A>\n"
+        )
+
+    summary = f"Failures:\n{failure(1, 1, 12)}----\nRoot Cause (first observed failure):\n{failure(0, 1, 11)}"
+    assert failure_reason(summary) == (
+        "rank 0 (local rank 0 on node7, pid 11) exited with code 1; "
+        "rank 1 (local rank 1 on node7, pid 12) exited with code 1"
+    )
+    assert failure_reason("torchrun: no summary") is None

@@ -2,18 +2,23 @@
 
 Importance is data-parallel (worker/importance_ranks.py): its artifact equals the one-process job's to
 1e-6 relative. So is an evaluation's perplexity (worker/evaluate_ranks.py), and its lm-eval tasks, run
-data-parallel, give the one-process scores. Requests no
-worker can hold are refused naming the field.
+data-parallel, give the one-process scores; cancelled while its ranks are inside lm-eval, it ends
+cancelled with no rank left and no result row. Requests no worker can hold are refused naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import start_live_app, stop_live_app
+from tests.engine.test_distributed_evaluate import live_ranks
 from tests.platform.test_multi_rank_jobs import rank_processes
 
 
@@ -106,7 +111,42 @@ def test_evaluate_with_gpus_is_data_parallel(app, body):
     assert "data-parallel over 2 ranks" in two["distributed"]["tasks"]
     text = json.dumps(app.api.get(f"/jobs/{jobs[2]['id']}/logs").json())
     assert "launching 2 ranks" in text
-    assert rank_processes(str(app.data_dir)) == []
+    assert live_ranks("worker.evaluate_ranks", str(app.data_dir)) == []
+
+
+def test_cancel_during_lm_eval_on_two_ranks(app, body):
+    """Cancelled while its two ranks answer lm-eval's model calls: the job ends cancelled within
+    seconds, none of its ranks (nor their agent) is left, and no result row is written."""
+    # Every item of both local tasks, in lm-eval's batches of 8: the calls take seconds, so the cancel
+    # lands while the ranks are in the harness.
+    params = {"gpus": 2, "max_documents": 2, "seq_len": 32, "limit": 200}
+    params["tasks"] = ["prunescope_cloze", "prunescope_rolling"]
+    r = app.api.post("/jobs", json={"kind": "evaluate", "teacher_id": body["teacher_id"], "params": params})
+    assert r.status_code == 201, r.text
+    job_id, marker = r.json()["id"], str(app.data_dir)
+    deadline = time.monotonic() + 120
+    in_call = re.compile(r"lm-eval \w+: \d+/\d+ ")  # a model call's progress (LmEvalCount)
+    while not in_call.match((job := app.api.get(f"/jobs/{job_id}").json())["message"] or ""):
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, (job, app.worker.log())
+        time.sleep(0.1)
+    ranks = live_ranks("worker.evaluate_ranks", marker)
+    assert len(ranks) >= 3, ranks  # the agent and the two ranks, in a call
+    staging = Path(re.search(r" --out (\S+)", ranks[0])[1]).parent  # where the ranks write
+    cancelled_at = time.monotonic()
+    assert app.api.post(f"/jobs/{job_id}/cancel").status_code == 202
+    done = app.wait_job(job_id, timeout=60)
+    took = time.monotonic() - cancelled_at
+    assert done["status"] == "cancelled", (done.get("error"), app.worker.log())
+    assert took < 15, took
+    assert done["result"] is None and done["progress"] < 0.95, done  # ended inside lm-eval's calls
+    with sqlite3.connect(app.data_dir / "prunescope.db") as db:
+        rows = db.execute("SELECT id FROM benchmark_results WHERE job_id = ?", (job_id,)).fetchall()
+    assert rows == [] and not staging.exists(), staging  # no result, nor the ranks' half-done files
+    deadline = time.monotonic() + 15
+    while (left := live_ranks("worker.evaluate_ranks", marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+    print(f"cancelled during {job['message']!r}, at {done['message']!r}: the job ended {took:.1f} s later")
 
 
 def test_cancel_stops_every_importance_rank(app, body):
