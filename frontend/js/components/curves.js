@@ -77,6 +77,20 @@ export function curveTraces(store, names, { x = "step", weight = 0, prefix = "",
   });
 }
 
+/** Whether a curve is drawn smoothed: not validation points (sparse: smoothing would blur the few real
+ * measurements), nor the learning rate (a set schedule, not noise: smoothed, its peak moved steps late). */
+export function smoothable(name) {
+  return !name.startsWith("val_") && name !== "lr";
+}
+
+/** x-axis settings for a step axis: steps are whole numbers, but over a short run (under 10 steps)
+ * Plotly's automatic ticks fall on halves ("1.5", "2.5"), so tick every step there. {} otherwise. */
+export function stepTicks(traces) {
+  const xs = traces.flatMap((t) => t.x || []).filter(Number.isFinite);
+  if (!xs.length) return {};
+  return Math.max(...xs) - Math.min(...xs) < 10 ? { tick0: 0, dtick: 1 } : {};
+}
+
 /** The "x axis" segmented control over `choices` (keys of X_FIELDS with labels); writes ?x=. */
 export function xAxisControl(view, choices, onChange, attrs = {}) {
   return h("span.ctl", h("span", "x axis"), segmented(choices, view.x, (v) => { view.x = v; setQuery({ x: v }); onChange(); }, attrs));

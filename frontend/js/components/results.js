@@ -162,6 +162,9 @@ export function jobResult(kind, r, teacherEval = null) {
   return keyValues(r);
 }
 
+// keyValues lists at most this many fields, then says how many more there are (never a silent cut).
+const SHOWN = 40;
+
 /** A nested result object as a compact key/value list (prune, inspect, distill results). */
 export function keyValues(result) {
   const rows = [];
@@ -169,11 +172,15 @@ export function keyValues(result) {
     for (const [k, v] of Object.entries(obj)) {
       const key = prefix ? `${prefix}.${k}` : k;
       if (v && typeof v === "object" && !Array.isArray(v)) walk(v, key);
+      // Identical entries (a uniform model's layers) once, as a range: not the same keys n times over.
+      else if (Array.isArray(v) && v.length > 1 && v.every((x) => x && typeof x === "object" && JSON.stringify(x) === JSON.stringify(v[0]))) walk(v[0], `${key}[0–${v.length - 1}]`);
       else if (Array.isArray(v) && v.some((x) => x && typeof x === "object")) v.forEach((x, i) => walk(x, `${key}[${i}]`));
       else if (Array.isArray(v)) rows.push([key, v.length ? v.join(", ") : "–"]);
       else rows.push([key, typeof v === "number" ? (/bytes/.test(k) ? bytes(v) : sig(v)) : String(v)]);
     }
   };
   walk(result, "");
-  return h("dl.kv", rows.slice(0, 40).map(([k, v]) => [h("dt", k), h("dd", v)]));
+  const more = rows.length - SHOWN;
+  return h("dl.kv", rows.slice(0, SHOWN).map(([k, v]) => [h("dt", k), h("dd", v)]),
+    more > 0 ? [h("dt", "…"), h("dd.faint", { dataset: { testid: "result-more" } }, `${more} more field${more === 1 ? "" : "s"} not shown`)] : null);
 }

@@ -12,7 +12,7 @@ import { compact, sig, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";
-import { debounced, SeriesStore, smoothedTraces, smoothingControl, X_FIELDS, xAxisControl } from "../components/curves.js";
+import { debounced, SeriesStore, smoothable, smoothedTraces, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 
 const CURVES = [
   ["loss", "training loss (optimised)"],
@@ -167,10 +167,10 @@ export async function bakeoffView(host, { args, query }, ctx) {
         const store = jid && stores.get(jid);
         const pts = store ? store.points(c.name) : [];
         if (!pts.length) continue;
-        const weight = c.name.startsWith("val_") ? 0 : view.smooth;
+        const weight = smoothable(c.name) ? view.smooth : 0;
         traces.push(...smoothedTraces(pts, { x: view.x, weight, label: b.name, color: colorOf(b), rawOpacity: 0.22 }));
       }
-      const layout = baseLayout({ height: 280, width: c.plot.clientWidth || undefined, xaxis: { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } }, margin: { l: 52, r: 10, t: 28, b: 36 } });
+      const layout = baseLayout({ height: 280, width: c.plot.clientWidth || undefined, xaxis: { title: { text: X_FIELDS[view.x][1], font: { size: 10 } }, ...(view.x === "step" ? stepTicks(traces) : {}) }, margin: { l: 52, r: 10, t: 28, b: 36 } });
       if (!traces.length) {
         layout.annotations = [{ text: "waiting for the first distillation step…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#5d6878" } }];
         layout.xaxis.visible = false;

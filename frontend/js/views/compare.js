@@ -12,6 +12,7 @@ import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { distillFields, distillParams } from "./runs.js";
 import { studyMemoryLine } from "../components/studymemory.js";
+import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
 
 export async function compareView(host, { query }, ctx) {
@@ -156,7 +157,7 @@ export async function compareView(host, { query }, ctx) {
       return;
     }
     if (!el.data) el.replaceChildren(); // drop the placeholder once, then let plotly update in place
-    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } } }, yaxis: { type: metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
+    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: { type: metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
   }
 
   renderPicker();

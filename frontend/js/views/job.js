@@ -4,7 +4,7 @@
 // URL: #/job/<id>?x=step|tokens|time&smooth=0.6&logy=1
 
 import { api, showError } from "../api.js";
-import { curveTraces, debounced, SeriesStore, smoothingControl, X_FIELDS, xAxisControl } from "../components/curves.js";
+import { curveTraces, debounced, SeriesStore, smoothable, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 import { jobResult, liveRanks, rankFigures } from "../components/results.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
@@ -87,8 +87,9 @@ export async function jobView(host, { args, query }, ctx) {
     curves ? ranksPanel : null,
     curves ? h("div.grid.charts", waiting, Array.from(charts.values(), (c) => c.panel)) : null,
     h("section.panel", { style: { marginTop: curves ? "14px" : 0 } }, h("header", h("h2", "Result")), resultBox),
-    h("div.grid.two", { style: { marginTop: "14px" } },
-      h("section.panel", { dataset: { testid: "student-benchmarks" } }, h("header", h("h2", job.kind === "evaluate" || job.kind === "benchmark" ? "Other measurements of this student" : "Benchmarks of this student")), benchBox),
+    // A job without a student (inspect, importance, a teacher's evaluation) has no student measurements to list.
+    h(`div${student ? ".grid.two" : ""}`, { style: { marginTop: "14px" } },
+      student ? h("section.panel", { dataset: { testid: "student-benchmarks" } }, h("header", h("h2", job.kind === "evaluate" || job.kind === "benchmark" ? "Other measurements of this student" : "Benchmarks of this student")), benchBox) : null,
       h("section.panel", h("header", h("h2", "Log")), logBox)),
   );
 
@@ -110,6 +111,8 @@ export async function jobView(host, { args, query }, ctx) {
         // A queued job whose message the broker lost (the API also re-sends those by itself).
         job.status === "queued" ? h("button", { onclick: () => act("resend"), dataset: { testid: "resend" }, title: "publish its message again, if it is stuck in the queue (a duplicate never runs it twice)" }, "Re-send") : null,
         student ? h("a.btn", { href: href("compare", [], { students: student.id, teacher: student.teacher_id }) }, "Compare") : null,
+        // An importance job's scores are read in the explorer.
+        job.kind === "importance" && job.importance_run_id && job.status === "succeeded" ? h("a.btn", { href: href("explore", [job.importance_run_id]), dataset: { testid: "job-explore" } }, "Open explorer →") : null,
       ),
       h("section.panel", { style: { marginBottom: "14px" }, dataset: { testid: "job-progress" } },
         progressBar(job, { big: true }),
@@ -158,12 +161,14 @@ export async function jobView(host, { args, query }, ctx) {
     let any = false;
     METRICS.forEach(([name], i) => {
       const { plot } = charts.get(name);
-      // Validation points are sparse: smoothing them would blur the few real measurements.
-      const weight = name.startsWith("val_") ? 0 : opts.weight;
+      const weight = smoothable(name) ? opts.weight : 0;
       const traces = curveTraces(store, [name], { ...opts, weight, colorOffset: i });
       if (!traces.length) return;
       any = true;
-      const layout = baseLayout({ xaxis, yaxis, height: 220, width: plot.clientWidth || undefined, showlegend: false, margin: { l: 52, r: 10, t: 6, b: 34 } });
+      // Learning rates read as 1e-4 (as set in the form), not Plotly's SI "100µ".
+      const y = name === "lr" ? { ...yaxis, tickformat: "~e" } : yaxis;
+      const x = view.x === "step" ? { ...xaxis, ...stepTicks(traces) } : xaxis;
+      const layout = baseLayout({ xaxis: x, yaxis: y, height: 220, width: plot.clientWidth || undefined, showlegend: false, margin: { l: 52, r: 10, t: 6, b: 34 } });
       Plotly.react(plot, traces, layout, PLOT_CONFIG);
     });
     waiting.classList.toggle("hidden", any);

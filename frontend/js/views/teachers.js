@@ -341,7 +341,7 @@ export async function teachersView(host, { query }, ctx) {
             h("td.mono.faint", `${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"} · ${(r.params?.scans || []).join(",") || "width only"}`),
             h("td", statusBadge(r.status), statusReason(r, { inline: true })),
             h("td", { dataset: { progressFor: r.job_id } }, progressBar(r)),
-            h("td.nowrap", r.status === "succeeded" ? [h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →"), " ", h("a.btn", { href: href("search", [], { run: r.id }), dataset: { testid: "search-run" }, title: "every architecture within a budget, ranked by held-out loss" }, "Search →")] : null),
+            h("td.row-actions", r.status === "succeeded" ? [h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →"), h("a.btn", { href: href("search", [], { run: r.id }), dataset: { testid: "search-run" }, title: "every architecture within a budget, ranked by held-out loss" }, "Search →")] : null),
           ))))
       : h("div.empty", "No importance run yet for this teacher.");
     return h("section.panel", h("header", h("h2", "Importance runs"), h("span.hint", "one forward pass scores heads, neurons and channels; depth scans add passes")), form, h("div", { style: { marginTop: "12px" } }, runs));

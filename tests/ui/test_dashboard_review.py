@@ -1,0 +1,157 @@
+"""Defects found by a review of the dashboard, held fixed in a real Chromium: the teacher's protocol form
+starts closed and its Cancel closes it; a short distillation's curves tick whole steps and draw the
+learning rate unsmoothed; an importance run's action links stay inside their panel at 1024 px. Rows are
+inserted straight into the shared app's database (no worker) and deleted at the end."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete
+
+from backend.db import session_scope
+from backend.models import Dataset, Event, ImportanceRun, Job, MetricPoint, Teacher
+from tests.tiny_models import tiny_spec
+from tests.ui.conftest import shot
+
+pytestmark = pytest.mark.ui
+
+# Three steps: Plotly's own ticks would fall on halves. The learning rate warms up then decays; smoothed
+# (EMA 0.6) its peak would move from step 2 to step 3.
+LR = [5e-5, 1e-4, 8e-5]
+KD = [0.18, 0.15, 0.16]
+SPEC = tiny_spec().summary()
+PRUNE_RESULT = {"artifact": "students/0/model", "spec": SPEC, **{f"extra_{i}": i for i in range(20)}}
+
+
+@pytest.fixture(scope="module")
+def rows(live_app):
+    """A ready teacher, a finished 3-step distillation of it with kd_loss and lr points, a finished
+    importance run of it and a finished prune job with a long result."""
+    url = live_app.env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher = Teacher(name="review-t", source="org/review-t", status="ready", spec=SPEC)
+        data = Dataset(name="review-data", source="/nonexistent/review.jsonl")
+        s.add_all([teacher, data])
+        s.flush()
+        distill = Job(
+            kind="distill", status="succeeded", progress=1.0, params={"steps": 3}, teacher_id=teacher.id
+        )
+        imp_job = Job(kind="importance", status="succeeded", progress=1.0, params={}, teacher_id=teacher.id)
+        s.add_all([distill, imp_job])
+        s.flush()
+        for step, (lr, kd) in enumerate(zip(LR, KD, strict=True), start=1):
+            for name, value in (("lr", lr), ("kd_loss", kd)):
+                s.add(
+                    MetricPoint(
+                        job_id=distill.id, name=name, step=step, value=value, tokens=step * 256, t=float(step)
+                    )
+                )
+        run = ImportanceRun(
+            teacher_id=teacher.id,
+            dataset_id=data.id,
+            params={"samples": 64, "seq_len": 128, "scans": ["bi", "drop", "block"]},
+            job_id=imp_job.id,
+        )
+        s.add(run)
+        s.flush()
+        imp_job.importance_run_id = run.id
+        # A prune result: a uniform spec (its layers all alike) and more fields than the page lists.
+        prune = Job(
+            kind="prune",
+            status="succeeded",
+            progress=1.0,
+            params={},
+            teacher_id=teacher.id,
+            result=PRUNE_RESULT,
+        )
+        s.add(prune)
+        s.flush()
+        ids = {
+            "teacher": teacher.id,
+            "dataset": data.id,
+            "distill": distill.id,
+            "imp_job": imp_job.id,
+            "prune": prune.id,
+            "run": run.id,
+        }
+    yield ids
+    with session_scope(url) as s:
+        jobs = [ids["distill"], ids["imp_job"], ids["prune"]]
+        s.execute(delete(MetricPoint).where(MetricPoint.job_id.in_(jobs)))
+        s.execute(delete(Event).where(Event.job_id.in_(jobs)))
+        s.execute(delete(Job).where(Job.id.in_(jobs)))  # before the run: a job names it
+        s.execute(delete(ImportanceRun).where(ImportanceRun.id == ids["run"]))
+        s.execute(delete(Dataset).where(Dataset.id == ids["dataset"]))
+        s.execute(delete(Teacher).where(Teacher.id == ids["teacher"]))
+
+
+def test_the_protocol_form_starts_closed_and_cancel_closes_it(page, live_app, rows):
+    page.goto(f"{live_app.url}/#/teachers?teacher={rows['teacher']}")
+    page.wait_for_selector("[data-testid=protocol-edit]")
+    form = page.locator("[data-testid=protocol-form]")
+    assert not form.is_visible()  # a `form.stack` (flex) used to override its `hidden` attribute
+    page.click("[data-testid=protocol-edit]")
+    form.wait_for(state="visible")
+    form.locator("button", has_text="Cancel").click()
+    form.wait_for(state="hidden")
+
+
+def plot_ticks(page, testid: str) -> list[str]:
+    return page.eval_on_selector_all(
+        f"[data-testid={testid}] .xtick text", "els => els.map((e) => e.textContent)"
+    )
+
+
+def test_a_short_distillation_ticks_whole_steps_and_draws_the_lr_unsmoothed(page, live_app, rows):
+    page.goto(f"{live_app.url}/#/job/{rows['distill']}")  # default smoothing 0.6
+    page.wait_for_function(
+        "document.querySelector('[data-testid=plot-lr]')?.data?.length && document.querySelector('[data-testid=plot-kd_loss]')?.data?.length"
+    )
+    ticks = plot_ticks(page, "plot-kd_loss")
+    assert ticks and all(t.isdigit() for t in ticks), ticks  # not "1.5", "2.5"
+    assert set(ticks) >= {"1", "3"}, ticks
+    lr = page.evaluate("document.querySelector('[data-testid=plot-lr]').data")
+    assert len(lr) == 1  # no faint raw copy under it
+    assert lr[0]["y"] == pytest.approx(LR)
+    kd = page.evaluate("document.querySelector('[data-testid=plot-kd_loss]').data")
+    assert kd[-1]["y"][1] != pytest.approx(KD[1])  # the loss is still smoothed
+    shot(page, "review-short-distill")
+
+
+def test_importance_run_links_stay_inside_their_panel_at_1024(page, live_app, rows):
+    page.set_viewport_size({"width": 1024, "height": 900})
+    page.goto(f"{live_app.url}/#/teachers?teacher={rows['teacher']}")
+    row = page.wait_for_selector(f"[data-testid=importance-runs] tr[data-run-id='{rows['run']}'] a.btn")
+    panel = page.locator("section.panel", has=page.locator("[data-testid=importance-runs]")).bounding_box()
+    for link in page.query_selector_all(
+        f"[data-testid=importance-runs] tr[data-run-id='{rows['run']}'] a.btn"
+    ):
+        box = link.bounding_box()
+        assert box["x"] + box["width"] <= panel["x"] + panel["width"], (box, panel)
+    assert row.is_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024
+
+
+def test_a_job_without_a_student_shows_no_student_panel_and_an_importance_job_opens_its_explorer(
+    page, live_app, rows
+):
+    page.goto(f"{live_app.url}/#/job/{rows['imp_job']}")
+    link = page.wait_for_selector("[data-testid=job-explore]")
+    assert link.get_attribute("href") == f"#/explore/{rows['run']}"
+    page.wait_for_selector("[data-testid=job-log]")
+    assert page.query_selector("[data-testid=student-benchmarks]") is None  # it only ever said "–"
+    link.click()
+    page.wait_for_function(f"location.hash === '#/explore/{rows['run']}'")
+
+
+def test_a_long_result_lists_alike_layers_once_and_says_what_it_leaves_out(page, live_app, rows):
+    page.goto(f"{live_app.url}/#/job/{rows['prune']}")
+    page.wait_for_selector("[data-testid=job-result] dl.kv")
+    keys = page.eval_on_selector_all("[data-testid=job-result] dt", "els => els.map((e) => e.textContent)")
+    n = len(SPEC["layers"])
+    assert f"spec.layers[0–{n - 1}].num_heads" in keys, keys
+    assert not any(k.startswith("spec.layers[1]") for k in keys), keys
+    # Every leaf: the spec's scalars, one layer's fields, the artifact and the extras; the page lists 40.
+    total = sum(1 for k in SPEC if k != "layers") + len(SPEC["layers"][0]) + 1 + 20
+    assert len(keys) == 40 + 1  # the 40 fields, then the "…" row
+    assert page.inner_text("[data-testid=result-more]") == f"{total - 40} more fields not shown"
