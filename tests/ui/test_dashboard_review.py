@@ -55,6 +55,17 @@ def rows(live_app):
         s.add(run)
         s.flush()
         imp_job.importance_run_id = run.id
+        # A finished search whose result has no artifact: the list only reads its counts.
+        search = Job(
+            kind="search",
+            status="succeeded",
+            progress=1.0,
+            params={"settings": {"budgets": ["params=60%"], "frontier_only": True}},
+            result={"candidates": 4, "within_budget": 8},
+            teacher_id=teacher.id,
+            importance_run_id=run.id,
+        )
+        s.add(search)
         # A prune result: a uniform spec (its layers all alike) and more fields than the page lists.
         prune = Job(
             kind="prune",
@@ -72,11 +83,12 @@ def rows(live_app):
             "distill": distill.id,
             "imp_job": imp_job.id,
             "prune": prune.id,
+            "search": search.id,
             "run": run.id,
         }
     yield ids
     with session_scope(url) as s:
-        jobs = [ids["distill"], ids["imp_job"], ids["prune"]]
+        jobs = [ids["distill"], ids["imp_job"], ids["prune"], ids["search"]]
         s.execute(delete(MetricPoint).where(MetricPoint.job_id.in_(jobs)))
         s.execute(delete(Event).where(Event.job_id.in_(jobs)))
         s.execute(delete(Job).where(Job.id.in_(jobs)))  # before the run: a job names it
@@ -155,3 +167,24 @@ def test_a_long_result_lists_alike_layers_once_and_says_what_it_leaves_out(page,
     total = sum(1 for k in SPEC if k != "layers") + len(SPEC["layers"][0]) + 1 + 20
     assert len(keys) == 40 + 1  # the 40 fields, then the "…" row
     assert page.inner_text("[data-testid=result-more]") == f"{total - 40} more fields not shown"
+
+
+def test_the_search_list_fits_at_1024_and_the_scored_count_says_of_how_many(page, live_app, rows):
+    page.set_viewport_size({"width": 1024, "height": 900})
+    page.goto(f"{live_app.url}/#/search")
+    count = page.wait_for_selector(
+        f"[data-testid=search-list] tr:has-text('#{rows['search']}') [data-testid=search-count]"
+    )
+    assert count.inner_text() == "4 candidates scored"
+    table = page.locator("[data-testid=search-list]").bounding_box()
+    panel = page.locator("section.panel", has=page.locator("[data-testid=search-list]")).bounding_box()
+    assert table["x"] + table["width"] <= panel["x"] + panel["width"], (table, panel)
+    # The card's line under "candidates scored" (the search page draws it from the job's result).
+    lines = page.evaluate(
+        """async () => {
+          const { scoredLine } = await import(new URL("js/views/search.js", document.baseURI));
+          const r = { candidates: 4, within_budget: 8 };
+          return [scoredLine(r, { frontier_only: true }), scoredLine(r, { frontier_only: false }), scoredLine({ candidates: 3 }, {})];
+        }"""
+    )
+    assert lines == ["of 8 within the budget (only its frontier scored)", "of 8 within the budget", ""]

@@ -81,14 +81,14 @@ async function searchHome(host, query, ctx) {
 
   const list = searches.length
     ? h("table", { dataset: { testid: "search-list" } },
-        h("thead", h("tr", h("th", "search"), h("th", "teacher · run"), h("th", "budgets"), h("th", "status"), h("th", { style: { width: "28%" } }, "progress"), h("th", ""))),
+        h("thead", h("tr", h("th", "search"), h("th", "teacher · run"), h("th", "budgets"), h("th", "status"), h("th", { style: { width: "28%" } }, "progress"))),
         h("tbody", searches.map((j) => h("tr.clickable", { onclick: () => go("search", [j.id]) },
           h("td.mono", `#${j.id}`, h("div.faint", when(j.created_at))),
           h("td", teachers.get(j.teacher_id)?.name ?? `teacher #${j.teacher_id}`, h("div.faint.mono", `run #${j.importance_run_id}`)),
           h("td.mono", budgetText(j.params?.settings?.budgets)),
           h("td", statusBadge(j.status), statusReason(j, { inline: true })),
-          h("td", progressBar(j)),
-          h("td", j.result ? h("span.hint", `${j.result.candidates} candidates`) : null)))))
+          // The count under the bar, not in a column of its own: six columns left the panel at 1024 px.
+          h("td", progressBar(j), j.result ? h("div.hint", { dataset: { testid: "search-count" } }, `${j.result.candidates} candidates scored`) : null)))))
     : h("div.empty", "No search yet.");
 
   mount(host,
@@ -193,7 +193,8 @@ async function searchResult(host, id, query, ctx) {
     mount(progress,
       job.status === "succeeded"
         ? h("div.cards",
-            card("candidates scored", compact(r.candidates), `${compact(r.within_budget)} within the budget`, "scored"),
+            // "4 · 8 within the budget" read as a contradiction: say the scored ones are some of those in budget.
+            card("candidates scored", compact(r.candidates), scoredLine(r, job.params?.settings), "scored"),
             card("candidates / minute", rate === null ? "–" : sig(rate, 3), r.seconds ? `in ${duration(r.seconds)}` : "", "rate"),
             card("best loss", best ? sig(best.loss) : "–", data?.reference?.loss ? `teacher ${sig(data.reference.loss)}` : "", "best"),
             card("best candidate", best ? `${compact(best.costs?.params)} params` : "–", best ? archLine(best.axes, spec) : "", "best-arch"))
@@ -355,14 +356,23 @@ async function searchResult(host, id, query, ctx) {
       }
     }
     dims.push({ label: "loss", values: pts.map((c) => c.loss) });
+    // Range labels at the axes' ends otherwise show raw floats ("5.11507" M params, loss "4.7064"); a
+    // whole-number axis (layers, heads, widths) with few values ticks those values, not "7.5 layers".
+    for (const d of dims) {
+      const distinct = [...new Set(d.values)].sort((a, b) => a - b);
+      if (d.values.every(Number.isInteger)) {
+        if (distinct.length <= 12) d.tickvals = distinct;
+      } else d.tickformat = ".3~g";
+    }
     const trace = {
       type: "parcoords",
       dimensions: dims,
       // Colour by loss (lowest bright), read off the last axis: no colour bar crowding it.
       line: { color: pts.map((c) => c.loss), colorscale: "Viridis", reversescale: true, showscale: false },
-      labelfont: { size: 11, color: "#d9e0ea" },
-      tickfont: { size: 10, color: "#8a96a8" },
-      rangefont: { size: 9, color: "#5d6878" },
+      // No text shadow: Plotly's automatic one (a dark halo) blurred the tick numbers on the dark panel.
+      labelfont: { size: 11, color: "#d9e0ea", shadow: "none" },
+      tickfont: { size: 10, color: "#8a96a8", shadow: "none" },
+      rangefont: { size: 9, color: "#5d6878", shadow: "none" },
       labelangle: 0,
     };
     const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 60, t: 40, b: 20 } };
@@ -487,4 +497,12 @@ async function searchResult(host, id, query, ctx) {
     close();
     window.removeEventListener("resize", redraw);
   });
+}
+
+/** The line under "candidates scored": of how many within the budget, and why fewer were scored. */
+export function scoredLine(result, settings) {
+  const within = result.within_budget;
+  if (within === undefined || within === null) return "";
+  const why = settings?.frontier_only && result.candidates < within ? " (only its frontier scored)" : "";
+  return `of ${compact(within)} within the budget${why}`;
 }
