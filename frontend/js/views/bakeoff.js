@@ -70,8 +70,10 @@ export async function bakeoffView(host, { args, query }, ctx) {
         h("span.sub", wf.name, teacher ? ` · ${teacher.name}` : ""),
         h("span.hint", `${candidates().length} candidates · ${distillText(wf.params?.distill)} · created ${when(wf.created_at)}`),
         h("span.spacer"),
-        h("button.danger", { disabled: !active, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all"),
-        h("button", { disabled: !(wf.status === "failed" || wf.status === "cancelled"), onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry"),
+        // One group, right-aligned: on a narrow window the buttons wrap together, not Retry alone on a line.
+        h("span.row.tight", { style: { marginLeft: "auto" } },
+          h("button.danger", { disabled: !active, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all"),
+          h("button", { disabled: !(wf.status === "failed" || wf.status === "cancelled"), onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry")),
       ));
     mount(progress, progressBar(wf, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }), actionErr);
   }
