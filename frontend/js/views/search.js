@@ -124,7 +124,8 @@ function searchForm(runs, teachers, runId) {
       field({ name: "max_width_cut", label: "cut widths ≤ %", type: "number", value: 40, min: 0, max: 99, title: "at most this share of any width axis (heads, MLP, hidden) is removed (default 40%)" }),
       field({ name: "mlp_step", label: "MLP step", type: "number", value: 64, min: 1, title: "MLP sizes are multiples of this" }),
       field({ name: "hidden_step", label: "hidden step", type: "number", value: 64, min: 1, title: "hidden sizes are multiples of this (and of the head count where the family needs it)" }),
-      field({ name: "head_modes", label: "heads removed", options: [["both", "within or whole KV groups"], ["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "both" }),
+      // Two columns wide: in one, "within or whole KV groups" was cut to "within or whole KV gr".
+      h("div", { style: { gridColumn: "span 2" } }, field({ name: "head_modes", label: "heads removed", options: [["both", "within or whole KV groups"], ["within_groups", "within KV groups"], ["whole_groups", "whole KV groups"]], value: "both" })),
       field({ name: "frontier_only", label: "only the budget's frontier", type: "checkbox", value: true, title: "keep only candidates where no axis can grow one step and still fit" }),
     ),
     h("h3.section-title", "Scoring (held-out loss of each cut)"),
