@@ -227,7 +227,18 @@ export async function teachersView(host, { query }, ctx) {
     return h("div.hint", { dataset: { testid: "lineage" } }, "from ", h("a", { href: href("runs", [], { student: t.parent_student_id }) }, `student #${t.parent_student_id}`), " (", weights, ")");
   }
 
+  // The importance form outlives the view's refreshes (a 4 s poll while anything runs, every status
+  // change): what the user typed, the memory line and a field's error stay while the runs below update.
+  let keptForm = null;
   function importancePanel(t) {
+    const form = importanceForm(t);
+    const runs = runsTable();
+    return h("section.panel", h("header", h("h2", "Importance runs"), h("span.hint", "one forward pass scores heads, neurons and channels; depth scans add passes")), form, h("div", { style: { marginTop: "12px" } }, runs));
+  }
+
+  function importanceForm(t) {
+    const key = `${t.id}:${t.status}:${!!t.spec}:${state.datasets.map((d) => d.id)}`;
+    if (keptForm?.key === key) return keptForm.form;
     const err = h("div.error-msg");
     // The API's PRUNESCOPE_SPILL_LIMIT_GB applies when the field is left blank (memcheck.spill_limit).
     const serverSpill = state.config.spill_limit_gb ?? null;
@@ -332,8 +343,12 @@ export async function teachersView(host, { query }, ctx) {
         showError(err, e, form);
       }
     });
+    keptForm = { key, form };
+    return form;
+  }
 
-    const runs = state.runs.length
+  function runsTable() {
+    return state.runs.length
       ? h("table", { dataset: { testid: "importance-runs" } },
           h("thead", h("tr", h("th", "run"), h("th", "data"), h("th", "status"), h("th", { style: { width: "32%" } }, "progress"), h("th", ""))),
           h("tbody", state.runs.map((r) => h("tr", { dataset: { runId: r.id } },
@@ -344,7 +359,6 @@ export async function teachersView(host, { query }, ctx) {
             h("td.row-actions", r.status === "succeeded" ? [h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →"), h("a.btn", { href: href("search", [], { run: r.id }), dataset: { testid: "search-run" }, title: "every architecture within a budget, ranked by held-out loss" }, "Search →")] : null),
           ))))
       : h("div.empty", "No importance run yet for this teacher.");
-    return h("section.panel", h("header", h("h2", "Importance runs"), h("span.hint", "one forward pass scores heads, neurons and channels; depth scans add passes")), form, h("div", { style: { marginTop: "12px" } }, runs));
   }
 
   // ---- live updates ----------------------------------------------------------------------
