@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.routing import device_type
-from worker.multi_rank import NodeStopped, RanksFailed, run_ranks
-from worker.rank_failures import failure_reason
+from worker.multi_rank import run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.evaluate_ranks"
@@ -59,20 +58,6 @@ def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     return args
 
 
-def run_ranks_naming_failures(rt: JobRuntime, *args, **kwargs) -> bool:
-    """`run_ranks`, its RanksFailed led by the rank that ended them: torchrun's own "root cause" often
-    names a rank that only failed after another died (worker.rank_failures)."""
-    try:
-        return run_ranks(rt, *args, **kwargs)
-    except NodeStopped:
-        raise  # its message says which node stopped, and why
-    except RanksFailed as exc:
-        reason = failure_reason(str(exc))
-        if reason is None:
-            raise
-        raise RanksFailed(f"{reason}\n{exc}") from exc
-
-
 def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine import eval_protocol
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
@@ -104,7 +89,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
         out = staging / "result.json"
         rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
         t0 = time.perf_counter()
-        finished = run_ranks_naming_failures(
+        finished = run_ranks(
             rt,
             ranks,
             MODULE,

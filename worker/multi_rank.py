@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.rank_failures import failure_reason
 from worker.runtime import JobRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +169,11 @@ def run_ranks(
             raise NodeStopped(note)
     if rt.should_stop():  # a cancel another node saw first ended the ranks: a stop, not a failure
         return False
-    tail = output.read_text(errors="replace")[-3000:]
-    raise RanksFailed(f"torchrun over {ranks} ranks exited with code {code}:\n{tail}")
+    log = output.read_text(errors="replace")
+    # First the rank that ended them: torchrun's "root cause" is often one that failed after it.
+    reason = failure_reason(log)
+    first = f"{reason}\n" if reason else ""
+    raise RanksFailed(f"{first}torchrun over {ranks} ranks exited with code {code}:\n{log[-3000:]}")
 
 
 def _stopped_node(rt, rendezvous: Rendezvous) -> str | None:

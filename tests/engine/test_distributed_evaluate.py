@@ -104,7 +104,7 @@ class _Runtime:
 
 def test_a_rank_killed_in_an_lm_eval_call_fails_the_ranks_naming_it(tmp_path):
     """Rank 1 dies (SIGKILL) inside the first lm-eval model call while rank 0 waits for its answers in
-    the gather: the evaluate job's supervisor raises RanksFailed whose first line names rank 1 and how it
+    the gather: the ranks' supervisor (multi_rank.run_ranks, every multi-rank job's) raises RanksFailed whose first line names rank 1 and how it
     died (torchrun's own "root cause" is often rank 0, failing after it), well within the collective
     timeout, and no rank is left running."""
     import os
@@ -112,14 +112,13 @@ def test_a_rank_killed_in_an_lm_eval_call_fails_the_ranks_naming_it(tmp_path):
     import threading
     import time
 
-    from worker.evaluate_ranks import run_ranks_naming_failures
-    from worker.multi_rank import RanksFailed
+    from worker.multi_rank import RanksFailed, run_ranks
 
     rt, raised = _Runtime(), []
 
     def supervise() -> None:
         try:
-            run_ranks_naming_failures(
+            run_ranks(
                 rt,
                 2,
                 "tests.engine.lm_eval_rank_main",
