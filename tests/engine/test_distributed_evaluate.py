@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.engine.torchrun_helpers import run
+from tests.engine.torchrun_helpers import live_ranks, run
 
 RANK_MAIN = Path(__file__).with_name("lm_eval_rank_main.py")
 
@@ -71,22 +71,6 @@ def test_two_ranks_give_the_one_process_lm_eval(tmp_path):
         totals = {total for _, total in reports}
         assert totals == {one["calls"][call][-1][1]} and reports[-1][0] == reports[-1][1] > 0, call
         assert [d for d, _ in reports] == sorted(d for d, _ in reports), call
-
-
-def live_ranks(module: str, marker: str) -> list[str]:
-    """Command lines of live ranks of `module` (and their torchrun agent) holding `marker` (a test's own
-    directory: other tests may run ranks of their own)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if module in cmdline and marker in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
 
 
 class _Runtime:

@@ -109,3 +109,19 @@ if __name__ == "__main__":
     from torch.distributed.run import main as torchrun_main
 
     exit_fast(torchrun_main)
+
+
+def live_ranks(module: str, marker: str) -> list[str]:
+    """Command lines of live processes running `module` (ranks and their torchrun agent) that hold
+    `marker` (a test's own directory: other tests, and the other test process, run ranks of their own)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if module in cmdline and marker in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import start_live_app, stop_live_app
-from tests.engine.test_distributed_evaluate import live_ranks
+from tests.engine.torchrun_helpers import live_ranks
 from tests.platform.test_multi_rank_jobs import rank_processes
 
 
@@ -67,17 +67,7 @@ def test_two_rank_importance_equals_one_process(app, body):
 
 
 def _importance_ranks(app) -> list[str]:
-    from pathlib import Path
-
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "worker.cli importance" in cmd and str(app.data_dir) in cmd:
-            found.append(cmd)
-    return found
+    return live_ranks("worker.cli importance", str(app.data_dir))
 
 
 def test_requests_no_worker_can_hold_are_refused(app, body):

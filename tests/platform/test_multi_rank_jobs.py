@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import start_live_app, stop_live_app
+from tests.engine.torchrun_helpers import live_ranks
 from tests.platform.helpers import error_text, make_student, start_distill
 
 
@@ -25,18 +25,8 @@ def two_rank_app(tmp_path_factory, redis_url):
 
 
 def rank_processes(marker: str) -> list[str]:
-    """Command lines of live rank processes of this test's app (other tests may run ranks of their own)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "worker.cli distill" in cmdline and marker in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
+    """Command lines of live distill ranks of this test's app (other tests may run ranks of their own)."""
+    return live_ranks("worker.cli distill", marker)
 
 
 RANK_FIGURES = ("tokens_per_s", "peak_memory_bytes", "step_s")
