@@ -23,7 +23,9 @@ export function baseLayout(extra = {}) {
     margin: { l: 48, r: 12, t: 10, b: 34 },
     xaxis: { ...axis, ...(extra.xaxis || {}) },
     yaxis: { ...axis, ...(extra.yaxis || {}) },
-    legend: { orientation: "h", y: 1.12, x: 0, font: { size: 10 }, bgcolor: "rgba(0,0,0,0)" },
+    // Anchored by its bottom just above the plot: a legend that wraps onto more rows (long model names)
+    // grows upwards and Plotly makes room, where one hung from y=1.12 covered the top of the curves.
+    legend: { orientation: "h", y: 1.02, yanchor: "bottom", x: 0, font: { size: 10 }, bgcolor: "rgba(0,0,0,0)" },
     hoverlabel: { bgcolor: "#0a0c10", bordercolor: "#364152", font: { family: "ui-monospace, monospace", size: 11 } },
     showlegend: true,
     ...Object.fromEntries(Object.entries(extra).filter(([k]) => k !== "xaxis" && k !== "yaxis")),

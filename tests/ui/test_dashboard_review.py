@@ -10,6 +10,7 @@ from sqlalchemy import delete
 
 from backend.db import session_scope
 from backend.models import Dataset, Event, ImportanceRun, Job, MetricPoint, Teacher
+from tests.platform.test_workflows import DEPTH, ready_teacher
 from tests.tiny_models import tiny_spec
 from tests.ui.conftest import shot
 
@@ -188,3 +189,54 @@ def test_the_search_list_fits_at_1024_and_the_scored_count_says_of_how_many(page
         }"""
     )
     assert lines == ["of 8 within the budget (only its frontier scored)", "of 8 within the budget", ""]
+
+
+def test_the_study_wizard_shows_the_latest_study_not_a_search_bake_off(page, live_app):
+    teacher = ready_teacher(live_app)
+
+    def workflow(name: str) -> int:
+        body = {
+            "name": name,
+            "teacher_id": teacher["id"],
+            "candidates": [{"name": "d", "plan": DEPTH}],
+            "benchmark": None,
+        }
+        r = live_app.api.post("/workflows", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    study = workflow("depth vs width at 50%")
+    bakeoff = workflow("bake-off of search #0")  # newer, of the same teacher, not a study
+    try:
+        page.goto(f"{live_app.url}/#/compare")
+        page.wait_for_selector("[data-testid=wizard-go]")
+        page.select_option("[name=teacher_id]", str(teacher["id"]))
+        shown = page.wait_for_selector("[data-testid=study]")
+        assert shown.get_attribute("data-id") == str(study)
+        assert page.inner_text("[data-testid=study-link]") == f"Study #{study}"
+    finally:
+        for wf in (study, bakeoff):
+            live_app.api.post(f"/workflows/{wf}/cancel")
+
+
+def test_a_legend_of_long_names_sits_above_the_curves_not_over_them(page, live_app):
+    """baseLayout's legend (every curve chart): three long names wrap onto several rows in a narrow chart."""
+    page.goto(f"{live_app.url}/#/runs")
+    page.wait_for_function("!!window.Plotly")
+    gap = page.evaluate(
+        """async () => {
+          const { baseLayout } = await import(new URL("js/plots.js", document.baseURI));
+          const el = document.body.appendChild(document.createElement("div"));
+          el.style.width = "420px";
+          const name = (i) => `#${i} L7-drop+bi.H8-none.F576.D192 (job ${i})`;
+          const traces = [1, 2, 3].map((i) => ({ x: [1, 2, 3], y: [130, 120 + i, 90], name: name(i), mode: "lines" }));
+          await Plotly.newPlot(el, traces, baseLayout({ height: 320 }));
+          const legend = el.querySelector(".legend").getBoundingClientRect();
+          const plot = el.querySelector(".nsewdrag").getBoundingClientRect();
+          const rows = new Set([...el.querySelectorAll(".legend .traces")].map((t) => Math.round(t.getBoundingClientRect().top))).size;
+          el.remove();
+          return { gap: plot.top - legend.bottom, rows };
+        }"""
+    )
+    assert gap["rows"] > 1, gap  # the names did wrap: the case that covered the curves
+    assert gap["gap"] >= 0, gap

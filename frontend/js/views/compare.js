@@ -111,8 +111,9 @@ export async function compareView(host, { query }, ctx) {
         }
       },
     }, "Evaluate & benchmark all");
-    const archBox = h("div", archDiff(models));
-    const tableBox = h("div", benchTable(models));
+    // Several students' columns outgrow a panel at 1024 px: the tables scroll inside it, not out of it.
+    const archBox = h("div.table-scroll", archDiff(models));
+    const tableBox = h("div.table-scroll", benchTable(models));
     clearInterval(curveTimer);
     curveTimer = setInterval(() => { if (ctx.alive) drawCurves(curvesPlot, models); }, 5000);
     // Tables follow the live events too: any job of a shown teacher changing status re-reads /compare.
@@ -217,7 +218,8 @@ function layerRange(spec, key) {
 function archDiff(models) {
   const ref = models.find((m) => m.kind === "teacher") || models[0];
   return h("table", { dataset: { testid: "arch-diff" } },
-    h("thead", h("tr", h("th", ""), models.map((m) => h("th.num", m.name, h("div.faint", m.kind))))),
+    // Model names as written ("s6", not the header style's "S6").
+    h("thead", h("tr", h("th", ""), models.map((m) => h("th.num.model-name", m.name, h("div.faint", m.kind))))),
     h("tbody", ARCH_ROWS.map(([label, get]) => h("tr", h("th", label), models.map((m) => {
       if (!m.spec) return h("td.num", "–");
       const v = String(get(m.spec));
@@ -386,6 +388,13 @@ export function depthLayerMethod(layers, k) {
 
 // ---- the study: a server-side workflow (backend/workflows; POST /workflows) --------------------------
 
+// A study is a bake-off workflow named so: a search's bake-off is a workflow of the teacher too, and the
+// wizard must not show it as "Study #n" with the steps of another experiment.
+const STUDY_NAME = "depth vs width at ";
+export function isStudy(wf) {
+  return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
+}
+
 const STEP_LABELS = { cut: "cut", evaluate_pruned: "perplexity as cut", distill: "distill", evaluate: "perplexity distilled", benchmark: "speed" };
 const STEP_CLASS = { succeeded: ".done", running: ".active", queued: ".active", failed: ".failed", cancelled: ".failed" };
 
@@ -478,7 +487,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents }) {
     mount(runSelect, runs.length ? runs.map((r) => h("option", { value: r.id, title: about(r.params) }, `#${r.id} (${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"})`)) : h("option", { value: "" }, "no finished run"));
     showPreview();
     // A study started earlier (in a tab closed since) is still running on the server: show the latest.
-    const [latest] = await api.get(`/workflows?teacher_id=${tid}&limit=1`).catch(() => []);
+    const latest = (await api.get(`/workflows?teacher_id=${tid}&limit=50`).catch(() => [])).find(isStudy);
     if (ctx.alive && latest && !watched) watch(latest);
   }
   function showPreview() {
@@ -520,7 +529,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents }) {
       // (a 422 names the field) and creates nothing. From then on the workers run it, tab open or not.
       const wf = await api.post("/workflows", {
         definition: "bakeoff",
-        name: `depth vs width at ${Number(v.budget_pct)}%`,
+        name: `${STUDY_NAME}${Number(v.budget_pct)}%`,
         teacher_id: t.id,
         importance_run_id: runId,
         candidates: ["depth", "width"].map((kind) => ({ name: studentName(kind, v.budget_pct, existing), targets: targets[kind] })),
