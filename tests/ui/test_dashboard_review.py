@@ -10,7 +10,7 @@ from sqlalchemy import delete
 
 from backend.db import session_scope
 from backend.models import Dataset, Event, ImportanceRun, Job, MetricPoint, Teacher
-from tests.platform.test_workflows import DEPTH, ready_teacher
+from tests.platform.test_workflows import DEPTH, EVALUATE, ready_teacher
 from tests.tiny_models import tiny_spec
 from tests.ui.conftest import shot
 
@@ -191,7 +191,7 @@ def test_the_search_list_fits_at_1024_and_the_scored_count_says_of_how_many(page
     assert lines == ["of 8 within the budget (only its frontier scored)", "of 8 within the budget", ""]
 
 
-def test_the_study_wizard_shows_the_latest_study_not_a_search_bake_off(page, live_app):
+def test_the_study_wizard_shows_the_latest_study_not_a_search_bake_off_and_steps_read_alike(page, live_app):
     teacher = ready_teacher(live_app)
 
     def workflow(name: str) -> int:
@@ -199,6 +199,7 @@ def test_the_study_wizard_shows_the_latest_study_not_a_search_bake_off(page, liv
             "name": name,
             "teacher_id": teacher["id"],
             "candidates": [{"name": "d", "plan": DEPTH}],
+            "evaluate": EVALUATE,
             "benchmark": None,
         }
         r = live_app.api.post("/workflows", json=body)
@@ -214,6 +215,10 @@ def test_the_study_wizard_shows_the_latest_study_not_a_search_bake_off(page, liv
         shown = page.wait_for_selector("[data-testid=study]")
         assert shown.get_attribute("data-id") == str(study)
         assert page.inner_text("[data-testid=study-link]") == f"Study #{study}"
+        # Its page names the steps as the study panel does, not by their ids ("evaluate_pruned").
+        page.goto(f"{live_app.url}/#/bakeoff/{study}")
+        chip = page.wait_for_selector("[data-branch=d] [data-step=evaluate_pruned]")
+        assert chip.inner_text().startswith("perplexity as cut"), chip.inner_text()
     finally:
         for wf in (study, bakeoff):
             live_app.api.post(f"/workflows/{wf}/cancel")

@@ -12,6 +12,7 @@ import { compact, sig, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";
+import { STEP_LABELS } from "./compare.js";
 import { debounced, SeriesStore, smoothable, smoothedTraces, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 
 const CURVES = [
@@ -94,9 +95,11 @@ export async function bakeoffView(host, { args, query }, ctx) {
         h("td", b.role === "teacher" ? null : h("span", { style: { color: colorOf(b) } }, "● "), h("span.mono", b.name), b.student_id ? h("div.faint", h("a", { href: href("runs", [], { student: b.student_id }) }, `student #${b.student_id}`)) : null),
         h("td", statusBadge(b.status), b.error ? h("div.field-error", b.error) : null),
         h("td", h("div.row.tight", b.steps.map((s) => {
-          const text = `${s.name}${s.status === "running" && s.progress ? ` ${Math.round(s.progress * 100)}%` : ""}`;
+          // The study panel's words ("perplexity as cut"), not the step's id ("evaluate_pruned").
+          const label = b.role === "teacher" && s.name === "evaluate" ? "perplexity" : STEP_LABELS[s.name] || s.name;
+          const text = `${label}${s.status === "running" && s.progress ? ` ${Math.round(s.progress * 100)}%` : ""}`;
           const cls = { succeeded: "ok", running: "run", failed: "err", cancelled: "stopped" }[s.status] || "";
-          return s.job_id ? h(`a.badge${cls ? `.${cls}` : ""}`, { href: href("job", [s.job_id]), title: `${s.kind} job #${s.job_id} · ${s.status}${s.tries > 1 ? ` · try ${s.tries}` : ""}`, dataset: { step: s.name } }, text) : h("span.badge", { title: s.status }, text);
+          return s.job_id ? h(`a.badge${cls ? `.${cls}` : ""}`, { href: href("job", [s.job_id]), title: `${s.kind} job #${s.job_id} · ${s.status}${s.tries > 1 ? ` · try ${s.tries}` : ""}`, dataset: { step: s.name } }, text) : h("span.badge", { title: s.status, dataset: { step: s.name } }, text);
         }))))))));
   }
 

@@ -395,7 +395,8 @@ export function isStudy(wf) {
   return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
 }
 
-const STEP_LABELS = { cut: "cut", evaluate_pruned: "perplexity as cut", distill: "distill", evaluate: "perplexity distilled", benchmark: "speed" };
+// What each step of a study or bake-off is called on screen (the bake-off page uses them too).
+export const STEP_LABELS = { cut: "cut", evaluate_pruned: "perplexity as cut", distill: "distill", evaluate: "perplexity distilled", benchmark: "speed" };
 const STEP_CLASS = { succeeded: ".done", running: ".active", queued: ".active", failed: ".failed", cancelled: ".failed" };
 
 /**
