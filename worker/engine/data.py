@@ -216,11 +216,14 @@ def calibration_batches(
 
     if seq_len < 2 or num_samples < 1 or batch_size < 1:
         raise ValueError("seq_len must be >= 2 and num_samples, batch_size >= 1")
+    from worker.engine.token_cache import tokenized
+
+    ids, offsets = tokenized(tokenizer, documents, lambda docs: token_ids(tokenizer, docs))
     windows = [
-        ids[start : start + seq_len]
-        for ids in token_ids(tokenizer, documents)
-        for start in range(0, len(ids), seq_len)
-        if len(ids) - start >= 2  # a one-token window has nothing to predict
+        ids[start : min(start + seq_len, end)].tolist()
+        for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())
+        for start in range(begin, end, seq_len)
+        if end - start >= 2  # a one-token window has nothing to predict
     ]
     if len(windows) < num_samples:
         raise ValueError(
@@ -258,10 +261,10 @@ class PackedTokens:
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no EOS token to separate packed documents")
-        stream: list[int] = []
-        for ids in token_ids(tokenizer, documents):
-            stream.extend(ids)
-            stream.append(int(eos))
+        from worker.engine.token_cache import tokenized
+
+        ids, offsets = tokenized(tokenizer, documents, lambda docs: token_ids(tokenizer, docs))
+        stream = np.insert(ids, offsets[1:], int(eos))  # each document followed by EOS
         self.seq_len = int(seq_len)
         self.num_documents = len(documents)
         count = len(stream) // self.seq_len
@@ -269,7 +272,7 @@ class PackedTokens:
             raise ValueError(
                 f"{len(stream)} tokens in {len(documents)} documents do not fill one block of {seq_len} tokens"
             )
-        self.blocks = np.asarray(stream[: count * self.seq_len], dtype=np.int64).reshape(count, self.seq_len)
+        self.blocks = stream[: count * self.seq_len].reshape(count, self.seq_len)
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod

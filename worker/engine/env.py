@@ -7,6 +7,8 @@ backend, so what it reads from the environment itself is gathered in this one mo
   fails the run (`worker.engine.distributed`).
 - `PRUNESCOPE_LATENCY_CACHE` (`~/.cache/prunescope/latency.json`): the search's measured layer
   latencies, reused across runs on the same device (`worker.engine.search.latency`).
+- `PRUNESCOPE_TOKEN_CACHE` (`~/.cache/prunescope/tokens`; `off`: none): corpora tokenized once and read
+  back by every job on the same text with the same tokenizer (`worker.engine.token_cache`).
 - `HF_DATASETS_OFFLINE` / `HF_HUB_OFFLINE`: Hugging Face's own offline switches; an `hf:` data source
   then fails with a clear message instead of waiting on the network (`worker.engine.data`,
   `worker.engine.streaming`).
@@ -21,7 +23,9 @@ DIST_TIMEOUT = "PRUNESCOPE_DIST_TIMEOUT_S"
 DEFAULT_DIST_TIMEOUT_S = 600.0
 LATENCY_CACHE = "PRUNESCOPE_LATENCY_CACHE"
 DEFAULT_LATENCY_CACHE = Path("~/.cache/prunescope/latency.json")
-NAMES = (DIST_TIMEOUT, LATENCY_CACHE)  # the PRUNESCOPE_ variables read outside Settings
+TOKEN_CACHE = "PRUNESCOPE_TOKEN_CACHE"
+DEFAULT_TOKEN_CACHE = Path("~/.cache/prunescope/tokens")
+NAMES = (DIST_TIMEOUT, LATENCY_CACHE, TOKEN_CACHE)  # the PRUNESCOPE_ variables read outside Settings
 
 
 def dist_timeout_s() -> float:
@@ -30,6 +34,14 @@ def dist_timeout_s() -> float:
 
 def latency_cache() -> Path:
     return Path(os.environ.get(LATENCY_CACHE) or DEFAULT_LATENCY_CACHE).expanduser()
+
+
+def token_cache() -> Path | None:
+    """The token cache's directory; None when PRUNESCOPE_TOKEN_CACHE is "off"."""
+    value = os.environ.get(TOKEN_CACHE, "").strip()
+    if value.lower() == "off":
+        return None
+    return Path(value or DEFAULT_TOKEN_CACHE).expanduser()
 
 
 def flag(name: str) -> bool:
