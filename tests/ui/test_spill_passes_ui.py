@@ -8,6 +8,7 @@ form and refused by the API (409 naming spill_limit_gb, shown on that field)."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import pytest
 
@@ -60,15 +61,25 @@ def fake_gpu_worker(spec: memplan.ArchSpec) -> dict:
     }
 
 
-def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app):
-    api = live_app.api
+@contextmanager
+def teacher_beside_a_gpu_worker(live_app):
+    """A tiny teacher and the demo corpus on the shared app, and `fake_gpu_worker` in its registry while
+    the block runs: (teacher, the worker's entry, settings)."""
     teacher = live_app.tiny_teacher_and_demo("spill")
-    spec = memplan.spec_from_summary(teacher["spec"])
-    worker = fake_gpu_worker(spec)
+    worker = fake_gpu_worker(memplan.spec_from_summary(teacher["spec"]))
     settings = settings_from(live_app.env)
     client = fleet.client_for(settings)
     fleet.publish(client, settings.redis_prefix, worker, ttl_s=600)
     try:
+        yield teacher, worker, settings
+    finally:
+        fleet.remove(client, settings.redis_prefix, worker)
+
+
+def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app):
+    api = live_app.api
+    with teacher_beside_a_gpu_worker(live_app) as (teacher, worker, settings):
+        spec = memplan.spec_from_summary(teacher["spec"])
         # What the API predicts for this run on that worker: several passes, from the disk it reports.
         layout = memcheck.check_importance(settings, teacher["spec"], PARAMS, "gpu")
         passes = layout["passes"]
@@ -120,8 +131,6 @@ def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app
         assert "raise spill_limit_gb" in note.inner_text(), note.inner_text()
         runs = api.get("/importance-runs", params={"teacher_id": teacher["id"]}).json()
         assert len(runs) == len(before) + 1  # nothing written by the refusal
-    finally:
-        fleet.remove(client, settings.redis_prefix, worker)
 
 
 def test_the_form_uses_the_servers_spill_limit_when_the_field_is_blank(page, live_app):
@@ -129,19 +138,13 @@ def test_the_form_uses_the_servers_spill_limit_when_the_field_is_blank(page, liv
     holds a run whose spill limit is left blank: the form predicts with it, says whose limit it is, and a
     limit typed in the form wins. The shared app has no such setting, so its /config answer is amended
     here in the browser: the disk tier of a 1 kB server limit holds no store."""
-    teacher = live_app.tiny_teacher_and_demo("spill")
-    spec = memplan.spec_from_summary(teacher["spec"])
-    worker = fake_gpu_worker(spec)
-    settings = settings_from(live_app.env)
-    client = fleet.client_for(settings)
-    fleet.publish(client, settings.redis_prefix, worker, ttl_s=600)
 
     def with_server_limit(route):
         config = route.fetch().json()
         route.fulfill(json={**config, "spill_limit_gb": 1e-6})
 
     page.route("**/api/v1/config", with_server_limit)
-    try:
+    with teacher_beside_a_gpu_worker(live_app) as (teacher, worker, _):
         page.goto(f"{live_app.url}/#/teachers?teacher={teacher['id']}")
         page.wait_for_function(f"document.querySelector('{LINE}')?.textContent.includes('needs')")
         assert page.get_attribute(f"{IMP} input[name=spill_limit_gb]", "placeholder") == "0.000001 (server)"
@@ -155,5 +158,3 @@ def test_the_form_uses_the_servers_spill_limit_when_the_field_is_blank(page, liv
             f"document.querySelector('{LINE}').textContent.includes('passes over the checkpoint (the spill limit holds')"
         )
         assert "error-msg" not in (page.locator(LINE).get_attribute("class") or "")
-    finally:
-        fleet.remove(client, settings.redis_prefix, worker)
