@@ -73,7 +73,13 @@ def _read(path: Path, documents: int) -> tuple[np.ndarray, np.ndarray] | None:
             ids, offsets = entry["ids"].astype(np.int64), entry["offsets"].astype(np.int64)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged or from another version: tokenize again
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+    ):  # damaged or from another version: tokenize again
         path.unlink(missing_ok=True)
         return None
     if len(offsets) != documents + 1 or offsets[-1] != len(ids):
