@@ -14,6 +14,11 @@ pytestmark = pytest.mark.ui
 def test_use_as_teacher_opens_the_new_teacher_with_its_lineage(page, live_app):
     student = make_student(live_app)
     page.goto(f"{live_app.url}/#/runs?student={student['id']}")
+    # Its jobs (the cut that made it) under named columns.
+    heads = page.locator("[data-testid=student-jobs] thead th")
+    heads.first.wait_for()
+    assert heads.all_text_contents() == ["job", "kind", "model", "status", "progress", "created"]
+    assert page.locator("[data-testid=student-jobs] tbody tr").count() >= 1
     page.click("[data-testid=student-detail] [data-testid=promote]")
     page.wait_for_url("**/#/teachers?teacher=*")
     teacher_id = int(page.url.rsplit("=", 1)[1])

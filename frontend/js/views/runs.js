@@ -168,7 +168,8 @@ export async function runsView(host, { query }, ctx) {
   const studentJobs = h("div");
   function renderStudentJobs(s) {
     const jobs = state.jobs.filter((j) => j.student_id === s.id);
-    mount(studentJobs, jobs.length ? h("table", h("tbody", jobs.map(jobRow))) : h("div.empty", "No job yet."));
+    const head = h("thead", h("tr", ["job", "kind", "model", "status", "progress", "created"].map((c) => h("th", c))));
+    mount(studentJobs, jobs.length ? h("table", { dataset: { testid: "student-jobs" } }, head, h("tbody", jobs.map(jobRow))) : h("div.empty", "No job yet."));
   }
 
   function renderDetail() {
