@@ -29,6 +29,9 @@ from worker.runtime import JobRuntime
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 60.0
 POLL_S = 0.5
+# How much of the end of the ranks' log a failure is read from: torchrun's failure summary (a few hundred
+# bytes a rank) is last; a long run's whole log can be large.
+SUMMARY_BYTES = 1 << 20
 # The gang has formed when the nodes launch torchrun, but a node's job process can take tens of seconds
 # to start on a loaded or freshly started worker (its fork server imports torch first): node 0's store
 # waits at least this long for the other agents, whatever the gang's own timeout.
@@ -169,7 +172,7 @@ def run_ranks(
             raise NodeStopped(note)
     if rt.should_stop():  # a cancel another node saw first ended the ranks: a stop, not a failure
         return False
-    log = output.read_text(errors="replace")
+    log = _tail(output, SUMMARY_BYTES)
     # First the rank that ended them: torchrun's "root cause" is often one that failed after it.
     reason = failure_reason(log)
     first = f"{reason}\n" if reason else ""
@@ -184,6 +187,13 @@ def _stopped_node(rt, rendezvous: Rendezvous) -> str | None:
         return Gang.of(rt.settings, rt.job_id, rt.attempt, rendezvous.nodes).stopped_note()
     except Exception:  # Redis unreachable: torchrun's exit code is all there is to report
         return None
+
+
+def _tail(path: Path, size: int) -> str:
+    """The last `size` bytes of `path` as text."""
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+        return f.read().decode(errors="replace")
 
 
 def _follow(path: Path, offset: int, handle: Callable[[str], None]) -> int:

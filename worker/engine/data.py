@@ -195,6 +195,13 @@ def token_ids(tokenizer, documents: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in encoded]
 
 
+def _tokenized(tokenizer, documents: Sequence[str]):
+    """(ids, offsets) of every document (worker.engine.token_cache: tokenized once per text and tokenizer)."""
+    from worker.engine.token_cache import tokenized
+
+    return tokenized(tokenizer, documents, lambda docs: token_ids(tokenizer, docs))
+
+
 def _pad_id(tokenizer) -> int:
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if candidate is not None:
@@ -216,9 +223,7 @@ def calibration_batches(
 
     if seq_len < 2 or num_samples < 1 or batch_size < 1:
         raise ValueError("seq_len must be >= 2 and num_samples, batch_size >= 1")
-    from worker.engine.token_cache import tokenized
-
-    ids, offsets = tokenized(tokenizer, documents, lambda docs: token_ids(tokenizer, docs))
+    ids, offsets = _tokenized(tokenizer, documents)
     windows = [
         ids[start : min(start + seq_len, end)].tolist()
         for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())
@@ -261,9 +266,7 @@ class PackedTokens:
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no EOS token to separate packed documents")
-        from worker.engine.token_cache import tokenized
-
-        ids, offsets = tokenized(tokenizer, documents, lambda docs: token_ids(tokenizer, docs))
+        ids, offsets = _tokenized(tokenizer, documents)
         stream = np.insert(ids, offsets[1:], int(eos))  # each document followed by EOS
         self.seq_len = int(seq_len)
         self.num_documents = len(documents)

@@ -101,10 +101,13 @@ export async function teachersView(host, { query }, ctx) {
   );
 
   // ---- data ----------------------------------------------------------------------------
+  // The server's settings are fixed for the page's life: asked once (without them the form only lacks
+  // the server's spill limit).
+  const serverConfig = api.get("/config").catch(() => ({}));
   async function refresh() {
     renderWorkers();
     try {
-      const [teachers, datasets, config] = await Promise.all([api.get("/teachers"), api.get("/datasets"), api.get("/config")]);
+      const [teachers, datasets, config] = await Promise.all([api.get("/teachers"), api.get("/datasets"), serverConfig]);
       state.teachers = teachers;
       state.datasets = datasets;
       state.config = config;
