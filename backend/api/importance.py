@@ -34,10 +34,11 @@ router = APIRouter(tags=["importance"])
 RUN_ERRORS = errors(404, 409)  # no such run; no results yet
 
 
-def ready_teacher(db: Session, teacher_id: int) -> Teacher:
-    teacher = get_or_404(db, Teacher, teacher_id)
+def ready_teacher(db: Session, teacher_id: int, field: tuple | None = None) -> Teacher:
+    """The teacher, inspected; `field`: the request field that named it (404 / 409 name it)."""
+    teacher = get_or_404(db, Teacher, teacher_id, field=field)
     if teacher.status != "ready" or not teacher.spec:
-        raise Conflict(f"Teacher {teacher_id} is {teacher.status}, not ready")
+        raise Conflict(f"Teacher {teacher_id} is {teacher.status}, not ready", field=field)
     return teacher
 
 
@@ -46,7 +47,7 @@ def create_run(
     body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)
 ) -> ImportanceRunOut:
     check_job_size(body, request.app.state.settings, ["body"])
-    teacher = ready_teacher(db, body.teacher_id)
+    teacher = ready_teacher(db, body.teacher_id, ("body", "teacher_id"))
     dataset = get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
     check_data_reading(body, dataset.source, ["body"])
     layers = teacher.spec["num_layers"]
@@ -90,14 +91,21 @@ def get_run(run_id: PathId, db: Session = Depends(get_db)) -> ImportanceRunOut:
     return ImportanceRunOut.of(run, db.get(Job, run.job_id) if run.job_id else None)
 
 
-def artifact_path(db: Session, run_id: int, settings: Settings) -> tuple[ImportanceRun, Path]:
-    run = get_or_404(db, ImportanceRun, run_id, "Importance run")
+def artifact_path(
+    db: Session, run_id: int, settings: Settings, field: tuple | None = None
+) -> tuple[ImportanceRun, Path]:
+    """The run and the directory of its scores; `field`: the request field that named the run."""
+    run = get_or_404(db, ImportanceRun, run_id, "Importance run", field)
     if not run.artifact:
         job = db.get(Job, run.job_id) if run.job_id else None
         raise Conflict(
-            f"Importance run {run_id} has no results yet (status {job.status if job else 'queued'})"
+            f"Importance run {run_id} has no results yet (status {job.status if job else 'queued'})",
+            field=field,
         )
-    return run, ArtifactStore(settings.artifacts_url).local_dir(run.artifact)
+    try:
+        return run, ArtifactStore(settings.artifacts_url).local_dir(run.artifact)
+    except FileNotFoundError as exc:  # removed from the store behind the database's back
+        raise Conflict(f"Importance run {run_id}: its scores are missing ({exc})", field=field) from exc
 
 
 def run_artifact(

@@ -51,7 +51,9 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     if body.student_id is not None:
         student = get_or_404(db, Student, body.student_id, field=("body", "student_id"))
         if student.status != "ready":
-            raise Conflict(f"Student {student.id} is {student.status}, not ready")
+            raise Conflict(
+                f"Student {student.id} is {student.status}, not ready", field=("body", "student_id")
+            )
         teacher_id = student.teacher_id
     else:
         get_or_404(db, Teacher, teacher_id, field=("body", "teacher_id"))

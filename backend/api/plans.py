@@ -22,11 +22,13 @@ from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, pla
 from worker.engine.spec import ArchSpec
 
 router = APIRouter(tags=["plans"])
+TEACHER_FIELD = ("body", "teacher_id")
 
 
-def teacher_spec(db: Session, teacher_id: int) -> ArchSpec:
-    """The ready teacher's architecture, from the summary its inspect job stored."""
-    summary = ready_teacher(db, teacher_id).spec
+def teacher_spec(db: Session, teacher_id: int, field: tuple | None = None) -> ArchSpec:
+    """The ready teacher's architecture, from the summary its inspect job stored; `field`: the request
+    field that named the teacher."""
+    summary = ready_teacher(db, teacher_id, field).spec
     return ArchSpec.model_validate(
         {**summary, "layers": None if summary.get("uniform", True) else summary["layers"]}
     )
@@ -60,15 +62,15 @@ def reject_errors(result: PlanCheck) -> None:
 
 @router.post("/plans/validate", responses=errors(404, 409))
 def validate(body: PlanValidate, db: Session = Depends(get_db)) -> PlanCheck:
-    return evaluate(body.plan, teacher_spec(db, body.teacher_id))
+    return evaluate(body.plan, teacher_spec(db, body.teacher_id, TEACHER_FIELD))
 
 
 @router.post("/plans/fill", responses=errors(404, 409))
 def fill(
     body: PlanFill, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> PlanCheck:
-    spec = teacher_spec(db, body.teacher_id)
-    run, path = artifact_path(db, body.importance_run_id, settings)
+    spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
+    run, path = artifact_path(db, body.importance_run_id, settings, ("body", "importance_run_id"))
     if run.teacher_id != body.teacher_id:
         raise InvalidInput(
             f"run {run.id} belongs to teacher {run.teacher_id}", field=("body", "importance_run_id")
@@ -88,7 +90,7 @@ def fill(
 
 @router.post("/plans", status_code=201, responses=errors(404, 409))
 def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> PlanOut:
-    spec = teacher_spec(db, body.teacher_id)
+    spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
     if body.importance_run_id is not None:
         get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run", ("body", "importance_run_id"))
     result = evaluate(body.plan, spec)

@@ -78,7 +78,9 @@ class SearchCandidates(BaseModel):
 
 @router.post("/searches", status_code=201, responses=errors(404, 409, 503))
 def create_search(body: SearchCreate, request: Request, db: Session = Depends(get_db)) -> JobOut:
-    run = get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run")
+    run = get_or_404(
+        db, ImportanceRun, body.importance_run_id, "Importance run", ("body", "importance_run_id")
+    )
     if not run.artifact:
         raise Conflict(
             f"Importance run {run.id} has no scores yet: a search ranks by them",
@@ -94,7 +96,12 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
             raise field_error(["body", "settings", name], f"{value} is over this server's limit of {limit}")
     if "data" in body.settings.model_fields_set:
         raise field_error(["body", "settings", "data"], "the held-out data is chosen by dataset_id")
-    dataset = get_or_404(db, Dataset, body.dataset_id or run.dataset_id)
+    dataset = get_or_404(
+        db,
+        Dataset,
+        body.dataset_id or run.dataset_id,
+        field=("body", "dataset_id") if body.dataset_id else None,
+    )
     settings = body.settings.model_copy(update={"data": dataset.source})
     params = {
         "settings": settings.model_dump(mode="json"),

@@ -48,6 +48,8 @@ def create_teacher(
             field=("body", "trust_remote_code"),
             nearby=[False],
         )
+    if body.eval_protocol is not None:
+        check_protocol_here(body.eval_protocol, settings, db)
     source = checked_source(body.source, settings, allow_hub=True)
     teacher = Teacher(
         name=body.name,
@@ -168,6 +170,15 @@ def _checked_protocol(
         raise field_error(
             [*where, name], e["msg"], e["type"], _nearby(name, merged.get(name), merged, settings, db)
         ) from exc
+    return check_protocol_here(protocol, settings, db)
+
+
+def check_protocol_here(
+    protocol: eval_protocol.EvalProtocol, settings: Settings, db: Session
+) -> eval_protocol.EvalProtocol:
+    """What a valid protocol must also meet on this server, at registration as at every change: a context
+    within PRUNESCOPE_MAX_SEQ_LEN and a dataset that exists (else a 422 at body.eval_protocol.<field>)."""
+    where, merged = ["body", "eval_protocol"], protocol.model_dump()
     if protocol.context > settings.max_seq_len:
         raise field_error(
             [*where, "context"],

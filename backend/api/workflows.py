@@ -26,6 +26,7 @@ from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, 
 from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
 
 router = APIRouter(tags=["workflows"], responses=errors(422))
+TEACHER_FIELD = ("body", "teacher_id")
 
 
 def sender(request: Request) -> runner.Send:
@@ -49,7 +50,7 @@ def _saved_plan(
     """The candidate's explicit plan as a row: its saved plan, or a new one (filled from the run)."""
     at = ("body", "candidates", index)
     if candidate.plan_id is not None:
-        plan = get_or_404(db, Plan, candidate.plan_id)
+        plan = get_or_404(db, Plan, candidate.plan_id, field=(*at, "plan_id"))
         if plan.teacher_id != body.teacher_id:
             raise InvalidInput(f"plan {plan.id} belongs to teacher {plan.teacher_id}", field=(*at, "plan_id"))
         if PrunePlan.model_validate(plan.plan).needs_filling():
@@ -58,7 +59,7 @@ def _saved_plan(
                 field=(*at, "plan_id"),
             )
         return plan
-    spec = teacher_spec(db, body.teacher_id)
+    spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
     plan = candidate.plan or PrunePlan(targets=candidate.targets)
     if plan.needs_filling():
         if body.importance_run_id is None:
@@ -66,7 +67,7 @@ def _saved_plan(
                 "a candidate with targets needs the workflow's importance_run_id",
                 field=("body", "importance_run_id"),
             )
-        run, path = artifact_path(db, body.importance_run_id, settings)
+        run, path = artifact_path(db, body.importance_run_id, settings, ("body", "importance_run_id"))
         if run.teacher_id != body.teacher_id:
             raise InvalidInput(
                 f"run {run.id} belongs to teacher {run.teacher_id}", field=("body", "importance_run_id")
@@ -113,7 +114,7 @@ def _check_cut_fits(
 
 def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     """Every check of a create (plans saved in the session, not committed): the workflow's params."""
-    teacher_spec(db, body.teacher_id)  # 404 / 409 for a missing or unready teacher
+    teacher_spec(db, body.teacher_id, TEACHER_FIELD)  # 404 / 409 for a missing or unready teacher
     # Evaluations on the teacher's protocol (what the request leaves out), like POST /jobs's.
     body.evaluate = on_protocol(body.evaluate, db.get(Teacher, body.teacher_id))
     for key, params in (
@@ -125,7 +126,7 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
             continue
         check_job_size(params, settings, ["body", key])
         if getattr(params, "dataset_id", None) is not None:
-            get_or_404(db, Dataset, params.dataset_id)
+            get_or_404(db, Dataset, params.dataset_id, field=("body", key, "dataset_id"))
     try:  # every child goes to a worker of this device: refuse now, not at its first step
         choose_queue(settings, "distill", {"device": body.device})
     except Conflict as exc:

@@ -1,0 +1,175 @@
+"""Edges a client reaches by mistake, found by driving every route as an outside tester: an unknown or
+unready row named in a body is a 404 / 409 naming that field, an importance run whose scores left the
+store is a 409 (not a 500), and a teacher's evaluation protocol is held to the server's limits at
+registration as at a later change. Each writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from backend.db import session_scope
+from backend.models import Dataset, ImportanceRun, Job, Plan, Student, Teacher
+from tests.conftest import settings_from
+from tests.platform.helpers import student_rows
+
+MISSING = 99_999
+
+
+def counts(url: str) -> dict:
+    with session_scope(url) as s:
+        models = (Teacher, Dataset, Job, Plan, Student, ImportanceRun)
+        return {m.__name__: s.scalar(select(func.count()).select_from(m)) for m in models}
+
+
+@pytest.fixture
+def rows(api_env) -> dict:
+    """A ready teacher with a plan and a pending student, a pending teacher, a dataset, and two
+    importance runs of the ready teacher: one with scores, one whose scores are not in the store."""
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        teacher, students = student_rows(s, [("pending", "pending")])
+        pending = Teacher(name="new", source="org/other", status="pending")
+        dataset = Dataset(name="d", source="demo")
+        s.add_all([pending, dataset])
+        s.flush()
+        scored = ImportanceRun(
+            teacher_id=teacher.id, dataset_id=dataset.id, params={}, artifact="importance/x"
+        )
+        gone = ImportanceRun(
+            teacher_id=teacher.id, dataset_id=dataset.id, params={}, artifact="importance/gone"
+        )
+        s.add_all([scored, gone])
+        s.flush()
+        return {
+            "teacher": teacher.id,
+            "pending_teacher": pending.id,
+            "plan": students["pending"].plan_id,
+            "pending_student": students["pending"].id,
+            "dataset": dataset.id,
+            "run": scored.id,
+            "gone_run": gone.id,
+        }
+
+
+def only_entry(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    (entry,) = response.json()["detail"]
+    return entry
+
+
+def test_unknown_or_unready_rows_in_a_body_name_their_field(client, api_env, rows):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    before = counts(url)
+    t, pending = rows["teacher"], rows["pending_teacher"]
+    candidate = {"name": "a", "plan_id": rows["plan"]}
+    cases = [
+        ("/importance-runs", {"teacher_id": MISSING, "dataset_id": rows["dataset"]}, 404, ["teacher_id"]),
+        ("/importance-runs", {"teacher_id": pending, "dataset_id": rows["dataset"]}, 409, ["teacher_id"]),
+        ("/plans/validate", {"teacher_id": MISSING, "plan": {}}, 404, ["teacher_id"]),
+        ("/plans", {"teacher_id": pending, "name": "p", "plan": {}}, 409, ["teacher_id"]),
+        (
+            "/plans/fill",
+            {"teacher_id": t, "importance_run_id": MISSING, "targets": {"num_layers": 2}},
+            404,
+            ["importance_run_id"],
+        ),
+        (
+            "/searches",
+            {"importance_run_id": MISSING, "settings": {"budgets": ["params=80%"]}},
+            404,
+            ["importance_run_id"],
+        ),
+        (
+            "/searches",
+            {
+                "importance_run_id": rows["run"],
+                "dataset_id": MISSING,
+                "settings": {"budgets": ["params=80%"]},
+            },
+            404,
+            ["dataset_id"],
+        ),
+        (
+            "/workflows?validate_only=true",
+            {"teacher_id": MISSING, "candidates": [candidate]},
+            404,
+            ["teacher_id"],
+        ),
+        (
+            "/workflows?validate_only=true",
+            {"teacher_id": t, "candidates": [{"name": "a", "plan_id": MISSING}]},
+            404,
+            ["candidates", 0, "plan_id"],
+        ),
+        (
+            "/workflows?validate_only=true",
+            {"teacher_id": t, "candidates": [candidate], "distill": {"dataset_id": MISSING}},
+            404,
+            ["distill", "dataset_id"],
+        ),
+        (
+            "/workflows?validate_only=true",
+            {"teacher_id": t, "candidates": [candidate], "evaluate": {"dataset_id": MISSING}},
+            404,
+            ["evaluate", "dataset_id"],
+        ),
+        (
+            "/workflows?validate_only=true",
+            {
+                "teacher_id": t,
+                "importance_run_id": MISSING,
+                "candidates": [{"name": "a", "targets": {"num_layers": 2}}],
+            },
+            404,
+            ["importance_run_id"],
+        ),
+        ("/jobs", {"kind": "benchmark", "student_id": rows["pending_student"]}, 409, ["student_id"]),
+    ]
+    for path, body, status, field in cases:
+        entry = only_entry(client.post(f"/api/v1{path}", json=body), status)
+        assert entry["loc"] == ["body", *field], (path, body, entry)
+    assert counts(url) == before
+
+
+def test_an_importance_run_whose_scores_are_gone_is_a_conflict(client, api_env, rows):
+    """The run's row names scores that are no longer in the artifact store (removed by hand, a store
+    restored from an older backup): every reader answers 409 saying so, not a 500."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    before = counts(url)
+    gone = rows["gone_run"]
+    for what in ("heads", "neurons", "neuron-order", "hidden", "layers", "experts", "stability"):
+        entry = only_entry(client.get(f"/api/v1/importance-runs/{gone}/{what}"), 409)
+        assert entry["loc"] == [] and "scores are missing" in entry["msg"], (what, entry)
+    body = {"teacher_id": rows["teacher"], "importance_run_id": gone, "targets": {"num_layers": 2}}
+    entry = only_entry(client.post("/api/v1/plans/fill", json=body), 409)
+    assert entry["loc"] == ["body", "importance_run_id"] and "scores are missing" in entry["msg"]
+    body = {
+        "teacher_id": rows["teacher"],
+        "importance_run_id": gone,
+        "candidates": [{"name": "a", "targets": {"num_layers": 2}}],
+    }
+    entry = only_entry(client.post("/api/v1/workflows", json=body), 409)
+    assert entry["loc"] == ["body", "importance_run_id"], entry
+    assert counts(url) == before
+
+
+def test_a_teachers_protocol_is_checked_at_registration(client, api_env, rows):
+    """POST /teachers holds `eval_protocol` to what PATCH /teachers/{id} holds it to: a dataset that
+    exists and a context within PRUNESCOPE_MAX_SEQ_LEN (both were stored, and every evaluation of the
+    teacher and its students failed later)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    before = counts(url)
+    limit = settings_from(api_env).max_seq_len
+    for protocol, field, words in (
+        ({"dataset_id": MISSING}, "dataset_id", f"Dataset {MISSING} not found"),
+        ({"context": limit + 2, "stride": 1}, "context", f"limit of {limit} (PRUNESCOPE_MAX_SEQ_LEN)"),
+    ):
+        body = {"name": "t", "source": "demo", "eval_protocol": protocol}
+        entry = only_entry(client.post("/api/v1/teachers", json=body), 422)
+        assert entry["loc"] == ["body", "eval_protocol", field] and words in entry["msg"], entry
+        # The same protocol is refused alike as a change of a registered teacher.
+        r = client.patch(f"/api/v1/teachers/{rows['teacher']}", json={"eval_protocol": protocol})
+        assert only_entry(r, 422)["loc"] == ["body", "eval_protocol", field]
+    assert counts(url) == before
+    body = {"name": "t", "source": "demo", "eval_protocol": {"dataset_id": rows["dataset"], "context": limit}}
+    assert client.post("/api/v1/teachers", json=body).status_code == 201
