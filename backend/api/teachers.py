@@ -3,6 +3,7 @@ evaluation protocol can be changed after registration (PATCH /teachers/{id})."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, get_args
 
 from fastapi import APIRouter, Depends, Request
@@ -12,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from backend import lifecycle
 from backend.api.errors import errors
+from backend.dataset_files import dataset_problem
 from backend.deps import Page, PathId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Forbidden, NotFound
+from backend.errors import Forbidden, InvalidInput, NotFound
 from backend.models import Dataset, Teacher
-from backend.paths import PathNotAllowed, classify_source
+from backend.paths import DEMO, PathNotAllowed, classify_source
 from backend.responses import DatasetOut, TeacherOut
 from backend.schemas import DatasetCreate, TeacherCreate
 from backend.settings import Settings
@@ -88,6 +90,9 @@ def create_dataset(
     body: DatasetCreate, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> DatasetOut:
     source = checked_source(body.source, settings, allow_hub=False)
+    problem = None if source == DEMO else dataset_problem(Path(source))
+    if problem is not None:
+        raise InvalidInput(problem, field=("body", "source"))
     dataset = Dataset(name=body.name, source=source)
     db.add(dataset)
     db.commit()  # before the response: the client may use the id at once

@@ -90,6 +90,7 @@ def test_local_paths_stay_under_the_allowed_roots(client, api_env, tmp_path):
     root = tmp_path  # PRUNESCOPE_ALLOWED_ROOTS is the parent of the data dir, i.e. tmp_path
     inside = root / "model"
     inside.mkdir()
+    (inside / "corpus.txt").write_text("a dataset holds text")  # what POST /datasets reads of it
     (root / "escape").symlink_to("/etc")
     url = api_env["PRUNESCOPE_DATABASE_URL"]
     before = counts(url)

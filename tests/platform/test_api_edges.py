@@ -1,9 +1,14 @@
 """Edges a client reaches by mistake, found by driving every route as an outside tester: an unknown or
 unready row named in a body is a 404 / 409 naming that field, an importance run whose scores left the
-store is a 409 (not a 500), and a teacher's evaluation protocol is held to the server's limits at
-registration as at a later change. Each writes nothing."""
+store is a 409 (not a 500), a teacher's evaluation protocol is held to the server's limits at
+registration as at a later change, and a dataset must hold data a job can read. Each refusal writes
+nothing."""
 
 from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -173,3 +178,53 @@ def test_a_teachers_protocol_is_checked_at_registration(client, api_env, rows):
     assert counts(url) == before
     body = {"name": "t", "source": "demo", "eval_protocol": {"dataset_id": rows["dataset"], "context": limit}}
     assert client.post("/api/v1/teachers", json=body).status_code == 201
+
+
+def test_a_dataset_must_hold_data_a_job_can_read(client, api_env, tmp_path):
+    """POST /datasets reads each data file's first bytes: an empty source, a binary or non-UTF-8 text
+    file, a .jsonl that is not JSON lines, a .parquet / .jsonl.gz that is not one, a folder without data
+    files is a 422 naming `source` (each was registered, and its first job failed at the worker)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    root = tmp_path / "sources"  # under the allowed roots (tmp_path)
+    root.mkdir()
+
+    def made(name: str, content: bytes | None = None) -> Path:
+        path = root / name
+        if content is None:
+            path.mkdir()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        return path
+
+    fifo = root / "pipe.txt"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer
+    before = counts(url)
+    for source, words in (
+        (made("empty.txt", b""), "is empty"),
+        (made("blank.txt", b" \n\n \t\n"), "is empty"),
+        (made("binary.txt", b"text\x00\x01\x02" * 10), "not text"),
+        (made("latin1.txt", "café au lait".encode("latin-1")), "not UTF-8"),
+        (made("rows.jsonl", b"id,text\n1,hello\n"), "not JSON lines"),
+        (made("array.jsonl", b"[1, 2]\n"), "not JSON lines"),
+        (made("fake.parquet", b"id,text\n1,hello\n"), "not a .parquet file"),
+        (made("fake.jsonl.gz", b'{"text": "hi"}\n'), "not a .jsonl.gz file"),
+        (made("nothing"), "no .txt, .jsonl, .jsonl.gz, .parquet files"),
+        (made("csv-only/a.csv", b"a,b\n").parent, "no .txt"),
+        (made("all-empty/a.txt", b"").parent, "is empty"),
+        (fifo, "not a regular file"),
+    ):
+        entry = only_entry(client.post("/api/v1/datasets", json={"name": "d", "source": str(source)}), 422)
+        assert entry["loc"] == ["body", "source"] and words in entry["msg"], (source, entry)
+    assert counts(url) == before
+
+    made("mixed/part-1.txt", "first document, déjà vu\n\nsecond".encode())
+    made("mixed/part-0.txt", b"")  # an empty shard beside others: no documents, no harm
+    for source in (
+        made("ok.jsonl", b'{"text": "one"}\n{"text": "two"}\n'),
+        made("ok.jsonl.gz", gzip.compress(b'{"text": "one"}\n')),
+        made("notes.md", b"# a file a job streams with an explicit data_format\n"),
+        root / "mixed",
+    ):
+        r = client.post("/api/v1/datasets", json={"name": "d", "source": str(source)})
+        assert r.status_code == 201, (source, r.text)
