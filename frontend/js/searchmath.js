@@ -48,3 +48,30 @@ export function archLine(axes, teacher) {
     .join(" · ");
 }
 
+
+/**
+ * A model's shape as a short label, "24 layers · h 3072 · ffn 9216 · 32 heads" (the knobs a search
+ * turns: depth, hidden, MLP, heads), from a spec (a plan's `stats.spec`, a student's `spec`). A width
+ * that differs between layers reads "min–max"; KV groups are named when `teacher`'s differ from the
+ * model's (a cut that removed whole groups); experts when the model has them.
+ */
+export function shapeLabel(spec, teacher = null) {
+  if (!spec) return null;
+  const span = (key) => {
+    const values = (spec.layers || []).map((l) => l[key]).filter(Number.isFinite);
+    if (!values.length) return spec[key];
+    const [lo, hi] = [Math.min(...values), Math.max(...values)];
+    return lo === hi ? `${lo}` : `${lo}–${hi}`;
+  };
+  const kv = span("num_kv_heads");
+  return [
+    `${spec.num_layers} layers`,
+    `h ${spec.hidden_size}`,
+    `ffn ${span("intermediate_size")}`,
+    `${span("num_heads")} heads`,
+    teacher && kv !== undefined && String(kv) !== String(teacher.num_kv_heads) ? `${kv} KV` : null,
+    spec.num_experts ? `${span("num_experts")} experts` : null,
+  ]
+    .filter(Boolean)
+    .join(" · ");
+}

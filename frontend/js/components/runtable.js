@@ -9,11 +9,11 @@
 import { api, authUrl, qs, request, showError } from "../api.js";
 import { h, mount, segmented, toast } from "../dom.js";
 import { compact, duration, sig, when } from "../format.js";
-import { go } from "../router.js";
+import { href } from "../router.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { stepTicks } from "./curves.js";
 import { mismatchMark } from "./protocol.js";
-import { progressBar, statusBadge, statusReason } from "./widgets.js";
+import { linkRow, progressBar, rowLink, statusBadge, statusReason } from "./widgets.js";
 
 const ACTIVE = ["queued", "running"];
 const PAGE = 100; // runs per page
@@ -30,14 +30,28 @@ export function matchesSearch(j, q, model) {
   });
 }
 
-// Hyperparameter columns: [header, value of params (blank when the kind has none), title]
+// Kinds whose `dataset_id` left empty means the built-in demo corpus (the API's default for them).
+const DEMO_DEFAULT_KINDS = ["distill", "evaluate", "preview"];
+
+/** The data a run read: "demo corpus", a dataset by name ("dataset 7" when it is gone), then an
+ * evaluation's split and document count; null for a kind that reads none. `datasets`: GET /datasets. */
+export function dataLabel(j, datasets = []) {
+  const p = j.params || {};
+  const id = p.dataset_id;
+  const named = id ? datasets.find((d) => d.id === id)?.name ?? `dataset ${id}` : DEMO_DEFAULT_KINDS.includes(j.kind) ? "demo corpus" : null;
+  const parts = [named, p.split, p.max_documents ? `${p.max_documents} docs` : null].filter(Boolean);
+  return parts.length ? parts.join(" · ") : null;
+}
+
+// Hyperparameter columns: [header, value of a run (blank when its kind has none), title]; `datasets`:
+// GET /datasets, for the data column's names.
 const HP_COLUMNS = [
-  ["budget", (p) => (p.tokens ? `${compact(p.tokens)} tok` : p.steps ?? null), "steps (or tokens) of training"],
-  ["lr", (p) => (p.lr !== undefined ? String(p.lr) : null), "peak learning rate"],
-  ["batch", (p) => p.batch_size ?? null, "batch size (global)"],
-  ["seq", (p) => p.seq_len ?? null, "sequence length / evaluation window"],
-  ["T", (p) => p.temperature ?? null, "distillation temperature"],
-  ["data", (p) => (p.split ? `${p.split}${p.max_documents ? ` · ${p.max_documents} docs` : ""}` : p.dataset_id ? `dataset ${p.dataset_id}` : null), "evaluation split / dataset"],
+  ["budget", ({ params: p }) => (p.tokens ? `${compact(p.tokens)} tok` : p.steps ?? null), "steps (or tokens) of training"],
+  ["lr", ({ params: p }) => (p.lr !== undefined ? String(p.lr) : null), "peak learning rate"],
+  ["batch", ({ params: p }) => p.batch_size ?? null, "batch size (global)"],
+  ["seq", ({ params: p }) => p.seq_len ?? null, "sequence length / evaluation window"],
+  ["T", ({ params: p }) => p.temperature ?? null, "distillation temperature"],
+  ["data", (j, datasets) => dataLabel(j, datasets), "the data it read (demo corpus or a dataset; an evaluation's split and documents)"],
 ];
 
 const CURVE_METRICS = [["loss", "loss"], ["val_ppl", "val ppl"], ["val_loss", "val loss"], ["kd_loss", "KD loss"], ["ce_loss", "CE loss"]];
@@ -60,6 +74,7 @@ export class RunsTable {
     this.known = new Map(); // id -> every run seen (pages, the view's jobs): the instant filter, the curves
     this.students = [];
     this.teachers = [];
+    this.datasets = []; // GET /datasets: the data column names them
     this.filter = { q: "", kind: "", status: "", tag: "" };
     this.offset = 0;
     this.total = 0;
@@ -96,9 +111,10 @@ export class RunsTable {
 
   /** The view's data changed (its poll): `jobs` are runs it loaded (seen at once), then the page is
    * asked again from the server. */
-  update({ jobs, students, teachers }) {
+  update({ jobs, students, teachers, datasets = [] }) {
     this.students = students;
     this.teachers = teachers;
+    this.datasets = datasets;
     for (const j of jobs) this.known.set(j.id, j);
     if (!this.facets) this.fillMenus(this.localFacets());
     return this.load();
@@ -233,14 +249,14 @@ export class RunsTable {
     const [value, label, protocol] = headline(j);
     const stop = (fn) => (ev) => { ev.stopPropagation(); fn(); };
     const p = j.params || {};
-    return h("tr.clickable", { dataset: { jobId: j.id }, class: this.selected.has(j.id) ? "selected" : "", onclick: () => go("job", [j.id]) },
+    return linkRow(href("job", [j.id]), { dataset: { jobId: j.id }, class: this.selected.has(j.id) ? "selected" : "" },
       h("td", tick),
       h("td.run-name", this.nameCell(j)),
       h("td", statusBadge(j.status), statusReason(j, { inline: true })),
       h("td.tags", (j.tags || []).map((t) => h("span.chip", { dataset: { testid: "run-tag" } }, t, h("button.chip-x", { title: `remove tag ${t}`, onclick: stop(() => this.save(j, { tags: j.tags.filter((x) => x !== t) })) }, "×"))),
         h("button.ghost.small", { title: "add a tag", dataset: { testid: "run-add-tag" }, onclick: stop(() => this.editTag(j)) }, "+ tag")),
       h("td.num.nowrap", { dataset: { testid: "run-duration" } }, j.duration_s !== null && j.duration_s !== undefined ? duration(j.duration_s) : "–"),
-      HP_COLUMNS.map(([name, get]) => h("td.num.nowrap", { dataset: { hp: name } }, get(p) ?? "–")),
+      HP_COLUMNS.map(([name, get]) => h("td.num.nowrap", { dataset: { hp: name } }, get({ ...j, params: p }, this.datasets) ?? "–")),
       h("td.num.nowrap", { dataset: { testid: "run-result" } }, value !== null && value !== undefined ? [h("span", { title: protocol ? `${label} on ${protocol.id}: ${protocol.description}` : label }, `${sig(value, 4)}`), h("span.faint", ` ${label}`), mismatchMark(protocol, this.teacherProtocol(j))] : "–"),
       h("td", { style: { minWidth: "110px" } }, progressBar(j)),
       h("td.faint.nowrap", when(j.created_at)),
@@ -254,7 +270,7 @@ export class RunsTable {
 
   nameCell(j) {
     const name = h("span", { dataset: { testid: "run-name" } }, j.name || this.defaultName(j));
-    return [h("span.mono.faint", `#${j.id} `), name,
+    return [rowLink(href("job", [j.id]), `#${j.id}`, { class: "mono faint", dataset: { testid: "run-link" } }), " ", name,
       h("button.ghost.small", { title: "rename", dataset: { testid: "run-rename" }, onclick: (ev) => { ev.stopPropagation(); this.editName(j, name); } }, "✎")];
   }
 

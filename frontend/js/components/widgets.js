@@ -35,6 +35,22 @@ export function progressBar(job, { big = false } = {}) {
   return h("div.stack", { style: { gap: "3px" } }, bar, text.length ? h("div.hint.num", text.join(" · ")) : null);
 }
 
+/** A table row that opens `url` (a hash route, router.href): `cells` should hold a `rowLink` to it, a
+ * real link that Tab reaches, Enter follows and a middle-click opens in a tab; a click anywhere else on
+ * the row (not on its own links, buttons or inputs) opens it too. */
+export function linkRow(url, attrs, ...cells) {
+  const open = (ev) => {
+    if (ev.target.closest("a, button, input, select, textarea, label")) return;
+    location.hash = url;
+  };
+  return h("tr.clickable", { ...attrs, onclick: open }, ...cells);
+}
+
+/** The link in a `linkRow` (its id, usually): the row's keyboard way in. */
+export function rowLink(url, text, attrs = {}) {
+  return h("a.row-link", { href: url, ...attrs }, text);
+}
+
 /** Spearman rho of two calibration halves: how much to trust a ranking. */
 export function stabilityBadge(axis, rho) {
   if (rho === null || rho === undefined) return h("span.badge", `${axis}: –`);

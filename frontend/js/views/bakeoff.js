@@ -6,13 +6,14 @@
 
 import { api, showError } from "../api.js";
 import { parseCount } from "../components/planner.js";
-import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
+import { linkRow, progressBar, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
 import { compact, sig, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";
 import { STEP_LABELS } from "./compare.js";
+import { shapeLabel } from "../searchmath.js";
 import { debounced, SeriesStore, smoothable, smoothedTraces, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 
 const CURVES = [
@@ -33,6 +34,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
   }
   const teacher = await api.get(`/teachers/${wf.teacher_id}`).catch(() => null);
   if (!ctx.alive) return;
+  const specs = new Map(); // plan id -> its spec (GET /plans/{id} stats.spec): each candidate's shape
   const stores = new Map(); // distill job id -> SeriesStore
   const loaded = new Set(); // distill job ids whose metrics snapshot was read
 
@@ -61,6 +63,28 @@ export async function bakeoffView(host, { args, query }, ctx) {
   const candidates = () => wf.branches.filter((b) => b.role !== "teacher");
   const colorOf = (b) => SERIES_COLORS[candidates().indexOf(b) % SERIES_COLORS.length];
   const stepOf = (b, name) => b.steps.find((s) => s.name === name);
+  const branchNamed = (name) => wf.branches.find((b) => b.name === name);
+  /** What a candidate is ("4 layers · h 24 · ffn 48 · 6 heads", from its plan); its name (a search's
+   * "#1 L4-none.H6-whole_groups.F48.D24", or the user's) until the plan is read. */
+  const labelOf = (b) => (b && shapeLabel(specs.get(b.plan_id), teacher?.spec)) || b?.name;
+  /** The shape first, the name under it for reference (once, when the shape is the name). */
+  const candidateName = (b, name) => {
+    const label = labelOf(b) || name;
+    return [h("span", { dataset: { testid: "candidate-label" } }, label), label !== name ? h("div.faint.mono", { dataset: { testid: "candidate-id" } }, name) : null];
+  };
+  /** The legend's name of a candidate: its shape, with its name when another has the same shape. */
+  const legendName = (b) => {
+    const label = labelOf(b);
+    return candidates().filter((o) => labelOf(o) === label).length > 1 ? `${label} (${b.name})` : label;
+  };
+
+  async function loadSpecs() {
+    const missing = [...new Set(candidates().map((b) => b.plan_id).filter((pid) => pid && !specs.has(pid)))];
+    await Promise.all(missing.map(async (pid) => {
+      const plan = await api.get(`/plans/${pid}`).catch(() => null);
+      if (plan?.stats?.spec) specs.set(pid, plan.stats.spec);
+    }));
+  }
 
   function renderHead() {
     const active = wf.status === "running" || wf.status === "queued";
@@ -76,7 +100,8 @@ export async function bakeoffView(host, { args, query }, ctx) {
           h("button.danger", { disabled: !active, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all"),
           h("button", { disabled: !(wf.status === "failed" || wf.status === "cancelled"), onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry")),
       ));
-    mount(progress, progressBar(wf, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }), actionErr);
+    // The server's message ("#1 L4-none…: distill · #2 …") is the candidates table's steps again, by id.
+    mount(progress, progressBar({ ...wf, message: null }, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }), actionErr);
   }
 
   async function act(what) {
@@ -92,7 +117,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
     mount(branches, h("table",
       h("thead", h("tr", h("th", "candidate"), h("th", "status"), h("th", "steps (click for the job)"))),
       h("tbody", wf.branches.map((b) => h("tr", { dataset: { branch: b.name } },
-        h("td", b.role === "teacher" ? null : h("span", { style: { color: colorOf(b) } }, "● "), h("span.mono", b.name), b.student_id ? h("div.faint", h("a", { href: href("runs", [], { student: b.student_id }) }, `student #${b.student_id}`)) : null),
+        h("td", b.role === "teacher" ? h("span", b.name) : [h("span", { style: { color: colorOf(b) } }, "● "), candidateName(b, b.name)], b.student_id ? h("div.faint", h("a", { href: href("runs", [], { student: b.student_id }) }, `student #${b.student_id}`)) : null),
         h("td", statusBadge(b.status), b.error ? h("div.field-error", b.error) : null),
         h("td", h("div.row.tight", b.steps.map((s) => {
           // The study panel's words ("perplexity as cut"), not the step's id ("evaluate_pruned").
@@ -115,11 +140,11 @@ export async function bakeoffView(host, { args, query }, ctx) {
       h("table",
         h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", `${metric} before`), h("th.num", "rank before"), h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
         h("tbody", rows.map((x) => {
-          const b = wf.branches.find((br) => br.name === x.name);
+          const b = branchNamed(x.name);
           const moved = x.rank_before - x.rank_after;
           return h(`tr${x.name === r.winner ? ".selected" : ""}`, { dataset: { candidate: x.name, flipped: String(!!x.flipped) } },
             h("td.num", x.rank_after),
-            h(`td.mono${x.name === r.winner ? ".best" : ""}`, b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, x.name),
+            h(`td${x.name === r.winner ? ".best" : ""}`, b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name)),
             h("td.num", compact(x.params_total)),
             h("td.num", sig(x.before?.[metric], 5)),
             h("td.num", x.rank_before),
@@ -127,7 +152,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
             h("td", x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
             h("td", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
         }))),
-      r.flips?.length ? h("div.hint", { style: { marginTop: "6px" } }, `${r.flips.length} pair${r.flips.length > 1 ? "s" : ""} swapped order: `, r.flips.map(([a, b]) => `${a} overtook ${b}`).join(" · ")) : h("div.hint", { style: { marginTop: "6px" } }, "No flips: distillation kept the search's order."),
+      r.flips?.length ? h("div.hint", { style: { marginTop: "6px" } }, `${r.flips.length} pair${r.flips.length > 1 ? "s" : ""} swapped order: `, r.flips.map(([a, b]) => `${labelOf(branchNamed(a)) || a} overtook ${labelOf(branchNamed(b)) || b}`).join("; ")) : h("div.hint", { style: { marginTop: "6px" } }, "No flips: distillation kept the search's order."),
       r.winner ? promoteRow(r) : null,
     );
   }
@@ -138,7 +163,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
     const tokens = h("input", { name: "tokens", type: "text", size: 7, value: compact((d.tokens || 0) * 10) === "0" ? "" : compact((d.tokens || 0) * 10), placeholder: "default", title: "tokens of the full distillation (e.g. 5M); empty: the server's default steps" });
     return h("div.stack", { style: { marginTop: "10px", gap: "4px" } },
       h("div.row",
-        h("span", "Winner: ", h("b.mono", r.winner)),
+        h("span", { dataset: { testid: "winner" } }, "Winner: ", h("b", labelOf(branchNamed(r.winner)) || r.winner), labelOf(branchNamed(r.winner)) && labelOf(branchNamed(r.winner)) !== r.winner ? h("span.faint.mono", ` ${r.winner}`) : null),
         h("span.spacer"),
         h("span.ctl", h("span", "tokens"), tokens),
         h("button.primary", { dataset: { testid: "promote-winner" }, onclick: () => promote(r, tokens.value, box), title: "a full distillation of the winner, starting from the weights its bake-off distillation saved, with the bake-off's settings" }, "Promote winner → full distillation")),
@@ -173,7 +198,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
         const pts = store ? store.points(c.name) : [];
         if (!pts.length) continue;
         const weight = smoothable(c.name) ? view.smooth : 0;
-        traces.push(...smoothedTraces(pts, { x: view.x, weight, label: b.name, color: colorOf(b), rawOpacity: 0.22 }));
+        traces.push(...smoothedTraces(pts, { x: view.x, weight, label: legendName(b), color: colorOf(b), rawOpacity: 0.22 }));
       }
       const layout = baseLayout({ height: 280, width: c.plot.clientWidth || undefined, xaxis: { title: { text: X_FIELDS[view.x][1], font: { size: 10 } }, ...(view.x === "step" ? stepTicks(traces) : {}) }, margin: { l: 52, r: 10, t: 28, b: 36 } });
       if (!traces.length) {
@@ -208,6 +233,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
       showError(actionErr, e);
       return;
     }
+    await loadSpecs();
     if (!ctx.alive) return;
     renderHead();
     renderBranches();
@@ -241,6 +267,8 @@ export async function bakeoffView(host, { args, query }, ctx) {
     redraw.cancel();
     window.removeEventListener("resize", schedule);
   });
+  await loadSpecs();
+  if (!ctx.alive) return;
   renderHead();
   renderBranches();
   renderRanking();
@@ -267,8 +295,8 @@ async function bakeoffList(host, ctx) {
     h("section.panel", list.length
       ? h("table", { dataset: { testid: "bakeoff-list" } },
           h("thead", h("tr", h("th", "bake-off"), h("th", "name"), h("th", "status"), h("th", { style: { width: "30%" } }, "progress"), h("th", "winner"))),
-          h("tbody", list.map((w) => h("tr.clickable", { onclick: () => go("bakeoff", [w.id]) },
-            h("td.mono", `#${w.id}`, h("div.faint", when(w.created_at))),
+          h("tbody", list.map((w) => linkRow(href("bakeoff", [w.id]), {},
+            h("td.mono", rowLink(href("bakeoff", [w.id]), `#${w.id}`), h("div.faint", when(w.created_at))),
             h("td", w.name),
             h("td", statusBadge(w.status)),
             h("td", progressBar(w)),

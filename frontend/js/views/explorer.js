@@ -14,7 +14,7 @@ import { neuronsPanel } from "../components/neuronspanel.js";
 import { Planner } from "../components/planner.js";
 import { showStability } from "../components/rankstability.js";
 import { bindUndoKeys } from "../components/undokeys.js";
-import { statusBadge } from "../components/widgets.js";
+import { linkRow, rowLink, statusBadge } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
 import { when } from "../format.js";
 import { href } from "../router.js";
@@ -117,8 +117,8 @@ async function pickRun(host, ctx) {
     const name = (id) => teachers.find((t) => t.id === id)?.name || `teacher ${id}`;
     host.append(h("section.panel", runs.length
       ? h("table", h("thead", h("tr", h("th", "run"), h("th", "teacher"), h("th", "status"), h("th", "created"))),
-          h("tbody", runs.map((r) => h("tr.clickable", { onclick: () => { location.hash = href("explore", [r.id]); } },
-            h("td.mono", `#${r.id}`), h("td", name(r.teacher_id)), h("td", statusBadge(r.status)), h("td.faint", when(r.created_at))))))
+          h("tbody", runs.map((r) => linkRow(href("explore", [r.id]), { dataset: { runId: r.id } },
+            h("td.mono", rowLink(href("explore", [r.id]), `#${r.id}`, { dataset: { testid: "explore-run" } })), h("td", name(r.teacher_id)), h("td", statusBadge(r.status)), h("td.faint", when(r.created_at))))))
       : h("div.empty", "No importance run yet. ", h("a", { href: "#/" }, "Start one from Teachers & data →"))));
   } catch (err) {
     host.append(h("div.error-msg", err.message));

@@ -6,6 +6,7 @@
 import { api, showError } from "../api.js";
 import { curveTraces, debounced, SeriesStore, smoothable, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 import { jobResult, liveRanks, rankFigures } from "../components/results.js";
+import { dataLabel } from "../components/runtable.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
 import { compact, duration, when } from "../format.js";
@@ -42,7 +43,10 @@ export async function jobView(host, { args, query }, ctx) {
     if (ctx.alive) location.replace(href("bakeoff", [job.id]));
     return;
   }
-  const student = job.student_id ? await api.get(`/students/${job.student_id}`).catch(() => null) : null;
+  const [student, datasets] = await Promise.all([
+    job.student_id ? api.get(`/students/${job.student_id}`).catch(() => null) : null,
+    api.get("/datasets").catch(() => []), // the params line names the data it read
+  ]);
   if (!ctx.alive) return; // the user left while this loaded: never draw over the next page
   const store = new SeriesStore();
   // The event stream replays the job's events from the start (and again after a resume re-connects):
@@ -116,7 +120,7 @@ export async function jobView(host, { args, query }, ctx) {
       ),
       h("section.panel", { style: { marginBottom: "14px" }, dataset: { testid: "job-progress" } },
         progressBar(job, { big: true }),
-        h("div.hint", { style: { marginTop: "4px" } }, paramsLine(job)),
+        h("div.hint", { style: { marginTop: "4px" }, dataset: { testid: "job-params" } }, paramsLine(job, datasets)),
         statusReason(job, { testid: "job-error" }),
         actionErr),
     );
@@ -251,15 +255,17 @@ export async function jobView(host, { args, query }, ctx) {
   connect();
 }
 
-function paramsLine(job) {
+function paramsLine(job, datasets) {
   const p = job.params || {};
   const parts = [];
-  if (p.tokens) parts.push(`${compact(p.tokens)} tokens`);
-  else if (p.steps) parts.push(`${p.steps} steps`);
+  const budget = p.tokens ? `${compact(p.tokens)} tokens` : p.steps ? `${p.steps} steps` : null;
+  const data = dataLabel(job, datasets);
+  if (budget || data) parts.push([budget, data ? `on ${data}` : null].filter(Boolean).join(" "));
   for (const [k, label] of [["lr", "lr"], ["temperature", "T"], ["ce_weight", "CE w"], ["batch_size", "batch"], ["seq_len", "seq"], ["teacher_correction_steps", "teacher corr."]]) {
     if (p[k] !== undefined && p[k] !== null) parts.push(`${label} ${p[k]}`);
   }
-  if (job.message) parts.push(job.message);
+  // While it runs the progress bar's line says the message ("step 84/200") beside the % and ETA: once.
+  if (job.message && job.status !== "running") parts.push(job.message);
   if (job.started_at && job.finished_at) parts.push(`took ${duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000)}`);
   return parts.join(" · ");
 }

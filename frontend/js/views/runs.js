@@ -2,7 +2,7 @@
 // URL: #/runs?student=<id>
 
 import { api, authUrl, showError } from "../api.js";
-import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
+import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
@@ -130,7 +130,7 @@ export async function runsView(host, { query }, ctx) {
     if (!state.selected && state.students.length) state.selected = state.students[0].id;
     renderList();
     renderDetail();
-    runs.update({ jobs: state.jobs, students: state.students, teachers: state.teachers });
+    runs.update({ jobs: state.jobs, students: state.students, teachers: state.teachers, datasets: state.datasets });
   }
 
   const teacherOf = (s) => state.teachers.find((t) => t.id === s.teacher_id);
@@ -157,8 +157,8 @@ export async function runsView(host, { query }, ctx) {
 
   function jobRow(j) {
     const student = state.students.find((s) => s.id === j.student_id);
-    return h("tr.clickable", { dataset: { jobId: j.id }, onclick: () => go("job", [j.id]) },
-      h("td.mono", `#${j.id}`), h("td.nowrap", j.kind, j.params?.baseline ? h("span.badge", { style: { marginLeft: "6px" } }, "baseline") : null),
+    return linkRow(href("job", [j.id]), { dataset: { jobId: j.id } },
+      h("td.mono", rowLink(href("job", [j.id]), `#${j.id}`)), h("td.nowrap", j.kind, j.params?.baseline ? h("span.badge", { style: { marginLeft: "6px" } }, "baseline") : null),
       h("td", student ? student.name : j.student_id ? `student ${j.student_id}` : teacherName(j.teacher_id)),
       h("td", statusBadge(j.status), statusReason(j, { inline: true })),
       h("td", { style: { width: "26%" } }, progressBar(j)), h("td.faint.nowrap", when(j.created_at)));

@@ -6,7 +6,7 @@
 
 import { api, showError } from "../api.js";
 import { parseCount } from "../components/planner.js";
-import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
+import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented, toast } from "../dom.js";
 import { bytes, compact, duration, ms, pct, sig, when } from "../format.js";
 import { baseLayout, plotlyReady } from "../plots.js";
@@ -82,8 +82,8 @@ async function searchHome(host, query, ctx) {
   const list = searches.length
     ? h("table", { dataset: { testid: "search-list" } },
         h("thead", h("tr", h("th", "search"), h("th", "teacher · run"), h("th", "budgets"), h("th", "status"), h("th", { style: { width: "28%" } }, "progress"))),
-        h("tbody", searches.map((j) => h("tr.clickable", { onclick: () => go("search", [j.id]) },
-          h("td.mono", `#${j.id}`, h("div.faint", when(j.created_at))),
+        h("tbody", searches.map((j) => linkRow(href("search", [j.id]), {},
+          h("td.mono", rowLink(href("search", [j.id]), `#${j.id}`), h("div.faint", when(j.created_at))),
           h("td", teachers.get(j.teacher_id)?.name ?? `teacher #${j.teacher_id}`, h("div.faint.mono", `run #${j.importance_run_id}`)),
           h("td.mono", budgetText(j.params?.settings?.budgets)),
           h("td", statusBadge(j.status), statusReason(j, { inline: true })),
