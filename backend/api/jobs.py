@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from backend import lifecycle, memcheck, removal, serialize
 from backend.api.errors import errors
+from backend.api.importance import ready_teacher
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
@@ -54,9 +55,15 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
             raise Conflict(
                 f"Student {student.id} is {student.status}, not ready", field=("body", "student_id")
             )
+        if teacher_id is not None and teacher_id != student.teacher_id:
+            raise field_error(
+                ["body", "teacher_id"],
+                f"student {student.id} is a student of teacher {student.teacher_id}: leave teacher_id out",
+                nearby=[student.teacher_id],
+            )
         teacher_id = student.teacher_id
-    else:
-        get_or_404(db, Teacher, teacher_id, field=("body", "teacher_id"))
+    else:  # the teacher itself is measured (or, validate_only, a student not cut yet): it must be inspected
+        ready_teacher(db, teacher_id, ("body", "teacher_id"))
     if body.kind == "evaluate":
         params = on_protocol(params, db.get(Teacher, teacher_id))
         check_job_size(params, request.app.state.settings, ["body", "params"])

@@ -32,7 +32,7 @@ def rows(api_env) -> dict:
     """A ready teacher with a plan and a pending student, a pending teacher, a dataset, and two
     importance runs of the ready teacher: one with scores, one whose scores are not in the store."""
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
-        teacher, students = student_rows(s, [("pending", "pending")])
+        teacher, students = student_rows(s, [("pending", "pending"), ("ready", "ready")])
         pending = Teacher(name="new", source="org/other", status="pending")
         dataset = Dataset(name="d", source="demo")
         s.add_all([pending, dataset])
@@ -50,6 +50,7 @@ def rows(api_env) -> dict:
             "pending_teacher": pending.id,
             "plan": students["pending"].plan_id,
             "pending_student": students["pending"].id,
+            "student": students["ready"].id,
             "dataset": dataset.id,
             "run": scored.id,
             "gone_run": gone.id,
@@ -129,11 +130,23 @@ def test_unknown_or_unready_rows_in_a_body_name_their_field(client, api_env, row
             ["importance_run_id"],
         ),
         ("/jobs", {"kind": "benchmark", "student_id": rows["pending_student"]}, 409, ["student_id"]),
+        # A teacher is measured (or a study checked) once its inspect job has read it, as it is planned.
+        ("/jobs", {"kind": "evaluate", "teacher_id": pending}, 409, ["teacher_id"]),
+        ("/jobs?validate_only=true", {"kind": "distill", "teacher_id": pending}, 409, ["teacher_id"]),
+        # A student's job runs on the student's teacher: another teacher_id beside it contradicts it.
+        (
+            "/jobs",
+            {"kind": "benchmark", "student_id": rows["student"], "teacher_id": pending},
+            422,
+            ["teacher_id"],
+        ),
     ]
     for path, body, status, field in cases:
         entry = only_entry(client.post(f"/api/v1{path}", json=body), status)
         assert entry["loc"] == ["body", *field], (path, body, entry)
     assert counts(url) == before
+    same = {"kind": "benchmark", "student_id": rows["student"], "teacher_id": t}  # agrees: accepted
+    assert client.post("/api/v1/jobs?validate_only=true", json=same).status_code == 200
 
 
 def test_an_importance_run_whose_scores_are_gone_is_a_conflict(client, api_env, rows):
