@@ -47,7 +47,15 @@ def source_text(value: str) -> str:
     return value
 
 
+def not_blank(value: str) -> str:
+    """A name someone reads in lists: spaces alone name nothing."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 Text = Annotated[str, AfterValidator(plain_text)]
+Name = Annotated[Text, AfterValidator(not_blank)]  # the name of a teacher, dataset, plan, student...
 SourceText = Annotated[str, AfterValidator(source_text)]
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Count = Annotated[int, Field(ge=0, le=MAX_ID)]  # steps, intervals: a job's Integer-sized counters
@@ -69,7 +77,7 @@ class OnDevice(Strict):
 
 
 class TeacherCreate(Strict):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     source: SourceText = Field(
         min_length=1,
         max_length=1000,
@@ -88,7 +96,7 @@ class TeacherCreate(Strict):
 class TeacherPromote(Strict):
     """A student that becomes the teacher of the next compression round."""
 
-    name: Text | None = Field(None, min_length=1, max_length=200, description="default: from the student's")
+    name: Name | None = Field(None, min_length=1, max_length=200, description="default: from the student's")
     distill_job_id: RowId | None = Field(
         None,
         description="a succeeded distillation of the student whose weights to use; default: the newest "
@@ -97,7 +105,7 @@ class TeacherPromote(Strict):
 
 
 class DatasetCreate(Strict):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     source: SourceText = Field(
         min_length=1, max_length=1000, description='"demo" or a local file / directory'
     )
@@ -181,14 +189,14 @@ class PlanFill(Strict):
 class PlanCreate(Strict):
     teacher_id: RowId
     importance_run_id: RowId | None = None
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     plan: PrunePlan
 
 
 class PlanUpdate(Strict):
     version: int = Field(ge=1, le=MAX_ID - 1)
     plan: PrunePlan | None = None
-    name: Text | None = Field(None, min_length=1, max_length=200)
+    name: Name | None = Field(None, min_length=1, max_length=200)
 
 
 class PreviewCreate(OnDevice):
@@ -202,7 +210,7 @@ class PreviewCreate(OnDevice):
 
 class StudentCreate(OnDevice):
     plan_id: RowId
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     out_of_core: Literal["auto", "never", "always"] = Field(
         "auto",
         description="cut tensor by tensor from the checkpoint instead of loading the teacher; auto: when "

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from backend.routing import Requirement
-from backend.schemas import BenchmarkParams, DistillParams, EvaluateParams, RowId, Strict, Text
+from backend.schemas import BenchmarkParams, DistillParams, EvaluateParams, Name, RowId, Strict
 from worker.engine.plan import PlanTargets, PrunePlan
 
 MAX_CANDIDATES = 16
@@ -17,7 +17,7 @@ class Candidate(Strict):
     """One architecture of the bake-off: a saved plan, an explicit plan (a search candidate's), or
     targets filled from the workflow's importance run."""
 
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     plan_id: RowId | None = None
     plan: PrunePlan | None = None
     targets: PlanTargets | None = None
@@ -36,7 +36,7 @@ class WorkflowCreate(Strict):
     definition: Literal["bakeoff"] = Field(
         "bakeoff", description="the workflow to run; the depth-vs-width study is a bake-off of two"
     )
-    name: Text | None = Field(None, min_length=1, max_length=200)
+    name: Name | None = Field(None, min_length=1, max_length=200)
     teacher_id: RowId
     importance_run_id: RowId | None = Field(None, description="required when a candidate gives targets")
     candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)

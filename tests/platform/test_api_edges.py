@@ -241,3 +241,32 @@ def test_a_dataset_must_hold_data_a_job_can_read(client, api_env, tmp_path):
     ):
         r = client.post("/api/v1/datasets", json={"name": "d", "source": str(source)})
         assert r.status_code == 201, (source, r.text)
+
+
+def test_a_blank_name_is_refused_where_a_name_is_given(client, api_env, rows):
+    """Spaces alone name nothing in a list: a 422 naming the field wherever a name is sent (a job's new
+    name already was; a teacher, dataset, plan, student, promotion or bake-off took one)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    before = counts(url)
+    t, blank = rows["teacher"], " \t "
+    candidate = {"name": "a", "plan_id": rows["plan"]}
+    for method, path, body, loc in (
+        ("POST", "/teachers", {"name": blank, "source": "demo"}, ["name"]),
+        ("POST", "/datasets", {"name": blank, "source": "demo"}, ["name"]),
+        ("POST", "/plans", {"teacher_id": t, "name": blank, "plan": {}}, ["name"]),
+        ("PUT", f"/plans/{rows['plan']}", {"version": 1, "name": blank}, ["name"]),
+        ("POST", "/students", {"plan_id": rows["plan"], "name": blank}, ["name"]),
+        ("POST", f"/students/{rows['student']}/promote", {"name": blank}, ["name"]),
+        ("POST", "/workflows", {"teacher_id": t, "name": blank, "candidates": [candidate]}, ["name"]),
+        (
+            "POST",
+            "/workflows",
+            {"teacher_id": t, "candidates": [{**candidate, "name": blank}]},
+            ["candidates", 0, "name"],
+        ),
+        ("PATCH", f"/jobs/{MISSING}", {"name": blank}, ["name"]),
+    ):
+        entry = only_entry(client.request(method, f"/api/v1{path}", json=body), 422)
+        assert entry["loc"] == ["body", *loc] and "must not be blank" in entry["msg"], (path, entry)
+    assert counts(url) == before
+    assert client.post("/api/v1/datasets", json={"name": " d ", "source": "demo"}).status_code == 201
