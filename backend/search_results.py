@@ -25,7 +25,7 @@ def report_key(job_id: int) -> str:
 
 
 def load_report(db: Session, job: Job, settings: Settings) -> dict[str, Any]:
-    """The job's report; 409 while the search has not finished."""
+    """The job's report; 409 while the search has not finished, or when its report is gone or damaged."""
     if job.status != "succeeded":
         raise Conflict(f"Search {job.id} is {job.status}: its candidates exist once it has succeeded")
     key = db.scalar(
@@ -35,8 +35,11 @@ def load_report(db: Session, job: Job, settings: Settings) -> dict[str, Any]:
     )
     if key is None:
         raise Conflict(f"Search {job.id} saved no report")
-    path = Path(ArtifactStore(settings.artifacts_url).local_dir(key)) / REPORT_FILE
-    return json.loads(path.read_text())
+    try:
+        path = Path(ArtifactStore(settings.artifacts_url).local_dir(key)) / REPORT_FILE
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # removed or damaged behind the database's back
+        raise Conflict(f"Search {job.id}: its report {key} cannot be read ({exc})") from exc
 
 
 def _latency(figures: dict | None, name: str) -> float | None:

@@ -1,8 +1,8 @@
 """Edges a client reaches by mistake, found by driving every route as an outside tester: an unknown or
 unready row named in a body is a 404 / 409 naming that field, an importance run whose scores left the
 store is a 409 (not a 500), a teacher's evaluation protocol is held to the server's limits at
-registration as at a later change, and a dataset must hold data a job can read. Each refusal writes
-nothing."""
+registration as at a later change, a dataset must hold data a job can read, a blank name is refused, and
+a search whose report left the store is a 409. Each refusal writes nothing."""
 
 from __future__ import annotations
 
@@ -270,3 +270,32 @@ def test_a_blank_name_is_refused_where_a_name_is_given(client, api_env, rows):
         assert entry["loc"] == ["body", *loc] and "must not be blank" in entry["msg"], (path, entry)
     assert counts(url) == before
     assert client.post("/api/v1/datasets", json={"name": " d ", "source": "demo"}).status_code == 201
+
+
+def test_a_search_whose_report_is_gone_or_damaged_is_a_conflict(client, api_env, rows):
+    """A succeeded search's report directory removed, or its search.json cut short: the candidate routes
+    answer 409 naming the report, not a 500 (a plan saved from it would write nothing either)."""
+    from backend.models import Artifact
+
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    damaged = Path(api_env["PRUNESCOPE_ARTIFACTS"]) / "searches" / "damaged"
+    damaged.mkdir(parents=True)
+    (damaged / "search.json").write_text('{"candidates": [{"id": "L3"')
+    searches = []
+    with session_scope(url) as s:
+        for key in ("searches/gone", "searches/damaged"):
+            job = Job(kind="search", status="succeeded", params={}, teacher_id=rows["teacher"], queue="cpu")
+            s.add(job)
+            s.flush()
+            s.add(Artifact(job_id=job.id, kind="search", key=key))
+            searches.append(job.id)
+    before = counts(url)
+    for job_id in searches:
+        for method, path in (
+            ("GET", f"/searches/{job_id}/candidates"),
+            ("GET", f"/searches/{job_id}/candidates/L3"),
+            ("POST", f"/searches/{job_id}/candidates/L3/plan"),
+        ):
+            entry = only_entry(client.request(method, f"/api/v1{path}"), 409)
+            assert "report searches/" in entry["msg"] and "cannot be read" in entry["msg"], (path, entry)
+    assert counts(url) == before
