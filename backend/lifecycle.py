@@ -171,9 +171,10 @@ def get(session: Session, job_id: int) -> Job:
 
 
 def cancel(session: Session, job_id: int) -> Job:
-    """A queued job is cancelled at once (the worker's claim then fails); a running one is flagged and
-    stops at its next step (the worker finishes it `cancelled`). Conditional updates so a concurrent
-    claim / finish is never overwritten. Conflict for a finished job."""
+    """A queued job is cancelled at once (the worker's claim then fails), failing the teacher / student it
+    was to build; a running one is flagged and stops at its next step (the worker finishes it
+    `cancelled`). Conditional updates so a concurrent claim / finish is never overwritten. Conflict for a
+    finished job."""
     job = get(session, job_id)
     queued = _move(
         session,
@@ -184,6 +185,7 @@ def cancel(session: Session, job_id: int) -> Job:
         error="cancelled by the user",
     )
     if queued is not None:
+        _fail_built_row(session, queued, f"its {queued.kind} job {queued.id} was cancelled by the user")
         return queued
     flagged = session.execute(
         update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
@@ -410,11 +412,15 @@ def finish(
     error: str | None = None,
 ) -> Job | None:
     """running -> succeeded | failed | cancelled for this attempt; None when the attempt is no longer the
-    job's (a resume moved on) or the job already finished."""
+    job's (a resume moved on) or the job already finished. A job that ends without succeeding fails the
+    teacher or student row it was building (else it stayed `pending` for ever)."""
     if status not in TRANSITIONS["finish"][1]:
         raise ValueError(f"finish cannot end a job as {status!r}: use one of {', '.join(FINISHED)}")
     values = _ending(status, result, error)
-    return _move(session, job_id, "finish", attempt=attempt, to=status, **values)
+    job = _move(session, job_id, "finish", attempt=attempt, to=status, **values)
+    if job is not None and status != "succeeded":
+        _fail_built_row(session, job, job.error or f"its {job.kind} job {job.id} was {status}")
+    return job
 
 
 def lose(session: Session, job_id: int, attempt: int, reason: str) -> Job | None:
@@ -458,7 +464,8 @@ def _move(
 
 
 def _fail_built_row(session: Session, job: Job, error: str) -> None:
-    """The teacher an inspect job or the student a prune job was building fails with the job."""
+    """The teacher an inspect job or the student a prune job was building fails with the job (lost, reaped,
+    cancelled or ended without succeeding): a row only such a job makes ready never stays pending."""
     built = {"inspect": (Teacher, job.teacher_id), "prune": (Student, job.student_id)}.get(job.kind)
     row = session.get(*built) if built and built[1] else None
     if row is not None and row.status == "pending":

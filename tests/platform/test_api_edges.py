@@ -299,3 +299,32 @@ def test_a_search_whose_report_is_gone_or_damaged_is_a_conflict(client, api_env,
             entry = only_entry(client.request(method, f"/api/v1{path}"), 409)
             assert "report searches/" in entry["msg"] and "cannot be read" in entry["msg"], (path, entry)
     assert counts(url) == before
+
+
+def test_cancelling_the_job_that_builds_a_row_fails_the_row(client, api_env, rows):
+    """A student whose prune job, or a teacher whose inspect job, is cancelled (queued, or running and
+    finished `cancelled` by its worker) is failed saying so: it stayed `pending` for ever, a row no job
+    would ever make ready (a bake-off's retry cuts it again)."""
+    from backend import lifecycle
+
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    student = client.post("/api/v1/students", json={"plan_id": rows["plan"], "name": "s"}).json()
+    teacher = client.post("/api/v1/teachers", json={"name": "t", "source": "demo"}).json()
+    for path, row in ((f"/students/{student['id']}", student), (f"/teachers/{teacher['id']}", teacher)):
+        assert client.post(f"/api/v1/jobs/{row['job_id']}/cancel").status_code == 202
+        after = client.get(f"/api/v1{path}").json()
+        assert after["status"] == "failed", after
+        assert (
+            after["error"]
+            == f"its {'prune' if 'students' in path else 'inspect'} job {row['job_id']} was cancelled by the user"
+        )
+
+    running = client.post("/api/v1/students", json={"plan_id": rows["plan"], "name": "r"}).json()
+    with session_scope(url) as s:
+        assert lifecycle.claim(s, running["job_id"], 1, device="cpu", worker="w") is not None
+    assert client.post(f"/api/v1/jobs/{running['job_id']}/cancel").json()["status"] == "running"
+    assert client.get(f"/api/v1/students/{running['id']}").json()["status"] == "pending"  # until it stops
+    with session_scope(url) as s:  # the worker stops at its next step
+        lifecycle.finish(s, running["job_id"], 1, "cancelled", error="cancelled by the user")
+    after = client.get(f"/api/v1/students/{running['id']}").json()
+    assert after["status"] == "failed" and after["error"] == "cancelled by the user", after
