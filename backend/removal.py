@@ -2,6 +2,9 @@
 events, metric points, benchmark results and artifact rows, then the stored trees and distillation
 checkpoints.
 
+A failed or cancelled job that never built its importance run (no scores) or teacher (never inspected)
+takes that row along, since nothing else could remove it, unless a plan, student or other job names it.
+
 Refused (409) while any of their jobs is queued or running: a worker would otherwise write into rows
 and directories that no longer exist. Cancel those jobs first (`POST /jobs/{id}/cancel`).
 Rows go in the request's transaction; files only after it committed (`Leftovers.remove`), so a failed
@@ -130,8 +133,44 @@ def delete_plan(db: Session, plan: Plan, settings: Settings) -> Leftovers:
     return out
 
 
-def _made_by(db: Session, job: Job) -> str | None:
-    """What still uses the output of `job` (its row points at the job and its files), if anything."""
+def _never_built(db: Session, job: Job) -> ImportanceRun | Teacher | None:
+    """The row a failed or cancelled job was building and never finished: an importance run without
+    scores, a teacher never inspected. Nothing can delete it but its job (there is no DELETE for either),
+    so it goes with the job, unless something else names it."""
+    if job.status == "succeeded":
+        return None
+    if job.kind == "importance":
+        built = select(ImportanceRun).where(ImportanceRun.job_id == job.id, ImportanceRun.artifact.is_(None))
+    elif job.kind == "inspect":
+        built = select(Teacher).where(Teacher.job_id == job.id, Teacher.status != "ready")
+    else:
+        return None
+    return db.scalars(built).first()
+
+
+def _named_by(db: Session, row: ImportanceRun | Teacher, job: Job) -> str | None:
+    """What besides `job` names `row` (a never-built importance run or teacher), if anything."""
+    other_job = Job.id != job.id
+    if isinstance(row, ImportanceRun):
+        users = [("plan", Plan, Plan.importance_run_id == row.id)]
+        users.append(("job", Job, other_job & (Job.importance_run_id == row.id)))
+    else:
+        users = [
+            ("plan", Plan, Plan.teacher_id == row.id),
+            ("student", Student, Student.teacher_id == row.id),
+            ("importance run", ImportanceRun, ImportanceRun.teacher_id == row.id),
+            ("job", Job, other_job & (Job.teacher_id == row.id)),
+        ]
+    for label, model, where in users:
+        found = db.scalar(select(model.id).where(where).limit(1))
+        if found is not None:
+            return f"{label} {found}"
+    return None
+
+
+def _made_by(db: Session, job: Job, never_built=None) -> str | None:
+    """What still uses the output of `job` (its row points at the job and its files), if anything;
+    `never_built` (the row the job failed to build, going with it) does not count."""
     keys = select(Artifact.key).where(Artifact.job_id == job.id)
     for model, what, uses in (
         (Student, "student", Student.path.in_(keys)),  # the weights it loads, whichever job wrote them
@@ -140,7 +179,7 @@ def _made_by(db: Session, job: Job) -> str | None:
     ):
         made = model.job_id == job.id
         row = db.scalars(select(model).where(made if uses is None else made | uses)).first()
-        if row is not None:
+        if row is not None and row is not never_built:
             return f"{what} {row.id}" + (f" ({row.name})" if getattr(row, "name", None) else "")
     return None
 
@@ -149,14 +188,21 @@ def delete_job(db: Session, job: Job, settings: Settings) -> Leftovers:
     """One finished job with its events, metrics, results, artifacts and checkpoints."""
     if job.status in ACTIVE:
         raise Conflict(f"Job {job.id} is {job.status}; cancel it first (POST /jobs/{job.id}/cancel)")
-    user = _made_by(db, job)
+    stub = _never_built(db, job)
+    user = _made_by(db, job, stub)
     if user is not None:
         raise Conflict(
             f"Job {job.id} ({job.kind}) built {user}, which still uses its output; delete that instead"
         )
+    named = _named_by(db, stub, job) if stub is not None else None
+    if named is not None:
+        what = "importance run" if isinstance(stub, ImportanceRun) else "teacher"
+        raise Conflict(f"Job {job.id} ({job.kind}) failed to build {what} {stub.id}, which {named} names")
     # Lock the row while it is still finished: a concurrent resume cannot requeue it before the delete.
     if not lifecycle.hold_finished(db, job.id):
         raise Conflict(f"Job {job.id} changed meanwhile; reload it")
     out = Leftovers()
     _delete_jobs(db, [job], settings, out)
+    if stub is not None:  # after its job: the job row names it
+        db.execute(delete(type(stub)).where(type(stub).id == stub.id))
     return out

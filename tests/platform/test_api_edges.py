@@ -328,3 +328,53 @@ def test_cancelling_the_job_that_builds_a_row_fails_the_row(client, api_env, row
         lifecycle.finish(s, running["job_id"], 1, "cancelled", error="cancelled by the user")
     after = client.get(f"/api/v1/students/{running['id']}").json()
     assert after["status"] == "failed" and after["error"] == "cancelled by the user", after
+
+
+def test_deleting_a_failed_job_takes_the_row_it_never_built(client, api_env, rows):
+    """The runs table deletes any finished run, but a cancelled (or failed) importance or inspect job was
+    refused for ever: 'built importance run N / teacher N ... delete that instead', and there is no
+    DELETE for either. Such a job now takes its run without scores / its never-inspected teacher along,
+    unless something else names that row (then a 409 says what)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    api = "/api/v1"
+    run = client.post(
+        f"{api}/importance-runs", json={"teacher_id": rows["teacher"], "dataset_id": rows["dataset"]}
+    )
+    teacher = client.post(f"{api}/teachers", json={"name": "t", "source": "demo"}).json()
+    named = client.post(
+        f"{api}/importance-runs", json={"teacher_id": rows["teacher"], "dataset_id": rows["dataset"]}
+    )
+    run, named = run.json(), named.json()
+    for job_id in (run["job_id"], teacher["job_id"], named["job_id"]):
+        assert client.post(f"{api}/jobs/{job_id}/cancel").status_code == 202
+    plan = {"teacher_id": rows["teacher"], "importance_run_id": named["id"], "name": "p", "plan": {}}
+    plan = client.post(f"{api}/plans", json=plan).json()
+
+    before = counts(url)
+    entry = only_entry(client.delete(f"{api}/jobs/{named['job_id']}"), 409)
+    assert entry["msg"] == (
+        f"Job {named['job_id']} (importance) failed to build importance run {named['id']}, "
+        f"which plan {plan['id']} names"
+    )
+    assert counts(url) == before
+
+    for job_id, row in (
+        (run["job_id"], f"importance-runs/{run['id']}"),
+        (teacher["job_id"], f"teachers/{teacher['id']}"),
+    ):
+        assert client.delete(f"{api}/jobs/{job_id}").status_code == 204
+        assert client.get(f"{api}/jobs/{job_id}").status_code == 404
+        assert client.get(f"{api}/{row}").status_code == 404
+    after = counts(url)
+    assert {k: before[k] - after[k] for k in before} == {
+        **dict.fromkeys(before, 0),
+        "Job": 2,
+        "ImportanceRun": 1,
+        "Teacher": 1,
+    }
+    # A run with scores is still its job's output: refused as before.
+    with session_scope(url) as s:
+        s.get(ImportanceRun, named["id"]).artifact = "importance/x"
+        s.get(Job, named["job_id"]).status = "succeeded"
+    entry = only_entry(client.delete(f"{api}/jobs/{named['job_id']}"), 409)
+    assert f"built importance run {named['id']}" in entry["msg"]
