@@ -378,3 +378,55 @@ def test_deleting_a_failed_job_takes_the_row_it_never_built(client, api_env, row
         s.get(Job, named["job_id"]).status = "succeeded"
     entry = only_entry(client.delete(f"{api}/jobs/{named['job_id']}"), 409)
     assert f"built importance run {named['id']}" in entry["msg"]
+
+
+def test_identical_requests_at_once_never_500(client, api_env, rows):
+    """Four clients sending the same cancel / resume / delete / plan update at the same moment (a double
+    click, a retrying proxy): each transition happens once, the others get a 4xx, none a 500."""
+    import threading
+
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    api = "/api/v1"
+    with session_scope(url) as s:
+        common = {
+            "kind": "distill",
+            "params": {},
+            "teacher_id": rows["teacher"],
+            "student_id": rows["student"],
+        }
+        resumable = Job(**common, status="failed", checkpoint="checkpoints/x", checkpoint_step=2, queue="cpu")
+        finished = Job(**common, status="succeeded", queue="cpu")
+        s.add_all([resumable, finished])
+        s.flush()
+        ids = resumable.id, finished.id
+    queued = client.post(f"{api}/jobs", json={"kind": "benchmark", "student_id": rows["student"]}).json()[
+        "id"
+    ]
+    plan = client.post(f"{api}/plans", json={"teacher_id": rows["teacher"], "name": "p", "plan": {}}).json()[
+        "id"
+    ]
+
+    def at_once(method: str, path: str, body=None) -> list[int]:
+        barrier, codes = threading.Barrier(4), []
+
+        def send():
+            barrier.wait()
+            codes.append(client.request(method, f"{api}{path}", json=body).status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(code < 500 for code in codes), (method, path, codes)
+        return sorted(codes)
+
+    assert at_once("POST", f"/jobs/{queued}/cancel") == [202, 409, 409, 409]
+    assert at_once("POST", f"/jobs/{ids[0]}/resume") == [202, 409, 409, 409]
+    assert at_once("DELETE", f"/jobs/{ids[1]}").count(204) == 1
+    assert at_once("PUT", f"/plans/{plan}", {"version": 1, "name": "q"}) == [200, 409, 409, 409]
+    assert 204 in at_once("DELETE", f"/plans/{plan}")
+    assert 204 in at_once("DELETE", f"/jobs/{queued}")
+    assert client.get(f"{api}/jobs/{ids[0]}").json()["attempts"] == 2  # resumed once
+    for path in (f"/jobs/{ids[1]}", f"/jobs/{queued}", f"/plans/{plan}"):
+        assert client.get(f"{api}{path}").status_code == 404
