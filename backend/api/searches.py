@@ -22,7 +22,7 @@ from backend.responses import JobOut, PlanOut
 from backend.schemas import OnDevice, PlanCreate, RowId
 from backend.settings import Settings
 from worker.engine.plan import PrunePlan
-from worker.engine.search.settings import SearchSettings
+from worker.engine.search.settings import SearchSettings, parse_budget  # parse_budget: the engine's own
 
 router = APIRouter(tags=["search"])
 
@@ -94,6 +94,7 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
     ):
         if value > limit:
             raise field_error(["body", "settings", name], f"{value} is over this server's limit of {limit}")
+    _check_timed_shapes(body.settings, limits)
     if "data" in body.settings.model_fields_set:
         raise field_error(["body", "settings", "data"], "the held-out data is chosen by dataset_id")
     dataset = get_or_404(
@@ -113,6 +114,33 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
     job = lifecycle.create(db, "search", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id)
     lifecycle.send(request.app, db, job)
     return JobOut.of(job)
+
+
+def _check_timed_shapes(settings: SearchSettings, limits: Settings) -> None:
+    """A measured budget (latency, prefill, throughput) runs the model at its batch and context (+ the
+    decoded tokens) on the worker: within the server's PRUNESCOPE_MAX_BATCH_SIZE / MAX_SEQ_LEN like
+    every job's shapes, else a 422 at the budget (or at latency_batch / latency_context, its defaults)."""
+    for i, text in enumerate(settings.budgets):
+        budget = parse_budget(text, settings.latency_batch, settings.latency_context)
+        if not budget.measured:
+            continue  # params and memory are computed: nothing runs at their shape
+        own = "@" in text
+        tokens = budget.context + settings.latency_new_tokens
+        for value, limit, default, what, variable in (
+            (budget.batch, limits.max_batch_size, "latency_batch", f"batch {budget.batch}", "MAX_BATCH_SIZE"),
+            (
+                tokens,
+                limits.max_seq_len,
+                "latency_context",
+                f"context {budget.context} + {settings.latency_new_tokens} decoded tokens",
+                "MAX_SEQ_LEN",
+            ),
+        ):
+            if value > limit:
+                raise field_error(
+                    ["body", "settings", *(("budgets", i) if own else (default,))],
+                    f"budget {text!r}: {what} is over this server's limit of {limit} (PRUNESCOPE_{variable})",
+                )
 
 
 @router.get("/searches")

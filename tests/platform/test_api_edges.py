@@ -430,3 +430,33 @@ def test_identical_requests_at_once_never_500(client, api_env, rows):
     assert client.get(f"{api}/jobs/{ids[0]}").json()["attempts"] == 2  # resumed once
     for path in (f"/jobs/{ids[1]}", f"/jobs/{queued}", f"/plans/{plan}"):
         assert client.get(f"{api}{path}").status_code == 404
+
+
+def test_a_searchs_timed_shapes_stay_within_the_servers_limits(client, api_env, rows):
+    """A measured budget (latency, prefill, throughput) times the model at its batch and context on the
+    worker; past PRUNESCOPE_MAX_BATCH_SIZE / MAX_SEQ_LEN it was queued anyway (only eval_* were held to
+    them) and ran out of memory there. Now a 422 at the budget, or at the default it took its shape from."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    limits = settings_from(api_env)
+    batch, seq = limits.max_batch_size, limits.max_seq_len
+    before = counts(url)
+    for settings, loc, words in (
+        ({"budgets": [f"latency=5ms@{batch + 1},128"]}, ["budgets", 0], f"batch {batch + 1}"),
+        (
+            {"budgets": ["params=80%", f"throughput=10@1,{seq}"]},
+            ["budgets", 1],
+            f"context {seq} + 16 decoded tokens",
+        ),
+        ({"budgets": ["prefill=1s"], "latency_batch": batch + 1}, ["latency_batch"], "MAX_BATCH_SIZE"),
+        ({"budgets": ["latency=5ms"], "latency_context": seq}, ["latency_context"], "MAX_SEQ_LEN"),
+    ):
+        body = {"importance_run_id": rows["run"], "settings": settings}
+        entry = only_entry(client.post("/api/v1/searches", json=body), 422)
+        assert entry["loc"] == ["body", "settings", *loc] and words in entry["msg"], (settings, entry)
+    assert counts(url) == before
+    # Computed budgets run nothing at their shape; a measured one within the limits is queued.
+    for budgets in ([f"memory=2GB@{batch + 1},{seq}"], [f"latency=5ms@{batch},{seq - 16}"]):
+        r = client.post(
+            "/api/v1/searches", json={"importance_run_id": rows["run"], "settings": {"budgets": budgets}}
+        )
+        assert r.status_code == 201, r.text
