@@ -498,19 +498,21 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
         capacity, pinned = memplan.usable_bytes(worker["memory"]), pinned_budget(worker, device)
         disk = disk_budget(worker, limit)
         fits = _smallest_spill_limit(spec, params, device, capacity, disk, pinned)
-        pinned_text = f", {pinned / 1e9:.3g} GB of pinned RAM" if pinned else ""
+        # Figures in binary units (memplan.format_bytes); the limit to set is in the setting's own GB.
+        fmt = memplan.format_bytes
+        pinned_text = f", {fmt(pinned)} of pinned RAM" if pinned else ""
         if limit is not None and disk == limit:  # not capped by the worker's free disk
-            room = f"the spill limit of {disk / 1e9:.3g} GB"
-            fix = f"raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least {fits:g}"
+            room = f"the spill limit of {disk / 1e9:.4g} GB ({fmt(disk)})"  # as set (in GB), then in GiB
+            fix = f"raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least {fits:g} (GB)"
         else:  # the worker's own disk (or it capped the job's limit): a larger spill_limit_gb would fill it
-            room = f"the {disk / 1e9:.3g} GB its spill disk has free (beyond a 2 GiB reserve)"
+            room = f"the {fmt(disk)} its spill disk has free (beyond a {fmt(DISK_RESERVE_BYTES)} reserve)"
             fix = (
-                f"free at least {fits:g} GB on the worker's spill disk or point PRUNESCOPE_SPILL_DIR to a "
+                f"free at least {fmt(fits * 1e9)} on the worker's spill disk or point PRUNESCOPE_SPILL_DIR to a "
                 "larger one (spill_limit_gb can only lower the disk tier)"
             )
         raise Conflict(
             f"this importance run streams the teacher layer by layer, and its activation stores "
-            f"({layout['store_bytes'] / 1e9:.4g} GB each: every sample's hidden states) do not fit "
+            f"({fmt(layout['store_bytes'])} each: every sample's hidden states) do not fit "
             f"even one pass in {room}{pinned_text} plus the memory the largest worker leaves "
             f"({worker_name(worker)}); {fix}, or use fewer samples or a shorter seq_len",
             field=("spill_limit_gb",),

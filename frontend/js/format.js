@@ -10,15 +10,19 @@ export function compact(n, digits = 3) {
   return Number.isInteger(n) ? String(n) : n.toPrecision(digits);
 }
 
+/** The one way the dashboard writes a memory figure, the mirror of worker/engine/memplan.py's
+ * `format_bytes` (so a form's memory line reads as the API's 409 and the worker's logs): binary units,
+ * the largest in which it is at least 1, one decimal: "384 B", "1.5 KiB", "150.3 MiB", "17.5 GiB".
+ * tests/ui/test_format.py holds the two alike. */
 export function bytes(n) {
-  if (n === null || n === undefined) return "–";
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (Math.abs(n) >= 1024 && i < units.length - 1) {
     n /= 1024;
     i += 1;
   }
-  return `${i === 0 ? n : n.toPrecision(3)} ${units[i]}`;
+  return i === 0 ? `${Math.round(n)} B` : `${n.toFixed(1)} ${units[i]}`;
 }
 
 // SI prefixes (G, not the "B" of parameter counts): 31.5 MFLOP, 16.1 GFLOP.

@@ -2,6 +2,7 @@
 // user types. tests/ui/test_memplan.py checks these numbers against the Python ones; change both together.
 // Works in the browser and in node (no DOM use).
 import { layerParams, layerShapes, paramCount } from "./costmodel.js";
+import { bytes } from "./format.js";
 
 export const GiB = 2 ** 30;
 const DTYPE_BYTES = { float32: 4, bfloat16: 2, float16: 2 };
@@ -478,27 +479,26 @@ export function distillCandidates(settings) {
 
 export const describeChange = (change) => Object.entries(change).map(([k, v]) => `${k}=${String(v).toLowerCase()}`).join(", ");
 
-export const formatBytes = (n) => (n >= GiB / 10 ? `${(n / GiB).toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
 
 /** The live line under a job form: need, and which live workers it fits (or the nearest setting that does).
  * `need(settings)` -> bytes; `workers`: GET /workers entries; `queue`: "gpu" | "cpu" | null (any). */
 export function fitLine(need, settings, workers, queue, candidates = []) {
   const needed = need(settings);
-  const head = `needs ${formatBytes(needed)} per device`;
+  const head = `needs ${bytes(needed)} per device`;
   const sized = (workers || []).filter((w) => w.memory && (!queue || (w.queues || []).includes(queue)));
   if (!sized.length) return { text: `${head} (no live worker reports its memory)`, fits: null, needed };
   const usable = sized.map((w) => ({ w, bytes: usableBytes(w.memory) }));
   const fitting = usable.filter((u) => u.bytes >= needed);
   if (fitting.length) {
-    const names = fitting.map((u) => `${u.w.device} on ${u.w.hostname} (${formatBytes(u.bytes)})`);
+    const names = fitting.map((u) => `${u.w.device} on ${u.w.hostname} (${bytes(u.bytes)})`);
     return { text: `${head}; fits ${fitting.length} x ${names.join(", ")}`, fits: true, needed };
   }
   const best = Math.max(...usable.map((u) => u.bytes));
   for (const change of candidates) {
     const smaller = need({ ...settings, ...change });
     if (smaller <= best) {
-      return { text: `${head}; fits no live worker (largest ${formatBytes(best)}); would fit with ${describeChange(change)} (${formatBytes(smaller)})`, fits: false, needed };
+      return { text: `${head}; fits no live worker (largest ${bytes(best)}); would fit with ${describeChange(change)} (${bytes(smaller)})`, fits: false, needed };
     }
   }
-  return { text: `${head}; fits no live worker (largest ${formatBytes(best)})`, fits: false, needed };
+  return { text: `${head}; fits no live worker (largest ${bytes(best)})`, fits: false, needed };
 }

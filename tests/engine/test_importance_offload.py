@@ -12,13 +12,14 @@ from worker.engine.importance import offload as offload_module
 from worker.engine.importance.offload import FIT_MARGIN_BYTES, choose_mode, decide, streamable_weight_bytes
 
 GB = 10**9
+GiB = 1 << 30
 
 
 def test_decide_streams_only_when_the_weights_and_margin_do_not_fit():
-    fits = decide("auto", 10 * GB, 20 * GB, "cuda:0")
-    assert not fits.streamed and fits.reason == "weights 10 GB + margin fit in 20 GB free on cuda:0"
-    tight = decide("auto", 10 * GB, 12 * GB, "cuda:0")  # 10 GB + 20% + 1 GiB > 12 GB
-    assert tight.streamed and tight.reason == "weights 10 GB + margin > 12 GB free on cuda:0"
+    fits = decide("auto", 10 * GiB, 20 * GiB, "cuda:0")
+    assert not fits.streamed and fits.reason == "weights 10.0 GiB + margin fit in 20.0 GiB free on cuda:0"
+    tight = decide("auto", 10 * GiB, 12 * GiB, "cuda:0")  # 10 GiB + 20% + 1 GiB > 12 GiB
+    assert tight.streamed and tight.reason == "weights 10.0 GiB + margin > 12.0 GiB free on cuda:0"
     assert decide("auto", 10 * GB, int(12 * GB + FIT_MARGIN_BYTES), "cpu").streamed is False
     assert decide("always", 1, 10**15).streamed and decide("never", 10**15, 1).streamed is False
     assert decide("auto", None, None).reason == "not a local safetensors checkpoint, so it cannot be streamed"
@@ -42,7 +43,7 @@ def test_choose_mode_measures_the_device(model_dir, monkeypatch):  # noqa: F811
     assert not choose_mode(model_dir, device="cpu").streamed  # a few MB in GBs of RAM
     monkeypatch.setattr(offload_module, "free_device_bytes", lambda device: 1000)
     mode = choose_mode(model_dir, device="cpu")
-    assert mode.streamed and mode.reason.endswith("> 1e-06 GB free on cpu")
+    assert mode.streamed and mode.reason.endswith("> 1000 B free on cpu")
     assert not choose_mode(model_dir, offload="never").streamed
 
 
@@ -161,4 +162,6 @@ def test_cli_spill_limit_beyond_the_free_disk_is_capped_and_says_so(model_dir, t
     assert execution["activations"]["disk_limit"] == "free space (capped the spill limit)"
     assert execution["passes"] == AutoConfig.from_pretrained(model_dir).num_hidden_layers > 1
     (warning,) = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
-    assert "the spill limit of 1e+03 GB exceeds" in warning and "the free space holds" in warning, warning
+    assert (
+        "the spill limit of 1000 GB (931.3 GiB) exceeds" in warning and "the free space holds" in warning
+    ), warning

@@ -306,7 +306,7 @@ def test_stores_that_fit_no_budget_are_refused_before_any_weight_is_read(
         compute_importance_streamed(path, batches(), scans=ALL_SCANS, block_size=2, spill_dir=tmp_path)
     message = str(error.value)
     assert (
-        "at least 3 activation stores of 7.68e-06 GB" in message
+        "at least 3 activation stores of 7.5 KiB" in message  # 7680 bytes, in binary units
         and "10 to run every scan in one pass" in message
     )
     assert "the budgets hold 2" in message and f"disk under {tmp_path}" in message

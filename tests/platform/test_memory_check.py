@@ -15,6 +15,7 @@ from tests.conftest import settings_from
 from tests.platform.helpers import error_text
 from tests.platform.test_routing import counts, fake_worker, forget_worker
 from tests.real_shapes import llama_3_1_8b
+from worker.engine.memplan import format_bytes
 from worker.presence import Presence
 
 GiB = 1 << 30
@@ -237,7 +238,10 @@ def test_a_spill_limit_too_small_for_one_streamed_pass_is_refused(client, api_en
     r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 1})
     assert r.status_code == 409, r.text
     detail = error_text(r)
-    assert "stores (68.72 GB each" in detail and "even one pass in the spill limit of 1 GB" in detail, detail
+    # Figures in GiB (memplan.format_bytes), the limit to set in the setting's GB.
+    assert (
+        "stores (64.0 GiB each" in detail and "even one pass in the spill limit of 1 GB (953.7 MiB)" in detail
+    ), detail
     # the stream and one loss-scan cut: 2 stores, the worker's 20 GiB holding none beside the weights
     assert "raise spill_limit_gb (or PRUNESCOPE_SPILL_LIMIT_GB) to at least 137.44" in detail, detail
     assert r.json()["detail"][0]["loc"][-1] == "spill_limit_gb", r.json()
@@ -276,7 +280,7 @@ def test_the_config_reports_the_servers_spill_limit(api_env):
 def test_teacher_correction_counts_training_the_teacher(client, api_env, student_id):
     """A bf16 distillation from the 8B teacher fits an 80 GiB GPU; with teacher correction the teacher
     is first trained (weights, gradients, AdamW states: ~64 GB) beside the loaded one: a 409."""
-    from worker.engine.memplan import format_bytes, teacher_correction_memory
+    from worker.engine.memplan import teacher_correction_memory
 
     url = api_env["PRUNESCOPE_DATABASE_URL"]
     gpu = with_memory(fake_worker(api_env, "cuda:0", ["gpu", "default"]), api_env, "cuda", 80 * GiB, 80 * GiB)
@@ -477,16 +481,16 @@ def test_passes_are_predicted_from_the_workers_spill_disk(client, api_env, stude
         r = client.post("/api/v1/importance-runs", json=body)
         assert r.status_code == 409, r.text
         detail = error_text(r)
-        assert "do not fit even one pass in the 100 GB its spill disk has free" in detail, detail
-        assert "free at least 137.44 GB on the worker's spill disk" in detail, detail
+        assert "do not fit even one pass in the 93.1 GiB its spill disk has free" in detail, detail
+        assert f"free at least {format_bytes(137.44e9)} on the worker's spill disk" in detail, detail
         assert r.json()["detail"][0]["loc"][-1] == "spill_limit_gb", r.json()
         assert counts(url) == before
         # A job's limit beyond that free disk is capped there, as the worker caps it (StoreBudget.disk_tier):
         # still refused, naming the free disk, not spill_limit_gb's value.
         r = client.post("/api/v1/importance-runs", json={**body, "spill_limit_gb": 137.44})
         assert r.status_code == 409, r.text
-        assert "do not fit even one pass in the 100 GB its spill disk has free" in error_text(r), error_text(
-            r
+        assert "do not fit even one pass in the 93.1 GiB its spill disk has free" in error_text(r), (
+            error_text(r)
         )
         assert counts(url) == before
         # On the 700 GB disk a job's smaller limit holds (passes from it), a larger one is capped at 700 GB.

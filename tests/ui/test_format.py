@@ -38,3 +38,38 @@ def test_rates_milliseconds_and_ratios_carry_their_units(tmp_path):
     # The same numbers as Python reads them: 3 significant digits, ratio to 2 decimals.
     assert f"{8.393e6 / 1e6:.3g}M tok/s" == expected[0]
     assert f"{1.8666:.2f}×" == expected[5]
+
+
+def test_memory_figures_are_binary_units_written_as_python_writes_them(tmp_path):
+    """format.js `bytes` is the dashboard's one memory format, the mirror of memplan.format_bytes (the
+    API's 409s, the worker's logs): the same text for the same bytes, in B / KiB / MiB / GiB / TiB."""
+    from worker.engine.memplan import format_bytes
+
+    values = [
+        0,
+        384,
+        1023,
+        1024,
+        1536,
+        157_600_000,
+        1 << 29,
+        17.5 * 2**30,
+        141 * 2**30,
+        12_345_678_901,
+        3 * 2**40,
+    ]
+    shown = js_format(tmp_path, [("bytes", v) for v in values])
+    assert shown == [format_bytes(v) for v in values]
+    assert shown == [
+        "0 B",
+        "384 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "150.3 MiB",
+        "512.0 MiB",
+        "17.5 GiB",
+        "141.0 GiB",
+        "11.5 GiB",
+        "3.0 TiB",
+    ]

@@ -248,9 +248,9 @@ def test_the_cut_out_of_core_fits_by_host_ram_on_a_gpu_worker(page, live_app, se
         nearest = f"nearest setting that fits: out_of_core=always ({ooc} of host RAM (out of core))"
         for mode in ("never", "auto"):  # auto: in memory, as the worker would (tiny teacher <= 4 GiB)
             text, _ = shown(mode)
-            assert (
-                "per device (in memory); fits no live worker (largest: 0.0 MiB on gpu-fake cuda:0)" in text
-            ), text
+            assert "per device (in memory); fits no live worker (largest: 0 B on gpu-fake cuda:0)" in text, (
+                text
+            )
             assert nearest in text, text
             assert "error-msg" in (line.get_attribute("class") or "")
         body = {"plan_id": setup["student"]["plan_id"], "name": "x", "device": "cuda", "out_of_core": "never"}

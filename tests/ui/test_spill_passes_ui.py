@@ -124,7 +124,7 @@ def test_the_form_predicts_the_passes_from_the_workers_spill_disk(page, live_app
             f"document.querySelector('{LINE}').textContent.includes('do not fit even one pass')"
         )
         assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
-        assert "the spill limit holds 0.0 MiB; raise it" in page.locator(LINE).inner_text()
+        assert "the spill limit holds 1000 B; raise it" in page.locator(LINE).inner_text()
         page.click(f"{IMP} button[type=submit]")
         note = page.locator(f"{IMP} .field-error[data-field=spill_limit_gb]")
         note.wait_for()
@@ -149,7 +149,9 @@ def test_the_form_uses_the_servers_spill_limit_when_the_field_is_blank(page, liv
         page.wait_for_function(f"document.querySelector('{LINE}')?.textContent.includes('needs')")
         assert page.get_attribute(f"{IMP} input[name=spill_limit_gb]", "placeholder") == "0.000001 (server)"
         page.select_option(f"{IMP} select[name=offload]", "always")
-        want = "the server's spill limit holds 0.0 MiB; raise PRUNESCOPE_SPILL_LIMIT_GB or set a spill limit here"
+        want = (
+            "the server's spill limit holds 1000 B; raise PRUNESCOPE_SPILL_LIMIT_GB or set a spill limit here"
+        )
         page.wait_for_function(f"document.querySelector('{LINE}').textContent.includes({want!r})")
         assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
         # A limit typed here wins over the server's: the worker's disk tier again, several passes.

@@ -147,6 +147,8 @@ def _write(out: Path, report: dict, top: int) -> None:
 
 
 def _print_table(report: dict, top: int | None) -> None:
+    from worker.engine.memplan import format_bytes
+
     stats, teacher = report["stats"], report["teacher"]
     print(
         f"teacher: {teacher['params']:,} parameters, held-out loss {teacher['loss']:.4f} "
@@ -168,7 +170,7 @@ def _print_table(report: dict, top: int | None) -> None:
     print(header)
     for c in report["candidates"]:
         a = c["axes"]
-        memory = f"{c['memory_bytes'] / 2**20:.1f}MiB" if c["memory_bytes"] is not None else "-"
+        memory = format_bytes(c["memory_bytes"]) if c["memory_bytes"] is not None else "-"
         latency = f"{c['latency']['decode_s_per_token'] * 1e3:.2f}" if c["latency"] else "-"
         lm_eval = "  ".join(f"{r['task']}:{r['metric']}={r['value']:.3f}" for r in c.get("lm_eval") or [])
         marker = "*" if top and c["rank"] <= top else " "

@@ -859,5 +859,16 @@ def describe_change(change: dict) -> str:
     return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in change.items())
 
 
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
 def format_bytes(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.1f} MiB"
+    """The one way the app writes a memory figure (logs, errors, the API's 409s; the dashboard's
+    format.js `bytes` mirrors it): binary units, the largest in which it is at least 1, one decimal
+    ("384 B", "1.5 KiB", "150.3 MiB", "17.5 GiB"). Decimal GB is left to the settings named in GB
+    (PRUNESCOPE_SPILL_LIMIT_GB, spill_limit_gb, PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB) and values quoted in them."""
+    i = 0
+    while abs(n) >= 1024 and i < len(BYTE_UNITS) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {BYTE_UNITS[i]}"

@@ -28,7 +28,7 @@ from worker.engine.adapters import Adapter, adapter_for_model_type
 from worker.engine.checkpoint_reader import CheckpointReader
 from worker.engine.cut_map import TensorCut, cut_map
 from worker.engine.fingerprint import hash_tensor
-from worker.engine.memplan import AUTO_OUT_OF_CORE_RAM_FRACTION
+from worker.engine.memplan import AUTO_OUT_OF_CORE_RAM_FRACTION, format_bytes
 from worker.engine.plan import PrunePlan, check_plan
 from worker.engine.shard_writer import DEFAULT_SHARD_BYTES, TensorEntry, write_sharded
 from worker.engine.spec import ArchSpec
@@ -257,16 +257,12 @@ def choose_mode(
         import psutil
 
         threshold_bytes = int(psutil.virtual_memory().available * AUTO_OUT_OF_CORE_RAM_FRACTION)
-        where = f"half the available RAM, {_gb(threshold_bytes)}"
+        where = f"half the available RAM, {format_bytes(threshold_bytes)}"
     else:
-        where = f"the threshold {_gb(threshold_bytes)}"
+        where = f"the threshold {format_bytes(threshold_bytes)}"
     if model_bytes > threshold_bytes:
-        return True, f"out of core (model {_gb(model_bytes)} > {where})"
-    return False, f"in memory (model {_gb(model_bytes)} <= {where})"
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.3g} GB"
+        return True, f"out of core (model {format_bytes(model_bytes)} > {where})"
+    return False, f"in memory (model {format_bytes(model_bytes)} <= {where})"
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
 import { memoryLine, queueFor } from "./memline.js";
 import { previewNeed, pruneFit, pruneModes, pruneModesOn, pruneWhere, sizedWorkers } from "../jobmemory.js";
-import { fitLine, formatBytes } from "../memplan.js";
+import { fitLine } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
 
 /** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
@@ -39,20 +39,20 @@ export function roundWidth(n, m, max, down = false) {
 export function pruneLine(both, workers, requested) {
   if (!workers.length) {
     const needed = Math.min(...pruneModesOn({}, requested, 0).map((m) => both[m])); // either mode when unknown
-    return { text: `needs ${formatBytes(needed)} (no live worker reports its memory)`, fits: null };
+    return { text: `needs ${bytes(needed)} (no live worker reports its memory)`, fits: null };
   }
   const fit = pruneFit(both, both.teacher_bytes, workers, requested);
-  const head = `needs ${formatBytes(fit.need)} ${pruneWhere(fit.mode)}`;
+  const head = `needs ${bytes(fit.need)} ${pruneWhere(fit.mode)}`;
   if (fit.fitting.length) {
-    const names = fit.fitting.map((f) => `${f.name} (${formatBytes(f.bytes)}, ${f.mode === "out_of_core" ? "out of core" : "in memory"})`);
+    const names = fit.fitting.map((f) => `${f.name} (${bytes(f.bytes)}, ${f.mode === "out_of_core" ? "out of core" : "in memory"})`);
     const first = fit.fitting[0];
-    return { text: `needs ${formatBytes(both[first.mode])} ${pruneWhere(first.mode)}; fits ${names.length} x ${names.join(", ")}`, fits: true };
+    return { text: `needs ${bytes(both[first.mode])} ${pruneWhere(first.mode)}; fits ${names.length} x ${names.join(", ")}`, fits: true };
   }
   const [best, name] = fit.largest;
-  const far = `${head}; fits no live worker (largest: ${formatBytes(best)} on ${name})`;
+  const far = `${head}; fits no live worker (largest: ${bytes(best)} on ${name})`;
   const near = fit.nearest;
   if (!near) return { text: `${far}; no smaller setting fits either`, fits: false };
-  return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${formatBytes(near.need)} ${pruneWhere(near.mode)})`, fits: false };
+  return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${bytes(near.need)} ${pruneWhere(near.mode)})`, fits: false };
 }
 
 export class Planner {
@@ -141,7 +141,7 @@ export class Planner {
       const student = { ...this.spec, hidden_size: hidden, num_layers: layers.length, layers };
       const both = pruneModes(this.spec, student);
       const line = pruneLine(both, sizedWorkers(workers, queueFor("auto", workers)), this.surgery.value);
-      return { ...line, text: `${line.text} (in memory: ${formatBytes(both.in_memory)}; out of core: ${formatBytes(both.out_of_core)})` };
+      return { ...line, text: `${line.text} (in memory: ${bytes(both.in_memory)}; out of core: ${bytes(both.out_of_core)})` };
     });
     this.studentMemory.dataset.testid = "student-memory";
     this.studentErr = h("div.error-msg");

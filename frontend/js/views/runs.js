@@ -4,10 +4,10 @@
 import { api, authUrl, showError } from "../api.js";
 import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
-import { compact, pct, when } from "../format.js";
+import { bytes, compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
 import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.js";
-import { distillCandidates, fitLine, formatBytes } from "../memplan.js";
+import { distillCandidates, fitLine } from "../memplan.js";
 import { distillNeed } from "../jobmemory.js";
 import { paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
@@ -77,7 +77,7 @@ export function distillMemoryLine(form, student, teacher) {
     if (t) { // what the worker's memory planner weighs: a whole teacher per rank instead of its shard
       const whole = paramCount(t).total * (settings.weights_dtype === "bfloat16" ? 2 : 4);
       const extra = (whole - whole / ranks) * (device === "cuda" ? 1 : gpus);
-      text += `; teacher replicated: ${formatBytes(out.needed + extra)} ${per} (chosen when it fits)`;
+      text += `; teacher replicated: ${bytes(out.needed + extra)} ${per} (chosen when it fits)`;
     }
     const onQueue = (w) => !queue || (w.queues || []).includes(queue);
     const holders = able.filter(onQueue).length;

@@ -7,7 +7,7 @@ import { field, progressBar, readForm, statusBadge, statusReason } from "../comp
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
 import { bestLayout, halvedBatches, importanceLayout, importanceNeed, spillDiskLimit, spillLimitBytes } from "../jobmemory.js";
-import { fitLine, formatBytes, usableBytes } from "../memplan.js";
+import { fitLine, usableBytes } from "../memplan.js";
 import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
@@ -310,13 +310,13 @@ export async function teachersView(host, { query }, ctx) {
       const disk = limit !== null ? limit : on && spillDiskLimit(on.worker);
       const holds = limit === null ? `the spill disk of ${on?.worker.hostname} holds` : typed ? "the spill limit holds" : "the server's spill limit holds";
       // Streamed: the device holds one layer; every sample's activations wait in RAM / on disk instead.
-      if (layout.streamed) line.text += ` · streamed layer by layer${p.offload === "auto" ? " (the whole teacher does not fit)" : ""}: ${formatBytes(layout.spill)} of activation stores (${v.samples} samples) in pinned RAM / on disk`;
+      if (layout.streamed) line.text += ` · streamed layer by layer${p.offload === "auto" ? " (the whole teacher does not fit)" : ""}: ${bytes(layout.spill)} of activation stores (${v.samples} samples) in pinned RAM / on disk`;
       // A spill limit too small for every store at once: the loss scans run in several passes over the
       // checkpoint (each reads the layers again); too small for one pass: the API refuses the run (409).
-      if (layout.streamed && layout.passes > 1) line.text += ` · ${layout.passes} passes over the checkpoint (${holds} ${formatBytes(disk)})`;
+      if (layout.streamed && layout.passes > 1) line.text += ` · ${layout.passes} passes over the checkpoint (${holds} ${bytes(disk)})`;
       if (layout.streamed && layout.passes === null && sized.length) {
         const fix = limit === null ? "free space on it" : typed ? "raise it" : "raise PRUNESCOPE_SPILL_LIMIT_GB or set a spill limit here";
-        line.text += ` · the activation stores (${formatBytes(layout.store_bytes)} each) do not fit even one pass: ${holds} ${formatBytes(disk)}; ${fix}`;
+        line.text += ` · the activation stores (${bytes(layout.store_bytes)} each) do not fit even one pass: ${holds} ${bytes(disk)}; ${fix}`;
         line.fits = false;
       }
       return line;

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from worker.engine.memplan import format_bytes
+
 # The spill disk's rule, shared with the worker's registry entry (torch-free there).
 from worker.engine.spill_disk import DISK_RESERVE_BYTES, disk_tier_limit, free_disk_bytes, spill_root
 
@@ -78,13 +80,14 @@ class StoreBudget:
             return limit, "spill limit"
         if self.disk_bytes is not None:
             log.warning(
-                "activation stores: the spill limit of %.3g GB exceeds the %.3g GB free under %s less a "
-                "%.3g GiB reserve: the disk tier is capped at %.3g GB (the free space holds, not the limit)",
-                self.disk_bytes / 1e9,
-                free / 1e9,
+                "activation stores: the spill limit of %.4g GB (%s) exceeds the %s free under %s less a %s "
+                "reserve: the disk tier is capped at %s (the free space holds, not the limit)",
+                self.disk_bytes / 1e9,  # the setting as given (spill_limit_gb is in GB), then in GiB
+                format_bytes(self.disk_bytes),
+                format_bytes(free),
                 spill_root(self.spill_dir),
-                DISK_RESERVE_BYTES / (1 << 30),
-                limit / 1e9,
+                format_bytes(DISK_RESERVE_BYTES),
+                format_bytes(limit),
             )
             return limit, "free space (capped the spill limit)"
         return limit, "free space"

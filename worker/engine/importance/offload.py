@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from worker.engine.importance.activation_store import free_device_bytes
+from worker.engine.memplan import format_bytes
 
 OFFLOAD_CHOICES = ("auto", "never", "always")
 FIT_MARGIN_FRACTION = 0.2
@@ -44,10 +45,6 @@ class ImportanceMode:
         return f"{'streamed, one layer at a time' if self.streamed else 'in memory'} ({self.reason})"
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.3g} GB"
-
-
 def decide(
     offload: str, weight_bytes: int | None, free_bytes: int | None, device: str = "the device"
 ) -> ImportanceMode:
@@ -69,10 +66,12 @@ def decide(
     needed = int(weight_bytes * (1 + FIT_MARGIN_FRACTION)) + FIT_MARGIN_BYTES
     if needed > free_bytes:
         return ImportanceMode(
-            True, f"weights {_gb(weight_bytes)} + margin > {_gb(free_bytes)} free on {device}"
+            True,
+            f"weights {format_bytes(weight_bytes)} + margin > {format_bytes(free_bytes)} free on {device}",
         )
     return ImportanceMode(
-        False, f"weights {_gb(weight_bytes)} + margin fit in {_gb(free_bytes)} free on {device}"
+        False,
+        f"weights {format_bytes(weight_bytes)} + margin fit in {format_bytes(free_bytes)} free on {device}",
     )
 
 

@@ -67,7 +67,7 @@ from worker.engine.importance.layer_scan import token_losses
 from worker.engine.importance.provenance import WeightsHasher
 from worker.engine.importance.result import DEFAULT_SCANS, ImportanceResult
 from worker.engine.layer_loader import ModuleLoader, empty_model, move_buffers
-from worker.engine.memplan import logit_budget
+from worker.engine.memplan import format_bytes, logit_budget
 
 F32 = torch.float32
 WORKING_MARGIN_BYTES = 1 << 30  # allocator slack and the small per-batch buffers of the hooks
@@ -184,7 +184,6 @@ def pass_layers(cuts: list[Cut], num_layers: int, first: bool) -> set[int]:
 def _budget_message(stores: ActivationStores, num_layers: int, loss_scans: list[int], angular: int) -> str:
     from worker.engine.importance.activation_store import spill_root
 
-    gb = 1e9
     need = max(1 + angular, 2 if loss_scans else 1)  # plan_passes' first pass, or a later one
     cuts = sum(num_layers - k + 1 for k in loss_scans)
     budget = stores.budget
@@ -195,10 +194,10 @@ def _budget_message(stores: ActivationStores, num_layers: int, loss_scans: list[
     what = "the main stream" + (" " + " or ".join(parts) if parts else "")
     return (
         f"streamed importance needs room for at least {need} activation stores of "
-        f"{stores.store_bytes / gb:.3g} GB at once ({what}; {1 + angular + cuts} to run every scan in one pass), "
-        f"{need * stores.store_bytes / gb:.3g} GB, but the budgets hold {stores.capacity()}: "
-        f"{budget.device_bytes / gb:.3g} GB on {stores.device}, {host / gb:.3g} GB of pinned RAM and "
-        f"{stores.disk_bytes / gb:.3g} GB of disk under {spill_root(budget.spill_dir)}. A store holds every "
+        f"{format_bytes(stores.store_bytes)} at once ({what}; {1 + angular + cuts} to run every scan in one "
+        f"pass), {format_bytes(need * stores.store_bytes)}, but the budgets hold {stores.capacity()}: "
+        f"{format_bytes(budget.device_bytes)} on {stores.device}, {format_bytes(host)} of pinned RAM and "
+        f"{format_bytes(stores.disk_bytes)} of disk under {spill_root(budget.spill_dir)}. A store holds every "
         "calibration sample's hidden states: use fewer samples or a shorter sequence length, drop the "
         "angular scan or use a smaller block size, or set spill_dir to a disk with more free space (or raise "
         "the spill limit: spill_limit_gb, PRUNESCOPE_SPILL_LIMIT_GB, --spill-limit-gb)"
