@@ -22,7 +22,16 @@ export function bytes(n) {
     n /= 1024;
     i += 1;
   }
-  return i === 0 ? `${Math.round(n)} B` : `${n.toFixed(1)} ${units[i]}`;
+  return i === 0 ? `${Math.round(n)} B` : `${oneDecimal(n)} ${units[i]}`;
+}
+
+/** x.toFixed(1), but an exact tie (1.25, 0.75: a quarter) rounds half to even, as Python's "{:.1f}" does
+ * (toFixed rounds it up), so `bytes` writes what memplan.format_bytes writes. */
+function oneDecimal(x) {
+  const quarters = x * 4; // exact: a power of two
+  if (!Number.isInteger(quarters) || Math.abs(quarters % 2) !== 1) return x.toFixed(1);
+  const tenths = Math.floor(x * 10); // x * 10 = k + 0.5 exactly
+  return ((tenths % 2 === 0 ? tenths : tenths + 1) / 10).toFixed(1);
 }
 
 // SI prefixes (G, not the "B" of parameter counts): 31.5 MFLOP, 16.1 GFLOP.

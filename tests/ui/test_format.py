@@ -57,6 +57,11 @@ def test_memory_figures_are_binary_units_written_as_python_writes_them(tmp_path)
         141 * 2**30,
         12_345_678_901,
         3 * 2**40,
+        # exact ties at one decimal: Python rounds them half to even (toFixed would round 1.25 up)
+        1.25 * 2**30,
+        1.75 * 2**30,
+        2.25 * 2**20,
+        -0.75 * 2**30,
     ]
     shown = js_format(tmp_path, [("bytes", v) for v in values])
     assert shown == [format_bytes(v) for v in values]
@@ -72,4 +77,8 @@ def test_memory_figures_are_binary_units_written_as_python_writes_them(tmp_path)
         "141.0 GiB",
         "11.5 GiB",
         "3.0 TiB",
+        "1.2 GiB",
+        "1.8 GiB",
+        "2.2 MiB",
+        "-768.0 MiB",
     ]
