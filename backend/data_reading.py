@@ -29,7 +29,7 @@ class DataReading(BaseModel):
         "text",
         min_length=1,
         max_length=200,
-        pattern=r"^\S+$",
+        pattern=r"^[^\s\x00-\x1f\x7f]+$",  # no spaces, no control characters (NUL...)
         description="with stream: the JSONL field / parquet column holding the text",
     )
 

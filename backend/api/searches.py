@@ -19,7 +19,7 @@ from backend.dispatch import choose_queue
 from backend.errors import Conflict
 from backend.models import Dataset, ImportanceRun, Job
 from backend.responses import JobOut, PlanOut
-from backend.schemas import OnDevice, PlanCreate, RowId
+from backend.schemas import OnDevice, PlanCreate, RowId, source_text
 from backend.settings import Settings
 from worker.engine.plan import PrunePlan
 from worker.engine.search.settings import SearchSettings, parse_budget  # parse_budget: the engine's own
@@ -95,6 +95,11 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
         if value > limit:
             raise field_error(["body", "settings", name], f"{value} is over this server's limit of {limit}")
     _check_timed_shapes(body.settings, limits)
+    if body.settings.lm_eval_task is not None:  # the engine's field is any string: it is stored as text
+        try:
+            source_text(body.settings.lm_eval_task)
+        except ValueError as exc:
+            raise field_error(["body", "settings", "lm_eval_task"], str(exc)) from None
     if "data" in body.settings.model_fields_set:
         raise field_error(["body", "settings", "data"], "the held-out data is chosen by dataset_id")
     dataset = get_or_404(

@@ -460,3 +460,37 @@ def test_a_searchs_timed_shapes_stay_within_the_servers_limits(client, api_env, 
             "/api/v1/searches", json={"importance_run_id": rows["run"], "settings": {"budgets": budgets}}
         )
         assert r.status_code == 201, r.text
+
+
+def test_free_text_in_job_settings_is_plain_text(client, api_env, rows):
+    """A search's lm_eval_task holding an unpaired surrogate was a 500 (its params could not be stored as
+    JSON); with a NUL byte, like a streamed job's text_field, it was stored and failed on the worker."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    before = counts(url)
+    run = rows["run"]
+    raw = (
+        (
+            "/searches",
+            f'{{"importance_run_id": {run}, "settings": {{"budgets": ["params=80%"], "lm_eval_task": "cloze\\ud800"}}}}',
+            ["settings", "lm_eval_task"],
+        ),
+        (
+            "/searches",
+            f'{{"importance_run_id": {run}, "settings": {{"budgets": ["params=80%"], "lm_eval_task": "cl\\u0000oze"}}}}',
+            ["settings", "lm_eval_task"],
+        ),
+        (
+            "/jobs",
+            f'{{"kind": "distill", "student_id": {rows["student"]}, "params": {{"stream": true, "text_field": "te\\u0000xt"}}}}',
+            ["params", "text_field"],
+        ),
+        (
+            "/importance-runs",
+            f'{{"teacher_id": {rows["teacher"]}, "dataset_id": {rows["dataset"]}, "stream": true, "text_field": "te\\u0001xt"}}',
+            ["text_field"],
+        ),
+    )
+    for path, text, loc in raw:
+        r = client.post(f"/api/v1{path}", content=text, headers={"content-type": "application/json"})
+        assert only_entry(r, 422)["loc"] == ["body", *loc], (path, r.text)
+    assert counts(url) == before
