@@ -17,7 +17,7 @@ from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
-from backend.models import Dataset, Job, JobStatus, Plan, Teacher
+from backend.models import Dataset, ImportanceRun, Job, JobStatus, Plan, Teacher
 from backend.settings import Settings
 from backend.workflows import control, runner, view
 from backend.workflows.advance import advance
@@ -115,6 +115,11 @@ def _check_cut_fits(
 def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     """Every check of a create (plans saved in the session, not committed): the workflow's params."""
     teacher_spec(db, body.teacher_id, TEACHER_FIELD)  # 404 / 409 for a missing or unready teacher
+    if body.importance_run_id is not None:  # named even when no candidate fills targets from it
+        run_field = ("body", "importance_run_id")
+        run = get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run", run_field)
+        if run.teacher_id != body.teacher_id:
+            raise InvalidInput(f"run {run.id} belongs to teacher {run.teacher_id}", field=run_field)
     # Evaluations on the teacher's protocol (what the request leaves out), like POST /jobs's.
     body.evaluate = on_protocol(body.evaluate, db.get(Teacher, body.teacher_id))
     for key, params in (

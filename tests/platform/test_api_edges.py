@@ -494,3 +494,29 @@ def test_free_text_in_job_settings_is_plain_text(client, api_env, rows):
         r = client.post(f"/api/v1{path}", content=text, headers={"content-type": "application/json"})
         assert only_entry(r, 422)["loc"] == ["body", *loc], (path, r.text)
     assert counts(url) == before
+
+
+def test_a_workflows_importance_run_is_checked_even_when_unused(client, api_env, rows):
+    """A bake-off of saved plans may still name an importance run: an unknown one was a 500 (the job row's
+    foreign key) after validate_only had answered ok; another teacher's run was stored as this one's."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        other = Teacher(name="o", source="org/o", status="ready", spec=s.get(Teacher, rows["teacher"]).spec)
+        s.add(other)
+        s.flush()
+        theirs = ImportanceRun(
+            teacher_id=other.id, dataset_id=rows["dataset"], params={}, artifact="importance/x"
+        )
+        s.add(theirs)
+        s.flush()
+        theirs = theirs.id
+    before = counts(url)
+    body = {"teacher_id": rows["teacher"], "candidates": [{"name": "a", "plan_id": rows["plan"]}]}
+    for path in ("/workflows?validate_only=true", "/workflows"):
+        entry = only_entry(client.post(f"/api/v1{path}", json={**body, "importance_run_id": MISSING}), 404)
+        assert entry["loc"] == ["body", "importance_run_id"], entry
+        entry = only_entry(client.post(f"/api/v1{path}", json={**body, "importance_run_id": theirs}), 422)
+        assert entry["loc"] == ["body", "importance_run_id"] and "belongs to teacher" in entry["msg"], entry
+    assert counts(url) == before
+    r = client.post("/api/v1/workflows", json={**body, "importance_run_id": rows["run"]})
+    assert r.status_code == 201 and r.json()["importance_run_id"] == rows["run"], r.text
