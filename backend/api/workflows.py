@@ -122,6 +122,12 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
             raise InvalidInput(f"run {run.id} belongs to teacher {run.teacher_id}", field=run_field)
     # Evaluations on the teacher's protocol (what the request leaves out), like POST /jobs's.
     body.evaluate = on_protocol(body.evaluate, db.get(Teacher, body.teacher_id))
+    if body.distill.init_distill_job_id is not None:  # each child would load that job's weights
+        raise InvalidInput(
+            "a bake-off distils the students it cuts: none has an earlier distillation to continue",
+            field=("body", "distill", "init_distill_job_id"),
+            nearby=[None],
+        )
     for key, params in (
         ("distill", body.distill),
         ("evaluate", body.evaluate),

@@ -498,7 +498,8 @@ def test_free_text_in_job_settings_is_plain_text(client, api_env, rows):
 
 def test_a_workflows_importance_run_is_checked_even_when_unused(client, api_env, rows):
     """A bake-off of saved plans may still name an importance run: an unknown one was a 500 (the job row's
-    foreign key) after validate_only had answered ok; another teacher's run was stored as this one's."""
+    foreign key) after validate_only had answered ok; another teacher's run was stored as this one's. Its
+    distill settings cannot continue an earlier distillation."""
     url = api_env["PRUNESCOPE_DATABASE_URL"]
     with session_scope(url) as s:
         other = Teacher(name="o", source="org/o", status="ready", spec=s.get(Teacher, rows["teacher"]).spec)
@@ -517,6 +518,11 @@ def test_a_workflows_importance_run_is_checked_even_when_unused(client, api_env,
         assert entry["loc"] == ["body", "importance_run_id"], entry
         entry = only_entry(client.post(f"/api/v1{path}", json={**body, "importance_run_id": theirs}), 422)
         assert entry["loc"] == ["body", "importance_run_id"] and "belongs to teacher" in entry["msg"], entry
+    # Its students are cut by it: no distillation of theirs exists to continue (each child would have
+    # loaded the named job's weights, another student's, or failed on the worker).
+    distill = {"init_distill_job_id": MISSING}
+    entry = only_entry(client.post("/api/v1/workflows", json={**body, "distill": distill}), 422)
+    assert entry["loc"] == ["body", "distill", "init_distill_job_id"] and entry["nearby"] == [None], entry
     assert counts(url) == before
     r = client.post("/api/v1/workflows", json={**body, "importance_run_id": rows["run"]})
     assert r.status_code == 201 and r.json()["importance_run_id"] == rows["run"], r.text
