@@ -92,7 +92,10 @@ def fill(
 def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> PlanOut:
     spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
     if body.importance_run_id is not None:
-        get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run", ("body", "importance_run_id"))
+        field = ("body", "importance_run_id")
+        run = get_or_404(db, ImportanceRun, body.importance_run_id, "Importance run", field)
+        if run.teacher_id != body.teacher_id:  # as /plans/fill refuses it
+            raise InvalidInput(f"run {run.id} belongs to teacher {run.teacher_id}", field=field)
     result = evaluate(body.plan, spec)
     reject_errors(result)
     plan = Plan(

@@ -524,5 +524,10 @@ def test_a_workflows_importance_run_is_checked_even_when_unused(client, api_env,
     entry = only_entry(client.post("/api/v1/workflows", json={**body, "distill": distill}), 422)
     assert entry["loc"] == ["body", "distill", "init_distill_job_id"] and entry["nearby"] == [None], entry
     assert counts(url) == before
+    # A saved plan names the run it was filled from: another teacher's run is refused there too.
+    plan = {"teacher_id": rows["teacher"], "importance_run_id": theirs, "name": "p", "plan": {}}
+    entry = only_entry(client.post("/api/v1/plans", json=plan), 422)
+    assert entry["loc"] == ["body", "importance_run_id"] and "belongs to teacher" in entry["msg"], entry
+    assert counts(url) == before
     r = client.post("/api/v1/workflows", json={**body, "importance_run_id": rows["run"]})
     assert r.status_code == 201 and r.json()["importance_run_id"] == rows["run"], r.text
