@@ -1,8 +1,9 @@
 """What POST /datasets checks of a local source before it registers it: that it holds data a job can
-read, judged from each data file's size and first bytes (a registration reads no whole corpus).
+read, judged from the data files' sizes and first bytes (a registration reads no whole corpus: the
+first 64 KiB of the first 32 files of a folder).
 
 A folder needs a data file (.txt, .jsonl, .jsonl.gz, .parquet, the engine's DATA_SUFFIXES, searched as
-jobs search it) that is not empty; every data file must be what its suffix says: .txt and .jsonl UTF-8
+jobs search it) that is not empty; each data file read must be what its suffix says: .txt and .jsonl UTF-8
 text without NUL bytes (a .jsonl's first line a JSON object), .jsonl.gz gzip, .parquet Parquet. A single
 file of another suffix (a job may stream it with an explicit `data_format`) only needs to be non-empty.
 Before, such a source was registered and every job on it failed at its worker, minutes later.
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 HEAD_BYTES = 64 * 1024
+SNIFFED_FILES = 32  # of a folder of many shards, the first ones are read (the rest only sized)
 MAGIC = {".jsonl.gz": b"\x1f\x8b", ".parquet": b"PAR1"}
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -30,7 +32,7 @@ def dataset_problem(path: Path) -> str | None:
     except (ValueError, OSError) as exc:
         return str(exc)
     filled = 0
-    for file in files:
+    for file in files[:SNIFFED_FILES]:
         try:
             problem = _file_problem(file, data_suffix(file))
         except OSError as exc:
@@ -40,6 +42,7 @@ def dataset_problem(path: Path) -> str | None:
         if problem is not None:
             return f"{file}: {problem}"
         filled += 1
+    filled += sum(1 for file in files[SNIFFED_FILES:] if file.stat().st_size > 0)
     if not filled:
         where = f"every data file in {path}" if path.is_dir() else str(path)
         return f"{where} is empty: a dataset needs text"

@@ -233,11 +233,14 @@ def test_a_dataset_must_hold_data_a_job_can_read(client, api_env, tmp_path):
 
     made("mixed/part-1.txt", "first document, déjà vu\n\nsecond".encode())
     made("mixed/part-0.txt", b"")  # an empty shard beside others: no documents, no harm
+    for i in range(40):  # many shards: the first ones are read, the rest only sized
+        made(f"many/part-{i:02d}.txt", b"" if i < 35 else b"text of the later shards")
     for source in (
         made("ok.jsonl", b'{"text": "one"}\n{"text": "two"}\n'),
         made("ok.jsonl.gz", gzip.compress(b'{"text": "one"}\n')),
         made("notes.md", b"# a file a job streams with an explicit data_format\n"),
         root / "mixed",
+        root / "many",
     ):
         r = client.post("/api/v1/datasets", json={"name": "d", "source": str(source)})
         assert r.status_code == 201, (source, r.text)
