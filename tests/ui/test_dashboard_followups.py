@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete
 
 from backend.db import session_scope
-from backend.models import Dataset, Event, ImportanceRun, Job, Teacher
+from backend.models import Dataset, Event, ImportanceRun, Job, Plan, Student, Teacher
 from tests.platform.test_workflows import DEPTH, DISTILL, EVALUATE, WIDTH, ready_teacher
 from tests.tiny_models import tiny_spec
 from tests.ui.conftest import shot
@@ -71,6 +71,16 @@ def rows(live_app):
         s.add(run)
         s.flush()
         imp_job.importance_run_id = run.id
+        # A student named as a bake-off names its candidates (a search's id), of the teacher's whole shape.
+        plan = Plan(teacher_id=teacher.id, name="followup-plan", plan={}, messages=[])
+        s.add(plan)
+        s.flush()
+        student = Student(
+            name="#1 L4-none.H8-none.F48.D32", teacher_id=teacher.id, plan_id=plan.id, status="ready"
+        )
+        student.spec = SPEC
+        s.add(student)
+        s.flush()
         ids = {
             "teacher": teacher.id,
             "dataset": data.id,
@@ -79,6 +89,8 @@ def rows(live_app):
             "evaluate": evaluate.id,
             "imp_job": imp_job.id,
             "run": run.id,
+            "plan": plan.id,
+            "student": student.id,
         }
     yield ids
     with session_scope(url) as s:
@@ -86,6 +98,8 @@ def rows(live_app):
         s.execute(delete(Event).where(Event.job_id.in_(jobs)))
         s.execute(delete(Job).where(Job.id.in_(jobs)))  # before the run: a job names it
         s.execute(delete(ImportanceRun).where(ImportanceRun.id == ids["run"]))
+        s.execute(delete(Student).where(Student.id == ids["student"]))
+        s.execute(delete(Plan).where(Plan.id == ids["plan"]))
         s.execute(delete(Dataset).where(Dataset.id == ids["dataset"]))
         s.execute(delete(Teacher).where(Teacher.id == ids["teacher"]))
 
@@ -109,6 +123,9 @@ def test_the_data_column_names_the_demo_corpus_and_datasets(page, live_app, rows
     assert page.inner_text(cell("on_data")) == "followup-papers"  # was "dataset <id>"
     assert page.inner_text(cell("evaluate")) == "demo corpus · test · 3 docs"
     assert page.inner_text(cell("imp_job")) == "–"  # a kind whose params name no data
+    # A student named by a search's id reads as its shape too.
+    shape = f"[data-student-id='{rows['student']}'] [data-testid=student-shape]"
+    assert page.inner_text(shape) == "4 layers · h 32 · ffn 48 · 8 heads"
     shot(page, "followup-runs-data")
 
 
@@ -126,6 +143,9 @@ def test_explorer_runs_open_from_the_keyboard_with_a_visible_focus(page, live_ap
     link = f"tr[data-run-id='{rows['run']}'] a[data-testid=explore-run]"
     page.wait_for_selector(link)
     assert page.get_attribute(link, "href") == f"#/explore/{rows['run']}"
+    # Which run is which: its calibration data and size (the list said only teacher, status and time).
+    row = f"tr[data-run-id='{rows['run']}']"
+    assert page.inner_text(f"{row} [data-testid=explore-calibration]") == "8 × 32 tokens of followup-papers"
     focus_by_tab(page, link)
     style = page.eval_on_selector(
         link, "el => [getComputedStyle(el).outlineStyle, getComputedStyle(el).outlineWidth]"

@@ -68,9 +68,9 @@ export async function bakeoffView(host, { args, query }, ctx) {
    * "#1 L4-none.H6-whole_groups.F48.D24", or the user's) until the plan is read. */
   const labelOf = (b) => (b && shapeLabel(specs.get(b.plan_id), teacher?.spec)) || b?.name;
   /** The shape first, the name under it for reference (once, when the shape is the name). */
-  const candidateName = (b, name) => {
+  const candidateName = (b, name, best = false) => {
     const label = labelOf(b) || name;
-    return [h("span", { dataset: { testid: "candidate-label" } }, label), label !== name ? h("div.faint.mono", { dataset: { testid: "candidate-id" } }, name) : null];
+    return [h(`span${best ? ".best" : ""}`, { dataset: { testid: "candidate-label" } }, label), label !== name ? h("div.faint.mono", { dataset: { testid: "candidate-id" } }, name) : null];
   };
   /** The legend's name of a candidate: its shape, with its name when another has the same shape. */
   const legendName = (b) => {
@@ -144,7 +144,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
           const moved = x.rank_before - x.rank_after;
           return h(`tr${x.name === r.winner ? ".selected" : ""}`, { dataset: { candidate: x.name, flipped: String(!!x.flipped) } },
             h("td.num", x.rank_after),
-            h(`td${x.name === r.winner ? ".best" : ""}`, b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name)),
+            h("td", b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name, x.name === r.winner)), // the winner's star after its shape, not its id
             h("td.num", compact(x.params_total)),
             h("td.num", sig(x.before?.[metric], 5)),
             h("td.num", x.rank_before),
@@ -282,25 +282,32 @@ function distillText(d) {
 }
 
 async function bakeoffList(host, ctx) {
-  let list;
+  let list, teachers;
   try {
-    list = await api.get("/workflows");
+    [list, teachers] = await Promise.all([api.get("/workflows"), api.get("/teachers")]);
   } catch (err) {
     mount(host, h("div.error-msg", err.message));
     return;
   }
+  // Each winner by its shape (its plan's spec), as the bake-off's page names it; its name under it.
+  const winners = await Promise.all(list.map(async (w) => {
+    const b = w.result?.winner && w.branches?.find((x) => x.name === w.result.winner);
+    const plan = b?.plan_id ? await api.get(`/plans/${b.plan_id}`).catch(() => null) : null;
+    const label = shapeLabel(plan?.stats?.spec, teachers.find((t) => t.id === w.teacher_id)?.spec);
+    return w.result?.winner ? [h("span", { dataset: { testid: "winner-label" } }, label || w.result.winner), label ? h("div.faint.mono", w.result.winner) : null] : "–";
+  }));
   if (!ctx.alive) return;
   mount(host,
     h("div.page-head", h("h1", "Bake-offs"), h("span.sub", "start one from a search: pick candidates on its Pareto front")),
     h("section.panel", list.length
       ? h("table", { dataset: { testid: "bakeoff-list" } },
           h("thead", h("tr", h("th", "bake-off"), h("th", "name"), h("th", "status"), h("th", { style: { width: "30%" } }, "progress"), h("th", "winner"))),
-          h("tbody", list.map((w) => linkRow(href("bakeoff", [w.id]), {},
+          h("tbody", list.map((w, i) => linkRow(href("bakeoff", [w.id]), {},
             h("td.mono", rowLink(href("bakeoff", [w.id]), `#${w.id}`), h("div.faint", when(w.created_at))),
             h("td", w.name),
             h("td", statusBadge(w.status)),
-            h("td", progressBar(w)),
-            h("td.mono", w.result?.winner || "–")))))
+            h("td", progressBar({ ...w, message: null })), // its per-branch message is its page's table
+            h("td", winners[i])))))
       : h("div.empty", "No bake-off yet. ", h("a", { href: href("search") }, "Run a search →"))));
 }
 

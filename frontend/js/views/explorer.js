@@ -112,13 +112,20 @@ function pageHead({ run, teacher, spec, numLayers, moe }, timing) {
 async function pickRun(host, ctx) {
   mount(host, h("div.page-head", h("h1", "Explorer & planner"), h("span.sub", "Pick an importance run to explore and plan a cut.")));
   try {
-    const [runs, teachers] = await Promise.all([api.get("/importance-runs"), api.get("/teachers")]);
+    const [runs, teachers, datasets] = await Promise.all([api.get("/importance-runs"), api.get("/teachers"), api.get("/datasets").catch(() => [])]);
     if (!ctx.alive) return;
     const name = (id) => teachers.find((t) => t.id === id)?.name || `teacher ${id}`;
+    // Which run is which: its calibration data and size, and the scans it ran.
+    const calibration = (r) => {
+      const data = datasets.find((d) => d.id === r.dataset_id)?.name ?? `dataset ${r.dataset_id}`;
+      return `${r.params?.samples ?? "?"} × ${r.params?.seq_len ?? "?"} tokens of ${data}`;
+    };
     host.append(h("section.panel", runs.length
-      ? h("table", h("thead", h("tr", h("th", "run"), h("th", "teacher"), h("th", "status"), h("th", "created"))),
+      ? h("table", h("thead", h("tr", h("th", "run"), h("th", "teacher"), h("th", "calibration"), h("th", "scans"), h("th", "status"), h("th", "created"))),
           h("tbody", runs.map((r) => linkRow(href("explore", [r.id]), { dataset: { runId: r.id } },
-            h("td.mono", rowLink(href("explore", [r.id]), `#${r.id}`, { dataset: { testid: "explore-run" } })), h("td", name(r.teacher_id)), h("td", statusBadge(r.status)), h("td.faint", when(r.created_at))))))
+            h("td.mono", rowLink(href("explore", [r.id]), `#${r.id}`, { dataset: { testid: "explore-run" } })), h("td", name(r.teacher_id)),
+            h("td", { dataset: { testid: "explore-calibration" } }, calibration(r)), h("td.faint", (r.params?.scans || []).join(", ") || "–"),
+            h("td", statusBadge(r.status)), h("td.faint", when(r.created_at))))))
       : h("div.empty", "No importance run yet. ", h("a", { href: "#/" }, "Start one from Teachers & data →"))));
   } catch (err) {
     host.append(h("div.error-msg", err.message));

@@ -8,6 +8,7 @@ import { bytes, compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
 import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.js";
 import { distillCandidates, fitLine } from "../memplan.js";
+import { shapeLabel } from "../searchmath.js";
 import { distillNeed } from "../jobmemory.js";
 import { paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
@@ -144,7 +145,8 @@ export async function runsView(host, { query }, ctx) {
       h("tbody", state.students.map((s) => {
         const t = teacherOf(s);
         return h("tr.clickable", { class: s.id === state.selected ? "selected" : "", dataset: { studentId: s.id }, onclick: () => { state.selected = s.id; setQuery({ student: s.id }); renderList(); renderDetail(); } },
-          h("td", s.name, h("div.faint", `from ${t ? t.name : `teacher ${s.teacher_id}`} · plan #${s.plan_id}`)),
+          // Its shape under its name: a bake-off's students are named by a search's ids ("#1 L4-none.H6…").
+          h("td", s.name, s.spec ? h("div.muted", { dataset: { testid: "student-shape" } }, shapeLabel(s.spec, t?.spec)) : null, h("div.faint", `from ${t ? t.name : `teacher ${s.teacher_id}`} · plan #${s.plan_id}`)),
           h("td.num", s.spec ? compact(s.spec.params_total) : "–", s.spec && t?.spec ? h("div.faint", pct(s.spec.params_total / t.spec.params_total, 0)) : null),
           h("td", statusBadge(s.status)));
       }))));
