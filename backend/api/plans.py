@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from backend import heatmaps, lifecycle, removal
 from backend.api.errors import errors
 from backend.api.importance import artifact_path, ready_teacher
-from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
+from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
@@ -175,6 +175,12 @@ def preview(
     body = body or PreviewCreate()
     check_job_size(body, request.app.state.settings, ["body"])
     plan = get_or_404(db, Plan, plan_id)
+    if PrunePlan.model_validate(plan.plan).needs_filling():  # masking, as surgery, cuts explicit units only
+        raise field_error(
+            ["path", "plan_id"],
+            f"plan {plan.id} has targets: fill them from an importance run (POST /plans/fill) "
+            "and save the explicit plan first",
+        )
     if body.dataset_id is not None:
         get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
     params = body.model_dump()

@@ -534,3 +534,21 @@ def test_a_workflows_importance_run_is_checked_even_when_unused(client, api_env,
     assert counts(url) == before
     r = client.post("/api/v1/workflows", json={**body, "importance_run_id": rows["run"]})
     assert r.status_code == 201 and r.json()["importance_run_id"] == rows["run"], r.text
+
+
+def test_a_plan_with_targets_is_not_previewed(client, api_env, rows):
+    """A saved plan may keep targets (num_layers...) to fill later; its preview was queued, loaded the
+    teacher, measured it and then failed (masking cuts explicit units only). Refused at once, as a
+    student cut from it is."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    body = {"teacher_id": rows["teacher"], "name": "later", "plan": {"targets": {"num_layers": 2}}}
+    plan = client.post("/api/v1/plans", json=body).json()
+    before = counts(url)
+    entry = only_entry(client.post(f"/api/v1/plans/{plan['id']}/preview", json={}), 422)
+    assert entry["loc"] == ["path", "plan_id"] and "has targets" in entry["msg"], entry
+    entry = only_entry(client.post("/api/v1/students", json={"plan_id": plan["id"], "name": "s"}), 422)
+    assert entry["loc"] == ["body", "plan_id"] and "has targets" in entry["msg"], entry
+    assert counts(url) == before
+    assert (
+        client.post(f"/api/v1/plans/{rows['plan']}/preview", json={}).status_code == 202
+    )  # explicit: queued
