@@ -15,7 +15,7 @@ from backend.api.importance import ready_teacher
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, DomainError
+from backend.errors import Conflict, DomainError, Unavailable
 from backend.events import add_event, publish_wakeup
 from backend.limits import check_job_size
 from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
@@ -205,7 +205,10 @@ def evaluate_teacher_on_first_need(request: Request, db: Session, teacher_id: in
     add_event(
         db, job, "log", {"job_id": job.id, "level": "info", "msg": f"the teacher's evaluation on {wanted}"}
     )
-    lifecycle.send(request.app, db, job)
+    try:
+        lifecycle.send(request.app, db, job)
+    except Unavailable:  # withdrawn; the student's job is queued already, so its submit still succeeded
+        return
 
 
 @router.get("/jobs")

@@ -552,3 +552,29 @@ def test_a_plan_with_targets_is_not_previewed(client, api_env, rows):
     assert (
         client.post(f"/api/v1/plans/{rows['plan']}/preview", json={}).status_code == 202
     )  # explicit: queued
+
+
+def test_a_broker_failing_on_the_teachers_evaluation_leaves_the_students_job_submitted(client, api_env, rows):
+    """A student's evaluation also queues its teacher's on the same protocol. When the broker took the
+    student's message and then refused the teacher's, the answer was a 503 for a job that was queued (a
+    client retrying made two); now it is the 201 it is, the teacher's job withdrawn."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    celery = client.app.state.celery
+    sent = []
+
+    def flaky(name, args, queue):
+        if sent:
+            raise ConnectionError("broker went away")
+        sent.append(args)
+
+    original, celery.send_task = celery.send_task, flaky
+    try:
+        before = counts(url)
+        r = client.post("/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"]})
+    finally:
+        celery.send_task = original
+    assert r.status_code == 201, r.text
+    assert sent == [[r.json()["id"], 1]]
+    assert counts(url) == {**before, "Job": before["Job"] + 1}  # the student's job only
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.student_id.is_(None))) == 0
