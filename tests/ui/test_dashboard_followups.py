@@ -52,7 +52,8 @@ def rows(live_app):
             kind="distill",
             status="succeeded",
             progress=1.0,
-            params={"steps": 3, "dataset_id": data.id},
+            message="done",
+            params={"steps": 3, "dataset_id": data.id, "teacher_correction_steps": 0},
             **common,
         )
         evaluate = Job(
@@ -113,6 +114,13 @@ def test_a_running_job_says_its_step_once_beside_its_progress(page, live_app, ro
     params = page.inner_text("[data-testid=job-params]")
     assert params.startswith("200 steps on demo corpus · lr 0.0001"), params
     shot(page, "followup-job-running")
+
+
+def test_a_finished_jobs_params_line_leaves_out_what_says_nothing(page, live_app, rows):
+    page.goto(f"{live_app.url}/#/job/{rows['on_data']}")
+    page.wait_for_selector("[data-testid=job-log]")
+    # no "done" (its status badge says it) and no "teacher corr. 0"
+    assert page.inner_text("[data-testid=job-params]") == "3 steps on followup-papers"
 
 
 def test_the_data_column_names_the_demo_corpus_and_datasets(page, live_app, rows):

@@ -262,10 +262,12 @@ function paramsLine(job, datasets) {
   const data = dataLabel(job, datasets);
   if (budget || data) parts.push([budget, data ? `on ${data}` : null].filter(Boolean).join(" "));
   for (const [k, label] of [["lr", "lr"], ["temperature", "T"], ["ce_weight", "CE w"], ["batch_size", "batch"], ["seq_len", "seq"], ["teacher_correction_steps", "teacher corr."]]) {
-    if (p[k] !== undefined && p[k] !== null) parts.push(`${label} ${p[k]}`);
+    if (p[k] === undefined || p[k] === null || (k === "teacher_correction_steps" && !p[k])) continue; // no correction: not worth a word
+    parts.push(`${label} ${p[k]}`);
   }
   // While it runs the progress bar's line says the message ("step 84/200") beside the % and ETA: once.
-  if (job.message && job.status !== "running") parts.push(job.message);
+  // A finished job's "done" is its status badge again.
+  if (job.message && job.status !== "running" && !(job.status === "succeeded" && job.message === "done")) parts.push(job.message);
   if (job.started_at && job.finished_at) parts.push(`took ${duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000)}`);
   return parts.join(" · ");
 }
