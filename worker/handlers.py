@@ -394,12 +394,17 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.evaluation.perplexity import block_nll, perplexity
     from worker.engine.masking import masked
     from worker.engine.plan import PrunePlan
+    from worker.teacher_perplexity import known, weights_stamp
 
     plan_row, teacher = _rows(rt, (Plan, job.plan_id), (Teacher, job.teacher_id))
     p = job.params
     rt.progress(0.0, "loading model", force=True)
-    model, tokenizer = load(rt, teacher.source, teacher.trust_remote_code, bar=(0.0, 0.05))
+    model_dir = model_source(teacher.source)
+    model, tokenizer = load(rt, model_dir, teacher.trust_remote_code, bar=(0.0, 0.05))
     model.eval()
+    protocol = eval_protocol.of_job("preview", p)
+    stamp = weights_stamp(model_dir, rt.device, _dtype_name(model))
+    measured = known(rt.url, teacher.id, protocol["id"], stamp)
     if p.get("protocol"):
         proto = eval_protocol.of_teacher(p["protocol"])
         dataset = _rows(rt, (Dataset, proto.dataset_id))[0] if proto.dataset_id else None
@@ -423,28 +428,44 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
         def measure(progress) -> tuple[float, int]:
             return block_nll(model, packed, limit=limit, progress=progress)
 
-    def stage(name: str, start: float):
-        """Progress of one of the two passes: `start` .. `start` + 0.45 of the bar, its own ETA."""
+    def stage(name: str, start: float, share: float):
+        """Progress of one pass: `start` .. `start` + `share` of the bar, its own ETA."""
         rt.progress(start, f"{name}: starting", force=True, phase=name)
 
         def report(done: int, total: int) -> None:
-            rt.progress(start + 0.45 * done / total, f"{name}: {done}/{total} {unit}", phase=name)
+            rt.progress(start + share * done / total, f"{name}: {done}/{total} {unit}", phase=name)
             rt.raise_if_cancelled()
 
         return report
 
     with torch.no_grad():
-        nll, tokens = measure(stage("teacher perplexity", 0.05))
+        if measured is None:
+            nll, tokens = measure(stage("teacher perplexity", 0.05, 0.45))
+        else:
+            nll, tokens = measured.loss, measured.tokens
+            rt.log(
+                f"teacher perplexity {math.exp(nll):.4g}: measured by job {measured.job_id} on the same "
+                "weights and protocol, not measured again"
+            )
         with masked(model, PrunePlan.model_validate(plan_row.plan)):
-            nll_m, _ = measure(stage("masked perplexity", 0.5))
+            nll_m, _ = measure(
+                stage("masked perplexity", 0.05 if measured else 0.5, 0.9 if measured else 0.45)
+            )
     ppl_teacher, ppl_masked = math.exp(nll), math.exp(nll_m)
     return {
         "ppl_teacher": ppl_teacher,
         "ppl_masked": ppl_masked,
         "ratio": ppl_masked / ppl_teacher,
         "tokens": tokens,
-        "protocol": eval_protocol.of_job("preview", p),
+        "protocol": protocol,
+        "teacher_loss": nll,
+        "teacher_from_job": measured.job_id if measured else None,
+        "weights_stamp": stamp,
     }
+
+
+def _dtype_name(model) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 # ---- distillation -------------------------------------------------------------------------------------
@@ -628,10 +649,13 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         from worker.evaluate_ranks import run_evaluate_ranks
 
         return run_evaluate_ranks(rt, job)
+    from worker.teacher_perplexity import weights_stamp
+
     dataset = _dataset(rt, p)
     source, trc = _subject(rt, job)
     rt.progress(0.0, "loading model", force=True)
-    model, tokenizer = load(rt, source, trc, bar=(0.0, 0.05))
+    model_dir = model_source(source)
+    model, tokenizer = load(rt, model_dir, trc, bar=(0.0, 0.05))
     docs = _documents(dataset, p["split"])[: p["max_documents"]]
     t0 = time.perf_counter()
     share = 0.45 if p.get("tasks") else 0.9  # of the bar: lm-eval tasks take the rest
@@ -650,6 +674,7 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by
         "tasks": [],
         "seconds": None,
+        "weights_stamp": weights_stamp(model_dir, rt.device, _dtype_name(model)),  # a preview may reuse it
     }
     rt.raise_if_cancelled()
     if p.get("tasks"):
