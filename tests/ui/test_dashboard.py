@@ -266,6 +266,12 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     assert preview["status"] == "succeeded"
     assert ppl_teacher == pytest.approx(preview["result"]["ppl_teacher"], rel=1e-3)
     assert ppl_masked == pytest.approx(preview["result"]["ppl_masked"], rel=1e-3)
+    # Previewing again measures the plan's half only: the teacher's is the first preview's, linked.
+    page.click("[data-testid=preview-btn]")
+    reused = page.wait_for_selector("[data-testid=ppl-teacher-from]", timeout=120_000)
+    assert reused.inner_text() == f"from job #{preview['id']}"
+    assert reused.get_attribute("href").endswith(f"/{preview['id']}")
+    assert float(page.inner_text("[data-testid=ppl-teacher]")) == ppl_teacher
 
     page.fill("[data-testid=student-name]", "tiny-mlp32")
     page.click("[data-testid=create-student]")

@@ -381,7 +381,9 @@ export class Planner {
       if (j.status === "succeeded" && j.result) {
         const r = j.result;
         mount(this.previewBox, h("div.kv", { style: { marginTop: "6px" } },
-          h("dt", "teacher ppl"), h("dd", { dataset: { testid: "ppl-teacher" } }, sig(r.ppl_teacher)),
+          h("dt", "teacher ppl"), h("dd", h("span", { dataset: { testid: "ppl-teacher" } }, sig(r.ppl_teacher)),
+            // Measured once per weights and protocol (worker/teacher_perplexity.py): say by which job.
+            r.teacher_from_job ? [" ", h("a.hint", { href: href("job", [r.teacher_from_job]), dataset: { testid: "ppl-teacher-from" } }, `from job #${r.teacher_from_job}`)] : null),
           h("dt", "masked ppl"), h("dd", { dataset: { testid: "ppl-masked" } }, `${sig(r.ppl_masked)}  (×${sig(r.ratio ?? r.ppl_masked / r.ppl_teacher, 3)})`),
           h("dt", "measured"), h("dd", protocolNote(r.protocol, { testid: "preview-protocol" }) ?? "–")));
       } else if (j.status === "failed" || j.status === "cancelled") {
