@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.routing import device_type
-from worker.multi_rank import run_ranks
+from worker.multi_rank import run_ranks, stop_grace_s
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.evaluate_ranks"
@@ -98,6 +98,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
             device_type=device_type(rt.device),
             on_record=on_record,
             rendezvous=rendezvous,
+            stop_grace_s=stop_grace_s("evaluate"),
         )
         if not finished:
             raise JobCancelled()

@@ -18,7 +18,7 @@ from typing import Any
 from backend.db import session_scope
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.routing import device_type
-from worker.multi_rank import run_ranks
+from worker.multi_rank import run_ranks, stop_grace_s
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.cli"  # `python -m worker.cli importance ...`: the prunescope command, run by each rank
@@ -92,6 +92,7 @@ def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             device_type=device_type(rt.device),
             on_record=on_record,
             rendezvous=rendezvous,
+            stop_grace_s=stop_grace_s("importance"),
         )
         if not finished:
             raise JobCancelled()

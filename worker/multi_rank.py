@@ -4,8 +4,9 @@ Why the job process stays the only one that talks to the platform: the ranks nee
 access. Rank 0 appends each step's metrics to a JSON-lines file (`--metrics-jsonl`) that this process
 tails and forwards through the job's JobRuntime, so progress, metrics, logs and the final status flow
 exactly as for a one-process job. A cancel or a worker shutdown creates the stop file every rank polls
-(they stop together at the next step, with a checkpoint); ranks still running `STOP_GRACE_S` later are
-killed.
+(they stop together at the next step, with a checkpoint); ranks still running `stop_grace_s(kind)` later
+are killed: a minute for a distillation (its checkpoint to write), a few seconds for the others, which save
+nothing on a stop (an evaluation's ranks inside lm-eval building its requests read no stop file).
 
 Nothing outlives the job: the torchrun agent and every rank run through worker.rank_guard (a parent-death
 signal), so the agent gets SIGTERM when the job process dies (it then stops its ranks) and each rank is
@@ -27,7 +28,8 @@ from worker.rank_failures import failure_reason
 from worker.runtime import JobRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
-STOP_GRACE_S = 60.0
+STOP_GRACE_S = 60.0  # ranks that write a checkpoint as they stop
+NOTHING_TO_SAVE_GRACE_S = 5.0  # ranks that save nothing on a stop
 POLL_S = 0.5
 # How much of the end of the ranks' log a failure is read from: torchrun's failure summary (a few hundred
 # bytes a rank) is last; a long run's whole log can be large.
@@ -101,6 +103,11 @@ def rank_env(device_type: str) -> dict[str, str]:
     return env
 
 
+def stop_grace_s(kind: str) -> float:
+    """How long a job's ranks may take to stop once asked (see the module docstring)."""
+    return STOP_GRACE_S if kind == "distill" else NOTHING_TO_SAVE_GRACE_S
+
+
 def run_ranks(
     rt: JobRuntime,
     ranks: int,
@@ -111,6 +118,7 @@ def run_ranks(
     device_type: str,
     on_record: Callable[[dict], None],
     rendezvous: Rendezvous | None = None,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> bool:
     """Run `module args` as `ranks` ranks until they end; forward rank 0's records and output lines.
 
@@ -118,6 +126,7 @@ def run_ranks(
     "stopped" exit code 3 is a failure to it). Raises RanksFailed when they failed unasked.
     `args` gets `--stop-file` and `--metrics-jsonl` under `work` appended. With `rendezvous` these
     are this node's `ranks` of a job over several nodes (rank 0's records come only on node 0).
+    Ranks still running `stop_grace_s` after a stop was asked are ended (`stop_grace_s(kind)`).
     """
     work.mkdir(parents=True, exist_ok=True)
     stop_file, metrics, output = work / "stop", work / "metrics.jsonl", work / "ranks.log"
@@ -154,8 +163,8 @@ def run_ranks(
                 stop_file.touch()
                 stop_sent = time.monotonic()
                 rt.log("stop requested: every rank stops at its next step")
-            elif stop_sent is not None and time.monotonic() - stop_sent > STOP_GRACE_S:
-                rt.log(f"ranks still running {STOP_GRACE_S:.0f} s after the stop: killing them", "warning")
+            elif stop_sent is not None and time.monotonic() - stop_sent > stop_grace_s:
+                rt.log(f"ranks still running {stop_grace_s:.0f} s after the stop: ending them", "warning")
                 _end(agent)
             time.sleep(POLL_S)
     finally:

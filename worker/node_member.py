@@ -23,7 +23,7 @@ from backend.models import Job
 from backend.routing import device_type
 from backend.settings import Settings
 from worker.gang import Gang, GangIncomplete, GangYielded, worker_id
-from worker.multi_rank import RanksFailed, Rendezvous, run_ranks
+from worker.multi_rank import RanksFailed, Rendezvous, run_ranks, stop_grace_s
 from worker.runtime import SHUTTING_DOWN, JobRuntime
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
             device_type=device_type(device),
             on_record=lambda _record: None,  # rank 0's records are node 0's
             rendezvous=Rendezvous(nodes, node, endpoint, settings.gang_timeout_s),
+            stop_grace_s=stop_grace_s(job.kind),
         )
     except RanksFailed as exc:  # node 0's ranks fail with ours: it fails the job, with its own reason
         member.log(str(exc)[-2000:], "warning")

@@ -156,3 +156,45 @@ def test_failure_reason_without_a_signal_names_every_failed_rank():
         "rank 1 (local rank 1 on node7, pid 12) exited with code 1"
     )
     assert failure_reason("torchrun: no summary") is None
+
+
+class _Stopping(_Runtime):
+    """A runtime whose job is cancelled once the last rank is inside its first lm-eval call."""
+
+    def __init__(self, pid_file):
+        super().__init__()
+        self.pid_file = pid_file
+
+    def should_stop(self) -> bool:
+        return self.pid_file.exists()
+
+
+def test_a_stop_ends_ranks_that_read_no_stop_file_after_the_evaluations_grace(tmp_path):
+    """A cancel while a rank is inside a long lm-eval call (building requests reads no stop file): an
+    evaluation's ranks save nothing on a stop, so they are ended after `stop_grace_s("evaluate")`, not
+    the minute a distillation gets for its checkpoint, and no rank is left running."""
+    import time
+
+    from worker.multi_rank import STOP_GRACE_S, run_ranks, stop_grace_s
+
+    grace = stop_grace_s("evaluate")
+    assert grace < 10 < STOP_GRACE_S == stop_grace_s("distill")
+    rt = _Stopping(tmp_path / "pid1")
+    began = time.monotonic()
+    finished = run_ranks(
+        rt,
+        2,
+        "tests.engine.lm_eval_rank_main",
+        [str(tmp_path), "--hang-in-call"],
+        work=tmp_path / "ranks",
+        device_type="cpu",
+        on_record=lambda _: None,
+        stop_grace_s=grace,
+    )
+    asked = (tmp_path / "pid1").stat().st_mtime
+    took = time.time() - asked
+    assert finished is False  # stopped on request, not failed
+    assert any(f"ranks still running {grace:.0f} s after the stop: ending them" in line for line in rt.lines)
+    assert took < grace + 20, took  # not STOP_GRACE_S
+    assert live_ranks("tests.engine.lm_eval_rank_main", str(tmp_path)) == []
+    print(f"ranks ended {took:.1f} s after the stop ({time.monotonic() - began:.1f} s in all)")
