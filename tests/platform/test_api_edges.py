@@ -1,8 +1,9 @@
-"""Edges a client reaches by mistake, found by driving every route as an outside tester: an unknown or
-unready row named in a body is a 404 / 409 naming that field, an importance run whose scores left the
-store is a 409 (not a 500), a teacher's evaluation protocol is held to the server's limits at
-registration as at a later change, a dataset must hold data a job can read, a blank name is refused, and
-a search whose report left the store is a 409. Each refusal writes nothing."""
+"""Edges a client reaches by mistake, found by driving every route as an outside tester (each test says
+what it answered before): unknown, unready or mismatched rows named in a body, stored files gone from
+the store, protocols and search shapes past the server's limits, datasets no job can read, blank names,
+free text that cannot be stored, plans with targets previewed, cancels and deletes of jobs that build a
+row, a broker failing halfway, and identical requests at once. Every refusal is a 4xx naming the field
+(pydantic's `loc`) and writes nothing; none is a 500."""
 
 from __future__ import annotations
 
