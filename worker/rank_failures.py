@@ -5,7 +5,8 @@ killed from outside (SIGKILL: the kernel's out-of-memory killer, an operator) wr
 its timestamp is when the agent noticed, and a rank that failed because of it (gloo: "Connection closed
 by peer" in its collective) is often named as the root cause instead, by the same second. So the cause
 read here is a rank ended by a signal the agent does not send (it stops the others with SIGTERM); with
-none, every failed rank and its exit code.
+none, every failed rank and its exit code, and whether a collective timed out (a rank that hangs, alive
+and silent, shows only as the others failing in a collective after PRUNESCOPE_DIST_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ _FAILURE = re.compile(
     r"host\s*:\s*(?P<host>\S+)\s+rank\s*:\s*(?P<rank>\d+) \(local_rank: (?P<local>\d+)\)\s+"
     r"exitcode\s*:\s*(?P<code>-?\d+) \(pid: (?P<pid>\d+)\)"
 )
+
+# gloo: "Timed out waiting 5000ms for send operation to complete"; NCCL's watchdog: "WorkNCCL(...) ran
+# for 600123 milliseconds before timing out".
+_TIMEOUT = re.compile(r"Timed out waiting (?P<a>\d+)\s*ms|ran for (?P<b>\d+) milliseconds before timing out")
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,19 @@ def failure_reason(log: str) -> str | None:
         return None
     killed = [f for f in failures if f.exit_code < 0 and f.exit_code != -signal.SIGTERM]
     if not killed:
-        return "; ".join(f.describe() for f in failures)
+        return "; ".join(f.describe() for f in failures) + _timed_out(log)
     after = [f"rank {f.rank}" for f in failures if f not in killed]
     then = f"; {', '.join(after)} ended after it" if after else ""
     return "; ".join(f.describe() for f in killed) + then
+
+
+def _timed_out(log: str) -> str:
+    """ ", after a collective timed out (...)" when a rank's error says so, else ""."""
+    m = _TIMEOUT.search(log)
+    if m is None:
+        return ""
+    seconds = int(m["a"] or m["b"]) / 1000
+    return (
+        f", after a collective timed out ({seconds:.0f} s, PRUNESCOPE_DIST_TIMEOUT_S): a rank stopped "
+        "answering (hung, or far behind the others)"
+    )

@@ -156,6 +156,12 @@ def test_failure_reason_without_a_signal_names_every_failed_rank():
         "rank 1 (local rank 1 on node7, pid 12) exited with code 1"
     )
     assert failure_reason("torchrun: no summary") is None
+    # A hung rank shows only as the others failing in a collective: the reason says a collective timed out.
+    nccl = "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9) ran for 600041 milliseconds before timing out."
+    assert failure_reason(f"{nccl}\n{summary}").endswith(
+        "exited with code 1, after a collective timed out (600 s, PRUNESCOPE_DIST_TIMEOUT_S): a rank stopped "
+        "answering (hung, or far behind the others)"
+    )
 
 
 class _Stopping(_Runtime):
@@ -198,3 +204,38 @@ def test_a_stop_ends_ranks_that_read_no_stop_file_after_the_evaluations_grace(tm
     assert took < grace + 20, took  # not STOP_GRACE_S
     assert live_ranks("tests.engine.lm_eval_rank_main", str(tmp_path)) == []
     print(f"ranks ended {took:.1f} s after the stop ({time.monotonic() - began:.1f} s in all)")
+
+
+def test_a_rank_hung_in_an_lm_eval_call_fails_the_ranks_within_the_collective_timeout(tmp_path, monkeypatch):
+    """Rank 1 hangs (alive, silent) inside the first lm-eval model call: rank 0's gather of the answers
+    times out after PRUNESCOPE_DIST_TIMEOUT_S, the ranks fail with a reason that says so (no silent
+    hang), and no rank is left running."""
+    import time
+
+    from worker.multi_rank import RanksFailed, run_ranks
+
+    monkeypatch.setenv("PRUNESCOPE_DIST_TIMEOUT_S", "5")
+    rt = _Runtime()
+    began = time.monotonic()
+    try:
+        run_ranks(
+            rt,
+            2,
+            "tests.engine.lm_eval_rank_main",
+            [str(tmp_path), "--hang-in-call"],
+            work=tmp_path / "ranks",
+            device_type="cpu",
+            on_record=lambda _: None,
+        )
+    except RanksFailed as exc:
+        failure = str(exc)
+    else:
+        raise AssertionError(f"the ranks did not fail: {rt.lines[-20:]}")
+    took = time.monotonic() - began
+    assert (tmp_path / "pid1").exists()  # it did hang where it should
+    assert "after a collective timed out (5 s, PRUNESCOPE_DIST_TIMEOUT_S)" in failure.splitlines()[0], (
+        failure[-3000:]
+    )
+    assert took < 120, took  # the 5 s timeout, plus start-up on a loaded machine
+    assert live_ranks("tests.engine.lm_eval_rank_main", str(tmp_path)) == []
+    print(f"failed {took:.1f} s after the start: {failure.splitlines()[0]}")
