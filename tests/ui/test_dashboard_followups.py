@@ -80,7 +80,10 @@ def rows(live_app):
             name="#1 L4-none.H8-none.F48.D32", teacher_id=teacher.id, plan_id=plan.id, status="ready"
         )
         student.spec = SPEC
-        s.add(student)
+        other = Student(
+            name="followup-other", teacher_id=teacher.id, plan_id=plan.id, status="ready", spec=SPEC
+        )
+        s.add_all([student, other])
         s.flush()
         ids = {
             "teacher": teacher.id,
@@ -92,6 +95,7 @@ def rows(live_app):
             "run": run.id,
             "plan": plan.id,
             "student": student.id,
+            "other": other.id,
         }
     yield ids
     with session_scope(url) as s:
@@ -99,7 +103,7 @@ def rows(live_app):
         s.execute(delete(Event).where(Event.job_id.in_(jobs)))
         s.execute(delete(Job).where(Job.id.in_(jobs)))  # before the run: a job names it
         s.execute(delete(ImportanceRun).where(ImportanceRun.id == ids["run"]))
-        s.execute(delete(Student).where(Student.id == ids["student"]))
+        s.execute(delete(Student).where(Student.id.in_([ids["student"], ids["other"]])))
         s.execute(delete(Plan).where(Plan.id == ids["plan"]))
         s.execute(delete(Dataset).where(Dataset.id == ids["dataset"]))
         s.execute(delete(Teacher).where(Teacher.id == ids["teacher"]))
@@ -237,3 +241,36 @@ def test_shape_labels_name_kv_groups_and_uneven_widths(page, live_app):
         "2 layers · h 64 · ffn 64–96 · 8 heads · 2 KV",
         None,
     ]
+
+
+def test_students_and_teachers_are_picked_from_the_keyboard(page, live_app, rows):
+    """The Runs students list and the Teachers list select a row with Enter (Tab reaches each row); the
+    focus stays on it across the list's redraw."""
+    page.goto(f"{live_app.url}/#/runs")
+    rows_of = [f"tr[data-student-id='{rows[k]}']" for k in ("student", "other")]
+    page.wait_for_selector(rows_of[1])
+    first, second = sorted(rows_of, key=lambda sel: page.eval_on_selector(sel, "el => el.rowIndex"))
+    for sel in (first, second):
+        if sel == second:
+            page.keyboard.press("Tab")  # from the first row to the next: each row is a stop
+        else:
+            page.focus(sel)
+        assert page.evaluate(f"document.activeElement.matches({sel!r})")
+        outline = page.eval_on_selector(sel, "el => getComputedStyle(el).outlineStyle")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"document.querySelector({sel!r}).classList.contains('selected')")
+        assert page.evaluate(f"document.activeElement.matches({sel!r})")  # kept across the redraw
+        assert page.get_attribute(sel, "aria-pressed") == "true"
+        sid = sel.split("'")[1]
+        assert f"student={sid}" in page.url
+        page.wait_for_function(
+            f"document.querySelector('[data-testid=student-detail] h2')?.textContent === document.querySelector({sel!r} + ' td').firstChild.textContent"
+        )
+    assert outline != "none"
+    page.goto(f"{live_app.url}/#/teachers")
+    row = f"tr[data-teacher-id='{rows['teacher']}']"
+    page.wait_for_selector(row)
+    page.focus(row)
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"location.hash.includes('teacher={rows['teacher']}')")
+    page.wait_for_function(f"document.querySelector({row!r})?.classList.contains('selected')")

@@ -46,6 +46,25 @@ export function linkRow(url, attrs, ...cells) {
   return h("tr.clickable", { ...attrs, onclick: open }, ...cells);
 }
 
+/** A table row that selects what it shows on the page (a student, a teacher): a click, or Tab to it and
+ * Enter / Space; `selected` marks it (and tells a screen reader it is pressed). */
+export function selectRow(selected, attrs, onSelect, ...cells) {
+  const onkeydown = (ev) => {
+    if (ev.target !== ev.currentTarget || (ev.key !== "Enter" && ev.key !== " ")) return;
+    ev.preventDefault(); // Space would scroll the page
+    onSelect();
+  };
+  return h("tr.clickable", { ...attrs, class: selected ? "selected" : "", tabindex: 0, role: "button", "aria-pressed": String(selected), onclick: onSelect, onkeydown }, ...cells);
+}
+
+/** Run `render` (which rebuilds `container`) and put the keyboard focus back on the row it was on, found
+ * by `attr` (e.g. "data-student-id"): a poll's redraw must not throw a keyboard user back to the top. */
+export function keepingFocus(container, attr, render) {
+  const was = container.contains(document.activeElement) ? document.activeElement.closest(`[${attr}]`)?.getAttribute(attr) : null;
+  render();
+  if (was !== null && was !== undefined) container.querySelector(`[${attr}="${was}"]`)?.focus();
+}
+
 /** The link in a `linkRow` (its id, usually): the row's keyboard way in. */
 export function rowLink(url, text, attrs = {}) {
   return h("a.row-link", { href: url, ...attrs }, text);

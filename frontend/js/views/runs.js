@@ -2,7 +2,7 @@
 // URL: #/runs?student=<id>
 
 import { api, authUrl, showError } from "../api.js";
-import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
+import { field, keepingFocus, linkRow, progressBar, readForm, rowLink, selectRow, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
@@ -141,15 +141,16 @@ export async function runsView(host, { query }, ctx) {
       mount(list, h("div.empty", "No student yet. Build a plan in the ", h("a", { href: "#/explore" }, "explorer"), " and press ", h("strong", "Create student"), "."));
       return;
     }
-    mount(list, h("table", h("thead", h("tr", h("th", "student"), h("th.num", "params"), h("th", "status"))),
+    keepingFocus(list, "data-student-id", () => mount(list, h("table", h("thead", h("tr", h("th", "student"), h("th.num", "params"), h("th", "status"))),
       h("tbody", state.students.map((s) => {
         const t = teacherOf(s);
-        return h("tr.clickable", { class: s.id === state.selected ? "selected" : "", dataset: { studentId: s.id }, onclick: () => { state.selected = s.id; setQuery({ student: s.id }); renderList(); renderDetail(); } },
+        const select = () => { state.selected = s.id; setQuery({ student: s.id }); renderList(); renderDetail(); };
+        return selectRow(s.id === state.selected, { dataset: { studentId: s.id } }, select,
           // Its shape under its name: a bake-off's students are named by a search's ids ("#1 L4-none.H6…").
           h("td", s.name, s.spec ? h("div.muted", { dataset: { testid: "student-shape" } }, shapeLabel(s.spec, t?.spec)) : null, h("div.faint", `from ${t ? t.name : `teacher ${s.teacher_id}`} · plan #${s.plan_id}`)),
           h("td.num", s.spec ? compact(s.spec.params_total) : "–", s.spec && t?.spec ? h("div.faint", pct(s.spec.params_total / t.spec.params_total, 0)) : null),
           h("td", statusBadge(s.status)));
-      }))));
+      })))));
   }
 
   const teacherName = (id) => {

@@ -3,7 +3,7 @@
 
 import { api, showError } from "../api.js";
 import { memoryLine, queueFor } from "../components/memline.js";
-import { field, progressBar, readForm, statusBadge, statusReason } from "../components/widgets.js";
+import { field, keepingFocus, progressBar, readForm, selectRow, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
 import { bestLayout, halvedBatches, importanceLayout, importanceNeed, spillDiskLimit, spillLimitBytes } from "../jobmemory.js";
@@ -150,18 +150,14 @@ export async function teachersView(host, { query }, ctx) {
       mount(teacherList, h("div.empty", "No teacher yet. ", h("strong", "Register \"demo\""), " to start with the shipped demo teacher."));
       return;
     }
-    mount(teacherList, h("table",
+    keepingFocus(teacherList, "data-teacher-id", () => mount(teacherList, h("table",
       h("thead", h("tr", h("th", "name"), h("th", "family"), h("th.num", "params"), h("th", "status"))),
-      h("tbody", state.teachers.map((t) => h("tr.clickable", {
-        class: t.id === state.selected ? "selected" : "",
-        dataset: { teacherId: t.id },
-        onclick: () => {
-          state.selected = t.id;
-          setQuery({ teacher: t.id });
-          refresh();
-        },
+      h("tbody", state.teachers.map((t) => selectRow(t.id === state.selected, { dataset: { teacherId: t.id } }, () => {
+        state.selected = t.id;
+        setQuery({ teacher: t.id });
+        refresh();
       }, h("td", t.name, h("div.faint.mono.path", { title: t.source }, t.source)), h("td", t.spec ? t.spec.family : "–"), h("td.num", t.spec ? compact(t.spec.params_total) : "–"), h("td", statusBadge(t.status))))),
-    ));
+    )));
   }
 
   function renderDatasets() {
