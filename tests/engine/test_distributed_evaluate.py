@@ -86,6 +86,22 @@ class _Runtime:
         return False
 
 
+def _hanging_ranks(rt, tmp_path, **options) -> bool:
+    """Two ranks of lm_eval_rank_main whose last one hangs in its first lm-eval model call (OUT/pid1)."""
+    from worker.multi_rank import run_ranks
+
+    return run_ranks(
+        rt,
+        2,
+        "tests.engine.lm_eval_rank_main",
+        [str(tmp_path), "--hang-in-call"],
+        work=tmp_path / "ranks",
+        device_type="cpu",
+        on_record=lambda _: None,
+        **options,
+    )
+
+
 def test_a_rank_killed_in_an_lm_eval_call_fails_the_ranks_naming_it(tmp_path):
     """Rank 1 dies (SIGKILL) inside the first lm-eval model call while rank 0 waits for its answers in
     the gather: the ranks' supervisor (multi_rank.run_ranks, every multi-rank job's) raises RanksFailed whose first line names rank 1 and how it
@@ -96,21 +112,13 @@ def test_a_rank_killed_in_an_lm_eval_call_fails_the_ranks_naming_it(tmp_path):
     import threading
     import time
 
-    from worker.multi_rank import RanksFailed, run_ranks
+    from worker.multi_rank import RanksFailed
 
     rt, raised = _Runtime(), []
 
     def supervise() -> None:
         try:
-            run_ranks(
-                rt,
-                2,
-                "tests.engine.lm_eval_rank_main",
-                [str(tmp_path), "--hang-in-call"],
-                work=tmp_path / "ranks",
-                device_type="cpu",
-                on_record=lambda _: None,
-            )
+            _hanging_ranks(rt, tmp_path)
         except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
             raised.append(exc)
 
@@ -181,22 +189,13 @@ def test_a_stop_ends_ranks_that_read_no_stop_file_after_the_evaluations_grace(tm
     the minute a distillation gets for its checkpoint, and no rank is left running."""
     import time
 
-    from worker.multi_rank import STOP_GRACE_S, run_ranks, stop_grace_s
+    from worker.multi_rank import STOP_GRACE_S, stop_grace_s
 
     grace = stop_grace_s("evaluate")
     assert grace < 10 < STOP_GRACE_S == stop_grace_s("distill")
     rt = _Stopping(tmp_path / "pid1")
     began = time.monotonic()
-    finished = run_ranks(
-        rt,
-        2,
-        "tests.engine.lm_eval_rank_main",
-        [str(tmp_path), "--hang-in-call"],
-        work=tmp_path / "ranks",
-        device_type="cpu",
-        on_record=lambda _: None,
-        stop_grace_s=grace,
-    )
+    finished = _hanging_ranks(rt, tmp_path, stop_grace_s=grace)
     asked = (tmp_path / "pid1").stat().st_mtime
     took = time.time() - asked
     assert finished is False  # stopped on request, not failed
@@ -212,21 +211,13 @@ def test_a_rank_hung_in_an_lm_eval_call_fails_the_ranks_within_the_collective_ti
     hang), and no rank is left running."""
     import time
 
-    from worker.multi_rank import RanksFailed, run_ranks
+    from worker.multi_rank import RanksFailed
 
     monkeypatch.setenv("PRUNESCOPE_DIST_TIMEOUT_S", "5")
     rt = _Runtime()
     began = time.monotonic()
     try:
-        run_ranks(
-            rt,
-            2,
-            "tests.engine.lm_eval_rank_main",
-            [str(tmp_path), "--hang-in-call"],
-            work=tmp_path / "ranks",
-            device_type="cpu",
-            on_record=lambda _: None,
-        )
+        _hanging_ranks(rt, tmp_path)
     except RanksFailed as exc:
         failure = str(exc)
     else:
