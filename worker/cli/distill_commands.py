@@ -27,6 +27,7 @@ from typing import Any
 
 from worker.cli import CliError
 from worker.cli.data_options import add_data_options, data_source, open_stream
+from worker.cli.importance_commands import _check_device
 from worker.engine.distill_defaults import DEFAULTS as D
 
 
@@ -187,6 +188,9 @@ def _distill(args) -> int:
     source, streamed = data_source(args)
     out, work = _checked_paths(args, source, streamed)
     config = _distill_config(args)
+    if args.seq_len < 2:
+        raise CliError(f"--seq-len must be at least 2, got {args.seq_len}")
+    _check_device(args.device)  # only checked: under torchrun each rank picks its own cuda:N from it
     ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
     models = _load_models(args, "cpu" if ctx.distributed else args.device)  # sharding moves each share
     config = _with_intermediate_targets(args, config, models)
@@ -262,8 +266,10 @@ def _distill_config(args):
         )
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule between fields (min_lr > lr...): its own text names them
+            raise CliError(first["msg"].removeprefix("Value error, ")) from None
         raise CliError(
-            f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-') or 'config'}: {first['msg']}"
+            f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}"
         ) from None
 
 
@@ -443,9 +449,16 @@ def _evaluate(args) -> int:
     from worker.engine.data import read_documents
     from worker.engine.evaluation import make_manifest, perplexity, run_lm_eval, write_result
 
+    for flag in ("limit", "max_documents", "context", "stride", "batch_size"):
+        value = getattr(args, flag)  # 0 would read as "not given" below (all documents, default context)
+        if value is not None and value < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    _check_result_path(args.out)
+    _check_device(args.device)
     model, tokenizer = _load(args.model, args.device)
     if tokenizer is None:
         raise CliError(f"no tokenizer found with {args.model}")
+    _check_positions("--context", args.context or 0, {args.model: model})
     documents = read_documents(args.data, args.split)
     _say(f"[perplexity] {args.data}:{args.split} ({len(documents)} documents)")
     ppl = perplexity(
@@ -488,9 +501,16 @@ def _evaluate(args) -> int:
 def _benchmark(args) -> int:
     from worker.engine.evaluation import make_manifest, throughput, write_result
 
+    _check_result_path(args.out)
+    _check_device(args.device)
     teacher_source = _teacher_source(args.teacher)
     teacher, _ = _load(teacher_source, args.device)
     student, _ = _load(args.student, args.device)
+    _check_positions(
+        "--prompt-len + --new-tokens",
+        args.prompt_len + args.new_tokens,
+        {teacher_source: teacher, args.student: student},
+    )
     report = throughput(
         teacher,
         student,
@@ -515,3 +535,19 @@ def _benchmark(args) -> int:
         )
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _check_result_path(out: Path | None) -> None:
+    """-o names the result file: a directory there would fail only after the whole run."""
+    if out is not None and out.is_dir():
+        raise CliError(f"-o: {out} is a directory; give the result file's path, e.g. {out / 'result.json'}")
+
+
+def _check_positions(flag: str, tokens: int, models: dict) -> None:
+    """Refuse sequences longer than a model's positions: past them the scores mean nothing, and a
+    typo such as 100000 would build attention matrices of tens of GB."""
+    from worker.engine.evaluation.perplexity import model_context
+
+    for source, model in models.items():
+        if tokens > model_context(model):
+            raise CliError(f"{flag}: {tokens} tokens exceed the {model_context(model)} positions of {source}")

@@ -89,9 +89,12 @@ def _check_options(args) -> tuple[str, ...]:
     for flag in ("samples", "batch_size", "block_size"):
         if getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.seed < 0:  # numpy's generator refuses it later with a message naming no flag
+        raise CliError(f"--seed must be 0 or more, got {args.seed}")
     if args.seq_len < 2:
         raise CliError(f"--seq-len must be at least 2, got {args.seq_len}")
-    if args.spill_limit_gb is not None and not args.spill_limit_gb > 0:  # NaN too
+    # NaN too; inf or 1e300 would overflow the byte count (an exabyte is far beyond any disk)
+    if args.spill_limit_gb is not None and not 0 < args.spill_limit_gb <= 1e9:
         raise CliError(f"--spill-limit-gb must be a positive number of GB, got {args.spill_limit_gb}")
     from worker.engine.importance.result import SCANS
 
@@ -165,9 +168,12 @@ def _importance(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
         vocab = model.get_input_embeddings().weight.shape[0]
     if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        try:
+            tokenizer = load_tokenizer(args.tokenizer)
+        except FileNotFoundError as exc:  # a path that is not there, or a hub id not in the cache
+            raise CliError(f"--tokenizer: {exc}") from None
+        if tokenizer is None:  # a missing path or one without tokenizer files
+            raise CliError(f"--tokenizer: no tokenizer found at {args.tokenizer}")
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
     if len(tokenizer) > vocab:

@@ -37,7 +37,7 @@ def _read_plan(path: str):
     if not file.is_file():
         raise CliError(f"plan file not found: {path}")
     try:
-        return PrunePlan.model_validate_json(file.read_text())
+        return PrunePlan.model_validate_json(file.read_bytes())  # bytes: pydantic names bad UTF-8 too
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "plan"
@@ -329,11 +329,16 @@ def register(subparsers) -> None:
     p.set_defaults(handler=cmd_prune)
 
 
+MAX_SHARD_GB = 1e9  # an exabyte: bigger is a typo (and inf or 1e300 overflow the byte count)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    if not 1e-9 <= value <= MAX_SHARD_GB:  # NaN too; below 1e-9 GB a shard would be under one byte
+        raise argparse.ArgumentTypeError(
+            f"must be a number of GB from 1e-9 to {MAX_SHARD_GB:g}, got {text!r}"
+        )
     return value

@@ -76,12 +76,29 @@ def read_header(file: str | os.PathLike) -> tuple[dict, int]:
         if len(prefix) < 8:
             raise ValueError(f"{file} is not a safetensors file (shorter than its header length)")
         n = int.from_bytes(prefix, "little")
+        # Checked before reading: a damaged file's first 8 bytes can claim exabytes (a MemoryError).
+        if n > os.fstat(f.fileno()).st_size - 8:
+            raise ValueError(f"{file} is not a safetensors file (its header is cut short)")
         raw = f.read(n)
-    if len(raw) < n:
-        raise ValueError(f"{file} is not a safetensors file (its header is cut short)")
-    header = json.loads(raw)
+    try:
+        header = json.loads(raw)
+    except ValueError:  # JSON or UTF-8 errors: bytes that are no safetensors header
+        raise ValueError(f"{file} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     return header, 8 + n
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The index file's tensor -> shard table; a damaged index is a ValueError naming the file."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{index} is not a safetensors index ({type(exc).__name__}: {exc})") from None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index} is not a safetensors index (its weight_map is not an object)")
+    return weight_map
 
 
 def owned_buffer(nbytes: int) -> torch.Tensor:
@@ -113,7 +130,7 @@ class CheckpointReader:
         self.path = Path(path)
         index = self.path / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_weight_map(index)
         elif (self.path / SINGLE_FILE).is_file():
             weight_map = None
         else:

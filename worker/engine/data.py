@@ -106,7 +106,10 @@ def data_suffix(path: Path) -> str | None:
 def _read_file(path: Path) -> list[str]:
     suffix = data_suffix(path)
     if suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:  # a binary file named .txt: say which, not the codec's words
+            raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         documents = [p.strip("\n") for p in _PARAGRAPH_BREAK.split(text)]
     elif suffix in (".jsonl", ".jsonl.gz"):
         documents = read_jsonl(path)
@@ -148,6 +151,8 @@ def jsonl_texts(
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+            except UnicodeDecodeError:  # bytes json.loads cannot decode: a binary file
+                raise ValueError(f"{where}: not UTF-8 text") from None
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise ValueError(f"{where}: expected an object with a string field {text_field!r}")

@@ -35,6 +35,7 @@ from torch import nn
 
 from worker.engine.adapters import UnsupportedArchitecture, adapter_for, adapter_for_model_type
 from worker.engine.atomic import replace_dir
+from worker.engine.checkpoint_reader import INDEX_FILE, read_weight_map
 from worker.engine.fingerprint import library_versions
 from worker.engine.hub import hub_kwargs
 from worker.engine.plan import vanilla_loadable
@@ -107,6 +108,8 @@ def load_model(
     asked for, and only architectures with an adapter are accepted. `progress(done, total)` counts the
     checkpoint's tensors as they are read (see `weights_progress`): from 0/N to N/N, never backwards.
     """
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = str(source)
@@ -123,19 +126,27 @@ def load_model(
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub)
     except OSError as exc:
         raise FileNotFoundError(f"model not found: {source} ({_first_line(exc)})") from exc
+    except StrictDataclassError as exc:  # a field of the wrong type: its name, then what was wrong
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])
+        raise ValueError(f"cannot read the config of {source}: {detail}") from None
     except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
         raise ValueError(f"cannot read the config of {source}: {_first_line(exc)}") from exc
     adapter_for_model_type(getattr(config, "model_type", None))  # unsupported: a clear error, before weights
     kwargs = {"dtype": _dtype(dtype)} if dtype is not None else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if local and (path / LAYERS_FILE).is_file():
-        model = _load_layers_format(path, config, kwargs, progress)
-    else:
-        with weights_progress(progress):
-            model = AutoModelForCausalLM.from_pretrained(
-                where, config=config, trust_remote_code=trust_remote_code, **hub, **kwargs
-            )
+    if local and (path / INDEX_FILE).is_file():
+        read_weight_map(path / INDEX_FILE)  # a damaged index: an error naming it (transformers' does not)
+    try:
+        if local and (path / LAYERS_FILE).is_file():
+            model = _load_layers_format(path, config, kwargs, progress)
+        else:
+            with weights_progress(progress):
+                model = AutoModelForCausalLM.from_pretrained(
+                    where, config=config, trust_remote_code=trust_remote_code, **hub, **kwargs
+                )
+    except SafetensorError as exc:  # a truncated or overwritten weights file: say which model, not how
+        raise ValueError(f"cannot read the weights of {source}: {_first_line(exc)}") from None
     model = model.to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")

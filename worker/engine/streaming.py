@@ -83,6 +83,13 @@ def list_shards(source: str | os.PathLike, data_format: str = "auto") -> list[Pa
 
 def txt_documents(path: Path, start: int) -> Iterator[tuple[str, int]]:
     """Paragraphs (split as `data.read_documents` splits .txt files) and the byte offset after each."""
+    try:
+        yield from _txt_paragraphs(path, start)
+    except UnicodeDecodeError as exc:  # a binary file named .txt: say which, not the codec's words
+        raise ValueError(f"{path}: not UTF-8 text (near byte {start + exc.start})") from None
+
+
+def _txt_paragraphs(path: Path, start: int) -> Iterator[tuple[str, int]]:
     with open(path, "rb") as handle:
         handle.seek(start)
         base, pending = start, b""  # `pending` starts at file offset `base`

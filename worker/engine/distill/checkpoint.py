@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -53,12 +54,27 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+def read_state_file(path: Path, map_location="cpu"):
+    """`torch.load` of one checkpoint file; a truncated or foreign file is a ValueError naming it (torch
+    raises RuntimeError, UnpicklingError or EOFError, with a traceback's worth of advice)."""
+    try:
+        # Python's RNG state is a tuple of ints: plain containers, so weights_only loading is enough.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]  # no advice
+        raise ValueError(
+            f"cannot resume: {path} is damaged or not a checkpoint ({detail}); "
+            "remove the work directory to start over"
+        ) from None
+
+
 def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict | None:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    # Python's RNG state is a tuple of ints: plain containers, so weights_only loading is enough.
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return read_state_file(path, map_location)
 
 
 def save_teacher(directory: str | os.PathLike, teacher: torch.nn.Module) -> None:
@@ -71,7 +87,7 @@ def load_teacher_into(directory: str | os.PathLike, teacher: torch.nn.Module) ->
     path = Path(directory) / TEACHER_FILE
     if not path.exists():
         return False
-    teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    teacher.load_state_dict(read_state_file(path))
     return True
 
 

@@ -10,7 +10,8 @@ from worker.engine.distill_defaults import DEFAULTS as D  # shared with the API 
 
 
 class DistillConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf passes gt=0 (NaN does not) and trains a model of NaNs to the end: refuse both.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     mode: Literal["kd", "ce"] = "kd"  # "ce": baseline trained on labels only, no teacher
     steps: int = Field(D.steps, ge=1)
@@ -30,7 +31,7 @@ class DistillConfig(BaseModel):
     hidden_channels: list[int] | None = None  # teacher channels kept by the student, if hidden was cut
     # Tokens per LM-head chunk; None: as many as fit CHUNK_LOGITS logits (see chunked_head.auto_chunk_tokens).
     chunk_tokens: int | None = Field(None, ge=1)
-    seed: int = D.seed
+    seed: int = Field(D.seed, ge=0)  # numpy's generators refuse a negative seed
     val_every: int = Field(D.val_every, ge=0)  # 0: only at the end
     val_batches: int = Field(D.val_batches, ge=1)
     checkpoint_every: int = Field(D.checkpoint_every, ge=0)  # 0: only at the end / on stop

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from worker.engine.distill.checkpoint import SUMMARY_FILE, _atomic_json, rng_state, set_rng_state
+from worker.engine.distill.checkpoint import (
+    SUMMARY_FILE,
+    _atomic_json,
+    read_state_file,
+    rng_state,
+    set_rng_state,
+)
 
 SHARDED_DIR = "checkpoint.dcp"
 META_FILE = "meta.pt"
@@ -76,7 +82,7 @@ def read_sharded_meta(directory: str | os.PathLike) -> dict | None:
     path = sharded_checkpoint_path(directory)
     if path is None:
         return None
-    return torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+    return read_state_file(path / META_FILE)
 
 
 def load_sharded(directory: str | os.PathLike, ctx, student, optimizer) -> None:
@@ -92,7 +98,7 @@ def load_sharded(directory: str | os.PathLike, ctx, student, optimizer) -> None:
     set_state_dict(student, optimizer, model_state_dict=states["model"], optim_state_dict=states["optim"])
     saved_ranks = len(list(path.glob("rng_*.pt")))
     # RNG streams are per rank; with another world size rank r takes saved rank r mod the old count.
-    rng = torch.load(path / f"rng_{ctx.rank % saved_ranks}.pt", map_location="cpu", weights_only=True)
+    rng = read_state_file(path / f"rng_{ctx.rank % saved_ranks}.pt")
     set_rng_state(rng)
 
 

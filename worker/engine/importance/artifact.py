@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from worker.engine.atomic import replace_dir
@@ -61,4 +62,10 @@ def read_artifact(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], 
     if not is_artifact(path):
         raise ValueError(f"{path} is not an importance artifact (no {MANIFEST_FILE} of format {FORMAT})")
     manifest = json.loads((path / MANIFEST_FILE).read_text())
-    return load_file(str(path / SCORES_FILE)), manifest
+    scores = path / SCORES_FILE
+    if not scores.is_file():
+        raise FileNotFoundError(f"importance artifact {path} has no {SCORES_FILE}")
+    try:
+        return load_file(str(scores)), manifest
+    except SafetensorError as exc:  # truncated or overwritten: name the file, no traceback
+        raise ValueError(f"importance artifact {path}: {SCORES_FILE} is damaged ({exc})") from None

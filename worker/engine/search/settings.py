@@ -43,7 +43,7 @@ class SearchSettings(BaseModel):
     eval_samples: int = Field(16, ge=1, le=4096)
     eval_seq_len: int = Field(128, ge=2, le=32768)
     eval_batch_size: int = Field(8, ge=1, le=1024)
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's generators refuse a negative seed
     latency_batch: int = Field(1, ge=1, description="batch of latency budgets given without @B,C")
     latency_context: int = Field(128, ge=1, description="context of latency budgets given without @B,C")
     latency_new_tokens: int = Field(16, ge=1, description="decode steps timed per measurement")

@@ -1,0 +1,304 @@
+"""What a researcher gets wrong at the `prunescope` command line: damaged checkpoints and configs, binary
+data, numbers out of range, a device that is not there. Each is one `prunescope CMD: error: ...` line
+naming the file or flag (exit 2, no traceback) before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine.distill_helpers import demo_documents, demo_tokenizer, tiny_llama
+from worker.cli import main
+from worker.engine.importance.artifact import SCORES_FILE, write_artifact
+from worker.engine.loading import save_model
+
+SMALL = ["--samples", "4", "--seq-len", "16", "--batch-size", "2"]  # importance
+DISTILL = ["--mode", "ce", "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--val-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A tiny Llama with the demo tokenizer, the same model sharded, and a small JSONL corpus."""
+    root = tmp_path_factory.mktemp("bad_input")
+    model = tiny_llama(seed=1)
+    save_model(model, demo_tokenizer(), root / "model", {"kind": "test"})
+    model.save_pretrained(root / "sharded", max_shard_size="20KB")
+    lines = [ln for doc in demo_documents("train", 6) for ln in doc.split("\n") if len(ln.strip()) > 20]
+    docs = ["\n".join(lines[i : i + 6]) for i in range(0, min(len(lines), 600), 6)]
+    (root / "data.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (root / "plan.json").write_text(json.dumps({"drop_layers": [1]}))
+    return root
+
+
+def error_line(capsys, *argv) -> str:
+    """Run the command; it must fail with exit 2 and one error line (returned) and no traceback."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"prunescope {argv[0]}: error: "), last
+    return last
+
+
+def copy_model(root, tmp_path, name="model"):
+    return shutil.copytree(root / name, tmp_path / f"copy_{name}")
+
+
+# ---- damaged model directories ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header_claims_exabytes"])
+def test_damaged_weights_name_the_model_in_and_out_of_core(damage, root, tmp_path, capsys):
+    model = copy_model(root, tmp_path)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncated":  # an interrupted copy
+        weights.write_bytes(data[: len(data) // 2])
+    else:  # the first 8 bytes (the header length) overwritten: read as is, a MemoryError
+        weights.write_bytes((1 << 62).to_bytes(8, "little") + data[8:])
+    assert f"cannot read the weights of {model}" in error_line(capsys, "summary", model)
+    out = tmp_path / "out"
+    assert f"{weights}" in error_line(
+        capsys, "prune", model, "--plan", root / "plan.json", "-o", out, "--out-of-core"
+    )
+    assert f"{model}" in error_line(capsys, "prune", model, "--plan", root / "plan.json", "-o", out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["copy_model"]
+
+
+def test_damaged_shard_index_is_named(root, tmp_path, capsys):
+    model = copy_model(root, tmp_path, "sharded")
+    (model / "model.safetensors.index.json").write_text('{"weight_map": ')
+    line = error_line(capsys, "summary", model)
+    assert "model.safetensors.index.json is not a safetensors index" in line
+
+
+def test_mistyped_config_field_is_named(root, tmp_path, capsys):
+    model = copy_model(root, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "two"}))
+    line = error_line(capsys, "summary", model)
+    assert "cannot read the config" in line and "'num_hidden_layers' expected int" in line
+
+
+# ---- numbers out of range ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["inf", "1e300", "1e-12"])
+def test_shard_size_out_of_range_is_refused(size, root, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:  # an argparse type: refused while parsing
+        main(
+            ["prune", str(root / "model"), "--plan", str(root / "plan.json"), "-o", str(out)]
+            + ["--out-of-core", "--shard-size", size]
+        )
+    assert exit_.value.code == 2
+    assert f"argument --shard-size: must be a number of GB from 1e-9 to 1e+09, got '{size}'" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+def test_infinite_spill_limit_is_refused(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = error_line(
+        capsys,
+        "importance",
+        root / "model",
+        *SMALL,
+        "--offload",
+        "always",
+        "--spill-limit-gb",
+        "inf",
+        "-o",
+        out,
+    )
+    assert "--spill-limit-gb must be a positive number of GB, got inf" in line and not out.exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "inf"), ("--temperature", "inf"), ("--seed", "-1")])
+def test_distill_refuses_numbers_that_cannot_train(flag, value, root, tmp_path, capsys):
+    """--lr inf used to train a student of NaNs to the end and save it; --seed -1 failed inside numpy."""
+    out = tmp_path / "out"
+    args = ["distill", root / "model", "--data", root / "data.jsonl", *DISTILL, "-o", out, flag, value]
+    assert error_line(capsys, *args).startswith(f"prunescope distill: error: {flag}: ")
+    assert not out.exists()
+
+
+def test_a_rule_between_fields_reads_without_a_made_up_flag(root, tmp_path, capsys):
+    line = error_line(
+        capsys,
+        "distill",
+        root / "model",
+        "--data",
+        root / "data.jsonl",
+        *DISTILL,
+        "-o",
+        tmp_path / "o",
+        "--lr",
+        "1e-4",
+        "--min-lr",
+        "1e-3",
+    )
+    assert line == "prunescope distill: error: min_lr must not exceed lr"
+
+
+@pytest.mark.parametrize("command", ["importance", "search"])
+def test_negative_seed_names_the_flag(command, root, tmp_path, capsys):
+    if command == "importance":
+        args = ["importance", root / "model", *SMALL, "--seed", "-1", "-o", tmp_path / "run"]
+    else:
+        args = ["search", root / "model", "--importance", tmp_path, "--budget", "params=50%", "--seed", "-1"]
+    assert "--seed" in error_line(capsys, *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-documents", "0"], "--max-documents must be at least 1, got 0"),  # 0 read as "all"
+        (["--context", "0"], "--context must be at least 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--limit", "-1"], "--limit must be at least 1, got -1"),
+        (["--context", "100000"], "--context: 100000 tokens exceed the 512 positions of"),
+    ],
+)
+def test_evaluate_numbers_out_of_range(args, message, root, capsys):
+    line = error_line(capsys, "evaluate", root / "model", "--tasks", "none", "--max-documents", "2", *args)
+    assert message in line
+
+
+def test_benchmark_longer_than_the_model_is_refused(root, capsys):
+    """A typo such as --prompt-len 100000 ran attention over 100k tokens (tens of GB) on a 512-position model."""
+    line = error_line(
+        capsys,
+        "benchmark",
+        "--teacher",
+        root / "model",
+        "--student",
+        root / "model",
+        "--batch-sizes",
+        "1",
+        "--prompt-len",
+        "100000",
+        "--new-tokens",
+        "2",
+        "--repeats",
+        "1",
+    )
+    assert "--prompt-len + --new-tokens: 100002 tokens exceed the 512 positions of" in line
+
+
+@pytest.mark.parametrize("command", ["evaluate", "benchmark"])
+def test_result_path_that_is_a_directory_is_refused_before_the_run(command, root, tmp_path, capsys):
+    if command == "evaluate":
+        args = ["evaluate", root / "model", "--tasks", "none", "--max-documents", "2"]
+    else:
+        args = ["benchmark", "--teacher", root / "model", "--student", root / "model", "--batch-sizes", "1"]
+    assert f"-o: {tmp_path} is a directory" in error_line(capsys, *args, "-o", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["distill", "evaluate", "benchmark"])
+def test_missing_device_is_a_one_line_error(command, root, tmp_path, capsys):
+    """cuda:99: not there whether or not this machine has CUDA (a CPU torch raised an AssertionError)."""
+    if command == "distill":
+        args = ["distill", root / "model", "--data", root / "data.jsonl", *DISTILL, "-o", tmp_path / "o"]
+    elif command == "evaluate":
+        args = ["evaluate", root / "model", "--tasks", "none"]
+    else:
+        args = ["benchmark", "--teacher", root / "model", "--student", root / "model"]
+    assert "--device: device cuda:99 requested" in error_line(capsys, *args, "--device", "cuda:99")
+    assert not (tmp_path / "o").exists()
+
+
+# ---- damaged checkpoints and artifacts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_torch", "empty"])
+def test_resume_from_a_damaged_checkpoint_names_it(damage, root, tmp_path, capsys):
+    work = tmp_path / "out.work"
+    work.mkdir()
+    checkpoint = work / "checkpoint.pt"
+    torch.save({"step": 1, "weights": torch.zeros(4096)}, checkpoint)
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:2000])
+    elif damage == "not_torch":
+        checkpoint.write_bytes(bytes(range(256)) * 8)
+    else:
+        checkpoint.write_bytes(b"")
+    line = error_line(
+        capsys,
+        "distill",
+        root / "model",
+        "--data",
+        root / "data.jsonl",
+        *DISTILL,
+        "-o",
+        tmp_path / "out",
+        "--resume",
+    )
+    assert f"cannot resume: {checkpoint} is damaged or not a checkpoint" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_importance_scores_are_named(root, tmp_path, capsys):
+    run = write_artifact(tmp_path / "run", {"heads": np.zeros((2, 4), np.float32)}, {"model": "x"})
+    scores = run / SCORES_FILE
+    scores.write_bytes(scores.read_bytes()[:40])
+    plan = tmp_path / "targets.json"
+    plan.write_text(json.dumps({"targets": {"num_layers": 1, "layer_method": "bi"}}))
+    line = error_line(
+        capsys, "prune", root / "model", "--plan", plan, "--importance", run, "-o", tmp_path / "o"
+    )
+    assert f"importance artifact {run}: {SCORES_FILE} is damaged" in line
+    assert not (tmp_path / "o").exists()
+
+
+# ---- binary files where text belongs ----------------------------------------------------------------
+
+BINARY = bytes([0x80, 0xFF, 0x00, 0xFE]) * 64  # invalid UTF-8 from the first byte
+
+
+@pytest.mark.parametrize(
+    ("name", "stream", "message"),
+    [
+        ("data.txt", False, "data.txt: not UTF-8 text (byte 0)"),
+        ("data.txt", True, "data.txt: not UTF-8 text (near byte 0)"),
+        ("data.jsonl", False, "data.jsonl:1: not UTF-8 text"),
+    ],
+)
+def test_binary_data_file_is_named(name, stream, message, root, tmp_path, capsys):
+    data = tmp_path / name
+    data.write_bytes(BINARY)
+    out = tmp_path / "run"
+    args = [
+        "importance",
+        root / "model",
+        *SMALL,
+        "--data",
+        data,
+        *(["--stream"] if stream else []),
+        "-o",
+        out,
+    ]
+    assert f"{tmp_path}/{message}" in error_line(capsys, *args)
+    assert not out.exists()
+
+
+def test_binary_plan_file_is_a_bad_plan(root, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(BINARY)
+    line = error_line(capsys, "prune", root / "model", "--plan", plan, "-o", tmp_path / "o")
+    assert f"bad plan {plan}: plan: Invalid JSON" in line
+
+
+@pytest.mark.parametrize("where", ["missing", "no_tokenizer_files"])
+def test_bad_tokenizer_flag_is_named(where, root, tmp_path, capsys):
+    tokenizer = tmp_path / "nope" if where == "missing" else root / "sharded"  # weights, no tokenizer
+    line = error_line(
+        capsys, "importance", root / "model", *SMALL, "--tokenizer", tokenizer, "-o", tmp_path / "run"
+    )
+    assert line.startswith("prunescope importance: error: --tokenizer: ")
