@@ -302,3 +302,43 @@ def test_bad_tokenizer_flag_is_named(where, root, tmp_path, capsys):
         capsys, "importance", root / "model", *SMALL, "--tokenizer", tokenizer, "-o", tmp_path / "run"
     )
     assert line.startswith("prunescope importance: error: --tokenizer: ")
+
+
+# ---- an output path a file stands in the way of -----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["prune", "prune --overwrite", "importance", "distill", "search"])
+def test_output_under_a_file_is_refused_before_any_work(command, root, tmp_path, capsys):
+    """A file where the output (or a folder above it) should be: the save at the very end used to fail
+    with a bare '[Errno 17] File exists' after the whole cut / pass / training."""
+    blocker = tmp_path / "results"
+    blocker.write_text("my notes")
+    out = blocker / "run" if command != "prune --overwrite" else blocker
+    model = root / "model"
+    args = {
+        "prune": ["prune", model, "--plan", root / "plan.json", "-o", out],
+        "prune --overwrite": ["prune", model, "--plan", root / "plan.json", "-o", out, "--overwrite"],
+        "importance": ["importance", model, *SMALL, "-o", out],
+        "distill": ["distill", model, "--data", root / "data.jsonl", *DISTILL, "-o", out],
+        "search": ["search", model, "--importance", tmp_path, "--budget", "params=50%", "-o", out],
+    }[command]
+    assert error_line(capsys, *args).endswith(f"error: -o: {blocker} is a file, not a directory")
+    assert blocker.read_text() == "my notes" and sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_distill_work_dir_under_a_file_is_refused(root, tmp_path, capsys):
+    blocker = tmp_path / "ckpts"
+    blocker.write_text("x")
+    line = error_line(
+        capsys,
+        "distill",
+        root / "model",
+        "--data",
+        root / "data.jsonl",
+        *DISTILL,
+        "-o",
+        tmp_path / "out",
+        "--work-dir",
+        blocker / "w",
+    )
+    assert line.endswith(f"error: --work-dir: {blocker} is a file, not a directory")

@@ -25,6 +25,19 @@ class CliError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def check_output_dir(flag: str, path) -> None:
+    """Refuse, before any work, an output directory that a file stands in the way of (the path itself
+    or a folder above it): the save at the end would fail with a bare OS error after the whole run."""
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise CliError(f"{flag}: {place} is a file, not a directory")
+            return
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunescope", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)

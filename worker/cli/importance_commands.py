@@ -104,9 +104,11 @@ def _check_options(args) -> tuple[str, ...]:
         raise CliError(
             f"--scans: unknown scan {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCANS)}"
         )
+    from worker.cli import check_output_dir
     from worker.engine.importance.artifact import is_artifact
 
     out = args.out
+    check_output_dir("-o", out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
         raise CliError(f"-o: {out} exists and is not an importance run directory; choose another output")
     return scans

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.cli import CliError
+from worker.cli import CliError, check_output_dir
 
 
 def _say(message: str) -> None:
@@ -174,7 +174,8 @@ def cmd_prune(args) -> int:
     from worker.engine.out_of_core import resolve_mode
 
     out = Path(args.output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+    check_output_dir("-o", out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise CliError(f"output {out} exists and is not empty (use --overwrite to replace it)")
     original_plan = _read_plan(args.plan)
     mode = "always" if args.out_of_core else "never" if args.in_memory else "auto"

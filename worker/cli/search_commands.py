@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from worker.cli import CliError
+from worker.cli import CliError, check_output_dir
 
 # SearchSettings field -> the flag that sets it, so a validation error names the flag.
 FLAGS = {
@@ -102,8 +102,8 @@ def cmd_search(args) -> int:
     if not Path(args.importance).is_dir():
         raise CliError(f"--importance: importance run not found: {args.importance}")
     out = Path(args.output) if args.output else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise CliError(f"-o: {out} exists and is not a directory")
+    if out is not None:
+        check_output_dir("-o", out)
 
     from worker.cli.importance_commands import _check_device
     from worker.cli.prune_commands import _check_same_weights
