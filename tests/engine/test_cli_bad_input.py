@@ -342,3 +342,34 @@ def test_distill_work_dir_under_a_file_is_refused(root, tmp_path, capsys):
         blocker / "w",
     )
     assert line.endswith(f"error: --work-dir: {blocker} is a file, not a directory")
+
+
+@pytest.fixture(scope="module")
+def importance_run(root):
+    run = root / "importance"
+    assert main(["importance", str(root / "model"), *SMALL, "--block-size", "1", "-o", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("content", [BINARY, b'["not", "a", "cache"]', None])
+def test_latency_cache_that_is_not_one_is_left_alone(content, root, importance_run, tmp_path, capsys):
+    """--latency-cache pointed at another file (or a folder) by mistake: the cache read it as empty and
+    wrote its timings over it."""
+    cache = tmp_path / "notes.bin"
+    if content is None:
+        cache.mkdir()
+    else:
+        cache.write_bytes(content)
+    line = error_line(
+        capsys,
+        "search",
+        root / "model",
+        "--importance",
+        importance_run,
+        "--budget",
+        "latency=400ms@1,16",
+        "--latency-cache",
+        cache,
+    )
+    assert line.startswith(f"prunescope search: error: --latency-cache: {cache} is ")
+    assert cache.is_dir() if content is None else cache.read_bytes() == content

@@ -97,6 +97,25 @@ def settings_from_args(args):
         raise CliError(f"{flag}: {message}") from None
 
 
+def _check_latency_cache(path: str | None) -> None:
+    """The cache reads an unreadable file as empty and writes its timings over it: fine for its own
+    file, not for one a typo pointed at (the corpus, a plan)."""
+    if path is None:
+        return
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise CliError(f"--latency-cache: {file} is a directory; give the cache file's path")
+    if file.exists():
+        try:
+            ours = isinstance(json.loads(file.read_text()), dict)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise CliError(
+                f"--latency-cache: {file} is not a latency cache (a JSON object); it would be overwritten"
+            )
+
+
 def cmd_search(args) -> int:
     settings = settings_from_args(args)  # before any loading: bad flags fail fast
     if not Path(args.importance).is_dir():
@@ -104,6 +123,7 @@ def cmd_search(args) -> int:
     out = Path(args.output) if args.output else None
     if out is not None:
         check_output_dir("-o", out)
+    _check_latency_cache(args.latency_cache)
 
     from worker.cli.importance_commands import _check_device
     from worker.cli.prune_commands import _check_same_weights
