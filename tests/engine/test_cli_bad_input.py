@@ -373,3 +373,31 @@ def test_latency_cache_that_is_not_one_is_left_alone(content, root, importance_r
     )
     assert line.startswith(f"prunescope search: error: --latency-cache: {cache} is ")
     assert cache.is_dir() if content is None else cache.read_bytes() == content
+
+
+# ---- train-teacher (always with --out: its default is the shipped demo teacher) ---------------------
+
+TEACHER = ["--hidden", "32", "--layers", "1", "--intermediate", "32", "--steps", "2", "--batch-size", "2"]
+TEACHER += ["--seq-len", "16", "--eval-every", "1", "--checkpoint-every", "1", "--warmup", "1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "inf"], "--lr must be a positive finite number, got inf"),  # trained a teacher of NaNs
+        (["--lr", "-1"], "--lr must be a positive finite number, got -1.0"),
+        (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+        (["--tokenizer", "{tmp}/nope"], "--tokenizer: {tmp}/nope is not a directory"),
+        (["--work-dir", "{tmp}/file/work"], "--work-dir: {tmp}/file is a file, not a directory"),
+        (["--work-dir", "{tmp}/damaged"], "cannot resume: {tmp}/damaged/checkpoint.pt is damaged"),
+    ],
+)
+def test_train_teacher_bad_input(args, message, root, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes(BINARY)  # resumed by default
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = tmp_path / "teacher"
+    line = error_line(capsys, "train-teacher", "--out", out, "--data", root / "data.jsonl", *TEACHER, *args)
+    assert message.format(tmp=tmp_path) in line
+    assert not out.exists()

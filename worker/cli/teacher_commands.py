@@ -90,6 +90,17 @@ def _train_teacher(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1")
+    if args.lr is not None and not 0 < args.lr < float("inf"):  # inf trained a teacher of NaNs
+        raise CliError(f"--lr must be a positive finite number, got {args.lr}")
+    if args.seed is not None and args.seed < 0:
+        raise CliError(f"--seed must be 0 or more, got {args.seed}")
+    if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
+        raise CliError(f"--tokenizer: {args.tokenizer} is not a directory")
+    from worker.cli import check_output_dir
+
+    for flag, path in (("--out", args.out), ("--work-dir", args.work_dir)):
+        if path is not None:
+            check_output_dir(flag, path)
 
     import torch
 

@@ -140,7 +140,9 @@ def train_teacher(
     start, elapsed_before = 0, 0.0
     checkpoint_path = work_dir / CHECKPOINT_FILE
     if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False)
+        from worker.engine.distill.checkpoint import read_state_file
+
+        state = read_state_file(checkpoint_path, weights_only=False)  # damaged: an error naming it
         if state["recipe"] != recipe.model_dump(mode="json"):
             raise ValueError(f"checkpoint in {work_dir} was made with another recipe; use a new --work-dir")
         model.load_state_dict(state["model"])

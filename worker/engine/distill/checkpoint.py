@@ -54,12 +54,12 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     return path
 
 
-def read_state_file(path: Path, map_location="cpu"):
+def read_state_file(path: Path, map_location="cpu", *, weights_only: bool = True):
     """`torch.load` of one checkpoint file; a truncated or foreign file is a ValueError naming it (torch
     raises RuntimeError, UnpicklingError or EOFError, with a traceback's worth of advice)."""
     try:
         # Python's RNG state is a tuple of ints: plain containers, so weights_only loading is enough.
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as exc:
