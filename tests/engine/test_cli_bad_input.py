@@ -401,3 +401,21 @@ def test_train_teacher_bad_input(args, message, root, tmp_path, capsys):
     line = error_line(capsys, "train-teacher", "--out", out, "--data", root / "data.jsonl", *TEACHER, *args)
     assert message.format(tmp=tmp_path) in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["importance", "distill"])
+@pytest.mark.parametrize("where", ["missing_folder", "a_folder"])
+def test_metrics_file_that_cannot_be_written_is_refused_before_the_run(
+    command, where, root, tmp_path, capsys
+):
+    """--metrics-jsonl in a folder that is not there (or naming a folder) failed at the first record, after
+    the model had loaded and the first batch or step had run, with a bare OS error."""
+    metrics = tmp_path / "nowhere" / "m.jsonl" if where == "missing_folder" else tmp_path
+    out = tmp_path / "out"
+    if command == "importance":
+        args = ["importance", root / "model", *SMALL, "-o", out]
+    else:
+        args = ["distill", root / "model", "--data", root / "data.jsonl", *DISTILL, "-o", out]
+    line = error_line(capsys, *args, "--metrics-jsonl", metrics)
+    assert line.startswith(f"prunescope {command}: error: --metrics-jsonl: ")
+    assert not out.exists() and not (tmp_path / "out.work").exists()

@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_append_file(flag: str, path) -> None:
+    """A file the run appends to as it goes (--metrics-jsonl): refuse a folder or a missing parent now,
+    not at the first record, after the model has loaded."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CliError(f"{flag}: {path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise CliError(f"{flag}: folder {path.parent} does not exist")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.cli import CliError, check_output_dir
+from worker.cli import CliError, check_append_file, check_output_dir
 from worker.cli.data_options import add_data_options, data_source, open_stream
 from worker.cli.importance_commands import _check_device
 from worker.engine.distill_defaults import DEFAULTS as D
@@ -232,6 +232,7 @@ def _checked_paths(args, source: str, streamed: bool) -> tuple[Path, Path]:
         raise CliError(f"output {out} exists and is not empty (use --overwrite)")
     work = (args.work_dir or out.with_name(out.name + ".work")).expanduser().resolve()
     check_output_dir("--work-dir", work)
+    check_append_file("--metrics-jsonl", args.metrics_jsonl)
     if args.resume and not (work / "checkpoint.pt").is_file() and sharded_checkpoint_path(work) is None:
         raise CliError(f"--resume: no checkpoint in {work}")
     return out, work

@@ -104,9 +104,10 @@ def _check_options(args) -> tuple[str, ...]:
         raise CliError(
             f"--scans: unknown scan {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCANS)}"
         )
-    from worker.cli import check_output_dir
+    from worker.cli import check_append_file, check_output_dir
     from worker.engine.importance.artifact import is_artifact
 
+    check_append_file("--metrics-jsonl", args.metrics_jsonl)
     out = args.out
     check_output_dir("-o", out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
