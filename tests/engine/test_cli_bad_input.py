@@ -419,3 +419,35 @@ def test_metrics_file_that_cannot_be_written_is_refused_before_the_run(
     line = error_line(capsys, *args, "--metrics-jsonl", metrics)
     assert line.startswith(f"prunescope {command}: error: --metrics-jsonl: ")
     assert not out.exists() and not (tmp_path / "out.work").exists()
+
+
+SEARCH = ["--budget", "params=90%", "--eval-samples", "2", "--eval-seq-len", "16", "--mlp-step", "8"]
+SEARCH += ["--hidden-step", "8", "--all"]
+
+
+def test_search_output_is_replaced_whole_and_a_foreign_folder_is_refused(
+    root, importance_run, tmp_path, capsys
+):
+    """-o wrote its files into the folder as it went: a second search left the first one's plans beside its
+    own (a mix of two searches) and any folder, however full, was written into."""
+    out = tmp_path / "search"
+    for top in ("3", "1"):
+        code = main(
+            ["search", str(root / "model"), "--importance", str(importance_run), *SEARCH, "-o", str(out)]
+            + ["--top", top]
+        )
+        assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "search.json").read_text())
+    assert len(report["candidates"]) > 1  # so the first search wrote more than one plan
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["search.json", f"rank01-{report['candidates'][0]['id']}.plan.json"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search"]  # no temporary folder left
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("x")
+    line = error_line(
+        capsys, "search", root / "model", "--importance", importance_run, *SEARCH, "-o", foreign
+    )
+    assert line.endswith(f"-o: {foreign} is not empty and holds no search.json; choose another output")
+    assert [p.name for p in foreign.iterdir()] == ["chapter1.tex"]

@@ -123,6 +123,8 @@ def cmd_search(args) -> int:
     out = Path(args.output) if args.output else None
     if out is not None:
         check_output_dir("-o", out)
+        if out.is_dir() and any(out.iterdir()) and not (out / "search.json").is_file():
+            raise CliError(f"-o: {out} is not empty and holds no search.json; choose another output")
     _check_latency_cache(args.latency_cache)
 
     from worker.cli.importance_commands import _check_device
@@ -158,11 +160,24 @@ def cmd_search(args) -> int:
 
 
 def _write(out: Path, report: dict, top: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for c in report["candidates"][:top]:
-        path = out / f"rank{c['rank']:02d}-{c['id']}.plan.json"
-        path.write_text(json.dumps(c["plan"]) + "\n")  # one line: long index lists
-    (out / "search.json").write_text(json.dumps(report, indent=2) + "\n")
+    """The plans and search.json in a temporary folder beside `out`, then renamed over it: a Ctrl-C
+    leaves no half-written output, and a new search's plans never mix with an earlier one's."""
+    import shutil
+    import tempfile
+
+    from worker.engine.atomic import replace_dir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for c in report["candidates"][:top]:
+            path = tmp / f"rank{c['rank']:02d}-{c['id']}.plan.json"
+            path.write_text(json.dumps(c["plan"]) + "\n")  # one line: long index lists
+        (tmp / "search.json").write_text(json.dumps(report, indent=2) + "\n")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _say(f"[search] wrote the top {min(top, len(report['candidates']))} plans and search.json to {out}")
 
 
