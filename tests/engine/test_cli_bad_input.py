@@ -4,6 +4,7 @@ naming the file or flag (exit 2, no traceback) before anything is written."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 
@@ -451,3 +452,36 @@ def test_search_output_is_replaced_whole_and_a_foreign_folder_is_refused(
     )
     assert line.endswith(f"-o: {foreign} is not empty and holds no search.json; choose another output")
     assert [p.name for p in foreign.iterdir()] == ["chapter1.tex"]
+
+
+CUT_GZIP = gzip.compress(b'{"text": "a line of text"}\n' * 50, mtime=0)[:30]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "stream", "message"),
+    [
+        ("cut.jsonl.gz", CUT_GZIP, False, "damaged gzip file"),
+        ("cut.jsonl.gz", CUT_GZIP, True, "damaged gzip file"),
+        ("fake.jsonl.gz", BINARY, False, "damaged gzip file (Not a gzipped file"),
+        ("fake.jsonl.gz", BINARY, True, "damaged gzip file (Not a gzipped file"),
+        ("fake.parquet", BINARY, True, "not a parquet file"),  # read whole, pyarrow's message names it
+    ],
+)
+def test_damaged_compressed_data_is_named(name, content, stream, message, root, tmp_path, capsys):
+    """A .jsonl.gz cut short was an EOFError traceback; a file that is no gzip / no parquet did not say
+    which file."""
+    data = tmp_path / name
+    data.write_bytes(content)
+    out = tmp_path / "run"
+    args = [
+        "importance",
+        root / "model",
+        *SMALL,
+        "--data",
+        data,
+        *(["--stream"] if stream else []),
+        "-o",
+        out,
+    ]
+    assert f"{data}: {message}" in error_line(capsys, *args)
+    assert not out.exists()

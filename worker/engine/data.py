@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -138,6 +139,13 @@ def jsonl_texts(
     that is not an object with a string `text_field` is an error naming the line (from the start) or
     its byte offset (from `start`)."""
     path = Path(path)
+    try:
+        yield from _jsonl_records(path, start, text_field)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # not gzip, or cut short: name the file
+        raise ValueError(f"{path}: damaged gzip file ({exc})") from None
+
+
+def _jsonl_records(path: Path, start: int, text_field: str) -> Iterator[tuple[str, int]]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as handle:
         handle.seek(start)  # gzip: decompresses up to the offset (no index), still O(1) memory

@@ -118,7 +118,10 @@ def parquet_documents(path: Path, start: int, text_field: str) -> Iterator[tuple
     """(text, row index after it) from row `start`, read in record batches (never the whole table)."""
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError; it names no file
+        raise ValueError(f"{path}: not a parquet file ({exc})") from None
     names = parquet.schema_arrow.names
     if text_field not in names:
         raise ValueError(f"{path}: parquet file has no {text_field!r} column (columns: {names})")
