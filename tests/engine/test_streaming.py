@@ -69,6 +69,21 @@ def test_folder_of_shards_is_read_in_sorted_order_with_a_chosen_field(tmp_path, 
     assert [p.name for p in only_jsonl.shards] == ["b.jsonl", "c.jsonl.gz"]
 
 
+@pytest.mark.parametrize("fmt,name", [("txt", "notes.md"), ("jsonl", "dump.json"), ("parquet", "table.pq")])
+def test_a_named_format_reads_a_lone_file_whatever_its_suffix(tmp_path, docs, fmt, name):
+    """`data_format` names how to read a file whose suffix says nothing (it was read as JSONL)."""
+    tok = demo_tokenizer()
+    usual = _write(tmp_path / f"c.{fmt}", docs[:20])
+    odd = tmp_path / name
+    odd.write_bytes(usual.read_bytes())
+    expected = TokenStream(tok, usual, seq_len=16, split=None, repeat=False)
+    stream = TokenStream(tok, odd, seq_len=16, split=None, data_format=fmt, repeat=False)
+    blocks = len(PackedTokens(tok, docs[:20], 16))
+    assert np.array_equal(stream.take(blocks), expected.take(blocks))
+    with pytest.raises(ValueError, match="unsupported data file"):
+        TokenStream(tok, odd, seq_len=16, split=None)  # "auto" still goes by the suffix
+
+
 @pytest.mark.parametrize("name", FORMATS)
 def test_saved_position_resumes_exactly_across_documents_shards_and_epochs(tmp_path, docs, name):
     folder = tmp_path / "corpus"

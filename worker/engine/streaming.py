@@ -242,6 +242,9 @@ class TokenStream:
         else:
             self.shards = list_shards(self.source, data_format)
             self._keep = split
+        # A format named by the user reads every shard as it, whatever a lone file's suffix (notes.md
+        # as txt); "auto" goes by each file's suffix.
+        self._format = None if data_format == "auto" or self.source == "demo" else data_format
         self._fingerprint = self._make_fingerprint()
         self._reset({"epoch": 0, "shard": 0, "position": 0, "buffer": [], "blocks": 0, "batches": 0})
 
@@ -306,7 +309,7 @@ class TokenStream:
         shard = self.shards[index]
         if isinstance(shard, str):
             return hf_documents(shard[3:], start, self.text_field, self.hf_split)
-        kind = _format_of(shard)
+        kind = self._format or _format_of(shard)
         if kind == "txt":
             return txt_documents(shard, start)
         if kind == "parquet":
