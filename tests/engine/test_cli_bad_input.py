@@ -485,3 +485,16 @@ def test_damaged_compressed_data_is_named(name, content, stream, message, root, 
     ]
     assert f"{data}: {message}" in error_line(capsys, *args)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("plan", "where"),
+    [({"drop_layers": [True]}, "drop_layers.0"), ({"targets": {"num_layers": True}}, "targets.num_layers")],
+)
+def test_true_is_no_index_in_a_plan(plan, where, root, tmp_path, capsys):
+    """JSON true read as 1: {"drop_layers": [true]} dropped layer 1 and saved the student."""
+    file = tmp_path / "plan.json"
+    file.write_text(json.dumps(plan))
+    line = error_line(capsys, "prune", root / "model", "--plan", file, "-o", tmp_path / "o")
+    assert f"bad plan {file}: {where}: Value error, true/false is not a number" in line
+    assert not (tmp_path / "o").exists()

@@ -40,12 +40,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from worker.engine.spec import ArchSpec, LayerShape
+
+
+def _not_a_boolean(value):
+    # pydantic's lax mode reads JSON true/false as 1/0: {"drop_layers": [true]} dropped layer 1.
+    if isinstance(value, bool):
+        raise ValueError("true/false is not a number")
+    return value
+
+
+Index = Annotated[int, BeforeValidator(_not_a_boolean)]  # a layer, head, neuron... of the unpruned model
+Count = Annotated[int | None, BeforeValidator(_not_a_boolean)]  # a size to reach
 
 
 class PlanTargets(BaseModel):
@@ -53,7 +64,7 @@ class PlanTargets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_layers: int | None = Field(None, ge=1, description="decoder layers kept")
+    num_layers: Count = Field(None, ge=1, description="decoder layers kept")
     layer_method: Literal["block", "bi", "drop", "angular"] = Field(
         "block",
         description="block: drop the contiguous block whose removal raised the LM loss least; "
@@ -61,23 +72,23 @@ class PlanTargets(BaseModel):
         "raised the LM loss least; angular: drop the contiguous block whose input and output are "
         "closest in angular distance (Gromov et al.)",
     )
-    heads_per_layer: int | None = Field(None, ge=1, description="query heads kept in every layer")
+    heads_per_layer: Count = Field(None, ge=1, description="query heads kept in every layer")
     head_mode: Literal["within_groups", "whole_groups"] = Field(
         "within_groups",
         description="within_groups: keep the best heads of every KV group (same count per group); "
         "whole_groups: keep the best KV groups with all their query heads",
     )
-    intermediate_size: int | None = Field(
+    intermediate_size: Count = Field(
         None, ge=1, description="MLP neurons kept in every layer (mixture of experts: in every expert)"
     )
-    experts_per_layer: int | None = Field(
+    experts_per_layer: Count = Field(
         None, ge=1, description="experts kept in every mixture-of-experts layer (at least top-k)"
     )
-    hidden_size: int | None = Field(None, ge=1, description="hidden channels kept")
-    param_budget: int | None = Field(
+    hidden_size: Count = Field(None, ge=1, description="hidden channels kept")
+    param_budget: Count = Field(
         None, ge=1, description="total parameters at most; shrinks MLP, then MLP and hidden together"
     )
-    active_param_budget: int | None = Field(
+    active_param_budget: Count = Field(
         None,
         ge=1,
         description="active parameters (what one token runs: top-k experts) at most; shrinks like "
@@ -102,13 +113,13 @@ class PlanTargets(BaseModel):
 class PrunePlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    drop_layers: list[int] = Field(default_factory=list)
-    remove_heads: dict[int, list[int]] = Field(default_factory=dict)
-    remove_kv_groups: dict[int, list[int]] = Field(default_factory=dict)
-    remove_neurons: dict[int, list[int]] = Field(default_factory=dict)
-    remove_hidden: list[int] = Field(default_factory=list)
-    remove_experts: dict[int, list[int]] = Field(default_factory=dict)
-    remove_expert_neurons: dict[int, dict[int, list[int]]] = Field(default_factory=dict)
+    drop_layers: list[Index] = Field(default_factory=list)
+    remove_heads: dict[int, list[Index]] = Field(default_factory=dict)
+    remove_kv_groups: dict[int, list[Index]] = Field(default_factory=dict)
+    remove_neurons: dict[int, list[Index]] = Field(default_factory=dict)
+    remove_hidden: list[Index] = Field(default_factory=list)
+    remove_experts: dict[int, list[Index]] = Field(default_factory=dict)
+    remove_expert_neurons: dict[int, dict[int, list[Index]]] = Field(default_factory=dict)
     targets: PlanTargets | None = None
 
     @model_validator(mode="after")
