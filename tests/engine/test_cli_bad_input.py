@@ -498,3 +498,21 @@ def test_true_is_no_index_in_a_plan(plan, where, root, tmp_path, capsys):
     line = error_line(capsys, "prune", root / "model", "--plan", file, "-o", tmp_path / "o")
     assert f"bad plan {file}: {where}: Value error, true/false is not a number" in line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"), [("bad_json", "is damaged (Expecting"), ("no_layers", "is damaged (no 'layers')")]
+)
+def test_damaged_layers_file_of_a_non_uniform_student_is_named(damage, message, root, tmp_path, capsys):
+    """A student whose layers differ keeps their widths in prunescope_layers.json; a missing key in it was
+    a KeyError traceback, bad JSON a bare 'Expecting ...' message."""
+    student = tmp_path / "student"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"remove_heads": {"0": [0, 1]}}))  # layer 0 narrower: non-uniform
+    assert main(["prune", str(root / "model"), "--plan", str(plan), "-o", str(student)]) == 0
+    layers = student / "prunescope_layers.json"
+    info = json.loads(layers.read_text())
+    layers.write_text(
+        "{" if damage == "bad_json" else json.dumps({k: v for k, v in info.items() if k != "layers"})
+    )
+    assert f"{layers} {message}" in error_line(capsys, "summary", student)

@@ -167,17 +167,23 @@ def resize_to_layers_file(model: nn.Module, path: Path, config) -> None:
     weights, on the model's device: on "meta" this yields the true shapes without reading weights)."""
     from worker.engine.surgery import resize_layer
 
-    info = json.loads((path / LAYERS_FILE).read_text())
-    if info.get("format") != LAYERS_FORMAT:
-        raise ValueError(f"{path / LAYERS_FILE}: unknown format {info.get('format')!r}")
-    shapes = [LayerShape(**s) for s in info["layers"]]
+    file = path / LAYERS_FILE
+    try:
+        info = json.loads(file.read_text())
+        if info.get("format") != LAYERS_FORMAT:
+            raise ValueError(f"unknown format {info.get('format')!r}")
+        shapes = [LayerShape(**s) for s in info["layers"]]
+        head_dim = int(info["head_dim"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # edited or cut short by hand
+        what = f"no {exc}" if isinstance(exc, KeyError) else _first_line(exc)
+        raise ValueError(f"{file} is damaged ({what})") from None
     if len(shapes) != config.num_hidden_layers:
         raise ValueError(
             f"{path / LAYERS_FILE} lists {len(shapes)} layers, config has {config.num_hidden_layers}"
         )
     adapter = adapter_for_model_type(config.model_type)
     for layer, shape in zip(adapter.layers(model), shapes, strict=True):
-        resize_layer(adapter, layer, shape, int(info["head_dim"]))
+        resize_layer(adapter, layer, shape, head_dim)
 
 
 @contextlib.contextmanager
