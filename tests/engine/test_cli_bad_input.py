@@ -516,3 +516,11 @@ def test_damaged_layers_file_of_a_non_uniform_student_is_named(damage, message, 
         "{" if damage == "bad_json" else json.dumps({k: v for k, v in info.items() if k != "layers"})
     )
     assert f"{layers} {message}" in error_line(capsys, "summary", student)
+
+
+def test_removing_every_kv_group_names_remove_kv_groups(root, tmp_path, capsys):
+    """The error named remove_heads, a field the plan did not have."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"remove_kv_groups": {"0": [0, 1]}}))
+    line = error_line(capsys, "plan-stats", root / "model", "--plan", plan)
+    assert "bad plan: remove_kv_groups.0: layer 0 would keep no attention head" in line

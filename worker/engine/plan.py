@@ -452,9 +452,11 @@ def _head_errors(plan: PrunePlan, spec: ArchSpec, layer: int) -> list[PlanMessag
     kept_heads = shape.num_heads - len(heads)
     valid = _valid_head_counts(shape)
     if kept_heads == 0:
+        # Named after what the plan wrote: whole KV groups alone remove every head too.
+        field = "remove_heads" if plan.remove_heads.get(layer) else "remove_kv_groups"
         return [
             _error(
-                f"remove_heads.{layer}",
+                f"{field}.{layer}",
                 f"layer {layer} would keep no attention head; keep at least one (valid head counts: "
                 f"{_listed(_nearby(valid, 1))}) or drop the whole layer with drop_layers",
                 _nearby(valid, 1),
