@@ -84,7 +84,7 @@ def _checkpoint_dirs(job_id: int, settings: Settings) -> list[Path]:
     return dirs
 
 
-def _delete_jobs(db: Session, jobs: list[Job], settings: Settings, out: Leftovers) -> None:
+def delete_jobs(db: Session, jobs: list[Job], settings: Settings, out: Leftovers) -> None:
     ids = [j.id for j in jobs]
     if not ids:
         return
@@ -113,7 +113,7 @@ def delete_student(db: Session, student: Student, settings: Settings) -> Leftove
         listed = ", ".join(f"teacher {t.id} ({t.name})" for t in teachers)
         raise Conflict(f"Student {student.id}'s weights are the source of {listed}; keep it")
     out = Leftovers(keys=[student.path] if student.path else [])
-    _delete_jobs(db, jobs, settings, out)
+    delete_jobs(db, jobs, settings, out)
     db.execute(delete(BenchmarkResult).where(BenchmarkResult.student_id == student.id))
     db.execute(delete(Student).where(Student.id == student.id))
     return out
@@ -128,7 +128,7 @@ def delete_plan(db: Session, plan: Plan, settings: Settings) -> Leftovers:
     jobs = list(db.scalars(select(Job).where(Job.plan_id == plan.id)))  # its previews
     refuse_if_active(jobs, f"Plan {plan.id}")
     out = Leftovers()
-    _delete_jobs(db, jobs, settings, out)
+    delete_jobs(db, jobs, settings, out)
     db.execute(delete(Plan).where(Plan.id == plan.id))
     return out
 
@@ -202,7 +202,7 @@ def delete_job(db: Session, job: Job, settings: Settings) -> Leftovers:
     if not lifecycle.hold_finished(db, job.id):
         raise Conflict(f"Job {job.id} changed meanwhile; reload it")
     out = Leftovers()
-    _delete_jobs(db, [job], settings, out)
+    delete_jobs(db, [job], settings, out)
     if stub is not None:  # after its job: the job row names it
         db.execute(delete(type(stub)).where(type(stub).id == stub.id))
     return out

@@ -1,5 +1,6 @@
 """Teachers (models to compress) and datasets (calibration / distillation / evaluation text); a teacher's
-evaluation protocol can be changed after registration (PATCH /teachers/{id})."""
+evaluation protocol can be changed after registration (PATCH /teachers/{id}); either can be deleted
+(backend/unregister.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle
+from backend import lifecycle, unregister
 from backend.api.errors import errors
 from backend.dataset_files import dataset_problem
 from backend.deps import Page, PathId, field_error, get_db, get_or_404, get_settings
@@ -85,6 +86,17 @@ def get_teacher(teacher_id: PathId, db: Session = Depends(get_db)) -> TeacherOut
     return TeacherOut.model_validate(get_or_404(db, Teacher, teacher_id))
 
 
+@router.delete("/teachers/{teacher_id}", status_code=204, responses=errors(404, 409))
+def delete_teacher(
+    teacher_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> None:
+    """The teacher with its importance runs, plans and finished jobs; refused while it has students or
+    unfinished jobs. Its source (the user's model files) is never touched."""
+    leftovers = unregister.delete_teacher(db, get_or_404(db, Teacher, teacher_id), settings)
+    db.commit()
+    leftovers.remove(settings)
+
+
 @router.post("/datasets", status_code=201, responses=errors(403, 404))
 def create_dataset(
     body: DatasetCreate, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
@@ -108,6 +120,14 @@ def list_datasets(page: Page = Depends(), db: Session = Depends(get_db)) -> list
 @router.get("/datasets/{dataset_id}", responses=errors(404))
 def get_dataset(dataset_id: PathId, db: Session = Depends(get_db)) -> DatasetOut:
     return DatasetOut.model_validate(get_or_404(db, Dataset, dataset_id))
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204, responses=errors(404, 409))
+def delete_dataset(dataset_id: PathId, db: Session = Depends(get_db)) -> None:
+    """The registration only (the data files stay); refused while an importance run, a teacher's evaluation
+    protocol or any job names it."""
+    unregister.delete_dataset(db, get_or_404(db, Dataset, dataset_id))
+    db.commit()
 
 
 # ---- the evaluation protocol, after registration --------------------------------------------------

@@ -1,5 +1,5 @@
-// Teachers & data: register teachers and datasets, read a teacher's architecture, start importance runs
-// and watch their progress (teacher SSE stream; a slow poll as a safety net).
+// Teachers & data: register (and delete) teachers and datasets, read a teacher's architecture, start
+// importance runs and watch their progress (teacher SSE stream; a slow poll as a safety net).
 
 import { api, showError } from "../api.js";
 import { memoryLine, queueFor } from "../components/memline.js";
@@ -17,7 +17,10 @@ export async function teachersView(host, { query }, ctx) {
   const state = { teachers: [], datasets: [], runs: [], config: {}, selected: Number(query.get("teacher")) || null };
 
   const teacherList = h("div", { dataset: { testid: "teacher-list" } });
-  const datasetList = h("div");
+  const datasetList = h("div", { dataset: { testid: "dataset-list" } });
+  // A refused delete (409: a teacher's students or unfinished jobs, what still names a dataset) shows here.
+  const teacherListErr = h("div.error-msg", { dataset: { testid: "teacher-delete-error" } });
+  const datasetListErr = h("div.error-msg", { dataset: { testid: "dataset-delete-error" } });
   const detail = h("div.stack");
   const workersLine = h("span.sub", { dataset: { testid: "workers" } });
 
@@ -92,8 +95,8 @@ export async function teachersView(host, { query }, ctx) {
     h("div.grid", { style: { gridTemplateColumns: "minmax(320px, 420px) minmax(0, 1fr)" } },
       h("div.stack",
         h("section.panel", h("header", h("h2", "Register a teacher")), teacherForm),
-        h("section.panel", h("header", h("h2", "Teachers")), teacherList),
-        h("section.panel", h("header", h("h2", "Datasets")), datasetList, h("h3.section-title", "Register a dataset"), datasetForm),
+        h("section.panel", h("header", h("h2", "Teachers")), teacherList, teacherListErr),
+        h("section.panel", h("header", h("h2", "Datasets")), datasetList, datasetListErr, h("h3.section-title", "Register a dataset"), datasetForm),
         workersPanel(ctx),
       ),
       detail,
@@ -151,19 +154,54 @@ export async function teachersView(host, { query }, ctx) {
       return;
     }
     keepingFocus(teacherList, "data-teacher-id", () => mount(teacherList, h("table",
-      h("thead", h("tr", h("th", "name"), h("th", "family"), h("th.num", "params"), h("th", "status"))),
+      h("thead", h("tr", h("th", "name"), h("th", "family"), h("th.num", "params"), h("th", "status"), h("th"))),
       h("tbody", state.teachers.map((t) => selectRow(t.id === state.selected, { dataset: { teacherId: t.id } }, () => {
         state.selected = t.id;
         setQuery({ teacher: t.id });
         refresh();
-      }, h("td", t.name, h("div.faint.mono.path", { title: t.source }, t.source)), h("td", t.spec ? t.spec.family : "–"), h("td.num", t.spec ? compact(t.spec.params_total) : "–"), h("td", statusBadge(t.status))))),
+      }, h("td", t.name, h("div.faint.mono.path", { title: t.source }, t.source)), h("td", t.spec ? t.spec.family : "–"), h("td.num", t.spec ? compact(t.spec.params_total) : "–"), h("td", statusBadge(t.status)),
+      h("td", deleteButton("teachers", t, teacherListErr, "delete this teacher with its importance runs, plans and finished jobs (its model files stay)"))))),
     )));
   }
 
   function renderDatasets() {
     mount(datasetList, state.datasets.length
-      ? h("table", h("tbody", state.datasets.map((d) => h("tr", h("td", d.name), h("td.mono.faint.path", { title: d.source }, d.source)))))
+      ? h("table", h("tbody", state.datasets.map((d) => h("tr", { dataset: { datasetId: d.id } }, h("td", d.name), h("td.mono.faint.path", { title: d.source }, d.source),
+        h("td", deleteButton("datasets", d, datasetListErr, "delete this registration (the data files stay); refused while a run, protocol or job uses it"))))))
       : h("div.empty", "No dataset registered."));
+  }
+
+  function deleteButton(kind, row, errBox, title) {
+    const onclick = (ev) => {
+      ev.stopPropagation(); // not a click on the teacher's row (which selects it)
+      remove(kind, row, errBox);
+    };
+    return h("button.ghost.small", { type: "button", title, dataset: { testid: `${kind === "teachers" ? "teacher" : "dataset"}-delete` }, onclick }, "Delete");
+  }
+
+  /** Delete a teacher or dataset registered by mistake, after a confirm; the server's 409 says what
+   * still uses it (students, unfinished jobs, runs or jobs measured on a dataset) and nothing changes. */
+  async function remove(kind, row, errBox) {
+    const teacher = kind === "teachers";
+    const what = teacher
+      ? `teacher #${row.id} "${row.name}" with its importance runs, plans and finished jobs`
+      : `dataset #${row.id} "${row.name}"`;
+    if (!confirm(`Delete ${what}? Its files (${row.source}) are not touched.`)) return;
+    try {
+      await api.del(`/${kind}/${row.id}`);
+    } catch (err) {
+      showError(teacherListErr, null);
+      showError(datasetListErr, null);
+      showError(errBox, err);
+      return;
+    }
+    showError(errBox, null);
+    if (teacher && state.selected === row.id) {
+      state.selected = null;
+      setQuery({ teacher: null });
+    }
+    toast(`${teacher ? "Teacher" : "Dataset"} "${row.name}" deleted.`);
+    await refresh();
   }
 
   function renderDetail() {
