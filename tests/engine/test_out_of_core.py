@@ -202,16 +202,18 @@ def test_shards_are_bounded_and_a_big_tensor_goes_alone():
 
 
 def test_choose_mode_says_which_mode_and_why():
-    gb = 10**9  # the threshold's setting is in GB (PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB); the reason says GiB
+    gb = (
+        10**9
+    )  # the threshold's setting is in GB (PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB): quoted so, and in GiB
     assert choose_mode("always", 1) == (True, "out of core (requested)")
     assert choose_mode("never", 100 * gb) == (False, "in memory (requested)")
     assert choose_mode("auto", 140 * gb, 64 * gb) == (
         True,
-        "out of core (model 130.4 GiB > the threshold 59.6 GiB)",
+        "out of core (model 130.4 GiB > the threshold 64 GB (59.6 GiB))",
     )
     assert choose_mode("auto", 2 << 30, 64 << 30) == (
         False,
-        "in memory (model 2.0 GiB <= the threshold 64.0 GiB)",
+        "in memory (model 2.0 GiB <= the threshold 68.7195 GB (64.0 GiB))",
     )
     assert choose_mode("auto", None)[0] is False and "not a local safetensors" in choose_mode("auto", None)[1]
     on, why = choose_mode("auto", 1)  # default threshold: half the available RAM

@@ -177,7 +177,7 @@ def test_prune_goes_out_of_core_by_itself_above_the_threshold(teacher, tmp_path,
     monkeypatch.setenv("PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB", "0.00001")  # 10 kB
     code, _, err = run(capsys, "prune", teacher, "--plan", plan, "-o", tmp_path / "big")
     assert code == 0, err
-    assert "[surgery] out of core (model" in err and "> the threshold 1e-05 GB" in err
+    assert "[surgery] out of core (model" in err and "> the threshold 1e-05 GB (9.8 KiB)" in err
     assert json.loads((tmp_path / "big" / MANIFEST_FILE).read_text())["surgery"].startswith("out of core")
 
 

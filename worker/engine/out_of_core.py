@@ -259,7 +259,8 @@ def choose_mode(
         threshold_bytes = int(psutil.virtual_memory().available * AUTO_OUT_OF_CORE_RAM_FRACTION)
         where = f"half the available RAM, {format_bytes(threshold_bytes)}"
     else:
-        where = f"the threshold {format_bytes(threshold_bytes)}"
+        # Quoted as set (PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB is in GB), beside the binary figure.
+        where = f"the threshold {threshold_bytes / 1e9:g} GB ({format_bytes(threshold_bytes)})"
     if model_bytes > threshold_bytes:
         return True, f"out of core (model {format_bytes(model_bytes)} > {where})"
     return False, f"in memory (model {format_bytes(model_bytes)} <= {where})"
