@@ -17,10 +17,12 @@ Rows go in the request's transaction; files only after it committed (`Leftovers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import lifecycle
@@ -30,6 +32,17 @@ from backend.removal import Leftovers, delete_jobs, refuse_if_active
 from backend.settings import Settings
 
 LISTED = 8  # ids named in a 409 before "and N more"
+
+
+@contextmanager
+def _unless_used_meanwhile(what: str) -> Iterator[None]:
+    """A row that came to name `what` between the checks and its delete (a job or run created meanwhile)
+    makes the delete a foreign-key violation: a 409 (the request's transaction is rolled back, nothing is
+    deleted), not a 500."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise Conflict(f"{what} was used meanwhile; reload and try again") from exc
 
 
 def _ids(ids: Iterable[Any]) -> str:
@@ -65,12 +78,13 @@ def delete_teacher(db: Session, teacher: Teacher, settings: Settings) -> Leftove
         if not lifecycle.hold_finished(db, job.id):
             raise Conflict(f"Job {job.id} of teacher {tid} changed meanwhile; reload it")
     out = Leftovers(keys=[r.artifact for r in runs if r.artifact])
-    delete_jobs(db, jobs, settings, out)
+    with _unless_used_meanwhile(f"teacher {tid}"):
+        delete_jobs(db, jobs, settings, out)
+        db.execute(delete(BenchmarkResult).where(BenchmarkResult.teacher_id == tid))
+        db.execute(delete(Plan).where(Plan.id.in_(plan_ids)))  # before the runs they name
+        db.execute(delete(ImportanceRun).where(ImportanceRun.id.in_(run_ids)))
+        db.execute(delete(Teacher).where(Teacher.id == tid))
     out.keys = list(dict.fromkeys(out.keys))  # a run's scores are also its job's artifact row
-    db.execute(delete(BenchmarkResult).where(BenchmarkResult.teacher_id == tid))
-    db.execute(delete(Plan).where(Plan.id.in_(plan_ids)))  # before the runs they name
-    db.execute(delete(ImportanceRun).where(ImportanceRun.id.in_(run_ids)))
-    db.execute(delete(Teacher).where(Teacher.id == tid))
     return out
 
 
@@ -128,4 +142,5 @@ def delete_dataset(db: Session, dataset: Dataset) -> None:
     users = dataset_users(db, dataset.id)
     if users:
         raise Conflict(f"dataset {dataset.id} is in use: {'; '.join(users)}. Delete or change those first")
-    db.execute(delete(Dataset).where(Dataset.id == dataset.id))
+    with _unless_used_meanwhile(f"dataset {dataset.id}"):
+        db.execute(delete(Dataset).where(Dataset.id == dataset.id))

@@ -248,3 +248,38 @@ def test_delete_dataset_refused_while_named(client, api_env):
         for job_id in named:
             s.delete(s.get(Job, job_id))
     assert client.delete(f"{API}/datasets/{other}").status_code == 204
+
+
+def test_a_user_appearing_meanwhile_is_a_409_not_a_500(client, api_env, monkeypatch):
+    """A run created between the checks and the delete (simulated: the check sees nothing) trips the
+    foreign key; the answer is a 409 and nothing is deleted."""
+    from backend import unregister
+
+    url, _, used, doomed, _ = _setup(api_env)
+    monkeypatch.setattr(unregister, "dataset_users", lambda db, dataset_id: [])
+    before = counts(url)
+    r = client.delete(f"{API}/datasets/{used}")
+    assert r.status_code == 409 and f"dataset {used} was used meanwhile" in error_text(r)
+    assert counts(url) == before
+
+
+def test_a_job_appearing_meanwhile_keeps_the_teacher(client, api_env, monkeypatch):
+    """A job of the teacher queued between the check and the delete (simulated: the check passes it)
+    trips the foreign key: 409, nothing deleted, its files kept."""
+    from backend import unregister
+
+    url, _, _, doomed, _ = _setup(api_env)
+    with session_scope(url) as s:
+        s.add(Job(kind="evaluate", params={}, status="queued", teacher_id=doomed["teacher"]))
+    monkeypatch.setattr(unregister, "refuse_if_active", lambda jobs, what: None)
+    real_select = unregister.select
+
+    def hide_queued(*what):  # the teacher's job list misses the queued job, as if made after it
+        query = real_select(*what)
+        return query.where(Job.status != "queued") if what[0] is Job else query
+
+    monkeypatch.setattr(unregister, "select", hide_queued)
+    before = counts(url)
+    r = client.delete(f"{API}/teachers/{doomed['teacher']}")
+    assert r.status_code == 409 and f"teacher {doomed['teacher']} was used meanwhile" in error_text(r)
+    assert counts(url) == before and doomed["scores"].exists()
