@@ -51,11 +51,19 @@ def _ids(ids: Iterable[Any]) -> str:
     return shown + (f" and {len(ids) - LISTED} more" if len(ids) > LISTED else "")
 
 
+def _named(noun: str, ids: Iterable[Any]) -> str:
+    """ "student 5" / "students 5, 7" (nouns here take an s)."""
+    ids = list(ids)
+    return f"{noun}{'s' if len(ids) > 1 else ''} {_ids(ids)}"
+
+
 def delete_teacher(db: Session, teacher: Teacher, settings: Settings) -> Leftovers:
     tid = teacher.id
     students = list(db.scalars(select(Student.id).where(Student.teacher_id == tid).order_by(Student.id)))
     if students:
-        raise Conflict(f"teacher {tid} has students {_ids(students)}: delete them first")
+        raise Conflict(
+            f"teacher {tid} has {_named('student', students)}: delete {'them' if len(students) > 1 else 'it'} first"
+        )
     runs = list(db.scalars(select(ImportanceRun).where(ImportanceRun.teacher_id == tid)))
     run_ids = [r.id for r in runs]
     plan_ids = list(db.scalars(select(Plan.id).where(Plan.teacher_id == tid)))
@@ -64,7 +72,9 @@ def delete_teacher(db: Session, teacher: Teacher, settings: Settings) -> Leftove
         db.scalars(select(Plan.id).where(Plan.importance_run_id.in_(run_ids), Plan.teacher_id != tid))
     )
     if foreign:
-        raise Conflict(f"teacher {tid}'s importance runs fill plans {_ids(foreign)}: delete them first")
+        raise Conflict(
+            f"teacher {tid}'s importance runs fill {_named('plan', foreign)}: delete {'them' if len(foreign) > 1 else 'it'} first"
+        )
     jobs = list(
         db.scalars(
             select(Job)
@@ -111,9 +121,10 @@ def dataset_users(db: Session, dataset_id: int) -> list[str]:
         .order_by(ImportanceRun.id)
     ).all()
     if runs:
-        teachers = _ids(dict.fromkeys(t for _, t in runs))
+        teachers = _named("teacher", dict.fromkeys(t for _, t in runs))
+        were = "were" if len(runs) > 1 else "was"
         users.append(
-            f"importance runs {_ids(r for r, _ in runs)} (of teacher {teachers}) were computed on it"
+            f"{_named('importance run', (r for r, _ in runs))} (of {teachers}) {were} computed on it"
         )
     protocols = [
         t.id
@@ -121,7 +132,10 @@ def dataset_users(db: Session, dataset_id: int) -> list[str]:
         if isinstance(t.eval_protocol, dict) and t.eval_protocol.get("dataset_id") == dataset_id
     ]
     if protocols:
-        users.append(f"the evaluation protocol of teacher {_ids(protocols)} measures on it")
+        users.append(
+            f"the evaluation protocol{'s' if len(protocols) > 1 else ''} of {_named('teacher', protocols)} "
+            f"measure{'' if len(protocols) > 1 else 's'} on it"
+        )
     named = [
         (job_id, kind, status, student)
         for job_id, kind, status, student, params in db.execute(
@@ -134,7 +148,7 @@ def dataset_users(db: Session, dataset_id: int) -> list[str]:
             f"{job_id} ({kind}{f' of student {student}' if student else ''}, {status})"
             for job_id, kind, status, student in named
         )
-        users.append(f"jobs {listed} use it")
+        users.append(f"job{'s' if len(named) > 1 else ''} {listed} use{'' if len(named) > 1 else 's'} it")
     return users
 
 

@@ -198,7 +198,7 @@ def test_delete_dataset(client, api_env):
     before = counts(url)
     r = client.delete(f"{API}/datasets/{used}")
     assert r.status_code == 409
-    assert f"importance runs {doomed['run']}, {kept['run']} (of teacher {doomed['teacher']}, " in error_text(
+    assert f"importance runs {doomed['run']}, {kept['run']} (of teachers {doomed['teacher']}, " in error_text(
         r
     )
     assert counts(url) == before

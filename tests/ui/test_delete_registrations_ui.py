@@ -94,7 +94,7 @@ def test_delete_teacher_and_dataset_from_the_page(page, live_app, registered):
     page.once("dialog", answer(True))
     used_row.locator("[data-testid=teacher-delete]").click()
     error = page.locator("[data-testid=teacher-delete-error]")
-    expected = f"teacher {ids['used']} has students {ids['student']}: delete them first"
+    expected = f"teacher {ids['used']} has student {ids['student']}: delete it first"
     page.wait_for_function(
         "([el, text]) => el.textContent.includes(text)", arg=[error.element_handle(), expected]
     )
@@ -112,7 +112,7 @@ def test_delete_teacher_and_dataset_from_the_page(page, live_app, registered):
     corpus_row.locator("[data-testid=dataset-delete]").click()
     error = page.locator("[data-testid=dataset-delete-error]")
     page.wait_for_function(
-        "([el, text]) => el.textContent.includes(text)", arg=[error.element_handle(), "were computed on it"]
+        "([el, text]) => el.textContent.includes(text)", arg=[error.element_handle(), "was computed on it"]
     )
     assert f"dataset {ids['corpus']} is in use" in error.inner_text()
     assert corpus_row.count() == 1 and api.get(f"/datasets/{ids['corpus']}").status_code == 200
