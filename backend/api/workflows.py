@@ -22,8 +22,10 @@ from backend.settings import Settings
 from backend.workflows import control, runner, view
 from backend.workflows.advance import advance
 from backend.workflows.definitions import cut_params
+from backend.workflows.naming import Named, candidate_names
 from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, WorkflowOut
 from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
+from worker.engine.spec import shape_label
 
 router = APIRouter(tags=["workflows"], responses=errors(422))
 TEACHER_FIELD = ("body", "teacher_id")
@@ -81,13 +83,14 @@ def _saved_plan(
     messages = validate_plan(plan, spec)
     if any(m.level == "error" for m in messages):
         raise plan_problems(messages, (*at, "plan"))
+    stats = plan_stats(plan, spec)
     row = Plan(
         teacher_id=body.teacher_id,
         importance_run_id=body.importance_run_id,
-        name=candidate.name,
+        name=candidate.name or shape_label(stats["spec"], spec) or f"bake-off candidate {index + 1}",
         version=1,
         plan=plan.model_dump(mode="json"),
-        stats=plan_stats(plan, spec),
+        stats=stats,
         messages=[m.model_dump() for m in messages],
     )
     db.add(row)
@@ -142,10 +145,18 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
         choose_queue(settings, "distill", {"device": body.device})
     except Conflict as exc:
         raise Conflict(exc.message, field=("body", "device"), nearby=("auto", "cpu")) from exc
+    plans = [_saved_plan(db, body, i, candidate, settings) for i, candidate in enumerate(body.candidates)]
+    names = candidate_names(
+        [
+            Named(c.name, (p.stats or {}).get("spec"), tuple(p.plan.get("drop_layers") or ()), c.candidate_id)
+            for c, p in zip(body.candidates, plans)
+        ],
+        db.get(Teacher, body.teacher_id).spec,
+    )
     candidates = []
-    for i, candidate in enumerate(body.candidates):
-        plan = _saved_plan(db, body, i, candidate, settings)
-        candidates.append({"name": candidate.name, "plan_id": plan.id, "plan_version": plan.version})
+    for i, (candidate, plan, name) in enumerate(zip(body.candidates, plans, names)):
+        row = {"name": name, "plan_id": plan.id, "plan_version": plan.version}
+        candidates.append({**row, "candidate_id": candidate.candidate_id} if candidate.candidate_id else row)
         _check_cut_fits(db, body, i, plan, candidates[-1], settings)
     values = body.model_dump(mode="json", exclude={"candidates"})
     values["name"] = body.name or f"bake-off of {len(candidates)} candidate{'s' * (len(candidates) != 1)}"

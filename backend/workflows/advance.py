@@ -294,9 +294,10 @@ def summarize(
     total = sum(len(definition.steps_of(s.branch, workflow.params)) for s in states) or 1
     finished = sum(len(s.done) for s in states)
     progress = round(finished / total, 4)
-    message = " · ".join(f"{s.branch.name}: {s.step if s.status == 'running' else s.status}" for s in states)
+    # Branches apart by " | ": a name is a shape whose parts " · " already parts.
+    message = " | ".join(f"{s.branch.name}: {s.step if s.status == 'running' else s.status}" for s in states)
     if failed:
-        message = "failed: " + "; ".join(s.error for s in failed) + " · " + message
+        message = "failed: " + "; ".join(s.error for s in failed) + " | " + message
     if (workflow.progress, workflow.message) != (progress, message[:4000]):
         workflow.progress, workflow.message = progress, message[:4000]
         add_event(session, workflow, "status", serialize.job(workflow))

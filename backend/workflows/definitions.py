@@ -23,7 +23,7 @@ from backend.workflows import ranking
 @dataclass(frozen=True)
 class Branch:
     key: str  # stable id inside the workflow: "c0", "c1", ..., "teacher"
-    name: str  # what the user sees: the candidate's name
+    name: str  # what the user sees: the candidate's name (its shape unless the request named it)
     role: str  # "candidate" | "teacher"
     spec: dict[str, Any] = field(default_factory=dict)  # the candidate's part of the params
 
@@ -175,6 +175,7 @@ def _bakeoff_finish(session: Session, workflow: Job, done: dict[str, dict[str, J
         rows.append(
             {
                 "name": branch.name,
+                "candidate_id": branch.spec.get("candidate_id"),
                 "student_id": student.id if student else None,
                 "plan_id": branch.spec["plan_id"],
                 "distill_job_id": jobs["distill"].id,

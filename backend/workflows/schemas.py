@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from backend.routing import Requirement
-from backend.schemas import BenchmarkParams, DistillParams, EvaluateParams, Name, RowId, Strict
+from backend.schemas import BenchmarkParams, DistillParams, EvaluateParams, Name, RowId, Strict, Text
 from worker.engine.plan import PlanTargets, PrunePlan
 
 MAX_CANDIDATES = 16
@@ -17,7 +17,19 @@ class Candidate(Strict):
     """One architecture of the bake-off: a saved plan, an explicit plan (a search candidate's), or
     targets filled from the workflow's importance run."""
 
-    name: Name = Field(min_length=1, max_length=200)
+    name: Name | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the branch's and its student's name; default: the candidate's shape "
+        '("4 layers · h 24 · ffn 48 · 6 heads"), told apart from another of the same shape',
+    )
+    candidate_id: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the search candidate this is (its id in the search report), kept beside the name",
+    )
     plan_id: RowId | None = None
     plan: PrunePlan | None = None
     targets: PlanTargets | None = None
@@ -56,7 +68,7 @@ class WorkflowCreate(Strict):
 
     @model_validator(mode="after")
     def _distinct_names(self) -> WorkflowCreate:
-        names = [c.name for c in self.candidates]
+        names = [c.name for c in self.candidates if c.name is not None]
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:
             raise ValueError(f"candidate names must differ: {dup!r} is given twice")
@@ -83,6 +95,7 @@ class StepOut(Strict):
 class BranchOut(Strict):
     key: str
     name: str
+    candidate_id: str | None = Field(description="the search candidate it came from, when given")
     role: Literal["candidate", "teacher"]
     index: int
     plan_id: int | None

@@ -40,6 +40,7 @@ def workflow(session: Session, job: Job) -> dict[str, Any]:
             {
                 "key": state.branch.key,
                 "name": state.branch.name,
+                "candidate_id": state.branch.spec.get("candidate_id"),
                 "role": state.branch.role,
                 "index": index,
                 "plan_id": state.branch.spec.get("plan_id"),

@@ -53,7 +53,9 @@ export function archLine(axes, teacher) {
  * A model's shape as a short label, "24 layers · h 3072 · ffn 9216 · 32 heads" (the knobs a search
  * turns: depth, hidden, MLP, heads), from a spec (a plan's `stats.spec`, a student's `spec`). A width
  * that differs between layers reads "min–max"; KV groups are named when `teacher`'s differ from the
- * model's (a cut that removed whole groups); experts when the model has them.
+ * model's (a cut that removed whole groups); experts when the model has them. The same function as
+ * worker/engine/spec.py `shape_label` (which names a bake-off's candidates on the server):
+ * tests/ui/test_shape_label.py holds them equal.
  */
 export function shapeLabel(spec, teacher = null) {
   if (!spec) return null;

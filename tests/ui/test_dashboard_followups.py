@@ -225,6 +225,67 @@ def test_bake_off_candidates_read_as_their_shape_with_their_id_kept(page, live_a
         live_app.api.post(f"/workflows/{wf}/cancel")
 
 
+def test_a_search_s_bake_off_is_named_by_shape_on_the_server_its_id_under_it(page, live_app):
+    """What the search page sends (candidate_id, no name): the server names each branch and student by
+    its shape (shape_label, the same text the page draws), the search id under the label."""
+    teacher = ready_teacher(live_app)
+    ids = {"L3-drop.H8-none.F48.D32": DEPTH, "L4-none.H8-none.F32.D32": WIDTH}
+    body = {
+        "name": "followup server names",
+        "teacher_id": teacher["id"],
+        "candidates": [{"candidate_id": cid, "plan": plan} for cid, plan in ids.items()],
+        "distill": DISTILL,
+        "evaluate": EVALUATE,
+        "benchmark": None,
+    }
+    r = live_app.api.post("/workflows", json=body)
+    assert r.status_code == 201, r.text
+    wf = r.json()
+    labels = ["3 layers · h 32 · ffn 48 · 8 heads", "4 layers · h 32 · ffn 32 · 8 heads"]
+    assert [b["name"] for b in wf["branches"]] == labels
+    try:
+        page.goto(f"{live_app.url}/#/bakeoff/{wf['id']}")
+        page.wait_for_selector("[data-testid=candidate-label]")
+        shown = {
+            row.get_attribute("data-branch"): (
+                row.query_selector("[data-testid=candidate-label]").inner_text(),
+                row.query_selector("[data-testid=candidate-id]").inner_text(),
+            )
+            for row in page.query_selector_all("[data-testid=bakeoff-branches] tbody tr[data-branch]")
+        }
+        assert shown == {label: (label, cid) for label, cid in zip(labels, ids)}, shown
+        shot(page, "followup-bakeoff-server-names")
+    finally:
+        live_app.api.post(f"/workflows/{wf['id']}/cancel")
+
+
+def test_the_bake_off_list_names_the_winner_by_shape_with_its_search_id(page, live_app):
+    teacher = ready_teacher(live_app)
+    body = {
+        "name": "followup finished",
+        "teacher_id": teacher["id"],
+        "candidates": [{"candidate_id": "L3-drop.H8-none.F48.D32", "plan": DEPTH}, {"plan": WIDTH}],
+        "distill": DISTILL,
+        "evaluate": EVALUATE,
+        "benchmark": None,
+    }
+    r = live_app.api.post("/workflows", json=body)
+    assert r.status_code == 201, r.text
+    wf = r.json()
+    live_app.api.post(f"/workflows/{wf['id']}/cancel")
+    winner = wf["branches"][0]["name"]
+    assert winner == "3 layers · h 32 · ffn 48 · 8 heads"
+    with session_scope(live_app.env["PRUNESCOPE_DATABASE_URL"]) as s:  # as if it had run to its ranking
+        row = s.get(Job, wf["id"])
+        row.status, row.result = "succeeded", {"winner": winner, "ranking": [], "flips": []}
+    page.goto(f"{live_app.url}/#/bakeoff")
+    cell = page.locator(f"tr:has(a[href='#/bakeoff/{wf['id']}']) td:has([data-testid=winner-label])")
+    cell.wait_for()
+    assert cell.locator("[data-testid=winner-label]").inner_text() == winner
+    assert cell.locator("div.faint.mono").inner_text() == "L3-drop.H8-none.F48.D32"  # not the name twice
+    shot(page, "followup-bakeoff-list-winner")
+
+
 def test_shape_labels_name_kv_groups_and_uneven_widths(page, live_app):
     page.goto(f"{live_app.url}/#/runs")
     labels = page.evaluate(

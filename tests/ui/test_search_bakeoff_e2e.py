@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.ui.conftest import shot
+from worker.engine.spec import shape_label
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -54,7 +55,15 @@ def test_search_then_bakeoff_of_the_top_three(page, live_app, shared_run):
     page.wait_for_url("**/#/bakeoff/*")
     wf_id = int(page.url.rsplit("/", 1)[1].split("?")[0])
     wf = api.get(f"/workflows/{wf_id}").json()
-    assert [b["name"] for b in wf["branches"]] == [f"#{c['rank']} {c['id']}" for c in top]
+    # Named by their shape on the server (the search's id kept beside), unique within the bake-off.
+    assert [b["candidate_id"] for b in wf["branches"]] == [c["id"] for c in top]
+    teacher_spec = api.get(f"/teachers/{teacher['id']}").json()["spec"]
+    for b in wf["branches"]:
+        plan = api.get(f"/plans/{b['plan_id']}").json()
+        assert b["name"].startswith(shape_label(plan["stats"]["spec"], teacher_spec)), b
+        student = api.get(f"/students/{b['student_id']}").json()
+        assert student["name"] == b["name"]
+    assert len({b["name"] for b in wf["branches"]}) == 3
     assert wf["params"]["distill"]["tokens"] == 128 and wf["params"]["benchmark"] is None
 
     # Curves stream in while it runs; at the end the ranking table.

@@ -7,6 +7,10 @@ every supported family: the tests compare them with `sum(p.numel())` of real mod
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel
 
 
@@ -165,3 +169,50 @@ class ArchSpec(BaseModel):
             "flops_per_token": self.flops_per_token(),
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
         }
+
+
+# ---- a shape in one line -----------------------------------------------------------------------
+
+
+def shape_label(
+    spec: ArchSpec | Mapping[str, Any] | None, teacher: ArchSpec | Mapping | None = None
+) -> str | None:
+    """A model's shape as a short label, "24 layers · h 3072 · ffn 9216 · 32 heads" (the knobs a search
+    turns: depth, hidden, MLP, heads), from a spec (an ArchSpec, a plan's `stats.spec`, a student's
+    `spec`). A width that differs between layers reads "min–max"; KV groups are named when `teacher`'s
+    differ from the model's (a cut that removed whole groups); experts when the model has them.
+
+    The name of a bake-off's candidates and students; the dashboard's `shapeLabel`
+    (frontend/js/searchmath.js) is the same function (tests/ui/test_shape_label.py holds them equal)."""
+    if not spec:
+        return None
+    if isinstance(spec, BaseModel):
+        spec = spec.model_dump()
+    if isinstance(teacher, BaseModel):
+        teacher = teacher.model_dump()
+
+    def span(key: str) -> Any:
+        values = [
+            layer[key]
+            for layer in spec.get("layers") or []
+            if isinstance(layer.get(key), int | float)
+            and not isinstance(layer.get(key), bool)
+            and math.isfinite(layer[key])
+        ]
+        if not values:
+            return spec.get(key)
+        lo, hi = min(values), max(values)
+        return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+    kv = span("num_kv_heads")
+    parts = [
+        f"{spec.get('num_layers')} layers",
+        f"h {spec.get('hidden_size')}",
+        f"ffn {span('intermediate_size')}",
+        f"{span('num_heads')} heads",
+        f"{kv} KV"
+        if teacher is not None and kv is not None and str(kv) != str(teacher.get("num_kv_heads"))
+        else None,
+        f"{span('num_experts')} experts" if spec.get("num_experts") else None,
+    ]
+    return " · ".join(p for p in parts if p)

@@ -64,13 +64,18 @@ export async function bakeoffView(host, { args, query }, ctx) {
   const colorOf = (b) => SERIES_COLORS[candidates().indexOf(b) % SERIES_COLORS.length];
   const stepOf = (b, name) => b.steps.find((s) => s.name === name);
   const branchNamed = (name) => wf.branches.find((b) => b.name === name);
-  /** What a candidate is ("4 layers · h 24 · ffn 48 · 6 heads", from its plan); its name (a search's
-   * "#1 L4-none.H6-whole_groups.F48.D24", or the user's) until the plan is read. */
-  const labelOf = (b) => (b && shapeLabel(specs.get(b.plan_id), teacher?.spec)) || b?.name;
-  /** The shape first, the name under it for reference (once, when the shape is the name). */
+  /** What a candidate is ("4 layers · h 24 · ffn 48 · 6 heads", from its plan): its name when the server
+   * named it by its shape (shape_label, the same function), else the shape (an older bake-off's
+   * "#1 L4-none.H6-whole_groups.F48.D24", or the user's name); its name until the plan is read. */
+  const labelOf = (b) => {
+    const shape = b && shapeLabel(specs.get(b.plan_id), teacher?.spec);
+    return shape && !b.name.startsWith(shape) ? shape : b?.name;
+  };
+  /** The shape first; under it the search candidate's id (or the name, when the shape is not the name). */
   const candidateName = (b, name, best = false) => {
     const label = labelOf(b) || name;
-    return [h(`span${best ? ".best" : ""}`, { dataset: { testid: "candidate-label" } }, label), label !== name ? h("div.faint.mono", { dataset: { testid: "candidate-id" } }, name) : null];
+    const ref = b?.candidate_id || (label !== name ? name : null);
+    return [h(`span${best ? ".best" : ""}`, { dataset: { testid: "candidate-label" } }, label), ref ? h("div.faint.mono", { dataset: { testid: "candidate-id" } }, ref) : null];
   };
   /** The legend's name of a candidate: its shape, with its name when another has the same shape. */
   const legendName = (b) => {
@@ -294,7 +299,11 @@ async function bakeoffList(host, ctx) {
     const b = w.result?.winner && w.branches?.find((x) => x.name === w.result.winner);
     const plan = b?.plan_id ? await api.get(`/plans/${b.plan_id}`).catch(() => null) : null;
     const label = shapeLabel(plan?.stats?.spec, teachers.find((t) => t.id === w.teacher_id)?.spec);
-    return w.result?.winner ? [h("span", { dataset: { testid: "winner-label" } }, label || w.result.winner), label ? h("div.faint.mono", w.result.winner) : null] : "–";
+    const winner = w.result?.winner;
+    // The server names a search's candidates by their shape: then their search id goes under it.
+    const shown = label && !winner?.startsWith(label) ? label : winner;
+    const ref = b?.candidate_id || (shown !== winner ? winner : null);
+    return winner ? [h("span", { dataset: { testid: "winner-label" } }, shown), ref ? h("div.faint.mono", ref) : null] : "–";
   }));
   if (!ctx.alive) return;
   mount(host,

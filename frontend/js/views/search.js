@@ -469,7 +469,8 @@ async function searchResult(host, id, query, ctx) {
         name: `bake-off of search #${job.id}`,
         teacher_id: job.teacher_id,
         importance_run_id: job.importance_run_id,
-        candidates: chosen.map((c, i) => ({ name: `#${c.rank} ${c.id}`, plan_id: plans[i].id })),
+        // No name: the server names each by its shape (and keeps the search's id beside it).
+        candidates: chosen.map((c, i) => ({ candidate_id: c.id, plan_id: plans[i].id })),
         distill: { tokens, batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every },
         ...(v.benchmark ? {} : { benchmark: null }),
         metric: "loss",
