@@ -263,6 +263,20 @@ def test_damaged_importance_scores_are_named(root, tmp_path, capsys):
 BINARY = bytes([0x80, 0xFF, 0x00, 0xFE]) * 64  # invalid UTF-8 from the first byte
 
 
+def _importance_on(root, data, stream: bool, out) -> list:
+    """`prunescope importance` arguments reading `data` (streamed or not) into `out`."""
+    return [
+        "importance",
+        root / "model",
+        *SMALL,
+        "--data",
+        data,
+        *(["--stream"] if stream else []),
+        "-o",
+        out,
+    ]
+
+
 @pytest.mark.parametrize(
     ("name", "stream", "message"),
     [
@@ -275,16 +289,7 @@ def test_binary_data_file_is_named(name, stream, message, root, tmp_path, capsys
     data = tmp_path / name
     data.write_bytes(BINARY)
     out = tmp_path / "run"
-    args = [
-        "importance",
-        root / "model",
-        *SMALL,
-        "--data",
-        data,
-        *(["--stream"] if stream else []),
-        "-o",
-        out,
-    ]
+    args = _importance_on(root, data, stream, out)
     assert f"{tmp_path}/{message}" in error_line(capsys, *args)
     assert not out.exists()
 
@@ -473,16 +478,7 @@ def test_damaged_compressed_data_is_named(name, content, stream, message, root, 
     data = tmp_path / name
     data.write_bytes(content)
     out = tmp_path / "run"
-    args = [
-        "importance",
-        root / "model",
-        *SMALL,
-        "--data",
-        data,
-        *(["--stream"] if stream else []),
-        "-o",
-        out,
-    ]
+    args = _importance_on(root, data, stream, out)
     assert f"{data}: {message}" in error_line(capsys, *args)
     assert not out.exists()
 
