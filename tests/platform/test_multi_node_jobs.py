@@ -21,9 +21,10 @@ from tests.conftest import WorkerProcess, start_live_app, stop_live_app
 from tests.platform.helpers import make_dataset, make_student, start_distill
 from tests.platform.test_multi_rank_jobs import rank_processes, wait_for_step, wait_no_ranks
 
-# Long enough that the busy-worker test's gang still forms within it when the job that ran meanwhile is
-# slow on a loaded machine (at 8 s it once fell to the 5 s last round and missed the just-resumed worker).
-GANG_TIMEOUT_S = 20
+# Long enough for the busy-worker test's gang to form after worker B is resumed (SIGCONT): in two full
+# clean-clone runs B took no message for ~16 s after it (its log; the gang's 20 s ran out meanwhile), while
+# alone the test passed every time. Why a resumed Celery worker stalls is not known (see the session note).
+GANG_TIMEOUT_S = 40
 
 
 @pytest.fixture(scope="module")

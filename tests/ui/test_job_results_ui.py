@@ -118,8 +118,11 @@ def test_evaluate_and_benchmark_results_are_cards_with_units(page, live_app, stu
     assert float(cards["ppl"][1]) == pytest.approx(result["perplexity"]["perplexity"], rel=1e-3)
     assert float(cards["teacher-ppl"][0]) == teacher_result["perplexity"]["perplexity"]
     assert cards["tokens"][1] == f"{result['perplexity']['tokens']:,}"
-    task_rows = page.locator("[data-testid=job-result] [data-testid=lm-eval-tasks] tbody tr")
-    assert task_rows.count() == len(result["tasks"]) >= 1
+    # A late status event can redraw the result between reads: wait until the rows are all there.
+    rows = "[data-testid=job-result] [data-testid=lm-eval-tasks] tbody tr"
+    assert len(result["tasks"]) >= 1
+    page.wait_for_function(f"document.querySelectorAll({rows!r}).length === {len(result['tasks'])}")
+    task_rows = page.locator(rows)
     first = result["tasks"][0]
     cells = task_rows.nth(0).locator("td")
     assert cells.nth(0).inner_text() == first["task"]
