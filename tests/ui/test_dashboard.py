@@ -87,12 +87,23 @@ def test_register_teacher_dataset_and_run_importance(page, live_app):
     page.fill("[data-testid=dataset-form] [name=source]", "demo")
     page.click("[data-testid=dataset-form] button[type=submit]")
 
-    # The inspect job fills the architecture summary.
+    # The inspect job fills the architecture summary (of this teacher: other modules' teachers share the
+    # app, and one of theirs may be the ready one shown first).
+    deadline = time.monotonic() + 120
+    while True:
+        new = [t for t in live_app.api.get("/teachers").json() if t["id"] not in teachers_before]
+        if new and new[0]["status"] == "ready":
+            break
+        assert time.monotonic() < deadline, new
+        time.sleep(0.5)
+    (teacher,) = new
+    params = f"{teacher['spec']['params_total']:,}"
     page.wait_for_selector("[data-testid=arch-summary] [data-status=ready]", timeout=120_000)
+    page.wait_for_function(
+        "t => document.querySelector('[data-testid=arch-summary]').textContent.includes(t)", arg=params
+    )
     summary = page.inner_text("[data-testid=arch-summary]")
-    assert "8 / 4" in summary and "48 (gated)" in summary
-    (teacher,) = [t for t in live_app.api.get("/teachers").json() if t["id"] not in teachers_before]
-    assert f"{teacher['spec']['params_total']:,}" in summary
+    assert "8 / 4" in summary and "48 (gated)" in summary and params in summary
     # A small evaluation protocol (4 documents; the default 64 is ~6,500 windows per perplexity): the
     # preview and the study's evaluations below check the numbers their jobs stored, whatever they are.
     r = live_app.api.patch(f"/teachers/{teacher['id']}", json={"eval_protocol": {"max_documents": 4}})
