@@ -125,21 +125,20 @@ def test_infinite_spill_limit_is_refused(root, tmp_path, capsys):
 def test_distill_refuses_numbers_that_cannot_train(flag, value, root, tmp_path, capsys):
     """--lr inf used to train a student of NaNs to the end and save it; --seed -1 failed inside numpy."""
     out = tmp_path / "out"
-    args = ["distill", root / "model", "--data", root / "data.jsonl", *DISTILL, "-o", out, flag, value]
+    args = [*_distill_into(root, out), flag, value]
     assert error_line(capsys, *args).startswith(f"prunescope distill: error: {flag}: ")
     assert not out.exists()
+
+
+def _distill_into(root, out) -> list:
+    """`prunescope distill` of the test model on its data into `out` (options are appended)."""
+    return ["distill", root / "model", "--data", root / "data.jsonl", *DISTILL, "-o", out]
 
 
 def test_a_rule_between_fields_reads_without_a_made_up_flag(root, tmp_path, capsys):
     line = error_line(
         capsys,
-        "distill",
-        root / "model",
-        "--data",
-        root / "data.jsonl",
-        *DISTILL,
-        "-o",
-        tmp_path / "o",
+        *_distill_into(root, tmp_path / "o"),
         "--lr",
         "1e-4",
         "--min-lr",
@@ -232,13 +231,7 @@ def test_resume_from_a_damaged_checkpoint_names_it(damage, root, tmp_path, capsy
         checkpoint.write_bytes(b"")
     line = error_line(
         capsys,
-        "distill",
-        root / "model",
-        "--data",
-        root / "data.jsonl",
-        *DISTILL,
-        "-o",
-        tmp_path / "out",
+        *_distill_into(root, tmp_path / "out"),
         "--resume",
     )
     assert f"cannot resume: {checkpoint} is damaged or not a checkpoint" in line
@@ -337,13 +330,7 @@ def test_distill_work_dir_under_a_file_is_refused(root, tmp_path, capsys):
     blocker.write_text("x")
     line = error_line(
         capsys,
-        "distill",
-        root / "model",
-        "--data",
-        root / "data.jsonl",
-        *DISTILL,
-        "-o",
-        tmp_path / "out",
+        *_distill_into(root, tmp_path / "out"),
         "--work-dir",
         blocker / "w",
     )
