@@ -15,20 +15,25 @@ import codecs
 import json
 from pathlib import Path
 
+from backend.paths import PathNotAllowed
+
 HEAD_BYTES = 64 * 1024
 SNIFFED_FILES = 32  # of a folder of many shards, the first ones are read (the rest only sized)
 MAGIC = {".jsonl.gz": b"\x1f\x8b", ".parquet": b"PAR1"}
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
-def dataset_problem(path: Path) -> str | None:
-    """Why the local dataset at `path` (resolved, existing) cannot be read, or None when it looks usable."""
-    from worker.engine.streaming import data_suffix, list_shards  # torch-free: files by suffix
+def dataset_problem(path: Path, roots: list[Path]) -> str | None:
+    """Why the local dataset at `path` (resolved, existing) cannot be read, or None when it looks usable.
+    Raises PathNotAllowed when one of its data files is a link out of `roots` (none of it is read then)."""
+    from worker.engine.streaming import OutsideRoots, data_suffix, list_shards  # torch-free: files by suffix
 
     if not (path.is_dir() or path.is_file()):  # a FIFO or device: reading it could block the request
         return f"{path} is not a regular file or folder"
     try:
-        files = list_shards(path) if path.is_dir() else [path]
+        files = list_shards(path, roots=roots) if path.is_dir() else [path]
+    except OutsideRoots as exc:
+        raise PathNotAllowed(str(exc)) from None
     except (ValueError, OSError) as exc:
         return str(exc)
     filled = 0

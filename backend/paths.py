@@ -69,7 +69,9 @@ def _exists(path: Path) -> bool:
 
 
 def _inside(resolved: Path, roots: list[Path]) -> bool:
-    return any(resolved == root or resolved.is_relative_to(root) for root in roots)
+    from worker.engine.streaming import inside_roots  # torch-free: the roots rule the readers use too
+
+    return inside_roots(resolved, roots)
 
 
 def check_local_path(source: str, roots: list[Path]) -> Path:

@@ -142,7 +142,17 @@ def _mark_failed(rt: JobRuntime, model, pk: int, exc: Exception) -> None:
 
 
 def _dataset(rt: JobRuntime, params: dict) -> Dataset | None:
-    return _rows(rt, (Dataset, params["dataset_id"]))[0] if params.get("dataset_id") else None
+    """The job's dataset, its files checked against the allowed roots before any is read (every reader,
+    in this process or in the ranks it starts, gets the dataset here)."""
+    if not params.get("dataset_id"):
+        return None
+    (dataset,) = _rows(rt, (Dataset, params["dataset_id"]))
+    if dataset is not None and dataset.source != "demo":
+        from worker.engine.streaming import check_source_inside
+
+        # A link to outside the roots put in the folder after registration is refused, not read.
+        check_source_inside(dataset.source, rt.settings.roots)
+    return dataset
 
 
 def _documents(dataset: Dataset | None, split: str) -> list[str]:

@@ -102,7 +102,10 @@ def create_dataset(
     body: DatasetCreate, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
 ) -> DatasetOut:
     source = checked_source(body.source, settings, allow_hub=False)
-    problem = None if source == DEMO else dataset_problem(Path(source))
+    try:
+        problem = None if source == DEMO else dataset_problem(Path(source), settings.roots)
+    except PathNotAllowed as exc:  # a file of the folder links out of the roots
+        raise Forbidden(str(exc), field=("body", "source")) from exc
     if problem is not None:
         raise InvalidInput(problem, field=("body", "source"))
     dataset = Dataset(name=body.name, source=source)

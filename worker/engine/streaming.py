@@ -58,8 +58,43 @@ def _format_of(path: Path) -> str:
     return "jsonl" if suffix == ".jsonl.gz" else (suffix or "").lstrip(".")
 
 
-def list_shards(source: str | os.PathLike, data_format: str = "auto") -> list[Path]:
-    """The data files of a local source (a file, or the matching files below a folder, sorted)."""
+class OutsideRoots(ValueError):
+    """A data file resolves (through a symlink) outside every allowed root: it is not read."""
+
+
+def inside_roots(path: str | os.PathLike, roots: list[Path]) -> bool:
+    """Whether `path`, every symlink followed, lies in or under one of `roots` (resolved paths).
+
+    The one roots rule of the platform: the API checks a source with it (backend/paths.py), the shard
+    lists below check each file with it, so a link inside an allowed folder cannot reach elsewhere."""
+    real = Path(path).resolve()
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def check_inside_roots(files: list[Path], roots: list[Path] | None) -> None:
+    """Raise OutsideRoots naming the first of `files` that resolves outside `roots` (None: no limit)."""
+    if roots is None:
+        return
+    for file in files:
+        if not inside_roots(file, roots):
+            allowed = ", ".join(str(r) for r in roots)
+            raise OutsideRoots(
+                f"data file {file} resolves to {Path(file).resolve()}, outside the allowed roots "
+                f"({allowed}): a link out of them is not read"
+            )
+
+
+def _data_files_below(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and any(p.name.lower().endswith(s) for s in suffixes)
+    )
+
+
+def list_shards(
+    source: str | os.PathLike, data_format: str = "auto", *, roots: list[Path] | None = None
+) -> list[Path]:
+    """The data files of a local source (a file, or the matching files below a folder, sorted); with
+    `roots`, each must resolve inside them (else OutsideRoots)."""
     if data_format not in DATA_FORMATS:
         raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
     path = Path(source).expanduser().resolve()
@@ -67,15 +102,25 @@ def list_shards(source: str | os.PathLike, data_format: str = "auto") -> list[Pa
         raise FileNotFoundError(f"data source not found: {path}")
     suffixes = DATA_SUFFIXES if data_format == "auto" else _FORMAT_SUFFIXES[data_format]
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and any(p.name.lower().endswith(s) for s in suffixes)
-        )
+        files = _data_files_below(path, suffixes)
         if not files:
             raise ValueError(f"no {', '.join(suffixes)} files in directory {path}")
+        check_inside_roots(files, roots)
         return files
     if data_format == "auto" and data_suffix(path) is None:
         raise ValueError(f"unsupported data file {path}: expected one of {', '.join(DATA_SUFFIXES)}")
+    check_inside_roots([path], roots)
     return [path]
+
+
+def check_source_inside(source: str | os.PathLike, roots: list[Path]) -> None:
+    """Before a job reads a local source: it, and every data file below it that any reader (whole or
+    streamed, any format) would open, resolves inside `roots`. A link added after registration, or the
+    folder itself swapped for a link, is refused here (OutsideRoots) instead of read."""
+    path = Path(source).expanduser()
+    check_inside_roots([path], roots)
+    if path.is_dir():
+        check_inside_roots(_data_files_below(path.resolve(), DATA_SUFFIXES), roots)
 
 
 # ---- documents of one shard, from a position, each with the position just after it ---------------------
