@@ -30,6 +30,7 @@ from backend.api import (
 )
 from backend.db import session_factory
 from backend.guard import PREFIX, Guard
+from backend.head import HeadAsGet
 from backend.notifier import Notifier
 from backend.queue import make_celery
 from backend.reaper import reap_forever
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings.broker_url, settings.redis_prefix)
 
     app.add_middleware(Guard, settings=settings)
+    app.add_middleware(HeadAsGet)  # outermost: Guard's own refusals lose their body on HEAD too
     errors.install(app)
     docs.install(app, f"{PREFIX}/docs")
 
