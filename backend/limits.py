@@ -3,8 +3,12 @@ process (a 10^7-step distillation at batch 4096 x 131,072 tokens is a typo, not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from backend.deps import field_error
 from backend.settings import Settings
+from worker.engine.spec import spec_max_positions
 
 
 def check_job_size(params, settings: Settings, loc: list) -> None:
@@ -32,4 +36,14 @@ def check_job_size(params, settings: Settings, loc: list) -> None:
             [*loc, field],
             f"{product} = {tokens:.3g} tokens is over this server's limit of {limit:.3g} tokens per job "
             f"(PRUNESCOPE_MAX_JOB_TOKENS){fits}",
+        )
+
+
+def check_positions(spec: Mapping[str, Any], seq_len: int, loc: list, model: str) -> None:
+    """422 naming `loc` when `seq_len` is over the positions `model`'s stored spec knows of
+    (worker.engine.spec.spec_max_positions, as the engine's checks; unknown: nothing to check)."""
+    limit = spec_max_positions(spec)
+    if limit and seq_len > limit:
+        raise field_error(
+            loc, f"{seq_len} is over the {limit} positions of {model}; at most {limit}", nearby=[limit]
         )

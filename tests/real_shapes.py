@@ -37,5 +37,6 @@ def qwen3_30b_a3b(**overrides) -> ArchSpec:
         qk_norm=True,
         num_experts=128,
         experts_per_token=8,
+        max_positions=40960,
     )
     return ArchSpec(**{**shape, **overrides})

@@ -140,5 +140,6 @@ def tiny_spec(**overrides) -> ArchSpec:
         intermediate_size=COMMON["intermediate_size"],
         vocab_size=VOCAB,
         tie_word_embeddings=False,
+        max_positions=COMMON["max_position_embeddings"],
     )
     return ArchSpec(**{**base, **overrides})

@@ -16,7 +16,7 @@ from backend.data_reading import check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, NotFound
-from backend.limits import check_job_size
+from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.responses import (
     ExpertsMap,
@@ -48,6 +48,7 @@ def create_run(
 ) -> ImportanceRunOut:
     check_job_size(body, request.app.state.settings, ["body"])
     teacher = ready_teacher(db, body.teacher_id, ("body", "teacher_id"))
+    check_positions(teacher.spec, body.seq_len, ["body", "seq_len"], f"teacher {teacher.id}")
     dataset = get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
     check_data_reading(body, dataset.source, ["body"])
     layers = teacher.spec["num_layers"]

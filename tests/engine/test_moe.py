@@ -97,6 +97,7 @@ def test_parameter_counts_at_qwen3_30b_a3b_shape_on_meta():
         head_dim=128,
         num_experts=128,
         num_experts_per_tok=8,
+        max_position_embeddings=40960,
         tie_word_embeddings=False,
     )
     with torch.device("meta"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from worker.engine.spec import ArchSpec, LayerShape
+from worker.engine.spec import ArchSpec, LayerShape, config_max_positions
 
 
 class UnsupportedArchitecture(ValueError):
@@ -223,6 +223,7 @@ class Adapter:
             qk_norm_full_width=self.qk_norm_full_width,
             layer_norms=len(self.norm_names),
             position_embeddings=pos.weight.shape[0] if pos is not None else 0,
+            max_positions=config_max_positions(cfg),
             num_experts=first.num_experts,
             experts_per_token=getattr(text_config(model), self.experts_per_token_field, 0) if self.moe else 0,
             shared_expert_intermediate_size=(

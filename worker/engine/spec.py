@@ -49,6 +49,9 @@ class ArchSpec(BaseModel):
     qk_norm_full_width: bool = False
     layer_norms: int = 2  # norms per layer (Gemma 2 / 3: pre and post norms around both sublayers)
     position_embeddings: int = 0
+    # The positions the model was built for (config_max_positions); 0: unknown (a spec stored before
+    # this field; spec_max_positions then falls back on a learned position table).
+    max_positions: int = 0
     # Mixture of experts (Qwen3-MoE, Mixtral): experts per layer (0: dense) and experts each token is
     # routed to (top-k). Total parameters count every expert, active ones only top-k per layer.
     num_experts: int = 0
@@ -169,6 +172,32 @@ class ArchSpec(BaseModel):
             "flops_per_token": self.flops_per_token(),
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
         }
+
+
+# ---- how long a sequence the model takes -------------------------------------------------------------
+
+# Config fields naming the positions a model was built for; the first one set counts.
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def config_max_positions(config) -> int:
+    """The positions a model was built for, from its config (a multimodal model's text config first);
+    0 when the config names none. The one definition of a model's limit: the engine's checks of
+    --seq-len / --context and the API's of seq_len (through the stored spec) use it."""
+    configs = [config.get_text_config(), config] if hasattr(config, "get_text_config") else [config]
+    for cfg in configs:
+        for field in POSITION_FIELDS:
+            value = getattr(cfg, field, None)
+            if value:
+                return int(value)
+    return 0
+
+
+def spec_max_positions(spec: ArchSpec | Mapping[str, Any]) -> int:
+    """The positions a spec (or its stored summary) knows of: `max_positions`, else the rows of a learned
+    position table (GPT-2); 0 when unknown (a RoPE model's spec stored before `max_positions` existed)."""
+    data = spec.model_dump() if isinstance(spec, ArchSpec) else spec
+    return int(data.get("max_positions") or data.get("position_embeddings") or 0)
 
 
 # ---- a shape in one line -----------------------------------------------------------------------

@@ -38,12 +38,10 @@ Progress = Callable[[int, int], None]  # (done, total) of the windows or blocks 
 
 
 def model_context(model) -> int:
-    config = model.config
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, attr, None)
-        if value:
-            return int(value)
-    return 2048
+    """The model's positions (worker.engine.spec.config_max_positions); 2048 when its config names none."""
+    from worker.engine.spec import config_max_positions
+
+    return config_max_positions(model.config) or 2048
 
 
 def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
