@@ -119,9 +119,10 @@ def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
 
 
 def resuming(job: Job, ckpt: Path) -> bool:
-    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
+    """A later attempt with a checkpoint of either format (the ranks load a one-process one too)."""
+    from worker.engine.distill.checkpoint import saved_format
 
-    return job.attempts > 1 and sharded_checkpoint_path(ckpt) is not None
+    return job.attempts > 1 and saved_format(ckpt) is not None
 
 
 def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
@@ -161,6 +162,8 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
         if resume:
             args.append("--resume")
             rt.log("resuming from the sharded checkpoint")
+        else:  # the directory is this job's own: a checkpoint a fresh start finds there is a leftover
+            args.append("--overwrite")  # (an id reused after a database reset), replaced as in one process
         rt.progress(0.0, f"starting {world} ranks" + (f" on {nodes} nodes" if nodes > 1 else ""), force=True)
         try:
             finished = run_ranks(

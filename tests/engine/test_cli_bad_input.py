@@ -104,6 +104,17 @@ def test_shard_size_out_of_range_is_refused(size, root, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_importance_longer_than_the_model_is_refused(root, tmp_path, capsys):
+    """--seq-len past the model's positions was accepted and then scored positions it never saw."""
+    out = tmp_path / "run"
+    line = error_line(capsys, "importance", root / "model", *SMALL, "--seq-len", "513", "-o", out)
+    assert line.endswith(
+        f"error: --seq-len 513 exceeds the maximum of 512 positions of {root / 'model'}; "
+        "use --seq-len 512 or less"
+    )
+    assert not out.exists()
+
+
 def test_infinite_spill_limit_is_refused(root, tmp_path, capsys):
     out = tmp_path / "run"
     line = error_line(
@@ -335,6 +346,34 @@ def test_distill_work_dir_under_a_file_is_refused(root, tmp_path, capsys):
         blocker / "w",
     )
     assert line.endswith(f"error: --work-dir: {blocker} is a file, not a directory")
+
+
+def _summary_step(work) -> int:
+    return json.loads((work / "checkpoint.json").read_text())["step"]
+
+
+def test_a_fresh_distill_over_an_earlier_checkpoint_needs_resume_or_overwrite(root, tmp_path, capsys):
+    """A second run without --resume into a work dir holding a checkpoint overwrote it at its first save
+    (hours of distillation). Now it is refused, and --overwrite / --resume say which was meant."""
+    work, stop = tmp_path / "work", tmp_path / "STOP"
+    assert main([str(a) for a in [*_distill_into(root, tmp_path / "first"), "--work-dir", work]]) == 0
+    before = (work / "checkpoint.pt").read_bytes()
+    assert _summary_step(work) == 2
+
+    again = [*_distill_into(root, tmp_path / "second"), "--work-dir", work]
+    line = error_line(capsys, *again)
+    assert f"work directory {work} holds a checkpoint at step 2 of an earlier run" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert (work / "checkpoint.pt").read_bytes() == before and not (tmp_path / "second").exists()
+
+    stop.touch()  # --overwrite: the earlier checkpoint goes; this run stops at once with its own, step 0
+    assert main([str(a) for a in [*again, "--overwrite", "--stop-file", stop]]) == 3
+    assert f"removing the earlier run's checkpoint (step 2) in {work}" in capsys.readouterr().err
+    assert _summary_step(work) == 0 and not (tmp_path / "second").exists()
+    stop.unlink()
+    assert main([str(a) for a in [*again, "--resume"]]) == 0  # --resume continues the new run
+    assert json.loads((tmp_path / "second" / "prunescope_manifest.json").read_text())["steps"] == 2
+    assert _summary_step(work) == 2
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@
 
 `--teacher` defaults to the shipped demo teacher. `distill --mode ce` is the baseline without a teacher.
 Distillation checkpoints go to `--work-dir` (default OUT.work); `--resume` continues from there exactly.
+A run without `--resume` refuses a work dir that holds a checkpoint unless `--overwrite` discards it.
 Ctrl-C / SIGTERM or creating `--stop-file` stops at the next step boundary with a checkpoint.
 
 Under `torchrun --nproc-per-node N` (or `srun`) the same command runs as N ranks: FSDP2-sharded student,
@@ -64,7 +65,12 @@ def register(subparsers) -> None:
     d.add_argument("-o", "--out", required=True, type=Path, help="output directory for the distilled student")
     d.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUT.work)")
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
-    d.add_argument("--overwrite", action="store_true")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty output directory and, without --resume, start afresh over an earlier "
+        "run's checkpoint in --work-dir (removed once the models and data have loaded)",
+    )
     d.add_argument(
         "--mode", choices=("kd", "ce"), default="kd", help="kd (default) or ce: baseline, no teacher"
     )
@@ -195,6 +201,8 @@ def _distill(args) -> int:
     models = _load_models(args, "cpu" if ctx.distributed else args.device)  # sharding moves each share
     config = _with_intermediate_targets(args, config, models)
     train, val = _open_data(args, source, streamed, models.tokenizer, config, ctx)
+    if args.overwrite and not args.resume and ctx.is_main:
+        _discard_earlier_run(work)
     result, weights, sharded = _train(args, config, models, train, val, work, ctx)
     if not ctx.is_main:
         return 3 if result.stopped else 0
@@ -218,10 +226,8 @@ class _Models:
 
 
 def _checked_paths(args, source: str, streamed: bool) -> tuple[Path, Path]:
-    """(output dir, work dir), or a one-line CliError for a bad data path, a non-empty output or a
-    --resume with no checkpoint — before any model is loaded."""
-    from worker.engine.distill.sharded_checkpoint import sharded_checkpoint_path
-
+    """(output dir, work dir), or a one-line CliError for a bad data path, a non-empty output, a
+    --resume with no checkpoint or an earlier run's checkpoint in the way — before any model is loaded."""
     if streamed and source != "demo" and not source.startswith("hf:"):
         from worker.engine.streaming import list_shards
 
@@ -233,9 +239,38 @@ def _checked_paths(args, source: str, streamed: bool) -> tuple[Path, Path]:
     work = (args.work_dir or out.with_name(out.name + ".work")).expanduser().resolve()
     check_output_dir("--work-dir", work)
     check_append_file("--metrics-jsonl", args.metrics_jsonl)
-    if args.resume and not (work / "checkpoint.pt").is_file() and sharded_checkpoint_path(work) is None:
-        raise CliError(f"--resume: no checkpoint in {work}")
+    _check_checkpoint(args, work)
     return out, work
+
+
+def _check_checkpoint(args, work: Path) -> None:
+    """--resume needs a checkpoint; a fresh run must not overwrite one at its first save (hours of
+    distillation) unless --overwrite says so. Every rank under torchrun reads the same files before any
+    is written, so all of them refuse alike, before the process group exists."""
+    from worker.engine.distill.checkpoint import saved_format, saved_step
+
+    found = saved_format(work) is not None
+    if args.resume and not found:
+        raise CliError(f"--resume: no checkpoint in {work}")
+    if found and not args.resume and not args.overwrite:
+        step = saved_step(work)
+        at = f" at step {step}" if step is not None else ""
+        raise CliError(
+            f"work directory {work} holds a checkpoint{at} of an earlier run: pass --resume to continue it "
+            "or --overwrite to start afresh (or choose another --work-dir)"
+        )
+
+
+def _discard_earlier_run(work: Path) -> None:
+    """--overwrite without --resume: remove the earlier run's checkpoint now, once the models and data
+    have loaded (a typo in a path still leaves it), rather than letting the new run's first save replace
+    it: until then the directory would pair the old checkpoint with this run's corrected teacher, and
+    a --resume would silently continue the old run with the wrong teacher."""
+    from worker.engine.distill.checkpoint import remove_training_state, saved_format, saved_step
+
+    if saved_format(work) is not None:
+        _say(f"[overwrite] removing the earlier run's checkpoint (step {saved_step(work)}) in {work}")
+    remove_training_state(work)
 
 
 def _distill_config(args):

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -106,6 +107,26 @@ def saved_format(directory: str | os.PathLike) -> str | None:
     if plain.exists() and sharded is not None:
         return "plain" if plain.stat().st_mtime >= (sharded / META_FILE).stat().st_mtime else "sharded"
     return "plain" if plain.exists() else "sharded" if sharded is not None else None
+
+
+def saved_step(directory: str | os.PathLike) -> int | None:
+    """The step of the checkpoint in `directory`, from its torch-free summary (None: no summary)."""
+    try:
+        return int(json.loads((Path(directory) / SUMMARY_FILE).read_text())["step"])
+    except (OSError, KeyError, TypeError, ValueError):  # missing, unreadable or not a summary
+        return None
+
+
+def remove_training_state(directory: str | os.PathLike) -> None:
+    """Remove an earlier run's checkpoint (either format, with its summary and corrected teacher), so that
+    the directory never mixes two runs' files. Other files (the platform's rank logs) stay."""
+    from worker.engine.distill.sharded_checkpoint import SHARDED_DIR
+
+    directory = Path(directory)
+    for name in (CHECKPOINT_FILE, SUMMARY_FILE, TEACHER_FILE):
+        (directory / name).unlink(missing_ok=True)
+    for name in (SHARDED_DIR, f".{SHARDED_DIR}.old", f".{SHARDED_DIR}.tmp"):
+        shutil.rmtree(directory / name, ignore_errors=True)
 
 
 def read_training_state(directory: str | os.PathLike, ctx) -> dict | None:
