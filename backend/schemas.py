@@ -76,6 +76,19 @@ class OnDevice(Strict):
     )
 
 
+class GangWait(BaseModel):
+    """How long a job over several nodes waits for its workers (worker/gang.py)."""
+
+    gang_timeout_s: float | None = Field(
+        None,
+        ge=5,
+        le=7 * 86400,
+        description="with nodes > 1: how long node 0 waits for every node's worker to join, counted from "
+        "its first try across the rounds it gives way to queued jobs; then the job fails, unstarted and "
+        "resumable. Default: the worker's PRUNESCOPE_GANG_TIMEOUT_S (300 s)",
+    )
+
+
 class TeacherCreate(Strict):
     name: Name = Field(min_length=1, max_length=200)
     source: SourceText = Field(
@@ -111,7 +124,7 @@ class DatasetCreate(Strict):
     )
 
 
-class ImportanceRunCreate(OnDevice, DataReading):
+class ImportanceRunCreate(OnDevice, DataReading, GangWait):
     teacher_id: RowId
     dataset_id: RowId
     samples: int = Field(64, ge=1, le=100_000)
@@ -218,7 +231,7 @@ class StudentCreate(OnDevice):
     )
 
 
-class DistillParams(OnDevice, DataReading):
+class DistillParams(OnDevice, DataReading, GangWait):
     dataset_id: RowId | None = None
     gpus: int = Field(
         1,
@@ -310,7 +323,7 @@ class OnWeights(OnDevice):
     )
 
 
-class EvaluateParams(OnWeights):
+class EvaluateParams(OnWeights, GangWait):
     """Perplexity (and lm-eval tasks). The perplexity fields left out are the teacher's evaluation
     protocol's (`Teacher.eval_protocol`; the defaults below are the default protocol's)."""
 

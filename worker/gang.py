@@ -3,12 +3,13 @@
 The job's M messages (node 0 .. M-1) go to its queue at once (backend.dispatch). A worker that takes
 message i joins the gang, a Redis hash `<prefix>prunescope:gangs:<job>:<attempt>`, and holds its slot
 (prefetch 1: it takes nothing else meanwhile). Node 0, before it claims the job row, waits until all M
-joined within `gang_timeout_s`, then opens the gang with the rendezvous endpoint (its address and a free port), and every
-node launches `torchrun --nnodes M --node-rank i --master-addr/--master-port` (a static rendezvous:
-node 0's agent hosts the store and global rank 0 is on node 0, so the metrics stay with the process that
-owns the job row). Fewer than M within the timeout: the first to give up closes the gang as failed
-(one reason, set once), node 0 refuses the job with it (it never started), members that joined return at once, and messages
-taken later find the gang closed and are dropped. Nothing ran, so the job stays resumable.
+joined within the gang timeout (`timeout_of`: the job's `gang_timeout_s`, else the worker's), then
+opens the gang with the rendezvous endpoint (its address and a free port), and every node launches
+`torchrun --nnodes M --node-rank i --master-addr/--master-port` (a static rendezvous: node 0's agent
+hosts the store and global rank 0 is on node 0, so the metrics stay with the process that owns the job
+row). Fewer than M within the timeout: the first to give up closes the gang as failed (one reason, set
+once), node 0 refuses the job with it (it never started), members that joined return at once, and
+messages taken later find the gang closed and are dropped. Nothing ran, so the job stays resumable.
 
 Competing gangs (two `nodes: M` jobs whose node-0 messages reached two workers of the same queue at
 once): each leader would hold a worker the other needs until both time out. Every forming gang is listed
@@ -77,6 +78,18 @@ def worker_id() -> str:
     import os
 
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def timeout_of(rt) -> float:
+    """How long the job's gang may take to form: its own `gang_timeout_s` (a job param), else this
+    worker's PRUNESCOPE_GANG_TIMEOUT_S."""
+    from backend.db import session_scope
+    from backend.models import Job
+
+    with session_scope(rt.url) as s:
+        job = s.get(Job, rt.job_id)
+        own = (job.params or {}).get("gang_timeout_s") if job is not None else None
+    return float(own or rt.settings.gang_timeout_s)
 
 
 def node_address(settings: Settings) -> str:
@@ -335,24 +348,22 @@ class Gang:
             time.sleep(POLL_S)
 
 
-def lead(rt, gang: Gang, queue: str | None = None) -> str:
-    """Node 0, in the worker's task thread before the job is claimed: wait for the gang, then open it at
-    this node's address and a free port (the endpoint). Raises GangIncomplete (the job is then refused:
-    it never started, so it stays resumable); a cancel or this worker's shutdown while it waits closes
+def lead(rt, gang: Gang, timeout_s: float, queue: str | None = None) -> str:
+    """Node 0, in the worker's task thread before the job is claimed: wait up to `timeout_s` (`timeout_of`)
+    for the gang, then open it at this node's address and a free port (the endpoint). Raises
+    GangIncomplete (the job is then refused: it never started, so it stays resumable); a cancel or this worker's shutdown while it waits closes
     the gang. With `queue`, raises GangYielded when it gives way to an older forming gang there (the
     caller sends node 0's message again for `gang.round + 1`)."""
     if queue is not None:
         gang.enlist(queue)
     try:
-        return _lead(rt, gang, queue)
+        return _lead(rt, gang, timeout_s, queue)
     finally:
         if queue is not None:
             gang.delist(queue)
 
 
-def _lead(rt, gang: Gang, queue: str | None) -> str:
-    timeout = rt.settings.gang_timeout_s
-
+def _lead(rt, gang: Gang, timeout: float, queue: str | None) -> str:
     message = f"waiting for {gang.nodes} nodes to join (up to {timeout:.0f} s)"
     last = {"at": 0.0, "gone": False}
 
@@ -396,4 +407,4 @@ def opened(rt, job_id: int, nodes: int):
     )
     with session_scope(rt.url) as s:
         s.get(Job, job_id).worker = ", ".join(workers)[:200]
-    return Rendezvous(nodes, 0, endpoint, rt.settings.gang_timeout_s), workers
+    return Rendezvous(nodes, 0, endpoint, timeout_of(rt)), workers

@@ -22,7 +22,7 @@ from backend.db import session_scope
 from backend.models import Job
 from backend.routing import device_type
 from backend.settings import Settings
-from worker.gang import Gang, GangIncomplete, GangYielded, worker_id
+from worker.gang import Gang, GangIncomplete, GangYielded, timeout_of, worker_id
 from worker.multi_rank import RanksFailed, Rendezvous, run_ranks, stop_grace_s
 from worker.runtime import SHUTTING_DOWN, JobRuntime
 
@@ -98,8 +98,9 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
     rt = JobRuntime(settings, job_id, attempt, device=device)
     gang = Gang.of(settings, job_id, attempt, nodes, round)
     member = NodeRuntime(rt, node, gang)
+    timeout = timeout_of(rt)
     try:
-        endpoint = gang.await_open(settings.gang_timeout_s + MEMBER_SLACK_S, member.should_stop)
+        endpoint = gang.await_open(timeout + MEMBER_SLACK_S, member.should_stop)
     except GangYielded:  # node 0 gave way and sends its job again: nothing to fail
         return "skipped"
     except GangIncomplete as exc:
@@ -117,7 +118,7 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
             work=work,
             device_type=device_type(device),
             on_record=lambda _record: None,  # rank 0's records are node 0's
-            rendezvous=Rendezvous(nodes, node, endpoint, settings.gang_timeout_s),
+            rendezvous=Rendezvous(nodes, node, endpoint, timeout),
             stop_grace_s=stop_grace_s(job.kind),
         )
     except RanksFailed as exc:  # node 0's ranks fail with ours: it fails the job, with its own reason

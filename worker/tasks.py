@@ -14,7 +14,7 @@ from backend.queue import RUN_JOB, make_celery
 from backend.routing import can_serve
 from backend.settings import Settings
 from worker.execution import execute
-from worker.gang import Gang, GangIncomplete, GangYielded, lead, node_address, worker_id
+from worker.gang import Gang, GangIncomplete, GangYielded, lead, node_address, timeout_of, worker_id
 from worker.isolation import ChildDied, run_isolated, warm_up
 from worker.light_consumer import is_light_consumer
 from worker.node_member import execute_member
@@ -81,7 +81,7 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
             for member in range(1, nodes):
                 run_job.apply_async(args=[job_id, attempt, member, nodes, round], queue=queue)
             try:  # before the claim: a gang that cannot form leaves the job unstarted (resumable)
-                lead(rt, gang, queue)
+                lead(rt, gang, timeout_of(rt), queue)
             except GangYielded as exc:  # an older gang, or queued jobs while its workers are busy, go first
                 rt.log(
                     f"{exc}: this gang (round {round}) gives way, node 0 retries in {exc.retry_in_s:.0f} s"

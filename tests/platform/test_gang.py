@@ -73,7 +73,7 @@ def test_node_0_stops_waiting_on_a_cancel_or_its_workers_shutdown(gang, cause):
     from worker.runtime import SHUTTING_DOWN
 
     class Runtime:  # what lead() reads: the settings, and whether the job is still queued for it
-        settings = Settings(gang_timeout_s=30)
+        settings = Settings()
 
         def note_waiting(self, message: str) -> str | None:
             return None if cause == "cancel" else "cpu"
@@ -85,7 +85,7 @@ def test_node_0_stops_waiting_on_a_cancel_or_its_workers_shutdown(gang, cause):
         began = time.monotonic()
         why = "the job was cancelled" if cause == "cancel" else "node 0's worker shut down"
         with pytest.raises(GangIncomplete, match=why):
-            lead(Runtime(), gang)
+            lead(Runtime(), gang, 30.0)
         assert time.monotonic() - began < 5  # not the 30 s timeout
     finally:
         SHUTTING_DOWN.clear()
@@ -280,3 +280,24 @@ def test_a_gang_whose_member_arrives_forms_though_jobs_wait(busy):
     threading.Timer(0.2, lambda: g.join(1, "b:2", "10.0.0.2")).start()
     assert g.gather(10.0, lambda: False, "cpu", yield_after_s=1.0).keys() == {0, 1}
     assert g.open("10.0.0.1:29500") and g.state() == ("open", "10.0.0.1:29500")
+
+
+def test_a_jobs_own_gang_timeout_wins_over_the_workers(database_url):
+    """`timeout_of`: the job's `gang_timeout_s` param when it has one, else PRUNESCOPE_GANG_TIMEOUT_S."""
+    from types import SimpleNamespace
+
+    from backend.db import session_scope
+    from backend.models import Job
+    from worker.gang import timeout_of
+
+    with session_scope(database_url) as s:
+        own = Job(kind="evaluate", params={"nodes": 2, "gang_timeout_s": 12.5})
+        default = Job(kind="evaluate", params={"nodes": 2})
+        s.add_all([own, default])
+        s.flush()
+        ids = own.id, default.id
+    settings = Settings(gang_timeout_s=77)
+    runtime = lambda job_id: SimpleNamespace(url=database_url, job_id=job_id, settings=settings)  # noqa: E731
+    assert timeout_of(runtime(ids[0])) == 12.5
+    assert timeout_of(runtime(ids[1])) == 77.0
+    assert timeout_of(runtime(10_000)) == 77.0  # a job deleted meanwhile

@@ -4,7 +4,8 @@ Each worker is a "node" with one gloo rank (`gpus: 1, nodes: 2`): the API sends 
 worker that takes it joins the job's gang (worker.gang) and sends node 1's, the other worker takes it,
 and the two torchrun agents meet at node 0's rendezvous. The job ends with the same weights as a
 `gpus: 2` job on one worker (1e-5); a cancel and the loss of a node's worker end every rank; a gang that
-cannot form fails cleanly within its timeout; a job needing more workers than are live is a 409.
+cannot form fails cleanly within its own timeout (the job's `gang_timeout_s`); a job needing more
+workers than are live is a 409.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from tests.conftest import WorkerProcess, start_live_app, stop_live_app
 from tests.platform.helpers import make_dataset, make_student, start_distill
 from tests.platform.test_multi_rank_jobs import rank_processes, wait_for_step, wait_no_ranks
 
-# Long enough for the busy-worker test's gang to form after worker B is resumed (SIGCONT): in two full
-# clean-clone runs B took no message for ~16 s after it (its log; the gang's 20 s ran out meanwhile), while
-# alone the test passed every time. Why a resumed Celery worker stalls is not known (see the session note).
-GANG_TIMEOUT_S = 40
+# The workers' gang timeout (PRUNESCOPE_GANG_TIMEOUT_S): jobs without a `gang_timeout_s` of their own.
+WORKER_GANG_TIMEOUT_S = 60
+# A gang that cannot form fails after its own `gang_timeout_s`, not the workers'.
+SHORT_GANG_TIMEOUT_S = 10
+# Gangs that wait on a worker the test keeps paused while other jobs run: their wait spans those jobs,
+# which took over 30 s on the loaded 2-core CI box (the 40 s a busy-worker gang had ran out there).
+PATIENT_GANG_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def two_nodes(tmp_path_factory, redis_url):
         base,
         redis_url,
         PRUNESCOPE_WORKER_CPU_RANKS="2",
-        PRUNESCOPE_GANG_TIMEOUT_S=str(GANG_TIMEOUT_S),
+        PRUNESCOPE_GANG_TIMEOUT_S=str(WORKER_GANG_TIMEOUT_S),
         PRUNESCOPE_WORKER_ADDRESS="127.0.0.1",
     )
     second = WorkerProcess(app.env, base / "worker-b.log").start()
@@ -113,6 +117,12 @@ def test_more_nodes_than_live_workers_is_refused(two_nodes):
         json={"kind": "distill", "student_id": student["id"], "params": {"nodes": 2, "batch_size": 3}},
     )
     assert r.status_code == 422 and "gpus x nodes (1 x 2)" in r.text, r.text
+    r = app.api.post(
+        "/jobs",
+        json={"kind": "distill", "student_id": student["id"], "params": {"nodes": 2, "gang_timeout_s": 1}},
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "gang_timeout_s", r.text
+    assert app.api.get("/jobs").json() == before
 
 
 def test_a_gang_that_cannot_form_fails_within_its_timeout(two_nodes):
@@ -120,16 +130,25 @@ def test_a_gang_that_cannot_form_fails_within_its_timeout(two_nodes):
     student = _student(app)
     app.second.pause()  # still in the registry, but takes nothing: node 1's message finds no taker
     try:
-        job = start_distill(app, student["id"], gpus=1, nodes=2, steps=4, checkpoint_every=0)
+        job = start_distill(
+            app,
+            student["id"],
+            gpus=1,
+            nodes=2,
+            steps=4,
+            checkpoint_every=0,
+            gang_timeout_s=SHORT_GANG_TIMEOUT_S,
+        )
         began = time.monotonic()
-        done = app.wait_job(job["id"], timeout=GANG_TIMEOUT_S + 110)
+        done = app.wait_job(job["id"], timeout=SHORT_GANG_TIMEOUT_S + 110)
     finally:
         app.second.pause(False)
     assert done["status"] == "failed"
-    assert f"only 1 of 2 nodes joined within {GANG_TIMEOUT_S} s" in done["error"], done["error"]
+    # The job's own timeout, not the workers' (WORKER_GANG_TIMEOUT_S)
+    assert f"only 1 of 2 nodes joined within {SHORT_GANG_TIMEOUT_S} s" in done["error"], done["error"]
     assert done["resumable"] and done["started_at"] is None  # refused before it was claimed: nothing ran
-    # Its own timeout, not the default 300 s (the rest: a worker taking the message on a loaded machine).
-    assert time.monotonic() - began < GANG_TIMEOUT_S + 100
+    # Its own timeout (the rest: a worker taking the message on a loaded machine).
+    assert time.monotonic() - began < WORKER_GANG_TIMEOUT_S
     assert rank_processes(str(app.data_dir)) == []  # nothing was launched
     # The message node 1 never got to is dropped by whoever takes it: the job stays failed.
     time.sleep(2)
@@ -162,7 +181,7 @@ def test_a_gang_waiting_on_a_busy_worker_lets_a_queued_job_use_its_leaders_worke
         # Small evaluations (the demo test split's documents run to thousands of tokens: 3142 windows
         # for the defaults took over 60 s on a loaded machine, and the gang's timeout ran out meanwhile).
         small = {"max_documents": 2, "stride": 30}
-        gang = _evaluate(app, teacher, nodes=2, **small)
+        gang = _evaluate(app, teacher, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S, **small)
         _wait_message(app, gang["id"], "waiting for 2 nodes to join")  # A leads it
         single = _evaluate(app, teacher, **small)
         waiting = _wait_message(app, gang["id"], "waiting for 1 busy worker on the 'cpu' queue")
@@ -225,8 +244,8 @@ def test_competing_gangs_both_run_and_importance_and_evaluate_over_two_nodes_are
     for w in (app.worker, app.second):
         w.pause()
     try:
-        imp = _importance(app, teacher, dataset, nodes=2)
-        ev = _evaluate(app, teacher, nodes=2)
+        imp = _importance(app, teacher, dataset, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S)
+        ev = _evaluate(app, teacher, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S)
     finally:
         for w in (app.worker, app.second):
             w.pause(False)
