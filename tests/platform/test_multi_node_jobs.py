@@ -191,7 +191,10 @@ def test_a_gang_waiting_on_a_busy_worker_lets_a_queued_job_use_its_leaders_worke
         assert app.api.get(f"/jobs/{gang['id']}").json()["status"] == "queued"  # not failed meanwhile
     finally:
         app.second.pause(False)
-    done = app.wait_job(gang["id"], timeout=90)
+    try:
+        done = app.wait_job(gang["id"], timeout=90)
+    except AssertionError as exc:  # wait_job shows worker A's log; the gang waits on B
+        raise AssertionError(f"{exc}\nworker B:\n{app.second.log()}") from None
     assert done["status"] == "succeeded", (done.get("error"), app.worker.log(), app.second.log())
     assert done["result"]["distributed"]["nodes"] == 2
     assert alone["finished_at"] <= done["started_at"]  # the single-node job did not wait for the gang
