@@ -109,8 +109,7 @@ def test_importance_longer_than_the_model_is_refused(root, tmp_path, capsys):
     out = tmp_path / "run"
     line = error_line(capsys, "importance", root / "model", *SMALL, "--seq-len", "513", "-o", out)
     assert line.endswith(
-        f"error: --seq-len 513 exceeds the maximum of 512 positions of {root / 'model'}; "
-        "use --seq-len 512 or less"
+        f"error: --seq-len: 513 tokens exceed the 512 positions of {root / 'model'}; at most 512"
     )
     assert not out.exists()
 
@@ -144,6 +143,16 @@ def test_distill_refuses_numbers_that_cannot_train(flag, value, root, tmp_path, 
 def _distill_into(root, out) -> list:
     """`prunescope distill` of the test model on its data into `out` (options are appended)."""
     return ["distill", root / "model", "--data", root / "data.jsonl", *DISTILL, "-o", out]
+
+
+def test_distill_longer_than_the_model_is_refused(root, tmp_path, capsys):
+    """--seq-len past the student's (and teacher's) positions: refused before any step, nothing written."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    line = error_line(capsys, *_distill_into(root, out), "--seq-len", "513", "--work-dir", work)
+    assert line.endswith(
+        f"error: --seq-len: 513 tokens exceed the 512 positions of {root / 'model'}; at most 512"
+    )
+    assert not out.exists() and not any(work.glob("checkpoint*"))
 
 
 def test_a_rule_between_fields_reads_without_a_made_up_flag(root, tmp_path, capsys):

@@ -38,6 +38,20 @@ def check_output_dir(flag: str, path) -> None:
             return
 
 
+def check_positions(flag: str, tokens: int, configs: dict) -> None:
+    """Refuse sequences longer than a model's positions (`configs`: source -> its config; one naming no
+    limit is not checked): past them a learned position table fails deep in the run, a RoPE model
+    scores positions it never saw, and a typo such as 100000 builds attention matrices of tens of GB."""
+    from worker.engine.spec import config_max_positions
+
+    for source, config in configs.items():
+        limit = config_max_positions(config)
+        if limit and tokens > limit:
+            raise CliError(
+                f"{flag}: {tokens} tokens exceed the {limit} positions of {source}; at most {limit}"
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunescope", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.cli import CliError, check_append_file, check_output_dir
+from worker.cli import CliError, check_append_file, check_output_dir, check_positions
 from worker.cli.data_options import add_data_options, data_source, open_stream
 from worker.cli.importance_commands import _check_device
 from worker.engine.distill_defaults import DEFAULTS as D
@@ -199,6 +199,7 @@ def _distill(args) -> int:
     _check_device(args.device)  # only checked: under torchrun each rank picks its own cuda:N from it
     ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
     models = _load_models(args, "cpu" if ctx.distributed else args.device)  # sharding moves each share
+    check_positions("--seq-len", args.seq_len, models.configs(args.student))
     config = _with_intermediate_targets(args, config, models)
     train, val = _open_data(args, source, streamed, models.tokenizer, config, ctx)
     if args.overwrite and not args.resume and ctx.is_main:
@@ -223,6 +224,13 @@ class _Models:
     teacher: Any = None  # None with --mode ce
     teacher_source: str | None = None
     plan: Any = None  # the student's PrunePlan, from its manifest when it has one
+
+    def configs(self, student_source: str) -> dict:
+        """source -> config of each model a run feeds (the teacher only in kd mode)."""
+        found = {student_source: self.student.config}
+        if self.teacher is not None:
+            found[self.teacher_source] = self.teacher.config
+        return found
 
 
 def _checked_paths(args, source: str, streamed: bool) -> tuple[Path, Path]:
@@ -496,7 +504,7 @@ def _evaluate(args) -> int:
     model, tokenizer = _load(args.model, args.device)
     if tokenizer is None:
         raise CliError(f"no tokenizer found with {args.model}")
-    _check_positions("--context", args.context or 0, {args.model: model})
+    check_positions("--context", args.context or 0, {args.model: model.config})
     documents = read_documents(args.data, args.split)
     _say(f"[perplexity] {args.data}:{args.split} ({len(documents)} documents)")
     ppl = perplexity(
@@ -544,10 +552,10 @@ def _benchmark(args) -> int:
     teacher_source = _teacher_source(args.teacher)
     teacher, _ = _load(teacher_source, args.device)
     student, _ = _load(args.student, args.device)
-    _check_positions(
+    check_positions(
         "--prompt-len + --new-tokens",
         args.prompt_len + args.new_tokens,
-        {teacher_source: teacher, args.student: student},
+        {teacher_source: teacher.config, args.student: student.config},
     )
     report = throughput(
         teacher,
@@ -579,13 +587,3 @@ def _check_result_path(out: Path | None) -> None:
     """-o names the result file: a directory there would fail only after the whole run."""
     if out is not None and out.is_dir():
         raise CliError(f"-o: {out} is a directory; give the result file's path, e.g. {out / 'result.json'}")
-
-
-def _check_positions(flag: str, tokens: int, models: dict) -> None:
-    """Refuse sequences longer than a model's positions: past them the scores mean nothing, and a
-    typo such as 100000 would build attention matrices of tens of GB."""
-    from worker.engine.evaluation.perplexity import model_context
-
-    for source, model in models.items():
-        if tokens > model_context(model):
-            raise CliError(f"{flag}: {tokens} tokens exceed the {model_context(model)} positions of {source}")

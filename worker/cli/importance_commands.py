@@ -125,23 +125,9 @@ def _check_device(device: str) -> str:
         raise CliError(f"--device: {exc}") from None
 
 
-def _check_seq_len(seq_len: int, config, model: str) -> None:
-    """--seq-len within the model's positions: past them a learned position table fails deep in the pass
-    and a RoPE model scores positions it was never trained on (garbage that looks like scores)."""
-    from worker.cli import CliError
-    from worker.engine.spec import config_max_positions
-
-    limit = config_max_positions(config)  # 0: the config names no limit
-    if limit and seq_len > limit:
-        raise CliError(
-            f"--seq-len {seq_len} exceeds the maximum of {limit} positions of {model}; "
-            f"use --seq-len {limit} or less"
-        )
-
-
 def _importance(args: argparse.Namespace) -> int:
     from backend.settings import Settings
-    from worker.cli import CliError
+    from worker.cli import CliError, check_positions
 
     scans = _check_options(args)
     source, streamed = data_source(args)
@@ -186,7 +172,7 @@ def _importance(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
         config = model.config
         vocab = model.get_input_embeddings().weight.shape[0]
-    _check_seq_len(args.seq_len, config, args.model)
+    check_positions("--seq-len", args.seq_len, {args.model: config})
     if args.tokenizer:
         try:
             tokenizer = load_tokenizer(args.tokenizer)
