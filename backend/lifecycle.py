@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from backend import serialize
+from backend import dataset_holds, serialize
 from backend.db import transaction
 from backend.errors import Conflict, NotFound, Unavailable
 from backend.events import add_event, publish_wakeup
@@ -101,12 +101,23 @@ def check(job: Job, action: str, target: str | None = None) -> None:
 # ---- the API side ---------------------------------------------------------------------------------
 
 
-def create(session: Session, kind: str, params: dict[str, Any], *, queue: str, **links: Any) -> Job:
+def create(
+    session: Session,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    queue: str,
+    params_at: tuple[str | int, ...] = ("body", "params"),
+    **links: Any,
+) -> Job:
     """A new queued job (attempt 1) with its first status event. `links`: teacher_id, student_id, plan_id,
-    importance_run_id (and any other Job column). Send it with `send` once everything else is written."""
+    importance_run_id (and any other Job column). Send it with `send` once everything else is written.
+    The datasets the params name are held until the commit (a concurrent delete waits or is refused);
+    one deleted meanwhile is a 404 at `params_at` + its path in the params."""
     job = Job(kind=kind, params=params, queue=queue, status="queued", progress=0.0, attempts=1, **links)
     session.add(job)
     session.flush()
+    dataset_holds.hold_for_job(session, params, params_at)
     add_event(session, job, "status", serialize.job(job))
     return job
 
@@ -312,6 +323,7 @@ def open_workflow(session: Session, params: dict[str, Any], **links: Any) -> Job
     )
     session.add(job)
     session.flush()
+    dataset_holds.hold_for_job(session, params, ("body",))
     add_event(session, job, "status", serialize.job(job))
     return job
 

@@ -25,7 +25,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend import lifecycle
+from backend import dataset_holds, lifecycle
 from backend.errors import Conflict
 from backend.models import BenchmarkResult, Dataset, ImportanceRun, Job, Plan, Student, Teacher
 from backend.removal import Leftovers, delete_jobs, refuse_if_active
@@ -152,9 +152,18 @@ def dataset_users(db: Session, dataset_id: int) -> list[str]:
     return users
 
 
-def delete_dataset(db: Session, dataset: Dataset) -> None:
-    users = dataset_users(db, dataset.id)
+def _refuse_if_used(db: Session, dataset_id: int) -> None:
+    users = dataset_users(db, dataset_id)
     if users:
-        raise Conflict(f"dataset {dataset.id} is in use: {'; '.join(users)}. Delete or change those first")
+        raise Conflict(f"dataset {dataset_id} is in use: {'; '.join(users)}. Delete or change those first")
+
+
+def delete_dataset(db: Session, dataset: Dataset) -> None:
+    """Exclusive with creating a job that names it (backend/dataset_holds.py): the row is held before the
+    users are looked for (PostgreSQL), and they are looked for again once the delete holds the write lock
+    (SQLite: a job committed in between is seen then; the 409 rolls the delete back)."""
+    dataset_holds.hold_for_delete(db, dataset.id)
+    _refuse_if_used(db, dataset.id)
     with _unless_used_meanwhile(f"dataset {dataset.id}"):
         db.execute(delete(Dataset).where(Dataset.id == dataset.id))
+    _refuse_if_used(db, dataset.id)

@@ -189,6 +189,8 @@ def preview(
         teacher = db.get(Teacher, plan.teacher_id)
         params["protocol"] = eval_protocol.of_teacher(teacher.eval_protocol).model_dump()
     queue = choose_queue(request.app.state.settings, "preview", params)
-    job = lifecycle.create(db, "preview", params, queue=queue, teacher_id=plan.teacher_id, plan_id=plan.id)
+    job = lifecycle.create(
+        db, "preview", params, queue=queue, params_at=("body",), teacher_id=plan.teacher_id, plan_id=plan.id
+    )
     lifecycle.send(request.app, db, job)
     return JobOut.of(job)

@@ -116,7 +116,15 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
         "device": body.device,
     }
     queue = choose_queue(request.app.state.settings, "search", params)
-    job = lifecycle.create(db, "search", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id)
+    job = lifecycle.create(
+        db,
+        "search",
+        params,
+        queue=queue,
+        params_at=("body",),
+        teacher_id=teacher.id,
+        importance_run_id=run.id,
+    )
     lifecycle.send(request.app, db, job)
     return JobOut.of(job)
 

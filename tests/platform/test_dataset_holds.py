@@ -1,0 +1,108 @@
+"""Creating a job that names a dataset in its parameters and deleting that dataset exclude each other
+(backend/dataset_holds.py): the interleavings that used to leave a job naming a deleted dataset end in a
+404 at the job's `dataset_id` or a 409 on the delete naming the job, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from backend import lifecycle, unregister
+from backend.db import session_factory, session_scope
+from backend.dispatch import choose_queue
+from backend.models import Dataset, Job, Plan
+from tests.platform.helpers import student_rows
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def rows(api_env) -> dict:
+    """A ready teacher, its explicit plan, and a dataset nothing names yet."""
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        teacher, _ = student_rows(s, [])
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        plan_id = s.scalar(select(Plan.id).where(Plan.teacher_id == teacher.id))
+        return {"teacher": teacher.id, "plan": plan_id, "dataset": dataset.id}
+
+
+def jobs_naming(url: str, dataset_id: int) -> list[int]:
+    with session_scope(url) as s:
+        return [j.id for j in s.scalars(select(Job)) if (j.params or {}).get("dataset_id") == dataset_id]
+
+
+def dataset_exists(url: str, dataset_id: int) -> bool:
+    with session_scope(url) as s:
+        return s.scalar(select(func.count()).where(Dataset.id == dataset_id)) == 1
+
+
+def test_a_dataset_deleted_after_the_jobs_check_refuses_the_job(client, api_env, rows, monkeypatch):
+    """The preview checked its dataset; a delete then found no job naming it and committed; the job must
+    not be saved naming it (it was: 202, a job whose dataset was gone)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+
+    def delete_then_route(settings, kind, params):
+        with session_scope(url) as s:
+            unregister.delete_dataset(s, s.get(Dataset, rows["dataset"]))
+        return choose_queue(settings, kind, params)
+
+    monkeypatch.setattr("backend.api.plans.choose_queue", delete_then_route)
+    r = client.post(f"{API}/plans/{rows['plan']}/preview", json={"dataset_id": rows["dataset"]})
+    assert r.status_code == 404, r.text
+    [entry] = r.json()["detail"]
+    assert entry["loc"] == ["body", "dataset_id"], entry
+    assert entry["msg"] == f"Dataset {rows['dataset']} not found (deleted meanwhile)"
+    assert not dataset_exists(url, rows["dataset"]) and jobs_naming(url, rows["dataset"]) == []
+
+
+def _in_thread(work) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(work()))
+    thread.start()
+    return thread, out
+
+
+def test_a_delete_meeting_a_job_being_created_is_refused(client, api_env, rows):
+    """A job is inserted, not yet committed, when the delete comes: the delete waits for it (PostgreSQL's
+    row lock, SQLite's write lock) and then refuses, naming it (it went through: 204)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    session = session_factory(url)()
+    try:
+        job = lifecycle.create(
+            session, "distill", {"dataset_id": rows["dataset"]}, queue="cpu", teacher_id=rows["teacher"]
+        )
+        thread, answers = _in_thread(lambda: client.delete(f"{API}/datasets/{rows['dataset']}"))
+        time.sleep(0.3)  # the delete is under way (it waits for the job's transaction)
+        session.commit()
+    finally:
+        session.close()
+    thread.join(60)
+    [answer] = answers
+    assert answer.status_code == 409, answer.text
+    assert f"job {job.id} (distill, queued) uses it" in answer.json()["detail"][0]["msg"]
+    assert dataset_exists(url, rows["dataset"])
+
+
+def test_a_job_meeting_a_delete_under_way_is_refused(client, api_env, rows):
+    """The dataset's delete is written, not yet committed, when a job naming it is created: the job waits
+    for it and then finds the dataset gone (it was saved naming the deleted dataset: 202)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    session = session_factory(url)()
+    try:
+        unregister.delete_dataset(session, session.get(Dataset, rows["dataset"]))
+        body = {"dataset_id": rows["dataset"]}
+        thread, answers = _in_thread(lambda: client.post(f"{API}/plans/{rows['plan']}/preview", json=body))
+        time.sleep(0.3)  # the request checked the dataset (still there for it) and waits to write its job
+        session.commit()
+    finally:
+        session.close()
+    thread.join(60)
+    [answer] = answers
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", "dataset_id"]
+    assert jobs_naming(url, rows["dataset"]) == []
