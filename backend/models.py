@@ -81,7 +81,11 @@ class ImportanceRun(Base):
 
 
 class Plan(Base):
+    """A prune plan of a teacher. Names are unique per teacher (migration 0006): two requests saving the
+    same name at once (a search candidate saved twice) cannot both insert."""
+
     __tablename__ = "plans"
+    __table_args__ = (Index("uq_plans_teacher_name", "teacher_id", "name", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     teacher_id: Mapped[int] = mapped_column(ForeignKey("teachers.id"), index=True)
     importance_run_id: Mapped[int | None] = mapped_column(ForeignKey("importance_runs.id"))
@@ -106,6 +110,8 @@ class Student(Base):
     job_id: Mapped[int | None] = mapped_column(Integer)
     spec: Mapped[dict[str, Any] | None]
     path: Mapped[str | None] = mapped_column(Text)  # artifact-store key of the saved model directory
+    # The search candidate (its id in the search report) a workflow cut this student from; null otherwise.
+    candidate_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -178,6 +178,9 @@ class StudentOut(Row):
     job_id: int | None = Field(description="its prune job")
     spec: Json | None
     path: str | None = Field(description="artifact-store key of its weights, once ready")
+    candidate_id: str | None = Field(
+        description="the search candidate (its id in the search report) a workflow cut it from"
+    )
     created_at: Utc
 
 

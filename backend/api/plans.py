@@ -14,6 +14,7 @@ from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Plan, Teacher, utcnow
+from backend.plan_names import refuse_taken, unless_taken_meanwhile
 from backend.responses import JobOut, PlanCheck, PlanOut
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
 from backend.settings import Settings
@@ -23,6 +24,7 @@ from worker.engine.spec import ArchSpec
 
 router = APIRouter(tags=["plans"])
 TEACHER_FIELD = ("body", "teacher_id")
+NAME_FIELD = ("body", "name")
 
 
 def teacher_spec(db: Session, teacher_id: int, field: tuple | None = None) -> ArchSpec:
@@ -98,6 +100,7 @@ def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> PlanOut:
             raise InvalidInput(f"run {run.id} belongs to teacher {run.teacher_id}", field=field)
     result = evaluate(body.plan, spec)
     reject_errors(result)
+    refuse_taken(db, body.teacher_id, body.name, NAME_FIELD)
     plan = Plan(
         teacher_id=body.teacher_id,
         importance_run_id=body.importance_run_id,
@@ -108,6 +111,8 @@ def create_plan(body: PlanCreate, db: Session = Depends(get_db)) -> PlanOut:
         messages=[m.model_dump() for m in result.messages],
     )
     db.add(plan)
+    with unless_taken_meanwhile(db, body.teacher_id, body.name, NAME_FIELD):
+        db.flush()
     db.commit()  # before the response: the client may use the id at once
     return PlanOut.model_validate(plan)
 
@@ -117,6 +122,7 @@ def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)
     plan = get_or_404(db, Plan, plan_id)
     values: dict = {"version": body.version + 1, "updated_at": utcnow()}
     if body.name is not None:
+        refuse_taken(db, plan.teacher_id, body.name, NAME_FIELD, other_than=plan_id)
         values["name"] = body.name
     if body.plan is not None:
         result = evaluate(body.plan, teacher_spec(db, plan.teacher_id))
@@ -125,9 +131,12 @@ def update_plan(plan_id: PathId, body: PlanUpdate, db: Session = Depends(get_db)
             plan=result.plan, stats=result.stats, messages=[m.model_dump() for m in result.messages]
         )
     # Compare-and-set in one statement: of two tabs sending the same version, exactly one wins.
-    changed = db.execute(
-        update(Plan).where(Plan.id == plan_id, Plan.version == body.version).values(**values)
-    ).rowcount
+    with unless_taken_meanwhile(
+        db, plan.teacher_id, values.get("name", plan.name), NAME_FIELD, other_than=plan_id
+    ):
+        changed = db.execute(
+            update(Plan).where(Plan.id == plan_id, Plan.version == body.version).values(**values)
+        ).rowcount
     if not changed:
         db.rollback()
         current = db.get(Plan, plan_id)

@@ -17,7 +17,8 @@ from backend.api.plans import create_plan
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict
-from backend.models import Dataset, ImportanceRun, Job
+from backend.models import Dataset, ImportanceRun, Job, Plan
+from backend.plan_names import PlanNameTaken
 from backend.responses import JobOut, PlanOut
 from backend.schemas import OnDevice, PlanCreate, RowId, source_text
 from backend.settings import Settings
@@ -206,7 +207,8 @@ def save_candidate_plan(
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings),
 ) -> PlanOut:
-    """The candidate as a saved plan of the teacher (201), or the plan it was saved as before (200)."""
+    """The candidate as a saved plan of the teacher (201), or the plan it was saved as before (200): two
+    saves at once make one plan (the plan names are unique per teacher), the later answers 200 with it."""
     job = search_job(db, job_id)
     found = search_results.find_candidate(search_results.load_report(db, job, settings), candidate_id)
     existing = search_results.existing_plan(db, job, found)
@@ -219,4 +221,8 @@ def save_candidate_plan(
         name=search_results.plan_name(job.id, found),
         plan=PrunePlan.model_validate(found["plan"]),
     )
-    return create_plan(body, db)  # the one way a plan is checked and saved
+    try:
+        return create_plan(body, db)  # the one way a plan is checked and saved
+    except PlanNameTaken as exc:  # saved meanwhile by a concurrent request (or named so by hand)
+        response.status_code = 200
+        return PlanOut.model_validate(db.get(Plan, exc.plan_id))

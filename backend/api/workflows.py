@@ -18,6 +18,7 @@ from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput, Problem
 from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Job, JobStatus, Plan, Teacher
+from backend.plan_names import free_name, unless_taken_meanwhile
 from backend.settings import Settings
 from backend.workflows import control, runner, view
 from backend.workflows.advance import advance
@@ -84,17 +85,21 @@ def _saved_plan(
     if any(m.level == "error" for m in messages):
         raise plan_problems(messages, (*at, "plan"))
     stats = plan_stats(plan, spec)
+    # Plan names are unique per teacher: a shape saved before (an earlier bake-off's) gets "(2)"...
+    name = candidate.name or shape_label(stats["spec"], spec) or f"bake-off candidate {index + 1}"
+    name = free_name(db, body.teacher_id, name)
     row = Plan(
         teacher_id=body.teacher_id,
         importance_run_id=body.importance_run_id,
-        name=candidate.name or shape_label(stats["spec"], spec) or f"bake-off candidate {index + 1}",
+        name=name,
         version=1,
         plan=plan.model_dump(mode="json"),
         stats=stats,
         messages=[m.model_dump() for m in messages],
     )
     db.add(row)
-    db.flush()
+    with unless_taken_meanwhile(db, body.teacher_id, name, (*at, "name")):
+        db.flush()
     return row
 
 

@@ -101,7 +101,13 @@ def _cut(ctx: Context) -> Child:
     def make() -> dict[str, Any]:
         student = ctx.session.get(Student, earlier) if earlier else None
         if student is None:
-            student = Student(name=ctx.branch.name, plan_id=plan_id, teacher_id=teacher_id, status="pending")
+            student = Student(
+                name=ctx.branch.name,
+                plan_id=plan_id,
+                teacher_id=teacher_id,
+                status="pending",
+                candidate_id=ctx.branch.spec.get("candidate_id"),  # the search candidate, when it was one
+            )
             ctx.session.add(student)
             ctx.session.flush()
         else:

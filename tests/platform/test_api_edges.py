@@ -351,7 +351,7 @@ def test_deleting_a_failed_job_takes_the_row_it_never_built(client, api_env, row
     run, named = run.json(), named.json()
     for job_id in (run["job_id"], teacher["job_id"], named["job_id"]):
         assert client.post(f"{api}/jobs/{job_id}/cancel").status_code == 202
-    plan = {"teacher_id": rows["teacher"], "importance_run_id": named["id"], "name": "p", "plan": {}}
+    plan = {"teacher_id": rows["teacher"], "importance_run_id": named["id"], "name": "from run", "plan": {}}
     plan = client.post(f"{api}/plans", json=plan).json()
 
     before = counts(url)
@@ -406,9 +406,9 @@ def test_identical_requests_at_once_never_500(client, api_env, rows):
     queued = client.post(f"{api}/jobs", json={"kind": "benchmark", "student_id": rows["student"]}).json()[
         "id"
     ]
-    plan = client.post(f"{api}/plans", json={"teacher_id": rows["teacher"], "name": "p", "plan": {}}).json()[
-        "id"
-    ]
+    plan = client.post(
+        f"{api}/plans", json={"teacher_id": rows["teacher"], "name": "twice", "plan": {}}
+    ).json()["id"]
 
     def at_once(method: str, path: str, body=None) -> list[int]:
         barrier, codes = threading.Barrier(4), []

@@ -89,7 +89,7 @@ def test_domain_and_framework_errors_share_the_body(client, ready_teacher):
     # A stale plan version is a 409 naming the field and the version to send.
     plan = {"drop_layers": [3]}
     created = client.post(
-        "/api/v1/plans", json={"teacher_id": ready_teacher, "name": "p", "plan": plan}
+        "/api/v1/plans", json={"teacher_id": ready_teacher, "name": "stale", "plan": plan}
     ).json()
     r = client.put(f"/api/v1/plans/{created['id']}", json={"version": 1, "name": "q"})
     assert r.status_code == 200, r.text

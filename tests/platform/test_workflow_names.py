@@ -70,6 +70,20 @@ def test_candidates_are_named_by_their_shape_with_the_search_id_kept(client, tea
     # The plans made from explicit plans are named alike (no name was given).
     plans = {p["id"]: p["name"] for p in client.get("/api/v1/plans").json()}
     assert plans[wf["branches"][2]["plan_id"]] == names[2]
+    # Each student keeps the search candidate it was cut from (the list and the single read).
+    listed = {s["id"]: s["candidate_id"] for s in client.get("/api/v1/students").json()}
+    for branch in wf["branches"]:
+        assert listed[branch["student_id"]] == branch["candidate_id"]
+        one = client.get(f"/api/v1/students/{branch['student_id']}").json()
+        assert one["candidate_id"] == branch["candidate_id"]
+
+
+def test_a_shape_saved_before_gets_a_numbered_plan_name(client, teacher_id, worker):
+    """Plan names are unique per teacher: a second bake-off of a shape saves "<shape> (2)"."""
+    candidate = {"candidate_id": "L31-block.H32-none.F14336.D4096", "plan": {"drop_layers": [30]}}
+    plan_ids = [create(client, teacher_id, [candidate])["branches"][0]["plan_id"] for _ in range(2)]
+    plans = {p["id"]: p["name"] for p in client.get("/api/v1/plans").json()}
+    assert [plans[i] for i in plan_ids] == [SHAPE, f"{SHAPE} (2)"]
 
 
 def test_a_given_name_is_kept_and_a_shape_twice_is_told_apart(client, teacher_id, worker):
@@ -91,6 +105,17 @@ def test_a_given_name_is_kept_and_a_shape_twice_is_told_apart(client, teacher_id
         f"{SHAPE} (candidate 4)",
     ]
     assert [b["candidate_id"] for b in wf["branches"]][:3] == [None, None, "L31-drop.H32-none.F14336.D4096"]
+    # A student a candidate without a search id cut has none.
+    students = {s["id"]: s["candidate_id"] for s in client.get("/api/v1/students").json()}
+    assert [students[b["student_id"]] for b in wf["branches"]] == [
+        None,
+        None,
+        "L31-drop.H32-none.F14336.D4096",
+        None,
+    ]
+    # Four plans of one shape for one teacher: each its own name.
+    plans = {p["id"]: p["name"] for p in client.get("/api/v1/plans").json()}
+    assert [plans[b["plan_id"]] for b in wf["branches"]] == ["depth", SHAPE, f"{SHAPE} (2)", f"{SHAPE} (3)"]
 
 
 def test_names_are_unique_or_the_request_is_refused_naming_the_candidate():

@@ -318,8 +318,10 @@ export class Planner {
   /** Save as new, or update the loaded plan (optimistic concurrency on `version`). */
   async save() {
     const plan = this.ctx.state.plan;
-    const name = this.nameInput.value.trim() || `plan-${this.ctx.run.id}`;
     try {
+      const typed = this.nameInput.value.trim();
+      const untouched = !typed || (typed === `plan-${this.ctx.run.id}` && this.saved?.name !== typed);
+      const name = untouched ? await this.freeDefaultName() : typed;
       let row;
       if (this.saved && this.saved.name === name) {
         row = await api.put(`/plans/${this.saved.id}`, { version: this.saved.version, plan, name });
@@ -335,6 +337,17 @@ export class Planner {
       showError(this.saveErr, err);
       return null;
     }
+  }
+
+  /** `plan-<run>` (the name field's default), or the first of `plan-<run> (2)`... the teacher has no plan
+   * called: plan names are unique per teacher (a name typed by hand that is taken gets the server's 409). */
+  async freeDefaultName() {
+    const base = `plan-${this.ctx.run.id}`;
+    const plans = await api.get(`/plans?teacher_id=${this.ctx.teacher.id}&limit=1000`);
+    const taken = new Set(plans.map((p) => p.name));
+    let name = base;
+    for (let n = 2; taken.has(name); n++) name = `${base} (${n})`;
+    return name;
   }
 
   /** The preview runs on a saved plan: with unsaved edits the button says it saves first (never silently). */
