@@ -17,7 +17,7 @@ from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404,
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, DomainError, Unavailable
 from backend.events import add_event, publish_wakeup
-from backend.limits import check_job_size
+from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
 from backend.responses import JobCheck, JobOut, LogLine, MetricPointOut, MetricsOut
 from backend.schemas import MAX_ID, NO_CONTROL_CHARS, PARAMS, PROTOCOL_PARAMS, EvaluateParams, JobCreate
@@ -67,6 +67,8 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     if body.kind == "evaluate":
         params = on_protocol(params, db.get(Teacher, teacher_id))
         check_job_size(params, request.app.state.settings, ["body", "params"])
+    if body.kind in ("distill", "evaluate"):
+        _check_seq_len(db, params.seq_len, body.student_id, teacher_id)
     dataset = None
     if getattr(params, "dataset_id", None) is not None:
         dataset = get_or_404(db, Dataset, params.dataset_id, field=("body", "params", "dataset_id"))
@@ -81,6 +83,16 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     queue = choose_queue(settings, body.kind, values)
     memcheck.check_job(settings, db, body.kind, values, queue, body.student_id, teacher_id)
     return values, teacher_id, queue
+
+
+def _check_seq_len(db: Session, seq_len: int, student_id: int | None, teacher_id: int) -> None:
+    """A distillation's sequences or an evaluation's windows within the positions of the model they feed
+    (the student's stored spec; the teacher's when it is measured itself)."""
+    if student_id is not None:
+        spec, model = db.get(Student, student_id).spec, f"student {student_id}"
+    else:
+        spec, model = db.get(Teacher, teacher_id).spec, f"teacher {teacher_id}"
+    check_positions(spec or {}, seq_len, ["body", "params", "seq_len"], model)
 
 
 def _check_continued(db: Session, student_id: int | None, job_id: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from backend.db import session_scope
 from backend.models import Dataset, Teacher
+from tests.platform.helpers import student_rows
 from tests.platform.test_api import counts
 from tests.tiny_models import tiny_spec
 
@@ -31,3 +32,36 @@ def test_an_importance_run_longer_than_the_teacher_is_refused(client, api_env):
         teacher = s.get(Teacher, body["teacher_id"])
         teacher.spec = {k: v for k, v in teacher.spec.items() if k != "max_positions"}
     assert client.post("/api/v1/importance-runs", json=body).status_code == 201
+
+
+def test_a_distillation_or_evaluation_longer_than_its_model_is_refused(client, api_env):
+    """A distillation's seq_len against the student's positions, an evaluation's windows against the
+    measured model's (the student's, or the teacher's measured itself)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher, students = student_rows(s, [("s", "ready")])
+        students["s"].spec = tiny_spec().summary()  # 128 positions, as the teacher's
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        ids = {"teacher": teacher.id, "student": students["s"].id, "dataset": dataset.id}
+    jobs = {
+        f"student {ids['student']}": [
+            {"kind": "distill", "student_id": ids["student"], "params": {"dataset_id": ids["dataset"]}},
+            {"kind": "evaluate", "student_id": ids["student"], "params": {"max_documents": 2}},
+        ],
+        f"teacher {ids['teacher']}": [{"kind": "evaluate", "teacher_id": ids["teacher"], "params": {}}],
+    }
+    before = counts(url)
+    for model, bodies in jobs.items():
+        for body in bodies:
+            r = client.post("/api/v1/jobs", json={**body, "params": {**body["params"], "seq_len": 129}})
+            assert r.status_code == 422, r.text
+            (entry,) = r.json()["detail"]
+            assert entry["loc"] == ["body", "params", "seq_len"] and entry["nearby"] == [128], entry
+            assert entry["msg"] == f"129 is over the 128 positions of {model}; at most 128"
+            fits = client.post(
+                "/api/v1/jobs?validate_only=true", json={**body, "params": {**body["params"], "seq_len": 128}}
+            )
+            assert fits.status_code == 200, fits.text
+    assert counts(url) == before

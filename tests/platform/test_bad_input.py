@@ -34,7 +34,9 @@ def counts(url: str) -> dict:
 @pytest.fixture
 def ready_teacher(api_env):
     with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
-        t = Teacher(name="t", source="org/model", status="ready", spec=tiny_spec().summary())
+        # Long positions, so the size limits below are what long sequences reach (not the model's limit).
+        spec = {**tiny_spec().summary(), "max_positions": 131_072}
+        t = Teacher(name="t", source="org/model", status="ready", spec=spec)
         s.add(t)
         s.flush()
         return t.id
