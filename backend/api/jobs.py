@@ -211,8 +211,10 @@ def evaluate_teacher_on_first_need(request: Request, db: Session, teacher_id: in
         teacher_values, _, queue = _checked(
             JobCreate(kind="evaluate", teacher_id=teacher_id, params=params), request, db, False
         )
-    except (HTTPException, DomainError):
-        return  # the teacher fits no live worker: its number stays missing, nothing fails
+    except (HTTPException, DomainError, RequestValidationError):
+        # the teacher fits no live worker, or its positions are fewer than the protocol's windows: its
+        # number stays missing, and the student's job (sent already) still stands
+        return
     job = lifecycle.create(db, "evaluate", teacher_values, queue=queue, teacher_id=teacher_id)
     add_event(
         db, job, "log", {"job_id": job.id, "level": "info", "msg": f"the teacher's evaluation on {wanted}"}

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from backend.db import session_scope
-from backend.models import Dataset, Teacher
+from backend.models import Dataset, Job, Teacher
 from tests.platform.helpers import student_rows
 from tests.platform.test_api import counts
 from tests.tiny_models import tiny_spec
@@ -65,3 +67,18 @@ def test_a_distillation_or_evaluation_longer_than_its_model_is_refused(client, a
             )
             assert fits.status_code == 200, fits.text
     assert counts(url) == before
+
+
+def test_a_students_evaluation_stands_when_its_teacher_cannot_be_measured_on_it(client, api_env):
+    """A student's first evaluation also queues its teacher's on that protocol; windows longer than the
+    teacher's positions leave the teacher's number missing, and the student's job (sent already) stands."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher, students = student_rows(s, [("s", "ready")])  # the student's spec is unknown here
+        ids = teacher.id, students["s"].id
+    body = {"kind": "evaluate", "student_id": ids[1], "params": {"seq_len": 256, "stride": 128}}
+    r = client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    with session_scope(url) as s:
+        kinds = [(j.kind, j.student_id) for j in s.scalars(select(Job))]
+    assert kinds == [("evaluate", ids[1])]  # no teacher evaluation on 256-token windows (128 positions)
