@@ -26,7 +26,7 @@ from tests.platform.test_multi_rank_jobs import rank_processes, wait_for_step, w
 WORKER_GANG_TIMEOUT_S = 60
 # A gang that cannot form fails after its own `gang_timeout_s`, not the workers'.
 SHORT_GANG_TIMEOUT_S = 10
-# Gangs that wait on a worker the test keeps paused while other jobs run: their wait spans those jobs,
+# Gangs that wait on a worker kept busy (or paused) while other jobs run: their wait spans those jobs,
 # which took over 30 s on the loaded 2-core CI box (the 40 s a busy-worker gang had ran out there).
 PATIENT_GANG_TIMEOUT_S = 240
 
@@ -167,30 +167,51 @@ def _wait_message(app, job_id: int, text: str, timeout: float = 60.0) -> dict:
     raise AssertionError(f"job {job_id} never said {text!r}: {seen[-20:]}\n{app.worker.log()}")
 
 
+def _process_group(app, job_id: int, timeout: float = 60.0) -> int:
+    """The process group of a running one-process job (its worker's: a job process is the worker's child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"running in process (\d+)", _text(app, job_id))
+        if found:
+            return os.getpgid(int(found.group(1)))
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never said which process runs it: {_text(app, job_id)}")
+
+
+def _busy_worker_b(app, teacher: int) -> int:
+    """Worker B running a long evaluation (its id), worker A free: two long evaluations take a worker each
+    (prefetch 1), and the one on A is cancelled. A real busy worker, not a paused one: after a SIGSTOP and
+    SIGCONT in the full suite, worker B once took no message for the rest of the module."""
+    endless = {"max_documents": 64}  # tens of thousands of windows: runs until it is cancelled
+    jobs = [_evaluate(app, teacher, **endless)["id"] for _ in range(2)]
+    groups = {job_id: _process_group(app, job_id) for job_id in jobs}
+    assert sorted(groups.values()) == sorted([app.worker.proc.pid, app.second.proc.pid]), groups
+    on_a, on_b = sorted(jobs, key=lambda job_id: groups[job_id] != app.worker.proc.pid)
+    assert app.api.post(f"/jobs/{on_a}/cancel").status_code == 202
+    assert app.wait_job(on_a, timeout=60)["status"] == "cancelled"
+    return on_b
+
+
 def test_a_gang_waiting_on_a_busy_worker_lets_a_queued_job_use_its_leaders_worker(two_nodes):
-    """Worker B is busy (paused: it takes nothing); a `nodes: 2` evaluation leads on worker A and an
-    evaluation on one node is queued behind it. The gang gives A back while B is busy: the single-node
-    job runs on A while the gang waits (still queued, saying why), then B frees up and the gang forms and
-    succeeds, within its timeout counted across its rounds."""
+    """Worker B is busy with a long job; a `nodes: 2` evaluation leads on worker A and an evaluation on
+    one node is queued behind it. The gang gives A back while B is busy: the single-node job runs on A
+    while the gang waits (still queued, saying why), then B's job ends and the gang forms and succeeds,
+    within its timeout counted across its rounds."""
     app = two_nodes
     teacher = _student(app)["teacher_id"]
     began = time.monotonic()
-    app.second.pause()
-    try:
-        time.sleep(1.5)  # B's pending poll of the queue (1 s) ended: a paused B swallows no message
-        # Small evaluations (the demo test split's documents run to thousands of tokens: 3142 windows
-        # for the defaults took over 60 s on a loaded machine, and the gang's timeout ran out meanwhile).
-        small = {"max_documents": 2, "stride": 30}
-        gang = _evaluate(app, teacher, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S, **small)
-        _wait_message(app, gang["id"], "waiting for 2 nodes to join")  # A leads it
-        single = _evaluate(app, teacher, **small)
-        waiting = _wait_message(app, gang["id"], "waiting for 1 busy worker on the 'cpu' queue")
-        assert waiting["status"] == "queued", waiting
-        alone = app.wait_job(single["id"], timeout=60)
-        assert alone["status"] == "succeeded", (alone.get("error"), app.worker.log())
-        assert app.api.get(f"/jobs/{gang['id']}").json()["status"] == "queued"  # not failed meanwhile
-    finally:
-        app.second.pause(False)
+    busy = _busy_worker_b(app, teacher)
+    small = {"max_documents": 2, "stride": 30}
+    gang = _evaluate(app, teacher, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S, **small)
+    _wait_message(app, gang["id"], "waiting for 2 nodes to join")  # A leads it
+    single = _evaluate(app, teacher, **small)
+    waiting = _wait_message(app, gang["id"], "waiting for 1 busy worker on the 'cpu' queue")
+    assert waiting["status"] == "queued", waiting
+    alone = app.wait_job(single["id"], timeout=60)
+    assert alone["status"] == "succeeded", (alone.get("error"), app.worker.log())
+    assert app.api.get(f"/jobs/{gang['id']}").json()["status"] == "queued"  # not failed meanwhile
+    assert app.api.get(f"/jobs/{busy}").json()["status"] == "running"  # B was busy all along
+    assert app.api.post(f"/jobs/{busy}/cancel").status_code == 202  # B frees up
     try:
         done = app.wait_job(gang["id"], timeout=90)
     except AssertionError as exc:  # wait_job shows worker A's log; the gang waits on B
