@@ -4,6 +4,7 @@ why) with the handler for its kind (worker.handlers); the task's thread only che
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.signals import worker_init, worker_shutting_down
 
@@ -43,11 +44,43 @@ def preload(**_kwargs) -> None:
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: int, attempt: int, node: int = 0, nodes: int = 1, round: int = 0) -> str:
+def run_job(
+    job_id: int, attempt: int, node: int = 0, nodes: int = 1, round: int = 0, not_before: float = 0.0
+) -> str:
+    args = [job_id, attempt, node, nodes, round]
+    if _too_early(args, not_before):
+        return "deferred"
     try:
-        return _run_job(job_id, attempt, node, nodes, round)
+        return _run_job(*args)
     finally:  # a workflow's child ended (or was refused, or its process died): take the next step now
         advance_parent(_settings, job_id, app.send_task)
+
+
+# A message sent for later (send_later) that a worker takes early waits this long at most, then goes back.
+LATER_POLL_S = 1.0
+
+
+def send_later(args: list, queue: str, after_s: float) -> None:
+    """run_job(*args) on `queue`, to run no earlier than `after_s` from now. Not a Celery countdown: a
+    worker holding a countdown (ETA) message raises its prefetch and keeps reading the queue, so when that
+    message's task ran (the worker's one slot; the solo pool blocks its loop) a BRPOP it had sent could
+    hand it one more message it would not start until that task ended: in CI the member message of a
+    gang sat in its own leader's socket until the gang timed out. Instead the message carries
+    `not_before`: a worker that takes it early waits up to LATER_POLL_S and sends it back (_too_early),
+    behind whatever else waits in the queue."""
+    run_job.apply_async(args=args, kwargs={"not_before": time.time() + after_s}, queue=queue)
+
+
+def _too_early(args: list, not_before: float) -> bool:
+    """A message taken before its `not_before`: after a short wait, still early -> sent back (True)."""
+    if not_before - time.time() <= 0:
+        return False
+    time.sleep(min(not_before - time.time(), LATER_POLL_S))
+    if not_before - time.time() <= 0:
+        return False
+    queue = (run_job.request.delivery_info or {}).get("routing_key")
+    run_job.apply_async(args=args, kwargs={"not_before": not_before}, queue=queue)
+    return True
 
 
 def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -> str:
@@ -73,7 +106,7 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
         joined = gang.join(node, worker_id(), node_address(settings))
         queue = _queue(rt)
         if joined == "busy":  # this worker runs another node of it: leave this one to another worker
-            run_job.apply_async(args=[job_id, attempt, node, nodes, round], queue=queue, countdown=1)
+            send_later([job_id, attempt, node, nodes, round], queue, after_s=1.0)
             return "deferred"
         if joined != "joined":
             return "skipped"
@@ -88,9 +121,7 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
                 )
                 if rt.note_waiting(exc.waiting) is None:
                     return "skipped"  # cancelled meanwhile
-                run_job.apply_async(
-                    args=[job_id, attempt, 0, nodes, round + 1], queue=queue, countdown=exc.retry_in_s
-                )
+                send_later([job_id, attempt, 0, nodes, round + 1], queue, after_s=exc.retry_in_s)
                 return "deferred"
             except GangIncomplete as exc:
                 return "refused" if rt.refuse(str(exc)) else "skipped"
@@ -134,7 +165,7 @@ def _wait_for_distillation(rt: JobRuntime) -> str | None:
         queue = rt.note_waiting(f"waiting for distill job {distill_job_id} to finish")
         if queue is None:  # cancelled meanwhile, or an older attempt's message
             return "skipped"
-        run_job.apply_async(args=[rt.job_id, rt.attempt], queue=queue, countdown=DISTILLATION_POLL_S)
+        send_later([rt.job_id, rt.attempt], queue, after_s=DISTILLATION_POLL_S)
         return "deferred"
     if status != "succeeded":
         reason = f"distill job {distill_job_id} is {status}: there are no weights to measure"
