@@ -180,8 +180,8 @@ def _process_group(app, job_id: int, timeout: float = 60.0) -> int:
 
 def _busy_worker_b(app, teacher: int) -> int:
     """Worker B running a long evaluation (its id), worker A free: two long evaluations take a worker each
-    (prefetch 1), and the one on A is cancelled. A real busy worker, not a paused one: after a SIGSTOP and
-    SIGCONT in the full suite, worker B once took no message for the rest of the module."""
+    (prefetch 1), and the one on A is cancelled. A busy worker as users have them, not a paused one (a
+    stopped worker whose BRPOP is pending is handed a message it cannot read until it is continued)."""
     endless = {"max_documents": 64}  # tens of thousands of windows: runs until it is cancelled
     jobs = [_evaluate(app, teacher, **endless)["id"] for _ in range(2)]
     groups = {job_id: _process_group(app, job_id) for job_id in jobs}
