@@ -12,7 +12,7 @@ from backend.api.importance import artifact_path, ready_teacher
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput, Problem
-from backend.limits import check_job_size
+from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, ImportanceRun, Plan, Teacher, utcnow
 from backend.plan_names import refuse_taken, unless_taken_meanwhile
 from backend.responses import JobOut, PlanCheck, PlanOut
@@ -193,9 +193,11 @@ def preview(
     if body.dataset_id is not None:
         get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
     params = body.model_dump()
+    teacher = db.get(Teacher, plan.teacher_id)
+    if "seq_len" in body.model_fields_set:  # the masked teacher scores sequences of seq_len
+        check_positions(teacher.spec or {}, body.seq_len, ["body", "seq_len"], f"teacher {teacher.id}")
     if not {"samples", "seq_len"} & body.model_fields_set:
         # The teacher's evaluation protocol: the preview's teacher perplexity is its evaluation's.
-        teacher = db.get(Teacher, plan.teacher_id)
         params["protocol"] = eval_protocol.of_teacher(teacher.eval_protocol).model_dump()
     queue = choose_queue(request.app.state.settings, "preview", params)
     job = lifecycle.create(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from backend.db import session_scope
-from backend.models import Dataset, Job, Teacher
+from backend.models import Dataset, Job, Plan, Teacher
 from tests.platform.helpers import student_rows
 from tests.platform.test_api import counts
 from tests.tiny_models import tiny_spec
@@ -82,3 +82,21 @@ def test_a_students_evaluation_stands_when_its_teacher_cannot_be_measured_on_it(
     with session_scope(url) as s:
         kinds = [(j.kind, j.student_id) for j in s.scalars(select(Job))]
     assert kinds == [("evaluate", ids[1])]  # no teacher evaluation on 256-token windows (128 positions)
+
+
+def test_a_preview_longer_than_the_teacher_is_refused(client, api_env):
+    """A what-if preview scores the teacher and the masked teacher on sequences of its seq_len."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher, _ = student_rows(s, [])  # a tiny teacher (128 positions) and its plan
+        plan_id = s.scalars(select(Plan.id).where(Plan.teacher_id == teacher.id)).one()
+    before = counts(url)
+    r = client.post(f"/api/v1/plans/{plan_id}/preview", json={"samples": 2, "seq_len": 129})
+    assert r.status_code == 422, r.text
+    (entry,) = r.json()["detail"]
+    assert entry["loc"] == ["body", "seq_len"] and entry["nearby"] == [128], entry
+    assert counts(url) == before
+    assert (
+        client.post(f"/api/v1/plans/{plan_id}/preview", json={"samples": 2, "seq_len": 128}).status_code
+        == 202
+    )
