@@ -60,29 +60,35 @@ def test_a_dataset_deleted_after_the_jobs_check_refuses_the_job(client, api_env,
     assert not dataset_exists(url, rows["dataset"]) and jobs_naming(url, rows["dataset"]) == []
 
 
-def _in_thread(work) -> tuple[threading.Thread, list]:
-    out: list = []
-    thread = threading.Thread(target=lambda: out.append(work()))
-    thread.start()
-    return thread, out
+def _meeting(url: str, first, request):
+    """`first(session)` written, not yet committed, when `request()` comes (in a thread, which then waits
+    on it); commits, and returns (what `first` returned, the request's answer)."""
+    session = session_factory(url)()
+    answers: list = []
+    try:
+        written = first(session)
+        thread = threading.Thread(target=lambda: answers.append(request()))
+        thread.start()
+        time.sleep(0.3)  # the request is under way (it waits for this transaction)
+        session.commit()
+    finally:
+        session.close()
+    thread.join(60)
+    [answer] = answers
+    return written, answer
 
 
 def test_a_delete_meeting_a_job_being_created_is_refused(client, api_env, rows):
     """A job is inserted, not yet committed, when the delete comes: the delete waits for it (PostgreSQL's
     row lock, SQLite's write lock) and then refuses, naming it (it went through: 204)."""
     url = api_env["PRUNESCOPE_DATABASE_URL"]
-    session = session_factory(url)()
-    try:
-        job = lifecycle.create(
+    job, answer = _meeting(
+        url,
+        lambda session: lifecycle.create(
             session, "distill", {"dataset_id": rows["dataset"]}, queue="cpu", teacher_id=rows["teacher"]
-        )
-        thread, answers = _in_thread(lambda: client.delete(f"{API}/datasets/{rows['dataset']}"))
-        time.sleep(0.3)  # the delete is under way (it waits for the job's transaction)
-        session.commit()
-    finally:
-        session.close()
-    thread.join(60)
-    [answer] = answers
+        ),
+        lambda: client.delete(f"{API}/datasets/{rows['dataset']}"),
+    )
     assert answer.status_code == 409, answer.text
     assert f"job {job.id} (distill, queued) uses it" in answer.json()["detail"][0]["msg"]
     assert dataset_exists(url, rows["dataset"])
@@ -92,17 +98,12 @@ def test_a_job_meeting_a_delete_under_way_is_refused(client, api_env, rows):
     """The dataset's delete is written, not yet committed, when a job naming it is created: the job waits
     for it and then finds the dataset gone (it was saved naming the deleted dataset: 202)."""
     url = api_env["PRUNESCOPE_DATABASE_URL"]
-    session = session_factory(url)()
-    try:
-        unregister.delete_dataset(session, session.get(Dataset, rows["dataset"]))
-        body = {"dataset_id": rows["dataset"]}
-        thread, answers = _in_thread(lambda: client.post(f"{API}/plans/{rows['plan']}/preview", json=body))
-        time.sleep(0.3)  # the request checked the dataset (still there for it) and waits to write its job
-        session.commit()
-    finally:
-        session.close()
-    thread.join(60)
-    [answer] = answers
+    body = {"dataset_id": rows["dataset"]}
+    _, answer = _meeting(  # the request checks the dataset (still there for it), then waits to write its job
+        url,
+        lambda session: unregister.delete_dataset(session, session.get(Dataset, rows["dataset"])),
+        lambda: client.post(f"{API}/plans/{rows['plan']}/preview", json=body),
+    )
     assert answer.status_code == 404, answer.text
     assert answer.json()["detail"][0]["loc"] == ["body", "dataset_id"]
     assert jobs_naming(url, rows["dataset"]) == []
