@@ -43,3 +43,19 @@ def test_a_message_taken_early_waits_a_little_then_goes_back(sent):
     assert LATER_POLL_S - 0.05 <= time.monotonic() - began < LATER_POLL_S + 1
     (message,) = sent
     assert message["args"] == [7, 1, 0, 2, 3] and message["kwargs"] == {"not_before": due}
+
+
+def test_no_code_sends_a_countdown_or_eta_message():
+    """Every delayed run-job message goes through send_later (see the module doc for why)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("backend", "worker")
+        for path in sorted((root / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\b(countdown|eta)=[^=]", line)  # a keyword argument (ruff writes no spaces)
+    ]
+    assert found == [], found
