@@ -128,19 +128,34 @@ def test_rank_stability_follows_the_aggregation_and_explains_itself(page, live_a
     assert page.inner_text("[data-testid=stability-heads]").startswith(f"heads ρ={want['heads']:.2f}")
 
 
+def plan_names(live_app, teacher_id: int) -> set[str]:
+    plans = live_app.api.get("/plans", params={"teacher_id": teacher_id, "limit": 1000}).json()
+    return {p["name"] for p in plans}
+
+
 def test_preview_says_it_saves_a_draft_and_shows_its_memory(page, live_app, setup):
-    teacher = setup["teacher"]
-    open_explorer(page, live_app, setup["plain"]["id"])
+    teacher, run = setup["teacher"], setup["plain"]["id"]
+    # The default name `plan-<run>` is taken: the label names the numbered one the save will use.
+    if f"plan-{run}" not in plan_names(live_app, teacher["id"]):
+        body = {"teacher_id": teacher["id"], "name": f"plan-{run}", "plan": {"drop_layers": [3]}}
+        assert live_app.api.post("/plans", json=body).status_code == 201
+    taken = plan_names(live_app, teacher["id"])
+    numbered = next(f"plan-{run} ({n})" for n in range(2, 100) if f"plan-{run} ({n})" not in taken)
+    open_explorer(page, live_app, run)
     assert page.inner_text("[data-testid=preview-memory]").startswith("needs ")
     page.click("[data-testid=layers-plot]")  # drop a block of layers: an unsaved draft
     page.wait_for_function("document.querySelector('[data-testid=shape] .value').innerText.startsWith('2L')")
     button = page.locator("[data-testid=preview-btn]")
     assert button.inner_text() == "Save & preview" and "saves the draft" in button.get_attribute("title")
+    page.wait_for_function(  # the teacher's plan names arrive after the first paint
+        "([el, want]) => el.title.includes(want)", arg=[button.element_handle(), f'a new plan "{numbered}"']
+    )
     before = len(live_app.api.get("/plans", params={"teacher_id": teacher["id"]}).json())
     button.click()
     page.wait_for_function("location.hash.includes('plan=')")
     plans = live_app.api.get("/plans", params={"teacher_id": teacher["id"]}).json()
     assert len(plans) == before + 1
+    assert max(plans, key=lambda p: p["id"])["name"] == numbered  # the name the label announced
     assert "to preview it" in page.inner_text("[data-testid=planner]")
     page.wait_for_function(
         "document.querySelector('[data-testid=preview-btn]').innerText === 'Preview perplexity'"

@@ -61,12 +61,14 @@ export class Planner {
     this.ctx = ctx;
     this.spec = ctx.teacher.spec;
     this.saved = null; // the Plan row this draft was loaded from / saved as
+    this.takenNames = new Set(); // the teacher's plan names: the label names the default a save will use
     this.serverMessages = [];
     this.el = h("section.panel.sticky", { dataset: { testid: "planner" } });
     this._build();
     this.validate = debounce(() => this._validateRemote(), 350);
     ctx.state.subscribe(() => this.update());
     this.update();
+    this.freeDefaultName().catch(() => {}); // fills takenNames for the label; a save asks again anyway
   }
 
   _build() {
@@ -320,14 +322,14 @@ export class Planner {
     const plan = this.ctx.state.plan;
     try {
       const typed = this.nameInput.value.trim();
-      const untouched = !typed || (typed === `plan-${this.ctx.run.id}` && this.saved?.name !== typed);
-      const name = untouched ? await this.freeDefaultName() : typed;
+      const name = this._isDefaultName(typed) ? await this.freeDefaultName() : typed;
       let row;
       if (this.saved && this.saved.name === name) {
         row = await api.put(`/plans/${this.saved.id}`, { version: this.saved.version, plan, name });
       } else {
         row = await api.post("/plans", { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, name, plan });
       }
+      this.takenNames.add(row.name);
       this.setSaved(row);
       this.savedPlan = plan;
       showError(this.saveErr, null);
@@ -342,19 +344,36 @@ export class Planner {
   /** `plan-<run>` (the name field's default), or the first of `plan-<run> (2)`... the teacher has no plan
    * called: plan names are unique per teacher (a name typed by hand that is taken gets the server's 409). */
   async freeDefaultName() {
-    const base = `plan-${this.ctx.run.id}`;
     const plans = await api.get(`/plans?teacher_id=${this.ctx.teacher.id}&limit=1000`);
-    const taken = new Set(plans.map((p) => p.name));
+    this.takenNames = new Set(plans.map((p) => p.name));
+    this._previewLabel();
+    return this._firstFreeDefault();
+  }
+
+  /** The first free default among the names known taken (synchronous: the preview label uses it). */
+  _firstFreeDefault() {
+    const base = `plan-${this.ctx.run.id}`;
     let name = base;
-    for (let n = 2; taken.has(name); n++) name = `${base} (${n})`;
+    for (let n = 2; this.takenNames.has(name); n++) name = `${base} (${n})`;
     return name;
+  }
+
+  /** An empty name field, or the untouched default (not the loaded plan's own name): a save picks a free one. */
+  _isDefaultName(typed) {
+    return !typed || (typed === `plan-${this.ctx.run.id}` && this.saved?.name !== typed);
+  }
+
+  /** The name a save would use now. */
+  _nameToSave() {
+    const typed = this.nameInput.value.trim();
+    return this._isDefaultName(typed) ? this._firstFreeDefault() : typed;
   }
 
   /** The preview runs on a saved plan: with unsaved edits the button says it saves first (never silently). */
   _previewLabel() {
     if (!this.previewBtn) return;
     const clean = this.saved && this.savedPlan === this.ctx.state.plan;
-    const name = this.nameInput.value.trim() || `plan-${this.ctx.run.id}`;
+    const name = this._nameToSave();
     const target = this.saved && this.saved.name === name ? `version ${this.saved.version + 1} of "${name}"` : `a new plan "${name}"`;
     this.previewBtn.textContent = clean ? "Preview perplexity" : "Save & preview";
     this.previewBtn.dataset.saves = clean ? "" : "1";
