@@ -1,5 +1,7 @@
 """Creating a job that names a dataset in its parameters and deleting that dataset exclude each other
-(DELETE /datasets/{id} is refused while any job names it: backend/unregister.py).
+(DELETE /datasets/{id} is refused while any job names it: backend/unregister.py); so do pointing a
+teacher's evaluation protocol at a dataset (POST /teachers, PATCH /teachers/{id}) and deleting it (the
+delete is refused while a protocol names it too).
 
 Without this, a job checked its dataset, a delete checked that no job named it and removed it, and the job
 was then saved naming a dataset that no longer existed. Now:
@@ -49,6 +51,13 @@ def hold_for_job(session: Session, params: dict[str, Any], params_at: Path) -> N
     for dataset_id, path in named.items():
         if dataset_id not in present:
             raise NotFound(f"Dataset {dataset_id} not found (deleted meanwhile)", field=(*params_at, *path))
+
+
+def hold_for_protocol(session: Session, protocol: dict[str, Any] | None, protocol_at: Path) -> None:
+    """After a teacher's insert or protocol change (flushed): the dataset its evaluation protocol names,
+    held like a job's until the transaction ends; one deleted meanwhile is a 404 at `protocol_at`.dataset_id."""
+    if protocol:
+        hold_for_job(session, protocol, protocol_at)
 
 
 def hold_for_delete(session: Session, dataset_id: int) -> None:

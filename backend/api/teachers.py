@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle, unregister
+from backend import dataset_holds, lifecycle, unregister
 from backend.api.errors import errors
 from backend.dataset_files import dataset_problem
 from backend.deps import Page, PathId, field_error, get_db, get_or_404, get_settings
@@ -26,6 +26,7 @@ from backend.settings import Settings
 from worker.engine import eval_protocol
 
 router = APIRouter(tags=["teachers"])
+PROTOCOL_AT = ("body", "eval_protocol")  # where a request carries a teacher's protocol
 
 
 def checked_source(source: str, settings: Settings, *, allow_hub: bool) -> str:
@@ -69,6 +70,8 @@ def register(request: Request, db: Session, teacher: Teacher) -> TeacherOut:
     queue = choose_queue(request.app.state.settings, "inspect", {})  # a light job: always `default`
     db.add(teacher)
     db.flush()
+    # A promoted student's teacher copies its parent's protocol: held too (its field is still eval_protocol).
+    dataset_holds.hold_for_protocol(db, teacher.eval_protocol, PROTOCOL_AT)
     job = lifecycle.create(db, "inspect", {"source": teacher.source}, queue=queue, teacher_id=teacher.id)
     teacher.job_id = job.id
     lifecycle.send(request.app, db, job)
@@ -222,6 +225,14 @@ def check_protocol_here(
     return protocol
 
 
+def write_protocol(db: Session, teacher: Teacher, protocol: dict[str, Any]) -> None:
+    """Set the teacher's protocol (flushed) and hold the dataset it names until the commit: a concurrent
+    DELETE /datasets waits and then refuses, or had deleted it and this is a 404 (backend/dataset_holds.py)."""
+    teacher.eval_protocol = protocol
+    db.flush()
+    dataset_holds.hold_for_protocol(db, protocol, PROTOCOL_AT)
+
+
 @router.patch("/teachers/{teacher_id}", responses=errors(404))
 def update_teacher(
     teacher_id: PathId,
@@ -232,6 +243,6 @@ def update_teacher(
     """Change a teacher's evaluation protocol (any status). Its jobs and results are not rewritten: each
     keeps the protocol it was measured on, so the dashboard marks those now on another one (≠)."""
     teacher = get_or_404(db, Teacher, teacher_id)
-    teacher.eval_protocol = _checked_protocol(teacher, body.eval_protocol, settings, db).model_dump()
+    write_protocol(db, teacher, _checked_protocol(teacher, body.eval_protocol, settings, db).model_dump())
     db.commit()
     return TeacherOut.model_validate(teacher)

@@ -1,6 +1,8 @@
 """Creating a job that names a dataset in its parameters and deleting that dataset exclude each other
 (backend/dataset_holds.py): the interleavings that used to leave a job naming a deleted dataset end in a
-404 at the job's `dataset_id` or a 409 on the delete naming the job, on SQLite and PostgreSQL."""
+404 at the job's `dataset_id` or a 409 on the delete naming the job, on SQLite and PostgreSQL. So do
+pointing a teacher's evaluation protocol at a dataset (POST /teachers, PATCH /teachers/{id}) and deleting
+it: a protocol naming a deleted dataset would break every later evaluation of the teacher."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import pytest
 from sqlalchemy import func, select
 
 from backend import lifecycle, unregister
+from backend.api import teachers
 from backend.db import session_factory, session_scope
 from backend.dispatch import choose_queue
-from backend.models import Dataset, Job, Plan
+from backend.models import Dataset, Job, Plan, Teacher
 from tests.platform.helpers import student_rows
+from worker.engine.eval_protocol import EvalProtocol
 
 API = "/api/v1"
 
@@ -107,3 +111,85 @@ def test_a_job_meeting_a_delete_under_way_is_refused(client, api_env, rows):
     assert answer.status_code == 404, answer.text
     assert answer.json()["detail"][0]["loc"] == ["body", "dataset_id"]
     assert jobs_naming(url, rows["dataset"]) == []
+
+
+def teachers_measuring_on(url: str, dataset_id: int) -> list[int]:
+    with session_scope(url) as s:
+        return [
+            t.id
+            for t in s.scalars(select(Teacher))
+            if (t.eval_protocol or {}).get("dataset_id") == dataset_id
+        ]
+
+
+def protocol_request(client, rows: dict, how: str):
+    """POST a new teacher, or PATCH the fixture's, with an evaluation protocol on the dataset."""
+    protocol = {"dataset_id": rows["dataset"]}
+    if how == "post":
+        return client.post(
+            f"{API}/teachers", json={"name": "t2", "source": "demo", "eval_protocol": protocol}
+        )
+    return client.patch(f"{API}/teachers/{rows['teacher']}", json={"eval_protocol": protocol})
+
+
+def assert_refused_at_protocol(answer, url: str, dataset_id: int) -> None:
+    assert answer.status_code == 404, answer.text
+    [entry] = answer.json()["detail"]
+    assert entry["loc"] == ["body", "eval_protocol", "dataset_id"], entry
+    assert entry["msg"] == f"Dataset {dataset_id} not found (deleted meanwhile)"
+    assert teachers_measuring_on(url, dataset_id) == []
+    with session_scope(url) as s:  # a refused POST leaves no teacher, nor its inspect job, behind
+        assert s.scalars(select(Teacher.name)).all() == ["t"]
+        assert s.scalars(select(Job.id).where(Job.kind == "inspect")).all() == []
+
+
+@pytest.mark.parametrize("how", ["post", "patch"])
+def test_a_dataset_deleted_after_the_protocols_check_refuses_the_protocol(
+    client, api_env, rows, monkeypatch, how
+):
+    """The teacher's request checked the protocol's dataset; a delete then found no protocol naming it
+    and committed; the protocol must not be saved naming it (it was: 201 / 200)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    checked = teachers.check_protocol_here
+
+    def check_then_delete(protocol, settings, db):
+        out = checked(protocol, settings, db)
+        with session_scope(url) as s:
+            unregister.delete_dataset(s, s.get(Dataset, rows["dataset"]))
+        return out
+
+    monkeypatch.setattr(teachers, "check_protocol_here", check_then_delete)
+    answer = protocol_request(client, rows, how)
+    assert_refused_at_protocol(answer, url, rows["dataset"])
+    assert not dataset_exists(url, rows["dataset"])
+
+
+def test_a_delete_meeting_a_protocol_being_written_is_refused(client, api_env, rows):
+    """A teacher's protocol is changed to the dataset, not yet committed, when the delete comes: the delete
+    waits for it and then refuses, naming the teacher (on PostgreSQL it went through: 204)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    protocol = EvalProtocol(dataset_id=rows["dataset"]).model_dump()
+    _, answer = _meeting(
+        url,
+        lambda session: teachers.write_protocol(session, session.get(Teacher, rows["teacher"]), protocol),
+        lambda: client.delete(f"{API}/datasets/{rows['dataset']}"),
+    )
+    assert answer.status_code == 409, answer.text
+    assert (
+        f"the evaluation protocol of teacher {rows['teacher']} measures on it"
+        in answer.json()["detail"][0]["msg"]
+    )
+    assert dataset_exists(url, rows["dataset"])
+
+
+@pytest.mark.parametrize("how", ["post", "patch"])
+def test_a_protocol_meeting_a_delete_under_way_is_refused(client, api_env, rows, how):
+    """The dataset's delete is written, not yet committed, when a teacher's protocol is pointed at it: the
+    request waits for it and then finds the dataset gone (it was saved naming the deleted dataset)."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    _, answer = _meeting(
+        url,
+        lambda session: unregister.delete_dataset(session, session.get(Dataset, rows["dataset"])),
+        lambda: protocol_request(client, rows, how),
+    )
+    assert_refused_at_protocol(answer, url, rows["dataset"])
