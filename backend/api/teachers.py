@@ -18,6 +18,7 @@ from backend.dataset_files import dataset_problem
 from backend.deps import Page, PathId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Forbidden, InvalidInput, NotFound
+from backend.limits import check_positions
 from backend.models import Dataset, Teacher
 from backend.paths import DEMO, PathNotAllowed, classify_source
 from backend.responses import DatasetOut, TeacherOut
@@ -201,7 +202,10 @@ def _checked_protocol(
         raise field_error(
             [*where, name], e["msg"], e["type"], _nearby(name, merged.get(name), merged, settings, db)
         ) from exc
-    return check_protocol_here(protocol, settings, db)
+    check_protocol_here(protocol, settings, db)
+    # windows past the teacher's positions (as its inspect stored them) would fail its every evaluation
+    check_positions(teacher.spec or {}, protocol.context, [*where, "context"], f"teacher {teacher.id}")
+    return protocol
 
 
 def check_protocol_here(

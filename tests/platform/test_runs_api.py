@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from backend import lifecycle
 from backend.db import session_scope
-from backend.models import Job, MetricPoint
+from backend.models import Job, MetricPoint, Teacher
 from tests.platform.helpers import student_rows
 
 
@@ -248,6 +248,9 @@ def test_a_teachers_protocol_is_changed_later_and_past_numbers_keep_theirs(clien
     the new protocol; a bad field is a 422 naming it with nearby values, and nothing changes."""
     monkeypatch.setattr(client.app.state.celery, "send_task", lambda *a, **k: None)
     tid, url = rows["teacher"], rows["url"]
+    with session_scope(url) as s:  # a teacher of 4096 positions: the protocol's windows stay within them
+        teacher = s.get(Teacher, tid)
+        teacher.spec = {**teacher.spec, "max_positions": 4096}
     old = client.get(f"/api/v1/teachers/{tid}").json()["eval_protocol"]
     past = client.post(
         "/api/v1/jobs", json={"kind": "evaluate", "student_id": rows["student"], "params": {}}
@@ -277,7 +280,8 @@ def test_a_teachers_protocol_is_changed_later_and_past_numbers_keep_theirs(clien
         ({"stride": 300}, "stride", [128, 255]),
         ({"split": "dev"}, "split", ["train", "validation", "calibration", "test"]),
         ({"max_documents": 0}, "max_documents", [1]),
-        ({"context": 200_000, "stride": 64}, "context", [131_072]),
+        ({"context": 200_000, "stride": 64}, "context", [131_072]),  # PRUNESCOPE_MAX_SEQ_LEN
+        ({"context": 8192, "stride": 64}, "context", [4096]),  # the teacher's positions
         ({"dataset_id": 999}, "dataset_id", [None]),
         ({"colour": "red"}, "colour", None),
     ):
