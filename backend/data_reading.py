@@ -42,14 +42,19 @@ class DataReading(BaseModel):
         return value
 
 
-def check_data_reading(params: DataReading, dataset_source: str | None, loc: list) -> None:
-    """A 422 at `loc + ["data_format"]` when streaming would find no file of the format in the dataset."""
+def check_data_reading(params: DataReading, dataset_source: str | None, loc: list, roots: list) -> None:
+    """A 422 at `loc + ["data_format"]` when streaming would find no file of the format in the dataset; a
+    403 at `loc + ["dataset_id"]` when one of its files now links out of the allowed `roots` (the worker
+    would refuse it at the job's start)."""
     if not params.stream or dataset_source in (None, "demo"):
         return
     from backend.deps import field_error  # here: deps imports the schemas, which import this module
-    from worker.engine.streaming import list_shards  # torch-free: lists files by suffix
+    from backend.errors import Forbidden
+    from worker.engine.streaming import OutsideRoots, list_shards  # torch-free: lists files by suffix
 
     try:
-        list_shards(dataset_source, params.data_format)
+        list_shards(dataset_source, params.data_format, roots=roots)
+    except OutsideRoots as exc:
+        raise Forbidden(str(exc), field=(*loc, "dataset_id")) from None
     except (ValueError, FileNotFoundError) as exc:
         raise field_error([*loc, "data_format"], str(exc)) from None

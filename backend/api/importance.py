@@ -42,7 +42,7 @@ def ready_teacher(db: Session, teacher_id: int, field: tuple | None = None) -> T
     return teacher
 
 
-@router.post("/importance-runs", status_code=201, responses=errors(404, 409, 503))
+@router.post("/importance-runs", status_code=201, responses=errors(403, 404, 409, 503))
 def create_run(
     body: ImportanceRunCreate, request: Request, db: Session = Depends(get_db)
 ) -> ImportanceRunOut:
@@ -50,7 +50,7 @@ def create_run(
     teacher = ready_teacher(db, body.teacher_id, ("body", "teacher_id"))
     check_positions(teacher.spec, body.seq_len, ["body", "seq_len"], f"teacher {teacher.id}")
     dataset = get_or_404(db, Dataset, body.dataset_id, field=("body", "dataset_id"))
-    check_data_reading(body, dataset.source, ["body"])
+    check_data_reading(body, dataset.source, ["body"], request.app.state.settings.roots)
     layers = teacher.spec["num_layers"]
     if ("block" in body.scans or "angular" in body.scans) and not 1 <= body.block_size < layers:
         raise field_error(

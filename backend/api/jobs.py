@@ -73,7 +73,9 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     if getattr(params, "dataset_id", None) is not None:
         dataset = get_or_404(db, Dataset, params.dataset_id, field=("body", "params", "dataset_id"))
     if isinstance(params, DataReading):
-        check_data_reading(params, dataset.source if dataset else None, ["body", "params"])
+        check_data_reading(
+            params, dataset.source if dataset else None, ["body", "params"], request.app.state.settings.roots
+        )
     values = params.model_dump()
     if "weights" in values:
         values["distill_job_id"] = _measured_distillation(db, body.student_id, params)
@@ -151,7 +153,7 @@ def _measured_distillation(db: Session, student_id: int | None, params) -> int |
     status_code=201,
     responses={
         200: {"model": JobCheck, "description": "validate_only: nothing written"},
-        **errors(404, 409, 503),
+        **errors(403, 404, 409, 503),
     },
 )
 def create_job(

@@ -65,3 +65,28 @@ def test_a_worker_refuses_a_link_added_after_registration(client, api_env, tmp_p
     (folder / "nested" / "b.jsonl").symlink_to(outside_file)
     with pytest.raises(OutsideRoots, match=f"{folder / 'nested' / 'b.jsonl'} resolves to {outside_file}"):
         _dataset(rt, params)
+
+
+def test_a_streamed_job_over_a_link_added_later_is_refused_at_submit(client, api_env, tmp_path, outside_file):
+    """A streamed job lists the dataset's files when it is submitted: a link out of the roots is a 403 at
+    its dataset_id then, not a failure at the job's start (nothing is written)."""
+    from backend.models import ImportanceRun, Job
+    from tests.platform.helpers import student_rows
+
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    folder = corpus(tmp_path / "corpus")
+    dataset_id = client.post("/api/v1/datasets", json={"name": "d", "source": str(folder)}).json()["id"]
+    with session_scope(url) as s:
+        teacher, _ = student_rows(s, [])
+        teacher_id = teacher.id
+    (folder / "b.txt").symlink_to(outside_file)
+    body = {"teacher_id": teacher_id, "dataset_id": dataset_id, "stream": True, "samples": 2, "seq_len": 16}
+    r = client.post("/api/v1/importance-runs", json=body)
+    assert r.status_code == 403, r.text
+    (entry,) = r.json()["detail"]
+    assert entry["loc"] == ["body", "dataset_id"] and str(folder / "b.txt") in entry["msg"], entry
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+        assert s.scalar(select(func.count()).select_from(ImportanceRun)) == 0
+    (folder / "b.txt").unlink()
+    assert client.post("/api/v1/importance-runs", json=body).status_code == 201
