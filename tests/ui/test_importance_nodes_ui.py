@@ -17,6 +17,7 @@ def test_importance_form_nodes_field_and_memory_line(page, live_app, shared_run)
     teacher = shared_run["teacher"]
     page.goto(f"{live_app.url}/#/teachers?teacher={teacher['id']}")
     page.wait_for_function(f"document.querySelector('{LINE}')?.textContent.includes('needs')")
+    assert page.locator(f"{IMP} input[name=gang_timeout_s]").is_disabled()  # one node: no gang to wait for
     page.fill(f"{IMP} input[name=nodes]", "2")
     need = memplan.importance_memory(
         memplan.spec_from_summary(teacher["spec"]),
@@ -32,5 +33,17 @@ def test_importance_form_nodes_field_and_memory_line(page, live_app, shared_run)
     text = page.locator(LINE).inner_text()
     assert "only 1 live worker(s) with 1 device(s) can hold a node, 2 needed" in text, text
     assert "error-msg" in (page.locator(LINE).get_attribute("class") or "")
+    # The Wait-for-nodes field goes with a run over 2 nodes as gang_timeout_s (the request as sent: the
+    # API refuses 2 nodes of this one worker with a 409); left blank, no gang_timeout_s.
+    wait = page.locator(f"{IMP} input[name=gang_timeout_s]")
+    assert wait.is_enabled()
+    for typed, sent in (("45", {"gang_timeout_s": 45}), ("", {})):
+        wait.fill(typed)
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/importance-runs")) as req:
+            page.click(f"{IMP} button[type=submit]")
+        body = req.value.post_data_json
+        assert body["nodes"] == 2 and {k: v for k, v in body.items() if k == "gang_timeout_s"} == sent, body
+        page.locator(f"{IMP} .error-msg", has_text="use nodes <= 1").wait_for()
     page.fill(f"{IMP} input[name=nodes]", "1")
     page.wait_for_function(f"!document.querySelector('{LINE}').textContent.includes('workers (')")
+    assert wait.is_disabled()  # one node: no gang to wait for

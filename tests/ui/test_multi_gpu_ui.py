@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import start_live_app, stop_live_app
 from tests.platform.helpers import make_student, start_distill
-from tests.ui.conftest import doc_shot
+from tests.platform.test_routing import fake_worker, forget_worker
+from tests.ui.conftest import doc_shot, shot
 from worker.engine import memplan
 
 pytestmark = pytest.mark.ui
@@ -24,6 +25,51 @@ def app(tmp_path_factory, redis_url):
     app = start_live_app(tmp_path_factory.mktemp("gpus-ui"), redis_url, PRUNESCOPE_WORKER_CPU_RANKS="2")
     yield app
     stop_live_app(app)
+
+
+def queue_from_form(page, app) -> dict:
+    """Submit the distill form and return the job it created, as the API stores it."""
+    page.click(f"{FORM} [data-testid=queue-distill]")
+    # On success the page moves to the job's page; else the form shows the API's refusal.
+    page.wait_for_function(
+        f"location.hash.startsWith('#/job/') || document.querySelector('{FORM} > .error-msg')?.textContent"
+    )
+    assert page.url.split("#")[1].startswith("/job/"), page.locator(f"{FORM} > .error-msg").inner_text()
+    return app.api.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
+
+
+def assert_form_sends_gang_wait(page, app, student_id: int) -> None:
+    """The Wait-for-nodes field: enabled only with nodes > 1, its seconds stored as the job's
+    gang_timeout_s; left blank, none sent (stored as None: the worker's default). Two registry entries of CUDA
+    workers that do not exist let the API accept a cuda job over 2 nodes: it stays queued until cancelled."""
+    gpus = [fake_worker(app.env, "cuda:0", ["gpu", "default"], pid=pid) for pid in (1, 2)]
+    try:
+        fill_and_queue_gang_jobs(page, app, student_id)
+    finally:
+        for record in gpus:
+            forget_worker(app.env, record)
+
+
+def fill_and_queue_gang_jobs(page, app, student_id: int) -> None:
+    wait = page.locator(f"{FORM} input[name=gang_timeout_s]")
+    assert wait.is_disabled()  # one node: no gang to wait for
+    page.select_option(f"{FORM} select[name=device]", "cuda")
+    page.fill(f"{FORM} input[name=gpus]", "1")
+    page.fill(f"{FORM} input[name=nodes]", "2")
+    assert wait.is_enabled()
+    wait.fill("90")
+    shot(page, "distill-form-gang-wait")
+    job = queue_from_form(page, app)
+    assert job["params"]["nodes"] == 2 and job["params"]["gang_timeout_s"] == 90, job["params"]
+    assert app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    # The form comes back with the submitted settings (remember.js): nodes 2, so the field is enabled.
+    page.goto(f"{app.url}/#/runs?student={student_id}")
+    assert wait.input_value() == "90" and wait.is_enabled()
+    wait.fill("")
+    job = queue_from_form(page, app)
+    # The stored params fill in every default: None, the worker's PRUNESCOPE_GANG_TIMEOUT_S.
+    assert job["params"]["nodes"] == 2 and job["params"]["gang_timeout_s"] is None, job["params"]
+    assert app.api.post(f"/jobs/{job['id']}/cancel").status_code == 202
 
 
 def test_workers_gpus_form_and_ranks_result(page, app):
@@ -86,6 +132,7 @@ def test_workers_gpus_form_and_ranks_result(page, app):
     page.fill(f"{FORM} input[name=nodes]", "1")
     page.locator(FORM).scroll_into_view_if_needed()
     doc_shot(page, "runs-distill-gpus")
+    assert_form_sends_gang_wait(page, app, student["id"])
 
     # The importance form: 2 data-parallel ranks on this CPU host hold two whole teachers.
     page.goto(f"{app.url}/#/teachers?teacher={teacher['id']}")

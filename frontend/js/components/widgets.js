@@ -93,6 +93,28 @@ export function field(spec) {
   return h("label.field", h("span", spec.label), input);
 }
 
+/** The "Wait for nodes (s)" field of a job over several nodes: the API's gang_timeout_s (backend/schemas.GangWait);
+ * left blank, the worker's PRUNESCOPE_GANG_TIMEOUT_S applies. */
+export function gangWaitField() {
+  return field({ name: "gang_timeout_s", label: "Wait for nodes (s)", type: "number", min: 5, step: "any", placeholder: "worker default (300)",
+    title: "with nodes > 1: how long node 0 waits for every node's worker to join, counted from its first try across the rounds it gives way to queued jobs; then the job fails, unstarted and resumable (blank: the worker's PRUNESCOPE_GANG_TIMEOUT_S, 300 s)" });
+}
+
+/** Enable `container`'s gang-wait field only while its Nodes field asks for more than one (a single
+ * node has no gang to wait for); call again after setting Nodes by code. */
+export function gangWaitFollowsNodes(container) {
+  const nodes = container.querySelector("[name=nodes]");
+  const wait = container.querySelector("[name=gang_timeout_s]");
+  const sync = () => { wait.disabled = !(Number(nodes.value) > 1); };
+  nodes.addEventListener("input", sync);
+  sync();
+}
+
+/** `{ gang_timeout_s }` of read form values `v` when it applies (nodes > 1, the field filled), else {}. */
+export function gangWaitParam(v) {
+  return v.nodes > 1 && v.gang_timeout_s !== undefined ? { gang_timeout_s: v.gang_timeout_s } : {};
+}
+
 /** Read a form's named inputs into an object, converting numbers; empty fields are left out. */
 export function readForm(form) {
   const out = {};

@@ -2,7 +2,7 @@
 // URL: #/runs?student=<id>
 
 import { api, authUrl, showError } from "../api.js";
-import { field, keepingFocus, linkRow, progressBar, readForm, rowLink, selectRow, statusBadge, statusReason } from "../components/widgets.js";
+import { field, gangWaitField, gangWaitFollowsNodes, gangWaitParam, keepingFocus, linkRow, progressBar, readForm, rowLink, selectRow, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, pct, when } from "../format.js";
 import { go, href, setQuery } from "../router.js";
@@ -24,6 +24,7 @@ export const DISTILL_FORM_KEY = "distill";
 export function distillFields(datasets, values = {}) {
   const grid = distillGrid(datasets, values);
   restore(DISTILL_FORM_KEY, grid, Object.keys(values).map((k) => (k === "steps" || k === "tokens" ? "budget" : k)));
+  gangWaitFollowsNodes(grid); // after restore: the remembered Nodes decides
   return grid;
 }
 
@@ -47,6 +48,7 @@ function distillGrid(datasets, values) {
     field({ name: "weights_dtype", label: "Weights", options: [["float32", "float32"], ["bfloat16", "bfloat16"]], value: v.weights_dtype ?? "float32", title: "bfloat16: student and teacher weights, gradients and AdamW states in half the memory" }),
     field({ name: "gpus", label: "GPUs per node", type: "number", value: v.gpus ?? 1, min: 1, title: "ranks on each worker (torchrun; gloo ranks on a CPU worker): the student is FSDP2-sharded over all ranks, the batch is the global batch" }),
     field({ name: "nodes", label: "Nodes", type: "number", value: v.nodes ?? 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above; the job waits until all have joined" }),
+    gangWaitField(),
     field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
     field({ name: "gradient_checkpointing", label: "gradient checkpointing (less memory, ~1/3 more compute)", type: "checkbox", value: !!v.gradient_checkpointing }),
   );
@@ -102,6 +104,7 @@ export function distillParams(form) {
   if (v.weights_dtype) params.weights_dtype = v.weights_dtype;
   if (v.gpus > 1) params.gpus = v.gpus;
   if (v.nodes > 1) params.nodes = v.nodes;
+  Object.assign(params, gangWaitParam(v));
   params.baseline = !!v.baseline;
   params.gradient_checkpointing = !!v.gradient_checkpointing;
   return params;

@@ -3,7 +3,7 @@
 
 import { api, showError } from "../api.js";
 import { memoryLine, queueFor } from "../components/memline.js";
-import { field, keepingFocus, progressBar, readForm, selectRow, statusBadge, statusReason } from "../components/widgets.js";
+import { field, gangWaitField, gangWaitFollowsNodes, gangWaitParam, keepingFocus, progressBar, readForm, selectRow, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, when } from "../format.js";
 import { bestLayout, halvedBatches, importanceLayout, importanceNeed, spillDiskLimit, spillLimitBytes } from "../jobmemory.js";
@@ -290,6 +290,7 @@ export async function teachersView(host, { query }, ctx) {
         field({ name: "seed", label: "Seed", type: "number", value: 0 }),
         field({ name: "gpus", label: "GPUs", type: "number", value: 1, min: 1, title: "data-parallel ranks on one worker: each scores every N-th batch and the sums are all-reduced (same scores); the teacher is loaded whole on each" }),
         field({ name: "nodes", label: "Nodes", type: "number", value: 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above (same scores); the run waits until all have joined" }),
+        gangWaitField(),
         field({ name: "offload", label: "Teacher", options: [["auto", "auto"], ["always", "streamed layer by layer"], ["never", "whole in memory"]], value: "auto",
           title: "auto: stream one decoder layer at a time when the teacher does not fit the worker's device (same scores either way)" }),
         field({ name: "spill_limit_gb", label: "Spill limit (GB)", type: "number", min: 0, step: "any", placeholder: serverSpill ? `${serverSpill} (server)` : "disk free",
@@ -309,6 +310,7 @@ export async function teachersView(host, { query }, ctx) {
       ready ? null : h("div.hint", "The teacher must be ready first."),
       err,
     );
+    gangWaitFollowsNodes(form);
     // The estimate of the run as submitted: its scans, block size, samples (a streamed pass keeps every
     // sample's activations per store) and layout (backend/memcheck.check_importance, mirrored).
     form.insertBefore(memoryLine(form, (v, workers) => {
@@ -368,6 +370,7 @@ export async function teachersView(host, { query }, ctx) {
         seed: v.seed,
         gpus: v.gpus || 1,
         nodes: v.nodes || 1,
+        ...gangWaitParam(v),
         offload: v.offload || "auto",
         ...(v.spill_limit_gb !== undefined ? { spill_limit_gb: v.spill_limit_gb } : {}),
         scans: ["bi", "drop", "block", "angular"].filter((s) => v[`scan_${s}`]),
