@@ -351,9 +351,9 @@ class Gang:
 def lead(rt, gang: Gang, timeout_s: float, queue: str | None = None) -> str:
     """Node 0, in the worker's task thread before the job is claimed: wait up to `timeout_s` (`timeout_of`)
     for the gang, then open it at this node's address and a free port (the endpoint). Raises
-    GangIncomplete (the job is then refused: it never started, so it stays resumable); a cancel or this worker's shutdown while it waits closes
-    the gang. With `queue`, raises GangYielded when it gives way to an older forming gang there (the
-    caller sends node 0's message again for `gang.round + 1`)."""
+    GangIncomplete (the job is then refused: it never started, so it stays resumable); a cancel or this
+    worker's shutdown while it waits closes the gang. With `queue`, raises GangYielded when it gives way
+    to an older forming gang there (the caller sends node 0's message again for `gang.round + 1`)."""
     if queue is not None:
         gang.enlist(queue)
     try:
