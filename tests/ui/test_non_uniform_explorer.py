@@ -35,8 +35,8 @@ def test_padding_of_narrower_layers_is_dark_and_cannot_be_marked(page, live_app)
     page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
     page.evaluate("localStorage.clear()")
     page.reload()
-    page.wait_for_selector("[data-testid=heads-map]")
-    page.wait_for_selector("[data-testid=neurons-map]")
+    # Every map drawn: a map that fills in later would move the cells below it under the mouse.
+    page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
     assert "4 layers × 4–8 heads (4 KV groups) · MLP 40–48" in page.inner_text("[data-testid=teacher-shape]")
 
     box = page.locator("[data-testid=heads-map]").bounding_box()

@@ -20,6 +20,7 @@ export function expertsPanel(st) {
   const host = h("div");
   const bar = h("div");
   const map = new Heatmap({
+    rows: st.numLayers,
     rowHeight: st.numLayers > 24 ? 12 : 18,
     palette: view.palette,
     scale: view.scale,

@@ -21,6 +21,7 @@ export function headsPanel(st) {
   const host = h("div");
   const bar = h("div");
   const map = new Heatmap({
+    rows: st.numLayers,
     rowHeight: st.numLayers > 24 ? 12 : 18,
     groupSize: spec.uniform === false ? groupSizeOf : perGroup,
     palette: view.palette,

@@ -59,7 +59,7 @@ function hatch(ctx) {
 
 export class Heatmap {
   /**
-   * opts: rows, cols, rowHeight, groupSize (columns per KV group, or a function of the row; draws separators), rowLabels (fn r -> text
+   * opts: rows (known before the data: reserves the height), cols, rowHeight, groupSize (columns per KV group, or a function of the row; draws separators), rowLabels (fn r -> text
    * or null), palette, scale, domain, markFrac(r, c) -> 0..1, rowMarked(r) -> bool, tooltip(r, c) -> html,
    * onClick(r, c, ev), onBox({r0, r1, c0, c1}, ev), onRowClick(r, ev), onRowHover(r), boxColumnsOnly.
    */
@@ -79,6 +79,8 @@ export class Heatmap {
     if (this.o.rowLabels) this.el.append(this.labels);
     this.el.append(this.area);
     if (this.o.testid) this.canvas.dataset.testid = this.o.testid;
+    // Hold the map's height until its data arrives: panels below must not jump under the mouse.
+    if (this.o.rows) this.canvas.style.height = `${this.o.rows * this.o.rowHeight}px`;
     this._bindMouse();
     this._resize = new ResizeObserver(() => this.draw());
     this._resize.observe(this.area);

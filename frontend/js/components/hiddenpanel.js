@@ -14,6 +14,7 @@ export function hiddenPanel(st) {
   const host = h("div");
   const bar = h("div");
   const map = new Heatmap({
+    rows: 1,
     rowHeight: 26,
     palette: view.palette,
     scale: view.scale,

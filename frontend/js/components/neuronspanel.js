@@ -22,6 +22,7 @@ export function neuronsPanel(st, { onOrder }) {
   const zoomInfo = h("span.hint");
 
   const map = new Heatmap({
+    rows: st.numLayers,
     rowHeight: st.numLayers > 24 ? 10 : 16,
     palette: view.palette,
     scale: view.scale,
