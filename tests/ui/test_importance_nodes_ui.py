@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.schemas import GangWait
 from worker.engine import memplan
 
 pytestmark = pytest.mark.ui
@@ -37,6 +38,9 @@ def test_importance_form_nodes_field_and_memory_line(page, live_app, shared_run)
     # API refuses 2 nodes of this one worker with a 409); left blank, no gang_timeout_s.
     wait = page.locator(f"{IMP} input[name=gang_timeout_s]")
     assert wait.is_enabled()
+    # The field's bounds are the API's (5 s to 7 days).
+    limits = {type(m).__name__: m for m in GangWait.model_fields["gang_timeout_s"].metadata}
+    assert (float(wait.get_attribute("min")), float(wait.get_attribute("max"))) == (limits["Ge"].ge, limits["Le"].le)
     for typed, sent in (("45", {"gang_timeout_s": 45}), ("", {})):
         wait.fill(typed)
         with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/importance-runs")) as req:

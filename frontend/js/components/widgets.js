@@ -78,7 +78,7 @@ export function stabilityBadge(axis, rho) {
   return h(`span.badge.${kind}`, { title: `Spearman correlation of the ${axis} ranking between two halves of the calibration set`, dataset: { testid: `stability-${axis}` } }, `${axis} ρ=${rho.toFixed(2)} ${word}`);
 }
 
-/** A labelled input. spec: {name, label, type, value, step, min, options: [[v, label]]} */
+/** A labelled input. spec: {name, label, type, value, step, min, max, options: [[v, label]]} */
 export function field(spec) {
   let input;
   if (spec.options) {
@@ -87,7 +87,7 @@ export function field(spec) {
     input = h("input", { type: "checkbox", name: spec.name, checked: !!spec.value });
     return h("label.check", input, spec.label);
   } else {
-    input = h("input", { name: spec.name, type: spec.type || "text", value: spec.value ?? "", step: spec.step, min: spec.min, placeholder: spec.placeholder || "", size: spec.size });
+    input = h("input", { name: spec.name, type: spec.type || "text", value: spec.value ?? "", step: spec.step, min: spec.min, max: spec.max, placeholder: spec.placeholder || "", size: spec.size });
   }
   if (spec.title) input.title = spec.title;
   return h("label.field", h("span", spec.label), input);
@@ -96,7 +96,7 @@ export function field(spec) {
 /** The "Wait for nodes (s)" field of a job over several nodes: the API's gang_timeout_s (backend/schemas.GangWait);
  * left blank, the worker's PRUNESCOPE_GANG_TIMEOUT_S applies. */
 export function gangWaitField() {
-  return field({ name: "gang_timeout_s", label: "Wait for nodes (s)", type: "number", min: 5, step: "any", placeholder: "worker default (300)",
+  return field({ name: "gang_timeout_s", label: "Wait for nodes (s)", type: "number", min: 5, max: 7 * 86400, step: "any", placeholder: "worker default (300)",
     title: "with nodes > 1: how long node 0 waits for every node's worker to join, counted from its first try across the rounds it gives way to queued jobs; then the job fails, unstarted and resumable (blank: the worker's PRUNESCOPE_GANG_TIMEOUT_S, 300 s)" });
 }
 
