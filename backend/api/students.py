@@ -16,7 +16,7 @@ from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict
+from backend.errors import Conflict, NotFound
 from backend.models import Artifact, Job, Plan, Student, Teacher
 from backend.responses import StudentOut, TeacherOut
 from backend.schemas import StudentCreate, TeacherPromote
@@ -124,7 +124,13 @@ def promote(
         # The next round is measured like this one: its numbers stay comparable with its parent's.
         eval_protocol=db.get(Teacher, student.teacher_id).eval_protocol,
     )
-    return register(request, db, teacher)
+    try:
+        return register(request, db, teacher)
+    except NotFound as exc:  # its dataset went between this read and the hold: the body named neither
+        raise Conflict(
+            f"Teacher {student.teacher_id}'s evaluation protocol names a dataset deleted meanwhile ({exc}); "
+            "set its protocol again and promote again"
+        ) from exc
 
 
 def _promoted_weights(db: Session, student: Student, distill_job_id: int | None) -> tuple[str, int | None]:

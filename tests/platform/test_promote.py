@@ -112,6 +112,15 @@ def test_bad_promotions_are_refused_and_write_nothing(client, api_env, students)
     assert r.status_code == 409 and "not ready" in error_text(r)
     r = promote(client, 9999)
     assert r.status_code == 404 and "Student 9999" in error_text(r)
+    # The parent's protocol names a dataset that is gone (its PATCH and a delete met this promote): a
+    # 409 on the parent's protocol, not a 404 at a field the request does not have.
+    with session_scope(url) as s:
+        parent = s.get(Teacher, s.get(Student, main).teacher_id)
+        protocol, parent.eval_protocol = parent.eval_protocol, {"dataset_id": 9999, "max_documents": 4}
+    r = promote(client, main)
+    assert r.status_code == 409 and "evaluation protocol names a dataset deleted meanwhile" in error_text(r), r.text
+    with session_scope(url) as s:
+        s.get(Teacher, s.get(Student, main).teacher_id).eval_protocol = protocol
     assert counts(url) == before
 
 
