@@ -80,16 +80,10 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def timeout_of(rt) -> float:
-    """How long the job's gang may take to form: its own `gang_timeout_s` (a job param), else this
+def timeout_of(params: dict | None, settings: Settings) -> float:
+    """How long a job's gang may take to form: its own `gang_timeout_s` (one of its `params`), else this
     worker's PRUNESCOPE_GANG_TIMEOUT_S."""
-    from backend.db import session_scope
-    from backend.models import Job
-
-    with session_scope(rt.url) as s:
-        job = s.get(Job, rt.job_id)
-        own = (job.params or {}).get("gang_timeout_s") if job is not None else None
-    return float(own or rt.settings.gang_timeout_s)
+    return float((params or {}).get("gang_timeout_s") or settings.gang_timeout_s)
 
 
 def node_address(settings: Settings) -> str:
@@ -406,5 +400,7 @@ def opened(rt, job_id: int, nodes: int):
         + f"; rendezvous at {endpoint}"
     )
     with session_scope(rt.url) as s:
-        s.get(Job, job_id).worker = ", ".join(workers)[:200]
-    return Rendezvous(nodes, 0, endpoint, timeout_of(rt)), workers
+        job = s.get(Job, job_id)
+        job.worker = ", ".join(workers)[:200]
+        timeout = timeout_of(job.params, rt.settings)
+    return Rendezvous(nodes, 0, endpoint, timeout), workers

@@ -98,7 +98,8 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
     rt = JobRuntime(settings, job_id, attempt, device=device)
     gang = Gang.of(settings, job_id, attempt, nodes, round)
     member = NodeRuntime(rt, node, gang)
-    timeout = timeout_of(rt)
+    job = rt.job_row()  # its kind and parameters: what every step below needs
+    timeout = timeout_of(job.params, settings)
     try:
         endpoint = gang.await_open(timeout + MEMBER_SLACK_S, member.should_stop)
     except GangYielded:  # node 0 gave way and sends its job again: nothing to fail
@@ -106,7 +107,6 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
     except GangIncomplete as exc:
         rt.refuse(str(exc))  # node 0 never claimed the job: it fails here (a no-op once node 0 runs it)
         return "skipped"
-    job = rt.job_row()
     staging = store(rt).staging_dir()  # only global rank 0 (node 0) writes outputs; ours stays empty
     try:
         module, args, work, ranks = node_command(rt, job, node, staging)

@@ -19,7 +19,6 @@ from backend import lifecycle, serialize
 from backend.db import session_scope
 from backend.events import add_event, publish_wakeup
 from backend.models import Job, MetricPoint, utcnow
-from backend.routing import requirement_of
 from backend.settings import Settings
 from worker.eta import RateEta
 
@@ -69,11 +68,11 @@ class JobRuntime:
             self._heartbeat.start()
         return job
 
-    def required_device(self) -> str:
-        """The job's device requirement ("auto" for light jobs, old rows and a job that is gone)."""
+    def params_and_queue(self) -> tuple[dict[str, Any], str] | None:
+        """The job's parameters and queue, read once when its message arrives; None when it is gone."""
         with session_scope(self.url) as s:
             job = s.get(Job, self.job_id)
-            return requirement_of(job.params if job is not None else None)
+            return (dict(job.params or {}), job.queue) if job is not None else None
 
     def refuse(self, reason: str) -> bool:
         """queued -> failed without running, for the attempt this message was sent for; the job never

@@ -8,11 +8,9 @@ import time
 
 from celery.signals import worker_init, worker_shutting_down
 
-from backend.db import session_scope
 from backend.lifecycle import JOB_PROCESS_DIED
-from backend.models import Job
 from backend.queue import RUN_JOB, make_celery
-from backend.routing import can_serve
+from backend.routing import can_serve, requirement_of
 from backend.settings import Settings
 from worker.execution import execute
 from worker.gang import Gang, GangIncomplete, GangYielded, lead, node_address, timeout_of, worker_id
@@ -86,9 +84,13 @@ def _too_early(args: list, not_before: float) -> bool:
 def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -> str:
     settings = Settings()
     rt = JobRuntime(settings, job_id, attempt, device=settings.worker_device)
+    row = rt.params_and_queue()
+    if row is None:
+        return "skipped"  # deleted while its message waited
+    params, queue = row
     # Queues keep jobs on workers that can serve them; a message published by hand (or routed by an
     # older deployment) can still bring one here. Refuse it, never run it on the wrong device.
-    requirement = rt.required_device()
+    requirement = requirement_of(params)
     if not can_serve(rt.device, requirement):
         reason = (
             f"refused by worker {rt.worker_name}: the job requires device {requirement} but this worker "
@@ -99,12 +101,11 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
     if waiting:
         return waiting
     target, args = execute, (job_id, attempt, rt.device)
-    nodes = nodes if node else _nodes(rt)
+    nodes = nodes if node else int(params.get("nodes", 1))
     if nodes > 1:  # one node of a job over several (worker.gang): this worker holds a slot of its gang
         gang = Gang.of(settings, job_id, attempt, nodes, None if node == 0 else round)
         round = gang.round  # node 0: the attempt's current round (a re-sent first message joins it)
         joined = gang.join(node, worker_id(), node_address(settings))
-        queue = _queue(rt)
         if joined == "busy":  # this worker runs another node of it: leave this one to another worker
             send_later([job_id, attempt, node, nodes, round], queue, after_s=1.0)
             return "deferred"
@@ -114,7 +115,7 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
             for member in range(1, nodes):
                 run_job.apply_async(args=[job_id, attempt, member, nodes, round], queue=queue)
             try:  # before the claim: a gang that cannot form leaves the job unstarted (resumable)
-                lead(rt, gang, timeout_of(rt), queue)
+                lead(rt, gang, timeout_of(params, settings), queue)
             except GangYielded as exc:  # an older gang, or queued jobs while its workers are busy, go first
                 rt.log(
                     f"{exc}: this gang (round {round}) gives way, node 0 retries in {exc.retry_in_s:.0f} s"
@@ -136,18 +137,6 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
         if rt.refuse(reason) or rt.fail_if_running(reason):
             return "failed"
         return "skipped"
-
-
-def _nodes(rt: JobRuntime) -> int:
-    """How many nodes the job asks for (`nodes` in its params; 1 when absent or the job is gone)."""
-    with session_scope(rt.url) as s:
-        job = s.get(Job, rt.job_id)
-        return int((job.params or {}).get("nodes", 1)) if job is not None else 1
-
-
-def _queue(rt: JobRuntime) -> str:
-    with session_scope(rt.url) as s:
-        return s.get(Job, rt.job_id).queue
 
 
 DISTILLATION_POLL_S = 2.0
