@@ -282,22 +282,11 @@ def test_a_gang_whose_member_arrives_forms_though_jobs_wait(busy):
     assert g.open("10.0.0.1:29500") and g.state() == ("open", "10.0.0.1:29500")
 
 
-def test_a_jobs_own_gang_timeout_wins_over_the_workers(database_url):
+def test_a_jobs_own_gang_timeout_wins_over_the_workers():
     """`timeout_of`: the job's `gang_timeout_s` param when it has one, else PRUNESCOPE_GANG_TIMEOUT_S."""
-    from types import SimpleNamespace
-
-    from backend.db import session_scope
-    from backend.models import Job
     from worker.gang import timeout_of
 
-    with session_scope(database_url) as s:
-        own = Job(kind="evaluate", params={"nodes": 2, "gang_timeout_s": 12.5})
-        default = Job(kind="evaluate", params={"nodes": 2})
-        s.add_all([own, default])
-        s.flush()
-        ids = own.id, default.id
     settings = Settings(gang_timeout_s=77)
-    runtime = lambda job_id: SimpleNamespace(url=database_url, job_id=job_id, settings=settings)  # noqa: E731
-    assert timeout_of(runtime(ids[0])) == 12.5
-    assert timeout_of(runtime(ids[1])) == 77.0
-    assert timeout_of(runtime(10_000)) == 77.0  # a job deleted meanwhile
+    assert timeout_of({"nodes": 2, "gang_timeout_s": 12.5}, settings) == 12.5
+    assert timeout_of({"nodes": 2}, settings) == 77.0
+    assert timeout_of(None, settings) == 77.0  # a row without params
