@@ -50,7 +50,8 @@ def check_data_reading(params: DataReading, dataset_source: str | None, loc: lis
         return
     from backend.deps import field_error  # here: deps imports the schemas, which import this module
     from backend.errors import Forbidden
-    from worker.engine.streaming import OutsideRoots, list_shards  # torch-free: lists files by suffix
+    from worker.engine.roots import OutsideRoots  # torch-free, like the shard list
+    from worker.engine.streaming import list_shards  # torch-free: lists files by suffix
 
     try:
         list_shards(dataset_source, params.data_format, roots=roots)

@@ -26,7 +26,8 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 def dataset_problem(path: Path, roots: list[Path]) -> str | None:
     """Why the local dataset at `path` (resolved, existing) cannot be read, or None when it looks usable.
     Raises PathNotAllowed when one of its data files is a link out of `roots` (none of it is read then)."""
-    from worker.engine.streaming import OutsideRoots, data_suffix, list_shards  # torch-free: files by suffix
+    from worker.engine.roots import OutsideRoots
+    from worker.engine.streaming import data_suffix, list_shards  # torch-free: files by suffix
 
     if not (path.is_dir() or path.is_file()):  # a FIFO or device: reading it could block the request
         return f"{path} is not a regular file or folder"

@@ -69,7 +69,7 @@ def _exists(path: Path) -> bool:
 
 
 def _inside(resolved: Path, roots: list[Path]) -> bool:
-    from worker.engine.streaming import inside_roots  # torch-free: the roots rule the readers use too
+    from worker.engine.roots import inside_roots  # torch-free: the rule the workers check files with too
 
     return inside_roots(resolved, roots)
 

@@ -27,9 +27,10 @@ def execute(job_id: int, attempt: int, device: str) -> str:
 
 
 def _run(rt: JobRuntime, job, job_id: int) -> str:
-    from worker.handlers import HANDLERS
+    from worker.handlers import HANDLERS, check_teacher_files
 
     try:
+        check_teacher_files(rt, job)  # before anything reads the teacher (and before its device is held)
         with device_use(rt, job.kind) as use:
             rt.device_use = use
             result = HANDLERS[job.kind](rt, job)

@@ -21,14 +21,14 @@ from sqlalchemy import select
 from backend.artifacts import ArtifactStore
 from backend.db import session_scope
 from backend.models import Artifact, BenchmarkResult, Dataset, ImportanceRun, Job, Plan, Student, Teacher
+from backend.paths import stored_source
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
+from worker.engine.roots import check_model_inside
 from worker.runtime import JobCancelled, JobRuntime
 
 
 def model_source(source: str) -> str:
     """The local directory of a teacher's stored source; a hub id only through the hub client."""
-    from backend.paths import stored_source
-
     stored = stored_source(source)
     if stored.kind == "demo":
         from worker.demo import demo_teacher_path
@@ -39,6 +39,21 @@ def model_source(source: str) -> str:
 
         return hub_snapshot(stored.value)
     return stored.value
+
+
+def check_teacher_files(rt: JobRuntime, job: Job) -> None:
+    """Before a job reads its teacher (its own, or its student's): a local teacher folder and every file
+    in it resolve inside the allowed roots, or the local artifact store where a promoted student's
+    weights are read in place. A link put in the folder after registration is refused (OutsideRoots)."""
+    teacher_id = job.teacher_id
+    if teacher_id is None and job.student_id is not None:
+        (student,) = _rows(rt, (Student, job.student_id))
+        teacher_id = student.teacher_id if student is not None else None
+    (teacher,) = _rows(rt, (Teacher, teacher_id)) if teacher_id is not None else (None,)
+    if teacher is None or stored_source(teacher.source).kind != "path":
+        return
+    artifacts = store(rt)
+    check_model_inside(teacher.source, rt.settings.roots + ([artifacts.root] if artifacts.is_local else []))
 
 
 def check_remote_code(rt: JobRuntime, trust_remote_code: bool) -> None:

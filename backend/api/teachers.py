@@ -20,11 +20,12 @@ from backend.dispatch import choose_queue
 from backend.errors import Forbidden, InvalidInput, NotFound
 from backend.limits import check_positions
 from backend.models import Dataset, Teacher
-from backend.paths import DEMO, PathNotAllowed, classify_source
+from backend.paths import DEMO, PathNotAllowed, classify_source, stored_source
 from backend.responses import DatasetOut, TeacherOut
 from backend.schemas import DatasetCreate, TeacherCreate
 from backend.settings import Settings
 from worker.engine import eval_protocol
+from worker.engine.roots import OutsideRoots, check_model_inside
 
 router = APIRouter(tags=["teachers"])
 PROTOCOL_AT = ("body", "eval_protocol")  # where a request carries a teacher's protocol
@@ -56,6 +57,11 @@ def create_teacher(
     if body.eval_protocol is not None:
         check_protocol_here(body.eval_protocol, settings, db)
     source = checked_source(body.source, settings, allow_hub=True)
+    if stored_source(source).kind == "path":
+        try:  # a file of the folder links out of the roots: the workers would refuse to read it
+            check_model_inside(source, settings.roots)
+        except OutsideRoots as exc:
+            raise Forbidden(str(exc), field=("body", "source")) from exc
     teacher = Teacher(
         name=body.name,
         source=source,

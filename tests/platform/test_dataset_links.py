@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from backend.db import session_scope
 from backend.models import Dataset
 from tests.conftest import settings_from
-from worker.engine.streaming import OutsideRoots
+from worker.engine.roots import OutsideRoots
 from worker.handlers import _dataset
 
 

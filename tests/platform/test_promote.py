@@ -118,7 +118,9 @@ def test_bad_promotions_are_refused_and_write_nothing(client, api_env, students)
         parent = s.get(Teacher, s.get(Student, main).teacher_id)
         protocol, parent.eval_protocol = parent.eval_protocol, {"dataset_id": 9999, "max_documents": 4}
     r = promote(client, main)
-    assert r.status_code == 409 and "evaluation protocol names a dataset deleted meanwhile" in error_text(r), r.text
+    assert r.status_code == 409 and "evaluation protocol names a dataset deleted meanwhile" in error_text(
+        r
+    ), r.text
     with session_scope(url) as s:
         s.get(Teacher, s.get(Student, main).teacher_id).eval_protocol = protocol
     assert counts(url) == before

@@ -40,7 +40,10 @@ def test_importance_form_nodes_field_and_memory_line(page, live_app, shared_run)
     assert wait.is_enabled()
     # The field's bounds are the API's (5 s to 7 days).
     limits = {type(m).__name__: m for m in GangWait.model_fields["gang_timeout_s"].metadata}
-    assert (float(wait.get_attribute("min")), float(wait.get_attribute("max"))) == (limits["Ge"].ge, limits["Le"].le)
+    assert (float(wait.get_attribute("min")), float(wait.get_attribute("max"))) == (
+        limits["Ge"].ge,
+        limits["Le"].le,
+    )
     for typed, sent in (("45", {"gang_timeout_s": 45}), ("", {})):
         wait.fill(typed)
         with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/importance-runs")) as req:

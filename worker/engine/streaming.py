@@ -42,6 +42,7 @@ from worker.engine.data import (
     token_ids,
 )
 from worker.engine.env import datasets_offline
+from worker.engine.roots import check_inside_roots
 
 DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # jsonl covers .jsonl.gz
 # Documents tokenised per tokenizer call (one call per document is several times slower), capped in
@@ -56,32 +57,6 @@ _FORMAT_SUFFIXES = {"txt": (".txt",), "jsonl": (".jsonl", ".jsonl.gz"), "parquet
 def _format_of(path: Path) -> str:
     suffix = data_suffix(path)
     return "jsonl" if suffix == ".jsonl.gz" else (suffix or "").lstrip(".")
-
-
-class OutsideRoots(ValueError):
-    """A data file resolves (through a symlink) outside every allowed root: it is not read."""
-
-
-def inside_roots(path: str | os.PathLike, roots: list[Path]) -> bool:
-    """Whether `path`, every symlink followed, lies in or under one of `roots` (resolved paths).
-
-    The one roots rule of the platform: the API checks a source with it (backend/paths.py), the shard
-    lists below check each file with it, so a link inside an allowed folder cannot reach elsewhere."""
-    real = Path(path).resolve()
-    return any(real == root or real.is_relative_to(root) for root in roots)
-
-
-def check_inside_roots(files: list[Path], roots: list[Path] | None) -> None:
-    """Raise OutsideRoots naming the first of `files` that resolves outside `roots` (None: no limit)."""
-    if roots is None:
-        return
-    for file in files:
-        if not inside_roots(file, roots):
-            allowed = ", ".join(str(r) for r in roots)
-            raise OutsideRoots(
-                f"data file {file} resolves to {Path(file).resolve()}, outside the allowed roots "
-                f"({allowed}): a link out of them is not read"
-            )
 
 
 def _data_files_below(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
