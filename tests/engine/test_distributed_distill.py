@@ -252,6 +252,18 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), name
 
+    # Its work dir holds the step-4 checkpoint: a fresh run on it is refused by every rank, before any
+    # process group or model; --overwrite starts afresh, rank 0 alone removing the old state.
+    again = [*args(tmp_path / "three"), "--work-dir", str(tmp_path / "two.work")]
+    code, log = finish(launch(["-m", "worker.cli", "distill", *again]))
+    assert code != 0 and log.count("holds a checkpoint at step 4 of an earlier run") == 2, log
+    assert "Traceback" not in log and not (tmp_path / "three").exists(), log
+    code, log = finish(launch(["-m", "worker.cli", "distill", *again, "--overwrite"]))
+    assert code == 0, log
+    assert log.count("[overwrite] removing the earlier run's checkpoint (step 4)") == 1, log
+    rerun = json.loads((tmp_path / "three" / "distill_result.json").read_text())["result"]
+    assert [m["loss"] for m in rerun["history"]] == pytest.approx([m["loss"] for m in results[1]["history"]])
+
 
 def test_ranks_come_from_torchrun_or_slurm_and_one_process_is_the_identity(monkeypatch):
     from worker.engine.distributed import DistributedContext, launched_ranks
