@@ -182,7 +182,9 @@ def _busy_worker_b(app, teacher: int) -> int:
     """Worker B running a long evaluation (its id), worker A free: two long evaluations take a worker each
     (prefetch 1), and the one on A is cancelled. A busy worker as users have them, not a paused one (a
     stopped worker whose BRPOP is pending is handed a message it cannot read until it is continued)."""
-    endless = {"max_documents": 64}  # tens of thousands of windows: runs until it is cancelled
+    # 64 train documents, a window every 4 tokens: minutes of windows, ended by its cancel (the 16 test
+    # documents at stride 16 once ran out within the test on a fast CI machine).
+    endless = {"max_documents": 64, "split": "train", "stride": 4}
     jobs = [_evaluate(app, teacher, **endless)["id"] for _ in range(2)]
     groups = {job_id: _process_group(app, job_id) for job_id in jobs}
     assert sorted(groups.values()) == sorted([app.worker.proc.pid, app.second.proc.pid]), groups
