@@ -259,6 +259,30 @@ class WorkerProcess(ManagedProcess):
         """SIGSTOP (or SIGCONT) the whole worker: its state holds still while a test reads it."""
         os.killpg(self.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
+    def pause_when_idle(self, timeout: float = 60.0) -> None:
+        """SIGSTOP the worker once it runs no job process: one frozen mid-write (a node's member still
+        logging after its job ended) would hold SQLite's write lock, and every API write would wait on it."""
+        deadline = time.monotonic() + timeout
+        while busy := self.job_processes():
+            assert time.monotonic() < deadline, f"job processes still running: {busy}"
+            time.sleep(0.2)
+        self.pause()
+
+    def job_processes(self) -> list[int]:
+        """The pids of this worker's job processes (children of its fork server, worker.isolation)."""
+        stats = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                server = b"forkserver" in (proc / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            stats[int(proc.name)] = (int(fields[1]), int(fields[2]), server)  # ppid, process group
+        servers = {pid for pid, (_, group, server) in stats.items() if server and group == self.proc.pid}
+        return [pid for pid, (ppid, _, _) in stats.items() if ppid in servers]
+
 
 @dataclass
 class ApiProcess(ManagedProcess):

@@ -125,39 +125,10 @@ def test_more_nodes_than_live_workers_is_refused(two_nodes):
     assert app.api.get("/jobs").json() == before
 
 
-def _job_processes(groups: set[int]) -> list[int]:
-    """The job processes (children of a fork server) in the process groups `groups`."""
-    from pathlib import Path
-
-    stats = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = (proc / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        stats[int(proc.name)] = (int(fields[1]), int(fields[2]), b"forkserver" in cmd)  # ppid, pgid
-    servers = {pid for pid, (_, pgid, server) in stats.items() if server and pgid in groups}
-    return [pid for pid, (ppid, _, _) in stats.items() if ppid in servers]
-
-
-def _pause_when_idle(*workers: WorkerProcess, timeout: float = 60.0) -> None:
-    """SIGSTOP `workers` once none runs a job process: one frozen mid-write (a node's member still
-    logging after its job ended) would hold SQLite's write lock, and every API write would wait on it."""
-    deadline = time.monotonic() + timeout
-    while busy := _job_processes({w.proc.pid for w in workers}):
-        assert time.monotonic() < deadline, f"job processes still running: {busy}"
-        time.sleep(0.2)
-    for w in workers:
-        w.pause()
-
-
 def test_a_gang_that_cannot_form_fails_within_its_timeout(two_nodes):
     app = two_nodes
     student = _student(app)
-    _pause_when_idle(app.second)  # still in the registry, but takes nothing: node 1's message finds no taker
+    app.second.pause_when_idle()  # still in the registry, but takes nothing: node 1's message finds no taker
     try:
         job = start_distill(
             app,
@@ -232,7 +203,7 @@ def test_a_gang_waiting_on_a_busy_worker_lets_a_queued_job_use_its_leaders_worke
     teacher = _student(app)["teacher_id"]
     began = time.monotonic()
     busy = _busy_worker_b(app, teacher)
-    assert _job_processes({app.second.proc.pid}), "B's job process is not seen"  # _pause_when_idle's view
+    assert app.second.job_processes(), "B's job process is not seen"  # what pause_when_idle waits on
     small = {"max_documents": 2, "stride": 30}
     gang = _evaluate(app, teacher, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S, **small)
     _wait_message(app, gang["id"], "waiting for 2 nodes to join")  # A leads it
@@ -298,7 +269,8 @@ def test_competing_gangs_both_run_and_importance_and_evaluate_over_two_nodes_are
     app = two_nodes
     student = _student(app)
     teacher, dataset = student["teacher_id"], make_dataset(app)["id"]
-    _pause_when_idle(app.worker, app.second)
+    for w in (app.worker, app.second):
+        w.pause_when_idle()
     try:
         imp = _importance(app, teacher, dataset, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S)
         ev = _evaluate(app, teacher, nodes=2, gang_timeout_s=PATIENT_GANG_TIMEOUT_S)

@@ -198,8 +198,23 @@ def test_a_distill_result_is_cards_not_flattened_keys(page, live_app, student):
     final = live_app.wait_job(job["id"], timeout=240)
     assert final["status"] == "succeeded", final
     v = final["result"]["final_validation"]
+    # Every state the page shows, from its first paint: the stream replays the job's queued and running
+    # events first, and a finished job must not flick back through them (nor its result to a placeholder).
+    page.add_init_script("""
+        window.__shown = [];
+        new MutationObserver(() => {
+          const badge = document.querySelector('.page-head .badge[data-status]');
+          if (!badge) return;
+          const state = `${badge.dataset.status}:${!!document.querySelector('[data-testid=distill-result]')}`;
+          if (window.__shown.at(-1) !== state) window.__shown.push(state);
+        }).observe(document, { subtree: true, childList: true, attributes: true });
+    """)
     page.goto(f"{live_app.url}/#/job/{job['id']}")
     page.wait_for_selector("[data-testid=job-result] [data-testid=distill-result]")
+    page.wait_for_function("document.querySelectorAll('[data-testid=job-log] div').length > 1")  # replayed
+    page.wait_for_timeout(500)
+    shown = page.evaluate("window.__shown")
+    assert shown in (["succeeded:true"], ["succeeded:false", "succeeded:true"]), shown  # result, then cards
     cards = card_values(page, "[data-testid=job-result]")
     assert float(cards["val-ppl"][0]) == v["val_ppl"] and float(cards["val-loss"][0]) == v["val_loss"]
     assert cards["steps"][1] == str(final["result"]["steps"])

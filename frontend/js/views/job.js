@@ -12,7 +12,7 @@ import { h, mount } from "../dom.js";
 import { compact, duration, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady } from "../plots.js";
 import { href, setQuery } from "../router.js";
-import { subscribe } from "../sse.js";
+import { followJob } from "../sse.js";
 import { mismatchMark, protocolNote } from "../components/protocol.js";
 
 // One small chart per metric (W&B style): losses of very different scales never share an axis.
@@ -205,22 +205,23 @@ export async function jobView(host, { args, query }, ctx) {
     logBox.scrollTop = logBox.scrollHeight;
   }
 
+  function showJob(j) {
+    const changed = j.status !== job.status;
+    job = j;
+    renderHeader();
+    if (changed) {
+      renderResult();
+      loadBenchmarks();
+    }
+  }
+
   let close = null;
   function connect() {
     if (close) close();
-    close = subscribe(`/jobs/${job.id}/events`, {
+    close = followJob(() => job, showJob, {
       metric: (ev) => {
         store.addMetricEvent(ev);
         schedule();
-      },
-      status: (j) => {
-        const changed = j.status !== job.status;
-        job = j;
-        renderHeader();
-        if (changed) {
-          renderResult();
-          loadBenchmarks();
-        }
       },
       log: (line, ev) => appendLog({ t: new Date().toISOString(), ...line }, Number(ev.lastEventId) || null),
     });

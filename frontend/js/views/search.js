@@ -12,7 +12,7 @@ import { bytes, compact, duration, ms, pct, sig, when } from "../format.js";
 import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
-import { subscribe } from "../sse.js";
+import { followJob } from "../sse.js";
 
 export const CUT_COLORS = { depth: "#8fa8ff", width: "#2bb3a3", mixed: "#f2b34b", none: "#8a96a8" };
 const CUT_LABELS = { depth: "depth only (layers)", width: "width only (heads / MLP / hidden)", mixed: "depth + width", none: "no cut" };
@@ -485,13 +485,11 @@ async function searchResult(host, id, query, ctx) {
   renderHead();
   if (job.status === "succeeded") await load();
   else mount(detail, h("div.empty", "Candidates appear when the search finishes."));
-  const close = subscribe(`/jobs/${job.id}/events`, {
-    status: (j) => {
-      const done = j.status === "succeeded" && job.status !== "succeeded";
-      job = j;
-      renderHead();
-      if (done) load();
-    },
+  const close = followJob(() => job, (j) => {
+    const done = j.status === "succeeded" && job.status !== "succeeded";
+    job = j;
+    renderHead();
+    if (done) load();
   });
   const redraw = () => draw();
   window.addEventListener("resize", redraw);
