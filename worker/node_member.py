@@ -22,6 +22,7 @@ from backend.db import session_scope
 from backend.models import Job
 from backend.routing import device_type
 from backend.settings import Settings
+from worker.engine.roots import OutsideRoots
 from worker.gang import Gang, GangIncomplete, GangYielded, timeout_of, worker_id
 from worker.multi_rank import RanksFailed, Rendezvous, run_ranks, stop_grace_s
 from worker.runtime import SHUTTING_DOWN, JobRuntime
@@ -92,7 +93,7 @@ def node_command(rt: JobRuntime, job: Job, node: int, staging: Path) -> tuple[st
 
 
 def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str, round: int = 0) -> str:
-    from worker.handlers import store
+    from worker.handlers import check_teacher_files, store
 
     settings = Settings()
     rt = JobRuntime(settings, job_id, attempt, device=device)
@@ -107,6 +108,12 @@ def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str
     except GangIncomplete as exc:
         rt.refuse(str(exc))  # node 0 never claimed the job: it fails here (a no-op once node 0 runs it)
         return "skipped"
+    try:  # this machine's copy of the teacher's folder: a link out of this worker's roots is not read
+        check_teacher_files(rt, job)
+    except OutsideRoots as exc:  # node 0's ranks give up waiting for ours, and it reports this note
+        gang.stop_note(node, worker_id(), str(exc))
+        member.log(str(exc), "error")
+        return "failed"
     staging = store(rt).staging_dir()  # only global rank 0 (node 0) writes outputs; ours stays empty
     try:
         module, args, work, ranks = node_command(rt, job, node, staging)

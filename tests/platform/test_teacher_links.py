@@ -1,7 +1,8 @@
 """A symlink inside a teacher's folder that leads out of PRUNESCOPE_ALLOWED_ROOTS is never read: POST
 /teachers refuses it (403 naming `source` and the file), and a worker refuses such a link put there later
 (worker/handlers.py `check_teacher_files`, at every job's start, with the one roots rule of worker/engine/roots.py). A promoted
-student's weights, read in place from the artifact store, are allowed there."""
+student's weights, read in place from the artifact store, are allowed there; a node of a job over several
+nodes checks its own machine's copy of the folder (worker/node_member.py)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,52 @@ def test_a_promoted_students_weights_are_read_from_the_artifact_store(client, ap
     elsewhere = SimpleNamespace(url=api_env["PRUNESCOPE_DATABASE_URL"], settings=settings_from(roots))
     with pytest.raises(OutsideRoots, match="model folder"):
         check_teacher_files(elsewhere, job)
+
+
+def test_a_node_whose_copy_of_the_folder_links_out_stops_and_says_why(
+    api_env, tmp_path, outside_config, monkeypatch
+):
+    """A job over several nodes: node 1 checks its own machine's copy of the teacher's folder once the
+    gang opens. A link out of its roots stops it before its ranks start, with a note in the gang that node
+    0 reports when its ranks give up waiting (worker.multi_rank), and a line in the job's log."""
+    from backend.models import Event, Job
+    from worker.gang import Gang
+    from worker.node_member import execute_member
+
+    for key, value in api_env.items():  # a member reads its settings from its worker's environment
+        monkeypatch.setenv(key, value)
+    folder = model_folder(tmp_path / "model")
+    (folder / "model.safetensors").symlink_to(outside_config)
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        teacher = Teacher(name="t", source=str(folder), status="ready")
+        s.add(teacher)
+        s.flush()
+        job = Job(
+            kind="evaluate",
+            params={"nodes": 2},
+            queue="cpu",
+            status="running",
+            attempts=1,
+            teacher_id=teacher.id,
+        )
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    gang = Gang.of(settings_from(api_env), job_id, 1, 2)
+    assert gang.open("127.0.0.1:29500")  # node 0 formed the gang and runs the job
+    try:
+        assert execute_member(job_id, 1, 1, 2, "cpu") == "failed"
+        note = gang.stopped_note()
+        assert note.startswith("node 1 (worker ") and f"model file {folder / 'model.safetensors'}" in note, (
+            note
+        )
+        with session_scope(url) as s:
+            logs = [
+                e.data["msg"]
+                for e in s.scalars(select(Event).where(Event.job_id == job_id, Event.type == "log"))
+            ]
+        assert any(line.startswith("[node 1] model file") for line in logs), logs
+    finally:
+        for key in gang.client.scan_iter(f"{gang.base}*"):
+            gang.client.delete(key)
