@@ -79,15 +79,11 @@ class JobRuntime:
         started, so it stays resumable (backend.serialize.is_resumable) and a resume routes it anew."""
         return self._transition(lifecycle.refuse, reason) is not None
 
-    def awaited_distillation(self) -> tuple[int, str] | None:
-        """(id, status) of the distillation whose weights this queued job measures, if it names one."""
+    def job_status(self, job_id: int) -> str:
+        """The status of job `job_id` ("deleted" when it is gone)."""
         with session_scope(self.url) as s:
-            job = s.get(Job, self.job_id)
-            distill_job_id = (job.params or {}).get("distill_job_id") if job is not None else None
-            if not distill_job_id:
-                return None
-            awaited = s.get(Job, distill_job_id)
-            return distill_job_id, awaited.status if awaited is not None else "deleted"
+            job = s.get(Job, job_id)
+            return job.status if job is not None else "deleted"
 
     def note_waiting(self, message: str) -> str | None:
         """Say why a queued job waits (for this attempt only); its queue, or None if it left `queued`."""

@@ -97,7 +97,7 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
             f"runs on {rt.device}; resume it to route it to a {requirement} worker"
         )
         return "refused" if rt.refuse(reason) else "skipped"
-    waiting = _wait_for_distillation(rt)
+    waiting = _wait_for_distillation(rt, params)
     if waiting:
         return waiting
     target, args = execute, (job_id, attempt, rt.device)
@@ -142,14 +142,14 @@ def _run_job(job_id: int, attempt: int, node: int, nodes: int, round: int = 0) -
 DISTILLATION_POLL_S = 2.0
 
 
-def _wait_for_distillation(rt: JobRuntime) -> str | None:
-    """An evaluate / benchmark job that measures a distillation still running is put back on its queue
-    (a fresh message a little later) instead of holding a worker slot; one whose distillation failed
-    or was cancelled is refused, resumable once that distillation is resumed."""
-    awaited = rt.awaited_distillation()
-    if awaited is None:
+def _wait_for_distillation(rt: JobRuntime, params: dict) -> str | None:
+    """An evaluate / benchmark job (`params`) that measures a distillation still running is put back on
+    its queue (a fresh message a little later) instead of holding a worker slot; one whose distillation
+    failed or was cancelled is refused, resumable once that distillation is resumed."""
+    distill_job_id = params.get("distill_job_id")
+    if not distill_job_id:
         return None
-    distill_job_id, status = awaited
+    status = rt.job_status(distill_job_id)
     if status in ("queued", "running"):
         queue = rt.note_waiting(f"waiting for distill job {distill_job_id} to finish")
         if queue is None:  # cancelled meanwhile, or an older attempt's message
