@@ -10,11 +10,11 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from backend import lifecycle, unregister
 from backend.api import teachers
-from backend.db import session_factory, session_scope
+from backend.db import engine_for, session_factory, session_scope
 from backend.dispatch import choose_queue
 from backend.models import Dataset, Job, Plan, Teacher
 from tests.platform.helpers import student_rows
@@ -64,16 +64,38 @@ def test_a_dataset_deleted_after_the_jobs_check_refuses_the_job(client, api_env,
     assert not dataset_exists(url, rows["dataset"]) and jobs_naming(url, rows["dataset"]) == []
 
 
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def _writing(statement: str) -> bool:
+    """A statement that writes or locks rows: a request issuing one has passed its checks."""
+    text = statement.lstrip().upper()
+    return text.startswith(WRITES) or " FOR UPDATE" in text or " FOR SHARE" in text
+
+
 def _meeting(url: str, first, request):
     """`first(session)` written, not yet committed, when `request()` comes (in a thread, which then waits
-    on it); commits, and returns (what `first` returned, the request's answer)."""
+    on it); commits once the request has passed its checks and reached its first write or row lock (the
+    app's engine, in this process, is `engine_for(url)`: a fixed pause lost the race on a loaded machine,
+    the request then checking after the commit); returns (what `first` returned, the request's answer)."""
     session = session_factory(url)()
     answers: list = []
+    reached = threading.Event()
+
+    def note(_conn, _cursor, statement, *_args):  # the app's threads only run statements meanwhile
+        if _writing(statement):
+            reached.set()
+
     try:
         written = first(session)
         thread = threading.Thread(target=lambda: answers.append(request()))
-        thread.start()
-        time.sleep(0.3)  # the request is under way (it waits for this transaction)
+        event.listen(engine_for(url), "before_cursor_execute", note)
+        try:
+            thread.start()
+            assert reached.wait(30), "the request reached no write"
+            time.sleep(0.3)  # it now waits for this transaction (a row lock, or SQLite's write lock)
+        finally:
+            event.remove(engine_for(url), "before_cursor_execute", note)
         session.commit()
     finally:
         session.close()
