@@ -37,7 +37,7 @@ def failed_badge_colour(page) -> str:
 
 
 def test_a_cancelled_job_is_neutral_not_error_red(page, live_app, student):
-    live_app.worker.pause()  # hold the job in the queue so the cancel finds it queued
+    live_app.worker.pause_when_idle()  # hold the job in the queue so the cancel finds it queued
     try:
         body = {"kind": "benchmark", "student_id": student["id"], "params": {"repeats": 1, "seq_len": 8}}
         job = live_app.api.post("/jobs", json=body).json()

@@ -148,7 +148,7 @@ def test_runs_table_search_filter_rename_tag_overlay_export_delete(page, live_ap
 
 
 def test_a_queued_run_cannot_be_deleted(page, live_app, runs):
-    live_app.worker.pause()
+    live_app.worker.pause_when_idle()
     try:
         body = {
             "kind": "benchmark",
