@@ -89,5 +89,6 @@ def check_local_path(source: str, roots: list[Path]) -> Path:
         except OSError as exc:  # missing, or a name the file system cannot hold (too long...)
             raise FileNotFoundError(f"path {source!r} does not exist ({exc.strerror})") from exc
         return resolved
-    allowed = ", ".join(str(r) for r in roots)
-    raise PathNotAllowed(f"path {source!r} is outside the allowed roots ({allowed})")
+    from worker.engine.roots import refusal
+
+    raise PathNotAllowed(refusal(f"path {source!r}", resolved, roots))

@@ -13,9 +13,13 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from worker.engine.roots import Roots
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class Settings(BaseSettings):
@@ -96,10 +100,22 @@ class Settings(BaseSettings):
         return self.artifacts or str((self.data_dir / "artifacts").resolve())
 
     @property
-    def roots(self) -> list[Path]:
+    def roots(self) -> Roots:
         roots = [r for r in re.split(r"[:,]", self.allowed_roots) if r.strip()]
         roots = roots or [str(self.data_dir), str(Path.cwd())]
-        return [Path(r.strip()).expanduser().resolve() for r in roots]
+        return Roots([Path(r.strip()).expanduser().resolve() for r in roots], self.private_paths)
+
+    @property
+    def private_paths(self) -> list[Path]:
+        """Where the app keeps its own state (worker.engine.roots.Roots says why no job reads it): the
+        SQLite database and its journal files, the embedded broker's folder, the lock files."""
+        data = self.data_dir.resolve()
+        private = [data / "redis", data / "up.lock", (self.device_lock_dir or data / "locks").resolve()]
+        url = make_url(self.resolved_database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            database = Path(url.database).expanduser().resolve()
+            private += [database, *(database.with_name(database.name + end) for end in SQLITE_SIDECARS)]
+        return private
 
     def requires_token(self) -> bool:
         return not is_loopback(self.host)
