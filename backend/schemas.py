@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from backend.data_reading import DataReading
 from backend.routing import Requirement
@@ -357,12 +366,19 @@ class EvaluateParams(OnWeights, GangWait):
     )
     limit: int | None = Field(50, ge=1, le=1_000_000, description="samples per lm-eval task")
 
-    @field_validator("stride")
-    @classmethod
-    def _stride_below_window(cls, stride: int | None, info: ValidationInfo) -> int | None:
-        if stride is not None and "seq_len" in info.data and stride >= info.data["seq_len"]:
-            raise ValueError(f"must be below seq_len ({info.data['seq_len']})")
-        return stride
+    @model_validator(mode="after")
+    def _stride_below_window(self):
+        # Only against a window the request gave: one left out is the teacher's protocol's (filled in,
+        # and these params validated again, by the API's `on_protocol`), not this field's default.
+        if self.stride is not None and "seq_len" in self.model_fields_set and self.stride >= self.seq_len:
+            error = PydanticCustomError(
+                "value_error", "must be below seq_len ({seq_len})", {"seq_len": self.seq_len}
+            )
+            detail = InitErrorDetails(type=error, loc=("stride",), input=self.stride)
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [detail]
+            )  # at stride, not the model
+        return self
 
     def size_factors(self) -> list[tuple[str, int]]:
         return [("max_documents", self.max_documents), ("seq_len", self.seq_len)]

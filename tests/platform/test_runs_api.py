@@ -172,6 +172,26 @@ def test_evaluations_default_to_the_teachers_protocol_and_queue_the_teachers_onc
     assert len(client.get("/api/v1/jobs?kind=evaluate").json()) == 5
 
 
+def test_a_stride_alone_is_checked_against_the_protocols_window(client, rows, monkeypatch):
+    """Not against seq_len's default (128): a teacher whose protocol reads 256-token windows takes a
+    stride of 200 when the request leaves the window out, and refuses one of 300 naming the stride."""
+    monkeypatch.setattr(client.app.state.celery, "send_task", lambda *a, **k: None)
+    with session_scope(rows["url"]) as s:
+        s.get(Teacher, rows["teacher"]).eval_protocol = {"context": 256, "stride": 128}
+    body = {"kind": "evaluate", "student_id": rows["student"], "params": {"stride": 200}}
+    r = client.post("/api/v1/jobs?validate_only=true", json=body)
+    assert r.status_code == 200, r.text
+    r = client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    assert (r.json()["params"]["seq_len"], r.json()["params"]["stride"]) == (256, 200)
+    jobs = len(client.get("/api/v1/jobs?kind=evaluate").json())
+    r = client.post("/api/v1/jobs", json={**body, "params": {"stride": 300}})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "params", "stride"] and "below seq_len (256)" in error["msg"], error
+    assert len(client.get("/api/v1/jobs?kind=evaluate").json()) == jobs
+
+
 def test_a_teacher_keeps_the_protocol_it_was_registered_with(client, api_env):
     body = {
         "name": "t",
