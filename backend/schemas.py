@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -332,6 +333,16 @@ class OnWeights(OnDevice):
     )
 
 
+LM_EVAL_TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _task_name(name: str) -> str:
+    # lm-eval's registry is the worker's to read (it imports torch); the shape of a name is checked here.
+    if not LM_EVAL_TASK.fullmatch(name):
+        raise ValueError("not an lm-eval task name (letters, digits, _ . : -), e.g. prunescope_cloze")
+    return name
+
+
 class EvaluateParams(OnWeights, GangWait):
     """Perplexity (and lm-eval tasks). The perplexity fields left out are the teacher's evaluation
     protocol's (`Teacher.eval_protocol`; the defaults below are the default protocol's)."""
@@ -361,8 +372,11 @@ class EvaluateParams(OnWeights, GangWait):
         le=MAX_ID,
         description="a window starts every `stride` tokens (< seq_len); null: seq_len // 2",
     )
-    tasks: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(
-        default_factory=list, max_length=100
+    tasks: list[Annotated[Text, Field(min_length=1, max_length=200), AfterValidator(_task_name)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="lm-eval task names: the offline prunescope_cloze, prunescope_rolling, or any task of "
+        "lm-eval's registry (its dataset must be reachable); a name lm-eval does not know fails the job at its start",
     )
     limit: int | None = Field(50, ge=1, le=1_000_000, description="samples per lm-eval task")
 

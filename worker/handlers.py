@@ -670,6 +670,8 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import eval_protocol, evaluation
 
     p = job.params
+    if p.get("tasks"):  # an unknown name fails the job now, not after the perplexity pass
+        evaluation.check_tasks(p["tasks"])
     if p.get("gpus", 1) > 1 or p.get("nodes", 1) > 1:  # data-parallel under torchrun, lm-eval too
         from worker.evaluate_ranks import run_evaluate_ranks
 

@@ -191,6 +191,13 @@ def test_evaluate_numbers_out_of_range(args, message, root, capsys):
     assert message in line
 
 
+def test_an_unknown_lm_eval_task_is_refused_before_the_model_is_read(root, capsys):
+    """It failed after the whole perplexity pass; the model named here does not even exist, so the
+    task names are the first thing checked (lm-eval's registry is read: a name it holds would pass)."""
+    line = error_line(capsys, "evaluate", root / "absent", "--tasks", "prunescope_cloze,nonexistent_task")
+    assert "--tasks: unknown lm-eval task(s): nonexistent_task (local tasks: prunescope_cloze" in line
+
+
 def test_benchmark_longer_than_the_model_is_refused(root, capsys):
     """A typo such as --prompt-len 100000 ran attention over 100k tokens (tens of GB) on a 512-position model."""
     line = error_line(

@@ -126,6 +126,15 @@ def test_nan_infinity_nul_and_surrogates(client, api_env, ready_teacher):
         json={"kind": "evaluate", "teacher_id": ready_teacher, "params": {"tasks": ["hella\u0000swag"]}},
     )
     assert ["body", "params", "tasks", 0] in field_of(r)
+    r = client.post(  # not a task name at all (lm-eval's registry is read at the job's start)
+        "/api/v1/jobs",
+        json={
+            "kind": "evaluate",
+            "teacher_id": ready_teacher,
+            "params": {"tasks": ["arc_easy", "../../etc/passwd"]},
+        },
+    )
+    assert ["body", "params", "tasks", 1] in field_of(r) and "not an lm-eval task name" in r.text
     assert counts(url) == before
 
 

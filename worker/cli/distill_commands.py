@@ -493,12 +493,17 @@ def _whole_student(source: str, weights: dict):
 def _evaluate(args) -> int:
     from backend.settings import Settings
     from worker.engine.data import read_documents
-    from worker.engine.evaluation import make_manifest, perplexity, run_lm_eval, write_result
+    from worker.engine.evaluation import check_tasks, make_manifest, perplexity, run_lm_eval, write_result
 
     for flag in ("limit", "max_documents", "context", "stride", "batch_size"):
         value = getattr(args, flag)  # 0 would read as "not given" below (all documents, default context)
         if value is not None and value < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    tasks = [t for t in args.tasks if t.lower() != "none"]
+    try:
+        check_tasks(tasks)  # before the perplexity pass, not after it
+    except ValueError as exc:
+        raise CliError(f"--tasks: {exc}") from None
     _check_result_path(args.out)
     _check_device(args.device)
     model, tokenizer = _load(args.model, args.device)
@@ -516,7 +521,6 @@ def _evaluate(args) -> int:
         batch_size=args.batch_size,
         max_documents=args.max_documents,
     )
-    tasks = [t for t in args.tasks if t.lower() != "none"]
     scores = []
     if tasks:
         _say(f"[lm-eval] {', '.join(tasks)}")

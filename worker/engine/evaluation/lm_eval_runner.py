@@ -22,6 +22,7 @@ the call is, exact at its end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -32,6 +33,30 @@ from worker.engine.evaluation.lm_eval_shards import one_process_harness, rolling
 from worker.engine.evaluation.local_tasks import LOCAL_TASKS, build_local_tasks, default_cache_dir
 
 OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def check_tasks(tasks: Sequence[str]) -> None:
+    """Raise the error `run_lm_eval` would for task names lm-eval does not know, before a job spends
+    minutes on its perplexity pass. Only our local tasks: nothing to scan; another name: lm-eval's
+    own registry is indexed (seconds), once per process."""
+    others = [t for t in tasks if t not in LOCAL_TASKS]
+    if others:
+        registered = _registered_tasks()
+        _refuse_unknown([t for t in others if t not in registered])
+
+
+@functools.cache
+def _registered_tasks() -> frozenset[str]:
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager().all_tasks)
+
+
+def _refuse_unknown(unknown: list[str]) -> None:
+    if unknown:
+        raise ValueError(
+            f"unknown lm-eval task(s): {', '.join(unknown)} (local tasks: {', '.join(LOCAL_TASKS)})"
+        )
 
 
 @contextlib.contextmanager
@@ -231,11 +256,7 @@ def run_lm_eval(
         manager = TaskManager(
             include_path=str(Path(task_dir)) if task_dir else None, include_defaults=not only_local
         )
-        unknown = [t for t in tasks if t not in manager.all_tasks]
-        if unknown:
-            raise ValueError(
-                f"unknown lm-eval task(s): {', '.join(unknown)} (local tasks: {', '.join(LOCAL_TASKS)})"
-            )
+        _refuse_unknown([t for t in tasks if t not in manager.all_tasks])
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
