@@ -9,8 +9,9 @@ it helps, `nearby` valid values (the closest allowed settings, the statuses a tr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 FieldPath = tuple[str | int, ...]
@@ -69,6 +70,19 @@ class Forbidden(DomainError):
 
 class Unavailable(DomainError):
     """A service the request needs (the broker, the worker registry) cannot be reached (HTTP 503)."""
+
+
+@contextmanager
+def fields_at(prefix: FieldPath) -> Iterator[None]:
+    """Service checks (backend.dispatch, backend.memcheck) name fields of the params they are given
+    (("gpus",)); a router puts them where its request holds those params (("body", "params", "gpus"))."""
+    try:
+        yield
+    except DomainError as exc:
+        exc.problems = tuple(
+            p if p.field is None else replace(p, field=(*prefix, *p.field)) for p in exc.problems
+        )
+        raise
 
 
 def _path(field: Sequence[str | int] | None) -> FieldPath | None:

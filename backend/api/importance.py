@@ -15,7 +15,7 @@ from backend.artifacts import ArtifactStore
 from backend.data_reading import check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, NotFound
+from backend.errors import Conflict, NotFound, fields_at
 from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.responses import (
@@ -57,8 +57,9 @@ def create_run(
             ["body", "block_size"], f"must be between 1 and {layers - 1} (the teacher has {layers} layers)"
         )
     params = body.model_dump(exclude={"teacher_id", "dataset_id"})
-    queue = choose_queue(request.app.state.settings, "importance", params)
-    memcheck.check_importance(request.app.state.settings, teacher.spec, params, queue)
+    with fields_at(("body",)):
+        queue = choose_queue(request.app.state.settings, "importance", params)
+        memcheck.check_importance(request.app.state.settings, teacher.spec, params, queue)
     run = ImportanceRun(teacher_id=teacher.id, dataset_id=body.dataset_id, params=params)
     db.add(run)
     db.flush()

@@ -15,7 +15,7 @@ from backend.api.importance import ready_teacher
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, DomainError, Unavailable
+from backend.errors import Conflict, DomainError, Unavailable, fields_at
 from backend.events import add_event, publish_wakeup
 from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
@@ -82,8 +82,9 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
     if values.get("init_distill_job_id") is not None:
         _check_continued(db, body.student_id, values["init_distill_job_id"])
     settings = request.app.state.settings
-    queue = choose_queue(settings, body.kind, values)
-    memcheck.check_job(settings, db, body.kind, values, queue, body.student_id, teacher_id)
+    with fields_at(("body", "params")):
+        queue = choose_queue(settings, body.kind, values)
+        memcheck.check_job(settings, db, body.kind, values, queue, body.student_id, teacher_id)
     return values, teacher_id, queue
 
 

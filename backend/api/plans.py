@@ -11,7 +11,7 @@ from backend.api.errors import errors
 from backend.api.importance import artifact_path, ready_teacher
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, InvalidInput, Problem
+from backend.errors import Conflict, InvalidInput, Problem, fields_at
 from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, ImportanceRun, Plan, Teacher, utcnow
 from backend.plan_names import refuse_taken, unless_taken_meanwhile
@@ -199,7 +199,8 @@ def preview(
     if not {"samples", "seq_len"} & body.model_fields_set:
         # The teacher's evaluation protocol: the preview's teacher perplexity is its evaluation's.
         params["protocol"] = eval_protocol.of_teacher(teacher.eval_protocol).model_dump()
-    queue = choose_queue(request.app.state.settings, "preview", params)
+    with fields_at(("body",)):
+        queue = choose_queue(request.app.state.settings, "preview", params)
     job = lifecycle.create(
         db, "preview", params, queue=queue, params_at=("body",), teacher_id=plan.teacher_id, plan_id=plan.id
     )

@@ -16,7 +16,7 @@ from backend.api.importance import ready_teacher
 from backend.api.plans import create_plan
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict
+from backend.errors import Conflict, fields_at
 from backend.models import Dataset, ImportanceRun, Job, Plan
 from backend.plan_names import PlanNameTaken
 from backend.responses import JobOut, PlanOut
@@ -116,7 +116,8 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
         "dataset_id": dataset.id,
         "device": body.device,
     }
-    queue = choose_queue(request.app.state.settings, "search", params)
+    with fields_at(("body",)):
+        queue = choose_queue(request.app.state.settings, "search", params)
     job = lifecycle.create(
         db,
         "search",

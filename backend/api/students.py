@@ -16,7 +16,7 @@ from backend.api.teachers import register
 from backend.artifacts import ArtifactStore
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, NotFound
+from backend.errors import Conflict, NotFound, fields_at
 from backend.models import Artifact, Job, Plan, Student, Teacher
 from backend.responses import StudentOut, TeacherOut
 from backend.schemas import StudentCreate, TeacherPromote
@@ -41,9 +41,10 @@ def create_student(body: StudentCreate, request: Request, db: Session = Depends(
         "device": body.device,
         "out_of_core": body.out_of_core,
     }
-    queue = choose_queue(request.app.state.settings, "prune", params)
     teacher = db.get(Teacher, plan.teacher_id)
-    memcheck.check_prune(request.app.state.settings, teacher and teacher.spec, plan.stats, params, queue)
+    with fields_at(("body",)):
+        queue = choose_queue(request.app.state.settings, "prune", params)
+        memcheck.check_prune(request.app.state.settings, teacher and teacher.spec, plan.stats, params, queue)
     student = Student(name=body.name, plan_id=plan.id, teacher_id=plan.teacher_id, status="pending")
     db.add(student)
     db.flush()

@@ -109,7 +109,7 @@ def test_more_nodes_than_live_workers_is_refused(two_nodes):
     )
     assert r.status_code == 409, r.text
     (error,) = r.json()["detail"]
-    assert error["loc"] == ["nodes"] and error["nearby"] == [1, 2], error
+    assert error["loc"] == ["body", "params", "nodes"] and error["nearby"] == [1, 2], error
     assert "this distillation asks for 3 workers" in error["msg"] and "use nodes <= 2" in error["msg"]
     assert app.api.get("/jobs").json() == before
     r = app.api.post(

@@ -121,6 +121,9 @@ def test_cuda_job_without_a_cuda_worker_is_409_and_writes_nothing(client, api_en
         assert r.status_code == 409, (path, r.text)
         detail = error_text(r)
         assert "no live worker serves cuda" in detail and "prunescope worker --device cuda:0" in detail
+        # where the request holds the field, as every 422 names it
+        at = ["body", "params", "device"] if "params" in body else ["body", "device"]
+        assert r.json()["detail"][0]["loc"] == at, (path, r.text)
     assert counts(url) == before
     forget_worker(api_env, cpu_only)
 
