@@ -153,7 +153,7 @@ def test_llama_hidden_size_must_be_a_multiple_of_the_head_count():
     (msg,) = errors(PrunePlan(remove_hidden=[0, 1, 2]), spec)
     assert msg.startswith("remove_hidden:") and "nearby valid hidden sizes: 24, 32" in msg
     (msg,) = errors(PrunePlan(targets=PlanTargets(hidden_size=20)), spec)
-    assert msg.startswith("hidden_size:") and "nearby valid hidden sizes: 16, 24" in msg
+    assert msg.startswith("targets.hidden_size:") and "nearby valid hidden sizes: 16, 24" in msg
     # With whole KV groups removed the config keeps 4 heads, so 20 becomes valid.
     assert (
         errors(PrunePlan(remove_kv_groups={i: [0, 1] for i in range(4)}, remove_hidden=list(range(12))), spec)
@@ -161,6 +161,29 @@ def test_llama_hidden_size_must_be_a_multiple_of_the_head_count():
     )
     # Other families only keep head_dim, so any hidden size is fine there.
     assert errors(PrunePlan(remove_hidden=[0, 1, 2]), tiny_spec(family="qwen3", model_type="qwen3")) == []
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"targets": {"hidden_size": 1}},
+        {"targets": {"hidden_size": 20}},
+        {"targets": {"intermediate_size": 10_000, "num_layers": 9}},
+        {"targets": {"heads_per_layer": 3}},
+        {"remove_hidden": [0, 1, 2], "targets": {"hidden_size": 16}},
+        {"remove_heads": {"0": [0, 1, 2, 3, 4, 5, 6, 7]}, "drop_layers": [9]},
+    ],
+)
+def test_every_error_names_a_field_the_plan_has(plan):
+    """The API turns a message's field into the 422's loc (body.plan + the path) and the planner marks
+    that input: a path the plan does not have marks nothing (targets.hidden_size was "hidden_size")."""
+    msgs = [m for m in validate_plan(PrunePlan.model_validate(plan), tiny_spec()) if m.level == "error"]
+    assert msgs
+    for m in msgs:
+        head, _, rest = m.field.partition(".")
+        assert head in PrunePlan.model_fields, m
+        if head == "targets":
+            assert rest.split(".")[0] in PlanTargets.model_fields, m
 
 
 @pytest.mark.parametrize(

@@ -542,7 +542,7 @@ def _hidden_alignment_errors(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> 
     )
     return [
         _error(
-            "hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
+            "targets.hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
             f"{why} ({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
             f"{_listed(near)}",
             near,
