@@ -64,11 +64,24 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
         teacher_id = student.teacher_id
     else:  # the teacher itself is measured (or, validate_only, a student not cut yet): it must be inspected
         ready_teacher(db, teacher_id, ("body", "teacher_id"))
+    window_given = "seq_len" in params.model_fields_set
     if body.kind == "evaluate":
         params = on_protocol(params, db.get(Teacher, teacher_id))
         check_job_size(params, request.app.state.settings, ["body", "params"])
     if body.kind in ("distill", "evaluate"):
-        _check_seq_len(db, params.seq_len, body.student_id, teacher_id)
+        try:
+            _check_seq_len(db, params.seq_len, body.student_id, teacher_id)
+        except RequestValidationError as exc:
+            if window_given or body.kind != "evaluate":
+                raise
+            # The window is the teacher's protocol's: say so, and how to change it, at the field to give.
+            (error,) = exc.errors()
+            raise field_error(
+                ["body", "params", "seq_len"],
+                f"not given, so teacher {teacher_id}'s evaluation protocol sets it: {error['msg']}; "
+                f"give seq_len, or change the protocol (PATCH /teachers/{teacher_id})",
+                nearby=error.get("nearby"),
+            ) from exc
     dataset = None
     if getattr(params, "dataset_id", None) is not None:
         dataset = get_or_404(db, Dataset, params.dataset_id, field=("body", "params", "dataset_id"))

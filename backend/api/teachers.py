@@ -62,6 +62,13 @@ def create_teacher(
             check_model_inside(source, settings.roots)
         except OutsideRoots as exc:
             raise Forbidden(str(exc), field=("body", "source")) from exc
+        if not (Path(source) / "config.json").is_file():  # its inspect job would fail on it, later
+            what = "a folder without a config.json" if Path(source).is_dir() else "not a folder"
+            raise InvalidInput(
+                f"{source} is {what}: a teacher is a model folder as save_pretrained writes it "
+                "(config.json, weights, tokenizer), or a hub id",
+                field=("body", "source"),
+            )
     teacher = Teacher(
         name=body.name,
         source=source,

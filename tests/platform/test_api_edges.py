@@ -194,6 +194,50 @@ def test_a_teachers_protocol_is_checked_at_registration(client, api_env, rows):
     assert client.post("/api/v1/teachers", json=body).status_code == 201
 
 
+def test_a_teacher_source_must_be_a_model_folder(client, api_env, tmp_path):
+    """A file, or a folder without config.json, was registered, and its inspect job failed later."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    before = counts(url)
+    (tmp_path / "notes.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for source, words in (
+        (tmp_path / "notes.json", "is not a folder"),
+        (tmp_path / "empty", "without a config.json"),
+    ):
+        entry = only_entry(client.post("/api/v1/teachers", json={"name": "t", "source": str(source)}), 422)
+        assert entry["loc"] == ["body", "source"] and words in entry["msg"], entry
+    assert counts(url) == before
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "llama"}')
+    assert (
+        client.post("/api/v1/teachers", json={"name": "t", "source": str(tmp_path / "empty")}).status_code
+        == 201
+    )
+
+
+def test_a_protocol_window_over_the_positions_is_named_as_the_protocols(client, api_env, rows):
+    """An evaluation that leaves seq_len to the teacher's protocol, whose context exceeds the model's
+    positions (a protocol registered before the teacher's positions were known): the 422 at seq_len
+    says the value came from the protocol and how to change it."""
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        s.get(Teacher, rows["teacher"]).eval_protocol = {"context": 256, "stride": 128}  # 128 positions
+    r = client.post("/api/v1/jobs", json={"kind": "evaluate", "teacher_id": rows["teacher"], "params": {}})
+    entry = only_entry(r, 422)
+    assert entry["loc"] == ["body", "params", "seq_len"] and entry["nearby"] == [128], entry
+    assert (
+        f"not given, so teacher {rows['teacher']}'s evaluation protocol sets it: 256 is over" in entry["msg"]
+    )
+    assert f"PATCH /teachers/{rows['teacher']}" in entry["msg"], entry
+    # A window the request gives is refused as before, without that story.
+    r = client.post(
+        "/api/v1/jobs", json={"kind": "evaluate", "teacher_id": rows["teacher"], "params": {"seq_len": 256}}
+    )
+    assert "not given" not in only_entry(r, 422)["msg"]
+    r = client.post(
+        "/api/v1/jobs", json={"kind": "evaluate", "teacher_id": rows["teacher"], "params": {"seq_len": 128}}
+    )
+    assert r.status_code == 201, r.text
+
+
 def test_a_dataset_must_hold_data_a_job_can_read(client, api_env, tmp_path):
     """POST /datasets reads each data file's first bytes: an empty source, a binary or non-UTF-8 text
     file, a .jsonl that is not JSON lines, a .parquet / .jsonl.gz that is not one, a folder without data
