@@ -135,8 +135,8 @@ def delete_plan(db: Session, plan: Plan, settings: Settings) -> Leftovers:
 
 def _never_built(db: Session, job: Job) -> ImportanceRun | Teacher | None:
     """The row a failed or cancelled job was building and never finished: an importance run without
-    scores, a teacher never inspected. Nothing can delete it but its job (there is no DELETE for either),
-    so it goes with the job, unless something else names it."""
+    scores, a teacher never inspected. It means nothing without its job, so it goes with the job,
+    unless something else names it."""
     if job.status == "succeeded":
         return None
     if job.kind == "importance":

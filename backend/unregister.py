@@ -98,6 +98,34 @@ def delete_teacher(db: Session, teacher: Teacher, settings: Settings) -> Leftove
     return out
 
 
+def delete_importance_run(db: Session, run: ImportanceRun, settings: Settings) -> Leftovers:
+    """The run with its score files and its own importance job; refused while a plan was filled from it
+    or another job (a search, a bake-off) reads it: their numbers would lose their source."""
+    rid = run.id
+    plans = list(db.scalars(select(Plan.id).where(Plan.importance_run_id == rid).order_by(Plan.id)))
+    if plans:
+        raise Conflict(
+            f"importance run {rid} filled {_named('plan', plans)}: delete {'them' if len(plans) > 1 else 'it'} first"
+        )
+    named = list(db.scalars(select(Job).where(Job.importance_run_id == rid).order_by(Job.id)))
+    readers = [j.id for j in named if j.kind != "importance"]  # its own job (attempts) builds it
+    if readers:
+        raise Conflict(
+            f"importance run {rid} is read by {_named('job', readers)}: delete {'them' if len(readers) > 1 else 'it'} first"
+        )
+    jobs = [j for j in named if j.kind == "importance"]
+    refuse_if_active(jobs, f"Importance run {rid}")
+    for job in jobs:  # locked while finished: a concurrent resume cannot requeue it mid-delete
+        if not lifecycle.hold_finished(db, job.id):
+            raise Conflict(f"Job {job.id} of importance run {rid} changed meanwhile; reload it")
+    out = Leftovers(keys=[run.artifact] if run.artifact else [])
+    with _unless_used_meanwhile(f"importance run {rid}"):
+        delete_jobs(db, jobs, settings, out)
+        db.execute(delete(ImportanceRun).where(ImportanceRun.id == rid))
+    out.keys = list(dict.fromkeys(out.keys))  # the scores are also its job's artifact row
+    return out
+
+
 def _names_dataset(value: Any, dataset_id: int) -> bool:
     """Whether a job's parameters name the dataset anywhere (`dataset_id`, `protocol.dataset_id`, a
     workflow's step parameters)."""

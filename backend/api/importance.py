@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, lifecycle, memcheck
+from backend import heatmaps, lifecycle, memcheck, unregister
 from backend.api.errors import errors
 from backend.artifacts import ArtifactStore
 from backend.data_reading import check_data_reading
@@ -123,6 +123,19 @@ def aggregation(batch: BatchAgg = "l2", seq: SeqAgg = "mean") -> tuple[str, str]
 
 RunArtifact = Annotated[tuple[ImportanceRun, Path], Depends(run_artifact)]
 Aggregation = Annotated[tuple[str, str], Depends(aggregation)]
+
+
+@router.delete("/importance-runs/{run_id}", status_code=204, responses=errors(404, 409))
+def delete_run(
+    run_id: PathId, db: Session = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> None:
+    """The run, its score files and its importance job; refused while a plan was filled from it or
+    another job (search, bake-off) reads it, or while its job is queued/running."""
+    leftovers = unregister.delete_importance_run(
+        db, get_or_404(db, ImportanceRun, run_id, "Importance run"), settings
+    )
+    db.commit()
+    leftovers.remove(settings)
 
 
 @router.get("/importance-runs/{run_id}/heads", responses=RUN_ERRORS)

@@ -176,3 +176,86 @@ def test_delete_a_finished_job(client, two_students):
     assert client.get(f"{api}/students/{doomed['student']}").json()["status"] == "ready"
     assert all(d.exists() for d in kept["dirs"])
     assert client.get(f"{api}/jobs/{kept['jobs']['distill']}").status_code == 200
+
+
+def make_run(url: str, artifacts: Path, teacher_id: int) -> dict:
+    """A finished importance run as the worker leaves it: its job, an event, the scores' artifact row
+    and files."""
+    with session_scope(url) as s:
+        dataset = Dataset(name="d", source="demo")
+        s.add(dataset)
+        s.flush()
+        run = ImportanceRun(teacher_id=teacher_id, dataset_id=dataset.id, params={})
+        s.add(run)
+        s.flush()
+        job = Job(
+            kind="importance", params={}, status="succeeded", teacher_id=teacher_id, importance_run_id=run.id
+        )
+        s.add(job)
+        s.flush()
+        run.job_id, run.artifact = job.id, f"importance/{run.id}"
+        s.add(Event(job_id=job.id, teacher_id=teacher_id, type="status", data={}))
+        s.add(Artifact(job_id=job.id, kind="importance", key=run.artifact))
+        ids = {"run": run.id, "job": job.id, "teacher": teacher_id}
+    scores = artifacts / f"importance/{ids['run']}"
+    scores.mkdir(parents=True)
+    (scores / "scores.npz").write_bytes(b"x")
+    return {**ids, "scores": scores}
+
+
+def test_delete_an_importance_run(client, two_students, api_env):
+    """DELETE /importance-runs/{id}: refused while a plan was filled from it, another job reads it or its
+    own job is unfinished (nothing changes); then the run, its job and its score files go, nothing else.
+    Before, DELETE /jobs of its job said "delete that [run] instead", and runs had no DELETE."""
+    url, doomed, kept = two_students
+    api = "/api/v1"
+    run = make_run(
+        url,
+        Path(api_env["PRUNESCOPE_ARTIFACTS"]),
+        client.get(f"{api}/plans/{kept['plan']}").json()["teacher_id"],
+    )
+    r = client.delete(f"{api}/jobs/{run['job']}")
+    assert r.status_code == 409 and f"importance run {run['run']}" in error_text(r)
+
+    with session_scope(url) as s:  # a plan filled from it, and a search that reads it
+        s.get(Plan, kept["plan"]).importance_run_id = run["run"]
+        search = Job(
+            kind="search",
+            params={},
+            status="succeeded",
+            teacher_id=run["teacher"],
+            importance_run_id=run["run"],
+        )
+        s.add(search)
+        s.flush()
+        search_id = search.id
+    before = counts(url)
+    r = client.delete(f"{api}/importance-runs/{run['run']}")
+    assert r.status_code == 409 and f"filled plan {kept['plan']}: delete it first" in error_text(r), r.text
+    with session_scope(url) as s:
+        s.get(Plan, kept["plan"]).importance_run_id = None
+    r = client.delete(f"{api}/importance-runs/{run['run']}")
+    assert r.status_code == 409 and f"read by job {search_id}: delete it first" in error_text(r), r.text
+    assert client.delete(f"{api}/jobs/{search_id}").status_code == 204
+    with session_scope(url) as s:
+        s.get(Job, run["job"]).status = "running"
+    r = client.delete(f"{api}/importance-runs/{run['run']}")
+    assert r.status_code == 409 and f"importance job {run['job']} (running)" in error_text(r), r.text
+    assert counts(url) == {**before, "Job": before["Job"] - 1, "Event": before["Event"]}
+    assert run["scores"].exists()
+
+    with session_scope(url) as s:
+        s.get(Job, run["job"]).status = "succeeded"
+    assert client.delete(f"{api}/importance-runs/{run['run']}").status_code == 204
+    assert client.get(f"{api}/importance-runs/{run['run']}").status_code == 404
+    assert client.get(f"{api}/jobs/{run['job']}").status_code == 404
+    assert not run["scores"].exists() and not run["scores"].parent.exists()
+    after = counts(url)
+    assert {k: before[k] - after[k] for k in before} == {
+        **{k: 0 for k in before},
+        "Job": 2,
+        "Event": 1,
+        "Artifact": 1,
+    }
+    assert all(d.exists() for d in kept["dirs"] + doomed["dirs"])
+    assert client.delete(f"{api}/importance-runs/{run['run']}").status_code == 404
