@@ -58,10 +58,13 @@ def source_text(value: str) -> str:
 
 
 def not_blank(value: str) -> str:
-    """A name someone reads in lists: spaces alone name nothing."""
+    """A name someone reads in lists: spaces alone name nothing, and around it they only make "p1" and
+    "p1 " two names that read alike (trimmed); a newline or tab would break the line it is shown on."""
     if not value.strip():
         raise ValueError("must not be blank")
-    return value
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (newlines, tabs...)")
+    return value.strip()
 
 
 Text = Annotated[str, AfterValidator(plain_text)]

@@ -255,3 +255,23 @@ def test_a_targets_only_plan_validates(client, ready_teacher):
     )
     assert r.status_code == 200, r.text
     assert r.json()["stats"] is not None and r.json()["messages"] == []
+
+
+def test_names_are_trimmed_and_hold_no_control_characters(client, api_env, ready_teacher):
+    """ "p1" and "p1 " were two plans that read alike in every list; a newline broke the lines a name is
+    shown on. Names are stored trimmed (so the second is the first's name: 409), control characters 422."""
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    r = client.post(
+        "/api/v1/plans", json={"teacher_id": ready_teacher, "name": "  p1 ", "plan": {"drop_layers": [1]}}
+    )
+    assert r.status_code == 201 and r.json()["name"] == "p1", r.text
+    before = counts(url)
+    r = client.post("/api/v1/plans", json={"teacher_id": ready_teacher, "name": "p1\u00a0", "plan": {}})
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "name"], r.text
+    for name in ("two\nlines", "tab\there", "bell\x07"):
+        r = client.post("/api/v1/plans", json={"teacher_id": ready_teacher, "name": name, "plan": {}})
+        assert r.status_code == 422 and ["body", "name"] in field_of(r), r.text
+        assert "control characters" in r.text
+        r = client.post("/api/v1/teachers", json={"name": name, "source": "demo"})
+        assert r.status_code == 422 and ["body", "name"] in field_of(r), r.text
+    assert counts(url) == before
