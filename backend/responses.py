@@ -133,20 +133,20 @@ class ImportanceRunOut(Row):
     created_at: Utc
     status: JobStatus
     progress: float
+    # Mirrored too: a page that polls the runs list (the teachers page, every 4 s while one runs) would
+    # otherwise wipe what the job stream had just shown under the bar.
+    eta_s: float | None = None
+    message: str | None = None
     error: str | None
     finished_at: Utc | None
 
     @classmethod
     def of(cls, run, job) -> ImportanceRunOut:
-        own = _columns(run, cls, skip={"status", "progress", "error", "finished_at"})
-        state = {"status": "queued", "progress": 0.0, "error": None, "finished_at": None}
+        mirrored = ("status", "progress", "eta_s", "message", "error", "finished_at")
+        own = _columns(run, cls, skip=set(mirrored))
+        state = {**dict.fromkeys(mirrored), "status": "queued", "progress": 0.0}
         if job is not None:
-            state = {
-                "status": job.status,
-                "progress": job.progress,
-                "error": job.error,
-                "finished_at": job.finished_at,
-            }
+            state = {name: getattr(job, name) for name in mirrored}
         return cls.model_validate({**own, **state})
 
 

@@ -146,3 +146,32 @@ def test_load_benchmark_and_lm_eval_progress_carry_their_counts(api_env, tiny_te
         "lm-eval loglikelihood_rolling: 6/6 windows of 2 documents (rolling)",
         pytest.approx(0.95),
     )
+
+
+def test_an_importance_run_mirrors_its_jobs_message_and_eta(client, api_env):
+    """The teachers page polls GET /importance-runs every 4 s while a run runs and redraws the progress
+    cells from it: without the job's message and ETA there, what the job stream had just shown under
+    the bar ("50% · ETA 6s · calibration: 4/8 samples") fell back to a bare "50%" at every poll."""
+    from backend.models import Dataset, ImportanceRun
+
+    with session_scope(api_env["PRUNESCOPE_DATABASE_URL"]) as s:
+        teacher = Teacher(name="t", source="org/model", status="ready")
+        dataset = Dataset(name="d", source="demo")
+        s.add_all([teacher, dataset])
+        s.flush()
+        run = ImportanceRun(teacher_id=teacher.id, dataset_id=dataset.id, params={})
+        s.add(run)
+        s.flush()
+        job = Job(
+            kind="importance", params={}, status="running", teacher_id=teacher.id, importance_run_id=run.id
+        )
+        job.progress, job.eta_s, job.message = 0.5, 6.0, "calibration: 4/8 samples"
+        s.add(job)
+        s.flush()
+        run.job_id = job.id
+        ids = (teacher.id, run.id)
+    (listed,) = client.get(f"/api/v1/importance-runs?teacher_id={ids[0]}").json()
+    one = client.get(f"/api/v1/importance-runs/{ids[1]}").json()
+    for shown in (listed, one):
+        assert (shown["status"], shown["progress"], shown["eta_s"]) == ("running", 0.5, 6.0), shown
+        assert shown["message"] == "calibration: 4/8 samples", shown
