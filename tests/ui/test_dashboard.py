@@ -283,6 +283,17 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     assert reused.inner_text() == f"from job #{preview['id']}"
     assert reused.get_attribute("href").endswith(f"/{preview['id']}")
     assert float(page.inner_text("[data-testid=ppl-teacher]")) == ppl_teacher
+    # The box says which plan and job it shows, and that it is of an earlier plan once the plan is edited
+    # (it kept showing a previous plan's preview as if it were the current one's).
+    second = max(j["id"] for j in live_app.api.get("/jobs", params={"kind": "preview"}).json())
+    of = page.locator("[data-testid=preview-of]")
+    assert of.inner_text().startswith(f'preview of "mlp32" v1 · job #{second}'), of.inner_text()
+    assert not page.locator("[data-testid=preview] .stale-note").is_visible()
+    page.mouse.click(box["x"] + 2, box["y"] + 4)  # unmark the neuron bin marked above
+    page.wait_for_selector("[data-testid=preview][data-stale='1'] .stale-note", state="visible")
+    assert "the plan has changed since" in of.inner_text()
+    page.click("[data-testid=undo]")
+    page.wait_for_selector("[data-testid=preview][data-stale=''] .stale-note", state="hidden")
 
     page.fill("[data-testid=student-name]", "tiny-mlp32")
     page.click("[data-testid=create-student]")

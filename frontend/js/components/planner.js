@@ -119,7 +119,7 @@ export class Planner {
     this.nameInput.addEventListener("input", () => this._previewLabel());
     this.saveErr = h("div.error-msg");
     this.savedInfo = h("span.hint");
-    this.previewBox = h("div", { dataset: { testid: "preview" } });
+    this.previewBox = h("div.preview-box", { dataset: { testid: "preview" } });
     this.studentName = h("input", { name: "student_name", placeholder: "student name", style: { flex: "1" }, dataset: { testid: "student-name" } });
     // How the cut reads the teacher: auto = tensor by tensor from its checkpoint when it is big (API out_of_core).
     this.surgery = h("select", { name: "out_of_core", dataset: { testid: "out-of-core" }, title: "auto: cut tensor by tensor from the checkpoint when the teacher is bigger than the worker's threshold (PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB), else load it; out of core: never build the teacher (peak RAM ~ one tensor); in memory: load it whole" },
@@ -212,6 +212,7 @@ export class Planner {
       ),
     );
     this._previewLabel();
+    this._previewStale();
     this.undoBtn.disabled = !state.canUndo();
     this.redoBtn.disabled = !state.canRedo();
     this.local = localMessages(spec, plan);
@@ -409,24 +410,35 @@ export class Planner {
       mount(this.previewBox, h("div.error-msg", err.message));
       return;
     }
+    if (this.closePreview) this.closePreview(); // an earlier preview's stream must not overwrite this one
+    this.previewed = this.ctx.state.plan;
+    // Which plan and job the box shows: it stays while the plan is edited (marked stale then).
+    const title = () => h("div.hint", { dataset: { testid: "preview-of" } }, `preview of "${row.name}" v${row.version} · `,
+      h("a", { href: href("job", [job.id]) }, `job #${job.id}`), h("span.stale-note", " · the plan has changed since"));
     const render = (j) => {
+      this._previewStale();
       if (j.status === "succeeded" && j.result) {
         const r = j.result;
-        mount(this.previewBox, h("div.kv", { style: { marginTop: "6px" } },
+        mount(this.previewBox, title(), h("div.kv", { style: { marginTop: "6px" } },
           h("dt", "teacher ppl"), h("dd", h("span", { dataset: { testid: "ppl-teacher" } }, sig(r.ppl_teacher)),
             // Measured once per weights and protocol (worker/teacher_perplexity.py): say by which job.
             r.teacher_from_job ? [" ", h("a.hint", { href: href("job", [r.teacher_from_job]), dataset: { testid: "ppl-teacher-from" } }, `from job #${r.teacher_from_job}`)] : null),
           h("dt", "masked ppl"), h("dd", { dataset: { testid: "ppl-masked" } }, `${sig(r.ppl_masked)}  (×${sig(r.ratio ?? r.ppl_masked / r.ppl_teacher, 3)})`),
           h("dt", "measured"), h("dd", protocolNote(r.protocol, { testid: "preview-protocol" }) ?? "–")));
       } else if (j.status === "failed" || j.status === "cancelled") {
-        mount(this.previewBox, h("div.error-msg", `Preview ${j.status}: ${j.error || "no reason given"}`));
+        mount(this.previewBox, title(), h("div.error-msg", `Preview ${j.status}: ${j.error || "no reason given"}`));
       } else {
-        mount(this.previewBox, h("div", { style: { marginTop: "6px" } }, h("span.hint", "preview running…"), progressBar(j)));
+        mount(this.previewBox, title(), h("div", { style: { marginTop: "6px" } }, h("span.hint", "preview running…"), progressBar(j)));
       }
     };
     render(job);
     const close = subscribe(`/jobs/${job.id}/events`, { status: render });
     this.closePreview = close;
+  }
+
+  /** The preview box keeps its result when the plan is edited, marked as being of an earlier plan. */
+  _previewStale() {
+    this.previewBox.dataset.stale = this.previewed && this.previewed !== this.ctx.state.plan ? "1" : "";
   }
 
   async createStudent() {

@@ -173,7 +173,7 @@ export async function compareView(host, { query }, ctx) {
     update();
     renderPicker();
   };
-  renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents });
+  renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId });
   load();
 }
 
@@ -427,15 +427,17 @@ function studyPanel(wf, { onAction, actionErr }) {
       h("ol.steps", { dataset: { testid: "wizard-steps" } }, b.steps.map((s) => stepItem(s, b.role === "teacher"))))));
 }
 
-function renderWizard(panel, { teachers, datasets, ctx, onStudents }) {
+function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId }) {
   const ready = teachers.filter((t) => t.status === "ready");
+  // The page's teacher (?teacher=, or its students'), not merely the first ready one.
+  const first = ready.find((t) => t.id === teacherId) ?? ready[0];
   const err = h("div.error-msg");
   const study = h("div", { style: { marginTop: "10px" } });
   const runSelect = h("select", { name: "importance_run_id" });
   const preview = h("div.hint");
   const form = h("form.stack",
     h("div.form-grid",
-      field({ name: "teacher_id", label: "Teacher", options: ready.map((t) => [t.id, t.name]), value: ready[0]?.id }),
+      field({ name: "teacher_id", label: "Teacher", options: ready.map((t) => [t.id, t.name]), value: first?.id }),
       h("label.field", h("span", "Importance run"), runSelect),
       field({ name: "budget_pct", label: "Budget, % of params", type: "number", value: 60, min: 1, step: "any" }),
     ),
