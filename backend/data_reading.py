@@ -46,9 +46,19 @@ def check_data_reading(params: DataReading, dataset_source: str | None, loc: lis
     """A 422 at `loc + ["data_format"]` when streaming would find no file of the format in the dataset; a
     403 at `loc + ["dataset_id"]` when one of its files now links out of the allowed `roots` (the worker
     would refuse it at the job's start)."""
-    if not params.stream or dataset_source in (None, "demo"):
+    if not params.stream:
         return
     from backend.deps import field_error  # here: deps imports the schemas, which import this module
+
+    if dataset_source in (None, "demo"):  # the built-in corpus: no files whose format or field to name
+        for name, default in (("data_format", "auto"), ("text_field", "text")):
+            if getattr(params, name) != default:
+                raise field_error(
+                    [*loc, name],
+                    f"the demo corpus is built in: {name} applies to a dataset's files",
+                    nearby=[default],
+                )
+        return
     from backend.errors import Forbidden
     from worker.engine.roots import OutsideRoots  # torch-free, like the shard list
     from worker.engine.streaming import list_shards  # torch-free: lists files by suffix

@@ -62,6 +62,31 @@ def test_bad_streaming_options_are_422s_naming_the_field(client, rows, params, f
     assert client.get("/api/v1/jobs").json() == []  # nothing written
 
 
+@pytest.mark.parametrize(("option", "value"), [("data_format", "parquet"), ("text_field", "content")])
+def test_file_options_on_the_built_in_demo_corpus_are_refused(client, rows, option, value):
+    """The demo corpus has no files: a format or field for them was accepted and silently ignored."""
+    teacher_id, student_id, _ = rows
+    demo = client.post("/api/v1/datasets", json={"name": "demo", "source": "demo"}).json()["id"]
+    params = {"stream": True, option: value}
+    for path, body, loc in (
+        (
+            "/api/v1/importance-runs",
+            {"teacher_id": teacher_id, "dataset_id": demo, **params},
+            ["body", option],
+        ),
+        (
+            "/api/v1/jobs",
+            {"kind": "distill", "student_id": student_id, "params": params},
+            ["body", "params", option],
+        ),
+    ):
+        r = client.post(path, json=body)
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["detail"]
+        assert error["loc"] == loc and "the demo corpus is built in" in error["msg"], error
+    assert client.get("/api/v1/jobs").json() == []
+
+
 def test_streamed_importance_and_distillation_on_a_real_worker(live_app):
     folder = _corpus(live_app.data_dir / "corpus")
     dataset = live_app.api.post("/datasets", json={"name": "shards", "source": str(folder)}).json()
