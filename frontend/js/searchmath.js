@@ -30,7 +30,11 @@ export function paretoFront(points, cost = (p) => p.x, loss = (p) => p.y) {
   return front;
 }
 
-/** "6/8 layers · 6/8 heads · MLP 512/768 · hidden 192/256": what a candidate keeps of the teacher. */
+/**
+ * "6/8 layers · 6/8 heads · MLP 512/768 · hidden 192/256 · drops 3,4": what a candidate keeps of the
+ * teacher. Candidates of one size that drop different layers read alike without the last part; it is
+ * worded as the bake-off names them (backend/workflows/naming.py `_drops`: "drops 3,4", layer indices).
+ */
 export function archLine(axes, teacher) {
   const part = (value, total, label, before = false) => {
     if (value === undefined || value === null) return null;
@@ -43,6 +47,7 @@ export function archLine(axes, teacher) {
     axes.num_kv_heads !== undefined && axes.num_kv_heads !== teacher.num_kv_heads ? part(axes.num_kv_heads, teacher.num_kv_heads, "KV groups") : null,
     part(axes.intermediate_size, teacher.intermediate_size, "MLP", true),
     part(axes.hidden_size, teacher.hidden_size, "hidden", true),
+    axes.drop_layers?.length ? `drops ${[...axes.drop_layers].sort((a, b) => a - b).join(",")}` : null,
   ]
     .filter(Boolean)
     .join(" · ");
