@@ -96,6 +96,9 @@ def summary(job: Job, report: dict[str, Any]) -> dict[str, Any]:
         "top_k": (job.params or {}).get("top_k"),
         "reference": {**costs(teacher), "loss": teacher.get("loss"), "axes": teacher.get("arch")},
         "budgets": limits,
+        # The margin the engine let costs exceed those limits by (SearchSettings.tolerance, as this search
+        # ran): the chart draws it, so winners past the bare limit do not look over budget.
+        "tolerance": (report.get("settings") or {}).get("tolerance"),
         "budget_texts": [b.get("text") for b in report.get("budgets") or []],
         "space": report.get("space") or {},
         "stats": report.get("stats") or {},

@@ -71,6 +71,9 @@ class SearchCandidates(BaseModel):
     top_k: int | None
     reference: dict[str, Any] = Field(description="the teacher's costs and loss, as measured by the search")
     budgets: dict[str, float] = Field(description="the limit of each budget, by cost axis")
+    tolerance: float | None = Field(
+        None, description="fraction a cost may exceed its limit by (the search's settings.tolerance)"
+    )
     budget_texts: list[str | None]
     space: dict[str, Any]
     stats: dict[str, Any] = Field(description="enumerated, within_budget, seconds, candidates_per_minute...")

@@ -281,11 +281,20 @@ async function searchResult(host, id, query, ctx) {
       traces.push({ type: "scatter", mode: "markers+text", name: "teacher", x: [ref[view.x]], y: [view.y === "ppl" ? Math.exp(ref.loss) : ref.loss], text: ["teacher"], textposition: "middle left", textfont: { color: "#8a96a8", size: 10 }, hovertemplate: `teacher · ${archLine(spec, spec)}<br>loss %{y:.4g}<extra></extra>`, marker: { symbol: "star", size: 13, color: "#fde725" } });
     }
     const budget = data.budgets?.[view.x];
+    // The engine lets a cost exceed its budget by the search's tolerance (budgets.py `fits`): shade that
+    // margin up to the effective limit, or candidates "within the budget" sit right of the line.
+    const tol = Number.isFinite(budget) && data.tolerance > 0 ? data.tolerance : 0;
+    const limit = Number.isFinite(budget) ? budget * (1 + tol) : undefined;
     const shapes = Number.isFinite(budget) ? [{ type: "line", xref: "x", yref: "paper", x0: budget, x1: budget, y0: 0, y1: 1, line: { color: "#ff6b6b", width: 1, dash: "dash" } }] : [];
     const annotations = Number.isFinite(budget) ? [{ x: budget, y: 1, xref: "x", yref: "paper", text: "budget", showarrow: false, xanchor: "right", yanchor: "top", font: { size: 10, color: "#ff6b6b" } }] : [];
-    // The axes span the candidates (and the budget line): a teacher far up the cost axis would otherwise
-    // squeeze them into a corner. It stays in the legend, and a note gives its figures when off the chart.
-    const xs = pts.map(cost).filter(Number.isFinite).concat(Number.isFinite(budget) ? [budget] : []);
+    if (tol) {
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: budget, x1: limit, y0: 0, y1: 1, fillcolor: "rgba(255,107,107,0.12)", line: { width: 0 }, layer: "below", name: "tolerance" });
+      annotations.push({ x: budget, y: 0, xref: "x", yref: "paper", text: `+${+(100 * tol).toFixed(2)}% tolerance`, showarrow: false, xanchor: "left", yanchor: "bottom", font: { size: 10, color: "#ff6b6b" } });
+    }
+    scatter.dataset.limit = Number.isFinite(limit) ? String(limit) : "";
+    // The axes span the candidates (and the budget's effective limit): a teacher far up the cost axis would
+    // otherwise squeeze them into a corner. It stays in the legend, and a note gives its figures when off the chart.
+    const xs = pts.map(cost).filter(Number.isFinite).concat(Number.isFinite(budget) ? [budget, limit] : []);
     const ys = pts.map(quality).filter(Number.isFinite);
     const span = (vals, f) => {
       const lo = Math.min(...vals);
