@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import heatmaps, lifecycle, memcheck
+from backend import heatmaps, lifecycle, memcheck, search_results
 from backend.api.errors import errors
 from backend.api.importance import artifact_path
 from backend.api.jobs import on_protocol
@@ -120,6 +120,27 @@ def _check_cut_fits(
         ) from exc
 
 
+def _search_ranks(db: Session, body: WorkflowCreate, settings: Settings) -> dict[str, dict]:
+    """{candidate id: {search_rank, search_loss}} of `search_job_id`'s report, to check each candidate_id
+    against and keep beside the bake-off's ranks: its page compares the as-cut order with the search's."""
+    if body.search_job_id is None:
+        return {}
+    at = ("body", "search_job_id")
+    job = get_or_404(db, Job, body.search_job_id, "Search", at)
+    if job.kind != "search":
+        raise InvalidInput(f"job {job.id} is a {job.kind} job, not a search", field=at)
+    if job.teacher_id != body.teacher_id:
+        raise InvalidInput(f"search {job.id} is of teacher {job.teacher_id}", field=at)
+    try:
+        report = search_results.load_report(db, job, settings)
+    except Conflict as exc:
+        raise Conflict(exc.message, field=at) from exc
+    return {
+        str(c["id"]): {"search_rank": c.get("rank"), "search_loss": c.get("loss")}
+        for c in report.get("candidates") or []
+    }
+
+
 def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     """Every check of a create (plans saved in the session, not committed): the workflow's params."""
     teacher_spec(db, body.teacher_id, TEACHER_FIELD)  # 404 / 409 for a missing or unready teacher
@@ -150,6 +171,7 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
         choose_queue(settings, "distill", {"device": body.device})
     except Conflict as exc:
         raise Conflict(exc.message, field=("body", "device"), nearby=("auto", "cpu")) from exc
+    ranks = _search_ranks(db, body, settings)
     plans = [_saved_plan(db, body, i, candidate, settings) for i, candidate in enumerate(body.candidates)]
     names = candidate_names(
         [
@@ -161,7 +183,15 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     candidates = []
     for i, (candidate, plan, name) in enumerate(zip(body.candidates, plans, names)):
         row = {"name": name, "plan_id": plan.id, "plan_version": plan.version}
-        candidates.append({**row, "candidate_id": candidate.candidate_id} if candidate.candidate_id else row)
+        if candidate.candidate_id:
+            row["candidate_id"] = candidate.candidate_id
+            if ranks and candidate.candidate_id not in ranks:
+                raise InvalidInput(
+                    f"search {body.search_job_id} has no candidate {candidate.candidate_id!r}",
+                    field=("body", "candidates", i, "candidate_id"),
+                )
+            row.update(ranks.get(candidate.candidate_id, {}))
+        candidates.append(row)
         _check_cut_fits(db, body, i, plan, candidates[-1], settings)
     values = body.model_dump(mode="json", exclude={"candidates"})
     values["name"] = body.name or f"bake-off of {len(candidates)} candidate{'s' * (len(candidates) != 1)}"

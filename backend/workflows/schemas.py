@@ -51,6 +51,11 @@ class WorkflowCreate(Strict):
     name: Name | None = Field(None, min_length=1, max_length=200)
     teacher_id: RowId
     importance_run_id: RowId | None = Field(None, description="required when a candidate gives targets")
+    search_job_id: RowId | None = Field(
+        None,
+        description="the search the candidates' candidate_id come from: each one's rank and loss there are "
+        "kept (params.candidates[].search_rank, search_loss) beside the bake-off's own as-cut ranking",
+    )
     candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
     distill: DistillParams = Field(default_factory=DistillParams, description="the same for every candidate")
     evaluate: EvaluateParams = Field(

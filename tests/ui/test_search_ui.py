@@ -142,6 +142,7 @@ def test_picking_k_candidates_posts_a_bakeoff_of_their_plans(page, live_app, sea
     (body,) = posted
     assert body["definition"] == "bakeoff" and body["teacher_id"] == search["job"]["teacher_id"]
     assert body["importance_run_id"] == search["job"]["importance_run_id"]
+    assert body["search_job_id"] == search["job"]["id"]  # its page shows each candidate's search rank
     assert body["distill"]["tokens"] == 2000 and body["distill"]["batch_size"] == 2
     assert len(body["candidates"]) == 3
     for cand, cid in zip(body["candidates"], sorted(chosen, key=lambda i: [c["id"] for c in cands].index(i))):

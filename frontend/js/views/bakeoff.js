@@ -141,9 +141,24 @@ export async function bakeoffView(host, { args, query }, ctx) {
     }
     const metric = r.metric || "loss";
     const rows = r.ranking; // ordered by rank after distillation; ranks and flips as the server computed them
+    // "Before" is the bake-off's own evaluation of each student as cut, not the search's ranking (scored on
+    // the search's short held-out sample, so the two orders can differ): a bake-off started from a search
+    // keeps each candidate's search rank (params.candidates[].search_rank) and shows it beside.
+    const searchId = wf.params?.search_job_id;
+    const searchRank = (x) => wf.params?.candidates?.find((c) => c.name === x.name)?.search_rank;
+    const hasSearch = rows.some((x) => Number.isFinite(searchRank(x)));
+    const searchDiffers = hasSearch && rows.some((a) => rows.some((b) => searchRank(a) < searchRank(b) && a.rank_before > b.rank_before));
+    const flipText = r.flips?.length
+      ? [`${r.flips.length} pair${r.flips.length > 1 ? "s" : ""} swapped order between as cut and after distillation: `, r.flips.map(([a, b]) => `${labelOf(branchNamed(a)) || a} overtook ${labelOf(branchNamed(b)) || b}`).join("; "), "."]
+      : ["No flips: distillation kept the as-cut order."];
+    const searchText = !hasSearch ? null
+      : searchDiffers ? ` The search ranked them in another order (search rank): it scored them on its own held-out sample, the as-cut ${metric} comes from this bake-off's evaluation.`
+      : " The search ranked them in the same order.";
     mount(ranking,
       h("table",
-        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", `${metric} before`), h("th.num", "rank before"), h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
+        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", `${metric} as cut`), h("th.num", "rank as cut"),
+          hasSearch ? h("th.num", { title: `the candidate's rank in search #${searchId ?? "?"} (lower held-out loss first)` }, searchId ? h("a", { href: href("search", [searchId]) }, "search rank") : "search rank") : null,
+          h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
         h("tbody", rows.map((x) => {
           const b = branchNamed(x.name);
           const moved = x.rank_before - x.rank_after;
@@ -153,11 +168,12 @@ export async function bakeoffView(host, { args, query }, ctx) {
             h("td.num", compact(x.params_total)),
             h("td.num", sig(x.before?.[metric], 5)),
             h("td.num", x.rank_before),
+            hasSearch ? h("td.num", { dataset: { testid: "search-rank" } }, Number.isFinite(searchRank(x)) ? `#${searchRank(x)}` : "–") : null,
             h("td.num", sig(x.after?.[metric], 5)),
             h("td", x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
             h("td", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
         }))),
-      r.flips?.length ? h("div.hint", { style: { marginTop: "6px" } }, `${r.flips.length} pair${r.flips.length > 1 ? "s" : ""} swapped order: `, r.flips.map(([a, b]) => `${labelOf(branchNamed(a)) || a} overtook ${labelOf(branchNamed(b)) || b}`).join("; ")) : h("div.hint", { style: { marginTop: "6px" } }, "No flips: distillation kept the search's order."),
+      h("div.hint", { style: { marginTop: "6px" }, dataset: { testid: "flips-note", searchOrder: !hasSearch ? "none" : searchDiffers ? "differs" : "same" } }, flipText, searchText),
       r.winner ? promoteRow(r) : null,
     );
   }

@@ -479,6 +479,8 @@ async function searchResult(host, id, query, ctx) {
         teacher_id: job.teacher_id,
         importance_run_id: job.importance_run_id,
         // No name: the server names each by its shape (and keeps the search's id beside it).
+        // The search's rank of each is kept beside the bake-off's own as-cut ranking (its page shows both).
+        search_job_id: job.id,
         candidates: chosen.map((c, i) => ({ candidate_id: c.id, plan_id: plans[i].id })),
         distill: { tokens, batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every },
         ...(v.benchmark ? {} : { benchmark: null }),
