@@ -307,6 +307,13 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     assert "is cut" in info.inner_text() and "being cut" not in info.inner_text()
     STATE["student"] = student
 
+    # The preview's job page names the plan it measured, linked to it in the explorer.
+    page.goto(f"{live_app.url}/#/job/{second}")
+    named = page.wait_for_selector("[data-testid=job-plan]")
+    assert named.inner_text() == f"plan mlp32 #{plan_id} v1", named.inner_text()
+    link = named.query_selector("a").get_attribute("href")
+    assert f"explore/{STATE['run']['id']}" in link and f"plan={plan_id}" in link, link
+
 
 def near_tie_neurons(artifact: Path, level: float = 5.5546, seed: int = 0) -> ImportanceResult:
     """Rewrite a run's neuron sums so every neuron of a layer scores level x (1 + k * 1e-6), k < F/2.

@@ -43,9 +43,10 @@ export async function jobView(host, { args, query }, ctx) {
     if (ctx.alive) location.replace(href("bakeoff", [job.id]));
     return;
   }
-  const [student, datasets] = await Promise.all([
+  const [student, datasets, plan] = await Promise.all([
     job.student_id ? api.get(`/students/${job.student_id}`).catch(() => null) : null,
     api.get("/datasets").catch(() => []), // the params line names the data it read
+    job.plan_id ? api.get(`/plans/${job.plan_id}`).catch(() => null) : null, // what a preview measures
   ]);
   if (!ctx.alive) return; // the user left while this loaded: never draw over the next page
   const store = new SeriesStore();
@@ -105,6 +106,10 @@ export async function jobView(host, { args, query }, ctx) {
         h("h1", `${job.kind} job #${job.id}`),
         statusBadge(job.status),
         student ? h("span.sub", "student ", h("a", { href: href("runs", [], { student: student.id }) }, student.name)) : null,
+        // A preview names the plan it measures, opened in the explorer on its importance run when it has one.
+        plan ? h("span.sub", { dataset: { testid: "job-plan" } }, "plan ", plan.importance_run_id
+          ? h("a", { href: href("explore", [plan.importance_run_id], { plan: plan.id }) }, plan.name)
+          : plan.name, h("span.faint", ` #${plan.id} v${plan.version}`)) : null,
         // A step of a workflow (a bake-off, a depth-vs-width study): its page shows the other steps.
         job.parent_id ? h("span.sub", "step of ", h("a", { href: href("bakeoff", [job.parent_id]), dataset: { testid: "job-workflow" } }, `workflow #${job.parent_id}`)) : null,
         job.params?.baseline ? h("span.badge", "baseline (no teacher)") : null,
