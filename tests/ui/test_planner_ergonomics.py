@@ -167,6 +167,29 @@ def test_preview_says_it_saves_a_draft_and_shows_its_memory(page, live_app, setu
     assert len(after) == before + 1 and max(after, key=lambda p: p["id"])["version"] == version
 
 
+def test_a_quick_preview_reads_a_small_sample_not_the_protocol(page, live_app, setup):
+    """On the teacher's protocol a preview reads every window of its documents (the audit waited 15 min
+    on the demo teacher); the quick choice sends 16 blocks of 128 tokens and says what it measured."""
+    teacher, run = setup["teacher"], setup["plain"]["id"]
+    body = {"teacher_id": teacher["id"], "name": "quick-look", "plan": {"drop_layers": [2]}}
+    plan = live_app.api.post("/plans", json=body).json()
+    open_explorer(page, live_app, run, f"?plan={plan['id']}")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=preview-btn]').innerText === 'Preview perplexity'"
+    )
+    assert "on the teacher's protocol (4 docs)" in page.inner_text("[data-testid=preview-on]")
+    page.select_option("[data-testid=preview-on]", "quick")
+    with page.expect_request(lambda r: r.url.endswith(f"/plans/{plan['id']}/preview")) as sent:
+        page.click("[data-testid=preview-btn]")
+    assert sent.value.post_data_json == {"samples": 16, "seq_len": 128}
+    page.wait_for_selector("[data-testid=ppl-masked]", timeout=120_000)
+    job = max(live_app.api.get("/jobs", params={"kind": "preview"}).json(), key=lambda j: j["id"])
+    assert job["plan_id"] == plan["id"] and job["status"] == "succeeded"
+    assert (job["params"]["samples"], job["params"]["seq_len"]) == (16, 128) and "protocol" not in job[
+        "params"
+    ]
+
+
 def test_rounding_widths_to_hardware_multiples_shows_its_cost(page, live_app, setup):
     teacher, run = setup["teacher"], setup["plain"]["id"]
     open_explorer(page, live_app, run)

@@ -13,6 +13,9 @@ import { previewNeed, pruneFit, pruneModes, pruneModesOn, pruneWhere, sizedWorke
 import { fitLine } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
 
+/** What a quick preview reads: blocks of calibration text (POST /plans/{id}/preview `samples`, `seq_len`). */
+export const QUICK_PREVIEW = { samples: 16, seq_len: 128 };
+
 /** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
 /** "5.87M" -> 5870000; "70%" -> 70% of `total` (a budget as a share of the teacher). */
 export function parseCount(text, total = NaN) {
@@ -125,8 +128,15 @@ export class Planner {
     this.surgery = h("select", { name: "out_of_core", dataset: { testid: "out-of-core" }, title: "auto: cut tensor by tensor from the checkpoint when the teacher is bigger than the worker's threshold (PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB), else load it; out of core: never build the teacher (peak RAM ~ one tensor); in memory: load it whole" },
       h("option", { value: "auto" }, "auto (out of core when big)"), h("option", { value: "always" }, "tensor by tensor (out of core)"), h("option", { value: "never" }, "whole, in memory"));
     this.previewBtn = h("button", { onclick: () => this.preview(), dataset: { testid: "preview-btn" } }, "Preview perplexity");
+    // On the teacher's protocol the preview's teacher number is its evaluations' (comparable, measured once
+    // per protocol) but it reads every window of the protocol's documents: minutes on a CPU. A quick look
+    // reads QUICK_PREVIEW blocks of calibration text instead (the API's preview defaults).
+    const protocol = this.ctx.teacher.eval_protocol;
+    this.previewOn = h("select", { dataset: { testid: "preview-on" }, title: "what the preview reads: the teacher's evaluation protocol (the number its evaluations report) or a quick sample" },
+      h("option", { value: "protocol" }, `on the teacher's protocol (${protocol?.max_documents ?? 64} docs)`),
+      h("option", { value: "quick" }, `quick: ${QUICK_PREVIEW.samples} × ${QUICK_PREVIEW.seq_len} tokens`));
     // What the preview job needs (the teacher, then the masked teacher, a batch of 8 blocks).
-    const context = this.ctx.teacher.eval_protocol?.context || 128;
+    const context = Math.max(protocol?.context || 128, QUICK_PREVIEW.seq_len);
     this.previewMemory = memoryLine(h("div"), (_, workers) => {
       if (!this.spec) return null;
       const queue = queueFor("auto", workers);
@@ -168,7 +178,7 @@ export class Planner {
       h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
       this.savedInfo,
       this.saveErr,
-      h("div.row.tight", { style: { marginTop: "8px" } }, this.previewBtn),
+      h("div.row.tight", { style: { marginTop: "8px" } }, this.previewBtn, this.previewOn),
       this.previewMemory,
       this.previewBox,
       h("div.row.tight", { style: { marginTop: "8px" } }, this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
@@ -379,7 +389,7 @@ export class Planner {
     this.previewBtn.textContent = clean ? "Preview perplexity" : "Save & preview";
     this.previewBtn.dataset.saves = clean ? "" : "1";
     this.previewBtn.title = clean
-      ? "Masked perplexity of this saved plan on the unpruned teacher (a quick what-if)"
+      ? "Masked perplexity of this saved plan on the unpruned teacher: a what-if before cutting"
       : `The preview runs on a saved plan: this saves the draft as ${target}, then previews it`;
   }
 
@@ -405,7 +415,7 @@ export class Planner {
     if (saving) mount(this.savedInfo, `saved as #${row.id} v${row.version} to preview it · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
     let job;
     try {
-      job = await api.post(`/plans/${row.id}/preview`, {});
+      job = await api.post(`/plans/${row.id}/preview`, this.previewOn.value === "quick" ? QUICK_PREVIEW : {});
     } catch (err) {
       mount(this.previewBox, h("div.error-msg", err.message));
       return;
