@@ -161,6 +161,24 @@ export function showError(box, err, form = null) {
       // A checkbox sits inside its label text: the note goes under the whole label.
       const anchor = input.type === "checkbox" || input.type === "radio" ? input.closest("label") || input : input;
       anchor.insertAdjacentElement("afterend", note);
+      clearOnEdit(input, note, box, form, err.message || String(err));
     }
   }
+}
+
+/**
+ * The first edit of `input` takes its error `note` away (and its red outline): the message was about a
+ * value that is no longer there (audit 13: a seq_len error stayed beside another value while the
+ * browser blocked the next submit). When no field error is left in `form`, the form's sentence in `box`
+ * goes too, if it is still this error's. A note already replaced by a later showError is left alone.
+ */
+function clearOnEdit(input, note, box, form, message) {
+  const clear = () => {
+    if (!note.isConnected) return;
+    note.remove();
+    input.classList.remove("invalid");
+    if (box && box.textContent === message && !form.querySelector(".field-error")) box.textContent = "";
+  };
+  input.addEventListener("input", clear, { once: true });
+  input.addEventListener("change", clear, { once: true });
 }

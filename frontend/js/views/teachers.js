@@ -276,7 +276,7 @@ export async function teachersView(host, { query }, ctx) {
   function importanceForm(t) {
     const key = `${t.id}:${t.status}:${!!t.spec}:${state.datasets.map((d) => d.id)}`;
     if (keptForm?.key === key) return keptForm.form;
-    const err = h("div.error-msg");
+    const err = h("div.error-msg", { dataset: { testid: "importance-error" } });
     // The API's PRUNESCOPE_SPILL_LIMIT_GB applies when the field is left blank (memcheck.spill_limit).
     const serverSpill = state.config.spill_limit_gb ?? null;
     const ready = t.status === "ready";
