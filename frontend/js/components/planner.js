@@ -67,6 +67,9 @@ export class Planner {
     this.takenNames = new Set(); // the teacher's plan names: the label names the default a save will use
     this.serverMessages = [];
     this.el = h("section.panel.sticky", { dataset: { testid: "planner" } });
+    // The plan's headline in one line, for the one-column layout (app.css hides it beside the maps):
+    // the planner then sits below every map, and this strip stays in sight while cells are clicked.
+    this.strip = h("div.plan-strip", { dataset: { testid: "plan-strip" } });
     this._build();
     this.validate = debounce(() => this._validateRemote(), 350);
     ctx.state.subscribe(() => this.update());
@@ -221,6 +224,13 @@ export class Planner {
         metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), spec.num_experts ? `experts ${range(expertsKept)}/${spec.num_experts} × FFN ${range(mlpKept)}/${spec.intermediate_size}` : `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),
     );
+    mount(this.strip,
+      h("span.label", "Plan"),
+      h("b.num", { dataset: { testid: "strip-params", value: stats.params_total } }, compact(stats.params_total)),
+      h("span", `params · ${pct(stats.fraction_of_teacher)} of teacher`),
+      h("span.faint", `${stats.num_layers}L · ${stats.hidden_size}d · MLP ${range(mlpKept)}`),
+      h("span.spacer"),
+      h("a", { href: "#", dataset: { testid: "strip-to-plan" }, onclick: (ev) => { ev.preventDefault(); this.el.scrollIntoView({ block: "start" }); } }, "save, preview, cut ↓"));
     this._previewLabel();
     this._previewStale();
     this.undoBtn.disabled = !state.canUndo();

@@ -61,7 +61,7 @@ export async function explorerView(host, { args, query }, ctx) {
   mount(host,
     pageHead(st, timing),
     h("div.explorer",
-      h("div.stack", h("section.panel", toolbar.el), heads.el, width.el, hidden.el, layers.el),
+      h("div.stack", planner.strip, h("section.panel", toolbar.el), heads.el, width.el, hidden.el, layers.el),
       planner.el,
     ),
   );
