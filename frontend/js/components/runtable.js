@@ -54,6 +54,18 @@ const HP_COLUMNS = [
   ["data", (j, datasets) => dataLabel(j, datasets), "the data it read (demo corpus or a dataset; an evaluation's split and documents)"],
 ];
 
+// The table fits its panel at 1280 px (audit 8: Created and Delete were cut off): these columns wrap
+// ("demo corpus · test · 2 docs" over two lines), and these few are left out below 1200 px (app.css).
+const WRAPS = ["data"];
+const NARROW_HIDDEN = ["T", "data"];
+
+/** "21:42", or "30 Nov" over "21:42": the date and the time each stay whole, the cell may wrap between. */
+function createdCell(iso) {
+  const text = when(iso);
+  const cut = text.lastIndexOf(" ");
+  return cut < 0 ? text : [h("span.nowrap", text.slice(0, cut)), " ", h("span.nowrap", text.slice(cut + 1))];
+}
+
 const CURVE_METRICS = [["loss", "loss"], ["val_ppl", "val ppl"], ["val_loss", "val loss"], ["kd_loss", "KD loss"], ["ce_loss", "CE loss"]];
 
 /** The number a run is about: [value, label, protocol]. */
@@ -238,7 +250,7 @@ export class RunsTable {
     const tickAll = h("input", { type: "checkbox", checked: allTicked, title: "select every run shown", dataset: { testid: "runs-select-all" }, onchange: (ev) => { for (const j of rows) ev.target.checked ? this.selected.add(j.id) : this.selected.delete(j.id); this.renderRows(); this.drawCurves(); } });
     mount(this.table, h("table.runs", { dataset: { testid: "runs-table" } },
       h("thead", h("tr", h("th", tickAll), h("th", "run"), h("th", "status"), h("th", "tags"), h("th.num", { title: "how long it ran (so far, while it runs)" }, "duration"),
-        HP_COLUMNS.map(([name, , title]) => h("th.num", { title }, name)),
+        HP_COLUMNS.map(([name, , title]) => h(`th.num${NARROW_HIDDEN.includes(name) ? ".wide-only" : ""}`, { title }, name)),
         h("th.num", { title: "its headline number (an evaluation's perplexity, a distillation's final validation perplexity); ≠ marks one measured on another protocol than its teacher's" }, "result"),
         h("th", "progress"), h("th", "created"), h("th", ""))),
       h("tbody", rows.map((j) => this.row(j)))));
@@ -256,10 +268,11 @@ export class RunsTable {
       h("td.tags", (j.tags || []).map((t) => h("span.chip", { dataset: { testid: "run-tag" } }, t, h("button.chip-x", { title: `remove tag ${t}`, onclick: stop(() => this.save(j, { tags: j.tags.filter((x) => x !== t) })) }, "×"))),
         h("button.ghost.small", { title: "add a tag", dataset: { testid: "run-add-tag" }, onclick: stop(() => this.editTag(j)) }, "+ tag")),
       h("td.num.nowrap", { dataset: { testid: "run-duration" } }, j.duration_s !== null && j.duration_s !== undefined ? duration(j.duration_s) : "–"),
-      HP_COLUMNS.map(([name, get]) => h("td.num.nowrap", { dataset: { hp: name } }, get({ ...j, params: p }, this.datasets) ?? "–")),
-      h("td.num.nowrap", { dataset: { testid: "run-result" } }, value !== null && value !== undefined ? [h("span", { title: protocol ? `${label} on ${protocol.id}: ${protocol.description}` : label }, `${sig(value, 4)}`), h("span.faint", ` ${label}`), mismatchMark(protocol, this.teacherProtocol(j))] : "–"),
-      h("td", { style: { minWidth: "110px" } }, progressBar(j)),
-      h("td.faint.nowrap", when(j.created_at)),
+      HP_COLUMNS.map(([name, get]) => h(`td.num${WRAPS.includes(name) ? ".wraps" : ".nowrap"}${NARROW_HIDDEN.includes(name) ? ".wide-only" : ""}`, { dataset: { hp: name } }, get({ ...j, params: p }, this.datasets) ?? "–")),
+      // The value, then its label and mark: the cell may wrap between the two (a narrow table).
+      h("td.num", { dataset: { testid: "run-result" } }, value !== null && value !== undefined ? [h("span.nowrap", { title: protocol ? `${label} on ${protocol.id}: ${protocol.description}` : label }, `${sig(value, 4)}`), " ", h("span.nowrap", h("span.faint", label), mismatchMark(protocol, this.teacherProtocol(j)))] : "–"),
+      h("td.run-progress", progressBar(j)),
+      h("td.faint.run-created", createdCell(j.created_at)),
       h("td.nowrap", h("button.ghost.small", {
         dataset: { testid: "run-delete" },
         disabled: ACTIVE.includes(j.status),
