@@ -26,7 +26,9 @@ export function baseLayout(extra = {}) {
     // Anchored by its bottom just above the plot: a legend that wraps onto more rows (long model names)
     // grows upwards and Plotly makes room, where one hung from y=1.12 covered the top of the curves.
     legend: { orientation: "h", y: 1.02, yanchor: "bottom", x: 0, font: { size: 10 }, bgcolor: "rgba(0,0,0,0)" },
-    hoverlabel: { bgcolor: "#0a0c10", bordercolor: "#364152", font: { family: "ui-monospace, monospace", size: 11 } },
+    // Light text on the dark box: left unset, Plotly picks the font colour against the trace's colour (a
+    // teal bar gave dark grey text on this near-black box, audit 16).
+    hoverlabel: { bgcolor: "#0a0c10", bordercolor: "#364152", font: { family: "ui-monospace, monospace", size: 11, color: "#d9e0ea" } },
     showlegend: true,
     ...Object.fromEntries(Object.entries(extra).filter(([k]) => k !== "xaxis" && k !== "yaxis")),
   };

@@ -49,8 +49,10 @@ function distillGrid(datasets, values) {
     field({ name: "gpus", label: "GPUs per node", type: "number", value: v.gpus ?? 1, min: 1, title: "ranks on each worker (torchrun; gloo ranks on a CPU worker): the student is FSDP2-sharded over all ranks, the batch is the global batch" }),
     field({ name: "nodes", label: "Nodes", type: "number", value: v.nodes ?? 1, min: 1, title: "workers (machines) meeting at one rendezvous, each running the GPUs above; the job waits until all have joined" }),
     gangWaitField(),
-    field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
-    field({ name: "gradient_checkpointing", label: "gradient checkpointing (less memory, ~1/3 more compute)", type: "checkbox", value: !!v.gradient_checkpointing }),
+    // The switches get a row of their own across the grid: in a grid cell each label wrapped over 4 lines.
+    h("div.row", { style: { gridColumn: "1 / -1" } },
+      field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
+      field({ name: "gradient_checkpointing", label: "gradient checkpointing (less memory, ~1/3 more compute)", type: "checkbox", value: !!v.gradient_checkpointing })),
   );
 }
 
