@@ -28,7 +28,9 @@ def student(live_app, shared_run) -> dict:
     assert live_app.wait_job(s["job_id"])["status"] == "succeeded"
     data = make_dataset(live_app)["id"]
     distill = start_distill(live_app, s["id"], dataset_id=data, steps=2, val_every=2, checkpoint_every=2)
-    evaluate = api.post("/jobs", json={"kind": "evaluate", "student_id": s["id"], "params": {"max_documents": 2}})
+    evaluate = api.post(
+        "/jobs", json={"kind": "evaluate", "student_id": s["id"], "params": {"max_documents": 2}}
+    )
     assert evaluate.status_code in (201, 202), evaluate.text
     for job in (distill, evaluate.json()):
         assert live_app.wait_job(job["id"])["status"] == "succeeded"
@@ -62,10 +64,15 @@ def assert_note_inside(page, form: str, name: str) -> dict:
     page.wait_for_selector(note_sel)
     note, own = box_of(page, note_sel), box_of(page, field)
     panel = page.locator("section.panel", has=page.locator(form)).last.bounding_box()
-    assert own["x"] - 0.5 <= note["x"] and note["x"] + note["width"] <= own["x"] + own["width"] + 0.5, (note, own)
+    assert own["x"] - 0.5 <= note["x"] and note["x"] + note["width"] <= own["x"] + own["width"] + 0.5, (
+        note,
+        own,
+    )
     assert note["x"] + note["width"] <= panel["x"] + panel["width"], (note, panel)
     assert note["y"] + note["height"] <= own["y"] + own["height"] + 0.5, (note, own)  # the field holds it
-    whole = page.eval_on_selector(note_sel, "e => e.scrollWidth <= e.clientWidth && getComputedStyle(e).textOverflow !== 'ellipsis'")
+    whole = page.eval_on_selector(
+        note_sel, "e => e.scrollWidth <= e.clientWidth && getComputedStyle(e).textOverflow !== 'ellipsis'"
+    )
     assert whole, "the message is cut"
     others = page.eval_on_selector_all(
         f"{form} label.field > span, {form} input:not([name={name}]), {form} select, {form} button",
@@ -114,7 +121,9 @@ def test_field_errors_wrap_inside_their_field_and_panel(page, live_app, shared_r
     page.fill(f"{form} [name=batch_size]", "100000")
     page.click(f"{form} button[type=submit]")
     assert_note_inside(page, form, "batch_size")
-    assert "PRUNESCOPE_MAX_BATCH_SIZE" in page.inner_text(f"{form} .field-error[data-field=batch_size]").replace("\n", "")
+    assert "PRUNESCOPE_MAX_BATCH_SIZE" in page.inner_text(
+        f"{form} .field-error[data-field=batch_size]"
+    ).replace("\n", "")
     shot(page, "layout-distill-error")
 
 
@@ -182,7 +191,9 @@ def test_the_planner_flows_with_the_page_in_one_column(page, live_app, shared_ru
     page.wait_for_function("window.__prunescopeFirstPaintMs > 0")
     planner = page.locator("[data-testid=planner]")
     # No scroll box of its own: the page is the only scroller, and the planner is as tall as its content.
-    style = planner.evaluate("e => [getComputedStyle(e).position, getComputedStyle(e).overflowY, e.scrollHeight - e.clientHeight]")
+    style = planner.evaluate(
+        "e => [getComputedStyle(e).position, getComputedStyle(e).overflowY, e.scrollHeight - e.clientHeight]"
+    )
     assert style[0] == "static" and style[1] == "visible" and style[2] <= 1, style
 
     # Scrolling the page alone (to its end) brings every planner button fully into view and clickable.
