@@ -81,12 +81,16 @@ def test_table_marks_the_top_candidates(tiny_teacher_dir, importance_run, capsys
         (["--budget", "params=60%", "--max-cut", "depth"], "--max-cut"),
         (["--budget", "params=60%", "--layer-methods", "random"], "--layer-methods"),
         (["--budget", "params=60%", "--device", "cuda:97"], "--device"),
+        # Past the model's positions (GPT-2's position table failed with a traceback, RoPE scored them).
+        (["--budget", "params=60%", "--eval-seq-len", "300"], "--eval-seq-len"),  # 256 positions
+        (["--budget", "latency=90%@1,100000"], "--budget"),
     ],
 )
 def test_bad_input_is_a_one_line_error_naming_the_flag(tiny_teacher_dir, importance_run, capsys, argv, flag):
     code, out, err = run(capsys, "search", tiny_teacher_dir, "--importance", importance_run, *argv)
     assert code == 2 and out == ""
-    assert err.startswith(f"prunescope search: error: {flag}:") and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # a length is checked once the model's positions are read
+    assert last.startswith(f"prunescope search: error: {flag}:") and "Traceback" not in err, err
 
 
 def test_missing_importance_run_names_the_flag(tiny_teacher_dir, tmp_path, capsys):

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from worker.cli import CliError, check_output_dir
+from worker.cli import CliError, check_output_dir, check_positions
 
 # SearchSettings field -> the flag that sets it, so a validation error names the flag.
 FLAGS = {
@@ -116,6 +116,23 @@ def _check_latency_cache(path: str | None) -> None:
             )
 
 
+def _check_lengths(settings, configs: dict) -> None:
+    """The held-out windows and every timed budget's prompt + decoded tokens within the model's positions
+    (past them GPT-2's position table failed with a traceback, a RoPE model scored positions it never saw)."""
+    from worker.engine.search.budgets import parse_budget
+
+    check_positions("--eval-seq-len", settings.eval_seq_len, configs)
+    for text in settings.budgets:
+        budget = parse_budget(text, settings.latency_batch, settings.latency_context)
+        if budget.measured:  # timed on a prompt of its context, then latency_new_tokens decoded
+            try:
+                check_positions("--budget", budget.context + settings.latency_new_tokens, configs)
+            except CliError as exc:
+                raise CliError(
+                    str(exc).replace("--budget:", f"--budget: {budget.text}: its prompt + decoded", 1)
+                ) from None
+
+
 def cmd_search(args) -> int:
     settings = settings_from_args(args)  # before any loading: bad flags fail fast
     if not Path(args.importance).is_dir():
@@ -141,6 +158,7 @@ def cmd_search(args) -> int:
     _check_same_weights(lambda: weights_sha256(model), importance.manifest)
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer: the held-out text cannot be tokenised")
+    _check_lengths(settings, {args.model: model.config})
 
     def progress(done: int, total: int, message: str) -> None:
         _say(f"[search] {message}")
