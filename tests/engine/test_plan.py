@@ -436,3 +436,15 @@ def test_targets_are_previewed_without_importance_scores():
     assert plan_stats(budget, spec)["params_total"] <= spec.param_count()["total"] // 2
     (msg,) = errors(PrunePlan(targets=PlanTargets(param_budget=10)), spec)
     assert "cannot be reached" in msg
+
+
+@pytest.mark.parametrize(
+    "explicit", [{"remove_neurons": {0: [0, 1]}}, {"remove_hidden": [0, 1, 2, 3, 4, 5, 6, 7]}]
+)
+def test_a_parameter_budget_with_explicit_width_cuts_is_refused(explicit):
+    """fill_plan's budget chooses the MLP and hidden widths itself: it silently replaced the explicit cuts
+    of a plan that gave both (every other explicit + target pair was already refused)."""
+    spec = tiny_spec()
+    plan = PrunePlan.model_validate({**explicit, "targets": {"param_budget": 200_000}})
+    (msg,) = errors(plan, spec)
+    assert msg.startswith("targets.param_budget: give either remove_") and "the budget chooses" in msg

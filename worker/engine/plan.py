@@ -757,7 +757,8 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
                 break
     if t.intermediate_size is not None:
         if plan.remove_neurons or plan.remove_expert_neurons:
-            error("intermediate_size", "give either remove_neurons or targets.intermediate_size")
+            given = "remove_neurons" if plan.remove_neurons else "remove_expert_neurons"
+            error("intermediate_size", f"give either {given} or targets.intermediate_size")
         narrowest = min(layers, key=lambda i: shapes[i].intermediate_size)
         smallest = shapes[narrowest].intermediate_size
         if t.intermediate_size > smallest:
@@ -794,6 +795,13 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     for budget in ("param_budget", "active_param_budget"):
         if getattr(t, budget) is not None and t.intermediate_size is not None and t.hidden_size is not None:
             error(budget, f"{budget} needs intermediate_size or hidden_size left free to choose")
+        # The budget picks the MLP and hidden widths by importance: explicit cuts of them would be replaced.
+        given = [n for n in ("remove_neurons", "remove_expert_neurons", "remove_hidden") if getattr(plan, n)]
+        if getattr(t, budget) is not None and given:
+            error(
+                budget,
+                f"give either {' / '.join(given)} or targets.{budget}: the budget chooses those widths",
+            )
     if t.param_budget is not None and t.active_param_budget is not None:
         error("active_param_budget", "give either param_budget or active_param_budget, not both")
     return msgs
