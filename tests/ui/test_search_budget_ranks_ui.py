@@ -82,10 +82,11 @@ def saved_plans(live_app, search, ids):
     ]
 
 
-def test_a_bakeoff_keeps_the_search_ranks_and_refuses_ids_the_search_lacks(live_app, shared_search):
-    api, job = live_app.api, shared_search["job"]
-    cands = shared_search["data"]["candidates"][:2]
-    plans = saved_plans(live_app, shared_search, [c["id"] for c in cands])
+def top_two_bakeoff(live_app, search) -> tuple[list[dict], list[int], dict]:
+    """The search's top two candidates, their saved plans and a bake-off body started from the search."""
+    job = search["job"]
+    cands = search["data"]["candidates"][:2]
+    plans = saved_plans(live_app, search, [c["id"] for c in cands])
     body = {
         "teacher_id": job["teacher_id"],
         "search_job_id": job["id"],
@@ -93,6 +94,12 @@ def test_a_bakeoff_keeps_the_search_ranks_and_refuses_ids_the_search_lacks(live_
         "distill": {"steps": 2, "batch_size": 2, "seq_len": 32},
         "benchmark": None,
     }
+    return cands, plans, body
+
+
+def test_a_bakeoff_keeps_the_search_ranks_and_refuses_ids_the_search_lacks(live_app, shared_search):
+    api, job = live_app.api, shared_search["job"]
+    cands, plans, body = top_two_bakeoff(live_app, shared_search)
     r = api.post("/workflows?validate_only=true", json=body)
     assert r.status_code == 200, r.text
     kept = r.json()["params"]["candidates"]
@@ -116,15 +123,7 @@ def fake_bakeoff(live_app, search, before_order: list[int], after_order: list[in
     server's own, from a validate_only create): `before_order` / `after_order` give the as-cut and final
     rank of the search's #1 and #2 (a real bake-off takes minutes of distillation)."""
     job = search["job"]
-    cands = search["data"]["candidates"][:2]
-    plans = saved_plans(live_app, search, [c["id"] for c in cands])
-    body = {
-        "teacher_id": job["teacher_id"],
-        "search_job_id": job["id"],
-        "candidates": [{"candidate_id": c["id"], "plan_id": p} for c, p in zip(cands, plans)],
-        "distill": {"steps": 2, "batch_size": 2, "seq_len": 32},
-        "benchmark": None,
-    }
+    cands, plans, body = top_two_bakeoff(live_app, search)
     params = live_app.api.post("/workflows?validate_only=true", json=body).json()["params"]
     ranking = [
         {
