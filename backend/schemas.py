@@ -44,13 +44,17 @@ def plain_text(value: str) -> str:
     return value
 
 
+def _refuse_control_characters(value: str) -> None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (newlines, tabs...)")
+
+
 def source_text(value: str) -> str:
     """A path or hub id exactly as typed: no stray whitespace or control characters, names that fit."""
     plain_text(value)
     if value != value.strip():
         raise ValueError("must not start or end with whitespace")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters (newlines, tabs...)")
+    _refuse_control_characters(value)
     long = next((part for part in value.split("/") if len(part.encode()) > NAME_MAX), None)
     if long is not None:
         raise ValueError(f"path component {long[:40]!r}... is over {NAME_MAX} bytes")
@@ -62,8 +66,7 @@ def not_blank(value: str) -> str:
     "p1 " two names that read alike (trimmed); a newline or tab would break the line it is shown on."""
     if not value.strip():
         raise ValueError("must not be blank")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters (newlines, tabs...)")
+    _refuse_control_characters(value)
     return value.strip()
 
 
