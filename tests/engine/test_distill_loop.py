@@ -12,6 +12,7 @@ from tests.engine.distill_helpers import demo_documents, demo_tokenizer, packed,
 from worker.engine.data import PackedTokens
 from worker.engine.distill import DistillConfig, distill, validate
 from worker.engine.distill.checkpoint import load_checkpoint
+from worker.engine.fingerprint import weights_sample_sha256
 
 TRAIN_KEYS = {"step", "tokens", "kd_loss", "ce_loss", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"}
 VAL_KEYS = {"step", "val_loss", "val_ppl", "val_kl"}
@@ -252,6 +253,51 @@ def test_bad_input_is_rejected(data, tmp_path):
             train,
             val,
             _config(steps=2),
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_resume_refuses_another_teacher_or_other_data(data, tmp_path):
+    """The checkpoint records its teacher (sampled weights hash) and in-memory training blocks: a
+    resume with another teacher, other tokens or another seq_len is refused before any step, and the
+    same inputs (the teacher in bfloat16 too) resume."""
+    train, val = data
+    teacher = tiny_llama(seed=1)
+
+    def resume(teacher_model, train_data, mode="kd"):
+        config = _config(steps=2, mode=mode)
+        return distill(
+            tiny_llama(seed=2), teacher_model, train_data, val, config, checkpoint_dir=tmp_path, resume=True
+        )
+
+    distill(tiny_llama(seed=2), teacher, train, val, _config(steps=1), checkpoint_dir=tmp_path)
+    saved = load_checkpoint(tmp_path)["inputs"]
+    assert saved["train"]["blocks"] == list(train.blocks.shape)
+    with pytest.raises(ValueError, match="teacher's weights are not those"):
+        resume(tiny_llama(seed=4), train)
+    with pytest.raises(ValueError, match=r"other tokens"):
+        resume(teacher, PackedTokens.from_blocks(train.blocks[::-1].copy()))
+    with pytest.raises(ValueError, match=r"3 blocks, the checkpoint's had"):
+        resume(teacher, PackedTokens.from_blocks(train.blocks[:3]))
+    with pytest.raises(ValueError, match="seq_len is 12 but the checkpoint was made with 24"):
+        resume(teacher, PackedTokens.from_blocks(train.blocks[:, :12]))
+    assert load_checkpoint(tmp_path)["step"] == 1  # every refusal changed nothing
+    assert resume(copy.deepcopy(teacher), train).steps_completed == 2
+    in_bf16 = copy.deepcopy(teacher).to(torch.bfloat16)  # --weights-dtype bfloat16 on the resume
+    assert weights_sample_sha256(in_bf16) == saved["teacher"]
+
+
+def test_resume_refuses_a_teacher_the_checkpoint_did_not_have(data, tmp_path):
+    train, val = data
+    distill(tiny_llama(seed=2), None, train, val, _config(steps=1, mode="ce"), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="made without a teacher, this run has one"):
+        distill(
+            tiny_llama(seed=2),
+            tiny_llama(seed=1),
+            train,
+            val,
+            _config(steps=2, mode="ce"),
             checkpoint_dir=tmp_path,
             resume=True,
         )

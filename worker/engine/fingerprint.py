@@ -50,6 +50,25 @@ def hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
     digest.update(tensor.contiguous().view(torch.uint8).cpu().numpy())  # buffer, no copy
 
 
+def weights_sample_sha256(model: nn.Module, per_tensor: int = 64) -> str:
+    """A cheap identity of a model's weights: each parameter's name and shape and `per_tensor` evenly
+    spaced values, rounded to bfloat16 (so a float32 and a bfloat16 copy of the same weights agree).
+
+    For a resume check, where `weights_sha256` would read every byte of a 70B teacher each time."""
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // per_tensor)
+        sample = flat[::step][:per_tensor].to(torch.bfloat16).view(torch.int16).cpu().numpy()
+        digest.update(f"{name}|{tuple(param.shape)}|".encode())
+        digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
 class WeightsHasher:
     """`weights_sha256` of a model whose parameters are loaded one module at a time (a layer-streamed
     pass): the same digest, fed as the tensors arrive. Parameters are hashed in `named_parameters`

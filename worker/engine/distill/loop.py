@@ -30,6 +30,7 @@ from worker.engine.distill.distributed import DistillContext, LossModule
 from worker.engine.distill.forward import final_hidden, lm_head
 from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosine_state_loss
 from worker.engine.distill.memory import memory_options
+from worker.engine.distill.run_inputs import check_inputs, run_inputs
 from worker.engine.distill.schedule import lambda_for
 
 Callback = Callable[[dict], None]
@@ -273,9 +274,10 @@ def _distill(
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    state = _saved_state(checkpoint_dir, ctx, config) if resume else None
+    inputs = run_inputs(teacher, train) if checkpoint_dir is not None else None  # before any correction
+    state = _saved_state(checkpoint_dir, ctx, config, inputs) if resume else None
     teacher, corrected = _teacher_for_run(teacher, train, config, state, checkpoint_dir, emit, ctx)
-    run = _Run(student, teacher, train, val, config, ctx, checkpoint_dir, emit)
+    run = _Run(student, teacher, train, val, config, ctx, checkpoint_dir, emit, inputs)
     if state is not None:
         run.restore(state)
 
@@ -304,12 +306,14 @@ def _distill(
 
 
 def _saved_state(
-    checkpoint_dir: str | Path | None, ctx: DistillContext, config: DistillConfig
+    checkpoint_dir: str | Path | None, ctx: DistillContext, config: DistillConfig, inputs: dict
 ) -> dict | None:
-    """The checkpoint's training state to resume from (None: there is none), made with this config."""
+    """The checkpoint's training state to resume from (None: there is none), made with this config,
+    teacher and data."""
     state = read_training_state(checkpoint_dir, ctx)
     if state is not None:
         _check_resume(state["config"], config)
+        check_inputs(state.get("inputs"), inputs)
     return state
 
 
@@ -341,9 +345,19 @@ class _Run:
     (`step`, tokens, time, metrics so far) and the step, validation and checkpoint of `_distill`."""
 
     def __init__(
-        self, student, teacher, train, val, config: DistillConfig, ctx: DistillContext, checkpoint_dir, emit
+        self,
+        student,
+        teacher,
+        train,
+        val,
+        config: DistillConfig,
+        ctx: DistillContext,
+        checkpoint_dir,
+        emit,
+        inputs: dict | None = None,
     ):
         self.student, self.teacher, self.train, self.val = student, teacher, train, val
+        self.inputs = inputs  # `run_inputs`, kept in each checkpoint
         self.config, self.ctx, self.checkpoint_dir, self.emit = config, ctx, checkpoint_dir, emit
         self.device = ctx.device if ctx.distributed else next(student.parameters()).device
         self.weights = config.loss_weights
@@ -443,6 +457,7 @@ class _Run:
             "finished": finished,
             "scheduler": self.scheduler.state_dict(),
             "config": config.model_dump(mode="json"),
+            "inputs": self.inputs,
             # Data position: the next batch is train.batch(step * grad_accum, batch_size, seed);
             # a TokenStream also needs where it is in the files (its state_dict).
             "data_position": {
