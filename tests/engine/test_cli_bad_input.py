@@ -131,6 +131,16 @@ def test_infinite_spill_limit_is_refused(root, tmp_path, capsys):
     assert "--spill-limit-gb must be a positive number of GB, got inf" in line and not out.exists()
 
 
+def test_spill_dir_under_a_file_is_refused_before_the_run(root, tmp_path, capsys):
+    """The spill directory is used only once activations outgrow RAM, maybe hours into a streamed run;
+    a file in its way failed there with a bare OS error."""
+    blocker, out = tmp_path / "notes.txt", tmp_path / "run"
+    blocker.write_text("x")
+    args = ["importance", root / "model", *SMALL, "--offload", "always", "--spill-dir", blocker / "spill"]
+    line = error_line(capsys, *args, "-o", out)
+    assert line.endswith(f"error: --spill-dir: {blocker} is a file, not a directory") and not out.exists()
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--lr", "inf"), ("--temperature", "inf"), ("--seed", "-1")])
 def test_distill_refuses_numbers_that_cannot_train(flag, value, root, tmp_path, capsys):
     """--lr inf used to train a student of NaNs to the end and save it; --seed -1 failed inside numpy."""
@@ -390,6 +400,40 @@ def test_a_fresh_distill_over_an_earlier_checkpoint_needs_resume_or_overwrite(ro
     assert main([str(a) for a in [*again, "--resume"]]) == 0  # --resume continues the new run
     assert json.loads((tmp_path / "second" / "prunescope_manifest.json").read_text())["steps"] == 2
     assert _summary_step(work) == 2
+
+
+def test_resume_with_another_teacher_data_or_seq_len_is_refused(root, tmp_path, capsys):
+    """The checkpoint records the teacher's weights (sampled) and the training blocks: a --resume with
+    another --teacher, --data or --seq-len was accepted and continued a run it was not."""
+    other_teacher, other_data = tmp_path / "teacher2", tmp_path / "data2.jsonl"
+    save_model(tiny_llama(seed=7), demo_tokenizer(), other_teacher, {"kind": "test"})
+    lines = (root / "data.jsonl").read_text().splitlines()
+    other_data.write_text("\n".join(reversed(lines)) + "\n")
+    work, stop = tmp_path / "work", tmp_path / "STOP"
+    kd = ["--mode", "kd", "--teacher", root / "model", "--work-dir", work]
+    stop.touch()
+    assert main([str(a) for a in [*_distill_into(root, tmp_path / "out"), *kd, "--stop-file", stop]]) == 3
+    stop.unlink()
+    before = (work / "checkpoint.pt").read_bytes()
+    resume = [*_distill_into(root, tmp_path / "out"), *kd, "--resume"]
+    changed = {
+        "the teacher's weights are not those": ["--teacher", other_teacher],
+        "the training data are not those": ["--data", other_data],
+        "seq_len is 12 but the checkpoint was made with 16": ["--seq-len", "12"],
+    }
+    for message, flags in changed.items():
+        assert f"cannot resume: {message}" in error_line(capsys, *resume, *flags)
+    assert (work / "checkpoint.pt").read_bytes() == before and not (tmp_path / "out").exists()
+    assert main([str(a) for a in resume]) == 0  # the same inputs resume
+
+
+def test_a_teacher_given_to_the_ce_baseline_is_refused(root, tmp_path, capsys):
+    """--mode ce trains on labels alone: a --teacher was loaded by nothing and said nothing."""
+    line = error_line(capsys, *_distill_into(root, tmp_path / "out"), "--teacher", root / "model")
+    assert line.endswith(
+        "error: --teacher: --mode ce trains on labels alone, without a teacher; leave it out"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

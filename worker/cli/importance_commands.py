@@ -110,6 +110,8 @@ def _check_options(args) -> tuple[str, ...]:
     check_append_file("--metrics-jsonl", args.metrics_jsonl)
     out = args.out
     check_output_dir("-o", out)
+    if args.spill_dir is not None:  # used only when activations outgrow RAM: maybe hours into the run
+        check_output_dir("--spill-dir", args.spill_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
         raise CliError(f"-o: {out} exists and is not an importance run directory; choose another output")
     return scans
