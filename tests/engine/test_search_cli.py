@@ -91,6 +91,8 @@ def test_bad_input_is_a_one_line_error_naming_the_flag(tiny_teacher_dir, importa
     assert code == 2 and out == ""
     last = err.strip().splitlines()[-1]  # a length is checked once the model's positions are read
     assert last.startswith(f"prunescope search: error: {flag}:") and "Traceback" not in err, err
+    if "latency=90%@1,100000" in argv:  # the budget's own tokens are not its text: say what was counted
+        assert "--budget: latency=90%@1,100000: its prompt + decoded 100" in last, last
 
 
 def test_missing_importance_run_names_the_flag(tiny_teacher_dir, tmp_path, capsys):

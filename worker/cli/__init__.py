@@ -38,17 +38,18 @@ def check_output_dir(flag: str, path) -> None:
             return
 
 
-def check_positions(flag: str, tokens: int, configs: dict) -> None:
+def check_positions(flag: str, tokens: int, configs: dict, *, what: str = "") -> None:
     """Refuse sequences longer than a model's positions (`configs`: source -> its config; one naming no
     limit is not checked): past them a learned position table fails deep in the run, a RoPE model
-    scores positions it never saw, and a typo such as 100000 builds attention matrices of tens of GB."""
+    scores positions it never saw, and a typo such as 100000 builds attention matrices of tens of GB.
+    `what`: words between the flag and the count, when the flag's value is not itself the count."""
     from worker.engine.spec import config_max_positions
 
     for source, config in configs.items():
         limit = config_max_positions(config)
         if limit and tokens > limit:
             raise CliError(
-                f"{flag}: {tokens} tokens exceed the {limit} positions of {source}; at most {limit}"
+                f"{flag}: {what}{tokens} tokens exceed the {limit} positions of {source}; at most {limit}"
             )
 
 

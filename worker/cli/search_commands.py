@@ -125,12 +125,8 @@ def _check_lengths(settings, configs: dict) -> None:
     for text in settings.budgets:
         budget = parse_budget(text, settings.latency_batch, settings.latency_context)
         if budget.measured:  # timed on a prompt of its context, then latency_new_tokens decoded
-            try:
-                check_positions("--budget", budget.context + settings.latency_new_tokens, configs)
-            except CliError as exc:
-                raise CliError(
-                    str(exc).replace("--budget:", f"--budget: {budget.text}: its prompt + decoded", 1)
-                ) from None
+            tokens = budget.context + settings.latency_new_tokens
+            check_positions("--budget", tokens, configs, what=f"{budget.text}: its prompt + decoded ")
 
 
 def cmd_search(args) -> int:
