@@ -387,13 +387,17 @@ def test_fill_param_budget_shrinks_mlp_first_then_hidden():
     new = resulting_spec(plan, spec)
     assert (new.intermediate_size, new.hidden_size) == (43, 32)
     assert plan_stats(plan, spec)["params_total"] <= budget
-    # A deep cut also shrinks the hidden size, and still respects the budget.
-    plan = fill_plan(PrunePlan(targets=PlanTargets(param_budget=full // 2)), spec, scores)
-    new = resulting_spec(plan, spec)
-    assert new.intermediate_size < 24 and new.hidden_size < 32
-    assert plan_stats(plan, spec)["params_total"] <= full // 2
-    bigger = resulting_spec(plan, spec).model_copy(update={"hidden_size": new.hidden_size + 1})
-    assert bigger.param_count()["total"] > full // 2 or new.intermediate_size < 24
+    # A deep cut also shrinks the hidden size, and still respects the budget. The hidden size moves in
+    # steps of 8 here (the head count), so the MLP takes what the step left: one channel more would pass
+    # the budget or the balanced MLP of the next hidden step, 24 x (d + 8) / 32 (it never grew back).
+    for fraction in (0.5, 0.4, 0.3):
+        budget = int(full * fraction)
+        plan = fill_plan(PrunePlan(targets=PlanTargets(param_budget=budget)), spec, scores)
+        new = resulting_spec(plan, spec)
+        f, d = new.intermediate_size, new.hidden_size
+        assert d < 32 and plan_stats(plan, spec)["params_total"] <= budget
+        wider = new.model_copy(update={"intermediate_size": f + 1})
+        assert f + 1 > 24 * (d + 8) // 32 or wider.param_count()["total"] > budget, fraction
 
 
 def test_fill_param_budget_out_of_reach_says_so():

@@ -989,7 +989,14 @@ def _fit_budget(
                 )
             ]
         )
-    return sizes(step)
+    f, d = sizes(step)
+    if intermediate is None and hidden is None:
+        # The hidden size moves in steps of `align` (the head count: 8 of 32 channels in a tiny model), so
+        # the common factor can stop well under the budget: the MLP takes what is left, up to the balanced
+        # width of the next hidden step (wider would trade hidden channels for an MLP out of proportion).
+        cap = max(f, math.floor(f0 * min(D, d + align) / D / fa) * fa)
+        f = largest(f // fa, cap // fa, lambda m: total(m * fa, d) <= budget) * fa
+    return f, d
 
 
 __all__ = [
