@@ -85,6 +85,23 @@ def fields_at(prefix: FieldPath) -> Iterator[None]:
         raise
 
 
+@contextmanager
+def stored_fields(owner: str) -> Iterator[None]:
+    """Service checks run on params stored earlier (a resume routes the job as it was created): no
+    field of this request holds them, so each problem is about the request as a whole and its message
+    names the stored field ("job 7's device: ...")."""
+    try:
+        yield
+    except DomainError as exc:
+        exc.problems = tuple(
+            p if p.field is None else Problem(f"{owner}'s {'.'.join(map(str, p.field))}: {p.message}")
+            for p in exc.problems
+        )
+        exc.message = "; ".join(p.message for p in exc.problems)
+        exc.args = (exc.message,)
+        raise
+
+
 def _path(field: Sequence[str | int] | None) -> FieldPath | None:
     return tuple(field) if field is not None else None
 

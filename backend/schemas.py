@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import types
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -77,9 +79,29 @@ RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Count = Annotated[int, Field(ge=0, le=MAX_ID)]  # steps, intervals: a job's Integer-sized counters
 
 
+def _takes_numbers_only(annotation) -> bool:
+    """int, float or an optional one: a field where true means nothing."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = [_bare(o) for o in (typing.get_args(annotation) if union else (annotation,))]
+    return all(o in (int, float, type(None)) for o in options) and any(o in (int, float) for o in options)
+
+
+def _bare(annotation):
+    """int for Annotated[int, ...] (RowId inside `RowId | None` keeps its Annotated)."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+
+
 class Strict(BaseModel):
     # NaN and Infinity are valid Python JSON but no database's JSON: refused like any bad number.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value, info: ValidationInfo):
+        # pydantic's lax mode stores "samples": true as 1
+        if isinstance(value, bool) and _takes_numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 class OnDevice(Strict):

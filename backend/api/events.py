@@ -36,8 +36,8 @@ def _cursor(last_event_id: str | None, query_last: int | None) -> int | None:
     raw = last_event_id if last_event_id not in (None, "") else query_last
     try:
         cursor = int(raw) if raw is not None else None
-    except ValueError:
-        return None  # not an id we sent: start over
+    except ValueError:  # never an id we sent (a browser echoes ours): a hand-made client's mistake
+        cursor = -1
     if cursor is not None and not 0 <= cursor <= MAX_ID:
         raise field_error(["header", "Last-Event-ID"], f"must be an event id between 0 and {MAX_ID}")
     return cursor

@@ -15,7 +15,7 @@ from backend.api.importance import ready_teacher
 from backend.data_reading import DataReading, check_data_reading
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, DomainError, Unavailable, fields_at
+from backend.errors import Conflict, DomainError, Unavailable, fields_at, stored_fields
 from backend.events import add_event, publish_wakeup
 from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, Event, Job, JobKind, JobStatus, MetricPoint, Student, Teacher
@@ -298,7 +298,8 @@ def cancel(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> J
 def resume(job_id: PathId, request: Request, db: Session = Depends(get_db)) -> JobOut:
     """The next attempt of a failed or cancelled job (from its checkpoint), routed anew."""
     settings = request.app.state.settings
-    job = lifecycle.resume(request.app, db, job_id, lambda j: choose_queue(settings, j.kind, j.params))
+    with stored_fields(f"job {job_id}"):
+        job = lifecycle.resume(request.app, db, job_id, lambda j: choose_queue(settings, j.kind, j.params))
     return serialize.job(job)
 
 

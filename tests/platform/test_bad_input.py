@@ -65,8 +65,9 @@ def test_huge_integers_in_paths_queries_and_bodies(client, api_env, ready_teache
         ("/api/v1/jobs?kind=%00", ["query", "kind"]),
     ):
         assert loc in field_of(client.get(path)), path
-    r = client.get(f"/api/v1/teachers/{ready_teacher}/events", headers={"Last-Event-ID": str(HUGE)})
-    assert ["header", "Last-Event-ID"] in field_of(r)
+    for last in (str(HUGE), "abc", "-1"):  # "abc" restarted the stream from the first event
+        r = client.get(f"/api/v1/teachers/{ready_teacher}/events", headers={"Last-Event-ID": last})
+        assert ["header", "Last-Event-ID"] in field_of(r), last
     for method, path, body, loc in (
         ("POST", f"/api/v1/jobs/{HUGE}/cancel", None, ["path", "job_id"]),
         ("DELETE", f"/api/v1/plans/{HUGE}", None, ["path", "plan_id"]),
@@ -275,3 +276,36 @@ def test_names_are_trimmed_and_hold_no_control_characters(client, api_env, ready
         r = client.post("/api/v1/teachers", json={"name": name, "source": "demo"})
         assert r.status_code == 422 and ["body", "name"] in field_of(r), r.text
     assert counts(url) == before
+
+
+def test_true_and_false_are_not_numbers(client, api_env, ready_teacher):
+    """pydantic's lax mode took "samples": true as 1 and stored it; every numeric field refuses booleans."""
+    before = counts(api_env["PRUNESCOPE_DATABASE_URL"])
+    for path, body, loc in (
+        (
+            "/api/v1/importance-runs",
+            {"teacher_id": ready_teacher, "dataset_id": 1, "samples": True},
+            ["body", "samples"],
+        ),
+        (
+            "/api/v1/jobs?validate_only=true",
+            {"kind": "distill", "teacher_id": ready_teacher, "params": {"steps": True}},
+            ["body", "params", "steps"],
+        ),
+        (
+            "/api/v1/jobs?validate_only=true",
+            {"kind": "evaluate", "teacher_id": ready_teacher, "params": {"gang_timeout_s": False}},
+            ["body", "params", "gang_timeout_s"],
+        ),
+        ("/api/v1/jobs", {"kind": "benchmark", "teacher_id": True}, ["body", "teacher_id"]),
+    ):
+        r = client.post(path, json=body)
+        assert field_of(r) == [loc], (path, body)
+        assert "must be a number, not " in r.json()["detail"][0]["msg"]
+    assert counts(api_env["PRUNESCOPE_DATABASE_URL"]) == before
+    # a boolean field still takes booleans
+    r = client.post(
+        "/api/v1/jobs?validate_only=true",
+        json={"kind": "distill", "teacher_id": ready_teacher, "params": {"gradient_checkpointing": True}},
+    )
+    assert r.status_code == 200, r.text

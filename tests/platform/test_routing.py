@@ -189,6 +189,10 @@ def test_resume_routes_again(client, api_env, setup):
     assert client.get(f"/api/v1/jobs/{jid}").json()["resumable"] is True
     r = client.post(f"/api/v1/jobs/{jid}/resume")
     assert r.status_code == 409 and "no live worker serves cuda" in error_text(r)
+    # The request has no device field: the problem is the stored job's (it named ["device"]).
+    (problem,) = r.json()["detail"]
+    assert problem["loc"] == [], problem
+    assert problem["msg"].startswith(f"job {jid}'s device: "), problem
     unchanged = client.get(f"/api/v1/jobs/{jid}").json()
     assert unchanged["status"] == "failed" and unchanged["attempts"] == 1 and unchanged["queue"] == "cpu"
 
