@@ -77,18 +77,24 @@ def test_experts_heatmap_marks_experts_and_the_summary_counts_active_parameters(
     page.goto(f"{live_app.url}/#/explore/{rid}")
     page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
     page.evaluate("localStorage.clear()")
-    # The heads map above holds its height before its scores arrive: the experts map does not move when
-    # they do (a jump of the map under the mouse would mark the wrong layer).
+    # The heads map and the toolbar's rank-stability badges above hold their size before their data
+    # arrive: the experts map does not move when they do (a jump of the map under the mouse would mark
+    # the wrong layer). The badges arriving last, on a loaded machine, moved it 30 px.
     held = []
-    page.route("**/importance-runs/*/heads*", lambda route: held.append(route))
+    for scores in ("heads", "stability"):
+        page.route(f"**/importance-runs/*/{scores}*", lambda route: held.append(route))
     page.reload()
-    while not held:
+    while len(held) < 2:
         page.wait_for_timeout(50)
     page.wait_for_function("document.querySelector('[data-testid=experts-map]')?.style.width")  # drawn
     before = page.locator("[data-testid=experts-map]").bounding_box()["y"]
-    held[0].continue_()
+    for route in held:
+        route.continue_()
+        page.wait_for_timeout(300)
     page.unroute("**/importance-runs/*/heads*")
+    page.unroute("**/importance-runs/*/stability*")
     page.wait_for_selector("[data-testid=first-paint]:not(:empty)")
+    page.wait_for_selector("[data-testid=stability-heads]")
     assert page.locator("[data-testid=experts-map]").bounding_box()["y"] == before
     assert page.locator("[data-testid=neurons-panel]").count() == 0
     assert value(page, "params-total") == spec.param_count()["total"]

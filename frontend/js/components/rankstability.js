@@ -10,6 +10,9 @@ import { h, mount } from "../dom.js";
 export async function showStability(st, widthEl, depthEl) {
   const { view } = st;
   const agg = st.agg();
+  // Empty badges hold the row's final size while the numbers load: badges arriving above the maps wrapped
+  // the toolbar onto a second line and moved the maps under the mouse.
+  mount(widthEl, ...widthStability({}, { moe: st.moe, batch: view.batch, seq: view.seq }));
   let s;
   try {
     s = await api.get(`/importance-runs/${st.run.id}/stability${qs(agg)}`);
@@ -25,10 +28,18 @@ export async function showStability(st, widthEl, depthEl) {
 export function widthStability(s, { moe, batch, seq }) {
   const aggName = `batch ${batch.toUpperCase()}, seq ${seq.toUpperCase()}`;
   const width = moe
-    ? [stabilityBadge("experts", s.experts_routed), stabilityBadge("contribution", s.experts_contribution), stabilityBadge("expert FFN", s.expert_neurons)]
-    : [stabilityBadge("neurons", s.neurons)];
+    ? [badge("experts", s.experts_routed), badge("contribution", s.experts_contribution), badge("expert FFN", s.expert_neurons)]
+    : [badge("neurons", s.neurons)];
   const help = `Rank stability: the calibration samples are split in two halves, each half's scores are ranked, and ρ is the Spearman correlation of the two rankings (1 = both halves order the units the same; near 0 = the order is noise: use more samples). Width scores (heads, neurons, hidden) are measured under the aggregation chosen on the left (now ${aggName}), so ρ follows it.`;
-  return [h("span.hint.help", { title: help, dataset: { testid: "stability-help", agg: `${batch}/${seq}` } }, "rank stability (?)"), stabilityBadge("heads", s.heads), ...width, stabilityBadge("hidden", s.hidden)];
+  return [h("span.hint.help", { title: help, dataset: { testid: "stability-help", agg: `${batch}/${seq}` } }, "rank stability (?)"), badge("heads", s.heads), ...width, badge("hidden", s.hidden)];
+}
+
+/** A width badge as wide as its longest text ("<axis> ρ=0.00 moderate"), loading or not, so that its row
+ * wraps the same way before and after the numbers arrive. */
+function badge(axis, rho) {
+  const el = stabilityBadge(axis, rho);
+  el.style.minWidth = `${axis.length + 15}ch`; // a "0" is wider than most letters: the text fits
+  return el;
 }
 
 /** The badges of the depth scores (block_importance, drop_loss, block_loss_k2 …), which have their own split-half agreement. */
