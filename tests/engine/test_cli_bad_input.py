@@ -86,6 +86,33 @@ def test_mistyped_config_field_is_named(root, tmp_path, capsys):
     assert "cannot read the config" in line and "'num_hidden_layers' expected int" in line
 
 
+def test_a_layers_file_that_disagrees_with_the_weights_is_named(root, tmp_path, capsys):
+    """A non-uniform student whose prunescope_layers.json was edited: summary, prune (in memory and out
+    of core), evaluate and distill ended in a torch traceback (size mismatch / invalid reshape); every
+    loader now says it in the same words."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"remove_neurons": {"0": list(range(8))}}))
+    student = tmp_path / "student"
+    assert main(["prune", str(root / "model"), "--plan", str(plan), "-o", str(student)]) == 0
+    layers = json.loads((student / "prunescope_layers.json").read_text())
+    layers["layers"][0]["intermediate_size"] = 48  # the weights hold 40
+    (student / "prunescope_layers.json").write_text(json.dumps(layers))
+    capsys.readouterr()
+    wrong = "model.layers.0.mlp.gate_proj.weight is [40, 32] in the weights but [48, 32] by prunescope_layers.json"
+    out = tmp_path / "out"
+    for argv in (
+        ["summary", student],
+        ["prune", student, "--plan", root / "plan.json", "-o", out],
+        ["prune", student, "--plan", root / "plan.json", "--out-of-core", "-o", out],
+        ["evaluate", student, "--tasks", "none", "--max-documents", "2"],
+        ["importance", student, *SMALL, "--offload", "always", "--block-size", "1", "-o", out],
+        [*_distill_into(root, out)[:1], student, *_distill_into(root, out)[2:]],
+    ):
+        line = error_line(capsys, *argv)
+        assert f"{student}: the weights do not match prunescope_layers.json ({wrong})" in line, argv
+    assert not out.exists()
+
+
 # ---- numbers out of range ---------------------------------------------------------------------------
 
 

@@ -138,10 +138,9 @@ class ModuleLoader:
                     name = entry[0] if entry is not None else f"{owner_name}.{leaf}"
                     tensor = self._read(name).to(self.device, param.dtype)
                     if tuple(tensor.shape) != tuple(param.shape):
-                        raise ValueError(
-                            f"{self.reader.path}: {name} has shape {tuple(tensor.shape)}, "
-                            f"the config says {tuple(param.shape)}"
-                        )
+                        from worker.engine.loading import weights_mismatch
+
+                        raise weights_mismatch(self.reader.path, name, tensor.shape, param.shape)
                     loaded = nn.Parameter(tensor, requires_grad=False)
                     self._loaded[id(param)] = loaded
                     self._loaded_names[id(loaded)] = name

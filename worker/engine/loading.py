@@ -23,10 +23,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -272,7 +273,10 @@ def _load_layers_format(path: Path, config, kwargs: dict, progress: LoadProgress
     state = fuse_expert_weights(adapter_for_model_type(config.model_type), state)  # MoE: per-expert on disk
     dtype = next(model.parameters()).dtype
     state = {k: v.to(dtype) for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape than the layers file gives its layer
+        raise _mismatch(path, exc) from None
     tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise ValueError(
@@ -281,6 +285,29 @@ def _load_layers_format(path: Path, config, kwargs: dict, progress: LoadProgress
     if config.tie_word_embeddings:
         model.tie_weights()
     return model
+
+
+def weights_mismatch(path: Path, name: str, on_disk: Sequence[int], expected: Sequence[int]) -> ValueError:
+    """The one error for a tensor of another size than config.json (and a non-uniform model's layers
+    file) give it, whichever loader finds it."""
+    said_by = LAYERS_FILE if (Path(path) / LAYERS_FILE).is_file() else "config.json"
+    return ValueError(
+        f"{path}: the weights do not match {said_by} ({name} is {list(on_disk)} in the weights but "
+        f"{list(expected)} by {said_by})"
+    )
+
+
+def _mismatch(path: Path, exc: RuntimeError) -> ValueError:
+    """`weights_mismatch` of the first tensor `load_state_dict` found of another shape (torch lists all)."""
+    found = re.search(
+        r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^]]*\])\) from checkpoint, "
+        r"the shape in current model is torch\.Size\((\[[^]]*\])\)",
+        str(exc),
+    )
+    if found is None:
+        return ValueError(f"{path}: the weights do not match {LAYERS_FILE} ({_first_line(exc)})")
+    name, on_disk, expected = found.groups()
+    return weights_mismatch(path, name, json.loads(on_disk), json.loads(expected))
 
 
 def _skip_weight_init():

@@ -16,6 +16,7 @@ their index, all written to a temporary directory and renamed into place.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,23 @@ def open_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     model = empty_model(path, reader, dtype=dtype)  # parameters on "meta"
     config = model.config
     adapter = adapter_for_model_type(config.model_type)
-    return Checkpoint(path, reader, config, adapter, model, checkpoint_dtype(reader, config, dtype))
+    ckpt = Checkpoint(path, reader, config, adapter, model, checkpoint_dtype(reader, config, dtype))
+    _check_sizes(ckpt)
+    return ckpt
+
+
+def _check_sizes(ckpt: Checkpoint) -> None:
+    """Every tensor as large as the config (and a non-uniform model's layers file) makes it, from the
+    headers alone: an edited layers file failed deep in the cut with a reshape error."""
+    from worker.engine.loading import weights_mismatch
+
+    for name, param in unique_parameters(ckpt.model).items():
+        try:
+            shape = ckpt.shape(name)
+        except KeyError:  # a missing tensor is named where it is read
+            continue
+        if math.prod(shape) != param.numel():
+            raise weights_mismatch(ckpt.path, name, shape, param.shape)
 
 
 def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
