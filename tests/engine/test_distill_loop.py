@@ -237,25 +237,16 @@ def test_bad_input_is_rejected(data, tmp_path):
         DistillConfig(lr=1e-4, min_lr=1e-3)
     distill(tiny_llama(seed=2), tiny_llama(seed=1), train, val, _config(steps=1), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
-        distill(
-            tiny_llama(seed=2),
-            tiny_llama(seed=1),
-            train,
-            val,
-            _config(steps=2, batch_size=3),
-            checkpoint_dir=tmp_path,
-            resume=True,
-        )
+        _resume(tmp_path, tiny_llama(seed=1), train, val, batch_size=3)
     with pytest.raises(ValueError, match="does not fit"):
-        distill(
-            tiny_llama(seed=2, layers=3),
-            tiny_llama(seed=1),
-            train,
-            val,
-            _config(steps=2),
-            checkpoint_dir=tmp_path,
-            resume=True,
-        )
+        _resume(tmp_path, tiny_llama(seed=1), train, val, student=tiny_llama(seed=2, layers=3))
+
+
+def _resume(checkpoint_dir, teacher, train, val, *, student=None, **config):
+    """Two steps of `distill` resumed from `checkpoint_dir` (student: a fresh tiny Llama, seed 2)."""
+    student = student or tiny_llama(seed=2)
+    config = _config(**{"steps": 2, **config})
+    return distill(student, teacher, train, val, config, checkpoint_dir=checkpoint_dir, resume=True)
 
 
 def test_resume_refuses_another_teacher_or_other_data(data, tmp_path):
@@ -265,11 +256,8 @@ def test_resume_refuses_another_teacher_or_other_data(data, tmp_path):
     train, val = data
     teacher = tiny_llama(seed=1)
 
-    def resume(teacher_model, train_data, mode="kd"):
-        config = _config(steps=2, mode=mode)
-        return distill(
-            tiny_llama(seed=2), teacher_model, train_data, val, config, checkpoint_dir=tmp_path, resume=True
-        )
+    def resume(teacher_model, train_data):
+        return _resume(tmp_path, teacher_model, train_data, val)
 
     distill(tiny_llama(seed=2), teacher, train, val, _config(steps=1), checkpoint_dir=tmp_path)
     saved = load_checkpoint(tmp_path)["inputs"]
@@ -292,12 +280,4 @@ def test_resume_refuses_a_teacher_the_checkpoint_did_not_have(data, tmp_path):
     train, val = data
     distill(tiny_llama(seed=2), None, train, val, _config(steps=1, mode="ce"), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="made without a teacher, this run has one"):
-        distill(
-            tiny_llama(seed=2),
-            tiny_llama(seed=1),
-            train,
-            val,
-            _config(steps=2, mode="ce"),
-            checkpoint_dir=tmp_path,
-            resume=True,
-        )
+        _resume(tmp_path, tiny_llama(seed=1), train, val, mode="ce")

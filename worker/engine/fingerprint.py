@@ -35,13 +35,18 @@ def weights_sha256(model: nn.Module) -> str:
     hashed: they are derived from the config (rotary frequencies), not learned.
     """
     digest = hashlib.sha256()
+    for name, param in _each_parameter(model):
+        hash_tensor(digest, name, param)
+    return digest.hexdigest()
+
+
+def _each_parameter(model: nn.Module):
+    """(name, detached tensor) of every parameter, a tied one once."""
     seen: set[int] = set()
     for name, param in model.named_parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        hash_tensor(digest, name, param.detach())
-    return digest.hexdigest()
+        if id(param) not in seen:
+            seen.add(id(param))
+            yield name, param.detach()
 
 
 def hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
@@ -56,12 +61,8 @@ def weights_sample_sha256(model: nn.Module, per_tensor: int = 64) -> str:
 
     For a resume check, where `weights_sha256` would read every byte of a 70B teacher each time."""
     digest = hashlib.sha256()
-    seen: set[int] = set()
-    for name, param in model.named_parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        flat = param.detach().reshape(-1)
+    for name, param in _each_parameter(model):
+        flat = param.reshape(-1)
         step = max(1, flat.numel() // per_tensor)
         sample = flat[::step][:per_tensor].to(torch.bfloat16).view(torch.int16).cpu().numpy()
         digest.update(f"{name}|{tuple(param.shape)}|".encode())
