@@ -36,6 +36,7 @@ from backend.queue import make_celery
 from backend.reaper import reap_forever
 from backend.resender import resend_forever
 from backend.settings import Settings, get_settings
+from backend.spec_refresh import refresh_at_start
 from backend.workflows.sweep import sweep_forever
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(reap_forever(app)),
             asyncio.create_task(resend_forever(app)),
             asyncio.create_task(sweep_forever(app)),  # workflows' steps (backend.workflows)
+            asyncio.create_task(refresh_at_start(app)),  # specs of teachers inspected by an older version
         ]
         try:
             yield

@@ -22,6 +22,7 @@ from backend.artifacts import ArtifactStore
 from backend.db import session_scope
 from backend.models import Artifact, BenchmarkResult, Dataset, ImportanceRun, Job, Plan, Student, Teacher
 from backend.paths import stored_source
+from backend.spec_refresh import REFRESH
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.engine.roots import check_model_inside
 from worker.runtime import JobCancelled, JobRuntime
@@ -216,7 +217,8 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
             spec.dtype = str(dtype).removeprefix("torch.")
         summary = spec.summary()
     except Exception as exc:
-        _mark_failed(rt, Teacher, teacher.id, exc)
+        if not job.params.get(REFRESH):  # a refresh (backend.spec_refresh) leaves a ready teacher ready
+            _mark_failed(rt, Teacher, teacher.id, exc)
         raise
     with session_scope(rt.url) as s:
         row = s.get(Teacher, teacher.id)
