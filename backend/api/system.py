@@ -9,6 +9,7 @@ from backend.api.errors import errors
 from backend.db import dialect
 from backend.deps import get_settings
 from backend.errors import Unavailable
+from backend.limits import job_limits
 from backend.responses import ConfigOut, HealthOut, WorkerOut
 from backend.settings import Settings
 
@@ -35,6 +36,7 @@ def config(settings: Settings = Depends(get_settings)) -> ConfigOut:
         auth=bool(settings.token),
         demo_dataset="demo",
         spill_limit_gb=settings.spill_limit_gb,
+        limits=job_limits(settings),
     )
 
 

@@ -216,6 +216,26 @@ def test_job_sizes_are_bounded_by_settings(api_env, ready_teacher, client):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_config_reports_the_job_limits(api_env):
+    """GET /config says each PRUNESCOPE_MAX_* with its variable (the dashboard's memory lines name a typed
+    batch size / seq_len over one instead of sizing a job the API refuses): the defaults, then settings."""
+    from fastapi.testclient import TestClient
+
+    variables = {"seq_len": "SEQ_LEN", "batch_size": "BATCH_SIZE", "job_tokens": "JOB_TOKENS"}
+    defaults = {"seq_len": 131_072, "batch_size": 4096, "job_tokens": 10**12}
+    small = {"seq_len": 512, "batch_size": 16, "job_tokens": 9}
+    for limits in (defaults, small):
+        env = (
+            {} if limits is defaults else {f"PRUNESCOPE_MAX_{variables[k]}": str(v) for k, v in small.items()}
+        )
+        with TestClient(create_app(settings_from({**api_env, **env})), base_url="http://127.0.0.1") as c:
+            got = c.get("/api/v1/config").json()["limits"]
+        assert got == {
+            k: {"limit": v, "variable": f"PRUNESCOPE_MAX_{variables[k]}"} for k, v in limits.items()
+        }
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_500_keeps_the_connection_alive(api_env):
     """A bug (here: a route that raises) answers 500 and the same kept-alive connection serves on."""
     app = create_app(settings_from(api_env))

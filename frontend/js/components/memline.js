@@ -1,6 +1,9 @@
 // The live memory line under a job form ("needs 61.2 GiB per device; fits 1 x cuda:0 on gpu-box"),
-// recomputed locally (frontend/js/memplan.js) on every keystroke, against the live workers' memory.
+// recomputed locally (frontend/js/memplan.js) on every keystroke, against the live workers' memory. A
+// batch size or seq_len over the server's limit (GET /config) is said instead: the API refuses that job
+// whatever it needs, and a fit computed for it would suggest settings the server never runs.
 import { api } from "../api.js";
+import { overLimit, serverConfig } from "../serverconfig.js";
 import { h } from "../dom.js";
 import { readForm } from "./widgets.js";
 import { benchmarkNeed, evaluateNeed } from "../jobmemory.js";
@@ -10,10 +13,13 @@ import { fitLine } from "../memplan.js";
 export function memoryLine(form, compute) {
   const line = h("div.hint", { dataset: { testid: "memory-estimate" } });
   let workers = [];
+  let limits = null;
   const update = () => {
     let out = null;
     try {
-      out = compute(readForm(form), workers);
+      const values = readForm(form);
+      const over = overLimit(values, limits);
+      out = over ? { text: over, fits: false } : compute(values, workers);
     } catch {
       out = null; // a half-typed value: keep the line empty rather than wrong
     }
@@ -23,6 +29,7 @@ export function memoryLine(form, compute) {
   form.addEventListener("input", update);
   form.addEventListener("change", update);
   api.get("/workers").then((w) => { workers = w; update(); }).catch(() => {});
+  serverConfig().then((c) => { limits = c.limits; update(); }).catch(() => {}); // unknown: no limit said
   queueMicrotask(update);
   return line;
 }

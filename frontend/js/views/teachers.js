@@ -11,6 +11,7 @@ import { fitLine, usableBytes } from "../memplan.js";
 import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
+import { serverConfig } from "../serverconfig.js";
 import { protocolEditor, protocolNote } from "../components/protocol.js";
 
 export async function teachersView(host, { query }, ctx) {
@@ -106,11 +107,11 @@ export async function teachersView(host, { query }, ctx) {
   // ---- data ----------------------------------------------------------------------------
   // The server's settings are fixed for the page's life: asked once (without them the form only lacks
   // the server's spill limit).
-  const serverConfig = api.get("/config").catch(() => ({}));
+  const configAsked = serverConfig().catch(() => ({}));
   async function refresh() {
     renderWorkers();
     try {
-      const [teachers, datasets, config] = await Promise.all([api.get("/teachers"), api.get("/datasets"), serverConfig]);
+      const [teachers, datasets, config] = await Promise.all([api.get("/teachers"), api.get("/datasets"), configAsked]);
       state.teachers = teachers;
       state.datasets = datasets;
       state.config = config;
