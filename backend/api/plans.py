@@ -19,7 +19,15 @@ from backend.responses import JobOut, PlanCheck, PlanOut
 from backend.schemas import PlanCreate, PlanFill, PlanUpdate, PlanValidate, PreviewCreate
 from backend.settings import Settings
 from worker.engine import eval_protocol
-from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
+from worker.engine.plan import (
+    PlanError,
+    PlanMessage,
+    PrunePlan,
+    fill_plan,
+    fill_warnings,
+    plan_stats,
+    validate_plan,
+)
 from worker.engine.spec import ArchSpec
 
 router = APIRouter(tags=["plans"])
@@ -87,7 +95,10 @@ def fill(
         raise plan_problems(exc.messages, ("body",)) from exc
     except ValueError as exc:
         raise InvalidInput(str(exc), field=("body", "targets")) from exc
-    return evaluate(plan, spec)
+    check = evaluate(plan, spec)
+    if check.stats is not None:  # no errors: say the degenerate or slow widths the targets gave
+        check.messages.extend(fill_warnings(plan, spec, body.targets))
+    return check
 
 
 @router.post("/plans", status_code=201, responses=errors(404, 409))

@@ -19,6 +19,7 @@ from worker.engine.plan import (
     PlanTargets,
     PrunePlan,
     fill_plan,
+    fill_warnings,
     plan_stats,
     resulting_spec,
     validate_plan,
@@ -331,6 +332,40 @@ def test_fill_layers_by_each_method(method, expected):
         PrunePlan(targets=PlanTargets(num_layers=2, layer_method=method)), spec, scores_for(spec)
     )
     assert plan.drop_layers == expected
+
+
+def filled_warnings(spec: ArchSpec, **targets) -> list[tuple[str, str]]:
+    t = PlanTargets(**targets)
+    plan = fill_plan(PrunePlan(targets=t), spec, scores_for(spec))
+    assert not errors(plan, spec)
+    return [(m.field, m.text) for m in fill_warnings(plan, spec, t) if m.level == "warning"]
+
+
+def test_fill_warns_of_degenerate_and_unaligned_widths():
+    """Outside UI audit 15: extreme targets filled without a word. A width at most 1/8 of the teacher's
+    is said (once, not also as unaligned), so is one that leaves the teacher's multiple of 8; widths
+    picked unit by unit (validate_plan) stay the user's choice."""
+    spec = tiny_spec()  # 8 heads / 4 KV groups, MLP 48, hidden 32
+    ((field, text),) = filled_warnings(spec, intermediate_size=1)
+    assert field == "targets.intermediate_size"
+    assert text.startswith("MLP width 1 of the teacher's 48 in every kept layer") and "degenerate" in text
+    ((field, text),) = filled_warnings(spec, intermediate_size=44, hidden_size=24)
+    assert (
+        field == "targets.intermediate_size"
+        and "MLP width 44 in every kept layer is not a multiple of 8" in text
+    )
+    assert "nearby multiples: 40, 48" in text
+    assert filled_warnings(spec, intermediate_size=40, hidden_size=24, num_layers=2) == []
+    wide = tiny_spec(num_heads=16, num_kv_heads=2)
+    ((field, text),) = filled_warnings(wide, heads_per_layer=2)
+    assert field == "targets.heads_per_layer" and text.startswith("query heads 2 of the teacher's 16")
+    # A budget chose the widths: the warning names the budget.
+    budget = int(spec.param_count()["total"] * 0.2)
+    found = filled_warnings(spec, param_budget=budget)
+    assert found and all(f == "targets.param_budget" for f, _ in found), found
+    # By hand: no such warning (the layers only differ in width).
+    hand = PrunePlan(remove_neurons={i: list(range(47)) for i in range(4)})
+    assert [m.level for m in validate_plan(hand, spec)] == []
 
 
 def test_fill_layers_block_needs_the_matching_scan():

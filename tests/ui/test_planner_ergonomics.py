@@ -16,7 +16,7 @@ import pytest
 from backend import fleet
 from tests.conftest import settings_from
 from tests.platform.helpers import make_dataset
-from tests.ui.conftest import doc_shot
+from tests.ui.conftest import doc_shot, shot
 
 pytestmark = pytest.mark.ui
 
@@ -217,6 +217,39 @@ def test_rounding_widths_to_hardware_multiples_shows_its_cost(page, live_app, se
     assert int(cost.get_attribute("data-delta")) == delta
     assert f"+{delta:,} parameters" in cost.inner_text()
     doc_shot(page, "planner-rounding")
+
+
+def test_a_fill_to_extreme_or_unaligned_widths_warns_under_the_form(page, live_app, setup):
+    """Outside UI audit 15: an MLP of 1 neuron was filled without a word. The server's fill warnings
+    (plan.fill_warnings) show under the form; a width rounded to multiples of 8 has none."""
+    teacher, run = setup["teacher"], setup["plain"]["id"]
+    body = {"teacher_id": teacher["id"], "importance_run_id": run, "targets": {"intermediate_size": 1}}
+    answer = live_app.api.post("/plans/fill", json=body).json()
+    assert [m["level"] for m in answer["messages"] if m["field"] == "targets.intermediate_size"] == [
+        "warning"
+    ]
+    open_explorer(page, live_app, run)
+    form, warnings = "[data-testid=fill-form]", "[data-testid=fill-warnings]"
+
+    def fill(width: str, round_to: str = "") -> str:
+        page.fill(f"{form} [name=intermediate_size]", width)
+        page.select_option(f"{form} [name=round_to]", round_to)
+        page.click("[data-testid=fill]")
+        want = f"MLP {int(width) if not round_to else -(-int(width) // 8) * 8}/48"
+        page.wait_for_function(f"document.querySelector('[data-testid=shape]').innerText.includes({want!r})")
+        return page.inner_text(warnings)
+
+    text = fill("1")
+    assert (
+        "targets.intermediate_size" in text
+        and "MLP width 1 of the teacher's 48" in text
+        and "degenerate" in text
+    )
+    assert page.locator(f"{warnings} li.warning").count() == 1
+    text = fill("30")
+    assert "MLP width 30 in every kept layer is not a multiple of 8" in text and "degenerate" not in text
+    assert fill("30", "8") == ""  # rounded to 32: nothing to say
+    shot(page, "planner-fill-warnings")
 
 
 def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):

@@ -60,9 +60,10 @@ def _resolve_plan(args, spec, plan, weights_hash: Callable[[], str]):
 
     `weights_hash()` is the model's weights SHA-256, asked for only when there are targets to fill.
     """
-    from worker.engine.plan import PlanError, check_plan, fill_plan
+    from worker.engine.plan import PlanError, check_plan, fill_plan, fill_warnings
 
     importance_manifest = None
+    targets = plan.targets
     if plan.needs_filling():
         if not args.importance:
             raise CliError("the plan has targets: give the importance run to rank by with --importance")
@@ -82,6 +83,8 @@ def _resolve_plan(args, spec, plan, weights_hash: Callable[[], str]):
         warnings = check_plan(plan, spec)
     except PlanError as exc:
         raise CliError(f"bad plan: {exc}") from None
+    if importance_manifest is not None:  # filled here: degenerate or slow widths the targets gave
+        warnings += fill_warnings(plan, spec, targets)
     for w in warnings:
         _say(f"warning: {w.field}: {w.text}")
     return plan, importance_manifest

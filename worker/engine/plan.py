@@ -894,6 +894,82 @@ def fill_plan(plan: PrunePlan, spec: ArchSpec, scores: ImportanceScores) -> Prun
     return PrunePlan.model_validate(out.model_dump())
 
 
+# A filled width at most this share of the teacher's (an MLP of 1 neuron, hidden 8 of 4096) is a likely
+# slip in a target: allowed, but said. Matrix units run fastest on widths that are multiples of 8 (64 /
+# 128 better still: the planner's round_to), so a fill that leaves a teacher's multiple of 8 is said too.
+EXTREME_FRACTION = 1 / 8
+HARDWARE_MULTIPLE = 8
+
+
+def fill_warnings(filled: PrunePlan, spec: ArchSpec, targets: PlanTargets) -> list[PlanMessage]:
+    """Warnings on the widths `filled` (fill_plan of `targets`) keeps: a query-head count, MLP (expert)
+    width or hidden size at most 1/8 of the teacher's (degenerate), and an MLP width or hidden size no
+    longer a multiple of 8 where the teacher's was. A fill's own: a width picked unit by unit is the
+    user's choice. Nothing for a plan with errors (validate_plan says those)."""
+    try:
+        new = resulting_spec(filled, spec)
+    except PlanError:
+        return []
+    budget = "param_budget" if targets.param_budget is not None else "active_param_budget"
+    teacher = spec.layer_shapes()
+    kept = kept_layers(filled, spec)
+    mlp = "expert FFN width" if any(s.num_experts for s in teacher) else "MLP width"
+    kinds = [  # (what, target field, [(teacher width, kept width, layer or None)])
+        (
+            "query heads",
+            "heads_per_layer",
+            [(teacher[i].num_heads, s.num_heads, i) for i, s in zip(kept, new.layer_shapes())],
+        ),
+        (
+            mlp,
+            "intermediate_size",
+            [
+                (teacher[i].intermediate_size, s.intermediate_size, i)
+                for i, s in zip(kept, new.layer_shapes())
+            ],
+        ),
+        ("hidden size", "hidden_size", [(spec.hidden_size, new.hidden_size, None)]),
+    ]
+    msgs = []
+    for what, name, widths in kinds:
+        field_name = f"targets.{name if getattr(targets, name) is not None else budget}"
+        tiny = [(t, w, i) for t, w, i in widths if w < t and w <= t * EXTREME_FRACTION]
+        if tiny:
+            t, w, _ = tiny[0]
+            msgs.append(
+                _warning(
+                    field_name,
+                    f"{what} {w} of the teacher's {t}{_where(tiny, len(widths))}: at most 1/8 of the "
+                    f"teacher's is a degenerate width that distillation rarely recovers; a slip in the target?",
+                )
+            )
+        m = HARDWARE_MULTIPLE
+        odd = [  # (a degenerate width was said already)
+            (t, w, i)
+            for t, w, i in widths
+            if what != "query heads" and w % m and not t % m and (t, w, i) not in tiny
+        ]
+        if odd:
+            t, w, _ = odd[0]
+            near = [v for v in (w // m * m, (w // m + 1) * m) if 0 < v <= t]
+            msgs.append(
+                _warning(
+                    field_name,
+                    f"{what} {w}{_where(odd, len(widths))} is not a multiple of {m} (the teacher's {t} is): "
+                    f"matrix units run such shapes slower; nearby multiples: {_listed(near)} (round_to)",
+                )
+            )
+    return msgs
+
+
+def _where(found: list[tuple[int, int, int | None]], total: int) -> str:
+    """ " in layers 0, 2" / " in every kept layer" / "" (the hidden size: one width)."""
+    layers = [i for _, _, i in found if i is not None]
+    if not layers:
+        return ""
+    return " in every kept layer" if len(layers) == total else f" in layers {_listed(layers)}"
+
+
 def _layers_to_drop(spec: ArchSpec, scores: ImportanceScores, n: int, method: str) -> list[int]:
     def need(key: str) -> np.ndarray:
         if key not in scores.layers:
@@ -1008,6 +1084,7 @@ __all__ = [
     "check_plan",
     "expert_widths",
     "fill_plan",
+    "fill_warnings",
     "kept_experts",
     "kept_layers",
     "layer_head_removal",

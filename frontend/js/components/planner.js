@@ -113,8 +113,12 @@ export class Planner {
       h("div.row", h("span.hint", "Marks the least important units; adjust by hand afterwards."), h("span.spacer"), h("button.primary", { type: "submit", dataset: { testid: "fill" } }, "Fill to target")),
       this.fillErr,
       h("div.hint", { dataset: { testid: "rounding-cost" } }),
+      // The server's warnings on the filled widths (plan.fill_warnings): degenerate or off the multiples
+      // of 8. The plan messages above are re-checked on every edit and do not hold them.
+      h("ul.messages", { dataset: { testid: "fill-warnings" } }),
     );
     this.roundInfo = this.fillForm.querySelector("[data-testid=rounding-cost]");
+    this.fillWarnings = this.fillForm.querySelector("[data-testid=fill-warnings]");
     this.fillForm.addEventListener("submit", (ev) => {
       ev.preventDefault();
       this.fill();
@@ -293,25 +297,28 @@ export class Planner {
       return api.post("/plans/fill", body);
     };
     mount(this.roundInfo);
+    mount(this.fillWarnings);
     delete this.roundInfo.dataset.delta;
     try {
       const round = Number(v.round_to) || 0;
-      const res = await request(targets);
-      const plan = round ? await this._rounded(request, targets, res.plan, round) : res.plan;
+      const exact = await request(targets);
+      const res = round ? await this._rounded(request, targets, exact, round) : exact;
       showError(this.fillErr, null, this.fillForm);
-      this.ctx.state.replace(plan, "fill");
-      toast("Plan filled to target: adjust it by hand if you like.");
+      this.ctx.state.replace(res.plan, "fill");
+      const warnings = (res.messages || []).filter((m) => m.level === "warning" && m.field.startsWith("targets."));
+      mount(this.fillWarnings, warnings.map((m) => h("li.warning", h("span.field", m.field), m.text)));
+      toast(warnings.length ? "Plan filled to target, with warnings: see under the form." : "Plan filled to target: adjust it by hand if you like.");
     } catch (err) {
       showError(this.fillErr, err, this.fillForm);
     }
   }
 
-  /** The filled plan with its MLP and hidden widths rounded to multiples of `m`, and what that costs
+  /** The fill's answer with its MLP and hidden widths rounded to multiples of `m`, and what that costs
    * (parameters against the exact fill) on the line under the form. Widths the user typed round to the
    * nearest multiple; widths a parameter budget chose round down, so the budget still holds. */
-  async _rounded(request, targets, exactPlan, m) {
+  async _rounded(request, targets, exactRes, m) {
     const spec = this.spec;
-    const exact = planStats(spec, exactPlan);
+    const exact = planStats(spec, exactRes.plan);
     const widest = (stats) => Math.max(...stats.layers.map((l) => l.intermediate_size));
     const budget = targets.param_budget !== undefined || targets.active_param_budget !== undefined;
     const now = { intermediate_size: widest(exact), hidden_size: exact.hidden_size };
@@ -324,7 +331,7 @@ export class Planner {
     if (!Object.keys(changed).length) {
       mount(this.roundInfo, `widths already multiples of ${m} (or smaller than one): nothing to round`);
       this.roundInfo.dataset.delta = "0";
-      return exactPlan;
+      return exactRes;
     }
     const rest = Object.fromEntries(Object.entries(targets).filter(([k]) => k !== "param_budget" && k !== "active_param_budget"));
     const res = await request({ ...rest, ...now, ...changed });
@@ -335,7 +342,7 @@ export class Planner {
     const sign = delta >= 0 ? "+" : "−";
     mount(this.roundInfo, `rounded to multiples of ${m}: ${what} · ${sign}${int(Math.abs(delta))} parameters (${sign}${pct(Math.abs(delta) / exact.params_total, 2)}) vs the exact fill (${compact(exact.params_total)} → ${compact(rounded.params_total)})`);
     this.roundInfo.dataset.delta = String(delta);
-    return res.plan;
+    return res;
   }
 
   /** Save as new, or update the loaded plan (optimistic concurrency on `version`). */
