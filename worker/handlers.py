@@ -704,6 +704,9 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "tasks": [],
         "seconds": None,
         "weights_stamp": weights_stamp(model_dir, rt.device, _dtype_name(model)),  # a preview may reuse it
+        # Where it ran (the compare table shows it beside each model's numbers).
+        "device": rt.device,
+        "dtype": _dtype_name(model),
     }
     rt.raise_if_cancelled()
     if p.get("tasks"):

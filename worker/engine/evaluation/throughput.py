@@ -128,7 +128,9 @@ def measure_model(
             )
     finally:
         model.train(was_training)
-    return {"parameters": count_parameters(model), "device": str(device), "runs": rows}
+    # The dtype the rounds ran in: tok/s of float32 and bfloat16 weights are not comparable.
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {"parameters": count_parameters(model), "device": str(device), "dtype": dtype, "runs": rows}
 
 
 def throughput(
