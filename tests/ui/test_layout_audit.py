@@ -3,10 +3,15 @@ field errors wrap inside their field instead of running over the next control or
 7); a field's error goes as soon as the field is edited (13); the runs table fits its panel at 1280 px
 (8); in the explorer's one-column layout (under 1100 px) the planner flows with the page instead of being a
 nested scroll box, and a plan strip stays in sight over the maps (4); the layer chart's hover label is
-light on dark, and the distillation form's switches are not squeezed into grid cells (16). Each test
-measures what the audit saw and fails on the layout it reported."""
+light on dark, and the distillation form's switches are not squeezed into grid cells (16). The second audit
+(2026-12): the job page's chart plots start level in a row (a validation curve's protocol line pushed its
+plot down), the search page's parallel-coordinates labels neither collide nor repeat, Compare's ★ stays
+beside its value and each row says the dtype and device it ran in (12, 16). Each test measures what the
+audit saw and fails on the layout it reported."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
@@ -257,3 +262,130 @@ def test_layer_chart_hover_text_is_light_and_distill_switches_have_room(page, li
     for name in ("baseline", "gradient_checkpointing"):
         label = page.locator(f"{form} label.check:has([name={name}])").bounding_box()
         assert label["height"] < 30, (name, label)  # one line (it wrapped over 4 at 1280 px)
+
+
+WIDTHS = (1024, 1280, 1920)
+
+
+def boxes(page, selector: str) -> list[dict]:
+    """Page-relative boxes of the visible elements matching `selector` (with their text)."""
+    return page.eval_on_selector_all(
+        selector,
+        """els => els.map((e) => { const r = e.getBoundingClientRect();
+            return { x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height, text: e.textContent }; })
+          .filter((b) => b.width > 0 && b.height > 0)""",
+    )
+
+
+def test_job_chart_plots_start_level_and_their_titles_stay_clear(page, live_app, student):
+    distill = next(
+        j
+        for j in live_app.api.get("/jobs", params={"kind": "distill"}).json()
+        if j["student_id"] == student["id"]
+    )
+    page.goto(f"{live_app.url}/#/job/{distill['id']}")
+    page.wait_for_selector("[data-testid=plot-val_ppl] .main-svg")
+    page.wait_for_selector("[data-testid=plot-kd_loss] .main-svg")
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(300)
+        panels = page.eval_on_selector_all(
+            ".grid.charts section.panel:not(.hidden):has(.plot)",
+            """els => els.map((s) => { const box = (e) => { const r = e.getBoundingClientRect();
+                return { x: r.x, y: r.y, width: r.width, height: r.height }; };
+              return { panel: box(s), plot: box(s.querySelector('.plot')), title: box(s.querySelector('h2')),
+                       sub: box(s.querySelector('.chart-sub')), name: s.querySelector('h2').textContent }; })""",
+        )
+        assert len(panels) >= 6, panels
+        rows: dict[int, list] = {}
+        for p in panels:
+            rows.setdefault(round(p["panel"]["y"]), []).append(p)
+            assert not overlaps(p["title"], p["sub"]), (
+                width,
+                p,
+            )  # the protocol line under, not over, the title
+            assert p["title"]["x"] + p["title"]["width"] <= p["panel"]["x"] + p["panel"]["width"], (width, p)
+        mixed = False
+        for row in rows.values():
+            tops = {round(p["plot"]["y"]) for p in row}
+            assert len(tops) == 1, (width, [(p["name"], p["plot"]["y"]) for p in row])
+            mixed |= len({p["name"].startswith("validation") for p in row}) > 1
+        assert width != 1920 or mixed  # at 1920 a row holds training and validation charts: the case seen
+    shot(page, "layout-job-charts-1920")
+
+
+def test_parallel_coordinates_labels_neither_collide_nor_repeat(page, live_app, shared_search):
+    """Nine axes (the search's own, plus memory, latency and widths of a real model, amended in the
+    browser) at 1024 px: the titles are disjoint, and each axis's tick labels are distinct (".3~g" read
+    a loss spread over 8.322..8.332 as four "8.33")."""
+    job = shared_search["job"]
+
+    def more_axes(route):
+        data = route.fetch().json()
+        rnd = random.Random(0)
+        for c in data["candidates"]:
+            c["costs"]["memory"] = rnd.uniform(300, 900) * 2**20
+            c["costs"]["latency"] = rnd.uniform(0.004, 0.009)
+            c["axes"]["hidden_size"] = rnd.choice([2560, 3072, 4096])
+            c["axes"]["intermediate_size"] = rnd.choice([9216, 11264, 14336])
+        route.fulfill(json=data)
+
+    for width, amend in ((1024, True), (1024, False), (1920, False)):
+        page.unroute("**/candidates*")
+        if amend:
+            page.route("**/candidates*", more_axes)
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(f"{live_app.url}/#/search/{job['id']}")
+        page.reload()
+        plot = "[data-testid=parcoords-plot]"
+        page.wait_for_selector(f"{plot}[data-dimensions]")
+        page.wait_for_timeout(500)
+        titles = boxes(page, f"{plot} .axis-title")
+        assert len(titles) == (9 if amend else len(page.get_attribute(plot, "data-dimensions").split(",")))
+        for i, a in enumerate(titles):
+            for b in titles[i + 1 :]:
+                assert not overlaps(a, b), (width, a, b)
+        panel = page.locator("section.panel", has=page.locator(plot)).bounding_box()
+        for t in titles:  # none cut at the panel's edges
+            assert panel["x"] <= t["x"] and t["x"] + t["width"] <= panel["x"] + panel["width"], (t, panel)
+        ticks = page.eval_on_selector_all(
+            f"{plot} g.y-axis",
+            "axes => axes.map((a) => [...a.querySelectorAll('.tick text')].map((t) => t.textContent))",
+        )
+        for labels in ticks:
+            assert len(labels) == len(set(labels)), (width, labels)
+    shot(page, "layout-parcoords")
+
+
+def test_compare_rows_say_their_dtype_and_the_stars_stay_beside_their_values(
+    page, live_app, shared_run, student
+):
+    bench = live_app.api.post("/jobs", json={"kind": "benchmark", "student_id": student["id"], "params": {}})
+    assert bench.status_code in (201, 202), bench.text
+    assert live_app.wait_job(bench.json()["id"])["status"] == "succeeded"
+    teacher = shared_run["teacher"]
+    page.goto(f"{live_app.url}/#/compare?teacher={teacher['id']}&students={student['id']}")
+    table = "[data-testid=bench-table]"
+    page.wait_for_selector(f"{table} [data-testid=best-mark]")
+    # Each row: the dtype and device its evaluation and benchmark ran in (both recorded by the worker).
+    ran = [t.replace("\n", " ") for t in page.locator(f"{table} [data-testid=ran-in]").all_inner_texts()]
+    assert ran == ["float32 on cpu", "float32 on cpu"], ran
+    header = page.inner_text(f"{table} thead").replace("\n", " ").lower()
+    assert "decode speedup vs teacher, same job" in header, header
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(300)
+        cells = page.eval_on_selector_all(
+            f"{table} td.best",
+            """tds => tds.map((td) => { const v = td.querySelector('[data-testid=bench-value]').getBoundingClientRect();
+                const m = td.querySelector('[data-testid=best-mark]').getBoundingClientRect();
+                return { value: [v.top, v.bottom, v.right], mark: [m.top, m.bottom, m.left], lines: td.querySelector('[data-testid=bench-value]').getClientRects().length }; })""",
+        )
+        assert cells, "no best value starred"
+        for c in cells:
+            # One line: the mark's box lies in the value's line, right after it.
+            assert (
+                c["lines"] == 1 and c["value"][0] - 2 <= c["mark"][0] and c["mark"][1] <= c["value"][1] + 2
+            ), (width, c)
+            assert c["mark"][2] >= c["value"][2] - 0.5, (width, c)
+    shot(page, "layout-compare-1024")

@@ -231,14 +231,31 @@ function archDiff(models) {
 /** The newest result of a list (by job id; the API lists newest first today). */
 const latest = (list) => (list && list.length ? list.reduce((a, b) => ((b.job_id ?? 0) > (a.job_id ?? 0) ? b : a)) : null);
 
-/** First measured run (one batch size) of a model's side of a benchmark result. */
-function run0(model, benchmarks) {
+/** A model's side of the benchmark the table shows ({runs, device, dtype, ...}), or null. */
+function benchSide(model, benchmarks) {
   const b = latest(model.benchmarks);
   const side = model.kind === "teacher" ? b?.teacher : b?.student;
-  if (side?.runs?.length) return side.runs[0];
+  if (side?.runs?.length) return side;
   // A teacher without its own benchmark: every student benchmark measured it too, in the same run.
-  if (model.kind === "teacher") for (const other of benchmarks) if (other?.teacher?.runs?.length) return other.teacher.runs[0];
+  if (model.kind === "teacher") for (const other of benchmarks) if (other?.teacher?.runs?.length) return other.teacher;
   return null;
+}
+
+/** First measured run (one batch size) of a model's side of a benchmark result. */
+const run0 = (model, benchmarks) => benchSide(model, benchmarks)?.runs[0] ?? null;
+
+/** "bfloat16 on cuda:0": what a result ran in (older results lack the dtype, or both); null: unknown. */
+function ranOn(result) {
+  if (!result?.dtype && !result?.device) return null;
+  return [result.dtype, result.device && `on ${result.device}`].filter(Boolean).join(" ");
+}
+
+/** What the row's numbers ran in: one phrase when perplexity and speed agree, else each named. */
+function ranIn(model, benchmarks) {
+  const evaluation = ranOn(shownEvaluation(model));
+  const speed = ranOn(benchSide(model, benchmarks));
+  if (evaluation && speed && evaluation !== speed) return `perplexity ${evaluation} · speed ${speed}`;
+  return evaluation || speed;
 }
 
 /** The newest result of a list that measured these weights ("pruned" | "distilled"). */
@@ -284,8 +301,8 @@ function benchColumns(models) {
     ["prefill tok/s", (m) => run0(m, all)?.prefill_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.prompt_len}-token prompt${device ? `, on ${device}` : ""}` : ""],
     ["decode tok/s", (m) => run0(m, all)?.decode_tokens_per_s, "max", null, run ? `batch ${run.batch_size}, ${run.new_tokens} new tokens` : ""],
     // Speedup against the teacher measured in the same benchmark job (robust to machine noise), so it
-    // need not equal the ratio of the tok/s columns, which come from separate jobs.
-    ["decode speedup", (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup?.[0]?.decode), "max", (v) => `${v.toFixed(2)}×`, "student decode tok/s ÷ the teacher's, both measured in the same benchmark job (the tok/s columns come from separate jobs)"],
+    // need not equal the ratio of the tok/s columns, which come from separate jobs: the header says so.
+    [["decode speedup", h("div.faint.th-basis", "vs teacher, same job")], (m) => (m.kind === "teacher" ? 1 : latest(m.benchmarks)?.speedup?.[0]?.decode), "max", (v) => `${v.toFixed(2)}×`, "student decode tok/s ÷ the teacher's, both measured in the student's own benchmark job (the teacher is 1× by definition; the tok/s columns come from separate jobs)"],
     ["peak memory", (m) => run0(m, all)?.peak_memory_bytes, "min", bytes, "weights + KV cache"],
   ];
   // lm-eval task scores: one column per task metric found in any model.
@@ -303,8 +320,15 @@ function benchColumns(models) {
   return cols;
 }
 
+/** The row's "ran in" line (dtype, device), when its results recorded them. */
+function rowRanIn(model, benchmarks) {
+  const text = ranIn(model, benchmarks);
+  return text ? h("div.faint", { dataset: { testid: "ran-in" }, title: "dtype and device of the shown evaluation and benchmark" }, text) : null;
+}
+
 function benchTable(models) {
   const cols = benchColumns(models);
+  const all = models.map((m) => latest(m.benchmarks)).filter(Boolean);
   // A perplexity measured on another protocol than its teacher's is not a candidate for ★ best.
   const comparable = (m, source) => {
     const r = source ? source(m) : null;
@@ -315,14 +339,17 @@ function benchTable(models) {
     if (vals.length < 2) return null;
     return dir === "min" ? Math.min(...vals) : Math.max(...vals);
   });
-  return h("table", { dataset: { testid: "bench-table" } },
+  return h("table.bench-table", { dataset: { testid: "bench-table" } },
     h("thead", h("tr", h("th", "model"), cols.map(([label, , , , title]) => h(`th.num${title ? ".explained" : ""}`, title ? { title } : {}, label)))),
-    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", { dataset: { testid: "measured-weights" } }, measuredLabel(m))), cols.map(([, get, , fmt, , source], i) => {
+    h("tbody", models.map((m) => h("tr", h("td", m.name, h("div.faint", { dataset: { testid: "measured-weights" } }, measuredLabel(m)), rowRanIn(m, all)), cols.map(([, get, , fmt, , source], i) => {
       const v = get(m);
       const isBest = best[i] !== null && v === best[i];
       const r = typeof v === "number" && source ? source(m) : null;
       const mark = r && r.perplexity !== undefined ? mismatchMark(r.protocol, m.eval_protocol) : null;
-      return h(`td.num${isBest ? ".best" : ""}`, r ? { title: `evaluate job ${r.job_id}${r.weights ? ` (${r.weights} weights)` : ""}${r.protocol ? ` on ${r.protocol.id}` : ""}: ${v}` } : {}, typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–", mark);
+      const shown = typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–";
+      // The ★ is an element of its own (not CSS content), so the layout tests can hold it beside its value.
+      return h(`td.num${isBest ? ".best" : ""}`, r ? { title: `evaluate job ${r.job_id}${r.weights ? ` (${r.weights} weights)` : ""}${r.protocol ? ` on ${r.protocol.id}` : ""}: ${v}` } : {},
+        h("span", { dataset: { testid: "bench-value" } }, shown), isBest ? h("span.best-mark", { dataset: { testid: "best-mark" }, title: "best in column" }, "★") : null, mark);
     })))));
 }
 

@@ -21,6 +21,15 @@ const PICK_COLOR = "#ff4fa3";
 const Y_AXES = { loss: "LM loss on held-out data (lower is better)", ppl: "perplexity (lower is better)" };
 const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "toImage"] };
 
+/** A d3 format with the decimals an axis spanning `values` (sorted) needs for distinct ticks: ".3~g" read
+ * a loss spread over 8.322..8.332 as "8.33" at four ticks. About ten ticks: a tenth of the span. */
+export function axisFormat(values) {
+  const span = values.length ? values[values.length - 1] - values[0] : 0;
+  if (!(span > 0)) return ".4~g";
+  const decimals = Math.max(0, Math.ceil(-Math.log10(span / 10)));
+  return `.${Math.min(decimals, 8)}~f`;
+}
+
 export async function searchView(host, { args, query }, ctx) {
   const id = Number(args[0]);
   if (!id) return searchHome(host, query, ctx);
@@ -372,7 +381,7 @@ async function searchResult(host, id, query, ctx) {
       const distinct = [...new Set(d.values)].sort((a, b) => a - b);
       if (d.values.every(Number.isInteger)) {
         if (distinct.length <= 12) d.tickvals = distinct;
-      } else d.tickformat = ".3~g";
+      } else d.tickformat = axisFormat(distinct);
     }
     const trace = {
       type: "parcoords",
@@ -385,7 +394,13 @@ async function searchResult(host, id, query, ctx) {
       rangefont: { size: 9, color: "#5d6878", shadow: "none" },
       labelangle: 0,
     };
-    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 60, t: 40, b: 20 } };
+    // Axis titles are centred on their axis: where neighbours are closer than the longest title, the
+    // titles tilt (with room above) instead of running into each other.
+    const width = parcoords.clientWidth || 900;
+    const gap = (width - 120) / Math.max(1, dims.length - 1);
+    const tilt = gap < 7 * Math.max(...dims.map((d) => d.label.length)) + 12;
+    if (tilt) trace.labelangle = -30;
+    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: tilt ? 360 : 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 60, t: tilt ? 70 : 40, b: 20 } };
     Plotly.react(parcoords, [trace], layout, { displaylogo: false, responsive: true });
     parcoords.dataset.dimensions = dims.map((d) => d.label).join(",");
   }
