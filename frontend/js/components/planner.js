@@ -140,7 +140,7 @@ export class Planner {
     // reads QUICK_PREVIEW blocks of calibration text instead (the API's preview defaults).
     const protocol = this.ctx.teacher.eval_protocol;
     this.previewOn = h("select", { dataset: { testid: "preview-on" }, title: "what the preview reads: the teacher's evaluation protocol (the number its evaluations report) or a quick sample" },
-      h("option", { value: "protocol" }, `on the teacher's protocol (${protocol?.max_documents ?? 64} docs)`),
+      h("option", { value: "protocol" }, `on the teacher's protocol (${protocol?.max_documents ?? 64} doc${(protocol?.max_documents ?? 64) === 1 ? "" : "s"})`),
       h("option", { value: "quick" }, `quick: ${QUICK_PREVIEW.samples} × ${QUICK_PREVIEW.seq_len} tokens`));
     // What the preview job needs (the teacher, then the masked teacher, a batch of 8 blocks).
     const context = Math.max(protocol?.context || 128, QUICK_PREVIEW.seq_len);
@@ -441,7 +441,7 @@ export class Planner {
     this.previewed = this.ctx.state.plan;
     // Which plan and job the box shows: it stays while the plan is edited (marked stale then).
     const title = () => h("div.hint", { dataset: { testid: "preview-of" } }, `preview of "${row.name}" v${row.version} · `,
-      h("a", { href: href("job", [job.id]) }, `job #${job.id}`), h("span.stale-note", " · the plan has changed since"));
+      h("a", { href: href("job", [job.id]), style: { whiteSpace: "nowrap" } }, `job #${job.id}`), h("span.stale-note", " · the plan has changed since"));
     const render = (j) => {
       this._previewStale();
       if (j.status === "succeeded" && j.result) {
