@@ -347,9 +347,10 @@ function benchTable(models) {
       const r = typeof v === "number" && source ? source(m) : null;
       const mark = r && r.perplexity !== undefined ? mismatchMark(r.protocol, m.eval_protocol) : null;
       const shown = typeof v === "number" ? (fmt ? fmt(v) : v >= 1e5 ? compact(v) : sig(v)) : "–";
-      // The ★ is an element of its own (not CSS content), so the layout tests can hold it beside its value.
+      // The ★ is an element of its own, so the layout tests can hold it beside its value; its glyph is CSS
+      // content, so a cell's text stays its number.
       return h(`td.num${isBest ? ".best" : ""}`, r ? { title: `evaluate job ${r.job_id}${r.weights ? ` (${r.weights} weights)` : ""}${r.protocol ? ` on ${r.protocol.id}` : ""}: ${v}` } : {},
-        h("span", { dataset: { testid: "bench-value" } }, shown), isBest ? h("span.best-mark", { dataset: { testid: "best-mark" }, title: "best in column" }, "★") : null, mark);
+        h("span", { dataset: { testid: "bench-value" } }, shown), isBest ? h("span.best-mark", { dataset: { testid: "best-mark" }, title: "best in column" }) : null, mark);
     })))));
 }
 
