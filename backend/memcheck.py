@@ -201,7 +201,7 @@ def prune_memory_of(worker: dict, mode: str) -> tuple[int, str]:
     """(usable bytes, where) a cut in `mode` may use on `worker`. The out-of-core cut reads and cuts
     tensor by tensor in host RAM on every worker (out_of_core.prune_checkpoint never touches the
     device), so its entry's `host_memory` counts; the in-memory cut loads the teacher onto the worker's
-    device and cuts it there (handlers._prune_in_memory): `memory` (a CPU worker's is its RAM). An
+    device and cuts it there (worker/handlers/prune_job.py): `memory` (a CPU worker's is its RAM). An
     entry from before `host_memory`: `memory`, as before. jobmemory.pruneMemoryOf mirrors it."""
     host = worker.get("host_memory") if mode == "out_of_core" else None
     if host:

@@ -96,14 +96,14 @@ def distill_args(
 def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
     """The ranks' command line for this job after `-m MODULE` (every node of a job over several nodes
     builds the same)."""
-    from worker.handlers import _dataset, _distilled_key, _rows, store, student_source
+    from worker.handlers.common import distilled_key, fetch_rows, job_dataset, store, student_source
 
-    student, teacher = _rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
-    dataset = _dataset(rt, job.params)
+    student, teacher = fetch_rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
+    dataset = job_dataset(rt, job.params)
     # Continuing a finished distillation (a bake-off winner's): its saved weights are the ranks' student,
     # a vanilla model directory like the pruned one (each node fetches it from the store).
     init = job.params.get("init_distill_job_id")
-    start = str(store(rt).local_dir(_distilled_key(rt, init))) if init else student_source(rt, student)
+    start = str(store(rt).local_dir(distilled_key(rt, init))) if init else student_source(rt, student)
     return [
         "distill",
         *distill_args(
@@ -126,7 +126,8 @@ def resuming(job: Job, ckpt: Path) -> bool:
 
 
 def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.handlers import CheckpointMirror, _publish, _record_artifact, checkpoint_dir
+    from worker.handlers.common import publish, record_artifact
+    from worker.handlers.distill_job import CheckpointMirror, checkpoint_dir
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
@@ -182,9 +183,9 @@ def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             raise JobCancelled()
         outcome.update(json.loads((out / "prunescope_manifest.json").read_text()))
 
-    key = _publish(rt, f"jobs/{job.id}/model", write)
+    key = publish(rt, f"jobs/{job.id}/model", write)
     with session_scope(rt.url) as s:
-        _record_artifact(rt, s, job.id, "distilled", key)
+        record_artifact(rt, s, job.id, "distilled", key)
     final = outcome.get("final_validation") or {}
     return {
         "steps": outcome.get("steps"),

@@ -32,13 +32,14 @@ MODULE = "worker.evaluate_ranks"
 
 def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
-    from worker.handlers import _dataset, _subject, model_source
+    from worker.handlers.common import job_dataset, model_source
+    from worker.handlers.measure_jobs import subject
 
     p = job.params
-    source, trust_remote_code = _subject(rt, job)
+    source, trust_remote_code = subject(rt, job)
     if trust_remote_code:
         raise RuntimeError("evaluation over several ranks runs models without remote code only; use gpus: 1")
-    dataset = _dataset(rt, p)
+    dataset = job_dataset(rt, p)
     args = [
         model_source(source),
         "--data", dataset.source if dataset else "demo",
@@ -62,7 +63,8 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine import eval_protocol
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.gang import opened
-    from worker.handlers import LmEvalCount, _plain, _save_benchmark, store
+    from worker.handlers.common import json_safe, store
+    from worker.handlers.measure_jobs import LmEvalCount, save_benchmark
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
@@ -106,9 +108,9 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result: dict[str, Any] = {
-        "perplexity": _plain(ranks_result["perplexity"]),
+        "perplexity": json_safe(ranks_result["perplexity"]),
         "protocol": eval_protocol.of_job("evaluate", p),
-        "tasks": _plain(ranks_result["tasks"]),
+        "tasks": json_safe(ranks_result["tasks"]),
         "seconds": None,
         "distributed": {
             "world_size": world,
@@ -124,7 +126,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
             "model call's requests, batched as in one process; the answers gathered on every rank)"
         )
     result["seconds"] = time.perf_counter() - t0
-    _save_benchmark(rt, job, "evaluate", result)
+    save_benchmark(rt, job, "evaluate", result)
     return result
 
 

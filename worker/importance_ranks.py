@@ -46,10 +46,10 @@ def importance_args(p: dict, *, model: str, data: str, out: Path, device: str) -
 
 def rank_args(rt: JobRuntime, job: Job, out: Path) -> list[str]:
     """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
-    from worker.handlers import _rows, model_source
+    from worker.handlers.common import fetch_rows, model_source
 
-    run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
-    (dataset,) = _rows(rt, (Dataset, run.dataset_id))
+    run, teacher = fetch_rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
+    (dataset,) = fetch_rows(rt, (Dataset, run.dataset_id))
     if teacher.trust_remote_code:
         raise RuntimeError(
             "importance over several ranks runs models without remote code only; use gpus: 1, nodes: 1"
@@ -66,9 +66,9 @@ def rank_args(rt: JobRuntime, job: Job, out: Path) -> list[str]:
 def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.importance.result import ImportanceResult
     from worker.gang import opened
-    from worker.handlers import _plain, _publish, _record_artifact, _rows
+    from worker.handlers.common import fetch_rows, json_safe, publish, record_artifact
 
-    (run,) = _rows(rt, (ImportanceRun, job.importance_run_id))
+    (run,) = fetch_rows(rt, (ImportanceRun, job.importance_run_id))
     p = run.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
     world = ranks * nodes
@@ -98,16 +98,16 @@ def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
             raise JobCancelled()
         loaded["result"] = ImportanceResult.load(out)
 
-    key = _publish(rt, f"importance/{run.id}", write)
+    key = publish(rt, f"importance/{run.id}", write)
     with session_scope(rt.url) as s:
         s.get(ImportanceRun, run.id).artifact = key
-        _record_artifact(rt, s, job.id, "importance", key)
+        record_artifact(rt, s, job.id, "importance", key)
     result = loaded["result"]
     execution = result.manifest.get("execution", {})
     return {
         "artifact": key,
         "samples": result.samples,
-        "stability": _plain(result.rank_stability()),
+        "stability": json_safe(result.rank_stability()),
         "mode": execution.get("mode"),
         "mode_reason": execution.get("reason"),
         "world_size": world,

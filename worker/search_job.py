@@ -11,13 +11,13 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.search_results import ARTIFACT_KIND, REPORT_FILE, report_key
-from worker.handlers import (
+from worker.handlers.common import (
     LoadCount,
-    _publish,
-    _record_artifact,
-    _rows,
     check_remote_code,
+    fetch_rows,
     model_source,
+    publish,
+    record_artifact,
     store,
 )
 from worker.runtime import JobRuntime
@@ -27,7 +27,7 @@ def load_teacher(rt: JobRuntime, teacher, dtype: str):
     """(model, tokenizer) of the teacher in the search's dtype (`settings.dtype`, float32 unless the job
     asks otherwise), as `prunescope search` loads it: not the checkpoint's own dtype (the demo teacher is
     stored in bfloat16, and its losses would then be scored in bfloat16). Its progress counts the tensors
-    read, as every job's load does (worker.handlers.load)."""
+    read, as every job's load does (worker.handlers.common.load)."""
     from worker.engine.loading import load_model
 
     check_remote_code(rt, teacher.trust_remote_code)
@@ -45,7 +45,7 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine.importance.result import ImportanceResult
     from worker.engine.search import SearchSettings, run_search
 
-    run, teacher = _rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
+    run, teacher = fetch_rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     settings = SearchSettings.model_validate(job.params["settings"])
     rt.progress(0.0, "loading model", force=True)
     model, tokenizer = load_teacher(rt, teacher, settings.dtype)
@@ -83,9 +83,9 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / REPORT_FILE).write_text(json.dumps(report))
 
-    key = _publish(rt, report_key(job.id), write)
+    key = publish(rt, report_key(job.id), write)
     with session_scope(rt.url) as s:
-        _record_artifact(rt, s, job.id, ARTIFACT_KIND, key)
+        record_artifact(rt, s, job.id, ARTIFACT_KIND, key)
     stats = report.get("stats") or {}
     top_k = int(job.params.get("top_k", 5))
     best = candidates[0] if candidates else None

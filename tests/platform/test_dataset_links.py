@@ -1,6 +1,6 @@
 """A symlink inside a dataset folder that leads out of PRUNESCOPE_ALLOWED_ROOTS is never read: POST
 /datasets refuses it (403 naming `source` and the file), and a worker refuses it if it appears later
-(worker/handlers.py `_dataset`, with the engine's one roots rule, worker/engine/streaming.py)."""
+(worker/handlers/common.py `job_dataset`, with the engine's one roots rule, worker/engine/streaming.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from backend.db import session_scope
 from backend.models import Dataset
 from tests.conftest import settings_from
 from worker.engine.roots import OutsideRoots
-from worker.handlers import _dataset
+from worker.handlers.common import job_dataset
 
 
 @pytest.fixture
@@ -60,11 +60,11 @@ def test_a_worker_refuses_a_link_added_after_registration(client, api_env, tmp_p
     assert r.status_code == 201, r.text
     rt = SimpleNamespace(url=api_env["PRUNESCOPE_DATABASE_URL"], settings=settings_from(api_env))
     params = {"dataset_id": r.json()["id"]}
-    assert _dataset(rt, params).source == str(folder)  # in the roots: read
+    assert job_dataset(rt, params).source == str(folder)  # in the roots: read
     (folder / "nested").mkdir()
     (folder / "nested" / "b.jsonl").symlink_to(outside_file)
     with pytest.raises(OutsideRoots, match=f"{folder / 'nested' / 'b.jsonl'} resolves to {outside_file}"):
-        _dataset(rt, params)
+        job_dataset(rt, params)
 
 
 def test_a_streamed_job_over_a_link_added_later_is_refused_at_submit(client, api_env, tmp_path, outside_file):

@@ -405,7 +405,7 @@ def test_an_out_of_core_cut_is_sized_by_the_hosts_ram_on_a_gpu_worker(client, ap
 
 
 def test_auto_is_resolved_by_the_workers_own_threshold(client, api_env, student_id, monkeypatch):
-    """The worker's PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB decides an auto cut (handlers.run_prune reads the
+    """The worker's PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB decides an auto cut (prune_job.run_prune reads the
     worker's settings): its entry carries it (`out_of_core_threshold_bytes`, None when unset), and the API
     resolves auto by it. A 4 GiB GPU with 500 GiB of free RAM: by half the free RAM the 32.1 GB teacher is
     cut in memory, on the GPU (refused); with the worker's threshold of 1 GB out of core, in its RAM."""

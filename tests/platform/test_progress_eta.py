@@ -82,7 +82,7 @@ def test_load_benchmark_and_lm_eval_progress_carry_their_counts(api_env, tiny_te
     """A benchmark job in process (the handler, the engine, the runtime's events; a clock ticking 1 s a
     reading so every report is written): loading k/N tensors with the load's own time left and no job
     ETA, then k/N runs with the ETA at the runs' rate; lm-eval's calls k/N requests with their tasks."""
-    from worker.handlers import LmEvalCount, run_benchmark
+    from worker.handlers.measure_jobs import LmEvalCount, run_benchmark
 
     settings = settings_from(api_env)
     url = settings.resolved_database_url

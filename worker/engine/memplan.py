@@ -741,12 +741,12 @@ def prune_memory(
     mode: str = "in_memory",
     weights_dtype: str | None = None,
 ) -> dict:
-    """Peak bytes of a prune job (worker/handlers.py run_prune) in the mode it runs.
+    """Peak bytes of a prune job (worker/handlers/prune_job.py run_prune) in the mode it runs.
 
     `student`: the cut model's spec (None: the teacher's, an upper bound). The weights are in the
     checkpoint's dtype (`weights_dtype`, default the teacher's).
 
-    - "in_memory" (handlers._prune_in_memory -> surgery.apply_plan): the teacher is loaded whole
+    - "in_memory" (prune_job._prune_in_memory -> surgery.apply_plan): the teacher is loaded whole
       (`teacher_weights`); `_cut_parameters` replaces each parameter by `cut.take(param)`, a new tensor.
       The replaced teacher tensors free nothing until the end: the loaded weights are views of the
       checkpoint's mapped files, each mapping alive while any of its tensors is. So the whole cut copy

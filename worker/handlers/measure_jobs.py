@@ -1,0 +1,171 @@
+"""The `evaluate` and `benchmark` jobs: perplexity (and lm-eval tasks) and decode throughput of a
+teacher or a student's pruned or distilled weights, each stored as a result row."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from backend.db import session_scope
+from backend.models import BenchmarkResult, Job, Student, Teacher
+from worker.handlers.common import (
+    distilled_key,
+    documents,
+    dtype_name,
+    fetch_rows,
+    job_dataset,
+    json_safe,
+    load,
+    model_source,
+    store,
+    student_source,
+)
+from worker.runtime import JobRuntime
+
+
+def subject(rt: JobRuntime, job: Job):
+    """(model source, trust_remote_code) of the job's student — the weights of the distillation its
+    params name (resolved by the API), else the pruned ones — or of its teacher when no student."""
+    if job.student_id:
+        distill_job_id = job.params.get("distill_job_id")
+        if distill_job_id:
+            return str(store(rt).local_dir(distilled_key(rt, distill_job_id))), False
+        (student,) = fetch_rows(rt, (Student, job.student_id))
+        return student_source(rt, student), False
+    (teacher,) = fetch_rows(rt, (Teacher, job.teacher_id))
+    return teacher.source, teacher.trust_remote_code
+
+
+def _measured(job: Job) -> dict[str, Any]:
+    """What a student's evaluate / benchmark result measured, stored with the result."""
+    if not job.student_id:
+        return {}
+    distill_job_id = job.params.get("distill_job_id")
+    return {"weights": "distilled" if distill_job_id else "pruned", "distill_job_id": distill_job_id}
+
+
+def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine import eval_protocol, evaluation
+
+    p = job.params
+    if p.get("tasks"):  # an unknown name fails the job now, not after the perplexity pass
+        evaluation.check_tasks(p["tasks"])
+    if p.get("gpus", 1) > 1 or p.get("nodes", 1) > 1:  # data-parallel under torchrun, lm-eval too
+        from worker.evaluate_ranks import run_evaluate_ranks
+
+        return run_evaluate_ranks(rt, job)
+    from worker.teacher_perplexity import weights_stamp
+
+    dataset = job_dataset(rt, p)
+    source, trc = subject(rt, job)
+    rt.progress(0.0, "loading model", force=True)
+    model_dir = model_source(source)
+    model, tokenizer = load(rt, model_dir, trc, bar=(0.0, 0.05))
+    docs = documents(dataset, p["split"])[: p["max_documents"]]
+    t0 = time.perf_counter()
+    share = 0.45 if p.get("tasks") else 0.9  # of the bar: lm-eval tasks take the rest
+    rt.progress(0.05, f"perplexity: 0 of {len(docs)} documents", force=True, phase="perplexity")
+
+    def scored(done: int, total: int) -> None:
+        where = f"{done}/{total} windows of {len(docs)} documents"
+        rt.progress(0.05 + share * done / total, f"perplexity: {where}", phase="perplexity")
+        rt.raise_if_cancelled()
+
+    ppl = evaluation.perplexity(
+        model, docs, tokenizer, context=p["seq_len"], stride=p.get("stride"), progress=scored
+    )
+    result: dict[str, Any] = {
+        "perplexity": json_safe(ppl),
+        "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by
+        "tasks": [],
+        "seconds": None,
+        "weights_stamp": weights_stamp(model_dir, rt.device, dtype_name(model)),  # a preview may reuse it
+        # Where it ran (the compare table shows it beside each model's numbers).
+        "device": rt.device,
+        "dtype": dtype_name(model),
+    }
+    rt.raise_if_cancelled()
+    if p.get("tasks"):
+        rt.progress(0.5, f"lm-eval tasks: building the requests of {', '.join(p['tasks'])}", force=True)
+        result["tasks"] = json_safe(
+            evaluation.run_lm_eval(
+                model,
+                tokenizer,
+                p["tasks"],
+                limit=p["limit"],
+                cache_root=rt.settings.cache,
+                progress=LmEvalCount(rt, p["tasks"], (0.5, 0.95)),
+            )
+        )
+    result["seconds"] = time.perf_counter() - t0
+    save_benchmark(rt, job, "evaluate", result)
+    return result
+
+
+class LmEvalCount:
+    """`lm-eval loglikelihood: 120/400 requests (hellaswag)` as lm-eval answers requests.
+
+    lm-eval calls the model once per request type with every task's requests of that type; which types
+    come, and how many, is known only when each call starts. Each call is a phase of its own (its rate,
+    its ETA) and takes an even share of what is left of `bar` over the tasks not yet run, the last call
+    the rest (one task, one call: the whole bar).
+    """
+
+    def __init__(self, rt: JobRuntime, tasks, bar: tuple[float, float]):
+        self.rt, self.tasks, self.bar = rt, max(1, len(tasks)), bar
+        self.call, self.span = 0, (bar[0], bar[0])
+
+    def __call__(self, r) -> None:  # worker.engine.evaluation.lm_eval_runner.RequestProgress
+        if r.call != self.call:
+            self.call = r.call
+            lo = self.span[1]
+            self.span = (lo, lo + (self.bar[1] - lo) / max(1, self.tasks - (r.call - 1)))
+        lo, hi = self.span
+        f = lo + (hi - lo) * (r.done / r.total if r.total else 1.0)
+        phase = f"lm-eval {r.request_type}"
+        self.rt.progress(f, f"lm-eval {r.describe()}", phase=phase, force=r.done == 0)
+        self.rt.raise_if_cancelled()
+
+
+def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
+    from worker.engine import evaluation
+
+    p = job.params
+    (teacher,) = fetch_rows(rt, (Teacher, job.teacher_id))
+    rt.progress(0.0, "loading models", force=True)
+    bar = (0.0, 0.03) if job.student_id else (0.0, 0.05)
+    teacher_model, tokenizer = load(
+        rt, teacher.source, teacher.trust_remote_code, bar=bar, what="teacher weights"
+    )
+
+    def ran(done: int, total: int, what: str) -> None:
+        message = f"benchmark: {done}/{total} runs ({what})"
+        rt.progress(0.05 + 0.9 * done / total, message, phase="benchmark", force=done == 0)
+        rt.raise_if_cancelled()
+
+    kwargs = dict(
+        batch_sizes=(p["batch_size"],),
+        prompt_len=p["seq_len"],
+        new_tokens=p["new_tokens"],
+        repeats=p["repeats"],
+        progress=ran,
+    )
+    if job.student_id:
+        source, _ = subject(rt, job)
+        student_model, _ = load(rt, source, bar=(0.03, 0.05), what="student weights")
+        result = json_safe(evaluation.throughput(teacher_model, student_model, **kwargs))
+    else:
+        result = {"teacher": json_safe(evaluation.measure_model(teacher_model, **kwargs))}
+    result.update(rt.device_use)  # measured alone on the device (worker.device_lock), after how long a wait
+    save_benchmark(rt, job, "benchmark", result)
+    return result
+
+
+def save_benchmark(rt: JobRuntime, job: Job, kind: str, result: dict) -> None:
+    result.update(_measured(job))
+    with session_scope(rt.url) as s:
+        s.add(
+            BenchmarkResult(
+                job_id=job.id, kind=kind, teacher_id=job.teacher_id, student_id=job.student_id, result=result
+            )
+        )
