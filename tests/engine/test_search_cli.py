@@ -100,3 +100,37 @@ def test_missing_importance_run_names_the_flag(tiny_teacher_dir, tmp_path, capsy
         capsys, "search", tiny_teacher_dir, "--importance", tmp_path / "no", "--budget", "params=60%"
     )
     assert code == 2 and "--importance: importance run not found" in err
+
+
+def test_a_bfloat16_teachers_own_importance_run_is_not_called_other_weights(
+    tiny_teacher_dir, tmp_path, capsys
+):
+    """The README's pipeline: `importance` reads a bfloat16 checkpoint as it is, `search` scores in
+    float32; the weights check compared the float32 hash and warned of "different weights"."""
+    import torch
+
+    from worker.engine.loading import save_model
+
+    model, tokenizer = load_model(tiny_teacher_dir)
+    teacher = tmp_path / "bf16-teacher"
+    save_model(model.to(torch.bfloat16), tokenizer, teacher, {"kind": "test"})
+    imp = tmp_path / "imp"
+    assert main(["importance", str(teacher), "--samples", "4", "--seq-len", "16", "--batch-size", "2",
+                 "--block-size", "1", "-o", str(imp)]) == 0  # fmt: skip
+    assert json.loads((imp / "manifest.json").read_text())["dtype"] == "bfloat16"
+    search = ["search", teacher, "--importance", imp, "--budget", "params=70%", "--top", "1", *FAST]
+    code, _, err = run(capsys, *search)
+    assert code == 0, err
+    assert "different weights" not in err
+    other = tmp_path / "other"  # other weights in the same dtype are still told apart
+    save_model(load_model(tiny_teacher_dir)[0].to(torch.bfloat16).apply(_nudge), tokenizer, other, {})
+    code, _, err = run(capsys, "search", other, *search[2:])
+    assert code == 0 and "warning: the importance run was measured on different weights" in err
+
+
+def _nudge(module):
+    import torch
+
+    with torch.no_grad():
+        for p in module.parameters(recurse=False):
+            p.add_(0.5)

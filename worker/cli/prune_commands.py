@@ -55,10 +55,11 @@ def _load(args):
     )
 
 
-def _resolve_plan(args, spec, plan, weights_hash: Callable[[], str]):
+def _resolve_plan(args, spec, plan, weights_hash: Callable[[str | None], str]):
     """The explicit plan: targets filled from the importance run, then validated (errors raise).
 
-    `weights_hash()` is the model's weights SHA-256, asked for only when there are targets to fill.
+    `weights_hash(dtype)` is the model's weights SHA-256 as loaded in `dtype` (None: as loaded here),
+    asked for only when there are targets to fill.
     """
     from worker.engine.plan import PlanError, check_plan, fill_plan, fill_warnings
 
@@ -90,11 +91,18 @@ def _resolve_plan(args, spec, plan, weights_hash: Callable[[], str]):
     return plan, importance_manifest
 
 
-def _check_same_weights(weights_hash: Callable[[], str], manifest: dict) -> None:
-    """Scores measured on other weights rank the wrong units: warn (the user may know better)."""
+def _check_same_weights(weights_hash: Callable[[str | None], str], manifest: dict) -> None:
+    """Scores measured on other weights rank the wrong units: warn (the user may know better). The
+    weights are compared in the dtype the importance run loaded them in: `search` scores in float32
+    the bfloat16 checkpoint `importance` read as it is, and those are the same weights."""
     expected = manifest.get("weights_sha256")
-    if expected and weights_hash() != expected:
+    if expected and weights_hash(manifest.get("dtype")) != expected:
         _say("warning: the importance run was measured on different weights than this model")
+
+
+def _hash_in(own_hash: str, own_dtype: str, rehash: Callable[[str], str]) -> Callable[[str | None], str]:
+    """`weights_hash` for `_check_same_weights` from the hash already taken in the model's own dtype."""
+    return lambda dtype: own_hash if dtype in (None, own_dtype) else rehash(dtype)
 
 
 def _print_json_or_table(data: dict, as_json: bool, keys: list[str]) -> None:
@@ -162,7 +170,7 @@ def cmd_plan_stats(args) -> int:
     plan = _read_plan(args.plan)
     model, _tok = _load(args)
     spec = arch_spec(model)
-    plan, _ = _resolve_plan(args, spec, plan, lambda: weights_sha256(model))
+    plan, _ = _resolve_plan(args, spec, plan, lambda dtype: weights_sha256(model, dtype))
     stats = plan_stats(plan, spec)
     if args.json:
         print(json.dumps({"plan": plan.model_dump(mode="json"), **stats}, indent=2))
@@ -206,7 +214,9 @@ def _prune_in_memory(args, original_plan, out: Path, why: str) -> int:
     model, tokenizer = _load(args)
     spec = arch_spec(model)
     teacher = _teacher_record(args, spec, weights_sha256(model))  # hashed once: the surgery changes it
-    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher)
+    own = str(next(model.parameters()).dtype).removeprefix("torch.")
+    hash_in = _hash_in(teacher["weights_sha256"], own, lambda dtype: weights_sha256(model, dtype))
+    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher, hash_in)
     steps = len(kept_layers(plan, spec)) + bool(plan.remove_hidden) + bool(plan.drop_layers)
     with tqdm(total=steps, desc="prune", unit="step", file=sys.stderr) as bar:
         apply_plan(model, plan, progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
@@ -228,7 +238,11 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
     spec = checkpoint.spec
     _say("[hash] teacher weights, tensor by tensor")
     teacher = _teacher_record(args, spec, checkpoint_weights_sha256(checkpoint))
-    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher)
+    own = str(checkpoint.dtype).removeprefix("torch.")
+    hash_in = _hash_in(
+        teacher["weights_sha256"], own, lambda dtype: checkpoint_weights_sha256(checkpoint, dtype)
+    )
+    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher, hash_in)
     manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
     _say(f"[save] {out}")
     with tqdm(desc="prune", unit="tensor", file=sys.stderr) as bar:
@@ -262,10 +276,10 @@ def _teacher_record(args, spec, weights_hash: str) -> dict:
     }
 
 
-def _plan_and_stats(args, spec, original_plan, teacher: dict):
+def _plan_and_stats(args, spec, original_plan, teacher: dict, weights_hash: Callable[[str | None], str]):
     from worker.engine.plan import plan_stats
 
-    plan, importance_manifest = _resolve_plan(args, spec, original_plan, lambda: teacher["weights_sha256"])
+    plan, importance_manifest = _resolve_plan(args, spec, original_plan, weights_hash)
     stats = plan_stats(plan, spec)
     _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
     return plan, importance_manifest, stats

@@ -151,7 +151,7 @@ def cmd_search(args) -> int:
     importance = ImportanceResult.load(args.importance)
     _say(f"[load] {args.model}")
     model, tokenizer = load_model(args.model, dtype=settings.dtype, device=device)
-    _check_same_weights(lambda: weights_sha256(model), importance.manifest)
+    _check_same_weights(lambda dtype: weights_sha256(model, dtype), importance.manifest)
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer: the held-out text cannot be tokenised")
     _check_lengths(settings, {args.model: model.config})

@@ -28,15 +28,18 @@ LIBRARIES = (
 )
 
 
-def weights_sha256(model: nn.Module) -> str:
+def weights_sha256(model: nn.Module, dtype: torch.dtype | str | None = None) -> str:
     """SHA-256 over every parameter's name, dtype, shape and raw bytes (tied weights once).
 
     Identifies the exact weights, whatever path or hub revision they came from. Buffers are not
-    hashed: they are derived from the config (rotary frequencies), not learned.
+    hashed: they are derived from the config (rotary frequencies), not learned. `dtype`: the hash of
+    the weights as another run loaded them (a float32 copy of bfloat16 weights hashes as those), one
+    tensor cast at a time.
     """
+    cast = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     digest = hashlib.sha256()
     for name, param in _each_parameter(model):
-        hash_tensor(digest, name, param)
+        hash_tensor(digest, name, param if cast is None else param.to(cast))
     return digest.hexdigest()
 
 

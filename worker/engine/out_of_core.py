@@ -134,11 +134,13 @@ def _check_sizes(ckpt: Checkpoint) -> None:
             raise weights_mismatch(ckpt.path, name, shape, param.shape)
 
 
-def checkpoint_weights_sha256(ckpt: Checkpoint) -> str:
-    """`fingerprint.weights_sha256` of the model the checkpoint loads into, read tensor by tensor."""
+def checkpoint_weights_sha256(ckpt: Checkpoint, dtype: torch.dtype | str | None = None) -> str:
+    """`fingerprint.weights_sha256` of the model the checkpoint loads into (its `dtype` argument too),
+    read tensor by tensor."""
+    cast = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     digest = hashlib.sha256()
     for name, param in unique_parameters(ckpt.model).items():
-        tensor = ckpt.read(name).to(param.dtype)  # as loaded (fp32-kept too)
+        tensor = ckpt.read(name).to(cast or param.dtype)  # as loaded (fp32-kept too)
         hash_tensor(digest, name, tensor.reshape(param.shape))
     return digest.hexdigest()
 
