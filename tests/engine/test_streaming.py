@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from tests.engine.distill_helpers import demo_documents, demo_tokenizer, packed, tiny_llama
-from worker.engine.data import PackedTokens, jsonl_texts, read_all_documents, read_documents, write_jsonl_gz
+from worker.engine.data import (
+    PackedTokens,
+    jsonl_texts,
+    read_all_documents,
+    read_documents,
+    split_of,
+    write_jsonl_gz,
+)
 from worker.engine.distill import DistillConfig, distill
 from worker.engine.streaming import TokenStream, stream_calibration_batches
 
@@ -159,9 +166,35 @@ def test_bad_sources_fail_clearly(tmp_path, docs, monkeypatch):
     empty.write_text("\n")
     with pytest.raises(ValueError, match="no documents"):
         TokenStream(tok, empty, seq_len=16, split=None).take(1)
+    one = _write(tmp_path / "one.jsonl", docs[:1])  # too few documents for every split to get one
+    missing = next(s for s in ("train", "validation", "calibration", "test") if s != split_of(docs[0]))
+    with pytest.raises(
+        ValueError, match=rf"no documents of split '{missing}' in .*a hash of its text, about"
+    ):
+        TokenStream(tok, one, seq_len=16, split=missing).take(1)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ValueError, match="needs internet"):
         TokenStream(tok, "hf:wikitext:wikitext-2-raw-v1", seq_len=16).take(1)
+
+
+def test_an_unreachable_hub_fails_an_hf_source_at_once(monkeypatch):
+    """No offline flag set and no network: `datasets` retried for ~30 s before failing; the hub's probe
+    (the one a hub model id gets) answers at once. Port 9 on localhost refuses the connection."""
+    import time
+
+    from huggingface_hub import constants
+
+    from worker.engine import hub
+
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_probed", {})
+    began = time.monotonic()
+    with pytest.raises(ValueError, match=r"the hub cannot be reached \(127.0.0.1:9 did not answer"):
+        TokenStream(demo_tokenizer(), "hf:wikitext:wikitext-2-raw-v1", seq_len=16).take(1)
+    assert time.monotonic() - began < hub.PROBE_TIMEOUT_S + 2
 
 
 def test_streamed_calibration_is_the_first_blocks_of_the_split(tmp_path, docs):

@@ -138,8 +138,15 @@ def register(subparsers) -> None:
     )
     e.add_argument("--limit", type=int, default=None, help="samples per lm-eval task")
     e.add_argument("--max-documents", type=int, default=None, help="documents for perplexity")
-    e.add_argument("--context", type=int, default=None)
-    e.add_argument("--stride", type=int, default=None)
+    # Unset: the engine's window (worker.engine.evaluation.perplexity), not a teacher's protocol in the
+    # app (128 every 64 by default): give both to compare a CLI number with the dashboard's.
+    e.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="window in tokens (default: the model's positions, at most 1024)",
+    )
+    e.add_argument("--stride", type=int, default=None, help="tokens between windows (default: context / 2)")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu")
@@ -513,7 +520,8 @@ def _evaluate(args) -> int:
         raise CliError(f"no tokenizer found with {args.model}")
     check_positions("--context", args.context or 0, {args.model: model.config})
     documents = read_documents(args.data, args.split)
-    _say(f"[perplexity] {args.data}:{args.split} ({len(documents)} documents)")
+    scored = len(documents) if args.max_documents is None else min(args.max_documents, len(documents))
+    _say(f"[perplexity] {args.data}:{args.split} ({scored} of {len(documents)} documents)")
     ppl = perplexity(
         model,
         documents,

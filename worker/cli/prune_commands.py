@@ -335,7 +335,7 @@ def register(subparsers) -> None:
         "--out-of-core",
         action="store_true",
         help="cut tensor by tensor from the safetensors checkpoint (peak memory about one tensor); "
-        "default: when the teacher is bigger than PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB (else half the free RAM)",
+        "default: when the teacher is bigger than PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB (else half the available RAM)",
     )
     mode.add_argument("--in-memory", action="store_true", help="load the whole teacher and cut it in memory")
     p.add_argument(

@@ -35,6 +35,7 @@ import numpy as np
 
 from worker.engine.data import (
     DATA_SUFFIXES,
+    SPLIT_BUCKETS,
     check_split,
     data_suffix,
     jsonl_texts,
@@ -170,6 +171,14 @@ def hf_documents(spec: str, start: int, text_field: str, hf_split: str) -> Itera
         raise ValueError(
             f"cannot stream hf:{spec}: offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
             "streaming a datasets id needs internet, use a local file or folder instead"
+        )
+    from worker.engine.hub import offline_reason
+
+    reason = offline_reason()  # datasets retries an unreachable hub for ~30 s before it says so
+    if reason is not None:
+        raise ValueError(
+            f"cannot stream hf:{spec}: the hub cannot be reached ({reason}); streaming a datasets id "
+            "needs internet, use a local file or folder instead"
         )
     import datasets
 
@@ -347,8 +356,13 @@ class TokenStream:
                         found = True
                         yield text, epoch, index, after
             if from_start and not found:
-                which = "documents" if self._keep is None else f"documents of split {self._keep!r}"
-                raise ValueError(f"no {which} in {self.source}")
+                if self._keep is None:
+                    raise ValueError(f"no documents in {self.source}")
+                share = len(SPLIT_BUCKETS[self._keep])  # as read_documents says it, unstreamed
+                raise ValueError(
+                    f"no documents of split {self._keep!r} in {self.source} (each document goes to a split by "
+                    f"a hash of its text, about {share}% to this one): use a source with more documents"
+                )
             if not self.repeat:
                 return
             epoch, shard, position, from_start = epoch + 1, 0, 0, True
