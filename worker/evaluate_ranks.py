@@ -112,6 +112,9 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
         "protocol": eval_protocol.of_job("evaluate", p),
         "tasks": json_safe(ranks_result["tasks"]),
         "seconds": None,
+        # Where it ran, as a one-process evaluation records it (the compare table shows it).
+        "device": device_type(rt.device),
+        "dtype": ranks_result.get("dtype"),
         "distributed": {
             "world_size": world,
             "nodes": nodes,
@@ -136,7 +139,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
 def rank_main(argv: list[str] | None = None) -> int:
     """One rank's perplexity and lm-eval tasks (also one process when not launched by torchrun / srun).
 
-    Writes {"perplexity": ..., "tasks": [...], "world_size"} to `--out` (rank 0)."""
+    Writes {"perplexity": ..., "tasks": [...], "world_size", "dtype"} to `--out` (rank 0)."""
     parser = argparse.ArgumentParser(prog="python -m worker.evaluate_ranks")
     parser.add_argument("model")
     parser.add_argument("--data", default="demo")
@@ -194,7 +197,8 @@ def rank_main(argv: list[str] | None = None) -> int:
     )
     ppl["world_size"] = ctx.world_size
     tasks = [t for t in args.tasks.split(",") if t]
-    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size}
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size, "dtype": dtype}
     if tasks:
         record({"phase": "lm-eval-tasks", "tasks": tasks})
         result["tasks"] = run_lm_eval(

@@ -97,6 +97,7 @@ def test_evaluate_with_gpus_is_data_parallel(app, body):
     rel = abs(two["perplexity"]["perplexity"] / one["perplexity"]["perplexity"] - 1)
     assert rel <= 1e-6, (two["perplexity"], one["perplexity"])
     assert two["perplexity"]["world_size"] == 2 and two["distributed"]["world_size"] == 2
+    assert (two["device"], two["dtype"]) == (one["device"], one["dtype"]) == ("cpu", "float32")
     assert two["tasks"] == one["tasks"] and two["tasks"]
     assert "data-parallel over 2 ranks" in two["distributed"]["tasks"]
     text = json.dumps(app.api.get(f"/jobs/{jobs[2]['id']}/logs").json())

@@ -24,7 +24,7 @@ class Scored(Exception):
 def scored_dtype(monkeypatch, settings: dict) -> torch.dtype:
     teacher = SimpleNamespace(source="demo", trust_remote_code=False)
     run = SimpleNamespace(artifact="importance/1")
-    monkeypatch.setattr("worker.search_job._rows", lambda rt, *pairs: (run, teacher))
+    monkeypatch.setattr("worker.search_job.fetch_rows", lambda rt, *pairs: (run, teacher))
     monkeypatch.setattr(
         "worker.search_job.store", lambda rt: SimpleNamespace(local_dir=lambda key: f"/nowhere/{key}")
     )

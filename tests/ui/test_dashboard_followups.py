@@ -339,7 +339,8 @@ def test_students_and_teachers_are_picked_from_the_keyboard(page, live_app, rows
 
 def test_the_study_wizard_starts_on_the_pages_teacher(page, live_app, rows):
     """Compare at ?teacher=N: the depth-vs-width wizard's teacher is N, not the first ready teacher of the
-    list (the newest), whose importance run the wizard then looked for in vain."""
+    list (the newest), whose importance run the wizard then looked for in vain; and it follows a teacher
+    ticked in the Models list."""
     url = live_app.env["PRUNESCOPE_DATABASE_URL"]
     with session_scope(url) as s:
         newer = Teacher(name="followup-newer", source="org/followup-newer", status="ready", spec=SPEC)
@@ -351,6 +352,10 @@ def test_the_study_wizard_starts_on_the_pages_teacher(page, live_app, rows):
             page.goto(f"{live_app.url}/#/compare?teacher={teacher}")
             select = page.wait_for_selector("[data-testid=wizard] select[name=teacher_id]")
             assert int(select.input_value()) == teacher
+        # Ticking another teacher in Models moves the study to it too (it kept the first one).
+        page.click(f"[data-testid=pick-teacher-{rows['teacher']}]")
+        page.wait_for_function(f"location.hash.includes('teacher={rows['teacher']}')")
+        assert int(select.input_value()) == rows["teacher"]
     finally:
         with session_scope(url) as s:
             s.execute(delete(Teacher).where(Teacher.id == newer_id))

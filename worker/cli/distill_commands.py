@@ -203,8 +203,8 @@ def _distill(args) -> int:
     config = _distill_config(args)
     if args.seq_len < 2:
         raise CliError(f"--seq-len must be at least 2, got {args.seq_len}")
-    if args.mode == "ce" and args.teacher is not None:
-        raise CliError("--teacher: --mode ce trains on labels alone, without a teacher; leave it out")
+    if args.mode == "ce" and args.teacher is not None:  # the same flags for kd and ce runs are fine
+        _say(f"[mode ce] --teacher {args.teacher} is not read: the baseline trains on labels alone")
     _check_device(args.device)  # only checked: under torchrun each rank picks its own cuda:N from it
     ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
     models = _load_models(args, "cpu" if ctx.distributed else args.device)  # sharding moves each share

@@ -44,7 +44,7 @@ export async function compareView(host, { query }, ctx) {
   function renderPicker() {
     const byTeacher = teachers.map((t) => ({ t, list: students.filter((s) => s.teacher_id === t.id) })).filter((g) => g.list.length || g.t.id === teacherId);
     mount(picker, byTeacher.length ? byTeacher.map(({ t, list }) => h("div", { style: { marginBottom: "8px" } },
-      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; update(); } }), h("strong", t.name), h("span.faint", " teacher")),
+      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; if (teacherId) study.follow(teacherId); update(); } }), h("strong", t.name), h("span.faint", " teacher")),
       h("div", { style: { paddingLeft: "18px", display: "flex", flexDirection: "column", gap: "2px" } },
         list.map((s) => h("label.check", h("input", { type: "checkbox", checked: chosen.has(s.id), dataset: { testid: `pick-student-${s.id}` }, onchange: (ev) => { ev.target.checked ? chosen.add(s.id) : chosen.delete(s.id); update(); } }), s.name, " ", statusBadge(s.status)))),
     )) : h("div.empty", "No student yet: use the wizard below or the planner."));
@@ -173,7 +173,7 @@ export async function compareView(host, { query }, ctx) {
     update();
     renderPicker();
   };
-  renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId });
+  const study = renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId });
   load();
 }
 
@@ -584,4 +584,12 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     h("div.hint", { style: { marginBottom: "8px" } }, "From one parameter budget: a depth-pruned student (fewest layers dropped: a contiguous block when the run scanned that block length, else lowest Block Importance, else lowest drop loss, else the block of least angular distance) and a width-pruned one (hidden and MLP shrunk, all layers and heads kept), both from the same importance run, each evaluated as cut, then distilled with the same budget. The server runs the study: closing this tab does not stop it."),
     ready.length ? form : h("div.empty", "Register a teacher first."));
   loadRuns();
+  /** The page's teacher changed (ticked in Models): the study follows it, as it started with it. */
+  const follow = (tid) => {
+    if (!teacherSelect || Number(teacherSelect.value) === tid || !ready.some((t) => t.id === tid)) return;
+    teacherSelect.value = String(tid);
+    teacherSelect.dispatchEvent(new Event("change"));
+    showPreview();
+  };
+  return { follow };
 }
