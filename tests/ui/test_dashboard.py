@@ -313,6 +313,13 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     assert named.inner_text() == f"plan mlp32 #{plan_id} v1", named.inner_text()
     link = named.query_selector("a").get_attribute("href")
     assert f"explore/{STATE['run']['id']}" in link and f"plan={plan_id}" in link, link
+    # Its result reads as two perplexities and their ratio, not a list of keys.
+    result = live_app.api.get(f"/jobs/{second}").json()["result"]
+    shown = page.wait_for_selector("[data-testid=preview-result]")
+    for testid, key in (("preview-teacher-ppl", "ppl_teacher"), ("preview-masked-ppl", "ppl_masked")):
+        assert float(page.get_attribute(f"[data-testid={testid}]", "data-value")) == result[key]
+    assert f"{result['ratio']:.2f}× the teacher's" in shown.inner_text(), shown.inner_text()
+    shot(page, "job-preview")
 
 
 def near_tie_neurons(artifact: Path, level: float = 5.5546, seed: int = 0) -> ImportanceResult:

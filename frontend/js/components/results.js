@@ -1,10 +1,12 @@
 // Evaluate, benchmark and distill results as people read them: metric cards and tables with units, the
-// teacher beside the student, lm-eval tasks with their stderr. Other results: a key/value list.
+// teacher beside the student, lm-eval tasks with their stderr, a preview's two perplexities. Other results:
+// a key/value list.
 // Every number carries data-value (the stored value) so tests can hold the text to the result.
 
 import { h } from "../dom.js";
 import { mismatchMark, protocolNote } from "./protocol.js";
 import { bytes, compact, duration, int, ms, rate, sig, times } from "../format.js";
+import { href } from "../router.js";
 
 /** One number: formatted text, raw value in data-value. */
 function num(value, format, testid) {
@@ -154,11 +156,26 @@ export function liveRanks({ step, worldSize, tokensPerS, ranks }) {
         h("td.num", num(r.step_s, ms, `live-rank-step-s-${r.rank}`)))))));
 }
 
+/** Preview: the teacher's and the masked teacher's perplexity on one protocol, and what the mask costs. */
+export function previewResult(r) {
+  const teacherFrom = r.teacher_from_job
+    ? h("span", "measured by ", h("a", { href: href("job", [r.teacher_from_job]), dataset: { testid: "preview-teacher-job" } }, `job #${r.teacher_from_job}`))
+    : "measured by this preview";
+  return h("div.stack", { dataset: { testid: "preview-result" } },
+    h("div.cards",
+      card("teacher perplexity", r.ppl_teacher, (x) => sig(x, 4), "preview-teacher-ppl", teacherFrom),
+      card("masked perplexity", r.ppl_masked, (x) => sig(x, 4), "preview-masked-ppl", h("span", num(r.ratio, times, "preview-ratio"), " the teacher's")),
+      card("tokens scored", r.tokens, int, "preview-tokens", "each, teacher and masked teacher")),
+    r.protocol ? h("div.hint", "measured ", protocolNote(r.protocol, { testid: "preview-protocol" })) : null,
+    h("div.hint", "The masked teacher zeroes what the plan cuts, without cutting a weight: a quick look at a plan before its student is made and distilled."));
+}
+
 /** The result of any job kind. */
 export function jobResult(kind, r, teacherEval = null) {
   if (kind === "distill" && r.final_validation && Object.keys(r.final_validation).length) return distillResult(r);
   if (kind === "evaluate" && r.perplexity) return evaluateResult(r, teacherEval);
   if (kind === "benchmark" && r.teacher) return benchmarkResult(r);
+  if (kind === "preview" && r.ppl_masked !== undefined) return previewResult(r);
   return keyValues(r);
 }
 
