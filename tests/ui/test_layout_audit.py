@@ -354,6 +354,16 @@ def test_parallel_coordinates_labels_neither_collide_nor_repeat(page, live_app, 
         )
         for labels in ticks:
             assert len(labels) == len(set(labels)), (width, labels)
+        # The candidates table's short cells keep their words on one line ("● mixed", "planner →" wrapped)
+        lines = page.eval_on_selector_all(
+            "tr[data-candidate] td:nth-child(3), tr[data-candidate] td:last-child",
+            """cells => cells.map((c) => {
+                const r = document.createRange();
+                r.selectNodeContents(c);
+                return new Set([...r.getClientRects()].map((b) => Math.round(b.top))).size;
+            })""",
+        )
+        assert lines and all(n == 1 for n in lines), (width, lines)
     shot(page, "layout-parcoords")
 
 

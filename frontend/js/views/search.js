@@ -446,14 +446,14 @@ async function searchResult(host, id, query, ctx) {
       h("tbody", rows.map((c) => h(`tr${picked.has(c.id) ? ".selected" : ""}`, { dataset: { candidate: c.id } },
         h("td", h("input", { type: "checkbox", checked: picked.has(c.id), dataset: { testid: "pick" }, onchange: () => togglePick(c.id) })),
         h("td.num", c.rank ?? "–"),
-        h("td", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), c.cut),
+        h("td.nowrap", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), c.cut),
         h("td.mono", archLine(c.axes, spec)),
         h("td.num", compact(c.costs.params)),
         hasMem ? h("td.num", bytes(c.costs.memory)) : null,
         hasLat ? h("td.num", ms(c.costs.latency)) : null,
         h("td.num", sig(c.loss)),
         h("td.num", sig(Math.exp(c.loss))),
-        h("td", h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); openInPlanner(c.id); } }, "planner →")))))));
+        h("td.nowrap", h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); openInPlanner(c.id); } }, "planner →")))))));
     if (shown().length > rows.length) table.append(h("div.hint", `${shown().length - rows.length} more not listed (all are in the charts)`));
   }
 
