@@ -319,6 +319,8 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     for testid, key in (("preview-teacher-ppl", "ppl_teacher"), ("preview-masked-ppl", "ppl_masked")):
         assert float(page.get_attribute(f"[data-testid={testid}]", "data-value")) == result[key]
     assert f"{result['ratio']:.2f}× the teacher's" in shown.inner_text(), shown.inner_text()
+    # A succeeded job offers neither Cancel nor Resume (both showed, greyed).
+    assert page.locator("[data-testid=cancel]").count() == page.locator("[data-testid=resume]").count() == 0
     shot(page, "job-preview")
 
 

@@ -115,8 +115,12 @@ export async function jobView(host, { args, query }, ctx) {
         job.params?.baseline ? h("span.badge", "baseline (no teacher)") : null,
         h("span.hint", { dataset: { testid: "job-where" } }, `${job.device ? `on ${job.device}${job.worker ? ` (${job.worker})` : ""} · ` : ""}created ${when(job.created_at)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}`),
         h("span.spacer"),
-        h("button.danger", { disabled: !canCancel, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel"),
-        h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : job.resumable ? "run it again (it never started; routed to a worker anew)" : "needs a checkpoint" }, "Resume"),
+        // Only the actions this status allows: a succeeded job offers neither; a failed one without a
+        // checkpoint shows Resume greyed, its title saying why.
+        canCancel ? h("button.danger", { onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel") : null,
+        job.status === "failed" || job.status === "cancelled"
+          ? h("button", { disabled: !canResume, onclick: () => act("resume"), dataset: { testid: "resume" }, title: job.checkpoint_step ? `resume from step ${job.checkpoint_step}` : job.resumable ? "run it again (it never started; routed to a worker anew)" : "needs a checkpoint" }, "Resume")
+          : null,
         // A queued job whose message the broker lost (the API also re-sends those by itself).
         job.status === "queued" ? h("button", { onclick: () => act("resend"), dataset: { testid: "resend" }, title: "publish its message again, if it is stuck in the queue (a duplicate never runs it twice)" }, "Re-send") : null,
         student ? h("a.btn", { href: href("compare", [], { students: student.id, teacher: student.teacher_id }) }, "Compare") : null,
