@@ -159,6 +159,7 @@ def rank_main(argv: list[str] | None = None) -> int:
 
     from worker.engine.data import read_documents
     from worker.engine.distributed import DistributedContext
+    from worker.engine.dtypes import model_dtype_name
     from worker.engine.evaluation import perplexity, run_lm_eval
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.engine.loading import load_model
@@ -197,8 +198,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     )
     ppl["world_size"] = ctx.world_size
     tasks = [t for t in args.tasks.split(",") if t]
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size, "dtype": dtype}
+    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size, "dtype": model_dtype_name(model)}
     if tasks:
         record({"phase": "lm-eval-tasks", "tasks": tasks})
         result["tasks"] = run_lm_eval(

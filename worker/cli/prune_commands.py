@@ -206,6 +206,7 @@ def _prune_in_memory(args, original_plan, out: Path, why: str) -> int:
     from tqdm import tqdm
 
     from worker.engine.adapters import arch_spec, count_parameters
+    from worker.engine.dtypes import model_dtype_name
     from worker.engine.importance.provenance import weights_sha256
     from worker.engine.loading import save_model
     from worker.engine.plan import kept_layers
@@ -214,7 +215,7 @@ def _prune_in_memory(args, original_plan, out: Path, why: str) -> int:
     model, tokenizer = _load(args)
     spec = arch_spec(model)
     teacher = _teacher_record(args, spec, weights_sha256(model))  # hashed once: the surgery changes it
-    own = str(next(model.parameters()).dtype).removeprefix("torch.")
+    own = model_dtype_name(model)
     hash_in = _hash_in(teacher["weights_sha256"], own, lambda dtype: weights_sha256(model, dtype))
     plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher, hash_in)
     steps = len(kept_layers(plan, spec)) + bool(plan.remove_hidden) + bool(plan.drop_layers)
@@ -233,12 +234,13 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
     """The same student, cut tensor by tensor from the checkpoint (worker/engine/out_of_core.py)."""
     from tqdm import tqdm
 
+    from worker.engine.dtypes import dtype_name
     from worker.engine.out_of_core import checkpoint_weights_sha256, prune_checkpoint
 
     spec = checkpoint.spec
     _say("[hash] teacher weights, tensor by tensor")
     teacher = _teacher_record(args, spec, checkpoint_weights_sha256(checkpoint))
-    own = str(checkpoint.dtype).removeprefix("torch.")
+    own = dtype_name(checkpoint.dtype)
     hash_in = _hash_in(
         teacher["weights_sha256"], own, lambda dtype: checkpoint_weights_sha256(checkpoint, dtype)
     )

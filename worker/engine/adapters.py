@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from worker.engine.dtypes import dtype_name
 from worker.engine.spec import ArchSpec, LayerShape, config_max_positions
 
 
@@ -213,7 +214,7 @@ class Adapter:
             intermediate_size=first.intermediate_size,
             vocab_size=self.embed(model).weight.shape[0],
             tie_word_embeddings=self.lm_head(model).weight is self.embed(model).weight,
-            dtype=str(param.dtype).removeprefix("torch."),
+            dtype=dtype_name(param.dtype),
             qkv_bias=getattr(qkv0, "bias", None) is not None,
             o_bias=getattr(attn_out, "bias", None) is not None,
             mlp_gated=self.mlp_layout != "plain",

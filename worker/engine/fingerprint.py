@@ -15,6 +15,8 @@ import platform
 import torch
 from torch import nn
 
+from worker.engine.dtypes import torch_dtype
+
 LIBRARIES = (
     "prunescope",
     "torch",
@@ -36,7 +38,7 @@ def weights_sha256(model: nn.Module, dtype: torch.dtype | str | None = None) -> 
     the weights as another run loaded them (a float32 copy of bfloat16 weights hashes as those), one
     tensor cast at a time.
     """
-    cast = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    cast = torch_dtype(dtype)
     digest = hashlib.sha256()
     for name, param in _each_parameter(model):
         hash_tensor(digest, name, param if cast is None else param.to(cast))

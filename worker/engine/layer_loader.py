@@ -21,6 +21,7 @@ from torch import nn
 
 from worker.engine.adapters import adapter_for_model_type
 from worker.engine.checkpoint_reader import CheckpointReader
+from worker.engine.dtypes import dtype_name, torch_dtype
 
 META = torch.device("meta")
 # Called with (the parameter's name in the model, its loaded tensor) for every parameter loaded.
@@ -30,13 +31,11 @@ OnLoad = Callable[[str, torch.Tensor], None]
 def checkpoint_dtype(reader: CheckpointReader, config, dtype) -> torch.dtype:
     """The dtype `load_model` (from_pretrained's "auto") loads in: the asked one, else the config's,
     else the checkpoint's first floating tensor's."""
-    from worker.engine.loading import _dtype
-
     if dtype is not None:
-        return _dtype(dtype)
+        return torch_dtype(dtype)
     stated = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if stated is not None and stated != "auto":
-        return _dtype(str(stated).removeprefix("torch."))
+        return torch_dtype(dtype_name(stated))
     codes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
     for name in reader.names():
         if reader.dtype_name(name) in codes:

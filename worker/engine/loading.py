@@ -31,12 +31,12 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from worker.engine.adapters import UnsupportedArchitecture, adapter_for, adapter_for_model_type
 from worker.engine.atomic import replace_dir
 from worker.engine.checkpoint_reader import INDEX_FILE, read_weight_map
+from worker.engine.dtypes import model_dtype_name, torch_dtype
 from worker.engine.fingerprint import library_versions
 from worker.engine.hub import hub_kwargs
 from worker.engine.plan import vanilla_loadable
@@ -50,18 +50,6 @@ LAYERS_FORMAT = "prunescope-layers/1"
 
 # load_model(progress=...): called with (tensors loaded, tensors in all) as the weights are read.
 LoadProgress = Callable[[int, int], None]
-
-
-def _dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        value = getattr(torch, str(dtype))
-    except AttributeError:
-        value = None
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
-    return value
 
 
 def _looks_like_path(source: str) -> bool:
@@ -133,7 +121,7 @@ def load_model(
     except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
         raise ValueError(f"cannot read the config of {source}: {_first_line(exc)}") from exc
     adapter_for_model_type(getattr(config, "model_type", None))  # unsupported: a clear error, before weights
-    kwargs = {"dtype": _dtype(dtype)} if dtype is not None else {}
+    kwargs = {"dtype": torch_dtype(dtype)} if dtype is not None else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if local and (path / INDEX_FILE).is_file():
@@ -150,13 +138,12 @@ def load_model(
         raise ValueError(f"cannot read the weights of {source}: {_first_line(exc)}") from None
     model = model.to(device).eval()
     params = sum(p.numel() for p in model.parameters())
-    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
     log.info(
         "loaded %s (%s, %.1fM parameters, %s) on %s in %.1f s",
         where,
         config.model_type,
         params / 1e6,
-        dtype_name,
+        model_dtype_name(model),
         device,
         time.perf_counter() - started,
     )

@@ -28,6 +28,7 @@ from torch import nn
 from worker.engine.adapters import Adapter, adapter_for_model_type
 from worker.engine.checkpoint_reader import CheckpointReader
 from worker.engine.cut_map import TensorCut, cut_map
+from worker.engine.dtypes import torch_dtype
 from worker.engine.fingerprint import hash_tensor
 from worker.engine.memplan import AUTO_OUT_OF_CORE_RAM_FRACTION, format_bytes
 from worker.engine.plan import PrunePlan, check_plan
@@ -137,7 +138,7 @@ def _check_sizes(ckpt: Checkpoint) -> None:
 def checkpoint_weights_sha256(ckpt: Checkpoint, dtype: torch.dtype | str | None = None) -> str:
     """`fingerprint.weights_sha256` of the model the checkpoint loads into (its `dtype` argument too),
     read tensor by tensor."""
-    cast = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    cast = torch_dtype(dtype)
     digest = hashlib.sha256()
     for name, param in unique_parameters(ckpt.model).items():
         tensor = ckpt.read(name).to(cast or param.dtype)  # as loaded (fp32-kept too)

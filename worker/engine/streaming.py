@@ -167,14 +167,11 @@ def hf_documents(spec: str, start: int, text_field: str, hf_split: str) -> Itera
     dataset_id, _, config = spec.partition(":")
     if not dataset_id:
         raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
-    if datasets_offline():
-        raise ValueError(
-            f"cannot stream hf:{spec}: offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
-            "streaming a datasets id needs internet, use a local file or folder instead"
-        )
     from worker.engine.hub import offline_reason
 
-    reason = offline_reason()  # datasets retries an unreachable hub for ~30 s before it says so
+    # datasets' own offline flags, else the hub's probe (a model id's): unreachable, datasets retries ~30 s
+    offline = "offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)" if datasets_offline() else None
+    reason = offline or offline_reason()
     if reason is not None:
         raise ValueError(
             f"cannot stream hf:{spec}: the hub cannot be reached ({reason}); streaming a datasets id "

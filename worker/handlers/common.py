@@ -217,7 +217,3 @@ def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def dtype_name(model) -> str:
-    return str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -22,6 +22,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from worker.engine.adapters import arch_spec
+    from worker.engine.dtypes import dtype_name
     from worker.engine.loading import LAYERS_FILE, resize_to_layers_file
 
     (teacher,) = fetch_rows(rt, (Teacher, job.teacher_id))
@@ -36,7 +37,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
         spec = arch_spec(model)
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if dtype is not None:
-            spec.dtype = str(dtype).removeprefix("torch.")
+            spec.dtype = dtype_name(dtype)
         summary = spec.summary()
     except Exception as exc:
         if not job.params.get(REFRESH):  # a refresh (backend.spec_refresh) leaves a ready teacher ready

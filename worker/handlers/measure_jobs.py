@@ -11,7 +11,6 @@ from backend.models import BenchmarkResult, Job, Student, Teacher
 from worker.handlers.common import (
     distilled_key,
     documents,
-    dtype_name,
     fetch_rows,
     job_dataset,
     json_safe,
@@ -46,6 +45,7 @@ def _measured(job: Job) -> dict[str, Any]:
 
 def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import eval_protocol, evaluation
+    from worker.engine.dtypes import model_dtype_name
 
     p = job.params
     if p.get("tasks"):  # an unknown name fails the job now, not after the perplexity pass
@@ -79,10 +79,12 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by
         "tasks": [],
         "seconds": None,
-        "weights_stamp": weights_stamp(model_dir, rt.device, dtype_name(model)),  # a preview may reuse it
+        "weights_stamp": weights_stamp(
+            model_dir, rt.device, model_dtype_name(model)
+        ),  # a preview may reuse it
         # Where it ran (the compare table shows it beside each model's numbers).
         "device": rt.device,
-        "dtype": dtype_name(model),
+        "dtype": model_dtype_name(model),
     }
     rt.raise_if_cancelled()
     if p.get("tasks"):

@@ -9,7 +9,6 @@ from typing import Any
 from backend.models import Dataset, Job, Plan, Teacher
 from worker.handlers.common import (
     documents,
-    dtype_name,
     fetch_rows,
     job_dataset,
     load,
@@ -24,6 +23,7 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
     import torch
 
     from worker.engine import eval_protocol
+    from worker.engine.dtypes import model_dtype_name
     from worker.engine.evaluation.perplexity import block_nll, perplexity
     from worker.engine.masking import masked
     from worker.engine.plan import PrunePlan
@@ -36,7 +36,7 @@ def run_preview(rt: JobRuntime, job: Job) -> dict[str, Any]:
     model, tokenizer = load(rt, model_dir, teacher.trust_remote_code, bar=(0.0, 0.05))
     model.eval()
     protocol = eval_protocol.of_job("preview", p)
-    stamp = weights_stamp(model_dir, rt.device, dtype_name(model))
+    stamp = weights_stamp(model_dir, rt.device, model_dtype_name(model))
     measured = known(rt.url, teacher.id, protocol["id"], stamp)
     if p.get("protocol"):
         proto = eval_protocol.of_teacher(p["protocol"])

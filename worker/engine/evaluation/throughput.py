@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from worker.engine.adapters import count_parameters
+from worker.engine.dtypes import model_dtype_name
 from worker.engine.kv_cache import cache_keyword, returned_cache
 
 RoundProgress = Callable[[int, int, str], None]  # (rounds done, rounds in all, the round just run)
@@ -129,7 +130,7 @@ def measure_model(
     finally:
         model.train(was_training)
     # The dtype the rounds ran in: tok/s of float32 and bfloat16 weights are not comparable.
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dtype = model_dtype_name(model)
     return {"parameters": count_parameters(model), "device": str(device), "dtype": dtype, "runs": rows}
 
 

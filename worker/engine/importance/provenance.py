@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 from torch import nn
 
+from worker.engine.dtypes import model_dtype_name
+
 # The weights hash and library versions are defined once, in fingerprint (re-exported here for the
 # importance code that has always imported them from this module).
 from worker.engine.fingerprint import WeightsHasher, library_versions, weights_sha256
@@ -23,7 +25,7 @@ def run_manifest(
         "revision": getattr(config, "_commit_hash", None),
         "weights_sha256": weights_sha256(model) if hash_weights else None,
         "arch": spec.model_dump(exclude={"layers"}),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": model_dtype_name(model),
         "device": str(next(model.parameters()).device),
         "accumulation_dtype": "float32",
         "default_aggregation": {"batch": "l2", "seq": "mean"},

@@ -20,6 +20,7 @@ from torch import nn
 
 from worker.engine import atomic
 from worker.engine.adapters import adapter_for
+from worker.engine.dtypes import dtype_name
 from worker.engine.env import latency_cache
 from worker.engine.evaluation.throughput import measure_model
 from worker.engine.spec import ArchSpec
@@ -53,7 +54,7 @@ def shape_key(
             f"F{spec.intermediate_size}",
             f"D{spec.hidden_size}",
             f"V{spec.vocab_size}",
-            str(dtype).removeprefix("torch."),
+            dtype_name(dtype),
             device_name(device),
             f"b{batch}",
             f"c{context}",
