@@ -63,8 +63,9 @@ export async function jobView(host, { args, query }, ctx) {
     METRICS.map(([name, label]) => {
       const plot = h("div.plot", { dataset: { testid: `plot-${name}` } });
       // A validation curve says what it is measured on, and whether that is its teacher's protocol.
-      const measured = h("div.chart-sub", name.startsWith("val_") && job.protocol ? protocolNote(job.protocol, { testid: `curve-protocol-${name}` }) : null);
-      if (name.startsWith("val_") && job.protocol && job.teacher_id) {
+      const validated = name.startsWith("val_") && job.protocol;
+      const measured = h("div.chart-sub", validated ? protocolNote(job.protocol, { testid: `curve-protocol-${name}` }) : null);
+      if (validated && job.teacher_id) {
         api.get(`/teachers/${job.teacher_id}`).then((t) => measured.append(mismatchMark(job.protocol, t.eval_protocol, { testid: `curve-mismatch-${name}` }) ?? ""), () => {});
       }
       const panel = h("section.panel.hidden", h("header.chart-head", h("h2", label), measured), plot);
