@@ -33,23 +33,28 @@ def check_job_size(params, settings: Settings, loc: list) -> None:
         value = getattr(params, name, None)
         if value is not None and value > limit:
             raise field_error([*loc, name], f"{value} is over this server's limit of {limit} ({variable})")
-    factors = params.size_factors()
+    excess = job_tokens_excess(params.size_factors(), settings.max_job_tokens)
+    if excess:
+        field, message = excess
+        raise field_error([*loc, field], message)
+
+
+def job_tokens_excess(factors: list[tuple[str, int]], limit: int) -> tuple[str, str] | None:
+    """(the field to name, the message) when the job's tokens, the product of `factors` (a job model's
+    `size_factors()`), are over `limit` per job; else None. frontend/js/serverconfig.js says the same."""
     tokens = 1
     for _, value in factors:
         tokens *= value
-    limit = settings.max_job_tokens
-    if tokens > limit:
-        field, value = factors[0]
-        per_unit = tokens // value
-        product = " x ".join(f"{name} {v}" for name, v in factors)
-        fits = (
-            f"; with these settings {field} can be at most {limit // per_unit}" if per_unit <= limit else ""
-        )
-        raise field_error(
-            [*loc, field],
-            f"{product} = {tokens:.3g} tokens is over this server's limit of {limit:.3g} tokens per job "
-            f"({JOB_TOKENS_VARIABLE}){fits}",
-        )
+    if tokens <= limit:
+        return None
+    field, value = factors[0]
+    per_unit = tokens // value
+    product = " x ".join(f"{name} {v}" for name, v in factors)
+    fits = f"; with these settings {field} can be at most {limit // per_unit}" if per_unit <= limit else ""
+    return field, (
+        f"{product} = {tokens:.3g} tokens is over this server's limit of {limit:.3g} tokens per job "
+        f"({JOB_TOKENS_VARIABLE}){fits}"
+    )
 
 
 def check_positions(spec: Mapping[str, Any], seq_len: int, loc: list, model: str) -> None:

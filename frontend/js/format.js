@@ -34,6 +34,17 @@ function oneDecimal(x) {
   return ((tenths % 2 === 0 ? tenths : tenths + 1) / 10).toFixed(1);
 }
 
+/** Python's format(x, ".3g") (`digits` significant digits, exponent form below 1e-4 or from
+ * 10^digits, no trailing zeros): how the API's messages write token counts, for lines that repeat them. */
+export function pyG(x, digits = 3) {
+  if (x === 0) return "0";
+  const [mantissa, exp] = x.toExponential(digits - 1).split("e"); // rounded first: 99950 -> 1.00e+5
+  const e = Number(exp);
+  const trim = (t) => (t.includes(".") ? t.replace(/\.?0+$/, "") : t);
+  if (e < -4 || e >= digits) return `${trim(mantissa)}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  return trim(x.toFixed(Math.max(0, digits - 1 - e)));
+}
+
 // SI prefixes (G, not the "B" of parameter counts): 31.5 MFLOP, 16.1 GFLOP.
 export function flops(n) {
   if (n === null || n === undefined || Number.isNaN(n)) return "–";

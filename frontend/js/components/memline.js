@@ -1,7 +1,7 @@
 // The live memory line under a job form ("needs 61.2 GiB per device; fits 1 x cuda:0 on gpu-box"),
 // recomputed locally (frontend/js/memplan.js) on every keystroke, against the live workers' memory. A
-// batch size or seq_len over the server's limit (GET /config) is said instead: the API refuses that job
-// whatever it needs, and a fit computed for it would suggest settings the server never runs.
+// batch size, seq_len or job's tokens over the server's limit (GET /config) is said instead: the API
+// refuses that job whatever it needs, and a fit computed for it would suggest settings the server never runs.
 import { api } from "../api.js";
 import { overLimit, serverConfig } from "../serverconfig.js";
 import { h } from "../dom.js";
@@ -9,8 +9,9 @@ import { readForm } from "./widgets.js";
 import { benchmarkNeed, evaluateNeed } from "../jobmemory.js";
 import { fitLine } from "../memplan.js";
 
-/** `compute(values, workers)` -> {text, fits} (memplan.fitLine) or null when the inputs are incomplete. */
-export function memoryLine(form, compute) {
+/** `compute(values, workers)` -> {text, fits} (memplan.fitLine) or null when the inputs are incomplete.
+ * `kind` (serverconfig.SIZE_FACTORS) checks the job's tokens too, on `params(form)`: the API's params. */
+export function memoryLine(form, compute, { kind = null, params = readForm } = {}) {
   const line = h("div.hint", { dataset: { testid: "memory-estimate" } });
   let workers = [];
   let limits = null;
@@ -18,7 +19,7 @@ export function memoryLine(form, compute) {
     let out = null;
     try {
       const values = readForm(form);
-      const over = overLimit(values, limits);
+      const over = overLimit(params(form), limits, kind);
       out = over ? { text: over, fits: false } : compute(values, workers);
     } catch {
       out = null; // a half-typed value: keep the line empty rather than wrong

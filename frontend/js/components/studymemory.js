@@ -19,8 +19,9 @@ export function targetSpec(teacher, target) {
   return spec;
 }
 
-/** `targets`: {depthTarget, widthTarget} (compare.js: spec, budget -> target or null). */
-export function studyMemoryLine(form, teachers, targets) {
+/** `targets`: {depthTarget, widthTarget} (compare.js: spec, budget -> target or null); `distillParams`:
+ * form -> the study's distill params (views/runs.js), whose tokens the API checks against its limit. */
+export function studyMemoryLine(form, teachers, targets, distillParams) {
   const line = memoryLine(form, (v, workers) => {
     const teacher = teachers.find((t) => String(t.id) === String(v.teacher_id))?.spec;
     if (!teacher || !(v.budget_pct > 0) || !(v.batch_size >= 1) || !(v.seq_len >= 2)) return null;
@@ -34,7 +35,7 @@ export function studyMemoryLine(form, teachers, targets) {
     const out = fitLine(need, settings, workers, queue, distillCandidates(settings));
     const which = students.length > 1 ? `the bigger of the ${students.length} students` : "its one possible student";
     return { ...out, text: `largest step (distilling ${which}) ${out.text}` };
-  });
+  }, { kind: "distill", params: distillParams });
   line.dataset.testid = "study-memory";
   return line;
 }

@@ -476,7 +476,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
   const teacherSelect = form.querySelector("[name=teacher_id]");
   const budgetInput = form.querySelector("[name=budget_pct]");
   // What the study's largest step (a distillation of the bigger student) needs, live, against the workers.
-  form.insertBefore(studyMemoryLine(form, ready, { depthTarget, widthTarget }), err);
+  form.insertBefore(studyMemoryLine(form, ready, { depthTarget, widthTarget }, distillParams), err);
 
   // The shown study follows the teacher's event stream (its children are the teacher's jobs).
   let watched = null;

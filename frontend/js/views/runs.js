@@ -90,7 +90,7 @@ export function distillMemoryLine(form, student, teacher) {
       return { text: `${text}; only ${holders} live worker(s) with ${gpus} device(s) for ${nodes} node(s)`, fits: false, needed: out.needed };
     }
     return { ...out, text };
-  });
+  }, { kind: "distill", params: distillParams });
 }
 
 /** Form values -> distill params of the API. */

@@ -357,7 +357,7 @@ export async function teachersView(host, { query }, ctx) {
         line.fits = false;
       }
       return line;
-    }), err);
+    }, { kind: "importance" }), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const v = readForm(form);
