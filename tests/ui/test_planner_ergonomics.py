@@ -259,16 +259,20 @@ def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
     # about one tensor out of core (in the host's RAM): jobmemory.pruneFit, what memcheck.check_prune
     # refuses by.
     line = page.locator("[data-testid=student-memory]")
+    # The headline's mode is said once, and the other mode's need after it.
     needs = re.compile(
-        r"needs ([\d.]+ [MG]iB) (?:per device|of host RAM).*"
-        r"in memory: ([\d.]+ [MG]iB); out of core: ([\d.]+ [MG]iB)"
+        r"needs ([\d.]+ [MG]iB) (per device \(in memory\)|of host RAM \(out of core\));.* · (.*)$"
     )
     page.select_option("[data-testid=out-of-core]", "never")
     never = needs.search(line.inner_text())
-    assert never and never[1] == never[2], line.inner_text()
+    assert never and never[2] == "per device (in memory)", line.inner_text()
+    assert line.inner_text().count("in memory") == 1, line.inner_text()
     page.select_option("[data-testid=out-of-core]", "always")
     always = needs.search(line.inner_text())
-    assert always and always[1] == always[3] != always[2], line.inner_text()
+    assert always and always[2] == "of host RAM (out of core)", line.inner_text()
+    assert line.inner_text().count("out of core") == 1, line.inner_text()
+    assert never[3] == f"out of core: {always[1]}" and always[3] == f"in memory: {never[1]}"
+    assert always[1] != never[1]
     page.fill("[data-testid=student-name]", "ooc")
     page.click("[data-testid=create-student]")
     page.wait_for_selector("[data-testid=student-link]")
@@ -308,11 +312,12 @@ def test_the_cut_out_of_core_fits_by_host_ram_on_a_gpu_worker(page, live_app, se
         def shown(mode: str) -> tuple[str, str]:
             page.select_option("[data-testid=out-of-core]", mode)
             text = line.inner_text()
-            return text, re.search(r"out of core: ([\d.]+ [MG]iB)\)", text)[1]
+            found = re.search(r"needs ([\d.]+ [MG]iB) of host RAM|out of core: ([\d.]+ [MG]iB)$", text)
+            return text, found[1] or found[2]
 
         text, ooc = shown("always")
         assert (
-            f"needs {ooc} of host RAM (out of core); fits 1 x gpu-fake host RAM (8.0 GiB, out of core)"
+            f"needs {ooc} of host RAM (out of core); fits 1 x gpu-fake host RAM (8.0 GiB) · in memory: "
             in text
         ), text
         assert "error-msg" not in (line.get_attribute("class") or "")
@@ -337,7 +342,7 @@ def test_the_cut_out_of_core_fits_by_host_ram_on_a_gpu_worker(page, live_app, se
         )
         text, ooc = shown("auto")
         assert (
-            f"needs {ooc} of host RAM (out of core); fits 1 x gpu-fake host RAM (8.0 GiB, out of core)"
+            f"needs {ooc} of host RAM (out of core); fits 1 x gpu-fake host RAM (8.0 GiB) · in memory: "
             in text
         ), text
     finally:

@@ -47,15 +47,25 @@ export function pruneLine(both, workers, requested) {
   const fit = pruneFit(both, both.teacher_bytes, workers, requested);
   const head = `needs ${bytes(fit.need)} ${pruneWhere(fit.mode)}`;
   if (fit.fitting.length) {
-    const names = fit.fitting.map((f) => `${f.name} (${bytes(f.bytes)}, ${f.mode === "out_of_core" ? "out of core" : "in memory"})`);
     const first = fit.fitting[0];
-    return { text: `needs ${bytes(both[first.mode])} ${pruneWhere(first.mode)}; fits ${names.length} x ${names.join(", ")}`, fits: true };
+    // A worker's mode is said only where it is not the headline's ("auto" may resolve per worker).
+    const names = fit.fitting.map((f) => `${f.name} (${bytes(f.bytes)}${f.mode === first.mode ? "" : `, ${MODE_NAMES[f.mode]}`})`);
+    return { text: `needs ${bytes(both[first.mode])} ${pruneWhere(first.mode)}; fits ${names.length} x ${names.join(", ")}`, fits: true, mode: first.mode };
   }
   const [best, name] = fit.largest;
   const far = `${head}; fits no live worker (largest: ${bytes(best)} on ${name})`;
   const near = fit.nearest;
-  if (!near) return { text: `${far}; no smaller setting fits either`, fits: false };
-  return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${bytes(near.need)} ${pruneWhere(near.mode)})`, fits: false };
+  if (!near) return { text: `${far}; no smaller setting fits either`, fits: false, mode: fit.mode };
+  return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${bytes(near.need)} ${pruneWhere(near.mode)})`, fits: false, mode: fit.mode };
+}
+
+const MODE_NAMES = { in_memory: "in memory", out_of_core: "out of core" };
+
+/** What the cut needs read the other way than the line's headline (`mode`; both when it is unknown). */
+function otherModeNote(both, mode) {
+  const other = (m) => `${MODE_NAMES[m]}: ${bytes(both[m])}`;
+  if (!mode) return `${other("in_memory")}; ${other("out_of_core")}`;
+  return other(mode === "in_memory" ? "out_of_core" : "in_memory");
 }
 
 export class Planner {
@@ -160,7 +170,7 @@ export class Planner {
       const student = { ...this.spec, hidden_size: hidden, num_layers: layers.length, layers };
       const both = pruneModes(this.spec, student);
       const line = pruneLine(both, sizedWorkers(workers, queueFor("auto", workers)), this.surgery.value);
-      return { ...line, text: `${line.text} (in memory: ${bytes(both.in_memory)}; out of core: ${bytes(both.out_of_core)})` };
+      return { ...line, text: `${line.text} · ${otherModeNote(both, line.mode)}` };
     });
     this.studentMemory.dataset.testid = "student-memory";
     this.studentErr = h("div.error-msg");
