@@ -12,10 +12,10 @@ from backend import heatmaps, lifecycle, memcheck, search_results
 from backend.api.errors import errors
 from backend.api.importance import artifact_path
 from backend.api.jobs import on_protocol
-from backend.api.plans import teacher_spec
+from backend.api.plans import plan_problems, teacher_spec
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
-from backend.errors import Conflict, InvalidInput, Problem
+from backend.errors import Conflict, InvalidInput
 from backend.limits import check_job_size
 from backend.models import Dataset, ImportanceRun, Job, JobStatus, Plan, Teacher
 from backend.plan_names import free_name, unless_taken_meanwhile
@@ -25,7 +25,14 @@ from backend.workflows.advance import advance
 from backend.workflows.definitions import cut_params
 from backend.workflows.naming import Named, candidate_names
 from backend.workflows.schemas import Candidate, WorkflowCheck, WorkflowCreate, WorkflowOut
-from worker.engine.plan import PlanError, PlanMessage, PrunePlan, fill_plan, plan_stats, validate_plan
+from worker.engine.plan import (
+    PlanError,
+    PrunePlan,
+    fill_plan,
+    fill_warnings,
+    plan_stats,
+    validate_plan,
+)
 from worker.engine.spec import shape_label
 
 router = APIRouter(tags=["workflows"], responses=errors(422))
@@ -34,17 +41,6 @@ TEACHER_FIELD = ("body", "teacher_id")
 
 def sender(request: Request) -> runner.Send:
     return lambda job_id, attempt, queue: lifecycle.publish(request.app, job_id, attempt, queue)
-
-
-def plan_problems(messages: list[PlanMessage], at: tuple) -> InvalidInput:
-    """A plan's errors as one 422, each at its field under `at`."""
-    return InvalidInput(
-        problems=[
-            Problem(m.text, (*at, *m.field.split(".")), tuple(getattr(m, "nearby", None) or ()) or None)
-            for m in messages
-            if m.level == "error"
-        ]
-    )
 
 
 def _saved_plan(
@@ -64,7 +60,8 @@ def _saved_plan(
         return plan
     spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
     plan = candidate.plan or PrunePlan(targets=candidate.targets)
-    if plan.needs_filling():
+    targets = plan.targets if plan.needs_filling() else None
+    if targets is not None:
         if body.importance_run_id is None:
             raise InvalidInput(
                 "a candidate with targets needs the workflow's importance_run_id",
@@ -84,6 +81,8 @@ def _saved_plan(
     messages = validate_plan(plan, spec)
     if any(m.level == "error" for m in messages):
         raise plan_problems(messages, (*at, "plan"))
+    if targets is not None:  # as POST /plans/fill: the degenerate or slow widths the targets gave
+        messages += fill_warnings(plan, spec, targets)
     stats = plan_stats(plan, spec)
     # Plan names are unique per teacher: a shape saved before (an earlier bake-off's) gets "(2)"...
     name = candidate.name or shape_label(stats["spec"], spec) or f"bake-off candidate {index + 1}"

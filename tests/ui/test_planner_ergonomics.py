@@ -252,6 +252,43 @@ def test_a_fill_to_extreme_or_unaligned_widths_warns_under_the_form(page, live_a
     shot(page, "planner-fill-warnings")
 
 
+def test_a_bakeoff_filled_on_the_server_keeps_and_shows_its_fill_warnings(page, live_app, setup):
+    """A bake-off candidate given as targets is filled by the server (backend/api/workflows.py): its plan
+    keeps the fill's warnings as POST /plans/fill says them, and the bake-off's page shows them under the
+    candidate (they were dropped: an MLP of 30 went to distillation without a word)."""
+    teacher, run, data = setup["teacher"], setup["plain"]["id"], setup["data"]
+    body = {
+        "teacher_id": teacher["id"],
+        "importance_run_id": run,
+        "candidates": [{"targets": {"intermediate_size": 30}}, {"targets": {"intermediate_size": 32}}],
+        "distill": {"steps": 2, "batch_size": 2, "seq_len": 32, "val_every": 0, "dataset_id": data["id"]},
+        "evaluate": {"max_documents": 2, "seq_len": 32, "dataset_id": data["id"]},
+        "benchmark": None,
+    }
+    created = live_app.api.post("/workflows", json=body)
+    assert created.status_code == 201, created.text
+    wf = created.json()
+    assert live_app.api.post(f"/workflows/{wf['id']}/cancel").status_code in (200, 202)
+    fill = live_app.api.post(
+        "/plans/fill",
+        json={"teacher_id": teacher["id"], "importance_run_id": run, "targets": {"intermediate_size": 30}},
+    ).json()
+    said = [(m["field"], m["text"]) for m in fill["messages"] if m["level"] == "warning"]
+    assert said and "MLP width 30 in every kept layer is not a multiple of 8" in said[0][1], said
+    odd, even = (b for b in wf["branches"] if b["role"] == "candidate")
+    kept = live_app.api.get(f"/plans/{odd['plan_id']}").json()["messages"]
+    assert [(m["field"], m["text"]) for m in kept if m["level"] == "warning"] == said
+    assert not [
+        m for m in live_app.api.get(f"/plans/{even['plan_id']}").json()["messages"] if m["level"] == "warning"
+    ]
+
+    page.goto(f"{live_app.url}/#/bakeoff/{wf['id']}")
+    row = page.locator(f"tr[data-branch='{odd['name']}'] [data-testid=fill-warning]")
+    row.wait_for()
+    assert row.inner_text() == said[0][1]
+    assert page.locator(f"tr[data-branch='{even['name']}'] [data-testid=fill-warning]").count() == 0
+
+
 def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
     open_explorer(page, live_app, setup["plain"]["id"])
     page.click("[data-testid=layers-plot]")  # any edit

@@ -35,6 +35,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
   const teacher = await api.get(`/teachers/${wf.teacher_id}`).catch(() => null);
   if (!ctx.alive) return;
   const specs = new Map(); // plan id -> its spec (GET /plans/{id} stats.spec): each candidate's shape
+  const fillWarnings = new Map(); // plan id -> the warnings of the fill that made it (messages on targets.*)
   const stores = new Map(); // distill job id -> SeriesStore
   const loaded = new Set(); // distill job ids whose metrics snapshot was read
 
@@ -88,6 +89,8 @@ export async function bakeoffView(host, { args, query }, ctx) {
     await Promise.all(missing.map(async (pid) => {
       const plan = await api.get(`/plans/${pid}`).catch(() => null);
       if (plan?.stats?.spec) specs.set(pid, plan.stats.spec);
+      // A plan the server filled from targets keeps its fill's warnings (degenerate or slow widths).
+      if (plan) fillWarnings.set(pid, (plan.messages || []).filter((m) => m.level === "warning" && m.field.startsWith("targets.")));
     }));
   }
 
@@ -122,7 +125,8 @@ export async function bakeoffView(host, { args, query }, ctx) {
     mount(branches, h("table",
       h("thead", h("tr", h("th", "candidate"), h("th", "status"), h("th", "steps (click for the job)"))),
       h("tbody", wf.branches.map((b) => h("tr", { dataset: { branch: b.name } },
-        h("td", b.role === "teacher" ? h("span", b.name) : [h("span", { style: { color: colorOf(b) } }, "● "), candidateName(b, b.name)], b.student_id ? h("div.faint", h("a", { href: href("runs", [], { student: b.student_id }) }, `student #${b.student_id}`)) : null),
+        h("td", b.role === "teacher" ? h("span", b.name) : [h("span", { style: { color: colorOf(b) } }, "● "), candidateName(b, b.name)], b.student_id ? h("div.faint", h("a", { href: href("runs", [], { student: b.student_id }) }, `student #${b.student_id}`)) : null,
+          (fillWarnings.get(b.plan_id) || []).map((m) => h("div.field-warning", { dataset: { testid: "fill-warning" }, title: m.field }, m.text))),
         h("td", statusBadge(b.status), b.error ? h("div.field-error", b.error) : null),
         h("td", h("div.row.tight", b.steps.map((s) => {
           // The study panel's words ("perplexity as cut"), not the step's id ("evaluate_pruned").
