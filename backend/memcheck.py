@@ -342,12 +342,6 @@ def _halved_batches(batch_size: int) -> list[dict]:
 HOST_RESERVE_BYTES = 2 << 30  # importance/activation_store.py's: RAM a pass's stores leave free
 
 
-def importance_padded(params: dict) -> bool:
-    """Document calibration (no `stream`) right-pads short windows (data.calibration_batches), so
-    attention gets a padding mask; streamed calibration reads packed blocks, never padded."""
-    return not params.get("stream")
-
-
 def spill_limit(settings: Settings, params: dict) -> int | None:
     """The disk tier's limit in bytes a streamed pass will get: the job's `spill_limit_gb`, else
     PRUNESCOPE_SPILL_LIMIT_GB; None: the worker's own (`spill_disk_limit`)."""
@@ -388,18 +382,6 @@ def pinned_budget(worker: dict, device: str) -> int:
     return max(0, memplan.usable_bytes(host) - HOST_RESERVE_BYTES)
 
 
-def _importance_options(params: dict, device: str) -> dict:
-    return dict(
-        batch_size=params["batch_size"],
-        seq_len=params["seq_len"],
-        scans=tuple(params.get("scans", ())),
-        block_size=params.get("block_size", 2),
-        samples=params.get("samples"),
-        device=device,
-        padded=importance_padded(params),
-    )
-
-
 def importance_layout(
     spec: memplan.ArchSpec,
     params: dict,
@@ -414,10 +396,10 @@ def importance_layout(
     the checkpoint (memplan.streamed_passes): the stores get what `capacity` leaves of the device
     (less the host reserve on a CPU), `host_budget` of pinned RAM (CUDA) and `disk_budget` of disk;
     None: not even one pass fits. frontend/js/jobmemory.js's importanceLayout mirrors it."""
-    opts = _importance_options(params, device)
+    opts = memplan.importance_options(params, device)
     offload = params.get("offload", "auto")
     whole = memplan.importance_memory(spec, **opts, streamed=False)["total"]
-    streamed = offload == "always" or (offload == "auto" and capacity is not None and whole > capacity)
+    streamed = offload == "always" or (offload == "auto" and memplan.importance_streams(whole, capacity))
     if not streamed:
         return {"streamed": False, "spill": 0, "passes": 1}
     layered = memplan.importance_memory(spec, **opts, streamed=True, device_budget=0)
@@ -480,7 +462,7 @@ def check_importance(settings: Settings, teacher_spec: dict, params: dict, queue
     check_devices(settings, queue, "importance run", ranks, nodes)
 
     def need(p: dict) -> int:
-        opts = _importance_options(p, device)
+        opts = memplan.importance_options(p, device)
         return copies * min(
             memplan.importance_memory(spec, **opts, streamed=streamed, device_budget=0 if streamed else None)[
                 "total"

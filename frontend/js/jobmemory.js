@@ -130,7 +130,7 @@ export function previewNeed(teacher, { seq_len: seqLen = 128, device = "cpu" } =
   return evaluationMemory(teacher, { batch_size: 8, seq_len: seqLen, device }).total;
 }
 
-/** Document calibration (no `stream`) right-pads short windows, so attention gets a mask (memcheck.importance_padded). */
+/** Document calibration (no `stream`) right-pads short windows, so attention gets a mask (memplan.importance_options). */
 export function importancePadded(p) {
   return !p.stream;
 }
@@ -140,6 +140,7 @@ export function spillLimitBytes(gb) {
   return gb === null || gb === undefined || gb === "" || Number.isNaN(gb) ? null : Math.trunc(gb * 1e9);
 }
 
+/** memplan.importance_options: the estimator's settings from a run's params. */
 function importanceOptions(p, device) {
   return { batch_size: p.batch_size, seq_len: p.seq_len, scans: p.scans || [], block_size: p.block_size ?? 2, samples: p.samples, device, padded: importancePadded(p) };
 }
@@ -190,7 +191,7 @@ export function importanceLayout(spec, p, device = "cpu", capacity = null, diskB
   const opts = importanceOptions(p, device);
   const offload = p.offload || "auto";
   const whole = importanceMemory(spec, { ...opts, streamed: false }).total;
-  const streamed = offload === "always" || (offload === "auto" && capacity !== null && whole > capacity);
+  const streamed = offload === "always" || (offload === "auto" && capacity !== null && whole > capacity); // memplan.importance_streams
   if (!streamed) return { streamed: false, spill: 0, passes: 1 };
   const layered = importanceMemory(spec, { ...opts, streamed: true, device_budget: 0 });
   let passes = 1;

@@ -5,22 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backend import memcheck
 from tests.engine.test_importance_cli import ARGS, model_dir  # noqa: F401 (fixture)
 from worker.cli import main
+from worker.engine import memplan
 from worker.engine.importance import ImportanceResult
 from worker.engine.importance import offload as offload_module
-from worker.engine.importance.offload import FIT_MARGIN_BYTES, choose_mode, decide, streamable_weight_bytes
+from worker.engine.importance.offload import choose_mode, decide, in_memory_need
+from worker.engine.out_of_core import open_checkpoint
 
 GB = 10**9
 GiB = 1 << 30
 
 
-def test_decide_streams_only_when_the_weights_and_margin_do_not_fit():
+def test_decide_streams_only_when_the_in_memory_pass_does_not_fit():
     fits = decide("auto", 10 * GiB, 20 * GiB, "cuda:0")
-    assert not fits.streamed and fits.reason == "weights 10.0 GiB + margin fit in 20.0 GiB free on cuda:0"
-    tight = decide("auto", 10 * GiB, 12 * GiB, "cuda:0")  # 10 GiB + 20% + 1 GiB > 12 GiB
-    assert tight.streamed and tight.reason == "weights 10.0 GiB + margin > 12.0 GiB free on cuda:0"
-    assert decide("auto", 10 * GB, int(12 * GB + FIT_MARGIN_BYTES), "cpu").streamed is False
+    assert (
+        not fits.streamed and fits.reason == "the in-memory pass needs 10.0 GiB of 20.0 GiB usable on cuda:0"
+    )
+    tight = decide("auto", 13 * GiB, 12 * GiB, "cuda:0")
+    assert tight.streamed and tight.reason == "the in-memory pass needs 13.0 GiB > 12.0 GiB usable on cuda:0"
+    assert decide("auto", 12 * GB, 12 * GB, "cpu").streamed is False  # exactly full still fits
     assert decide("always", 1, 10**15).streamed and decide("never", 10**15, 1).streamed is False
     assert decide("auto", None, None).reason == "not a local safetensors checkpoint, so it cannot be streamed"
     with pytest.raises(ValueError, match="local model directory with safetensors"):
@@ -29,22 +34,30 @@ def test_decide_streams_only_when_the_weights_and_margin_do_not_fit():
         decide("sometimes", 1, 1)
 
 
-def test_weight_bytes_follow_the_job_dtype_and_count_tied_weights_once(model_dir):  # noqa: F811
-    from worker.engine.loading import load_model
-
-    model, _ = load_model(model_dir)
-    fp32 = sum(p.numel() for p in model.parameters()) * 4  # parameters() lists a tied tensor once
-    assert streamable_weight_bytes(model_dir) == fp32
-    assert streamable_weight_bytes(model_dir, "bfloat16") == fp32 // 2
-    assert streamable_weight_bytes("org/hub-id") is None
+RUN = {"batch_size": 4, "seq_len": 32, "samples": 8, "scans": ["bi", "drop"], "block_size": 2}
 
 
-def test_choose_mode_measures_the_device(model_dir, monkeypatch):  # noqa: F811
-    assert not choose_mode(model_dir, device="cpu").streamed  # a few MB in GBs of RAM
+def test_the_worker_decides_by_the_rule_the_api_predicts_by(model_dir, monkeypatch):  # noqa: F811
+    """The in-memory pass's peak at the run's own settings, in the dtype the model loads in, against the
+    device's usable memory: the worker's choice is memcheck.importance_layout's prediction (before, the
+    worker compared the weights + 20% + 1 GiB, the API the whole estimate, and they could disagree)."""
+    spec = open_checkpoint(model_dir).spec
+    need = in_memory_need(model_dir, RUN)
+    assert need == memplan.importance_memory(spec, **memplan.importance_options(RUN, "cpu"))["total"]
+    assert in_memory_need(model_dir, RUN, "bfloat16") < need  # the weights in the asked dtype
+    big_batch = in_memory_need(model_dir, {**RUN, "batch_size": 64, "seq_len": 256})
+    assert big_batch > need  # activations count, not only the weights
+    assert in_memory_need("org/hub-id", RUN) is None
+    for capacity in (need - 1, need, big_batch - 1, big_batch):
+        monkeypatch.setattr(offload_module, "free_device_bytes", lambda device, c=capacity: c)
+        for run in (RUN, {**RUN, "batch_size": 64, "seq_len": 256}):
+            mode = choose_mode(model_dir, run, device="cpu")
+            predicted = memcheck.importance_layout(spec, run, "cpu", capacity)["streamed"]
+            assert mode.streamed == predicted, (capacity, run, mode)
     monkeypatch.setattr(offload_module, "free_device_bytes", lambda device: 1000)
-    mode = choose_mode(model_dir, device="cpu")
-    assert mode.streamed and mode.reason.endswith("> 1000 B free on cpu")
-    assert not choose_mode(model_dir, offload="never").streamed
+    mode = choose_mode(model_dir, RUN, device="cpu")
+    assert mode.streamed and mode.reason.endswith("> 1000 B usable on cpu")
+    assert not choose_mode(model_dir, RUN, offload="never").streamed
 
 
 def run(model_dir, out, *extra):  # noqa: F811
@@ -66,8 +79,8 @@ def test_cli_streamed_run_equals_the_in_memory_run_and_says_why(model_dir, tmp_p
     monkeypatch.setattr(offload_module, "free_device_bytes", lambda device: 1000)  # auto: does not fit
     streamed = run(model_dir, tmp_path / "auto")
     out = capsys.readouterr()
-    assert "importance: streamed, one layer at a time (weights" in out.err
-    assert "mode: streamed (weights" in out.out
+    assert "importance: streamed, one layer at a time (the in-memory pass needs" in out.err
+    assert "mode: streamed (the in-memory pass needs" in out.out
     assert streamed.manifest["execution"]["mode"] == "streamed"
     for name, expected in in_memory.arrays.items():
         np.testing.assert_allclose(streamed.arrays[name], expected, rtol=1e-6, atol=0, err_msg=name)

@@ -36,7 +36,7 @@ def fake_gpu_worker(spec: memplan.ArchSpec) -> dict:
     """A GPU whose memory leaves room for one activation store beside the streamed pass, host RAM
     under the pinned tier's 2 GiB reserve (no store there) and a spill disk holding two stores: the
     tiers hold 3 stores at once, fewer than the scans need."""
-    opts = memcheck._importance_options(PARAMS, "cuda")
+    opts = memplan.importance_options(PARAMS, "cuda")
     layered = memplan.importance_memory(spec, **opts, streamed=True, device_budget=0)
     store = layered["settings"]["store_bytes"]
     usable = layered["total"] + store + store // 2

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
         default="auto",
         choices=["auto", "never", "always"],  # worker.engine.importance.offload.OFFLOAD_CHOICES
         help="stream the model one decoder layer at a time from its safetensors checkpoint: auto (when "
-        "the weights + margin exceed the device's free memory; default), always, never",
+        "the in-memory pass, by the memory planner's estimate at these settings, exceeds the device's "
+        "usable memory; default), always, never",
     )
     parser.add_argument(
         "--spill-dir",
@@ -159,7 +160,15 @@ def _importance(args: argparse.Namespace) -> int:
     ctx = DistributedContext.from_environment(device)
     if ctx.distributed and ctx.device.type == "cuda":
         device = str(ctx.device)
-    mode = choose_mode(args.model, offload=args.offload, dtype=args.dtype, device=device)
+    run = {  # the settings the in-memory pass's peak depends on, by the API's names
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "samples": args.samples,
+        "scans": scans,
+        "block_size": args.block_size,
+        "stream": streamed,
+    }
+    mode = choose_mode(args.model, run, offload=args.offload, dtype=args.dtype, device=device)
     if ctx.distributed and mode.streamed:
         raise CliError("layer-streamed importance runs in one process; under torchrun use --offload never")
     if ctx.is_main:

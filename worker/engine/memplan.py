@@ -39,6 +39,8 @@ What is derived and what is fitted (bench/memory_planner_bench.py measures both)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from worker.engine.spec import ArchSpec, LayerShape
 
@@ -649,6 +651,29 @@ def importance_memory(
         **extra,
     )
     return {**out, "host_total": host, "disk": disk}
+
+
+def importance_options(params: Mapping[str, Any], device: str) -> dict:
+    """`importance_memory`'s settings from an importance run's params (the API's, or the CLI's flags
+    under the same names) on a "cpu" or "cuda" device."""
+    return dict(
+        batch_size=params["batch_size"],
+        seq_len=params["seq_len"],
+        scans=tuple(params.get("scans", ())),
+        block_size=params.get("block_size", 2),
+        samples=params.get("samples"),
+        device=device,
+        # Document calibration right-pads short windows (attention gets a mask); a stream packs blocks.
+        padded=not params.get("stream"),
+    )
+
+
+def importance_streams(need_in_memory: int, capacity: int | None) -> bool:
+    """Whether an `offload` "auto" importance run streams the teacher layer by layer: when the in-memory
+    pass's peak (`importance_memory(..., streamed=False)`, at the run's own batch and scans) exceeds the
+    device memory it may use (`usable_bytes`; None: unknown, so in memory). The one rule: the worker
+    decides by it (importance.offload), the API's check and the dashboard predict by it."""
+    return capacity is not None and need_in_memory > capacity
 
 
 def evaluation_memory(

@@ -39,7 +39,7 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     p = run.params
     # In memory, or one decoder layer at a time when the teacher does not fit the device (same scores).
     source = model_source(teacher.source)
-    mode = choose_mode(source, offload=p.get("offload", "auto"), device=rt.device)
+    mode = choose_mode(source, p, offload=p.get("offload", "auto"), device=rt.device)
     if mode.streamed:
         check_remote_code(rt, teacher.trust_remote_code)
         rt.progress(0.0, f"streaming the model layer by layer: {mode.reason}", force=True)

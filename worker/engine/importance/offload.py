@@ -3,29 +3,30 @@
 - "never":  load the whole model (`compute_importance`);
 - "always": stream it one layer at a time (`compute_importance_streamed`; a local safetensors
   checkpoint is needed);
-- "auto" (default): stream when the weights in the job's dtype plus a margin (activations, the
-  hooks' buffers, allocator slack) exceed the device's free memory: CUDA's `mem_get_info`, a CPU's
-  available RAM (/proc/meminfo). Sources that cannot be streamed (a hub id, .bin weights) load whole.
+- "auto" (default): stream when the in-memory pass does not fit: its peak at the run's own batch,
+  sequence length and scans (`memplan.importance_memory`, the weights in the dtype the model would load
+  in) over the memory the device may use (`memplan.usable_bytes`; on CUDA never more than is free now).
+  This is `memplan.importance_streams`, the rule the API's memory check and the dashboard predict by.
+  Sources that cannot be streamed (a hub id, .bin weights) load whole.
 
-The weights' size comes from the checkpoint's tensor shapes and the dtype the model would load in,
-so choosing reads no weight.
+Choosing reads the config and the tensor index only, no weight.
 """
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 
+from worker.engine import memplan
+from worker.engine.dtypes import dtype_name
 from worker.engine.importance.activation_store import free_device_bytes
 from worker.engine.memplan import format_bytes
 
 OFFLOAD_CHOICES = ("auto", "never", "always")
-FIT_MARGIN_FRACTION = 0.2
-FIT_MARGIN_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,15 @@ class ImportanceMode:
 
 
 def decide(
-    offload: str, weight_bytes: int | None, free_bytes: int | None, device: str = "the device"
+    offload: str, need_bytes: int | None, capacity: int | None, device: str = "the device"
 ) -> ImportanceMode:
-    """The mode for a requested `offload` given the weights' size (None: the source cannot be
-    streamed) and the device's free memory."""
+    """The mode for a requested `offload` given the in-memory pass's peak (`in_memory_need`; None: the
+    source cannot be streamed) and the memory the device may use (`device_capacity`)."""
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {offload!r}")
     if offload == "never":
         return ImportanceMode(False, "offload=never")
-    if weight_bytes is None:
+    if need_bytes is None:
         if offload == "always":
             raise ValueError(
                 "streamed importance needs a local model directory with safetensors weights "
@@ -63,49 +64,57 @@ def decide(
         return ImportanceMode(False, "not a local safetensors checkpoint, so it cannot be streamed")
     if offload == "always":
         return ImportanceMode(True, "offload=always")
-    needed = int(weight_bytes * (1 + FIT_MARGIN_FRACTION)) + FIT_MARGIN_BYTES
-    if needed > free_bytes:
-        return ImportanceMode(
-            True,
-            f"weights {format_bytes(weight_bytes)} + margin > {format_bytes(free_bytes)} free on {device}",
-        )
-    return ImportanceMode(
-        False,
-        f"weights {format_bytes(weight_bytes)} + margin fit in {format_bytes(free_bytes)} free on {device}",
-    )
+    need, room = format_bytes(need_bytes), format_bytes(capacity or 0)
+    if memplan.importance_streams(need_bytes, capacity):
+        return ImportanceMode(True, f"the in-memory pass needs {need} > {room} usable on {device}")
+    return ImportanceMode(False, f"the in-memory pass needs {need} of {room} usable on {device}")
 
 
-def streamable_weight_bytes(source: str | os.PathLike, dtype=None) -> int | None:
-    """Bytes of the checkpoint's weights once loaded in `dtype` (as `load_model` resolves it), or
-    None when `source` is not a local directory of safetensors weights."""
-    from transformers import AutoConfig
+def in_memory_need(
+    source: str | os.PathLike, params: Mapping[str, Any], dtype=None, device: str = "cpu"
+) -> int | None:
+    """Peak bytes of the in-memory pass of a run with `params` (batch_size, seq_len, samples, scans,
+    block_size, stream: memplan.importance_options) on `source` loaded in `dtype`; None when `source`
+    is not a local directory of safetensors weights (it cannot be streamed)."""
+    from worker.engine.out_of_core import open_checkpoint
 
-    from worker.engine.checkpoint_reader import CheckpointReader
-    from worker.engine.layer_loader import checkpoint_dtype
-
-    path = Path(source).expanduser()
-    if not (path / "config.json").is_file():
-        return None
     try:
-        reader = CheckpointReader(path)
-    except FileNotFoundError:  # .bin weights only
+        ckpt = open_checkpoint(source, dtype=dtype)
+    except FileNotFoundError:  # a hub id, or .bin weights only
         return None
-    config = AutoConfig.from_pretrained(str(path))
-    size = torch.empty((), dtype=checkpoint_dtype(reader, config, dtype)).element_size()
-    return sum(math.prod(reader.shape(name)) for name in reader.names()) * size
+    options = memplan.importance_options(params, torch.device(device).type)
+    return memplan.importance_memory(
+        ckpt.spec, **options, streamed=False, weights_dtype=dtype_name(ckpt.dtype)
+    )["total"]
+
+
+def device_capacity(device: torch.device) -> int:
+    """What a pass may use on `device` now, as `memplan.usable_bytes` reads a worker's registry entry:
+    a CPU's available RAM; a GPU's total less the reserve, and no more than is free now."""
+    free = free_device_bytes(device)
+    if device.type != "cuda":
+        return memplan.usable_bytes({"kind": "cpu", "free_bytes": free})
+    total = torch.cuda.mem_get_info(device)[1]
+    return min(free, memplan.usable_bytes({"kind": "cuda", "total_bytes": total}))
 
 
 def choose_mode(
-    source: str | os.PathLike, *, offload: str = "auto", dtype=None, device: str = "cpu"
+    source: str | os.PathLike,
+    params: Mapping[str, Any],
+    *,
+    offload: str = "auto",
+    dtype=None,
+    device: str = "cpu",
 ) -> ImportanceMode:
-    """`decide` for a model source and device (reads only the config and the tensor index)."""
+    """`decide` for a run with `params` on a model source and device (reads only the config and the
+    tensor index)."""
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {offload!r}")
     if offload == "never":
         return decide(offload, None, None)
-    weight_bytes = streamable_weight_bytes(source, dtype)
-    free = free_device_bytes(torch.device(device)) if weight_bytes is not None else None
-    return decide(offload, weight_bytes, free, device)
+    need = in_memory_need(source, params, dtype, device)
+    capacity = device_capacity(torch.device(device)) if need is not None else None
+    return decide(offload, need, capacity, device)
 
 
-__all__ = ["OFFLOAD_CHOICES", "ImportanceMode", "choose_mode", "decide", "streamable_weight_bytes"]
+__all__ = ["OFFLOAD_CHOICES", "ImportanceMode", "choose_mode", "decide", "device_capacity", "in_memory_need"]
