@@ -21,6 +21,7 @@ from backend.models import Student, Teacher
 from backend.routing import GPU
 from backend.settings import Settings
 from worker.engine import memplan
+from worker.engine.spill_disk import DISK_RESERVE_BYTES, disk_tier_limit
 
 
 def _workers(settings: Settings, queue: str) -> list[dict]:
@@ -339,9 +340,6 @@ def _halved_batches(batch_size: int) -> list[dict]:
     return out
 
 
-HOST_RESERVE_BYTES = 2 << 30  # importance/activation_store.py's: RAM a pass's stores leave free
-
-
 def spill_limit(settings: Settings, params: dict) -> int | None:
     """The disk tier's limit in bytes a streamed pass will get: the job's `spill_limit_gb`, else
     PRUNESCOPE_SPILL_LIMIT_GB; None: the worker's own (`spill_disk_limit`)."""
@@ -358,9 +356,6 @@ def spill_disk_limit(worker: dict) -> int | None:
     return None if limit is None else int(limit)
 
 
-DISK_RESERVE_BYTES = 2 << 30  # worker/engine/spill_disk.py's: free space the disk tier leaves
-
-
 def disk_budget(worker: dict, limit: int | None) -> int | None:
     """The disk tier a streamed pass gets on `worker` (activation_store.StoreBudget.disk_tier): the spill
     limit `limit` (None: the worker's own, `spill_disk_limit`), never more than its spill disk's free
@@ -369,7 +364,7 @@ def disk_budget(worker: dict, limit: int | None) -> int | None:
     if limit is None:
         return spill_disk_limit(worker)
     free = (worker.get("spill_disk") or {}).get("free_bytes")
-    return limit if free is None else min(max(0, limit), max(0, int(free) - DISK_RESERVE_BYTES))
+    return limit if free is None else disk_tier_limit(int(free), limit)
 
 
 def pinned_budget(worker: dict, device: str) -> int:
@@ -379,7 +374,7 @@ def pinned_budget(worker: dict, device: str) -> int:
     host = worker.get("host_memory")
     if device != "cuda" or not host:
         return 0
-    return max(0, memplan.usable_bytes(host) - HOST_RESERVE_BYTES)
+    return max(0, memplan.usable_bytes(host) - memplan.HOST_RESERVE_BYTES)
 
 
 def importance_layout(
@@ -405,7 +400,7 @@ def importance_layout(
     layered = memplan.importance_memory(spec, **opts, streamed=True, device_budget=0)
     passes = 1
     if disk_budget is not None:
-        reserve = HOST_RESERVE_BYTES if device == "cpu" else 0
+        reserve = memplan.HOST_RESERVE_BYTES if device == "cpu" else 0
         room = 0 if capacity is None else max(0, capacity - layered["total"] - reserve)
         capped = memplan.importance_memory(
             spec, **opts, streamed=True, device_budget=room, host_budget=host_budget, disk_budget=disk_budget

@@ -154,7 +154,7 @@ export function importanceNeed(spec, p, device = "cpu") {
   return Math.min(...layouts.map((streamed) => importanceMemory(spec, { ...opts, streamed, device_budget: streamed ? 0 : undefined }).total));
 }
 
-const HOST_RESERVE_BYTES = 2 * 2 ** 30; // memcheck.HOST_RESERVE_BYTES
+const HOST_RESERVE_BYTES = 2 * 2 ** 30; // memplan.HOST_RESERVE_BYTES
 
 /** The disk tier a worker gives a run without a spill limit, from its entry's `spill_disk` (its spill
  * directory's free space less 2 GiB, or its PRUNESCOPE_SPILL_LIMIT_GB); null: not reported
@@ -164,7 +164,7 @@ export function spillDiskLimit(worker) {
   return limit === undefined || limit === null ? null : Math.trunc(limit);
 }
 
-const DISK_RESERVE_BYTES = 2 * 2 ** 30; // memcheck.DISK_RESERVE_BYTES (worker/engine/spill_disk.py)
+const DISK_RESERVE_BYTES = 2 * 2 ** 30; // worker/engine/spill_disk.py's
 
 /** The disk tier a streamed pass gets on `worker`: the spill limit `limit` (null: the worker's own,
  * spillDiskLimit), never more than its spill disk's free space less the reserve, as the worker caps it;

@@ -67,6 +67,9 @@ TRANSIENT_BACKWARD = 6
 # a fixed amount (a job that needs 79.5 of 80 GiB does not "fit").
 CUDA_RESERVE_FRACTION = 0.05
 CUDA_RESERVE_BYTES = 512 << 20
+# RAM a streamed pass's activation stores leave to the rest of the process and the OS page cache
+# (importance/activation_store.StoreBudget; the API's check and the dashboard size the tiers alike).
+HOST_RESERVE_BYTES = 2 << 30
 NUM_SUMS = 4  # float32 running sums per unit and half (worker/engine/importance/stats.py)
 # A prune job with out_of_core="auto" cuts out of core when the teacher would take more than this share
 # of the free RAM (out_of_core.choose_mode; backend.memcheck and jobmemory.js predict it per worker).

@@ -29,14 +29,13 @@ from pathlib import Path
 
 import torch
 
-from worker.engine.memplan import format_bytes
+from worker.engine.memplan import HOST_RESERVE_BYTES, format_bytes
 
 # The spill disk's rule, shared with the worker's registry entry (torch-free there).
 from worker.engine.spill_disk import DISK_RESERVE_BYTES, disk_tier_limit, free_disk_bytes, spill_root
 
 log = logging.getLogger(__name__)
 TIERS = ("device", "host", "disk")
-HOST_RESERVE_BYTES = 2 << 30  # RAM left to the rest of the process and the OS page cache
 
 
 def available_ram_bytes() -> int:
