@@ -5,7 +5,6 @@ const STOPS = {
   viridis: ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"],
   cividis: ["#00224e", "#123570", "#3b496c", "#575d6d", "#707173", "#8a8678", "#a59c74", "#c3b369", "#e1cc55", "#fee838"],
 };
-export const PALETTES = Object.keys(STOPS);
 
 const lutCache = new Map();
 
@@ -27,12 +26,6 @@ export function lut(name = "viridis") {
   }
   lutCache.set(name, table);
   return table;
-}
-
-/** Plotly colorscale for the same palette. */
-export function plotlyScale(name = "viridis") {
-  const stops = STOPS[name] || STOPS.viridis;
-  return stops.map((c, i) => [i / (stops.length - 1), c]);
 }
 
 /**

@@ -1,21 +1,28 @@
 // Pure helpers of the search view (no DOM): the Pareto front of candidates over a cost axis, and a
 // candidate's architecture in one line (how it cuts, depth / width / mixed, comes from the engine).
+import { bytes, compact, ms, rate } from "./format.js";
 
-/** The cost axes a search can report, by the key of the candidate's `costs` object. */
+/** The cost axes a search can report, by the key of a candidate's `costs` (backend/search_results.costs;
+ * tests/ui/test_search_axes_js.py holds the keys equal): the chart's title, the switch's name, a value's
+ * format, the parallel coordinates' unit and scale, and `minimum` where the budget is a floor and more is
+ * better (worker/engine/search/budgets.MINIMUM: decode throughput). */
 export const COST_AXES = {
-  params: { label: "parameters", unit: "count" },
-  memory: { label: "active memory (weights + KV cache)", unit: "bytes" },
-  latency: { label: "decode latency (measured)", unit: "seconds" },
+  params: { label: "parameters", name: "parameters", format: compact, unit: "M params", scale: 1e6 },
+  memory: { label: "active memory (weights + KV cache)", name: "memory", format: bytes, unit: "MiB", scale: 2 ** 20 },
+  latency: { label: "decode latency (measured)", name: "latency", format: ms, unit: "ms / token", scale: 1e-3 },
+  prefill: { label: "prefill time (measured)", name: "prefill", format: ms, unit: "prefill ms", scale: 1e-3 },
+  throughput: { label: "decode throughput (measured, more is better)", name: "throughput", format: (v) => rate(v), unit: "tok/s", scale: 1, minimum: true },
 };
 
 /**
  * Indices of the points on the lower-left Pareto front (lower cost and lower loss are better): a point
  * is on it when no other point is at most as costly and at most as lossy while strictly better in one.
- * Returned in increasing cost; points without both numbers are skipped.
+ * Returned in increasing cost; points without both numbers are skipped. `more`: a cost where more is
+ * better (COST_AXES `minimum`: throughput), so the front runs along its high end, highest first.
  */
-export function paretoFront(points, cost = (p) => p.x, loss = (p) => p.y) {
+export function paretoFront(points, cost = (p) => p.x, loss = (p) => p.y, more = false) {
   const valid = points
-    .map((p, i) => ({ i, x: cost(p), y: loss(p) }))
+    .map((p, i) => ({ i, x: more ? -cost(p) : cost(p), y: loss(p) }))
     .filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y))
     .sort((a, b) => a.x - b.x || a.y - b.y);
   const front = [];

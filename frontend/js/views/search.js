@@ -236,7 +236,7 @@ async function searchResult(host, id, query, ctx) {
     for (const c of data.candidates) c.cut = c.cut || "none";
     const axes = Object.keys(COST_AXES).filter((k) => data.candidates.some((c) => Number.isFinite(c.costs?.[k])));
     if (!axes.includes(view.x)) view.x = axes[0] || "params";
-    xSeg.replaceChildren(h("span", "cost"), segmented(axes.map((k) => [k, { params: "parameters", memory: "memory", latency: "latency" }[k]]), view.x, (v) => { view.x = v; setQuery({ x: v }); draw(); }, { dataset: { testid: "x-axis" } }));
+    xSeg.replaceChildren(h("span", "cost"), segmented(axes.map((k) => [k, COST_AXES[k].name]), view.x, (v) => { view.x = v; setQuery({ x: v }); draw(); }, { dataset: { testid: "x-axis" } }));
     renderHead();
     draw();
     renderTable();
@@ -247,7 +247,7 @@ async function searchResult(host, id, query, ctx) {
   const shown = () => data.candidates;
   const cost = (c) => c.costs?.[view.x];
   const quality = (c) => (view.y === "ppl" ? Math.exp(c.loss) : c.loss);
-  const fmtCost = (v) => (view.x === "memory" ? bytes(v) : view.x === "latency" ? ms(v) : compact(v));
+  const fmtCost = (v) => COST_AXES[view.x].format(v);
 
   function hover(c) {
     const ref = data.reference || {};
@@ -255,7 +255,7 @@ async function searchResult(host, id, query, ctx) {
     return [
       `<b>#${c.id}</b> ${c.rank ? `rank ${c.rank}` : "outside the budget"} · ${CUT_LABELS[c.cut]}`,
       archLine(c.axes, spec),
-      `params ${compact(c.costs.params)}${share("params")}` + (Number.isFinite(c.costs.memory) ? ` · memory ${bytes(c.costs.memory)}${share("memory")}` : "") + (Number.isFinite(c.costs.latency) ? ` · latency ${ms(c.costs.latency)}${share("latency")}` : ""),
+      Object.entries(COST_AXES).filter(([k]) => Number.isFinite(c.costs?.[k])).map(([k, a]) => `${a.name} ${a.format(c.costs[k])}${share(k)}`).join(" · "),
       `loss ${sig(c.loss)} · ppl ${sig(Math.exp(c.loss))}`,
     ].join("<br>");
   }
@@ -281,7 +281,8 @@ async function searchResult(host, id, query, ctx) {
         marker: { color: CUT_COLORS[kind], size: group.map((c) => (c.within_budget ? 8 : 6)), opacity: group.map((c) => (c.within_budget ? 0.85 : 0.35)), line: { color: "#0e1116", width: 0.5 } },
       });
     }
-    const front = paretoFront(pts, cost, quality).map((i) => pts[i]);
+    const more = COST_AXES[view.x].minimum; // more is better: the front runs along the high end
+    const front = paretoFront(pts, cost, quality, more).map((i) => pts[i]);
     traces.push({ type: "scatter", mode: "lines+markers", name: "Pareto front", x: front.map(cost), y: front.map(quality), customdata: front.map((c) => c.id), text: front.map(hover), hovertemplate: "%{text}<extra>front</extra>", line: { color: FRONT_COLOR, width: 1.5, shape: "hv", dash: "dot" }, marker: { size: 11, color: "rgba(0,0,0,0)", line: { color: FRONT_COLOR, width: 1.5 } } });
     const chosen = data.candidates.filter((c) => picked.has(c.id));
     traces.push({ type: "scatter", mode: "markers", name: "bake-off", x: chosen.map(cost), y: chosen.map(quality), customdata: chosen.map((c) => c.id), text: chosen.map(hover), hovertemplate: "%{text}<extra>bake-off</extra>", marker: { size: 16, color: "rgba(0,0,0,0)", line: { color: PICK_COLOR, width: 2.5 } }, showlegend: chosen.length > 0 });
@@ -293,12 +294,12 @@ async function searchResult(host, id, query, ctx) {
     // The engine lets a cost exceed its budget by the search's tolerance (budgets.py `fits`): shade that
     // margin up to the effective limit, or candidates "within the budget" sit right of the line.
     const tol = Number.isFinite(budget) && data.tolerance > 0 ? data.tolerance : 0;
-    const limit = Number.isFinite(budget) ? budget * (1 + tol) : undefined;
+    const limit = Number.isFinite(budget) ? budget * (more ? 1 - tol : 1 + tol) : undefined; // budgets.fits
     const shapes = Number.isFinite(budget) ? [{ type: "line", xref: "x", yref: "paper", x0: budget, x1: budget, y0: 0, y1: 1, line: { color: "#ff6b6b", width: 1, dash: "dash" } }] : [];
     const annotations = Number.isFinite(budget) ? [{ x: budget, y: 1, xref: "x", yref: "paper", text: "budget", showarrow: false, xanchor: "right", yanchor: "top", font: { size: 10, color: "#ff6b6b" } }] : [];
     if (tol) {
       shapes.push({ type: "rect", xref: "x", yref: "paper", x0: budget, x1: limit, y0: 0, y1: 1, fillcolor: "rgba(255,107,107,0.12)", line: { width: 0 }, layer: "below", name: "tolerance" });
-      annotations.push({ x: budget, y: 0, xref: "x", yref: "paper", text: `+${+(100 * tol).toFixed(2)}% tolerance`, showarrow: false, xanchor: "left", yanchor: "bottom", font: { size: 10, color: "#ff6b6b" } });
+      annotations.push({ x: budget, y: 0, xref: "x", yref: "paper", text: `${more ? "−" : "+"}${+(100 * tol).toFixed(2)}% tolerance`, showarrow: false, xanchor: more ? "right" : "left", yanchor: "bottom", font: { size: 10, color: "#ff6b6b" } });
     }
     scatter.dataset.limit = Number.isFinite(limit) ? String(limit) : "";
     // The axes span the candidates (and the budget's effective limit): a teacher far up the cost axis would
@@ -369,8 +370,7 @@ async function searchResult(host, id, query, ctx) {
       .map(([k, label]) => ({ label, values: pts.map((c) => c.axes[k]) }));
     for (const k of Object.keys(COST_AXES)) {
       if (pts.every((c) => Number.isFinite(c.costs?.[k]))) {
-        const scale = k === "params" ? 1e6 : k === "memory" ? 2 ** 20 : 1e-3;
-        const unit = { params: "M params", memory: "MiB", latency: "ms" }[k];
+        const { unit, scale } = COST_AXES[k];
         dims.push({ label: unit, values: pts.map((c) => c.costs[k] / scale) });
       }
     }
@@ -412,9 +412,7 @@ async function searchResult(host, id, query, ctx) {
         h("div.mono", archLine(c.axes, spec)),
         h("dl.kv",
           h("dt", "loss"), h("dd", `${sig(c.loss)} (ppl ${sig(Math.exp(c.loss))})`),
-          h("dt", "parameters"), h("dd", compact(c.costs.params)),
-          Number.isFinite(c.costs.memory) ? [h("dt", "memory"), h("dd", bytes(c.costs.memory))] : null,
-          Number.isFinite(c.costs.latency) ? [h("dt", "latency"), h("dd", ms(c.costs.latency))] : null),
+          Object.entries(COST_AXES).filter(([k]) => Number.isFinite(c.costs?.[k])).map(([k, a]) => [h("dt", a.name), h("dd", a.format(c.costs[k]))])),
         h("div.row",
           h("button.small", { onclick: () => openInPlanner(c.id), dataset: { testid: "open-planner" } }, "Open in planner →"),
           h("button.small", { onclick: () => togglePick(c.id) }, picked.has(c.id) ? "Remove from bake-off" : "Add to bake-off"))));
