@@ -157,7 +157,8 @@ export function planStats(spec, plan) {
   };
 }
 
-/** Local structural checks that need no scores (the server adds GQA/shape advice via /plans/validate). */
+/** Local structural checks that need no scores, shown while /plans/validate answers (whose messages then
+ * replace them) or when it cannot. */
 export function localMessages(spec, plan) {
   const out = [];
   const { hidden, layers } = resultingShape(spec, plan);

@@ -124,7 +124,9 @@ def test_experts_heatmap_marks_experts_and_the_summary_counts_active_parameters(
     page.mouse.click(*expert_cell(page, 1, 4))
     page.wait_for_function("document.querySelector('[data-testid=plan-messages]').dataset.state === 'done'")
     messages = page.inner_text("[data-testid=plan-messages]")
-    assert "fewer than top-k=2" in messages and "remove at most 4" in messages  # local, then server
+    # The server's error replaces the local one ("keeps 2 experts, fewer than top-k=2"): said once.
+    assert "layer 1 would keep 1 of 6 experts, fewer than the 2 every token is routed to" in messages
+    assert "remove at most 4" in messages and "top-k=2" not in messages, messages
     page.click("[data-testid=undo]")
     page.click("[data-testid=undo]")
     shot(page, "explorer-experts")

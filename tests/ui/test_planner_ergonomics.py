@@ -289,6 +289,33 @@ def test_a_bakeoff_filled_on_the_server_keeps_and_shows_its_fill_warnings(page, 
     assert page.locator(f"tr[data-branch='{even['name']}'] [data-testid=fill-warning]").count() == 0
 
 
+def test_the_servers_check_replaces_the_local_one_and_the_local_one_stays_when_it_fails(
+    page, live_app, setup
+):
+    """The planner's instant local checks (costmodel.localMessages) are replaced by the server's
+    (validate_plan) once it answers, so a problem is said once, in the server's words with its valid
+    range (both were shown, worded apart); when the server cannot check, the local ones stay."""
+    run = setup["plain"]["id"]
+    messages = "[data-testid=plan-messages]"
+    all_dropped = '{"drop_layers": [0, 1, 2, 3]}'
+    open_explorer(page, live_app, run)
+    page.evaluate(f"localStorage.setItem('prunescope.draft.run{run}', {all_dropped!r})")
+    page.reload()
+    page.wait_for_function(f"document.querySelector('{messages}')?.dataset.state === 'done'")
+    text = page.inner_text(messages)
+    assert "cannot drop all 4 layers; keep at least one (drop at most 3)" in text, text
+    assert "every layer is dropped" not in text, text
+    assert page.locator(f"{messages} li.error").count() == 1
+
+    page.route("**/plans/validate", lambda route: route.abort())
+    page.reload()
+    page.wait_for_function(f"document.querySelector('{messages}')?.dataset.state === 'done'")
+    text = page.inner_text(messages)
+    assert "every layer is dropped" in text and "could not validate on the server" in text, text
+    page.unroute("**/plans/validate")
+    page.evaluate("localStorage.clear()")
+
+
 def test_the_cut_can_be_asked_out_of_core(page, live_app, setup):
     open_explorer(page, live_app, setup["plain"]["id"])
     page.click("[data-testid=layers-plot]")  # any edit

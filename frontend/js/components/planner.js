@@ -251,6 +251,7 @@ export class Planner {
     this.redoBtn.disabled = !state.canRedo();
     this.local = localMessages(spec, plan);
     this.serverMessages = [];
+    this.serverChecked = false;
     this._renderMessages(true);
     this.validate();
     this.lastUpdateMs = performance.now() - t0;
@@ -258,7 +259,9 @@ export class Planner {
   }
 
   _renderMessages(pending = false) {
-    const all = [...this.local, ...this.serverMessages.filter((m) => !this.local.some((l) => l.text === m.text))];
+    // The local checks say the obvious at once; once the server has checked the plan its messages
+    // (validate_plan: each problem once, in its words, with the valid range) replace them.
+    const all = this.serverChecked ? this.serverMessages : [...this.local, ...this.serverMessages];
     const items = all.map((m) => h(`li.${m.level}`, m.field ? h("span.field", m.field) : null, m.text));
     if (!all.length) items.push(h("li.ok", pending ? "checking…" : "No problems: the plan fits the model."));
     mount(this.messages, items);
@@ -271,6 +274,7 @@ export class Planner {
       const res = await api.post("/plans/validate", { teacher_id: this.ctx.teacher.id, plan });
       if (plan !== this.ctx.state.plan || !this.ctx.alive()) return; // an edit happened meanwhile
       this.serverMessages = res.messages || [];
+      this.serverChecked = true;
       this.serverStats = res.stats;
       this._renderMessages(false);
     } catch (err) {
