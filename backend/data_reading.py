@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-DataFormat = Literal["auto", "txt", "jsonl", "parquet"]  # worker.engine.streaming.DATA_FORMATS
+from worker.engine.streaming import DATA_FORMATS
+
+DataFormat = Literal[DATA_FORMATS]
 
 
 class DataReading(BaseModel):

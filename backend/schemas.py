@@ -23,11 +23,14 @@ from backend.data_reading import DataReading
 from backend.routing import Requirement
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.engine.eval_protocol import EvalProtocol
+from worker.engine.importance.result import DEFAULT_SCANS, SCANS
+from worker.engine.importance.stats import BATCH_REDUCTIONS, SEQ_REDUCTIONS
 from worker.engine.plan import PlanTargets, PrunePlan
 
-Scan = Literal["bi", "drop", "block", "angular"]  # worker.engine.importance.result.SCANS
-BatchAgg = Literal["l2", "mean", "var"]
-SeqAgg = Literal["mean", "l2"]
+# The engine's names, one definition each (a tuple in Literal[...] spreads into its values).
+Scan = Literal[SCANS]
+BatchAgg = Literal[BATCH_REDUCTIONS]
+SeqAgg = Literal[SEQ_REDUCTIONS]
 
 
 # Row ids are SQL INTEGER columns (32-bit on PostgreSQL); a larger id is a 422, not a database error.
@@ -168,7 +171,7 @@ class ImportanceRunCreate(OnDevice, DataReading, GangWait):
     samples: int = Field(64, ge=1, le=100_000)
     seq_len: int = Field(128, ge=2, le=MAX_ID, description="at most PRUNESCOPE_MAX_SEQ_LEN")
     batch_size: int = Field(8, ge=1, le=MAX_ID, description="at most PRUNESCOPE_MAX_BATCH_SIZE")
-    scans: list[Scan] = Field(default_factory=lambda: ["bi", "drop", "block"])
+    scans: list[Scan] = Field(default_factory=lambda: list(DEFAULT_SCANS))
     block_size: int = Field(2, ge=1, le=512)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     gpus: int = Field(

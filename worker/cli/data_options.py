@@ -8,8 +8,7 @@ bounded whatever the corpus size, and a distillation's position in the data is p
 from __future__ import annotations
 
 from worker.cli import CliError
-
-DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # worker.engine.streaming.DATA_FORMATS (torch-free here)
+from worker.engine.streaming import DATA_FORMATS  # torch-free to import (torch is read lazily)
 
 
 def add_data_options(parser) -> None:

@@ -305,8 +305,10 @@ def _manifest(args, teacher, original_plan, plan, importance_manifest, stats, wh
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", required=True, help="plan JSON file (a PrunePlan)")
     parser.add_argument("--importance", help="importance run directory, to fill the plan's targets")
-    parser.add_argument("--batch-agg", default="l2", choices=("mean", "l2", "var"))
-    parser.add_argument("--seq-agg", default="mean", choices=("mean", "l2"))
+    from worker.engine.importance.stats import BATCH_REDUCTIONS, SEQ_REDUCTIONS
+
+    parser.add_argument("--batch-agg", default="l2", choices=BATCH_REDUCTIONS)
+    parser.add_argument("--seq-agg", default="mean", choices=SEQ_REDUCTIONS)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
