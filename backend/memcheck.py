@@ -157,11 +157,11 @@ def check_job(
             return distill_need(s_spec, t_spec, p, device)
 
         candidates = memplan.distill_candidates(params)
-    elif kind == "evaluate":  # perplexity of one model at its default batch of 8 windows
+    elif kind == "evaluate":  # perplexity of one model at its default batch of windows
 
         def need(p: dict) -> int:
             return memplan.evaluation_memory(
-                s_spec or t_spec, batch_size=8, seq_len=p["seq_len"], device=device
+                s_spec or t_spec, batch_size=memplan.EVAL_BATCH_SIZE, seq_len=p["seq_len"], device=device
             )["total"]
 
         candidates = []

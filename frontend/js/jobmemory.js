@@ -22,9 +22,11 @@ export function distillNeed(student, teacher, p, device = "cpu") {
   return total * (device === "cpu" ? gpus : 1);
 }
 
-/** Evaluate: one model's perplexity at its batch of 8 windows (memcheck.check_job "evaluate"). */
+const EVAL_BATCH_SIZE = 8; // memplan.EVAL_BATCH_SIZE: windows per forward of a perplexity pass
+
+/** Evaluate: one model's perplexity at its batch of windows (memcheck.check_job "evaluate"). */
 export function evaluateNeed(spec, { seq_len: seqLen = 128, device = "cpu" } = {}) {
-  return evaluationMemory(spec, { batch_size: 8, seq_len: seqLen, device }).total;
+  return evaluationMemory(spec, { batch_size: EVAL_BATCH_SIZE, seq_len: seqLen, device }).total;
 }
 
 /** Benchmark: teacher and student loaded together, measured one after the other. */
@@ -125,9 +127,9 @@ export function sizedWorkers(workers, queue, gpus = 1) {
   return able.map((w, i) => ({ w, i, bytes: usableBytes(w.memory) })).sort((a, b) => b.bytes - a.bytes || a.i - b.i).map(({ w }) => w);
 }
 
-/** Preview: the teacher, then the masked teacher, over packed blocks (a batch of 8). */
+/** Preview: the teacher, then the masked teacher, over packed blocks (a batch of EVAL_BATCH_SIZE). */
 export function previewNeed(teacher, { seq_len: seqLen = 128, device = "cpu" } = {}) {
-  return evaluationMemory(teacher, { batch_size: 8, seq_len: seqLen, device }).total;
+  return evaluationMemory(teacher, { batch_size: EVAL_BATCH_SIZE, seq_len: seqLen, device }).total;
 }
 
 /** Document calibration (no `stream`) right-pads short windows, so attention gets a mask (memplan.importance_options). */

@@ -65,6 +65,9 @@ TRANSIENT_FORWARD = 3
 TRANSIENT_BACKWARD = 6
 # Per-device slack the planner keeps free: CUDA context + allocator fragmentation, as a fraction and
 # a fixed amount (a job that needs 79.5 of 80 GiB does not "fit").
+# Windows (or packed blocks) per forward of a perplexity pass: evaluation.perplexity's default, what the
+# API's check and the dashboard size evaluate and preview jobs at.
+EVAL_BATCH_SIZE = 8
 CUDA_RESERVE_FRACTION = 0.05
 CUDA_RESERVE_BYTES = 512 << 20
 # RAM a streamed pass's activation stores leave to the rest of the process and the OS page cache

@@ -33,6 +33,7 @@ from worker.engine.chunked_head import (
     output_head,
     token_nll,
 )
+from worker.engine.memplan import EVAL_BATCH_SIZE
 
 Progress = Callable[[int, int], None]  # (done, total) of the windows or blocks to score
 
@@ -94,7 +95,7 @@ def perplexity(
     *,
     context: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     max_documents: int | None = None,
     max_blocks: int | None = None,
     chunk_tokens: int | None = None,
@@ -138,7 +139,7 @@ def block_nll(
     packed,
     *,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     chunk_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[float, int]:
