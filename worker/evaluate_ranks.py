@@ -64,7 +64,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.gang import opened
     from worker.handlers.common import json_safe, store
-    from worker.handlers.measure_jobs import LmEvalCount, save_benchmark
+    from worker.handlers.measure_jobs import LmEvalCount, save_measurement
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
@@ -129,8 +129,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
             "model call's requests, batched as in one process; the answers gathered on every rank)"
         )
     result["seconds"] = time.perf_counter() - t0
-    save_benchmark(rt, job, "evaluate", result)
-    return result
+    return save_measurement(rt, job, "evaluate", result)
 
 
 # ---- one rank ----------------------------------------------------------------------------------------

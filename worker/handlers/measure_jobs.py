@@ -100,8 +100,7 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
             )
         )
     result["seconds"] = time.perf_counter() - t0
-    save_benchmark(rt, job, "evaluate", result)
-    return result
+    return save_measurement(rt, job, "evaluate", result)
 
 
 class LmEvalCount:
@@ -159,15 +158,17 @@ def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
     else:
         result = {"teacher": json_safe(evaluation.measure_model(teacher_model, **kwargs))}
     result.update(rt.device_use)  # measured alone on the device (worker.device_lock), after how long a wait
-    save_benchmark(rt, job, "benchmark", result)
-    return result
+    return save_measurement(rt, job, "benchmark", result)
 
 
-def save_benchmark(rt: JobRuntime, job: Job, kind: str, result: dict) -> None:
-    result.update(_measured(job))
+def save_measurement(rt: JobRuntime, job: Job, kind: str, result: dict) -> dict:
+    """Store an evaluate or benchmark job's `result` as its BenchmarkResult row, with what was measured
+    (`_measured`: the student or the teacher alone); returns the stored dict, the job's result."""
+    stored = {**result, **_measured(job)}
     with session_scope(rt.url) as s:
         s.add(
             BenchmarkResult(
-                job_id=job.id, kind=kind, teacher_id=job.teacher_id, student_id=job.student_id, result=result
+                job_id=job.id, kind=kind, teacher_id=job.teacher_id, student_id=job.student_id, result=stored
             )
         )
+    return stored
