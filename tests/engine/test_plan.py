@@ -20,6 +20,7 @@ from worker.engine.plan import (
     PrunePlan,
     fill_plan,
     fill_warnings,
+    hidden_alignment,
     plan_stats,
     resulting_spec,
     validate_plan,
@@ -146,6 +147,17 @@ def test_dropping_all_layers_and_out_of_range_indices_are_rejected():
 def test_gpt2_hidden_size_must_be_a_multiple_of_head_dim():
     (msg,) = errors(PrunePlan(remove_hidden=[0, 1]), gpt2_spec())
     assert "head_dim = n_embd / n_head" in msg and "nearby valid hidden sizes: 28, 32" in msg
+    # A target says the same rule in the same words, and offers no size above the model's own.
+    (target_msg,) = errors(PrunePlan(targets=PlanTargets(hidden_size=30)), gpt2_spec())
+    assert target_msg == msg.replace("remove_hidden:", "targets.hidden_size:")
+    assert hidden_alignment(gpt2_spec()) == 4  # head_dim: the whole rule, for every caller
+
+
+def test_nearby_hidden_sizes_stop_at_the_model_hidden_size():
+    # A whole KV group removed leaves 6 heads, which 32 is not a multiple of: 36 cannot be kept.
+    spec = tiny_spec()
+    (msg,) = errors(PrunePlan(remove_kv_groups={i: [0] for i in range(4)}), spec)
+    assert msg.endswith("nearby valid hidden sizes: 30"), msg
 
 
 def test_llama_hidden_size_must_be_a_multiple_of_the_head_count():

@@ -505,17 +505,8 @@ def _hidden_messages(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
     kept_hidden = D - len(plan.remove_hidden)
     if kept_hidden <= 0:
         msgs.append(_error("remove_hidden", f"all {D} hidden channels removed; keep at least one"))
-    elif spec.family == "gpt2" and kept_hidden % spec.head_dim:
-        hd = spec.head_dim
-        near = [v for v in (kept_hidden // hd * hd, (kept_hidden // hd + 1) * hd) if 0 < v <= D]
-        msgs.append(
-            _error(
-                "remove_hidden",
-                f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
-                f"head_dim={hd} (got {kept_hidden}); nearby valid hidden sizes: {_listed(near)}",
-                near,
-            )
-        )
+    elif spec.family == "gpt2":  # its rule (head_dim) does not depend on the plan: check it early
+        msgs.extend(_hidden_size_errors("remove_hidden", kept_hidden, spec, D))
     return msgs
 
 
@@ -531,23 +522,37 @@ def _result_messages(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> list[Pla
 
 
 def _hidden_alignment_errors(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
-    align = hidden_alignment(new)
-    if not new.hidden_size % align:
+    field_name = "targets.hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden"
+    return _hidden_size_errors(field_name, new.hidden_size, new, spec.hidden_size)
+
+
+def _hidden_size_errors(field_name: str, size: int, student: ArchSpec, largest: int) -> list[PlanMessage]:
+    """An error when hidden `size` breaks the family's rule for `student` (`hidden_alignment`), with
+    the valid sizes either side of it up to `largest` (the teacher's hidden size)."""
+    align = hidden_alignment(student)
+    if not size % align:
         return []
-    near = [v for v in (new.hidden_size // align * align, (new.hidden_size // align + 1) * align) if v > 0]
-    why = (
-        f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads"
-        if spec.family in CONFIG_CLASS
-        else _GROUPED_MM_RULE.format(what="hidden_size", dtype=spec.dtype)
-    )
+    near = [v for v in (size // align * align, (size // align + 1) * align) if 0 < v <= largest]
     return [
         _error(
-            "targets.hidden_size" if plan.targets and plan.targets.hidden_size else "remove_hidden",
-            f"{why} ({new.hidden_size} is not a multiple of {align}); nearby valid hidden sizes: "
+            field_name,
+            f"{_hidden_rule(student)} ({size} is not a multiple of {align}); nearby valid hidden sizes: "
             f"{_listed(near)}",
             near,
         )
     ]
+
+
+def _hidden_rule(spec: ArchSpec) -> str:
+    """Why the family's hidden size must be a multiple of `hidden_alignment(spec)`."""
+    if spec.family == "gpt2":
+        return (
+            f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
+            f"head_dim={spec.head_dim}"
+        )
+    if spec.family in CONFIG_CLASS:
+        return f"{CONFIG_CLASS[spec.family]} requires hidden_size to be a multiple of num_attention_heads"
+    return _GROUPED_MM_RULE.format(what="hidden_size", dtype=spec.dtype)
 
 
 def _expert_width_errors(plan: PrunePlan, spec: ArchSpec, new: ArchSpec) -> list[PlanMessage]:
@@ -696,9 +701,11 @@ def expert_alignment(spec: ArchSpec) -> int:
 def hidden_alignment(spec: ArchSpec) -> int:
     """What a (pruned) hidden size must be a multiple of for the family's config to accept it.
 
-    Llama and Gemma configs require a multiple of the head count (HEAD_ALIGNED_FAMILIES); mixture-of-
-    experts models the grouped_mm alignment (`expert_alignment`); other families only need head_dim
-    kept (GPT-2's rule is checked with remove_hidden above)."""
+    GPT-2 derives head_dim = n_embd / n_head, so a multiple of head_dim; Llama and Gemma configs
+    require a multiple of the head count (HEAD_ALIGNED_FAMILIES); mixture-of-experts models the
+    grouped_mm alignment (`expert_alignment`); other families only need head_dim kept (1)."""
+    if spec.family == "gpt2":
+        return spec.head_dim
     if spec.family in HEAD_ALIGNED_FAMILIES:
         return max(s.num_heads for s in spec.layer_shapes())
     return expert_alignment(spec)
@@ -769,15 +776,8 @@ def _validate_targets(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
             error("hidden_size", "give either remove_hidden or targets.hidden_size")
         if t.hidden_size > spec.hidden_size:
             error("hidden_size", f"at most {spec.hidden_size} (the hidden size) can be kept")
-        elif spec.family == "gpt2" and t.hidden_size % spec.head_dim:
-            hd = spec.head_dim
-            near = [v for v in (t.hidden_size // hd * hd, (t.hidden_size // hd + 1) * hd) if v > 0]
-            error(
-                "hidden_size",
-                f"GPT-2 derives head_dim = n_embd / n_head, so the hidden size must be a multiple of "
-                f"head_dim={hd}; nearby valid: {_listed(near)}",
-                near,
-            )
+        elif spec.family == "gpt2":  # the other families' rules depend on the heads kept: checked later
+            msgs.extend(_hidden_size_errors("targets.hidden_size", t.hidden_size, spec, spec.hidden_size))
     if t.experts_per_layer is not None:
         counts = sorted({s.num_experts for s in shapes if s.num_experts})
         k = spec.experts_per_token
@@ -1019,7 +1019,7 @@ def _fit_budget(
     base = resulting_spec(plan, spec)
     F = min(s.intermediate_size for s in spec.layer_shapes())
     D = spec.hidden_size
-    align = spec.head_dim if spec.family == "gpt2" else hidden_alignment(base)
+    align = hidden_alignment(base)
     fa = expert_alignment(spec)  # MLP widths are searched in multiples of fa (1 for dense models)
 
     def total(f: int | None, d: int | None) -> int:

@@ -155,10 +155,7 @@ def hidden_sizes(spec: ArchSpec, settings: SearchSettings, heads: int) -> list[i
     """Hidden sizes searched for a student with `heads` query heads per layer: multiples of the step
     that also meet the family's rule (Llama / Gemma configs: a multiple of the head count; GPT-2: of
     head_dim), i.e. of plan.hidden_alignment of the student."""
-    if spec.family == "gpt2":
-        rule = spec.head_dim
-    else:
-        rule = hidden_alignment(spec.model_copy(update={"num_heads": heads, "layers": None}))
+    rule = hidden_alignment(spec.model_copy(update={"num_heads": heads, "layers": None}))
     step = math.lcm(settings.hidden_step, rule)
     return aligned_sizes(spec.hidden_size, step, settings.cut_limit("hidden"), rule)
 
