@@ -5,7 +5,7 @@ import { layerParams, layerShapes, paramCount } from "./costmodel.js";
 import { bytes } from "./format.js";
 
 export const GiB = 2 ** 30;
-const DTYPE_BYTES = { float32: 4, bfloat16: 2, float16: 2 };
+const DTYPE_BYTES = { float32: 4, bfloat16: 2, float16: 2, float64: 8 };
 const CHUNK_LOGITS = 2 ** 24;
 const CHUNK_LOGITS_CUDA = 2 ** 28;
 const LOSS_CHUNK_BUFFERS_KD = 8;

@@ -18,6 +18,7 @@ from worker.engine.plan import (
     PlanError,
     PlanTargets,
     PrunePlan,
+    expert_alignment,
     fill_plan,
     fill_warnings,
     hidden_alignment,
@@ -499,3 +500,13 @@ def test_a_parameter_budget_with_explicit_width_cuts_is_refused(explicit):
     plan = PrunePlan.model_validate({**explicit, "targets": {"param_budget": 200_000}})
     (msg,) = errors(plan, spec)
     assert msg.startswith("targets.param_budget: give either remove_") and "the budget chooses" in msg
+
+
+def test_expert_alignment_reads_memplans_dtype_table():
+    moe = tiny_spec(num_experts=4, experts_per_token=2)
+    assert expert_alignment(moe.model_copy(update={"dtype": "bfloat16"})) == 8
+    assert expert_alignment(moe.model_copy(update={"dtype": "float64"})) == 2
+    # An element size it does not know is refused, as memplan refuses it, not guessed as 4 bytes.
+    with pytest.raises(ValueError, match="unknown dtype 'float8_e4m3fn'"):
+        expert_alignment(moe.model_copy(update={"dtype": "float8_e4m3fn"}))
+    assert expert_alignment(tiny_spec(dtype="float8_e4m3fn")) == 1  # dense: no alignment to keep

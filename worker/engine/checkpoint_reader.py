@@ -30,34 +30,13 @@ from pathlib import Path
 
 import torch
 
+from worker.engine.dtypes import SAFETENSORS_DTYPES
+
 INDEX_FILE = "model.safetensors.index.json"
 MAX_RUNS = 16  # more runs of kept rows than this: read the tensor whole, then gather the rows
 SINGLE_FILE = "model.safetensors"
 READ_CHUNK = 1 << 30  # bytes per read call (Linux returns at most ~2 GiB from one read)
 MMAP_MIN_BYTES = 1 << 20  # buffers this big get an anonymous map of their own (module docstring)
-
-# safetensors' dtype codes (its format spec) -> torch dtypes; ones this torch lacks are left out.
-_DTYPES = {
-    code: getattr(torch, name)
-    for code, name in {
-        "F64": "float64",
-        "F32": "float32",
-        "F16": "float16",
-        "BF16": "bfloat16",
-        "I64": "int64",
-        "I32": "int32",
-        "I16": "int16",
-        "I8": "int8",
-        "U64": "uint64",
-        "U32": "uint32",
-        "U16": "uint16",
-        "U8": "uint8",
-        "BOOL": "bool",
-        "F8_E4M3": "float8_e4m3fn",
-        "F8_E5M2": "float8_e5m2",
-    }.items()
-    if hasattr(torch, name)
-}
 
 
 @dataclass(frozen=True)
@@ -176,7 +155,7 @@ class CheckpointReader:
         entry = self._meta.get(name)
         if entry is None or entry.file != file:
             raise KeyError(f"{self.path}: the index puts {name} in {file}, which has no such tensor")
-        dtype = _DTYPES.get(entry.dtype)
+        dtype = SAFETENSORS_DTYPES.get(entry.dtype)
         if dtype is None:
             raise ValueError(f"{self.path}: {name} has dtype {entry.dtype}, which this torch cannot hold")
         shape = entry.shape

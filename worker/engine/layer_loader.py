@@ -21,9 +21,11 @@ from torch import nn
 
 from worker.engine.adapters import adapter_for_model_type
 from worker.engine.checkpoint_reader import CheckpointReader
-from worker.engine.dtypes import dtype_name, torch_dtype
+from worker.engine.dtypes import SAFETENSORS_DTYPES, config_dtype, dtype_name, torch_dtype
 
 META = torch.device("meta")
+# The safetensors dtypes a model loads in when neither the caller nor the config names one.
+AUTO_DTYPE_CODES = ("F32", "BF16", "F16")
 # Called with (the parameter's name in the model, its loaded tensor) for every parameter loaded.
 OnLoad = Callable[[str, torch.Tensor], None]
 
@@ -33,13 +35,12 @@ def checkpoint_dtype(reader: CheckpointReader, config, dtype) -> torch.dtype:
     else the checkpoint's first floating tensor's."""
     if dtype is not None:
         return torch_dtype(dtype)
-    stated = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    stated = config_dtype(config)
     if stated is not None and stated != "auto":
         return torch_dtype(dtype_name(stated))
-    codes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
     for name in reader.names():
-        if reader.dtype_name(name) in codes:
-            return codes[reader.dtype_name(name)]
+        if reader.dtype_name(name) in AUTO_DTYPE_CODES:
+            return SAFETENSORS_DTYPES[reader.dtype_name(name)]
     return torch.float32
 
 

@@ -45,7 +45,8 @@ from typing import Any
 from worker.engine.spec import ArchSpec, LayerShape
 
 GiB = 1 << 30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Bytes per element by dtype name (the one table: plan.expert_alignment and the estimators use it).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 # Logits held per chunk when the chunk size is automatic (the one definition: chunked_head uses it).
 # CPU: 2^24 floats (64 MiB per fp32 buffer). CUDA: 2^28 (1 GiB): the LM-head matmuls need big chunks to run
 # well; measured on an H200 (Llama-3.1-8B -> 4.5B KD step, 128k vocabulary, FSDP2, bf16): 130-token chunks
@@ -88,6 +89,8 @@ FUSED_FAMILIES = ("phi3",)
 
 
 def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of `dtype`; a ValueError for one not in DTYPE_BYTES (a guess would give wrong
+    sizes and alignments)."""
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:

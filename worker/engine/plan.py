@@ -45,6 +45,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from worker.engine.memplan import dtype_bytes
 from worker.engine.spec import ArchSpec, LayerShape
 
 
@@ -694,8 +695,7 @@ def expert_alignment(spec: ArchSpec) -> int:
     """What expert widths (and the hidden size) of a mixture-of-experts model must be a multiple of."""
     if not any(s.num_experts for s in spec.layer_shapes()):
         return 1
-    itemsize = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}.get(spec.dtype, 4)
-    return max(1, 16 // itemsize)
+    return max(1, 16 // dtype_bytes(spec.dtype))
 
 
 def hidden_alignment(spec: ArchSpec) -> int:

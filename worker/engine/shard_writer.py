@@ -20,21 +20,8 @@ from pathlib import Path
 import torch
 
 from worker.engine.checkpoint_reader import INDEX_FILE, SINGLE_FILE
+from worker.engine.dtypes import SAFETENSORS_CODES
 
-DTYPE_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 
@@ -69,7 +56,7 @@ def _header(entries: list[TensorEntry]) -> bytes:
     offset = 0
     for e in entries:
         header[e.name] = {
-            "dtype": DTYPE_CODES[e.dtype],
+            "dtype": SAFETENSORS_CODES[e.dtype],
             "shape": list(e.shape),
             "data_offsets": [offset, offset + e.nbytes],
         }

@@ -22,7 +22,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from worker.engine.adapters import arch_spec
-    from worker.engine.dtypes import dtype_name
+    from worker.engine.dtypes import config_dtype, dtype_name
     from worker.engine.loading import LAYERS_FILE, resize_to_layers_file
 
     (teacher,) = fetch_rows(rt, (Teacher, job.teacher_id))
@@ -35,7 +35,7 @@ def run_inspect(rt: JobRuntime, job: Job) -> dict[str, Any]:
             if (Path(source) / LAYERS_FILE).is_file():  # a promoted non-uniform student: config.json
                 resize_to_layers_file(model, Path(source), config)  # holds only the widest layer
         spec = arch_spec(model)
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        dtype = config_dtype(config)
         if dtype is not None:
             spec.dtype = dtype_name(dtype)
         summary = spec.summary()
