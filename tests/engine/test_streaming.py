@@ -19,7 +19,7 @@ from worker.engine.data import (
     write_jsonl_gz,
 )
 from worker.engine.distill import DistillConfig, distill
-from worker.engine.streaming import TokenStream, stream_calibration_batches
+from worker.engine.streaming import TokenStream, is_token_stream, stream_calibration_batches
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,8 @@ def test_stream_packs_like_the_in_memory_reader(tmp_path, docs, name):
         assert np.array_equal(stream.take(len(reference)), reference)
         with pytest.raises(ValueError, match="blocks of 16 tokens"):
             stream.take(2)  # at most the dropped tail (< 1 block) is left
+    # The one question distillation asks of its training data (no duck typing by attribute).
+    assert is_token_stream(stream) and not is_token_stream(PackedTokens(tok, chosen, 16))
 
 
 def test_folder_of_shards_is_read_in_sorted_order_with_a_chosen_field(tmp_path, docs):

@@ -198,6 +198,12 @@ def hf_documents(spec: str, start: int, text_field: str, hf_split: str) -> Itera
 # ---- the stream -----------------------------------------------------------------------------------------
 
 
+def is_token_stream(data) -> bool:
+    """Whether training data is a `TokenStream` (read lazily, with a position to save and restore and
+    sharded by rank) rather than in-memory blocks (`data.PackedTokens`)."""
+    return isinstance(data, TokenStream)
+
+
 class EndOfStream(Exception):
     """A non-repeating stream has no more documents."""
 

@@ -24,6 +24,7 @@ from worker.engine.adapters import adapter_for
 from worker.engine.distill.config import DistillConfig
 from worker.engine.distill.losses import LossWeights
 from worker.engine.distributed import DistributedContext
+from worker.engine.streaming import is_token_stream
 
 # "auto" replicates the teacher when the planner's step estimate with a whole teacher per rank takes at
 # most this share of the memory free on the tightest rank (the rest: fragmentation, the planner's error,
@@ -102,7 +103,7 @@ class DistillContext(DistributedContext):
 
     def local_batch(self, data, index: int, batch_size: int, seed: int) -> torch.Tensor:
         """This rank's rows of global batch `index` (a token stream is already sharded by rank)."""
-        if hasattr(data, "load_state_dict"):
+        if is_token_stream(data):
             if (data.rank, data.world_size) != (self.rank, self.world_size):
                 raise ValueError(
                     f"the token stream is for rank {data.rank} of {data.world_size}, "
@@ -114,7 +115,7 @@ class DistillContext(DistributedContext):
     def stream_position(self, data) -> dict | None:
         """The stream's position at the global batch boundary: the last rank's (it has read every block
         of the batches served), the same whatever the number of ranks, so a resume may reshard it."""
-        if not hasattr(data, "state_dict"):
+        if not is_token_stream(data):
             return None
         return self.gather_objects(data.state_dict())[-1]
 

@@ -32,6 +32,7 @@ from worker.engine.distill.losses import LossWeights, chunked_distill_loss, cosi
 from worker.engine.distill.memory import memory_options
 from worker.engine.distill.run_inputs import check_inputs, run_inputs
 from worker.engine.distill.schedule import lambda_for
+from worker.engine.streaming import is_token_stream
 
 Callback = Callable[[dict], None]
 
@@ -189,7 +190,7 @@ def _check_resume(saved: dict, config: DistillConfig) -> None:
 
 def _restore_stream(train, saved: dict | None) -> None:
     """Put a streamed `train` back where the checkpoint left it (in-memory data needs nothing)."""
-    streamed = hasattr(train, "load_state_dict")
+    streamed = is_token_stream(train)
     if saved is None and streamed:
         raise ValueError("cannot resume: the checkpoint was made on in-memory data, not a token stream")
     if saved is not None and not streamed:
@@ -330,7 +331,7 @@ def _teacher_for_run(
         corrected = copy.deepcopy(teacher)  # never change the caller's teacher
         if not (state is not None and load_teacher_into(checkpoint_dir, corrected)):
             # A stream is consumed as it is read: the correction reads its own copy from the start.
-            correction_data = train.restarted() if hasattr(train, "restarted") else train
+            correction_data = train.restarted() if is_token_stream(train) else train
             correct_teacher(corrected, correction_data, config, emit, context=ctx)
             if checkpoint_dir is not None and ctx.is_main:
                 save_teacher(checkpoint_dir, corrected)

@@ -9,12 +9,13 @@ import hashlib
 import numpy as np
 
 from worker.engine.fingerprint import weights_sample_sha256
+from worker.engine.streaming import is_token_stream
 
 
 def run_inputs(teacher, train) -> dict:
     """{"teacher": sampled weights hash or None, "train": in-memory blocks' shape and hash or None}."""
     inputs: dict = {"teacher": None if teacher is None else weights_sample_sha256(teacher), "train": None}
-    if not hasattr(train, "load_state_dict"):  # in-memory blocks
+    if not is_token_stream(train):  # in-memory blocks
         blocks = np.ascontiguousarray(train.blocks, dtype=np.int64)
         inputs["train"] = {"blocks": list(blocks.shape), "sha256": hashlib.sha256(blocks).hexdigest()}
     return inputs
