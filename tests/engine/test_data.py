@@ -149,8 +149,46 @@ def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no .* files in directory"):
         read_documents(str(empty_dir), "train")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(ValueError, match="cannot load hf:wikitext:wikitext-2-raw-v1: offline"):
+    with pytest.raises(ValueError, match=r"cannot load hf:wikitext:wikitext-2-raw-v1: .*\(offline mode"):
         read_documents("hf:wikitext:wikitext-2-raw-v1", "calibration")
+    with pytest.raises(ValueError, match="needs a dataset id"):
+        read_documents("hf::wikitext-2-raw-v1", "calibration")
+
+
+def test_an_unreachable_hub_fails_an_in_memory_hf_source_at_once(monkeypatch):
+    """As the streamed reader (test_streaming's test_an_unreachable_hub_fails_an_hf_source_at_once): no
+    offline flag set, no network; the hub's probe answers at once where `datasets` retried ~30 s. Port 9
+    on localhost refuses the connection."""
+    import time
+
+    from huggingface_hub import constants
+
+    from worker.engine import hub
+
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_probed", {})
+    began = time.monotonic()
+    with pytest.raises(
+        ValueError, match=r"cannot load .*the hub cannot be reached \(127.0.0.1:9 did not answer"
+    ):
+        read_documents("hf:wikitext:wikitext-2-raw-v1", "calibration")
+    assert time.monotonic() - began < hub.PROBE_TIMEOUT_S + 2
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on", " On "])
+def test_an_offline_flag_means_what_hugging_face_reads_it_as(monkeypatch, value):
+    """env.flag is the one truthy reading: hub.py's own list accepted "on", env.flag did not."""
+    from worker.engine import env, hub
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert env.flag("HF_HUB_OFFLINE") and env.datasets_offline()
+    assert hub.offline_reason() == "HF_HUB_OFFLINE is set"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not env.flag("HF_HUB_OFFLINE")
 
 
 # --- calibration batches -------------------------------------------------------------------------

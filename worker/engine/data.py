@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from worker.engine import atomic
-from worker.engine.env import datasets_offline
+from worker.engine.hub import check_dataset_reachable, hf_dataset_ref
 
 SPLITS = ("train", "validation", "calibration", "test")
 # Fractions (out of 100 hash buckets) per split for sources without fixed split files.
@@ -180,15 +180,12 @@ def write_jsonl_gz(path: str | os.PathLike, records: Iterable[dict]) -> None:
 
 
 def _read_hf(spec: str) -> list[str]:
-    dataset_id, _, config = spec.partition(":")
-    if not dataset_id:
-        raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
-    if datasets_offline():
-        raise ValueError(f"cannot load hf:{spec}: offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)")
+    dataset_id, config = hf_dataset_ref(spec)
+    check_dataset_reachable(spec, "load")
     import datasets
 
     try:
-        loaded = datasets.load_dataset(dataset_id, config or None)
+        loaded = datasets.load_dataset(dataset_id, config)
     except Exception as exc:  # network, auth, missing dataset: all user-facing
         raise ValueError(f"cannot load hf:{spec} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     documents = []

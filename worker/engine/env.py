@@ -1,7 +1,7 @@
-"""The environment variables the engine reads, all here (the README's settings table lists them too).
+"""The environment variables the engine reads as settings (the README's settings table lists them too).
 
 The platform's settings are `backend.settings.Settings`; the engine is a library that never imports the
-backend, so what it reads from the environment itself is gathered in this one module:
+backend, so what it reads from the environment itself is read through this module:
 
 - `PRUNESCOPE_DIST_TIMEOUT_S` (600): seconds a collective of N ranks waits before a dead or hung rank
   fails the run (`worker.engine.distributed`).
@@ -9,9 +9,14 @@ backend, so what it reads from the environment itself is gathered in this one mo
   latencies, reused across runs on the same device (`worker.engine.search.latency`).
 - `PRUNESCOPE_TOKEN_CACHE` (`~/.cache/prunescope/tokens`; `off`: none): corpora tokenized once and read
   back by every job on the same text with the same tokenizer (`worker.engine.token_cache`).
-- `HF_DATASETS_OFFLINE` / `HF_HUB_OFFLINE`: Hugging Face's own offline switches; an `hf:` data source
-  then fails with a clear message instead of waiting on the network (`worker.engine.data`,
-  `worker.engine.streaming`).
+- `HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`: Hugging Face's own offline switches; a hub model id
+  then reads only the local cache and fails at once when it is not there (`worker.engine.hub`).
+- `HF_DATASETS_OFFLINE` / `HF_HUB_OFFLINE`: an `hf:` data source then fails at once with a clear message
+  instead of waiting on the network (`worker.engine.hub.check_dataset_reachable`).
+
+Not settings, so not here: the launcher's rank variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+`MASTER_ADDR`, `SLURM_*`), read where the process group is set up (`worker.engine.distributed`), and
+the variables lm-eval's run sets and restores around itself (`worker.engine.evaluation`).
 """
 
 from __future__ import annotations
@@ -44,9 +49,14 @@ def token_cache() -> Path | None:
     return Path(value or DEFAULT_TOKEN_CACHE).expanduser()
 
 
+# Hugging Face's own truthy spellings (huggingface_hub's ENV_VARS_TRUE_VALUES), so a flag means here what
+# it means to the libraries that also read it.
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
 def flag(name: str) -> bool:
-    """A yes/no environment variable set to yes ("1", "true", "yes")."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+    """A yes/no environment variable set to yes (TRUE_VALUES, any case)."""
+    return os.environ.get(name, "").strip().lower() in TRUE_VALUES
 
 
 def datasets_offline() -> bool:

@@ -4,15 +4,17 @@ Without network, transformers retries each hub request with back-off (~30 s per 
 gives up, holding a worker that long for an error. So before any hub request: offline mode
 (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) or an endpoint that does not answer a TCP connect within
 `PROBE_TIMEOUT_S` means "read only the local cache", and a model that is not cached fails at once with
-one clear error. A reachable hub is used as before.
+one clear error. A reachable hub is used as before. An `hf:` data source asks the same question
+(`check_dataset_reachable`): `datasets` retries as long.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from urllib.parse import urlsplit
+
+from worker.engine.env import datasets_offline, flag
 
 PROBE_TIMEOUT_S = 3.0
 PROBE_TTL_S = 60.0  # a job reads config, weights and tokenizer: probe once, not per file
@@ -28,7 +30,7 @@ def offline_reason() -> str | None:
     from huggingface_hub import constants
 
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+        if flag(name):
             return f"{name} is set"
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
@@ -76,3 +78,30 @@ def not_reachable_message(repo_id: str, reason: str) -> str:
         f"hub cannot be reached ({reason}); download it on a machine with network access or give a "
         "local path"
     )
+
+
+def hf_dataset_ref(spec: str) -> tuple[str, str | None]:
+    """(dataset id, config or None) of an `hf:` source, given what follows "hf:" (`<id>[:<config>]`)."""
+    dataset_id, _, config = spec.partition(":")
+    if not dataset_id:
+        raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
+    return dataset_id, config or None
+
+
+def dataset_unreachable_reason() -> str | None:
+    """Why `datasets` cannot fetch from the hub now: its offline flags, else the probe a model id gets;
+    None when the hub answers."""
+    if datasets_offline():
+        return "offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)"
+    return offline_reason()
+
+
+def check_dataset_reachable(spec: str, doing: str) -> None:
+    """A ValueError at once when the hub cannot serve `hf:<spec>` (`datasets` would retry for ~30 s);
+    `doing` ("load", "stream") is what the reader was about to do, for the message."""
+    reason = dataset_unreachable_reason()
+    if reason is not None:
+        raise ValueError(
+            f"cannot {doing} hf:{spec}: the hub cannot be reached ({reason}); {doing}ing a datasets id "
+            "needs internet, use a local file or folder instead"
+        )

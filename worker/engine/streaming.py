@@ -42,7 +42,7 @@ from worker.engine.data import (
     split_of,
     token_ids,
 )
-from worker.engine.env import datasets_offline
+from worker.engine.hub import check_dataset_reachable, hf_dataset_ref
 from worker.engine.roots import check_inside_roots
 
 DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # jsonl covers .jsonl.gz
@@ -164,23 +164,12 @@ def parquet_documents(path: Path, start: int, text_field: str) -> Iterator[tuple
 
 def hf_documents(spec: str, start: int, text_field: str, hf_split: str) -> Iterator[tuple[str, int]]:
     """(text, record index after it) of a `datasets` dataset read with streaming=True (online only)."""
-    dataset_id, _, config = spec.partition(":")
-    if not dataset_id:
-        raise ValueError("hf source needs a dataset id: hf:<dataset_id>[:<config>]")
-    from worker.engine.hub import offline_reason
-
-    # datasets' own offline flags, else the hub's probe (a model id's): unreachable, datasets retries ~30 s
-    offline = "offline mode is set (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)" if datasets_offline() else None
-    reason = offline or offline_reason()
-    if reason is not None:
-        raise ValueError(
-            f"cannot stream hf:{spec}: the hub cannot be reached ({reason}); streaming a datasets id "
-            "needs internet, use a local file or folder instead"
-        )
+    dataset_id, config = hf_dataset_ref(spec)
+    check_dataset_reachable(spec, "stream")
     import datasets
 
     try:
-        stream = datasets.load_dataset(dataset_id, config or None, split=hf_split, streaming=True)
+        stream = datasets.load_dataset(dataset_id, config, split=hf_split, streaming=True)
         if start:
             stream = stream.skip(start)
         records = iter(stream)
