@@ -25,6 +25,11 @@ class CliError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def say(message: str) -> None:
+    """A progress line, on stderr (stdout stays for a command's result) and at once (runs are long)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def check_output_dir(flag: str, path) -> None:
     """Refuse, before any work, an output directory that a file stands in the way of (the path itself
     or a folder above it): the save at the end would fail with a bare OS error after the whole run."""

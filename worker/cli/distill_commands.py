@@ -20,20 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.cli import CliError, check_append_file, check_output_dir, check_positions
+from worker.cli import CliError, check_append_file, check_output_dir, check_positions, say
 from worker.cli.data_options import add_data_options, data_source, open_stream
 from worker.cli.importance_commands import _check_device
 from worker.engine.distill_defaults import DEFAULTS as D
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -176,7 +171,7 @@ def _teacher_source(value: str | None) -> str:
 def _load(source: str, device: str):
     from worker.engine.loading import load_model
 
-    _say(f"[load] {source}")
+    say(f"[load] {source}")
     return load_model(source, device=device)
 
 
@@ -204,7 +199,7 @@ def _distill(args) -> int:
     if args.seq_len < 2:
         raise CliError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.mode == "ce" and args.teacher is not None:  # the same flags for kd and ce runs are fine
-        _say(f"[mode ce] --teacher {args.teacher} is not read: the baseline trains on labels alone")
+        say(f"[mode ce] --teacher {args.teacher} is not read: the baseline trains on labels alone")
     _check_device(args.device)  # only checked: under torchrun each rank picks its own cuda:N from it
     ctx = DistillContext.from_environment(args.device)  # one process unless launched by torchrun/srun
     models = _load_models(args, "cpu" if ctx.distributed else args.device)  # sharding moves each share
@@ -217,7 +212,7 @@ def _distill(args) -> int:
     if not ctx.is_main:
         return 3 if result.stopped else 0
     if result.stopped:
-        _say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
+        say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
         return 3
     if sharded:
         models.student = _whole_student(args.student, weights)
@@ -286,7 +281,7 @@ def _discard_earlier_run(work: Path) -> None:
     from worker.engine.distill.checkpoint import remove_training_state, saved_format, saved_step
 
     if saved_format(work) is not None:
-        _say(f"[overwrite] removing the earlier run's checkpoint (step {saved_step(work)}) in {work}")
+        say(f"[overwrite] removing the earlier run's checkpoint (step {saved_step(work)}) in {work}")
     remove_training_state(work)
 
 
@@ -368,7 +363,7 @@ def _open_data(args, source: str, streamed: bool, tokenizer, config, ctx):
     from worker.engine.data import PackedTokens, read_documents
 
     if streamed:
-        _say(f"[data] {source}: streaming the train split, validation from the first validation blocks")
+        say(f"[data] {source}: streaming the train split, validation from the first validation blocks")
         train = open_stream(
             args, tokenizer, source, "train", repeat=True, rank=ctx.rank, world_size=ctx.world_size
         )
@@ -377,7 +372,7 @@ def _open_data(args, source: str, streamed: bool, tokenizer, config, ctx):
             first_val.take(config.val_batches * config.batch_size, allow_fewer=True)
         )
         return train, val
-    _say(f"[data] {source}: tokenizing train and validation splits")
+    say(f"[data] {source}: tokenizing train and validation splits")
     train = PackedTokens(tokenizer, read_documents(source, "train"), args.seq_len)
     val = PackedTokens(tokenizer, read_documents(source, "validation"), args.seq_len)
     return train, val
@@ -429,12 +424,12 @@ def _reporter(args, config):
                 f.write(json.dumps(m, default=float) + "\n")
         if m.get("phase") == "validation":
             kl = "" if m["val_kl"] is None else f" val_kl {m['val_kl']:.4f}"
-            _say(f"[val] step {m['step']} val_loss {m['val_loss']:.4f} ppl {m['val_ppl']:.2f}{kl}")
+            say(f"[val] step {m['step']} val_loss {m['val_loss']:.4f} ppl {m['val_ppl']:.2f}{kl}")
         elif m.get("phase") == "teacher_correction":
             if m["step"] % args.log_every == 0:
-                _say(f"[teacher-correction] step {m['step']} ce {m['ce_loss']:.4f}")
+                say(f"[teacher-correction] step {m['step']} ce {m['ce_loss']:.4f}")
         elif m["step"] % args.log_every == 0 or m["step"] == 1:
-            _say(
+            say(
                 f"[train] step {m['step']}/{config.steps} loss {m['loss']:.4f} kd {m['kd_loss']:.4f} "
                 f"ce {m['ce_loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s"
             )
@@ -483,7 +478,7 @@ def _save(args, out: Path, config, models: _Models, result, ctx, data: dict) -> 
         {"history": result.history, "validation": result.validation, "distributed": ctx.describe()},
         manifest,
     )
-    _say(f"[save] {out}")
+    say(f"[save] {out}")
     print(
         json.dumps({"output": str(out), "steps": result.steps_completed, **(result.final_validation or {})})
     )
@@ -521,7 +516,7 @@ def _evaluate(args) -> int:
     check_positions("--context", args.context or 0, {args.model: model.config})
     documents = read_documents(args.data, args.split)
     scored = len(documents) if args.max_documents is None else min(args.max_documents, len(documents))
-    _say(f"[perplexity] {args.data}:{args.split} ({scored} of {len(documents)} documents)")
+    say(f"[perplexity] {args.data}:{args.split} ({scored} of {len(documents)} documents)")
     ppl = perplexity(
         model,
         documents,
@@ -533,7 +528,7 @@ def _evaluate(args) -> int:
     )
     scores = []
     if tasks:
-        _say(f"[lm-eval] {', '.join(tasks)}")
+        say(f"[lm-eval] {', '.join(tasks)}")
         scores = run_lm_eval(
             model,
             tokenizer,
@@ -553,7 +548,7 @@ def _evaluate(args) -> int:
             model_source=args.model,
         )
         write_result(args.out, "evaluation", result, manifest)
-        _say(f"[save] {args.out}")
+        say(f"[save] {args.out}")
     print(json.dumps(result, indent=2))
     return 0
 
@@ -589,7 +584,7 @@ def _benchmark(args) -> int:
         )
         write_result(args.out, "throughput", report, manifest)
     for s in report["speedup"]:
-        _say(
+        say(
             f"[speedup] batch {s['batch_size']}: prefill x{s['prefill']:.2f}  decode x{s['decode']:.2f}  "
             f"memory x{s['memory']:.2f}"
         )

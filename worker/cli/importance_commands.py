@@ -144,6 +144,7 @@ def _importance(args: argparse.Namespace) -> int:
     from worker.engine.importance.offload import choose_mode
     from worker.engine.importance.streamed import compute_importance_streamed
     from worker.engine.loading import load_model, load_tokenizer
+    from worker.engine.spec import text_config
 
     if args.model is None:
         from worker.demo import demo_teacher_path
@@ -178,7 +179,7 @@ def _importance(args: argparse.Namespace) -> int:
 
         config = AutoConfig.from_pretrained(args.model)
         model, tokenizer = None, load_tokenizer(args.model)
-        vocab = config.get_text_config().vocab_size
+        vocab = text_config(config).vocab_size
     else:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
         config = model.config

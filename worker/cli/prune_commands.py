@@ -21,11 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.cli import CliError, check_output_dir
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from worker.cli import CliError, check_output_dir, say
 
 
 def _read_plan(path: str):
@@ -47,7 +43,7 @@ def _read_plan(path: str):
 def _load(args):
     from worker.engine.loading import load_model
 
-    _say(f"[load] {args.model}")
+    say(f"[load] {args.model}")
     return load_model(
         args.model,
         dtype=getattr(args, "dtype", None),
@@ -87,7 +83,7 @@ def _resolve_plan(args, spec, plan, weights_hash: Callable[[str | None], str]):
     if importance_manifest is not None:  # filled here: degenerate or slow widths the targets gave
         warnings += fill_warnings(plan, spec, targets)
     for w in warnings:
-        _say(f"warning: {w.field}: {w.text}")
+        say(f"warning: {w.field}: {w.text}")
     return plan, importance_manifest
 
 
@@ -97,7 +93,7 @@ def _check_same_weights(weights_hash: Callable[[str | None], str], manifest: dic
     the bfloat16 checkpoint `importance` read as it is, and those are the same weights."""
     expected = manifest.get("weights_sha256")
     if expected and weights_hash(manifest.get("dtype")) != expected:
-        _say("warning: the importance run was measured on different weights than this model")
+        say("warning: the importance run was measured on different weights than this model")
 
 
 def _hash_in(own_hash: str, own_dtype: str, rehash: Callable[[str], str]) -> Callable[[str | None], str]:
@@ -196,7 +192,7 @@ def cmd_prune(args) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    _say(f"[surgery] {why}")
+    say(f"[surgery] {why}")
     if checkpoint is not None:
         return _prune_out_of_core(args, checkpoint, original_plan, out, why)
     return _prune_in_memory(args, original_plan, out, why)
@@ -224,7 +220,7 @@ def _prune_in_memory(args, original_plan, out: Path, why: str) -> int:
     if count_parameters(model) != stats["params_total"]:  # the cost model and the cut must agree
         raise RuntimeError("pruned parameter count differs from the plan's prediction")
     manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
-    _say(f"[save] {out}")
+    say(f"[save] {out}")
     path = save_model(model, tokenizer, out, manifest, overwrite=args.overwrite)
     _print_json_or_table({"output": str(path), **stats}, False, ["output", *STATS_KEYS])
     return 0
@@ -238,7 +234,7 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
     from worker.engine.out_of_core import checkpoint_weights_sha256, prune_checkpoint
 
     spec = checkpoint.spec
-    _say("[hash] teacher weights, tensor by tensor")
+    say("[hash] teacher weights, tensor by tensor")
     teacher = _teacher_record(args, spec, checkpoint_weights_sha256(checkpoint))
     own = dtype_name(checkpoint.dtype)
     hash_in = _hash_in(
@@ -246,7 +242,7 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
     )
     plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher, hash_in)
     manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
-    _say(f"[save] {out}")
+    say(f"[save] {out}")
     with tqdm(desc="prune", unit="tensor", file=sys.stderr) as bar:
 
         def progress(done: int, total: int, name: str) -> None:
@@ -283,7 +279,7 @@ def _plan_and_stats(args, spec, original_plan, teacher: dict, weights_hash: Call
 
     plan, importance_manifest = _resolve_plan(args, spec, original_plan, weights_hash)
     stats = plan_stats(plan, spec)
-    _say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
+    say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
     return plan, importance_manifest, stats
 
 

@@ -12,10 +12,9 @@ the report (DIR/search.json).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from worker.cli import CliError, check_output_dir, check_positions
+from worker.cli import CliError, check_output_dir, check_positions, say
 
 # SearchSettings field -> the flag that sets it, so a validation error names the flag.
 FLAGS = {
@@ -39,10 +38,6 @@ FLAGS = {
     "lm_eval_top": "--lm-eval-top",
     "lm_eval_limit": "--lm-eval-limit",
 }
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _max_cut(items: list[str]) -> dict:
@@ -149,7 +144,7 @@ def cmd_search(args) -> int:
 
     device = _check_device(args.device)
     importance = ImportanceResult.load(args.importance)
-    _say(f"[load] {args.model}")
+    say(f"[load] {args.model}")
     model, tokenizer = load_model(args.model, dtype=settings.dtype, device=device)
     _check_same_weights(lambda dtype: weights_sha256(model, dtype), importance.manifest)
     if tokenizer is None:
@@ -157,7 +152,7 @@ def cmd_search(args) -> int:
     _check_lengths(settings, {args.model: model.config})
 
     def progress(done: int, total: int, message: str) -> None:
-        _say(f"[search] {message}")
+        say(f"[search] {message}")
 
     report = run_search(
         model, tokenizer, importance, settings, progress=progress, latency_cache=args.latency_cache
@@ -192,7 +187,7 @@ def _write(out: Path, report: dict, top: int) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _say(f"[search] wrote the top {min(top, len(report['candidates']))} plans and search.json to {out}")
+    say(f"[search] wrote the top {min(top, len(report['candidates']))} plans and search.json to {out}")
 
 
 def _print_table(report: dict, top: int | None) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from worker.engine.dtypes import dtype_name
-from worker.engine.spec import ArchSpec, LayerShape, config_max_positions
+from worker.engine.spec import ArchSpec, LayerShape, config_max_positions, text_config
 
 
 class UnsupportedArchitecture(ValueError):
@@ -23,12 +23,6 @@ def _get(obj, dotted: str):
     for name in dotted.split("."):
         obj = getattr(obj, name)
     return obj
-
-
-def text_config(model: nn.Module):
-    """The language model's config (a multimodal config nests it)."""
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 @dataclass(frozen=True)
@@ -185,12 +179,12 @@ class Adapter:
     @staticmethod
     def head_dim(model: nn.Module) -> int:
         """head_dim as the config states it (families without the field derive it: hidden / heads)."""
-        cfg = text_config(model)
+        cfg = text_config(model.config)
         return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def spec(self, model: nn.Module) -> ArchSpec:
-        cfg = model.config
-        hidden = text_config(model).hidden_size
+        cfg, text = model.config, text_config(model.config)
+        hidden = text.hidden_size
         head_dim = self.head_dim(model)
         layers = self.layers(model)
         shapes = [self.layer_shape(layer, head_dim) for layer in layers]
@@ -202,7 +196,7 @@ class Adapter:
         norm0 = self.norms(layers[0])[0]
         pos = self.position_embed(model)
         param = next(model.parameters())
-        sliding = list(getattr(text_config(model), "layer_types", None) or []).count("sliding_attention")
+        sliding = list(getattr(text, "layer_types", None) or []).count("sliding_attention")
         return ArchSpec(
             family=self.family,
             model_type=cfg.model_type,
@@ -226,11 +220,11 @@ class Adapter:
             position_embeddings=pos.weight.shape[0] if pos is not None else 0,
             max_positions=config_max_positions(cfg),
             num_experts=first.num_experts,
-            experts_per_token=getattr(text_config(model), self.experts_per_token_field, 0) if self.moe else 0,
+            experts_per_token=getattr(text, self.experts_per_token_field, 0) if self.moe else 0,
             shared_expert_intermediate_size=(
                 self.shared_expert(layers[0])[2].weight.shape[1] if self.shared_expert(layers[0]) else 0
             ),
-            sliding_window=(getattr(text_config(model), "sliding_window", None) or 0) if sliding else 0,
+            sliding_window=(getattr(text, "sliding_window", None) or 0) if sliding else 0,
             sliding_layers=sliding,
             layers=None if uniform else shapes,
         )

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.adapters import adapter_for, text_config
+from worker.engine.adapters import adapter_for
+from worker.engine.spec import text_config
 
 IGNORE_INDEX = -100
 # The automatic chunk size is the memory planner's (torch-free), so estimate and engine cannot drift.
@@ -78,7 +79,7 @@ def output_head(model: nn.Module) -> OutputHead:
     head = adapter.lm_head(model)
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{type(model).__name__}: the LM head is not an nn.Linear; it cannot be chunked")
-    config = text_config(model)
+    config = text_config(model.config)
 
     def field(name: str | None) -> float | None:
         return getattr(config, name, None) if name else None

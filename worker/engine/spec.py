@@ -180,12 +180,17 @@ class ArchSpec(BaseModel):
 POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
 
+def text_config(config):
+    """The language model's config: a multimodal config nests it (`get_text_config`), a text-only one is
+    its own."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def config_max_positions(config) -> int:
     """The positions a model was built for, from its config (a multimodal model's text config first);
     0 when the config names none. The one definition of a model's limit: the engine's checks of
     --seq-len / --context and the API's of seq_len (through the stored spec) use it."""
-    configs = [config.get_text_config(), config] if hasattr(config, "get_text_config") else [config]
-    for cfg in configs:
+    for cfg in (text_config(config), config):
         for field in POSITION_FIELDS:
             value = getattr(cfg, field, None)
             if value:

@@ -318,13 +318,6 @@ def reproduce_command(recipe: dict) -> str:
     return " ".join(["prunescope train-teacher", *flags])
 
 
-def rewrite_card(teacher_dir: str | Path) -> None:
-    """Re-render MODEL_CARD.md from the recorded `training_curve.json` (the card is a pure function of it)."""
-    teacher_dir = Path(teacher_dir)
-    record = json.loads((teacher_dir / CURVE_FILE).read_text())
-    (teacher_dir / CARD_FILE).write_text(model_card(record["summary"], record["curve"]))
-
-
 def model_card(summary: dict, curve: list[dict]) -> str:
     r = summary["recipe"]
     rows = "\n".join(

@@ -70,12 +70,6 @@ class ImportanceResult:
             scores = np.where(padding, np.nan, scores)
         return scores
 
-    def layer_widths(self, axis: str) -> np.ndarray:
-        """Real units per layer of `heads` or `neurons` (all the same for a uniform model)."""
-        valid = self.arrays.get(f"{axis}_valid")
-        rows, width = self.arrays[axis].shape[2:]
-        return np.full(rows, width, dtype=np.int64) if valid is None else np.asarray(valid, dtype=np.int64)
-
     def _loss_increase(self, name: str, half: int | None) -> np.ndarray:
         """Mean next-token loss with the cut minus the full model's (higher = the cut layers matter more)."""
         sums, base, tokens = self.arrays[name], self.arrays["loss_base"], self.arrays["loss_tokens"]
