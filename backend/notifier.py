@@ -32,8 +32,10 @@ class Notifier:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            except asyncio.CancelledError:
+                pass  # the cancel above: the listener stopped as asked
+            except Exception:  # it had crashed: shutting down must not hide why SSE wake-ups stopped
+                log.exception("the notifier's Redis listener had failed")
 
     async def wait(self, key: tuple[str, int], timeout: float) -> bool:
         event = asyncio.Event()

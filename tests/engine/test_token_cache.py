@@ -4,6 +4,7 @@ damaged entry is tokenized again; `off` writes nothing; the oldest entries go be
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -98,3 +99,13 @@ def test_the_oldest_entries_go_beyond_the_cap(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["mid.npz", "new.npz"]
     token_cache._evict(tmp_path, keep=tmp_path / "mid.npz", max_bytes=50)
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["mid.npz"]  # never the entry just written
+
+
+def test_an_entry_that_cannot_be_written_costs_nothing_but_is_logged(tmp_path, caplog):
+    """Best effort: the job goes on, and a debug line says why the cache stays empty (a full disk did so
+    silently, forever)."""
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache directory should be")
+    with caplog.at_level(logging.DEBUG, logger="worker.engine.token_cache"):
+        token_cache._write(blocked / "entry.npz", np.arange(4), np.array([0, 4]))
+    assert "entry.npz not written" in caplog.text

@@ -13,6 +13,7 @@ holds more than `MAX_BYTES`. `PRUNESCOPE_TOKEN_CACHE` moves it, `off` turns it o
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from worker.engine import atomic, env
+
+log = logging.getLogger(__name__)
 
 MAX_BYTES = 4 << 30  # the cache's size cap: entries beyond it are removed oldest first
 VERSION = b"prunescope-token-cache-1"
@@ -101,8 +104,8 @@ def _write(path: Path, ids: np.ndarray, offsets: np.ndarray) -> None:
 
         atomic.write_file(path, save)
         _evict(path.parent, keep=path)
-    except OSError:
-        pass
+    except OSError as exc:  # a cache must not fail the job; logged so a cache that never fills can be found
+        log.debug("token cache entry %s not written: %s", path, exc)
 
 
 def _evict(directory: Path, keep: Path, max_bytes: int = MAX_BYTES) -> None:

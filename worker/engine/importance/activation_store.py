@@ -44,7 +44,7 @@ def available_ram_bytes() -> int:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
+    except OSError:  # no /proc (not Linux) or unreadable: ask psutil below
         pass
     import psutil
 
