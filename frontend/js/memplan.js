@@ -24,7 +24,7 @@ const SOFTCAP_FAMILIES = ["gemma2"];
 const nllChunkBuffers = (spec) => NLL_CHUNK_BUFFERS + (SOFTCAP_FAMILIES.includes(spec.family) ? 1 : 0);
 export const eagerAttention = (spec) => EAGER_FAMILIES.includes(spec.family);
 
-function dtypeBytes(dtype) {
+export function dtypeBytes(dtype) {
   const b = DTYPE_BYTES[dtype];
   if (!b) throw new Error(`unknown dtype ${dtype}`);
   return b;

@@ -3,7 +3,6 @@
 // URL: #/compare?teacher=<id>&students=<id,id>&metric=val_ppl
 
 import { api, showError } from "../api.js";
-import { paramCount } from "../costmodel.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
 import { debounce, h, mount, segmented } from "../dom.js";
 import { bytes, compact, flops, pct, sig } from "../format.js";
@@ -14,6 +13,7 @@ import { distillFields, distillParams } from "./runs.js";
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
+import { depthTarget, targetParams, widthTarget } from "../studymath.js";
 
 export async function compareView(host, { query }, ctx) {
   const chosen = new Set((query.get("students") || "").split(",").filter(Boolean).map(Number));
@@ -361,44 +361,6 @@ export function studentName(kind, budgetPct, existing) {
   const stem = `${kind}-${Number(Number(budgetPct).toPrecision(3))}%-`;
   const taken = existing.filter((n) => n.startsWith(stem)).map((n) => Number(n.slice(stem.length))).filter(Number.isInteger);
   return `${stem}${taken.length ? Math.max(...taken) + 1 : 1}`;
-}
-
-/** Largest layer count whose parameter count fits the budget (everything else kept). */
-export function depthTarget(spec, budget) {
-  const layers = spec.layers && spec.layers.length ? spec.layers : null;
-  for (let n = spec.num_layers; n >= 1; n--) {
-    const shapes = (layers || Array.from({ length: spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: spec.intermediate_size }))).slice(0, n);
-    if (paramCount(spec, spec.hidden_size, shapes).total <= budget) return { num_layers: n };
-  }
-  return null;
-}
-
-/** Parameter count of a uniform wizard target (layers, hidden and MLP sizes; heads kept). */
-function targetParams(spec, target) {
-  const inter = target.intermediate_size ?? spec.intermediate_size;
-  const shapes = Array.from({ length: target.num_layers ?? spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: inter }));
-  return paramCount(spec, target.hidden_size ?? spec.hidden_size, shapes).total;
-}
-
-/**
- * Minitron-style width target: keep layers and heads, shrink hidden and MLP by one common ratio (rounded
- * down to hardware-friendly multiples) until the parameter count fits the budget.
- */
-export function widthTarget(spec, budget) {
-  // Hardware-friendly multiples on real models; exact sizes on toy ones where 8 is a big step.
-  // transformers' config validation also wants hidden % num_heads == 0, even with head_dim explicit.
-  const gcd = (a, b) => (b ? gcd(b, a % b) : a);
-  const lcm = (a, b) => (a * b) / gcd(a, b);
-  const step = (dim) => (dim >= 2048 ? 64 : dim >= 256 ? 8 : 1);
-  const hiddenStep = lcm(step(spec.hidden_size), spec.num_heads);
-  const round = (x, unit) => Math.max(unit, Math.floor(x / unit) * unit);
-  for (let r = 1; r > 0.02; r -= 0.0025) {
-    const hidden = round(spec.hidden_size * r, hiddenStep);
-    const inter = round(spec.intermediate_size * r, step(spec.intermediate_size));
-    const shapes = Array.from({ length: spec.num_layers }, () => ({ num_heads: spec.num_heads, num_kv_heads: spec.num_kv_heads, intermediate_size: inter }));
-    if (paramCount(spec, hidden, shapes).total <= budget) return { hidden_size: hidden, intermediate_size: inter };
-  }
-  return null;
 }
 
 /**
