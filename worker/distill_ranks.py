@@ -96,7 +96,14 @@ def distill_args(
 def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
     """The ranks' command line for this job after `-m MODULE` (every node of a job over several nodes
     builds the same)."""
-    from worker.handlers.common import distilled_key, fetch_rows, job_dataset, store, student_source
+    from worker.handlers.common import (
+        distilled_key,
+        fetch_rows,
+        job_dataset,
+        model_source,
+        store,
+        student_source,
+    )
 
     student, teacher = fetch_rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     dataset = job_dataset(rt, job.params)
@@ -109,7 +116,7 @@ def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
         *distill_args(
             job.params,
             student=start,
-            teacher=teacher.source,
+            teacher=model_source(teacher.source),  # the demo teacher's or a hub snapshot's directory
             data=dataset.source if dataset else "demo",
             out=out,
             work=work,

@@ -75,6 +75,26 @@ def test_two_rank_distill_runs_to_success_and_leaves_nothing(two_rank_app, two_r
     assert rank_processes(str(app.data_dir)) == []
 
 
+def test_a_student_of_the_demo_teacher_distills_on_two_ranks(two_rank_app):
+    """The demo teacher's stored source is "demo" (what `prunescope up` registers): the ranks get its
+    directory, as importance and evaluate ranks do. Before, every `gpus: 2` distillation of its students
+    failed on the worker with "model not found: demo"."""
+    app = two_rank_app
+    teacher = app.api.post("/teachers", json={"name": "demo", "source": "demo"}).json()
+    assert app.wait_job(teacher["job_id"])["status"] == "succeeded"
+    plan = {"remove_neurons": {"0": list(range(16))}}
+    created = app.api.post(
+        "/plans", json={"teacher_id": teacher["id"], "name": "demo-cut", "plan": plan}
+    ).json()
+    student = app.api.post("/students", json={"plan_id": created["id"], "name": "demo-s"}).json()
+    assert app.wait_job(student["job_id"])["status"] == "succeeded"
+    job = start_distill(app, student["id"], gpus=2, steps=2, batch_size=2, checkpoint_every=0, warmup=1)
+    done = app.wait_job(job["id"], timeout=150)
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["result"]["world_size"] == 2 and done["result"]["steps"] == 2
+    assert rank_processes(str(app.data_dir)) == []
+
+
 def test_a_job_no_worker_can_hold_is_refused(two_rank_app):
     app = two_rank_app
     student = app.api.get("/students").json()[0]
