@@ -210,6 +210,36 @@ def test_teacher_correction_fine_tunes_a_copy(data, tmp_path):
     assert (tmp_path / "corrected_teacher.pt").exists()
 
 
+def test_a_stop_during_teacher_correction_stops_it_and_a_resume_runs_it_again(data, tmp_path):
+    """A cancel (or worker shutdown) during teacher correction stops at the next correction step, not
+    after all of them (hours on a big teacher; a multi-rank job's ranks are killed 60 s after the stop):
+    nothing is saved, and a resume runs the correction again to the same weights as a straight run."""
+    train, val = data
+    teacher = tiny_llama(seed=1)
+    cfg = _config(steps=3, teacher_correction_steps=8, teacher_peak_lr=5e-2, val_every=0)
+    straight = distill(tiny_llama(seed=2), teacher, train, val, cfg)
+
+    seen = []
+    stopped = distill(
+        tiny_llama(seed=2),
+        teacher,
+        train,
+        val,
+        cfg,
+        callback=seen.append,
+        checkpoint_dir=tmp_path,
+        should_stop=lambda: len(seen) >= 3,
+    )
+    assert stopped.stopped and stopped.correction_stopped_at == 3 and stopped.steps_completed == 0
+    assert [m["phase"] for m in seen] == ["teacher_correction"] * 3  # no distillation step ran
+    assert not (tmp_path / "corrected_teacher.pt").exists() and stopped.checkpoint is None
+
+    student = tiny_llama(seed=2)
+    resumed = distill(student, teacher, train, val, cfg, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.steps_completed == 3 and not resumed.stopped
+    assert _losses(resumed.history) == _losses(straight.history)
+
+
 def test_intermediate_state_loss_with_layer_map(data):
     train, val = data
     teacher = tiny_llama(seed=1, layers=4)

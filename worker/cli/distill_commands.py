@@ -211,6 +211,12 @@ def _distill(args) -> int:
     result, weights, sharded = _train(args, config, models, train, val, work, ctx)
     if not ctx.is_main:
         return 3 if result.stopped else 0
+    if result.correction_stopped_at is not None:
+        say(
+            f"[stopped] during teacher correction, after step {result.correction_stopped_at} of "
+            f"{config.teacher_correction_steps}; --resume runs the correction again"
+        )
+        return 3
     if result.stopped:
         say(f"[stopped] after step {result.steps_completed}; resume with --resume (checkpoint in {work})")
         return 3

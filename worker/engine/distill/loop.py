@@ -45,6 +45,9 @@ class DistillResult:
     validation: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
     teacher: torch.nn.Module | None = None  # the corrected teacher, when teacher correction ran
+    # Stopped during teacher correction: the correction steps done (nothing of it is saved; a resume runs
+    # the correction again, to the same weights: its batches and seeds are fixed).
+    correction_stopped_at: int | None = None
 
     @property
     def final_validation(self) -> dict | None:
@@ -124,8 +127,26 @@ def validate(
     }
 
 
-def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | None = None, *, context=None):
+class CorrectionStopped(Exception):
+    """`should_stop` seen during teacher correction, by every rank at the same step (`step` done)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped after teacher-correction step {step}")
+        self.step = step
+
+
+def correct_teacher(
+    teacher,
+    train,
+    config: DistillConfig,
+    callback: Callback | None = None,
+    *,
+    context=None,
+    should_stop: Callable[[], bool] | None = None,
+):
     """Fine-tune the teacher in place on the distillation data (CE) at a fraction of its peak LR.
+    `should_stop()` is polled before every step (a correction can take hours on a big teacher): a stop
+    raises CorrectionStopped, on every rank at the same step.
 
     Under N ranks (`context`) it trains an FSDP2-sharded copy on the same global batches (each rank its
     rows, gradients reduced to the global mean, clipping on the full norm), then every rank's `teacher`
@@ -146,6 +167,8 @@ def correct_teacher(teacher, train, config: DistillConfig, callback: Callback | 
     emit = (callback if ctx.is_main else None) or (lambda _m: None)
     work.train()
     for step in range(steps):
+        if ctx.any(should_stop is not None and should_stop()):
+            raise CorrectionStopped(step)
         optimizer.zero_grad(set_to_none=True)
         ce_total = 0.0
         for micro in range(config.grad_accum):
@@ -277,7 +300,13 @@ def _distill(
     random.seed(config.seed)
     inputs = run_inputs(teacher, train) if checkpoint_dir is not None else None  # before any correction
     state = _saved_state(checkpoint_dir, ctx, config, inputs) if resume else None
-    teacher, corrected = _teacher_for_run(teacher, train, config, state, checkpoint_dir, emit, ctx)
+    try:
+        teacher, corrected = _teacher_for_run(
+            teacher, train, config, state, checkpoint_dir, emit, ctx, should_stop
+        )
+    except CorrectionStopped as stop:
+        done = state["step"] if state is not None else 0
+        return DistillResult(steps_completed=done, stopped=True, correction_stopped_at=stop.step)
     run = _Run(student, teacher, train, val, config, ctx, checkpoint_dir, emit, inputs)
     if state is not None:
         run.restore(state)
@@ -319,7 +348,14 @@ def _saved_state(
 
 
 def _teacher_for_run(
-    teacher, train, config: DistillConfig, state: dict | None, checkpoint_dir, emit, ctx: DistillContext
+    teacher,
+    train,
+    config: DistillConfig,
+    state: dict | None,
+    checkpoint_dir,
+    emit,
+    ctx: DistillContext,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """(the teacher the run distils from, the corrected copy or None).
 
@@ -332,7 +368,7 @@ def _teacher_for_run(
         if not (state is not None and load_teacher_into(checkpoint_dir, corrected)):
             # A stream is consumed as it is read: the correction reads its own copy from the start.
             correction_data = train.restarted() if is_token_stream(train) else train
-            correct_teacher(corrected, correction_data, config, emit, context=ctx)
+            correct_teacher(corrected, correction_data, config, emit, context=ctx, should_stop=should_stop)
             if checkpoint_dir is not None and ctx.is_main:
                 save_teacher(checkpoint_dir, corrected)
         teacher = corrected
