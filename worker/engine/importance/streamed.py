@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -214,6 +215,237 @@ def _block_angular(angular: RunningSums, start: int, block_in, block_out, ctx: B
     angular.end_batch(ctx)
 
 
+def _nonempty(batches: Iterable[dict]) -> list[dict]:
+    """The batches as a list, refused when they hold no sample."""
+    batches = list(batches)  # every layer goes over all of them
+    if not batches or sum(b["input_ids"].shape[0] for b in batches) == 0:
+        raise ValueError("no calibration samples: the batches were empty")
+    return batches
+
+
+def _stores_and_passes(
+    model: nn.Module,
+    adapter,
+    shapes: list[tuple[int, int, int]],
+    device: torch.device,
+    num_layers: int,
+    loss_scans: list[int],
+    angular_stores: int,
+    *,
+    budget: StoreBudget | None,
+    spill_dir: str | os.PathLike | None,
+    disk_bytes: int | None,
+) -> tuple[ActivationStores, list[list[Cut]]]:
+    """The activation stores the budgets admit and the passes they need, refused before any weight
+    is read when not even the first pass fits (module docstring)."""
+    act_dtype = next(model.parameters()).dtype
+    if budget is None:
+        reserve = working_bytes(model, adapter, shapes, act_dtype, device)
+        budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None, disk_bytes)
+    stores = ActivationStores(budget, device, ActivationStores.bytes_for(shapes, act_dtype))
+    passes = plan_passes(num_layers, loss_scans, angular_stores, stores.capacity())
+    if passes is None:
+        raise ActivationBudgetError(_budget_message(stores, num_layers, loss_scans, angular_stores))
+    return stores, passes
+
+
+@dataclass
+class _PassStores:
+    """The stores one pass has open: the main stream (None once a later pass's stream is done), the
+    inputs of the last k layers for the angular distance (slot i % k holds layer i's) and one branch
+    per open cut (k, first removed layer)."""
+
+    main: ActivationStore | None
+    recent: list[ActivationStore] = field(default_factory=list)
+    branches: dict[Cut, ActivationStore] = field(default_factory=dict)
+
+
+class StreamedPasses:
+    """The passes of one streamed importance run over the checkpoint (module docstring) and what they
+    share: the layer loader, the activation stores, the hooks and float32 sums the scores come from,
+    the calibration batches on the device, and the counts the progress and the manifest report."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter,
+        spec,
+        reader: CheckpointReader,
+        stores: ActivationStores,
+        batches: list[dict],
+        *,
+        scans: tuple[str, ...],
+        block_size: int,
+        device: torch.device,
+        progress: Progress | None,
+        hash_weights: bool,
+    ):
+        self.model, self.adapter, self.stores = model, adapter, stores
+        self.num_layers = spec.num_layers
+        self.block_size = block_size
+        self.loss_scans = loss_scan_sizes(scans, block_size)
+        self.layers = adapter.layers(model)
+        self.final_norm, self.head = adapter.final_norm(model), output_head(model)
+        self.hasher = WeightsHasher(model) if hash_weights else None
+        self.loader = ModuleLoader(model, reader, device, on_load=self.hasher.add if self.hasher else None)
+        move_buffers(model, device)
+        self.hooks = ImportanceHooks(
+            model, adapter, block_importance="bi" in scans, record_calls=False, device=device
+        )
+        angular = "angular" in scans
+        self.angular = RunningSums(self.num_layers - block_size + 1, 1, device) if angular else None
+        self.loss = new_loss_sums(self.loss_scans, self.num_layers, device)
+        self.contexts, self.inputs, self.samples = [], [], 0
+        for batch in batches:
+            input_ids, attention_mask, ctx = batch_on(batch, device, self.samples)
+            self.inputs.append((input_ids, attention_mask))
+            self.contexts.append(ctx)
+            self.samples += batch["input_ids"].shape[0]
+        self.progress = progress
+        self.stages = 1  # set by `run`
+        self.samples_staged = self.reported = 0
+        self.scan_forwards = self.layer_loads = 0
+
+    def run(self, passes: list[list[Cut]]) -> None:
+        """Every pass, the first one hooked; the stores are closed at the end, or on an error."""
+        layer_sets = [pass_layers(cuts, self.num_layers, first=p == 0) for p, cuts in enumerate(passes)]
+        # Progress: each batch goes through every loaded layer and the head of every pass.
+        self.stages = sum(len(needed) + 1 for needed in layer_sets)
+        try:
+            with torch.inference_mode(), self.hooks:
+                self.hooks.enabled = False  # on only while a layer (or the final norm) runs calibration data
+                self.loader.load(self.adapter.embed(self.model))
+                if self.adapter.position_embed(self.model) is not None:
+                    self.loader.load(self.adapter.position_embed(self.model))
+                for p, (cuts, needed) in enumerate(zip(passes, layer_sets, strict=True)):
+                    self.run_pass(cuts, needed, hooked=p == 0)
+                    self.loader.on_load = None  # the weights hash is of the first pass's reads
+        finally:
+            self.stores.close()
+
+    def run_pass(self, cuts: list[Cut], needed: set[int], hooked: bool) -> None:
+        """One pass over the layers: the main stream (hooked: the scores, the angular distance and the
+        base loss), and the branch of each cut (k, first removed layer) in `cuts` (module docstring)."""
+        open_stores = _PassStores(main=self.stores.new())
+        for b in range(len(self.contexts)):
+            open_stores.main[b] = self._calls_of(b)[0].hidden
+        if hooked and self.angular is not None:
+            open_stores.recent = [self.stores.new() for _ in range(self.block_size)]
+        last_open = max((first for _, first in cuts), default=-1)
+        for i, layer in enumerate(self.layers):
+            self._advance_layer(i, layer, cuts, needed, hooked, open_stores, last_open)
+        for store in open_stores.recent:
+            self.stores.release(store)
+        self._finish_pass(cuts, hooked, open_stores)
+        for store in [open_stores.main, *open_stores.branches.values()]:
+            if store is not None:
+                self.stores.release(store)
+
+    def _advance_layer(
+        self,
+        i: int,
+        layer: nn.Module,
+        cuts: list[Cut],
+        needed: set[int],
+        hooked: bool,
+        open_stores: _PassStores,
+        last_open: int,
+    ) -> None:
+        """Layer i over every batch: the cuts that start at it open (with its input), the main stream
+        (while the pass needs it) and the open branches go through it; it is loaded only for this."""
+        opening = [(k, first) for k, first in cuts if first == i]
+        running = [key for key in open_stores.branches if sum(key) <= i]
+        main_runs = hooked or i < last_open
+        loads = i in needed  # a later pass skips the layers between its stream's end and its branches'
+        if not loads and not opening:
+            return
+        if loads:
+            self.loader.load(layer)
+            self.layer_loads += 1
+        for key in opening:
+            open_stores.branches[key] = self.stores.new()
+        main, recent, branches = open_stores.main, open_stores.recent, open_stores.branches
+        for b, ctx in enumerate(self.contexts):
+            calls = self._calls_of(b) if loads else None
+            x_in = main[b] if hooked or opening or main_runs else None
+            for key in opening:
+                branches[key][b] = x_in
+            if self.angular is not None and hooked:
+                recent[i % self.block_size][b] = x_in
+            if main_runs:
+                main[b] = self._main_forward(i, layer, calls[i], x_in, b, ctx, hooked, recent)
+            for key in running:
+                branches[key][b] = calls[i].run(layer, branches[key][b])
+                self.scan_forwards += 1
+            del calls, x_in
+            if loads:
+                self._advance(ctx.batch_size)
+        if loads:
+            self.loader.release(layer)
+        if not hooked and i == last_open:  # every branch of this pass is open: the stream is done
+            self.stores.release(main)
+            open_stores.main = None
+
+    def _main_forward(
+        self,
+        i: int,
+        layer: nn.Module,
+        call: LayerCall,
+        x_in: torch.Tensor,
+        b: int,
+        ctx: BatchContext,
+        hooked: bool,
+        recent: list[ActivationStore],
+    ) -> torch.Tensor:
+        """Layer i's output for the main stream's batch b; hooked, the hooks score this one layer's rows
+        and the block ending at it gets its angular distance."""
+        self.hooks.enabled = hooked
+        if hooked:
+            self.hooks.begin_batch(ctx, range(i, i + 1), final_norm=False)
+        x_out = call.run(layer, x_in)
+        if hooked:
+            self.hooks.end_batch()
+        self.hooks.enabled = False
+        if self.angular is not None and hooked and i >= self.block_size - 1:
+            start = i - self.block_size + 1
+            _block_angular(self.angular, start, recent[start % self.block_size][b], x_out, ctx)
+        return x_out
+
+    def _finish_pass(self, cuts: list[Cut], hooked: bool, open_stores: _PassStores) -> None:
+        """The final norm and the head: the base loss (hooked: the final norm's scores too) and each
+        cut's loss from its branch."""
+        self.loader.load(self.final_norm)  # both stay loaded for the later passes
+        self.loader.load(self.adapter.lm_head(self.model))  # tied to the embeddings: already there
+        main, branches, loss = open_stores.main, open_stores.branches, self.loss
+        for b, ctx in enumerate(self.contexts):
+            input_ids, attention_mask = self.inputs[b]
+            if hooked:
+                self.hooks.enabled = True
+                self.hooks.begin_batch(ctx, range(self.num_layers, self.num_layers), final_norm=True)
+                hidden = self.final_norm(main[b])
+                self.hooks.end_batch()
+                self.hooks.enabled = False
+                if self.loss_scans:
+                    add_base_loss(loss, hidden, self.head, input_ids, attention_mask, ctx)
+                del hidden
+            for k, first in cuts:
+                branch_out = self.final_norm(branches[k, first][b])
+                per_sample = token_losses(branch_out, self.head, input_ids, attention_mask)[0]
+                loss[k][:, first].index_add_(0, ctx.halves, per_sample)
+            self._advance(ctx.batch_size)
+
+    def _calls_of(self, b: int) -> list[LayerCall]:
+        return record_layer_calls(self.model, self.layers, *self.inputs[b])
+
+    def _advance(self, batch_size: int) -> None:
+        """Report whole samples: each stage (a loaded layer or a pass's head) moves a batch 1 / stages."""
+        self.samples_staged += batch_size
+        target = self.samples_staged // self.stages
+        if self.progress is not None and target > self.reported:
+            self.progress(target - self.reported)
+            self.reported = target
+
+
 def compute_importance_streamed(
     source: str | os.PathLike,
     batches: Iterable[dict],
@@ -247,147 +479,42 @@ def compute_importance_streamed(
     device = torch.device(device)
     adapter = adapter_for(model)
     spec = adapter.spec(model)
-    num_layers = spec.num_layers
-    scans = check_scans(scans, block_size, num_layers)
-    loss_scans = loss_scan_sizes(scans, block_size)
-    batches = list(batches)  # every layer goes over all of them
-    if not batches or sum(b["input_ids"].shape[0] for b in batches) == 0:
-        raise ValueError("no calibration samples: the batches were empty")
-
-    layers, final_norm, head = adapter.layers(model), adapter.final_norm(model), output_head(model)
-    act_dtype = next(model.parameters()).dtype
+    scans = check_scans(scans, block_size, spec.num_layers)
+    batches = _nonempty(batches)
     shapes = [(*b["input_ids"].shape, spec.hidden_size) for b in batches]
-    if budget is None:
-        reserve = working_bytes(model, adapter, shapes, act_dtype, torch.device(device))
-        budget = StoreBudget.measure(device, reserve, str(spill_dir) if spill_dir else None, disk_bytes)
-    stores = ActivationStores(budget, device, ActivationStores.bytes_for(shapes, act_dtype))
     angular_stores = block_size if "angular" in scans else 0
-    passes = plan_passes(num_layers, loss_scans, angular_stores, stores.capacity())
-    if passes is None:
-        raise ActivationBudgetError(_budget_message(stores, num_layers, loss_scans, angular_stores))
-    hasher = WeightsHasher(model) if hash_weights else None
-    loader = ModuleLoader(model, reader, device, on_load=hasher.add if hasher else None)
-    move_buffers(model, device)
-
-    hooks = ImportanceHooks(model, adapter, block_importance="bi" in scans, record_calls=False, device=device)
-    angular = RunningSums(num_layers - block_size + 1, 1, device) if "angular" in scans else None
-    loss = new_loss_sums(loss_scans, num_layers, device)
-    contexts, inputs, samples = [], [], 0
-    for batch in batches:
-        input_ids, attention_mask, ctx = batch_on(batch, device, samples)
-        inputs.append((input_ids, attention_mask))
-        contexts.append(ctx)
-        samples += batch["input_ids"].shape[0]
-    layer_sets = [pass_layers(cuts, num_layers, first=p == 0) for p, cuts in enumerate(passes)]
-    # Progress: each batch goes through every loaded layer and the head of every pass.
-    stages = sum(len(needed) + 1 for needed in layer_sets)
-    counts = {"done": 0, "reported": 0, "scan_forwards": 0, "layer_loads": 0}
-
-    def advance(batch_size: int) -> None:
-        """Report whole samples: each stage (a loaded layer or a pass's head) moves a batch 1 / stages."""
-        counts["done"] += batch_size
-        target = counts["done"] // stages
-        if progress is not None and target > counts["reported"]:
-            progress(target - counts["reported"])
-            counts["reported"] = target
-
-    def calls_of(b: int) -> list[LayerCall]:
-        return record_layer_calls(model, layers, *inputs[b])
-
-    def run_pass(cuts: list[tuple[int, int]], needed: list[int], hooked: bool) -> None:
-        """One pass over the layers: the main stream (hooked: the scores, the angular distance and the
-        base loss), and the branch of each cut (k, first removed layer) in `cuts` (module docstring)."""
-        main = stores.new()
-        for b in range(len(batches)):
-            main[b] = calls_of(b)[0].hidden
-        # Inputs of the last k layers (slot i % k holds layer i's), for the angular distance.
-        recent = [stores.new() for _ in range(block_size)] if hooked and angular is not None else []
-        last_open = max((first for _, first in cuts), default=-1)
-        branches: dict[tuple[int, int], ActivationStore] = {}
-        for i, layer in enumerate(layers):
-            opening = [(k, first) for k, first in cuts if first == i]
-            running = [key for key in branches if sum(key) <= i]
-            main_runs = hooked or i < last_open
-            loads = i in needed  # a later pass skips the layers between its stream's end and its branches'
-            if not loads and not opening:
-                continue
-            if loads:
-                loader.load(layer)
-                counts["layer_loads"] += 1
-            for key in opening:
-                branches[key] = stores.new()
-            for b, ctx in enumerate(contexts):
-                calls = calls_of(b) if loads else None
-                x_in = main[b] if hooked or opening or main_runs else None
-                for key in opening:
-                    branches[key][b] = x_in
-                if angular is not None and hooked:
-                    recent[i % block_size][b] = x_in
-                if main_runs:
-                    hooks.enabled = hooked
-                    if hooked:
-                        hooks.begin_batch(ctx, range(i, i + 1), final_norm=False)
-                    x_out = calls[i].run(layer, x_in)
-                    if hooked:
-                        hooks.end_batch()
-                    hooks.enabled = False
-                    if angular is not None and hooked and i >= block_size - 1:
-                        start = i - block_size + 1
-                        _block_angular(angular, start, recent[start % block_size][b], x_out, ctx)
-                    main[b] = x_out
-                    del x_out
-                for key in running:
-                    branches[key][b] = calls[i].run(layer, branches[key][b])
-                    counts["scan_forwards"] += 1
-                del calls, x_in
-                if loads:
-                    advance(ctx.batch_size)
-            if loads:
-                loader.release(layer)
-            if not hooked and i == last_open:  # every branch of this pass is open: the stream is done
-                stores.release(main)
-                main = None
-        for store in recent:
-            stores.release(store)
-        loader.load(final_norm)  # both stay loaded for the later passes
-        loader.load(adapter.lm_head(model))  # tied to the embeddings: already there
-        for b, ctx in enumerate(contexts):
-            input_ids, attention_mask = inputs[b]
-            if hooked:
-                hooks.enabled = True
-                hooks.begin_batch(ctx, range(num_layers, num_layers), final_norm=True)
-                hidden = final_norm(main[b])
-                hooks.end_batch()
-                hooks.enabled = False
-                if loss_scans:
-                    add_base_loss(loss, hidden, head, input_ids, attention_mask, ctx)
-                del hidden
-            for k, first in cuts:
-                per_sample = token_losses(final_norm(branches[k, first][b]), head, input_ids, attention_mask)[
-                    0
-                ]
-                loss[k][:, first].index_add_(0, ctx.halves, per_sample)
-            advance(ctx.batch_size)
-        for store in [main, *branches.values()]:
-            if store is not None:
-                stores.release(store)
-
-    try:
-        with torch.inference_mode(), hooks:
-            hooks.enabled = False  # on only while a layer (or the final norm) runs calibration data
-            loader.load(adapter.embed(model))
-            if adapter.position_embed(model) is not None:
-                loader.load(adapter.position_embed(model))
-            for p, (cuts, needed) in enumerate(zip(passes, layer_sets, strict=True)):
-                run_pass(cuts, needed, hooked=p == 0)
-                loader.on_load = None  # the weights hash is of the first pass's reads
-    finally:
-        stores.close()
+    loss_scans = loss_scan_sizes(scans, block_size)
+    stores, passes = _stores_and_passes(
+        model,
+        adapter,
+        shapes,
+        device,
+        spec.num_layers,
+        loss_scans,
+        angular_stores,
+        budget=budget,
+        spill_dir=spill_dir,
+        disk_bytes=disk_bytes,
+    )
+    run = StreamedPasses(
+        model,
+        adapter,
+        spec,
+        reader,
+        stores,
+        batches,
+        scans=scans,
+        block_size=block_size,
+        device=device,
+        progress=progress,
+        hash_weights=hash_weights,
+    )
+    run.run(passes)
 
     execution = {
         "mode": "streamed",
         "reason": reason,
-        "layer_loads": counts["layer_loads"],
+        "layer_loads": run.layer_loads,
         "passes": len(passes),  # over the checkpoint: more than 1 when the stores are capped
         "activations": stores.summary(),
     }
@@ -397,13 +524,13 @@ def compute_importance_streamed(
         spec,
         scans=scans,
         block_size=block_size,
-        hooks=hooks,
-        angular=angular,
-        loss=loss,
-        counts=(samples, len(batches), seq_len),
-        scan_forwards=counts["scan_forwards"],
+        hooks=run.hooks,
+        angular=run.angular,
+        loss=run.loss,
+        counts=(run.samples, len(batches), seq_len),
+        scan_forwards=run.scan_forwards,
         metadata={"model": str(source), **(metadata or {})},
-        weights_hash=hasher.hexdigest() if hasher else None,
+        weights_hash=run.hasher.hexdigest() if run.hasher else None,
         execution=execution,
         device=str(device),
     )
@@ -411,6 +538,7 @@ def compute_importance_streamed(
 
 __all__ = [
     "ActivationBudgetError",
+    "StreamedPasses",
     "compute_importance_streamed",
     "pass_layers",
     "plan_passes",
