@@ -86,48 +86,100 @@ def run_search(
     spec = arch_spec(model)
     scores = importance.scores()
     budgets = [parse_budget(t, settings.latency_batch, settings.latency_context) for t in settings.budgets]
+    architectures = _enumerate(spec, scores, settings)
+    cache = LatencyCache(latency_cache) if any(b.measured for b in budgets) else None
+    teacher_arch = architectures[0]  # the uncut point of the space
+    teacher_figures = {b.text: _cost(b, teacher_arch, spec, model, cache, settings) for b in budgets}
+    limits = {b.text: b.limit(teacher_figures[b.text]) for b in budgets}
+
+    costs = ComputedCosts(spec)
+    fitting = _within_computed_budgets(architectures, budgets, limits, costs, settings)
+    fitting, timings = _within_measured_budgets(fitting, budgets, limits, spec, model, cache, settings, say)
+    note = None if fitting else _nothing_fits_note(architectures, costs, spec, settings)
+    listed = _candidates(fitting, spec, settings)
+
+    eval_batches = _evaluation_batches(tokenizer, settings, batches)
+    scoring = _score_timed(model, spec, scores, [teacher_arch, *listed], eval_batches, say)
+    rows = _ranked_rows(listed, spec, scores, scoring.losses, budgets, limits, timings, settings)
+    if settings.lm_eval_task:
+        _lm_eval_top(model, tokenizer, rows[: settings.lm_eval_top], settings, say)
+    seconds = time.perf_counter() - started
+
+    teacher = _teacher_json(spec, teacher_arch, scoring.losses[teacher_arch.id], teacher_figures)
+    t_tokens = scoring.losses[teacher_arch.id][1]
+    stats = _stats(len(architectures), len(fitting), len(rows), cache, t_tokens, scoring, seconds, note)
+    space = _space_json(architectures, spec, settings)
+    return SearchReport(teacher, _budgets_json(budgets, limits), settings.model_dump(), space, stats, rows)
+
+
+def _enumerate(spec, scores, settings: SearchSettings) -> list[Architecture]:
+    """The whole space, the teacher (its uncut point) first; a space past MAX_ARCHITECTURES is refused
+    with the settings to change before any of it is priced (what is scored is capped by max_candidates)."""
     architectures = enumerate_architectures(spec, scores, settings)
     if len(architectures) > MAX_ARCHITECTURES:
         raise ValueError(
             f"mlp_step: the space holds {len(architectures)} architectures, more than {MAX_ARCHITECTURES}; "
             f"use larger steps (mlp_step, hidden_step) or tighter cut limits"
         )
-    cache = LatencyCache(latency_cache) if any(b.measured for b in budgets) else None
-    teacher_arch = architectures[0]  # the uncut point of the space
-    teacher_figures = {b.text: _cost(b, teacher_arch, spec, model, cache, settings) for b in budgets}
-    limits = {b.text: b.limit(teacher_figures[b.text]) for b in budgets}
+    return architectures
 
+
+def _within_computed_budgets(
+    architectures: list[Architecture],
+    budgets: list[Budget],
+    limits: dict,
+    costs: ComputedCosts,
+    settings: SearchSettings,
+) -> list[Architecture]:
+    """The architectures every computed budget (parameters, memory) admits: the cheap filter, run first
+    so that only these shapes are timed."""
     fitting = architectures
-    costs = ComputedCosts(spec)
     for b in budgets:
         if not b.measured:
             fitting = [a for a in fitting if b.fits(costs(b, a), limits[b.text], settings.tolerance)]
+    return fitting
+
+
+def _within_measured_budgets(
+    fitting: list[Architecture], budgets: list[Budget], limits: dict, spec, model, cache, settings, say
+) -> tuple[list[Architecture], dict[tuple, dict]]:
+    """Those of `fitting` every measured budget (latency, prefill, throughput) admits, and the timings by
+    (shape, budget): each distinct shape is timed once, as timing is slow and many architectures share
+    a shape."""
     measured = [b for b in budgets if b.measured]
     timings: dict[tuple, dict] = {}
-    if measured:
-        shapes = {a.shape_key(): a for a in fitting}
-        for i, (key, a) in enumerate(shapes.items()):
-            say(i, len(shapes), f"timing shape {i + 1}/{len(shapes)}")
-            for b in measured:
-                timings[(key, b.text)] = _timing(b, a, spec, model, cache, settings)
-        fitting = [
-            a
-            for a in fitting
-            if all(
-                b.fits(measured_cost(b, timings[(a.shape_key(), b.text)]), limits[b.text], settings.tolerance)
-                for b in measured
-            )
-        ]
-    within_budget = len(fitting)
-    note = None
-    if not fitting:
-        smallest = min(architectures, key=lambda a: costs(PARAMS, a))
-        total = costs(PARAMS, smallest)
-        note = (
-            f"no architecture of the space meets {', '.join(settings.budgets)}; the smallest "
-            f"({smallest.id}) keeps {total:,.0f} parameters ({100 * total / spec.param_count()['total']:.1f}% "
-            f"of the teacher): loosen the cut limits (max_width_cut, max_depth_cut, max_cut) or the budgets"
+    if not measured:
+        return fitting, timings
+    shapes = {a.shape_key(): a for a in fitting}
+    for i, (key, a) in enumerate(shapes.items()):
+        say(i, len(shapes), f"timing shape {i + 1}/{len(shapes)}")
+        for b in measured:
+            timings[(key, b.text)] = _timing(b, a, spec, model, cache, settings)
+    fitting = [
+        a
+        for a in fitting
+        if all(
+            b.fits(measured_cost(b, timings[(a.shape_key(), b.text)]), limits[b.text], settings.tolerance)
+            for b in measured
         )
+    ]
+    return fitting, timings
+
+
+def _nothing_fits_note(architectures: list[Architecture], costs: ComputedCosts, spec, settings) -> str:
+    """Why the report is empty: how small the space gets, so the user knows which limit to loosen."""
+    smallest = min(architectures, key=lambda a: costs(PARAMS, a))
+    total = costs(PARAMS, smallest)
+    return (
+        f"no architecture of the space meets {', '.join(settings.budgets)}; the smallest "
+        f"({smallest.id}) keeps {total:,.0f} parameters ({100 * total / spec.param_count()['total']:.1f}% "
+        f"of the teacher): loosen the cut limits (max_width_cut, max_depth_cut, max_cut) or the budgets"
+    )
+
+
+def _candidates(fitting: list[Architecture], spec, settings: SearchSettings) -> list[Architecture]:
+    """What gets scored: the frontier of `fitting` (or all of it), without the teacher, which is scored
+    as the reference anyway; refused beyond max_candidates, as scoring is the expensive step."""
     listed = frontier(fitting, spec, settings) if settings.frontier_only else fitting
     listed = [a for a in listed if a.cut_kind(spec) != "none"] or listed  # the teacher is the reference
     if len(listed) > settings.max_candidates:
@@ -135,94 +187,161 @@ def run_search(
             f"max_candidates: {len(listed)} candidates meet the budgets, more than max_candidates="
             f"{settings.max_candidates}; raise it, tighten the budgets or use larger steps"
         )
+    return listed
 
+
+def _evaluation_batches(tokenizer, settings: SearchSettings, batches: list[dict] | None) -> list[dict]:
+    """The given batches (tests), else the held-out split, which needs the tokenizer."""
     if batches is None and tokenizer is None:
         raise ValueError("the held-out text needs the teacher's tokenizer (or pass batches)")
-    eval_batches = batches if batches is not None else heldout_batches(tokenizer, settings)
-    score_started = time.perf_counter()
-    losses, layer_forwards, naive = _score(model, spec, scores, [teacher_arch, *listed], eval_batches, say)
-    score_seconds = time.perf_counter() - score_started
-    plans = {a.id: a.plan(spec, scores) for a in listed}
+    return batches if batches is not None else heldout_batches(tokenizer, settings)
 
+
+@dataclass
+class _Scoring:
+    """The held-out losses ({arch id: (summed NLL, tokens)}) and what they cost, for the report's stats."""
+
+    losses: dict[str, tuple[float, float]]
+    layer_forwards: int
+    naive_layer_forwards: int
+    seconds: float
+
+
+def _score_timed(model, spec, scores, archs: list[Architecture], batches, say) -> _Scoring:
+    """`_score`, timed on its own: the report gives the scoring rate apart from enumeration and timing."""
+    started = time.perf_counter()
+    losses, layer_forwards, naive = _score(model, spec, scores, archs, batches, say)
+    return _Scoring(losses, layer_forwards, naive, time.perf_counter() - started)
+
+
+def _ranked_rows(
+    listed: list[Architecture],
+    spec,
+    scores,
+    losses: dict,
+    budgets: list[Budget],
+    limits: dict,
+    timings: dict[tuple, dict],
+    settings: SearchSettings,
+) -> list[dict]:
+    """The report's candidates, best held-out loss first (ties: more parameters, then id)."""
+    plans = {a.id: a.plan(spec, scores) for a in listed}
     teacher_params = spec.param_count()["total"]
     rows = []
     for a in listed:
         student = a.spec(spec)
-        plan = plans[a.id]
-        assert resulting_spec(plan, spec).param_count() == student.param_count()  # one cost model
-        nll, tokens = losses[a.id]
-        loss = nll / max(tokens, 1.0)
-        row = {
-            "id": a.id,
-            "cut": a.cut_kind(spec),
-            "axes": a.axes(),
-            "plan": plan.model_dump(mode="json"),
-            "params": student.param_count()["total"],
-            "params_fraction": round(student.param_count()["total"] / teacher_params, 6),
-            "params_non_embedding": student.param_count()["non_embedding"],
-            "flops_per_token": student.flops_per_token(),
-            "kv_cache_bytes_per_token": student.kv_cache_bytes_per_token(),
-            "memory_bytes": None,
-            "latency": None,
-            "budgets": {},
-            "loss": loss,
-            "perplexity": math.exp(min(loss, 700)),
-            "loss_tokens": tokens,
-        }
-        for b in budgets:
-            if b.measured:
-                timing = timings[(a.shape_key(), b.text)]
-                value = measured_cost(b, timing)
-                row["latency"] = row["latency"] or timing
-            else:
-                value = computed_cost(b, student)
-                if b.kind == "memory" and row["memory_bytes"] is None:
-                    row["memory_bytes"] = int(value)
-            row["budgets"][b.text] = {
-                "value": value,
-                "limit": limits[b.text],
-                "fits": b.fits(value, limits[b.text], settings.tolerance),
-            }
+        assert resulting_spec(plans[a.id], spec).param_count() == student.param_count()  # one cost model
+        row = _row(a, student, spec, plans[a.id], losses[a.id], teacher_params)
+        _add_budgets(row, a, student, budgets, limits, timings, settings.tolerance)
         rows.append(row)
     rows.sort(key=lambda r: (r["loss"], -r["params"], r["id"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
         row["lm_eval"] = None
-    if settings.lm_eval_task:
-        _lm_eval_top(model, tokenizer, rows[: settings.lm_eval_top], settings, say)
-    seconds = time.perf_counter() - started
-    t_nll, t_tokens = losses[teacher_arch.id]
-    teacher = {
-        "params": teacher_params,
+    return rows
+
+
+def _row(a: Architecture, student, spec, plan: PrunePlan, loss_sums: tuple, teacher_params: int) -> dict:
+    """One candidate's shape, computed costs and held-out loss (`_add_budgets` adds its budgets)."""
+    nll, tokens = loss_sums
+    loss = nll / max(tokens, 1.0)
+    return {
+        "id": a.id,
+        "cut": a.cut_kind(spec),
+        "axes": a.axes(),
+        "plan": plan.model_dump(mode="json"),
+        "params": student.param_count()["total"],
+        "params_fraction": round(student.param_count()["total"] / teacher_params, 6),
+        "params_non_embedding": student.param_count()["non_embedding"],
+        "flops_per_token": student.flops_per_token(),
+        "kv_cache_bytes_per_token": student.kv_cache_bytes_per_token(),
+        "memory_bytes": None,
+        "latency": None,
+        "budgets": {},
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700)),
+        "loss_tokens": tokens,
+    }
+
+
+def _add_budgets(
+    row: dict, a: Architecture, student, budgets: list[Budget], limits: dict, timings: dict, tolerance: float
+) -> None:
+    """Each budget's value for the candidate, its limit and whether it fits, so the report shows how
+    close each candidate is; the first measured budget's timing is the row's latency, the first memory
+    budget's value its memory_bytes."""
+    for b in budgets:
+        if b.measured:
+            timing = timings[(a.shape_key(), b.text)]
+            value = measured_cost(b, timing)
+            row["latency"] = row["latency"] or timing
+        else:
+            value = computed_cost(b, student)
+            if b.kind == "memory" and row["memory_bytes"] is None:
+                row["memory_bytes"] = int(value)
+        row["budgets"][b.text] = {
+            "value": value,
+            "limit": limits[b.text],
+            "fits": b.fits(value, limits[b.text], tolerance),
+        }
+
+
+def _teacher_json(spec, teacher_arch: Architecture, loss_sums: tuple, figures: dict) -> dict:
+    """The reference every candidate is compared with: the teacher's size, loss, shape and budget figures."""
+    t_nll, t_tokens = loss_sums
+    return {
+        "params": spec.param_count()["total"],
         "loss": t_nll / max(t_tokens, 1.0),
         "arch": teacher_arch.axes(),
-        "budgets": teacher_figures,
+        "budgets": figures,
     }
+
+
+def _stats(
+    enumerated: int,
+    within_budget: int,
+    rows: int,
+    cache: LatencyCache | None,
+    eval_tokens: float,
+    scoring: _Scoring,
+    seconds: float,
+    note: str | None,
+) -> dict:
+    """What each step kept and what the search cost, so a report says where the space narrowed and
+    where the time went."""
+    return {
+        "enumerated": enumerated,
+        "within_budget": within_budget,
+        "listed": rows,
+        "evaluated": rows,
+        "shapes_timed": cache.measured if cache else 0,
+        "latency_cache_hits": cache.hits if cache else 0,
+        "eval_tokens": eval_tokens,
+        "layer_forwards": scoring.layer_forwards,
+        "naive_layer_forwards": scoring.naive_layer_forwards,
+        "seconds": round(seconds, 3),
+        "scoring_seconds": round(scoring.seconds, 3),
+        "candidates_per_minute": round(60.0 * rows / scoring.seconds, 1)
+        if rows and scoring.seconds > 0
+        else None,
+        "note": note,
+    }
+
+
+def _space_json(architectures: list[Architecture], spec, settings: SearchSettings) -> dict:
+    """The values each axis of the space takes, so the report says what was searched, not only what won."""
     values = axis_values(spec, settings)
-    space = {
+    return {
         "num_layers": sorted({a.num_layers for a in architectures}, reverse=True),
         "heads": [{"heads_per_layer": h, "head_mode": m, "num_kv_heads": g} for h, m, g in values["heads"]],
         "intermediate_size": values["intermediate_size"],
         "hidden_size": {str(h): sizes for h, sizes in values["hidden_size"].items()},  # per head count
     }
-    stats = {
-        "enumerated": len(architectures),
-        "within_budget": within_budget,
-        "listed": len(rows),
-        "evaluated": len(rows),
-        "shapes_timed": cache.measured if cache else 0,
-        "latency_cache_hits": cache.hits if cache else 0,
-        "eval_tokens": t_tokens,
-        "layer_forwards": layer_forwards,
-        "naive_layer_forwards": naive,
-        "seconds": round(seconds, 3),
-        "scoring_seconds": round(score_seconds, 3),
-        "candidates_per_minute": round(60.0 * len(rows) / score_seconds, 1)
-        if rows and score_seconds > 0
-        else None,
-        "note": note,
-    }
-    budgets_json = [
+
+
+def _budgets_json(budgets: list[Budget], limits: dict) -> list[dict]:
+    """The parsed budgets with their absolute limits (a `%` budget resolved against the teacher)."""
+    return [
         {
             "kind": b.kind,
             "text": b.text,
@@ -233,7 +352,6 @@ def run_search(
         }
         for b in budgets
     ]
-    return SearchReport(teacher, budgets_json, settings.model_dump(), space, stats, rows)
 
 
 def _lm_eval_top(model, tokenizer, rows: list[dict], settings: SearchSettings, say) -> None:
