@@ -129,38 +129,55 @@ def _check_device(device: str) -> str:
 
 
 def _importance(args: argparse.Namespace) -> int:
-    from backend.settings import Settings
-    from worker.cli import CliError, check_positions
-
+    """The command: every check that needs no model first, then the model, the batches and the pass."""
     scans = _check_options(args)
     source, streamed = data_source(args)
     device = _check_device(args.device)
-
-    from tqdm import tqdm
-
-    from worker.engine.data import calibration_batches, read_documents
-    from worker.engine.distributed import DistributedContext
-    from worker.engine.importance import compute_importance
-    from worker.engine.importance.offload import choose_mode
-    from worker.engine.importance.streamed import compute_importance_streamed
-    from worker.engine.loading import load_model, load_tokenizer
-    from worker.engine.spec import text_config
-
     if args.model is None:
         from worker.demo import demo_teacher_path
 
         args.model = str(demo_teacher_path())
-    # A bad source: a one-line error before loading the model.
-    if not streamed:
-        documents = read_documents(source, "calibration")
-    elif source != "demo" and not source.startswith("hf:"):
-        from worker.engine.streaming import list_shards
+    documents = _read_calibration_source(args, source, streamed)
 
-        list_shards(source, args.data_format)
+    from worker.engine.distributed import DistributedContext
+
     # Under torchrun / srun: data-parallel, each rank scores its share of the batches (one process else).
     ctx = DistributedContext.from_environment(device)
     if ctx.distributed and ctx.device.type == "cuda":
         device = str(ctx.device)
+    mode = _choose_mode(args, scans, streamed, device, ctx)
+    model, tokenizer = _load_model_and_tokenizer(args, mode, device)
+    batches, stream_description = _calibration_batches(args, tokenizer, source, streamed, documents)
+    metadata = _metadata(args, source, stream_description, ctx)
+    result = _run_pass(args, mode, model, batches, scans, metadata, device, ctx)
+    ctx.close()
+    if not ctx.is_main:
+        return 0
+    out = result.save(args.out)
+    _print_summary(result, out)
+    return 0
+
+
+def _read_calibration_source(args, source: str, streamed: bool) -> list[str] | None:
+    """The documents of a source read whole (None when streamed): a bad source is a one-line error
+    before the model loads. A streamed source is only listed here; it is read as the batches are made."""
+    from worker.engine.data import read_documents
+
+    if not streamed:
+        return read_documents(source, "calibration")
+    if source != "demo" and not source.startswith("hf:"):
+        from worker.engine.streaming import list_shards
+
+        list_shards(source, args.data_format)
+    return None
+
+
+def _choose_mode(args, scans: tuple[str, ...], streamed: bool, device: str, ctx):
+    """In memory or layer-streamed (--offload; auto: by the memory planner's estimate of the in-memory
+    pass at these settings), said on stderr before anything is loaded."""
+    from worker.cli import CliError
+    from worker.engine.importance.offload import choose_mode
+
     run = {  # the settings the in-memory pass's peak depends on, by the API's names
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
@@ -174,7 +191,18 @@ def _importance(args: argparse.Namespace) -> int:
         raise CliError("layer-streamed importance runs in one process; under torchrun use --offload never")
     if ctx.is_main:
         print(f"importance: {mode.describe()}", file=sys.stderr)
-    if mode.streamed:  # the weights are read layer by layer later; only the tokenizer now
+    return mode
+
+
+def _load_model_and_tokenizer(args, mode, device: str):
+    """The model (None when streamed: its weights are read layer by layer later; only the tokenizer now)
+    and the tokenizer, checked against the model so a mismatch fails before the pass: --seq-len within
+    its positions, every token id within its vocabulary."""
+    from worker.cli import CliError, check_positions
+    from worker.engine.loading import load_model, load_tokenizer
+    from worker.engine.spec import text_config
+
+    if mode.streamed:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(args.model)
@@ -185,6 +213,18 @@ def _importance(args: argparse.Namespace) -> int:
         config = model.config
         vocab = model.get_input_embeddings().weight.shape[0]
     check_positions("--seq-len", args.seq_len, {args.model: config})
+    tokenizer = _tokenizer(args, tokenizer)
+    if len(tokenizer) > vocab:
+        raise CliError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab}")
+    return model, tokenizer
+
+
+def _tokenizer(args, model_tokenizer):
+    """--tokenizer when given, else the model's own; a CLI error when neither loads."""
+    from worker.cli import CliError
+    from worker.engine.loading import load_tokenizer
+
+    tokenizer = model_tokenizer
     if args.tokenizer:
         try:
             tokenizer = load_tokenizer(args.tokenizer)
@@ -194,26 +234,36 @@ def _importance(args: argparse.Namespace) -> int:
             raise CliError(f"--tokenizer: no tokenizer found at {args.tokenizer}")
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
-    if len(tokenizer) > vocab:
-        raise CliError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab}")
+    return tokenizer
+
+
+def _calibration_batches(args, tokenizer, source: str, streamed: bool, documents: list[str] | None):
+    """The calibration batches, and for a streamed source its description for the manifest (None else)."""
     if streamed:
         from worker.engine.streaming import stream_calibration_batches
 
         stream = open_stream(args, tokenizer, source, "calibration", repeat=False)
         batches = stream_calibration_batches(stream, num_samples=args.samples, batch_size=args.batch_size)
-    else:
-        batches = calibration_batches(
-            tokenizer,
-            documents,
-            seq_len=args.seq_len,
-            num_samples=args.samples,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
+        return batches, stream.describe()
+    from worker.engine.data import calibration_batches
+
+    batches = calibration_batches(
+        tokenizer,
+        documents,
+        seq_len=args.seq_len,
+        num_samples=args.samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    return batches, None
+
+
+def _metadata(args, source: str, stream_description: dict | None, ctx) -> dict:
+    """What the artifact's manifest records of this run's inputs, so a run can be traced and repeated."""
     metadata = {
         "model": args.model,
         "data": source,
-        **({"data_stream": stream.describe()} if streamed else {}),
+        **({"data_stream": stream_description} if stream_description is not None else {}),
         "seed": args.seed,
         "seq_len_requested": args.seq_len,
         "batch_size": args.batch_size,
@@ -221,6 +271,16 @@ def _importance(args: argparse.Namespace) -> int:
     }
     if ctx.distributed:
         metadata["nodes"] = ctx.nodes
+    return metadata
+
+
+def _run_pass(args, mode, model, batches, scans: tuple[str, ...], metadata: dict, device: str, ctx):
+    """The importance pass, in memory or streamed, under a progress bar (rank 0's only)."""
+    from tqdm import tqdm
+
+    from worker.engine.importance import compute_importance
+    from worker.engine.importance.streamed import compute_importance_streamed
+
     with tqdm(
         total=args.samples,
         desc=f"importance ({mode.name})",
@@ -230,28 +290,22 @@ def _importance(args: argparse.Namespace) -> int:
     ) as bar:
         report = _progress(args, bar, ctx)
         common = dict(scans=scans, block_size=args.block_size, progress=report, metadata=metadata)
-        if mode.streamed:
-            from worker.engine.memplan import spill_limit_bytes
+        if not mode.streamed:
+            return compute_importance(model, batches, execution=mode.record(), context=ctx, **common)
+        from backend.settings import Settings
+        from worker.engine.memplan import spill_limit_bytes
 
-            settings = Settings()
-            result = compute_importance_streamed(
-                args.model,
-                batches,
-                dtype=args.dtype,
-                device=device,
-                reason=mode.reason,
-                spill_dir=args.spill_dir or settings.spill_dir,
-                disk_bytes=spill_limit_bytes(args.spill_limit_gb or settings.spill_limit_gb),
-                **common,
-            )
-        else:
-            result = compute_importance(model, batches, execution=mode.record(), context=ctx, **common)
-    ctx.close()
-    if not ctx.is_main:
-        return 0
-    out = result.save(args.out)
-    _print_summary(result, out)
-    return 0
+        settings = Settings()
+        return compute_importance_streamed(
+            args.model,
+            batches,
+            dtype=args.dtype,
+            device=device,
+            reason=mode.reason,
+            spill_dir=args.spill_dir or settings.spill_dir,
+            disk_bytes=spill_limit_bytes(args.spill_limit_gb or settings.spill_limit_gb),
+            **common,
+        )
 
 
 def _progress(args, bar, ctx):
