@@ -40,6 +40,26 @@ def test_two_ranks_give_the_one_process_perplexity(tmp_path):
     print(f"relative difference of the perplexity: {abs(got['perplexity'] / want['perplexity'] - 1):.2e}")
 
 
+def test_prunescope_evaluate_under_torchrun_is_data_parallel_and_saves_once(tmp_path):
+    """`torchrun ... prunescope evaluate` scores each rank's share and writes the one-process perplexity
+    once, with its world size (it ran the whole evaluation on every rank, each writing the same -o file)."""
+    from tests.engine.distill_helpers import demo_tokenizer, tiny_llama
+    from worker.cli import main
+    from worker.engine.loading import save_model
+
+    save_model(tiny_llama(seed=5, layers=2), demo_tokenizer(), tmp_path / "model", {"kind": "test"})
+    args = [str(tmp_path / "model"), "--split", "test", "--max-documents", "12", "--context", "48"]
+    args += ["--stride", "24", "--batch-size", "4", "--tasks", "none"]
+    assert main(["evaluate", *args, "-o", str(tmp_path / "one.json")]) == 0
+    code, log = run(["-m", "worker.cli", "evaluate", *args, "-o", str(tmp_path / "two.json")])
+    assert code == 0, log
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["result"] for n in ("one", "two"))
+    assert two["world_size"] == 2 and "world_size" not in one
+    assert two["perplexity"]["tokens"] == one["perplexity"]["tokens"]
+    assert abs(two["perplexity"]["loss"] - one["perplexity"]["loss"]) <= 1e-6 * one["perplexity"]["loss"]
+    assert log.count("[save]") == 1 and log.count("[perplexity]") == 1, log
+
+
 def test_two_ranks_give_the_one_process_lm_eval(tmp_path):
     """Every request type's answers, bit for bit (each batch is the tensor one process forms), the
     local tasks' metrics, on both ranks; rank 0's progress counts the whole call's requests."""

@@ -516,13 +516,20 @@ def _evaluate(args) -> int:
         raise CliError(f"--tasks: {exc}") from None
     _check_result_path(args.out)
     _check_device(args.device)
-    model, tokenizer = _load(args.model, args.device)
+    from worker.engine.distributed import DistributedContext
+
+    # Under torchrun / srun: data-parallel, each rank scoring its share of the windows and of each lm-eval
+    # model call, the sums all-reduced: the one-process numbers, saved once by rank 0.
+    ctx = DistributedContext.from_environment(args.device)
+    model, tokenizer = _load(args.model, str(ctx.device) if ctx.distributed else args.device)
     if tokenizer is None:
         raise CliError(f"no tokenizer found with {args.model}")
     check_positions("--context", args.context or 0, {args.model: model.config})
     documents = read_documents(args.data, args.split)
     scored = len(documents) if args.max_documents is None else min(args.max_documents, len(documents))
-    say(f"[perplexity] {args.data}:{args.split} ({scored} of {len(documents)} documents)")
+    if ctx.is_main:
+        ranks = f" over {ctx.world_size} ranks" if ctx.distributed else ""
+        say(f"[perplexity] {args.data}:{args.split} ({scored} of {len(documents)} documents){ranks}")
     ppl = perplexity(
         model,
         documents,
@@ -531,10 +538,12 @@ def _evaluate(args) -> int:
         stride=args.stride,
         batch_size=args.batch_size,
         max_documents=args.max_documents,
+        ranks=ctx,
     )
     scores = []
     if tasks:
-        say(f"[lm-eval] {', '.join(tasks)}")
+        if ctx.is_main:
+            say(f"[lm-eval] {', '.join(tasks)}")
         scores = run_lm_eval(
             model,
             tokenizer,
@@ -544,8 +553,14 @@ def _evaluate(args) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             cache_root=Settings().cache,
+            ranks=ctx,
         )
     result = {"perplexity": ppl, "lm_eval": scores}
+    if ctx.distributed:
+        result["world_size"] = ctx.world_size
+    ctx.close()
+    if not ctx.is_main:
+        return 0
     if args.out:
         manifest = make_manifest(
             models={"model": model},
