@@ -98,7 +98,7 @@ export function resultingShape(spec, plan) {
     const groups = new Set(listFor(plan.remove_kv_groups, l));
     const heads = new Set(listFor(plan.remove_heads, l));
     for (const g of groups) for (let i = 0; i < perGroup; i++) heads.add(g * perGroup + i);
-    // A group whose query heads are all removed loses its K/V projection too (as in plan.py).
+    // A group whose query heads are all removed loses its K/V projection too (as in worker/engine/plan/shape.py).
     for (let g = 0; g < s.num_kv_heads; g++) {
       let all = true;
       for (let i = 0; i < perGroup && all; i++) all = heads.has(g * perGroup + i);
@@ -107,7 +107,7 @@ export function resultingShape(spec, plan) {
     let intermediate = s.intermediate_size - new Set(listFor(plan.remove_neurons, l)).size;
     const removedExperts = new Set(listFor(plan.remove_experts, l));
     if (s.num_experts) {
-      // Every kept expert keeps the same width (plan.py validates it); the narrowest is that width.
+      // Every kept expert keeps the same width (worker/engine/plan/validate.py validates it); the narrowest is that width.
       const cuts = (plan.remove_expert_neurons && (plan.remove_expert_neurons[l] || plan.remove_expert_neurons[String(l)])) || {};
       intermediate = s.intermediate_size;
       for (let e = 0; e < s.num_experts; e++) {

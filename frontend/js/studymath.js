@@ -1,10 +1,10 @@
 // The depth-vs-width study's two students (no DOM): a depth target (layers dropped) and a Minitron-style
 // width target (hidden and MLP shrunk together), each the largest within a parameter budget, in sizes the
-// server's fill accepts (worker/engine/plan.py's alignment rules, held equal by tests/ui/test_studymath.py).
+// server's fill accepts (worker/engine/plan/shape.py's alignment rules, held equal by tests/ui/test_studymath.py).
 import { layerShapes, paramCount } from "./costmodel.js";
 import { dtypeBytes } from "./memplan.js";
 
-// plan.HEAD_ALIGNED_FAMILIES: configs that validate hidden_size % num_attention_heads == 0 even with an
+// plan.shape.HEAD_ALIGNED_FAMILIES: configs that validate hidden_size % num_attention_heads == 0 even with an
 // explicit head_dim.
 const HEAD_ALIGNED_FAMILIES = ["llama", "gemma2", "gemma3"];
 

@@ -1,6 +1,6 @@
 """The dashboard counts plans in JS (frontend/js/costmodel.js) so a click updates the summary without a
 round trip; these tests run that JS in node and require the exact numbers of worker/engine/spec.py and
-worker/engine/plan.py for every tiny family, a Llama-3.1-8B-shaped spec and a range of plans."""
+worker/engine/plan/shape.py for every tiny family, a Llama-3.1-8B-shaped spec and a range of plans."""
 
 from __future__ import annotations
 

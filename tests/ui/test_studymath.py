@@ -1,5 +1,5 @@
 """The depth-vs-width study's targets (frontend/js/studymath.js, run in node) are sizes the server's fill
-accepts: the JS alignment rules are worker/engine/plan.py's (hidden_alignment, expert_alignment) on every
+accepts: the JS alignment rules are worker/engine/plan/shape.py's (hidden_alignment, expert_alignment) on every
 tiny family, MoE and real shape, and each width target fills and validates on the server with the
 parameter count the wizard shows, within its budget. Before, the wizard rounded the hidden size to a
 multiple of the head count on every family: a GPT-2 (head_dim rule) or MoE (grouped_mm rule) study was

@@ -5,7 +5,7 @@
     prunescope prune MODEL --plan plan.json [--importance RUN_DIR] -o OUT [--dtype D] [--overwrite]
                      [--out-of-core | --in-memory] [--shard-size GB]
 
-A plan file holds one `PrunePlan` (see worker/engine/plan.py), for example
+A plan file holds one `PrunePlan` (see worker/engine/plan/schema.py), for example
     {"drop_layers": [3], "remove_heads": {"0": [1, 5]}, "targets": {"intermediate_size": 2048}}
 Targets are filled from the importance run given with --importance (its default aggregation:
 L2 over the batch, mean over the sequence, unless --batch-agg/--seq-agg say otherwise).
