@@ -1,6 +1,6 @@
 """Refuse a job that fits no live worker's memory (409), naming the nearest setting that does.
 
-The estimate is the memory planner's (worker/engine/memplan.py, torch-free); the capacities come from
+The estimate is the memory planner's (worker/engine/memplan/, torch-free); the capacities come from
 the worker registry (each entry's `memory`, refreshed with the worker's heartbeat; `host_memory`, the
 host's RAM, where a job's tensors live outside the device; `spill_disk`, what a streamed importance
 pass may write to disk). Only workers that consume the job's queue count, and only those that report

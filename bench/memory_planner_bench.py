@@ -1,4 +1,4 @@
-"""The memory planner (worker/engine/memplan.py) against real peaks: distillation, importance, evaluation, pruning.
+"""The memory planner (worker/engine/memplan/) against real peaks: distillation, importance, evaluation, pruning.
 
 Each case runs in a fresh subprocess (so one case's allocator state cannot leak into the next) and
 reports, side by side with the planner's estimate:

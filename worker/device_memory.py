@@ -3,7 +3,7 @@
 
 CUDA: `nvidia-smi` for the worker's GPU (no CUDA context in the worker's own process: that would hold
 a few hundred MiB of the GPU for as long as the worker lives), else `torch.cuda.mem_get_info`. CPU: MemTotal and MemAvailable from /proc/meminfo, since RAM is
-shared with every other process on the machine. The memory planner (worker/engine/memplan.py
+shared with every other process on the machine. The memory planner (worker/engine/memplan/fit.py
 `usable_bytes`) turns this into what a job may use.
 """
 

@@ -10,7 +10,7 @@ export function compact(n, digits = 3) {
   return Number.isInteger(n) ? String(n) : n.toPrecision(digits);
 }
 
-/** The one way the dashboard writes a memory figure, the mirror of worker/engine/memplan.py's
+/** The one way the dashboard writes a memory figure, the mirror of worker/engine/memplan/units.py's
  * `format_bytes` (so a form's memory line reads as the API's 409 and the worker's logs): binary units,
  * the largest in which it is at least 1, one decimal: "384 B", "1.5 KiB", "150.3 MiB", "17.5 GiB".
  * tests/ui/test_format.py holds the two alike. */

@@ -1,4 +1,4 @@
-// Mirror of worker/engine/memplan.py (the memory planner), so every job form shows its memory need as the
+// Mirror of worker/engine/memplan/ (the memory planner), so every job form shows its memory need as the
 // user types. tests/ui/test_memplan.py checks these numbers against the Python ones; change both together.
 // Works in the browser and in node (no DOM use).
 import { layerParams, layerShapes, paramCount } from "./costmodel.js";
@@ -16,7 +16,7 @@ const TRANSIENT_BACKWARD = 6;
 const CUDA_RESERVE_FRACTION = 0.05;
 const CUDA_RESERVE_BYTES = 512 * 2 ** 20;
 const NUM_SUMS = 4;
-// Families without an SDPA path (eager attention) and with fused q/k/v and gate/up projections (as memplan.py).
+// Families without an SDPA path (eager attention) and with fused q/k/v and gate/up projections (as memplan/units.py).
 const EAGER_FAMILIES = ["gemma2"];
 const FUSED_FAMILIES = ["phi3"];
 // Families that soft-cap the final logits: one more [chunk, V] buffer in the NLL (as memplan.nll_chunk_buffers).
@@ -322,7 +322,7 @@ export function importanceMemory(spec, opts) {
   const settings = { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans };
   let host = 0;
   let disk = 0;
-  // The layers and the head never overlap: the larger phase is the peak (as memplan.py); a streamed pass
+  // The layers and the head never overlap: the larger phase is the peak (as memplan/jobs.py); a streamed pass
   // holds two layers' weights in its layer loop on CPU, one on CUDA (memplan.streamed_layer_copies).
   const layerCopies = device.startsWith("cuda") ? 1 : 2;
   const layerPhase =

@@ -18,6 +18,7 @@ from tests.real_shapes import llama_3_1_8b
 from tests.tiny_models import tiny_configs
 from worker.engine import memplan
 from worker.engine.adapters import arch_spec
+from worker.engine.memplan.jobs import _layer_weight_bytes
 from worker.engine.spec import ArchSpec
 
 
@@ -367,7 +368,7 @@ def test_math_attention_scores_only_where_no_fused_kernel_runs():
     # ... less one layer's weights: CUDA holds the streamed layer once (the host keeps the read copy).
     assert streamed["settings"]["phases"]["layer"] - cpu_streamed["settings"]["phases"][
         "layer"
-    ] == qkvo + scores + kv - mlp - memplan._layer_weight_bytes(gqa, 4)
+    ] == qkvo + scores + kv - mlp - _layer_weight_bytes(gqa, 4)
     # The layers and the head never overlap (measured, bench): the working set is the larger phase.
     for plan in (streamed, memplan.evaluation_memory(gqa, **kw), memplan.importance_memory(gqa, **kw)):
         assert plan["parts"]["working"] == max(plan["settings"]["phases"].values())

@@ -1,5 +1,5 @@
 """The dashboard sizes jobs in JS (frontend/js/memplan.js) as the user types; these tests run that JS in
-node and require the exact numbers of worker/engine/memplan.py on a grid of architectures (every tiny
+node and require the exact numbers of worker/engine/memplan/ on a grid of architectures (every tiny
 family, mixture-of-experts ones too, a Llama-3.1-8B and a Qwen3-30B-A3B shape, non-uniform pruned students) and settings,
 Gemma 2's eager attention, Gemma 3's sliding-window masks, Phi-3's fused projections and padded batches (repeated keys and values) included;
 prune jobs in memory and out of core."""

@@ -39,7 +39,7 @@ class DistillConfig(BaseModel):
     teacher_correction_lr_factor: float = Field(0.2, gt=0)  # x teacher peak LR (paper 2: 1/5)
     teacher_peak_lr: float | None = Field(None, gt=0)  # the teacher's own peak; default: lr
     bf16: bool = True  # autocast to bf16 on CUDA only; CPU runs in the weights' dtype
-    # Memory options, applied by distill() through distill.memory.memory_options (worker/engine/memplan.py
+    # Memory options, applied by distill() through distill.memory.memory_options (worker/engine/memplan/
     # sizes them): recompute each student layer's activations
     # in backward instead of keeping them; hold student and teacher weights in bfloat16 (pure-bf16
     # training: AdamW's moments follow the weights' dtype, no float32 master copy; the loss stays float32).

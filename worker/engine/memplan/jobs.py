@@ -1,40 +1,6 @@
-"""Torch-free memory planner: peak bytes per device of importance, pruning, distillation and evaluation.
-
-Shared by the engine (bench), the backend (the 409 check against the workers' memory) and the
-dashboard, which mirrors it in `frontend/js/memplan.js` (tests/ui/test_memplan.py holds the two to
-the same numbers). Everything is computed from an `ArchSpec` and the job's settings.
-
-What is derived and what is fitted (bench/memory_planner_bench.py measures both):
-
-- Derived, exact: weights, gradients and AdamW states from the exact parameter counts. Our loop keeps
-  no float32 master copy: `torch.optim.AdamW` keeps its two moments in the parameters' dtype, so with
-  bfloat16 weights the gradients and moments are bfloat16 too (pure-bf16 training; the loss itself
-  is always computed in float32).
-- Derived, exact for Llama, Mistral, Qwen2 / 3, OLMo 2, Phi-3 and Gemma 2 blocks (tests/engine/test_memplan.py
-  counts the tensors autograd really saves): the activations a decoder layer saves per token,
-  `saved_bytes_per_token`, with each family's norm layout (`_norm_layout`) and q/k norms, Phi-3's fused
-  projections and Gemma 2's eager attention (its scores are saved: 8 bytes per head and key); Gemma 3
-  within 8 bytes per token, its sliding-window layers' masks past the window included (SDPA saves an
-  additive [B, 1, S, S] copy per layer: `sliding_masked_layers`); the mixture-of-experts MLPs of Qwen3-MoE, Mixtral and
-  Qwen2-MoE within 4 (k + 1) bytes per layer and token (`moe_saved_bytes_per_token`). GPT-2 uses the
-  same terms and is approximate.
-- Derived from transformers' and torch's code, then measured (tests/engine/test_memplan.py, the bench):
-  the attention buffers a layer holds while it runs (`attention_bytes`): Gemma 2's eager [B, H, S, S]
-  scores and masks (transformers has no SDPA path for its soft-capped logits), keys and values
-  repeated to every head (eager kernel, SDPA's math kernel, or a padded batch's or a sliding window's
-  mask), the mask; a layer's MLP and attention run one after the other (`forward_working_bytes`).
-- Counted from the code, then measured exactly (the bench, tests): a prune job's tensors, in memory
-  (with save_pretrained's copies of a mixture of experts' gate_up tensors) and out of core (with the
-  rows a scattered cut gathers, `gathered_rows_numel`).
-- Counted from the code, then confirmed by profiles: the chunked loss's per-chunk logit buffers
-  (`*_CHUNK_BUFFERS`).
-- Fitted: the transient working set of a layer's forward / backward as `TRANSIENT_*` multiples of the
-  widest per-token tensor (round numbers checked against CPU profiles of tiny models: the bench's 20
-  CPU cases land at 0.95-1.14 of the measured tensor peak). A streamed importance pass peaks in its
-  layer loop or at its head, never both (measured: 1.02 and 1.04). SDPA's math-kernel scores on CUDA
-  in float32 with grouped queries (`math_attention_bytes`): measured on the 8B evaluation (H200). The CUDA-only terms (the autocast copy of the weights, foreach AdamW temporaries, the
-  CUDA context) are derived from what torch does, not yet measured here.
-"""
+"""Peak bytes of each job: distillation (`distill_memory`, `teacher_correction_memory`), importance
+(`importance_memory`, with its streamed pass's activation stores and passes), evaluation
+(`evaluation_memory`) and pruning (`prune_memory`)."""
 
 from __future__ import annotations
 
@@ -42,229 +8,26 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from worker.engine.memplan.activations import (
+    forward_working_bytes,
+    layers_saved_bytes_per_token,
+    nll_chunk_buffers,
+    saved_bytes_per_token,
+    transient_bytes_per_token,
+)
+from worker.engine.memplan.units import (
+    FUSED_FAMILIES,
+    LOSS_CHUNK_BUFFERS_CE,
+    LOSS_CHUNK_BUFFERS_KD,
+    NUM_SUMS,
+    auto_chunk_tokens,
+    dtype_bytes,
+)
 from worker.engine.spec import ArchSpec, LayerShape
-
-GiB = 1 << 30
-# Bytes per element by dtype name (the one table: plan.expert_alignment and the estimators use it).
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-# Logits held per chunk when the chunk size is automatic (the one definition: chunked_head uses it).
-# CPU: 2^24 floats (64 MiB per fp32 buffer). CUDA: 2^28 (1 GiB): the LM-head matmuls need big chunks to run
-# well; measured on an H200 (Llama-3.1-8B -> 4.5B KD step, 128k vocabulary, FSDP2, bf16): 130-token chunks
-# (2^24) ran at 0.83x the tokens/s of a full-logit loop, 2048-token chunks at 0.98x, for 6 GiB more peak.
-CHUNK_LOGITS = 1 << 24
-CHUNK_LOGITS_CUDA = 1 << 28
-# float32 [chunk, V] buffers alive at once inside the chunked loss, counted from
-# worker/engine/distill/losses.py and confirmed by the bench's profiles: KD (z, log p, grad z, z_t / tau,
-# log p_t, p_t and two products), CE only (z, log p, grad z, softmax and two products), and the
-# inference-only NLL of evaluation / importance (z and its log-softmax).
-LOSS_CHUNK_BUFFERS_KD = 8
-LOSS_CHUNK_BUFFERS_CE = 6
-NLL_CHUNK_BUFFERS = 2
-# A layer's transient working set in its forward / backward, in units of a [tokens, intermediate]
-# activation (fitted on CPU profiles; see the module docstring).
-TRANSIENT_FORWARD = 3
-TRANSIENT_BACKWARD = 6
-# Per-device slack the planner keeps free: CUDA context + allocator fragmentation, as a fraction and
-# a fixed amount (a job that needs 79.5 of 80 GiB does not "fit").
-# Windows (or packed blocks) per forward of a perplexity pass: evaluation.perplexity's default, what the
-# API's check and the dashboard size evaluate and preview jobs at.
-EVAL_BATCH_SIZE = 8
-CUDA_RESERVE_FRACTION = 0.05
-CUDA_RESERVE_BYTES = 512 << 20
-# RAM a streamed pass's activation stores leave to the rest of the process and the OS page cache
-# (importance/activation_store.StoreBudget; the API's check and the dashboard size the tiers alike).
-HOST_RESERVE_BYTES = 2 << 30
-NUM_SUMS = 4  # float32 running sums per unit and half (worker/engine/importance/stats.py)
-# A prune job with out_of_core="auto" cuts out of core when the teacher would take more than this share
-# of the free RAM (out_of_core.choose_mode; backend.memcheck and jobmemory.js predict it per worker).
-AUTO_OUT_OF_CORE_RAM_FRACTION = 0.5
-# Families whose transformers class has no SDPA path, so their attention runs the eager kernel and
-# materialises the [B, H, S, S] scores (Gemma 2: `_supports_sdpa = False`, soft-capped attention logits).
-EAGER_FAMILIES = ("gemma2",)
-# Families whose released configs soft-cap the final logits (Gemma 2: cap * tanh(z / cap)): the chunked
-# head holds the raw logits, their tanh and the capped result at once, one buffer more than NLL_CHUNK_BUFFERS.
-SOFTCAP_FAMILIES = ("gemma2",)
-# Families with one fused linear for q / k / v (`qkv_proj`) and one for gate / up (`gate_up_proj`).
-FUSED_FAMILIES = ("phi3",)
-
-
-def dtype_bytes(dtype: str) -> int:
-    """Bytes per element of `dtype`; a ValueError for one not in DTYPE_BYTES (a guess would give wrong
-    sizes and alignments)."""
-    try:
-        return DTYPE_BYTES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
-
-
-def logit_budget(device: str = "cpu") -> int:
-    """Logits one automatic LM-head chunk may hold on this kind of device."""
-    return CHUNK_LOGITS_CUDA if str(device).startswith("cuda") else CHUNK_LOGITS
-
-
-def auto_chunk_tokens(vocab_size: int, device: str = "cpu") -> int:
-    """Tokens per LM-head chunk when none is given: as many as fit the device's logit budget."""
-    return max(64, logit_budget(device) // max(1, vocab_size))
-
-
-def spec_from_summary(summary: dict) -> ArchSpec:
-    """An ArchSpec from `ArchSpec.summary()` (what the API stores for teachers and students)."""
-    return ArchSpec.model_validate(
-        {**summary, "layers": None if summary.get("uniform", True) else summary["layers"]}
-    )
-
-
-# ---- activations --------------------------------------------------------------------------------
-
-
-def norm_saved_bytes(width: int, act: int, normalised: int | None = None, feeds_linear: bool = True) -> int:
-    """An RMSNorm saves its float32 input, the float32 inverse RMS and the normalised input (for the
-    weight's gradient: `act` bytes, float32 in Gemma's and OLMo 2's norms, `normalised`), and when a
-    linear follows it hands it an `act`-byte output, which the linear saves."""
-    kept = act if normalised is None else normalised
-    return 4 * width + 4 + kept * width + (act * width if feeds_linear else 0)
-
-
-def _norm_layout(spec: ArchSpec) -> str:
-    """Where a family's norms sit: "pre" (Llama-style), "sandwich" (Gemma 2 / 3: pre and post norms
-    around both sublayers) or "post" (OLMo 2: the sublayers' outputs only)."""
-    if spec.layer_norms == 4:
-        return "sandwich"
-    return "post" if spec.family == "olmo2" else "pre"
-
-
-def nll_chunk_buffers(spec: ArchSpec) -> int:
-    """float32 [chunk, V] buffers of the inference NLL's chunk at once (one more with a logit soft-cap)."""
-    return NLL_CHUNK_BUFFERS + (1 if spec.family in SOFTCAP_FAMILIES else 0)
-
-
-def eager_attention(spec: ArchSpec) -> bool:
-    """Whether the family's attention runs transformers' eager kernel (no SDPA support)."""
-    return spec.family in EAGER_FAMILIES
-
-
-def sliding_masked_layers(spec: ArchSpec, seq_len: int) -> int:
-    """Layers whose SDPA attention gets a mask without padding: the sliding-window ones (Gemma 3) once
-    the sequence reaches the window (transformers skips the mask only for S < window: measured, S = window
-    gets it; a global layer runs is_causal, no mask). Gemma 2's eager kernel: none
-    (its masks are `attention_bytes`' scores term)."""
-    window = spec.sliding_window
-    return spec.sliding_layers if window and seq_len >= window and not eager_attention(spec) else 0
-
-
-def layer_saved_bytes_per_token(
-    spec: ArchSpec,
-    shape: LayerShape,
-    act: int,
-    hidden: int | None = None,
-    seq_len: int = 0,
-    masked: bool = False,
-) -> int:
-    """Bytes autograd saves per token for one decoder layer (`act`-byte activations).
-
-    Exact against autograd's saved tensors for Llama, Mistral, Qwen2 / 3, OLMo 2, Phi-3, Gemma 2 and
-    the MoE families; Gemma 3 within one rotary table (tests/engine/test_memplan.py). SDPA attention
-    saves q, k, v, its output and a float32 log-sum-exp per head. Gemma 2's eager attention instead
-    saves, per head, `seq_len` scores three times over: the soft-cap's tanh output (act), the float32
-    softmax and its cast back to act (bfloat16 / float16 only): 8 bytes per score in either dtype.
-    Phi-3's fused projections: its `v` is a view of the fused [q | k | v] output, which stays saved
-    whole, and the attention output reaches o_proj as a copy (the fused query's layout).
-    `masked`: SDPA gets a mask (a sliding-window layer past its window, `sliding_masked_layers`), so
-    transformers repeats the keys and values to every head and SDPA saves its additive copy of the
-    mask, [B, 1, S, S] in act: `seq_len` act bytes per token (measured on Gemma 3, CPU, both dtypes)."""
-    d = spec.hidden_size if hidden is None else hidden
-    h, g, hd, f = shape.num_heads, shape.num_kv_heads, spec.head_dim, shape.intermediate_size
-    layout = _norm_layout(spec)
-    f32_norms = 4 if layout != "pre" else None  # Gemma and OLMo 2 normalise in float32
-    # Gemma 2's eager kernel always repeats the keys and values to all query heads; SDPA with a mask too.
-    eager = eager_attention(spec)
-    kv = h if eager or masked else g
-    attn = act * (2 * h * hd + 2 * kv * hd)  # q, k, v, output
-    if eager:
-        attn += (act + 4 + (act if act != 4 else 0)) * h * seq_len
-    else:
-        attn += 4 * h + (act * seq_len if masked else 0)  # float32 log-sum-exp per head; the mask
-    if spec.family in FUSED_FAMILIES:
-        attn += act * ((h + g) * hd + h * hd)
-    if spec.qk_norm:  # over each head, or (OLMo 2) over all heads at once; RoPE keeps no input
-        if spec.qk_norm_full_width:
-            attn += sum(norm_saved_bytes(n * hd, act, f32_norms, feeds_linear=False) for n in (h, g))
-        else:
-            attn += (h + g) * norm_saved_bytes(hd, act, f32_norms, feeds_linear=False)
-    mlp = moe_saved_bytes_per_token(spec, shape, act, d) if shape.num_experts else 4 * act * f
-    if layout == "pre":
-        norms = 2 * norm_saved_bytes(d, act)
-    elif layout == "sandwich":
-        norms = 2 * norm_saved_bytes(d, act, 4) + 2 * norm_saved_bytes(d, act, 4, feeds_linear=False)
-    else:  # post: the sublayers read the residual stream (saved once per sublayer by its linears)
-        norms = 2 * norm_saved_bytes(d, act, 4, feeds_linear=False) + 2 * act * d
-    return norms + attn + mlp
-
-
-def moe_saved_bytes_per_token(spec: ArchSpec, shape: LayerShape, act: int, hidden: int) -> int:
-    """A mixture-of-experts MLP's saved activations per token (transformers' grouped_mm experts, counted
-    by tests/engine/test_memplan.py): per routed copy of the token (k of them) the expert's gate/up
-    output, act(gate) and the down projection's input (4 F), its gathered input and its output before
-    the routing weight multiplies it (2 D), and that weight; the router's float32 probabilities [E];
-    the renormalised top-k weights and their sum (Mixtral, Qwen3-MoE's released configs; a model
-    that does not renormalise saves 4 (k + 1) bytes less). Qwen2-MoE's shared expert: a dense gated
-    MLP (4 Fs), its output and its sigmoid gate."""
-    k = spec.experts_used(shape, active=True)
-    weight = 4 if spec.family == "mixtral" else act  # Qwen casts the top-k weights to act, Mixtral not
-    routed = k * (4 * act * shape.intermediate_size + 2 * act * hidden + weight)
-    router = 4 * shape.num_experts + 4 * (k + 1)
-    fs = spec.shared_expert_intermediate_size
-    shared = 4 * act * fs + act * hidden + act if fs else 0
-    return routed + router + shared
-
-
-def saved_bytes_per_token(spec: ArchSpec, act: int, checkpointing: bool = False, seq_len: int = 0) -> int:
-    """All saved activations per token of a full forward (up to the final norm) for backward
-    (`seq_len`: the eager kernel's scores, saved per token and key)."""
-    d = spec.hidden_size
-    # The final norm's float32 input, inverse RMS and normalised output (float32 in Gemma and OLMo 2).
-    final = norm_saved_bytes(d, act, 4 if _norm_layout(spec) != "pre" else None, feeds_linear=False)
-    if checkpointing:  # each layer keeps only its input; one layer at a time is recomputed in backward
-        return spec.num_layers * act * d + final
-    return sum(layers_saved_bytes_per_token(spec, act, seq_len)) + final
-
-
-def layers_saved_bytes_per_token(spec: ArchSpec, act: int, seq_len: int = 0) -> list[int]:
-    """Each layer's saved bytes per token. The spec counts its sliding-window layers, not which they
-    are: past the window the masked ones are taken to be those that save the most (exact when the
-    layers are uniform)."""
-    plain = [layer_saved_bytes_per_token(spec, s, act, seq_len=seq_len) for s in spec.layer_shapes()]
-    masked = [
-        layer_saved_bytes_per_token(spec, s, act, seq_len=seq_len, masked=True) for s in spec.layer_shapes()
-    ]
-    order = sorted(range(len(plain)), key=lambda i: plain[i] - masked[i])  # largest mask cost first
-    chosen = set(order[: sliding_masked_layers(spec, seq_len)])
-    return [masked[i] if i in chosen else plain[i] for i in range(len(plain))]
-
-
-def widest(spec: ArchSpec) -> LayerShape:
-    shapes = spec.layer_shapes()
-    return max(shapes, key=lambda s: layer_saved_bytes_per_token(spec, s, 4))
-
-
-def transient_bytes_per_token(spec: ArchSpec, act: int, backward: bool) -> int:
-    """A layer's temporaries while it runs: multiples of its widest per-token tensor. A fused gate / up
-    projection (Phi-3) holds its whole [tokens, 2 F] output until the product of its halves is made:
-    one [tokens, F] more than separate projections in the forward (measured: exactly 1.0, against a
-    Llama of the same shapes, tests/engine/test_memplan.py)."""
-    s = widest(spec)
-    width = max(s.intermediate_size, spec.hidden_size, s.num_heads * spec.head_dim)
-    if s.num_experts:  # grouped_mm runs every routed copy of the tokens at once: [k N, F] and [k N, D]
-        width = max(width, spec.experts_used(s, active=True) * max(s.intermediate_size, spec.hidden_size))
-    fused = act * s.intermediate_size if spec.family in FUSED_FAMILIES and not backward else 0
-    return (TRANSIENT_BACKWARD if backward else TRANSIENT_FORWARD) * act * width + fused
 
 
 def _layer_weight_bytes(spec: ArchSpec, weight: int) -> int:
     return max(spec.layer_params(s) for s in spec.layer_shapes()) * weight
-
-
-# ---- jobs ---------------------------------------------------------------------------------------
 
 
 def _result(parts: dict[str, int], **settings) -> dict:
@@ -287,7 +50,7 @@ def distill_memory(
 ) -> dict:
     """Peak bytes per device of one distillation step (teacher None: the CE-only baseline).
 
-    Peak = max(end of forward, end of backward + optimizer step); see the module docstring.
+    Peak = max(end of forward, end of backward + optimizer step); see memplan/__init__.py's docstring.
     `num_gpus` > 1 is the sharded (FSDP-style) layout the planner already sizes: parameters, gradients
     and optimizer states divided by N plus one layer's all-gathered weights, and the batch split over
     the devices.
@@ -483,80 +246,6 @@ def _importance_mlp_units(shape: LayerShape) -> int:
     if shape.num_experts:
         return shape.num_experts * (3 + shape.intermediate_size)
     return shape.intermediate_size
-
-
-def math_attention_bytes(
-    spec: ArchSpec, batch_size: int, seq_len: int, act_bytes: int, device: str, padded: bool = False
-) -> int:
-    """The float32 scores and their softmax, [B, H, S, S] each, that SDPA's math kernel holds at its peak
-    when no fused kernel takes the call: on CUDA with float32 activations and grouped-query attention
-    without a padding mask. Flash and cuDNN attention take fp16 / bf16 only, and the memory-efficient
-    kernel rejects grouped queries (torch's sdp_utils.cpp: check_batch_size_and_num_heads_dense<false>),
-    which transformers passes as `enable_gqa` when there is no padding mask (integrations/sdpa_attention.py);
-    with one (`padded`) it repeats the keys and values itself and the memory-efficient kernel runs. Two
-    buffers: measured on the math kernel (CPU profile; its code is the same on CUDA), and the H200's
-    Llama-3.1-8B fp32 evaluation peak (docs/results/gpu_h200_2026-11-29/run3_memplan_eval.log).
-    bf16 / fp16, multi-head attention, eager families and CPU (its flash kernel takes float32) never get
-    here."""
-    shapes = spec.layer_shapes()
-    if not str(device).startswith("cuda") or act_bytes != 4 or padded or eager_attention(spec):
-        return 0
-    if not any(s.num_kv_heads < s.num_heads for s in shapes):
-        return 0
-    return 2 * batch_size * max(s.num_heads for s in shapes) * seq_len * seq_len * 4
-
-
-def attention_bytes(
-    spec: ArchSpec, batch_size: int, seq_len: int, act_bytes: int, device: str = "cpu", padded: bool = False
-) -> dict[str, int]:
-    """What a layer's attention holds while it runs (no autograd), beyond the per-token working set:
-
-    - `attention_scores`: Gemma 2's eager kernel (transformers has no SDPA path for its soft-capped
-      logits): [B, H, S, S] scores, act + 4 bytes each at the peak (the soft-cap's tanh and the mask's
-      add hold two act copies; the softmax its act input and float32 output; the cast back its float32
-      input and act output), and the model's two additive masks [B, 1, S, S] in act (full and sliding-
-      window layers); or SDPA's math kernel (`math_attention_bytes`).
-    - `repeated_kv`: grouped keys and values copied to every query head, [B, H, S, head_dim] each, where
-      something repeats them: the eager kernel's `repeat_kv`, the math kernel's `enable_gqa`, and
-      transformers' SDPA path when the batch has padding (a mask), which also builds a boolean
-      [B, 1, S, S] mask that SDPA turns into an additive one in act (`attention_mask`); a sliding-window
-      layer past its window gets the same mask without padding (`sliding_masked_layers`).
-    Only the non-zero parts are returned."""
-    shapes = spec.layer_shapes()
-    h = max(s.num_heads for s in shapes)
-    grouped = any(s.num_kv_heads < s.num_heads for s in shapes)
-    b, s_ = batch_size, seq_len
-    out: dict[str, int] = {}
-    eager = eager_attention(spec)
-    sliding = sliding_masked_layers(spec, seq_len) > 0
-    masked = padded or sliding
-    # The math kernel runs where there is no mask: every layer unless padded, the global ones if sliding.
-    every_layer_masked = padded or (sliding and spec.sliding_layers >= spec.num_layers)
-    math_scores = math_attention_bytes(spec, b, s_, act_bytes, device, every_layer_masked)
-    if eager:
-        out["attention_scores"] = b * h * s_ * s_ * (act_bytes + 4) + 2 * b * s_ * s_ * act_bytes
-    elif math_scores:
-        out["attention_scores"] = math_scores
-    if grouped and (eager or math_scores or masked):
-        out["repeated_kv"] = 2 * b * h * s_ * spec.head_dim * act_bytes
-    if masked and not eager:  # transformers' boolean mask, and SDPA's additive copy of it in act
-        # (without padding the boolean sliding-window mask is one [1, 1, S, S] broadcast over the batch)
-        out["attention_mask"] = (b if padded else 1) * s_ * s_ + b * s_ * s_ * act_bytes
-    return out
-
-
-def forward_working_bytes(
-    spec: ArchSpec, batch_size: int, seq_len: int, act: int, device: str = "cpu", padded: bool = False
-) -> int:
-    """A layer's forward working set (no autograd) beyond its input and output: the MLP's transient
-    (`transient_bytes_per_token`) or the attention's (its q, k, v and output per token plus the buffers of
-    `attention_bytes`), whichever is larger: the two sublayers run one after the other. Measured on a
-    Gemma 3 whose sliding-window masks dominate (the bench: 0.96 / 0.97; summed, 1.27 / 1.40)."""
-    n = batch_size * seq_len
-    hd = spec.head_dim
-    qkvo = max(act * (2 * s.num_heads * hd + 2 * s.num_kv_heads * hd) for s in spec.layer_shapes())
-    attention = n * qkvo + sum(attention_bytes(spec, batch_size, seq_len, act, device, padded).values())
-    return max(n * transient_bytes_per_token(spec, act, backward=False), attention)
 
 
 def streamed_layer_copies(device: str) -> int:
@@ -849,60 +538,3 @@ def saved_expert_copies_numel(spec: ArchSpec) -> int:
     Qwen3-MoE in-memory prune peaks there, with all three copies alive (0.89 without this term)."""
     gates = 2 if spec.mlp_gated else 1
     return sum(s.num_experts * gates * s.intermediate_size * spec.hidden_size for s in spec.layer_shapes())
-
-
-# ---- fitting it on a worker -----------------------------------------------------------------------
-
-
-def usable_bytes(worker_memory: dict) -> int:
-    """What a job may use on one worker's device, from its registry entry's `memory`:
-    CUDA: the device's total minus a reserve (context, fragmentation; a worker runs one job per
-    device); CPU: MemAvailable at the worker's last heartbeat (RAM is shared with everything else)."""
-    if worker_memory.get("kind") == "cuda":
-        total = int(worker_memory["total_bytes"])
-        return max(0, int(total * (1 - CUDA_RESERVE_FRACTION)) - CUDA_RESERVE_BYTES)
-    return int(worker_memory.get("free_bytes") or 0)
-
-
-def distill_candidates(settings: dict) -> list[dict]:
-    """Settings to try, nearest first: checkpointing on, bf16 weights, both; then halved batches."""
-    base_batch = int(settings["batch_size"])
-    toggles = [{}]
-    if not settings.get("gradient_checkpointing"):
-        toggles.append({"gradient_checkpointing": True})
-    if settings.get("weights_dtype", "float32") == "float32":
-        toggles.append({"weights_dtype": "bfloat16"})
-        if not settings.get("gradient_checkpointing"):
-            toggles.append({"gradient_checkpointing": True, "weights_dtype": "bfloat16"})
-    batches = [base_batch]
-    while batches[-1] > 1:
-        batches.append(max(1, batches[-1] // 2))
-    out = []
-    for halvings, b in enumerate(batches):
-        for t in toggles:
-            change = dict(t)
-            if b != base_batch:
-                change["batch_size"] = b
-            cost = len(t) + halvings
-            out.append((cost, -b, len(t), change))
-    out.sort(key=lambda c: c[:3])
-    return [c[3] for c in out if c[3]]
-
-
-def describe_change(change: dict) -> str:
-    return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in change.items())
-
-
-BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def format_bytes(n: float) -> str:
-    """The one way the app writes a memory figure (logs, errors, the API's 409s; the dashboard's
-    format.js `bytes` mirrors it): binary units, the largest in which it is at least 1, one decimal
-    ("384 B", "1.5 KiB", "150.3 MiB", "17.5 GiB"). Decimal GB is left to the settings named in GB
-    (PRUNESCOPE_SPILL_LIMIT_GB, spill_limit_gb, PRUNESCOPE_OUT_OF_CORE_THRESHOLD_GB) and values quoted in them."""
-    i = 0
-    while abs(n) >= 1024 and i < len(BYTE_UNITS) - 1:
-        n /= 1024
-        i += 1
-    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {BYTE_UNITS[i]}"
