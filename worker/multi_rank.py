@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.rank_failures import failure_reason
+from worker.rank_failures import command_error, failure_reason, whole_lines
 from worker.runtime import JobRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,10 +182,12 @@ def run_ranks(
     if rt.should_stop():  # a cancel another node saw first ended the ranks: a stop, not a failure
         return False
     log = _tail(output, SUMMARY_BYTES)
-    # First the rank that ended them: torchrun's "root cause" is often one that failed after it.
-    reason = failure_reason(log)
-    first = f"{reason}\n" if reason else ""
-    raise RanksFailed(f"{first}torchrun over {ranks} ranks exited with code {code}:\n{log[-3000:]}")
+    # First what the command said, then the rank that ended them (torchrun's "root cause" is often one that
+    # failed after it), then the output's end.
+    head = [line for line in (command_error(log), failure_reason(log)) if line]
+    first = "".join(f"{line}\n" for line in head)
+    tail = whole_lines(log[-3000:]) if len(log) > 3000 else log
+    raise RanksFailed(f"{first}torchrun over {ranks} ranks exited with code {code}:\n{tail}")
 
 
 def _stopped_node(rt, rendezvous: Rendezvous) -> str | None:

@@ -20,6 +20,9 @@ _FAILURE = re.compile(
     r"exitcode\s*:\s*(?P<code>-?\d+) \(pid: (?P<pid>\d+)\)"
 )
 
+# What the ranks' own command says when it refuses its input (worker.cli.main: "prunescope distill: error: ...").
+_CLI_ERROR = re.compile(r"^prunescope [\w-]+: error: .+$", re.MULTILINE)
+
 # gloo: "Timed out waiting 5000ms for send operation to complete"; NCCL's watchdog: "WorkNCCL(...) ran
 # for 600123 milliseconds before timing out".
 _TIMEOUT = re.compile(r"Timed out waiting (?P<a>\d+)\s*ms|ran for (?P<b>\d+) milliseconds before timing out")
@@ -66,6 +69,19 @@ def failure_reason(log: str) -> str | None:
     after = [f"rank {f.rank}" for f in failures if f not in killed]
     then = f"; {', '.join(after)} ended after it" if after else ""
     return "; ".join(f.describe() for f in killed) + then
+
+
+def command_error(log: str) -> str | None:
+    """The first error line the ranks' command printed (every rank prints the same one for bad input),
+    or None: the cause a user acts on, which would otherwise sit somewhere in the ranks' output."""
+    m = _CLI_ERROR.search(log)
+    return m[0] if m else None
+
+
+def whole_lines(text: str) -> str:
+    """`text` from its first line start: a tail cut at a byte count begins mid-word."""
+    start = text.find("\n")
+    return text if start < 0 else text[start + 1 :]
 
 
 def _timed_out(log: str) -> str:

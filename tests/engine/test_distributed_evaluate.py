@@ -192,6 +192,22 @@ def test_failure_reason_without_a_signal_names_every_failed_rank():
     )
 
 
+def test_a_failed_launch_leads_with_the_commands_own_error_line():
+    """A job's error starts with what the ranks' command said (its "prunescope distill: error: ..."
+    line), not with exit codes and a tail of loading bars cut mid-word (outside distributed audit 6)."""
+    from worker.rank_failures import command_error, whole_lines
+
+    log = (
+        "oading weights: 100%|#####| 21/21\n[load] /models/student\n"
+        "prunescope distill: error: model not found: demo is not a local directory\n"
+        "prunescope distill: error: model not found: demo is not a local directory\n"
+        "Traceback (most recent call last):\n  File torchrun ...\n"
+    )
+    assert command_error(log) == "prunescope distill: error: model not found: demo is not a local directory"
+    assert command_error("Traceback (most recent call last):\nRuntimeError: boom\n") is None
+    assert whole_lines(log).startswith("[load] /models/student")
+
+
 class _Stopping(_Runtime):
     """A runtime whose job is cancelled once the last rank is inside its first lm-eval call."""
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import start_live_app, stop_live_app
 from tests.engine.torchrun_helpers import live_ranks
-from tests.platform.helpers import error_text, make_student, start_distill
+from tests.platform.helpers import error_text, make_dataset, make_student, start_distill
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,21 @@ def test_a_student_of_the_demo_teacher_distills_on_two_ranks(two_rank_app):
     done = app.wait_job(job["id"], timeout=150)
     assert done["status"] == "succeeded", done.get("error")
     assert done["result"]["world_size"] == 2 and done["result"]["steps"] == 2
+    assert rank_processes(str(app.data_dir)) == []
+
+
+def test_a_failed_multi_rank_job_leads_with_the_ranks_error_line(two_rank_app, two_rank_job):
+    """The ranks refuse the job's data (too few documents for a validation split): the job's error
+    starts with the command's own line, as a one-process job's does, before the exit codes and the
+    output's end (which began mid-word and hid that line among loading bars)."""
+    app = two_rank_app
+    student = app.api.get("/students").json()[0]
+    tiny = make_dataset(app, documents=2)
+    job = start_distill(app, student["id"], gpus=2, steps=2, dataset_id=tiny["id"], checkpoint_every=0)
+    done = app.wait_job(job["id"], timeout=150)
+    assert done["status"] == "failed"
+    first = done["error"].splitlines()[0]
+    assert first.startswith("RanksFailed: prunescope distill: error: "), done["error"][:600]
     assert rank_processes(str(app.data_dir)) == []
 
 
