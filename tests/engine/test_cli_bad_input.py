@@ -78,6 +78,50 @@ def test_damaged_shard_index_is_named(root, tmp_path, capsys):
     assert "model.safetensors.index.json is not a safetensors index" in line
 
 
+@pytest.mark.parametrize("damage", ["wrong_shard", "missing_key", "missing_shard"])
+def test_a_damaged_shard_index_or_a_missing_shard_is_one_line_when_read_tensor_by_tensor(
+    damage, root, tmp_path, capsys
+):
+    """Streamed importance and the out-of-core cut read the index's shards tensor by tensor: an index
+    naming the wrong shard or missing a tensor was a KeyError traceback, and a missing shard read as
+    "not a safetensors checkpoint: download a hub model first" (outside big-teacher audit 2, 3)."""
+    model = copy_model(root, tmp_path, "sharded")
+    index_file = model / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    names = sorted(index["weight_map"])
+    victim = next(n for n in names if "layers.1.mlp.down_proj" in n)
+    shard = index["weight_map"][victim]
+    if damage == "wrong_shard":
+        index["weight_map"][victim] = next(f for f in sorted(set(index["weight_map"].values())) if f != shard)
+        want = f"the index puts {victim} in"
+    elif damage == "missing_key":
+        del index["weight_map"][victim]
+        want = f"has no tensor {victim}"
+    else:
+        (model / shard).unlink()
+        want = shard
+    index_file.write_text(json.dumps(index))
+    out = tmp_path / "out"
+    streamed = [
+        "importance",
+        model,
+        *SMALL,
+        "--scans",
+        "bi,drop",
+        "--tokenizer",
+        root / "model",
+        "--offload",
+        "always",
+    ]
+    streamed += ["-o", out]
+    line = error_line(capsys, *streamed)
+    assert want in line and "download" not in line, line
+    assert want in error_line(
+        capsys, "prune", model, "--plan", root / "plan.json", "-o", out, "--out-of-core"
+    )
+    assert not out.exists()
+
+
 def test_mistyped_config_field_is_named(root, tmp_path, capsys):
     model = copy_model(root, tmp_path)
     config = json.loads((model / "config.json").read_text())

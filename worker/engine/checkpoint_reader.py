@@ -102,6 +102,11 @@ def _read_into(f, buffer: torch.Tensor, offset: int) -> None:
         done += n
 
 
+class MissingTensor(ValueError):
+    """A tensor the model needs that the checkpoint (its index, or the shard the index names) does not
+    hold: a damaged or hand-edited checkpoint, said in one line like any bad input (a ValueError)."""
+
+
 class CheckpointReader:
     """Names, shapes and contents of the tensors of one safetensors checkpoint directory."""
 
@@ -151,10 +156,15 @@ class CheckpointReader:
         the other dims are then selected in memory. The peak is about one tensor (at most the tensor
         plus its cut). The result owns its memory (module docstring).
         """
-        file = self.weight_map[name]
+        file = self.weight_map.get(name)
+        if file is None:
+            raise MissingTensor(f"{self.path}: the checkpoint's index has no tensor {name}")
         entry = self._meta.get(name)
         if entry is None or entry.file != file:
-            raise KeyError(f"{self.path}: the index puts {name} in {file}, which has no such tensor")
+            raise MissingTensor(
+                f"{self.path}: the index puts {name} in {file}, which has no such tensor (a damaged "
+                "model.safetensors.index.json? transformers reads every shard and may not notice)"
+            )
         dtype = SAFETENSORS_DTYPES.get(entry.dtype)
         if dtype is None:
             raise ValueError(f"{self.path}: {name} has dtype {entry.dtype}, which this torch cannot hold")
@@ -203,4 +213,4 @@ def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-__all__ = ["INDEX_FILE", "SINGLE_FILE", "CheckpointReader", "read_header"]
+__all__ = ["INDEX_FILE", "SINGLE_FILE", "CheckpointReader", "MissingTensor", "read_header"]

@@ -16,6 +16,7 @@ import re
 import torch
 
 from worker.engine.adapters import Adapter
+from worker.engine.checkpoint_reader import MissingTensor
 
 
 def fuse_expert_weights(adapter: Adapter, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -68,7 +69,7 @@ class FusedExpertReader:
             name = f"{p}{a.disk_moe_name}.experts.{expert}.{part}.weight"
             if name in self.names:
                 return name
-        raise KeyError(
+        raise MissingTensor(
             f"the checkpoint has no tensor {prefix}{a.disk_moe_name}.experts.{expert}.{part}.weight"
         )
 
@@ -99,7 +100,7 @@ class FusedExpertReader:
         while True:
             try:
                 self._disk(prefix, e, self.adapter.disk_expert_names[2])
-            except KeyError:
+            except MissingTensor:
                 return e
             e += 1
 

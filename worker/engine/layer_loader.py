@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from worker.engine.adapters import adapter_for_model_type
-from worker.engine.checkpoint_reader import CheckpointReader
+from worker.engine.checkpoint_reader import CheckpointReader, MissingTensor
 from worker.engine.dtypes import SAFETENSORS_DTYPES, config_dtype, dtype_name, torch_dtype
 
 META = torch.device("meta")
@@ -119,7 +119,7 @@ class ModuleLoader:
         router = self._experts.router_name(name) if self._experts is not None else None
         if router is not None:  # the MoE module may have another name on disk (Mixtral)
             return router
-        raise KeyError(f"{self.reader.path}: the checkpoint has no tensor {name}")
+        raise MissingTensor(f"{self.reader.path}: the checkpoint has no tensor {name}")
 
     def _read(self, name: str) -> torch.Tensor:
         if self._experts is not None and self._experts.covers(name):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from worker.engine.adapters import Adapter, adapter_for_model_type
-from worker.engine.checkpoint_reader import CheckpointReader
+from worker.engine.checkpoint_reader import CheckpointReader, MissingTensor
 from worker.engine.cut_map import TensorCut, cut_map
 from worker.engine.dtypes import torch_dtype
 from worker.engine.fingerprint import hash_tensor
@@ -70,7 +70,7 @@ class Checkpoint:
         router = self._experts().router_name(name) if self.adapter.moe else None
         if router is not None:  # MoE router: the MoE module may have another name on disk (Mixtral)
             return router
-        raise KeyError(f"{self.path}: the checkpoint has no tensor {name}")
+        raise MissingTensor(f"{self.path}: the checkpoint has no tensor {name}")
 
     def _experts(self):
         from worker.engine.expert_layout import FusedExpertReader
@@ -129,7 +129,7 @@ def _check_sizes(ckpt: Checkpoint) -> None:
     for name, param in unique_parameters(ckpt.model).items():
         try:
             shape = ckpt.shape(name)
-        except KeyError:  # a missing tensor is named where it is read
+        except MissingTensor:  # named where it is read
             continue
         if math.prod(shape) != param.numel():
             raise weights_mismatch(ckpt.path, name, shape, param.shape)

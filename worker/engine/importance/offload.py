@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,12 +77,15 @@ def in_memory_need(
     """Peak bytes of the in-memory pass of a run with `params` (batch_size, seq_len, samples, scans,
     block_size, stream: memplan.importance_options) on `source` loaded in `dtype`; None when `source`
     is not a local directory of safetensors weights (it cannot be streamed)."""
+    from worker.engine.checkpoint_reader import INDEX_FILE, SINGLE_FILE
     from worker.engine.out_of_core import open_checkpoint
 
-    try:
-        ckpt = open_checkpoint(source, dtype=dtype)
-    except FileNotFoundError:  # a hub id, or .bin weights only
-        return None
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file() or not any(
+        (path / f).is_file() for f in (INDEX_FILE, SINGLE_FILE)
+    ):
+        return None  # a hub id, or .bin weights only
+    ckpt = open_checkpoint(path, dtype=dtype)  # a damaged checkpoint (a missing shard) says so here
     options = memplan.importance_options(params, torch.device(device).type)
     return memplan.importance_memory(
         ckpt.spec, **options, streamed=False, weights_dtype=dtype_name(ckpt.dtype)
