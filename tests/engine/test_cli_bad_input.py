@@ -122,6 +122,27 @@ def test_a_damaged_shard_index_or_a_missing_shard_is_one_line_when_read_tensor_b
     assert not out.exists()
 
 
+@pytest.mark.parametrize("mode", ["--in-memory", "--out-of-core"])
+def test_a_bad_plan_is_refused_before_the_teacher_is_read(mode, root, tmp_path, capsys):
+    """The plan is checked on the config's shapes first: a layer out of range took a whole hash (out
+    of core) or load (in memory) of the teacher before it was said, minutes on a 70B one."""
+    (tmp_path / "bad.json").write_text(json.dumps({"drop_layers": [40]}))
+    code = main(
+        [
+            "prune",
+            str(root / "sharded"),
+            "--plan",
+            str(tmp_path / "bad.json"),
+            "-o",
+            str(tmp_path / "o"),
+            mode,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "layer 40 out of range" in err.strip().splitlines()[-1], err
+    assert "[hash]" not in err and "[load]" not in err, err
+
+
 def test_mistyped_config_field_is_named(root, tmp_path, capsys):
     model = copy_model(root, tmp_path)
     config = json.loads((model / "config.json").read_text())

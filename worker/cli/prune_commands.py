@@ -51,12 +51,10 @@ def _load(args):
     )
 
 
-def _resolve_plan(args, spec, plan, weights_hash: Callable[[str | None], str]):
-    """The explicit plan: targets filled from the importance run, then validated (errors raise).
-
-    `weights_hash(dtype)` is the model's weights SHA-256 as loaded in `dtype` (None: as loaded here),
-    asked for only when there are targets to fill.
-    """
+def _resolve_plan(args, spec, plan):
+    """(the explicit plan, the importance run's manifest or None): targets filled from the importance
+    run, then validated (errors raise). Reads no weight: a bad plan is refused before a big teacher is
+    hashed or loaded (`_check_same_weights` compares the run's weights once they are read)."""
     from worker.engine.plan import PlanError, check_plan, fill_plan, fill_warnings
 
     importance_manifest = None
@@ -71,7 +69,6 @@ def _resolve_plan(args, spec, plan, weights_hash: Callable[[str | None], str]):
         result = ImportanceResult.load(args.importance)
         importance_manifest = result.manifest
         scores = result.scores(batch=args.batch_agg, seq=args.seq_agg)
-        _check_same_weights(weights_hash, result.manifest)
         try:
             plan = fill_plan(plan, spec, scores)
         except PlanError as exc:
@@ -87,11 +84,12 @@ def _resolve_plan(args, spec, plan, weights_hash: Callable[[str | None], str]):
     return plan, importance_manifest
 
 
-def _check_same_weights(weights_hash: Callable[[str | None], str], manifest: dict) -> None:
+def _check_same_weights(weights_hash: Callable[[str | None], str], manifest: dict | None) -> None:
     """Scores measured on other weights rank the wrong units: warn (the user may know better). The
     weights are compared in the dtype the importance run loaded them in: `search` scores in float32
-    the bfloat16 checkpoint `importance` read as it is, and those are the same weights."""
-    expected = manifest.get("weights_sha256")
+    the bfloat16 checkpoint `importance` read as it is, and those are the same weights. `weights_hash(dtype)`
+    is the model's weights SHA-256 as loaded in `dtype` (None: as loaded here). No run: nothing to do."""
+    expected = (manifest or {}).get("weights_sha256")
     if expected and weights_hash(manifest.get("dtype")) != expected:
         say("warning: the importance run was measured on different weights than this model")
 
@@ -166,7 +164,8 @@ def cmd_plan_stats(args) -> int:
     plan = _read_plan(args.plan)
     model, _tok = _load(args)
     spec = arch_spec(model)
-    plan, _ = _resolve_plan(args, spec, plan, lambda dtype: weights_sha256(model, dtype))
+    plan, importance_manifest = _resolve_plan(args, spec, plan)
+    _check_same_weights(lambda dtype: weights_sha256(model, dtype), importance_manifest)
     stats = plan_stats(plan, spec)
     if args.json:
         print(json.dumps({"plan": plan.model_dump(mode="json"), **stats}, indent=2))
@@ -208,12 +207,17 @@ def _prune_in_memory(args, original_plan, out: Path, why: str) -> int:
     from worker.engine.plan import kept_layers
     from worker.engine.surgery import apply_plan
 
+    # The plan is checked on the config's shapes first: a typo is said before the teacher is loaded.
+    plan, importance_manifest = _resolve_plan(args, _config_spec(args), original_plan)
     model, tokenizer = _load(args)
     spec = arch_spec(model)
     teacher = _teacher_record(args, spec, weights_sha256(model))  # hashed once: the surgery changes it
     own = model_dtype_name(model)
-    hash_in = _hash_in(teacher["weights_sha256"], own, lambda dtype: weights_sha256(model, dtype))
-    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher, hash_in)
+    _check_same_weights(
+        _hash_in(teacher["weights_sha256"], own, lambda dtype: weights_sha256(model, dtype)),
+        importance_manifest,
+    )
+    stats = _stats(spec, plan)
     steps = len(kept_layers(plan, spec)) + bool(plan.remove_hidden) + bool(plan.drop_layers)
     with tqdm(total=steps, desc="prune", unit="step", file=sys.stderr) as bar:
         apply_plan(model, plan, progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
@@ -234,13 +238,15 @@ def _prune_out_of_core(args, checkpoint, original_plan, out: Path, why: str) -> 
     from worker.engine.out_of_core import checkpoint_weights_sha256, prune_checkpoint
 
     spec = checkpoint.spec
+    plan, importance_manifest = _resolve_plan(args, spec, original_plan)  # before any weight is read
     say("[hash] teacher weights, tensor by tensor")
     teacher = _teacher_record(args, spec, checkpoint_weights_sha256(checkpoint))
     own = dtype_name(checkpoint.dtype)
-    hash_in = _hash_in(
-        teacher["weights_sha256"], own, lambda dtype: checkpoint_weights_sha256(checkpoint, dtype)
+    _check_same_weights(
+        _hash_in(teacher["weights_sha256"], own, lambda dtype: checkpoint_weights_sha256(checkpoint, dtype)),
+        importance_manifest,
     )
-    plan, importance_manifest, stats = _plan_and_stats(args, spec, original_plan, teacher, hash_in)
+    stats = _stats(spec, plan)
     manifest = _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why)
     say(f"[save] {out}")
     with tqdm(desc="prune", unit="tensor", file=sys.stderr) as bar:
@@ -274,13 +280,21 @@ def _teacher_record(args, spec, weights_hash: str) -> dict:
     }
 
 
-def _plan_and_stats(args, spec, original_plan, teacher: dict, weights_hash: Callable[[str | None], str]):
+def _config_spec(args):
+    """The teacher's shapes from its config alone, in the dtype it will be loaded in."""
+    from worker.engine.loading import config_spec
+
+    return config_spec(
+        args.model, dtype=args.dtype, trust_remote_code=getattr(args, "trust_remote_code", False)
+    )
+
+
+def _stats(spec, plan) -> dict:
     from worker.engine.plan import plan_stats
 
-    plan, importance_manifest = _resolve_plan(args, spec, original_plan, weights_hash)
     stats = plan_stats(plan, spec)
     say(f"[prune] {spec.param_count()['total']:,} -> {stats['params_total']:,} parameters")
-    return plan, importance_manifest, stats
+    return stats
 
 
 def _manifest(args, teacher, original_plan, plan, importance_manifest, stats, why: str) -> dict:

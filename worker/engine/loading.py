@@ -97,30 +97,13 @@ def load_model(
     asked for, and only architectures with an adapter are accepted. `progress(done, total)` counts the
     checkpoint's tensors as they are read (see `weights_progress`): from 0/N to N/N, never backwards.
     """
-    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     source = str(source)
-    path = Path(source).expanduser()
-    local = path.is_dir()
-    if not local and (path.exists() or _looks_like_path(source)):
-        raise FileNotFoundError(f"model not found: {source} is not a model directory")
-    where = str(path) if local else source
-    if local and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model not found: {source} has no config.json")
-    hub = {} if local else hub_kwargs(source)  # no network: the cache only, or one quick clear error
     started = time.perf_counter()
-    try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub)
-    except OSError as exc:
-        raise FileNotFoundError(f"model not found: {source} ({_first_line(exc)})") from exc
-    except StrictDataclassError as exc:  # a field of the wrong type: its name, then what was wrong
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])
-        raise ValueError(f"cannot read the config of {source}: {detail}") from None
-    except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
-        raise ValueError(f"cannot read the config of {source}: {_first_line(exc)}") from exc
-    adapter_for_model_type(getattr(config, "model_type", None))  # unsupported: a clear error, before weights
+    config, where, path, hub = _read_config(source, trust_remote_code)
+    local = path is not None
     kwargs = {"dtype": torch_dtype(dtype)} if dtype is not None else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -148,6 +131,55 @@ def load_model(
         time.perf_counter() - started,
     )
     return model, load_tokenizer(where, trust_remote_code)
+
+
+def _read_config(source: str, trust_remote_code: bool):
+    """(config, where to load from, the local directory or None, hub kwargs) of a model source, with a
+    clear error for a missing model, a broken config or an unsupported architecture, before any weight."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    local = path.is_dir()
+    if not local and (path.exists() or _looks_like_path(source)):
+        raise FileNotFoundError(f"model not found: {source} is not a model directory")
+    where = str(path) if local else source
+    if local and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model not found: {source} has no config.json")
+    hub = {} if local else hub_kwargs(source)  # no network: the cache only, or one quick clear error
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub)
+    except OSError as exc:
+        raise FileNotFoundError(f"model not found: {source} ({_first_line(exc)})") from exc
+    except StrictDataclassError as exc:  # a field of the wrong type: its name, then what was wrong
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])
+        raise ValueError(f"cannot read the config of {source}: {detail}") from None
+    except (ValueError, TypeError, KeyError) as exc:  # a broken or remote-code config
+        raise ValueError(f"cannot read the config of {source}: {_first_line(exc)}") from exc
+    adapter_for_model_type(getattr(config, "model_type", None))  # unsupported: a clear error, before weights
+    return config, where, path if local else None, hub
+
+
+def config_spec(source: str | os.PathLike, *, dtype=None, trust_remote_code: bool = False):
+    """The model's ArchSpec from its config alone (shapes on "meta", no weight read), in `dtype` (None:
+    the config's): what the inspect job stores, and what a plan is checked against before a big teacher
+    is read."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from worker.engine.adapters import arch_spec
+    from worker.engine.dtypes import config_dtype, dtype_name
+
+    config, _, path, _ = _read_config(str(source), trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        if path is not None and (path / LAYERS_FILE).is_file():  # a non-uniform student: config.json
+            resize_to_layers_file(model, path, config)  # holds only the widest layer
+    spec = arch_spec(model)
+    stated = torch_dtype(dtype) if dtype is not None else config_dtype(config)
+    if stated is not None:
+        spec.dtype = dtype_name(stated)
+    return spec
 
 
 def resize_to_layers_file(model: nn.Module, path: Path, config) -> None:
