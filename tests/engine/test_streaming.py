@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.engine.distill_helpers import demo_documents, demo_tokenizer, packed, tiny_llama
+from worker.engine import streaming
 from worker.engine.data import (
     PackedTokens,
     jsonl_texts,
@@ -166,12 +167,15 @@ def test_bad_sources_fail_clearly(tmp_path, docs, monkeypatch):
         TokenStream(tok, tmp_path, seq_len=16, data_format="csv")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    with pytest.raises(ValueError, match="no documents"):
+    with pytest.raises(ValueError, match="no documents in .*empty.jsonl: its files hold no text"):
         TokenStream(tok, empty, seq_len=16, split=None).take(1)
+    with pytest.raises(ValueError, match="its files hold no text"):  # a split asked of an empty file too
+        TokenStream(tok, empty, seq_len=16, split="calibration").take(1)
     one = _write(tmp_path / "one.jsonl", docs[:1])  # too few documents for every split to get one
     missing = next(s for s in ("train", "validation", "calibration", "test") if s != split_of(docs[0]))
     with pytest.raises(
-        ValueError, match=rf"no documents of split '{missing}' in .*a hash of its text, about"
+        ValueError,
+        match=rf"no documents of split '{missing}' among the 1 document\(s\) of .*a hash of its text, about",
     ):
         TokenStream(tok, one, seq_len=16, split=missing).take(1)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -235,9 +239,9 @@ def test_distillation_on_a_stream_resumes_exactly(tmp_path, docs):
 
     calls = {"n": 0}
 
-    def stop_at_half() -> bool:
+    def stop_at_half() -> bool:  # polled before each of the 2 correction steps, then each training step
         calls["n"] += 1
-        return calls["n"] > 10
+        return calls["n"] > 2 + 10
 
     halves = tiny_llama(seed=2)
     first = distill(
@@ -270,7 +274,6 @@ def test_distillation_on_a_stream_resumes_exactly(tmp_path, docs):
 @pytest.mark.parametrize("chunk", [1, 2, 5, 64])
 def test_txt_paragraphs_split_alike_at_any_read_chunk(tmp_path, monkeypatch, chunk):
     """Paragraph breaks cut by a read boundary (newline runs, blank lines of spaces) split as read_documents."""
-    from worker.engine import streaming
 
     text = "first para\nline two\n \t \n\n\nsecond é\n\n  indented\n\n\n\nthird\n \n\n \nlast 😀 line\n\n"
     path = tmp_path / "t.txt"
@@ -284,11 +287,41 @@ def test_txt_paragraphs_split_alike_at_any_read_chunk(tmp_path, monkeypatch, chu
         ]
 
 
+def test_txt_errors_name_the_byte_and_the_paragraph_rule(tmp_path, monkeypatch):
+    """A .txt shard: bad bytes are named where they are in the file (it said "near byte 20" of a file
+    damaged at byte 526988: the offset within the paragraph); a file with no blank line (one document per
+    line) is one document, refused past MAX_TXT_PARAGRAPH instead of held whole; a split with none of it
+    says how .txt documents are split (outside big-teacher audit 5-7)."""
+    tok = demo_tokenizer()
+    good = "".join(f"paragraph {i} with some words in it\n\n" for i in range(2000))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(good.encode() + b"a paragraph with \xff\xfe bytes\n\nand after\n")
+    at = len(good.encode()) + len(b"a paragraph with ")
+    monkeypatch.setattr(streaming, "_TXT_CHUNK", 4096)
+    with pytest.raises(ValueError, match=rf"bad.txt: not UTF-8 text \(near byte {at}\)"):
+        list(streaming.txt_documents(bad, 0))
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("".join(f"document {i} on one line\n" for i in range(20000)))
+    monkeypatch.setattr(streaming, "MAX_TXT_PARAGRAPH", 100_000)
+    with pytest.raises(ValueError, match=r"lines.txt: no blank line in .* a .txt document is a paragraph"):
+        TokenStream(tok, lines, seq_len=16, split="calibration").take(1)
+    monkeypatch.setattr(streaming, "MAX_TXT_PARAGRAPH", 64 << 20)
+    missing = next(
+        s
+        for s in ("train", "validation", "calibration", "test")
+        if s != split_of(lines.read_text().strip("\n"))
+    )
+    with pytest.raises(
+        ValueError, match=r"among the 1 document\(s\) .*in a .txt file a document is a paragraph"
+    ):
+        TokenStream(tok, lines, seq_len=16, split=missing).take(1)
+
+
 def test_one_list_of_data_formats():
     from typing import get_args
 
     from backend.data_reading import DataFormat
     from worker.cli import data_options
-    from worker.engine import streaming
 
     assert data_options.DATA_FORMATS == streaming.DATA_FORMATS == get_args(DataFormat)

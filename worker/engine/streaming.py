@@ -102,12 +102,22 @@ def check_source_inside(source: str | os.PathLike, roots: list[Path]) -> None:
 # ---- documents of one shard, from a position, each with the position just after it ---------------------
 
 
+# A .txt document is a paragraph: one larger than this is a file without blank lines (one document per
+# line reads as one huge document), refused rather than held whole in memory.
+MAX_TXT_PARAGRAPH = 64 << 20
+
+
+class _NotUtf8(Exception):
+    def __init__(self, offset: int):
+        self.offset = offset  # in the file
+
+
 def txt_documents(path: Path, start: int) -> Iterator[tuple[str, int]]:
     """Paragraphs (split as `data.read_documents` splits .txt files) and the byte offset after each."""
     try:
         yield from _txt_paragraphs(path, start)
-    except UnicodeDecodeError as exc:  # a binary file named .txt: say which, not the codec's words
-        raise ValueError(f"{path}: not UTF-8 text (near byte {start + exc.start})") from None
+    except _NotUtf8 as exc:  # a binary file named .txt: say which, not the codec's words
+        raise ValueError(f"{path}: not UTF-8 text (near byte {exc.offset})") from None
 
 
 def _txt_paragraphs(path: Path, start: int) -> Iterator[tuple[str, int]]:
@@ -116,21 +126,34 @@ def _txt_paragraphs(path: Path, start: int) -> Iterator[tuple[str, int]]:
         base, pending = start, b""  # `pending` starts at file offset `base`
         while True:
             chunk = handle.read(_TXT_CHUNK)
+            # Only the new bytes (and the whitespace before them, where a break may have begun) are
+            # searched again: rescanning the whole pending paragraph made a long one quadratic.
+            scan = len(pending.rstrip(b" \t\n"))
             pending += chunk
             cut = 0
-            for match in _PARAGRAPH_BREAK.finditer(pending):
+            for match in _PARAGRAPH_BREAK.finditer(pending, scan):
                 if chunk and match.end() == len(pending):
                     break  # the break may go on in the next chunk
-                yield from _paragraph(pending[cut : match.start()], base + match.end())
+                yield from _paragraph(pending[cut : match.start()], base + cut, base + match.end())
                 cut = match.end()
             if not chunk:
-                yield from _paragraph(pending[cut:], base + len(pending))
+                yield from _paragraph(pending[cut:], base + cut, base + len(pending))
                 return
             base, pending = base + cut, pending[cut:]
+            if len(pending) > MAX_TXT_PARAGRAPH:
+                raise ValueError(
+                    f"{path}: no blank line in the {len(pending) >> 20} MiB from byte {base}: a .txt document "
+                    "is a paragraph (text between blank lines), so a file of one document per line is one "
+                    'huge document; separate documents by blank lines, or write them as .jsonl ({"text": ...})'
+                )
 
 
-def _paragraph(raw: bytes, after: int) -> Iterator[tuple[str, int]]:
-    text = raw.decode("utf-8").strip("\n")
+def _paragraph(raw: bytes, begin: int, after: int) -> Iterator[tuple[str, int]]:
+    """The paragraph `raw` (file bytes `begin` to `after`, its break included) as text, if not blank."""
+    try:
+        text = raw.decode("utf-8").strip("\n")
+    except UnicodeDecodeError as exc:
+        raise _NotUtf8(begin + exc.start) from None
     if text.strip():
         yield text, after
 
@@ -341,23 +364,32 @@ class TokenStream:
         """(text, epoch, shard, position after it) from a position on, over epochs when repeating."""
         from_start = shard == 0 and position == 0
         while True:
-            found = False
+            found = seen = 0
             for index in range(shard, len(self.shards)):
                 for text, after in self._read_shard(index, position if index == shard else 0):
+                    seen += 1
                     if self._keep is None or split_of(text) == self._keep:
-                        found = True
+                        found += 1
                         yield text, epoch, index, after
             if from_start and not found:
-                if self._keep is None:
-                    raise ValueError(f"no documents in {self.source}")
-                share = len(SPLIT_BUCKETS[self._keep])  # as read_documents says it, unstreamed
-                raise ValueError(
-                    f"no documents of split {self._keep!r} in {self.source} (each document goes to a split by "
-                    f"a hash of its text, about {share}% to this one): use a source with more documents"
-                )
+                raise ValueError(self._nothing_read(seen))
             if not self.repeat:
                 return
             epoch, shard, position, from_start = epoch + 1, 0, 0, True
+
+    def _nothing_read(self, seen: int) -> str:
+        """Why a whole pass over the source gave no document of this stream's split (`seen`: documents
+        of any split)."""
+        if not seen:
+            return f"no documents in {self.source}: its files hold no text"
+        share = len(SPLIT_BUCKETS[self._keep])  # as read_documents says it, unstreamed
+        txt = any(not isinstance(s, str) and (self._format or _format_of(s)) == "txt" for s in self.shards)
+        paragraphs = "; in a .txt file a document is a paragraph, text between blank lines" if txt else ""
+        return (
+            f"no documents of split {self._keep!r} among the {seen} document(s) of {self.source} (each document "
+            f"goes to a split by a hash of its text, about {share}% to this one{paragraphs}): use a source with "
+            "more documents"
+        )
 
     def _next_document(self) -> tuple[list[int], int, int, int]:
         if not self._pending:
