@@ -268,7 +268,16 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
 def test_ranks_come_from_torchrun_or_slurm_and_one_process_is_the_identity(monkeypatch):
     from worker.engine.distributed import DistributedContext, launched_ranks
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "MASTER_ADDR"):
+    slurm_nodes = ("SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "SLURM_PROCID",
+        "MASTER_ADDR",
+        *slurm_nodes,
+    ):
         monkeypatch.delenv(name, raising=False)
     assert launched_ranks() is None
     ctx = DistributedContext.from_environment()
@@ -278,9 +287,38 @@ def test_ranks_come_from_torchrun_or_slurm_and_one_process_is_the_identity(monke
     for name, value in {**slurm, "MASTER_ADDR": "node0"}.items():
         monkeypatch.setenv(name, value)
     assert launched_ranks() == {"rank": 3, "world_size": 4, "local_rank": 1, "local_world_size": 2}
+    # srun without --ntasks-per-node: the per-node count from the step's nodes (a 2-node run said nodes: 1)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert launched_ranks() == {"rank": 3, "world_size": 4, "local_rank": 1, "local_world_size": 2}
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(name, value)  # torchrun's variables win over SLURM's
     assert launched_ranks() == {"rank": 1, "world_size": 2, "local_rank": 0, "local_world_size": 1}
+
+
+def test_a_slurm_task_says_what_it_waits_for():
+    """Inside an sbatch script (SLURM_PROCID, SLURM_NTASKS and MASTER_ADDR set for a later srun) a plain
+    command joins a group of SLURM_NTASKS ranks: it says so before waiting, instead of sitting silent
+    until the collective timeout (outside distributed audit 8)."""
+    import subprocess
+    import sys
+
+    from tests.engine.torchrun_helpers import rank_env
+
+    env = {
+        **rank_env(),
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29731",
+    }
+    code = "from worker.engine.distributed import DistributedContext; DistributedContext.from_environment('cpu', 2)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("[ranks] SLURM task 0 of 2: waiting for the others at 127.0.0.1:29731"), (
+        proc.stderr
+    )
 
 
 def test_the_memory_planner_places_the_teacher():

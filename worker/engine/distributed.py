@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -37,8 +38,15 @@ def launched_ranks() -> dict | None:
         return None
     rank, world = _env_int(env[0]), _env_int(env[1])
     local = _env_int(env[2]) or 0
-    per_node = _env_int(env[3]) or world
+    per_node = _env_int(env[3]) or _slurm_tasks_per_node(world) or world
     return {"rank": rank, "world_size": world, "local_rank": local, "local_world_size": per_node}
+
+
+def _slurm_tasks_per_node(world: int) -> int | None:
+    """srun sets SLURM_NTASKS_PER_NODE only when asked for it (--ntasks-per-node); the step's node count
+    is always there, and tasks spread evenly over it."""
+    nodes = _env_int("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    return max(1, world // nodes) if nodes else None
 
 
 @dataclass
@@ -68,6 +76,14 @@ class DistributedContext:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
+        if "RANK" not in os.environ and ranks["rank"] == 0:  # SLURM's variables: say what is awaited
+            print(
+                f"[ranks] SLURM task 0 of {ranks['world_size']}: waiting for the others at "
+                f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '?')} (outside an srun step, "
+                "unset SLURM_PROCID to run one process)",
+                file=sys.stderr,
+                flush=True,
+            )
         for key, name in (("rank", "RANK"), ("world_size", "WORLD_SIZE"), ("local_rank", "LOCAL_RANK")):
             os.environ.setdefault(name, str(ranks[key]))  # srun: init_process_group reads env://
         kind = torch.device(device).type
