@@ -24,9 +24,12 @@ from worker.runtime import JobCancelled, JobRuntime
 MODULE = "worker.cli"  # `python -m worker.cli importance ...`: the prunescope command, run by each rank
 
 
-def importance_args(p: dict, *, model: str, data: str, out: Path, device: str) -> list[str]:
+def importance_args(
+    p: dict, *, model: str, data: str, out: Path, device: str, name: str | None = None
+) -> list[str]:
     args = [
         model,
+        *(["--model-name", name] if name else []),
         "--data", data,
         "-o", str(out),
         "--device", device,
@@ -34,7 +37,7 @@ def importance_args(p: dict, *, model: str, data: str, out: Path, device: str) -
         "--seq-len", str(p["seq_len"]),
         "--batch-size", str(p["batch_size"]),
         "--block-size", str(p["block_size"]),
-        "--scans", ",".join(p["scans"]),
+        "--scans", ",".join(p["scans"]) or "none",
         "--seed", str(p["seed"]),
         "--offload", "never",
     ]  # fmt: skip
@@ -58,7 +61,12 @@ def rank_args(rt: JobRuntime, job: Job, out: Path) -> list[str]:
     return [
         "importance",
         *importance_args(
-            run.params, model=model_source(teacher.source), data=dataset.source, out=out, device=device
+            run.params,
+            model=model_source(teacher.source),
+            name=teacher.source,  # recorded in the manifest as the one-process job records it
+            data=dataset.source,
+            out=out,
+            device=device,
         ),
     ]
 

@@ -66,6 +66,22 @@ def test_two_rank_importance_equals_one_process(app, body):
     assert rank_processes(str(app.data_dir)) == [] and not _importance_ranks(app)
 
 
+def test_a_multi_rank_run_records_the_teachers_stored_source(app, body):
+    """The ranks read the demo teacher's directory, but the artifact's manifest names the teacher as its
+    one-process run does ("demo"), not the worker's install path (outside distributed audit 9)."""
+    from worker.engine.importance.result import ImportanceResult
+
+    demo = app.api.post("/teachers", json={"name": "demo", "source": "demo"}).json()
+    assert app.wait_job(demo["job_id"])["status"] == "succeeded"
+    small = {**body, "teacher_id": demo["id"], "samples": 4, "seq_len": 16, "scans": []}
+    r = app.api.post("/importance-runs", json={**small, "gpus": 2})
+    assert r.status_code == 201, r.text
+    job = app.wait_job(r.json()["job_id"], timeout=150)
+    assert job["status"] == "succeeded", job.get("error")
+    manifest = ImportanceResult.load(app.data_dir / "artifacts" / job["result"]["artifact"]).manifest
+    assert manifest["model"] == manifest["tokenizer"] == "demo" and manifest["world_size"] == 2
+
+
 def _importance_ranks(app) -> list[str]:
     return live_ranks("worker.cli importance", str(app.data_dir))
 

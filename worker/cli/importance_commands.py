@@ -30,6 +30,12 @@ def register(subparsers) -> None:
         "model", nargs="?", default=None, help="model directory or hub id (default: the demo teacher)"
     )
     parser.add_argument(
+        "--model-name",
+        default=None,
+        help="what the manifest records as the model (default: the model argument); a job's ranks pass "
+        "the teacher's stored source (e.g. demo), as its one-process run records it",
+    )
+    parser.add_argument(
         "--data", default="demo", help="calibration source: demo, a .txt/.jsonl/.parquet file or dir, hf:<id>"
     )
     add_data_options(parser)  # --stream: calibration samples are the first blocks of the calibration split
@@ -44,7 +50,11 @@ def register(subparsers) -> None:
         default=2,
         help="k of the contiguous-block scans, block and angular (default 2)",
     )
-    parser.add_argument("--scans", default="bi,drop,block", help=f"comma-separated layer scans ({SCAN_HELP})")
+    parser.add_argument(
+        "--scans",
+        default="bi,drop,block",
+        help=f"comma-separated layer scans ({SCAN_HELP}); none: width scores only",
+    )
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
@@ -101,9 +111,12 @@ def _check_options(args) -> tuple[str, ...]:
 
     scans = tuple(s.strip() for s in args.scans.split(",") if s.strip())
     bad = [s for s in scans if s not in SCANS]
-    if bad or not scans:
+    if scans == ("none",):  # width scores only (heads, neurons, hidden), as a job with scans: []
+        scans = ()
+    elif bad or not scans:
         raise CliError(
-            f"--scans: unknown scan {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCANS)}"
+            f"--scans: unknown scan {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCANS)} "
+            "(none: width scores only)"
         )
     from worker.cli import check_append_file, check_output_dir
     from worker.engine.importance.artifact import is_artifact
@@ -261,13 +274,13 @@ def _calibration_batches(args, tokenizer, source: str, streamed: bool, documents
 def _metadata(args, source: str, stream_description: dict | None, ctx) -> dict:
     """What the artifact's manifest records of this run's inputs, so a run can be traced and repeated."""
     metadata = {
-        "model": args.model,
+        "model": args.model_name or args.model,
         "data": source,
         **({"data_stream": stream_description} if stream_description is not None else {}),
         "seed": args.seed,
         "seq_len_requested": args.seq_len,
         "batch_size": args.batch_size,
-        "tokenizer": args.tokenizer or args.model,
+        "tokenizer": args.tokenizer or args.model_name or args.model,
     }
     if ctx.distributed:
         metadata["nodes"] = ctx.nodes
