@@ -538,7 +538,6 @@ def compute_importance_streamed(
 
 __all__ = [
     "ActivationBudgetError",
-    "StreamedPasses",
     "compute_importance_streamed",
     "pass_layers",
     "plan_passes",
