@@ -494,6 +494,20 @@ def test_a_fresh_distill_over_an_earlier_checkpoint_needs_resume_or_overwrite(ro
     assert _summary_step(work) == 2
 
 
+def test_a_resume_with_other_steps_says_the_schedule_changes(root, tmp_path, capsys):
+    """--steps may change on a resume (to extend a run), but the cosine schedule then differs from the
+    run it continues: said, not silent (outside distributed audit 10)."""
+    work = tmp_path / "work"
+    run = [str(a) for a in [*_distill_into(root, tmp_path / "out"), "--work-dir", work]]
+    assert main(run) == 0
+    capsys.readouterr()
+    assert main([*run, "--resume", "--overwrite", "--steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "[resume] --steps 3, the checkpoint's run planned 2: the learning-rate schedule" in err, err
+    assert main([*run, "--resume", "--overwrite", "--steps", "3"]) == 0  # the same steps: nothing said
+    assert "[resume] --steps" not in capsys.readouterr().err
+
+
 def test_resume_with_another_teacher_data_or_seq_len_is_refused(root, tmp_path, capsys):
     """The checkpoint records the teacher's weights (sampled) and the training blocks: a --resume with
     another --teacher, --data or --seq-len was accepted and continued a run it was not."""

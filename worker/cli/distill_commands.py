@@ -265,11 +265,17 @@ def _check_checkpoint(args, work: Path) -> None:
     """--resume needs a checkpoint; a fresh run must not overwrite one at its first save (hours of
     distillation) unless --overwrite says so. Every rank under torchrun reads the same files before any
     is written, so all of them refuse alike, before the process group exists."""
-    from worker.engine.distill.checkpoint import saved_format, saved_step
+    from worker.engine.distill.checkpoint import saved_format, saved_step, saved_steps
 
     found = saved_format(work) is not None
     if args.resume and not found:
         raise CliError(f"--resume: no checkpoint in {work}")
+    planned = saved_steps(work) if args.resume else None
+    if planned is not None and planned != args.steps:  # allowed (to extend a run), but said
+        say(
+            f"[resume] --steps {args.steps}, the checkpoint's run planned {planned}: the learning-rate "
+            f"schedule (warm-up, then cosine to --min-lr) is recomputed over {args.steps} steps"
+        )
     if found and not args.resume and not args.overwrite:
         step = saved_step(work)
         at = f" at step {step}" if step is not None else ""

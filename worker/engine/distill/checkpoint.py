@@ -112,9 +112,22 @@ def saved_format(directory: str | os.PathLike) -> str | None:
 def saved_step(directory: str | os.PathLike) -> int | None:
     """The step of the checkpoint in `directory`, from its torch-free summary (None: no summary)."""
     try:
-        return int(json.loads((Path(directory) / SUMMARY_FILE).read_text())["step"])
+        return int(_summary(directory)["step"])
     except (OSError, KeyError, TypeError, ValueError):  # missing, unreadable or not a summary
         return None
+
+
+def saved_steps(directory: str | os.PathLike) -> int | None:
+    """The planned steps (`config.steps`) of the run the checkpoint in `directory` belongs to (None:
+    not recorded): a resume may change them, which reshapes the learning-rate schedule."""
+    try:
+        return int(_summary(directory)["config"]["steps"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _summary(directory: str | os.PathLike) -> dict:
+    return json.loads((Path(directory) / SUMMARY_FILE).read_text())
 
 
 def remove_training_state(directory: str | os.PathLike) -> None:
