@@ -508,6 +508,25 @@ def test_a_resume_with_other_steps_says_the_schedule_changes(root, tmp_path, cap
     assert "[resume] --steps" not in capsys.readouterr().err
 
 
+def test_a_resume_keeps_each_step_once_in_the_metrics_file(root, tmp_path, capsys):
+    """A killed run has logged steps past its last checkpoint; the resume runs them again. Each step's
+    record is in --metrics-jsonl once (it held steps 4, 5, 6 twice after a killed run's resume)."""
+    work, metrics = tmp_path / "work", tmp_path / "m.jsonl"
+    run = [
+        str(a)
+        for a in [*_distill_into(root, tmp_path / "out"), "--work-dir", work, "--metrics-jsonl", metrics]
+    ]
+    assert main(run) == 0  # 2 steps, its checkpoint at step 2
+    with metrics.open("a") as f:  # what a run killed after step 4 had written past that checkpoint
+        f.write("".join(json.dumps({"phase": "train", "step": s, "loss": 9.9}) + "\n" for s in (3, 4)))
+    capsys.readouterr()
+    assert main([*run, "--resume", "--overwrite", "--steps", "4"]) == 0
+    assert "[resume] 2 record(s) after step 2 removed" in capsys.readouterr().err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("phase") == "train"] == [1, 2, 3, 4]
+    assert all(r["loss"] != 9.9 for r in records if r.get("phase") == "train")
+
+
 def test_resume_with_another_teacher_data_or_seq_len_is_refused(root, tmp_path, capsys):
     """The checkpoint records the teacher's weights (sampled) and the training blocks: a --resume with
     another --teacher, --data or --seq-len was accepted and continued a run it was not."""

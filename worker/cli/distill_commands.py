@@ -208,6 +208,8 @@ def _distill(args) -> int:
     train, val = _open_data(args, source, streamed, models.tokenizer, config, ctx)
     if args.overwrite and not args.resume and ctx.is_main:
         _discard_earlier_run(work)
+    if args.resume and ctx.is_main and args.metrics_jsonl is not None:
+        _drop_records_after_checkpoint(args.metrics_jsonl, work)
     result, weights, sharded = _train(args, config, models, train, val, work, ctx)
     if not ctx.is_main:
         return 3 if result.stopped else 0
@@ -283,6 +285,32 @@ def _check_checkpoint(args, work: Path) -> None:
             f"work directory {work} holds a checkpoint{at} of an earlier run: pass --resume to continue it "
             "or --overwrite to start afresh (or choose another --work-dir)"
         )
+
+
+def _drop_records_after_checkpoint(metrics: Path, work: Path) -> None:
+    """A resume repeats the steps after its checkpoint: their records of the stopped run leave the
+    --metrics-jsonl file, so each step is in it once (teacher-correction records are kept: the corrected
+    teacher is reloaded, not trained again)."""
+    from worker.engine import atomic
+    from worker.engine.distill.checkpoint import saved_step
+
+    step = saved_step(work)
+    if step is None or not metrics.is_file():
+        return
+    lines = metrics.read_text().splitlines(keepends=True)
+
+    def kept(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return True  # not ours to judge
+        return record.get("phase") == "teacher_correction" or record.get("step", 0) <= step
+
+    keep = [line for line in lines if kept(line)]
+    if len(keep) < len(lines):
+        atomic.write_file(metrics, lambda tmp: tmp.write_text("".join(keep)))
+        removed = len(lines) - len(keep)
+        say(f"[resume] {removed} record(s) after step {step} removed from {metrics}: those steps run again")
 
 
 def _discard_earlier_run(work: Path) -> None:
