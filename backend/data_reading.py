@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from worker.engine.streaming import DATA_FORMATS
+from worker.engine.shards import DATA_FORMATS
 
 DataFormat = Literal[DATA_FORMATS]
 
@@ -63,7 +63,7 @@ def check_data_reading(params: DataReading, dataset_source: str | None, loc: lis
         return
     from backend.errors import Forbidden
     from worker.engine.roots import OutsideRoots  # torch-free, like the shard list
-    from worker.engine.streaming import list_shards  # torch-free: lists files by suffix
+    from worker.engine.shards import list_shards
 
     try:
         list_shards(dataset_source, params.data_format, roots=roots)

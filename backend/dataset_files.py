@@ -2,7 +2,7 @@
 read, judged from the data files' sizes and first bytes (a registration reads no whole corpus: the
 first 64 KiB of the first 32 files of a folder).
 
-A folder needs a data file (.txt, .jsonl, .jsonl.gz, .parquet, the engine's DATA_SUFFIXES, searched as
+A folder needs a data file (.txt, .jsonl, .jsonl.gz, .parquet, worker.engine.shards.DATA_SUFFIXES, searched as
 jobs search it) that is not empty; each data file read must be what its suffix says: .txt and .jsonl UTF-8
 text without NUL bytes (a .jsonl's first line a JSON object), .jsonl.gz gzip, .parquet Parquet. A single
 file of another suffix (a job may stream it with an explicit `data_format`) only needs to be non-empty.
@@ -27,7 +27,7 @@ def dataset_problem(path: Path, roots: list[Path]) -> str | None:
     """Why the local dataset at `path` (resolved, existing) cannot be read, or None when it looks usable.
     Raises PathNotAllowed when one of its data files is a link out of `roots` (none of it is read then)."""
     from worker.engine.roots import OutsideRoots
-    from worker.engine.streaming import data_suffix, list_shards  # torch-free: files by suffix
+    from worker.engine.shards import data_suffix, list_shards
 
     if not (path.is_dir() or path.is_file()):  # a FIFO or device: reading it could block the request
         return f"{path} is not a regular file or folder"

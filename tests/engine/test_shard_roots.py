@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from worker.engine.roots import OutsideRoots
-from worker.engine.streaming import check_source_inside, list_shards
+from worker.engine.shards import check_source_inside, list_shards
 
 
 @pytest.fixture

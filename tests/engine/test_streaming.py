@@ -324,4 +324,4 @@ def test_one_list_of_data_formats():
     from backend.data_reading import DataFormat
     from worker.cli import data_options
 
-    assert data_options.DATA_FORMATS == streaming.DATA_FORMATS == get_args(DataFormat)
+    assert data_options.DATA_FORMATS == streaming.DATA_FORMATS == get_args(DataFormat)  # shards' tuple

@@ -18,7 +18,7 @@ from backend.db import session_scope
 from backend.models import Dataset, Teacher
 from tests.conftest import settings_from
 from worker.engine.roots import OutsideRoots, Roots
-from worker.engine.streaming import check_source_inside
+from worker.engine.shards import check_source_inside
 
 
 def rows(url: str, model) -> int:

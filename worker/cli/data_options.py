@@ -8,7 +8,7 @@ bounded whatever the corpus size, and a distillation's position in the data is p
 from __future__ import annotations
 
 from worker.cli import CliError
-from worker.engine.streaming import DATA_FORMATS  # torch-free to import (torch is read lazily)
+from worker.engine.shards import DATA_FORMATS
 
 
 def add_data_options(parser) -> None:

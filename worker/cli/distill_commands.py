@@ -249,7 +249,7 @@ def _checked_paths(args, source: str, streamed: bool) -> tuple[Path, Path]:
     """(output dir, work dir), or a one-line CliError for a bad data path, a non-empty output, a
     --resume with no checkpoint or an earlier run's checkpoint in the way — before any model is loaded."""
     if streamed and source != "demo" and not source.startswith("hf:"):
-        from worker.engine.streaming import list_shards
+        from worker.engine.shards import list_shards
 
         list_shards(source, args.data_format)
     out = args.out.expanduser().resolve()

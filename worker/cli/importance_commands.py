@@ -179,7 +179,7 @@ def _read_calibration_source(args, source: str, streamed: bool) -> list[str] | N
     if not streamed:
         return read_documents(source, "calibration")
     if source != "demo" and not source.startswith("hf:"):
-        from worker.engine.streaming import list_shards
+        from worker.engine.shards import list_shards
 
         list_shards(source, args.data_format)
     return None

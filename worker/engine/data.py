@@ -37,6 +37,7 @@ from pathlib import Path
 
 from worker.engine import atomic
 from worker.engine.hub import check_dataset_reachable, hf_dataset_ref
+from worker.engine.shards import DATA_SUFFIXES, data_suffix
 
 SPLITS = ("train", "validation", "calibration", "test")
 # Fractions (out of 100 hash buckets) per split for sources without fixed split files.
@@ -46,7 +47,6 @@ SPLIT_BUCKETS = {
     "calibration": range(90, 95),
     "test": range(95, 100),
 }
-DATA_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 
 
@@ -97,11 +97,6 @@ def read_all_documents(path: str | os.PathLike) -> list[str]:
             raise ValueError(f"no {', '.join(DATA_SUFFIXES)} files in directory {path}")
         return [doc for f in files for doc in _read_file(f)]
     return _read_file(path)
-
-
-def data_suffix(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((s for s in DATA_SUFFIXES if name.endswith(s)), None)
 
 
 def _read_file(path: Path) -> list[str]:

@@ -33,70 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.engine.data import (
-    DATA_SUFFIXES,
-    SPLIT_BUCKETS,
-    check_split,
-    data_suffix,
-    jsonl_texts,
-    split_of,
-    token_ids,
-)
+from worker.engine.data import SPLIT_BUCKETS, check_split, jsonl_texts, split_of, token_ids
 from worker.engine.hub import check_dataset_reachable, hf_dataset_ref
-from worker.engine.roots import check_inside_roots
+from worker.engine.shards import DATA_FORMATS, format_of, list_shards
 
-DATA_FORMATS = ("auto", "txt", "jsonl", "parquet")  # jsonl covers .jsonl.gz
 # Documents tokenised per tokenizer call (one call per document is several times slower), capped in
 # characters too, since a tokenizer's per-call working memory grows with the text it is given.
 READ_AHEAD = 32
 READ_AHEAD_CHARS = 1 << 18
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t]*\n+")  # data.py's paragraph rule, on bytes so offsets are bytes
 _TXT_CHUNK = 1 << 20
-_FORMAT_SUFFIXES = {"txt": (".txt",), "jsonl": (".jsonl", ".jsonl.gz"), "parquet": (".parquet",)}
-
-
-def _format_of(path: Path) -> str:
-    suffix = data_suffix(path)
-    return "jsonl" if suffix == ".jsonl.gz" else (suffix or "").lstrip(".")
-
-
-def _data_files_below(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and any(p.name.lower().endswith(s) for s in suffixes)
-    )
-
-
-def list_shards(
-    source: str | os.PathLike, data_format: str = "auto", *, roots: list[Path] | None = None
-) -> list[Path]:
-    """The data files of a local source (a file, or the matching files below a folder, sorted); with
-    `roots`, each must resolve inside them (else OutsideRoots)."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
-    path = Path(source).expanduser().resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"data source not found: {path}")
-    suffixes = DATA_SUFFIXES if data_format == "auto" else _FORMAT_SUFFIXES[data_format]
-    if path.is_dir():
-        files = _data_files_below(path, suffixes)
-        if not files:
-            raise ValueError(f"no {', '.join(suffixes)} files in directory {path}")
-        check_inside_roots(files, roots)
-        return files
-    if data_format == "auto" and data_suffix(path) is None:
-        raise ValueError(f"unsupported data file {path}: expected one of {', '.join(DATA_SUFFIXES)}")
-    check_inside_roots([path], roots)
-    return [path]
-
-
-def check_source_inside(source: str | os.PathLike, roots: list[Path]) -> None:
-    """Before a job reads a local source: it, and every data file below it that any reader (whole or
-    streamed, any format) would open, resolves inside `roots`. A link added after registration, or the
-    folder itself swapped for a link, is refused here (OutsideRoots) instead of read."""
-    path = Path(source).expanduser()
-    check_inside_roots([path], roots)
-    if path.is_dir():
-        check_inside_roots(_data_files_below(path.resolve(), DATA_SUFFIXES), roots)
 
 
 # ---- documents of one shard, from a position, each with the position just after it ---------------------
@@ -353,7 +299,7 @@ class TokenStream:
         shard = self.shards[index]
         if isinstance(shard, str):
             return hf_documents(shard[3:], start, self.text_field, self.hf_split)
-        kind = self._format or _format_of(shard)
+        kind = self._format or format_of(shard)
         if kind == "txt":
             return txt_documents(shard, start)
         if kind == "parquet":
@@ -383,7 +329,7 @@ class TokenStream:
         if not seen:
             return f"no documents in {self.source}: its files hold no text"
         share = len(SPLIT_BUCKETS[self._keep])  # as read_documents says it, unstreamed
-        txt = any(not isinstance(s, str) and (self._format or _format_of(s)) == "txt" for s in self.shards)
+        txt = any(not isinstance(s, str) and (self._format or format_of(s)) == "txt" for s in self.shards)
         paragraphs = "; in a .txt file a document is a paragraph, text between blank lines" if txt else ""
         return (
             f"no documents of split {self._keep!r} among the {seen} document(s) of {self.source} (each document "

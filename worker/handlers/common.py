@@ -154,7 +154,7 @@ def job_dataset(rt: JobRuntime, params: dict) -> Dataset | None:
         return None
     (dataset,) = fetch_rows(rt, (Dataset, params["dataset_id"]))
     if dataset is not None and dataset.source != "demo":
-        from worker.engine.streaming import check_source_inside
+        from worker.engine.shards import check_source_inside
 
         # A link to outside the roots put in the folder after registration is refused, not read.
         check_source_inside(dataset.source, rt.settings.roots)
