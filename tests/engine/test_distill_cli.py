@@ -157,3 +157,27 @@ def test_memory_options_from_the_command_line(setup, capsys):
         main(_distill_args(root, data, root / "bad", "--weights-dtype", "float16"))
     assert exc.value.code == 2 and not (root / "bad").exists()
     assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_the_distilled_student_keeps_the_dtype_it_was_pruned_in(setup, tmp_path, capsys):
+    """--weights-dtype is the training precision; the saved student is in its pruned dtype again: a
+    bfloat16 teacher's bfloat16 student trained with float32 weights was saved in float32, twice its
+    size, and benchmarked against its bfloat16 teacher in another dtype (the dashboard showed "bfloat16"
+    beside "float32"). A float32 student trained in bfloat16 is saved in float32."""
+    import torch
+
+    root, data = setup
+    student, _ = load_model(root / "student")
+    save_model(student.to(torch.bfloat16), demo_tokenizer(), tmp_path / "bf16", {"kind": "test-student"})
+    args = _distill_args(root, data, tmp_path / "out", "--checkpoint-every", "0")
+    args[1] = str(tmp_path / "bf16")
+    assert main(args) == 0
+    saved, _ = load_model(tmp_path / "out")
+    assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())["distill"]["weights_dtype"] == "float32"
+    args = _distill_args(
+        root, data, tmp_path / "out32", "--weights-dtype", "bfloat16", "--checkpoint-every", "0"
+    )
+    assert main(args) == 0
+    assert {p.dtype for p in load_model(tmp_path / "out32")[0].parameters()} == {torch.float32}
+    capsys.readouterr()

@@ -236,6 +236,9 @@ class _Models:
     teacher: Any = None  # None with --mode ce
     teacher_source: str | None = None
     plan: Any = None  # the student's PrunePlan, from its manifest when it has one
+    # The dtype the student was pruned in: it trains in --weights-dtype and is saved in this one again, so
+    # a bfloat16 teacher's student stays bfloat16 (as big as its teacher's dtype says, measured alike).
+    saved_dtype: Any = None
 
     def configs(self, student_source: str) -> dict:
         """source -> config of each model a run feeds (the teacher only in kd mode)."""
@@ -367,6 +370,7 @@ def _load_models(args, device: str) -> _Models:
     """The student, the teacher (kd mode), one tokenizer for both and the student's plan."""
     student, tokenizer = _load(args.student, device)
     models = _Models(student=student, tokenizer=tokenizer, plan=_student_plan(args.student))
+    models.saved_dtype = next(student.parameters()).dtype
     if args.mode == "kd":
         models.teacher_source = _teacher_source(args.teacher)
         models.teacher, teacher_tok = _load(models.teacher_source, device)
@@ -487,6 +491,7 @@ def _save(args, out: Path, config, models: _Models, result, ctx, data: dict) -> 
     from worker.engine.evaluation import make_manifest, write_result
     from worker.engine.loading import save_model
 
+    models.student.to(models.saved_dtype)  # before its manifest records its weights
     teacher = models.teacher
     manifest = make_manifest(
         models={"student": models.student, **({"teacher": teacher} if teacher is not None else {})},
@@ -528,8 +533,7 @@ def _whole_student(source: str, weights: dict):
     """A plain (unsharded) copy of the student holding the gathered weights, to save as today."""
     from worker.engine.loading import load_model
 
-    student, _ = load_model(source, device="cpu")
-    student.to(next(iter(weights.values())).dtype)
+    student, _ = load_model(source, device="cpu")  # in the dtype it was pruned in: the weights cast to it
     student.load_state_dict(weights)
     return student.eval()
 

@@ -50,6 +50,7 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     init = p.get("init_distill_job_id")  # continue a finished distillation (a bake-off winner's)
     start = str(store(rt).local_dir(distilled_key(rt, init))) if init else student_source(rt, student)
     model, tokenizer = load(rt, start, bar=(0.0, 0.0), what="student weights")
+    saved_dtype = next(model.parameters()).dtype  # trained in weights_dtype, saved as it was pruned
     teacher_model = (
         None
         if p["baseline"]
@@ -127,6 +128,7 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.loading import save_model
 
     manifest = {"distill_job": job.id, "student_id": student.id, "params": p}
+    model.to(saved_dtype)
     key = publish(rt, f"jobs/{job.id}/model", lambda out: save_model(model, tokenizer, out, manifest))
     with session_scope(rt.url) as s:
         record_artifact(rt, s, job.id, "distilled", key)
