@@ -44,6 +44,22 @@ def test_throughput_reports_both_models_in_one_run():
         throughput(teacher, student, batch_sizes=(0,))
 
 
+def test_a_student_is_measured_in_its_teachers_dtype():
+    """A float32 student against a bfloat16 teacher measured the dtypes, not the architectures (the
+    dashboard showed a 5x decode speedup and a smaller student using more memory than its teacher): the
+    student runs in the teacher's dtype, and the report says what it was cast from."""
+    import torch
+
+    teacher = tiny_llama(seed=1, layers=2, hidden=64, intermediate=128, vocab=512).to(torch.bfloat16)
+    student = tiny_llama(seed=2, layers=1, hidden=32, intermediate=48, vocab=512)
+    report = throughput(teacher, student, batch_sizes=(1,), prompt_len=8, new_tokens=2, repeats=1)
+    assert report["teacher"]["dtype"] == report["student"]["dtype"] == "bfloat16"
+    assert report["student"]["cast_from"] == "float32" and "cast_from" not in report["teacher"]
+    weights = sum(p.numel() * 2 for p in student.parameters())  # bf16 bytes now, not float32's
+    assert report["student"]["runs"][0]["peak_memory_bytes"] < 2 * weights
+    assert report["speedup"][0]["memory"] > 1  # the smaller model uses less memory
+
+
 def test_result_file_is_atomic_json_with_manifest(tmp_path):
     model = tiny_llama(seed=1, vocab=256)
     manifest = make_manifest(models={"model": model}, data={"source": "demo", "split": "test"}, seed=7)
