@@ -118,7 +118,15 @@ def test_rank_stability_follows_the_aggregation_and_explains_itself(page, live_a
     assert help_.get_attribute("data-agg") == "l2/mean"
     title = help_.get_attribute("title")
     assert "Spearman" in title and "two halves" in title and "aggregation" in title
-    assert "does not apply" in page.get_attribute("[data-testid=depth-stability-help]", "title")
+    depth_help = page.get_attribute("[data-testid=depth-stability-help]", "title")
+    # What it says is what the scores do: BI follows the aggregation (it said no depth ρ moved), drop does not.
+    assert "BI and angular" in depth_help and "follows the aggregation" in depth_help
+    assert "drop and block k are loss increases" in depth_help and "does not move" in depth_help
+    l2, var = (
+        live_app.api.get(f"/importance-runs/{run}/stability", params={"batch": b, "seq": "mean"}).json()
+        for b in ("l2", "var")
+    )
+    assert l2["drop_loss"] == var["drop_loss"]
     with page.expect_request(lambda r: "/stability" in r.url and "batch=var" in r.url):
         page.click("[data-testid=agg-batch] button:has-text('var')")
     page.wait_for_selector("[data-testid=stability-help][data-agg='var/mean']")

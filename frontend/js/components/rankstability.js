@@ -45,7 +45,7 @@ function badge(axis, rho) {
 /** The badges of the depth scores (block_importance, drop_loss, block_loss_k2 …), which have their own split-half agreement. */
 export function depthStability(s) {
   const depth = Object.keys(s).filter((k) => !["heads", "neurons", "hidden"].includes(k) && !k.startsWith("expert"));
-  const depthHelp = "Split-half agreement of the depth scores. They are losses and cosines per sample, averaged over all of them, not activation norms: the batch / seq aggregation does not apply to them, so these ρ do not change when it does.";
+  const depthHelp = "Split-half agreement of the depth scores. BI and angular are per-token cosines between a block's input and output, aggregated over the batch and the sequence like the width scores: their ρ follows the aggregation chosen on the left. drop and block k are loss increases averaged over every token: the aggregation does not apply to them, so their ρ does not move.";
   return [
     depth.length ? h("span.hint.help", { title: depthHelp, dataset: { testid: "depth-stability-help" } }, "(?)") : null,
     depth.map((k) => stabilityBadge(k.replace("block_importance", "BI").replace("drop_loss", "drop").replace("block_loss_k", "block k=").replace("block_angular_k", "angular k="), s[k])),
