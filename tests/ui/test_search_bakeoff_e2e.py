@@ -76,6 +76,13 @@ def test_search_then_bakeoff_of_the_top_three(page, live_app, shared_run):
     ranking = wf["result"]["ranking"]
     rows = page.locator("[data-testid=bakeoff-ranking] tbody tr")
     assert rows.count() == 3
+    # Every column inside its panel: the shape labels wrap (the loss after and the move were cut off).
+    page.set_viewport_size({"width": 1440, "height": 900})
+    overflow = page.evaluate(
+        "() => { const s = document.querySelector('[data-testid=bakeoff-ranking] .table-scroll');"
+        " return s.scrollWidth - s.clientWidth; }"
+    )
+    assert overflow <= 1, overflow
     for i, row in enumerate(ranking):
         tr = rows.nth(i)
         assert tr.get_attribute("data-candidate") == row["name"]

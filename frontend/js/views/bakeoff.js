@@ -158,8 +158,10 @@ export async function bakeoffView(host, { args, query }, ctx) {
     const searchText = !hasSearch ? null
       : searchDiffers ? ` The search ranked them in another order (search rank): it scored them on its own held-out sample, the as-cut ${metric} comes from this bake-off's evaluation.`
       : " The search ranked them in the same order.";
+    // The candidate cell wraps (a shape label is long) and the table scrolls inside its panel rather than
+    // hiding the loss after distillation and the move past the panel's edge.
     mount(ranking,
-      h("table",
+      h("div.table-scroll", h("table",
         h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", `${metric} as cut`), h("th.num", "rank as cut"),
           hasSearch ? h("th.num", { title: `the candidate's rank in search #${searchId ?? "?"} (lower held-out loss first)` }, searchId ? h("a", { href: href("search", [searchId]) }, "search rank") : "search rank") : null,
           h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
@@ -168,15 +170,15 @@ export async function bakeoffView(host, { args, query }, ctx) {
           const moved = x.rank_before - x.rank_after;
           return h(`tr${x.name === r.winner ? ".selected" : ""}`, { dataset: { candidate: x.name, flipped: String(!!x.flipped) } },
             h("td.num", x.rank_after),
-            h("td", b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name, x.name === r.winner)), // the winner's star after its shape, not its id
+            h("td.wrap", b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name, x.name === r.winner)), // the winner's star after its shape, not its id
             h("td.num", compact(x.params_total)),
             h("td.num", sig(x.before?.[metric], 5)),
             h("td.num", x.rank_before),
             hasSearch ? h("td.num", { dataset: { testid: "search-rank" } }, Number.isFinite(searchRank(x)) ? `#${searchRank(x)}` : "–") : null,
             h("td.num", sig(x.after?.[metric], 5)),
             h("td", x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
-            h("td", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
-        }))),
+            h("td.nowrap", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
+        })))),
       h("div.hint", { style: { marginTop: "6px" }, dataset: { testid: "flips-note", searchOrder: !hasSearch ? "none" : searchDiffers ? "differs" : "same" } }, flipText, searchText),
       r.winner ? promoteRow(r) : null,
     );
