@@ -142,6 +142,16 @@ def test_clicks_mark_units_and_the_summary_counts_them(page, live_app):
     assert summary_params(page) == teacher["spec"]["params_total"]
     assert page.locator("[data-testid=stability-heads]").inner_text().startswith("heads ρ=")
 
+    # A GQA teacher (2 query heads per KV group): a click marks the whole group by default, a plan the
+    # server accepts (a single head off one group is refused: groups must stay even).
+    page.mouse.click(*head_cell(page, 0, 0))
+    assert summary_params(page) == expected_params(teacher, {"remove_kv_groups": {0: [0]}})
+    page.wait_for_function("document.querySelector('[data-testid=plan-messages]').dataset.state === 'done'")
+    assert page.locator("[data-testid=plan-messages] li.error").count() == 0
+    page.mouse.click(*head_cell(page, 0, 0))  # unmarked again
+    assert summary_params(page) == teacher["spec"]["params_total"]
+    page.click("[data-testid=head-mode] button[data-value=heads]")  # single heads, by choice
+
     # One head: the local count equals plan_stats of the same plan.
     page.mouse.click(*head_cell(page, 0, 0))
     assert summary_params(page) == expected_params(teacher, {"remove_heads": {0: [0]}})

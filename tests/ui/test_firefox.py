@@ -95,7 +95,7 @@ def test_explorer_paints_and_counts_clicks_in_firefox(firefox, live_app, shared_
         window.dispatchEvent(new MouseEvent('mouseup', at));
         """
     )
-    expected = expected_params(teacher, {"remove_heads": {0: [0]}})
+    expected = expected_params(teacher, {"remove_kv_groups": {0: [0]}})  # GQA: clicks mark whole groups
     wait_for(lambda: firefox.execute_script(params) == expected, timeout=10, what="the summary after a click")
 
     # The plan panel scrolls on its own; Firefox drew its scrollbar as a light strip beside the dark

@@ -69,6 +69,7 @@ def test_padding_of_narrower_layers_is_dark_and_cannot_be_marked(page, live_app)
     )
     assert rules[0][:3] == [14, 17, 22] and rules[1][:3] != [14, 17, 22]
 
+    page.click("[data-testid=head-mode] button[data-value=heads]")  # single heads (GQA: groups by default)
     page.mouse.move(*head_cell(0, 6))
     page.wait_for_function("document.body.innerText.includes('has 4 heads')")
     page.mouse.click(*head_cell(0, 6))

@@ -16,7 +16,9 @@ export function explorerState({ query, run, teacher, plan, alive }) {
     scale: query.get("scale") || "log",
     palette: query.get("palette") || "viridis",
     order: query.get("order") || "sorted",
-    headMode: query.get("heads") || "heads",
+    // Grouped-query attention keeps the same number of query heads in every KV group, so a single head
+    // clicked off is a plan the server refuses: clicks mark whole groups unless each group has one head.
+    headMode: query.get("heads") || (spec.num_heads > (spec.num_kv_heads || spec.num_heads) ? "groups" : "heads"),
     tool: "select",
     layerMetric: query.get("layer") || "block",
     layerScale: query.get("lscale") || "linear", // the layer chart's y axis (one tall bar can flatten the rest)
