@@ -611,7 +611,9 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     )
     page.select_option(f"{wizard} select[name=importance_run_id]", str(STATE["run"]["id"]))
     page.fill(f"{wizard} [name=budget_pct]", "95")
-    assert "depth: 2 of 4 layers" in page.inner_text(wizard)
+    hint = page.inner_text(wizard)
+    assert "depth: keeps 2 of 4 layers, drops 2" in hint
+    assert "the width student is 18 percentage points smaller" in hint  # 93% and 75% of the teacher
     page.click(f"{wizard} summary")
     page.fill(f"{wizard} [name=budget]", "4")
     page.fill(f"{wizard} [name=val_every]", "2")

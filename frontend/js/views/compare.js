@@ -490,8 +490,14 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     const d = depthTarget(t.spec, budget);
     const w = widthTarget(t.spec, budget);
     // The sizes reached, next to the budget: depth moves in whole layers, so it can land well below it.
-    const size = (target) => compact(targetParams(t.spec, target));
-    preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `${d.num_layers} of ${t.spec.num_layers} layers (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}`;
+    const share = (target) => targetParams(t.spec, target) / t.spec.params_total;
+    const size = (target) => `${compact(targetParams(t.spec, target))}, ${pct(share(target), 0)}`;
+    const dropped = d ? t.spec.num_layers - d.num_layers : 0;
+    // Depth moves in whole layers, width in aligned steps: say when the two land apart, since the smaller
+    // student starts the comparison behind.
+    const apart = d && w ? Math.abs(share(d) - share(w)) : 0;
+    const uneven = apart > 0.02 ? ` · the ${share(d) < share(w) ? "depth" : "width"} student is ${(100 * apart).toFixed(0)} percentage points smaller (depth moves in whole layers, width in aligned steps)` : "";
+    preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `keeps ${d.num_layers} of ${t.spec.num_layers} layers, drops ${dropped} (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}${uneven}`;
   }
   teacherSelect?.addEventListener("change", () => { watched = null; loadRuns(); });
   budgetInput.addEventListener("input", showPreview);
