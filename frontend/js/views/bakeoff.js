@@ -12,7 +12,7 @@ import { compact, sig, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";
-import { STEP_LABELS } from "./compare.js";
+import { retriable, stepLabel } from "../components/workflowsteps.js";
 import { shapeLabel } from "../searchmath.js";
 import { debounced, SeriesStore, smoothable, smoothedTraces, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 
@@ -104,9 +104,10 @@ export async function bakeoffView(host, { args, query }, ctx) {
         h("span.hint", `${candidates().length} candidates · ${distillText(wf.params?.distill)} · created ${when(wf.created_at)}`),
         h("span.spacer"),
         // One group, right-aligned: on a narrow window the buttons wrap together, not Retry alone on a line.
+        // Each only while it applies: a finished bake-off offered both, greyed.
         h("span.row.tight", { style: { marginLeft: "auto" } },
-          h("button.danger", { disabled: !active, onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all"),
-          h("button", { disabled: !(wf.status === "failed" || wf.status === "cancelled"), onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry")),
+          active ? h("button.danger", { onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all") : null,
+          retriable(wf) ? h("button", { onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry") : null),
       ));
     // The server's message ("#1 L4-none…: distill · #2 …") is the candidates table's steps again, by id.
     mount(progress, progressBar({ ...wf, message: null }, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }), actionErr);
@@ -130,7 +131,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
         h("td", statusBadge(b.status), b.error ? h("div.field-error", b.error) : null),
         h("td", h("div.row.tight", b.steps.map((s) => {
           // The study panel's words ("perplexity as cut"), not the step's id ("evaluate_pruned").
-          const label = b.role === "teacher" && s.name === "evaluate" ? "perplexity" : STEP_LABELS[s.name] || s.name;
+          const label = stepLabel(s.name, b.role === "teacher");
           const text = `${label}${s.status === "running" && s.progress ? ` ${Math.round(s.progress * 100)}%` : ""}`;
           const cls = { succeeded: "ok", running: "run", failed: "err", cancelled: "stopped" }[s.status] || "";
           return s.job_id ? h(`a.badge${cls ? `.${cls}` : ""}`, { href: href("job", [s.job_id]), title: `${s.kind} job #${s.job_id} · ${s.status}${s.tries > 1 ? ` · try ${s.tries}` : ""}`, dataset: { step: s.name } }, text) : h("span.badge", { title: s.status, dataset: { step: s.name } }, text);
@@ -341,4 +342,3 @@ async function bakeoffList(host, ctx) {
             h("td", winners[i])))))
       : h("div.empty", "No bake-off yet. ", h("a", { href: href("search") }, "Run a search →"))));
 }
-

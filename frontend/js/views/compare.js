@@ -14,6 +14,7 @@ import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
 import { depthTarget, targetParams, widthTarget } from "../studymath.js";
+import { retriable, stepLabel } from "../components/workflowsteps.js";
 
 export async function compareView(host, { query }, ctx) {
   const chosen = new Set((query.get("students") || "").split(",").filter(Boolean).map(Number));
@@ -385,8 +386,7 @@ export function isStudy(wf) {
   return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
 }
 
-// What each step of a study or bake-off is called on screen (the bake-off page uses them too).
-export const STEP_LABELS = { cut: "cut", evaluate_pruned: "perplexity as cut", distill: "distill", evaluate: "perplexity distilled", benchmark: "speed" };
+// How a study step's status shows in its list.
 const STEP_CLASS = { succeeded: ".done", running: ".active", queued: ".active", failed: ".failed", cancelled: ".failed" };
 
 /**
@@ -397,7 +397,7 @@ function studyPanel(wf, { onAction, actionErr }) {
   const active = wf.status === "running";
   const stepItem = (s, teacher) => {
     const pct = s.status === "running" && s.progress ? ` ${Math.round(s.progress * 100)}%` : "";
-    const name = teacher && s.name === "evaluate" ? "perplexity" : STEP_LABELS[s.name] || s.name;
+    const name = stepLabel(s.name, teacher);
     const label = `${name}${pct}${s.tries > 1 ? ` (try ${s.tries})` : ""}`;
     return h(`li${STEP_CLASS[s.status] || ""}`, { dataset: { step: s.name, status: s.status } },
       s.job_id ? h("a", { href: href("job", [s.job_id]), title: `job ${s.job_id}: ${s.status}` }, label) : label,
@@ -408,8 +408,8 @@ function studyPanel(wf, { onAction, actionErr }) {
       h("a", { href: href("bakeoff", [wf.id]), dataset: { testid: "study-link" } }, `Study #${wf.id}`),
       statusBadge(wf.status),
       h("span.spacer"),
-      h("button.small.danger", { type: "button", disabled: !active, dataset: { testid: "study-cancel" }, onclick: () => onAction("cancel") }, "Cancel"),
-      h("button.small", { type: "button", disabled: !["failed", "cancelled"].includes(wf.status), dataset: { testid: "study-retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)", onclick: () => onAction("retry") }, "Retry")),
+      active ? h("button.small.danger", { type: "button", dataset: { testid: "study-cancel" }, onclick: () => onAction("cancel") }, "Cancel") : null,
+      retriable(wf) ? h("button.small", { type: "button", dataset: { testid: "study-retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)", onclick: () => onAction("retry") }, "Retry") : null),
     wf.error ? h("div.error-msg", { dataset: { testid: "study-error" } }, wf.error) : null,
     actionErr,
     wf.branches.map((b) => h("div", { dataset: { testid: `study-branch-${b.role === "teacher" ? "teacher" : b.index}` } },

@@ -195,7 +195,7 @@ async function searchResult(host, id, query, ctx) {
         teacher ? h("span.sub", teacher.name, " · ", h("a", { href: href("explore", [job.importance_run_id]) }, `importance run #${job.importance_run_id}`)) : null,
         h("span.hint.mono", budgetText(job.params?.settings?.budgets)),
         h("span.spacer"),
-        h("button.danger", { disabled: !["queued", "running"].includes(job.status), onclick: cancel, dataset: { testid: "cancel" } }, "Cancel"),
+        ["queued", "running"].includes(job.status) ? h("button.danger", { onclick: cancel, dataset: { testid: "cancel" } }, "Cancel") : null,
       ));
     const r = job.result || {};
     const best = data?.candidates?.[0];
