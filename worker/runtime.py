@@ -99,7 +99,15 @@ class JobRuntime:
         """running -> succeeded / failed / cancelled for this attempt; False when the job moved on (a
         resume started a newer attempt) and this outcome is not the job's any more."""
         self._stop_heartbeat.set()
-        return self._transition(lifecycle.finish, status, result=result, error=error) is not None
+        if self._transition(lifecycle.finish, status, result=result, error=error) is None:
+            return False
+        # The log's last line says how the attempt ended (the log stopped at its last phase).
+        took = int(time.monotonic() - self._t0)
+        why = f": {error.splitlines()[0]}" if error else ""
+        self.log(
+            f"{status} after {took // 60}m {took % 60:02d}s{why}", "error" if status == "failed" else "info"
+        )
+        return True
 
     def _transition(self, move, *args, **kwargs) -> Job | None:
         """One backend.lifecycle transition for this job and attempt in a transaction of its own, then the

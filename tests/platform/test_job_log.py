@@ -4,6 +4,7 @@ own progress (issue 13: "the log panel is empty for evaluations"; "importance sa
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 from tests.platform.helpers import make_dataset
@@ -91,6 +92,8 @@ def test_a_jobs_log_has_the_workers_python_log_and_its_phases(live_app):
         "saving the scores",
     ], phases
     assert phases[2] == "calibration: 0/8 samples (forward + BI, drop, block k=2 scans)"
+    # The last line says how it ended (the log stopped at "saving the scores"; outside UI audit 25).
+    assert re.fullmatch(r"succeeded after \d+m \d\ds", msgs[-1]), msgs[-1]
 
     # An evaluation, which has no training loop, logs the worker's lines too.
     r = api.post(
