@@ -61,9 +61,20 @@ def test_claim_metrics_and_finish(api_env):
         job = s.get(Job, jid)
         assert job.status == "succeeded" and job.progress == 1.0 and job.finished_at >= job.started_at
         events = s.scalars(select(Event).where(Event.job_id == jid).order_by(Event.id)).all()
-        # The forced progress message ("half", a phase) is also a log line, right after its status.
-        assert [e.type for e in events] == ["status", "metric", "metric", "metric", "status", "log", "status"]
-        assert [e.data["msg"] for e in events if e.type == "log"] == ["half"]
+        # The forced progress message ("half", a phase) is also a log line, right after its status; the
+        # last line says how the attempt ended, after its status.
+        assert [e.type for e in events] == [
+            "status",
+            "metric",
+            "metric",
+            "metric",
+            "status",
+            "log",
+            "status",
+            "log",
+        ]
+        logged = [e.data["msg"] for e in events if e.type == "log"]
+        assert logged[0] == "half" and logged[1].startswith("succeeded after 0m ")
         assert [e.data.get("status") for e in events if e.type == "status"] == [
             "running",
             "running",
@@ -159,7 +170,9 @@ def test_event_stream_replay_and_resume_on_each_database(client, api_env):
     full = parse_sse(client.get(f"/api/v1/jobs/{jid}/events").text)
     assert full[-1]["event"] == "end" and '"succeeded"' in full[-1]["data"]
     ids = [e["id"] for e in full[:-1]]
-    assert ids == sorted(set(ids)) and len(ids) == 1 + 10 + 1 + 1  # running, 10 metrics, log, succeeded
+    assert (
+        ids == sorted(set(ids)) and len(ids) == 1 + 10 + 1 + 1 + 1
+    )  # running, 10 metrics, log, succeeded, its log
     for cut in (ids[0], ids[4], ids[-2]):
         rest = parse_sse(client.get(f"/api/v1/jobs/{jid}/events", headers={"Last-Event-ID": str(cut)}).text)
         assert [e["id"] for e in rest[:-1]] == [i for i in ids if i > cut]
