@@ -510,3 +510,20 @@ def test_expert_alignment_reads_memplans_dtype_table():
     with pytest.raises(ValueError, match="unknown dtype 'float8_e4m3fn'"):
         expert_alignment(moe.model_copy(update={"dtype": "float8_e4m3fn"}))
     assert expert_alignment(tiny_spec(dtype="float8_e4m3fn")) == 1  # dense: no alignment to keep
+
+
+def test_marks_inside_dropped_layers_are_one_warning():
+    """Dropping layers that hold marks is routine (mark units, then drop the layer): one line says those
+    entries have no effect, instead of one warning per layer and entry piling up in the planner (outside
+    UI audit 13)."""
+    from tests.real_shapes import llama_3_1_8b
+
+    spec = llama_3_1_8b()
+    plan = PrunePlan(
+        drop_layers=[4, 5], remove_heads={4: [0, 1, 2, 3]}, remove_neurons={4: [1], 5: [2], 6: [3]}
+    )
+    moot = [m for m in validate_plan(plan, spec) if m.field == "drop_layers"]
+    assert [(m.level, m.text) for m in moot] == [
+        ("warning", "layers 4, 5 are dropped: remove_heads, remove_neurons there have no effect")
+    ]
+    assert not [m for m in validate_plan(plan, spec) if m.level == "error"]

@@ -100,14 +100,18 @@ def _layer_index_messages(plan: PrunePlan, spec: ArchSpec) -> list[PlanMessage]:
         msgs.append(
             _error("drop_layers", f"cannot drop all {L} layers; keep at least one (drop at most {L - 1})")
         )
+    moot: dict[int, list[str]] = {}  # dropped layer -> the entries that cut inside it
     for name in _LAYER_MAPPINGS:
         mapping = getattr(plan, name)
         msgs.extend(_range_errors(name, list(mapping), L, "layer"))
         for layer in mapping:
             if layer in plan.drop_layers:
-                msgs.append(
-                    _warning(f"{name}.{layer}", f"layer {layer} is dropped; its {name} entry has no effect")
-                )
+                moot.setdefault(layer, []).append(name)
+    if moot:  # one line, not one per layer and entry: dropping a layer with marks in it is routine
+        layers = sorted(moot)
+        names = sorted({n for entries in moot.values() for n in entries})
+        which = f"layer {layers[0]} is" if len(layers) == 1 else f"layers {_listed(layers)} are"
+        msgs.append(_warning("drop_layers", f"{which} dropped: {', '.join(names)} there have no effect"))
     return msgs
 
 
