@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete
 
 from backend.db import session_scope
-from backend.models import Dataset, ImportanceRun, Plan, Student, Teacher
+from backend.models import Dataset, ImportanceRun, Job, Plan, Student, Teacher
 from tests.tiny_models import tiny_spec
 from tests.ui.conftest import shot
 
@@ -117,3 +117,57 @@ def test_delete_teacher_and_dataset_from_the_page(page, live_app, registered):
     assert f"dataset {ids['corpus']} is in use" in error.inner_text()
     assert corpus_row.count() == 1 and api.get(f"/datasets/{ids['corpus']}").status_code == 200
     shot(page, "delete-registrations")
+
+
+def test_delete_an_importance_run_from_the_teachers_page(page, live_app):
+    """The Runs table sends a run's job to "delete that [run] instead", and the run had no Delete: now
+    its row has one. A failed run goes; one a plan was filled from is refused with the server's reason."""
+    url, tag, api = live_app.env["PRUNESCOPE_DATABASE_URL"], uuid.uuid4().hex[:6], live_app.api
+    with session_scope(url) as s:
+        teacher = Teacher(
+            name=f"runs-{tag}", source=f"org/runs-{tag}", status="ready", spec=tiny_spec().summary()
+        )
+        data = Dataset(name=f"d-{tag}", source="demo")
+        s.add_all([teacher, data])
+        s.flush()
+        runs = {}
+        for status in ("failed", "succeeded"):
+            run = ImportanceRun(
+                teacher_id=teacher.id, dataset_id=data.id, params={"samples": 8, "seq_len": 32}
+            )
+            s.add(run)
+            s.flush()
+            job = Job(
+                kind="importance", params={}, status=status, teacher_id=teacher.id, importance_run_id=run.id
+            )
+            s.add(job)
+            s.flush()
+            run.job_id, runs[status] = job.id, run.id
+        s.add(
+            Plan(
+                teacher_id=teacher.id,
+                importance_run_id=runs["succeeded"],
+                name="filled",
+                plan={},
+                messages=[],
+            )
+        )
+        tid, data_id = teacher.id, data.id
+    page.goto(f"{live_app.url}/#/?teacher={tid}")
+    table = page.locator("[data-testid=importance-runs]")
+    failed = table.locator(f"tr[data-run-id='{runs['failed']}']")
+    failed.wait_for()
+    page.once("dialog", lambda d: d.accept())
+    failed.locator("[data-testid=run-delete]").click()
+    failed.wait_for(state="detached")
+    assert api.get(f"/importance-runs/{runs['failed']}").status_code == 404
+
+    used = table.locator(f"tr[data-run-id='{runs['succeeded']}']")
+    page.once("dialog", lambda d: d.accept())
+    used.locator("[data-testid=run-delete]").click()
+    error = page.locator("[data-testid=run-delete-error]")
+    page.wait_for_function("el => el.textContent.length > 0", arg=error.element_handle())
+    assert "plan" in error.inner_text() and used.count() == 1
+    assert api.get(f"/importance-runs/{runs['succeeded']}").status_code == 200
+    assert api.delete(f"/teachers/{tid}").status_code == 204  # with its run, plan and jobs
+    assert api.delete(f"/datasets/{data_id}").status_code == 204

@@ -271,7 +271,7 @@ export async function teachersView(host, { query }, ctx) {
   function importancePanel(t) {
     const form = importanceForm(t);
     const runs = runsTable();
-    return h("section.panel", h("header", h("h2", "Importance runs"), h("span.hint", "one forward pass scores heads, neurons and channels; depth scans add passes")), form, h("div", { style: { marginTop: "12px" } }, runs));
+    return h("section.panel", h("header", h("h2", "Importance runs"), h("span.hint", "one forward pass scores heads, neurons and channels; depth scans add passes")), form, h("div", { style: { marginTop: "12px" } }, runs), runsErr);
   }
 
   function importanceForm(t) {
@@ -388,6 +388,21 @@ export async function teachersView(host, { query }, ctx) {
     return form;
   }
 
+  // The Runs table's job rows send here to delete a run ("delete that [run] instead"): its own button.
+  const runsErr = h("div.error-msg", { dataset: { testid: "run-delete-error" } });
+  async function removeRun(r) {
+    if (!confirm(`Delete importance run #${r.id} and its scores?`)) return;
+    try {
+      await api.del(`/importance-runs/${r.id}`);
+    } catch (err) {
+      showError(runsErr, err); // the server's 409 says what still uses it; nothing changes
+      return;
+    }
+    showError(runsErr, null);
+    toast(`Importance run #${r.id} deleted.`);
+    await refresh();
+  }
+
   function runsTable() {
     return state.runs.length
       ? h("table", { dataset: { testid: "importance-runs" } },
@@ -397,7 +412,9 @@ export async function teachersView(host, { query }, ctx) {
             h("td.mono.faint", `${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"} · ${(r.params?.scans || []).join(",") || "width only"}`),
             h("td", statusBadge(r.status), statusReason(r, { inline: true })),
             h("td", { dataset: { progressFor: r.job_id } }, progressBar(r)),
-            h("td.row-actions", r.status === "succeeded" ? [h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →"), h("a.btn", { href: href("search", [], { run: r.id }), dataset: { testid: "search-run" }, title: "every architecture within a budget, ranked by held-out loss" }, "Search →")] : null),
+            h("td.row-actions",
+              r.status === "succeeded" ? [h("a.btn", { href: href("explore", [r.id]) }, "Open explorer →"), h("a.btn", { href: href("search", [], { run: r.id }), dataset: { testid: "search-run" }, title: "every architecture within a budget, ranked by held-out loss" }, "Search →")] : null,
+              ["succeeded", "failed", "cancelled"].includes(r.status) ? h("button.ghost.small", { type: "button", dataset: { testid: "run-delete" }, title: "delete this run and its scores; refused while a plan was filled from it or a job reads it", onclick: () => removeRun(r) }, "Delete") : null),
           ))))
       : h("div.empty", "No importance run yet for this teacher.");
   }
