@@ -171,3 +171,31 @@ def test_delete_an_importance_run_from_the_teachers_page(page, live_app):
     assert api.get(f"/importance-runs/{runs['succeeded']}").status_code == 200
     assert api.delete(f"/teachers/{tid}").status_code == 204  # with its run, plan and jobs
     assert api.delete(f"/datasets/{data_id}").status_code == 204
+
+
+def test_delete_a_student_from_the_runs_page(page, live_app):
+    """A student made by mistake had no Delete in the dashboard (the teacher's Delete says "delete its
+    students first"): its panel has one now; the student goes from the list and the server."""
+    url, tag, api = live_app.env["PRUNESCOPE_DATABASE_URL"], uuid.uuid4().hex[:6], live_app.api
+    with session_scope(url) as s:
+        teacher = Teacher(
+            name=f"st-{tag}", source=f"org/st-{tag}", status="ready", spec=tiny_spec().summary()
+        )
+        s.add(teacher)
+        s.flush()
+        plan = Plan(teacher_id=teacher.id, name="p", plan={"drop_layers": [3]}, messages=[])
+        s.add(plan)
+        s.flush()
+        student = Student(name=f"oops-{tag}", plan_id=plan.id, teacher_id=teacher.id, status="failed")
+        s.add(student)
+        s.flush()
+        tid, sid = teacher.id, student.id
+    page.goto(f"{live_app.url}/#/runs?student={sid}")
+    page.locator("[data-testid=student-detail] [data-testid=student-delete]").wait_for()
+    questions = []
+    page.once("dialog", lambda d: (questions.append(d.message), d.accept()))
+    page.click("[data-testid=student-delete]")
+    page.locator(f"tr[data-student-id='{sid}']").wait_for(state="detached")
+    assert questions and f'student #{sid} "oops-{tag}"' in questions[0]
+    assert api.get(f"/students/{sid}").status_code == 404
+    assert api.delete(f"/teachers/{tid}").status_code == 204  # now it has no student left

@@ -195,7 +195,7 @@ export async function runsView(host, { query }, ctx) {
     }
     const t = teacherOf(s);
     const err = h("div.error-msg");
-    const form = h("form.stack", { dataset: { testid: "distill-form" } }, distillFields(state.datasets), h("div.row", h("span.spacer"), h("button.primary", { type: "submit", disabled: s.status !== "ready", dataset: { testid: "queue-distill" } }, "Queue distillation")), err);
+    const form = h("form.stack", { dataset: { testid: "distill-form" } }, distillFields(state.datasets), h("div.row", h("span.spacer"), h("button.primary", { type: "submit", disabled: s.status !== "ready", title: s.status === "ready" ? "" : "the student can be distilled once its cut has finished", dataset: { testid: "queue-distill" } }, "Queue distillation")), err);
     form.insertBefore(distillMemoryLine(form, s, t), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -230,6 +230,23 @@ export async function runsView(host, { query }, ctx) {
         showError(quickErr, e);
       }
     };
+    // A student made by mistake (or a teacher's last one, which the teacher's Delete waits for).
+    const removeStudent = async () => {
+      if (!confirm(`Delete student #${s.id} "${s.name}" with its weights and finished jobs?`)) return;
+      try {
+        await api.del(`/students/${s.id}`);
+      } catch (e) {
+        showError(quickErr, e); // the server's 409 says what still needs it; nothing changes
+        return;
+      }
+      toast(`Student "${s.name}" deleted.`);
+      state.selected = null;
+      setQuery({ student: null });
+      refresh();
+    };
+    // A pending student's cut job: queued behind other jobs, or running.
+    const cut = state.jobs.find((j) => j.kind === "prune" && j.student_id === s.id && ["queued", "running"].includes(j.status));
+    const cutting = cut?.status === "queued" ? "The cut is queued behind other jobs…" : "The cut is running…";
     renderStudentJobs(s);
     const spec = s.spec;
     mount(detail,
@@ -237,12 +254,13 @@ export async function runsView(host, { query }, ctx) {
         h("header", h("h2", s.name), statusBadge(s.status),
           h("a.btn", { href: href("compare", [], { students: s.id, teacher: s.teacher_id }) }, "Compare with teacher"),
           s.status === "ready" ? h("a.btn", { href: authUrl(`/students/${s.id}/download`) }, "Download") : null,
-          s.status === "ready" ? h("button", { onclick: promote, dataset: { testid: "promote" }, title: "register its newest distilled weights (else the pruned ones) as a teacher: the next round of compression" }, "Use as teacher") : null),
+          s.status === "ready" ? h("button", { onclick: promote, dataset: { testid: "promote" }, title: "register its newest distilled weights (else the pruned ones) as a teacher: the next round of compression" }, "Use as teacher") : null,
+          s.status !== "pending" ? h("button.ghost.small", { onclick: removeStudent, dataset: { testid: "student-delete" }, title: "delete this student, its weights and its finished jobs; refused while a job uses it" }, "Delete") : null),
         s.error ? h("div.error-msg", s.error) : null,
         spec ? h("dl.kv",
           h("dt", "shape"), h("dd", `${spec.num_layers} layers · hidden ${spec.hidden_size} · heads ${spec.num_heads} (${spec.num_kv_heads} KV groups) · MLP ${spec.intermediate_size}${spec.uniform ? "" : " (non-uniform)"}`),
           h("dt", "parameters"), h("dd", `${compact(spec.params_total)}${t?.spec ? ` (${pct(spec.params_total / t.spec.params_total)} of ${t.name})` : ""}`),
-          h("dt", "artifact"), h("dd", s.path || "–")) : h("div.empty", "The cut is running…"),
+          h("dt", "artifact"), h("dd", s.path || "–")) : h("div.empty", s.status === "pending" ? cutting : "No weights."),
         h("div.row", { style: { marginTop: "10px" } },
           h("button", { disabled: s.status !== "ready", onclick: quick("evaluate", {}) }, "Evaluate perplexity"),
           h("button", { disabled: s.status !== "ready", onclick: quick("benchmark", {}) }, "Benchmark speed")),
