@@ -161,15 +161,10 @@ def test_an_unreachable_hub_fails_an_in_memory_hf_source_at_once(monkeypatch):
     on localhost refuses the connection."""
     import time
 
-    from huggingface_hub import constants
-
+    from tests.engine.offline_hub import hub_refusing_connections
     from worker.engine import hub
 
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(hub, "_probed", {})
+    hub_refusing_connections(monkeypatch)
     began = time.monotonic()
     with pytest.raises(
         ValueError, match=r"cannot load .*the hub cannot be reached \(127.0.0.1:9 did not answer"
