@@ -48,11 +48,21 @@ function dispose(ctx) {
   }
 }
 
+/** An address no page answers (a typo, an old bookmark): said, with the way back, instead of showing
+ * the start page as if the address were right. */
+function unknownPage(host, parsed) {
+  const back = Object.assign(document.createElement("a"), { href: "#/", textContent: "Teachers & data" });
+  const box = Object.assign(document.createElement("div"), { className: "empty" });
+  box.dataset.testid = "unknown-page";
+  box.append(`No page at #/${parsed.name}. Go to `, back, ".");
+  host.append(box);
+}
+
 export function start(host, onNavigate) {
   const render = () => {
     const parsed = parseHash();
     if (current) dispose(current);
-    const view = routes.get(parsed.name) || routes.get("");
+    const view = routes.get(parsed.name) || unknownPage;
     host.replaceChildren();
     onNavigate(parsed);
     // Views may be async; ctx.alive tells late callbacks that the user has left the page.

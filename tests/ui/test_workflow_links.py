@@ -28,3 +28,14 @@ def test_a_child_job_links_its_workflow_and_the_workflow_job_opens_its_view(page
     page.goto(f"{live_app.url}/#/job/{wf['id']}")
     page.wait_for_function(f"location.hash.startsWith('#/bakeoff/{wf['id']}')")
     assert live_app.api.post(f"/workflows/{wf['id']}/cancel").status_code == 202
+
+
+def test_an_address_no_page_answers_says_so_with_the_way_back(page, live_app):
+    """#/nonsense showed the Teachers page as if the address were right (outside UI audit 26)."""
+    page.goto(f"{live_app.url}/#/nonsense/3")
+    box = page.locator("[data-testid=unknown-page]")
+    box.wait_for()
+    assert box.inner_text() == "No page at #/nonsense. Go to Teachers & data."
+    assert page.locator("[data-testid=teacher-list]").count() == 0
+    box.locator("a").click()
+    page.wait_for_selector("[data-testid=teacher-list]")
