@@ -95,11 +95,10 @@ def in_memory_need(
 def device_capacity(device: torch.device) -> int:
     """What a pass may use on `device` now, as `memplan.usable_bytes` reads a worker's registry entry:
     a CPU's available RAM; a GPU's total less the reserve, and no more than is free now."""
-    free = free_device_bytes(device)
-    if device.type != "cuda":
-        return memplan.usable_bytes({"kind": "cpu", "free_bytes": free})
-    total = torch.cuda.mem_get_info(device)[1]
-    return min(free, memplan.usable_bytes({"kind": "cuda", "total_bytes": total}))
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)  # one query gives both
+        return min(int(free), memplan.usable_bytes({"kind": "cuda", "total_bytes": int(total)}))
+    return memplan.usable_bytes({"kind": "cpu", "free_bytes": free_device_bytes(device)})
 
 
 def choose_mode(
