@@ -6,6 +6,7 @@ teachers are left alone (no internet needed at start)."""
 from __future__ import annotations
 
 import shutil
+import time
 
 from sqlalchemy import select
 
@@ -41,6 +42,15 @@ def _refresh_jobs(url: str) -> dict[int, list[int]]:
         return found
 
 
+def _queued_for(url: str, teachers: int, timeout: float = 30.0) -> dict[int, list[int]]:
+    """The refresh jobs once `teachers` teachers have one (or what there is at the deadline): the API
+    queues them from a background task after it starts serving, one teacher after the other."""
+    deadline = time.monotonic() + timeout
+    while len(found := _refresh_jobs(url)) < teachers and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
 def test_old_specs_are_read_again_at_start_and_the_teachers_stay_ready(live_app):
     app, url = live_app, live_app.env["PRUNESCOPE_DATABASE_URL"]
     fresh = _register(app, "fresh", app.teacher_dir)
@@ -59,7 +69,7 @@ def test_old_specs_are_read_again_at_start_and_the_teachers_stay_ready(live_app)
     app.server.stop()
     app.server.start()  # the same port: app.api still reaches it
 
-    jobs = _refresh_jobs(url)
+    jobs = _queued_for(url, 2)
     assert sorted(jobs) == [old, broken]  # neither the complete nor the hub teacher
     assert app.wait_job(jobs[old][0])["status"] == "succeeded"
     assert app.wait_job(jobs[broken][0])["status"] == "failed"
