@@ -9,7 +9,7 @@ import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
-import { distillFields, distillParams } from "./runs.js";
+import { distillFields, distillParams } from "../components/distillform.js";
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";

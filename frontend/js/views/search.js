@@ -5,10 +5,9 @@
 // URL: #/search?run=<importance run>  (start + list) · #/search/<job id>?x=params|memory|latency&y=loss|ppl
 
 import { api, showError } from "../api.js";
-import { parseCount } from "../components/planner.js";
 import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented, toast } from "../dom.js";
-import { bytes, compact, duration, ms, pct, sig, when } from "../format.js";
+import { bytes, compact, duration, ms, parseCount, pct, sig, when } from "../format.js";
 import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
