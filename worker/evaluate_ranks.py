@@ -32,8 +32,8 @@ MODULE = "worker.evaluate_ranks"
 
 def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
-    from worker.handlers.common import job_dataset, model_source
     from worker.handlers.measure_jobs import subject
+    from worker.job_io import job_dataset, model_source
 
     p = job.params
     source, trust_remote_code = subject(rt, job)
@@ -63,8 +63,8 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine import eval_protocol
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.gang import opened
-    from worker.handlers.common import json_safe, store
     from worker.handlers.measure_jobs import LmEvalCount, save_measurement
+    from worker.job_io import json_safe, store
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))

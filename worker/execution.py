@@ -28,7 +28,7 @@ def execute(job_id: int, attempt: int, device: str) -> str:
 
 def _run(rt: JobRuntime, job, job_id: int) -> str:
     from worker.handlers import HANDLERS
-    from worker.handlers.common import check_teacher_files
+    from worker.job_io import check_teacher_files
 
     try:
         check_teacher_files(rt, job)  # before anything reads the teacher (and before its device is held)

@@ -11,7 +11,7 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.search_results import ARTIFACT_KIND, REPORT_FILE, report_key
-from worker.handlers.common import (
+from worker.job_io import (
     LoadCount,
     check_remote_code,
     fetch_rows,
@@ -27,7 +27,7 @@ def load_teacher(rt: JobRuntime, teacher, dtype: str):
     """(model, tokenizer) of the teacher in the search's dtype (`settings.dtype`, float32 unless the job
     asks otherwise), as `prunescope search` loads it: not the checkpoint's own dtype (the demo teacher is
     stored in bfloat16, and its losses would then be scored in bfloat16). Its progress counts the tensors
-    read, as every job's load does (worker.handlers.common.load)."""
+    read, as every job's load does (worker.job_io.load)."""
     from worker.engine.loading import load_model
 
     check_remote_code(rt, teacher.trust_remote_code)

@@ -8,7 +8,7 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.models import BenchmarkResult, Job, Student, Teacher
-from worker.handlers.common import (
+from worker.job_io import (
     distilled_key,
     documents,
     fetch_rows,
