@@ -39,7 +39,6 @@ Modules, one job each: `units` (dtype sizes, chunk sizes, reserves and the other
 `format_bytes`), `activations` (what a layer saves and holds while it runs), one module per job's
 peak: `distill` (distillation, teacher correction), `importance`, `evaluation`, `prune` (sharing
 `peak`: the result's shape), and `fit` (a job on a worker: `usable_bytes`, `distill_candidates`).
-`jobs` keeps the four under the one import path they had before.
 """
 
 from __future__ import annotations
