@@ -6,7 +6,7 @@ import { api, showError } from "../api.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
 import { debounce, h, mount, segmented } from "../dom.js";
 import { bytes, compact, flops, pct, sig } from "../format.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
+import { baseLayout, logAxis, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { distillFields, distillParams } from "../components/distillform.js";
@@ -159,7 +159,7 @@ export async function compareView(host, { query }, ctx) {
       return;
     }
     if (!el.data) el.replaceChildren(); // drop the placeholder once, then let plotly update in place
-    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: { type: metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
+    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: metric.endsWith("ppl") ? logAxis(traces) : { type: "linear" } }), PLOT_CONFIG);
   }
 
   renderPicker();
