@@ -123,7 +123,9 @@ export async function runsView(host, { query }, ctx) {
   function renderDetail() {
     const s = state.students.find((x) => x.id === state.selected);
     // Re-render the forms only when the student or its status changes, so polling keeps typed values.
-    const key = s ? `${s.id}:${s.status}` : null;
+    // Its distillations too: a new one is a new choice of weights to measure.
+    const distills = s ? state.jobs.filter((j) => j.student_id === s.id && j.kind === "distill" && MEASURABLE.includes(j.status)).map((j) => j.id) : [];
+    const key = s ? `${s.id}:${s.status}:${distills.join(",")}` : null;
     if (s && key === detailKey) {
       renderStudentJobs(s);
       return;
@@ -150,9 +152,10 @@ export async function runsView(host, { query }, ctx) {
       }
     });
     const quickErr = h("div.error-msg");
-    const quick = (kind, params) => async () => {
+    const weightsChoice = weightsSelect(state.jobs.filter((j) => j.student_id === s.id));
+    const quick = (kind) => async () => {
       try {
-        const job = await api.post("/jobs", { kind, student_id: s.id, params });
+        const job = await api.post("/jobs", { kind, student_id: s.id, params: weightsParams(weightsChoice.querySelector("select").value) });
         showError(quickErr, null);
         toast(`${kind} job #${job.id} queued.`);
         refresh();
@@ -202,8 +205,9 @@ export async function runsView(host, { query }, ctx) {
           h("dt", "parameters"), h("dd", `${compact(spec.params_total)}${t?.spec ? ` (${pct(spec.params_total / t.spec.params_total)} of ${t.name})` : ""}`),
           h("dt", "artifact"), h("dd", s.path || "–")) : h("div.empty", s.status === "pending" ? cutting : "No weights."),
         h("div.row", { style: { marginTop: "10px" } },
-          h("button", { disabled: s.status !== "ready", onclick: quick("evaluate", {}) }, "Evaluate perplexity"),
-          h("button", { disabled: s.status !== "ready", onclick: quick("benchmark", {}) }, "Benchmark speed")),
+          weightsChoice,
+          h("button", { disabled: s.status !== "ready", onclick: quick("evaluate"), dataset: { testid: "evaluate-student" } }, "Evaluate perplexity"),
+          h("button", { disabled: s.status !== "ready", onclick: quick("benchmark"), dataset: { testid: "benchmark-student" } }, "Benchmark speed")),
         measureMemoryLine(s, t),
         quickErr),
       h("section.panel", h("header", h("h2", "Queue distillation"), h("span.hint", "forward KL to the teacher's logits (Minitron); baseline trains on CE without the teacher")), form),
@@ -217,4 +221,24 @@ export async function runsView(host, { query }, ctx) {
   }, 3000);
   ctx.onCleanup(() => clearInterval(poll));
   await refresh();
+}
+
+// Which weights of a student an evaluate / benchmark job measures (the API's `weights` / `distill_job_id`,
+// backend/schemas.py OnWeights): its newest distillation (the API's default), as cut, or one distillation.
+const MEASURABLE = ["queued", "running", "succeeded"]; // backend/api/jobs.py MEASURABLE: its weights exist or will
+
+/** The "weights" select over a student's `jobs`: "latest", "pruned", then "distill:<id>" per distillation. */
+export function weightsSelect(jobs) {
+  const distills = jobs.filter((j) => j.kind === "distill" && MEASURABLE.includes(j.status)).sort((a, b) => b.id - a.id);
+  const select = h("select", { name: "weights", dataset: { testid: "measure-weights" }, title: "which weights of this student the evaluation or benchmark measures" },
+    h("option", { value: "latest" }, distills.length ? "newest distillation" : "newest distillation (none yet: as cut)"),
+    h("option", { value: "pruned" }, "as cut (pruned, not distilled)"),
+    distills.map((j) => h("option", { value: `distill:${j.id}` }, `distillation #${j.id}${j.name ? ` ${j.name}` : ""}${j.status === "succeeded" ? "" : ` (${j.status})`}`)));
+  return h("label.ctl", h("span", "weights"), select);
+}
+
+/** The job params of a weights choice (weightsSelect's value). */
+export function weightsParams(value) {
+  if (value?.startsWith("distill:")) return { distill_job_id: Number(value.slice("distill:".length)) };
+  return value === "pruned" ? { weights: "pruned" } : {};
 }
