@@ -380,7 +380,7 @@ export function depthLayerMethod(layers, k) {
 // ---- the study: a server-side workflow (backend/workflows; POST /workflows) --------------------------
 
 // A study is a bake-off workflow named so: a search's bake-off is a workflow of the teacher too, and the
-// wizard must not show it as "Study #n" with the steps of another experiment.
+// wizard must not show another experiment as its study, with that experiment's steps.
 const STUDY_NAME = "depth vs width at ";
 export function isStudy(wf) {
   return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
@@ -405,7 +405,7 @@ function studyPanel(wf, { onAction, actionErr }) {
   };
   return h("div.stack", { dataset: { testid: "study", id: wf.id } },
     h("div.row",
-      h("a", { href: href("bakeoff", [wf.id]), dataset: { testid: "study-link" } }, `Study #${wf.id}`),
+      h("a", { href: href("bakeoff", [wf.id]), dataset: { testid: "study-link" } }, `Bake-off #${wf.id}`),
       statusBadge(wf.status),
       h("span.spacer"),
       active ? h("button.small.danger", { type: "button", dataset: { testid: "study-cancel" }, onclick: () => onAction("cancel") }, "Cancel") : null,
