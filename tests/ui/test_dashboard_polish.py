@@ -85,6 +85,10 @@ def test_importance_runs_name_their_calibration_data(page, live_app, shared_run)
     dataset = live_app.api.get(f"/datasets/{run['dataset_id']}").json()
     # The job row names it too (the runs table reads a job's params).
     assert live_app.api.get(f"/jobs/{run['job_id']}").json()["params"]["dataset_id"] == dataset["id"]
+    # A delete of the dataset is refused naming the run once, not its job again.
+    refused = live_app.api.delete(f"/datasets/{dataset['id']}")
+    assert refused.status_code == 409 and re.search(rf"importance runs? [\d, ]*\b{run['id']}\b", refused.text)
+    assert f"{run['job_id']} (importance" not in refused.text, refused.text
     page.goto(f"{live_app.url}/#/?teacher={shared_run['teacher']['id']}")
     cell = page.locator(f"[data-testid=importance-runs] tr[data-run-id='{run['id']}'] [data-testid=run-data]")
     assert cell.inner_text().splitlines()[0] == dataset["name"]
