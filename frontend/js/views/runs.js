@@ -14,6 +14,7 @@ import { paramCount } from "../costmodel.js";
 import { remember } from "../remember.js";
 import { DISTILL_FORM_KEY, distillFields, distillParams } from "../components/distillform.js";
 import { RunsTable } from "../components/runtable.js";
+import { MEASURABLE_DISTILLS } from "../serverconfig.js";
 
 /** Live "needs X per device; fits ..." for the distill form of student `s` (spec) from teacher `t`. */
 export function distillMemoryLine(form, student, teacher) {
@@ -124,7 +125,7 @@ export async function runsView(host, { query }, ctx) {
     const s = state.students.find((x) => x.id === state.selected);
     // Re-render the forms only when the student or its status changes, so polling keeps typed values.
     // Its distillations too: a new one is a new choice of weights to measure.
-    const distills = s ? state.jobs.filter((j) => j.student_id === s.id && j.kind === "distill" && MEASURABLE.includes(j.status)).map((j) => j.id) : [];
+    const distills = s ? state.jobs.filter((j) => j.student_id === s.id && j.kind === "distill" && MEASURABLE_DISTILLS.includes(j.status)).map((j) => j.id) : [];
     const key = s ? `${s.id}:${s.status}:${distills.join(",")}` : null;
     if (s && key === detailKey) {
       renderStudentJobs(s);
@@ -225,11 +226,10 @@ export async function runsView(host, { query }, ctx) {
 
 // Which weights of a student an evaluate / benchmark job measures (the API's `weights` / `distill_job_id`,
 // backend/schemas.py OnWeights): its newest distillation (the API's default), as cut, or one distillation.
-const MEASURABLE = ["queued", "running", "succeeded"]; // backend/api/jobs.py MEASURABLE: its weights exist or will
 
 /** The "weights" select over a student's `jobs`: "latest", "pruned", then "distill:<id>" per distillation. */
 export function weightsSelect(jobs) {
-  const distills = jobs.filter((j) => j.kind === "distill" && MEASURABLE.includes(j.status)).sort((a, b) => b.id - a.id);
+  const distills = jobs.filter((j) => j.kind === "distill" && MEASURABLE_DISTILLS.includes(j.status)).sort((a, b) => b.id - a.id);
   const select = h("select", { name: "weights", dataset: { testid: "measure-weights" }, title: "which weights of this student the evaluation or benchmark measures" },
     h("option", { value: "latest" }, distills.length ? "newest distillation" : "newest distillation (none yet: as cut)"),
     h("option", { value: "pruned" }, "as cut (pruned, not distilled)"),
