@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle, memcheck, removal, serialize
+from backend import lifecycle, memcheck, removal, serialize, teacher_evaluations
 from backend.api.errors import errors
 from backend.api.importance import ready_teacher
 from backend.data_reading import DataReading, check_data_reading
@@ -236,17 +236,9 @@ def on_protocol(params: EvaluateParams, teacher: Teacher) -> EvaluateParams:
 def evaluate_teacher_on_first_need(request: Request, db: Session, teacher_id: int, values: dict) -> None:
     """Queue the teacher's evaluation on the protocol a student's evaluation uses, unless one exists
     (queued, running or succeeded): the student's number then always has its teacher's beside it."""
-    wanted = eval_protocol.of_job("evaluate", values)["id"]
-    done = db.scalars(
-        select(Job).where(
-            Job.kind == "evaluate",
-            Job.teacher_id == teacher_id,
-            Job.student_id.is_(None),
-            Job.status.in_(MEASURABLE),
-        )
-    )
-    if any(eval_protocol.of_job("evaluate", j.params)["id"] == wanted for j in done):
+    if teacher_evaluations.on_protocol(db, teacher_id, values, MEASURABLE) is not None:
         return
+    wanted = teacher_evaluations.protocol_id(values)
     params = {k: values[k] for k in (*PROTOCOL_PARAMS, "device")}
     try:
         teacher_values, _, queue = _checked(
