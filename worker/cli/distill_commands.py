@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.cli import CliError, check_append_file, check_output_dir, check_positions, say
-from worker.cli.data_options import add_data_options, data_source, open_stream
+from worker.cli.data_options import add_data_options, check_data_found, data_source, open_stream
 from worker.cli.importance_commands import _check_device
 from worker.engine.distill_defaults import DEFAULTS as D
 
@@ -554,6 +554,7 @@ def _evaluate(args) -> int:
         raise CliError(f"--tasks: {exc}") from None
     _check_result_path(args.out)
     _check_device(args.device)
+    check_data_found(args.data)
     from worker.engine.distributed import DistributedContext
 
     # Under torchrun / srun: data-parallel, each rank scoring its share of the windows and of each lm-eval
