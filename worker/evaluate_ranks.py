@@ -108,13 +108,11 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result: dict[str, Any] = {
-        "perplexity": json_safe(ranks_result["perplexity"]),
+        **json_safe(ranks_result),  # the engine's evaluation dict, as a one-process job's
         "protocol": eval_protocol.of_job("evaluate", p),
-        "tasks": json_safe(ranks_result["tasks"]),
         "seconds": None,
         # Where it ran, as a one-process evaluation records it (the compare table shows it).
         "device": device_type(rt.device),
-        "dtype": ranks_result.get("dtype"),
         "distributed": {
             "world_size": world,
             "nodes": nodes,
@@ -138,7 +136,8 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
 def rank_main(argv: list[str] | None = None) -> int:
     """One rank's perplexity and lm-eval tasks (also one process when not launched by torchrun / srun).
 
-    Writes {"perplexity": ..., "tasks": [...], "world_size", "dtype"} to `--out` (rank 0)."""
+    Writes the engine's evaluation dict (worker.engine.evaluation.evaluate_model: {"perplexity",
+    "tasks", "dtype", "world_size"}, as `prunescope evaluate` prints it) to `--out` (rank 0)."""
     parser = argparse.ArgumentParser(prog="python -m worker.evaluate_ranks")
     parser.add_argument("model")
     parser.add_argument("--data", default="demo")
@@ -158,8 +157,7 @@ def rank_main(argv: list[str] | None = None) -> int:
 
     from worker.engine.data import read_documents
     from worker.engine.distributed import DistributedContext
-    from worker.engine.dtypes import model_dtype_name
-    from worker.engine.evaluation import perplexity, run_lm_eval
+    from worker.engine.evaluation import evaluate_model
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.engine.loading import load_model
 
@@ -184,25 +182,23 @@ def rank_main(argv: list[str] | None = None) -> int:
     def answered(r: RequestProgress) -> None:
         record({"phase": "lm-eval", **dataclasses.asdict(r)})
 
-    ppl = perplexity(
+    tasks = [t for t in args.tasks.split(",") if t]
+    result = evaluate_model(
         model,
-        documents,
         tokenizer,
+        documents,
         context=args.context,
         stride=args.stride,
         batch_size=args.batch_size,
         max_documents=args.max_documents,
-        progress=progress,
+        tasks=tasks,
+        limit=args.limit,
+        cache_root=args.cache,
         ranks=ctx,
+        scored=progress,
+        before_tasks=lambda: record({"phase": "lm-eval-tasks", "tasks": tasks}),
+        answered=answered,
     )
-    ppl["world_size"] = ctx.world_size
-    tasks = [t for t in args.tasks.split(",") if t]
-    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size, "dtype": model_dtype_name(model)}
-    if tasks:
-        record({"phase": "lm-eval-tasks", "tasks": tasks})
-        result["tasks"] = run_lm_eval(
-            model, tokenizer, tasks, limit=args.limit, cache_root=args.cache, progress=answered, ranks=ctx
-        )
     ctx.close()
     if ctx.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,6 @@ def _measured(job: Job) -> dict[str, Any]:
 
 def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import eval_protocol, evaluation
-    from worker.engine.dtypes import model_dtype_name
 
     p = job.params
     if p.get("tasks"):  # an unknown name fails the job now, not after the perplexity pass
@@ -71,34 +70,31 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.progress(0.05 + share * done / total, f"perplexity: {where}", phase="perplexity")
         rt.raise_if_cancelled()
 
-    ppl = evaluation.perplexity(
-        model, docs, tokenizer, context=p["seq_len"], stride=p.get("stride"), progress=scored
+    def tasks_next() -> None:
+        rt.raise_if_cancelled()
+        rt.progress(0.5, f"lm-eval tasks: building the requests of {', '.join(p['tasks'])}", force=True)
+
+    measured = evaluation.evaluate_model(
+        model,
+        tokenizer,
+        docs,
+        context=p["seq_len"],
+        stride=p.get("stride"),
+        tasks=p.get("tasks") or (),
+        limit=p.get("limit"),
+        cache_root=rt.settings.cache,
+        scored=scored,
+        before_tasks=tasks_next,
+        answered=LmEvalCount(rt, p.get("tasks") or (), (0.5, 0.95)),
     )
     result: dict[str, Any] = {
-        "perplexity": json_safe(ppl),
+        **json_safe(measured),  # the engine's evaluation dict, as `prunescope evaluate` prints it
         "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by
-        "tasks": [],
         "seconds": None,
-        "weights_stamp": weights_stamp(
-            model_dir, rt.device, model_dtype_name(model)
-        ),  # a preview may reuse it
-        # Where it ran (the compare table shows it beside each model's numbers).
-        "device": rt.device,
-        "dtype": model_dtype_name(model),
+        "weights_stamp": weights_stamp(model_dir, rt.device, measured["dtype"]),  # a preview may reuse it
+        "device": rt.device,  # where it ran (the compare table shows it beside each model's numbers)
     }
     rt.raise_if_cancelled()
-    if p.get("tasks"):
-        rt.progress(0.5, f"lm-eval tasks: building the requests of {', '.join(p['tasks'])}", force=True)
-        result["tasks"] = json_safe(
-            evaluation.run_lm_eval(
-                model,
-                tokenizer,
-                p["tasks"],
-                limit=p["limit"],
-                cache_root=rt.settings.cache,
-                progress=LmEvalCount(rt, p["tasks"], (0.5, 0.95)),
-            )
-        )
     result["seconds"] = time.perf_counter() - t0
     return save_measurement(rt, job, "evaluate", result)
 
