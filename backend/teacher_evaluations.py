@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.models import Job
+from backend.routing import device_type
 from worker.engine import eval_protocol
 
 
@@ -36,9 +37,11 @@ def on_protocol(
     statuses: Iterable[str],
     *,
     with_tasks: bool = False,
+    device: str = "auto",
 ) -> Job | None:
     """The newest evaluate job of the teacher alone in one of `statuses` measuring perplexity on the
-    protocol of `params` (with `with_tasks`, also the same lm-eval tasks); None when there is none."""
+    protocol of `params` (with `with_tasks`, also the same lm-eval tasks; with a `device` requirement
+    other than auto, run on that device type); None when there is none."""
     wanted = protocol_id(params)
     jobs = session.scalars(
         select(Job)
@@ -51,6 +54,9 @@ def on_protocol(
         .order_by(Job.id.desc())
     )
     for job in jobs:
-        if protocol_id(job.params) == wanted and (not with_tasks or same_tasks(job.params, params)):
-            return job
+        if protocol_id(job.params) != wanted or (with_tasks and not same_tasks(job.params, params)):
+            continue
+        if device != "auto" and (job.device is None or device_type(job.device) != device):
+            continue
+        return job
     return None

@@ -53,14 +53,15 @@ def waiting_message(device: str, exclusive: bool) -> str:
 
 
 def busy_for_a_benchmark(settings: Settings, device: str) -> bool:
-    """Whether a benchmark would wait for `device` now: a job holds it or a benchmark waits at its gate.
-    Both locks are tried without blocking and let go at once (a reader arriving meanwhile retries in
-    POLL_S)."""
-    with ExitStack() as stack:
-        for path in _lock_files(settings, device):
-            fd = stack.enter_context(_open(path))
+    """Whether a benchmark would wait for `device` now: a benchmark waits at its gate (held exclusively)
+    or a job holds it. Tried without blocking and let go at once: the gate shared, as a reader takes it;
+    the device lock exclusively (only that says whether a reader holds it; a reader trying it in that
+    instant retries in POLL_S)."""
+    gate_path, use_path = _lock_files(settings, device)
+    with _open(gate_path) as gate, _open(use_path) as use:
+        for fd, mode in ((gate, fcntl.LOCK_SH), (use, fcntl.LOCK_EX)):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
     return False

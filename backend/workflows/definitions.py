@@ -142,7 +142,12 @@ def _measure(kind: str, settings_key: str, *, pruned: bool = False) -> Callable[
             params["weights"], params["distill_job_id"] = "latest", None
             if kind == "evaluate":  # the teacher's number on this protocol, when one was measured
                 measured = teacher_evaluations.on_protocol(
-                    ctx.session, links["teacher_id"], params, ("succeeded",), with_tasks=True
+                    ctx.session,
+                    links["teacher_id"],
+                    params,
+                    ("succeeded",),
+                    with_tasks=True,
+                    device=params["device"],  # a study on cuda takes no CPU measurement
                 )
                 return Child(kind, params, links, reuse=measured)
         return Child(kind, params, links)
