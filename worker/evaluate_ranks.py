@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.routing import device_type
+from worker.measurements import LmEvalCount, save_measurement, subject
 from worker.multi_rank import run_ranks, stop_grace_s
 from worker.runtime import JobCancelled, JobRuntime
 
@@ -32,7 +33,6 @@ MODULE = "worker.evaluate_ranks"
 
 def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
-    from worker.handlers.measure_jobs import subject
     from worker.job_io import job_dataset, model_source
 
     p = job.params
@@ -63,7 +63,6 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine import eval_protocol
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.gang import opened
-    from worker.handlers.measure_jobs import LmEvalCount, save_measurement
     from worker.job_io import json_safe, store
 
     p = job.params
