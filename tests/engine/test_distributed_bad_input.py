@@ -1,9 +1,11 @@
-"""Bad input under torchrun is told once, not once per rank: the ranks of a node check the same
-arguments against the same files before they join their process group, so only the node's first rank
-prints such an error (the others exit with the same status, silently); a failure after joining may be
-one rank's own, and each rank that hits it prints it (worker.cli.main)."""
+"""Bad input under torchrun is told once per node, not once per rank: the ranks of a node check the same
+arguments against the same files, so they fail alike and the first to hit a message prints it (the others
+exit with the same status, silently); a message only one rank hits is still printed by it
+(worker.engine.launch.first_to_say, used by worker.cli.main)."""
 
 from __future__ import annotations
+
+import tempfile
 
 import pytest
 
@@ -23,42 +25,52 @@ def test_a_missing_data_file_under_two_ranks_is_told_once(tmp_path):
 
 
 @pytest.fixture
-def second_rank(monkeypatch):
-    """This process as torchrun's rank 1 of 2 on one node, before it joins the group."""
-    from worker import cli
-    from worker.engine import launch
-
+def a_rank(monkeypatch, tmp_path):
+    """This process as one of torchrun's 2 ranks on one node (each call of main: one rank of the launch);
+    the launch's markers under tmp_path."""
     for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "QUIET_RANK_LINGER_S", 0.0)
-    monkeypatch.setattr(launch, "group_joined", False)
-    return launch
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return monkeypatch
 
 
 BAD = ["evaluate", "worker/demo/teacher", "--limit", "0"]
 SAID = "prunescope evaluate: error: --limit must be at least 1, got 0"
 
 
-def test_a_rank_other_than_the_first_exits_silently_with_the_same_status(second_rank, capsys):
+def test_the_second_rank_to_hit_an_error_exits_silently_with_the_same_status(a_rank, capsys):
     from worker.cli import main
 
+    assert main(BAD) == 2
+    assert capsys.readouterr().err.strip() == SAID
     assert main(BAD) == 2
     assert capsys.readouterr().err == ""
-    with pytest.raises(SystemExit) as exit_:  # argparse's usage error alike
-        main(["evaluate", "worker/demo/teacher", "--no-such-flag"])
-    assert exit_.value.code == 2 and capsys.readouterr().err == ""
+    usage_error = ["evaluate", "worker/demo/teacher", "--no-such-flag"]
+    for says in (True, False):  # argparse's usage error alike
+        with pytest.raises(SystemExit) as exit_:
+            main(usage_error)
+        assert exit_.value.code == 2
+        assert ("unrecognized arguments: --no-such-flag" in capsys.readouterr().err) is says
 
 
-def test_the_first_rank_of_a_node_and_a_rank_that_joined_its_group_say_their_error(
-    second_rank, capsys, monkeypatch
-):
+def test_an_error_of_one_rank_alone_and_a_restarted_launch_are_told(a_rank, capsys):
     from worker.cli import main
 
-    second_rank.group_joined = True  # past the join: the error may be this rank's alone
     assert main(BAD) == 2
     assert SAID in capsys.readouterr().err
-    second_rank.group_joined = False
-    for name, value in (("RANK", "2"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0")):
-        monkeypatch.setenv(name, value)  # the first rank of the second node
+    assert main(["evaluate", "worker/demo/teacher", "--limit", "-1"]) == 2  # another message
+    assert "--limit must be at least 1, got -1" in capsys.readouterr().err
+    a_rank.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # torchrun's next attempt: said again
     assert main(BAD) == 2
     assert SAID in capsys.readouterr().err
+
+
+def test_one_process_always_says_its_error(monkeypatch, capsys):
+    from worker.cli import main
+
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for _ in range(2):
+        assert main(BAD) == 2
+        assert SAID in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 Command modules import torch and the engine inside their handlers, so `prunescope api` stays light.
 Expected failures raise `CliError` (or a ValueError/FileNotFoundError from the engine) and are
-printed as one line, never as a traceback; under torchrun, one found before the ranks join their
-process group once per node (`_says_errors`).
+printed as one line, never as a traceback; under torchrun, once per node when every rank hits it
+(`worker.engine.launch.first_to_say`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import contextlib
 import importlib
 import io
 import sys
+
+from worker.engine.launch import first_to_say
 
 COMMAND_MODULES = (
     "worker.cli.importance_commands",
@@ -89,47 +91,24 @@ def check_append_file(flag: str, path) -> None:
         raise CliError(f"{flag}: folder {path.parent} does not exist")
 
 
-def _says_errors() -> bool:
-    """Whether this process prints a bad-input error. Under torchrun / srun every rank of a node checks
-    the same arguments against the same files before joining the process group, so an error then is
-    every rank's alike: only the node's first rank prints it (the others exit with the same status,
-    silently). After joining, a failure may be one rank's own (its device, its shard): each prints its."""
-    from worker.engine import launch
-
-    return launch.group_joined or launch.first_of_its_node()
-
-
-QUIET_RANK_LINGER_S = 5.0
-
-
-def _let_the_first_rank_speak() -> None:
-    """A silent rank waits a little before it exits: torchrun stops the other ranks as soon as one exits,
-    and must not stop the node's first rank before it printed the error."""
-    import time
-
-    time.sleep(QUIET_RANK_LINGER_S)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    if _says_errors():
-        args = parser.parse_args(argv)
-    else:  # argparse's usage error too (it prints, then exits 2)
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                args = parser.parse_args(argv)
-        except SystemExit:
-            _let_the_first_rank_speak()
-            raise
+    said = io.StringIO()  # argparse's usage error too (it prints, then exits 2)
+    try:
+        with contextlib.redirect_stderr(said):
+            args = parser.parse_args(argv)
+    except SystemExit:
+        if said.getvalue() and first_to_say(said.getvalue()):
+            sys.stderr.write(said.getvalue())
+        raise
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
     except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as exc:
-        if _says_errors():
-            print(f"prunescope {args.command}: error: {exc}", file=sys.stderr)
-        else:
-            _let_the_first_rank_speak()
+        message = f"prunescope {args.command}: error: {exc}"
+        if first_to_say(message):
+            print(message, file=sys.stderr)
         return 2
 
 

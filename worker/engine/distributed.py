@@ -16,7 +16,6 @@ from datetime import timedelta
 
 import torch
 
-from worker.engine import launch
 from worker.engine.env import dist_timeout_s
 from worker.engine.launch import launched_ranks
 
@@ -45,7 +44,6 @@ class DistributedContext:
         ranks = launched_ranks()
         if ranks is None:
             return cls(device=torch.device(device))
-        launch.group_joined = True  # from here on a failure may be this rank's alone (worker.cli.main)
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
