@@ -253,10 +253,12 @@ def test_distill_cli_under_torchrun_streams_by_rank_and_saves_as_one_process(tmp
         assert torch.allclose(a, b, atol=1e-5, rtol=0), name
 
     # Its work dir holds the step-4 checkpoint: a fresh run on it is refused by every rank, before any
-    # process group or model; --overwrite starts afresh, rank 0 alone removing the old state.
+    # process group or model, and said once (worker.engine.launch.first_to_say); --overwrite starts
+    # afresh, rank 0 alone removing the old state.
     again = [*args(tmp_path / "three"), "--work-dir", str(tmp_path / "two.work")]
     code, log = finish(launch(["-m", "worker.cli", "distill", *again]))
-    assert code != 0 and log.count("prunescope distill: error: work directory") == 2, log  # no traceback
+    assert code != 0 and log.count("prunescope distill: error: work directory") == 1, log  # no traceback
+    assert "exitcode  : 2" in log, log
     assert "holds a checkpoint at step 4 of an earlier run" in log and not (tmp_path / "three").exists()
     code, log = finish(launch(["-m", "worker.cli", "distill", *again, "--overwrite"]))
     assert code == 0, log
