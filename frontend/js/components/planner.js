@@ -12,6 +12,8 @@ import { memoryLine, queueFor } from "./memline.js";
 import { previewNeed, pruneFit, pruneModes, pruneModesOn, pruneWhere, sizedWorkers } from "../jobmemory.js";
 import { fitLine } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
+import { draftKey, dropDraft, keepDraft } from "../plandraft.js";
+import { normalisePlan, samePlan } from "../planstate.js";
 
 /** What a quick preview reads: blocks of calibration text (POST /plans/{id}/preview `samples`, `seq_len`). */
 export const QUICK_PREVIEW = { samples: 16, seq_len: 128 };
@@ -82,7 +84,10 @@ export class Planner {
     this.strip = h("div.plan-strip", { dataset: { testid: "plan-strip" } });
     this._build();
     this.validate = debounce(() => this._validateRemote(), 350);
-    ctx.state.subscribe(() => this.update());
+    ctx.state.subscribe(() => {
+      this._keepDraft();
+      this.update();
+    });
     this.update();
     this.freeDefaultName().catch(() => {}); // fills takenNames for the label; a save asks again anyway
   }
@@ -139,6 +144,8 @@ export class Planner {
     this.nameInput.addEventListener("input", () => this._previewLabel());
     this.saveErr = h("div.error-msg");
     this.savedInfo = h("span.hint");
+    // A saved plan edited and not saved again: said at the top, with the way back (audit 15).
+    this.unsavedNote = h("div.note.unsaved", { dataset: { testid: "unsaved" }, hidden: true });
     this.previewBox = h("div.preview-box", { dataset: { testid: "preview" } });
     this.studentName = h("input", { name: "student_name", placeholder: "student name", style: { flex: "1" }, dataset: { testid: "student-name" } });
     // How the cut reads the teacher: auto = tensor by tensor from its checkpoint when it is big (API out_of_core).
@@ -187,6 +194,7 @@ export class Planner {
     mount(this.el,
       h("header", h("h2", "Plan"), this.undoBtn, this.redoBtn, this.clearBtn),
       h("div.row.tight", { style: { marginBottom: "8px" } }, this.plansSelect),
+      this.unsavedNote,
       this.summary,
       this.messages,
       h("h3.section-title", "Fill to target"),
@@ -247,6 +255,7 @@ export class Planner {
       h("a", { href: "#", dataset: { testid: "strip-to-plan" }, onclick: (ev) => { ev.preventDefault(); this.el.scrollIntoView({ block: "start" }); } }, "save, preview, cut ↓"));
     this._previewLabel();
     this._previewStale();
+    this._unsavedNote();
     this.undoBtn.disabled = !state.canUndo();
     this.redoBtn.disabled = !state.canRedo();
     this.local = localMessages(spec, plan);
@@ -372,8 +381,12 @@ export class Planner {
         row = await api.post("/plans", { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, name, plan });
       }
       this.takenNames.add(row.name);
+      // Saved under another plan (a new name): the edits of the plan opened are in this one now.
+      if (this.saved && this.saved.id !== row.id) dropDraft(draftKey({ planId: this.saved.id }));
       this.setSaved(row);
       this.savedPlan = plan;
+      this._keepDraft();
+      this._unsavedNote();
       showError(this.saveErr, null);
       toast(`Saved plan "${row.name}" (v${row.version}).`);
       return row;
@@ -414,7 +427,7 @@ export class Planner {
   /** The preview runs on a saved plan: with unsaved edits the button says it saves first (never silently). */
   _previewLabel() {
     if (!this.previewBtn) return;
-    const clean = this.saved && this.savedPlan === this.ctx.state.plan;
+    const clean = this._clean();
     const name = this._nameToSave();
     const target = this.saved && this.saved.name === name ? `version ${this.saved.version + 1} of "${name}"` : `a new plan "${name}"`;
     this.previewBtn.textContent = clean ? "Preview perplexity" : "Save & preview";
@@ -424,9 +437,15 @@ export class Planner {
       : `The preview runs on a saved plan: this saves the draft as ${target}, then previews it`;
   }
 
-  setSaved(row) {
+  /**
+   * The plan on screen is saved plan `row` (opened or just saved). `draft`: the unsaved edits this browser
+   * kept of it and opened instead ({plan, version}: plandraft.readDraft), null when none.
+   */
+  setSaved(row, draft = null) {
     this.saved = row;
-    this.savedPlan = this.ctx.state.plan;
+    this.savedPlan = normalisePlan(row.plan);
+    this.draftVersion = draft ? draft.version : null;
+    this._unsavedNote();
     queueMicrotask(() => this._previewLabel());
     this.nameInput.value = row.name;
     mount(this.savedInfo, `saved as #${row.id} v${row.version} · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
@@ -435,12 +454,12 @@ export class Planner {
 
   /** The saved row for the current plan, saving first when there are unsaved edits. */
   async ensureSaved() {
-    if (this.saved && this.savedPlan === this.ctx.state.plan) return this.saved;
+    if (this._clean()) return this.saved;
     return this.save();
   }
 
   async preview() {
-    const saving = !(this.saved && this.savedPlan === this.ctx.state.plan);
+    const saving = !this._clean();
     const row = await this.ensureSaved();
     if (!row) return;
     if (saving) mount(this.savedInfo, `saved as #${row.id} v${row.version} to preview it · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
@@ -475,6 +494,40 @@ export class Planner {
     render(job);
     const close = subscribe(`/jobs/${job.id}/events`, { status: render });
     this.closePreview = close;
+  }
+
+  /** Whether the plan on screen is a saved plan as saved (remembered per plan: this runs on every click). */
+  _clean() {
+    if (!this.saved) return false;
+    const now = this.ctx.state.plan;
+    if (this._cleanOf?.plan !== now || this._cleanOf?.saved !== this.savedPlan) {
+      this._cleanOf = { plan: now, saved: this.savedPlan, clean: samePlan(now, this.savedPlan) };
+    }
+    return this._cleanOf.clean;
+  }
+
+  /** Keep the plan on screen in this browser (plandraft.js): a saved plan's edits until saved or reverted. */
+  _keepDraft() {
+    const plan = this.ctx.state.plan;
+    if (!this.saved) return keepDraft(draftKey({ runId: this.ctx.run.id }), plan);
+    const key = draftKey({ planId: this.saved.id });
+    if (this._clean()) dropDraft(key);
+    else keepDraft(key, plan, this.draftVersion ?? this.saved.version);
+  }
+
+  /** "Unsaved changes to ..." with a revert, while the saved plan opened is edited. */
+  _unsavedNote() {
+    const dirty = this.saved && !this._clean();
+    this.unsavedNote.hidden = !dirty;
+    if (!dirty) {
+      this.draftVersion = null; // saved or reverted: the next edits are made on the version saved now
+      return mount(this.unsavedNote);
+    }
+    const { name, version } = this.saved;
+    const older = this.draftVersion !== null && this.draftVersion !== version ? ` (made on v${this.draftVersion}; the saved plan is v${version} now)` : "";
+    mount(this.unsavedNote,
+      h("b", "Unsaved changes"), ` to "${name}" v${version}${older}, kept in this browser. `,
+      h("button.small", { type: "button", dataset: { testid: "revert-plan" }, title: "Back to the plan as saved (undoable)", onclick: () => this.ctx.state.replace(this.savedPlan, "revert") }, "Revert to saved"));
   }
 
   /** The preview box keeps its result when the plan is edited, marked as being of an earlier plan. */
