@@ -304,7 +304,7 @@ export class Planner {
       const total = budget === "active_param_budget" ? this.spec.params_active || this.spec.params_total : this.spec.params_total;
       const n = parseCount(v[budget], total);
       if (!Number.isFinite(n) || n <= 0) {
-        showError(this.fillErr, { message: `${budget}: write a share of the teacher or a number of parameters, e.g. 70%, 3.5M or 3500000`, fields: { [budget]: "not a share or a number of parameters" } }, this.fillForm);
+        showError(this.fillErr, { fields: { [budget]: "write a share of the teacher or a number of parameters, e.g. 70%, 3.5M or 3500000" } }, this.fillForm);
         return;
       }
       targets[budget] = n;

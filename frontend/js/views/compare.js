@@ -9,7 +9,7 @@ import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
-import { distillFields, distillParams } from "./runs.js";
+import { distillFieldFor, distillFields, distillParams } from "./runs.js";
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
@@ -515,7 +515,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     const budget = (t.spec.params_total * v.budget_pct) / 100;
     const targets = { depth: depthTarget(t.spec, budget), width: widthTarget(t.spec, budget) };
     if (!targets.depth || !targets.width) {
-      showError(err, { message: `budget_pct: ${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student`, fields: { budget_pct: "too small" } }, form);
+      showError(err, { fields: { budget_pct: `${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student` } }, form);
       return;
     }
     showError(err, null, form);
@@ -540,9 +540,8 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
       started = wf.id;
       watch(wf); // the form keeps its settings: change one and start another study
     } catch (e) {
-      showError(err, { message: `The study was not started: ${e.message}. Nothing was created.`, fields: e.fields }, form);
-      // A refused distillation setting is marked in the settings: unfold them so the user sees where.
-      if (Object.keys(e.fields || {}).some((name) => form.querySelector(`details [name="${CSS.escape(name)}"]`))) form.querySelector("details").open = true;
+      // A refused distillation setting is marked in the settings (showError unfolds them).
+      showError(err, e, form, { lead: "The study was not started; nothing was created.", fieldFor: distillFieldFor });
     } finally {
       goBtn.disabled = false;
     }

@@ -94,6 +94,11 @@ export function distillMemoryLine(form, student, teacher) {
 }
 
 /** Form values -> distill params of the API. */
+/** The distill form's input for an API field path (showError's fieldFor): steps / tokens are its Budget. */
+export function distillFieldFor(path) {
+  return ["steps", "tokens"].includes(path[path.length - 1]) ? "budget" : null;
+}
+
 export function distillParams(form) {
   const v = readForm(form);
   const params = {};
@@ -206,7 +211,7 @@ export async function runsView(host, { query }, ctx) {
         toast(`Distillation job #${job.id} queued.`);
         go("job", [job.id]);
       } catch (e) {
-        showError(err, e, form);
+        showError(err, e, form, { fieldFor: distillFieldFor });
       }
     });
     const quickErr = h("div.error-msg");

@@ -83,7 +83,7 @@ async function searchHome(host, query, ctx) {
       const job = await api.post("/searches", body);
       go("search", [job.id]);
     } catch (e) {
-      showError(err, e, form);
+      showError(err, e, form, { fieldFor: searchFieldFor });
     }
   });
   form.append(err);
@@ -106,6 +106,14 @@ async function searchHome(host, query, ctx) {
       h("section.panel", h("header", h("h2", "New search")), ready.length ? form : h("div.empty", "A search needs a finished importance run: ", h("a", { href: href("") }, "start one on the Teachers page →"))),
       h("section.panel", h("header", h("h2", "Searches")), list)),
   );
+}
+
+/** The search form's input for an API field path (showError's fieldFor): the budgets are one list in the
+ * request but three inputs here; the message names the budget at fault ("budget 'params=abc' is ..."). */
+export function searchFieldFor(path, msg) {
+  if (!path.includes("budgets")) return null;
+  const kind = String(msg).match(/budget '(\w+)/)?.[1];
+  return ["params", "memory", "latency"].includes(kind) ? `budget_${kind}` : "budget_params";
 }
 
 function budgetText(budgets) {
@@ -482,7 +490,7 @@ async function searchResult(host, id, query, ctx) {
   async function startBakeoff(chosen, form) {
     const v = readForm(form);
     const tokens = parseCount(v.tokens);
-    if (!Number.isFinite(tokens) || tokens < 1) return showError(bakeErr, new Error("tokens: a count such as 64k or 2M"));
+    if (!Number.isFinite(tokens) || tokens < 1) return showError(bakeErr, { fields: { tokens: "a count such as 64k or 2M" } }, form);
     try {
       // Each candidate becomes a saved plan (the same one the planner opens), then one server-side workflow.
       const plans = await Promise.all(chosen.map((c) => api.post(`/searches/${job.id}/candidates/${encodeURIComponent(c.id)}/plan`)));
