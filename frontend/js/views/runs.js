@@ -12,6 +12,7 @@ import { shapeLabel } from "../searchmath.js";
 import { distillNeed } from "../jobmemory.js";
 import { paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
+import { valEveryWarning } from "../distillmath.js";
 import { RunsTable } from "../components/runtable.js";
 
 export const DISTILL_DEFAULTS = { steps: 200, lr: 1e-4, min_lr: 1e-5, warmup: 20, temperature: 1.0, ce_weight: 0.0, teacher_correction_steps: 0, batch_size: 8, seq_len: 128, val_every: 50, checkpoint_every: 50, seed: 0 };
@@ -25,7 +26,21 @@ export function distillFields(datasets, values = {}) {
   const grid = distillGrid(datasets, values);
   restore(DISTILL_FORM_KEY, grid, Object.keys(values).map((k) => (k === "steps" || k === "tokens" ? "budget" : k)));
   gangWaitFollowsNodes(grid); // after restore: the remembered Nodes decides
+  warnValEvery(grid, () => distillParams(grid));
   return grid;
+}
+
+/**
+ * A note at the end of `host` that says, live as the user types, when validate-every is more than the
+ * run's steps (`params()`: the distill params the form would send; distillmath.valEveryWarning).
+ */
+export function warnValEvery(host, params) {
+  const note = h("div.note", { dataset: { testid: "val-every-warning" }, style: { gridColumn: "1 / -1", flexBasis: "100%" } });
+  const check = () => { note.textContent = valEveryWarning(params()); };
+  host.addEventListener("input", check);
+  host.addEventListener("change", check);
+  host.append(note);
+  check();
 }
 
 function distillGrid(datasets, values) {

@@ -13,6 +13,7 @@ import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
 import { followJob } from "../sse.js";
+import { warnValEvery } from "./runs.js";
 
 export const CUT_COLORS = { depth: "#8fa8ff", width: "#2bb3a3", mixed: "#f2b34b", none: "#8a96a8" };
 const CUT_LABELS = { depth: "depth only (layers)", width: "width only (heads / MLP / hidden)", mixed: "depth + width", none: "no cut" };
@@ -474,6 +475,10 @@ async function searchResult(host, id, query, ctx) {
       h("label.check", { title: "also measure each student's prefill / decode speed (a benchmark job per candidate)" }, h("input", { name: "benchmark", type: "checkbox", checked: true }), "speed"),
       h("span.spacer"),
       h("button.primary", { type: "submit", disabled: chosen.length < 2, dataset: { testid: "start-bakeoff" } }, `Start bake-off (${chosen.length})`));
+    warnValEvery(form, () => {
+      const v = readForm(form);
+      return { tokens: parseCount(v.tokens || ""), batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every };
+    });
     mount(bake,
       h("header", h("h2", "Bake-off"), h("span.hint", "distil the picked candidates side by side; the ranking after distillation decides")),
       chosen.length
