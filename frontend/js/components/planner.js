@@ -90,6 +90,15 @@ export class Planner {
     });
     this.update();
     this.freeDefaultName().catch(() => {}); // fills takenNames for the label; a save asks again anyway
+    // The panel's height follows the part of the window below its top, so its foot (the actions) is in
+    // sight before the page is scrolled far enough for the panel to stick (audit 14).
+    this.fitToWindow = () => {
+      const top = Math.max(56, this.el.getBoundingClientRect().top);
+      this.el.style.setProperty("--visible-height", `${Math.max(240, window.innerHeight - top - 14)}px`);
+    };
+    window.addEventListener("scroll", this.fitToWindow, { passive: true });
+    window.addEventListener("resize", this.fitToWindow);
+    requestAnimationFrame(this.fitToWindow);
   }
 
   _build() {
@@ -200,20 +209,23 @@ export class Planner {
       h("h3.section-title", "Fill to target"),
       this.fillForm,
       h("h3.section-title", "Save & try"),
-      h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
-      this.savedInfo,
-      this.saveErr,
-      h("div.row.tight", { style: { marginTop: "8px" } }, this.previewBtn, this.previewOn),
       this.previewMemory,
       this.previewBox,
-      h("div.row.tight", { style: { marginTop: "8px" } }, this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
       this.surgeryRow,
       this.studentMemory,
-      this.studentErr,
       this.studentInfo,
       h("div.hint", { style: { marginTop: "10px" } },
         "Click a cell to mark it, drag for a box, click a layer label to drop it. ", h("kbd", "Ctrl"), "+", h("kbd", "Z"), " undo, ", h("kbd", "Ctrl"), "+", h("kbd", "Shift"), "+", h("kbd", "Z"), " redo. ",
         h("span.legend-mark"), " = marked for removal."),
+      // The actions stay in sight at the panel's foot while the panel scrolls (audit 14: at 1440 x 900
+      // they sat below its fold, inside its own scroll).
+      h("div.plan-actions", { dataset: { testid: "plan-actions" } },
+        h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
+        this.savedInfo,
+        this.saveErr,
+        h("div.row.tight", this.previewBtn, this.previewOn),
+        h("div.row.tight", this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
+        this.studentErr),
     );
   }
 
@@ -559,6 +571,8 @@ export class Planner {
   }
 
   destroy() {
+    window.removeEventListener("scroll", this.fitToWindow);
+    window.removeEventListener("resize", this.fitToWindow);
     this.validate.cancel();
     if (this.closePreview) this.closePreview();
     if (this.closeCut) this.closeCut();
