@@ -15,6 +15,7 @@ import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
 import { depthTarget, targetParams, widthTarget } from "../studymath.js";
 import { retriable, stepLabel } from "../components/workflowsteps.js";
+import { lookAtTeacher, teacherLookedAt } from "../lookingat.js";
 
 export async function compareView(host, { query }, ctx) {
   const chosen = new Set((query.get("students") || "").split(",").filter(Boolean).map(Number));
@@ -45,10 +46,16 @@ export async function compareView(host, { query }, ctx) {
   function renderPicker() {
     const byTeacher = teachers.map((t) => ({ t, list: students.filter((s) => s.teacher_id === t.id) })).filter((g) => g.list.length || g.t.id === teacherId);
     mount(picker, byTeacher.length ? byTeacher.map(({ t, list }) => h("div", { style: { marginBottom: "8px" } },
-      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; if (teacherId) study.follow(teacherId); update(); } }), h("strong", t.name), h("span.faint", " teacher")),
+      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; if (teacherId) look(teacherId); update(); } }), h("strong", t.name), h("span.faint", " teacher")),
       h("div", { style: { paddingLeft: "18px", display: "flex", flexDirection: "column", gap: "2px" } },
-        list.map((s) => h("label.check", h("input", { type: "checkbox", checked: chosen.has(s.id), dataset: { testid: `pick-student-${s.id}` }, onchange: (ev) => { ev.target.checked ? chosen.add(s.id) : chosen.delete(s.id); update(); } }), s.name, " ", statusBadge(s.status)))),
+        list.map((s) => h("label.check", h("input", { type: "checkbox", checked: chosen.has(s.id), dataset: { testid: `pick-student-${s.id}` }, onchange: (ev) => { ev.target.checked ? chosen.add(s.id) : chosen.delete(s.id); if (ev.target.checked && !teacherId) look(s.teacher_id); update(); } }), s.name, " ", statusBadge(s.status)))),
     )) : h("div.empty", "No student yet: use the wizard below or the planner."));
+  }
+
+  /** The user looks at teacher `tid` (ticked, or a student of it ticked): the study wizard follows it. */
+  function look(tid) {
+    lookAtTeacher(tid);
+    study.follow(tid);
   }
 
   function update() {
@@ -174,7 +181,8 @@ export async function compareView(host, { query }, ctx) {
     update();
     renderPicker();
   };
-  const study = renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId });
+  // The study starts from the page's teacher, else the one last looked at (not the newest: audit 7).
+  const study = renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId: teacherId ?? teacherLookedAt() });
   load();
 }
 
@@ -419,7 +427,7 @@ function studyPanel(wf, { onAction, actionErr }) {
 
 function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId }) {
   const ready = teachers.filter((t) => t.status === "ready");
-  // The page's teacher (?teacher=, or its students'), not merely the first ready one.
+  // The page's teacher (?teacher=, its students', the one last looked at), not merely the first ready one.
   const first = ready.find((t) => t.id === teacherId) ?? ready[0];
   const err = h("div.error-msg");
   const study = h("div", { style: { marginTop: "10px" } });

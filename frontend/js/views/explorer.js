@@ -17,6 +17,7 @@ import { bindUndoKeys } from "../components/undokeys.js";
 import { linkRow, rowLink, statusBadge } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
 import { when } from "../format.js";
+import { lookAtTeacher } from "../lookingat.js";
 import { href } from "../router.js";
 
 export async function explorerView(host, { args, query }, ctx) {
@@ -41,6 +42,7 @@ export async function explorerView(host, { args, query }, ctx) {
     return;
   }
 
+  lookAtTeacher(run.teacher_id);
   const { plan, savedRow, draft } = await openPlan(query, run.id);
   const st = explorerState({ query, run, teacher, plan, alive: () => ctx.alive });
 

@@ -12,6 +12,7 @@ import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
 import { serverConfig } from "../serverconfig.js";
+import { lookAtTeacher } from "../lookingat.js";
 import { protocolEditor, protocolNote } from "../components/protocol.js";
 
 export async function teachersView(host, { query }, ctx) {
@@ -211,6 +212,7 @@ export async function teachersView(host, { query }, ctx) {
       mount(detail, h("section.panel", h("div.empty", "Select or register a teacher to see its architecture and start an importance run.")));
       return;
     }
+    lookAtTeacher(teacher.id);
     mount(detail, archPanel(teacher), importancePanel(teacher));
   }
 
