@@ -2,7 +2,7 @@
 // messages (local at once, the server's GQA advice debounced), fill-to-target, save, preview, student.
 
 import { api, showError } from "../api.js";
-import { localMessages, planStats, resultingShape } from "../costmodel.js";
+import { fitPositions, localMessages, planStats, resultingShape } from "../costmodel.js";
 import { debounce, h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
@@ -12,6 +12,7 @@ import { memoryLine, queueFor } from "./memline.js";
 import { previewNeed, pruneFit, pruneModes, pruneModesOn, pruneWhere, sizedWorkers } from "../jobmemory.js";
 import { fitLine } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
+import { documentsRead, serverConfig } from "../serverconfig.js";
 import { draftKey, dropDraft, keepDraft } from "../plandraft.js";
 import { normalisePlan, samePlan } from "../planstate.js";
 
@@ -165,11 +166,17 @@ export class Planner {
     // per protocol) but it reads every window of the protocol's documents: minutes on a CPU. A quick look
     // reads QUICK_PREVIEW blocks of calibration text instead (the API's preview defaults).
     const protocol = this.ctx.teacher.eval_protocol;
+    // A teacher with fewer positions reads shorter blocks: the server refuses more than it has.
+    this.quickPreview = { ...QUICK_PREVIEW, seq_len: fitPositions(spec, QUICK_PREVIEW.seq_len) };
+    const docs = (n) => `on the teacher's protocol (${n} doc${n === 1 ? "" : "s"})`;
+    const onProtocol = h("option", { value: "protocol", dataset: { testid: "preview-on-protocol" } }, docs(protocol?.max_documents ?? 64));
+    // The documents it reads: the split may hold fewer than the protocol's "first N" (audit 24).
+    serverConfig().then((config) => { onProtocol.textContent = docs(documentsRead(protocol?.max_documents ?? 64, { datasetId: protocol?.dataset_id, split: protocol?.split ?? "test" }, config)); }).catch(() => {});
     this.previewOn = h("select", { dataset: { testid: "preview-on" }, title: "what the preview reads: the teacher's evaluation protocol (the number its evaluations report) or a quick sample" },
-      h("option", { value: "protocol" }, `on the teacher's protocol (${protocol?.max_documents ?? 64} doc${(protocol?.max_documents ?? 64) === 1 ? "" : "s"})`),
-      h("option", { value: "quick" }, `quick: ${QUICK_PREVIEW.samples} × ${QUICK_PREVIEW.seq_len} tokens`));
+      onProtocol,
+      h("option", { value: "quick" }, `quick: ${this.quickPreview.samples} × ${this.quickPreview.seq_len} tokens`));
     // What the preview job needs (the teacher, then the masked teacher, a batch of 8 blocks).
-    const context = Math.max(protocol?.context || 128, QUICK_PREVIEW.seq_len);
+    const context = Math.max(protocol?.context || 128, this.quickPreview.seq_len);
     this.previewMemory = memoryLine(h("div"), (_, workers) => {
       if (!this.spec) return null;
       const queue = queueFor("auto", workers);
@@ -234,7 +241,8 @@ export class Planner {
     const t0 = performance.now();
     const { state } = this.ctx;
     const plan = state.plan;
-    const stats = planStats(this.spec, plan);
+    const context = fitPositions(this.spec, 2048); // the FLOPs' context: within the teacher's positions
+    const stats = planStats(this.spec, plan, context);
     this.surgeryRow?.dispatchEvent(new Event("change")); // the student's memory line follows the plan
     const spec = this.spec;
     const ratio = (a, b) => (b ? a / b : 0);
@@ -253,7 +261,7 @@ export class Planner {
         // Mixture of experts: what one token runs (router + top-k experts) next to the total.
         spec.num_experts ? metric("Active / token", compact(stats.params_active), `${pct(ratio(stats.params_active, stats.teacher_params_active))} of teacher (${compact(stats.teacher_params_active)}) · top-${spec.experts_per_token}`, "params-active") : null,
         metric("Non-embedding", compact(stats.params_non_embedding), pct(ratio(stats.params_non_embedding, stats.teacher_params_non_embedding)), "params-nonemb"),
-        metric("FLOPs / token", flops(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
+        metric("FLOPs / token", flops(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @${context} ctx`, "flops"),
         metric("KV cache / token", bytes(stats.kv_cache_bytes_per_token), pct(ratio(stats.kv_cache_bytes_per_token, stats.teacher_kv_cache_bytes_per_token)), "kvcache"),
         metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), spec.num_experts ? `experts ${range(expertsKept)}/${spec.num_experts} × FFN ${range(mlpKept)}/${spec.intermediate_size}` : `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),
@@ -477,7 +485,7 @@ export class Planner {
     if (saving) mount(this.savedInfo, `saved as #${row.id} v${row.version} to preview it · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
     let job;
     try {
-      job = await api.post(`/plans/${row.id}/preview`, this.previewOn.value === "quick" ? QUICK_PREVIEW : {});
+      job = await api.post(`/plans/${row.id}/preview`, this.previewOn.value === "quick" ? this.quickPreview : {});
     } catch (err) {
       mount(this.previewBox, h("div.error-msg", err.message));
       return;

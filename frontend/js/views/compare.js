@@ -9,7 +9,7 @@ import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
-import { distillFieldFor, distillFields, distillParams } from "./runs.js";
+import { distillFieldFor, distillFields, distillParams, fitSeqLen } from "./runs.js";
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
@@ -507,7 +507,9 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     const uneven = apart > 0.02 ? ` · the ${share(d) < share(w) ? "depth" : "width"} student is ${(100 * apart).toFixed(0)} percentage points smaller (depth moves in whole layers, width in aligned steps)` : "";
     preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `keeps ${d.num_layers} of ${t.spec.num_layers} layers, drops ${dropped} (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}${uneven}`;
   }
-  teacherSelect?.addEventListener("change", () => { watched = null; loadRuns(); });
+  const fitToTeacher = () => fitSeqLen(form, ready.find((x) => x.id === Number(teacherSelect?.value))?.spec);
+  fitToTeacher();
+  teacherSelect?.addEventListener("change", () => { watched = null; fitToTeacher(); loadRuns(); });
   budgetInput.addEventListener("input", showPreview);
 
   const goBtn = form.querySelector("[data-testid=wizard-go]");

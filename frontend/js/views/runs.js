@@ -10,7 +10,7 @@ import { measureMemoryLine, memoryLine, queueFor } from "../components/memline.j
 import { distillCandidates, fitLine } from "../memplan.js";
 import { shapeLabel } from "../searchmath.js";
 import { distillNeed } from "../jobmemory.js";
-import { paramCount } from "../costmodel.js";
+import { fitPositions, paramCount } from "../costmodel.js";
 import { remember, restore } from "../remember.js";
 import { valEveryWarning } from "../distillmath.js";
 import { RunsTable } from "../components/runtable.js";
@@ -28,6 +28,14 @@ export function distillFields(datasets, values = {}) {
   gangWaitFollowsNodes(grid); // after restore: the remembered Nodes decides
   warnValEvery(grid, () => distillParams(grid));
   return grid;
+}
+
+/** The seq len of distill settings `form` within `spec`'s positions (a default or remembered length the
+ * server would refuse for this model: audit 24). */
+export function fitSeqLen(form, spec) {
+  const input = form.querySelector("[name=seq_len]");
+  const fit = fitPositions(spec, Number(input.value));
+  if (input.value && fit < Number(input.value)) input.value = fit;
 }
 
 /**
@@ -216,6 +224,7 @@ export async function runsView(host, { query }, ctx) {
     const t = teacherOf(s);
     const err = h("div.error-msg");
     const form = h("form.stack", { dataset: { testid: "distill-form" } }, distillFields(state.datasets), h("div.row", h("span.spacer"), h("button.primary", { type: "submit", disabled: s.status !== "ready", title: s.status === "ready" ? "" : "the student can be distilled once its cut has finished", dataset: { testid: "queue-distill" } }, "Queue distillation")), err);
+    fitSeqLen(form, s.spec);
     form.insertBefore(distillMemoryLine(form, s, t), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();

@@ -12,6 +12,7 @@ import { bytes, compact, duration, ms, pct, sig, when } from "../format.js";
 import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
+import { fitPositions } from "../costmodel.js";
 import { followJob } from "../sse.js";
 import { warnValEvery } from "./runs.js";
 
@@ -121,8 +122,30 @@ function budgetText(budgets) {
   return budgets?.length ? budgets.join(" · ") : "–";
 }
 
+/** The search form's default lengths for run `runId`'s teacher: within its positions (audit 24). */
+function searchLengths(runs, teachers, runId) {
+  const spec = teachers.get(runs.find((r) => r.id === Number(runId))?.teacher_id)?.spec;
+  return { at_context: fitPositions(spec, 2048), eval_seq_len: fitPositions(spec, 128) };
+}
+
 function searchForm(runs, teachers, runId) {
+  const form = searchFormFields(runs, teachers, runId);
+  // Another run may be of a teacher with fewer positions: a length still at the last default follows.
+  let defaults = searchLengths(runs, teachers, form.querySelector("[name=importance_run_id]").value);
+  form.querySelector("[name=importance_run_id]").addEventListener("change", (ev) => {
+    const next = searchLengths(runs, teachers, ev.target.value);
+    for (const [name, value] of Object.entries(next)) {
+      const input = form.querySelector(`[name=${name}]`);
+      if (Number(input.value) === defaults[name]) input.value = value;
+    }
+    defaults = next;
+  });
+  return form;
+}
+
+function searchFormFields(runs, teachers, runId) {
   const label = (r) => `run #${r.id} · ${teachers.get(r.teacher_id)?.name ?? `teacher #${r.teacher_id}`} · ${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"}`;
+  const lengths = searchLengths(runs, teachers, runId ?? runs[0]?.id);
   return h("form.stack", { dataset: { testid: "search-form" } },
     h("div.form-grid",
       h("div", { style: { gridColumn: "1 / -1" } }, field({ name: "importance_run_id", label: "Importance run (teacher and its scores)", options: runs.map((r) => [r.id, label(r)]), value: runId ?? runs[0]?.id })),
@@ -133,7 +156,7 @@ function searchForm(runs, teachers, runId) {
       field({ name: "budget_memory", label: "memory ≤", placeholder: "70% or 1.2GB", title: "weights + KV cache at the batch and context on the right (70% of the teacher's, or 800MB, 1.2GB, 2GiB)" }),
       field({ name: "budget_latency", label: "decode latency ≤", placeholder: "70% or 4ms", title: "decode time per generated token, measured on the worker's device (each shape timed once with random weights, cached)" }),
       field({ name: "at_batch", label: "at batch", type: "number", value: 1, min: 1 }),
-      field({ name: "at_context", label: "at context", type: "number", value: 2048, min: 1 }),
+      field({ name: "at_context", label: "at context", type: "number", value: lengths.at_context, min: 1 }),
       field({ name: "tolerance", label: "tolerance %", type: "number", value: 2, min: 0, step: 0.5, title: "a cost may exceed its budget by this much" }),
     ),
     h("h3.section-title", "Search space"),
@@ -149,7 +172,7 @@ function searchForm(runs, teachers, runId) {
     h("h3.section-title", "Scoring (held-out loss of each cut)"),
     h("div.form-grid",
       field({ name: "eval_samples", label: "held-out samples", type: "number", value: 16, min: 1 }),
-      field({ name: "eval_seq_len", label: "seq len", type: "number", value: 128, min: 2 }),
+      field({ name: "eval_seq_len", label: "seq len", type: "number", value: lengths.eval_seq_len, min: 2 }),
       field({ name: "top_k", label: "top K (bake-off pick)", type: "number", value: 3, min: 1 }),
     ),
     h("div.row", h("button.primary", { type: "submit", dataset: { testid: "start-search" } }, "Start search")),
