@@ -299,6 +299,8 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     of = page.locator("[data-testid=preview-of]")
     assert of.inner_text().startswith(f'preview of "mlp32" v1 · job #{second}'), of.inner_text()
     assert not page.locator("[data-testid=preview] .stale-note").is_visible()
+    # Measured again: the page scrolled since (the plan panel's actions no longer scroll it into view).
+    box = page.locator("[data-testid=neurons-map]").bounding_box()
     page.mouse.click(box["x"] + 2, box["y"] + 4)  # unmark the neuron bin marked above
     page.wait_for_selector("[data-testid=preview][data-stale='1'] .stale-note", state="visible")
     assert "the plan has changed since" in of.inner_text()
