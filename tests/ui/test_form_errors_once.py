@@ -39,6 +39,13 @@ def test_planner_fill_error_is_said_once_at_its_field(page, live_app, shared_run
     page.locator(f"{form} [name=heads_per_layer]").scroll_into_view_if_needed()
     shot(page, "planner-fill-error-once")
 
+    # Saving under a name the teacher's plans already have: the 409 is said under the name field.
+    body = {"teacher_id": shared_run["teacher"]["id"], "name": "taken-by-audit-12", "plan": {}}
+    assert live_app.api.post("/plans", json=body).status_code == 201
+    page.fill("[data-testid=plan-name]", "taken-by-audit-12")
+    page.click("[data-testid=save-plan]")
+    assert "already has a plan named" in only_note(page, "[data-testid=plan-actions]", "name")
+
 
 def test_register_error_is_said_once_at_its_field(page, live_app):
     form = "[data-testid=teacher-form]"

@@ -62,6 +62,9 @@ export function pruneLine(both, workers, requested) {
   return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${bytes(near.need)} ${pruneWhere(near.mode)})`, fits: false, mode: fit.mode };
 }
 
+/** POST /students names its student `name`: here that is the student name input (the plan's is `name`). */
+const STUDENT_FIELDS = { fieldFor: (path) => (path[path.length - 1] === "name" ? "student_name" : null) };
+
 const MODE_NAMES = { in_memory: "in memory", out_of_core: "out of core" };
 
 /** What the cut needs read the other way than the line's headline (`mode`; both when it is unknown). */
@@ -226,7 +229,7 @@ export class Planner {
         h("span.legend-mark"), " = marked for removal."),
       // The actions stay in sight at the panel's foot while the panel scrolls (audit 14: at 1440 x 900
       // they sat below its fold, inside its own scroll).
-      h("div.plan-actions", { dataset: { testid: "plan-actions" } },
+      this.actions = h("div.plan-actions", { dataset: { testid: "plan-actions" } },
         h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
         this.savedInfo,
         this.saveErr,
@@ -407,11 +410,11 @@ export class Planner {
       this.savedPlan = plan;
       this._keepDraft();
       this._unsavedNote();
-      showError(this.saveErr, null);
+      showError(this.saveErr, null, this.actions);
       toast(`Saved plan "${row.name}" (v${row.version}).`);
       return row;
     } catch (err) {
-      showError(this.saveErr, err);
+      showError(this.saveErr, err, this.actions); // a taken name is said under the name field
       return null;
     }
   }
@@ -561,7 +564,7 @@ export class Planner {
     const name = this.studentName.value.trim() || `${row.name}-student`;
     try {
       const student = await api.post("/students", { plan_id: row.id, name, out_of_core: this.surgery.value });
-      showError(this.studentErr, null);
+      showError(this.studentErr, null, this.actions, STUDENT_FIELDS);
       // The line follows the cut's live status events: being cut -> cut (or failed / cancelled).
       const said = { succeeded: "is cut", failed: "could not be cut", cancelled: "was not cut (cancelled)" };
       const render = (j) => {
@@ -574,7 +577,7 @@ export class Planner {
       if (this.closeCut) this.closeCut();
       this.closeCut = student.job_id ? subscribe(`/jobs/${student.job_id}/events`, { status: render }) : null;
     } catch (err) {
-      showError(this.studentErr, err);
+      showError(this.studentErr, err, this.actions, STUDENT_FIELDS);
     }
   }
 
