@@ -75,7 +75,7 @@ def refuse_if_active(jobs: list[Job], what: str) -> None:
 
 
 def _checkpoint_dirs(job_id: int, settings: Settings) -> list[Path]:
-    """Where a distill job may keep its checkpoints (see `checkpoint_dir` in worker/handlers/distill_job.py)."""
+    """Where a distill job may keep its checkpoints (see `checkpoint_dir` in worker/distill_checkpoints.py)."""
     name = f"job-{job_id}"
     dirs = [settings.data_dir.resolve() / "checkpoints" / name]
     store = ArtifactStore(settings.artifacts_url)

@@ -15,6 +15,7 @@ from backend.artifacts import ArtifactStore
 from backend.errors import Conflict, NotFound
 from backend.models import Artifact, Job, Plan
 from backend.settings import Settings
+from worker.engine import eval_protocol
 
 REPORT_FILE = "search.json"
 ARTIFACT_KIND = "search"
@@ -95,6 +96,9 @@ def summary(job: Job, report: dict[str, Any]) -> dict[str, Any]:
         "importance_run_id": job.importance_run_id,
         "top_k": (job.params or {}).get("top_k"),
         "reference": {**costs(teacher), "loss": teacher.get("loss"), "axes": teacher.get("arch")},
+        # What every loss here (the teacher's too) was measured on: the search's own sample, not the
+        # teacher's evaluation protocol, so the view says so beside each figure.
+        "protocol": eval_protocol.of_job("search", job.params or {}),
         "budgets": limits,
         # The margin the engine let costs exceed those limits by (SearchSettings.tolerance, as this search
         # ran): the chart draws it, so winners past the bare limit do not look over budget.

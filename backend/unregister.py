@@ -169,7 +169,8 @@ def dataset_users(db: Session, dataset_id: int) -> list[str]:
         for job_id, kind, status, student, params in db.execute(
             select(Job.id, Job.kind, Job.status, Job.student_id, Job.params).order_by(Job.id)
         )
-        if _names_dataset(params, dataset_id)
+        # An importance job names its run's dataset too: the run (deleted with its job) says it above.
+        if kind != "importance" and _names_dataset(params, dataset_id)
     ]
     if named:
         listed = _ids(

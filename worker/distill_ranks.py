@@ -19,8 +19,19 @@ from typing import Any
 from backend.db import session_scope
 from backend.models import Job, Student, Teacher
 from backend.routing import device_type
+from worker.distill_checkpoints import CheckpointMirror, checkpoint_dir
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
 from worker.gang import opened
+from worker.job_io import (
+    distilled_key,
+    fetch_rows,
+    job_dataset,
+    model_source,
+    publish,
+    record_artifact,
+    store,
+    student_source,
+)
 from worker.multi_rank import run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
@@ -96,15 +107,6 @@ def distill_args(
 def rank_args(rt: JobRuntime, job: Job, *, out: Path, work: Path) -> list[str]:
     """The ranks' command line for this job after `-m MODULE` (every node of a job over several nodes
     builds the same)."""
-    from worker.handlers.common import (
-        distilled_key,
-        fetch_rows,
-        job_dataset,
-        model_source,
-        store,
-        student_source,
-    )
-
     student, teacher = fetch_rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     dataset = job_dataset(rt, job.params)
     # Continuing a finished distillation (a bake-off winner's): its saved weights are the ranks' student,
@@ -133,9 +135,6 @@ def resuming(job: Job, ckpt: Path) -> bool:
 
 
 def run_distill_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.handlers.common import publish, record_artifact
-    from worker.handlers.distill_job import CheckpointMirror, checkpoint_dir
-
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
     world = ranks * nodes

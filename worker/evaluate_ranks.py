@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.routing import device_type
+from worker.measurements import LmEvalCount, save_measurement, subject
 from worker.multi_rank import run_ranks, stop_grace_s
 from worker.runtime import JobCancelled, JobRuntime
 
@@ -32,8 +33,7 @@ MODULE = "worker.evaluate_ranks"
 
 def rank_args(rt: JobRuntime, job, result_path: Path) -> list[str]:
     """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
-    from worker.handlers.common import job_dataset, model_source
-    from worker.handlers.measure_jobs import subject
+    from worker.job_io import job_dataset, model_source
 
     p = job.params
     source, trust_remote_code = subject(rt, job)
@@ -63,8 +63,7 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     from worker.engine import eval_protocol
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.gang import opened
-    from worker.handlers.common import json_safe, store
-    from worker.handlers.measure_jobs import LmEvalCount, save_measurement
+    from worker.job_io import json_safe, store
 
     p = job.params
     ranks, nodes = int(p.get("gpus", 1)), int(p.get("nodes", 1))
@@ -108,13 +107,11 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result: dict[str, Any] = {
-        "perplexity": json_safe(ranks_result["perplexity"]),
+        **json_safe(ranks_result),  # the engine's evaluation dict, as a one-process job's
         "protocol": eval_protocol.of_job("evaluate", p),
-        "tasks": json_safe(ranks_result["tasks"]),
         "seconds": None,
         # Where it ran, as a one-process evaluation records it (the compare table shows it).
         "device": device_type(rt.device),
-        "dtype": ranks_result.get("dtype"),
         "distributed": {
             "world_size": world,
             "nodes": nodes,
@@ -138,7 +135,8 @@ def run_evaluate_ranks(rt: JobRuntime, job) -> dict[str, Any]:
 def rank_main(argv: list[str] | None = None) -> int:
     """One rank's perplexity and lm-eval tasks (also one process when not launched by torchrun / srun).
 
-    Writes {"perplexity": ..., "tasks": [...], "world_size", "dtype"} to `--out` (rank 0)."""
+    Writes the engine's evaluation dict (worker.engine.evaluation.evaluate_model: {"perplexity",
+    "tasks", "dtype", "world_size"}, as `prunescope evaluate` prints it) to `--out` (rank 0)."""
     parser = argparse.ArgumentParser(prog="python -m worker.evaluate_ranks")
     parser.add_argument("model")
     parser.add_argument("--data", default="demo")
@@ -158,8 +156,7 @@ def rank_main(argv: list[str] | None = None) -> int:
 
     from worker.engine.data import read_documents
     from worker.engine.distributed import DistributedContext
-    from worker.engine.dtypes import model_dtype_name
-    from worker.engine.evaluation import perplexity, run_lm_eval
+    from worker.engine.evaluation import evaluate_model
     from worker.engine.evaluation.lm_eval_runner import RequestProgress
     from worker.engine.loading import load_model
 
@@ -184,25 +181,23 @@ def rank_main(argv: list[str] | None = None) -> int:
     def answered(r: RequestProgress) -> None:
         record({"phase": "lm-eval", **dataclasses.asdict(r)})
 
-    ppl = perplexity(
+    tasks = [t for t in args.tasks.split(",") if t]
+    result = evaluate_model(
         model,
-        documents,
         tokenizer,
+        documents,
         context=args.context,
         stride=args.stride,
         batch_size=args.batch_size,
         max_documents=args.max_documents,
-        progress=progress,
+        tasks=tasks,
+        limit=args.limit,
+        cache_root=args.cache,
         ranks=ctx,
+        scored=progress,
+        before_tasks=lambda: record({"phase": "lm-eval-tasks", "tasks": tasks}),
+        answered=answered,
     )
-    ppl["world_size"] = ctx.world_size
-    tasks = [t for t in args.tasks.split(",") if t]
-    result = {"perplexity": ppl, "tasks": [], "world_size": ctx.world_size, "dtype": model_dtype_name(model)}
-    if tasks:
-        record({"phase": "lm-eval-tasks", "tasks": tasks})
-        result["tasks"] = run_lm_eval(
-            model, tokenizer, tasks, limit=args.limit, cache_root=args.cache, progress=answered, ranks=ctx
-        )
     ctx.close()
     if ctx.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)

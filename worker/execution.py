@@ -16,23 +16,24 @@ from worker.runtime import SHUTTING_DOWN, JobCancelled, JobRuntime
 log = logging.getLogger(__name__)
 
 
-def execute(job_id: int, attempt: int, device: str) -> str:
+def execute(job_id: int, attempt: int, device: str, deferred_s: float = 0.0) -> str:
+    """`deferred_s`: how long a benchmark was put back on its queue for its device (worker.tasks)."""
     rt = JobRuntime(Settings(), job_id, attempt, device=device)
     job = rt.claim()
     if job is None:  # cancelled while queued, an older attempt, or a redelivered duplicate
         return "skipped"
     rt.log(f"running in process {os.getpid()} on {device}")  # its own: no other job shares its state
     with job_log(lambda msg, level: rt.log(msg, level)):  # the Python log of this process -> the job's log
-        return _run(rt, job, job_id)
+        return _run(rt, job, job_id, deferred_s)
 
 
-def _run(rt: JobRuntime, job, job_id: int) -> str:
+def _run(rt: JobRuntime, job, job_id: int, deferred_s: float = 0.0) -> str:
     from worker.handlers import HANDLERS
-    from worker.handlers.common import check_teacher_files
+    from worker.job_io import check_teacher_files
 
     try:
         check_teacher_files(rt, job)  # before anything reads the teacher (and before its device is held)
-        with device_use(rt, job.kind) as use:
+        with device_use(rt, job.kind, deferred_s) as use:
             rt.device_use = use
             result = HANDLERS[job.kind](rt, job)
     except JobCancelled:

@@ -18,6 +18,7 @@ from typing import Any
 from backend.db import session_scope
 from backend.models import Dataset, ImportanceRun, Job, Teacher
 from backend.routing import device_type
+from worker.job_io import fetch_rows, json_safe, model_source, publish, record_artifact
 from worker.multi_rank import run_ranks, stop_grace_s
 from worker.runtime import JobCancelled, JobRuntime
 
@@ -49,8 +50,6 @@ def importance_args(
 
 def rank_args(rt: JobRuntime, job: Job, out: Path) -> list[str]:
     """The ranks' command line after `-m MODULE` (every node of a job over several nodes builds it)."""
-    from worker.handlers.common import fetch_rows, model_source
-
     run, teacher = fetch_rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     (dataset,) = fetch_rows(rt, (Dataset, run.dataset_id))
     if teacher.trust_remote_code:
@@ -74,7 +73,6 @@ def rank_args(rt: JobRuntime, job: Job, out: Path) -> list[str]:
 def run_importance_ranks(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.importance.result import ImportanceResult
     from worker.gang import opened
-    from worker.handlers.common import fetch_rows, json_safe, publish, record_artifact
 
     (run,) = fetch_rows(rt, (ImportanceRun, job.importance_run_id))
     p = run.params

@@ -73,8 +73,8 @@ def node_command(rt: JobRuntime, job: Job, node: int, staging: Path) -> tuple[st
     (its outputs go to `staging`, which only global rank 0, on node 0, writes)."""
     ranks = int(job.params.get("gpus", 1))
     if job.kind == "distill":
+        from worker.distill_checkpoints import checkpoint_dir
         from worker.distill_ranks import MODULE, rank_args, resuming
-        from worker.handlers.distill_job import checkpoint_dir
 
         ckpt = checkpoint_dir(rt, job)  # shared by every node: every rank writes its checkpoint shards
         args = rank_args(rt, job, out=staging / "out", work=ckpt)
@@ -93,7 +93,7 @@ def node_command(rt: JobRuntime, job: Job, node: int, staging: Path) -> tuple[st
 
 
 def execute_member(job_id: int, attempt: int, node: int, nodes: int, device: str, round: int = 0) -> str:
-    from worker.handlers.common import check_teacher_files, store
+    from worker.job_io import check_teacher_files, store
 
     settings = Settings()
     rt = JobRuntime(settings, job_id, attempt, device=device)

@@ -68,11 +68,12 @@ class JobRuntime:
             self._heartbeat.start()
         return job
 
-    def params_and_queue(self) -> tuple[dict[str, Any], str] | None:
-        """The job's parameters and queue, read once when its message arrives; None when it is gone."""
+    def kind_params_and_queue(self) -> tuple[str, dict[str, Any], str] | None:
+        """The job's kind, parameters and queue, read once when its message arrives; None when it is
+        gone."""
         with session_scope(self.url) as s:
             job = s.get(Job, self.job_id)
-            return (dict(job.params or {}), job.queue) if job is not None else None
+            return (job.kind, dict(job.params or {}), job.queue) if job is not None else None
 
     def refuse(self, reason: str) -> bool:
         """queued -> failed without running, for the attempt this message was sent for; the job never

@@ -11,7 +11,8 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.search_results import ARTIFACT_KIND, REPORT_FILE, report_key
-from worker.handlers.common import (
+from worker.engine.search.rate import candidates_per_minute
+from worker.job_io import (
     LoadCount,
     check_remote_code,
     fetch_rows,
@@ -27,7 +28,7 @@ def load_teacher(rt: JobRuntime, teacher, dtype: str):
     """(model, tokenizer) of the teacher in the search's dtype (`settings.dtype`, float32 unless the job
     asks otherwise), as `prunescope search` loads it: not the checkpoint's own dtype (the demo teacher is
     stored in bfloat16, and its losses would then be scored in bfloat16). Its progress counts the tensors
-    read, as every job's load does (worker.handlers.common.load)."""
+    read, as every job's load does (worker.job_io.load)."""
     from worker.engine.loading import load_model
 
     check_remote_code(rt, teacher.trust_remote_code)
@@ -63,10 +64,9 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
             fraction = 0.02 + 0.08 * done / max(total, 1)
             text = message
         else:
-            minutes = max(time.monotonic() - phase["t0"], 1e-6) / 60
-            rate = (done - phase["done0"]) / minutes
+            rate = candidates_per_minute(done - phase["done0"], time.monotonic() - phase["t0"])
             fraction = 0.1 + 0.89 * done / max(total, 1)
-            text = f"{done}/{total} candidates scored · {rate:.0f} per minute"
+            text = f"{done}/{total} candidates scored" + (f" · {rate:.0f} per minute" if rate else "")
         # A phase's first and last counts are never throttled away: a fast search would otherwise show
         # only the load's message before its report.
         rt.progress(fraction, text, force=first or done >= total, phase=name)

@@ -63,8 +63,15 @@ def create_run(
     run = ImportanceRun(teacher_id=teacher.id, dataset_id=body.dataset_id, params=params)
     db.add(run)
     db.flush()
+    # The job row names its data too (the run keeps it in a column): the runs table's data column reads
+    # a job's params, and showed "–" for every importance run (audit 19).
     job = lifecycle.create(
-        db, "importance", params, queue=queue, teacher_id=teacher.id, importance_run_id=run.id
+        db,
+        "importance",
+        {**params, "dataset_id": body.dataset_id},
+        queue=queue,
+        teacher_id=teacher.id,
+        importance_run_id=run.id,
     )
     run.job_id = job.id
     lifecycle.send(request.app, db, job)

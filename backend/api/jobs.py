@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import lifecycle, memcheck, removal, serialize
+from backend import lifecycle, memcheck, removal, serialize, teacher_evaluations
 from backend.api.errors import errors
 from backend.api.importance import ready_teacher
 from backend.data_reading import DataReading, check_data_reading
@@ -29,11 +29,14 @@ router = APIRouter(tags=["jobs"])
 JOB_ERRORS = errors(404, 409)
 
 
-def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool) -> tuple[dict, int, str]:
+def _checked(
+    body: JobCreate, request: Request, db: Session, planned_student: bool = False
+) -> tuple[dict, int, str]:
     """Every check of a submit, writing nothing: (normalised params, teacher id, queue).
 
-    With `validate_only`, a distill job may name the `teacher_id` of a student not cut yet instead of a
-    `student_id` (the study wizard checks its settings before it builds anything).
+    With `planned_student` (asked for by name, validate_only only: `_check_planned_student`), a distill
+    job names the `teacher_id` of a student not cut yet instead of a `student_id`: its settings are
+    checked against the teacher the student will be cut from.
     """
     try:
         params = PARAMS[body.kind].model_validate(body.params)
@@ -42,7 +45,7 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
             [{**e, "loc": ("body", "params", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from exc
     check_job_size(params, request.app.state.settings, ["body", "params"])
-    teacher_alone_ok = body.kind != "distill" or validate_only
+    teacher_alone_ok = body.kind != "distill" or planned_student
     if body.student_id is None and (not teacher_alone_ok or body.teacher_id is None):
         raise field_error(
             ["body", "student_id"],
@@ -62,7 +65,7 @@ def _checked(body: JobCreate, request: Request, db: Session, validate_only: bool
                 nearby=[student.teacher_id],
             )
         teacher_id = student.teacher_id
-    else:  # the teacher itself is measured (or, validate_only, a student not cut yet): it must be inspected
+    else:  # the teacher itself is measured (or a planned student's teacher): it must be inspected
         ready_teacher(db, teacher_id, ("body", "teacher_id"))
     window_given = "seq_len" in params.model_fields_set
     if body.kind == "evaluate":
@@ -175,9 +178,15 @@ def create_job(
     request: Request,
     response: Response,
     validate_only: bool = False,
+    planned_student: bool = Query(
+        False,
+        description="with validate_only, for a distill job: check its settings for a student not cut yet, "
+        "against the teacher (teacher_id) it will be cut from",
+    ),
     db: Session = Depends(get_db),
 ) -> JobOut | JobCheck:
-    values, teacher_id, queue = _checked(body, request, db, validate_only)
+    _check_planned_student(body, validate_only, planned_student)
+    values, teacher_id, queue = _checked(body, request, db, planned_student)
     if validate_only:  # nothing written, nothing sent: what a real submit would store and route
         response.status_code = 200
         return JobCheck(
@@ -190,6 +199,22 @@ def create_job(
     if body.kind == "evaluate" and body.student_id is not None:
         evaluate_teacher_on_first_need(request, db, teacher_id, values)
     return JobOut.of(job)
+
+
+def _check_planned_student(body: JobCreate, validate_only: bool, planned_student: bool) -> None:
+    """`planned_student` only where it means something: a distill job, only checked (a job that runs
+    needs its student), named by its teacher (a student that exists is named by student_id)."""
+    if not planned_student:
+        return
+    if not validate_only:
+        why = "only with validate_only=true: a distill job that runs needs its student_id"
+    elif body.kind != "distill":
+        why = f"only for a distill job ({body.kind} measures a teacher by teacher_id alone)"
+    elif body.student_id is not None:
+        why = "a planned student has no student_id yet: name its teacher (teacher_id) instead"
+    else:
+        return
+    raise field_error(["query", "planned_student"], why)
 
 
 def on_protocol(params: EvaluateParams, teacher: Teacher) -> EvaluateParams:
@@ -211,21 +236,13 @@ def on_protocol(params: EvaluateParams, teacher: Teacher) -> EvaluateParams:
 def evaluate_teacher_on_first_need(request: Request, db: Session, teacher_id: int, values: dict) -> None:
     """Queue the teacher's evaluation on the protocol a student's evaluation uses, unless one exists
     (queued, running or succeeded): the student's number then always has its teacher's beside it."""
-    wanted = eval_protocol.of_job("evaluate", values)["id"]
-    done = db.scalars(
-        select(Job).where(
-            Job.kind == "evaluate",
-            Job.teacher_id == teacher_id,
-            Job.student_id.is_(None),
-            Job.status.in_(MEASURABLE),
-        )
-    )
-    if any(eval_protocol.of_job("evaluate", j.params)["id"] == wanted for j in done):
+    if teacher_evaluations.on_protocol(db, teacher_id, values, MEASURABLE) is not None:
         return
+    wanted = teacher_evaluations.protocol_id(values)
     params = {k: values[k] for k in (*PROTOCOL_PARAMS, "device")}
     try:
         teacher_values, _, queue = _checked(
-            JobCreate(kind="evaluate", teacher_id=teacher_id, params=params), request, db, False
+            JobCreate(kind="evaluate", teacher_id=teacher_id, params=params), request, db
         )
     except (HTTPException, DomainError, RequestValidationError):
         # the teacher fits no live worker, or its positions are fewer than the protocol's windows: its

@@ -70,6 +70,11 @@ class SearchCandidates(BaseModel):
     importance_run_id: int | None
     top_k: int | None
     reference: dict[str, Any] = Field(description="the teacher's costs and loss, as measured by the search")
+    protocol: dict[str, Any] | None = Field(
+        None,
+        description="what every loss of the search (the teacher's too) was measured on: its sample of the "
+        "held-out data (worker/engine/eval_protocol.py sample_record)",
+    )
     budgets: dict[str, float] = Field(description="the limit of each budget, by cost axis")
     tolerance: float | None = Field(
         None, description="fraction a cost may exceed its limit by (the search's settings.tolerance)"

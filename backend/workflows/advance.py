@@ -130,8 +130,9 @@ def check_memory(session: Session, settings: Settings, child: Child, queue: str)
 def create_step(
     session: Session, settings: Settings, workflow: Job, state: BranchState, step: Step, steps: Steps
 ) -> Job | None:
-    """The next try of `step` for the branch: its row and its queued child job (None when no job could be
-    created: the row then holds why, and the branch fails at this step)."""
+    """The next try of `step` for the branch: its row and its queued child job, or the finished job its
+    build reuses (not this workflow's child: nothing queued); None when no job could be created: the row
+    then holds why, and the branch fails at this step."""
     earlier = steps.tries(state.branch.key, step.name)
     row = WorkflowStep(
         workflow_id=workflow.id,
@@ -143,6 +144,15 @@ def create_step(
         session, workflow, state.branch, state.done, [steps.job_of(r) for r in earlier if steps.job_of(r)]
     )
     child = step.build(ctx)
+    if child.reuse is not None:  # measured before: the step is that job, nothing to check or queue
+        row.job_id = child.reuse.id
+        session.add(row)
+        session.flush()
+        steps.rows.append(row)
+        steps.jobs[child.reuse.id] = child.reuse
+        note = f"{state.branch.name}: {step.name} takes job {child.reuse.id}, which measured the same already"
+        add_event(session, workflow, "log", {"job_id": workflow.id, "level": "info", "msg": note})
+        return child.reuse
     try:
         queue = choose_queue(settings, child.kind, child.params)
         check_memory(session, settings, child, queue)
@@ -228,6 +238,9 @@ def walk(
                 why = steps.latest(branch.key, step.name).error
                 state.status, state.error = "failed", failure(branch, step, None, why, "failed")
                 return state
+            if created.parent_id != workflow.id:  # an earlier measurement taken: nothing to queue
+                state.done[step.name] = created
+                continue
             publish.append(created)
             state.status = "running"
             return state

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from backend import teacher_evaluations
 from backend.models import Job, Student
 from backend.workflows import ranking
 
@@ -56,6 +57,8 @@ class Child:
     then: Callable[[Job], None] | None = None  # called with the created job (e.g. link the student)
     # Writes the rows the job works on once it can be created; returns their links (the cut's student).
     make: Callable[[], dict[str, Any]] | None = None
+    # A finished job that already measured what this one would: the step takes it, nothing is queued.
+    reuse: Job | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,9 @@ def _cut(ctx: Context) -> Child:
 
 def _measure(kind: str, settings_key: str, *, pruned: bool = False) -> Callable[[Context], Child]:
     """An evaluate / benchmark job of the branch's student (its pruned weights, or the weights of the
-    branch's distillation), or of the teacher on the teacher branch."""
+    branch's distillation), or of the teacher on the teacher branch. The teacher's evaluation is not
+    measured again when an earlier one of the same teacher on the same protocol and lm-eval tasks
+    succeeded (a second study of the teacher): the step takes that job."""
 
     def build(ctx: Context) -> Child:
         params = {**(ctx.params.get(settings_key) or {}), **_device(ctx)}
@@ -135,6 +140,16 @@ def _measure(kind: str, settings_key: str, *, pruned: bool = False) -> Callable[
             params["distill_job_id"] = None if pruned or distill is None else distill.id
         else:
             params["weights"], params["distill_job_id"] = "latest", None
+            if kind == "evaluate":  # the teacher's number on this protocol, when one was measured
+                measured = teacher_evaluations.on_protocol(
+                    ctx.session,
+                    links["teacher_id"],
+                    params,
+                    ("succeeded",),
+                    with_tasks=True,
+                    device=params["device"],  # a study on cuda takes no CPU measurement
+                )
+                return Child(kind, params, links, reuse=measured)
         return Child(kind, params, links)
 
     return build

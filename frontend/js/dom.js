@@ -39,10 +39,11 @@ export function mount(el, ...children) {
   return el;
 }
 
+/** A short message in the top bar (the newest replaces any still shown: the bar holds one line). */
 export function toast(text, kind = "") {
   const host = document.getElementById("toast-host");
-  const el = h(`div.toast${kind ? `.${kind}` : ""}`, text);
-  host.append(el);
+  const el = h(`div.toast${kind ? `.${kind}` : ""}`, { title: text, dataset: { testid: "toast" } }, text);
+  host.replaceChildren(el);
   setTimeout(() => el.remove(), kind === "err" ? 7000 : 3500);
 }
 

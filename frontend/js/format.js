@@ -1,4 +1,5 @@
-// Number formatting shared by every view (one definition of "1.2B params", "3.4 GFLOP").
+// Number formatting shared by every view (one definition of "1.2B params", "3.4 GFLOP"), and `parseCount`
+// reading a typed count back.
 
 export function compact(n, digits = 3) {
   if (n === null || n === undefined || Number.isNaN(n)) return "–";
@@ -8,6 +9,17 @@ export function compact(n, digits = 3) {
     if (abs >= size) return `${(n / size).toPrecision(digits)}${unit}`;
   }
   return Number.isInteger(n) ? String(n) : n.toPrecision(digits);
+}
+
+/** A count as typed into a form, `compact` read back: "5.87M" -> 5870000, "1.2e6", "300k"; "70%" -> 70% of
+ * `total` (a budget as a share of the teacher); NaN when it is neither. */
+export function parseCount(text, total = NaN) {
+  const share = String(text).trim().match(/^([\d.]+)\s*%$/);
+  if (share) return Math.round((Number(share[1]) / 100) * total);
+  const m = String(text).trim().match(/^([\d.]+(?:e[+-]?\d+)?)\s*([kKmMbBgG]?)$/);
+  if (!m) return NaN;
+  const scale = { "": 1, k: 1e3, m: 1e6, b: 1e9, g: 1e9 }[m[2].toLowerCase()];
+  return Math.round(Number(m[1]) * scale);
 }
 
 /** The one way the dashboard writes a memory figure, the mirror of worker/engine/memplan/units.py's

@@ -322,7 +322,7 @@ export function importanceMemory(spec, opts) {
   const settings = { batch_size: batch, seq_len: seqLen, streamed, device, loss_scans: lossScans };
   let host = 0;
   let disk = 0;
-  // The layers and the head never overlap: the larger phase is the peak (as memplan/jobs.py); a streamed pass
+  // The layers and the head never overlap: the larger phase is the peak (as memplan/importance.py); a streamed pass
   // holds two layers' weights in its layer loop on CPU, one on CUDA (memplan.streamed_layer_copies).
   const layerCopies = device.startsWith("cuda") ? 1 : 2;
   const layerPhase =

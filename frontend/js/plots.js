@@ -57,3 +57,30 @@ export function smooth(values, weight) {
   }
   return out;
 }
+
+/**
+ * Tick settings for a log y axis over `values` (audit 23: a short validation series or the learning rate
+ * got a label at every digit, "1e-4 9e-5 8e-5 …", stacked on each other). Under one decade: two to
+ * six round values (1, 2 or 5 × 10^k apart) as explicit ticks; under three decades: 1, 2 and 5 of each
+ * decade; beyond that (or without positive values) Plotly's decades, {}.
+ */
+export function logTicks(values) {
+  const pos = values.filter((v) => Number.isFinite(v) && v > 0);
+  if (!pos.length) return {};
+  const lo = Math.min(...pos);
+  const hi = Math.max(...pos);
+  if (hi / lo >= 1000) return {};
+  if (hi / lo >= 10) return { dtick: "D2" };
+  if (hi === lo) return { tickmode: "array", tickvals: [lo] };
+  const raw = (hi - lo) / 5;
+  const unit = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * unit).find((s) => s >= raw);
+  const tickvals = [];
+  for (let k = Math.ceil(lo / step); k * step <= hi * (1 + 1e-12); k += 1) tickvals.push(Number((k * step).toPrecision(12)));
+  return { tickmode: "array", tickvals };
+}
+
+/** A log y axis for these plot traces, with logTicks over their values. */
+export function logAxis(traces) {
+  return { type: "log", ...logTicks(traces.flatMap((t) => t.y || [])) };
+}

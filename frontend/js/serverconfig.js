@@ -19,6 +19,10 @@ export function documentsRead(maxDocuments, { datasetId = null, split } = {}, co
   return available === undefined ? maxDocuments : Math.min(maxDocuments, available);
 }
 
+/** The statuses of a distillation whose weights an evaluate / benchmark job may name: they exist or will
+ * (backend/api/jobs.py MEASURABLE). */
+export const MEASURABLE_DISTILLS = ["queued", "running", "succeeded"];
+
 /** A job's tokens as a product, first the field a too-large job names: backend/schemas.py's
  * `size_factors` of the job kinds whose forms have a memory line (API params in, [[field, value]] out). */
 export const SIZE_FACTORS = {

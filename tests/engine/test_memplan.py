@@ -18,7 +18,7 @@ from tests.real_shapes import llama_3_1_8b
 from tests.tiny_models import tiny_configs
 from worker.engine import memplan
 from worker.engine.adapters import arch_spec
-from worker.engine.memplan.jobs import _layer_weight_bytes
+from worker.engine.memplan.peak import layer_weight_bytes as _layer_weight_bytes
 from worker.engine.spec import ArchSpec
 
 

@@ -202,7 +202,7 @@ def test_validate_only_runs_every_submit_check_and_writes_nothing(
 
     # A distill job for a student not cut yet: validated against the teacher it will come from.
     ok = client.post(
-        "/api/v1/jobs?validate_only=true",
+        "/api/v1/jobs?validate_only=true&planned_student=true",
         json={"kind": "distill", "teacher_id": ready_teacher, "params": {"steps": 4, "lr": 1e-3}},
     )
     assert ok.status_code == 200, ok.text
@@ -228,13 +228,25 @@ def test_validate_only_runs_every_submit_check_and_writes_nothing(
     assert check.json()["detail"][0]["loc"] == ["body", "params", "min_lr"]
     assert "min_lr must not exceed lr" in check.json()["detail"][0]["msg"]
     check = client.post(
-        "/api/v1/jobs?validate_only=true",
+        "/api/v1/jobs?validate_only=true&planned_student=true",
         json={"kind": "distill", "teacher_id": ready_teacher, "params": {"lr": 1e-6}},
     )
     assert check.status_code == 422 and check.json()["detail"][0]["loc"] == ["body", "params", "min_lr"]
     # Only validation may name a teacher for a distill job: a real one needs its student.
     r = client.post("/api/v1/jobs", json={"kind": "distill", "teacher_id": ready_teacher, "params": {}})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "student_id"]
+    # ... and only when asked for by name: validate_only alone checks exactly what a submit would.
+    teacher_only = {"kind": "distill", "teacher_id": ready_teacher, "params": {}}
+    r = client.post("/api/v1/jobs?validate_only=true", json=teacher_only)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "student_id"], r.text
+    # planned_student where it means nothing is refused, naming it.
+    for query, body in (
+        ("planned_student=true", teacher_only),  # a job that runs needs its student
+        ("validate_only=true&planned_student=true", {**teacher_only, "kind": "evaluate"}),
+        ("validate_only=true&planned_student=true", {**teacher_only, "student_id": 999}),
+    ):
+        r = client.post(f"/api/v1/jobs?{query}", json=body)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "planned_student"], r.text
     with session_scope(url) as s:
         events = s.scalar(select(func.count()).select_from(Event))
     assert counts(url) == before and events == 0 and sent == []

@@ -133,7 +133,12 @@ def test_unknown_or_unready_rows_in_a_body_name_their_field(client, api_env, row
         ("/jobs", {"kind": "benchmark", "student_id": rows["pending_student"]}, 409, ["student_id"]),
         # A teacher is measured (or a study checked) once its inspect job has read it, as it is planned.
         ("/jobs", {"kind": "evaluate", "teacher_id": pending}, 409, ["teacher_id"]),
-        ("/jobs?validate_only=true", {"kind": "distill", "teacher_id": pending}, 409, ["teacher_id"]),
+        (
+            "/jobs?validate_only=true&planned_student=true",
+            {"kind": "distill", "teacher_id": pending},
+            409,
+            ["teacher_id"],
+        ),
         # A student's job runs on the student's teacher: another teacher_id beside it contradicts it.
         (
             "/jobs",

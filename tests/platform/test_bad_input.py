@@ -144,7 +144,7 @@ def test_job_sizes_are_bounded_by_settings(api_env, ready_teacher, client):
     before = counts(url)
     huge = {"steps": 10_000_000, "batch_size": 4096, "seq_len": 131_072}
     r = client.post(
-        "/api/v1/jobs?validate_only=true",
+        "/api/v1/jobs?validate_only=true&planned_student=true",
         json={"kind": "distill", "teacher_id": ready_teacher, "params": huge},
     )
     detail = r.json()["detail"][0]
@@ -153,7 +153,8 @@ def test_job_sizes_are_bounded_by_settings(api_env, ready_teacher, client):
     assert "PRUNESCOPE_MAX_JOB_TOKENS" in detail["msg"] and "steps can be at most 1862" in detail["msg"]
     ok = {"steps": 1862, "batch_size": 4096, "seq_len": 131_072}  # the largest that fits: accepted
     r = client.post(
-        "/api/v1/jobs?validate_only=true", json={"kind": "distill", "teacher_id": ready_teacher, "params": ok}
+        "/api/v1/jobs?validate_only=true&planned_student=true",
+        json={"kind": "distill", "teacher_id": ready_teacher, "params": ok},
     )
     assert r.status_code == 200, r.text
     r = client.post(
@@ -175,7 +176,7 @@ def test_job_sizes_are_bounded_by_settings(api_env, ready_teacher, client):
     with TestClient(create_app(settings_from(env)), base_url="http://127.0.0.1") as c:
         for kind_path, body, loc, words in (
             (
-                "/api/v1/jobs?validate_only=true",
+                "/api/v1/jobs?validate_only=true&planned_student=true",
                 {"kind": "distill", "teacher_id": ready_teacher, "params": {"seq_len": 1024}},
                 ["body", "params", "seq_len"],
                 "limit of 512 (PRUNESCOPE_MAX_SEQ_LEN)",
@@ -308,7 +309,7 @@ def test_true_and_false_are_not_numbers(client, api_env, ready_teacher):
             ["body", "samples"],
         ),
         (
-            "/api/v1/jobs?validate_only=true",
+            "/api/v1/jobs?validate_only=true&planned_student=true",
             {"kind": "distill", "teacher_id": ready_teacher, "params": {"steps": True}},
             ["body", "params", "steps"],
         ),
@@ -325,7 +326,7 @@ def test_true_and_false_are_not_numbers(client, api_env, ready_teacher):
     assert counts(api_env["PRUNESCOPE_DATABASE_URL"]) == before
     # a boolean field still takes booleans
     r = client.post(
-        "/api/v1/jobs?validate_only=true",
+        "/api/v1/jobs?validate_only=true&planned_student=true",
         json={"kind": "distill", "teacher_id": ready_teacher, "params": {"gradient_checkpointing": True}},
     )
     assert r.status_code == 200, r.text

@@ -116,7 +116,7 @@ def test_docs_are_served_offline_from_the_schema(client):
 def test_a_validator_suggests_nearby_values(client, ready_teacher):
     # batch_size is the global batch: with gpus 2, 3 is refused and the multiples around it suggested.
     body = {"kind": "distill", "teacher_id": ready_teacher, "params": {"gpus": 2, "batch_size": 3}}
-    r = client.post("/api/v1/jobs?validate_only=true", json=body)
+    r = client.post("/api/v1/jobs?validate_only=true&planned_student=true", json=body)
     assert r.status_code == 422, r.text
     (entry,) = r.json()["detail"]
     assert entry["loc"] == ["body", "params", "batch_size"] and entry["nearby"] == [2, 4], entry

@@ -1,6 +1,6 @@
 """A symlink inside a dataset folder that leads out of PRUNESCOPE_ALLOWED_ROOTS is never read: POST
 /datasets refuses it (403 naming `source` and the file), and a worker refuses it if it appears later
-(worker/handlers/common.py `job_dataset`, with the engine's one roots rule, worker/engine/streaming.py)."""
+(worker/job_io.py `job_dataset`, with the engine's one roots rule, worker/engine/streaming.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from backend.db import session_scope
 from backend.models import Dataset
 from tests.conftest import settings_from
 from worker.engine.roots import OutsideRoots
-from worker.handlers.common import job_dataset
+from worker.job_io import job_dataset
 
 
 @pytest.fixture

@@ -86,3 +86,72 @@ def test_light_jobs_take_no_lock_and_a_waiting_job_can_be_cancelled(tmp_path):
     assert time.monotonic() - t0 < 5
     bench_release.set()
     bench_thread.join(5)
+
+
+def test_a_benchmark_sees_its_device_busy_while_a_job_holds_it_or_a_benchmark_waits_at_its_gate(tmp_path):
+    from worker.device_lock import busy_for_a_benchmark
+
+    settings = FakeRuntime(tmp_path).settings
+    assert busy_for_a_benchmark(settings, "cuda:0") is False  # nothing on it
+    job = FakeRuntime(tmp_path)
+    job_in, job_release, _, job_thread = start(job, "distill")
+    assert job_in.wait(5)
+    assert busy_for_a_benchmark(settings, "cuda:0") is True
+    assert busy_for_a_benchmark(settings, "cuda:1") is False  # another device
+    waiting = FakeRuntime(tmp_path)
+    bench_in, bench_release, _, bench_thread = start(waiting, "benchmark")  # waits at the gate
+    assert not bench_in.wait(0.5)
+    job_release.set()
+    job_thread.join(5)
+    assert bench_in.wait(5)
+    assert busy_for_a_benchmark(settings, "cuda:0") is True  # held alone now
+    bench_release.set()
+    bench_thread.join(5)
+    assert busy_for_a_benchmark(settings, "cuda:0") is False
+    # The probe let go of both locks: a job takes the device at once.
+    after_in, after_release, _, after_thread = start(FakeRuntime(tmp_path), "distill")
+    assert after_in.wait(5)
+    after_release.set()
+    after_thread.join(5)
+
+
+class QueuedRuntime(FakeRuntime):
+    """What worker.tasks._wait_for_device needs of a JobRuntime for a queued job."""
+
+    job_id, attempt = 7, 1
+
+    def __init__(self, tmp_path):
+        super().__init__(tmp_path)
+        self.notes: list[str] = []
+
+    def note_waiting(self, message):
+        self.notes.append(message)
+        return "gpu"
+
+
+def test_a_benchmark_whose_device_is_busy_goes_back_on_its_queue_until_it_waited_long_enough(
+    tmp_path, monkeypatch
+):
+    from worker import tasks
+    from worker.device_lock import DEFER_LIMIT_S
+
+    sent = []
+    monkeypatch.setattr(tasks, "send_later", lambda args, queue, **kw: sent.append((args, queue, kw)))
+    rt = QueuedRuntime(tmp_path)
+    assert tasks._wait_for_device(rt, "benchmark", 0.0) is None and sent == []  # free: it runs now
+    job_in, job_release, _, job_thread = start(FakeRuntime(tmp_path), "distill")
+    assert job_in.wait(5)
+    assert tasks._wait_for_device(rt, "evaluate", 0.0) is None  # shares the device: runs now
+    began = time.time()
+    assert tasks._wait_for_device(rt, "benchmark", 0.0) == "deferred"
+    (args, queue, kw) = sent.pop()
+    assert args == [7, 1] and queue == "gpu" and kw["after_s"] == tasks.DEVICE_POLL_S
+    assert began <= kw["device_wait_since"] <= time.time()  # the first deferral starts its wait
+    assert rt.notes == ["waiting for the other jobs on cuda:0 to finish (a benchmark runs alone)"]
+    since = time.time() - 5
+    assert tasks._wait_for_device(rt, "benchmark", since) == "deferred"
+    assert sent.pop()[2]["device_wait_since"] == since  # carried along, not restarted
+    # Deferred long enough: it starts, to wait at the gate ahead of new jobs (no starvation).
+    assert tasks._wait_for_device(rt, "benchmark", time.time() - DEFER_LIMIT_S) is None and sent == []
+    job_release.set()
+    job_thread.join(5)

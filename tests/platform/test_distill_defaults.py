@@ -43,7 +43,7 @@ def test_cli_flag_defaults_are_the_shared_ones():
 
 
 def test_dashboard_form_defaults_are_the_api_ones():
-    source = (ROOT / "frontend/js/views/runs.js").read_text()
+    source = (ROOT / "frontend/js/components/distillform.js").read_text()
     literal = re.search(r"export const DISTILL_DEFAULTS = (\{.*?\});", source).group(1)
     form = json.loads(re.sub(r"(\w+):", r'"\1":', literal))
     api = DistillParams().model_dump()

@@ -35,6 +35,17 @@ def test_a_default_evaluation_is_on_the_default_protocol_and_a_distillation_is_n
     assert eval_protocol.of_job("benchmark", {}) is None
 
 
+def test_a_search_is_measured_on_its_own_sample_named_by_data_split_and_size():
+    params = {"dataset_id": 3, "settings": {"split": "validation", "eval_samples": 4, "eval_seq_len": 32}}
+    record = eval_protocol.of_job("search", params)
+    assert record["kind"] == "sample" and (record["samples"], record["context"]) == (4, 32)
+    assert record["id"] == "dataset 3 · validation · sample of 4 × 32 tokens"
+    assert "not the teacher's evaluation protocol" in record["description"]
+    # Another sample size is another figure: its id says so.
+    bigger = {**params, "settings": {**params["settings"], "eval_samples": 16}}
+    assert eval_protocol.of_job("search", bigger)["id"] != record["id"]
+
+
 def test_a_stride_must_be_below_the_context():
     with pytest.raises(ValidationError, match="stride must be below context"):
         EvalProtocol(context=64, stride=64)

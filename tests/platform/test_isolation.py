@@ -305,6 +305,55 @@ def test_two_jobs_in_one_worker_both_succeed_and_a_benchmark_runs_alone(app, wor
     assert len(pids) == 3 and worker.proc.pid not in pids
 
 
+def wait_message(app, job_id: int, message: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (job := app.api.get(f"/jobs/{job_id}").json())["message"] != message:
+        assert time.monotonic() < deadline, (job, app.worker.log())
+        time.sleep(0.1)
+    return job
+
+
+@pytest.mark.parametrize("worker", [()], indirect=True)  # `prunescope worker`'s defaults: one heavy slot
+def test_a_benchmark_waiting_for_its_device_leaves_the_slot_to_the_jobs_behind_it(app, worker, student):
+    """Another worker's job holds this worker's device (the test holds its lock shared, as that job's
+    process would): the benchmark waits for the device on its queue, not in the one slot, so a small
+    evaluation queued behind it runs meanwhile; once the device is free the benchmark runs alone."""
+    import fcntl
+
+    from tests.conftest import settings_from
+    from worker.device_lock import lock_dir
+
+    dataset = make_dataset(app)
+    lock = lock_dir(settings_from(app.env)) / "cpu.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)
+        bench_params = {"repeats": 1, "seq_len": 8, "new_tokens": 2}
+        r = app.api.post(
+            "/jobs", json={"kind": "benchmark", "teacher_id": student["teacher_id"], "params": bench_params}
+        )
+        assert r.status_code == 201, r.text
+        bench_id = r.json()["id"]
+        waiting = "waiting for the other jobs on cpu to finish (a benchmark runs alone)"
+        assert wait_message(app, bench_id, waiting)["status"] == "queued"
+        params = {"dataset_id": dataset["id"], "split": "validation", "max_documents": 2, "seq_len": 32}
+        r = app.api.post(
+            "/jobs", json={"kind": "evaluate", "teacher_id": student["teacher_id"], "params": params}
+        )
+        assert r.status_code == 201, r.text
+        small = app.wait_job(r.json()["id"], timeout=120)
+        assert small["status"] == "succeeded", small
+        assert app.api.get(f"/jobs/{bench_id}").json()["status"] == "queued"  # still waiting, on its queue
+        time.sleep(1)
+        released = time.time()
+    bench = app.wait_job(bench_id, timeout=120)
+    assert bench["status"] == "succeeded", bench
+    assert bench["result"]["device_exclusive"] is True
+    assert t(bench["started_at"]).timestamp() >= released - 0.5 > t(small["finished_at"]).timestamp()
+    # Its wait counts from when it was first put back, not from its start.
+    assert bench["result"]["device_wait_s"] >= released - t(bench["created_at"]).timestamp() - 3
+
+
 @pytest.mark.parametrize("worker", [()], indirect=True)  # `prunescope worker`'s defaults: one heavy slot
 def test_a_light_job_does_not_wait_behind_a_distillation(app, worker, student):
     """On a one-slot worker; then a running job is cancelled, one whose process is killed fails, and the

@@ -13,7 +13,7 @@ import torch
 from backend.paths import classify_source, stored_source
 from tests.conftest import save_tiny_teacher
 from worker.engine.loading import load_model
-from worker.handlers.common import model_source
+from worker.job_io import model_source
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -1,6 +1,6 @@
 """A symlink inside a teacher's folder that leads out of PRUNESCOPE_ALLOWED_ROOTS is never read: POST
 /teachers refuses it (403 naming `source` and the file), and a worker refuses such a link put there later
-(worker/handlers/common.py `check_teacher_files`, at every job's start, with the one roots rule of worker/engine/roots.py). A promoted
+(worker/job_io.py `check_teacher_files`, at every job's start, with the one roots rule of worker/engine/roots.py). A promoted
 student's weights, read in place from the artifact store, are allowed there; a node of a job over several
 nodes checks its own machine's copy of the folder (worker/node_member.py)."""
 
@@ -15,7 +15,7 @@ from backend.db import session_scope
 from backend.models import Plan, Student, Teacher
 from tests.conftest import settings_from
 from worker.engine.roots import OutsideRoots
-from worker.handlers.common import check_teacher_files
+from worker.job_io import check_teacher_files
 
 
 @pytest.fixture

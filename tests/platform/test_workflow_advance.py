@@ -96,3 +96,34 @@ def test_concurrent_advances_create_each_step_once(database_url, redis_url, api_
     # Another look changes nothing while the cuts are queued (idempotent).
     with factory() as s, s.begin():
         assert advance(s, settings, workflow_id) == []
+
+
+def test_a_teacher_evaluation_is_taken_only_on_its_protocol_tasks_and_device_type(database_url):
+    """backend.teacher_evaluations.on_protocol, which a study's teacher branch takes its number from."""
+    from backend.teacher_evaluations import on_protocol
+
+    windows = {"split": "test", "max_documents": 2, "seq_len": 32, "stride": 16, "tasks": [], "limit": 50}
+    cloze = {**windows, "tasks": ["prunescope_cloze"], "limit": 3}
+    with session_factory(database_url)() as s, s.begin():
+        teacher, students = student_rows(s, [("s", "ready")])
+
+        def job(params, status="succeeded", device="cpu", student_id=None) -> Job:
+            row = Job(kind="evaluate", params=params, status=status, device=device, queue="cpu")
+            row.teacher_id, row.student_id = teacher.id, student_id
+            s.add(row)
+            s.flush()
+            return row
+
+        on_cpu, on_gpu = job(windows), job(cloze, device="cuda:0")
+        job(windows, status="failed")  # newer, but measured nothing
+        job(windows, student_id=students["s"].id)  # a student's number, not the teacher's
+
+        def taken(params, device="auto"):
+            return on_protocol(s, teacher.id, params, ("succeeded",), with_tasks=True, device=device)
+
+        assert taken(windows) == on_cpu and taken(windows, "cpu") == on_cpu
+        assert taken(windows, "cuda") is None  # a study on cuda measures the teacher there
+        assert taken({**windows, "max_documents": 3}) is None  # another protocol
+        assert taken(cloze, "cuda") == on_gpu
+        assert taken({**cloze, "limit": 4}) is None  # other lm-eval samples
+        assert on_protocol(s, teacher.id, cloze, ("succeeded",)) == on_gpu  # perplexity only: newest

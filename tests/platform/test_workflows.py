@@ -114,13 +114,15 @@ def test_bakeoff_runs_to_its_ranking_through_the_worker(app):
     assert job["kind"] == "workflow" and job["status"] == "succeeded"
 
 
-def one_candidate(app, teacher, dataset, **distill) -> dict:
+def one_candidate(app, teacher, dataset, measure_teacher=False, evaluate=None, **distill) -> dict:
     return bakeoff(
         app,
         teacher,
         dataset,
         candidates=[{"name": "depth", "plan": DEPTH}],
         distill={**DISTILL, "dataset_id": dataset["id"], **distill},
+        measure_teacher=measure_teacher,
+        evaluate=evaluate or {**EVALUATE, "dataset_id": dataset["id"]},
     )
 
 
@@ -174,6 +176,45 @@ def test_a_lost_worker_s_child_resumes_from_its_step_not_from_the_start(app):
     assert distill["result"]["steps"] == 120
     logs = [line["msg"] for line in app.api.get(f"/jobs/{wf['id']}/logs").json()]
     assert any(f"distill (job {distill_id}) lost with its worker" in m for m in logs), logs
+
+
+def teacher_evaluations(app, teacher: dict) -> list[int]:
+    jobs = app.api.get("/jobs", params={"kind": "evaluate", "teacher_id": teacher["id"]}).json()
+    return sorted(j["id"] for j in jobs if j["student_id"] is None)
+
+
+def test_a_second_study_takes_the_teacher_s_evaluation_on_its_protocol_instead_of_measuring_again(app):
+    teacher, dataset = ready_teacher(app), make_dataset(app)
+    evaluate = {"max_documents": 2, "seq_len": 32, "dataset_id": dataset["id"]}  # this test's protocol
+
+    def study(**evaluate_over) -> dict:
+        over = {**evaluate, **evaluate_over}
+        return one_candidate(app, teacher, dataset, measure_teacher=True, evaluate=over)
+
+    first = wait_workflow(app, study()["id"], finished, what="finished")
+    assert first["status"] == "succeeded", first["error"]
+    measured = step(first, "teacher", "evaluate")
+    assert app.api.get(f"/jobs/{measured['job_id']}").json()["parent_id"] == first["id"]
+    before = teacher_evaluations(app, teacher)
+    figure = app.api.get(f"/jobs/{measured['job_id']}").json()["result"]["perplexity"]
+
+    second = study()
+    # Its teacher branch is done at creation: the first study's job, nothing queued for it.
+    taken = step(second, "teacher", "evaluate")
+    assert taken["job_id"] == measured["job_id"] and taken["status"] == "succeeded"
+    second = wait_workflow(app, second["id"], finished, what="finished")
+    assert second["status"] == "succeeded", second["error"]
+    assert teacher_evaluations(app, teacher) == before  # no teacher evaluation queued
+    shown = app.api.get("/compare", params={"teacher": teacher["id"]}).json()["models"][0]["evaluations"]
+    assert shown[0]["job_id"] == measured["job_id"] and shown[0]["perplexity"] == figure
+    logs = [line["msg"] for line in app.api.get(f"/jobs/{second['id']}/logs").json()]
+    assert f"teacher: evaluate takes job {measured['job_id']}, which measured the same already" in logs
+
+    # Another protocol (one more document) was never measured: the third study measures it.
+    third = study(max_documents=3)
+    new = step(third, "teacher", "evaluate")["job_id"]
+    assert new not in before and app.api.get(f"/jobs/{new}").json()["parent_id"] == third["id"]
+    assert app.api.post(f"/workflows/{third['id']}/cancel").status_code == 202
 
 
 def test_cancel_cancels_the_running_and_queued_children(app):

@@ -214,10 +214,13 @@ def test_the_study_wizard_shows_the_latest_study_not_a_search_bake_off_and_steps
         page.select_option("[name=teacher_id]", str(teacher["id"]))
         shown = page.wait_for_selector("[data-testid=study]")
         assert shown.get_attribute("data-id") == str(study)
-        assert page.inner_text("[data-testid=study-link]") == f"Study #{study}"
+        # One name for the workflow (audit 18): the link says what the page it opens calls it.
+        link = page.inner_text("[data-testid=study-link]")
+        assert link == f"Bake-off #{study}"
         # Its page names the steps as the study panel does, not by their ids ("evaluate_pruned").
         page.goto(f"{live_app.url}/#/bakeoff/{study}")
         chip = page.wait_for_selector("[data-branch=d] [data-step=evaluate_pruned]")
+        assert page.inner_text(".page-head h1") == link
         assert chip.inner_text().startswith("perplexity as cut"), chip.inner_text()
     finally:
         for wf in (study, bakeoff):

@@ -109,6 +109,25 @@ def test_evaluate_and_benchmark_results_are_cards_with_units(page, live_app, stu
     done = {k: live_app.wait_job(v, timeout=300) for k, v in {**ev, "bench": bench_id}.items()}
     assert all(j["status"] == "succeeded" for j in done.values()), done
 
+    # A newer evaluation of the teacher at another stride (another protocol, same data, split, documents
+    # and window): the figure beside the student's stays the one on the student's protocol (audit 9).
+    stride = done["teacher"]["params"]["stride"]
+    r = live_app.api.post(
+        "/jobs",
+        json={
+            "kind": "evaluate",
+            "teacher_id": student["teacher_id"],
+            "params": {**params, "stride": stride // 2},
+        },
+    )
+    assert r.status_code == 201, r.text
+    other = live_app.wait_job(r.json()["id"], timeout=300)
+    assert other["status"] == "succeeded" and other["protocol"]["id"] != done["student"]["protocol"]["id"]
+    assert done["teacher"]["protocol"]["id"] == done["student"]["protocol"]["id"]
+    assert (
+        other["result"]["perplexity"]["perplexity"] != done["teacher"]["result"]["perplexity"]["perplexity"]
+    )
+
     # Evaluate: perplexity beside the teacher's, tokens, lm-eval tasks with stderr; no flattened keys.
     result, teacher_result = done["student"]["result"], done["teacher"]["result"]
     page.goto(f"{live_app.url}/#/job/{ev['student']}")

@@ -315,9 +315,10 @@ def test_job_chart_plots_start_level_and_their_titles_stay_clear(page, live_app,
 
 
 def test_parallel_coordinates_labels_neither_collide_nor_repeat(page, live_app, shared_search):
-    """Nine axes (the search's own, plus memory, latency and widths of a real model, amended in the
-    browser) at 1024 px: the titles are disjoint, and each axis's tick labels are distinct (".3~g" read
-    a loss spread over 8.322..8.332 as four "8.33")."""
+    """Eleven axes (the search's own, plus memory, latency, prefill, throughput and widths of a real
+    model, amended in the browser) at 1024 px: the titles are disjoint and none is cut off (tilted, the
+    longest rose above the chart's top edge: outside UI audit 20), and each axis's tick labels are
+    distinct (".3~g" read a loss spread over 8.322..8.332 as four "8.33")."""
     job = shared_search["job"]
 
     def more_axes(route):
@@ -326,6 +327,8 @@ def test_parallel_coordinates_labels_neither_collide_nor_repeat(page, live_app, 
         for c in data["candidates"]:
             c["costs"]["memory"] = rnd.uniform(300, 900) * 2**20
             c["costs"]["latency"] = rnd.uniform(0.004, 0.009)
+            c["costs"]["prefill"] = rnd.uniform(0.01, 0.05)
+            c["costs"]["throughput"] = rnd.uniform(100, 900)
             c["axes"]["hidden_size"] = rnd.choice([2560, 3072, 4096])
             c["axes"]["intermediate_size"] = rnd.choice([9216, 11264, 14336])
         route.fulfill(json=data)
@@ -341,13 +344,15 @@ def test_parallel_coordinates_labels_neither_collide_nor_repeat(page, live_app, 
         page.wait_for_selector(f"{plot}[data-dimensions]")
         page.wait_for_timeout(500)
         titles = boxes(page, f"{plot} .axis-title")
-        assert len(titles) == (9 if amend else len(page.get_attribute(plot, "data-dimensions").split(",")))
+        assert len(titles) == (11 if amend else len(page.get_attribute(plot, "data-dimensions").split(",")))
         for i, a in enumerate(titles):
             for b in titles[i + 1 :]:
                 assert not overlaps(a, b), (width, a, b)
         panel = page.locator("section.panel", has=page.locator(plot)).bounding_box()
-        for t in titles:  # none cut at the panel's edges
+        chart = page.locator(plot).bounding_box()
+        for t in titles:  # none cut at the panel's edges, nor above the chart's top (Plotly clips there)
             assert panel["x"] <= t["x"] and t["x"] + t["width"] <= panel["x"] + panel["width"], (t, panel)
+            assert t["y"] >= chart["y"] + page.evaluate("scrollY"), (width, t, chart)
         ticks = page.eval_on_selector_all(
             f"{plot} g.y-axis",
             "axes => axes.map((a) => [...a.querySelectorAll('.tick text')].map((t) => t.textContent))",

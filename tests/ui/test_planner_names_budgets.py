@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.ui.dashboard_js import run_dashboard_js
 
 DRIVER = """
-import { parseCount } from "./js/components/planner.js";
+import { parseCount } from "./js/format.js";
 import { studentName } from "./js/views/compare.js";
 const counts = %s, names = %s;
 process.stdout.write(JSON.stringify({

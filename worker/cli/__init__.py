@@ -2,14 +2,19 @@
 
 Command modules import torch and the engine inside their handlers, so `prunescope api` stays light.
 Expected failures raise `CliError` (or a ValueError/FileNotFoundError from the engine) and are
-printed as one line, never as a traceback.
+printed as one line, never as a traceback; under torchrun, once per node when every rank hits it
+(`worker.engine.launch.first_to_say`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
+
+from worker.engine.launch import first_to_say
 
 COMMAND_MODULES = (
     "worker.cli.importance_commands",
@@ -88,13 +93,22 @@ def check_append_file(flag: str, path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    said = io.StringIO()  # argparse's usage error too (it prints, then exits 2)
+    try:
+        with contextlib.redirect_stderr(said):
+            args = parser.parse_args(argv)
+    except SystemExit:
+        if said.getvalue() and first_to_say(said.getvalue()):
+            sys.stderr.write(said.getvalue())
+        raise
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
     except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as exc:
-        print(f"prunescope {args.command}: error: {exc}", file=sys.stderr)
+        message = f"prunescope {args.command}: error: {exc}"
+        if first_to_say(message):
+            print(message, file=sys.stderr)
         return 2
 
 

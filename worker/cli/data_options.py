@@ -7,6 +7,8 @@ bounded whatever the corpus size, and a distillation's position in the data is p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from worker.cli import CliError
 from worker.engine.shards import DATA_FORMATS
 
@@ -47,7 +49,17 @@ def data_source(args) -> tuple[str, bool]:
         return f"hf:{args.hf_dataset}", True
     if not args.stream and (args.data_format != "auto" or args.text_field != "text"):
         raise CliError("--data-format and --text-field apply to streamed data: add --stream")
+    check_data_found(args.data)
     return args.data, args.stream
+
+
+def check_data_found(source: str) -> None:
+    """A local --data that is not there is refused before anything loads (and, under torchrun, before
+    the ranks join: once per node, not once per rank after loading the models)."""
+    if source == "demo" or source.startswith("hf:"):
+        return
+    if not Path(source).expanduser().exists():
+        raise CliError(f"--data: data source not found: {source}")
 
 
 def open_stream(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.cli import CliError, check_append_file, check_output_dir, check_positions, say
-from worker.cli.data_options import add_data_options, data_source, open_stream
+from worker.cli.data_options import add_data_options, check_data_found, data_source, open_stream
 from worker.cli.importance_commands import _check_device
 from worker.engine.distill_defaults import DEFAULTS as D
 
@@ -546,7 +546,7 @@ def _whole_student(source: str, weights: dict):
 def _evaluate(args) -> int:
     from backend.settings import Settings
     from worker.engine.data import read_documents
-    from worker.engine.evaluation import check_tasks, make_manifest, perplexity, run_lm_eval, write_result
+    from worker.engine.evaluation import check_tasks, evaluate_model, make_manifest, write_result
 
     for flag in ("limit", "max_documents", "context", "stride", "batch_size"):
         value = getattr(args, flag)  # 0 would read as "not given" below (all documents, default context)
@@ -559,6 +559,7 @@ def _evaluate(args) -> int:
         raise CliError(f"--tasks: {exc}") from None
     _check_result_path(args.out)
     _check_device(args.device)
+    check_data_found(args.data)
     from worker.engine.distributed import DistributedContext
 
     # Under torchrun / srun: data-parallel, each rank scoring its share of the windows and of each lm-eval
@@ -573,34 +574,27 @@ def _evaluate(args) -> int:
     if ctx.is_main:
         ranks = f" over {ctx.world_size} ranks" if ctx.distributed else ""
         say(f"[perplexity] {args.data}:{args.split} ({scored} of {len(documents)} documents){ranks}")
-    ppl = perplexity(
+
+    def tasks_next() -> None:
+        if ctx.is_main:
+            say(f"[lm-eval] {', '.join(tasks)}")
+
+    result = evaluate_model(
         model,
-        documents,
         tokenizer,
+        documents,
         context=args.context,
         stride=args.stride,
         batch_size=args.batch_size,
         max_documents=args.max_documents,
+        tasks=tasks,
+        limit=args.limit,
+        seed=args.seed,
+        cache_root=Settings().cache,
+        task_documents=documents,  # local tasks from the text evaluated (a job: from the demo corpus)
         ranks=ctx,
+        before_tasks=tasks_next,
     )
-    scores = []
-    if tasks:
-        if ctx.is_main:
-            say(f"[lm-eval] {', '.join(tasks)}")
-        scores = run_lm_eval(
-            model,
-            tokenizer,
-            tasks,
-            documents=documents,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            cache_root=Settings().cache,
-            ranks=ctx,
-        )
-    result = {"perplexity": ppl, "lm_eval": scores}
-    if ctx.distributed:
-        result["world_size"] = ctx.world_size
     ctx.close()
     if not ctx.is_main:
         return 0

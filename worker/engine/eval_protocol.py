@@ -102,6 +102,26 @@ def blocks_record(dataset_id, split: str, context: int, blocks: int) -> dict[str
     }
 
 
+def sample_record(dataset_id, split: str, context: int, samples: int, seed: int) -> dict[str, Any]:
+    """An architecture search's held-out score: a seeded sample of document windows (not a perplexity
+    protocol: its teacher figure is measured on the same sample, and differs from the teacher's evaluation)."""
+    return {
+        "id": f"{_data(dataset_id)} · {split} · sample of {samples} × {context} tokens",
+        "kind": "sample",
+        "dataset_id": dataset_id,
+        "split": split,
+        "context": context,
+        "samples": samples,
+        "seed": seed,
+        "description": (
+            f"Mean token loss of {samples} windows of up to {context} tokens drawn (seed {seed}) from the "
+            f"{split} split of the {'demo corpus' if not dataset_id else f'dataset #{dataset_id}'} (each "
+            "document cut into consecutive windows, each window scored on its own): the search's quick "
+            "score of every candidate and of the teacher, not the teacher's evaluation protocol."
+        ),
+    }
+
+
 def of_teacher(stored: dict | None) -> EvalProtocol:
     """A teacher row's protocol (rows from before protocols existed: the default)."""
     return EvalProtocol.model_validate(stored) if stored else DEFAULT
@@ -129,5 +149,14 @@ def of_job(kind: str, params: dict) -> dict[str, Any] | None:
         blocks = params.get("val_batches", DISTILL.val_batches) * params.get("batch_size", DISTILL.batch_size)
         return blocks_record(
             params.get("dataset_id"), "validation", params.get("seq_len", DISTILL.seq_len), blocks
+        )
+    if kind == "search":  # worker/engine/search/settings.py defaults
+        settings = params.get("settings") or {}
+        return sample_record(
+            params.get("dataset_id"),
+            settings.get("split", "validation"),
+            settings.get("eval_seq_len", 128),
+            settings.get("eval_samples", 16),
+            settings.get("seed", 0),
         )
     return None

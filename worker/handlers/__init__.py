@@ -3,7 +3,8 @@
 Each handler gets the `JobRuntime` (progress, metrics, cancellation) and the claimed job row, returns
 the job's `result` dict, and writes its artifacts through the artifact store (staging dir + rename).
 torch and the engine are imported inside the handlers, in the worker only. One module per kind of job;
-what they share (sources, loading, rows, artifacts) is in `common`.
+what they share (sources, loading, rows, artifacts) is in worker.job_io. A job over several ranks goes
+to its supervisor, worker.*_ranks, which never imports a handler (pyproject.toml's import contracts).
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@ checkpoints a retried attempt resumes exactly; runs over several ranks go to wor
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from backend.db import session_scope
 from backend.models import Job, Student, Teacher
+from worker.distill_checkpoints import CheckpointMirror, checkpoint_dir, checkpoint_step
+from worker.distill_ranks import run_distill_ranks, total_steps
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
-from worker.handlers.common import (
+from worker.job_io import (
     distilled_key,
     documents,
     fetch_rows,
@@ -25,23 +25,12 @@ from worker.handlers.common import (
 from worker.runtime import JobCancelled, JobRuntime
 
 
-def checkpoint_dir(rt: JobRuntime, job: Job) -> Path:
-    """Checkpoints live with the artifacts (a shared directory lets another worker resume)."""
-    st = store(rt)
-    if not st.is_local:
-        return rt.settings.data_dir.resolve() / "checkpoints" / f"job-{job.id}"
-    return st.root / "checkpoints" / f"job-{job.id}"
-
-
 def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
-    from worker.distill_ranks import total_steps
     from worker.engine.data import PackedTokens
     from worker.engine.distill import DistillConfig, distill
     from worker.engine.distill.memory import memory_options
 
     if job.params.get("gpus", 1) > 1 or job.params.get("nodes", 1) > 1:  # ranks under torchrun
-        from worker.distill_ranks import run_distill_ranks
-
         return run_distill_ranks(rt, job)
     student, teacher = fetch_rows(rt, (Student, job.student_id), (Teacher, job.teacher_id))
     p = job.params
@@ -86,7 +75,7 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
     ckpt = checkpoint_dir(rt, job)
     resume = job.attempts > 1 and (ckpt / "checkpoint.pt").exists()
     if resume:
-        rt.log(f"resuming from the checkpoint at step {_checkpoint_step(ckpt)}")
+        rt.log(f"resuming from the checkpoint at step {checkpoint_step(ckpt)}")
 
     report_checkpoint = CheckpointMirror(rt, ckpt)
 
@@ -138,24 +127,3 @@ def run_distill(rt: JobRuntime, job: Job) -> dict[str, Any]:
         "artifact": key,
         "final_validation": {k: v for k, v in final.items() if isinstance(v, (int, float))},
     }
-
-
-def _checkpoint_step(ckpt: Path) -> int | None:
-    try:
-        return int(json.loads((ckpt / "checkpoint.json").read_text())["step"])
-    except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
-        return None
-
-
-class CheckpointMirror:
-    """Call it to mirror the newest checkpoint on disk (what a resume starts from: its step in the
-    torch-free checkpoint.json, one process or sharded alike) into the job row, once per new step."""
-
-    def __init__(self, rt: JobRuntime, ckpt: Path):
-        self.rt, self.ckpt, self.step = rt, ckpt, None
-
-    def __call__(self) -> None:
-        saved = _checkpoint_step(self.ckpt)
-        if saved is not None and saved != self.step:
-            self.step = saved
-            self.rt.checkpoint(saved, str(self.ckpt))

@@ -8,7 +8,8 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.models import Dataset, ImportanceRun, Job, Teacher
-from worker.handlers.common import (
+from worker.importance_ranks import run_importance_ranks
+from worker.job_io import (
     check_remote_code,
     documents,
     fetch_rows,
@@ -31,8 +32,6 @@ def run_importance(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine.memplan import spill_limit_bytes
 
     if (job.params or {}).get("gpus", 1) > 1 or (job.params or {}).get("nodes", 1) > 1:  # data-parallel
-        from worker.importance_ranks import run_importance_ranks
-
         return run_importance_ranks(rt, job)
     run, teacher = fetch_rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
     (dataset,) = fetch_rows(rt, (Dataset, run.dataset_id))

@@ -7,7 +7,7 @@ from typing import Any
 from backend.db import session_scope
 from backend.models import Job, Teacher
 from backend.spec_refresh import REFRESH
-from worker.handlers.common import (
+from worker.job_io import (
     check_remote_code,
     fetch_rows,
     mark_failed,

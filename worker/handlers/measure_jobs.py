@@ -6,46 +6,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from backend.db import session_scope
-from backend.models import BenchmarkResult, Job, Student, Teacher
-from worker.handlers.common import (
-    distilled_key,
-    documents,
-    fetch_rows,
-    job_dataset,
-    json_safe,
-    load,
-    model_source,
-    store,
-    student_source,
-)
+from backend.models import Job, Teacher
+from worker.job_io import documents, fetch_rows, job_dataset, json_safe, load, model_source
+from worker.measurements import LmEvalCount, save_measurement, subject
 from worker.runtime import JobRuntime
-
-
-def subject(rt: JobRuntime, job: Job):
-    """(model source, trust_remote_code) of the job's student — the weights of the distillation its
-    params name (resolved by the API), else the pruned ones — or of its teacher when no student."""
-    if job.student_id:
-        distill_job_id = job.params.get("distill_job_id")
-        if distill_job_id:
-            return str(store(rt).local_dir(distilled_key(rt, distill_job_id))), False
-        (student,) = fetch_rows(rt, (Student, job.student_id))
-        return student_source(rt, student), False
-    (teacher,) = fetch_rows(rt, (Teacher, job.teacher_id))
-    return teacher.source, teacher.trust_remote_code
-
-
-def _measured(job: Job) -> dict[str, Any]:
-    """What a student's evaluate / benchmark result measured, stored with the result."""
-    if not job.student_id:
-        return {}
-    distill_job_id = job.params.get("distill_job_id")
-    return {"weights": "distilled" if distill_job_id else "pruned", "distill_job_id": distill_job_id}
 
 
 def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
     from worker.engine import eval_protocol, evaluation
-    from worker.engine.dtypes import model_dtype_name
 
     p = job.params
     if p.get("tasks"):  # an unknown name fails the job now, not after the perplexity pass
@@ -71,61 +39,33 @@ def run_evaluate(rt: JobRuntime, job: Job) -> dict[str, Any]:
         rt.progress(0.05 + share * done / total, f"perplexity: {where}", phase="perplexity")
         rt.raise_if_cancelled()
 
-    ppl = evaluation.perplexity(
-        model, docs, tokenizer, context=p["seq_len"], stride=p.get("stride"), progress=scored
+    def tasks_next() -> None:
+        rt.raise_if_cancelled()
+        rt.progress(0.5, f"lm-eval tasks: building the requests of {', '.join(p['tasks'])}", force=True)
+
+    measured = evaluation.evaluate_model(
+        model,
+        tokenizer,
+        docs,
+        context=p["seq_len"],
+        stride=p.get("stride"),
+        tasks=p.get("tasks") or (),
+        limit=p.get("limit"),
+        cache_root=rt.settings.cache,
+        scored=scored,
+        before_tasks=tasks_next,
+        answered=LmEvalCount(rt, p.get("tasks") or (), (0.5, 0.95)),
     )
     result: dict[str, Any] = {
-        "perplexity": json_safe(ppl),
+        **json_safe(measured),  # the engine's evaluation dict, as `prunescope evaluate` prints it
         "protocol": eval_protocol.of_job("evaluate", p),  # what the dashboard compares numbers by
-        "tasks": [],
         "seconds": None,
-        "weights_stamp": weights_stamp(
-            model_dir, rt.device, model_dtype_name(model)
-        ),  # a preview may reuse it
-        # Where it ran (the compare table shows it beside each model's numbers).
-        "device": rt.device,
-        "dtype": model_dtype_name(model),
+        "weights_stamp": weights_stamp(model_dir, rt.device, measured["dtype"]),  # a preview may reuse it
+        "device": rt.device,  # where it ran (the compare table shows it beside each model's numbers)
     }
     rt.raise_if_cancelled()
-    if p.get("tasks"):
-        rt.progress(0.5, f"lm-eval tasks: building the requests of {', '.join(p['tasks'])}", force=True)
-        result["tasks"] = json_safe(
-            evaluation.run_lm_eval(
-                model,
-                tokenizer,
-                p["tasks"],
-                limit=p["limit"],
-                cache_root=rt.settings.cache,
-                progress=LmEvalCount(rt, p["tasks"], (0.5, 0.95)),
-            )
-        )
     result["seconds"] = time.perf_counter() - t0
     return save_measurement(rt, job, "evaluate", result)
-
-
-class LmEvalCount:
-    """`lm-eval loglikelihood: 120/400 requests (hellaswag)` as lm-eval answers requests.
-
-    lm-eval calls the model once per request type with every task's requests of that type; which types
-    come, and how many, is known only when each call starts. Each call is a phase of its own (its rate,
-    its ETA) and takes an even share of what is left of `bar` over the tasks not yet run, the last call
-    the rest (one task, one call: the whole bar).
-    """
-
-    def __init__(self, rt: JobRuntime, tasks, bar: tuple[float, float]):
-        self.rt, self.tasks, self.bar = rt, max(1, len(tasks)), bar
-        self.call, self.span = 0, (bar[0], bar[0])
-
-    def __call__(self, r) -> None:  # worker.engine.evaluation.lm_eval_runner.RequestProgress
-        if r.call != self.call:
-            self.call = r.call
-            lo = self.span[1]
-            self.span = (lo, lo + (self.bar[1] - lo) / max(1, self.tasks - (r.call - 1)))
-        lo, hi = self.span
-        f = lo + (hi - lo) * (r.done / r.total if r.total else 1.0)
-        phase = f"lm-eval {r.request_type}"
-        self.rt.progress(f, f"lm-eval {r.describe()}", phase=phase, force=r.done == 0)
-        self.rt.raise_if_cancelled()
 
 
 def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
@@ -159,16 +99,3 @@ def run_benchmark(rt: JobRuntime, job: Job) -> dict[str, Any]:
         result = {"teacher": json_safe(evaluation.measure_model(teacher_model, **kwargs))}
     result.update(rt.device_use)  # measured alone on the device (worker.device_lock), after how long a wait
     return save_measurement(rt, job, "benchmark", result)
-
-
-def save_measurement(rt: JobRuntime, job: Job, kind: str, result: dict) -> dict:
-    """Store an evaluate or benchmark job's `result` as its BenchmarkResult row, with what was measured
-    (`_measured`: the student or the teacher alone); returns the stored dict, the job's result."""
-    stored = {**result, **_measured(job)}
-    with session_scope(rt.url) as s:
-        s.add(
-            BenchmarkResult(
-                job_id=job.id, kind=kind, teacher_id=job.teacher_id, student_id=job.student_id, result=stored
-            )
-        )
-    return stored

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from backend.models import Dataset, Job, Plan, Teacher
-from worker.handlers.common import (
+from worker.job_io import (
     documents,
     fetch_rows,
     job_dataset,

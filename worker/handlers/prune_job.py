@@ -8,7 +8,7 @@ from typing import Any
 
 from backend.db import session_scope
 from backend.models import Job, Plan, Student, Teacher
-from worker.handlers.common import (
+from worker.job_io import (
     check_remote_code,
     fetch_rows,
     load,

@@ -96,25 +96,25 @@ export async function drawLayerChart({ plot, caption, layerData, metric, scale, 
     yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, zeroline: false, automargin: true, tickfont: { size: 10, color: ANGULAR_COLOR } },
     margin: { l: 52, r: angular ? 40 : 12, t: 26, b: 32 },
     title: { text: label + (layerData.base_loss ? `   ·   base loss ${sig(layerData.base_loss)}` : ""), font: { size: 11, color: "#8a96a8" }, x: 0.01, y: 0.97 },
-    xaxis: { fixedrange: true, title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, tickvals: x.filter((i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED), ticktext: tickText.filter((_, i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED) },
+    // Set, not autoranged (the same [-0.5, n - 0.5] Plotly picks for these bars): a click's column is
+    // computed from it.
+    xaxis: { fixedrange: true, range: [-0.5, x.length - 0.5], title: { text: blockK ? "first layer of block" : "layer", font: { size: 10 } }, tickvals: x.filter((i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED), ticktext: tickText.filter((_, i) => x.length <= 16 || i % 2 === 0 || colors[i] === MARKED) },
     bargap: 0.15,
   });
   await Plotly.react(plot, traces, layout, PLOT_CONFIG);
   if (!plot._bound) {
     plot._bound = true;
     // The whole column is the target, not only its bar (a short bar is a few pixels): the click's x in
-    // the plot area names the column.
+    // the plot area names the column. The plot area is Plotly's drag rectangle (drawn over the axes'
+    // box, margins as automargin grew them); the x range is the one set above, one unit per column.
     plot.addEventListener("click", (ev) => {
-      const full = plot._fullLayout;
-      if (!full?.xaxis || !plot.data?.[0]) return;
-      const xa = full.xaxis;
-      const ya = full.yaxis;
-      const box = plot.getBoundingClientRect();
-      const px = ev.clientX - box.left - xa._offset;
-      const py = ev.clientY - box.top - ya._offset;
-      if (px < 0 || px > xa._length || py < 0 || py > ya._length) return; // axes, legend, title
-      const i = Math.round(xa.p2l(px));
-      if (i < 0 || i >= plot.data[0].x.length) return;
+      const area = plot.querySelector(".nsewdrag")?.getBoundingClientRect();
+      const n = plot.data?.[0]?.x.length;
+      if (!area?.width || !n) return;
+      const fx = (ev.clientX - area.left) / area.width;
+      const fy = (ev.clientY - area.top) / area.height;
+      if (fx < 0 || fx > 1 || fy < 0 || fy > 1) return; // axes, legend, title
+      const i = Math.min(n - 1, Math.floor(fx * n));
       const k = plot.dataset.blockK ? Number(plot.dataset.blockK) : 1;
       onToggle(Array.from({ length: k }, (_, j) => i + j).filter((l) => l < numLayers));
     });

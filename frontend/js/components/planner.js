@@ -4,7 +4,7 @@
 import { api, showError } from "../api.js";
 import { fitPositions, localMessages, planStats, resultingShape } from "../costmodel.js";
 import { debounce, h, mount, toast } from "../dom.js";
-import { bytes, compact, flops, int, pct, sig } from "../format.js";
+import { bytes, compact, flops, int, parseCount, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
 import { field, progressBar, readForm } from "./widgets.js";
@@ -18,17 +18,6 @@ import { normalisePlan, samePlan } from "../planstate.js";
 
 /** What a quick preview reads: blocks of calibration text (POST /plans/{id}/preview `samples`, `seq_len`). */
 export const QUICK_PREVIEW = { samples: 16, seq_len: 128 };
-
-/** Parse "4.5M", "1.2e6", "300k" into a number of parameters. */
-/** "5.87M" -> 5870000; "70%" -> 70% of `total` (a budget as a share of the teacher). */
-export function parseCount(text, total = NaN) {
-  const share = String(text).trim().match(/^([\d.]+)\s*%$/);
-  if (share) return Math.round((Number(share[1]) / 100) * total);
-  const m = String(text).trim().match(/^([\d.]+(?:e[+-]?\d+)?)\s*([kKmMbBgG]?)$/);
-  if (!m) return NaN;
-  const scale = { "": 1, k: 1e3, m: 1e6, b: 1e9, g: 1e9 }[m[2].toLowerCase()];
-  return Math.round(Number(m[1]) * scale);
-}
 
 /** A width rounded to a multiple of `m` (hardware-friendly: 64 / 128 for tensor cores), never above
  * `max` (the teacher's width) nor below one multiple; `down` for widths a budget chose (stay under it). */

@@ -10,7 +10,7 @@ import { api, authUrl, qs, request, showError } from "../api.js";
 import { h, mount, segmented, toast } from "../dom.js";
 import { compact, duration, sig, when } from "../format.js";
 import { href } from "../router.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
+import { baseLayout, logAxis, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { stepTicks } from "./curves.js";
 import { mismatchMark } from "./protocol.js";
 import { linkRow, progressBar, rowLink, statusBadge, statusReason } from "./widgets.js";
@@ -376,6 +376,6 @@ export class RunsTable {
       traces.push({ x: points.map((p) => p.step), y: points.map((p) => p.value), name: `#${id} ${job.name || this.defaultName(job)}${protocol}`, mode: "lines", line: { color: SERIES_COLORS[i % SERIES_COLORS.length], width: 1.6 } });
     });
     this.plot.dataset.traces = String(traces.length);
-    Plotly.react(this.plot, traces, baseLayout({ height: 300, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: { type: this.metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
+    Plotly.react(this.plot, traces, baseLayout({ height: 300, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: this.metric.endsWith("ppl") ? logAxis(traces) : { type: "linear" } }), PLOT_CONFIG);
   }
 }

@@ -5,10 +5,9 @@
 // URL: #/bakeoff/<workflow id>?x=step|tokens&smooth=0.6
 
 import { api, showError } from "../api.js";
-import { parseCount } from "../components/planner.js";
 import { linkRow, progressBar, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
-import { compact, sig, when } from "../format.js";
+import { compact, parseCount, sig, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";

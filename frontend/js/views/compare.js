@@ -6,10 +6,10 @@ import { api, showError } from "../api.js";
 import { field, readForm, statusBadge } from "../components/widgets.js";
 import { debounce, h, mount, segmented } from "../dom.js";
 import { bytes, compact, flops, pct, sig } from "../format.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
+import { baseLayout, logAxis, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
-import { distillFieldFor, distillFields, distillParams, fitSeqLen } from "./runs.js";
+import { distillFieldFor, distillFields, distillParams, fitSeqLen } from "../components/distillform.js";
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
@@ -166,7 +166,7 @@ export async function compareView(host, { query }, ctx) {
       return;
     }
     if (!el.data) el.replaceChildren(); // drop the placeholder once, then let plotly update in place
-    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: { type: metric.endsWith("ppl") ? "log" : "linear" } }), PLOT_CONFIG);
+    Plotly.react(el, traces, baseLayout({ height: 320, xaxis: { title: { text: "step", font: { size: 10 } }, ...stepTicks(traces) }, yaxis: metric.endsWith("ppl") ? logAxis(traces) : { type: "linear" } }), PLOT_CONFIG);
   }
 
   renderPicker();
@@ -388,7 +388,7 @@ export function depthLayerMethod(layers, k) {
 // ---- the study: a server-side workflow (backend/workflows; POST /workflows) --------------------------
 
 // A study is a bake-off workflow named so: a search's bake-off is a workflow of the teacher too, and the
-// wizard must not show it as "Study #n" with the steps of another experiment.
+// wizard must not show another experiment as its study, with that experiment's steps.
 const STUDY_NAME = "depth vs width at ";
 export function isStudy(wf) {
   return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
@@ -413,7 +413,7 @@ function studyPanel(wf, { onAction, actionErr }) {
   };
   return h("div.stack", { dataset: { testid: "study", id: wf.id } },
     h("div.row",
-      h("a", { href: href("bakeoff", [wf.id]), dataset: { testid: "study-link" } }, `Study #${wf.id}`),
+      h("a", { href: href("bakeoff", [wf.id]), dataset: { testid: "study-link" } }, `Bake-off #${wf.id}`),
       statusBadge(wf.status),
       h("span.spacer"),
       active ? h("button.small.danger", { type: "button", dataset: { testid: "study-cancel" }, onclick: () => onAction("cancel") }, "Cancel") : null,

@@ -10,10 +10,10 @@ import { dataLabel } from "../components/runtable.js";
 import { progressBar, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
 import { compact, duration, when } from "../format.js";
-import { baseLayout, PLOT_CONFIG, plotlyReady } from "../plots.js";
+import { baseLayout, logAxis, PLOT_CONFIG, plotlyReady } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { followJob } from "../sse.js";
-import { mismatchMark, protocolNote } from "../components/protocol.js";
+import { mismatchMark, protocolNote, sameProtocol } from "../components/protocol.js";
 
 // One small chart per metric (W&B style): losses of very different scales never share an axis.
 const METRICS = [
@@ -168,7 +168,7 @@ export async function jobView(host, { args, query }, ctx) {
     if (figures) mount(ranksBox, liveRanks(figures));
     const opts = { x: view.x, weight: view.smooth };
     const xaxis = { title: { text: X_FIELDS[view.x][1], font: { size: 10 } } };
-    const yaxis = { type: view.logy ? "log" : "linear" };
+    const yaxis = { type: "linear" };
     // Show every panel that has data first, then draw at the final widths (explicit, so a panel
     // appearing later never leaves its neighbours drawn at a stale size).
     for (const [name] of METRICS) if (store.count(name)) charts.get(name).panel.classList.remove("hidden");
@@ -180,7 +180,9 @@ export async function jobView(host, { args, query }, ctx) {
       if (!traces.length) return;
       any = true;
       // Learning rates read as 1e-4 (as set in the form), not Plotly's SI "100µ".
-      const y = name === "lr" ? { ...yaxis, tickformat: "~e" } : yaxis;
+      // Log y: ticks by how far the values span (plots.logTicks), not a label at every digit.
+      const axis = view.logy ? logAxis(traces) : yaxis;
+      const y = name === "lr" ? { ...axis, tickformat: "~e" } : axis;
       const x = view.x === "step" ? { ...xaxis, ...stepTicks(traces) } : xaxis;
       const layout = baseLayout({ xaxis: x, yaxis: y, height: 220, width: plot.clientWidth || undefined, showlegend: false, margin: { l: 52, r: 10, t: 6, b: 34 } });
       Plotly.react(plot, traces, layout, PLOT_CONFIG);
@@ -283,11 +285,14 @@ function paramsLine(job, datasets) {
   return parts.join(" · ");
 }
 
-/** The teacher's latest evaluation on the same data and settings as a student's, to show beside it. */
+/** The teacher's latest evaluation on the same protocol as a student's (data, split, documents, window
+ * and stride: the protocol's id), to show beside it; a figure on another protocol is not comparable
+ * (matching four params let one at another stride through). */
 async function teacherEvaluation(job) {
   if (job.kind !== "evaluate" || !job.student_id || !job.teacher_id) return null;
-  const same = ["dataset_id", "split", "max_documents", "seq_len"];
+  const protocol = job.result?.protocol ?? job.protocol;
+  if (!protocol) return null;
   const jobs = await api.get(`/jobs?kind=evaluate&status=succeeded&teacher_id=${job.teacher_id}`).catch(() => []);
-  const match = jobs.find((j) => !j.student_id && j.result && same.every((k) => j.params?.[k] === job.params?.[k]));
+  const match = jobs.find((j) => !j.student_id && j.result && sameProtocol(j.result.protocol ?? j.protocol, protocol));
   return match ? match.result : null;
 }

@@ -5,19 +5,27 @@
 // URL: #/search?run=<importance run>  (start + list) · #/search/<job id>?x=params|memory|latency&y=loss|ppl
 
 import { api, showError } from "../api.js";
-import { parseCount } from "../components/planner.js";
 import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented, toast } from "../dom.js";
-import { bytes, compact, duration, ms, pct, sig, when } from "../format.js";
+import { bytes, compact, duration, ms, parseCount, pct, sig, when } from "../format.js";
 import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
 import { fitPositions } from "../costmodel.js";
+import { protocolNote } from "../components/protocol.js";
 import { followJob } from "../sse.js";
-import { warnValEvery } from "./runs.js";
+import { warnValEvery } from "../components/distillform.js";
 
 export const CUT_COLORS = { depth: "#8fa8ff", width: "#2bb3a3", mixed: "#f2b34b", none: "#8a96a8" };
-const CUT_LABELS = { depth: "depth only (layers)", width: "width only (heads / MLP / hidden)", mixed: "depth + width", none: "no cut" };
+// One name per kind of cut wherever it shows (table, legend, hover, badge): the engine's key "mixed" (a cut of
+// both depth and width) reads "depth + width" (audit 18: the table said "mixed", the legend "depth + width").
+export const CUT_NAMES = { depth: "depth", width: "width", mixed: "depth + width", none: "no cut" };
+const CUT_LABELS = { depth: "depth (layers only)", width: "width (heads / MLP / hidden only)", mixed: "depth + width", none: "no cut" };
+// The tolerance band is a reference region, not a warning: a faint neutral wash (audit 22: a red band
+// drew the eye from the candidates); the budget line itself stays red.
+export const TOLERANCE_FILL = "rgba(138, 150, 168, 0.07)";
+const TOLERANCE_TEXT = "#5d6878";
+const LABEL_CHAR_PX = 7; // an 11 px axis title's width per character, about (parallel coordinates)
 const FRONT_COLOR = "#e8edf5";
 const PICK_COLOR = "#ff4fa3";
 const Y_AXES = { loss: "LM loss on held-out data (lower is better)", ppl: "perplexity (lower is better)" };
@@ -204,6 +212,9 @@ async function searchResult(host, id, query, ctx) {
   const bake = h("section.panel", { dataset: { testid: "bakeoff-picker" } });
   const detail = h("div", { dataset: { testid: "point-detail" } });
   const xSeg = h("span.ctl", h("span", "cost"));
+  // What every loss on this page (the teacher's ★ too) was measured on: the search's own sample.
+  const protocolLine = h("div.hint", { dataset: { testid: "search-protocol" } });
+  const tableProtocol = h("span.hint", { dataset: { testid: "table-protocol" } });
   const ySeg = h("span.ctl", h("span", "quality"), segmented(Object.entries({ loss: "loss", ppl: "perplexity" }), view.y, (v) => { view.y = v; setQuery({ y: v }); draw(); }, { dataset: { testid: "y-axis" } }));
 
   mount(host,
@@ -212,12 +223,23 @@ async function searchResult(host, id, query, ctx) {
     h("div.search-layout",
       h("section.panel",
         h("header", h("h2", "Pareto front"), xSeg, ySeg),
+        protocolLine,
         scatter,
         h("div.hint", "click a point: open it in the planner · ", h("kbd", "shift"), "-click: add it to the bake-off · the line joins the candidates no other beats on both cost and quality")),
       h("div.stack", bake, h("section.panel", h("header", h("h2", "Candidate")), detail))),
     h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Architecture axes and scores"), h("span.hint", "drag along an axis to filter; colour: loss")), parcoords),
-    h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Candidates"), h("span.hint", "ranked by loss within the budget; tick rows for the bake-off")), table),
+    h("section.panel", { style: { marginTop: "14px" } }, h("header", h("h2", "Candidates"), h("span.hint", "ranked by loss within the budget; tick rows for the bake-off"), tableProtocol), table),
   );
+
+  /** The search's sample as a protocol note, and why the teacher's figure here is not its evaluation's. */
+  function renderProtocol() {
+    const protocol = data?.protocol ?? job.protocol;
+    if (!protocol) return;
+    const evaluation = teacher?.eval_protocol;
+    mount(protocolLine, "every loss and perplexity here, the teacher's ★ too, is ", protocolNote(protocol, { testid: "search-protocol-note", prefix: "on " }),
+      evaluation ? [": the search's quick sample, so the teacher's figure differs from its evaluation's (", protocolNote(evaluation, { testid: "teacher-protocol-note", prefix: "on " }), ")"] : null);
+    mount(tableProtocol, "· loss and ppl ", protocolNote(protocol, { testid: "table-protocol-note" }));
+  }
 
   function renderHead() {
     mount(head,
@@ -237,8 +259,9 @@ async function searchResult(host, id, query, ctx) {
         ? h("div.cards",
             // "4 · 8 within the budget" read as a contradiction: say the scored ones are some of those in budget.
             card("candidates scored", compact(r.candidates), scoredLine(r, job.params?.settings), "scored"),
-            card("candidates / minute", rate === null ? "–" : sig(rate, 3), r.seconds ? `in ${duration(r.seconds)}` : "", "rate"),
-            card("best loss", best ? sig(best.loss) : "–", data?.reference?.loss ? `teacher ${sig(data.reference.loss)}` : "", "best"),
+            // No rate from a fraction of a second (the worker gives none: worker/engine/search/rate.py).
+            card("candidates / minute", rate === null ? "—" : sig(rate, 3), r.seconds ? `in ${duration(r.seconds)}${rate === null ? " (too quick to time)" : ""}` : "", "rate"),
+            card("best loss", best ? sig(best.loss) : "–", data?.reference?.loss ? [`teacher ${sig(data.reference.loss)} `, protocolNote(data.protocol, { testid: "best-protocol", prefix: "both on " })] : "", "best"),
             card("best candidate", best ? `${compact(best.costs?.params)} params` : "–", best ? archLine(best.axes, spec) : "", "best-arch"))
         : h("div.stack", { style: { gap: "6px" } }, progressBar(job, { big: true }), statusReason(job, { testid: "search-error" })),
     );
@@ -270,6 +293,7 @@ async function searchResult(host, id, query, ctx) {
     if (!axes.includes(view.x)) view.x = axes[0] || "params";
     xSeg.replaceChildren(h("span", "cost"), segmented(axes.map((k) => [k, COST_AXES[k].name]), view.x, (v) => { view.x = v; setQuery({ x: v }); draw(); }, { dataset: { testid: "x-axis" } }));
     renderHead();
+    renderProtocol();
     draw();
     renderTable();
     renderBake();
@@ -288,7 +312,7 @@ async function searchResult(host, id, query, ctx) {
       `<b>#${c.id}</b> ${c.rank ? `rank ${c.rank}` : "outside the budget"} · ${CUT_LABELS[c.cut]}`,
       archLine(c.axes, spec),
       Object.entries(COST_AXES).filter(([k]) => Number.isFinite(c.costs?.[k])).map(([k, a]) => `${a.name} ${a.format(c.costs[k])}${share(k)}`).join(" · "),
-      `loss ${sig(c.loss)} · ppl ${sig(Math.exp(c.loss))}`,
+      `loss ${sig(c.loss)} · ppl ${sig(Math.exp(c.loss))}${data.protocol ? ` on ${data.protocol.id}` : ""}`,
     ].join("<br>");
   }
 
@@ -330,8 +354,8 @@ async function searchResult(host, id, query, ctx) {
     const shapes = Number.isFinite(budget) ? [{ type: "line", xref: "x", yref: "paper", x0: budget, x1: budget, y0: 0, y1: 1, line: { color: "#ff6b6b", width: 1, dash: "dash" } }] : [];
     const annotations = Number.isFinite(budget) ? [{ x: budget, y: 1, xref: "x", yref: "paper", text: "budget", showarrow: false, xanchor: "right", yanchor: "top", font: { size: 10, color: "#ff6b6b" } }] : [];
     if (tol) {
-      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: budget, x1: limit, y0: 0, y1: 1, fillcolor: "rgba(255,107,107,0.12)", line: { width: 0 }, layer: "below", name: "tolerance" });
-      annotations.push({ x: budget, y: 0, xref: "x", yref: "paper", text: `${more ? "−" : "+"}${+(100 * tol).toFixed(2)}% tolerance`, showarrow: false, xanchor: more ? "right" : "left", yanchor: "bottom", font: { size: 10, color: "#ff6b6b" } });
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: budget, x1: limit, y0: 0, y1: 1, fillcolor: TOLERANCE_FILL, line: { width: 0 }, layer: "below", name: "tolerance" });
+      annotations.push({ x: budget, y: 0, xref: "x", yref: "paper", text: `${more ? "−" : "+"}${+(100 * tol).toFixed(2)}% tolerance`, showarrow: false, xanchor: more ? "right" : "left", yanchor: "bottom", font: { size: 10, color: TOLERANCE_TEXT } });
     }
     scatter.dataset.limit = Number.isFinite(limit) ? String(limit) : "";
     // The axes span the candidates (and the budget's effective limit): a teacher far up the cost axis would
@@ -430,9 +454,13 @@ async function searchResult(host, id, query, ctx) {
     // titles tilt (with room above) instead of running into each other.
     const width = parcoords.clientWidth || 900;
     const gap = (width - 120) / Math.max(1, dims.length - 1);
-    const tilt = gap < 7 * Math.max(...dims.map((d) => d.label.length)) + 12;
+    const longest = LABEL_CHAR_PX * Math.max(...dims.map((d) => d.label.length));
+    const tilt = gap < longest + 12;
     if (tilt) trace.labelangle = -30;
-    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: tilt ? 360 : 330, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 60, t: tilt ? 70 : 40, b: 20 } };
+    // A tilted title rises by half its length (sin 30°) above its axis: the top margin grows with the
+    // longest one (a fixed 70 px cut "heads / layer" off at the chart's top edge, audit 20).
+    const top = tilt ? 44 + Math.ceil(longest / 2) : 40;
+    const layout = { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "Inter, Segoe UI, system-ui, sans-serif", color: "#c4ccd8" }, height: 290 + top, width: parcoords.clientWidth || undefined, margin: { l: 60, r: 60, t: top, b: 20 } };
     Plotly.react(parcoords, [trace], layout, { displaylogo: false, responsive: true });
     parcoords.dataset.dimensions = dims.map((d) => d.label).join(",");
   }
@@ -443,7 +471,7 @@ async function searchResult(host, id, query, ctx) {
         h("div.row", h("b", `#${c.id}`), h("span.badge", { style: { color: CUT_COLORS[c.cut], borderColor: CUT_COLORS[c.cut] } }, CUT_LABELS[c.cut]), c.rank ? h("span.hint", `rank ${c.rank}`) : h("span.hint", "outside the budget")),
         h("div.mono", archLine(c.axes, spec)),
         h("dl.kv",
-          h("dt", "loss"), h("dd", `${sig(c.loss)} (ppl ${sig(Math.exp(c.loss))})`),
+          h("dt", "loss"), h("dd", `${sig(c.loss)} (ppl ${sig(Math.exp(c.loss))}) `, protocolNote(data.protocol, { testid: "detail-protocol" })),
           Object.entries(COST_AXES).filter(([k]) => Number.isFinite(c.costs?.[k])).map(([k, a]) => [h("dt", a.name), h("dd", a.format(c.costs[k]))])),
         h("div.row",
           h("button.small", { onclick: () => openInPlanner(c.id), dataset: { testid: "open-planner" } }, "Open in planner →"),
@@ -476,7 +504,7 @@ async function searchResult(host, id, query, ctx) {
       h("tbody", rows.map((c) => h(`tr${picked.has(c.id) ? ".selected" : ""}`, { dataset: { candidate: c.id } },
         h("td", h("input", { type: "checkbox", checked: picked.has(c.id), dataset: { testid: "pick" }, onchange: () => togglePick(c.id) })),
         h("td.num", c.rank ?? "–"),
-        h("td.nowrap", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), c.cut),
+        h("td.nowrap", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), CUT_NAMES[c.cut] ?? c.cut),
         h("td.mono", archLine(c.axes, spec)),
         h("td.num", compact(c.costs.params)),
         hasMem ? h("td.num", bytes(c.costs.memory)) : null,
@@ -543,6 +571,7 @@ async function searchResult(host, id, query, ctx) {
 
   // ---- live --------------------------------------------------------------------------------
   renderHead();
+  renderProtocol();
   if (job.status === "succeeded") await load();
   else mount(detail, h("div.empty", "Candidates appear when the search finishes."));
   const close = followJob(() => job, (j) => {

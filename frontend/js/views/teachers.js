@@ -15,6 +15,7 @@ import { serverConfig } from "../serverconfig.js";
 import { fitPositions, flopsPerToken } from "../costmodel.js";
 import { lookAtTeacher } from "../lookingat.js";
 import { protocolEditor, protocolNote } from "../components/protocol.js";
+import { dataLabel } from "../components/runtable.js";
 
 export async function teachersView(host, { query }, ctx) {
   const state = { teachers: [], datasets: [], runs: [], config: {}, selected: Number(query.get("teacher")) || null };
@@ -414,7 +415,9 @@ export async function teachersView(host, { query }, ctx) {
           h("thead", h("tr", h("th", "run"), h("th", "data"), h("th", "status"), h("th", { style: { width: "32%" } }, "progress"), h("th", ""))),
           h("tbody", state.runs.map((r) => h("tr", { dataset: { runId: r.id } },
             h("td.mono", `#${r.id}`, h("div.faint", when(r.created_at))),
-            h("td.mono.faint", `${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"} · ${(r.params?.scans || []).join(",") || "width only"}`),
+            // The calibration data by name (the runs table's words), then how much of it and the scans.
+            h("td", { dataset: { testid: "run-data" } }, dataLabel({ kind: "importance", params: { dataset_id: r.dataset_id } }, state.datasets) ?? "–",
+              h("div.mono.faint", `${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"} · ${(r.params?.scans || []).join(",") || "width only"}`)),
             h("td", statusBadge(r.status), statusReason(r, { inline: true })),
             h("td", { dataset: { progressFor: r.job_id } }, progressBar(r)),
             h("td.row-actions",

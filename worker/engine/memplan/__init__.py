@@ -36,9 +36,9 @@ What is derived and what is fitted (bench/memory_planner_bench.py measures both)
   CUDA context) are derived from what torch does, not yet measured here.
 
 Modules, one job each: `units` (dtype sizes, chunk sizes, reserves and the other fixed numbers;
-`format_bytes`), `activations` (what a layer saves and holds while it runs), `jobs` (each job's peak:
-distillation, teacher correction, importance, evaluation, pruning), `fit` (a job on a worker:
-`usable_bytes`, `distill_candidates`).
+`format_bytes`), `activations` (what a layer saves and holds while it runs), one module per job's
+peak: `distill` (distillation, teacher correction), `importance`, `evaluation`, `prune` (sharing
+`peak`: the result's shape), and `fit` (a job on a worker: `usable_bytes`, `distill_candidates`).
 """
 
 from __future__ import annotations
@@ -58,30 +58,31 @@ from worker.engine.memplan.activations import (
     transient_bytes_per_token,
     widest,
 )
+from worker.engine.memplan.distill import distill_memory, teacher_correction_memory
+from worker.engine.memplan.evaluation import evaluation_memory
 from worker.engine.memplan.fit import (
     describe_change,
     distill_candidates,
     spec_from_summary,
     usable_bytes,
 )
-from worker.engine.memplan.jobs import (
+from worker.engine.memplan.importance import (
     DEFAULT_SCANS,
-    distill_memory,
-    evaluation_memory,
-    gathered_rows_numel,
     importance_memory,
     importance_options,
     importance_streams,
     loss_scan_sizes,
-    prune_memory,
-    saved_expert_copies_numel,
     spill_limit_bytes,
     store_capacity,
     store_placement,
     streamed_layer_copies,
     streamed_passes,
     streamed_store_count,
-    teacher_correction_memory,
+)
+from worker.engine.memplan.prune import (
+    gathered_rows_numel,
+    prune_memory,
+    saved_expert_copies_numel,
     tensor_dims,
     tensor_numels,
 )

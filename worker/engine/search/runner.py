@@ -17,6 +17,7 @@ from worker.engine.adapters import arch_spec
 from worker.engine.plan import PrunePlan, resulting_spec
 from worker.engine.search.budgets import Budget, computed_cost, measured_cost, parse_budget
 from worker.engine.search.latency import LatencyCache
+from worker.engine.search.rate import candidates_per_minute
 from worker.engine.search.scoring import WidthGroupScorer
 from worker.engine.search.settings import SearchSettings
 from worker.engine.search.space import (
@@ -321,9 +322,7 @@ def _stats(
         "naive_layer_forwards": scoring.naive_layer_forwards,
         "seconds": round(seconds, 3),
         "scoring_seconds": round(scoring.seconds, 3),
-        "candidates_per_minute": round(60.0 * rows / scoring.seconds, 1)
-        if rows and scoring.seconds > 0
-        else None,
+        "candidates_per_minute": candidates_per_minute(rows, scoring.seconds),
         "note": note,
     }
 

@@ -1,5 +1,6 @@
-"""What every job handler shares: where a stored source is read from, loading a model with its progress,
-the job's rows and dataset, and writing artifacts (staging dir + rename, never half-written)."""
+"""What every job's code shares, the handlers (worker.handlers) and the multi-rank supervisors
+(worker.*_ranks) alike: where a stored source is read from, loading a model with its progress, the job's
+rows and dataset, and writing artifacts (staging dir + rename, never half-written)."""
 
 from __future__ import annotations
 
