@@ -345,6 +345,9 @@ class ConfigOut(BaseModel):
     spill_limit_gb: float | None = None
     # The dashboard's memory lines say a typed batch size / seq_len is over these instead of sizing the job.
     limits: JobLimits
+    # Documents in each split of the shipped demo corpus: an evaluation of "the first N documents" of a
+    # split reads at most these (the dashboard says 16 docs, not the protocol's 64, for the test split).
+    demo_documents: dict[str, int] = {}
 
 
 class WorkerOut(BaseModel):

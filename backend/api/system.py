@@ -12,6 +12,7 @@ from backend.errors import Unavailable
 from backend.limits import job_limits
 from backend.responses import ConfigOut, HealthOut, WorkerOut
 from backend.settings import Settings
+from worker.demo import corpus_manifest
 
 router = APIRouter(tags=["server"])
 VERSION = "0.1.0"
@@ -37,6 +38,7 @@ def config(settings: Settings = Depends(get_settings)) -> ConfigOut:
         demo_dataset="demo",
         spill_limit_gb=settings.spill_limit_gb,
         limits=job_limits(settings),
+        demo_documents={name: split["documents"] for name, split in corpus_manifest()["splits"].items()},
     )
 
 

@@ -10,22 +10,6 @@ export class ApiError extends Error {
     this.status = status;
     this.detail = detail;
   }
-
-  /**
-   * {fieldName: {msg, nearby, path}} of the entries that name a field, keyed by the last element of
-   * the field path (an input's `name`); `path` is the whole path ("remove_heads.3") for inputs named so.
-   */
-  get fields() {
-    const out = {};
-    for (const item of entries(this.detail)) {
-      const loc = fieldPath(item);
-      if (!loc.length) continue;
-      const name = String(loc[loc.length - 1]);
-      const field = { msg: cleanMsg(item.msg), nearby: item.nearby || [], path: loc.join(".") };
-      out[name] = out[name] ? { ...field, msg: `${out[name].msg}; ${field.msg}` } : field;
-    }
-    return out;
-  }
 }
 
 function entries(detail) {
@@ -54,7 +38,7 @@ function describe(status, detail) {
       .map((item) => {
         const loc = fieldPath(item);
         const msg = cleanMsg(item.msg);
-        return loc.length ? `${loc.join(".")}: ${msg}` : msg;
+        return loc.length ? `${fieldWords(loc)}: ${msg}` : msg;
       })
       .join("; ");
   }
@@ -127,11 +111,47 @@ export function qs(params) {
 }
 
 /**
- * Show an API error next to the control the user used: `box` gets the sentence, and inputs inside
- * `form` whose name matches an error field (last path element, or the whole dotted path) get outlined
- * with their own message and, below it, the nearby valid values.
+ * A field path in words: ["plan", "targets", "hidden_size"] -> "Plan › targets › hidden size" (for a
+ * message no input of the form shows: the raw dotted path said nothing to a user, audit 12).
  */
-export function showError(box, err, form = null) {
+export function fieldWords(path) {
+  const text = path.map((p) => String(p).replace(/_/g, " ")).join(" › ");
+  return text ? text[0].toUpperCase() + text.slice(1) : "";
+}
+
+/** An error's problems, one each: [{path, msg, nearby}] (path [] when no field is at fault). Takes an
+ * ApiError, a plain {message} / Error, or {fields: {name: msg | {msg, nearby, path}}} checked here. */
+export function problems(err) {
+  if (err instanceof ApiError && Array.isArray(err.detail)) {
+    return entries(err.detail).map((item) => ({ path: fieldPath(item).map(String), msg: cleanMsg(item.msg), nearby: item.nearby || [] }));
+  }
+  const fields = Object.entries(err.fields || {});
+  if (fields.length) {
+    return fields.map(([name, f]) => (typeof f === "string" ? { path: [name], msg: f, nearby: [] } : { path: String(f.path || name).split("."), msg: f.msg, nearby: f.nearby || [] }));
+  }
+  return [{ path: [], msg: err.message || String(err), nearby: [] }];
+}
+
+/** The input of `form` a field path names: `fieldFor(path, msg)`'s name when given (a form whose inputs
+ * are not the API's fields), else the whole dotted path, else its last element. */
+function inputFor(form, { path, msg }, fieldFor) {
+  if (!form || !path.length) return null;
+  const names = [fieldFor?.(path, msg), path.join("."), path[path.length - 1]].filter(Boolean);
+  for (const name of names) {
+    const input = form.querySelector(`[name="${CSS.escape(name)}"]`);
+    if (input) return input;
+  }
+  return null;
+}
+
+/**
+ * Show an error once, where it belongs (audit 12): each problem whose field path names an input of
+ * `form` is said under that input (outlined, the nearby valid values below); `box` says the rest, the
+ * field in words, after `lead` (a sentence about the whole request, e.g. "Nothing was created.").
+ * `fieldFor(path, msg)`: the input name for a path when the form's inputs are not named as the API's
+ * fields. Every form that posts goes through here, so every form does it one way. `err` null clears.
+ */
+export function showError(box, err, form = null, { lead = "", fieldFor = null } = {}) {
   if (form) {
     for (const el of form.querySelectorAll(".invalid")) el.classList.remove("invalid");
     for (const el of form.querySelectorAll(".field-error")) el.remove();
@@ -140,30 +160,43 @@ export function showError(box, err, form = null) {
     if (box) box.textContent = "";
     return;
   }
-  if (box) box.textContent = err.message || String(err);
-  if (form && err.fields) {
-    for (const [name, field] of Object.entries(err.fields)) {
-      const { msg, nearby = [], path = name } = typeof field === "string" ? { msg: field } : field;
-      const input =
-        form.querySelector(`[name="${CSS.escape(name)}"]`) || form.querySelector(`[name="${CSS.escape(path)}"]`);
-      if (!input) continue;
-      input.classList.add("invalid");
-      const note = document.createElement("div");
-      note.className = "field-error";
-      note.dataset.field = input.name;
-      note.textContent = msg;
-      if (nearby.length) {
-        const near = document.createElement("div");
-        near.className = "field-nearby";
-        near.textContent = nearbyText(nearby);
-        note.append(near);
-      }
-      // A checkbox sits inside its label text: the note goes under the whole label.
-      const anchor = input.type === "checkbox" || input.type === "radio" ? input.closest("label") || input : input;
-      anchor.insertAdjacentElement("afterend", note);
-      clearOnEdit(input, note, box, form, err.message || String(err));
-    }
+  const placed = new Map(); // input -> its problems
+  const unplaced = [];
+  for (const problem of problems(err)) {
+    const input = inputFor(form, problem, fieldFor);
+    if (input) placed.set(input, [...(placed.get(input) || []), problem]);
+    else unplaced.push(problem);
   }
+  const sentence = unplaced.map(({ path, msg }) => (path.length ? `${fieldWords(path)}: ${msg}` : msg)).join("; ");
+  const text = [lead, sentence].filter(Boolean).join(" ");
+  if (box) box.textContent = text;
+  for (const [input, list] of placed) markField(input, list, box, form, text);
+  const first = placed.keys().next().value;
+  if (first) {
+    const fold = first.closest("details");
+    if (fold) fold.open = true; // a setting folded away is unfolded, so the user sees where
+    first.scrollIntoView({ block: "nearest" });
+  }
+}
+
+/** Outline `input` and put its problems' messages (and the nearby valid values) right under it. */
+function markField(input, list, box, form, text) {
+  input.classList.add("invalid");
+  const note = document.createElement("div");
+  note.className = "field-error";
+  note.dataset.field = input.name;
+  note.textContent = list.map((p) => p.msg).join("; ");
+  const nearby = list.flatMap((p) => (/nearby valid/.test(p.msg) ? [] : p.nearby)); // not said twice
+  if (nearby.length) {
+    const near = document.createElement("div");
+    near.className = "field-nearby";
+    near.textContent = nearbyText(nearby);
+    note.append(near);
+  }
+  // A checkbox sits inside its label text: the note goes under the whole label.
+  const anchor = input.type === "checkbox" || input.type === "radio" ? input.closest("label") || input : input;
+  anchor.insertAdjacentElement("afterend", note);
+  clearOnEdit(input, note, box, form, text);
 }
 
 /**

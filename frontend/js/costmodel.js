@@ -125,8 +125,21 @@ export function resultingShape(spec, plan) {
   return { hidden, layers };
 }
 
-/** Everything the planner's live summary shows, computed locally. */
-export function planStats(spec, plan) {
+/** The positions a spec knows of (worker.engine.spec.spec_max_positions): `max_positions`, else the rows
+ * of a learned position table; 0 when unknown. */
+export function maxPositions(spec) {
+  return Number(spec?.max_positions || spec?.position_embeddings || 0);
+}
+
+/** A default sequence length / context `n` the model can take: at most its positions, since the server
+ * refuses longer ones (backend/limits.check_positions); `n` when they are unknown (audit 24). */
+export function fitPositions(spec, n) {
+  const limit = maxPositions(spec);
+  return limit ? Math.min(n, limit) : n;
+}
+
+/** Everything the planner's live summary shows, computed locally (FLOPs at `context` tokens). */
+export function planStats(spec, plan, context = 2048) {
   const teacher = paramCount(spec);
   const { hidden, layers } = resultingShape(spec, plan);
   const counts = paramCount(spec, hidden, layers);
@@ -150,8 +163,8 @@ export function planStats(spec, plan) {
     fraction_of_teacher: counts.total / teacher.total,
     teacher_params_total: teacher.total,
     teacher_params_non_embedding: teacher.non_embedding,
-    flops_per_token: flopsPerToken(spec, 2048, hidden, layers),
-    teacher_flops_per_token: flopsPerToken(spec),
+    flops_per_token: flopsPerToken(spec, context, hidden, layers),
+    teacher_flops_per_token: flopsPerToken(spec, context),
     kv_cache_bytes_per_token: kvCacheBytesPerToken(spec, layers),
     teacher_kv_cache_bytes_per_token: kvCacheBytesPerToken(spec),
   };

@@ -215,3 +215,8 @@ function groupByLayer(cells) {
   }
   return out;
 }
+
+/** Whether two plans mark the same units and targets (normalised first: key order and duplicates aside). */
+export function samePlan(a, b) {
+  return JSON.stringify(normalisePlan(a)) === JSON.stringify(normalisePlan(b));
+}

@@ -11,6 +11,14 @@ export function serverConfig() {
   return pending;
 }
 
+/** The documents "the first `maxDocuments` documents of `split`" reads: fewer when the data is the demo
+ * corpus (`datasetId` empty) and its split has fewer (GET /config demo_documents); `maxDocuments` when
+ * the split's size is not known here (a registered dataset). */
+export function documentsRead(maxDocuments, { datasetId = null, split } = {}, config = {}) {
+  const available = datasetId ? undefined : config.demo_documents?.[split];
+  return available === undefined ? maxDocuments : Math.min(maxDocuments, available);
+}
+
 /** The statuses of a distillation whose weights an evaluate / benchmark job may name: they exist or will
  * (backend/api/jobs.py MEASURABLE). */
 export const MEASURABLE_DISTILLS = ["queued", "running", "succeeded"];

@@ -81,6 +81,8 @@ def test_resume_is_exact_and_stop_leaves_usable_checkpoint(data, tmp_path):
     assert [g[0] for g in got] == list(range(1, 21))
     for g, w in zip(got, want):
         assert g[1:] == pytest.approx(w[1:], abs=1e-6), (g, w)
+    # The step-0 validation is the first run's, not measured again by the resume (steps 0, 10, 20).
+    assert [v["step"] for v in rest.validation] == [v["step"] for v in full.validation] == [0, 10, 20]
     assert [v["val_loss"] for v in rest.validation] == pytest.approx(
         [v["val_loss"] for v in full.validation], abs=1e-6
     )
@@ -101,7 +103,7 @@ def test_metrics_every_step_and_validation(data):
     )
     steps = [m for m in seen if m["phase"] == "train"]
     vals = [m for m in seen if m["phase"] == "validation"]
-    assert [m["step"] for m in steps] == [1, 2, 3, 4] and [m["step"] for m in vals] == [2, 4]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4] and [m["step"] for m in vals] == [0, 2, 4]
     assert all(TRAIN_KEYS <= set(m) for m in steps) and all(VAL_KEYS <= set(m) for m in vals)
     assert steps[-1]["tokens"] == 4 * 2 * 24
     assert all(m["tokens_per_s"] > 0 and m["grad_norm"] > 0 and m["elapsed"] > 0 for m in steps)
@@ -110,6 +112,25 @@ def test_metrics_every_step_and_validation(data):
         assert m["loss"] == pytest.approx(m["kd_loss"], rel=1e-6)
     assert vals[-1]["val_ppl"] == pytest.approx(torch.tensor(vals[-1]["val_loss"]).exp().item(), rel=1e-6)
     assert result.final_validation["val_kl"] > 0
+
+
+def test_validation_at_step_0_is_the_untouched_students_loss(data):
+    """The curve starts before any update (audit 11): at the pruned student's loss, even when val_every
+    is larger than the run (no validation would run before its end) or 0."""
+    train, val = data
+    teacher, student = tiny_llama(seed=1), tiny_llama(seed=2)
+    config = _config(steps=3, val_every=50)
+    before = validate(copy.deepcopy(student), teacher, val, config)
+    result = distill(student, teacher, train, val, config)
+    assert [v["step"] for v in result.validation] == [0, 3]
+    first = result.validation[0]
+    assert first["val_loss"] == pytest.approx(before["val_loss"], abs=1e-6)
+    assert first["tokens"] == 0 and result.validation[-1]["tokens"] == 3 * 2 * 24
+    assert result.final_validation["step"] == 3  # the run's result is still its end
+    assert [
+        v["step"]
+        for v in distill(tiny_llama(seed=2), teacher, train, val, _config(steps=2, val_every=0)).validation
+    ] == [0, 2]
 
 
 def test_distillation_moves_student_towards_teacher():

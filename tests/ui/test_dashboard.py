@@ -65,13 +65,13 @@ def test_register_teacher_dataset_and_run_importance(page, live_app):
     # The live fleet from the worker registry: live_app runs one CPU worker.
     page.wait_for_function("document.querySelector('[data-testid=workers]').textContent === 'workers: 1 cpu'")
 
-    # A bad path: the API's reason appears under the form and the field is outlined; nothing is created.
+    # A bad path: the API's reason appears under the field, outlined; nothing is created.
     page.fill("[data-testid=teacher-form] [name=name]", "ghost")
     page.fill("[data-testid=teacher-form] [name=source]", "/definitely/not/here")
     page.click("[data-testid=teacher-form] button[type=submit]")
-    err = page.locator("[data-testid=teacher-form] .error-msg")
+    err = page.locator("[data-testid=teacher-form] .field-error[data-field=source]")
     err.wait_for()
-    assert "source" in err.inner_text()
+    assert "allowed roots" in err.inner_text()
     assert "invalid" in page.get_attribute("[data-testid=teacher-form] [name=source]", "class")
     assert {t["id"] for t in live_app.api.get("/teachers").json()} == teachers_before
 
@@ -232,8 +232,8 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     # A bad target is explained next to the fill form.
     page.fill("[data-testid=fill-form] [name=heads_per_layer]", "3")
     page.click("[data-testid=fill]")
-    page.locator("[data-testid=fill-form] .error-msg").wait_for()
-    assert "nearby valid: 4, 8" in page.inner_text("[data-testid=fill-form] .error-msg")
+    page.locator("[data-testid=fill-form] .field-error[data-field=heads_per_layer]").wait_for()
+    assert "nearby valid: 4, 8" in page.inner_text("[data-testid=fill-form] .field-error")
     assert "invalid" in page.get_attribute("[data-testid=fill-form] [name=heads_per_layer]", "class")
     assert summary_params(page) == teacher["spec"]["params_total"]  # nothing changed
 
@@ -299,6 +299,8 @@ def test_fill_to_target_adjust_save_reload_preview_and_student(page, live_app):
     of = page.locator("[data-testid=preview-of]")
     assert of.inner_text().startswith(f'preview of "mlp32" v1 · job #{second}'), of.inner_text()
     assert not page.locator("[data-testid=preview] .stale-note").is_visible()
+    # Measured again: the page scrolled since (the plan panel's actions no longer scroll it into view).
+    box = page.locator("[data-testid=neurons-map]").bounding_box()
     page.mouse.click(box["x"] + 2, box["y"] + 4)  # unmark the neuron bin marked above
     page.wait_for_selector("[data-testid=preview][data-stale='1'] .stale-note", state="visible")
     assert "the plan has changed since" in of.inner_text()
@@ -571,7 +573,8 @@ def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
 
     # A budget no student fits: refused before anything is created, next to the budget field.
     run_wizard(page, budget_pct="1")
-    assert "too small" in wizard_error(page)
+    page.wait_for_selector("[data-testid=wizard] .field-error[data-field=budget_pct]")
+    assert "too small" in page.inner_text("[data-testid=wizard] .field-error[data-field=budget_pct]")
     assert "invalid" in page.get_attribute("[data-testid=wizard] [name=budget_pct]", "class")
     assert everything(live_app) == before
 
@@ -588,9 +591,12 @@ def test_a_failed_study_wizard_run_leaves_nothing_behind(page, live_app):
     )
     run_wizard(page, budget_pct="95", budget="4", lr="0.000001", **small)
     text = wizard_error(page)
-    assert "not started" in text and "min_lr must not exceed lr" in text and "Nothing was created" in text, (
-        text
+    assert "not started" in text and "nothing was created" in text, text
+    # The reason once, under the setting it names (not again in the sentence above).
+    assert "min_lr must not exceed lr" in page.inner_text(
+        "[data-testid=wizard] .field-error[data-field=min_lr]"
     )
+    assert "min_lr" not in text
     assert "invalid" in page.get_attribute("[data-testid=wizard] [name=min_lr]", "class")
     assert page.is_enabled("[data-testid=wizard-go]")
     # The settings stay as typed, to be corrected.

@@ -104,7 +104,12 @@ def register(subparsers) -> None:
         default=D.teacher_placement,
         help="under torchrun: a whole teacher per rank or sharded like the student (auto: by memory)",
     )
-    d.add_argument("--val-every", type=int, default=D.val_every)
+    d.add_argument(
+        "--val-every",
+        type=int,
+        default=D.val_every,
+        help="validate every N steps (0: only at step 0 and after the last step)",
+    )
     d.add_argument("--val-batches", type=int, default=D.val_batches)
     d.add_argument("--checkpoint-every", type=int, default=D.checkpoint_every)
     d.add_argument("--seed", type=int, default=D.seed)

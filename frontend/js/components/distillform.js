@@ -4,6 +4,8 @@
 import { h } from "../dom.js";
 import { field, gangWaitField, gangWaitFollowsNodes, gangWaitParam, readForm } from "./widgets.js";
 import { restore } from "../remember.js";
+import { fitPositions } from "../costmodel.js";
+import { valEveryWarning } from "../distillmath.js";
 
 export const DISTILL_DEFAULTS = { steps: 200, lr: 1e-4, min_lr: 1e-5, warmup: 20, temperature: 1.0, ce_weight: 0.0, teacher_correction_steps: 0, batch_size: 8, seq_len: 128, val_every: 50, checkpoint_every: 50, seed: 0 };
 
@@ -16,7 +18,29 @@ export function distillFields(datasets, values = {}) {
   const grid = distillGrid(datasets, values);
   restore(DISTILL_FORM_KEY, grid, Object.keys(values).map((k) => (k === "steps" || k === "tokens" ? "budget" : k)));
   gangWaitFollowsNodes(grid); // after restore: the remembered Nodes decides
+  warnValEvery(grid, () => distillParams(grid));
   return grid;
+}
+
+/** The seq len of distill settings `form` within `spec`'s positions (a default or remembered length the
+ * server would refuse for this model: audit 24). */
+export function fitSeqLen(form, spec) {
+  const input = form.querySelector("[name=seq_len]");
+  const fit = fitPositions(spec, Number(input.value));
+  if (input.value && fit < Number(input.value)) input.value = fit;
+}
+
+/**
+ * A note at the end of `host` that says, live as the user types, when validate-every is more than the
+ * run's steps (`params()`: the distill params the form would send; distillmath.valEveryWarning).
+ */
+export function warnValEvery(host, params) {
+  const note = h("div.note", { dataset: { testid: "val-every-warning" }, style: { gridColumn: "1 / -1", flexBasis: "100%" } });
+  const check = () => { note.textContent = valEveryWarning(params()); };
+  host.addEventListener("input", check);
+  host.addEventListener("change", check);
+  host.append(note);
+  check();
 }
 
 function distillGrid(datasets, values) {
@@ -45,6 +69,11 @@ function distillGrid(datasets, values) {
       field({ name: "baseline", label: "baseline: no teacher (CE only)", type: "checkbox", value: false }),
       field({ name: "gradient_checkpointing", label: "gradient checkpointing (less memory, ~1/3 more compute)", type: "checkbox", value: !!v.gradient_checkpointing })),
   );
+}
+
+/** The distill form's input for an API field path (showError's fieldFor): steps / tokens are its Budget. */
+export function distillFieldFor(path) {
+  return ["steps", "tokens"].includes(path[path.length - 1]) ? "budget" : null;
 }
 
 /** Form values -> distill params of the API. */

@@ -4,7 +4,8 @@
 import { api, qs } from "../api.js";
 import { colorbar } from "../colormap.js";
 import { h, mount } from "../dom.js";
-import { PlanState } from "../planstate.js";
+import { draftKey, readDraft } from "../plandraft.js";
+import { PlanState, samePlan } from "../planstate.js";
 
 /** The state the explorer's panels share; `view` is mutated by the controls (and mirrored in the URL). */
 export function explorerState({ query, run, teacher, plan, alive }) {
@@ -55,30 +56,29 @@ export function explorerState({ query, run, teacher, plan, alive }) {
 }
 
 /**
- * The plan to edit: the saved plan named in the URL (`plan=`), else this run's local draft. Every edit is
- * kept as the draft. Returns the plan state and the saved plan's row (null when none).
+ * The plan to edit: the saved plan named in the URL (`plan=`), with its unsaved edits when this browser
+ * keeps some (plandraft.js), else this run's local draft. The planner keeps every edit as the draft.
+ * Returns the plan state, the saved plan's row (null when none) and the draft opened instead of it (null
+ * when none: {plan, version}, the version the edits were made on).
  */
 export async function openPlan(query, runId) {
   const plan = new PlanState();
-  const draftKey = `prunescope.draft.run${runId}`;
   let savedRow = null;
+  let draft = null;
   if (query.get("plan")) {
     try {
       savedRow = await api.get(`/plans/${query.get("plan")}`);
-      plan.reset(savedRow.plan);
+      draft = readDraft(draftKey({ planId: savedRow.id }));
+      if (draft && samePlan(draft.plan, savedRow.plan)) draft = null;
+      plan.reset(draft ? draft.plan : savedRow.plan);
     } catch (err) {
       console.warn(err);
     }
   } else {
-    try {
-      const draft = JSON.parse(localStorage.getItem(draftKey) || "null");
-      if (draft) plan.reset(draft);
-    } catch {
-      /* a corrupt draft is simply ignored */
-    }
+    const kept = readDraft(draftKey({ runId }));
+    if (kept) plan.reset(kept.plan);
   }
-  plan.subscribe((p) => localStorage.setItem(draftKey, JSON.stringify(p)));
-  return { plan, savedRow };
+  return { plan, savedRow, draft };
 }
 
 /** The cells of a box selection {r0, r1, c0, c1} as [row, column] pairs. */

@@ -2,7 +2,7 @@
 // messages (local at once, the server's GQA advice debounced), fill-to-target, save, preview, student.
 
 import { api, showError } from "../api.js";
-import { localMessages, planStats, resultingShape } from "../costmodel.js";
+import { fitPositions, localMessages, planStats, resultingShape } from "../costmodel.js";
 import { debounce, h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, parseCount, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
@@ -12,6 +12,9 @@ import { memoryLine, queueFor } from "./memline.js";
 import { previewNeed, pruneFit, pruneModes, pruneModesOn, pruneWhere, sizedWorkers } from "../jobmemory.js";
 import { fitLine } from "../memplan.js";
 import { protocolNote } from "./protocol.js";
+import { documentsRead, serverConfig } from "../serverconfig.js";
+import { draftKey, dropDraft, keepDraft } from "../plandraft.js";
+import { normalisePlan, samePlan } from "../planstate.js";
 
 /** What a quick preview reads: blocks of calibration text (POST /plans/{id}/preview `samples`, `seq_len`). */
 export const QUICK_PREVIEW = { samples: 16, seq_len: 128 };
@@ -48,6 +51,9 @@ export function pruneLine(both, workers, requested) {
   return { text: `${far}; nearest setting that fits: out_of_core=${near.out_of_core} (${bytes(near.need)} ${pruneWhere(near.mode)})`, fits: false, mode: fit.mode };
 }
 
+/** POST /students names its student `name`: here that is the student name input (the plan's is `name`). */
+const STUDENT_FIELDS = { fieldFor: (path) => (path[path.length - 1] === "name" ? "student_name" : null) };
+
 const MODE_NAMES = { in_memory: "in memory", out_of_core: "out of core" };
 
 /** What the cut needs read the other way than the line's headline (`mode`; both when it is unknown). */
@@ -71,9 +77,21 @@ export class Planner {
     this.strip = h("div.plan-strip", { dataset: { testid: "plan-strip" } });
     this._build();
     this.validate = debounce(() => this._validateRemote(), 350);
-    ctx.state.subscribe(() => this.update());
+    ctx.state.subscribe(() => {
+      this._keepDraft();
+      this.update();
+    });
     this.update();
     this.freeDefaultName().catch(() => {}); // fills takenNames for the label; a save asks again anyway
+    // The panel's height follows the part of the window below its top, so its foot (the actions) is in
+    // sight before the page is scrolled far enough for the panel to stick (audit 14).
+    this.fitToWindow = () => {
+      const top = Math.max(56, this.el.getBoundingClientRect().top);
+      this.el.style.setProperty("--visible-height", `${Math.max(240, window.innerHeight - top - 14)}px`);
+    };
+    window.addEventListener("scroll", this.fitToWindow, { passive: true });
+    window.addEventListener("resize", this.fitToWindow);
+    requestAnimationFrame(this.fitToWindow);
   }
 
   _build() {
@@ -128,6 +146,8 @@ export class Planner {
     this.nameInput.addEventListener("input", () => this._previewLabel());
     this.saveErr = h("div.error-msg");
     this.savedInfo = h("span.hint");
+    // A saved plan edited and not saved again: said at the top, with the way back (audit 15).
+    this.unsavedNote = h("div.note.unsaved", { dataset: { testid: "unsaved" }, hidden: true });
     this.previewBox = h("div.preview-box", { dataset: { testid: "preview" } });
     this.studentName = h("input", { name: "student_name", placeholder: "student name", style: { flex: "1" }, dataset: { testid: "student-name" } });
     // How the cut reads the teacher: auto = tensor by tensor from its checkpoint when it is big (API out_of_core).
@@ -138,11 +158,17 @@ export class Planner {
     // per protocol) but it reads every window of the protocol's documents: minutes on a CPU. A quick look
     // reads QUICK_PREVIEW blocks of calibration text instead (the API's preview defaults).
     const protocol = this.ctx.teacher.eval_protocol;
+    // A teacher with fewer positions reads shorter blocks: the server refuses more than it has.
+    this.quickPreview = { ...QUICK_PREVIEW, seq_len: fitPositions(spec, QUICK_PREVIEW.seq_len) };
+    const docs = (n) => `on the teacher's protocol (${n} doc${n === 1 ? "" : "s"})`;
+    const onProtocol = h("option", { value: "protocol", dataset: { testid: "preview-on-protocol" } }, docs(protocol?.max_documents ?? 64));
+    // The documents it reads: the split may hold fewer than the protocol's "first N" (audit 24).
+    serverConfig().then((config) => { onProtocol.textContent = docs(documentsRead(protocol?.max_documents ?? 64, { datasetId: protocol?.dataset_id, split: protocol?.split ?? "test" }, config)); }).catch(() => {});
     this.previewOn = h("select", { dataset: { testid: "preview-on" }, title: "what the preview reads: the teacher's evaluation protocol (the number its evaluations report) or a quick sample" },
-      h("option", { value: "protocol" }, `on the teacher's protocol (${protocol?.max_documents ?? 64} doc${(protocol?.max_documents ?? 64) === 1 ? "" : "s"})`),
-      h("option", { value: "quick" }, `quick: ${QUICK_PREVIEW.samples} × ${QUICK_PREVIEW.seq_len} tokens`));
+      onProtocol,
+      h("option", { value: "quick" }, `quick: ${this.quickPreview.samples} × ${this.quickPreview.seq_len} tokens`));
     // What the preview job needs (the teacher, then the masked teacher, a batch of 8 blocks).
-    const context = Math.max(protocol?.context || 128, QUICK_PREVIEW.seq_len);
+    const context = Math.max(protocol?.context || 128, this.quickPreview.seq_len);
     this.previewMemory = memoryLine(h("div"), (_, workers) => {
       if (!this.spec) return null;
       const queue = queueFor("auto", workers);
@@ -176,25 +202,29 @@ export class Planner {
     mount(this.el,
       h("header", h("h2", "Plan"), this.undoBtn, this.redoBtn, this.clearBtn),
       h("div.row.tight", { style: { marginBottom: "8px" } }, this.plansSelect),
+      this.unsavedNote,
       this.summary,
       this.messages,
       h("h3.section-title", "Fill to target"),
       this.fillForm,
       h("h3.section-title", "Save & try"),
-      h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
-      this.savedInfo,
-      this.saveErr,
-      h("div.row.tight", { style: { marginTop: "8px" } }, this.previewBtn, this.previewOn),
       this.previewMemory,
       this.previewBox,
-      h("div.row.tight", { style: { marginTop: "8px" } }, this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
       this.surgeryRow,
       this.studentMemory,
-      this.studentErr,
       this.studentInfo,
       h("div.hint", { style: { marginTop: "10px" } },
         "Click a cell to mark it, drag for a box, click a layer label to drop it. ", h("kbd", "Ctrl"), "+", h("kbd", "Z"), " undo, ", h("kbd", "Ctrl"), "+", h("kbd", "Shift"), "+", h("kbd", "Z"), " redo. ",
         h("span.legend-mark"), " = marked for removal."),
+      // The actions stay in sight at the panel's foot while the panel scrolls (audit 14: at 1440 x 900
+      // they sat below its fold, inside its own scroll).
+      this.actions = h("div.plan-actions", { dataset: { testid: "plan-actions" } },
+        h("div.row.tight", this.nameInput, h("button", { onclick: () => this.save(), dataset: { testid: "save-plan" } }, "Save plan")),
+        this.savedInfo,
+        this.saveErr,
+        h("div.row.tight", this.previewBtn, this.previewOn),
+        h("div.row.tight", this.studentName, h("button.primary", { onclick: () => this.createStudent(), dataset: { testid: "create-student" } }, "Create student")),
+        this.studentErr),
     );
   }
 
@@ -203,7 +233,8 @@ export class Planner {
     const t0 = performance.now();
     const { state } = this.ctx;
     const plan = state.plan;
-    const stats = planStats(this.spec, plan);
+    const context = fitPositions(this.spec, 2048); // the FLOPs' context: within the teacher's positions
+    const stats = planStats(this.spec, plan, context);
     this.surgeryRow?.dispatchEvent(new Event("change")); // the student's memory line follows the plan
     const spec = this.spec;
     const ratio = (a, b) => (b ? a / b : 0);
@@ -222,7 +253,7 @@ export class Planner {
         // Mixture of experts: what one token runs (router + top-k experts) next to the total.
         spec.num_experts ? metric("Active / token", compact(stats.params_active), `${pct(ratio(stats.params_active, stats.teacher_params_active))} of teacher (${compact(stats.teacher_params_active)}) · top-${spec.experts_per_token}`, "params-active") : null,
         metric("Non-embedding", compact(stats.params_non_embedding), pct(ratio(stats.params_non_embedding, stats.teacher_params_non_embedding)), "params-nonemb"),
-        metric("FLOPs / token", flops(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @2048 ctx`, "flops"),
+        metric("FLOPs / token", flops(stats.flops_per_token), `${pct(ratio(stats.flops_per_token, stats.teacher_flops_per_token))} @${context} ctx`, "flops"),
         metric("KV cache / token", bytes(stats.kv_cache_bytes_per_token), pct(ratio(stats.kv_cache_bytes_per_token, stats.teacher_kv_cache_bytes_per_token)), "kvcache"),
         metric("Shape", `${stats.num_layers}L · ${stats.hidden_size}d`, h("span", `heads ${range(headsKept)}/${spec.num_heads}`, h("br"), spec.num_experts ? `experts ${range(expertsKept)}/${spec.num_experts} × FFN ${range(mlpKept)}/${spec.intermediate_size}` : `MLP ${range(mlpKept)}/${spec.intermediate_size}`), "shape"),
       ),
@@ -236,6 +267,7 @@ export class Planner {
       h("a", { href: "#", dataset: { testid: "strip-to-plan" }, onclick: (ev) => { ev.preventDefault(); this.el.scrollIntoView({ block: "start" }); } }, "save, preview, cut ↓"));
     this._previewLabel();
     this._previewStale();
+    this._unsavedNote();
     this.undoBtn.disabled = !state.canUndo();
     this.redoBtn.disabled = !state.canRedo();
     this.local = localMessages(spec, plan);
@@ -284,7 +316,7 @@ export class Planner {
       const total = budget === "active_param_budget" ? this.spec.params_active || this.spec.params_total : this.spec.params_total;
       const n = parseCount(v[budget], total);
       if (!Number.isFinite(n) || n <= 0) {
-        showError(this.fillErr, { message: `${budget}: write a share of the teacher or a number of parameters, e.g. 70%, 3.5M or 3500000`, fields: { [budget]: "not a share or a number of parameters" } }, this.fillForm);
+        showError(this.fillErr, { fields: { [budget]: "write a share of the teacher or a number of parameters, e.g. 70%, 3.5M or 3500000" } }, this.fillForm);
         return;
       }
       targets[budget] = n;
@@ -361,13 +393,17 @@ export class Planner {
         row = await api.post("/plans", { teacher_id: this.ctx.teacher.id, importance_run_id: this.ctx.run.id, name, plan });
       }
       this.takenNames.add(row.name);
+      // Saved under another plan (a new name): the edits of the plan opened are in this one now.
+      if (this.saved && this.saved.id !== row.id) dropDraft(draftKey({ planId: this.saved.id }));
       this.setSaved(row);
       this.savedPlan = plan;
-      showError(this.saveErr, null);
+      this._keepDraft();
+      this._unsavedNote();
+      showError(this.saveErr, null, this.actions);
       toast(`Saved plan "${row.name}" (v${row.version}).`);
       return row;
     } catch (err) {
-      showError(this.saveErr, err);
+      showError(this.saveErr, err, this.actions); // a taken name is said under the name field
       return null;
     }
   }
@@ -403,7 +439,7 @@ export class Planner {
   /** The preview runs on a saved plan: with unsaved edits the button says it saves first (never silently). */
   _previewLabel() {
     if (!this.previewBtn) return;
-    const clean = this.saved && this.savedPlan === this.ctx.state.plan;
+    const clean = this._clean();
     const name = this._nameToSave();
     const target = this.saved && this.saved.name === name ? `version ${this.saved.version + 1} of "${name}"` : `a new plan "${name}"`;
     this.previewBtn.textContent = clean ? "Preview perplexity" : "Save & preview";
@@ -413,9 +449,15 @@ export class Planner {
       : `The preview runs on a saved plan: this saves the draft as ${target}, then previews it`;
   }
 
-  setSaved(row) {
+  /**
+   * The plan on screen is saved plan `row` (opened or just saved). `draft`: the unsaved edits this browser
+   * kept of it and opened instead ({plan, version}: plandraft.readDraft), null when none.
+   */
+  setSaved(row, draft = null) {
     this.saved = row;
-    this.savedPlan = this.ctx.state.plan;
+    this.savedPlan = normalisePlan(row.plan);
+    this.draftVersion = draft ? draft.version : null;
+    this._unsavedNote();
     queueMicrotask(() => this._previewLabel());
     this.nameInput.value = row.name;
     mount(this.savedInfo, `saved as #${row.id} v${row.version} · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
@@ -424,18 +466,18 @@ export class Planner {
 
   /** The saved row for the current plan, saving first when there are unsaved edits. */
   async ensureSaved() {
-    if (this.saved && this.savedPlan === this.ctx.state.plan) return this.saved;
+    if (this._clean()) return this.saved;
     return this.save();
   }
 
   async preview() {
-    const saving = !(this.saved && this.savedPlan === this.ctx.state.plan);
+    const saving = !this._clean();
     const row = await this.ensureSaved();
     if (!row) return;
     if (saving) mount(this.savedInfo, `saved as #${row.id} v${row.version} to preview it · `, h("a", { href: href("explore", [this.ctx.run.id], { plan: row.id }) }, "link"));
     let job;
     try {
-      job = await api.post(`/plans/${row.id}/preview`, this.previewOn.value === "quick" ? QUICK_PREVIEW : {});
+      job = await api.post(`/plans/${row.id}/preview`, this.previewOn.value === "quick" ? this.quickPreview : {});
     } catch (err) {
       mount(this.previewBox, h("div.error-msg", err.message));
       return;
@@ -466,6 +508,40 @@ export class Planner {
     this.closePreview = close;
   }
 
+  /** Whether the plan on screen is a saved plan as saved (remembered per plan: this runs on every click). */
+  _clean() {
+    if (!this.saved) return false;
+    const now = this.ctx.state.plan;
+    if (this._cleanOf?.plan !== now || this._cleanOf?.saved !== this.savedPlan) {
+      this._cleanOf = { plan: now, saved: this.savedPlan, clean: samePlan(now, this.savedPlan) };
+    }
+    return this._cleanOf.clean;
+  }
+
+  /** Keep the plan on screen in this browser (plandraft.js): a saved plan's edits until saved or reverted. */
+  _keepDraft() {
+    const plan = this.ctx.state.plan;
+    if (!this.saved) return keepDraft(draftKey({ runId: this.ctx.run.id }), plan);
+    const key = draftKey({ planId: this.saved.id });
+    if (this._clean()) dropDraft(key);
+    else keepDraft(key, plan, this.draftVersion ?? this.saved.version);
+  }
+
+  /** "Unsaved changes to ..." with a revert, while the saved plan opened is edited. */
+  _unsavedNote() {
+    const dirty = this.saved && !this._clean();
+    this.unsavedNote.hidden = !dirty;
+    if (!dirty) {
+      this.draftVersion = null; // saved or reverted: the next edits are made on the version saved now
+      return mount(this.unsavedNote);
+    }
+    const { name, version } = this.saved;
+    const older = this.draftVersion !== null && this.draftVersion !== version ? ` (made on v${this.draftVersion}; the saved plan is v${version} now)` : "";
+    mount(this.unsavedNote,
+      h("b", "Unsaved changes"), ` to "${name}" v${version}${older}, kept in this browser. `,
+      h("button.small", { type: "button", dataset: { testid: "revert-plan" }, title: "Back to the plan as saved (undoable)", onclick: () => this.ctx.state.replace(this.savedPlan, "revert") }, "Revert to saved"));
+  }
+
   /** The preview box keeps its result when the plan is edited, marked as being of an earlier plan. */
   _previewStale() {
     this.previewBox.dataset.stale = this.previewed && this.previewed !== this.ctx.state.plan ? "1" : "";
@@ -477,7 +553,7 @@ export class Planner {
     const name = this.studentName.value.trim() || `${row.name}-student`;
     try {
       const student = await api.post("/students", { plan_id: row.id, name, out_of_core: this.surgery.value });
-      showError(this.studentErr, null);
+      showError(this.studentErr, null, this.actions, STUDENT_FIELDS);
       // The line follows the cut's live status events: being cut -> cut (or failed / cancelled).
       const said = { succeeded: "is cut", failed: "could not be cut", cancelled: "was not cut (cancelled)" };
       const render = (j) => {
@@ -490,11 +566,13 @@ export class Planner {
       if (this.closeCut) this.closeCut();
       this.closeCut = student.job_id ? subscribe(`/jobs/${student.job_id}/events`, { status: render }) : null;
     } catch (err) {
-      showError(this.studentErr, err);
+      showError(this.studentErr, err, this.actions, STUDENT_FIELDS);
     }
   }
 
   destroy() {
+    window.removeEventListener("scroll", this.fitToWindow);
+    window.removeEventListener("resize", this.fitToWindow);
     this.validate.cancel();
     if (this.closePreview) this.closePreview();
     if (this.closeCut) this.closeCut();

@@ -4,11 +4,25 @@
 import { api, request, showError } from "../api.js";
 import { h, mount, toast } from "../dom.js";
 import { readForm } from "./widgets.js";
+import { documentsRead, serverConfig } from "../serverconfig.js";
 
-/** A small "on <protocol id>" note whose hover is the protocol's definition. */
+/**
+ * A small "on <protocol id>" note whose hover is the protocol's definition. The documents it names are
+ * those it reads: a split with fewer than the protocol's "first N" shows its own count (audit 24: "64
+ * docs" of a 16-document split); data-protocol-id keeps the id itself, which numbers are matched by.
+ */
 export function protocolNote(protocol, { testid = "protocol", prefix = "on " } = {}) {
   if (!protocol) return null;
-  return h("span.protocol-note", { title: protocol.description, dataset: { testid, protocolId: protocol.id } }, `${prefix}${protocol.id}`);
+  const note = h("span.protocol-note", { title: protocol.description, dataset: { testid, protocolId: protocol.id } }, `${prefix}${protocol.id}`);
+  if (protocol.kind === "documents" && protocol.max_documents) {
+    serverConfig().then((config) => {
+      const n = documentsRead(protocol.max_documents, { datasetId: protocol.dataset_id, split: protocol.split }, config);
+      if (n === protocol.max_documents) return;
+      note.textContent = `${prefix}${protocol.id.replace(` · ${protocol.max_documents} docs · `, ` · ${n} docs · `)}`;
+      note.title = `${protocol.description} The ${protocol.split} split holds ${n} documents: all of them are read.`;
+    }).catch(() => {});
+  }
+  return note;
 }
 
 /** Same protocol id, or both unknown: the numbers can be compared. */

@@ -200,7 +200,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
   async function promote(r, tokensText, box) {
     const { tokens: _t, steps: _s, ...settings } = wf.params?.distill || {};
     const tokens = tokensText.trim() ? parseCount(tokensText) : null;
-    if (tokensText.trim() && !(tokens >= 1)) return showError(box, new Error("tokens: a count such as 5M"));
+    if (tokensText.trim() && !(tokens >= 1)) return showError(box, { fields: { tokens: "a count such as 5M" } });
     try {
       const job = await api.post("/jobs", {
         kind: "distill",

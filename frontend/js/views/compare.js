@@ -9,12 +9,13 @@ import { bytes, compact, flops, pct, sig } from "../format.js";
 import { baseLayout, logAxis, PLOT_CONFIG, plotlyReady, SERIES_COLORS, smooth } from "../plots.js";
 import { href, setQuery } from "../router.js";
 import { subscribe } from "../sse.js";
-import { distillFields, distillParams } from "../components/distillform.js";
+import { distillFieldFor, distillFields, distillParams, fitSeqLen } from "../components/distillform.js";
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
 import { depthTarget, targetParams, widthTarget } from "../studymath.js";
 import { retriable, stepLabel } from "../components/workflowsteps.js";
+import { lookAtTeacher, teacherLookedAt } from "../lookingat.js";
 
 export async function compareView(host, { query }, ctx) {
   const chosen = new Set((query.get("students") || "").split(",").filter(Boolean).map(Number));
@@ -45,10 +46,16 @@ export async function compareView(host, { query }, ctx) {
   function renderPicker() {
     const byTeacher = teachers.map((t) => ({ t, list: students.filter((s) => s.teacher_id === t.id) })).filter((g) => g.list.length || g.t.id === teacherId);
     mount(picker, byTeacher.length ? byTeacher.map(({ t, list }) => h("div", { style: { marginBottom: "8px" } },
-      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; if (teacherId) study.follow(teacherId); update(); } }), h("strong", t.name), h("span.faint", " teacher")),
+      h("label.check", h("input", { type: "checkbox", checked: teacherId === t.id, dataset: { testid: `pick-teacher-${t.id}` }, onchange: (ev) => { teacherId = ev.target.checked ? t.id : null; if (teacherId) look(teacherId); update(); } }), h("strong", t.name), h("span.faint", " teacher")),
       h("div", { style: { paddingLeft: "18px", display: "flex", flexDirection: "column", gap: "2px" } },
-        list.map((s) => h("label.check", h("input", { type: "checkbox", checked: chosen.has(s.id), dataset: { testid: `pick-student-${s.id}` }, onchange: (ev) => { ev.target.checked ? chosen.add(s.id) : chosen.delete(s.id); update(); } }), s.name, " ", statusBadge(s.status)))),
+        list.map((s) => h("label.check", h("input", { type: "checkbox", checked: chosen.has(s.id), dataset: { testid: `pick-student-${s.id}` }, onchange: (ev) => { ev.target.checked ? chosen.add(s.id) : chosen.delete(s.id); if (ev.target.checked && !teacherId) look(s.teacher_id); update(); } }), s.name, " ", statusBadge(s.status)))),
     )) : h("div.empty", "No student yet: use the wizard below or the planner."));
+  }
+
+  /** The user looks at teacher `tid` (ticked, or a student of it ticked): the study wizard follows it. */
+  function look(tid) {
+    lookAtTeacher(tid);
+    study.follow(tid);
   }
 
   function update() {
@@ -174,7 +181,8 @@ export async function compareView(host, { query }, ctx) {
     update();
     renderPicker();
   };
-  const study = renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId });
+  // The study starts from the page's teacher, else the one last looked at (not the newest: audit 7).
+  const study = renderWizard(wizard, { teachers, datasets, ctx, onStudents: showStudents, teacherId: teacherId ?? teacherLookedAt() });
   load();
 }
 
@@ -419,7 +427,7 @@ function studyPanel(wf, { onAction, actionErr }) {
 
 function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId }) {
   const ready = teachers.filter((t) => t.status === "ready");
-  // The page's teacher (?teacher=, or its students'), not merely the first ready one.
+  // The page's teacher (?teacher=, its students', the one last looked at), not merely the first ready one.
   const first = ready.find((t) => t.id === teacherId) ?? ready[0];
   const err = h("div.error-msg");
   const study = h("div", { style: { marginTop: "10px" } });
@@ -499,7 +507,9 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     const uneven = apart > 0.02 ? ` · the ${share(d) < share(w) ? "depth" : "width"} student is ${(100 * apart).toFixed(0)} percentage points smaller (depth moves in whole layers, width in aligned steps)` : "";
     preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `keeps ${d.num_layers} of ${t.spec.num_layers} layers, drops ${dropped} (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}${uneven}`;
   }
-  teacherSelect?.addEventListener("change", () => { watched = null; loadRuns(); });
+  const fitToTeacher = () => fitSeqLen(form, ready.find((x) => x.id === Number(teacherSelect?.value))?.spec);
+  fitToTeacher();
+  teacherSelect?.addEventListener("change", () => { watched = null; fitToTeacher(); loadRuns(); });
   budgetInput.addEventListener("input", showPreview);
 
   const goBtn = form.querySelector("[data-testid=wizard-go]");
@@ -515,7 +525,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     const budget = (t.spec.params_total * v.budget_pct) / 100;
     const targets = { depth: depthTarget(t.spec, budget), width: widthTarget(t.spec, budget) };
     if (!targets.depth || !targets.width) {
-      showError(err, { message: `budget_pct: ${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student`, fields: { budget_pct: "too small" } }, form);
+      showError(err, { fields: { budget_pct: `${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student` } }, form);
       return;
     }
     showError(err, null, form);
@@ -540,9 +550,8 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
       started = wf.id;
       watch(wf); // the form keeps its settings: change one and start another study
     } catch (e) {
-      showError(err, { message: `The study was not started: ${e.message}. Nothing was created.`, fields: e.fields }, form);
-      // A refused distillation setting is marked in the settings: unfold them so the user sees where.
-      if (Object.keys(e.fields || {}).some((name) => form.querySelector(`details [name="${CSS.escape(name)}"]`))) form.querySelector("details").open = true;
+      // A refused distillation setting is marked in the settings (showError unfolds them).
+      showError(err, e, form, { lead: "The study was not started; nothing was created.", fieldFor: distillFieldFor });
     } finally {
       goBtn.disabled = false;
     }

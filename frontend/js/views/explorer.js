@@ -17,6 +17,7 @@ import { bindUndoKeys } from "../components/undokeys.js";
 import { linkRow, rowLink, statusBadge } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
 import { when } from "../format.js";
+import { lookAtTeacher } from "../lookingat.js";
 import { href } from "../router.js";
 
 export async function explorerView(host, { args, query }, ctx) {
@@ -41,7 +42,8 @@ export async function explorerView(host, { args, query }, ctx) {
     return;
   }
 
-  const { plan, savedRow } = await openPlan(query, run.id);
+  lookAtTeacher(run.teacher_id);
+  const { plan, savedRow, draft } = await openPlan(query, run.id);
   const st = explorerState({ query, run, teacher, plan, alive: () => ctx.alive });
 
   // ---- panels: each owns its map and data; the hidden strip follows the neurons' order control ------
@@ -56,7 +58,7 @@ export async function explorerView(host, { args, query }, ctx) {
   const timing = h("span.hint", { dataset: { testid: "first-paint" } });
 
   const planner = new Planner({ run, teacher, state: plan, agg: st.agg, alive: st.alive });
-  if (savedRow) planner.setSaved(savedRow);
+  if (savedRow) planner.setSaved(savedRow, draft);
 
   mount(host,
     pageHead(st, timing),

@@ -12,7 +12,7 @@ import { shapeLabel } from "../searchmath.js";
 import { distillNeed } from "../jobmemory.js";
 import { paramCount } from "../costmodel.js";
 import { remember } from "../remember.js";
-import { DISTILL_FORM_KEY, distillFields, distillParams } from "../components/distillform.js";
+import { DISTILL_FORM_KEY, distillFieldFor, distillFields, distillParams, fitSeqLen } from "../components/distillform.js";
 import { RunsTable } from "../components/runtable.js";
 import { MEASURABLE_DISTILLS } from "../serverconfig.js";
 
@@ -139,6 +139,7 @@ export async function runsView(host, { query }, ctx) {
     const t = teacherOf(s);
     const err = h("div.error-msg");
     const form = h("form.stack", { dataset: { testid: "distill-form" } }, distillFields(state.datasets), h("div.row", h("span.spacer"), h("button.primary", { type: "submit", disabled: s.status !== "ready", title: s.status === "ready" ? "" : "the student can be distilled once its cut has finished", dataset: { testid: "queue-distill" } }, "Queue distillation")), err);
+    fitSeqLen(form, s.spec);
     form.insertBefore(distillMemoryLine(form, s, t), err);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -149,7 +150,7 @@ export async function runsView(host, { query }, ctx) {
         toast(`Distillation job #${job.id} queued.`);
         go("job", [job.id]);
       } catch (e) {
-        showError(err, e, form);
+        showError(err, e, form, { fieldFor: distillFieldFor });
       }
     });
     const quickErr = h("div.error-msg");

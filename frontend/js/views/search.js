@@ -11,8 +11,10 @@ import { bytes, compact, duration, ms, parseCount, pct, sig, when } from "../for
 import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
 import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
+import { fitPositions } from "../costmodel.js";
 import { protocolNote } from "../components/protocol.js";
 import { followJob } from "../sse.js";
+import { warnValEvery } from "../components/distillform.js";
 
 export const CUT_COLORS = { depth: "#8fa8ff", width: "#2bb3a3", mixed: "#f2b34b", none: "#8a96a8" };
 // One name per kind of cut wherever it shows (table, legend, hover, badge): the engine's key "mixed" (a cut of
@@ -91,7 +93,7 @@ async function searchHome(host, query, ctx) {
       const job = await api.post("/searches", body);
       go("search", [job.id]);
     } catch (e) {
-      showError(err, e, form);
+      showError(err, e, form, { fieldFor: searchFieldFor });
     }
   });
   form.append(err);
@@ -116,12 +118,42 @@ async function searchHome(host, query, ctx) {
   );
 }
 
+/** The search form's input for an API field path (showError's fieldFor): the budgets are one list in the
+ * request but three inputs here; the message names the budget at fault ("budget 'params=abc' is ..."). */
+export function searchFieldFor(path, msg) {
+  if (!path.includes("budgets")) return null;
+  const kind = String(msg).match(/budget '(\w+)/)?.[1];
+  return ["params", "memory", "latency"].includes(kind) ? `budget_${kind}` : "budget_params";
+}
+
 function budgetText(budgets) {
   return budgets?.length ? budgets.join(" · ") : "–";
 }
 
+/** The search form's default lengths for run `runId`'s teacher: within its positions (audit 24). */
+function searchLengths(runs, teachers, runId) {
+  const spec = teachers.get(runs.find((r) => r.id === Number(runId))?.teacher_id)?.spec;
+  return { at_context: fitPositions(spec, 2048), eval_seq_len: fitPositions(spec, 128) };
+}
+
 function searchForm(runs, teachers, runId) {
+  const form = searchFormFields(runs, teachers, runId);
+  // Another run may be of a teacher with fewer positions: a length still at the last default follows.
+  let defaults = searchLengths(runs, teachers, form.querySelector("[name=importance_run_id]").value);
+  form.querySelector("[name=importance_run_id]").addEventListener("change", (ev) => {
+    const next = searchLengths(runs, teachers, ev.target.value);
+    for (const [name, value] of Object.entries(next)) {
+      const input = form.querySelector(`[name=${name}]`);
+      if (Number(input.value) === defaults[name]) input.value = value;
+    }
+    defaults = next;
+  });
+  return form;
+}
+
+function searchFormFields(runs, teachers, runId) {
   const label = (r) => `run #${r.id} · ${teachers.get(r.teacher_id)?.name ?? `teacher #${r.teacher_id}`} · ${r.params?.samples ?? "?"}×${r.params?.seq_len ?? "?"}`;
+  const lengths = searchLengths(runs, teachers, runId ?? runs[0]?.id);
   return h("form.stack", { dataset: { testid: "search-form" } },
     h("div.form-grid",
       h("div", { style: { gridColumn: "1 / -1" } }, field({ name: "importance_run_id", label: "Importance run (teacher and its scores)", options: runs.map((r) => [r.id, label(r)]), value: runId ?? runs[0]?.id })),
@@ -132,7 +164,7 @@ function searchForm(runs, teachers, runId) {
       field({ name: "budget_memory", label: "memory ≤", placeholder: "70% or 1.2GB", title: "weights + KV cache at the batch and context on the right (70% of the teacher's, or 800MB, 1.2GB, 2GiB)" }),
       field({ name: "budget_latency", label: "decode latency ≤", placeholder: "70% or 4ms", title: "decode time per generated token, measured on the worker's device (each shape timed once with random weights, cached)" }),
       field({ name: "at_batch", label: "at batch", type: "number", value: 1, min: 1 }),
-      field({ name: "at_context", label: "at context", type: "number", value: 2048, min: 1 }),
+      field({ name: "at_context", label: "at context", type: "number", value: lengths.at_context, min: 1 }),
       field({ name: "tolerance", label: "tolerance %", type: "number", value: 2, min: 0, step: 0.5, title: "a cost may exceed its budget by this much" }),
     ),
     h("h3.section-title", "Search space"),
@@ -148,7 +180,7 @@ function searchForm(runs, teachers, runId) {
     h("h3.section-title", "Scoring (held-out loss of each cut)"),
     h("div.form-grid",
       field({ name: "eval_samples", label: "held-out samples", type: "number", value: 16, min: 1 }),
-      field({ name: "eval_seq_len", label: "seq len", type: "number", value: 128, min: 2 }),
+      field({ name: "eval_seq_len", label: "seq len", type: "number", value: lengths.eval_seq_len, min: 2 }),
       field({ name: "top_k", label: "top K (bake-off pick)", type: "number", value: 3, min: 1 }),
     ),
     h("div.row", h("button.primary", { type: "submit", dataset: { testid: "start-search" } }, "Start search")),
@@ -494,6 +526,10 @@ async function searchResult(host, id, query, ctx) {
       h("label.check", { title: "also measure each student's prefill / decode speed (a benchmark job per candidate)" }, h("input", { name: "benchmark", type: "checkbox", checked: true }), "speed"),
       h("span.spacer"),
       h("button.primary", { type: "submit", disabled: chosen.length < 2, dataset: { testid: "start-bakeoff" } }, `Start bake-off (${chosen.length})`));
+    warnValEvery(form, () => {
+      const v = readForm(form);
+      return { tokens: parseCount(v.tokens || ""), batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every };
+    });
     mount(bake,
       h("header", h("h2", "Bake-off"), h("span.hint", "distil the picked candidates side by side; the ranking after distillation decides")),
       chosen.length
@@ -510,7 +546,7 @@ async function searchResult(host, id, query, ctx) {
   async function startBakeoff(chosen, form) {
     const v = readForm(form);
     const tokens = parseCount(v.tokens);
-    if (!Number.isFinite(tokens) || tokens < 1) return showError(bakeErr, new Error("tokens: a count such as 64k or 2M"));
+    if (!Number.isFinite(tokens) || tokens < 1) return showError(bakeErr, { fields: { tokens: "a count such as 64k or 2M" } }, form);
     try {
       // Each candidate becomes a saved plan (the same one the planner opens), then one server-side workflow.
       const plans = await Promise.all(chosen.map((c) => api.post(`/searches/${job.id}/candidates/${encodeURIComponent(c.id)}/plan`)));

@@ -12,6 +12,8 @@ import { go, href, setQuery } from "../router.js";
 import { workersPanel } from "../components/workers.js";
 import { subscribe } from "../sse.js";
 import { serverConfig } from "../serverconfig.js";
+import { fitPositions, flopsPerToken } from "../costmodel.js";
+import { lookAtTeacher } from "../lookingat.js";
 import { protocolEditor, protocolNote } from "../components/protocol.js";
 import { dataLabel } from "../components/runtable.js";
 
@@ -32,8 +34,9 @@ export async function teachersView(host, { query }, ctx) {
     "form.stack",
     { dataset: { testid: "teacher-form" } },
     h("div.form-grid",
-      field({ name: "name", label: "Name", value: "demo-teacher" }),
-      field({ name: "source", label: "Source", value: "demo", placeholder: "demo | /abs/path | org/model", title: "\"demo\" (the shipped demo teacher), a local model directory, or a Hugging Face hub id" }),
+      // Empty, with examples as placeholders (audit 24): a prefilled form registered "demo-teacher" again.
+      field({ name: "name", label: "Name", placeholder: "e.g. my-teacher" }),
+      field({ name: "source", label: "Source", placeholder: "demo | /abs/path | org/model", title: "\"demo\" (the shipped demo teacher), a local model directory, or a Hugging Face hub id" }),
     ),
     h("div.row", field({ name: "trust_remote_code", label: "trust remote code", type: "checkbox" }), h("span.spacer"), h("button.primary", { type: "submit" }, "Register teacher")),
     teacherErr,
@@ -212,6 +215,7 @@ export async function teachersView(host, { query }, ctx) {
       mount(detail, h("section.panel", h("div.empty", "Select or register a teacher to see its architecture and start an importance run.")));
       return;
     }
+    lookAtTeacher(teacher.id);
     mount(detail, archPanel(teacher), importancePanel(teacher));
   }
 
@@ -228,7 +232,8 @@ export async function teachersView(host, { query }, ctx) {
       ["MLP", `${s.intermediate_size}${s.mlp_gated ? " (gated)" : ""}`],
       ["vocab", `${int(s.vocab_size)}${s.tie_word_embeddings ? " (tied)" : ""}`],
       ["parameters", `${int(s.params_total)}  (${compact(s.params_non_embedding)} non-embedding)`],
-      ["FLOPs / token @2048", flops(s.flops_per_token)],
+      // At 2048 tokens of context, or all the teacher's positions when it has fewer (audit 24).
+      [`FLOPs / token @${fitPositions(s, 2048)}`, flops(fitPositions(s, 2048) === 2048 ? s.flops_per_token : flopsPerToken(s, fitPositions(s, 2048)))],
       ["KV cache / token", bytes(s.kv_cache_bytes_per_token)],
       ["dtype", s.dtype],
       ["layout", s.uniform ? "uniform" : "non-uniform (pruned)"],
@@ -286,7 +291,7 @@ export async function teachersView(host, { query }, ctx) {
       h("div.form-grid",
         field({ name: "dataset_id", label: "Calibration data", options: state.datasets.map((d) => [d.id, d.name]), value: state.datasets[0]?.id }),
         field({ name: "samples", label: "Samples", type: "number", value: 64, min: 1 }),
-        field({ name: "seq_len", label: "Seq len", type: "number", value: 128, min: 8 }),
+        field({ name: "seq_len", label: "Seq len", type: "number", value: fitPositions(t.spec, 128), min: 8 }),
         field({ name: "batch_size", label: "Batch", type: "number", value: 8, min: 1 }),
         field({ name: "block_size", label: "Block k", type: "number", value: 2, min: 1, title: "contiguous block length for the block-drop and angular-distance scans" }),
         field({ name: "seed", label: "Seed", type: "number", value: 0 }),

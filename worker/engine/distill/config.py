@@ -32,7 +32,7 @@ class DistillConfig(BaseModel):
     # Tokens per LM-head chunk; None: as many as fit CHUNK_LOGITS logits (see chunked_head.auto_chunk_tokens).
     chunk_tokens: int | None = Field(None, ge=1)
     seed: int = Field(D.seed, ge=0)  # numpy's generators refuse a negative seed
-    val_every: int = Field(D.val_every, ge=0)  # 0: only at the end
+    val_every: int = Field(D.val_every, ge=0)  # 0: only at step 0 and the end
     val_batches: int = Field(D.val_batches, ge=1)
     checkpoint_every: int = Field(D.checkpoint_every, ge=0)  # 0: only at the end / on stop
     teacher_correction_steps: int = Field(D.teacher_correction_steps, ge=0)

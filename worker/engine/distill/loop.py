@@ -311,6 +311,10 @@ def _distill(
     if state is not None:
         run.restore(state)
 
+    # A validation before any update: the curve starts at the pruned student's loss, the number a
+    # distillation is judged against. Once per run: a resumed run has it already (step 0 in its record).
+    if run.step == 0 and not any(v["step"] == 0 for v in run.validation):
+        run.validate()
     student.train()
     stopped, last_saved = False, None
     for step in range(run.step, config.steps):
@@ -477,7 +481,8 @@ class _Run:
         metrics = validate(
             self.student, self.teacher, self.val, self.config, module=self.module, context=self.ctx
         )
-        metrics.update(step=self.step, phase="validation")
+        # tokens / elapsed as the train record of the same step has them (the step-0 point has none).
+        metrics.update(step=self.step, tokens=self.tokens, elapsed=self.elapsed, phase="validation")
         self.validation.append(metrics)
         self.emit(metrics)
 
