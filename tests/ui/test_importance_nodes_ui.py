@@ -50,7 +50,8 @@ def test_importance_form_nodes_field_and_memory_line(page, live_app, shared_run)
             page.click(f"{IMP} button[type=submit]")
         body = req.value.post_data_json
         assert body["nodes"] == 2 and {k: v for k, v in body.items() if k == "gang_timeout_s"} == sent, body
-        page.locator(f"{IMP} .error-msg", has_text="use nodes <= 1").wait_for()
+        # Said once, under the field the 409 names (api.showError).
+        page.locator(f"{IMP} .field-error", has_text="use nodes <= 1").wait_for()
     page.fill(f"{IMP} input[name=nodes]", "1")
     page.wait_for_function(f"!document.querySelector('{LINE}').textContent.includes('workers (')")
     assert wait.is_disabled()  # one node: no gang to wait for
