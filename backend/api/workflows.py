@@ -43,11 +43,51 @@ def sender(request: Request) -> runner.Send:
     return lambda job_id, attempt, queue: lifecycle.publish(request.app, job_id, attempt, queue)
 
 
+def _searched_plan(
+    db: Session, body: WorkflowCreate, index: int, candidate: Candidate, found: dict | None
+) -> tuple[Plan | None, PrunePlan, str]:
+    """A candidate given by its `candidate_id` alone: the plan that search candidate was saved as before
+    (POST /searches/{id}/candidates/{cid}/plan's, unchanged), else its plan and that route's name, to save
+    in this request's transaction: a refused bake-off leaves no plan behind."""
+    if body.search_job_id is None:
+        raise InvalidInput(
+            "a candidate given by its candidate_id alone needs the workflow's search_job_id",
+            field=("body", "search_job_id"),
+        )
+    if found is None:
+        raise InvalidInput(
+            f"search {body.search_job_id} has no candidate {candidate.candidate_id!r}",
+            field=("body", "candidates", index, "candidate_id"),
+        )
+    plan = PrunePlan.model_validate(found["plan"])
+    existing = search_results.existing_plan(db, db.get(Job, body.search_job_id), found)
+    if existing is not None and _same_plan(existing.plan, found["plan"]):
+        return existing, plan, existing.name
+    return None, plan, search_results.plan_name(body.search_job_id, found)
+
+
+def _same_plan(a: dict, b: dict) -> bool:
+    return PrunePlan.model_validate(a).model_dump(mode="json") == PrunePlan.model_validate(b).model_dump(
+        mode="json"
+    )
+
+
 def _saved_plan(
-    db: Session, body: WorkflowCreate, index: int, candidate: Candidate, settings: Settings
+    db: Session,
+    body: WorkflowCreate,
+    index: int,
+    candidate: Candidate,
+    settings: Settings,
+    found: dict | None,
 ) -> Plan:
-    """The candidate's explicit plan as a row: its saved plan, or a new one (filled from the run)."""
+    """The candidate's explicit plan as a row: its saved plan, or a new one (filled from the run, or the
+    search candidate's that `found` is)."""
     at = ("body", "candidates", index)
+    searched_name = None
+    if candidate.from_search():
+        existing, searched, searched_name = _searched_plan(db, body, index, candidate, found)
+        if existing is not None:
+            return existing
     if candidate.plan_id is not None:
         plan = get_or_404(db, Plan, candidate.plan_id, field=(*at, "plan_id"))
         if plan.teacher_id != body.teacher_id:
@@ -59,7 +99,7 @@ def _saved_plan(
             )
         return plan
     spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
-    plan = candidate.plan or PrunePlan(targets=candidate.targets)
+    plan = searched if searched_name else candidate.plan or PrunePlan(targets=candidate.targets)
     targets = plan.targets if plan.needs_filling() else None
     if targets is not None:
         if body.importance_run_id is None:
@@ -87,7 +127,12 @@ def _saved_plan(
         messages += fill_warnings(plan, spec, targets)
     stats = plan_stats(plan, spec)
     # Plan names are unique per teacher: a shape saved before (an earlier bake-off's) gets "(2)"...
-    name = candidate.name or shape_label(stats["spec"], spec) or f"bake-off candidate {index + 1}"
+    name = (
+        searched_name
+        or candidate.name
+        or shape_label(stats["spec"], spec)
+        or f"bake-off candidate {index + 1}"
+    )
     name = free_name(db, body.teacher_id, name)
     row = Plan(
         teacher_id=body.teacher_id,
@@ -150,10 +195,7 @@ def _check_search_candidate(
         raise InvalidInput(
             f"search {body.search_job_id} has no candidate {candidate.candidate_id!r}", field=at
         )
-    same = PrunePlan.model_validate(found["plan"]).model_dump(mode="json") == (
-        PrunePlan.model_validate(plan.plan).model_dump(mode="json")
-    )
-    if not same:
+    if not _same_plan(plan.plan, found["plan"]):
         source = f"plan {plan.id}" if candidate.plan_id is not None else "this candidate's plan"
         raise InvalidInput(
             f"{source} is not the plan of search {body.search_job_id}'s candidate "
@@ -199,7 +241,10 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
     except Conflict as exc:
         raise Conflict(exc.message, field=("body", "device"), nearby=("auto", "cpu")) from exc
     found = _search_candidates(db, body, settings)
-    plans = [_saved_plan(db, body, i, candidate, settings) for i, candidate in enumerate(body.candidates)]
+    plans = [
+        _saved_plan(db, body, i, c, settings, found.get(c.candidate_id or ""))
+        for i, c in enumerate(body.candidates)
+    ]
     names = candidate_names(
         [
             Named(c.name, (p.stats or {}).get("spec"), tuple(p.plan.get("drop_layers") or ()), c.candidate_id)
@@ -236,7 +281,7 @@ def create_workflow(
     if validate_only:  # nothing written: the plans made for the check go with the rollback
         db.rollback()
         response.status_code = 200
-        return WorkflowCheck(ok=True, params=params)
+        return WorkflowCheck(ok=True, params=params, warnings=view.warnings(params))
     workflow = lifecycle.open_workflow(
         db, params, teacher_id=body.teacher_id, importance_run_id=body.importance_run_id
     )

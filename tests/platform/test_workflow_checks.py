@@ -176,3 +176,62 @@ def test_a_search_a_workflow_cites_cannot_be_deleted(client, api_env, teacher_id
         "delete the workflow first"
     )
     assert client.get(f"{API}/jobs/{search_id}").status_code == 200
+
+
+def test_candidates_given_by_id_alone_save_their_plans_in_the_workflow_s_transaction(
+    client, api_env, teacher_id, worker, search_id
+):
+    url = api_env["PRUNESCOPE_DATABASE_URL"]
+    # Refused at the second candidate, after the first one's plan was made: that plan is not left behind.
+    for change, loc in [
+        (
+            {"candidates": [{"candidate_id": FIRST}, {"candidate_id": "L1-nope"}]},
+            ["body", "candidates", 1, "candidate_id"],
+        ),
+    ]:
+        before = counts(url)
+        r = client.post(f"{API}/workflows", json=body(teacher_id, search_job_id=search_id, **change))
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, r.text
+        assert counts(url) == before
+    # Without the search they name, they are a 422 at search_job_id.
+    r = client.post(f"{API}/workflows", json=body(teacher_id, candidates=[{"candidate_id": FIRST}]))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "search_job_id"], r.text
+    # Accepted: each becomes the plan POST /searches/{id}/candidates/{cid}/plan saves (its name, its plan).
+    chosen = [{"candidate_id": FIRST}, {"candidate_id": SECOND}]
+    wf = client.post(f"{API}/workflows", json=body(teacher_id, search_job_id=search_id, candidates=chosen))
+    assert wf.status_code == 201, wf.text
+    plans = [client.get(f"{API}/plans/{b['plan_id']}").json() for b in wf.json()["branches"]]
+    assert [p["name"] for p in plans] == [
+        f"search {search_id} #1: {FIRST}",
+        f"search {search_id} #2: {SECOND}",
+    ]
+    assert [p["plan"]["drop_layers"] for p in plans] == [[3], [2]]
+    assert [(c["search_rank"], c["search_loss"]) for c in wf.json()["params"]["candidates"]] == [
+        (1, 4.8),
+        (2, 5.1),
+    ]
+    # Saved once: opening the candidate in the planner, or a second bake-off, takes the same plan.
+    opened = client.post(f"{API}/searches/{search_id}/candidates/{FIRST}/plan")
+    assert opened.status_code == 200 and opened.json()["id"] == plans[0]["id"], opened.text
+    again = client.post(
+        f"{API}/workflows?validate_only=true",
+        json=body(teacher_id, search_job_id=search_id, candidates=chosen),
+    )
+    assert [c["plan_id"] for c in again.json()["params"]["candidates"]] == [p["id"] for p in plans]
+
+
+def test_a_run_all_within_its_warm_up_is_accepted_with_a_warning(client, teacher_id, worker):
+    short = body(teacher_id, distill={"tokens": 1000, "batch_size": 2, "seq_len": 32, "warmup": 20})
+    check = client.post(f"{API}/workflows?validate_only=true", json=short)
+    assert check.status_code == 200, check.text
+    warning = "The run's 16 steps are all LR warm-up (20 steps)"  # ceil(1000 / (2 x 32)) = 16, as the worker
+    assert [w[: len(warning)] for w in check.json()["warnings"]] == [warning]
+    created = client.post(f"{API}/workflows", json=short)
+    assert created.status_code == 201, created.text
+    assert created.json()["warnings"] == check.json()["warnings"]
+    assert (
+        client.get(f"{API}/workflows/{created.json()['id']}").json()["warnings"] == check.json()["warnings"]
+    )
+    # One step past its warm-up: no warning.
+    longer = body(teacher_id, distill={"steps": 21, "warmup": 20})
+    assert client.post(f"{API}/workflows?validate_only=true", json=longer).json()["warnings"] == []
