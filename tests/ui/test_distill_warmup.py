@@ -3,7 +3,7 @@ depth-vs-width study's settings, in the words of the API's workflow `warnings`
 (worker/engine/distill_length.warmup_warning, held equal in node); the bake-off form sends its LR and
 warm-up; a bake-off the server refuses creates nothing (no plan of its picks is left behind). Real
 Chromium against the live app. Screenshots: test-artifacts/bakeoff-warmup-warning.png,
-study-warmup-warning.png, bakeoff-refused.png."""
+study-warmup-warning.png, bakeoff-refused.png, bakeoff-page-warning.png."""
 
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ def test_the_bakeoff_sends_its_lr_and_warm_up_and_shows_the_api_s_warning(page, 
     warned = page.wait_for_selector("[data-testid=bakeoff-warning]")
     assert warned.inner_text() == live_app.api.get(f"/workflows/{wf_id}").json()["warnings"][0]
     assert warned.inner_text().startswith("The run's 4 steps are all LR warm-up (8 steps)")
+    shot(page, "bakeoff-page-warning")
     live_app.api.post(f"/workflows/{wf_id}/cancel")
 
 
