@@ -184,10 +184,25 @@ def _made_by(db: Session, job: Job, never_built=None) -> str | None:
     return None
 
 
+def _citing_workflow(db: Session, job: Job) -> Job | None:
+    """A workflow (bake-off, study) started from search `job`: its page shows each candidate's rank and
+    loss there and links to it, so the search stays while the workflow does."""
+    if job.kind != "search":
+        return None
+    cites = Job.params["search_job_id"].as_integer() == job.id
+    return db.scalars(select(Job).where(Job.kind == "workflow", cites).order_by(Job.id).limit(1)).first()
+
+
 def delete_job(db: Session, job: Job, settings: Settings) -> Leftovers:
     """One finished job with its events, metrics, results, artifacts and checkpoints."""
     if job.status in ACTIVE:
         raise Conflict(f"Job {job.id} is {job.status}; cancel it first (POST /jobs/{job.id}/cancel)")
+    workflow = _citing_workflow(db, job)
+    if workflow is not None:
+        raise Conflict(
+            f"Search {job.id} is cited by workflow {workflow.id} ({workflow.params.get('name')}); "
+            "delete the workflow first"
+        )
     stub = _never_built(db, job)
     user = _made_by(db, job, stub)
     if user is not None:

@@ -11,7 +11,6 @@ directory, so a retried attempt resumes them.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from backend.models import Job, Student, Teacher
 from backend.routing import device_type
 from worker.distill_checkpoints import CheckpointMirror, checkpoint_dir
 from worker.engine.distill_defaults import DEFAULTS as DISTILL
+from worker.engine.distill_length import total_steps
 from worker.gang import opened
 from worker.job_io import (
     distilled_key,
@@ -36,12 +36,6 @@ from worker.multi_rank import run_ranks
 from worker.runtime import JobCancelled, JobRuntime
 
 MODULE = "worker.cli"  # `python -m worker.cli distill ...`: the prunescope command, run by each rank
-
-
-def total_steps(p: dict) -> int:
-    if p.get("tokens"):
-        return max(1, math.ceil(p["tokens"] / (p["batch_size"] * p["seq_len"])))
-    return p["steps"]
 
 
 def log_every(steps: int) -> int:

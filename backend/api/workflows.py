@@ -16,7 +16,7 @@ from backend.api.plans import plan_problems, teacher_spec
 from backend.deps import Page, PathId, QueryId, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, InvalidInput
-from backend.limits import check_job_size
+from backend.limits import check_job_size, check_positions
 from backend.models import Dataset, ImportanceRun, Job, JobStatus, Plan, Teacher
 from backend.plan_names import free_name, unless_taken_meanwhile
 from backend.settings import Settings
@@ -43,11 +43,51 @@ def sender(request: Request) -> runner.Send:
     return lambda job_id, attempt, queue: lifecycle.publish(request.app, job_id, attempt, queue)
 
 
+def _searched_plan(
+    db: Session, body: WorkflowCreate, index: int, candidate: Candidate, found: dict | None
+) -> tuple[Plan | None, PrunePlan, str]:
+    """A candidate given by its `candidate_id` alone: the plan that search candidate was saved as before
+    (POST /searches/{id}/candidates/{cid}/plan's, unchanged), else its plan and that route's name, to save
+    in this request's transaction: a refused bake-off leaves no plan behind."""
+    if body.search_job_id is None:
+        raise InvalidInput(
+            "a candidate given by its candidate_id alone needs the workflow's search_job_id",
+            field=("body", "search_job_id"),
+        )
+    if found is None:
+        raise InvalidInput(
+            f"search {body.search_job_id} has no candidate {candidate.candidate_id!r}",
+            field=("body", "candidates", index, "candidate_id"),
+        )
+    plan = PrunePlan.model_validate(found["plan"])
+    existing = search_results.existing_plan(db, db.get(Job, body.search_job_id), found)
+    if existing is not None and _same_plan(existing.plan, found["plan"]):
+        return existing, plan, existing.name
+    return None, plan, search_results.plan_name(body.search_job_id, found)
+
+
+def _same_plan(a: dict, b: dict) -> bool:
+    return PrunePlan.model_validate(a).model_dump(mode="json") == PrunePlan.model_validate(b).model_dump(
+        mode="json"
+    )
+
+
 def _saved_plan(
-    db: Session, body: WorkflowCreate, index: int, candidate: Candidate, settings: Settings
+    db: Session,
+    body: WorkflowCreate,
+    index: int,
+    candidate: Candidate,
+    settings: Settings,
+    found: dict | None,
 ) -> Plan:
-    """The candidate's explicit plan as a row: its saved plan, or a new one (filled from the run)."""
+    """The candidate's explicit plan as a row: its saved plan, or a new one (filled from the run, or the
+    search candidate's that `found` is)."""
     at = ("body", "candidates", index)
+    searched_name = None
+    if candidate.from_search():
+        existing, searched, searched_name = _searched_plan(db, body, index, candidate, found)
+        if existing is not None:
+            return existing
     if candidate.plan_id is not None:
         plan = get_or_404(db, Plan, candidate.plan_id, field=(*at, "plan_id"))
         if plan.teacher_id != body.teacher_id:
@@ -59,7 +99,7 @@ def _saved_plan(
             )
         return plan
     spec = teacher_spec(db, body.teacher_id, TEACHER_FIELD)
-    plan = candidate.plan or PrunePlan(targets=candidate.targets)
+    plan = searched if searched_name else candidate.plan or PrunePlan(targets=candidate.targets)
     targets = plan.targets if plan.needs_filling() else None
     if targets is not None:
         if body.importance_run_id is None:
@@ -75,7 +115,9 @@ def _saved_plan(
         try:
             plan = fill_plan(plan, spec, heatmaps.scores(path, "l2", "mean", "contribution"))
         except PlanError as exc:
-            raise plan_problems(exc.messages, (*at, "plan" if candidate.plan else "targets")) from exc
+            # The messages name their field from the plan ("targets.num_layers"): under `plan` when the
+            # candidate gave one, else straight under the candidate, whose `targets` they are.
+            raise plan_problems(exc.messages, (*at, "plan") if candidate.plan else at) from exc
         except ValueError as exc:
             raise InvalidInput(str(exc), field=(*at, "targets")) from exc
     messages = validate_plan(plan, spec)
@@ -85,7 +127,12 @@ def _saved_plan(
         messages += fill_warnings(plan, spec, targets)
     stats = plan_stats(plan, spec)
     # Plan names are unique per teacher: a shape saved before (an earlier bake-off's) gets "(2)"...
-    name = candidate.name or shape_label(stats["spec"], spec) or f"bake-off candidate {index + 1}"
+    name = (
+        searched_name
+        or candidate.name
+        or shape_label(stats["spec"], spec)
+        or f"bake-off candidate {index + 1}"
+    )
     name = free_name(db, body.teacher_id, name)
     row = Plan(
         teacher_id=body.teacher_id,
@@ -119,9 +166,10 @@ def _check_cut_fits(
         ) from exc
 
 
-def _search_ranks(db: Session, body: WorkflowCreate, settings: Settings) -> dict[str, dict]:
-    """{candidate id: {search_rank, search_loss}} of `search_job_id`'s report, to check each candidate_id
-    against and keep beside the bake-off's ranks: its page compares the as-cut order with the search's."""
+def _search_candidates(db: Session, body: WorkflowCreate, settings: Settings) -> dict[str, dict]:
+    """{candidate id: candidate} of `search_job_id`'s report, to check each candidate_id (and its plan)
+    against and keep its rank and loss beside the bake-off's: its page compares the as-cut order with
+    the search's."""
     if body.search_job_id is None:
         return {}
     at = ("body", "search_job_id")
@@ -134,10 +182,27 @@ def _search_ranks(db: Session, body: WorkflowCreate, settings: Settings) -> dict
         report = search_results.load_report(db, job, settings)
     except Conflict as exc:
         raise Conflict(exc.message, field=at) from exc
-    return {
-        str(c["id"]): {"search_rank": c.get("rank"), "search_loss": c.get("loss")}
-        for c in report.get("candidates") or []
-    }
+    return {str(c["id"]): c for c in report.get("candidates") or []}
+
+
+def _check_search_candidate(
+    body: WorkflowCreate, index: int, candidate: Candidate, plan: Plan, found: dict | None
+) -> dict:
+    """{search_rank, search_loss} of the search candidate `candidate_id` names, which must be this
+    candidate's plan: another's would show its rank and loss beside this shape (422 at candidate_id)."""
+    at = ("body", "candidates", index, "candidate_id")
+    if found is None:
+        raise InvalidInput(
+            f"search {body.search_job_id} has no candidate {candidate.candidate_id!r}", field=at
+        )
+    if not _same_plan(plan.plan, found["plan"]):
+        source = f"plan {plan.id}" if candidate.plan_id is not None else "this candidate's plan"
+        raise InvalidInput(
+            f"{source} is not the plan of search {body.search_job_id}'s candidate "
+            f"{candidate.candidate_id!r} (rank {found.get('rank')}): give that candidate's plan, or its own id",
+            field=at,
+        )
+    return {"search_rank": found.get("rank"), "search_loss": found.get("loss")}
 
 
 def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
@@ -149,7 +214,9 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
         if run.teacher_id != body.teacher_id:
             raise InvalidInput(f"run {run.id} belongs to teacher {run.teacher_id}", field=run_field)
     # Evaluations on the teacher's protocol (what the request leaves out), like POST /jobs's.
-    body.evaluate = on_protocol(body.evaluate, db.get(Teacher, body.teacher_id))
+    teacher = db.get(Teacher, body.teacher_id)
+    body.evaluate = on_protocol(body.evaluate, teacher)
+    positions_of = f"teacher {teacher.id}, whose positions every candidate keeps"
     if body.distill.init_distill_job_id is not None:  # each child would load that job's weights
         raise InvalidInput(
             "a bake-off distils the students it cuts: none has an earlier distillation to continue",
@@ -164,14 +231,20 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
         if params is None:
             continue
         check_job_size(params, settings, ["body", key])
+        # Every candidate keeps the teacher's positions (a cut removes layers and widths, never
+        # positions), so the teacher's bound every sequence the children read, as POST /jobs does.
+        check_positions(teacher.spec or {}, params.seq_len, ["body", key, "seq_len"], positions_of)
         if getattr(params, "dataset_id", None) is not None:
             get_or_404(db, Dataset, params.dataset_id, field=("body", key, "dataset_id"))
     try:  # every child goes to a worker of this device: refuse now, not at its first step
         choose_queue(settings, "distill", {"device": body.device})
     except Conflict as exc:
         raise Conflict(exc.message, field=("body", "device"), nearby=("auto", "cpu")) from exc
-    ranks = _search_ranks(db, body, settings)
-    plans = [_saved_plan(db, body, i, candidate, settings) for i, candidate in enumerate(body.candidates)]
+    found = _search_candidates(db, body, settings)
+    plans = [
+        _saved_plan(db, body, i, c, settings, found.get(c.candidate_id or ""))
+        for i, c in enumerate(body.candidates)
+    ]
     names = candidate_names(
         [
             Named(c.name, (p.stats or {}).get("spec"), tuple(p.plan.get("drop_layers") or ()), c.candidate_id)
@@ -184,12 +257,10 @@ def _params(db: Session, body: WorkflowCreate, settings: Settings) -> dict:
         row = {"name": name, "plan_id": plan.id, "plan_version": plan.version}
         if candidate.candidate_id:
             row["candidate_id"] = candidate.candidate_id
-            if ranks and candidate.candidate_id not in ranks:
-                raise InvalidInput(
-                    f"search {body.search_job_id} has no candidate {candidate.candidate_id!r}",
-                    field=("body", "candidates", i, "candidate_id"),
+            if body.search_job_id is not None:
+                row.update(
+                    _check_search_candidate(body, i, candidate, plan, found.get(candidate.candidate_id))
                 )
-            row.update(ranks.get(candidate.candidate_id, {}))
         candidates.append(row)
         _check_cut_fits(db, body, i, plan, candidates[-1], settings)
     values = body.model_dump(mode="json", exclude={"candidates"})
@@ -210,7 +281,7 @@ def create_workflow(
     if validate_only:  # nothing written: the plans made for the check go with the rollback
         db.rollback()
         response.status_code = 200
-        return WorkflowCheck(ok=True, params=params)
+        return WorkflowCheck(ok=True, params=params, warnings=view.warnings(params))
     workflow = lifecycle.open_workflow(
         db, params, teacher_id=body.teacher_id, importance_run_id=body.importance_run_id
     )

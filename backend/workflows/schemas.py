@@ -14,8 +14,8 @@ MAX_CANDIDATES = 16
 
 
 class Candidate(Strict):
-    """One architecture of the bake-off: a saved plan, an explicit plan (a search candidate's), or
-    targets filled from the workflow's importance run."""
+    """One architecture of the bake-off: a saved plan, an explicit plan, targets filled from the
+    workflow's importance run, or (none of them) the plan of the search candidate `candidate_id` names."""
 
     name: Name | None = Field(
         None,
@@ -28,7 +28,9 @@ class Candidate(Strict):
         None,
         min_length=1,
         max_length=200,
-        description="the search candidate this is (its id in the search report), kept beside the name",
+        description="the search candidate this is (its id in the search report), kept beside the name; "
+        "alone (no plan_id, plan or targets): that candidate's plan, saved as "
+        "POST /searches/{id}/candidates/{cid}/plan saves it, in the workflow's transaction",
     )
     plan_id: RowId | None = None
     plan: PrunePlan | None = None
@@ -37,11 +39,16 @@ class Candidate(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> Candidate:
         given = [k for k in ("plan_id", "plan", "targets") if getattr(self, k) is not None]
-        if len(given) != 1:
+        if len(given) > 1 or not (given or self.candidate_id):
             raise ValueError(
-                f"give exactly one of plan_id, plan or targets (got {', '.join(given) or 'none'})"
+                "give exactly one of plan_id, plan or targets, or a search's candidate_id alone "
+                f"(got {', '.join(given) or 'none'})"
             )
         return self
+
+    def from_search(self) -> bool:
+        """Given by its candidate_id alone: the plan is the search candidate's."""
+        return self.plan_id is None and self.plan is None and self.targets is None
 
 
 class WorkflowCreate(Strict):
@@ -128,9 +135,13 @@ class WorkflowOut(Strict):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    warnings: list[str] = Field(
+        description="accepted settings that weaken the result: a distillation all within its LR warm-up"
+    )
     branches: list[BranchOut]
 
 
 class WorkflowCheck(Strict):
     ok: bool
     params: dict
+    warnings: list[str] = Field(description="as Workflow's: accepted, but said before it starts")

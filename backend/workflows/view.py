@@ -10,6 +10,13 @@ from sqlalchemy.orm import Session
 from backend import serialize
 from backend.models import Job
 from backend.workflows.advance import definition_of, states_of, step_status
+from worker.engine.distill_length import warmup_warning
+
+
+def warnings(params: dict[str, Any]) -> list[str]:
+    """What the workflow's settings make of its result, though accepted: a distillation that never
+    leaves LR warm-up (a short bake-off that barely trains)."""
+    return [w for w in (warmup_warning(params.get("distill") or {}),) if w]
 
 
 def workflow(session: Session, job: Job) -> dict[str, Any]:
@@ -59,5 +66,6 @@ def workflow(session: Session, job: Job) -> dict[str, Any]:
         },
         "definition": job.params.get("definition"),
         "name": job.params.get("name"),
+        "warnings": warnings(job.params),
         "branches": branches,
     }

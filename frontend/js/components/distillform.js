@@ -5,7 +5,7 @@ import { h } from "../dom.js";
 import { field, gangWaitField, gangWaitFollowsNodes, gangWaitParam, readForm } from "./widgets.js";
 import { restore } from "../remember.js";
 import { fitPositions } from "../costmodel.js";
-import { valEveryWarning } from "../distillmath.js";
+import { valEveryWarning, warmupWarning } from "../distillmath.js";
 
 export const DISTILL_DEFAULTS = { steps: 200, lr: 1e-4, min_lr: 1e-5, warmup: 20, temperature: 1.0, ce_weight: 0.0, teacher_correction_steps: 0, batch_size: 8, seq_len: 128, val_every: 50, checkpoint_every: 50, seed: 0 };
 
@@ -19,6 +19,7 @@ export function distillFields(datasets, values = {}) {
   restore(DISTILL_FORM_KEY, grid, Object.keys(values).map((k) => (k === "steps" || k === "tokens" ? "budget" : k)));
   gangWaitFollowsNodes(grid); // after restore: the remembered Nodes decides
   warnValEvery(grid, () => distillParams(grid));
+  warnWarmup(grid, () => distillParams(grid));
   return grid;
 }
 
@@ -37,6 +38,17 @@ export function fitSeqLen(form, spec) {
 export function warnValEvery(host, params) {
   const note = h("div.note", { dataset: { testid: "val-every-warning" }, style: { gridColumn: "1 / -1", flexBasis: "100%" } });
   const check = () => { note.textContent = valEveryWarning(params()); };
+  host.addEventListener("input", check);
+  host.addEventListener("change", check);
+  host.append(note);
+  check();
+}
+
+/** A note at the end of `host` that says, live as the user types, when the whole run is LR warm-up
+ * (`params()`: the distill params the form would send; distillmath.warmupWarning). */
+export function warnWarmup(host, params) {
+  const note = h("div.note", { dataset: { testid: "warmup-warning" }, style: { gridColumn: "1 / -1", flexBasis: "100%" } });
+  const check = () => { note.textContent = warmupWarning(params()); };
   host.addEventListener("input", check);
   host.addEventListener("change", check);
   host.append(note);

@@ -109,7 +109,10 @@ export async function bakeoffView(host, { args, query }, ctx) {
           retriable(wf) ? h("button", { onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry") : null),
       ));
     // The server's message ("#1 L4-none…: distill · #2 …") is the candidates table's steps again, by id.
-    mount(progress, progressBar({ ...wf, message: null }, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }), actionErr);
+    mount(progress, progressBar({ ...wf, message: null }, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }),
+      // The server's warnings on accepted settings (a run all within its LR warm-up): its ranking reads so.
+      (wf.warnings || []).map((w) => h("div.note", { dataset: { testid: "bakeoff-warning" } }, w)),
+      actionErr);
   }
 
   async function act(what) {

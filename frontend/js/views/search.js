@@ -14,7 +14,7 @@ import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
 import { fitPositions } from "../costmodel.js";
 import { protocolNote } from "../components/protocol.js";
 import { followJob } from "../sse.js";
-import { warnValEvery } from "../components/distillform.js";
+import { DISTILL_DEFAULTS, warnValEvery, warnWarmup } from "../components/distillform.js";
 
 export const CUT_COLORS = { depth: "#8fa8ff", width: "#2bb3a3", mixed: "#f2b34b", none: "#8a96a8" };
 // One name per kind of cut wherever it shows (table, legend, hover, badge): the engine's key "mixed" (a cut of
@@ -523,13 +523,13 @@ async function searchResult(host, id, query, ctx) {
       h("span.ctl", h("span", "batch"), h("input", { name: "batch_size", type: "number", value: 8, min: 1, style: { width: "60px" } })),
       h("span.ctl", h("span", "seq"), h("input", { name: "seq_len", type: "number", value: 128, min: 2, style: { width: "70px" } })),
       h("span.ctl", h("span", "val every"), h("input", { name: "val_every", type: "number", value: 25, min: 0, style: { width: "60px" } })),
+      h("span.ctl", { title: "peak learning rate (after warm-up; cosine decay to a tenth of it)" }, h("span", "lr"), h("input", { name: "lr", type: "number", value: DISTILL_DEFAULTS.lr, min: 0, step: "any", style: { width: "80px" } })),
+      h("span.ctl", { title: "steps the learning rate rises linearly to its peak; a run no longer than this barely trains" }, h("span", "warm-up"), h("input", { name: "warmup", type: "number", value: DISTILL_DEFAULTS.warmup, min: 0, style: { width: "60px" } })),
       h("label.check", { title: "also measure each student's prefill / decode speed (a benchmark job per candidate)" }, h("input", { name: "benchmark", type: "checkbox", checked: true }), "speed"),
       h("span.spacer"),
       h("button.primary", { type: "submit", disabled: chosen.length < 2, dataset: { testid: "start-bakeoff" } }, `Start bake-off (${chosen.length})`));
-    warnValEvery(form, () => {
-      const v = readForm(form);
-      return { tokens: parseCount(v.tokens || ""), batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every };
-    });
+    warnValEvery(form, () => bakeDistill(readForm(form)));
+    warnWarmup(form, () => bakeDistill(readForm(form)));
     mount(bake,
       h("header", h("h2", "Bake-off"), h("span.hint", "distil the picked candidates side by side; the ranking after distillation decides")),
       chosen.length
@@ -543,13 +543,20 @@ async function searchResult(host, id, query, ctx) {
   }
   const topK = () => data.candidates.filter((c) => c.rank).sort((a, b) => a.rank - b.rank).slice(0, job.params?.top_k ?? 3);
 
+  /** The bake-off form's values as the workflow's distill params (the same for every candidate). */
+  function bakeDistill(v) {
+    const p = { tokens: parseCount(v.tokens || ""), batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every, warmup: v.warmup };
+    if (v.lr !== undefined) Object.assign(p, { lr: v.lr, min_lr: v.lr / 10 }); // the defaults' ratio (1e-4 -> 1e-5)
+    return p;
+  }
+
   async function startBakeoff(chosen, form) {
     const v = readForm(form);
     const tokens = parseCount(v.tokens);
     if (!Number.isFinite(tokens) || tokens < 1) return showError(bakeErr, { fields: { tokens: "a count such as 64k or 2M" } }, form);
     try {
-      // Each candidate becomes a saved plan (the same one the planner opens), then one server-side workflow.
-      const plans = await Promise.all(chosen.map((c) => api.post(`/searches/${job.id}/candidates/${encodeURIComponent(c.id)}/plan`)));
+      // One request: the server saves each candidate's plan (the one the planner opens) in the workflow's
+      // transaction, so a refused bake-off leaves no plan behind.
       const bakeoff = await api.post("/workflows", {
         definition: "bakeoff",
         name: `bake-off of search #${job.id}`,
@@ -558,8 +565,8 @@ async function searchResult(host, id, query, ctx) {
         // No name: the server names each by its shape (and keeps the search's id beside it).
         // The search's rank of each is kept beside the bake-off's own as-cut ranking (its page shows both).
         search_job_id: job.id,
-        candidates: chosen.map((c, i) => ({ candidate_id: c.id, plan_id: plans[i].id })),
-        distill: { tokens, batch_size: v.batch_size, seq_len: v.seq_len, val_every: v.val_every },
+        candidates: chosen.map((c) => ({ candidate_id: c.id })),
+        distill: bakeDistill(v),
         ...(v.benchmark ? {} : { benchmark: null }),
         metric: "loss",
       });
