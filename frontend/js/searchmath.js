@@ -13,8 +13,9 @@ export const COST_AXES = {
   prefill: { label: "prefill time (measured)", name: "prefill", format: ms, unit: "prefill ms", scale: 1e-3 },
   throughput: { label: "decode throughput (measured, more is better)", name: "throughput", format: (v) => rate(v), unit: "tok/s", scale: 1, minimum: true },
   // Computed for every candidate, budget or not: FLOPs tell depth from width cuts of equal parameters.
-  flops: { label: "forward FLOPs / token", name: "FLOPs", format: flops, unit: "MFLOP / token", scale: 1e6 },
-  kv_cache: { label: "KV cache per token of context", name: "KV cache", format: bytes, unit: "KV KiB / token", scale: 2 ** 10 },
+  flops: { label: "forward FLOPs / token", name: "FLOPs", format: flops, unit: "MFLOP/tok", scale: 1e6 },
+  // Not a parallel-coordinates axis (`chart: false`): layers x KV groups, both axes there already.
+  kv_cache: { label: "KV cache per token of context", name: "KV cache", format: bytes, unit: "KV KiB/tok", scale: 2 ** 10, chart: false },
 };
 
 /** What a cost axis's figures are in, from the report's `basis` (worker/engine/search/runner.cost_basis):

@@ -428,7 +428,7 @@ async function searchResult(host, id, query, ctx) {
       .filter(([k]) => pts.some((c) => c.axes[k] !== undefined) && new Set(pts.map((c) => c.axes[k])).size > 1)
       .map(([k, label]) => ({ label, values: pts.map((c) => c.axes[k]) }));
     for (const k of Object.keys(COST_AXES)) {
-      if (pts.every((c) => Number.isFinite(c.costs?.[k]))) {
+      if (COST_AXES[k].chart !== false && pts.every((c) => Number.isFinite(c.costs?.[k]))) {
         const { unit, scale } = COST_AXES[k];
         dims.push({ label: unit, values: pts.map((c) => c.costs[k] / scale) });
       }
