@@ -56,6 +56,9 @@ def costs(item: dict[str, Any]) -> dict[str, float | None]:
         "latency": _latency(latency, "decode_s_per_token"),
         "prefill": _latency(latency, "prefill_s"),
         "throughput": _latency(latency, "decode_tokens_per_s"),
+        # Computed for every candidate, budget or not (FLOPs separate depth from width at equal params).
+        "flops": item.get("flops_per_token"),
+        "kv_cache": item.get("kv_cache_bytes_per_token"),
     }
 
 
@@ -73,8 +76,13 @@ def candidate_out(c: dict[str, Any], *, with_plan: bool = False) -> dict[str, An
         "costs": costs(c),
         "params_fraction": c.get("params_fraction"),
         "flops_per_token": c.get("flops_per_token"),
+        "kv_cache_bytes_per_token": c.get("kv_cache_bytes_per_token"),
+        "params_non_embedding": c.get("params_non_embedding"),
         "loss": c.get("loss"),
         "perplexity": c.get("perplexity"),
+        "loss_diff_vs_best": c.get("loss_diff_vs_best"),
+        "loss_diff_se": c.get("loss_diff_se"),
+        "within_noise_of_best": c.get("within_noise_of_best"),
         "budgets": c.get("budgets") or {},
         "within_budget": True,  # the engine lists only candidates within every budget
     }
@@ -104,6 +112,7 @@ def summary(job: Job, report: dict[str, Any]) -> dict[str, Any]:
         # ran): the chart draws it, so winners past the bare limit do not look over budget.
         "tolerance": (report.get("settings") or {}).get("tolerance"),
         "budget_texts": [b.get("text") for b in report.get("budgets") or []],
+        "basis": report.get("basis") or {},
         "space": report.get("space") or {},
         "stats": report.get("stats") or {},
         "candidates": [candidate_out(c) for c in report.get("candidates") or []],

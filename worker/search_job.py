@@ -44,6 +44,7 @@ def load_teacher(rt: JobRuntime, teacher, dtype: str):
 def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
     from backend.models import ImportanceRun, Teacher
     from worker.engine.importance.result import ImportanceResult
+    from worker.engine.loading import stored_dtype
     from worker.engine.search import SearchSettings, run_search
 
     run, teacher = fetch_rows(rt, (ImportanceRun, job.importance_run_id), (Teacher, job.teacher_id))
@@ -74,7 +75,14 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
 
     cache = Path(rt.settings.cache).expanduser() / "latency.json" if rt.settings.cache else None
     report = run_search(
-        model, tokenizer, importance, settings, progress=progress, latency_cache=str(cache) if cache else None
+        model,
+        tokenizer,
+        importance,
+        settings,
+        progress=progress,
+        latency_cache=str(cache) if cache else None,
+        # Memory is priced in the checkpoint's dtype (its students are saved in it), not the scoring one.
+        stored_dtype=stored_dtype(model_source(teacher.source), teacher.trust_remote_code),
     ).to_json()
     candidates = report.get("candidates") or []
     rt.progress(0.995, f"{len(candidates)} candidates listed; saving the report", force=True)

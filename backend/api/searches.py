@@ -51,12 +51,33 @@ class Candidate(BaseModel):
     cut: str | None = Field(description="depth | width | mixed | none")
     axes: dict[str, Any] = Field(description="layers kept, heads per layer, KV groups, MLP and hidden size")
     costs: dict[str, float | None] = Field(
-        description="params, memory (bytes), latency (decode s/token), prefill (s), throughput (tokens/s)"
+        description="params, memory (bytes, in the teacher's stored dtype), latency (decode s/token), "
+        "prefill (s), throughput (tokens/s), flops (= flops_per_token), kv_cache (= kv_cache_bytes_per_token)"
     )
     params_fraction: float | None
-    flops_per_token: float | None
+    flops_per_token: float | None = Field(
+        description="forward FLOPs per token at `basis.flops_context` tokens of context (2048, or the "
+        "teacher's positions when fewer)"
+    )
+    kv_cache_bytes_per_token: float | None = Field(
+        None, description="KV cache bytes per token of context, in the teacher's stored dtype"
+    )
+    params_non_embedding: float | None = Field(
+        None, description="parameters outside the embeddings and LM head"
+    )
     loss: float | None = Field(description="LM loss of the cut model on the held-out data")
     perplexity: float | None
+    loss_diff_vs_best: float | None = Field(None, description="loss minus rank 1's (0 for rank 1)")
+    loss_diff_se: float | None = Field(
+        None,
+        description="paired standard error of loss_diff_vs_best over the held-out windows (0 for rank 1; "
+        "None from a single window)",
+    )
+    within_noise_of_best: bool | None = Field(
+        None,
+        description="|loss_diff_vs_best| < 2 loss_diff_se: the sample cannot order it and rank 1 (None for "
+        "rank 1)",
+    )
     budgets: dict[str, Any] = Field(description="per budget: value, limit, fits")
     within_budget: bool
     plan: dict[str, Any] | None = Field(
@@ -80,6 +101,11 @@ class SearchCandidates(BaseModel):
         None, description="fraction a cost may exceed its limit by (the search's settings.tolerance)"
     )
     budget_texts: list[str | None]
+    basis: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the figures are in: memory_dtype and kv_cache_dtype (the teacher's stored dtype), "
+        "loss_dtype and latency_dtype (the dtype scored and timed in, settings.dtype), flops_context",
+    )
     space: dict[str, Any]
     stats: dict[str, Any] = Field(description="enumerated, within_budget, seconds, candidates_per_minute...")
     candidates: list[Candidate]

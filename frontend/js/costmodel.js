@@ -63,7 +63,7 @@ export function paramCount(spec, hidden = spec.hidden_size, layers = layerShapes
   return { total: body + embedding, non_embedding: body, embedding, active: active + embedding };
 }
 
-export function flopsPerToken(spec, context = 2048, hidden = spec.hidden_size, layers = layerShapes(spec)) {
+export function flopsPerToken(spec, context = flopsContext(spec), hidden = spec.hidden_size, layers = layerShapes(spec)) {
   const d = hidden;
   const hd = spec.head_dim;
   let matmul = 0;
@@ -138,8 +138,15 @@ export function fitPositions(spec, n) {
   return limit ? Math.min(n, limit) : n;
 }
 
+/** The context FLOPs/token are counted at unless one is given: FLOPS_CONTEXT, or the model's positions when
+ * fewer (spec.py ArchSpec.flops_context, the same rule). */
+export const FLOPS_CONTEXT = 2048;
+export function flopsContext(spec) {
+  return fitPositions(spec, FLOPS_CONTEXT);
+}
+
 /** Everything the planner's live summary shows, computed locally (FLOPs at `context` tokens). */
-export function planStats(spec, plan, context = 2048) {
+export function planStats(spec, plan, context = flopsContext(spec)) {
   const teacher = paramCount(spec);
   const { hidden, layers } = resultingShape(spec, plan);
   const counts = paramCount(spec, hidden, layers);
@@ -164,6 +171,7 @@ export function planStats(spec, plan, context = 2048) {
     teacher_params_total: teacher.total,
     teacher_params_non_embedding: teacher.non_embedding,
     flops_per_token: flopsPerToken(spec, context, hidden, layers),
+    flops_context: context,
     teacher_flops_per_token: flopsPerToken(spec, context),
     kv_cache_bytes_per_token: kvCacheBytesPerToken(spec, layers),
     teacher_kv_cache_bytes_per_token: kvCacheBytesPerToken(spec),

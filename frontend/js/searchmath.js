@@ -1,6 +1,6 @@
 // Pure helpers of the search view (no DOM): the Pareto front of candidates over a cost axis, and a
 // candidate's architecture in one line (how it cuts, depth / width / mixed, comes from the engine).
-import { bytes, compact, ms, rate } from "./format.js";
+import { bytes, compact, flops, ms, rate } from "./format.js";
 
 /** The cost axes a search can report, by the key of a candidate's `costs` (backend/search_results.costs;
  * tests/ui/test_search_axes_js.py holds the keys equal): the chart's title, the switch's name, a value's
@@ -12,7 +12,31 @@ export const COST_AXES = {
   latency: { label: "decode latency (measured)", name: "latency", format: ms, unit: "ms / token", scale: 1e-3 },
   prefill: { label: "prefill time (measured)", name: "prefill", format: ms, unit: "prefill ms", scale: 1e-3 },
   throughput: { label: "decode throughput (measured, more is better)", name: "throughput", format: (v) => rate(v), unit: "tok/s", scale: 1, minimum: true },
+  // Computed for every candidate, budget or not: FLOPs tell depth from width cuts of equal parameters.
+  flops: { label: "forward FLOPs / token", name: "FLOPs", format: flops, unit: "MFLOP/tok", scale: 1e6 },
+  // Not a parallel-coordinates axis (`chart: false`): layers x KV groups, both axes there already.
+  kv_cache: { label: "KV cache per token of context", name: "KV cache", format: bytes, unit: "KV KiB/tok", scale: 2 ** 10, chart: false },
 };
+
+/** What a cost axis's figures are in, from the report's `basis` (worker/engine/search/runner.cost_basis):
+ * memory and KV cache in the teacher's stored dtype, measured times in the dtype it was scored in, FLOPs at
+ * a context. "" for an axis without one (parameters) or a report from before the basis. */
+export function axisBasis(key, basis) {
+  if (!basis) return "";
+  if ((key === "memory" || key === "kv_cache") && basis.memory_dtype) return `in ${basis.memory_dtype}`;
+  if (["latency", "prefill", "throughput"].includes(key) && basis.latency_dtype) return `timed in ${basis.latency_dtype}`;
+  if (key === "flops" && basis.flops_context) return `at ${basis.flops_context} tokens of context`;
+  return "";
+}
+
+/** A candidate's loss against rank 1's: "+0.0123 ± 0.0045" (paired standard error over the held-out
+ * windows, worker/engine/search/noise.py), "#1" for rank 1, "" when the report has none. */
+export function versusBest(c) {
+  if (c.rank === 1) return "#1";
+  if (!Number.isFinite(c.loss_diff_vs_best)) return "";
+  const diff = `${c.loss_diff_vs_best >= 0 ? "+" : "−"}${Math.abs(c.loss_diff_vs_best).toFixed(4)}`;
+  return Number.isFinite(c.loss_diff_se) ? `${diff} ± ${c.loss_diff_se.toFixed(4)}` : diff;
+}
 
 /**
  * Indices of the points on the lower-left Pareto front (lower cost and lower loss are better): a point

@@ -138,3 +138,57 @@ def _nudge(module):
     with torch.no_grad():
         for p in module.parameters(recurse=False):
             p.add_(0.5)
+
+
+def test_memory_is_priced_in_the_checkpoints_dtype_and_the_table_says_what_each_figure_is_in(
+    tiny_teacher_dir, importance_run, tmp_path, capsys
+):
+    """A bfloat16 checkpoint scored in float32 (the default --dtype): memory at 2 bytes a parameter, as its
+    students are saved (audit 3: at 4, `memory=20MB` found nothing for an 18 MiB bf16 teacher); the table
+    names each figure's dtype and FLOPs' context, and gives each rank's distance from #1 in standard errors."""
+    import torch
+
+    from worker.engine.loading import save_model
+
+    model, tokenizer = load_model(tiny_teacher_dir)
+    teacher = tmp_path / "bf16-teacher"
+    save_model(model.to(torch.bfloat16), tokenizer, teacher, {"kind": "test"})
+    spec = arch_spec(model)
+    bf16_bytes = spec.param_count()["total"] * 2 + 32 * spec.kv_cache_bytes_per_token(bytes_per_value=2)
+    search = [
+        "search",
+        teacher,
+        "--importance",
+        importance_run,
+        "--budget",
+        f"memory={bf16_bytes}@1,32",
+        "--all",
+        *FAST,
+    ]
+    code, out, err = run(capsys, *search, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["teacher"]["budgets"][f"memory={bf16_bytes}@1,32"] == bf16_bytes
+    assert report["basis"] == {
+        "memory_dtype": "bfloat16",
+        "kv_cache_dtype": "bfloat16",
+        "loss_dtype": "float32",
+        "latency_dtype": "float32",
+        "flops_context": spec.max_positions,
+    }
+    for c in report["candidates"]:
+        assert c["memory_bytes"] == c["params"] * 2 + 32 * c["kv_cache_bytes_per_token"]
+    code, out, err = run(capsys, *search)
+    assert code == 0, err
+    assert "memory and KV cache in bfloat16" in out and "loss and latency in float32" in out
+    assert f"FLOPs/token at {spec.max_positions} tokens of context" in out
+    second = report["candidates"][1]
+    assert f"{second['loss_diff_vs_best']:+.4f} ± {second['loss_diff_se']:.4f}" in out
+    # plan-stats says the context its FLOPs/token are at: the teacher's positions, not 2048 past them.
+    plan = tmp_path / "second.plan.json"
+    plan.write_text(json.dumps(second["plan"]))
+    code, out, err = run(capsys, "plan-stats", teacher, "--plan", plan)
+    assert code == 0, err
+    lines = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+    assert lines["flops_context"].strip() == str(spec.max_positions)
+    assert lines["flops_per_token"].strip().replace(",", "") == str(second["flops_per_token"])

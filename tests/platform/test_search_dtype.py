@@ -33,6 +33,7 @@ def scored_dtype(monkeypatch, settings: dict) -> torch.dtype:
 
     def probe(model, tokenizer, importance, settings, **kwargs):
         seen["dtype"] = next(model.parameters()).dtype
+        seen["stored_dtype"] = kwargs.get("stored_dtype")
         raise Scored
 
     monkeypatch.setattr(search_engine, "run_search", probe)
@@ -48,6 +49,8 @@ def scored_dtype(monkeypatch, settings: dict) -> torch.dtype:
     with pytest.raises(Scored):
         run_search_job(rt, job)
     assert any(m.startswith("loading weights: ") and m.endswith(" tensors") for m in messages), messages
+    # Memory is priced in the checkpoint's own dtype whatever the scoring one (audit 3).
+    assert seen["stored_dtype"] == "bfloat16"
     return seen["dtype"]
 
 

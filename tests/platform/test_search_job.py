@@ -70,6 +70,35 @@ def test_every_candidate_comes_back_valid_within_budget_and_ranked(live_app, run
         )
 
 
+def test_candidates_carry_flops_kv_cache_and_their_distance_from_the_best(live_app, run, search):
+    """What the CLI's search.json has, the API has too (audit 14): KV cache and non-embedding parameters,
+    FLOPs and KV cache as costs (axes), the basis of each figure; and each rank's loss against #1 with its
+    paired standard error (audit 4)."""
+    data = live_app.api.get(f"/searches/{search['id']}/candidates").json()
+    spec = spec_of(run["teacher"])
+    assert data["basis"] == {
+        "memory_dtype": spec.dtype,
+        "kv_cache_dtype": spec.dtype,
+        "loss_dtype": SETTINGS.get("dtype", "float32"),
+        "latency_dtype": SETTINGS.get("dtype", "float32"),
+        "flops_context": spec.flops_context(),
+    }
+    assert data["reference"]["flops"] == spec.flops_per_token(spec.flops_context())
+    cands = data["candidates"]
+    for c in cands:
+        full = live_app.api.get(f"/searches/{search['id']}/candidates/{c['id']}").json()
+        stats = plan_stats(PrunePlan.model_validate(full["plan"]), spec)
+        assert c["params_non_embedding"] == stats["params_non_embedding"]
+        assert c["flops_per_token"] == c["costs"]["flops"] == stats["flops_per_token"]
+        assert c["kv_cache_bytes_per_token"] == c["costs"]["kv_cache"] > 0
+        assert c["loss_diff_vs_best"] == pytest.approx(c["loss"] - cands[0]["loss"], abs=1e-6)
+        if c["rank"] == 1:
+            assert c["loss_diff_se"] == 0 and c["within_noise_of_best"] is None
+        else:
+            assert c["loss_diff_se"] > 0
+            assert c["within_noise_of_best"] == (abs(c["loss_diff_vs_best"]) < 2 * c["loss_diff_se"])
+
+
 def test_progress_counts_candidates_scored_and_gives_no_rate_from_a_fraction_of_a_second(live_app, search):
     events = read_sse(f"{live_app.url}/api/v1/jobs/{search['id']}/events", timeout=30)
     messages = [e.data.get("message") or "" for e in events if e.type == "status"]

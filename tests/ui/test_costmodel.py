@@ -138,6 +138,7 @@ def test_plan_summary_matches_plan_stats(tmp_path, all_specs):
             "params_non_embedding",
             "params_embedding",
             "flops_per_token",
+            "flops_context",
             "kv_cache_bytes_per_token",
             "teacher_params_total",
             "params_active",

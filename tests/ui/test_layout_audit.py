@@ -344,7 +344,9 @@ def test_parallel_coordinates_labels_neither_collide_nor_repeat(page, live_app, 
         page.wait_for_selector(f"{plot}[data-dimensions]")
         page.wait_for_timeout(500)
         titles = boxes(page, f"{plot} .axis-title")
-        assert len(titles) == (11 if amend else len(page.get_attribute(plot, "data-dimensions").split(",")))
+        # 5 architecture axes, 6 costs (FLOPs is every candidate's: audit 14; KV cache is layers x KV
+        # groups, not drawn again), the loss
+        assert len(titles) == (12 if amend else len(page.get_attribute(plot, "data-dimensions").split(",")))
         for i, a in enumerate(titles):
             for b in titles[i + 1 :]:
                 assert not overlaps(a, b), (width, a, b)

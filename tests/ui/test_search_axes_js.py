@@ -47,6 +47,10 @@ def test_every_cost_the_api_sends_has_an_axis_and_throughput_is_better_higher(tm
     assert out["shown"]["prefill"] == ["prefill", "prefill ms", "1.5 ms"]
     assert out["shown"]["throughput"] == ["throughput", "tok/s", "1.50 tok/s"]
     assert out["shown"]["memory"] == ["memory", "MiB", "1.5 MiB"]
+    # FLOPs and KV cache: every candidate has them, budget or not (audit 14), so each is an axis too.
+    assert out["shown"]["flops"] == ["FLOPs", "MFLOP/tok", "1.50 MFLOP"]
+    assert out["shown"]["kv_cache"] == ["KV cache", "KV KiB/tok", "1.5 KiB"]
+    assert costs({"flops_per_token": 7, "kv_cache_bytes_per_token": 3})["flops"] == 7
     assert out["lower"] == front_ids(points, more=False)
     assert out["higher"] == front_ids(points, more=True) != out["lower"]
     assert points[out["higher"][0]]["x"] == 2000  # the front starts at the highest throughput

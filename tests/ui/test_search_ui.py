@@ -77,6 +77,40 @@ def test_pareto_scatter_shows_every_candidate_and_the_front(page, live_app, sear
     shot(page, "search")
 
 
+def test_flops_is_a_cost_axis_and_the_table_says_which_ranks_are_within_noise_of_the_first(
+    page, live_app, search
+):
+    """Audit 14: FLOPs/token (every candidate has it, budget or not) can go on x, titled with its context;
+    audit 4: each row's loss against #1 with its paired standard error, "≈ #1" where |diff| < 2 SE."""
+    open_search(page, live_app, search)
+    data = search["data"]
+    page.click("[data-testid=x-axis] button[data-value=flops]")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=pareto-plot]').layout.xaxis.title.text.startsWith('forward FLOPs')"
+    )
+    title = page.evaluate("document.querySelector('[data-testid=pareto-plot]').layout.xaxis.title.text")
+    assert f"at {data['basis']['flops_context']} tokens of context" in title
+    x = page.evaluate(
+        "Array.from(document.querySelector('[data-testid=pareto-plot]').data).filter(t => t.name === 'Pareto front')[0].customdata"
+    )
+    assert x == pareto_ids(data["candidates"], "flops")
+    rows = page.locator("[data-testid=candidate-table] tbody tr")
+    by_id = {c["id"]: c for c in data["candidates"]}
+    noisy = 0
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        c = by_id[row.get_attribute("data-candidate")]
+        cell = row.locator("[data-testid=versus-best]").inner_text()
+        if c["rank"] == 1:
+            assert cell.strip() == "#1"
+            continue
+        assert f"{abs(c['loss_diff_vs_best']):.4f} ± {c['loss_diff_se']:.4f}" in cell
+        assert row.locator("[data-testid=within-noise]").count() == int(bool(c["within_noise_of_best"]))
+        noisy += bool(c["within_noise_of_best"])
+    assert noisy == sum(bool(c["within_noise_of_best"]) for c in data["candidates"][: rows.count()])
+    shot(page, "search-flops-noise")
+
+
 def isolated_point(page) -> tuple[str, float, float]:
     """The candidate whose marker lies farthest from every other marker (hover picks it, not a
     neighbour), with its page coordinates from Plotly's own axis mapping."""

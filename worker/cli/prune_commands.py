@@ -127,6 +127,7 @@ SUMMARY_KEYS = [
     "params_total",
     "params_non_embedding",
     "flops_per_token",
+    "flops_context",  # the tokens of context FLOPs/token are counted at
     "kv_cache_bytes_per_token",
 ]
 
@@ -150,6 +151,7 @@ STATS_KEYS = [
     "percent_of_teacher_total",
     "percent_of_teacher_non_embedding",
     "flops_per_token",
+    "flops_context",  # the tokens of context FLOPs/token are counted at
     "kv_cache_bytes_per_token",
     "uniform",
     "vanilla_loadable",

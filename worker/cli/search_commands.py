@@ -139,7 +139,7 @@ def cmd_search(args) -> int:
     from worker.cli.prune_commands import _check_same_weights
     from worker.engine.importance import ImportanceResult
     from worker.engine.importance.provenance import weights_sha256
-    from worker.engine.loading import load_model
+    from worker.engine.loading import load_model, stored_dtype
     from worker.engine.search import run_search
 
     device = _check_device(args.device)
@@ -155,7 +155,13 @@ def cmd_search(args) -> int:
         say(f"[search] {message}")
 
     report = run_search(
-        model, tokenizer, importance, settings, progress=progress, latency_cache=args.latency_cache
+        model,
+        tokenizer,
+        importance,
+        settings,
+        progress=progress,
+        latency_cache=args.latency_cache,
+        stored_dtype=stored_dtype(args.model),  # memory priced as the students are saved, not as scored
     ).to_json()
     report["importance_run"] = str(args.importance)
     report["teacher_source"] = str(args.model)
@@ -192,6 +198,7 @@ def _write(out: Path, report: dict, top: int) -> None:
 
 def _print_table(report: dict, top: int | None) -> None:
     from worker.engine.memplan import format_bytes
+    from worker.engine.search.noise import NOISE_SES
 
     stats, teacher = report["stats"], report["teacher"]
     print(
@@ -207,9 +214,11 @@ def _print_table(report: dict, top: int | None) -> None:
     )
     if stats.get("note"):
         print(f"note: {stats['note']}")
+    print(basis_line(report.get("basis") or {}))
     header = (
         f"{'rank':>4}  {'cut':<6} {'layers':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'hidden':>6} "
-        f"{'params':>12} {'%':>6} {'memory':>10} {'ms/tok':>7} {'loss':>8} {'ppl':>9}  id"
+        f"{'params':>12} {'%':>6} {'GFLOP/tok':>9} {'memory':>10} {'ms/tok':>7} {'loss':>8} {'vs #1 ± SE':>17} "
+        f"{'ppl':>9}  id"
     )
     print(header)
     for c in report["candidates"]:
@@ -221,9 +230,34 @@ def _print_table(report: dict, top: int | None) -> None:
         print(
             f"{c['rank']:>4}{marker} {c['cut']:<6} {a['num_layers']:>6} {a['heads_per_layer']:>5} "
             f"{a['num_kv_heads']:>3} {a['intermediate_size']:>6} {a['hidden_size']:>6} {c['params']:>12,} "
-            f"{100 * c['params_fraction']:>5.1f}% {memory:>10} {latency:>7} {c['loss']:>8.4f} "
-            f"{c['perplexity']:>9.2f}  {c['id']}" + (f"  {lm_eval}" if lm_eval else "")
+            f"{100 * c['params_fraction']:>5.1f}% {c['flops_per_token'] / 1e9:>9.4f} {memory:>10} {latency:>7} "
+            f"{c['loss']:>8.4f} {_versus_best(c):>17} {c['perplexity']:>9.2f}  {c['id']}"
+            + (f"  {lm_eval}" if lm_eval else "")
         )
+    if len(report["candidates"]) > 1:
+        print(
+            f"vs #1 ± SE: loss minus rank 1's, ± its paired standard error over the held-out windows; "
+            f"~ marks a candidate within {NOISE_SES:g} SE of #1 (the sample cannot order the two)"
+        )
+
+
+def basis_line(basis: dict) -> str:
+    """What the figures are in: the dtypes of memory, loss and latency, the context of FLOPs/token."""
+    return (
+        f"figures: memory and KV cache in {basis.get('memory_dtype', '?')} (the teacher's stored dtype); "
+        f"loss and latency in {basis.get('loss_dtype', '?')} (the dtype scored and timed in, --dtype); "
+        f"FLOPs/token at {basis.get('flops_context', '?')} tokens of context"
+    )
+
+
+def _versus_best(c: dict) -> str:
+    """ "+0.0123 ± 0.0045 ~" (within noise of #1) for a candidate below rank 1; "#1" for it."""
+    if c["rank"] == 1:
+        return "#1"
+    se = c.get("loss_diff_se")
+    if se is None:
+        return f"{c['loss_diff_vs_best']:+.4f}"
+    return f"{c['loss_diff_vs_best']:+.4f} ± {se:.4f}" + (" ~" if c.get("within_noise_of_best") else "  ")
 
 
 def register(subparsers) -> None:
@@ -278,6 +312,12 @@ def register(subparsers) -> None:
         "--lm-eval-top", type=int, default=5, help="candidates scored with --lm-eval-task (default 5)"
     )
     p.add_argument("--lm-eval-limit", type=int, default=100, help="samples of the lm-eval task (default 100)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype the teacher is scored and shapes are timed in (default float32); memory is priced in "
+        "the teacher's stored dtype whatever this is",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (latency is measured there)")
     p.set_defaults(handler=cmd_search)

@@ -160,6 +160,17 @@ def _read_config(source: str, trust_remote_code: bool):
     return config, where, path if local else None, hub
 
 
+def stored_dtype(source: str | os.PathLike, trust_remote_code: bool = False) -> str | None:
+    """The dtype a model's checkpoint states in its config ("bfloat16"), whatever it is loaded in; None when
+    the config names none. Reads the config only: what a search prices memory in (its students are saved
+    in this dtype) while it scores the teacher in another."""
+    from worker.engine.dtypes import config_dtype, dtype_name
+
+    config, _, _, _ = _read_config(str(source), trust_remote_code)
+    stated = config_dtype(config)
+    return dtype_name(stated) if stated is not None else None
+
+
 def config_spec(source: str | os.PathLike, *, dtype=None, trust_remote_code: bool = False):
     """The model's ArchSpec from its config alone (shapes on "meta", no weight read), in `dtype` (None:
     the config's): what the inspect job stores, and what a plan is checked against before a big teacher

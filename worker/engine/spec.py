@@ -13,6 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+# The context FLOPs/token are counted at (attention grows with it), unless the model takes fewer positions:
+# ArchSpec.flops_context; the dashboard's costmodel.js flopsContext is the same rule.
+FLOPS_CONTEXT = 2048
+
 
 class LayerShape(BaseModel):
     """Width of one decoder layer (layers may differ after a non-uniform cut).
@@ -132,12 +136,20 @@ class ArchSpec(BaseModel):
             "active": active + embedding,
         }
 
+    def flops_context(self) -> int:
+        """The context FLOPs/token are counted at by default: FLOPS_CONTEXT tokens, or the model's
+        positions when it has fewer (a 512-position model never attends over 2048 tokens)."""
+        limit = spec_max_positions(self)
+        return min(FLOPS_CONTEXT, limit) if limit else FLOPS_CONTEXT
+
     def flops_per_token(
-        self, context: int = 2048, hidden: int | None = None, layers: list[LayerShape] | None = None
+        self, context: int | None = None, hidden: int | None = None, layers: list[LayerShape] | None = None
     ) -> int:
-        """Forward FLOPs for one token at the given context: 2 x matmul weights + attention scores.
+        """Forward FLOPs for one token at the given context (None: `flops_context()`): 2 x matmul
+        weights + attention scores.
 
         Mixture-of-experts layers: the router plus the token's top-k experts only."""
+        context = self.flops_context() if context is None else context
         d = self.hidden_size if hidden is None else hidden
         shapes = self.layer_shapes() if layers is None else layers
         matmul = 0
@@ -170,6 +182,7 @@ class ArchSpec(BaseModel):
             "params_non_embedding": counts["non_embedding"],
             "params_active": counts["active"],
             "flops_per_token": self.flops_per_token(),
+            "flops_context": self.flops_context(),
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token(),
         }
 

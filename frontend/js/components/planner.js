@@ -2,7 +2,7 @@
 // messages (local at once, the server's GQA advice debounced), fill-to-target, save, preview, student.
 
 import { api, showError } from "../api.js";
-import { fitPositions, localMessages, planStats, resultingShape } from "../costmodel.js";
+import { fitPositions, flopsContext, localMessages, planStats, resultingShape } from "../costmodel.js";
 import { debounce, h, mount, toast } from "../dom.js";
 import { bytes, compact, flops, int, parseCount, pct, sig } from "../format.js";
 import { href, setQuery } from "../router.js";
@@ -233,7 +233,7 @@ export class Planner {
     const t0 = performance.now();
     const { state } = this.ctx;
     const plan = state.plan;
-    const context = fitPositions(this.spec, 2048); // the FLOPs' context: within the teacher's positions
+    const context = flopsContext(this.spec); // the FLOPs' context: within the teacher's positions
     const stats = planStats(this.spec, plan, context);
     this.surgeryRow?.dispatchEvent(new Event("change")); // the student's memory line follows the plan
     const spec = this.spec;

@@ -7,10 +7,10 @@
 import { api, showError } from "../api.js";
 import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented, toast } from "../dom.js";
-import { bytes, compact, duration, ms, parseCount, pct, sig, when } from "../format.js";
+import { bytes, compact, duration, flops, ms, parseCount, pct, sig, when } from "../format.js";
 import { baseLayout, plotlyReady } from "../plots.js";
 import { go, href, setQuery } from "../router.js";
-import { archLine, COST_AXES, paretoFront } from "../searchmath.js";
+import { archLine, axisBasis, COST_AXES, paretoFront, versusBest } from "../searchmath.js";
 import { fitPositions } from "../costmodel.js";
 import { protocolNote } from "../components/protocol.js";
 import { followJob } from "../sse.js";
@@ -28,6 +28,8 @@ const TOLERANCE_TEXT = "#5d6878";
 const LABEL_CHAR_PX = 7; // an 11 px axis title's width per character, about (parallel coordinates)
 const FRONT_COLOR = "#e8edf5";
 const PICK_COLOR = "#ff4fa3";
+// The table's "vs #1" column: what the figure is and when a rank is not a finding (noise.py NOISE_SES).
+const NOISE_TITLE = "loss minus rank 1's, ± the paired standard error over the held-out windows; ≈ #1: within 2 standard errors, so this sample cannot tell the two apart (score more held-out samples to separate them)";
 const Y_AXES = { loss: "LM loss on held-out data (lower is better)", ppl: "perplexity (lower is better)" };
 const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "toImage"] };
 
@@ -313,7 +315,8 @@ async function searchResult(host, id, query, ctx) {
       archLine(c.axes, spec),
       Object.entries(COST_AXES).filter(([k]) => Number.isFinite(c.costs?.[k])).map(([k, a]) => `${a.name} ${a.format(c.costs[k])}${share(k)}`).join(" · "),
       `loss ${sig(c.loss)} · ppl ${sig(Math.exp(c.loss))}${data.protocol ? ` on ${data.protocol.id}` : ""}`,
-    ].join("<br>");
+      c.rank > 1 && versusBest(c) ? `vs #1: ${versusBest(c)}${c.within_noise_of_best ? " (within noise of #1)" : ""}` : null,
+    ].filter(Boolean).join("<br>");
   }
 
   async function draw() {
@@ -378,7 +381,7 @@ async function searchResult(host, id, query, ctx) {
     const layout = baseLayout({
       height: 440,
       width: scatter.clientWidth || undefined,
-      xaxis: { title: { text: COST_AXES[view.x].label, font: { size: 11 } }, range: xRange, ...(view.x === "params" ? { tickformat: ".3s" } : {}) },
+      xaxis: { title: { text: [COST_AXES[view.x].label, axisBasis(view.x, data.basis)].filter(Boolean).join(", "), font: { size: 11 } }, range: xRange, ...(view.x === "params" ? { tickformat: ".3s" } : {}) },
       yaxis: { title: { text: Y_AXES[view.y], font: { size: 11 } }, range: yRange },
       margin: { l: 60, r: 14, t: 30, b: 44 },
       shapes,
@@ -425,7 +428,7 @@ async function searchResult(host, id, query, ctx) {
       .filter(([k]) => pts.some((c) => c.axes[k] !== undefined) && new Set(pts.map((c) => c.axes[k])).size > 1)
       .map(([k, label]) => ({ label, values: pts.map((c) => c.axes[k]) }));
     for (const k of Object.keys(COST_AXES)) {
-      if (pts.every((c) => Number.isFinite(c.costs?.[k]))) {
+      if (COST_AXES[k].chart !== false && pts.every((c) => Number.isFinite(c.costs?.[k]))) {
         const { unit, scale } = COST_AXES[k];
         dims.push({ label: unit, values: pts.map((c) => c.costs[k] / scale) });
       }
@@ -500,16 +503,18 @@ async function searchResult(host, id, query, ctx) {
     const hasMem = rows.some((c) => Number.isFinite(c.costs.memory));
     const hasLat = rows.some((c) => Number.isFinite(c.costs.latency));
     mount(table, h("table",
-      h("thead", h("tr", h("th", ""), h("th.num", "rank"), h("th", "cut"), h("th", "architecture"), h("th.num", "params"), hasMem ? h("th.num", "memory") : null, hasLat ? h("th.num", "latency") : null, h("th.num", "loss"), h("th.num", "ppl"), h("th", ""))),
+      h("thead", h("tr", h("th", ""), h("th.num", "rank"), h("th", "cut"), h("th", "architecture"), h("th.num", "params"), h("th.num", { title: `forward FLOPs per token, ${axisBasis("flops", data.basis)}` }, "FLOPs / tok"), hasMem ? h("th.num", { title: `weights + KV cache ${axisBasis("memory", data.basis)}` }, "memory") : null, hasLat ? h("th.num", { title: `decode time per token, ${axisBasis("latency", data.basis)}` }, "latency") : null, h("th.num", "loss"), h("th.num", { title: NOISE_TITLE }, "vs #1 ± SE"), h("th.num", "ppl"), h("th", ""))),
       h("tbody", rows.map((c) => h(`tr${picked.has(c.id) ? ".selected" : ""}`, { dataset: { candidate: c.id } },
         h("td", h("input", { type: "checkbox", checked: picked.has(c.id), dataset: { testid: "pick" }, onchange: () => togglePick(c.id) })),
         h("td.num", c.rank ?? "–"),
         h("td.nowrap", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), CUT_NAMES[c.cut] ?? c.cut),
         h("td.mono", archLine(c.axes, spec)),
         h("td.num", compact(c.costs.params)),
+        h("td.num", flops(c.costs.flops)),
         hasMem ? h("td.num", bytes(c.costs.memory)) : null,
         hasLat ? h("td.num", ms(c.costs.latency)) : null,
         h("td.num", sig(c.loss)),
+        h("td.num.nowrap", { dataset: { testid: "versus-best" } }, versusBest(c), c.within_noise_of_best ? h("span.badge.warn", { style: { marginLeft: "6px" }, title: NOISE_TITLE, dataset: { testid: "within-noise" } }, "≈ #1") : null),
         h("td.num", sig(Math.exp(c.loss))),
         h("td.nowrap", h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); openInPlanner(c.id); } }, "planner →")))))));
     if (shown().length > rows.length) table.append(h("div.hint", `${shown().length - rows.length} more not listed (all are in the charts)`));

@@ -125,13 +125,15 @@ def vanilla_loadable(spec: ArchSpec) -> bool:
     return True
 
 
-def plan_stats(plan: PrunePlan, spec: ArchSpec, context: int = 2048) -> dict:
-    """Cost of the pruned model next to the teacher's (what the dashboard previews).
+def plan_stats(plan: PrunePlan, spec: ArchSpec, context: int | None = None) -> dict:
+    """Cost of the pruned model next to the teacher's (what the dashboard previews); FLOPs/token of both
+    at `context` tokens (None: the teacher's `flops_context()`, said as `flops_context`).
 
     Works for plans with targets too (sizes only; see `resulting_spec`). Raises PlanError for a
     plan that `validate_plan` rejects only where the sizes cannot be computed at all.
     """
     new = resulting_spec(plan, spec)
+    context = spec.flops_context() if context is None else context
     teacher = spec.param_count()
     student = new.param_count()
 
@@ -146,6 +148,7 @@ def plan_stats(plan: PrunePlan, spec: ArchSpec, context: int = 2048) -> dict:
         "percent_of_teacher_total": pct(student["total"], teacher["total"]),
         "percent_of_teacher_non_embedding": pct(student["non_embedding"], teacher["non_embedding"]),
         "flops_per_token": new.flops_per_token(context),
+        "flops_context": context,
         "kv_cache_bytes_per_token": new.kv_cache_bytes_per_token(),
         "params_active": student["active"],
         "percent_of_teacher_active": pct(student["active"], teacher["active"]),

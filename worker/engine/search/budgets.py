@@ -4,7 +4,8 @@ Torch-free. Kinds and the cost each one limits:
     params=60% | 5M | 5000000     total parameters (the cost model of worker/engine/spec.py)
     params_non_embedding=50%      parameters outside the embeddings and LM head (what the depth-vs-width
                                   study holds equal)
-    memory=1.5GB@1,2048           weights + KV cache at batch 1 and context 2048, in the teacher's dtype
+    memory=1.5GB@1,2048           weights + KV cache at batch 1 and context 2048, in the teacher's stored
+                                  dtype (its checkpoint's, as its students are saved), not the scoring one
     latency=4ms@1,128             measured decode seconds per generated token (a maximum)
     prefill=20ms@1,512            measured seconds of one prefill over a batch x context prompt
     throughput=2000@8,128         measured decode tokens per second (a minimum)
@@ -97,7 +98,8 @@ def parse_budget(text: str, default_batch: int = 1, default_context: int = 128) 
 
 
 def memory_bytes(spec: ArchSpec, batch: int, context: int) -> int:
-    """Weights + KV cache of `batch` sequences of `context` tokens, in the model's dtype."""
+    """Weights + KV cache of `batch` sequences of `context` tokens, in `spec.dtype` (a search sets it to the
+    teacher's stored dtype: run_search's `stored_dtype`)."""
     w = dtype_bytes(spec.dtype)
     return spec.param_count()["total"] * w + batch * context * spec.kv_cache_bytes_per_token(
         bytes_per_value=w

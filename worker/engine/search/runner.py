@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.engine.adapters import arch_spec
+from worker.engine.memplan import dtype_bytes
 from worker.engine.plan import PrunePlan, resulting_spec
 from worker.engine.search.budgets import Budget, computed_cost, measured_cost, parse_budget
 from worker.engine.search.latency import LatencyCache
+from worker.engine.search.noise import paired_difference, within_noise
 from worker.engine.search.rate import candidates_per_minute
-from worker.engine.search.scoring import WidthGroupScorer
+from worker.engine.search.scoring import WidthGroupScorer, WindowLosses
 from worker.engine.search.settings import SearchSettings
 from worker.engine.search.space import (
     Architecture,
@@ -41,6 +43,7 @@ class SearchReport:
     space: dict
     stats: dict
     candidates: list[dict] = field(default_factory=list)
+    basis: dict = field(default_factory=dict)  # what each figure is in: `cost_basis`
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +53,7 @@ class SearchReport:
             "space": self.space,
             "stats": self.stats,
             "candidates": self.candidates,
+            "basis": self.basis,
         }
 
 
@@ -77,14 +81,18 @@ def run_search(
     progress: Progress = None,
     latency_cache: str | None = None,
     batches: list[dict] | None = None,
+    stored_dtype: str | None = None,
 ) -> SearchReport:
     """Every architecture within the budgets, ranked by held-out LM loss (see the module note).
 
     `importance`: an ImportanceResult of this teacher; `batches`: evaluation batches to use instead of
-    the settings' held-out split (tests)."""
+    the settings' held-out split (tests); `stored_dtype`: the dtype the teacher's checkpoint is in (and
+    its students are saved in), which memory and KV cache are priced in whatever dtype it is scored in
+    (`settings.dtype`); None: the model's own (loading.stored_dtype reads a checkpoint's)."""
     say = progress or (lambda done, total, message: None)
     started = time.perf_counter()
-    spec = arch_spec(model)
+    loaded = arch_spec(model)
+    spec = loaded.model_copy(update={"dtype": stored_dtype}) if stored_dtype else loaded
     scores = importance.scores()
     budgets = [parse_budget(t, settings.latency_batch, settings.latency_context) for t in settings.budgets]
     architectures = _enumerate(spec, scores, settings)
@@ -106,11 +114,28 @@ def run_search(
         _lm_eval_top(model, tokenizer, rows[: settings.lm_eval_top], settings, say)
     seconds = time.perf_counter() - started
 
-    teacher = _teacher_json(spec, teacher_arch, scoring.losses[teacher_arch.id], teacher_figures)
-    t_tokens = scoring.losses[teacher_arch.id][1]
+    teacher = _teacher_json(spec, teacher_arch, scoring.losses[teacher_arch.id].total, teacher_figures)
+    t_tokens = scoring.losses[teacher_arch.id].total[1]
     stats = _stats(len(architectures), len(fitting), len(rows), cache, t_tokens, scoring, seconds, note)
     space = _space_json(architectures, spec, settings)
-    return SearchReport(teacher, _budgets_json(budgets, limits), settings.model_dump(), space, stats, rows)
+    basis = cost_basis(spec, loaded.dtype)
+    return SearchReport(
+        teacher, _budgets_json(budgets, limits), settings.model_dump(), space, stats, rows, basis
+    )
+
+
+def cost_basis(spec, scoring_dtype: str) -> dict:
+    """What the report's figures are in: memory and KV cache in the teacher's stored dtype (a student is
+    saved and deployed in it); losses and measured latencies in the dtype the teacher was loaded in for
+    scoring (shapes are timed in it too: a CPU has no fast bfloat16 to time); FLOPs/token at the
+    teacher's context (FLOPS_CONTEXT tokens, or its positions when fewer)."""
+    return {
+        "memory_dtype": spec.dtype,
+        "kv_cache_dtype": spec.dtype,
+        "loss_dtype": scoring_dtype,
+        "latency_dtype": scoring_dtype,
+        "flops_context": spec.flops_context(),
+    }
 
 
 def _enumerate(spec, scores, settings: SearchSettings) -> list[Architecture]:
@@ -200,9 +225,9 @@ def _evaluation_batches(tokenizer, settings: SearchSettings, batches: list[dict]
 
 @dataclass
 class _Scoring:
-    """The held-out losses ({arch id: (summed NLL, tokens)}) and what they cost, for the report's stats."""
+    """The held-out losses ({arch id: its per-window losses}) and what they cost, for the report's stats."""
 
-    losses: dict[str, tuple[float, float]]
+    losses: dict[str, WindowLosses]
     layer_forwards: int
     naive_layer_forwards: int
     seconds: float
@@ -232,14 +257,29 @@ def _ranked_rows(
     for a in listed:
         student = a.spec(spec)
         assert resulting_spec(plans[a.id], spec).param_count() == student.param_count()  # one cost model
-        row = _row(a, student, spec, plans[a.id], losses[a.id], teacher_params)
+        row = _row(a, student, spec, plans[a.id], losses[a.id].total, teacher_params)
         _add_budgets(row, a, student, budgets, limits, timings, settings.tolerance)
         rows.append(row)
     rows.sort(key=lambda r: (r["loss"], -r["params"], r["id"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
         row["lm_eval"] = None
+    if rows:
+        _add_noise(rows, losses)
     return rows
+
+
+def _add_noise(rows: list[dict], losses: dict[str, WindowLosses]) -> None:
+    """Each candidate's loss difference from rank 1 and its paired standard error over the held-out
+    windows (noise.py), and whether the two are within noise of each other: a rank the sample cannot
+    tell from #1 is not a finding. Rank 1 is the reference: 0, 0 and None."""
+    best = losses[rows[0]["id"]]
+    for row in rows:
+        mine = losses[row["id"]]
+        diff, se = paired_difference(mine.nll, best.nll, best.tokens)
+        row["loss_diff_vs_best"] = diff
+        row["loss_diff_se"] = se if row["rank"] > 1 else 0.0
+        row["within_noise_of_best"] = within_noise(diff, se) if row["rank"] > 1 else None
 
 
 def _row(a: Architecture, student, spec, plan: PrunePlan, loss_sums: tuple, teacher_params: int) -> dict:
@@ -254,8 +294,8 @@ def _row(a: Architecture, student, spec, plan: PrunePlan, loss_sums: tuple, teac
         "params": student.param_count()["total"],
         "params_fraction": round(student.param_count()["total"] / teacher_params, 6),
         "params_non_embedding": student.param_count()["non_embedding"],
-        "flops_per_token": student.flops_per_token(),
-        "kv_cache_bytes_per_token": student.kv_cache_bytes_per_token(),
+        "flops_per_token": student.flops_per_token(spec.flops_context()),  # the teacher's context
+        "kv_cache_bytes_per_token": student.kv_cache_bytes_per_token(bytes_per_value=dtype_bytes(spec.dtype)),
         "memory_bytes": None,
         "latency": None,
         "budgets": {},
@@ -292,6 +332,8 @@ def _teacher_json(spec, teacher_arch: Architecture, loss_sums: tuple, figures: d
     t_nll, t_tokens = loss_sums
     return {
         "params": spec.param_count()["total"],
+        "flops_per_token": spec.flops_per_token(spec.flops_context()),
+        "kv_cache_bytes_per_token": spec.kv_cache_bytes_per_token(bytes_per_value=dtype_bytes(spec.dtype)),
         "loss": t_nll / max(t_tokens, 1.0),
         "arch": teacher_arch.axes(),
         "budgets": figures,
@@ -382,11 +424,11 @@ def _cost(b: Budget, a: Architecture, spec, model, cache, settings) -> float:
 
 
 def _score(model, spec, scores, archs: list[Architecture], batches, say) -> tuple[dict, int, int]:
-    """{arch id: (summed NLL, tokens)} with one cut model per width setting."""
+    """{arch id: its per-window losses} with one cut model per width setting."""
     groups: dict[tuple, list[Architecture]] = {}
     for a in archs:
         groups.setdefault(a.width_key(), []).append(a)
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, WindowLosses] = {}
     forwards = naive = 0
     done = 0
     for members in groups.values():

@@ -17,6 +17,7 @@ candidate in full would cost.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -82,6 +83,20 @@ def cut_copy(teacher: nn.Module, plan: PrunePlan) -> nn.Module:
     return apply_plan(copy.deepcopy(teacher, memo), plan)
 
 
+@dataclass
+class WindowLosses:
+    """Summed token NLL and target tokens of each held-out window (sample), the same windows in the same
+    order for every candidate: their sums give the loss, their pairs the noise of a difference (noise.py)."""
+
+    nll: list[float]
+    tokens: list[float]
+
+    @property
+    def total(self) -> tuple[float, float]:
+        """(summed NLL, tokens) over every window."""
+        return float(sum(self.nll)), float(sum(self.tokens))
+
+
 class WidthGroupScorer:
     """Scores candidates that share one width plan (all layers kept, widths cut) on a list of batches."""
 
@@ -95,10 +110,10 @@ class WidthGroupScorer:
         self.naive_layer_forwards = 0
 
     @torch.inference_mode()
-    def losses(self, kept: list[tuple[int, ...]], batches: list[dict]) -> list[tuple[float, float]]:
-        """(summed token NLL, target tokens) per kept-layer sequence, over all batches."""
+    def losses(self, kept: list[tuple[int, ...]], batches: list[dict]) -> list[WindowLosses]:
+        """The per-window losses of each kept-layer sequence, over all batches (windows in batch order)."""
         order = sorted(range(len(kept)), key=lambda i: kept[i])
-        sums = [[0.0, 0.0] for _ in kept]
+        sums = [WindowLosses([], []) for _ in kept]
         L = len(self.layers)
         device = next(self.model.parameters()).device
         # The recording pass runs the longest teacher prefix (layers 0..k-1, none dropped) any candidate keeps.
@@ -122,9 +137,9 @@ class WidthGroupScorer:
                 nll, tokens = token_losses(
                     self.final_norm(hidden), self.head, batch["input_ids"], batch["attention_mask"]
                 )
-                sums[i][0] += float(nll.sum())
-                sums[i][1] += float(tokens.sum())
-        return [(s, t) for s, t in sums]
+                sums[i].nll.extend(nll.tolist())
+                sums[i].tokens.extend(tokens.tolist())
+        return sums
 
 
 def _shared_prefix(a: tuple, b: tuple) -> int:

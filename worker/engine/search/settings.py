@@ -57,7 +57,9 @@ class SearchSettings(BaseModel):
         2000, ge=1, description="refuse a search with more candidates to score (after budgets and frontier)"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype the teacher is scored (and shapes timed) in"
+        "float32",
+        description="dtype the teacher is scored (and shapes timed) in; memory is priced in the teacher's "
+        "stored dtype whatever this is",
     )
 
     @field_validator("budgets")
