@@ -116,8 +116,6 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
         if value > limit:
             raise field_error(["body", "settings", name], f"{value} is over this server's limit of {limit}")
     _check_timed_shapes(body.settings, limits)
-    _check_positions(body.settings, teacher)
-    _check_feasible(body.settings, teacher)
     if body.settings.lm_eval_task is not None:  # the engine's field is any string: it is stored as text
         try:
             source_text(body.settings.lm_eval_task)
@@ -125,6 +123,8 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
             raise field_error(["body", "settings", "lm_eval_task"], str(exc)) from None
     if "data" in body.settings.model_fields_set:
         raise field_error(["body", "settings", "data"], "the held-out data is chosen by dataset_id")
+    _check_positions(body.settings, teacher)
+    _check_feasible(body.settings, teacher)  # the costliest check last: it prices the whole space
     dataset = get_or_404(
         db,
         Dataset,
