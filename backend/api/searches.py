@@ -123,14 +123,14 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
             raise field_error(["body", "settings", "lm_eval_task"], str(exc)) from None
     if "data" in body.settings.model_fields_set:
         raise field_error(["body", "settings", "data"], "the held-out data is chosen by dataset_id")
-    _check_positions(body.settings, teacher)
-    _check_feasible(body.settings, teacher)  # the costliest check last: it prices the whole space
     dataset = get_or_404(
         db,
         Dataset,
         body.dataset_id or run.dataset_id,
         field=("body", "dataset_id") if body.dataset_id else None,
     )
+    _check_positions(body.settings, teacher)
+    _check_feasible(body.settings, teacher)  # the costliest check last: it prices the whole space
     settings = body.settings.model_copy(update={"data": dataset.source})
     params = {
         "settings": settings.model_dump(mode="json"),
