@@ -16,6 +16,7 @@ from backend.errors import Conflict, NotFound
 from backend.models import Artifact, Job, Plan
 from backend.settings import Settings
 from worker.engine import eval_protocol
+from worker.engine.search.settings import parse_budget
 
 REPORT_FILE = "search.json"
 ARTIFACT_KIND = "search"
@@ -62,6 +63,17 @@ def costs(item: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def _with_over_limit(budgets: dict[str, Any]) -> dict[str, Any]:
+    """Each budget's figures with `over_limit`, the fraction past the bare limit (0 within it): a report
+    written before the engine gave it gets it here, by the engine's own rule (Budget.over_limit)."""
+    out = {}
+    for text, b in budgets.items():
+        if "over_limit" not in b and b.get("value") is not None and b.get("limit") is not None:
+            b = {**b, "over_limit": parse_budget(text).over_limit(b["value"], b["limit"])}
+        out[text] = b
+    return out
+
+
 def candidate_out(c: dict[str, Any], *, with_plan: bool = False) -> dict[str, Any]:
     """One candidate, flat: its axes (heads as `num_heads`, as the teacher's spec names them), `costs`,
     loss and perplexity; the plan (explicit removals, large for big models) only when asked for."""
@@ -83,7 +95,7 @@ def candidate_out(c: dict[str, Any], *, with_plan: bool = False) -> dict[str, An
         "loss_diff_vs_best": c.get("loss_diff_vs_best"),
         "loss_diff_se": c.get("loss_diff_se"),
         "within_noise_of_best": c.get("within_noise_of_best"),
-        "budgets": c.get("budgets") or {},
+        "budgets": _with_over_limit(c.get("budgets") or {}),
         "within_budget": True,  # the engine lists only candidates within every budget
     }
     if with_plan:
@@ -92,26 +104,37 @@ def candidate_out(c: dict[str, Any], *, with_plan: bool = False) -> dict[str, An
 
 
 def summary(job: Job, report: dict[str, Any]) -> dict[str, Any]:
-    """Everything the search view draws: the teacher as reference point, each budget's limit by cost
-    axis, the search space, the engine's statistics and every candidate (without plans)."""
+    """Everything the search view draws: the teacher as reference point (with its figure of each budget),
+    each budget's limit by its text, the search space, the engine's statistics and every candidate
+    (without plans)."""
     teacher = report.get("teacher") or {}
-    limits: dict[str, float] = {}
-    for b in report.get("budgets") or []:
-        limits.setdefault(b["kind"], b["limit"])
+    budgets = report.get("budgets") or []
+    reference = {**costs(teacher), "loss": teacher.get("loss"), "axes": teacher.get("arch")}
+    # The teacher's figure of each budget (its memory at the budget's batch and context, its timing):
+    # the axis of a kind the teacher's own report entry has no figure for takes its first budget's.
+    figures = teacher.get("budgets") or {}
+    for b in budgets:
+        if reference.get(b["kind"]) is None and figures.get(b["text"]) is not None:
+            reference[b["kind"]] = figures[b["text"]]
     return {
         "job_id": job.id,
         "teacher_id": job.teacher_id,
         "importance_run_id": job.importance_run_id,
         "top_k": (job.params or {}).get("top_k"),
-        "reference": {**costs(teacher), "loss": teacher.get("loss"), "axes": teacher.get("arch")},
+        "reference": {**reference, "budgets": figures},
         # What every loss here (the teacher's too) was measured on: the search's own sample, not the
         # teacher's evaluation protocol, so the view says so beside each figure.
         "protocol": eval_protocol.of_job("search", job.params or {}),
-        "budgets": limits,
+        # By budget text, as each candidate's `budgets` are: two memory budgets at other batches or
+        # contexts are two entries (keyed by kind, the second was lost).
+        "budgets": {
+            b["text"]: {k: b.get(k) for k in ("kind", "limit", "batch", "context", "minimum")}
+            for b in budgets
+        },
         # The margin the engine let costs exceed those limits by (SearchSettings.tolerance, as this search
         # ran): the chart draws it, so winners past the bare limit do not look over budget.
         "tolerance": (report.get("settings") or {}).get("tolerance"),
-        "budget_texts": [b.get("text") for b in report.get("budgets") or []],
+        "budget_texts": [b.get("text") for b in budgets],
         "basis": report.get("basis") or {},
         "space": report.get("space") or {},
         "stats": report.get("stats") or {},

@@ -103,6 +103,8 @@ def run_search_job(rt: JobRuntime, job) -> dict[str, Any]:
         "enumerated": stats.get("enumerated"),
         "within_budget": stats.get("within_budget"),
         "candidates_per_minute": stats.get("candidates_per_minute"),
+        "rate_note": stats.get("rate_note"),  # why there is no rate (rate.py), for the dashboard's "—"
+        "note": stats.get("note"),  # why nothing was listed, when nothing was
         "seconds": stats.get("seconds", time.monotonic() - started),
         "teacher_loss": (report.get("teacher") or {}).get("loss"),
         "best": {k: best.get(k) for k in ("id", "cut", "loss", "params")} if best else None,

@@ -17,13 +17,17 @@ from backend.api.plans import create_plan
 from backend.deps import Page, PathId, QueryId, field_error, get_db, get_or_404, get_settings
 from backend.dispatch import choose_queue
 from backend.errors import Conflict, fields_at
+from backend.limits import check_positions
 from backend.models import Dataset, ImportanceRun, Job, Plan
 from backend.plan_names import PlanNameTaken
 from backend.responses import JobOut, PlanOut
 from backend.schemas import OnDevice, PlanCreate, RowId, source_text
 from backend.settings import Settings
+from worker.engine.memplan import dtype_bytes, spec_from_summary
 from worker.engine.plan import PrunePlan
+from worker.engine.search.feasible import nothing_fits_computed
 from worker.engine.search.settings import SearchSettings, parse_budget  # parse_budget: the engine's own
+from worker.engine.spec import spec_max_positions
 
 router = APIRouter(tags=["search"])
 
@@ -78,7 +82,10 @@ class Candidate(BaseModel):
         description="|loss_diff_vs_best| < 2 loss_diff_se: the sample cannot order it and rank 1 (None for "
         "rank 1)",
     )
-    budgets: dict[str, Any] = Field(description="per budget: value, limit, fits")
+    budgets: dict[str, Any] = Field(
+        description="per budget text: value, limit, fits (within the tolerance) and over_limit (the "
+        "fraction past the bare limit the tolerance let in; 0 within it)"
+    )
     within_budget: bool
     plan: dict[str, Any] | None = Field(
         None, description="the PrunePlan (explicit removals); single reads only"
@@ -90,13 +97,18 @@ class SearchCandidates(BaseModel):
     teacher_id: int | None
     importance_run_id: int | None
     top_k: int | None
-    reference: dict[str, Any] = Field(description="the teacher's costs and loss, as measured by the search")
+    reference: dict[str, Any] = Field(
+        description="the teacher's costs and loss, as measured by the search; `budgets`: its figure of "
+        "each budget, by budget text"
+    )
     protocol: dict[str, Any] | None = Field(
         None,
         description="what every loss of the search (the teacher's too) was measured on: its sample of the "
         "held-out data (worker/engine/eval_protocol.py sample_record)",
     )
-    budgets: dict[str, float] = Field(description="the limit of each budget, by cost axis")
+    budgets: dict[str, dict[str, Any]] = Field(
+        description="each budget by its text: kind (the cost axis), limit, batch and context, minimum"
+    )
     tolerance: float | None = Field(
         None, description="fraction a cost may exceed its limit by (the search's settings.tolerance)"
     )
@@ -143,6 +155,8 @@ def create_search(body: SearchCreate, request: Request, db: Session = Depends(ge
         body.dataset_id or run.dataset_id,
         field=("body", "dataset_id") if body.dataset_id else None,
     )
+    _check_positions(body.settings, teacher)
+    _check_feasible(body.settings, teacher)  # the costliest check last: it prices the whole space
     settings = body.settings.model_copy(update={"data": dataset.source})
     params = {
         "settings": settings.model_dump(mode="json"),
@@ -190,6 +204,51 @@ def _check_timed_shapes(settings: SearchSettings, limits: Settings) -> None:
                     ["body", "settings", *(("budgets", i) if own else (default,))],
                     f"budget {text!r}: {what} is over this server's limit of {limit} (PRUNESCOPE_{variable})",
                 )
+
+
+def _check_positions(settings: SearchSettings, teacher) -> None:
+    """The held-out windows, a memory budget's context (its KV cache) and a timed budget's prompt + decoded
+    tokens within the teacher's positions (its stored spec's; unknown: nothing to check), as importance
+    and distillation jobs are: past them a RoPE model is scored on positions it never saw, and a latency
+    search at 2048 on a 512-position teacher was estimated at 98 minutes. 422 at the field."""
+    model = f"teacher {teacher.id}"
+    check_positions(teacher.spec or {}, settings.eval_seq_len, ["body", "settings", "eval_seq_len"], model)
+    limit = spec_max_positions(teacher.spec or {})
+    if not limit:
+        return
+    for i, text in enumerate(settings.budgets):
+        budget = parse_budget(text, settings.latency_batch, settings.latency_context)
+        if budget.context is None:
+            continue  # a parameter budget has no context
+        tokens = budget.context + (settings.latency_new_tokens if budget.measured else 0)
+        if tokens > limit:
+            what = f"context {budget.context}" + (
+                f" + {settings.latency_new_tokens} decoded tokens" if budget.measured else ""
+            )
+            raise field_error(
+                ["body", "settings", *(("budgets", i) if "@" in text else ("latency_context",))],
+                f"budget {text!r}: {what} is over the {limit} positions of {model}; at most {limit}",
+                nearby=[limit - (tokens - budget.context)],
+            )
+
+
+def _check_feasible(settings: SearchSettings, teacher) -> None:
+    """Parameter and memory budgets no architecture of the space meets, refused before a job loads the
+    teacher to find nothing (worker/engine/search/feasible.py, torch-free on the stored spec): 422 at
+    the budget, in the words the engine's empty report would use. Priced in the smaller of the search's
+    and the checkpoint's dtypes, so that a budget in bytes is never refused that the search could meet."""
+    try:
+        spec = spec_from_summary(teacher.spec or {})
+    except ValueError:
+        return  # a spec stored before its fields existed: the job checks
+    cheaper = min((settings.dtype, spec.dtype), key=lambda d: dtype_bytes(d) if d else 99)
+    try:
+        refused = nothing_fits_computed(spec.model_copy(update={"dtype": cheaper}), settings)
+    except ValueError:
+        return  # a teacher the search does not cover (mixture of experts, uneven layers): the job says so
+    if refused is not None:
+        index, message = refused
+        raise field_error(["body", "settings", "budgets", index], message)
 
 
 @router.get("/searches")

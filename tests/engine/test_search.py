@@ -207,6 +207,31 @@ def test_a_budget_nothing_meets_says_how_small_the_space_goes():
     assert "loosen the cut limits" in report["stats"]["note"]
 
 
+@pytest.mark.parametrize(
+    ("budgets", "words"),
+    [
+        (["params=10%"], "the fewest parameters"),
+        (["params=60%"], None),
+        (["memory=5%@1,8"], "the least memory"),
+        (["params=80%", "params_non_embedding=5%"], "the fewest non-embedding parameters"),
+    ],
+)
+def test_the_submit_check_agrees_with_the_search_and_words_the_note_per_kind(budgets, words):
+    """feasible.nothing_fits_computed (what POST /searches and the CLI refuse up front, torch-free on the
+    spec) refuses exactly the budgets the search lists nothing for, and both name the budget's own
+    measure, not "the smallest parameter count" for every kind (audit 18)."""
+    from worker.engine.search.feasible import nothing_fits_computed
+
+    model, _, _, report = search(budgets=budgets)
+    refused = nothing_fits_computed(arch_spec(model), settings(budgets=budgets))
+    assert (refused is not None) == (report["candidates"] == []) == (words is not None), report["stats"]
+    if words:
+        note = report["stats"]["note"]
+        assert note.split(":")[0] == refused[1].split(":")[0], (note, refused)
+        assert f": {words} any architecture of the space reaches (" in note, note
+        assert f": {words} any architecture of the space reaches is " in refused[1], refused
+
+
 def test_bad_budgets_and_settings_name_the_field():
     for text, words in [
         ("params", "KIND=VALUE"),

@@ -88,6 +88,14 @@ def test_table_marks_the_top_candidates(tiny_teacher_dir, importance_run, capsys
         # Past the model's positions (GPT-2's position table failed with a traceback, RoPE scored them).
         (["--budget", "params=60%", "--eval-seq-len", "300"], "--eval-seq-len"),  # 256 positions
         (["--budget", "latency=90%@1,100000"], "--budget"),
+        (["--budget", "memory=90%@1,100000"], "--budget"),  # a KV cache of 100000 positions: none
+        # A parameter budget nothing of the space meets: refused before any scoring (feasible.py).
+        (["--budget", "params=5%", *FAST], "--budget"),
+        # More held-out windows than the validation split holds: the flag, the split (not "calibration").
+        (
+            ["--budget", "params=70%", *FAST, "--eval-samples", "4000", "--eval-seq-len", "256"],
+            "--eval-samples",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error_naming_the_flag(tiny_teacher_dir, importance_run, capsys, argv, flag):
@@ -97,6 +105,53 @@ def test_bad_input_is_a_one_line_error_naming_the_flag(tiny_teacher_dir, importa
     assert last.startswith(f"prunescope search: error: {flag}:") and "Traceback" not in err, err
     if "latency=90%@1,100000" in argv:  # the budget's own tokens are not its text: say what was counted
         assert "--budget: latency=90%@1,100000: its prompt + decoded 100" in last, last
+    if "memory=90%@1,100000" in argv:
+        assert "--budget: memory=90%@1,100000: its context of 100000 tokens exceed the 256 positions" in last
+    if "params=5%" in argv:
+        assert "no architecture of the space meets params=5%: the fewest parameters" in last, last
+        assert "[search]" not in err, err  # nothing was scored
+    if "4000" in argv:
+        assert "--eval-samples: 4000 is too many; only " in last and " validation windows" in last, last
+
+
+def test_an_empty_search_fails_with_the_note_worded_for_its_budget(tiny_teacher_dir, importance_run, capsys):
+    """A measured budget no shape meets (a microsecond per token) is known only once timed: the search runs,
+    lists nothing and exits non-zero with the engine's note, which speaks of decode speed (not of the
+    parameter count)."""
+    code, out, err = run(
+        capsys, "search", tiny_teacher_dir, "--importance", importance_run, "--budget", "latency=1us@1,8",
+        "--latency-cache", importance_run.parent / "latency.json", *FAST,
+    )  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "note: no architecture" in out, (out, err)
+    assert last.startswith(
+        "prunescope search: error: --budget: no architecture of the space meets latency=1us@1,8"
+    )
+    assert "the fastest decode any architecture of the space reaches" in last, last
+
+
+def test_candidates_over_the_bare_limit_are_marked_and_progress_counts_candidates(
+    tiny_teacher_dir, importance_run, capsys
+):
+    """The tolerance lets candidates past the stated budget: --json gives each budget's `over_limit`
+    (fraction past the bare limit), the table marks those rows; "[search] scored" counts candidates, the
+    teacher (scored as the reference) beside them."""
+    argv = ["search", tiny_teacher_dir, "--importance", importance_run, "--budget", "params=70%",
+            "--tolerance", "0.2", *FAST]  # fmt: skip
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    over = 0
+    for c in report["candidates"]:
+        b = c["budgets"]["params=70%"]
+        assert b["fits"] and b["over_limit"] == round(max(b["value"] - b["limit"], 0) / b["limit"], 6)
+        over += b["over_limit"] > 0
+    assert over, "the frontier of a 20% tolerance holds candidates past the bare limit"
+    n = len(report["candidates"])
+    assert f"[search] scored {n}/{n} candidates (+ the teacher)" in err, err
+    code, out, err = run(capsys, *argv)
+    rows = [line for line in out.splitlines() if "over params=70%, within tolerance)" in line]
+    assert code == 0 and len(rows) == over, out
 
 
 def test_missing_importance_run_names_the_flag(tiny_teacher_dir, tmp_path, capsys):

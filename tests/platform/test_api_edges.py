@@ -507,8 +507,9 @@ def test_a_searchs_timed_shapes_stay_within_the_servers_limits(client, api_env, 
         entry = only_entry(client.post("/api/v1/searches", json=body), 422)
         assert entry["loc"] == ["body", "settings", *loc] and words in entry["msg"], (settings, entry)
     assert counts(url) == before
-    # Computed budgets run nothing at their shape; a measured one within the limits is queued.
-    for budgets in ([f"memory=2GB@{batch + 1},{seq}"], [f"latency=5ms@{batch},{seq - 16}"]):
+    # Computed budgets run nothing at their shape; a measured one within the limits is queued. Both within
+    # the tiny teacher's 128 positions (past them is refused too: tests/platform/test_search_submit_checks.py).
+    for budgets in ([f"memory=2GB@{batch + 1},128"], [f"latency=5ms@{batch},{128 - 16}"]):
         r = client.post(
             "/api/v1/searches", json={"importance_run_id": rows["run"], "settings": {"budgets": budgets}}
         )

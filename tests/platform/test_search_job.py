@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import SEARCH_SETTINGS
 from tests.platform.helpers import read_sse
 from worker.engine.plan import PrunePlan, plan_stats, validate_plan
-from worker.engine.search.rate import MIN_CANDIDATES, MIN_SECONDS, candidates_per_minute
+from worker.engine.search.rate import MIN_CANDIDATES, MIN_SECONDS, candidates_per_minute, no_rate_reason
 from worker.engine.spec import ArchSpec
 
 SETTINGS = SEARCH_SETTINGS
@@ -45,7 +45,7 @@ def test_every_candidate_comes_back_valid_within_budget_and_ranked(live_app, run
     assert search["result"]["top"] == [c["id"] for c in cands[:3]]
     spec = spec_of(run["teacher"])
     teacher_params = plan_stats(PrunePlan(), spec)["params_total"]
-    limit = data["budgets"]["params"]
+    limit = data["budgets"]["params=80%"]["limit"]  # by budget text (SEARCH_SETTINGS)
     assert limit == pytest.approx(0.8 * teacher_params)
     assert data["reference"]["params"] == teacher_params
     assert [c["rank"] for c in cands] == list(range(1, len(cands) + 1))
@@ -116,6 +116,10 @@ def test_a_rate_is_given_only_after_enough_candidates_over_enough_seconds():
     assert candidates_per_minute(MIN_CANDIDATES - 1, 60.0) is None  # too few candidates
     assert candidates_per_minute(1000, MIN_SECONDS / 10) is None  # too short a time
     assert candidates_per_minute(0, 0.0) is None
+    # The "—" says its real reason: 9 candidates in 2 minutes is too few, not too quick (audit 18).
+    assert no_rate_reason(MIN_CANDIDATES - 1, 120.0) == "too few candidates to rate: 9, fewer than 10"
+    assert no_rate_reason(1000, MIN_SECONDS / 10) == "too quick to time: under 5 s of scoring"
+    assert no_rate_reason(MIN_CANDIDATES, MIN_SECONDS) is None
 
 
 def test_a_candidate_becomes_one_saved_plan(live_app, run, search):

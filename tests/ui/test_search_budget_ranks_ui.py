@@ -36,7 +36,7 @@ def test_the_pareto_chart_shades_the_tolerance_the_engine_applied(page, live_app
     # The API sends the tolerance the search ran with (the engine's default here: the request gave none).
     applied = SearchSettings.model_validate(job["params"]["settings"]).tolerance
     assert data["tolerance"] == applied > 0
-    budget = data["budgets"]["params"]
+    (budget,) = [b["limit"] for b in data["budgets"].values() if b["kind"] == "params"]
     limit = budget * (1 + applied)
     open_search(page, live_app, shared_search)
     layout = page.evaluate("document.querySelector('[data-testid=pareto-plot]').layout")

@@ -66,7 +66,8 @@ def test_pareto_scatter_shows_every_candidate_and_the_front(page, live_app, sear
     assert front["ids"] == pareto_ids(cands)
     # The budget line sits at the params limit; the teacher is the star to the right of it.
     teacher = next(t for t in traces if t["name"] == "teacher")
-    assert teacher["x"] == [search["data"]["reference"]["params"]] > [search["data"]["budgets"]["params"]]
+    (limit,) = [b["limit"] for b in search["data"]["budgets"].values() if b["kind"] == "params"]
+    assert teacher["x"] == [search["data"]["reference"]["params"]] > [limit]
     dims = page.locator("[data-testid=parcoords-plot]").get_attribute("data-dimensions").split(",")
     assert "layers" in dims and dims[-1] == "loss" and "M params" in dims
     # Perplexity on y: the same points, exp(loss).

@@ -122,6 +122,19 @@ def _check_lengths(settings, configs: dict) -> None:
         if budget.measured:  # timed on a prompt of its context, then latency_new_tokens decoded
             tokens = budget.context + settings.latency_new_tokens
             check_positions("--budget", tokens, configs, what=f"{budget.text}: its prompt + decoded ")
+        elif budget.context is not None:  # memory: a KV cache of that context the model cannot hold
+            check_positions("--budget", budget.context, configs, what=f"{budget.text}: its context of ")
+
+
+def _check_feasible(settings, model) -> None:
+    """Parameter and memory budgets no architecture of the space meets, refused before the scoring
+    (worker/engine/search/feasible.py, the API's check too)."""
+    from worker.engine.adapters import arch_spec
+    from worker.engine.search.feasible import nothing_fits_computed
+
+    refused = nothing_fits_computed(arch_spec(model), settings)
+    if refused is not None:
+        raise CliError(f"--budget: {refused[1]}")
 
 
 def cmd_search(args) -> int:
@@ -150,19 +163,26 @@ def cmd_search(args) -> int:
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer: the held-out text cannot be tokenised")
     _check_lengths(settings, {args.model: model.config})
+    _check_feasible(settings, model)
 
     def progress(done: int, total: int, message: str) -> None:
         say(f"[search] {message}")
 
-    report = run_search(
-        model,
-        tokenizer,
-        importance,
-        settings,
-        progress=progress,
-        latency_cache=args.latency_cache,
-        stored_dtype=stored_dtype(args.model),  # memory priced as the students are saved, not as scored
-    ).to_json()
+    try:
+        report = run_search(
+            model,
+            tokenizer,
+            importance,
+            settings,
+            progress=progress,
+            latency_cache=args.latency_cache,
+            stored_dtype=stored_dtype(args.model),  # memory priced as the students are saved, not as scored
+        ).to_json()
+    except ValueError as exc:  # the engine's "FIELD: ..." names a setting: say its flag
+        field, sep, rest = str(exc).partition(": ")
+        if sep and field in FLAGS:
+            raise CliError(f"{FLAGS[field]}: {rest}") from None
+        raise
     report["importance_run"] = str(args.importance)
     report["teacher_source"] = str(args.model)
     if out is not None:
@@ -171,6 +191,8 @@ def cmd_search(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_table(report, args.top if args.top else None)
+    if not report["candidates"]:  # a script must not read an empty search as a result
+        raise CliError(f"--budget: {report['stats'].get('note') or 'no architecture meets the budgets'}")
     return 0
 
 
@@ -233,6 +255,7 @@ def _print_table(report: dict, top: int | None) -> None:
             f"{100 * c['params_fraction']:>5.1f}% {c['flops_per_token'] / 1e9:>9.4f} {memory:>10} {latency:>7} "
             f"{c['loss']:>8.4f} {_versus_best(c):>17} {c['perplexity']:>9.2f}  {c['id']}"
             + (f"  {lm_eval}" if lm_eval else "")
+            + _over(c)
         )
     if len(report["candidates"]) > 1:
         print(
@@ -258,6 +281,17 @@ def _versus_best(c: dict) -> str:
     if se is None:
         return f"{c['loss_diff_vs_best']:+.4f}"
     return f"{c['loss_diff_vs_best']:+.4f} ± {se:.4f}" + (" ~" if c.get("within_noise_of_best") else "  ")
+
+
+def _over(candidate: dict) -> str:
+    """The budgets a candidate is past the bare limit of (the tolerance let it in): '  (+0.9% over params=60%,
+    within tolerance)', so a winner over the stated budget does not pass for one within it."""
+    over = [
+        f"+{100 * b['over_limit']:.1f}% over {text}"
+        for text, b in candidate["budgets"].items()
+        if b.get("over_limit")
+    ]
+    return f"  ({', '.join(over)}, within tolerance)" if over else ""
 
 
 def register(subparsers) -> None:

@@ -215,13 +215,21 @@ def _pad_id(tokenizer) -> int:
 
 
 def calibration_batches(
-    tokenizer, documents: Sequence[str], *, seq_len: int, num_samples: int, batch_size: int, seed: int
+    tokenizer,
+    documents: Sequence[str],
+    *,
+    seq_len: int,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    split: str = "calibration",
 ) -> list[dict]:
     """`num_samples` windows of at most `seq_len` tokens, in batches of `batch_size`.
 
     Every document is cut into consecutive windows of `seq_len` tokens (its last, shorter window kept);
     a seeded permutation picks `num_samples` of them. Short windows are right-padded with the pad id and
-    their padding is 0 in `attention_mask`. Raises ValueError when fewer windows exist than requested.
+    their padding is 0 in `attention_mask`. Raises ValueError when fewer windows exist than requested,
+    naming `split` (the documents' split: a search scores the validation one).
     """
     import numpy as np
     import torch
@@ -237,7 +245,7 @@ def calibration_batches(
     ]
     if len(windows) < num_samples:
         raise ValueError(
-            f"only {len(windows)} calibration windows of {seq_len} tokens in {len(documents)} documents; "
+            f"only {len(windows)} {split} windows of {seq_len} tokens in {len(documents)} documents; "
             f"ask for at most {len(windows)} samples or use a shorter seq_len"
         )
     order = np.random.default_rng(seed).permutation(len(windows))[:num_samples]

@@ -4,7 +4,7 @@
 // Click a point to open it in the planner; shift-click points (or tick rows) to pick a bake-off.
 // URL: #/search?run=<importance run>  (start + list) · #/search/<job id>?x=params|memory|latency&y=loss|ppl
 
-import { api, showError } from "../api.js";
+import { api, ApiError, showError } from "../api.js";
 import { field, linkRow, progressBar, readForm, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount, segmented, toast } from "../dom.js";
 import { bytes, compact, duration, flops, ms, parseCount, pct, sig, when } from "../format.js";
@@ -95,7 +95,7 @@ async function searchHome(host, query, ctx) {
       const job = await api.post("/searches", body);
       go("search", [job.id]);
     } catch (e) {
-      showError(err, e, form, { fieldFor: searchFieldFor });
+      showError(err, inPercent(e), form, { fieldFor: searchFieldFor });
     }
   });
   form.append(err);
@@ -126,6 +126,35 @@ export function searchFieldFor(path, msg) {
   if (!path.includes("budgets")) return null;
   const kind = String(msg).match(/budget '(\w+)/)?.[1];
   return ["params", "memory", "latency"].includes(kind) ? `budget_${kind}` : "budget_params";
+}
+
+// The form's inputs in % that the API takes as fractions (readForm's value / 100 above).
+const PERCENT_FIELDS = ["tolerance", "max_depth_cut", "max_width_cut"];
+const BOUNDS = { "less than or equal to": "at most", "greater than or equal to": "at least", "less than": "under", "greater than": "over" };
+
+/** A fraction's bound in the API's words ("Input should be less than or equal to 0.5") as the % field
+ * it came from reads it ("at most 50 %"); any other message unchanged. */
+export function percentMessage(msg) {
+  const m = String(msg).match(/^Input should be (less than or equal to|greater than or equal to|less than|greater than) (-?[\d.]+)$/);
+  return m ? `${BOUNDS[m[1]]} ${+(100 * Number(m[2])).toFixed(4)} %` : msg;
+}
+
+function inPercent(err) {
+  if (!(err instanceof ApiError) || !Array.isArray(err.detail)) return err;
+  for (const item of err.detail) if (PERCENT_FIELDS.includes(String(item.loc?.at(-1)))) item.msg = percentMessage(item.msg);
+  return err;
+}
+
+/** Each budget's limit by its text (GET /searches/{id}/candidates `budgets`) -> the limit drawn on cost axis
+ * `axis`: its first budget of that kind, whose figure a candidate's cost on that axis is (search_results.costs). */
+export function budgetLimit(budgets, axis) {
+  return Object.values(budgets || {}).find((b) => b.kind === axis)?.limit;
+}
+
+/** "+0.9% over params=60%, within tolerance" for each budget a candidate is past the bare limit of. */
+export function overLimitText(budgets) {
+  const over = Object.entries(budgets || {}).filter(([, b]) => b.over_limit > 0);
+  return over.length ? `${over.map(([text, b]) => `+${(100 * b.over_limit).toFixed(1)}% over ${text}`).join(", ")}, within tolerance` : "";
 }
 
 function budgetText(budgets) {
@@ -160,7 +189,8 @@ function searchFormFields(runs, teachers, runId) {
     h("div.form-grid",
       h("div", { style: { gridColumn: "1 / -1" } }, field({ name: "importance_run_id", label: "Importance run (teacher and its scores)", options: runs.map((r) => [r.id, label(r)]), value: runId ?? runs[0]?.id })),
     ),
-    h("h3.section-title", "Budgets (any of them: a share of the teacher, or an amount)"),
+    // "any of them" read as OR: the engine keeps what meets every budget given.
+    h("h3.section-title", "Budgets (all of those given must hold: each a share of the teacher, or an amount)"),
     h("div.form-grid",
       field({ name: "budget_params", label: "parameters ≤", placeholder: "60% or 5.8M", value: "60%", title: "total parameters: 60% of the teacher, or a count such as 5.8M" }),
       field({ name: "budget_memory", label: "memory ≤", placeholder: "70% or 1.2GB", title: "weights + KV cache at the batch and context on the right (70% of the teacher's, or 800MB, 1.2GB, 2GiB)" }),
@@ -262,10 +292,15 @@ async function searchResult(host, id, query, ctx) {
             // "4 · 8 within the budget" read as a contradiction: say the scored ones are some of those in budget.
             card("candidates scored", compact(r.candidates), scoredLine(r, job.params?.settings), "scored"),
             // No rate from a fraction of a second (the worker gives none: worker/engine/search/rate.py).
-            card("candidates / minute", rate === null ? "—" : sig(rate, 3), r.seconds ? `in ${duration(r.seconds)}${rate === null ? " (too quick to time)" : ""}` : "", "rate"),
+            // Why there is no rate, as the worker says it (rate.py: too few candidates, or too short a time).
+            card("candidates / minute", rate === null ? "—" : sig(rate, 3), r.seconds ? `in ${duration(r.seconds)}${rate === null && r.rate_note ? ` (${r.rate_note})` : ""}` : "", "rate"),
             card("best loss", best ? sig(best.loss) : "–", data?.reference?.loss ? [`teacher ${sig(data.reference.loss)} `, protocolNote(data.protocol, { testid: "best-protocol", prefix: "both on " })] : "", "best"),
             card("best candidate", best ? `${compact(best.costs?.params)} params` : "–", best ? archLine(best.axes, spec) : "", "best-arch"))
         : h("div.stack", { style: { gap: "6px" } }, progressBar(job, { big: true }), statusReason(job, { testid: "search-error" })),
+      // An empty search says why (the engine's note: which budget nothing meets, how close the space gets).
+      job.status === "succeeded" && !r.candidates && (r.note || data?.stats?.note)
+        ? h("div.error-msg", { dataset: { testid: "search-note" } }, "Nothing fits: ", r.note || data.stats.note)
+        : null,
     );
   }
   function card(label, value, delta, testid) {
@@ -349,7 +384,7 @@ async function searchResult(host, id, query, ctx) {
     if (ref && Number.isFinite(ref[view.x]) && Number.isFinite(ref.loss)) {
       traces.push({ type: "scatter", mode: "markers+text", name: "teacher", x: [ref[view.x]], y: [view.y === "ppl" ? Math.exp(ref.loss) : ref.loss], text: ["teacher"], textposition: "middle left", textfont: { color: "#8a96a8", size: 10 }, hovertemplate: `teacher · ${archLine(spec, spec)}<br>loss %{y:.4g}<extra></extra>`, marker: { symbol: "star", size: 13, color: "#fde725" } });
     }
-    const budget = data.budgets?.[view.x];
+    const budget = budgetLimit(data.budgets, view.x);
     // The engine lets a cost exceed its budget by the search's tolerance (budgets.py `fits`): shade that
     // margin up to the effective limit, or candidates "within the budget" sit right of the line.
     const tol = Number.isFinite(budget) && data.tolerance > 0 ? data.tolerance : 0;
@@ -509,7 +544,7 @@ async function searchResult(host, id, query, ctx) {
         h("td.num", c.rank ?? "–"),
         h("td.nowrap", h("span", { style: { color: CUT_COLORS[c.cut] } }, "● "), CUT_NAMES[c.cut] ?? c.cut),
         h("td.mono", archLine(c.axes, spec)),
-        h("td.num", compact(c.costs.params)),
+        h("td.num", compact(c.costs.params), overLimitText(c.budgets) ? h("div.hint.nowrap", { dataset: { testid: "over-limit" } }, overLimitText(c.budgets)) : null),
         h("td.num", flops(c.costs.flops)),
         hasMem ? h("td.num", bytes(c.costs.memory)) : null,
         hasLat ? h("td.num", ms(c.costs.latency)) : null,

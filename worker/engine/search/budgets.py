@@ -61,6 +61,14 @@ class Budget:
             return value >= limit * (1 - tolerance)
         return value <= limit * (1 + tolerance)
 
+    def over_limit(self, value: float, limit: float) -> float:
+        """How far past the bare limit `value` is, as a fraction of it (0 when within it): a candidate
+        the tolerance lets in (`fits`) can still be over the stated budget, and the report says so."""
+        if not limit > 0:
+            return 0.0
+        past = (limit - value) if self.is_minimum else (value - limit)
+        return round(max(past, 0.0) / limit, 6)
+
 
 def parse_budget(text: str, default_batch: int = 1, default_context: int = 128) -> Budget:
     """`KIND=VALUE[UNIT][@BATCH,CONTEXT]` -> Budget; ValueError with a sentence for anything else."""

@@ -17,3 +17,13 @@ def candidates_per_minute(scored: int, seconds: float) -> float | None:
     if scored < MIN_CANDIDATES or not seconds >= MIN_SECONDS:
         return None
     return round(60.0 * scored / seconds, 1)
+
+
+def no_rate_reason(scored: int, seconds: float) -> str | None:
+    """Why `candidates_per_minute` gave no rate, in words the dashboard shows beside its "—" (None when
+    it gave one): too few candidates is the usual reason in a small search, not a short time."""
+    if scored < MIN_CANDIDATES:
+        return f"too few candidates to rate: {scored}, fewer than {MIN_CANDIDATES}"
+    if not seconds >= MIN_SECONDS:
+        return f"too quick to time: under {MIN_SECONDS:g} s of scoring"
+    return None

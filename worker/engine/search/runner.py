@@ -17,9 +17,10 @@ from worker.engine.adapters import arch_spec
 from worker.engine.memplan import dtype_bytes
 from worker.engine.plan import PrunePlan, resulting_spec
 from worker.engine.search.budgets import Budget, computed_cost, measured_cost, parse_budget
+from worker.engine.search.feasible import LOOSEN, smallest
 from worker.engine.search.latency import LatencyCache
 from worker.engine.search.noise import paired_difference, within_noise
-from worker.engine.search.rate import candidates_per_minute
+from worker.engine.search.rate import candidates_per_minute, no_rate_reason
 from worker.engine.search.scoring import WidthGroupScorer, WindowLosses
 from worker.engine.search.settings import SearchSettings
 from worker.engine.search.space import (
@@ -31,7 +32,6 @@ from worker.engine.search.space import (
 )
 
 Progress = Callable[[int, int, str], None] | None
-PARAMS = parse_budget("params=100%")  # prices the smallest architecture for the "nothing fits" note
 MAX_ARCHITECTURES = 2_000_000  # enumerated (cheap, torch-free); what is scored is capped by max_candidates
 
 
@@ -62,14 +62,19 @@ def heldout_batches(tokenizer, settings: SearchSettings) -> list[dict]:
     the importance scores came from, by default)."""
     from worker.engine.data import calibration_batches, read_documents
 
-    return calibration_batches(
-        tokenizer,
-        read_documents(settings.data, settings.split),
-        seq_len=settings.eval_seq_len,
-        num_samples=settings.eval_samples,
-        batch_size=settings.eval_batch_size,
-        seed=settings.seed,
-    )
+    documents = read_documents(settings.data, settings.split)
+    try:
+        return calibration_batches(
+            tokenizer,
+            documents,
+            seq_len=settings.eval_seq_len,
+            num_samples=settings.eval_samples,
+            batch_size=settings.eval_batch_size,
+            seed=settings.seed,
+            split=settings.split,
+        )
+    except ValueError as exc:  # too few windows: the setting to change is eval_samples (or eval_seq_len)
+        raise ValueError(f"eval_samples: {settings.eval_samples} is too many; {exc}") from None
 
 
 def run_search(
@@ -102,9 +107,12 @@ def run_search(
     limits = {b.text: b.limit(teacher_figures[b.text]) for b in budgets}
 
     costs = ComputedCosts(spec)
-    fitting = _within_computed_budgets(architectures, budgets, limits, costs, settings)
-    fitting, timings = _within_measured_budgets(fitting, budgets, limits, spec, model, cache, settings, say)
-    note = None if fitting else _nothing_fits_note(architectures, costs, spec, settings)
+    computed = _within_computed_budgets(architectures, budgets, limits, costs, settings)
+    fitting, timings = _within_measured_budgets(computed, budgets, limits, spec, model, cache, settings, say)
+    note = None
+    if not fitting:
+        pools = _Pools(architectures, computed, costs, timings)
+        note = _nothing_fits_note(pools, budgets, limits, teacher_figures, settings)
     listed = _candidates(fitting, spec, settings)
 
     eval_batches = _evaluation_batches(tokenizer, settings, batches)
@@ -192,14 +200,42 @@ def _within_measured_budgets(
     return fitting, timings
 
 
-def _nothing_fits_note(architectures: list[Architecture], costs: ComputedCosts, spec, settings) -> str:
-    """Why the report is empty: how small the space gets, so the user knows which limit to loosen."""
-    smallest = min(architectures, key=lambda a: costs(PARAMS, a))
-    total = costs(PARAMS, smallest)
+@dataclass
+class _Pools:
+    """What an empty search's note draws on: the whole space priced by the computed budgets, and the
+    shapes within those that the measured budgets timed."""
+
+    architectures: list[Architecture]
+    computed: list[Architecture]
+    costs: ComputedCosts
+    timings: dict[tuple, dict]
+
+    def values(self, b: Budget) -> list[tuple[float, Architecture]]:
+        if b.measured:
+            return [(measured_cost(b, self.timings[(a.shape_key(), b.text)]), a) for a in self.computed]
+        return [(self.costs(b, a), a) for a in self.architectures]
+
+
+def _nothing_fits_note(
+    pools: _Pools, budgets: list[Budget], limits: dict, teacher_figures: dict, settings: SearchSettings
+) -> str:
+    """Why the report is empty, in the words of the budget's kind (the fewest parameters, the least
+    memory, the fastest decode, the highest throughput): the first budget nothing meets on its own and
+    how close the space gets, else that the budgets together rule everything out."""
+    some_computed = any(not b.measured for b in budgets)
+    for b in budgets:
+        values = pools.values(b)
+        if not values:
+            continue
+        value, arch = (max if b.is_minimum else min)(values, key=lambda va: va[0])
+        if b.fits(value, limits[b.text], settings.tolerance):
+            continue
+        among = "any shape within the computed budgets" if b.measured and some_computed else None
+        why = smallest(b, value, teacher_figures[b.text], arch.id, *([among] if among else []))
+        return f"no architecture of the space meets {b.text}: {why}; {LOOSEN}"
     return (
-        f"no architecture of the space meets {', '.join(settings.budgets)}; the smallest "
-        f"({smallest.id}) keeps {total:,.0f} parameters ({100 * total / spec.param_count()['total']:.1f}% "
-        f"of the teacher): loosen the cut limits (max_width_cut, max_depth_cut, max_cut) or the budgets"
+        f"no architecture of the space meets {' and '.join(settings.budgets)} together (each alone is met "
+        f"by some): {LOOSEN}s"
     )
 
 
@@ -324,6 +360,7 @@ def _add_budgets(
             "value": value,
             "limit": limits[b.text],
             "fits": b.fits(value, limits[b.text], tolerance),
+            "over_limit": b.over_limit(value, limits[b.text]),
         }
 
 
@@ -365,6 +402,7 @@ def _stats(
         "seconds": round(seconds, 3),
         "scoring_seconds": round(scoring.seconds, 3),
         "candidates_per_minute": candidates_per_minute(rows, scoring.seconds),
+        "rate_note": no_rate_reason(rows, scoring.seconds),
         "note": note,
     }
 
@@ -424,7 +462,8 @@ def _cost(b: Budget, a: Architecture, spec, model, cache, settings) -> float:
 
 
 def _score(model, spec, scores, archs: list[Architecture], batches, say) -> tuple[dict, int, int]:
-    """{arch id: its per-window losses} with one cut model per width setting."""
+    """{arch id: its per-window losses} with one cut model per width setting. `archs[0]` is the teacher,
+    scored as the reference: progress counts the candidates without it."""
     groups: dict[tuple, list[Architecture]] = {}
     for a in archs:
         groups.setdefault(a.width_key(), []).append(a)
@@ -441,7 +480,8 @@ def _score(model, spec, scores, archs: list[Architecture], batches, say) -> tupl
         forwards += scorer.layer_forwards
         naive += scorer.naive_layer_forwards
         done += len(members)
-        say(done, len(archs), f"scored {done}/{len(archs)} candidates")
+        done_, total = done - 1, len(archs) - 1
+        say(done_, total, f"scored {done_}/{total} candidates (+ the teacher)")
     return out, forwards, naive
 
 
