@@ -129,6 +129,11 @@ class WorkflowOut(Strict):
     started_at: str | None
     finished_at: str | None
     branches: list[BranchOut]
+    ranking: dict | None = Field(
+        default=None,
+        description="the ranking as it stands: the final result once finished, else the one the steps "
+        "done so far give (partial: true, no winner), filled in as each evaluation ends",
+    )
 
 
 class WorkflowCheck(Strict):
