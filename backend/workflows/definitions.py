@@ -74,6 +74,8 @@ class Definition:
     branches: Callable[[dict[str, Any]], list[Branch]]
     steps: Callable[[dict[str, Any]], dict[str, tuple[Step, ...]]]  # params -> steps by branch role
     finish: Callable[[Session, Job, dict[str, dict[str, Job]]], dict[str, Any]]
+    # What the final step would say from the steps done so far (a ranking filled in live), or None.
+    standing: Callable[[Session, Job, dict[str, dict[str, Job]]], dict[str, Any]] | None = None
 
     def steps_of(self, branch: Branch, params: dict[str, Any]) -> tuple[Step, ...]:
         return self.steps(params)[branch.role]
@@ -184,30 +186,51 @@ def _bakeoff_steps(params: dict[str, Any]) -> dict[str, tuple[Step, ...]]:
     return {"candidate": tuple(candidate), "teacher": tuple(candidate[3:])}
 
 
-def _bakeoff_finish(session: Session, workflow: Job, done: dict[str, dict[str, Job]]) -> dict[str, Any]:
-    """The final step: rank the candidates before and after distillation and flag the flips."""
+def _bakeoff_rows(session: Session, workflow: Job, done: dict[str, dict[str, Job]]) -> list[dict[str, Any]]:
+    """One ranking row per candidate from its steps done so far (a number not measured yet is None)."""
     rows = []
     for branch in _bakeoff_branches(workflow.params):
         if branch.role != "candidate":
             continue
-        jobs = done[branch.key]
-        student = session.get(Student, jobs["cut"].student_id)
-        final = (jobs["distill"].result or {}).get("final_validation") or {}
+        jobs = done.get(branch.key, {})
+        cut, distill = jobs.get("cut"), jobs.get("distill")
+        student = session.get(Student, cut.student_id) if cut is not None and cut.student_id else None
+        spec = (student.spec or {}) if student else {}
+        final = ((distill.result or {}).get("final_validation") or {}) if distill is not None else {}
+        evaluated = {
+            step: jobs[step].result if step in jobs else None for step in ("evaluate_pruned", "evaluate")
+        }
         rows.append(
             {
                 "name": branch.name,
                 "candidate_id": branch.spec.get("candidate_id"),
                 "student_id": student.id if student else None,
                 "plan_id": branch.spec["plan_id"],
-                "distill_job_id": jobs["distill"].id,
-                "params_total": (student.spec or {}).get("params_total") if student else None,
-                "before": ranking.quality(jobs["evaluate_pruned"].result),
-                "after": ranking.quality(jobs["evaluate"].result),
+                "distill_job_id": distill.id if distill is not None else None,
+                # Sizes beside the losses: candidates of different sizes compare sizes as much as shapes.
+                "params_total": spec.get("params_total"),
+                "params_non_embedding": spec.get("params_non_embedding"),
+                "flops_per_token": spec.get("flops_per_token"),
+                "before": ranking.quality(evaluated["evaluate_pruned"]),
+                "after": ranking.quality(evaluated["evaluate"]),
                 "distill_val_loss": final.get("val_loss"),
             }
         )
-    return ranking.rank(rows, workflow.params.get("metric", "loss"))
+    return rows
 
 
-BAKEOFF = Definition("bakeoff", _bakeoff_branches, _bakeoff_steps, _bakeoff_finish)
+def _bakeoff_finish(session: Session, workflow: Job, done: dict[str, dict[str, Job]]) -> dict[str, Any]:
+    """The final step: rank the candidates before and after distillation and flag the flips."""
+    return ranking.rank(_bakeoff_rows(session, workflow, done), workflow.params.get("metric", "loss"))
+
+
+def _bakeoff_standing(session: Session, workflow: Job, done: dict[str, dict[str, Job]]) -> dict[str, Any]:
+    """The ranking so far, while candidates are still running: each as-cut and final number as soon as its
+    evaluation finished (hours before the last distillation ends), no winner yet."""
+    return ranking.rank(
+        _bakeoff_rows(session, workflow, done), workflow.params.get("metric", "loss"), final=False
+    )
+
+
+BAKEOFF = Definition("bakeoff", _bakeoff_branches, _bakeoff_steps, _bakeoff_finish, _bakeoff_standing)
 DEFINITIONS: dict[str, Definition] = {BAKEOFF.name: BAKEOFF}

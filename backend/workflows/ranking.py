@@ -24,10 +24,13 @@ def _ranks(rows: list[dict[str, Any]], side: str, metric: str) -> list[int | Non
     return [None if v is None else known.index(v) + 1 for v in values]
 
 
-def rank(rows: list[dict[str, Any]], metric: str = "loss") -> dict[str, Any]:
-    """The ranking table: each row gains rank_before, rank_after and flipped; ordered by rank after.
+def rank(rows: list[dict[str, Any]], metric: str = "loss", final: bool = True) -> dict[str, Any]:
+    """The ranking table: each row gains rank_before, rank_after and flipped; ordered by rank after
+    (then by rank as cut, for rows not distilled yet).
 
     `flips` lists the pairs [a, b] where a ranked below b before distillation and above it after.
+    A partial ranking (`final=False`, while candidates still run) ranks the numbers in so far and names
+    no winner: `partial` is True.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown ranking metric {metric!r}: use {' or '.join(METRICS)}")
@@ -44,10 +47,19 @@ def rank(rows: list[dict[str, Any]], metric: str = "loss") -> dict[str, Any]:
         {**row, "rank_before": rb, "rank_after": ra, "flipped": row["name"] in flipped}
         for row, rb, ra in zip(rows, before, after, strict=True)
     ]
-    table.sort(key=lambda r: (r["rank_after"] is None, r["rank_after"] or 0, r["name"]))
-    winner = table[0] if table and table[0]["rank_after"] is not None else None
+    table.sort(
+        key=lambda r: (
+            r["rank_after"] is None,
+            r["rank_after"] or 0,
+            r["rank_before"] is None,
+            r["rank_before"] or 0,
+            r["name"],
+        )
+    )
+    winner = table[0] if final and table and table[0]["rank_after"] is not None else None
     return {
         "metric": metric,
+        "partial": not final,
         "ranking": table,
         "flips": flips,
         "winner": winner["name"] if winner else None,

@@ -139,6 +139,11 @@ class WorkflowOut(Strict):
         description="accepted settings that weaken the result: a distillation all within its LR warm-up"
     )
     branches: list[BranchOut]
+    ranking: dict | None = Field(
+        default=None,
+        description="the ranking as it stands: the final result once finished, else the one the steps "
+        "done so far give (partial: true, no winner), filled in as each evaluation ends",
+    )
 
 
 class WorkflowCheck(Strict):

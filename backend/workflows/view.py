@@ -59,6 +59,10 @@ def workflow(session: Session, job: Job) -> dict[str, Any]:
             }
         )
     base = serialize.job(job)
+    # The ranking: the final step's once the workflow finished, else the one the steps done so far give.
+    standing = (job.result or {}) if (job.result or {}).get("ranking") else None
+    if standing is None and definition.standing is not None:
+        standing = definition.standing(session, job, {s.branch.key: s.done for s in states})
     return {
         **{k: base[k] for k in ("id", "status", "progress", "message", "error", "params", "result")},
         **{
@@ -68,4 +72,5 @@ def workflow(session: Session, job: Job) -> dict[str, Any]:
         "name": job.params.get("name"),
         "warnings": warnings(job.params),
         "branches": branches,
+        "ranking": standing,
     }

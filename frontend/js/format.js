@@ -82,6 +82,21 @@ export function sig(x, digits = 4) {
   return Number(x.toPrecision(digits)).toString();
 }
 
+/** Decimals for one table column of numbers (losses): at least `min`, and enough (up to `max`) that
+ * numbers that differ do not print alike, so "4.3500" stands above "4.3495", not "4.35". */
+export function columnDecimals(values, { min = 3, max = 6 } = {}) {
+  const nums = [...new Set(values.filter((v) => Number.isFinite(v)))];
+  for (let d = min; d < max; d++) {
+    if (new Set(nums.map((v) => v.toFixed(d))).size === nums.length) return d;
+  }
+  return max;
+}
+
+/** `x` to `decimals` decimals ("–" when missing): one precision down a column. */
+export function fixed(x, decimals) {
+  return Number.isFinite(x) ? x.toFixed(decimals) : "–";
+}
+
 export function duration(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
   const s = Math.max(0, Math.round(seconds));

@@ -617,9 +617,24 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
     )
     page.select_option(f"{wizard} select[name=importance_run_id]", str(STATE["run"]["id"]))
     page.fill(f"{wizard} [name=budget_pct]", "95")
-    hint = page.inner_text(wizard)
-    assert "depth: keeps 2 of 4 layers, drops 2" in hint
-    assert "the width student is 18 percentage points smaller" in hint  # 93% and 75% of the teacher
+    # Budgeted in total params (embeddings are most of this tiny teacher), depth keeps 2 of 4 layers
+    # (50% of the non-embedding params) against width's 74.3%: the wizard warns that they are not one size.
+    page.select_option(f"{wizard} [name=budget_count]", "total")
+    assert "depth: keeps 2 of 4 layers, drops 2" in page.inner_text(
+        f"{wizard} [data-testid=study-depth-size]"
+    )
+    gap = page.inner_text(f"{wizard} [data-testid=study-size-gap]")
+    assert "the depth student has 24.3 percentage points fewer non-embedding parameters" in gap
+    assert "75.1% (3 layers)" in gap  # the budget that puts depth on whole layers (rounded up)
+    # The default: non-embedding params, as the reference study holds equal. Each student's shares in
+    # both counts and its FLOPs/token; 75.0% and 74.3% of the non-embedding params: no warning.
+    page.select_option(f"{wizard} [name=budget_count]", "non_embedding")
+    depth_size = page.inner_text(f"{wizard} [data-testid=study-depth-size]")
+    width_size = page.inner_text(f"{wizard} [data-testid=study-width-size]")
+    assert "depth: keeps 3 of 4 layers, drops 1" in depth_size and "non-emb. = 75.0%" in depth_size
+    assert "non-emb. = 74.3%" in width_size and "total = 74.9%" in width_size
+    assert "FLOP/token" in depth_size and "FLOP/token" in width_size
+    assert page.locator(f"{wizard} [data-testid=study-size-gap]").count() == 0
     page.click(f"{wizard} summary")
     page.fill(f"{wizard} [name=budget]", "4")
     page.fill(f"{wizard} [name=val_every]", "2")
@@ -646,11 +661,12 @@ def test_depth_vs_width_wizard_builds_and_distills_both(page, live_app):
         .group(1)
         .split(",")
     ]
-    budget = 0.95 * teacher["spec"]["params_total"]
+    budget = 0.95 * teacher["spec"]["params_non_embedding"]
     depth, width = (live_app.api.get(f"/students/{i}").json() for i in ids)
-    assert depth["spec"]["num_layers"] == 2 and depth["spec"]["hidden_size"] == 32
+    assert depth["spec"]["num_layers"] == 3 and depth["spec"]["hidden_size"] == 32
     assert width["spec"]["num_layers"] == 4 and width["spec"]["hidden_size"] < 32
-    assert depth["spec"]["params_total"] <= budget and width["spec"]["params_total"] <= budget
+    assert depth["spec"]["params_non_embedding"] <= budget and width["spec"]["params_non_embedding"] <= budget
+    assert study["name"] == "depth vs width at 95% of non-embedding params"
     page.wait_for_selector("[data-testid=arch-diff]")
     header = page.inner_text("[data-testid=arch-diff] thead").lower()
     assert depth["name"].lower() in header and width["name"].lower() in header

@@ -82,3 +82,23 @@ def test_memory_figures_are_binary_units_written_as_python_writes_them(tmp_path)
         "2.2 MiB",
         "-768.0 MiB",
     ]
+
+
+def test_a_loss_column_has_one_precision_that_shows_its_differences(tmp_path):
+    """Audit finding 18: the bake-off ranking printed "4.35" beside "4.3495" and "4.331" above "4.3689"
+    (significant digits, trailing zeros dropped). A column of losses now has one number of decimals, at
+    least 3 and as many as it takes to tell its numbers apart."""
+    driver = (
+        'import * as f from "./js/format.js";\n'
+        "const cols = [[4.35, 4.3495, 4.331, 4.3689], [4.5707, 4.6597], [2, 2], [4.12345, 4.12346], [null, 3.1], [4.3, 4.3004]];\n"
+        "process.stdout.write(JSON.stringify(cols.map((c) => { const d = f.columnDecimals(c);"
+        " return c.map((x) => f.fixed(x, d)); })));\n"
+    )
+    assert run_dashboard_js(tmp_path, driver) == [
+        ["4.350", "4.349", "4.331", "4.369"],
+        ["4.571", "4.660"],
+        ["2.000", "2.000"],
+        ["4.12345", "4.12346"],
+        ["–", "3.100"],
+        ["4.3000", "4.3004"],
+    ]

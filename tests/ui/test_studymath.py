@@ -82,3 +82,74 @@ def test_study_targets_are_sizes_the_server_fills(tmp_path: Path):
                 assert stats["params_total"] == params <= budget, (name, width)
             kept = PrunePlan(drop_layers=list(range(depth["num_layers"], spec.num_layers)))
             assert plan_stats(kept, spec)["params_total"] <= budget, (name, depth)
+
+
+COUNTS_DRIVER = """
+import * as sm from "./js/studymath.js";
+const cases = JSON.parse(await new Promise((resolve) => {
+  let data = ""; process.stdin.on("data", (c) => (data += c)); process.stdin.on("end", () => resolve(data));
+}));
+const out = cases.map(({ spec, pct, count }) => {
+  const s = sm.studyTargets(spec, pct, count);
+  return { ...s, sizes: { depth: s.depth && sm.targetSizes(spec, s.depth), width: s.width && sm.targetSizes(spec, s.width) } };
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def test_a_study_budgets_non_embedding_params_and_its_sizes_are_plan_stats(tmp_path: Path):
+    """Audit finding 2: the study budgets NON-EMBEDDING parameters by default (the reference study's
+    quantity), or total ones when asked; each student's sizes (total, non-embedding, FLOPs/token and their
+    shares) are plan_stats' on the server, within the budget of the count asked for."""
+    specs = {name: arch_spec(tiny_model(name)) for name in FAMILIES + MOE_FAMILIES}
+    specs["llama-3.1-8b"] = llama_3_1_8b()
+    cases = [
+        {"spec": s.summary(), "pct": 100 * share, "count": count, "name": name}
+        for name, s in specs.items()
+        for share in SHARES
+        for count in ("non_embedding", "total")
+    ]
+    out = run_dashboard_js(tmp_path, COUNTS_DRIVER, stdin=json.dumps(cases))
+    for case, got in zip(cases, out):
+        spec, count = specs[case["name"]], case["count"]
+        assert got["count"] == count
+        assert got["budget"] == spec.param_count()[count] * case["pct"] / 100
+        for kind in ("depth", "width"):
+            target, sizes = got[kind], got["sizes"][kind]
+            assert target is not None, (case["name"], case["pct"], count, kind)
+            if kind == "depth":
+                plan = PrunePlan(drop_layers=list(range(target["num_layers"], spec.num_layers)))
+            elif spec.num_layers <= 8:  # the tiny models: the server fills the width target
+                plan = fill_plan(PrunePlan(targets=PlanTargets(**target)), spec, scores_for(spec))
+            else:
+                plan = PrunePlan(targets=PlanTargets(**target))
+            stats = plan_stats(plan, spec)
+            assert sizes["total"] == stats["params_total"], (case["name"], kind)
+            assert sizes["non_embedding"] == stats["params_non_embedding"], (case["name"], kind)
+            assert sizes["flops"] == stats["flops_per_token"], (case["name"], kind)
+            assert round(100 * sizes["share_non_embedding"], 2) == stats["percent_of_teacher_non_embedding"]
+            assert round(100 * sizes["share_total"], 2) == stats["percent_of_teacher_total"]
+            assert sizes[count] <= got["budget"], (case["name"], kind, count)
+        shares = got["sizes"]["width"]["share_non_embedding"] - got["sizes"]["depth"]["share_non_embedding"]
+        assert got["gap"] == shares
+
+
+def test_the_demo_study_at_60pct_is_fair_in_non_embedding_params_and_not_in_total(tmp_path: Path):
+    """The audit's case: the demo teacher (embeddings a quarter of it) at 60%. Budgeted in total params the
+    depth student keeps 3 of 8 layers, 37.5% of the non-embedding parameters against the width student's
+    53.7% (a gap the wizard warns about); budgeted in non-embedding params (the default) it keeps 4 layers
+    and both students are within the budget of non-embedding parameters."""
+    from transformers import AutoModelForCausalLM
+
+    from worker.demo import demo_teacher_path
+
+    spec = arch_spec(AutoModelForCausalLM.from_pretrained(demo_teacher_path()))
+    cases = [{"spec": spec.summary(), "pct": 60, "count": c} for c in ("total", "non_embedding")]
+    total, non_emb = run_dashboard_js(tmp_path, COUNTS_DRIVER, stdin=json.dumps(cases))
+    assert total["depth"] == {"num_layers": 3}
+    assert round(100 * total["sizes"]["depth"]["share_non_embedding"], 1) == 37.5
+    assert round(100 * total["sizes"]["width"]["share_non_embedding"], 1) == 53.7
+    assert total["gap"] > 0.02  # the wizard warns
+    assert non_emb["depth"] == {"num_layers": 4}
+    for kind in ("depth", "width"):
+        assert non_emb["sizes"][kind]["share_non_embedding"] <= 0.6

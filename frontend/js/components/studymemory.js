@@ -19,14 +19,14 @@ export function targetSpec(teacher, target) {
   return spec;
 }
 
-/** `targets`: {depthTarget, widthTarget} (compare.js: spec, budget -> target or null); `distillParams`:
- * form -> the study's distill params (views/runs.js), whose tokens the API checks against its limit. */
-export function studyMemoryLine(form, teachers, targets, distillParams) {
+/** `studyTargets`: studymath.studyTargets (spec, %, count -> {depth, width}, null where none fits);
+ * `distillParams`: form -> the study's distill params (views/runs.js), whose tokens the API checks against its limit. */
+export function studyMemoryLine(form, teachers, studyTargets, distillParams) {
   const line = memoryLine(form, (v, workers) => {
     const teacher = teachers.find((t) => String(t.id) === String(v.teacher_id))?.spec;
     if (!teacher || !(v.budget_pct > 0) || !(v.batch_size >= 1) || !(v.seq_len >= 2)) return null;
-    const budget = (teacher.params_total * v.budget_pct) / 100;
-    const students = [targets.depthTarget(teacher, budget), targets.widthTarget(teacher, budget)].filter(Boolean).map((t) => targetSpec(teacher, t));
+    const { depth, width } = studyTargets(teacher, v.budget_pct, v.budget_count || "non_embedding");
+    const students = [depth, width].filter(Boolean).map((t) => targetSpec(teacher, t));
     if (!students.length) return null;
     const settings = { batch_size: v.batch_size, seq_len: v.seq_len, weights_dtype: v.weights_dtype || "float32", gradient_checkpointing: !!v.gradient_checkpointing };
     const queue = queueFor(v.device || "auto", workers);

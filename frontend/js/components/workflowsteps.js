@@ -13,3 +13,11 @@ export function stepLabel(name, teacherBranch) {
 export function retriable(wf) {
   return wf.status === "failed" || wf.status === "cancelled";
 }
+
+// A study is a bake-off workflow named so: a search's bake-off is a workflow of the teacher too, and the
+// wizard must not show another experiment as its study, with that experiment's steps; the bake-off page
+// words a study's result as a comparison of two sizes, not a winner.
+export const STUDY_NAME = "depth vs width at ";
+export function isStudy(wf) {
+  return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
+}

@@ -1,18 +1,21 @@
 // A bake-off (a server-side "bakeoff" workflow): K candidates cut, distilled with the same settings
 // and token budget, side by side. Live overlaid curves (one colour per candidate, from the teacher's
-// event stream), each branch's steps linking to its child jobs, and at the end the ranking before and
-// after distillation with rank flips marked; the winner can go on to a full distillation.
+// event stream), each branch's steps linking to its child jobs, and the ranking before and after
+// distillation with rank flips marked, filled in as each evaluation ends (the server's `ranking`); the
+// winner can go on to a full distillation. A depth-vs-width study's two students are compared with their
+// sizes beside their losses, not crowned on loss alone.
 // URL: #/bakeoff/<workflow id>?x=step|tokens&smooth=0.6
 
 import { api, showError } from "../api.js";
 import { linkRow, progressBar, rowLink, statusBadge, statusReason } from "../components/widgets.js";
 import { h, mount } from "../dom.js";
-import { compact, parseCount, sig, when } from "../format.js";
+import { columnDecimals, compact, fixed, flops, parseCount, pct, when } from "../format.js";
 import { baseLayout, PLOT_CONFIG, plotlyReady, SERIES_COLORS } from "../plots.js";
 import { go, href } from "../router.js";
 import { subscribe } from "../sse.js";
-import { retriable, stepLabel } from "../components/workflowsteps.js";
+import { isStudy, retriable, stepLabel } from "../components/workflowsteps.js";
 import { shapeLabel } from "../searchmath.js";
+import { STUDY_SIZE_GAP } from "../studymath.js"; // candidates further apart in non-embedding share: not one size
 import { debounced, SeriesStore, smoothable, smoothedTraces, smoothingControl, stepTicks, X_FIELDS, xAxisControl } from "../components/curves.js";
 
 const CURVES = [
@@ -54,9 +57,9 @@ export async function bakeoffView(host, { args, query }, ctx) {
       h("header", h("h2", "Distillation, side by side"),
         xAxisControl(view, [["step", "step"], ["tokens", "tokens"]], schedule),
         smoothingControl(view, schedule)),
-      h("div.grid.two", charts.map((c) => h("div", h("h3", c.label), c.plot)))),
+      h("div.grid.two", charts.map((c) => h("div", h("h3", c.label), c.plot, c.name === "val_loss" ? valProtocol(wf) : null)))),
     h("div.grid.two", { style: { marginTop: "14px" } },
-      h("section.panel", h("header", h("h2", "Ranking before → after distillation"), h("span.hint", "lower loss ranks first; a flip is a candidate whose rank changed")), ranking),
+      h("section.panel", h("header", h("h2", "Ranking before → after distillation"), h("span.hint", "lower loss ranks first; a flip is a candidate whose rank changed; filled in as each evaluation ends")), ranking),
       h("section.panel", h("header", h("h2", "Candidates and their jobs")), branches)),
   );
 
@@ -108,8 +111,10 @@ export async function bakeoffView(host, { args, query }, ctx) {
           active ? h("button.danger", { onclick: () => act("cancel"), dataset: { testid: "cancel" } }, "Cancel all") : null,
           retriable(wf) ? h("button", { onclick: () => act("retry"), dataset: { testid: "retry" }, title: "run the failed steps again (a distillation resumes from its checkpoint)" }, "Retry") : null),
       ));
-    // The server's message ("#1 L4-none…: distill · #2 …") is the candidates table's steps again, by id.
-    mount(progress, progressBar({ ...wf, message: null }, { big: true }), wf.message && wf.status === "running" ? null : h("div.hint", wf.message || ""), statusReason(wf, { testid: "bakeoff-error" }),
+    // The server's message ("#1 L4-none…: distill · #2 …") is the candidates table's steps again, by id;
+    // a cancelled or failed bake-off's is the last progress line from before it stopped: its reason says why.
+    const stale = wf.status === "running" || wf.status === "cancelled" || wf.status === "failed";
+    mount(progress, progressBar({ ...wf, message: null }, { big: true }), wf.message && !stale ? h("div.hint", { dataset: { testid: "bakeoff-message" } }, wf.message) : null, statusReason(wf, { testid: "bakeoff-error" }),
       // The server's warnings on accepted settings (a run all within its LR warm-up): its ranking reads so.
       (wf.warnings || []).map((w) => h("div.note", { dataset: { testid: "bakeoff-warning" } }, w)),
       actionErr);
@@ -140,14 +145,32 @@ export async function bakeoffView(host, { args, query }, ctx) {
         }))))))));
   }
 
+  /** A candidate's size as a share of the teacher's non-embedding parameters (null when not known yet). */
+  function nonEmbShare(x, b) {
+    const n = x.params_non_embedding ?? specs.get(b?.plan_id)?.params_non_embedding;
+    const of = teacher?.spec?.params_non_embedding;
+    return Number.isFinite(n) && of ? n / of : null;
+  }
+
+  /** An empty cell of a row still running: what it waits for. */
+  function pendingCell(b, step) {
+    const s = b && stepOf(b, step);
+    const state = s?.status === "running" || s?.status === "queued" ? "measuring…" : s?.status === "failed" || s?.status === "cancelled" ? s.status : "pending";
+    return h("span.faint", { dataset: { pending: step } , title: `${stepLabel(step)}: ${s?.status || "not started"}` }, state);
+  }
+
   function renderRanking() {
-    const r = wf.result;
+    // The server's ranking as it stands: partial (no winner) while candidates run, the result once done.
+    const r = wf.ranking ?? wf.result;
     if (!r?.ranking?.length) {
-      mount(ranking, h("div.empty", wf.status === "succeeded" ? "No ranking recorded." : "Appears when every candidate has been distilled and evaluated."));
+      mount(ranking, h("div.empty", wf.status === "succeeded" ? "No ranking recorded." : "Fills in as each candidate's evaluation as cut finishes."));
       return;
     }
     const metric = r.metric || "loss";
-    const rows = r.ranking; // ordered by rank after distillation; ranks and flips as the server computed them
+    const rows = r.ranking; // ordered by rank after distillation (then as cut); ranks and flips as the server computed them
+    const partial = !!r.partial;
+    // One precision for both loss columns (as cut and after are read against each other), enough to tell them apart.
+    const decimals = columnDecimals(rows.flatMap((x) => [x.before?.[metric], x.after?.[metric]]));
     // "Before" is the bake-off's own evaluation of each student as cut, not the search's ranking (scored on
     // the search's short held-out sample, so the two orders can differ): a bake-off started from a search
     // keeps each candidate's search rank (params.candidates[].search_rank) and shows it beside.
@@ -157,46 +180,70 @@ export async function bakeoffView(host, { args, query }, ctx) {
     const searchDiffers = hasSearch && rows.some((a) => rows.some((b) => searchRank(a) < searchRank(b) && a.rank_before > b.rank_before));
     const flipText = r.flips?.length
       ? [`${r.flips.length} pair${r.flips.length > 1 ? "s" : ""} swapped order between as cut and after distillation: `, r.flips.map(([a, b]) => `${labelOf(branchNamed(a)) || a} overtook ${labelOf(branchNamed(b)) || b}`).join("; "), "."]
-      : ["No flips: distillation kept the as-cut order."];
+      : partial ? ["No flips so far."] : ["No flips: distillation kept the as-cut order."];
     const searchText = !hasSearch ? null
       : searchDiffers ? ` The search ranked them in another order (search rank): it scored them on its own held-out sample, the as-cut ${metric} comes from this bake-off's evaluation.`
       : " The search ranked them in the same order.";
+    const partialText = partial ? ` Partial: ${rows.filter((x) => x.after?.[metric] == null).length} of ${rows.length} candidates still to finish; the ranks are among the numbers in so far.` : "";
     // The candidate cell wraps (a shape label is long) and the table scrolls inside its panel rather than
     // hiding the loss after distillation and the move past the panel's edge.
     mount(ranking,
-      h("div.table-scroll", h("table",
-        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", `${metric} as cut`), h("th.num", "rank as cut"),
+      h("div.table-scroll", h("table", { dataset: { partial: String(partial) } },
+        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", { title: "share of the teacher's non-embedding parameters" }, "non-emb."), h("th.num", `${metric} as cut`), h("th.num", "rank as cut"),
           hasSearch ? h("th.num", { title: `the candidate's rank in search #${searchId ?? "?"} (lower held-out loss first)` }, searchId ? h("a", { href: href("search", [searchId]) }, "search rank") : "search rank") : null,
           h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
         h("tbody", rows.map((x) => {
           const b = branchNamed(x.name);
           const moved = x.rank_before - x.rank_after;
+          const done = x.rank_before != null && x.rank_after != null;
           return h(`tr${x.name === r.winner ? ".selected" : ""}`, { dataset: { candidate: x.name, flipped: String(!!x.flipped) } },
-            h("td.num", x.rank_after),
-            h("td.wrap", b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name, x.name === r.winner)), // the winner's star after its shape, not its id
-            h("td.num", compact(x.params_total)),
-            h("td.num", sig(x.before?.[metric], 5)),
-            h("td.num", x.rank_before),
+            h("td.num", x.rank_after ?? "–"),
+            h("td.wrap", b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name, x.name === r.winner && !isStudy(wf))), // the winner's star after its shape, not its id
+            h("td.num", x.params_total != null ? compact(x.params_total) : "–"),
+            h("td.num", { dataset: { testid: "non-emb-share" } }, pct(nonEmbShare(x, b), 1)),
+            h("td.num", { dataset: { testid: "loss-before" } }, x.before?.[metric] != null ? fixed(x.before[metric], decimals) : pendingCell(b, "evaluate_pruned")),
+            h("td.num", x.rank_before ?? "–"),
             hasSearch ? h("td.num", { dataset: { testid: "search-rank" } }, Number.isFinite(searchRank(x)) ? `#${searchRank(x)}` : "–") : null,
-            h("td.num", sig(x.after?.[metric], 5)),
-            h("td", x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
+            h("td.num", { dataset: { testid: "loss-after" } }, x.after?.[metric] != null ? fixed(x.after[metric], decimals) : pendingCell(b, "evaluate")),
+            h("td", !done ? h("span.faint", "") : x.flipped ? h("span.badge.warn", { dataset: { testid: "flip" } }, moved > 0 ? `▲ ${moved} flip` : `▼ ${-moved} flip`) : h("span.faint", "=")),
             h("td.nowrap", x.distill_job_id ? h("a", { href: href("job", [x.distill_job_id]) }, "curves →") : null));
         })))),
-      h("div.hint", { style: { marginTop: "6px" }, dataset: { testid: "flips-note", searchOrder: !hasSearch ? "none" : searchDiffers ? "differs" : "same" } }, flipText, searchText),
-      r.winner ? promoteRow(r) : null,
+      h("div.hint", { style: { marginTop: "6px" }, dataset: { testid: "flips-note", searchOrder: !hasSearch ? "none" : searchDiffers ? "differs" : "same" } }, flipText, searchText, partialText),
+      sizeNote(rows, metric, decimals),
+      r.winner ? promoteRow(r, metric, decimals) : null,
     );
   }
 
-  function promoteRow(r) {
+  /** The candidates' sizes when they differ by more than STUDY_SIZE_GAP of non-embedding parameters: a
+   * lower loss then comes partly from a bigger model (audit finding 2). Null when they are one size. */
+  function sizeNote(rows, metric, decimals) {
+    const sized = rows.map((x) => ({ x, share: nonEmbShare(x, branchNamed(x.name)) })).filter((o) => o.share !== null);
+    if (sized.length < 2) return null;
+    const shares = sized.map((o) => o.share);
+    const spread = Math.max(...shares) - Math.min(...shares);
+    if (spread <= STUDY_SIZE_GAP) return null;
+    const about = ({ x, share }) => `${labelOf(branchNamed(x.name)) || x.name}: ${pct(share, 1)} non-emb.${x.flops_per_token ? `, ${flops(x.flops_per_token)}/token` : ""}${x.after?.[metric] != null ? `, ${metric} ${fixed(x.after[metric], decimals)}` : ""}`;
+    return h("div.field-warning", { style: { marginTop: "6px" }, dataset: { testid: "size-note" } },
+      `Not one size: the candidates' non-embedding parameters differ by ${(100 * spread).toFixed(1)} percentage points (${sized.map(about).join(" · ")}), so a lower ${metric} is partly a larger model.`);
+  }
+
+  function promoteRow(r, metric, decimals) {
     const box = h("div.error-msg");
+    const winner = labelOf(branchNamed(r.winner)) || r.winner;
+    // A study compares two students of (at best nearly) one size: it reports which has the lower loss, each
+    // with its size, rather than a winner; a bake-off's candidates share one budget, so it names one.
+    const verdict = isStudy(wf)
+      ? h("span", { dataset: { testid: "winner" } }, "Lower ", metric, ": ", h("b", winner), " (",
+        r.ranking.filter((x) => x.after?.[metric] != null).map((x) => `${labelOf(branchNamed(x.name)) || x.name}: ${metric} ${fixed(x.after[metric], decimals)} at ${pct(nonEmbShare(x, branchNamed(x.name)), 1)} non-emb.`).join(", "), ")")
+      : h("span", { dataset: { testid: "winner" } }, "Winner: ", h("b", winner), winner !== r.winner ? h("span.faint.mono", ` ${r.winner}`) : null);
     const d = wf.params?.distill || {};
     const tokens = h("input", { name: "tokens", type: "text", size: 7, value: compact((d.tokens || 0) * 10) === "0" ? "" : compact((d.tokens || 0) * 10), placeholder: "default", title: "tokens of the full distillation (e.g. 5M); empty: the server's default steps" });
     return h("div.stack", { style: { marginTop: "10px", gap: "4px" } },
       h("div.row",
-        h("span", { dataset: { testid: "winner" } }, "Winner: ", h("b", labelOf(branchNamed(r.winner)) || r.winner), labelOf(branchNamed(r.winner)) && labelOf(branchNamed(r.winner)) !== r.winner ? h("span.faint.mono", ` ${r.winner}`) : null),
+        verdict,
         h("span.spacer"),
         h("span.ctl", h("span", "tokens"), tokens),
-        h("button.primary", { dataset: { testid: "promote-winner" }, onclick: () => promote(r, tokens.value, box), title: "a full distillation of the winner, starting from the weights its bake-off distillation saved, with the bake-off's settings" }, "Promote winner → full distillation")),
+        h("button.primary", { dataset: { testid: "promote-winner" }, onclick: () => promote(r, tokens.value, box), title: `a full distillation of ${isStudy(wf) ? "the student of lower loss" : "the winner"}, starting from the weights its bake-off distillation saved, with the bake-off's settings` }, isStudy(wf) ? `Promote ${winner} → full distillation` : "Promote winner → full distillation")),
       box);
   }
 
@@ -303,6 +350,14 @@ export async function bakeoffView(host, { args, query }, ctx) {
   renderBranches();
   renderRanking();
   await loadMetrics();
+}
+
+/** What the validation curves are measured on: each distillation's packed validation blocks (another protocol
+ * than the ranking's losses, which are the teacher's evaluation protocol), as the compare page says. */
+function valProtocol(wf) {
+  const seq = wf.params?.distill?.seq_len;
+  return h("div.hint", { style: { marginTop: "4px" }, dataset: { testid: "curves-protocol" }, title: "Each distillation validates on packed blocks of its sequence length from its validation split (its job page names them); the ranking's losses are on the teacher's evaluation protocol." },
+    `packed validation blocks${seq ? ` of ${seq} tokens` : ""} from each distillation's validation split — another protocol than the ranking's ${wf.params?.metric || "loss"} `, h("span.protocol-mismatch", "≠"));
 }
 
 function distillText(d) {

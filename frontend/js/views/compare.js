@@ -13,8 +13,8 @@ import { distillFieldFor, distillFields, distillParams, fitSeqLen } from "../com
 import { studyMemoryLine } from "../components/studymemory.js";
 import { stepTicks } from "../components/curves.js";
 import { mismatchMark } from "../components/protocol.js";
-import { depthTarget, targetParams, widthTarget } from "../studymath.js";
-import { retriable, stepLabel } from "../components/workflowsteps.js";
+import { BUDGET_COUNTS, STUDY_SIZE_GAP, studyTargets, targetSizes } from "../studymath.js";
+import { isStudy, retriable, stepLabel, STUDY_NAME } from "../components/workflowsteps.js";
 import { lookAtTeacher, teacherLookedAt } from "../lookingat.js";
 
 export async function compareView(host, { query }, ctx) {
@@ -387,12 +387,6 @@ export function depthLayerMethod(layers, k) {
 
 // ---- the study: a server-side workflow (backend/workflows; POST /workflows) --------------------------
 
-// A study is a bake-off workflow named so: a search's bake-off is a workflow of the teacher too, and the
-// wizard must not show another experiment as its study, with that experiment's steps.
-const STUDY_NAME = "depth vs width at ";
-export function isStudy(wf) {
-  return typeof wf?.name === "string" && wf.name.startsWith(STUDY_NAME);
-}
 
 // How a study step's status shows in its list.
 const STEP_CLASS = { succeeded: ".done", running: ".active", queued: ".active", failed: ".failed", cancelled: ".failed" };
@@ -425,6 +419,16 @@ function studyPanel(wf, { onAction, actionErr }) {
       h("ol.steps", { dataset: { testid: "wizard-steps" } }, b.steps.map((s) => stepItem(s, b.role === "teacher"))))));
 }
 
+/** The budgets (in % of non-embedding parameters) at which the depth student is a whole number of layers
+ * and the width one can match it: the ones around the depth student's. */
+function wholeLayerHint(spec, depth) {
+  if (!depth) return "";
+  // Rounded up: n layers are a hair over n/L of the parameters (the final norm is counted whole).
+  const at = (n) => Math.ceil(1000 * targetSizes(spec, { num_layers: n }).share_non_embedding - 1e-9) / 10;
+  const options = [depth.num_layers, depth.num_layers + 1].filter((n) => n >= 1 && n < spec.num_layers).map((n) => `${at(n).toFixed(1)}% (${n} layers)`);
+  return options.length ? `Budgets where depth lands on whole layers: ${options.join(" or ")} of non-embedding params.` : "";
+}
+
 function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId }) {
   const ready = teachers.filter((t) => t.status === "ready");
   // The page's teacher (?teacher=, its students', the one last looked at), not merely the first ready one.
@@ -437,7 +441,12 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     h("div.form-grid",
       field({ name: "teacher_id", label: "Teacher", options: ready.map((t) => [t.id, t.name]), value: first?.id }),
       h("label.field", h("span", "Importance run"), runSelect),
-      field({ name: "budget_pct", label: "Budget, % of params", type: "number", value: 60, min: 1, step: "any" }),
+      // 51%: about the reference study's size (50%), just over the demo teacher's 4 of 8 layers (whole
+      // layers are a hair over 50% with the final norm), so its default students are one size.
+      field({ name: "budget_pct", label: "Budget, %", type: "number", value: 51, min: 1, step: "any" }),
+      // Non-embedding by default: equal total parameters pair a depth student with far fewer transformer
+      // parameters and FLOPs than the width one when the embeddings are a large part of the model.
+      field({ name: "budget_count", label: "of the teacher's", options: Object.entries(BUDGET_COUNTS), value: "non_embedding" }),
     ),
     preview,
     h("details", h("summary.hint", "distillation settings (the same for both)"), distillFields(datasets, { steps: 100 })),
@@ -445,8 +454,9 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
     err, study);
   const teacherSelect = form.querySelector("[name=teacher_id]");
   const budgetInput = form.querySelector("[name=budget_pct]");
+  const countSelect = form.querySelector("[name=budget_count]");
   // What the study's largest step (a distillation of the bigger student) needs, live, against the workers.
-  form.insertBefore(studyMemoryLine(form, ready, { depthTarget, widthTarget }, distillParams), err);
+  form.insertBefore(studyMemoryLine(form, ready, studyTargets, distillParams), err);
 
   // The shown study follows the teacher's event stream (its children are the teacher's jobs).
   let watched = null;
@@ -494,23 +504,30 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
   function showPreview() {
     const t = ready.find((x) => x.id === Number(teacherSelect.value));
     if (!t) return;
-    const budget = (t.spec.params_total * Number(budgetInput.value)) / 100;
-    const d = depthTarget(t.spec, budget);
-    const w = widthTarget(t.spec, budget);
-    // The sizes reached, next to the budget: depth moves in whole layers, so it can land well below it.
-    const share = (target) => targetParams(t.spec, target) / t.spec.params_total;
-    const size = (target) => `${compact(targetParams(t.spec, target))}, ${pct(share(target), 0)}`;
+    const { budget, count, depth: d, width: w, gap } = studyTargets(t.spec, Number(budgetInput.value), countSelect.value);
+    // Each student's size in both counts and its compute: the budget holds one count, the other follows.
+    const size = (target) => {
+      const z = targetSizes(t.spec, target);
+      return `${compact(z.non_embedding)} non-emb. = ${pct(z.share_non_embedding, 1)}, ${compact(z.total)} total = ${pct(z.share_total, 1)}, ${flops(z.flops)}/token`;
+    };
     const dropped = d ? t.spec.num_layers - d.num_layers : 0;
-    // Depth moves in whole layers, width in aligned steps: say when the two land apart, since the smaller
-    // student starts the comparison behind.
-    const apart = d && w ? Math.abs(share(d) - share(w)) : 0;
-    const uneven = apart > 0.02 ? ` · the ${share(d) < share(w) ? "depth" : "width"} student is ${(100 * apart).toFixed(0)} percentage points smaller (depth moves in whole layers, width in aligned steps)` : "";
-    preview.textContent = `budget ${compact(budget)} of ${compact(t.spec.params_total)} params → depth: ${d ? `keeps ${d.num_layers} of ${t.spec.num_layers} layers, drops ${dropped} (${size(d)})` : "impossible"} · width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}${uneven}`;
+    mount(preview,
+      h("div", `budget ${compact(budget)} of ${compact(t.spec[`params_${count}`] ?? budget)} ${BUDGET_COUNTS[count]} →`),
+      // One line per student, so the two sizes read one above the other.
+      h("div", { dataset: { testid: "study-depth-size" } }, `depth: ${d ? `keeps ${d.num_layers} of ${t.spec.num_layers} layers, drops ${dropped} (${size(d)})` : "impossible"}`),
+      h("div", { dataset: { testid: "study-width-size" } }, `width: ${w ? `hidden ${w.hidden_size}, MLP ${w.intermediate_size} (${size(w)})` : "impossible"}`),
+      // Depth moves in whole layers, width in aligned steps: two students apart in transformer parameters
+      // compare sizes as much as shapes, so say so (and which budgets put depth on a whole layer).
+      gap !== null && Math.abs(gap) > STUDY_SIZE_GAP
+        ? h("div.field-warning", { dataset: { testid: "study-size-gap" } },
+          `The two students are not one size: the ${gap > 0 ? "depth" : "width"} student has ${(100 * Math.abs(gap)).toFixed(1)} percentage points fewer non-embedding parameters, so a difference in loss or speed is partly a difference in size. ${wholeLayerHint(t.spec, d)}`)
+        : null);
   }
   const fitToTeacher = () => fitSeqLen(form, ready.find((x) => x.id === Number(teacherSelect?.value))?.spec);
   fitToTeacher();
   teacherSelect?.addEventListener("change", () => { watched = null; fitToTeacher(); loadRuns(); });
   budgetInput.addEventListener("input", showPreview);
+  countSelect.addEventListener("change", showPreview);
 
   const goBtn = form.querySelector("[data-testid=wizard-go]");
   form.addEventListener("submit", async (ev) => {
@@ -522,10 +539,10 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
       showError(err, { message: "Pick a ready teacher with a finished importance run (start one in Teachers & data)." });
       return;
     }
-    const budget = (t.spec.params_total * v.budget_pct) / 100;
-    const targets = { depth: depthTarget(t.spec, budget), width: widthTarget(t.spec, budget) };
+    const { depth, width, count } = studyTargets(t.spec, v.budget_pct, v.budget_count || "non_embedding");
+    const targets = { depth, width };
     if (!targets.depth || !targets.width) {
-      showError(err, { fields: { budget_pct: `${pct(v.budget_pct / 100)} of the teacher is too small for a depth- or a width-pruned student` } }, form);
+      showError(err, { fields: { budget_pct: `${pct(v.budget_pct / 100)} of the teacher's ${BUDGET_COUNTS[count]} is too small for a depth- or a width-pruned student` } }, form);
       return;
     }
     showError(err, null, form);
@@ -538,7 +555,7 @@ function renderWizard(panel, { teachers, datasets, ctx, onStudents, teacherId })
       // (a 422 names the field) and creates nothing. From then on the workers run it, tab open or not.
       const wf = await api.post("/workflows", {
         definition: "bakeoff",
-        name: `${STUDY_NAME}${Number(v.budget_pct)}%`,
+        name: `${STUDY_NAME}${Number(v.budget_pct)}% of ${BUDGET_COUNTS[count]}`,
         teacher_id: t.id,
         importance_run_id: runId,
         candidates: ["depth", "width"].map((kind) => ({ name: studentName(kind, v.budget_pct, existing), targets: targets[kind] })),
