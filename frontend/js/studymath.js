@@ -4,7 +4,7 @@
 // The budget counts non-embedding parameters by default, as the reference study and Minitron compare: on a
 // model whose embeddings are a quarter of it, equal TOTAL parameters pair a depth student with far fewer
 // transformer parameters (and FLOPs) than the width one (audit finding 2).
-import { flopsPerToken, layerShapes, paramCount } from "./costmodel.js";
+import { flopsContext, flopsPerToken, layerShapes, paramCount } from "./costmodel.js";
 import { dtypeBytes } from "./memplan.js";
 
 // plan.shape.HEAD_ALIGNED_FAMILIES: configs that validate hidden_size % num_attention_heads == 0 even with an
@@ -50,8 +50,8 @@ export function targetParams(spec, target, count = "total") {
 }
 
 /** A target's size next to the teacher's: parameters (total, non-embedding) and FLOPs per token at
- * `context`, each with its share of the teacher's (plan_stats' figures). */
-export function targetSizes(spec, target, context = 2048) {
+ * `context` (plan_stats': 2048, or the teacher's positions when fewer), each with its share of the teacher's. */
+export function targetSizes(spec, target, context = flopsContext(spec)) {
   const { hidden, layers } = targetShape(spec, target);
   const mine = paramCount(spec, hidden, layers);
   const teacher = paramCount(spec);

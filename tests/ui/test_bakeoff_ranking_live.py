@@ -122,7 +122,7 @@ def test_a_study_says_lower_loss_with_both_sizes_not_winner(page, live_app):
     assert "width-60%-1: loss 4.571 at 53.7% non-emb." in verdict
     assert "depth-60%-1: loss 4.660 at 37.5% non-emb." in verdict
     assert cells(page, "loss-before") == ["4.349", "4.350"]  # one precision in a column, and across both
-    assert cells(page, "non-emb-share") == ["53.7%", "37.5%"]
+    assert cells(page, "non-emb-share") == ["53.7% non-emb.", "37.5% non-emb."]
     size = page.locator("[data-testid=size-note]").inner_text()
     assert "differ by 16.2 percentage points" in size and "13.1 MFLOP/token" in size
     shot(page, "bakeoff-study-sizes")

@@ -66,8 +66,8 @@ def test_search_then_bakeoff_of_the_top_three(page, live_app, shared_run):
     assert len({b["name"] for b in wf["branches"]}) == 3
     assert wf["params"]["distill"]["tokens"] == 128 and wf["params"]["benchmark"] is None
 
-    # Curves stream in while it runs; at the end the ranking table.
-    page.wait_for_selector("[data-testid=bakeoff-ranking] table", timeout=600_000)
+    # Curves and a partial ranking stream in while it runs; at the end the whole ranking table.
+    page.wait_for_selector("[data-testid=bakeoff-ranking] table[data-partial=false]", timeout=600_000)
     wf = api.get(f"/workflows/{wf_id}").json()
     assert wf["status"] == "succeeded", wf
     page.wait_for_function(

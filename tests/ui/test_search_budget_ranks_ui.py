@@ -193,7 +193,7 @@ def test_the_bakeoff_page_shows_the_search_rank_beside_the_as_cut_rank(
     page.goto(f"{live_app.url}/#/bakeoff/{wf['id']}")
     page.wait_for_selector("[data-testid=bakeoff-ranking] table")
     heads = page.locator("[data-testid=bakeoff-ranking] th").all_inner_texts()
-    assert [t.lower() for t in heads[4:7]] == ["loss as cut", "rank as cut", "search rank"]
+    assert [t.lower() for t in heads[3:6]] == ["loss as cut", "rank as cut", "search rank"]
     link = page.locator("[data-testid=bakeoff-ranking] th a")
     assert link.get_attribute("href") == f"#/search/{shared_search['job']['id']}"
     for x in wf["result"]["ranking"]:

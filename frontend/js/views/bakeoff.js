@@ -170,7 +170,9 @@ export async function bakeoffView(host, { args, query }, ctx) {
     const rows = r.ranking; // ordered by rank after distillation (then as cut); ranks and flips as the server computed them
     const partial = !!r.partial;
     // One precision for both loss columns (as cut and after are read against each other), enough to tell them apart.
-    const decimals = columnDecimals(rows.flatMap((x) => [x.before?.[metric], x.after?.[metric]]));
+    // At most 4 decimals: closer losses are within any evaluation's noise, and 6 pushed the ranking past
+    // its panel at 1440 px (the ranks beside them still order them).
+    const decimals = columnDecimals(rows.flatMap((x) => [x.before?.[metric], x.after?.[metric]]), { max: 4 });
     // "Before" is the bake-off's own evaluation of each student as cut, not the search's ranking (scored on
     // the search's short held-out sample, so the two orders can differ): a bake-off started from a search
     // keeps each candidate's search rank (params.candidates[].search_rank) and shows it beside.
@@ -189,7 +191,7 @@ export async function bakeoffView(host, { args, query }, ctx) {
     // hiding the loss after distillation and the move past the panel's edge.
     mount(ranking,
       h("div.table-scroll", h("table", { dataset: { partial: String(partial) } },
-        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", "params"), h("th.num", { title: "share of the teacher's non-embedding parameters" }, "non-emb."), h("th.num", `${metric} as cut`), h("th.num", "rank as cut"),
+        h("thead", h("tr", h("th.num", "after"), h("th", "candidate"), h("th.num", { title: "parameters; under them, the share of the teacher's non-embedding parameters" }, "params"), h("th.num", `${metric} as cut`), h("th.num", "rank as cut"),
           hasSearch ? h("th.num", { title: `the candidate's rank in search #${searchId ?? "?"} (lower held-out loss first)` }, searchId ? h("a", { href: href("search", [searchId]) }, "search rank") : "search rank") : null,
           h("th.num", `${metric} after`), h("th", "move"), h("th", ""))),
         h("tbody", rows.map((x) => {
@@ -199,8 +201,9 @@ export async function bakeoffView(host, { args, query }, ctx) {
           return h(`tr${x.name === r.winner ? ".selected" : ""}`, { dataset: { candidate: x.name, flipped: String(!!x.flipped) } },
             h("td.num", x.rank_after ?? "–"),
             h("td.wrap", b ? h("span", { style: { color: colorOf(b) } }, "● ") : null, candidateName(b, x.name, x.name === r.winner && !isStudy(wf))), // the winner's star after its shape, not its id
-            h("td.num", x.params_total != null ? compact(x.params_total) : "–"),
-            h("td.num", { dataset: { testid: "non-emb-share" } }, pct(nonEmbShare(x, b), 1)),
+            // One cell: a separate non-embedding column pushed the ranking past its panel at 1440 px.
+            h("td.num", x.params_total != null ? compact(x.params_total) : "–",
+              h("div.hint", { dataset: { testid: "non-emb-share" } }, `${pct(nonEmbShare(x, b), 1)} non-emb.`)),
             h("td.num", { dataset: { testid: "loss-before" } }, x.before?.[metric] != null ? fixed(x.before[metric], decimals) : pendingCell(b, "evaluate_pruned")),
             h("td.num", x.rank_before ?? "–"),
             hasSearch ? h("td.num", { dataset: { testid: "search-rank" } }, Number.isFinite(searchRank(x)) ? `#${searchRank(x)}` : "–") : null,
