@@ -247,3 +247,36 @@ def test_memory_is_priced_in_the_checkpoints_dtype_and_the_table_says_what_each_
     lines = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
     assert lines["flops_context"].strip() == str(spec.max_positions)
     assert lines["flops_per_token"].strip().replace(",", "") == str(second["flops_per_token"])
+
+
+def test_the_feasibility_check_prices_memory_as_the_search_does(
+    tiny_teacher_dir, importance_run, tmp_path, capsys
+):
+    """A memory budget the smallest shape meets in its bfloat16 checkpoint's bytes (but not at float32's,
+    the dtype it is scored in) is searched, not refused before the scoring as if priced at 4 bytes."""
+    import torch
+
+    from worker.cli import build_parser
+    from worker.cli.search_commands import settings_from_args
+    from worker.engine.loading import save_model
+    from worker.engine.search.budgets import parse_budget
+    from worker.engine.search.feasible import nothing_fits_computed, shapes
+    from worker.engine.search.space import ComputedCosts
+
+    model, tokenizer = load_model(tiny_teacher_dir)
+    teacher = tmp_path / "bf16-teacher"
+    save_model(model.to(torch.bfloat16), tokenizer, teacher, {"kind": "test"})
+
+    def argv(budget):
+        return ["search", str(teacher), "--importance", str(importance_run), "--budget", budget, *FAST]
+
+    spec = arch_spec(model).model_copy(update={"dtype": "bfloat16"})
+    space = shapes(spec, settings_from_args(build_parser().parse_args(argv("params=100%"))))
+    smallest = int(min(ComputedCosts(spec)(parse_budget("memory=1@1,32", 1, 32), a) for a in space))
+    budget = f"memory={smallest}@1,32"
+    settings = settings_from_args(build_parser().parse_args(argv(budget)))
+    assert nothing_fits_computed(spec, settings) is None  # bfloat16: the smallest shape meets it
+    assert nothing_fits_computed(spec.model_copy(update={"dtype": "float32"}), settings) is not None
+    code, out, err = run(capsys, *argv(budget), "--json")
+    assert code == 0, err
+    assert json.loads(out)["candidates"], out

@@ -126,13 +126,15 @@ def _check_lengths(settings, configs: dict) -> None:
             check_positions("--budget", budget.context, configs, what=f"{budget.text}: its context of ")
 
 
-def _check_feasible(settings, model) -> None:
+def _check_feasible(settings, model, stored: str | None) -> None:
     """Parameter and memory budgets no architecture of the space meets, refused before the scoring
-    (worker/engine/search/feasible.py, the API's check too)."""
+    (worker/engine/search/feasible.py, the API's check too); memory priced in `stored`, the checkpoint's
+    dtype, as the search prices it (not in the dtype the model was loaded in to be scored)."""
     from worker.engine.adapters import arch_spec
     from worker.engine.search.feasible import nothing_fits_computed
 
-    refused = nothing_fits_computed(arch_spec(model), settings)
+    spec = arch_spec(model)
+    refused = nothing_fits_computed(spec.model_copy(update={"dtype": stored}) if stored else spec, settings)
     if refused is not None:
         raise CliError(f"--budget: {refused[1]}")
 
@@ -163,7 +165,8 @@ def cmd_search(args) -> int:
     if tokenizer is None:
         raise CliError(f"{args.model} has no tokenizer: the held-out text cannot be tokenised")
     _check_lengths(settings, {args.model: model.config})
-    _check_feasible(settings, model)
+    stored = stored_dtype(args.model)  # memory is priced as the students are saved, not as scored
+    _check_feasible(settings, model, stored)
 
     def progress(done: int, total: int, message: str) -> None:
         say(f"[search] {message}")
@@ -176,7 +179,7 @@ def cmd_search(args) -> int:
             settings,
             progress=progress,
             latency_cache=args.latency_cache,
-            stored_dtype=stored_dtype(args.model),  # memory priced as the students are saved, not as scored
+            stored_dtype=stored,
         ).to_json()
     except ValueError as exc:  # the engine's "FIELD: ..." names a setting: say its flag
         field, sep, rest = str(exc).partition(": ")
